@@ -1,0 +1,5 @@
+import sys
+
+from trapd.cli import main
+
+sys.exit(main())

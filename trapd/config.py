@@ -1,0 +1,101 @@
+"""trapd.yaml: the daemon's configuration, one section per part of the flow.
+
+Each section is parsed by the module that uses it, so the keys and their
+documentation live next to the code:
+
+=============  ===========================================
+listener:      trapd.listener.config.ListenerConfig
+mibs:          trapd.mibs.MibConfig
+rules:         files and directory of rule files (here)
+kea:           trapd.kea.config.KeaConfig
+dispatch:      trapd.dispatch.config.DispatchConfig
+service:       trapd.service.config.ServiceConfig (metrics, logging)
+actions:       per-plugin settings, handed to the plugin as ctx.settings
+state_dir:     where the journal and caches live
+mode:          enforce | dry-run (dry-run renders and logs, runs nothing)
+=============  ===========================================
+
+Relative paths are relative to the config file's directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from trapd.dispatch.config import DispatchConfig
+from trapd.kea.config import KeaConfig
+from trapd.listener.config import ListenerConfig
+from trapd.mibs import MibConfig
+from trapd.service.config import ServiceConfig
+from trapd.yamlsource import ConfigError, check_keys, expect, load_yaml_file, where
+
+DEFAULT_CONFIG = Path("/etc/trapd/trapd.yaml")
+MODES = ("enforce", "dry-run")
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None = None
+    listener: ListenerConfig = field(default_factory=ListenerConfig)
+    mibs: MibConfig = field(default_factory=MibConfig)
+    rules_files: tuple[Path, ...] = ()
+    rules_dir: Path | None = None
+    kea: KeaConfig = field(default_factory=KeaConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    state_dir: Path = Path("/var/lib/trapd")
+    mode: str = "enforce"
+
+    def rule_paths(self) -> list[Path]:
+        """Rule files in load order: the listed files, then rules.d/*.yaml by name."""
+        paths = list(self.rules_files)
+        if self.rules_dir is not None and self.rules_dir.is_dir():
+            paths += sorted(p for p in self.rules_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        return paths
+
+    def with_overrides(self, **changes: Any) -> Config:
+        return replace(self, **changes)
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and check trapd.yaml; ConfigError (with file:line:col) on any problem."""
+    p = Path(path).resolve()
+    node = load_yaml_file(p)
+    return config_from_yaml(node, p)
+
+
+def config_from_yaml(node: Any, path: Path | None) -> Config:
+    base = path.parent if path else Path.cwd()
+    n = check_keys(
+        node,
+        {"listener", "mibs", "rules", "kea", "dispatch", "service", "actions", "state_dir", "mode"},
+        "trapd.yaml",
+    )
+    rules = check_keys(n.get("rules"), {"files", "dir"}, "rules")
+    files = expect(rules, "files", (list, str), "rules", [])
+    files = [files] if isinstance(files, str) else files
+    rules_dir = expect(rules, "dir", str, "rules")
+    mode = expect(n, "mode", str, "trapd.yaml", "enforce")
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}", where(n, "mode"))
+    actions = expect(n, "actions", dict, "trapd.yaml", {})
+    for name, settings in actions.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"actions.{name} must be a mapping", where(actions, name))
+    state_dir = base / expect(n, "state_dir", str, "trapd.yaml", "/var/lib/trapd")
+    return Config(
+        path=path,
+        listener=ListenerConfig.from_yaml(n.get("listener"), base),
+        mibs=MibConfig.from_yaml(n.get("mibs"), base),
+        rules_files=tuple(base / str(f) for f in files),
+        rules_dir=base / rules_dir if rules_dir else None,
+        kea=KeaConfig.from_yaml(n.get("kea"), base),
+        dispatch=DispatchConfig.from_yaml(n.get("dispatch"), base),
+        service=ServiceConfig.from_yaml(n.get("service"), base),
+        actions={str(k): dict(v) for k, v in actions.items()},
+        state_dir=state_dir,
+        mode=mode,
+    )

@@ -1,0 +1,203 @@
+"""The normalized event: one shape for every SNMP version.
+
+Everything after the listener (rules, templates, the journal, actions,
+``trapd listen`` output) sees only :class:`Event`. It is immutable and
+round-trips through JSON (``to_dict`` / ``from_dict``), which is the format
+``trapd listen`` prints and ``trapd test`` reads.
+
+JSON form of a varbind value: ints stay ints, ``bytes`` become a hex string
+(no separators), OIDs become dotted strings, IpAddress stays dotted. The
+``type`` field says how to read it back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trapd.listener.raw import Kind, Oid, RawValue, Security, SnmpType, Version
+
+SYS_UPTIME_OID: Oid = (1, 3, 6, 1, 2, 1, 1, 3, 0)
+SNMP_TRAP_OID_OID: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
+
+
+def oid_str(oid: Oid) -> str:
+    return ".".join(map(str, oid))
+
+
+def parse_oid(text: str) -> Oid:
+    """``"1.3.6.1"`` or ``".1.3.6.1"`` to a tuple; ValueError otherwise."""
+    parts = text.strip().lstrip(".").split(".")
+    if not parts or any(not p.isdigit() for p in parts):
+        raise ValueError(f"not a numeric OID: {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class VarBind:
+    """One variable binding, named where a MIB knows it.
+
+    ``name`` is ``MODULE::symbol`` (``IF-MIB::ifIndex``) or, when no loaded
+    MIB covers the OID, the numeric OID itself; ``index`` is what follows the
+    symbol's own OID (``ifIndex.17`` gives ``(17,)``), empty when unnamed.
+    """
+
+    oid: Oid
+    name: str
+    index: Oid
+    type: SnmpType
+    value: RawValue
+    display: str
+
+    @property
+    def symbol(self) -> str:
+        """The bare symbol (``ifIndex``), or the numeric OID when unnamed."""
+        return self.name.rpartition("::")[2]
+
+    @property
+    def index_str(self) -> str:
+        return oid_str(self.index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "oid": oid_str(self.oid),
+            "name": self.name,
+            "index": oid_str(self.index),
+            "type": self.type,
+            "value": _value_to_json(self.type, self.value),
+            "display": self.display,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VarBind:
+        t: SnmpType = d["type"]
+        index = d.get("index") or ""
+        return cls(
+            oid=parse_oid(d["oid"]),
+            name=d.get("name") or d["oid"],
+            index=parse_oid(index) if index else (),
+            type=t,
+            value=_value_from_json(t, d.get("value")),
+            display=d.get("display", ""),
+        )
+
+
+def _value_to_json(t: str, v: RawValue) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, tuple):
+        return oid_str(v)
+    return v
+
+
+def _value_from_json(t: str, v: Any) -> RawValue:
+    if v is None:
+        return None
+    if t in ("OctetString", "Opaque"):
+        return bytes.fromhex(v)
+    if t == "ObjectIdentifier":
+        return parse_oid(v)
+    if t == "IpAddress":
+        return str(v)
+    return int(v)
+
+
+_counter = itertools.count()
+_pid_tag = os.getpid() & 0xFFFF
+
+
+def new_event_id(now: float | None = None) -> str:
+    """A short id that sorts by time: ms timestamp, pid, counter (hex).
+
+    Unique within a host without a random source on the receive path; the
+    pid keeps several receiving processes (SO_REUSEPORT) apart.
+    """
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:011x}{_pid_tag:04x}{next(_counter) & 0xFFFFFF:06x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A received SNMP notification, normalized.
+
+    ``trap_oid`` / ``trap_name``: the notification (snmpTrapOID.0 value; for
+    v1 the RFC 3584 translation). ``uptime``: sysUpTime.0 in TimeTicks.
+    ``varbinds``: every binding in order *after* sysUpTime.0 and
+    snmpTrapOID.0 (those two are lifted into fields), including for v1 the
+    snmpTrapAddress / snmpTrapCommunity / snmpTrapEnterprise bindings that
+    RFC 3584 appends.
+    """
+
+    id: str
+    received_at: float
+    source: str
+    source_port: int
+    version: Version
+    kind: Kind
+    security: Security
+    uptime: int | None
+    trap_oid: Oid
+    trap_name: str
+    varbinds: tuple[VarBind, ...]
+    _by_symbol: dict[str, VarBind] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # First binding per symbol wins; built once so rules look up in O(1).
+        by: dict[str, VarBind] = {}
+        for vb in self.varbinds:
+            by.setdefault(vb.symbol, vb)
+            by.setdefault(vb.name, vb)
+        object.__setattr__(self, "_by_symbol", by)
+
+    def varbind(self, name: str) -> VarBind | None:
+        """The first binding named ``ifIndex`` / ``IF-MIB::ifIndex`` / a numeric OID."""
+        vb = self._by_symbol.get(name)
+        if vb is not None or not name[:1].isdigit():
+            return vb
+        try:
+            oid = parse_oid(name)
+        except ValueError:
+            return None
+        for vb in self.varbinds:
+            if vb.oid == oid or vb.oid[: len(oid)] == oid:
+                return vb
+        return None
+
+    def __iter__(self) -> Iterator[VarBind]:
+        return iter(self.varbinds)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.security
+        return {
+            "id": self.id,
+            "received_at": self.received_at,
+            "source": self.source,
+            "source_port": self.source_port,
+            "version": self.version,
+            "kind": self.kind,
+            "security": {k: getattr(s, k) for k in Security.__slots__ if getattr(s, k) is not None},
+            "uptime": self.uptime,
+            "trap_oid": oid_str(self.trap_oid),
+            "trap_name": self.trap_name,
+            "varbinds": [vb.to_dict() for vb in self.varbinds],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Event:
+        return cls(
+            id=d.get("id") or new_event_id(),
+            received_at=float(d.get("received_at") or time.time()),
+            source=d["source"],
+            source_port=int(d.get("source_port") or 0),
+            version=d.get("version", "v2c"),
+            kind=d.get("kind", "trap"),
+            security=Security(**(d.get("security") or {})),
+            uptime=d.get("uptime"),
+            trap_oid=parse_oid(d["trap_oid"]),
+            trap_name=d.get("trap_name") or d["trap_oid"],
+            varbinds=tuple(VarBind.from_dict(v) for v in d.get("varbinds", ())),
+        )

@@ -1,0 +1,17 @@
+"""The ``kea:`` section of trapd.yaml (placeholder: keys are added with the feature)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trapd.yamlsource import check_keys
+
+
+@dataclass(frozen=True)
+class KeaConfig:
+    @classmethod
+    def from_yaml(cls, node: Any, base_dir: Path) -> KeaConfig:
+        check_keys(node, set(), "kea")
+        return cls()

@@ -1,0 +1,211 @@
+"""The ``listener:`` section of trapd.yaml: sockets, communities, v3 users, limits.
+
+Example::
+
+    listener:
+      listen: ["0.0.0.0:162", "[::]:162"]
+      receive_buffer: 8388608          # SO_RCVBUF asked for; the kernel caps it at rmem_max
+      communities:
+        - public
+        - {env: TRAPD_COMMUNITY}
+      v3_users:
+        - user: trapuser
+          auth_protocol: SHA-256       # MD5 SHA SHA-224 SHA-256 SHA-384 SHA-512, or none
+          auth_key: {file: /etc/trapd/v3-auth.key}
+          priv_protocol: AES-128       # DES AES-128 AES-192 AES-256, or none
+          priv_key: {env: TRAPD_V3_PRIV}
+          engine_ids: ["80001f8880e9630000d61ff449"]   # senders allowed to use this user (traps)
+      allowed_sources: [10.0.0.0/8, "::1"]   # empty: everyone; others are dropped before decoding
+      rate_limit: {per_source: 2000, global: 20000, burst: 2.0}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trapd.secrets import Secret
+from trapd.yamlsource import ConfigError, Mark, YDict, check_keys, expect, where
+
+AUTH_PROTOCOLS = ("none", "MD5", "SHA", "SHA-224", "SHA-256", "SHA-384", "SHA-512")
+PRIV_PROTOCOLS = ("none", "DES", "AES-128", "AES-192", "AES-256")
+DEFAULT_PORT = 162
+DEFAULT_RCVBUF = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str, mark: Mark | None = None) -> ListenAddress:
+    """``HOST:PORT``, ``[V6]:PORT``, ``HOST`` (port 162) or ``:PORT`` (all IPv4)."""
+    s = text.strip()
+    host: str
+    port = DEFAULT_PORT
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0:
+            raise ConfigError(f"bad listen address {text!r}: missing ']'", mark)
+        host, rest = s[1:end], s[end + 1 :]
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ConfigError(f"bad listen address {text!r}", mark)
+            port = int(rest[1:])
+    elif s.count(":") == 1:
+        host, _, p = s.partition(":")
+        if not p.isdigit():
+            raise ConfigError(f"bad port in listen address {text!r}", mark)
+        port = int(p)
+        host = host or "0.0.0.0"
+    else:
+        host = s
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"listen address {text!r}: {host!r} is not an IP address", mark) from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"listen address {text!r}: port out of range", mark)
+    return ListenAddress(host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class V3User:
+    user: str
+    auth_protocol: str = "none"
+    auth_key: Secret | None = None
+    priv_protocol: str = "none"
+    priv_key: Secret | None = None
+    # Empty: any sender engine ID (trapd then learns nothing about who may use the user).
+    engine_ids: tuple[bytes, ...] = ()
+
+    @property
+    def level(self) -> str:
+        if self.auth_protocol == "none":
+            return "noAuthNoPriv"
+        return "authNoPriv" if self.priv_protocol == "none" else "authPriv"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Token buckets in notifications per second; 0 turns a bucket off."""
+
+    per_source: float = 0.0
+    global_: float = 0.0
+    burst: float = 2.0  # bucket depth, in seconds of rate
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    listen: tuple[ListenAddress, ...] = (ListenAddress("0.0.0.0", DEFAULT_PORT),)
+    communities: tuple[Secret, ...] = ()
+    v3_users: tuple[V3User, ...] = ()
+    receive_buffer: int = DEFAULT_RCVBUF
+    allowed_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    # trapd's own engine ID for v3 (informs are sent to it); None: derived from the host.
+    engine_id: bytes | None = None
+
+    @classmethod
+    def from_yaml(cls, node: Any, base_dir: Path) -> ListenerConfig:
+        n = check_keys(
+            node,
+            {
+                "listen",
+                "communities",
+                "v3_users",
+                "receive_buffer",
+                "allowed_sources",
+                "rate_limit",
+                "engine_id",
+            },
+            "listener",
+        )
+        listen = expect(n, "listen", list, "listener")
+        addrs = (
+            tuple(parse_listen(str(a), where(listen, i)) for i, a in enumerate(listen))
+            if listen
+            else (ListenAddress("0.0.0.0", DEFAULT_PORT),)
+        )
+        comms = expect(n, "communities", list, "listener", [])
+        communities = tuple(Secret.from_config(c, where(comms, i), base_dir=base_dir) for i, c in enumerate(comms))
+        users_node = expect(n, "v3_users", list, "listener", [])
+        users = tuple(_v3_user(u, where(users_node, i), base_dir) for i, u in enumerate(users_node))
+        names = [u.user for u in users]
+        dup = {x for x in names if names.count(x) > 1}
+        if dup:
+            raise ConfigError(f"v3 user(s) defined twice: {', '.join(sorted(dup))}", where(n, "v3_users"))
+        nets = []
+        for i, s in enumerate(expect(n, "allowed_sources", list, "listener", [])):
+            try:
+                nets.append(ipaddress.ip_network(str(s), strict=False))
+            except ValueError:
+                raise ConfigError(f"not a network or address: {s!r}", where(n["allowed_sources"], i)) from None
+        rl = check_keys(n.get("rate_limit"), {"per_source", "global", "burst"}, "listener.rate_limit")
+        rate = RateLimit(
+            per_source=float(expect(rl, "per_source", (int, float), "rate_limit", 0)),
+            global_=float(expect(rl, "global", (int, float), "rate_limit", 0)),
+            burst=float(expect(rl, "burst", (int, float), "rate_limit", 2.0)),
+        )
+        eid = expect(n, "engine_id", str, "listener")
+        return cls(
+            listen=addrs,
+            communities=communities,
+            v3_users=users,
+            receive_buffer=int(expect(n, "receive_buffer", int, "listener", DEFAULT_RCVBUF)),
+            allowed_sources=tuple(nets),
+            rate_limit=rate,
+            engine_id=_hex(eid, where(n, "engine_id")) if eid else None,
+        )
+
+
+def _hex(text: str, mark: Mark | None) -> bytes:
+    s = text.strip()
+    s = s[2:] if s[:2].lower() == "0x" else s
+    try:
+        return bytes.fromhex(s.replace(":", ""))
+    except ValueError:
+        raise ConfigError(f"not a hex engine ID: {text!r}", mark) from None
+
+
+def _v3_user(node: Any, mark: Mark | None, base_dir: Path) -> V3User:
+    n: YDict = check_keys(
+        node,
+        {"user", "auth_protocol", "auth_key", "priv_protocol", "priv_key", "engine_ids"},
+        "listener.v3_users[]",
+    )
+    user = expect(n, "user", str, "v3 user")
+    if not user:
+        raise ConfigError("a v3 user needs 'user'", mark)
+    auth = str(expect(n, "auth_protocol", str, "v3 user", "none"))
+    priv = str(expect(n, "priv_protocol", str, "v3 user", "none"))
+    auth = {"SHA1": "SHA", "SHA-1": "SHA"}.get(auth.upper(), auth.upper() if auth != "none" else auth)
+    priv = priv.upper() if priv != "none" else priv
+    priv = {"AES": "AES-128", "AES128": "AES-128", "AES192": "AES-192", "AES256": "AES-256"}.get(priv, priv)
+    if auth not in AUTH_PROTOCOLS:
+        raise ConfigError(f"auth_protocol must be one of {', '.join(AUTH_PROTOCOLS)}", where(n, "auth_protocol"))
+    if priv not in PRIV_PROTOCOLS:
+        raise ConfigError(f"priv_protocol must be one of {', '.join(PRIV_PROTOCOLS)}", where(n, "priv_protocol"))
+    if auth == "none" and priv != "none":
+        raise ConfigError("privacy needs authentication (authPriv needs an auth_protocol)", mark)
+    auth_key = Secret.from_config(n["auth_key"], where(n, "auth_key"), base_dir=base_dir) if "auth_key" in n else None
+    priv_key = Secret.from_config(n["priv_key"], where(n, "priv_key"), base_dir=base_dir) if "priv_key" in n else None
+    if auth != "none" and (auth_key is None or len(auth_key.reveal()) < 8):
+        raise ConfigError(f"v3 user {user}: auth_key is required and has at least 8 characters", mark)
+    if priv != "none" and (priv_key is None or len(priv_key.reveal()) < 8):
+        raise ConfigError(f"v3 user {user}: priv_key is required and has at least 8 characters", mark)
+    eids = expect(n, "engine_ids", list, "v3 user", [])
+    return V3User(
+        user=user,
+        auth_protocol=auth,
+        auth_key=auth_key,
+        priv_protocol=priv,
+        priv_key=priv_key,
+        engine_ids=tuple(_hex(str(e), where(eids, i)) for i, e in enumerate(eids)),
+    )

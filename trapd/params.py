@@ -1,0 +1,275 @@
+"""Typed action parameters: the gate between trap data and anything that acts.
+
+Every action declares its parameters as :class:`Param` objects. Templates
+render values from the event; :func:`validate` converts and checks each one
+against its declared type before anything is journaled or run. Anything that
+fails is never dispatched. This is where ``"1.2.3.4; reboot"`` stops being a
+problem: it is not an ``ip-address``.
+
+Types (``Param.type``):
+
+=================  ==========================================================
+string             text; no NUL; ``max_length`` (default 1024) bounds it
+integer            int, optional ``min`` / ``max``
+boolean            true/false/yes/no/on/off/1/0
+enum               one of ``choices``
+ip-address         IPv4 or IPv6 address, normalized (``ipaddress``)
+ipv4 / ipv6        one family only
+mac-address        any common MAC spelling -> ``aa:bb:cc:dd:ee:ff``
+duid               1-130 octets of hex, any separator -> ``aa:bb:...``
+hex                octets as hex -> lowercase, no separators
+duration           ``30s``, ``5m``, ``1h30m``, ``250ms`` or a number of seconds -> float seconds
+list               a list whose items have type ``item``
+mapping            a dict of strings to plain values (for JSON payloads)
+any                anything JSON-serializable (escape hatches such as kea.command)
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PARAM_TYPES = frozenset(
+    {
+        "string",
+        "integer",
+        "boolean",
+        "enum",
+        "ip-address",
+        "ipv4",
+        "ipv6",
+        "mac-address",
+        "duid",
+        "hex",
+        "duration",
+        "list",
+        "mapping",
+        "any",
+    }
+)
+
+
+class ParamError(ValueError):
+    """A parameter value does not fit its declared type; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    type: str
+    description: str = ""
+    required: bool = False
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    max_length: int = 1024
+    item: str | None = None  # element type for "list"
+    secret: bool = False  # value masked in logs and `trapd test` output
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            raise ValueError(f"unknown parameter type {self.type!r}")
+        if self.type == "enum" and not self.choices:
+            raise ValueError("an enum parameter needs choices")
+        if self.type == "list" and (self.item is None or self.item not in PARAM_TYPES):
+            raise ValueError("a list parameter needs an item type")
+
+    def describe(self) -> str:
+        """One line for `trapd actions`: type, constraints, default."""
+        t = self.type
+        if t == "enum":
+            t += "(" + "|".join(self.choices) + ")"
+        elif t == "list":
+            t = f"list[{self.item}]"
+        if self.min is not None or self.max is not None:
+            t += f" [{'' if self.min is None else self.min}..{'' if self.max is None else self.max}]"
+        bits = [t, "required" if self.required else f"default {self.default!r}"]
+        return ", ".join(bits)
+
+
+_MAC_HEX = re.compile(r"[0-9a-fA-F]+")
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))", re.ASCII)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def normalize_mac(value: Any) -> str:
+    """Any MAC spelling (or 6 raw octets) to ``aa:bb:cc:dd:ee:ff``; ParamError otherwise.
+
+    Accepted: ``00:11:22:33:44:55``, ``00-11-22-33-44-55``, ``0011.2233.4455``,
+    ``001122334455``, ``0:11:2:33:4:55`` (net-snmp style, one-digit groups).
+    """
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) != 6:
+            raise ParamError(f"a MAC address is 6 octets, got {len(value)}")
+        return ":".join(f"{b:02x}" for b in value)
+    if not isinstance(value, str):
+        raise ParamError(f"not a MAC address: {value!r}")
+    s = value.strip()
+    if re.fullmatch(r"[0-9A-Fa-f]{1,2}([:-])(?:[0-9A-Fa-f]{1,2}\1){4}[0-9A-Fa-f]{1,2}", s):
+        groups = re.split(r"[:-]", s)
+        return ":".join(g.zfill(2).lower() for g in groups)
+    if re.fullmatch(r"[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}", s) or re.fullmatch(r"[0-9A-Fa-f]{12}", s):
+        h = s.replace(".", "").lower()
+        return ":".join(h[i : i + 2] for i in range(0, 12, 2))
+    raise ParamError(f"not a MAC address: {_show(value)}")
+
+
+def parse_duration(value: Any) -> float:
+    """``"30s"``, ``"5m"``, ``"1h30m"``, ``"250ms"``, or a number of seconds."""
+    if isinstance(value, bool):
+        raise ParamError("a duration is not a boolean")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ParamError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        s = value.strip()
+        try:
+            f = float(s)
+        except ValueError:
+            pass
+        else:
+            return parse_duration(f)
+        if s and _DURATION.sub("", s) == "":
+            return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(s))
+    raise ParamError(f"not a duration (like 30s, 5m, 1h30m): {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _hex_octets(value: Any, what: str) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if not isinstance(value, str):
+        raise ParamError(f"not {what}: {_show(value)}")
+    s = value.strip()
+    s = s[2:] if s[:2].lower() == "0x" else s
+    h = re.sub(r"[:\-. ]", "", s)
+    if not h or len(h) % 2 or not _MAC_HEX.fullmatch(h):
+        raise ParamError(f"not {what}: {_show(value)}")
+    return bytes.fromhex(h)
+
+
+def convert(p: Param, value: Any, name: str = "value") -> Any:
+    """Check and convert one value to its declared type; raise ParamError."""
+    t = p.type
+    if t == "string":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ParamError(f"{name}: expected text, got {type(value).__name__}")
+        if "\x00" in value:
+            raise ParamError(f"{name}: text contains a NUL byte")
+        if len(value) > p.max_length:
+            raise ParamError(f"{name}: text longer than {p.max_length} characters")
+        if p.choices and value not in p.choices:
+            raise ParamError(f"{name}: {_show(value)} is not one of {', '.join(p.choices)}")
+        return value
+    if t == "integer":
+        if isinstance(value, bool):
+            raise ParamError(f"{name}: expected an integer, got a boolean")
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+            value = int(value)
+        if not isinstance(value, int):
+            raise ParamError(f"{name}: expected an integer, got {_show(value)}")
+        if p.min is not None and value < p.min:
+            raise ParamError(f"{name}: {value} is below the minimum {p.min:g}")
+        if p.max is not None and value > p.max:
+            raise ParamError(f"{name}: {value} is above the maximum {p.max:g}")
+        return value
+    if t == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ParamError(f"{name}: expected true or false, got {_show(value)}")
+    if t == "enum":
+        if not isinstance(value, str) or value not in p.choices:
+            raise ParamError(f"{name}: {_show(value)} is not one of {', '.join(p.choices)}")
+        return value
+    if t in ("ip-address", "ipv4", "ipv6"):
+        if not isinstance(value, str):
+            raise ParamError(f"{name}: not an IP address: {_show(value)}")
+        try:
+            addr = ipaddress.ip_address(value.strip())
+        except ValueError:
+            raise ParamError(f"{name}: not an IP address: {_show(value)}") from None
+        if t == "ipv4" and addr.version != 4:
+            raise ParamError(f"{name}: not an IPv4 address: {_show(value)}")
+        if t == "ipv6" and addr.version != 6:
+            raise ParamError(f"{name}: not an IPv6 address: {_show(value)}")
+        return str(addr)
+    if t == "mac-address":
+        try:
+            return normalize_mac(value)
+        except ParamError as exc:
+            raise ParamError(f"{name}: {exc}") from None
+    if t == "duid":
+        raw = _hex_octets(value, "a DUID")
+        if not 1 <= len(raw) <= 130:
+            raise ParamError(f"{name}: a DUID is 1 to 130 octets, got {len(raw)}")
+        return ":".join(f"{b:02x}" for b in raw)
+    if t == "hex":
+        return _hex_octets(value, "hex octets").hex()
+    if t == "duration":
+        try:
+            seconds = parse_duration(value)
+        except ParamError as exc:
+            raise ParamError(f"{name}: {exc}") from None
+        if p.min is not None and seconds < p.min:
+            raise ParamError(f"{name}: {seconds:g}s is below the minimum {p.min:g}s")
+        if p.max is not None and seconds > p.max:
+            raise ParamError(f"{name}: {seconds:g}s is above the maximum {p.max:g}s")
+        return seconds
+    if t == "list":
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ParamError(f"{name}: expected a list, got {_show(value)}")
+        assert p.item is not None
+        item = Param(type=p.item, max_length=p.max_length)
+        return [convert(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if t == "mapping":
+        if not isinstance(value, Mapping):
+            raise ParamError(f"{name}: expected a mapping, got {_show(value)}")
+        _check_json(value, name)
+        return dict(value)
+    if t == "any":
+        _check_json(value, name)
+        return value
+    raise ParamError(f"{name}: unknown type {t}")  # unreachable: checked in Param
+
+
+def _check_json(value: Any, name: str) -> None:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ParamError(f"{name}: not a plain JSON value ({exc})") from None
+
+
+def validate(params: Mapping[str, Param], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a whole parameter set: unknown names, missing required ones, each type.
+
+    Returns converted values with defaults filled in. Raises ParamError
+    naming the first problem (one clear reason is what the log needs).
+    """
+    unknown = sorted(set(values) - set(params))
+    if unknown:
+        raise ParamError(f"unknown parameter(s): {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    for name, p in params.items():
+        if name in values and values[name] is not None:
+            out[name] = convert(p, values[name], name)
+        elif p.required:
+            raise ParamError(f"{name}: required")
+        elif p.default is not None:
+            out[name] = p.default
+    return out

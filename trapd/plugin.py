@@ -1,0 +1,207 @@
+"""The action plugin API: what an action is, what it gets, what it may raise.
+
+An action is one async function (or a small class) that declares its name,
+typed parameters and whether it is safe to repeat. Built-ins in ``actions/``
+and a site's own plugins register the same way, under the entry-point group
+``trapd.actions``::
+
+    # pyproject.toml of a site plugin
+    [project.entry-points."trapd.actions"]
+    "acme.ticket" = "acme_trapd:ticket"
+
+    # acme_trapd.py
+    from trapd.plugin import Param, action, ActionContext, RetryableError
+
+    @action(
+        "acme.ticket",
+        params={"queue": Param("string", required=True), "text": Param("string", required=True)},
+        idempotent=False,
+    )
+    async def ticket(params, ctx: ActionContext):
+        '''Open a ticket in ACME's tracker.
+
+        Example::
+
+            - action: acme.ticket
+              queue: netops
+              text: "{{ source }} reported {{ trap_name }}"
+        '''
+        r = await ctx.http.post("https://tickets.example/api", json=params)
+        if r.status_code >= 500:
+            raise RetryableError(f"tracker answered {r.status_code}")
+        return {"ticket": r.json()["id"]}
+
+The dispatcher calls ``run(params, ctx)`` with validated parameters. Return a
+JSON-serializable dict (stored in the journal as the action's result) or
+None. Raise :class:`RetryableError` for a failure worth retrying (timeouts,
+5xx, refused connections) and :class:`PermanentError` for one that will not
+get better (bad credentials, 4xx, unsupported command). Any other exception
+counts as retryable, with its traceback logged.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Protocol
+
+from trapd.params import Param
+
+if TYPE_CHECKING:
+    import httpx
+    import structlog
+
+    from trapd.event import Event
+    from trapd.kea.client import KeaClients
+
+ENTRY_POINT_GROUP = "trapd.actions"
+
+ActionResult = dict[str, Any] | None
+RunFunc = Callable[[dict[str, Any], "ActionContext"], Awaitable[ActionResult]]
+
+
+class ActionError(Exception):
+    """Base of the errors an action raises on purpose."""
+
+
+class RetryableError(ActionError):
+    """Worth trying again later: the dispatcher backs off and retries."""
+
+
+class PermanentError(ActionError):
+    """Will not get better by retrying: the action goes straight to dead."""
+
+
+@dataclass(slots=True)
+class ActionContext:
+    """What an action gets besides its parameters.
+
+    ``log`` is bound to event_id, rule and action_id, so every line the
+    action writes can be traced back to the trap. ``kea`` reaches the
+    configured Kea endpoints; ``http`` is a shared httpx.AsyncClient;
+    ``settings`` is the plugin's own section of trapd.yaml
+    (``actions: {NAME: {...}}``), empty when there is none.
+    """
+
+    event: Event
+    rule: str
+    action_id: str
+    log: structlog.typing.FilteringBoundLogger
+    kea: KeaClients
+    http: httpx.AsyncClient
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """A registered action, however it was written.
+
+    ``destructive`` actions (deleting leases, disabling DHCP) must have a
+    rate cap in the rule or globally; ``trapd check`` refuses them otherwise.
+    ``key`` names the parameter(s) whose values order actions: two actions
+    with the same key run one after the other, never at once.
+    """
+
+    name: str
+    run: RunFunc
+    params: Mapping[str, Param]
+    idempotent: bool = False
+    destructive: bool = False
+    key: tuple[str, ...] = ()
+    doc: str = ""
+    # Kea commands this action sends, so start-up can warn when an endpoint lacks them.
+    kea_commands: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        return (self.doc.strip().splitlines() or [""])[0]
+
+
+def action(
+    name: str,
+    *,
+    params: Mapping[str, Param],
+    idempotent: bool = False,
+    destructive: bool = False,
+    key: tuple[str, ...] = (),
+    kea_commands: tuple[str, ...] = (),
+) -> Callable[[RunFunc], ActionSpec]:
+    """Declare an async function as an action; its docstring is its documentation."""
+
+    def wrap(fn: RunFunc) -> ActionSpec:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"action {name}: run must be an async function")
+        return ActionSpec(
+            name=name,
+            run=fn,
+            params=dict(params),
+            idempotent=idempotent,
+            destructive=destructive,
+            key=key,
+            doc=inspect.getdoc(fn) or "",
+            kea_commands=kea_commands,
+        )
+
+    return wrap
+
+
+class ActionClass(Protocol):
+    """The class form: attributes plus an async ``run``."""
+
+    name: str
+    params: Mapping[str, Param]
+
+    async def run(self, params: dict[str, Any], ctx: ActionContext) -> ActionResult: ...
+
+
+def as_spec(obj: Any) -> ActionSpec:
+    """Accept an ActionSpec, or a class / instance with ``name``, ``params`` and async ``run``."""
+    if isinstance(obj, ActionSpec):
+        return obj
+    if inspect.isclass(obj):
+        obj = obj()
+    run = getattr(obj, "run", None)
+    if not (isinstance(getattr(obj, "name", None), str) and isinstance(getattr(obj, "params", None), Mapping)):
+        raise TypeError(f"{obj!r} is not an action: it needs name, params and an async run")
+    if run is None or not inspect.iscoroutinefunction(run):
+        raise TypeError(f"action {obj.name}: run must be an async method")
+    return ActionSpec(
+        name=obj.name,
+        run=run,
+        params=dict(obj.params),
+        idempotent=bool(getattr(obj, "idempotent", False)),
+        destructive=bool(getattr(obj, "destructive", False)),
+        key=tuple(getattr(obj, "key", ())),
+        doc=inspect.getdoc(type(obj)) or "",
+        kea_commands=tuple(getattr(obj, "kea_commands", ())),
+    )
+
+
+@dataclass
+class LoadProblem:
+    entry_point: str
+    error: str
+
+
+def load_actions() -> tuple[dict[str, ActionSpec], list[LoadProblem]]:
+    """Every installed action by name, plus the plugins that failed to load.
+
+    A broken third-party plugin must not stop trapd: it is reported, and
+    rules that use it fail ``trapd check``.
+    """
+    found: dict[str, ActionSpec] = {}
+    problems: list[LoadProblem] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            spec = as_spec(ep.load())
+        except Exception as exc:  # a plugin's import can raise anything
+            problems.append(LoadProblem(f"{ep.name} = {ep.value}", f"{type(exc).__name__}: {exc}"))
+            continue
+        if spec.name != ep.name:
+            problems.append(LoadProblem(f"{ep.name} = {ep.value}", f"declares the name {spec.name!r}"))
+            continue
+        found[spec.name] = spec
+    return found, problems
