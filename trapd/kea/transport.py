@@ -1,0 +1,319 @@
+"""Moving one JSON command to Kea and its answer back: unix socket and HTTP/1.1.
+
+Why HTTP is written here on asyncio streams instead of using httpx: measured
+against a Kea 2.2 Control Agent, httpx's AsyncClient with one request in
+flight reached 160-230 lease4-del/s where a plain keep-alive connection got
+600-1,200/s (kea-2.2-facts.md §8). Kea's HTTP is simple (one POST, a
+Content-Length body back, keep-alive, idle connections closed after 30 s),
+so a small keep-alive pool with Content-Length framing is all it takes, and
+the client stays off the critical path (bench/bench_kea.py compares it with
+the raw rate).
+
+Both transports return the parsed JSON (a list from HTTP, an object from the
+unix socket) or raise a :mod:`trapd.kea.errors` error that says whether a
+retry may help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import ssl
+import time
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from trapd.kea.config import EndpointConfig
+from trapd.kea.errors import (
+    KeaAuthError,
+    KeaHTTPError,
+    KeaPermanentError,
+    KeaServerError,
+    KeaTimeoutError,
+    KeaUnavailableError,
+)
+
+# Kea answers are small, but lease4-get-page with a big limit is not: allow 64 MiB.
+MAX_ANSWER = 64 * 1024 * 1024
+
+
+class Transport(Protocol):
+    async def exchange(self, body: bytes, command: str) -> Any:
+        """Send one encoded command; return the decoded answer."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def _decode(data: bytes, endpoint: str, command: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        snippet = data[:200].decode("utf-8", "replace")
+        raise KeaServerError(f"answer is not JSON: {snippet!r}", endpoint, command) from None
+
+
+class UnixTransport:
+    """Kea's unix control socket: one command per connection, answer read to EOF.
+
+    Kea answers exactly one object and closes; a second command on the same
+    connection would be ignored, so nothing is reused. ``max_in_flight``
+    bounds how many connections are open at once.
+    """
+
+    def __init__(self, cfg: EndpointConfig) -> None:
+        assert cfg.socket is not None
+        self.name = cfg.name
+        self.path = str(cfg.socket)
+        self.timeout = cfg.timeout
+        self._slots = asyncio.Semaphore(cfg.max_in_flight)
+
+    async def exchange(self, body: bytes, command: str) -> Any:
+        async with self._slots:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_ANSWER)
+                    try:
+                        writer.write(body)
+                        data = await reader.read()
+                    finally:
+                        writer.close()
+            except TimeoutError:
+                raise KeaTimeoutError(
+                    f"no answer within {self.timeout:g}s on {self.path}", self.name, command
+                ) from None
+            except FileNotFoundError:
+                raise KeaUnavailableError(
+                    f"no socket at {self.path}: is the Kea server running?", self.name, command
+                ) from None
+            except ConnectionRefusedError:
+                raise KeaUnavailableError(
+                    f"connection refused on {self.path}: the Kea server is not running (stale socket file)",
+                    self.name,
+                    command,
+                ) from None
+            except PermissionError:
+                raise KeaPermanentError(
+                    f"permission denied on {self.path}: trapd's user needs access to Kea's "
+                    "control socket (group _kea)",
+                    self.name,
+                    command,
+                ) from None
+            except OSError as exc:
+                raise KeaUnavailableError(f"{self.path}: {exc.strerror or exc}", self.name, command) from None
+        if not data:
+            raise KeaUnavailableError(f"{self.path} closed without an answer", self.name, command)
+        return _decode(data, self.name, command)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Stale(Exception):
+    """A reused connection was closed by Kea before any byte of an answer arrived."""
+
+
+class _Conn:
+    __slots__ = ("last_used", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.last_used = time.monotonic()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+def make_ssl_context(cfg: EndpointConfig) -> ssl.SSLContext | None:
+    if not (cfg.url or "").startswith("https:"):
+        return None
+    ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    if not cfg.verify_hostname:
+        ctx.check_hostname = False
+    if cfg.cert_file:
+        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None)
+    return ctx
+
+
+class HttpTransport:
+    """HTTP/1.1 POST to kea-ctrl-agent or a Kea >= 3.0 daemon, over a small keep-alive pool.
+
+    At most ``pool_size`` requests are in flight; each takes the most recently
+    used idle connection or opens one. Kea closes connections idle for 30 s:
+    idle ones older than ``idle_timeout`` are dropped before use, and if a
+    reused connection turns out closed before any answer byte arrived, the
+    request goes once more over a fresh connection (Kea never saw it).
+    ``timeout`` covers the whole exchange including connecting.
+    """
+
+    def __init__(self, cfg: EndpointConfig, ssl_context: ssl.SSLContext | None = None) -> None:
+        assert cfg.url is not None
+        self.name = cfg.name
+        self.url = cfg.url
+        parts = urlsplit(cfg.url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.timeout = cfg.timeout
+        self.idle_timeout = cfg.idle_timeout
+        self._ssl = ssl_context if ssl_context is not None else make_ssl_context(cfg)
+        host_header = f"[{self.host}]" if ":" in self.host else self.host
+        if parts.port:
+            host_header += f":{parts.port}"
+        head = (
+            f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: application/json\r\n"
+        )
+        if cfg.user is not None and cfg.password is not None:
+            token = base64.b64encode(f"{cfg.user}:{cfg.password.reveal()}".encode()).decode()
+            head += f"Authorization: Basic {token}\r\n"
+        self._head = (head + "Content-Length: ").encode()
+        self._idle: list[_Conn] = []
+        self._slots = asyncio.Semaphore(cfg.pool_size)
+        self.connections_opened = 0  # for tests and the benchmark: keep-alive must keep this low
+
+    async def exchange(self, body: bytes, command: str) -> Any:
+        async with self._slots:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    status, data = await self._request(body, command)
+            except TimeoutError:
+                raise KeaTimeoutError(
+                    f"no answer within {self.timeout:g}s from {self.url}", self.name, command
+                ) from None
+        if status == 200:
+            return _decode(data, self.name, command)
+        text = data[:300].decode("utf-8", "replace").strip()
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            text = json.loads(data).get("text", text)
+        if status in (401, 403):
+            raise KeaAuthError(f"HTTP {status} {text}: check user/password", self.name, command, status)
+        if status >= 500:
+            raise KeaServerError(f"HTTP {status} {text}", self.name, command)
+        raise KeaHTTPError(f"HTTP {status} {text}", self.name, command, status)
+
+    async def _request(self, body: bytes, command: str) -> tuple[int, bytes]:
+        request = self._head + str(len(body)).encode() + b"\r\n\r\n" + body
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                return await self._roundtrip(conn, request, command)
+            except _Stale:
+                pass
+        conn = await self._connect(command)
+        try:
+            return await self._roundtrip(conn, request, command)
+        except _Stale:
+            raise KeaUnavailableError(
+                f"{self.url} closed the connection without an answer", self.name, command
+            ) from None
+
+    def _take_idle(self) -> _Conn | None:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.last_used < self.idle_timeout and not conn.reader.at_eof():
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self, command: str) -> _Conn:
+        try:
+            reader, writer = await asyncio.open_connection(
+                self.host,
+                self.port,
+                ssl=self._ssl,
+                limit=MAX_ANSWER,
+                server_hostname=self.host if self._ssl else None,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise KeaAuthError(
+                f"TLS: {self.url} presented a certificate we do not trust ({exc.verify_message}); "
+                "check ca_file",
+                self.name,
+                command,
+            ) from None
+        except ssl.SSLError as exc:
+            raise KeaAuthError(
+                f"TLS handshake with {self.url} failed: {exc.reason or exc}", self.name, command
+            ) from None
+        except ConnectionRefusedError:
+            raise KeaUnavailableError(
+                f"connection refused by {self.url}: is Kea running?", self.name, command
+            ) from None
+        except OSError as exc:
+            raise KeaUnavailableError(
+                f"cannot connect to {self.url}: {exc.strerror or exc}", self.name, command
+            ) from None
+        self.connections_opened += 1
+        return _Conn(reader, writer)
+
+    async def _roundtrip(self, conn: _Conn, request: bytes, command: str) -> tuple[int, bytes]:
+        keep = False
+        try:
+            try:
+                conn.writer.write(request)
+                await conn.writer.drain()
+                status_line = await conn.reader.readline()
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+                raise _Stale() from None
+            except ssl.SSLError as exc:
+                # TLS 1.3 sends "certificate required" / "unknown ca" after the handshake.
+                raise KeaAuthError(
+                    f"TLS: {self.url} refused us: {exc.reason or exc}; check cert_file/key_file",
+                    self.name,
+                    command,
+                ) from None
+            if not status_line:
+                raise _Stale()
+            try:
+                version, code, *_ = status_line.decode("latin-1").split(" ", 2)
+                status = int(code)
+            except ValueError:
+                raise KeaServerError(
+                    f"not an HTTP answer from {self.url}: {status_line[:80]!r}", self.name, command
+                ) from None
+            length = -1
+            close = version != "HTTP/1.1"
+            while True:
+                line = await conn.reader.readline()
+                if line in (b"\r\n", b"\n"):
+                    break
+                if not line:
+                    raise KeaUnavailableError(
+                        f"{self.url} closed the connection in the headers", self.name, command
+                    )
+                name, _, value = line.decode("latin-1").partition(":")
+                key = name.strip().lower()
+                if key == "content-length":
+                    length = int(value.strip())
+                elif key == "connection":
+                    close = value.strip().lower() == "close" or (
+                        close and value.strip().lower() != "keep-alive"
+                    )
+            if length >= 0:
+                data = await conn.reader.readexactly(length)
+            else:
+                data = await conn.reader.read()
+                close = True
+            keep = not close
+            return status, data
+        except asyncio.IncompleteReadError:
+            raise KeaUnavailableError(
+                f"{self.url} closed the connection mid-answer", self.name, command
+            ) from None
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise KeaUnavailableError(f"{self.url}: {exc}", self.name, command) from None
+        finally:
+            if keep:
+                conn.last_used = time.monotonic()
+                self._idle.append(conn)
+            else:
+                conn.close()
+
+    async def aclose(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
