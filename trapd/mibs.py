@@ -1,17 +1,419 @@
-"""MIB names for OIDs (placeholder until the MIB resolver lands)."""
+"""MIB names for OIDs, resolved from a precomputed index: no MIB-view walk per varbind.
+
+The ``mibs:`` section of trapd.yaml::
+
+    mibs:
+      dirs: [/usr/share/snmp/mibs, /etc/trapd/mibs]   # site MIB sources (default: these two, if present)
+      cache_dir: /var/lib/trapd/mibs                  # compiled output (default: <state_dir>/mibs)
+
+Where names come from:
+
+* ``trapd/data/mib-index.json``, shipped: pysnmp's core modules plus the 275
+  IETF/IANA modules of ``pysnmp-mibs`` (IF-MIB, BRIDGE-MIB, Q-BRIDGE-MIB,
+  ENTITY-MIB, ...), indexed at build time by :mod:`trapd.mibindex`
+  (``trapd mibs build-index`` rebuilds it);
+* the site's MIB directories, compiled offline with pysmi by
+  :mod:`trapd.mibcompile` into ``cache_dir`` and indexed there
+  (``site-index.json``). A fingerprint of the source files (names, sizes,
+  mtimes) decides whether that work is needed: an unchanged directory costs
+  one ``stat`` per file at start-up, not a compile.
+
+A broken MIB never stops trapd: it is named in :attr:`MibResolver.problems`
+(``"file.mib: reason"``) and everything else loads. An OID no MIB names stays
+numeric; a notification is never dropped for lack of a MIB.
+
+Resolution (:meth:`MibResolver.resolve`) is a longest-prefix lookup in a dict
+keyed by OID tuples, fronted by a bounded cache keyed by the full OID, so the
+receive path pays one dict lookup per varbind once an OID has been seen.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trapd.yamlsource import check_keys
+from trapd.listener.raw import Oid
+from trapd.yamlsource import ConfigError, check_keys, expect, where
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIRS = (Path("/usr/share/snmp/mibs"), Path("/etc/trapd/mibs"))
+SHIPPED_INDEX = Path(__file__).with_name("data") / "mib-index.json"
+SITE_INDEX_NAME = "site-index.json"
+# Node kinds that hold values: an OID below one of them is an instance (ifIndex.17).
+OBJECT_KINDS = frozenset({"column", "scalar"})
+# Kinds that only name a place in the tree (OBJECT IDENTIFIER, OBJECT-IDENTITY).
+_ALIAS_KINDS = frozenset({"node", "identity"})
+# Bound on the per-OID resolution cache. Cleared when full: a trap storm
+# repeats few OIDs, and a flood of distinct OIDs must not grow memory.
+CACHE_LIMIT = 50_000
 
 
 @dataclass(frozen=True)
 class MibConfig:
+    """Where site MIBs are and where their compiled form is cached.
+
+    ``dirs`` None means the defaults (/usr/share/snmp/mibs, /etc/trapd/mibs)
+    that exist; an explicit empty list means no site MIBs at all.
+    ``cache_dir`` None means ``<state_dir>/mibs`` (the caller knows state_dir).
+    """
+
+    dirs: tuple[Path, ...] | None = None
+    cache_dir: Path | None = None
+
     @classmethod
     def from_yaml(cls, node: Any, base_dir: Path) -> MibConfig:
-        check_keys(node, set(), "mibs")
-        return cls()
+        n = check_keys(node, {"dirs", "cache_dir"}, "mibs")
+        raw_dirs = expect(n, "dirs", (list, str), "mibs")
+        dirs: tuple[Path, ...] | None = None
+        if raw_dirs is not None:
+            items = [raw_dirs] if isinstance(raw_dirs, str) else raw_dirs
+            for i, d in enumerate(items):
+                if not isinstance(d, str) or not d:
+                    raise ConfigError("mibs.dirs entries must be directory paths", where(raw_dirs, i))
+            dirs = tuple(base_dir / d for d in items)
+        cache = expect(n, "cache_dir", str, "mibs")
+        return cls(dirs=dirs, cache_dir=base_dir / cache if cache else None)
+
+    def source_dirs(self) -> list[Path]:
+        if self.dirs is not None:
+            return list(self.dirs)
+        return [d for d in DEFAULT_DIRS if d.is_dir()]
+
+    def cache_path(self, state_dir: Path | None) -> Path | None:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        return state_dir / "mibs" if state_dir is not None else None
+
+
+class Syntax:
+    """What a MIB says about an object's values (shared by every object of that syntax).
+
+    ``base``: SMI base type (Integer32, OctetString, Gauge32, Bits, ...);
+    ``tc``: ``MODULE::Name`` of its textual convention or ""; ``hint``: the
+    DISPLAY-HINT or ""; ``enums``: label -> number for enumerated INTEGERs
+    and BITS; ``labels``: number -> label.
+    """
+
+    __slots__ = ("base", "enums", "hint", "labels", "tc")
+
+    def __init__(self, base: str, tc: str, hint: str, enums: Iterable[tuple[str, int]] | None) -> None:
+        self.base = base
+        self.tc = tc
+        self.hint = hint
+        self.enums: dict[str, int] = dict(enums or ())
+        self.labels: dict[int, str] = {v: k for k, v in self.enums.items()}
+
+    def __repr__(self) -> str:
+        return f"Syntax({self.base!r}, tc={self.tc!r}, hint={self.hint!r}, enums={self.enums!r})"
+
+
+# One named node: (MODULE::symbol, kind, syntax or None).
+_Node = tuple[str, str, Syntax | None]
+# A resolution: (name, index, syntax or None, kind or "").
+Resolved = tuple[str, Oid, Syntax | None, str]
+
+
+def _dotted(oid: Oid) -> str:
+    return ".".join(map(str, oid))
+
+
+class MibResolver:
+    """OID <-> name, enum labels and display hints from the loaded MIB index.
+
+    Build it with :meth:`load` (config + shipped index + site MIBs) or
+    :meth:`from_index` (index data in memory, for tests and tools).
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.sources: list[str] = []
+        self._nodes: dict[Oid, _Node] = {}
+        self._by_name: dict[str, Oid] = {}
+        self._by_symbol: dict[str, Oid] | None = None
+        self._modules: dict[str, Oid] = {}
+        self._tcs: dict[str, Syntax] = {}
+        self._cache: dict[Oid, Resolved] = {}
+
+    # -- loading -----------------------------------------------------------
+
+    @classmethod
+    def load(cls, config: MibConfig | None = None, state_dir: Path | None = None) -> MibResolver:
+        """The shipped index plus the site's compiled MIBs. Never raises for a bad MIB.
+
+        Site directories are compiled only when their files changed since the
+        cached compile; problems (broken files, unresolvable imports) are kept
+        in the cache too, so every start reports them, not only the first.
+        """
+        config = config or MibConfig()
+        r = cls()
+        shipped: dict[str, Any] | None = None
+        try:
+            shipped = _read_index(SHIPPED_INDEX)
+        except (OSError, ValueError) as exc:
+            r.problems.append(f"{SHIPPED_INDEX.name}: {exc}; rebuild it with `trapd mibs build-index`")
+        if shipped is not None:
+            r.add_index(shipped, SHIPPED_INDEX.name)
+        dirs = config.source_dirs()
+        if dirs:
+            site = load_site_index(dirs, config.cache_path(state_dir), shipped)
+            r.problems += site.problems
+            if site.index is not None:
+                r.add_index(site.index, "site MIBs", site=True)
+        for p in r.problems:
+            log.warning("MIB problem: %s", p)
+        return r
+
+    @classmethod
+    def from_index(cls, *indexes: dict[str, Any]) -> MibResolver:
+        r = cls()
+        for i, data in enumerate(indexes):
+            r.add_index(data, f"index {i}", site=i > 0)
+        return r
+
+    def add_index(self, data: dict[str, Any], source: str, *, site: bool = False) -> None:
+        """Merge one index (format of :mod:`trapd.mibindex`); later indexes win on equal rank.
+
+        Within an index the nodes are already in preference order. A site
+        index overrides the shipped names for the same OID, except that a bare
+        OBJECT IDENTIFIER never hides an object or notification defined there.
+        """
+        if data.get("format") != 1:
+            raise ValueError(f"{source}: unsupported MIB index format {data.get('format')!r}")
+        modules = [m[0] for m in data["modules"]]
+        syntaxes = [Syntax(s[0], s[1], s[2], s[3]) for s in data["syntaxes"]]
+        nodes, by_name = self._nodes, self._by_name
+        weak = _ALIAS_KINDS
+        for oid_list, mod_no, sym, kind, syn_no in data["nodes"]:
+            oid = tuple(oid_list)
+            name = f"{modules[mod_no]}::{sym}"
+            prev = nodes.get(oid)
+            if prev is not None and site and kind in weak and prev[1] not in weak:
+                by_name[name] = oid
+                continue
+            nodes[oid] = (name, kind, syntaxes[syn_no] if syn_no >= 0 else None)
+            by_name[name] = oid
+        for name, moid, _legacy in data["modules"]:
+            if moid:
+                self._modules[name] = tuple(int(x) for x in moid.split("."))
+        for mod_no, tc_name, syn_no in data.get("tcs", ()):
+            syn = syntaxes[syn_no]
+            self._tcs[f"{modules[mod_no]}::{tc_name}"] = syn
+            self._tcs.setdefault(tc_name, syn)
+        self._by_symbol = None
+        self._cache.clear()
+        self.sources.append(source)
+
+    # -- resolution ----------------------------------------------------------
+
+    def describe(self, oid: Oid) -> Resolved:
+        """``(name, index, syntax, kind)`` for an OID: the receive-path entry point.
+
+        ``name`` is ``MODULE::symbol`` when a MIB defines the OID itself (any
+        node; index ``()``) or an object (scalar or column) above it (the rest
+        is the index). Anything else, including OIDs below a non-object node,
+        gives the dotted OID, index ``()``, no syntax and kind "".
+        """
+        hit = self._cache.get(oid)
+        if hit is not None:
+            return hit
+        nodes = self._nodes
+        node = nodes.get(oid)
+        if node is not None and node[1] not in _ALIAS_KINDS:
+            hit = (node[0], (), node[2], node[1])
+        else:
+            # No node here, or only a bare OBJECT IDENTIFIER: some modules name
+            # an instance (DISMAN-EXPRESSION-MIB::sysUpTimeInstance is
+            # sysUpTime.0); the object above it is the better name.
+            hit = (node[0], (), None, node[1]) if node is not None else (_dotted(oid), (), None, "")
+            for cut in range(len(oid) - 1, 0, -1):
+                parent = nodes.get(oid[:cut])
+                if parent is not None:
+                    if parent[1] in OBJECT_KINDS:
+                        hit = (parent[0], oid[cut:], parent[2], parent[1])
+                    break
+        cache = self._cache
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[oid] = hit
+        return hit
+
+    def resolve(self, oid: Oid) -> tuple[str, Oid]:
+        """``("IF-MIB::ifIndex", (17,))``, or ``("1.3.6.1.4.1.99.1", ())`` when no MIB names it."""
+        hit = self.describe(oid)
+        return hit[0], hit[1]
+
+    def name_of(self, oid: Oid) -> str:
+        """``IF-MIB::ifIndex.17`` style: the name with its index appended, or the dotted OID."""
+        name, index, _s, _k = self.describe(oid)
+        return f"{name}.{_dotted(index)}" if index else name
+
+    def lookup(self, name: str) -> Oid | None:
+        """OID for ``IF-MIB::linkDown``, ``linkDown``, ``ifIndex.17``, ``1.3.6.1...``; None if unknown."""
+        text = name.strip()
+        if not text:
+            return None
+        if text[0].isdigit() or text[0] == ".":
+            try:
+                return tuple(int(p) for p in text.lstrip(".").split("."))
+            except ValueError:
+                return None
+        mod, sep, rest = text.partition("::")
+        if not sep:
+            mod, rest = "", text
+        sym, dot, idx = rest.partition(".")
+        base = self._by_name.get(f"{mod}::{sym}") if mod else self._symbols().get(sym)
+        if base is None:
+            return None
+        if not dot:
+            return base
+        try:
+            return base + tuple(int(p) for p in idx.split("."))
+        except ValueError:
+            return None
+
+    def _symbols(self) -> dict[str, Oid]:
+        by = self._by_symbol
+        if by is None:
+            # Built on first use: only rules and tools look up bare symbols.
+            by = {}
+            for name, oid in self._by_name.items():
+                sym = name.partition("::")[2]
+                node = self._nodes.get(oid)
+                # The OID's own (preferred) definition wins over other modules' aliases.
+                if sym not in by or (node is not None and node[0] == name):
+                    by[sym] = oid
+            self._by_symbol = by
+        return by
+
+    def _syntax(self, name_or_oid: str | Oid) -> Syntax | None:
+        if isinstance(name_or_oid, str):
+            tc = self._tcs.get(name_or_oid)
+            if tc is not None:
+                return tc
+            oid = self.lookup(name_or_oid)
+            if oid is None:
+                return None
+        else:
+            oid = name_or_oid
+        return self.describe(oid)[2]
+
+    def enum_values(self, name_or_oid: str | Oid) -> dict[str, int]:
+        """``{"up": 1, "down": 2, ...}`` for ifOperStatus (or a TC name); {} if not enumerated."""
+        syn = self._syntax(name_or_oid)
+        return dict(syn.enums) if syn is not None else {}
+
+    def display_hint(self, name_or_oid: str | Oid) -> str | None:
+        """DISPLAY-HINT of an object's syntax or of a TC (``MacAddress`` -> ``"1x:"``); None if none."""
+        syn = self._syntax(name_or_oid)
+        return syn.hint or None if syn is not None else None
+
+    def syntax(self, name_or_oid: str | Oid) -> Syntax | None:
+        return self._syntax(name_or_oid)
+
+    def is_notification(self, oid: str | Oid) -> bool:
+        key = self.lookup(oid) if isinstance(oid, str) else oid
+        node = self._nodes.get(key) if key is not None else None
+        return node is not None and node[1] == "notification"
+
+    def kind(self, oid: Oid) -> str:
+        """Node kind at exactly this OID (module, node, table, row, column, scalar, notification) or ""."""
+        node = self._nodes.get(oid)
+        return node[1] if node is not None else ""
+
+    def subtree(self, name: str) -> Oid | None:
+        """A module's MODULE-IDENTITY OID (``IF-MIB`` -> 1.3.6.1.2.1.31), else :meth:`lookup`."""
+        moid = self._modules.get(name.strip())
+        return moid if moid is not None else self.lookup(name)
+
+    def modules(self) -> list[str]:
+        return sorted({name.partition("::")[0] for name in self._by_name})
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        data: dict[str, Any] = json.load(f)
+    if not isinstance(data, dict) or data.get("format") != 1:
+        raise ValueError("not a trapd MIB index (format 1)")
+    return data
+
+
+# -- site MIBs -------------------------------------------------------------
+
+
+@dataclass
+class SiteIndex:
+    index: dict[str, Any] | None
+    problems: list[str]
+    compiled: bool  # True when this call ran the compiler (the cache was stale)
+
+
+def source_files(dirs: Iterable[Path]) -> list[Path]:
+    """MIB source candidates: regular, non-hidden files directly in each directory, by name."""
+    out: list[Path] = []
+    for d in dirs:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            continue
+        out += [Path(e.path) for e in entries if not e.name.startswith(".") and e.is_file()]
+    return out
+
+
+def fingerprint(dirs: Iterable[Path], shipped: dict[str, Any] | None) -> str:
+    """What the compiled site index depends on, cheap to compute (one stat per file)."""
+    parts = [f"format=1;shipped={len(shipped['nodes']) if shipped else 0}"]
+    dirs = list(dirs)
+    parts += [f"dir={d}" for d in dirs]
+    for p in source_files(dirs):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        parts.append(f"{p}|{st.st_size}|{st.st_mtime_ns}")
+    return "\n".join(parts)
+
+
+def load_site_index(dirs: list[Path], cache_dir: Path | None, shipped: dict[str, Any] | None) -> SiteIndex:
+    """The compiled index of the site's MIB directories; compiles only when sources changed.
+
+    Never raises: any failure becomes a problem line and the site MIBs are
+    skipped (the shipped names still work).
+    """
+    fp = fingerprint(dirs, shipped)
+    if not source_files(dirs):
+        return SiteIndex(None, [], False)
+    cached_path = cache_dir / SITE_INDEX_NAME if cache_dir is not None else None
+    if cached_path is not None:
+        try:
+            cached = _read_index(cached_path)
+            if cached.get("fingerprint") == fp:
+                return SiteIndex(cached, list(cached.get("problems", [])), False)
+        except (OSError, ValueError):
+            pass
+    try:
+        from trapd.mibcompile import compile_site
+    except ImportError as exc:  # pysmi missing: run with shipped names only
+        return SiteIndex(None, [f"MIB compiler unavailable: {exc}"], False)
+    try:
+        data, problems = compile_site(dirs, cache_dir, shipped)
+    except Exception as exc:  # the compiler must never take trapd down
+        return SiteIndex(None, [f"MIB compile failed: {type(exc).__name__}: {exc}"], True)
+    data["fingerprint"] = fp
+    data["problems"] = problems
+    if cached_path is not None:
+        try:
+            from trapd.mibindex import write_index
+
+            write_index(data, cached_path)
+        except OSError as exc:
+            problems = [*problems, f"{cached_path}: cannot write MIB cache: {exc.strerror or exc}"]
+    return SiteIndex(data, problems, True)

@@ -1,0 +1,280 @@
+"""Building the MIB name index: the slow side of MIB resolution.
+
+:class:`trapd.mibs.MibResolver` never walks a pysnmp MIB view at run time; it
+reads a flat index (``{oid: (module, symbol, kind, syntax)}``) from JSON. This
+module makes that index, once, by loading compiled MIB modules into pysnmp's
+``MibBuilder`` and reading every named node out of them:
+
+* the shipped index (``trapd/data/mib-index.json``) covers pysnmp's own core
+  modules and all 275 IETF/IANA modules of ``pysnmp-mibs``. Loading those
+  through ``MibBuilder`` takes about 4.5 s, which is why it is done at build
+  time (``trapd mibs build-index``), never at daemon start;
+* a site's MIBs are compiled by :mod:`trapd.mibcompile` and indexed the same
+  way into the cache directory.
+
+Index format (``FORMAT``), chosen to load fast with the stdlib json module::
+
+    {"format": 1,
+     "built_from": {...versions...},
+     "modules": [[name, module_identity_oid or "", legacy(0/1)], ...],
+     "syntaxes": [[base_type, "TC-MODULE::TcName" or "", display_hint, enums], ...],
+     "nodes": [[[1, 3, 6, ...], module_no, symbol, kind, syntax_no or -1], ...],
+     "tcs": [[module_no, name, syntax_no], ...]}
+
+``enums`` is ``[[label, number], ...]`` for INTEGER enumerations and BITS
+(``base_type`` tells which) or null. ``nodes`` are sorted so that, for an OID
+defined by more than one module, the preferred definition comes last (the
+loader simply keeps the last one): an object or notification beats a bare
+OBJECT IDENTIFIER, and an SMIv2 module beats its SMIv1 ancestor
+(IF-MIB::ifIndex, not RFC1213-MIB::ifIndex).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+
+# Node kinds, as stored in the index.
+KINDS = ("node", "identity", "module", "table", "row", "column", "scalar", "notification")
+# Kinds that carry a value in a varbind (an OID below them is an instance).
+OBJECT_KINDS = frozenset({"column", "scalar"})
+
+# SMIv1 modules (and SMIv1 copies) that later SMIv2 modules supersede: when the
+# same OID is defined in both, the SMIv2 name wins.
+LEGACY_MODULES = frozenset(
+    {
+        "RFC1155-SMI",
+        "RFC1158-MIB",
+        "RFC1213-MIB",
+        "RFC1253-MIB",
+        "RFC1271-MIB",
+        "RFC1285-MIB",
+        "RFC1316-MIB",
+        "RFC1381-MIB",
+        "RFC1382-MIB",
+        "SNMPv2-TC-v1",
+    }
+)
+
+# pysnmp-internal modules that no device ever sends.
+_SKIP_MODULES = frozenset({"ASN1", "ASN1-ENUMERATION", "ASN1-REFINEMENT"})
+
+# pysnmp base classes, most specific first: the first one found in a syntax
+# class's MRO is its SMI base type.
+_BASE_TYPES = (
+    "Counter32",
+    "Counter64",
+    "Gauge32",
+    "Unsigned32",
+    "TimeTicks",
+    "Integer32",
+    "IpAddress",
+    "Opaque",
+    "Bits",
+    "ObjectIdentifier",
+    "OctetString",
+    "Integer",
+    "Null",
+)
+
+_KIND_RANK = {"node": 0, "identity": 0, "module": 1}
+
+
+def _node_kind(obj: Any) -> str | None:
+    """The index kind of a pysnmp MIB object, None for what is not indexed.
+
+    Conformance statements (groups, compliances, capabilities) are skipped:
+    they never occur in a notification and would only double the index.
+    """
+    names = [k.__name__ for k in type(obj).__mro__]
+    if "MibNode" not in names:
+        return None
+    first = names[0]
+    return {
+        "MibTableColumn": "column",
+        "MibScalar": "scalar",
+        "MibTableRow": "row",
+        "MibTable": "table",
+        "NotificationType": "notification",
+        "ModuleIdentity": "module",
+        "ObjectIdentity": "identity",
+        "MibIdentifier": "node",
+    }.get(first)
+
+
+def _base_type(cls: type) -> str:
+    names = {k.__name__ for k in cls.__mro__}
+    for base in _BASE_TYPES:
+        if base in names:
+            return "Integer32" if base == "Integer" else base
+    return ""
+
+
+class _IndexWriter:
+    """Accumulates modules, syntaxes (deduplicated), TCs and nodes."""
+
+    def __init__(self) -> None:
+        self.modules: list[list[Any]] = []
+        self._module_no: dict[str, int] = {}
+        self.syntaxes: list[list[Any]] = []
+        self._syntax_no: dict[str, int] = {}
+        self.nodes: list[list[Any]] = []
+        self.tcs: list[list[Any]] = []
+
+    def module(self, name: str, legacy: bool) -> int:
+        if name not in self._module_no:
+            self._module_no[name] = len(self.modules)
+            self.modules.append([name, "", int(legacy)])
+        return self._module_no[name]
+
+    def syntax(self, base: str, tc: str, hint: str, enums: list[list[Any]] | None) -> int:
+        rec = [base, tc, hint, enums]
+        key = json.dumps(rec)
+        if key not in self._syntax_no:
+            self._syntax_no[key] = len(self.syntaxes)
+            self.syntaxes.append(rec)
+        return self._syntax_no[key]
+
+    def result(self, built_from: dict[str, str]) -> dict[str, Any]:
+        legacy = {i for i, m in enumerate(self.modules) if m[2]}
+
+        def rank(node: list[Any]) -> tuple[int, int]:
+            return (_KIND_RANK.get(node[3], 2), 0 if node[1] in legacy else 1)
+
+        # Stable sort: equal ranks keep load order, so later modules win ties.
+        self.nodes.sort(key=rank)
+        return {
+            "format": FORMAT,
+            "built_from": built_from,
+            "modules": self.modules,
+            "syntaxes": self.syntaxes,
+            "nodes": self.nodes,
+            "tcs": self.tcs,
+        }
+
+
+def _syntax_of(w: _IndexWriter, syntax: Any, tc_names: dict[int, str]) -> int:
+    cls = type(syntax)
+    base = _base_type(cls)
+    tc = tc_names.get(id(cls), "")
+    hint = str(getattr(syntax, "displayHint", "") or "")
+    enums: list[list[Any]] | None = None
+    named = getattr(syntax, "namedValues", None)
+    if named is not None and len(named):
+        enums = [[str(k), int(v)] for k, v in named.items()]
+    return w.syntax(base, tc, hint, enums)
+
+
+def index_builder_modules(
+    builder: Any, modules: Iterable[str], writer: _IndexWriter | None = None
+) -> _IndexWriter:
+    """Add the named, already loaded modules of a pysnmp ``MibBuilder`` to an index."""
+    w = writer or _IndexWriter()
+    wanted = [m for m in modules if m in builder.mibSymbols and m not in _SKIP_MODULES]
+    # TC classes first, so that object syntaxes can name their TC.
+    tc_names: dict[int, str] = {}
+    for mod, syms in builder.mibSymbols.items():
+        for name, obj in syms.items():
+            if isinstance(obj, type) and any(k.__name__ == "TextualConvention" for k in obj.__mro__[1:]):
+                tc_names.setdefault(id(obj), f"{mod}::{name}")
+    for mod in wanted:
+        mod_no = w.module(mod, mod in LEGACY_MODULES)
+        for name, obj in builder.mibSymbols[mod].items():
+            if isinstance(obj, type):
+                if tc_names.get(id(obj)) == f"{mod}::{name}":
+                    try:
+                        w.tcs.append([mod_no, name, _syntax_of(w, obj(), tc_names)])
+                    except Exception:  # a TC class that cannot be instantiated bare
+                        continue
+                continue
+            kind = _node_kind(obj)
+            if kind is None:
+                continue
+            oid = getattr(obj, "name", None)
+            if not isinstance(oid, tuple) or not oid:
+                continue
+            syntax_no = -1
+            if kind in OBJECT_KINDS and getattr(obj, "syntax", None) is not None:
+                syntax_no = _syntax_of(w, obj.syntax, tc_names)
+            if kind == "module" and not w.modules[mod_no][1]:
+                w.modules[mod_no][1] = ".".join(map(str, oid))
+            w.nodes.append([list(oid), mod_no, name, kind, syntax_no])
+    return w
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("pysnmp", "pysnmp-mibs", "pysmi"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = ""
+    return out
+
+
+def shipped_module_names() -> list[str]:
+    """Every module the shipped index covers: pysnmp's core set plus pysnmp-mibs."""
+    import pysnmp.smi.mibs as core
+    import pysnmp_mibs
+
+    names: list[str] = []
+    for pkg in (core, pysnmp_mibs):
+        d = os.path.dirname(pkg.__file__ or "")
+        names += sorted(f[:-3] for f in os.listdir(d) if f.endswith(".py") and not f.startswith("__"))
+    return [n for n in names if n not in _SKIP_MODULES]
+
+
+def build_shipped_index() -> tuple[dict[str, Any], list[str]]:
+    """Load every shipped compiled module into a MibBuilder and index it (seconds).
+
+    Returns the index and a list of problems ("MODULE: reason") for modules
+    pysnmp could not load; those are left out, the rest are indexed.
+    """
+    import pysnmp_mibs
+    from pysnmp.smi import builder as smi_builder
+
+    b = smi_builder.MibBuilder()
+    b.add_mib_sources(smi_builder.DirMibSource(os.path.dirname(pysnmp_mibs.__file__ or "")))
+    problems: list[str] = []
+    loaded: list[str] = []
+    for mod in shipped_module_names():
+        try:
+            b.load_modules(mod)
+            loaded.append(mod)
+        except Exception as exc:
+            problems.append(f"{mod}: {exc}")
+    return index_builder_modules(b, loaded).result(_versions()), problems
+
+
+def write_index(data: dict[str, Any], path: Path) -> None:
+    """Write an index atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    """``python -m trapd.mibindex [PATH]``: rebuild the shipped index (default: trapd/data/mib-index.json)."""
+    import sys
+    import time
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("data") / "mib-index.json"
+    t0 = time.monotonic()
+    data, problems = build_shipped_index()
+    write_index(data, target)
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    took = time.monotonic() - t0
+    print(f"{target}: {len(data['modules'])} modules, {len(data['nodes'])} nodes in {took:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
