@@ -1,0 +1,201 @@
+"""sd_notify: a real AF_UNIX datagram socket plays systemd and reads what trapd sends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trapd.service.sdnotify import Notifier, run_watchdog, start_watchdog, stop_watchdog
+
+
+class FakeManager:
+    """The service manager's end of NOTIFY_SOCKET."""
+
+    def __init__(self, address: str) -> None:
+        self.env_value = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(("\0" + address[1:]) if address.startswith("@") else address)
+        self.sock.settimeout(2.0)
+
+    def receive(self) -> dict[str, str]:
+        data = self.sock.recv(4096)
+        fields = {}
+        for line in data.decode().split("\n"):
+            key, _, value = line.partition("=")
+            fields[key] = value
+        return fields
+
+    def pending(self) -> list[dict[str, str]]:
+        out = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    out.append(dict(line.split("=", 1) for line in self.sock.recv(4096).decode().split("\n")))
+                except BlockingIOError:
+                    return out
+        finally:
+            self.sock.settimeout(2.0)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[FakeManager]:
+    m = FakeManager(str(tmp_path / "notify"))
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def abstract_manager() -> Iterator[FakeManager]:
+    m = FakeManager(f"@trapd-test-{uuid.uuid4().hex}")
+    yield m
+    m.close()
+
+
+def test_every_message_is_a_noop_without_notify_socket() -> None:
+    n = Notifier({})
+    assert not n.enabled
+    assert n.ready("x") is False
+    assert n.status("x") is False
+    assert n.reloading() is False
+    assert n.stopping() is False
+    assert n.watchdog() is False
+    assert n.watchdog_interval() is None
+
+
+def test_lifecycle_messages_reach_the_manager(manager: FakeManager) -> None:
+    n = Notifier({"NOTIFY_SOCKET": manager.env_value})
+    assert n.enabled
+
+    assert n.ready("listening on 0.0.0.0:162")
+    assert manager.receive() == {"READY": "1", "STATUS": "listening on 0.0.0.0:162"}
+
+    assert n.status("1200 received,\n3 dropped")
+    assert manager.receive() == {"STATUS": "1200 received, 3 dropped"}  # a newline would forge a field
+
+    assert n.watchdog()
+    assert manager.receive() == {"WATCHDOG": "1"}
+
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert n.reloading("reloading rules")
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    msg = manager.receive()
+    assert msg["RELOADING"] == "1"
+    assert before <= int(msg["MONOTONIC_USEC"]) <= after
+    assert msg["STATUS"] == "reloading rules"
+
+    assert n.ready()
+    assert manager.receive() == {"READY": "1"}
+
+    assert n.extend_timeout(12.5)
+    assert manager.receive() == {"EXTEND_TIMEOUT_USEC": "12500000"}
+
+    assert n.stopping("draining 3 actions")
+    assert manager.receive() == {"STOPPING": "1", "STATUS": "draining 3 actions"}
+    n.close()
+
+
+def test_abstract_namespace_socket(abstract_manager: FakeManager) -> None:
+    n = Notifier({"NOTIFY_SOCKET": abstract_manager.env_value})
+    assert n.ready()
+    assert abstract_manager.receive() == {"READY": "1"}
+
+
+def test_a_vanished_manager_does_not_raise(tmp_path: Path) -> None:
+    n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")})
+    assert n.enabled
+    assert n.ready() is False
+    assert n.status("still fine") is False
+
+
+def test_unusable_socket_address_means_disabled() -> None:
+    assert not Notifier({"NOTIFY_SOCKET": "relative/path"}).enabled
+    assert not Notifier({"NOTIFY_SOCKET": "vsock:2:1234"}).enabled
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"WATCHDOG_USEC": "30000000"}, 30.0),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}, 30.0),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, None),  # meant for another process
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
+    assert Notifier(env).watchdog_interval() == expected
+
+
+async def test_watchdog_task_pings_at_half_the_interval(manager: FakeManager) -> None:
+    n = Notifier({"NOTIFY_SOCKET": manager.env_value, "WATCHDOG_USEC": "200000"})  # 0.2 s
+    task = start_watchdog(n)
+    assert task is not None
+    await asyncio.sleep(0.45)
+    await stop_watchdog(task)
+    pings = manager.pending()
+    # Pings at 0, 0.1, 0.2, 0.3, 0.4 s; allow for a slow machine but require more than one per interval.
+    assert 3 <= len(pings) <= 6
+    assert all(p == {"WATCHDOG": "1"} for p in pings)
+
+
+async def test_watchdog_task_is_silent_while_unhealthy(manager: FakeManager) -> None:
+    n = Notifier({"NOTIFY_SOCKET": manager.env_value, "WATCHDOG_USEC": "100000"})
+    healthy = False
+    task = asyncio.create_task(run_watchdog(n, lambda: healthy))
+    await asyncio.sleep(0.2)
+    assert manager.pending() == []
+    healthy = True
+    await asyncio.sleep(0.12)
+    await stop_watchdog(task)
+    assert len(manager.pending()) >= 1
+
+
+async def test_watchdog_task_stops_when_the_loop_is_blocked(manager: FakeManager) -> None:
+    n = Notifier({"NOTIFY_SOCKET": manager.env_value, "WATCHDOG_USEC": "100000"})
+    task = start_watchdog(n)
+    await asyncio.sleep(0.01)
+    manager.pending()  # the first ping
+    time.sleep(0.3)  # a blocked event loop: no pings, so systemd would kill us
+    assert manager.pending() == []
+    await stop_watchdog(task)
+
+
+async def test_no_watchdog_task_without_watchdog_usec(manager: FakeManager) -> None:
+    n = Notifier({"NOTIFY_SOCKET": manager.env_value})
+    assert start_watchdog(n) is None
+    await run_watchdog(n)  # returns at once
+
+
+def test_a_child_process_notifies_like_a_service(manager: FakeManager) -> None:
+    """The environment systemd gives a Type=notify service, in a real subprocess."""
+    code = (
+        "from trapd.service.sdnotify import Notifier\n"
+        "n = Notifier()\n"
+        "assert n.watchdog_interval() == 5.0, n.watchdog_interval()\n"
+        "n.ready('up'); n.watchdog(); n.stopping()\n"
+    )
+    # WATCHDOG_PID must be the child's own pid: exec keeps the shell's pid.
+    env = {**os.environ, "NOTIFY_SOCKET": manager.env_value, "WATCHDOG_USEC": "5000000"}
+    subprocess.run(
+        ["/bin/sh", "-c", 'WATCHDOG_PID=$$ exec "$0" -c "$1"', sys.executable, code],
+        env=env,
+        check=True,
+        timeout=30,
+    )
+    assert manager.receive() == {"READY": "1", "STATUS": "up"}
+    assert manager.receive() == {"WATCHDOG": "1"}
+    assert manager.receive() == {"STOPPING": "1"}
