@@ -1,0 +1,415 @@
+"""The fast receive path: decode SNMPv1/v2c notifications, encode the inform acknowledgement.
+
+pyasn1 (under pysnmp) spends about 875 µs on one v2c trap; at the 10,000
+traps/s trapd must take in a storm that is several cores' worth. SNMP
+notifications have one fixed shape, so this module walks exactly that shape
+with the primitives in :mod:`trapd.listener.ber` and nothing more::
+
+    Message ::= SEQUENCE { version INTEGER, community OCTET STRING, pdu }
+    v1:  Trap-PDU [4] { enterprise OID, agent-addr IpAddress, generic-trap INTEGER (0..6),
+                        specific-trap INTEGER, time-stamp TimeTicks, VarBindList }
+    v2c: SNMPv2-Trap-PDU [7] / InformRequest-PDU [6]
+                      { request-id INTEGER, error-status INTEGER, error-index INTEGER, VarBindList }
+    VarBindList ::= SEQUENCE OF SEQUENCE { name OID, value }
+
+Anything else is refused with :class:`Rejected` and a reason from
+:data:`REJECT_REASONS` (documented where they are defined, in ``ber``). The
+decoder never raises anything else and does work linear in the datagram's
+size: there is no recursion, every length is checked against its container
+before use, and integers and OIDs are bounded before any big-int arithmetic.
+
+Decisions a reader might not guess:
+
+* Opaque (0x44) is kept as its raw content octets (``bytes``): its payload is
+  itself BER of whatever the agent chose (often a float from the UCD MIB),
+  and interpreting it is a display concern, not the receiver's.
+* A v2c trap or inform with zero varbinds, or without sysUpTime.0 and
+  snmpTrapOID.0 first, is kept as sent: dropping it would lose a
+  notification, and ``trapd.normalize`` copes with what is missing.
+* error-status and error-index of a v2c trap/inform should be 0 (RFC 3416
+  4.2.6/4.2.7) but only need to be valid 32-bit integers here: a sloppy
+  agent's non-zero value changes nothing about the notification.
+* Counter64 and the v2 exception values (noSuchObject, noSuchInstance,
+  endOfMibView) in a v1 message are ``bad-value``: RFC 1157's ObjectSyntax
+  has none of them (RFC 3584 section 4.2.2.1.2 says a v1 entity never
+  receives Counter64), and pysnmp's v1 decoder refuses them too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from trapd.listener.ber import (
+    INT32_MAX,
+    INT32_MIN,
+    MAX_OID_ARCS,
+    REJECT_REASONS,
+    TAG_COUNTER32,
+    TAG_COUNTER64,
+    TAG_END_OF_MIB_VIEW,
+    TAG_GAUGE32,
+    TAG_INTEGER,
+    TAG_IPADDRESS,
+    TAG_NO_SUCH_INSTANCE,
+    TAG_NO_SUCH_OBJECT,
+    TAG_NULL,
+    TAG_OCTET_STRING,
+    TAG_OID,
+    TAG_OPAQUE,
+    TAG_SEQUENCE,
+    TAG_TIMETICKS,
+    UINT32_MAX,
+    UINT64_MAX,
+    Rejected,
+    decode_integer,
+    decode_ipaddress,
+    decode_oid,
+    encode_integer_content,
+    encode_length,
+    encode_oid_content,
+    encode_tlv,
+    expect,
+    read_header,
+)
+from trapd.listener.raw import Oid, RawValue, RawVarBind
+
+__all__ = [
+    "MAX_MESSAGE",
+    "REJECT_REASONS",
+    "FastMessage",
+    "Rejected",
+    "decode",
+    "encode_inform_response",
+    "message_version",
+]
+
+# The largest UDP payload over IPv4 (65,535 - 8 UDP - 20 IP header octets).
+MAX_MESSAGE: Final = 65507
+
+_PDU_GET_REQUEST: Final = 0xA0
+_PDU_RESPONSE: Final = 0xA2
+_PDU_V1_TRAP: Final = 0xA4
+_PDU_INFORM: Final = 0xA6
+_PDU_V2_TRAP: Final = 0xA7
+_PDU_REPORT: Final = 0xA8  # the highest PDU tag any SNMP version defines
+
+_ERROR_TOO_BIG: Final = 1
+# error-status 0 and error-index 0, as every well-behaved trap and inform has them.
+_ZERO_ERROR_FIELDS: Final = b"\x02\x01\x00\x02\x01\x00"
+
+
+@dataclass(slots=True)
+class FastMessage:
+    """One decoded v1/v2c notification message, before it becomes a RawNotification.
+
+    ``varbinds`` holds ``(oid, type name, value)`` tuples with the Python
+    value per type that :mod:`trapd.listener.raw` defines. ``request_id`` is
+    set for v2c (trap and inform), None for v1; the ``v1_*`` fields are the
+    v1 Trap-PDU header and None for v2c.
+    """
+
+    version: Literal["v1", "v2c"]
+    community: bytes
+    pdu: Literal["v1-trap", "trap", "inform"]
+    request_id: int | None
+    varbinds: list[RawVarBind]
+    v1_enterprise: Oid | None = None
+    v1_agent_addr: str | None = None
+    v1_generic_trap: int | None = None
+    v1_specific_trap: int | None = None
+    v1_timestamp: int | None = None
+
+
+def _message_header(data: bytes) -> tuple[int, int, int]:
+    """Check the outer SEQUENCE and read the version; return (version, next pos, message end)."""
+    size = len(data)
+    if size == 0:
+        raise Rejected("empty")
+    if size > MAX_MESSAGE:
+        raise Rejected("oversized", f"{size} octets")
+    start, end = expect(data, 0, size, TAG_SEQUENCE)
+    if end != size:
+        raise Rejected("trailing-bytes", f"{size - end} octets after the message")
+    version_start, version_end = expect(data, start, end, TAG_INTEGER)
+    if version_start == version_end:
+        raise Rejected("bad-integer", "version has no content octets")
+    if version_end - version_start > 1:
+        # A minimal encoding of 0, 1 or 3 is one octet; anything longer is
+        # another version or padding, and either way not ours.
+        raise Rejected("bad-version", "version INTEGER longer than one octet")
+    return data[version_start], version_end, end
+
+
+def message_version(data: bytes) -> int:
+    """Read only the outer SEQUENCE header and the version INTEGER: 0 = v1, 1 = v2c, 3 = v3.
+
+    The listener routes v3 to pysnmp by this without decoding the rest. The
+    outer length must match the datagram exactly (a cheap check that catches
+    most garbage before pysnmp spends anything on it). Versions other than
+    0, 1 and 3 are ``bad-version``; a malformed header is rejected like in
+    :func:`decode`.
+    """
+    version = _message_header(data)[0]
+    if version not in (0, 1, 3):
+        raise Rejected("bad-version", f"version {version}")
+    return version
+
+
+def decode(data: bytes) -> FastMessage:
+    """Decode a v1 Trap-PDU, v2c SNMPv2-Trap-PDU or v2c InformRequest-PDU message.
+
+    Anything else raises :class:`Rejected`: another PDU type (GetRequest,
+    Response, a v2c PDU in a v1 message, ...) is ``unsupported-pdu``, and
+    version 3 is ``bad-version`` (it goes to pysnmp, see
+    :func:`message_version`). ``data`` must be ``bytes`` (what asyncio's
+    ``datagram_received`` gives).
+    """
+    version, pos, end = _message_header(data)
+    if version > 1:
+        raise Rejected("bad-version", f"version {version} is not v1/v2c")
+    community_start, pos = expect(data, pos, end, TAG_OCTET_STRING)
+    community = data[community_start:pos]
+    pdu_tag, pos, pdu_end = read_header(data, pos, end)
+    if pdu_end != end:
+        raise Rejected("trailing-bytes", f"{end - pdu_end} octets after the PDU")
+    if version == 0:
+        if pdu_tag != _PDU_V1_TRAP:
+            raise _pdu_rejection(pdu_tag, "v1")
+        return _decode_v1_trap(data, pos, end, community)
+    if pdu_tag == _PDU_V2_TRAP:
+        pdu: Literal["trap", "inform"] = "trap"
+    elif pdu_tag == _PDU_INFORM:
+        pdu = "inform"
+    else:
+        raise _pdu_rejection(pdu_tag, "v2c")
+    start, pos = expect(data, pos, end, TAG_INTEGER)
+    request_id = decode_integer(data, start, pos, INT32_MIN, INT32_MAX)
+    if data[pos : pos + 6] == _ZERO_ERROR_FIELDS:
+        pos += 6  # the usual case, checked in one comparison
+    else:
+        start, pos = expect(data, pos, end, TAG_INTEGER)
+        decode_integer(data, start, pos, INT32_MIN, INT32_MAX)  # error-status: ignored, see module doc
+        start, pos = expect(data, pos, end, TAG_INTEGER)
+        decode_integer(data, start, pos, INT32_MIN, INT32_MAX)  # error-index
+    start, pos = expect(data, pos, end, TAG_SEQUENCE)
+    if pos != end:
+        raise Rejected("trailing-bytes", f"{end - pos} octets after the varbind list")
+    return FastMessage("v2c", community, pdu, request_id, _varbinds(data, start, pos, False))
+
+
+def _pdu_rejection(tag: int, version: str) -> Rejected:
+    if _PDU_GET_REQUEST <= tag <= _PDU_REPORT:
+        return Rejected("unsupported-pdu", f"PDU tag 0x{tag:02x} in a {version} message")
+    return Rejected("bad-tag", f"0x{tag:02x} where a PDU belongs")
+
+
+def _decode_v1_trap(data: bytes, pos: int, end: int, community: bytes) -> FastMessage:
+    start, pos = expect(data, pos, end, TAG_OID)
+    enterprise = decode_oid(data, start, pos)
+    start, pos = expect(data, pos, end, TAG_IPADDRESS)
+    agent_addr = decode_ipaddress(data, start, pos)
+    start, pos = expect(data, pos, end, TAG_INTEGER)
+    generic = decode_integer(data, start, pos, 0, 6)
+    start, pos = expect(data, pos, end, TAG_INTEGER)
+    specific = decode_integer(data, start, pos, INT32_MIN, INT32_MAX)
+    start, pos = expect(data, pos, end, TAG_TIMETICKS)
+    timestamp = decode_integer(data, start, pos, 0, UINT32_MAX)
+    start, pos = expect(data, pos, end, TAG_SEQUENCE)
+    if pos != end:
+        raise Rejected("trailing-bytes", f"{end - pos} octets after the varbind list")
+    return FastMessage(
+        "v1",
+        community,
+        "v1-trap",
+        None,
+        _varbinds(data, start, pos, True),
+        enterprise,
+        agent_addr,
+        generic,
+        specific,
+        timestamp,
+    )
+
+
+def _varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBind]:
+    """Decode the content of a VarBindList.
+
+    This loop is the hot spot (it runs once per varbind, the rest once per
+    message), so the short-form headers are read inline and the generic
+    :func:`read_header` is only called for long-form lengths.
+    """
+    varbinds: list[RawVarBind] = []
+    append = varbinds.append
+    while pos < end:
+        # VarBind ::= SEQUENCE { name OBJECT IDENTIFIER, value ObjectSyntax }
+        if pos + 2 > end:
+            raise Rejected("truncated", f"varbind header at offset {pos}")
+        if data[pos] != TAG_SEQUENCE:
+            raise Rejected("bad-tag", f"0x{data[pos]:02x} at offset {pos}, expected a varbind SEQUENCE")
+        length = data[pos + 1]
+        if length < 0x80:
+            vb_start = pos + 2
+            vb_end = vb_start + length
+            if vb_end > end:
+                raise Rejected("truncated", f"varbind at offset {pos}")
+        else:
+            _, vb_start, vb_end = read_header(data, pos, end)
+
+        if vb_start + 2 > vb_end:
+            raise Rejected("truncated", f"varbind name at offset {vb_start}")
+        if data[vb_start] != TAG_OID:
+            raise Rejected("bad-tag", f"0x{data[vb_start]:02x} at offset {vb_start}, expected an OID")
+        length = data[vb_start + 1]
+        if length < 0x80:
+            start = vb_start + 2
+            value_pos = start + length
+            if value_pos > vb_end:
+                raise Rejected("truncated", f"varbind name at offset {vb_start}")
+        else:
+            _, start, value_pos = read_header(data, vb_start, vb_end)
+        chunk = data[start:value_pos]
+        # The common case inline (see ber.decode_oid): every sub-identifier
+        # below 128, so each content octet is one sub-identifier. (A dict
+        # cache of decoded names was measured too: no faster than this.)
+        if 0 < len(chunk) < MAX_OID_ARCS and chunk.isascii():
+            first = chunk[0]
+            if first < 40:
+                oid: Oid = (0, first, *chunk[1:])
+            elif first < 80:
+                oid = (1, first - 40, *chunk[1:])
+            else:
+                oid = (2, first - 80, *chunk[1:])
+        else:
+            oid = decode_oid(data, start, value_pos)
+
+        if value_pos + 2 > vb_end:
+            raise Rejected("truncated", f"varbind value at offset {value_pos}")
+        tag = data[value_pos]
+        length = data[value_pos + 1]
+        if length < 0x80:
+            start = value_pos + 2
+            value_end = start + length
+        else:
+            tag, start, value_end = read_header(data, value_pos, vb_end)
+        if value_end != vb_end:
+            if value_end > vb_end:
+                raise Rejected("truncated", f"varbind value at offset {value_pos}")
+            raise Rejected("trailing-bytes", f"{vb_end - value_end} octets after a varbind value")
+
+        size = value_end - start
+        if tag == TAG_INTEGER:
+            if size == 1:
+                number = data[start]
+                append((oid, "Integer32", number - 256 if number & 0x80 else number))
+            else:
+                append((oid, "Integer32", decode_integer(data, start, value_end, INT32_MIN, INT32_MAX)))
+        elif tag == TAG_OCTET_STRING:
+            append((oid, "OctetString", data[start:value_end]))
+        elif TAG_COUNTER32 <= tag <= TAG_TIMETICKS:
+            # Counter32, Gauge32, TimeTicks inline: a clear sign bit and at
+            # most 5 octets (5 only after a zero octet) is always in range,
+            # and int.from_bytes without keywords is its cheapest form.
+            if 0 < size <= 5 and not data[start] & 0x80 and (size < 5 or not data[start]):
+                number = _from_bytes(data[start:value_end])
+            else:
+                number = decode_integer(data, start, value_end, 0, UINT32_MAX)
+            append((oid, _UNSIGNED32_NAMES[tag - TAG_COUNTER32], number))
+        elif tag == TAG_OID:
+            append((oid, "ObjectIdentifier", decode_oid(data, start, value_end)))
+        elif tag == TAG_IPADDRESS:
+            append((oid, "IpAddress", decode_ipaddress(data, start, value_end)))
+        elif tag == TAG_COUNTER64:
+            if v1:
+                raise Rejected("bad-value", f"Counter64 in a v1 message at offset {value_pos}")
+            append((oid, "Counter64", decode_integer(data, start, value_end, 0, UINT64_MAX)))
+        elif tag == TAG_NULL:
+            if start != value_end:
+                raise Rejected("bad-value", f"NULL with content at offset {value_pos}")
+            append((oid, "Null", None))
+        elif tag == TAG_OPAQUE:
+            append((oid, "Opaque", data[start:value_end]))
+        elif TAG_NO_SUCH_OBJECT <= tag <= TAG_END_OF_MIB_VIEW:
+            if v1:
+                raise Rejected("bad-value", f"SNMPv2 exception value in a v1 message at offset {value_pos}")
+            if start != value_end:
+                raise Rejected("bad-value", f"exception value with content at offset {value_pos}")
+            append((oid, _EXCEPTION_NAMES[tag - TAG_NO_SUCH_OBJECT], None))
+        else:
+            raise Rejected("bad-tag", f"0x{tag:02x} at offset {value_pos} is not an SNMP value type")
+        pos = vb_end
+    return varbinds
+
+
+_from_bytes: Final = int.from_bytes
+_UNSIGNED32_NAMES: Final = ("Counter32", "Gauge32", "TimeTicks")
+_EXCEPTION_NAMES: Final = ("noSuchObject", "noSuchInstance", "endOfMibView")
+
+
+# --- the inform acknowledgement ------------------------------------------------
+
+_ZERO_TLV: Final = b"\x02\x01\x00"
+
+
+def encode_inform_response(msg: FastMessage) -> bytes:
+    """The v2c Response-PDU that acknowledges an InformRequest (RFC 3416 4.2.7).
+
+    Same version, community and request-id, error-status 0, error-index 0
+    and the same varbinds, re-encoded in minimal BER. Should that exceed
+    MAX_MESSAGE (only possible for a hand-built message, since a decoded
+    one was at most that size), RFC 3416 4.2.7 asks for a tooBig response
+    with no varbinds instead, which is what this returns.
+    """
+    if msg.version != "v2c" or msg.pdu != "inform" or msg.request_id is None:
+        raise ValueError("only a v2c InformRequest is acknowledged")
+    head = encode_tlv(TAG_INTEGER, encode_integer_content(msg.request_id))
+    varbind_list = b"".join([_encode_varbind(oid, kind, value) for oid, kind, value in msg.varbinds])
+    message = _response(msg.community, head + _ZERO_TLV + _ZERO_TLV, varbind_list)
+    if len(message) > MAX_MESSAGE:
+        error = encode_tlv(TAG_INTEGER, encode_integer_content(_ERROR_TOO_BIG))
+        message = _response(msg.community, head + error + _ZERO_TLV, b"")
+    return message
+
+
+def _response(community: bytes, header_fields: bytes, varbind_list: bytes) -> bytes:
+    pdu = encode_tlv(_PDU_RESPONSE, header_fields + encode_tlv(TAG_SEQUENCE, varbind_list))
+    body = b"\x02\x01\x01" + encode_tlv(TAG_OCTET_STRING, community) + pdu
+    return bytes((TAG_SEQUENCE,)) + encode_length(len(body)) + body
+
+
+def _encode_varbind(oid: Oid, kind: str, value: RawValue) -> bytes:
+    return encode_tlv(TAG_SEQUENCE, encode_tlv(TAG_OID, encode_oid_content(oid)) + _encode_value(kind, value))
+
+
+_INTEGER_TAGS: Final = {
+    "Integer32": TAG_INTEGER,
+    "Counter32": TAG_COUNTER32,
+    "Gauge32": TAG_GAUGE32,
+    "TimeTicks": TAG_TIMETICKS,
+    "Counter64": TAG_COUNTER64,
+}
+_EMPTY_TAGS: Final = {
+    "Null": TAG_NULL,
+    "noSuchObject": TAG_NO_SUCH_OBJECT,
+    "noSuchInstance": TAG_NO_SUCH_INSTANCE,
+    "endOfMibView": TAG_END_OF_MIB_VIEW,
+}
+
+
+def _encode_value(kind: str, value: RawValue) -> bytes:
+    if kind in _INTEGER_TAGS and isinstance(value, int):
+        return encode_tlv(_INTEGER_TAGS[kind], encode_integer_content(value))
+    if kind == "OctetString" and isinstance(value, bytes):
+        return encode_tlv(TAG_OCTET_STRING, value)
+    if kind == "Opaque" and isinstance(value, bytes):
+        return encode_tlv(TAG_OPAQUE, value)
+    if kind == "ObjectIdentifier" and isinstance(value, tuple):
+        return encode_tlv(TAG_OID, encode_oid_content(value))
+    if kind == "IpAddress" and isinstance(value, str):
+        octets = bytes(int(part) for part in value.split("."))
+        if len(octets) != 4:
+            raise ValueError(f"not a dotted-quad IpAddress: {value!r}")
+        return encode_tlv(TAG_IPADDRESS, octets)
+    if kind in _EMPTY_TAGS and value is None:
+        return bytes((_EMPTY_TAGS[kind], 0))
+    raise ValueError(f"cannot encode a {kind} varbind with value {value!r}")
