@@ -1,0 +1,404 @@
+"""Logging: structlog, one event per line, secrets masked, switchable at runtime.
+
+Formats (``service.log.format`` in trapd.yaml, ``--log-format`` on the command line):
+
+``json``
+    One JSON object per line: ``{"ts": ..., "level": ..., "logger": ..., "event": ..., <fields>}``.
+``journal``
+    The same JSON line behind a ``<N>`` syslog-priority prefix. journald strips
+    the prefix and stores it as PRIORITY (``SyslogLevelPrefix=yes`` is its
+    default), so ``journalctl -u trapd -p warning`` works and ``-o cat`` still
+    gives clean JSON lines.
+``console``
+    ``2026-01-01T10:00:00Z [info     ] action done   action_id=... rule=...``:
+    key=value without colours, for a terminal.
+``auto`` (default)
+    ``console`` on a terminal, ``journal`` when stdout is the journal stream
+    (systemd sets ``JOURNAL_STREAM`` to its device:inode), ``json`` otherwise.
+
+To follow one trap through the log, components bind its identifiers::
+
+    log = get_logger(__name__).bind(event_id=event.id, rule=rule.name)
+    log.info("action scheduled", action_id=planned.id, plugin="kea.lease_del")
+
+or, for everything a task logs, ``structlog.contextvars.bound_contextvars(event_id=...)``.
+
+Secrets: every value loaded through :class:`trapd.secrets.Secret` is
+registered with ``REDACTOR``; the last processor masks those values in every
+field (and again in the rendered line, for values hidden inside reprs), and
+masks fields whose key names a secret (password, community, auth_key, ...).
+
+Speed: loggers are cached on first use, and the level check reads one module
+global, so a suppressed ``log.debug(...)`` on the receive path costs about a
+microsecond. :func:`configure_logging` may be called again (on reload): the
+level, format and stream change for every logger, cached or not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping, MutableMapping
+from typing import IO, Any
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from trapd.secrets import REDACTOR
+from trapd.service.config import LOG_FORMATS
+
+LEVELS: Mapping[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+FORMATS = LOG_FORMATS
+
+# syslog priorities for the journal's <N> prefix (sd-daemon(3)).
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
+
+# Field names whose value is always masked, whatever it is (compared lower-case).
+SENSITIVE_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "community",
+        "communities",
+        "auth_key",
+        "priv_key",
+        "secret",
+        "token",
+        "authorization",
+        "api_key",
+        "proxy-authorization",
+    }
+)
+_SENSITIVE_SUFFIXES = ("_password", "_secret", "_token", "_community", "_auth_key", "_priv_key")
+
+# Third-party libraries whose own logging is only interesting from WARNING up.
+NOISY_LIBRARIES = ("pysnmp", "pyasn1", "pysmi", "apscheduler", "httpx", "httpcore", "asyncio")
+
+
+def _is_sensitive(key: str) -> bool:
+    k = key.lower()
+    return k in SENSITIVE_KEYS or k.endswith(_SENSITIVE_SUFFIXES)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return REDACTOR.redact(value) if REDACTOR else value
+    if isinstance(value, bytes | bytearray):
+        if REDACTOR:
+            text = bytes(value).decode("utf-8", "replace")
+            if REDACTOR.redact(text) != text:
+                return REDACTOR.MASK
+        return value
+    if isinstance(value, Mapping):
+        return {k: _mask_field(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def _mask_field(key: str, value: Any) -> Any:
+    if _is_sensitive(key) and value not in (None, ""):
+        return REDACTOR.MASK
+    return _redact_value(value)
+
+
+def redact_secrets(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask secret values and secret-named fields, recursively."""
+    for key in list(event_dict):
+        event_dict[key] = _mask_field(key, event_dict[key])
+    return event_dict
+
+
+class _State:
+    """What configure_logging set; read by the (cached) loggers on every call."""
+
+    level = logging.INFO
+    fmt = "console"
+    stream: IO[str] = sys.stderr
+    renderer: Callable[[WrappedLogger, str, EventDict], str] = structlog.dev.ConsoleRenderer(colors=False)
+    lock = threading.Lock()
+
+
+def _render(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+    # Put the fields a reader looks for first in a stable order.
+    ordered: dict[str, Any] = {}
+    for key in ("ts", "level", "logger", "event"):
+        if key in event_dict:
+            ordered[key] = event_dict.pop(key)
+    ordered.update(event_dict)
+    line = _State.renderer(logger, method, ordered)
+    if REDACTOR:
+        line = REDACTOR.redact(line)  # values hidden inside a repr() or an exception text
+    if _State.fmt == "journal":
+        line = f"<{_PRIORITY.get(method, 6)}>{line}"
+    return line
+
+
+def _json_renderer(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+    return json.dumps(event_dict, default=repr)
+
+
+def _add_level(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    event_dict["level"] = "error" if method == "exception" else method
+    return event_dict
+
+
+class _Writer:
+    """Writes each rendered event as one line to the configured stream, then flushes."""
+
+    def msg(self, message: str) -> None:
+        with _State.lock:
+            stream = _State.stream
+            try:
+                stream.write(message + "\n")
+            except UnicodeEncodeError:
+                stream.write(message.encode("ascii", "backslashreplace").decode("ascii") + "\n")
+            except ValueError:
+                return  # the stream was closed (interpreter shutdown, a finished test)
+            stream.flush()
+
+    # structlog calls the method named like the level on the wrapped logger.
+    debug = info = warning = error = critical = exception = log = msg
+
+
+_WRITER = _Writer()
+
+
+class TrapdLogger(structlog.BoundLoggerBase):
+    """A bound logger whose level is the current :func:`configure_logging` level."""
+
+    def debug(self, event: str, **kw: Any) -> None:
+        if _State.level <= logging.DEBUG:
+            self._proxy_to_logger("debug", event, **kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        if _State.level <= logging.INFO:
+            self._proxy_to_logger("info", event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        if _State.level <= logging.WARNING:
+            self._proxy_to_logger("warning", event, **kw)
+
+    warn = warning
+
+    def error(self, event: str, **kw: Any) -> None:
+        if _State.level <= logging.ERROR:
+            self._proxy_to_logger("error", event, **kw)
+
+    def critical(self, event: str, **kw: Any) -> None:
+        self._proxy_to_logger("critical", event, **kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        """error() with the current exception's traceback."""
+        if _State.level <= logging.ERROR:
+            kw.setdefault("exc_info", True)
+            self._proxy_to_logger("exception", event, **kw)
+
+    def log(self, level: int | str, event: str, **kw: Any) -> None:
+        """Log at a numeric (stdlib) or named level."""
+        levelno = LEVELS.get(level, logging.INFO) if isinstance(level, str) else level
+        if levelno < _State.level:
+            return
+        name = next((n for n, v in sorted(LEVELS.items(), key=lambda x: -x[1]) if levelno >= v), "debug")
+        self._proxy_to_logger(name, event, **kw)
+
+    def is_enabled_for(self, level: str) -> bool:
+        """True when ``level`` would be written (to skip building costly fields)."""
+        return LEVELS.get(level, logging.INFO) >= _State.level
+
+    def bind(self, **new_values: Any) -> TrapdLogger:
+        return super().bind(**new_values)
+
+
+_structlog_configured = False
+
+
+def _configure_structlog_once() -> None:
+    global _structlog_configured
+    if _structlog_configured:
+        return
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            _add_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            _render,
+        ],
+        wrapper_class=TrapdLogger,
+        logger_factory=lambda *args: _WRITER,
+        cache_logger_on_first_use=True,
+    )
+    _structlog_configured = True
+
+
+def resolve_format(fmt: str, stream: IO[str], environ: Mapping[str, str] | None = None) -> str:
+    """The concrete format ``auto`` stands for on this stream."""
+    if fmt != "auto":
+        return fmt
+    try:
+        if stream.isatty():
+            return "console"
+    except (AttributeError, ValueError):
+        pass
+    env = os.environ if environ is None else environ
+    if _is_journal_stream(stream, env.get("JOURNAL_STREAM", "")):
+        return "journal"
+    return "json"
+
+
+def _is_journal_stream(stream: IO[str], journal_stream: str) -> bool:
+    dev, _, ino = journal_stream.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: IO[str] | None = None) -> str:
+    """Set level, format and output stream for every trapd logger; returns the concrete format.
+
+    ``level``: debug, info, warning, error, critical. ``fmt``: auto, journal,
+    json, console. ``stream`` defaults to stdout (journald captures it under
+    systemd). Raises ValueError on an unknown level or format. Also routes the
+    standard library's logging (pysnmp, apscheduler, httpx, asyncio) through
+    the same output, at WARNING and above for those libraries.
+    """
+    if level.lower() not in LEVELS:
+        raise ValueError(f"unknown log level {level!r} (one of {', '.join(LEVELS)})")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r} (one of {', '.join(FORMATS)})")
+    out = sys.stdout if stream is None else stream
+    concrete = resolve_format(fmt, out)
+    _configure_structlog_once()
+    with _State.lock:
+        _State.level = LEVELS[level.lower()]
+        _State.fmt = concrete
+        _State.stream = out
+        if concrete == "console":
+            _State.renderer = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=25, timestamp_key="ts")
+        else:
+            _State.renderer = _json_renderer
+    _route_stdlib_logging(_State.level)
+    return concrete
+
+
+def get_logger(name: str) -> TrapdLogger:
+    """A logger that carries ``logger=name``; bind event_id / rule / action_id on it."""
+    _configure_structlog_once()
+    logger: TrapdLogger = structlog.get_logger(name).bind(logger=name)
+    return logger
+
+
+class _ToStructlog(logging.Handler):
+    """Hands stdlib log records to structlog, so there is one output and one format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        kw: dict[str, Any] = {}
+        if record.exc_info and record.exc_info[0] is not None:
+            kw["exc_info"] = record.exc_info
+        get_logger(record.name).log(record.levelno, message, **kw)
+
+
+def _route_stdlib_logging(level: int) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _ToStructlog):
+            root.removeHandler(handler)
+    root.addHandler(_ToStructlog())
+    root.setLevel(level)
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+class RateLimitedLog:
+    """At most one line per key per ``interval`` seconds, with the count of lines held back.
+
+    For events that can repeat thousands of times a second (a Kea endpoint
+    down during a storm, an action failing for every trap): the first
+    occurrence of a key is written at once; later ones within the interval
+    are counted; the next line written for that key carries
+    ``suppressed=N``. Call :meth:`flush` periodically (and at shutdown) so
+    that held-back counts are written even if the key never comes back.
+    Listener drops have their own, drop-specific limiter
+    (``trapd.listener.stats.DropLog``).
+
+    At most ``max_keys`` keys are tracked; the oldest is flushed and forgotten
+    when a new one arrives, so a storm of distinct keys cannot grow memory.
+    """
+
+    def __init__(
+        self,
+        logger: TrapdLogger,
+        interval: float = 10.0,
+        *,
+        max_keys: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._max_keys = max_keys
+        self._clock = clock
+        # key -> [next time a line may be written, suppressed count, last (level, event, fields)]
+        self._keys: MutableMapping[Hashable, list[Any]] = {}
+
+    def log(self, level: str, key: Hashable, event: str, **fields: Any) -> bool:
+        """Write or count one occurrence; True when a line was written."""
+        now = self._clock()
+        entry = self._keys.get(key)
+        if entry is None:
+            if len(self._keys) >= self._max_keys:
+                oldest = next(iter(self._keys))
+                self._write_pending(oldest, self._keys.pop(oldest))
+            self._keys[key] = [now + self._interval, 0, None]
+            self._logger.log(level, event, **fields)
+            return True
+        if now < entry[0]:
+            entry[1] += 1
+            entry[2] = (level, event, fields)
+            return False
+        suppressed, entry[0], entry[1], entry[2] = entry[1], now + self._interval, 0, None
+        if suppressed:
+            fields = {**fields, "suppressed": suppressed}
+        self._logger.log(level, event, **fields)
+        return True
+
+    def info(self, key: Hashable, event: str, **fields: Any) -> bool:
+        return self.log("info", key, event, **fields)
+
+    def warning(self, key: Hashable, event: str, **fields: Any) -> bool:
+        return self.log("warning", key, event, **fields)
+
+    def error(self, key: Hashable, event: str, **fields: Any) -> bool:
+        return self.log("error", key, event, **fields)
+
+    def flush(self, *, force: bool = False) -> None:
+        """Write held-back counts whose interval has passed (all of them with ``force``)."""
+        now = self._clock()
+        for key, entry in list(self._keys.items()):
+            if entry[1] and (force or now >= entry[0]):
+                self._write_pending(key, entry)
+                entry[0], entry[1], entry[2] = now + self._interval, 0, None
+
+    def _write_pending(self, key: Hashable, entry: list[Any]) -> None:
+        if entry[1] and entry[2] is not None:
+            level, event, fields = entry[2]
+            self._logger.log(level, event, **{**fields, "suppressed": entry[1]})
