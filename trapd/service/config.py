@@ -1,17 +1,116 @@
-"""The ``service:`` section of trapd.yaml (placeholder: keys are added with the feature)."""
+"""The ``service:`` section of trapd.yaml: metrics endpoint, logging, stop and status timing.
+
+Example (these are the defaults)::
+
+    service:
+      metrics:
+        listen: "127.0.0.1:9163"   # /metrics and /healthz; null (or "off") turns the endpoint off
+      log:
+        level: info                # debug info warning error critical (--log-level overrides)
+        format: auto               # auto journal json console (--log-format overrides)
+      shutdown_timeout: 10         # seconds running actions get to finish on SIGTERM
+      status_interval: 5           # seconds between STATUS= updates to systemd
+
+The watchdog is not configured here: systemd's ``WatchdogSec=`` in the unit
+decides it and trapd reads it from ``WATCHDOG_USEC``.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trapd.yamlsource import check_keys
+from trapd.yamlsource import ConfigError, Mark, check_keys, expect, where
+
+DEFAULT_METRICS_PORT = 9163
+# Kept here rather than in trapd.service.logging so that `trapd check` does not import structlog.
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "journal", "json", "console")
+_OFF = ("off", "none", "no", "false", "disabled")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsListen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_metrics_listen(text: str | None, mark: Mark | None = None) -> MetricsListen | None:
+    """``HOST:PORT`` / ``[V6]:PORT`` (the port is required), or None for off/none/null.
+
+    Also used for the ``--metrics`` command-line flag.
+    """
+    if text is None or text.strip().lower() in _OFF:
+        return None
+    s = text.strip()
+    if s.startswith("["):
+        host, sep, port = s[1:].partition("]:")
+    else:
+        host, sep, port = s.rpartition(":")
+        if ":" in host:
+            raise ConfigError(f"metrics listen {text!r}: write an IPv6 address as [ADDR]:PORT", mark)
+    if not sep or not port.isdigit():
+        raise ConfigError(f"metrics listen {text!r}: expected HOST:PORT (or null to turn it off)", mark)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"metrics listen {text!r}: {host!r} is not an IP address", mark) from None
+    if not 0 < int(port) <= 65535:
+        raise ConfigError(f"metrics listen {text!r}: port out of range", mark)
+    return MetricsListen(host, int(port))
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
+    metrics_listen: MetricsListen | None = MetricsListen("127.0.0.1", DEFAULT_METRICS_PORT)
+    log_level: str = "info"
+    log_format: str = "auto"
+    shutdown_timeout: float = 10.0
+    status_interval: float = 5.0
+
     @classmethod
     def from_yaml(cls, node: Any, base_dir: Path) -> ServiceConfig:
-        check_keys(node, set(), "service")
-        return cls()
+        n = check_keys(node, {"metrics", "log", "shutdown_timeout", "status_interval"}, "service")
+        metrics = check_keys(n.get("metrics"), {"listen"}, "service.metrics")
+        listen: MetricsListen | None = cls.metrics_listen
+        if "listen" in metrics:
+            raw = metrics["listen"]
+            if raw is False:  # YAML 1.1 reads a bare `off` / `no` / `false` as a boolean
+                raw = None
+            if raw is not None and not isinstance(raw, str):
+                raise ConfigError(
+                    "service.metrics.listen must be HOST:PORT or null", where(metrics, "listen")
+                )
+            listen = parse_metrics_listen(raw, where(metrics, "listen"))
+        elif "metrics" in n and n["metrics"] is None:
+            listen = None  # `metrics:` with nothing under it reads as "no metrics"
+        logn = check_keys(n.get("log"), {"level", "format"}, "service.log")
+        level = str(expect(logn, "level", str, "service.log", "info")).lower()
+        if level not in LOG_LEVELS:
+            raise ConfigError(
+                f"service.log.level must be one of {', '.join(LOG_LEVELS)}", where(logn, "level")
+            )
+        fmt = str(expect(logn, "format", str, "service.log", "auto")).lower()
+        if fmt not in LOG_FORMATS:
+            raise ConfigError(
+                f"service.log.format must be one of {', '.join(LOG_FORMATS)}", where(logn, "format")
+            )
+        return cls(
+            metrics_listen=listen,
+            log_level=level,
+            log_format=fmt,
+            shutdown_timeout=_positive(n, "shutdown_timeout", 10.0, allow_zero=True),
+            status_interval=_positive(n, "status_interval", 5.0),
+        )
+
+
+def _positive(node: Any, key: str, default: float, *, allow_zero: bool = False) -> float:
+    value = float(expect(node, key, (int, float), "service", default))
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"service.{key} must be {'>= 0' if allow_zero else '> 0'}", where(node, key))
+    return value

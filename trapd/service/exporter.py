@@ -1,0 +1,151 @@
+"""The metrics and health HTTP endpoint: GET /metrics and GET /healthz, on the event loop.
+
+Why not prometheus-client's ``start_http_server``: it serves from a thread,
+and trapd's collector reads plain dicts that the event loop mutates without
+locks (see :mod:`trapd.service.metrics`); iterating one from another thread
+while a new key is added raises "dictionary changed size during iteration".
+Serving on the loop makes every scrape see a consistent state for free, and
+/healthz then also proves the loop is alive. The price is that rendering runs
+on the loop: about a millisecond for trapd's few hundred series, every 15 s
+or so, which the socket buffer (thousands of traps) absorbs easily.
+
+The server is deliberately tiny: HTTP/1.1 GET and HEAD, one request per
+connection, small request size and time limits, a cap on concurrent
+connections. It binds to loopback by default; put a reverse proxy in front
+for anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
+
+from trapd.service.health import Health
+from trapd.service.logging import get_logger
+
+log = get_logger(__name__)
+
+_MAX_REQUEST = 8192
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+_INDEX = b"trapd\n/metrics  Prometheus metrics\n/healthz  health (200 ok, 503 not)\n"
+
+
+class MetricsServer:
+    """Serves ``registry`` at /metrics and ``health()`` at /healthz.
+
+    ``port=0`` picks a free port (tests); :attr:`port` tells which.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        health: Callable[[], Health] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 9163,
+        *,
+        max_connections: int = 16,
+        request_timeout: float = 5.0,
+    ) -> None:
+        self._registry = registry
+        self._health = health
+        self._host = host
+        self._port = port
+        self._max_connections = max_connections
+        self._active = 0
+        self._timeout = request_timeout
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Bind and start serving; OSError if the address cannot be bound."""
+        self._server = await asyncio.start_server(
+            self._handle, self._host, self._port, reuse_address=True, limit=_MAX_REQUEST
+        )
+        log.info("metrics endpoint listening", address=self.url)
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            return self._port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= self._max_connections:
+            writer.close()
+            return
+        self._active += 1
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout)
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                return
+            status, ctype, body, head_only = self._respond(head)
+            writer.write(
+                (
+                    f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+                    f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+                ).encode("latin-1")
+                + (b"" if head_only else body)
+            )
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(writer.drain(), self._timeout)
+        finally:
+            self._active -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _respond(self, head: bytes) -> tuple[int, str, bytes, bool]:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return 400, "text/plain", b"bad request\n", False
+        method, target = parts[0], parts[1]
+        head_only = method == "HEAD"
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET and HEAD\n", False
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        path = target.split("?", 1)[0]
+        if path == "/metrics":
+            try:
+                encoder, ctype = choose_encoder(headers.get("accept", ""))
+                return 200, ctype, encoder(self._registry), head_only
+            except Exception:
+                log.exception("metrics collection failed")
+                return 500, "text/plain", b"metrics collection failed\n", head_only
+        if path == "/healthz":
+            try:
+                health = self._health() if self._health is not None else Health(True)
+            except Exception as exc:
+                log.exception("health check failed")
+                health = Health(False, "error", {"error": type(exc).__name__})
+            return (200 if health.healthy else 503), "application/json", health.to_json(), head_only
+        if path == "/":
+            return 200, "text/plain; charset=utf-8", _INDEX, head_only
+        return 404, "text/plain", b"not found\n", head_only

@@ -1,0 +1,342 @@
+"""Prometheus metrics, read from the components' own counters at scrape time.
+
+The receive path must stay cheap, so components do not touch
+prometheus-client objects (each ``inc()`` takes a lock). They keep plain ints
+in dicts, which they own and bump on the event loop thread. At scrape time
+:class:`TrapdCollector` asks the daemon for a :class:`DaemonSnapshot` and turns
+it into metric families. The scrape runs on the same event loop (see
+:mod:`trapd.service.exporter`), so the dicts are never read while they change.
+
+The snapshot the daemon builds (every field optional; counts only grow,
+except the gauges ``journal`` and ``kea_up``)::
+
+    DaemonSnapshot(
+        received={("v2c", "access-switches"): 1200, ("v3", "core"): 7},  # (version, source group) -> n
+        dropped={"malformed": 3, "unknown-community": 40},               # reason -> n
+        dropped_detail={("malformed", "bad-length"): 3},                 # (reason, detail) -> n
+        matched={"port-down-release-lease": 310},                        # rule name -> n
+        unmatched=890,                                                   # events no rule matched
+        actions={("kea.lease_del", "done"): 300, ("webhook", "failed"): 2},  # (plugin, outcome) -> n
+        action_latency=LatencyHistogram(),     # observed once per finished action, received -> done
+        journal={"pending": 0, "scheduled": 4, "held": 1, "dead": 0},    # state -> entries now
+        kea_up={"dhcp4@/run/kea/kea4-ctrl-socket": True},                # endpoint -> reachable
+        reloads={"ok": 3, "failed": 1},
+        last_reload_ok=True,
+    )
+
+Action outcomes are the dispatcher's words (done, failed, retried, skipped,
+dry-run...); the exporter passes them through as label values.
+
+Exported names (all prefixed ``trapd_``):
+
+=============================================  =========  ==========================================
+trapd_notifications_received_total             counter    version, source_group
+trapd_notifications_dropped_total              counter    reason
+trapd_notifications_dropped_detail_total       counter    reason, detail
+trapd_kernel_udp_rcvbuf_errors_total           counter    family (ipv4, ipv6); host-wide, since start
+trapd_socket_drops_total                       counter    socket; trapd's own sockets (/proc/net/udp)
+trapd_socket_receive_queue_bytes               gauge      socket; bytes waiting to be read
+trapd_rule_matches_total                       counter    rule
+trapd_events_unmatched_total                   counter
+trapd_actions_total                            counter    plugin, outcome
+trapd_action_latency_seconds                   histogram  from notification received to action done
+trapd_journal_entries                          gauge      state (pending, scheduled, held, dead)
+trapd_kea_endpoint_up                          gauge      endpoint (1 up, 0 down)
+trapd_reloads_total                            counter    result (ok, failed)
+trapd_config_last_reload_successful            gauge
+trapd_build_info                               gauge      version
+process_*, python_*                            (prometheus-client's default collectors)
+=============================================  =========  ==========================================
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from trapd import __version__
+from trapd.service.socket_activation import describe
+
+# /proc/self/net rather than /proc/net: the latter is a symlink that
+# ProcSubset=pid hides; the former is the same table and stays visible.
+PROC_NET = Path("/proc/self/net")
+
+# received -> done: fast actions take milliseconds; delayed ones ("release the
+# lease 10 minutes after the port went down") take minutes to hours.
+DEFAULT_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+)  # fmt: skip
+
+
+class LatencyHistogram:
+    """A lock-free histogram for one thread: ``observe`` is a bisect and two adds.
+
+    ``counts[i]`` counts observations <= ``bounds[i]`` and > the bound before
+    (not cumulative); the last slot is +Inf.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Iterable[float] = DEFAULT_LATENCY_BUCKETS) -> None:
+        self.bounds: tuple[float, ...] = tuple(sorted(set(bounds)))
+        self.counts: list[int] = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: (le, cumulative count), ending with +Inf."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+        return out
+
+
+@dataclass(frozen=True)
+class DaemonSnapshot:
+    """What the daemon's components have counted so far (shape documented at the top of the module)."""
+
+    received: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    dropped_detail: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    matched: Mapping[str, int] = field(default_factory=dict)
+    unmatched: int = 0
+    actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    action_latency: LatencyHistogram | None = None
+    journal: Mapping[str, int] = field(default_factory=dict)
+    kea_up: Mapping[str, bool] = field(default_factory=dict)
+    reloads: Mapping[str, int] = field(default_factory=dict)
+    last_reload_ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UdpDrops:
+    """Host-wide UDP receive-buffer errors (/proc/net/snmp and snmp6)."""
+
+    ipv4: int
+    ipv6: int
+
+
+def read_udp_rcvbuf_errors(proc_net: Path = PROC_NET) -> UdpDrops:
+    """Udp RcvbufErrors and Udp6RcvbufErrors; 0 where the file or field is missing."""
+    ipv4 = ipv6 = 0
+    try:
+        lines = (proc_net / "snmp").read_text().splitlines()
+        for names, values in itertools.pairwise(lines):
+            if names.startswith("Udp: ") and values.startswith("Udp: "):
+                header = names.split()
+                if "RcvbufErrors" in header:
+                    ipv4 = int(values.split()[header.index("RcvbufErrors")])
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        for line in (proc_net / "snmp6").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "Udp6RcvbufErrors":
+                ipv6 = int(parts[1])
+    except (OSError, ValueError):
+        pass
+    return UdpDrops(ipv4, ipv6)
+
+
+@dataclass(frozen=True, slots=True)
+class SocketQueue:
+    """One UDP socket's row in /proc/net/udp{,6}: bytes queued and datagrams dropped."""
+
+    rx_queue: int
+    drops: int
+
+
+def read_socket_queues(inodes: Iterable[int], proc_net: Path = PROC_NET) -> dict[int, SocketQueue]:
+    """Receive-queue bytes and drop counts of the UDP sockets with these inode numbers.
+
+    The kernel keeps a drop count per socket (the last column of
+    /proc/net/udp), which, unlike RcvbufErrors, counts only trapd's sockets.
+    """
+    wanted = set(inodes)
+    found: dict[int, SocketQueue] = {}
+    if not wanted:
+        return found
+    for table in ("udp", "udp6"):
+        try:
+            lines = (proc_net / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            # sl local rem st tx_queue:rx_queue tr:tm retrnsmt uid timeout inode ref pointer drops
+            if len(parts) < 13 or not parts[9].isdigit():
+                continue
+            inode = int(parts[9])
+            if inode in wanted:
+                rx = int(parts[4].partition(":")[2] or "0", 16)
+                found[inode] = SocketQueue(rx_queue=rx, drops=int(parts[12]))
+    return found
+
+
+class TrapdCollector:
+    """A prometheus-client collector over :class:`DaemonSnapshot` and the kernel's UDP counters.
+
+    ``snapshot`` is called once per scrape. ``sockets`` returns the daemon's
+    receive sockets (they can change on reload) for the per-socket counters.
+    Host-wide RcvbufErrors are reported relative to their value when the
+    collector was made, so the counter starts at 0 with trapd.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], DaemonSnapshot],
+        sockets: Callable[[], Iterable[socket.socket]] | None = None,
+        *,
+        proc_net: Path = PROC_NET,
+    ) -> None:
+        self._snapshot = snapshot
+        self._sockets = sockets
+        self._proc_net = proc_net
+        self._udp_base = read_udp_rcvbuf_errors(proc_net)
+
+    def describe(self) -> list[Metric]:
+        # Empty: registering the collector must not take a snapshot.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        yield from self._flow(snap)
+        yield from self._kernel()
+        yield from self._state(snap)
+
+    def _flow(self, snap: DaemonSnapshot) -> Iterator[Metric]:
+        received = CounterMetricFamily(
+            "trapd_notifications_received",
+            "SNMP notifications accepted, by version and source group.",
+            labels=["version", "source_group"],
+        )
+        for (version, group), n in sorted(snap.received.items()):
+            received.add_metric([version, group], n)
+        yield received
+        yield _counter_by(
+            "trapd_notifications_dropped", "Notifications dropped, by reason.", "reason", snap.dropped
+        )
+        detail = CounterMetricFamily(
+            "trapd_notifications_dropped_detail",
+            "Notifications dropped, by reason and finer cause.",
+            labels=["reason", "detail"],
+        )
+        for (reason, why), n in sorted(snap.dropped_detail.items()):
+            detail.add_metric([reason, why], n)
+        yield detail
+        yield _counter_by("trapd_rule_matches", "Events matched, by rule.", "rule", snap.matched)
+        yield CounterMetricFamily("trapd_events_unmatched", "Events no rule matched.", value=snap.unmatched)
+        actions = CounterMetricFamily(
+            "trapd_actions", "Actions finished, by plugin and outcome.", labels=["plugin", "outcome"]
+        )
+        for (plugin, outcome), n in sorted(snap.actions.items()):
+            actions.add_metric([plugin, outcome], n)
+        yield actions
+        hist = snap.action_latency or LatencyHistogram()
+        latency = HistogramMetricFamily(
+            "trapd_action_latency_seconds", "Time from notification received to action done.", unit="seconds"
+        )
+        latency.add_metric([], hist.cumulative(), sum_value=hist.sum)
+        yield latency
+
+    def _kernel(self) -> Iterator[Metric]:
+        now = read_udp_rcvbuf_errors(self._proc_net)
+        kernel = CounterMetricFamily(
+            "trapd_kernel_udp_rcvbuf_errors",
+            "Host-wide UDP datagrams dropped by the kernel for a full receive buffer, since trapd started.",
+            labels=["family"],
+        )
+        kernel.add_metric(["ipv4"], max(0, now.ipv4 - self._udp_base.ipv4))
+        kernel.add_metric(["ipv6"], max(0, now.ipv6 - self._udp_base.ipv6))
+        yield kernel
+        drops = CounterMetricFamily(
+            "trapd_socket_drops", "Datagrams the kernel dropped on trapd's own sockets.", labels=["socket"]
+        )
+        queued = GaugeMetricFamily(
+            "trapd_socket_receive_queue_bytes",
+            "Bytes waiting in a receive socket's buffer.",
+            labels=["socket"],
+        )
+        if self._sockets is not None:
+            by_inode: dict[int, str] = {}
+            for sock in self._sockets():
+                try:
+                    by_inode[os.fstat(sock.fileno()).st_ino] = describe(sock)
+                except (OSError, ValueError):
+                    continue  # closed during a reload
+            for inode, row in read_socket_queues(by_inode, self._proc_net).items():
+                drops.add_metric([by_inode[inode]], row.drops)
+                queued.add_metric([by_inode[inode]], row.rx_queue)
+        yield drops
+        yield queued
+
+    def _state(self, snap: DaemonSnapshot) -> Iterator[Metric]:
+        journal = GaugeMetricFamily("trapd_journal_entries", "Journal entries, by state.", labels=["state"])
+        for state in sorted({"pending", "scheduled", "held", "dead", *snap.journal}):
+            journal.add_metric([state], snap.journal.get(state, 0))
+        yield journal
+        kea = GaugeMetricFamily(
+            "trapd_kea_endpoint_up", "Kea endpoint reachable (1) or not (0).", labels=["endpoint"]
+        )
+        for endpoint, up in sorted(snap.kea_up.items()):
+            kea.add_metric([endpoint], 1 if up else 0)
+        yield kea
+        reloads = CounterMetricFamily("trapd_reloads", "Configuration reloads, by result.", labels=["result"])
+        for result in sorted({"ok", "failed", *snap.reloads}):
+            reloads.add_metric([result], snap.reloads.get(result, 0))
+        yield reloads
+        yield GaugeMetricFamily(
+            "trapd_config_last_reload_successful",
+            "1 if the last reload (or the start) loaded its configuration, 0 if it kept the old one.",
+            value=1 if snap.last_reload_ok else 0,
+        )
+        info = GaugeMetricFamily("trapd_build_info", "trapd version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+def _counter_by(name: str, doc: str, label: str, values: Mapping[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in sorted(values.items()):
+        family.add_metric([key], n)
+    return family
+
+
+def build_registry(
+    collector: TrapdCollector | None = None, *, process_metrics: bool = True
+) -> CollectorRegistry:
+    """A registry of its own (not the global one) with trapd's collector and process/python metrics."""
+    registry = CollectorRegistry()
+    if process_metrics:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+    if collector is not None:
+        registry.register(collector)
+    return registry
