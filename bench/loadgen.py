@@ -257,48 +257,69 @@ class V3Encoder:
         self._boot = time.time() - 1_000_000
         self._salt_base = int.from_bytes(os.urandom(4), "big") << 32
         self._msgid_base = int.from_bytes(os.urandom(2), "big") << 8
+        self._hmac = hmac.new(self._auth_key, digestmod=self._hash)
+        self._zero_mac = b"\x00" * self._mac_len
+        self._cached: tuple[int, tuple[bytes, bytes, bytes, bytes]] | None = None
 
     def engine_time(self) -> int:
         return int(time.time() - self._boot)
 
     def encode(self, seq: int, engine_time: int | None = None) -> bytes:
+        """One authPriv message: its own msgID, salt (so IV), ciphertext and MAC."""
         u = self.user
         etime = self.engine_time() if engine_time is None else engine_time
         salt = ((self._salt_base + seq) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
         iv = u.engine_boots.to_bytes(4, "big") + etime.to_bytes(4, "big") + salt
         enc = Cipher(self._aes, CFB(iv)).encryptor()
         encrypted = enc.update(self._scoped.render(seq)) + enc.finalize()
+        a, b, c, d = self._layout(etime)
+        # msgID stays in 0x01000000..0x7fffffff: always four content bytes.
+        msgid = (0x01000000 + (self._msgid_base + seq) % 0x7F000000).to_bytes(4, "big")
+        head = a + msgid + b
+        tail = c + salt + d + encrypted
+        mac = self._hmac.copy()
+        mac.update(head + self._zero_mac + tail)
+        return head + mac.digest()[: self._mac_len] + tail
 
-        head = _integer(u.engine_boots) + _integer(etime)
-        before_mac = _octets(u.engine_id) + head + _octets(u.user.encode())
-        mac_tlv = _octets(b"\x00" * self._mac_len)
-        usm = _sequence(before_mac, mac_tlv, _octets(salt))
+    def _layout(self, etime: int) -> tuple[bytes, bytes, bytes, bytes]:
+        """The constant bytes around msgID, MAC, salt and ciphertext for one engineTime.
+
+        Every variable field has a fixed width, so a message is these four
+        pieces with the variable fields between them. Built once by encoding
+        a message of sentinels and cutting it at the sentinels.
+        """
+        if self._cached is not None and self._cached[0] == etime:
+            return self._cached[1]
+        u = self.user
+        msgid, mac, salt = b"\x7f\x5a\x5a\x5b", b"\xee" * self._mac_len, b"\xd7" * 8
+        encrypted = b"\xc3" * len(self._scoped.data)
+        usm = _sequence(
+            _octets(u.engine_id),
+            _integer(u.engine_boots),
+            _integer(etime),
+            _octets(u.user.encode()),
+            _octets(mac),
+            _octets(salt),
+        )
         global_data = _sequence(
-            _integer((self._msgid_base + seq) & 0x7FFFFFFF),
+            _tlv(0x02, msgid),
             _integer(65507),
             _octets(b"\x03"),  # auth + priv, not reportable (a trap)
             _integer(3),  # USM
         )
-        body = _integer(3) + global_data + _octets(usm) + _octets(encrypted)
-        whole = bytearray(_tlv(0x30, body))
-        # Where the zeroed MAC sits: outer header, version, global data, the
-        # security parameters' OCTET STRING and SEQUENCE headers, fields before it.
-        outer_hdr = len(whole) - len(body)
-        usm_hdr = len(usm) - len(before_mac) - len(mac_tlv) - len(_octets(salt))
-        sec_hdr = len(_octets(usm)) - len(usm)
-        mac_at = (
-            outer_hdr
-            + len(_integer(3))
-            + len(global_data)
-            + sec_hdr
-            + usm_hdr
-            + len(before_mac)
-            + (len(mac_tlv) - self._mac_len)
-        )
-        assert whole[mac_at : mac_at + self._mac_len] == b"\x00" * self._mac_len
-        mac = hmac.new(self._auth_key, bytes(whole), self._hash).digest()[: self._mac_len]
-        whole[mac_at : mac_at + self._mac_len] = mac
-        return bytes(whole)
+        whole = _sequence(_integer(3), global_data, _octets(usm), _octets(encrypted))
+        cuts = []
+        for sentinel in (msgid, mac, salt):
+            at = whole.find(sentinel)
+            if at < 0 or whole.find(sentinel, at + 1) >= 0:
+                raise RuntimeError("v3 layout: a sentinel is not unique")
+            cuts.append((at, at + len(sentinel)))
+        (m0, m1), (a0, a1), (s0, s1) = cuts
+        # The ciphertext closes the message (its length byte may equal the filler).
+        e0 = len(whole) - len(encrypted)
+        layout = (whole[:m0], whole[m1:a0], whole[a1:s0], whole[s1:e0])
+        self._cached = (etime, layout)
+        return layout
 
 
 # --- building a run's messages -------------------------------------------------
