@@ -1,0 +1,112 @@
+"""Vendor decoders for values that pack a list of records into one octet string.
+
+Some notifications carry many changes in one varbind: Cisco's
+cmnMacChangedNotification packs up to 23 "MAC learnt / removed" tuples into
+cmnHistMacChangedMsg, H3C/HPE Comware packs 14-octet cells into
+hh3cMACInfoTrapMsgExt. A rule iterates over the decoded records with
+``foreach: mac_changes``.
+
+One module per vendor format. Each module defines ``DECODERS``: a sequence of
+:class:`ItemDecoder`, each saying which varbind OID (column or scalar, the
+instance index may follow) it reads and which item kind it produces. The
+registry below knows them all; :func:`decode_items` runs the ones that apply
+to an event.
+
+A decoder never raises on bad input: a value whose length does not fit the
+format gives the complete records it could read plus a problem string
+("truncated tuple at offset 22: 5 octets of 11"), which the rule engine
+reports as a rejection, so the daemon logs and counts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from trapd.listener.raw import Oid
+
+if TYPE_CHECKING:
+    from trapd.event import Event
+
+Item = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """Records read from one value, plus what was wrong with it (if anything)."""
+
+    items: tuple[Item, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDecoder:
+    """Decodes one varbind's packed value into items of ``kind``.
+
+    ``fields`` documents the item keys (name -> meaning) for ``docs/rules.md``
+    and for ``trapd check``, which refuses ``item.x`` for an unknown ``x``.
+    """
+
+    kind: str
+    name: str  # MODULE::object, for messages
+    oid: Oid  # the object's OID; a varbind matches when its OID starts with it
+    decode: Callable[[bytes], Decoded]
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+def _all_decoders() -> tuple[ItemDecoder, ...]:
+    from trapd.decoders import cisco_mac_notification, h3c_mac_information
+
+    return (*cisco_mac_notification.DECODERS, *h3c_mac_information.DECODERS)
+
+
+_REGISTRY: tuple[ItemDecoder, ...] | None = None
+
+
+def registry() -> tuple[ItemDecoder, ...]:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = _all_decoders()
+    return _REGISTRY
+
+
+def known_names() -> dict[str, Oid]:
+    """MIB names the decoder modules define themselves (used when no MIB is loaded for them)."""
+    from trapd.decoders import cisco_mac_notification, h3c_mac_information
+
+    return {**cisco_mac_notification.KNOWN_NAMES, **h3c_mac_information.KNOWN_NAMES}
+
+
+def kinds() -> dict[str, dict[str, str]]:
+    """Item kinds (for ``foreach``) and the union of their fields."""
+    out: dict[str, dict[str, str]] = {}
+    for d in registry():
+        out.setdefault(d.kind, {}).update(d.fields)
+    return out
+
+
+def decoders_for(kind: str) -> tuple[ItemDecoder, ...]:
+    return tuple(d for d in registry() if d.kind == kind)
+
+
+def decode_items(kind: str, event: Event, decoders: Sequence[ItemDecoder] | None = None) -> Decoded:
+    """Every ``kind`` item in the event, in varbind order, with the problems met."""
+    use = decoders_for(kind) if decoders is None else decoders
+    items: list[Item] = []
+    problems: list[str] = []
+    for vb in event.varbinds:
+        for d in use:
+            if vb.oid[: len(d.oid)] != d.oid:
+                continue
+            if not isinstance(vb.value, bytes):
+                problems.append(f"{d.name}: expected an octet string, got {vb.type}")
+                continue
+            got = d.decode(vb.value)
+            items.extend(got.items)
+            problems.extend(f"{d.name}: {p}" for p in got.problems)
+    return Decoded(tuple(items), tuple(problems))
+
+
+def mac_text(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)

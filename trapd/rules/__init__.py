@@ -1,0 +1,98 @@
+"""The rule language: YAML rules compiled into an immutable, indexed RuleSet.
+
+Public API (the daemon, the dispatcher and the CLI use these names)::
+
+    load_rules(paths, resolver, actions, *, global_mode="enforce") -> RuleSet   # raises RuleErrors
+    check_rules(paths, resolver, actions) -> list[ConfigError]                   # errors and warnings
+    RuleSet.evaluate(event) -> Outcome          # match + render + validate; runs nothing
+    RuleSet.explain(event) -> list[RuleTrace]   # for `trapd test`
+    RuleSet.names, RuleSet.source_groups, RuleSet.group_of(address)
+
+Reload is "build a new RuleSet, then swap the reference": a failed build
+raises :class:`RuleErrors` (a ConfigError listing every problem) and the
+caller keeps the rules it has. The language is documented in docs/rules.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+
+from trapd.plugin import ActionSpec
+from trapd.rules.outcome import Outcome, PlannedAction, RateCap, Rejection, RetryPolicy
+from trapd.rules.problems import Problems, RuleErrors
+from trapd.rules.resolver import SymbolResolver
+from trapd.rules.ruleset import Rule, RuleSet, RuleTrace
+from trapd.yamlsource import ConfigError
+
+__all__ = [
+    "ConfigError",
+    "Outcome",
+    "PlannedAction",
+    "RateCap",
+    "Rejection",
+    "RetryPolicy",
+    "Rule",
+    "RuleErrors",
+    "RuleSet",
+    "RuleTrace",
+    "SymbolResolver",
+    "check_rules",
+    "compile_rules",
+    "load_rules",
+]
+
+
+def compile_rules(
+    paths: Sequence[Path],
+    resolver: SymbolResolver,
+    actions: Mapping[str, ActionSpec],
+    *,
+    global_mode: str = "enforce",
+    capped_actions: Collection[str] = (),
+) -> tuple[RuleSet, list[ConfigError]]:
+    """Compile and return the rule set with every problem found (errors and warnings), sorted by position.
+
+    ``capped_actions``: actions that a cap outside the rules files (the
+    dispatcher's global caps in trapd.yaml) already limits, so a destructive
+    use of them needs no cap in the rules.
+    """
+    from trapd.rules.compiler import Compiler
+
+    problems = Problems()
+    comp = Compiler(resolver, actions, problems, capped_actions=frozenset(capped_actions))
+    ruleset = comp.compile_files([Path(p) for p in paths], global_mode)
+    return ruleset, problems.sorted()
+
+
+def load_rules(
+    paths: Sequence[Path],
+    resolver: SymbolResolver,
+    actions: Mapping[str, ActionSpec],
+    *,
+    global_mode: str = "enforce",
+    capped_actions: Collection[str] = (),
+) -> RuleSet:
+    """Build a RuleSet; raise RuleErrors (holding every problem) if any error was found."""
+    if global_mode not in ("enforce", "dry-run"):
+        raise ConfigError(f"mode must be enforce or dry-run, got {global_mode!r}")
+    ruleset, problems = compile_rules(
+        paths, resolver, actions, global_mode=global_mode, capped_actions=capped_actions
+    )
+    if any(p.severity == "error" for p in problems):
+        raise RuleErrors(problems)
+    return ruleset
+
+
+def check_rules(
+    paths: Sequence[Path],
+    resolver: SymbolResolver,
+    actions: Mapping[str, ActionSpec],
+    *,
+    capped_actions: Collection[str] = (),
+) -> list[ConfigError]:
+    """Every problem in the rules, errors and warnings (``severity``), each with file:line:column."""
+    try:
+        return compile_rules(paths, resolver, actions, capped_actions=capped_actions)[1]
+    except ConfigError as exc:  # a defect that escaped the collector still reports cleanly
+        return [exc]

@@ -1,0 +1,147 @@
+"""The variables a template sees, built from one event.
+
+Decisions (documented in docs/rules.md):
+
+* each varbind by its bare symbol: numbers as ``int`` (``{{ ifIndex }}`` is
+  17), OCTET STRING as its text (``{{ ifDescr }}`` is ``Gi1/0/17``; an
+  :class:`~trapd.rules.templates.OctetText` that still holds the octets for
+  ``| mac`` / ``| hex``), IpAddress as dotted text, OBJECT IDENTIFIER as
+  dotted text; a varbind whose value is empty (Null, noSuchObject) is left
+  out, so using it is an error rather than the text "None";
+* ``index.<symbol>``: the instance index after the symbol; an ``int`` when it
+  is one number (``index.ifIndex`` is 17), dotted text when longer;
+* ``varbinds.<symbol>`` / ``varbinds["1.3.6..."]``: the whole binding
+  (``.value``, ``.display``, ``.index``, ``.oid``, ``.type``, ``.name``);
+* the event: ``source``, ``source_port``, ``source_group``, ``version``,
+  ``kind``, ``community``, ``user``, ``context_name``, ``uptime``,
+  ``trap_oid``, ``trap_name``, ``event_id``, ``received_at``; plus ``rule``;
+* regex named groups from the rule's conditions, and ``item`` in a foreach.
+
+Fields the event does not have (``community`` on v3, ``user`` on v2c) are
+absent, so a template that uses them is rejected instead of rendering
+"None" into an action parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trapd.event import Event, VarBind, oid_str
+from trapd.rules.templates import OctetText
+
+EVENT_VARIABLES = frozenset(
+    {
+        "source",
+        "source_port",
+        "source_group",
+        "version",
+        "kind",
+        "community",
+        "user",
+        "context_name",
+        "engine_id",
+        "uptime",
+        "trap_oid",
+        "trap_name",
+        "event_id",
+        "received_at",
+        "rule",
+        "index",
+        "varbinds",
+        "item",
+        "groups",
+    }
+)
+
+_NUMERIC = frozenset({"Integer32", "Counter32", "Gauge32", "TimeTicks", "Counter64"})
+
+
+def octet_text(raw: bytes, display: str) -> str:
+    """Text of an OCTET STRING: UTF-8 when it is printable text, else the listener's display form."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return display
+    if text.isprintable():
+        return text
+    return display
+
+
+def template_value(vb: VarBind) -> Any:
+    v = vb.value
+    if vb.type in _NUMERIC and isinstance(v, int):
+        return v
+    if isinstance(v, bytes):
+        return OctetText(octet_text(v, vb.display), v)
+    if isinstance(v, tuple):
+        return oid_str(v)
+    if v is None:
+        return None
+    return v
+
+
+def index_value(vb: VarBind) -> Any:
+    if len(vb.index) == 1:
+        return vb.index[0]
+    return oid_str(vb.index)
+
+
+class VarbindView:
+    """Read-only view of one binding for ``varbinds.x`` in templates."""
+
+    __slots__ = ("display", "index", "name", "oid", "type", "value")
+
+    def __init__(self, vb: VarBind) -> None:
+        self.value = template_value(vb)
+        self.display = vb.display
+        self.index = index_value(vb) if vb.index else ""
+        self.oid = oid_str(vb.oid)
+        self.type = vb.type
+        self.name = vb.name
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+def event_context(event: Event, *, rule: str, source_group: str | None) -> dict[str, Any]:
+    """Everything but captures and item (the rule adds those)."""
+    sec = event.security
+    ctx: dict[str, Any] = {}
+    views: dict[str, VarbindView] = {}
+    index: dict[str, Any] = {}
+    for vb in event.varbinds:
+        sym = vb.symbol
+        view = VarbindView(vb)
+        for key in (sym, vb.name, oid_str(vb.oid)):
+            views.setdefault(key, view)
+        # Unnamed bindings (symbol = numeric OID) are reachable through varbinds["1.3..."] only.
+        if sym not in ctx and view.value is not None and sym.isidentifier():
+            ctx[sym] = view.value
+        if vb.index and sym not in index:
+            index[sym] = view.index
+    # Event fields win over varbind symbols of the same name.
+    ctx.update(
+        source=event.source,
+        source_port=event.source_port,
+        version=event.version,
+        kind=event.kind,
+        trap_oid=oid_str(event.trap_oid),
+        trap_name=event.trap_name,
+        event_id=event.id,
+        received_at=event.received_at,
+        rule=rule,
+        index=index,
+        varbinds=views,
+    )
+    if source_group is not None:
+        ctx["source_group"] = source_group
+    for name, value in (
+        ("community", sec.community),
+        ("user", sec.user),
+        ("context_name", sec.context_name),
+        ("engine_id", sec.engine_id),
+        ("uptime", event.uptime),
+    ):
+        if value is not None:
+            ctx[name] = value
+    return ctx

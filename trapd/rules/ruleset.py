@@ -1,0 +1,413 @@
+"""The compiled rule set: immutable, indexed by notification OID, evaluated per event.
+
+``evaluate`` is the daemon's hot path. Candidate rules come from an index
+(exact notification OIDs, OID prefixes for ``under:``, and the rules with no
+notification condition), merged in file order and cached per trap OID, so a
+trap nobody wrote a rule for costs a dict lookup and a few generic rules.
+Templates are rendered and parameters validated only for a rule that
+matched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from trapd.decoders import Decoded, ItemDecoder, decode_items
+from trapd.event import Event
+from trapd.listener.raw import Oid
+from trapd.params import ParamError, validate
+from trapd.plugin import ActionSpec
+from trapd.rules.conditions import All, Cond, EvalState, Notification, Subject, ValueTest
+from trapd.rules.context import event_context
+from trapd.rules.outcome import Mode, Outcome, PlannedAction, RateCap, Rejection, RetryPolicy
+from trapd.rules.sources import AddressSet, addr_key
+from trapd.rules.templates import RENDER_ERRORS, TemplateInfo
+from trapd.yamlsource import Mark
+
+# ---------------------------------------------------------------- rendered values
+
+
+class Value:
+    """A parameter value: constant, template, or a list / mapping of those."""
+
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+class Const(Value):
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        return self.value
+
+
+class Template(Value):
+    __slots__ = ("info", "source", "template")
+
+    def __init__(self, template: jinja2.Template, source: str, info: TemplateInfo | None = None) -> None:
+        self.template = template
+        self.source = source
+        self.info = info
+
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        return self.template.render(ctx)
+
+
+class ListOf(Value):
+    __slots__ = ("items",)
+
+    def __init__(self, items: Sequence[Value]) -> None:
+        self.items = tuple(items)
+
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        return [v.render(ctx) for v in self.items]
+
+
+class MapOf(Value):
+    __slots__ = ("items",)
+
+    def __init__(self, items: Mapping[str, Value]) -> None:
+        self.items = dict(items)
+
+    def render(self, ctx: Mapping[str, Any]) -> Any:
+        return {k: v.render(ctx) for k, v in self.items.items()}
+
+
+# ---------------------------------------------------------------- compiled pieces
+
+
+@dataclass(frozen=True)
+class CapSpec:
+    name: str
+    limit: int
+    per: float
+    key: Value | None
+    hold_for: float
+
+
+@dataclass(frozen=True)
+class ActionCall:
+    """One entry of a rule's ``actions:`` list, compiled."""
+
+    index: int
+    action: str
+    spec: ActionSpec
+    params: Mapping[str, Value]
+    mark: Mark | None
+    delay: float = 0.0
+    cancel_key: Value | None = None
+    once_within: float | None = None
+    once_key: Value | None = None
+    key: Value | None = None
+    caps: tuple[CapSpec, ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class ForEach:
+    kind: str
+    decoders: tuple[ItemDecoder, ...]
+    where: tuple[tuple[str, tuple[ValueTest, ...]], ...]
+    mark: Mark | None
+
+    def accepts(self, item: Mapping[str, Any], st: EvalState) -> bool:
+        for name, tests in self.where:
+            if name not in item:
+                return False
+            s = Subject(item[name])
+            for t in tests:
+                if not t.test(s, st):
+                    return False
+        return True
+
+    def why_not(self, items: Sequence[Mapping[str, Any]], st: EvalState) -> str:
+        if not items:
+            return f"foreach {self.kind}: the event carries no {self.kind} items"
+        reasons = []
+        for name, tests in self.where:
+            for t in tests:
+                vals = [it.get(name) for it in items]
+                reasons.append(f"{name} {t.label} (items have {', '.join(map(str, vals[:5]))})")
+        return f"foreach {self.kind}: no item matched where: " + "; ".join(reasons)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    position: int
+    mark: Mark | None
+    condition: All
+    description: str = ""
+    enabled: bool = True
+    stop: bool = True
+    mode: Mode = "enforce"
+    foreach: ForEach | None = None
+    actions: tuple[ActionCall, ...] = ()
+    cancels: tuple[Value, ...] = ()
+
+    @property
+    def notification(self) -> Notification | None:
+        for a in self.condition.atoms():
+            if isinstance(a, Notification):
+                return a
+        return None
+
+
+@dataclass(frozen=True)
+class RuleTrace:
+    """What one rule did with one event, for ``trapd test``.
+
+    ``status``: ``matched``, ``no-match``, ``disabled`` or ``not-reached``
+    (an earlier matching rule stopped the evaluation). ``reason`` is the
+    first condition that failed, with its position in ``reason_mark``.
+    """
+
+    rule: str
+    mark: Mark | None
+    status: str
+    reason: str | None = None
+    reason_mark: Mark | None = None
+    outcome: Outcome = field(default_factory=Outcome)
+
+
+# ---------------------------------------------------------------- the rule set
+
+_CACHE_LIMIT = 4096
+_EMPTY = Outcome()
+
+
+class RuleSet:
+    """Compiled rules. Immutable after construction (the per-OID cache is derived data)."""
+
+    def __init__(
+        self, rules: Sequence[Rule], source_groups: Mapping[str, AddressSet], global_mode: str
+    ) -> None:
+        self._rules = tuple(rules)
+        self.names: tuple[str, ...] = tuple(r.name for r in self._rules)
+        self.source_groups: Mapping[str, AddressSet] = dict(source_groups)
+        self.global_mode = global_mode
+        self._exact: dict[Oid, list[int]] = {}
+        self._prefix: dict[Oid, list[int]] = {}
+        self._generic: list[int] = []
+        for i, r in enumerate(self._rules):
+            if not r.enabled:
+                continue
+            n = r.notification
+            if n is None:
+                self._generic.append(i)
+                continue
+            for oid in n.exact:
+                self._exact.setdefault(oid, []).append(i)
+            for p in n.prefixes:
+                self._prefix.setdefault(p, []).append(i)
+        self._prefix_lengths = tuple(sorted({len(p) for p in self._prefix}))
+        self._cache: dict[Oid, tuple[Rule, ...]] = {}
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._rules
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def group_of(self, address: str) -> str | None:
+        """The first source group (in definition order) that contains the address."""
+        key = addr_key(address)
+        if key is None:
+            return None
+        for name, nets in self.source_groups.items():
+            if nets.contains(key):
+                return name
+        return None
+
+    def candidates(self, trap_oid: Oid) -> tuple[Rule, ...]:
+        hit = self._cache.get(trap_oid)
+        if hit is not None:
+            return hit
+        idx: set[int] = set(self._generic)
+        idx.update(self._exact.get(trap_oid, ()))
+        for n in self._prefix_lengths:
+            if n <= len(trap_oid):
+                idx.update(self._prefix.get(trap_oid[:n], ()))
+        hit = tuple(self._rules[i] for i in sorted(idx))
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()  # a storm of distinct OIDs must not grow memory
+        self._cache[trap_oid] = hit
+        return hit
+
+    # -- evaluation ---------------------------------------------------------
+
+    def evaluate(self, event: Event) -> Outcome:
+        """Match, render and validate: what should happen for this event. Runs nothing."""
+        st: EvalState | None = None
+        matched: list[str] = []
+        planned: list[PlannedAction] = []
+        cancels: list[str] = []
+        rejected: list[Rejection] = []
+        base: dict[str, Any] | None = None
+        for rule in self.candidates(event.trap_oid):
+            if st is None:
+                st = EvalState(event)
+            elif st.captures:
+                st.captures = {}
+            if not rule.condition.test(st):
+                continue
+            items: list[dict[str, Any]] | None = None
+            if rule.foreach is not None:
+                decoded = decode_items(rule.foreach.kind, event, rule.foreach.decoders)
+                rejected.extend(_decode_rejections(rule, decoded))
+                items = [it for it in decoded.items if rule.foreach.accepts(it, st)]
+                if not items:
+                    continue
+            matched.append(rule.name)
+            if base is None:
+                base = event_context(event, rule="", source_group=self.group_of(event.source))
+            self._plan(rule, base, st.captures, items, planned, cancels, rejected)
+            if rule.stop:
+                break
+        if not matched and not rejected:
+            return _EMPTY
+        return Outcome(tuple(matched), tuple(planned), tuple(cancels), tuple(rejected))
+
+    def explain(self, event: Event) -> list[RuleTrace]:
+        """Every rule in order: matched (with its outcome), or the first condition that failed."""
+        traces: list[RuleTrace] = []
+        stopped_by: str | None = None
+        base: dict[str, Any] | None = None
+        for rule in self._rules:
+            if not rule.enabled:
+                traces.append(RuleTrace(rule.name, rule.mark, "disabled"))
+                continue
+            if stopped_by is not None:
+                traces.append(RuleTrace(rule.name, rule.mark, "not-reached", f"stopped by rule {stopped_by}"))
+                continue
+            st = EvalState(event)
+            failed = _first_failure(rule.condition, st)
+            if failed is not None:
+                traces.append(RuleTrace(rule.name, rule.mark, "no-match", failed.why(st), failed.mark))
+                continue
+            items: list[dict[str, Any]] | None = None
+            rejected: list[Rejection] = []
+            if rule.foreach is not None:
+                decoded = decode_items(rule.foreach.kind, event, rule.foreach.decoders)
+                rejected.extend(_decode_rejections(rule, decoded))
+                items = [it for it in decoded.items if rule.foreach.accepts(it, st)]
+                if not items:
+                    why = rule.foreach.why_not(decoded.items, st)
+                    out = Outcome(rejected=tuple(rejected))
+                    traces.append(RuleTrace(rule.name, rule.mark, "no-match", why, rule.foreach.mark, out))
+                    continue
+            if base is None:
+                base = event_context(event, rule="", source_group=self.group_of(event.source))
+            planned: list[PlannedAction] = []
+            cancels: list[str] = []
+            self._plan(rule, base, st.captures, items, planned, cancels, rejected)
+            out = Outcome((rule.name,), tuple(planned), tuple(cancels), tuple(rejected))
+            traces.append(RuleTrace(rule.name, rule.mark, "matched", outcome=out))
+            if rule.stop:
+                stopped_by = rule.name
+        return traces
+
+    def _plan(
+        self,
+        rule: Rule,
+        base: dict[str, Any],
+        captures: Mapping[str, str],
+        items: Sequence[dict[str, Any]] | None,
+        planned: list[PlannedAction],
+        cancels: list[str],
+        rejected: list[Rejection],
+    ) -> None:
+        ctx = dict(base)
+        ctx.update(captures)
+        ctx["groups"] = dict(captures)
+        ctx["rule"] = rule.name
+        mode: Mode = "dry-run" if self.global_mode == "dry-run" else rule.mode
+        for item in items if items is not None else (None,):
+            if item is not None:
+                ctx["item"] = item
+            for c in rule.cancels:
+                try:
+                    cancels.append(str(c.render(ctx)))
+                except RENDER_ERRORS as exc:
+                    rejected.append(Rejection(rule.name, "cancel", -1, f"cancel: {_reason(exc)}"))
+            for call in rule.actions:
+                try:
+                    planned.append(_plan_call(rule, call, ctx, mode, item))
+                except ParamError as exc:
+                    rejected.append(Rejection(rule.name, call.action, call.index, str(exc)))
+                except RENDER_ERRORS as exc:
+                    rejected.append(Rejection(rule.name, call.action, call.index, _reason(exc)))
+
+
+def _first_failure(cond: All, st: EvalState) -> Cond | None:
+    c = cond.first_failure(st)
+    while isinstance(c, All):
+        inner = c.first_failure(st)
+        if inner is None:
+            break
+        c = inner
+    return c
+
+
+def _decode_rejections(rule: Rule, decoded: Decoded) -> list[Rejection]:
+    return [Rejection(rule.name, "foreach", -1, p) for p in decoded.problems]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, jinja2.UndefinedError):
+        return f"template: {exc.message}"
+    if isinstance(exc, jinja2.TemplateError):
+        return f"template: {exc}"
+    return f"template: {exc}"
+
+
+def _render_str(v: Value | None, ctx: Mapping[str, Any]) -> str | None:
+    if v is None:
+        return None
+    out = v.render(ctx)
+    if not isinstance(out, str):
+        out = str(out)
+    if len(out) > 1024:
+        raise ParamError("a key longer than 1024 characters")
+    return out
+
+
+def _plan_call(
+    rule: Rule, call: ActionCall, ctx: Mapping[str, Any], mode: Mode, item: dict[str, Any] | None
+) -> PlannedAction:
+    rendered = {name: v.render(ctx) for name, v in call.params.items()}
+    params = validate(call.spec.params, rendered)
+    key = _render_str(call.key, ctx)
+    if key is None:
+        parts = [f"{k}={params[k]}" for k in call.spec.key if k in params]
+        key = f"{call.action}:{','.join(parts)}" if parts else f"rule:{rule.name}"
+    once_key: str | None = None
+    if call.once_within is not None:
+        once_key = _render_str(call.once_key, ctx) or f"{rule.name}#{call.index}:{key}"
+    caps = tuple(
+        RateCap(name=c.name, limit=c.limit, per=c.per, key=_render_str(c.key, ctx) or "", hold_for=c.hold_for)
+        for c in call.caps
+    )
+    return PlannedAction(
+        rule=rule.name,
+        action=call.action,
+        index=call.index,
+        params=params,
+        key=key,
+        mode=mode,
+        delay=call.delay,
+        cancel_key=_render_str(call.cancel_key, ctx),
+        once_within=call.once_within,
+        once_key=once_key,
+        retry=call.retry,
+        caps=caps,
+        item=dict(item) if item is not None else None,
+    )

@@ -1,0 +1,170 @@
+"""Jinja2 templates for action parameters: sandboxed, strict, compiled once.
+
+Netops know Jinja from Ansible, so parameters are Jinja expressions. The
+environment is Jinja's SandboxedEnvironment (a template cannot reach Python
+internals, whatever a rule author or a trap value tries) with
+StrictUndefined: a variable the event does not carry is an error, never a
+silently empty string. An empty hw-address must not reach Kea.
+
+Filters that matter for trap data (all raise on bad input, which turns into
+a rejection; none of them guesses):
+
+``mac``  any MAC spelling or 6 raw octets -> ``aa:bb:cc:dd:ee:ff``
+``ip``   an address as text, 4/16 raw octets (InetAddress) or an IPv4 integer -> normalized text
+``hex``  octets (or text, or an integer) -> lowercase hex; ``hex(":")`` puts a separator between octets
+``int``  a strict integer (Jinja's own ``int`` returns 0 for garbage; this one refuses)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+from trapd.params import ParamError, normalize_mac
+
+
+class FilterError(ValueError):
+    """A filter refused its input; the message is the rejection reason."""
+
+
+class OctetText(str):
+    """An OCTET STRING varbind in templates: prints as its text, keeps the octets.
+
+    ``{{ ifDescr }}`` gives ``Gi1/0/17``; ``{{ cmnMACMoveAddress | mac }}``
+    reads the six raw octets even though their "text" is unprintable.
+    """
+
+    raw: bytes
+
+    def __new__(cls, text: str, raw: bytes) -> OctetText:
+        obj = super().__new__(cls, text)
+        obj.raw = raw
+        return obj
+
+
+def mac_filter(value: Any) -> str:
+    raw = getattr(value, "raw", None)
+    try:
+        if isinstance(value, (bytes, bytearray)):
+            return normalize_mac(bytes(value))
+        try:
+            return normalize_mac(str(value))
+        except ParamError:
+            if isinstance(raw, bytes) and len(raw) == 6:
+                return normalize_mac(raw)
+            raise
+    except ParamError as exc:
+        raise FilterError(f"mac filter: {exc}") from None
+
+
+def ip_filter(value: Any) -> str:
+    raw = value if isinstance(value, (bytes, bytearray)) else getattr(value, "raw", None)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value < 2**32:
+            return str(ipaddress.IPv4Address(value))
+        raise FilterError(f"ip filter: {value} is not an IPv4 address as a number")
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            pass
+    if isinstance(raw, (bytes, bytearray)) and len(raw) in (4, 16):
+        return str(ipaddress.ip_address(bytes(raw)))
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise FilterError(f"ip filter: not an IP address: {shown}")
+
+
+def hex_filter(value: Any, sep: str = "") -> str:
+    raw = value if isinstance(value, (bytes, bytearray)) else getattr(value, "raw", None)
+    if isinstance(raw, (bytes, bytearray)):
+        data = bytes(raw)
+    elif isinstance(value, bool):
+        raise FilterError("hex filter: not for booleans")
+    elif isinstance(value, int):
+        if value < 0:
+            raise FilterError("hex filter: negative number")
+        return format(value, "x")
+    elif isinstance(value, str):
+        data = value.encode("utf-8")
+    else:
+        raise FilterError(f"hex filter: cannot convert {type(value).__name__}")
+    return data.hex(sep) if sep else data.hex()
+
+
+_INT = re.compile(r"\s*[-+]?(0[xX][0-9a-fA-F]+|\d+)\s*")
+
+
+def int_filter(value: Any) -> int:
+    if isinstance(value, bool):
+        raise FilterError("int filter: not for booleans")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INT.fullmatch(value):
+        return int(value.strip(), 0) if "x" in value.lower() else int(value.strip())
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise FilterError(f"int filter: not an integer: {shown}")
+
+
+FILTERS = {"mac": mac_filter, "ip": ip_filter, "hex": hex_filter, "int": int_filter}
+
+
+def make_environment() -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+        cache_size=0,  # every template is compiled once and kept by its rule
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+ENV = make_environment()
+JINJA_GLOBALS = frozenset(ENV.globals)
+
+# Errors a render can raise: Jinja's own (undefined names, sandbox refusals)
+# and what filters or Python operations on trap values raise.
+RENDER_ERRORS = (jinja2.TemplateError, FilterError, ValueError, TypeError, ArithmeticError, LookupError)
+
+
+def is_template(text: str) -> bool:
+    return "{{" in text or "{%" in text or "{#" in text
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateInfo:
+    """What a template source refers to, for the static checks in ``trapd check``."""
+
+    variables: frozenset[str]
+    item_fields: frozenset[str]  # x in item.x / item["x"]
+    literal: str  # the constant text around the expressions
+
+
+def analyse(source: str) -> tuple[jinja2.Template, TemplateInfo]:
+    """Compile once; jinja2.TemplateSyntaxError on bad syntax (the caller adds the position)."""
+    ast = ENV.parse(source)
+    variables = frozenset(meta.find_undeclared_variables(ast))
+    fields: set[str] = set()
+    for node in ast.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.name == "item":
+            fields.add(node.attr)
+    for item in ast.find_all(nodes.Getitem):
+        arg = item.arg
+        named_item = isinstance(item.node, nodes.Name) and item.node.name == "item"
+        if named_item and isinstance(arg, nodes.Const) and isinstance(arg.value, str):
+            fields.add(arg.value)
+    literal = "".join(n.data for n in ast.find_all(nodes.TemplateData))
+    return ENV.from_string(ast), TemplateInfo(variables, frozenset(fields), literal)
+
+
+def render(template: jinja2.Template, context: Mapping[str, Any]) -> str:
+    return template.render(context)
