@@ -65,6 +65,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 LOSSLESS_PCT = 0.1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# trapd's default listener.receive_buffer; snmptrapd gets the same so that the
+# comparison is of the software, not of the buffer (see the README).
+SAME_RCVBUF_AS_TRAPD = 8 * 1024 * 1024
 DEFAULT_TRAPD_CMD = "{python} -m trapd listen --listen {listen} --community public --config {config}"
 
 
@@ -738,7 +741,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seconds", type=float, default=10.0, help="send time per run")
     ap.add_argument("--trapd-cmd", default=DEFAULT_TRAPD_CMD)
     ap.add_argument(
-        "--snmptrapd-rcvbuf", type=int, default=0, help="serverRecvBuf for snmptrapd (0: default)"
+        "--snmptrapd-rcvbuf",
+        type=int,
+        default=SAME_RCVBUF_AS_TRAPD,
+        help="serverRecvBuf for snmptrapd; default: what trapd asks for (8 MiB, capped by rmem_max), "
+        "so both get the same kernel buffer; 0: net-snmp's default",
     )
     ap.add_argument(
         "--skip-loss",
