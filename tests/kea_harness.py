@@ -192,6 +192,7 @@ class KeaInstance:
     tls_cert_required: bool = False
     version: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    argv: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     chroot: Path | None = None
     _ip4: Iterator[int] = field(default_factory=lambda: itertools.count(10))
     _ip6: Iterator[int] = field(default_factory=lambda: itertools.count(0x10))
@@ -275,10 +276,7 @@ class KeaInstance:
             default = {"v4": "unix4", "v6": "unix6"}
         else:
             default = {"v4": "ca4", "v6": "ca6"}
-        return {
-            "default": {k: v for k, v in default.items() if k in {e["family"] for e in eps.values()}},
-            "endpoints": eps,
-        }
+        return {"default": {k: v for k, v in default.items() if v in eps}, "endpoints": eps}
 
     # --- lifecycle ---
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
@@ -340,6 +338,26 @@ class KeaInstance:
             with contextlib.suppress(OSError):
                 out.append(f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}")
         return "\n".join(out)
+
+    def spawn(self, daemon: str) -> None:
+        argv, env = self.argv[daemon]
+        out = open(self.host_path(self.workdir) / f"{daemon}.out", "ab")  # noqa: SIM115 - the child owns it
+        self.procs[daemon] = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        out.close()
+
+    def restart(self, daemon: str) -> None:
+        """Stop one daemon and start it again with the same config; returns when all answer."""
+        self.stop([daemon])
+        self.spawn(daemon)
+        self.wait_ready()
+
+    def kill(self, daemon: str) -> None:
+        """SIGKILL one daemon: it leaves its unix socket file behind (a stale socket)."""
+        p = self.procs.pop(daemon)
+        p.kill()
+        p.wait()
 
     def stop(self, names: Sequence[str] | None = None) -> None:
         """SIGTERM the daemons we started (by pid), SIGKILL whatever is left after 5 s."""
@@ -671,3 +689,47 @@ def bind_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
 def kea_trapd_config(kea: KeaInstance) -> dict[str, Any]:
     """The ``kea:`` section of trapd.yaml for the session's Kea (unix by default, CA endpoints too)."""
     return kea.trapd_kea_section()
+
+
+# --- building what an action gets ---
+
+
+def make_kea_clients(section: dict[str, Any]) -> Any:
+    """KeaClients from a ``kea:`` section given as a dict (parsed like trapd.yaml)."""
+    from trapd.kea.client import KeaClients
+    from trapd.kea.config import KeaConfig
+    from trapd.yamlsource import load_yaml
+
+    return KeaClients(KeaConfig.from_yaml(load_yaml(json.dumps(section), "<test>"), Path("/")))
+
+
+def make_action_context(kea_clients: Any, rule: str = "test-rule") -> Any:
+    """A plain ActionContext around ``kea_clients`` for calling an action's run() directly."""
+    import httpx
+    import structlog
+
+    from trapd.event import Event, new_event_id
+    from trapd.listener.raw import Security
+    from trapd.plugin import ActionContext
+
+    event = Event(
+        id=new_event_id(),
+        received_at=time.time(),
+        source="127.0.0.1",
+        source_port=50162,
+        version="v2c",
+        kind="trap",
+        security=Security(community="public"),
+        uptime=0,
+        trap_oid=(1, 3, 6, 1, 6, 3, 1, 1, 5, 3),
+        trap_name="IF-MIB::linkDown",
+        varbinds=(),
+    )
+    return ActionContext(
+        event=event,
+        rule=rule,
+        action_id="a1",
+        log=structlog.get_logger("test"),
+        kea=kea_clients,
+        http=httpx.AsyncClient(),
+    )

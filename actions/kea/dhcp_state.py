@@ -1,0 +1,108 @@
+"""kea.dhcp-disable / kea.dhcp-enable: stop and resume DHCP service in a Kea server."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from trapd.kea.client import KeaClient
+from trapd.params import Param
+from trapd.plugin import ActionContext, PermanentError, action
+
+from .common import ENDPOINT, FAMILY, client_for
+
+# Kea >= 2.6 takes a numeric origin-id (1 = user, 2000 + N = HA service N);
+# older servers take origin "user" / "ha-partner" and silently ignore origin-id.
+ORIGIN_ID_SINCE = (2, 6, 0)
+ORIGIN_NAMES = {1: "user", 2000: "ha-partner"}
+
+ORIGIN = Param(
+    "integer",
+    "who disables/enables: 1 = user (default); 2000+N = HA service N (Kea >= 2.6; 2000 = ha-partner before)",
+    default=1,
+    min=1,
+    max=65535,
+)
+
+
+async def origin_args(kea: KeaClient, origin_id: int) -> dict[str, Any]:
+    """The origin in the form this server understands (asks version-get once)."""
+    if await kea.version_tuple() >= ORIGIN_ID_SINCE:
+        return {"origin-id": origin_id}
+    name = ORIGIN_NAMES.get(origin_id)
+    if name is None:
+        raise PermanentError(
+            f"Kea {await kea.version()} knows only origins 1 (user) and 2000 (ha-partner), not {origin_id}"
+        )
+    return {"origin": name}
+
+
+@action(
+    "kea.dhcp-disable",
+    params={
+        "endpoint": ENDPOINT,
+        "family": FAMILY,
+        "max-period": Param(
+            "duration",
+            "re-enable automatically after this long (required; whole seconds, rounded up)",
+            required=True,
+            min=0.001,
+            max=4294967295,
+        ),
+        "origin-id": ORIGIN,
+    },
+    idempotent=True,
+    destructive=True,
+    key=("endpoint", "family"),
+    kea_commands=("dhcp-disable",),
+)
+async def dhcp_disable(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Disable the DHCP service of a Kea server for at most ``max-period``.
+
+    Kea stops answering DHCP clients (leases stay; the control API keeps
+    working) until ``kea.dhcp-enable`` or until max-period runs out, so a
+    forgotten disable cannot take DHCP down for good: max-period is required.
+
+    Example::
+
+        - action: kea.dhcp-disable
+          family: v4
+          max-period: 10m
+    """
+    kea = client_for(params, ctx, params.get("family"))
+    seconds = max(1, math.ceil(params["max-period"]))
+    args = {"max-period": seconds, **await origin_args(kea, params["origin-id"])}
+    r = await kea.command("dhcp-disable", args, accept=(0,))
+    ctx.log.warning("kea DHCP service disabled", endpoint=kea.name, family=kea.family, max_period=seconds)
+    return {
+        "endpoint": kea.name,
+        "family": kea.family,
+        "max-period": seconds,
+        "arguments": args,
+        "text": r.text,
+    }
+
+
+@action(
+    "kea.dhcp-enable",
+    params={"endpoint": ENDPOINT, "family": FAMILY, "origin-id": ORIGIN},
+    idempotent=True,
+    key=("endpoint", "family"),
+    kea_commands=("dhcp-enable",),
+)
+async def dhcp_enable(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Enable the DHCP service of a Kea server again (after kea.dhcp-disable).
+
+    Enabling an enabled server is a success. The origin must match the one
+    that disabled it: an HA origin is not cleared by a user enable.
+
+    Example::
+
+        - action: kea.dhcp-enable
+          family: v4
+    """
+    kea = client_for(params, ctx, params.get("family"))
+    args = await origin_args(kea, params["origin-id"])
+    r = await kea.command("dhcp-enable", args, accept=(0,))
+    ctx.log.info("kea DHCP service enabled", endpoint=kea.name, family=kea.family)
+    return {"endpoint": kea.name, "family": kea.family, "arguments": args, "text": r.text}

@@ -1,0 +1,218 @@
+"""kea.lease-del: delete DHCP leases, recording each one first so it can be restored."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from trapd.kea.client import KeaClient
+from trapd.params import Param
+from trapd.plugin import ActionContext, PermanentError, action
+
+from .common import ENDPOINT, FAMILY, SUBNET_ID, client_for, exactly_one, implied_family
+from .relay import id_bytes, matches, relay_info
+
+SELECTORS = ("ip-address", "hw-address", "client-id", "duid")
+RELAY = ("circuit-id", "remote-id")
+
+PARAMS = {
+    "endpoint": ENDPOINT,
+    "family": FAMILY,
+    "ip-address": Param("ip-address", "delete the lease of this address (v4 or v6)"),
+    "hw-address": Param("mac-address", "delete every lease of this MAC (v6: scans the lease table)"),
+    "client-id": Param("duid", "v4: delete every lease of this DHCP client identifier (hex octets)"),
+    "duid": Param("duid", "v6: delete every lease of this DUID"),
+    "iaid": Param("integer", "v6, with duid: only the lease(s) of this IAID", min=0, max=4294967295),
+    "type": Param(
+        "enum", "v6, with ip-address: IA_NA (default) or IA_PD for a prefix", choices=("IA_NA", "IA_PD")
+    ),
+    "circuit-id": Param("string", "v4: delete leases relayed with this option-82 circuit-id (0x... = hex)"),
+    "remote-id": Param("string", "v4: delete leases relayed with this option-82 remote-id (0x... = hex)"),
+    "subnet-id": SUBNET_ID,
+    "update-ddns": Param(
+        "boolean", "ask Kea to remove the client's DNS records (via kea-dhcp-ddns)", default=False
+    ),
+    "page-size": Param(
+        "integer",
+        "leases per lease4-get-page / lease6-get-page when scanning",
+        default=500,
+        min=1,
+        max=10000,
+    ),
+    "scan-limit": Param(
+        "integer",
+        "give up (permanently, deleting nothing) when a scan passes this many leases",
+        default=1_000_000,
+        min=1,
+    ),
+}
+
+
+@action(
+    "kea.lease-del",
+    params=PARAMS,
+    idempotent=True,
+    destructive=True,
+    key=("ip-address", "hw-address", "client-id", "duid", "circuit-id", "remote-id"),
+    kea_commands=(
+        "lease4-get",
+        "lease4-del",
+        "lease4-get-by-hw-address",
+        "lease4-get-by-client-id",
+        "lease4-get-page",
+        "lease6-get",
+        "lease6-del",
+        "lease6-get-by-duid",
+        "lease6-get-page",
+    ),
+)
+async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Delete DHCP leases in Kea: by address, MAC, client-id, DUID or option-82 relay ids.
+
+    Give exactly one selector: ``ip-address``, ``hw-address``, ``client-id``
+    (v4), ``duid`` (+ ``iaid``, v6), or ``circuit-id`` and/or ``remote-id``
+    (v4). Every matching lease is fetched first and recorded complete in the
+    result (``leases``), so ``trapd kea restore JOURNAL_ID`` can put it back.
+    A lease that does not exist counts as success (nothing to do). Needs the
+    lease_cmds hook in Kea.
+
+    Example::
+
+        - action: kea.lease-del
+          hw-address: "{{ var('cmnHistMacAddress') }}"
+          update-ddns: true
+    """
+    sel = exactly_one(params, SELECTORS, {"relay": RELAY})
+    family = implied_family(params, v6_only=("duid", "iaid", "type"), v4_only=("client-id", *RELAY))
+    kea = client_for(params, ctx, family)
+    fam = kea.family
+    v = "4" if fam == "v4" else "6"
+    if sel in ("client-id", "relay") and fam == "v6":
+        raise PermanentError(f"{sel} selects v4 leases only; endpoint {kea.name} is v6")
+    if sel == "duid" and fam == "v4":
+        raise PermanentError("duid selects v6 leases only")
+    subnet = params.get("subnet-id")
+    result: dict[str, Any] = {"endpoint": kea.name, "family": fam, "selector": sel}
+    found: list[dict[str, Any]] = []
+
+    if sel == "ip-address":
+        args: dict[str, Any] = {"ip-address": params["ip-address"]}
+        if fam == "v6":
+            args["type"] = params.get("type") or "IA_NA"
+        r = await kea.command(f"lease{v}-get", args)
+        if r.ok and isinstance(r.arguments, dict):
+            found = [r.arguments]
+    elif sel == "hw-address" and fam == "v4":
+        found = await _listed(kea, "lease4-get-by-hw-address", {"hw-address": params["hw-address"]})
+    elif sel == "client-id":
+        found = await _listed(kea, "lease4-get-by-client-id", {"client-id": params["client-id"]})
+    elif sel == "duid":
+        found = await _listed(kea, "lease6-get-by-duid", {"duid": params["duid"]})
+        if params.get("iaid") is not None:
+            found = [lease for lease in found if lease.get("iaid") == params["iaid"]]
+    else:
+        # A scan: hw-address on v6 (no lookup command for it), or the relay ids.
+        if sel == "hw-address":
+            mac: str = params["hw-address"]
+
+            def wanted(lease: dict[str, Any]) -> bool:
+                return str(lease.get("hw-address", "")).lower() == mac
+
+        else:
+            cid = id_bytes(params["circuit-id"]) if params.get("circuit-id") is not None else None
+            rid = id_bytes(params["remote-id"]) if params.get("remote-id") is not None else None
+            result["circuit-id"], result["remote-id"] = params.get("circuit-id"), params.get("remote-id")
+
+            def wanted(lease: dict[str, Any]) -> bool:
+                return matches(relay_info(lease), cid, rid)
+
+        scanned = 0
+        async for lease in scan(kea, params["page-size"], params["scan-limit"], result):
+            scanned += 1
+            if wanted(lease):
+                found.append(lease)
+        result["scanned"] = scanned
+
+    if subnet is not None:
+        other = [lease for lease in found if lease.get("subnet-id") != subnet]
+        if other:
+            result["skipped_other_subnets"] = len(other)
+        found = [lease for lease in found if lease.get("subnet-id") == subnet]
+
+    deleted: list[dict[str, Any]] = []
+    gone: list[str] = []
+    for lease in found:
+        args = {"ip-address": lease["ip-address"]}
+        if fam == "v6" and lease.get("type") == "IA_PD":
+            args["type"] = "IA_PD"
+        if params.get("update-ddns"):
+            args["update-ddns"] = True
+        r = await kea.command(f"lease{v}-del", args)
+        if r.ok:
+            deleted.append(lease)
+        else:  # deleted by someone else between our get and del: the goal is reached
+            gone.append(lease["ip-address"])
+    result.update(
+        {
+            "deleted": len(deleted),
+            "leases": deleted,
+            "update-ddns": bool(params.get("update-ddns")),
+            "not_found": not deleted,
+        }
+    )
+    if gone:
+        result["already_gone"] = gone
+    target = {k: params[k] for k in (*SELECTORS, *RELAY) if params.get(k) is not None}
+    if deleted:
+        ctx.log.info(
+            "kea leases deleted",
+            endpoint=kea.name,
+            count=len(deleted),
+            addresses=[lease["ip-address"] for lease in deleted],
+            **_log_keys(target),
+        )
+    else:
+        ctx.log.info("kea lease not found, nothing to delete", endpoint=kea.name, **_log_keys(target))
+    return result
+
+
+def _log_keys(target: dict[str, Any]) -> dict[str, Any]:
+    return {k.replace("-", "_"): v for k, v in target.items()}
+
+
+async def _listed(kea: KeaClient, command: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    r = await kea.command(command, args)
+    if r.empty or not isinstance(r.arguments, dict):
+        return []
+    return [lease for lease in r.arguments.get("leases", []) if isinstance(lease, dict)]
+
+
+async def scan(
+    kea: KeaClient, page_size: int, limit: int, report: dict[str, Any] | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Every lease of the family, page by page (lease4-get-page / lease6-get-page).
+
+    Costs one command per ``page_size`` leases and the whole table crosses the
+    socket; Kea answers each page from memory (memfile) or one SQL query.
+    Raises PermanentError past ``limit`` leases rather than run unbounded.
+    """
+    v = "4" if kea.family == "v4" else "6"
+    start: str = "start"
+    seen = 0
+    pages = 0
+    while True:
+        r = await kea.command(f"lease{v}-get-page", {"from": start, "limit": page_size})
+        pages += 1
+        if r.empty or not isinstance(r.arguments, dict):
+            break
+        leases = [lease for lease in r.arguments.get("leases", []) if isinstance(lease, dict)]
+        for lease in leases:
+            seen += 1
+            if seen > limit:
+                raise PermanentError(f"scan stopped after {limit} leases (scan-limit); nothing deleted")
+            yield lease
+        if len(leases) < page_size:
+            break
+        start = leases[-1]["ip-address"]
+    if report is not None:
+        report["pages"] = pages

@@ -1,0 +1,86 @@
+"""Put deleted leases back: the undo of kea.lease-del.
+
+kea.lease-del records every lease exactly as lease4-get / lease6-get
+returned it. Those answers carry fields lease*-add does not take (``cltt``)
+or takes under another name, so each lease is turned into lease*-add
+arguments here: known fields only, ``cltt`` + ``valid-lft`` becomes
+``expire`` so the lease keeps its original expiry, and an empty hostname is
+left out (Kea refuses fqdn-fwd/rev true without a hostname).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trapd.kea.client import KeaClients
+from trapd.kea.errors import KeaCommandError, KeaConflictError
+
+ADD4_FIELDS = (
+    "ip-address", "hw-address", "client-id", "subnet-id", "valid-lft", "hostname", "fqdn-fwd", "fqdn-rev",
+    "state", "user-context",
+)  # fmt: skip
+ADD6_FIELDS = (
+    "ip-address", "type", "prefix-len", "duid", "iaid", "subnet-id", "hw-address", "preferred-lft",
+    "valid-lft", "hostname", "fqdn-fwd", "fqdn-rev", "state", "user-context",
+)  # fmt: skip
+
+
+def lease_family(lease: Mapping[str, Any]) -> str:
+    return f"v{ipaddress.ip_address(str(lease['ip-address'])).version}"
+
+
+def add_arguments(lease: Mapping[str, Any]) -> dict[str, Any]:
+    """lease4-add / lease6-add arguments that recreate ``lease`` as Kea returned it."""
+    fields = ADD4_FIELDS if lease_family(lease) == "v4" else ADD6_FIELDS
+    args = {k: lease[k] for k in fields if lease.get(k) is not None}
+    if not args.get("hostname"):
+        args.pop("hostname", None)
+        args.pop("fqdn-fwd", None)
+        args.pop("fqdn-rev", None)
+    if args.get("type") == "IA_NA":
+        args.pop("prefix-len", None)
+    if isinstance(lease.get("cltt"), int) and isinstance(lease.get("valid-lft"), int):
+        args["expire"] = lease["cltt"] + lease["valid-lft"]
+    return args
+
+
+@dataclass(frozen=True)
+class RestoreOutcome:
+    ip_address: str
+    family: str
+    status: str  # "restored", "exists", "failed"
+    detail: str = ""
+
+
+def leases_from_result(result: Any) -> list[dict[str, Any]]:
+    """The recorded leases in a kea.lease-del result, a list of leases, or {"leases": [...]}."""
+    if isinstance(result, Mapping):
+        result = result.get("leases", [])
+    if not isinstance(result, list):
+        return []
+    return [lease for lease in result if isinstance(lease, Mapping) and "ip-address" in lease]  # type: ignore[misc]
+
+
+async def restore_leases(
+    clients: KeaClients, leases: Iterable[Mapping[str, Any]], endpoint: str | None = None
+) -> list[RestoreOutcome]:
+    """Re-add each lease; one that exists again is reported, not overwritten."""
+    out: list[RestoreOutcome] = []
+    for lease in leases:
+        fam = lease_family(lease)
+        ip = str(lease["ip-address"])
+        kea = clients.get(endpoint, fam) if endpoint else clients.get(None, fam)
+        cmd = "lease4-add" if fam == "v4" else "lease6-add"
+        try:
+            await kea.command(cmd, add_arguments(lease), accept=(0,))
+        except KeaConflictError as exc:
+            out.append(RestoreOutcome(ip, fam, "exists", str(exc)))
+        except KeaCommandError as exc:
+            status = "exists" if "already exists" in str(exc) else "failed"  # Kea < 2.6 says result 1
+            out.append(RestoreOutcome(ip, fam, status, str(exc)))
+        else:
+            out.append(RestoreOutcome(ip, fam, "restored"))
+    return out
