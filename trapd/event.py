@@ -197,7 +197,7 @@ class Event:
             kind=d.get("kind", "trap"),
             security=Security(**(d.get("security") or {})),
             uptime=d.get("uptime"),
-            trap_oid=parse_oid(d["trap_oid"]),
+            trap_oid=parse_oid(d["trap_oid"]) if d.get("trap_oid") else (),  # () when the trap had none
             trap_name=d.get("trap_name") or d["trap_oid"],
             varbinds=tuple(VarBind.from_dict(v) for v in d.get("varbinds", ())),
         )
