@@ -1,0 +1,219 @@
+"""exec: run a program with an argv list, never through a shell.
+
+Each element of ``argv`` becomes exactly one argument of the program, as
+rendered by the rule: a varbind value of ``; rm -rf /`` or ``$(reboot)`` or
+one with a newline reaches the program as that literal text in one
+argument, because no shell ever parses it.
+
+Parameters:
+
+``argv`` (list of strings, required)
+    Program and arguments. ``argv[0]`` is looked up in ``PATH`` (the one
+    given to the program, see below) unless it contains a slash.
+``timeout`` (duration, default 30s)
+    The program and everything it started (its process group) are killed
+    after this; that counts as a retryable failure.
+``env`` (mapping, optional)
+    Extra environment variables for this call.
+``cwd`` (string, optional)
+    Working directory (default: trapd's, normally ``/``).
+``output_limit`` (integer, default 65536)
+    Bytes of stdout and of stderr kept for the log; the rest is read and
+    dropped, so a chatty program can neither block nor fill memory.
+``retry_exit_codes`` (list of integers, default [75])
+    Exit statuses that mean "try again later" (75 is EX_TEMPFAIL).
+
+Exit status: 0 is success. A status in ``retry_exit_codes``, death by a
+signal (an OOM kill, say) or the timeout are retryable failures; any other
+non-zero status is a permanent failure (a script that fails the same way
+every time should not run five times). Exec actions are not idempotent to
+the dispatcher: a rule that runs an idempotent program may still get
+retries, set ``retry: {max_attempts: 1}`` to forbid them.
+
+Environment: a clean one, not trapd's: ``PATH``, ``LANG=C.UTF-8``, then
+``TRAPD_EVENT_ID``, ``TRAPD_SOURCE``, ``TRAPD_SOURCE_PORT``,
+``TRAPD_VERSION``, ``TRAPD_KIND``, ``TRAPD_TRAP_OID``, ``TRAPD_TRAP_NAME``,
+``TRAPD_UPTIME``, ``TRAPD_RULE``, ``TRAPD_ACTION_ID``, ``TRAPD_ATTEMPT``,
+``TRAPD_EVENT`` (the whole event as JSON) and ``TRAPD_VB_<SYMBOL>`` for
+each varbind (its display text; symbol upper-cased, other characters as
+``_``; ``TRAPD_VB_IFINDEX=17``). NUL bytes, which an environment cannot
+hold, become ``\\0``. Settings in trapd.yaml (``actions: {exec: {...}}``):
+``path`` (PATH given to programs), ``env`` (variables for every call),
+``inherit_env: true`` (start from trapd's environment instead).
+
+Example::
+
+    - action: exec
+      argv: [/usr/local/bin/port-down, "{{ source }}", "{{ ifIndex }}"]
+      timeout: 10s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+from trapd.event import Event
+from trapd.plugin import ActionContext, Param, PermanentError, RetryableError, action
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+VALUE_LIMIT = 4096  # characters per TRAPD_VB_* variable
+EVENT_LIMIT = 100_000  # TRAPD_EVENT is left out beyond this (Linux caps one string at 128 KiB)
+RESULT_LIMIT = 2048  # characters of stdout / stderr kept in the journal's result
+_NAME = re.compile(r"[^A-Z0-9_]")
+
+
+@action(
+    "exec",
+    params={
+        "argv": Param(
+            "list", "program and arguments, one element each", required=True, item="string", max_length=8192
+        ),
+        "timeout": Param("duration", "kill the program after this", default=30.0, min=0.001, max=86400),
+        "env": Param("mapping", "extra environment variables"),
+        "cwd": Param("string", "working directory"),
+        "output_limit": Param("integer", "bytes of stdout / stderr kept", default=65536, min=0, max=2**24),
+        "retry_exit_codes": Param("list", "exit statuses that mean try again", item="integer", default=[75]),
+    },
+    idempotent=False,
+)
+async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Run a program with an argv list (never a shell), the event in TRAPD_* variables.
+
+    Parameters: ``argv`` (required), ``timeout`` (30s), ``env``, ``cwd``,
+    ``output_limit`` (65536 bytes), ``retry_exit_codes`` ([75]). Exit 0 is
+    success; a listed exit code, a signal or the timeout are retried; any
+    other status is a permanent failure. See actions/exec/README.md.
+
+    Example::
+
+        - action: exec
+          argv: [/usr/local/bin/port-down, "{{ source }}", "{{ ifIndex }}"]
+          timeout: 10s
+    """
+    argv = [str(a) for a in params["argv"]]
+    if not argv or not argv[0]:
+        raise PermanentError("argv is empty")
+    timeout = float(params.get("timeout", 30.0))
+    limit = int(params.get("output_limit", 65536))
+    retry_codes = set(params.get("retry_exit_codes", [75]))
+    env = build_env(ctx, params.get("env") or {})
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=params.get("cwd") or None,
+            start_new_session=True,  # its own process group, so the timeout kills its children too
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        raise PermanentError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    reading = asyncio.gather(_read_bounded(proc.stdout, limit), _read_bounded(proc.stderr, limit))
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        _kill_group(proc.pid)
+        await proc.wait()
+        out, err = await reading
+        _log_output(ctx, argv, out, err, None)
+        raise RetryableError(f"{argv[0]} timed out after {timeout:g}s and was killed") from None
+    except asyncio.CancelledError:
+        _kill_group(proc.pid)
+        raise
+    out, err = await reading
+    code = proc.returncode
+    assert code is not None
+    _log_output(ctx, argv, out, err, code)
+    result = {"exit": code, "stdout": _text(out)[:RESULT_LIMIT], "stderr": _text(err)[:RESULT_LIMIT]}
+    if code == 0:
+        return result
+    if code < 0:
+        raise RetryableError(f"{argv[0]} was killed by signal {-code}")
+    if code in retry_codes:
+        raise RetryableError(f"{argv[0]} exited with {code} (retryable): {_last_line(err)}")
+    raise PermanentError(f"{argv[0]} exited with {code}: {_last_line(err)}")
+
+
+def build_env(ctx: ActionContext, extra: Mapping[str, Any]) -> dict[str, str]:
+    """The program's environment: clean base, TRAPD_* from the event, then site and call extras."""
+    settings = ctx.settings or {}
+    env: dict[str, str] = dict(os.environ) if settings.get("inherit_env") else {}
+    env.setdefault("PATH", str(settings.get("path") or DEFAULT_PATH))
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(event_env(ctx.event))
+    env.update(
+        {
+            "TRAPD_RULE": _clean(ctx.rule),
+            "TRAPD_ACTION_ID": _clean(ctx.action_id),
+            "TRAPD_ATTEMPT": str(ctx.attempt),
+        }
+    )
+    for source in (settings.get("env") or {}, extra):
+        for k, v in source.items():
+            name = str(k)
+            if not name or "=" in name or "\x00" in name:
+                raise PermanentError(f"not a valid environment variable name: {name!r}")
+            env[name] = _clean("" if v is None else str(v))
+    return env
+
+
+def event_env(event: Event) -> dict[str, str]:
+    env = {
+        "TRAPD_EVENT_ID": event.id,
+        "TRAPD_SOURCE": event.source,
+        "TRAPD_SOURCE_PORT": str(event.source_port),
+        "TRAPD_VERSION": event.version,
+        "TRAPD_KIND": event.kind,
+        "TRAPD_TRAP_OID": ".".join(map(str, event.trap_oid)),
+        "TRAPD_TRAP_NAME": _clean(event.trap_name),
+        "TRAPD_UPTIME": "" if event.uptime is None else str(event.uptime),
+    }
+    doc = json.dumps(event.to_dict(), separators=(",", ":"))
+    if len(doc) <= EVENT_LIMIT:
+        env["TRAPD_EVENT"] = doc
+    for vb in event.varbinds:
+        name = "TRAPD_VB_" + _NAME.sub("_", vb.symbol.upper())
+        env.setdefault(name, _clean(vb.display)[:VALUE_LIMIT])
+    return env
+
+
+def _clean(text: str) -> str:
+    return text.replace("\x00", "\\0")
+
+
+async def _read_bounded(stream: asyncio.StreamReader, limit: int) -> bytes:
+    kept = bytearray()
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return bytes(kept)
+        if len(kept) < limit:
+            kept += chunk[: limit - len(kept)]
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _last_line(data: bytes) -> str:
+    lines = _text(data).strip().splitlines()
+    return lines[-1][:200] if lines else "(no output on stderr)"
+
+
+def _log_output(ctx: ActionContext, argv: list[str], out: bytes, err: bytes, code: int | None) -> None:
+    if out or err:
+        ctx.log.info("program output", program=argv[0], exit=code, stdout=_text(out), stderr=_text(err))

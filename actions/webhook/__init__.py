@@ -1,0 +1,121 @@
+"""webhook: POST the event (or a body of your own) as JSON to an HTTP endpoint.
+
+Parameters:
+
+``url`` (string, required)
+    ``http://`` or ``https://`` URL.
+``method`` (POST | PUT | PATCH, default POST)
+``headers`` (mapping, optional)
+    Extra request headers, e.g. ``Authorization``. Declared secret: masked
+    in ``trapd test``, dry-run log lines and ``trapd journal show``.
+``body`` (any JSON value, optional)
+    What to send. Default: ``{"event": <the event as trapd listen prints
+    it>, "rule": ..., "action_id": ...}``.
+``timeout`` (duration, default 10s)
+    For connecting and for the whole answer.
+``verify`` (boolean, default true)
+    Check the server's TLS certificate. ``false`` is for a lab only.
+``ca_file`` (string, optional)
+    PEM file of the CA(s) to trust instead of the system store.
+
+Outcome: 2xx is success (the result records the status and the start of
+the answer). 5xx, 408, 429, timeouts and connection errors are retryable
+(the dispatcher backs off and tries again). Any other status (4xx, and 3xx,
+since redirects are not followed) is permanent: the request itself is wrong
+and will stay wrong.
+
+The request goes through trapd's shared HTTP client (connection reuse);
+``verify: false`` or ``ca_file`` need their own TLS settings, so those calls
+use a short-lived client of their own.
+
+Example::
+
+    - action: webhook
+      url: https://alerts.example.net/hooks/trapd
+      headers: {Authorization: "Bearer {{ env.ALERT_TOKEN }}"}
+      body: {text: "{{ source }}: {{ trap_name }}"}
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import httpx
+
+from trapd.plugin import ActionContext, Param, PermanentError, RetryableError, action
+
+RETRYABLE_STATUSES = frozenset({408, 429})
+ANSWER_KEPT = 1000  # characters of the answer stored in the journal's result
+
+
+@action(
+    "webhook",
+    params={
+        "url": Param("string", "http:// or https:// URL", required=True, max_length=4096),
+        "method": Param("enum", "HTTP method", choices=("POST", "PUT", "PATCH"), default="POST"),
+        "headers": Param("mapping", "extra request headers", secret=True),
+        "body": Param("any", "JSON body (default: the event, rule and action id)"),
+        "timeout": Param("duration", "connect and answer timeout", default=10.0, min=0.001, max=3600),
+        "verify": Param("boolean", "check the server's TLS certificate", default=True),
+        "ca_file": Param("string", "PEM file of CAs to trust instead of the system's"),
+    },
+    idempotent=False,
+)
+async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """POST JSON to a URL: 2xx done, 5xx / 408 / 429 / timeouts retried, other statuses permanent.
+
+    Parameters: ``url`` (required), ``method`` (POST), ``headers``, ``body``
+    (default: the event with rule and action id), ``timeout`` (10s),
+    ``verify`` (true), ``ca_file``. See actions/webhook/README.md.
+
+    Example::
+
+        - action: webhook
+          url: https://alerts.example.net/hooks/trapd
+          body: {text: "{{ source }}: {{ trap_name }}"}
+    """
+    url = str(params["url"])
+    if not url.startswith(("http://", "https://")):
+        raise PermanentError(f"not an http(s) URL: {url[:100]!r}")
+    body = params.get("body")
+    if body is None:
+        body = {"event": ctx.event.to_dict(), "rule": ctx.rule, "action_id": ctx.action_id}
+    headers = {str(k): str(v) for k, v in (params.get("headers") or {}).items()}
+    headers.setdefault("User-Agent", "trapd")
+    timeout = float(params.get("timeout", 10.0))
+    verify = bool(params.get("verify", True))
+    ca_file = params.get("ca_file")
+    method = str(params.get("method", "POST"))
+    try:
+        if verify and not ca_file:
+            response = await ctx.http.request(method, url, json=body, headers=headers, timeout=timeout)
+        else:
+            tls: ssl.SSLContext | bool = _tls(ca_file) if verify else False
+            async with httpx.AsyncClient(verify=tls) as client:
+                response = await client.request(method, url, json=body, headers=headers, timeout=timeout)
+    except httpx.TimeoutException as exc:
+        raise RetryableError(f"{_where(url)}: no answer within {timeout:g}s ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        raise RetryableError(f"{_where(url)}: {type(exc).__name__}: {exc}") from None
+    except httpx.InvalidURL as exc:
+        raise PermanentError(f"invalid URL: {exc}") from None
+    status = response.status_code
+    answer = response.text[:ANSWER_KEPT]
+    if 200 <= status < 300:
+        return {"status": status, "answer": answer}
+    if status >= 500 or status in RETRYABLE_STATUSES:
+        raise RetryableError(f"{_where(url)} answered {status}")
+    raise PermanentError(f"{_where(url)} answered {status}: {answer[:200]}")
+
+
+def _tls(ca_file: str | None) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise PermanentError(f"cannot load ca_file {ca_file}: {exc}") from None
+
+
+def _where(url: str) -> str:
+    """The URL without its query string, which may carry a token."""
+    return url.split("?", 1)[0]

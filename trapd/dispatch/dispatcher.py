@@ -1,0 +1,746 @@
+"""The dispatcher: journal first, then run, with retries, delays, caps and order.
+
+How one planned action travels (docs/dispatch.md has the operator's view):
+
+1. :meth:`Dispatcher.submit` writes it to the journal and returns once that
+   is committed. Cancels of the event (a clearing trap) are applied in the
+   same transaction, before the new actions; once-within duplicates are
+   journaled as cancelled.
+2. If it is due now and there is room, it goes straight into memory; if not
+   (a delay, a backlog, a full queue) it stays in the journal and the pump
+   loads it when it is due and there is room. The journal is the queue; the
+   memory window is bounded by ``queue_size``. One apscheduler job is armed
+   for the earliest future due time, whatever the number of delayed actions.
+3. Memory holds one lane per key. A worker takes the head of a lane whose
+   key is not busy, so one key runs in arrival order, never concurrently.
+4. Before it runs: the circuit breaker of its Kea endpoint may defer it;
+   :meth:`Journal.claim` marks it running, or holds it when a rate cap is
+   full, or skips it when an operator cancelled it meanwhile.
+5. Result: done; a retryable failure reschedules it with backoff and blocks
+   its key until the retry (so "disable port" cannot overtake a failed
+   "enable port"); a permanent failure or exhausted retries make it dead.
+
+Crash safety: a row is running in the journal before the action starts, so
+after SIGKILL only the actions that were running can have taken effect
+without being marked done; they run again (at least once), or, with
+``interrupted: hold-unsafe``, the non-idempotent ones wait for an operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from trapd.dispatch.breaker import Breaker
+from trapd.dispatch.config import DispatchConfig
+from trapd.dispatch.journal import (
+    CapCheck,
+    Entry,
+    Journal,
+    JournalError,
+    JournalFull,
+    NewEntry,
+    State,
+)
+from trapd.dispatch.stats import DispatchStats
+from trapd.event import Event
+from trapd.plugin import ActionContext, ActionError, ActionSpec, PermanentError
+from trapd.rules.outcome import Outcome, PlannedAction
+
+if TYPE_CHECKING:
+    import httpx
+
+    from trapd.kea.client import KeaClients
+
+# Raised by submit when the journal is too far behind the disk: the caller counts the loss.
+DispatchOverloaded = JournalFull
+
+_MAC_TYPES = ("mac-address",)
+_IP_TYPES = ("ip-address", "ipv4", "ipv6")
+_WAKE_JOB = "trapd-dispatch-wake"
+
+
+@dataclass(slots=True)
+class _Job:
+    """An action loaded for the workers: what running it needs, nothing more."""
+
+    id: int
+    event_id: str
+    key: str
+    rule: str
+    action: str
+    params: dict[str, Any]
+    received_at: float
+    max_attempts: int
+    backoff: float
+    not_after: float
+    endpoint: str | None
+    event: Event | str  # the Event, or its JSON when loaded back from the journal
+
+    @classmethod
+    def from_entry(cls, e: Entry) -> _Job:
+        return cls(
+            e.id,
+            e.event_id,
+            e.key,
+            e.rule,
+            e.action,
+            e.params,
+            e.received_at,
+            e.max_attempts,
+            e.backoff,
+            e.not_after,
+            e.endpoint,
+            e.event or "{}",
+        )
+
+    def get_event(self) -> Event:
+        if isinstance(self.event, str):
+            self.event = Event.from_dict(json.loads(self.event))
+        return self.event
+
+
+class Dispatcher:
+    """Runs planned actions from the journal. One per daemon; see the module docstring.
+
+    ``settings``: the ``actions:`` section of trapd.yaml, plugin name ->
+    mapping, handed to each action as ``ctx.settings``. ``http``: a shared
+    client; when None the dispatcher creates one and closes it on stop.
+    """
+
+    def __init__(
+        self,
+        config: DispatchConfig,
+        journal: Journal,
+        actions: Mapping[str, ActionSpec],
+        kea: KeaClients | None,
+        http: httpx.AsyncClient | None = None,
+        log: Any = None,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.actions = dict(actions)
+        self.kea = kea
+        self.http = http
+        self._own_http = http is None
+        self.log = log if log is not None else structlog.get_logger("trapd.dispatch")
+        self.settings = dict(settings or {})
+        self.stats = DispatchStats()
+        self.breakers: dict[str, Breaker] = {}
+        # Which endpoint an action with given target parameters went to last, for the breaker.
+        self._routes: dict[tuple[str, str], str] = {}
+        self._loaded: dict[int, _Job] = {}
+        self._lanes: dict[str, deque[_Job]] = {}
+        self._busy: set[str] = set()
+        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        self._blocking: set[str] = set()  # keys whose head waits in the journal (retry / breaker)
+        self._backlog = True  # the journal may hold due actions that are not in memory
+        self._journal_only = 0  # submits that left their actions in the journal (see _pump_pass)
+        self._evictions = 0  # lanes sent back to the journal (see _pump_pass)
+        self._wake = asyncio.Event()
+        self._timer_at: float | None = None
+        self._scheduler: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._idle: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._stopping = False
+        self._last_prune = 0.0
+        self._last_held_alert = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Recover interrupted actions, then start the pump, the workers and the timer."""
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        if self._started:
+            return
+        now = time.time()
+        hold_unless = None
+        if self.config.interrupted == "hold-unsafe":
+            hold_unless = [name for name, spec in self.actions.items() if spec.idempotent]
+        recovered = await self.journal.recover(now, hold_unless)
+        if recovered.get("rerun") or recovered.get("held"):
+            self.log.warning("actions interrupted by the last shutdown", **recovered)
+        else:
+            self.log.info("dispatcher starting", waiting=recovered.get("waiting", 0))
+        if self.http is None:
+            import httpx
+
+            self.http = httpx.AsyncClient(timeout=30.0)
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._scheduler.start()
+        self._started = True
+        self._stopping = False
+        self._backlog = True
+        self._tasks = [
+            asyncio.create_task(self._pump(), name="trapd-dispatch-pump"),
+            asyncio.create_task(self._maintenance(), name="trapd-dispatch-maintenance"),
+        ]
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"trapd-dispatch-worker-{i}")
+            for i in range(self.config.workers)
+        ]
+        self._wake.set()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Let running actions finish for up to ``timeout`` s; everything else stays in the journal.
+
+        An action still running at the deadline is cancelled; its journal row
+        stays ``running`` and the next start runs it again.
+        """
+        if not self._started:
+            return
+        self._stopping = True
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        for t in self._tasks:
+            t.cancel()
+        for t in list(self._idle):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        busy = [t for t in self._workers if not t.done()]
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=timeout)
+            for t in late:
+                t.cancel()
+            if late:
+                self.log.warning("actions still running at shutdown: they will run again", count=len(late))
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        self._timer_at = None
+        with contextlib.suppress(JournalError):
+            await self.journal.flush()
+        if self._own_http and self.http is not None:
+            await self.http.aclose()
+            self.http = None
+        self._loaded.clear()
+        self._lanes.clear()
+        self._busy.clear()
+        self._ready = asyncio.Queue()
+        self._started = False
+
+    # ------------------------------------------------------------ submit
+
+    async def submit(self, event: Event, outcome: Outcome) -> list[str]:
+        """Journal the outcome's actions (and apply its cancels); return their ids once committed.
+
+        Returning means durable: an inform may be acknowledged now. Raises
+        :data:`DispatchOverloaded` at once, rather than waiting, when the
+        journal is too far behind; nothing of the outcome is journaled then.
+        """
+        if not outcome.planned and not outcome.cancels:
+            return []
+        now = time.time()
+        entries = [self._plan(event, pa, now) for pa in outcome.planned]
+        try:
+            res = await self.journal.add(event.to_dict(), entries, outcome.cancels, now)
+        except JournalFull:
+            self.stats.overloaded += 1
+            raise
+        self.stats.submitted += len(entries)
+        log = self.log.bind(event_id=event.id)
+        if res.cancelled:
+            self.stats.count("*", "cancelled", len(res.cancelled))
+            log.info(
+                "delayed actions cancelled by a clearing event",
+                ids=res.cancelled,
+                cancel_keys=outcome.cancels,
+            )
+        direct: list[_Job] = []
+        for pa, ne, id_, state, dup in zip(
+            outcome.planned, entries, res.ids, res.states, res.duplicate_of, strict=True
+        ):
+            alog = log.bind(rule=pa.rule, action=pa.action, action_id=str(id_))
+            if state == "done":
+                self.stats.count(pa.action, "dry-run")
+                alog.info(
+                    "dry-run: would run",
+                    params=self._shown(pa.action, pa.params),
+                    key=pa.key,
+                    delay=pa.delay,
+                    cancel_key=pa.cancel_key,
+                    once_key=pa.once_key,
+                    caps=[c.label for c in ne.caps],
+                )
+            elif state == "cancelled":
+                self.stats.count(pa.action, "duplicate")
+                alog.info("duplicate within once-within: not run", duplicate_of=dup, once_key=pa.once_key)
+            elif state == "dead":
+                self.stats.count(pa.action, "dead")
+                alog.error("action dead", reason=ne.last_error)
+            elif state == "scheduled":
+                alog.debug("action scheduled", delay=pa.delay, cancel_key=pa.cancel_key)
+                self._arm(ne.due)
+            else:
+                direct.append(
+                    _Job(
+                        id_,
+                        event.id,
+                        pa.key,
+                        pa.rule,
+                        pa.action,
+                        ne.params,
+                        event.received_at,
+                        ne.max_attempts,
+                        ne.backoff,
+                        event.received_at + ne.max_age,
+                        None,
+                        event,
+                    )
+                )
+        if direct:
+            if (
+                self._started
+                and not self._backlog
+                and len(self._loaded) + len(direct) <= self.config.queue_size
+            ):
+                for job in direct:
+                    self._enqueue(job)
+            else:
+                self._journal_only += 1
+                self._backlog = True
+                self._wake.set()
+        return [str(i) for i in res.ids]
+
+    def _plan(self, event: Event, pa: PlannedAction, now: float) -> NewEntry:
+        spec = self.actions.get(pa.action)
+        d = self.config.retry
+        r = pa.retry
+        state: State = "scheduled" if pa.delay > 0 else "pending"
+        result: dict[str, Any] | None = None
+        error: str | None = None
+        if pa.mode == "dry-run":
+            state, result = "done", {"dry_run": True}
+        elif spec is None:
+            state, error = "dead", f"no action plugin named {pa.action!r} is installed"
+        caps = [CapCheck(f"{pa.rule}/{c.name}", c.key, c.limit, c.per, c.hold_for) for c in pa.caps]
+        destructive = bool(spec and spec.destructive)
+        for g in self.config.caps:
+            if g.applies_to(pa.action, destructive):
+                key = {"none": "", "source": event.source, "rule": pa.rule, "action": pa.action}[g.by]
+                caps.append(CapCheck(f"global/{g.name}", key, g.limit, g.per, g.hold_for))
+        mac, ip = _search_terms(spec, pa)
+        return NewEntry(
+            rule=pa.rule,
+            action=pa.action,
+            index=pa.index,
+            params=pa.params,
+            key=pa.key,
+            mode=pa.mode,
+            state=state,
+            due=now + pa.delay,
+            max_attempts=r.max_attempts or d.max_attempts,
+            backoff=d.backoff if r.backoff is None else r.backoff,
+            max_age=r.max_age or d.max_age,
+            cancel_key=pa.cancel_key,
+            once_key=pa.once_key,
+            once_within=pa.once_within,
+            caps=tuple(caps),
+            mac=mac,
+            ip=ip,
+            item=pa.item,
+            result=result,
+            last_error=error,
+        )
+
+    def _shown(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        spec = self.actions.get(action)
+        if spec is None:
+            return dict(params)
+        return {k: ("***" if k in spec.params and spec.params[k].secret else v) for k, v in params.items()}
+
+    # ------------------------------------------------------------ operator commands
+
+    async def release(self, ids: Iterable[int | str] = (), rule: str | None = None) -> list[int]:
+        """Release held actions (all of them when neither ids nor rule is given)."""
+        released = await self.journal.release(time.time(), [int(i) for i in ids], rule)
+        self._poke()
+        return released
+
+    async def retry(self, id: int | str) -> bool:
+        ok = bool(await self.journal.retry([int(id)], time.time()))
+        self._poke()
+        return ok
+
+    async def cancel(self, id: int | str) -> bool:
+        return bool(await self.journal.cancel([int(id)], time.time(), "cancelled by an operator"))
+
+    def _poke(self) -> None:
+        self._backlog = True
+        self._wake.set()
+
+    # ------------------------------------------------------------ memory, lanes, pump
+
+    def _enqueue(self, job: _Job) -> None:
+        if job.id in self._loaded:
+            return
+        self._loaded[job.id] = job
+        lane = self._lanes.get(job.key)
+        if lane is None:
+            lane = self._lanes[job.key] = deque()
+        if not lane or lane[-1].id < job.id:
+            lane.append(job)
+        else:
+            lane.insert(bisect.bisect_left([j.id for j in lane], job.id), job)
+        if len(lane) == 1 and job.key not in self._busy:
+            self._ready.put_nowait(job.key)
+        self.stats.in_memory = len(self._loaded)
+
+    def _evict(self, key: str) -> None:
+        """Drop a key's waiting actions from memory: its head now waits in the journal, so must they."""
+        lane = self._lanes.pop(key, None)
+        if lane:
+            for job in lane:
+                self._loaded.pop(job.id, None)
+            self._backlog = True
+        self._blocking.add(key)
+        self._evictions += 1
+        self.stats.in_memory = len(self._loaded)
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                await self._pump_pass()
+            except JournalError as exc:
+                self.log.error("journal read failed; retrying", error=str(exc))
+                await asyncio.sleep(1.0)
+                self._poke()
+
+    async def _pump_pass(self) -> None:
+        queried = False
+        while self._backlog:
+            room = self.config.queue_size - len(self._loaded)
+            if room <= 0:
+                break  # a worker finishing wakes the pump again
+            marker, evictions = self._journal_only, self._evictions
+            now = time.time()
+            entries, more = await self.journal.due(now, room + len(self._loaded))
+            queried = True
+            if evictions != self._evictions:
+                continue  # a key was blocked while the query ran: its answer may let followers overtake
+            added = 0
+            for e in entries:
+                if e.id in self._loaded:
+                    continue
+                if added >= room:
+                    more = True
+                    break
+                if e.state == "failed" or e.endpoint is not None:
+                    self._blocking.add(e.key)
+                self._enqueue(_Job.from_entry(e))
+                added += 1
+            # Submits that went to the journal while the query ran may not be in its answer.
+            if not more and marker == self._journal_only:
+                self._backlog = False
+        if queried:
+            nxt = await self.journal.next_due(time.time())
+            if nxt is not None:
+                self._arm(nxt)
+
+    def _arm(self, at: float) -> None:
+        """Make sure the pump wakes at ``at``: one apscheduler job for the earliest due time."""
+        if self._scheduler is None or (self._timer_at is not None and self._timer_at <= at):
+            return
+        self._timer_at = at
+        self._scheduler.add_job(
+            self._on_timer,
+            "date",
+            run_date=datetime.fromtimestamp(at, UTC),
+            id=_WAKE_JOB,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
+    async def _on_timer(self) -> None:
+        self._timer_at = None
+        self._poke()
+
+    async def _maintenance(self) -> None:
+        interval = self.config.journal.poll_interval
+        while True:
+            try:
+                await self._maintain()
+            except JournalError as exc:
+                self.log.error("journal maintenance failed", error=str(exc))
+            await asyncio.sleep(interval)
+
+    async def _maintain(self) -> None:
+        now = time.time()
+        if await self.journal.changed():
+            self._poke()  # `trapd journal retry / release / cancel` wrote to the journal
+        for e in await self.journal.expire_held(now):
+            self.stats.count(e.action, "expired")
+            self.log.error(
+                "held action expired without release",
+                action_id=str(e.id),
+                rule=e.rule,
+                action=e.action,
+                held_by=e.held_by,
+                event_id=e.event_id,
+            )
+        self.stats.gauges = await self.journal.counts()
+        held = self.stats.gauges.get("held", 0)
+        if held and now - self._last_held_alert >= 60.0:
+            self._last_held_alert = now
+            self.log.warning(
+                "actions held by rate caps wait for an operator",
+                held=held,
+                hint="trapd journal list --state held; trapd journal release",
+            )
+        if now - self._last_prune >= 3600.0:
+            self._last_prune = now
+            pruned = await self.journal.prune(now - self.config.journal.retention, now)
+            if pruned:
+                self.log.info("journal pruned", entries=pruned)
+        self.stats.breakers = {ep: b.state for ep, b in self.breakers.items()}
+
+    # ------------------------------------------------------------ workers
+
+    async def _worker(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        while not self._stopping:
+            self._idle.add(me)
+            try:
+                key = await self._ready.get()
+            finally:
+                self._idle.discard(me)
+            lane = self._lanes.get(key)
+            if not lane or key in self._busy:
+                continue
+            job = lane.popleft()
+            self._busy.add(key)
+            self.stats.running += 1
+            try:
+                await self._run(job)
+            except JournalError as exc:
+                # The journal row still says what to do; leave it there and reload it later.
+                self.log.error("journal write failed around an action", action_id=str(job.id), error=str(exc))
+                self._evict(key)
+            except Exception as exc:  # a bug here must not kill the worker
+                self.log.exception("dispatcher error", action_id=str(job.id), error=str(exc))
+            finally:
+                self.stats.running -= 1
+                self._busy.discard(key)
+                self._loaded.pop(job.id, None)
+                lane = self._lanes.get(key)
+                if lane:
+                    self._ready.put_nowait(key)
+                else:
+                    self._lanes.pop(key, None)
+                self.stats.in_memory = len(self._loaded)
+                self._wake.set()
+
+    async def _run(self, job: _Job) -> None:
+        now = time.time()
+        spec = self.actions.get(job.action)
+        log = self.log.bind(event_id=job.event_id, rule=job.rule, action=job.action, action_id=str(job.id))
+        endpoint = job.endpoint or self._routes.get((job.action, _target(job.params)))
+        breaker = self.breakers.get(endpoint) if endpoint else None
+        if breaker is not None:
+            retry_at = breaker.allow(now)
+            if retry_at is not None:
+                await self.journal.defer(
+                    job.id, retry_at, f"circuit breaker open for Kea endpoint {endpoint}", endpoint
+                )
+                self.stats.count(job.action, "deferred")
+                self._evict(job.key)
+                self._arm(retry_at)
+                return
+        claim = await self.journal.claim(job.id, now)
+        if claim.outcome == "gone":
+            self._done_blocking(job.key)
+            return
+        if claim.outcome == "held":
+            assert claim.cap is not None
+            self.stats.count(job.action, "held")
+            self.stats.held_by_cap[claim.cap] += 1
+            log.warning(
+                "rate cap reached: action held", cap=claim.cap, hint=f"trapd journal release {job.id}"
+            )
+            self._done_blocking(job.key)
+            return
+        attempt = claim.attempts
+        if spec is None:
+            await self._dead(job, log, f"no action plugin named {job.action!r} is installed", now)
+            return
+        event = job.get_event()
+        assert self.http is not None
+        ctx = ActionContext(
+            event=event,
+            rule=job.rule,
+            action_id=str(job.id),
+            log=log,
+            kea=self.kea,  # type: ignore[arg-type]
+            http=self.http,
+            settings=self.settings.get(job.action, {}),
+            attempt=attempt,
+        )
+        self.stats.start_latency.observe(max(0.0, now - job.received_at))
+        try:
+            result = await asyncio.wait_for(spec.run(dict(job.params), ctx), self.config.action_timeout)
+        except PermanentError as exc:
+            self._answered(getattr(exc, "endpoint", None))
+            await self._dead(job, log, f"permanent error: {exc}", time.time(), attempt)
+        except Exception as exc:
+            await self._failed(job, log, exc, attempt, endpoint)
+        else:
+            done = time.time()
+            try:
+                json.dumps(result, default=str)
+            except (TypeError, ValueError):
+                result = {"repr": repr(result)[:1000]}
+            await self.journal.finish(job.id, "done", done, result)
+            self.stats.count(job.action, "done")
+            self.stats.done_latency.observe(max(0.0, done - job.received_at))
+            log.info("action done", attempt=attempt, seconds=round(done - now, 4))
+            if endpoint is not None:
+                await self._answered_async(endpoint)
+            self._done_blocking(job.key)
+        finally:
+            if breaker is not None and breaker.probing:
+                breaker.probing = False  # the probe ended some other way; let the next one try
+
+    async def _failed(self, job: _Job, log: Any, exc: Exception, attempt: int, predicted: str | None) -> None:
+        now = time.time()
+        if isinstance(exc, TimeoutError):
+            reason = f"timed out after {self.config.action_timeout:g}s"
+        elif isinstance(exc, ActionError):
+            reason = str(exc) or type(exc).__name__
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.exception("action raised an unexpected error; retrying", error=reason)
+        endpoint = getattr(exc, "endpoint", None)
+        if isinstance(endpoint, str) and endpoint:
+            self._routes[(job.action, _target(job.params))] = endpoint
+            breaker = self.breakers.get(endpoint)
+            if breaker is None:
+                breaker = self.breakers[endpoint] = Breaker(self.config.breaker)
+            if breaker.failure(now):
+                log.error(
+                    "circuit breaker open: pausing actions for this Kea endpoint",
+                    endpoint=endpoint,
+                    failures=breaker.failures,
+                    cool_down=breaker.cool_down,
+                )
+        else:
+            endpoint = None
+        if attempt >= job.max_attempts:
+            await self._dead(job, log, f"gave up after {attempt} attempts: {reason}", now, attempt)
+            return
+        due = now + self._backoff(job, attempt)
+        if endpoint is not None and endpoint in self.breakers and self.breakers[endpoint].open_until > due:
+            due = self.breakers[endpoint].open_until
+        if due > job.not_after:
+            await self._dead(job, log, f"max age reached after {attempt} attempts: {reason}", now, attempt)
+            return
+        await self.journal.retry_later(job.id, due, reason, endpoint)
+        self.stats.count(job.action, "retry")
+        log.warning(
+            "action failed; will retry",
+            attempt=attempt,
+            max_attempts=job.max_attempts,
+            retry_in=round(due - now, 3),
+            error=reason,
+        )
+        self._evict(job.key)
+        self._arm(due)
+
+    def _backoff(self, job: _Job, attempt: int) -> float:
+        d = self.config.retry
+        base: float = min(job.backoff * (2.0 ** (attempt - 1)), max(d.max_backoff, job.backoff))
+        return base * (1.0 - d.jitter * random.random())
+
+    async def _dead(self, job: _Job, log: Any, reason: str, now: float, attempt: int = 0) -> None:
+        await self.journal.finish(job.id, "dead", now, None, reason)
+        self.stats.count(job.action, "dead")
+        log.error("action dead", reason=reason, attempts=attempt, hint=f"trapd journal retry {job.id}")
+        self._done_blocking(job.key)
+
+    def _done_blocking(self, key: str) -> None:
+        # The key's head is settled: the actions queued behind it in the journal may load now.
+        if key in self._blocking:
+            self._blocking.discard(key)
+            self._backlog = True
+
+    def _answered(self, endpoint: Any) -> None:
+        if isinstance(endpoint, str) and endpoint in self.breakers:
+            asyncio.get_running_loop().create_task(self._answered_async(endpoint))
+
+    async def _answered_async(self, endpoint: str) -> None:
+        breaker = self.breakers.get(endpoint)
+        if breaker is not None and breaker.success():
+            n = await self.journal.expedite(endpoint, time.time())
+            self.log.info("circuit breaker closed: Kea endpoint answers again", endpoint=endpoint, waiting=n)
+            self._poke()
+
+
+def _target(params: Mapping[str, Any]) -> str:
+    """What tells two calls of one action apart for routing (which Kea server they address)."""
+    for name in ("server", "endpoint", "service"):
+        value = params.get(name)
+        if value is not None:
+            return str(value)
+    return ""
+
+
+def _search_terms(spec: ActionSpec | None, pa: PlannedAction) -> tuple[str | None, str | None]:
+    """The MAC and IP an action is about, for `trapd journal history --mac/--ip`."""
+    mac = ip = None
+    if spec is not None:
+        for name, p in spec.params.items():
+            value = pa.params.get(name)
+            if not isinstance(value, str):
+                continue
+            if mac is None and p.type in _MAC_TYPES:
+                mac = value
+            elif ip is None and p.type in _IP_TYPES:
+                ip = value
+    else:
+        mac = pa.params.get("mac") if isinstance(pa.params.get("mac"), str) else None
+        ip = pa.params.get("ip") if isinstance(pa.params.get("ip"), str) else None
+    if pa.item:
+        if mac is None and isinstance(pa.item.get("mac"), str):
+            mac = pa.item["mac"]
+        if ip is None and isinstance(pa.item.get("ip"), str):
+            ip = pa.item["ip"]
+    return mac, ip
+
+
+def stats_snapshot(d: Dispatcher) -> dict[str, Any]:
+    """The stats as plain JSON, for `trapd` status output and tests."""
+    s = d.stats
+    return {
+        "submitted": s.submitted,
+        "overloaded": s.overloaded,
+        "outcomes": {f"{a}:{o}": n for (a, o), n in sorted(s.outcomes.items())},
+        "held_by_cap": dict(s.held_by_cap),
+        "gauges": dict(s.gauges),
+        "in_memory": s.in_memory,
+        "running": s.running,
+        "breakers": {ep: b.state for ep, b in d.breakers.items()},
+        "start_latency_p99": s.start_latency.quantile(0.99),
+        "done_latency_p99": s.done_latency.quantile(0.99),
+    }
+
+
+__all__: Sequence[str] = ("DispatchOverloaded", "Dispatcher", "stats_snapshot")

@@ -1,0 +1,1046 @@
+"""The journal: every planned action, written down before it runs.
+
+The journal is the dispatcher's queue, its memory across restarts and the
+audit trail netops read (`trapd journal history --mac ...`). The dispatcher
+keeps only a bounded window of it in memory; everything else waits here.
+
+:class:`Journal` is the interface the dispatcher and `trapd journal` use, so a
+shared database (PostgreSQL, several trapd instances) can replace
+:class:`SQLiteJournal`, the embedded default.
+
+SQLite specifics, and why:
+
+* WAL mode: readers (``trapd journal`` while the daemon runs) never block the
+  writer, and a commit is one append to the WAL file.
+* ``synchronous=NORMAL`` by default: in WAL mode a committed transaction is in
+  the WAL file (the OS page cache) when COMMIT returns, so a process crash
+  (SIGKILL, OOM kill, segfault) loses nothing committed; only a power loss or
+  kernel crash may roll back the last transactions before a checkpoint.
+  ``FULL`` also fsyncs the WAL on every commit, which survives power loss and
+  costs one fsync per group commit. Choose it where the host has no UPS.
+* One writer thread owns the connection and commits in groups: whatever
+  operations queued up while the previous commit ran go into the next
+  transaction. At a few actions a second that is one commit each (lowest
+  latency); in a storm it becomes hundreds of rows per commit (throughput).
+  Every operation's future resolves only after its transaction committed, so
+  ``await journal.add(...)`` returning means "durable". Reads go through the
+  same thread, so the dispatcher always reads its own writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+State = Literal["scheduled", "pending", "running", "done", "failed", "dead", "cancelled", "held"]
+STATES: tuple[State, ...] = ("scheduled", "pending", "running", "done", "failed", "dead", "cancelled", "held")
+# Waiting to run: the dispatcher may pick these up when due.
+ACTIVE: tuple[State, ...] = ("scheduled", "pending", "failed")
+# Nothing more happens to these; retention prunes them.
+FINISHED: tuple[State, ...] = ("done", "dead", "cancelled")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    received_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    trap_name TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    action TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    key TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    backoff REAL NOT NULL,
+    max_age REAL NOT NULL,
+    age_from REAL NOT NULL,
+    created REAL NOT NULL,
+    due REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    cancel_key TEXT,
+    once_key TEXT,
+    caps TEXT NOT NULL DEFAULT '[]',
+    cap_exempt INTEGER NOT NULL DEFAULT 0,
+    held_by TEXT,
+    endpoint TEXT,
+    mac TEXT,
+    ip TEXT,
+    item TEXT,
+    result TEXT,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS actions_pending ON actions(id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS actions_state_due ON actions(state, due);
+CREATE INDEX IF NOT EXISTS actions_key ON actions(key, state, due);
+CREATE INDEX IF NOT EXISTS actions_cancel ON actions(cancel_key) WHERE cancel_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS actions_once ON actions(once_key, created) WHERE once_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS actions_mac ON actions(mac, created) WHERE mac IS NOT NULL;
+CREATE INDEX IF NOT EXISTS actions_ip ON actions(ip, created) WHERE ip IS NOT NULL;
+CREATE INDEX IF NOT EXISTS actions_source ON actions(source, created);
+CREATE INDEX IF NOT EXISTS actions_rule ON actions(rule, created);
+CREATE INDEX IF NOT EXISTS actions_created ON actions(created);
+CREATE INDEX IF NOT EXISTS actions_event ON actions(event_id);
+CREATE INDEX IF NOT EXISTS actions_endpoint ON actions(endpoint) WHERE endpoint IS NOT NULL;
+CREATE TABLE IF NOT EXISTS cap_hits (
+    cap TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL, expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cap_hits_window ON cap_hits(cap, key, at);
+CREATE INDEX IF NOT EXISTS cap_hits_expires ON cap_hits(expires);
+"""
+
+
+class JournalError(Exception):
+    """The journal could not do what was asked (disk full, database locked, corrupt file)."""
+
+
+class JournalFull(JournalError):
+    """Too many writes are waiting for the disk: the caller sheds load instead of queueing more."""
+
+
+@dataclass(frozen=True, slots=True)
+class CapCheck:
+    """One rate cap an action must pass when it first starts (see :meth:`Journal.claim`)."""
+
+    label: str  # "rule/NAME" or "global/NAME": the window's identity
+    key: str  # rendered key: one window per value
+    limit: int
+    per: float
+    hold_for: float
+
+    def to_json(self) -> list[Any]:
+        return [self.label, self.key, self.limit, self.per, self.hold_for]
+
+    @classmethod
+    def from_json(cls, v: Sequence[Any]) -> CapCheck:
+        return cls(str(v[0]), str(v[1]), int(v[2]), float(v[3]), float(v[4]))
+
+
+@dataclass(slots=True)
+class NewEntry:
+    """A planned action as the dispatcher hands it to :meth:`Journal.add`."""
+
+    rule: str
+    action: str
+    index: int
+    params: dict[str, Any]
+    key: str
+    mode: str
+    state: State  # pending, scheduled, or already final (done for dry-run, dead for an unknown plugin)
+    due: float
+    max_attempts: int
+    backoff: float
+    max_age: float
+    cancel_key: str | None = None
+    once_key: str | None = None
+    once_within: float | None = None
+    caps: tuple[CapCheck, ...] = ()
+    mac: str | None = None
+    ip: str | None = None
+    item: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class Entry:
+    """One journal row. ``event`` (the event as JSON text) is filled where the caller needs it."""
+
+    id: int
+    event_id: str
+    received_at: float
+    source: str
+    rule: str
+    action: str
+    index: int
+    params: dict[str, Any]
+    key: str
+    mode: str
+    state: State
+    attempts: int
+    max_attempts: int
+    backoff: float
+    max_age: float
+    age_from: float
+    created: float
+    due: float
+    started: float | None
+    finished: float | None
+    cancel_key: str | None
+    once_key: str | None
+    caps: tuple[CapCheck, ...]
+    cap_exempt: bool
+    held_by: str | None
+    endpoint: str | None
+    mac: str | None
+    ip: str | None
+    item: dict[str, Any] | None
+    result: Any
+    last_error: str | None
+    event: str | None = None
+
+    @property
+    def not_after(self) -> float:
+        """Past this time the action is not retried any more (max age)."""
+        return self.age_from + self.max_age
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {name: getattr(self, name) for name in self.__slots__ if name != "event"}
+        d["caps"] = [c.to_json() for c in self.caps]
+        if self.event is not None:
+            d["event"] = json.loads(self.event)
+        return d
+
+
+@dataclass(slots=True)
+class AddResult:
+    ids: list[int]
+    states: list[State]  # per new entry: what it became (a once-within duplicate becomes cancelled)
+    duplicate_of: list[int | None]
+    cancelled: list[int] = field(default_factory=list)  # ids cancelled by the event's cancel keys
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    outcome: Literal["running", "held", "gone"]
+    cap: str | None = None  # the cap that held it
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFilter:
+    mac: str | None = None
+    ip: str | None = None
+    source: str | None = None
+    rule: str | None = None
+    action: str | None = None
+    states: tuple[str, ...] = ()
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+
+
+class Journal(Protocol):
+    """What the dispatcher and `trapd journal` need from a journal.
+
+    Every method that changes something returns only after the change is
+    durable. Ids are integers, increasing in arrival order (per-key ordering
+    and the oldest-first loading of a backlog rely on it).
+    """
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def flush(self) -> None:
+        """Return when every operation issued before it is committed."""
+        ...
+
+    async def add(
+        self,
+        event: Mapping[str, Any] | None,
+        entries: Sequence[NewEntry],
+        cancel_keys: Sequence[str],
+        now: float,
+    ) -> AddResult:
+        """Cancel waiting actions with these cancel keys, then insert ``entries`` (deduplicated)."""
+        ...
+
+    async def recover(self, now: float, hold_unless: Iterable[str] | None = None) -> dict[str, int]:
+        """After a restart: running -> pending (or held, for actions not in ``hold_unless`` when given)."""
+        ...
+
+    async def due(self, now: float, limit: int) -> tuple[list[Entry], bool]:
+        """Up to ``limit`` waiting actions due now, oldest first, skipping any whose key is blocked.
+
+        A key is blocked by an earlier action with that key that waits for a
+        retry (or for an open circuit breaker). The flag says whether there
+        may be more than ``limit``.
+        """
+        ...
+
+    async def next_due(self, now: float) -> float | None: ...
+    async def claim(self, id: int, now: float) -> ClaimResult:
+        """Mark an action running (attempts + 1), unless it changed meanwhile or a rate cap holds it."""
+        ...
+
+    async def finish(
+        self, id: int, state: State, now: float, result: Any = None, error: str | None = None
+    ) -> None: ...
+    async def retry_later(self, id: int, due: float, error: str, endpoint: str | None) -> None: ...
+    async def defer(self, id: int, due: float, reason: str, endpoint: str | None) -> None:
+        """Postpone a waiting action without counting an attempt (circuit breaker open)."""
+        ...
+
+    async def expedite(self, endpoint: str, now: float) -> int:
+        """Make every action waiting on ``endpoint`` due now (its breaker closed again)."""
+        ...
+
+    async def cancel(self, ids: Sequence[int], now: float, reason: str) -> list[int]: ...
+    async def retry(self, ids: Sequence[int], now: float) -> list[int]:
+        """Operator retry: dead, failed, held or cancelled -> pending now, attempts and max age reset."""
+        ...
+
+    async def release(self, now: float, ids: Sequence[int] = (), rule: str | None = None) -> list[int]:
+        """Held -> pending, exempt from caps from now on. No ids and no rule: every held action."""
+        ...
+
+    async def expire_held(self, now: float) -> list[Entry]: ...
+    async def get(self, id: int, with_event: bool = True) -> Entry | None: ...
+    async def history(self, flt: HistoryFilter) -> list[Entry]: ...
+    async def counts(self) -> dict[str, int]: ...
+    async def prune(self, finished_before: float, now: float) -> int: ...
+    async def changed(self) -> bool:
+        """True when another process (``trapd journal``) committed since the last call."""
+        ...
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+_COLS = (
+    "id, event_id, received_at, source, rule, action, idx, params, key, mode, state, attempts, max_attempts, "
+    "backoff, max_age, age_from, created, due, started, finished, cancel_key, once_key, caps, cap_exempt, "
+    "held_by, endpoint, mac, ip, item, result, last_error"
+)
+_ACOLS = ", ".join("a." + c.strip() for c in _COLS.split(","))
+
+
+def _entry(row: Sequence[Any], event: str | None = None) -> Entry:
+    (
+        id_,
+        event_id,
+        received_at,
+        source,
+        rule,
+        action,
+        idx,
+        params,
+        key,
+        mode,
+        state,
+        attempts,
+        max_attempts,
+        backoff,
+        max_age,
+        age_from,
+        created,
+        due,
+        started,
+        finished,
+        cancel_key,
+        once_key,
+        caps,
+        cap_exempt,
+        held_by,
+        endpoint,
+        mac,
+        ip,
+        item,
+        result,
+        last_error,
+    ) = row[:31]
+    return Entry(
+        id=id_,
+        event_id=event_id,
+        received_at=received_at,
+        source=source,
+        rule=rule,
+        action=action,
+        index=idx,
+        params=json.loads(params),
+        key=key,
+        mode=mode,
+        state=state,
+        attempts=attempts,
+        max_attempts=max_attempts,
+        backoff=backoff,
+        max_age=max_age,
+        age_from=age_from,
+        created=created,
+        due=due,
+        started=started,
+        finished=finished,
+        cancel_key=cancel_key,
+        once_key=once_key,
+        caps=tuple(CapCheck.from_json(c) for c in json.loads(caps)),
+        cap_exempt=bool(cap_exempt),
+        held_by=held_by,
+        endpoint=endpoint,
+        mac=mac,
+        ip=ip,
+        item=json.loads(item) if item else None,
+        result=json.loads(result) if result else None,
+        last_error=last_error,
+        event=event,
+    )
+
+
+def _dumps(value: Any) -> str:
+    # default=str: a plugin that returns a datetime or a Path still gets its result journaled.
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+_ACTIVE_SQL = "('scheduled','pending','failed')"
+# An action must wait while an earlier one with the same key waits for a retry
+# or for a circuit breaker: the key's order is arrival order, failures included.
+_NOT_BLOCKED = (
+    "NOT EXISTS (SELECT 1 FROM actions b WHERE b.key = a.key AND b.state IN ('failed','pending') "
+    "AND b.due > :now AND b.id < a.id)"
+)
+
+
+def _op_setup(conn: sqlite3.Connection, synchronous: str) -> None:
+    conn.executescript(_SCHEMA)
+    row = conn.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO meta (k, v) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    elif int(row[0]) > SCHEMA_VERSION:
+        raise JournalError(f"journal schema {row[0]} is newer than this trapd understands ({SCHEMA_VERSION})")
+
+
+def _op_add(
+    conn: sqlite3.Connection,
+    event: Mapping[str, Any] | None,
+    entries: Sequence[NewEntry],
+    cancel_keys: Sequence[str],
+    now: float,
+) -> AddResult:
+    event_id = str(event["id"]) if event else ""
+    cancelled: list[int] = []
+    for ck in cancel_keys:
+        cur = conn.execute(
+            f"UPDATE actions SET state = 'cancelled', finished = ?, last_error = ?, result = ? "
+            f"WHERE cancel_key = ? AND state IN {_ACTIVE_SQL} RETURNING id",
+            (now, f"cancelled by event {event_id} (cancel key {ck})", _dumps({"cancelled_by": event_id}), ck),
+        )
+        cancelled.extend(r[0] for r in cur.fetchall())
+    if event is not None and (entries or cancelled):
+        conn.execute(
+            "INSERT OR IGNORE INTO events (id, received_at, source, trap_name, data) VALUES (?, ?, ?, ?, ?)",
+            (
+                event_id,
+                float(event["received_at"]),
+                str(event["source"]),
+                str(event.get("trap_name", "")),
+                _dumps(event),
+            ),
+        )
+    received_at = float(event["received_at"]) if event else now
+    source = str(event["source"]) if event else ""
+    ids: list[int] = []
+    states: list[State] = []
+    dups: list[int | None] = []
+    for e in entries:
+        state, result, error, dup = e.state, e.result, e.last_error, None
+        if e.once_key and e.once_within and state in ("pending", "scheduled", "done"):
+            row = conn.execute(
+                "SELECT id FROM actions WHERE once_key = ? AND created >= ? "
+                "AND state NOT IN ('cancelled', 'dead') ORDER BY id LIMIT 1",
+                (e.once_key, now - e.once_within),
+            ).fetchone()
+            if row is not None:
+                dup = int(row[0])
+                state, result = "cancelled", {"duplicate_of": dup}
+                error = f"duplicate of {dup} (once-within {e.once_within:g}s, key {e.once_key})"
+        final = state in FINISHED
+        cur = conn.execute(
+            "INSERT INTO actions (event_id, received_at, source, rule, action, idx, params, key, mode, "
+            "state, "
+            "max_attempts, backoff, max_age, age_from, created, due, finished, cancel_key, once_key, caps, "
+            "mac, ip, item, result, last_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                event_id,
+                received_at,
+                source,
+                e.rule,
+                e.action,
+                e.index,
+                _dumps(e.params),
+                e.key,
+                e.mode,
+                state,
+                e.max_attempts,
+                e.backoff,
+                e.max_age,
+                received_at,
+                now,
+                e.due,
+                now if final else None,
+                e.cancel_key,
+                e.once_key,
+                _dumps([c.to_json() for c in e.caps]),
+                e.mac,
+                e.ip,
+                _dumps(e.item) if e.item is not None else None,
+                _dumps(result) if result is not None else None,
+                error,
+            ),
+        )
+        assert cur.lastrowid is not None
+        ids.append(cur.lastrowid)
+        states.append(state)
+        dups.append(dup)
+    return AddResult(ids, states, dups, cancelled)
+
+
+def _op_recover(conn: sqlite3.Connection, now: float, hold_unless: frozenset[str] | None) -> dict[str, int]:
+    held = 0
+    if hold_unless is not None:
+        names = sorted(hold_unless)
+        cur = conn.execute(
+            f"UPDATE actions SET state = 'held', held_by = 'interrupted', due = ?, "
+            f"last_error = 'interrupted while running; it may have taken effect: release it to run it again' "
+            f"WHERE state = 'running' AND action NOT IN ({_placeholders(len(names))})",
+            (now + 86400.0, *names),
+        )
+        held = cur.rowcount
+    cur = conn.execute(
+        "UPDATE actions SET state = 'pending', due = MIN(due, ?), "
+        "last_error = COALESCE(last_error || '; ', '') || 'interrupted by a restart' WHERE state = 'running'",
+        (now,),
+    )
+    rerun = cur.rowcount
+    waiting = conn.execute(f"SELECT count(*) FROM actions WHERE state IN {_ACTIVE_SQL}").fetchone()[0]
+    return {"rerun": rerun, "held": held, "waiting": waiting}
+
+
+def _op_due(conn: sqlite3.Connection, now: float, limit: int) -> tuple[list[Entry], bool]:
+    args = {"now": now, "limit": limit}
+    pending = conn.execute(
+        f"SELECT a.id FROM actions a WHERE a.state = 'pending' AND a.due <= :now AND {_NOT_BLOCKED} "
+        f"ORDER BY a.id LIMIT :limit",
+        args,
+    ).fetchall()
+    waiting = conn.execute(
+        f"SELECT a.id FROM actions a WHERE a.state IN ('scheduled','failed') AND a.due <= :now "
+        f"AND {_NOT_BLOCKED} ORDER BY a.id LIMIT :limit",
+        args,
+    ).fetchall()
+    more = len(pending) >= limit or len(waiting) >= limit
+    ids = sorted({r[0] for r in pending} | {r[0] for r in waiting})[:limit]
+    if not ids:
+        return [], more
+    rows = conn.execute(
+        f"SELECT {_ACOLS}, e.data FROM actions a LEFT JOIN events e ON e.id = a.event_id "
+        f"WHERE a.id IN ({_placeholders(len(ids))}) ORDER BY a.id",
+        ids,
+    ).fetchall()
+    return [_entry(r, r[31]) for r in rows], more
+
+
+def _op_next_due(conn: sqlite3.Connection, now: float) -> float | None:
+    best: float | None = None
+    for state in ("scheduled", "failed", "pending"):
+        row = conn.execute(
+            "SELECT min(due) FROM actions WHERE state = ? AND due > ?", (state, now)
+        ).fetchone()
+        if row[0] is not None and (best is None or row[0] < best):
+            best = float(row[0])
+    return best
+
+
+def _op_claim(conn: sqlite3.Connection, id_: int, now: float) -> ClaimResult:
+    row = conn.execute(
+        "SELECT state, attempts, cap_exempt, caps FROM actions WHERE id = ?", (id_,)
+    ).fetchone()
+    if row is None or row[0] not in ACTIVE:
+        return ClaimResult("gone")
+    _state, attempts, exempt, caps_json = row
+    # Caps count starts, not attempts: a retry of an action already counted passes.
+    if attempts == 0 and not exempt:
+        caps = [CapCheck.from_json(c) for c in json.loads(caps_json)]
+        for c in caps:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM cap_hits WHERE cap = ? AND key = ? AND at > ?",
+                (c.label, c.key, now - c.per),
+            ).fetchone()
+            if n >= c.limit:
+                conn.execute(
+                    "UPDATE actions SET state = 'held', held_by = ?, due = ?, last_error = ? WHERE id = ?",
+                    (
+                        c.label,
+                        now + c.hold_for,
+                        f"held: rate cap {c.label} reached ({c.limit} per {c.per:g}s for {c.key or 'all'})",
+                        id_,
+                    ),
+                )
+                return ClaimResult("held", c.label, attempts)
+        for c in caps:
+            conn.execute(
+                "INSERT INTO cap_hits (cap, key, at, expires) VALUES (?, ?, ?, ?)",
+                (c.label, c.key, now, now + c.per),
+            )
+    conn.execute(
+        "UPDATE actions SET state = 'running', attempts = attempts + 1, started = ?, held_by = NULL "
+        "WHERE id = ?",
+        (now, id_),
+    )
+    return ClaimResult("running", None, attempts + 1)
+
+
+def _op_finish(
+    conn: sqlite3.Connection, id_: int, state: str, now: float, result: Any, error: str | None
+) -> None:
+    conn.execute(
+        "UPDATE actions SET state = ?, finished = ?, result = ?, last_error = COALESCE(?, last_error) "
+        "WHERE id = ? AND state = 'running'",
+        (state, now, _dumps(result) if result is not None else None, error, id_),
+    )
+
+
+def _op_retry_later(conn: sqlite3.Connection, id_: int, due: float, error: str, endpoint: str | None) -> None:
+    conn.execute(
+        "UPDATE actions SET state = 'failed', due = ?, last_error = ?, endpoint = COALESCE(?, endpoint) "
+        "WHERE id = ? AND state = 'running'",
+        (due, error, endpoint, id_),
+    )
+
+
+def _op_defer(conn: sqlite3.Connection, id_: int, due: float, reason: str, endpoint: str | None) -> None:
+    conn.execute(
+        f"UPDATE actions SET due = ?, last_error = ?, endpoint = COALESCE(?, endpoint) "
+        f"WHERE id = ? AND state IN {_ACTIVE_SQL}",
+        (due, reason, endpoint, id_),
+    )
+
+
+def _op_expedite(conn: sqlite3.Connection, endpoint: str, now: float) -> int:
+    cur = conn.execute(
+        "UPDATE actions SET due = ? WHERE endpoint = ? AND state IN ('pending','failed') AND due > ?",
+        (now, endpoint, now),
+    )
+    return cur.rowcount
+
+
+def _op_cancel(conn: sqlite3.Connection, ids: Sequence[int], now: float, reason: str) -> list[int]:
+    if not ids:
+        return []
+    cur = conn.execute(
+        f"UPDATE actions SET state = 'cancelled', finished = ?, last_error = ? "
+        f"WHERE id IN ({_placeholders(len(ids))}) AND state IN ('scheduled','pending','failed','held') "
+        f"RETURNING id",
+        (now, reason, *ids),
+    )
+    return sorted(r[0] for r in cur.fetchall())
+
+
+def _op_retry(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> list[int]:
+    if not ids:
+        return []
+    cur = conn.execute(
+        f"UPDATE actions SET state = 'pending', due = ?, attempts = 0, age_from = ?, finished = NULL, "
+        f"result = NULL, held_by = NULL, cap_exempt = 1, last_error = 'retried by an operator; was: ' || "
+        f"COALESCE(last_error, state) WHERE id IN ({_placeholders(len(ids))}) "
+        f"AND state IN ('dead','failed','held','cancelled') RETURNING id",
+        (now, now, *ids),
+    )
+    return sorted(r[0] for r in cur.fetchall())
+
+
+def _op_release(conn: sqlite3.Connection, now: float, ids: Sequence[int], rule: str | None) -> list[int]:
+    where = "state = 'held'"
+    args: list[Any] = []
+    if ids:
+        where += f" AND id IN ({_placeholders(len(ids))})"
+        args += list(ids)
+    if rule is not None:
+        where += " AND rule = ?"
+        args.append(rule)
+    cur = conn.execute(
+        f"UPDATE actions SET state = 'pending', due = ?, cap_exempt = 1, held_by = NULL, "
+        f"last_error = 'released by an operator' WHERE {where} RETURNING id",
+        (now, *args),
+    )
+    return sorted(r[0] for r in cur.fetchall())
+
+
+def _op_expire_held(conn: sqlite3.Connection, now: float) -> list[Entry]:
+    rows = conn.execute(f"SELECT {_COLS} FROM actions WHERE state = 'held' AND due <= ?", (now,)).fetchall()
+    if rows:
+        conn.execute(
+            "UPDATE actions SET state = 'dead', finished = ?, "
+            "last_error = 'held by ' || COALESCE(held_by, 'a cap') || ', not released before it expired' "
+            "WHERE state = 'held' AND due <= ?",
+            (now, now),
+        )
+    return [_entry(r) for r in rows]
+
+
+def _op_get(conn: sqlite3.Connection, id_: int, with_event: bool) -> Entry | None:
+    row = conn.execute(
+        f"SELECT {_ACOLS}, e.data FROM actions a LEFT JOIN events e ON e.id = a.event_id WHERE a.id = ?",
+        (id_,),
+    ).fetchone()
+    if row is None:
+        return None
+    return _entry(row, row[31] if with_event else None)
+
+
+def _op_history(conn: sqlite3.Connection, f: HistoryFilter) -> list[Entry]:
+    where: list[str] = []
+    args: list[Any] = []
+    for col, value in (
+        ("mac", f.mac),
+        ("ip", f.ip),
+        ("source", f.source),
+        ("rule", f.rule),
+        ("action", f.action),
+    ):
+        if value is not None:
+            where.append(f"{col} = ?")
+            args.append(value)
+    if f.states:
+        where.append(f"state IN ({_placeholders(len(f.states))})")
+        args += list(f.states)
+    if f.since is not None:
+        where.append("created >= ?")
+        args.append(f.since)
+    if f.until is not None:
+        where.append("created < ?")
+        args.append(f.until)
+    sql = f"SELECT {_COLS} FROM actions"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(f.limit)
+    return [_entry(r) for r in conn.execute(sql, args).fetchall()]
+
+
+def _op_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    out = dict.fromkeys(("scheduled", "pending", "running", "failed", "held", "dead"), 0)
+    for state in out:
+        (out[state],) = conn.execute("SELECT count(*) FROM actions WHERE state = ?", (state,)).fetchone()
+    return out
+
+
+def _op_prune(conn: sqlite3.Connection, before: float, now: float) -> int:
+    cur = conn.execute(
+        "DELETE FROM actions WHERE state IN ('done','dead','cancelled') "
+        "AND finished IS NOT NULL AND finished < ?",
+        (before,),
+    )
+    n = cur.rowcount
+    conn.execute("DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM actions a WHERE a.event_id = events.id)")
+    conn.execute("DELETE FROM cap_hits WHERE expires < ?", (now,))
+    return n
+
+
+def _op_noop(conn: sqlite3.Connection) -> None:
+    return None
+
+
+class _DataVersion:
+    """``PRAGMA data_version`` changes when another connection commits: how the daemon sees the CLI."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    def __call__(self, conn: sqlite3.Connection) -> bool:
+        (v,) = conn.execute("PRAGMA data_version").fetchone()
+        changed = self.last is not None and v != self.last
+        self.last = v
+        return changed
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    weight: int
+    write: bool
+
+
+class SQLiteJournal:
+    """The embedded journal: one SQLite file, one writer thread, group commits."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "normal",
+        max_batch: int = 1000,
+        commit_delay: float = 0.0,
+        max_queued: int = 100_000,
+    ) -> None:
+        if synchronous.lower() not in ("normal", "full"):
+            raise ValueError("synchronous must be normal or full")
+        self.path = Path(path)
+        self.synchronous = synchronous.lower()
+        self.max_batch = max_batch
+        self.commit_delay = commit_delay
+        self.max_queued = max_queued
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._queued = 0  # rows waiting, counted on the event loop's thread only
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._data_version = _DataVersion()
+        # Commits and rows per commit, for the benchmark and the metrics.
+        self.commits = 0
+        self.committed_ops = 0
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(target=self._writer, args=(ready,), name="trapd-journal", daemon=True)
+        self._thread.start()
+        try:
+            await ready
+        except BaseException:
+            self._thread.join()
+            self._thread = None
+            raise
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        thread, self._thread = self._thread, None
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+    async def __aenter__(self) -> SQLiteJournal:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    # -- the writer thread
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        return conn
+
+    def _writer(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            _op_setup(conn, self.synchronous)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            err = JournalError(f"cannot open the journal {self.path}: {exc}")
+            loop.call_soon_threadsafe(_set_exception, ready, err)
+            return
+        loop.call_soon_threadsafe(_set_result, ready, None)
+        stop = False
+        while not stop:
+            op = self._queue.get()
+            if op is None:
+                break
+            batch = [op]
+            if self.commit_delay > 0:
+                time.sleep(self.commit_delay)
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch, loop)
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op], loop: asyncio.AbstractEventLoop) -> None:
+        done: list[tuple[_Op, Any, BaseException | None]] = []
+        writes = any(op.write for op in batch)
+        try:
+            if writes:
+                conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                if writes:
+                    conn.execute("SAVEPOINT op")
+                try:
+                    result = op.fn(conn, *op.args)
+                except Exception as exc:
+                    if writes:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                    done.append((op, None, exc))
+                else:
+                    if writes:
+                        conn.execute("RELEASE op")
+                    done.append((op, result, None))
+            if writes:
+                conn.execute("COMMIT")
+                self.commits += 1
+                self.committed_ops += len(batch)
+        except Exception as exc:
+            # The commit itself failed (disk full, I/O error, locked too long): nothing in the batch holds.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            err = JournalError(f"journal commit failed: {exc}")
+            done = [(op, None, err) for op in batch]
+        # A closed loop (RuntimeError) means nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._resolve, done)
+
+    def _resolve(self, done: list[tuple[_Op, Any, BaseException | None]]) -> None:
+        for op, result, exc in done:
+            self._queued -= op.weight
+            if op.future.done():
+                continue
+            if exc is not None:
+                op.future.set_exception(exc)
+            else:
+                op.future.set_result(result)
+
+    def _call(
+        self, fn: Callable[..., Any], *args: Any, weight: int = 1, write: bool = True
+    ) -> asyncio.Future[Any]:
+        if self._thread is None or self._loop is None:
+            raise JournalError("the journal is not open")
+        if write and self._queued + weight > self.max_queued:
+            raise JournalFull(f"{self._queued} journal writes are waiting for the disk")
+        fut = self._loop.create_future()
+        self._queued += weight
+        self._queue.put(_Op(fn, args, fut, weight, write))
+        return fut
+
+    # -- the Journal interface
+
+    async def flush(self) -> None:
+        await self._call(_op_noop)
+
+    async def add(
+        self,
+        event: Mapping[str, Any] | None,
+        entries: Sequence[NewEntry],
+        cancel_keys: Sequence[str],
+        now: float,
+    ) -> AddResult:
+        result: AddResult = await self._call(
+            _op_add, event, list(entries), list(cancel_keys), now, weight=max(1, len(entries))
+        )
+        return result
+
+    async def recover(self, now: float, hold_unless: Iterable[str] | None = None) -> dict[str, int]:
+        keep = frozenset(hold_unless) if hold_unless is not None else None
+        result: dict[str, int] = await self._call(_op_recover, now, keep)
+        return result
+
+    async def due(self, now: float, limit: int) -> tuple[list[Entry], bool]:
+        result: tuple[list[Entry], bool] = await self._call(_op_due, now, limit, write=False)
+        return result
+
+    async def next_due(self, now: float) -> float | None:
+        result: float | None = await self._call(_op_next_due, now, write=False)
+        return result
+
+    async def claim(self, id: int, now: float) -> ClaimResult:
+        result: ClaimResult = await self._call(_op_claim, id, now)
+        return result
+
+    async def finish(
+        self, id: int, state: State, now: float, result: Any = None, error: str | None = None
+    ) -> None:
+        await self._call(_op_finish, id, state, now, result, error)
+
+    async def retry_later(self, id: int, due: float, error: str, endpoint: str | None) -> None:
+        await self._call(_op_retry_later, id, due, error, endpoint)
+
+    async def defer(self, id: int, due: float, reason: str, endpoint: str | None) -> None:
+        await self._call(_op_defer, id, due, reason, endpoint)
+
+    async def expedite(self, endpoint: str, now: float) -> int:
+        result: int = await self._call(_op_expedite, endpoint, now)
+        return result
+
+    async def cancel(self, ids: Sequence[int], now: float, reason: str) -> list[int]:
+        result: list[int] = await self._call(_op_cancel, list(ids), now, reason)
+        return result
+
+    async def retry(self, ids: Sequence[int], now: float) -> list[int]:
+        result: list[int] = await self._call(_op_retry, list(ids), now)
+        return result
+
+    async def release(self, now: float, ids: Sequence[int] = (), rule: str | None = None) -> list[int]:
+        result: list[int] = await self._call(_op_release, now, list(ids), rule)
+        return result
+
+    async def expire_held(self, now: float) -> list[Entry]:
+        result: list[Entry] = await self._call(_op_expire_held, now)
+        return result
+
+    async def get(self, id: int, with_event: bool = True) -> Entry | None:
+        result: Entry | None = await self._call(_op_get, id, with_event, write=False)
+        return result
+
+    async def history(self, flt: HistoryFilter) -> list[Entry]:
+        result: list[Entry] = await self._call(_op_history, flt, write=False)
+        return result
+
+    async def counts(self) -> dict[str, int]:
+        result: dict[str, int] = await self._call(_op_counts, write=False)
+        return result
+
+    async def prune(self, finished_before: float, now: float) -> int:
+        result: int = await self._call(_op_prune, finished_before, now)
+        return result
+
+    async def changed(self) -> bool:
+        result: bool = await self._call(self._data_version, write=False)
+        return result
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def open_journal(path: str | Path, config: Any = None) -> SQLiteJournal:
+    """A journal for ``path`` set up from a :class:`~trapd.dispatch.config.JournalConfig` (or defaults)."""
+    if config is None:
+        return SQLiteJournal(path)
+    return SQLiteJournal(
+        path,
+        synchronous=config.synchronous,
+        max_batch=config.max_batch,
+        commit_delay=config.commit_delay,
+        max_queued=config.max_queued,
+    )

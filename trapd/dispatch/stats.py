@@ -1,0 +1,82 @@
+"""The dispatcher's counters: plain numbers the metrics module exports as it likes."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Seconds; from the trap's arrival, so they cover journaling, queueing and the action itself.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+
+
+@dataclass
+class Histogram:
+    """Cumulative-friendly histogram: ``counts[i]`` observations <= ``buckets[i]``, the last one +Inf."""
+
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    sum: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding the q-quantile (inf when past the last bucket)."""
+        if not self.count:
+            return 0.0
+        target = q * self.count
+        seen = 0
+        for i, n in enumerate(self.counts):
+            seen += n
+            if seen >= target:
+                return self.buckets[i] if i < len(self.buckets) else float("inf")
+        return float("inf")
+
+
+@dataclass
+class DispatchStats:
+    """What the dispatcher did. ``outcomes`` is keyed by (action, outcome).
+
+    Outcomes: done, retry, dead, cancelled (by a clearing event or an
+    operator), duplicate (once-within), held (rate cap), dry-run, deferred
+    (circuit breaker open), expired (held too long).
+    """
+
+    submitted: int = 0  # planned actions journaled
+    overloaded: int = 0  # submits refused because the journal was too far behind
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    held_by_cap: Counter[str] = field(default_factory=Counter)
+    start_latency: Histogram = field(default_factory=Histogram)  # received -> action started
+    done_latency: Histogram = field(default_factory=Histogram)  # received -> action done
+    # From the journal, refreshed every poll interval: scheduled, pending, running, failed, held, dead.
+    gauges: dict[str, int] = field(default_factory=dict)
+    in_memory: int = 0  # actions loaded for the workers (bounded by queue_size)
+    running: int = 0
+    breakers: dict[str, str] = field(default_factory=dict)  # endpoint -> closed | open | half-open
+
+    def count(self, action: str, outcome: str, n: int = 1) -> None:
+        self.outcomes[(action, outcome)] += n
+
+    def total(self, outcome: str) -> int:
+        return sum(n for (_, o), n in self.outcomes.items() if o == outcome)
