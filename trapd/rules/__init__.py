@@ -39,6 +39,7 @@ __all__ = [
     "SymbolResolver",
     "check_rules",
     "compile_rules",
+    "globally_capped",
     "load_rules",
 ]
 
@@ -96,3 +97,18 @@ def check_rules(
         return compile_rules(paths, resolver, actions, capped_actions=capped_actions)[1]
     except ConfigError as exc:  # a defect that escaped the collector still reports cleanly
         return [exc]
+
+
+def globally_capped(caps: Sequence[object], actions: Mapping[str, ActionSpec]) -> frozenset[str]:
+    """Actions that a global cap of trapd.yaml (``dispatch.caps``) limits: they need no cap in the rules.
+
+    ``caps`` are objects with ``applies_to(action, destructive) -> bool``
+    (trapd.dispatch.config.GlobalCap).
+    """
+    out: set[str] = set()
+    for name, spec in actions.items():
+        for cap in caps:
+            applies = getattr(cap, "applies_to", None)
+            if applies is not None and applies(name, spec.destructive):
+                out.add(name)
+    return frozenset(out)

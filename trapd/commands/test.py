@@ -1,0 +1,240 @@
+"""Run events through the rules and show what would happen. Executes nothing.
+
+For each event: which rules match, for each rule that does not the first
+condition that failed (with its file:line:column), and the actions each
+matching rule would plan, rendered and validated (or rejected, with why).
+
+The event comes from the command line in a compact form, from a JSON file
+(the format ``trapd listen`` prints: one object, a list, or one object per
+line), or from stdin with ``-`` (one JSON object per line)::
+
+    trapd test -r rules.yaml IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifDescr=Gi1/0/17 ifOperStatus=down
+    trapd test --rules rules.yaml event.json
+    trapd listen | trapd test --rules rules.yaml -
+
+Compact form: NOTIFICATION [from ADDRESS[:PORT]] [NAME[.INDEX]=VALUE ...]
+[version=v1|v2c|v3] [community=NAME] [user=NAME] [kind=trap|inform].
+Enumeration labels (ifOperStatus=down), numbers, 0x-hex octets and text are
+accepted as values.
+
+Exit status: 0 when the rules loaded and every event was read, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trapd.event import Event
+    from trapd.plugin import ActionSpec
+    from trapd.rules import RuleTrace
+
+HELP = "show what the rules would do with an event (executes nothing)"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "event", nargs="*", metavar="EVENT", help="compact event words, a JSON file, or - for stdin"
+    )
+    p.add_argument(
+        "--rules", "-r", action="append", metavar="FILE", help="rule file, repeatable (default: config's)"
+    )
+    p.add_argument(
+        "--config", "-c", metavar="FILE", help="trapd.yaml (default /etc/trapd/trapd.yaml if present)"
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument(
+        "--dry-run", action="store_true", help="show actions in dry-run mode (as trapd run --dry-run)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from trapd.config import DEFAULT_CONFIG, Config, load_config
+    from trapd.event import Event
+    from trapd.mibs import MibResolver
+    from trapd.plugin import load_actions
+    from trapd.rules import RuleErrors, globally_capped, load_rules
+    from trapd.rules.compact import CompactError, parse_compact
+    from trapd.yamlsource import ConfigError
+
+    config = Config()
+    config_path = Path(args.config) if args.config else (DEFAULT_CONFIG if not args.rules else None)
+    if config_path is not None and (args.config or config_path.exists()):
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            print(f"{exc}", file=sys.stderr)
+            return 1
+    paths = [Path(r) for r in args.rules] if args.rules else config.rule_paths()
+    if not paths:
+        print(
+            "trapd test: no rule files (give --rules FILE or a trapd.yaml that names them)", file=sys.stderr
+        )
+        return 1
+    if not args.event:
+        print("trapd test: give an event (compact words, a JSON file, or - for stdin)", file=sys.stderr)
+        return 1
+    state_dir = config.state_dir if config.state_dir.is_dir() else None
+    resolver = MibResolver.load(config.mibs, state_dir)
+    actions, _broken = load_actions()
+    capped = (
+        globally_capped(config.dispatch.caps, actions) if hasattr(config.dispatch, "caps") else frozenset()
+    )
+    mode = "dry-run" if args.dry_run else config.mode
+    try:
+        rules = load_rules(paths, resolver, actions, global_mode=mode, capped_actions=capped)
+    except RuleErrors as exc:
+        for e in exc.errors:
+            print(f"{e.mark or 'trapd'}: {e.severity}: {e.message}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+
+    ok = True
+
+    def show(event: Event) -> None:
+        traces = rules.explain(event)
+        if args.format == "json":
+            print(json.dumps(trace_json(event, traces, actions)), flush=True)
+        else:
+            print(render_text(event, traces, actions), flush=True)
+
+    words: list[str] = args.event
+    if words == ["-"]:
+        for n, line in enumerate(sys.stdin, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                show(Event.from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as exc:
+                ok = False
+                print(f"stdin:{n}: not an event: {exc}", file=sys.stderr)
+        return 0 if ok else 1
+    if len(words) == 1 and (words[0].endswith(".json") or Path(words[0]).is_file()):
+        try:
+            events = read_event_file(Path(words[0]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"{words[0]}: not an event file: {exc}", file=sys.stderr)
+            return 1
+        for ev in events:
+            show(ev)
+        return 0
+    try:
+        event = parse_compact(words, resolver)
+    except CompactError as exc:
+        print(f"trapd test: {exc}", file=sys.stderr)
+        return 1
+    show(event)
+    return 0
+
+
+def read_event_file(path: Any) -> list[Event]:
+    import json
+
+    from trapd.event import Event
+
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = [json.loads(line) for line in text.splitlines() if line.strip()]
+    items = data if isinstance(data, list) else [data]
+    return [Event.from_dict(d) for d in items]
+
+
+def _masked(params: dict[str, Any], spec: ActionSpec | None) -> dict[str, Any]:
+    if spec is None:
+        return params
+    return {
+        k: ("***" if (p := spec.params.get(k)) is not None and p.secret else v) for k, v in params.items()
+    }
+
+
+def _seconds(s: float) -> str:
+    if s >= 60 and s % 60 == 0:
+        return f"{int(s // 60)}m"
+    return f"{s:g}s"
+
+
+def render_text(event: Event, traces: list[RuleTrace], actions: dict[str, ActionSpec]) -> str:
+    import json
+
+    lines = [f"event {event.id}: {event.trap_name} from {event.source} ({event.version} {event.kind})"]
+    for vb in event.varbinds:
+        idx = f".{vb.index_str}" if vb.index else ""
+        lines.append(f"    {vb.symbol}{idx} = {vb.display}")
+    n_planned = n_rejected = n_cancels = n_matched = 0
+    for t in traces:
+        at = f" ({t.mark})" if t.mark else ""
+        if t.status == "matched":
+            n_matched += 1
+            lines.append(f"  MATCH     {t.rule}{at}")
+        elif t.status == "no-match":
+            where = f" [{t.reason_mark}]" if t.reason_mark else ""
+            lines.append(f"  no match  {t.rule}: {t.reason}{where}")
+        elif t.status == "not-reached":
+            lines.append(f"  skipped   {t.rule}: {t.reason}")
+        else:
+            lines.append(f"  disabled  {t.rule}")
+        out = t.outcome
+        for pa in out.planned:
+            n_planned += 1
+            params = " ".join(
+                f"{k}={json.dumps(v)}" for k, v in _masked(pa.params, actions.get(pa.action)).items()
+            )
+            extras: list[str] = [pa.mode]
+            if pa.delay:
+                extras.append(f"delay {_seconds(pa.delay)}")
+            if pa.cancel_key:
+                extras.append(f"cancel-key {pa.cancel_key}")
+            if pa.once_within is not None:
+                extras.append(f"once-within {_seconds(pa.once_within)} key {pa.once_key}")
+            extras.append(f"key {pa.key}")
+            for cap in pa.caps:
+                extras.append(
+                    f"cap {cap.name} {cap.limit}/{_seconds(cap.per)}" + (f" per {cap.key}" if cap.key else "")
+                )
+            item = f" item {json.dumps(pa.item)}" if pa.item else ""
+            lines.append(f"      -> {pa.action} {params}{item}")
+            lines.append(f"         [{'; '.join(extras)}]")
+        for c in out.cancels:
+            n_cancels += 1
+            lines.append(f"      -> cancel pending actions with cancel-key {c}")
+        for r in out.rejected:
+            n_rejected += 1
+            lines.append(f"      !! REJECTED {r.action}#{r.index}: {r.reason}")
+    lines.append(
+        f"  = {n_matched} rule(s) matched, {n_planned} action(s) planned, {n_rejected} rejected, "
+        f"{n_cancels} cancel(s); nothing was executed"
+    )
+    return "\n".join(lines)
+
+
+def trace_json(event: Event, traces: list[RuleTrace], actions: dict[str, ActionSpec]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    rules = []
+    for t in traces:
+        rules.append(
+            {
+                "rule": t.rule,
+                "at": str(t.mark) if t.mark else None,
+                "status": t.status,
+                "reason": t.reason,
+                "reason_at": str(t.reason_mark) if t.reason_mark else None,
+                "planned": [
+                    {**asdict(pa), "params": _masked(pa.params, actions.get(pa.action))}
+                    for pa in t.outcome.planned
+                ],
+                "cancels": list(t.outcome.cancels),
+                "rejected": [asdict(r) for r in t.outcome.rejected],
+            }
+        )
+    return {"event": event.to_dict(), "rules": rules}
