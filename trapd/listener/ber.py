@@ -160,7 +160,9 @@ def decode_integer(data: bytes, start: int, end: int, low: int, high: int) -> in
     All SNMP integer types are BER INTEGERs (two's complement), so unsigned
     types get the same decoding and only a different range: a Counter32 of
     0xFFFFFFFF arrives as ``00 FF FF FF FF``, and ``FF FF FF FF`` is -1, which
-    is out of range and refused rather than guessed at.
+    is out of range and refused rather than guessed at. Non-minimal content
+    (a redundant leading 00 or FF) is accepted: pyasn1, and so every
+    pysnmp-based agent, encodes -128 as ``FF 80``.
     """
     if start >= end:
         raise Rejected("bad-integer", f"no content octets at offset {start}")
