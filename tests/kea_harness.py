@@ -267,7 +267,8 @@ class KeaInstance:
                 if self.tls_cert_required:
                     ca["cert_file"], ca["key_file"] = str(self.tls.client_cert), str(self.tls.client_key)
             eps["ca4"] = ca
-            eps["ca6"] = {**ca, "family": "v6"}
+            if self.dhcp6_socket:
+                eps["ca6"] = {**ca, "family": "v6"}
         return eps
 
     def trapd_kea_section(self, default_transport: str = "unix") -> dict[str, Any]:
@@ -393,10 +394,15 @@ def start_kea(
     tls_cert_required: bool = False,
     ddns: DdnsTarget | None = None,
     severity: str = "WARN",
+    dhcp_loopback: bool = False,
     chroot: Path | None = None,
     hooks_dir: Path = HOOKS_DIR,
 ) -> KeaInstance:
     """Write configs into ``workdir`` and start the daemons; returns when all answer.
+
+    ``dhcp_loopback``: kea-dhcp4 also serves DHCP on 127.0.0.1:67 (UDP
+    sockets) to relayed requests from 127.0.0.2 (see :func:`dhcp_discover`),
+    the one way to see on Kea 2.2 whether DHCP service is disabled.
 
     With ``chroot``, ``workdir`` is a path inside the chroot and the daemons
     run as ``chroot CHROOT /usr/sbin/kea-...`` (Kea 2.6 / 3.0 from Debian
@@ -432,7 +438,7 @@ def start_kea(
         "subnet4": [{"id": i, "subnet": s} for i, s in SUBNETS4.items()],
         "loggers": _loggers("kea-dhcp4", workdir, severity),
     }
-    dhcp6: dict[str, Any] = {
+    dhcp6_cfg: dict[str, Any] = {
         "interfaces-config": {"interfaces": []},
         "control-socket": {"socket-type": "unix", "socket-name": str(workdir / "kea6.sock")},
         "lease-database": {
@@ -448,13 +454,23 @@ def start_kea(
         "subnet6": [{"id": i, "subnet": s} for i, s in SUBNETS6.items()],
         "loggers": _loggers("kea-dhcp6", workdir, severity),
     }
+    if dhcp_loopback:
+        dhcp4["interfaces-config"] = {"interfaces": ["lo"], "dhcp-socket-type": "udp"}
+        dhcp4["subnet4"].append(
+            {
+                "id": 3,
+                "subnet": "192.0.2.0/24",
+                "relay": {"ip-addresses": [RELAY_IP]},
+                "pools": [{"pool": "192.0.2.100 - 192.0.2.200"}],
+            }
+        )
     if ddns:
         ddns_cfg = {"enable-updates": True, "server-ip": "127.0.0.1", "server-port": d2_port}
         dhcp4["dhcp-ddns"] = ddns_cfg
-        dhcp6["dhcp-ddns"] = ddns_cfg
+        dhcp6_cfg["dhcp-ddns"] = ddns_cfg
     configs: dict[str, dict[str, Any]] = {"kea-dhcp4": {"Dhcp4": dhcp4}}
     if dhcp6:
-        configs["kea-dhcp6"] = {"Dhcp6": dhcp6}
+        configs["kea-dhcp6"] = {"Dhcp6": dhcp6_cfg}
     if ddns:
         servers = [{"ip-address": "127.0.0.1", "port": ddns.dns_port}]
         domains = ["1.10.in-addr.arpa.", "2.10.in-addr.arpa.", "1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."]
@@ -531,6 +547,55 @@ def start_kea(
         out.close()
     inst.wait_ready()
     return inst
+
+
+# --- a relayed DHCP exchange on loopback ---
+
+RELAY_IP = "127.0.0.2"
+
+
+def dhcp_discover(mac: str, timeout: float = 0.5) -> str | None:
+    """Send a DHCPDISCOVER as a relay at 127.0.0.2 would; the offered address, or None.
+
+    Kea (``dhcp_loopback``) listens on 127.0.0.1:67 and answers relays at
+    their port 67, so this binds 127.0.0.2:67 (root) and puts 127.0.0.2 in giaddr.
+    """
+    import struct
+
+    xid = int.from_bytes(os.urandom(4), "big")
+    chaddr = bytes.fromhex(mac.replace(":", "")).ljust(16, b"\0")
+    pkt = struct.pack(
+        "!BBBBIHH4s4s4s4s16s64s128s",
+        1,
+        1,
+        6,
+        1,
+        xid,
+        0,
+        0,
+        bytes(4),
+        bytes(4),
+        bytes(4),
+        socket.inet_aton(RELAY_IP),
+        chaddr,
+        bytes(64),
+        bytes(128),
+    )
+    pkt += bytes([0x63, 0x82, 0x53, 0x63, 53, 1, 1, 255])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((RELAY_IP, 67))
+        s.settimeout(timeout)
+        s.sendto(pkt, ("127.0.0.1", 67))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data, _ = s.recvfrom(4096)
+            except TimeoutError:
+                return None
+            if len(data) >= 240 and struct.unpack("!I", data[4:8])[0] == xid and data[0] == 2:
+                return socket.inet_ntoa(data[16:20])
+    return None
 
 
 # --- BIND for the DDNS tests ---
