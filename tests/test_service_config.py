@@ -19,12 +19,7 @@ def test_defaults() -> None:
     cfg = ServiceConfig.from_yaml(None, Path("."))
     assert cfg == ServiceConfig()
     assert cfg.metrics_listen == MetricsListen("127.0.0.1", 9163)
-    assert (cfg.log_level, cfg.log_format, cfg.shutdown_timeout, cfg.status_interval) == (
-        "info",
-        "auto",
-        10.0,
-        5.0,
-    )
+    assert (cfg.log_level, cfg.log_format, cfg.status_interval) == ("info", "auto", 5.0)
 
 
 def test_every_key() -> None:
@@ -32,10 +27,9 @@ def test_every_key() -> None:
         "service:\n"
         "  metrics: {listen: '[::1]:9200'}\n"
         "  log: {level: DEBUG, format: journal}\n"
-        "  shutdown_timeout: 30\n"
         "  status_interval: 2.5\n"
     )
-    assert cfg == ServiceConfig(MetricsListen("::1", 9200), "debug", "journal", 30.0, 2.5)
+    assert cfg == ServiceConfig(MetricsListen("::1", 9200), "debug", "journal", 2.5)
     assert str(cfg.metrics_listen) == "[::1]:9200"
 
 
@@ -58,7 +52,7 @@ def test_empty_metrics_mapping_means_off() -> None:
         ("service:\n  metrics: {listen: 9163}\n", "HOST:PORT or null", "trapd.yaml:2:21"),
         ("service:\n  log: {level: verbose}\n", "service.log.level must be one of", "trapd.yaml:2:16"),
         ("service:\n  log: {format: xml}\n", "service.log.format must be one of", "trapd.yaml:2:17"),
-        ("service:\n  shutdown_timeout: -1\n", "shutdown_timeout must be >= 0", "trapd.yaml:2:21"),
+        ("service:\n  shutdown_timeout: 10\n", "unknown key 'shutdown_timeout'", "trapd.yaml:2:3"),
         ("service:\n  status_interval: 0\n", "status_interval must be > 0", "trapd.yaml:2:20"),
         ("service:\n  metric: {}\n", "did you mean 'metrics'", "trapd.yaml:2:3"),
         ("service:\n  log: {levle: info}\n", "unknown key 'levle'", "trapd.yaml:2:9"),
@@ -69,10 +63,6 @@ def test_errors_point_at_the_value(text: str, message: str, where: str) -> None:
         section(text)
     assert message in err.value.message
     assert str(err.value.mark) == where
-
-
-def test_shutdown_timeout_zero_is_allowed() -> None:
-    assert section("service:\n  shutdown_timeout: 0\n").shutdown_timeout == 0.0
 
 
 def test_flag_parser_for_the_command_line() -> None:

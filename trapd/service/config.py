@@ -8,9 +8,10 @@ Example (these are the defaults)::
       log:
         level: info                # debug info warning error critical (--log-level overrides)
         format: auto               # auto journal json console (--log-format overrides)
-      shutdown_timeout: 10         # seconds running actions get to finish on SIGTERM
       status_interval: 5           # seconds between STATUS= updates to systemd
 
+How long running actions get to finish on SIGTERM is ``dispatch.shutdown_timeout``
+(the dispatcher does the draining); keep the unit's ``TimeoutStopSec=`` above it.
 The watchdog is not configured here: systemd's ``WatchdogSec=`` in the unit
 decides it and trapd reads it from ``WATCHDOG_USEC``.
 """
@@ -70,12 +71,11 @@ class ServiceConfig:
     metrics_listen: MetricsListen | None = MetricsListen("127.0.0.1", DEFAULT_METRICS_PORT)
     log_level: str = "info"
     log_format: str = "auto"
-    shutdown_timeout: float = 10.0
     status_interval: float = 5.0
 
     @classmethod
     def from_yaml(cls, node: Any, base_dir: Path) -> ServiceConfig:
-        n = check_keys(node, {"metrics", "log", "shutdown_timeout", "status_interval"}, "service")
+        n = check_keys(node, {"metrics", "log", "status_interval"}, "service")
         metrics = check_keys(n.get("metrics"), {"listen"}, "service.metrics")
         listen: MetricsListen | None = cls.metrics_listen
         if "listen" in metrics:
@@ -104,13 +104,12 @@ class ServiceConfig:
             metrics_listen=listen,
             log_level=level,
             log_format=fmt,
-            shutdown_timeout=_positive(n, "shutdown_timeout", 10.0, allow_zero=True),
             status_interval=_positive(n, "status_interval", 5.0),
         )
 
 
-def _positive(node: Any, key: str, default: float, *, allow_zero: bool = False) -> float:
+def _positive(node: Any, key: str, default: float) -> float:
     value = float(expect(node, key, (int, float), "service", default))
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"service.{key} must be {'>= 0' if allow_zero else '> 0'}", where(node, key))
+    if value <= 0:
+        raise ConfigError(f"service.{key} must be > 0", where(node, key))
     return value
