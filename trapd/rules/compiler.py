@@ -160,6 +160,7 @@ class Compiler:
 
     def compile_files(self, paths: Sequence[Path], global_mode: str) -> RuleSet:
         docs: list[YDict] = []
+        self.p.files = [str(p) for p in paths]
         for path in paths:
             try:
                 node = load_yaml_file(path)

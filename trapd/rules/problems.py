@@ -30,6 +30,7 @@ class RuleErrors(ConfigError):
 class Problems:
     def __init__(self) -> None:
         self.items: list[ConfigError] = []
+        self.files: list[str] = []  # load order, for sorting
 
     def error(self, message: str, mark: Mark | None) -> None:
         self.items.append(ConfigError(message, mark))
@@ -49,14 +50,14 @@ class Problems:
 
     def sorted(self) -> list[ConfigError]:
         """By position, files kept in the order they were loaded (rules.yaml before rules.d/)."""
-        order: dict[str, int] = {}
+        order: dict[str, int] = {f: i for i, f in enumerate(self.files)}
         for e in self.items:
             if e.mark is not None:
                 order.setdefault(e.mark.file, len(order))
 
         def key(e: ConfigError) -> tuple[int, int, int]:
             m = e.mark
-            return (order[m.file], m.line, m.column) if m else (-1, 0, 0)
+            return (order.get(m.file, len(order)), m.line, m.column) if m else (-1, 0, 0)
 
         return sorted(self.items, key=key)
 

@@ -1,0 +1,299 @@
+"""Rule files that are wrong: every problem reported, each at its exact file:line:column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rules_support import ACTIONS, errors_of, resolver, write
+
+from trapd.rules import RuleErrors, check_rules, load_rules
+
+
+def test_unknown_key_points_at_the_key_and_suggests(tmp_path: Path) -> None:
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - name: r1
+            matches:
+              notification: IF-MIB::linkDown
+            actions:
+              - action: log
+                message: hi
+        """,
+    )
+    assert len(got) == 1
+    assert got[0].startswith("3:5: error: unknown key 'matches' in a rule (did you mean 'match'?)")
+
+
+def test_yaml_syntax_error_has_position(tmp_path: Path) -> None:
+    p = write(tmp_path, "rules:\n  - name: r1\n    match: {notification: linkDown\n")
+    problems = check_rules([p], resolver(), ACTIONS)
+    assert len(problems) == 1
+    assert problems[0].mark is not None
+    assert problems[0].mark.file == str(p)
+    assert problems[0].mark.line == 4 and problems[0].mark.column == 1
+    assert "YAML syntax" in problems[0].message
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
+    got = errors_of(tmp_path, "rules:\n  - name: a\n    name: b\n")
+    assert got == ["3:5: error: duplicate key 'name' (first at line 2)"]
+
+
+def test_all_problems_are_reported_not_just_the_first(tmp_path: Path) -> None:
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - name: r1
+            match:
+              notification: IF-MIB::linkDwn
+              varbinds:
+                ifOperStatus: dwn
+                ifDescr: {regex: 'Gi(\\d+'}
+            actions:
+              - action: kea.lease-dell
+                hw-address: x
+              - action: log
+                message: "{{ ifDescr "
+              - action: log
+                message: "{{ nosuchvariable }}"
+        """,
+    )
+    text = "\n".join(got)
+    assert "4:21: error: unknown MIB symbol 'IF-MIB::linkDwn' in notification" in text
+    assert "6:23: error: ifOperStatus: 'dwn' is not a value of this enumeration (did you mean 'down'?)" in text
+    assert "7:26: error: ifDescr: bad regex: missing ), unterminated subpattern at position 2" in text
+    assert "9:17: error: unknown action 'kea.lease-dell' (did you mean 'kea.lease-del'?)" in text
+    assert "12:18: error: log.message: template syntax error" in text
+    assert "14:18: error: log.message: undefined template variable 'nosuchvariable'" in text
+    assert len(got) == 6
+
+
+def test_wrong_types(tmp_path: Path) -> None:
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - name: r1
+            enabled: maybe
+            continue: 1
+            mode: fast
+            match:
+              notification: linkDown
+              version: v4
+              source: 10.0.0.0/33
+            actions: {action: log}
+        """,
+    )
+    text = "\n".join(got)
+    assert "3:14: error: enabled must be true or false, got 'maybe'" in text
+    assert "4:15: error: continue must be true or false, got 1" in text
+    assert "5:11: error: mode must be enforce or dry-run, got 'fast'" in text
+    assert "8:16: error: version: 'v4' is not v1, v2c or v3" in text
+    assert "9:15: error: source: '10.0.0.0/33' is neither an address/network nor a source group" in text
+    assert "10:14: error: actions must be a list" in text
+
+
+def test_yaml_boolean_trap_is_explained(tmp_path: Path) -> None:
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - name: r1
+            match:
+              varbinds: {ifAlias: on}
+            cancel: x
+        """,
+    )
+    assert got == [
+        "4:27: error: ifAlias: True is a YAML boolean (yes/no/on/off/true/false); quote it if you mean the text"
+    ]
+
+
+def test_duplicate_rule_names_across_files(tmp_path: Path) -> None:
+    a = write(tmp_path, "rules:\n  - {name: same, match: {version: v1}, cancel: x}\n", "rules.yaml")
+    b = write(
+        tmp_path,
+        "rules:\n  - {name: other, match: {version: v3}, cancel: y}\n  - name: same\n    cancel: z\n",
+        "rules.d/10-more.yaml",
+    )
+    problems = check_rules([a, b], resolver(), ACTIONS)
+    assert [str(p) for p in problems] == [
+        f"{b}:3:5: duplicate rule name 'same' (first defined at {a}:2:5)",
+    ]
+    with pytest.raises(RuleErrors) as info:
+        load_rules([a, b], resolver(), ACTIONS)
+    assert len(info.value.errors) == 1
+    assert "duplicate rule name" in str(info.value)
+
+
+def test_parameters_that_can_never_validate(tmp_path: Path) -> None:
+    got = errors_of(
+        tmp_path,
+        """
+        defaults:
+          cap: {limit: 10, per: 1m}
+        rules:
+          - name: r1
+            match: {notification: linkDown}
+            actions:
+              - action: kea.lease-del
+                ip-address: "10.0.0.{{ ifIndex }}; reboot"
+              - action: kea.lease-del
+                hw-address: 00:11:22:33:44:55:66
+              - action: kea.lease-del
+                subnet-id: 0
+                colour: blue
+              - action: kea.dhcp-disable
+                family: v4
+        """,
+    )
+    text = "\n".join(got)
+    assert "8:21: error: kea.lease-del.ip-address is a ip-address; the constant text ' ;ort'" in text
+    assert "10:21: error: kea.lease-del: hw-address: not a MAC address" in text
+    assert "12:20: error: kea.lease-del: subnet-id: 0 is below the minimum 1" in text
+    assert "13:9: error: kea.lease-del has no parameter 'colour'" in text
+    assert "14:17: error: kea.dhcp-disable needs the parameter 'max-period' (duration [0.001..], required)" in text
+
+
+def test_destructive_action_needs_a_cap(tmp_path: Path) -> None:
+    text = """
+        rules:
+          - name: r1
+            match: {notification: linkDown}
+            actions:
+              - action: kea.lease-del
+                ip-address: "{{ source }}"
+              - action: log
+                message: fine
+        """
+    got = errors_of(tmp_path, text)
+    assert len(got) == 1
+    assert got[0].startswith("5:17: error: kea.lease-del is destructive: give it a cap")
+    # a cap on the action, the rule, defaults, or a global cap of trapd.yaml each satisfy it
+    capped = text.replace(
+        'ip-address: "{{ source }}"', 'ip-address: "{{ source }}"\n                cap: {limit: 5, per: 1m}'
+    )
+    assert errors_of(tmp_path, capped) == []
+    rule_cap = text.replace("            actions:", "            cap: {limit: 5, per: 1m}\n            actions:")
+    assert errors_of(tmp_path, rule_cap) == []
+    p = write(tmp_path, text)
+    assert check_rules([p], resolver(), ACTIONS, capped_actions={"kea.lease-del"}) == []
+
+
+def test_shadowed_rule_warning(tmp_path: Path) -> None:
+    got = errors_of(
+        tmp_path,
+        """
+        sources:
+          access: [10.20.0.0/16]
+        rules:
+          - name: all-link-down
+            match: {notification: [linkDown, linkUp]}
+            cancel: x
+          - name: specific
+            match:
+              notification: linkDown
+              source: access
+            cancel: y
+          - name: not-shadowed-continue
+            match: {notification: coldStart}
+            continue: true
+            cancel: z
+          - name: after-continue
+            match: {notification: coldStart}
+            cancel: z
+        """,
+    )
+    assert got == [
+        "7:5: warning: rule 'specific' can never match: the earlier rule 'all-link-down' "
+        f"(at {tmp_path / 'rules.yaml'}:4:5) matches every event it would and stops"
+    ]
+
+
+def test_shadow_by_wider_source_and_version(tmp_path: Path) -> None:
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - name: wide
+            match: {source: 10.0.0.0/8, version: [v2c, v3]}
+            cancel: x
+          - name: narrow
+            match: {source: [10.20.0.0/16], version: v2c, notification: linkDown}
+            cancel: y
+          - name: other-net
+            match: {source: 192.168.0.0/16, version: v2c}
+            cancel: y
+        """,
+    )
+    assert len(got) == 1 and got[0].startswith("5:5: warning: rule 'narrow' can never match")
+
+
+def test_foreach_and_item_checks(tmp_path: Path) -> None:
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - name: r1
+            match: {notification: cmnMacChangedNotification}
+            foreach: {items: mac_changes, where: {colour: red}}
+            actions:
+              - action: log
+                message: "{{ item.nosuch }}"
+          - name: r2
+            match: {notification: linkDown}
+            actions:
+              - action: log
+                message: "{{ item.mac }}"
+          - name: r3
+            foreach: frobs
+            cancel: x
+        """,
+    )
+    text = "\n".join(got)
+    assert "4:43: error: foreach.where: mac_changes items have no field 'colour'" in text
+    assert "7:18: error: log.message: mac_changes items have no field 'nosuch'" in text
+    assert "12:18: error: log.message: 'item' is only defined in a rule with foreach:" in text
+    assert "14:14: error: foreach: unknown item kind 'frobs'; known: mac_changes" in text
+
+
+def test_reserved_regex_group_name(tmp_path: Path) -> None:
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - name: r1
+            match:
+              varbinds: {ifDescr: {regex: '(?P<source>.*)'}}
+            cancel: x
+        """,
+    )
+    assert got == [
+        "4:35: error: ifDescr: the regex group name 'source' is a reserved template variable; rename the group"
+    ]
+
+
+def test_not_a_mapping_file_and_rule_name(tmp_path: Path) -> None:
+    assert errors_of(tmp_path, "- name: x\n") == [
+        "1:1: error: a rules file is a mapping with sources:, defaults: and rules:"
+    ]
+    got = errors_of(tmp_path, "rules:\n  - name: 'has space'\n    cancel: x\n  - cancel: y\n")
+    assert got[0].startswith("2:11: error: every rule needs a name")
+    assert got[1].startswith("4:5: error: every rule needs a name")
+
+
+def test_source_groups_undefined_and_duplicate(tmp_path: Path) -> None:
+    a = write(tmp_path, "sources:\n  core: [10.0.0.0/24]\nrules:\n  - {name: a, match: {source: cor}, cancel: x}\n")
+    b = write(tmp_path, "sources:\n  core: [10.9.0.0/24]\n", "b.yaml")
+    msgs = [str(p) for p in check_rules([a, b], resolver(), ACTIONS)]
+    assert msgs[0].startswith(f"{a}:4:31: source: 'cor' is neither an address/network nor a source group")
+    assert msgs[1] == f"{b}:2:3: source group 'core' is defined twice (first at {a}:2:3)"
+
+
+def test_empty_file_and_empty_rules_are_fine(tmp_path: Path) -> None:
+    assert errors_of(tmp_path, "") == []
+    assert errors_of(tmp_path, "rules: []\n") == []
