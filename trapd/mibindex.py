@@ -193,7 +193,7 @@ def index_builder_modules(
                         continue
                 continue
             kind = _node_kind(obj)
-            if kind is None:
+            if kind is None or name == "PYSNMP_MODULE_ID":  # pysnmp's alias of the MODULE-IDENTITY
                 continue
             oid = getattr(obj, "name", None)
             if not isinstance(oid, tuple) or not oid:

@@ -143,7 +143,13 @@ class MibResolver:
     # -- loading -----------------------------------------------------------
 
     @classmethod
-    def load(cls, config: MibConfig | None = None, state_dir: Path | None = None) -> MibResolver:
+    def load(
+        cls,
+        config: MibConfig | None = None,
+        state_dir: Path | None = None,
+        *,
+        compile_in_process: bool = False,
+    ) -> MibResolver:
         """The shipped index plus the site's compiled MIBs. Never raises for a bad MIB.
 
         Site directories are compiled only when their files changed since the
@@ -161,7 +167,7 @@ class MibResolver:
             r.add_index(shipped, SHIPPED_INDEX.name)
         dirs = config.source_dirs()
         if dirs:
-            site = load_site_index(dirs, config.cache_path(state_dir), shipped)
+            site = load_site_index(dirs, config.cache_path(state_dir), shipped, in_process=compile_in_process)
             r.problems += site.problems
             if site.index is not None:
                 r.add_index(site.index, "site MIBs", site=True)
@@ -387,11 +393,15 @@ def fingerprint(dirs: Iterable[Path], shipped: dict[str, Any] | None) -> str:
     return "\n".join(parts)
 
 
-def load_site_index(dirs: list[Path], cache_dir: Path | None, shipped: dict[str, Any] | None) -> SiteIndex:
+def load_site_index(
+    dirs: list[Path], cache_dir: Path | None, shipped: dict[str, Any] | None, *, in_process: bool = False
+) -> SiteIndex:
     """The compiled index of the site's MIB directories; compiles only when sources changed.
 
     Never raises: any failure becomes a problem line and the site MIBs are
-    skipped (the shipped names still work).
+    skipped (the shipped names still work). The compile runs in a child
+    process unless ``in_process`` (tools, tests): pysmi and the MibBuilder
+    it needs would otherwise stay in the daemon's memory (~40 MB).
     """
     fp = fingerprint(dirs, shipped)
     if not source_files(dirs):
@@ -405,11 +415,12 @@ def load_site_index(dirs: list[Path], cache_dir: Path | None, shipped: dict[str,
         except (OSError, ValueError):
             pass
     try:
-        from trapd.mibcompile import compile_site
-    except ImportError as exc:  # pysmi missing: run with shipped names only
-        return SiteIndex(None, [f"MIB compiler unavailable: {exc}"], False)
-    try:
-        data, problems = compile_site(dirs, cache_dir, shipped)
+        if in_process:
+            from trapd.mibcompile import compile_site
+
+            data, problems = compile_site(dirs, cache_dir, shipped)
+        else:
+            data, problems = _compile_in_child(dirs, cache_dir)
     except Exception as exc:  # the compiler must never take trapd down
         return SiteIndex(None, [f"MIB compile failed: {type(exc).__name__}: {exc}"], True)
     data["fingerprint"] = fp
@@ -422,3 +433,27 @@ def load_site_index(dirs: list[Path], cache_dir: Path | None, shipped: dict[str,
         except OSError as exc:
             problems = [*problems, f"{cached_path}: cannot write MIB cache: {exc.strerror or exc}"]
     return SiteIndex(data, problems, True)
+
+
+COMPILE_TIMEOUT = 600.0
+
+
+def _compile_in_child(dirs: list[Path], cache_dir: Path | None) -> tuple[dict[str, Any], list[str]]:
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="trapd-mibs-") as tmp:
+        out = Path(tmp) / SITE_INDEX_NAME
+        cmd = [sys.executable, "-m", "trapd.mibcompile", "--out", str(out)]
+        if cache_dir is not None:
+            cmd += ["--cache-dir", str(cache_dir)]
+        cmd += [str(d) for d in dirs]
+        proc = subprocess.run(
+            cmd, capture_output=True, timeout=COMPILE_TIMEOUT, check=False, stdin=subprocess.DEVNULL
+        )
+        if proc.returncode != 0:
+            tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"compiler exited {proc.returncode}: {tail[0]}")
+        data = _read_index(out)
+    return data, list(data.get("problems", []))

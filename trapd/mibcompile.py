@@ -1,0 +1,348 @@
+"""Compiling a site's MIB directories with pysmi, offline, into the MIB cache.
+
+Called by :func:`trapd.mibs.load_site_index` when the source files changed
+(and by ``trapd mibs compile``). Nothing here touches the network: pysmi gets
+exactly one reader, :class:`_SiteReader`, which serves local files only.
+
+How imports are satisfied without the IETF sources. pysmi needs the parsed
+source of every module a MIB imports from (to turn ``{ enterprises 9 }``
+into numbers and to find the base type of an imported TC). Debian 12 ships
+no IETF MIB sources, and a vendor bundle is often just the vendor's files.
+So for every module trapd already has compiled (pysnmp's core and
+pysnmp-mibs: the shipped index), the reader hands pysmi a *stub*: a short
+SMIv2 text generated from the shipped index, with each node as an
+``OBJECT IDENTIFIER`` assignment and each TC with its base syntax, display
+hint and enumeration. That is all pysmi's code generator asks of an imported
+module; the compiled site module then imports the real symbols from the
+shipped pysnmp module at load time. Stubbed modules are never compiled
+themselves (a searcher reports them as present), so a module trapd ships is
+taken from the shipped set even when a site directory also has its source.
+
+Output: pysnmp modules in ``<cache_dir>/py`` (pysmi skips a module whose
+compiled file is newer than its source), then an index of the site's modules
+built by :mod:`trapd.mibindex` from those compiled modules.
+
+A broken file is reported as ``"file.mib: reason"`` and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trapd.mibindex import index_builder_modules
+
+MAX_SOURCE_BYTES = 16 * 1024 * 1024
+_MODULE_RE = re.compile(
+    rb"^\s*([A-Za-z][A-Za-z0-9-]*)\s+(?:PIB-)?DEFINITIONS\s*(?:IMPLICIT\s+TAGS\s*)?::=\s*BEGIN", re.M
+)
+# Files that are obviously not MIB sources are skipped without a complaint.
+_NOT_MIB_SUFFIXES = frozenset(
+    {".md", ".rst", ".html", ".htm", ".pdf", ".gz", ".bz2", ".xz", ".zip", ".tar", ".tgz", ".py", ".pyc"}
+    | {".json", ".yaml", ".yml", ".index", ".bak", ".swp", ".orig", ".rej"}
+)
+
+# SNMPv2-SMI written out: the base types pysmi needs to see declared.
+_SNMPV2_SMI_STUB = """SNMPv2-SMI DEFINITIONS ::= BEGIN
+{nodes}
+Integer32 ::= INTEGER (-2147483648..2147483647)
+IpAddress ::= [APPLICATION 0] IMPLICIT OCTET STRING (SIZE (4))
+Counter32 ::= [APPLICATION 1] IMPLICIT INTEGER (0..4294967295)
+Gauge32 ::= [APPLICATION 2] IMPLICIT INTEGER (0..4294967295)
+Unsigned32 ::= [APPLICATION 2] IMPLICIT INTEGER (0..4294967295)
+TimeTicks ::= [APPLICATION 3] IMPLICIT INTEGER (0..4294967295)
+Opaque ::= [APPLICATION 4] IMPLICIT OCTET STRING
+Counter64 ::= [APPLICATION 6] IMPLICIT INTEGER (0..18446744073709551615)
+END
+"""
+_SMI_NODES = {
+    "org": "1 3",
+    "dod": "1 3 6",
+    "internet": "1 3 6 1",
+    "directory": "1 3 6 1 1",
+    "mgmt": "1 3 6 1 2",
+    "mib-2": "1 3 6 1 2 1",
+    "transmission": "1 3 6 1 2 1 10",
+    "experimental": "1 3 6 1 3",
+    "private": "1 3 6 1 4",
+    "enterprises": "1 3 6 1 4 1",
+    "security": "1 3 6 1 5",
+    "snmpV2": "1 3 6 1 6",
+    "snmpDomains": "1 3 6 1 6 1",
+    "snmpProxys": "1 3 6 1 6 2",
+    "snmpModules": "1 3 6 1 6 3",
+    "zeroDotZero": "0 0",
+}
+# Modules made only of macros (or SMIv1 framework) that pysmi maps by itself:
+# an empty module is all their importers need to find.
+_EMPTY_STUBS = ("SNMPv2-CONF", "RFC-1212", "RFC-1215", "RFC1065-SMI", "RFC1155-SMI")
+_APPLICATION_TYPES = ("Unsigned32", "Gauge32", "Counter32", "Counter64", "TimeTicks", "IpAddress", "Opaque")
+
+
+@dataclass
+class SiteSource:
+    module: str
+    path: Path
+    mtime: float
+
+
+def scan_sources(files: list[Path]) -> tuple[dict[str, SiteSource], list[str]]:
+    """Module name -> source file, by reading each file's ``NAME DEFINITIONS ::= BEGIN`` lines."""
+    modules: dict[str, SiteSource] = {}
+    problems: list[str] = []
+    for path in files:
+        if path.suffix.lower() in _NOT_MIB_SUFFIXES or path.name.endswith("~"):
+            continue
+        try:
+            st = path.stat()
+            if st.st_size > MAX_SOURCE_BYTES:
+                problems.append(f"{path.name}: larger than {MAX_SOURCE_BYTES // 1024 // 1024} MiB, skipped")
+                continue
+            data = path.read_bytes()
+        except OSError as exc:
+            problems.append(f"{path.name}: cannot read: {exc.strerror or exc}")
+            continue
+        names = [m.decode("ascii") for m in _MODULE_RE.findall(data)]
+        if not names:
+            problems.append(f"{path.name}: not a MIB module (no 'NAME DEFINITIONS ::= BEGIN')")
+            continue
+        for name in names:
+            if name in modules:
+                problems.append(
+                    f"{path.name}: module {name} is also in {modules[name].path.name}; using that one"
+                )
+                continue
+            modules[name] = SiteSource(name, path, st.st_mtime)
+    return modules, problems
+
+
+def _syntax_text(rec: list[Any]) -> str:
+    base, _tc, _hint, enums = rec
+    if enums and base in ("Integer32", "Bits"):
+        items = ", ".join(f"{label}({num})" for label, num in enums)
+        return f"{'BITS' if base == 'Bits' else 'INTEGER'} {{ {items} }}"
+    if base == "OctetString" or base == "Bits":
+        return "OCTET STRING"
+    if base == "ObjectIdentifier":
+        return "OBJECT IDENTIFIER"
+    if base in _APPLICATION_TYPES:
+        return str(base)
+    return "Integer32"
+
+
+class StubSet:
+    """SMIv2 stub texts for the shipped modules, generated on demand from the shipped index."""
+
+    def __init__(self, shipped: dict[str, Any] | None) -> None:
+        self._data = shipped or {"modules": [], "nodes": [], "tcs": [], "syntaxes": []}
+        self.names = frozenset(m[0] for m in self._data["modules"]) | set(_EMPTY_STUBS) | {"SNMPv2-SMI"}
+        self._by_module: dict[str, tuple[list[Any], list[Any]]] | None = None
+
+    def _group(self) -> dict[str, tuple[list[Any], list[Any]]]:
+        if self._by_module is None:
+            mods = [m[0] for m in self._data["modules"]]
+            grouped: dict[str, tuple[list[Any], list[Any]]] = {m: ([], []) for m in mods}
+            for node in self._data["nodes"]:
+                grouped[mods[node[1]]][0].append(node)
+            for tc in self._data["tcs"]:
+                grouped[mods[tc[0]]][1].append(tc)
+            self._by_module = grouped
+        return self._by_module
+
+    def text(self, module: str) -> str:
+        if module == "SNMPv2-SMI":
+            nodes = "\n".join(f"{sym} OBJECT IDENTIFIER ::= {{ {oid} }}" for sym, oid in _SMI_NODES.items())
+            return _SNMPV2_SMI_STUB.format(nodes=nodes)
+        nodes_tcs = self._group().get(module)
+        lines = [f"{module} DEFINITIONS ::= BEGIN"]
+        if nodes_tcs is not None:
+            lines.append(f"IMPORTS {', '.join(_APPLICATION_TYPES)}, Integer32 FROM SNMPv2-SMI;")
+            seen: set[str] = set()
+            for oid, _mod, sym, _kind, _syn in nodes_tcs[0]:
+                if sym not in seen:
+                    seen.add(sym)
+                    lines.append(f"{sym} OBJECT IDENTIFIER ::= {{ {' '.join(map(str, oid))} }}")
+            syntaxes = self._data["syntaxes"]
+            for _mod, name, syn_no in nodes_tcs[1]:
+                rec = syntaxes[syn_no]
+                hint = f'    DISPLAY-HINT "{rec[2]}"\n' if rec[2] else ""
+                lines.append(
+                    f'{name} ::= TEXTUAL-CONVENTION\n{hint}    STATUS current\n    DESCRIPTION ""\n'
+                    f"    SYNTAX {_syntax_text(rec)}"
+                )
+        lines.append("END\n")
+        return "\n".join(lines)
+
+
+def _reader(site: dict[str, SiteSource], stubs: StubSet) -> Any:
+    from pysmi import error as smi_error
+    from pysmi.mibinfo import MibInfo
+    from pysmi.reader.base import AbstractReader
+
+    class _SiteReader(AbstractReader):  # type: ignore[misc]
+        """Local files by module name, else a stub of a shipped module; never the network."""
+
+        def __str__(self) -> str:
+            return "trapd site MIB reader"
+
+        def get_data(self, mibname: str, **options: Any) -> tuple[Any, str]:
+            if mibname in stubs.names:
+                info = MibInfo(path=f"stub:{mibname}", file=mibname, name=mibname, mtime=0)
+                return info, stubs.text(mibname)
+            src = site.get(mibname)
+            if src is None:
+                raise smi_error.PySmiReaderFileNotFoundError(f"source MIB {mibname} not found", reader=self)
+            raw = src.path.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")
+            info = MibInfo(path=f"file://{src.path}", file=src.path.name, name=mibname, mtime=src.mtime)
+            return info, text
+
+    return _SiteReader()
+
+
+_NO_MODULE_RE = re.compile(r'no module "([^"]+)" in symbolTable')
+
+
+_AT_MIB_RE = re.compile(r" at MIB [A-Za-z0-9-]+")
+
+
+def _reason(error: Any, failed: set[str], stubs: StubSet) -> str:
+    text = _AT_MIB_RE.sub("", str(error or "failed"))
+    m = _NO_MODULE_RE.search(text)
+    if m:
+        dep = m.group(1)
+        if dep in failed:
+            return f"imports from {dep}, which failed to compile"
+        if dep not in stubs.names:
+            return f"imports from {dep}, which is neither shipped nor in the MIB directories"
+    return text
+
+
+def compile_site(
+    dirs: list[Path], cache_dir: Path | None, shipped: dict[str, Any] | None
+) -> tuple[dict[str, Any], list[str]]:
+    """Compile the site's modules into ``cache_dir/py`` and index them.
+
+    Returns ``(index, problems)``. Raises only for failures of the machinery
+    itself (the caller turns those into a problem line).
+    """
+    from trapd.mibs import source_files
+
+    site, problems = scan_sources(source_files(dirs))
+    stubs = StubSet(shipped)
+    wanted = sorted(m for m in site if m not in stubs.names)
+    tmp: str | None = None
+    py_dir = cache_dir / "py" if cache_dir is not None else None
+    if py_dir is not None:
+        try:
+            py_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(
+                f"{py_dir}: cannot create the MIB cache ({exc.strerror or exc}); compiling every start"
+            )
+            py_dir = None
+    if py_dir is None:
+        tmp = tempfile.mkdtemp(prefix="trapd-mibs-")
+        py_dir = Path(tmp)
+    try:
+        statuses = _run_pysmi(wanted, site, stubs, py_dir) if wanted else {}
+        failed = {m for m, st in statuses.items() if st == "failed"}
+        compiled = []
+        for m in wanted:
+            st = statuses.get(m)
+            if st in ("compiled", "untouched") and (py_dir / f"{m}.py").is_file():
+                compiled.append(m)
+            else:
+                reason = _reason(getattr(st, "error", None), failed, stubs) if st == "failed" else f"{st}"
+                problems.append(f"{site[m].path.name}: {m}: {reason}")
+        index, load_problems = _index_compiled(py_dir, compiled, site)
+        return index, problems + load_problems
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_pysmi(
+    wanted: list[str], site: dict[str, SiteSource], stubs: StubSet, py_dir: Path
+) -> dict[str, Any]:
+    from pysmi.codegen.pysnmp import PySnmpCodeGen
+    from pysmi.compiler import MibCompiler
+    from pysmi.parser.smi import parserFactory
+    from pysmi.searcher.pyfile import PyFileSearcher
+    from pysmi.searcher.stub import StubSearcher
+    from pysmi.writer.pyfile import PyFileWriter
+
+    compiler = MibCompiler(parserFactory()(), PySnmpCodeGen(), PyFileWriter(str(py_dir)))
+    compiler.add_sources(_reader(site, stubs))
+    compiler.add_searchers(
+        PyFileSearcher(str(py_dir)),
+        StubSearcher(*sorted(stubs.names | set(PySnmpCodeGen.baseMibs))),
+    )
+    result: dict[str, Any] = compiler.compile(*wanted, ignoreErrors=True, genTexts=False)
+    return result
+
+
+def _index_compiled(
+    py_dir: Path, modules: list[str], site: dict[str, SiteSource]
+) -> tuple[dict[str, Any], list[str]]:
+    import pysnmp_mibs
+    from pysnmp.smi import builder as smi_builder
+
+    from trapd.mibindex import _versions
+
+    b = smi_builder.MibBuilder()
+    b.add_mib_sources(
+        smi_builder.DirMibSource(os.path.dirname(pysnmp_mibs.__file__ or "")),
+        smi_builder.DirMibSource(str(py_dir)),
+    )
+    problems: list[str] = []
+    loaded: list[str] = []
+    for m in modules:
+        try:
+            b.load_modules(m)
+            loaded.append(m)
+        except Exception as exc:
+            problems.append(f"{site[m].path.name}: {m}: compiled module does not load: {exc}")
+    return index_builder_modules(b, loaded).result(_versions()), problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trapd.mibcompile --out FILE [--cache-dir DIR] DIR...``: the daemon's compile child.
+
+    trapd runs the compile in a child process so that pysmi, its parser
+    tables and the MibBuilder it loads (~40 MB) never stay in the daemon.
+    Writes the site index (with ``problems``) to FILE; exit 0 even when MIBs
+    are broken, non-zero only when the compiler itself failed.
+    """
+    import argparse
+    import json
+
+    from trapd.mibindex import write_index
+
+    ap = argparse.ArgumentParser(prog="python -m trapd.mibcompile")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("dirs", nargs="*", type=Path)
+    args = ap.parse_args(argv)
+    from trapd.mibs import SHIPPED_INDEX
+
+    try:
+        shipped = json.loads(SHIPPED_INDEX.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        shipped = None
+    data, problems = compile_site(list(args.dirs), args.cache_dir, shipped)
+    data["problems"] = problems
+    write_index(data, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
