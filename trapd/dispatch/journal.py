@@ -852,9 +852,7 @@ class SQLiteJournal:
         assert loop is not None
         try:
             conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
-            _op_setup(conn, self.synchronous)
-            conn.execute("COMMIT")
+            _op_setup(conn, self.synchronous)  # executescript: each statement commits on its own
         except Exception as exc:
             err = JournalError(f"cannot open the journal {self.path}: {exc}")
             loop.call_soon_threadsafe(_set_exception, ready, err)

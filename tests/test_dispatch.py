@@ -1,0 +1,406 @@
+"""The dispatcher with a real SQLite journal: retries, delays, cancels, dedup, order, caps, breaker, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trapd.dispatch.config import BreakerConfig, DispatchConfig, GlobalCap, JournalConfig, RetryDefaults
+from trapd.dispatch.dispatcher import Dispatcher
+from trapd.dispatch.journal import HistoryFilter, SQLiteJournal
+from trapd.dispatch.testing import make_event, make_outcome, plan
+from trapd.plugin import ActionContext, ActionSpec, Param, PermanentError, RetryableError, action
+from trapd.rules.outcome import RateCap, RetryPolicy
+
+FAST = DispatchConfig(
+    workers=4,
+    queue_size=100,
+    shutdown_timeout=1.0,
+    journal=JournalConfig(poll_interval=0.05),
+    retry=RetryDefaults(max_attempts=3, max_age=60.0, backoff=0.05, max_backoff=1.0, jitter=0.0),
+    breaker=BreakerConfig(failures=3, cool_down=0.2, max_cool_down=0.4),
+)
+
+
+class EndpointDown(RetryableError):
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(f"{endpoint} refused the connection")
+        self.endpoint = endpoint
+
+
+@dataclass
+class Call:
+    tag: str
+    attempt: int
+    start: float
+    end: float = 0.0
+
+
+@dataclass
+class Recorder:
+    """Backs the test action ``rec``: what ran, when, and how the test wants it to fail."""
+
+    calls: list[Call] = field(default_factory=list)
+    running: dict[str, int] = field(default_factory=dict)
+    overlaps: list[str] = field(default_factory=list)
+    down: set[str] = field(default_factory=set)  # endpoints that refuse
+
+    def done_tags(self) -> list[str]:
+        return [c.tag for c in self.calls if c.end]
+
+    def spec(self) -> ActionSpec:
+        @action(
+            "rec",
+            params={
+                "tag": Param("string", required=True),
+                "sleep": Param("duration", default=0.0),
+                "fail_times": Param("integer", default=0),
+                "permanent": Param("boolean", default=False),
+                "server": Param("string"),
+                "mac": Param("mac-address"),
+            },
+            idempotent=True,
+        )
+        async def rec(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+            """Record the call (test action)."""
+            key = params["tag"].split(":")[0]
+            call = Call(params["tag"], ctx.attempt, time.monotonic())
+            self.calls.append(call)
+            if self.running.get(key):
+                self.overlaps.append(params["tag"])
+            self.running[key] = self.running.get(key, 0) + 1
+            try:
+                if params.get("sleep"):
+                    await asyncio.sleep(params["sleep"])
+                server = params.get("server")
+                if server in self.down:
+                    raise EndpointDown(server)
+                if params.get("permanent"):
+                    raise PermanentError("no such thing")
+                if ctx.attempt <= params.get("fail_times", 0):
+                    raise RetryableError(f"transient failure {ctx.attempt}")
+                call.end = time.monotonic()
+                return {"tag": params["tag"]}
+            finally:
+                self.running[key] -= 1
+
+        return rec
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[SQLiteJournal]:
+    j = SQLiteJournal(tmp_path / "journal.sqlite")
+    await j.open()
+    yield j
+    await j.close()
+
+
+@pytest.fixture
+async def make(journal: SQLiteJournal, rec: Recorder) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Dispatcher] = []
+
+    async def factory(config: DispatchConfig = FAST, start: bool = True) -> Dispatcher:
+        d = Dispatcher(config, journal, {"rec": rec.spec()}, kea=None)
+        if start:
+            await d.start()
+        made.append(d)
+        return d
+
+    yield factory
+    for d in made:
+        await d.stop(0.5)
+
+
+def rec_plan(tag: str, key: str | None = None, **kw: Any) -> Any:
+    params = {"tag": tag}
+    for name in ("sleep", "fail_times", "permanent", "server", "mac"):
+        if name in kw:
+            params[name] = kw.pop(name)
+    return plan("rec", params, key=key or tag.split(":")[0], **kw)
+
+
+async def state_of(journal: SQLiteJournal, id_: str) -> str:
+    e = await journal.get(int(id_), with_event=False)
+    assert e is not None
+    return e.state
+
+
+async def test_runs_and_records_the_result(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    d = await make()
+    ev = make_event()
+    ids = await d.submit(ev, make_outcome(rec_plan("a", mac="0011.2233.4455")))
+    await wait_for(lambda: rec.done_tags() == ["a"])
+    await wait_for(lambda: d.stats.outcomes[("rec", "done")] == 1)
+    e = await journal.get(int(ids[0]))
+    assert e is not None and e.state == "done" and e.result == {"tag": "a"} and e.attempts == 1
+    assert e.mac == "0011.2233.4455"  # what the rule passed; the column makes it searchable
+    assert d.stats.done_latency.count == 1 and d.stats.start_latency.count == 1
+
+
+async def test_retry_timing_then_dead_letter(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    d = await make()
+    ids = await d.submit(make_event(), make_outcome(rec_plan("x", fail_times=99)))
+    await wait_for(lambda: d.stats.outcomes[("rec", "dead")] == 1)
+    starts = [c.start for c in rec.calls]
+    assert [c.attempt for c in rec.calls] == [1, 2, 3]  # max_attempts 3
+    # backoff 0.05 s doubled each time, no jitter in this config
+    assert starts[1] - starts[0] >= 0.05 - 0.005
+    assert starts[2] - starts[1] >= 0.10 - 0.005
+    e = await journal.get(int(ids[0]))
+    assert e is not None and e.state == "dead" and "gave up after 3 attempts" in (e.last_error or "")
+
+
+async def test_retry_succeeds_and_per_rule_override(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    d = await make()
+    ids = await d.submit(
+        make_event(),
+        make_outcome(rec_plan("y", fail_times=4, retry=RetryPolicy(max_attempts=5, backoff=0.01))),
+    )
+    await wait_for(lambda: rec.done_tags() == ["y"])
+    await wait_for(lambda: d.stats.outcomes[("rec", "done")] == 1)
+    assert (await journal.get(int(ids[0]))).attempts == 5  # type: ignore[union-attr]
+
+
+async def test_permanent_error_is_dead_at_once(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    d = await make()
+    ids = await d.submit(make_event(), make_outcome(rec_plan("p", permanent=True)))
+    await wait_for(lambda: d.stats.outcomes[("rec", "dead")] == 1)
+    assert len(rec.calls) == 1
+    assert "permanent error: no such thing" in ((await journal.get(int(ids[0]))).last_error or "")  # type: ignore[union-attr]
+
+
+async def test_max_age_ends_retries(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    d = await make()
+    # The retry would come 50 ms later, past the 30 ms max age: dead instead.
+    ids = await d.submit(make_event(), make_outcome(rec_plan("old", fail_times=1, retry=RetryPolicy(max_age=0.03))))
+    await wait_for(lambda: d.stats.outcomes[("rec", "dead")] == 1)
+    assert "max age" in ((await journal.get(int(ids[0]))).last_error or "")  # type: ignore[union-attr]
+
+
+async def test_delay_cancelled_by_clearing_event(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    d = await make()
+    down = await d.submit(make_event(), make_outcome(rec_plan("cleanup", delay=0.3, cancel_key="sw1:17")))
+    other = await d.submit(make_event(), make_outcome(rec_plan("other", delay=0.1, cancel_key="sw1:18")))
+    assert await state_of(journal, down[0]) == "scheduled"
+    up = make_event(trap_name="IF-MIB::linkUp")
+    await d.submit(up, make_outcome(cancels=["sw1:17"]))
+    assert await state_of(journal, down[0]) == "cancelled"
+    await wait_for(lambda: rec.done_tags() == ["other"])
+    await asyncio.sleep(0.35)
+    assert rec.done_tags() == ["other"]  # the cleanup never ran
+    e = await journal.get(int(down[0]))
+    assert e is not None and e.result == {"cancelled_by": up.id}
+    assert await state_of(journal, other[0]) == "done"
+
+
+async def test_delay_waits_then_runs(make: Any, rec: Recorder) -> None:
+    d = await make()
+    t0 = time.monotonic()
+    await d.submit(make_event(), make_outcome(rec_plan("later", delay=0.2)))
+    await wait_for(lambda: rec.done_tags() == ["later"])
+    assert rec.calls[0].start - t0 >= 0.19
+
+
+async def test_delayed_action_survives_restart(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    first = await make()
+    ids = await first.submit(make_event(), make_outcome(rec_plan("survivor", delay=0.2, cancel_key="k")))
+    await first.stop()
+    await asyncio.sleep(0.4)  # the dispatcher is down when it falls due
+    assert rec.calls == []
+    second = await make()
+    await wait_for(lambda: rec.done_tags() == ["survivor"])  # late rather than never
+    await wait_for(lambda: second.stats.outcomes[("rec", "done")] == 1)
+    assert await state_of(journal, ids[0]) == "done"
+
+
+async def test_once_within_runs_one(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    d = await make()
+    ids = []
+    for _ in range(3):
+        ids += await d.submit(make_event(), make_outcome(rec_plan("del", once_within=300.0, once_key="mac:aa")))
+    ids += await d.submit(make_event(), make_outcome(rec_plan("del2", once_within=300.0, once_key="mac:bb")))
+    await wait_for(lambda: sorted(rec.done_tags()) == ["del", "del2"])
+    assert [await state_of(journal, i) for i in ids[1:3]] == ["cancelled", "cancelled"]
+    assert d.stats.outcomes[("rec", "duplicate")] == 2
+
+
+async def test_per_key_order_under_concurrency(make: Any, rec: Recorder) -> None:
+    d = await make(replace(FAST, workers=8))
+    tags = [f"{k}:{i}" for i in range(12) for k in ("a", "b", "c")]
+    await asyncio.gather(*(d.submit(make_event(), make_outcome(rec_plan(t, sleep=0.005))) for t in tags))
+    await wait_for(lambda: len(rec.done_tags()) == len(tags), timeout=10)
+    assert rec.overlaps == []  # never two of one key at once
+    for k in ("a", "b", "c"):
+        seen = [int(t.split(":")[1]) for t in rec.done_tags() if t.startswith(k + ":")]
+        # gather() submits in list order up to the journal; the journal's ids fix the order from there.
+        assert seen == sorted(seen)
+    keys_running_together = {c.tag.split(":")[0] for c in rec.calls if c.start < rec.calls[0].end}
+    assert len(keys_running_together) > 1  # different keys did run concurrently
+
+
+async def test_retry_keeps_its_place_in_the_key(make: Any, rec: Recorder) -> None:
+    d = await make()
+    await d.submit(make_event(), make_outcome(rec_plan("port:disable", fail_times=1)))
+    await d.submit(make_event(), make_outcome(rec_plan("port:enable")))
+    await wait_for(lambda: len(rec.done_tags()) == 2)
+    # enable must not overtake the failed disable: the key waits for the retry.
+    assert rec.done_tags() == ["port:disable", "port:enable"]
+    assert [(c.tag, c.attempt) for c in rec.calls] == [("port:disable", 1), ("port:disable", 2), ("port:enable", 1)]
+
+
+async def test_rule_cap_holds_then_release_runs(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    d = await make()
+    cap = RateCap("deletions", limit=2, per=60.0, key="sw1", hold_for=600.0)
+    ids = []
+    for i in range(4):
+        ids += await d.submit(make_event(), make_outcome(rec_plan(f"d{i}", caps=[cap])))
+    await wait_for(lambda: d.stats.outcomes[("rec", "held")] == 2)
+    assert sorted(rec.done_tags()) == ["d0", "d1"]
+    assert d.stats.held_by_cap["test-rule/deletions"] == 2
+    held = [i for i in ids if await state_of(journal, i) == "held"]
+    assert len(held) == 2
+    assert await d.release([held[0]]) == [int(held[0])]
+    await wait_for(lambda: len(rec.done_tags()) == 3)
+    assert await d.release(rule="test-rule") == [int(held[1])]
+    await wait_for(lambda: len(rec.done_tags()) == 4)
+    assert [await state_of(journal, i) for i in ids] == ["done"] * 4
+
+
+async def test_global_cap_by_source(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    cfg = replace(FAST, caps=(GlobalCap("per-switch", limit=1, per=60.0, by="source", actions=("rec",)),))
+    d = await make(cfg)
+    for src in ("10.0.0.1", "10.0.0.1", "10.0.0.2"):
+        await d.submit(make_event(source=src), make_outcome(rec_plan(f"{src}-{time.monotonic()}", key=src)))
+    await wait_for(lambda: d.stats.outcomes[("rec", "held")] == 1 and len(rec.done_tags()) == 2)
+    held = await journal.history(HistoryFilter(states=("held",)))
+    assert [e.source for e in held] == ["10.0.0.1"] and held[0].held_by == "global/per-switch"
+
+
+async def test_release_from_another_process_is_picked_up(
+    make: Any, rec: Recorder, journal: SQLiteJournal, tmp_path: Path
+) -> None:
+    d = await make()
+    cap = RateCap("none-allowed", limit=0, per=60.0)
+    ids = await d.submit(make_event(), make_outcome(rec_plan("gated", caps=[cap])))
+    await wait_for(lambda: d.stats.outcomes[("rec", "held")] == 1)
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as cli:  # what `trapd journal release` does
+        assert await cli.release(time.time(), [int(ids[0])]) == [int(ids[0])]
+    await wait_for(lambda: rec.done_tags() == ["gated"])
+
+
+async def test_cancel_from_another_process_stops_a_delayed_action(
+    make: Any, rec: Recorder, journal: SQLiteJournal, tmp_path: Path
+) -> None:
+    d = await make()
+    ids = await d.submit(make_event(), make_outcome(rec_plan("doomed", delay=0.2)))
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as cli:
+        assert await cli.cancel([int(ids[0])], time.time(), "operator") == [int(ids[0])]
+    await asyncio.sleep(0.35)
+    assert rec.calls == []
+    assert await d.retry(ids[0])  # and an operator retry brings it back
+    await wait_for(lambda: rec.done_tags() == ["doomed"])
+
+
+async def test_circuit_breaker_pauses_and_recovers(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    cfg = replace(FAST, retry=replace(FAST.retry, max_attempts=50, backoff=0.02, max_backoff=0.05))
+    d = await make(cfg)
+    rec.down.add("kea1")
+    ids = []
+    for i in range(6):
+        ids += await d.submit(make_event(), make_outcome(rec_plan(f"m{i}:x", server="kea1")))
+    await wait_for(lambda: d.breakers.get("kea1") is not None and d.breakers["kea1"].state != "closed")
+    await asyncio.sleep(0.5)
+    attempts_while_down = len(rec.calls)
+    # Without the breaker, 6 actions retrying every <= 50 ms for 0.5 s would make ~60 attempts.
+    assert attempts_while_down < 25
+    assert d.stats.outcomes[("rec", "deferred")] > 0
+    rec.down.clear()
+    await wait_for(lambda: len(rec.done_tags()) == 6, timeout=5)
+    assert sorted(rec.done_tags()) == sorted(f"m{i}:x" for i in range(6))  # none lost, none twice
+    await wait_for(lambda: d.breakers["kea1"].state == "closed")
+    assert [await state_of(journal, i) for i in ids] == ["done"] * 6
+
+
+async def test_backlog_stays_in_the_journal(make: Any, rec: Recorder) -> None:
+    d = await make(replace(FAST, workers=2, queue_size=5))
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, len(d._loaded))
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.create_task(watch())
+    n = 150
+    for i in range(n):
+        await d.submit(make_event(), make_outcome(rec_plan(f"k{i % 7}:{i}", sleep=0.001)))
+    await wait_for(lambda: len(rec.done_tags()) == n, timeout=15)
+    watcher.cancel()
+    assert peak <= 5
+    assert rec.overlaps == []
+    for k in range(7):
+        seen = [int(t.split(":")[1]) for t in rec.done_tags() if t.startswith(f"k{k}:")]
+        assert seen == sorted(seen)
+
+
+async def test_dry_run_journals_but_never_runs(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    d = await make()
+    ids = await d.submit(make_event(), make_outcome(rec_plan("dry", dry_run=True)))
+    await asyncio.sleep(0.1)
+    assert rec.calls == []
+    e = await journal.get(int(ids[0]))
+    assert e is not None and e.state == "done" and e.result == {"dry_run": True}
+    assert d.stats.outcomes[("rec", "dry-run")] == 1
+
+
+async def test_unknown_plugin_is_dead_not_lost(make: Any, journal: SQLiteJournal) -> None:
+    d = await make()
+    ids = await d.submit(make_event(), make_outcome(plan("no.such", {"a": 1})))
+    e = await journal.get(int(ids[0]))
+    assert e is not None and e.state == "dead" and "no action plugin" in (e.last_error or "")
+
+
+async def test_stop_lets_running_finish_and_interrupted_rerun(
+    make: Any, rec: Recorder, journal: SQLiteJournal
+) -> None:
+    d = await make()
+    quick = await d.submit(make_event(), make_outcome(rec_plan("quick", sleep=0.1)))
+    slow = await d.submit(make_event(), make_outcome(rec_plan("slow", sleep=5)))
+    await wait_for(lambda: len(rec.calls) == 2)
+    await d.stop(timeout=0.3)
+    assert await state_of(journal, quick[0]) == "done"
+    assert await state_of(journal, slow[0]) == "running"  # cut off: stays for the next start
+    d2 = Dispatcher(FAST, journal, {"rec": rec.spec()}, kea=None)
+    await d2.start()
+    try:
+        assert await state_of(journal, slow[0]) in ("pending", "running")
+        await wait_for(lambda: [c.tag for c in rec.calls].count("slow") == 2)
+    finally:
+        await d2.stop(0.1)
+
+
+async def test_submit_before_start_runs_after_start(make: Any, rec: Recorder) -> None:
+    d = await make(start=False)
+    await d.submit(make_event(), make_outcome(rec_plan("early")))
+    await d.start()
+    await wait_for(lambda: rec.done_tags() == ["early"])

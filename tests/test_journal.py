@@ -1,0 +1,234 @@
+"""The SQLite journal on its own: durability contract, queries, caps, recovery, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from trapd.dispatch.journal import (
+    CapCheck,
+    HistoryFilter,
+    JournalFull,
+    NewEntry,
+    SQLiteJournal,
+)
+from trapd.dispatch.testing import make_event
+
+
+def entry(action: str = "log", key: str = "k", **kw: object) -> NewEntry:
+    base: dict[str, object] = dict(
+        rule="r1", action=action, index=0, params={"message": "hi"}, key=key, mode="enforce", state="pending",
+        due=time.time(), max_attempts=3, backoff=0.01, max_age=3600.0,
+    )  # fmt: skip
+    base.update(kw)
+    return NewEntry(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def journal(tmp_path: Path):  # type: ignore[no-untyped-def]
+    j = SQLiteJournal(tmp_path / "journal.sqlite")
+    await j.open()
+    yield j
+    await j.close()
+
+
+async def test_add_is_committed_when_it_returns(journal: SQLiteJournal, tmp_path: Path) -> None:
+    ev = make_event()
+    res = await journal.add(ev.to_dict(), [entry(), entry(key="other")], [], time.time())
+    assert len(res.ids) == 2 and res.ids[0] < res.ids[1]
+    # Another connection (as `trapd journal` or a restarted daemon would) sees both rows already.
+    other = sqlite3.connect(tmp_path / "journal.sqlite")
+    rows = other.execute("SELECT id, state, event_id FROM actions ORDER BY id").fetchall()
+    assert rows == [(res.ids[0], "pending", ev.id), (res.ids[1], "pending", ev.id)]
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other.close()
+    got = await journal.get(res.ids[0])
+    assert got is not None and got.event is not None and ev.id in got.event
+    assert got.params == {"message": "hi"}
+
+
+async def test_concurrent_adds_share_commits(journal: SQLiteJournal) -> None:
+    ev = make_event().to_dict()
+    before = journal.commits
+    results = await asyncio.gather(*(journal.add(ev, [entry()], [], time.time()) for _ in range(300)))
+    ids = [r.ids[0] for r in results]
+    assert len(set(ids)) == 300
+    # Group commit: 300 adds issued together need far fewer than 300 transactions.
+    assert journal.commits - before < 100
+
+
+async def test_full_queue_refuses_instead_of_growing(tmp_path: Path) -> None:
+    j = SQLiteJournal(tmp_path / "j.sqlite", max_queued=100)
+    await j.open()
+    # Another process holds the write lock: the writer stalls, as on a disk that cannot keep up.
+    blocker = sqlite3.connect(tmp_path / "j.sqlite", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        ev = make_event().to_dict()
+        futs = [asyncio.ensure_future(j.add(ev, [entry()], [], time.time())) for _ in range(100)]
+        await asyncio.sleep(0.05)
+        assert j.queued == 100
+        with pytest.raises(JournalFull):
+            await j.add(ev, [entry()], [], time.time())
+        blocker.execute("COMMIT")
+        await asyncio.gather(*futs)
+        await j.add(ev, [entry()], [], time.time())  # room again once the writer caught up
+    finally:
+        blocker.close()
+        await j.close()
+
+
+async def test_cancel_keys_then_once_within(journal: SQLiteJournal) -> None:
+    now = time.time()
+    ev = make_event().to_dict()
+    first = await journal.add(ev, [entry(state="scheduled", due=now + 60, cancel_key="sw1:17")], [], now)
+    other = await journal.add(ev, [entry(state="scheduled", due=now + 60, cancel_key="sw1:18")], [], now)
+    clear = await journal.add(make_event().to_dict(), [], ["sw1:17"], now)
+    assert clear.cancelled == first.ids
+    e = await journal.get(first.ids[0])
+    assert e is not None and e.state == "cancelled" and "cancel key sw1:17" in (e.last_error or "")
+    assert (await journal.get(other.ids[0])).state == "scheduled"  # type: ignore[union-attr]
+
+    a = await journal.add(ev, [entry(once_key="mac:aa", once_within=300.0)], [], now)
+    b = await journal.add(ev, [entry(once_key="mac:aa", once_within=300.0)], [], now + 10)
+    c = await journal.add(ev, [entry(once_key="mac:aa", once_within=300.0)], [], now + 400)
+    assert a.states == ["pending"] and c.states == ["pending"]
+    assert b.states == ["cancelled"] and b.duplicate_of == [a.ids[0]]
+
+
+async def test_due_orders_by_arrival_and_blocks_keys_behind_a_retry(journal: SQLiteJournal) -> None:
+    now = time.time()
+    ev = make_event().to_dict()
+    r = await journal.add(
+        ev,
+        [entry(key="A"), entry(key="B"), entry(key="A"), entry(key="C", state="scheduled", due=now + 60)],
+        [],
+        now,
+    )
+    a1, b1, a2, c1 = r.ids
+    got, more = await journal.due(now + 0.001, 10)
+    assert [e.id for e in got] == [a1, b1, a2] and not more
+    # a1 fails and waits for a retry: a2 (same key) must not be handed out before it.
+    assert (await journal.claim(a1, now)).outcome == "running"
+    await journal.retry_later(a1, now + 30, "boom", None)
+    got, _ = await journal.due(now + 0.001, 10)
+    assert [e.id for e in got] == [b1]
+    got, _ = await journal.due(now + 31, 10)
+    assert [e.id for e in got] == [a1, b1, a2]
+    assert await journal.next_due(now + 0.001) == pytest.approx(now + 30)
+    got, more = await journal.due(now + 61, 2)
+    assert len(got) == 2 and more
+    assert c1 in [e.id for e in (await journal.due(now + 61, 10))[0]]
+
+
+async def test_claim_holds_beyond_a_cap_and_release_exempts(journal: SQLiteJournal) -> None:
+    now = time.time()
+    cap = CapCheck("r1/deletions", "sw1", limit=2, per=60.0, hold_for=600.0)
+    r = await journal.add(make_event().to_dict(), [entry(key=str(i), caps=(cap,)) for i in range(3)], [], now)
+    outcomes = [(await journal.claim(i, now)).outcome for i in r.ids]
+    assert outcomes == ["running", "running", "held"]
+    held = await journal.get(r.ids[2])
+    assert held is not None and held.state == "held" and held.held_by == "r1/deletions"
+    assert held.due == pytest.approx(now + 600)
+    # A retry of a counted action is not counted again.
+    await journal.retry_later(r.ids[0], now, "x", None)
+    assert (await journal.claim(r.ids[0], now)).outcome == "running"
+    assert await journal.release(now, rule="other-rule") == []
+    assert await journal.release(now) == [r.ids[2]]
+    assert (await journal.claim(r.ids[2], now)).outcome == "running"  # exempt from the cap now
+    # Outside the window the cap has room again.
+    r2 = await journal.add(make_event().to_dict(), [entry(caps=(cap,))], [], now)
+    assert (await journal.claim(r2.ids[0], now + 61)).outcome == "running"
+
+
+async def test_held_actions_expire_to_dead(journal: SQLiteJournal) -> None:
+    now = time.time()
+    cap = CapCheck("global/zero", "", limit=0, per=60.0, hold_for=5.0)
+    r = await journal.add(make_event().to_dict(), [entry(caps=(cap,))], [], now)
+    assert (await journal.claim(r.ids[0], now)).outcome == "held"
+    assert await journal.expire_held(now + 1) == []
+    expired = await journal.expire_held(now + 6)
+    assert [e.id for e in expired] == r.ids
+    e = await journal.get(r.ids[0])
+    assert e is not None and e.state == "dead" and "not released" in (e.last_error or "")
+
+
+async def test_recover_puts_interrupted_actions_back(journal: SQLiteJournal) -> None:
+    now = time.time()
+    r = await journal.add(make_event().to_dict(), [entry(action="log"), entry(action="exec", key="x")], [], now)
+    for i in r.ids:
+        await journal.claim(i, now)
+    counts = await journal.recover(now + 1, hold_unless=["log"])
+    assert counts["rerun"] == 1 and counts["held"] == 1
+    log_row, exec_row = [await journal.get(i) for i in r.ids]
+    assert log_row is not None and log_row.state == "pending" and log_row.attempts == 1
+    assert exec_row is not None and exec_row.state == "held" and exec_row.held_by == "interrupted"
+
+
+async def test_operator_retry_resets_attempts_and_age(journal: SQLiteJournal) -> None:
+    now = time.time()
+    r = await journal.add(make_event(received_at=now - 7200).to_dict(), [entry(max_age=60.0)], [], now)
+    await journal.claim(r.ids[0], now)
+    await journal.finish(r.ids[0], "dead", now, None, "max age")
+    assert await journal.retry([r.ids[0]], now + 5) == r.ids
+    e = await journal.get(r.ids[0])
+    assert e is not None and e.state == "pending" and e.attempts == 0
+    assert e.not_after == pytest.approx(now + 65)
+    assert await journal.retry([r.ids[0]], now) == []  # pending: nothing to retry
+    assert await journal.cancel(r.ids, now, "operator") == r.ids
+    assert await journal.cancel(r.ids, now, "operator") == []
+
+
+async def test_history_filters(journal: SQLiteJournal) -> None:
+    now = time.time()
+    sw1 = make_event(source="10.0.0.1").to_dict()
+    sw2 = make_event(source="10.0.0.2").to_dict()
+    await journal.add(sw1, [entry(mac="00:11:22:33:44:55", ip="10.1.0.5")], [], now - 100)
+    await journal.add(sw2, [entry(rule="r2", mac="00:11:22:33:44:66")], [], now)
+    assert [e.source for e in await journal.history(HistoryFilter(mac="00:11:22:33:44:55"))] == ["10.0.0.1"]
+    assert [e.mac for e in await journal.history(HistoryFilter(ip="10.1.0.5"))] == ["00:11:22:33:44:55"]
+    assert [e.rule for e in await journal.history(HistoryFilter(source="10.0.0.2"))] == ["r2"]
+    assert len(await journal.history(HistoryFilter(rule="r1"))) == 1
+    assert [e.source for e in await journal.history(HistoryFilter(since=now - 10))] == ["10.0.0.2"]
+    assert [e.source for e in await journal.history(HistoryFilter(until=now - 10))] == ["10.0.0.1"]
+    assert len(await journal.history(HistoryFilter(states=("pending",)))) == 2
+
+
+async def test_prune_keeps_unfinished_and_recent(journal: SQLiteJournal) -> None:
+    now = time.time()
+    ev = make_event().to_dict()
+    old = await journal.add(ev, [entry(), entry()], [], now - 1000)
+    await journal.claim(old.ids[0], now - 1000)
+    await journal.finish(old.ids[0], "done", now - 1000, {"ok": 1})
+    new = await journal.add(make_event().to_dict(), [entry()], [], now)
+    await journal.claim(new.ids[0], now)
+    await journal.finish(new.ids[0], "done", now)
+    assert await journal.prune(now - 500, now) == 1
+    assert await journal.get(old.ids[0]) is None
+    assert (await journal.get(old.ids[1])) is not None  # still pending: never pruned
+    assert (await journal.get(new.ids[0])) is not None
+
+
+async def test_changed_sees_other_writers(journal: SQLiteJournal, tmp_path: Path) -> None:
+    await journal.add(make_event().to_dict(), [entry()], [], time.time())
+    await journal.changed()
+    assert await journal.changed() is False
+    await journal.add(make_event().to_dict(), [entry()], [], time.time())
+    assert await journal.changed() is False  # our own writes are not news
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as cli:
+        await cli.cancel([1], time.time(), "from the CLI")
+    assert await journal.changed() is True
+
+
+async def test_failed_op_does_not_spoil_its_batch(journal: SQLiteJournal) -> None:
+    ev = make_event().to_dict()
+    bad_event = {"id": "broken", "received_at": 1.0}  # no source: the insert raises inside the batch
+    good = [journal.add(ev, [entry()], [], time.time()) for _ in range(5)]
+    results = await asyncio.gather(journal.add(bad_event, [entry()], [], time.time()), *good, return_exceptions=True)
+    assert isinstance(results[0], Exception)
+    assert all(not isinstance(r, Exception) for r in results[1:])
+    assert (await journal.counts())["pending"] == 5
