@@ -261,12 +261,13 @@ def write_index(data: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """``python -m trapd.mibindex [PATH]``: rebuild the shipped index (default: trapd/data/mib-index.json)."""
     import sys
     import time
 
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("data") / "mib-index.json"
+    args = sys.argv[1:] if argv is None else argv
+    target = Path(args[0]) if args else Path(__file__).with_name("data") / "mib-index.json"
     t0 = time.monotonic()
     data, problems = build_shipped_index()
     write_index(data, target)

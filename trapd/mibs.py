@@ -30,7 +30,6 @@ receive path pays one dict lookup per varbind once an OID has been seen.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from typing import Any
 
 from trapd.listener.raw import Oid
 from trapd.yamlsource import ConfigError, check_keys, expect, where
-
-log = logging.getLogger(__name__)
 
 DEFAULT_DIRS = (Path("/usr/share/snmp/mibs"), Path("/etc/trapd/mibs"))
 SHIPPED_INDEX = Path(__file__).with_name("data") / "mib-index.json"
@@ -86,9 +83,20 @@ class MibConfig:
         return [d for d in DEFAULT_DIRS if d.is_dir()]
 
     def cache_path(self, state_dir: Path | None) -> Path | None:
+        """``cache_dir``, else ``<state_dir>/mibs``, else a per-user cache for tools run without a state dir.
+
+        The per-user cache (``$XDG_CACHE_HOME/trapd/mibs/<hash of dirs>``) keeps
+        ``trapd listen`` and tests from recompiling the site MIBs every run.
+        """
         if self.cache_dir is not None:
             return self.cache_dir
-        return state_dir / "mibs" if state_dir is not None else None
+        if state_dir is not None:
+            return state_dir / "mibs"
+        import hashlib
+
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        key = hashlib.sha256("\n".join(map(str, self.source_dirs())).encode()).hexdigest()[:12]
+        return Path(base) / "trapd" / "mibs" / key
 
 
 class Syntax:
@@ -133,6 +141,7 @@ class MibResolver:
     def __init__(self) -> None:
         self.problems: list[str] = []
         self.sources: list[str] = []
+        self.site_modules: set[str] = set()
         self._nodes: dict[Oid, _Node] = {}
         self._by_name: dict[str, Oid] = {}
         self._by_symbol: dict[str, Oid] | None = None
@@ -151,6 +160,9 @@ class MibResolver:
         compile_in_process: bool = False,
     ) -> MibResolver:
         """The shipped index plus the site's compiled MIBs. Never raises for a bad MIB.
+
+        Problems are returned in :attr:`problems`, not logged: the caller
+        reports them its own way (the daemon's log, ``trapd check`` output).
 
         Site directories are compiled only when their files changed since the
         cached compile; problems (broken files, unresolvable imports) are kept
@@ -171,8 +183,6 @@ class MibResolver:
             r.problems += site.problems
             if site.index is not None:
                 r.add_index(site.index, "site MIBs", site=True)
-        for p in r.problems:
-            log.warning("MIB problem: %s", p)
         return r
 
     @classmethod
@@ -211,6 +221,8 @@ class MibResolver:
             syn = syntaxes[syn_no]
             self._tcs[f"{modules[mod_no]}::{tc_name}"] = syn
             self._tcs.setdefault(tc_name, syn)
+        if site:
+            self.site_modules.update(modules)
         self._by_symbol = None
         self._cache.clear()
         self.sources.append(source)
@@ -326,6 +338,10 @@ class MibResolver:
 
     def syntax(self, name_or_oid: str | Oid) -> Syntax | None:
         return self._syntax(name_or_oid)
+
+    def tc(self, name: str) -> Syntax | None:
+        """A textual convention by name (``MacAddress`` or ``SNMPv2-TC::MacAddress``)."""
+        return self._tcs.get(name)
 
     def is_notification(self, oid: str | Oid) -> bool:
         key = self.lookup(oid) if isinstance(oid, str) else oid
