@@ -540,11 +540,8 @@ def start_kea(
         argv = [f"/usr/sbin/{daemon}", "-c", str(workdir / f"{daemon}.conf")]
         if chroot:
             argv = ["chroot", str(chroot), *argv]
-        out = open(host_dir / f"{daemon}.out", "wb")  # noqa: SIM115 - the child owns it
-        inst.procs[daemon] = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        out.close()
+        inst.argv[daemon] = (argv, env)
+        inst.spawn(daemon)
     inst.wait_ready()
     return inst
 

@@ -1,0 +1,266 @@
+"""The Kea client's transports against a real Kea 2.2: keep-alive, reconnects, errors, basic auth, TLS.
+
+A few faults a real Kea cannot be made to produce on demand (a server that
+never answers, closes a kept-alive connection just as a request goes out, or
+answers 5xx) come from tiny asyncio servers here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kea_harness import KeaInstance, TlsFiles, make_kea_clients
+
+from trapd.kea.client import KeaClients
+from trapd.kea.errors import (
+    KeaAuthError,
+    KeaHTTPError,
+    KeaServerError,
+    KeaTimeoutError,
+    KeaUnavailableError,
+)
+from trapd.kea.transport import HttpTransport
+from trapd.plugin import PermanentError, RetryableError
+
+pytestmark = pytest.mark.integration
+
+
+def http_transport(clients: KeaClients, name: str) -> HttpTransport:
+    t = clients.get(name).transport
+    assert isinstance(t, HttpTransport)
+    return t
+
+
+async def test_ca_keeps_one_connection_alive(kea: KeaInstance) -> None:
+    clients = make_kea_clients(kea.trapd_kea_section())
+    ca = clients.get("ca4")
+    for _ in range(50):
+        assert (await ca.command("status-get")).ok
+    assert http_transport(clients, "ca4").connections_opened == 1
+    # concurrent commands use at most pool_size (4) connections
+    results = await asyncio.gather(
+        *(ca.command("lease4-get", {"ip-address": kea.next_ip4()}) for _ in range(40))
+    )
+    assert all(r.empty for r in results)
+    assert http_transport(clients, "ca4").connections_opened <= 4
+    await clients.aclose()
+
+
+async def test_reconnects_after_the_agent_closed_the_connection(kea_factory: Any) -> None:
+    inst: KeaInstance = kea_factory(dhcp6=False)
+    clients = make_kea_clients(inst.trapd_kea_section())
+    ca = clients.get("ca4")
+    assert (await ca.command("status-get")).ok
+    inst.restart("kea-ctrl-agent")  # closes our kept-alive connection, like the 30 s idle close
+    assert (await ca.command("status-get")).ok
+    assert http_transport(clients, "ca4").connections_opened == 2
+    await clients.aclose()
+
+
+async def test_idle_timeout_drops_old_connections(kea: KeaInstance) -> None:
+    section = kea.trapd_kea_section()
+    section["endpoints"]["ca4"]["idle_timeout"] = 0
+    clients = make_kea_clients(section)
+    for _ in range(3):
+        await clients.get("ca4").command("status-get")
+    assert http_transport(clients, "ca4").connections_opened == 3
+    await clients.aclose()
+
+
+async def test_stale_unix_socket_is_retryable(kea_factory: Any) -> None:
+    inst: KeaInstance = kea_factory(dhcp6=False, ca=False)
+    clients = make_kea_clients(inst.trapd_kea_section())
+    inst.kill("kea-dhcp4")  # SIGKILL leaves the socket file behind
+    assert inst.dhcp4_socket.exists()
+    with pytest.raises(KeaUnavailableError, match="refused") as info:
+        await clients.get("unix4").command("status-get")
+    assert isinstance(info.value, RetryableError)
+
+
+async def test_basic_auth(kea_factory: Any) -> None:
+    inst: KeaInstance = kea_factory(dhcp6=False, auth=("trapd", "right-pw-1"))
+    good = make_kea_clients(inst.trapd_kea_section())
+    assert (await good.get("ca4").command("status-get")).ok
+    section = inst.trapd_kea_section()
+    section["endpoints"]["ca4"]["password"] = "wrong-pw-1"
+    bad = make_kea_clients(section)
+    with pytest.raises(KeaAuthError, match="HTTP 401") as info:
+        await bad.get("ca4").command("status-get")
+    assert isinstance(info.value, PermanentError) and info.value.status == 401
+    assert "wrong-pw-1" not in str(info.value)
+    assert http_transport(bad, "ca4").connections_opened == 1  # no retry of its own
+    del section["endpoints"]["ca4"]["user"], section["endpoints"]["ca4"]["password"]
+    none = make_kea_clients(section)
+    with pytest.raises(KeaAuthError):
+        await none.get("ca4").command("status-get")
+    for c in (good, bad, none):
+        await c.aclose()
+
+
+async def test_tls_with_client_certificate(kea_factory: Any, tls_files: TlsFiles) -> None:
+    inst: KeaInstance = kea_factory(
+        dhcp6=False, tls=tls_files, tls_cert_required=True, auth=("trapd", "pw-tls-1")
+    )
+    section = inst.trapd_kea_section()
+    good = make_kea_clients(section)
+    r = await good.get("ca4").command("version-get")
+    assert r.text == "2.2.0"
+    await good.aclose()
+
+    ep = section["endpoints"]["ca4"]
+    variants: dict[str, dict[str, Any]] = {
+        "no client certificate": {k: v for k, v in ep.items() if k not in ("cert_file", "key_file")},
+        "client certificate from another CA": {
+            **ep,
+            "cert_file": str(tls_files.rogue_client_cert),
+            "key_file": str(tls_files.rogue_client_key),
+        },
+        "server not trusted": {**ep, "ca_file": str(tls_files.other_ca_cert)},
+    }
+    for what, variant in variants.items():
+        clients = make_kea_clients({"endpoints": {"ca4": variant}})
+        started = time.monotonic()
+        with pytest.raises(KeaAuthError, match="TLS") as info:
+            await clients.get("ca4").command("status-get")
+        assert isinstance(info.value, PermanentError), what
+        assert time.monotonic() - started < 3, what  # fails at once, no waiting for a timeout
+        await clients.aclose()
+
+
+async def test_tls_without_client_certificate(kea_factory: Any, tls_files: TlsFiles) -> None:
+    inst: KeaInstance = kea_factory(dhcp6=False, tls=tls_files, tls_cert_required=False)
+    clients = make_kea_clients(inst.trapd_kea_section())
+    assert (await clients.get("ca4").command("status-get")).ok
+    await clients.aclose()
+
+
+# --- faults from fake servers ---
+
+
+async def test_unix_socket_that_never_answers_times_out(tmp_path: Path) -> None:
+    path = tmp_path / "mute.sock"
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_unix_server(mute, str(path))
+    clients = make_kea_clients(
+        {"endpoints": {"u": {"transport": "unix", "socket": str(path), "family": "v4", "timeout": 0.3}}}
+    )
+    with pytest.raises(KeaTimeoutError, match=r"no answer within 0\.3s") as info:
+        await clients.get("u").command("status-get")
+    assert isinstance(info.value, RetryableError)
+    server.close()
+
+
+class FakeHttp:
+    """Answers each request with the next canned (status, body) or, for None, closes the connection."""
+
+    def __init__(self, answers: list[tuple[int, bytes] | None]) -> None:
+        self.answers = answers
+        self.requests: list[bytes] = []
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            self.requests.append(head + await reader.readexactly(length))
+            answer = self.answers.pop(0)
+            if answer is None:
+                writer.close()
+                return
+            status, body = answer
+            writer.write(
+                b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nContent-Type: application/json\r\n\r\n%s"
+                % (status, len(body), body)
+            )
+            await writer.drain()
+
+    async def start(self) -> tuple[asyncio.Server, int]:
+        server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return server, server.sockets[0].getsockname()[1]
+
+
+OK = (200, b'[ { "result": 0, "text": "fine" } ]')
+
+
+async def test_request_bytes_and_resend_on_a_connection_closed_under_us() -> None:
+    fake = FakeHttp([OK, None, OK])
+    server, port = await fake.start()
+    clients = make_kea_clients(
+        {
+            "endpoints": {
+                "ca": {
+                    "transport": "control-agent",
+                    "url": f"http://127.0.0.1:{port}/kea",
+                    "family": "v6",
+                    "user": "u",
+                    "password": "p-word",
+                }
+            }
+        }
+    )
+    ca = clients.get("ca")
+    assert (await ca.command("status-get")).text == "fine"
+    # The server closes the kept-alive connection as the second request arrives:
+    # it never answered, so the client sends it again on a new connection.
+    assert (await ca.command("lease6-get", {"ip-address": "2001:db8::1"})).text == "fine"
+    assert fake.connections == 2 and len(fake.requests) == 3
+    first = fake.requests[0]
+    assert first.startswith(b"POST /kea HTTP/1.1\r\n")
+    assert b"\r\nContent-Type: application/json\r\n" in first  # exactly: Kea refuses a charset
+    assert b"\r\nAuthorization: Basic dTpwLXdvcmQ=\r\n" in first
+    assert first.endswith(b'{"command":"status-get","service":["dhcp6"]}')
+    assert fake.requests[1] == fake.requests[2]
+    server.close()
+    await clients.aclose()
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "retryable"),
+    [
+        ((400, b'{ "result": 400, "text": "Bad Request" }'), KeaHTTPError, False),
+        ((403, b"forbidden"), KeaAuthError, False),
+        ((503, b"busy"), KeaServerError, True),
+        ((200, b"not json"), KeaServerError, True),
+        (
+            (
+                200,
+                b'[ { "result": 1, "text": "unable to forward command to the dhcp4 service: No such file or '
+                b'directory. The server is likely to be offline" } ]',
+            ),
+            KeaUnavailableError,
+            True,
+        ),
+    ],
+)
+async def test_http_answers_are_classified(
+    answer: tuple[int, bytes], error: type[Exception], retryable: bool
+) -> None:
+    fake = FakeHttp([answer])
+    server, port = await fake.start()
+    clients = make_kea_clients(
+        {"endpoints": {"h": {"transport": "http", "url": f"http://127.0.0.1:{port}/", "family": "v4"}}}
+    )
+    with pytest.raises(error) as info:
+        await clients.get("h").command("status-get")
+    assert isinstance(info.value, RetryableError if retryable else PermanentError)
+    server.close()
+    await clients.aclose()
+
+
+async def test_nothing_listening_is_retryable() -> None:
+    from kea_harness import free_port
+
+    clients = make_kea_clients(
+        {"endpoints": {"h": {"transport": "http", "url": f"http://127.0.0.1:{free_port()}/", "family": "v4"}}}
+    )
+    with pytest.raises(KeaUnavailableError, match="refused"):
+        await clients.get("h").command("status-get")

@@ -1,0 +1,180 @@
+"""probe(), start-up warnings, `trapd kea status` and `trapd kea restore` against real Kea 2.2."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kea_harness import KeaInstance, free_port, make_kea_clients
+
+from trapd.cli import main as trapd
+from trapd.kea.probe import KeaUse, command_warnings, probe
+from trapd.plugin import load_actions
+
+pytestmark = pytest.mark.integration
+
+LEASE_DEL = load_actions()[0]["kea.lease-del"]
+
+
+def write_config(tmp_path: Path, kea_section: dict[str, Any]) -> Path:
+    path = tmp_path / "trapd.yaml"
+    path.write_text(yaml.safe_dump({"kea": kea_section, "state_dir": str(tmp_path / "state")}))
+    return path
+
+
+async def test_probe_reports_version_and_lease_cmds(kea: KeaInstance, kea_factory: Any) -> None:
+    bare = kea_factory(lease_cmds=False, dhcp6=False, ca=False)
+    section = kea.trapd_kea_section()
+    section["endpoints"]["bare4"] = bare.endpoints()["unix4"]
+    section["endpoints"]["gone"] = {
+        "transport": "http",
+        "url": f"http://127.0.0.1:{free_port()}/",
+        "family": "v4",
+    }
+    clients = make_kea_clients(section)
+    statuses = {(s.endpoint, s.family): s for s in await probe(clients)}
+    await clients.aclose()
+    for key in (("unix4", "v4"), ("unix6", "v6"), ("ca4", "v4"), ("ca6", "v6")):
+        s = statuses[key]
+        assert s.reachable and s.version == "2.2.0" and s.lease_cmds, s
+    assert "lease6-get-by-duid" in statuses[("ca6", "v6")].commands
+    assert statuses[("bare4", "v4")].reachable and not statuses[("bare4", "v4")].lease_cmds
+    gone = statuses[("gone", "v4")]
+    assert not gone.reachable and gone.error and "refused" in gone.error
+
+    uses = [
+        KeaUse(f"rules.yaml:{i}:3 rule r{i}", ep, "v4", LEASE_DEL.kea_commands)
+        for i, ep in enumerate(("unix4", "bare4", "gone"), 1)
+    ]
+    warnings = command_warnings(statuses.values(), uses)
+    assert len(warnings) == 2  # unix4 has everything; lease6-* are not asked of a v4 endpoint
+    assert warnings[0].startswith("rules.yaml:2:3 rule r2: Kea 2.2.0 at bare4 (v4) lacks lease4-del, ")
+    assert "libdhcp_lease_cmds.so" in warnings[0]
+    assert "unreachable" in warnings[1]
+
+
+def test_status_command(kea: KeaInstance, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path, kea.trapd_kea_section())
+    assert trapd(["kea", "status", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == [
+        "ENDPOINT",
+        "FAMILY",
+        "TRANSPORT",
+        "REACHABLE",
+        "VERSION",
+        "LEASE_CMDS",
+        "TARGET",
+    ]
+    rows = {line.split()[0]: line.split() for line in out[1:]}
+    assert rows["ca6"][:6] == ["ca6", "v6", "control-agent", "yes", "2.2.0", "yes"]
+    assert rows["unix4"][:6] == ["unix4", "v4", "unix", "yes", "2.2.0", "yes"]
+
+    assert trapd(["kea", "status", "--json", "-c", str(cfg)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {d["endpoint"] for d in data} == {"unix4", "unix6", "ca4", "ca6"}
+
+
+def test_status_fails_when_an_endpoint_is_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(
+        tmp_path,
+        {"endpoints": {"down": {"transport": "unix", "socket": str(tmp_path / "no.sock"), "family": "v4"}}},
+    )
+    assert trapd(["kea", "status", "--config", str(cfg)]) == 1
+    captured = capsys.readouterr()
+    assert "NO" in captured.out and "no socket at" in captured.err
+
+
+async def deleted_result(kea: KeaInstance, section: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Add a lease, delete it with kea.lease-del, return (lease before, action result)."""
+    from kea_harness import make_action_context
+
+    from trapd.params import validate
+
+    ip = kea.next_ip4()
+    kea.add_lease4(ip, "0a:00:27:00:ee:01", hostname="undo.example.org", **{"user-context": {"a": 1}})
+    before = kea.lease4(ip)
+    assert before is not None
+    clients = make_kea_clients(section)
+    ctx = make_action_context(clients)
+    result = await LEASE_DEL.run(validate(LEASE_DEL.params, {"ip-address": ip}), ctx)
+    assert result is not None and kea.lease4(ip) is None
+    await clients.aclose()
+    await ctx.http.aclose()
+    return before, result
+
+
+async def test_restore_from_file(
+    kea: KeaInstance, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    section = kea.trapd_kea_section(default_transport="ca")
+    cfg = write_config(tmp_path, section)
+    before, result = await deleted_result(kea, section)
+    capsys.readouterr()  # drop the action's log lines
+    f = tmp_path / "leases.json"
+    f.write_text(json.dumps(result))
+    assert await_sync(trapd, ["kea", "restore", "--file", str(f), "--dry-run", "-c", str(cfg)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["command"] == "lease4-add"
+    assert printed["arguments"]["expire"] == before["cltt"] + before["valid-lft"]
+    assert kea.lease4(before["ip-address"]) is None  # dry run sent nothing
+
+    assert await_sync(trapd, ["kea", "restore", "--file", str(f), "-c", str(cfg)]) == 0
+    assert capsys.readouterr().out.split() == ["restored", before["ip-address"]]
+    assert kea.lease4(before["ip-address"]) == before
+    assert await_sync(trapd, ["kea", "restore", "--file", str(f), "-c", str(cfg)]) == 0
+    assert capsys.readouterr().out.split()[0] == "exists"
+
+
+async def test_restore_from_journal(
+    kea: KeaInstance, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trapd.config import load_config
+    from trapd.dispatch.journal import NewEntry, open_journal
+
+    section = kea.trapd_kea_section()
+    cfg_path = write_config(tmp_path, section)
+    before, result = await deleted_result(kea, section)
+    config = load_config(cfg_path)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    journal = open_journal(config.dispatch.journal.file(config.state_dir), config.dispatch.journal)
+    await journal.open()
+    now = time.time()
+    event = {"id": "e1", "received_at": now, "source": "127.0.0.1", "trap_name": "IF-MIB::linkDown"}
+    entry = NewEntry(
+        rule="r",
+        action="kea.lease-del",
+        index=0,
+        params={"ip-address": before["ip-address"]},
+        key="k",
+        mode="enforce",
+        state="pending",
+        due=now,
+        max_attempts=3,
+        backoff=1.0,
+        max_age=60,
+    )
+    added = await journal.add(event, [entry], [], now)
+    await journal.claim(added.ids[0], now)
+    await journal.finish(added.ids[0], "done", now, result=result)
+    await journal.close()
+    capsys.readouterr()
+
+    assert await_sync(trapd, ["kea", "restore", str(added.ids[0]), "-c", str(cfg_path)]) == 0
+    assert capsys.readouterr().out.split() == ["restored", before["ip-address"]]
+    assert kea.lease4(before["ip-address"]) == before
+    assert await_sync(trapd, ["kea", "restore", "999999", "-c", str(cfg_path)]) == 1
+    assert "no journal entry 999999" in capsys.readouterr().err
+
+
+def await_sync(fn: Any, argv: list[str]) -> int:
+    """Run the CLI (which calls asyncio.run) from inside an async test, in a thread."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        rc: int = pool.submit(fn, argv).result()
+    return rc
