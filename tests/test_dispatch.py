@@ -1,4 +1,4 @@
-"""The dispatcher with a real SQLite journal: retries, delays, cancels, dedup, order, caps, breaker, memory."""
+"""The dispatcher with a real SQLite journal: retries, delays, cancels, dedup, order, caps, breaker."""
 
 from __future__ import annotations
 
@@ -191,7 +191,8 @@ async def test_permanent_error_is_dead_at_once(make: Any, rec: Recorder, journal
 async def test_max_age_ends_retries(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
     d = await make()
     # The retry would come 50 ms later, past the 30 ms max age: dead instead.
-    ids = await d.submit(make_event(), make_outcome(rec_plan("old", fail_times=1, retry=RetryPolicy(max_age=0.03))))
+    short = RetryPolicy(max_age=0.03)
+    ids = await d.submit(make_event(), make_outcome(rec_plan("old", fail_times=1, retry=short)))
     await wait_for(lambda: d.stats.outcomes[("rec", "dead")] == 1)
     assert "max age" in ((await journal.get(int(ids[0]))).last_error or "")  # type: ignore[union-attr]
 
@@ -235,9 +236,8 @@ async def test_delayed_action_survives_restart(make: Any, rec: Recorder, journal
 async def test_once_within_runs_one(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
     d = await make()
     ids = []
-    for _ in range(3):
-        ids += await d.submit(make_event(), make_outcome(rec_plan("del", once_within=300.0, once_key="mac:aa")))
-    ids += await d.submit(make_event(), make_outcome(rec_plan("del2", once_within=300.0, once_key="mac:bb")))
+    for tag, key in (("del", "mac:aa"), ("del", "mac:aa"), ("del", "mac:aa"), ("del2", "mac:bb")):
+        ids += await d.submit(make_event(), make_outcome(rec_plan(tag, once_within=300.0, once_key=key)))
     await wait_for(lambda: sorted(rec.done_tags()) == ["del", "del2"])
     assert [await state_of(journal, i) for i in ids[1:3]] == ["cancelled", "cancelled"]
     assert d.stats.outcomes[("rec", "duplicate")] == 2
@@ -264,7 +264,8 @@ async def test_retry_keeps_its_place_in_the_key(make: Any, rec: Recorder) -> Non
     await wait_for(lambda: len(rec.done_tags()) == 2)
     # enable must not overtake the failed disable: the key waits for the retry.
     assert rec.done_tags() == ["port:disable", "port:enable"]
-    assert [(c.tag, c.attempt) for c in rec.calls] == [("port:disable", 1), ("port:disable", 2), ("port:enable", 1)]
+    calls = [(c.tag, c.attempt) for c in rec.calls]
+    assert calls == [("port:disable", 1), ("port:disable", 2), ("port:enable", 1)]
 
 
 async def test_rule_cap_holds_then_release_runs(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:

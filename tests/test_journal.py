@@ -159,7 +159,8 @@ async def test_held_actions_expire_to_dead(journal: SQLiteJournal) -> None:
 
 async def test_recover_puts_interrupted_actions_back(journal: SQLiteJournal) -> None:
     now = time.time()
-    r = await journal.add(make_event().to_dict(), [entry(action="log"), entry(action="exec", key="x")], [], now)
+    two = [entry(action="log"), entry(action="exec", key="x")]
+    r = await journal.add(make_event().to_dict(), two, [], now)
     for i in r.ids:
         await journal.claim(i, now)
     counts = await journal.recover(now + 1, hold_unless=["log"])
@@ -228,7 +229,8 @@ async def test_failed_op_does_not_spoil_its_batch(journal: SQLiteJournal) -> Non
     ev = make_event().to_dict()
     bad_event = {"id": "broken", "received_at": 1.0}  # no source: the insert raises inside the batch
     good = [journal.add(ev, [entry()], [], time.time()) for _ in range(5)]
-    results = await asyncio.gather(journal.add(bad_event, [entry()], [], time.time()), *good, return_exceptions=True)
+    bad = journal.add(bad_event, [entry()], [], time.time())
+    results = await asyncio.gather(bad, *good, return_exceptions=True)
     assert isinstance(results[0], Exception)
     assert all(not isinstance(r, Exception) for r in results[1:])
     assert (await journal.counts())["pending"] == 5
