@@ -38,7 +38,10 @@ ACTIONS: dict[str, ActionSpec] = {
     "kea.dhcp-disable": ActionSpec(
         "kea.dhcp-disable",
         _run,
-        {"max-period": Param("duration", required=True, min=0.001), "family": Param("enum", choices=("v4", "v6"))},
+        {
+            "max-period": Param("duration", required=True, min=0.001),
+            "family": Param("enum", choices=("v4", "v6")),
+        },
         destructive=True,
     ),
     "log": ActionSpec("log", _run, {"message": Param("string", required=True), "level": Param("string")}),
@@ -86,7 +89,9 @@ def errors_of(tmp_path: Path, text: str) -> list[str]:
     out = []
     for p in problems:
         m = p.mark
-        out.append(f"{m.line}:{m.column}: {p.severity}: {p.message}" if m else f"-: {p.severity}: {p.message}")
+        out.append(
+            f"{m.line}:{m.column}: {p.severity}: {p.message}" if m else f"-: {p.severity}: {p.message}"
+        )
     return out
 
 

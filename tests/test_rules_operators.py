@@ -15,7 +15,9 @@ _n = itertools.count()
 
 
 def rules_for(tmp_path: Path, match: str, sources: str = "") -> RuleSet:
-    text = (f"sources: {sources}\n" if sources else "") + f"rules:\n  - name: r\n    match: {match}\n    cancel: x\n"
+    text = (
+        f"sources: {sources}\n" if sources else ""
+    ) + f"rules:\n  - name: r\n    match: {match}\n    cancel: x\n"
     return ruleset(tmp_path, text, name=f"r{next(_n)}.yaml")
 
 
@@ -92,7 +94,9 @@ def test_source(tmp_path: Path, source: str, spec: str, expected: bool) -> None:
     if spec == "'!mixed'":
         from rules_support import errors_of
 
-        got = errors_of(tmp_path, f"sources: {SOURCES}\nrules:\n  - {{name: r, match: {{source: {spec}}}, cancel: x}}\n")
+        got = errors_of(
+            tmp_path, f"sources: {SOURCES}\nrules:\n  - {{name: r, match: {{source: {spec}}}, cancel: x}}\n"
+        )
         assert got and "cannot be negated" in got[0]
         return
     ev = event(LINKDOWN.replace("10.20.1.5", f"[{source}]:162" if ":" in source else source))
@@ -197,8 +201,18 @@ def _ip_vb(value: str | bytes) -> VarBind:
         (_ip_vb("10.1.2.3"), "1.3.6.1.4.1.99.1", "{cidr: [10.0.0.0/8, '!10.1.0.0/16']}", False),
         (_ip_vb("10.1.2.3"), "1.3.6.1.4.1.99.1", "{cidr: access}", False),
         (_ip_vb(bytes([10, 20, 0, 9])), "1.3.6.1.4.1.99.2", "{cidr: access}", True),  # InetAddress, 4 octets
-        (_ip_vb(bytes.fromhex("20010db8000000000000000000000001")), "1.3.6.1.4.1.99.2", "{cidr: '2001:db8::/32'}", True),
-        (_ip_vb(bytes.fromhex("20010db9000000000000000000000001")), "1.3.6.1.4.1.99.2", "{cidr: '2001:db8::/32'}", False),
+        (
+            _ip_vb(bytes.fromhex("20010db8000000000000000000000001")),
+            "1.3.6.1.4.1.99.2",
+            "{cidr: '2001:db8::/32'}",
+            True,
+        ),
+        (
+            _ip_vb(bytes.fromhex("20010db9000000000000000000000001")),
+            "1.3.6.1.4.1.99.2",
+            "{cidr: '2001:db8::/32'}",
+            False,
+        ),
         (_ip_vb(b"2001:db8::7"), "1.3.6.1.4.1.99.2", "{cidr: '2001:db8::/64'}", True),  # address as text
         (_ip_vb(b"garbage"), "1.3.6.1.4.1.99.2", "{cidr: '0.0.0.0/0'}", False),
         (_ip_vb(bytes(range(5))), "1.3.6.1.4.1.99.2", "{cidr: '0.0.0.0/0'}", False),

@@ -64,7 +64,9 @@ def test_all_problems_are_reported_not_just_the_first(tmp_path: Path) -> None:
     )
     text = "\n".join(got)
     assert "4:21: error: unknown MIB symbol 'IF-MIB::linkDwn' in notification" in text
-    assert "6:23: error: ifOperStatus: 'dwn' is not a value of this enumeration (did you mean 'down'?)" in text
+    assert (
+        "6:23: error: ifOperStatus: 'dwn' is not a value of this enumeration (did you mean 'down'?)" in text
+    )
     assert "7:26: error: ifDescr: bad regex: missing ), unterminated subpattern at position 2" in text
     assert "9:17: error: unknown action 'kea.lease-dell' (did you mean 'kea.lease-del'?)" in text
     assert "12:18: error: log.message: template syntax error" in text
@@ -109,7 +111,8 @@ def test_yaml_boolean_trap_is_explained(tmp_path: Path) -> None:
         """,
     )
     assert got == [
-        "4:27: error: ifAlias: True is a YAML boolean (yes/no/on/off/true/false); quote it if you mean the text"
+        "4:27: error: ifAlias: True is a YAML boolean (yes/no/on/off/true/false); "
+        "quote it if you mean the text"
     ]
 
 
@@ -156,7 +159,10 @@ def test_parameters_that_can_never_validate(tmp_path: Path) -> None:
     assert "10:21: error: kea.lease-del: hw-address: not a MAC address" in text
     assert "12:20: error: kea.lease-del: subnet-id: 0 is below the minimum 1" in text
     assert "13:9: error: kea.lease-del has no parameter 'colour'" in text
-    assert "14:17: error: kea.dhcp-disable needs the parameter 'max-period' (duration [0.001..], required)" in text
+    assert (
+        "14:17: error: kea.dhcp-disable needs the parameter 'max-period' (duration [0.001..], required)"
+        in text
+    )
 
 
 def test_destructive_action_needs_a_cap(tmp_path: Path) -> None:
@@ -178,7 +184,9 @@ def test_destructive_action_needs_a_cap(tmp_path: Path) -> None:
         'ip-address: "{{ source }}"', 'ip-address: "{{ source }}"\n                cap: {limit: 5, per: 1m}'
     )
     assert errors_of(tmp_path, capped) == []
-    rule_cap = text.replace("            actions:", "            cap: {limit: 5, per: 1m}\n            actions:")
+    rule_cap = text.replace(
+        "            actions:", "            cap: {limit: 5, per: 1m}\n            actions:"
+    )
     assert errors_of(tmp_path, rule_cap) == []
     p = write(tmp_path, text)
     assert check_rules([p], resolver(), ACTIONS, capped_actions={"kea.lease-del"}) == []
@@ -273,7 +281,8 @@ def test_reserved_regex_group_name(tmp_path: Path) -> None:
         """,
     )
     assert got == [
-        "4:35: error: ifDescr: the regex group name 'source' is a reserved template variable; rename the group"
+        "4:35: error: ifDescr: the regex group name 'source' is a reserved template variable; "
+        "rename the group"
     ]
 
 
@@ -287,7 +296,9 @@ def test_not_a_mapping_file_and_rule_name(tmp_path: Path) -> None:
 
 
 def test_source_groups_undefined_and_duplicate(tmp_path: Path) -> None:
-    a = write(tmp_path, "sources:\n  core: [10.0.0.0/24]\nrules:\n  - {name: a, match: {source: cor}, cancel: x}\n")
+    a = write(
+        tmp_path, "sources:\n  core: [10.0.0.0/24]\nrules:\n  - {name: a, match: {source: cor}, cancel: x}\n"
+    )
     b = write(tmp_path, "sources:\n  core: [10.9.0.0/24]\n", "b.yaml")
     msgs = [str(p) for p in check_rules([a, b], resolver(), ACTIONS)]
     assert msgs[0].startswith(f"{a}:4:31: source: 'cor' is neither an address/network nor a source group")

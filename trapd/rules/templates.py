@@ -57,7 +57,8 @@ def mac_filter(value: Any) -> str:
         try:
             return normalize_mac(str(value))
         except ParamError:
-            if isinstance(raw, bytes) and len(raw) == 6:
+            # Octets that are not text (their "text" is a display form): judge the octets.
+            if isinstance(raw, bytes) and (len(raw) == 6 or raw != str(value).encode("utf-8")):
                 return normalize_mac(raw)
             raise
     except ParamError as exc:

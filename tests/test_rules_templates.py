@@ -1,0 +1,225 @@
+"""Template rendering, filters and typed validation: bad trap data never reaches an action."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rules_support import event, ruleset, with_varbind
+
+from trapd.event import VarBind
+from trapd.rules import Outcome
+from trapd.rules.templates import FilterError, hex_filter, int_filter, ip_filter, mac_filter
+
+LINKDOWN = "IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifDescr=Gi1/0/17 ifOperStatus=down community=sw-ro"
+SOURCES = "sources: {access: [10.20.0.0/16]}\n"
+
+
+def run(
+    tmp_path: Path, action: str, ev_words: str = LINKDOWN, match: str = "{notification: linkDown}"
+) -> Outcome:
+    text = f"""{SOURCES}defaults:
+  cap: {{limit: 100, per: 1m}}
+rules:
+  - name: r
+    match: {match}
+    actions:
+{action}
+"""
+    return ruleset(tmp_path, text).evaluate(event(ev_words))
+
+
+def message(
+    tmp_path: Path, template: str, ev_words: str = LINKDOWN, match: str = "{notification: linkDown}"
+) -> str:
+    out = run(tmp_path, f"      - action: log\n        message: '{template}'", ev_words, match)
+    assert not out.rejected, out.rejected
+    return str(out.planned[0].params["message"])
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ ifIndex }}", "17"),
+        ("{{ ifIndex + 1 }}", "18"),  # a number, not text
+        ("{{ ifDescr }}", "Gi1/0/17"),
+        ("{{ index.ifIndex }}", "17"),
+        ("{{ index.ifDescr }}", "17"),
+        ("{{ ifOperStatus }}", "2"),
+        ("{{ varbinds.ifOperStatus.display }}", "down"),
+        ("{{ varbinds.ifDescr.oid }}", "1.3.6.1.2.1.2.2.1.2.17"),
+        ('{{ varbinds["IF-MIB::ifDescr"].value }}', "Gi1/0/17"),
+        ("{{ source }}:{{ source_port }} {{ version }} {{ kind }}", "10.20.1.5:162 v2c trap"),
+        ("{{ trap_name }} {{ trap_oid }}", "IF-MIB::linkDown 1.3.6.1.6.3.1.1.5.3"),
+        ("{{ community }} {{ source_group }} {{ rule }}", "sw-ro access r"),
+        ("{{ ifDescr | hex }}", "4769312f302f3137"),
+        ('{{ ifDescr | hex(":") }}', "47:69:31:2f:30:2f:31:37"),
+        ("{{ ifIndex | hex }}", "11"),
+        ('{{ "0x1f" | int }}', "31"),
+        ('{{ "0011.2233.4455" | mac }}', "00:11:22:33:44:55"),
+        ('{{ "00-11-22-33-44-55" | mac }}', "00:11:22:33:44:55"),
+        ('{{ "001122334455" | mac }}', "00:11:22:33:44:55"),
+        ('{{ "10.000.0.1" | ip if false else "::FFFF:1.2.3.4" | ip }}', "::ffff:102:304"),
+        ("{{ ifDescr | lower }}", "gi1/0/17"),  # Jinja's own filters stay available
+    ],
+)
+def test_rendering(tmp_path: Path, template: str, expected: str) -> None:
+    assert message(tmp_path, template) == expected
+
+
+def test_regex_captures_are_variables(tmp_path: Path) -> None:
+    match = "{notification: linkDown, varbinds: {ifDescr: {regex: 'Gi(?P<slot>\\d+)/0/(?P<port>\\d+)'}}}"
+    assert message(tmp_path, "slot {{ slot }} port {{ groups.port }}", match=match) == "slot 1 port 17"
+
+
+def test_raw_octets_through_mac_and_ip_filters(tmp_path: Path) -> None:
+    mac = VarBind(
+        (1, 3, 6, 1, 2, 1, 17, 4, 3, 1, 1, 1),
+        "BRIDGE-MIB::dot1dTpFdbAddress",
+        (1,),
+        "OctetString",
+        bytes.fromhex("0011223344aa"),
+        "0:11:22:33:44:aa",
+    )
+    ev = with_varbind(event(LINKDOWN), mac)
+    text = """defaults: {cap: {limit: 9, per: 1m}}
+rules:
+  - name: r
+    match: {notification: linkDown}
+    actions:
+      - action: kea.lease-del
+        hw-address: "{{ dot1dTpFdbAddress | mac }}"
+      - action: kea.lease-del
+        hw-address: "{{ dot1dTpFdbAddress }}"
+"""
+    out = ruleset(tmp_path, text).evaluate(ev)
+    assert [p.params["hw-address"] for p in out.planned] == ["00:11:22:33:44:aa", "00:11:22:33:44:aa"]
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "reason"),
+    [
+        ("ip-address", "{{ ifAlias }}", "ip-address: not an IP address: '1.2.3.4; reboot'"),
+        ("ip-address", "{{ ifAlias | ip }}", "template: ip filter: not an IP address: '1.2.3.4; reboot'"),
+        ("hw-address", "{{ physAddr }}", "hw-address: not a MAC address"),
+        ("hw-address", "{{ physAddr | mac }}", "template: mac filter: a MAC address is 6 octets, got 7"),
+        ("hw-address", "{{ ifAlias | mac }}", "template: mac filter: not a MAC address: '1.2.3.4; reboot'"),
+        ("subnet-id", "{{ ifAlias | int }}", "template: int filter: not an integer: '1.2.3.4; reboot'"),
+        ("subnet-id", "{{ ifIndex - 17 }}", "subnet-id: 0 is below the minimum 1"),
+        ("circuit-id", "{{ ifName }}", "template: 'ifName' is undefined"),
+        ("circuit-id", "{{ user }}", "template: 'user' is undefined"),
+        ("circuit-id", "{{ ''.__class__.__mro__ }}", "template: "),
+        ("circuit-id", "{{ ifDescr * 200 }}", "circuit-id: text longer than 1024 characters"),
+    ],
+)
+def test_bad_values_are_rejected_never_planned(tmp_path: Path, param: str, value: str, reason: str) -> None:
+    hostile = VarBind(
+        (1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 18, 17),
+        "IF-MIB::ifAlias",
+        (17,),
+        "OctetString",
+        b"1.2.3.4; reboot",
+        "1.2.3.4; reboot",
+    )
+    seven = VarBind(
+        (1, 3, 6, 1, 2, 1, 2, 2, 1, 6, 17),
+        "IF-MIB::ifPhysAddress",
+        (17,),
+        "OctetString",
+        bytes(range(1, 8)),
+        "01:02:03:04:05:06:07",
+    )
+    ev = with_varbind(with_varbind(event(LINKDOWN), hostile), seven)
+    ev_words_unused = ev  # the event carries both hostile values
+    text = f"""defaults: {{cap: {{limit: 9, per: 1m}}}}
+rules:
+  - name: r
+    match: {{notification: linkDown}}
+    actions:
+      - action: kea.lease-del
+        {param}: "{value.replace("physAddr", "ifPhysAddress")}"
+      - action: log
+        message: still planned
+"""
+    out = ruleset(tmp_path, text).evaluate(ev_words_unused)
+    assert out.matched == ("r",)
+    assert [p.action for p in out.planned] == ["log"]  # the bad one is not planned, the good one is
+    (rej,) = out.rejected
+    assert (rej.rule, rej.action, rej.index) == ("r", "kea.lease-del", 0)
+    assert rej.reason.startswith(reason), rej.reason
+
+
+def test_exec_argv_keeps_hostile_text_as_one_element(tmp_path: Path) -> None:
+    hostile = VarBind(
+        (1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 18, 17),
+        "IF-MIB::ifAlias",
+        (17,),
+        "OctetString",
+        b"x; rm -rf / $(reboot)",
+        "x; rm -rf / $(reboot)",
+    )
+    text = """rules:
+  - name: r
+    match: {notification: linkDown}
+    actions:
+      - action: exec
+        argv: [/usr/local/bin/notify, "{{ ifAlias }}", "{{ source }}"]
+"""
+    out = ruleset(tmp_path, text).evaluate(with_varbind(event(LINKDOWN), hostile))
+    assert out.planned[0].params["argv"] == ["/usr/local/bin/notify", "x; rm -rf / $(reboot)", "10.20.1.5"]
+
+
+def test_mapping_parameter_renders_recursively(tmp_path: Path) -> None:
+    text = """rules:
+  - name: r
+    match: {notification: linkDown}
+    actions:
+      - action: webhook
+        url: https://hooks.example/trapd
+        body: {switch: "{{ source }}", port: {index: "{{ ifIndex }}", name: "{{ ifDescr }}"}, fixed: 3}
+"""
+    out = ruleset(tmp_path, text).evaluate(event(LINKDOWN))
+    assert out.planned[0].params["body"] == {
+        "switch": "10.20.1.5",
+        "port": {"index": "17", "name": "Gi1/0/17"},
+        "fixed": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    ("fn", "value", "expected"),
+    [
+        (mac_filter, bytes.fromhex("aabbccddeeff"), "aa:bb:cc:dd:ee:ff"),
+        (mac_filter, "AA:BB:CC:DD:EE:FF", "aa:bb:cc:dd:ee:ff"),
+        (mac_filter, "0:1:2:3:4:5", "00:01:02:03:04:05"),
+        (ip_filter, bytes([192, 0, 2, 1]), "192.0.2.1"),
+        (ip_filter, 3221225985, "192.0.2.1"),
+        (ip_filter, "2001:DB8::1", "2001:db8::1"),
+        (hex_filter, b"\x00\xff", "00ff"),
+        (int_filter, " 42 ", 42),
+        (int_filter, 7, 7),
+    ],
+)
+def test_filters(fn: object, value: object, expected: object) -> None:
+    assert fn(value) == expected  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("fn", "value"),
+    [
+        (mac_filter, b"\x00" * 5),
+        (mac_filter, "00:11:22:33:44"),
+        (mac_filter, 12),
+        (ip_filter, "10.0.0.256"),
+        (ip_filter, b"\x01\x02\x03"),
+        (ip_filter, -1),
+        (hex_filter, True),
+        (hex_filter, -5),
+        (int_filter, "12a"),
+        (int_filter, True),
+        (int_filter, 1.5),
+    ],
+)
+def test_filters_refuse(fn: object, value: object) -> None:
+    with pytest.raises(FilterError):
+        fn(value)  # type: ignore[operator]
