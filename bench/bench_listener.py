@@ -659,9 +659,9 @@ def highest_lossless(
     return best, bool(rows)
 
 
-def _fmt_rate(rate: int | None, capped: bool) -> str:
+def _fmt_rate(rate: int | None, capped: bool, lowest: int | None) -> str:
     if rate is None:
-        return "none measured"
+        return f"< {lowest:,}" if lowest is not None else "-"
     return f"≥ {rate:,}" if capped else f"{rate:,}"
 
 
@@ -696,7 +696,11 @@ def markdown(machine: dict[str, Any], summaries: Sequence[RateSummary], plan_des
     ]
     for v in versions:
         held = {n: highest_lossless(summaries, n, v) for n in receivers}
-        cells = [_fmt_rate(*held[n]) for n in receivers]
+        lowest = {
+            n: min((s.rate for s in summaries if s.receiver == n and s.version == v), default=None)
+            for n in receivers
+        }
+        cells = [_fmt_rate(*held[n], lowest[n]) for n in receivers]
         lines.append(
             f"| {v} | " + " | ".join(cells) + f" | {_ratio(held.get('trapd'), held.get('snmptrapd'))} |"
         )
@@ -755,11 +759,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON results")
     ap.add_argument("--keep-workdirs", action="store_true", help="keep receivers' logs and configs")
+    ap.add_argument(
+        "--table", type=Path, metavar="JSON", help="only print the table of an earlier results file"
+    )
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.table:
+        saved = json.loads(args.table.read_text())
+        runs = [RunResult(**r) for r in saved["runs"]]
+        print(markdown(saved["machine"], summarize(runs), saved.get("plan", ""), saved["started"][:10]))
+        return 0
     known = {"snmptrapd": snmptrapd_receiver(args.snmptrapd_rcvbuf), "trapd": trapd_receiver(args.trapd_cmd)}
     names = [n.strip() for n in args.receivers.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
@@ -803,6 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "runs": [asdict(r) for r in results],
                 "summary": [asdict(s) | {"lossless": s.lossless} for s in summaries],
+                "plan": desc,
                 "markdown": table,
             },
             indent=1,
