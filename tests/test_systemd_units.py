@@ -1,0 +1,241 @@
+"""systemd/trapd.service and trapd.socket: systemd-analyze verify and security, and what the hardening allows.
+
+PID 1 is not systemd here, so the unit cannot be started. What can be checked is:
+the files as systemd parses them (verify), the exposure score (security
+--offline), that every system call trapd's work makes is in the unit's
+SystemCallFilter= and none breaks MemoryDenyWriteExecute= (strace over
+tests/hardening_workload.py, and the kernel's PR_SET_MDWE), and that a unix
+socket on a read-only mount (ProtectSystem=strict makes /run read-only) can
+still be connected to.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SERVICE = REPO / "systemd" / "trapd.service"
+SOCKET = REPO / "systemd" / "trapd.socket"
+WORKLOAD = Path(__file__).with_name("hardening_workload.py")
+TRAPD = Path(sys.executable).with_name("trapd")
+MAX_EXPOSURE = 3.0
+
+needs_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze missing (Debian package: systemd)"
+)
+needs_strace = pytest.mark.skipif(
+    shutil.which("strace") is None, reason="strace missing (Debian package: strace)"
+)
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """Key -> values in file order (systemd keys may repeat); section names are dropped."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            out[key.strip()].append(value.strip())
+    return out
+
+
+@pytest.fixture
+def units(tmp_path: Path) -> Path:
+    """The units as installed: ExecStart pointing at the real trapd (verify checks that it exists)."""
+    (tmp_path / "trapd.service").write_text(SERVICE.read_text().replace("/usr/local/bin/trapd", str(TRAPD)))
+    shutil.copy(SOCKET, tmp_path / "trapd.socket")
+    return tmp_path
+
+
+def test_service_settings_the_daemon_relies_on() -> None:
+    s = unit_settings(SERVICE)
+    assert s["Type"] == ["notify"]
+    assert s["ExecStart"] == ["/usr/local/bin/trapd run --config /etc/trapd/trapd.yaml"]
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert s["Restart"] == ["on-failure"]
+    assert s["User"] == ["trapd"]
+    assert s["WatchdogSec"] == ["30s"]
+    assert s["StateDirectory"] == ["trapd"] and s["ConfigurationDirectory"] == ["trapd"]
+    assert s["AmbientCapabilities"] == s["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert s["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
+    assert s["ProtectSystem"] == ["strict"] and s["MemoryDenyWriteExecute"] == ["yes"]
+    assert s["SystemCallFilter"][0] == "@system-service"
+    # The drain on SIGTERM (dispatch.shutdown_timeout, 10 s by default) must fit in the stop timeout.
+    assert int(s["TimeoutStopSec"][0].rstrip("s")) >= 30
+
+
+def test_socket_unit_listens_like_snmptrapd() -> None:
+    s = unit_settings(SOCKET)
+    assert s["ListenDatagram"] == ["0.0.0.0:162", "[::]:162"]
+    assert s["BindIPv6Only"] == ["ipv6-only"]  # two sockets, one per family, as the daemon expects
+    assert s["ReceiveBuffer"] == ["8M"]
+
+
+@needs_analyze
+def test_systemd_analyze_verify(units: Path) -> None:
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", units / "trapd.service", units / "trapd.socket"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # verify exits 0 even for unknown keys; it reports them on stderr.
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+
+
+@needs_analyze
+def test_systemd_analyze_verify_catches_a_missing_binary(tmp_path: Path) -> None:
+    shutil.copy(SERVICE, tmp_path / "trapd.service")  # /usr/local/bin/trapd does not exist here
+    if Path("/usr/local/bin/trapd").exists():
+        pytest.skip("/usr/local/bin/trapd exists on this machine")
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", tmp_path / "trapd.service"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0 and "/usr/local/bin/trapd" in proc.stderr
+
+
+def exposure(unit: Path) -> float:
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", unit],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"Overall exposure level for trapd\.service: (\d+\.\d)", proc.stdout)
+    assert match, proc.stdout
+    return float(match.group(1))
+
+
+@needs_analyze
+def test_security_exposure_is_low_and_documented(units: Path) -> None:
+    score = exposure(units / "trapd.service")
+    assert score <= MAX_EXPOSURE
+    # docs/service.md states the score; keep it true.
+    doc = (REPO / "docs" / "service.md").read_text()
+    assert f"exposure level {score}" in doc, f"docs/service.md should say 'exposure level {score}'"
+
+
+@needs_analyze
+def test_security_score_notices_weakened_hardening(units: Path) -> None:
+    weak = units / "weak" / "trapd.service"
+    weak.parent.mkdir()
+    text = (units / "trapd.service").read_text()
+    text = re.sub(
+        r"^(ProtectSystem|SystemCallFilter|NoNewPrivileges|RestrictAddressFamilies)=.*$", "", text, flags=re.M
+    )
+    weak.write_text(text)
+    assert exposure(weak) > exposure(units / "trapd.service") + 1.0
+
+
+def syscall_set(*groups: str) -> set[str]:
+    """System call names in systemd's groups (``@system-service`` ...), nested groups expanded."""
+    names: set[str] = set()
+    for group in groups:
+        out = subprocess.run(
+            ["systemd-analyze", "syscall-filter", group], capture_output=True, text=True, check=True
+        ).stdout
+        for line in out.splitlines()[1:]:
+            item = line.strip()
+            if not item or item.startswith("#"):
+                continue
+            names |= syscall_set(item) if item.startswith("@") else {item}
+    return names
+
+
+def allowed_syscalls() -> set[str]:
+    """What the unit's SystemCallFilter= lines allow: the first is an allow list, '~' lines deny."""
+    allowed: set[str] = set()
+    for value in unit_settings(SERVICE)["SystemCallFilter"]:
+        if value.startswith("~"):
+            allowed -= syscall_set(*value[1:].split())
+        else:
+            allowed |= syscall_set(*value.split())
+    return allowed
+
+
+@needs_analyze
+@needs_strace
+def test_every_system_call_is_allowed_and_nothing_needs_write_execute(tmp_path: Path) -> None:
+    trace = tmp_path / "trace"
+    proc = subprocess.run(
+        ["strace", "-f", "-qq", "-o", trace, sys.executable, WORKLOAD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+    calls: set[str] = set()
+    wx: list[str] = []
+    for line in trace.read_text().splitlines():
+        m = re.match(r"\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]", line)
+        if m:
+            calls.add(m.group(1))
+        # What MemoryDenyWriteExecute= refuses (systemd's seccomp version of it).
+        if re.match(r"\d+\s+(mmap|mprotect|pkey_mprotect)\(.*PROT_EXEC", line) and (
+            "mprotect" in line or "PROT_WRITE" in line
+        ):
+            wx.append(line)
+        if re.match(r"\d+\s+shmat\(.*SHM_EXEC", line):
+            wx.append(line)
+    assert len(calls) > 30  # the trace was parsed
+    assert {"recvfrom", "sendto", "connect", "execve", "clone3"} & calls
+    assert calls - allowed_syscalls() == set()
+    assert wx == []
+
+
+def test_kernel_write_xor_execute_does_not_break_trapd() -> None:
+    proc = subprocess.run([sys.executable, WORKLOAD, "--mdwe"], capture_output=True, text=True, timeout=120)
+    if proc.returncode == 77:
+        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    assert proc.returncode == 0, proc.stderr
+    # The lock was on: a W+X mapping was refused, and everything else worked.
+    assert proc.stdout.strip().splitlines()[-2:] == ["wx-refused", "ok"]
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or shutil.which("setpriv") is None, reason="needs util-linux"
+)
+def test_unix_socket_on_a_read_only_mount_needs_only_group_write() -> None:
+    """ProtectSystem=strict makes /run/kea read-only; connect() still works if the socket's mode allows."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a mount namespace")
+    # Not under pytest's tmp_path: its parents are 0700, and the client runs as nobody.
+    run_kea = Path(tempfile.mkdtemp(prefix="trapd-kea-"))
+    run_kea.chmod(0o755)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = run_kea / "kea4-ctrl-socket"
+    server.bind(str(path))
+    server.listen(8)
+    os.chown(path, 0, 65534)  # group nogroup stands in for _kea
+    client = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+        "except OSError as e:\n    print(type(e).__name__)\n"
+    )
+    results = {}
+    for mode in (0o770, 0o755):
+        os.chmod(path, mode)
+        script = (
+            f"mount --bind -o ro {run_kea} {run_kea} && touch {run_kea}/x 2>/dev/null && echo writable; "
+            f'setpriv --reuid=65534 --regid=65534 --init-groups /usr/bin/python3 -c "$0" {path}'
+        )
+        proc = subprocess.run(
+            ["unshare", "--mount", "sh", "-c", script, client], capture_output=True, text=True, timeout=30
+        )
+        results[oct(mode)] = proc.stdout.strip()
+    server.close()
+    shutil.rmtree(run_kea)
+    assert results == {"0o770": "connected", "0o755": "PermissionError"}
