@@ -334,7 +334,17 @@ def trapd_config_yaml(port: int, spec: loadgen.LoadSpec) -> str:
     )
 
 
-def trapd_receiver(cmd_template: str) -> Receiver:
+def seqs_by_regex(pattern: str) -> Callable[[bytes], Counter[int]]:
+    """A parser for any text output: group 1 of ``pattern`` is the ten digits."""
+    rx = re.compile(pattern.encode())
+
+    def parse(data: bytes) -> Counter[int]:
+        return Counter(int(m) for m in rx.findall(data) if len(m) == loadgen.SEQ_WIDTH and m.isdigit())
+
+    return parse
+
+
+def trapd_receiver(cmd_template: str, seq_regex: str | None = None) -> Receiver:
     def launch(workdir: Path, port: int, spec: loadgen.LoadSpec) -> Launch:
         config = workdir / "trapd.yaml"
         config.write_text(trapd_config_yaml(port, spec))
@@ -351,7 +361,7 @@ def trapd_receiver(cmd_template: str) -> Receiver:
         argv = [arg.format(**values) for arg in shlex.split(cmd_template)]
         return Launch(argv, out, stdout_is_output="{out}" not in cmd_template, env=dict(os.environ))
 
-    return Receiver("trapd", launch, seqs_from_json_lines)
+    return Receiver("trapd", launch, seqs_by_regex(seq_regex) if seq_regex else seqs_from_json_lines)
 
 
 # --- one run ---------------------------------------------------------------------------
@@ -745,6 +755,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seconds", type=float, default=10.0, help="send time per run")
     ap.add_argument("--trapd-cmd", default=DEFAULT_TRAPD_CMD)
     ap.add_argument(
+        "--trapd-seq-regex",
+        help="read trapd's output with this regex (group 1: the ten digits) instead of as JSON events, "
+        "e.g. for the daemon logging a rule's message",
+    )
+    ap.add_argument(
         "--snmptrapd-rcvbuf",
         type=int,
         default=SAME_RCVBUF_AS_TRAPD,
@@ -772,7 +787,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [RunResult(**r) for r in saved["runs"]]
         print(markdown(saved["machine"], summarize(runs), saved.get("plan", ""), saved["started"][:10]))
         return 0
-    known = {"snmptrapd": snmptrapd_receiver(args.snmptrapd_rcvbuf), "trapd": trapd_receiver(args.trapd_cmd)}
+    known = {
+        "snmptrapd": snmptrapd_receiver(args.snmptrapd_rcvbuf),
+        "trapd": trapd_receiver(args.trapd_cmd, args.trapd_seq_regex),
+    }
     names = [n.strip() for n in args.receivers.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:

@@ -239,3 +239,9 @@ def test_runner_measures_snmptrapd_end_to_end(tmp_path: Path) -> None:
     assert [(r["version"], r["sent"], r["error"]) for r in runs] == [("v2c", 150, None), ("v3", 150, None)]
     assert all(r["received"] == 150 and r["duplicates"] == 0 for r in runs)
     assert "| snmptrapd | v3 | 300 |" in data["markdown"]
+
+
+def test_runner_reads_any_text_by_regex() -> None:
+    parse = bench_listener.seqs_by_regex(r"bench-seq=(\d+)")
+    text = b'{"event": "bench-seq=0000000005"}\nbench-seq=0000000005\nbench-seq=12\nbench-seq=0000000006\n'
+    assert parse(text) == {5: 2, 6: 1}
