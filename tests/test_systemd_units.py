@@ -239,3 +239,83 @@ def test_unix_socket_on_a_read_only_mount_needs_only_group_write() -> None:
     server.close()
     shutil.rmtree(run_kea)
     assert results == {"0o770": "connected", "0o755": "PermissionError"}
+
+
+KEA_CONFIG = """{"Dhcp4": {"interfaces-config": {"interfaces": []},
+ "control-socket": {"socket-type": "unix", "socket-name": "%(dir)s/kea4-ctrl-socket"},
+ "lease-database": {"type": "memfile", "persist": false},
+ "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "%(dir)s/kea.log"}], "severity": "WARN"}]}}
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    shutil.which("kea-dhcp4") is None or shutil.which("setpriv") is None, reason="needs Kea, setpriv"
+)
+@pytest.mark.parametrize(("umask", "expected"), [("0022", "PermissionError"), ("0007", "connected")])
+def test_kea_socket_mode_follows_its_umask(umask: str, expected: str) -> None:
+    """Debian's Kea units leave UMask at 0022: a group _kea member cannot connect until Kea gets 0007."""
+    import grp
+    import pwd
+    import time
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run Kea as _kea")
+    try:
+        kea_uid, kea_gid = pwd.getpwnam("_kea").pw_uid, grp.getgrnam("_kea").gr_gid
+    except KeyError:
+        pytest.skip("no _kea user (Debian's Kea packages create it)")
+    workdir = Path(tempfile.mkdtemp(prefix="trapd-kea-"))
+    workdir.chmod(0o755)
+    os.chown(workdir, kea_uid, kea_gid)
+    (workdir / "kea.json").write_text(KEA_CONFIG % {"dir": workdir})
+    env = {
+        "KEA_PIDFILE_DIR": str(workdir),
+        "KEA_LOCKFILE_DIR": str(workdir),
+        "PATH": "/usr/sbin:/usr/bin:/bin",
+    }
+    kea = subprocess.Popen(
+        [
+            "sh",
+            "-c",
+            f'umask {umask} && exec setpriv --reuid=_kea --regid=_kea --clear-groups "$@"',
+            "sh",
+            "kea-dhcp4",
+            "-c",
+            str(workdir / "kea.json"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        sock = workdir / "kea4-ctrl-socket"
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sock.exists(), "kea-dhcp4 did not create its control socket"
+        client = (
+            "import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+            "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+            "except OSError as e:\n    print(type(e).__name__)\n"
+        )
+        proc = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                f"--groups={kea_gid}",
+                "/usr/bin/python3",
+                "-c",
+                client,
+                str(sock),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.stdout.strip() == expected, (oct(sock.stat().st_mode), proc.stdout, proc.stderr)
+    finally:
+        kea.terminate()
+        kea.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
