@@ -1,0 +1,186 @@
+"""Receive counters: what came in, what was dropped and why, what the kernel lost.
+
+The counters are plain ints bumped on the receive path (no locks: the
+listener runs on one event loop thread). Drop reasons are stable slugs used
+as metric labels; a finer ``detail`` (for example the fast path's
+``Rejected.reason``) is kept as a second label so that a dashboard can show
+"malformed" as one line and still let an operator see *which* malformation.
+
+Drops are logged, but never per packet: :class:`DropLog` writes at most one
+line per reason per interval, with the count since the last line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Stable drop reasons (metric label values). Keep in sync with the README.
+DROP_REASONS = (
+    "source-not-allowed",
+    "unknown-community",
+    "malformed",
+    "unknown-user",
+    "unknown-engine-id",
+    "wrong-digest",
+    "decryption-error",
+    "unsupported-security-level",
+    "not-in-time-window",
+    "unsupported-pdu",
+    "rate-limited",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelDrops:
+    """UDP datagrams the kernel dropped because a receive buffer was full (whole host)."""
+
+    udp: int
+    udp6: int
+
+    @property
+    def total(self) -> int:
+        return self.udp + self.udp6
+
+
+def _read_rcvbuf_errors(path: Path, prefix: str, field_name: str) -> int:
+    # /proc/net/snmp has a header line then a value line per protocol;
+    # /proc/net/snmp6 has "Name value" lines.
+    try:
+        text = path.read_text()
+    except OSError:
+        return 0
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(field_name + " ") or line.startswith(field_name + "\t"):
+            return int(line.split()[1])
+        if line.startswith(prefix) and i + 1 < len(lines) and lines[i + 1].startswith(prefix):
+            names = line.split()[1:]
+            values = lines[i + 1].split()[1:]
+            if field_name in names:
+                return int(values[names.index(field_name)])
+    return 0
+
+
+def read_kernel_drops(proc: Path = Path("/proc/net")) -> KernelDrops:
+    """Udp RcvbufErrors (IPv4) and Udp6RcvbufErrors (IPv6) from /proc: host-wide, monotonic."""
+    return KernelDrops(
+        udp=_read_rcvbuf_errors(proc / "snmp", "Udp:", "RcvbufErrors"),
+        udp6=_read_rcvbuf_errors(proc / "snmp6", "Udp6", "Udp6RcvbufErrors"),
+    )
+
+
+@dataclass
+class ListenerStats:
+    """Counters of one listener. Read them any time; they only grow.
+
+    ``received``: datagrams that became a notification, by version
+    ("v1", "v2c", "v3"). ``dropped``: by reason (see :data:`DROP_REASONS`).
+    ``dropped_detail``: by (reason, detail) where a finer cause is known.
+    ``datagrams``: every datagram read from a socket. ``inform_responses``:
+    Response-PDUs sent for v1/v2c informs (v3 ones are sent by pysnmp and
+    counted in ``v3_replies`` together with reports). ``v3_discovery``: engine
+    ID discovery probes answered (normal before a v3 inform; not a drop).
+    """
+
+    datagrams: int = 0
+    received: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    dropped_detail: Counter[tuple[str, str]] = field(default_factory=Counter)
+    inform_responses: int = 0
+    v3_replies: int = 0
+    v3_discovery: int = 0
+    send_errors: int = 0
+    callback_errors: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    def drop(self, reason: str, detail: str | None = None) -> None:
+        self.dropped[reason] += 1
+        if detail:
+            self.dropped_detail[(reason, detail)] += 1
+
+    @property
+    def received_total(self) -> int:
+        return sum(self.received.values())
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    @staticmethod
+    def kernel_drops() -> KernelDrops:
+        """The host's UDP receive-buffer drop counters (not per socket: the kernel has no such count)."""
+        return read_kernel_drops()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot (what ``trapd listen --stats`` prints)."""
+        kd = self.kernel_drops()
+        return {
+            "datagrams": self.datagrams,
+            "received": dict(self.received),
+            "dropped": dict(self.dropped),
+            "dropped_detail": {f"{r}/{d}": n for (r, d), n in self.dropped_detail.items()},
+            "inform_responses": self.inform_responses,
+            "v3_replies": self.v3_replies,
+            "v3_discovery": self.v3_discovery,
+            "send_errors": self.send_errors,
+            "callback_errors": self.callback_errors,
+            "kernel_rcvbuf_errors": {"udp": kd.udp, "udp6": kd.udp6},
+        }
+
+
+class DropLog:
+    """Rate-limited drop logging: at most one line per reason per ``interval`` seconds.
+
+    ``note(reason, detail, source)`` is called for every drop and costs a dict
+    update; a line is written when the reason's interval has passed, carrying
+    how many drops of that reason happened since its last line and the last
+    source seen (enough to find a misconfigured switch, cheap in a storm).
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[str, dict[str, Any]], None],
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._emit = emit
+        self._interval = interval
+        self._clock = clock
+        self._pending: dict[str, int] = {}
+        self._last: dict[str, tuple[str | None, str | None]] = {}
+        self._next_at: dict[str, float] = {}
+
+    def note(self, reason: str, detail: str | None, source: str | None) -> None:
+        self._pending[reason] = self._pending.get(reason, 0) + 1
+        self._last[reason] = (detail, source)
+        now = self._clock()
+        if now >= self._next_at.get(reason, 0.0):
+            self._flush_one(reason, now)
+
+    def flush(self) -> None:
+        """Write every pending count now (called periodically and at shutdown)."""
+        now = self._clock()
+        for reason in list(self._pending):
+            if now >= self._next_at.get(reason, 0.0):
+                self._flush_one(reason, now)
+
+    def flush_all(self) -> None:
+        now = self._clock()
+        for reason in list(self._pending):
+            self._flush_one(reason, now)
+
+    def _flush_one(self, reason: str, now: float) -> None:
+        count = self._pending.pop(reason, 0)
+        if not count:
+            return
+        detail, source = self._last.get(reason, (None, None))
+        fields: dict[str, Any] = {"reason": reason, "count": count, "last_source": source}
+        if detail:
+            fields["last_detail"] = detail
+        self._emit("snmp notification dropped", fields)
+        self._next_at[reason] = now + self._interval

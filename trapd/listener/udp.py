@@ -1,0 +1,384 @@
+"""trapd's UDP sockets and the receive path: one datagram in, one RawNotification (or one counted drop) out.
+
+The order of the checks is the order of their cost::
+
+    source allowed?          one dict lookup per source address (cached verdict)
+    rate limit hook          ``admit(source)``; token buckets arrive with issue 7
+    message_version          reads a few header bytes
+    v1/v2c: fastpath.decode  community in a set of bytes; inform -> Response from the same socket
+    v3:     V3Receiver       pysnmp's engine behind trapd's socket
+
+``datagram_received`` never lets an exception out: asyncio would log a
+traceback per packet in a storm and, with some loops, close the endpoint.
+Everything that goes wrong is counted in :class:`ListenerStats` by reason and
+logged through :class:`DropLog` (one line per reason per interval).
+
+Sockets are opened here, not by asyncio, so that SO_RCVBUF (SO_RCVBUFFORCE as
+root, to pass rmem_max) is set before bind and IPv6 sockets are IPV6_V6ONLY
+(so ``0.0.0.0:162`` and ``[::]:162`` can both be listened on). Already-open
+sockets (systemd socket activation) are accepted as they are, apart from the
+buffer size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import socket
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from trapd.listener import fastpath
+from trapd.listener.config import ListenAddress, ListenerConfig
+from trapd.listener.raw import RawNotification, Security
+from trapd.listener.stats import DROP_REASONS, DropLog, ListenerStats
+
+OnNotification = Callable[[RawNotification], None]
+# Rate-limit hook: return False to drop the datagram as "rate-limited".
+Admit = Callable[[str], bool]
+
+_T = TypeVar("_T")
+_SOURCE_CACHE_MAX = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class BoundSocket:
+    """One listening socket: where it listens and the receive buffer the kernel granted.
+
+    ``rcvbuf`` is what getsockopt(SO_RCVBUF) reports: Linux doubles the
+    asked value for its bookkeeping and caps a plain SO_RCVBUF at
+    net.core.rmem_max, so this is the figure that decides how many datagrams
+    queue while trapd is busy.
+    """
+
+    address: ListenAddress
+    family: int
+    rcvbuf: int
+    rcvbuf_requested: int
+    inherited: bool = False
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for ``size`` bytes of receive buffer; return the effective size.
+
+    As root SO_RCVBUFFORCE can exceed rmem_max; otherwise (or if that fails)
+    SO_RCVBUF is capped by the kernel. Never raises for a refused size.
+    """
+    if size > 0:
+        force = getattr(socket, "SO_RCVBUFFORCE", None)
+        done = False
+        if force is not None and os.geteuid() == 0:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, size)
+                done = True
+            except OSError:
+                done = False
+        if not done:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+def open_udp_socket(address: ListenAddress, receive_buffer: int) -> socket.socket:
+    """A bound, non-blocking UDP socket for ``address`` with the receive buffer set before bind."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        set_receive_buffer(sock, receive_buffer)
+        sock.bind((address.host, address.port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _socket_address(sock: socket.socket) -> ListenAddress:
+    name = sock.getsockname()
+    return ListenAddress(str(name[0]), int(name[1]))
+
+
+class SourceFilter:
+    """allowed_sources as a cached verdict per source address string.
+
+    The first datagram from an address pays for the network membership test;
+    every later one is a dict lookup. The cache is cleared when it gets big
+    (a spoofed flood of random sources must not grow memory without bound).
+    """
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self._networks = tuple(networks)
+        self._cache: dict[str, bool] = {}
+
+    @property
+    def open(self) -> bool:
+        return not self._networks
+
+    def allowed(self, host: str) -> bool:
+        v = self._cache.get(host)
+        if v is None:
+            v = self._check(host)
+            if len(self._cache) >= _SOURCE_CACHE_MAX:
+                self._cache.clear()
+            self._cache[host] = v
+        return v
+
+    def _check(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self._networks)
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """One socket's protocol object: hands datagrams to the listener with its own reply path."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport is not a subclass of asyncio.DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._listener.handle_datagram(data, addr, self.send)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for replies we sent (a sender that went away): harmless.
+        self._listener.stats.send_errors += 1
+
+    def send(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+
+class Listener:
+    """Receives SNMP notifications on trapd's UDP sockets and hands each to ``on_notification``.
+
+    ``on_notification(raw)`` is called synchronously on the event loop for
+    every accepted notification and must be cheap (the daemon normalizes and
+    queues). For informs the acknowledgement is sent only after it returned
+    without raising, so a failing hand-off makes the sender retry.
+
+    ``sockets``: already-open UDP sockets (systemd socket activation) used in
+    addition to ``config.listen``; pass ``bind_config=False`` to use only them.
+    ``admit``: the rate-limit hook, called with the source address of every
+    allowed datagram (False: dropped as "rate-limited").
+    ``accept_any_community``: v1/v2c with any community (``trapd listen``'s
+    diagnostic mode); otherwise the community must be one of the configured.
+    """
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        on_notification: OnNotification,
+        *,
+        sockets: Sequence[socket.socket] = (),
+        bind_config: bool = True,
+        stats: ListenerStats | None = None,
+        admit: Admit | None = None,
+        accept_any_community: bool = False,
+        drop_log_interval: float = 10.0,
+        logger: Any = None,
+    ) -> None:
+        self.config = config
+        self.stats = stats or ListenerStats()
+        self._on_notification = on_notification
+        self._given_sockets = tuple(sockets)
+        self._bind_config = bind_config
+        self._admit = admit
+        self._any_community = accept_any_community
+        self._communities = frozenset(c.reveal().encode() for c in config.communities)
+        self._sources = SourceFilter(config.allowed_sources)
+        if logger is None:
+            from trapd.service.logging import get_logger
+
+            logger = get_logger("trapd.listener")
+        self._log = logger
+        self.drop_log = DropLog(self._emit_drop_line, drop_log_interval)
+        self._v3: Any = None  # V3Receiver, built in start() when v3 users exist
+        self._endpoints: list[tuple[_Endpoint, asyncio.DatagramTransport]] = []
+        self.bound: list[BoundSocket] = []
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open (or adopt) the sockets and start receiving. Raises OSError if a bind fails."""
+        loop = asyncio.get_running_loop()
+        if self.config.v3_users:
+            from trapd.listener.v3 import V3Receiver
+
+            self._v3 = V3Receiver(
+                self.config.v3_users,
+                self._deliver,
+                self.stats,
+                engine_id=self.config.engine_id,
+                on_drop=self.drop_log.note,
+            )
+        opened: list[tuple[socket.socket, ListenAddress, bool, int]] = []
+        try:
+            if self._bind_config:
+                for addr in self.config.listen:
+                    sock = open_udp_socket(addr, self.config.receive_buffer)
+                    opened.append((sock, _socket_address(sock), False, self.config.receive_buffer))
+        except BaseException:
+            for sock, *_ in opened:
+                sock.close()
+            raise
+        for sock in self._given_sockets:
+            # systemd may have granted more than rmem_max (ReceiveBuffer= as
+            # PID 1): only ever raise an inherited socket's buffer.
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < self.config.receive_buffer:
+                set_receive_buffer(sock, self.config.receive_buffer)
+            sock.setblocking(False)
+            opened.append((sock, _socket_address(sock), True, self.config.receive_buffer))
+        for sock, addr, inherited, asked in opened:
+            endpoint = _Endpoint(self)
+            transport, _ = await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=sock)  # type: ignore[misc]
+            self._endpoints.append((endpoint, transport))
+            rcvbuf = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+            self.bound.append(BoundSocket(addr, sock.family, rcvbuf, asked, inherited))
+        self._housekeeping = asyncio.create_task(self._tick_forever(), name="trapd-listener-housekeeping")
+
+    async def close(self) -> None:
+        """Stop receiving; write the pending drop log lines."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+            self._housekeeping = None
+        for _, transport in self._endpoints:
+            transport.close()
+        self._endpoints.clear()
+        self.drop_log.flush_all()
+
+    async def __aenter__(self) -> Listener:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def engine_id(self) -> bytes | None:
+        """trapd's SNMPv3 engine ID (informs are sent to it); None when no v3 user is configured."""
+        return self._v3.engine_id if self._v3 is not None else None
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if self._v3 is not None:
+                    self._v3.tick()
+                self.drop_log.flush()
+            except Exception:
+                self._log.exception("listener housekeeping failed")
+
+    # -- receive path ------------------------------------------------------
+
+    def handle_datagram(
+        self, data: bytes, addr: tuple[Any, ...], reply: Callable[[bytes, tuple[Any, ...]], None]
+    ) -> None:
+        """One datagram from ``addr``; ``reply`` sends back through the receiving socket. Never raises."""
+        stats = self.stats
+        stats.datagrams += 1
+        host: str = addr[0]
+        try:
+            if not self._sources.open and not self._sources.allowed(host):
+                self._drop("source-not-allowed", None, host)
+                return
+            if self._admit is not None and not self._admit(host):
+                self._drop("rate-limited", None, host)
+                return
+            try:
+                version = fastpath.message_version(data)
+            except fastpath.Rejected as exc:
+                self._drop_rejected(exc, host)
+                return
+            if version == 3:
+                if self._v3 is None:
+                    self._drop("unknown-user", "no-v3-users", host)
+                    return
+                self._v3.receive(data, addr, reply)
+                return
+            try:
+                msg = fastpath.decode(data)
+            except fastpath.Rejected as exc:
+                self._drop_rejected(exc, host)
+                return
+            if not self._any_community and msg.community not in self._communities:
+                self._drop("unknown-community", None, host)
+                return
+            raw = RawNotification(
+                version=msg.version,
+                kind="inform" if msg.pdu == "inform" else "trap",
+                source=host,
+                source_port=int(addr[1]),
+                security=Security(community=msg.community.decode("utf-8", "backslashreplace")),
+                varbinds=msg.varbinds,
+                received_at=time.time(),
+                request_id=msg.request_id,
+                v1_enterprise=msg.v1_enterprise,
+                v1_agent_addr=msg.v1_agent_addr,
+                v1_generic_trap=msg.v1_generic_trap,
+                v1_specific_trap=msg.v1_specific_trap,
+                v1_timestamp=msg.v1_timestamp,
+            )
+            stats.received[msg.version] += 1
+            if not self._deliver(raw):
+                return
+            if msg.pdu == "inform":
+                try:
+                    reply(fastpath.encode_inform_response(msg), addr)
+                    stats.inform_responses += 1
+                except Exception:
+                    stats.send_errors += 1
+        except Exception as exc:  # a bug must cost one datagram, not the listener
+            self._drop("malformed", f"internal-{type(exc).__name__}", host)
+
+    def _deliver(self, raw: RawNotification) -> bool:
+        try:
+            self._on_notification(raw)
+        except Exception:
+            self.stats.callback_errors += 1
+            self._log.exception("notification callback failed", source=raw.source)
+            return False
+        return True
+
+    def _drop_rejected(self, exc: fastpath.Rejected, host: str) -> None:
+        reason = exc.reason if exc.reason in DROP_REASONS else "malformed"
+        self._drop(reason, exc.reason, host)
+
+    def _drop(self, reason: str, detail: str | None, host: str) -> None:
+        self.stats.drop(reason, detail)
+        self.drop_log.note(reason, detail, host)
+
+    def _emit_drop_line(self, event: str, fields: dict[str, Any]) -> None:
+        self._log.warning(event, **fields)
+
+
+def best_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's event loop when installed (about 1.5x the receive rate of asyncio's), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_on_best_loop(main: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run`` on the best available loop."""
+    with asyncio.Runner(loop_factory=best_loop_factory()) as runner:
+        return runner.run(main)
