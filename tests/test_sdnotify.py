@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,55 +12,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from notify_harness import NotifySocket
 
 from trapd.service.sdnotify import Notifier, run_watchdog, start_watchdog, stop_watchdog
 
 
-class FakeManager:
-    """The service manager's end of NOTIFY_SOCKET."""
-
-    def __init__(self, address: str) -> None:
-        self.env_value = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(("\0" + address[1:]) if address.startswith("@") else address)
-        self.sock.settimeout(2.0)
-
-    def receive(self) -> dict[str, str]:
-        data = self.sock.recv(4096)
-        fields = {}
-        for line in data.decode().split("\n"):
-            key, _, value = line.partition("=")
-            fields[key] = value
-        return fields
-
-    def pending(self) -> list[dict[str, str]]:
-        out = []
-        self.sock.setblocking(False)
-        try:
-            while True:
-                try:
-                    out.append(dict(line.split("=", 1) for line in self.sock.recv(4096).decode().split("\n")))
-                except BlockingIOError:
-                    return out
-        finally:
-            self.sock.settimeout(2.0)
-
-    def close(self) -> None:
-        self.sock.close()
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[NotifySocket]:
+    with NotifySocket(tmp_path / "notify") as m:
+        yield m
 
 
 @pytest.fixture
-def manager(tmp_path: Path) -> Iterator[FakeManager]:
-    m = FakeManager(str(tmp_path / "notify"))
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def abstract_manager() -> Iterator[FakeManager]:
-    m = FakeManager(f"@trapd-test-{uuid.uuid4().hex}")
-    yield m
-    m.close()
+def abstract_manager() -> Iterator[NotifySocket]:
+    with NotifySocket(f"@trapd-test-{uuid.uuid4().hex}") as m:
+        yield m
 
 
 def test_every_message_is_a_noop_without_notify_socket() -> None:
@@ -75,8 +40,8 @@ def test_every_message_is_a_noop_without_notify_socket() -> None:
     assert n.watchdog_interval() is None
 
 
-def test_lifecycle_messages_reach_the_manager(manager: FakeManager) -> None:
-    n = Notifier({"NOTIFY_SOCKET": manager.env_value})
+def test_lifecycle_messages_reach_the_manager(manager: NotifySocket) -> None:
+    n = Notifier({"NOTIFY_SOCKET": manager.address})
     assert n.enabled
 
     assert n.ready("listening on 0.0.0.0:162")
@@ -107,8 +72,8 @@ def test_lifecycle_messages_reach_the_manager(manager: FakeManager) -> None:
     n.close()
 
 
-def test_abstract_namespace_socket(abstract_manager: FakeManager) -> None:
-    n = Notifier({"NOTIFY_SOCKET": abstract_manager.env_value})
+def test_abstract_namespace_socket(abstract_manager: NotifySocket) -> None:
+    n = Notifier({"NOTIFY_SOCKET": abstract_manager.address})
     assert n.ready()
     assert abstract_manager.receive() == {"READY": "1"}
 
@@ -140,8 +105,8 @@ def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
     assert Notifier(env).watchdog_interval() == expected
 
 
-async def test_watchdog_task_pings_at_half_the_interval(manager: FakeManager) -> None:
-    n = Notifier({"NOTIFY_SOCKET": manager.env_value, "WATCHDOG_USEC": "200000"})  # 0.2 s
+async def test_watchdog_task_pings_at_half_the_interval(manager: NotifySocket) -> None:
+    n = Notifier({"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "200000"})  # 0.2 s
     task = start_watchdog(n)
     assert task is not None
     await asyncio.sleep(0.45)
@@ -152,8 +117,8 @@ async def test_watchdog_task_pings_at_half_the_interval(manager: FakeManager) ->
     assert all(p == {"WATCHDOG": "1"} for p in pings)
 
 
-async def test_watchdog_task_is_silent_while_unhealthy(manager: FakeManager) -> None:
-    n = Notifier({"NOTIFY_SOCKET": manager.env_value, "WATCHDOG_USEC": "100000"})
+async def test_watchdog_task_is_silent_while_unhealthy(manager: NotifySocket) -> None:
+    n = Notifier({"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "100000"})
     healthy = False
     task = asyncio.create_task(run_watchdog(n, lambda: healthy))
     await asyncio.sleep(0.2)
@@ -164,8 +129,8 @@ async def test_watchdog_task_is_silent_while_unhealthy(manager: FakeManager) -> 
     assert len(manager.pending()) >= 1
 
 
-async def test_watchdog_task_stops_when_the_loop_is_blocked(manager: FakeManager) -> None:
-    n = Notifier({"NOTIFY_SOCKET": manager.env_value, "WATCHDOG_USEC": "100000"})
+async def test_watchdog_task_stops_when_the_loop_is_blocked(manager: NotifySocket) -> None:
+    n = Notifier({"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "100000"})
     task = start_watchdog(n)
     await asyncio.sleep(0.01)
     manager.pending()  # the first ping
@@ -174,13 +139,13 @@ async def test_watchdog_task_stops_when_the_loop_is_blocked(manager: FakeManager
     await stop_watchdog(task)
 
 
-async def test_no_watchdog_task_without_watchdog_usec(manager: FakeManager) -> None:
-    n = Notifier({"NOTIFY_SOCKET": manager.env_value})
+async def test_no_watchdog_task_without_watchdog_usec(manager: NotifySocket) -> None:
+    n = Notifier({"NOTIFY_SOCKET": manager.address})
     assert start_watchdog(n) is None
     await run_watchdog(n)  # returns at once
 
 
-def test_a_child_process_notifies_like_a_service(manager: FakeManager) -> None:
+def test_a_child_process_notifies_like_a_service(manager: NotifySocket) -> None:
     """The environment systemd gives a Type=notify service, in a real subprocess."""
     code = (
         "from trapd.service.sdnotify import Notifier\n"
@@ -189,7 +154,7 @@ def test_a_child_process_notifies_like_a_service(manager: FakeManager) -> None:
         "n.ready('up'); n.watchdog(); n.stopping()\n"
     )
     # WATCHDOG_PID must be the child's own pid: exec keeps the shell's pid.
-    env = {**os.environ, "NOTIFY_SOCKET": manager.env_value, "WATCHDOG_USEC": "5000000"}
+    env = {**os.environ, "NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "5000000"}
     subprocess.run(
         ["/bin/sh", "-c", 'WATCHDOG_PID=$$ exec "$0" -c "$1"', sys.executable, code],
         env=env,

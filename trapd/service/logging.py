@@ -59,6 +59,7 @@ LEVELS: Mapping[str, int] = {
     "critical": logging.CRITICAL,
 }
 FORMATS = LOG_FORMATS
+_LEVELS_DESCENDING = tuple(sorted(LEVELS.items(), key=lambda item: -item[1]))
 
 # syslog priorities for the journal's <N> prefix (sd-daemon(3)).
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
@@ -209,7 +210,7 @@ class TrapdLogger(structlog.BoundLoggerBase):
         levelno = LEVELS.get(level, logging.INFO) if isinstance(level, str) else level
         if levelno < _State.level:
             return
-        name = next((n for n, v in sorted(LEVELS.items(), key=lambda x: -x[1]) if levelno >= v), "debug")
+        name = next((n for n, v in _LEVELS_DESCENDING if levelno >= v), "debug")
         self._proxy_to_logger(name, event, **kw)
 
     def is_enabled_for(self, level: str) -> bool:
