@@ -60,7 +60,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from trapd.event import Event
-from trapd.plugin import ActionContext, Param, PermanentError, RetryableError, action
+from trapd.params import Param
+from trapd.plugin import ActionContext, PermanentError, RetryableError, action
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 VALUE_LIMIT = 4096  # characters per TRAPD_VB_* variable

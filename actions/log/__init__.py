@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from trapd.plugin import ActionContext, Param, action
+from trapd.params import Param
+from trapd.plugin import ActionContext, action
 
 LEVELS = ("debug", "info", "warning", "error")
 

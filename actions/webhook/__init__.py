@@ -21,8 +21,8 @@ Parameters:
 Outcome: 2xx is success (the result records the status and the start of
 the answer). 5xx, 408, 429, timeouts and connection errors are retryable
 (the dispatcher backs off and tries again). Any other status (4xx, and 3xx,
-since redirects are not followed) is permanent: the request itself is wrong
-and will stay wrong.
+since redirects are not followed) and a server certificate that does not
+verify are permanent: the request itself is wrong and will stay wrong.
 
 The request goes through trapd's shared HTTP client (connection reuse);
 ``verify: false`` or ``ca_file`` need their own TLS settings, so those calls
@@ -43,7 +43,8 @@ from typing import Any
 
 import httpx
 
-from trapd.plugin import ActionContext, Param, PermanentError, RetryableError, action
+from trapd.params import Param
+from trapd.plugin import ActionContext, PermanentError, RetryableError, action
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 ANSWER_KEPT = 1000  # characters of the answer stored in the journal's result
@@ -97,6 +98,8 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     except httpx.TimeoutException as exc:
         raise RetryableError(f"{_where(url)}: no answer within {timeout:g}s ({type(exc).__name__})") from None
     except httpx.TransportError as exc:
+        if _certificate_refused(exc):
+            raise PermanentError(f"{_where(url)}: TLS certificate not trusted: {exc}") from None
         raise RetryableError(f"{_where(url)}: {type(exc).__name__}: {exc}") from None
     except httpx.InvalidURL as exc:
         raise PermanentError(f"invalid URL: {exc}") from None
@@ -114,6 +117,18 @@ def _tls(ca_file: str | None) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise PermanentError(f"cannot load ca_file {ca_file}: {exc}") from None
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """A certificate that does not verify will not verify on the next try either."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _where(url: str) -> str:

@@ -1,0 +1,85 @@
+"""exec: argv without a shell, the TRAPD_* environment, exit statuses, timeouts, bounded output."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from trapd_actions.exec import exec_
+
+from trapd.dispatch.testing import make_context, make_event
+from trapd.params import validate
+from trapd.plugin import PermanentError, RetryableError
+
+HOSTILE = ["; rm -rf /", "$(reboot)", "line one\nline two", "`id`", "' \" \\ | & > /tmp/x", "*", ""]
+PRINT_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"
+
+
+async def run(**params: object) -> dict[str, object]:
+    ctx = make_context(
+        make_event(
+            source="192.0.2.7",
+            varbinds=[
+                ("IF-MIB::ifIndex", "Integer32", 17),
+                ("IF-MIB::ifDescr", "OctetString", b"$(reboot)\nx\x00y"),
+            ],
+        )
+    )
+    result = await exec_.run(validate(exec_.params, params), ctx)
+    assert result is not None
+    return dict(result)
+
+
+async def test_hostile_values_arrive_as_single_arguments(tmp_path: Path) -> None:
+    result = await run(argv=[sys.executable, "-c", PRINT_ARGV, *HOSTILE], cwd=str(tmp_path))
+    assert result["exit"] == 0
+    assert json.loads(str(result["stdout"])) == HOSTILE
+    assert list(tmp_path.iterdir()) == []  # nothing was redirected or created
+
+
+async def test_event_fields_in_the_environment() -> None:
+    code = "import os, json; print(json.dumps({k: v for k, v in os.environ.items()}))"
+    result = await run(argv=[sys.executable, "-c", code], env={"EXTRA": "1"})
+    env = json.loads(str(result["stdout"]))
+    assert env["TRAPD_SOURCE"] == "192.0.2.7"
+    assert env["TRAPD_TRAP_NAME"] == "IF-MIB::linkDown"
+    assert env["TRAPD_VB_IFINDEX"] == "17"
+    assert env["TRAPD_VB_IFDESCR"] == "$(reboot)\nx\\0y"  # literal text; the NUL made visible
+    assert json.loads(env["TRAPD_EVENT"])["source"] == "192.0.2.7"
+    assert env["TRAPD_RULE"] == "test-rule" and env["TRAPD_ATTEMPT"] == "1"
+    assert env["EXTRA"] == "1"
+    assert "HOME" not in env  # a clean environment, not trapd's
+
+
+async def test_exit_statuses() -> None:
+    with pytest.raises(RetryableError, match="exited with 75"):
+        await run(argv=[sys.executable, "-c", "import sys; sys.exit(75)"])
+    with pytest.raises(PermanentError, match="exited with 3: broken"):
+        await run(argv=[sys.executable, "-c", "import sys; print('broken', file=sys.stderr); sys.exit(3)"])
+    with pytest.raises(RetryableError, match="exited with 3"):
+        await run(argv=[sys.executable, "-c", "import sys; sys.exit(3)"], retry_exit_codes=[3])
+    with pytest.raises(RetryableError, match="signal 9"):
+        await run(argv=[sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"])
+    with pytest.raises(PermanentError, match="cannot run"):
+        await run(argv=["/nonexistent/program"])
+
+
+async def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
+    marker = tmp_path / "survived"
+    script = f"sleep 0.6; touch {marker}"
+    t0 = time.monotonic()
+    with pytest.raises(RetryableError, match="timed out"):
+        await run(argv=["/bin/sh", "-c", script], timeout=0.2)
+    assert time.monotonic() - t0 < 0.5
+    time.sleep(0.6)
+    assert not marker.exists()  # the sleeping child died with its shell
+
+
+async def test_output_is_bounded() -> None:
+    code = "import sys; sys.stdout.write('x' * 2_000_000); sys.stderr.write('y' * 10)"
+    result = await run(argv=[sys.executable, "-c", code], output_limit=1000)
+    assert result["exit"] == 0
+    assert len(str(result["stdout"])) == 1000 and result["stderr"] == "y" * 10

@@ -1,0 +1,140 @@
+"""webhook against a real HTTP(S) server on 127.0.0.1: 2xx, 4xx, 5xx, timeouts, TLS."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from trapd_actions.webhook import webhook
+
+from trapd.dispatch.testing import make_context
+from trapd.params import validate
+from trapd.plugin import PermanentError, RetryableError
+
+
+class Handler(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.received.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
+        status = {"/ok": 200, "/created": 201, "/bad": 400, "/fail": 503, "/busy": 429}.get(self.path, 404)
+        if self.path == "/slow":
+            time.sleep(1.0)
+            status = 200
+        answer = b'{"ok": true}'
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_PUT = do_POST
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def serve(server: ThreadingHTTPServer) -> Iterator[str]:
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    Handler.received = []
+    try:
+        port = server.server_address[1]
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    yield from serve(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("tls")
+    key, crt = d / "key.pem", d / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, crt
+
+
+@pytest.fixture
+def https_server(cert: tuple[Path, Path]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert[1], cert[0])
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    yield from serve(server)
+
+
+async def call(**params: Any) -> dict[str, Any]:
+    async with httpx.AsyncClient() as client:
+        result = await webhook.run(validate(webhook.params, params), make_context(http=client, action_id="9"))
+    assert result is not None
+    return dict(result)
+
+
+async def test_2xx_posts_the_event_by_default(http_server: str) -> None:
+    result = await call(url=f"http://{http_server}/ok", headers={"Authorization": "Bearer t0ken"})
+    assert result["status"] == 200 and result["answer"] == '{"ok": true}'
+    (req,) = Handler.received
+    assert req["headers"]["Authorization"] == "Bearer t0ken"
+    assert req["body"]["rule"] == "test-rule" and req["body"]["action_id"] == "9"
+    assert req["body"]["event"]["trap_name"] == "IF-MIB::linkDown"
+
+
+async def test_custom_body_and_method(http_server: str) -> None:
+    await call(url=f"http://{http_server}/created", method="PUT", body={"text": "port 17 down"})
+    assert Handler.received[0]["body"] == {"text": "port 17 down"}
+
+
+async def test_4xx_is_permanent(http_server: str) -> None:
+    with pytest.raises(PermanentError, match="answered 400"):
+        await call(url=f"http://{http_server}/bad")
+
+
+async def test_5xx_and_429_are_retryable(http_server: str) -> None:
+    with pytest.raises(RetryableError, match="answered 503"):
+        await call(url=f"http://{http_server}/fail")
+    with pytest.raises(RetryableError, match="answered 429"):
+        await call(url=f"http://{http_server}/busy")
+
+
+async def test_timeout_is_retryable(http_server: str) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(RetryableError, match=r"no answer within 0\.2s"):
+        await call(url=f"http://{http_server}/slow", timeout="200ms")
+    assert time.monotonic() - t0 < 0.9
+
+
+async def test_refused_connection_is_retryable(http_server: str) -> None:
+    with pytest.raises(RetryableError):
+        await call(url="http://127.0.0.1:9/ok", timeout=1)
+
+
+async def test_tls_untrusted_is_permanent_and_ca_file_trusts(
+    https_server: str, cert: tuple[Path, Path]
+) -> None:
+    with pytest.raises(PermanentError, match="certificate"):
+        await call(url=f"https://{https_server}/ok")
+    assert (await call(url=f"https://{https_server}/ok", ca_file=str(cert[1])))["status"] == 200
+    assert (await call(url=f"https://{https_server}/ok", verify=False))["status"] == 200
+
+
+async def test_rejects_other_schemes() -> None:
+    with pytest.raises(PermanentError, match="not an http"):
+        await call(url="file:///etc/passwd")
