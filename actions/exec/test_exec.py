@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from trapd_actions.exec import exec_
 
-from trapd.dispatch.testing import make_context, make_event
+from trapd.dispatch.testing import make_context, make_event, rule_file_problems
 from trapd.params import validate
 from trapd.plugin import PermanentError, RetryableError
 
@@ -83,3 +83,7 @@ async def test_output_is_bounded() -> None:
     result = await run(argv=[sys.executable, "-c", code], output_limit=1000)
     assert result["exit"] == 0
     assert len(str(result["stdout"])) == 1000 and result["stderr"] == "y" * 10
+
+
+def test_example_yaml_is_a_valid_rule_file() -> None:
+    assert rule_file_problems(Path(__file__).with_name("example.yaml")) == []

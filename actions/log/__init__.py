@@ -16,7 +16,7 @@ it is idempotent.
 Example::
 
     - name: port-down-note
-      match: {trap: IF-MIB::linkDown}
+      match: {notification: IF-MIB::linkDown}
       actions:
         - action: log
           level: warning

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from structlog.testing import capture_logs
 from trapd_actions.log import log
 
-from trapd.dispatch.testing import make_context
+from trapd.dispatch.testing import make_context, rule_file_problems
 from trapd.params import validate
 
 
@@ -32,3 +34,7 @@ async def test_default_level_is_info() -> None:
     with capture_logs() as logs:
         await log.run(validate(log.params, {"message": "hello"}), make_context())
     assert logs[0]["log_level"] == "info"
+
+
+def test_example_yaml_is_a_valid_rule_file() -> None:
+    assert rule_file_problems(Path(__file__).with_name("example.yaml")) == []

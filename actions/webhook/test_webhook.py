@@ -16,7 +16,7 @@ import httpx
 import pytest
 from trapd_actions.webhook import webhook
 
-from trapd.dispatch.testing import make_context
+from trapd.dispatch.testing import make_context, rule_file_problems
 from trapd.params import validate
 from trapd.plugin import PermanentError, RetryableError
 
@@ -138,3 +138,7 @@ async def test_tls_untrusted_is_permanent_and_ca_file_trusts(
 async def test_rejects_other_schemes() -> None:
     with pytest.raises(PermanentError, match="not an http"):
         await call(url="file:///etc/passwd")
+
+
+def test_example_yaml_is_a_valid_rule_file() -> None:
+    assert rule_file_problems(Path(__file__).with_name("example.yaml")) == []

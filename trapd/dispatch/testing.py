@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -120,3 +121,17 @@ def make_context(
         settings=dict(settings or {}),
         attempt=attempt,
     )
+
+
+def rule_file_problems(path: str | Path) -> list[str]:
+    """Errors and warnings the rule compiler finds in a rules file, with the installed plugins.
+
+    For a plugin's own test that its example.yaml stays valid.
+    """
+    from trapd.mibs import MibResolver
+    from trapd.plugin import load_actions
+    from trapd.rules import compile_rules
+
+    actions, _ = load_actions()
+    _, problems = compile_rules([Path(path)], MibResolver.load(), actions)
+    return [str(p) for p in problems]
