@@ -13,14 +13,18 @@ must be exactly the bytes pysnmp itself would encode for that Response.
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import api
 
+from trapd.listener.ber import decode_integer, expect, read_header
 from trapd.listener.fastpath import MAX_MESSAGE, FastMessage, Rejected, decode, encode_inform_response
 from trapd.listener.raw import Oid, RawValue, RawVarBind
 
@@ -358,3 +362,52 @@ def test_largest_datagram_decodes_and_one_more_octet_is_oversized() -> None:
     with pytest.raises(Rejected) as excinfo:
         decode(padded_message(MAX_MESSAGE + 1))
     assert excinfo.value.reason == "oversized"
+
+
+def error_fields(data: bytes) -> tuple[int, int]:
+    """error-status and error-index of a v2c message the fast path accepted."""
+    _, start, end = read_header(data, 0, len(data))
+    _, pos = expect(data, start, end, 0x02)
+    _, pos = expect(data, pos, end, 0x04)
+    _, pos, _ = read_header(data, pos, end)
+    _, pos = expect(data, pos, end, 0x02)
+    fields = []
+    for _ in range(2):
+        start, pos = expect(data, pos, end, 0x02)
+        fields.append(decode_integer(data, start, pos, -(2**31), 2**31 - 1))
+    return fields[0], fields[1]
+
+
+def test_fuzzed_messages_the_fast_path_accepts_read_the_same_in_pysnmp() -> None:
+    """Mutants of real packets that survive the fast path must mean the same to pysnmp.
+
+    The one known difference is deliberate: the fast path ignores error-status
+    and error-index in a notification (see fastpath's module doc), pysnmp
+    refuses an error-index beyond the varbind count or a negative one.
+    """
+    spec = importlib.util.spec_from_file_location(
+        "fuzz_fastpath", Path(__file__).parents[1] / "bench/fuzz_fastpath.py"
+    )
+    assert spec is not None and spec.loader is not None
+    engine = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("fuzz_fastpath", engine)
+    spec.loader.exec_module(engine)
+    compared = 0
+    for data in engine.inputs(10_000, SEED):
+        try:
+            msg = decode(data)
+        except Rejected:
+            continue
+        errors = (0, 0) if msg.version == "v1" else error_fields(data)
+        try:
+            reference = pysnmp_decode(data)
+        except Exception:
+            assert errors != (0, 0), data.hex()
+            continue
+        ours = fast_view(msg)
+        if msg.version == "v2c":
+            ours |= {"error_status": reference["error_status"], "error_index": reference["error_index"]}
+            assert (reference["error_status"], reference["error_index"]) == errors
+        assert ours == reference, data.hex()
+        compared += 1
+    assert compared > 400
