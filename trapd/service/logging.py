@@ -224,9 +224,9 @@ class TrapdLogger(structlog.BoundLoggerBase):
 _structlog_configured = False
 
 
-def _configure_structlog_once() -> None:
+def _configure_structlog_once(*, force: bool = False) -> None:
     global _structlog_configured
-    if _structlog_configured:
+    if _structlog_configured and not force:
         return
     structlog.configure(
         processors=[
@@ -285,7 +285,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: IO[str] | 
         raise ValueError(f"unknown log format {fmt!r} (one of {', '.join(FORMATS)})")
     out = sys.stdout if stream is None else stream
     concrete = resolve_format(fmt, out)
-    _configure_structlog_once()
+    # Again each time: a library or test may have called structlog.configure() since.
+    _configure_structlog_once(force=True)
     with _State.lock:
         _State.level = LEVELS[level.lower()]
         _State.fmt = concrete
