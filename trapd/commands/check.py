@@ -52,14 +52,25 @@ def main(args: argparse.Namespace) -> int:
             problems.append(exc)
     paths = [Path(f) for f in args.files] or config.rule_paths()
     if not paths:
+        for p in problems:
+            print(f"{p.mark or 'trapd'}: {p.severity}: {p.message}")
+        if problems:
+            return 1
         print(
             "trapd check: no rule files given and none named in trapd.yaml (rules: files:)", file=sys.stderr
         )
         return 2
     state_dir = config.state_dir if config.state_dir.is_dir() else None
     resolver = MibResolver.load(config.mibs, state_dir)
-    for text in resolver.problems:
-        problems.append(ConfigError(f"MIBs: {text}", None, severity="warning"))
+    if resolver.problems:
+        # One line: broken vendor MIB files are the MIB loader's report (`trapd mibs`), not the rules'.
+        problems.append(
+            ConfigError(
+                f"MIBs: {len(resolver.problems)} problem(s) loading MIB files, first: {resolver.problems[0]}",
+                None,
+                severity="warning",
+            )
+        )
     actions, broken = load_actions()
     for lp in broken:
         problems.append(ConfigError(f"action plugin {lp.entry_point} failed to load: {lp.error}", None))

@@ -1,0 +1,209 @@
+"""`trapd check` and `trapd test` as netops run them."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rules_support import ACTIONS, event, write
+
+from trapd.cli import main
+
+RULES = """
+sources: {access: [10.20.0.0/16]}
+defaults:
+  cap: {limit: 50, per: 1m, key: "{{ source }}"}
+rules:
+  - name: mac-removed
+    match: {notification: cmnMacChangedNotification, source: access}
+    foreach: {items: mac_changes, where: {operation: removed}}
+    actions:
+      - action: kea.lease-del
+        hw-address: "{{ item.mac }}"
+  - name: port-down
+    match:
+      notification: IF-MIB::linkDown
+      varbinds: {ifOperStatus: down, ifDescr: {regex: 'Gi(?P<slot>\\d+)/0/(?P<port>\\d+)'}}
+    actions:
+      - action: kea.lease-del
+        circuit-id: "{{ source }}:{{ ifDescr }}"
+        delay: 30s
+        cancel-key: "port:{{ source }}:{{ ifIndex }}"
+      - action: webhook
+        url: https://hooks.example/trapd
+        token: s3cret-token
+      - action: kea.lease-del
+        ip-address: "{{ ifAlias }}"
+  - name: port-up
+    match: {notification: linkUp}
+    cancel: "port:{{ source }}:{{ ifIndex }}"
+"""
+
+
+@pytest.fixture(autouse=True)
+def _test_actions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands load installed plugins; these tests use the small specs of rules_support."""
+    monkeypatch.setattr("trapd.plugin.load_actions", lambda: (dict(ACTIONS), []))
+
+
+def test_trapd_test_matching_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, RULES)
+    words = (
+        "IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifDescr=Gi1/0/17 ifOperStatus=down ifAlias=1.2.3.4;reboot"
+    )
+    assert main(["test", "--rules", str(rules), *words.split()]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].endswith(": IF-MIB::linkDown from 10.20.1.5 (v2c trap)")
+    assert "    ifDescr.17 = Gi1/0/17" in lines
+    assert (
+        "  no match  mac-removed: notification IF-MIB::linkDown is not cmnMacChangedNotification "
+        f"[{rules}:6:27]" in lines
+    )
+    assert f"  MATCH     port-down ({rules}:11:5)" in lines
+    assert '      -> kea.lease-del circuit-id="10.20.1.5:Gi1/0/17" family="v4"' in lines
+    assert (
+        "         [enforce; delay 30s; cancel-key port:10.20.1.5:17; "
+        "key kea.lease-del:circuit-id=10.20.1.5:Gi1/0/17; cap defaults 50/1m per 10.20.1.5]" in lines
+    )
+    assert '      -> webhook url="https://hooks.example/trapd" token="***"' in lines  # secrets masked
+    assert "s3cret-token" not in out
+    assert "      !! REJECTED kea.lease-del#2: ip-address: not an IP address: '1.2.3.4;reboot'" in lines
+    assert "  skipped   port-up: stopped by rule port-down" in lines
+    assert lines[-1] == (
+        "  = 1 rule(s) matched, 2 action(s) planned, 1 rejected, 0 cancel(s); nothing was executed"
+    )
+
+
+def test_trapd_test_non_matching_rules_say_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, RULES)
+    assert (
+        main(["test", "-r", str(rules), "linkDown", "from", "10.20.1.5", "ifIndex=3", "ifOperStatus=up"]) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert f"  no match  port-down: varbind ifOperStatus: 1 (up) is not down(2) [{rules}:14:18]" in lines
+    assert any(
+        line.startswith("  no match  port-up: notification IF-MIB::linkDown is not linkUp") for line in lines
+    )
+    assert lines[-1].startswith("  = 0 rule(s) matched, 0 action(s) planned")
+
+
+def test_trapd_test_foreach_items_and_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, RULES)
+    msg = "0x" + "02" + "0064" + "001122334455" + "0007" + "01" + "0064" + "0011223344ff" + "0008"
+    argv = ["test", "-r", str(rules), "--format", "json", "cmnMacChangedNotification", "from", "10.20.0.9"]
+    assert main([*argv, f"cmnHistMacChangedMsg.4={msg}"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    first = doc["rules"][0]
+    assert first["status"] == "matched"
+    assert [p["params"]["hw-address"] for p in first["planned"]] == ["00:11:22:33:44:55"]
+    assert first["planned"][0]["item"]["port"] == 7
+    assert doc["event"]["trap_name"] == "CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification"
+
+
+def test_trapd_test_reads_json_lines_from_stdin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = write(tmp_path, RULES)
+    up = event("IF-MIB::linkUp from 10.20.1.5 ifIndex=17").to_dict()
+    lines = json.dumps(up) + "\n\n" + "{not json\n" + json.dumps(up) + "\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    assert main(["test", "-r", str(rules), "-"]) == 1  # one bad line: reported, the others still shown
+    captured = capsys.readouterr()
+    assert captured.out.count("  MATCH     port-up") == 2
+    assert captured.out.count("-> cancel pending actions with cancel-key port:10.20.1.5:17") == 2
+    assert "stdin:3: not an event" in captured.err
+
+
+def test_trapd_test_reads_a_json_event_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, RULES)
+    f = tmp_path / "event.json"
+    f.write_text(json.dumps(event("IF-MIB::linkUp from 10.20.1.5 ifIndex=5").to_dict()))
+    assert main(["test", "-r", str(rules), str(f)]) == 0
+    assert "  MATCH     port-up" in capsys.readouterr().out
+
+
+def test_trapd_test_refuses_invalid_rules_and_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = write(tmp_path, "rules:\n  - {name: x, match: {notification: nosuch}, cancel: y}\n", "bad.yaml")
+    assert main(["test", "-r", str(bad), "linkDown"]) == 1
+    assert f"{bad}:2:37: error: unknown MIB symbol 'nosuch'" in capsys.readouterr().err
+    good = write(tmp_path, RULES)
+    assert main(["test", "-r", str(good), "linkDown", "ifOperStatus=sideways"]) == 1
+    assert "ifOperStatus: 'sideways' is not a number (labels: up, down" in capsys.readouterr().err
+
+
+def test_trapd_check_valid_and_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path, RULES)
+    assert main(["check", str(good)]) == 0
+    assert f"OK: {good}" in capsys.readouterr().err
+    bad = write(
+        tmp_path, RULES.replace("regex: 'Gi(", "regex: 'Gi((").replace("hw-address", "hw-adress"), "bad.yaml"
+    )
+    assert main(["check", str(bad)]) == 1
+    out = [line for line in capsys.readouterr().out.splitlines() if line.startswith(str(bad))]
+    assert (
+        f"{bad}:10:9: error: kea.lease-del has no parameter 'hw-adress' (did you mean 'hw-address'?)"
+        in out[0]
+    )
+    assert out[1].startswith(f"{bad}:14:55: error: ifDescr: bad regex")
+
+
+def test_trapd_check_json_for_ci(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shadow = RULES + "  - {name: never, match: {notification: linkUp, source: access}, cancel: z}\n"
+    f = write(tmp_path, shadow)
+    assert main(["check", "--format", "json", str(f)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["valid"] is True and doc["errors"] == 0
+    (w,) = [p for p in doc["problems"] if p["file"]]
+    assert (w["file"], w["line"], w["column"], w["severity"]) == (str(f), 28, 5, "warning")
+    assert "can never match" in w["message"]
+    assert main(["check", "--strict", "--format", "json", str(f)]) == 1
+    capsys.readouterr()
+
+
+def test_trapd_check_with_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, RULES, "rules.yaml")
+    write(
+        tmp_path,
+        "rules:\n  - {name: extra, match: {notification: coldStart}, cancel: c}\n",
+        "rules.d/50.yaml",
+    )
+    cfg = write(tmp_path, "rules: {files: [rules.yaml], dir: rules.d}\nmibs: {dirs: []}\n", "trapd.yaml")
+    assert main(["check", "--config", str(cfg)]) == 0
+    assert "rules.d/50.yaml" in capsys.readouterr().err
+    bad_cfg = write(tmp_path, "rules: {files: [rules.yaml]}\nmodee: dry-run\n", "bad.yaml")
+    assert main(["check", "--config", str(bad_cfg)]) == 1
+    assert f"{bad_cfg}:2:1: error: unknown key 'modee' in trapd.yaml" in capsys.readouterr().out
+
+
+def test_trapd_test_as_a_program(tmp_path: Path) -> None:
+    """The real entry point, with the installed plugins, as a subprocess."""
+    rules = write(
+        tmp_path, "rules:\n  - {name: up, match: {notification: linkUp}, cancel: 'port:{{ ifIndex }}'}\n"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trapd",
+            "test",
+            "-r",
+            str(rules),
+            "IF-MIB::linkUp",
+            "from",
+            "10.0.0.1",
+            "ifIndex=9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "  MATCH     up" in r.stdout
+    assert "-> cancel pending actions with cancel-key port:9" in r.stdout
