@@ -83,6 +83,15 @@ install_units() {
     if [ "$REAL_ROOT" = yes ] && [ ! -x "$TRAPD" ]; then
         die "$TRAPD is not an executable file"
     fi
+    # ProtectHome=yes hides /home and /root from the service (a pipx or pip --user install lands there).
+    real=$TRAPD
+    [ "$REAL_ROOT" = yes ] && real=$(readlink -f "$TRAPD")
+    case "$real" in
+        /home/*|/root/*|/run/user/*)
+            die "$TRAPD ($real) is in a home directory, which the service cannot see (ProtectHome=yes):
+  install trapd system-wide, e.g. python3 -m venv /opt/trapd && /opt/trapd/bin/pip install .
+  or PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin pipx install ." ;;
+    esac
     install -d -m 0755 "$DESTDIR$UNIT_DIR"
     tmp=$(mktemp)
     trap 'rm -f "$tmp"' EXIT

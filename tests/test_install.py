@@ -98,6 +98,8 @@ def test_unit_dir_option(tmp_path: Path) -> None:
         (["--trapd", "relative/trapd"], 1, "absolute path"),
         (["--trapd", "/opt/my trapd/bin/trapd"], 1, "unsupported characters"),
         (["--unit-dir", "etc/systemd"], 1, "absolute path"),
+        (["--trapd", "/root/.local/bin/trapd"], 1, "ProtectHome=yes"),
+        (["--trapd", "/home/ops/venv/bin/trapd"], 1, "in a home directory"),
     ],
 )
 def test_bad_arguments_are_refused(tmp_path: Path, args: list[str], rc: int, message: str) -> None:
