@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,12 +276,11 @@ def _run_pysmi(
 ) -> dict[str, Any]:
     from pysmi.codegen.pysnmp import PySnmpCodeGen
     from pysmi.compiler import MibCompiler
-    from pysmi.parser.smi import parserFactory
     from pysmi.searcher.pyfile import PyFileSearcher
     from pysmi.searcher.stub import StubSearcher
     from pysmi.writer.pyfile import PyFileWriter
 
-    compiler = MibCompiler(parserFactory()(), PySnmpCodeGen(), PyFileWriter(str(py_dir)))
+    compiler = MibCompiler(_parser(py_dir), PySnmpCodeGen(), PyFileWriter(str(py_dir)))
     compiler.add_sources(_reader(site, stubs))
     compiler.add_searchers(
         PyFileSearcher(str(py_dir)),
@@ -288,6 +288,35 @@ def _run_pysmi(
     )
     result: dict[str, Any] = compiler.compile(*wanted, ignoreErrors=True, genTexts=False)
     return result
+
+
+def _parser(py_dir: Path) -> Any:
+    """pysmi's SMI parser, with its LALR tables cached beside the compiled MIBs.
+
+    pysmi 2.x builds a lark LALR parser from its grammar on every start: about
+    2.5 s, most of a small compile. lark can cache that analysis in a file
+    (validated by a hash of the grammar); this reaches into pysmi's parser
+    module for the grammar, so any mismatch falls back to pysmi's own parser.
+    """
+    from pysmi.parser.smi import parserFactory
+
+    base = parserFactory()
+    try:
+        from lark import Lark
+        from pysmi.parser.lark_parser import _SMI_V2_BOOTSTRAP_GRAMMAR, _BootstrapAstBuilder
+
+        parser = base.__new__(base)
+        parser.parser = Lark(
+            _SMI_V2_BOOTSTRAP_GRAMMAR,
+            parser="lalr",
+            start="start",
+            lexer="contextual",
+            cache=str(py_dir / "smi-parser.lark-cache"),
+        )
+        parser.transformer = _BootstrapAstBuilder(base._grammarOptions)
+        return parser
+    except Exception:
+        return base()
 
 
 def _index_compiled(
@@ -305,12 +334,15 @@ def _index_compiled(
     )
     problems: list[str] = []
     loaded: list[str] = []
-    for m in modules:
-        try:
-            b.load_modules(m)
-            loaded.append(m)
-        except Exception as exc:
-            problems.append(f"{site[m].path.name}: {m}: compiled module does not load: {exc}")
+    with warnings.catch_warnings():
+        # pysmi 2.0 still writes importSymbols/exportSymbols, which pysnmp 7.1 deprecates.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for m in modules:
+            try:
+                b.load_modules(m)
+                loaded.append(m)
+            except Exception as exc:
+                problems.append(f"{site[m].path.name}: {m}: compiled module does not load: {exc}")
     return index_builder_modules(b, loaded).result(_versions()), problems
 
 

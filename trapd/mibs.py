@@ -172,7 +172,7 @@ class MibResolver:
         r = cls()
         shipped: dict[str, Any] | None = None
         try:
-            shipped = _read_index(SHIPPED_INDEX)
+            shipped = shipped_index()
         except (OSError, ValueError) as exc:
             r.problems.append(f"{SHIPPED_INDEX.name}: {exc}; rebuild it with `trapd mibs build-index`")
         if shipped is not None:
@@ -363,6 +363,11 @@ class MibResolver:
 
     def __len__(self) -> int:
         return len(self._nodes)
+
+
+def shipped_index() -> dict[str, Any]:
+    """The shipped index data (``trapd/data/mib-index.json``); OSError/ValueError if unreadable."""
+    return _read_index(SHIPPED_INDEX)
 
 
 def _read_index(path: Path) -> dict[str, Any]:

@@ -1,0 +1,459 @@
+"""MIB resolution: the shipped index, site MIBs compiled offline, problems, the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import trapd.mibs as mibs_mod
+from trapd.commands.mibs import describe_name
+from trapd.mibs import SHIPPED_INDEX, SITE_INDEX_NAME, MibConfig, MibResolver, load_site_index, shipped_index
+from trapd.yamlsource import ConfigError, load_yaml
+
+LINK_DOWN = (1, 3, 6, 1, 6, 3, 1, 1, 5, 3)
+IF_INDEX = (1, 3, 6, 1, 2, 1, 2, 2, 1, 1)
+IF_OPER_STATUS = (1, 3, 6, 1, 2, 1, 2, 2, 1, 8)
+
+# A vendor-style MIB of our own (CISCO-MAC-NOTIFICATION-MIB is not on this
+# machine): imports from SNMPv2-SMI/-TC, IF-MIB and Q-BRIDGE-MIB, none of
+# whose sources exist here, so it only compiles through the shipped stubs.
+VENDOR_MIB = """
+TRAPD-TEST-MIB DEFINITIONS ::= BEGIN
+
+IMPORTS
+    MODULE-IDENTITY, OBJECT-TYPE, NOTIFICATION-TYPE, enterprises
+        FROM SNMPv2-SMI
+    MacAddress, TEXTUAL-CONVENTION
+        FROM SNMPv2-TC
+    ifIndex
+        FROM IF-MIB
+    VlanIndex
+        FROM Q-BRIDGE-MIB;
+
+trapdTestMIB MODULE-IDENTITY
+    LAST-UPDATED "202611280000Z"
+    ORGANIZATION "trapd"
+    CONTACT-INFO "trapd test suite"
+    DESCRIPTION  "A small MIB that the trapd tests compile."
+    ::= { enterprises 99999 }
+
+TrapdChange ::= TEXTUAL-CONVENTION
+    STATUS      current
+    DESCRIPTION "What happened to a MAC address."
+    SYNTAX      INTEGER { learnt(1), removed(2) }
+
+trapdTestNotifications OBJECT IDENTIFIER ::= { trapdTestMIB 0 }
+trapdTestObjects       OBJECT IDENTIFIER ::= { trapdTestMIB 1 }
+
+trapdMacAddress OBJECT-TYPE
+    SYNTAX      MacAddress
+    MAX-ACCESS  accessible-for-notify
+    STATUS      current
+    DESCRIPTION "The MAC address."
+    ::= { trapdTestObjects 1 }
+
+trapdMacChange OBJECT-TYPE
+    SYNTAX      TrapdChange
+    MAX-ACCESS  accessible-for-notify
+    STATUS      current
+    DESCRIPTION "Learnt or removed."
+    ::= { trapdTestObjects 2 }
+
+trapdMacVlan OBJECT-TYPE
+    SYNTAX      VlanIndex
+    MAX-ACCESS  accessible-for-notify
+    STATUS      current
+    DESCRIPTION "The VLAN."
+    ::= { trapdTestObjects 3 }
+
+trapdMacNotification NOTIFICATION-TYPE
+    OBJECTS     { ifIndex, trapdMacAddress, trapdMacChange, trapdMacVlan }
+    STATUS      current
+    DESCRIPTION "A MAC address was learnt or removed on a port."
+    ::= { trapdTestNotifications 1 }
+
+END
+"""
+
+# SMIv1, as old switches still ship: TRAP-TYPE becomes enterprise.0.specific.
+SMIV1_MIB = """
+OLD-VENDOR-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    enterprises FROM RFC1155-SMI
+    OBJECT-TYPE FROM RFC-1212
+    DisplayString FROM RFC1213-MIB
+    TRAP-TYPE FROM RFC-1215;
+
+oldVendor     OBJECT IDENTIFIER ::= { enterprises 99998 }
+oldVendorPort OBJECT IDENTIFIER ::= { oldVendor 1 }
+
+oldPortName OBJECT-TYPE
+    SYNTAX  DisplayString
+    ACCESS  read-only
+    STATUS  mandatory
+    DESCRIPTION "Port name."
+    ::= { oldVendorPort 1 }
+
+oldPortFailure TRAP-TYPE
+    ENTERPRISE oldVendor
+    VARIABLES  { oldPortName }
+    DESCRIPTION "A port failed."
+    ::= 7
+END
+"""
+
+BROKEN_MIB = """
+BROKEN-MIB DEFINITIONS ::= BEGIN
+IMPORTS enterprises FROM SNMPv2-SMI;
+brokenThing OBJECT-TYPE
+    SYNTAX INTEGER {
+    ::= { enterprises 4242 }
+END
+"""
+
+NEEDS_MISSING_MIB = """
+NEEDS-MISSING-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    OBJECT-TYPE FROM SNMPv2-SMI
+    missingRoot, MissingType FROM NOWHERE-MIB;
+needsThing OBJECT-TYPE
+    SYNTAX      MissingType
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "Depends on a module nobody has."
+    ::= { missingRoot 1 }
+END
+"""
+
+
+@pytest.fixture(scope="module")
+def shipped() -> MibResolver:
+    r = MibResolver.load(MibConfig(dirs=()))
+    assert r.problems == []
+    return r
+
+
+def write_site(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    # File names on purpose unlike the module names: sites keep vendor names.
+    (d / "vendor-mac-notif.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    (d / "old-vendor.mib").write_text(textwrap.dedent(SMIV1_MIB), encoding="utf-8")
+    (d / "BROKEN.my").write_text(textwrap.dedent(BROKEN_MIB), encoding="utf-8")
+    (d / "needs-missing.txt").write_text(textwrap.dedent(NEEDS_MISSING_MIB), encoding="utf-8")
+    (d / "notes.txt").write_text("Not a MIB, just notes.\n", encoding="utf-8")
+    (d / "README.md").write_text("# ignored without complaint\n", encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[MibResolver, Path, Path]:
+    base = tmp_path_factory.mktemp("site")
+    src, cache = write_site(base / "mibs"), base / "cache"
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=cache), compile_in_process=True)
+    return r, src, cache
+
+
+# -- shipped names -------------------------------------------------------------
+
+
+def test_shipped_index_covers_the_switch_trap_modules() -> None:
+    data = json.loads(SHIPPED_INDEX.read_text(encoding="utf-8"))
+    modules = {m[0] for m in data["modules"]}
+    for m in ("SNMPv2-MIB", "IF-MIB", "BRIDGE-MIB", "Q-BRIDGE-MIB", "ENTITY-MIB", "POWER-ETHERNET-MIB"):
+        assert m in modules
+    assert len(data["nodes"]) > 20_000
+
+
+def test_link_down_both_ways(shipped: MibResolver) -> None:
+    assert shipped.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())
+    assert shipped.lookup("IF-MIB::linkDown") == LINK_DOWN
+    assert shipped.lookup("linkDown") == LINK_DOWN
+    assert shipped.lookup("1.3.6.1.6.3.1.1.5.3") == LINK_DOWN
+    assert shipped.lookup(".1.3.6.1.6.3.1.1.5.3") == LINK_DOWN
+    assert shipped.is_notification(LINK_DOWN)
+    assert shipped.is_notification("IF-MIB::linkUp")
+    assert not shipped.is_notification(IF_INDEX)
+    assert shipped.name_of(LINK_DOWN) == "IF-MIB::linkDown"
+
+
+def test_if_index_with_instance(shipped: MibResolver) -> None:
+    assert shipped.resolve((*IF_INDEX, 17)) == ("IF-MIB::ifIndex", (17,))
+    assert shipped.lookup("ifIndex.17") == (*IF_INDEX, 17)
+    assert shipped.lookup("IF-MIB::ifIndex.17") == (*IF_INDEX, 17)
+    assert shipped.lookup("IF-MIB::ifIndex") == IF_INDEX
+    assert shipped.name_of((*IF_INDEX, 17)) == "IF-MIB::ifIndex.17"
+    # The column itself (no instance) is the node, with an empty index.
+    assert shipped.resolve(IF_INDEX) == ("IF-MIB::ifIndex", ())
+
+
+def test_scalar_instance_prefers_the_object_over_an_instance_alias(shipped: MibResolver) -> None:
+    # DISMAN-EXPRESSION-MIB names 1.3.6.1.2.1.1.3.0 sysUpTimeInstance; rules want sysUpTime.0.
+    assert shipped.resolve((1, 3, 6, 1, 2, 1, 1, 3, 0)) == ("SNMPv2-MIB::sysUpTime", (0,))
+    assert shipped.resolve((1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)) == ("SNMPv2-MIB::snmpTrapOID", (0,))
+
+
+def test_bridge_and_q_bridge_nodes(shipped: MibResolver) -> None:
+    fdb_address = (1, 3, 6, 1, 2, 1, 17, 4, 3, 1, 1)
+    mac = (0, 27, 44, 61, 78, 95)
+    assert shipped.resolve(fdb_address + mac) == ("BRIDGE-MIB::dot1dTpFdbAddress", mac)
+    assert shipped.display_hint(fdb_address) == "1x:"
+    assert shipped.subtree("BRIDGE-MIB") == (1, 3, 6, 1, 2, 1, 17)
+    # Q-BRIDGE-MIB: dot1qTpFdbPort indexed by FDB id and MAC; VLAN static name by VLAN id.
+    fdb_port = shipped.lookup("Q-BRIDGE-MIB::dot1qTpFdbPort")
+    assert fdb_port == (1, 3, 6, 1, 2, 1, 17, 7, 1, 2, 2, 1, 2)
+    assert shipped.resolve((*fdb_port, 10, *mac)) == ("Q-BRIDGE-MIB::dot1qTpFdbPort", (10, *mac))
+    assert shipped.resolve((1, 3, 6, 1, 2, 1, 17, 7, 1, 4, 3, 1, 1, 20)) == (
+        "Q-BRIDGE-MIB::dot1qVlanStaticName",
+        (20,),
+    )
+    assert shipped.subtree("Q-BRIDGE-MIB") == (1, 3, 6, 1, 2, 1, 17, 7)
+    assert shipped.lookup("Q-BRIDGE-MIB::dot1qVlanStaticName.20") == (
+        1,
+        3,
+        6,
+        1,
+        2,
+        1,
+        17,
+        7,
+        1,
+        4,
+        3,
+        1,
+        1,
+        20,
+    )
+
+
+def test_entity_mib_notification(shipped: MibResolver) -> None:
+    assert shipped.resolve((1, 3, 6, 1, 2, 1, 47, 2, 0, 1)) == ("ENTITY-MIB::entConfigChange", ())
+
+
+def test_enum_values(shipped: MibResolver) -> None:
+    expected = {
+        "up": 1,
+        "down": 2,
+        "testing": 3,
+        "unknown": 4,
+        "dormant": 5,
+        "notPresent": 6,
+        "lowerLayerDown": 7,
+    }
+    assert shipped.enum_values("ifOperStatus") == expected
+    assert shipped.enum_values("IF-MIB::ifOperStatus") == expected
+    assert shipped.enum_values(IF_OPER_STATUS) == expected
+    assert shipped.enum_values((*IF_OPER_STATUS, 3)) == expected
+    assert shipped.enum_values("ifOperStatus.3") == expected
+    assert shipped.enum_values("ifIndex") == {}
+    assert shipped.enum_values("noSuchThing") == {}
+    assert shipped.enum_values("TruthValue") == {"true": 1, "false": 2}
+    # The caller gets a copy: changing it does not change the resolver.
+    shipped.enum_values("ifOperStatus")["up"] = 99
+    assert shipped.enum_values("ifOperStatus")["up"] == 1
+
+
+def test_display_hints(shipped: MibResolver) -> None:
+    assert shipped.display_hint("MacAddress") == "1x:"
+    assert shipped.display_hint("SNMPv2-TC::MacAddress") == "1x:"
+    assert shipped.display_hint("ifDescr") == "255a"
+    assert shipped.display_hint("ifOperStatus") is None
+    assert shipped.display_hint("nothing") is None
+
+
+def test_unknown_oid_stays_numeric(shipped: MibResolver) -> None:
+    assert shipped.resolve((1, 3, 6, 1, 4, 1, 99999, 1, 2)) == ("1.3.6.1.4.1.99999.1.2", ())
+    # Below a table row but not a defined column: not an instance of anything.
+    assert shipped.resolve((1, 3, 6, 1, 2, 1, 2, 2, 1, 99, 1)) == ("1.3.6.1.2.1.2.2.1.99.1", ())
+    # A node that is only a place in the tree keeps its own name, but nothing below it does.
+    assert shipped.resolve((1, 3, 6, 1, 4, 1)) == ("SNMPv2-SMI::enterprises", ())
+    assert shipped.resolve((1, 3, 6, 1, 4, 1, 424242)) == ("1.3.6.1.4.1.424242", ())
+    assert shipped.name_of((1, 3, 6, 1, 4, 1, 424242)) == "1.3.6.1.4.1.424242"
+    assert shipped.resolve((1,)) == ("1", ()) or shipped.resolve((1,))[1] == ()
+
+
+def test_lookup_rejects_what_it_cannot_name(shipped: MibResolver) -> None:
+    assert shipped.lookup("") is None
+    assert shipped.lookup("IF-MIB::noSuchSymbol") is None
+    assert shipped.lookup("NO-SUCH-MIB::ifIndex") is None
+    assert shipped.lookup("ifIndex.x") is None
+    assert shipped.lookup("1.3.x") is None
+
+
+def test_resolution_cache_is_bounded(shipped: MibResolver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mibs_mod, "CACHE_LIMIT", 100)
+    for i in range(1, 1000):
+        assert shipped.resolve((*IF_INDEX, i)) == ("IF-MIB::ifIndex", (i,))
+    assert len(shipped._cache) <= 100
+
+
+# -- configuration ---------------------------------------------------------------
+
+
+def test_config_from_yaml(tmp_path: Path) -> None:
+    node = load_yaml("dirs: [vendor, /abs/mibs]\ncache_dir: cache\n", "trapd.yaml")
+    cfg = MibConfig.from_yaml(node, tmp_path)
+    assert cfg.dirs == (tmp_path / "vendor", Path("/abs/mibs"))
+    assert cfg.source_dirs() == [tmp_path / "vendor", Path("/abs/mibs")]
+    assert cfg.cache_path(None) == tmp_path / "cache"
+    one = MibConfig.from_yaml(load_yaml("dirs: one\n"), tmp_path)
+    assert one.dirs == (tmp_path / "one",)
+    assert one.cache_path(Path("/var/lib/trapd")) == Path("/var/lib/trapd/mibs")
+    none = MibConfig.from_yaml(load_yaml("dirs: []\n"), tmp_path)
+    assert none.source_dirs() == []
+    default = MibConfig.from_yaml(None, tmp_path)
+    assert default.dirs is None
+    assert all(d.is_dir() for d in default.source_dirs())
+
+
+def test_config_errors_have_positions(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"trapd.yaml:2:1: unknown key 'cache'"):
+        MibConfig.from_yaml(load_yaml("dirs: []\ncache: x\n", "trapd.yaml"), tmp_path)
+    with pytest.raises(ConfigError, match=r"mibs\.dirs entries"):
+        MibConfig.from_yaml(load_yaml("dirs: [1]\n", "trapd.yaml"), tmp_path)
+
+
+def test_user_cache_when_no_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    a = MibConfig(dirs=(Path("/a"),)).cache_path(None)
+    b = MibConfig(dirs=(Path("/b"),)).cache_path(None)
+    assert a is not None and b is not None
+    assert a.parent == tmp_path / "trapd" / "mibs"
+    assert a != b  # different source sets never share one cache
+
+
+# -- site MIBs -------------------------------------------------------------------
+
+
+def test_site_mib_compiled_offline_and_resolved(site: tuple[MibResolver, Path, Path]) -> None:
+    r, _src, cache = site
+    assert "TRAPD-TEST-MIB" in r.site_modules
+    note = r.lookup("TRAPD-TEST-MIB::trapdMacNotification")
+    assert note == (1, 3, 6, 1, 4, 1, 99999, 0, 1)
+    assert r.resolve(note) == ("TRAPD-TEST-MIB::trapdMacNotification", ())
+    assert r.is_notification(note)
+    assert r.subtree("TRAPD-TEST-MIB") == (1, 3, 6, 1, 4, 1, 99999)
+    # Types that come from modules whose sources are not on this machine.
+    assert r.display_hint("trapdMacAddress") == "1x:"
+    assert r.syntax("trapdMacAddress") is not None
+    assert r.syntax("trapdMacAddress").tc == "SNMPv2-TC::MacAddress"  # type: ignore[union-attr]
+    vlan = r.syntax("trapdMacVlan")
+    assert vlan is not None and vlan.tc == "Q-BRIDGE-MIB::VlanIndex"
+    assert r.enum_values("trapdMacChange") == {"learnt": 1, "removed": 2}
+    assert r.resolve((1, 3, 6, 1, 4, 1, 99999, 1, 2, 0)) == ("TRAPD-TEST-MIB::trapdMacChange", (0,))
+    # Shipped names are still there.
+    assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())
+    assert (cache / "py" / "TRAPD-TEST-MIB.py").is_file()
+    assert (cache / SITE_INDEX_NAME).is_file()
+
+
+def test_smiv1_trap_type_is_enterprise_zero_specific(site: tuple[MibResolver, Path, Path]) -> None:
+    r, _src, _cache = site
+    assert r.lookup("OLD-VENDOR-MIB::oldPortFailure") == (1, 3, 6, 1, 4, 1, 99998, 0, 7)
+    assert r.is_notification((1, 3, 6, 1, 4, 1, 99998, 0, 7))
+    assert r.display_hint("oldPortName") == "255a"
+
+
+def test_broken_files_reported_by_name_and_others_load(site: tuple[MibResolver, Path, Path]) -> None:
+    r, _src, _cache = site
+    problems = "\n".join(r.problems)
+    assert any(p.startswith("BROKEN.my: BROKEN-MIB: Bad grammar") for p in r.problems), problems
+    assert any(
+        p.startswith("needs-missing.txt: NEEDS-MISSING-MIB: imports from NOWHERE-MIB") for p in r.problems
+    ), problems
+    assert any(p.startswith("notes.txt: not a MIB module") for p in r.problems), problems
+    assert "README.md" not in problems
+    assert len(r.problems) == 3, problems
+    assert r.lookup("brokenThing") is None
+    # The good modules loaded all the same.
+    assert r.lookup("trapdMacNotification") is not None
+    assert r.lookup("oldPortFailure") is not None
+
+
+def test_cache_reused_on_second_load(
+    site: tuple[MibResolver, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _r, src, cache = site
+    compiled = cache / "py" / "TRAPD-TEST-MIB.py"
+    before = compiled.stat().st_mtime_ns
+
+    def no_compile(*args: object, **kwargs: object) -> None:
+        raise AssertionError("recompiled although no source changed")
+
+    import trapd.mibcompile
+
+    monkeypatch.setattr(trapd.mibcompile, "compile_site", no_compile)
+    monkeypatch.setattr(mibs_mod, "_compile_in_child", no_compile)
+    t0 = time.monotonic()
+    again = MibResolver.load(MibConfig(dirs=(src,), cache_dir=cache))
+    assert time.monotonic() - t0 < 5
+    assert again.lookup("trapdMacNotification") == (1, 3, 6, 1, 4, 1, 99999, 0, 1)
+    # Problems come from the cache too: every start reports them, not only the first.
+    assert any(p.startswith("BROKEN.my:") for p in again.problems)
+    assert compiled.stat().st_mtime_ns == before
+
+
+def test_changed_source_is_recompiled(tmp_path: Path) -> None:
+    src = tmp_path / "mibs"
+    src.mkdir()
+    mib = src / "TRAPD-TEST-MIB.my"
+    mib.write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    cfg = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
+    shipped = shipped_index()
+    first = load_site_index(cfg.source_dirs(), cfg.cache_dir, shipped, in_process=True)
+    assert first.compiled and first.problems == []
+    assert load_site_index(cfg.source_dirs(), cfg.cache_dir, shipped, in_process=True).compiled is False
+    text = textwrap.dedent(VENDOR_MIB).replace("trapdMacVlan", "trapdMacVid")
+    mib.write_text(text, encoding="utf-8")
+    os.utime(mib, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    again = load_site_index(cfg.source_dirs(), cfg.cache_dir, shipped, in_process=True)
+    assert again.compiled
+    r = MibResolver.load(cfg)  # the fingerprint matches now: no compile here
+    assert r.lookup("trapdMacVid") == (1, 3, 6, 1, 4, 1, 99999, 1, 3)
+    assert r.lookup("trapdMacVlan") is None
+
+
+def test_daemon_compiles_in_a_child_process_into_state_dir(tmp_path: Path) -> None:
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    state = tmp_path / "state"
+    r = MibResolver.load(MibConfig(dirs=(src,)), state_dir=state)
+    assert r.problems == []
+    assert r.lookup("trapdMacNotification") == (1, 3, 6, 1, 4, 1, 99999, 0, 1)
+    assert (state / "mibs" / SITE_INDEX_NAME).is_file()
+    assert (state / "mibs" / "py" / "TRAPD-TEST-MIB.py").is_file()
+
+
+def test_unwritable_cache_still_loads(tmp_path: Path) -> None:
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=blocker / "cache"), compile_in_process=True)
+    assert r.lookup("trapdMacNotification") is not None
+    assert any("cache" in p for p in r.problems)
+
+
+def test_missing_directory_is_no_problem(tmp_path: Path) -> None:
+    r = MibResolver.load(MibConfig(dirs=(tmp_path / "nope",)))
+    assert r.problems == []
+    assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())
+
+
+def test_lookup_command_describes_both_ways(shipped: MibResolver) -> None:
+    info = describe_name(shipped, "ifOperStatus.3")
+    assert info["found"] and info["oid"] == "1.3.6.1.2.1.2.2.1.8.3"
+    assert info["name"] == "IF-MIB::ifOperStatus.3" and info["kind"] == "column"
+    assert info["syntax"]["enums"]["down"] == 2
+    back = describe_name(shipped, "1.3.6.1.6.3.1.1.5.3")
+    assert back["name"] == "IF-MIB::linkDown" and back["kind"] == "notification"
+    tc = describe_name(shipped, "MacAddress")
+    assert tc["kind"] == "textual-convention" and tc["syntax"]["hint"] == "1x:"
+    assert describe_name(shipped, "1.3.6.1.4.1.99999")["found"] is False
+    assert describe_name(shipped, "noSuchName")["found"] is False
