@@ -1,0 +1,144 @@
+"""`trapd journal` and `trapd actions` against a real journal file and the installed plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from trapd.cli import main
+from trapd.dispatch.journal import CapCheck, NewEntry, SQLiteJournal
+from trapd.dispatch.testing import make_event
+
+
+def new(action: str, params: dict[str, object], **kw: object) -> NewEntry:
+    base: dict[str, object] = dict(
+        rule="mac-removed", action=action, index=0, params=params, key="k", mode="enforce", state="pending",
+        due=time.time(), max_attempts=3, backoff=1.0, max_age=3600.0,
+    )  # fmt: skip
+    base.update(kw)
+    return NewEntry(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """A journal with: 1 pending (MAC), 2 held, 3 dead, 4 done webhook with a secret header, 5 scheduled."""
+
+    async def fill() -> None:
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as j:
+            now = time.time()
+            sw = make_event(source="10.20.1.5").to_dict()
+            await j.add(sw, [new("log", {"message": "m"}, mac="00:11:22:33:44:55", ip="10.1.2.3")], [], now)
+            cap = CapCheck("mac-removed/deletions", "10.20.1.5", 0, 60.0, 3600.0)
+            r = await j.add(sw, [new("log", {"message": "held"}, caps=(cap,))], [], now)
+            assert (await j.claim(r.ids[0], now)).outcome == "held"
+            other = make_event(source="10.20.1.6").to_dict()
+            r = await j.add(other, [new("log", {"message": "x"}, rule="other")], [], now)
+            await j.claim(r.ids[0], now)
+            await j.finish(r.ids[0], "dead", now, None, "gave up after 3 attempts: refused")
+            hook = new(
+                "webhook", {"url": "http://127.0.0.1:1/x", "headers": {"Authorization": "Bearer s3cr3t"}}
+            )
+            r = await j.add(sw, [hook], [], now - 7200)
+            await j.claim(r.ids[0], now - 7200)
+            await j.finish(r.ids[0], "done", now - 7200, {"status": 200})
+            await j.add(sw, [new("log", {"message": "later"}, state="scheduled", due=now + 600)], [], now)
+
+    asyncio.run(fill())
+    return tmp_path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    rc = main(list(argv))
+    return rc, capsys.readouterr().out
+
+
+def test_list_waiting_and_by_state(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run(capsys, "journal", "--state-dir", str(state_dir), "list")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["ID", "STATE", "WHEN"]
+    assert [ln.split()[:2] for ln in lines[1:]] == [["1", "pending"], ["2", "held"], ["5", "scheduled"]]
+    rc, out = run(capsys, "journal", "--state-dir", str(state_dir), "list", "--state", "dead")
+    assert "gave up after 3 attempts" in out and out.splitlines()[1].split()[:2] == ["3", "dead"]
+
+
+def test_show_masks_secret_parameters(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run(capsys, "journal", "--state-dir", str(state_dir), "show", "4")
+    assert rc == 0
+    assert "s3cr3t" not in out and '"headers": "***"' in out
+    assert '"source": "10.20.1.5"' in out  # the event that caused it
+    rc, out = run(capsys, "journal", "--state-dir", str(state_dir), "--json", "show", "4")
+    d = json.loads(out)
+    assert (
+        d["params"]["headers"] == "***"
+        and d["result"] == {"status": 200}
+        and d["event"]["source"] == "10.20.1.5"
+    )
+    assert run(capsys, "journal", "--state-dir", str(state_dir), "show", "99")[0] == 1
+
+
+def test_history_filters(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ("journal", "--state-dir", str(state_dir), "--json", "history")
+    _, out = run(capsys, *base, "--mac", "0011.2233.4455")  # any spelling finds it
+    assert [json.loads(ln)["id"] for ln in out.splitlines()] == [1]
+    _, out = run(capsys, *base, "--ip", "10.1.2.3")
+    assert [json.loads(ln)["id"] for ln in out.splitlines()] == [1]
+    _, out = run(capsys, *base, "--switch", "10.20.1.6")
+    assert [json.loads(ln)["id"] for ln in out.splitlines()] == [3]
+    _, out = run(capsys, *base, "--rule", "mac-removed", "--since", "1h")
+    assert [json.loads(ln)["id"] for ln in out.splitlines()] == [5, 2, 1]  # newest first; 4 is older
+    _, out = run(capsys, *base, "--until", "1h")
+    assert [json.loads(ln)["id"] for ln in out.splitlines()] == [4]
+    rc, _ = run(capsys, *base, "--mac", "00:99:99:99:99:99")
+    assert rc == 1
+    assert main(["journal", "--state-dir", str(state_dir), "history", "--mac", "not-a-mac"]) == 2
+
+
+def test_retry_cancel_release(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    j = ("journal", "--state-dir", str(state_dir))
+    assert run(capsys, *j, "retry", "3") == (0, "retried: 3\n" + _PICKUP)
+    assert run(capsys, *j, "retry", "1")[0] == 1  # pending: nothing to retry
+    assert run(capsys, *j, "cancel", "5")[0] == 0
+    assert main([*j, "release"]) == 2  # needs ids, --rule or --all
+    assert run(capsys, *j, "release", "--rule", "other")[0] == 1
+    assert run(capsys, *j, "release", "--all")[1].startswith("released: 2")
+    _, out = run(capsys, *j, "--json", "list", "--state", "all")
+    states = {d["id"]: d["state"] for d in map(json.loads, out.splitlines())}
+    assert states == {1: "pending", 2: "pending", 3: "pending", 4: "done", 5: "cancelled"}
+
+
+_PICKUP = "the running daemon picks this up within its poll interval (1 s by default)\n"
+
+
+def test_missing_journal_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["journal", "--state-dir", str(tmp_path / "nothing"), "list"]) == 2
+    assert "no journal at" in capsys.readouterr().err
+    assert not (tmp_path / "nothing").exists()  # reading never creates one
+
+
+def test_journal_found_through_trapd_yaml(
+    state_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(f"state_dir: {state_dir}\n")
+    rc, out = run(capsys, "journal", "--config", str(cfg), "list")
+    assert rc == 0 and "pending" in out
+
+
+def test_actions_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run(capsys, "actions")
+    assert rc == 0
+    for name in ("log", "exec", "webhook"):
+        assert f"\n{name}" in "\n" + out
+    assert "argv: list[string], required" in out
+    assert "level: enum(debug|info|warning|error), default 'info'" in out
+    rc, out = run(capsys, "actions", "webhook")
+    assert rc == 0 and "5xx" in out and "headers: mapping, default None (secret)" in out
+    assert run(capsys, "actions", "nope")[0] == 1
+    rc, out = run(capsys, "actions", "--json")
+    names = [a["name"] for a in json.loads(out)["actions"]]
+    assert {"log", "exec", "webhook"} <= set(names)

@@ -1,0 +1,311 @@
+"""Look into the action journal and act on it: the audit trail and the operator's levers.
+
+    trapd journal list                       # waiting: scheduled, pending, failed (retrying), held
+    trapd journal list --state dead          # given up; also: held, running, done, cancelled, all
+    trapd journal show 1234                  # one action: parameters, event, attempts, result, error
+    trapd journal retry 1234 1240            # dead / failed / held / cancelled -> run again now
+    trapd journal cancel 1234                # a waiting action will not run
+    trapd journal release 1234               # held by a rate cap -> run now, exempt from caps
+    trapd journal release --rule mac-removed # every held action of a rule
+    trapd journal release --all
+    trapd journal history --mac 00:11:22:33:44:55            # "which trap deleted this lease?"
+    trapd journal history --ip 10.1.2.3 --since 2d
+    trapd journal history --source 10.20.1.5 --since 2026-01-05T10:00 --until 2026-01-05T11:00
+    trapd journal history --rule port-down --state dead --json
+
+The journal is the SQLite file in the state directory (``--state-dir``, or
+``state_dir`` of trapd.yaml, default /var/lib/trapd). Reading is safe while
+the daemon runs (WAL mode). retry / cancel / release write to the journal
+directly; the running daemon notices the change within
+``dispatch.journal.poll_interval`` (1 s by default) and acts on it.
+
+Times: ISO 8601 (``2026-01-05T10:00``, local time unless it says otherwise),
+a duration meaning "that long ago" (``90m``, ``2d``), or Unix seconds.
+Exit status: 0 done, 1 nothing matched (unknown id, nothing to release), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = "list, show, retry, cancel and release journaled actions; history by MAC, IP, switch, rule, time"
+
+LIST_STATES = (
+    "waiting",
+    "scheduled",
+    "pending",
+    "running",
+    "failed",
+    "held",
+    "dead",
+    "done",
+    "cancelled",
+    "all",
+)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", "-c", metavar="FILE", help="trapd.yaml (default /etc/trapd/trapd.yaml if present)"
+    )
+    p.add_argument("--state-dir", metavar="DIR", help="state directory holding journal.sqlite")
+    p.add_argument("--journal", metavar="FILE", help="the journal file itself")
+    p.add_argument("--json", action="store_true", help="JSON output (one object per line for lists)")
+    sub = p.add_subparsers(dest="journal_command", metavar="SUBCOMMAND", required=True)
+
+    ls = sub.add_parser("list", help="waiting actions (or those in --state)")
+    ls.add_argument("--state", choices=LIST_STATES, default="waiting")
+    ls.add_argument("--limit", type=int, default=100)
+
+    show = sub.add_parser("show", help="one action in full")
+    show.add_argument("id", type=int)
+
+    for name, what in (("retry", "run dead / failed / held / cancelled actions again"),
+                       ("cancel", "cancel waiting or held actions")):  # fmt: skip
+        sp = sub.add_parser(name, help=what)
+        sp.add_argument("ids", type=int, nargs="+", metavar="ID")
+
+    rel = sub.add_parser("release", help="release actions held by a rate cap")
+    rel.add_argument("ids", type=int, nargs="*", metavar="ID")
+    rel.add_argument("--rule", help="every held action of this rule")
+    rel.add_argument("--all", action="store_true", help="every held action")
+
+    hist = sub.add_parser("history", help="actions by MAC, IP, switch, rule, time (newest first)")
+    hist.add_argument("--mac", help="MAC address the action was about (any spelling)")
+    hist.add_argument("--ip", help="IP address the action was about")
+    hist.add_argument("--source", "--switch", dest="source", help="address of the switch that sent the trap")
+    hist.add_argument("--rule")
+    hist.add_argument("--action", help="action plugin name")
+    hist.add_argument("--state", choices=LIST_STATES[1:-1], action="append", help="repeatable")
+    hist.add_argument("--since", help="from this time (ISO 8601, or a duration ago: 2h)")
+    hist.add_argument("--until", help="before this time")
+    hist.add_argument("--limit", type=int, default=100)
+
+
+def main(args: argparse.Namespace) -> int:
+    import asyncio
+    import sys
+
+    from trapd.yamlsource import ConfigError
+
+    try:
+        path = journal_path(args)
+    except ConfigError as exc:
+        print(f"trapd journal: {exc}", file=sys.stderr)
+        return 2
+    if not path.exists():
+        print(f"trapd journal: no journal at {path} (see --state-dir)", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(args, path))
+    except ValueError as exc:
+        print(f"trapd journal: {exc}", file=sys.stderr)
+        return 2
+
+
+def journal_path(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from trapd.config import DEFAULT_CONFIG, load_config
+    from trapd.dispatch.config import DispatchConfig
+
+    if args.journal:
+        return Path(args.journal)
+    config_path = Path(args.config) if args.config else DEFAULT_CONFIG
+    config = load_config(config_path) if (args.config or config_path.exists()) else None
+    dispatch = config.dispatch if config else DispatchConfig()
+    if args.state_dir:
+        return dispatch.journal.file(Path(args.state_dir))
+    return dispatch.journal.file(config.state_dir if config else Path("/var/lib/trapd"))
+
+
+async def _run(args: argparse.Namespace, path: Any) -> int:
+    import time
+
+    from trapd.dispatch.journal import SQLiteJournal
+
+    journal = SQLiteJournal(path)
+    await journal.open()
+    try:
+        cmd = args.journal_command
+        now = time.time()
+        if cmd == "list":
+            return await _list(journal, args)
+        if cmd == "show":
+            return await _show(journal, args)
+        if cmd == "history":
+            return await _history(journal, args)
+        if cmd == "retry":
+            return _changed("retried", await journal.retry(args.ids, now), args)
+        if cmd == "cancel":
+            return _changed(
+                "cancelled", await journal.cancel(args.ids, now, "cancelled by an operator"), args
+            )
+        if cmd == "release":
+            if not (args.ids or args.rule or args.all):
+                raise ValueError("release needs IDs, --rule RULE or --all")
+            return _changed("released", await journal.release(now, args.ids, args.rule), args)
+        raise ValueError(f"unknown subcommand {cmd}")
+    finally:
+        await journal.close()
+
+
+def _changed(verb: str, ids: list[int], args: argparse.Namespace) -> int:
+    import json
+
+    if args.json:
+        print(json.dumps({verb: ids}))
+    elif ids:
+        print(f"{verb}: {' '.join(map(str, ids))}")
+        print("the running daemon picks this up within its poll interval (1 s by default)")
+    else:
+        print(f"nothing {verb}: no such id, or not in a state that allows it (see trapd journal show ID)")
+    return 0 if ids else 1
+
+
+async def _list(journal: Any, args: argparse.Namespace) -> int:
+    from trapd.dispatch.journal import HistoryFilter
+
+    states: tuple[str, ...]
+    if args.state == "waiting":
+        states = ("scheduled", "pending", "failed", "held", "running")
+    elif args.state == "all":
+        states = ()
+    else:
+        states = (args.state,)
+    entries = await journal.history(HistoryFilter(states=states, limit=args.limit))
+    entries.sort(key=lambda e: e.id)
+    _print_entries(entries, args)
+    return 0
+
+
+async def _history(journal: Any, args: argparse.Namespace) -> int:
+    import time
+
+    from trapd.dispatch.journal import HistoryFilter
+    from trapd.params import Param, ParamError, convert
+
+    mac = ip = None
+    try:
+        if args.mac:
+            mac = convert(Param("mac-address"), args.mac, "--mac")
+        if args.ip:
+            ip = convert(Param("ip-address"), args.ip, "--ip")
+    except ParamError as exc:
+        raise ValueError(str(exc)) from None
+    now = time.time()
+    flt = HistoryFilter(
+        mac=mac,
+        ip=ip,
+        source=args.source,
+        rule=args.rule,
+        action=args.action,
+        states=tuple(args.state or ()),
+        since=parse_time(args.since, now) if args.since else None,
+        until=parse_time(args.until, now) if args.until else None,
+        limit=args.limit,
+    )
+    entries = await journal.history(flt)
+    _print_entries(entries, args)
+    return 0 if entries else 1
+
+
+async def _show(journal: Any, args: argparse.Namespace) -> int:
+    import json
+
+    e = await journal.get(args.id, with_event=True)
+    if e is None:
+        print(f"no action {args.id} in the journal")
+        return 1
+    d = e.to_dict()
+    d["params"] = masked_params(e.action, e.params)
+    if args.json:
+        print(json.dumps(d, default=str))
+        return 0
+    width = max(len(k) for k in d)
+    for k, v in d.items():
+        if k in ("event", "params", "result", "item", "caps"):
+            continue
+        if k in ("received_at", "created", "due", "started", "finished", "age_from") and v:
+            v = f"{_when(v)}  ({v:.3f})"
+        print(f"{k:<{width}}  {v}")
+    for k in ("params", "caps", "item", "result", "event"):
+        if d.get(k) not in (None, [], {}):
+            print(f"{k}:")
+            print("  " + json.dumps(d[k], indent=2, default=str).replace("\n", "\n  "))
+    return 0
+
+
+def masked_params(action: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters with the values the plugin declares secret replaced by ***."""
+    from trapd.plugin import load_actions
+
+    specs, _ = load_actions()
+    spec = specs.get(action)
+    if spec is None:
+        return params
+    return {k: ("***" if k in spec.params and spec.params[k].secret else v) for k, v in params.items()}
+
+
+def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
+    import json
+
+    if args.json:
+        for e in entries:
+            d = e.to_dict()
+            d["params"] = masked_params(e.action, e.params)
+            print(json.dumps(d, default=str))
+        return
+    if not entries:
+        print("no actions")
+        return
+    rows = [("ID", "STATE", "WHEN", "TRY", "RULE", "ACTION", "SOURCE", "ABOUT", "NOTE")]
+    for e in entries:
+        when = e.finished or (e.due if e.state in ("scheduled", "pending", "failed", "held") else e.started)
+        about = e.mac or e.ip or e.key
+        rows.append(
+            (str(e.id), e.state, _when(when or e.created), str(e.attempts), e.rule, e.action, e.source,
+             _cut(about, 28), _cut(e.last_error or "", 60))
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _cut(text: str, n: int) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _when(t: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_time(text: str, now: float) -> float:
+    """ISO 8601, a duration ago (``2h``), or Unix seconds."""
+    import datetime
+
+    from trapd.params import ParamError, parse_duration
+
+    s = text.strip()
+    if s and s[-1].isalpha():
+        try:
+            return now - parse_duration(s)
+        except ParamError:
+            pass
+    try:
+        value = float(s)
+    except ValueError:
+        pass
+    else:
+        return value
+    try:
+        dt = datetime.datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (use 2026-01-05T10:00, 2h, or Unix seconds)") from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # local time, as an operator types it
+    return dt.timestamp()
