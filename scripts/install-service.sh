@@ -73,7 +73,17 @@ case "$UNIT_DIR" in /*) ;; *) die "--unit-dir must be an absolute path" ;; esac
 # systemd is running as PID 1 (what sd_booted(3) checks).
 systemd_running() { [ "$REAL_ROOT" = yes ] && [ -d /run/systemd/system ]; }
 
-install_units() {
+check_not_home() {
+    case "$1" in
+        /home/*|/root/*|/run/user/*)
+            die "$1 is in a home directory, which the service cannot see (ProtectHome=yes):
+  install trapd system-wide, e.g. /usr/bin/python3 -m venv /opt/trapd && /opt/trapd/bin/pip install .
+  or PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin pipx install ." ;;
+    esac
+}
+
+# resolve_trapd: find and check the trapd command before anything is changed.
+resolve_trapd() {
     case "$TRAPD" in
         "") TRAPD=$(command -v trapd || true)
             [ -n "$TRAPD" ] || die "no trapd command on PATH: pip install trapd first, or pass --trapd PATH" ;;
@@ -83,15 +93,19 @@ install_units() {
     if [ "$REAL_ROOT" = yes ] && [ ! -x "$TRAPD" ]; then
         die "$TRAPD is not an executable file"
     fi
-    # ProtectHome=yes hides /home and /root from the service (a pipx or pip --user install lands there).
-    real=$TRAPD
-    [ "$REAL_ROOT" = yes ] && real=$(readlink -f "$TRAPD")
-    case "$real" in
-        /home/*|/root/*|/run/user/*)
-            die "$TRAPD ($real) is in a home directory, which the service cannot see (ProtectHome=yes):
-  install trapd system-wide, e.g. python3 -m venv /opt/trapd && /opt/trapd/bin/pip install .
-  or PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin pipx install ." ;;
-    esac
+    # ProtectHome=yes hides /home and /root from the service: a pipx or pip --user
+    # install lands there, and so does the interpreter of a venv made from pyenv.
+    check_not_home "$TRAPD"
+    if [ "$REAL_ROOT" = yes ]; then
+        check_not_home "$(readlink -m "$TRAPD")"
+        interpreter=$(sed -n '1s/^#![[:space:]]*\([^[:space:]]*\).*/\1/p' "$TRAPD")
+        if [ -n "$interpreter" ]; then
+            check_not_home "$(readlink -m "$interpreter")"
+        fi
+    fi
+}
+
+install_units() {
     install -d -m 0755 "$DESTDIR$UNIT_DIR"
     tmp=$(mktemp)
     trap 'rm -f "$tmp"' EXIT
@@ -148,6 +162,7 @@ install_configs() {
 
 do_install() {
     [ -f "$SRC/systemd/trapd.service" ] || die "run from a trapd source tree ($SRC/systemd/trapd.service missing)"
+    resolve_trapd
     create_user
     install_units
     install_configs

@@ -135,6 +135,14 @@ def test_real_install_creates_the_user_in_a_private_etc(tmp_path: Path) -> None:
 
     before = host_state()
     etc, varlib = tmp_path / "etc", tmp_path / "varlib"
+    # A trapd whose interpreter is outside any home directory (this venv's python may live in /root/.pyenv).
+    trapd = tmp_path / "opt/bin/trapd"
+    trapd.parent.mkdir(parents=True)
+    trapd.write_text("#!/usr/bin/python3\n")
+    trapd.chmod(0o755)
+    home_python = tmp_path / "opt/bin/trapd-pyenv"
+    home_python.write_text("#!/root/.pyenv/versions/3.11.7/bin/python3.11\n")
+    home_python.chmod(0o755)
     shutil.copytree("/etc", etc, symlinks=True)
     (varlib / "trapd").mkdir(parents=True)
     (varlib / "trapd" / "journal.sqlite").write_text("x")
@@ -143,10 +151,12 @@ def test_real_install_creates_the_user_in_a_private_etc(tmp_path: Path) -> None:
         mount --bind {etc} /etc
         mount --bind {varlib} /var/lib
         mount -t tmpfs tmpfs /run          # no /run/systemd/system: systemctl is never called
-        {INSTALL} --trapd {TRAPD}
+        if {INSTALL} --trapd {home_python} 2>&1; then exit 3; fi
+        echo "== refused"; getent passwd trapd || echo "no user yet"; ls /etc/systemd/system | grep trapd ||:
+        {INSTALL} --trapd {trapd}
         echo "== user"; id trapd
         echo "== owner"; stat -c '%U:%G %a %n' /etc/trapd /etc/trapd/trapd.yaml /etc/trapd/rules.d
-        {INSTALL} --trapd {TRAPD} >/dev/null     # a second run is harmless
+        {INSTALL} --trapd {trapd} >/dev/null     # a second run is harmless
         {UNINSTALL}
         echo "== after uninstall"; id trapd; ls /var/lib/trapd /etc/trapd
         {UNINSTALL} --purge
@@ -157,6 +167,9 @@ def test_real_install_creates_the_user_in_a_private_etc(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
+    refused = out.split("== refused\n")[1].split("user:")[0]
+    assert refused.strip() == "no user yet"  # checked before anything was changed
+    assert "/root/.pyenv/versions/3.11.7/bin/python3.11 is in a home directory" in out
     user = out.split("== user\n")[1].split("\n")[0]
     assert user.startswith("uid=") and "(trapd)" in user
     if subprocess.run(["getent", "group", "_kea"], capture_output=True).returncode == 0:
