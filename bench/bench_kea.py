@@ -1,0 +1,214 @@
+"""Lease deletion rate through trapd's Kea client beside the raw rate of the same Kea, same run.
+
+Starts a private Kea 2.2 on loopback (tests/kea_harness.py: kea-dhcp4 +
+kea-ctrl-agent, unix socket, memfile, lease_cmds), then for each transport:
+
+  raw     the plainest client that can do it: a new unix connection per
+          command (what Kea's socket allows), or one http.client keep-alive
+          connection to the Control Agent
+  trapd   trapd.kea.client.KeaClient, one command in flight (how an action
+          deletes the leases of one MAC or one port), and N in flight (many
+          actions at once, as in a trap storm)
+  httpx   (--httpx) httpx.AsyncClient, one in flight: the library this client replaced
+
+Each round adds N leases over the unix socket (not timed) and deletes them
+with lease4-del (timed). Rounds are interleaved; the median of --rounds is reported.
+
+    .venv/bin/python bench/bench_kea.py                      # N=1000, 3 rounds
+    .venv/bin/python bench/bench_kea.py -n 2000 --rounds 5 --httpx
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import kea_harness
+
+from trapd.kea.client import KeaClients
+
+MAC = "0a:00:27:be:0c:01"
+
+
+def addresses(n: int) -> list[str]:
+    return [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(n)]
+
+
+def add_leases(kea: kea_harness.KeaInstance, ips: list[str]) -> None:
+    for ip in ips:
+        kea.add_lease4(ip, MAC)
+
+
+def raw_unix(path: str, ips: list[str]) -> None:
+    for ip in ips:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.sendall(json.dumps({"command": "lease4-del", "arguments": {"ip-address": ip}}).encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert json.loads(data)["result"] == 0, data
+
+
+def raw_ca(port: int, ips: list[str]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    headers = {"Content-Type": "application/json"}
+    for ip in ips:
+        body = json.dumps({"command": "lease4-del", "service": ["dhcp4"], "arguments": {"ip-address": ip}})
+        conn.request("POST", "/", body, headers)
+        r = conn.getresponse()
+        answer = json.loads(r.read())
+        assert answer[0]["result"] == 0, answer
+    conn.close()
+
+
+async def trapd_client(clients: KeaClients, endpoint: str, ips: list[str], in_flight: int) -> None:
+    kea = clients.get(endpoint)
+    if in_flight == 1:
+        for ip in ips:
+            await kea.command("lease4-del", {"ip-address": ip}, accept=(0,))
+        return
+    queue = iter(ips)
+
+    async def worker() -> None:
+        for ip in queue:
+            await kea.command("lease4-del", {"ip-address": ip}, accept=(0,))
+
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+
+async def httpx_client(port: int, ips: list[str]) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for ip in ips:
+            body = {"command": "lease4-del", "service": ["dhcp4"], "arguments": {"ip-address": ip}}
+            r = await client.post("/", content=json.dumps(body), headers={"Content-Type": "application/json"})
+            assert r.json()[0]["result"] == 0
+
+
+def measure_once(
+    kea: kea_harness.KeaInstance, n: int, run: Callable[[list[str]], Awaitable[None] | None]
+) -> tuple[float, float]:
+    """(deletions per second, client CPU microseconds per deletion) for one round."""
+    ips = addresses(n)
+    add_leases(kea, ips)
+    cpu = time.process_time()
+    started = time.perf_counter()
+    maybe = run(ips)
+    if maybe is not None:
+        asyncio.run(_await(maybe))
+    wall = time.perf_counter() - started
+    return n / wall, (time.process_time() - cpu) / n * 1e6
+
+
+async def _await(aw: Awaitable[None]) -> None:
+    await aw
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=1000, help="leases per round (max 60000)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--in-flight", type=int, default=4, help="concurrent commands for the 'trapd, N in flight' row"
+    )
+    ap.add_argument("--httpx", action="store_true", help="also measure httpx.AsyncClient")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = ap.parse_args()
+    n = min(max(args.n, 1), 60000)
+
+    with tempfile.TemporaryDirectory(prefix="trapd-bench-kea-") as tmp:
+        kea = kea_harness.start_kea(Path(tmp), dhcp6=False)
+        try:
+            section = kea.trapd_kea_section()
+            for ep in section["endpoints"].values():
+                ep["pool_size"] = max(args.in_flight, 1) if ep["transport"] != "unix" else None
+                ep.pop("pool_size") if ep["pool_size"] is None else None
+                if ep["transport"] == "unix":
+                    ep["max_in_flight"] = max(args.in_flight, 1)
+
+            def client_run(endpoint: str, in_flight: int) -> Callable[[list[str]], Awaitable[None]]:
+                async def go(ips: list[str]) -> None:
+                    clients = kea_harness.make_kea_clients(section)
+                    try:
+                        await trapd_client(clients, endpoint, ips, in_flight)
+                    finally:
+                        await clients.aclose()
+
+                return go
+
+            sock = str(kea.dhcp4_socket)
+            port = kea.ca_port
+            assert port is not None
+            plan: list[tuple[str, str, Callable[[list[str]], Any]]] = [
+                ("unix", "raw (new connection per command)", lambda ips: raw_unix(sock, ips)),
+                ("unix", "trapd client, 1 in flight", client_run("unix4", 1)),
+                ("unix", f"trapd client, {args.in_flight} in flight", client_run("unix4", args.in_flight)),
+                ("control-agent", "raw (http.client keep-alive)", lambda ips: raw_ca(port, ips)),
+                ("control-agent", "trapd client, 1 in flight", client_run("ca4", 1)),
+                (
+                    "control-agent",
+                    f"trapd client, {args.in_flight} in flight",
+                    client_run("ca4", args.in_flight),
+                ),
+            ]
+            if args.httpx:
+                plan.append(
+                    ("control-agent", "httpx.AsyncClient, 1 in flight", lambda ips: httpx_client(port, ips))
+                )
+            # Rounds are interleaved (every client once, then again) so that load
+            # from elsewhere on the machine hits raw and trapd rows alike.
+            rates: list[list[float]] = [[] for _ in plan]
+            cpus: list[list[float]] = [[] for _ in plan]
+            for _ in range(args.rounds):
+                for i, (_, _, run) in enumerate(plan):
+                    rate, cpu = measure_once(kea, n, run)
+                    rates[i].append(rate)
+                    cpus[i].append(cpu)
+            results = [
+                {
+                    "transport": t,
+                    "client": what,
+                    "rates": r,
+                    "median": statistics.median(r),
+                    "cpu_us": statistics.median(c),
+                }
+                for (t, what, _), r, c in zip(plan, rates, cpus, strict=True)
+            ]
+        finally:
+            kea.stop()
+
+    print(f"Kea {kea.version}, lease4-del of {n} leases, median of {args.rounds} rounds (per second)\n")
+    print("client CPU = CPU time of this process per deletion (median): what the client itself costs\n")
+    head = ("transport", "client", "median/s", "vs raw", "client CPU", "rounds")
+    print(f"| {head[0]:13} | {head[1]:36} | {head[2]:>8} | {head[3]:>6} | {head[4]:>10} | {head[5]} |")
+    print(f"|{'-' * 15}|{'-' * 38}|{'-' * 9}:|{'-' * 7}:|{'-' * 11}:|--------|")
+    raw: dict[str, float] = {}
+    for r in results:
+        if r["client"].startswith("raw"):
+            raw[r["transport"]] = r["median"]
+        ratio = r["median"] / raw[r["transport"]]
+        rounds = ", ".join(f"{x:,.0f}" for x in r["rates"])
+        cpu = f"{r['cpu_us']:.0f} µs"
+        cells = f"{r['median']:8,.0f} | {ratio:5.2f}x | {cpu:>10}"
+        print(f"| {r['transport']:13} | {r['client']:36} | {cells} | {rounds} |")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
