@@ -21,6 +21,7 @@ from trapd.service.metrics import (
     build_registry,
     read_socket_queues,
     read_udp_rcvbuf_errors,
+    status_line,
 )
 
 
@@ -255,3 +256,11 @@ async def test_an_overflowing_socket_shows_in_per_socket_and_host_counters(
     rx.close()
     # A socket closed by a reload is skipped, not an error.
     assert (await http(server.port, get("/metrics")))[0] == 200
+
+
+def test_status_line_for_systemd() -> None:
+    assert status_line(busy_snapshot()) == (
+        "1208 received, 43 dropped, 312 matched, actions 300 done 2 failed, "
+        "journal 1 pending 4 scheduled 2 held, kea 1/2 up, last reload FAILED"
+    )
+    assert status_line(DaemonSnapshot()) == "0 received, 0 matched"

@@ -340,3 +340,30 @@ def build_registry(
     if collector is not None:
         registry.register(collector)
     return registry
+
+
+def status_line(snap: DaemonSnapshot) -> str:
+    """The one line for systemd's STATUS= (``systemctl status trapd``), from the same snapshot.
+
+    e.g. ``1207 received, 43 dropped, 312 matched, actions 300 done 2 failed,
+    journal 4 scheduled 1 held, kea 1/2 up``; parts with nothing to say are left out.
+    """
+    parts = [f"{sum(snap.received.values())} received"]
+    dropped = sum(snap.dropped.values())
+    if dropped:
+        parts.append(f"{dropped} dropped")
+    parts.append(f"{sum(snap.matched.values())} matched")
+    outcomes: dict[str, int] = {}
+    for (_plugin, outcome), n in snap.actions.items():
+        outcomes[outcome] = outcomes.get(outcome, 0) + n
+    if outcomes:
+        parts.append("actions " + " ".join(f"{n} {o}" for o, n in sorted(outcomes.items())))
+    states = ("pending", "scheduled", "held", "dead")
+    journal = [f"{snap.journal[s]} {s}" for s in states if snap.journal.get(s)]
+    if journal:
+        parts.append("journal " + " ".join(journal))
+    if snap.kea_up:
+        parts.append(f"kea {sum(1 for up in snap.kea_up.values() if up)}/{len(snap.kea_up)} up")
+    if not snap.last_reload_ok:
+        parts.append("last reload FAILED")
+    return ", ".join(parts)
