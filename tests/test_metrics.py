@@ -20,7 +20,6 @@ from trapd.service.metrics import (
     TrapdCollector,
     build_registry,
     read_socket_queues,
-    read_udp_rcvbuf_errors,
     status_line,
 )
 
@@ -213,7 +212,7 @@ async def test_ipv6_loopback(serve: Callable[..., MetricsServer]) -> None:
     assert (await http(server.port, get("/healthz"), host="::1"))[0] == 200
 
 
-def test_kernel_counters_from_proc_files(tmp_path: Path) -> None:
+def test_kernel_counters_start_at_zero_with_trapd(tmp_path: Path) -> None:
     (tmp_path / "snmp").write_text(
         "Ip: Forwarding DefaultTTL\nIp: 1 64\n"
         "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n"
@@ -224,9 +223,13 @@ def test_kernel_counters_from_proc_files(tmp_path: Path) -> None:
     (tmp_path / "snmp6").write_text(
         "Udp6InDatagrams                 \t4\nUdp6RcvbufErrors                \t11\n"
     )
-    drops = read_udp_rcvbuf_errors(tmp_path)
-    assert (drops.ipv4, drops.ipv6) == (5, 11)
-    assert read_udp_rcvbuf_errors(tmp_path / "missing").ipv4 == 0
+    collector = TrapdCollector(DaemonSnapshot, proc_net=tmp_path)
+    snmp = (tmp_path / "snmp").read_text()
+    (tmp_path / "snmp").write_text(snmp.replace("100 2 7 50 5 0", "100 2 7 50 9 0"))
+    (tmp_path / "snmp6").write_text("Udp6InDatagrams \t4\nUdp6RcvbufErrors \t12\n")
+    kernel = next(m for m in collector.collect() if m.name == "trapd_kernel_udp_rcvbuf_errors")
+    # Counted from when the collector was made: 9 - 5 and 12 - 11.
+    assert {s.labels["family"]: s.value for s in kernel.samples} == {"ipv4": 4, "ipv6": 1}
 
 
 async def test_an_overflowing_socket_shows_in_per_socket_and_host_counters(

@@ -52,7 +52,6 @@ process_*, python_*                            (prometheus-client's default coll
 from __future__ import annotations
 
 import bisect
-import itertools
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -71,6 +70,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from trapd import __version__
+from trapd.listener.stats import read_kernel_drops
 from trapd.service.socket_activation import describe
 
 # /proc/self/net rather than /proc/net: the latter is a symlink that
@@ -134,37 +134,6 @@ class DaemonSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class UdpDrops:
-    """Host-wide UDP receive-buffer errors (/proc/net/snmp and snmp6)."""
-
-    ipv4: int
-    ipv6: int
-
-
-def read_udp_rcvbuf_errors(proc_net: Path = PROC_NET) -> UdpDrops:
-    """Udp RcvbufErrors and Udp6RcvbufErrors; 0 where the file or field is missing."""
-    ipv4 = ipv6 = 0
-    try:
-        lines = (proc_net / "snmp").read_text().splitlines()
-        for names, values in itertools.pairwise(lines):
-            if names.startswith("Udp: ") and values.startswith("Udp: "):
-                header = names.split()
-                if "RcvbufErrors" in header:
-                    ipv4 = int(values.split()[header.index("RcvbufErrors")])
-                break
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        for line in (proc_net / "snmp6").read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == "Udp6RcvbufErrors":
-                ipv6 = int(parts[1])
-    except (OSError, ValueError):
-        pass
-    return UdpDrops(ipv4, ipv6)
-
-
-@dataclass(frozen=True, slots=True)
 class SocketQueue:
     """One UDP socket's row in /proc/net/udp{,6}: bytes queued and datagrams dropped."""
 
@@ -218,7 +187,7 @@ class TrapdCollector:
         self._snapshot = snapshot
         self._sockets = sockets
         self._proc_net = proc_net
-        self._udp_base = read_udp_rcvbuf_errors(proc_net)
+        self._udp_base = read_kernel_drops(proc_net)
 
     def describe(self) -> list[Metric]:
         # Empty: registering the collector must not take a snapshot.
@@ -266,14 +235,14 @@ class TrapdCollector:
         yield latency
 
     def _kernel(self) -> Iterator[Metric]:
-        now = read_udp_rcvbuf_errors(self._proc_net)
+        now = read_kernel_drops(self._proc_net)
         kernel = CounterMetricFamily(
             "trapd_kernel_udp_rcvbuf_errors",
             "Host-wide UDP datagrams dropped by the kernel for a full receive buffer, since trapd started.",
             labels=["family"],
         )
-        kernel.add_metric(["ipv4"], max(0, now.ipv4 - self._udp_base.ipv4))
-        kernel.add_metric(["ipv6"], max(0, now.ipv6 - self._udp_base.ipv6))
+        kernel.add_metric(["ipv4"], max(0, now.udp - self._udp_base.udp))
+        kernel.add_metric(["ipv6"], max(0, now.udp6 - self._udp_base.udp6))
         yield kernel
         drops = CounterMetricFamily(
             "trapd_socket_drops", "Datagrams the kernel dropped on trapd's own sockets.", labels=["socket"]
