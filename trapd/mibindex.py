@@ -25,8 +25,9 @@ Index format (``FORMAT``), chosen to load fast with the stdlib json module::
 (``base_type`` tells which) or null. ``nodes`` are sorted so that, for an OID
 defined by more than one module, the preferred definition comes last (the
 loader simply keeps the last one): an object or notification beats a bare
-OBJECT IDENTIFIER, and an SMIv2 module beats its SMIv1 ancestor
-(IF-MIB::ifIndex, not RFC1213-MIB::ifIndex).
+OBJECT IDENTIFIER, an SMIv2 module beats its SMIv1 ancestor
+(IF-MIB::ifIndex, not RFC1213-MIB::ifIndex), and otherwise the module loaded
+first (pysnmp's core modules, then pysnmp-mibs by name) keeps the name.
 """
 
 from __future__ import annotations
@@ -143,10 +144,13 @@ class _IndexWriter:
     def result(self, built_from: dict[str, str]) -> dict[str, Any]:
         legacy = {i for i, m in enumerate(self.modules) if m[2]}
 
-        def rank(node: list[Any]) -> tuple[int, int]:
-            return (_KIND_RANK.get(node[3], 2), 0 if node[1] in legacy else 1)
+        position = {id(node): i for i, node in enumerate(self.nodes)}
 
-        # Stable sort: equal ranks keep load order, so later modules win ties.
+        def rank(node: list[Any]) -> tuple[int, int, int]:
+            # Equal ranks: the module loaded first wins (it sorts last), so
+            # SNMPv2-SMI::zeroDotZero beats DLSW-MIB's alias "null" for 0.0.
+            return (_KIND_RANK.get(node[3], 2), 0 if node[1] in legacy else 1, -position[id(node)])
+
         self.nodes.sort(key=rank)
         return {
             "format": FORMAT,
