@@ -873,14 +873,15 @@ class Compiler:
         except re.error as exc:
             self.p.error(f"{what}: bad regex: {exc.msg} at position {exc.pos} of the pattern", mark)
             return None
-        for g in pattern.groupindex:
-            if g in EVENT_VARIABLES or g in JINJA_GLOBALS:
-                self.p.error(
-                    f"{what}: the regex group name {g!r} is a reserved template variable; rename the group",
-                    mark,
-                )
-                return None
-            scope.captures.add(g)
+        reserved = [g for g in pattern.groupindex if g in EVENT_VARIABLES or g in JINJA_GLOBALS]
+        # The other groups still count, so templates using them are not reported as well.
+        scope.captures.update(g for g in pattern.groupindex if g not in reserved)
+        for g in reserved:
+            self.p.error(
+                f"{what}: the regex group name {g!r} is a reserved template variable; rename the group", mark
+            )
+        if reserved:
+            return None
         return c.Regex(pattern, f"regex {value!r}")
 
     # -- foreach ----------------------------------------------------------------
