@@ -457,3 +457,61 @@ def test_lookup_command_describes_both_ways(shipped: MibResolver) -> None:
     assert tc["kind"] == "textual-convention" and tc["syntax"]["hint"] == "1x:"
     assert describe_name(shipped, "1.3.6.1.4.1.99999")["found"] is False
     assert describe_name(shipped, "noSuchName")["found"] is False
+
+
+# -- the start-up snapshot -----------------------------------------------------------
+
+
+def test_snapshot_used_on_the_next_start_and_equivalent(tmp_path: Path) -> None:
+    src = write_site(tmp_path / "mibs")
+    cfg = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
+    first = MibResolver.load(cfg, compile_in_process=True)
+    assert "snapshot" not in first.sources
+    assert (tmp_path / "cache" / mibs_mod.SNAPSHOT_NAME).is_file()
+    second = MibResolver.load(cfg)
+    assert second.sources[-1] == "snapshot"
+    assert second.problems == first.problems
+    assert second.site_modules == first.site_modules
+    for name in ("trapdMacNotification", "IF-MIB::linkDown", "ifOperStatus.3", "oldPortFailure"):
+        oid = first.lookup(name)
+        assert oid is not None and second.lookup(name) == oid
+        assert second.describe(oid) == first.describe(oid)
+    assert second.enum_values("trapdMacChange") == {"learnt": 1, "removed": 2}
+    assert second.display_hint("MacAddress") == "1x:"
+    assert second.subtree("TRAPD-TEST-MIB") == (1, 3, 6, 1, 4, 1, 99999)
+
+
+def test_damaged_or_stale_snapshot_is_ignored(tmp_path: Path) -> None:
+    cfg = MibConfig(dirs=(), cache_dir=tmp_path / "cache")
+    MibResolver.load(cfg)
+    snap = tmp_path / "cache" / mibs_mod.SNAPSHOT_NAME
+    snap.write_bytes(b"\x00garbage")
+    r = MibResolver.load(cfg)
+    assert "snapshot" not in r.sources and r.problems == []
+    assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())
+    # Rewritten by that load; a source directory that appears changes the key.
+    assert MibResolver.load(cfg).sources[-1] == "snapshot"
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    with_site = MibResolver.load(
+        MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True
+    )
+    assert "snapshot" not in with_site.sources
+    assert with_site.lookup("trapdMacNotification") is not None
+
+
+def test_no_snapshot_while_the_site_compile_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("compiler crashed")
+
+    monkeypatch.setattr(mibs_mod, "_compile_in_child", crash)
+    cfg = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
+    r = MibResolver.load(cfg)
+    assert r.problems == ["MIB compile failed: RuntimeError: compiler crashed"]
+    assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())  # shipped names still work
+    assert not (tmp_path / "cache" / mibs_mod.SNAPSHOT_NAME).exists()

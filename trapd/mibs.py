@@ -30,7 +30,9 @@ receive path pays one dict lookup per varbind once an OID has been seen.
 from __future__ import annotations
 
 import json
+import marshal
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ from trapd.yamlsource import ConfigError, check_keys, expect, where
 DEFAULT_DIRS = (Path("/usr/share/snmp/mibs"), Path("/etc/trapd/mibs"))
 SHIPPED_INDEX = Path(__file__).with_name("data") / "mib-index.json"
 SITE_INDEX_NAME = "site-index.json"
+SNAPSHOT_NAME = "resolver.marshal"
+SNAPSHOT_FORMAT = 1
 # Node kinds that hold values: an OID below one of them is an instance (ifIndex.17).
 OBJECT_KINDS = frozenset({"column", "scalar"})
 # Kinds that only name a place in the tree (OBJECT IDENTIFIER, OBJECT-IDENTITY).
@@ -117,12 +121,22 @@ class Syntax:
         self.enums: dict[str, int] = dict(enums or ())
         self.labels: dict[int, str] = {v: k for k, v in self.enums.items()}
 
+    def _key(self) -> tuple[str, str, str, tuple[tuple[str, int], ...]]:
+        return (self.base, self.tc, self.hint, tuple(self.enums.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Syntax) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
     def __repr__(self) -> str:
         return f"Syntax({self.base!r}, tc={self.tc!r}, hint={self.hint!r}, enums={self.enums!r})"
 
 
-# One named node: (MODULE::symbol, kind, syntax or None).
-_Node = tuple[str, str, Syntax | None]
+# One named node: (MODULE::symbol, kind, syntax number or -1). Plain data, so
+# the whole table can be marshalled into the start-up snapshot.
+_Node = tuple[str, str, int]
 # A resolution: (name, index, syntax or None, kind or "").
 Resolved = tuple[str, Oid, Syntax | None, str]
 
@@ -143,10 +157,11 @@ class MibResolver:
         self.sources: list[str] = []
         self.site_modules: set[str] = set()
         self._nodes: dict[Oid, _Node] = {}
+        self._syntaxes: list[Syntax] = []
         self._by_name: dict[str, Oid] = {}
         self._by_symbol: dict[str, Oid] | None = None
         self._modules: dict[str, Oid] = {}
-        self._tcs: dict[str, Syntax] = {}
+        self._tcs: dict[str, int] = {}
         self._cache: dict[Oid, Resolved] = {}
 
     # -- loading -----------------------------------------------------------
@@ -169,6 +184,13 @@ class MibResolver:
         in the cache too, so every start reports them, not only the first.
         """
         config = config or MibConfig()
+        dirs = config.source_dirs()
+        cache = config.cache_path(state_dir)
+        snapshot_key = _snapshot_key(dirs)
+        if cache is not None:
+            cached = cls._from_snapshot(cache / SNAPSHOT_NAME, snapshot_key)
+            if cached is not None:
+                return cached
         r = cls()
         shipped: dict[str, Any] | None = None
         try:
@@ -177,13 +199,66 @@ class MibResolver:
             r.problems.append(f"{SHIPPED_INDEX.name}: {exc}; rebuild it with `trapd mibs build-index`")
         if shipped is not None:
             r.add_index(shipped, SHIPPED_INDEX.name)
-        dirs = config.source_dirs()
+        complete = shipped is not None
         if dirs:
-            site = load_site_index(dirs, config.cache_path(state_dir), shipped, in_process=compile_in_process)
+            site = load_site_index(dirs, cache, shipped, in_process=compile_in_process)
             r.problems += site.problems
             if site.index is not None:
                 r.add_index(site.index, "site MIBs", site=True)
+            complete = complete and (site.index is not None or not source_files(dirs)) and site.cached
+        if complete and cache is not None:
+            r._write_snapshot(cache / SNAPSHOT_NAME, snapshot_key)
         return r
+
+    # A snapshot of the merged tables, written with marshal: loading it takes
+    # ~30 ms and ~9 MB, where parsing the JSON indexes takes ~150 ms and
+    # leaves ~20 MB of RSS behind. marshal's format may change between
+    # Python versions, so the version is part of the key; any mismatch or
+    # damage just means the JSON path runs and writes a new one.
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        syntaxes = [(s.base, s.tc, s.hint, tuple(s.enums.items())) for s in self._syntaxes]
+        return (
+            self._nodes,
+            syntaxes,
+            self._by_name,
+            self._modules,
+            self._tcs,
+            sorted(self.site_modules),
+            self.problems,
+            self.sources,
+        )
+
+    def _write_snapshot(self, path: Path, key: str) -> None:
+        try:
+            blob = marshal.dumps((SNAPSHOT_FORMAT, key, self._snapshot()))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)
+        except (OSError, ValueError):
+            pass  # a cache, not a requirement
+
+    @classmethod
+    def _from_snapshot(cls, path: Path, key: str) -> MibResolver | None:
+        try:
+            blob = path.read_bytes()
+            fmt, stored_key, body = marshal.loads(blob)
+            if fmt != SNAPSHOT_FORMAT or stored_key != key:
+                return None
+            nodes, syntaxes, by_name, modules, tcs, site_modules, problems, sources = body
+            r = cls()
+            r._nodes = nodes
+            r._syntaxes = [Syntax(b, t, h, e) for b, t, h, e in syntaxes]
+            r._by_name = by_name
+            r._modules = modules
+            r._tcs = tcs
+            r.site_modules = set(site_modules)
+            r.problems = list(problems)
+            r.sources = [*sources, "snapshot"]
+            return r
+        except (OSError, ValueError, EOFError, TypeError):
+            return None
 
     @classmethod
     def from_index(cls, *indexes: dict[str, Any]) -> MibResolver:
@@ -202,7 +277,8 @@ class MibResolver:
         if data.get("format") != 1:
             raise ValueError(f"{source}: unsupported MIB index format {data.get('format')!r}")
         modules = [m[0] for m in data["modules"]]
-        syntaxes = [Syntax(s[0], s[1], s[2], s[3]) for s in data["syntaxes"]]
+        base = len(self._syntaxes)
+        self._syntaxes += [Syntax(s[0], s[1], s[2], s[3]) for s in data["syntaxes"]]
         nodes, by_name = self._nodes, self._by_name
         weak = _ALIAS_KINDS
         for oid_list, mod_no, sym, kind, syn_no in data["nodes"]:
@@ -212,15 +288,14 @@ class MibResolver:
             if prev is not None and site and kind in weak and prev[1] not in weak:
                 by_name[name] = oid
                 continue
-            nodes[oid] = (name, kind, syntaxes[syn_no] if syn_no >= 0 else None)
+            nodes[oid] = (name, kind, base + syn_no if syn_no >= 0 else -1)
             by_name[name] = oid
         for name, moid, _legacy in data["modules"]:
             if moid:
                 self._modules[name] = tuple(int(x) for x in moid.split("."))
         for mod_no, tc_name, syn_no in data.get("tcs", ()):
-            syn = syntaxes[syn_no]
-            self._tcs[f"{modules[mod_no]}::{tc_name}"] = syn
-            self._tcs.setdefault(tc_name, syn)
+            self._tcs[f"{modules[mod_no]}::{tc_name}"] = base + syn_no
+            self._tcs.setdefault(tc_name, base + syn_no)
         if site:
             self.site_modules.update(modules)
         self._by_symbol = None
@@ -242,8 +317,9 @@ class MibResolver:
             return hit
         nodes = self._nodes
         node = nodes.get(oid)
+        syntaxes = self._syntaxes
         if node is not None and node[1] not in _ALIAS_KINDS:
-            hit = (node[0], (), node[2], node[1])
+            hit = (node[0], (), syntaxes[node[2]] if node[2] >= 0 else None, node[1])
         else:
             # No node here, or only a bare OBJECT IDENTIFIER: some modules name
             # an instance (DISMAN-EXPRESSION-MIB::sysUpTimeInstance is
@@ -253,7 +329,8 @@ class MibResolver:
                 parent = nodes.get(oid[:cut])
                 if parent is not None:
                     if parent[1] in OBJECT_KINDS:
-                        hit = (parent[0], oid[cut:], parent[2], parent[1])
+                        syn = syntaxes[parent[2]] if parent[2] >= 0 else None
+                        hit = (parent[0], oid[cut:], syn, parent[1])
                     break
         cache = self._cache
         if len(cache) >= CACHE_LIMIT:
@@ -318,7 +395,7 @@ class MibResolver:
         if isinstance(name_or_oid, str):
             tc = self._tcs.get(name_or_oid)
             if tc is not None:
-                return tc
+                return self._syntaxes[tc]
             oid = self.lookup(name_or_oid)
             if oid is None:
                 return None
@@ -341,7 +418,8 @@ class MibResolver:
 
     def tc(self, name: str) -> Syntax | None:
         """A textual convention by name (``MacAddress`` or ``SNMPv2-TC::MacAddress``)."""
-        return self._tcs.get(name)
+        tc = self._tcs.get(name)
+        return self._syntaxes[tc] if tc is not None else None
 
     def is_notification(self, oid: str | Oid) -> bool:
         key = self.lookup(oid) if isinstance(oid, str) else oid
@@ -386,6 +464,7 @@ class SiteIndex:
     index: dict[str, Any] | None
     problems: list[str]
     compiled: bool  # True when this call ran the compiler (the cache was stale)
+    cached: bool = True  # False when the result could not be kept (the next start compiles again)
 
 
 def source_files(dirs: Iterable[Path]) -> list[Path]:
@@ -400,10 +479,18 @@ def source_files(dirs: Iterable[Path]) -> list[Path]:
     return out
 
 
-def fingerprint(dirs: Iterable[Path], shipped: dict[str, Any] | None) -> str:
+def _shipped_tag() -> str:
+    try:
+        st = SHIPPED_INDEX.stat()
+    except OSError:
+        return "shipped=missing"
+    return f"shipped={st.st_size}:{st.st_mtime_ns}"
+
+
+def fingerprint(dirs: Iterable[Path]) -> str:
     """What the compiled site index depends on, cheap to compute (one stat per file)."""
-    parts = [f"format=1;shipped={len(shipped['nodes']) if shipped else 0}"]
     dirs = list(dirs)
+    parts = ["format=1", _shipped_tag()]
     parts += [f"dir={d}" for d in dirs]
     for p in source_files(dirs):
         try:
@@ -412,6 +499,10 @@ def fingerprint(dirs: Iterable[Path], shipped: dict[str, Any] | None) -> str:
             continue
         parts.append(f"{p}|{st.st_size}|{st.st_mtime_ns}")
     return "\n".join(parts)
+
+
+def _snapshot_key(dirs: list[Path]) -> str:
+    return f"python={sys.version_info[:3]};marshal={marshal.version}\n{fingerprint(dirs)}"
 
 
 def load_site_index(
@@ -424,7 +515,7 @@ def load_site_index(
     process unless ``in_process`` (tools, tests): pysmi and the MibBuilder
     it needs would otherwise stay in the daemon's memory (~40 MB).
     """
-    fp = fingerprint(dirs, shipped)
+    fp = fingerprint(dirs)
     if not source_files(dirs):
         return SiteIndex(None, [], False)
     cached_path = cache_dir / SITE_INDEX_NAME if cache_dir is not None else None
@@ -443,17 +534,19 @@ def load_site_index(
         else:
             data, problems = _compile_in_child(dirs, cache_dir)
     except Exception as exc:  # the compiler must never take trapd down
-        return SiteIndex(None, [f"MIB compile failed: {type(exc).__name__}: {exc}"], True)
+        return SiteIndex(None, [f"MIB compile failed: {type(exc).__name__}: {exc}"], True, cached=False)
     data["fingerprint"] = fp
     data["problems"] = problems
+    kept = cached_path is not None
     if cached_path is not None:
         try:
             from trapd.mibindex import write_index
 
             write_index(data, cached_path)
         except OSError as exc:
+            kept = False
             problems = [*problems, f"{cached_path}: cannot write MIB cache: {exc.strerror or exc}"]
-    return SiteIndex(data, problems, True)
+    return SiteIndex(data, problems, True, cached=kept)
 
 
 COMPILE_TIMEOUT = 600.0
@@ -461,7 +554,6 @@ COMPILE_TIMEOUT = 600.0
 
 def _compile_in_child(dirs: list[Path], cache_dir: Path | None) -> tuple[dict[str, Any], list[str]]:
     import subprocess
-    import sys
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="trapd-mibs-") as tmp:
