@@ -18,13 +18,13 @@ want_test=0
 #   python3, python3-venv      trapd itself (Debian 12's Python is 3.11)
 #   openssl                    test CA for the Kea TLS tests
 #   systemd                    systemd-analyze, to check the unit files
-#   iproute2, procps           ip / ss / ps for tests and the benchmark
+#   iproute2, procps, strace   ip / ss / ps for tests and the benchmark; strace for the unit's syscall filter test
 APT_PACKAGES=(
     snmp snmptrapd
     kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-dhcp-ddns-server
     bind9 bind9-dnsutils
     python3 python3-venv python3-pip
-    openssl systemd iproute2 procps ca-certificates
+    openssl systemd iproute2 procps strace ca-certificates
 )
 
 missing=()
@@ -40,7 +40,9 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-py=${PYTHON:-python3}
+# Debian's own interpreter by default: a venv on a Python under /root or /home
+# would be hidden from the service by ProtectHome=yes.
+py=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
 if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup: trapd needs Python 3.11 or newer; $py is $("$py" --version 2>&1)" >&2
     exit 1

@@ -1,0 +1,47 @@
+"""Run the trapd daemon.
+
+Receives notifications on the configured listeners, matches the rules and
+dispatches actions through the journal. Under systemd (Type=notify) it
+reports READY once the sockets are bound and the journal is open.
+
+Signals: SIGHUP reloads trapd.yaml and the rules atomically (a bad file keeps
+the running configuration and says why in the log and in systemd's STATUS);
+SIGTERM / SIGINT stop receiving, let running actions finish up to the
+shutdown timeout and leave the rest in the journal (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run the daemon (receive, match, dispatch)"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", "-c", metavar="FILE", default=None, help="trapd.yaml (default /etc/trapd/trapd.yaml)"
+    )
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="listen address, repeatable; replaces the config's (IPv6: [::1]:162)",
+    )
+    p.add_argument(
+        "--community", action="append", metavar="NAME", help="accepted v1/v2c community, repeatable"
+    )
+    p.add_argument(
+        "--rules", action="append", metavar="FILE", help="rule file, repeatable; replaces the config's"
+    )
+    p.add_argument("--state-dir", metavar="DIR", help="journal and caches (default /var/lib/trapd)")
+    p.add_argument("--dry-run", action="store_true", help="render and log every action, run none")
+    p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
+    p.add_argument("--log-format", choices=("auto", "journal", "json", "console"), help="log format (default auto)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="metrics and /healthz address ('off' to disable)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from trapd.service.daemon import load_daemon_config, run_daemon
+
+    config = load_daemon_config(args)
+    return run_daemon(config, args)

@@ -1,0 +1,413 @@
+"""The daemon: wires listener -> normalizer -> rules -> dispatcher, under systemd.
+
+Read this file top to bottom to follow one trap: ``_on_notification`` is
+called by the listener for every accepted datagram, synchronously, on the
+event loop. It normalizes, evaluates the rules (both cheap and CPU-bound, so
+doing them inline is faster than queueing every trap) and queues only the
+outcomes that want something done. ``_submit_loop`` hands those to the
+dispatcher, which journals them before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trapd.config import DEFAULT_CONFIG, Config, load_config
+from trapd.event import Event
+from trapd.listener.config import parse_listen
+from trapd.listener.raw import RawNotification
+from trapd.rules.outcome import Outcome
+from trapd.secrets import Secret
+from trapd.yamlsource import ConfigError
+
+# Outcomes waiting for the dispatcher. Bounded so a storm that outruns the
+# journal cannot grow memory without limit; what overflows is counted.
+SUBMIT_QUEUE_MAX = 50_000
+
+
+def load_daemon_config(args: argparse.Namespace) -> Config:
+    """trapd.yaml plus command-line overrides; exits with status 2 on a bad file."""
+    try:
+        return _load_with_overrides(args)
+    except ConfigError as exc:
+        print(f"trapd: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _load_with_overrides(args: argparse.Namespace) -> Config:
+    path: Path | None = Path(args.config) if getattr(args, "config", None) else None
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    config = load_config(path) if path else Config(state_dir=Path("/var/lib/trapd"))
+    listener = config.listener
+    if getattr(args, "listen", None):
+        listener = _replace(listener, listen=tuple(parse_listen(a) for a in args.listen))
+    if getattr(args, "community", None):
+        listener = _replace(listener, communities=tuple(Secret(c, "command line") for c in args.community))
+    changes: dict[str, Any] = {"listener": listener}
+    if getattr(args, "rules", None):
+        changes["rules_files"] = tuple(Path(r).resolve() for r in args.rules)
+        changes["rules_dir"] = None
+    if getattr(args, "state_dir", None):
+        changes["state_dir"] = Path(args.state_dir).resolve()
+    if getattr(args, "dry_run", False):
+        changes["mode"] = "dry-run"
+    return config.with_overrides(**changes)
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(obj, **changes)
+
+
+@dataclass
+class PipelineStats:
+    """Counters of the daemon's own stages (the listener and dispatcher keep theirs)."""
+
+    received: Counter[tuple[str, str]] = field(default_factory=Counter)  # (version, source group)
+    matched: Counter[str] = field(default_factory=Counter)  # rule
+    rejected: Counter[str] = field(default_factory=Counter)  # rule
+    errors: Counter[str] = field(default_factory=Counter)  # stage
+    reloads: Counter[str] = field(default_factory=Counter)  # ok / failed
+    submit_overflow: int = 0
+
+
+class Daemon:
+    """One running trapd. :meth:`run` returns the exit status."""
+
+    def __init__(self, config: Config, args: argparse.Namespace | None = None) -> None:
+        from trapd.service.health import Health
+        from trapd.service.logging import get_logger
+        from trapd.service.sdnotify import Notifier
+
+        self.config = config
+        self.args = args or argparse.Namespace()
+        self.log = get_logger("trapd")
+        self.notifier = Notifier()
+        self.stats = PipelineStats()
+        self.health = Health(False, "starting")
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._submit_queue: asyncio.Queue[tuple[Event, Outcome]] = asyncio.Queue(SUBMIT_QUEUE_MAX)
+        self._kea_up: dict[str, bool] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        # Set in _start(); typed loosely here because their modules import late.
+        self.rules: Any = None
+        self.listener: Any = None
+        self.dispatcher: Any = None
+        self.journal: Any = None
+        self.kea: Any = None
+        self.metrics: Any = None
+        self.resolver: Any = None
+        self.normalizer: Any = None
+        self.actions: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ the receive path
+
+    def _on_notification(self, raw: RawNotification) -> None:
+        """Called by the listener for each accepted notification. Must not raise."""
+        try:
+            event = self.normalizer.normalize(raw)
+            rules = self.rules  # one read: a reload swaps the reference, never mutates it
+            self.stats.received[(event.version, rules.group_of(event.source) or "other")] += 1
+            outcome = rules.evaluate(event)
+        except Exception:
+            self.stats.errors["pipeline"] += 1
+            self.log.exception("notification could not be processed", source=raw.source)
+            return
+        if outcome.empty:
+            return
+        for name in outcome.matched:
+            self.stats.matched[name] += 1
+        for rej in outcome.rejected:
+            # A value from the trap that does not fit the action's parameter type: never dispatched.
+            self.stats.rejected[rej.rule] += 1
+            self.log.warning(
+                "action not dispatched: invalid parameter",
+                event_id=event.id,
+                rule=rej.rule,
+                action=rej.action,
+                reason=rej.reason,
+            )
+        if outcome.planned or outcome.cancels:
+            try:
+                self._submit_queue.put_nowait((event, outcome))
+            except asyncio.QueueFull:
+                self.stats.submit_overflow += 1
+                self.log.error(
+                    "dispatch backlog full: outcome lost", event_id=event.id, rules=outcome.matched
+                )
+
+    async def _submit_loop(self) -> None:
+        """Hand outcomes to the dispatcher (which journals them before anything runs)."""
+        from trapd.dispatch.dispatcher import DispatchOverloaded
+
+        while True:
+            event, outcome = await self._submit_queue.get()
+            try:
+                await self.dispatcher.submit(event, outcome)
+            except DispatchOverloaded:
+                self.stats.submit_overflow += 1
+                self.log.error("journal overloaded: outcome lost", event_id=event.id, rules=outcome.matched)
+            except Exception:
+                self.stats.errors["submit"] += 1
+                self.log.exception("dispatch failed", event_id=event.id)
+            finally:
+                self._submit_queue.task_done()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        try:
+            await self._start()
+        except (ConfigError, OSError) as exc:
+            self.log.error("start-up failed", error=str(exc))
+            self.notifier.stopping(f"start-up failed: {exc}")
+            await self._shutdown()
+            return 1
+        from trapd.service.health import Health
+
+        self.health = Health(True, "ok")
+        self.notifier.ready(self._status_line())
+        self.log.info(
+            "trapd ready",
+            listen=[str(b.address) for b in self.listener.bound],
+            receive_buffer=[b.rcvbuf for b in self.listener.bound],
+            rules=len(self.rules),
+            mode=self.config.mode,
+            metrics=self.metrics.url if self.metrics else None,
+        )
+        self._tasks.append(asyncio.create_task(self._reload_loop(), name="trapd-reload"))
+        self._tasks.append(asyncio.create_task(self._status_loop(), name="trapd-status"))
+        await self._stop.wait()
+        self.log.info("stopping")
+        self.health = Health(False, "stopping")
+        self.notifier.stopping("stopping")
+        await self._shutdown()
+        self.log.info("stopped")
+        return 0
+
+    async def _start(self) -> None:
+        from trapd.dispatch.dispatcher import Dispatcher
+        from trapd.dispatch.journal import open_journal
+        from trapd.kea.client import KeaClients
+        from trapd.listener.udp import Listener
+        from trapd.mibs import MibResolver
+        from trapd.normalize import Normalizer
+        from trapd.plugin import load_actions
+        from trapd.service.socket_activation import inherited_sockets
+
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.resolver = MibResolver.load(cfg.mibs, cfg.state_dir)
+        for problem in self.resolver.problems:
+            self.log.warning("MIB problem", problem=problem)
+        self.normalizer = Normalizer(self.resolver)
+        self.actions, broken = load_actions()
+        for lp in broken:
+            self.log.error("action plugin failed to load", entry_point=lp.entry_point, error=lp.error)
+        self.rules = self._build_rules(cfg)
+
+        self.kea = KeaClients(cfg.kea)
+        self.journal = open_journal(cfg.dispatch.journal.file(cfg.state_dir), cfg.dispatch.journal)
+        await self.journal.open()
+        self.dispatcher = Dispatcher(
+            cfg.dispatch, self.journal, self.actions, self.kea, log=self.log, settings=cfg.actions
+        )
+        await self.dispatcher.start()
+        self._tasks.append(asyncio.create_task(self._submit_loop(), name="trapd-submit"))
+        self._tasks.append(asyncio.create_task(self._probe_kea(), name="trapd-kea-probe"))
+
+        inherited = inherited_sockets()
+        self.listener = Listener(
+            cfg.listener,
+            self._on_notification,
+            sockets=inherited,
+            bind_config=not inherited or bool(getattr(self.args, "listen", None)),
+        )
+        await self.listener.start()
+        await self._start_metrics()
+
+    def _build_rules(self, cfg: Config) -> Any:
+        from trapd.rules import globally_capped, load_rules
+
+        capped = globally_capped(cfg.dispatch.caps, self.actions)
+        paths = cfg.rule_paths()
+        if not paths:
+            self.log.warning("no rule files configured: notifications are received and counted, nothing runs")
+        return load_rules(paths, self.resolver, self.actions, global_mode=cfg.mode, capped_actions=capped)
+
+    async def _start_metrics(self) -> None:
+        from trapd.service.config import parse_metrics_listen
+        from trapd.service.exporter import MetricsServer
+        from trapd.service.metrics import TrapdCollector, build_registry
+
+        listen = self.config.service.metrics_listen
+        flag = getattr(self.args, "metrics", None)
+        if flag:
+            listen = parse_metrics_listen(flag)
+        if listen is None:
+            return
+        collector = TrapdCollector(self.snapshot, self._sockets)
+        self.metrics = MetricsServer(build_registry(collector), lambda: self.health, listen.host, listen.port)
+        await self.metrics.start()
+
+    def _sockets(self) -> list[Any]:
+        return [t.get_extra_info("socket") for _, t in getattr(self.listener, "_endpoints", [])]
+
+    async def _probe_kea(self) -> None:
+        """Say once, at start-up, which Kea endpoints are down or lack a command a rule needs."""
+        from trapd.kea.probe import probe
+
+        if not len(self.kea):
+            return
+        statuses = await probe(self.kea)
+        for s in statuses:
+            self._kea_up[f"{s.endpoint}/{s.family}"] = s.reachable
+            if not s.reachable:
+                self.log.warning(
+                    "Kea endpoint unreachable", endpoint=s.endpoint, family=s.family, error=s.error
+                )
+            elif not s.lease_cmds:
+                self.log.warning(
+                    "Kea endpoint has no lease commands: load libdhcp_lease_cmds.so",
+                    endpoint=s.endpoint,
+                    family=s.family,
+                    version=s.version,
+                )
+            else:
+                self.log.info("Kea endpoint ok", endpoint=s.endpoint, family=s.family, version=s.version)
+
+    async def _shutdown(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+        for t in self._tasks:
+            if t.get_name() != "trapd-submit":
+                t.cancel()
+        # Outcomes already received still go to the journal: they must not be lost on a clean stop.
+        if self.dispatcher is not None and not self._submit_queue.empty():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._submit_queue.join(), timeout=5.0)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(self.config.dispatch.shutdown_timeout)
+        if self.journal is not None:
+            await self.journal.close()
+        if self.kea is not None:
+            await self.kea.aclose()
+        if self.metrics is not None:
+            await self.metrics.close()
+
+    # ------------------------------------------------------------ reload and status
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read trapd.yaml and the rules; keep everything as it is if anything is wrong.
+
+        Rules, communities, v3 users and source filters change at once; the
+        listen addresses and the journal location need a restart (said in the log).
+        """
+        from trapd.service.health import Health
+
+        self.notifier.reloading("reloading")
+        self.health = Health(True, "reloading")
+        try:
+            config = _load_with_overrides(self.args) if getattr(self.args, "config", None) else self.config
+            rules = self._build_rules(config)
+        except ConfigError as exc:
+            self.stats.reloads["failed"] += 1
+            self.log.error("reload failed, keeping the running configuration", error=str(exc))
+            self.health = Health(True, "ok", {"last_reload": f"failed: {exc}"})
+            self.notifier.ready(f"reload failed, old configuration kept: {exc}"[:500])
+            return False
+        if config.listener.listen != self.config.listener.listen:
+            self.log.warning("listen addresses changed: they take effect at the next restart")
+        self.listener.update_config(config.listener) if hasattr(self.listener, "update_config") else None
+        self.rules = rules
+        self.config = config
+        self.stats.reloads["ok"] += 1
+        self.health = Health(True, "ok")
+        self.log.info("reloaded", rules=len(rules))
+        self.notifier.ready(self._status_line())
+        return True
+
+    async def _status_loop(self) -> None:
+        from trapd.service.sdnotify import start_watchdog, stop_watchdog
+
+        watchdog = start_watchdog(self.notifier, lambda: self.health.healthy)
+        try:
+            while True:
+                await asyncio.sleep(self.config.service.status_interval)
+                self.notifier.status(self._status_line())
+        finally:
+            await stop_watchdog(watchdog)
+
+    def _status_line(self) -> str:
+        from trapd.service.metrics import status_line
+
+        return status_line(self.snapshot())
+
+    def snapshot(self) -> Any:
+        """Everything counted so far, in the shape the metrics exporter reads."""
+        from trapd.service.metrics import DaemonSnapshot
+
+        ls = self.listener.stats if self.listener is not None else None
+        ds = self.dispatcher.stats if self.dispatcher is not None else None
+        return DaemonSnapshot(
+            received=dict(self.stats.received),
+            dropped=dict(ls.dropped) if ls is not None else {},
+            matched=dict(self.stats.matched),
+            actions=dict(ds.outcomes) if ds is not None else {},
+            action_latency=_latency(ds.done_latency) if ds is not None else None,
+            journal=dict(ds.gauges) if ds is not None else {},
+            kea_up=dict(self._kea_up),
+            reloads=dict(self.stats.reloads),
+            last_reload_ok=self.stats.reloads["failed"] == 0 or self.health.status == "ok",
+        )
+
+
+def _latency(h: Any) -> Any:
+    """The dispatcher's histogram in the exporter's type (same buckets, same counts)."""
+    from trapd.service.metrics import LatencyHistogram
+
+    out = LatencyHistogram(h.buckets)
+    out.counts = list(h.counts)
+    out.sum = h.sum
+    return out
+
+
+def run_daemon(config: Config, args: argparse.Namespace | None = None) -> int:
+    from trapd.listener.udp import run_on_best_loop
+    from trapd.service.logging import configure_logging
+
+    level = getattr(args, "log_level", None) or config.service.log_level
+    fmt = getattr(args, "log_format", None) or config.service.log_format
+    configure_logging(level, fmt)
+    started = time.monotonic()
+    daemon = Daemon(config, args)
+    rc = run_on_best_loop(daemon.run())
+    daemon.log.debug("exit", seconds=round(time.monotonic() - started, 3), status=rc)
+    return rc
