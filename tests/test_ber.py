@@ -239,7 +239,37 @@ def test_oid_round_trip(oid: Oid) -> None:
     assert decode_oid(content, 0, len(content)) == oid
 
 
-@pytest.mark.parametrize("oid", [(), (1,), (3, 1), (1, 40), (0, 99), (1, 3, -1)])
+def test_long_oid_cache_stays_bounded_and_returns_the_same_oids() -> None:
+    from trapd.listener import ber
+
+    oids = [(1, 3, 6, 1, 4, 1, 9, 9, 315, n) for n in range(3 * ber._LONG_OID_CACHE_SIZE)]
+    contents = [encode_oid_content(oid) for oid in oids]
+    for _ in range(2):  # the second pass reads partly from the cache
+        for oid, content in zip(oids, contents, strict=True):
+            assert decode_oid(content, 0, len(content)) == oid
+            assert len(ber._LONG_OID_CACHE) <= ber._LONG_OID_CACHE_SIZE
+    # A refused OID is never remembered as if it were valid.
+    padded = bytes.fromhex("2b8001")
+    for _ in range(2):
+        assert reason(decode_oid, padded, 0, 3) == "bad-oid"
+
+
+@pytest.mark.parametrize(
+    "oid",
+    [
+        (),
+        (1,),
+        (3, 1),
+        (-1, 3),
+        (1, 40),
+        (1, -1),
+        (0, 99),
+        (1, 3, -1),
+        (1, 3, 2**32),
+        (2, 2**32 - 80),
+        (1, 3, 300, -1),
+    ],
+)
 def test_encode_oid_refuses_what_cannot_be_encoded(oid: Oid) -> None:
     with pytest.raises(ValueError):
         encode_oid_content(oid)

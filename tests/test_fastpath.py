@@ -450,9 +450,19 @@ def test_inform_response_refuses_what_is_not_an_inform() -> None:
         encode_inform_response(decode(GOOD))
     with pytest.raises(ValueError):
         encode_inform_response(decode(NETSNMP_V1_LINKDOWN))
-    bad_value = FastMessage("v2c", b"public", "inform", 1, [((1, 3, 1), "IpAddress", "10.0.0")])
-    with pytest.raises(ValueError):
-        encode_inform_response(bad_value)
+    for kind, value in [
+        ("IpAddress", "10.0.0"),
+        ("IpAddress", "10.0.0.256"),
+        ("Counter32", -1),
+        ("Integer32", 2**31),
+        ("Counter64", 2**64),
+        ("OctetString", "text, not bytes"),
+        ("Null", 0),
+        ("ObjectIdentifier", (1, 3, 2**32)),
+    ]:
+        bad_value = FastMessage("v2c", b"public", "inform", 1, [((1, 3, 1), kind, value)])  # type: ignore[list-item]
+        with pytest.raises(ValueError):
+            encode_inform_response(bad_value)
 
 
 # --- against real net-snmp ---------------------------------------------------------------------

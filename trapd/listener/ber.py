@@ -199,29 +199,50 @@ def decode_oid(data: bytes, start: int, end: int) -> Oid:
         if first < 80:
             return (1, first - 40, *chunk[1:])
         return (2, first - 80, *chunk[1:])
-    return _decode_oid_long(chunk, start)
+    oid = _long_oid_cache_get(chunk)
+    if oid is None:
+        oid = _decode_oid_long(chunk, start)
+        if length <= _LONG_OID_CACHE_MAX_OCTETS:
+            if len(_LONG_OID_CACHE) >= _LONG_OID_CACHE_SIZE:
+                _LONG_OID_CACHE.clear()
+            _LONG_OID_CACHE[chunk] = oid
+    return oid
+
+
+# OIDs with a sub-identifier of 128 or more need the per-octet loop below, 5x
+# the cost of the common case. They are typically vendor enterprise OIDs and
+# MAC-address indexes, which repeat from trap to trap in a storm, so decoded
+# ones are remembered by their content octets. Only valid OIDs of modest
+# length get in, the entry count is bounded (worst case about 3 MB), and a
+# flood of distinct OIDs just empties it now and then.
+_LONG_OID_CACHE: dict[bytes, Oid] = {}
+_LONG_OID_CACHE_SIZE: Final = 1024
+_LONG_OID_CACHE_MAX_OCTETS: Final = 64
+_long_oid_cache_get = _LONG_OID_CACHE.get
 
 
 def _decode_oid_long(chunk: bytes, start: int) -> Oid:
     if chunk[-1] & 0x80:
         raise Rejected("bad-oid", f"last sub-identifier unterminated at offset {start}")
     arcs: list[int] = []
+    append = arcs.append
+    # ``value`` holds the septets of the sub-identifier read so far, already
+    # shifted for the next one; it is 0 exactly at the start of a
+    # sub-identifier, since a leading 0x80 (the only way to get 0 later) is
+    # refused right there.
     value = 0
-    fresh = True  # at the first octet of a sub-identifier
     for octet in chunk:
-        if fresh and octet == 0x80:
-            raise Rejected("bad-oid", f"sub-identifier padded with 0x80 at offset {start}")
-        value = (value << 7) | (octet & 0x7F)
-        if octet & 0x80:
-            fresh = False
-            if value > MAX_SUBID >> 7:
-                # One more octet would take it to 2^32 or beyond; stopping
-                # here also bounds the big-int work on hostile input.
+        if octet < 0x80:
+            append(value | octet)
+            value = 0
+        elif value or octet != 0x80:
+            value = (value | (octet & 0x7F)) << 7
+            if value > MAX_SUBID:
+                # Already 2^32 or more before the last septet; stopping here
+                # also bounds the big-int work on hostile input.
                 raise Rejected("bad-oid", f"sub-identifier of 2^32 or more at offset {start}")
         else:
-            arcs.append(value)
-            value = 0
-            fresh = True
+            raise Rejected("bad-oid", f"sub-identifier padded with 0x80 at offset {start}")
     if len(arcs) >= MAX_OID_ARCS:
         raise Rejected("bad-oid", f"more than {MAX_OID_ARCS} sub-identifiers at offset {start}")
     first = arcs[0]
@@ -257,7 +278,10 @@ def encode_length(length: int) -> bytes:
 
 
 def encode_tlv(tag: int, content: bytes) -> bytes:
-    return bytes((tag,)) + encode_length(len(content)) + content
+    size = len(content)
+    if size < 0x80:
+        return bytes((tag, size)) + content
+    return bytes((tag,)) + encode_length(size) + content
 
 
 def encode_integer_content(value: int) -> bytes:
@@ -269,19 +293,41 @@ def encode_integer_content(value: int) -> bytes:
 
 
 def encode_oid_content(oid: Oid) -> bytes:
-    if len(oid) < 2 or oid[0] > 2 or (oid[0] < 2 and oid[1] >= 40):
+    if len(oid) < 2 or not 0 <= oid[0] <= 2 or oid[1] < 0 or (oid[0] < 2 and oid[1] >= 40):
         raise ValueError(f"not an encodable OBJECT IDENTIFIER: {oid!r}")
     first = oid[0] * 40 + oid[1]
     rest = oid[2:]
-    if first < 0x80 and all(0 <= arc < 0x80 for arc in rest):
-        return bytes((first, *rest))
+    if first < 0x80 and (not rest or max(rest) < 0x80):
+        try:
+            return bytes((first, *rest))
+        except ValueError:
+            raise ValueError(f"negative sub-identifier in {oid!r}") from None
+    content = _long_oid_encodings_get(oid)
+    if content is None:
+        content = _encode_oid_long(oid, first)
+        if len(content) <= _LONG_OID_CACHE_MAX_OCTETS:
+            if len(_LONG_OID_ENCODINGS) >= _LONG_OID_CACHE_SIZE:
+                _LONG_OID_ENCODINGS.clear()
+            _LONG_OID_ENCODINGS[oid] = content
+    return content
+
+
+# The encoding side of _LONG_OID_CACHE: an inform's acknowledgement repeats
+# the inform's OIDs, and the long ones cost a loop per sub-identifier.
+_LONG_OID_ENCODINGS: dict[Oid, bytes] = {}
+_long_oid_encodings_get = _LONG_OID_ENCODINGS.get
+
+
+def _encode_oid_long(oid: Oid, first: int) -> bytes:
     out = bytearray()
-    for arc in (first, *rest):
-        if arc < 0:
-            raise ValueError(f"negative sub-identifier in {oid!r}")
+    for arc in (first, *oid[2:]):
         if arc < 0x80:
+            if arc < 0:
+                raise ValueError(f"negative sub-identifier in {oid!r}")
             out.append(arc)
             continue
+        if arc > MAX_SUBID:  # what decode_oid would refuse (for 2.x, x + 80 counts)
+            raise ValueError(f"sub-identifier of 2^32 or more in {oid!r}")
         septets = []
         while arc:
             septets.append((arc & 0x7F) | 0x80)

@@ -363,7 +363,7 @@ def encode_inform_response(msg: FastMessage) -> bytes:
     if msg.version != "v2c" or msg.pdu != "inform" or msg.request_id is None:
         raise ValueError("only a v2c InformRequest is acknowledged")
     head = encode_tlv(TAG_INTEGER, encode_integer_content(msg.request_id))
-    varbind_list = b"".join([_encode_varbind(oid, kind, value) for oid, kind, value in msg.varbinds])
+    varbind_list = _encode_varbinds(msg.varbinds)
     message = _response(msg.community, head + _ZERO_TLV + _ZERO_TLV, varbind_list)
     if len(message) > MAX_MESSAGE:
         error = encode_tlv(TAG_INTEGER, encode_integer_content(_ERROR_TOO_BIG))
@@ -377,16 +377,37 @@ def _response(community: bytes, header_fields: bytes, varbind_list: bytes) -> by
     return bytes((TAG_SEQUENCE,)) + encode_length(len(body)) + body
 
 
-def _encode_varbind(oid: Oid, kind: str, value: RawValue) -> bytes:
-    return encode_tlv(TAG_SEQUENCE, encode_tlv(TAG_OID, encode_oid_content(oid)) + _encode_value(kind, value))
+def _encode_varbinds(varbinds: list[RawVarBind]) -> bytes:
+    """The content of a VarBindList. Short forms are built inline: this runs once per varbind."""
+    parts: list[bytes] = []
+    append = parts.append
+    for oid, kind, value in varbinds:
+        name = encode_oid_content(oid)
+        integer_type = _INTEGER_TYPES.get(kind)
+        if integer_type is not None and type(value) is int:
+            tag, lowest, highest = integer_type
+            if not lowest <= value <= highest:
+                raise ValueError(f"{value} is out of range for {kind}")
+            # Minimal two's complement, as in ber.encode_integer_content.
+            content = value.to_bytes((value + (value < 0)).bit_length() // 8 + 1, "big", signed=True)
+            encoded = bytes((tag, len(content))) + content
+        else:
+            encoded = _encode_value(kind, value)
+        size = len(name) + len(encoded) + 2
+        if size < 0x80:  # then the name is short too
+            append(bytes((TAG_SEQUENCE, size, TAG_OID, len(name))) + name + encoded)
+        else:
+            append(encode_tlv(TAG_SEQUENCE, encode_tlv(TAG_OID, name) + encoded))
+    return b"".join(parts)
 
 
-_INTEGER_TAGS: Final = {
-    "Integer32": TAG_INTEGER,
-    "Counter32": TAG_COUNTER32,
-    "Gauge32": TAG_GAUGE32,
-    "TimeTicks": TAG_TIMETICKS,
-    "Counter64": TAG_COUNTER64,
+# type name -> (tag, lowest, highest) for the INTEGER-encoded types.
+_INTEGER_TYPES: Final = {
+    "Integer32": (TAG_INTEGER, INT32_MIN, INT32_MAX),
+    "TimeTicks": (TAG_TIMETICKS, 0, UINT32_MAX),
+    "Counter32": (TAG_COUNTER32, 0, UINT32_MAX),
+    "Gauge32": (TAG_GAUGE32, 0, UINT32_MAX),
+    "Counter64": (TAG_COUNTER64, 0, UINT64_MAX),
 }
 _EMPTY_TAGS: Final = {
     "Null": TAG_NULL,
@@ -397,19 +418,27 @@ _EMPTY_TAGS: Final = {
 
 
 def _encode_value(kind: str, value: RawValue) -> bytes:
-    if kind in _INTEGER_TAGS and isinstance(value, int):
-        return encode_tlv(_INTEGER_TAGS[kind], encode_integer_content(value))
-    if kind == "OctetString" and isinstance(value, bytes):
+    """One value TLV; ValueError when the value does not fit its type (a hand-built message's bug)."""
+    integer_type = _INTEGER_TYPES.get(kind)
+    if integer_type is not None and type(value) is int:
+        tag, lowest, highest = integer_type
+        if not lowest <= value <= highest:
+            raise ValueError(f"{value} is out of range for {kind}")
+        return encode_tlv(tag, encode_integer_content(value))
+    if kind == "OctetString" and type(value) is bytes:
         return encode_tlv(TAG_OCTET_STRING, value)
-    if kind == "Opaque" and isinstance(value, bytes):
-        return encode_tlv(TAG_OPAQUE, value)
-    if kind == "ObjectIdentifier" and isinstance(value, tuple):
+    if kind == "ObjectIdentifier" and type(value) is tuple:
         return encode_tlv(TAG_OID, encode_oid_content(value))
-    if kind == "IpAddress" and isinstance(value, str):
-        octets = bytes(int(part) for part in value.split("."))
+    if kind == "IpAddress" and type(value) is str:
+        try:
+            octets = bytes(int(part) for part in value.split("."))
+        except ValueError:
+            octets = b""
         if len(octets) != 4:
             raise ValueError(f"not a dotted-quad IpAddress: {value!r}")
-        return encode_tlv(TAG_IPADDRESS, octets)
+        return bytes((TAG_IPADDRESS, 4)) + octets
+    if kind == "Opaque" and type(value) is bytes:
+        return encode_tlv(TAG_OPAQUE, value)
     if kind in _EMPTY_TAGS and value is None:
         return bytes((_EMPTY_TAGS[kind], 0))
     raise ValueError(f"cannot encode a {kind} varbind with value {value!r}")
