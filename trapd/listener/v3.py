@@ -53,6 +53,7 @@ OnNotification = Callable[[RawNotification], "bool | None"]
 OnDrop = Callable[[str, "str | None", str], None]
 
 SECURITY_LEVELS: dict[int, SecurityLevel] = {1: "noAuthNoPriv", 2: "authNoPriv", 3: "authPriv"}
+_LEVEL_NUMBERS = {name: n for n, name in SECURITY_LEVELS.items()}
 
 # Hash function and truncated digest length per auth protocol (RFC 3414, RFC 7860).
 _AUTH_HASH: dict[str, tuple[Callable[..., Any], int]] = {
@@ -565,7 +566,15 @@ class V3Receiver:
         keys = self._users.get(header.user)
         if keys is None:
             return True  # pysnmp answers with a report (informs) and we count unknown-user
-        if header.engine_id == self.engine_id or (header.engine_id, header.user) in self._registered:
+        if header.engine_id == self.engine_id:
+            return True  # authoritative (informs): pysnmp checks everything and reports
+        if header.level < _LEVEL_NUMBERS[keys.config.level]:
+            # RFC 3414 3.2.5 only binds the authoritative side, so pysnmp takes
+            # an authNoPriv trap for a user configured authPriv. trapd holds a
+            # sender to the level its user is configured with.
+            self._drop("unsupported-security-level", None, source)
+            return False
+        if (header.engine_id, header.user) in self._registered:
             return True
         if keys.config.engine_ids:
             self._drop("unknown-engine-id", "not-bound", source)

@@ -1,0 +1,37 @@
+"""Fixtures shared by every test module.
+
+``trapd_listen``: start ``trapd listen`` on free loopback ports and read its
+JSON lines (see tests/listen_harness.py for the class and for a module-scoped
+pattern that starts one trapd per module)::
+
+    def test_v2c(trapd_listen):
+        t = trapd_listen(config={"listener": {"communities": ["public"]}})
+        snmp_send("snmptrap", "-v", "2c", "-c", "public", t.target(), "", "1.3.6.1.6.3.1.1.5.3")
+        assert t.wait_event()["trap_name"] == "IF-MIB::linkDown"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from listen_harness import TrapdListen
+
+
+@pytest.fixture
+def trapd_listen(tmp_path: Path) -> Iterator[Callable[..., TrapdListen]]:
+    """Factory: ``trapd_listen(config=..., listen=..., args=...)`` -> TrapdListen, stopped after the test."""
+    started: list[TrapdListen] = []
+
+    def start(config: dict[str, Any] | None = None, **kw: Any) -> TrapdListen:
+        d = tmp_path / f"trapd{len(started)}"
+        d.mkdir()
+        t = TrapdListen.start(d, config, **kw)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.stop()
