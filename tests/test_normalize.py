@@ -388,3 +388,88 @@ def test_built_objects_equal_ordinary_ones(norm: Normalizer) -> None:
     assert ev.varbind("ifIndex") == plain.varbind("ifIndex")
     with pytest.raises(AttributeError):
         ev.varbinds[0].name = "changed"  # type: ignore[misc]
+
+
+# -- with real net-snmp senders ------------------------------------------------------
+
+
+def _sent_by_snmptrap(options: list[str], args: list[str]) -> tuple[bytes, tuple[str, int]]:
+    """Run net-snmp's snmptrap at a loopback socket of ours and return the datagram."""
+    import shutil
+    import socket
+    import subprocess
+
+    if shutil.which("snmptrap") is None:
+        pytest.skip("net-snmp snmptrap not installed")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(10)
+        port = sock.getsockname()[1]
+        subprocess.run(
+            ["snmptrap", "-m", "", "-M", "/nonexistent", *options, f"127.0.0.1:{port}", *args],
+            check=True,
+            timeout=10,
+            capture_output=True,
+        )
+        data, addr = sock.recvfrom(65535)
+    return data, addr
+
+
+def _raw_from_datagram(data: bytes, addr: tuple[str, int]) -> RawNotification:
+    from trapd.listener import fastpath
+
+    msg = fastpath.decode(data)
+    return RawNotification(
+        version=msg.version,
+        kind="inform" if msg.pdu == "inform" else "trap",
+        source=addr[0],
+        source_port=addr[1],
+        security=Security(community=msg.community.decode("utf-8", "backslashreplace")),
+        varbinds=msg.varbinds,
+        received_at=1.0,
+        request_id=msg.request_id,
+        v1_enterprise=msg.v1_enterprise,
+        v1_agent_addr=msg.v1_agent_addr,
+        v1_generic_trap=msg.v1_generic_trap,
+        v1_specific_trap=msg.v1_specific_trap,
+        v1_timestamp=msg.v1_timestamp,
+    )
+
+
+@pytest.mark.integration
+def test_real_v1_generic_link_down(norm: Normalizer) -> None:
+    data, addr = _sent_by_snmptrap(
+        ["-v", "1", "-c", "public"], ["1.3.6.1.4.1.8072", "192.0.2.7", "2", "0", "4242",
+         "1.3.6.1.2.1.2.2.1.1.17", "i", "17", "1.3.6.1.2.1.2.2.1.8.17", "i", "2"]
+    )  # fmt: skip
+    ev = norm.normalize(_raw_from_datagram(data, addr))
+    assert (ev.version, ev.trap_name, ev.uptime) == ("v1", "IF-MIB::linkDown", 4242)
+    assert [(vb.name, vb.index_str, vb.display) for vb in ev.varbinds] == [
+        ("IF-MIB::ifIndex", "17", "17"),
+        ("IF-MIB::ifOperStatus", "17", "down(2)"),
+        ("SNMP-COMMUNITY-MIB::snmpTrapAddress", "0", "192.0.2.7"),
+        ("SNMP-COMMUNITY-MIB::snmpTrapCommunity", "0", "public"),
+        ("SNMPv2-MIB::snmpTrapEnterprise", "0", "NET-SNMP-MIB::netSnmp"),
+    ]
+
+
+@pytest.mark.integration
+def test_real_v1_enterprise_specific_and_v2c(norm: Normalizer) -> None:
+    data, addr = _sent_by_snmptrap(
+        ["-v", "1", "-c", "public"], ["1.3.6.1.4.1.99998", "192.0.2.7", "6", "7", "100",
+         "1.3.6.1.4.1.99998.1.1.0", "s", "Gi1/0/7"]
+    )  # fmt: skip
+    ev = norm.normalize(_raw_from_datagram(data, addr))
+    assert ev.trap_oid == (1, 3, 6, 1, 4, 1, 99998, 0, 7)
+    assert ev.varbinds[0].display == "Gi1/0/7" and ev.varbinds[0].name == "1.3.6.1.4.1.99998.1.1.0"
+    data, addr = _sent_by_snmptrap(
+        ["-v", "2c", "-c", "public"], ["555", "1.3.6.1.6.3.1.1.5.4",
+         "1.3.6.1.2.1.2.2.1.1.3", "i", "3", "1.3.6.1.2.1.2.2.1.6.3", "x", "001B2C3D4E5F"]
+    )  # fmt: skip
+    ev2 = norm.normalize(_raw_from_datagram(data, addr))
+    assert (ev2.version, ev2.trap_name, ev2.uptime) == ("v2c", "IF-MIB::linkUp", 555)
+    assert [(vb.name, vb.display) for vb in ev2.varbinds] == [
+        ("IF-MIB::ifIndex", "3"),
+        ("IF-MIB::ifPhysAddress", "00:1b:2c:3d:4e:5f"),
+    ]
+    assert roundtrip(ev2) == ev2
