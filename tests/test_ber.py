@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -48,6 +50,13 @@ def test_rejected_carries_reason_and_detail() -> None:
     assert error.reason == "bad-oid"
     assert str(error) == "bad-oid: at offset 7"
     assert str(Rejected("empty")) == "empty"
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), copy.reason, copy.detail, str(copy)) == (
+        Rejected,
+        "bad-oid",
+        "at offset 7",
+        str(error),
+    )
 
 
 # --- read_header / expect -------------------------------------------------------------

@@ -69,11 +69,17 @@ class Rejected(Exception):
     metric label; the message text is for humans and may change.
     """
 
-    __slots__ = ("reason",)
+    __slots__ = ("detail", "reason")
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        # Both go to args so the exception pickles intact (for a listener
+        # that hands rejections between processes).
+        super().__init__(reason, detail)
         self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 # Universal and SNMP application tags used by the fast path.
