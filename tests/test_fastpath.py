@@ -276,6 +276,14 @@ def test_v1_enterprise_specific_trap_header() -> None:
     assert (msg.v1_generic_trap, msg.v1_specific_trap, msg.v1_timestamp) == (6, -3, 2**32 - 1)
 
 
+def test_bytes_like_input_gives_bytes_values() -> None:
+    for data in (bytearray(NETSNMP_V2C_LINKDOWN), memoryview(NETSNMP_V2C_LINKDOWN)):
+        msg = decode(data)  # type: ignore[arg-type]
+        assert msg == decode(NETSNMP_V2C_LINKDOWN)
+        assert type(msg.community) is bytes and type(msg.varbinds[3][2]) is bytes
+        assert message_version(data) == 1  # type: ignore[arg-type]
+
+
 def test_community_is_raw_bytes() -> None:
     assert decode(v2c(TRAP_HEAD, community=b"")).community == b""
     assert decode(v2c(TRAP_HEAD, community=b"\xffnot utf-8\x00")).community == b"\xffnot utf-8\x00"

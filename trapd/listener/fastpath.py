@@ -162,9 +162,12 @@ def decode(data: bytes) -> FastMessage:
     Anything else raises :class:`Rejected`: another PDU type (GetRequest,
     Response, a v2c PDU in a v1 message, ...) is ``unsupported-pdu``, and
     version 3 is ``bad-version`` (it goes to pysnmp, see
-    :func:`message_version`). ``data`` must be ``bytes`` (what asyncio's
-    ``datagram_received`` gives).
+    :func:`message_version`). ``data`` is normally ``bytes`` (what asyncio's
+    ``datagram_received`` gives); a bytearray or memoryview is copied to
+    bytes first so that values never alias a reused receive buffer.
     """
+    if type(data) is not bytes:
+        data = bytes(memoryview(data))
     version, pos, end = _message_header(data)
     if version > 1:
         raise Rejected("bad-version", f"version {version} is not v1/v2c")
