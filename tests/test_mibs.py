@@ -515,3 +515,36 @@ def test_no_snapshot_while_the_site_compile_fails(tmp_path: Path, monkeypatch: p
     assert r.problems == ["MIB compile failed: RuntimeError: compiler crashed"]
     assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())  # shipped names still work
     assert not (tmp_path / "cache" / mibs_mod.SNAPSHOT_NAME).exists()
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+def test_cli_compile_and_lookup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trapd.cli import main as cli
+
+    src = write_site(tmp_path / "mibs")
+    config = tmp_path / "trapd.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nmibs:\n  dirs: [{src}]\n", encoding="utf-8")
+    (tmp_path / "state").mkdir()
+    assert cli(["mibs", "compile", "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert "TRAPD-TEST-MIB" in out and "OLD-VENDOR-MIB" in out
+    assert "problem: BROKEN.my: BROKEN-MIB: Bad grammar" in err
+    assert (tmp_path / "state" / "mibs" / SITE_INDEX_NAME).is_file()
+    assert cli(["mibs", "compile", "--config", str(config), "--strict"]) == 1
+    capsys.readouterr()
+
+    assert (
+        cli(["mibs", "lookup", "--config", str(config), "--json", "trapdMacChange.0", "1.3.6.1.6.3.1.1.5.3"])
+        == 0
+    )
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert first["oid"] == "1.3.6.1.4.1.99999.1.2.0" and first["name"] == "TRAPD-TEST-MIB::trapdMacChange.0"
+    assert first["syntax"]["enums"] == {"learnt": 1, "removed": 2}
+    assert second["name"] == "IF-MIB::linkDown"
+    assert cli(["mibs", "lookup", "--config", str(config), "ifOperStatus", "noSuchThing"]) == 1
+    text = capsys.readouterr().out
+    assert "IF-MIB::ifOperStatus = 1.3.6.1.2.1.2.2.1.8" in text
+    assert "values: up(1), down(2)" in text
+    assert "noSuchThing: unknown" in text

@@ -90,7 +90,7 @@ def _compile(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from trapd.mibs import SITE_INDEX_NAME, MibConfig, MibResolver
+    from trapd.mibs import SITE_INDEX_NAME, SNAPSHOT_NAME, MibConfig, MibResolver
 
     loaded = _load_config(args)
     if loaded is None:
@@ -107,6 +107,7 @@ def _compile(args: argparse.Namespace) -> int:
     print(f"cache:   {cache}")
     if args.force and cache is not None:
         (cache / SITE_INDEX_NAME).unlink(missing_ok=True)
+        (cache / SNAPSHOT_NAME).unlink(missing_ok=True)
         shutil.rmtree(cache / "py", ignore_errors=True)
     t0 = time.monotonic()
     resolver = MibResolver.load(
