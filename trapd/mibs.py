@@ -52,7 +52,7 @@ OBJECT_KINDS = frozenset({"column", "scalar"})
 _ALIAS_KINDS = frozenset({"node", "identity"})
 # Bound on the per-OID resolution cache. Cleared when full: a trap storm
 # repeats few OIDs, and a flood of distinct OIDs must not grow memory.
-CACHE_LIMIT = 50_000
+CACHE_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,7 @@ class MibResolver:
         self._modules: dict[str, Oid] = {}
         self._tcs: dict[str, int] = {}
         self._cache: dict[Oid, Resolved] = {}
+        self._max_len = 0  # longest named OID: the prefix walk starts there, not at a hostile 128-arc OID
 
     # -- loading -----------------------------------------------------------
 
@@ -249,6 +250,7 @@ class MibResolver:
             nodes, syntaxes, by_name, modules, tcs, site_modules, problems, sources = body
             r = cls()
             r._nodes = nodes
+            r._max_len = max(map(len, nodes), default=0)
             r._syntaxes = [Syntax(b, t, h, e) for b, t, h, e in syntaxes]
             r._by_name = by_name
             r._modules = modules
@@ -289,6 +291,8 @@ class MibResolver:
                 by_name[name] = oid
                 continue
             nodes[oid] = (name, kind, base + syn_no if syn_no >= 0 else -1)
+            if len(oid) > self._max_len:
+                self._max_len = len(oid)
             by_name[name] = oid
         for name, moid, _legacy in data["modules"]:
             if moid:
@@ -325,7 +329,7 @@ class MibResolver:
             # an instance (DISMAN-EXPRESSION-MIB::sysUpTimeInstance is
             # sysUpTime.0); the object above it is the better name.
             hit = (node[0], (), None, node[1]) if node is not None else (_dotted(oid), (), None, "")
-            for cut in range(len(oid) - 1, 0, -1):
+            for cut in range(min(len(oid) - 1, self._max_len), 0, -1):
                 parent = nodes.get(oid[:cut])
                 if parent is not None:
                     if parent[1] in OBJECT_KINDS:
