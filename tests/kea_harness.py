@@ -194,6 +194,8 @@ class KeaInstance:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     argv: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     chroot: Path | None = None
+    http4_port: int | None = None  # Kea >= 3.0: the daemons' own HTTP control sockets
+    http6_port: int | None = None
     _ip4: Iterator[int] = field(default_factory=lambda: itertools.count(10))
     _ip6: Iterator[int] = field(default_factory=lambda: itertools.count(0x10))
 
@@ -253,6 +255,12 @@ class KeaInstance:
                 "socket": str(self.host_path(self.dhcp6_socket)),
                 "family": "v6",
             }
+        for fam, port in (("v4", self.http4_port), ("v6", self.http6_port)):
+            if port:
+                ep: dict[str, Any] = {"transport": "http", "url": f"http://127.0.0.1:{port}/", "family": fam}
+                if self.auth:
+                    ep["user"], ep["password"] = self.auth
+                eps[f"http{fam[1]}"] = ep
         if self.ca_port:
             ca: dict[str, Any] = {
                 "transport": "control-agent",
@@ -272,11 +280,10 @@ class KeaInstance:
         return eps
 
     def trapd_kea_section(self, default_transport: str = "unix") -> dict[str, Any]:
+        """``default_transport``: unix, ca or http (which endpoints are the family defaults)."""
         eps = self.endpoints()
-        if default_transport == "unix":
-            default = {"v4": "unix4", "v6": "unix6"}
-        else:
-            default = {"v4": "ca4", "v6": "ca6"}
+        prefix = {"unix": "unix", "ca": "ca", "http": "http"}[default_transport]
+        default = {"v4": f"{prefix}4", "v6": f"{prefix}6"}
         return {"default": {k: v for k, v in default.items() if v in eps}, "endpoints": eps}
 
     # --- lifecycle ---
@@ -294,6 +301,9 @@ class KeaInstance:
                     ok = ok and self.cmd6("status-get")["result"] == 0
                 if self.d2_socket:
                     ok = ok and unix_command(self.host_path(self.d2_socket), "status-get")["result"] == 0
+                for port in (self.http4_port, self.http6_port):
+                    if ok and port:
+                        ok = self.http_post(port, {"command": "status-get"})[0]["result"] == 0
                 if ok and self.ca_port:
                     services = ["dhcp4"] + (["dhcp6"] if self.dhcp6_socket else [])
                     answer = self.ca_post({"command": "status-get", "service": services})
@@ -306,6 +316,21 @@ class KeaInstance:
             time.sleep(0.03)
         self.stop()
         raise RuntimeError(f"Kea not ready after {timeout}s (last error {last!r}):\n{self.logs()}")
+
+    def http_post(self, port: int, body: dict[str, Any]) -> Any:
+        """POST to a Kea 3 daemon's HTTP socket (plain HTTP, the instance's credentials)."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        headers = {"Content-Type": "application/json"}
+        if self.auth:
+            import base64
+
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        try:
+            conn.request("POST", "/", json.dumps(body), headers)
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
 
     def ca_post(self, body: dict[str, Any]) -> Any:
         """POST to the CA with whatever credentials the instance was made with."""
@@ -377,10 +402,10 @@ class KeaInstance:
             del self.procs[n]
 
 
-def _loggers(name: str, workdir: Path, severity: str) -> list[dict[str, Any]]:
-    return [
-        {"name": name, "output_options": [{"output": str(workdir / f"{name}.log")}], "severity": severity}
-    ]
+def _loggers(name: str, workdir: Path, severity: str, dashes: bool = False) -> list[dict[str, Any]]:
+    # Kea 2.2 knows only "output_options"; later versions spell it "output-options".
+    key = "output-options" if dashes else "output_options"
+    return [{"name": name, key: [{"output": str(workdir / f"{name}.log")}], "severity": severity}]
 
 
 def start_kea(
@@ -395,10 +420,14 @@ def start_kea(
     ddns: DdnsTarget | None = None,
     severity: str = "WARN",
     dhcp_loopback: bool = False,
+    http_sockets: bool = False,
     chroot: Path | None = None,
     hooks_dir: Path = HOOKS_DIR,
 ) -> KeaInstance:
     """Write configs into ``workdir`` and start the daemons; returns when all answer.
+
+    ``http_sockets`` (Kea >= 3.0): the daemons also get their own HTTP
+    control sockets (basic auth with ``auth``), beside the unix ones.
 
     ``dhcp_loopback``: kea-dhcp4 also serves DHCP on 127.0.0.1:67 (UDP
     sockets) to relayed requests from 127.0.0.2 (see :func:`dhcp_discover`),
@@ -436,7 +465,7 @@ def start_kea(
         "hooks-libraries": hooks,
         "valid-lifetime": 3600,
         "subnet4": [{"id": i, "subnet": s} for i, s in SUBNETS4.items()],
-        "loggers": _loggers("kea-dhcp4", workdir, severity),
+        "loggers": _loggers("kea-dhcp4", workdir, severity, chroot is not None),
     }
     dhcp6_cfg: dict[str, Any] = {
         "interfaces-config": {"interfaces": []},
@@ -452,8 +481,20 @@ def start_kea(
         "preferred-lifetime": 3000,
         "valid-lifetime": 4000,
         "subnet6": [{"id": i, "subnet": s} for i, s in SUBNETS6.items()],
-        "loggers": _loggers("kea-dhcp6", workdir, severity),
+        "loggers": _loggers("kea-dhcp6", workdir, severity, chroot is not None),
     }
+    if http_sockets:
+        inst.http4_port = free_port()
+        inst.http6_port = free_port() if dhcp6 else None
+        for cfg, port in ((dhcp4, inst.http4_port), (dhcp6_cfg, inst.http6_port)):
+            http: dict[str, Any] = {"socket-type": "http", "socket-address": "127.0.0.1", "socket-port": port}
+            if auth:
+                http["authentication"] = {
+                    "type": "basic",
+                    "realm": "trapd-test",
+                    "clients": [{"user": auth[0], "password": auth[1]}],
+                }
+            cfg["control-sockets"] = [cfg.pop("control-socket"), http]
     if dhcp_loopback:
         dhcp4["interfaces-config"] = {"interfaces": ["lo"], "dhcp-socket-type": "udp"}
         dhcp4["subnet4"].append(
@@ -490,7 +531,7 @@ def start_kea(
                         {"name": d, "key-name": ddns.key_name, "dns-servers": servers} for d in domains
                     ]
                 },
-                "loggers": _loggers("kea-dhcp-ddns", workdir, severity),
+                "loggers": _loggers("kea-dhcp-ddns", workdir, severity, chroot is not None),
             }
         }
     if ca:
@@ -501,7 +542,7 @@ def start_kea(
             "http-host": "127.0.0.1",
             "http-port": inst.ca_port,
             "control-sockets": sockets,
-            "loggers": _loggers("kea-ctrl-agent", workdir, severity),
+            "loggers": _loggers("kea-ctrl-agent", workdir, severity, chroot is not None),
         }
         if auth:
             agent["authentication"] = {

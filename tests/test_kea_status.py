@@ -178,3 +178,46 @@ def await_sync(fn: Any, argv: list[str]) -> int:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         rc: int = pool.submit(fn, argv).result()
     return rc
+
+
+async def test_start_up_warnings_from_compiled_rules(kea_factory: Any, tmp_path: Path) -> None:
+    """What the daemon does at start-up: resolve each rule's Kea endpoint, probe, warn."""
+    from trapd.kea.config import KeaConfig
+    from trapd.kea.probe import kea_uses
+    from trapd.mibs import MibConfig, MibResolver
+    from trapd.rules import load_rules
+    from trapd.yamlsource import load_yaml
+
+    bare = kea_factory(lease_cmds=False, dhcp6=False, ca=False)
+    section = {"default": {"v4": "bare4"}, "endpoints": {"bare4": bare.endpoints()["unix4"]}}
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - name: free\n"
+        "    match: {notification: IF-MIB::linkDown}\n"
+        "    actions:\n"
+        "      - action: kea.lease-del\n"
+        "        hw-address: '00:11:22:33:44:55'\n"
+        "        cap: {limit: 1, per: 1m}\n"
+        "      - action: kea.dhcp-disable\n"
+        "        max-period: 1m\n"
+        "        cap: {limit: 1, per: 1m}\n"
+        "      - action: kea.lease-del\n"
+        "        endpoint: elsewhere\n"
+        "        ip-address: '10.1.0.1'\n"
+        "        cap: {limit: 1, per: 1m}\n"
+    )
+    resolver = MibResolver.load(MibConfig(dirs=()), tmp_path)  # the shipped names are enough
+    ruleset = load_rules([rules], resolver, load_actions()[0])
+    kea_config = KeaConfig.from_yaml(load_yaml(json.dumps(section)), tmp_path)
+    uses = kea_uses(ruleset.rules, kea_config)
+    assert [(u.endpoint, u.family) for u in uses] == [("bare4", "v4"), ("bare4", "v4"), ("elsewhere", "v4")]
+    clients = make_kea_clients(section)
+    warnings = command_warnings(await probe(clients), uses)
+    await clients.aclose()
+    assert len(warnings) == 2  # dhcp-disable needs no hook
+    assert warnings[0].startswith(
+        f"{rules}:5:9: rule free, action kea.lease-del: Kea 2.2.0 at bare4 (v4) lacks "
+    )
+    assert "lease4-get-by-hw-address" in warnings[0] and "libdhcp_lease_cmds.so" in warnings[0]
+    assert warnings[1].endswith("Kea endpoint elsewhere (v4) is not configured")

@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trapd.kea.client import KeaClient, KeaClients
+from trapd.kea.config import FAMILIES, KeaConfig
 from trapd.kea.errors import KeaError
+
+if TYPE_CHECKING:
+    from trapd.rules.ruleset import Rule
 
 # The commands that show lease_cmds is loaded, per family.
 LEASE_CMDS_MARKER = {"v4": "lease4-del", "v6": "lease6-del"}
@@ -119,3 +123,58 @@ def command_warnings(statuses: Iterable[EndpointStatus], uses: Iterable[KeaUse])
                     f"{', '.join(missing)}{hint}"
                 )
     return out
+
+
+def kea_uses(rules: Iterable[Rule], config: KeaConfig) -> list[KeaUse]:
+    """Where the rules send Kea commands, resolved to endpoints as far as the rules fix them.
+
+    An ``endpoint`` or ``family`` given as a template is only known per trap:
+    such an action is checked against every endpoint it could reach.
+    """
+    from trapd.rules.ruleset import Const
+
+    uses: list[KeaUse] = []
+    for rule in rules:
+        for call in rule.actions:
+            commands = call.spec.kea_commands
+            if not commands:
+                continue
+            where = (
+                f"{call.mark}: rule {rule.name}, action {call.action}" if call.mark else f"rule {rule.name}"
+            )
+            endpoint_value = call.params.get("endpoint")
+            consts = {k: v.value for k, v in call.params.items() if isinstance(v, Const)}
+            family = consts.get("family")
+            ip = consts.get("ip-address")
+            if family is None and isinstance(ip, str):
+                family = "v6" if ":" in ip else "v4"
+            if family is None and consts.get("duid") is not None:
+                family = "v6"
+            if family in FAMILIES:
+                families = [family]
+            elif "ip-address" in call.params:  # a templated address: either family, per trap
+                families = list(FAMILIES)
+            else:  # the actions default to v4
+                families = ["v4"]
+            if endpoint_value is not None and not isinstance(endpoint_value, Const):
+                candidates = [
+                    (name, fam)
+                    for name, ep in config.endpoints.items()
+                    for fam in ep.families
+                    if fam in families
+                ]
+            elif isinstance(endpoint_value, Const):
+                ep = config.endpoints.get(str(endpoint_value.value))
+                candidates = [(ep.name, fam) for fam in ep.families if fam in families] if ep else []
+                if ep is None:
+                    uses.append(KeaUse(where, str(endpoint_value.value), families[0], commands))
+            else:
+                candidates = []
+                for fam in families:
+                    chosen = config.endpoint_for(fam)
+                    if chosen is not None:
+                        candidates.append((chosen.name, fam))
+                    elif family is not None:
+                        uses.append(KeaUse(where, "(none)", fam, commands))
+            uses.extend(KeaUse(where, name, fam, commands) for name, fam in candidates)
+    return uses
