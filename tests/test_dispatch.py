@@ -405,3 +405,17 @@ async def test_submit_before_start_runs_after_start(make: Any, rec: Recorder) ->
     await d.submit(make_event(), make_outcome(rec_plan("early")))
     await d.start()
     await wait_for(lambda: rec.done_tags() == ["early"])
+
+
+async def test_key_order_holds_for_rows_memory_has_not_seen(
+    make: Any, rec: Recorder, journal: SQLiteJournal
+) -> None:
+    d = await make()
+    # An earlier action with the key reaches the journal behind the dispatcher's back (as after
+    # an overflow): the newer one, handed straight to memory, must still wait for it.
+    first = d._plan(make_event(), rec_plan("port:first"), time.time())
+    older = await journal.add(make_event().to_dict(), [first], [], time.time())
+    await d.submit(make_event(), make_outcome(rec_plan("port:second")))
+    await wait_for(lambda: len(rec.done_tags()) == 2)
+    assert rec.done_tags() == ["port:first", "port:second"]
+    assert await state_of(journal, str(older.ids[0])) == "done"

@@ -234,3 +234,24 @@ async def test_failed_op_does_not_spoil_its_batch(journal: SQLiteJournal) -> Non
     assert isinstance(results[0], Exception)
     assert all(not isinstance(r, Exception) for r in results[1:])
     assert (await journal.counts())["pending"] == 5
+
+
+async def test_claim_waits_for_earlier_actions_of_its_key(journal: SQLiteJournal) -> None:
+    now = time.time()
+    ev = make_event().to_dict()
+    r = await journal.add(
+        ev,
+        [entry(key="A"), entry(key="B"), entry(key="A"), entry(key="C", state="scheduled", due=now + 9)],
+        [],
+        now,
+    )
+    a1, b1, a2, c1 = r.ids
+    assert (await journal.claim(a2, now)).outcome == "wait"  # a1 first
+    assert (await journal.claim(b1, now)).outcome == "running"  # other keys do not wait
+    assert (await journal.claim(a1, now)).outcome == "running"
+    assert (await journal.claim(a2, now)).outcome == "wait"  # a1 still running
+    await journal.finish(a1, "done", now)
+    assert (await journal.claim(a2, now)).outcome == "running"
+    late = await journal.add(ev, [entry(key="C")], [], now)
+    assert (await journal.claim(late.ids[0], now)).outcome == "running"  # a delayed one not yet due: no wait
+    assert (await journal.claim(c1, now + 10)).outcome == "running"

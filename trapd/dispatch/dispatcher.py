@@ -7,7 +7,7 @@ How one planned action travels (docs/dispatch.md has the operator's view):
    same transaction, before the new actions; once-within duplicates are
    journaled as cancelled.
 2. If it is due now and there is room, it goes straight into memory; if not
-   (a delay, a backlog, a full queue) it stays in the journal and the pump
+   (a delay, a full queue) it stays in the journal and the pump
    loads it when it is due and there is room. The journal is the queue; the
    memory window is bounded by ``queue_size``. One apscheduler job is armed
    for the earliest future due time, whatever the number of delayed actions.
@@ -15,7 +15,9 @@ How one planned action travels (docs/dispatch.md has the operator's view):
    key is not busy, so one key runs in arrival order, never concurrently.
 4. Before it runs: the circuit breaker of its Kea endpoint may defer it;
    :meth:`Journal.claim` marks it running, or holds it when a rate cap is
-   full, or skips it when an operator cancelled it meanwhile.
+   full, or skips it when an operator cancelled it meanwhile, or sends it
+   back to the journal when an earlier action with its key is not done
+   (so per-key order holds whatever happens to be in memory).
 5. Result: done; a retryable failure reschedules it with backoff and blocks
    its key until the retry (so "disable port" cannot overtake a failed
    "enable port"); a permanent failure or exhausted retries make it dead.
@@ -304,11 +306,9 @@ class Dispatcher:
                     )
                 )
         if direct:
-            if (
-                self._started
-                and not self._backlog
-                and len(self._loaded) + len(direct) <= self.config.queue_size
-            ):
+            # Straight into memory when there is room, backlog or not: per-key order does not
+            # depend on it (Journal.claim makes an action wait for earlier ones with its key).
+            if self._started and len(self._loaded) + len(direct) <= self.config.queue_size:
                 for job in direct:
                     self._enqueue(job)
             else:
@@ -437,6 +437,7 @@ class Dispatcher:
             queried = True
             if evictions != self._evictions:
                 continue  # a key was blocked while the query ran: its answer may let followers overtake
+            room = self.config.queue_size - len(self._loaded)  # submits may have taken some meanwhile
             added = 0
             for e in entries:
                 if e.id in self._loaded:
@@ -569,6 +570,11 @@ class Dispatcher:
         claim = await self.journal.claim(job.id, now)
         if claim.outcome == "gone":
             self._done_blocking(job.key)
+            return
+        if claim.outcome == "wait":
+            # An earlier action with this key is not in memory yet: back to the journal, which
+            # hands them out in order.
+            self._evict(job.key)
             return
         if claim.outcome == "held":
             assert claim.cap is not None

@@ -115,6 +115,10 @@ class JournalError(Exception):
     """The journal could not do what was asked (disk full, database locked, corrupt file)."""
 
 
+class _OpFailed(Exception):
+    """An operation raised inside an optimistic batch: run the batch again, one savepoint each."""
+
+
 class JournalFull(JournalError):
     """Too many writes are waiting for the disk: the caller sheds load instead of queueing more."""
 
@@ -223,7 +227,7 @@ class AddResult:
 
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
-    outcome: Literal["running", "held", "gone"]
+    outcome: Literal["running", "held", "gone", "wait"]
     cap: str | None = None  # the cap that held it
     attempts: int = 0
 
@@ -280,7 +284,11 @@ class Journal(Protocol):
 
     async def next_due(self, now: float) -> float | None: ...
     async def claim(self, id: int, now: float) -> ClaimResult:
-        """Mark an action running (attempts + 1), unless it changed meanwhile or a rate cap holds it."""
+        """Mark an action running (attempts + 1).
+
+        Unless: it changed meanwhile (``gone``), an earlier action with the
+        same key must run first (``wait``), or a rate cap holds it (``held``).
+        """
         ...
 
     async def finish(
@@ -570,6 +578,15 @@ def _op_claim(conn: sqlite3.Connection, id_: int, now: float) -> ClaimResult:
     if row is None or row[0] not in ACTIVE:
         return ClaimResult("gone")
     _state, attempts, exempt, caps_json = row
+    # Per-key order is decided here, against the journal, not by what happens to be in memory:
+    # an earlier action with the same key that is due, retrying or running goes first.
+    earlier = conn.execute(
+        "SELECT 1 FROM actions WHERE key = (SELECT key FROM actions WHERE id = :id) AND id < :id AND ("
+        "state IN ('pending', 'failed', 'running') OR (state = 'scheduled' AND due <= :now)) LIMIT 1",
+        {"id": id_, "now": now},
+    ).fetchone()
+    if earlier is not None:
+        return ClaimResult("wait", None, attempts)
     # Caps count starts, not attempts: a retry of an action already counted passes.
     if attempts == 0 and not exempt:
         caps = [CapCheck.from_json(c) for c in json.loads(caps_json)]
@@ -879,25 +896,19 @@ class SQLiteJournal:
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op], loop: asyncio.AbstractEventLoop) -> None:
-        done: list[tuple[_Op, Any, BaseException | None]] = []
         writes = any(op.write for op in batch)
         try:
             if writes:
                 conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
+            try:
+                # Optimistic: no savepoints (they cost two statements per operation). An operation
+                # that raises is rare; then the whole batch is rolled back and run again, isolated.
+                done = self._execute(conn, batch, isolate=False)
+            except _OpFailed:
+                conn.execute("ROLLBACK")
                 if writes:
-                    conn.execute("SAVEPOINT op")
-                try:
-                    result = op.fn(conn, *op.args)
-                except Exception as exc:
-                    if writes:
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                    done.append((op, None, exc))
-                else:
-                    if writes:
-                        conn.execute("RELEASE op")
-                    done.append((op, result, None))
+                    conn.execute("BEGIN IMMEDIATE")
+                done = self._execute(conn, batch, isolate=writes)
             if writes:
                 conn.execute("COMMIT")
                 self.commits += 1
@@ -912,6 +923,28 @@ class SQLiteJournal:
         # A closed loop (RuntimeError) means nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._resolve, done)
+
+    @staticmethod
+    def _execute(
+        conn: sqlite3.Connection, batch: list[_Op], *, isolate: bool
+    ) -> list[tuple[_Op, Any, BaseException | None]]:
+        done: list[tuple[_Op, Any, BaseException | None]] = []
+        for op in batch:
+            if isolate:
+                conn.execute("SAVEPOINT op")
+            try:
+                result = op.fn(conn, *op.args)
+            except Exception as exc:
+                if not isolate:
+                    raise _OpFailed from exc
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                done.append((op, None, exc))
+            else:
+                if isolate:
+                    conn.execute("RELEASE op")
+                done.append((op, result, None))
+        return done
 
     def _resolve(self, done: list[tuple[_Op, Any, BaseException | None]]) -> None:
         for op, result, exc in done:

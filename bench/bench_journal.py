@@ -1,0 +1,174 @@
+"""Planned actions journaled per second: group commit against one transaction per action.
+
+    .venv/bin/python bench/bench_journal.py                 # 3 runs of each case, medians
+    .venv/bin/python bench/bench_journal.py --actions 5000 --runs 5 --json
+
+Cases (each on a fresh journal file in a temporary directory on the same
+disk as --dir, default the system temp dir):
+
+``batched``
+    ``--concurrency`` submitters at once (what the daemon does in a storm:
+    many outcomes in flight); each ``journal.add`` returns when its row is
+    committed, and the writer thread groups whatever is queued into one
+    transaction.
+``one-by-one``
+    One submitter that waits for each commit before the next: one
+    transaction per action, the naive design.
+``dispatcher``
+    ``Dispatcher.submit`` with a realistic event (to_dict, planning, caps,
+    the in-memory hand-off) and ``--concurrency`` submitters; the dispatcher
+    is started with a no-op action so the rows are also claimed and finished
+    (three writes per action, as in production).
+
+Each for ``synchronous=normal`` (the default) and ``full``. The figures are
+actions per second, median of ``--runs``; the table also says how many
+actions each commit carried on average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trapd.dispatch.config import DispatchConfig
+from trapd.dispatch.dispatcher import Dispatcher
+from trapd.dispatch.journal import NewEntry, SQLiteJournal
+from trapd.dispatch.testing import make_event, make_outcome, plan
+from trapd.params import Param
+from trapd.plugin import ActionContext, action
+
+
+@action("bench.noop", params={"mac": Param("mac-address")}, idempotent=True)
+async def noop(params: dict[str, Any], ctx: ActionContext) -> None:
+    """Does nothing (benchmark)."""
+    return None
+
+
+def mac(i: int) -> str:
+    return f"00:11:22:33:{i >> 8 & 255:02x}:{i & 255:02x}"
+
+
+def entry(i: int) -> NewEntry:
+    return NewEntry(
+        rule="mac-removed", action="bench.noop", index=0, params={"mac": mac(i)}, key=f"mac:{i}",
+        mode="enforce", state="pending", due=time.time(), max_attempts=5, backoff=2.0, max_age=3600.0,
+        mac=mac(i),
+    )  # fmt: skip
+
+
+async def run_batched(path: Path, n: int, concurrency: int, sync: str) -> tuple[float, float]:
+    async with SQLiteJournal(path, synchronous=sync) as j:
+        ev = make_event().to_dict()
+        queue = iter(range(n))
+
+        async def submitter() -> None:
+            for i in queue:
+                await j.add(ev, [entry(i)], [], time.time())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(submitter() for _ in range(concurrency)))
+        dt = time.perf_counter() - t0
+        return n / dt, j.committed_ops / max(1, j.commits)
+
+
+async def run_one_by_one(path: Path, n: int, sync: str) -> tuple[float, float]:
+    async with SQLiteJournal(path, synchronous=sync) as j:
+        ev = make_event().to_dict()
+        t0 = time.perf_counter()
+        for i in range(n):
+            await j.add(ev, [entry(i)], [], time.time())
+        dt = time.perf_counter() - t0
+        return n / dt, j.committed_ops / max(1, j.commits)
+
+
+async def run_dispatcher(path: Path, n: int, concurrency: int, sync: str) -> tuple[float, float]:
+    async with SQLiteJournal(path, synchronous=sync) as j:
+        d = Dispatcher(DispatchConfig(), j, {"bench.noop": noop}, kea=None, log=_QuietLog())
+        await d.start()
+        queue = iter(range(n))
+
+        async def submitter() -> None:
+            for i in queue:
+                ev = make_event(varbinds=[("IF-MIB::ifIndex", "Integer32", i)])
+                out = make_outcome(plan("bench.noop", {"mac": mac(i)}, key=f"mac:{i}"))
+                await d.submit(ev, out)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(submitter() for _ in range(concurrency)))
+        submitted = time.perf_counter() - t0
+        while d.stats.outcomes[("bench.noop", "done")] < n:
+            await asyncio.sleep(0.005)
+        await d.stop()
+        return n / submitted, j.committed_ops / max(1, j.commits)
+
+
+class _QuietLog:
+    """A logger that drops everything: the benchmark measures the journal, not the log sink."""
+
+    def bind(self, **_: Any) -> _QuietLog:
+        return self
+
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *a, **k: None
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for sync in args.synchronous:
+        for case in args.cases:
+            rates, batches = [], []
+            for run in range(args.runs):
+                with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+                    path = Path(tmp) / "journal.sqlite"
+                    n = args.actions if case != "one-by-one" else min(args.actions, args.one_by_one_actions)
+                    if case == "batched":
+                        rate, batch = await run_batched(path, n, args.concurrency, sync)
+                    elif case == "one-by-one":
+                        rate, batch = await run_one_by_one(path, n, sync)
+                    else:
+                        rate, batch = await run_dispatcher(path, n, args.concurrency, sync)
+                rates.append(rate)
+                batches.append(batch)
+                print(f"  {case:<11} synchronous={sync:<6} run {run + 1}: {rate:9,.0f} actions/s "
+                      f"({batch:.1f} per commit)", file=sys.stderr)  # fmt: skip
+            results[f"{case}/{sync}"] = {
+                "median_actions_per_s": statistics.median(rates),
+                "runs": rates,
+                "median_actions_per_commit": statistics.median(batches),
+            }
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--actions", type=int, default=20000, help="actions per run (batched, dispatcher)")
+    p.add_argument("--one-by-one-actions", type=int, default=3000, help="actions per one-by-one run")
+    p.add_argument("--concurrency", type=int, default=500, help="submitters in flight")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--cases", nargs="+", default=["batched", "one-by-one", "dispatcher"],
+                   choices=["batched", "one-by-one", "dispatcher"])  # fmt: skip
+    p.add_argument("--synchronous", nargs="+", default=["normal", "full"], choices=["normal", "full"])
+    p.add_argument("--dir", help="where the journal files go (default: system temp dir)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    results = asyncio.run(main_async(args))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"{'case':<24} {'actions/s (median)':>20} {'per commit':>11}")
+        for name, r in results.items():
+            print(f"{name:<24} {r['median_actions_per_s']:>20,.0f} {r['median_actions_per_commit']:>11.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
