@@ -1,0 +1,64 @@
+"""Plugin loading glue: the installed actions for the daemon, and the dispatcher built around them.
+
+The daemon calls :func:`open_dispatcher` once at start-up::
+
+    dispatcher = await open_dispatcher(config, kea_clients, log=log)
+    await dispatcher.start()
+    ...
+    await dispatcher.stop()
+    await dispatcher.journal.close()
+
+A plugin that fails to import is logged and left out; trapd still starts
+(``trapd check`` refuses rules that use it, and an action journaled for it
+goes dead with a clear reason rather than vanishing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from trapd.dispatch.dispatcher import Dispatcher
+from trapd.dispatch.journal import open_journal
+from trapd.plugin import ActionSpec, load_actions
+
+if TYPE_CHECKING:
+    import httpx
+
+    from trapd.config import Config
+    from trapd.kea.client import KeaClients
+
+
+def load_plugins(log: Any = None) -> dict[str, ActionSpec]:
+    """Every installed action by name; each plugin that failed to load is logged as an error."""
+    log = log if log is not None else structlog.get_logger("trapd.plugins")
+    specs, problems = load_actions()
+    for p in problems:
+        log.error("action plugin failed to load", entry_point=p.entry_point, error=p.error)
+    return specs
+
+
+def unknown_settings(specs: Mapping[str, ActionSpec], settings: Mapping[str, Any]) -> list[str]:
+    """Names under ``actions:`` in trapd.yaml that no installed plugin has (a typo, or a missing package)."""
+    return sorted(name for name in settings if name not in specs)
+
+
+async def open_dispatcher(
+    config: Config,
+    kea: KeaClients | None,
+    *,
+    http: httpx.AsyncClient | None = None,
+    log: Any = None,
+    actions: Mapping[str, ActionSpec] | None = None,
+) -> Dispatcher:
+    """Open the journal in ``config.state_dir`` and build the dispatcher (not started yet)."""
+    log = log if log is not None else structlog.get_logger("trapd.dispatch")
+    specs = dict(actions) if actions is not None else load_plugins(log)
+    for name in unknown_settings(specs, config.actions):
+        log.warning("settings for an action plugin that is not installed", plugin=name)
+    jc = config.dispatch.journal
+    journal = open_journal(jc.file(config.state_dir), jc)
+    await journal.open()
+    return Dispatcher(config.dispatch, journal, specs, kea, http, log, config.actions)
