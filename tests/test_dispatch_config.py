@@ -75,7 +75,7 @@ def test_defaults() -> None:
     [
         ("dispatch:\n  workerz: 3\n", "unknown key 'workerz' in dispatch (did you mean 'workers'?)", "2:3"),
         ("dispatch:\n  workers: 0\n", "dispatch.workers must be between 1 and 1024", "2:12"),
-        ("dispatch:\n  journal: {synchronous: fast}\n", "synchronous must be one of normal, full", "2:28"),
+        ("dispatch:\n  journal: {synchronous: fast}\n", "synchronous must be one of normal, full", "2:26"),
         ("dispatch:\n  retry: {backoff: soon}\n", "dispatch.retry.backoff: not a duration", "2:20"),
         ("dispatch:\n  caps: [{name: a, limit: 1}]\n", "limit and per are required", "2:10"),
         ("dispatch:\n  caps: [{name: a, limit: 1, per: 1s, by: port}]\n", "by must be one of", "2:43"),
