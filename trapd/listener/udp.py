@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
 from trapd.listener import fastpath
@@ -269,6 +269,39 @@ class Listener:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def update_config(self, config: ListenerConfig) -> None:
+        """Apply a reloaded configuration: communities, allowed sources and v3 users, all at once.
+
+        Called on the event loop, so the next datagram sees either the old
+        settings or the new ones, never a mix. The sockets stay as they are:
+        listen addresses and the receive buffer are fixed at start (rebinding
+        port 162 needs a privilege trapd no longer has after start-up). A new
+        V3Receiver is built only when the v3 users or the engine ID changed
+        (it starts a fresh engineTime); if building it raises, nothing changed.
+        """
+        v3 = self._v3
+        if config.v3_users != self.config.v3_users or config.engine_id != self.config.engine_id:
+            v3 = None
+            if config.v3_users:
+                from trapd.listener.v3 import V3Receiver
+
+                v3 = V3Receiver(
+                    config.v3_users,
+                    self._deliver,
+                    self.stats,
+                    engine_id=config.engine_id,
+                    on_drop=self.drop_log.note,
+                )
+        self._v3 = v3
+        self._communities = frozenset(c.reveal().encode() for c in config.communities)
+        self._sources = SourceFilter(config.allowed_sources)
+        self.config = replace(config, listen=self.config.listen, receive_buffer=self.config.receive_buffer)
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The receiving sockets (for per-socket metrics); empty before start and after close."""
+        return [t.get_extra_info("socket") for _, t in self._endpoints]
 
     @property
     def engine_id(self) -> bytes | None:

@@ -79,6 +79,7 @@ class PipelineStats:
     rejected: Counter[str] = field(default_factory=Counter)  # rule
     errors: Counter[str] = field(default_factory=Counter)  # stage
     reloads: Counter[str] = field(default_factory=Counter)  # ok / failed
+    unmatched: int = 0
     submit_overflow: int = 0
 
 
@@ -100,6 +101,8 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self._submit_queue: asyncio.Queue[tuple[Event, Outcome]] = asyncio.Queue(SUBMIT_QUEUE_MAX)
         self._kea_up: dict[str, bool] = {}
+        # Why the last reload was refused (None: it worked, or none happened); shown in STATUS=.
+        self._reload_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Set in _start(); typed loosely here because their modules import late.
         self.rules: Any = None
@@ -125,6 +128,8 @@ class Daemon:
             self.stats.errors["pipeline"] += 1
             self.log.exception("notification could not be processed", source=raw.source)
             return
+        if not outcome.matched:
+            self.stats.unmatched += 1
         if outcome.empty:
             return
         for name in outcome.matched:
@@ -174,10 +179,16 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         try:
             await self._start()
-        except (ConfigError, OSError) as exc:
-            self.log.error("start-up failed", error=str(exc))
-            self.notifier.stopping(f"start-up failed: {exc}")
-            await self._shutdown()
+        except Exception as exc:
+            # Port in use, unreadable rules, a journal that cannot be opened: say which, in one
+            # line, then exit non-zero so systemd's Restart=on-failure and `systemctl status` show it.
+            if isinstance(exc, ConfigError | OSError):
+                self.log.error("start-up failed", error=str(exc))
+            else:
+                self.log.exception("start-up failed", error=str(exc))
+            self.notifier.stopping(f"start-up failed: {exc}"[:500])
+            with contextlib.suppress(Exception):
+                await self._shutdown()
             return 1
         from trapd.service.health import Health
 
@@ -267,7 +278,7 @@ class Daemon:
         await self.metrics.start()
 
     def _sockets(self) -> list[Any]:
-        return [t.get_extra_info("socket") for _, t in getattr(self.listener, "_endpoints", [])]
+        return list(self.listener.sockets) if self.listener is not None else []
 
     async def _probe_kea(self) -> None:
         """Say once, at start-up, which Kea endpoints are down or lack a command a rule needs."""
@@ -327,32 +338,64 @@ class Daemon:
     async def reload(self) -> bool:
         """Re-read trapd.yaml and the rules; keep everything as it is if anything is wrong.
 
-        Rules, communities, v3 users and source filters change at once; the
-        listen addresses and the journal location need a restart (said in the log).
+        Rules, mode, communities, v3 users, source filters, action settings and
+        the log level and format change at once. Listen addresses, the state
+        directory, MIBs, Kea endpoints, dispatch tuning and the metrics address
+        need a restart (a warning in the log says so). The loop is busy while
+        the new rules compile; datagrams arriving meanwhile wait in the
+        socket's receive buffer, so none is lost.
         """
         from trapd.service.health import Health
 
         self.notifier.reloading("reloading")
         self.health = Health(True, "reloading")
         try:
-            config = _load_with_overrides(self.args) if getattr(self.args, "config", None) else self.config
+            config = _load_with_overrides(self.args)
             rules = self._build_rules(config)
-        except ConfigError as exc:
+            # Last of the fallible steps: a V3Receiver that cannot be built must not leave new rules behind.
+            self.listener.update_config(config.listener)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, ConfigError | OSError) else f"{type(exc).__name__}: {exc}"
             self.stats.reloads["failed"] += 1
-            self.log.error("reload failed, keeping the running configuration", error=str(exc))
-            self.health = Health(True, "ok", {"last_reload": f"failed: {exc}"})
-            self.notifier.ready(f"reload failed, old configuration kept: {exc}"[:500])
+            self._reload_error = reason
+            self.log.error("reload failed, keeping the running configuration", error=reason)
+            self.health = Health(True, "ok", {"last_reload": f"failed: {reason}"})
+            self.notifier.ready(f"reload failed, old configuration kept: {reason}"[:1000])
             return False
-        if config.listener.listen != self.config.listener.listen:
-            self.log.warning("listen addresses changed: they take effect at the next restart")
-        self.listener.update_config(config.listener) if hasattr(self.listener, "update_config") else None
+        self._warn_restart_needed(config)
+        self._apply_logging(config)
+        if self.dispatcher is not None:
+            self.dispatcher.settings = dict(config.actions)
         self.rules = rules
         self.config = config
         self.stats.reloads["ok"] += 1
+        self._reload_error = None
         self.health = Health(True, "ok")
-        self.log.info("reloaded", rules=len(rules))
+        self.log.info("reloaded", rules=len(rules), mode=config.mode)
         self.notifier.ready(self._status_line())
         return True
+
+    def _apply_logging(self, config: Config) -> None:
+        from trapd.service.logging import configure_logging
+
+        level = getattr(self.args, "log_level", None) or config.service.log_level
+        fmt = getattr(self.args, "log_format", None) or config.service.log_format
+        configure_logging(level, fmt)
+
+    def _warn_restart_needed(self, new: Config) -> None:
+        old = self.config
+        fixed = {
+            "listener.listen": (old.listener.listen, new.listener.listen),
+            "listener.receive_buffer": (old.listener.receive_buffer, new.listener.receive_buffer),
+            "state_dir": (old.state_dir, new.state_dir),
+            "mibs": (old.mibs, new.mibs),
+            "kea": (old.kea, new.kea),
+            "dispatch": (old.dispatch, new.dispatch),
+            "service.metrics": (old.service.metrics_listen, new.service.metrics_listen),
+        }
+        changed = [name for name, (a, b) in fixed.items() if a != b]
+        if changed:
+            self.log.warning("changed settings take effect at the next restart", settings=changed)
 
     async def _status_loop(self) -> None:
         from trapd.service.sdnotify import start_watchdog, stop_watchdog
@@ -368,7 +411,10 @@ class Daemon:
     def _status_line(self) -> str:
         from trapd.service.metrics import status_line
 
-        return status_line(self.snapshot())
+        line = status_line(self.snapshot())
+        if self._reload_error is not None:
+            line += f": {self._reload_error}"
+        return line[:1000]
 
     def snapshot(self) -> Any:
         """Everything counted so far, in the shape the metrics exporter reads."""
@@ -379,13 +425,15 @@ class Daemon:
         return DaemonSnapshot(
             received=dict(self.stats.received),
             dropped=dict(ls.dropped) if ls is not None else {},
+            dropped_detail=dict(ls.dropped_detail) if ls is not None else {},
             matched=dict(self.stats.matched),
+            unmatched=self.stats.unmatched,
             actions=dict(ds.outcomes) if ds is not None else {},
             action_latency=_latency(ds.done_latency) if ds is not None else None,
             journal=dict(ds.gauges) if ds is not None else {},
             kea_up=dict(self._kea_up),
             reloads=dict(self.stats.reloads),
-            last_reload_ok=self.stats.reloads["failed"] == 0 or self.health.status == "ok",
+            last_reload_ok=self._reload_error is None,
         )
 
 
