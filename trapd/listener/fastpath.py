@@ -28,11 +28,14 @@ Decisions a reader might not guess:
   notification, and ``trapd.normalize`` copes with what is missing.
 * error-status and error-index of a v2c trap/inform should be 0 (RFC 3416
   4.2.6/4.2.7) but only need to be valid 32-bit integers here: a sloppy
-  agent's non-zero value changes nothing about the notification.
+  agent's non-zero value changes nothing about the notification. (pysnmp
+  refuses a negative error-index or one beyond the varbind count; this is
+  the one place the differential test allows the two to differ.)
 * Counter64 and the v2 exception values (noSuchObject, noSuchInstance,
-  endOfMibView) in a v1 message are ``bad-value``: RFC 1157's ObjectSyntax
-  has none of them (RFC 3584 section 4.2.2.1.2 says a v1 entity never
-  receives Counter64), and pysnmp's v1 decoder refuses them too.
+  endOfMibView) in a v1 message are ``bad-value``: RFC 1155/1157's
+  ObjectSyntax has none of them (they arrived with SMIv2 and RFC 1905),
+  RFC 3584's v2-to-v1 translation never carries a Counter64 into a v1
+  message, and pysnmp's v1 decoder refuses them too.
 """
 
 from __future__ import annotations
@@ -324,6 +327,8 @@ def _varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBind]:
             append((oid, "IpAddress", decode_ipaddress(data, start, value_end)))
         elif tag == TAG_COUNTER64:
             if v1:
+                # Not in RFC 1155's ObjectSyntax (Counter64 came with SMIv2), and
+                # RFC 3584's translation never puts one in a v1 message: see module doc.
                 raise Rejected("bad-value", f"Counter64 in a v1 message at offset {value_pos}")
             append((oid, "Counter64", decode_integer(data, start, value_end, 0, UINT64_MAX)))
         elif tag == TAG_NULL:
