@@ -1,0 +1,182 @@
+"""Receiver memory over a long SNMPv3 run: trapd's v3 path with and without its pysnmp workaround.
+
+pysnmp 7.1.30's USM appends the sender's engine ID to a timeline expiry list
+on every authenticated message and keeps that list for 300 s, so a v3
+receiver's memory grows with rate x 300 s (about 490 bytes per trap) before it
+levels off: 150 MB at 1,000 traps/s. trapd's V3Receiver swaps that list for a
+set (trapd/listener/v3.py, ``_make_usm``). This script shows both behaviours
+side by side: it starts a receiver process per variant (trapd's Listener with
+one v3 user), sends it ``--count`` distinct authPriv traps (SHA-256 + AES-128,
+each with its own msgID, salt and MAC, built by bench/loadgen.py) at
+``--rate`` to loopback, and samples the receiver's RSS every
+``--sample-every`` traps.
+
+    .venv/bin/python bench/v3_memory.py                       # 20,000 traps x 2 variants, ~2.5 min
+    .venv/bin/python bench/v3_memory.py --count 40000 --rate 400 --variants fixed
+
+Variants: ``fixed`` (trapd as shipped) and ``stock`` (pysnmp's own USM put
+back). Bounded: at most --count traps per variant and --max-seconds per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import loadgen  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- the receiver (child process) ----------------------------------------------
+
+
+def serve(variant: str) -> int:
+    from trapd.listener import Listener, ListenerConfig, run_on_best_loop
+    from trapd.listener.config import ListenAddress, V3User
+    from trapd.secrets import Secret
+
+    u = loadgen.V3User()
+    config = ListenerConfig(
+        listen=(ListenAddress("127.0.0.1", 0),),
+        v3_users=(
+            V3User(
+                user=u.user,
+                auth_protocol=u.auth_protocol,
+                auth_key=Secret(u.auth_key),
+                priv_protocol=u.priv_protocol,
+                priv_key=Secret(u.priv_key),
+                engine_ids=(u.engine_id,),
+            ),
+        ),
+    )
+    received = 0
+
+    def on_notification(raw: object) -> None:
+        nonlocal received
+        received += 1
+
+    async def main() -> None:
+        listener = Listener(config, on_notification, logger=_Quiet())
+        await listener.start()
+        if variant == "stock":
+            from pysnmp.proto.secmod.rfc3414.service import SnmpUSMSecurityModel
+
+            listener._v3.engine.security_models[3] = SnmpUSMSecurityModel()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: print(json.dumps({"received": received}), flush=True))
+        print(json.dumps({"port": listener.bound[0].address.port}), flush=True)
+        await stop.wait()
+        await listener.close()
+        print(json.dumps({"received": received, "dropped": dict(listener.stats.dropped)}), flush=True)
+
+    run_on_best_loop(main())
+    return 0
+
+
+class _Quiet:
+    def __getattr__(self, name: str) -> object:
+        return lambda *a, **k: None
+
+
+# --- the driver ------------------------------------------------------------------
+
+
+def run_variant(
+    variant: str, messages: list[bytes], rate: float, every: int, max_seconds: float
+) -> list[dict]:
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", variant], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent
+    )
+    assert child.stdout is not None
+    port = json.loads(child.stdout.readline())["port"]
+    sock = loadgen.open_sender("127.0.0.1", port)
+    samples = [{"sent": 0, "rss_mb": rss_mb(child.pid)}]
+    start = time.monotonic()
+    try:
+        for first in range(0, len(messages), every):
+            left = max_seconds - (time.monotonic() - start)
+            if left <= 0:
+                break
+            report = loadgen.pace(sock, messages[first : first + every], rate, left)
+            got = -1
+            while True:  # let the receiver drain its socket buffer
+                time.sleep(0.3)
+                child.send_signal(signal.SIGUSR1)
+                now = json.loads(child.stdout.readline())["received"]
+                if now == got:
+                    break
+                got = now
+            samples.append({"sent": first + report.sent, "received": got, "rss_mb": rss_mb(child.pid)})
+    finally:
+        sock.close()
+        child.send_signal(signal.SIGTERM)
+        child.wait(10)
+    return samples
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--serve", metavar="VARIANT", help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, default=20000, help="traps per variant (default 20000)")
+    p.add_argument("--rate", type=float, default=250.0, help="traps per second (default 250)")
+    p.add_argument(
+        "--sample-every", type=int, default=2000, help="RSS sample interval in traps (default 2000)"
+    )
+    p.add_argument("--variants", default="fixed,stock", help="fixed, stock or both (default fixed,stock)")
+    p.add_argument("--max-seconds", type=float, default=300.0, help="time bound per variant (default 300)")
+    args = p.parse_args()
+    if args.serve:
+        return serve(args.serve)
+
+    t = time.monotonic()
+    messages = loadgen.build_messages(loadgen.LoadSpec(version="v3"), 1, args.count)
+    print(f"built {len(messages)} v3 authPriv traps in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    results = {}
+    for variant in args.variants.split(","):
+        results[variant] = run_variant(variant, messages, args.rate, args.sample_every, args.max_seconds)
+
+    print(
+        f"\nreceiver RSS (MB) receiving v3 authPriv traps at {args.rate:.0f}/s (sender pid {os.getpid()})\n"
+    )
+    variants = list(results)
+    print("| traps sent | " + " | ".join(f"{v} RSS | {v} received" for v in variants) + " |")
+    print("|---:|" + "---:|---:|" * len(variants))
+    for i in range(max(len(s) for s in results.values())):
+        row = []
+        sent = None
+        for v in variants:
+            s = results[v][i] if i < len(results[v]) else {}
+            sent = s.get("sent", sent)
+            row += [f"{s['rss_mb']:.1f}" if s else "", str(s.get("received", "")) if s else ""]
+        print(f"| {sent} | " + " | ".join(row) + " |")
+    print()
+    for v in variants:
+        s = results[v]
+        if len(s) >= 3:
+            # growth after warm-up: from the first loaded sample to the last
+            a, b = s[1], s[-1]
+            per_1000 = (b["rss_mb"] - a["rss_mb"]) * 1024 / max(1, (b["received"] - a["received"]) / 1000)
+            print(f"{v}: {per_1000:.0f} KB per 1,000 received traps after the first {a['received']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
