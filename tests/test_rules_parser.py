@@ -241,6 +241,21 @@ def test_shadow_by_wider_source_and_version(tmp_path: Path) -> None:
     assert len(got) == 1 and got[0].startswith("5:5: warning: rule 'narrow' can never match")
 
 
+def test_shadow_by_an_earlier_subtree_rule(tmp_path: Path) -> None:
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - {name: traps, match: {notification: {under: snmpTraps}}, cancel: x}
+          - {name: down, match: {notification: linkDown, version: v2c}, cancel: y}
+          - {name: vendor, match: {notification: '1.3.6.1.4.1.9.9.1'}, cancel: z}
+        """,
+    )
+    assert len(got) == 1 and got[0].startswith(
+        "3:5: warning: rule 'down' can never match: the earlier rule 'traps'"
+    )
+
+
 def test_foreach_and_item_checks(tmp_path: Path) -> None:
     got = errors_of(
         tmp_path,

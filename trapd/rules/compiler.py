@@ -155,6 +155,8 @@ class Compiler:
         self.defaults_mark: Mark | None = None
         self.known_names = decoders.known_names()
         self._symbol_cache: dict[str, bool] = {}
+        # The same template text is compiled once per file set (a rule set repeats "{{ source }}").
+        self._templates: dict[str, tuple[jinja2.Template, TemplateInfo]] = {}
 
     # -- files ----------------------------------------------------------------
 
@@ -1094,7 +1096,10 @@ class Compiler:
 
     def _template(self, source: str, mark: Mark | None, scope: _RuleScope | None, what: str) -> Value:
         try:
-            tmpl, info = analyse(source)
+            hit = self._templates.get(source)
+            if hit is None:
+                hit = self._templates[source] = analyse(source)
+            tmpl, info = hit
         except jinja2.TemplateSyntaxError as exc:
             at = Mark(mark.file, mark.line + max((exc.lineno or 1) - 1, 0), mark.column) if mark else None
             self.p.error(f"{what}: template syntax error: {exc.message}", at)

@@ -24,6 +24,7 @@ absent, so a template that uses them is rejected instead of rendering
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from trapd.event import Event, VarBind, oid_str
@@ -103,22 +104,46 @@ class VarbindView:
         return str(self.value)
 
 
+class VarbindMap(Mapping[str, VarbindView]):
+    """``varbinds.x`` / ``varbinds["IF-MIB::x"]`` / ``varbinds["1.3..."]``, views built on first use."""
+
+    def __init__(self, event: Event) -> None:
+        self._event = event
+        self._views: dict[str, VarbindView] | None = None
+
+    def _all(self) -> dict[str, VarbindView]:
+        if self._views is None:
+            views: dict[str, VarbindView] = {}
+            for vb in self._event.varbinds:
+                view = VarbindView(vb)
+                for key in (vb.symbol, vb.name, oid_str(vb.oid)):
+                    views.setdefault(key, view)
+            self._views = views
+        return self._views
+
+    def __getitem__(self, key: str) -> VarbindView:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
 def event_context(event: Event, *, rule: str, source_group: str | None) -> dict[str, Any]:
     """Everything but captures and item (the rule adds those)."""
     sec = event.security
     ctx: dict[str, Any] = {}
-    views: dict[str, VarbindView] = {}
     index: dict[str, Any] = {}
     for vb in event.varbinds:
         sym = vb.symbol
-        view = VarbindView(vb)
-        for key in (sym, vb.name, oid_str(vb.oid)):
-            views.setdefault(key, view)
         # Unnamed bindings (symbol = numeric OID) are reachable through varbinds["1.3..."] only.
-        if sym not in ctx and view.value is not None and sym.isidentifier():
-            ctx[sym] = view.value
+        if sym not in ctx and vb.value is not None and sym.isidentifier():
+            ctx[sym] = template_value(vb)
         if vb.index and sym not in index:
-            index[sym] = view.index
+            index[sym] = index_value(vb)
+    views = VarbindMap(event)
     # Event fields win over varbind symbols of the same name.
     ctx.update(
         source=event.source,

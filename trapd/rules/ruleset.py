@@ -21,11 +21,11 @@ from trapd.event import Event
 from trapd.listener.raw import Oid
 from trapd.params import ParamError, validate
 from trapd.plugin import ActionSpec
-from trapd.rules.conditions import All, Cond, EvalState, Notification, Subject, ValueTest
+from trapd.rules.conditions import All, Cond, EvalState, Notification, Source, Subject, ValueTest
 from trapd.rules.context import event_context
 from trapd.rules.outcome import Mode, Outcome, PlannedAction, RateCap, Rejection, RetryPolicy
 from trapd.rules.sources import AddressSet, addr_key
-from trapd.rules.templates import RENDER_ERRORS, TemplateInfo
+from trapd.rules.templates import ENV, RENDER_ERRORS, TemplateInfo, render_fast
 from trapd.yamlsource import Mark
 
 # ---------------------------------------------------------------- rendered values
@@ -57,7 +57,8 @@ class Template(Value):
         self.info = info
 
     def render(self, ctx: Mapping[str, Any]) -> Any:
-        return self.template.render(ctx)
+        # ctx is the per-rule dict built in RuleSet._plan, globals included
+        return render_fast(self.template, self.info.path if self.info else None, ctx)  # type: ignore[arg-type]
 
 
 class ListOf(Value):
@@ -180,11 +181,23 @@ class RuleTrace:
 # ---------------------------------------------------------------- the rule set
 
 _CACHE_LIMIT = 4096
+_MISSING = object()
+_SOURCE_CACHE_LIMIT = 65536  # distinct sender addresses remembered (a site has far fewer switches)
 _EMPTY = Outcome()
 
 
 class RuleSet:
-    """Compiled rules. Immutable after construction (the per-OID cache is derived data)."""
+    """Compiled rules. Immutable after construction (the per-OID and per-source caches are derived data).
+
+    Candidate selection is two bit masks over the rules (bit i = rule i, so
+    ascending bits are file order): one per notification OID (exact OIDs,
+    ``under:`` prefixes, and every rule without a notification condition) and
+    one per source address (rules whose top-level ``source:`` contains it,
+    and every rule without one). Their AND is the set of rules worth
+    testing; each is then tested on what is left of its conditions. A trap
+    from a switch no rule covers, or with an OID no rule names, costs two
+    dict lookups.
+    """
 
     def __init__(
         self, rules: Sequence[Rule], source_groups: Mapping[str, AddressSet], global_mode: str
@@ -193,22 +206,39 @@ class RuleSet:
         self.names: tuple[str, ...] = tuple(r.name for r in self._rules)
         self.source_groups: Mapping[str, AddressSet] = dict(source_groups)
         self.global_mode = global_mode
-        self._exact: dict[Oid, list[int]] = {}
-        self._prefix: dict[Oid, list[int]] = {}
-        self._generic: list[int] = []
+        self._exact: dict[Oid, int] = {}
+        self._prefix: dict[Oid, int] = {}
+        self._generic = 0  # rules without a notification condition
+        self._no_source = 0  # rules without a top-level source condition
+        self._sources: list[tuple[int, Source]] = []
+        self._residual: list[All] = []
         for i, r in enumerate(self._rules):
-            if not r.enabled:
-                continue
+            bit = 1 << i
+            items = list(r.condition.items)
             n = r.notification
-            if n is None:
-                self._generic.append(i)
+            if not r.enabled:
+                self._residual.append(r.condition)
                 continue
-            for oid in n.exact:
-                self._exact.setdefault(oid, []).append(i)
-            for p in n.prefixes:
-                self._prefix.setdefault(p, []).append(i)
+            if n is None:
+                self._generic |= bit
+            else:
+                for oid in n.exact:
+                    self._exact[oid] = self._exact.get(oid, 0) | bit
+                for p in n.prefixes:
+                    self._prefix[p] = self._prefix.get(p, 0) | bit
+                if n in items:  # settled by the index; nested ones stay in the test
+                    items.remove(n)
+            src = next((c for c in items if isinstance(c, Source)), None)
+            if src is None:
+                self._no_source |= bit
+            else:
+                self._sources.append((bit, src))
+                items.remove(src)
+            self._residual.append(All(items, r.condition.mark))
         self._prefix_lengths = tuple(sorted({len(p) for p in self._prefix}))
-        self._cache: dict[Oid, tuple[Rule, ...]] = {}
+        self._oid_masks: dict[Oid, int] = {}
+        self._source_masks: dict[str, int] = {}
+        self._group_cache: dict[str, str | None] = {}
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -219,28 +249,48 @@ class RuleSet:
 
     def group_of(self, address: str) -> str | None:
         """The first source group (in definition order) that contains the address."""
+        hit = self._group_cache.get(address, _MISSING)
+        if hit is not _MISSING:
+            return hit  # type: ignore[return-value]
+        group: str | None = None
         key = addr_key(address)
-        if key is None:
-            return None
-        for name, nets in self.source_groups.items():
-            if nets.contains(key):
-                return name
-        return None
+        if key is not None:
+            group = next((name for name, nets in self.source_groups.items() if nets.contains(key)), None)
+        if len(self._group_cache) >= _SOURCE_CACHE_LIMIT:
+            self._group_cache.clear()
+        self._group_cache[address] = group
+        return group
+
+    def _oid_mask(self, trap_oid: Oid) -> int:
+        mask = self._oid_masks.get(trap_oid)
+        if mask is None:
+            mask = self._generic | self._exact.get(trap_oid, 0)
+            for n in self._prefix_lengths:
+                if n <= len(trap_oid):
+                    mask |= self._prefix.get(trap_oid[:n], 0)
+            if len(self._oid_masks) >= _CACHE_LIMIT:
+                self._oid_masks.clear()  # a storm of distinct OIDs must not grow memory
+            self._oid_masks[trap_oid] = mask
+        return mask
+
+    def _source_mask(self, source: str) -> int:
+        mask = self._source_masks.get(source)
+        if mask is None:
+            mask = self._no_source
+            key = addr_key(source)
+            if key is not None:
+                for bit, cond in self._sources:
+                    if cond.nets.contains(key):
+                        mask |= bit
+            if len(self._source_masks) >= _SOURCE_CACHE_LIMIT:
+                self._source_masks.clear()
+            self._source_masks[source] = mask
+        return mask
 
     def candidates(self, trap_oid: Oid) -> tuple[Rule, ...]:
-        hit = self._cache.get(trap_oid)
-        if hit is not None:
-            return hit
-        idx: set[int] = set(self._generic)
-        idx.update(self._exact.get(trap_oid, ()))
-        for n in self._prefix_lengths:
-            if n <= len(trap_oid):
-                idx.update(self._prefix.get(trap_oid[:n], ()))
-        hit = tuple(self._rules[i] for i in sorted(idx))
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()  # a storm of distinct OIDs must not grow memory
-        self._cache[trap_oid] = hit
-        return hit
+        """Rules the notification index selects for this OID (before source and other conditions)."""
+        mask = self._oid_mask(trap_oid)
+        return tuple(r for i, r in enumerate(self._rules) if mask >> i & 1)
 
     # -- evaluation ---------------------------------------------------------
 
@@ -252,12 +302,20 @@ class RuleSet:
         cancels: list[str] = []
         rejected: list[Rejection] = []
         base: dict[str, Any] | None = None
-        for rule in self.candidates(event.trap_oid):
+        mask = self._oid_mask(event.trap_oid)
+        if mask:
+            mask &= self._source_mask(event.source)
+        rules, residual = self._rules, self._residual
+        while mask:
+            low = mask & -mask
+            mask ^= low
+            i = low.bit_length() - 1
+            rule = rules[i]
             if st is None:
                 st = EvalState(event)
             elif st.captures:
                 st.captures = {}
-            if not rule.condition.test(st):
+            if not residual[i].test(st):
                 continue
             items: list[dict[str, Any]] | None = None
             if rule.foreach is not None:
@@ -325,7 +383,8 @@ class RuleSet:
         cancels: list[str],
         rejected: list[Rejection],
     ) -> None:
-        ctx = dict(base)
+        ctx = dict(ENV.globals)
+        ctx.update(base)
         ctx.update(captures)
         ctx["groups"] = dict(captures)
         ctx["rule"] = rule.name

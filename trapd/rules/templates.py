@@ -148,6 +148,8 @@ class TemplateInfo:
     variables: frozenset[str]
     item_fields: frozenset[str]  # x in item.x / item["x"]
     literal: str  # the constant text around the expressions
+    # ``{{ a }}`` / ``{{ a.b.c }}`` alone: rendered by plain lookups, without Jinja's machinery
+    path: tuple[str, ...] | None = None
 
 
 def analyse(source: str) -> tuple[jinja2.Template, TemplateInfo]:
@@ -164,7 +166,49 @@ def analyse(source: str) -> tuple[jinja2.Template, TemplateInfo]:
         if named_item and isinstance(arg, nodes.Const) and isinstance(arg.value, str):
             fields.add(arg.value)
     literal = "".join(n.data for n in ast.find_all(nodes.TemplateData))
-    return ENV.from_string(ast), TemplateInfo(variables, frozenset(fields), literal)
+    return ENV.from_string(ast), TemplateInfo(variables, frozenset(fields), literal, _simple_path(ast))
+
+
+def _simple_path(ast: nodes.Template) -> tuple[str, ...] | None:
+    if len(ast.body) != 1 or not isinstance(ast.body[0], nodes.Output) or len(ast.body[0].nodes) != 1:
+        return None
+    node = ast.body[0].nodes[0]
+    attrs: list[str] = []
+    while isinstance(node, nodes.Getattr):
+        if node.attr.startswith("_"):
+            return None
+        attrs.append(node.attr)
+        node = node.node
+    if not isinstance(node, nodes.Name):
+        return None
+    return (node.name, *reversed(attrs))
+
+
+def render_fast(template: jinja2.Template, path: tuple[str, ...] | None, context: dict[str, Any]) -> str:
+    """Render with ``context`` as the template's own variables (no copies).
+
+    ``context`` must already hold the environment's globals. A template that
+    is one variable path is rendered by lookups (dicts only; anything else
+    goes through Jinja so the sandbox decides), with the same StrictUndefined
+    errors Jinja raises.
+    """
+    if path is not None:
+        value: Any = context.get(path[0], _MISSING)
+        if value is _MISSING:
+            raise jinja2.UndefinedError(f"{path[0]!r} is undefined")
+        for attr in path[1:]:
+            if type(value) is not dict:
+                break
+            nxt = value.get(attr, _MISSING)
+            if nxt is _MISSING:
+                raise jinja2.UndefinedError(f"'dict object' has no attribute {attr!r}")
+            value = nxt
+        else:
+            return str(value)
+    return ENV.concat(template.root_render_func(template.new_context(context, shared=True)))
+
+
+_MISSING = object()
 
 
 def render(template: jinja2.Template, context: Mapping[str, Any]) -> str:
