@@ -107,6 +107,57 @@ oldPortFailure TRAP-TYPE
 END
 """
 
+# A second SMIv1 module in the same file, importing from RFC1213-MIB (whose
+# SMIv2 successors pysmi maps to) and indexed by ifIndex.
+SMIV1_MIB_2 = """
+OLD2-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    enterprises, IpAddress, Counter FROM RFC1155-SMI
+    OBJECT-TYPE FROM RFC-1212
+    DisplayString, PhysAddress, ifIndex, sysName FROM RFC1213-MIB
+    TRAP-TYPE FROM RFC-1215;
+
+old2 OBJECT IDENTIFIER ::= { enterprises 99997 }
+
+old2PortTable OBJECT-TYPE
+    SYNTAX  SEQUENCE OF Old2PortEntry
+    ACCESS  not-accessible
+    STATUS  mandatory
+    DESCRIPTION "Ports."
+    ::= { old2 1 }
+
+old2PortEntry OBJECT-TYPE
+    SYNTAX  Old2PortEntry
+    ACCESS  not-accessible
+    STATUS  mandatory
+    DESCRIPTION "A port."
+    INDEX   { ifIndex }
+    ::= { old2PortTable 1 }
+
+Old2PortEntry ::= SEQUENCE { old2PortMac PhysAddress, old2PortCount Counter }
+
+old2PortMac OBJECT-TYPE
+    SYNTAX  PhysAddress
+    ACCESS  read-only
+    STATUS  mandatory
+    DESCRIPTION "MAC."
+    ::= { old2PortEntry 1 }
+
+old2PortCount OBJECT-TYPE
+    SYNTAX  Counter
+    ACCESS  read-only
+    STATUS  mandatory
+    DESCRIPTION "Count."
+    ::= { old2PortEntry 2 }
+
+old2MacMove TRAP-TYPE
+    ENTERPRISE old2
+    VARIABLES  { ifIndex, sysName, old2PortMac }
+    DESCRIPTION "MAC moved."
+    ::= 3
+END
+"""
+
 BROKEN_MIB = """
 BROKEN-MIB DEFINITIONS ::= BEGIN
 IMPORTS enterprises FROM SNMPv2-SMI;
@@ -142,7 +193,7 @@ def write_site(d: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     # File names on purpose unlike the module names: sites keep vendor names.
     (d / "vendor-mac-notif.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
-    (d / "old-vendor.mib").write_text(textwrap.dedent(SMIV1_MIB), encoding="utf-8")
+    (d / "old-vendor.mib").write_text(textwrap.dedent(SMIV1_MIB) + SMIV1_MIB_2, encoding="utf-8")
     (d / "BROKEN.my").write_text(textwrap.dedent(BROKEN_MIB), encoding="utf-8")
     (d / "needs-missing.txt").write_text(textwrap.dedent(NEEDS_MISSING_MIB), encoding="utf-8")
     (d / "notes.txt").write_text("Not a MIB, just notes.\n", encoding="utf-8")
@@ -357,6 +408,13 @@ def test_smiv1_trap_type_is_enterprise_zero_specific(site: tuple[MibResolver, Pa
     assert r.lookup("OLD-VENDOR-MIB::oldPortFailure") == (1, 3, 6, 1, 4, 1, 99998, 0, 7)
     assert r.is_notification((1, 3, 6, 1, 4, 1, 99998, 0, 7))
     assert r.display_hint("oldPortName") == "255a"
+    # The second module of that file.
+    assert r.lookup("OLD2-MIB::old2MacMove") == (1, 3, 6, 1, 4, 1, 99997, 0, 3)
+    mac = r.describe((1, 3, 6, 1, 4, 1, 99997, 1, 1, 1, 5))
+    assert mac[:2] == ("OLD2-MIB::old2PortMac", (5,))
+    assert mac[2] is not None and mac[2].hint == "1x:"
+    count = r.syntax("old2PortCount")
+    assert count is not None and count.base == "Counter32"
 
 
 def test_broken_files_reported_by_name_and_others_load(site: tuple[MibResolver, Path, Path]) -> None:
@@ -463,17 +521,21 @@ def test_lookup_command_describes_both_ways(shipped: MibResolver) -> None:
 # -- the start-up snapshot -----------------------------------------------------------
 
 
-def test_snapshot_used_on_the_next_start_and_equivalent(tmp_path: Path) -> None:
-    src = write_site(tmp_path / "mibs")
-    cfg = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
-    first = MibResolver.load(cfg, compile_in_process=True)
-    assert "snapshot" not in first.sources
-    assert (tmp_path / "cache" / mibs_mod.SNAPSHOT_NAME).is_file()
-    second = MibResolver.load(cfg)
+def test_snapshot_used_on_the_next_start_and_equivalent(site: tuple[MibResolver, Path, Path]) -> None:
+    first, src, cache = site
+    assert "snapshot" not in first.sources  # the fixture's load compiled
+    assert (cache / mibs_mod.SNAPSHOT_NAME).is_file()
+    second = MibResolver.load(MibConfig(dirs=(src,), cache_dir=cache))
     assert second.sources[-1] == "snapshot"
     assert second.problems == first.problems
     assert second.site_modules == first.site_modules
-    for name in ("trapdMacNotification", "IF-MIB::linkDown", "ifOperStatus.3", "oldPortFailure"):
+    for name in (
+        "trapdMacNotification",
+        "IF-MIB::linkDown",
+        "ifOperStatus.3",
+        "oldPortFailure",
+        "old2PortMac.5",
+    ):
         oid = first.lookup(name)
         assert oid is not None and second.lookup(name) == oid
         assert second.describe(oid) == first.describe(oid)
@@ -490,16 +552,14 @@ def test_damaged_or_stale_snapshot_is_ignored(tmp_path: Path) -> None:
     r = MibResolver.load(cfg)
     assert "snapshot" not in r.sources and r.problems == []
     assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())
-    # Rewritten by that load; a source directory that appears changes the key.
+    # Rewritten by that load; a change in the source directories changes the key.
     assert MibResolver.load(cfg).sources[-1] == "snapshot"
     src = tmp_path / "mibs"
     src.mkdir()
-    (src / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
-    with_site = MibResolver.load(
-        MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True
-    )
-    assert "snapshot" not in with_site.sources
-    assert with_site.lookup("trapdMacNotification") is not None
+    (src / "notes.txt").write_text("no MIB here\n", encoding="utf-8")
+    changed = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert "snapshot" not in changed.sources
+    assert changed.problems == ["notes.txt: not a MIB module (no 'NAME DEFINITIONS ::= BEGIN')"]
 
 
 def test_no_snapshot_while_the_site_compile_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -521,18 +581,18 @@ def test_no_snapshot_while_the_site_compile_fails(tmp_path: Path, monkeypatch: p
 # -- the command line -------------------------------------------------------------------
 
 
-def test_cli_compile_and_lookup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_compile_and_lookup(
+    site: tuple[MibResolver, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from trapd.cli import main as cli
 
-    src = write_site(tmp_path / "mibs")
+    _r, src, cache = site
     config = tmp_path / "trapd.yaml"
-    config.write_text(f"state_dir: {tmp_path / 'state'}\nmibs:\n  dirs: [{src}]\n", encoding="utf-8")
-    (tmp_path / "state").mkdir()
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nmibs:\n  dirs: [{src}]\n  cache_dir: {cache}\n")
     assert cli(["mibs", "compile", "--config", str(config)]) == 0
     out, err = capsys.readouterr()
-    assert "TRAPD-TEST-MIB" in out and "OLD-VENDOR-MIB" in out
+    assert "TRAPD-TEST-MIB" in out and "OLD-VENDOR-MIB" in out and "OLD2-MIB" in out
     assert "problem: BROKEN.my: BROKEN-MIB: Bad grammar" in err
-    assert (tmp_path / "state" / "mibs" / SITE_INDEX_NAME).is_file()
     assert cli(["mibs", "compile", "--config", str(config), "--strict"]) == 1
     capsys.readouterr()
 
