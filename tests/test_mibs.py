@@ -488,6 +488,21 @@ def test_daemon_compiles_in_a_child_process_into_state_dir(tmp_path: Path) -> No
     assert (state / "mibs" / "py" / "TRAPD-TEST-MIB.py").is_file()
 
 
+def test_concurrent_first_starts_compile_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    cache = tmp_path / "cache"
+    shipped = shipped_index()
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: load_site_index([src], cache, shipped), range(2)))
+    assert sorted(r.compiled for r in results) == [False, True]
+    assert all(r.problems == [] and r.index is not None for r in results)
+    assert results[0].index == results[1].index
+
+
 def test_unwritable_cache_still_loads(tmp_path: Path) -> None:
     src = tmp_path / "mibs"
     src.mkdir()

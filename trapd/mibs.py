@@ -29,11 +29,12 @@ receive path pays one dict lookup per varbind once an OID has been seen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import marshal
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -517,40 +518,75 @@ def load_site_index(
     Never raises: any failure becomes a problem line and the site MIBs are
     skipped (the shipped names still work). The compile runs in a child
     process unless ``in_process`` (tools, tests): pysmi and the MibBuilder
-    it needs would otherwise stay in the daemon's memory (~40 MB).
+    it needs would otherwise stay in the daemon's memory (~40 MB). Processes
+    sharing a cache (the daemon, ``trapd mibs``, tests) take turns through a
+    lock file, so one never indexes another's half-written output.
     """
     fp = fingerprint(dirs)
     if not source_files(dirs):
         return SiteIndex(None, [], False)
     cached_path = cache_dir / SITE_INDEX_NAME if cache_dir is not None else None
-    if cached_path is not None:
+    hit = _cached_site_index(cached_path, fp)
+    if hit is not None:
+        return hit
+    with _compile_lock(cache_dir):
+        hit = _cached_site_index(cached_path, fp)  # compiled by another process meanwhile?
+        if hit is not None:
+            return hit
         try:
-            cached = _read_index(cached_path)
-            if cached.get("fingerprint") == fp:
-                return SiteIndex(cached, list(cached.get("problems", [])), False)
-        except (OSError, ValueError):
-            pass
+            if in_process:
+                from trapd.mibcompile import compile_site
+
+                data, problems = compile_site(dirs, cache_dir, shipped)
+            else:
+                data, problems = _compile_in_child(dirs, cache_dir)
+        except Exception as exc:  # the compiler must never take trapd down
+            return SiteIndex(None, [f"MIB compile failed: {type(exc).__name__}: {exc}"], True, cached=False)
+        data["fingerprint"] = fp
+        data["problems"] = problems
+        kept = cached_path is not None
+        if cached_path is not None:
+            try:
+                from trapd.mibindex import write_index
+
+                write_index(data, cached_path)
+            except OSError as exc:
+                kept = False
+                problems = [*problems, f"{cached_path}: cannot write MIB cache: {exc.strerror or exc}"]
+        return SiteIndex(data, problems, True, cached=kept)
+
+
+def _cached_site_index(path: Path | None, fp: str) -> SiteIndex | None:
+    if path is None:
+        return None
     try:
-        if in_process:
-            from trapd.mibcompile import compile_site
+        cached = _read_index(path)
+    except (OSError, ValueError):
+        return None
+    if cached.get("fingerprint") != fp:
+        return None
+    return SiteIndex(cached, list(cached.get("problems", [])), False)
 
-            data, problems = compile_site(dirs, cache_dir, shipped)
-        else:
-            data, problems = _compile_in_child(dirs, cache_dir)
-    except Exception as exc:  # the compiler must never take trapd down
-        return SiteIndex(None, [f"MIB compile failed: {type(exc).__name__}: {exc}"], True, cached=False)
-    data["fingerprint"] = fp
-    data["problems"] = problems
-    kept = cached_path is not None
-    if cached_path is not None:
-        try:
-            from trapd.mibindex import write_index
 
-            write_index(data, cached_path)
-        except OSError as exc:
-            kept = False
-            problems = [*problems, f"{cached_path}: cannot write MIB cache: {exc.strerror or exc}"]
-    return SiteIndex(data, problems, True, cached=kept)
+@contextlib.contextmanager
+def _compile_lock(cache_dir: Path | None) -> Iterator[None]:
+    """An exclusive flock on ``cache_dir/.compile.lock``; no lock when there is no usable cache."""
+    if cache_dir is None:
+        yield
+        return
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(cache_dir / ".compile.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield  # the compile reports the unusable cache itself
+        return
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 COMPILE_TIMEOUT = 600.0
