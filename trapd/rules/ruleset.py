@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import jinja2
@@ -204,7 +205,7 @@ class RuleSet:
     ) -> None:
         self._rules = tuple(rules)
         self.names: tuple[str, ...] = tuple(r.name for r in self._rules)
-        self.source_groups: Mapping[str, AddressSet] = dict(source_groups)
+        self.source_groups: Mapping[str, AddressSet] = MappingProxyType(dict(source_groups))
         self.global_mode = global_mode
         self._exact: dict[Oid, int] = {}
         self._prefix: dict[Oid, int] = {}
