@@ -463,3 +463,27 @@ async def test_adopted_socket_and_v3_through_the_listener(client: Any) -> None:
         client(sock.getsockname()).send(v3_traps(1)[0])
         await rx.wait(1)
     assert rx.got[0].version == "v3" and dict(listener.stats.received) == {"v3": 1}
+
+
+async def test_update_config_swaps_communities_and_v3_users_but_keeps_sockets(client: Any) -> None:
+    rx = Rx()
+    async with Listener(config(), rx) as listener:
+        sockets = listener.sockets
+        assert len(sockets) == 1 and listener.engine_id is None
+        c = client(addr_of(listener))
+        listener.update_config(
+            config(
+                listen=(ListenAddress("127.0.0.1", 9),),
+                communities=(Secret("new-one"),),
+                v3_users=(trapd_user(),),
+            )
+        )
+        assert listener.sockets == sockets and listener.config.listen == (ListenAddress("127.0.0.1", 0),)
+        c.send(v2c_message("public"))
+        c.send(v2c_message("new-one"))
+        c.send(v3_traps(1)[0])
+        await rx.wait(2)
+        await settle(listener, 3)
+    assert [r.version for r in rx.got] == ["v2c", "v3"]
+    assert rx.got[0].security.community == "new-one"
+    assert dict(listener.stats.dropped) == {"unknown-community": 1}
