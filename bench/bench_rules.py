@@ -165,7 +165,8 @@ def build_events(resolver: object, n: int, n_rules: int, rnd: random.Random) -> 
             i = rnd.randrange(n_vendor)
             non_matching.append(
                 ev(
-                    f"{VENDOR}.1.{i}.0.{1 + i % 3} from 192.0.2.8 ifIndex=17 ifOperStatus=down ifDescr=Gi1/0/17"
+                    f"{VENDOR}.1.{i}.0.{1 + i % 3} from 192.0.2.8 "
+                    "ifIndex=17 ifOperStatus=down ifDescr=Gi1/0/17"
                 )
             )
         else:  # a notification nobody wrote a rule for
