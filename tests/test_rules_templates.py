@@ -110,6 +110,8 @@ rules:
         ("circuit-id", "{{ user }}", "template: 'user' is undefined"),
         ("circuit-id", "{{ ''.__class__.__mro__ }}", "template: "),
         ("circuit-id", "{{ ifDescr * 200 }}", "circuit-id: text longer than 1024 characters"),
+        ("circuit-id", "{{ ifDescr * (ifIndex * 10**8) }}", "template: template builds more than 4096 items"),
+        ("circuit-id", "{{ 2 ** (ifIndex * 1000000) }}", "template: exponent above 256"),
     ],
 )
 def test_bad_values_are_rejected_never_planned(tmp_path: Path, param: str, value: str, reason: str) -> None:

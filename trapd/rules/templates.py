@@ -25,6 +25,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from trapd.params import ParamError, normalize_mac
@@ -118,8 +119,29 @@ def int_filter(value: Any) -> int:
 FILTERS = {"mac": mac_filter, "ip": ip_filter, "hex": hex_filter, "int": int_filter}
 
 
+MAX_REPEAT = 4096  # longest text or list a template may build with * (trap values feed the operands)
+MAX_EXPONENT = 256
+
+
+class _Sandbox(SandboxedEnvironment):
+    """The sandbox, plus bounds on ``*`` and ``**``: a trap's ifIndex must not make a gigabyte string."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, (str, bytes, list, tuple)) and isinstance(times, int)
+                if sized and len(seq) * times > MAX_REPEAT:
+                    raise SecurityError(f"template builds more than {MAX_REPEAT} items with *")
+            return left * right
+        if isinstance(right, int) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"exponent above {MAX_EXPONENT}")
+        return left**right
+
+
 def make_environment() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
+    env = _Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,
