@@ -420,6 +420,18 @@ def test_garbage_and_truncated_packets_are_malformed(trapd: TrapdListen) -> None
     assert e["version"] == "v2c"
 
 
+def test_requests_are_not_notifications(trapd: TrapdListen) -> None:
+    """A GetRequest (v2c fast path, v3 through pysnmp) is counted as unsupported-pdu and never printed."""
+    before = trapd.stats()
+    snmp_send(
+        "snmpget", "-v", "2c", "-c", "public", "-t", "0.3", "-r", "0", trapd.target(), "1.3.6.1.2.1.1.1.0"
+    )
+    args = v3_args("privuser", "authPriv", "SHA-256", "authpass-256", "AES", "privpass-128", engine=None)
+    snmp_send("snmpget", *args, "-t", "0.5", "-r", "0", trapd.target(), "1.3.6.1.2.1.1.1.0")
+    after = wait_dropped(trapd, before, "unsupported-pdu", 2)
+    assert after["received"] == before["received"]
+
+
 def test_stats_count_received_versions_and_kernel_drops(trapd: TrapdListen) -> None:
     s = trapd.stats()
     assert {"v1", "v2c", "v3"} <= set(s["received"])
@@ -448,3 +460,28 @@ def test_sigterm_exits_zero_and_prints_final_stats(tmp_path: Path) -> None:
     assert t.stop() == 0
     final = [e for e in t.log if e.get("event") == "listener stats"]
     assert final and final[-1]["received"] == {"v2c": 1}
+
+
+def test_bad_listen_address_and_busy_port(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "trapd", "listen", "--listen", "not-an-address:99"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "not an IP address" in r.stderr
+    t = TrapdListen.start(tmp_path, {"listener": {"communities": ["public"]}})
+    try:
+        host, port = t.address()
+        r = subprocess.run(
+            [sys.executable, "-m", "trapd", "listen", "--listen", f"{host}:{port}", "--log-format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == 1 and "cannot listen" in r.stderr
+    finally:
+        assert t.stop() == 0
