@@ -8,6 +8,7 @@ rate cap, and (as a warning) rules that can never match because an earlier
 rule that stops matches everything they would.
 
     trapd check                          # /etc/trapd/trapd.yaml and its rules
+    trapd check rules.yaml               # one file (MIB dirs and caps from /etc/trapd/trapd.yaml)
     trapd check rules.yaml rules.d/*.yaml
     trapd check --config trapd.yaml --format json     # for CI
 
@@ -44,8 +45,10 @@ def main(args: argparse.Namespace) -> int:
 
     problems: list[ConfigError] = []
     config = Config()
-    config_path = Path(args.config) if args.config else (DEFAULT_CONFIG if not args.files else None)
-    if config_path is not None and (args.config or config_path.exists()):
+    # The default trapd.yaml, when present, still supplies the MIB directories and global caps
+    # for rule files named on the command line: they are checked as the daemon would load them.
+    config_path = Path(args.config) if args.config else DEFAULT_CONFIG
+    if args.config or config_path.exists():
         try:
             config = load_config(config_path)
         except ConfigError as exc:

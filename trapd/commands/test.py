@@ -63,8 +63,8 @@ def main(args: argparse.Namespace) -> int:
     from trapd.yamlsource import ConfigError
 
     config = Config()
-    config_path = Path(args.config) if args.config else (DEFAULT_CONFIG if not args.rules else None)
-    if config_path is not None and (args.config or config_path.exists()):
+    config_path = Path(args.config) if args.config else DEFAULT_CONFIG  # MIB dirs, caps, mode
+    if args.config or config_path.exists():
         try:
             config = load_config(config_path)
         except ConfigError as exc:
