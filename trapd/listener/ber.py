@@ -15,6 +15,7 @@ is ours, so a bad value there is a bug, not hostile traffic).
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from trapd.listener.raw import Oid
@@ -227,17 +228,24 @@ _LONG_OID_CACHE_MAX_OCTETS: Final = 64
 _long_oid_cache_get = _LONG_OID_CACHE.get
 
 
+_HIGH_OCTET: Final = re.compile(rb"[\x80-\xff]")
+
+
 def _decode_oid_long(chunk: bytes, start: int) -> Oid:
     if chunk[-1] & 0x80:
         raise Rejected("bad-oid", f"last sub-identifier unterminated at offset {start}")
-    arcs: list[int] = []
+    # Everything before the first octet with the high bit set is one-octet
+    # sub-identifiers (often all but a trailing index): take them in C.
+    match = _HIGH_OCTET.search(chunk)
+    split = match.start() if match is not None else len(chunk)
+    arcs: list[int] = list(chunk[:split])
     append = arcs.append
     # ``value`` holds the septets of the sub-identifier read so far, already
     # shifted for the next one; it is 0 exactly at the start of a
     # sub-identifier, since a leading 0x80 (the only way to get 0 later) is
     # refused right there.
     value = 0
-    for octet in chunk:
+    for octet in chunk[split:]:
         if octet < 0x80:
             append(value | octet)
             value = 0
