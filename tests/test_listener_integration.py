@@ -179,14 +179,17 @@ def test_v2c_inform_is_acknowledged(trapd: TrapdListen) -> None:
     assert (e["version"], e["kind"]) == ("v2c", "inform")
 
 
-def test_ipv6_loopback(trapd: TrapdListen) -> None:
+@pytest.mark.parametrize("version", ["v2c", "v3"])
+def test_ipv6_loopback_inform(trapd: TrapdListen, version: str) -> None:
     m = mark()
-    r = snmp_send(
-        "snmpinform", "-v", "2c", "-c", "public", "-t", "2", "-r", "0", trapd.target("udp6"), *trap_args(m)
-    )
-    assert r.returncode == 0, r.stderr
+    if version == "v2c":
+        head = ["-v", "2c", "-c", "public"]
+    else:
+        head = v3_args("privuser", "authPriv", "SHA-256", "authpass-256", "AES", "privpass-128", engine=None)
+    r = snmp_send("snmpinform", *head, "-t", "2", "-r", "0", trapd.target("udp6"), *trap_args(m))
+    assert r.returncode == 0, r.stderr  # the acknowledgement made it back over IPv6
     e = trapd.wait_event(marked(m))
-    assert e["source"] == "::1" and e["kind"] == "inform"
+    assert (e["source"], e["kind"], e["version"]) == ("::1", "inform", version)
 
 
 @pytest.mark.parametrize("version", ["v2c", "v3"])

@@ -533,7 +533,7 @@ class V3Receiver:
         if not header.is_discovery and not self._prepare_user(data, header, source):
             return
 
-        addr = _PeerAddress(peer[:2])
+        addr = _PeerAddress(peer)  # the whole tuple: an IPv6 scope id must survive to the reply
         addr.reply = reply
         domain = (1, 3, 6, 1, 2, 1, 100, 1, 2) if ":" in source else (1, 3, 6, 1, 6, 1, 1)
         self._current = (header, source, int(peer[1]), now)
