@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -136,8 +137,13 @@ class TrapdDaemon:
 
     def launch(self, *, watchdog_usec: int | None = None, args: tuple[str, ...] = ()) -> None:
         """Start (or restart after :meth:`stop`) the daemon process with the current files."""
-        inherited = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN_FDS")
+        inherited = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN_FDS", "PYTHONDONTWRITEBYTECODE")
         env = {k: v for k, v in os.environ.items() if k not in inherited}
+        # Bytecode cached outside the tree, as an installed trapd has it: without it every
+        # start recompiles every module (half a second), and each test starts several daemons.
+        env.setdefault(
+            "PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), f"trapd-pycache-{os.getuid()}")
+        )
         if self.notify is not None:
             env["NOTIFY_SOCKET"] = self.notify.address
         if watchdog_usec is not None:

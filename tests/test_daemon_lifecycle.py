@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import signal
 import socket
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +75,9 @@ def test_notify_ready_status_watchdog_reload_stopping(tmp_path: Path) -> None:
                 pings.append(time.monotonic())
         assert len(pings) >= 4, d.notify.messages[-10:]
         gaps = [b - a for a, b in itertools.pairwise(pings)]
-        assert all(0.3 < g < 0.8 for g in gaps), gaps
+        # Every ping within WATCHDOG_USEC (what systemd enforces), and about half of it apart.
+        assert max(gaps) < 1.0, gaps
+        assert 0.35 < statistics.median(gaps) < 0.7, gaps
 
         # SIGHUP: RELOADING=1 with MONOTONIC_USEC (CLOCK_MONOTONIC, shared by every process), then READY=1.
         before_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000

@@ -36,11 +36,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", metavar="DIR", help="journal and caches (default /var/lib/trapd)")
     p.add_argument("--dry-run", action="store_true", help="render and log every action, run none")
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
-    p.add_argument("--log-format", choices=("auto", "journal", "json", "console"), help="log format (default auto)")
+    p.add_argument(
+        "--log-format", choices=("auto", "journal", "json", "console"), help="log format (default auto)"
+    )
     p.add_argument("--metrics", metavar="HOST:PORT", help="metrics and /healthz address ('off' to disable)")
 
 
 def main(args: argparse.Namespace) -> int:
+    import gc
+
+    # Off while start-up builds what trapd keeps; trapd.service.daemon.settle_memory turns it back on.
+    gc.disable()
     from trapd.service.daemon import load_daemon_config, run_daemon
 
     config = load_daemon_config(args)
