@@ -149,3 +149,38 @@ def test_mangled_yaml_text_gives_clean_errors(
         pos = min(pos, len(text))
         text = text[:pos] + ch + text[pos:]
     _run(tmp_path, text)
+
+
+TOKENS = st.one_of(
+    st.sampled_from(
+        [
+            "from",
+            "linkDown",
+            "IF-MIB::linkUp",
+            "ifIndex=3",
+            "ifIndex.x=3",
+            "ifOperStatus=sideways",
+            "=",
+            "a=b",
+            "version=v9",
+            "uptime=x",
+            "0x",
+            "cmnHistMacChangedMsg.1=0xzz",
+            "[::1]:99",
+            "10.0.0.1:x",
+            "1.3.6.1=4",
+        ]
+    ),
+    st.text(max_size=10),
+)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.lists(TOKENS, max_size=6))
+def test_compact_event_form_fails_cleanly(words: list[str]) -> None:
+    from trapd.rules.compact import CompactError, parse_compact
+
+    try:
+        parse_compact(words, resolver())
+    except CompactError as exc:
+        assert str(exc)

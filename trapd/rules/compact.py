@@ -30,7 +30,7 @@ from typing import Any
 from trapd import decoders
 from trapd.event import Event, VarBind, new_event_id, oid_str, parse_oid
 from trapd.listener.raw import Oid, RawValue, Security, SnmpType
-from trapd.rules.resolver import SymbolResolver
+from trapd.rules.resolver import SymbolResolver, lookup_name
 
 RESERVED = frozenset({"version", "community", "user", "context", "kind", "uptime", "id"})
 _NUMERIC_TYPES: dict[str, SnmpType] = {
@@ -111,23 +111,7 @@ def parse_compact(tokens: Sequence[str], resolver: SymbolResolver) -> Event:
 
 
 def _lookup(name: str, resolver: SymbolResolver, known: dict[str, Oid]) -> Oid | None:
-    if name[:1].isdigit() or name[:1] == ".":
-        try:
-            return parse_oid(name)
-        except ValueError:
-            return None
-    oid = resolver.lookup(name)
-    if oid is not None:
-        return oid
-    base, dot, idx = name.partition(".") if "::" not in name else (name, "", "")
-    if "::" in name:
-        mod, _, rest = name.partition("::")
-        sym, dot, idx = rest.partition(".")
-        base = f"{mod}::{sym}"
-    hit = known.get(base) or next((o for n, o in known.items() if n.partition("::")[2] == base), None)
-    if hit is None:
-        return None
-    return hit + parse_oid(idx) if dot else hit
+    return lookup_name(resolver, name, known)
 
 
 def _name(oid: Oid, resolver: SymbolResolver, known: dict[str, Oid]) -> tuple[str, Oid]:

@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 
 from trapd import decoders
-from trapd.event import Event, parse_oid
+from trapd.event import Event
 from trapd.listener.raw import Oid
 from trapd.params import Param, ParamError, convert, parse_duration
 from trapd.plugin import ActionSpec
@@ -28,7 +28,7 @@ from trapd.rules import conditions as c
 from trapd.rules.context import EVENT_VARIABLES
 from trapd.rules.outcome import Mode, RetryPolicy
 from trapd.rules.problems import Problems
-from trapd.rules.resolver import SymbolResolver
+from trapd.rules.resolver import SymbolResolver, lookup_name
 from trapd.rules.ruleset import (
     ActionCall,
     CapSpec,
@@ -520,31 +520,7 @@ class Compiler:
 
     def symbol(self, name: str) -> Oid | None:
         """A MIB name or numeric OID; decoder-known names when no MIB has them."""
-        text = name.strip()
-        if text[:1].isdigit() or text[:1] == ".":
-            try:
-                return parse_oid(text)
-            except ValueError:
-                return None
-        oid = self.resolver.lookup(text)
-        if oid is not None:
-            return oid
-        base, dot, idx = text.partition(".") if "::" not in text else (text, "", "")
-        if "::" in text:
-            mod, _, rest = text.partition("::")
-            sym, dot, idx = rest.partition(".")
-            base = f"{mod}::{sym}"
-        known = self.known_names.get(base)
-        if known is None:
-            known = next((o for n, o in self.known_names.items() if n.partition("::")[2] == base), None)
-        if known is None:
-            return None
-        if dot:
-            try:
-                return known + parse_oid(idx)
-            except ValueError:
-                return None
-        return known
+        return lookup_name(self.resolver, name, self.known_names)
 
     def _unknown_symbol(self, name: str, mark: Mark | None, what: str) -> None:
         self.p.error(

@@ -61,9 +61,5 @@ class Problems:
 
         return sorted(self.items, key=key)
 
-    def raise_errors(self) -> None:
-        if self.has_errors:
-            raise RuleErrors(self.sorted())
-
     def __iter__(self) -> Iterator[ConfigError]:
         return iter(self.items)

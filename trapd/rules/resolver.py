@@ -6,8 +6,10 @@ pysnmp and tests can hand in any object with these four methods.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
+from trapd.event import parse_oid
 from trapd.listener.raw import Oid
 
 
@@ -27,3 +29,35 @@ class SymbolResolver(Protocol):
     def resolve(self, oid: Oid) -> tuple[str, Oid]:
         """OID -> (``MODULE::symbol`` or the numeric OID, index after the symbol)."""
         ...
+
+
+def lookup_name(resolver: SymbolResolver, name: str, known: Mapping[str, Oid]) -> Oid | None:
+    """A MIB name (optionally with an instance index) or a numeric OID -> OID; None if unknown.
+
+    ``known`` holds names trapd defines itself (the decoders' objects), used
+    when no loaded MIB has them: ``MODULE::symbol``, the bare symbol, or a
+    module name.
+    """
+    text = name.strip()
+    if text[:1].isdigit() or text[:1] == ".":
+        try:
+            return parse_oid(text)
+        except ValueError:
+            return None
+    oid = resolver.lookup(text)
+    if oid is not None:
+        return oid
+    mod, sep, rest = text.partition("::")
+    sym, dot, idx = (rest if sep else text).partition(".")
+    base = f"{mod}::{sym}" if sep else sym
+    hit = known.get(base)
+    if hit is None and not sep:
+        hit = next((o for n, o in known.items() if n.partition("::")[2] == base), None)
+    if hit is None:
+        return None
+    if not dot:
+        return hit
+    try:
+        return hit + parse_oid(idx)
+    except ValueError:
+        return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,7 +230,3 @@ def render_fast(template: jinja2.Template, path: tuple[str, ...] | None, context
 
 
 _MISSING = object()
-
-
-def render(template: jinja2.Template, context: Mapping[str, Any]) -> str:
-    return template.render(context)
