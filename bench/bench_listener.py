@@ -64,6 +64,9 @@ import loadgen  # a sibling script, not a package
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 LOSSLESS_PCT = 0.1
+# A receiver still busy this long after the last send was behind the load, living
+# off its receive buffer: a longer run would have lost traps.
+MAX_LAG_SECONDS = 1.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # trapd's default listener.receive_buffer; snmptrapd gets the same so that the
 # comparison is of the software, not of the buffer (see the README).
@@ -390,6 +393,8 @@ class RunResult:
     rss_last_kb: int = 0
     ready_seconds: float = 0.0
     drain_seconds: float = 0.0
+    lag_seconds: float = 0.0
+    throughput: float = 0.0  # received / (send time + lag): what it really processed per second
     loadavg: float = 0.0
     error: str | None = None
 
@@ -407,6 +412,8 @@ class Running:
             stdout=self._stdout or subprocess.DEVNULL,
             stderr=self._stderr,
             env=launch.env,
+            # A runner started in the background has SIGINT ignored; the receiver must not inherit that.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
     def output(self) -> bytes:
@@ -463,8 +470,13 @@ def wait_ready(
     return False
 
 
-def wait_drained(rx: Running, port: int, quiet_for: float, timeout: float) -> float:
-    """Seconds until output, socket queue and CPU have all been still for ``quiet_for``."""
+def wait_drained(rx: Running, port: int, quiet_for: float, timeout: float) -> tuple[float, float]:
+    """Wait until output, socket queue and CPU have all been still for ``quiet_for``.
+
+    Returns (seconds waited, lag): the lag is how long after the last send
+    the receiver was still busy, i.e. how far behind the load it had fallen,
+    living off its receive buffer (0.1 s resolution).
+    """
     t0 = time.monotonic()
     last_size, last_cpu = rx.output_size(), cpu_seconds(rx.proc.pid)
     still_since = time.monotonic()
@@ -479,7 +491,7 @@ def wait_drained(rx: Running, port: int, quiet_for: float, timeout: float) -> fl
         elif now - still_since >= quiet_for:
             break
         last_size, last_cpu = size, cpu
-    return time.monotonic() - t0
+    return time.monotonic() - t0, still_since - t0
 
 
 def one_run(
@@ -514,7 +526,8 @@ def one_run(
                 report = loadgen.pace(sock, messages, rate, max_seconds=len(messages) / rate * 1.5 + 1.0)
             finally:
                 gc.enable()
-        res.drain_seconds = round(wait_drained(rx, port, quiet_for=1.0, timeout=drain_timeout), 2)
+        waited, lag = wait_drained(rx, port, quiet_for=1.0, timeout=drain_timeout)
+        res.drain_seconds, res.lag_seconds = round(waited, 2), round(lag, 2)
         res.cpu_seconds = round(cpu_seconds(rx.proc.pid) - cpu0, 3)
         res.kernel_drops = udp_rcvbuf_errors() - drops0
         st1 = socket_state(port)
@@ -538,6 +551,8 @@ def one_run(
     res.duplicates = sum(n - 1 for n in in_range)
     if res.sent:
         res.loss_pct = round(100.0 * (res.sent - res.received) / res.sent, 4)
+    if res.send_seconds:
+        res.throughput = round(res.received / (res.send_seconds + res.lag_seconds), 1)
     if res.received:
         res.cpu_us_per_trap = round(res.cpu_seconds * 1e6 / res.received, 1)
     return res
@@ -553,6 +568,7 @@ class Plan:
     seconds: float
     receivers: list[Receiver]
     skip_loss_pct: float
+    skip_lag: float = 0.0
     ready_timeout: float = 30.0
     drain_timeout: float = 30.0
     spec_for: dict[str, loadgen.LoadSpec] = field(default_factory=dict)
@@ -579,10 +595,14 @@ def run_plan(plan: Plan, workroot: Path, log: Callable[[str], None]) -> list[Run
                     by_receiver[receiver.name].append(res)
                     log(_progress(res))
             for name, runs in by_receiver.items():
-                if plan.skip_loss_pct and statistics.median(r.loss_pct for r in runs) > plan.skip_loss_pct:
+                loss = statistics.median(r.loss_pct for r in runs)
+                lag = statistics.median(r.lag_seconds for r in runs)
+                if (plan.skip_loss_pct and loss > plan.skip_loss_pct) or (
+                    plan.skip_lag and lag > plan.skip_lag
+                ):
                     saturated.add(name)
                     log(
-                        f"  {name} {version}: median loss above {plan.skip_loss_pct} % at {rate}/s;"
+                        f"  {name} {version}: median loss {loss:.1f} %, lag {lag:.1f} s at {rate}/s;"
                         " higher rates skipped"
                     )
     return results
@@ -593,13 +613,16 @@ def _progress(r: RunResult) -> str:
     err = f"  ERROR {r.error}" if r.error else ""
     return (
         f"  {r.receiver:9} {r.version:3} {r.rate:6}/s run {r.run}: sent {r.sent} ({r.rate_achieved:.0f}/s) "
-        f"received {r.received} loss {r.loss_pct:.3f}% kdrops {r.kernel_drops} cpu {cpu}us/trap "
+        f"received {r.received} loss {r.loss_pct:.3f}% drops {r.socket_drops}/{r.kernel_drops} "
+        f"lag {r.lag_seconds:.1f}s cpu {cpu}us/trap "
         f"rss {r.rss_peak_kb // 1024}MB load {r.loadavg:.2f}{err}"
     )
 
 
 @dataclass(frozen=True, slots=True)
 class RateSummary:
+    """One receiver at one version and rate: medians over the runs, unless named worst / peak."""
+
     receiver: str
     version: str
     rate: int
@@ -610,15 +633,23 @@ class RateSummary:
     received_ratio: float
     loss_pct: float
     worst_loss_pct: float
-    kernel_drops: float
+    drops: float  # the socket's own drop counter, or system-wide RcvbufErrors when unknown
+    lag_seconds: float
+    throughput: float
     cpu_us_per_trap: float | None
     rss_peak_mb: float
     rcvbuf: int | None
     errors: int
+    loadavg: float  # the machine's 1-minute load average when the runs started
 
     @property
     def lossless(self) -> bool:
         return self.errors == 0 and self.worst_loss_pct < LOSSLESS_PCT
+
+    @property
+    def holds(self) -> bool:
+        """Lossless and keeping up, not living off a big receive buffer for a short run."""
+        return self.lossless and self.lag_seconds <= MAX_LAG_SECONDS
 
 
 def summarize(results: Sequence[RunResult]) -> list[RateSummary]:
@@ -640,20 +671,23 @@ def summarize(results: Sequence[RunResult]) -> list[RateSummary]:
                 received_ratio=statistics.median(r.received / r.sent if r.sent else 0.0 for r in rs),
                 loss_pct=statistics.median(r.loss_pct for r in rs),
                 worst_loss_pct=max(r.loss_pct for r in rs),
-                kernel_drops=statistics.median(r.kernel_drops for r in rs),
+                drops=statistics.median(
+                    r.socket_drops if r.socket_drops is not None else r.kernel_drops for r in rs
+                ),
+                lag_seconds=statistics.median(r.lag_seconds for r in rs),
+                throughput=statistics.median(r.throughput for r in rs),
                 cpu_us_per_trap=statistics.median(cpu) if cpu else None,
                 rss_peak_mb=max(r.rss_peak_kb for r in rs) / 1024,
                 rcvbuf=max((r.rcvbuf for r in rs if r.rcvbuf), default=None),
                 errors=sum(1 for r in rs if r.error),
+                loadavg=statistics.median(r.loadavg for r in rs),
             )
         )
     return out
 
 
-def highest_lossless(
-    summaries: Sequence[RateSummary], receiver: str, version: str
-) -> tuple[int | None, bool]:
-    """The highest rate lossless in every run, with every lower rate lossless too.
+def highest_held(summaries: Sequence[RateSummary], receiver: str, version: str) -> tuple[int | None, bool]:
+    """The highest rate held (see ``RateSummary.holds``), every lower rate held too.
 
     Returns ``(rate, capped)``: ``capped`` when that was the highest rate
     measured, so the receiver may hold more (the figure is a lower bound).
@@ -663,10 +697,17 @@ def highest_lossless(
     )
     best = None
     for s in rows:
-        if not s.lossless:
+        if not s.holds:
             return best, False
         best = s.rate
     return best, bool(rows)
+
+
+def peak_throughput(summaries: Sequence[RateSummary], receiver: str, version: str) -> float | None:
+    """The most notifications per second it processed at any rate (median of runs)."""
+    return max(
+        (s.throughput for s in summaries if s.receiver == receiver and s.version == version), default=None
+    )
 
 
 def _fmt_rate(rate: int | None, capped: bool, lowest: int | None) -> str:
@@ -681,9 +722,9 @@ def markdown(machine: dict[str, Any], summaries: Sequence[RateSummary], plan_des
         f"Python {machine['python']}, net-snmp {machine['snmptrapd']}, trapd {machine['trapd_commit']} "
         f"(load average at start {machine['loadavg_at_start']}). {plan_desc}",
         "",
-        "| receiver | SNMP | rate/s | sent/s | received/sent | loss % median (worst) | kernel drops "
-        "| CPU µs/trap | peak RSS MB | rcvbuf KiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| receiver | SNMP | rate/s | sent/s | received/sent | loss % median (worst) | drops | lag s "
+        "| processed/s | CPU µs/trap | peak RSS MB | rcvbuf KiB | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = {"v2c": 0, "v1": 1, "v3": 2}
     for s in sorted(summaries, key=lambda s: (order.get(s.version, 9), s.rate, s.receiver)):
@@ -692,27 +733,41 @@ def markdown(machine: dict[str, Any], summaries: Sequence[RateSummary], plan_des
         err = f" ({s.errors} failed)" if s.errors else ""
         lines.append(
             f"| {s.receiver}{err} | {s.version} | {s.rate:,} | {s.rate_achieved:,.0f} "
-            f"| {s.received_ratio:.4f} | {s.loss_pct:.3f} ({s.worst_loss_pct:.3f}) | {s.kernel_drops:,.0f} "
-            f"| {cpu} | {s.rss_peak_mb:.0f} | {buf} |"
+            f"| {s.received_ratio:.4f} | {s.loss_pct:.3f} ({s.worst_loss_pct:.3f}) | {s.drops:,.0f} "
+            f"| {s.lag_seconds:.1f} | {s.throughput:,.0f} | {cpu} | {s.rss_peak_mb:.0f} | {buf} "
+            f"| {s.loadavg:.1f} |"
         )
     receivers = sorted({s.receiver for s in summaries}, key=lambda n: (n != "snmptrapd", n))
     versions = sorted({s.version for s in summaries}, key=lambda v: order.get(v, 9))
     lines += [
         "",
-        f"Highest rate with < {LOSSLESS_PCT} % loss in every run (and at every lower rate):",
+        f"Held: < {LOSSLESS_PCT} % loss in every run and done within {MAX_LAG_SECONDS:g} s of the last send "
+        "(median), at that rate and every lower one. Peak: the most it processed per second at any rate.",
         "",
-        "| SNMP | " + " | ".join(receivers) + " | trapd / snmptrapd |",
-        "|---|" + "---:|" * (len(receivers) + 1),
+        "| SNMP | "
+        + " | ".join(f"{n} held" for n in receivers)
+        + " | ratio | "
+        + " | ".join(f"{n} peak/s" for n in receivers)
+        + " | ratio |",
+        "|---|" + "---:|" * (2 * len(receivers) + 2),
     ]
     for v in versions:
-        held = {n: highest_lossless(summaries, n, v) for n in receivers}
+        held = {n: highest_held(summaries, n, v) for n in receivers}
         lowest = {
             n: min((s.rate for s in summaries if s.receiver == n and s.version == v), default=None)
             for n in receivers
         }
-        cells = [_fmt_rate(*held[n], lowest[n]) for n in receivers]
+        peak = {n: peak_throughput(summaries, n, v) for n in receivers}
+        held_cells = [_fmt_rate(*held[n], lowest[n]) for n in receivers]
+        peak_cells = [f"{peak[n]:,.0f}" if peak[n] is not None else "-" for n in receivers]
+        pt, pb = peak.get("trapd"), peak.get("snmptrapd")
+        peak_ratio = f"{pt / pb:.2f}" if pt is not None and pb else "-"
         lines.append(
-            f"| {v} | " + " | ".join(cells) + f" | {_ratio(held.get('trapd'), held.get('snmptrapd'))} |"
+            f"| {v} | "
+            + " | ".join(held_cells)
+            + f" | {_ratio(held.get('trapd'), held.get('snmptrapd'))} | "
+            + " | ".join(peak_cells)
+            + f" | {peak_ratio} |"
         )
     return "\n".join(lines)
 
@@ -772,6 +827,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=20.0,
         help="after a rate with median loss above this %%, skip higher rates for that receiver (0: never)",
     )
+    ap.add_argument(
+        "--skip-lag",
+        type=float,
+        default=5.0,
+        help="... or with a median lag above this many seconds (far behind the load; 0: never)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON results")
     ap.add_argument("--keep-workdirs", action="store_true", help="keep receivers' logs and configs")
     ap.add_argument(
@@ -782,6 +843,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like ^C, so that running receivers are stopped on the way out.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.table:
         saved = json.loads(args.table.read_text())
         runs = [RunResult(**r) for r in saved["runs"]]
@@ -804,6 +874,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds=args.seconds,
         receivers=[known[n] for n in names],
         skip_loss_pct=args.skip_loss,
+        skip_lag=args.skip_lag,
         spec_for={v: loadgen.LoadSpec(version=v, v3=v3) for v in loadgen.VERSIONS},
     )
     machine = machine_info()
@@ -832,7 +903,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "machine": machine,
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "runs": [asdict(r) for r in results],
-                "summary": [asdict(s) | {"lossless": s.lossless} for s in summaries],
+                "summary": [asdict(s) | {"lossless": s.lossless, "holds": s.holds} for s in summaries],
                 "plan": desc,
                 "markdown": table,
             },
@@ -842,6 +913,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     log(f"results: {path}")
     return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
