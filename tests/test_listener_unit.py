@@ -487,3 +487,33 @@ async def test_update_config_swaps_communities_and_v3_users_but_keeps_sockets(cl
     assert [r.version for r in rx.got] == ["v2c", "v3"]
     assert rx.got[0].security.community == "new-one"
     assert dict(listener.stats.dropped) == {"unknown-community": 1}
+
+
+def test_v3_mutations_never_raise_and_every_message_is_accounted_for() -> None:
+    """Fixed-seed mutation run over real authPriv traps: each input ends as exactly one count."""
+    import random
+
+    rnd = random.Random(20261128)
+    h = V3Harness([trapd_user(), trapd_user(user="other", engine_ids=())])
+    seeds = v3_traps(8)
+    for i in range(400):
+        data = bytearray(rnd.choice(seeds))
+        op = i % 4
+        if op == 0:  # flip bits
+            for _ in range(rnd.randint(1, 4)):
+                data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
+        elif op == 1:  # truncate
+            del data[rnd.randrange(len(data)) :]
+        elif op == 2:  # insert junk
+            at = rnd.randrange(len(data))
+            data[at:at] = rnd.randbytes(rnd.randint(1, 8))
+        else:  # overwrite a byte with a BER-significant value
+            data[rnd.randrange(len(data))] = rnd.choice([0x00, 0x30, 0x80, 0x81, 0x84, 0xFF, 0x04, 0x02])
+        before = h.stats.received_total + h.stats.dropped_total + h.stats.v3_discovery
+        h.feed(bytes(data))
+        after = h.stats.received_total + h.stats.dropped_total + h.stats.v3_discovery
+        assert after - before == 1, (i, bytes(data).hex(), h.stats.to_dict())
+    assert h.stats.callback_errors == 0
+    # still working afterwards
+    h.feed(v3_traps(1)[0])
+    assert h.got[-1].security.user == BENCH_USER.user

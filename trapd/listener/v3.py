@@ -71,7 +71,7 @@ _AUTH_HASH: dict[str, tuple[Callable[..., Any], int]] = {
 
 
 class HeaderError(ValueError):
-    """The datagram is not a well-formed SNMPv3 message header."""
+    """The datagram is not a well-formed SNMPv3 message header; the message is a slug (a metric label)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,7 @@ def _tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
     if length & 0x80:
         n = length & 0x7F
         if n == 0 or n > 4 or pos + n > end:
-            raise HeaderError("bad length")
+            raise HeaderError("bad-length")
         length = int.from_bytes(data[pos : pos + n], "big")
         pos += n
     if pos + length > end:
@@ -123,14 +123,14 @@ def _tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
 def _int(data: bytes, pos: int, end: int) -> tuple[int, int]:
     tag, s, e = _tlv(data, pos, end)
     if tag != 0x02 or not 0 < e - s <= 5:
-        raise HeaderError("expected INTEGER")
+        raise HeaderError("expected-integer")
     return int.from_bytes(data[s:e], "big", signed=True), e
 
 
 def _octets(data: bytes, pos: int, end: int) -> tuple[bytes, int, int]:
     tag, s, e = _tlv(data, pos, end)
     if tag != 0x04:
-        raise HeaderError("expected OCTET STRING")
+        raise HeaderError("expected-octet-string")
     return data[s:e], s, e
 
 
@@ -142,25 +142,25 @@ def parse_header(data: bytes) -> V3Header:
     """
     tag, s, end = _tlv(data, 0, len(data))
     if tag != 0x30 or end != len(data):
-        raise HeaderError("not one SEQUENCE")
+        raise HeaderError("not-a-sequence")
     version, pos = _int(data, s, end)
     if version != 3:
-        raise HeaderError("not version 3")
+        raise HeaderError("not-version-3")
     tag, hs, he = _tlv(data, pos, end)
     if tag != 0x30:
-        raise HeaderError("bad msgGlobalData")
+        raise HeaderError("bad-msg-global-data")
     msg_id, p = _int(data, hs, he)
     _max_size, p = _int(data, p, he)
     flags, _, p = _octets(data, p, he)
     if len(flags) != 1:
-        raise HeaderError("bad msgFlags")
+        raise HeaderError("bad-msg-flags")
     model, p = _int(data, p, he)
     _params, ps, pe = _octets(data, he, end)
     if model != 3:
         return V3Header(msg_id, flags[0], model, b"", 0, 0, b"", b"", 0)
     tag, us, ue = _tlv(data, ps, pe)
     if tag != 0x30:
-        raise HeaderError("bad UsmSecurityParameters")
+        raise HeaderError("bad-usm-parameters")
     engine_id, _, p = _octets(data, us, ue)
     boots, p = _int(data, p, ue)
     etime, p = _int(data, p, ue)
