@@ -53,7 +53,9 @@ class Config:
         """Rule files in load order: the listed files, then rules.d/*.yaml by name."""
         paths = list(self.rules_files)
         if self.rules_dir is not None and self.rules_dir.is_dir():
-            paths += sorted(p for p in self.rules_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            paths += sorted(
+                p for p in self.rules_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
+            )
         return paths
 
     def with_overrides(self, **changes: Any) -> Config:

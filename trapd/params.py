@@ -31,7 +31,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 PARAM_TYPES = frozenset(
@@ -115,7 +115,9 @@ def normalize_mac(value: Any) -> str:
     if re.fullmatch(r"[0-9A-Fa-f]{1,2}([:-])(?:[0-9A-Fa-f]{1,2}\1){4}[0-9A-Fa-f]{1,2}", s):
         groups = re.split(r"[:-]", s)
         return ":".join(g.zfill(2).lower() for g in groups)
-    if re.fullmatch(r"[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}", s) or re.fullmatch(r"[0-9A-Fa-f]{12}", s):
+    if re.fullmatch(r"[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}", s) or re.fullmatch(
+        r"[0-9A-Fa-f]{12}", s
+    ):
         h = s.replace(".", "").lower()
         return ":".join(h[i : i + 2] for i in range(0, 12, 2))
     raise ParamError(f"not a MAC address: {_show(value)}")

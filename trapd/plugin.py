@@ -164,7 +164,9 @@ def as_spec(obj: Any) -> ActionSpec:
     if inspect.isclass(obj):
         obj = obj()
     run = getattr(obj, "run", None)
-    if not (isinstance(getattr(obj, "name", None), str) and isinstance(getattr(obj, "params", None), Mapping)):
+    if not (
+        isinstance(getattr(obj, "name", None), str) and isinstance(getattr(obj, "params", None), Mapping)
+    ):
         raise TypeError(f"{obj!r} is not an action: it needs name, params and an async run")
     if run is None or not inspect.iscoroutinefunction(run):
         raise TypeError(f"action {obj.name}: run must be an async method")

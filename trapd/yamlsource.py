@@ -86,7 +86,7 @@ def _mark(file: str, m: yaml.Mark) -> Mark:
 class _Loader(yaml.SafeLoader):
     source_name = "<string>"
 
-    def construct_yaml_map(self, node: yaml.MappingNode) -> Any:  # type: ignore[override]
+    def construct_yaml_map(self, node: yaml.MappingNode) -> Any:
         data = YDict()
         data.mark = _mark(self.source_name, node.start_mark)
         data.key_marks = {}
@@ -94,7 +94,7 @@ class _Loader(yaml.SafeLoader):
         yield data
         self.flatten_mapping(node)
         for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
             except TypeError as exc:
@@ -107,16 +107,16 @@ class _Loader(yaml.SafeLoader):
                     f"duplicate key {key!r} (first at line {first.line})",
                     _mark(self.source_name, key_node.start_mark),
                 )
-            data[key] = self.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+            data[key] = self.construct_object(value_node, deep=True)
             data.key_marks[key] = _mark(self.source_name, key_node.start_mark)
             data.value_marks[key] = _mark(self.source_name, value_node.start_mark)
 
-    def construct_yaml_seq(self, node: yaml.SequenceNode) -> Any:  # type: ignore[override]
+    def construct_yaml_seq(self, node: yaml.SequenceNode) -> Any:
         data = YList()
         data.mark = _mark(self.source_name, node.start_mark)
         data.item_marks = [_mark(self.source_name, n.start_mark) for n in node.value]
         yield data
-        data.extend(self.construct_object(n, deep=True) for n in node.value)  # type: ignore[no-untyped-call]
+        data.extend(self.construct_object(n, deep=True) for n in node.value)
 
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map)

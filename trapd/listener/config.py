@@ -134,7 +134,9 @@ class ListenerConfig:
             else (ListenAddress("0.0.0.0", DEFAULT_PORT),)
         )
         comms = expect(n, "communities", list, "listener", [])
-        communities = tuple(Secret.from_config(c, where(comms, i), base_dir=base_dir) for i, c in enumerate(comms))
+        communities = tuple(
+            Secret.from_config(c, where(comms, i), base_dir=base_dir) for i, c in enumerate(comms)
+        )
         users_node = expect(n, "v3_users", list, "listener", [])
         users = tuple(_v3_user(u, where(users_node, i), base_dir) for i, u in enumerate(users_node))
         names = [u.user for u in users]
@@ -146,7 +148,9 @@ class ListenerConfig:
             try:
                 nets.append(ipaddress.ip_network(str(s), strict=False))
             except ValueError:
-                raise ConfigError(f"not a network or address: {s!r}", where(n["allowed_sources"], i)) from None
+                raise ConfigError(
+                    f"not a network or address: {s!r}", where(n["allowed_sources"], i)
+                ) from None
         rl = check_keys(n.get("rate_limit"), {"per_source", "global", "burst"}, "listener.rate_limit")
         rate = RateLimit(
             per_source=float(expect(rl, "per_source", (int, float), "rate_limit", 0)),
@@ -189,13 +193,25 @@ def _v3_user(node: Any, mark: Mark | None, base_dir: Path) -> V3User:
     priv = priv.upper() if priv != "none" else priv
     priv = {"AES": "AES-128", "AES128": "AES-128", "AES192": "AES-192", "AES256": "AES-256"}.get(priv, priv)
     if auth not in AUTH_PROTOCOLS:
-        raise ConfigError(f"auth_protocol must be one of {', '.join(AUTH_PROTOCOLS)}", where(n, "auth_protocol"))
+        raise ConfigError(
+            f"auth_protocol must be one of {', '.join(AUTH_PROTOCOLS)}", where(n, "auth_protocol")
+        )
     if priv not in PRIV_PROTOCOLS:
-        raise ConfigError(f"priv_protocol must be one of {', '.join(PRIV_PROTOCOLS)}", where(n, "priv_protocol"))
+        raise ConfigError(
+            f"priv_protocol must be one of {', '.join(PRIV_PROTOCOLS)}", where(n, "priv_protocol")
+        )
     if auth == "none" and priv != "none":
         raise ConfigError("privacy needs authentication (authPriv needs an auth_protocol)", mark)
-    auth_key = Secret.from_config(n["auth_key"], where(n, "auth_key"), base_dir=base_dir) if "auth_key" in n else None
-    priv_key = Secret.from_config(n["priv_key"], where(n, "priv_key"), base_dir=base_dir) if "priv_key" in n else None
+    auth_key = (
+        Secret.from_config(n["auth_key"], where(n, "auth_key"), base_dir=base_dir)
+        if "auth_key" in n
+        else None
+    )
+    priv_key = (
+        Secret.from_config(n["priv_key"], where(n, "priv_key"), base_dir=base_dir)
+        if "priv_key" in n
+        else None
+    )
     if auth != "none" and (auth_key is None or len(auth_key.reveal()) < 8):
         raise ConfigError(f"v3 user {user}: auth_key is required and has at least 8 characters", mark)
     if priv != "none" and (priv_key is None or len(priv_key.reveal()) < 8):
