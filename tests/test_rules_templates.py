@@ -46,7 +46,7 @@ def message(
         ("{{ index.ifIndex }}", "17"),
         ("{{ index.ifDescr }}", "17"),
         ("{{ ifOperStatus }}", "2"),
-        ("{{ varbinds.ifOperStatus.display }}", "down"),
+        ("{{ varbinds.ifOperStatus.display }}", "down(2)"),
         ("{{ varbinds.ifDescr.oid }}", "1.3.6.1.2.1.2.2.1.2.17"),
         ('{{ varbinds["IF-MIB::ifDescr"].value }}', "Gi1/0/17"),
         ("{{ source }}:{{ source_port }} {{ version }} {{ kind }}", "10.20.1.5:162 v2c trap"),
