@@ -95,6 +95,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
     state_dir = config.state_dir if config.state_dir.is_dir() else None
+    # The first run compiles the site MIB directories (seconds); later runs read the cache.
+    log.info("loading MIBs", dirs=[str(d) for d in config.mibs.source_dirs()])
     resolver = MibResolver.load(config.mibs, state_dir)
     normalizer = Normalizer(resolver)
     out = sys.stdout
