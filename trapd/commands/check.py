@@ -74,6 +74,9 @@ def main(args: argparse.Namespace) -> int:
                 severity="warning",
             )
         )
+    from trapd.decoders import load_problems as decoder_problems
+
+    problems += [ConfigError(text, None, severity="warning") for text in decoder_problems()]
     actions, broken = load_actions()
     for lp in broken:
         problems.append(ConfigError(f"action plugin {lp.entry_point} failed to load: {lp.error}", None))

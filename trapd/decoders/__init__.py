@@ -9,8 +9,10 @@ hh3cMACInfoTrapMsgExt. A rule iterates over the decoded records with
 One module per vendor format. Each module defines ``DECODERS``: a sequence of
 :class:`ItemDecoder`, each saying which varbind OID (column or scalar, the
 instance index may follow) it reads and which item kind it produces. The
-registry below knows them all; :func:`decode_items` runs the ones that apply
-to an event.
+registry finds them all (the modules of this package, then site plugins
+registered under the entry-point group ``trapd.decoders``, each a module or
+object with ``DECODERS`` and optionally ``KNOWN_NAMES``); :func:`decode_items`
+runs the ones that apply to an event.
 
 A decoder never raises on bad input: a value whose length does not fit the
 format gives the complete records it could read plus a problem string
@@ -55,27 +57,66 @@ class ItemDecoder:
     fields: Mapping[str, str] = field(default_factory=dict)
 
 
-def _all_decoders() -> tuple[ItemDecoder, ...]:
-    from trapd.decoders import cisco_mac_notification, h3c_mac_information
-
-    return (*cisco_mac_notification.DECODERS, *h3c_mac_information.DECODERS)
+ENTRY_POINT_GROUP = "trapd.decoders"
 
 
-_REGISTRY: tuple[ItemDecoder, ...] | None = None
+@dataclass
+class _Loaded:
+    decoders: tuple[ItemDecoder, ...] = ()
+    known_names: dict[str, Oid] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+_LOADED: _Loaded | None = None
+
+
+def _load() -> _Loaded:
+    """Every module of this package, then the ``trapd.decoders`` entry points (site plugins).
+
+    A module contributes ``DECODERS`` (a sequence of ItemDecoder) and
+    optionally ``KNOWN_NAMES`` (MIB name -> OID). A broken site plugin is
+    reported (``load_problems``), never fatal.
+    """
+    global _LOADED
+    if _LOADED is not None:
+        return _LOADED
+    import importlib
+    import pkgutil
+    from importlib.metadata import entry_points
+
+    loaded = _Loaded()
+    sources: list[tuple[str, Any]] = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        sources.append((info.name, importlib.import_module(f"{__name__}.{info.name}")))
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            sources.append((ep.name, ep.load()))
+        except Exception as exc:  # a plugin's import can raise anything
+            loaded.problems.append(f"decoder plugin {ep.name} = {ep.value}: {type(exc).__name__}: {exc}")
+    decs: list[ItemDecoder] = []
+    for name, mod in sources:
+        got = getattr(mod, "DECODERS", None)
+        if got is None or not all(isinstance(d, ItemDecoder) for d in got):
+            loaded.problems.append(f"decoder module {name}: DECODERS must be a sequence of ItemDecoder")
+            continue
+        decs.extend(got)
+        loaded.known_names.update(getattr(mod, "KNOWN_NAMES", {}))
+    loaded.decoders = tuple(decs)
+    _LOADED = loaded
+    return loaded
 
 
 def registry() -> tuple[ItemDecoder, ...]:
-    global _REGISTRY
-    if _REGISTRY is None:
-        _REGISTRY = _all_decoders()
-    return _REGISTRY
+    return _load().decoders
 
 
 def known_names() -> dict[str, Oid]:
     """MIB names the decoder modules define themselves (used when no MIB is loaded for them)."""
-    from trapd.decoders import cisco_mac_notification, h3c_mac_information
+    return dict(_load().known_names)
 
-    return {**cisco_mac_notification.KNOWN_NAMES, **h3c_mac_information.KNOWN_NAMES}
+
+def load_problems() -> list[str]:
+    return list(_load().problems)
 
 
 def kinds() -> dict[str, dict[str, str]]:
