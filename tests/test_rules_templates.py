@@ -48,6 +48,7 @@ def message(
         ("{{ ifOperStatus }}", "2"),
         ("{{ varbinds.ifOperStatus.display }}", "down(2)"),
         ("{{ varbinds.ifDescr.oid }}", "1.3.6.1.2.1.2.2.1.2.17"),
+        ("{{ varbinds.ifDescr.parts }}", "[17]"),
         ('{{ varbinds["IF-MIB::ifDescr"].value }}', "Gi1/0/17"),
         ("{{ source }}:{{ source_port }} {{ version }} {{ kind }}", "10.20.1.5:162 v2c trap"),
         ("{{ trap_name }} {{ trap_oid }}", "IF-MIB::linkDown 1.3.6.1.6.3.1.1.5.3"),

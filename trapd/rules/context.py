@@ -11,7 +11,8 @@ Decisions (documented in docs/rules.md):
 * ``index.<symbol>``: the instance index after the symbol; an ``int`` when it
   is one number (``index.ifIndex`` is 17), dotted text when longer;
 * ``varbinds.<symbol>`` / ``varbinds["1.3.6..."]``: the whole binding
-  (``.value``, ``.display``, ``.index``, ``.oid``, ``.type``, ``.name``);
+  (``.value``, ``.display``, ``.index``, ``.parts`` (index components),
+  ``.oid``, ``.type``, ``.name``);
 * the event: ``source``, ``source_port``, ``source_group``, ``version``,
   ``kind``, ``community``, ``user``, ``context_name``, ``uptime``,
   ``trap_oid``, ``trap_name``, ``event_id``, ``received_at``; plus ``rule``;
@@ -90,12 +91,13 @@ def index_value(vb: VarBind) -> Any:
 class VarbindView:
     """Read-only view of one binding for ``varbinds.x`` in templates."""
 
-    __slots__ = ("display", "index", "name", "oid", "type", "value")
+    __slots__ = ("display", "index", "name", "oid", "parts", "type", "value")
 
     def __init__(self, vb: VarBind) -> None:
         self.value = template_value(vb)
         self.display = vb.display
         self.index = index_value(vb) if vb.index else ""
+        self.parts = list(vb.index)  # index components: [10, 0, 17, ...] for a VLAN + MAC index
         self.oid = oid_str(vb.oid)
         self.type = vb.type
         self.name = vb.name
