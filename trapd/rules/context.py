@@ -97,7 +97,7 @@ class VarbindView:
         self.value = template_value(vb)
         self.display = vb.display
         self.index = index_value(vb) if vb.index else ""
-        self.parts = list(vb.index)  # index components: [10, 0, 17, ...] for a VLAN + MAC index
+        self.parts = list(vb.index)  # index components: [10, 0, 17, ...] for an FDB id + MAC index
         self.oid = oid_str(vb.oid)
         self.type = vb.type
         self.name = vb.name
