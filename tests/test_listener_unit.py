@@ -517,3 +517,16 @@ def test_v3_mutations_never_raise_and_every_message_is_accounted_for() -> None:
     # still working afterwards
     h.feed(v3_traps(1)[0])
     assert h.got[-1].security.user == BENCH_USER.user
+
+
+def test_engine_boots_persist_under_state_dir(tmp_path: Path) -> None:
+    def boots(rx: V3Receiver) -> int:
+        (b,) = rx.engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots")
+        return int(b.syntax)
+
+    engine = bytes.fromhex("80004fb805c0ffee0001")
+    first = V3Receiver([trapd_user()], lambda r: None, ListenerStats(), engine_id=engine, state_dir=tmp_path)
+    second = V3Receiver([trapd_user()], lambda r: None, ListenerStats(), engine_id=engine, state_dir=tmp_path)
+    assert boots(second) == boots(first) + 1  # RFC 3414: grows on every start
+    files = list(tmp_path.rglob("boots"))
+    assert len(files) == 1 and files[0].read_text().strip() == str(boots(second))

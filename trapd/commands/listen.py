@@ -109,7 +109,9 @@ def main(args: argparse.Namespace) -> int:
     any_community = not listener_config.communities
 
     async def serve() -> int:
-        listener = Listener(listener_config, on_notification, accept_any_community=any_community)
+        listener = Listener(
+            listener_config, on_notification, accept_any_community=any_community, state_dir=state_dir
+        )
         try:
             await listener.start()
         except OSError as exc:

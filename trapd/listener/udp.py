@@ -30,6 +30,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from trapd.listener import fastpath
@@ -176,6 +177,8 @@ class Listener:
     allowed datagram (False: dropped as "rate-limited").
     ``accept_any_community``: v1/v2c with any community (``trapd listen``'s
     diagnostic mode); otherwise the community must be one of the configured.
+    ``state_dir``: where pysnmp keeps snmpEngineBoots for trapd's v3 engine
+    (default: pysnmp's choice, the temp directory).
     """
 
     def __init__(
@@ -190,6 +193,7 @@ class Listener:
         accept_any_community: bool = False,
         drop_log_interval: float = 10.0,
         logger: Any = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.stats = stats or ListenerStats()
@@ -198,6 +202,7 @@ class Listener:
         self._bind_config = bind_config
         self._admit = admit
         self._any_community = accept_any_community
+        self._state_dir = state_dir
         self._communities = frozenset(c.reveal().encode() for c in config.communities)
         self._sources = SourceFilter(config.allowed_sources)
         if logger is None:
@@ -225,6 +230,7 @@ class Listener:
                 self.stats,
                 engine_id=self.config.engine_id,
                 on_drop=self.drop_log.note,
+                state_dir=self._state_dir,
             )
         opened: list[tuple[socket.socket, ListenAddress, bool, int]] = []
         try:
@@ -292,6 +298,7 @@ class Listener:
                     self.stats,
                     engine_id=config.engine_id,
                     on_drop=self.drop_log.note,
+                    state_dir=self._state_dir,
                 )
         self._v3 = v3
         self._communities = frozenset(c.reveal().encode() for c in config.communities)

@@ -39,6 +39,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trapd.listener.config import V3User
@@ -427,12 +428,36 @@ _REASONS = {
 }
 
 
+def _make_engine(engine_id: bytes, state_dir: Path | None) -> Any:
+    """pysnmp's SnmpEngine, keeping its snmpEngineBoots file under ``state_dir``.
+
+    snmpEngineBoots must grow on every restart (RFC 3414 2.2.2: v3 inform
+    senders check it against replays). pysnmp stores it in
+    ``<tempdir>/__pysnmp/<engine ID>/boots``: as root in world-writable /tmp
+    by default, and lost with systemd's PrivateTmp. With a ``state_dir`` the
+    file lives with trapd's other state instead.
+    """
+    import tempfile
+
+    from pysnmp.entity.engine import SnmpEngine
+    from pysnmp.proto import rfc1902
+
+    saved = tempfile.tempdir
+    if state_dir is not None:
+        tempfile.tempdir = str(state_dir)
+    try:
+        return SnmpEngine(snmpEngineID=rfc1902.OctetString(engine_id))
+    finally:
+        tempfile.tempdir = saved
+
+
 class V3Receiver:
     """Receives SNMPv3 traps and informs through a pysnmp engine that owns no socket.
 
     ``users``: the configured USM users. ``engine_id``: trapd's own
     (authoritative) engine ID, which v3 informs are addressed to; ``None``
-    derives a stable one (:func:`default_engine_id`). ``on_notification`` is
+    derives a stable one (:func:`default_engine_id`); its snmpEngineBoots is
+    kept under ``state_dir`` when given (see :func:`_make_engine`). ``on_notification`` is
     called synchronously for every accepted notification; ``on_drop(reason,
     detail, source)`` for every dropped message, after ``stats`` counted it.
     """
@@ -446,9 +471,8 @@ class V3Receiver:
         engine_id: bytes | None = None,
         on_drop: OnDrop | None = None,
         max_learned_engines: int = 1024,
+        state_dir: Path | None = None,
     ) -> None:
-        from pysnmp.entity.engine import SnmpEngine
-        from pysnmp.proto import rfc1902
         from pysnmp.proto.api import v2c
 
         self.engine_id = engine_id or default_engine_id()
@@ -458,7 +482,7 @@ class V3Receiver:
         self._max_learned = max_learned_engines
         self._v2c = v2c
 
-        self.engine = SnmpEngine(snmpEngineID=rfc1902.OctetString(self.engine_id))
+        self.engine = _make_engine(self.engine_id, state_dir)
         self._mp = _make_recording_mp()
         self.engine.message_processing_subsystems[3] = self._mp
         self.engine.security_models[3] = _make_usm()
