@@ -94,7 +94,10 @@ def start(script: Path, journal: Path, effects: Path, mode: str) -> subprocess.P
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
-    assert line in ("submitted", "resumed"), f"child said {line!r}"
+    if line not in ("submitted", "resumed"):
+        proc.kill()
+        proc.wait(5)
+        raise AssertionError(f"child said {line!r}")
     return proc
 
 

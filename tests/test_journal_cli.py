@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from pathlib import Path
@@ -13,10 +14,13 @@ from trapd.cli import main
 from trapd.dispatch.journal import CapCheck, NewEntry, SQLiteJournal
 from trapd.dispatch.testing import make_event
 
+_keys = itertools.count()
+
 
 def new(action: str, params: dict[str, object], **kw: object) -> NewEntry:
     base: dict[str, object] = dict(
-        rule="mac-removed", action=action, index=0, params=params, key="k", mode="enforce", state="pending",
+        rule="mac-removed", action=action, index=0, params=params, key=f"k{next(_keys)}", mode="enforce",
+        state="pending",
         due=time.time(), max_attempts=3, backoff=1.0, max_age=3600.0,
     )  # fmt: skip
     base.update(kw)

@@ -151,12 +151,14 @@ class Dispatcher:
         self._backlog = True  # the journal may hold due actions that are not in memory
         self._journal_only = 0  # submits that left their actions in the journal (see _pump_pass)
         self._evictions = 0  # lanes sent back to the journal (see _pump_pass)
+        self._refill_at = max(1, min(config.queue_size // 4, 256))
         self._wake = asyncio.Event()
         self._timer_at: float | None = None
         self._scheduler: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[None]] = set()
+        self._finishing: set[asyncio.Future[None]] = set()
         self._started = False
         self._stopping = False
         self._last_prune = 0.0
@@ -225,6 +227,8 @@ class Dispatcher:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
         self._timer_at = None
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         with contextlib.suppress(JournalError):
             await self.journal.flush()
         if self._own_http and self.http is not None:
@@ -429,26 +433,24 @@ class Dispatcher:
         queried = False
         while self._backlog:
             room = self.config.queue_size - len(self._loaded)
-            if room <= 0:
+            # Refill in chunks, not one query per finished action: with a long backlog that
+            # would read the journal once per action.
+            if room < self._refill_at:
                 break  # a worker finishing wakes the pump again
             marker, evictions = self._journal_only, self._evictions
             now = time.time()
-            entries, more = await self.journal.due(now, room + len(self._loaded))
+            entries, more = await self.journal.due(now, room, frozenset(self._loaded))
             queried = True
             if evictions != self._evictions:
                 continue  # a key was blocked while the query ran: its answer may let followers overtake
             room = self.config.queue_size - len(self._loaded)  # submits may have taken some meanwhile
-            added = 0
-            for e in entries:
-                if e.id in self._loaded:
-                    continue
-                if added >= room:
+            for i, e in enumerate(entries):
+                if i >= room:
                     more = True
                     break
                 if e.state == "failed" or e.endpoint is not None:
                     self._blocking.add(e.key)
                 self._enqueue(_Job.from_entry(e))
-                added += 1
             # Submits that went to the journal while the query ran may not be in its answer.
             if not more and marker == self._journal_only:
                 self._backlog = False
@@ -615,7 +617,7 @@ class Dispatcher:
                 json.dumps(result, default=str)
             except (TypeError, ValueError):
                 result = {"repr": repr(result)[:1000]}
-            await self.journal.finish(job.id, "done", done, result)
+            self._finish(job.id, "done", done, result, None)
             self.stats.count(job.action, "done")
             self.stats.done_latency.observe(max(0.0, done - job.received_at))
             log.info("action done", attempt=attempt, seconds=round(done - now, 4))
@@ -677,10 +679,25 @@ class Dispatcher:
         return base * (1.0 - d.jitter * random.random())
 
     async def _dead(self, job: _Job, log: Any, reason: str, now: float, attempt: int = 0) -> None:
-        await self.journal.finish(job.id, "dead", now, None, reason)
+        self._finish(job.id, "dead", now, None, reason)
         self.stats.count(job.action, "dead")
         log.error("action dead", reason=reason, attempts=attempt, hint=f"trapd journal retry {job.id}")
         self._done_blocking(job.key)
+
+    def _finish(self, id_: int, state: State, now: float, result: Any, error: str | None) -> None:
+        """Record the end without waiting for the commit: the worker moves on at once.
+
+        The journal orders the write before anything issued later (the next
+        claim of this key included); stop() waits for the stragglers.
+        """
+        fut = asyncio.ensure_future(self.journal.finish_soon(id_, state, now, result, error))
+        self._finishing.add(fut)
+        fut.add_done_callback(self._finished)
+
+    def _finished(self, fut: asyncio.Future[None]) -> None:
+        self._finishing.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            self.log.error("journal write failed: the action will run again", error=str(fut.exception()))
 
     def _done_blocking(self, key: str) -> None:
         # The key's head is settled: the actions queued behind it in the journal may load now.

@@ -36,7 +36,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -273,12 +273,14 @@ class Journal(Protocol):
         """After a restart: running -> pending (or held, for actions not in ``hold_unless`` when given)."""
         ...
 
-    async def due(self, now: float, limit: int) -> tuple[list[Entry], bool]:
-        """Up to ``limit`` waiting actions due now, oldest first, skipping any whose key is blocked.
+    async def due(
+        self, now: float, limit: int, skip: frozenset[int] = frozenset()
+    ) -> tuple[list[Entry], bool]:
+        """Up to ``limit`` waiting actions due now, oldest first, leaving out ``skip`` (already in memory).
 
-        A key is blocked by an earlier action with that key that waits for a
-        retry (or for an open circuit breaker). The flag says whether there
-        may be more than ``limit``.
+        Actions whose key is blocked are left out too: by an earlier action
+        with that key that waits for a retry (or for an open circuit breaker).
+        The flag says whether there may be more.
         """
         ...
 
@@ -294,6 +296,18 @@ class Journal(Protocol):
     async def finish(
         self, id: int, state: State, now: float, result: Any = None, error: str | None = None
     ) -> None: ...
+    def finish_soon(
+        self, id: int, state: State, now: float, result: Any = None, error: str | None = None
+    ) -> Awaitable[None]:
+        """Like :meth:`finish`, issued now, awaited (or not) later.
+
+        The write is ordered before every operation issued after this call
+        returns: a worker need not wait for the commit before the next action
+        of the same key is claimed. Until it commits, a crash leaves the row
+        running, which means the action runs again (at least once).
+        """
+        ...
+
     async def retry_later(self, id: int, due: float, error: str, endpoint: str | None) -> None: ...
     async def defer(self, id: int, due: float, reason: str, endpoint: str | None) -> None:
         """Postpone a waiting action without counting an attempt (circuit breaker open)."""
@@ -536,8 +550,11 @@ def _op_recover(conn: sqlite3.Connection, now: float, hold_unless: frozenset[str
     return {"rerun": rerun, "held": held, "waiting": waiting}
 
 
-def _op_due(conn: sqlite3.Connection, now: float, limit: int) -> tuple[list[Entry], bool]:
-    args = {"now": now, "limit": limit}
+def _op_due(
+    conn: sqlite3.Connection, now: float, limit: int, skip: frozenset[int]
+) -> tuple[list[Entry], bool]:
+    # Ids first (index only), full rows only for what is not in memory already.
+    args = {"now": now, "limit": limit + len(skip)}
     pending = conn.execute(
         f"SELECT a.id FROM actions a WHERE a.state = 'pending' AND a.due <= :now AND {_NOT_BLOCKED} "
         f"ORDER BY a.id LIMIT :limit",
@@ -548,8 +565,10 @@ def _op_due(conn: sqlite3.Connection, now: float, limit: int) -> tuple[list[Entr
         f"AND {_NOT_BLOCKED} ORDER BY a.id LIMIT :limit",
         args,
     ).fetchall()
-    more = len(pending) >= limit or len(waiting) >= limit
-    ids = sorted({r[0] for r in pending} | {r[0] for r in waiting})[:limit]
+    hit = len(pending) >= args["limit"] or len(waiting) >= args["limit"]
+    fresh = [i for i in sorted({r[0] for r in pending} | {r[0] for r in waiting}) if i not in skip]
+    more = hit or len(fresh) > limit
+    ids = fresh[:limit]
     if not ids:
         return [], more
     rows = conn.execute(
@@ -990,8 +1009,10 @@ class SQLiteJournal:
         result: dict[str, int] = await self._call(_op_recover, now, keep)
         return result
 
-    async def due(self, now: float, limit: int) -> tuple[list[Entry], bool]:
-        result: tuple[list[Entry], bool] = await self._call(_op_due, now, limit, write=False)
+    async def due(
+        self, now: float, limit: int, skip: frozenset[int] = frozenset()
+    ) -> tuple[list[Entry], bool]:
+        result: tuple[list[Entry], bool] = await self._call(_op_due, now, limit, skip, write=False)
         return result
 
     async def next_due(self, now: float) -> float | None:
@@ -1006,6 +1027,12 @@ class SQLiteJournal:
         self, id: int, state: State, now: float, result: Any = None, error: str | None = None
     ) -> None:
         await self._call(_op_finish, id, state, now, result, error)
+
+    def finish_soon(
+        self, id: int, state: State, now: float, result: Any = None, error: str | None = None
+    ) -> Awaitable[None]:
+        fut: asyncio.Future[None] = self._call(_op_finish, id, state, now, result, error)
+        return fut
 
     async def retry_later(self, id: int, due: float, error: str, endpoint: str | None) -> None:
         await self._call(_op_retry_later, id, due, error, endpoint)
