@@ -9,7 +9,7 @@ socket: the engine's transport dispatcher is :class:`_ReplyDispatcher`, whose
 ``send_message`` writes through the socket the request came in on, to the
 peer it came from.
 
-Around the engine the receiver does three things of its own:
+Around the engine the receiver does a few things of its own:
 
 * It reads the message header with a small BER walker (:func:`parse_header`)
   before pysnmp does, to classify drops precisely (unknown user vs. a known
@@ -23,8 +23,17 @@ Around the engine the receiver does three things of its own:
   and registers the user for that engine with pysnmp only once a message
   authenticated. Forged engine IDs therefore cost a hash and never grow
   pysnmp's tables; learned engines are capped (``max_learned_engines``).
+* It holds a trap sender to the security level its user is configured
+  with: pysnmp (RFC 3414 3.2.5) checks the level only on the authoritative
+  side, so it would take an authNoPriv trap for an authPriv user.
 * It works around pysnmp 7.1's per-trap memory growth (see
-  :class:`_BoundedUsm`).
+  :class:`_BoundedUsm`) and keeps pysnmp's snmpEngineBoots file in trapd's
+  state directory (:func:`_make_engine`).
+
+Time windows: pysnmp enforces them for messages to trapd's own engine
+(informs: a stale one gets a notInTimeWindow report). For traps the sender is
+authoritative and pysnmp, like net-snmp's snmptrapd, resynchronizes to
+whatever boots/time the sender claims, so a replayed trap is not refused.
 
 pysnmp's outcome for each message is read from an instrumented v3 message
 processing model (:class:`_RecordingMP`), which sees the ``errorIndication``
