@@ -385,5 +385,9 @@ def test_the_daemon_stays_inside_the_filter_through_start_trap_reload_stop(tmp_p
                 proc.wait()
     assert proc.returncode == 0, err.decode()[-2000:]
     calls, wx = analyse_trace(trace)
+    if os.geteuid() == 0:
+        # SQLite hands its -wal/-shm files to the database's owner only when running as root
+        # (robust_fchown); as User=trapd it never calls fchown, and EPERM would be ignored anyway.
+        calls.discard("fchown")
     assert calls - allowed_syscalls() == set()
     assert wx == []

@@ -61,7 +61,8 @@ def parse_metrics_listen(text: str | None, mark: Mark | None = None) -> MetricsL
         ipaddress.ip_address(host)
     except ValueError:
         raise ConfigError(f"metrics listen {text!r}: {host!r} is not an IP address", mark) from None
-    if not 0 < int(port) <= 65535:
+    # Port 0: the kernel picks a free one (tests; the "metrics endpoint listening" log line says which).
+    if not 0 <= int(port) <= 65535:
         raise ConfigError(f"metrics listen {text!r}: port out of range", mark)
     return MetricsListen(host, int(port))
 
