@@ -32,8 +32,10 @@ Around the engine the receiver does a few things of its own:
 
 Time windows: pysnmp enforces them for messages to trapd's own engine
 (informs: a stale one gets a notInTimeWindow report). For traps the sender is
-authoritative and pysnmp, like net-snmp's snmptrapd, resynchronizes to
-whatever boots/time the sender claims, so a replayed trap is not refused.
+authoritative, and pysnmp overwrites its notion of the sender's boots/time
+with the message's own values before the RFC 3414 3.2.7b check, so a
+replayed trap is not refused; replay protection for traps would need a check
+of trapd's own.
 
 pysnmp's outcome for each message is read from an instrumented v3 message
 processing model (:class:`_RecordingMP`), which sees the ``errorIndication``
