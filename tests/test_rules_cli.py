@@ -182,6 +182,25 @@ def test_trapd_check_with_config(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert f"{bad_cfg}:2:1: error: unknown key 'modee' in trapd.yaml" in capsys.readouterr().out
 
 
+def test_a_directory_stands_for_its_yaml_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(
+        tmp_path,
+        "rules:\n  - {name: b, match: {notification: linkUp}, cancel: from-b}\n",
+        "rules.d/20-b.yaml",
+    )
+    write(
+        tmp_path,
+        "rules:\n  - {name: a, match: {notification: linkUp}, cancel: from-a}\n",
+        "rules.d/10-a.yaml",
+    )
+    write(tmp_path, "not: rules", "rules.d/README.txt")
+    assert main(["test", "-r", str(tmp_path / "rules.d"), "linkUp"]) == 0
+    out = capsys.readouterr().out
+    assert "  MATCH     a" in out and "  skipped   b: stopped by rule a" in out
+    assert main(["check", str(tmp_path / "rules.d")]) == 0
+    assert "10-a.yaml, " in capsys.readouterr().err
+
+
 def test_trapd_test_as_a_program(tmp_path: Path) -> None:
     """The real entry point, with the installed plugins, as a subprocess."""
     rules = write(

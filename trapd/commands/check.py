@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     from trapd.config import DEFAULT_CONFIG, Config, load_config
     from trapd.mibs import MibResolver
     from trapd.plugin import load_actions
-    from trapd.rules import check_rules, globally_capped
+    from trapd.rules import check_rules, expand_rule_paths, globally_capped
     from trapd.yamlsource import ConfigError, Mark
 
     problems: list[ConfigError] = []
@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
             config = load_config(config_path)
         except ConfigError as exc:
             problems.append(exc)
-    paths = [Path(f) for f in args.files] or config.rule_paths()
+    paths = expand_rule_paths(args.files) or config.rule_paths()
     if not paths:
         for p in problems:
             print(f"{p.mark or 'trapd'}: {p.severity}: {p.message}")

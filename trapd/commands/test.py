@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     from trapd.event import Event
     from trapd.mibs import MibResolver
     from trapd.plugin import load_actions
-    from trapd.rules import RuleErrors, globally_capped, load_rules
+    from trapd.rules import RuleErrors, expand_rule_paths, globally_capped, load_rules
     from trapd.rules.compact import CompactError, parse_compact
     from trapd.yamlsource import ConfigError
 
@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"{exc}", file=sys.stderr)
             return 1
-    paths = [Path(r) for r in args.rules] if args.rules else config.rule_paths()
+    paths = expand_rule_paths(args.rules) if args.rules else config.rule_paths()
     if not paths:
         print(
             "trapd test: no rule files (give --rules FILE or a trapd.yaml that names them)", file=sys.stderr

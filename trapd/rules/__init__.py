@@ -39,6 +39,7 @@ __all__ = [
     "SymbolResolver",
     "check_rules",
     "compile_rules",
+    "expand_rule_paths",
     "globally_capped",
     "load_rules",
 ]
@@ -112,3 +113,15 @@ def globally_capped(caps: Sequence[object], actions: Mapping[str, ActionSpec]) -
             if applies is not None and applies(name, spec.destructive):
                 out.add(name)
     return frozenset(out)
+
+
+def expand_rule_paths(names: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a directory stands for its ``*.yaml`` / ``*.yml`` files in name order."""
+    out: list[Path] = []
+    for name in names:
+        p = Path(name)
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file())
+        else:
+            out.append(p)
+    return out
