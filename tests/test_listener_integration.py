@@ -488,3 +488,17 @@ def test_bad_listen_address_and_busy_port(tmp_path: Path) -> None:
         assert r.returncode == 1 and "cannot listen" in r.stderr
     finally:
         assert t.stop() == 0
+
+
+def test_stats_interval_logs_counters_periodically(tmp_path: Path) -> None:
+    t = TrapdListen.start(
+        tmp_path, {"listener": {"communities": ["public"]}}, args=("--stats-interval", "0.2")
+    )
+    try:
+        first = t.wait_log(lambda e: e.get("event") == "listener stats", 5)
+        send_udp(b"junk", t.address())
+        later = t.wait_log(lambda e: e.get("event") == "listener stats" and e["dropped"].get("malformed"), 5)
+        assert first is not None and later is not None
+        assert later["dropped"] == {"malformed": 1} and later["datagrams"] == 1
+    finally:
+        assert t.stop() == 0
