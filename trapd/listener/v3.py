@@ -65,7 +65,7 @@ OnNotification = Callable[[RawNotification], "bool | None"]
 OnDrop = Callable[[str, "str | None", str], None]
 
 SECURITY_LEVELS: dict[int, SecurityLevel] = {1: "noAuthNoPriv", 2: "authNoPriv", 3: "authPriv"}
-_LEVEL_NUMBERS = {name: n for n, name in SECURITY_LEVELS.items()}
+_LEVEL_NUMBERS: dict[str, int] = {name: n for n, name in SECURITY_LEVELS.items()}
 
 # Hash function and truncated digest length per auth protocol (RFC 3414, RFC 7860).
 _AUTH_HASH: dict[str, tuple[Callable[..., Any], int]] = {
