@@ -82,7 +82,10 @@ class V3User:
     auth_key: Secret | None = None
     priv_protocol: str = "none"
     priv_key: Secret | None = None
-    # Empty: any sender engine ID (trapd then learns nothing about who may use the user).
+    # Sender engine IDs allowed to send traps as this user. Empty: any sender
+    # engine; trapd learns an engine on its first message that authenticates
+    # (at most 1024 learnt engines), so forged engine IDs cost one HMAC and
+    # never grow the engine's tables.
     engine_ids: tuple[bytes, ...] = ()
 
     @property

@@ -299,6 +299,7 @@ class Daemon:
             self._on_notification,
             sockets=inherited,
             bind_config=not inherited or bool(getattr(self.args, "listen", None)),
+            state_dir=cfg.state_dir,  # pysnmp's snmpEngineBoots lives here, not in /tmp
         )
         await self.listener.start()
         await self._start_metrics()
