@@ -3,7 +3,7 @@
 The order of the checks is the order of their cost::
 
     source allowed?          one dict lookup per source address (cached verdict)
-    rate limit hook          ``admit(source)``; token buckets arrive with issue 7
+    rate limit               ``limiter.check(source, data)``: token buckets (trapd.listener.limits)
     message_version          reads a few header bytes
     v1/v2c: fastpath.decode  community in a set of bytes; inform -> Response from the same socket
     v3:     V3Receiver       pysnmp's engine behind trapd's socket
@@ -35,6 +35,7 @@ from typing import Any, TypeVar, cast
 
 from trapd.listener import fastpath
 from trapd.listener.config import ListenAddress, ListenerConfig
+from trapd.listener.limits import Over, SourceLimiter
 from trapd.listener.raw import RawNotification, Security
 from trapd.listener.stats import DROP_REASONS, DropLog, ListenerStats
 
@@ -173,7 +174,10 @@ class Listener:
 
     ``sockets``: already-open UDP sockets (systemd socket activation) used in
     addition to ``config.listen``; pass ``bind_config=False`` to use only them.
-    ``admit``: the rate-limit hook, called with the source address of every
+    ``limiter``: per-source and global token buckets (trapd.listener.limits):
+    over a limit a datagram is dropped before decoding unless it may clear a
+    pending action, which is then decoded and let through if it does.
+    ``admit``: a simpler rate-limit hook, called with the source address of every
     allowed datagram (False: dropped as "rate-limited").
     ``accept_any_community``: v1/v2c with any community (``trapd listen``'s
     diagnostic mode); otherwise the community must be one of the configured.
@@ -190,6 +194,7 @@ class Listener:
         bind_config: bool = True,
         stats: ListenerStats | None = None,
         admit: Admit | None = None,
+        limiter: SourceLimiter | None = None,
         accept_any_community: bool = False,
         drop_log_interval: float = 10.0,
         logger: Any = None,
@@ -201,6 +206,9 @@ class Listener:
         self._given_sockets = tuple(sockets)
         self._bind_config = bind_config
         self._admit = admit
+        self.limiter = limiter
+        # Set per datagram: it was over a rate limit and is decoded only as a clearing candidate.
+        self._over: Over | None = None
         self._any_community = accept_any_community
         self._state_dir = state_dir
         self._communities = frozenset(c.reveal().encode() for c in config.communities)
@@ -341,6 +349,11 @@ class Listener:
             if self._admit is not None and not self._admit(host):
                 self._drop("rate-limited", None, host)
                 return
+            if self.limiter is not None:
+                over = self._over = self.limiter.check(host, data)
+                if over is not None and not over.probe:
+                    self._drop("rate-limited", over.detail, host)
+                    return
             try:
                 version = fastpath.message_version(data)
             except fastpath.Rejected as exc:
@@ -388,6 +401,13 @@ class Listener:
             self._drop("malformed", f"internal-{type(exc).__name__}", host)
 
     def _deliver(self, raw: RawNotification) -> bool:
+        over = self._over
+        if over is not None:
+            self._over = None
+            if self.limiter is not None and not self.limiter.exempt(raw, over):
+                self.stats.received[raw.version] -= 1  # counted as decoded; it is a drop instead
+                self._drop("rate-limited", over.detail, raw.source)
+                return False
         try:
             self._on_notification(raw)
         except Exception:

@@ -179,6 +179,40 @@ class RuleTrace:
     outcome: Outcome = field(default_factory=Outcome)
 
 
+@dataclass(frozen=True)
+class ClearingOids:
+    """The notifications that can clear a pending action: those a rule with ``cancel:`` selects.
+
+    The listener's rate limiter lets these through after ordinary traffic is
+    shed (a linkUp that cancels a pending lease deletion must not be lost to
+    a storm of linkDowns). ``any`` is set when an enabled cancelling rule has
+    no top-level notification condition: then any notification may clear.
+    """
+
+    exact: frozenset[Oid] = frozenset()
+    prefixes: tuple[Oid, ...] = ()
+    any: bool = False
+
+    def covers(self, trap_oid: Oid) -> bool:
+        if self.any or trap_oid in self.exact:
+            return True
+        return any(trap_oid[: len(p)] == p for p in self.prefixes)
+
+    @classmethod
+    def of(cls, rules: Sequence[Rule]) -> ClearingOids:
+        exact: set[Oid] = set()
+        prefixes: set[Oid] = set()
+        for r in rules:
+            if not r.enabled or not r.cancels:
+                continue
+            n = r.notification
+            if n is None or n not in r.condition.items:  # nested under any/not: cannot narrow it
+                return cls(any=True)
+            exact.update(n.exact)
+            prefixes.update(n.prefixes)
+        return cls(frozenset(exact), tuple(sorted(prefixes)))
+
+
 # ---------------------------------------------------------------- the rule set
 
 _CACHE_LIMIT = 4096
@@ -240,6 +274,7 @@ class RuleSet:
         self._oid_masks: dict[Oid, int] = {}
         self._source_masks: dict[str, int] = {}
         self._group_cache: dict[str, str | None] = {}
+        self._clearing = ClearingOids.of(self._rules)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -287,6 +322,15 @@ class RuleSet:
                 self._source_masks.clear()
             self._source_masks[source] = mask
         return mask
+
+    @property
+    def clearing_oids(self) -> ClearingOids:
+        """Which notifications a ``cancel:`` rule selects."""
+        return self._clearing
+
+    def clears(self, trap_oid: Oid) -> bool:
+        """True if a notification with this OID may cancel pending actions (a rule with ``cancel:``)."""
+        return self.clearing_oids.covers(trap_oid)
 
     def candidates(self, trap_oid: Oid) -> tuple[Rule, ...]:
         """Rules the notification index selects for this OID (before source and other conditions)."""
