@@ -419,3 +419,23 @@ async def test_key_order_holds_for_rows_memory_has_not_seen(
     await wait_for(lambda: len(rec.done_tags()) == 2)
     assert rec.done_tags() == ["port:first", "port:second"]
     assert await state_of(journal, str(older.ids[0])) == "done"
+
+
+async def test_a_probe_that_does_not_run_leaves_the_breaker_usable(make: Any, rec: Recorder) -> None:
+    cfg = replace(
+        FAST,
+        breaker=BreakerConfig(failures=1, cool_down=0.1, max_cool_down=0.1),
+        retry=replace(FAST.retry, max_attempts=1),
+    )
+    d = await make(cfg)
+    rec.down.add("kea1")
+    await d.submit(make_event(), make_outcome(rec_plan("first:x", server="kea1")))
+    await wait_for(lambda: "kea1" in d.breakers and d.breakers["kea1"].state == "open")
+    rec.down.clear()
+    await asyncio.sleep(0.15)  # cool-down over: the next action for kea1 is the probe, and a cap holds it
+    held = rec_plan("probe:x", server="kea1", caps=[RateCap("nothing", limit=0, per=60.0)])
+    await d.submit(make_event(), make_outcome(held))
+    await wait_for(lambda: d.stats.outcomes[("rec", "held")] == 1)
+    await d.submit(make_event(), make_outcome(rec_plan("after:x", server="kea1")))
+    await wait_for(lambda: "after:x" in rec.done_tags())
+    await wait_for(lambda: d.breakers["kea1"].state == "closed")

@@ -34,6 +34,7 @@ import asyncio
 import bisect
 import contextlib
 import json
+import logging
 import random
 import time
 from collections import deque
@@ -185,6 +186,8 @@ class Dispatcher:
             import httpx
 
             self.http = httpx.AsyncClient(timeout=30.0)
+        # apscheduler logs every job run at INFO; the one job here fires whenever something falls due.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler.start()
         self._started = True
@@ -569,6 +572,15 @@ class Dispatcher:
                 self._evict(job.key)
                 self._arm(retry_at)
                 return
+        try:
+            await self._claim_and_run(job, spec, log, now, endpoint)
+        finally:
+            if breaker is not None and breaker.probing:
+                breaker.probing = False  # the probe ended some other way; let the next one try
+
+    async def _claim_and_run(
+        self, job: _Job, spec: ActionSpec | None, log: Any, now: float, endpoint: str | None
+    ) -> None:
         claim = await self.journal.claim(job.id, now)
         if claim.outcome == "gone":
             self._done_blocking(job.key)
@@ -591,7 +603,11 @@ class Dispatcher:
         if spec is None:
             await self._dead(job, log, f"no action plugin named {job.action!r} is installed", now)
             return
-        event = job.get_event()
+        try:
+            event = job.get_event()
+        except (ValueError, KeyError, TypeError) as exc:
+            await self._dead(job, log, f"the journaled event cannot be read: {exc}", now, attempt)
+            return
         assert self.http is not None
         ctx = ActionContext(
             event=event,
@@ -624,9 +640,6 @@ class Dispatcher:
             if endpoint is not None:
                 await self._answered_async(endpoint)
             self._done_blocking(job.key)
-        finally:
-            if breaker is not None and breaker.probing:
-                breaker.probing = False  # the probe ended some other way; let the next one try
 
     async def _failed(self, job: _Job, log: Any, exc: Exception, attempt: int, predicted: str | None) -> None:
         now = time.time()
