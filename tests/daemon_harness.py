@@ -68,9 +68,11 @@ def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def link_down(target: str, if_index: int = 3, *, community: str = "public") -> list[str]:
-    """snmptrap / snmpinform arguments for a v2c linkDown with ifIndex."""
-    return ["-v", "2c", "-c", community, target, "", LINK_DOWN, f"{IF_INDEX}.{if_index}", "i", str(if_index)]
+def link_down(
+    target: str, if_index: int = 3, *, community: str = "public", trap: str = LINK_DOWN
+) -> list[str]:
+    """snmptrap / snmpinform arguments for a v2c linkDown (or ``trap``) with ifIndex."""
+    return ["-v", "2c", "-c", community, target, "", trap, f"{IF_INDEX}.{if_index}", "i", str(if_index)]
 
 
 class TrapdDaemon:

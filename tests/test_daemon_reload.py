@@ -1,0 +1,222 @@
+"""SIGHUP (``systemctl reload``): good and bad rule files, listener settings, and no trap lost meanwhile."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from daemon_harness import LINK_UP, TrapdDaemon, link_down
+from listen_harness import needs_netsnmp, snmp_send
+
+pytestmark = [pytest.mark.integration, needs_netsnmp]
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _loadgen() -> ModuleType:
+    # bench/ holds scripts, not a package (as in test_bench_smoke.py).
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module("loadgen")
+
+
+def log_rule(name: str, notification: str, message: str) -> str:
+    return f"""\
+  - name: {name}
+    match:
+      notification: {notification}
+    actions:
+      - action: log
+        level: warning
+        message: "{message}"
+"""
+
+
+DOWN_A = "rules:\n" + log_rule("port-down", "IF-MIB::linkDown", "A down {{ ifIndex }}")
+
+
+def logged(d: TrapdDaemon, text: str, timeout: float = 5.0) -> None:
+    d.wait_log(lambda e: e.get("event") == text, timeout)
+
+
+def reload(d: TrapdDaemon) -> dict[str, str]:
+    """SIGHUP and the READY=1 that ends the reload (checking RELOADING=1 came first)."""
+    assert d.notify is not None
+    d.signal(signal.SIGHUP)
+    d.notify.wait_for("RELOADING", timeout=10)
+    return d.notify.wait_for("READY", timeout=10)
+
+
+def test_good_rules_take_effect_for_the_next_trap(tmp_path: Path) -> None:
+    d = TrapdDaemon.start(tmp_path, rules=DOWN_A)
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 1), check=True)
+        logged(d, "A down 1")
+
+        d.rules_path.write_text(
+            "rules:\n"
+            + log_rule("port-down", "IF-MIB::linkDown", "B down {{ ifIndex }}")
+            + log_rule("port-up", "IF-MIB::linkUp", "B up {{ ifIndex }}")
+        )
+        ready = reload(d)
+        assert "FAILED" not in ready.get("STATUS", "")
+        d.wait_log("reloaded")
+        snmp_send("snmptrap", *link_down(d.target(), 2), check=True)
+        snmp_send("snmptrap", *link_down(d.target(), 2, trap=LINK_UP), check=True)
+        logged(d, "B down 2")
+        logged(d, "B up 2")
+        assert not d.logs("A down 2")
+        scrape = d.metrics()
+        assert d.metric("trapd_reloads_total", scrape, result="ok") == 1
+        assert d.metric("trapd_reloads_total", scrape, result="failed") == 0
+        assert d.metric("trapd_config_last_reload_successful", scrape) == 1
+        assert d.metric("trapd_rule_matches_total", scrape, rule="port-up") == 1
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_bad_rules_file_keeps_the_old_rules_and_says_why(tmp_path: Path) -> None:
+    d = TrapdDaemon.start(tmp_path, rules=DOWN_A)
+    try:
+        good = d.rules_path.read_text()
+        # Line 9, column 9: a parameter the log action does not have.
+        d.rules_path.write_text(good.rstrip("\n") + "\n        colour: red\n")
+        ready = reload(d)
+        where = f"{d.rules_path}:9:9"
+        assert "reload failed" in ready["STATUS"] and where in ready["STATUS"], ready
+        (failed,) = d.wait_log("reload failed, keeping the running configuration")
+        assert failed["level"] == "error" and where in failed["error"], failed
+
+        # The old rules still run ...
+        snmp_send("snmptrap", *link_down(d.target(), 5), check=True)
+        logged(d, "A down 5")
+        # ... and the failure is counted and stays visible until a good reload.
+        scrape = d.metrics()
+        assert d.metric("trapd_reloads_total", scrape, result="failed") == 1
+        assert d.metric("trapd_config_last_reload_successful", scrape) == 0
+        assert d.metric("trapd_notifications_received_total", scrape) == 1
+        assert d.notify is not None
+        status = d.notify.wait_for("STATUS", timeout=3)["STATUS"]
+        assert "last reload FAILED" in status and where in status, status
+        status_code, health = d.healthz()
+        assert status_code == 200 and where in health["last_reload"], health
+
+        d.rules_path.write_text(good)
+        ready = reload(d)
+        assert "FAILED" not in ready["STATUS"], ready
+        scrape = d.metrics()
+        assert d.metric("trapd_reloads_total", scrape, result="ok") == 1
+        assert d.metric("trapd_config_last_reload_successful", scrape) == 1
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_bad_trapd_yaml_keeps_everything(tmp_path: Path) -> None:
+    d = TrapdDaemon.start(tmp_path, rules=DOWN_A)
+    try:
+        good = d.config_path.read_text()
+        d.config_path.write_text(good + "mode: sometimes\n")
+        ready = reload(d)
+        assert f"{d.config_path}:" in ready["STATUS"] and "mode" in ready["STATUS"], ready
+        snmp_send("snmptrap", *link_down(d.target(), 6), check=True)
+        logged(d, "A down 6")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_reload_applies_communities_mode_and_log_level(tmp_path: Path) -> None:
+    d = TrapdDaemon.start(tmp_path, rules=DOWN_A)
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 1), check=True)
+        logged(d, "A down 1")
+        d.wait_log("action done")  # info level: logged before the reload
+
+        d.write_config({"listener": {"communities": ["s3cret"]}, "service": {"log": {"level": "warning"}}})
+        reload(d)
+        snmp_send("snmptrap", *link_down(d.target(), 2), check=True)  # community public: now refused
+        snmp_send("snmptrap", *link_down(d.target(), 3, community="s3cret"), check=True)
+        logged(d, "A down 3")
+        time.sleep(0.3)
+        assert not d.logs("A down 2")
+        assert d.wait_metric("trapd_actions_total", 2, plugin="log", outcome="done") == 2
+        scrape = d.metrics()
+        assert d.metric("trapd_notifications_dropped_total", scrape, reason="unknown-community") == 1
+        assert d.metric("trapd_notifications_received_total", scrape) == 2
+        # Level warning: the second action's "action done" (info) is not logged any more.
+        assert len(d.logs("action done")) == 1
+
+        d.write_config({"listener": {"communities": ["s3cret"]}, "mode": "dry-run"})
+        reload(d)
+        snmp_send("snmptrap", *link_down(d.target(), 4, community="s3cret"), check=True)
+        (dry,) = d.wait_log("dry-run: would run")
+        assert dry["rule"] == "port-down"
+        assert not d.logs("A down 4")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+SEQ_RULES = """\
+rules:
+  - name: numbered
+    match:
+      notification: IF-MIB::linkDown
+    actions:
+      - action: log
+        level: warning
+        message: "{prefix} {{{{ varbinds['1.3.6.1.4.1.99999.1.1'].display }}}}"
+        key: "{{{{ varbinds['1.3.6.1.4.1.99999.1.1'].display }}}}"   # one lane per trap: run in parallel
+"""
+SEQ_LINE = re.compile(r"^seq-(a|b) (\d{10})$")
+
+
+def test_no_trap_is_lost_while_reloading(tmp_path: Path) -> None:
+    """2,000 numbered traps at 2,000/s while the rules are swapped five times: every one acted on once."""
+    loadgen = _loadgen()
+    total = 2000
+    messages = loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 1, total)
+    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="seq-a"))
+    try:
+        sender = loadgen.open_sender(*d.address)
+        report: list[object] = []
+        thread = threading.Thread(target=lambda: report.append(loadgen.pace(sender, messages, 2000.0, 10.0)))
+        thread.start()
+        reloads = 0
+        try:
+            time.sleep(0.1)
+            for prefix in ("seq-b", "seq-a", "seq-b", "seq-a", "seq-b"):
+                d.rules_path.write_text(SEQ_RULES.format(prefix=prefix))
+                reload(d)
+                reloads += 1
+                time.sleep(0.1)
+        finally:
+            thread.join(15)
+            sender.close()
+        (sent,) = report
+        assert sent.sent == total and sent.errors == 0, sent  # type: ignore[attr-defined]
+        assert reloads == 5
+
+        assert d.wait_metric("trapd_notifications_received_total", total, timeout=20) == total
+        lines = d.wait_log(lambda e: bool(SEQ_LINE.match(str(e.get("event", "")))), 30, count=total)
+        seqs = sorted(int(SEQ_LINE.match(e["event"]).group(2)) for e in lines)  # type: ignore[union-attr]
+        assert seqs == list(range(1, total + 1))  # each exactly once
+        prefixes = {SEQ_LINE.match(e["event"]).group(1) for e in lines}  # type: ignore[union-attr]
+        assert prefixes == {"a", "b"}  # the swaps happened while traffic flowed
+        scrape = d.metrics()
+        assert d.metric("trapd_reloads_total", scrape, result="ok") == 5
+        assert d.metric("trapd_rule_matches_total", scrape, rule="numbered") == total
+        assert d.metric("trapd_notifications_dropped_total", scrape) == 0
+        assert d.metric("trapd_socket_drops_total", scrape) == 0
+        assert d.stop() == 0
+    finally:
+        d.close()
