@@ -148,6 +148,7 @@ class Daemon:
         # Set in _start(); typed loosely here because their modules import late.
         self.rules: Any = None
         self.listener: Any = None
+        self.limiter: Any = None  # SourceLimiter: listener.rate_limit, with the rules' clearing OIDs
         self.dispatcher: Any = None
         self.journal: Any = None
         self.kea: Any = None
@@ -247,6 +248,7 @@ class Daemon:
         settle_memory()  # after READY=1: datagrams wait in the socket buffer meanwhile
         self._tasks.append(asyncio.create_task(self._reload_loop(), name="trapd-reload"))
         self._tasks.append(asyncio.create_task(self._status_loop(), name="trapd-status"))
+        self._tasks.append(asyncio.create_task(self._kernel_drop_loop(), name="trapd-kernel-drops"))
         await self._stop.wait()
         self.log.info("stopping")
         self.health = Health(False, "stopping")
@@ -259,6 +261,7 @@ class Daemon:
         from trapd.dispatch.dispatcher import Dispatcher
         from trapd.dispatch.journal import open_journal
         from trapd.kea.client import KeaClients
+        from trapd.listener.limits import SourceLimiter
         from trapd.listener.udp import Listener
         from trapd.mibs import MibResolver
         from trapd.normalize import Normalizer
@@ -294,12 +297,14 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._probe_kea(), name="trapd-kea-probe"))
 
         inherited = inherited_sockets()
+        self.limiter = SourceLimiter(cfg.listener.rate_limit, self.rules.clearing_oids)
         self.listener = Listener(
             cfg.listener,
             self._on_notification,
             sockets=inherited,
             bind_config=not inherited or bool(getattr(self.args, "listen", None)),
             state_dir=cfg.state_dir,  # pysnmp's snmpEngineBoots lives here, not in /tmp
+            limiter=self.limiter,
         )
         await self.listener.start()
         await self._start_metrics()
@@ -419,6 +424,11 @@ class Daemon:
         self._apply_logging(config)
         if self.dispatcher is not None:
             self.dispatcher.settings = dict(config.actions)
+        if self.limiter is not None:
+            if config.listener.rate_limit != self.config.listener.rate_limit:
+                self.limiter.configure(config.listener.rate_limit, rules.clearing_oids)
+            else:
+                self.limiter.set_clearing(rules.clearing_oids)
         self.rules = rules
         self.config = config
         self.stats.reloads["ok"] += 1
@@ -460,6 +470,34 @@ class Daemon:
                 self.notifier.status(self._status_line())
         finally:
             await stop_watchdog(watchdog)
+
+    async def _kernel_drop_loop(self) -> None:
+        """Log the datagrams the kernel dropped on trapd's sockets (receive buffer full), per interval.
+
+        The listener counts what it drops itself; these are the ones it never
+        saw, because it fell behind. The metric is trapd_socket_drops_total.
+        """
+        import os
+
+        from trapd.service.metrics import read_socket_queues
+
+        # At most a line a second (tests set a short status interval), at least every 10 s.
+        interval = min(10.0, max(1.0, self.config.service.status_interval))
+        last = -1
+        while True:
+            try:
+                inodes = [os.fstat(s.fileno()).st_ino for s in self._sockets()]
+                total = sum(q.drops for q in read_socket_queues(inodes).values())
+                if last >= 0 and total > last:
+                    self.log.warning(
+                        "receive buffer overflow: datagrams dropped by the kernel",
+                        count=total - last,
+                        seconds=interval,
+                    )
+                last = total
+            except Exception:
+                self.log.exception("reading the kernel's drop counters failed")
+            await asyncio.sleep(interval)
 
     def _status_line(self) -> str:
         from trapd.service.metrics import status_line
