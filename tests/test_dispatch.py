@@ -15,7 +15,8 @@ from trapd.dispatch.config import BreakerConfig, DispatchConfig, GlobalCap, Jour
 from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import HistoryFilter, SQLiteJournal
 from trapd.dispatch.testing import make_event, make_outcome, plan
-from trapd.plugin import ActionContext, ActionSpec, Param, PermanentError, RetryableError, action
+from trapd.params import Param
+from trapd.plugin import ActionContext, ActionSpec, PermanentError, RetryableError, action
 from trapd.rules.outcome import RateCap, RetryPolicy
 
 FAST = DispatchConfig(

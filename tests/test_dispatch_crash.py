@@ -121,13 +121,13 @@ def test_sigkill_loses_nothing_and_repeats_only_running(tmp_path: Path, seed: in
         running_at_kill.update(tag for tag, s in snapshot.items() if s == "running")
         mode = "resume"
     time.sleep(0.1)  # let orphaned `sh` children of the killed process finish their line
-    proc = subprocess.run(
+    last = subprocess.run(
         [sys.executable, str(script), str(journal), str(effects), "finish"],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert last.returncode == 0, last.stderr[-2000:]
     final = states(journal)
     assert set(final.values()) == {"done"}, Counter(final.values())
     seen = Counter(effects.read_text().split())
