@@ -1,8 +1,8 @@
 """Paced SNMP trap load for the listener benchmark, loopback only.
 
-Every message is a linkDown notification shaped like the ones in
-docs of real switches (sysUpTime, snmpTrapOID = IF-MIB::linkDown, ifIndex,
-ifAdminStatus, ifOperStatus, ifDescr) plus one extra varbind,
+Every message is a linkDown notification as a switch sends it (sysUpTime,
+snmpTrapOID = IF-MIB::linkDown, ifIndex, ifAdminStatus, ifOperStatus,
+ifDescr) plus one extra varbind,
 ``1.3.6.1.4.1.99999.1.1``, an OctetString of ten ASCII digits holding the
 message's sequence number. A receiver's output is counted by collecting the
 distinct sequence numbers it shows, so loss is exact and duplicates are seen.
@@ -12,8 +12,8 @@ minimal length, so a growing counter would change the message length and
 every enclosing length. Ten digits never do, which lets v1 / v2c messages be
 encoded once by pysnmp and then patched in place per message.
 
-SNMPv3 authPriv messages cannot be patched: each one has its own msgID, salt
-(and so IV), ciphertext and MAC. They are built here per message with the
+SNMPv3 authPriv messages cannot be patched alone: each one has its own msgID,
+salt (and so IV), ciphertext and MAC. They are built here per message with the
 ``cryptography`` package's AES and the standard library's hmac, following
 RFC 3414 (USM, key localization), RFC 3826 (AES-CFB128) and RFC 7860 (HMAC-SHA-2).
 The sender is the authoritative engine for a trap, so it carries its own fixed
