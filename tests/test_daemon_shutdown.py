@@ -1,0 +1,164 @@
+"""SIGTERM (``systemctl stop``) with actions in flight: running ones finish, queued ones wait in the journal.
+
+The journal is read with ``trapd journal list``, as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_harness import TrapdDaemon, link_down
+from listen_harness import needs_netsnmp, snmp_send
+
+pytestmark = [pytest.mark.integration, needs_netsnmp]
+
+
+def slow_rules(marks: Path, seconds: float) -> str:
+    """linkDown -> a program that notes its start, sleeps, notes its end; one lane per ifIndex.
+
+    How long it sleeps is read from a file when it runs (``marks.delay``): the journal keeps the
+    argv rendered when the trap came, so a re-run can only be made quicker from outside.
+    """
+    delay = marks.with_suffix(".delay")
+    delay.write_text(f"{seconds}\n")
+    script = f"echo start $1 >> {marks}; sleep $(cat {delay}); echo end $1 >> {marks}"
+    return f"""\
+rules:
+  - name: slow
+    match:
+      notification: IF-MIB::linkDown
+    actions:
+      - action: exec
+        argv: [/bin/sh, -c, "{script}", sh, "{{{{ ifIndex }}}}"]
+        timeout: 30s
+        key: "port-{{{{ ifIndex }}}}"
+"""
+
+
+def marks_of(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_marks(path: Path, word: str, count: int, timeout: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [m for m in marks_of(path) if m.startswith(word + " ")]
+        if len(got) >= count or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
+
+
+def journal(d: TrapdDaemon, state: str) -> list[dict[str, Any]]:
+    """``trapd journal list --state STATE --json``, as an operator would look."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trapd",
+            "journal",
+            "--state-dir",
+            str(d.state_dir),
+            "--json",
+            "list",
+            "--state",
+            state,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_running_actions_finish_and_queued_ones_wait_for_the_next_start(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    d = TrapdDaemon.start(
+        tmp_path,
+        rules=slow_rules(marks, 1.0),
+        config={"dispatch": {"workers": 2, "shutdown_timeout": "8s"}},
+    )
+    try:
+        for port in range(1, 7):
+            snmp_send("snmptrap", *link_down(d.target(), port), check=True)
+        started = wait_marks(marks, "start", 2)
+        assert len(started) == 2, marks_of(marks)
+        assert d.wait_metric("trapd_notifications_received_total", 6) == 6
+        time.sleep(0.2)  # the other four are journaled (the submit loop runs between datagrams)
+
+        assert d.notify is not None
+        d.signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        d.notify.wait_for("STOPPING", timeout=5)
+        # While the two finish, /healthz is still served and says trapd is stopping.
+        code, health = d.healthz()
+        assert code == 503 and health["status"] == "stopping", health
+        assert d.wait_exit(20) == 0
+        took = time.monotonic() - t0
+        assert took < 8.0, took  # well inside shutdown_timeout: it waited for the actions, not the deadline
+
+        # The two that were running finished; nothing new started after SIGTERM.
+        assert sorted(wait_marks(marks, "end", 2, 0.1)) == sorted(m.replace("start", "end") for m in started)
+        assert len(marks_of(marks)) == 4
+        done = journal(d, "done")
+        waiting = journal(d, "waiting")
+        assert len(done) == 2 and {e["state"] for e in waiting} == {"pending"} and len(waiting) == 4, waiting
+        assert not journal(d, "running")
+
+        # Next start: the four run, once each.
+        d.launch()
+        d.wait_ready()
+        ends = wait_marks(marks, "end", 6, timeout=15)
+        assert sorted(int(m.split()[1]) for m in ends) == [1, 2, 3, 4, 5, 6]
+        assert sorted(int(m.split()[1]) for m in marks_of(marks) if m.startswith("start")) == [
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+        ]
+        assert d.wait_metric("trapd_actions_total", 4, plugin="exec", outcome="done") == 4
+        assert journal(d, "waiting") == []
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_an_action_past_the_shutdown_timeout_is_stopped_and_runs_again(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    d = TrapdDaemon.start(
+        tmp_path,
+        rules=slow_rules(marks, 30),
+        config={"dispatch": {"workers": 2, "shutdown_timeout": "1s"}},
+    )
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 9), check=True)
+        assert wait_marks(marks, "start", 1) == ["start 9"]
+        t0 = time.monotonic()
+        assert d.stop() == 0
+        assert 0.9 < time.monotonic() - t0 < 6.0
+        d.wait_log("actions still running at shutdown: they will run again")
+        # Its journal row still says running: the next start runs it again (exec is not idempotent,
+        # which is what dispatch.interrupted: hold-unsafe is for).
+        (row,) = journal(d, "running")
+        assert row["action"] == "exec"
+        # The program's process group went with it: no "end" mark appears.
+        time.sleep(0.3)
+        assert marks_of(marks) == ["start 9"]
+
+        marks.with_suffix(".delay").write_text("0\n")
+        d.launch()
+        d.wait_ready()
+        assert wait_marks(marks, "end", 1) == ["end 9"]
+        assert marks_of(marks) == ["start 9", "start 9", "end 9"]
+        assert d.stop() == 0
+    finally:
+        d.close()
