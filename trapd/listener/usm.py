@@ -73,7 +73,7 @@ import hmac
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.decrepit.ciphers.modes import CFB
@@ -188,8 +188,9 @@ class LocalizedUser:
 
     Built once per (user, engine ID) when the configuration is loaded.
     ``cipher`` is the ``cryptography`` algorithm object with the key already
-    set (AES, or single DES as TripleDES with one key); ``des_pre_iv`` is the
-    second half of the DES privacy key as an int, XORed with each salt.
+    set (AES, or single DES as TripleDES with K1 = K2 = K3, which is DES);
+    ``des_pre_iv`` is the second half of the DES privacy key as an int,
+    XORed with each salt.
     """
 
     name: str
@@ -235,7 +236,7 @@ def localized_user(
     if priv == "DES":
         return LocalizedUser(
             user.user, 3, hash_name, mac_length, auth_key, priv,
-            TripleDES(priv_key[:8]), int.from_bytes(priv_key[8:16], "big"),
+            TripleDES(priv_key[:8] * 3), int.from_bytes(priv_key[8:16], "big"),
         )  # fmt: skip
     return LocalizedUser(user.user, 3, hash_name, mac_length, auth_key, priv, algorithms.AES(priv_key))
 
@@ -299,8 +300,12 @@ class UsmFastPath:
     configuration reload.
 
     ``accepted`` counts traps handled; ``declined`` counts messages handed
-    back by reason (a slug), for benchmarks and tests.
+    back by reason (a slug), for benchmarks and tests. ``Refused`` is the
+    exception class, so a caller can catch it without importing this module
+    (and ``cryptography``) when no v3 user is configured.
     """
+
+    Refused: ClassVar[type[Refused]] = Refused
 
     def __init__(
         self,
