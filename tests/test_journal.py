@@ -255,3 +255,13 @@ async def test_claim_waits_for_earlier_actions_of_its_key(journal: SQLiteJournal
     late = await journal.add(ev, [entry(key="C")], [], now)
     assert (await journal.claim(late.ids[0], now)).outcome == "running"  # a delayed one not yet due: no wait
     assert (await journal.claim(c1, now + 10)).outcome == "running"
+
+
+async def test_new_file_is_not_world_readable(tmp_path: Path) -> None:
+    async with SQLiteJournal(tmp_path / "fresh.sqlite") as j:
+        await j.add(make_event().to_dict(), [entry()], [], time.time())
+        assert await j.prune(time.time(), time.time()) == 0  # incremental vacuum runs inside the batch
+    assert (tmp_path / "fresh.sqlite").stat().st_mode & 0o777 == 0o640
+    conn = sqlite3.connect(tmp_path / "fresh.sqlite")
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    conn.close()

@@ -177,6 +177,8 @@ async def _list(journal: Any, args: argparse.Namespace) -> int:
     entries = await journal.history(HistoryFilter(states=states, limit=args.limit))
     entries.sort(key=lambda e: e.id)
     _print_entries(entries, args)
+    if len(entries) == args.limit and not args.json:
+        print(f"(the newest {args.limit} shown; --limit N for more)")
     return 0
 
 

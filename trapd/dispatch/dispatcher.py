@@ -250,7 +250,9 @@ class Dispatcher:
 
         Returning means durable: an inform may be acknowledged now. Raises
         :data:`DispatchOverloaded` at once, rather than waiting, when the
-        journal is too far behind; nothing of the outcome is journaled then.
+        journal is too far behind, and :class:`JournalError` when it cannot
+        commit (disk full, unwritable file); nothing of the outcome is
+        journaled then, and the caller counts and logs the loss.
         """
         if not outcome.planned and not outcome.cancels:
             return []
@@ -716,6 +718,11 @@ class Dispatcher:
         # The key's head is settled: the actions queued behind it in the journal may load now.
         if key in self._blocking:
             self._blocking.discard(key)
+            self._backlog = True
+        elif len(self._blocking) > 10_000:
+            # Keys whose actions all ended elsewhere (cancelled by an operator) would stay here:
+            # forget them all; one extra look at the journal finds whatever they were blocking.
+            self._blocking.clear()
             self._backlog = True
 
     def _answered(self, endpoint: Any) -> None:

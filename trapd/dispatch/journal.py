@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -782,6 +783,7 @@ def _op_prune(conn: sqlite3.Connection, before: float, now: float) -> int:
     n = cur.rowcount
     conn.execute("DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM actions a WHERE a.event_id = events.id)")
     conn.execute("DELETE FROM cap_hits WHERE expires < ?", (now,))
+    conn.execute("PRAGMA incremental_vacuum(2000)")  # up to 2000 free pages back to the disk per prune
     return n
 
 
@@ -877,10 +879,20 @@ class SQLiteJournal:
     # -- the writer thread
 
     def _connect(self) -> sqlite3.Connection:
+        new = not self.path.exists()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        if new:
+            # Rendered parameters may hold credentials (a webhook's headers): not world-readable.
+            # SQLite gives the -wal and -shm files the same mode.
+            os.chmod(self.path, 0o640)
+            # Pruned pages go back to the file system a little at a time (see _op_prune);
+            # only possible when set before the first table exists.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
         conn.execute("PRAGMA busy_timeout = 10000")
+        # After a checkpoint the WAL file is cut back to this, so a storm does not leave a huge file.
+        conn.execute("PRAGMA journal_size_limit = 67108864")
         return conn
 
     def _writer(self, ready: asyncio.Future[None]) -> None:
