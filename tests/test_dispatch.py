@@ -440,3 +440,18 @@ async def test_a_probe_that_does_not_run_leaves_the_breaker_usable(make: Any, re
     await d.submit(make_event(), make_outcome(rec_plan("after:x", server="kea1")))
     await wait_for(lambda: "after:x" in rec.done_tags())
     await wait_for(lambda: d.breakers["kea1"].state == "closed")
+
+
+async def test_submit_many_keeps_order_and_shares_commits(
+    make: Any, rec: Recorder, journal: SQLiteJournal
+) -> None:
+    d = await make(start=False)
+    items = [(make_event(), make_outcome(rec_plan(f"k:{i}"))) for i in range(50)]
+    commits = journal.commits
+    results = await d.submit_many(items)
+    assert journal.commits - commits < 10  # 50 outcomes, a few group commits
+    ids = [int(r[0]) for r in results if isinstance(r, list)]
+    assert ids == sorted(ids) and len(ids) == 50  # journal order is the order given
+    await d.start()
+    await wait_for(lambda: len(rec.done_tags()) == 50)
+    assert rec.done_tags() == [f"k:{i}" for i in range(50)]

@@ -326,6 +326,20 @@ class Dispatcher:
                 self._wake.set()
         return [str(i) for i in res.ids]
 
+    async def submit_many(self, items: Sequence[tuple[Event, Outcome]]) -> list[list[str] | BaseException]:
+        """Submit several outcomes at once, in order; they share group commits.
+
+        Awaiting :meth:`submit` one outcome at a time costs a commit round trip
+        each; a receive path with a queue of outcomes should drain it in
+        chunks through here. Per item: its ids, or the exception its submit
+        raised (DispatchOverloaded, JournalError); one failing item does not
+        affect the others. Journal order (and so per-key order) is the order
+        of ``items``.
+        """
+        # Each submit queues its journal write before the next one starts, so order is kept.
+        results = await asyncio.gather(*(self.submit(e, o) for e, o in items), return_exceptions=True)
+        return list(results)
+
     def _plan(self, event: Event, pa: PlannedAction, now: float) -> NewEntry:
         spec = self.actions.get(pa.action)
         d = self.config.retry
