@@ -1,0 +1,80 @@
+"""A real Kea stopped for a while: deletions wait behind the circuit breaker and all complete once it is back.
+
+No attempt is wasted on a dead endpoint beyond the breaker's threshold and
+its probes, none of the queued actions is lost or dead, and the leases are
+gone afterwards (checked in Kea itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trapd.dispatch.config import BreakerConfig, DispatchConfig, JournalConfig, RetryDefaults
+from trapd.dispatch.dispatcher import Dispatcher
+from trapd.dispatch.journal import HistoryFilter, SQLiteJournal
+from trapd.dispatch.testing import make_event, make_outcome, plan
+from trapd.kea.client import KeaClients
+from trapd.kea.config import KeaConfig
+from trapd.plugin import load_actions
+from trapd.yamlsource import load_yaml
+
+pytestmark = pytest.mark.integration
+
+CONFIG = DispatchConfig(
+    workers=4,
+    shutdown_timeout=1.0,
+    journal=JournalConfig(poll_interval=0.05),
+    retry=RetryDefaults(max_attempts=100, max_age=120.0, backoff=0.05, max_backoff=0.2, jitter=0.2),
+    breaker=BreakerConfig(failures=3, cool_down=0.3, max_cool_down=0.6),
+)
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_kea_down_then_back(kea_factory: Callable[..., Any], tmp_path: Path) -> None:
+    inst = kea_factory(dhcp6=False, ca=False)
+    ips = [inst.next_ip4() for _ in range(8)]
+    for i, ip in enumerate(ips):
+        inst.add_lease4(ip, f"00:00:5e:00:53:{i:02x}")
+    kea_config = KeaConfig.from_yaml(load_yaml(yaml.safe_dump(inst.trapd_kea_section())), tmp_path)
+    clients = KeaClients(kea_config)
+    actions, _ = load_actions()
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        d = Dispatcher(CONFIG, journal, actions, clients)
+        await d.start()
+        try:
+            inst.stop(["kea-dhcp4"])  # Kea is down: its control socket is gone
+            for ip in ips:
+                await d.submit(make_event(), make_outcome(plan("kea.lease-del", {"ip-address": ip}, key=ip)))
+            await wait_for(lambda: any(b.state != "closed" for b in d.breakers.values()))
+            await asyncio.sleep(1.0)
+            retries = d.stats.outcomes[("kea.lease-del", "retry")]
+            # Without the breaker: 8 actions retrying every <= 0.2 s for 1 s, some 40+ attempts.
+            assert retries < 25, retries
+            assert d.stats.outcomes[("kea.lease-del", "deferred")] > 0
+            assert d.stats.outcomes[("kea.lease-del", "dead")] == 0
+
+            inst.spawn("kea-dhcp4")
+            inst.wait_ready()
+            await wait_for(lambda: d.stats.outcomes[("kea.lease-del", "done")] == len(ips))
+            assert all(b.state == "closed" for b in d.breakers.values())
+        finally:
+            await d.stop()
+            await clients.aclose()
+        done = await journal.history(HistoryFilter(action="kea.lease-del"))
+        assert sorted(e.state for e in done) == ["done"] * len(ips)
+        assert {e.ip for e in done} == set(ips)  # searchable by the lease's address
+    for ip in ips:
+        assert inst.lease4(ip) is None  # the effect, in Kea itself
