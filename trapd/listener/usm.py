@@ -445,15 +445,19 @@ class UsmFastPath:
             raise _Decline(f"scoped-pdu-{exc.reason}") from None
         if tag != _PDU_V2_TRAP:
             raise _Decline("not-a-trap")
-        # SNMPv2-Trap-PDU: request-id, error-status, error-index, VarBindList
-        a, p = expect(scoped, pdu_start, pdu_end, TAG_INTEGER)
-        request_id = decode_integer(scoped, a, p, INT32_MIN, INT32_MAX)
-        if scoped[p : p + 6] != _ZERO_ERROR_FIELDS:
-            raise _Decline("error-fields")  # pysnmp has opinions on odd ones: let it decide
-        vb_start, vb_end = expect(scoped, p + 6, pdu_end, TAG_SEQUENCE)
-        if vb_end != pdu_end:
-            raise _Decline("pdu-trailing-bytes")
-        varbinds = decode_varbinds(scoped, vb_start, vb_end, False)
+        try:
+            # SNMPv2-Trap-PDU: request-id, error-status, error-index, VarBindList
+            a, p = expect(scoped, pdu_start, pdu_end, TAG_INTEGER)
+            request_id = decode_integer(scoped, a, p, INT32_MIN, INT32_MAX)
+            if scoped[p : p + 6] != _ZERO_ERROR_FIELDS:
+                raise _Decline("error-fields")  # pysnmp has opinions on odd ones: let it decide
+            vb_start, vb_end = expect(scoped, p + 6, pdu_end, TAG_SEQUENCE)
+            if vb_end != pdu_end:
+                raise _Decline("pdu-trailing-bytes")
+            varbinds = decode_varbinds(scoped, vb_start, vb_end, False)
+        except Rejected as exc:
+            # Authentic, but a shape the fast decoder refuses: pysnmp gets the final say.
+            raise _Decline(f"varbinds-{exc.reason}") from None
 
         if level > 1:
             if timeline is None:
