@@ -1,0 +1,119 @@
+"""The fast USM path inside the Listener: which v3 datagrams it takes, what pysnmp still gets, the counts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from usm_support import craft, link_down_varbinds, scoped_pdu, trap_pdu, user
+
+from trapd.listener import Listener, ListenerConfig, RawNotification
+from trapd.listener.config import ListenAddress
+from trapd.listener.usm import localized_user
+
+SENDER = bytes.fromhex("8000000001020304")
+OTHER = bytes.fromhex("80000000010a0b0c")
+TRAPD = bytes.fromhex("80004fb805aabbccddeeff0011")
+PRIV = user("privuser", "SHA-256", "AES-128", [SENDER])
+ANY = user("anyengine", "SHA", "AES-128")
+SCOPED = scoped_pdu(trap_pdu(link_down_varbinds()), SENDER, b"ctx")
+PEER = ("127.0.0.1", 40000)
+
+
+def config(*users: Any) -> ListenerConfig:
+    return ListenerConfig(listen=(ListenAddress("127.0.0.1", 0),), v3_users=users, engine_id=TRAPD)
+
+
+class Harness:
+    def __init__(self, listener: Listener, got: list[RawNotification]) -> None:
+        self.listener = listener
+        self.got = got
+        self.replies: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.listener.handle_datagram(data, PEER, lambda d, a: self.replies.append(d))
+
+    @property
+    def fast(self) -> Any:
+        return self.listener._usm
+
+
+@pytest.fixture
+async def trapd() -> AsyncIterator[Harness]:
+    got: list[RawNotification] = []
+    async with Listener(config(PRIV, ANY), got.append) as listener:
+        yield Harness(listener, got)
+
+
+async def test_traps_from_bound_engines_take_the_fast_path(trapd: Harness) -> None:
+    k = localized_user(PRIV, SENDER)
+    for i in range(5):
+        trapd.send(craft(k, SENDER, b"privuser", SCOPED, etime=1000 + i, msg_id=i))
+    assert [r.security.user for r in trapd.got] == ["privuser"] * 5
+    assert trapd.got[0].security.context_name == "ctx" and trapd.got[0].security.engine_id == SENDER.hex()
+    assert trapd.fast.accepted == 5
+    assert dict(trapd.listener.stats.received) == {"v3": 5} and not trapd.listener.stats.dropped
+
+
+async def test_refusals_are_counted_by_reason(trapd: Harness) -> None:
+    k = localized_user(PRIV, SENDER)
+    good = craft(k, SENDER, b"privuser", SCOPED, etime=5000)
+    wrong_auth = localized_user(
+        user("privuser", "SHA-256", "AES-128", [SENDER], auth_key="guessed-key"), SENDER
+    )
+    wrong_priv = localized_user(
+        user("privuser", "SHA-256", "AES-128", [SENDER], priv_key="guessed-key"), SENDER
+    )
+    wrong_priv = type(k)(k.name, 3, k.hash_name, k.mac_length, k.auth_key, "AES-128", wrong_priv.cipher)
+    no_priv = localized_user(user("privuser", "SHA-256", "none", [SENDER]), SENDER)
+    trapd.send(good)
+    trapd.send(good)  # replay
+    trapd.send(craft(wrong_auth, SENDER, b"privuser", SCOPED))
+    trapd.send(craft(wrong_priv, SENDER, b"privuser", SCOPED, etime=5001))
+    trapd.send(craft(no_priv, SENDER, b"privuser", SCOPED))
+    trapd.send(craft(k, SENDER, b"privuser", SCOPED, etime=100))  # 4,900 s before the latest
+    stats = trapd.listener.stats
+    assert len(trapd.got) == 1
+    assert dict(stats.dropped) == {
+        "not-in-time-window": 2,
+        "wrong-digest": 1,
+        "decryption-error": 1,
+        "unsupported-security-level": 1,
+    }
+    assert stats.dropped_detail[("not-in-time-window", "replayed")] == 1
+    assert stats.dropped_detail[("not-in-time-window", "old-time")] == 1
+    assert trapd.replies == []  # traps are never answered
+
+
+async def test_what_the_fast_path_declines_still_reaches_pysnmp(trapd: Harness) -> None:
+    k_other = localized_user(PRIV, OTHER)
+    trapd.send(craft(k_other, OTHER, b"privuser", SCOPED))  # engine the user is not bound to
+    nobody = localized_user(user("nobody", "SHA", "AES-128"), SENDER)
+    trapd.send(craft(nobody, SENDER, b"nobody", SCOPED))  # unknown user
+    k_any = localized_user(ANY, OTHER)
+    trapd.send(craft(k_any, OTHER, b"anyengine", SCOPED))  # any-engine user: V3Receiver learns
+    stats = trapd.listener.stats
+    assert dict(stats.dropped) == {"unknown-engine-id": 1, "unknown-user": 1}
+    assert [r.security.user for r in trapd.got] == ["anyengine"]
+    assert trapd.fast.accepted == 0 and trapd.fast.declined["not-bound"] == 3
+    # an inform to trapd's engine: pysnmp answers it (a Response through the same reply path)
+    k_trapd = localized_user(PRIV, TRAPD)
+    inform = craft(
+        k_trapd, TRAPD, b"privuser", scoped_pdu(trap_pdu(link_down_varbinds(), tag="inform")), flags=7
+    )
+    trapd.send(inform)
+    assert trapd.replies, "pysnmp did not answer the inform (a report or a response)"
+
+
+async def test_reload_keeps_sender_time_notions() -> None:
+    got: list[RawNotification] = []
+    async with Listener(config(PRIV), got.append) as listener:
+        data = craft(localized_user(PRIV, SENDER), SENDER, b"privuser", SCOPED, etime=9000)
+        listener.handle_datagram(data, PEER, lambda d, a: None)
+        listener.update_config(config(PRIV, ANY))  # users changed: receivers rebuilt
+        listener.handle_datagram(data, PEER, lambda d, a: None)
+        assert len(got) == 1
+        assert listener.stats.dropped_detail[("not-in-time-window", "replayed")] == 1
+        listener.update_config(config())
+        assert listener._usm is None and listener._v3 is None
