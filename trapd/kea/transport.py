@@ -20,7 +20,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
 import ssl
 import time
 from typing import Any, Protocol
@@ -70,12 +69,69 @@ class _NoAnswer(Exception):
     pass
 
 
+class _OneAnswer(asyncio.Protocol):
+    """Collects Kea's one JSON object; resolves ``answer`` as soon as it is complete.
+
+    Kea closes right after answering, but waiting for that EOF costs another
+    trip through the event loop, so the answer counts as soon as the bytes so
+    far parse. At EOF whatever arrived is handed over as bytes for the caller
+    to decode (and to report when it is not JSON).
+    """
+
+    def __init__(self, answer: asyncio.Future[Any]) -> None:
+        self.answer = answer
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.transport: asyncio.BaseTransport | None = None
+        self.connecting = True
+        self.expired = False
+
+    def expire(self, task: asyncio.Task[Any] | None) -> None:
+        """The command's time is up: fail the answer, or stop the connect still under way."""
+        if self.answer.done():
+            return
+        self.expired = True
+        self.answer.set_exception(TimeoutError())
+        if self.connecting and task is not None:
+            task.cancel()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer.done():
+            return
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > MAX_ANSWER:
+            self.answer.set_exception(OSError(f"answer larger than {MAX_ANSWER} bytes"))
+        elif data.rstrip().endswith(b"}"):
+            value = _parse_if_complete(b"".join(self.chunks))
+            if value is _INCOMPLETE:
+                return
+            self.answer.set_result(value)
+        else:
+            return
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.answer.done():
+            return
+        if self.chunks:
+            self.answer.set_result(b"".join(self.chunks))
+        else:
+            self.answer.set_exception(exc or _NoAnswer())
+
+
 class UnixTransport:
     """Kea's unix control socket: one command per connection, one JSON object back.
 
     Kea answers exactly one object and closes; a second command on the same
     connection would be ignored, so nothing is reused. ``max_in_flight``
-    bounds how many connections are open at once.
+    bounds how many connections are open at once. A protocol on the event
+    loop's own transport (rather than asyncio streams or the loop's sock_*
+    calls) measured the least CPU per command: about half the streams' cost.
     """
 
     def __init__(self, cfg: EndpointConfig) -> None:
@@ -88,8 +144,7 @@ class UnixTransport:
     async def exchange(self, body: bytes, command: str) -> Any:
         async with self._slots:
             try:
-                async with asyncio.timeout(self.timeout):
-                    return await self._roundtrip(body, command)
+                answer = await self._roundtrip(body)
             except TimeoutError:
                 raise KeaTimeoutError(
                     f"no answer within {self.timeout:g}s on {self.path}", self.name, command
@@ -117,36 +172,37 @@ class UnixTransport:
                 ) from None
             except OSError as exc:
                 raise KeaUnavailableError(f"{self.path}: {exc.strerror or exc}", self.name, command) from None
+        if isinstance(answer, bytes):
+            return _decode(answer, self.name, command)
+        return answer
 
-    async def _roundtrip(self, body: bytes, command: str) -> Any:
-        # The loop's socket calls, not asyncio streams: measured twice as fast
-        # per command here, and a connection lives for one command anyway.
+    async def _roundtrip(self, body: bytes) -> Any:
+        # One timer per command instead of asyncio.timeout(): the same effect
+        # for a fraction of the cost (measured ~20 us less per command, a
+        # good part of the client's whole overhead on the unix socket).
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        answer: asyncio.Future[Any] = loop.create_future()
+        protocol = _OneAnswer(answer)
+        task = asyncio.current_task()
+        timer = loop.call_later(self.timeout, protocol.expire, task)
         try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, self.path)
-            await loop.sock_sendall(sock, body)
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := await loop.sock_recv(sock, 65536):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_ANSWER:
-                    raise OSError(f"answer larger than {MAX_ANSWER} bytes")
-                # Kea closes right after its one answer, but waiting for that EOF
-                # costs another trip through the event loop: stop as soon as the
-                # bytes so far form a complete JSON object.
-                if chunk.rstrip().endswith(b"}"):
-                    answer = _parse_if_complete(b"".join(chunks))
-                    if answer is not _INCOMPLETE:
-                        return answer
-            data = b"".join(chunks)
-            if not data:
-                raise _NoAnswer()
-            return _decode(data, self.name, command)
+            try:
+                transport, _ = await loop.create_unix_connection(lambda: protocol, self.path)
+            except asyncio.CancelledError:
+                if protocol.expired and task is not None:
+                    task.uncancel()
+                    if protocol.transport is not None:
+                        protocol.transport.close()
+                    raise TimeoutError from None
+                raise
+            protocol.connecting = False
+            try:
+                transport.write(body)
+                return await answer
+            finally:
+                transport.close()
         finally:
-            sock.close()
+            timer.cancel()
 
     async def aclose(self) -> None:
         return None
