@@ -75,7 +75,7 @@ def test_show_masks_secret_parameters(state_dir: Path, capsys: pytest.CaptureFix
     assert rc == 0
     assert "s3cr3t" not in out and '"headers": "***"' in out
     assert '"source": "10.20.1.5"' in out  # the event that caused it
-    rc, out = run(capsys, "journal", "--state-dir", str(state_dir), "--json", "show", "4")
+    rc, out = run(capsys, "journal", "show", "4", "--json", "--state-dir", str(state_dir))  # options after
     d = json.loads(out)
     assert (
         d["params"]["headers"] == "***"

@@ -82,6 +82,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     hist.add_argument("--until", help="before this time")
     hist.add_argument("--limit", type=int, default=100)
 
+    # The common options work after the subcommand too: `trapd journal history --json`.
+    for sp in (ls, show, rel, hist, *(sub.choices[n] for n in ("retry", "cancel"))):
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+        sp.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sp.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sp.add_argument("--journal", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
 
 def main(args: argparse.Namespace) -> int:
     import asyncio
