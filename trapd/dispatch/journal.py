@@ -515,7 +515,7 @@ def _op_add(
                 now if final else None,
                 e.cancel_key,
                 e.once_key,
-                _dumps([c.to_json() for c in e.caps]),
+                _dumps([c.to_json() for c in e.caps]) if e.caps else "[]",
                 e.mac,
                 e.ip,
                 _dumps(e.item) if e.item is not None else None,
@@ -592,23 +592,21 @@ def _op_next_due(conn: sqlite3.Connection, now: float) -> float | None:
 
 
 def _op_claim(conn: sqlite3.Connection, id_: int, now: float) -> ClaimResult:
+    # Per-key order is decided here, against the journal, not by what happens to be in memory:
+    # an earlier action with the same key that is due, retrying or running goes first.
     row = conn.execute(
-        "SELECT state, attempts, cap_exempt, caps FROM actions WHERE id = ?", (id_,)
+        "SELECT a.state, a.attempts, a.cap_exempt, a.caps, EXISTS (SELECT 1 FROM actions b "
+        "WHERE b.key = a.key AND b.id < a.id AND (b.state IN ('pending', 'failed', 'running') "
+        "OR (b.state = 'scheduled' AND b.due <= :now))) FROM actions a WHERE a.id = :id",
+        {"id": id_, "now": now},
     ).fetchone()
     if row is None or row[0] not in ACTIVE:
         return ClaimResult("gone")
-    _state, attempts, exempt, caps_json = row
-    # Per-key order is decided here, against the journal, not by what happens to be in memory:
-    # an earlier action with the same key that is due, retrying or running goes first.
-    earlier = conn.execute(
-        "SELECT 1 FROM actions WHERE key = (SELECT key FROM actions WHERE id = :id) AND id < :id AND ("
-        "state IN ('pending', 'failed', 'running') OR (state = 'scheduled' AND due <= :now)) LIMIT 1",
-        {"id": id_, "now": now},
-    ).fetchone()
-    if earlier is not None:
+    _state, attempts, exempt, caps_json, earlier = row
+    if earlier:
         return ClaimResult("wait", None, attempts)
     # Caps count starts, not attempts: a retry of an action already counted passes.
-    if attempts == 0 and not exempt:
+    if attempts == 0 and not exempt and caps_json != "[]":
         caps = [CapCheck.from_json(c) for c in json.loads(caps_json)]
         for c in caps:
             (n,) = conn.execute(
