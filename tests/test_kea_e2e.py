@@ -7,6 +7,7 @@ Agent.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def rai(circuit: bytes, remote: bytes) -> dict[str, object]:
     return {"ISC": {"relay-agent-info": "0x" + subs.hex().upper()}}
 
 
+def trap(d: TrapdDaemon, *varbinds: str) -> subprocess.CompletedProcess[str]:
+    """A v2c linkDown with these varbinds, sent by net-snmp's snmptrap."""
+    result: subprocess.CompletedProcess[str] = snmp_send(
+        "snmptrap", "-v", "2c", "-c", "public", d.target(), "", LINK_DOWN, *varbinds
+    )
+    return result
+
+
 def wait_gone(kea: KeaInstance, ips: list[str], timeout: float = 10.0) -> list[str]:
     """The addresses that still have a lease after waiting up to ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -73,12 +82,10 @@ def test_trap_deletes_leases_through_unix_and_control_agent(kea: KeaInstance, tm
 
     d = TrapdDaemon.start(tmp_path / "trapd", rules=RULES, config={"kea": kea.trapd_kea_section()})
     try:
-        r = snmp_send("snmptrap", "-v", "2c", "-c", "public", d.target(), "", LINK_DOWN,
-                      f"{IF_INDEX}.7", "i", "7", f"{IF_DESCR}.7", "s", "Gi1/0/7")  # fmt: skip
+        r = trap(d, f"{IF_INDEX}.7", "i", "7", f"{IF_DESCR}.7", "s", "Gi1/0/7")
         assert r.returncode == 0, r.stderr
         assert wait_gone(kea, port_leases) == []
-        r = snmp_send("snmptrap", "-v", "2c", "-c", "public", d.target(), "", LINK_DOWN,
-                      f"{IF_INDEX}.8", "i", "8", f"{IF_PHYS_ADDRESS}.8", "x", mac.replace(":", ""))  # fmt: skip
+        r = trap(d, f"{IF_INDEX}.8", "i", "8", f"{IF_PHYS_ADDRESS}.8", "x", mac.replace(":", ""))
         assert r.returncode == 0, r.stderr
         assert wait_gone(kea, mac_leases) == []
         assert kea.lease4(other_port) is not None  # another port's client keeps its lease
