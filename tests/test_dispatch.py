@@ -455,3 +455,14 @@ async def test_submit_many_keeps_order_and_shares_commits(
     await d.start()
     await wait_for(lambda: len(rec.done_tags()) == 50)
     assert rec.done_tags() == [f"k:{i}" for i in range(50)]
+
+
+async def test_action_timeout_counts_as_a_failure(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
+    d = await make(replace(FAST, action_timeout=0.1))
+    ids = await d.submit(
+        make_event(), make_outcome(rec_plan("stuck", sleep=5, retry=RetryPolicy(max_attempts=2)))
+    )
+    await wait_for(lambda: d.stats.outcomes[("rec", "dead")] == 1)
+    assert len(rec.calls) == 2  # retried once, then given up
+    e = await journal.get(int(ids[0]))
+    assert e is not None and "gave up after 2 attempts: timed out after 0.1s" in (e.last_error or "")

@@ -639,10 +639,12 @@ class Dispatcher:
         try:
             result = await asyncio.wait_for(spec.run(dict(job.params), ctx), self.config.action_timeout)
         except PermanentError as exc:
-            self._answered(getattr(exc, "endpoint", None))
+            answered = getattr(exc, "endpoint", None)
+            if isinstance(answered, str) and answered:
+                await self._answered_async(answered)  # it refused, so it is up
             await self._dead(job, log, f"permanent error: {exc}", time.time(), attempt)
         except Exception as exc:
-            await self._failed(job, log, exc, attempt, endpoint)
+            await self._failed(job, log, exc, attempt, now)
         else:
             done = time.time()
             try:
@@ -657,9 +659,9 @@ class Dispatcher:
                 await self._answered_async(endpoint)
             self._done_blocking(job.key)
 
-    async def _failed(self, job: _Job, log: Any, exc: Exception, attempt: int, predicted: str | None) -> None:
+    async def _failed(self, job: _Job, log: Any, exc: Exception, attempt: int, started: float) -> None:
         now = time.time()
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) and now - started >= self.config.action_timeout:
             reason = f"timed out after {self.config.action_timeout:g}s"
         elif isinstance(exc, ActionError):
             reason = str(exc) or type(exc).__name__
@@ -738,10 +740,6 @@ class Dispatcher:
             # forget them all; one extra look at the journal finds whatever they were blocking.
             self._blocking.clear()
             self._backlog = True
-
-    def _answered(self, endpoint: Any) -> None:
-        if isinstance(endpoint, str) and endpoint in self.breakers:
-            asyncio.get_running_loop().create_task(self._answered_async(endpoint))
 
     async def _answered_async(self, endpoint: str) -> None:
         breaker = self.breakers.get(endpoint)
