@@ -26,6 +26,7 @@ from trapd.config import DEFAULT_CONFIG, Config, load_config
 from trapd.event import Event
 from trapd.listener.config import parse_listen
 from trapd.listener.raw import RawNotification
+from trapd.listener.stats import DropLog
 from trapd.rules.outcome import Outcome
 from trapd.secrets import Secret
 from trapd.yamlsource import ConfigError
@@ -141,6 +142,10 @@ class Daemon:
         self.log = get_logger("trapd")
         self.notifier = Notifier()
         self.stats = PipelineStats()
+        # In a storm, one line per interval with the count, not one per lost outcome.
+        self._loss_log = DropLog(
+            lambda _event, fields: self.log.error("matched outcomes lost: dispatch backlog full", **fields)
+        )
         self.health = Health(False, "starting")
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -196,9 +201,7 @@ class Daemon:
                 self._submit_queue.put_nowait((event, outcome))
             except asyncio.QueueFull:
                 self.stats.submit_overflow += 1
-                self.log.error(
-                    "dispatch backlog full: outcome lost", event_id=event.id, rules=outcome.matched
-                )
+                self._loss_log.note("dispatch-backlog-full", ",".join(outcome.matched), event.source)
 
     async def _submit_loop(self) -> None:
         """Hand outcomes to the dispatcher (which journals them before anything runs).
@@ -222,9 +225,7 @@ class Daemon:
             for (event, outcome), result in zip(batch, results, strict=True):
                 if isinstance(result, DispatchOverloaded):
                     self.stats.submit_overflow += 1
-                    self.log.error(
-                        "journal overloaded: outcome lost", event_id=event.id, rules=outcome.matched
-                    )
+                    self._loss_log.note("journal-overloaded", ",".join(outcome.matched), event.source)
                 elif isinstance(result, BaseException):
                     self.stats.errors["submit"] += 1
                     self.log.error("dispatch failed", event_id=event.id, error=repr(result))
@@ -514,6 +515,7 @@ class Daemon:
                 last = total
             except Exception:
                 self.log.exception("reading the kernel's drop counters failed")
+            self._loss_log.flush()
             await asyncio.sleep(interval)
 
     def _status_line(self) -> str:
@@ -542,6 +544,7 @@ class Daemon:
             kea_up=dict(self._kea_up),
             reloads=dict(self.stats.reloads),
             last_reload_ok=self._reload_error is None,
+            outcomes_lost=self.stats.submit_overflow,
         )
 
 

@@ -38,6 +38,7 @@ trapd_socket_drops_total                       counter    socket; trapd's own so
 trapd_socket_receive_queue_bytes               gauge      socket; bytes waiting to be read
 trapd_rule_matches_total                       counter    rule
 trapd_events_unmatched_total                   counter
+trapd_outcomes_lost_total                      counter    matched, but the dispatch backlog was full
 trapd_actions_total                            counter    plugin, outcome
 trapd_action_latency_seconds                   histogram  from notification received to action done
 trapd_journal_entries                          gauge      state (pending, scheduled, held, dead)
@@ -131,6 +132,8 @@ class DaemonSnapshot:
     kea_up: Mapping[str, bool] = field(default_factory=dict)
     reloads: Mapping[str, int] = field(default_factory=dict)
     last_reload_ok: bool = True
+    # Matched outcomes that never reached the journal: the daemon's queue or the journal was full.
+    outcomes_lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +224,11 @@ class TrapdCollector:
         yield detail
         yield _counter_by("trapd_rule_matches", "Events matched, by rule.", "rule", snap.matched)
         yield CounterMetricFamily("trapd_events_unmatched", "Events no rule matched.", value=snap.unmatched)
+        yield CounterMetricFamily(
+            "trapd_outcomes_lost",
+            "Matched events whose actions were not journaled: the dispatch backlog was full (a storm).",
+            value=snap.outcomes_lost,
+        )
         actions = CounterMetricFamily(
             "trapd_actions", "Actions finished, by plugin and outcome.", labels=["plugin", "outcome"]
         )
