@@ -49,6 +49,9 @@ async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     command = params["command"]
     if not command or any(c.isspace() for c in command):
         raise PermanentError(f"not a Kea command name: {command!r}")
+    service = params.get("service")
+    if service is not None and len(service) != 1:
+        raise PermanentError("service: one service per action (the answer of exactly one server is recorded)")
     kea = client_for(params, ctx, params.get("family"))
     r = await kea.command(
         command, params.get("arguments"), accept=tuple(params["accept"]), service=params.get("service")

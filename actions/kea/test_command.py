@@ -69,3 +69,16 @@ async def test_unknown_command_is_permanent(ctx: ActionContext) -> None:
 async def test_bad_arguments_are_permanent(ctx: ActionContext) -> None:
     with pytest.raises(PermanentError, match="update-ddns"):
         await run(ctx, command="lease4-del", arguments={"ip-address": "10.1.0.1", "update-ddns": "yes"})
+
+
+async def test_service_override_through_the_agent(kea: KeaInstance) -> None:
+    clients = make_kea_clients(kea.trapd_kea_section(default_transport="ca"))
+    c = make_action_context(clients)
+    result = await run(c, command="status-get", service=["dhcp6"])  # a v4 endpoint, asked for dhcp6
+    assert result["result"] == 0 and "pid" in result["arguments"]
+    with pytest.raises(KeaCommandError, match="forwarding socket is not configured for the server type d2"):
+        await run(c, command="status-get", service=["d2"])
+    with pytest.raises(PermanentError, match="one service per action"):
+        await run(c, command="status-get", service=["dhcp4", "dhcp6"])
+    await clients.aclose()
+    await c.http.aclose()

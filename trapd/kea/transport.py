@@ -243,7 +243,9 @@ class HttpTransport:
     used idle connection or opens one. Kea closes connections idle for 30 s:
     idle ones older than ``idle_timeout`` are dropped before use, and if a
     reused connection turns out closed before any answer byte arrived, the
-    request goes once more over a fresh connection (Kea never saw it).
+    request goes once more over a fresh connection. That is Kea's idle close
+    racing our send, so Kea never saw the request; only a Kea that dies
+    between executing a command and answering it could see it twice.
     ``timeout`` covers the whole exchange including connecting.
     """
 
