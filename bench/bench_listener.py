@@ -89,25 +89,38 @@ def machine_info() -> dict[str, Any]:
         out = subprocess.run(["snmptrapd", "--version"], capture_output=True, text=True, timeout=5)
         m = re.search(r"NET-SNMP Version:\s*(\S+)", out.stdout + out.stderr)
         snmptrapd = m.group(1) if m else ""
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "-C", str(BENCH_DIR), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
         "snmptrapd": snmptrapd,
-        "trapd_commit": commit,
+        "trapd_commit": code_version(),
         "rmem_default": _read_int("/proc/sys/net/core/rmem_default"),
         "rmem_max": _read_int("/proc/sys/net/core/rmem_max"),
         "loadavg_at_start": _loadavg(),
     }
+
+
+def code_version() -> str:
+    """The checkout the receivers run from: commit, ``+dirty`` if trapd's code differs from it.
+
+    Read at every receiver start: the tree can change while a long benchmark runs.
+    """
+    git = ["git", "-C", str(BENCH_DIR)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", "../trapd", "../actions"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _read_int(path: str) -> int | None:
@@ -396,6 +409,7 @@ class RunResult:
     lag_seconds: float = 0.0
     throughput: float = 0.0  # received / (send time + lag): what it really processed per second
     loadavg: float = 0.0
+    code: str = ""
     error: str | None = None
 
 
@@ -504,7 +518,7 @@ def one_run(
     ready_timeout: float,
     drain_timeout: float,
 ) -> RunResult:
-    res = RunResult(receiver.name, spec.version, rate, run, loadavg=_loadavg())
+    res = RunResult(receiver.name, spec.version, rate, run, loadavg=_loadavg(), code=code_version())
     workdir = Path(tempfile.mkdtemp(prefix=f"{receiver.name}-{spec.version}-{rate}-{run}-", dir=workroot))
     port = free_udp_port()
     rx = Running(receiver.launch(workdir, port, spec), workdir)
@@ -716,10 +730,19 @@ def _fmt_rate(rate: int | None, capped: bool, lowest: int | None) -> str:
     return f"≥ {rate:,}" if capped else f"{rate:,}"
 
 
-def markdown(machine: dict[str, Any], summaries: Sequence[RateSummary], plan_desc: str, date: str) -> str:
+def markdown(
+    machine: dict[str, Any],
+    summaries: Sequence[RateSummary],
+    plan_desc: str,
+    date: str,
+    codes: Sequence[str] = (),
+) -> str:
+    """The results table; ``codes`` are the trapd checkouts the runs used, in order."""
+    seen = list(dict.fromkeys(c for c in codes if c)) or [machine["trapd_commit"]]
+    code = seen[0] if len(seen) == 1 else "changed during the run: " + " → ".join(seen)
     lines = [
         f"Measured {date} on {machine['nproc']} x {machine['cpu_model']}, Linux {machine['kernel']}, "
-        f"Python {machine['python']}, net-snmp {machine['snmptrapd']}, trapd {machine['trapd_commit']} "
+        f"Python {machine['python']}, net-snmp {machine['snmptrapd']}, trapd {code} "
         f"(load average at start {machine['loadavg_at_start']}). {plan_desc}",
         "",
         "| receiver | SNMP | rate/s | sent/s | received/sent | loss % median (worst) | drops | lag s "
@@ -855,7 +878,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.table:
         saved = json.loads(args.table.read_text())
         runs = [RunResult(**r) for r in saved["runs"]]
-        print(markdown(saved["machine"], summarize(runs), saved.get("plan", ""), saved["started"][:10]))
+        codes = [r.code for r in runs if r.receiver == "trapd"]
+        print(
+            markdown(saved["machine"], summarize(runs), saved.get("plan", ""), saved["started"][:10], codes)
+        )
         return 0
     known = {
         "snmptrapd": snmptrapd_receiver(args.snmptrapd_rcvbuf),
@@ -893,7 +919,9 @@ def _run(args: argparse.Namespace) -> int:
         f"{plan.runs} runs x {plan.seconds:g} s per rate, medians; v3 = authPriv {args.v3_auth} / AES-128; "
         f"trapd: `{args.trapd_cmd.replace('{python}', 'python')}`."
     )
-    table = markdown(machine, summaries, desc, started[:10])
+    table = markdown(
+        machine, summaries, desc, started[:10], [r.code for r in results if r.receiver == "trapd"]
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"listener-{started.replace(':', '').replace('-', '')}.json"
     path.write_text(
