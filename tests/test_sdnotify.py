@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -164,3 +165,28 @@ def test_a_child_process_notifies_like_a_service(manager: NotifySocket) -> None:
     assert manager.receive() == {"READY": "1", "STATUS": "up"}
     assert manager.receive() == {"WATCHDOG": "1"}
     assert manager.receive() == {"STOPPING": "1"}
+
+
+def test_a_manager_that_stops_reading_never_blocks_the_daemon(tmp_path: Path) -> None:
+    """sd_notify runs on the event loop: a full NOTIFY_SOCKET buffer must drop messages, not block."""
+    import signal
+
+    path = tmp_path / "deaf.sock"
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(str(path))  # never read
+    notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError("Notifier.send blocked on a full socket")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        sent = [notifier.status(f"{i} received") for i in range(20_000)]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        notifier.close()
+        deaf.close()
+    assert sent[0] is True
+    assert sent[-1] is False  # the buffer filled up and later messages were dropped

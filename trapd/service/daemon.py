@@ -356,7 +356,7 @@ class Daemon:
 
     async def _probe_kea(self) -> None:
         """Say once, at start-up, which Kea endpoints are down or lack a command a rule needs."""
-        from trapd.kea.probe import probe
+        from trapd.kea.probe import command_warnings, kea_uses, probe
 
         if not len(self.kea):
             return
@@ -376,6 +376,9 @@ class Daemon:
                 )
             else:
                 self.log.info("Kea endpoint ok", endpoint=s.endpoint, family=s.family, version=s.version)
+        # Per rule: an action whose endpoint lacks a command it sends would fail on every trap.
+        for warning in command_warnings(statuses, kea_uses(self.rules.rules, self.config.kea)):
+            self.log.warning("rule cannot work as configured", problem=warning)
 
     async def _shutdown(self) -> None:
         if self.listener is not None:

@@ -89,7 +89,12 @@ class Notifier:
         message = "\n".join(fields).encode("utf-8", "replace")
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Non-blocking: this runs on the event loop, and a manager that
+                # stops reading (a full socket buffer) must cost one lost
+                # STATUS line, never a frozen daemon.
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                )
             self._sock.sendto(message, self._address)
         except OSError as exc:
             if not self._warned:
