@@ -373,6 +373,7 @@ def trapd_receiver(cmd_template: str, seq_regex: str | None = None) -> Receiver:
             "config": str(config),
             "out": str(out),
             "workdir": str(workdir),
+            "bench": str(BENCH_DIR),
         }
         argv = [arg.format(**values) for arg in shlex.split(cmd_template)]
         return Launch(argv, out, stdout_is_output="{out}" not in cmd_template, env=dict(os.environ))
@@ -821,7 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--trapd-cmd placeholders: {python} (this interpreter), {listen} (127.0.0.1:PORT),\n"
             "{host}, {port}, {config} (a generated trapd.yaml with listener.listen/communities/\n"
             "v3_users), {out} (the file to read JSON lines from; if absent, the command's stdout\n"
-            "is that file), {workdir}."
+            "is that file), {workdir} (the run's scratch directory), {bench} (this directory)."
         ),
     )
     ap.add_argument("--receivers", default="snmptrapd,trapd", help="comma list: snmptrapd, trapd")
