@@ -265,6 +265,8 @@ class TrapdDaemon:
                 return int(r.status), r.read()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read()
+        except OSError as exc:
+            raise AssertionError(f"GET {path}: {exc}; rc={self.poll()} log tail: {self.log[-40:]}") from exc
 
     def healthz(self) -> tuple[int, dict[str, Any]]:
         status, body = self.http_get("/healthz")
