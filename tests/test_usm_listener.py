@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -65,7 +66,7 @@ async def test_refusals_are_counted_by_reason(trapd: Harness) -> None:
     wrong_priv = localized_user(
         user("privuser", "SHA-256", "AES-128", [SENDER], priv_key="guessed-key"), SENDER
     )
-    wrong_priv = type(k)(k.name, 3, k.hash_name, k.mac_length, k.auth_key, "AES-128", wrong_priv.cipher)
+    wrong_priv = dataclasses.replace(k, blocks=wrong_priv.blocks, priv_key=wrong_priv.priv_key)
     no_priv = localized_user(user("privuser", "SHA-256", "none", [SENDER]), SENDER)
     trapd.send(good)
     trapd.send(good)  # replay

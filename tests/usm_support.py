@@ -276,8 +276,9 @@ def craft(
     """
     import hmac as hmac_module
 
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
     from cryptography.hazmat.decrepit.ciphers.modes import CFB
-    from cryptography.hazmat.primitives.ciphers import Cipher, modes
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     from trapd.listener.ber import encode_integer_content, encode_tlv
 
@@ -286,14 +287,15 @@ def craft(
 
     level = keys.level
     if level == 3:
+        # The sender's side with cryptography's own CBC / CFB modes (the receiver uses ECB + XOR).
         if keys.priv_protocol == "DES":
             padded = scoped + bytes(-len(scoped) % 8)
             iv = (keys.des_pre_iv ^ int.from_bytes(salt, "big")).to_bytes(8, "big")
-            enc = Cipher(keys.cipher, modes.CBC(iv)).encryptor()
+            enc = Cipher(TripleDES(keys.priv_key[:8] * 3), modes.CBC(iv)).encryptor()
             body = enc.update(padded) + enc.finalize()
         else:
             iv = boots.to_bytes(4, "big") + etime.to_bytes(4, "big") + salt
-            enc = Cipher(keys.cipher, CFB(iv)).encryptor()
+            enc = Cipher(algorithms.AES(keys.priv_key), CFB(iv)).encryptor()
             body = enc.update(scoped) + enc.finalize()
         msg_data = encode_tlv(0x04, body if ciphertext_override is None else ciphertext_override)
         priv_params = salt if salt_field is None else salt_field
