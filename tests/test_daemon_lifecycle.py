@@ -68,6 +68,7 @@ def test_notify_ready_status_watchdog_reload_stopping(tmp_path: Path) -> None:
         assert "1 received" in status and "1 matched" in status and "actions 1 done" in status, status
 
         # WATCHDOG=1 at half of WATCHDOG_USEC (1 s): about every 0.5 s.
+        d.notify.pending()  # measure arrivals as they happen, not a backlog read at once
         pings: list[float] = []
         deadline = time.monotonic() + 3
         while len(pings) < 4 and time.monotonic() < deadline:
@@ -80,6 +81,7 @@ def test_notify_ready_status_watchdog_reload_stopping(tmp_path: Path) -> None:
         assert 0.35 < statistics.median(gaps) < 0.7, gaps
 
         # SIGHUP: RELOADING=1 with MONOTONIC_USEC (CLOCK_MONOTONIC, shared by every process), then READY=1.
+        d.notify.pending()
         before_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         d.signal(signal.SIGHUP)
         reloading = d.notify.wait_for("RELOADING", timeout=5)
@@ -93,6 +95,7 @@ def test_notify_ready_status_watchdog_reload_stopping(tmp_path: Path) -> None:
         assert d.metric("trapd_reloads_total", result="ok") == 1
 
         # SIGTERM: STOPPING=1, then exit 0.
+        d.notify.pending()
         d.signal(signal.SIGTERM)
         stopping = d.notify.wait_for("STOPPING", timeout=5)
         assert stopping["STOPPING"] == "1"

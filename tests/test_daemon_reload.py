@@ -49,6 +49,7 @@ def logged(d: TrapdDaemon, text: str, timeout: float = 5.0) -> None:
 def reload(d: TrapdDaemon) -> dict[str, str]:
     """SIGHUP and the READY=1 that ends the reload (checking RELOADING=1 came first)."""
     assert d.notify is not None
+    d.notify.pending()  # room in the queue: trapd drops a message rather than block on a full one
     d.signal(signal.SIGHUP)
     d.notify.wait_for("RELOADING", timeout=10)
     return d.notify.wait_for("READY", timeout=10)

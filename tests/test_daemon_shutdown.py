@@ -94,6 +94,7 @@ def test_running_actions_finish_and_queued_ones_wait_for_the_next_start(tmp_path
         time.sleep(0.2)  # the other four are journaled (the submit loop runs between datagrams)
 
         assert d.notify is not None
+        d.notify.pending()
         d.signal(signal.SIGTERM)
         t0 = time.monotonic()
         d.notify.wait_for("STOPPING", timeout=5)
