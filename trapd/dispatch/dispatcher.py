@@ -449,7 +449,7 @@ class Dispatcher:
                 self._poke()
 
     async def _pump_pass(self) -> None:
-        queried = False
+        queried: float | None = None  # time of the last look at the journal
         while self._backlog:
             room = self.config.queue_size - len(self._loaded)
             # Refill in chunks, not one query per finished action: with a long backlog that
@@ -459,7 +459,7 @@ class Dispatcher:
             marker, evictions = self._journal_only, self._evictions
             now = time.time()
             entries, more = await self.journal.due(now, room, frozenset(self._loaded))
-            queried = True
+            queried = now
             if evictions != self._evictions:
                 continue  # a key was blocked while the query ran: its answer may let followers overtake
             room = self.config.queue_size - len(self._loaded)  # submits may have taken some meanwhile
@@ -473,8 +473,11 @@ class Dispatcher:
             # Submits that went to the journal while the query ran may not be in its answer.
             if not more and marker == self._journal_only:
                 self._backlog = False
-        if queried:
-            nxt = await self.journal.next_due(time.time())
+        if queried is not None:
+            # From the time of that look, not from now: an action that fell due in between was
+            # not in its answer, and "due after now" would miss it too. Armed in the past, the
+            # timer fires at once.
+            nxt = await self.journal.next_due(queried)
             if nxt is not None:
                 self._arm(nxt)
 
