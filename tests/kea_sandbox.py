@@ -1,0 +1,726 @@
+"""A private, throwaway Kea on loopback: start it, wait until it answers, stop it.
+
+Used by the test fixtures in kea_harness.py and by scripts/demo.py (which must
+run without pytest). Everything runs from a work dir: sockets, lease files,
+logs, pid files (KEA_PIDFILE_DIR / KEA_LOCKFILE_DIR point there). Kea 2.2
+accepts any path; 2.6.3+ needs the KEA_*_DIR variables, which
+:func:`start_kea` sets too so the same code drives a chroot's Kea
+(``chroot`` argument).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import ipaddress
+import itertools
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HOOKS_DIR = Path("/usr/lib/x86_64-linux-gnu/kea/hooks")
+LEASE_CMDS = "libdhcp_lease_cmds.so"
+READY_TIMEOUT = 15.0
+
+# Subnets every instance serves (ids are what tests filter on).
+SUBNETS4 = {1: "10.1.0.0/16", 2: "10.2.0.0/16"}
+SUBNETS6 = {1: "2001:db8:1::/64", 2: "2001:db8:2::/64"}
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    """A port nobody listens on right now (the small race is acceptable in tests)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def unix_command(
+    path: str | Path, command: str, arguments: Any = None, timeout: float = 10.0
+) -> dict[str, Any]:
+    """One command over a Kea unix control socket (sync; for test setup and checks)."""
+    msg: dict[str, Any] = {"command": command}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(json.dumps(msg).encode())
+        chunks = []
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    answer: dict[str, Any] = json.loads(b"".join(chunks))
+    return answer
+
+
+@dataclass
+class TlsFiles:
+    """An openssl-made CA with a server cert (127.0.0.1) and two client certs."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca_cert: Path  # a CA that did not sign the server cert
+    rogue_client_cert: Path  # signed by other_ca: Kea must refuse it
+    rogue_client_key: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    def ca(name: str) -> None:
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=trapd test {name}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        )
+
+    def leaf(name: str, ca_name: str, ext: str) -> None:
+        run(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        (directory / f"{name}.ext").write_text(ext)
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            f"{ca_name}.pem",
+            "-CAkey",
+            f"{ca_name}.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+        )
+
+    ca("ca")
+    ca("otherca")
+    leaf("server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    leaf("client", "ca", "extendedKeyUsage=clientAuth\n")
+    leaf("rogue", "otherca", "extendedKeyUsage=clientAuth\n")
+    d = directory
+    return TlsFiles(
+        d / "ca.pem",
+        d / "server.pem",
+        d / "server.key",
+        d / "client.pem",
+        d / "client.key",
+        d / "otherca.pem",
+        d / "rogue.pem",
+        d / "rogue.key",
+    )
+
+
+@dataclass
+class DdnsTarget:
+    """Where kea-dhcp-ddns sends updates: BIND on loopback with a TSIG key."""
+
+    dns_port: int
+    key_name: str
+    key_secret: str  # base64
+
+
+@dataclass
+class KeaInstance:
+    workdir: Path
+    dhcp4_socket: Path
+    dhcp6_socket: Path | None
+    d2_socket: Path | None
+    ca_port: int | None
+    auth: tuple[str, str] | None = None
+    tls: TlsFiles | None = None
+    tls_cert_required: bool = False
+    version: str = ""
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    argv: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    chroot: Path | None = None
+    http4_port: int | None = None  # Kea >= 3.0: the daemons' own HTTP control sockets
+    http6_port: int | None = None
+    _ip4: Iterator[int] = field(default_factory=lambda: itertools.count(10))
+    _ip6: Iterator[int] = field(default_factory=lambda: itertools.count(0x10))
+
+    # --- addresses a test can use without colliding with other tests ---
+    def next_ip4(self, subnet_id: int = 1) -> str:
+        net = ipaddress.ip_network(SUBNETS4[subnet_id])
+        return str(net.network_address + next(self._ip4))
+
+    def next_ip6(self, subnet_id: int = 1) -> str:
+        net = ipaddress.ip_network(SUBNETS6[subnet_id])
+        return str(net.network_address + next(self._ip6))
+
+    @property
+    def ca_url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.ca_port}/"
+
+    def host_path(self, p: Path) -> Path:
+        """A path inside the instance as seen from the host (differs under a chroot)."""
+        return self.chroot / p.relative_to("/") if self.chroot else p
+
+    # --- direct commands for setup and checks (bypassing the code under test) ---
+    def cmd4(self, command: str, arguments: Any = None) -> dict[str, Any]:
+        return unix_command(self.host_path(self.dhcp4_socket), command, arguments)
+
+    def cmd6(self, command: str, arguments: Any = None) -> dict[str, Any]:
+        assert self.dhcp6_socket is not None
+        return unix_command(self.host_path(self.dhcp6_socket), command, arguments)
+
+    def add_lease4(self, ip: str, hw: str, **extra: Any) -> None:
+        r = self.cmd4("lease4-add", {"ip-address": ip, "hw-address": hw, **extra})
+        assert r["result"] == 0, r
+
+    def add_lease6(self, ip: str, duid: str, iaid: int, **extra: Any) -> None:
+        r = self.cmd6("lease6-add", {"ip-address": ip, "duid": duid, "iaid": iaid, **extra})
+        assert r["result"] == 0, r
+
+    def lease4(self, ip: str) -> dict[str, Any] | None:
+        r = self.cmd4("lease4-get", {"ip-address": ip})
+        assert r["result"] in (0, 3), r
+        return r.get("arguments") if r["result"] == 0 else None
+
+    def lease6(self, ip: str, type_: str = "IA_NA") -> dict[str, Any] | None:
+        r = self.cmd6("lease6-get", {"ip-address": ip, "type": type_})
+        assert r["result"] in (0, 3), r
+        return r.get("arguments") if r["result"] == 0 else None
+
+    # --- trapd configuration for this instance ---
+    def endpoints(self) -> dict[str, dict[str, Any]]:
+        """Endpoint entries for trapd.yaml's ``kea.endpoints`` (unix + CA)."""
+        eps: dict[str, dict[str, Any]] = {
+            "unix4": {"transport": "unix", "socket": str(self.host_path(self.dhcp4_socket)), "family": "v4"},
+        }
+        if self.dhcp6_socket:
+            eps["unix6"] = {
+                "transport": "unix",
+                "socket": str(self.host_path(self.dhcp6_socket)),
+                "family": "v6",
+            }
+        for fam, port in (("v4", self.http4_port), ("v6", self.http6_port)):
+            if port:
+                ep: dict[str, Any] = {"transport": "http", "url": f"http://127.0.0.1:{port}/", "family": fam}
+                if self.auth:
+                    ep["user"], ep["password"] = self.auth
+                eps[f"http{fam[1]}"] = ep
+        if self.ca_port:
+            ca: dict[str, Any] = {
+                "transport": "control-agent",
+                "url": self.ca_url,
+                "family": "v4",
+                "timeout": 5,
+            }
+            if self.auth:
+                ca["user"], ca["password"] = self.auth
+            if self.tls:
+                ca["ca_file"] = str(self.tls.ca_cert)
+                if self.tls_cert_required:
+                    ca["cert_file"], ca["key_file"] = str(self.tls.client_cert), str(self.tls.client_key)
+            eps["ca4"] = ca
+            if self.dhcp6_socket:
+                eps["ca6"] = {**ca, "family": "v6"}
+        return eps
+
+    def trapd_kea_section(self, default_transport: str = "unix") -> dict[str, Any]:
+        """``default_transport``: unix, ca or http (which endpoints are the family defaults)."""
+        eps = self.endpoints()
+        prefix = {"unix": "unix", "ca": "ca", "http": "http"}[default_transport]
+        default = {"v4": f"{prefix}4", "v6": f"{prefix}6"}
+        return {"default": {k: v for k, v in default.items() if v in eps}, "endpoints": eps}
+
+    # --- lifecycle ---
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Poll status-get on every control channel until each answers result 0."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {p.returncode}:\n{self.logs()}")
+            try:
+                ok = self.cmd4("status-get")["result"] == 0
+                if self.dhcp6_socket:
+                    ok = ok and self.cmd6("status-get")["result"] == 0
+                if self.d2_socket:
+                    ok = ok and unix_command(self.host_path(self.d2_socket), "status-get")["result"] == 0
+                for port in (self.http4_port, self.http6_port):
+                    if ok and port:
+                        ok = self.http_post(port, {"command": "status-get"})[0]["result"] == 0
+                if ok and self.ca_port:
+                    services = ["dhcp4"] + (["dhcp6"] if self.dhcp6_socket else [])
+                    answer = self.ca_post({"command": "status-get", "service": services})
+                    ok = all(a["result"] == 0 for a in answer)
+                if ok:
+                    self.version = str(self.cmd4("version-get")["text"])
+                    return
+            except (OSError, ValueError, http.client.HTTPException, ssl.SSLError) as exc:
+                last = exc
+            time.sleep(0.03)
+        self.stop()
+        raise RuntimeError(f"Kea not ready after {timeout}s (last error {last!r}):\n{self.logs()}")
+
+    def http_post(self, port: int, body: dict[str, Any]) -> Any:
+        """POST to a Kea 3 daemon's HTTP socket (plain HTTP, the instance's credentials)."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        headers = {"Content-Type": "application/json"}
+        if self.auth:
+            import base64
+
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        try:
+            conn.request("POST", "/", json.dumps(body), headers)
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def ca_post(self, body: dict[str, Any]) -> Any:
+        """POST to the CA with whatever credentials the instance was made with."""
+        assert self.ca_port
+        conn: http.client.HTTPConnection
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=str(self.tls.ca_cert))
+            if self.tls_cert_required:
+                ctx.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+            conn = http.client.HTTPSConnection("127.0.0.1", self.ca_port, timeout=5, context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.ca_port, timeout=5)
+        headers = {"Content-Type": "application/json"}
+        if self.auth:
+            import base64
+
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        try:
+            conn.request("POST", "/", json.dumps(body), headers)
+            resp = conn.getresponse()
+            return json.loads(resp.read())
+        finally:
+            conn.close()
+
+    def logs(self) -> str:
+        out = []
+        for f in sorted(self.host_path(self.workdir).glob("*.log")) + sorted(
+            self.host_path(self.workdir).glob("*.out")
+        ):
+            with contextlib.suppress(OSError):
+                out.append(f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}")
+        return "\n".join(out)
+
+    def spawn(self, daemon: str) -> None:
+        argv, env = self.argv[daemon]
+        out = open(self.host_path(self.workdir) / f"{daemon}.out", "ab")  # noqa: SIM115 - the child owns it
+        self.procs[daemon] = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        out.close()
+
+    def restart(self, daemon: str) -> None:
+        """Stop one daemon and start it again with the same config; returns when all answer."""
+        self.stop([daemon])
+        self.spawn(daemon)
+        self.wait_ready()
+
+    def kill(self, daemon: str) -> None:
+        """SIGKILL one daemon: it leaves its unix socket file behind (a stale socket)."""
+        p = self.procs.pop(daemon)
+        p.kill()
+        p.wait()
+
+    def stop(self, names: Sequence[str] | None = None) -> None:
+        """SIGTERM the daemons we started (by pid), SIGKILL whatever is left after 5 s."""
+        chosen = {n: p for n, p in self.procs.items() if names is None or n in names}
+        for p in chosen.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for p in chosen.values():
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for n in chosen:
+            del self.procs[n]
+
+
+def _loggers(name: str, workdir: Path, severity: str, dashes: bool = False) -> list[dict[str, Any]]:
+    # Kea 2.2 knows only "output_options"; later versions spell it "output-options".
+    key = "output-options" if dashes else "output_options"
+    return [{"name": name, key: [{"output": str(workdir / f"{name}.log")}], "severity": severity}]
+
+
+def start_kea(
+    workdir: Path,
+    *,
+    lease_cmds: bool = True,
+    dhcp6: bool = True,
+    ca: bool = True,
+    auth: tuple[str, str] | None = None,
+    tls: TlsFiles | None = None,
+    tls_cert_required: bool = False,
+    ddns: DdnsTarget | None = None,
+    severity: str = "WARN",
+    dhcp_loopback: bool = False,
+    http_sockets: bool = False,
+    chroot: Path | None = None,
+    hooks_dir: Path = HOOKS_DIR,
+) -> KeaInstance:
+    """Write configs into ``workdir`` and start the daemons; returns when all answer.
+
+    ``http_sockets`` (Kea >= 3.0): the daemons also get their own HTTP
+    control sockets (basic auth with ``auth``), beside the unix ones.
+
+    ``dhcp_loopback``: kea-dhcp4 also serves DHCP on 127.0.0.1:67 (UDP
+    sockets) to relayed requests from 127.0.0.2 (see :func:`dhcp_discover`),
+    the one way to see on Kea 2.2 whether DHCP service is disabled.
+
+    With ``chroot``, ``workdir`` is a path inside the chroot and the daemons
+    run as ``chroot CHROOT /usr/sbin/kea-...`` (Kea 2.6 / 3.0 from Debian
+    trixie / sid).
+    """
+    host_dir = chroot / workdir.relative_to("/") if chroot else workdir
+    host_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(host_dir, 0o750)  # Kea >= 2.6 refuses a socket dir with other permissions
+    hooks = [{"library": str(hooks_dir / LEASE_CMDS)}] if lease_cmds else []
+    inst = KeaInstance(
+        workdir=workdir,
+        dhcp4_socket=workdir / "kea4.sock",
+        dhcp6_socket=workdir / "kea6.sock" if dhcp6 else None,
+        d2_socket=workdir / "kea-d2.sock" if ddns else None,
+        ca_port=free_port() if ca else None,
+        auth=auth,
+        tls=tls,
+        tls_cert_required=tls_cert_required,
+        chroot=chroot,
+    )
+    d2_port = free_port(kind=socket.SOCK_DGRAM) if ddns else 0
+    dhcp4: dict[str, Any] = {
+        "interfaces-config": {"interfaces": []},
+        "control-socket": {"socket-type": "unix", "socket-name": str(inst.dhcp4_socket)},
+        "lease-database": {
+            "type": "memfile",
+            "persist": True,
+            "name": str(workdir / "leases4.csv"),
+            "lfc-interval": 0,
+        },
+        "hooks-libraries": hooks,
+        "valid-lifetime": 3600,
+        "subnet4": [{"id": i, "subnet": s} for i, s in SUBNETS4.items()],
+        "loggers": _loggers("kea-dhcp4", workdir, severity, chroot is not None),
+    }
+    dhcp6_cfg: dict[str, Any] = {
+        "interfaces-config": {"interfaces": []},
+        "control-socket": {"socket-type": "unix", "socket-name": str(workdir / "kea6.sock")},
+        "lease-database": {
+            "type": "memfile",
+            "persist": True,
+            "name": str(workdir / "leases6.csv"),
+            "lfc-interval": 0,
+        },
+        "server-id": {"type": "LLT", "persist": False},
+        "hooks-libraries": hooks,
+        "preferred-lifetime": 3000,
+        "valid-lifetime": 4000,
+        "subnet6": [{"id": i, "subnet": s} for i, s in SUBNETS6.items()],
+        "loggers": _loggers("kea-dhcp6", workdir, severity, chroot is not None),
+    }
+    if http_sockets:
+        inst.http4_port = free_port()
+        inst.http6_port = free_port() if dhcp6 else None
+        for cfg, port in ((dhcp4, inst.http4_port), (dhcp6_cfg, inst.http6_port)):
+            http: dict[str, Any] = {"socket-type": "http", "socket-address": "127.0.0.1", "socket-port": port}
+            if auth:
+                http["authentication"] = {
+                    "type": "basic",
+                    "realm": "trapd-test",
+                    "clients": [{"user": auth[0], "password": auth[1]}],
+                }
+            cfg["control-sockets"] = [cfg.pop("control-socket"), http]
+    if dhcp_loopback:
+        dhcp4["interfaces-config"] = {"interfaces": ["lo"], "dhcp-socket-type": "udp"}
+        dhcp4["subnet4"].append(
+            {
+                "id": 3,
+                "subnet": "192.0.2.0/24",
+                "relay": {"ip-addresses": [RELAY_IP]},
+                "pools": [{"pool": "192.0.2.100 - 192.0.2.200"}],
+            }
+        )
+    if ddns:
+        ddns_cfg = {"enable-updates": True, "server-ip": "127.0.0.1", "server-port": d2_port}
+        dhcp4["dhcp-ddns"] = ddns_cfg
+        dhcp6_cfg["dhcp-ddns"] = ddns_cfg
+    configs: dict[str, dict[str, Any]] = {"kea-dhcp4": {"Dhcp4": dhcp4}}
+    if dhcp6:
+        configs["kea-dhcp6"] = {"Dhcp6": dhcp6_cfg}
+    if ddns:
+        servers = [{"ip-address": "127.0.0.1", "port": ddns.dns_port}]
+        domains = ["1.10.in-addr.arpa.", "2.10.in-addr.arpa.", "1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."]
+        configs["kea-dhcp-ddns"] = {
+            "DhcpDdns": {
+                "ip-address": "127.0.0.1",
+                "port": d2_port,
+                "control-socket": {"socket-type": "unix", "socket-name": str(inst.d2_socket)},
+                "tsig-keys": [{"name": ddns.key_name, "algorithm": "HMAC-SHA256", "secret": ddns.key_secret}],
+                "forward-ddns": {
+                    "ddns-domains": [
+                        {"name": "example.org.", "key-name": ddns.key_name, "dns-servers": servers}
+                    ]
+                },
+                "reverse-ddns": {
+                    "ddns-domains": [
+                        {"name": d, "key-name": ddns.key_name, "dns-servers": servers} for d in domains
+                    ]
+                },
+                "loggers": _loggers("kea-dhcp-ddns", workdir, severity, chroot is not None),
+            }
+        }
+    if ca:
+        sockets: dict[str, Any] = {"dhcp4": {"socket-type": "unix", "socket-name": str(inst.dhcp4_socket)}}
+        if dhcp6:
+            sockets["dhcp6"] = {"socket-type": "unix", "socket-name": str(workdir / "kea6.sock")}
+        agent: dict[str, Any] = {
+            "http-host": "127.0.0.1",
+            "http-port": inst.ca_port,
+            "control-sockets": sockets,
+            "loggers": _loggers("kea-ctrl-agent", workdir, severity, chroot is not None),
+        }
+        if auth:
+            agent["authentication"] = {
+                "type": "basic",
+                "realm": "trapd-test",
+                "clients": [{"user": auth[0], "password": auth[1]}],
+            }
+        if tls:
+            agent.update(
+                {
+                    "trust-anchor": str(tls.ca_cert),
+                    "cert-file": str(tls.server_cert),
+                    "key-file": str(tls.server_key),
+                    "cert-required": tls_cert_required,
+                }
+            )
+        configs["kea-ctrl-agent"] = {"Control-agent": agent}
+
+    env = {**os.environ}
+    for var in (
+        "KEA_PIDFILE_DIR",
+        "KEA_LOCKFILE_DIR",
+        "KEA_LOG_FILE_DIR",
+        "KEA_CONTROL_SOCKET_DIR",
+        "KEA_DHCP_DATA_DIR",
+    ):
+        env[var] = str(workdir)
+    if chroot:
+        env["KEA_HOOKS_PATH"] = str(hooks_dir)
+    # The daemons before the agent: the agent only forwards to their sockets.
+    for daemon in ("kea-dhcp4", "kea-dhcp6", "kea-dhcp-ddns", "kea-ctrl-agent"):
+        if daemon not in configs:
+            continue
+        conf = host_dir / f"{daemon}.conf"
+        conf.write_text(json.dumps(configs[daemon], indent=1))
+        argv = [f"/usr/sbin/{daemon}", "-c", str(workdir / f"{daemon}.conf")]
+        if chroot:
+            argv = ["chroot", str(chroot), *argv]
+        inst.argv[daemon] = (argv, env)
+        inst.spawn(daemon)
+    inst.wait_ready()
+    return inst
+
+
+# --- a relayed DHCP exchange on loopback ---
+
+RELAY_IP = "127.0.0.2"
+
+
+def dhcp_discover(mac: str, timeout: float = 0.5) -> str | None:
+    """Send a DHCPDISCOVER as a relay at 127.0.0.2 would; the offered address, or None.
+
+    Kea (``dhcp_loopback``) listens on 127.0.0.1:67 and answers relays at
+    their port 67, so this binds 127.0.0.2:67 (root) and puts 127.0.0.2 in giaddr.
+    """
+    import struct
+
+    xid = int.from_bytes(os.urandom(4), "big")
+    chaddr = bytes.fromhex(mac.replace(":", "")).ljust(16, b"\0")
+    pkt = struct.pack(
+        "!BBBBIHH4s4s4s4s16s64s128s",
+        1,
+        1,
+        6,
+        1,
+        xid,
+        0,
+        0,
+        bytes(4),
+        bytes(4),
+        bytes(4),
+        socket.inet_aton(RELAY_IP),
+        chaddr,
+        bytes(64),
+        bytes(128),
+    )
+    pkt += bytes([0x63, 0x82, 0x53, 0x63, 53, 1, 1, 255])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((RELAY_IP, 67))
+        s.settimeout(timeout)
+        s.sendto(pkt, ("127.0.0.1", 67))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data, _ = s.recvfrom(4096)
+            except TimeoutError:
+                return None
+            if len(data) >= 240 and struct.unpack("!I", data[4:8])[0] == xid and data[0] == 2:
+                return socket.inet_ntoa(data[16:20])
+    return None
+
+
+# --- BIND for the DDNS tests ---
+
+
+@dataclass
+class Bind:
+    port: int
+    key_name: str
+    key_secret: str
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+
+    def dig(self, name: str, rtype: str = "A") -> list[str]:
+        args = [
+            "dig",
+            "+noall",
+            "+answer",
+            "+norecurse",
+            "+time=2",
+            "+tries=1",
+            "@127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
+        args += ["-x", name] if rtype == "PTR" else [name, rtype]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10, check=True).stdout
+        return [line.split()[-1] for line in out.splitlines() if line and not line.startswith(";")]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+ZONE = """$TTL 300
+@ IN SOA ns.example.org. admin.example.org. 1 3600 600 86400 300
+@ IN NS ns.example.org.
+"""
+
+
+def start_bind(workdir: Path) -> Bind:
+    """named on 127.0.0.1:PORT, primary for example.org and the test reverse zones, TSIG updates."""
+    import base64
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    secret = base64.b64encode(os.urandom(32)).decode()
+    zones = {
+        "example.org": "example.org.db",
+        "1.10.in-addr.arpa": "r4a.db",
+        "2.10.in-addr.arpa": "r4b.db",
+        "1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa": "r6.db",
+    }
+    zone_conf = ""
+    for zone, f in zones.items():
+        text = ZONE + ("ns IN A 127.0.0.1\n" if zone == "example.org" else "")
+        (workdir / f).write_text(text)
+        zone_conf += (
+            f'zone "{zone}" {{ type primary; file "{workdir / f}"; allow-update {{ key "kea-key"; }}; }};\n'
+        )
+    (workdir / "named.conf").write_text(f"""
+options {{
+  directory "{workdir}";
+  pid-file "{workdir}/named.pid";
+  session-keyfile "{workdir}/session.key";
+  listen-on port {port} {{ 127.0.0.1; }};
+  listen-on-v6 {{ none; }};
+  recursion no;
+  dnssec-validation no;
+  allow-query {{ 127.0.0.1; }};
+}};
+controls {{ }};
+key "kea-key" {{ algorithm hmac-sha256; secret "{secret}"; }};
+{zone_conf}
+""")
+    out = open(workdir / "named.out", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        ["/usr/sbin/named", "-g", "-c", str(workdir / "named.conf")],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    out.close()
+    bind = Bind(port, "kea-key", secret, proc, workdir)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("named exited:\n" + (workdir / "named.out").read_text())
+        r = subprocess.run(
+            ["dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", "-p", str(port), "ns.example.org", "A"],
+            capture_output=True,
+            text=True,
+        )
+        if r.stdout.strip() == "127.0.0.1":
+            return bind
+        time.sleep(0.05)
+    bind.stop()
+    raise RuntimeError("named not ready:\n" + (workdir / "named.out").read_text())

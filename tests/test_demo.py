@@ -1,0 +1,42 @@
+"""The README's main job (scripts/demo.py) works on this machine and leaves nothing behind.
+
+It is the first thing a new user runs: a real Kea, the example rules.yaml
+unchanged, real traps from snmptrap, leases deleted or kept as the rules say.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the demo creates a network namespace: needs root")
+def test_demo_deletes_what_the_example_rules_say_and_cleans_up() -> None:
+    before = _netns()
+    r = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py")], capture_output=True, text=True, timeout=180
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    assert "Result: as expected" in out
+    # The MAC-removed rule deleted the phone's leases in both subnets; the journal shows why.
+    assert "mac-removed-delete-lease" in out and "done" in out
+    # The flap was cancelled by the linkUp; the port that stayed down waits in the journal.
+    assert "cancelled" in out and "scheduled" in out
+    assert 'trapd_rule_matches_total{rule="access-port-up-cancel"} 1.0' in out
+    assert _netns() == before  # the demo's namespace is gone
+    leftovers = subprocess.run(["pgrep", "-f", "trapd-demo-"], capture_output=True, text=True, check=False)
+    assert leftovers.stdout.strip() == ""  # no Kea or trapd left running
