@@ -248,8 +248,22 @@ class SourceLimiter:
         src: _Source | None = None
         over: Over | None = None
         if self._per_source > 0:
-            src = self._source(host, now)
-            if not src.bucket.take(now):
+            # The hot path, inlined (_Bucket.take): this runs for every datagram of a flood.
+            sources = self._sources
+            src = sources.get(host)
+            if src is None:
+                src = self._new_source(host, now)
+            else:
+                sources.move_to_end(host)
+            b = src.bucket
+            t = b.tokens + (now - b.last) * b.rate
+            if t > b.depth:
+                t = b.depth
+            b.last = now
+            if t >= 1.0:
+                b.tokens = t - 1.0
+            else:
+                b.tokens = t
                 over = OVER_SOURCE
         if over is None and self._global_rate > 0:
             g = self._global
@@ -257,7 +271,7 @@ class SourceLimiter:
                 over = OVER_GLOBAL
             elif src is not None and g.tokens < g.depth / 2 and src.bucket.tokens < self._source_depth / 2:
                 over = OVER_GLOBAL  # global pressure: the heavy sources go first
-                src.bucket.tokens += 1.0  # not admitted: give back what take() spent
+                src.bucket.tokens += 1.0  # not admitted: give back the token spent above
             else:
                 g.tokens -= 1.0
         if over is None:
@@ -294,18 +308,14 @@ class SourceLimiter:
             return True  # v1, v3 (or garbage, which decoding rejects at once): only decoding can tell
         return any(n in data for n in found)
 
-    def _source(self, host: str, now: float) -> _Source:
+    def _new_source(self, host: str, now: float) -> _Source:
         sources = self._sources
-        src = sources.get(host)
-        if src is None:
-            if len(sources) >= self._max_sources:
-                sources.popitem(last=False)
-                self.stats.evicted += 1
-            src = _Source(
-                _Bucket(self._per_source, self._source_depth, now),
-                _Bucket(self._per_source, self._source_depth, now),
-            )
-            sources[host] = src
-        else:
-            sources.move_to_end(host)
+        if len(sources) >= self._max_sources:
+            sources.popitem(last=False)  # the least recently seen
+            self.stats.evicted += 1
+        src = _Source(
+            _Bucket(self._per_source, self._source_depth, now),
+            _Bucket(self._per_source, self._source_depth, now),
+        )
+        sources[host] = src
         return src
