@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from daemon_harness import LINK_UP, TrapdDaemon, link_down
+from daemon_harness import IF_INDEX, LINK_DOWN, LINK_UP, TrapdDaemon, link_down
 from listen_harness import needs_netsnmp, snmp_send
 
 pytestmark = [pytest.mark.integration, needs_netsnmp]
@@ -162,6 +162,43 @@ def test_reload_applies_communities_mode_and_log_level(tmp_path: Path) -> None:
         (dry,) = d.wait_log("dry-run: would run")
         assert dry["rule"] == "port-down"
         assert not d.logs("A down 4")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+V3_USER = {
+    "user": "mon",
+    "auth_protocol": "SHA-256",
+    "auth_key": "auth-secret-1",
+    "priv_protocol": "AES-128",
+    "priv_key": "priv-secret-1",
+    "engine_ids": ["8000000001020304"],
+}
+V3_TRAP = ["-v", "3", "-e", "0x8000000001020304", "-u", "mon", "-l", "authPriv", "-a", "SHA-256"]
+V3_TRAP += ["-A", "auth-secret-1", "-x", "AES", "-X", "priv-secret-1"]
+
+
+def test_reload_applies_v3_users_and_allowed_sources(tmp_path: Path) -> None:
+    d = TrapdDaemon.start(tmp_path, rules=DOWN_A)
+    try:
+        v3_down = [*V3_TRAP, d.target(), "", LINK_DOWN, f"{IF_INDEX}.7", "i", "7"]
+        snmp_send("snmptrap", *v3_down, check=True)  # no v3 user yet: dropped
+        assert d.wait_metric("trapd_notifications_dropped_total", 1, reason="unknown-user") == 1
+
+        d.write_config({"listener": {"v3_users": [V3_USER]}})
+        reload(d)
+        snmp_send("snmptrap", *v3_down, check=True)
+        logged(d, "A down 7")
+        assert d.metric("trapd_notifications_received_total", version="v3") == 1
+
+        # allowed_sources without loopback: trapd's own traps are now refused before decoding.
+        d.write_config({"listener": {"v3_users": [V3_USER], "allowed_sources": ["10.0.0.0/8"]}})
+        reload(d)
+        snmp_send("snmptrap", *link_down(d.target(), 8), check=True)
+        assert d.wait_metric("trapd_notifications_dropped_total", 1, reason="source-not-allowed") == 1
+        assert not d.logs("A down 8")
+        assert d.metric("trapd_notifications_received_total") == 1
         assert d.stop() == 0
     finally:
         d.close()
