@@ -41,7 +41,7 @@ USERS: list[V3User] = (
     + [user(f"{a}-auth".lower(), a, "none", [SENDER]) for a in AUTHS]
     + [user("plain", engine_ids=[SENDER])]
 )
-ANY_ENGINE = user("anyengine", "SHA-256", "AES-128")  # no engine_ids: pysnmp's (V3Receiver learns)
+ANY_ENGINE = user("anyengine", "SHA-256", "AES-128")  # no engine_ids: any sender engine
 
 
 @dataclass
@@ -146,10 +146,10 @@ def test_messages_for_trapd_engine_go_to_pysnmp(world: World) -> None:
 def test_discovery_probe_goes_to_pysnmp(world: World) -> None:
     plain = localized_user(user("x"), b"")
     probe = craft(plain, b"", b"", scoped_pdu(trap_pdu([], tag="get")), flags=0x04)
-    _declined(world, probe, "not-bound")
+    _declined(world, probe, "reportable")
 
 
-def test_unknown_user_unbound_engine_and_any_engine_user_go_to_pysnmp(world: World) -> None:
+def test_unknown_user_and_unbound_engine_go_to_pysnmp(world: World) -> None:
     scoped = scoped_pdu(trap_pdu(link_down_varbinds()))
     nobody = localized_user(user("nobody", "SHA", "AES-128"), SENDER)
     assert _declined(world, craft(nobody, SENDER, b"nobody", scoped), "not-bound") == "unknown-user"
@@ -157,9 +157,18 @@ def test_unknown_user_unbound_engine_and_any_engine_user_go_to_pysnmp(world: Wor
     bound = localized_user(USERS[0], other)
     theirs = _declined(world, craft(bound, other, USERS[0].user.encode(), scoped), "not-bound")
     assert theirs == "unknown-engine-id"
-    any_engine = localized_user(ANY_ENGINE, SENDER)
-    theirs = _declined(world, craft(any_engine, SENDER, b"anyengine", scoped), "not-bound")
-    assert isinstance(theirs, RawNotification)  # V3Receiver verified and learned the engine
+
+
+def test_any_engine_user_is_learned_from_an_authentic_message(world: World) -> None:
+    """A user with no engine_ids: the fast path learns a new engine as V3Receiver does, and reads alike."""
+    engine = bytes.fromhex("800000000199000001")
+    any_engine = localized_user(ANY_ENGINE, engine)
+    data = craft(any_engine, engine, b"anyengine", scoped_pdu(trap_pdu(link_down_varbinds()), engine))
+    learned = world.fast.learned
+    ours, theirs = world.both(data)
+    assert ours is not None and isinstance(theirs, RawNotification)
+    assert comparable(ours) == comparable(theirs)
+    assert world.fast.learned == learned + 1 and (engine, b"anyengine") in world.fast.pairs
 
 
 def test_odd_but_authentic_shapes_go_to_pysnmp(world: World) -> None:
@@ -186,3 +195,24 @@ def test_odd_but_authentic_shapes_go_to_pysnmp(world: World) -> None:
     _declined(world, craft(keys, SENDER, name, scoped, max_size=483), "header-bad-integer")
     # privacy without authentication: an invalid msgFlags
     _declined(world, craft(keys, SENDER, name, scoped, flags=0x02), "msg-flags")
+
+
+def test_any_engine_learning_declines_what_it_cannot_verify(world: World) -> None:
+    """Forged keys, a lower level, a malformed engine ID, the cap: declined, and V3Receiver counts them."""
+    scoped = scoped_pdu(trap_pdu(link_down_varbinds()))
+    engine = bytes.fromhex("800000000199000002")
+    forged = localized_user(user("anyengine", "SHA-256", "AES-128", auth_key="a guessed key"), engine)
+    assert _declined(world, craft(forged, engine, b"anyengine", scoped), "not-learned") == "wrong-digest"
+    lower = localized_user(user("anyengine", "SHA-256", "none", auth_key="auth-anyengine-pass"), engine)
+    theirs = _declined(world, craft(lower, engine, b"anyengine", scoped), "not-learned")
+    assert theirs == "unsupported-security-level"
+    short = b"\x80\x00\x01\x02"
+    k_short = localized_user(ANY_ENGINE, short)
+    assert _declined(world, craft(k_short, short, b"anyengine", scoped), "not-learned") == "unknown-engine-id"
+    assert (engine, b"anyengine") not in world.fast.pairs and (short, b"anyengine") not in world.fast.pairs
+    capped = UsmFastPath([ANY_ENGINE], TRAPD, max_learned_engines=1)
+    for i, expect in ((1, True), (2, False)):
+        e = bytes([0x80, 0, 0, 0, 1, 0x77, i])
+        got = capped.receive(craft(localized_user(ANY_ENGINE, e), e, b"anyengine", scoped), "h", 1, 0.0)
+        assert (got is not None) is expect
+    assert capped.learned == 1 and capped.declined["not-learned"] == 1

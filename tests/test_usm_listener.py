@@ -92,12 +92,15 @@ async def test_what_the_fast_path_declines_still_reaches_pysnmp(trapd: Harness) 
     trapd.send(craft(k_other, OTHER, b"privuser", SCOPED))  # engine the user is not bound to
     nobody = localized_user(user("nobody", "SHA", "AES-128"), SENDER)
     trapd.send(craft(nobody, SENDER, b"nobody", SCOPED))  # unknown user
-    k_any = localized_user(ANY, OTHER)
-    trapd.send(craft(k_any, OTHER, b"anyengine", SCOPED))  # any-engine user: V3Receiver learns
+    forged = localized_user(user("anyengine", "SHA", "AES-128", auth_key="guessed-key"), OTHER)
+    trapd.send(craft(forged, OTHER, b"anyengine", SCOPED))  # any-engine user, unverifiable: V3Receiver's
     stats = trapd.listener.stats
-    assert dict(stats.dropped) == {"unknown-engine-id": 1, "unknown-user": 1}
-    assert [r.security.user for r in trapd.got] == ["anyengine"]
-    assert trapd.fast.accepted == 0 and trapd.fast.declined["not-bound"] == 3
+    assert dict(stats.dropped) == {"unknown-engine-id": 1, "unknown-user": 1, "wrong-digest": 1}
+    assert stats.dropped_detail[("wrong-digest", "unlearned-engine")] == 1
+    assert trapd.fast.accepted == 0 and trapd.fast.declined["not-bound"] == 2
+    # the any-engine user's real keys: learned by the fast path, which then handles it
+    trapd.send(craft(localized_user(ANY, OTHER), OTHER, b"anyengine", SCOPED))
+    assert [r.security.user for r in trapd.got] == ["anyengine"] and trapd.fast.learned == 1
     # an inform to trapd's engine: pysnmp answers it (a Response through the same reply path)
     k_trapd = localized_user(PRIV, TRAPD)
     inform = craft(

@@ -13,7 +13,8 @@ else back to pysnmp (:class:`trapd.listener.v3.V3Receiver`)::
                                   raises Refused       a drop, with a reason from DROP_REASONS
 
 What it takes: a message whose (msgAuthoritativeEngineID, msgUserName) pair
-is a configured user bound to that engine (``engine_ids``), not addressed to
+is a configured user bound to that engine (``engine_ids``), or a user with
+no ``engine_ids`` from an engine it learned (below), not addressed to
 trapd's own engine ID, not reportable (RFC 3412 sends Unconfirmed-class PDUs
 with the reportable flag clear), with a well-formed header, and whose scoped
 PDU turns out to be an SNMPv2-Trap-PDU with error-status and error-index 0
@@ -21,12 +22,13 @@ and varbinds the fast decoder accepts.
 
 What it declines (pysnmp decides, exactly as without this module): informs
 and anything else sent to trapd's engine ID (trapd is authoritative there and
-must answer), discovery probes, reportable messages, unknown users, users
-with no ``engine_ids`` (V3Receiver learns their engines), engines a user is
-not bound to, non-USM security models, any header field outside pysnmp's
-ASN.1 constraints, and authentic messages whose PDU is not a plain trap or
-that the fast varbind decoder refuses. A decline costs the header walk only,
-or also the HMAC and decryption for the rare authentic oddity.
+must answer), discovery probes, reportable messages, unknown users, engines
+a user is not bound to, a new engine of a user with no ``engine_ids`` until a
+message from it verified (V3Receiver counts the failures), non-USM security
+models, any header field outside pysnmp's ASN.1 constraints, and authentic
+messages whose PDU is not a plain trap or that the fast varbind decoder
+refuses. A decline costs the header walk only, or also the HMAC and
+decryption for the rare authentic oddity.
 
 What it refuses itself (the message is certainly dropped, pysnmp would drop
 it too, and a second opinion would cost 1.7 ms): a security level other than
@@ -38,7 +40,8 @@ PDU (``decryption-error``).
 
 Keys (RFC 3414 A.2, RFC 7860): the passphrase is stretched to 1 MiB and
 hashed once per user, then localized with each bound engine ID, when the
-configuration is loaded; nothing is derived per packet. The privacy key is
+configuration is loaded (for a user with no ``engine_ids``, once per engine
+it learns); nothing is derived per packet. The privacy key is
 derived with the user's authentication hash. AES-192/256 need more key than
 MD5, SHA-1 (and SHA-224 for AES-256) produce; the key is extended as in
 draft-blumenthal-aes-usm-04 section 3.1.2.1 (append the hash of the key so
@@ -294,11 +297,15 @@ class EngineTime:
 class UsmFastPath:
     """Decides, decrypts and decodes v3 traps from bound sender engines (see the module doc).
 
-    ``users``: the configured v3 users; only those with ``engine_ids`` are
-    handled here, each localized to each of its engines now. ``own_engine_id``:
-    trapd's engine ID (messages to it always go to pysnmp). ``timelines``:
-    the per-engine time notions of a previous instance, to keep across a
-    configuration reload.
+    ``users``: the configured v3 users; those with ``engine_ids`` are
+    localized to each of their engines now. A user with no ``engine_ids``
+    accepts any sender engine (as :class:`V3Receiver` does): the first
+    message from a new engine whose HMAC verifies with keys localized to that
+    engine teaches the pair, up to ``max_learned_engines`` pairs; a message
+    that does not verify, or beyond the cap, goes to pysnmp (which counts it).
+    ``own_engine_id``: trapd's engine ID (messages to it always go to
+    pysnmp). ``timelines``: the per-engine time notions of a previous
+    instance, to keep across a configuration reload.
 
     ``accepted`` counts traps handled; ``declined`` counts messages handed
     back by reason (a slug), for benchmarks and tests. ``Refused`` is the
@@ -314,19 +321,59 @@ class UsmFastPath:
         own_engine_id: bytes,
         *,
         timelines: dict[bytes, EngineTime] | None = None,
+        max_learned_engines: int = 1024,
     ) -> None:
         self.own_engine_id = own_engine_id
         self._users: dict[tuple[bytes, bytes], LocalizedUser] = {}
-        masters: dict[tuple[str, str], bytes] = {}
+        self._masters: dict[tuple[str, str], bytes] = {}
+        self._any_engine: dict[bytes, V3User] = {}
+        self._max_learned = max_learned_engines
         for user in users:
+            if not user.engine_ids:
+                if user.level != "noAuthNoPriv":  # nothing to verify a new engine with
+                    self._any_engine[user.user.encode()] = user
+                    self._prepare_masters(user)
+                continue
             for engine_id in user.engine_ids:
                 if engine_id == own_engine_id:
                     continue
-                self._users[(engine_id, user.user.encode())] = localized_user(user, engine_id, masters)
+                self._users[(engine_id, user.user.encode())] = localized_user(user, engine_id, self._masters)
         engines = {engine for engine, _ in self._users}
-        self.timelines: dict[bytes, EngineTime] = {e: t for e, t in (timelines or {}).items() if e in engines}
+        # Learned engines come back with their first message after a reload; keep their notions.
+        self.timelines: dict[bytes, EngineTime] = {
+            e: t for e, t in (timelines or {}).items() if e in engines or self._any_engine
+        }
+        self.learned = 0
         self.accepted = 0
         self.declined: Counter[str] = Counter()
+
+    def _prepare_masters(self, user: V3User) -> None:
+        """Hash an any-engine user's passphrases now, so learning an engine costs two short hashes."""
+        localized_user(user, b"", self._masters)
+
+    def _learn(
+        self, engine_id: bytes, user_name: bytes, flags: int, data: bytes, mac_at: int, mac: bytes
+    ) -> LocalizedUser:
+        """Keys for a new engine of an any-engine user, if this message proves them (RFC 3414 3.2 step 6).
+
+        Anything short of an authentic message at the user's own level is
+        declined: V3Receiver then applies the same rules and counts the drop.
+        """
+        user = self._any_engine.get(user_name)
+        if user is None or engine_id == self.own_engine_id:
+            raise _Decline("not-bound")
+        if not 4 < len(engine_id) < 33 or self.learned >= self._max_learned:
+            raise _Decline("not-learned")
+        keys = localized_user(user, engine_id, self._masters)
+        if (
+            _LEVELS.get(flags & 0x03) != keys.level
+            or len(mac) != keys.mac_length
+            or not _authentic(keys, data, mac_at)
+        ):
+            raise _Decline("not-learned")  # V3Receiver counts it (wrong-digest / unlearned-engine)
+        self._users[(engine_id, user_name)] = keys
+        self.learned += 1
+        return keys
 
     @property
     def pairs(self) -> Sequence[tuple[bytes, bytes]]:
@@ -392,11 +439,11 @@ class UsmFastPath:
         if p != usm_end or len(user_name) > _USER_NAME_MAX:
             raise _Decline("usm-parameters")
 
-        user = self._users.get((engine_id, user_name))
-        if user is None:
-            raise _Decline("not-bound")  # also discovery, informs to trapd, unknown users
         if flags & _FLAG_REPORTABLE:
             raise _Decline("reportable")
+        user = self._users.get((engine_id, user_name))
+        if user is None:  # discovery, informs to trapd, unknown users, unbound or new engines
+            user = self._learn(engine_id, user_name, flags, data, mac_at, mac)
         level = _LEVELS.get(flags & 0x03)
         if level is None:
             raise _Decline("msg-flags")  # privacy without authentication: invalid, pysnmp counts it
@@ -407,11 +454,9 @@ class UsmFastPath:
         timeline = None
         if level > 1:
             # RFC 3414 3.2 step 6 / RFC 7860: HMAC over the whole message, MAC field zeroed.
-            length = user.mac_length
-            if len(mac) != length:
+            if len(mac) != user.mac_length:
                 raise Refused("wrong-digest", "mac-length")
-            zeroed = data[:mac_at] + bytes(length) + data[mac_at + length :]
-            if not hmac.compare_digest(hmac.digest(user.auth_key, zeroed, user.hash_name)[:length], mac):
+            if not _authentic(user, data, mac_at):
                 raise Refused("wrong-digest")
             if boots == ENGINE_BOOTS_MAX:
                 raise Refused("not-in-time-window", "boots-max")
@@ -509,6 +554,17 @@ class UsmFastPath:
             block_out = ciphertext
             mask = user.blocks.update(iv + ciphertext[: (size - 1) // 16 * 16])[:size] if size else b""
         return (int.from_bytes(block_out, "big") ^ int.from_bytes(mask, "big")).to_bytes(size, "big")
+
+
+def _authentic(user: LocalizedUser, data: bytes, mac_at: int) -> bool:
+    """RFC 3414 6.3.2 / RFC 7860: HMAC over the whole message with the MAC field zeroed.
+
+    The caller has checked that the field at ``mac_at`` is ``user.mac_length`` octets.
+    """
+    length = user.mac_length
+    zeroed = data[:mac_at] + bytes(length) + data[mac_at + length :]
+    digest = hmac.digest(user.auth_key, zeroed, user.hash_name)[:length]
+    return hmac.compare_digest(digest, data[mac_at : mac_at + length])
 
 
 class _Decline(Exception):
