@@ -24,7 +24,8 @@ disk as --dir, default the system temp dir):
 
 Each for ``synchronous=normal`` (the default) and ``full``. The figures are
 actions per second, median of ``--runs``; the table also says how many
-actions each commit carried on average.
+actions each commit carried on average, and the CPU time (all threads) per
+action, which unlike the rate does not depend on what else the machine runs.
 """
 
 from __future__ import annotations
@@ -126,25 +127,30 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for sync in args.synchronous:
         for case in args.cases:
-            rates, batches = [], []
+            rates, batches, cpus = [], [], []
             for run in range(args.runs):
                 with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
                     path = Path(tmp) / "journal.sqlite"
                     n = args.actions if case != "one-by-one" else min(args.actions, args.one_by_one_actions)
+                    cpu0 = time.process_time()
                     if case == "batched":
                         rate, batch = await run_batched(path, n, args.concurrency, sync)
                     elif case == "one-by-one":
                         rate, batch = await run_one_by_one(path, n, sync)
                     else:
                         rate, batch = await run_dispatcher(path, n, args.concurrency, sync)
+                    cpu = (time.process_time() - cpu0) / n * 1e6  # all threads, microseconds per action
                 rates.append(rate)
                 batches.append(batch)
+                cpus.append(cpu)
                 print(f"  {case:<11} synchronous={sync:<6} run {run + 1}: {rate:9,.0f} actions/s "
-                      f"({batch:.1f} per commit)", file=sys.stderr)  # fmt: skip
+                      f"({batch:.1f} per commit, {cpu:.0f} us CPU each)", file=sys.stderr)  # fmt: skip
             results[f"{case}/{sync}"] = {
                 "median_actions_per_s": statistics.median(rates),
                 "runs": rates,
                 "median_actions_per_commit": statistics.median(batches),
+                # CPU per action (every thread): what the machine's load cannot change.
+                "median_cpu_us_per_action": statistics.median(cpus),
             }
     return results
 
@@ -165,9 +171,10 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(f"{'case':<24} {'actions/s (median)':>20} {'per commit':>11}")
+        print(f"{'case':<24} {'actions/s (median)':>20} {'per commit':>11} {'CPU us/action':>14}")
         for name, r in results.items():
-            print(f"{name:<24} {r['median_actions_per_s']:>20,.0f} {r['median_actions_per_commit']:>11.1f}")
+            print(f"{name:<24} {r['median_actions_per_s']:>20,.0f} {r['median_actions_per_commit']:>11.1f} "
+                  f"{r['median_cpu_us_per_action']:>14.0f}")  # fmt: skip
     return 0
 
 
