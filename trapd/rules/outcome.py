@@ -43,7 +43,8 @@ class PlannedAction:
     """One action the rules want run, with everything rendered and validated.
 
     ``key``: actions with the same key run in arrival order, never at once
-    (default: the plugin's key parameters, else the rule name).
+    (default: the plugin's key parameters; an action without any gets a key of
+    its own, since nothing needs ordering against it).
     ``delay``: seconds to wait before running; a cancel for ``cancel_key``
     arriving meanwhile cancels it (flap suppression).
     ``once_within`` / ``once_key``: run at most once per window for that key.

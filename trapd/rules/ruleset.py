@@ -490,12 +490,17 @@ def _plan_call(
     rendered = {name: v.render(ctx) for name, v in call.params.items()}
     params = validate(call.spec.params, rendered)
     key = _render_str(call.key, ctx)
+    parts = [f"{k}={params[k]}" for k in call.spec.key if k in params]
+    # What the action is about: its key parameters (the MAC, the address), else the rule.
+    about = f"{call.action}:{','.join(parts)}" if parts else f"rule:{rule.name}"
     if key is None:
-        parts = [f"{k}={params[k]}" for k in call.spec.key if k in params]
-        key = f"{call.action}:{','.join(parts)}" if parts else f"rule:{rule.name}"
+        # Ordering matters only between actions about the same thing. An action with no key
+        # parameters (log, webhook, exec) is about nothing in particular: giving it its own
+        # key keeps a storm of them from running one at a time behind each other.
+        key = about if parts else f"{rule.name}#{call.index}@{ctx['event_id']}"
     once_key: str | None = None
     if call.once_within is not None:
-        once_key = _render_str(call.once_key, ctx) or f"{rule.name}#{call.index}:{key}"
+        once_key = _render_str(call.once_key, ctx) or f"{rule.name}#{call.index}:{about}"
     caps = tuple(
         RateCap(name=c.name, limit=c.limit, per=c.per, key=_render_str(c.key, ctx) or "", hold_for=c.hold_for)
         for c in call.caps
