@@ -139,8 +139,8 @@ def measure_cost(count: int, pysnmp_count: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def measure_matrix(count: int) -> list[tuple[str, str, float]]:
-    """Fast-path µs per trap for other protocol pairs; messages built by pysnmp's engine."""
+def pysnmp_traps(u: Any, count: int) -> list[bytes]:
+    """``count`` linkDown traps from user ``u`` as pysnmp's own engine encodes them (loadgen's engine ID)."""
     from pysnmp.carrier.asyncio.dgram import udp
     from pysnmp.carrier.base import AbstractTransportDispatcher
     from pysnmp.entity import config as pc
@@ -148,46 +148,46 @@ def measure_matrix(count: int) -> list[tuple[str, str, float]]:
     from pysnmp.proto import rfc1902
     from pysnmp.proto.api import v2c
 
-    from trapd.listener.usm import UsmFastPath
     from trapd.listener.v3 import _pysnmp_protocols
 
     sender_id = loadgen.V3User().engine_id
-    out = []
-    pairs = [
-        ("MD5", "DES"),
-        ("SHA", "AES-128"),
-        ("SHA-256", "AES-128"),
-        ("SHA-512", "AES-256"),
-        ("SHA", "none"),
-    ]
     sent: list[bytes] = []
 
     class _Capture(AbstractTransportDispatcher):  # type: ignore[misc]
         def send_message(self, message: Any, domain: Any, address: Any) -> None:
             sent.append(bytes(message))
 
-    for auth, priv in pairs:
-        u = trapd_user(auth, priv)
-        sent.clear()
+    engine = SnmpEngine(snmpEngineID=rfc1902.OctetString(sender_id))
+    engine.register_transport_dispatcher(_Capture())
+    a, p = _pysnmp_protocols(u)
+    pc.add_v3_user(
+        engine,
+        u.user,
+        authProtocol=a,
+        authKey=u.auth_key.reveal() if u.auth_protocol != "none" else None,
+        privProtocol=p,
+        privKey=u.priv_key.reveal() if u.priv_protocol != "none" else None,
+    )
+    level = {"noAuthNoPriv": 1, "authNoPriv": 2, "authPriv": 3}[u.level]
+    pdu: Any = loadgen._v2c_pdu()
+    for i in range(count):
+        v2c.apiPDU.set_request_id(pdu, i + 1)
+        engine.message_dispatcher.send_pdu(
+            engine, udp.DOMAIN_NAME, ("127.0.0.1", 162), 3, 3, rfc1902.OctetString(u.user),
+            level, sender_id, b"", 1, pdu, False,
+        )  # fmt: skip
+    return sent
 
-        engine = SnmpEngine(snmpEngineID=rfc1902.OctetString(sender_id))
-        engine.register_transport_dispatcher(_Capture())
-        a, p = _pysnmp_protocols(u)
-        pc.add_v3_user(
-            engine,
-            u.user,
-            authProtocol=a,
-            authKey=u.auth_key.reveal(),
-            privProtocol=p,
-            privKey=u.priv_key.reveal() if priv != "none" else None,
-        )
-        pdu: Any = loadgen._v2c_pdu()
-        for i in range(count):
-            v2c.apiPDU.set_request_id(pdu, i + 1)
-            engine.message_dispatcher.send_pdu(
-                engine, udp.DOMAIN_NAME, ("127.0.0.1", 162), 3, 3, rfc1902.OctetString(u.user),
-                3 if u.level == "authPriv" else 2, sender_id, b"", 1, pdu, False,
-            )  # fmt: skip
+
+def measure_matrix(count: int) -> list[tuple[str, str, float]]:
+    """Fast-path µs per trap for other protocol pairs; messages built by pysnmp's engine."""
+    from trapd.listener.usm import UsmFastPath
+
+    out = []
+    pairs = [("MD5", "DES"), ("SHA", "AES-128"), ("SHA-256", "AES-128"), ("SHA-512", "AES-256")]
+    for auth, priv in [*pairs, ("SHA", "none"), ("none", "none")]:
+        u = trapd_user(auth, priv)
+        sent = pysnmp_traps(u, count)
         fast = UsmFastPath((u,), TRAPD_ENGINE)
         us = cpu_us_per_item(fast_receive(fast), sent)
         assert fast.accepted == len(sent), fast.declined
