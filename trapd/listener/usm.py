@@ -192,8 +192,9 @@ class LocalizedUser:
     ``blocks`` is a long-lived ECB context of the ``cryptography`` package
     with the privacy key set: an AES encryptor (AES-CFB128 decryption needs
     only the forward cipher) or a DES decryptor (single DES as TripleDES with
-    K1 = K2 = K3). ``des_pre_iv`` is the second half of the DES privacy key as
-    an int, XORed with each salt.
+    K1 = K2 = K3). Only whole blocks are ever fed to it, so it never buffers
+    a remainder that would shift the next message. ``des_pre_iv`` is the
+    second half of the DES privacy key as an int, XORed with each salt.
     """
 
     name: str
