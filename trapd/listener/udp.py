@@ -6,7 +6,7 @@ The order of the checks is the order of their cost::
     rate limit               ``limiter.check(source, data)``: token buckets (trapd.listener.limits)
     message_version          reads a few header bytes
     v1/v2c: fastpath.decode  community in a set of bytes; inform -> Response from the same socket
-    v3:     UsmFastPath      traps from users' bound sender engines (usm.py); what it
+    v3:     UsmFastPath      traps from users' bound (or learned) sender engines; what it
                              declines (informs, discovery, unknown users...) goes to
             V3Receiver       pysnmp's engine behind trapd's socket
 
@@ -222,7 +222,7 @@ class Listener:
         self._log = logger
         self.drop_log = DropLog(self._emit_drop_line, drop_log_interval)
         self._v3: Any = None  # V3Receiver, built in start() when v3 users exist
-        self._usm: Any = None  # UsmFastPath: v3 traps from bound engines, tried before pysnmp
+        self._usm: Any = None  # usm.UsmFastPath: v3 traps from users' sender engines, before pysnmp
         self._endpoints: list[tuple[_Endpoint, asyncio.DatagramTransport]] = []
         self.bound: list[BoundSocket] = []
         self._housekeeping: asyncio.Task[None] | None = None
