@@ -74,6 +74,10 @@ def serve(variant: str) -> int:
     async def main() -> None:
         listener = Listener(config, on_notification, logger=_Quiet())
         await listener.start()
+        # This script measures pysnmp's v3 path (the fallback for informs and unknown senders);
+        # turn trapd's fast USM path off so every trap goes through it. bench/bench_v3.py
+        # measures the fast path.
+        listener._usm = None
         if variant == "stock":
             from pysnmp.proto.secmod.rfc3414.service import SnmpUSMSecurityModel
 

@@ -1,4 +1,4 @@
-"""The listener: trapd's UDP sockets, the fast v1/v2c decoder, pysnmp for v3.
+"""The listener: trapd's UDP sockets, the fast v1/v2c decoder, the fast v3 USM path, pysnmp for the rest of v3.
 
 Public names::
 
@@ -7,7 +7,8 @@ Public names::
         await start() / await close() / async with; .bound, .stats, .engine_id
     ListenerStats   counters (received by version, dropped by reason, kernel drops)
     RawNotification what on_notification receives (trapd.listener.raw)
-    V3Receiver      the pysnmp engine behind trapd's socket (used by Listener)
+    UsmFastPath     v3 traps from known senders, authenticated and decrypted by trapd (used by Listener)
+    V3Receiver      the pysnmp engine behind trapd's socket, for the rest of v3 (used by Listener)
     run_on_best_loop(coro)  asyncio.run on uvloop when installed
 """
 

@@ -201,7 +201,7 @@ def decode(data: bytes) -> FastMessage:
     start, pos = expect(data, pos, end, TAG_SEQUENCE)
     if pos != end:
         raise Rejected("trailing-bytes", f"{end - pos} octets after the varbind list")
-    return FastMessage("v2c", community, pdu, request_id, _varbinds(data, start, pos, False))
+    return FastMessage("v2c", community, pdu, request_id, decode_varbinds(data, start, pos, False))
 
 
 def _pdu_rejection(tag: int, version: str) -> Rejected:
@@ -229,7 +229,7 @@ def _decode_v1_trap(data: bytes, pos: int, end: int, community: bytes) -> FastMe
         community,
         "v1-trap",
         None,
-        _varbinds(data, start, pos, True),
+        decode_varbinds(data, start, pos, True),
         enterprise,
         agent_addr,
         generic,
@@ -238,7 +238,7 @@ def _decode_v1_trap(data: bytes, pos: int, end: int, community: bytes) -> FastMe
     )
 
 
-def _varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBind]:
+def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBind]:
     """Decode the content of a VarBindList.
 
     This loop is the hot spot (it runs once per varbind, the rest once per

@@ -94,7 +94,7 @@ from trapd.listener.ber import (
 )
 from trapd.listener.config import V3User
 from trapd.listener.fastpath import MAX_MESSAGE
-from trapd.listener.fastpath import _varbinds as decode_varbinds
+from trapd.listener.fastpath import decode_varbinds
 from trapd.listener.raw import RawNotification, Security, SecurityLevel
 
 __all__ = [
