@@ -1,4 +1,4 @@
-"""The listener: trapd's UDP sockets, the fast v1/v2c decoder, the fast v3 USM path, pysnmp for the rest of v3.
+"""The listener: UDP sockets, fast v1/v2c decoder, fast v3 USM path, pysnmp for the rest of v3.
 
 Public names::
 

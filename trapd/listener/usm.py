@@ -93,8 +93,7 @@ from trapd.listener.ber import (
     read_header,
 )
 from trapd.listener.config import V3User
-from trapd.listener.fastpath import MAX_MESSAGE
-from trapd.listener.fastpath import decode_varbinds
+from trapd.listener.fastpath import MAX_MESSAGE, decode_varbinds
 from trapd.listener.raw import RawNotification, Security, SecurityLevel
 
 __all__ = [
