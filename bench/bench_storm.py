@@ -38,6 +38,7 @@ import gc
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -88,11 +89,18 @@ def expected_matches(sent: int, journaled: int) -> int:
     return {0: 0, 10: sent // 10, 100: sent}[journaled]
 
 
-def pipeline_config(workdir: Path, port: int, metrics_port: int, extra: dict[str, Any] | None) -> Path:
+def pipeline_config(
+    workdir: Path,
+    port: int,
+    metrics_port: int,
+    extra: dict[str, Any] | None,
+    state_dir: Path | None = None,
+    name: str = "trapd.yaml",
+) -> Path:
     cfg: dict[str, Any] = {
         "listener": {"listen": [f"127.0.0.1:{port}"], "communities": ["public"]},
         "rules": {"files": ["rules.yaml"]},
-        "state_dir": str(workdir / "state"),
+        "state_dir": str(state_dir or workdir / "state"),
         "mibs": {"dirs": []},
         "service": {
             "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
@@ -101,7 +109,7 @@ def pipeline_config(workdir: Path, port: int, metrics_port: int, extra: dict[str
     }
     for k, v in (extra or {}).items():
         cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    path = workdir / "trapd.yaml"
+    path = workdir / name
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -110,25 +118,44 @@ class Pipeline:
     """A ``trapd run`` process with the bench rules, its metrics endpoint, its log in a file."""
 
     def __init__(
-        self, workdir: Path, n_rules: int, extra: dict[str, Any] | None = None, journaled: int = 10
+        self,
+        workdir: Path,
+        n_rules: int,
+        extra: dict[str, Any] | None = None,
+        journaled: int = 10,
+        *,
+        inherit: socket.socket | None = None,
+        instance: int = 0,
     ) -> None:
+        """``inherit``: a bound socket handed over as systemd would (LISTEN_FDS), for SO_REUSEPORT groups;
+        instances of a group share ``workdir``, its rules and its state directory (the journal)."""
         self.workdir = workdir
-        self.port = bl.free_udp_port()
+        self.port = inherit.getsockname()[1] if inherit is not None else bl.free_udp_port()
         self.metrics_port = _free_tcp_port()
         (workdir / "rules.yaml").write_text(rules_text(n_rules, journaled))
-        config = pipeline_config(workdir, self.port, self.metrics_port, extra)
-        self.log_path = workdir / "trapd.log"
+        config = pipeline_config(
+            workdir, self.port, self.metrics_port, extra, workdir / "state", f"trapd-{instance}.yaml"
+        )
+        self.log_path = workdir / f"trapd-{instance}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         env = dict(os.environ)
         env.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "trapd-bench-pycache"))
+        argv = [sys.executable, "-m", "trapd", "run", "--config", str(config)]
+        pass_fds: tuple[int, ...] = ()
+        if inherit is not None:
+            # fd 3 and LISTEN_PID = the pid that execs trapd (sh's, kept by exec), as systemd does.
+            env["LISTEN_FDS"] = "1"
+            argv = ["sh", "-c", f'exec 3<&{inherit.fileno()}; export LISTEN_PID=$$; exec "$@"', "sh", *argv]
+            pass_fds = (inherit.fileno(),)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trapd", "run", "--config", str(config)],
+            argv,
             cwd=workdir,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
+            pass_fds=pass_fds,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
@@ -184,6 +211,66 @@ class Pipeline:
                 if entry.get("event") == event:
                     out.append(entry)
         return out
+
+
+class ReusePortGroup:
+    """``n`` trapd processes on one UDP port (SO_REUSEPORT, one socket each) sharing one journal.
+
+    The kernel spreads datagrams over the sockets by a hash of the sender's
+    address and port, so one switch always lands on the same process. It
+    quacks like a :class:`Pipeline` for :func:`wait_quiet` (scrapes summed).
+    """
+
+    def __init__(self, workdir: Path, n_rules: int, n: int, journaled: int = 10) -> None:
+        port = bl.free_udp_port()
+        self.sockets = []
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", port))
+            self.sockets.append(s)
+        self.port = port
+        self.members = [
+            Pipeline(workdir, n_rules, journaled=journaled, inherit=s, instance=i)
+            for i, s in enumerate(self.sockets)
+        ]
+        for s in self.sockets:
+            s.close()  # the children hold them
+
+    def wait_ready(self) -> float:
+        return max(m.wait_ready() for m in self.members)
+
+    def scrape(self) -> Scrape:
+        total: Scrape = {}
+        for m in self.members:
+            for k, v in m.scrape().items():
+                total[k] = total.get(k, 0.0) + v
+        return total
+
+    def stop(self) -> int | None:
+        codes = [m.stop() for m in self.members]
+        return max((c for c in codes if c is not None), default=None)
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.proc.pid for m in self.members]
+
+
+class SpreadSender:
+    """``send`` over several sender sockets in turn: distinct source ports, as many switches would be."""
+
+    def __init__(self, port: int, n: int) -> None:
+        self._socks = [loadgen.open_sender("127.0.0.1", port) for _ in range(n)]
+        self._sends = [s.send for s in self._socks]
+        self._i = 0
+
+    def send(self, data: bytes) -> int:
+        self._i = (self._i + 1) % len(self._sends)
+        return self._sends[self._i](data)
+
+    def close(self) -> None:
+        for s in self._socks:
+            s.close()
 
 
 def metric(scrape: Scrape, name: str, **labels: str) -> float:
@@ -248,7 +335,9 @@ class RssSampler(threading.Thread):
         self.join(2)
 
 
-def wait_quiet(p: Pipeline, want_received: int, want_done: int, timeout: float) -> tuple[Counts, float]:
+def wait_quiet(
+    p: Pipeline | ReusePortGroup, want_received: int, want_done: int, timeout: float
+) -> tuple[Counts, float]:
     """Poll the metrics until nothing moves for 1 s (or everything sent is accounted for)."""
     t0 = time.monotonic()
     last: Counts | None = None
@@ -303,21 +392,36 @@ def pipeline_run(
     n_rules: int,
     drain_timeout: float,
     journaled: int = 10,
+    processes: int = 1,
+    senders: int = 1,
 ) -> PipelineRun:
-    res = PipelineRun("trapd run", rate, run, loadavg=bl._loadavg())
+    name = "trapd run" if processes == 1 else f"trapd run x{processes}"
+    res = PipelineRun(name, rate, run, loadavg=bl._loadavg())
     workdir = Path(tempfile.mkdtemp(prefix=f"pipeline-{rate}-{run}-", dir=workroot))
-    p = Pipeline(workdir, n_rules, journaled=journaled)
+    p: Pipeline | ReusePortGroup
+    if processes == 1:
+        p = Pipeline(workdir, n_rules, journaled=journaled)
+        pids = [p.proc.pid]
+    else:
+        p = ReusePortGroup(workdir, n_rules, processes, journaled=journaled)
+        pids = p.pids
     try:
         p.wait_ready()
         time.sleep(0.5)  # settle_memory() runs right after READY
         before = Counts.of(p.scrape())
-        cpu0 = bl.cpu_seconds(p.proc.pid)
-        with loadgen.open_sender("127.0.0.1", p.port) as sock:
+        cpu0 = sum(bl.cpu_seconds(pid) for pid in pids)
+        sender = SpreadSender(p.port, senders)
+        try:
             gc.disable()
-            try:
-                report = loadgen.pace(sock, messages, rate, max_seconds=len(messages) / rate * 1.5 + 1.0)
-            finally:
-                gc.enable()
+            report = loadgen.pace(
+                sender,  # type: ignore[arg-type]  # only .send is used
+                messages,
+                rate,
+                max_seconds=len(messages) / rate * 1.5 + 1.0,
+            )
+        finally:
+            gc.enable()
+            sender.close()
         res.sent, res.rate_achieved = report.sent, report.rate_achieved
         res.expected_matches = expected_matches(report.sent, journaled)
         after, lag = wait_quiet(p, report.sent, res.expected_matches, drain_timeout)
@@ -327,9 +431,9 @@ def pipeline_run(
         res.matched, res.actions_done = c.matched, c.actions_done
         res.loss_pct = round(100.0 * (res.sent - res.received) / res.sent, 4) if res.sent else 100.0
         res.throughput = round(res.received / (report.seconds + res.lag_seconds), 1)
-        cpu = bl.cpu_seconds(p.proc.pid) - cpu0
+        cpu = sum(bl.cpu_seconds(pid) for pid in pids) - cpu0
         res.cpu_us_per_trap = round(cpu * 1e6 / res.received, 1) if res.received else None
-        res.rss_peak_kb = bl.memory_kb(p.proc.pid)[0]
+        res.rss_peak_kb = sum(bl.memory_kb(pid)[0] for pid in pids)
     except Exception as exc:  # one bad run is reported, the benchmark goes on
         res.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -371,7 +475,7 @@ def snmptrapd_run(
 
 def _progress(r: PipelineRun) -> str:
     extra = ""
-    if r.receiver == "trapd run":
+    if r.receiver.startswith("trapd"):
         extra = f" matched {r.matched}/{r.expected_matches} done {r.actions_done} dropped {r.dropped}"
     err = f" ERROR {r.error}" if r.error else ""
     return (
@@ -392,7 +496,15 @@ def throughput(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
             for name in receivers:
                 if name == "trapd":
                     r = pipeline_run(
-                        rate, run, messages, workroot, args.rules, args.drain_timeout, args.journaled
+                        rate,
+                        run,
+                        messages,
+                        workroot,
+                        args.rules,
+                        args.drain_timeout,
+                        args.journaled,
+                        args.processes,
+                        args.senders,
                     )
                 else:
                     r = snmptrapd_run(rate, run, messages, workroot, args.drain_timeout)
@@ -420,7 +532,7 @@ def summarize(runs: Sequence[PipelineRun]) -> list[dict[str, Any]]:
                 "cpu_us_per_trap": statistics.median(r.cpu_us_per_trap or 0.0 for r in rs),
                 "rss_peak_mb": round(statistics.median(r.rss_peak_kb for r in rs) / 1024, 1),
                 "matched_ok": all(r.matched == r.expected_matches for r in rs)
-                if receiver == "trapd run"
+                if receiver.startswith("trapd")
                 else None,
                 "loadavg": statistics.median(r.loadavg for r in rs),
             }
@@ -557,8 +669,6 @@ def overload_text(o: dict[str, Any]) -> str:
 
 
 def _free_tcp_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -593,6 +703,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seconds", type=float, default=5.0)
     t.add_argument("--receivers", default="snmptrapd,trapd")
     t.add_argument("--drain-timeout", type=float, default=60.0)
+    t.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="trapd processes on one port (SO_REUSEPORT sockets handed over as systemd would) "
+        "sharing one journal",
+    )
+    t.add_argument(
+        "--senders", type=int, default=1, help="sender sockets (source ports) the load is spread over"
+    )
     o = sub.add_parser("overload", help="far beyond the lossless rate: memory, losses, recovery")
     o.add_argument("--rate", type=int, default=50_000)
     o.add_argument("--seconds", type=float, default=60.0)
