@@ -175,6 +175,7 @@ def test_per_source_limit_sheds_the_flood_cheaply_and_lets_the_clearing_trap_thr
         # At 10/s of ordinary tokens, ~30 storm traps pass: a linkUp among 2,000 that got
         # through did so as a clearing notification, and cancelled the pending action.
         d.wait_log("delayed actions cancelled by a clearing event", timeout=15)
+        assert d.metric("trapd_rate_limit_exempted_total") >= 1
         d.wait_log(lambda e: e.get("reason") == "rate-limited", timeout=15)
         assert status_kb(d.proc.pid, "VmHWM") < RSS_BOUND_KB
         assert d.healthz()[0] == 200

@@ -548,6 +548,7 @@ class Daemon:
             reloads=dict(self.stats.reloads),
             last_reload_ok=self._reload_error is None,
             outcomes_lost=self.stats.submit_overflow,
+            rate_limit_exempted=sum(self.limiter.stats.exempted.values()) if self.limiter else 0,
         )
 
 

@@ -39,6 +39,7 @@ trapd_socket_receive_queue_bytes               gauge      socket; bytes waiting 
 trapd_rule_matches_total                       counter    rule
 trapd_events_unmatched_total                   counter
 trapd_outcomes_lost_total                      counter    matched, but the dispatch backlog was full
+trapd_rate_limit_exempted_total                counter    over a rate limit, kept: they clear pending actions
 trapd_actions_total                            counter    plugin, outcome
 trapd_action_latency_seconds                   histogram  from notification received to action done
 trapd_journal_entries                          gauge      state (pending, scheduled, held, dead)
@@ -134,6 +135,8 @@ class DaemonSnapshot:
     last_reload_ok: bool = True
     # Matched outcomes that never reached the journal: the daemon's queue or the journal was full.
     outcomes_lost: int = 0
+    # Over a rate limit, but let through because they clear pending actions (linkUp...).
+    rate_limit_exempted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +231,11 @@ class TrapdCollector:
             "trapd_outcomes_lost",
             "Matched events whose actions were not journaled: the dispatch backlog was full (a storm).",
             value=snap.outcomes_lost,
+        )
+        yield CounterMetricFamily(
+            "trapd_rate_limit_exempted",
+            "Notifications over a rate limit let through because a cancel: rule uses them.",
+            value=snap.rate_limit_exempted,
         )
         actions = CounterMetricFamily(
             "trapd_actions", "Actions finished, by plugin and outcome.", labels=["plugin", "outcome"]
