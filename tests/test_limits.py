@@ -288,3 +288,45 @@ def test_reconfigure_applies_new_limits_and_off_means_off(clearing: ClearingOids
     assert not rig.limiter.active
     rig.send(DOWN, n=100)
     assert rig.passed("10.0.0.1") == 102
+
+
+async def test_v3_over_the_limit_is_decoded_only_from_the_reserve(
+    clearing: ClearingOids, tmp_path: Path
+) -> None:
+    # v3 is encrypted: no peeking at the trap OID, so over the limit it is a candidate
+    # until the reserve is spent, and then dropped without decoding.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import loadgen
+
+    from trapd.listener.config import ListenAddress, V3User
+
+    user = loadgen.V3User()
+    rate = RateLimit(per_source=2, global_=0, burst=1.0)
+    cfg = ListenerConfig(
+        listen=(ListenAddress("127.0.0.1", 0),),
+        v3_users=(
+            V3User(
+                user=user.user,
+                auth_protocol=user.auth_protocol,
+                auth_key=Secret(user.auth_key, "test"),
+                priv_protocol=user.priv_protocol,
+                priv_key=Secret(user.priv_key, "test"),
+                engine_ids=(user.engine_id,),
+            ),
+        ),
+        rate_limit=rate,
+    )
+    clock = Clock()
+    limiter = SourceLimiter(rate, clearing, clock=clock)
+    got: list[RawNotification] = []
+    enc = loadgen.V3Encoder(user)
+    traps = [enc.encode(i + 1) for i in range(6)]  # linkDown: not clearing
+    async with Listener(cfg, got.append, limiter=limiter, logger=_QuietLog(), state_dir=tmp_path) as listener:
+        for data in traps:
+            listener.handle_datagram(data, ("10.0.0.1", 40000), lambda d, a: None)
+    assert len(got) == 2
+    assert limiter.stats.probed == {"per-source": 2} and limiter.stats.exempted == {}
+    assert listener.stats.dropped_detail[("rate-limited", "per-source")] == 4
+    assert listener.stats.received["v3"] == 2
