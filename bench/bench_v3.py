@@ -46,6 +46,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import loadgen  # noqa: E402
+from v3_memory import print_rss_table  # noqa: E402
 
 TRAPD_ENGINE = bytes.fromhex("80004fb805aabbccddeeff0011")
 
@@ -337,26 +338,7 @@ def main() -> int:
     print(f"built {len(messages)} v3 authPriv traps in {time.monotonic() - t:.1f} s", file=sys.stderr)
     results = {v: run_memory(v, messages, args.rate, args.sample_every, args.max_seconds)
                for v in args.variants.split(",")}  # fmt: skip
-    print(f"receiver RSS (MB) receiving distinct v3 authPriv traps at {args.rate:.0f}/s over loopback\n")
-    variants = list(results)
-    print("| traps sent | " + " | ".join(f"{v} RSS MB | {v} received" for v in variants) + " |")
-    print("|---:|" + "---:|---:|" * len(variants))
-    for i in range(max(len(s) for s in results.values())):
-        row: list[str] = []
-        sent = None
-        for v in variants:
-            s = results[v][i] if i < len(results[v]) else {}
-            sent = s.get("sent", sent)
-            row += [f"{s['rss_mb']:.1f}" if s else "", str(s.get("received", "")) if s else ""]
-        print(f"| {sent} | " + " | ".join(row) + " |")
-    print()
-    for v in variants:
-        runs = results[v]
-        if len(runs) >= 3:
-            a, b = runs[1], runs[-1]
-            per_1000 = (b["rss_mb"] - a["rss_mb"]) * 1024 / max(1, (b["received"] - a["received"]) / 1000)
-            print(f"{v}: {per_1000:+.1f} KB per 1,000 received traps after the first {a['received']}; "
-                  f"drops {b.get('dropped')}")  # fmt: skip
+    print_rss_table(results, f"receiver RSS (MB) receiving distinct v3 authPriv traps at {args.rate:.0f}/s")
     return 0
 
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -157,14 +157,22 @@ def main() -> int:
     for variant in args.variants.split(","):
         results[variant] = run_variant(variant, messages, args.rate, args.sample_every, args.max_seconds)
 
-    print(
-        f"\nreceiver RSS (MB) receiving v3 authPriv traps at {args.rate:.0f}/s (sender pid {os.getpid()})\n"
-    )
+    print_rss_table(results, f"receiver RSS (MB) receiving v3 authPriv traps at {args.rate:.0f}/s")
+    return 0
+
+
+
+def print_rss_table(results: dict[str, list[dict[str, Any]]], title: str) -> None:
+    """RSS samples per variant as a Markdown table, then the growth per 1,000 traps after warm-up.
+
+    Shared with bench_v3.py, which measures the fast USM path the same way.
+    """
+    print(f"\n{title}\n")
     variants = list(results)
-    print("| traps sent | " + " | ".join(f"{v} RSS | {v} received" for v in variants) + " |")
+    print("| traps sent | " + " | ".join(f"{v} RSS MB | {v} received" for v in variants) + " |")
     print("|---:|" + "---:|---:|" * len(variants))
     for i in range(max(len(s) for s in results.values())):
-        row = []
+        row: list[str] = []
         sent = None
         for v in variants:
             s = results[v][i] if i < len(results[v]) else {}
@@ -173,14 +181,13 @@ def main() -> int:
         print(f"| {sent} | " + " | ".join(row) + " |")
     print()
     for v in variants:
-        s = results[v]
-        if len(s) >= 3:
+        runs = results[v]
+        if len(runs) >= 3:
             # growth after warm-up: from the first loaded sample to the last
-            a, b = s[1], s[-1]
+            a, b = runs[1], runs[-1]
             per_1000 = (b["rss_mb"] - a["rss_mb"]) * 1024 / max(1, (b["received"] - a["received"]) / 1000)
-            print(f"{v}: {per_1000:.0f} KB per 1,000 received traps after the first {a['received']}")
-    return 0
-
+            print(f"{v}: {per_1000:+.1f} KB per 1,000 received traps after the first {a['received']}; "
+                  f"drops {b.get('dropped')}")  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())
