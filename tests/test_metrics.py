@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from trapd.dispatch.stats import LATENCY_BUCKETS, DispatchStats, Histogram
 from trapd.service.exporter import MetricsServer
 from trapd.service.health import Health
 from trapd.service.metrics import (
     DaemonSnapshot,
-    LatencyHistogram,
     TrapdCollector,
     build_registry,
     read_socket_queues,
@@ -49,7 +49,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def busy_snapshot() -> DaemonSnapshot:
-    hist = LatencyHistogram((0.01, 0.1, 1.0))
+    hist = Histogram((0.01, 0.1, 1.0))
     for v in (0.005, 0.05, 0.05, 0.5, 7.0):
         hist.observe(v)
     return DaemonSnapshot(
@@ -82,12 +82,48 @@ async def serve() -> AsyncIterator[Callable[..., MetricsServer]]:
 
 
 def test_latency_histogram_buckets_are_le_and_cumulative() -> None:
-    h = LatencyHistogram((0.1, 1.0))
+    h = Histogram((1.0, 0.1, 0.1))  # sorted, duplicates dropped
     for v in (0.1, 0.2, 1.0, 5.0):
         h.observe(v)
+    assert h.buckets == (0.1, 1.0)
     assert h.count == 4
     assert h.sum == pytest.approx(6.3)
+    assert h.counts == [1, 2, 1]
     assert h.cumulative() == [("0.1", 1.0), ("1.0", 3.0), ("+Inf", 4.0)]
+    assert h.quantile(0.5) == 1.0 and h.quantile(1.0) == float("inf")
+
+
+def test_the_dispatchers_histogram_is_exported_as_is() -> None:
+    """No conversion at scrape time: the snapshot carries DispatchStats.done_latency itself."""
+    stats = DispatchStats()
+    for v in (0.0005, 0.2, 600.0, 20000.0):  # an immediate action ... a delayed one held for hours
+        stats.done_latency.observe(v)
+    registry = build_registry(
+        TrapdCollector(lambda: DaemonSnapshot(action_latency=stats.done_latency)), process_metrics=False
+    )
+    from prometheus_client import generate_latest
+
+    m = samples(generate_latest(registry).decode())
+    buckets = {dict(labels)["le"]: n for (name, labels), n in m.items() if name.endswith("_bucket")}
+    assert list(buckets) == [repr(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+    assert buckets["0.001"] == 1
+    assert buckets["0.25"] == 2
+    assert buckets["900.0"] == 3  # minutes-long delays fall in a finite bucket
+    assert buckets["14400.0"] == 3 and buckets["+Inf"] == 4
+    assert m[("trapd_action_latency_seconds_count", ())] == 4
+    stats.done_latency.observe(1.0)  # the next scrape sees it: the exporter reads the live histogram
+    assert samples(generate_latest(registry).decode())[("trapd_action_latency_seconds_count", ())] == 5
+
+
+def test_dispatcher_and_journal_command_do_not_import_prometheus_client() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trapd.dispatch.dispatcher, trapd.dispatch.stats, trapd.commands.journal;"
+        "sys.exit('prometheus_client' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 async def test_scrape_reports_the_snapshot(serve: Callable[..., MetricsServer]) -> None:

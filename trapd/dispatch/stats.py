@@ -4,37 +4,36 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-# Seconds; from the trap's arrival, so they cover journaling, queueing and the action itself.
+# Seconds from the trap's arrival, so they cover journaling, queueing and the
+# action itself: immediate actions take milliseconds, delayed ones ("release the
+# lease 10 minutes after the port went down") minutes to hours.
 LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-)
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0, 14400.0,
+)  # fmt: skip
 
 
-@dataclass
 class Histogram:
-    """Cumulative-friendly histogram: ``counts[i]`` observations <= ``buckets[i]``, the last one +Inf."""
+    """A lock-free latency histogram for one thread: ``observe`` is a bisect and three adds.
 
-    buckets: tuple[float, ...] = LATENCY_BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    sum: float = 0.0
-    count: int = 0
+    The dispatcher observes into it and the metrics exporter reads it as is
+    (:meth:`cumulative`), so it lives here, away from prometheus-client, which
+    neither the dispatcher nor ``trapd journal`` should import.
+
+    ``counts[i]`` counts observations <= ``buckets[i]`` and > the bucket
+    before (not cumulative); the last slot is +Inf.
+    """
+
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.buckets: tuple[float, ...] = tuple(sorted(set(buckets)))
+        self.counts: list[int] = [0] * (len(self.buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
@@ -52,6 +51,15 @@ class Histogram:
             if seen >= target:
                 return self.buckets[i] if i < len(self.buckets) else float("inf")
         return float("inf")
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: (le, cumulative count), ending with +Inf."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+        return out
 
 
 @dataclass

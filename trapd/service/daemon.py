@@ -542,7 +542,7 @@ class Daemon:
             matched=dict(self.stats.matched),
             unmatched=self.stats.unmatched,
             actions=dict(ds.outcomes) if ds is not None else {},
-            action_latency=_latency(ds.done_latency) if ds is not None else None,
+            action_latency=ds.done_latency if ds is not None else None,
             journal=dict(ds.gauges) if ds is not None else {},
             kea_up=dict(self._kea_up),
             reloads=dict(self.stats.reloads),
@@ -550,16 +550,6 @@ class Daemon:
             outcomes_lost=self.stats.submit_overflow,
             rate_limit_exempted=sum(self.limiter.stats.exempted.values()) if self.limiter else 0,
         )
-
-
-def _latency(h: Any) -> Any:
-    """The dispatcher's histogram in the exporter's type (same buckets, same counts)."""
-    from trapd.service.metrics import LatencyHistogram
-
-    out = LatencyHistogram(h.buckets)
-    out.counts = list(h.counts)
-    out.sum = h.sum
-    return out
 
 
 def run_daemon(config: Config, args: argparse.Namespace | None = None) -> int:

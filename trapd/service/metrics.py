@@ -17,7 +17,7 @@ except the gauges ``journal`` and ``kea_up``)::
         matched={"port-down-release-lease": 310},                        # rule name -> n
         unmatched=890,                                                   # events no rule matched
         actions={("kea.lease_del", "done"): 300, ("webhook", "failed"): 2},  # (plugin, outcome) -> n
-        action_latency=LatencyHistogram(),     # observed once per finished action, received -> done
+        action_latency=Histogram(),  # trapd.dispatch.stats: once per finished action, received -> done
         journal={"pending": 0, "scheduled": 4, "held": 1, "dead": 0},    # state -> entries now
         kea_up={"dhcp4@/run/kea/kea4-ctrl-socket": True},                # endpoint -> reachable
         reloads={"ok": 3, "failed": 1},
@@ -53,7 +53,6 @@ process_*, python_*                            (prometheus-client's default coll
 
 from __future__ import annotations
 
-import bisect
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -72,50 +71,13 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from trapd import __version__
+from trapd.dispatch.stats import Histogram
 from trapd.listener.stats import read_kernel_drops
 from trapd.service.socket_activation import describe
 
 # /proc/self/net rather than /proc/net: the latter is a symlink that
 # ProcSubset=pid hides; the former is the same table and stays visible.
 PROC_NET = Path("/proc/self/net")
-
-# received -> done: fast actions take milliseconds; delayed ones ("release the
-# lease 10 minutes after the port went down") take minutes to hours.
-DEFAULT_LATENCY_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
-)  # fmt: skip
-
-
-class LatencyHistogram:
-    """A lock-free histogram for one thread: ``observe`` is a bisect and two adds.
-
-    ``counts[i]`` counts observations <= ``bounds[i]`` and > the bound before
-    (not cumulative); the last slot is +Inf.
-    """
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: Iterable[float] = DEFAULT_LATENCY_BUCKETS) -> None:
-        self.bounds: tuple[float, ...] = tuple(sorted(set(bounds)))
-        self.counts: list[int] = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """Prometheus buckets: (le, cumulative count), ending with +Inf."""
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += n
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
-        return out
 
 
 @dataclass(frozen=True)
@@ -128,7 +90,8 @@ class DaemonSnapshot:
     matched: Mapping[str, int] = field(default_factory=dict)
     unmatched: int = 0
     actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    action_latency: LatencyHistogram | None = None
+    # The dispatcher's own histogram, not a copy: it is read during the scrape, on the loop that observes.
+    action_latency: Histogram | None = None
     journal: Mapping[str, int] = field(default_factory=dict)
     kea_up: Mapping[str, bool] = field(default_factory=dict)
     reloads: Mapping[str, int] = field(default_factory=dict)
@@ -243,7 +206,7 @@ class TrapdCollector:
         for (plugin, outcome), n in sorted(snap.actions.items()):
             actions.add_metric([plugin, outcome], n)
         yield actions
-        hist = snap.action_latency or LatencyHistogram()
+        hist = snap.action_latency or Histogram()
         latency = HistogramMetricFamily(
             "trapd_action_latency_seconds", "Time from notification received to action done.", unit="seconds"
         )
