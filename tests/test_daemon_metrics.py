@@ -166,3 +166,32 @@ def test_scraped_counts_match_the_traffic_sent(tmp_path: Path, hook_server: str)
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_cancelled_delayed_action_is_counted_under_its_plugin(tmp_path: Path) -> None:
+    """A delayed `log` that linkUp cancels is counted as {plugin="log", outcome="cancelled"}."""
+    rules = """\
+rules:
+  - name: port-down-note
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: log
+        message: "still down {{ source }}:{{ ifIndex }}"
+        delay: 60s
+        cancel-key: "port:{{ source }}:{{ ifIndex }}"
+  - name: port-up
+    match: {notification: IF-MIB::linkUp}
+    cancel: "port:{{ source }}:{{ ifIndex }}"
+"""
+    d = TrapdDaemon.start(tmp_path, rules=rules)
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 17), check=True)
+        assert d.wait_metric("trapd_rule_matches_total", 1, rule="port-down-note") == 1
+        snmp_send("snmptrap", *link_down(d.target(), 17, trap=LINK_UP), check=True)
+        assert d.wait_metric("trapd_actions_total", 1, plugin="log", outcome="cancelled") == 1
+        m = d.metrics()
+        assert d.metric("trapd_actions_total", m, plugin="*") == 0
+        assert d.metric("trapd_actions_total", m) == 1  # nothing ran
+        assert d.stop() == 0
+    finally:
+        d.close()

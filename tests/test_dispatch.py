@@ -206,6 +206,8 @@ async def test_delay_cancelled_by_clearing_event(make: Any, rec: Recorder, journ
     up = make_event(trap_name="IF-MIB::linkUp")
     await d.submit(up, make_outcome(cancels=["sw1:17"]))
     assert await state_of(journal, down[0]) == "cancelled"
+    assert d.stats.outcomes[("rec", "cancelled")] == 1  # counted under the cancelled action's plugin
+    assert ("*", "cancelled") not in d.stats.outcomes
     await wait_for(lambda: rec.done_tags() == ["other"])
     await asyncio.sleep(0.35)
     assert rec.done_tags() == ["other"]  # the cleanup never ran

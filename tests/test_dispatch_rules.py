@@ -148,6 +148,48 @@ async def test_flap_within_the_delay_does_nothing(tmp_path: Path, dispatcher: Di
     assert e is not None and e.state == "done"
 
 
+async def test_cancelled_delayed_actions_are_counted_under_their_plugin(
+    tmp_path: Path, dispatcher: Dispatcher
+) -> None:
+    """trapd_actions_total{plugin="log", outcome="cancelled"}, not plugin="*"."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from trapd.service.metrics import DaemonSnapshot, TrapdCollector, build_registry
+
+    rs = rules(
+        tmp_path,
+        """
+        rules:
+          - name: port-down-note
+            match: {notification: IF-MIB::linkDown}
+            actions:
+              - action: log
+                message: "still down {{ source }}:{{ ifIndex }}"
+                delay: 60s
+                cancel-key: "port:{{ source }}:{{ ifIndex }}"
+          - name: port-up
+            match: {notification: IF-MIB::linkUp}
+            cancel: "port:{{ source }}:{{ ifIndex }}"
+        """,
+    )
+    for port in (17, 18):
+        await submit(dispatcher, rs, f"IF-MIB::linkDown from 10.20.1.5 ifIndex={port}")
+    await submit(dispatcher, rs, "IF-MIB::linkUp from 10.20.1.5 ifIndex=17")
+    await submit(dispatcher, rs, "IF-MIB::linkUp from 10.20.1.5 ifIndex=18")
+    assert dispatcher.stats.outcomes[("log", "cancelled")] == 2
+
+    snap = DaemonSnapshot(actions=dict(dispatcher.stats.outcomes))
+    text = generate_latest(build_registry(TrapdCollector(lambda: snap), process_metrics=False)).decode()
+    actions = {
+        (s.labels["plugin"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "trapd_actions_total"
+    }
+    assert actions == {("log", "cancelled"): 2}
+
+
 async def test_delayed_cleanup_survives_a_restart(tmp_path: Path) -> None:
     out = tmp_path / "cleanups.txt"
     rs = rules(tmp_path, FLAP.replace("OUT", str(out)))

@@ -89,6 +89,7 @@ async def test_cancel_keys_then_once_within(journal: SQLiteJournal) -> None:
     other = await journal.add(ev, [entry(state="scheduled", due=now + 60, cancel_key="sw1:18")], [], now)
     clear = await journal.add(make_event().to_dict(), [], ["sw1:17"], now)
     assert clear.cancelled == first.ids
+    assert clear.cancelled_actions == ["log"]  # the action of each cancelled row, for the metrics
     e = await journal.get(first.ids[0])
     assert e is not None and e.state == "cancelled" and "cancel key sw1:17" in (e.last_error or "")
     assert (await journal.get(other.ids[0])).state == "scheduled"  # type: ignore[union-attr]

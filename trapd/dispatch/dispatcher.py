@@ -266,7 +266,12 @@ class Dispatcher:
         self.stats.submitted += len(entries)
         log = self.log.bind(event_id=event.id)
         if res.cancelled:
-            self.stats.count("*", "cancelled", len(res.cancelled))
+            for action_name in res.cancelled_actions:
+                self.stats.count(action_name, "cancelled")
+            # A journal that does not name them still gets them counted, under "*".
+            unnamed = len(res.cancelled) - len(res.cancelled_actions)
+            if unnamed > 0:
+                self.stats.count("*", "cancelled", unnamed)
             log.info(
                 "delayed actions cancelled by a clearing event",
                 ids=res.cancelled,

@@ -224,6 +224,8 @@ class AddResult:
     states: list[State]  # per new entry: what it became (a once-within duplicate becomes cancelled)
     duplicate_of: list[int | None]
     cancelled: list[int] = field(default_factory=list)  # ids cancelled by the event's cancel keys
+    # The action (plugin name) of each of those, in the same order: the metrics count cancels per plugin.
+    cancelled_actions: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,13 +456,16 @@ def _op_add(
 ) -> AddResult:
     event_id = str(event["id"]) if event else ""
     cancelled: list[int] = []
+    cancelled_actions: list[str] = []
     for ck in cancel_keys:
         cur = conn.execute(
             f"UPDATE actions SET state = 'cancelled', finished = ?, last_error = ?, result = ? "
-            f"WHERE cancel_key = ? AND state IN {_ACTIVE_SQL} RETURNING id",
+            f"WHERE cancel_key = ? AND state IN {_ACTIVE_SQL} RETURNING id, action",
             (now, f"cancelled by event {event_id} (cancel key {ck})", _dumps({"cancelled_by": event_id}), ck),
         )
-        cancelled.extend(r[0] for r in cur.fetchall())
+        for id_, action_name in cur.fetchall():
+            cancelled.append(id_)
+            cancelled_actions.append(action_name)
     if event is not None and (entries or cancelled):
         conn.execute(
             "INSERT OR IGNORE INTO events (id, received_at, source, trap_name, data) VALUES (?, ?, ?, ?, ?)",
@@ -527,7 +532,7 @@ def _op_add(
         ids.append(cur.lastrowid)
         states.append(state)
         dups.append(dup)
-    return AddResult(ids, states, dups, cancelled)
+    return AddResult(ids, states, dups, cancelled, cancelled_actions)
 
 
 def _op_recover(conn: sqlite3.Connection, now: float, hold_unless: frozenset[str] | None) -> dict[str, int]:
