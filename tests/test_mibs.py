@@ -281,6 +281,51 @@ def test_bridge_and_q_bridge_nodes(shipped: MibResolver) -> None:
     )
 
 
+def test_module_subtree_is_its_module_identity_not_its_notifications(shipped: MibResolver) -> None:
+    # docs/rules.md ("Notifications"): {under: MODULE} is the MODULE-IDENTITY subtree.
+    assert shipped.subtree("IF-MIB") == (1, 3, 6, 1, 2, 1, 31)  # ifMIB
+    assert shipped.lookup("IF-MIB::linkDown") == (1, 3, 6, 1, 6, 3, 1, 1, 5, 3)  # outside it
+    assert shipped.subtree("SNMPv2-MIB") == (1, 3, 6, 1, 6, 3, 1)  # snmpMIB, which holds snmpTraps
+    # Node names and OIDs are their own subtree.
+    assert shipped.subtree("snmpTraps") == (1, 3, 6, 1, 6, 3, 1, 1, 5)
+    assert shipped.subtree("1.3.6.1.6.3.1.1.5") == (1, 3, 6, 1, 6, 3, 1, 1, 5)
+    assert shipped.subtree("RFC1271-MIB") is None  # SMIv1: no MODULE-IDENTITY
+
+
+def test_docs_list_every_module_whose_notifications_are_outside_its_subtree(shipped: MibResolver) -> None:
+    """The table under "Notifications" in docs/rules.md is the shipped index's truth, and its fixes work."""
+    data = shipped_index()
+    modules = data["modules"]
+    notifications: dict[str, list[tuple[int, ...]]] = {}
+    for oid, mod_no, _sym, kind, _syn in data["nodes"]:
+        if kind == "notification":
+            notifications.setdefault(modules[mod_no][0], []).append(tuple(oid))
+    outside = {
+        name
+        for name, _moid, _legacy in modules
+        if (sub := shipped.subtree(name)) is not None
+        and name in notifications
+        and any(n[: len(sub)] != sub for n in notifications[name])
+    }
+    docs = (Path(__file__).parents[1] / "docs" / "rules.md").read_text()
+    section = docs.split("### Notifications", 1)[1].split("\n#", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.strip().startswith("| ")]
+    table = {cells[0].strip(): cells[-1].strip().strip("`") for cells in rows[1:]}  # module -> instead
+    assert set(table) == outside
+    for module, instead in table.items():
+        prefix = shipped.subtree(str(load_yaml_text(instead)["under"]))
+        assert prefix is not None, instead
+        assert all(n[: len(prefix)] == prefix for n in notifications[module]), (module, instead)
+
+
+def load_yaml_text(text: str) -> dict[str, object]:
+    import yaml
+
+    value = yaml.safe_load(text)
+    assert isinstance(value, dict)
+    return value
+
+
 def test_entity_mib_notification(shipped: MibResolver) -> None:
     assert shipped.resolve((1, 3, 6, 1, 2, 1, 47, 2, 0, 1)) == ("ENTITY-MIB::entConfigChange", ())
 

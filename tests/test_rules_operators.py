@@ -49,6 +49,10 @@ LINKDOWN = "IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifDescr=Gi1/0/17 ifOperSt
         ("{notification: {under: '1.3.6.1.6.3.1.1'}}", True),
         ("{notification: {under: '1.3.6.1.6.3.1.1.5.4'}}", False),
         ("{notification: [{under: CISCO-MAC-NOTIFICATION-MIB}, coldStart]}", False),
+        # A module is its MODULE-IDENTITY subtree (docs/rules.md): linkDown is outside ifMIB,
+        # inside SNMPv2-MIB's snmpMIB.
+        ("{notification: {under: IF-MIB}}", False),
+        ("{notification: {under: SNMPv2-MIB}}", True),
     ],
 )
 def test_notification(tmp_path: Path, spec: str, expected: bool) -> None:

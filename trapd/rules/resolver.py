@@ -23,7 +23,11 @@ class SymbolResolver(Protocol):
         ...
 
     def subtree(self, name: str) -> Oid | None:
-        """A module name (``IF-MIB``) -> the OID under which its objects live."""
+        """A module name -> its MODULE-IDENTITY OID (``IF-MIB`` -> ifMIB), else :meth:`lookup`.
+
+        Not the module's notifications: IF-MIB's linkDown lies outside ifMIB
+        (docs/rules.md, "Notifications", lists the shipped modules like it).
+        """
         ...
 
     def resolve(self, oid: Oid) -> tuple[str, Oid]:
