@@ -282,9 +282,12 @@ def test_bridge_and_q_bridge_nodes(shipped: MibResolver) -> None:
 
 
 def test_module_subtree_is_its_module_identity_not_its_notifications(shipped: MibResolver) -> None:
-    # docs/rules.md ("Notifications"): {under: MODULE} is the MODULE-IDENTITY subtree.
+    # docs/rules.md ("Notifications"): {under: MODULE} is the MODULE-IDENTITY subtree plus notifications_of.
     assert shipped.subtree("IF-MIB") == (1, 3, 6, 1, 2, 1, 31)  # ifMIB
     assert shipped.lookup("IF-MIB::linkDown") == (1, 3, 6, 1, 6, 3, 1, 1, 5, 3)  # outside it
+    link_down_up = {(1, 3, 6, 1, 6, 3, 1, 1, 5, 3), (1, 3, 6, 1, 6, 3, 1, 1, 5, 4)}
+    assert link_down_up <= shipped.notifications_of("IF-MIB")
+    assert shipped.notifications_of("snmpTraps") == frozenset()  # a node, not a module
     assert shipped.subtree("SNMPv2-MIB") == (1, 3, 6, 1, 6, 3, 1)  # snmpMIB, which holds snmpTraps
     # Node names and OIDs are their own subtree.
     assert shipped.subtree("snmpTraps") == (1, 3, 6, 1, 6, 3, 1, 1, 5)

@@ -49,10 +49,11 @@ LINKDOWN = "IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifDescr=Gi1/0/17 ifOperSt
         ("{notification: {under: '1.3.6.1.6.3.1.1'}}", True),
         ("{notification: {under: '1.3.6.1.6.3.1.1.5.4'}}", False),
         ("{notification: [{under: CISCO-MAC-NOTIFICATION-MIB}, coldStart]}", False),
-        # A module is its MODULE-IDENTITY subtree (docs/rules.md): linkDown is outside ifMIB,
-        # inside SNMPv2-MIB's snmpMIB.
-        ("{notification: {under: IF-MIB}}", False),
+        # A module is its MODULE-IDENTITY subtree plus the notifications it defines
+        # (docs/rules.md): linkDown is IF-MIB's, though it sits under SNMPv2-MIB's snmpTraps.
+        ("{notification: {under: IF-MIB}}", True),
         ("{notification: {under: SNMPv2-MIB}}", True),
+        ("{notification: {under: BRIDGE-MIB}}", False),
     ],
 )
 def test_notification(tmp_path: Path, spec: str, expected: bool) -> None:
@@ -63,6 +64,7 @@ def test_notification_under_vendor_module(tmp_path: Path) -> None:
     ev = event("CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification from 10.0.0.1")
     assert hit(tmp_path, "{notification: {under: CISCO-MAC-NOTIFICATION-MIB}}", ev)
     assert not hit(tmp_path, "{notification: {under: IF-MIB}}", ev)
+    assert not hit(tmp_path, "{notification: {under: BRIDGE-MIB}}", event(LINKDOWN))
 
 
 # ---------------------------------------------------------------- source
@@ -255,3 +257,10 @@ def test_boolean_combinations(tmp_path: Path, spec: str, expected: bool) -> None
 def test_no_match_conditions_matches_everything(tmp_path: Path) -> None:
     assert hit(tmp_path, "{}", event(LINKDOWN))
     assert hit(tmp_path, "{}", event("coldStart from 10.0.0.1"))
+
+
+def test_notification_under_an_smiv1_module_means_its_traps(tmp_path: Path) -> None:
+    # RFC1271-MIB has no MODULE-IDENTITY: under it are exactly the traps it defines (RFC 3584 OIDs).
+    rising = event("1.3.6.1.2.1.16.0.1 from 10.0.0.1")
+    assert hit(tmp_path, "{notification: {under: RFC1271-MIB}}", rising)
+    assert not hit(tmp_path, "{notification: {under: RFC1271-MIB}}", event(LINKDOWN))

@@ -453,6 +453,15 @@ class MibResolver:
         moid = self._modules.get(name.strip())
         return moid if moid is not None else self.lookup(name)
 
+    def notifications_of(self, module: str) -> frozenset[Oid]:
+        """Every notification ``module`` defines (``IF-MIB`` -> linkDown, linkUp), wherever it sits."""
+        prefix = module.strip() + "::"
+        return frozenset(
+            oid
+            for name, oid in self._by_name.items()
+            if name.startswith(prefix) and self.kind(oid) == "notification"
+        )
+
     def modules(self) -> list[str]:
         return sorted({name.partition("::")[0] for name in self._by_name})
 

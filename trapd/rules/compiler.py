@@ -547,10 +547,15 @@ class Compiler:
                     )
                     continue
                 oid = self._subtree(target)
-                if oid is None:
+                # A module name also covers the notifications it defines outside its own
+                # subtree (IF-MIB's linkDown sits under SNMPv2-MIB's snmpTraps).
+                own = self.resolver.notifications_of(target) if not target[:1].isdigit() else frozenset()
+                if oid is None and not own:
                     self._unknown_symbol(target, where(e, "under"), "notification under:")
                     continue
-                prefixes.append(oid)
+                if oid is not None:
+                    prefixes.append(oid)
+                exact |= own
                 labels.append(f"under {target}")
             elif isinstance(e, str):
                 oid = self.symbol(e)

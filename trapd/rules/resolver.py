@@ -25,9 +25,13 @@ class SymbolResolver(Protocol):
     def subtree(self, name: str) -> Oid | None:
         """A module name -> its MODULE-IDENTITY OID (``IF-MIB`` -> ifMIB), else :meth:`lookup`.
 
-        Not the module's notifications: IF-MIB's linkDown lies outside ifMIB
-        (docs/rules.md, "Notifications", lists the shipped modules like it).
+        Not the module's notifications: IF-MIB's linkDown lies outside ifMIB;
+        ``under: MODULE`` adds them from :meth:`notifications_of`.
         """
+        ...
+
+    def notifications_of(self, module: str) -> frozenset[Oid]:
+        """Every notification a MIB module defines; empty for anything that is not a module."""
         ...
 
     def resolve(self, oid: Oid) -> tuple[str, Oid]:
