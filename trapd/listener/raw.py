@@ -10,6 +10,7 @@ because this is the receive path: at 10,000 traps/s every allocation shows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -41,6 +42,9 @@ SnmpType: TypeAlias = Literal[
 #   Null, noSuchObject, noSuchInstance, endOfMibView      -> None
 RawValue: TypeAlias = int | bytes | Oid | str | None
 RawVarBind: TypeAlias = tuple[Oid, SnmpType, RawValue]
+
+# What a notification callback returns to say "I will call raw.ack myself, later".
+DEFER_ACK = object()
 
 Version: TypeAlias = Literal["v1", "v2c", "v3"]
 Kind: TypeAlias = Literal["trap", "inform"]
@@ -88,3 +92,7 @@ class RawNotification:
     v1_generic_trap: int | None = None
     v1_specific_trap: int | None = None
     v1_timestamp: int | None = None
+    # v2c informs: sends the Response. Called by the listener right after the
+    # callback, unless the callback returned DEFER_ACK (trapd.listener.udp): then
+    # the callback's owner calls it once the event is safe (journaled).
+    ack: Callable[[], None] | None = None

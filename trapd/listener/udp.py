@@ -38,10 +38,14 @@ from typing import Any, TypeVar, cast
 from trapd.listener import fastpath
 from trapd.listener.config import ListenAddress, ListenerConfig, V3User
 from trapd.listener.limits import Over, SourceLimiter
-from trapd.listener.raw import RawNotification, Security
+from trapd.listener.raw import DEFER_ACK, RawNotification, Security
 from trapd.listener.stats import DROP_REASONS, DropLog, ListenerStats
 
-OnNotification = Callable[[RawNotification], None]
+# The callback may return DEFER_ACK for a v2c inform: it then owns ``raw.ack`` and calls
+# it once the notification is safe (the daemon: once its actions are journaled), or
+# never, so that the sender retries.
+OnNotification = Callable[[RawNotification], object]
+Reply = Callable[[bytes, tuple[Any, ...]], None]
 # Rate-limit hook: return False to drop the datagram as "rate-limited".
 Admit = Callable[[str], bool]
 
@@ -413,19 +417,32 @@ class Listener:
                 v1_specific_trap=msg.v1_specific_trap,
                 v1_timestamp=msg.v1_timestamp,
             )
-            stats.received[msg.version] += 1
-            if not self._deliver(raw):
-                return
             if msg.pdu == "inform":
-                try:
-                    reply(fastpath.encode_inform_response(msg), addr)
-                    stats.inform_responses += 1
-                except Exception:
-                    stats.send_errors += 1
+                raw.ack = lambda: self._acknowledge(msg, addr, reply)
+            stats.received[msg.version] += 1
+            deferred = self._deliver(raw)
+            if deferred is False:
+                return
+            if raw.ack is not None and deferred is not DEFER_ACK:
+                raw.ack()
         except Exception as exc:  # a bug must cost one datagram, not the listener
             self._drop("malformed", f"internal-{type(exc).__name__}", host)
 
-    def _deliver(self, raw: RawNotification) -> bool:
+    def _acknowledge(
+        self,
+        msg: fastpath.FastMessage,
+        addr: tuple[Any, ...],
+        reply: Callable[[bytes, tuple[Any, ...]], None],
+    ) -> None:
+        """Send the Response to a v2c inform (now, or later when the callback deferred it)."""
+        try:
+            reply(fastpath.encode_inform_response(msg), addr)
+            self.stats.inform_responses += 1
+        except Exception:
+            self.stats.send_errors += 1
+
+    def _deliver(self, raw: RawNotification) -> object:
+        """Hand ``raw`` to the callback: False if dropped, else what the callback returned."""
         over = self._over
         if over is not None:
             self._over = None
@@ -434,12 +451,12 @@ class Listener:
                 self._drop("rate-limited", over.detail, raw.source)
                 return False
         try:
-            self._on_notification(raw)
+            answer = self._on_notification(raw)
         except Exception:
             self.stats.callback_errors += 1
             self._log.exception("notification callback failed", source=raw.source)
             return False
-        return True
+        return True if answer is None else answer
 
     def _drop_rejected(self, exc: fastpath.Rejected, host: str) -> None:
         reason = exc.reason if exc.reason in DROP_REASONS else "malformed"

@@ -61,7 +61,7 @@ from trapd.listener.stats import ListenerStats
 # to the socket that received it.
 SendTo = Callable[[bytes, tuple[Any, ...]], None]
 # May return False to say "not handed on" (then a v3 inform is not acknowledged).
-OnNotification = Callable[[RawNotification], "bool | None"]
+OnNotification = Callable[[RawNotification], object]
 OnDrop = Callable[[str, "str | None", str], None]
 
 SECURITY_LEVELS: dict[int, SecurityLevel] = {1: "noAuthNoPriv", 2: "authNoPriv", 3: "authPriv"}

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -25,7 +26,7 @@ from typing import Any, cast
 from trapd.config import DEFAULT_CONFIG, Config, load_config
 from trapd.event import Event
 from trapd.listener.config import parse_listen
-from trapd.listener.raw import RawNotification
+from trapd.listener.raw import DEFER_ACK, RawNotification
 from trapd.listener.stats import DropLog
 from trapd.rules.outcome import Outcome
 from trapd.secrets import Secret
@@ -149,7 +150,10 @@ class Daemon:
         self.health = Health(False, "starting")
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
-        self._submit_queue: asyncio.Queue[tuple[Event, Outcome]] = asyncio.Queue(SUBMIT_QUEUE_MAX)
+        # (event, outcome, the inform acknowledgement to send once journaled, if any)
+        self._submit_queue: asyncio.Queue[tuple[Event, Outcome, Callable[[], None] | None]] = asyncio.Queue(
+            SUBMIT_QUEUE_MAX
+        )
         self._kea_up: dict[str, bool] = {}
         # Why the last reload was refused (None: it worked, or none happened); shown in STATUS=.
         self._reload_error: str | None = None
@@ -169,8 +173,14 @@ class Daemon:
 
     # ------------------------------------------------------------ the receive path
 
-    def _on_notification(self, raw: RawNotification) -> None:
-        """Called by the listener for each accepted notification. Must not raise."""
+    def _on_notification(self, raw: RawNotification) -> object:
+        """Called by the listener for each accepted notification. Must not raise.
+
+        A v2c inform whose rules plan or cancel something is acknowledged only
+        once that is journaled (returns DEFER_ACK; ``_submit_loop`` calls
+        ``raw.ack``). If it never gets there (backlog full, journal error), the
+        sender gets no Response and sends the inform again: nothing is lost.
+        """
         try:
             event = self.normalizer.normalize(raw)
             rules = self.rules  # one read: a reload swaps the reference, never mutates it
@@ -179,11 +189,11 @@ class Daemon:
         except Exception:
             self.stats.errors["pipeline"] += 1
             self.log.exception("notification could not be processed", source=raw.source)
-            return
+            return None
         if not outcome.matched:
             self.stats.unmatched += 1
         if outcome.empty:
-            return
+            return None
         for name in outcome.matched:
             self.stats.matched[name] += 1
         for rej in outcome.rejected:
@@ -198,10 +208,13 @@ class Daemon:
             )
         if outcome.planned or outcome.cancels:
             try:
-                self._submit_queue.put_nowait((event, outcome))
+                self._submit_queue.put_nowait((event, outcome, raw.ack))
             except asyncio.QueueFull:
                 self.stats.submit_overflow += 1
                 self._loss_log.note("dispatch-backlog-full", ",".join(outcome.matched), event.source)
+            if raw.ack is not None:
+                return DEFER_ACK
+        return None
 
     async def _submit_loop(self) -> None:
         """Hand outcomes to the dispatcher (which journals them before anything runs).
@@ -219,10 +232,12 @@ class Daemon:
             while len(batch) < SUBMIT_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
-                results: list[Any] = await self.dispatcher.submit_many(batch)
+                results: list[Any] = await self.dispatcher.submit_many([(e, o) for e, o, _ in batch])
             except Exception as exc:
                 results = [exc] * len(batch)
-            for (event, outcome), result in zip(batch, results, strict=True):
+            for (event, outcome, ack), result in zip(batch, results, strict=True):
+                if ack is not None and not isinstance(result, BaseException):
+                    ack()  # a v2c inform: journaled now, so its sender may stop resending
                 if isinstance(result, DispatchOverloaded):
                     self.stats.submit_overflow += 1
                     self._loss_log.note("journal-overloaded", ",".join(outcome.matched), event.source)

@@ -1,0 +1,58 @@
+"""A v2c inform is acknowledged only once what its rules planned is in the journal.
+
+The journal commits late here on purpose (``commit_delay``), so an
+acknowledgement sent before the commit would let snmpinform return while the
+journal is still empty: the sender would stop resending something trapd
+could still lose in a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from daemon_harness import IF_INDEX, LINK_DOWN, TrapdDaemon
+from listen_harness import snmp_send
+
+pytestmark = pytest.mark.integration
+
+RULES = """
+rules:
+  - name: note-it
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: log
+        message: "inform {{ ifIndex }}"
+"""
+
+
+def journaled(d: TrapdDaemon) -> int:
+    path = d.state_dir / "journal.sqlite"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+        return int(db.execute("SELECT count(*) FROM actions").fetchone()[0])
+
+
+def test_inform_is_acknowledged_after_its_actions_are_journaled(tmp_path: Path) -> None:
+    config = {"dispatch": {"journal": {"commit_delay": "0.8s"}}}
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=RULES, config=config)
+    try:
+        assert journaled(d) == 0
+        started = time.monotonic()
+        r = snmp_send("snmpinform", "-v", "2c", "-c", "public", "-r", "0", "-t", "5", d.target(), "",
+                      LINK_DOWN, f"{IF_INDEX}.7", "i", "7")  # fmt: skip
+        waited = time.monotonic() - started
+        assert r.returncode == 0, r.stderr  # acknowledged
+        assert journaled(d) == 1  # ... and by then the action was committed
+        assert waited >= 0.5  # the Response waited for the (delayed) commit
+        # An inform that plans nothing is answered at once.
+        started = time.monotonic()
+        r = snmp_send("snmpinform", "-v", "2c", "-c", "public", "-r", "0", "-t", "5", d.target(), "",
+                      "1.3.6.1.6.3.1.1.5.1")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert time.monotonic() - started < 0.5
+        assert d.stop() == 0
+    finally:
+        d.close()
