@@ -22,6 +22,13 @@ disk as --dir, default the system temp dir):
     figure is actions per second from the first submit to the last "done"
     committed.
 
+``steady``
+    The same dispatcher and no-op action, but the submits arrive one at a
+    time at ``--rate`` per second through ``Dispatcher.submit_many`` (what
+    the daemon's receive path does below a storm). Batches are small then,
+    so this shows the fixed costs per action: commits and the wake-ups
+    between the event loop and the journal's writer thread.
+
 Each for ``synchronous=normal`` (the default) and ``full``. The figures are
 actions per second, median of ``--runs``; the table also says how many
 actions each commit carried on average, and the CPU time (all threads) per
@@ -113,6 +120,27 @@ async def run_dispatcher(path: Path, n: int, concurrency: int, sync: str) -> tup
         return n / (time.perf_counter() - t0), j.committed_ops / max(1, j.commits)
 
 
+async def run_steady(path: Path, n: int, rate: float, sync: str) -> tuple[float, float]:
+    async with SQLiteJournal(path, synchronous=sync) as j:
+        d = Dispatcher(DispatchConfig(), j, {"bench.noop": noop}, kea=None, log=_QuietLog())
+        await d.start()
+        items = [
+            (
+                make_event(varbinds=[("IF-MIB::ifIndex", "Integer32", i)]),
+                make_outcome(plan("bench.noop", {"mac": mac(i)}, key=f"mac:{i}")),
+            )
+            for i in range(n)
+        ]
+        t0 = time.perf_counter()
+        for i, item in enumerate(items):
+            await d.submit_many([item])
+            await asyncio.sleep(max(0.0, t0 + (i + 1) / rate - time.perf_counter()))
+        while d.stats.outcomes[("bench.noop", "done")] < n:
+            await asyncio.sleep(0.005)
+        await d.stop()
+        return n / (time.perf_counter() - t0), j.committed_ops / max(1, j.commits)
+
+
 class _QuietLog:
     """A logger that drops everything: the benchmark measures the journal, not the log sink."""
 
@@ -135,6 +163,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     cpu0 = time.process_time()
                     if case == "batched":
                         rate, batch = await run_batched(path, n, args.concurrency, sync)
+                    elif case == "steady":
+                        rate, batch = await run_steady(path, min(n, args.steady_actions), args.rate, sync)
+                        n = min(n, args.steady_actions)
                     elif case == "one-by-one":
                         rate, batch = await run_one_by_one(path, n, sync)
                     else:
@@ -160,9 +191,11 @@ def main() -> int:
     p.add_argument("--actions", type=int, default=20000, help="actions per run (batched, dispatcher)")
     p.add_argument("--one-by-one-actions", type=int, default=3000, help="actions per one-by-one run")
     p.add_argument("--concurrency", type=int, default=500, help="submitters in flight")
+    p.add_argument("--rate", type=float, default=1000.0, help="submits per second (steady)")
+    p.add_argument("--steady-actions", type=int, default=5000, help="actions per steady run")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--cases", nargs="+", default=["batched", "one-by-one", "dispatcher"],
-                   choices=["batched", "one-by-one", "dispatcher"])  # fmt: skip
+    p.add_argument("--cases", nargs="+", default=["batched", "one-by-one", "dispatcher", "steady"],
+                   choices=["batched", "one-by-one", "dispatcher", "steady"])  # fmt: skip
     p.add_argument("--synchronous", nargs="+", default=["normal", "full"], choices=["normal", "full"])
     p.add_argument("--dir", help="where the journal files go (default: system temp dir)")
     p.add_argument("--json", action="store_true")

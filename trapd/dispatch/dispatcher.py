@@ -38,7 +38,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ import structlog
 from trapd.dispatch.breaker import Breaker
 from trapd.dispatch.config import DispatchConfig
 from trapd.dispatch.journal import (
+    AddResult,
     CapCheck,
     Entry,
     Journal,
@@ -256,16 +257,28 @@ class Dispatcher:
         """
         if not outcome.planned and not outcome.cancels:
             return []
+        entries, pending = self._journal_soon(event, outcome)
+        return self._submitted(event, outcome, entries, await pending)
+
+    def _journal_soon(self, event: Event, outcome: Outcome) -> tuple[list[NewEntry], Awaitable[AddResult]]:
+        """Queue the outcome's journal write now (in call order); await the commit later."""
         now = time.time()
         entries = [self._plan(event, pa, now) for pa in outcome.planned]
         try:
-            res = await self.journal.add(event.to_dict(), entries, outcome.cancels, now)
+            pending = self.journal.add_soon(event.to_dict(), entries, outcome.cancels, now)
         except JournalFull:
             self.stats.overloaded += 1
             raise
+        return entries, pending
+
+    def _submitted(
+        self, event: Event, outcome: Outcome, entries: list[NewEntry], res: AddResult
+    ) -> list[str]:
+        """After the commit: count, log what did not go to the workers, hand the rest to them."""
         self.stats.submitted += len(entries)
-        log = self.log.bind(event_id=event.id)
+        log = self.log
         if res.cancelled:
+            log = log.bind(event_id=event.id)
             for action_name in res.cancelled_actions:
                 self.stats.count(action_name, "cancelled")
             # A journal that does not name them still gets them counted, under "*".
@@ -281,7 +294,26 @@ class Dispatcher:
         for pa, ne, id_, state, dup in zip(
             outcome.planned, entries, res.ids, res.states, res.duplicate_of, strict=True
         ):
-            alog = log.bind(rule=pa.rule, action=pa.action, action_id=str(id_))
+            if state == "pending":
+                # The common case logs nothing here: no bound logger to build (the worker binds one).
+                direct.append(
+                    _Job(
+                        id_,
+                        event.id,
+                        pa.key,
+                        pa.rule,
+                        pa.action,
+                        ne.params,
+                        event.received_at,
+                        ne.max_attempts,
+                        ne.backoff,
+                        event.received_at + ne.max_age,
+                        None,
+                        event,
+                    )
+                )
+                continue
+            alog = self.log.bind(event_id=event.id, rule=pa.rule, action=pa.action, action_id=str(id_))
             if state == "done":
                 self.stats.count(pa.action, "dry-run")
                 alog.info(
@@ -302,23 +334,6 @@ class Dispatcher:
             elif state == "scheduled":
                 alog.debug("action scheduled", delay=pa.delay, cancel_key=pa.cancel_key)
                 self._arm(ne.due)
-            else:
-                direct.append(
-                    _Job(
-                        id_,
-                        event.id,
-                        pa.key,
-                        pa.rule,
-                        pa.action,
-                        ne.params,
-                        event.received_at,
-                        ne.max_attempts,
-                        ne.backoff,
-                        event.received_at + ne.max_age,
-                        None,
-                        event,
-                    )
-                )
         if direct:
             # Straight into memory when there is room, backlog or not: per-key order does not
             # depend on it (Journal.claim makes an action wait for earlier ones with its key).
@@ -341,9 +356,29 @@ class Dispatcher:
         affect the others. Journal order (and so per-key order) is the order
         of ``items``.
         """
-        # Each submit queues its journal write before the next one starts, so order is kept.
-        results = await asyncio.gather(*(self.submit(e, o) for e, o in items), return_exceptions=True)
-        return list(results)
+        # Every write is queued before the first commit is awaited, in the order of items, and
+        # without a task per item (in a storm the event loop's time is what receiving lacks).
+        started: list[tuple[list[NewEntry], Awaitable[AddResult]] | BaseException | None] = []
+        for event, outcome in items:
+            if not outcome.planned and not outcome.cancels:
+                started.append(None)
+                continue
+            try:
+                started.append(self._journal_soon(event, outcome))
+            except Exception as exc:
+                started.append(exc)
+        results: list[list[str] | BaseException] = []
+        for (event, outcome), st in zip(items, started, strict=True):
+            if st is None:
+                results.append([])
+            elif isinstance(st, BaseException):
+                results.append(st)
+            else:
+                try:
+                    results.append(self._submitted(event, outcome, st[0], await st[1]))
+                except Exception as exc:
+                    results.append(exc)
+        return results
 
     def _plan(self, event: Event, pa: PlannedAction, now: float) -> NewEntry:
         spec = self.actions.get(pa.action)
@@ -578,7 +613,8 @@ class Dispatcher:
                 else:
                     self._lanes.pop(key, None)
                 self.stats.in_memory = len(self._loaded)
-                self._wake.set()
+                if self._backlog:
+                    self._wake.set()  # room for what waits in the journal (else the pump has nothing to do)
 
     async def _run(self, job: _Job) -> None:
         now = time.time()

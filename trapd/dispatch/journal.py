@@ -272,6 +272,20 @@ class Journal(Protocol):
         """Cancel waiting actions with these cancel keys, then insert ``entries`` (deduplicated)."""
         ...
 
+    def add_soon(
+        self,
+        event: Mapping[str, Any] | None,
+        entries: Sequence[NewEntry],
+        cancel_keys: Sequence[str],
+        now: float,
+    ) -> Awaitable[AddResult]:
+        """Like :meth:`add`, issued now (ordered before every later operation), awaited later.
+
+        Raises :class:`JournalFull` at once, like ``add``. Lets a caller queue many
+        adds in order without a task each, then await their commits.
+        """
+        ...
+
     async def recover(self, now: float, hold_unless: Iterable[str] | None = None) -> dict[str, int]:
         """After a restart: running -> pending (or held, for actions not in ``hold_unless`` when given)."""
         ...
@@ -817,10 +831,11 @@ class _Op:
     lazy: bool = False  # nobody waits for it (finish_soon): it may wait to share a later commit
 
 
-# How long a batch of lazy operations only (the "done" of finished actions) may wait for an
-# operation somebody awaits, to share its commit. At a steady 1,000 actions/s that saves a commit
-# and a wake-up of the event loop per action. Until the commit, a crash leaves the row running,
-# so the action runs again after a restart: at least once, as documented for finish_soon.
+# How long lazy operations (the "done" of finished actions) may wait, on the event loop's side,
+# for an operation somebody awaits, to go to the writer with it and share its commit. At a steady
+# rate each action then costs one commit and two thread wake-ups fewer (on a VM a wake-up costs
+# tens of microseconds). Until the commit, a crash leaves the row running, so the action runs
+# again after a restart: at least once, as documented for finish_soon.
 LAZY_COMMIT_DELAY = 0.05
 
 
@@ -845,6 +860,8 @@ class SQLiteJournal:
         self.max_queued = max_queued
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._queued = 0  # rows waiting, counted on the event loop's thread only
+        self._lazy: list[_Op] = []  # lazy writes not handed to the writer yet (event loop's thread)
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._data_version = _DataVersion()
@@ -872,6 +889,7 @@ class SQLiteJournal:
     async def close(self) -> None:
         if self._thread is None:
             return
+        self._send_lazy()
         self._queue.put(None)
         thread, self._thread = self._thread, None
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
@@ -925,35 +943,17 @@ class SQLiteJournal:
             batch = [op]
             if self.commit_delay > 0:
                 time.sleep(self.commit_delay)
-            stop = self._gather(batch, None)
-            if not stop and all(o.lazy for o in batch):
-                stop = self._gather(batch, time.monotonic() + LAZY_COMMIT_DELAY)
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
             self._run_batch(conn, batch, loop)
         conn.close()
-
-    def _gather(self, batch: list[_Op], lazy_until: float | None) -> bool:
-        """Add queued operations to ``batch``; True when close() was asked for.
-
-        With ``lazy_until``, wait up to then for the first operation that somebody
-        awaits (then take whatever else is queued), instead of committing lazy ones alone.
-        """
-        while len(batch) < self.max_batch:
-            try:
-                if lazy_until is None:
-                    nxt = self._queue.get_nowait()
-                else:
-                    left = lazy_until - time.monotonic()
-                    if left <= 0:
-                        return False
-                    nxt = self._queue.get(timeout=left)
-            except queue.Empty:
-                return False
-            if nxt is None:
-                return True
-            batch.append(nxt)
-            if lazy_until is not None and not nxt.lazy:
-                return self._gather(batch, None)
-        return False
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op], loop: asyncio.AbstractEventLoop) -> None:
         writes = any(op.write for op in batch)
@@ -1025,8 +1025,23 @@ class SQLiteJournal:
             raise JournalFull(f"{self._queued} journal writes are waiting for the disk")
         fut = self._loop.create_future()
         self._queued += weight
-        self._queue.put(_Op(fn, args, fut, weight, write, lazy))
+        op = _Op(fn, args, fut, weight, write, lazy)
+        if lazy:
+            self._lazy.append(op)
+            if self._lazy_timer is None:
+                self._lazy_timer = self._loop.call_later(LAZY_COMMIT_DELAY, self._send_lazy)
+        else:
+            self._send_lazy()  # first: they were issued before this one
+            self._queue.put(op)
         return fut
+
+    def _send_lazy(self) -> None:
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
+        for op in self._lazy:
+            self._queue.put(op)
+        self._lazy.clear()
 
     # -- the Journal interface
 
@@ -1040,10 +1055,20 @@ class SQLiteJournal:
         cancel_keys: Sequence[str],
         now: float,
     ) -> AddResult:
-        result: AddResult = await self._call(
+        result: AddResult = await self.add_soon(event, entries, cancel_keys, now)
+        return result
+
+    def add_soon(
+        self,
+        event: Mapping[str, Any] | None,
+        entries: Sequence[NewEntry],
+        cancel_keys: Sequence[str],
+        now: float,
+    ) -> Awaitable[AddResult]:
+        fut: asyncio.Future[AddResult] = self._call(
             _op_add, event, list(entries), list(cancel_keys), now, weight=max(1, len(entries))
         )
-        return result
+        return fut
 
     async def recover(self, now: float, hold_unless: Iterable[str] | None = None) -> dict[str, int]:
         keep = frozenset(hold_unless) if hold_unless is not None else None
