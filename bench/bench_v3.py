@@ -35,7 +35,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +45,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import loadgen  # noqa: E402
-from v3_memory import print_rss_table  # noqa: E402
+from v3_memory import print_rss_table, run_variant  # noqa: E402
 
 TRAPD_ENGINE = bytes.fromhex("80004fb805aabbccddeeff0011")
 
@@ -64,13 +63,6 @@ def trapd_user(auth: str = "SHA-256", priv: str = "AES-128", name: str | None = 
         priv_key=Secret(u.priv_key),
         engine_ids=(u.engine_id,),
     )
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def cpu_us_per_item(fn: Callable[[bytes], object], messages: Sequence[bytes]) -> float:
@@ -234,47 +226,6 @@ def serve(variant: str) -> int:
     return 0
 
 
-def run_memory(
-    variant: str, messages: list[bytes], rate: float, every: int, max_seconds: float
-) -> list[dict[str, Any]]:
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", variant], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent
-    )
-    assert child.stdout is not None
-    port = json.loads(child.stdout.readline())["port"]
-    sock = loadgen.open_sender("127.0.0.1", port)
-    samples: list[dict[str, Any]] = [{"sent": 0, "received": 0, "rss_mb": rss_mb(child.pid)}]
-    start = time.monotonic()
-    try:
-        for first in range(0, len(messages), every):
-            left = max_seconds - (time.monotonic() - start)
-            if left <= 0:
-                break
-            report = loadgen.pace(sock, messages[first : first + every], rate, left)
-            got = -1
-            for _ in range(100):  # let the receiver drain its socket buffer (bounded)
-                time.sleep(0.2)
-                child.send_signal(signal.SIGUSR1)
-                now = json.loads(child.stdout.readline())
-                if now["received"] == got:
-                    break
-                got = now["received"]
-            samples.append(
-                {
-                    "sent": first + report.sent,
-                    "received": got,
-                    "dropped": now["dropped"],
-                    "rss_mb": rss_mb(child.pid),
-                }
-            )
-            print(f"{variant}: {samples[-1]}", file=sys.stderr)
-    finally:
-        sock.close()
-        child.send_signal(signal.SIGTERM)
-        child.wait(10)
-    return samples
-
-
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -336,7 +287,7 @@ def main() -> int:
     t = time.monotonic()
     messages = loadgen.build_messages(loadgen.LoadSpec(version="v3"), 1, count)
     print(f"built {len(messages)} v3 authPriv traps in {time.monotonic() - t:.1f} s", file=sys.stderr)
-    results = {v: run_memory(v, messages, args.rate, args.sample_every, args.max_seconds)
+    results = {v: run_variant(v, messages, args.rate, args.sample_every, args.max_seconds, script=__file__)
                for v in args.variants.split(",")}  # fmt: skip
     print_rss_table(results, f"receiver RSS (MB) receiving distinct v3 authPriv traps at {args.rate:.0f}/s")
     return 0

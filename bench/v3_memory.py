@@ -104,15 +104,25 @@ class _Quiet:
 
 
 def run_variant(
-    variant: str, messages: list[bytes], rate: float, every: int, max_seconds: float
-) -> list[dict]:
+    variant: str,
+    messages: list[bytes],
+    rate: float,
+    every: int,
+    max_seconds: float,
+    script: str = __file__,
+) -> list[dict[str, Any]]:
+    """Send ``messages`` to ``script --serve VARIANT`` in steps of ``every``; RSS after each step.
+
+    Shared with bench_v3.py (its own ``--serve`` runs the fast USM path). The
+    server prints its port, then ``{"received": n, ...}`` on each SIGUSR1.
+    """
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", variant], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent
+        [sys.executable, script, "--serve", variant], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent
     )
     assert child.stdout is not None
     port = json.loads(child.stdout.readline())["port"]
     sock = loadgen.open_sender("127.0.0.1", port)
-    samples = [{"sent": 0, "rss_mb": rss_mb(child.pid)}]
+    samples: list[dict[str, Any]] = [{"sent": 0, "received": 0, "rss_mb": rss_mb(child.pid)}]
     start = time.monotonic()
     try:
         for first in range(0, len(messages), every):
@@ -120,15 +130,23 @@ def run_variant(
             if left <= 0:
                 break
             report = loadgen.pace(sock, messages[first : first + every], rate, left)
-            got = -1
-            while True:  # let the receiver drain its socket buffer
-                time.sleep(0.3)
+            got, now = -1, {}
+            for _ in range(100):  # let the receiver drain its socket buffer (bounded: 20 s)
+                time.sleep(0.2)
                 child.send_signal(signal.SIGUSR1)
-                now = json.loads(child.stdout.readline())["received"]
-                if now == got:
+                now = json.loads(child.stdout.readline())
+                if now["received"] == got:
                     break
-                got = now
-            samples.append({"sent": first + report.sent, "received": got, "rss_mb": rss_mb(child.pid)})
+                got = now["received"]
+            samples.append(
+                {
+                    "sent": first + report.sent,
+                    "received": got,
+                    "dropped": now.get("dropped"),
+                    "rss_mb": rss_mb(child.pid),
+                }
+            )
+            print(f"{variant}: {samples[-1]}", file=sys.stderr)
     finally:
         sock.close()
         child.send_signal(signal.SIGTERM)
@@ -161,7 +179,6 @@ def main() -> int:
     return 0
 
 
-
 def print_rss_table(results: dict[str, list[dict[str, Any]]], title: str) -> None:
     """RSS samples per variant as a Markdown table, then the growth per 1,000 traps after warm-up.
 
@@ -188,6 +205,7 @@ def print_rss_table(results: dict[str, list[dict[str, Any]]], title: str) -> Non
             per_1000 = (b["rss_mb"] - a["rss_mb"]) * 1024 / max(1, (b["received"] - a["received"]) / 1000)
             print(f"{v}: {per_1000:+.1f} KB per 1,000 received traps after the first {a['received']}; "
                   f"drops {b.get('dropped')}")  # fmt: skip
+
 
 if __name__ == "__main__":
     sys.exit(main())
