@@ -406,14 +406,17 @@ async def test_source_filter_drops_before_decoding(client: Any, monkeypatch: pyt
 
 
 async def test_rate_limit_hook_community_and_v3_without_users(client: Any) -> None:
+    from trapd.listener.limits import OVER_SOURCE
+
     rx = Rx()
-    admitted: list[str] = []
+    checked: list[str] = []
 
-    def admit(source: str) -> bool:
-        admitted.append(source)
-        return len(admitted) != 2  # the second datagram is over the limit
+    class SecondIsOver:  # the limiter seam; tests/test_limits.py covers the real token buckets
+        def check(self, host: str, data: bytes) -> Any:
+            checked.append(host)
+            return OVER_SOURCE if len(checked) == 2 else None  # the second datagram is over the limit
 
-    async with Listener(config(), rx, admit=admit) as listener:
+    async with Listener(config(), rx, limiter=SecondIsOver()) as listener:  # type: ignore[arg-type]
         c = client(addr_of(listener))
         for data in (v2c_message(), v2c_message(), v2c_message("private"), v3_traps(1)[0], b"\xde\xad"):
             c.send(data)

@@ -3,7 +3,7 @@
 Public names::
 
     Listener(config, on_notification, *, sockets=(), bind_config=True, stats=None,
-             admit=None, accept_any_community=False, drop_log_interval=10.0)
+             limiter=None, accept_any_community=False, drop_log_interval=10.0)
         await start() / await close() / async with; .bound, .stats, .engine_id
     ListenerStats   counters (received by version, dropped by reason, kernel drops)
     RawNotification what on_notification receives (trapd.listener.raw)

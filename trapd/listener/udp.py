@@ -46,8 +46,6 @@ from trapd.listener.stats import DROP_REASONS, DropLog, ListenerStats
 # never, so that the sender retries.
 OnNotification = Callable[[RawNotification], object]
 Reply = Callable[[bytes, tuple[Any, ...]], None]
-# Rate-limit hook: return False to drop the datagram as "rate-limited".
-Admit = Callable[[str], bool]
 
 _T = TypeVar("_T")
 _SOURCE_CACHE_MAX = 65536
@@ -183,8 +181,6 @@ class Listener:
     ``limiter``: per-source and global token buckets (trapd.listener.limits):
     over a limit a datagram is dropped before decoding unless it may clear a
     pending action, which is then decoded and let through if it does.
-    ``admit``: a simpler rate-limit hook, called with the source address of every
-    allowed datagram (False: dropped as "rate-limited").
     ``accept_any_community``: v1/v2c with any community (``trapd listen``'s
     diagnostic mode); otherwise the community must be one of the configured.
     ``state_dir``: where pysnmp keeps snmpEngineBoots for trapd's v3 engine
@@ -199,7 +195,6 @@ class Listener:
         sockets: Sequence[socket.socket] = (),
         bind_config: bool = True,
         stats: ListenerStats | None = None,
-        admit: Admit | None = None,
         limiter: SourceLimiter | None = None,
         accept_any_community: bool = False,
         drop_log_interval: float = 10.0,
@@ -211,7 +206,6 @@ class Listener:
         self._on_notification = on_notification
         self._given_sockets = tuple(sockets)
         self._bind_config = bind_config
-        self._admit = admit
         self.limiter = limiter
         # Set per datagram: it was over a rate limit and is decoded only as a clearing candidate.
         self._over: Over | None = None
@@ -363,9 +357,6 @@ class Listener:
         try:
             if not self._sources.open and not self._sources.allowed(host):
                 self._drop("source-not-allowed", None, host)
-                return
-            if self._admit is not None and not self._admit(host):
-                self._drop("rate-limited", None, host)
                 return
             if self.limiter is not None:
                 over = self._over = self.limiter.check(host, data)
