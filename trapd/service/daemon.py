@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,9 +57,9 @@ def _load_with_overrides(args: argparse.Namespace) -> Config:
     config = load_config(path) if path else Config(state_dir=Path("/var/lib/trapd"))
     listener = config.listener
     if getattr(args, "listen", None):
-        listener = _replace(listener, listen=tuple(parse_listen(a) for a in args.listen))
+        listener = replace(listener, listen=tuple(parse_listen(a) for a in args.listen))
     if getattr(args, "community", None):
-        listener = _replace(listener, communities=tuple(Secret(c, "command line") for c in args.community))
+        listener = replace(listener, communities=tuple(Secret(c, "command line") for c in args.community))
     changes: dict[str, Any] = {"listener": listener}
     if getattr(args, "rules", None):
         changes["rules_files"] = tuple(Path(r).resolve() for r in args.rules)
@@ -69,12 +69,6 @@ def _load_with_overrides(args: argparse.Namespace) -> Config:
     if getattr(args, "dry_run", False):
         changes["mode"] = "dry-run"
     return config.with_overrides(**changes)
-
-
-def _replace(obj: Any, **changes: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(obj, **changes)
 
 
 class LazyHttpClient:
