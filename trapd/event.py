@@ -143,19 +143,20 @@ class Event:
     trap_oid: Oid
     trap_name: str
     varbinds: tuple[VarBind, ...]
-    _by_symbol: dict[str, VarBind] = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        # First binding per symbol wins; built once so rules look up in O(1).
-        by: dict[str, VarBind] = {}
-        for vb in self.varbinds:
-            by.setdefault(vb.symbol, vb)
-            by.setdefault(vb.name, vb)
-        object.__setattr__(self, "_by_symbol", by)
+    # Name -> first binding, built on the first lookup: most events (those no rule
+    # matches) are never asked, and building it for every trap cost ~4 µs.
+    _by_symbol: dict[str, VarBind] | None = field(default=None, compare=False, repr=False)
 
     def varbind(self, name: str) -> VarBind | None:
         """The first binding named ``ifIndex`` / ``IF-MIB::ifIndex`` / a numeric OID."""
-        vb = self._by_symbol.get(name)
+        by = self._by_symbol
+        if by is None:
+            by = {}
+            for each in self.varbinds:
+                by.setdefault(each.symbol, each)
+                by.setdefault(each.name, each)
+            object.__setattr__(self, "_by_symbol", by)
+        vb = by.get(name)
         if vb is not None or not name[:1].isdigit():
             return vb
         try:

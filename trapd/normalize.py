@@ -47,7 +47,7 @@ _INT_TYPES = frozenset({"Integer32", "Counter32", "Gauge32", "TimeTicks", "Count
 # which made building one event (7 objects) cost ~25 µs on the reference VM,
 # more than decoding the packet. Writing the slots through their descriptors
 # gives the very same objects (tests compare them with ==) for a third of
-# that. Event.__post_init__ still runs, so its derived fields stay its own.
+# that. Event's derived index (_by_symbol) is left to be built on first use.
 _new = object.__new__
 _VB_SET = tuple(getattr(VarBind, f.name).__set__ for f in fields(VarBind))
 _EV_FIELDS = tuple(f.name for f in fields(Event))
@@ -58,7 +58,6 @@ def _make_event(*values: Any) -> Event:
     ev: Event = _new(Event)
     for setter, value in zip(_EV_SET, values, strict=True):
         setter(ev, value)
-    ev.__post_init__()
     return ev
 
 
@@ -149,7 +148,7 @@ class Normalizer:
             trap_oid,
             trap_name,
             tuple(varbinds),
-            {},
+            None,
         )
 
 
