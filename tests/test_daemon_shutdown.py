@@ -81,11 +81,16 @@ def test_running_actions_finish_and_queued_ones_wait_for_the_next_start(tmp_path
         started = wait_marks(marks, "start", 2)
         assert len(started) == 2, marks_of(marks)
         assert d.wait_metric("trapd_notifications_received_total", 6) == 6
-        # The other four wait in the journal; the gauges are refreshed every poll interval (1 s).
+        # The other four wait in the journal. The gauges are a snapshot refreshed every poll
+        # interval (1 s): one taken before the two claims can already show 4 pending (the other
+        # two outcomes not yet journaled), so wait for a snapshot of the whole state.
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             scrape = d.metrics()
-            if d.metric("trapd_journal_entries", scrape, state="pending") == 4:
+            if (
+                d.metric("trapd_journal_entries", scrape, state="pending") == 4
+                and d.metric("trapd_journal_entries", scrape, state="running") == 2
+            ):
                 break
             time.sleep(0.1)
         assert d.metric("trapd_journal_entries", scrape, state="pending") == 4
