@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from trapd.dispatch.breaker import Breaker
-from trapd.dispatch.config import DispatchConfig
+from trapd.dispatch.config import INTERRUPTED, DispatchConfig
 from trapd.dispatch.journal import (
     AddResult,
     CapCheck,
@@ -174,13 +174,12 @@ class Dispatcher:
 
         if self._started:
             return
-        now = time.time()
-        hold_unless = None
-        if self.config.interrupted == "hold-unsafe":
-            hold_unless = [name for name, spec in self.actions.items() if spec.idempotent]
-        recovered = await self.journal.recover(now, hold_unless)
+        recovered = await recover_interrupted(
+            self.journal, self.actions, owner=self.journal.owner, interrupted=self.config.interrupted
+        )
         if recovered.get("rerun") or recovered.get("held"):
-            self.log.warning("actions interrupted by the last shutdown", **recovered)
+            owner = self.journal.owner
+            self.log.warning("actions interrupted by the last shutdown", owner=owner, **recovered)
         else:
             self.log.info("dispatcher starting", waiting=recovered.get("waiting", 0))
         if self.http is None:
@@ -793,6 +792,30 @@ class Dispatcher:
             self._poke()
 
 
+async def recover_interrupted(
+    journal: Journal,
+    actions: Mapping[str, ActionSpec],
+    now: float | None = None,
+    owner: str | None = None,
+    *,
+    interrupted: str = "rerun",
+) -> dict[str, int]:
+    """Put the actions a dead process left ``running`` back in line; what :meth:`Dispatcher.start` does.
+
+    ``owner`` None: every running row (a lone trapd, or a supervisor before it forks its
+    workers, when no process is running anything). Given: only that owner's rows.
+    ``interrupted``: ``dispatch.interrupted`` from trapd.yaml; with ``hold-unsafe`` the
+    interrupted runs of plugins not declared idempotent are held for an operator instead of
+    rerun. Returns counts: ``rerun``, ``held``, ``waiting``.
+    """
+    if interrupted not in INTERRUPTED:
+        raise ValueError(f"interrupted must be one of {', '.join(INTERRUPTED)}, not {interrupted!r}")
+    hold_unless = None
+    if interrupted == "hold-unsafe":
+        hold_unless = [name for name, spec in actions.items() if spec.idempotent]
+    return await journal.recover(time.time() if now is None else now, hold_unless, owner=owner)
+
+
 def _target(params: Mapping[str, Any]) -> str:
     """What tells two calls of one action apart for routing (which Kea server they address)."""
     for name in ("server", "endpoint", "service"):
@@ -842,4 +865,4 @@ def stats_snapshot(d: Dispatcher) -> dict[str, Any]:
     }
 
 
-__all__: Sequence[str] = ("DispatchOverloaded", "Dispatcher", "stats_snapshot")
+__all__: Sequence[str] = ("DispatchOverloaded", "Dispatcher", "recover_interrupted", "stats_snapshot")

@@ -90,7 +90,8 @@ CREATE TABLE IF NOT EXISTS actions (
     ip TEXT,
     item TEXT,
     result TEXT,
-    last_error TEXT
+    last_error TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS actions_pending ON actions(id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS actions_state_due ON actions(state, due);
@@ -203,6 +204,8 @@ class Entry:
     item: dict[str, Any] | None
     result: Any
     last_error: str | None
+    # Which journal (process) claimed it last: recovery after a restart is scoped to it.
+    owner: str | None = None
     event: str | None = None
 
     @property
@@ -286,8 +289,19 @@ class Journal(Protocol):
         """
         ...
 
-    async def recover(self, now: float, hold_unless: Iterable[str] | None = None) -> dict[str, int]:
-        """After a restart: running -> pending (or held, for actions not in ``hold_unless`` when given)."""
+    @property
+    def owner(self) -> str | None:
+        """Who this journal claims actions for (a worker's name); None for a lone trapd."""
+        ...
+
+    async def recover(
+        self, now: float, hold_unless: Iterable[str] | None = None, *, owner: str | None = None
+    ) -> dict[str, int]:
+        """After a restart: running -> pending (or held, for actions not in ``hold_unless`` when given).
+
+        ``owner`` None: every running row. Given: only the rows that owner claimed
+        (another process sharing the journal may be running the rest right now).
+        """
         ...
 
     async def due(
@@ -359,8 +373,10 @@ class Journal(Protocol):
 _COLS = (
     "id, event_id, received_at, source, rule, action, idx, params, key, mode, state, attempts, max_attempts, "
     "backoff, max_age, age_from, created, due, started, finished, cancel_key, once_key, caps, cap_exempt, "
-    "held_by, endpoint, mac, ip, item, result, last_error"
+    "held_by, endpoint, mac, ip, item, result, last_error, owner"
 )
+# In a row selected with _COLS / _ACOLS, the column after them (the event's data) is at this index.
+_NCOLS = 32
 _ACOLS = ", ".join("a." + c.strip() for c in _COLS.split(","))
 
 
@@ -397,7 +413,8 @@ def _entry(row: Sequence[Any], event: str | None = None) -> Entry:
         item,
         result,
         last_error,
-    ) = row[:31]
+        owner,
+    ) = row[:_NCOLS]
     return Entry(
         id=id_,
         event_id=event_id,
@@ -430,6 +447,7 @@ def _entry(row: Sequence[Any], event: str | None = None) -> Entry:
         item=json.loads(item) if item else None,
         result=json.loads(result) if result else None,
         last_error=last_error,
+        owner=owner,
         event=event,
     )
 
@@ -454,11 +472,35 @@ _NOT_BLOCKED = (
 
 def _op_setup(conn: sqlite3.Connection, synchronous: str) -> None:
     conn.executescript(_SCHEMA)
-    row = conn.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
-    if row is None:
-        conn.execute("INSERT INTO meta (k, v) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-    elif int(row[0]) > SCHEMA_VERSION:
-        raise JournalError(f"journal schema {row[0]} is newer than this trapd understands ({SCHEMA_VERSION})")
+    # One transaction with the write lock: several processes may open one journal at once
+    # (service.workers), and only one of them may add a missing column.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta (k, v) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal schema {row[0]} is newer than this trapd understands ({SCHEMA_VERSION})"
+            )
+        _add_missing_columns(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+# Columns added after the first release: (name, declaration). Additive only, NULL in old rows,
+# so an older trapd can still open a journal a newer one migrated (the schema version stays).
+_ADDED_COLUMNS = (("owner", "TEXT"),)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    have = {r[1] for r in conn.execute("PRAGMA table_info(actions)").fetchall()}
+    for name, decl in _ADDED_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE actions ADD COLUMN {name} {decl}")
 
 
 def _op_add(
@@ -549,21 +591,27 @@ def _op_add(
     return AddResult(ids, states, dups, cancelled, cancelled_actions)
 
 
-def _op_recover(conn: sqlite3.Connection, now: float, hold_unless: frozenset[str] | None) -> dict[str, int]:
+def _op_recover(
+    conn: sqlite3.Connection, now: float, hold_unless: frozenset[str] | None, owner: str | None
+) -> dict[str, int]:
+    # With an owner, only the rows that owner claimed: the other processes sharing the journal
+    # are alive and running theirs (service.workers). Without one, every running row (one trapd).
+    mine, mine_args = ("", ()) if owner is None else (" AND owner = ?", (owner,))
     held = 0
     if hold_unless is not None:
         names = sorted(hold_unless)
         cur = conn.execute(
             f"UPDATE actions SET state = 'held', held_by = 'interrupted', due = ?, "
             f"last_error = 'interrupted while running; it may have taken effect: release it to run it again' "
-            f"WHERE state = 'running' AND action NOT IN ({_placeholders(len(names))})",
-            (now + 86400.0, *names),
+            f"WHERE state = 'running' AND action NOT IN ({_placeholders(len(names))}){mine}",
+            (now + 86400.0, *names, *mine_args),
         )
         held = cur.rowcount
     cur = conn.execute(
         "UPDATE actions SET state = 'pending', due = MIN(due, ?), "
-        "last_error = COALESCE(last_error || '; ', '') || 'interrupted by a restart' WHERE state = 'running'",
-        (now,),
+        "last_error = COALESCE(last_error || '; ', '') || 'interrupted by a restart' "
+        f"WHERE state = 'running'{mine}",
+        (now, *mine_args),
     )
     rerun = cur.rowcount
     waiting = conn.execute(f"SELECT count(*) FROM actions WHERE state IN {_ACTIVE_SQL}").fetchone()[0]
@@ -596,7 +644,7 @@ def _op_due(
         f"WHERE a.id IN ({_placeholders(len(ids))}) ORDER BY a.id",
         ids,
     ).fetchall()
-    return [_entry(r, r[31]) for r in rows], more
+    return [_entry(r, r[_NCOLS]) for r in rows], more
 
 
 def _op_next_due(conn: sqlite3.Connection, now: float) -> float | None:
@@ -610,7 +658,7 @@ def _op_next_due(conn: sqlite3.Connection, now: float) -> float | None:
     return best
 
 
-def _op_claim(conn: sqlite3.Connection, id_: int, now: float) -> ClaimResult:
+def _op_claim(conn: sqlite3.Connection, id_: int, now: float, owner: str | None) -> ClaimResult:
     # Per-key order is decided here, against the journal, not by what happens to be in memory:
     # an earlier action with the same key that is due, retrying or running goes first.
     row = conn.execute(
@@ -649,9 +697,9 @@ def _op_claim(conn: sqlite3.Connection, id_: int, now: float) -> ClaimResult:
                 (c.label, c.key, now, now + c.per),
             )
     conn.execute(
-        "UPDATE actions SET state = 'running', attempts = attempts + 1, started = ?, held_by = NULL "
-        "WHERE id = ?",
-        (now, id_),
+        "UPDATE actions SET state = 'running', attempts = attempts + 1, started = ?, held_by = NULL, "
+        "owner = ? WHERE id = ?",
+        (now, owner, id_),
     )
     return ClaimResult("running", None, attempts + 1)
 
@@ -751,7 +799,7 @@ def _op_get(conn: sqlite3.Connection, id_: int, with_event: bool) -> Entry | Non
     ).fetchone()
     if row is None:
         return None
-    return _entry(row, row[31] if with_event else None)
+    return _entry(row, row[_NCOLS] if with_event else None)
 
 
 def _op_history(conn: sqlite3.Connection, f: HistoryFilter) -> list[Entry]:
@@ -850,10 +898,12 @@ class SQLiteJournal:
         max_batch: int = 1000,
         commit_delay: float = 0.0,
         max_queued: int = 100_000,
+        owner: str | None = None,
     ) -> None:
         if synchronous.lower() not in ("normal", "full"):
             raise ValueError("synchronous must be normal or full")
         self.path = Path(path)
+        self._owner = owner
         self.synchronous = synchronous.lower()
         self.max_batch = max_batch
         self.commit_delay = commit_delay
@@ -904,6 +954,11 @@ class SQLiteJournal:
     @property
     def queued(self) -> int:
         return self._queued
+
+    @property
+    def owner(self) -> str | None:
+        """Recorded in every row this journal claims; :meth:`recover` can be scoped to it."""
+        return self._owner
 
     # -- the writer thread
 
@@ -1070,9 +1125,11 @@ class SQLiteJournal:
         )
         return fut
 
-    async def recover(self, now: float, hold_unless: Iterable[str] | None = None) -> dict[str, int]:
+    async def recover(
+        self, now: float, hold_unless: Iterable[str] | None = None, *, owner: str | None = None
+    ) -> dict[str, int]:
         keep = frozenset(hold_unless) if hold_unless is not None else None
-        result: dict[str, int] = await self._call(_op_recover, now, keep)
+        result: dict[str, int] = await self._call(_op_recover, now, keep, owner)
         return result
 
     async def due(
@@ -1086,7 +1143,7 @@ class SQLiteJournal:
         return result
 
     async def claim(self, id: int, now: float) -> ClaimResult:
-        result: ClaimResult = await self._call(_op_claim, id, now)
+        result: ClaimResult = await self._call(_op_claim, id, now, self._owner)
         return result
 
     async def finish(
@@ -1157,14 +1214,19 @@ def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-def open_journal(path: str | Path, config: Any = None) -> SQLiteJournal:
-    """A journal for ``path`` set up from a :class:`~trapd.dispatch.config.JournalConfig` (or defaults)."""
+def open_journal(path: str | Path, config: Any = None, *, owner: str | None = None) -> SQLiteJournal:
+    """A journal for ``path`` set up from a :class:`~trapd.dispatch.config.JournalConfig` (or defaults).
+
+    ``owner``: the name of the process claiming actions through it when several share
+    one journal file (``worker-1``); None for a single trapd.
+    """
     if config is None:
-        return SQLiteJournal(path)
+        return SQLiteJournal(path, owner=owner)
     return SQLiteJournal(
         path,
         synchronous=config.synchronous,
         max_batch=config.max_batch,
         commit_delay=config.commit_delay,
         max_queued=config.max_queued,
+        owner=owner,
     )
