@@ -110,6 +110,15 @@ _counter = itertools.count()
 _pid_tag = os.getpid() & 0xFFFF
 
 
+def _retag_after_fork() -> None:
+    # A worker forked by `trapd run` (service.workers) imported this module in its parent.
+    global _pid_tag
+    _pid_tag = os.getpid() & 0xFFFF
+
+
+os.register_at_fork(after_in_child=_retag_after_fork)
+
+
 def new_event_id(now: float | None = None) -> str:
     """A short id that sorts by time: ms timestamp, pid, counter (hex).
 

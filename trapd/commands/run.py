@@ -8,6 +8,11 @@ Signals: SIGHUP reloads trapd.yaml and the rules atomically (a bad file keeps
 the running configuration and says why in the log and in systemd's STATUS);
 SIGTERM / SIGINT stop receiving, let running actions finish up to the
 shutdown timeout and leave the rest in the journal (exit 0).
+
+With service.workers: N (or --workers N) above 1, this process supervises N
+receiving processes on the same ports (SO_REUSEPORT) and one journal: it
+serves the metrics for all of them, passes SIGHUP and SIGTERM on, and
+restarts a worker that dies (see docs/service.md, "Several workers").
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--log-format", choices=("auto", "journal", "json", "console"), help="log format (default auto)"
     )
     p.add_argument("--metrics", metavar="HOST:PORT", help="metrics and /healthz address ('off' to disable)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="receiving processes on the same ports (replaces service.workers; 1: no supervisor)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -50,4 +61,8 @@ def main(args: argparse.Namespace) -> int:
     from trapd.service.daemon import load_daemon_config, run_daemon
 
     config = load_daemon_config(args)
+    if config.service.workers > 1:
+        from trapd.service.workers import run_supervisor
+
+        return run_supervisor(config, args)
     return run_daemon(config, args)

@@ -9,6 +9,7 @@ Example (these are the defaults)::
         level: info                # debug info warning error critical (--log-level overrides)
         format: auto               # auto journal json console (--log-format overrides)
       status_interval: 5           # seconds between STATUS= updates to systemd
+      workers: 1                   # receiving processes on the same ports (SO_REUSEPORT); see docs/service.md
 
 How long running actions get to finish on SIGTERM is ``dispatch.shutdown_timeout``
 (the dispatcher does the draining); keep the unit's ``TimeoutStopSec=`` above it.
@@ -26,6 +27,9 @@ from typing import Any
 from trapd.yamlsource import ConfigError, Mark, check_keys, expect, where
 
 DEFAULT_METRICS_PORT = 9163
+# More processes than this on a trap receiver is a configuration mistake, not a plan: each one
+# holds the MIB tables and the rules (about 60 MB) and they all share one SQLite journal.
+MAX_WORKERS = 64
 # Kept here rather than in trapd.service.logging so that `trapd check` does not import structlog.
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "journal", "json", "console")
@@ -73,10 +77,12 @@ class ServiceConfig:
     log_level: str = "info"
     log_format: str = "auto"
     status_interval: float = 5.0
+    # 1: one process, as always. N > 1: `trapd run` supervises N receiving processes (trapd.service.workers).
+    workers: int = 1
 
     @classmethod
     def from_yaml(cls, node: Any, base_dir: Path) -> ServiceConfig:
-        n = check_keys(node, {"metrics", "log", "status_interval"}, "service")
+        n = check_keys(node, {"metrics", "log", "status_interval", "workers"}, "service")
         metrics = check_keys(n.get("metrics"), {"listen"}, "service.metrics")
         listen: MetricsListen | None = cls.metrics_listen
         if "listen" in metrics:
@@ -106,7 +112,18 @@ class ServiceConfig:
             log_level=level,
             log_format=fmt,
             status_interval=_positive(n, "status_interval", 5.0),
+            workers=parse_workers(n.get("workers", 1), where(n, "workers") if "workers" in n else None),
         )
+
+
+def parse_workers(value: Any, mark: Mark | None = None) -> int:
+    """``service.workers`` / ``--workers``: an integer from 1 to MAX_WORKERS."""
+    # bool is an int in Python; `workers: yes` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"service.workers must be an integer from 1 to {MAX_WORKERS}", mark)
+    if not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f"service.workers must be from 1 to {MAX_WORKERS}, not {value}", mark)
+    return value
 
 
 def _positive(node: Any, key: str, default: float) -> float:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from trapd.config import DEFAULT_CONFIG, Config, load_config
 from trapd.event import Event
@@ -31,6 +31,9 @@ from trapd.listener.stats import DropLog
 from trapd.rules.outcome import Outcome
 from trapd.secrets import Secret
 from trapd.yamlsource import ConfigError
+
+if TYPE_CHECKING:
+    from trapd.service.workers import WorkerRole
 
 # Outcomes waiting for the dispatcher. Bounded so a storm that outruns the
 # journal cannot grow memory without limit; what overflows is counted.
@@ -68,7 +71,22 @@ def _load_with_overrides(args: argparse.Namespace) -> Config:
         changes["state_dir"] = Path(args.state_dir).resolve()
     if getattr(args, "dry_run", False):
         changes["mode"] = "dry-run"
+    if getattr(args, "workers", None) is not None:
+        from trapd.service.config import parse_workers
+
+        changes["service"] = replace(config.service, workers=parse_workers(args.workers))
     return config.with_overrides(**changes)
+
+
+def build_rules(cfg: Config, resolver: Any, actions: dict[str, Any], log: Any) -> Any:
+    """Compile the rule files ``cfg`` names; ConfigError (file:line:col) on the first problem."""
+    from trapd.rules import globally_capped, load_rules
+
+    capped = globally_capped(cfg.dispatch.caps, actions)
+    paths = cfg.rule_paths()
+    if not paths:
+        log.warning("no rule files configured: notifications are received and counted, nothing runs")
+    return load_rules(paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped)
 
 
 class LazyHttpClient:
@@ -125,17 +143,27 @@ class PipelineStats:
 
 
 class Daemon:
-    """One running trapd. :meth:`run` returns the exit status."""
+    """One running trapd. :meth:`run` returns the exit status.
 
-    def __init__(self, config: Config, args: argparse.Namespace | None = None) -> None:
+    ``role``: set when this daemon is worker i of a supervising ``trapd run``
+    (service.workers > 1, trapd.service.workers): it receives on the sockets
+    the supervisor opened, claims journal rows as ``worker-i``, serves no
+    metrics and talks to the supervisor instead of systemd.
+    """
+
+    def __init__(
+        self, config: Config, args: argparse.Namespace | None = None, role: WorkerRole | None = None
+    ) -> None:
         from trapd.service.health import Health
         from trapd.service.logging import get_logger
         from trapd.service.sdnotify import Notifier
 
-        self.config = config
+        self.role = role
+        self.config = role.adjust(config) if role is not None else config
         self.args = args or argparse.Namespace()
         self.log = get_logger("trapd")
-        self.notifier = Notifier()
+        # A worker's READY/STATUS go to the supervisor, which speaks for the unit (NotifyAccess=main).
+        self.notifier = Notifier(environ={}) if role is not None else Notifier()
         self.stats = PipelineStats()
         # In a storm, one line per interval with the count, not one per lost outcome.
         self._loss_log = DropLog(
@@ -164,6 +192,14 @@ class Daemon:
         self.resolver: Any = None
         self.normalizer: Any = None
         self.actions: dict[str, Any] = {}
+
+    def request_stop(self) -> None:
+        """Stop as on SIGTERM (the supervisor's channel closed, in a worker)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Reload as on SIGHUP (the supervisor asks its workers this way)."""
+        self._reload_requested.set()
 
     # ------------------------------------------------------------ the receive path
 
@@ -264,6 +300,8 @@ class Daemon:
 
         self.health = Health(True, "ok")
         self.notifier.ready(self._status_line())
+        if self.role is not None:
+            await self.role.attach(self)
         self.log.info(
             "trapd ready",
             listen=[str(b.address) for b in self.listener.bound],
@@ -296,18 +334,27 @@ class Daemon:
         from trapd.service.socket_activation import inherited_sockets
 
         cfg = self.config
+        role = self.role
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self.resolver = MibResolver.load(cfg.mibs, cfg.state_dir)
-        for problem in self.resolver.problems:
-            self.log.warning("MIB problem", problem=problem)
+        if role is not None and role.preloaded is not None:
+            # Forked from the supervisor, which loaded and checked all of this already.
+            self.resolver, self.actions, self.rules = role.preloaded
+        else:
+            self.resolver = MibResolver.load(cfg.mibs, cfg.state_dir)
+            for problem in self.resolver.problems:
+                self.log.warning("MIB problem", problem=problem)
+            self.actions, broken = load_actions()
+            for lp in broken:
+                self.log.error("action plugin failed to load", entry_point=lp.entry_point, error=lp.error)
+            self.rules = self._build_rules(cfg)
         self.normalizer = Normalizer(self.resolver)
-        self.actions, broken = load_actions()
-        for lp in broken:
-            self.log.error("action plugin failed to load", entry_point=lp.entry_point, error=lp.error)
-        self.rules = self._build_rules(cfg)
 
         self.kea = KeaClients(cfg.kea)
-        self.journal = open_journal(cfg.dispatch.journal.file(cfg.state_dir), cfg.dispatch.journal)
+        self.journal = open_journal(
+            cfg.dispatch.journal.file(cfg.state_dir),
+            cfg.dispatch.journal,
+            owner=role.journal_owner if role is not None else None,
+        )
         await self.journal.open()
         self.http = LazyHttpClient(timeout=30.0)
         self.dispatcher = Dispatcher(
@@ -323,27 +370,26 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._submit_loop(), name="trapd-submit"))
         self._tasks.append(asyncio.create_task(self._probe_kea(), name="trapd-kea-probe"))
 
-        inherited = inherited_sockets()
+        if role is not None:
+            inherited, bind_config = list(role.sockets), False
+        else:
+            inherited = inherited_sockets()
+            bind_config = not inherited or bool(getattr(self.args, "listen", None))
         self.limiter = SourceLimiter(cfg.listener.rate_limit, self.rules.clearing_oids)
         self.listener = Listener(
             cfg.listener,
             self._on_notification,
             sockets=inherited,
-            bind_config=not inherited or bool(getattr(self.args, "listen", None)),
+            bind_config=bind_config,
             state_dir=cfg.state_dir,  # pysnmp's snmpEngineBoots lives here, not in /tmp
             limiter=self.limiter,
         )
         await self.listener.start()
-        await self._start_metrics()
+        if role is None:  # the supervisor serves the unit's metrics, summed over its workers
+            await self._start_metrics()
 
     def _build_rules(self, cfg: Config) -> Any:
-        from trapd.rules import globally_capped, load_rules
-
-        capped = globally_capped(cfg.dispatch.caps, self.actions)
-        paths = cfg.rule_paths()
-        if not paths:
-            self.log.warning("no rule files configured: notifications are received and counted, nothing runs")
-        return load_rules(paths, self.resolver, self.actions, global_mode=cfg.mode, capped_actions=capped)
+        return build_rules(cfg, self.resolver, self.actions, self.log)
 
     async def _start_metrics(self) -> None:
         from trapd.service.config import parse_metrics_listen
@@ -439,6 +485,8 @@ class Daemon:
         self.health = Health(True, "reloading")
         try:
             config = _load_with_overrides(self.args)
+            if self.role is not None:
+                config = self.role.adjust(config)
             rules = self._build_rules(config)
             # Last of the fallible steps: a V3Receiver that cannot be built must not leave new rules behind.
             self.listener.update_config(config.listener)
@@ -449,6 +497,8 @@ class Daemon:
             self.log.error("reload failed, keeping the running configuration", error=reason)
             self.health = Health(True, "ok", {"last_reload": f"failed: {reason}"})
             self.notifier.ready(f"reload failed, old configuration kept: {reason}"[:1000])
+            if self.role is not None:
+                self.role.reloaded(False, reason)
             return False
         self._warn_restart_needed(config)
         self._apply_logging(config)
@@ -466,6 +516,8 @@ class Daemon:
         self.health = Health(True, "ok")
         self.log.info("reloaded", rules=len(rules), mode=config.mode)
         self.notifier.ready(self._status_line())
+        if self.role is not None:
+            self.role.reloaded(True, None)
         return True
 
     def _apply_logging(self, config: Config) -> None:

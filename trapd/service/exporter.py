@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -45,6 +45,10 @@ class MetricsServer:
     """Serves ``registry`` at /metrics and ``health()`` at /healthz.
 
     ``port=0`` picks a free port (tests); :attr:`port` tells which.
+    ``refresh``: awaited before /metrics or /healthz is answered, to bring
+    what ``registry`` and ``health`` read up to date (the supervisor of
+    several workers asks each for its counters then; a single daemon's are
+    always current and it passes none).
     """
 
     def __init__(
@@ -56,7 +60,9 @@ class MetricsServer:
         *,
         max_connections: int = 16,
         request_timeout: float = 5.0,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self._refresh = refresh
         self._registry = registry
         self._health = health
         self._host = host
@@ -84,6 +90,12 @@ class MetricsServer:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self.port}"
 
+    def listening_fds(self) -> list[int]:
+        """The listening sockets' descriptors (a worker forked by the supervisor closes its copies)."""
+        if self._server is None:
+            return []
+        return [s.fileno() for s in self._server.sockets]
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -100,6 +112,11 @@ class MetricsServer:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout)
             except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                 return
+            if self._refresh is not None and head.split(b" ", 2)[1:2] != [b"/"]:
+                try:
+                    await self._refresh()
+                except Exception:
+                    log.exception("refreshing the metrics failed")
             status, ctype, body, head_only = self._respond(head)
             writer.write(
                 (

@@ -128,6 +128,9 @@ class _State:
     stream: IO[str] = sys.stderr
     renderer: Callable[[WrappedLogger, str, EventDict], str] = structlog.dev.ConsoleRenderer(colors=False)
     lock = threading.Lock()
+    # Fields every line of this process carries, whatever thread or task logs it: ``worker=1`` in
+    # a worker of `trapd run` with service.workers > 1 (one unit in journald, several processes).
+    process_fields: dict[str, Any] = {}
 
 
 def _render(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
@@ -147,6 +150,20 @@ def _render(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
 
 def _json_renderer(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
     return json.dumps(event_dict, default=repr)
+
+
+def _add_process_fields(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    # Not structlog's contextvars: those do not reach threads (the journal's writer) or tasks
+    # created from a context copied before binding; a process-wide field must be on every line.
+    for key, value in _State.process_fields.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
+def set_process_fields(**fields: Any) -> None:
+    """Add ``fields`` to every log line this process writes from now on (``worker=2``)."""
+    with _State.lock:
+        _State.process_fields = {**_State.process_fields, **fields}
 
 
 def _add_level(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
@@ -231,6 +248,7 @@ def _configure_structlog_once(*, force: bool = False) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_process_fields,
             _add_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.format_exc_info,

@@ -1,0 +1,179 @@
+"""DaemonSnapshot across processes: a JSON wire form, and the sum the supervisor exports.
+
+With ``service.workers`` > 1 every worker counts on its own; the supervisor
+serves one /metrics for the unit, so it adds the workers' snapshots up.
+
+How each field combines, and why:
+
+* counters (received, dropped, matched, actions, the latency histogram...):
+  summed. A worker that died and was restarted starts again from zero, so
+  the supervisor keeps the last snapshot of every worker that ended and adds
+  it too (:class:`RetiredCounts`): the unit's counters never go backwards.
+  What the dead worker counted after its last snapshot is not in them.
+* ``journal`` (entries by state): every worker reads the same SQLite file,
+  so adding would count each entry N times. The first worker's figures are
+  taken (they are all the same file read at nearly the same moment).
+* ``kea_up``: an endpoint is up if any worker reached it (each probes at its
+  own start; a worker restarted while Kea is down says down, its sibling
+  that saw it up is not wrong either, and a dead endpoint is down everywhere).
+* ``reloads`` / ``last_reload_ok``: the supervisor's own (one SIGHUP is one
+  reload of the unit, not N), filled in by the supervisor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from trapd.dispatch.stats import Histogram
+from trapd.service.metrics import DaemonSnapshot
+
+SEP = "\x1f"  # joins tuple keys in JSON objects; no label value trapd makes contains it
+
+
+def _pairs(d: Mapping[tuple[str, str], int]) -> dict[str, int]:
+    return {SEP.join(k): v for k, v in d.items()}
+
+
+def _unpairs(d: Mapping[str, int]) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for k, v in d.items():
+        a, _, b = k.partition(SEP)
+        out[(a, b)] = int(v)
+    return out
+
+
+def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
+    """``snap`` as JSON-safe data (what a worker sends)."""
+    hist = snap.action_latency
+    return {
+        "received": _pairs(snap.received),
+        "dropped": dict(snap.dropped),
+        "dropped_detail": _pairs(snap.dropped_detail),
+        "matched": dict(snap.matched),
+        "unmatched": snap.unmatched,
+        "actions": _pairs(snap.actions),
+        "action_latency": None
+        if hist is None
+        else {
+            "buckets": list(hist.buckets),
+            "counts": list(hist.counts),
+            "sum": hist.sum,
+            "count": hist.count,
+        },
+        "journal": dict(snap.journal),
+        "kea_up": dict(snap.kea_up),
+        "reloads": dict(snap.reloads),
+        "last_reload_ok": snap.last_reload_ok,
+        "outcomes_lost": snap.outcomes_lost,
+        "rate_limit_exempted": snap.rate_limit_exempted,
+    }
+
+
+def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
+    """The inverse of :func:`to_wire`."""
+    hist = None
+    raw = data.get("action_latency")
+    if raw:
+        hist = Histogram(raw["buckets"])
+        if len(raw["counts"]) == len(hist.counts):
+            hist.counts = [int(n) for n in raw["counts"]]
+            hist.sum = float(raw["sum"])
+            hist.count = int(raw["count"])
+    return DaemonSnapshot(
+        received=_unpairs(data.get("received", {})),
+        dropped={k: int(v) for k, v in data.get("dropped", {}).items()},
+        dropped_detail=_unpairs(data.get("dropped_detail", {})),
+        matched={k: int(v) for k, v in data.get("matched", {}).items()},
+        unmatched=int(data.get("unmatched", 0)),
+        actions=_unpairs(data.get("actions", {})),
+        action_latency=hist,
+        journal={k: int(v) for k, v in data.get("journal", {}).items()},
+        kea_up={k: bool(v) for k, v in data.get("kea_up", {}).items()},
+        reloads={k: int(v) for k, v in data.get("reloads", {}).items()},
+        last_reload_ok=bool(data.get("last_reload_ok", True)),
+        outcomes_lost=int(data.get("outcomes_lost", 0)),
+        rate_limit_exempted=int(data.get("rate_limit_exempted", 0)),
+    )
+
+
+def _add(into: dict[Any, int], more: Mapping[Any, int]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
+def _add_histogram(total: Histogram | None, more: Histogram | None) -> Histogram | None:
+    if more is None:
+        return total
+    if total is None:
+        total = Histogram(more.buckets)
+    if total.buckets != more.buckets:
+        return total  # same code on both ends makes this impossible; never mix bucket layouts
+    total.counts = [a + b for a, b in zip(total.counts, more.counts, strict=True)]
+    total.sum += more.sum
+    total.count += more.count
+    return total
+
+
+def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
+    """The unit's snapshot from its workers' (module docstring: what is summed, what is not)."""
+    received: dict[Any, int] = {}
+    dropped: dict[Any, int] = {}
+    detail: dict[Any, int] = {}
+    matched: dict[Any, int] = {}
+    actions: dict[Any, int] = {}
+    kea_up: dict[str, bool] = {}
+    journal: Mapping[str, int] | None = None
+    hist: Histogram | None = None
+    unmatched = lost = exempted = 0
+    for s in snaps:
+        _add(received, s.received)
+        _add(dropped, s.dropped)
+        _add(detail, s.dropped_detail)
+        _add(matched, s.matched)
+        _add(actions, s.actions)
+        hist = _add_histogram(hist, s.action_latency)
+        for endpoint, up in s.kea_up.items():
+            kea_up[endpoint] = kea_up.get(endpoint, False) or up
+        if journal is None and s.journal:
+            journal = s.journal
+        unmatched += s.unmatched
+        lost += s.outcomes_lost
+        exempted += s.rate_limit_exempted
+    return DaemonSnapshot(
+        received=received,
+        dropped=dropped,
+        dropped_detail=detail,
+        matched=matched,
+        unmatched=unmatched,
+        actions=actions,
+        action_latency=hist,
+        journal=dict(journal or {}),
+        kea_up=kea_up,
+        outcomes_lost=lost,
+        rate_limit_exempted=exempted,
+    )
+
+
+@dataclass
+class RetiredCounts:
+    """The counters of workers that ended, kept so that the unit's counters never go backwards.
+
+    Only counters: a retired worker's journal figures and Kea verdicts are
+    stale the moment it is gone.
+    """
+
+    snapshots: list[DaemonSnapshot] = field(default_factory=list)
+
+    def retire(self, last: DaemonSnapshot | None) -> None:
+        if last is not None:
+            # Collapsed into one, so a worker that keeps crashing does not grow this list.
+            total = sum_snapshots([*self.snapshots, replace(last, journal={}, kea_up={})])
+            self.snapshots = [total]
+
+    def with_live(self, live: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
+        live = list(live)
+        # Live ones first: the journal figures and the Kea verdicts come from them.
+        total = sum_snapshots([*live, *self.snapshots])
+        return total

@@ -1,0 +1,797 @@
+"""``service.workers: N``: `trapd run` as a supervisor of N receiving processes on the same ports.
+
+One trapd process holds about 6,000 v2c traps/s through the whole pipeline
+(bench/README.md, "Trap storms"); decoding, normalizing and matching are
+Python on one core. With N > 1, ``trapd run`` becomes a small supervisor:
+
+1. it loads trapd.yaml and compiles the rules once, so a bad file is refused
+   (with file:line:col) before anything starts;
+2. it opens, for every listen address, N UDP sockets with SO_REUSEPORT: the
+   kernel hands each datagram to one of them by a hash of the sender's
+   address and port, so one switch always lands on the same worker. With
+   socket activation (trapd.socket) there is one socket per address and all
+   workers read it (each datagram still goes to one reader);
+3. it runs the journal's recovery once for every owner (the rows the last
+   run left ``running``), then closes the journal, joining its thread;
+4. it forks the N workers, each a full :class:`~trapd.service.daemon.Daemon`
+   (listener, rules, dispatcher) on the one SQLite journal, claiming rows as
+   ``worker-i``, with only its own socket of each address, dying with the
+   supervisor (PR_SET_PDEATHSIG);
+5. it keeps its copies of the sockets (a restarted worker i gets socket i
+   back, with what was queued meanwhile), serves /metrics and /healthz for
+   the unit by summing the workers' snapshots (trapd.service.snapshots), and
+   speaks for the unit to systemd: READY=1 once every worker is ready,
+   STATUS=, WATCHDOG=1, RELOADING=1; SIGHUP and SIGTERM are passed on;
+6. a worker that dies unexpectedly is restarted with a backoff; more than
+   :data:`MAX_RESTARTS` in :data:`RESTART_WINDOW` seconds for one worker and
+   the supervisor stops everything and exits 1 (systemd's Restart= decides).
+
+The supervisor never receives a trap and never runs an action. It forks its
+first workers before it has an event loop or a thread. It forks restarted
+workers from its (plain asyncio, thread-free) loop: the child resets the
+signal wake-up descriptor, closes the supervisor's sockets it does not need,
+never touches the parent's loop (asyncio ties the running loop to the pid,
+so the child may start its own) and leaves with ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import gc
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from trapd.config import Config
+from trapd.listener.config import ListenAddress
+from trapd.service.channel import Channel, ChannelClosed
+from trapd.service.health import Health
+from trapd.service.metrics import DaemonSnapshot
+from trapd.service.snapshots import RetiredCounts, from_wire, to_wire
+from trapd.yamlsource import ConfigError
+
+# A worker that died this many times within RESTART_WINDOW seconds is not coming back by itself.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+BACKOFF_FIRST = 0.5  # seconds before the first restart; doubled for each recent one
+BACKOFF_MAX = 10.0
+# How long a worker has to answer a snapshot request (a scrape waits this long at most).
+REPLY_TIMEOUT = 2.0
+# How long a worker has to answer a reload (compiling big rule files takes seconds).
+RELOAD_TIMEOUT = 60.0
+# Beyond dispatch.shutdown_timeout, what a worker gets to stop before it is killed.
+STOP_GRACE = 30.0
+
+_PR_SET_PDEATHSIG = 1
+
+# (resolver, actions, rules): what a worker forked from the supervisor starts with.
+Preloaded = tuple[Any, dict[str, Any], Any]
+
+
+def journal_owner(index: int) -> str:
+    """The journal owner name of worker ``index`` (claims and recovery are scoped to it)."""
+    return f"worker-{index}"
+
+
+def per_worker_config(config: Config, count: int) -> Config:
+    """``config`` as one of ``count`` workers applies it.
+
+    The global rate limit is the unit's: each worker takes its share.
+    Per-source limits stay as they are: the kernel pins a sender (address
+    and port) to one worker, so one worker sees all of a source's traffic.
+    """
+    rate = config.listener.rate_limit
+    if count <= 1 or not rate.global_:
+        return config
+    listener = replace(config.listener, rate_limit=replace(rate, global_=rate.global_ / count))
+    return config.with_overrides(listener=listener)
+
+
+# ---------------------------------------------------------------------------------------- worker side
+
+
+@dataclass
+class WorkerRole:
+    """What makes a :class:`~trapd.service.daemon.Daemon` worker ``index`` of ``count``."""
+
+    index: int
+    count: int
+    sockets: tuple[socket.socket, ...]
+    channel_socket: socket.socket
+    preloaded: Preloaded | None = None
+    _channel: Channel | None = None
+    _daemon: Any = None
+
+    @property
+    def journal_owner(self) -> str:
+        return journal_owner(self.index)
+
+    def adjust(self, config: Config) -> Config:
+        return per_worker_config(config, self.count)
+
+    async def attach(self, daemon: Any) -> None:
+        """Called by the daemon once it is ready: open the channel, say ready, answer requests."""
+        self._daemon = daemon
+        self._channel = await Channel.open(self.channel_socket)
+        self._channel.send({"op": "ready"})
+        daemon._tasks.append(asyncio.create_task(self._serve(), name="trapd-worker-channel"))
+
+    def reloaded(self, ok: bool, error: str | None) -> None:
+        if self._channel is not None:
+            with contextlib.suppress(ChannelClosed):
+                self._channel.send({"op": "reloaded", "ok": ok, "error": error})
+
+    async def _serve(self) -> None:
+        from trapd.service.daemon import Daemon
+
+        channel, daemon = self._channel, self._daemon
+        assert channel is not None and isinstance(daemon, Daemon)
+        try:
+            while True:
+                msg = await channel.receive()
+                if msg["op"] == "snapshot?":
+                    channel.send(
+                        {"op": "snapshot", "seq": msg.get("seq"), "data": to_wire(daemon.snapshot())}
+                    )
+                elif msg["op"] == "reload":
+                    daemon.request_reload()
+        except ChannelClosed:
+            # The supervisor is gone (PR_SET_PDEATHSIG says so too, with SIGTERM): stop cleanly.
+            daemon.log.warning("supervisor gone, stopping")
+            daemon.request_stop()
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this process when the supervisor dies (a clean stop: running actions finish)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # it died between fork and prctl
+        os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------- sockets
+
+
+def open_reuseport_sockets(
+    listen: Sequence[ListenAddress], count: int, receive_buffer: int
+) -> list[list[socket.socket]]:
+    """``count`` bound UDP sockets per address, in one SO_REUSEPORT group each: result[worker][address].
+
+    Set before bind, as the listener does: the receive buffer (a buffer set
+    later does not apply to what is already queued) and IPV6_V6ONLY. Only
+    sockets of the same user can join a group, so another user cannot bind
+    the port and take a share of the traps. Port 0 binds the first socket to
+    a free port and the others to the same one.
+    """
+    from trapd.listener.udp import set_receive_buffer
+
+    out: list[list[socket.socket]] = [[] for _ in range(count)]
+    try:
+        for address in listen:
+            family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+            port = address.port
+            for i in range(count):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                out[i].append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                set_receive_buffer(sock, receive_buffer)
+                sock.bind((address.host, port))
+                port = int(sock.getsockname()[1])
+    except BaseException:
+        for group in out:
+            for sock in group:
+                sock.close()
+        raise
+    return out
+
+
+# ---------------------------------------------------------------------------------------- supervisor side
+
+
+@dataclass(eq=False)
+class WorkerSlot:
+    """Worker ``index``: its sockets (kept across restarts) and the process now running it."""
+
+    index: int
+    sockets: tuple[socket.socket, ...]
+    pid: int = 0
+    channel_socket: socket.socket | None = None
+    channel: Channel | None = None
+    ready: bool = False
+    last_snapshot: DaemonSnapshot | None = None
+    last_reply: float = 0.0
+    died_at: float = 0.0
+    exit_code: int | None = None
+    restarts: deque[float] = field(default_factory=deque)
+    waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    reload_result: asyncio.Future[tuple[bool, str | None]] | None = None
+    restart_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.pid != 0
+
+
+class Supervisor:
+    """`trapd run` with service.workers > 1. :meth:`run` returns the exit status."""
+
+    def __init__(self, config: Config, args: argparse.Namespace | None = None) -> None:
+        from trapd.service.logging import get_logger
+        from trapd.service.sdnotify import Notifier
+
+        self.config = config
+        self.args = args or argparse.Namespace()
+        self.count = config.service.workers
+        self.log = get_logger("trapd.supervisor")
+        self.notifier = Notifier()
+        self.pid = os.getpid()
+        self.slots: list[WorkerSlot] = []
+        self.preloaded: Preloaded | None = None
+        self.clock: Any = None
+        self.retired = RetiredCounts()
+        self.reloads: dict[str, int] = {}
+        self.reload_error: str | None = None
+        self.metrics: Any = None
+        self._state = "starting"  # starting, running, stopping
+        self._fatal: str | None = None
+        self._seq = 0
+        self._stop: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
+        self._reload_requested: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ start: before any loop or thread
+
+    def run(self) -> int:
+        try:
+            self._prepare()
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, ConfigError | OSError) else f"{type(exc).__name__}: {exc}"
+            self.log.error("start-up failed", error=reason)
+            self.notifier.stopping(f"start-up failed: {reason}"[:500])
+            return 1
+        if threading.active_count() != 1:
+            # Forking with another thread alive could copy a lock it holds; say so rather than hang.
+            self.log.warning("threads alive before forking workers", threads=threading.active_count())
+        sys.stdout.flush()
+        gc.collect()
+        gc.freeze()  # what the workers inherit stays out of the collector's sight (and shared)
+        for slot in self.slots:
+            self._spawn(slot)
+        gc.enable()
+        loop = asyncio.new_event_loop()  # plain asyncio: the supervisor's loop is idle, and fork-friendly
+        try:
+            return loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    def _prepare(self) -> None:
+        """Everything that may refuse to start, done once: rules, sockets, journal recovery, v3 boots."""
+        from trapd.listener.v3 import advance_engine_clock, default_engine_id
+        from trapd.mibs import MibResolver
+        from trapd.plugin import load_actions
+        from trapd.service.daemon import build_rules
+        from trapd.service.socket_activation import inherited_sockets
+
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        resolver = MibResolver.load(cfg.mibs, cfg.state_dir)
+        for problem in resolver.problems:
+            self.log.warning("MIB problem", problem=problem)
+        actions, broken = load_actions()
+        for lp in broken:
+            self.log.error("action plugin failed to load", entry_point=lp.entry_point, error=lp.error)
+        rules = build_rules(cfg, resolver, actions, self.log)
+        self.preloaded = (resolver, actions, rules)
+
+        inherited = inherited_sockets()
+        own: list[list[socket.socket]] = [[] for _ in range(self.count)]
+        if not inherited or getattr(self.args, "listen", None):
+            own = open_reuseport_sockets(cfg.listener.listen, self.count, cfg.listener.receive_buffer)
+        self.slots = [WorkerSlot(i, tuple(own[i]) + tuple(inherited)) for i in range(self.count)]
+
+        recovered = asyncio.run(self._recover())
+        if recovered.get("rerun") or recovered.get("held"):
+            self.log.warning("actions interrupted by the last shutdown", **recovered)
+        self.clock = advance_engine_clock(cfg.listener.engine_id or default_engine_id(), cfg.state_dir)
+        self.log.info(
+            "supervisor starting workers",
+            workers=self.count,
+            listen=sorted({_describe(s) for s in self.slots[0].sockets}),
+            shared_sockets=len(inherited),
+            rules=len(rules),
+            engine_boots=self.clock.boots,
+        )
+
+    async def _recover(self) -> dict[str, int]:
+        """The journal's recovery for every owner, then close it (its writer thread is joined)."""
+        from trapd.dispatch.dispatcher import recover_interrupted
+        from trapd.dispatch.journal import open_journal
+
+        cfg = self.config
+        journal = open_journal(cfg.dispatch.journal.file(cfg.state_dir), cfg.dispatch.journal)
+        await journal.open()
+        try:
+            _, actions, _ = self.preloaded or (None, {}, None)
+            return await recover_interrupted(
+                journal, actions, owner=None, interrupted=cfg.dispatch.interrupted
+            )
+        finally:
+            await journal.close()
+
+    # ------------------------------------------------------------ fork
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            parent_end.close()
+            self._become_worker(slot, child_end)  # never returns
+        child_end.close()
+        slot.pid, slot.channel_socket, slot.ready = pid, parent_end, False
+        slot.last_snapshot, slot.exit_code, slot.last_reply = None, None, time.monotonic()
+        self.log.info("worker started", worker=slot.index, pid=pid)
+
+    def _become_worker(self, slot: WorkerSlot, channel_socket: socket.socket) -> None:
+        """The child's side of the fork: become worker ``slot.index``, then leave with os._exit."""
+        code = 1
+        try:
+            _die_with_parent(self.pid)
+            # The supervisor's loop (if any) writes signals to its wake-up socket; not ours.
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            self._close_supervisor_fds(slot)
+            for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"):
+                os.environ.pop(key, None)  # the supervisor speaks for the unit; action programs see neither
+            from trapd.listener.udp import run_on_best_loop
+            from trapd.listener.v3 import pin_engine_clock
+            from trapd.service.daemon import Daemon
+            from trapd.service.logging import set_process_fields
+
+            set_process_fields(worker=slot.index)
+            pin_engine_clock(self.clock)
+            role = WorkerRole(slot.index, self.count, slot.sockets, channel_socket, self.preloaded)
+            daemon = Daemon(self.config, self.args, role)
+            code = run_on_best_loop(daemon.run())
+        except BaseException as exc:  # a child must never return into the parent's frames
+            with contextlib.suppress(BaseException):
+                self.log.exception("worker failed", worker=slot.index, error=repr(exc))
+        finally:
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+    def _close_supervisor_fds(self, mine: WorkerSlot) -> None:
+        """In a new worker: close the other workers' sockets and the supervisor's own endpoints.
+
+        Only descriptors: the supervisor's loop objects are left alone, since
+        unregistering anything would change the epoll set the parent shares.
+        """
+        keep = {id(s) for s in mine.sockets}
+        for slot in self.slots:
+            for sock in slot.sockets:
+                if id(sock) not in keep:
+                    sock.close()
+            if slot.channel_socket is not None:
+                slot.channel_socket.close()
+        if self.metrics is not None:
+            for fd in self.metrics.listening_fds():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.notifier.close()
+
+    # ------------------------------------------------------------ the supervisor's loop
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        self._reap()  # a worker that died before the handler was there
+        for slot in self.slots:
+            if slot.alive:
+                await self._connect(slot)
+        try:
+            await self._start_metrics()
+            failed = await self._wait_all_ready()
+        except OSError as exc:
+            failed = str(exc)
+        if failed is not None:
+            self.log.error("start-up failed", error=failed)
+            self.notifier.stopping(f"start-up failed: {failed}"[:500])
+            await self._stop_workers()
+            await self._close()
+            return 1
+        if self._stop.is_set():
+            return await self._shutdown()
+        self._state = "running"
+        await self._refresh()
+        self.notifier.ready(self._status_line())
+        self.log.info(
+            "trapd ready",
+            workers=self.count,
+            pids=[s.pid for s in self.slots],
+            metrics=self.metrics.url if self.metrics else None,
+        )
+        self._tasks.append(asyncio.create_task(self._status_loop(), name="trapd-supervisor-status"))
+        self._tasks.append(asyncio.create_task(self._reload_loop(), name="trapd-supervisor-reload"))
+        await self._stop.wait()
+        return await self._shutdown()
+
+    async def _wait_all_ready(self) -> str | None:
+        """None once every worker said ready (or a stop was asked); else why the start failed."""
+        assert self._changed is not None and self._stop is not None
+        while not self._stop.is_set():
+            dead = [s for s in self.slots if not s.alive]
+            if dead:
+                return "; ".join(f"worker {s.index} exited with status {s.exit_code}" for s in dead)
+            if all(s.ready for s in self.slots):
+                return None
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 1.0)
+        return None
+
+    async def _connect(self, slot: WorkerSlot) -> None:
+        assert slot.channel_socket is not None
+        slot.channel = await Channel.open(slot.channel_socket)
+        self._tasks.append(
+            asyncio.create_task(self._read(slot, slot.channel), name=f"trapd-worker-{slot.index}")
+        )
+
+    async def _read(self, slot: WorkerSlot, channel: Channel) -> None:
+        assert self._changed is not None
+        with contextlib.suppress(ChannelClosed):
+            while True:
+                msg = await channel.receive()
+                slot.last_reply = time.monotonic()
+                op = msg["op"]
+                if op == "ready":
+                    slot.ready = True
+                    if self._state == "running":
+                        self.log.info("worker ready", worker=slot.index, pid=slot.pid)
+                    self._changed.set()
+                elif op == "snapshot":
+                    slot.last_snapshot = from_wire(msg.get("data") or {})
+                    waiter = slot.waiters.pop(int(msg.get("seq") or 0), None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                elif op == "reloaded" and slot.reload_result is not None and not slot.reload_result.done():
+                    slot.reload_result.set_result((bool(msg.get("ok")), msg.get("error")))
+
+    def _reap(self) -> None:
+        """SIGCHLD: collect every worker that exited and decide what happens next."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for slot in self.slots:
+                if slot.pid == pid:
+                    self._on_exit(slot, os.waitstatus_to_exitcode(status))
+
+    def _on_exit(self, slot: WorkerSlot, code: int) -> None:
+        slot.pid, slot.ready, slot.exit_code = 0, False, code
+        slot.died_at = time.monotonic()
+        self.retired.retire(slot.last_snapshot)
+        slot.last_snapshot = None
+        for waiter in slot.waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        slot.waiters.clear()
+        if slot.reload_result is not None and not slot.reload_result.done():
+            slot.reload_result.set_result((False, f"worker {slot.index} exited"))
+        if slot.channel is not None:
+            slot.channel.close()
+            slot.channel = None
+        slot.channel_socket = None
+        if self._changed is not None:
+            self._changed.set()
+        how = f"signal {-code}" if code < 0 else f"status {code}"
+        if self._state == "stopping":
+            self.log.info("worker stopped", worker=slot.index, exit=how)
+            return
+        if self._state == "starting":
+            return  # _wait_all_ready reports it: a worker that cannot start will not start on a retry
+        now = time.monotonic()
+        while slot.restarts and now - slot.restarts[0] > RESTART_WINDOW:
+            slot.restarts.popleft()
+        if len(slot.restarts) >= MAX_RESTARTS:
+            self._fatal = (
+                f"worker {slot.index} died {len(slot.restarts) + 1} times within {RESTART_WINDOW:.0f} s "
+                f"(last: {how})"
+            )
+            self.log.critical("worker keeps dying, stopping trapd", worker=slot.index, error=self._fatal)
+            assert self._stop is not None
+            self._stop.set()
+            return
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** len(slot.restarts))
+        slot.restarts.append(now)
+        self.log.error("worker died, restarting it", worker=slot.index, exit=how, restart_in=delay)
+        loop = asyncio.get_running_loop()
+        slot.restart_handle = loop.call_later(delay, self._schedule_restart, slot)
+
+    def _schedule_restart(self, slot: WorkerSlot) -> None:
+        self._tasks.append(asyncio.create_task(self._restart(slot), name=f"trapd-restart-{slot.index}"))
+
+    async def _restart(self, slot: WorkerSlot) -> None:
+        slot.restart_handle = None
+        if self._state != "running" or slot.alive:
+            return
+        self._spawn(slot)
+        await self._connect(slot)
+
+    # ------------------------------------------------------------ snapshots, status, health, watchdog
+
+    async def _refresh(self, timeout: float = REPLY_TIMEOUT) -> None:
+        """Ask every live worker for its counters; wait up to ``timeout`` for the answers."""
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[None]] = []
+        for slot in self.slots:
+            if slot.alive and slot.ready and slot.channel is not None:
+                self._seq += 1
+                fut: asyncio.Future[None] = loop.create_future()
+                slot.waiters[self._seq] = fut
+                try:
+                    slot.channel.send({"op": "snapshot?", "seq": self._seq})
+                except ChannelClosed:
+                    slot.waiters.pop(self._seq, None)
+                    continue
+                waiting.append(fut)
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+        for slot in self.slots:
+            for seq in [s for s, f in slot.waiters.items() if f.done()]:
+                slot.waiters.pop(seq, None)
+
+    def snapshot(self) -> DaemonSnapshot:
+        """The unit's counters: the live workers' latest plus those of workers that ended."""
+        total = self.retired.with_live(s.last_snapshot for s in self.slots if s.last_snapshot is not None)
+        return replace(total, reloads=dict(self.reloads), last_reload_ok=self.reload_error is None)
+
+    def health(self) -> Health:
+        if self._state != "running":
+            return Health(False, self._state)
+        down = [s.index for s in self.slots if not (s.alive and s.ready)]
+        detail: dict[str, Any] = {"workers": self.count, "workers_up": self.count - len(down)}
+        if self.reload_error is not None:
+            detail["last_reload"] = f"failed: {self.reload_error}"
+        if down:
+            return Health(False, "degraded", {**detail, "workers_down": down})
+        return Health(True, "ok", detail)
+
+    def _responsive(self) -> bool:
+        """For WATCHDOG=1: every worker answered lately, or died lately and is being restarted.
+
+        A stuck worker (its loop blocked) stops answering and the pings stop,
+        so systemd restarts the unit; a worker that crashed is the
+        supervisor's to restart and does not, by itself, stop them.
+        """
+        interval = self.notifier.watchdog_interval() or 30.0
+        stale = max(interval / 2, 3 * self.config.service.status_interval)
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.alive and now - slot.last_reply > stale:
+                return False
+            if not slot.alive and (slot.restart_handle is None or now - slot.died_at > stale):
+                return False
+        return True
+
+    def _status_line(self) -> str:
+        from trapd.service.metrics import status_line
+
+        up = sum(1 for s in self.slots if s.alive and s.ready)
+        line = f"{status_line(self.snapshot())}, workers {up}/{self.count} up"
+        if self.reload_error is not None:
+            line += f": {self.reload_error}"
+        return line[:1000]
+
+    async def _status_loop(self) -> None:
+        from trapd.service.sdnotify import start_watchdog, stop_watchdog
+
+        watchdog = start_watchdog(self.notifier, self._responsive)
+        interval = self.config.service.status_interval
+        wd = self.notifier.watchdog_interval()
+        if wd is not None:
+            interval = min(interval, wd / 4)  # liveness is judged from these answers
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await self._refresh()
+                self.notifier.status(self._status_line())
+        finally:
+            await stop_watchdog(watchdog)
+
+    async def _start_metrics(self) -> None:
+        from trapd.service.config import parse_metrics_listen
+        from trapd.service.exporter import MetricsServer
+        from trapd.service.metrics import TrapdCollector, build_registry
+
+        listen = self.config.service.metrics_listen
+        flag = getattr(self.args, "metrics", None)
+        if flag:
+            listen = parse_metrics_listen(flag)
+        if listen is None:
+            return
+        sockets = [s for slot in self.slots for s in slot.sockets]
+        unique = list({id(s): s for s in sockets}.values())
+        collector = TrapdCollector(self.snapshot, lambda: unique)
+        self.metrics = MetricsServer(
+            build_registry(collector), self.health, listen.host, listen.port, refresh=self._refresh
+        )
+        await self.metrics.start()
+
+    # ------------------------------------------------------------ reload
+
+    async def _reload_loop(self) -> None:
+        assert self._reload_requested is not None
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """SIGHUP: check trapd.yaml and the rules here first, then have every worker load them.
+
+        The supervisor compiles the rules itself before any worker is asked,
+        so a bad file is refused once and every worker keeps its rules. Only
+        a file changed between the two steps can make one worker refuse what
+        another took; that is reported as a failed reload naming the worker.
+        """
+        from trapd.service.daemon import _load_with_overrides, build_rules
+
+        self.notifier.reloading("reloading")
+        assert self.preloaded is not None
+        resolver, actions, _ = self.preloaded
+        try:
+            config = _load_with_overrides(self.args)
+            rules = build_rules(config, resolver, actions, self.log)
+        except Exception as exc:
+            return self._reload_failed(str(exc) if isinstance(exc, ConfigError | OSError) else repr(exc))
+        loop = asyncio.get_running_loop()
+        asked: list[WorkerSlot] = []
+        for slot in self.slots:
+            if slot.alive and slot.channel is not None:
+                slot.reload_result = loop.create_future()
+                with contextlib.suppress(ChannelClosed):
+                    slot.channel.send({"op": "reload"})
+                    asked.append(slot)
+        results = [s.reload_result for s in asked if s.reload_result is not None]
+        if results:
+            await asyncio.wait(results, timeout=RELOAD_TIMEOUT)
+        problems = []
+        for slot in asked:
+            res = slot.reload_result
+            ok, error = res.result() if res is not None and res.done() else (False, "no answer")
+            if not ok:
+                problems.append(f"worker {slot.index}: {error}")
+            slot.reload_result = None
+        if problems:
+            return self._reload_failed("; ".join(problems))
+        self._warn_restart_needed(config)
+        self.config = config
+        self.preloaded = (resolver, actions, rules)  # what a restarted worker starts with
+        self.reloads["ok"] = self.reloads.get("ok", 0) + 1
+        self.reload_error = None
+        self._apply_logging(config)
+        self.log.info("reloaded", rules=len(rules), mode=config.mode, workers=len(asked))
+        self.notifier.ready(self._status_line())
+        return True
+
+    def _reload_failed(self, reason: str) -> bool:
+        self.reloads["failed"] = self.reloads.get("failed", 0) + 1
+        self.reload_error = reason
+        self.log.error("reload failed, keeping the running configuration", error=reason)
+        self.notifier.ready(f"reload failed, old configuration kept: {reason}"[:1000])
+        return False
+
+    def _warn_restart_needed(self, new: Config) -> None:
+        old = self.config
+        fixed = {
+            "service.workers": (old.service.workers, new.service.workers),
+            "service.metrics": (old.service.metrics_listen, new.service.metrics_listen),
+            "listener.listen": (old.listener.listen, new.listener.listen),
+        }
+        changed = [name for name, (a, b) in fixed.items() if a != b]
+        if changed:
+            self.log.warning("changed settings take effect at the next restart", settings=changed)
+
+    def _apply_logging(self, config: Config) -> None:
+        from trapd.service.logging import configure_logging
+
+        level = getattr(self.args, "log_level", None) or config.service.log_level
+        fmt = getattr(self.args, "log_format", None) or config.service.log_format
+        configure_logging(level, fmt)
+
+    # ------------------------------------------------------------ stop
+
+    async def _shutdown(self) -> int:
+        self._state = "stopping"
+        self.log.info("stopping", workers=sum(1 for s in self.slots if s.alive))
+        self.notifier.stopping("stopping")
+        await self._stop_workers()
+        await self._close()
+        codes = [s.exit_code for s in self.slots]
+        if self._fatal is not None:
+            self.log.error("stopped", error=self._fatal)
+            return 1
+        self.log.info("stopped", exit_codes=codes)
+        return 0 if all(c == 0 for c in codes) else 1
+
+    async def _stop_workers(self) -> None:
+        """SIGTERM every worker (each stops as a lone trapd does) and wait; SIGKILL after a grace."""
+        assert self._changed is not None
+        self._state = "stopping"
+        for slot in self.slots:
+            if slot.restart_handle is not None:
+                slot.restart_handle.cancel()
+                slot.restart_handle = None
+            if slot.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.dispatch.shutdown_timeout + STOP_GRACE
+        while any(s.alive for s in self.slots):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for slot in self.slots:
+                    if slot.alive:
+                        self.log.error("worker did not stop, killing it", worker=slot.index, pid=slot.pid)
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(slot.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5.0
+                continue
+            self._changed.clear()
+            self._reap()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+
+    async def _close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.metrics is not None:
+            await self.metrics.close()
+        for slot in self.slots:
+            for sock in slot.sockets:
+                sock.close()
+
+
+def _describe(sock: socket.socket) -> str:
+    from trapd.service.socket_activation import describe
+
+    return describe(sock)
+
+
+def run_supervisor(config: Config, args: argparse.Namespace | None = None) -> int:
+    """`trapd run` with service.workers > 1; returns the exit status."""
+    from trapd.service.logging import configure_logging
+
+    level = getattr(args, "log_level", None) or config.service.log_level
+    fmt = getattr(args, "log_format", None) or config.service.log_format
+    configure_logging(level, fmt)
+    return Supervisor(config, args).run()
