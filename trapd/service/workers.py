@@ -201,6 +201,34 @@ def open_reuseport_sockets(
 # ---------------------------------------------------------------------------------------- supervisor side
 
 
+@dataclass
+class RestartPolicy:
+    """When to restart a worker that died: a doubling backoff, and a bound on restarts per window.
+
+    A worker that dies again and again (a plugin that crashes the process on
+    every trap, a journal that cannot be opened) is not helped by more
+    restarts; past the bound the supervisor stops the unit and exits 1, so
+    systemd's ``Restart=`` and its own start limit take over and
+    ``systemctl status`` shows the failure.
+    """
+
+    max_restarts: int = MAX_RESTARTS
+    window: float = RESTART_WINDOW
+    first: float = BACKOFF_FIRST
+    cap: float = BACKOFF_MAX
+    recent: deque[float] = field(default_factory=deque)
+
+    def next_delay(self, now: float) -> float | None:
+        """Seconds to wait before restarting after a death at ``now``; None: too many, give up."""
+        while self.recent and now - self.recent[0] > self.window:
+            self.recent.popleft()
+        if len(self.recent) >= self.max_restarts:
+            return None
+        delay = float(min(self.cap, self.first * 2 ** len(self.recent)))
+        self.recent.append(now)
+        return delay
+
+
 @dataclass(eq=False)
 class WorkerSlot:
     """Worker ``index``: its sockets (kept across restarts) and the process now running it."""
@@ -215,7 +243,7 @@ class WorkerSlot:
     last_reply: float = 0.0
     died_at: float = 0.0
     exit_code: int | None = None
-    restarts: deque[float] = field(default_factory=deque)
+    restarts: RestartPolicy = field(default_factory=RestartPolicy)
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     reload_result: asyncio.Future[tuple[bool, str | None]] | None = None
     restart_handle: asyncio.TimerHandle | None = None
@@ -516,20 +544,17 @@ class Supervisor:
             return
         if self._state == "starting":
             return  # _wait_all_ready reports it: a worker that cannot start will not start on a retry
-        now = time.monotonic()
-        while slot.restarts and now - slot.restarts[0] > RESTART_WINDOW:
-            slot.restarts.popleft()
-        if len(slot.restarts) >= MAX_RESTARTS:
+        delay = slot.restarts.next_delay(time.monotonic())
+        if delay is None:
+            policy = slot.restarts
             self._fatal = (
-                f"worker {slot.index} died {len(slot.restarts) + 1} times within {RESTART_WINDOW:.0f} s "
+                f"worker {slot.index} died {len(policy.recent) + 1} times within {policy.window:.0f} s "
                 f"(last: {how})"
             )
             self.log.critical("worker keeps dying, stopping trapd", worker=slot.index, error=self._fatal)
             assert self._stop is not None
             self._stop.set()
             return
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** len(slot.restarts))
-        slot.restarts.append(now)
         self.log.error("worker died, restarting it", worker=slot.index, exit=how, restart_in=delay)
         loop = asyncio.get_running_loop()
         slot.restart_handle = loop.call_later(delay, self._schedule_restart, slot)

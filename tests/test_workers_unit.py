@@ -1,0 +1,386 @@
+"""service.workers: the pieces of the supervisor that need no running daemon.
+
+Configuration, the per-worker share of the global rate limit, the snapshot
+wire form and its sum, the channel framing over a real socketpair, the
+SO_REUSEPORT group on loopback, the restart policy, the v3 engine clock
+shared by workers, event ids after fork, and the worker= log field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trapd.config import config_from_yaml
+from trapd.dispatch.stats import Histogram
+from trapd.listener.config import ListenAddress, RateLimit
+from trapd.service.channel import Channel, ChannelClosed, encode
+from trapd.service.config import MAX_WORKERS, ServiceConfig
+from trapd.service.daemon import _load_with_overrides
+from trapd.service.logging import configure_logging, get_logger, set_process_fields
+from trapd.service.metrics import DaemonSnapshot
+from trapd.service.snapshots import RetiredCounts, from_wire, sum_snapshots, to_wire
+from trapd.service.workers import RestartPolicy, open_reuseport_sockets, per_worker_config
+from trapd.yamlsource import ConfigError, load_yaml
+
+# ------------------------------------------------------------------------------ configuration
+
+
+def service(text: str) -> ServiceConfig:
+    return ServiceConfig.from_yaml(load_yaml(text, "trapd.yaml")["service"], Path("/etc/trapd"))
+
+
+def test_workers_default_to_one_and_take_an_integer() -> None:
+    assert ServiceConfig().workers == 1
+    assert service("service:\n  status_interval: 1\n").workers == 1
+    assert service("service:\n  workers: 4\n").workers == 4
+    assert service(f"service:\n  workers: {MAX_WORKERS}\n").workers == MAX_WORKERS
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "'2'", "yes", "2.5", str(MAX_WORKERS + 1)])
+def test_bad_workers_are_refused_with_their_place(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        service(f"service:\n  log: {{level: info}}\n  workers: {value}\n")
+    assert "service.workers" in str(info.value)
+    assert "trapd.yaml:3:12" in str(info.value)
+
+
+def test_the_command_line_overrides_workers(tmp_path: Path) -> None:
+    path = tmp_path / "trapd.yaml"
+    path.write_text("state_dir: state\nservice: {workers: 3}\n")
+    args = argparse.Namespace(config=str(path), workers=None)
+    assert _load_with_overrides(args).service.workers == 3
+    args.workers = 1
+    assert _load_with_overrides(args).service.workers == 1
+    args.workers = 0
+    with pytest.raises(ConfigError, match=r"service\.workers"):
+        _load_with_overrides(args)
+
+
+def test_each_worker_takes_its_share_of_the_global_rate_limit_only() -> None:
+    node = load_yaml("listener:\n  rate_limit: {per_source: 500, global: 9000, burst: 3}\n", "trapd.yaml")
+    config = config_from_yaml(node, None)
+    three = per_worker_config(config, 3)
+    # Per source stays: the kernel sends one sender (address and port) to one worker.
+    assert three.listener.rate_limit == RateLimit(per_source=500, global_=3000, burst=3)
+    assert per_worker_config(config, 1) is config
+    off = config_from_yaml(load_yaml("listener:\n  rate_limit: {per_source: 500}\n", "t.yaml"), None)
+    assert per_worker_config(off, 4).listener.rate_limit.global_ == 0  # off stays off
+
+
+# ------------------------------------------------------------------------------ snapshots
+
+
+def snapshot(n: int, *, journal: dict[str, int] | None = None, kea: bool = True) -> DaemonSnapshot:
+    hist = Histogram()
+    for value in (0.001 * n, 0.2, 30.0):
+        hist.observe(value)
+    return DaemonSnapshot(
+        received={("v2c", "access"): 10 * n, ("v3", "core"): n},
+        dropped={"malformed": n},
+        dropped_detail={("malformed", "bad-length"): n},
+        matched={"port-down": 2 * n},
+        unmatched=3 * n,
+        actions={("log", "done"): 2 * n},
+        action_latency=hist,
+        journal=journal if journal is not None else {"pending": n},
+        kea_up={"dhcp4@/run/kea/kea4-ctrl-socket": kea},
+        reloads={"ok": 1},
+        last_reload_ok=True,
+        outcomes_lost=n,
+        rate_limit_exempted=n,
+    )
+
+
+def test_snapshot_wire_form_round_trips_through_json() -> None:
+    snap = snapshot(7)
+    back = from_wire(json.loads(json.dumps(to_wire(snap))))
+    assert back.action_latency is not None and snap.action_latency is not None
+    assert back.action_latency.cumulative() == snap.action_latency.cumulative()
+    assert back.action_latency.sum == snap.action_latency.sum
+    assert {**vars_of(back), "action_latency": None} == {**vars_of(snap), "action_latency": None}
+
+
+def vars_of(s: DaemonSnapshot) -> dict[str, Any]:
+    return {k: getattr(s, k) for k in DaemonSnapshot.__dataclass_fields__}
+
+
+def test_the_sum_adds_counters_takes_one_journal_and_any_kea_up() -> None:
+    total = sum_snapshots(
+        [snapshot(1, journal={"pending": 5}, kea=False), snapshot(2, journal={"pending": 6})]
+    )
+    assert total.received == {("v2c", "access"): 30, ("v3", "core"): 3}
+    assert total.dropped == {"malformed": 3}
+    assert total.dropped_detail == {("malformed", "bad-length"): 3}
+    assert total.matched == {"port-down": 6}
+    assert (total.unmatched, total.outcomes_lost, total.rate_limit_exempted) == (9, 3, 3)
+    assert total.actions == {("log", "done"): 6}
+    assert total.action_latency is not None and total.action_latency.count == 6
+    assert total.action_latency.cumulative()[-1] == ("+Inf", 6)
+    # One SQLite file read by both: its figures are not doubled.
+    assert total.journal == {"pending": 5}
+    # Reached by one worker: up.
+    assert total.kea_up == {"dhcp4@/run/kea/kea4-ctrl-socket": True}
+
+
+def test_counters_of_dead_workers_stay_in_the_total() -> None:
+    retired = RetiredCounts()
+    before = retired.with_live([snapshot(1), snapshot(2)])
+    # Worker 2 dies; its replacement starts from zero.
+    retired.retire(snapshot(2))
+    after = retired.with_live([snapshot(1), DaemonSnapshot()])
+    assert after.received == before.received
+    assert after.matched == before.matched
+    assert after.action_latency is not None and after.action_latency.count == 6
+    assert after.journal == {"pending": 1}  # a live worker's
+    assert after.kea_up == {"dhcp4@/run/kea/kea4-ctrl-socket": True}
+    assert retired.with_live([DaemonSnapshot()]).journal == {}  # never a dead one's
+    assert retired.with_live([DaemonSnapshot()]).kea_up == {}
+    retired.retire(snapshot(1))
+    retired.retire(snapshot(1))
+    assert len(retired.snapshots) == 1  # folded: a worker crashing in a loop does not grow it
+    assert retired.with_live([]).received[("v3", "core")] == 4
+
+
+# ------------------------------------------------------------------------------ channel
+
+
+async def test_channel_carries_messages_both_ways() -> None:
+    a, b = socket.socketpair()
+    left, right = await Channel.open(a), await Channel.open(b)
+    try:
+        big = {"op": "snapshot", "seq": 3, "data": {"matched": {f"rule-{i}": i for i in range(5000)}}}
+        left.send({"op": "ready"})
+        left.send(big)
+        assert await right.receive() == {"op": "ready"}
+        assert await right.receive() == big
+        right.send({"op": "reloaded", "ok": False, "error": "rules.yaml:3:5: unknown action"})
+        assert (await left.receive())["error"] == "rules.yaml:3:5: unknown action"
+    finally:
+        left.close()
+    with pytest.raises(ChannelClosed):
+        await right.receive()
+    right.close()
+
+
+@pytest.mark.parametrize(
+    "data", [struct.pack(">I", 2**31) + b"{}", encode({"op": "x"})[:-1], struct.pack(">I", 2) + b"[]"]
+)
+async def test_channel_refuses_what_is_not_a_whole_message(data: bytes) -> None:
+    a, b = socket.socketpair()
+    channel = await Channel.open(b)
+    a.sendall(data)
+    a.close()
+    with pytest.raises(ChannelClosed):
+        await channel.receive()
+    channel.close()
+
+
+# ------------------------------------------------------------------------------ sockets
+
+
+def test_reuseport_group_spreads_senders_and_delivers_each_datagram_once() -> None:
+    groups = open_reuseport_sockets([ListenAddress("127.0.0.1", 0)], 2, 1 << 20)
+    socks = [g[0] for g in groups]
+    try:
+        port = socks[0].getsockname()[1]
+        assert port != 0 and socks[1].getsockname()[1] == port
+        for s in socks:
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 1 << 20  # set before bind
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(32)]
+        for i, s in enumerate(senders):
+            s.sendto(f"{i}".encode(), ("127.0.0.1", port))
+        got: list[list[str]] = [[], []]
+        deadline = time.monotonic() + 5
+        while sum(map(len, got)) < 32 and time.monotonic() < deadline:
+            for n, s in enumerate(socks):
+                s.setblocking(False)
+                try:
+                    got[n].append(s.recv(100).decode())
+                except BlockingIOError:
+                    time.sleep(0.001)
+        for s in senders:
+            s.close()
+        assert sorted(int(x) for x in got[0] + got[1]) == list(range(32))  # all, once
+        assert got[0] and got[1]  # 32 source ports: both sockets get some (1 in 2^31 to fail)
+    finally:
+        for g in groups:
+            for s in g:
+                s.close()
+
+
+def test_reuseport_group_of_another_kind_of_socket_cannot_join() -> None:
+    """A socket without SO_REUSEPORT cannot bind the group's port (nor share its traffic)."""
+    (group,) = open_reuseport_sockets([ListenAddress("127.0.0.1", 0)], 1, 0)
+    try:
+        intruder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with pytest.raises(OSError):
+            intruder.bind(("127.0.0.1", group[0].getsockname()[1]))
+        intruder.close()
+    finally:
+        group[0].close()
+
+
+def test_reuseport_group_closes_what_it_opened_when_a_bind_fails() -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError):
+        open_reuseport_sockets([ListenAddress("127.0.0.1", 0), ListenAddress("127.0.0.1", port)], 2, 0)
+    assert len(os.listdir("/proc/self/fd")) == before
+    taken.close()
+
+
+# ------------------------------------------------------------------------------ restart policy
+
+
+def test_restart_backoff_doubles_and_gives_up_past_the_bound() -> None:
+    policy = RestartPolicy(max_restarts=5, window=60.0, first=0.5, cap=4.0)
+    delays = [policy.next_delay(100.0 + i) for i in range(6)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, None]
+
+
+def test_restarts_older_than_the_window_are_forgotten() -> None:
+    policy = RestartPolicy(max_restarts=2, window=10.0, first=1.0, cap=8.0)
+    assert policy.next_delay(0.0) == 1.0
+    assert policy.next_delay(5.0) == 2.0
+    assert policy.next_delay(9.0) is None
+    assert policy.next_delay(30.0) == 1.0  # a quiet window later: a fresh start
+
+
+# ------------------------------------------------------------------------------ v3 engine clock
+
+
+def test_the_supervisor_counts_boots_once_and_pinned_engines_keep_it(tmp_path: Path) -> None:
+    from trapd.listener import v3
+
+    engine_id = bytes.fromhex("80001f8880aabbccdd")
+    first = v3.advance_engine_clock(engine_id, tmp_path, now=time.time() - 100)
+    assert first.boots == 1
+    boots_file = v3.engine_boots_file(engine_id, tmp_path)
+    assert boots_file.read_text() == "1"
+    v3.pin_engine_clock(first)
+    try:
+        engines = [v3._make_engine(engine_id, tmp_path) for _ in range(3)]  # three workers
+    finally:
+        v3.pin_engine_clock(None)
+    assert boots_file.read_text() == "1"  # no worker counted it up again
+    for engine in engines:
+        eid, boots, etime = engine.get_mib_builder().import_symbols(
+            "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots", "snmpEngineTime"
+        )
+        assert bytes(eid.syntax) == engine_id
+        assert int(boots.syntax) == 1
+        assert 99 <= int(etime.syntax.clone()) <= 102  # counted from the supervisor's start
+    # Unpinned (a single trapd), pysnmp's own handling continues the same file.
+    engine = v3._make_engine(engine_id, tmp_path)
+    (boots,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots")
+    assert int(boots.syntax) == 2 and boots_file.read_text() == "2"
+    assert v3.advance_engine_clock(engine_id, tmp_path).boots == 3
+
+
+def test_a_pinned_clock_for_another_engine_id_is_not_used(tmp_path: Path) -> None:
+    from trapd.listener import v3
+
+    v3.pin_engine_clock(v3.EngineClock(b"\x80\x00\x00\x01\x01", 42, time.time()))
+    try:
+        engine = v3._make_engine(bytes.fromhex("80001f8880aabbccdd"), tmp_path)
+    finally:
+        v3.pin_engine_clock(None)
+    (boots,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots")
+    assert int(boots.syntax) != 42
+    # pysnmp's own boots file for this engine ID, as a single trapd keeps it.
+    assert v3.engine_boots_file(bytes.fromhex("80001f8880aabbccdd"), tmp_path).read_text() == str(
+        boots.syntax
+    )
+
+
+# ------------------------------------------------------------------------------ per process
+
+
+def test_event_ids_of_forked_workers_do_not_share_the_parents_pid_tag() -> None:
+    from trapd.event import new_event_id
+
+    parent = new_event_id(1000.0)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(w, new_event_id(1000.0).encode())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 100).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert parent[:11] == child[:11]  # same millisecond
+    assert parent[11:15] != child[11:15]  # different process tag: ids cannot collide
+
+
+@pytest.fixture
+def _logging_restored() -> Iterator[None]:
+    yield
+    from trapd.service import logging as tlog
+
+    tlog._State.process_fields = {}
+    configure_logging("info", "console", sys.stderr)
+
+
+def test_process_fields_are_on_every_line_including_other_threads(_logging_restored: None) -> None:
+    import threading
+
+    buf = io.StringIO()
+    configure_logging("info", "json", buf)
+    set_process_fields(worker=3)
+    log = get_logger("trapd.test")
+    log.info("from the loop", rule="r")
+    t = threading.Thread(target=lambda: log.info("from a thread"))
+    t.start()
+    t.join()
+    log.info("explicit wins", worker="x")
+    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+    assert [x["worker"] for x in lines] == [3, 3, "x"]
+
+
+async def test_exporter_refreshes_before_answering(tmp_path: Path) -> None:
+    from trapd.service.exporter import MetricsServer
+    from trapd.service.health import Health
+    from trapd.service.metrics import TrapdCollector, build_registry
+
+    state = {"n": 0, "refreshed": 0}
+
+    async def refresh() -> None:
+        await asyncio.sleep(0.01)
+        state["refreshed"] += 1
+        state["n"] = 5
+
+    collector = TrapdCollector(lambda: DaemonSnapshot(unmatched=state["n"]))
+    server = MetricsServer(
+        build_registry(collector, process_metrics=False),
+        lambda: Health(True),
+        "127.0.0.1",
+        0,
+        refresh=refresh,
+    )
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = await reader.read()
+        writer.close()
+        assert b"trapd_events_unmatched_total 5.0" in body
+        assert state["refreshed"] == 1
+        assert len(server.listening_fds()) == 1
+    finally:
+        await server.close()
