@@ -176,3 +176,19 @@ async def test_an_old_journal_gains_the_owner_column(tmp_path: Path) -> None:
     assert [r[1] for r in conn.execute("PRAGMA table_info(actions)")].count("owner") == 1
     assert conn.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone() == ("1",)
     conn.close()
+
+
+async def test_a_claim_says_whether_the_key_waits_for_a_queued_or_a_running_action(tmp_path: Path) -> None:
+    now = time.time()
+    async with SQLiteJournal(tmp_path / "j.sqlite", owner="worker-1") as w1:
+        r = await w1.add(make_event().to_dict(), [entry(key="k"), entry(key="k"), entry(key="k")], [], now)
+        first, second, third = r.ids
+        wait = await w1.claim(second, now)
+        assert (wait.outcome, wait.blocked_by) == ("wait", "waiting")  # load the first one first
+        assert (await w1.claim(first, now)).outcome == "running"
+        wait = await w1.claim(second, now)
+        assert (wait.outcome, wait.blocked_by) == ("wait", "running")  # runs elsewhere: come back later
+        wait = await w1.claim(third, now)
+        assert (wait.outcome, wait.blocked_by) == ("wait", "waiting")
+        await w1.finish(first, "done", now)
+        assert (await w1.claim(second, now)).blocked_by is None

@@ -73,6 +73,10 @@ DispatchOverloaded = JournalFull
 _MAC_TYPES = ("mac-address",)
 _IP_TYPES = ("ip-address", "ipv4", "ipv6")
 _WAKE_JOB = "trapd-dispatch-wake"
+# How long actions wait in the journal after their key was found running in another process
+# before they are loaded and claimed again: the cross-process handover latency of one key,
+# traded for at most 1/PARK_FOR claims per second of that key instead of a busy loop.
+PARK_FOR = 0.02
 
 
 @dataclass(slots=True)
@@ -150,6 +154,9 @@ class Dispatcher:
         self._busy: set[str] = set()
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._blocking: set[str] = set()  # keys whose head waits in the journal (retry / breaker)
+        # Keys whose earlier action runs in another process sharing the journal -> until when the
+        # pump leaves their actions in the journal (see _claim_and_run).
+        self._parked: dict[str, float] = {}
         self._backlog = True  # the journal may hold due actions that are not in memory
         self._journal_only = 0  # submits that left their actions in the journal (see _pump_pass)
         self._evictions = 0  # lanes sent back to the journal (see _pump_pass)
@@ -489,6 +496,10 @@ class Dispatcher:
 
     async def _pump_pass(self) -> None:
         queried: float | None = None  # time of the last look at the journal
+        parked_ids: set[int] = set()  # actions of parked keys met in this pass: not asked for again
+        if self._parked:
+            now = time.time()
+            self._parked = {k: t for k, t in self._parked.items() if t > now}
         while self._backlog:
             room = self.config.queue_size - len(self._loaded)
             # Refill in chunks, not one query per finished action: with a long backlog that
@@ -497,15 +508,23 @@ class Dispatcher:
                 break  # a worker finishing wakes the pump again
             marker, evictions = self._journal_only, self._evictions
             now = time.time()
-            entries, more = await self.journal.due(now, room, frozenset(self._loaded))
+            skip = frozenset(self._loaded)
+            if parked_ids:
+                skip = skip.union(parked_ids)
+            entries, more = await self.journal.due(now, room, skip)
             queried = now
             if evictions != self._evictions:
                 continue  # a key was blocked while the query ran: its answer may let followers overtake
             room = self.config.queue_size - len(self._loaded)  # submits may have taken some meanwhile
-            for i, e in enumerate(entries):
-                if i >= room:
+            taken = 0
+            for e in entries:
+                if e.key in self._parked:
+                    parked_ids.add(e.id)
+                    continue
+                if taken >= room:
                     more = True
                     break
+                taken += 1
                 if e.state == "failed" or e.endpoint is not None:
                     self._blocking.add(e.key)
                 self._enqueue(_Job.from_entry(e))
@@ -519,6 +538,8 @@ class Dispatcher:
             nxt = await self.journal.next_due(queried)
             if nxt is not None:
                 self._arm(nxt)
+        if self._parked:
+            self._arm(min(self._parked.values()))
 
     def _arm(self, at: float) -> None:
         """Make sure the pump wakes at ``at``: one apscheduler job for the earliest due time."""
@@ -648,6 +669,12 @@ class Dispatcher:
             # An earlier action with this key is not in memory yet: back to the journal, which
             # hands them out in order.
             self._evict(job.key)
+            if claim.blocked_by == "running":
+                # It runs in another process (service.workers). Loading this one again at once
+                # would claim in a loop, a write transaction each, for as long as that runs:
+                # look again a little later instead.
+                self._parked[job.key] = until = time.time() + PARK_FOR
+                self._arm(until)
             return
         if claim.outcome == "held":
             assert claim.cap is not None

@@ -236,6 +236,10 @@ class ClaimResult:
     outcome: Literal["running", "held", "gone", "wait"]
     cap: str | None = None  # the cap that held it
     attempts: int = 0
+    # For "wait": "waiting" when an earlier action of the key waits to run (load it first),
+    # "running" when the earlier ones are all running: in another process sharing the
+    # journal, since one key never runs twice at once in one dispatcher.
+    blocked_by: Literal["waiting", "running"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,16 +666,18 @@ def _op_claim(conn: sqlite3.Connection, id_: int, now: float, owner: str | None)
     # Per-key order is decided here, against the journal, not by what happens to be in memory:
     # an earlier action with the same key that is due, retrying or running goes first.
     row = conn.execute(
-        "SELECT a.state, a.attempts, a.cap_exempt, a.caps, EXISTS (SELECT 1 FROM actions b "
-        "WHERE b.key = a.key AND b.id < a.id AND (b.state IN ('pending', 'failed', 'running') "
-        "OR (b.state = 'scheduled' AND b.due <= :now))) FROM actions a WHERE a.id = :id",
+        "SELECT a.state, a.attempts, a.cap_exempt, a.caps, CASE WHEN EXISTS (SELECT 1 FROM actions b "
+        "WHERE b.key = a.key AND b.id < a.id AND (b.state IN ('pending', 'failed') "
+        "OR (b.state = 'scheduled' AND b.due <= :now))) THEN 'waiting' "
+        "WHEN EXISTS (SELECT 1 FROM actions b WHERE b.key = a.key AND b.id < a.id AND b.state = 'running') "
+        "THEN 'running' END FROM actions a WHERE a.id = :id",
         {"id": id_, "now": now},
     ).fetchone()
     if row is None or row[0] not in ACTIVE:
         return ClaimResult("gone")
     _state, attempts, exempt, caps_json, earlier = row
-    if earlier:
-        return ClaimResult("wait", None, attempts)
+    if earlier is not None:
+        return ClaimResult("wait", None, attempts, earlier)
     # Caps count starts, not attempts: a retry of an action already counted passes.
     if attempts == 0 and not exempt and caps_json != "[]":
         caps = [CapCheck.from_json(c) for c in json.loads(caps_json)]
