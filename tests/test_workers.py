@@ -1,0 +1,435 @@
+"""``service.workers: 2`` under a real ``trapd run``, with net-snmp's tools on loopback.
+
+What is checked, each against what was sent: every trap from many source
+ports received and acted on exactly once, /metrics summing both workers
+exactly, v2c and v3 informs acknowledged whichever worker gets them (one v3
+engine: same ID, boots and time), READY/STATUS/RELOADING/STOPPING from the
+supervisor only, SIGHUP with a good and a bad rules file, SIGTERM with
+nothing lost, a SIGKILLed worker restarted on its socket with only its own
+interrupted actions run again, and workers that go when the supervisor is
+killed. The supervisor's pieces alone are in test_workers_unit.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from daemon_harness import LINK_DOWN, TrapdDaemon, free_port, link_down
+from listen_harness import needs_netsnmp, snmp_send
+
+from trapd.listener.v3 import parse_header
+
+pytestmark = [pytest.mark.integration, needs_netsnmp]
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SEQ_OID = "1.3.6.1.4.1.99999.1.1"  # loadgen's sequence number varbind (ten digits)
+TWO = {"service": {"workers": 2}}
+
+SEQ_RULES = """\
+rules:
+  - name: numbered
+    match:
+      notification: IF-MIB::linkDown
+    actions:
+      - action: log
+        level: info
+        message: "{prefix} {{{{ varbinds['1.3.6.1.4.1.99999.1.1'].display }}}}"
+        key: "{{{{ varbinds['1.3.6.1.4.1.99999.1.1'].display }}}}"
+"""
+
+
+def _loadgen() -> ModuleType:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module("loadgen")
+
+
+def seq_args(target: str, seq: int, *, inform_community: str = "public") -> list[str]:
+    """A v2c linkDown carrying loadgen's sequence varbind, for snmptrap / snmpinform."""
+    return ["-v", "2c", "-c", inform_community, target, "", LINK_DOWN, SEQ_OID, "s", f"{seq:010d}"]
+
+
+def send_spread(d: TrapdDaemon, messages: list[bytes], senders: int) -> None:
+    """``messages`` round-robin over ``senders`` sockets: as many source ports as switches."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(senders)]
+    try:
+        for i, m in enumerate(messages):
+            socks[i % senders].sendto(m, d.address)
+            if i % 50 == 49:
+                time.sleep(0.005)  # well under what two workers take; the test is about counting
+    finally:
+        for s in socks:
+            s.close()
+
+
+def seq_lines(d: TrapdDaemon, prefix: str) -> list[dict[str, Any]]:
+    return [e for e in d.logs() if str(e.get("event", "")).startswith(prefix + " ")]
+
+
+def journal_rows(d: TrapdDaemon) -> list[dict[str, Any]]:
+    cmd = [sys.executable, "-m", "trapd", "journal", "--state-dir", str(d.state_dir), "--json"]
+    out = subprocess.run(
+        [*cmd, "list", "--state", "all", "--limit", "100000"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def worker_pids(d: TrapdDaemon) -> dict[int, int]:
+    """Worker index -> pid of its latest process, from the supervisor's "worker started" lines."""
+    out: dict[int, int] = {}
+    for e in d.logs("worker started"):
+        out[int(e["worker"])] = int(e["pid"])
+    return out
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_every_trap_from_many_ports_is_received_and_counted_exactly_once(tmp_path: Path) -> None:
+    loadgen = _loadgen()
+    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="seq"), config=TWO)
+    try:
+        ready = d.wait_log(lambda e: e.get("event") == "trapd ready" and e["logger"] == "trapd.supervisor")
+        assert len(ready) == 1 and len(ready[0]["pids"]) == 2
+        loaded = 600
+        send_spread(d, loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 1, loaded), senders=24)
+        for seq in range(loaded + 1, loaded + 11):  # and ten from net-snmp, one process (port) each
+            snmp_send("snmptrap", *seq_args(d.target(), seq), check=True)
+        total = loaded + 10
+
+        assert d.wait_metric("trapd_actions_total", total, timeout=30, plugin="log", outcome="done") == total
+        lines = d.wait_log(lambda e: str(e.get("event", "")).startswith("seq "), 10, count=total)
+        assert sorted(int(e["event"].split()[1]) for e in lines) == list(range(1, total + 1))  # once each
+        done_by = Counter(e["worker"] for e in d.logs("action done"))
+        assert set(done_by) == {0, 1} and sum(done_by.values()) == total, done_by
+
+        scrape = d.metrics()
+        assert d.metric("trapd_notifications_received_total", scrape) == total
+        assert d.metric("trapd_notifications_received_total", scrape, version="v2c") == total
+        assert d.metric("trapd_rule_matches_total", scrape, rule="numbered") == total
+        assert d.metric("trapd_events_unmatched_total", scrape) == 0
+        assert d.metric("trapd_notifications_dropped_total", scrape) == 0
+        assert d.metric("trapd_actions_total", scrape) == total
+        assert d.metric("trapd_action_latency_seconds_count", scrape) == total
+        assert d.metric("trapd_socket_drops_total", scrape) == 0
+        # The journal is one SQLite file: its gauges are not counted twice.
+        assert d.metric("trapd_journal_entries", scrape, state="pending") == 0
+
+        rows = journal_rows(d)
+        assert len(rows) == total and {r["state"] for r in rows} == {"done"}
+        assert len({r["event_id"] for r in rows}) == total  # no event id shared by the two workers
+        assert {r["owner"] for r in rows} <= {"worker-0", "worker-1"}
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+TRAPD_ENGINE = "80004fb805aabbccddeeff0011"
+V3_USER = {
+    "user": "mon",
+    "auth_protocol": "SHA-256",
+    "auth_key": "auth-secret-1",
+    "priv_protocol": "AES-128",
+    "priv_key": "priv-secret-1",
+}
+V3_ARGS = ["-v", "3", "-u", "mon", "-l", "authPriv", "-a", "SHA-256", "-A", "auth-secret-1", "-x", "AES",
+           "-X", "priv-secret-1"]  # fmt: skip
+
+
+def discovery_probe(msg_id: int) -> bytes:
+    """An SNMPv3 engine-ID discovery request (RFC 3414 4): no engine ID, no user, reportable."""
+
+    def tlv(tag: int, body: bytes) -> bytes:
+        assert len(body) < 128
+        return bytes([tag, len(body)]) + body
+
+    def integer(n: int) -> bytes:
+        return tlv(0x02, n.to_bytes((n.bit_length() + 8) // 8, "big"))  # minimal, as BER wants
+
+    header = tlv(0x30, integer(msg_id) + integer(65507) + tlv(0x04, b"\x04") + integer(3))
+    usm = tlv(0x04, tlv(0x30, tlv(0x04, b"") + integer(0) + integer(0) + tlv(0x04, b"") * 3))
+    pdu = tlv(0xA6, integer(msg_id) + integer(0) + integer(0) + tlv(0x30, b""))
+    scoped = tlv(0x30, tlv(0x04, b"") + tlv(0x04, b"") + pdu)
+    return tlv(0x30, integer(3) + header + usm + scoped)
+
+
+def test_informs_are_answered_by_either_worker_as_one_engine(tmp_path: Path) -> None:
+    config = {**TWO, "listener": {"v3_users": [V3_USER], "engine_id": TRAPD_ENGINE}}
+    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="inform"), config=config)
+    try:
+        # Discovery from 16 source ports: both workers answer, with one engine ID, boots and time.
+        reports = []
+        for i in range(16):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(5)
+                s.sendto(discovery_probe(1000 + i), d.address)
+                reports.append(parse_header(s.recv(4096)))
+        assert {r.engine_id.hex() for r in reports} == {TRAPD_ENGINE}
+        assert len({r.engine_boots for r in reports}) == 1
+        assert max(r.engine_time for r in reports) - min(r.engine_time for r in reports) <= 1
+        # Counted up once by the supervisor, not once per worker (each pysnmp engine would).
+        boots_file = next((d.state_dir / "__pysnmp").glob("*/boots"))
+        assert boots_file.read_text() == str(reports[0].engine_boots)
+
+        seq = 0
+        for _ in range(6):  # v2c informs: each snmpinform its own source port
+            seq += 1
+            r = snmp_send("snmpinform", "-r", "0", "-t", "5", *seq_args(d.target(), seq))
+            assert r.returncode == 0, r.stderr  # 0 only once the Response arrived
+        for _ in range(6):  # v3 authPriv informs: discovery, then the inform, to whichever worker
+            seq += 1
+            r = snmp_send(
+                "snmpinform",
+                *V3_ARGS,
+                "-r",
+                "1",
+                "-t",
+                "5",
+                d.target(),
+                "",
+                LINK_DOWN,
+                SEQ_OID,
+                "s",
+                f"{seq:010d}",
+            )
+            assert r.returncode == 0, r.stderr
+        d.wait_log(lambda e: str(e.get("event", "")).startswith("inform "), 10, count=seq)
+        scrape = d.metrics()
+        assert d.metric("trapd_notifications_received_total", scrape, version="v2c") == 6
+        assert d.metric("trapd_notifications_received_total", scrape, version="v3") == 6
+        assert set(Counter(e["worker"] for e in d.logs("action done"))) == {0, 1}
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_systemd_sees_one_unit_ready_reloading_and_stopping(tmp_path: Path) -> None:
+    loadgen = _loadgen()
+    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="a"), config=TWO, watchdog_usec=2_000_000)
+    assert d.notify is not None
+    try:
+        time.sleep(1.5)  # a few STATUS= and WATCHDOG=1 (at half of WATCHDOG_USEC)
+        msgs = [*d.notify.messages, *d.notify.pending()]
+        assert sum(1 for m in msgs if "READY" in m) == 1  # the supervisor's, once both workers were ready
+        assert any("workers 2/2 up" in m.get("STATUS", "") for m in msgs), msgs
+        assert sum(1 for m in msgs if "WATCHDOG" in m) >= 2
+        code, health = d.healthz()
+        assert code == 200 and health["workers_up"] == 2, health
+
+        # A good reload: every worker takes the new rules.
+        d.rules_path.write_text(SEQ_RULES.format(prefix="b"))
+        d.signal(signal.SIGHUP)
+        d.notify.wait_for("RELOADING", 10)
+        ready = d.notify.wait_for("READY", 10)
+        assert "FAILED" not in ready.get("STATUS", "")
+        send_spread(d, loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 1, 64), senders=16)
+        lines = d.wait_log(lambda e: str(e.get("event", "")).startswith("b "), 10, count=64)
+        assert set(Counter(e["worker"] for e in lines)) == {0, 1}
+
+        # A bad one: refused once, every worker keeps the rules it has.
+        d.rules_path.write_text("rules:\n  - name: broken\n    match: {notification: IF-MIB::linkDown}\n"
+                                "    actions:\n      - action: no-such-plugin\n")  # fmt: skip
+        d.signal(signal.SIGHUP)
+        d.notify.wait_for("RELOADING", 10)
+        ready = d.notify.wait_for("READY", 10)
+        assert "reload failed" in ready["STATUS"] and "rules.yaml:5" in ready["STATUS"], ready
+        send_spread(d, loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 65, 64), senders=16)
+        lines = d.wait_log(lambda e: str(e.get("event", "")).startswith("b "), 10, count=128)
+        assert set(Counter(e["worker"] for e in lines[64:])) == {0, 1}
+        scrape = d.metrics()
+        assert d.metric("trapd_reloads_total", scrape, result="ok") == 1  # one per SIGHUP, not per worker
+        assert d.metric("trapd_reloads_total", scrape, result="failed") == 1
+        assert d.metric("trapd_config_last_reload_successful", scrape) == 0
+        code, health = d.healthz()
+        assert code == 200 and "rules.yaml:5" in health["last_reload"], health
+        # The bad file never reached a worker: one "reloaded" per worker, from the good reload.
+        assert sorted(e["worker"] for e in d.logs("reloaded") if "worker" in e) == [0, 1]
+        assert not [e for e in d.logs("reload failed, keeping the running configuration") if "worker" in e]
+
+        d.signal(signal.SIGTERM)
+        stopping = d.notify.wait_for("STOPPING", 10)
+        assert stopping["STOPPING"] == "1"
+        assert d.wait_exit(20) == 0
+        assert [e["worker"] for e in d.logs("stopped") if "worker" in e] in ([0, 1], [1, 0])
+    finally:
+        d.close()
+
+
+SLOW_RULES = """\
+rules:
+  - name: slow
+    match:
+      notification: IF-MIB::linkDown
+    actions:
+      - action: exec
+        argv: [/bin/sh, -c, "echo start $1 >> {marks}; sleep {seconds}; echo end $1 >> {marks}", sh,
+               "{{{{ ifIndex }}}}"]
+        timeout: 30s
+        key: "port-{{{{ ifIndex }}}}"
+"""
+
+
+def marks_of(path: Path, word: str) -> Counter[int]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return Counter(int(x.split()[1]) for x in lines if x.startswith(word + " "))
+
+
+def wait_until(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_sigterm_stops_both_workers_and_loses_nothing(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    config = {**TWO, "dispatch": {"workers": 1, "shutdown_timeout": "8s"}}
+    d = TrapdDaemon.start(tmp_path, rules=SLOW_RULES.format(marks=marks, seconds=1), config=config)
+    try:
+        ports = list(range(1, 13))
+        for port in ports:
+            snmp_send("snmptrap", *link_down(d.target(), port), check=True)
+        assert d.wait_metric("trapd_notifications_received_total", len(ports)) == len(ports)
+        assert wait_until(lambda: sum(marks_of(marks, "start").values()) >= 1, 10)
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(30) == 0
+        # Running ones finished, the rest wait in the journal: every trap is there, once.
+        rows = journal_rows(d)
+        assert sorted(int(r["params"]["argv"][-1]) for r in rows) == ports, rows
+        assert {r["state"] for r in rows} <= {"done", "pending"}
+        assert marks_of(marks, "start") == marks_of(marks, "end")  # nothing cut off
+        # The next start runs the rest, once each.
+        d.launch()
+        d.wait_ready()
+        assert wait_until(lambda: sorted(marks_of(marks, "end")) == ports, 30), marks.read_text()
+        assert max(marks_of(marks, "start").values()) == 1
+        assert wait_until(lambda: {r["state"] for r in journal_rows(d)} == {"done"}, 10)
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_killed_worker_is_restarted_and_reruns_only_its_own_actions(tmp_path: Path) -> None:
+    loadgen = _loadgen()
+    marks = tmp_path / "marks"
+    config = {**TWO, "dispatch": {"workers": 16}}
+    d = TrapdDaemon.start(tmp_path, rules=SLOW_RULES.format(marks=marks, seconds=2.5), config=config)
+    try:
+        ports = list(range(1, 17))
+        for port in ports:
+            snmp_send("snmptrap", *link_down(d.target(), port), check=True)
+        assert wait_until(lambda: len(marks_of(marks, "start")) == len(ports), 15), marks_of(marks, "start")
+        running = {
+            int(r["params"]["argv"][-1]): r["owner"] for r in journal_rows(d) if r["state"] == "running"
+        }
+        assert len(running) == len(ports), running
+        victim = "worker-0" if "worker-0" in running.values() else "worker-1"
+        index = int(victim[-1])
+        mine = {p for p, owner in running.items() if owner == victim}
+        theirs = set(ports) - mine
+        old_pid = worker_pids(d)[index]
+        os.kill(old_pid, signal.SIGKILL)
+
+        d.wait_log(lambda e: e.get("event") == "worker died, restarting it" and e["worker"] == index, 5)
+        d.wait_log(lambda e: e.get("event") == "worker ready" and e["worker"] == index, 15)
+        new_pid = worker_pids(d)[index]
+        assert new_pid != old_pid
+        # Its interrupted actions run again; the other worker's are not touched.
+        assert wait_until(lambda: {r["state"] for r in journal_rows(d)} == {"done"}, 20), journal_rows(d)
+        starts = marks_of(marks, "start")
+        assert {p: starts[p] for p in theirs} == dict.fromkeys(theirs, 1)
+        assert {p: starts[p] for p in mine} == dict.fromkeys(mine, 2)
+        assert len(journal_rows(d)) == len(ports)  # nothing planned twice
+
+        # The restarted worker receives on its old socket: traffic from many ports reaches both again.
+        (d.rules_path).write_text(SEQ_RULES.format(prefix="after"))
+        d.signal(signal.SIGHUP)
+        assert d.notify is not None
+        d.notify.wait_for("READY", 10)
+        send_spread(d, loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 1, 64), senders=16)
+        lines = d.wait_log(lambda e: str(e.get("event", "")).startswith("after "), 10, count=64)
+        assert sorted(int(e["event"].split()[1]) for e in lines) == list(range(1, 65))
+        assert index in {e["worker"] for e in lines}
+        scrape = d.metrics()
+        # Counters survive the restart: what the dead worker counted before its last snapshot stays.
+        assert d.metric("trapd_notifications_received_total", scrape) >= 64 + len(theirs)
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_workers_go_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="x"), config=TWO)
+    try:
+        pids = list(worker_pids(d).values())
+        assert len(pids) == 2 and not any(gone(p) for p in pids)
+        assert d.proc is not None
+        d.proc.kill()
+        d.proc.wait(5)
+        assert wait_until(lambda: all(gone(p) for p in pids), 10), [
+            Path(f"/proc/{p}/stat").exists() for p in pids
+        ]
+        # They stopped cleanly (PR_SET_PDEATHSIG sends SIGTERM): the port is free again at once.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(d.address)
+    finally:
+        d.close()
+
+
+def test_a_bad_rules_file_refuses_to_start_before_any_worker(tmp_path: Path) -> None:
+    bad = "rules:\n  - name: broken\n    match: {notification: IF-MIB::linkDown}\n    actions:\n"
+    bad += "      - action: nope\n"
+    d = TrapdDaemon.start(tmp_path, rules=bad, config=TWO, wait_ready=False)
+    try:
+        assert d.wait_exit(20) == 1
+        (line,) = d.logs("start-up failed")
+        assert "rules.yaml:5" in line["error"], line
+        assert not d.logs("worker started")
+        assert d.notify is not None
+        assert "start-up failed" in d.notify.wait_for("STOPPING", 5)["STATUS"]
+    finally:
+        d.close()
+
+
+def test_workers_from_the_command_line_and_a_bad_value(tmp_path: Path) -> None:
+    port = free_port()
+    d = TrapdDaemon.start(
+        tmp_path, rules=SEQ_RULES.format(prefix="x"), args=("--workers", "3"), trap_port=port
+    )
+    try:
+        assert len(worker_pids(d)) == 3
+        assert d.stop() == 0
+    finally:
+        d.close()
+    d = TrapdDaemon.start(
+        tmp_path / "b", rules="rules: []\n", config={"service": {"workers": 0}}, wait_ready=False
+    )
+    try:
+        assert d.wait_exit(20) == 2
+        assert any("service.workers" in e.get("raw", "") and "trapd.yaml:" in e.get("raw", "") for e in d.log)
+    finally:
+        d.close()
