@@ -1,4 +1,4 @@
-"""service.workers under the unit's hardening: every system call the supervisor and its workers make is allowed.
+"""service.workers under the unit's hardening: every system call of supervisor and workers is allowed.
 
 The supervisor adds what a single trapd never does: fork (clone), prctl
 (PR_SET_PDEATHSIG, through ctypes), socketpair, wait4, kill, and a fork
