@@ -86,3 +86,35 @@ def test_extremes_include_what_issue_7_names(engine: ModuleType) -> None:
     assert outcomes[b"\x30\x84\xff\xff\xff\xff"] == "truncated"  # a huge length
     assert "ok 9000" in outcomes.values()  # 9,000 varbinds in one datagram are fine
     assert "bad-oid" in outcomes.values()  # a 60 KB OID is not
+
+
+def _outcome(call: object, data: bytes) -> object:
+    try:
+        return call(data)  # type: ignore[operator]
+    except Rejected as error:
+        return ("rejected", error.reason)
+
+
+def test_the_listeners_one_pass_decoder_agrees_with_version_then_decode(engine: ModuleType) -> None:
+    """decode_unless_v3 (what the listener calls) = message_version, then decode for v1/v2c: same
+    messages, same refusals with the same reasons, None exactly for v3, on fuzzed and extreme input."""
+    import random
+
+    from trapd.listener.fastpath import decode_unless_v3
+
+    rng = random.Random(20261128)
+    corpus = engine.seeds()
+    inputs = [*corpus, *engine.extremes(), *(engine.mutate(rng, corpus) for _ in range(20_000))]
+    versions: set[object] = set()
+    for data in inputs:
+        version = _outcome(message_version, data)
+        versions.add(version)
+        if version == 3:
+            expected: object = None
+        elif isinstance(version, tuple):
+            expected = version
+        else:
+            expected = _outcome(decode, data)
+        assert _outcome(decode_unless_v3, data) == expected, data
+    # The mutants reach every branch: v1, v2c, v3 and refused headers.
+    assert {0, 1, 3} <= versions and any(isinstance(v, tuple) for v in versions)

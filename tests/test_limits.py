@@ -238,13 +238,13 @@ def test_nothing_is_decoded_over_the_limit_when_no_rule_cancels(monkeypatch: pyt
     from trapd.listener import fastpath
 
     decoded = [0]
-    real = fastpath.decode
+    real = fastpath.decode_unless_v3  # the listener's decoder entry point
 
     def counting(data: bytes) -> Any:
         decoded[0] += 1
         return real(data)
 
-    monkeypatch.setattr(fastpath, "decode", counting)
+    monkeypatch.setattr(fastpath, "decode_unless_v3", counting)
     rig = Rig(RateLimit(per_source=10, global_=0, burst=1.0), None)
     rig.send(UP, "10.0.0.1", n=1000)
     assert decoded[0] == 10 and rig.limited == {"per-source": 990}

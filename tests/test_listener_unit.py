@@ -394,10 +394,10 @@ async def test_inform_is_not_acknowledged_when_the_hand_off_fails(client: Any) -
 async def test_source_filter_drops_before_decoding(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import trapd.listener.udp as udp
 
-    def must_not_decode(data: bytes) -> int:
+    def must_not_decode(data: bytes) -> Any:
         raise AssertionError("decoded a datagram from a source that is not allowed")
 
-    monkeypatch.setattr(udp.fastpath, "message_version", must_not_decode)
+    monkeypatch.setattr(udp.fastpath, "decode_unless_v3", must_not_decode)
     rx = Rx()
     async with Listener(config(allowed_sources=(ipaddress.ip_network("10.0.0.0/8"),)), rx) as listener:
         client(addr_of(listener)).send(v2c_message())
@@ -436,7 +436,7 @@ async def test_a_bug_in_the_receive_path_costs_one_datagram(
 ) -> None:
     import trapd.listener.udp as udp
 
-    real_decode = udp.fastpath.decode
+    real_decode = udp.fastpath.decode_unless_v3
     calls = [0]
 
     def flaky(data: bytes) -> Any:
@@ -445,7 +445,7 @@ async def test_a_bug_in_the_receive_path_costs_one_datagram(
             raise RuntimeError("boom")
         return real_decode(data)
 
-    monkeypatch.setattr(udp.fastpath, "decode", flaky)
+    monkeypatch.setattr(udp.fastpath, "decode_unless_v3", flaky)
     rx = Rx()
     async with Listener(config(), rx) as listener:
         c = client(addr_of(listener))

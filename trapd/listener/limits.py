@@ -213,7 +213,7 @@ class SourceLimiter:
     @property
     def active(self) -> bool:
         """False when both buckets are off (the listener may then skip the limiter)."""
-        return self._per_source > 0 or self._global_rate > 0
+        return self._limiting
 
     def configure(self, config: RateLimit, clearing: Clearing | None = None) -> None:
         """Apply new limits and clearing OIDs (a reload). Per-source state restarts full."""
@@ -222,6 +222,7 @@ class SourceLimiter:
         self.config = config
         self._per_source = max(config.per_source, 0.0)
         self._global_rate = max(config.global_, 0.0)
+        self._limiting = self._per_source > 0 or self._global_rate > 0
         # At least one token of depth, or a bucket could never admit anything.
         self._source_depth = max(1.0, self._per_source * burst)
         global_depth = max(1.0, self._global_rate * burst)
@@ -244,6 +245,8 @@ class SourceLimiter:
 
     def check(self, host: str, data: bytes) -> Over | None:
         """Before decoding: None (admitted, tokens spent) or why it is over a limit."""
+        if not self._limiting:
+            return None  # both buckets off (the default): not even the clock is read
         now = self._clock()
         src: _Source | None = None
         over: Over | None = None
