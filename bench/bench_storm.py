@@ -127,7 +127,7 @@ class Pipeline:
         inherit: socket.socket | None = None,
         instance: int = 0,
     ) -> None:
-        """``inherit``: a bound socket handed over as systemd would (LISTEN_FDS), for SO_REUSEPORT groups;
+        """``inherit``: a bound socket handed over as systemd would (LISTEN_FDS, socket activation);
         instances of a group share ``workdir``, its rules and its state directory (the journal)."""
         self.workdir = workdir
         self.port = inherit.getsockname()[1] if inherit is not None else bl.free_udp_port()
@@ -213,49 +213,6 @@ class Pipeline:
         return out
 
 
-class ReusePortGroup:
-    """``n`` trapd processes on one UDP port (SO_REUSEPORT, one socket each) sharing one journal.
-
-    The kernel spreads datagrams over the sockets by a hash of the sender's
-    address and port, so one switch always lands on the same process. It
-    quacks like a :class:`Pipeline` for :func:`wait_quiet` (scrapes summed).
-    """
-
-    def __init__(self, workdir: Path, n_rules: int, n: int, journaled: int = 10) -> None:
-        port = bl.free_udp_port()
-        self.sockets = []
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind(("127.0.0.1", port))
-            self.sockets.append(s)
-        self.port = port
-        self.members = [
-            Pipeline(workdir, n_rules, journaled=journaled, inherit=s, instance=i)
-            for i, s in enumerate(self.sockets)
-        ]
-        for s in self.sockets:
-            s.close()  # the children hold them
-
-    def wait_ready(self) -> float:
-        return max(m.wait_ready() for m in self.members)
-
-    def scrape(self) -> Scrape:
-        total: Scrape = {}
-        for m in self.members:
-            for k, v in m.scrape().items():
-                total[k] = total.get(k, 0.0) + v
-        return total
-
-    def stop(self) -> int | None:
-        codes = [m.stop() for m in self.members]
-        return max((c for c in codes if c is not None), default=None)
-
-    @property
-    def pids(self) -> list[int]:
-        return [m.proc.pid for m in self.members]
-
-
 class SpreadSender:
     """``send`` over several sender sockets in turn: distinct source ports, as many switches would be."""
 
@@ -335,9 +292,7 @@ class RssSampler(threading.Thread):
         self.join(2)
 
 
-def wait_quiet(
-    p: Pipeline | ReusePortGroup, want_received: int, want_done: int, timeout: float
-) -> tuple[Counts, float]:
+def wait_quiet(p: Pipeline, want_received: int, want_done: int, timeout: float) -> tuple[Counts, float]:
     """Poll the metrics until nothing moves for 1 s (or everything sent is accounted for)."""
     t0 = time.monotonic()
     last: Counts | None = None
@@ -395,16 +350,15 @@ def pipeline_run(
     processes: int = 1,
     senders: int = 1,
 ) -> PipelineRun:
-    name = "trapd run" if processes == 1 else f"trapd run x{processes}"
+    name = "trapd run" if processes == 1 else f"trapd run workers={processes}"
     res = PipelineRun(name, rate, run, loadavg=bl._loadavg())
     workdir = Path(tempfile.mkdtemp(prefix=f"pipeline-{rate}-{run}-", dir=workroot))
-    p: Pipeline | ReusePortGroup
-    if processes == 1:
-        p = Pipeline(workdir, n_rules, journaled=journaled)
-        pids = [p.proc.pid]
-    else:
-        p = ReusePortGroup(workdir, n_rules, processes, journaled=journaled)
-        pids = p.pids
+    # The shipped design: one `trapd run` supervising `processes` workers (service.workers),
+    # SO_REUSEPORT sockets, one journal, /metrics summed by the supervisor. CPU and RSS are
+    # read over the process tree (bench_listener), so they include every worker.
+    extra = {"service": {"workers": processes}} if processes > 1 else None
+    p = Pipeline(workdir, n_rules, extra, journaled=journaled)
+    pids = [p.proc.pid]
     try:
         p.wait_ready()
         time.sleep(0.5)  # settle_memory() runs right after READY
@@ -580,6 +534,8 @@ def overload(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if args.per_source or args.global_limit:
         extra["listener"] = {"rate_limit": {"per_source": args.per_source, "global": args.global_limit}}
+    if args.workers > 1:
+        extra["service"] = {"workers": args.workers}
     p = Pipeline(workdir, args.rules, extra, args.journaled)
     out: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds, "loadavg_before": bl._loadavg()}
     try:
@@ -592,12 +548,13 @@ def overload(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
         ring = Ring(
             loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 1, 100_000), int(args.rate * args.seconds)
         )
-        with loadgen.open_sender("127.0.0.1", p.port) as sock:
-            gc.disable()
-            try:
-                report = loadgen.pace(sock, ring, args.rate, max_seconds=args.seconds + 5.0)
-            finally:
-                gc.enable()
+        sender = SpreadSender(p.port, args.senders)
+        gc.disable()
+        try:
+            report = loadgen.pace(sender, ring, args.rate, max_seconds=args.seconds + 5.0)  # type: ignore[arg-type]
+        finally:
+            gc.enable()
+            sender.close()
         storm_end = time.monotonic() - sampler.t0
         out["sent"], out["rate_achieved"] = report.sent, report.rate_achieved
         out["loadavg_storm"] = bl._loadavg()
@@ -612,8 +569,11 @@ def overload(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
         # Recovery: a normal load right after the storm, lossless?
         post = loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 10_000_001, args.recovery_rate * 5)
         before2 = Counts.of(p.scrape())
-        with loadgen.open_sender("127.0.0.1", p.port) as sock:
-            rep2 = loadgen.pace(sock, post, args.recovery_rate, max_seconds=10.0)
+        sender = SpreadSender(p.port, args.senders)
+        try:
+            rep2 = loadgen.pace(sender, post, args.recovery_rate, max_seconds=10.0)  # type: ignore[arg-type]
+        finally:
+            sender.close()
         after2, lag2 = wait_quiet(p, rep2.sent, 0, 30.0)
         c2 = after2.minus(before2)
         out["recovery"] = {
@@ -704,11 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--receivers", default="snmptrapd,trapd")
     t.add_argument("--drain-timeout", type=float, default=60.0)
     t.add_argument(
+        "--workers",
         "--processes",
+        dest="processes",
         type=int,
         default=1,
-        help="trapd processes on one port (SO_REUSEPORT sockets handed over as systemd would) "
-        "sharing one journal",
+        help="service.workers of the trapd run: receiving processes on one port (SO_REUSEPORT) "
+        "sharing one journal, under the supervisor that `trapd run` becomes",
     )
     t.add_argument(
         "--senders", type=int, default=1, help="sender sockets (source ports) the load is spread over"
@@ -719,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--recovery-rate", type=int, default=1000)
     o.add_argument("--per-source", type=float, default=0.0, help="listener.rate_limit.per_source")
     o.add_argument("--global-limit", type=float, default=0.0, help="listener.rate_limit.global")
+    o.add_argument("--workers", type=int, default=1, help="service.workers of the trapd run")
+    o.add_argument("--senders", type=int, default=1, help="sender sockets (source ports)")
     return ap
 
 
