@@ -384,3 +384,32 @@ async def test_exporter_refreshes_before_answering(tmp_path: Path) -> None:
         assert len(server.listening_fds()) == 1
     finally:
         await server.close()
+
+
+def test_socket_series_are_one_per_address_summed_over_the_workers_sockets() -> None:
+    from trapd.service.metrics import TrapdCollector
+
+    (a,), (b,) = open_reuseport_sockets([ListenAddress("127.0.0.1", 0)], 2, 1 << 20)
+    try:
+        port = a.getsockname()[1]
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
+        for s in senders:
+            s.sendto(b"x" * 100, ("127.0.0.1", port))
+        time.sleep(0.05)
+        collector = TrapdCollector(DaemonSnapshot, lambda: [a, b])
+        families = {f.name: f for f in collector.collect()}
+        (queued,) = families["trapd_socket_receive_queue_bytes"].samples
+        assert queued.labels == {"socket": f"127.0.0.1:{port}"}
+        # Neither socket alone holds all 16 (both got some); the series has them all.
+        assert queued.value == sum(
+            int(x.split()[4].partition(":")[2], 16)
+            for x in Path("/proc/self/net/udp").read_text().splitlines()[1:]
+            if x.split()[9] in {str(os.fstat(a.fileno()).st_ino), str(os.fstat(b.fileno()).st_ino)}
+        )
+        assert queued.value > 0
+        assert len(families["trapd_socket_drops"].samples) == 1
+        for s in senders:
+            s.close()
+    finally:
+        a.close()
+        b.close()

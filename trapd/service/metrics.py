@@ -34,8 +34,8 @@ trapd_notifications_received_total             counter    version, source_group
 trapd_notifications_dropped_total              counter    reason
 trapd_notifications_dropped_detail_total       counter    reason, detail
 trapd_kernel_udp_rcvbuf_errors_total           counter    family (ipv4, ipv6); host-wide, since start
-trapd_socket_drops_total                       counter    socket; trapd's own sockets (/proc/net/udp)
-trapd_socket_receive_queue_bytes               gauge      socket; bytes waiting to be read
+trapd_socket_drops_total                       counter    socket (address; summed over workers' sockets)
+trapd_socket_receive_queue_bytes               gauge      socket (address); bytes waiting to be read
 trapd_rule_matches_total                       counter    rule
 trapd_events_unmatched_total                   counter
 trapd_outcomes_lost_total                      counter    matched, but the dispatch backlog was full
@@ -238,9 +238,17 @@ class TrapdCollector:
                     by_inode[os.fstat(sock.fileno()).st_ino] = describe(sock)
                 except (OSError, ValueError):
                     continue  # closed during a reload
+            # Per address: with service.workers > 1 each address has one socket per worker
+            # (SO_REUSEPORT), and one series per label set is what Prometheus accepts.
+            drop_sum: dict[str, int] = {}
+            queue_sum: dict[str, int] = {}
             for inode, row in read_socket_queues(by_inode, self._proc_net).items():
-                drops.add_metric([by_inode[inode]], row.drops)
-                queued.add_metric([by_inode[inode]], row.rx_queue)
+                label = by_inode[inode]
+                drop_sum[label] = drop_sum.get(label, 0) + row.drops
+                queue_sum[label] = queue_sum.get(label, 0) + row.rx_queue
+            for label in sorted(drop_sum):
+                drops.add_metric([label], drop_sum[label])
+                queued.add_metric([label], queue_sum[label])
         yield drops
         yield queued
 
