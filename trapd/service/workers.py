@@ -454,6 +454,9 @@ class Supervisor:
         if self._stop.is_set():
             return await self._shutdown()
         self._state = "running"
+        for slot in self.slots:
+            if not slot.alive:  # died between its "ready" and now: restart it like any other
+                self._on_exit(slot, slot.exit_code if slot.exit_code is not None else 0)
         await self._refresh()
         self.notifier.ready(self._status_line())
         self.log.info(
