@@ -420,6 +420,60 @@ def test_message_version_refusals(data: bytes, slug: str) -> None:
     assert excinfo.value.reason == slug
 
 
+# --- remembered varbinds (fastpath._KNOWN) ----------------------------------------------------
+
+
+def test_a_remembered_varbind_decodes_as_before_and_is_shared() -> None:
+    from trapd.listener import fastpath
+
+    fastpath._KNOWN.clear()
+    data = v2c(
+        [*TRAP_HEAD, varbind(IF_INDEX_17, integer(17)), varbind((*ENTERPRISE_99, 4), tlv(0x04, b"Gi0/1"))]
+    )
+    first, second = decode(data), decode(data)
+    assert first == second and first.varbinds[2:] == [
+        (IF_INDEX_17, "Integer32", 17),
+        ((*ENTERPRISE_99, 4), "OctetString", b"Gi0/1"),
+    ]
+    assert second.varbinds[1] is first.varbinds[1]  # snmpTrapOID: remembered, the same immutable tuple
+    assert second.varbinds[0] is not first.varbinds[0]  # sysUpTime (TimeTicks), a clock: never remembered
+    assert first.varbinds is not second.varbinds  # each message has its own list
+
+
+def test_what_v1_refuses_is_not_remembered_from_v2c() -> None:
+    """Counter64 and the exception values are fine in v2c and refused in v1: a v2c trap must not
+    teach the table a varbind that a v1 trap with the same octets would then get past the check."""
+    from trapd.listener import fastpath
+
+    fastpath._KNOWN.clear()
+    big = varbind((*ENTERPRISE_99, 10), integer(2**40, 0x46))
+    missing = varbind((*ENTERPRISE_99, 11), tlv(0x80, b""))
+    assert len(decode(v2c([*TRAP_HEAD, big, missing])).varbinds) == 4
+    assert rejected(v1([big])) == "bad-value"
+    assert rejected(v1([missing])) == "bad-value"
+
+
+def test_refusals_do_not_depend_on_what_was_remembered() -> None:
+    from trapd.listener import fastpath
+
+    good = varbind(IF_INDEX_17, integer(17))
+    decode(v2c([*TRAP_HEAD, good]))  # remembered now
+    # The same varbind with one more octet in a container that does not hold it.
+    assert rejected(v2c([*TRAP_HEAD, good[:-1]])) == "truncated"
+    assert good[2:] in fastpath._KNOWN
+
+
+def test_the_table_of_remembered_varbinds_is_bounded() -> None:
+    from trapd.listener import fastpath
+
+    for i in range(fastpath._KNOWN_SIZE + 500):
+        decode(v2c([*TRAP_HEAD, varbind(IF_INDEX_17, integer(i))]))
+        assert len(fastpath._KNOWN) <= fastpath._KNOWN_SIZE
+    long_value = varbind(IF_INDEX_17, tlv(0x04, b"x" * 200))
+    decode(v2c([long_value]))
+    assert long_value[2:] not in fastpath._KNOWN  # longer than _KNOWN_MAX_OCTETS: decoded every time
+
+
 # --- the inform acknowledgement ----------------------------------------------------------------
 
 

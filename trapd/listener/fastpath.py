@@ -265,11 +265,21 @@ def _decode_v1_trap(data: bytes, pos: int, end: int, community: bytes) -> FastMe
 
 
 def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBind]:
-    """Decode the content of a VarBindList.
+    """Decode the content of a VarBindList (``data`` must be ``bytes``).
 
     This loop is the hot spot (it runs once per varbind, the rest once per
     message), so the short-form headers are read inline and the generic
     :func:`read_header` is only called for long-form lengths.
+
+    Varbinds repeat from trap to trap in a storm (the same snmpTrapOID, and
+    for each port the same ifIndex, ifDescr, ifOperStatus...), so a decoded
+    varbind is remembered by its content octets (:data:`_KNOWN`) and the
+    next identical one costs a slice and a dict lookup instead of its
+    decoding. Only accepted varbinds get in, so every refusal is still
+    decided by the code below, and only types that decode the same in v1
+    and v2c (not Counter64 or the exception values, which v1 refuses).
+    Clocks and counters (TimeTicks, Counter32) never repeat and would only
+    churn the table, so they stay out too.
     """
     varbinds: list[RawVarBind] = []
     append = varbinds.append
@@ -287,6 +297,12 @@ def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBin
                 raise Rejected("truncated", f"varbind at offset {pos}")
         else:
             _, vb_start, vb_end = read_header(data, pos, end)
+        key = data[vb_start:vb_end]
+        known = _known_get(key)
+        if known is not None:
+            append(known)
+            pos = vb_end
+            continue
 
         if vb_start + 2 > vb_end:
             raise Rejected("truncated", f"varbind name at offset {vb_start}")
@@ -330,14 +346,15 @@ def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBin
             raise Rejected("trailing-bytes", f"{vb_end - value_end} octets after a varbind value")
 
         size = value_end - start
+        vb: RawVarBind
         if tag == TAG_INTEGER:
             if size == 1:
                 number = data[start]
-                append((oid, "Integer32", number - 256 if number & 0x80 else number))
+                vb = (oid, "Integer32", number - 256 if number & 0x80 else number)
             else:
-                append((oid, "Integer32", decode_integer(data, start, value_end, INT32_MIN, INT32_MAX)))
+                vb = (oid, "Integer32", decode_integer(data, start, value_end, INT32_MIN, INT32_MAX))
         elif tag == TAG_OCTET_STRING:
-            append((oid, "OctetString", data[start:value_end]))
+            vb = (oid, "OctetString", data[start:value_end])
         elif TAG_COUNTER32 <= tag <= TAG_TIMETICKS:
             # Counter32, Gauge32, TimeTicks inline: a clear sign bit and at
             # most 5 octets (5 only after a zero octet) is always in range,
@@ -346,34 +363,50 @@ def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBin
                 number = _from_bytes(data[start:value_end])
             else:
                 number = decode_integer(data, start, value_end, 0, UINT32_MAX)
-            append((oid, _UNSIGNED32_NAMES[tag - TAG_COUNTER32], number))
+            vb = (oid, _UNSIGNED32_NAMES[tag - TAG_COUNTER32], number)
         elif tag == TAG_OID:
-            append((oid, "ObjectIdentifier", decode_oid(data, start, value_end)))
+            vb = (oid, "ObjectIdentifier", decode_oid(data, start, value_end))
         elif tag == TAG_IPADDRESS:
-            append((oid, "IpAddress", decode_ipaddress(data, start, value_end)))
+            vb = (oid, "IpAddress", decode_ipaddress(data, start, value_end))
         elif tag == TAG_COUNTER64:
             if v1:
                 # Not in RFC 1155's ObjectSyntax (Counter64 came with SMIv2), and
                 # RFC 3584's translation never puts one in a v1 message: see module doc.
                 raise Rejected("bad-value", f"Counter64 in a v1 message at offset {value_pos}")
-            append((oid, "Counter64", decode_integer(data, start, value_end, 0, UINT64_MAX)))
+            vb = (oid, "Counter64", decode_integer(data, start, value_end, 0, UINT64_MAX))
         elif tag == TAG_NULL:
             if start != value_end:
                 raise Rejected("bad-value", f"NULL with content at offset {value_pos}")
-            append((oid, "Null", None))
+            vb = (oid, "Null", None)
         elif tag == TAG_OPAQUE:
-            append((oid, "Opaque", data[start:value_end]))
+            vb = (oid, "Opaque", data[start:value_end])
         elif TAG_NO_SUCH_OBJECT <= tag <= TAG_END_OF_MIB_VIEW:
             if v1:
                 raise Rejected("bad-value", f"SNMPv2 exception value in a v1 message at offset {value_pos}")
             if start != value_end:
                 raise Rejected("bad-value", f"exception value with content at offset {value_pos}")
-            append((oid, _EXCEPTION_NAMES[tag - TAG_NO_SUCH_OBJECT], None))
+            vb = (oid, _EXCEPTION_NAMES[tag - TAG_NO_SUCH_OBJECT], None)
         else:
             raise Rejected("bad-tag", f"0x{tag:02x} at offset {value_pos} is not an SNMP value type")
+        append(vb)
+        if tag in _REPEATING_TAGS and len(key) <= _KNOWN_MAX_OCTETS:
+            if len(_KNOWN) >= _KNOWN_SIZE:
+                _KNOWN.clear()  # a flood of distinct varbinds empties it now and then; memory stays bounded
+            _KNOWN[key] = vb
         pos = vb_end
     return varbinds
 
+
+# Decoded varbinds by content octets (see decode_varbinds). At most 4,096
+# entries of at most 64 octets: about 1.5 MB in the worst case. The values are
+# immutable (ints, bytes, str, tuples), so sharing them between traps is safe.
+_KNOWN: dict[bytes, RawVarBind] = {}
+_known_get = _KNOWN.get
+_KNOWN_SIZE: Final = 4096
+_KNOWN_MAX_OCTETS: Final = 64
+_REPEATING_TAGS: Final = frozenset(
+    {TAG_INTEGER, TAG_OCTET_STRING, TAG_NULL, TAG_OID, TAG_IPADDRESS, TAG_GAUGE32, TAG_OPAQUE}
+)
 
 _from_bytes: Final = int.from_bytes
 _UNSIGNED32_NAMES: Final = ("Counter32", "Gauge32", "TimeTicks")
