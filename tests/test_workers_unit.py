@@ -413,3 +413,28 @@ def test_socket_series_are_one_per_address_summed_over_the_workers_sockets() -> 
     finally:
         a.close()
         b.close()
+
+
+async def test_supervisor_restarts_a_dead_worker_then_gives_up_past_the_bound(tmp_path: Path) -> None:
+    """The supervisor's bookkeeping for deaths, without processes: restart, keep counters, give up."""
+    from trapd.config import Config
+    from trapd.service.workers import Supervisor, WorkerSlot
+
+    sup = Supervisor(Config(state_dir=tmp_path))
+    sup._stop, sup._changed, sup._state = asyncio.Event(), asyncio.Event(), "running"
+    slot = WorkerSlot(0, (), pid=999_999_999, ready=True, last_snapshot=snapshot(1))
+    slot.restarts = RestartPolicy(max_restarts=2, window=60.0, first=30.0, cap=30.0)
+    sup.slots = [slot]
+    for _ in range(2):
+        sup._on_exit(slot, -9)
+        assert not slot.alive and slot.restart_handle is not None and not sup._stop.is_set()
+        assert sup.health().status == "degraded" and sup.health().detail["workers_down"] == [0]
+        slot.restart_handle.cancel()
+        slot.restart_handle = None
+        slot.pid = 999_999_999
+    # Its counters stay in the unit's total after it is gone.
+    assert sup.snapshot().received[("v2c", "access")] == 10
+    sup._on_exit(slot, 1)  # the third death within the window: stop everything
+    assert sup._stop.is_set() and sup._fatal is not None and "worker 0 died 3 times" in sup._fatal
+    assert slot.restart_handle is None
+    assert await sup._shutdown() == 1
