@@ -213,6 +213,17 @@ class Pipeline:
         return out
 
 
+def pss_kb(root: int) -> int:
+    """Proportional set size of ``root`` and its descendants, KiB (shared pages split between them)."""
+    total = 0
+    for pid in bl.process_tree(root):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total
+
+
 class SpreadSender:
     """``send`` over several sender sockets in turn: distinct source ports, as many switches would be."""
 
@@ -335,6 +346,9 @@ class PipelineRun:
     throughput: float = 0.0
     cpu_us_per_trap: float | None = None
     rss_peak_kb: int = 0
+    # Proportional set size at the end, summed over the process tree: with workers, RSS counts
+    # the pages they share with the supervisor (MIB tables, rules) once per process; PSS once.
+    pss_kb: int = 0
     loadavg: float = 0.0
     error: str | None = None
 
@@ -388,6 +402,7 @@ def pipeline_run(
         cpu = sum(bl.cpu_seconds(pid) for pid in pids) - cpu0
         res.cpu_us_per_trap = round(cpu * 1e6 / res.received, 1) if res.received else None
         res.rss_peak_kb = sum(bl.memory_kb(pid)[0] for pid in pids)
+        res.pss_kb = sum(pss_kb(pid) for pid in pids)
     except Exception as exc:  # one bad run is reported, the benchmark goes on
         res.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -436,6 +451,7 @@ def _progress(r: PipelineRun) -> str:
         f"  {r.receiver:9} {r.rate:6}/s run {r.run}: sent {r.sent} ({r.rate_achieved:.0f}/s) "
         f"received {r.received} loss {r.loss_pct:.3f}% sockdrops {r.socket_drops} lag {r.lag_seconds}s "
         f"{r.throughput:.0f}/s cpu {r.cpu_us_per_trap}us rss {r.rss_peak_kb // 1024}MB "
+        f"pss {r.pss_kb // 1024}MB "
         f"load {r.loadavg:.2f}{extra}{err}"
     )
 
@@ -485,6 +501,7 @@ def summarize(runs: Sequence[PipelineRun]) -> list[dict[str, Any]]:
                 "lag_seconds": statistics.median(r.lag_seconds for r in rs),
                 "cpu_us_per_trap": statistics.median(r.cpu_us_per_trap or 0.0 for r in rs),
                 "rss_peak_mb": round(statistics.median(r.rss_peak_kb for r in rs) / 1024, 1),
+                "pss_mb": round(statistics.median(r.pss_kb for r in rs) / 1024, 1),
                 "matched_ok": all(r.matched == r.expected_matches for r in rs)
                 if receiver.startswith("trapd")
                 else None,
