@@ -27,7 +27,9 @@ disk as --dir, default the system temp dir):
     time at ``--rate`` per second through ``Dispatcher.submit_many`` (what
     the daemon's receive path does below a storm). Batches are small then,
     so this shows the fixed costs per action: commits and the wake-ups
-    between the event loop and the journal's writer thread.
+    between the event loop and the journal's writer thread. Also the time
+    from ``submit_many`` to the action's start (p50, p99): the dispatcher's
+    share of "received -> action started".
 
 Each for ``synchronous=normal`` (the default) and ``full``. The figures are
 actions per second, median of ``--runs``; the table also says how many
@@ -56,10 +58,17 @@ from trapd.dispatch.testing import make_event, make_outcome, plan
 from trapd.params import Param
 from trapd.plugin import ActionContext, action
 
+# steady: when each event was handed to submit_many, and how long after that its action started.
+_SUBMITTED: dict[str, float] = {}
+_START_DELAYS: list[float] = []
+
 
 @action("bench.noop", params={"mac": Param("mac-address")}, idempotent=True)
 async def noop(params: dict[str, Any], ctx: ActionContext) -> None:
-    """Does nothing (benchmark)."""
+    """Does nothing (benchmark); in the steady case it notes how long it waited to start."""
+    t = _SUBMITTED.pop(ctx.event.id, None)
+    if t is not None:
+        _START_DELAYS.append(time.perf_counter() - t)
     return None
 
 
@@ -131,14 +140,22 @@ async def run_steady(path: Path, n: int, rate: float, sync: str) -> tuple[float,
             )
             for i in range(n)
         ]
+        _SUBMITTED.clear()
+        _START_DELAYS.clear()
         t0 = time.perf_counter()
         for i, item in enumerate(items):
+            _SUBMITTED[item[0].id] = time.perf_counter()
             await d.submit_many([item])
             await asyncio.sleep(max(0.0, t0 + (i + 1) / rate - time.perf_counter()))
         while d.stats.outcomes[("bench.noop", "done")] < n:
             await asyncio.sleep(0.005)
         await d.stop()
         return n / (time.perf_counter() - t0), j.committed_ops / max(1, j.commits)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 class _QuietLog:
@@ -156,6 +173,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     for sync in args.synchronous:
         for case in args.cases:
             rates, batches, cpus = [], [], []
+            p50s: list[float] = []
+            p99s: list[float] = []
             for run in range(args.runs):
                 with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
                     path = Path(tmp) / "journal.sqlite"
@@ -174,15 +193,27 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 rates.append(rate)
                 batches.append(batch)
                 cpus.append(cpu)
+                extra = ""
+                if case == "steady" and _START_DELAYS:
+                    p50s.append(_quantile(_START_DELAYS, 0.5) * 1e3)
+                    p99s.append(_quantile(_START_DELAYS, 0.99) * 1e3)
+                    extra = f"; submit -> start p50 {p50s[-1]:.3f} ms, p99 {p99s[-1]:.3f} ms"
                 print(f"  {case:<11} synchronous={sync:<6} run {run + 1}: {rate:9,.0f} actions/s "
-                      f"({batch:.1f} per commit, {cpu:.0f} us CPU each)", file=sys.stderr)  # fmt: skip
+                      f"({batch:.1f} per commit, {cpu:.0f} us CPU each{extra})", file=sys.stderr)  # fmt: skip
             results[f"{case}/{sync}"] = {
                 "median_actions_per_s": statistics.median(rates),
                 "runs": rates,
                 "median_actions_per_commit": statistics.median(batches),
                 # CPU per action (every thread): what the machine's load cannot change.
                 "median_cpu_us_per_action": statistics.median(cpus),
+                "cpu_us_per_action_runs": cpus,
             }
+            if p50s:
+                results[f"{case}/{sync}"].update(
+                    median_start_p50_ms=statistics.median(p50s),
+                    median_start_p99_ms=statistics.median(p99s),
+                    start_p99_ms_runs=p99s,
+                )
     return results
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import contextvars
 import json
 import logging
 import random
@@ -95,6 +96,9 @@ class _Job:
     not_after: float
     endpoint: str | None
     event: Event | str  # the Event, or its JSON when loaded back from the journal
+    # > 0: claimed in the transaction that journaled it (NewEntry.claim): running, this attempt.
+    claimed: int = 0
+    begun: float | None = None  # when its run began (recorded with its end)
 
     @classmethod
     def from_entry(cls, e: Entry) -> _Job:
@@ -157,6 +161,7 @@ class Dispatcher:
         # Keys whose earlier action runs in another process sharing the journal -> until when the
         # pump leaves their actions in the journal (see _claim_and_run).
         self._parked: dict[str, float] = {}
+        self._claiming = 0  # claims-at-insert issued and not committed yet (see _journal_soon)
         self._backlog = True  # the journal may hold due actions that are not in memory
         self._journal_only = 0  # submits that left their actions in the journal (see _pump_pass)
         self._evictions = 0  # lanes sent back to the journal (see _pump_pass)
@@ -167,7 +172,8 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[None]] = set()
-        self._finishing: set[asyncio.Future[None]] = set()
+        self._finishing: set[asyncio.Future[Any]] = set()
+        self._context = contextvars.Context()  # what every worker task starts from (see _worker)
         self._started = False
         self._stopping = False
         self._last_prune = 0.0
@@ -204,10 +210,8 @@ class Dispatcher:
             asyncio.create_task(self._pump(), name="trapd-dispatch-pump"),
             asyncio.create_task(self._maintenance(), name="trapd-dispatch-maintenance"),
         ]
-        self._workers = [
-            asyncio.create_task(self._worker(), name=f"trapd-dispatch-worker-{i}")
-            for i in range(self.config.workers)
-        ]
+        self._context = contextvars.copy_context()
+        self._workers = [self._new_worker(f"trapd-dispatch-worker-{i}") for i in range(self.config.workers)]
         self._wake.set()
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -233,6 +237,10 @@ class Dispatcher:
             if late:
                 self.log.warning("actions still running at shutdown: they will run again", count=len(late))
         await asyncio.gather(*self._workers, return_exceptions=True)
+        # Claimed when journaled but never started: back to pending, so the next start does not
+        # count them as interrupted (with hold-unsafe it would hold them for an operator).
+        with contextlib.suppress(JournalError):
+            self._unclaim([job.id for job in self._loaded.values() if job.claimed])
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
@@ -270,18 +278,47 @@ class Dispatcher:
         """Queue the outcome's journal write now (in call order); await the commit later."""
         now = time.time()
         entries = [self._plan(event, pa, now) for pa in outcome.planned]
+        claims = self._claim_at_insert(entries)
         try:
             pending = self.journal.add_soon(event.to_dict(), entries, outcome.cancels, now)
         except JournalFull:
             self.stats.overloaded += 1
             raise
+        self._claiming += claims
         return entries, pending
+
+    def _claim_at_insert(self, entries: list[NewEntry]) -> int:
+        """Ask the journal to claim, in the insert's own transaction, what an idle worker can start.
+
+        One round trip to the writer instead of two (add, then claim) before the action
+        starts. Only as many as there are idle workers not spoken for, so a claimed action
+        does not sit in memory marked running; the journal still checks key order and
+        skips capped and delayed actions. Not while an endpoint's breaker is open for it
+        (the breaker must be able to defer it).
+        """
+        if not self._started or self._stopping:
+            return 0
+        free = len(self._idle) - self._ready.qsize() - self._claiming
+        n = 0
+        for e in entries:
+            if n >= free:
+                break
+            if e.state != "pending" or e.caps:
+                continue
+            if self.breakers and (ep := self._routes.get((e.action, _target(e.params)))) is not None:
+                b = self.breakers.get(ep)
+                if b is not None and b.open_until != 0.0:
+                    continue
+            e.claim = True
+            n += 1
+        return n
 
     def _submitted(
         self, event: Event, outcome: Outcome, entries: list[NewEntry], res: AddResult
     ) -> list[str]:
         """After the commit: count, log what did not go to the workers, hand the rest to them."""
         self.stats.submitted += len(entries)
+        claimed: list[_Job] = []
         log = self.log
         if res.cancelled:
             log = log.bind(event_id=event.id)
@@ -300,24 +337,26 @@ class Dispatcher:
         for pa, ne, id_, state, dup in zip(
             outcome.planned, entries, res.ids, res.states, res.duplicate_of, strict=True
         ):
-            if state == "pending":
+            if ne.claim:
+                self._claiming -= 1
+            if state == "pending" or state == "running":
                 # The common case logs nothing here: no bound logger to build (the worker binds one).
-                direct.append(
-                    _Job(
-                        id_,
-                        event.id,
-                        pa.key,
-                        pa.rule,
-                        pa.action,
-                        ne.params,
-                        event.received_at,
-                        ne.max_attempts,
-                        ne.backoff,
-                        event.received_at + ne.max_age,
-                        None,
-                        event,
-                    )
+                job = _Job(
+                    id_,
+                    event.id,
+                    pa.key,
+                    pa.rule,
+                    pa.action,
+                    ne.params,
+                    event.received_at,
+                    ne.max_attempts,
+                    ne.backoff,
+                    event.received_at + ne.max_age,
+                    None,
+                    event,
+                    1 if state == "running" else 0,
                 )
+                (claimed if state == "running" else direct).append(job)
                 continue
             alog = self.log.bind(event_id=event.id, rule=pa.rule, action=pa.action, action_id=str(id_))
             if state == "done":
@@ -340,6 +379,14 @@ class Dispatcher:
             elif state == "scheduled":
                 alog.debug("action scheduled", delay=pa.delay, cancel_key=pa.cancel_key)
                 self._arm(ne.due)
+        if claimed:
+            if self._started and not self._stopping:
+                # Running in the journal already: into memory whatever the room (at most one per
+                # idle worker was asked for).
+                for job in claimed:
+                    self._enqueue(job)
+            else:
+                self._unclaim([job.id for job in claimed])
         if direct:
             # Straight into memory when there is room, backlog or not: per-key order does not
             # depend on it (Journal.claim makes an action wait for earlier ones with its key).
@@ -470,12 +517,19 @@ class Dispatcher:
             self._ready.put_nowait(job.key)
         self.stats.in_memory = len(self._loaded)
 
+    def _unclaim(self, ids: list[int]) -> None:
+        if ids:
+            self._track(self.journal.unclaim_soon(ids))
+
     def _evict(self, key: str) -> None:
         """Drop a key's waiting actions from memory: its head now waits in the journal, so must they."""
         lane = self._lanes.pop(key, None)
         if lane:
             for job in lane:
                 self._loaded.pop(job.id, None)
+            # Claimed when journaled, yet queued behind an action that now goes back to wait
+            # (an operator's retry of an older one of the key): they wait too, as pending.
+            self._unclaim([job.id for job in lane if job.claimed])
             self._backlog = True
         self._blocking.add(key)
         self._evictions += 1
@@ -600,9 +654,13 @@ class Dispatcher:
 
     # ------------------------------------------------------------ workers
 
+    def _new_worker(self, name: str) -> asyncio.Task[None]:
+        return asyncio.create_task(self._worker(), name=name, context=self._context.copy())
+
     async def _worker(self) -> None:
         me = asyncio.current_task()
         assert me is not None
+        clean = contextvars.copy_context()
         while not self._stopping:
             self._idle.add(me)
             try:
@@ -635,6 +693,11 @@ class Dispatcher:
                 self.stats.in_memory = len(self._loaded)
                 if self._backlog:
                     self._wake.set()  # room for what waits in the journal (else the pump has nothing to do)
+            if contextvars.copy_context() != clean:
+                # Actions run in the worker's own task (see _claim_and_run): one that set a context
+                # variable must not leave it to the next. A worker with a clean context takes over.
+                self._workers[self._workers.index(me)] = self._new_worker(me.get_name())
+                return
 
     async def _run(self, job: _Job) -> None:
         now = time.time()
@@ -642,7 +705,7 @@ class Dispatcher:
         log = self.log.bind(event_id=job.event_id, rule=job.rule, action=job.action, action_id=str(job.id))
         endpoint = job.endpoint or self._routes.get((job.action, _target(job.params)))
         breaker = self.breakers.get(endpoint) if endpoint else None
-        if breaker is not None:
+        if breaker is not None and not job.claimed:
             retry_at = breaker.allow(now)
             if retry_at is not None:
                 await self.journal.defer(
@@ -661,31 +724,12 @@ class Dispatcher:
     async def _claim_and_run(
         self, job: _Job, spec: ActionSpec | None, log: Any, now: float, endpoint: str | None
     ) -> None:
-        claim = await self.journal.claim(job.id, now)
-        if claim.outcome == "gone":
-            self._done_blocking(job.key)
-            return
-        if claim.outcome == "wait":
-            # An earlier action with this key is not in memory yet: back to the journal, which
-            # hands them out in order.
-            self._evict(job.key)
-            if claim.blocked_by == "running":
-                # It runs in another process (service.workers). Loading this one again at once
-                # would claim in a loop, a write transaction each, for as long as that runs:
-                # look again a little later instead.
-                self._parked[job.key] = until = time.time() + PARK_FOR
-                self._arm(until)
-            return
-        if claim.outcome == "held":
-            assert claim.cap is not None
-            self.stats.count(job.action, "held")
-            self.stats.held_by_cap[claim.cap] += 1
-            log.warning(
-                "rate cap reached: action held", cap=claim.cap, hint=f"trapd journal release {job.id}"
-            )
-            self._done_blocking(job.key)
-            return
-        attempt = claim.attempts
+        if job.claimed:
+            attempt = job.claimed
+        else:
+            attempt = await self._claim(job, log, now)
+            if not attempt:
+                return
         if spec is None:
             await self._dead(job, log, f"no action plugin named {job.action!r} is installed", now)
             return
@@ -705,29 +749,63 @@ class Dispatcher:
             settings=self.settings.get(job.action, {}),
             attempt=attempt,
         )
-        self.stats.start_latency.observe(max(0.0, now - job.received_at))
+        # When the action really starts (its claim committed): for the latency figures and the
+        # journal's ``started``, written with its end.
+        job.begun = begun = time.time()
+        self.stats.start_latency.observe(max(0.0, begun - job.received_at))
         try:
-            result = await asyncio.wait_for(spec.run(dict(job.params), ctx), self.config.action_timeout)
+            # In this task, not a task of its own (wait_for): three turns of the event loop fewer
+            # per action, which is what the dispatcher lacks when a storm takes most turns.
+            async with asyncio.timeout(self.config.action_timeout):
+                result = await spec.run(dict(job.params), ctx)
         except PermanentError as exc:
             answered = getattr(exc, "endpoint", None)
             if isinstance(answered, str) and answered:
                 await self._answered_async(answered)  # it refused, so it is up
             await self._dead(job, log, f"permanent error: {exc}", time.time(), attempt)
         except Exception as exc:
-            await self._failed(job, log, exc, attempt, now)
+            await self._failed(job, log, exc, attempt, begun)
         else:
             done = time.time()
             try:
                 json.dumps(result, default=str)
             except (TypeError, ValueError):
                 result = {"repr": repr(result)[:1000]}
-            self._finish(job.id, "done", done, result, None)
+            self._finish(job.id, "done", done, result, None, begun)
             self.stats.count(job.action, "done")
             self.stats.done_latency.observe(max(0.0, done - job.received_at))
-            log.info("action done", attempt=attempt, seconds=round(done - now, 4))
+            log.info("action done", attempt=attempt, seconds=round(done - begun, 4))
             if endpoint is not None:
                 await self._answered_async(endpoint)
             self._done_blocking(job.key)
+
+    async def _claim(self, job: _Job, log: Any, now: float) -> int:
+        """Claim a loaded action in the journal: its attempt number, or 0 when it must not run now."""
+        claim = await self.journal.claim(job.id, now)
+        if claim.outcome == "gone":
+            self._done_blocking(job.key)
+            return 0
+        if claim.outcome == "wait":
+            # An earlier action with this key is not in memory yet: back to the journal, which
+            # hands them out in order.
+            self._evict(job.key)
+            if claim.blocked_by == "running":
+                # It runs in another process (service.workers). Loading this one again at once
+                # would claim in a loop, a write transaction each, for as long as that runs:
+                # look again a little later instead.
+                self._parked[job.key] = until = time.time() + PARK_FOR
+                self._arm(until)
+            return 0
+        if claim.outcome == "held":
+            assert claim.cap is not None
+            self.stats.count(job.action, "held")
+            self.stats.held_by_cap[claim.cap] += 1
+            log.warning(
+                "rate cap reached: action held", cap=claim.cap, hint=f"trapd journal release {job.id}"
+            )
+            self._done_blocking(job.key)
+            return 0
+        return claim.attempts
 
     async def _failed(self, job: _Job, log: Any, exc: Exception, attempt: int, started: float) -> None:
         now = time.time()
@@ -780,22 +858,28 @@ class Dispatcher:
         return base * (1.0 - d.jitter * random.random())
 
     async def _dead(self, job: _Job, log: Any, reason: str, now: float, attempt: int = 0) -> None:
-        self._finish(job.id, "dead", now, None, reason)
+        self._finish(job.id, "dead", now, None, reason, job.begun)
         self.stats.count(job.action, "dead")
         log.error("action dead", reason=reason, attempts=attempt, hint=f"trapd journal retry {job.id}")
         self._done_blocking(job.key)
 
-    def _finish(self, id_: int, state: State, now: float, result: Any, error: str | None) -> None:
+    def _finish(
+        self, id_: int, state: State, now: float, result: Any, error: str | None, started: float | None = None
+    ) -> None:
         """Record the end without waiting for the commit: the worker moves on at once.
 
         The journal orders the write before anything issued later (the next
         claim of this key included); stop() waits for the stragglers.
         """
-        fut = asyncio.ensure_future(self.journal.finish_soon(id_, state, now, result, error))
+        self._track(self.journal.finish_soon(id_, state, now, result, error, started=started))
+
+    def _track(self, write: Awaitable[Any]) -> None:
+        """Keep a write nobody awaits until it commits (stop() waits for it); log if it fails."""
+        fut = asyncio.ensure_future(write)
         self._finishing.add(fut)
         fut.add_done_callback(self._finished)
 
-    def _finished(self, fut: asyncio.Future[None]) -> None:
+    def _finished(self, fut: asyncio.Future[Any]) -> None:
         self._finishing.discard(fut)
         if not fut.cancelled() and fut.exception() is not None:
             self.log.error("journal write failed: the action will run again", error=str(fut.exception()))
