@@ -297,8 +297,17 @@ class Supervisor:
         sys.stdout.flush()
         gc.collect()
         gc.freeze()  # what the workers inherit stays out of the collector's sight (and shared)
-        for slot in self.slots:
-            self._spawn(slot)
+        try:
+            for slot in self.slots:
+                self._spawn(slot)
+        except OSError as exc:  # fork refused (EAGAIN: a process limit)
+            self.log.error("start-up failed", error=f"fork: {exc}")
+            self.notifier.stopping(f"start-up failed: fork: {exc}"[:500])
+            for slot in self.slots:
+                if slot.alive:
+                    os.kill(slot.pid, signal.SIGTERM)
+                    os.waitpid(slot.pid, 0)
+            return 1
         gc.enable()
         loop = asyncio.new_event_loop()  # plain asyncio: the supervisor's loop is idle, and fork-friendly
         try:
@@ -366,7 +375,12 @@ class Supervisor:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            parent_end.close()
+            child_end.close()
+            raise
         if pid == 0:
             parent_end.close()
             self._become_worker(slot, child_end)  # never returns
@@ -569,7 +583,12 @@ class Supervisor:
         slot.restart_handle = None
         if self._state != "running" or slot.alive:
             return
-        self._spawn(slot)
+        try:
+            self._spawn(slot)
+        except OSError as exc:  # fork refused: counts as one more death of this worker
+            self.log.error("restarting a worker failed", worker=slot.index, error=str(exc))
+            self._on_exit(slot, 1)
+            return
         await self._connect(slot)
 
     # ------------------------------------------------------------ snapshots, status, health, watchdog
