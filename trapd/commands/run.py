@@ -11,7 +11,7 @@ shutdown timeout and leave the rest in the journal (exit 0).
 
 With service.workers: N (or --workers N) above 1, this process supervises N
 receiving processes on the same ports (SO_REUSEPORT) and one journal: it
-serves the metrics for all of them, passes SIGHUP and SIGTERM on, and
+serves the metrics for all of them, passes reloads and SIGTERM on, and
 restarts a worker that dies (see docs/service.md, "Several workers").
 """
 

@@ -21,7 +21,8 @@ Python on one core. With N > 1, ``trapd run`` becomes a small supervisor:
    back, with what was queued meanwhile), serves /metrics and /healthz for
    the unit by summing the workers' snapshots (trapd.service.snapshots), and
    speaks for the unit to systemd: READY=1 once every worker is ready,
-   STATUS=, WATCHDOG=1, RELOADING=1; SIGHUP and SIGTERM are passed on;
+   STATUS=, WATCHDOG=1, RELOADING=1; a reload (checked here first) and SIGTERM
+   are passed on;
 6. a worker that dies unexpectedly is restarted with a backoff; more than
    :data:`MAX_RESTARTS` in :data:`RESTART_WINDOW` seconds for one worker and
    the supervisor stops everything and exits 1 (systemd's Restart= decides).
