@@ -390,6 +390,42 @@ def test_built_objects_equal_ordinary_ones(norm: Normalizer) -> None:
         ev.varbinds[0].name = "changed"  # type: ignore[misc]
 
 
+def test_built_objects_are_their_real_classes(norm: Normalizer) -> None:
+    """The unfrozen twins are only scaffolding: what comes out is an Event of VarBinds, frozen."""
+    ev = norm.normalize(v2c([(SNMP_TRAP_OID_0, "ObjectIdentifier", LINK_DOWN), *LINK_DOWN_BINDINGS]))
+    assert type(ev) is Event and all(type(vb) is VarBind for vb in ev.varbinds)
+    assert ev._by_symbol is None  # built on the first name lookup
+    with pytest.raises(AttributeError):
+        ev.source = "elsewhere"  # type: ignore[misc]
+    assert Event.from_dict(ev.to_dict()) == ev
+
+
+def test_repeated_varbinds_are_shared_clocks_and_counters_are_not(resolver: MibResolver) -> None:
+    norm = Normalizer(resolver)
+    sent: list[RawVarBind] = [
+        (SNMP_TRAP_OID_0, "ObjectIdentifier", LINK_DOWN),
+        *LINK_DOWN_BINDINGS,
+        ((1, 3, 6, 1, 2, 1, 2, 2, 1, 10, 3), "Counter32", 1234),
+        ((1, 3, 6, 1, 4, 1, 99, 1), "TimeTicks", 99),
+    ]
+    first, second = norm.normalize(v2c(sent), "e1"), norm.normalize(v2c(list(sent)), "e1")
+    assert first == second and first.varbinds == Normalizer(resolver).normalize(v2c(sent)).varbinds
+    kinds = {vb.type: (a is vb) for a, vb in zip(first.varbinds, second.varbinds, strict=True)}
+    assert kinds["Integer32"] and kinds["OctetString"]  # remembered: the same immutable VarBind
+    assert not kinds["Counter32"] and not kinds["TimeTicks"]  # values that never repeat: built anew
+    # The names come from the normalizer's resolver, as for a fresh one.
+    assert [vb.name for vb in second.varbinds][:2] == ["IF-MIB::ifIndex", "IF-MIB::ifAdminStatus"]
+
+
+def test_remembered_varbinds_are_bounded(resolver: MibResolver) -> None:
+    from trapd import normalize
+
+    norm = Normalizer(resolver)
+    for i in range(normalize._KNOWN_SIZE + 100):
+        norm.normalize(v2c([((1, 3, 6, 1, 2, 1, 2, 2, 1, 1, i), "Integer32", i)]))
+        assert len(norm._known) <= normalize._KNOWN_SIZE
+
+
 # -- with real net-snmp senders ------------------------------------------------------
 
 

@@ -41,6 +41,12 @@ SNMP_TRAP_COMMUNITY_OID: Oid = (1, 3, 6, 1, 6, 3, 18, 1, 4, 0)
 SNMP_TRAP_ENTERPRISE_OID: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 4, 3, 0)
 
 _INT_TYPES = frozenset({"Integer32", "Counter32", "Gauge32", "TimeTicks", "Counter64"})
+# What Normalizer remembers (see its docstring): at most 4,096 varbinds, the
+# types whose values repeat from trap to trap (not TimeTicks, Counter32/64).
+_KNOWN_SIZE = 4096
+_REPEATING_TYPES = frozenset(
+    {"Integer32", "OctetString", "Null", "ObjectIdentifier", "IpAddress", "Gauge32", "Opaque"}
+)
 
 # Fast construction of the frozen, slotted Event / VarBind dataclasses.
 # A frozen dataclass __init__ stores each field through object.__setattr__
@@ -123,10 +129,20 @@ def v1_varbinds(raw: RawNotification) -> list[RawVarBind]:
 
 
 class Normalizer:
-    """Turns decoder output into :class:`trapd.event.Event` using one shared resolver."""
+    """Turns decoder output into :class:`trapd.event.Event` using one shared resolver.
+
+    Normalized varbinds are remembered by their raw ``(oid, type, value)``:
+    in a storm most bindings of a trap (snmpTrapOID's neighbours: ifIndex,
+    ifDescr, ifOperStatus...) are the very ones the last traps carried, and
+    a :class:`VarBind` is immutable, so events may share it. A hit costs one
+    dict lookup instead of a name lookup, a display string and a new object.
+    Like the decoder's table (``fastpath._KNOWN``), only types whose values
+    repeat get in (no clocks or counters) and the table is bounded.
+    """
 
     def __init__(self, resolver: MibResolver) -> None:
         self.resolver = resolver
+        self._known: dict[RawVarBind, VarBind] = {}
 
     def normalize(self, raw: RawNotification, event_id: str | None = None) -> Event:
         uptime: int | None = None
@@ -151,24 +167,16 @@ class Normalizer:
                     have_trap = True
                 else:
                     rest.append(raw_vb)
-        resolver = self.resolver
-        describe = resolver.describe
-        cached = resolver.cached
+        known_get = self._known.get
         varbinds = []
-        for oid, kind, value in rest:
-            hit = cached(oid) or describe(oid)
-            vb = _new(_VarBindSlots)
-            vb.oid = oid
-            vb.name = hit[0]
-            vb.index = hit[1]
-            vb.type = kind
-            vb.value = value
-            vb.display = display(kind, value, hit[2], resolver)
-            vb.__class__ = VarBind  # type: ignore[assignment]
+        for raw_vb in rest:
+            vb = known_get(raw_vb)
+            if vb is None:
+                vb = self._varbind(raw_vb)
             varbinds.append(vb)
         trap_name = ""
         if trap_oid:
-            trap_name = resolver.name_of(trap_oid)
+            trap_name = self.resolver.name_of(trap_oid)
         ev = _new(_EventSlots)
         ev.id = event_id or new_event_id(raw.received_at)
         ev.received_at = raw.received_at
@@ -184,3 +192,23 @@ class Normalizer:
         ev._by_symbol = None
         ev.__class__ = Event  # type: ignore[assignment]
         return ev  # type: ignore[return-value]  # an Event now (see _VarBindSlots)
+
+    def _varbind(self, raw_vb: RawVarBind) -> VarBind:
+        """A new VarBind (named, displayed), remembered when its type is one whose values repeat."""
+        oid, kind, value = raw_vb
+        resolver = self.resolver
+        hit = resolver.cached(oid) or resolver.describe(oid)
+        vb = _new(_VarBindSlots)
+        vb.oid = oid
+        vb.name = hit[0]
+        vb.index = hit[1]
+        vb.type = kind
+        vb.value = value
+        vb.display = display(kind, value, hit[2], resolver)
+        vb.__class__ = VarBind  # type: ignore[assignment]
+        if kind in _REPEATING_TYPES:
+            known = self._known
+            if len(known) >= _KNOWN_SIZE:
+                known.clear()  # a flood of distinct values empties it now and then: memory stays bounded
+            known[raw_vb] = vb  # type: ignore[assignment]
+        return vb  # type: ignore[return-value]
