@@ -433,3 +433,28 @@ def test_workers_from_the_command_line_and_a_bad_value(tmp_path: Path) -> None:
         assert any("service.workers" in e.get("raw", "") and "trapd.yaml:" in e.get("raw", "") for e in d.log)
     finally:
         d.close()
+
+
+def test_a_stuck_worker_stops_the_watchdog_and_shows_in_healthz(tmp_path: Path) -> None:
+    """A worker that stops answering (SIGSTOP: as good as a blocked loop) withholds WATCHDOG=1."""
+    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="x"), config=TWO, watchdog_usec=2_000_000)
+    assert d.notify is not None
+    try:
+        d.notify.wait_for("WATCHDOG", 5)
+        stuck = worker_pids(d)[1]
+        os.kill(stuck, signal.SIGSTOP)
+        try:
+            time.sleep(2.0)  # past the 1.5 s a worker may stay silent (3 x status_interval)
+            d.notify.pending()
+            time.sleep(1.5)  # a healthy unit pings every second
+            assert not [m for m in d.notify.pending() if "WATCHDOG" in m]
+            code, health = d.healthz()
+            assert code == 503 and health["workers_down"] == {"1": "unresponsive"}, health
+        finally:
+            os.kill(stuck, signal.SIGCONT)
+        d.notify.wait_for("WATCHDOG", 5)  # answering again: the pings come back
+        code, health = d.healthz()
+        assert code == 200 and health["workers_up"] == 2, health
+        assert d.stop() == 0
+    finally:
+        d.close()

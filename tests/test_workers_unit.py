@@ -428,7 +428,7 @@ async def test_supervisor_restarts_a_dead_worker_then_gives_up_past_the_bound(tm
     for _ in range(2):
         sup._on_exit(slot, -9)
         assert not slot.alive and slot.restart_handle is not None and not sup._stop.is_set()
-        assert sup.health().status == "degraded" and sup.health().detail["workers_down"] == [0]
+        assert sup.health().status == "degraded" and sup.health().detail["workers_down"] == {0: "restarting"}
         slot.restart_handle.cancel()
         slot.restart_handle = None
         slot.pid = 999_999_999

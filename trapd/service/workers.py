@@ -68,6 +68,8 @@ BACKOFF_FIRST = 0.5  # seconds before the first restart; doubled for each recent
 BACKOFF_MAX = 10.0
 # How long a worker has to answer a snapshot request (a scrape waits this long at most).
 REPLY_TIMEOUT = 2.0
+# Requests left unanswered by a worker before no more are sent to it (it is stuck, or busy).
+MAX_UNANSWERED = 4
 # How long a worker has to answer a reload (compiling big rule files takes seconds).
 RELOAD_TIMEOUT = 60.0
 # Beyond dispatch.shutdown_timeout, what a worker gets to stop before it is killed.
@@ -520,9 +522,12 @@ class Supervisor:
                     self._changed.set()
                 elif op == "snapshot":
                     slot.last_snapshot = from_wire(msg.get("data") or {})
-                    waiter = slot.waiters.pop(int(msg.get("seq") or 0), None)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(None)
+                    # Answers come in request order: this one settles every earlier request too.
+                    seq = int(msg.get("seq") or 0)
+                    for earlier in [n for n in slot.waiters if n <= seq]:
+                        waiter = slot.waiters.pop(earlier)
+                        if not waiter.done():
+                            waiter.set_result(None)
                 elif op == "reloaded" and slot.reload_result is not None and not slot.reload_result.done():
                     slot.reload_result.set_result((bool(msg.get("ok")), msg.get("error")))
 
@@ -595,25 +600,29 @@ class Supervisor:
     # ------------------------------------------------------------ snapshots, status, health, watchdog
 
     async def _refresh(self, timeout: float = REPLY_TIMEOUT) -> None:
-        """Ask every live worker for its counters; wait up to ``timeout`` for the answers."""
+        """Ask every live worker for its counters; wait up to ``timeout`` for the answers.
+
+        A worker that does not read its channel (stuck) is not sent more than
+        :data:`MAX_UNANSWERED` requests: the wait is then on the ones it has.
+        """
         loop = asyncio.get_running_loop()
         waiting: list[asyncio.Future[None]] = []
         for slot in self.slots:
-            if slot.alive and slot.ready and slot.channel is not None:
-                self._seq += 1
-                fut: asyncio.Future[None] = loop.create_future()
-                slot.waiters[self._seq] = fut
-                try:
-                    slot.channel.send({"op": "snapshot?", "seq": self._seq})
-                except ChannelClosed:
-                    slot.waiters.pop(self._seq, None)
-                    continue
-                waiting.append(fut)
+            if not (slot.alive and slot.ready and slot.channel is not None):
+                continue
+            if len(slot.waiters) >= MAX_UNANSWERED:
+                waiting.extend(slot.waiters.values())
+                continue
+            self._seq += 1
+            fut: asyncio.Future[None] = loop.create_future()
+            try:
+                slot.channel.send({"op": "snapshot?", "seq": self._seq})
+            except ChannelClosed:
+                continue
+            slot.waiters[self._seq] = fut
+            waiting.append(fut)
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
-        for slot in self.slots:
-            for seq in [s for s, f in slot.waiters.items() if f.done()]:
-                slot.waiters.pop(seq, None)
 
     def snapshot(self) -> DaemonSnapshot:
         """The unit's counters: the live workers' latest plus those of workers that ended."""
@@ -621,32 +630,48 @@ class Supervisor:
         return replace(total, reloads=dict(self.reloads), last_reload_ok=self.reload_error is None)
 
     def health(self) -> Health:
+        """/healthz: ok when every worker is up and answers; degraded (503) naming the others."""
         if self._state != "running":
             return Health(False, self._state)
-        down = [s.index for s in self.slots if not (s.alive and s.ready)]
+        states = self._worker_states()
+        down = [i for i, st in states.items() if st != "ok"]
         detail: dict[str, Any] = {"workers": self.count, "workers_up": self.count - len(down)}
         if self.reload_error is not None:
             detail["last_reload"] = f"failed: {self.reload_error}"
         if down:
-            return Health(False, "degraded", {**detail, "workers_down": down})
+            return Health(False, "degraded", {**detail, "workers_down": {i: states[i] for i in down}})
         return Health(True, "ok", detail)
 
+    def _stale_after(self) -> float:
+        """Seconds without an answer after which a live worker counts as stuck."""
+        interval = self.notifier.watchdog_interval() or 30.0
+        return max(interval / 2, 3 * self.config.service.status_interval)
+
+    def _worker_states(self) -> dict[int, str]:
+        """ok, starting, unresponsive (alive, not answering), restarting (died lately), down."""
+        stale, now = self._stale_after(), time.monotonic()
+        states: dict[int, str] = {}
+        for slot in self.slots:
+            if slot.alive:
+                if now - slot.last_reply > stale:
+                    states[slot.index] = "unresponsive"
+                else:
+                    states[slot.index] = "ok" if slot.ready else "starting"
+            elif slot.restart_handle is not None and now - slot.died_at <= stale:
+                states[slot.index] = "restarting"
+            else:
+                states[slot.index] = "down"
+        return states
+
     def _responsive(self) -> bool:
-        """For WATCHDOG=1: every worker answered lately, or died lately and is being restarted.
+        """For WATCHDOG=1: every worker answers, or died lately and is being restarted.
 
         A stuck worker (its loop blocked) stops answering and the pings stop,
         so systemd restarts the unit; a worker that crashed is the
-        supervisor's to restart and does not, by itself, stop them.
+        supervisor's to restart and does not, by itself, stop them (nor does
+        one that is starting again).
         """
-        interval = self.notifier.watchdog_interval() or 30.0
-        stale = max(interval / 2, 3 * self.config.service.status_interval)
-        now = time.monotonic()
-        for slot in self.slots:
-            if slot.alive and now - slot.last_reply > stale:
-                return False
-            if not slot.alive and (slot.restart_handle is None or now - slot.died_at > stale):
-                return False
-        return True
+        return all(st in ("ok", "starting", "restarting") for st in self._worker_states().values())
 
     def _status_line(self) -> str:
         from trapd.service.metrics import status_line
@@ -668,7 +693,8 @@ class Supervisor:
         try:
             while True:
                 await asyncio.sleep(interval)
-                await self._refresh()
+                # No longer than an interval: a stuck worker must not delay asking the others.
+                await self._refresh(timeout=interval)
                 self.notifier.status(self._status_line())
         finally:
             await stop_watchdog(watchdog)
