@@ -201,6 +201,10 @@ class Daemon:
         """Reload as on SIGHUP (the supervisor asks its workers this way)."""
         self._reload_requested.set()
 
+    def keep_task(self, task: asyncio.Task[None]) -> None:
+        """A task of this daemon's that stops with it (cancelled at shutdown)."""
+        self._tasks.append(task)
+
     # ------------------------------------------------------------ the receive path
 
     def _on_notification(self, raw: RawNotification) -> object:

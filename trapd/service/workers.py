@@ -127,7 +127,7 @@ class WorkerRole:
         self._daemon = daemon
         self._channel = await Channel.open(self.channel_socket)
         self._channel.send({"op": "ready"})
-        daemon._tasks.append(asyncio.create_task(self._serve(), name="trapd-worker-channel"))
+        daemon.keep_task(asyncio.create_task(self._serve(), name="trapd-worker-channel"))
 
     def reloaded(self, ok: bool, error: str | None) -> None:
         if self._channel is not None:
