@@ -458,3 +458,51 @@ def test_a_stuck_worker_stops_the_watchdog_and_shows_in_healthz(tmp_path: Path) 
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_worker_that_keeps_dying_stops_the_unit_with_an_error(tmp_path: Path) -> None:
+    """Past MAX_RESTARTS deaths in a minute the supervisor stops everything and exits 1 (Restart= decides).
+
+    The backoff is lowered for the test (0.05 s instead of 0.5 s doubling to 10 s) by a wrapper
+    that sets the module's bounds before `trapd run` starts; the bound itself is the shipped one.
+    """
+    import trapd.service.workers as workers
+
+    wrapper = tmp_path / "run.py"
+    wrapper.write_text(
+        "import sys\nimport trapd.service.workers as w\nw.BACKOFF_FIRST = w.BACKOFF_MAX = 0.05\n"
+        "from trapd.cli import main\nsys.exit(main(['run', '--config', sys.argv[1]]))\n"
+    )
+    d = TrapdDaemon(tmp_path, free_port(), free_port(socket.SOCK_STREAM))
+    d.rules_path.write_text(SEQ_RULES.format(prefix="x"))
+    d.write_config(TWO)
+    from notify_harness import NotifySocket
+
+    d.notify = NotifySocket(tmp_path / "notify.sock")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env["NOTIFY_SOCKET"] = d.notify.address
+    d.proc = subprocess.Popen(
+        [sys.executable, str(wrapper), str(d.config_path)], cwd=tmp_path, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    import threading
+
+    threading.Thread(target=d._read_log, args=(d.proc,), daemon=True).start()
+    try:
+        d.wait_ready()
+        killed = 0
+        while d.poll() is None and killed <= workers.MAX_RESTARTS:
+            pid = worker_pids(d)[0]
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+            wait_until(lambda p=pid: worker_pids(d)[0] != p or d.poll() is not None, 10)
+        assert d.wait_exit(30) == 1
+        assert killed == workers.MAX_RESTARTS + 1
+        assert len(d.logs("worker died, restarting it")) == workers.MAX_RESTARTS
+        (fatal,) = d.logs("worker keeps dying, stopping trapd")
+        assert fatal["worker"] == 0 and "6 times" in fatal["error"]
+        # The other worker was stopped as on SIGTERM, cleanly.
+        assert [e["exit"] for e in d.logs("worker stopped") if e["worker"] == 1] == ["status 0"]
+        assert d.notify.wait_for("STOPPING", 5)
+    finally:
+        d.close()

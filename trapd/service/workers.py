@@ -232,6 +232,11 @@ class RestartPolicy:
         return delay
 
 
+def default_restart_policy() -> RestartPolicy:
+    """The module's bounds, read when a worker slot is made (a test may lower the backoff)."""
+    return RestartPolicy(MAX_RESTARTS, RESTART_WINDOW, BACKOFF_FIRST, BACKOFF_MAX)
+
+
 @dataclass(eq=False)
 class WorkerSlot:
     """Worker ``index``: its sockets (kept across restarts) and the process now running it."""
@@ -246,7 +251,7 @@ class WorkerSlot:
     last_reply: float = 0.0
     died_at: float = 0.0
     exit_code: int | None = None
-    restarts: RestartPolicy = field(default_factory=RestartPolicy)
+    restarts: RestartPolicy = field(default_factory=default_restart_policy)
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     reload_result: asyncio.Future[tuple[bool, str | None]] | None = None
     restart_handle: asyncio.TimerHandle | None = None
