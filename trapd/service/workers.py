@@ -691,12 +691,12 @@ class Supervisor:
         from trapd.service.sdnotify import start_watchdog, stop_watchdog
 
         watchdog = start_watchdog(self.notifier, self._responsive)
-        interval = self.config.service.status_interval
         wd = self.notifier.watchdog_interval()
-        if wd is not None:
-            interval = min(interval, wd / 4)  # liveness is judged from these answers
         try:
             while True:
+                interval = self.config.service.status_interval  # a reload may change it
+                if wd is not None:
+                    interval = min(interval, wd / 4)  # liveness is judged from these answers
                 await asyncio.sleep(interval)
                 # No longer than an interval: a stuck worker must not delay asking the others.
                 await self._refresh(timeout=interval)
