@@ -126,7 +126,12 @@ def read_header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
     tag = data[pos]
     length = data[pos + 1]
     pos += 2
-    if length & 0x80:
+    if length == 0x81:  # the long form SNMP uses most (PDUs of 128..255 octets): read inline
+        if pos + 1 > end:
+            raise Rejected("truncated", f"length octets at offset {pos - 2}")
+        length = data[pos]
+        pos += 1
+    elif length & 0x80:
         count = length & 0x7F
         if count == 0:
             raise Rejected("indefinite-length", f"at offset {pos - 2}")

@@ -122,10 +122,8 @@ class SourceFilter:
     def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
         self._networks = tuple(networks)
         self._cache: dict[str, bool] = {}
-
-    @property
-    def open(self) -> bool:
-        return not self._networks
+        # No networks: everyone is allowed. A plain attribute, read for every datagram.
+        self.open = not self._networks
 
     def allowed(self, host: str) -> bool:
         v = self._cache.get(host)
