@@ -287,6 +287,8 @@ class Supervisor:
         self._stop: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._reload_requested: asyncio.Event | None = None
+        # Held while a reload runs: a worker restarted meanwhile is forked after it, with its outcome.
+        self._reload_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ start: before any loop or thread
@@ -454,6 +456,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
         self._reload_requested = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
@@ -591,9 +594,14 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._restart(slot), name=f"trapd-restart-{slot.index}"))
 
     async def _restart(self, slot: WorkerSlot) -> None:
-        slot.restart_handle = None
-        if self._state != "running" or slot.alive:
-            return
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            slot.restart_handle = None  # kept until here: "restarting" while a reload finishes
+            if self._state != "running" or slot.alive:
+                return
+            await self._respawn(slot)
+
+    async def _respawn(self, slot: WorkerSlot) -> None:
         try:
             self._spawn(slot)
         except OSError as exc:  # fork refused: counts as one more death of this worker
@@ -727,10 +735,12 @@ class Supervisor:
 
     async def _reload_loop(self) -> None:
         assert self._reload_requested is not None
+        assert self._reload_lock is not None
         while True:
             await self._reload_requested.wait()
             self._reload_requested.clear()
-            await self.reload()
+            async with self._reload_lock:
+                await self.reload()
 
     async def reload(self) -> bool:
         """SIGHUP: check trapd.yaml and the rules here first, then have every worker load them.
