@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -92,6 +93,7 @@ def gate() -> Gate:
 async def dispatcher(journal: CountingJournal, gate: Gate) -> AsyncIterator[Dispatcher]:
     d = Dispatcher(CONFIG, journal, {"gate": gate.spec()}, kea=None)
     await d.start()
+    await until(lambda: len(d._idle) == CONFIG.workers)  # claims at insert need idle workers
     yield d
     for tag in list(gate.open):
         gate.release(tag)
@@ -195,3 +197,28 @@ async def test_a_context_variable_set_by_an_action_does_not_reach_the_next(
         await until(lambda n=i + 1: dispatcher.stats.outcomes[("gate", "done")] == n)
     assert gate.context_seen == [None] * 6
     assert len(dispatcher._workers) == CONFIG.workers
+
+
+async def test_a_failed_insert_gives_its_claim_budget_back(journal: CountingJournal, gate: Gate) -> None:
+    d = Dispatcher(replace(CONFIG, workers=1), journal, {"gate": gate.spec()}, kea=None)
+    await d.start()
+    await until(lambda: len(d._idle) == 1)
+    try:
+        # A database that refuses the insert (what a full disk does to a commit), from outside.
+        other = sqlite3.connect(journal.path)
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON actions BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        other.commit()
+        with pytest.raises(sqlite3.Error):
+            await d.submit(make_event(), make_outcome(gate_plan("lost")))
+        other.execute("DROP TRIGGER refuse")
+        other.commit()
+        other.close()
+        # The one idle worker is still free to take a claim at insert.
+        (id_,) = await d.submit(make_event(), make_outcome(gate_plan("kept", wait=True)))
+        assert (await row(journal, id_)).state == "running"
+        gate.release("kept")
+        await until(lambda: d.stats.outcomes[("gate", "done")] == 1)
+    finally:
+        await d.stop(0.5)

@@ -239,8 +239,7 @@ class Dispatcher:
         await asyncio.gather(*self._workers, return_exceptions=True)
         # Claimed when journaled but never started: back to pending, so the next start does not
         # count them as interrupted (with hold-unsafe it would hold them for an operator).
-        with contextlib.suppress(JournalError):
-            self._unclaim([job.id for job in self._loaded.values() if job.claimed])
+        self._unclaim([job.id for job in self._loaded.values() if job.claimed])
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
@@ -272,7 +271,7 @@ class Dispatcher:
         if not outcome.planned and not outcome.cancels:
             return []
         entries, pending = self._journal_soon(event, outcome)
-        return self._submitted(event, outcome, entries, await pending)
+        return self._submitted(event, outcome, entries, await self._committed(entries, pending))
 
     def _journal_soon(self, event: Event, outcome: Outcome) -> tuple[list[NewEntry], Awaitable[AddResult]]:
         """Queue the outcome's journal write now (in call order); await the commit later."""
@@ -286,6 +285,14 @@ class Dispatcher:
             raise
         self._claiming += claims
         return entries, pending
+
+    async def _committed(self, entries: list[NewEntry], pending: Awaitable[AddResult]) -> AddResult:
+        try:
+            return await pending
+        except BaseException:
+            # Nothing of it was journaled: its claims-at-insert are not coming.
+            self._claiming -= sum(1 for e in entries if e.claim)
+            raise
 
     def _claim_at_insert(self, entries: list[NewEntry]) -> int:
         """Ask the journal to claim, in the insert's own transaction, what an idle worker can start.
@@ -428,7 +435,7 @@ class Dispatcher:
                 results.append(st)
             else:
                 try:
-                    results.append(self._submitted(event, outcome, st[0], await st[1]))
+                    results.append(self._submitted(event, outcome, st[0], await self._committed(*st)))
                 except Exception as exc:
                     results.append(exc)
         return results
@@ -518,8 +525,13 @@ class Dispatcher:
         self.stats.in_memory = len(self._loaded)
 
     def _unclaim(self, ids: list[int]) -> None:
-        if ids:
+        if not ids:
+            return
+        try:
             self._track(self.journal.unclaim_soon(ids))
+        except JournalError as exc:
+            # They stay running in the journal: the next start runs them (at least once).
+            self.log.error("journal write failed: claimed actions will run after a restart", error=str(exc))
 
     def _evict(self, key: str) -> None:
         """Drop a key's waiting actions from memory: its head now waits in the journal, so must they."""
