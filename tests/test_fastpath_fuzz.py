@@ -97,16 +97,28 @@ def _outcome(call: object, data: bytes) -> object:
 
 def test_the_listeners_one_pass_decoder_agrees_with_version_then_decode(engine: ModuleType) -> None:
     """decode_unless_v3 (what the listener calls) = message_version, then decode for v1/v2c: same
-    messages, same refusals with the same reasons, None exactly for v3, on fuzzed and extreme input."""
+    messages, same refusals with the same reasons, None exactly for v3, on fuzzed and extreme input.
+    decode_unless_v3 reads the usual v2c envelope its own way (fastpath._usual_v2c), so this is a
+    differential test of that shortcut against the general path."""
     import random
 
-    from trapd.listener.fastpath import decode_unless_v3
+    from trapd.listener.fastpath import _usual_v2c, decode_unless_v3
 
     rng = random.Random(20261128)
     corpus = engine.seeds()
     inputs = [*corpus, *engine.extremes(), *(engine.mutate(rng, corpus) for _ in range(20_000))]
+    # And the envelope itself, octet by octet: every seed the shortcut takes, with one of its
+    # first 40 octets replaced, dropped or doubled (lengths, tags, version, request-id, errors).
+    for seed in (c for c in corpus if _usual_v2c(c) is not None):
+        for _ in range(3000):
+            at = rng.randrange(min(40, len(seed)))
+            octet = bytes((rng.choice((rng.randrange(256), seed[at] ^ 1, 0x80, 0x81, 0x82, 0xFF)),))
+            inputs.append(rng.choice((seed[:at] + octet + seed[at + 1 :], seed[:at] + seed[at + 1 :])))
+            inputs.append(seed[:at] + seed[at : at + 1] * 2 + seed[at + 1 :])
     versions: set[object] = set()
+    shortcut = 0
     for data in inputs:
+        shortcut += _usual_v2c(data) is not None
         version = _outcome(message_version, data)
         versions.add(version)
         if version == 3:
@@ -118,3 +130,4 @@ def test_the_listeners_one_pass_decoder_agrees_with_version_then_decode(engine: 
         assert _outcome(decode_unless_v3, data) == expected, data
     # The mutants reach every branch: v1, v2c, v3 and refused headers.
     assert {0, 1, 3} <= versions and any(isinstance(v, tuple) for v in versions)
+    assert shortcut > 1000  # and the shortcut took many of them, good and bad

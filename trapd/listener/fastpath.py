@@ -101,6 +101,7 @@ _PDU_REPORT: Final = 0xA8  # the highest PDU tag any SNMP version defines
 _ERROR_TOO_BIG: Final = 1
 # error-status 0 and error-index 0, as every well-behaved trap and inform has them.
 _ZERO_ERROR_FIELDS: Final = b"\x02\x01\x00\x02\x01\x00"
+_V2C_VERSION: Final = b"\x02\x01\x01"  # version INTEGER 1
 
 
 @dataclass(slots=True)
@@ -190,12 +191,88 @@ def decode_unless_v3(data: bytes) -> FastMessage | None:
     """
     if type(data) is not bytes:
         data = bytes(memoryview(data))
+    usual = _usual_v2c(data)
+    if usual is not None:
+        pdu, request_id, community, start = usual
+        return FastMessage("v2c", community, pdu, request_id, decode_varbinds(data, start, len(data), False))
     version, pos, end = _message_header(data)
     if version > 1:
         if version == 3:
             return None
         raise Rejected("bad-version", f"version {version}")
     return _decode_body(data, version, pos, end)
+
+
+def _usual_v2c(data: bytes) -> tuple[Literal["trap", "inform"], int, bytes, int] | None:
+    """The usual v2c trap or inform's envelope in one go: (pdu, request-id, community, varbinds at).
+
+    Nearly every notification in a storm is a v2c trap under 258 octets with
+    short or one-octet long-form lengths, a short community, a request-id of
+    at most 4 octets and zero error fields. That shape is checked here with
+    index reads and no call per field; the checks are those of
+    :func:`message_version` and :func:`decode` for it, and the varbind list
+    must end where the message ends. Anything else, including anything
+    wrong, returns None and takes the general path, which decides every
+    refusal (so the reasons stay the same: tests/test_fastpath_fuzz.py holds
+    the two paths to the same answers). An IndexError only means "shorter
+    than this shape".
+    """
+    try:
+        size = len(data)
+        if data[0] != TAG_SEQUENCE:
+            return None
+        length = data[1]
+        if length < 0x80:
+            pos = 2
+        elif length == 0x81:
+            length = data[2]
+            pos = 3
+        else:
+            return None
+        if pos + length != size or data[pos : pos + 3] != _V2C_VERSION or data[pos + 3] != TAG_OCTET_STRING:
+            return None
+        length = data[pos + 4]
+        if length >= 0x80:
+            return None
+        community = data[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+        tag = data[pos]
+        if tag == _PDU_V2_TRAP:
+            pdu: Literal["trap", "inform"] = "trap"
+        elif tag == _PDU_INFORM:
+            pdu = "inform"
+        else:
+            return None
+        length = data[pos + 1]
+        if length < 0x80:
+            pos += 2
+        elif length == 0x81:
+            length = data[pos + 2]
+            pos += 3
+        else:
+            return None
+        if pos + length != size or data[pos] != TAG_INTEGER:
+            return None
+        length = data[pos + 1]
+        if not 0 < length <= 4:  # so always within request-id's Integer32
+            return None
+        request_id = _from_bytes(data[pos + 2 : pos + 2 + length], "big", signed=True)
+        pos += 2 + length
+        if data[pos : pos + 6] != _ZERO_ERROR_FIELDS or data[pos + 6] != TAG_SEQUENCE:
+            return None
+        length = data[pos + 7]
+        if length < 0x80:
+            pos += 8
+        elif length == 0x81:
+            length = data[pos + 8]
+            pos += 9
+        else:
+            return None
+        if pos + length != size:
+            return None
+    except IndexError:
+        return None
+    return pdu, request_id, community, pos
 
 
 def _decode_body(data: bytes, version: int, pos: int, end: int) -> FastMessage:
