@@ -147,17 +147,19 @@ class Normalizer:
     def normalize(self, raw: RawNotification, event_id: str | None = None) -> Event:
         uptime: int | None = None
         trap_oid: Oid = ()
-        rest: list[RawVarBind]
+        known_get = self._known.get
+        varbinds: list[VarBind] = []
+        append = varbinds.append
         if raw.version == "v1":
             uptime = raw.v1_timestamp
             if raw.v1_generic_trap is not None:
                 enterprise = tuple(raw.v1_enterprise or ())
                 trap_oid = v1_trap_oid(enterprise, raw.v1_generic_trap, raw.v1_specific_trap or 0)
-            rest = v1_varbinds(raw)
+            for raw_vb in v1_varbinds(raw):
+                append(known_get(raw_vb) or self._varbind(raw_vb))
         else:
-            rest = []
             have_uptime = have_trap = False
-            for raw_vb in raw.varbinds:
+            for raw_vb in raw.varbinds:  # one pass: lift the two, name the rest
                 oid = raw_vb[0]
                 if not have_uptime and oid == SYS_UPTIME_OID and raw_vb[1] in _INT_TYPES:
                     uptime = raw_vb[2]  # type: ignore[assignment]  # an int for these types
@@ -166,14 +168,7 @@ class Normalizer:
                     trap_oid = raw_vb[2]  # type: ignore[assignment]  # a tuple for OIDs
                     have_trap = True
                 else:
-                    rest.append(raw_vb)
-        known_get = self._known.get
-        varbinds = []
-        for raw_vb in rest:
-            vb = known_get(raw_vb)
-            if vb is None:
-                vb = self._varbind(raw_vb)
-            varbinds.append(vb)
+                    append(known_get(raw_vb) or self._varbind(raw_vb))
         trap_name = ""
         if trap_oid:
             trap_name = self.resolver.name_of(trap_oid)
