@@ -22,7 +22,10 @@ deep nesting, a 60 KB OID, 9,000 varbinds).
 
 Each accepted message is also checked for sanity: message_version agrees,
 values have the Python type raw.py promises, and re-encoding its varbinds as
-an inform acknowledgement reads back equal.
+an inform acknowledgement reads back equal. Every input also goes through
+``decode_unless_v3`` (the listener's one-pass entry point, with its own
+reading of the usual v2c envelope), which must give what message_version
+and decode give.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from trapd.listener.fastpath import (
     FastMessage,
     Rejected,
     decode,
+    decode_unless_v3,
     encode_inform_response,
     message_version,
 )
@@ -284,6 +288,24 @@ def check_accepted(data: bytes, msg: FastMessage) -> None:
     assert back.varbinds == msg.varbinds and back.community == msg.community
 
 
+def _check_one_pass(data: bytes, version: int | str, msg: FastMessage | None, refused: str | None) -> None:
+    """decode_unless_v3 (the listener's entry point) = message_version, then decode for v1/v2c."""
+    try:
+        got: object = decode_unless_v3(data)
+    except Rejected as error:
+        got = error.reason
+    except Exception as error:
+        escaped = type(error).__name__
+        raise AssertionError(f"{escaped} escaped decode_unless_v3() for {data[:64].hex()}") from error
+    if isinstance(version, str):
+        expected: object = version  # the header's refusal
+    elif version == 3:
+        expected = None
+    else:
+        expected = msg if msg is not None else refused
+    assert got == expected, (data[:64].hex(), got, expected)
+
+
 def run(count: int, seed: int) -> dict[str, Any]:
     """Feed ``count`` inputs to decode() and message_version(); report outcomes, raise on a crash."""
     reasons: collections.Counter[str] = collections.Counter()
@@ -293,6 +315,8 @@ def run(count: int, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     for data in inputs(count, seed):
         begin = time.process_time()
+        msg: FastMessage | None = None
+        refused: str | None = None
         try:
             msg = decode(data)
             elapsed = time.process_time() - begin
@@ -301,15 +325,19 @@ def run(count: int, seed: int) -> dict[str, Any]:
             if error.reason not in REJECT_REASONS:
                 raise AssertionError(f"undocumented reason {error.reason!r} for {data[:64].hex()}") from error
             reasons[error.reason] += 1
+            refused = error.reason
         except Exception as error:
             raise AssertionError(f"{type(error).__name__} escaped decode() for {data[:64].hex()}") from error
         else:
             accepted += 1
             check_accepted(data, msg)
+        version: int | str
         try:
-            message_version(data)
+            version = message_version(data)
         except Rejected as error:
             assert error.reason in REJECT_REASONS
+            version = error.reason
+        _check_one_pass(data, version, msg, refused)
         if elapsed > slowest:
             slowest, slowest_input = elapsed, data
     total = time.perf_counter() - started
