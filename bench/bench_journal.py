@@ -31,6 +31,14 @@ disk as --dir, default the system temp dir):
     from ``submit_many`` to the action's start (p50, p99): the dispatcher's
     share of "received -> action started".
 
+``starved``
+    A storm's shape: a callback that burns ``--hog-ms`` of CPU in every turn
+    of the event loop (the receive path in a storm takes most of each turn)
+    while outcomes arrive at ``--rate`` per second through ``submit_many``
+    for ``--storm-seconds``. The figure is no-op actions *done per second
+    during the storm*: how much the dispatcher gets done per loop turn it is
+    given (bench/README.md (c): 2,077 of 60,354 in a 60 s storm).
+
 Each for ``synchronous=normal`` (the default) and ``full``. The figures are
 actions per second, median of ``--runs``; the table also says how many
 actions each commit carried on average, and the CPU time (all threads) per
@@ -158,6 +166,45 @@ def _quantile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+async def run_starved(
+    path: Path, seconds: float, rate: float, hog_ms: float, sync: str
+) -> tuple[float, float]:
+    async with SQLiteJournal(path, synchronous=sync) as j:
+        d = Dispatcher(DispatchConfig(), j, {"bench.noop": noop}, kea=None, log=_QuietLog())
+        await d.start()
+        loop = asyncio.get_running_loop()
+        storm = True
+
+        def hog() -> None:
+            until = time.perf_counter() + hog_ms / 1000
+            while time.perf_counter() < until:
+                pass
+            if storm:
+                loop.call_soon(hog)
+
+        loop.call_soon(hog)
+        t0 = time.perf_counter()
+        sent = 0
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            due = int(elapsed * rate)
+            items = [
+                (
+                    make_event(varbinds=[("IF-MIB::ifIndex", "Integer32", i)]),
+                    make_outcome(plan("bench.noop", {"mac": mac(i)}, key=f"mac:{i}")),
+                )
+                for i in range(sent, due)
+            ]
+            sent = due
+            if items:
+                await d.submit_many(items)
+            else:
+                await asyncio.sleep(0)
+        storm = False
+        done = d.stats.outcomes[("bench.noop", "done")]
+        await d.stop()
+        return done / seconds, j.committed_ops / max(1, j.commits)
+
+
 class _QuietLog:
     """A logger that drops everything: the benchmark measures the journal, not the log sink."""
 
@@ -187,6 +234,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         n = min(n, args.steady_actions)
                     elif case == "one-by-one":
                         rate, batch = await run_one_by_one(path, n, sync)
+                    elif case == "starved":
+                        rate, batch = await run_starved(
+                            path, args.storm_seconds, args.rate, args.hog_ms, sync
+                        )
+                        n = max(1, int(rate * args.storm_seconds))
                     else:
                         rate, batch = await run_dispatcher(path, n, args.concurrency, sync)
                     cpu = (time.process_time() - cpu0) / n * 1e6  # all threads, microseconds per action
@@ -225,8 +277,10 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="submits per second (steady)")
     p.add_argument("--steady-actions", type=int, default=5000, help="actions per steady run")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--hog-ms", type=float, default=5.0, help="CPU per loop turn taken by the storm (starved)")
+    p.add_argument("--storm-seconds", type=float, default=5.0, help="length of the storm (starved)")
     p.add_argument("--cases", nargs="+", default=["batched", "one-by-one", "dispatcher", "steady"],
-                   choices=["batched", "one-by-one", "dispatcher", "steady"])  # fmt: skip
+                   choices=["batched", "one-by-one", "dispatcher", "steady", "starved"])  # fmt: skip
     p.add_argument("--synchronous", nargs="+", default=["normal", "full"], choices=["normal", "full"])
     p.add_argument("--dir", help="where the journal files go (default: system temp dir)")
     p.add_argument("--json", action="store_true")

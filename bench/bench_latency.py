@@ -10,7 +10,10 @@ v2c linkDown, paced per millisecond.
 
 The figures come from trapd's own journal, after the run: for every action,
 ``started - received_at`` (**dispatch latency**: decode, normalize, 1,000
-rules, the submit queue, the journal commit, the worker picking it up) and
+rules, the submit queue, the journal commit, the worker picking it up and,
+when it was not claimed in its insert transaction, its claim's commit;
+``started`` is the moment the action's run began, since 2026-11-28: before,
+it was the worker's clock before the claim, which left that commit out) and
 ``finished - received_at`` (**done**: plus the action itself); and
 ``created - received_at`` (**submit**: up to the dispatcher's submit, before
 the journal commit), which splits the first figure in two. ``received_at``
