@@ -968,9 +968,11 @@ LAZY_COMMIT_DELAY = 0.05
 # releases the GIL around every SQLite step, so the writer thread takes the GIL back once or
 # twice per statement; with the default 5 ms interval, an event loop that is busy without a
 # break (the receive path in a storm) makes every one of those wait up to 5 ms, and the
-# journal, so the dispatcher, falls to a few dozen actions a second. Measured with
-# bench_journal.py --cases starved: 4x the actions done at 0.5 ms, no cost at a steady rate.
-WRITER_SWITCH_INTERVAL = 0.0005
+# journal, so the dispatcher, falls to a few hundred actions a second or less. Measured with
+# bench_journal.py (docs/dispatch.md, "Figures"): at 1 ms, 1.3-2.7x the actions done in a
+# starved loop, no cost at a steady rate; at 0.5 ms no better there, and the writer's batches
+# in a backlog shrank enough to cost 15-20 % more CPU per action.
+WRITER_SWITCH_INTERVAL = 0.001
 
 
 class SQLiteJournal:
