@@ -4,8 +4,8 @@ The order of the checks is the order of their cost::
 
     source allowed?          one dict lookup per source address (cached verdict)
     rate limit               ``limiter.check(source, data)``: token buckets (trapd.listener.limits)
-    message_version          reads a few header bytes
-    v1/v2c: fastpath.decode  community in a set of bytes; inform -> Response from the same socket
+    decode_unless_v3         reads the header once: v1/v2c decoded, v3 handed on (None)
+    v1/v2c                   community in a set of bytes; inform -> Response from the same socket
     v3:     UsmFastPath      traps from users' bound (or learned) sender engines; what it
                              declines (informs, discovery, unknown users...) goes to
             V3Receiver       pysnmp's engine behind trapd's socket
