@@ -8,6 +8,7 @@ the others' running rows belong to live processes, and rerunning them would dupl
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -192,3 +193,20 @@ async def test_a_claim_says_whether_the_key_waits_for_a_queued_or_a_running_acti
         assert (wait.outcome, wait.blocked_by) == ("wait", "waiting")
         await w1.finish(first, "done", now)
         assert (await w1.claim(second, now)).blocked_by is None
+
+
+def test_trapd_journal_show_says_who_claimed_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trapd.cli import main
+
+    async def fill() -> int:
+        async with SQLiteJournal(tmp_path / "journal.sqlite", owner="worker-2") as j:
+            r = await j.add(make_event().to_dict(), [entry()], [], time.time())
+            await j.claim(r.ids[0], time.time())
+            return r.ids[0]
+
+    id_ = asyncio.run(fill())
+    assert main(["journal", "--state-dir", str(tmp_path), "show", str(id_)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split() == ["owner", "worker-2"] for line in lines), lines
+    assert main(["journal", "--state-dir", str(tmp_path), "show", str(id_), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["owner"] == "worker-2"
