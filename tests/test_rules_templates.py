@@ -226,3 +226,31 @@ def test_filters(fn: object, value: object, expected: object) -> None:
 def test_filters_refuse(fn: object, value: object) -> None:
     with pytest.raises(FilterError):
         fn(value)  # type: ignore[operator]
+
+
+def test_one_binding_looked_up_is_the_binding_the_whole_map_holds() -> None:
+    """varbinds[key] builds only the view it needs; it must be the one the full mapping gives:
+    the first binding whose symbol, name or dotted OID is the key (duplicates, unnamed ones too)."""
+    from trapd.rules.context import VarbindMap
+
+    ev = event(LINKDOWN)
+    unnamed = VarBind((1, 3, 6, 1, 4, 1, 99999, 1, 1), "1.3.6.1.4.1.99999.1.1", (), "OctetString", b"7", "7")
+    again = VarBind((1, 3, 6, 1, 2, 1, 2, 2, 1, 1, 18), "IF-MIB::ifIndex", (18,), "Integer32", 18, "18")
+    ev = with_varbind(with_varbind(ev, unnamed), again)
+    full = dict(VarbindMap(ev))  # iterating builds every view
+    keys = [*full, "1.3.6.1.2.1.2.2.1.1.18", "nosuch", "IF-MIB::nosuch", "1.3.6.1.9", ""]
+    for key in keys:
+        lazy = VarbindMap(ev)
+        if key not in full:
+            assert key not in lazy and lazy.get(key) is None
+            continue
+        view, expected = lazy[key], full[key]
+        assert (view.oid, view.name, view.value, view.index, view.parts) == (
+            expected.oid,
+            expected.name,
+            expected.value,
+            expected.index,
+            expected.parts,
+        ), key
+        assert lazy[key] is view  # built once per binding
+    assert full["ifIndex"].index == 17 and full["1.3.6.1.4.1.99999.1.1"].value == "7"

@@ -26,7 +26,22 @@ SNMP_TRAP_OID_OID: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
 
 
 def oid_str(oid: Oid) -> str:
-    return ".".join(map(str, oid))
+    """``(1, 3, 6, 1)`` -> ``"1.3.6.1"``, remembered: rules and templates ask for the same OIDs per trap."""
+    try:
+        text = _oid_strs_get(oid)
+    except TypeError:  # a list where a tuple belongs: the same text, just not remembered
+        return ".".join(map(str, oid))
+    if text is None:
+        text = ".".join(map(str, oid))
+        if len(_OID_STRS) >= _OID_STRS_SIZE:
+            _OID_STRS.clear()  # bounded: a flood of distinct OIDs empties it now and then
+        _OID_STRS[oid] = text
+    return text
+
+
+_OID_STRS: dict[Oid, str] = {}
+_oid_strs_get = _OID_STRS.get
+_OID_STRS_SIZE = 4096
 
 
 def parse_oid(text: str) -> Oid:

@@ -112,19 +112,34 @@ class VarbindMap(Mapping[str, VarbindView]):
     def __init__(self, event: Event) -> None:
         self._event = event
         self._views: dict[str, VarbindView] | None = None
+        self._built: dict[int, VarbindView] = {}  # position -> view: one view per binding
+
+    def _view(self, i: int) -> VarbindView:
+        view = self._built.get(i)
+        if view is None:
+            view = self._built[i] = VarbindView(self._event.varbinds[i])
+        return view
 
     def _all(self) -> dict[str, VarbindView]:
         if self._views is None:
             views: dict[str, VarbindView] = {}
-            for vb in self._event.varbinds:
-                view = VarbindView(vb)
+            for i, vb in enumerate(self._event.varbinds):
+                view = self._view(i)
                 for key in (vb.symbol, vb.name, oid_str(vb.oid)):
                     views.setdefault(key, view)
             self._views = views
         return self._views
 
     def __getitem__(self, key: str) -> VarbindView:
-        return self._all()[key]
+        # A template usually names one or two bindings: find the first binding that has
+        # the key (as _all would) and build only its view, not one for every binding.
+        if self._views is not None:
+            return self._views[key]
+        numeric = key[:1].isdigit()  # only a numeric key can be a binding's dotted OID
+        for i, vb in enumerate(self._event.varbinds):
+            if vb.symbol == key or vb.name == key or (numeric and oid_str(vb.oid) == key):
+                return self._view(i)
+        raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._all())
