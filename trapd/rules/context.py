@@ -113,6 +113,7 @@ class VarbindMap(Mapping[str, VarbindView]):
         self._event = event
         self._views: dict[str, VarbindView] | None = None
         self._built: dict[int, VarbindView] = {}  # position -> view: one view per binding
+        self._found: dict[str, VarbindView] = {}  # key -> view, for lookups before _all
 
     def _view(self, i: int) -> VarbindView:
         view = self._built.get(i)
@@ -135,10 +136,15 @@ class VarbindMap(Mapping[str, VarbindView]):
         # the key (as _all would) and build only its view, not one for every binding.
         if self._views is not None:
             return self._views[key]
+        view = self._found.get(key)
+        if view is not None:  # the rule's other templates ask again
+            return view
         numeric = key[:1].isdigit()  # only a numeric key can be a binding's dotted OID
         for i, vb in enumerate(self._event.varbinds):
-            if vb.symbol == key or vb.name == key or (numeric and oid_str(vb.oid) == key):
-                return self._view(i)
+            name = vb.name
+            if name == key or name.rpartition("::")[2] == key or (numeric and oid_str(vb.oid) == key):
+                view = self._found[key] = self._view(i)
+                return view
         raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:
