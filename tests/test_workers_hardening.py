@@ -71,12 +71,14 @@ def test_supervisor_and_workers_stay_inside_the_filter(tmp_path: Path) -> None:
             workers = children(supervisor)
             assert len(workers) == 2, workers
             os.kill(workers[0], signal.SIGKILL)  # restarted: a fork from the supervisor's running loop
+            # One snapshot per round: two pgrep calls could see the killed worker as a zombie, then
+            # see it reaped before its replacement is forked, and end the wait too early.
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and (
-                len(children(supervisor)) != 2 or workers[0] in children(supervisor)
-            ):
+            now = children(supervisor)
+            while time.monotonic() < deadline and (len(now) != 2 or workers[0] in now):
                 time.sleep(0.2)
-            assert len(children(supervisor)) == 2
+                now = children(supervisor)
+            assert len(now) == 2 and workers[0] not in now, now
             time.sleep(3)  # the new worker gets through its start under strace
             os.kill(supervisor, signal.SIGTERM)
             manager.wait_for("STOPPING", timeout=30)
