@@ -266,3 +266,49 @@ async def test_new_file_is_not_world_readable(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "fresh.sqlite")
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     conn.close()
+
+
+async def _wal_pages_after_writes(path: Path, checkpoint_interval: float | None) -> tuple[int, int]:
+    """(WAL pages left, checkpoints run) after 40 rounds of 50 adds with a pause between rounds."""
+    j = SQLiteJournal(path, checkpoint_interval=checkpoint_interval)
+    await j.open()
+    try:
+        ev = make_event().to_dict()
+        for _ in range(40):
+            await asyncio.gather(*(j.add(ev, [entry(key=f"k{i}")], [], time.time()) for i in range(50)))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        wal = path.with_name(path.name + "-wal")
+        pages = wal.stat().st_size // 4096
+        return pages, j.checkpoints
+    finally:
+        await j.close()
+
+
+async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_short(tmp_path: Path) -> None:
+    # With the writer's auto-checkpoint off, the WAL would only grow; the checkpointer thread
+    # copies it back into the database file, so SQLite reuses it from the start.
+    pages, runs = await _wal_pages_after_writes(tmp_path / "a.sqlite", checkpoint_interval=0.02)
+    assert runs > 5
+    # The same writes with no checkpointer and no auto-checkpoint would leave every frame in the WAL;
+    # SQLite's own auto-checkpoint (None: the old behaviour) also bounds it, at 1,000 pages.
+    (tmp_path / "b").mkdir()
+    unbounded = SQLiteJournal(tmp_path / "b" / "j.sqlite", checkpoint_interval=1000.0)
+    await unbounded.open()
+    try:
+        ev = make_event().to_dict()
+        for _ in range(40):
+            await asyncio.gather(*(unbounded.add(ev, [entry(key=f"k{i}")], [], time.time()) for i in range(50)))
+        grown = (tmp_path / "b" / "j.sqlite-wal").stat().st_size // 4096
+    finally:
+        await unbounded.close()
+    assert grown > 3 * pages, (grown, pages)
+    # Closing the last connection checkpoints the rest: every row is in the database file.
+    db = sqlite3.connect(tmp_path / "a.sqlite")
+    assert db.execute("SELECT count(*) FROM actions").fetchone()[0] == 2000
+    db.close()
+
+
+async def test_without_a_checkpointer_sqlite_checkpoints_in_the_commit(tmp_path: Path) -> None:
+    pages, runs = await _wal_pages_after_writes(tmp_path / "c.sqlite", checkpoint_interval=None)
+    assert runs == 0 and pages > 0
