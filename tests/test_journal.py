@@ -298,7 +298,8 @@ async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_short(tmp_path
     try:
         ev = make_event().to_dict()
         for _ in range(40):
-            await asyncio.gather(*(unbounded.add(ev, [entry(key=f"k{i}")], [], time.time()) for i in range(50)))
+            adds = (unbounded.add(ev, [entry(key=f"k{i}")], [], time.time()) for i in range(50))
+            await asyncio.gather(*adds)
         grown = (tmp_path / "b" / "j.sqlite-wal").stat().st_size // 4096
     finally:
         await unbounded.close()
