@@ -45,6 +45,11 @@ class MetricsListen:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def metrics_listen_of(configured: MetricsListen | None, flag: str | None) -> MetricsListen | None:
+    """Where the metrics endpoint listens: the ``--metrics`` flag when given, else trapd.yaml's."""
+    return parse_metrics_listen(flag) if flag else configured
+
+
 def parse_metrics_listen(text: str | None, mark: Mark | None = None) -> MetricsListen | None:
     """``HOST:PORT`` / ``[V6]:PORT`` (the port is required), or None for off/none/null.
 

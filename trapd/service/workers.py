@@ -713,14 +713,11 @@ class Supervisor:
             await stop_watchdog(watchdog)
 
     async def _start_metrics(self) -> None:
-        from trapd.service.config import parse_metrics_listen
+        from trapd.service.config import metrics_listen_of
         from trapd.service.exporter import MetricsServer
         from trapd.service.metrics import TrapdCollector, build_registry
 
-        listen = self.config.service.metrics_listen
-        flag = getattr(self.args, "metrics", None)
-        if flag:
-            listen = parse_metrics_listen(flag)
+        listen = metrics_listen_of(self.config.service.metrics_listen, getattr(self.args, "metrics", None))
         if listen is None:
             return
         sockets = [s for slot in self.slots for s in slot.sockets]
