@@ -411,9 +411,9 @@ def pipeline_run(
 
 
 def snmptrapd_run(
-    rate: int, run: int, messages: Sequence[bytes], workroot: Path, drain_timeout: float
+    rate: int, run: int, messages: Sequence[bytes], workroot: Path, drain_timeout: float, version: str = "v2c"
 ) -> PipelineRun:
-    spec = loadgen.LoadSpec(version="v2c")
+    spec = loadgen.LoadSpec(version=version)
     r = bl.one_run(
         bl.snmptrapd_receiver(bl.SAME_RCVBUF_AS_TRAPD),
         spec,
@@ -462,7 +462,8 @@ def throughput(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
     runs: list[PipelineRun] = []
     for rate in rates:
         for run in range(1, args.runs + 1):
-            messages = loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 1, int(rate * args.seconds))
+            spec = loadgen.LoadSpec(version=args.version)
+            messages = loadgen.build_messages(spec, 1, int(rate * args.seconds))
             for name in receivers:
                 if name == "trapd":
                     r = pipeline_run(
@@ -477,7 +478,7 @@ def throughput(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
                         args.senders,
                     )
                 else:
-                    r = snmptrapd_run(rate, run, messages, workroot, args.drain_timeout)
+                    r = snmptrapd_run(rate, run, messages, workroot, args.drain_timeout, args.version)
                 runs.append(r)
                 print(_progress(r), flush=True)
     return {"runs": [asdict(r) for r in runs], "summary": summarize(runs)}
@@ -679,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--runs", type=int, default=3)
     t.add_argument("--seconds", type=float, default=5.0)
     t.add_argument("--receivers", default="snmptrapd,trapd")
+    t.add_argument("--version", choices=("v1", "v2c"), default="v2c", help="the SNMP version of the load")
     t.add_argument("--drain-timeout", type=float, default=60.0)
     t.add_argument(
         "--workers",
