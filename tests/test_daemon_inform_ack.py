@@ -1,4 +1,4 @@
-"""A v2c inform is acknowledged only once what its rules planned is in the journal.
+"""A v2c or v3 inform is acknowledged only once what its rules planned is in the journal.
 
 The journal commits late here on purpose (``commit_delay``), so an
 acknowledgement sent before the commit would let snmpinform return while the
@@ -53,6 +53,38 @@ def test_inform_is_acknowledged_after_its_actions_are_journaled(tmp_path: Path) 
                       "1.3.6.1.6.3.1.1.5.1")  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert time.monotonic() - started < 0.5
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+V3_USER = {
+    "user": "mon",
+    "auth_protocol": "SHA-256",
+    "auth_key": "auth-secret-1",
+    "priv_protocol": "AES-128",
+    "priv_key": "priv-secret-1",
+}
+V3_INFORM = ["-v", "3", "-u", "mon", "-l", "authPriv", "-a", "SHA-256", "-A", "auth-secret-1", "-x", "AES",
+             "-X", "priv-secret-1", "-r", "0", "-t", "5"]  # fmt: skip
+
+
+def test_v3_inform_is_acknowledged_after_its_actions_are_journaled(tmp_path: Path) -> None:
+    # v3 informs go through pysnmp's engine (discovery first); its Response waits for the commit too.
+    config = {"dispatch": {"journal": {"commit_delay": "0.8s"}}, "listener": {"v3_users": [V3_USER]}}
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=RULES, config=config)
+    try:
+        started = time.monotonic()
+        r = snmp_send("snmpinform", *V3_INFORM, d.target(), "", LINK_DOWN, f"{IF_INDEX}.7", "i", "7")
+        waited = time.monotonic() - started
+        assert r.returncode == 0, r.stderr  # acknowledged (after discovery)
+        assert journaled(d) == 1  # ... and by then the action was committed
+        assert waited >= 0.5  # the Response waited for the (delayed) commit
+        started = time.monotonic()
+        r = snmp_send("snmpinform", *V3_INFORM, d.target(), "", "1.3.6.1.6.3.1.1.5.1")  # plans nothing
+        assert r.returncode == 0, r.stderr
+        assert time.monotonic() - started < 0.5
+        assert journaled(d) == 1
         assert d.stop() == 0
     finally:
         d.close()

@@ -55,7 +55,15 @@ from pathlib import Path
 from typing import Any
 
 from trapd.listener.config import V3User
-from trapd.listener.raw import Oid, RawNotification, RawVarBind, Security, SecurityLevel, SnmpType
+from trapd.listener.raw import (
+    DEFER_ACK,
+    Oid,
+    RawNotification,
+    RawVarBind,
+    Security,
+    SecurityLevel,
+    SnmpType,
+)
 from trapd.listener.stats import ListenerStats
 
 # Reply path: (datagram, peer address) -> None. Bound per received datagram
@@ -751,13 +759,11 @@ class V3Receiver:
             request_id=int(v2c.apiPDU.get_request_id(PDU)),
         )
         self._stats.received["v3"] += 1
-        try:
-            handed_on = self._on_notification(raw) is not False
-        except Exception:
-            self._stats.callback_errors += 1
-            handed_on = False
-        if inform and handed_on:
-            # Acknowledge only what was handed on: otherwise the sender retries.
+
+        def respond() -> None:
+            """The Response to this inform. pysnmp keeps what it needs to encode it (the
+            message's and USM's state, under stateReference) for 600 engine ticks, so it may
+            be sent later: once the daemon has journaled what the inform triggered."""
             from pysnmp.proto import error as perror
 
             rsp = v2c.apiPDU.get_response(PDU)
@@ -781,6 +787,18 @@ class V3Receiver:
                 )
             except perror.StatusInformation:
                 self._stats.send_errors += 1
+
+        if inform:
+            raw.ack = respond
+        try:
+            answer = self._on_notification(raw)
+        except Exception:
+            self._stats.callback_errors += 1
+            answer = False
+        # Acknowledge only what was handed on (otherwise the sender retries), and not now when
+        # the callback took the acknowledgement over (DEFER_ACK: it calls raw.ack once journaled).
+        if inform and answer is not False and answer is not DEFER_ACK:
+            respond()
 
     def _send(self, message: bytes, address: Any) -> None:
         reply = getattr(address, "reply", None)
