@@ -94,7 +94,8 @@ def chain_run(p: Pipeline, messages: Sequence[bytes]) -> float:
     return time.process_time() - t0
 
 
-async def _socket_run(p: Pipeline, messages: Sequence[bytes]) -> float:
+async def _socket_listener(p: Pipeline) -> tuple[Any, socket.socket]:
+    """A second Listener on a fresh loopback socket, feeding the pipeline's daemon and counters."""
     from trapd.listener.udp import open_udp_socket
 
     sock = open_udp_socket(_loopback_any_port(), 16 * 1024 * 1024)
@@ -107,6 +108,11 @@ async def _socket_run(p: Pipeline, messages: Sequence[bytes]) -> float:
         stats=p.listener.stats,
     )
     await listener.start()
+    return listener, sock
+
+
+async def _socket_run(p: Pipeline, messages: Sequence[bytes]) -> float:
+    listener, sock = await _socket_listener(p)
     try:
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sender.connect(sock.getsockname())
@@ -124,18 +130,7 @@ async def _socket_run(p: Pipeline, messages: Sequence[bytes]) -> float:
 
 
 async def _paced_run(p: Pipeline, count: int, rate: int, first_seq: int) -> float:
-    from trapd.listener.udp import open_udp_socket
-
-    sock = open_udp_socket(_loopback_any_port(), 16 * 1024 * 1024)
-    listener = type(p.listener)(
-        p.config.listener,
-        p.daemon._on_notification,
-        sockets=[sock],
-        bind_config=False,
-        limiter=p.daemon.limiter,
-        stats=p.listener.stats,
-    )
-    await listener.start()
+    listener, sock = await _socket_listener(p)
     try:
         port = sock.getsockname()[1]
         want = listener.stats.received_total + count
