@@ -46,6 +46,17 @@ REPO = Path(__file__).resolve().parent.parent
 LINK_DOWN = "1.3.6.1.6.3.1.1.5.3"
 LINK_UP = "1.3.6.1.6.3.1.1.5.4"
 IF_INDEX = "1.3.6.1.2.1.2.2.1.1"
+# One SNMPv3 authPriv user, as trapd.yaml's listener.v3_users lists it, and the net-snmp
+# options that send as that user (snmptrap / snmpinform).
+V3_USER = {
+    "user": "mon",
+    "auth_protocol": "SHA-256",
+    "auth_key": "auth-secret-1",
+    "priv_protocol": "AES-128",
+    "priv_key": "priv-secret-1",
+}
+V3_ARGS = ["-v", "3", "-u", "mon", "-l", "authPriv", "-a", "SHA-256", "-A", "auth-secret-1", "-x", "AES",
+           "-X", "priv-secret-1"]  # fmt: skip
 
 LogLine = dict[str, Any]
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_harness import IF_INDEX, LINK_DOWN, TrapdDaemon
+from daemon_harness import IF_INDEX, LINK_DOWN, V3_ARGS, V3_USER, TrapdDaemon
 from listen_harness import snmp_send
 
 pytestmark = pytest.mark.integration
@@ -58,15 +58,7 @@ def test_inform_is_acknowledged_after_its_actions_are_journaled(tmp_path: Path) 
         d.close()
 
 
-V3_USER = {
-    "user": "mon",
-    "auth_protocol": "SHA-256",
-    "auth_key": "auth-secret-1",
-    "priv_protocol": "AES-128",
-    "priv_key": "priv-secret-1",
-}
-V3_INFORM = ["-v", "3", "-u", "mon", "-l", "authPriv", "-a", "SHA-256", "-A", "auth-secret-1", "-x", "AES",
-             "-X", "priv-secret-1", "-r", "0", "-t", "5"]  # fmt: skip
+V3_INFORM = [*V3_ARGS, "-r", "0", "-t", "5"]
 
 
 def test_v3_inform_is_acknowledged_after_its_actions_are_journaled(tmp_path: Path) -> None:

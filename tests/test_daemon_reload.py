@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 from daemon_harness import IF_INDEX, LINK_DOWN, LINK_UP, TrapdDaemon, link_down
+from daemon_harness import V3_USER as HARNESS_V3_USER
 from listen_harness import needs_netsnmp, snmp_send
 
 pytestmark = [pytest.mark.integration, needs_netsnmp]
@@ -167,14 +168,7 @@ def test_reload_applies_communities_mode_and_log_level(tmp_path: Path) -> None:
         d.close()
 
 
-V3_USER = {
-    "user": "mon",
-    "auth_protocol": "SHA-256",
-    "auth_key": "auth-secret-1",
-    "priv_protocol": "AES-128",
-    "priv_key": "priv-secret-1",
-    "engine_ids": ["8000000001020304"],
-}
+V3_USER = {**HARNESS_V3_USER, "engine_ids": ["8000000001020304"]}
 V3_TRAP = ["-v", "3", "-e", "0x8000000001020304", "-u", "mon", "-l", "authPriv", "-a", "SHA-256"]
 V3_TRAP += ["-A", "auth-secret-1", "-x", "AES", "-X", "priv-secret-1"]
 

@@ -337,6 +337,25 @@ def _daemon_written() -> bool:
 
 @needs_analyze
 @needs_strace
+def write_traced_config(tmp_path: Path, service: str = "") -> int:
+    """trapd.yaml (starter rules, a free loopback port, JSON logs) for a daemon run under strace.
+
+    ``service``: more keys of the service section (``"workers: 2"``). Returns the port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    (tmp_path / "rules.yaml").write_text((REPO / "etc/trapd/rules.yaml").read_text())
+    extra = f", {service}" if service else ""
+    (tmp_path / "trapd.yaml").write_text(
+        f"listener: {{listen: ['127.0.0.1:{port}'], communities: [public]}}\n"
+        "rules: {files: [rules.yaml]}\n"
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"service: {{metrics: {{listen: '127.0.0.1:0'}}, log: {{format: json}}{extra}}}\n"
+    )
+    return port
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(shutil.which("snmptrap") is None, reason="net-snmp snmptrap missing")
 @pytest.mark.skipif(not _daemon_written(), reason="trapd.service.daemon.run_daemon is not written yet")
@@ -346,16 +365,7 @@ def test_the_daemon_stays_inside_the_filter_through_start_trap_reload_stop(tmp_p
 
     from notify_harness import NotifySocket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    (tmp_path / "rules.yaml").write_text((REPO / "etc/trapd/rules.yaml").read_text())
-    (tmp_path / "trapd.yaml").write_text(
-        f"listener: {{listen: ['127.0.0.1:{port}'], communities: [public]}}\n"
-        "rules: {files: [rules.yaml]}\n"
-        f"state_dir: {tmp_path / 'state'}\n"
-        "service: {metrics: {listen: '127.0.0.1:0'}, log: {format: json}}\n"
-    )
+    port = write_traced_config(tmp_path)
     trace = tmp_path / "trace"
     with NotifySocket(tmp_path / "notify") as manager:
         env = {**os.environ, "NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "2000000"}

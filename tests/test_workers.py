@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from daemon_harness import LINK_DOWN, TrapdDaemon, free_port, link_down
+from daemon_harness import LINK_DOWN, V3_ARGS, V3_USER, TrapdDaemon, free_port, link_down
 from listen_harness import needs_netsnmp, snmp_send
 
 from trapd.listener.v3 import parse_header
@@ -147,15 +147,6 @@ def test_every_trap_from_many_ports_is_received_and_counted_exactly_once(tmp_pat
 
 
 TRAPD_ENGINE = "80004fb805aabbccddeeff0011"
-V3_USER = {
-    "user": "mon",
-    "auth_protocol": "SHA-256",
-    "auth_key": "auth-secret-1",
-    "priv_protocol": "AES-128",
-    "priv_key": "priv-secret-1",
-}
-V3_ARGS = ["-v", "3", "-u", "mon", "-l", "authPriv", "-a", "SHA-256", "-A", "auth-secret-1", "-x", "AES",
-           "-X", "priv-secret-1"]  # fmt: skip
 
 
 def discovery_probe(msg_id: int) -> bytes:

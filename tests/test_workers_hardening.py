@@ -14,14 +14,20 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from notify_harness import NotifySocket
-from test_systemd_units import REPO, TRAPD, allowed_syscalls, analyse_trace, needs_analyze, needs_strace
+from test_systemd_units import (
+    TRAPD,
+    allowed_syscalls,
+    analyse_trace,
+    needs_analyze,
+    needs_strace,
+    write_traced_config,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -37,16 +43,7 @@ def children(pid: int) -> list[int]:
 
 
 def test_supervisor_and_workers_stay_inside_the_filter(tmp_path: Path) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    (tmp_path / "rules.yaml").write_text((REPO / "etc/trapd/rules.yaml").read_text())
-    (tmp_path / "trapd.yaml").write_text(
-        f"listener: {{listen: ['127.0.0.1:{port}'], communities: [public]}}\n"
-        "rules: {files: [rules.yaml]}\n"
-        f"state_dir: {tmp_path / 'state'}\n"
-        "service: {metrics: {listen: '127.0.0.1:0'}, log: {format: json}, status_interval: 0.5, workers: 2}\n"
-    )
+    port = write_traced_config(tmp_path, "status_interval: 0.5, workers: 2")
     trace = tmp_path / "trace"
     linkdown = ["1.3.6.1.6.3.1.1.5.3", "1.3.6.1.2.1.2.2.1.1.3", "i", "3"]
     with NotifySocket(tmp_path / "notify") as manager:
