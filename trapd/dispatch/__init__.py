@@ -1,6 +1,6 @@
 """From planned actions to done ones: the journal, the dispatcher, and what they guarantee.
 
-journal.py     the durable queue and audit trail (SQLite; the Journal interface for others)
+journal/       the durable queue and audit trail (the Journal interface; SQLite backend)
 dispatcher.py  retries, delays and cancels, once-within, per-key order, caps, breaker, back-pressure
 breaker.py     circuit breaker per Kea endpoint
 config.py      the ``dispatch:`` section of trapd.yaml

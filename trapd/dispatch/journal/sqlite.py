@@ -1,12 +1,4 @@
-"""The journal: every planned action, written down before it runs.
-
-The journal is the dispatcher's queue, its memory across restarts and the
-audit trail netops read (`trapd journal history --mac ...`). The dispatcher
-keeps only a bounded window of it in memory; everything else waits here.
-
-:class:`Journal` is the interface the dispatcher and `trapd journal` use, so a
-shared database (PostgreSQL, several trapd instances) can replace
-:class:`SQLiteJournal`, the embedded default.
+"""The embedded journal: one SQLite file, one writer thread, group commits.
 
 SQLite specifics, and why:
 
@@ -42,16 +34,23 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
-State = Literal["scheduled", "pending", "running", "done", "failed", "dead", "cancelled", "held"]
-STATES: tuple[State, ...] = ("scheduled", "pending", "running", "done", "failed", "dead", "cancelled", "held")
-# Waiting to run: the dispatcher may pick these up when due.
-ACTIVE: tuple[State, ...] = ("scheduled", "pending", "failed")
-# Nothing more happens to these; retention prunes them.
-FINISHED: tuple[State, ...] = ("done", "dead", "cancelled")
+from trapd.dispatch.journal.model import (
+    ACTIVE,
+    FINISHED,
+    AddResult,
+    CapCheck,
+    ClaimResult,
+    Entry,
+    HistoryFilter,
+    JournalError,
+    JournalFull,
+    NewEntry,
+    State,
+)
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -117,297 +116,8 @@ CREATE INDEX IF NOT EXISTS cap_hits_expires ON cap_hits(expires);
 """
 
 
-class JournalError(Exception):
-    """The journal could not do what was asked (disk full, database locked, corrupt file)."""
-
-
 class _OpFailed(Exception):
     """An operation raised inside an optimistic batch: run the batch again, one savepoint each."""
-
-
-class JournalFull(JournalError):
-    """Too many writes are waiting for the disk: the caller sheds load instead of queueing more."""
-
-
-@dataclass(frozen=True, slots=True)
-class CapCheck:
-    """One rate cap an action must pass when it first starts (see :meth:`Journal.claim`)."""
-
-    label: str  # "rule/NAME" or "global/NAME": the window's identity
-    key: str  # rendered key: one window per value
-    limit: int
-    per: float
-    hold_for: float
-
-    def to_json(self) -> list[Any]:
-        return [self.label, self.key, self.limit, self.per, self.hold_for]
-
-    @classmethod
-    def from_json(cls, v: Sequence[Any]) -> CapCheck:
-        return cls(str(v[0]), str(v[1]), int(v[2]), float(v[3]), float(v[4]))
-
-
-@dataclass(slots=True)
-class NewEntry:
-    """A planned action as the dispatcher hands it to :meth:`Journal.add`."""
-
-    rule: str
-    action: str
-    index: int
-    params: dict[str, Any]
-    key: str
-    mode: str
-    state: State  # pending, scheduled, or already final (done for dry-run, dead for an unknown plugin)
-    due: float
-    max_attempts: int
-    backoff: float
-    max_age: float
-    cancel_key: str | None = None
-    once_key: str | None = None
-    once_within: float | None = None
-    caps: tuple[CapCheck, ...] = ()
-    mac: str | None = None
-    ip: str | None = None
-    item: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
-    last_error: str | None = None
-    # Claim it in the insert transaction when nothing stands in its way: pending (due now), no
-    # cap, no earlier action of its key waiting or running. It is then journaled ``running``
-    # (attempt 1, this journal's owner): the caller must run it, or give it back with
-    # ``unclaim_soon``. Saves the claim's round trip to the writer.
-    claim: bool = False
-
-
-@dataclass(slots=True)
-class Entry:
-    """One journal row. ``event`` (the event as JSON text) is filled where the caller needs it."""
-
-    id: int
-    event_id: str
-    received_at: float
-    source: str
-    rule: str
-    action: str
-    index: int
-    params: dict[str, Any]
-    key: str
-    mode: str
-    state: State
-    attempts: int
-    max_attempts: int
-    backoff: float
-    max_age: float
-    age_from: float
-    created: float
-    due: float
-    started: float | None
-    finished: float | None
-    cancel_key: str | None
-    once_key: str | None
-    caps: tuple[CapCheck, ...]
-    cap_exempt: bool
-    held_by: str | None
-    endpoint: str | None
-    mac: str | None
-    ip: str | None
-    item: dict[str, Any] | None
-    result: Any
-    last_error: str | None
-    # Which journal (process) claimed it last: recovery after a restart is scoped to it.
-    owner: str | None = None
-    event: str | None = None
-
-    @property
-    def not_after(self) -> float:
-        """Past this time the action is not retried any more (max age)."""
-        return self.age_from + self.max_age
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {name: getattr(self, name) for name in self.__slots__ if name != "event"}
-        d["caps"] = [c.to_json() for c in self.caps]
-        if self.event is not None:
-            d["event"] = json.loads(self.event)
-        return d
-
-
-@dataclass(slots=True)
-class AddResult:
-    ids: list[int]
-    # Per new entry: what it became (a once-within duplicate becomes cancelled; one claimed in
-    # the insert transaction, see NewEntry.claim, running).
-    states: list[State]
-    duplicate_of: list[int | None]
-    cancelled: list[int] = field(default_factory=list)  # ids cancelled by the event's cancel keys
-    # The action (plugin name) of each of those, in the same order: the metrics count cancels per plugin.
-    cancelled_actions: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimResult:
-    outcome: Literal["running", "held", "gone", "wait"]
-    cap: str | None = None  # the cap that held it
-    attempts: int = 0
-    # For "wait": "waiting" when an earlier action of the key waits to run (load it first),
-    # "running" when the earlier ones are all running: in another process sharing the
-    # journal, since one key never runs twice at once in one dispatcher.
-    blocked_by: Literal["waiting", "running"] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryFilter:
-    mac: str | None = None
-    ip: str | None = None
-    source: str | None = None
-    rule: str | None = None
-    action: str | None = None
-    states: tuple[str, ...] = ()
-    since: float | None = None
-    until: float | None = None
-    limit: int = 100
-
-
-class Journal(Protocol):
-    """What the dispatcher and `trapd journal` need from a journal.
-
-    Every method that changes something returns only after the change is
-    durable. Ids are integers, increasing in arrival order (per-key ordering
-    and the oldest-first loading of a backlog rely on it).
-    """
-
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def flush(self) -> None:
-        """Return when every operation issued before it is committed."""
-        ...
-
-    async def add(
-        self,
-        event: Mapping[str, Any] | None,
-        entries: Sequence[NewEntry],
-        cancel_keys: Sequence[str],
-        now: float,
-    ) -> AddResult:
-        """Cancel waiting actions with these cancel keys, then insert ``entries`` (deduplicated)."""
-        ...
-
-    def add_soon(
-        self,
-        event: Mapping[str, Any] | None,
-        entries: Sequence[NewEntry],
-        cancel_keys: Sequence[str],
-        now: float,
-    ) -> Awaitable[AddResult]:
-        """Like :meth:`add`, issued now (ordered before every later operation), awaited later.
-
-        Raises :class:`JournalFull` at once, like ``add``. Lets a caller queue many
-        adds in order without a task each, then await their commits.
-        """
-        ...
-
-    @property
-    def owner(self) -> str | None:
-        """Who this journal claims actions for (a worker's name); None for a lone trapd."""
-        ...
-
-    async def recover(
-        self, now: float, hold_unless: Iterable[str] | None = None, *, owner: str | None = None
-    ) -> dict[str, int]:
-        """After a restart: running -> pending (or held, for actions not in ``hold_unless`` when given).
-
-        ``owner`` None: every running row. Given: only the rows that owner claimed
-        (another process sharing the journal may be running the rest right now).
-        """
-        ...
-
-    async def due(
-        self, now: float, limit: int, skip: frozenset[int] = frozenset()
-    ) -> tuple[list[Entry], bool]:
-        """Up to ``limit`` waiting actions due now, oldest first, leaving out ``skip`` (already in memory).
-
-        Actions whose key is blocked are left out too: by an earlier action
-        with that key that waits for a retry (or for an open circuit breaker).
-        The flag says whether there may be more.
-        """
-        ...
-
-    async def next_due(self, now: float) -> float | None: ...
-    async def claim(self, id: int, now: float) -> ClaimResult:
-        """Mark an action running (attempts + 1).
-
-        Unless: it changed meanwhile (``gone``), an earlier action with the
-        same key must run first (``wait``), or a rate cap holds it (``held``).
-        """
-        ...
-
-    async def finish(
-        self,
-        id: int,
-        state: State,
-        now: float,
-        result: Any = None,
-        error: str | None = None,
-        *,
-        started: float | None = None,
-    ) -> None:
-        """A running action ended. ``started``: when its run began (else the claim's time stays)."""
-        ...
-
-    def finish_soon(
-        self,
-        id: int,
-        state: State,
-        now: float,
-        result: Any = None,
-        error: str | None = None,
-        *,
-        started: float | None = None,
-    ) -> Awaitable[None]:
-        """Like :meth:`finish`, issued now, awaited (or not) later.
-
-        The write is ordered before every operation issued after this call
-        returns: a worker need not wait for the commit before the next action
-        of the same key is claimed. Until it commits, a crash leaves the row
-        running, which means the action runs again (at least once).
-        """
-        ...
-
-    def unclaim_soon(self, ids: Sequence[int]) -> Awaitable[int]:
-        """Give back actions claimed but never started (running -> pending, the attempt not counted).
-
-        Issued now, ordered like :meth:`finish_soon`; for claims made by ``add`` (NewEntry.claim)
-        that the dispatcher cannot run after all (stopping).
-        """
-        ...
-
-    async def retry_later(self, id: int, due: float, error: str, endpoint: str | None) -> None: ...
-    async def defer(self, id: int, due: float, reason: str, endpoint: str | None) -> None:
-        """Postpone a waiting action without counting an attempt (circuit breaker open)."""
-        ...
-
-    async def expedite(self, endpoint: str, now: float) -> int:
-        """Make every action waiting on ``endpoint`` due now (its breaker closed again)."""
-        ...
-
-    async def cancel(self, ids: Sequence[int], now: float, reason: str) -> list[int]: ...
-    async def retry(self, ids: Sequence[int], now: float) -> list[int]:
-        """Operator retry: dead, failed, held or cancelled -> pending now, attempts and max age reset."""
-        ...
-
-    async def release(self, now: float, ids: Sequence[int] = (), rule: str | None = None) -> list[int]:
-        """Held -> pending, exempt from caps from now on. No ids and no rule: every held action."""
-        ...
-
-    async def expire_held(self, now: float) -> list[Entry]: ...
-    async def get(self, id: int, with_event: bool = True) -> Entry | None: ...
-    async def history(self, flt: HistoryFilter) -> list[Entry]: ...
-    async def counts(self) -> dict[str, int]: ...
-    async def prune(self, finished_before: float, now: float) -> int: ...
-    async def changed(self) -> bool:
-        """True when another process (``trapd journal``) committed since the last call."""
-        ...
-
-
-# ---------------------------------------------------------------- SQLite
 
 
 _COLS = (
