@@ -276,3 +276,33 @@ def test_rate_limited_log_bounds_its_keys() -> None:
         ("d", None),
     ]
     assert len(rl._keys) == 3
+
+
+@pytest.mark.parametrize("fmt", ["json", "console", "journal"])
+def test_control_characters_in_values_cannot_forge_lines_or_drive_a_terminal(fmt: str) -> None:
+    """Issue 14 item 7: a varbind with CR/LF/ESC/C1 reaches the log escaped, in every format."""
+    hostile = "eth0\r\n2026-01-01T00:00:00Z [info     ] forged  by=attacker\x1b[2J\x85\u2028\x00end"
+    buf = io.StringIO()
+    configure_logging("info", fmt, buf)
+    log = get_logger("trapd.listener")
+    log.warning(f"trap from {hostile}", ifDescr=hostile, values=[hostile], **{f"k{hostile}": 1})
+    try:
+        raise ValueError(hostile)
+    except ValueError:
+        log.exception("decode failed", value=hostile)
+    out = buf.getvalue()
+    for raw in ("\r", "\x1b", "\x85", "\u2028", "\x00"):
+        assert raw not in out, (raw, out)
+    lines = out.split("\n")
+    assert lines[-1] == ""
+    # Every line of output is either the start of one of the two events or (console) an
+    # indented traceback line: the forged "[info     ] forged" never starts a line.
+    starts = [line for line in lines[:-1] if not line.startswith(" ")]
+    assert len(starts) == 2, out
+    assert "trap from eth0" in starts[0] and "decode failed" in starts[1]
+    if fmt == "console":
+        assert "ifDescr='eth0\\r\\n2026-01-01T00:00:00Z [info" in starts[0]
+        assert "\\x1b[2J" in starts[0]
+    else:
+        body = starts[0][3:] if fmt == "journal" else starts[0]
+        assert json.loads(body)["ifDescr"] == hostile

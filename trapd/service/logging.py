@@ -133,6 +133,28 @@ class _State:
     process_fields: dict[str, Any] = {}
 
 
+# Control characters a log line must never carry raw (issue 14 item 7): C0 (CR and LF forge
+# lines, ESC drives a terminal), DEL, C1 (U+0085 is a line break to some readers) and the
+# Unicode line and paragraph separators. JSON output escapes them already (ensure_ascii).
+_CONTROL_ESCAPES: dict[int, str] = {
+    c: {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}.get(c, f"\\x{c:02x}")
+    for c in (*range(0x20), *range(0x7F, 0xA0))
+}
+_CONTROL_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as a Python-style escape (``\\n``, ``\\x1b``)."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
+def _indented_escaped(text: str) -> str:
+    """A traceback or stack for the console: its line breaks are its structure, but its text (an
+    exception message) may carry a trap value. Everything else is escaped and every line indented,
+    so that no line of it can pass for a log line of its own."""
+    return "".join("\n  " + escape_controls(line) for line in text.split("\n"))
+
+
 def _render(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
     # Put the fields a reader looks for first in a stable order.
     ordered: dict[str, Any] = {}
@@ -140,7 +162,12 @@ def _render(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
         if key in event_dict:
             ordered[key] = event_dict.pop(key)
     ordered.update(event_dict)
-    line = _State.renderer(logger, method, ordered)
+    if _State.fmt == "console":
+        # The renderer writes str values raw; escape the line it makes, then add the traceback.
+        tail = "".join(_indented_escaped(str(ordered.pop(k))) for k in ("stack", "exception") if k in ordered)
+        line = escape_controls(_State.renderer(logger, method, ordered)) + tail
+    else:
+        line = _State.renderer(logger, method, ordered)
     if REDACTOR:
         line = REDACTOR.redact(line)  # values hidden inside a repr() or an exception text
     if _State.fmt == "journal":
