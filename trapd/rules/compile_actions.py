@@ -1,0 +1,271 @@
+"""The ``actions:`` of a rule, with their rate caps and retry policies.
+
+Each action is checked against its plugin's :class:`~trapd.plugin.ActionSpec`
+when the rules load: unknown actions and parameters (with a "did you mean"),
+missing required parameters, constants that fail the parameter's type, and
+templates whose constant text can never validate. A destructive action
+without a cap on the action, its rule, ``defaults:`` or a global cap of
+trapd.yaml is refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from trapd.params import Param, ParamError, convert
+from trapd.plugin import ActionSpec
+from trapd.rules.compile_context import CompileContext, RuleScope
+from trapd.rules.compile_values import ValueCompiler
+from trapd.rules.outcome import RetryPolicy
+from trapd.rules.ruleset import ActionCall, CapSpec, Const, ListOf, MapOf, Template, Value
+from trapd.yamlsource import Mark, YDict, YList, where
+
+ACTION_CONTROL_KEYS = frozenset(
+    {"action", "params", "delay", "cancel-key", "once-within", "once-key", "key", "cap", "retry"}
+)
+CAP_KEYS = frozenset({"limit", "per", "key", "hold-for", "name"})
+RETRY_KEYS = frozenset({"max-attempts", "max-age", "backoff"})
+# Literal characters that can appear in a value of these types; a template
+# whose constant text has anything else can never validate.
+_TYPE_CHARS = {
+    "integer": set("0123456789+- \t"),
+    "ip-address": set("0123456789abcdefABCDEF:.%"),
+    "ipv4": set("0123456789."),
+    "ipv6": set("0123456789abcdefABCDEF:.%"),
+    "mac-address": set("0123456789abcdefABCDEF:-."),
+    "duid": set("0123456789abcdefABCDEF:-. x"),
+    "hex": set("0123456789abcdefABCDEF:-. x"),
+}
+
+
+class ActionCompiler:
+    """Compiles ``actions:`` entries, ``cap:`` and ``retry:`` against the installed action plugins."""
+
+    def __init__(
+        self,
+        ctx: CompileContext,
+        values: ValueCompiler,
+        actions: Mapping[str, ActionSpec],
+        capped_actions: frozenset[str],
+    ) -> None:
+        self.ctx = ctx
+        self.problems = ctx.problems
+        self.values = values
+        self.actions = actions
+        self.capped_actions = capped_actions
+
+    def caps(
+        self, node: Any, mark: Mark | None, default_name: str, scope: RuleScope | None
+    ) -> tuple[CapSpec, ...]:
+        nodes = node if isinstance(node, YList) else [node]
+        marks = node.item_marks if isinstance(node, YList) else [mark]
+        out: list[CapSpec] = []
+        for i, (n, m) in enumerate(zip(nodes, marks, strict=False)):
+            if not isinstance(n, YDict):
+                self.problems.error(
+                    "cap is a mapping {limit: N, per: DURATION, key: TEMPLATE, hold-for: DURATION}", m
+                )
+                continue
+            self.ctx.keys(n, CAP_KEYS, "cap")
+            limit = n.get("limit")
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                self.problems.error(f"cap.limit must be a positive integer, got {limit!r}", where(n, "limit"))
+                continue
+            if "per" not in n:
+                self.problems.error("cap.per is required (a duration such as 1m)", m)
+                continue
+            per = self.ctx.duration(n["per"], where(n, "per"), "cap.per")
+            hold = self.ctx.duration(n.get("hold-for", 3600), where(n, "hold-for"), "cap.hold-for")
+            key = self.values.value(n["key"], where(n, "key"), scope, "cap.key") if "key" in n else None
+            name = n.get("name", default_name if len(nodes) == 1 else f"{default_name}/{i}")
+            if not isinstance(name, str):
+                self.problems.error("cap.name must be text", where(n, "name"))
+                continue
+            if per is None or per <= 0 or hold is None:
+                if per is not None and per <= 0:
+                    self.problems.error("cap.per must be longer than 0s", where(n, "per"))
+                continue
+            out.append(CapSpec(name, limit, per, key, hold))
+        return tuple(out)
+
+    def retry(self, node: Any, mark: Mark | None, base: RetryPolicy) -> RetryPolicy:
+        if not isinstance(node, YDict):
+            self.problems.error(
+                "retry is a mapping {max-attempts: N, max-age: DURATION, backoff: DURATION}", mark
+            )
+            return base
+        self.ctx.keys(node, RETRY_KEYS, "retry")
+        attempts = base.max_attempts
+        if "max-attempts" in node:
+            v = node["max-attempts"]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                self.problems.error(
+                    f"retry.max-attempts must be a positive integer, got {v!r}", where(node, "max-attempts")
+                )
+            else:
+                attempts = v
+        age = base.max_age
+        if "max-age" in node:
+            age = self.ctx.duration(node["max-age"], where(node, "max-age"), "retry.max-age") or age
+        backoff = base.backoff
+        if "backoff" in node:
+            backoff = self.ctx.duration(node["backoff"], where(node, "backoff"), "retry.backoff") or backoff
+        return RetryPolicy(max_attempts=attempts, max_age=age, backoff=backoff)
+
+    def action(
+        self,
+        node: Any,
+        mark: Mark | None,
+        index: int,
+        scope: RuleScope,
+        inherited_caps: tuple[CapSpec, ...],
+        retry: RetryPolicy,
+    ) -> ActionCall | None:
+        """One ``actions:`` entry; ``inherited_caps`` are the rule's caps, then the defaults' caps."""
+        if not isinstance(node, YDict) or "action" not in node:
+            self.problems.error("an action is a mapping with action: NAME and its parameters", mark)
+            return None
+        name = node["action"]
+        if not isinstance(name, str):
+            self.problems.error("action: takes an action plugin name", where(node, "action"))
+            return None
+        spec = self.actions.get(name)
+        if spec is None:
+            hint = difflib.get_close_matches(name, list(self.actions), n=1, cutoff=0.6)
+            self.problems.error(
+                f"unknown action {name!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; installed: {', '.join(sorted(self.actions)) or 'none'} (see `trapd actions`)",
+                where(node, "action"),
+            )
+            return None
+        raw: dict[str, tuple[Any, Mark | None, Mark | None]] = {}
+        for k, v in node.items():
+            if k not in ACTION_CONTROL_KEYS:
+                raw[k] = (v, where(node, k), where(node, k, of_key=True))
+        if "params" in node:
+            pn = node["params"]
+            if not isinstance(pn, YDict):
+                self.problems.error(
+                    "params must be a mapping of parameter names to values", where(node, "params")
+                )
+            else:
+                for k, v in pn.items():
+                    if k in raw:
+                        self.problems.error(
+                            f"parameter {k!r} is given twice (here and in params:)", where(pn, k, of_key=True)
+                        )
+                    raw[k] = (v, where(pn, k), where(pn, k, of_key=True))
+        params: dict[str, Value] = {}
+        for k, (v, vm, km) in raw.items():
+            p = spec.params.get(k)
+            if p is None:
+                hint = difflib.get_close_matches(
+                    str(k), [*spec.params, *ACTION_CONTROL_KEYS], n=1, cutoff=0.6
+                )
+                self.problems.error(
+                    f"{name} has no parameter {k!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; parameters: {', '.join(spec.params) or 'none'}",
+                    km,
+                )
+                continue
+            val = self.values.value(v, vm, scope, f"{name}.{k}")
+            self._static_param_check(name, k, p, v, val, vm)
+            params[k] = val
+        for k, p in spec.params.items():
+            if p.required and k not in raw and p.default is None:
+                self.problems.error(
+                    f"{name} needs the parameter {k!r} ({p.describe()})", where(node, "action")
+                )
+        delay = 0.0
+        if "delay" in node:
+            delay = self.ctx.duration(node["delay"], where(node, "delay"), "delay") or 0.0
+        cancel_key = self._template_key(node, "cancel-key", scope)
+        if cancel_key is not None and not delay:
+            self.problems.warning(
+                "cancel-key only matters for a delayed action (add delay:)", where(node, "cancel-key")
+            )
+        once_within = None
+        if "once-within" in node:
+            once_within = self.ctx.duration(node["once-within"], where(node, "once-within"), "once-within")
+        once_key = self._template_key(node, "once-key", scope)
+        if once_key is not None and once_within is None:
+            self.problems.warning("once-key only matters with once-within", where(node, "once-key"))
+        key = self._template_key(node, "key", scope)
+        caps: tuple[CapSpec, ...] = ()
+        if "cap" in node:
+            caps = self.caps(node["cap"], where(node, "cap"), f"{scope.name}#{index}", scope)
+        if spec.destructive:
+            caps = caps + inherited_caps
+            if not caps and name not in self.capped_actions:
+                self.problems.error(
+                    f"{name} is destructive: give it a cap "
+                    '(cap: {limit: 50, per: 1m, key: "{{ source }}"}) '
+                    "on the action, the rule, or in defaults:",
+                    where(node, "action"),
+                )
+        if "retry" in node:
+            retry = self.retry(node["retry"], where(node, "retry"), retry)
+        return ActionCall(
+            index=index,
+            action=name,
+            spec=spec,
+            params=params,
+            mark=mark,
+            delay=delay,
+            cancel_key=cancel_key,
+            once_within=once_within,
+            once_key=once_key,
+            key=key,
+            caps=caps,
+            retry=retry,
+        )
+
+    def _template_key(self, node: YDict, key: str, scope: RuleScope) -> Value | None:
+        if key not in node:
+            return None
+        v = node[key]
+        if not isinstance(v, (str, int)) or isinstance(v, bool):
+            self.problems.error(f"{key} takes text (usually a template)", where(node, key))
+            return None
+        return self.values.value(str(v), where(node, key), scope, key)
+
+    def _static_param_check(
+        self, action: str, name: str, p: Param, raw: Any, val: Value, mark: Mark | None
+    ) -> None:
+        """Parameters that can never validate: constants that fail, templates whose text cannot fit."""
+        if isinstance(val, Const):
+            try:
+                convert(p, raw, name)
+            except ParamError as exc:
+                self.problems.error(f"{action}: {exc}", mark)
+            return
+        if isinstance(val, Template):
+            allowed = _TYPE_CHARS.get(p.type)
+            info = val.info
+            if allowed is not None and info is not None:
+                bad = sorted({ch for ch in info.literal if ch not in allowed})
+                if bad:
+                    self.problems.error(
+                        f"{action}.{name} is a {p.type}; the constant text {''.join(bad)!r} "
+                        "around the template "
+                        "means it can never validate",
+                        mark,
+                    )
+            if p.type in ("list", "mapping"):
+                self.problems.error(
+                    f"{action}.{name} is a {p.type}; write it as a YAML {p.type}, not one template", mark
+                )
+            elif (
+                p.type == "enum" and info is not None and not info.variables and info.literal not in p.choices
+            ):
+                self.problems.error(
+                    f"{action}.{name}: {info.literal!r} is not one of {', '.join(p.choices)}", mark
+                )
+        elif isinstance(val, ListOf) and p.type not in ("list", "any"):
+            self.problems.error(f"{action}.{name} is a {p.type}, not a list", mark)
+        elif isinstance(val, MapOf) and p.type not in ("mapping", "any"):
+            self.problems.error(f"{action}.{name} is a {p.type}, not a mapping", mark)

@@ -1,0 +1,145 @@
+"""What every part of the rule compiler shares: problems, MIB symbols, source groups, key checks.
+
+The compiler is split along the rule file's own seams (see
+:mod:`trapd.rules.compiler`); each part reports into the same
+:class:`~trapd.rules.problems.Problems` and looks names up through the same
+:class:`CompileContext`, so a symbol is resolved once per file set and a
+source group defined in one file is usable in every other.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from trapd import decoders
+from trapd.listener.raw import Oid
+from trapd.params import ParamError, parse_duration
+from trapd.rules.problems import Problems
+from trapd.rules.resolver import SymbolResolver, lookup_name
+from trapd.rules.sources import AddressSet, Net, parse_net
+from trapd.yamlsource import Mark, YDict, YList, where
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
+
+
+@dataclass
+class RuleScope:
+    """What a template in one rule may refer to."""
+
+    name: str
+    captures: set[str] = field(default_factory=set)
+    foreach_kind: str | None = None
+
+
+class CompileContext:
+    """The state the compiler's parts share while one file set compiles."""
+
+    def __init__(self, resolver: SymbolResolver, problems: Problems) -> None:
+        self.resolver = resolver
+        self.problems = problems
+        self.groups: dict[str, AddressSet] = {}
+        self.group_marks: dict[str, Mark | None] = {}
+        self.known_names = decoders.known_names()
+        self._symbol_cache: dict[str, bool] = {}
+
+    def keys(self, node: YDict, allowed: frozenset[str], what: str) -> None:
+        for key in node:
+            if key not in allowed:
+                m = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+                hint = f" (did you mean {m[0]!r}?)" if m else ""
+                self.problems.error(
+                    f"unknown key {key!r} in {what}{hint}; allowed: {', '.join(sorted(allowed))}",
+                    where(node, key, of_key=True),
+                )
+
+    def address_set(self, node: Any, mark: Mark | None, what: str) -> AddressSet | None:
+        """A CIDR list with ``!`` negation and group names; None (reported) if invalid."""
+        entries = node if isinstance(node, YList) else [node]
+        marks = node.item_marks if isinstance(node, YList) else [mark]
+        if not entries:
+            self.problems.error(f"{what}: an empty list matches nothing", mark)
+            return None
+        inc: list[Net] = []
+        exc: list[Net] = []
+        every = False
+        ok = True
+        for entry, emark in zip(entries, marks, strict=False):
+            if not isinstance(entry, str):
+                self.problems.error(
+                    f"{what}: {entry!r} is not an address, network or group name (quote it)", emark
+                )
+                ok = False
+                continue
+            text = entry.strip()
+            neg = text.startswith("!")
+            text = text[1:].strip() if neg else text
+            if text in self.groups:
+                g = self.groups[text]
+                if neg:
+                    if g.exclude or g.include_all:
+                        self.problems.error(
+                            f"{what}: group {text!r} has exclusions and cannot be negated here; "
+                            "use {not: ...}",
+                            emark,
+                        )
+                        ok = False
+                        continue
+                    exc += g.include
+                else:
+                    inc += g.include
+                    exc += g.exclude
+                    every = every or g.include_all
+                continue
+            try:
+                net = parse_net(text)
+            except ValueError:
+                known = ", ".join(sorted(self.groups)) or "none defined"
+                self.problems.error(
+                    f"{what}: {entry!r} is neither an address/network nor a source group (groups: {known})",
+                    emark,
+                )
+                ok = False
+                continue
+            (exc if neg else inc).append(net)
+        if not ok:
+            return None
+        if not inc and not every:
+            every = True  # only exclusions: everything but those
+        return AddressSet(tuple(inc), tuple(exc), every)
+
+    def duration(self, value: Any, mark: Mark | None, what: str) -> float | None:
+        try:
+            return parse_duration(value)
+        except ParamError as exc:
+            self.problems.error(f"{what}: {exc}", mark)
+            return None
+
+    def symbol(self, name: str) -> Oid | None:
+        """A MIB name or numeric OID; decoder-known names when no MIB has them."""
+        return lookup_name(self.resolver, name, self.known_names)
+
+    def unknown_symbol(self, name: str, mark: Mark | None, what: str) -> None:
+        self.problems.error(
+            f"unknown MIB symbol {name!r} in {what} (load the MIB that defines it, see mibs: in trapd.yaml, "
+            "or give the numeric OID)",
+            mark,
+        )
+
+    def is_symbol(self, name: str) -> bool:
+        hit = self._symbol_cache.get(name)
+        if hit is None:
+            hit = self.symbol(name) is not None
+            self._symbol_cache[name] = hit
+        return hit
+
+
+def plain(node: Any) -> Any:
+    """A hashable canonical form of a YAML subtree (for "same condition")."""
+    try:
+        return json.dumps(node, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return repr(node)

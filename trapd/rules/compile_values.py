@@ -1,0 +1,90 @@
+"""Parameter values of a rule: constants, and templates compiled and checked once at load.
+
+A template is parsed when the rules load (a syntax error is reported with
+its file:line), its variables are checked against what the event, the rule's
+regex groups, ``item`` and the MIBs provide, and the compiled template is
+shared by every rule that writes the same text (a rule set repeats
+``{{ source }}`` thousands of times). Rendering happens in
+:mod:`trapd.rules.ruleset`; the sandboxed environment is
+:mod:`trapd.rules.templates`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import jinja2
+
+from trapd import decoders
+from trapd.rules.compile_context import CompileContext, RuleScope
+from trapd.rules.context import EVENT_VARIABLES
+from trapd.rules.ruleset import Const, ListOf, MapOf, Template, Value
+from trapd.rules.templates import JINJA_GLOBALS, TemplateInfo, analyse, is_template
+from trapd.yamlsource import Mark, YDict, YList, where
+
+
+class ValueCompiler:
+    """Compiles parameter values (``message: "{{ ifDescr }} down"``) into :class:`Value` trees."""
+
+    def __init__(self, ctx: CompileContext) -> None:
+        self.ctx = ctx
+        self.problems = ctx.problems
+        # The same template text is compiled once per file set (a rule set repeats "{{ source }}").
+        self._templates: dict[str, tuple[jinja2.Template, TemplateInfo]] = {}
+
+    def value(self, node: Any, mark: Mark | None, scope: RuleScope | None, what: str) -> Value:
+        """A parameter value: templates compiled (and checked) now; lists and mappings recursively."""
+        if isinstance(node, str) and is_template(node):
+            return self._template(node, mark, scope, what)
+        if isinstance(node, YList):
+            return ListOf([self.value(v, where(node, i), scope, f"{what}[{i}]") for i, v in enumerate(node)])
+        if isinstance(node, YDict):
+            return MapOf(
+                {str(k): self.value(v, where(node, k), scope, f"{what}.{k}") for k, v in node.items()}
+            )
+        return Const(node)
+
+    def _template(self, source: str, mark: Mark | None, scope: RuleScope | None, what: str) -> Value:
+        try:
+            hit = self._templates.get(source)
+            if hit is None:
+                hit = self._templates[source] = analyse(source)
+            tmpl, info = hit
+        except jinja2.TemplateSyntaxError as exc:
+            at = Mark(mark.file, mark.line + max((exc.lineno or 1) - 1, 0), mark.column) if mark else None
+            self.problems.error(f"{what}: template syntax error: {exc.message}", at)
+            return Const(source)
+        self._check_variables(info, mark, scope, what)
+        return Template(tmpl, source, info)
+
+    def _check_variables(
+        self, info: TemplateInfo, mark: Mark | None, scope: RuleScope | None, what: str
+    ) -> None:
+        for var in sorted(info.variables):
+            if var == "item":
+                if scope is None or scope.foreach_kind is None:
+                    self.problems.error(f"{what}: 'item' is only defined in a rule with foreach:", mark)
+                continue
+            if var in EVENT_VARIABLES or var in JINJA_GLOBALS:
+                continue
+            if scope is not None and var in scope.captures:
+                continue
+            if self.ctx.is_symbol(var):
+                continue
+            hint = difflib.get_close_matches(
+                var, [*EVENT_VARIABLES, *(scope.captures if scope else ())], n=1, cutoff=0.7
+            )
+            self.problems.error(
+                f"{what}: undefined template variable {var!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + ": not an event field, a regex group of this rule, or a MIB symbol",
+                mark,
+            )
+        if scope is not None and scope.foreach_kind is not None and info.item_fields:
+            fields = decoders.kinds().get(scope.foreach_kind, {})
+            for f in sorted(info.item_fields - set(fields)):
+                self.problems.error(
+                    f"{what}: {scope.foreach_kind} items have no field {f!r}; fields: {', '.join(fields)}",
+                    mark,
+                )
