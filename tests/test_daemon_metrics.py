@@ -195,3 +195,44 @@ rules:
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_rejected_action_is_exported_by_rule_and_reason(tmp_path: Path) -> None:
+    """A real trap whose ifDescr is ``1.2.3.4; reboot``: the lease deletion is rejected and counted
+    in /metrics under its rule and reason; the rule's other action still runs."""
+    rules = """\
+defaults: {cap: {limit: 9, per: 1m}}
+rules:
+  - name: release-by-descr
+    match: {notification: IF-MIB::linkDown}
+    continue: true
+    actions:
+      - action: kea.lease-del
+        ip-address: "{{ ifDescr }}"
+      - action: log
+        message: "down {{ ifIndex }}"
+  - name: bad-template
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: log
+        message: "{{ ifDescr | ip }}"
+"""
+    d = TrapdDaemon.start(tmp_path, rules=rules, args=("--dry-run",))
+    try:
+        assert d.metric("trapd_actions_rejected_total") == 0
+        snmp_send(
+            "snmptrap", *link_down(d.target(), 17), "1.3.6.1.2.1.2.2.1.2.17", "s", "1.2.3.4; reboot",
+            check=True,
+        )  # fmt: skip
+        assert d.wait_metric("trapd_actions_rejected_total", 2, timeout=15) == 2
+        m = d.metrics()
+        assert d.metric("trapd_actions_rejected_total", m, rule="release-by-descr", reason="parameter") == 1
+        assert d.metric("trapd_actions_rejected_total", m, rule="bad-template", reason="template") == 1
+        assert d.metric("trapd_rule_matches_total", m, rule="release-by-descr") == 1
+        assert d.wait_metric("trapd_actions_total", 1, timeout=15, plugin="log") == 1
+        assert d.metric("trapd_actions_total", d.metrics(), plugin="kea.lease-del") == 0
+        (line,) = d.wait_log(lambda e: e.get("rule") == "release-by-descr" and "reason" in e)
+        assert "1.2.3.4; reboot" in line["reason"]
+        assert d.stop() == 0
+    finally:
+        d.close()

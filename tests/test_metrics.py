@@ -57,6 +57,7 @@ def busy_snapshot() -> DaemonSnapshot:
         dropped={"malformed": 3, "unknown-community": 40},
         dropped_detail={("malformed", "bad-length"): 3},
         matched={"port-down": 310, "mac-move": 2},
+        rejected={("port-down", "parameter"): 4, ("mac-move", "decoder"): 1},
         unmatched=896,
         actions={("kea.lease_del", "done"): 300, ("webhook", "failed"): 2},
         action_latency=hist,
@@ -143,6 +144,8 @@ async def test_scrape_reports_the_snapshot(serve: Callable[..., MetricsServer]) 
         == 3
     )
     assert m[("trapd_rule_matches_total", (("rule", "port-down"),))] == 310
+    assert m[("trapd_actions_rejected_total", (("reason", "parameter"), ("rule", "port-down")))] == 4
+    assert m[("trapd_actions_rejected_total", (("reason", "decoder"), ("rule", "mac-move")))] == 1
     assert m[("trapd_events_unmatched_total", ())] == 896
     assert m[("trapd_actions_total", (("outcome", "done"), ("plugin", "kea.lease_del")))] == 300
     assert m[("trapd_actions_total", (("outcome", "failed"), ("plugin", "webhook")))] == 2
@@ -299,7 +302,7 @@ async def test_an_overflowing_socket_shows_in_per_socket_and_host_counters(
 
 def test_status_line_for_systemd() -> None:
     assert status_line(busy_snapshot()) == (
-        "1208 received, 43 dropped, 312 matched, actions 300 done 2 failed, "
+        "1208 received, 43 dropped, 312 matched, 5 rejected, actions 300 done 2 failed, "
         "journal 1 pending 4 scheduled 2 held, kea 1/2 up, last reload FAILED"
     )
     assert status_line(DaemonSnapshot()) == "0 received, 0 matched"

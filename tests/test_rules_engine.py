@@ -189,6 +189,7 @@ def test_truncated_mac_message_is_rejected_but_complete_items_still_act(tmp_path
         ("mac-learnt", "foreach", -1),
     }
     assert all("truncated tuple at offset 11: 2 octets of 11" in r.reason for r in out.rejected)
+    assert {r.kind for r in out.rejected} == {"decoder"}
 
 
 def test_action_controls(tmp_path: Path) -> None:

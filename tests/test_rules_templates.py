@@ -150,6 +150,7 @@ rules:
     (rej,) = out.rejected
     assert (rej.rule, rej.action, rej.index) == ("r", "kea.lease-del", 0)
     assert rej.reason.startswith(reason), rej.reason
+    assert rej.kind == ("template" if reason.startswith("template:") else "parameter")
 
 
 def test_exec_argv_keeps_hostile_text_as_one_element(tmp_path: Path) -> None:

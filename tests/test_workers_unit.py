@@ -92,6 +92,7 @@ def snapshot(n: int, *, journal: dict[str, int] | None = None, kea: bool = True)
         dropped={"malformed": n},
         dropped_detail={("malformed", "bad-length"): n},
         matched={"port-down": 2 * n},
+        rejected={("port-down", "parameter"): n},
         unmatched=3 * n,
         actions={("log", "done"): 2 * n},
         action_latency=hist,
@@ -125,6 +126,7 @@ def test_the_sum_adds_counters_takes_one_journal_and_any_kea_up() -> None:
     assert total.dropped == {"malformed": 3}
     assert total.dropped_detail == {("malformed", "bad-length"): 3}
     assert total.matched == {"port-down": 6}
+    assert total.rejected == {("port-down", "parameter"): 3}
     assert (total.unmatched, total.outcomes_lost, total.rate_limit_exempted) == (9, 3, 3)
     assert total.actions == {("log", "done"): 6}
     assert total.action_latency is not None and total.action_latency.count == 6

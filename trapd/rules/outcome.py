@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Mode = Literal["enforce", "dry-run"]
+# Why an action was rejected, as a bounded word (the metrics label; the message says the details):
+# a template failed, a rendered value failed its parameter type, or a decoder met a malformed value.
+RejectionKind = Literal["template", "parameter", "decoder"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,8 @@ class Rejection:
     rule: str
     action: str
     index: int
-    reason: str
+    reason: str  # the message: which value, which parameter, why
+    kind: RejectionKind
 
 
 @dataclass(frozen=True, slots=True)

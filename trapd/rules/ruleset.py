@@ -441,14 +441,14 @@ class RuleSet:
                 try:
                     cancels.append(str(c.render(ctx)))
                 except RENDER_ERRORS as exc:
-                    rejected.append(Rejection(rule.name, "cancel", -1, f"cancel: {_reason(exc)}"))
+                    rejected.append(Rejection(rule.name, "cancel", -1, f"cancel: {_reason(exc)}", "template"))
             for call in rule.actions:
                 try:
                     planned.append(_plan_call(rule, call, ctx, mode, item))
                 except ParamError as exc:
-                    rejected.append(Rejection(rule.name, call.action, call.index, str(exc)))
+                    rejected.append(Rejection(rule.name, call.action, call.index, str(exc), "parameter"))
                 except RENDER_ERRORS as exc:
-                    rejected.append(Rejection(rule.name, call.action, call.index, _reason(exc)))
+                    rejected.append(Rejection(rule.name, call.action, call.index, _reason(exc), "template"))
 
 
 def _first_failure(cond: All, st: EvalState) -> Cond | None:
@@ -462,7 +462,7 @@ def _first_failure(cond: All, st: EvalState) -> Cond | None:
 
 
 def _decode_rejections(rule: Rule, decoded: Decoded) -> list[Rejection]:
-    return [Rejection(rule.name, "foreach", -1, p) for p in decoded.problems]
+    return [Rejection(rule.name, "foreach", -1, p, "decoder") for p in decoded.problems]
 
 
 def _reason(exc: BaseException) -> str:

@@ -135,7 +135,7 @@ class PipelineStats:
 
     received: Counter[tuple[str, str]] = field(default_factory=Counter)  # (version, source group)
     matched: Counter[str] = field(default_factory=Counter)  # rule
-    rejected: Counter[str] = field(default_factory=Counter)  # rule
+    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rule, rejection kind)
     errors: Counter[str] = field(default_factory=Counter)  # stage
     reloads: Counter[str] = field(default_factory=Counter)  # ok / failed
     unmatched: int = 0
@@ -232,7 +232,7 @@ class Daemon:
             self.stats.matched[name] += 1
         for rej in outcome.rejected:
             # A value from the trap that does not fit the action's parameter type: never dispatched.
-            self.stats.rejected[rej.rule] += 1
+            self.stats.rejected[(rej.rule, rej.kind)] += 1
             self.log.warning(
                 "action not dispatched: invalid parameter",
                 event_id=event.id,
@@ -602,6 +602,7 @@ class Daemon:
             dropped=dict(ls.dropped) if ls is not None else {},
             dropped_detail=dict(ls.dropped_detail) if ls is not None else {},
             matched=dict(self.stats.matched),
+            rejected=dict(self.stats.rejected),
             unmatched=self.stats.unmatched,
             actions=dict(ds.outcomes) if ds is not None else {},
             action_latency=ds.done_latency if ds is not None else None,

@@ -15,6 +15,7 @@ except the gauges ``journal`` and ``kea_up``)::
         dropped={"malformed": 3, "unknown-community": 40},               # reason -> n
         dropped_detail={("malformed", "bad-length"): 3},                 # (reason, detail) -> n
         matched={"port-down-release-lease": 310},                        # rule name -> n
+        rejected={("port-down-release-lease", "parameter"): 2},          # (rule, kind) -> n
         unmatched=890,                                                   # events no rule matched
         actions={("kea.lease_del", "done"): 300, ("webhook", "failed"): 2},  # (plugin, outcome) -> n
         action_latency=Histogram(),  # trapd.dispatch.stats: once per finished action, received -> done
@@ -37,6 +38,7 @@ trapd_kernel_udp_rcvbuf_errors_total           counter    family (ipv4, ipv6); h
 trapd_socket_drops_total                       counter    socket (address; summed over workers' sockets)
 trapd_socket_receive_queue_bytes               gauge      socket (address); bytes waiting to be read
 trapd_rule_matches_total                       counter    rule
+trapd_actions_rejected_total                   counter    rule, reason (template, parameter, decoder)
 trapd_events_unmatched_total                   counter
 trapd_outcomes_lost_total                      counter    matched, but the dispatch backlog was full
 trapd_rate_limit_exempted_total                counter    over a rate limit, kept: they clear pending actions
@@ -88,6 +90,9 @@ class DaemonSnapshot:
     dropped: Mapping[str, int] = field(default_factory=dict)
     dropped_detail: Mapping[tuple[str, str], int] = field(default_factory=dict)
     matched: Mapping[str, int] = field(default_factory=dict)
+    # Actions never dispatched: a template failed, a trap value failed its parameter type
+    # (``1.2.3.4; reboot`` as an ip-address), or a decoder met a malformed value.
+    rejected: Mapping[tuple[str, str], int] = field(default_factory=dict)
     unmatched: int = 0
     actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
     # The dispatcher's own histogram, not a copy: it is read during the scrape, on the loop that observes.
@@ -189,6 +194,15 @@ class TrapdCollector:
             detail.add_metric([reason, why], n)
         yield detail
         yield _counter_by("trapd_rule_matches", "Events matched, by rule.", "rule", snap.matched)
+        rejected = CounterMetricFamily(
+            "trapd_actions_rejected",
+            "Actions never dispatched: a template failed (template), a value failed its parameter type "
+            "(parameter), or a decoder met a malformed value (decoder). By rule and reason.",
+            labels=["rule", "reason"],
+        )
+        for (rule, reason), n in sorted(snap.rejected.items()):
+            rejected.add_metric([rule, reason], n)
+        yield rejected
         yield CounterMetricFamily("trapd_events_unmatched", "Events no rule matched.", value=snap.unmatched)
         yield CounterMetricFamily(
             "trapd_outcomes_lost",
@@ -309,6 +323,9 @@ def status_line(snap: DaemonSnapshot) -> str:
     if dropped:
         parts.append(f"{dropped} dropped")
     parts.append(f"{sum(snap.matched.values())} matched")
+    rejected = sum(snap.rejected.values())
+    if rejected:
+        parts.append(f"{rejected} rejected")
     outcomes: dict[str, int] = {}
     for (_plugin, outcome), n in snap.actions.items():
         outcomes[outcome] = outcomes.get(outcome, 0) + n

@@ -5,7 +5,7 @@ serves one /metrics for the unit, so it adds the workers' snapshots up.
 
 How each field combines, and why:
 
-* counters (received, dropped, matched, actions, the latency histogram...):
+* counters (received, dropped, matched, rejected, actions, the latency histogram...):
   summed. A worker that died and was restarted starts again from zero, so
   the supervisor keeps the last snapshot of every worker that ended and adds
   it too (:class:`RetiredCounts`): the unit's counters never go backwards.
@@ -52,6 +52,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "dropped": dict(snap.dropped),
         "dropped_detail": _pairs(snap.dropped_detail),
         "matched": dict(snap.matched),
+        "rejected": _pairs(snap.rejected),
         "unmatched": snap.unmatched,
         "actions": _pairs(snap.actions),
         "action_latency": None
@@ -86,6 +87,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         dropped={k: int(v) for k, v in data.get("dropped", {}).items()},
         dropped_detail=_unpairs(data.get("dropped_detail", {})),
         matched={k: int(v) for k, v in data.get("matched", {}).items()},
+        rejected=_unpairs(data.get("rejected", {})),
         unmatched=int(data.get("unmatched", 0)),
         actions=_unpairs(data.get("actions", {})),
         action_latency=hist,
@@ -122,6 +124,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     dropped: dict[Any, int] = {}
     detail: dict[Any, int] = {}
     matched: dict[Any, int] = {}
+    rejected: dict[Any, int] = {}
     actions: dict[Any, int] = {}
     kea_up: dict[str, bool] = {}
     journal: Mapping[str, int] | None = None
@@ -132,6 +135,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         _add(dropped, s.dropped)
         _add(detail, s.dropped_detail)
         _add(matched, s.matched)
+        _add(rejected, s.rejected)
         _add(actions, s.actions)
         hist = _add_histogram(hist, s.action_latency)
         for endpoint, up in s.kea_up.items():
@@ -146,6 +150,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         dropped=dropped,
         dropped_detail=detail,
         matched=matched,
+        rejected=rejected,
         unmatched=unmatched,
         actions=actions,
         action_latency=hist,
