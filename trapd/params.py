@@ -10,6 +10,9 @@ Types (``Param.type``):
 
 =================  ==========================================================
 string             text; no NUL; ``max_length`` (default 1024) bounds it
+url                an ``http://`` or ``https://`` URL; a template's expressions are
+                   percent-encoded when rendered, so a trap value stays inside its
+                   path segment or query value
 integer            int, optional ``min`` / ``max``
 boolean            true/false/yes/no/on/off/1/0
 enum               one of ``choices``
@@ -30,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +41,7 @@ from typing import Any
 PARAM_TYPES = frozenset(
     {
         "string",
+        "url",
         "integer",
         "boolean",
         "enum",
@@ -177,6 +182,8 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
         if p.choices and value not in p.choices:
             raise ParamError(f"{name}: {_show(value)} is not one of {', '.join(p.choices)}")
         return value
+    if t == "url":
+        return _url(p, value, name)
     if t == "integer":
         if isinstance(value, bool):
             raise ParamError(f"{name}: expected an integer, got a boolean")
@@ -248,6 +255,22 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
         _check_json(value, name)
         return value
     raise ParamError(f"{name}: unknown type {t}")  # unreachable: checked in Param
+
+
+def _url(p: Param, value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ParamError(f"{name}: expected a URL, got {type(value).__name__}")
+    if len(value) > p.max_length:
+        raise ParamError(f"{name}: URL longer than {p.max_length} characters")
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
+        raise ParamError(f"{name}: a URL has no spaces or control characters: {_show(value)}")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ParamError(f"{name}: not an http:// or https:// URL: {_show(value)}")
+    if any(seg in (".", "..") for seg in parts.path.split("/")):
+        # Clients resolve these segments: the request would go somewhere else than written.
+        raise ParamError(f"{name}: a URL path has no . or .. segments: {_show(value)}")
+    return value
 
 
 def _check_json(value: Any, name: str) -> None:

@@ -2,12 +2,16 @@
 
 Parameters:
 
-``url`` (string, required)
-    ``http://`` or ``https://`` URL.
+``url`` (url, required)
+    ``http://`` or ``https://`` URL. A template's expressions are
+    percent-encoded when the rule renders it: ``https://h/hook/{{ ifDescr }}``
+    stays one path segment whatever the trap carries (``/``, ``?``, ``#``,
+    ``..`` included). Write the scheme and host as text.
 ``method`` (POST | PUT | PATCH, default POST)
 ``headers`` (mapping, optional)
     Extra request headers, e.g. ``Authorization``. Declared secret: masked
-    in ``trapd test``, dry-run log lines and ``trapd journal show``.
+    in ``trapd test``, dry-run log lines and ``trapd journal show``. A name
+    or value with a CR, LF or NUL is refused (permanent: it will not change).
 ``body`` (any JSON value, optional)
     What to send. Default: ``{"event": <the event as trapd listen prints
     it>, "rule": ..., "action_id": ...}``.
@@ -38,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any
 
@@ -47,13 +52,16 @@ from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, RetryableError, action
 
 RETRYABLE_STATUSES = frozenset({408, 429})
+_HEADER_BREAK = re.compile(r"[\r\n\x00]")
 ANSWER_KEPT = 1000  # characters of the answer stored in the journal's result
 
 
 @action(
     "webhook",
     params={
-        "url": Param("string", "http:// or https:// URL", required=True, max_length=4096),
+        "url": Param(
+            "url", "http:// or https:// URL (rendered values percent-encoded)", required=True, max_length=4096
+        ),
         "method": Param("enum", "HTTP method", choices=("POST", "PUT", "PATCH"), default="POST"),
         "headers": Param("mapping", "extra request headers", secret=True),
         "body": Param("any", "JSON body (default: the event, rule and action id)"),
@@ -83,6 +91,10 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     if body is None:
         body = {"event": ctx.event.to_dict(), "rule": ctx.rule, "action_id": ctx.action_id}
     headers = {str(k): str(v) for k, v in (params.get("headers") or {}).items()}
+    for k, v in headers.items():
+        if _HEADER_BREAK.search(k) or _HEADER_BREAK.search(v):
+            # Would split the request (header injection); a retry sends the same bytes again.
+            raise PermanentError(f"header {k[:60]!r}: a CR, LF or NUL in a header name or value")
     headers.setdefault("User-Agent", "trapd")
     timeout = float(params.get("timeout", 10.0))
     verify = bool(params.get("verify", True))
@@ -97,6 +109,9 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
                 response = await client.request(method, url, json=body, headers=headers, timeout=timeout)
     except httpx.TimeoutException as exc:
         raise RetryableError(f"{_where(url)}: no answer within {timeout:g}s ({type(exc).__name__})") from None
+    except httpx.LocalProtocolError as exc:
+        # The request itself is malformed (h11 refused to send it): it will stay malformed.
+        raise PermanentError(f"{_where(url)}: request refused by the HTTP client: {exc}") from None
     except httpx.TransportError as exc:
         if _certificate_refused(exc):
             raise PermanentError(f"{_where(url)}: TLS certificate not trusted: {exc}") from None

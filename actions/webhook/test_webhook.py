@@ -7,6 +7,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,8 +17,8 @@ import httpx
 import pytest
 from trapd_actions.webhook import webhook
 
-from trapd.dispatch.testing import make_context, rule_file_problems
-from trapd.params import validate
+from trapd.dispatch.testing import make_context, make_event, rule_file_problems
+from trapd.params import ParamError, validate
 from trapd.plugin import PermanentError, RetryableError
 
 
@@ -27,7 +28,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.received.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
-        status = {"/ok": 200, "/created": 201, "/bad": 400, "/fail": 503, "/busy": 429}.get(self.path, 404)
+        hooked = 200 if self.path.startswith("/hook/") else 404
+        status = {"/ok": 200, "/created": 201, "/bad": 400, "/fail": 503, "/busy": 429}.get(self.path, hooked)
         if self.path == "/slow":
             time.sleep(1.0)
             status = 200
@@ -141,9 +143,82 @@ async def test_tls_untrusted_is_permanent_and_ca_file_trusts(
 
 
 async def test_rejects_other_schemes() -> None:
-    with pytest.raises(PermanentError, match="not an http"):
+    with pytest.raises(ParamError, match="not an http"):
         await call(url="file:///etc/passwd")
+    with pytest.raises(PermanentError, match="not an http"):  # a params dict that skipped validation
+        await webhook.run({"url": "file:///etc/passwd"}, make_context())
 
 
 def test_example_yaml_is_a_valid_rule_file() -> None:
     assert rule_file_problems(Path(__file__).with_name("example.yaml")) == []
+
+
+# -- trap values rendered into a URL or a header (issue 14, item 5) ------------------------------
+
+HOSTILE = "../../admin?delete=all#frag"
+
+
+def _rendered_params(tmp_path: Path, url: str, ifdescr: str, **extra: Any) -> dict[str, Any]:
+    """Compile a rule with the real webhook plugin and render it for a trap carrying ``ifdescr``."""
+    from trapd.mibs import MibResolver
+    from trapd.plugin import load_actions
+    from trapd.rules import compile_rules
+
+    rule = {"name": "hook", "match": {"notification": "IF-MIB::linkDown"},
+            "actions": [{"action": "webhook", "url": url, "body": {"x": 1}, **extra}]}  # fmt: skip
+    path = tmp_path / "rules.yaml"
+    path.write_text(json.dumps({"rules": [rule]}), encoding="utf-8")
+    actions, _ = load_actions()
+    rules, problems = compile_rules([path], MibResolver.load(), actions)
+    assert [p for p in problems if p.severity == "error"] == []
+    event = make_event(
+        varbinds=[("IF-MIB::ifIndex", "Integer32", 17), ("IF-MIB::ifDescr", "OCTET STRING", ifdescr)]
+    )
+    outcome = rules.evaluate(event)
+    assert outcome.rejected == (), outcome.rejected
+    (planned,) = outcome.planned
+    return dict(planned.params)
+
+
+@pytest.mark.parametrize("value", [HOSTILE, "..", ".", "a/b", "x y%2F", "\\..\\admin"])
+async def test_a_trap_value_stays_inside_its_path_segment(
+    http_server: str, tmp_path: Path, value: str
+) -> None:
+    params = _rendered_params(tmp_path, f"http://{http_server}/hook/{{{{ ifDescr }}}}/tail", value)
+    async with httpx.AsyncClient() as client:
+        await webhook.run(params, make_context(http=client))
+    (req,) = Handler.received
+    segment = req["path"].removeprefix("/hook/").removesuffix("/tail")
+    assert "/" not in segment and "?" not in segment and "#" not in segment, req["path"]
+    assert segment not in ("..", "."), req["path"]
+    assert urllib.parse.unquote(segment) == value
+
+
+async def test_a_trap_value_stays_inside_its_query_value(http_server: str, tmp_path: Path) -> None:
+    params = _rendered_params(
+        tmp_path, f"http://{http_server}/hook/q?port={{{{ ifDescr }}}}&x=1", HOSTILE + "&y=2"
+    )
+    async with httpx.AsyncClient() as client:
+        await webhook.run(params, make_context(http=client))
+    (req,) = Handler.received
+    path, _, query = req["path"].partition("?")
+    assert path == "/hook/q"
+    assert urllib.parse.parse_qs(query) == {"port": [HOSTILE + "&y=2"], "x": ["1"]}
+
+
+async def test_crlf_in_a_header_value_is_permanent(http_server: str, tmp_path: Path) -> None:
+    params = _rendered_params(
+        tmp_path, f"http://{http_server}/hook/h", "a\r\nX-Injected: 1", headers={"X-Port": "{{ ifDescr }}"}
+    )
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(PermanentError, match="header"):
+            await webhook.run(params, make_context(http=client))
+    assert Handler.received == []
+
+
+def test_check_refuses_a_url_whose_scheme_or_host_is_a_template(tmp_path: Path) -> None:
+    rule = {"name": "hook", "match": {"notification": "IF-MIB::linkDown"},
+            "actions": [{"action": "webhook", "url": "{{ ifDescr }}/x"}]}  # fmt: skip
+    path = tmp_path / "rules.yaml"
+    path.write_text(json.dumps({"rules": [rule]}), encoding="utf-8")
+    assert any("scheme and host as text" in p for p in rule_file_problems(path))

@@ -172,7 +172,7 @@ class ActionCompiler:
                     km,
                 )
                 continue
-            val = self.values.value(v, vm, scope, f"{name}.{k}")
+            val = self.values.value(v, vm, scope, f"{name}.{k}", url=p.type == "url")
             self._static_param_check(name, k, p, v, val, vm)
             params[k] = val
         for k, p in spec.params.items():
@@ -255,6 +255,12 @@ class ActionCompiler:
                         "means it can never validate",
                         mark,
                     )
+            if p.type == "url" and not val.source.startswith(("http://", "https://")):
+                self.problems.error(
+                    f"{action}.{name}: write the URL's scheme and host as text; "
+                    "values rendered into a URL are percent-encoded",
+                    mark,
+                )
             if p.type in ("list", "mapping"):
                 self.problems.error(
                     f"{action}.{name} is a {p.type}; write it as a YAML {p.type}, not one template", mark

@@ -31,12 +31,17 @@ class ValueCompiler:
         self.ctx = ctx
         self.problems = ctx.problems
         # The same template text is compiled once per file set (a rule set repeats "{{ source }}").
-        self._templates: dict[str, tuple[jinja2.Template, TemplateInfo]] = {}
+        self._templates: dict[tuple[str, bool], tuple[jinja2.Template, TemplateInfo]] = {}
 
-    def value(self, node: Any, mark: Mark | None, scope: RuleScope | None, what: str) -> Value:
-        """A parameter value: templates compiled (and checked) now; lists and mappings recursively."""
+    def value(
+        self, node: Any, mark: Mark | None, scope: RuleScope | None, what: str, *, url: bool = False
+    ) -> Value:
+        """A parameter value: templates compiled (and checked) now; lists and mappings recursively.
+
+        ``url``: a ``url`` parameter, whose expressions are percent-encoded when rendered.
+        """
         if isinstance(node, str) and is_template(node):
-            return self._template(node, mark, scope, what)
+            return self._template(node, mark, scope, what, url=url)
         if isinstance(node, YList):
             return ListOf([self.value(v, where(node, i), scope, f"{what}[{i}]") for i, v in enumerate(node)])
         if isinstance(node, YDict):
@@ -45,11 +50,13 @@ class ValueCompiler:
             )
         return Const(node)
 
-    def _template(self, source: str, mark: Mark | None, scope: RuleScope | None, what: str) -> Value:
+    def _template(
+        self, source: str, mark: Mark | None, scope: RuleScope | None, what: str, *, url: bool = False
+    ) -> Value:
         try:
-            hit = self._templates.get(source)
+            hit = self._templates.get((source, url))
             if hit is None:
-                hit = self._templates[source] = analyse(source)
+                hit = self._templates[(source, url)] = analyse(source, url=url)
             tmpl, info = hit
         except jinja2.TemplateSyntaxError as exc:
             at = Mark(mark.file, mark.line + max((exc.lineno or 1) - 1, 0), mark.column) if mark else None

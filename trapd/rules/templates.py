@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,18 +140,35 @@ class _Sandbox(SandboxedEnvironment):
         return left**right
 
 
-def make_environment() -> SandboxedEnvironment:
+def url_component(value: Any) -> str:
+    """What one ``{{ expression }}`` puts into a URL: percent-encoded, so it stays in its slot.
+
+    Everything but RFC 3986's unreserved characters is encoded, so a trap value
+    cannot add a path segment, a query parameter or a fragment. A value that is
+    only dots would still be a ``.``/``..`` segment that clients resolve, so its
+    dots are encoded too (``%2E`` is not resolved).
+    """
+    text = urllib.parse.quote(str(value), safe="")
+    if text and text.strip(".") == "":
+        return "%2E" * len(text)
+    return text
+
+
+def make_environment(*, url: bool = False) -> SandboxedEnvironment:
     env = _Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,
         cache_size=0,  # every template is compiled once and kept by its rule
+        finalize=url_component if url else None,
     )
     env.filters.update(FILTERS)
     return env
 
 
 ENV = make_environment()
+# For parameters of type ``url``: each expression's output is percent-encoded (the literal text is not).
+URL_ENV = make_environment(url=True)
 JINJA_GLOBALS = frozenset(ENV.globals)
 
 # Errors a render can raise: Jinja's own (undefined names, sandbox refusals)
@@ -173,9 +191,14 @@ class TemplateInfo:
     path: tuple[str, ...] | None = None
 
 
-def analyse(source: str) -> tuple[jinja2.Template, TemplateInfo]:
-    """Compile once; jinja2.TemplateSyntaxError on bad syntax (the caller adds the position)."""
-    ast = ENV.parse(source)
+def analyse(source: str, *, url: bool = False) -> tuple[jinja2.Template, TemplateInfo]:
+    """Compile once; jinja2.TemplateSyntaxError on bad syntax (the caller adds the position).
+
+    ``url``: the template renders a URL; every expression's output is
+    percent-encoded (see :func:`url_component`).
+    """
+    env = URL_ENV if url else ENV
+    ast = env.parse(source)
     variables = frozenset(meta.find_undeclared_variables(ast))
     fields: set[str] = set()
     for node in ast.find_all(nodes.Getattr):
@@ -187,7 +210,8 @@ def analyse(source: str) -> tuple[jinja2.Template, TemplateInfo]:
         if named_item and isinstance(arg, nodes.Const) and isinstance(arg.value, str):
             fields.add(arg.value)
     literal = "".join(n.data for n in ast.find_all(nodes.TemplateData))
-    return ENV.from_string(ast), TemplateInfo(variables, frozenset(fields), literal, _simple_path(ast))
+    path = None if url else _simple_path(ast)  # the fast path would skip the encoding
+    return env.from_string(ast), TemplateInfo(variables, frozenset(fields), literal, path)
 
 
 def _simple_path(ast: nodes.Template) -> tuple[str, ...] | None:
