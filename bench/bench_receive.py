@@ -60,6 +60,7 @@ class Pipeline:
         from trapd.normalize import Normalizer
         from trapd.plugin import load_actions
         from trapd.service.daemon import Daemon
+        from trapd.service.lifecycle import build_rules
 
         (workdir / "rules.yaml").write_text(bench_storm.rules_text(n_rules, journaled))
         path = bench_storm.pipeline_config(workdir, 0, 0, None)
@@ -69,7 +70,7 @@ class Pipeline:
         daemon.resolver = MibResolver.load(config.mibs, config.state_dir)
         daemon.normalizer = Normalizer(daemon.resolver)
         daemon.actions, _ = load_actions()
-        daemon.rules = daemon._build_rules(config)
+        daemon.rules = build_rules(config, daemon.resolver, daemon.actions, daemon.log)
         daemon.limiter = SourceLimiter(config.listener.rate_limit, daemon.rules.clearing_oids)
         self.daemon = daemon
         self.config = config

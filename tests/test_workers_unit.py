@@ -8,7 +8,6 @@ shared by workers, event ids after fork, and the worker= log field.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
@@ -28,9 +27,9 @@ from trapd.dispatch.stats import Histogram
 from trapd.listener.config import ListenAddress, RateLimit
 from trapd.service.channel import Channel, ChannelClosed, encode
 from trapd.service.config import MAX_WORKERS, ServiceConfig
-from trapd.service.daemon import _load_with_overrides
 from trapd.service.logging import configure_logging, get_logger, set_process_fields
 from trapd.service.metrics import DaemonSnapshot
+from trapd.service.options import RunOptions
 from trapd.service.snapshots import RetiredCounts, from_wire, sum_snapshots, to_wire
 from trapd.service.workers import RestartPolicy, open_reuseport_sockets, per_worker_config
 from trapd.yamlsource import ConfigError, load_yaml
@@ -60,13 +59,10 @@ def test_bad_workers_are_refused_with_their_place(value: str) -> None:
 def test_the_command_line_overrides_workers(tmp_path: Path) -> None:
     path = tmp_path / "trapd.yaml"
     path.write_text("state_dir: state\nservice: {workers: 3}\n")
-    args = argparse.Namespace(config=str(path), workers=None)
-    assert _load_with_overrides(args).service.workers == 3
-    args.workers = 1
-    assert _load_with_overrides(args).service.workers == 1
-    args.workers = 0
+    assert RunOptions(config=path).load().service.workers == 3
+    assert RunOptions(config=path, workers=1).load().service.workers == 1
     with pytest.raises(ConfigError, match=r"service\.workers"):
-        _load_with_overrides(args)
+        RunOptions(config=path, workers=0).load()
 
 
 def test_each_worker_takes_its_share_of_the_global_rate_limit_only() -> None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trapd.mibindex import index_builder_modules
+from trapd.mibindex import SHIPPED_INDEX, index_builder_modules, source_files
 
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
 _MODULE_RE = re.compile(
@@ -235,8 +235,6 @@ def compile_site(
     Returns ``(index, problems)``. Raises only for failures of the machinery
     itself (the caller turns those into a problem line).
     """
-    from trapd.mibs import source_files
-
     site, problems = scan_sources(source_files(dirs))
     stubs = StubSet(shipped)
     wanted = sorted(m for m in site if m not in stubs.names)
@@ -364,8 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("dirs", nargs="*", type=Path)
     args = ap.parse_args(argv)
-    from trapd.mibs import SHIPPED_INDEX
-
     try:
         shipped = json.loads(SHIPPED_INDEX.read_text(encoding="utf-8"))
     except (OSError, ValueError):

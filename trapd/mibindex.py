@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = 1
+# The index built from pysnmp's and pysnmp-mibs' modules, shipped in the wheel.
+SHIPPED_INDEX = Path(__file__).with_name("data") / "mib-index.json"
 
 # Node kinds, as stored in the index.
 KINDS = ("node", "identity", "module", "table", "row", "column", "scalar", "notification")
@@ -283,3 +285,15 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def source_files(dirs: Iterable[Path]) -> list[Path]:
+    """MIB source candidates: regular, non-hidden files directly in each directory, by name."""
+    out: list[Path] = []
+    for d in dirs:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            continue
+        out += [Path(e.path) for e in entries if not e.name.startswith(".") and e.is_file()]
+    return out

@@ -52,10 +52,13 @@ from pathlib import Path
 from typing import Any
 
 from trapd.listener.raw import Oid
+
+# mibcompile needs these too: kept in mibindex (which imports nothing of trapd), not here,
+# so that mibs -> mibcompile is the only arrow between the two.
+from trapd.mibindex import SHIPPED_INDEX, source_files
 from trapd.yamlsource import ConfigError, check_keys, expect, where
 
 DEFAULT_DIRS = (Path("/usr/share/snmp/mibs"), Path("/etc/trapd/mibs"))
-SHIPPED_INDEX = Path(__file__).with_name("data") / "mib-index.json"
 SITE_INDEX_NAME = "site-index.json"
 SNAPSHOT_NAME = "resolver.marshal"
 SNAPSHOT_FORMAT = 1
@@ -491,18 +494,6 @@ class SiteIndex:
     problems: list[str]
     compiled: bool  # True when this call ran the compiler (the cache was stale)
     cached: bool = True  # False when the result could not be kept (the next start compiles again)
-
-
-def source_files(dirs: Iterable[Path]) -> list[Path]:
-    """MIB source candidates: regular, non-hidden files directly in each directory, by name."""
-    out: list[Path] = []
-    for d in dirs:
-        try:
-            entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError:
-            continue
-        out += [Path(e.path) for e in entries if not e.name.startswith(".") and e.is_file()]
-    return out
 
 
 def _shipped_tag() -> str:

@@ -58,11 +58,14 @@ def main(args: argparse.Namespace) -> int:
 
     # Off while start-up builds what trapd keeps; trapd.service.daemon.settle_memory turns it back on.
     gc.disable()
-    from trapd.service.daemon import load_daemon_config, run_daemon
+    from trapd.service.options import RunOptions
 
-    config = load_daemon_config(args)
+    options = RunOptions.from_args(args)
+    config = options.load_or_exit()
     if config.service.workers > 1:
         from trapd.service.workers import run_supervisor
 
-        return run_supervisor(config, args)
-    return run_daemon(config, args)
+        return run_supervisor(config, options)
+    from trapd.service.daemon import run_daemon
+
+    return run_daemon(config, options)

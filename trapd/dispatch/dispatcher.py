@@ -62,6 +62,7 @@ from trapd.dispatch.stats import DispatchStats
 from trapd.event import Event
 from trapd.plugin import ActionContext, ActionError, ActionSpec, PermanentError
 from trapd.rules.outcome import Outcome, PlannedAction
+from trapd.service.logging import RateLimitedLog
 
 if TYPE_CHECKING:
     import httpx
@@ -123,6 +124,15 @@ class _Job:
         return self.event
 
 
+# Seconds between two lines about the same failing action and kind of error (docs/service.md, "Logging").
+FAILURE_LOG_INTERVAL = 10.0
+
+
+def _job_fields(job: _Job) -> dict[str, str]:
+    """What the action's own log is bound to, for a line written through the failure log."""
+    return {"event_id": job.event_id, "rule": job.rule, "action": job.action, "action_id": str(job.id)}
+
+
 class Dispatcher:
     """Runs planned actions from the journal. One per daemon; see the module docstring.
 
@@ -148,6 +158,9 @@ class Dispatcher:
         self.http = http
         self._own_http = http is None
         self.log = log if log is not None else structlog.get_logger("trapd.dispatch")
+        # An action failing for every trap of a storm (its Kea endpoint down, a webhook refusing)
+        # writes one line per action, outcome and kind of error per interval, with suppressed=N.
+        self._failure_log = RateLimitedLog(self.log, FAILURE_LOG_INTERVAL)
         self.settings = dict(settings or {})
         self.stats = DispatchStats()
         self.breakers: dict[str, Breaker] = {}
@@ -237,6 +250,7 @@ class Dispatcher:
             if late:
                 self.log.warning("actions still running at shutdown: they will run again", count=len(late))
         await asyncio.gather(*self._workers, return_exceptions=True)
+        self._failure_log.flush(force=True)
         # Claimed when journaled but never started: back to pending, so the next start does not
         # count them as interrupted (with hold-unsafe it would hold them for an operator).
         self._unclaim([job.id for job in self._loaded.values() if job.claimed])
@@ -636,6 +650,7 @@ class Dispatcher:
 
     async def _maintain(self) -> None:
         now = time.time()
+        self._failure_log.flush()  # the counts held back, once their interval is over
         if await self.journal.changed():
             self._poke()  # `trapd journal retry / release / cancel` wrote to the journal
         for e in await self.journal.expire_held(now):
@@ -774,7 +789,7 @@ class Dispatcher:
             answered = getattr(exc, "endpoint", None)
             if isinstance(answered, str) and answered:
                 await self._answered_async(answered)  # it refused, so it is up
-            await self._dead(job, log, f"permanent error: {exc}", time.time(), attempt)
+            await self._dead(job, log, f"permanent error: {exc}", time.time(), attempt, type(exc).__name__)
         except Exception as exc:
             await self._failed(job, log, exc, attempt, begun)
         else:
@@ -827,7 +842,14 @@ class Dispatcher:
             reason = str(exc) or type(exc).__name__
         else:
             reason = f"{type(exc).__name__}: {exc}"
-            log.exception("action raised an unexpected error; retrying", error=reason)
+            self._failure_log.log(
+                "error",
+                (job.action, "unexpected", type(exc).__name__),
+                "action raised an unexpected error; retrying",
+                **_job_fields(job),
+                error=reason,
+                exc_info=exc,
+            )
         endpoint = getattr(exc, "endpoint", None)
         if isinstance(endpoint, str) and endpoint:
             self._routes[(job.action, _target(job.params))] = endpoint
@@ -844,18 +866,24 @@ class Dispatcher:
         else:
             endpoint = None
         if attempt >= job.max_attempts:
-            await self._dead(job, log, f"gave up after {attempt} attempts: {reason}", now, attempt)
+            await self._dead(
+                job, log, f"gave up after {attempt} attempts: {reason}", now, attempt, type(exc).__name__
+            )
             return
         due = now + self._backoff(job, attempt)
         if endpoint is not None and endpoint in self.breakers and self.breakers[endpoint].open_until > due:
             due = self.breakers[endpoint].open_until
         if due > job.not_after:
-            await self._dead(job, log, f"max age reached after {attempt} attempts: {reason}", now, attempt)
+            await self._dead(
+                job, log, f"max age reached after {attempt} attempts: {reason}", now, attempt, "max-age"
+            )
             return
         await self.journal.retry_later(job.id, due, reason, endpoint)
         self.stats.count(job.action, "retry")
-        log.warning(
+        self._failure_log.warning(
+            (job.action, "retry", type(exc).__name__, endpoint),
             "action failed; will retry",
+            **_job_fields(job),
             attempt=attempt,
             max_attempts=job.max_attempts,
             retry_in=round(due - now, 3),
@@ -869,10 +897,20 @@ class Dispatcher:
         base: float = min(job.backoff * (2.0 ** (attempt - 1)), max(d.max_backoff, job.backoff))
         return base * (1.0 - d.jitter * random.random())
 
-    async def _dead(self, job: _Job, log: Any, reason: str, now: float, attempt: int = 0) -> None:
+    async def _dead(
+        self, job: _Job, log: Any, reason: str, now: float, attempt: int = 0, why: str = "dead"
+    ) -> None:
+        """``why``: the kind of end (a key of the failure log: one line per action and kind per interval)."""
         self._finish(job.id, "dead", now, None, reason, job.begun)
         self.stats.count(job.action, "dead")
-        log.error("action dead", reason=reason, attempts=attempt, hint=f"trapd journal retry {job.id}")
+        self._failure_log.error(
+            (job.action, "dead", why),
+            "action dead",
+            **_job_fields(job),
+            reason=reason,
+            attempts=attempt,
+            hint=f"trapd journal retry {job.id}",
+        )
         self._done_blocking(job.key)
 
     def _finish(

@@ -1,8 +1,10 @@
 """Plugin loading glue: the installed actions for the daemon, and the dispatcher built around them.
 
-The daemon calls :func:`open_dispatcher` once at start-up::
+The daemon (trapd.service.daemon, each worker too) calls :func:`open_dispatcher`
+once at start-up; it is the one place that opens the journal for running
+actions and that warns about settings for a plugin that is not installed::
 
-    dispatcher = await open_dispatcher(config, kea_clients, log=log)
+    dispatcher = await open_dispatcher(config, kea_clients, log=log, actions=actions)
     await dispatcher.start()
     ...
     await dispatcher.stop()
@@ -52,13 +54,18 @@ async def open_dispatcher(
     http: httpx.AsyncClient | None = None,
     log: Any = None,
     actions: Mapping[str, ActionSpec] | None = None,
+    owner: str | None = None,
 ) -> Dispatcher:
-    """Open the journal in ``config.state_dir`` and build the dispatcher (not started yet)."""
+    """Open the journal in ``config.state_dir`` and build the dispatcher (not started yet).
+
+    ``actions``: the loaded plugins (default: load them now); ``owner``: the
+    journal owner a worker of several claims rows as (trapd.service.workers).
+    """
     log = log if log is not None else structlog.get_logger("trapd.dispatch")
     specs = dict(actions) if actions is not None else load_plugins(log)
     for name in unknown_settings(specs, config.actions):
         log.warning("settings for an action plugin that is not installed", plugin=name)
     jc = config.dispatch.journal
-    journal = open_journal(jc.file(config.state_dir), jc)
+    journal = open_journal(jc.file(config.state_dir), jc, owner=owner)
     await journal.open()
     return Dispatcher(config.dispatch, journal, specs, kea, http, log, config.actions)

@@ -10,30 +10,50 @@ dispatcher, which journals them before anything runs.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
 import signal
-import sys
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from trapd.config import DEFAULT_CONFIG, Config, load_config
+from trapd.config import Config
 from trapd.event import Event
-from trapd.listener.config import parse_listen
 from trapd.listener.raw import DEFER_ACK, RawNotification
 from trapd.listener.stats import DropLog
 from trapd.rules.outcome import Outcome
-from trapd.secrets import Secret
+from trapd.service.health import Health
+from trapd.service.lifecycle import (
+    Loaded,
+    apply_logging,
+    compile_reload,
+    failure_reason,
+    load_startup,
+    start_metrics,
+    status_loop,
+    warn_restart_needed,
+)
+from trapd.service.options import RunOptions
 from trapd.yamlsource import ConfigError
 
 if TYPE_CHECKING:
-    from trapd.service.workers import WorkerRole
+    import httpx
+
+    from trapd.dispatch.dispatcher import Dispatcher
+    from trapd.dispatch.journal import Journal
+    from trapd.kea.client import KeaClients
+    from trapd.listener.limits import SourceLimiter
+    from trapd.listener.udp import Listener
+    from trapd.mibs import MibResolver
+    from trapd.normalize import Normalizer
+    from trapd.plugin import ActionSpec
+    from trapd.rules import RuleSet
+    from trapd.service.exporter import MetricsServer
+    from trapd.service.metrics import DaemonSnapshot
 
 # Outcomes waiting for the dispatcher. Bounded so a storm that outruns the
 # journal cannot grow memory without limit; what overflows is counted.
@@ -42,51 +62,6 @@ if TYPE_CHECKING:
 SUBMIT_QUEUE_MAX = 10_000
 # Outcomes handed to the dispatcher in one submit_many (one group commit or a few).
 SUBMIT_BATCH = 500
-
-
-def load_daemon_config(args: argparse.Namespace) -> Config:
-    """trapd.yaml plus command-line overrides; exits with status 2 on a bad file."""
-    try:
-        return _load_with_overrides(args)
-    except ConfigError as exc:
-        print(f"trapd: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _load_with_overrides(args: argparse.Namespace) -> Config:
-    path: Path | None = Path(args.config) if getattr(args, "config", None) else None
-    if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
-    config = load_config(path) if path else Config(state_dir=Path("/var/lib/trapd"))
-    listener = config.listener
-    if getattr(args, "listen", None):
-        listener = replace(listener, listen=tuple(parse_listen(a) for a in args.listen))
-    if getattr(args, "community", None):
-        listener = replace(listener, communities=tuple(Secret(c, "command line") for c in args.community))
-    changes: dict[str, Any] = {"listener": listener}
-    if getattr(args, "rules", None):
-        changes["rules_files"] = tuple(Path(r).resolve() for r in args.rules)
-        changes["rules_dir"] = None
-    if getattr(args, "state_dir", None):
-        changes["state_dir"] = Path(args.state_dir).resolve()
-    if getattr(args, "dry_run", False):
-        changes["mode"] = "dry-run"
-    if getattr(args, "workers", None) is not None:
-        from trapd.service.config import parse_workers
-
-        changes["service"] = replace(config.service, workers=parse_workers(args.workers))
-    return config.with_overrides(**changes)
-
-
-def build_rules(cfg: Config, resolver: Any, actions: dict[str, Any], log: Any) -> Any:
-    """Compile the rule files ``cfg`` names; ConfigError (file:line:col) on the first problem."""
-    from trapd.rules import globally_capped, load_rules
-
-    capped = globally_capped(cfg.dispatch.caps, actions)
-    paths = cfg.rule_paths()
-    if not paths:
-        log.warning("no rule files configured: notifications are received and counted, nothing runs")
-    return load_rules(paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped)
 
 
 class LazyHttpClient:
@@ -100,7 +75,7 @@ class LazyHttpClient:
 
     def __init__(self, **options: Any) -> None:
         self._options = options
-        self._client: Any = None
+        self._client: httpx.AsyncClient | None = None
 
     def __getattr__(self, name: str) -> Any:
         if self._client is None:
@@ -142,6 +117,32 @@ class PipelineStats:
     submit_overflow: int = 0
 
 
+class Role(Protocol):
+    """What makes a Daemon one of several workers (trapd.service.workers.WorkerRole is the one)."""
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]: ...
+    @property
+    def preloaded(self) -> Loaded | None: ...
+    @property
+    def journal_owner(self) -> str: ...
+    def adjust(self, config: Config) -> Config: ...
+    async def attach(self, daemon: Daemon) -> None: ...
+    def reloaded(self, ok: bool, error: str | None) -> None: ...
+
+
+# The settings a reload of a lone daemon (or of one worker) cannot apply.
+RESTART_NEEDED = (
+    "listener.listen",
+    "listener.receive_buffer",
+    "state_dir",
+    "mibs",
+    "kea",
+    "dispatch",
+    "service.metrics",
+)
+
+
 class Daemon:
     """One running trapd. :meth:`run` returns the exit status.
 
@@ -151,16 +152,13 @@ class Daemon:
     metrics and talks to the supervisor instead of systemd.
     """
 
-    def __init__(
-        self, config: Config, args: argparse.Namespace | None = None, role: WorkerRole | None = None
-    ) -> None:
-        from trapd.service.health import Health
+    def __init__(self, config: Config, options: RunOptions | None = None, role: Role | None = None) -> None:
         from trapd.service.logging import get_logger
         from trapd.service.sdnotify import Notifier
 
         self.role = role
         self.config = role.adjust(config) if role is not None else config
-        self.args = args or argparse.Namespace()
+        self.options = options or RunOptions()
         self.log = get_logger("trapd")
         # A worker's READY/STATUS go to the supervisor, which speaks for the unit (NotifyAccess=main).
         self.notifier = Notifier(environ={}) if role is not None else Notifier()
@@ -180,18 +178,19 @@ class Daemon:
         # Why the last reload was refused (None: it worked, or none happened); shown in STATUS=.
         self._reload_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # Set in _start(); typed loosely here because their modules import late.
-        self.rules: Any = None
-        self.listener: Any = None
-        self.limiter: Any = None  # SourceLimiter: listener.rate_limit, with the rules' clearing OIDs
-        self.dispatcher: Any = None
-        self.journal: Any = None
-        self.kea: Any = None
-        self.metrics: Any = None
+        # Set in _start(). The receive path (_on_notification) only runs once they all are.
+        self.resolver: MibResolver
+        self.actions: dict[str, ActionSpec] = {}
+        self.rules: RuleSet
+        self.normalizer: Normalizer
+        # Set in _start() too; None until then (and after a start-up that failed half-way).
+        self.listener: Listener | None = None
+        self.limiter: SourceLimiter | None = None  # listener.rate_limit, with the rules' clearing OIDs
+        self.dispatcher: Dispatcher | None = None
+        self.journal: Journal | None = None
+        self.kea: KeaClients | None = None
+        self.metrics: MetricsServer | None = None
         self.http: LazyHttpClient | None = None
-        self.resolver: Any = None
-        self.normalizer: Any = None
-        self.actions: dict[str, Any] = {}
 
     def request_stop(self) -> None:
         """Stop as on SIGTERM (the supervisor's channel closed, in a worker)."""
@@ -261,14 +260,16 @@ class Daemon:
         from trapd.dispatch.dispatcher import DispatchOverloaded
 
         queue = self._submit_queue
+        dispatcher = self.dispatcher
+        assert dispatcher is not None  # started before this loop
         while True:
             batch = [await queue.get()]
             while len(batch) < SUBMIT_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
-                results: list[Any] = await self.dispatcher.submit_many([(e, o) for e, o, _ in batch])
+                results = await dispatcher.submit_many([(e, o) for e, o, _ in batch])
             except Exception as exc:
-                results = [exc] * len(batch)
+                results = [exc for _ in batch]
             for (event, outcome, ack), result in zip(batch, results, strict=True):
                 if ack is not None and not isinstance(result, BaseException):
                     ack()  # a v2c inform: journaled now, so its sender may stop resending
@@ -288,7 +289,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         try:
-            await self._start()
+            listener = await self._start()
         except Exception as exc:
             # Port in use, unreadable rules, a journal that cannot be opened: say which, in one
             # line, then exit non-zero so systemd's Restart=on-failure and `systemctl status` show it.
@@ -300,23 +301,31 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self._shutdown()
             return 1
-        from trapd.service.health import Health
-
         self.health = Health(True, "ok")
         self.notifier.ready(self._status_line())
         if self.role is not None:
             await self.role.attach(self)
         self.log.info(
             "trapd ready",
-            listen=[str(b.address) for b in self.listener.bound],
-            receive_buffer=[b.rcvbuf for b in self.listener.bound],
+            listen=[str(b.address) for b in listener.bound],
+            receive_buffer=[b.rcvbuf for b in listener.bound],
             rules=len(self.rules),
             mode=self.config.mode,
             metrics=self.metrics.url if self.metrics else None,
         )
         settle_memory()  # after READY=1: datagrams wait in the socket buffer meanwhile
         self._tasks.append(asyncio.create_task(self._reload_loop(), name="trapd-reload"))
-        self._tasks.append(asyncio.create_task(self._status_loop(), name="trapd-status"))
+        self._tasks.append(
+            asyncio.create_task(
+                status_loop(
+                    self.notifier,
+                    lambda: self.health.healthy,
+                    self._status_line,
+                    lambda: self.config.service.status_interval,
+                ),
+                name="trapd-status",
+            )
+        )
         self._tasks.append(asyncio.create_task(self._kernel_drop_loop(), name="trapd-kernel-drops"))
         await self._stop.wait()
         self.log.info("stopping")
@@ -326,50 +335,39 @@ class Daemon:
         self.log.info("stopped")
         return 0
 
-    async def _start(self) -> None:
-        from trapd.dispatch.dispatcher import Dispatcher
-        from trapd.dispatch.journal import open_journal
+    async def _start(self) -> Listener:
+        """Load, open and bind everything, in the order that fails cheapest first; returns the listener."""
+        import httpx
+
+        from trapd.dispatch.plugins import open_dispatcher
         from trapd.kea.client import KeaClients
         from trapd.listener.limits import SourceLimiter
         from trapd.listener.udp import Listener
-        from trapd.mibs import MibResolver
         from trapd.normalize import Normalizer
-        from trapd.plugin import load_actions
         from trapd.service.socket_activation import inherited_sockets
 
         cfg = self.config
         role = self.role
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        if role is not None and role.preloaded is not None:
-            # Forked from the supervisor, which loaded and checked all of this already.
-            self.resolver, self.actions, self.rules = role.preloaded
-        else:
-            self.resolver = MibResolver.load(cfg.mibs, cfg.state_dir)
-            for problem in self.resolver.problems:
-                self.log.warning("MIB problem", problem=problem)
-            self.actions, broken = load_actions()
-            for lp in broken:
-                self.log.error("action plugin failed to load", entry_point=lp.entry_point, error=lp.error)
-            self.rules = self._build_rules(cfg)
+        # A worker forked from the supervisor starts with what the supervisor loaded and checked.
+        loaded = role.preloaded if role is not None and role.preloaded is not None else None
+        if loaded is None:
+            loaded = load_startup(cfg, self.log)
+        self.resolver, self.actions, self.rules = loaded.resolver, loaded.actions, loaded.rules
         self.normalizer = Normalizer(self.resolver)
 
         self.kea = KeaClients(cfg.kea)
-        self.journal = open_journal(
-            cfg.dispatch.journal.file(cfg.state_dir),
-            cfg.dispatch.journal,
+        self.http = LazyHttpClient(timeout=30.0)
+        self.dispatcher = await open_dispatcher(
+            cfg,
+            self.kea,
+            # Passed through attribute by attribute: to an action it is the real client.
+            http=cast(httpx.AsyncClient, self.http),
+            log=self.log,
+            actions=self.actions,
             owner=role.journal_owner if role is not None else None,
         )
-        await self.journal.open()
-        self.http = LazyHttpClient(timeout=30.0)
-        self.dispatcher = Dispatcher(
-            cfg.dispatch,
-            self.journal,
-            self.actions,
-            self.kea,
-            http=cast(Any, self.http),
-            log=self.log,
-            settings=cfg.actions,
-        )
+        self.journal = self.dispatcher.journal
         await self.dispatcher.start()
         self._tasks.append(asyncio.create_task(self._submit_loop(), name="trapd-submit"))
         self._tasks.append(asyncio.create_task(self._probe_kea(), name="trapd-kea-probe"))
@@ -378,7 +376,7 @@ class Daemon:
             inherited, bind_config = list(role.sockets), False
         else:
             inherited = inherited_sockets()
-            bind_config = not inherited or bool(getattr(self.args, "listen", None))
+            bind_config = not inherited or self.options.binds_listen
         self.limiter = SourceLimiter(cfg.listener.rate_limit, self.rules.clearing_oids)
         self.listener = Listener(
             cfg.listener,
@@ -390,31 +388,17 @@ class Daemon:
         )
         await self.listener.start()
         if role is None:  # the supervisor serves the unit's metrics, summed over its workers
-            await self._start_metrics()
+            self.metrics = await start_metrics(cfg, self.snapshot, self._sockets, lambda: self.health)
+        return self.listener
 
-    def _build_rules(self, cfg: Config) -> Any:
-        return build_rules(cfg, self.resolver, self.actions, self.log)
-
-    async def _start_metrics(self) -> None:
-        from trapd.service.config import metrics_listen_of
-        from trapd.service.exporter import MetricsServer
-        from trapd.service.metrics import TrapdCollector, build_registry
-
-        listen = metrics_listen_of(self.config.service.metrics_listen, getattr(self.args, "metrics", None))
-        if listen is None:
-            return
-        collector = TrapdCollector(self.snapshot, self._sockets)
-        self.metrics = MetricsServer(build_registry(collector), lambda: self.health, listen.host, listen.port)
-        await self.metrics.start()
-
-    def _sockets(self) -> list[Any]:
+    def _sockets(self) -> list[socket.socket]:
         return list(self.listener.sockets) if self.listener is not None else []
 
     async def _probe_kea(self) -> None:
         """Say once, at start-up, which Kea endpoints are down or lack a command a rule needs."""
         from trapd.kea.probe import command_warnings, kea_uses, probe
 
-        if not len(self.kea):
+        if self.kea is None or not len(self.kea):
             return
         statuses = await probe(self.kea)
         for s in statuses:
@@ -476,23 +460,21 @@ class Daemon:
         Rules, mode, communities, v3 users, source filters, action settings and
         the log level and format change at once. Listen addresses, the state
         directory, MIBs, Kea endpoints, dispatch tuning and the metrics address
-        need a restart (a warning in the log says so). The loop is busy while
-        the new rules compile; datagrams arriving meanwhile wait in the
-        socket's receive buffer, so none is lost.
+        need a restart (a warning in the log says so). The new rules compile
+        in a thread (:func:`~trapd.service.lifecycle.compile_reload`): the old
+        ones keep serving, /healthz answers and WATCHDOG=1 goes on meanwhile.
         """
-        from trapd.service.health import Health
-
         self.notifier.reloading("reloading")
         self.health = Health(True, "reloading")
+        adjust = self.role.adjust if self.role is not None else None
         try:
-            config = _load_with_overrides(self.args)
-            if self.role is not None:
-                config = self.role.adjust(config)
-            rules = self._build_rules(config)
+            loaded = Loaded(self.resolver, self.actions, self.rules)
+            config, rules = await compile_reload(self.options, loaded, self.log, adjust)
             # Last of the fallible steps: a V3Receiver that cannot be built must not leave new rules behind.
-            self.listener.update_config(config.listener)
+            if self.listener is not None:
+                self.listener.update_config(config.listener)
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, ConfigError | OSError) else f"{type(exc).__name__}: {exc}"
+            reason = failure_reason(exc)
             self.stats.reloads["failed"] += 1
             self._reload_error = reason
             self.log.error("reload failed, keeping the running configuration", error=reason)
@@ -501,8 +483,8 @@ class Daemon:
             if self.role is not None:
                 self.role.reloaded(False, reason)
             return False
-        self._warn_restart_needed(config)
-        self._apply_logging(config)
+        warn_restart_needed(self.log, self.config, config, RESTART_NEEDED)
+        apply_logging(config)
         if self.dispatcher is not None:
             self.dispatcher.settings = dict(config.actions)
         if self.limiter is not None:
@@ -520,39 +502,6 @@ class Daemon:
         if self.role is not None:
             self.role.reloaded(True, None)
         return True
-
-    def _apply_logging(self, config: Config) -> None:
-        from trapd.service.logging import configure_logging
-
-        level = getattr(self.args, "log_level", None) or config.service.log_level
-        fmt = getattr(self.args, "log_format", None) or config.service.log_format
-        configure_logging(level, fmt)
-
-    def _warn_restart_needed(self, new: Config) -> None:
-        old = self.config
-        fixed = {
-            "listener.listen": (old.listener.listen, new.listener.listen),
-            "listener.receive_buffer": (old.listener.receive_buffer, new.listener.receive_buffer),
-            "state_dir": (old.state_dir, new.state_dir),
-            "mibs": (old.mibs, new.mibs),
-            "kea": (old.kea, new.kea),
-            "dispatch": (old.dispatch, new.dispatch),
-            "service.metrics": (old.service.metrics_listen, new.service.metrics_listen),
-        }
-        changed = [name for name, (a, b) in fixed.items() if a != b]
-        if changed:
-            self.log.warning("changed settings take effect at the next restart", settings=changed)
-
-    async def _status_loop(self) -> None:
-        from trapd.service.sdnotify import start_watchdog, stop_watchdog
-
-        watchdog = start_watchdog(self.notifier, lambda: self.health.healthy)
-        try:
-            while True:
-                await asyncio.sleep(self.config.service.status_interval)
-                self.notifier.status(self._status_line())
-        finally:
-            await stop_watchdog(watchdog)
 
     async def _kernel_drop_loop(self) -> None:
         """Log the datagrams the kernel dropped on trapd's sockets (receive buffer full), per interval.
@@ -591,7 +540,7 @@ class Daemon:
             line += f": {self._reload_error}"
         return line[:1000]
 
-    def snapshot(self) -> Any:
+    def snapshot(self) -> DaemonSnapshot:
         """Everything counted so far, in the shape the metrics exporter reads."""
         from trapd.service.metrics import DaemonSnapshot
 
@@ -615,15 +564,13 @@ class Daemon:
         )
 
 
-def run_daemon(config: Config, args: argparse.Namespace | None = None) -> int:
+def run_daemon(config: Config, options: RunOptions | None = None) -> int:
+    """`trapd run` with one process; returns the exit status."""
     from trapd.listener.udp import run_on_best_loop
-    from trapd.service.logging import configure_logging
 
-    level = getattr(args, "log_level", None) or config.service.log_level
-    fmt = getattr(args, "log_format", None) or config.service.log_format
-    configure_logging(level, fmt)
+    apply_logging(config)
     started = time.monotonic()
-    daemon = Daemon(config, args)
+    daemon = Daemon(config, options)
     rc = run_on_best_loop(daemon.run())
     daemon.log.debug("exit", seconds=round(time.monotonic() - started, 3), status=rc)
     return rc

@@ -394,7 +394,8 @@ class RateLimitedLog:
 
     def __init__(
         self,
-        logger: TrapdLogger,
+        # Any logger with a method per level name (TrapdLogger, a structlog logger, a test's).
+        logger: Any,
         interval: float = 10.0,
         *,
         max_keys: int = 1024,
@@ -416,7 +417,7 @@ class RateLimitedLog:
                 oldest = next(iter(self._keys))
                 self._write_pending(oldest, self._keys.pop(oldest))
             self._keys[key] = [now + self._interval, 0, None]
-            self._logger.log(level, event, **fields)
+            getattr(self._logger, level)(event, **fields)
             return True
         if now < entry[0]:
             entry[1] += 1
@@ -425,7 +426,7 @@ class RateLimitedLog:
         suppressed, entry[0], entry[1], entry[2] = entry[1], now + self._interval, 0, None
         if suppressed:
             fields = {**fields, "suppressed": suppressed}
-        self._logger.log(level, event, **fields)
+        getattr(self._logger, level)(event, **fields)
         return True
 
     def info(self, key: Hashable, event: str, **fields: Any) -> bool:
@@ -448,4 +449,4 @@ class RateLimitedLog:
     def _write_pending(self, key: Hashable, entry: list[Any]) -> None:
         if entry[1] and entry[2] is not None:
             level, event, fields = entry[2]
-            self._logger.log(level, event, **{**fields, "suppressed": entry[1]})
+            getattr(self._logger, level)(event, **{**fields, "suppressed": entry[1]})

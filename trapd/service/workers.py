@@ -37,7 +37,6 @@ so the child may start its own) and leaves with ``os._exit``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -51,15 +50,30 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trapd.config import Config
 from trapd.listener.config import ListenAddress
 from trapd.service.channel import Channel, ChannelClosed
+from trapd.service.daemon import Daemon
 from trapd.service.health import Health
+from trapd.service.lifecycle import (
+    Loaded,
+    apply_logging,
+    compile_reload,
+    failure_reason,
+    load_startup,
+    start_metrics,
+    status_loop,
+    warn_restart_needed,
+)
 from trapd.service.metrics import DaemonSnapshot
+from trapd.service.options import RunOptions
 from trapd.service.snapshots import RetiredCounts, from_wire, to_wire
-from trapd.yamlsource import ConfigError
+
+if TYPE_CHECKING:
+    from trapd.listener.v3 import EngineClock
+    from trapd.service.exporter import MetricsServer
 
 # A worker that died this many times within RESTART_WINDOW seconds is not coming back by itself.
 MAX_RESTARTS = 5
@@ -77,8 +91,8 @@ STOP_GRACE = 30.0
 
 _PR_SET_PDEATHSIG = 1
 
-# (resolver, actions, rules): what a worker forked from the supervisor starts with.
-Preloaded = tuple[Any, dict[str, Any], Any]
+# The settings a reload of the supervisor cannot apply (each worker warns about its own).
+RESTART_NEEDED = ("service.workers", "service.metrics", "listener.listen")
 
 
 def journal_owner(index: int) -> str:
@@ -111,9 +125,9 @@ class WorkerRole:
     count: int
     sockets: tuple[socket.socket, ...]
     channel_socket: socket.socket
-    preloaded: Preloaded | None = None
+    preloaded: Loaded | None = None
     _channel: Channel | None = None
-    _daemon: Any = None
+    _daemon: Daemon | None = None
 
     @property
     def journal_owner(self) -> str:
@@ -122,7 +136,7 @@ class WorkerRole:
     def adjust(self, config: Config) -> Config:
         return per_worker_config(config, self.count)
 
-    async def attach(self, daemon: Any) -> None:
+    async def attach(self, daemon: Daemon) -> None:
         """Called by the daemon once it is ready: open the channel, say ready, answer requests."""
         self._daemon = daemon
         self._channel = await Channel.open(self.channel_socket)
@@ -135,10 +149,8 @@ class WorkerRole:
                 self._channel.send({"op": "reloaded", "ok": ok, "error": error})
 
     async def _serve(self) -> None:
-        from trapd.service.daemon import Daemon
-
         channel, daemon = self._channel, self._daemon
-        assert channel is not None and isinstance(daemon, Daemon)
+        assert channel is not None and daemon is not None
         try:
             while True:
                 msg = await channel.receive()
@@ -264,23 +276,23 @@ class WorkerSlot:
 class Supervisor:
     """`trapd run` with service.workers > 1. :meth:`run` returns the exit status."""
 
-    def __init__(self, config: Config, args: argparse.Namespace | None = None) -> None:
+    def __init__(self, config: Config, options: RunOptions | None = None) -> None:
         from trapd.service.logging import get_logger
         from trapd.service.sdnotify import Notifier
 
         self.config = config
-        self.args = args or argparse.Namespace()
+        self.options = options or RunOptions()
         self.count = config.service.workers
         self.log = get_logger("trapd.supervisor")
         self.notifier = Notifier()
         self.pid = os.getpid()
         self.slots: list[WorkerSlot] = []
-        self.preloaded: Preloaded | None = None
-        self.clock: Any = None
+        self.preloaded: Loaded | None = None
+        self.clock: EngineClock | None = None
         self.retired = RetiredCounts()
         self.reloads: dict[str, int] = {}
         self.reload_error: str | None = None
-        self.metrics: Any = None
+        self.metrics: MetricsServer | None = None
         self._state = "starting"  # starting, running, stopping
         self._fatal: str | None = None
         self._seq = 0
@@ -297,7 +309,7 @@ class Supervisor:
         try:
             self._prepare()
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, ConfigError | OSError) else f"{type(exc).__name__}: {exc}"
+            reason = failure_reason(exc)
             self.log.error("start-up failed", error=reason)
             self.notifier.stopping(f"start-up failed: {reason}"[:500])
             return 1
@@ -328,25 +340,14 @@ class Supervisor:
     def _prepare(self) -> None:
         """Everything that may refuse to start, done once: rules, sockets, journal recovery, v3 boots."""
         from trapd.listener.v3 import advance_engine_clock, default_engine_id
-        from trapd.mibs import MibResolver
-        from trapd.plugin import load_actions
-        from trapd.service.daemon import build_rules
         from trapd.service.socket_activation import inherited_sockets
 
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        resolver = MibResolver.load(cfg.mibs, cfg.state_dir)
-        for problem in resolver.problems:
-            self.log.warning("MIB problem", problem=problem)
-        actions, broken = load_actions()
-        for lp in broken:
-            self.log.error("action plugin failed to load", entry_point=lp.entry_point, error=lp.error)
-        rules = build_rules(cfg, resolver, actions, self.log)
-        self.preloaded = (resolver, actions, rules)
+        self.preloaded = loaded = load_startup(cfg, self.log)
 
         inherited = inherited_sockets()
         own: list[list[socket.socket]] = [[] for _ in range(self.count)]
-        if not inherited or getattr(self.args, "listen", None):
+        if not inherited or self.options.binds_listen:
             own = open_reuseport_sockets(cfg.listener.listen, self.count, cfg.listener.receive_buffer)
         self.slots = [WorkerSlot(i, tuple(own[i]) + tuple(inherited)) for i in range(self.count)]
 
@@ -359,7 +360,7 @@ class Supervisor:
             workers=self.count,
             listen=sorted({_describe(s) for s in self.slots[0].sockets}),
             shared_sockets=len(inherited),
-            rules=len(rules),
+            rules=len(loaded.rules),
             engine_boots=self.clock.boots,
         )
 
@@ -372,7 +373,7 @@ class Supervisor:
         journal = open_journal(cfg.dispatch.journal.file(cfg.state_dir), cfg.dispatch.journal)
         await journal.open()
         try:
-            _, actions, _ = self.preloaded or (None, {}, None)
+            actions = self.preloaded.actions if self.preloaded is not None else {}
             return await recover_interrupted(
                 journal, actions, owner=None, interrupted=cfg.dispatch.interrupted
             )
@@ -413,13 +414,12 @@ class Supervisor:
                 os.environ.pop(key, None)  # the supervisor speaks for the unit; action programs see neither
             from trapd.listener.udp import run_on_best_loop
             from trapd.listener.v3 import pin_engine_clock
-            from trapd.service.daemon import Daemon
             from trapd.service.logging import set_process_fields
 
             set_process_fields(worker=slot.index)
             pin_engine_clock(self.clock)
             role = WorkerRole(slot.index, self.count, slot.sockets, channel_socket, self.preloaded)
-            daemon = Daemon(self.config, self.args, role)
+            daemon = Daemon(self.config, self.options, role)
             code = run_on_best_loop(daemon.run())
         except BaseException as exc:  # a child must never return into the parent's frames
             with contextlib.suppress(BaseException):
@@ -695,38 +695,24 @@ class Supervisor:
             line += f": {self.reload_error}"
         return line[:1000]
 
-    async def _status_loop(self) -> None:
-        from trapd.service.sdnotify import start_watchdog, stop_watchdog
-
-        watchdog = start_watchdog(self.notifier, self._responsive)
+    def _status_interval(self) -> float:
+        interval = self.config.service.status_interval  # a reload may change it
         wd = self.notifier.watchdog_interval()
-        try:
-            while True:
-                interval = self.config.service.status_interval  # a reload may change it
-                if wd is not None:
-                    interval = min(interval, wd / 4)  # liveness is judged from these answers
-                await asyncio.sleep(interval)
-                # No longer than an interval: a stuck worker must not delay asking the others.
-                await self._refresh(timeout=interval)
-                self.notifier.status(self._status_line())
-        finally:
-            await stop_watchdog(watchdog)
+        # Liveness (for WATCHDOG=1) is judged from the workers' answers to these requests.
+        return min(interval, wd / 4) if wd is not None else interval
+
+    async def _status_loop(self) -> None:
+        # No longer than an interval for the answers: a stuck worker must not delay asking the others.
+        await status_loop(
+            self.notifier, self._responsive, self._status_line, self._status_interval, self._refresh
+        )
 
     async def _start_metrics(self) -> None:
-        from trapd.service.config import metrics_listen_of
-        from trapd.service.exporter import MetricsServer
-        from trapd.service.metrics import TrapdCollector, build_registry
-
-        listen = metrics_listen_of(self.config.service.metrics_listen, getattr(self.args, "metrics", None))
-        if listen is None:
-            return
         sockets = [s for slot in self.slots for s in slot.sockets]
         unique = list({id(s): s for s in sockets}.values())
-        collector = TrapdCollector(self.snapshot, lambda: unique)
-        self.metrics = MetricsServer(
-            build_registry(collector), self.health, listen.host, listen.port, refresh=self._refresh
+        self.metrics = await start_metrics(
+            self.config, self.snapshot, lambda: unique, self.health, refresh=self._refresh
         )
-        await self.metrics.start()
 
     # ------------------------------------------------------------ reload
 
@@ -747,16 +733,13 @@ class Supervisor:
         a file changed between the two steps can make one worker refuse what
         another took; that is reported as a failed reload naming the worker.
         """
-        from trapd.service.daemon import _load_with_overrides, build_rules
-
         self.notifier.reloading("reloading")
         assert self.preloaded is not None
-        resolver, actions, _ = self.preloaded
+        resolver, actions = self.preloaded.resolver, self.preloaded.actions
         try:
-            config = _load_with_overrides(self.args)
-            rules = build_rules(config, resolver, actions, self.log)
+            config, rules = await compile_reload(self.options, self.preloaded, self.log)
         except Exception as exc:
-            return self._reload_failed(str(exc) if isinstance(exc, ConfigError | OSError) else repr(exc))
+            return self._reload_failed(failure_reason(exc))
         loop = asyncio.get_running_loop()
         asked: list[WorkerSlot] = []
         for slot in self.slots:
@@ -777,12 +760,12 @@ class Supervisor:
             slot.reload_result = None
         if problems:
             return self._reload_failed("; ".join(problems))
-        self._warn_restart_needed(config)
+        warn_restart_needed(self.log, self.config, config, RESTART_NEEDED)
         self.config = config
-        self.preloaded = (resolver, actions, rules)  # what a restarted worker starts with
+        self.preloaded = Loaded(resolver, actions, rules)  # what a restarted worker starts with
         self.reloads["ok"] = self.reloads.get("ok", 0) + 1
         self.reload_error = None
-        self._apply_logging(config)
+        apply_logging(config)
         self.log.info("reloaded", rules=len(rules), mode=config.mode, workers=len(asked))
         self.notifier.ready(self._status_line())
         return True
@@ -793,24 +776,6 @@ class Supervisor:
         self.log.error("reload failed, keeping the running configuration", error=reason)
         self.notifier.ready(f"reload failed, old configuration kept: {reason}"[:1000])
         return False
-
-    def _warn_restart_needed(self, new: Config) -> None:
-        old = self.config
-        fixed = {
-            "service.workers": (old.service.workers, new.service.workers),
-            "service.metrics": (old.service.metrics_listen, new.service.metrics_listen),
-            "listener.listen": (old.listener.listen, new.listener.listen),
-        }
-        changed = [name for name, (a, b) in fixed.items() if a != b]
-        if changed:
-            self.log.warning("changed settings take effect at the next restart", settings=changed)
-
-    def _apply_logging(self, config: Config) -> None:
-        from trapd.service.logging import configure_logging
-
-        level = getattr(self.args, "log_level", None) or config.service.log_level
-        fmt = getattr(self.args, "log_format", None) or config.service.log_format
-        configure_logging(level, fmt)
 
     # ------------------------------------------------------------ stop
 
@@ -873,11 +838,7 @@ def _describe(sock: socket.socket) -> str:
     return describe(sock)
 
 
-def run_supervisor(config: Config, args: argparse.Namespace | None = None) -> int:
+def run_supervisor(config: Config, options: RunOptions | None = None) -> int:
     """`trapd run` with service.workers > 1; returns the exit status."""
-    from trapd.service.logging import configure_logging
-
-    level = getattr(args, "log_level", None) or config.service.log_level
-    fmt = getattr(args, "log_format", None) or config.service.log_format
-    configure_logging(level, fmt)
-    return Supervisor(config, args).run()
+    apply_logging(config)
+    return Supervisor(config, options).run()

@@ -1,0 +1,182 @@
+"""What a lone daemon and the supervisor of several workers both do, written once.
+
+:class:`~trapd.service.daemon.Daemon` (one process, or one worker) and
+:class:`~trapd.service.workers.Supervisor` (``service.workers`` > 1) differ in
+what they run, not in how they start, reload, report and log. The steps they
+share live here:
+
+* :func:`load_startup`: the MIBs, the action plugins and the compiled rules,
+  with their problems logged (:class:`Loaded`);
+* :func:`compile_reload`: trapd.yaml and the rules again, on SIGHUP, in a
+  thread, so the event loop keeps receiving traps, answering /healthz and
+  sending WATCHDOG=1 while a big rule set compiles (the old rules serve
+  meanwhile);
+* :func:`apply_logging`, :func:`warn_restart_needed`, :func:`failure_reason`;
+* :func:`status_loop` (STATUS= and the watchdog) and :func:`start_metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from trapd.config import Config
+from trapd.yamlsource import ConfigError
+
+if TYPE_CHECKING:
+    import socket
+
+    from trapd.mibs import MibResolver
+    from trapd.plugin import ActionSpec
+    from trapd.rules import RuleSet
+    from trapd.service.exporter import MetricsServer
+    from trapd.service.health import Health
+    from trapd.service.logging import TrapdLogger
+    from trapd.service.metrics import DaemonSnapshot
+    from trapd.service.options import RunOptions
+    from trapd.service.sdnotify import Notifier
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What start-up loads before anything is bound: the MIB resolver, the actions, the rules.
+
+    The supervisor loads it once and its forked workers start with it.
+    """
+
+    resolver: MibResolver
+    actions: dict[str, ActionSpec]
+    rules: RuleSet
+
+
+def build_rules(
+    cfg: Config, resolver: MibResolver, actions: dict[str, ActionSpec], log: TrapdLogger
+) -> RuleSet:
+    """Compile the rule files ``cfg`` names; ConfigError (file:line:col) on the first problem."""
+    from trapd.rules import globally_capped, load_rules
+
+    capped = globally_capped(cfg.dispatch.caps, actions)
+    paths = cfg.rule_paths()
+    if not paths:
+        log.warning("no rule files configured: notifications are received and counted, nothing runs")
+    return load_rules(paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped)
+
+
+def load_startup(cfg: Config, log: TrapdLogger) -> Loaded:
+    """MIBs, action plugins and rules for ``cfg``: MIB and plugin problems are logged, rule problems raise."""
+    from trapd.dispatch.plugins import load_plugins
+    from trapd.mibs import MibResolver
+
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    resolver = MibResolver.load(cfg.mibs, cfg.state_dir)
+    for problem in resolver.problems:
+        log.warning("MIB problem", problem=problem)
+    actions = load_plugins(log)
+    return Loaded(resolver, actions, build_rules(cfg, resolver, actions, log))
+
+
+async def compile_reload(
+    options: RunOptions,
+    loaded: Loaded,
+    log: TrapdLogger,
+    adjust: Callable[[Config], Config] | None = None,
+) -> tuple[Config, RuleSet]:
+    """trapd.yaml and the rules, read and compiled again for a reload, off the event loop.
+
+    Compiling 10,000 rules takes seconds of CPU. On the loop that would stop
+    the receive path, /healthz and WATCHDOG=1 for as long (longer than
+    ``WatchdogSec`` gets the unit killed). In a thread the loop still runs
+    between the compiler's bytecodes (the GIL is handed over every 5 ms): traps
+    are handled by the old rules, slower, until the new ones are swapped in.
+    The MIB resolver is shared with the receive path; what the compiler uses
+    of it is read-only, or a cache where a lost entry costs a lookup.
+    Raises what loading raises (ConfigError for a bad file); nothing changes then.
+    """
+
+    def work() -> tuple[Config, RuleSet]:
+        config = options.load()
+        if adjust is not None:
+            config = adjust(config)
+        return config, build_rules(config, loaded.resolver, loaded.actions, log)
+
+    return await asyncio.to_thread(work)
+
+
+def apply_logging(config: Config) -> None:
+    """Level and format from ``config.service`` (command-line overrides are already in it)."""
+    from trapd.service.logging import configure_logging
+
+    configure_logging(config.service.log_level, config.service.log_format)
+
+
+# Settings a reload reads but cannot apply: they take effect at the next start.
+RESTART_NEEDED: dict[str, Callable[[Config], object]] = {
+    "service.workers": lambda c: c.service.workers,
+    "service.metrics": lambda c: c.service.metrics_listen,
+    "listener.listen": lambda c: c.listener.listen,
+    "listener.receive_buffer": lambda c: c.listener.receive_buffer,
+    "state_dir": lambda c: c.state_dir,
+    "mibs": lambda c: c.mibs,
+    "kea": lambda c: c.kea,
+    "dispatch": lambda c: c.dispatch,
+}
+
+
+def warn_restart_needed(log: TrapdLogger, old: Config, new: Config, names: Sequence[str]) -> None:
+    """One warning naming the settings among ``names`` (keys of RESTART_NEEDED) that a reload changed."""
+    changed = [name for name in names if RESTART_NEEDED[name](old) != RESTART_NEEDED[name](new)]
+    if changed:
+        log.warning("changed settings take effect at the next restart", settings=changed)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for a failed start or reload: a config or OS error as is, anything else with its type."""
+    return str(exc) if isinstance(exc, ConfigError | OSError) else f"{type(exc).__name__}: {exc}"
+
+
+async def status_loop(
+    notifier: Notifier,
+    healthy: Callable[[], bool],
+    status_line: Callable[[], str],
+    interval: Callable[[], float],
+    refresh: Callable[[float], Awaitable[None]] | None = None,
+) -> None:
+    """STATUS= every ``interval()`` seconds (a reload may change it) and WATCHDOG=1 while ``healthy()``.
+
+    ``refresh(timeout)`` runs before each STATUS= (the supervisor asks its
+    workers for their counters there, for no longer than an interval).
+    """
+    from trapd.service.sdnotify import start_watchdog, stop_watchdog
+
+    watchdog = start_watchdog(notifier, healthy)
+    try:
+        while True:
+            seconds = interval()
+            await asyncio.sleep(seconds)
+            if refresh is not None:
+                await refresh(seconds)
+            notifier.status(status_line())
+    finally:
+        await stop_watchdog(watchdog)
+
+
+async def start_metrics(
+    config: Config,
+    snapshot: Callable[[], DaemonSnapshot],
+    sockets: Callable[[], Sequence[socket.socket]],
+    health: Callable[[], Health],
+    refresh: Callable[[], Awaitable[None]] | None = None,
+) -> MetricsServer | None:
+    """/metrics and /healthz on ``config.service.metrics_listen``; None when that is off."""
+    listen = config.service.metrics_listen
+    if listen is None:
+        return None
+    from trapd.service.exporter import MetricsServer
+    from trapd.service.metrics import TrapdCollector, build_registry
+
+    collector = TrapdCollector(snapshot, sockets)
+    server = MetricsServer(build_registry(collector), health, listen.host, listen.port, refresh=refresh)
+    await server.start()
+    return server
