@@ -6,7 +6,7 @@ Two measurements, both bounded and loopback-only:
 process and one run, over the same distinct messages (each with its own msgID,
 salt/IV, ciphertext and MAC; bench/loadgen.py builds them as a switch would):
 
-* ``usm.receive``: trapd/listener/usm.py alone (parse, HMAC, AES, varbinds, RawNotification);
+* ``usm.receive``: trapd/listener/v3/usm.py alone (parse, HMAC, AES, varbinds, RawNotification);
 * ``listener fast``: ``Listener.handle_datagram`` with the fast path (what a datagram costs
   trapd after the socket: routing, counters, the hand-off);
 * ``listener pysnmp``: the same with the fast path switched off, i.e. pysnmp's engine
@@ -94,7 +94,7 @@ class _Quiet:
 def measure_cost(count: int, pysnmp_count: int, rounds: int) -> dict[str, Any]:
     from trapd.listener import Listener, ListenerConfig
     from trapd.listener.config import ListenAddress
-    from trapd.listener.usm import UsmFastPath
+    from trapd.listener.v3.usm import UsmFastPath
 
     users = (trapd_user(),)
     # Fresh messages per round (the fast path refuses replays), each one distinct.
@@ -120,7 +120,7 @@ def measure_cost(count: int, pysnmp_count: int, rounds: int) -> dict[str, Any]:
                 results["listener fast"].append(cpu_us_per_item(listener_receive(listener), batch))
                 assert listener.stats.received["v3"] == len(batch), listener.stats.to_dict()
             async with Listener(config, got, logger=_Quiet()) as listener:
-                listener._usm = None  # pysnmp's engine only, as before the fast path
+                listener._v3.fast = None  # pysnmp's engine only, as before the fast path
                 sample = batch[:pysnmp_count]
                 results["listener pysnmp"].append(cpu_us_per_item(listener_receive(listener), sample))
                 assert listener.stats.received["v3"] == len(sample), listener.stats.to_dict()
@@ -141,7 +141,7 @@ def pysnmp_traps(u: Any, count: int) -> list[bytes]:
     from pysnmp.proto import rfc1902
     from pysnmp.proto.api import v2c
 
-    from trapd.listener.v3 import _pysnmp_protocols
+    from trapd.listener.v3.adapters import pysnmp_protocols as _pysnmp_protocols
 
     sender_id = loadgen.V3User().engine_id
     sent: list[bytes] = []
@@ -174,7 +174,7 @@ def pysnmp_traps(u: Any, count: int) -> list[bytes]:
 
 def measure_matrix(count: int) -> list[tuple[str, str, float]]:
     """Fast-path µs per trap for other protocol pairs; messages built by pysnmp's engine."""
-    from trapd.listener.usm import UsmFastPath
+    from trapd.listener.v3.usm import UsmFastPath
 
     out = []
     pairs = [("MD5", "DES"), ("SHA", "AES-128"), ("SHA-256", "AES-128"), ("SHA-512", "AES-256")]
@@ -208,7 +208,7 @@ def serve(variant: str) -> int:
         listener = Listener(config, on_notification, logger=_Quiet())
         await listener.start()
         if variant == "pysnmp":
-            listener._usm = None
+            listener._v3.fast = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -39,7 +39,7 @@ import fuzz_fastpath  # noqa: E402
 import loadgen  # noqa: E402
 
 from trapd.listener.stats import DROP_REASONS  # noqa: E402
-from trapd.listener.usm import Refused, UsmFastPath  # noqa: E402
+from trapd.listener.v3.usm import Refused, UsmFastPath  # noqa: E402
 
 PAIRS = [
     ("SHA-256", "AES-128"),

@@ -4,7 +4,7 @@ pysnmp 7.1.30's USM appends the sender's engine ID to a timeline expiry list
 on every authenticated message and keeps that list for 300 s, so a v3
 receiver's memory grows with rate x 300 s (about 490 bytes per trap) before it
 levels off: 150 MB at 1,000 traps/s. trapd's V3Receiver swaps that list for a
-set (trapd/listener/v3.py, ``_make_usm``). This script shows both behaviours
+set (trapd/listener/v3/adapters.py, ``make_usm``). This script shows both behaviours
 side by side: it starts a receiver process per variant (trapd's Listener with
 one v3 user), sends it ``--count`` distinct authPriv traps (SHA-256 + AES-128,
 each with its own msgID, salt and MAC, built by bench/loadgen.py) at
@@ -77,11 +77,11 @@ def serve(variant: str) -> int:
         # This script measures pysnmp's v3 path (the fallback for informs and unknown senders);
         # turn trapd's fast USM path off so every trap goes through it. bench/bench_v3.py
         # measures the fast path.
-        listener._usm = None
+        listener._v3.fast = None
         if variant == "stock":
             from pysnmp.proto.secmod.rfc3414.service import SnmpUSMSecurityModel
 
-            listener._v3.engine.security_models[3] = SnmpUSMSecurityModel()
+            listener._v3.receiver.engine.security_models[3] = SnmpUSMSecurityModel()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -24,7 +24,8 @@ from trapd.listener import Listener, ListenerConfig, ListenerStats, RawNotificat
 from trapd.listener.config import ListenAddress, V3User
 from trapd.listener.stats import DropLog, read_kernel_drops
 from trapd.listener.udp import SourceFilter
-from trapd.listener.v3 import HeaderError, V3Receiver, default_engine_id, parse_header, varbinds_from_pysnmp
+from trapd.listener.v3 import HeaderError, V3Receiver, default_engine_id, parse_header
+from trapd.listener.v3.adapters import varbinds_from_pysnmp
 from trapd.secrets import Secret
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"

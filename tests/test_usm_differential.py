@@ -31,7 +31,7 @@ from usm_support import (
 
 from trapd.listener.config import V3User
 from trapd.listener.raw import RawNotification
-from trapd.listener.usm import UsmFastPath, localized_user
+from trapd.listener.v3.usm import UsmFastPath, localized_user
 
 SENDER = bytes.fromhex("8000000001020304")
 TRAPD = bytes.fromhex("80004fb805deadbeef")

@@ -17,7 +17,7 @@ from usm_support import craft, link_down_varbinds, random_varbinds, scoped_pdu, 
 from trapd.listener import Listener, ListenerConfig, RawNotification
 from trapd.listener.config import ListenAddress
 from trapd.listener.stats import DROP_REASONS
-from trapd.listener.usm import Refused, UsmFastPath, localized_user
+from trapd.listener.v3.usm import Refused, UsmFastPath, localized_user
 
 SENDER = bytes.fromhex("8000000001020304")
 TRAPD = bytes.fromhex("80004fb805aabbccddeeff0011")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from usm_support import AUTHS, PRIVS, user
 
-from trapd.listener.usm import (
+from trapd.listener.v3.usm import (
     AUTH_PROTOCOLS,
     PRIV_KEY_SIZES,
     extend_key_blumenthal,
@@ -42,7 +42,7 @@ def test_auth_keys_match_pysnmp(auth: str) -> None:
     from pysnmp.entity import config as pc
     from pysnmp.proto import rfc1902
 
-    from trapd.listener.v3 import _pysnmp_protocols
+    from trapd.listener.v3.adapters import pysnmp_protocols as _pysnmp_protocols
 
     engine = bytes.fromhex("80001f8880e9630000d61ff449")
     u = user("k", auth, "none", [engine], auth_key="a long auth passphrase")
@@ -62,7 +62,7 @@ def test_priv_keys_match_pysnmp_blumenthal(auth: str, priv: str) -> None:
     from pysnmp.entity import config as pc
     from pysnmp.proto import rfc1902
 
-    from trapd.listener.v3 import _pysnmp_protocols
+    from trapd.listener.v3.adapters import pysnmp_protocols as _pysnmp_protocols
 
     engine = bytes.fromhex("8000000001020304")
     u = user("k", auth, priv, [engine], priv_key="priv passphrase 1")

@@ -11,7 +11,7 @@ from usm_support import craft, link_down_varbinds, scoped_pdu, trap_pdu, user
 
 from trapd.listener import Listener, ListenerConfig, RawNotification
 from trapd.listener.config import ListenAddress
-from trapd.listener.usm import localized_user
+from trapd.listener.v3.usm import localized_user
 
 SENDER = bytes.fromhex("8000000001020304")
 OTHER = bytes.fromhex("80000000010a0b0c")

@@ -7,7 +7,14 @@ from usm_support import PysnmpReading, PysnmpTrapSender, craft, link_down_varbin
 
 from trapd.listener.config import V3User
 from trapd.listener.stats import DROP_REASONS
-from trapd.listener.usm import REPLAY_MEMORY, TIME_WINDOW, LocalizedUser, Refused, UsmFastPath, localized_user
+from trapd.listener.v3.usm import (
+    REPLAY_MEMORY,
+    TIME_WINDOW,
+    LocalizedUser,
+    Refused,
+    UsmFastPath,
+    localized_user,
+)
 
 SENDER = bytes.fromhex("8000000001020304")
 TRAPD = bytes.fromhex("80004fb805deadbeef")

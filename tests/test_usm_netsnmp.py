@@ -20,7 +20,7 @@ from usm_support import AUTHS, PysnmpReading, comparable, user
 
 from trapd.listener.config import V3User
 from trapd.listener.raw import RawNotification
-from trapd.listener.usm import UsmFastPath
+from trapd.listener.v3.usm import UsmFastPath
 
 pytestmark = [pytest.mark.integration, needs_netsnmp]
 

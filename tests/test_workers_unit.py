@@ -263,7 +263,7 @@ def test_restarts_older_than_the_window_are_forgotten() -> None:
 
 
 def test_the_supervisor_counts_boots_once_and_pinned_engines_keep_it(tmp_path: Path) -> None:
-    from trapd.listener import v3
+    from trapd.listener.v3 import clock as v3
 
     engine_id = bytes.fromhex("80001f8880aabbccdd")
     first = v3.advance_engine_clock(engine_id, tmp_path, now=time.time() - 100)
@@ -272,7 +272,7 @@ def test_the_supervisor_counts_boots_once_and_pinned_engines_keep_it(tmp_path: P
     assert boots_file.read_text() == "1"
     v3.pin_engine_clock(first)
     try:
-        engines = [v3._make_engine(engine_id, tmp_path) for _ in range(3)]  # three workers
+        engines = [v3.make_engine(engine_id, tmp_path) for _ in range(3)]  # three workers
     finally:
         v3.pin_engine_clock(None)
     assert boots_file.read_text() == "1"  # no worker counted it up again
@@ -284,18 +284,18 @@ def test_the_supervisor_counts_boots_once_and_pinned_engines_keep_it(tmp_path: P
         assert int(boots.syntax) == 1
         assert 99 <= int(etime.syntax.clone()) <= 102  # counted from the supervisor's start
     # Unpinned (a single trapd), pysnmp's own handling continues the same file.
-    engine = v3._make_engine(engine_id, tmp_path)
+    engine = v3.make_engine(engine_id, tmp_path)
     (boots,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots")
     assert int(boots.syntax) == 2 and boots_file.read_text() == "2"
     assert v3.advance_engine_clock(engine_id, tmp_path).boots == 3
 
 
 def test_a_pinned_clock_for_another_engine_id_is_not_used(tmp_path: Path) -> None:
-    from trapd.listener import v3
+    from trapd.listener.v3 import clock as v3
 
     v3.pin_engine_clock(v3.EngineClock(b"\x80\x00\x00\x01\x01", 42, time.time()))
     try:
-        engine = v3._make_engine(bytes.fromhex("80001f8880aabbccdd"), tmp_path)
+        engine = v3.make_engine(bytes.fromhex("80001f8880aabbccdd"), tmp_path)
     finally:
         v3.pin_engine_clock(None)
     (boots,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots")

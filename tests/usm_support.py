@@ -46,7 +46,7 @@ def user(
 
 
 def _protocols(u: V3User) -> tuple[Any, Any]:
-    from trapd.listener.v3 import _pysnmp_protocols
+    from trapd.listener.v3.adapters import pysnmp_protocols as _pysnmp_protocols
 
     return _pysnmp_protocols(u)
 

@@ -2,7 +2,7 @@
 
 Every decoder produces this shape: the fast BER path for v1/v2c
 (``trapd.listener.fastpath``), the fast USM path for v3 traps from known
-senders (``trapd.listener.usm``) and the pysnmp engine for the rest of v3
+senders (``trapd.listener.v3.usm``) and the pysnmp engine for the rest of v3
 (``trapd.listener.v3``). ``trapd.normalize`` turns it into an
 :class:`trapd.event.Event`. Varbinds are plain tuples rather than objects
 because this is the receive path: at 10,000 traps/s every allocation shows.

@@ -6,9 +6,9 @@ The order of the checks is the order of their cost::
     rate limit               ``limiter.check(source, data)``: token buckets (trapd.listener.limits)
     decode_unless_v3         reads the header once: v1/v2c decoded, v3 handed on (None)
     v1/v2c                   community in a set of bytes; inform -> Response from the same socket
-    v3:     UsmFastPath      traps from users' bound (or learned) sender engines; what it
-                             declines (informs, discovery, unknown users...) goes to
-            V3Receiver       pysnmp's engine behind trapd's socket
+    v3                       trapd.listener.v3.path.V3Path: the header read once, then
+                             UsmFastPath for traps from users' bound (or learned) sender
+                             engines, V3Receiver (pysnmp's engine) for the rest
 
 ``datagram_received`` never lets an exception out: asyncio would log a
 traceback per packet in a storm and, with some loops, close the endpoint.
@@ -33,13 +33,17 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from trapd.listener import fastpath
-from trapd.listener.config import ListenAddress, ListenerConfig, V3User
+from trapd.listener.config import ListenAddress, ListenerConfig
 from trapd.listener.limits import Over, SourceLimiter
 from trapd.listener.raw import DEFER_ACK, RawNotification, Security
 from trapd.listener.stats import DROP_REASONS, DropLog, ListenerStats
+
+if TYPE_CHECKING:  # the v3 path imports cryptography and pysnmp: only when v3 users exist
+    from trapd.listener.v3.path import V3Path
+    from trapd.listener.v3.usm import UsmFastPath
 
 # The callback may return DEFER_ACK for a v2c inform: it then owns ``raw.ack`` and calls
 # it once the notification is safe (the daemon: once its actions are journaled), or
@@ -219,8 +223,7 @@ class Listener:
             logger = get_logger("trapd.listener")
         self._log = logger
         self.drop_log = DropLog(self._emit_drop_line, drop_log_interval)
-        self._v3: Any = None  # V3Receiver, built in start() when v3 users exist
-        self._usm: Any = None  # usm.UsmFastPath: v3 traps from users' sender engines, before pysnmp
+        self._v3: V3Path | None = None  # built in start() when v3 users exist (_build_v3)
         self._endpoints: list[tuple[_Endpoint, asyncio.DatagramTransport]] = []
         self.bound: list[BoundSocket] = []
         self._housekeeping: asyncio.Task[None] | None = None
@@ -230,18 +233,7 @@ class Listener:
     async def start(self) -> None:
         """Open (or adopt) the sockets and start receiving. Raises OSError if a bind fails."""
         loop = asyncio.get_running_loop()
-        if self.config.v3_users:
-            from trapd.listener.v3 import V3Receiver
-
-            self._v3 = V3Receiver(
-                self.config.v3_users,
-                self._deliver,
-                self.stats,
-                engine_id=self.config.engine_id,
-                on_drop=self.drop_log.note,
-                state_dir=self._state_dir,
-            )
-            self._usm = self._v3_fast_path(self.config.v3_users, self._v3)
+        self._v3 = self._build_v3(self.config)
         opened: list[tuple[socket.socket, ListenAddress, bool, int]] = []
         try:
             if self._bind_config:
@@ -298,32 +290,35 @@ class Listener:
         """
         v3 = self._v3
         if config.v3_users != self.config.v3_users or config.engine_id != self.config.engine_id:
-            v3 = None
-            if config.v3_users:
-                from trapd.listener.v3 import V3Receiver
-
-                v3 = V3Receiver(
-                    config.v3_users,
-                    self._deliver,
-                    self.stats,
-                    engine_id=config.engine_id,
-                    on_drop=self.drop_log.note,
-                    state_dir=self._state_dir,
-                )
-            self._usm = self._v3_fast_path(config.v3_users, v3)
+            v3 = self._build_v3(config)
         self._v3 = v3
         self._communities = frozenset(c.reveal().encode() for c in config.communities)
         self._sources = SourceFilter(config.allowed_sources)
         self.config = replace(config, listen=self.config.listen, receive_buffer=self.config.receive_buffer)
 
-    def _v3_fast_path(self, users: Sequence[V3User], v3: Any) -> Any:
-        """The fast USM path beside ``v3`` (keeping the sender engines' time notions across reloads)."""
-        if v3 is None:
-            return None
-        from trapd.listener.usm import UsmFastPath
+    def _build_v3(self, config: ListenerConfig) -> V3Path | None:
+        """The v3 receive path for ``config`` (None without v3 users): the one place it is built.
 
-        previous = self._usm.timelines if self._usm is not None else None
-        return UsmFastPath(users, v3.engine_id, timelines=previous)
+        A reload's new path keeps what the current one learned of the sender engines.
+        """
+        if not config.v3_users:
+            return None
+        from trapd.listener.v3.path import V3Path
+
+        return V3Path.build(
+            config.v3_users,
+            self._deliver,
+            self.stats,
+            self.drop_log.note,
+            engine_id=config.engine_id,
+            state_dir=self._state_dir,
+            previous=self._v3,
+        )
+
+    @property
+    def _usm(self) -> UsmFastPath | None:
+        """The fast USM path of the current v3 path (tests and benches read its counters)."""
+        return self._v3.fast if self._v3 is not None else None
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -372,17 +367,6 @@ class Listener:
                 if self._v3 is None:
                     self._drop("unknown-user", "no-v3-users", host)
                     return
-                usm = self._usm
-                if usm is not None:  # traps from bound engines; None: not its kind, pysnmp decides
-                    try:
-                        raw = usm.receive(data, host, int(addr[1]), time.time())
-                    except usm.Refused as exc:
-                        self._drop(exc.reason, exc.detail, host)
-                        return
-                    if raw is not None:
-                        stats.received["v3"] += 1
-                        self._deliver(raw)
-                        return
                 self._v3.receive(data, addr, reply)
                 return
             if not self._any_community and msg.community not in self._communities:

@@ -1,0 +1,180 @@
+"""USM keys and the HMAC check: the one implementation both v3 receive paths use.
+
+Keys (RFC 3414 A.2, RFC 7860): the passphrase is stretched to 1 MiB and
+hashed once per user (:func:`password_to_key`, the "master key" Ku), then
+localized with each sender engine ID (:func:`localize_key`, Kul). The privacy
+key is derived with the user's authentication hash. AES-192/256 need more key
+than MD5, SHA-1 (and SHA-224 for AES-256) produce; the key is extended as in
+draft-blumenthal-aes-usm-04 section 3.1.2.1 (append the hash of the key so
+far), which is what net-snmp 5.9's AES-192/AES-256 do and what pysnmp calls
+``USM_PRIV_CFB*_AES_BLUMENTHAL``. (The "Reeder" extension, which Cisco's
+AES-192/256 use, re-runs password-to-key on the localized key; trapd's
+configuration has no name for it.)
+
+The fast path (:mod:`trapd.listener.v3.usm`) localizes every user to its
+bound engines when the configuration is loaded; the pysnmp-fed receiver
+(:mod:`trapd.listener.v3.receiver`) registers the same master keys with
+pysnmp and verifies the message of a new engine with :func:`authentic`
+before it teaches pysnmp that engine. tests/test_usm_keys.py holds both to
+the RFC test vectors and to pysnmp's own derivation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from trapd.listener.config import V3User
+from trapd.listener.raw import SecurityLevel
+
+__all__ = [
+    "AUTH_PROTOCOLS",
+    "LEVEL_NAMES",
+    "PRIV_KEY_SIZES",
+    "LocalizedUser",
+    "MasterKeys",
+    "authentic",
+    "extend_key_blumenthal",
+    "localize_key",
+    "localized_user",
+    "password_to_key",
+]
+
+# Auth protocol -> (hashlib name, length of the MAC in the message): RFC 3414 (HMAC-96) and RFC 7860.
+AUTH_PROTOCOLS: Final[dict[str, tuple[str, int]]] = {
+    "MD5": ("md5", 12),
+    "SHA": ("sha1", 12),
+    "SHA-224": ("sha224", 16),
+    "SHA-256": ("sha256", 24),
+    "SHA-384": ("sha384", 32),
+    "SHA-512": ("sha512", 48),
+}
+# Priv protocol -> octets of localized key it uses (DES: 8 of key + 8 of pre-IV, RFC 3414 8.1.1.1).
+PRIV_KEY_SIZES: Final[dict[str, int]] = {"DES": 16, "AES-128": 16, "AES-192": 24, "AES-256": 32}
+LEVEL_NAMES: Final[dict[int, SecurityLevel]] = {1: "noAuthNoPriv", 2: "authNoPriv", 3: "authPriv"}
+LEVEL_NUMBERS: Final[dict[str, int]] = {name: n for n, name in LEVEL_NAMES.items()}
+
+_PASSWORD_STREAM: Final = 1048576  # RFC 3414 A.2.1: hash 1 MiB of the repeated passphrase
+
+# (hash name, passphrase) -> Ku: the 1 MiB hash is done once per passphrase and hash, however
+# many engines and paths use it.
+MasterKeys = dict[tuple[str, str], bytes]
+
+
+def password_to_key(password: bytes, hash_name: str) -> bytes:
+    """RFC 3414 A.2.1 (and RFC 7860 for SHA-2): hash 1 MiB of the repeated passphrase.
+
+    The result (Ku, the "master key") depends on the passphrase only; it is
+    localized per engine with :func:`localize_key`.
+    """
+    if not password:
+        raise ValueError("an empty SNMPv3 passphrase has no key")
+    stream = (password * (_PASSWORD_STREAM // len(password) + 1))[:_PASSWORD_STREAM]
+    return hashlib.new(hash_name, stream).digest()
+
+
+def localize_key(master: bytes, engine_id: bytes, hash_name: str) -> bytes:
+    """RFC 3414 A.2.2: Kul = H(Ku || engineID || Ku)."""
+    return hashlib.new(hash_name, master + engine_id + master).digest()
+
+
+def extend_key_blumenthal(localized: bytes, hash_name: str, size: int) -> bytes:
+    """A localized key extended to ``size`` octets (draft-blumenthal-aes-usm-04 3.1.2.1).
+
+    Each round appends the hash of everything so far. This is net-snmp's
+    AES-192/AES-256 and pysnmp's ``*_AES_BLUMENTHAL``; a key that is long
+    enough is only truncated.
+    """
+    key = localized
+    while len(key) < size:
+        key += hashlib.new(hash_name, key).digest()
+    return key[:size]
+
+
+def master_key(secret: Any, hash_name: str, masters: MasterKeys) -> bytes:
+    """Ku of a passphrase secret, from ``masters`` or computed into it."""
+    password = secret.reveal()
+    master = masters.get((hash_name, password))
+    if master is None:
+        master = masters[(hash_name, password)] = password_to_key(password.encode(), hash_name)
+    return master
+
+
+def master_keys(user: V3User, masters: MasterKeys) -> tuple[bytes | None, bytes | None]:
+    """The user's (auth, priv) master keys, both with the auth hash; None where the user has none."""
+    if user.auth_protocol == "none" or user.auth_key is None:
+        return None, None
+    hash_name = AUTH_PROTOCOLS[user.auth_protocol][0]
+    auth = master_key(user.auth_key, hash_name, masters)
+    if user.priv_protocol == "none" or user.priv_key is None:
+        return auth, None
+    return auth, master_key(user.priv_key, hash_name, masters)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LocalizedUser:
+    """One configured user localized to one sender engine, ready for the receive path.
+
+    Built once per (user, engine ID). ``blocks`` is a long-lived ECB context
+    of the ``cryptography`` package with the privacy key set: an AES
+    encryptor (AES-CFB128 decryption needs only the forward cipher) or a DES
+    decryptor (single DES as TripleDES with K1 = K2 = K3). Only whole blocks
+    are ever fed to it, so it never buffers a remainder that would shift the
+    next message. ``des_pre_iv`` is the second half of the DES privacy key as
+    an int, XORed with each salt.
+    """
+
+    name: str
+    level: int  # securityLevel the user is configured for: 1, 2, 3
+    hash_name: str = ""
+    mac_length: int = 0
+    auth_key: bytes = field(default=b"", repr=False)
+    priv_protocol: str = "none"
+    blocks: Any = field(default=None, repr=False)
+    des_pre_iv: int = field(default=0, repr=False)
+    priv_key: bytes = field(default=b"", repr=False)  # the localized (extended) key the contexts hold
+
+    @property
+    def level_name(self) -> SecurityLevel:
+        return LEVEL_NAMES[self.level]
+
+
+def localized_user(user: V3User, engine_id: bytes, masters: MasterKeys | None = None) -> LocalizedUser:
+    """The keys of ``user`` for messages whose authoritative engine is ``engine_id``.
+
+    ``masters`` caches password-to-key results by (hash name, passphrase)
+    across calls, so a user bound to many engines pays the 1 MiB hash once.
+    """
+    masters = {} if masters is None else masters
+    level = LEVEL_NUMBERS[user.level]
+    if level == 1:
+        return LocalizedUser(user.user, 1)
+    hash_name, mac_length = AUTH_PROTOCOLS[user.auth_protocol]
+    auth_key = localize_key(master_key(user.auth_key, hash_name, masters), engine_id, hash_name)
+    if level == 2:
+        return LocalizedUser(user.user, 2, hash_name, mac_length, auth_key)
+    priv = user.priv_protocol
+    priv_localized = localize_key(master_key(user.priv_key, hash_name, masters), engine_id, hash_name)
+    priv_key = extend_key_blumenthal(priv_localized, hash_name, PRIV_KEY_SIZES[priv])
+    if priv == "DES":
+        des = Cipher(TripleDES(priv_key[:8] * 3), modes.ECB()).decryptor()
+        pre_iv = int.from_bytes(priv_key[8:16], "big")
+        return LocalizedUser(user.user, 3, hash_name, mac_length, auth_key, priv, des, pre_iv, priv_key)
+    aes = Cipher(algorithms.AES(priv_key), modes.ECB()).encryptor()
+    return LocalizedUser(user.user, 3, hash_name, mac_length, auth_key, priv, aes, 0, priv_key)
+
+
+def authentic(user: LocalizedUser, data: bytes, mac_at: int) -> bool:
+    """RFC 3414 6.3.2 / RFC 7860: HMAC over the whole message with the MAC field zeroed.
+
+    The caller has checked that the field at ``mac_at`` is ``user.mac_length`` octets.
+    """
+    length = user.mac_length
+    zeroed = data[:mac_at] + bytes(length) + data[mac_at + length :]
+    digest = hmac.digest(user.auth_key, zeroed, user.hash_name)[:length]
+    return hmac.compare_digest(digest, data[mac_at : mac_at + length])

@@ -1,0 +1,396 @@
+"""SNMPv3 notifications: pysnmp's engine, fed from trapd's own sockets.
+
+trapd reads every datagram itself (``trapd.listener.udp``); what the fast USM
+path declines (:mod:`trapd.listener.v3.path`) reaches
+:meth:`V3Receiver.receive_header`. The receiver pushes the bytes straight into a
+pysnmp 7 engine's message dispatcher, so pysnmp keeps doing what is hard to
+get exactly right: USM (authentication, decryption, time windows), engine-ID
+discovery reports, and the Response-PDU for v3 informs. pysnmp never opens a
+socket: the engine's transport dispatcher (:func:`~trapd.listener.v3.adapters.make_dispatcher`)
+``send_message`` writes through the socket the request came in on, to the
+peer it came from.
+
+Around the engine the receiver does a few things of its own:
+
+* It reads the message header (:func:`trapd.listener.v3.header.parse_header`,
+  the same walker as the fast path's) before pysnmp does, to classify drops precisely (unknown user vs. a known
+  user from an engine it is not bound to) and to count discovery probes.
+* Users whose ``engine_ids`` list is empty accept traps from *any* sender
+  engine. pysnmp cannot do that by itself: USM keys are localized to the
+  sender's engine ID, and pysnmp's "wildcard engine" (``0000000000``) rows
+  only work for noAuthNoPriv because their keys are localized to the wildcard.
+  So the receiver verifies the HMAC of a message from a new engine itself
+  (:func:`trapd.listener.v3.keys.authentic`, the fast path's check; cheap: the
+  passphrase is hashed once at start-up, localizing is one hash)
+  and registers the user for that engine with pysnmp only once a message
+  authenticated. Forged engine IDs therefore cost a hash and never grow
+  pysnmp's tables; learned engines are capped (``max_learned_engines``).
+* It holds a trap sender to the security level its user is configured
+  with: pysnmp (RFC 3414 3.2.5) checks the level only on the authoritative
+  side, so it would take an authNoPriv trap for an authPriv user.
+* It works around pysnmp 7.1's per-trap memory growth (see
+  :func:`~trapd.listener.v3.adapters.make_usm`) and keeps pysnmp's
+  snmpEngineBoots file in trapd's state directory
+  (:func:`~trapd.listener.v3.clock.make_engine`).
+
+Time windows: pysnmp enforces them for messages to trapd's own engine
+(informs: a stale one gets a notInTimeWindow report). For traps the sender is
+authoritative, and pysnmp overwrites its notion of the sender's boots/time
+with the message's own values before the RFC 3414 3.2.7b check, so a
+replayed trap is not refused here; the fast path's time notions and replay
+memory (:mod:`trapd.listener.v3.timeliness`) are trapd's own check.
+
+pysnmp's outcome for each message is read from an instrumented v3 message
+processing model (:func:`~trapd.listener.v3.adapters.make_recording_mp`), which sees the ``errorIndication``
+of every failure, and from the notification callback for successes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trapd.listener.config import V3User
+from trapd.listener.raw import DEFER_ACK, RawNotification, Security
+from trapd.listener.stats import ListenerStats
+from trapd.listener.v3.adapters import (
+    REASONS,
+    PeerAddress,
+    SendTo,
+    make_dispatcher,
+    make_recording_mp,
+    make_usm,
+    pysnmp_protocols,
+    rfc1902_octets,
+    varbinds_from_pysnmp,
+)
+from trapd.listener.v3.clock import default_engine_id, make_engine
+from trapd.listener.v3.header import HeaderError, V3Header, parse_header
+from trapd.listener.v3.keys import (
+    AUTH_PROTOCOLS,
+    LEVEL_NAMES,
+    LEVEL_NUMBERS,
+    MasterKeys,
+    authentic,
+    localized_user,
+    master_keys,
+)
+
+# May return False to say "not handed on" (then a v3 inform is not acknowledged).
+OnNotification = Callable[[RawNotification], object]
+OnDrop = Callable[[str, "str | None", str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _UserKeys:
+    """A configured user, its pysnmp protocol identifiers and its master keys (keys.master_keys)."""
+
+    config: V3User
+    auth_id: Any
+    priv_id: Any
+    auth_master: bytes | None
+    priv_master: bytes | None
+
+
+def _user_keys(user: V3User, masters: MasterKeys) -> _UserKeys:
+    auth_id, priv_id = pysnmp_protocols(user)
+    return _UserKeys(user, auth_id, priv_id, *master_keys(user, masters))
+
+
+class V3Receiver:
+    """Receives SNMPv3 traps and informs through a pysnmp engine that owns no socket.
+
+    ``users``: the configured USM users. ``engine_id``: trapd's own
+    (authoritative) engine ID, which v3 informs are addressed to; ``None``
+    derives a stable one (:func:`default_engine_id`); its snmpEngineBoots is
+    kept under ``state_dir`` when given (see :func:`make_engine`). ``on_notification`` is
+    called synchronously for every accepted notification; ``on_drop(reason,
+    detail, source)`` for every dropped message, after ``stats`` counted it.
+    """
+
+    def __init__(
+        self,
+        users: Sequence[V3User],
+        on_notification: OnNotification,
+        stats: ListenerStats,
+        *,
+        engine_id: bytes | None = None,
+        on_drop: OnDrop | None = None,
+        max_learned_engines: int = 1024,
+        state_dir: Path | None = None,
+        masters: MasterKeys | None = None,
+    ) -> None:
+        from pysnmp.proto.api import v2c
+
+        self.engine_id = engine_id or default_engine_id()
+        self._on_notification = on_notification
+        self._stats = stats
+        self._on_drop = on_drop
+        self._max_learned = max_learned_engines
+        self._v2c = v2c
+
+        self.engine = make_engine(self.engine_id, state_dir)
+        self._mp = make_recording_mp()
+        self.engine.message_processing_subsystems[3] = self._mp
+        self.engine.security_models[3] = make_usm()
+        self._dispatcher = make_dispatcher(self._send)
+        self.engine.register_transport_dispatcher(self._dispatcher)
+
+        self._users: dict[bytes, _UserKeys] = {}
+        self._registered: set[tuple[bytes, bytes]] = set()
+        self._learned = 0
+        # Master keys by (hash, passphrase), shared with the fast path: each 1 MiB hash once.
+        self._masters: MasterKeys = {} if masters is None else masters
+        for u in users:
+            keys = _user_keys(u, self._masters)
+            name = u.user.encode()
+            self._users[name] = keys
+            self._register(keys, self.engine_id)  # informs are addressed to trapd
+            for eid in u.engine_ids:
+                self._register(keys, eid)
+
+        self.engine.message_dispatcher.register_context_engine_id(
+            b"",  # any context engine ID
+            (v2c.SNMPv2TrapPDU.tagSet, v2c.InformRequestPDU.tagSet),
+            self._process_pdu,
+        )
+        # Per-message state, valid during one synchronous receive() call.
+        self._current: tuple[V3Header, str, int, float] | None = None
+        self._delivered = False
+        self._last_tick = 0.0
+
+    # -- configuration -----------------------------------------------------
+
+    def _register(self, keys: _UserKeys, engine_id: bytes) -> None:
+        from pysnmp.entity import config as pc
+
+        name = keys.config.user.encode()
+        if (engine_id, name) in self._registered:
+            return
+        pc.add_v3_user(
+            self.engine,
+            keys.config.user,
+            authProtocol=keys.auth_id,
+            authKey=keys.auth_master,
+            privProtocol=keys.priv_id,
+            privKey=keys.priv_master,
+            securityEngineId=rfc1902_octets(engine_id),
+            authKeyType=pc.USM_KEY_TYPE_MASTER,
+            privKeyType=pc.USM_KEY_TYPE_MASTER,
+        )
+        self._registered.add((engine_id, name))
+
+    # -- receive path ------------------------------------------------------
+
+    def receive(
+        self, data: bytes, peer: tuple[Any, ...], reply: SendTo, received_at: float | None = None
+    ) -> None:
+        """Process one v3 datagram from ``peer``; replies (reports, inform responses) go to ``reply``.
+
+        Never raises: every failure is counted as a drop.
+        """
+        try:
+            header = parse_header(data)
+        except HeaderError as exc:
+            self._drop("malformed", f"v3-{exc.reason}", str(peer[0]))
+            return
+        self.receive_header(header, data, peer, reply, received_at)
+
+    def receive_header(
+        self,
+        header: V3Header,
+        data: bytes,
+        peer: tuple[Any, ...],
+        reply: SendTo,
+        received_at: float | None = None,
+    ) -> None:
+        """:meth:`receive` for a datagram whose header was already read (:func:`parse_header`)."""
+        now = time.time() if received_at is None else received_at
+        source = str(peer[0])
+        if header.security_model != 3:
+            self._drop("malformed", "v3-security-model", source)
+            return
+        if header.level == 0:
+            self._drop("malformed", "v3-msg-flags", source)
+            return
+
+        if not header.is_discovery and not self._prepare_user(data, header, source):
+            return
+
+        addr = PeerAddress(peer)  # the whole tuple: an IPv6 scope id must survive to the reply
+        addr.reply = reply
+        domain = (1, 3, 6, 1, 2, 1, 100, 1, 2) if ":" in source else (1, 3, 6, 1, 6, 1, 1)
+        self._current = (header, source, int(peer[1]), now)
+        self._delivered = False
+        self._mp.last_error = None
+        try:
+            self.engine.message_dispatcher.receive_message(self.engine, domain, addr, data)
+        except Exception as exc:  # pysnmp raises assorted errors for odd input
+            if not self._delivered:
+                self._drop("malformed", f"v3-{type(exc).__name__}", source)
+            return
+        finally:
+            self._current = None
+        if self._delivered:
+            return
+        if header.is_discovery:
+            self._stats.v3_discovery += 1
+            return
+        err = self._mp.last_error
+        name = type(err).__name__ if err is not None and not isinstance(err, str) else str(err)
+        reason = REASONS.get(name)
+        if reason == "unknown-user" and header.user in self._users:
+            reason = "unknown-engine-id"
+        if reason is None:
+            reason = "malformed" if err is not None else "unsupported-pdu"
+        self._drop(reason, name if err is not None else "v3-no-handler", source)
+
+    def _prepare_user(self, data: bytes, header: V3Header, source: str) -> bool:
+        """Classify the user early and learn engines for any-engine users. False: dropped."""
+        keys = self._users.get(header.user)
+        if keys is None:
+            return True  # pysnmp answers with a report (informs) and we count unknown-user
+        if header.engine_id == self.engine_id:
+            return True  # authoritative (informs): pysnmp checks everything and reports
+        if header.level < LEVEL_NUMBERS[keys.config.level]:
+            # RFC 3414 3.2.5 only binds the authoritative side, so pysnmp takes
+            # an authNoPriv trap for a user configured authPriv. trapd holds a
+            # sender to the level its user is configured with.
+            self._drop("unsupported-security-level", None, source)
+            return False
+        if (header.engine_id, header.user) in self._registered:
+            return True
+        if keys.config.engine_ids:
+            self._drop("unknown-engine-id", "not-bound", source)
+            return False
+        if not 4 < len(header.engine_id) < 33:
+            self._drop("unknown-engine-id", "malformed-engine-id", source)
+            return False
+        if header.level >= 2:
+            if keys.auth_master is None:
+                self._drop("unsupported-security-level", None, source)
+                return False
+            if not self._digest_ok(keys.config, data, header):
+                self._drop("wrong-digest", "unlearned-engine", source)
+                return False
+        if self._learned >= self._max_learned:
+            self._drop("unknown-engine-id", "learn-limit", source)
+            return False
+        self._register(keys, header.engine_id)
+        self._learned += 1
+        return True
+
+    def _digest_ok(self, user: V3User, data: bytes, header: V3Header) -> bool:
+        """The message's HMAC with ``user``'s keys localized to its engine (keys.authentic)."""
+        keys = localized_user(user, header.engine_id, self._masters)
+        _, mac_length = AUTH_PROTOCOLS[user.auth_protocol]
+        return len(header.auth_params) == mac_length and authentic(keys, data, header.auth_params_offset)
+
+    def _process_pdu(
+        self,
+        snmpEngine: Any,
+        messageProcessingModel: Any,
+        securityModel: Any,
+        securityName: Any,
+        securityLevel: Any,
+        contextEngineId: Any,
+        contextName: Any,
+        pduVersion: Any,
+        PDU: Any,
+        maxSizeResponseScopedPDU: Any,
+        stateReference: Any,
+    ) -> None:
+        v2c = self._v2c
+        current = self._current
+        if current is None:  # not from receive(): ignore
+            return
+        header, source, port, now = current
+        inform = PDU.tagSet == v2c.InformRequestPDU.tagSet
+        var_binds = v2c.apiPDU.get_varbinds(PDU)
+        self._delivered = True
+        raw = RawNotification(
+            version="v3",
+            kind="inform" if inform else "trap",
+            source=source,
+            source_port=port,
+            security=Security(
+                user=bytes(securityName).decode("utf-8", "backslashreplace"),
+                level=LEVEL_NAMES.get(int(securityLevel)),
+                engine_id=header.engine_id.hex(),
+                context_engine_id=bytes(contextEngineId).hex(),
+                context_name=bytes(contextName).decode("utf-8", "backslashreplace"),
+            ),
+            varbinds=varbinds_from_pysnmp(var_binds),
+            received_at=now,
+            request_id=int(v2c.apiPDU.get_request_id(PDU)),
+        )
+        self._stats.received["v3"] += 1
+
+        def respond() -> None:
+            """The Response to this inform. pysnmp keeps what it needs to encode it (the
+            message's and USM's state, under stateReference) for 600 engine ticks, so it may
+            be sent later: once the daemon has journaled what the inform triggered."""
+            from pysnmp.proto import error as perror
+
+            rsp = v2c.apiPDU.get_response(PDU)
+            v2c.apiPDU.set_error_status(rsp, 0)
+            v2c.apiPDU.set_error_index(rsp, 0)
+            v2c.apiPDU.set_varbinds(rsp, var_binds)
+            try:
+                snmpEngine.message_dispatcher.return_response_pdu(
+                    snmpEngine,
+                    messageProcessingModel,
+                    securityModel,
+                    securityName,
+                    securityLevel,
+                    contextEngineId,
+                    contextName,
+                    pduVersion,
+                    rsp,
+                    maxSizeResponseScopedPDU,
+                    stateReference,
+                    {},
+                )
+            except perror.StatusInformation:
+                self._stats.send_errors += 1
+
+        if inform:
+            raw.ack = respond
+        try:
+            answer = self._on_notification(raw)
+        except Exception:
+            self._stats.callback_errors += 1
+            answer = False
+        # Acknowledge only what was handed on (otherwise the sender retries), and not now when
+        # the callback took the acknowledgement over (DEFER_ACK: it calls raw.ack once journaled).
+        if inform and answer is not False and answer is not DEFER_ACK:
+            respond()
+
+    def _send(self, message: bytes, address: Any) -> None:
+        reply = getattr(address, "reply", None)
+        if reply is None:
+            self._stats.send_errors += 1
+            return
+        try:
+            reply(message, tuple(address))
+            self._stats.v3_replies += 1
+        except Exception:
+            self._stats.send_errors += 1
+
+    def _drop(self, reason: str, detail: str | None, source: str) -> None:
+        self._stats.drop(reason, detail)
+        if self._on_drop is not None:
+            self._on_drop(reason, detail, source)
+
+    # -- housekeeping ------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        """Drive pysnmp's timers (cache expiry). Call about once a second."""
+        self._dispatcher.handle_timer_tick(time.time() if now is None else now)
+
+    @property
+    def learned_engines(self) -> int:
+        return self._learned
