@@ -13,8 +13,9 @@ peer it came from.
 Around the engine the receiver does a few things of its own:
 
 * It reads the message header (:func:`trapd.listener.v3.header.parse_header`,
-  the same walker as the fast path's) before pysnmp does, to classify drops precisely (unknown user vs. a known
-  user from an engine it is not bound to) and to count discovery probes.
+  the same walker as the fast path's) before pysnmp does, to classify drops
+  precisely (unknown user vs. a known user from an engine it is not bound to)
+  and to count discovery probes.
 * Users whose ``engine_ids`` list is empty accept traps from *any* sender
   engine. pysnmp cannot do that by itself: USM keys are localized to the
   sender's engine ID, and pysnmp's "wildcard engine" (``0000000000``) rows
