@@ -28,6 +28,7 @@ from typing import Any
 
 HOOKS_DIR = Path("/usr/lib/x86_64-linux-gnu/kea/hooks")
 LEASE_CMDS = "libdhcp_lease_cmds.so"
+HA_HOOK = "libdhcp_ha.so"
 READY_TIMEOUT = 15.0
 
 # Subnets every instance serves (ids are what tests filter on).
@@ -410,6 +411,8 @@ def start_kea(
     http_sockets: bool = False,
     chroot: Path | None = None,
     hooks_dir: Path = HOOKS_DIR,
+    ca_port: int | None = None,
+    ha: dict[str, dict[str, Any]] | None = None,
 ) -> KeaInstance:
     """Write configs into ``workdir`` and start the daemons; returns when all answer.
 
@@ -423,17 +426,31 @@ def start_kea(
     With ``chroot``, ``workdir`` is a path inside the chroot and the daemons
     run as ``chroot CHROOT /usr/sbin/kea-...`` (Kea 2.6 / 3.0 from Debian
     trixie / sid).
+
+    ``ha``: per daemon (``dhcp4``, ``dhcp6``) the HA hook's
+    ``high-availability`` entry (this-server-name, mode, peers, timers),
+    loaded after lease_cmds (see
+    :func:`start_ha_pair`); ``ca_port`` fixes the agent's port, which the
+    partner's configuration names before this server starts.
     """
     host_dir = chroot / workdir.relative_to("/") if chroot else workdir
     host_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(host_dir, 0o750)  # Kea >= 2.6 refuses a socket dir with other permissions
-    hooks = [{"library": str(hooks_dir / LEASE_CMDS)}] if lease_cmds else []
+    hooks: list[dict[str, Any]] = [{"library": str(hooks_dir / LEASE_CMDS)}] if lease_cmds else []
+
+    def hooks_of(daemon: str) -> list[dict[str, Any]]:
+        if not ha or daemon not in ha:
+            return hooks
+        # The ARM wants lease_cmds before the HA hook.
+        entry = {"library": str(hooks_dir / HA_HOOK), "parameters": {"high-availability": [ha[daemon]]}}
+        return [*hooks, entry]
+
     inst = KeaInstance(
         workdir=workdir,
         dhcp4_socket=workdir / "kea4.sock",
         dhcp6_socket=workdir / "kea6.sock" if dhcp6 else None,
         d2_socket=workdir / "kea-d2.sock" if ddns else None,
-        ca_port=free_port() if ca else None,
+        ca_port=(ca_port or free_port()) if ca else None,
         auth=auth,
         tls=tls,
         tls_cert_required=tls_cert_required,
@@ -449,7 +466,7 @@ def start_kea(
             "name": str(workdir / "leases4.csv"),
             "lfc-interval": 0,
         },
-        "hooks-libraries": hooks,
+        "hooks-libraries": hooks_of("dhcp4"),
         "valid-lifetime": 3600,
         "subnet4": [{"id": i, "subnet": s} for i, s in SUBNETS4.items()],
         "loggers": _loggers("kea-dhcp4", workdir, severity, chroot is not None),
@@ -464,7 +481,7 @@ def start_kea(
             "lfc-interval": 0,
         },
         "server-id": {"type": "LLT", "persist": False},
-        "hooks-libraries": hooks,
+        "hooks-libraries": hooks_of("dhcp6"),
         "preferred-lifetime": 3000,
         "valid-lifetime": 4000,
         "subnet6": [{"id": i, "subnet": s} for i, s in SUBNETS6.items()],
@@ -482,6 +499,14 @@ def start_kea(
                     "clients": [{"user": auth[0], "password": auth[1]}],
                 }
             cfg["control-sockets"] = [cfg.pop("control-socket"), http]
+    for daemon, cfg in (("dhcp4", dhcp4), ("dhcp6", dhcp6_cfg)):
+        if ha and "multi-threading" in ha.get(daemon, {}):
+            # HA's own HTTP listener (http-dedicated-listener) needs a multi-threaded server.
+            cfg["multi-threading"] = {
+                "enable-multi-threading": True,
+                "thread-pool-size": 2,
+                "packet-queue-size": 16,
+            }
     if dhcp_loopback:
         dhcp4["interfaces-config"] = {"interfaces": ["lo"], "dhcp-socket-type": "udp"}
         dhcp4["subnet4"].append(
@@ -572,6 +597,157 @@ def start_kea(
         inst.spawn(daemon)
     inst.wait_ready()
     return inst
+
+
+# --- an HA pair ---
+
+HA_TIMERS = {
+    "heartbeat-delay": 1000,
+    "max-response-delay": 3000,
+    "max-ack-delay": 1000,
+    "max-unacked-clients": 0,
+    "sync-timeout": 5000,
+}
+DAEMON_OF = {"v4": "dhcp4", "v6": "dhcp6"}
+
+
+@dataclass
+class HaPair:
+    """Two Kea servers (kea-dhcp4 + kea-dhcp6 each) in one HA relationship per family.
+
+    ``servers``: name -> instance, ``server1`` first (primary), ``server2``
+    (standby in hot-standby, secondary in load-balancing). ``peer_urls``:
+    (name, family) -> the URL its partner reaches it at: its Control Agent,
+    or with ``dedicated`` the daemon's own HA listener (Kea >= 2.2 with
+    multi-threading; on Kea 3.0 no Control Agent is started at all).
+    """
+
+    mode: str
+    servers: dict[str, KeaInstance]
+    peer_urls: dict[tuple[str, str], str]
+    dedicated: bool = False
+
+    def cmd(self, name: str, family: str, command: str, arguments: Any = None) -> dict[str, Any]:
+        inst = self.servers[name]
+        return inst.cmd4(command, arguments) if family == "v4" else inst.cmd6(command, arguments)
+
+    def ha_status(self, name: str, family: str = "v4") -> dict[str, Any]:
+        """The ``high-availability`` part of the server's status-get (one relationship)."""
+        r = self.cmd(name, family, "status-get")
+        assert r["result"] == 0, r
+        return dict(r["arguments"]["high-availability"][0])
+
+    def state(self, name: str, family: str = "v4") -> str:
+        return str(self.ha_status(name, family)["ha-servers"]["local"]["state"])
+
+    def wait_states(
+        self, want: dict[str, set[str]], families: Sequence[str] = ("v4", "v6"), timeout: float = 90.0
+    ) -> None:
+        """Poll status-get until each named server is in one of its wanted HA states (every family)."""
+        deadline = time.monotonic() + timeout
+        seen: dict[tuple[str, str], str] = {}
+        while time.monotonic() < deadline:
+            for name in want:
+                for fam in families:
+                    try:
+                        seen[(name, fam)] = self.state(name, fam)
+                    except (OSError, ValueError, KeyError, AssertionError) as exc:
+                        seen[(name, fam)] = f"unreachable: {exc}"
+            if all(seen[(n, f)] in states for n, states in want.items() for f in families):
+                return
+            time.sleep(0.1)
+        logs = "\n".join(inst.logs()[-4000:] for inst in self.servers.values())
+        raise AssertionError(f"HA states not reached in {timeout}s: want {want}, saw {seen}\n{logs}")
+
+    def stop_server(self, name: str) -> None:
+        self.servers[name].stop()
+
+    def start_server(self, name: str) -> None:
+        inst = self.servers[name]
+        for daemon in inst.argv:
+            inst.spawn(daemon)
+        inst.wait_ready()
+
+    def trapd_endpoints(self, transport: str = "unix", names: Sequence[str] | None = None) -> dict[str, Any]:
+        """``kea.endpoints`` entries for trapd.yaml: ``pair4`` / ``pair6`` with their peers."""
+        eps: dict[str, Any] = {}
+        for fam in ("v4", "v6"):
+            peers = []
+            for name in names or list(self.servers):
+                inst = self.servers[name]
+                ep = inst.endpoints()
+                key = {"unix": "unix", "ca": "ca", "http": "http"}[transport] + fam[1]
+                peers.append({"name": name, **{k: v for k, v in ep[key].items() if k != "family"}})
+            eps[f"pair{fam[1]}"] = {"family": fam, "peers": peers}
+        return eps
+
+    def stop(self) -> None:
+        for inst in self.servers.values():
+            inst.stop()
+
+
+def start_ha_pair(
+    base: Path,
+    mode: str = "hot-standby",
+    *,
+    chroot: Path | None = None,
+    dedicated: bool = False,
+    auth: tuple[str, str] | None = None,
+    ddns: DdnsTarget | None = None,
+    hooks_dir: Path = HOOKS_DIR,
+    wait: bool = True,
+) -> HaPair:
+    """Two servers in ``mode`` (hot-standby or load-balancing) on loopback; returns when both are in it.
+
+    Kea 2.2: each server has a Control Agent and the HA peers' URLs are the
+    agents. ``dedicated``: the peers talk to the daemons' own HA listeners
+    (``http-dedicated-listener``, multi-threading on) and no agent is started
+    (``http_sockets`` gives trapd the Kea 3 daemons' control sockets).
+    """
+    names = ("server1", "server2")
+    roles = ("primary", "standby" if mode == "hot-standby" else "secondary")
+    ca_ports = {n: free_port() for n in names}
+    urls: dict[tuple[str, str], str] = {}
+    for n in names:
+        for fam in ("v4", "v6"):
+            port = free_port() if dedicated else ca_ports[n]
+            urls[(n, fam)] = f"http://127.0.0.1:{port}/"
+    servers: dict[str, KeaInstance] = {}
+    for n in names:
+        ha: dict[str, dict[str, Any]] = {}
+        for fam in ("v4", "v6"):
+            entry: dict[str, Any] = {
+                "this-server-name": n,
+                "mode": mode,
+                **HA_TIMERS,
+                "peers": [
+                    {"name": p, "url": urls[(p, fam)], "role": r, "auto-failover": True}
+                    for p, r in zip(names, roles, strict=True)
+                ],
+            }
+            if dedicated:
+                entry["multi-threading"] = {
+                    "enable-multi-threading": True,
+                    "http-dedicated-listener": True,
+                    "http-listener-threads": 1,
+                    "http-client-threads": 1,
+                }
+            ha[DAEMON_OF[fam]] = entry
+        servers[n] = start_kea(
+            base / n,
+            ca=not dedicated,
+            ca_port=ca_ports[n],
+            ha=ha,
+            chroot=chroot,
+            hooks_dir=hooks_dir,
+            http_sockets=dedicated and chroot is not None,
+            auth=auth,
+            ddns=ddns,
+        )
+    pair = HaPair(mode, servers, urls, dedicated)
+    if wait:
+        pair.wait_states({n: {mode} for n in names})
+    return pair
 
 
 # --- a relayed DHCP exchange on loopback ---

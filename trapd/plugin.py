@@ -114,6 +114,11 @@ class ActionSpec:
     doc: str = ""
     # Kea commands this action sends, so start-up can warn when an endpoint lacks them.
     kea_commands: tuple[str, ...] = ()
+    # Kea actions: the address families their parameters allow (``templated`` names the
+    # parameters known only per trap; () = none implied), and whether one call runs on every
+    # peer of an HA relationship (the dispatcher journals one action per peer).
+    kea_families: Callable[[Mapping[str, Any], frozenset[str]], tuple[str, ...]] | None = None
+    per_peer: Callable[[Mapping[str, Any]], bool] | None = None
 
     @property
     def summary(self) -> str:
@@ -128,6 +133,8 @@ def action(
     destructive: bool = False,
     key: tuple[str, ...] = (),
     kea_commands: tuple[str, ...] = (),
+    kea_families: Callable[[Mapping[str, Any], frozenset[str]], tuple[str, ...]] | None = None,
+    per_peer: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> Callable[[RunFunc], ActionSpec]:
     """Declare an async function as an action; its docstring is its documentation."""
 
@@ -143,6 +150,8 @@ def action(
             key=key,
             doc=inspect.getdoc(fn) or "",
             kea_commands=kea_commands,
+            kea_families=kea_families,
+            per_peer=per_peer,
         )
 
     return wrap
@@ -179,6 +188,8 @@ def as_spec(obj: Any) -> ActionSpec:
         key=tuple(getattr(obj, "key", ())),
         doc=inspect.getdoc(type(obj)) or "",
         kea_commands=tuple(getattr(obj, "kea_commands", ())),
+        kea_families=getattr(obj, "kea_families", None),
+        per_peer=getattr(obj, "per_peer", None),
     )
 
 

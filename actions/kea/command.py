@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, action
 
-from .common import ENDPOINT, FAMILY, client_for
+from .common import ENDPOINT, FAMILY, NO_FAMILY_HINTS, answered_by
+
+
+def _every_peer(params: Mapping[str, Any]) -> bool:
+    return (params.get("target") or "all") == "all"
 
 
 @action(
@@ -24,9 +29,18 @@ from .common import ENDPOINT, FAMILY, client_for
             item="integer",
             default=[0],
         ),
+        "target": Param(
+            "string",
+            "HA relationship: all (default; one journal entry per peer), one (the peer serving clients "
+            "now) or a peer's name",
+            max_length=200,
+        ),
+        "peer": Param("string", "set by the dispatcher for target: all (one entry per peer)", max_length=200),
     },
     idempotent=False,
     destructive=True,
+    kea_families=NO_FAMILY_HINTS.families,
+    per_peer=_every_peer,
 )
 async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Send any Kea command with templated arguments: the escape hatch.
@@ -35,15 +49,17 @@ async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     treated as destructive (it needs a rate cap) and not idempotent (no
     automatic retry after an ambiguous failure). Prefer the specific kea.*
     actions where one exists: they validate their parameters and record
-    what they change.
+    what they change. On an HA relationship ``target`` says where it goes:
+    every peer (``all``, the default: Kea HA does not copy control-API
+    changes), the peer serving clients (``one``) or a named peer.
 
     Example::
 
         - action: kea.command
           command: lease4-update
           arguments:
-            ip-address: "{{ var('ipAddress') }}"
-            hw-address: "{{ var('macAddress') }}"
+            ip-address: "{{ ipAddress }}"
+            hw-address: "{{ macAddress }}"
             hostname: "{{ source }}-client"
     """
     command = params["command"]
@@ -52,9 +68,19 @@ async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     service = params.get("service")
     if service is not None and len(service) != 1:
         raise PermanentError("service: one service per action (the answer of exactly one server is recorded)")
-    kea = client_for(params, ctx, params.get("family"))
+    endpoint, family = params.get("endpoint"), params.get("family")
+    target = params.get("target") or "all"
+    if params.get("peer") is not None:
+        kea = ctx.kea.get(endpoint, family, params["peer"])
+    elif target == "one" or (target == "all" and len(ctx.kea.peers(endpoint, family)) == 1):
+        kea = await ctx.kea.serving(endpoint, family)
+    elif target == "all":
+        # Reached only when the dispatcher did not fan the call out (it journals one per peer).
+        raise PermanentError("target: all on an HA relationship needs one journal entry per peer")
+    else:
+        kea = ctx.kea.get(endpoint, family, target)
     r = await kea.command(
         command, params.get("arguments"), accept=tuple(params["accept"]), service=params.get("service")
     )
     ctx.log.info("kea command sent", endpoint=kea.name, command=command, result=r.result)
-    return {"endpoint": kea.name, "family": kea.family, "command": command, **r.to_dict()}
+    return {**answered_by(kea), "command": command, **r.to_dict()}

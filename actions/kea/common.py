@@ -1,12 +1,21 @@
-"""What the Kea actions share: endpoint and family choice, parameter definitions."""
+"""What the Kea actions share: endpoint, family and peer choice, parameter definitions.
+
+The family rules live here, with the actions, and nowhere else: an action
+declares them once (:class:`FamilyRule`) and hands them to its ActionSpec
+(``kea_families``), so the dispatcher (which peers an action goes to) and
+the start-up probe (which endpoints a rule can reach) ask the action
+instead of guessing.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from trapd.kea.client import KeaClient
+from trapd.kea.config import FAMILIES
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError
 
@@ -20,32 +29,72 @@ FAMILY = Param(
     "v4 or v6; default: implied by the other parameters (an IPv6 address, a DUID), else v4",
     choices=("v4", "v6"),
 )
+PEER = Param(
+    "string",
+    "HA relationship only: run on this peer alone; default: every peer (one journal entry each)",
+    max_length=200,
+)
 SUBNET_ID = Param("integer", "only leases in this Kea subnet-id", min=1, max=4294967294)
 
 
-def implied_family(
-    params: Mapping[str, Any], v6_only: tuple[str, ...] = (), v4_only: tuple[str, ...] = ()
-) -> str | None:
-    """The family the parameters imply; PermanentError when they contradict each other."""
-    implied: set[str] = set()
-    ip = params.get("ip-address")
-    if ip:
-        implied.add(f"v{ipaddress.ip_address(ip).version}")
-    if any(params.get(k) is not None for k in v6_only):
-        implied.add("v6")
-    if any(params.get(k) is not None for k in v4_only):
-        implied.add("v4")
-    explicit = params.get("family")
-    if explicit:
-        implied.add(explicit)
-    if len(implied) > 1:
-        raise PermanentError(f"parameters mix IPv4 and IPv6: {_shown(params)}")
-    return implied.pop() if implied else None
+@dataclass(frozen=True)
+class FamilyRule:
+    """Which parameters imply which address family, for one action."""
+
+    v6_only: tuple[str, ...] = ()
+    v4_only: tuple[str, ...] = ()
+
+    def families(self, params: Mapping[str, Any], templated: frozenset[str] = frozenset()) -> tuple[str, ...]:
+        """The families the parameters imply; () when they imply none (the endpoint's first, else v4).
+
+        ``templated``: parameters given as templates, whose values are only
+        known per trap. A templated address or family could be either; a
+        DUID is v6 whatever its value.
+        """
+        implied: set[str] = set()
+        ip = params.get("ip-address")
+        if "ip-address" in templated:
+            implied.update(FAMILIES)
+        elif ip:
+            implied.add(f"v{ipaddress.ip_address(ip).version}")
+        if any(params.get(k) is not None or k in templated for k in self.v6_only):
+            implied.add("v6")
+        if any(params.get(k) is not None or k in templated for k in self.v4_only):
+            implied.add("v4")
+        if "family" in templated:
+            implied.update(FAMILIES)
+        elif params.get("family"):
+            implied.add(str(params["family"]))
+        return tuple(f for f in FAMILIES if f in implied)
+
+    def family(self, params: Mapping[str, Any]) -> str | None:
+        """At run time: the one family the parameters imply, None for none; PermanentError if they mix."""
+        fams = self.families(params)
+        if len(fams) > 1:
+            raise PermanentError(f"parameters mix IPv4 and IPv6: {_shown(params)}")
+        return fams[0] if fams else None
+
+
+NO_FAMILY_HINTS = FamilyRule()
+
+
+def each_peer(params: Mapping[str, Any]) -> bool:
+    """For ActionSpec.per_peer: this action changes state that Kea HA does not copy to the partner."""
+    return True
 
 
 def client_for(params: Mapping[str, Any], ctx: ActionContext, family: str | None) -> KeaClient:
-    """The endpoint the action talks to: named by ``endpoint`` or the default for the family."""
-    return ctx.kea.get(params.get("endpoint"), family)
+    """The server the action talks to: ``endpoint`` (or the family's default), and ``peer`` on a pair."""
+    return ctx.kea.get(params.get("endpoint"), family, params.get("peer"))
+
+
+def answered_by(kea: KeaClient) -> dict[str, Any]:
+    """How a result names the server that did it: endpoint, peer (on a pair), family."""
+    out: dict[str, Any] = {"endpoint": kea.endpoint}
+    if kea.peer is not None:
+        out["peer"] = kea.peer
+    out["family"] = kea.family
+    return out
 
 
 def exactly_one(

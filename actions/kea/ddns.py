@@ -8,7 +8,9 @@ from trapd.kea.errors import KeaCommandError
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, action
 
-from .common import ENDPOINT, FAMILY, client_for, exactly_one, implied_family
+from .common import ENDPOINT, FAMILY, FamilyRule, answered_by, exactly_one
+
+FAMILIES = FamilyRule(v6_only=("duid",))
 
 
 @action(
@@ -30,6 +32,7 @@ from .common import ENDPOINT, FAMILY, client_for, exactly_one, implied_family
         "lease4-get-by-hw-address",
         "lease6-get-by-duid",
     ),
+    kea_families=FAMILIES.families,
 )
 async def ddns_resend(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Ask Kea to send the DNS update (A/AAAA + PTR) for a lease again (lease4/6-resend-ddns).
@@ -38,16 +41,17 @@ async def ddns_resend(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     whether DNS changed is not known to Kea at that point (DNS down, a name
     outside the forward domains, a DHCID conflict all still say success).
     Check with dig or D2's statistics. A lease without hostname or with
-    fqdn-fwd/fqdn-rev both false fails permanently.
+    fqdn-fwd/fqdn-rev both false fails permanently. On an HA relationship it
+    is sent once, through the peer that serves clients now (two peers would
+    send the DNS update twice).
 
     Example::
 
         - action: kea.ddns-resend
-          ip-address: "{{ var('ipAddress') }}"
+          ip-address: "{{ ipAddress }}"
     """
     sel = exactly_one(params, ("ip-address", "hw-address", "duid"))
-    family = implied_family(params, v6_only=("duid",))
-    kea = client_for(params, ctx, family)
+    kea = await ctx.kea.serving(params.get("endpoint"), FAMILIES.family(params))
     v = "4" if kea.family == "v4" else "6"
     if sel == "hw-address" and v == "6":
         raise PermanentError("by hw-address works for v4 only; use duid for v6")
@@ -84,8 +88,7 @@ async def ddns_resend(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     else:
         ctx.log.info("kea lease not found, no DDNS update to resend", endpoint=kea.name, selector=sel)
     return {
-        "endpoint": kea.name,
-        "family": kea.family,
+        **answered_by(kea),
         "sent": sent,
         "not_found": missing or not addresses,
         "failed": failed,

@@ -9,17 +9,22 @@ from trapd.kea.client import KeaClient
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, action
 
-from .common import ENDPOINT, FAMILY, client_for
+from .common import ENDPOINT, FAMILY, NO_FAMILY_HINTS, PEER, answered_by, client_for, each_peer
 
 # Kea >= 2.6 takes a numeric origin-id (1 = user, 2000 + N = HA service N);
 # older servers take origin "user" / "ha-partner" and silently ignore origin-id.
 ORIGIN_ID_SINCE = (2, 6, 0)
 ORIGIN_NAMES = {1: "user", 2000: "ha-partner"}
+# The user origin is the one Kea's HA state machine never touches: HA disables and enables
+# with its own origins (ha-partner on 2.2; 1000+N / 2000+N on >= 2.6), and an enable for one
+# origin does not clear another (kea-2.2-facts.md §7, kea-2.6-3.0-facts.md §7).
+USER_ORIGIN = 1
 
 ORIGIN = Param(
     "integer",
-    "who disables/enables: 1 = user (default); 2000+N = HA service N (Kea >= 2.6; 2000 = ha-partner before)",
-    default=1,
+    "who disables/enables: 1 = user (default; Kea HA never overrides it); 2000+N = HA service N "
+    "(Kea >= 2.6; 2000 = ha-partner before)",
+    default=USER_ORIGIN,
     min=1,
     max=65535,
 )
@@ -42,6 +47,7 @@ async def origin_args(kea: KeaClient, origin_id: int) -> dict[str, Any]:
     params={
         "endpoint": ENDPOINT,
         "family": FAMILY,
+        "peer": PEER,
         "max-period": Param(
             "duration",
             "re-enable automatically after this long (required; whole seconds, rounded up)",
@@ -55,6 +61,8 @@ async def origin_args(kea: KeaClient, origin_id: int) -> dict[str, Any]:
     destructive=True,
     key=("endpoint", "family"),
     kea_commands=("dhcp-disable",),
+    kea_families=NO_FAMILY_HINTS.families,
+    per_peer=each_peer,
 )
 async def dhcp_disable(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Disable the DHCP service of a Kea server for at most ``max-period``.
@@ -62,6 +70,8 @@ async def dhcp_disable(params: dict[str, Any], ctx: ActionContext) -> dict[str, 
     Kea stops answering DHCP clients (leases stay; the control API keeps
     working) until ``kea.dhcp-enable`` or until max-period runs out, so a
     forgotten disable cannot take DHCP down for good: max-period is required.
+    On an HA relationship every peer is disabled (else the partner serves,
+    or takes over), with the user origin, which HA does not override.
 
     Example::
 
@@ -74,27 +84,24 @@ async def dhcp_disable(params: dict[str, Any], ctx: ActionContext) -> dict[str, 
     args = {"max-period": seconds, **await origin_args(kea, params["origin-id"])}
     r = await kea.command("dhcp-disable", args, accept=(0,))
     ctx.log.warning("kea DHCP service disabled", endpoint=kea.name, family=kea.family, max_period=seconds)
-    return {
-        "endpoint": kea.name,
-        "family": kea.family,
-        "max-period": seconds,
-        "arguments": args,
-        "text": r.text,
-    }
+    return {**answered_by(kea), "max-period": seconds, "arguments": args, "text": r.text}
 
 
 @action(
     "kea.dhcp-enable",
-    params={"endpoint": ENDPOINT, "family": FAMILY, "origin-id": ORIGIN},
+    params={"endpoint": ENDPOINT, "family": FAMILY, "peer": PEER, "origin-id": ORIGIN},
     idempotent=True,
     key=("endpoint", "family"),
     kea_commands=("dhcp-enable",),
+    kea_families=NO_FAMILY_HINTS.families,
+    per_peer=each_peer,
 )
 async def dhcp_enable(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Enable the DHCP service of a Kea server again (after kea.dhcp-disable).
 
     Enabling an enabled server is a success. The origin must match the one
-    that disabled it: an HA origin is not cleared by a user enable.
+    that disabled it: an HA origin is not cleared by a user enable. On an HA
+    relationship every peer is enabled.
 
     Example::
 
@@ -105,4 +112,4 @@ async def dhcp_enable(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     args = await origin_args(kea, params["origin-id"])
     r = await kea.command("dhcp-enable", args, accept=(0,))
     ctx.log.info("kea DHCP service enabled", endpoint=kea.name, family=kea.family)
-    return {"endpoint": kea.name, "family": kea.family, "arguments": args, "text": r.text}
+    return {**answered_by(kea), "arguments": args, "text": r.text}

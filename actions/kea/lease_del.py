@@ -9,15 +9,27 @@ from trapd.kea.client import KeaClient
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, action
 
-from .common import ENDPOINT, FAMILY, SUBNET_ID, client_for, exactly_one, implied_family
+from .common import (
+    ENDPOINT,
+    FAMILY,
+    PEER,
+    SUBNET_ID,
+    FamilyRule,
+    answered_by,
+    client_for,
+    each_peer,
+    exactly_one,
+)
 from .relay import id_bytes, matches, relay_info
 
 SELECTORS = ("ip-address", "hw-address", "client-id", "duid")
 RELAY = ("circuit-id", "remote-id")
+FAMILIES = FamilyRule(v6_only=("duid", "iaid", "type"), v4_only=("client-id", *RELAY))
 
 PARAMS = {
     "endpoint": ENDPOINT,
     "family": FAMILY,
+    "peer": PEER,
     "ip-address": Param("ip-address", "delete the lease of this address (v4 or v6)"),
     "hw-address": Param("mac-address", "delete every lease of this MAC (v6: scans the lease table)"),
     "client-id": Param("duid", "v4: delete every lease of this DHCP client identifier (hex octets)"),
@@ -65,6 +77,8 @@ PARAMS = {
         "lease6-get-by-duid",
         "lease6-get-page",
     ),
+    kea_families=FAMILIES.families,
+    per_peer=each_peer,
 )
 async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Delete DHCP leases in Kea: by address, MAC, client-id, DUID or option-82 relay ids.
@@ -74,17 +88,17 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     (v4). Every matching lease is fetched first and recorded complete in the
     result (``leases``), so ``trapd kea restore JOURNAL_ID`` can put it back.
     A lease that does not exist counts as success (nothing to do). Needs the
-    lease_cmds hook in Kea.
+    lease_cmds hook in Kea. On an HA relationship it runs on every peer, one
+    journal entry each (Kea HA does not copy a lease deletion to the partner).
 
     Example::
 
         - action: kea.lease-del
-          hw-address: "{{ var('cmnHistMacAddress') }}"
+          hw-address: "{{ cmnHistMacAddress }}"
           update-ddns: true
     """
     sel = exactly_one(params, SELECTORS, {"relay": RELAY})
-    family = implied_family(params, v6_only=("duid", "iaid", "type"), v4_only=("client-id", *RELAY))
-    kea = client_for(params, ctx, family)
+    kea = client_for(params, ctx, FAMILIES.family(params))
     fam = kea.family
     v = "4" if fam == "v4" else "6"
     if sel in ("client-id", "relay") and fam == "v6":
@@ -92,7 +106,7 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     if sel == "duid" and fam == "v4":
         raise PermanentError("duid selects v6 leases only")
     subnet = params.get("subnet-id")
-    result: dict[str, Any] = {"endpoint": kea.name, "family": fam, "selector": sel}
+    result: dict[str, Any] = {**answered_by(kea), "selector": sel}
     found: list[dict[str, Any]] = []
 
     if sel == "ip-address":

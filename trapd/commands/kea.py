@@ -13,7 +13,9 @@ trapd kea restore --file leases.json [--endpoint NAME]
     list of leases, or {"leases": [...]}. Each lease goes back with
     lease4-add / lease6-add exactly as Kea had it (same expiry); a lease
     that exists again is left alone and reported. --dry-run prints the
-    lease*-add commands instead of sending them.
+    lease*-add commands instead of sending them. On an HA relationship the
+    journal holds one entry per peer; any of them restores on every peer
+    where the lease was removed (--peer NAME: on that one only).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     rs.add_argument(
         "--endpoint", metavar="NAME", help="endpoint to restore through (default: the recorded one)"
+    )
+    rs.add_argument(
+        "--peer", metavar="NAME", help="HA relationship: restore on this peer only (default: where removed)"
     )
     rs.add_argument("--dry-run", action="store_true", help="print the commands, send nothing")
     for sp in (st, rs):
@@ -101,58 +107,102 @@ async def _status(config: Any, as_json: bool) -> int:
     return 0 if all(s.reachable for s in statuses) else 1
 
 
-async def _recorded(config: Any, args: argparse.Namespace) -> tuple[Any, str | None]:
-    """The recorded kea.lease-del result and the endpoint it went through."""
+@dataclass
+class _Part:
+    """One recorded deletion: its leases, and the endpoint (and HA peer) it removed them from."""
+
+    result: Any
+    endpoint: str | None
+    peer: str | None
+    journal_id: int | None = None
+
+
+async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
+    """The recorded kea.lease-del result(s): on an HA relationship one per peer it ran on."""
     if args.file:
         data = json.loads(Path(args.file).read_text(encoding="utf-8"))
-        endpoint = data.get("endpoint") if isinstance(data, dict) else None
-        return data, endpoint
-    from trapd.dispatch.journal import open_journal
+        named = data if isinstance(data, dict) else {}
+        return [_Part(data, named.get("endpoint"), named.get("peer"))]
+    from trapd.dispatch.journal import HistoryFilter, open_journal
 
     journal = open_journal(config.dispatch.journal.file(config.state_dir), config.dispatch.journal)
     await journal.open()
     try:
         entry = await journal.get(args.journal_id, with_event=False)
+        if entry is None:
+            raise LookupError(f"no journal entry {args.journal_id}")
+        if entry.action != "kea.lease-del":
+            raise LookupError(f"journal entry {args.journal_id} is {entry.action}, not kea.lease-del")
+        entries = [entry]
+        if isinstance(entry.params.get("peer"), str):
+            # One peer's part of a deletion on an HA relationship: its partners' parts were
+            # journaled with it (same event, rule and action position), one entry per peer.
+            flt = HistoryFilter(
+                rule=entry.rule,
+                action=entry.action,
+                since=entry.created - 1.0,
+                until=entry.created + 1.0,
+                limit=1000,
+            )
+            entries = [
+                e
+                for e in await journal.history(flt)
+                if e.event_id == entry.event_id and e.index == entry.index and e.id != entry.id
+            ]
+            entries.insert(0, entry)
     finally:
         await journal.close()
-    if entry is None:
-        raise LookupError(f"no journal entry {args.journal_id}")
-    if entry.action != "kea.lease-del":
-        raise LookupError(f"journal entry {args.journal_id} is {entry.action}, not kea.lease-del")
-    result = entry.result
-    if isinstance(result, str):
-        result = json.loads(result)
-    if not result:
-        raise LookupError(f"journal entry {args.journal_id} ({entry.state}) has no recorded result")
-    return result, (result.get("endpoint") if isinstance(result, dict) else None) or entry.endpoint
+    parts = []
+    for e in entries:
+        result = json.loads(e.result) if isinstance(e.result, str) else e.result
+        if not result:
+            if e.id == args.journal_id:
+                raise LookupError(f"journal entry {e.id} ({e.state}) has no recorded result")
+            print(f"journal entry {e.id} (peer {e.params.get('peer')}, {e.state}): nothing recorded, skipped")
+            continue
+        endpoint = (result.get("endpoint") if isinstance(result, dict) else None) or e.endpoint
+        peer = result.get("peer") if isinstance(result, dict) else None
+        parts.append(_Part(result, endpoint, peer if isinstance(peer, str) else None, e.id))
+    return parts
 
 
 async def _restore(config: Any, args: argparse.Namespace) -> int:
     from trapd.kea.client import KeaClients
     from trapd.kea.errors import KeaError
-    from trapd.kea.restore import add_arguments, lease_family, leases_from_result, restore_leases
+    from trapd.kea.restore import (
+        RestoreOutcome,
+        add_arguments,
+        lease_family,
+        leases_from_result,
+        restore_leases,
+    )
 
     if (args.journal_id is None) == (args.file is None):
         print("trapd kea restore: give a JOURNAL_ID or --file, not both", file=sys.stderr)
         return 2
     try:
-        recorded, endpoint = await _recorded(config, args)
+        parts = await _recorded(config, args)
     except (OSError, ValueError, LookupError) as exc:
         print(f"trapd kea restore: {exc}", file=sys.stderr)
         return 1
-    leases = leases_from_result(recorded)
-    if not leases:
+    todo = [(p, leases_from_result(p.result)) for p in parts]
+    if not any(leases for _, leases in todo):
         print("nothing to restore: no leases recorded")
         return 0
-    endpoint = args.endpoint or (endpoint if endpoint in config.kea.endpoints else None)
     if args.dry_run:
-        for lease in leases:
-            cmd = "lease4-add" if lease_family(lease) == "v4" else "lease6-add"
-            print(json.dumps({"command": cmd, "arguments": add_arguments(lease)}))
+        for part, leases in todo:
+            for lease in leases:
+                cmd = "lease4-add" if lease_family(lease) == "v4" else "lease6-add"
+                where = {"peer": part.peer} if part.peer else {}
+                print(json.dumps({"command": cmd, "arguments": add_arguments(lease), **where}))
         return 0
     clients = KeaClients(config.kea)
+    outcomes: list[RestoreOutcome] = []
     try:
-        outcomes = await restore_leases(clients, leases, endpoint)
+        for part, leases in todo:
+            endpoint = args.endpoint or (part.endpoint if part.endpoint in config.kea.endpoints else None)
+            peer = args.peer or (part.peer if endpoint == part.endpoint else None)
+            outcomes += await restore_leases(clients, leases, endpoint, peer)
     except KeaError as exc:
         print(f"trapd kea restore: {exc}", file=sys.stderr)
         return 1
@@ -161,6 +211,7 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
     for o in outcomes:
         print(
             f"{o.status:9} {o.ip_address}"
+            + (f"  on {o.peer}" if o.peer else "")
             + (f"  ({o.detail})" if o.detail and o.status != "restored" else "")
         )
     return 0 if all(o.status in ("restored", "exists") for o in outcomes) else 1

@@ -58,6 +58,7 @@ from trapd.dispatch.journal import (
     NewEntry,
     State,
 )
+from trapd.dispatch.peers import fan_out, peer_key
 from trapd.dispatch.stats import DispatchStats
 from trapd.event import Event
 from trapd.plugin import ActionContext, ActionError, ActionSpec, PermanentError
@@ -284,13 +285,20 @@ class Dispatcher:
         """
         if not outcome.planned and not outcome.cancels:
             return []
-        entries, pending = self._journal_soon(event, outcome)
-        return self._submitted(event, outcome, entries, await self._committed(entries, pending))
+        planned, entries, pending = self._journal_soon(event, outcome)
+        return self._submitted(event, outcome, planned, entries, await self._committed(entries, pending))
 
-    def _journal_soon(self, event: Event, outcome: Outcome) -> tuple[list[NewEntry], Awaitable[AddResult]]:
-        """Queue the outcome's journal write now (in call order); await the commit later."""
+    def _journal_soon(
+        self, event: Event, outcome: Outcome
+    ) -> tuple[Sequence[PlannedAction], list[NewEntry], Awaitable[AddResult]]:
+        """Queue the outcome's journal write now (in call order); await the commit later.
+
+        An action bound for every peer of a Kea HA relationship becomes one
+        entry per peer here (trapd.dispatch.peers).
+        """
         now = time.time()
-        entries = [self._plan(event, pa, now) for pa in outcome.planned]
+        planned = fan_out(outcome.planned, self.actions, self.kea.config if self.kea is not None else None)
+        entries = [self._plan(event, pa, now) for pa in planned]
         claims = self._claim_at_insert(entries)
         try:
             pending = self.journal.add_soon(event.to_dict(), entries, outcome.cancels, now)
@@ -298,7 +306,7 @@ class Dispatcher:
             self.stats.overloaded += 1
             raise
         self._claiming += claims
-        return entries, pending
+        return planned, entries, pending
 
     async def _committed(self, entries: list[NewEntry], pending: Awaitable[AddResult]) -> AddResult:
         try:
@@ -335,7 +343,12 @@ class Dispatcher:
         return n
 
     def _submitted(
-        self, event: Event, outcome: Outcome, entries: list[NewEntry], res: AddResult
+        self,
+        event: Event,
+        outcome: Outcome,
+        planned: Sequence[PlannedAction],
+        entries: list[NewEntry],
+        res: AddResult,
     ) -> list[str]:
         """After the commit: count, log what did not go to the workers, hand the rest to them."""
         self.stats.submitted += len(entries)
@@ -356,7 +369,7 @@ class Dispatcher:
             )
         direct: list[_Job] = []
         for pa, ne, id_, state, dup in zip(
-            outcome.planned, entries, res.ids, res.states, res.duplicate_of, strict=True
+            planned, entries, res.ids, res.states, res.duplicate_of, strict=True
         ):
             if ne.claim:
                 self._claiming -= 1
@@ -432,7 +445,9 @@ class Dispatcher:
         """
         # Every write is queued before the first commit is awaited, in the order of items, and
         # without a task per item (in a storm the event loop's time is what receiving lacks).
-        started: list[tuple[list[NewEntry], Awaitable[AddResult]] | BaseException | None] = []
+        started: list[
+            tuple[Sequence[PlannedAction], list[NewEntry], Awaitable[AddResult]] | BaseException | None
+        ] = []
         for event, outcome in items:
             if not outcome.planned and not outcome.cancels:
                 started.append(None)
@@ -449,7 +464,9 @@ class Dispatcher:
                 results.append(st)
             else:
                 try:
-                    results.append(self._submitted(event, outcome, st[0], await self._committed(*st)))
+                    planned, entries, pending = st
+                    committed = await self._committed(entries, pending)
+                    results.append(self._submitted(event, outcome, planned, entries, committed))
                 except Exception as exc:
                     results.append(exc)
         return results
@@ -470,6 +487,9 @@ class Dispatcher:
         for g in self.config.caps:
             if g.applies_to(pa.action, destructive):
                 key = {"none": "", "source": event.source, "rule": pa.rule, "action": pa.action}[g.by]
+                if isinstance(peer := pa.params.get("peer"), str):
+                    # caps count per Kea HA peer, like the rule's own (trapd.dispatch.peers)
+                    key = peer_key(key, f"{pa.params.get('endpoint')}/{peer}")
                 caps.append(CapCheck(f"global/{g.name}", key, g.limit, g.per, g.hold_for))
         mac, ip = _search_terms(spec, pa)
         return NewEntry(
@@ -982,7 +1002,8 @@ def _target(params: Mapping[str, Any]) -> str:
     for name in ("server", "endpoint", "service"):
         value = params.get(name)
         if value is not None:
-            return str(value)
+            peer = params.get("peer")  # one peer of a Kea HA relationship: a server of its own
+            return f"{value}/{peer}" if peer is not None else str(value)
     return ""
 
 

@@ -14,8 +14,10 @@ unix socket answers one object) and turns Kea's result codes into either a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +29,11 @@ from trapd.kea.errors import (
     RESULT_ERROR,
     RESULT_SUCCESS,
     RESULT_UNSUPPORTED,
+    KeaAuthError,
     KeaCommandError,
     KeaConflictError,
+    KeaError,
+    KeaHTTPError,
     KeaPermanentError,
     KeaServerError,
     KeaUnavailableError,
@@ -36,6 +41,57 @@ from trapd.kea.errors import (
     hook_for,
 )
 from trapd.kea.transport import HttpTransport, Transport, UnixTransport
+
+# HA states in which a server answers DHCP clients for its scopes (Kea ARM, "Server states").
+SERVING_STATES = frozenset({"hot-standby", "load-balancing", "partner-down", "passive-backup"})
+
+
+@dataclass(frozen=True, slots=True)
+class HaStatus:
+    """One server's view of its HA relationship (the ``high-availability`` part of status-get)."""
+
+    mode: str
+    role: str
+    state: str
+    scopes: tuple[str, ...]
+    partner_role: str | None
+    partner_state: str | None
+    in_touch: bool | None
+
+    @classmethod
+    def from_status(cls, arguments: Any) -> HaStatus | None:
+        """Parse status-get's arguments; None when the server has no HA hook loaded."""
+        if not isinstance(arguments, dict):
+            return None
+        rels = arguments.get("high-availability")
+        if not isinstance(rels, list) or not rels or not isinstance(rels[0], dict):
+            return None
+        rel: dict[str, Any] = rels[0]
+        servers = _mapping(rel.get("ha-servers"))
+        local, remote = _mapping(servers.get("local")), _mapping(servers.get("remote"))
+        return cls(
+            mode=str(rel.get("ha-mode", "")),
+            role=str(local.get("role", "")),
+            state=str(local.get("state", "")),
+            scopes=tuple(str(s) for s in local.get("scopes", []) if isinstance(s, str)),
+            partner_role=str(remote["role"]) if "role" in remote else None,
+            partner_state=str(remote["last-state"]) if remote.get("last-state") else None,
+            in_touch=bool(remote["in-touch"]) if "in-touch" in remote else None,
+        )
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+async def ha_status(client: KeaClient) -> HaStatus | None:
+    """The server's HA status via status-get; None when it cannot be asked or has no HA."""
+    try:
+        r = await client.command("status-get", accept=(RESULT_SUCCESS,))
+    except KeaError:
+        return None
+    return HaStatus.from_status(r.arguments)
+
 
 # What the CA says when the daemon behind it is down: worth a retry.
 _OFFLINE = ("likely to be offline", "unable to forward command")
@@ -73,12 +129,24 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 class KeaClient:
-    """One Kea endpoint for one family (v4 or v6)."""
+    """One Kea server (or agent) for one family (v4 or v6).
+
+    ``name`` is what errors, breakers and metrics call it: the endpoint's
+    name, or ``ENDPOINT/PEER`` for a peer of an HA relationship. ``up`` and
+    ``last_ok`` follow every exchange (actions and probes alike), so the
+    metrics show what the dispatcher sees, not what start-up saw.
+    """
 
     def __init__(self, config: EndpointConfig, family: str, transport: Transport) -> None:
         self.config = config
-        self.name = config.name
+        self.name = config.label
+        self.endpoint = config.name
+        self.peer = config.peer
         self.family = family
+        self.up: bool | None = None  # None: not talked to yet
+        self.last_ok: float | None = None  # wall time of the last answer
+        self.down_since: float | None = None  # wall time of the first failure in a row
+        self.last_error: str | None = None
         self.transport_name = config.transport
         self.service = SERVICE_BY_FAMILY[family]
         self._transport = transport
@@ -118,7 +186,12 @@ class KeaClient:
         and the transport errors (unreachable, timeout, HTTP/TLS/auth).
         """
         body = self.encode(command, arguments, service)
-        raw = await self._transport.exchange(body, command)
+        try:
+            raw = await self._transport.exchange(body, command)
+        except KeaError as exc:
+            if not isinstance(exc, KeaHTTPError) or isinstance(exc, KeaAuthError):
+                self._down(str(exc))  # unreachable, or reachable but refusing us: down for trapd
+            raise
         if isinstance(raw, list):
             if not raw:
                 raise KeaServerError("empty answer list", self.name, command)
@@ -127,9 +200,18 @@ class KeaClient:
             raise KeaServerError(f"answer without a result code: {str(raw)[:200]}", self.name, command)
         result: int = raw["result"]
         text = str(raw.get("text", ""))
+        if result == RESULT_ERROR and any(s in text for s in _OFFLINE):
+            self._down(text)  # the agent answered; the server behind it did not
+        else:
+            self.up, self.last_ok, self.down_since, self.last_error = True, time.time(), None, None
         if result in tuple(accept):
             return KeaResponse(result, text, raw.get("arguments"))
         raise self._error(command, result, text)
+
+    def _down(self, error: str) -> None:
+        if self.up is not False:
+            self.down_since = time.time()
+        self.up, self.last_error = False, error
 
     def _error(self, command: str, result: int, text: str) -> Exception:
         if result == RESULT_ERROR and any(s in text for s in _OFFLINE):
@@ -170,20 +252,27 @@ class KeaClient:
 
 
 class KeaClients:
-    """Every configured endpoint, by name and family: what actions get as ``ctx.kea``."""
+    """Every configured endpoint, by name and family: what actions get as ``ctx.kea``.
+
+    An HA relationship (an endpoint with ``peers``) has one client per peer
+    and family: :meth:`get` with ``peer``, :meth:`peers` for all of them,
+    :meth:`serving` for the one that answers clients now.
+    """
 
     def __init__(self, config: KeaConfig) -> None:
         self.config = config
-        self._clients: dict[tuple[str, str], KeaClient] = {}
+        self._clients: dict[tuple[str, str, str | None], KeaClient] = {}
         self._transports: list[Transport] = []
         for name, ep in config.endpoints.items():
-            transport: Transport = UnixTransport(ep) if ep.transport == "unix" else HttpTransport(ep)
-            self._transports.append(transport)
-            for fam in ep.families:
-                self._clients[(name, fam)] = KeaClient(ep, fam, transport)
+            for server in ep.peers or (ep,):
+                transport: Transport = (
+                    UnixTransport(server) if server.transport == "unix" else HttpTransport(server)
+                )
+                self._transports.append(transport)
+                for fam in ep.families:
+                    self._clients[(name, fam, server.peer)] = KeaClient(server, fam, transport)
 
-    def get(self, endpoint: str | None = None, family: str | None = None) -> KeaClient:
-        """The client for ``endpoint`` (by name) or, without one, the default for ``family`` (v4)."""
+    def _endpoint(self, endpoint: str | None, family: str | None) -> tuple[EndpointConfig, str]:
         if endpoint:
             ep = self.config.endpoints.get(endpoint)
             if ep is None:
@@ -194,12 +283,68 @@ class KeaClients:
             fam = family or ep.families[0]
             if fam not in ep.families:
                 raise KeaPermanentError(f"endpoint serves {'/'.join(ep.families)}, not {fam}", endpoint)
-            return self._clients[(endpoint, fam)]
+            return ep, fam
         fam = family or "v4"
         chosen = self.config.endpoint_for(fam)
         if chosen is None:
             raise KeaPermanentError(f"no Kea endpoint for {fam} in trapd.yaml (kea.endpoints)", "-")
-        return self._clients[(chosen.name, fam)]
+        return chosen, fam
+
+    def get(
+        self, endpoint: str | None = None, family: str | None = None, peer: str | None = None
+    ) -> KeaClient:
+        """The client for ``endpoint`` (by name) or, without one, the default for ``family`` (v4).
+
+        An HA relationship needs ``peer``: which of its servers. Talking to
+        one of them without saying which would change one server and not its
+        partner (Kea HA does not copy control-API changes).
+        """
+        ep, fam = self._endpoint(endpoint, family)
+        if ep.peers:
+            if peer is None:
+                names = ", ".join(str(p.peer) for p in ep.peers)
+                raise KeaPermanentError(
+                    f"endpoint {ep.name} is an HA relationship ({names}): an action must say which peer",
+                    ep.name,
+                )
+            if ep.peer_named(peer) is None:
+                raise KeaPermanentError(f"endpoint {ep.name} has no peer named {peer!r}", ep.name)
+        elif peer is not None:
+            raise KeaPermanentError(f"endpoint {ep.name} has no peers (asked for {peer!r})", ep.name)
+        return self._clients[(ep.name, fam, peer)]
+
+    def peers(self, endpoint: str | None = None, family: str | None = None) -> list[KeaClient]:
+        """Every server behind the endpoint, in trapd.yaml's order (one for a plain endpoint)."""
+        ep, fam = self._endpoint(endpoint, family)
+        return [self._clients[(ep.name, fam, s.peer)] for s in ep.peers or (ep,)]
+
+    async def serving(self, endpoint: str | None = None, family: str | None = None) -> KeaClient:
+        """The server that answers DHCP clients now (for what must happen once per relationship).
+
+        A plain endpoint is its own server. Of an HA relationship, the first
+        peer whose HA status says it serves scopes (hot-standby: the active
+        server; load-balancing: either; partner-down: the survivor); if none
+        says so, the first that answers at all. None answering is a retryable
+        error.
+        """
+        clients = self.peers(endpoint, family)
+        if len(clients) == 1:
+            return clients[0]
+        statuses = await asyncio.gather(*(ha_status(c) for c in clients))
+        for client, st in zip(clients, statuses, strict=True):
+            if st is not None and st.scopes:
+                return client
+        for client, st in zip(clients, statuses, strict=True):
+            if st is not None:
+                return client
+        raise KeaUnavailableError(
+            "no peer of the HA relationship answers: " + "; ".join(str(c.last_error) for c in clients),
+            clients[0].endpoint,
+        )
+
+    def by_name(self, name: str) -> KeaClient | None:
+        """A client by what errors call it (``endpoint`` or ``endpoint/peer``); the first family's."""
+        return next((c for c in self._clients.values() if c.name == name), None)
 
     def __iter__(self) -> Iterator[KeaClient]:
         return iter(self._clients.values())

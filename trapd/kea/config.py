@@ -18,6 +18,12 @@ Example::
           key_file: /etc/trapd/trapd.key
           timeout: 5                      # seconds for one command, connect included
         kea3: {transport: http, url: http://127.0.0.1:8001/, family: v4}   # a Kea >= 3.0 daemon socket
+        pair4:                            # an HA relationship: one endpoint, several servers
+          family: v4
+          peers:
+            - {name: server1, transport: unix, socket: /run/kea/kea4-ctrl-socket}
+            - {name: server2, transport: control-agent, url: https://10.0.0.12:8000/,
+               user: trapd, password: {file: /etc/trapd/kea.pw}, ca_file: /etc/trapd/kea-ca.pem}
 
 Transports: ``unix`` (the daemon's control socket: no network, no password;
 the natural choice on the DHCP host), ``control-agent`` (HTTP(S) to
@@ -28,6 +34,12 @@ An action picks its endpoint by its ``endpoint`` parameter, else by family:
 the ``default`` for that family, else the first endpoint of that family in
 this file.
 
+An endpoint with ``peers:`` is a Kea HA relationship (docs/kea-ha.md): each
+peer is an ordinary endpoint definition with a ``name`` (Kea's name for the
+server, its ``this-server-name``) and its own transport, auth and TLS; the
+family is the relationship's. Rules keep naming the relationship; the
+dispatcher decides per action which peers it goes to.
+
 Other keys: ``pool_size`` (HTTP connections kept per endpoint, default 4),
 ``idle_timeout`` (seconds an idle HTTP connection is reused; Kea closes it
 after 30 s, default 20), ``max_in_flight`` (unix: commands at once, default 8).
@@ -35,7 +47,7 @@ after 30 s, default 20), ``max_in_flight`` (unix: commands at once, default 8).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,6 +72,7 @@ _HTTP_KEYS = {
     "verify_hostname",
 }
 _UNIX_KEYS = {"socket", "max_in_flight"}
+_PAIR_KEYS = {"family", "peers"}
 
 
 @dataclass(frozen=True)
@@ -81,11 +94,24 @@ class EndpointConfig:
     pool_size: int = 4
     idle_timeout: float = 20.0
     verify_hostname: bool = True
+    # HA: a relationship has its peers here (and transport "peers"); a peer has its name in ``peer``.
+    peers: tuple[EndpointConfig, ...] = ()
+    peer: str | None = None
 
     @property
     def target(self) -> str:
         """Where it points, for messages (never includes credentials)."""
+        if self.peers:
+            return ", ".join(f"{p.peer}={p.target}" for p in self.peers)
         return str(self.socket) if self.transport == "unix" else str(self.url)
+
+    @property
+    def label(self) -> str:
+        """How errors, breakers and metrics name it: ``pair4/server1`` for a peer, else the name."""
+        return f"{self.name}/{self.peer}" if self.peer else self.name
+
+    def peer_named(self, name: str) -> EndpointConfig | None:
+        return next((p for p in self.peers if p.peer == name), None)
 
 
 @dataclass(frozen=True)
@@ -102,6 +128,16 @@ class KeaConfig:
             if family in ep.families:
                 return ep
         return None
+
+    def resolve(self, endpoint: str | None, family: str) -> EndpointConfig | None:
+        """The endpoint an action with these parameters reaches (None: not configured)."""
+        if endpoint:
+            return self.endpoints.get(endpoint)
+        return self.endpoint_for(family)
+
+    @property
+    def has_pairs(self) -> bool:
+        return any(ep.peers for ep in self.endpoints.values())
 
     @classmethod
     def from_yaml(cls, node: Any, base_dir: Path) -> KeaConfig:
@@ -156,16 +192,12 @@ def _path(node: YDict, key: str, what: str, base_dir: Path) -> Path | None:
 
 def _endpoint(name: str, node: Any, base_dir: Path) -> EndpointConfig:
     what = f"kea.endpoints.{name}"
-    n = check_keys(node, _COMMON_KEYS | _HTTP_KEYS | _UNIX_KEYS, what)
-    transport = expect(n, "transport", str, what)
-    if transport not in TRANSPORTS:
-        raise ConfigError(
-            f"{what}.transport must be one of {', '.join(TRANSPORTS)}",
-            where(n, "transport") if "transport" in n else n.mark,
-        )
-    allowed = _COMMON_KEYS | (_UNIX_KEYS if transport == "unix" else _HTTP_KEYS)
-    check_keys(n, allowed, f"{what} ({transport})")
+    if isinstance(node, dict) and "peers" in node:
+        return _pair(name, node, base_dir)
+    return _server(name, node, base_dir, what)
 
+
+def _families(n: YDict, what: str, transport: str) -> tuple[str, ...]:
     fam_raw = n.get("family")
     fams = [fam_raw] if isinstance(fam_raw, str) else fam_raw
     if (
@@ -182,6 +214,70 @@ def _endpoint(name: str, node: Any, base_dir: Path) -> EndpointConfig:
             f"{what}: only a control-agent serves both families; a {transport} endpoint talks to one daemon",
             where(n, "family"),
         )
+    return tuple(fams)
+
+
+def _pair(name: str, node: Any, base_dir: Path) -> EndpointConfig:
+    """An HA relationship: ``family`` and ``peers``, each peer a named endpoint of its own."""
+    what = f"kea.endpoints.{name}"
+    n = check_keys(node, _PAIR_KEYS, what)
+    raw = n.get("peers")
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ConfigError(
+            f"{what}.peers must list the relationship's servers (two or more)", where(n, "peers")
+        )
+    peers: list[EndpointConfig] = []
+    for i, peer_node in enumerate(raw):
+        pwhat = f"{what}.peers[{i}]"
+        if not isinstance(peer_node, YDict):
+            raise ConfigError(f"{pwhat} must be an endpoint definition with a name", where(n, "peers"))
+        if "family" in peer_node:
+            raise ConfigError(
+                f"{pwhat}: the family belongs to the relationship ({what}.family), not to a peer",
+                where(peer_node, "family", of_key=True),
+            )
+        peer_name = peer_node.get("name")
+        if not isinstance(peer_name, str) or not peer_name or "/" in peer_name:
+            raise ConfigError(
+                f"{pwhat}.name: each peer needs a name (Kea's this-server-name; no '/')",
+                where(peer_node, "name") if "name" in peer_node else peer_node.mark,
+            )
+        if any(p.peer == peer_name for p in peers):
+            raise ConfigError(f"{pwhat}.name: two peers named {peer_name!r}", where(peer_node, "name"))
+        fields = {k: v for k, v in peer_node.items() if k != "name"}
+        peer_cfg = _server(name, _with_family(peer_node, fields, n.get("family")), base_dir, pwhat)
+        peers.append(replace(peer_cfg, peer=peer_name))
+    families = _families(
+        n, what, "control-agent" if all(p.transport == "control-agent" for p in peers) else "peers"
+    )
+    for p in peers:
+        if not set(families) <= set(p.families):
+            raise ConfigError(f"{what}: peer {p.peer} does not serve {'/'.join(families)}", where(n, "peers"))
+    return EndpointConfig(name, "peers", families, max(p.timeout for p in peers), peers=tuple(peers))
+
+
+def _with_family(peer_node: YDict, fields: dict[Any, Any], family: Any) -> YDict:
+    """The peer's keys plus the relationship's family, keeping the YAML marks for messages."""
+    out = YDict(fields)
+    out.mark = peer_node.mark
+    out.key_marks = dict(peer_node.key_marks)
+    out.value_marks = dict(peer_node.value_marks)
+    if family is not None:
+        out["family"] = family
+    return out
+
+
+def _server(name: str, node: Any, base_dir: Path, what: str) -> EndpointConfig:
+    n = check_keys(node, _COMMON_KEYS | _HTTP_KEYS | _UNIX_KEYS, what)
+    transport = expect(n, "transport", str, what)
+    if transport not in TRANSPORTS:
+        raise ConfigError(
+            f"{what}.transport must be one of {', '.join(TRANSPORTS)}",
+            where(n, "transport") if "transport" in n else n.mark,
+        )
+    allowed = _COMMON_KEYS | (_UNIX_KEYS if transport == "unix" else _HTTP_KEYS)
+    check_keys(n, allowed, f"{what} ({transport})")
+    fams = _families(n, what, str(transport))
     timeout = expect(n, "timeout", (int, float), what, 5.0)
     if timeout <= 0:
         raise ConfigError(f"{what}.timeout must be positive", where(n, "timeout"))

@@ -53,6 +53,7 @@ class RestoreOutcome:
     family: str
     status: str  # "restored", "exists", "failed"
     detail: str = ""
+    peer: str | None = None  # the HA peer it went back to
 
 
 def leases_from_result(result: Any) -> list[dict[str, Any]]:
@@ -65,22 +66,30 @@ def leases_from_result(result: Any) -> list[dict[str, Any]]:
 
 
 async def restore_leases(
-    clients: KeaClients, leases: Iterable[Mapping[str, Any]], endpoint: str | None = None
+    clients: KeaClients,
+    leases: Iterable[Mapping[str, Any]],
+    endpoint: str | None = None,
+    peer: str | None = None,
 ) -> list[RestoreOutcome]:
-    """Re-add each lease; one that exists again is reported, not overwritten."""
+    """Re-add each lease; one that exists again is reported, not overwritten.
+
+    On an HA relationship: to ``peer`` (where kea.lease-del removed it), or
+    to every peer when none is named (Kea HA does not copy a lease4-add).
+    """
     out: list[RestoreOutcome] = []
     for lease in leases:
         fam = lease_family(lease)
         ip = str(lease["ip-address"])
-        kea = clients.get(endpoint, fam) if endpoint else clients.get(None, fam)
+        servers = [clients.get(endpoint, fam, peer)] if peer is not None else clients.peers(endpoint, fam)
         cmd = "lease4-add" if fam == "v4" else "lease6-add"
-        try:
-            await kea.command(cmd, add_arguments(lease), accept=(0,))
-        except KeaConflictError as exc:
-            out.append(RestoreOutcome(ip, fam, "exists", str(exc)))
-        except KeaCommandError as exc:
-            status = "exists" if "already exists" in str(exc) else "failed"  # Kea < 2.6 says result 1
-            out.append(RestoreOutcome(ip, fam, status, str(exc)))
-        else:
-            out.append(RestoreOutcome(ip, fam, "restored"))
+        for kea in servers:
+            try:
+                await kea.command(cmd, add_arguments(lease), accept=(0,))
+            except KeaConflictError as exc:
+                out.append(RestoreOutcome(ip, fam, "exists", str(exc), kea.peer))
+            except KeaCommandError as exc:
+                status = "exists" if "already exists" in str(exc) else "failed"  # Kea < 2.6 says result 1
+                out.append(RestoreOutcome(ip, fam, status, str(exc), kea.peer))
+            else:
+                out.append(RestoreOutcome(ip, fam, "restored", peer=kea.peer))
     return out

@@ -1,0 +1,458 @@
+"""Kea HA pairs: every action lands on every peer that needs it (real Kea 2.2 pairs on loopback).
+
+Kea HA does not copy control-API lease changes to the partner (kea-ha-facts.md),
+so trapd journals one kea.lease-del / dhcp-disable / dhcp-enable per peer.
+Each module parameter is one pair (hot-standby, load-balancing) of two servers
+(kea-dhcp4 + kea-dhcp6 + Control Agent + kea-dhcp-ddns each) and one
+``trapd run`` in front of it, shared by the tests; a test that stops a server
+starts it again and waits (polling status-get) until the pair is back in its
+mode. Peer server1 is reached over its unix sockets, server2 over its Control
+Agent: any transport per peer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_harness import LINK_DOWN, PYTHON, TrapdDaemon
+from kea_harness import make_action_context, make_kea_clients
+from kea_sandbox import Bind, DdnsTarget, HaPair, start_bind, start_ha_pair, unix_command
+from listen_harness import snmp_send
+
+from trapd.kea.config import KeaConfig
+from trapd.yamlsource import ConfigError, load_yaml
+
+pytestmark = pytest.mark.integration
+
+IF_INDEX = "1.3.6.1.2.1.2.2.1.1"
+IF_PHYS_ADDRESS = "1.3.6.1.2.1.2.2.1.6"
+CAP = {"limit": 1000, "per": "1m"}
+
+RULES = {
+    "rules": [
+        {
+            "name": "nic-gone",
+            "match": {"notification": "IF-MIB::linkDown", "varbinds": {"ifIndex": 8}},
+            "actions": [
+                {"action": "kea.lease-del", "endpoint": "pair4", "hw-address": "{{ ifPhysAddress | mac }}",
+                 "cap": CAP},
+                {"action": "kea.lease-del", "endpoint": "pair6", "hw-address": "{{ ifPhysAddress | mac }}",
+                 "cap": CAP},
+            ],
+        },
+        {
+            "name": "disable",
+            "match": {"notification": "IF-MIB::linkDown", "varbinds": {"ifIndex": 9}},
+            "actions": [{"action": "kea.dhcp-disable", "endpoint": "pair4", "max-period": "60s", "cap": CAP}],
+        },
+        {
+            "name": "enable",
+            "match": {"notification": "IF-MIB::linkDown", "varbinds": {"ifIndex": 10}},
+            "actions": [{"action": "kea.dhcp-enable", "endpoint": "pair4"}],
+        },
+        {
+            "name": "dns-again",
+            "match": {"notification": "IF-MIB::linkDown", "varbinds": {"ifIndex": 11}},
+            "actions": [
+                {"action": "kea.ddns-resend", "endpoint": "pair4", "hw-address": "{{ ifPhysAddress | mac }}"}
+            ],
+        },
+    ]
+}  # fmt: skip
+
+FAST_RETRY = {
+    "retry": {"max_attempts": 1000, "backoff": "0.2s", "max_backoff": "1s", "jitter": 0},
+    "breaker": {"failures": 3, "cool_down": "0.5s", "max_cool_down": "1s"},
+}
+
+
+# --- the pair, the daemon, and what to look at -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
+    if not Path("/usr/sbin/named").exists():
+        pytest.skip("BIND is not installed")
+    b = start_bind(Path(tmp_path_factory.mktemp("bind")))
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module", params=["hot-standby", "load-balancing"])
+def pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, bind: Bind
+) -> Iterator[HaPair]:
+    if not Path("/usr/lib/x86_64-linux-gnu/kea/hooks/libdhcp_ha.so").exists():
+        pytest.skip("Kea's HA hook is not installed")
+    p = start_ha_pair(
+        Path(tmp_path_factory.mktemp("ha")),
+        request.param,
+        ddns=DdnsTarget(bind.port, bind.key_name, bind.key_secret),
+    )
+    yield p
+    p.stop()
+
+
+def mixed_endpoints(pair: HaPair) -> dict[str, Any]:
+    """pair4 / pair6 with server1 over its unix sockets and server2 over its Control Agent."""
+    unix, ca = pair.trapd_endpoints("unix"), pair.trapd_endpoints("ca")
+    return {name: {**unix[name], "peers": [unix[name]["peers"][0], ca[name]["peers"][1]]} for name in unix}
+
+
+@pytest.fixture(scope="module")
+def trapd(pair: HaPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrapdDaemon]:
+    config = {"kea": {"endpoints": mixed_endpoints(pair)}, "dispatch": FAST_RETRY}
+    d = TrapdDaemon.start(tmp_path_factory.mktemp("trapd"), rules=json.dumps(RULES), config=config)
+    yield d
+    d.stop()
+    d.close()
+
+
+@pytest.fixture
+def healthy(pair: HaPair) -> Iterator[HaPair]:
+    """The pair, and after the test both servers running and back in the pair's mode."""
+    yield pair
+    for name, inst in pair.servers.items():
+        if not inst.procs:
+            pair.start_server(name)
+    pair.wait_states({n: {pair.mode} for n in pair.servers})
+
+
+def trap(d: TrapdDaemon, if_index: int, mac: str = "0a0027000000") -> None:
+    r = snmp_send(
+        "snmptrap", "-v", "2c", "-c", "public", d.target(), "", LINK_DOWN,
+        f"{IF_INDEX}.{if_index}", "i", str(if_index), f"{IF_PHYS_ADDRESS}.{if_index}", "x", mac,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+def journal(d: TrapdDaemon) -> list[dict[str, Any]]:
+    r = subprocess.run(
+        [PYTHON, "-m", "trapd", "journal", "--config", str(d.config_path), "--json", "list", "--state", "all",
+         "--limit", "10000"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]  # one entry per line
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.1)
+
+
+def done_parts(d: TrapdDaemon, action: str, **params: Any) -> dict[str, dict[str, Any]]:
+    """Once every entry of ``action`` with ``params`` is done: them by peer (else {})."""
+    p = parts(d, action, **params)
+    return p if p and all(e["state"] == "done" for e in p.values()) else {}
+
+
+def parts(d: TrapdDaemon, action: str, **params: Any) -> dict[str, dict[str, Any]]:
+    """The journal entries of ``action`` whose parameters include ``params``, by peer."""
+    return {
+        e["params"].get("peer", "-"): e
+        for e in journal(d)
+        if e["action"] == action and all(e["params"].get(k) == v for k, v in params.items())
+    }
+
+
+class Leases:
+    """Addresses and MACs no other test uses; leases added on both servers directly."""
+
+    counter = 0
+
+    def __init__(self, pair: HaPair) -> None:
+        Leases.counter += 1
+        n = Leases.counter
+        self.pair = pair
+        self.mac = f"0a:00:27:4a:{n // 256:02x}:{n % 256:02x}"
+        s1 = pair.servers["server1"]
+        self.ip4 = s1.next_ip4()
+        self.ip6 = s1.next_ip6()
+
+    def add(self, **extra: Any) -> None:
+        for inst in self.pair.servers.values():
+            inst.add_lease4(self.ip4, self.mac, **extra)
+            inst.add_lease6(self.ip6, "00:03:00:01:" + self.mac, 1, **{"hw-address": self.mac})
+
+    def held_by(self) -> set[tuple[str, str]]:
+        """(server, family) pairs that still have the lease."""
+        out = set()
+        for name, inst in self.pair.servers.items():
+            if inst.procs and inst.lease4(self.ip4) is not None:
+                out.add((name, "v4"))
+            if inst.procs and inst.lease6(self.ip6) is not None:
+                out.add((name, "v6"))
+        return out
+
+
+# --- configuration: the peers list ------------------------------------------------------------
+
+
+def parse(text: str) -> KeaConfig:
+    return KeaConfig.from_yaml(load_yaml(text, "trapd.yaml")["kea"], Path("/etc/trapd"))
+
+
+def test_peers_config_and_client_choice() -> None:
+    cfg = parse("""\
+kea:
+  endpoints:
+    dhcp4:
+      family: v4
+      peers:
+        - {name: server1, transport: unix, socket: /run/kea/kea4-ctrl-socket}
+        - {name: server2, transport: control-agent, url: "https://10.0.0.12:8000/", user: trapd, password: pw}
+""")
+    ep = cfg.endpoints["dhcp4"]
+    assert ep.families == ("v4",) and [p.peer for p in ep.peers] == ["server1", "server2"]
+    assert [p.label for p in ep.peers] == ["dhcp4/server1", "dhcp4/server2"]
+    assert ep.peers[1].transport == "control-agent" and ep.peers[1].families == ("v4",)
+    assert cfg.endpoint_for("v4") is ep and cfg.has_pairs
+    clients = make_kea_clients({"endpoints": {"dhcp4": {"family": "v4", "peers": [
+        {"name": "a", "transport": "unix", "socket": "/x/a.sock"},
+        {"name": "b", "transport": "http", "url": "http://127.0.0.1:1/"},
+    ]}}})  # fmt: skip
+    assert [c.name for c in clients.peers("dhcp4")] == ["dhcp4/a", "dhcp4/b"]
+    assert clients.get("dhcp4", peer="b").transport_name == "http"
+    from trapd.kea.errors import KeaPermanentError
+
+    with pytest.raises(KeaPermanentError, match=r"HA relationship .* must say which peer"):
+        clients.get("dhcp4")  # one server of a pair alone would leave its partner unchanged
+    with pytest.raises(KeaPermanentError, match="no peer named 'c'"):
+        clients.get("dhcp4", peer="c")
+
+
+@pytest.mark.parametrize(
+    ("peers", "message"),
+    [
+        ("[{name: a, transport: unix, socket: /a}]", "two or more"),
+        ("[{transport: unix, socket: /a}, {name: b, transport: unix, socket: /b}]", "each peer needs a name"),
+        ("[{name: a, transport: unix, socket: /a}, {name: a, transport: unix, socket: /b}]",
+         "two peers named 'a'"),
+        ("[{name: a, transport: unix, socket: /a, family: v4}, {name: b, transport: unix, socket: /b}]",
+         "belongs to the relationship"),
+        ("[{name: a, transport: unix, socket: /a}, {name: b, transport: pigeon}]", "transport must be"),
+    ],
+)  # fmt: skip
+def test_bad_peers_are_refused_with_their_line(peers: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        parse(f"kea:\n  endpoints:\n    dhcp4:\n      family: v4\n      peers: {peers}\n")
+    assert err.value.mark is not None and err.value.mark.line in (4, 5)
+
+
+def test_fan_out_one_entry_per_peer() -> None:
+    """Per-peer actions become one planned action per peer; keys, once-keys and caps per peer."""
+    from trapd.dispatch.peers import fan_out
+    from trapd.plugin import load_actions
+    from trapd.rules.outcome import PlannedAction, RateCap
+
+    actions = load_actions()[0]
+    cfg = parse("""\
+kea:
+  endpoints:
+    single6: {transport: unix, socket: /s6, family: v6}
+    pair4:
+      family: v4
+      peers: [{name: s1, transport: unix, socket: /a}, {name: s2, transport: unix, socket: /b}]
+""")
+
+    def plan(action: str, **params: Any) -> PlannedAction:
+        return PlannedAction(
+            "r", action, 0, params, "k", once_key="o", caps=(RateCap("c", 10, 60.0, key="x"),)
+        )
+
+    out = fan_out([plan("kea.lease-del", **{"ip-address": "10.1.0.1"})], actions, cfg)
+    assert [(p.params["endpoint"], p.params["peer"], p.key, p.once_key, p.caps[0].key) for p in out] == [
+        ("pair4", "s1", "k@pair4/s1", "o@pair4/s1", "x@pair4/s1"),
+        ("pair4", "s2", "k@pair4/s2", "o@pair4/s2", "x@pair4/s2"),
+    ]
+    # v6 goes to the plain v6 endpoint: unchanged; a named peer: unchanged; once per pair: unchanged
+    for pa in (
+        plan("kea.lease-del", **{"ip-address": "2001:db8::1"}),
+        plan("kea.lease-del", **{"ip-address": "10.1.0.1", "peer": "s2"}),
+        plan("kea.ddns-resend", **{"ip-address": "10.1.0.1"}),
+        plan("kea.command", command="status-get", target="one"),
+    ):
+        assert fan_out([pa], actions, cfg) == [pa]
+    assert len(fan_out([plan("kea.command", command="lease4-wipe")], actions, cfg)) == 2  # target: all
+    assert len(fan_out([plan("kea.dhcp-disable", **{"max-period": 5})], actions, cfg)) == 2
+
+
+# --- a real pair -------------------------------------------------------------------------------
+
+
+def test_trap_deletes_the_lease_on_both_peers(trapd: TrapdDaemon, pair: HaPair) -> None:
+    leases = Leases(pair)
+    leases.add()
+    assert len(leases.held_by()) == 4
+    trap(trapd, 8, leases.mac.replace(":", ""))
+    wait_for("leases gone on both peers", lambda: not leases.held_by())
+    for endpoint in ("pair4", "pair6"):
+        by_peer = wait_for(
+            "both parts done",
+            lambda endpoint=endpoint: done_parts(
+                trapd, "kea.lease-del", endpoint=endpoint, **{"hw-address": leases.mac}
+            ),
+        )
+        assert sorted(by_peer) == ["server1", "server2"]
+        for peer, e in by_peer.items():
+            assert e["attempts"] == 1 and e["result"]["peer"] == peer and e["result"]["deleted"] == 1
+
+
+def test_restore_puts_the_lease_back_on_every_peer(trapd: TrapdDaemon, pair: HaPair) -> None:
+    leases = Leases(pair)
+    leases.add()
+    trap(trapd, 8, leases.mac.replace(":", ""))
+    wait_for("leases gone", lambda: not leases.held_by())
+    by_peer = wait_for(
+        "v4 parts done",
+        lambda: done_parts(trapd, "kea.lease-del", endpoint="pair4", **{"hw-address": leases.mac}),
+    )
+    entry_id = str(by_peer["server2"]["id"])
+    r = subprocess.run(
+        [PYTHON, "-m", "trapd", "kea", "restore", entry_id, "--config", str(trapd.config_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (
+        f"restored  {leases.ip4}  on server1" in r.stdout
+        and f"restored  {leases.ip4}  on server2" in r.stdout
+    )
+    assert leases.held_by() == {("server1", "v4"), ("server2", "v4")}
+
+
+def test_a_stopped_peer_gets_its_deletion_when_it_is_back(trapd: TrapdDaemon, healthy: HaPair) -> None:
+    pair = healthy
+    leases = Leases(pair)
+    leases.add()
+    pair.stop_server("server2")
+    trap(trapd, 8, leases.mac.replace(":", ""))
+    # server1's part at once, whatever happens to server2's
+    wait_for(
+        "gone on server1",
+        lambda: ("server1", "v4") not in leases.held_by() and ("server1", "v6") not in leases.held_by(),
+    )
+    waiting = wait_for(
+        "server2's part retrying",
+        lambda: (p := parts(trapd, "kea.lease-del", endpoint="pair4", **{"hw-address": leases.mac}))
+        and p.get("server2", {}).get("attempts", 0) >= 2 and p,
+    )  # fmt: skip
+    assert waiting["server1"]["state"] == "done" and waiting["server2"]["state"] != "done"
+    pair.start_server("server2")  # it loads its own lease file: the lease is back there
+    pair.wait_states({n: {pair.mode} for n in pair.servers})
+    wait_for("gone on server2 too", lambda: not leases.held_by())
+    for endpoint in ("pair4", "pair6"):
+        by_peer = wait_for(
+            "both parts done",
+            lambda endpoint=endpoint: done_parts(
+                trapd, "kea.lease-del", endpoint=endpoint, **{"hw-address": leases.mac}
+            ),
+        )
+        # nothing deleted twice: server1's part ran once; server2's deleted the one lease it had
+        assert by_peer["server1"]["attempts"] == 1 and by_peer["server1"]["result"]["deleted"] == 1
+        assert by_peer["server2"]["attempts"] >= 2 and by_peer["server2"]["result"]["deleted"] == 1, (
+            json.dumps(by_peer["server2"])
+        )
+    # METRIC-LATER
+
+
+def test_after_failover_the_survivor_does_not_hold_the_deleted_lease(
+    trapd: TrapdDaemon, healthy: HaPair
+) -> None:
+    pair = healthy
+    leases = Leases(pair)
+    leases.add()
+    trap(trapd, 8, leases.mac.replace(":", ""))
+    wait_for("leases gone on both peers", lambda: not leases.held_by())
+    pair.stop_server("server1")
+    pair.wait_states({"server2": {"partner-down"}})
+    assert pair.servers["server2"].lease4(leases.ip4) is None
+    assert pair.servers["server2"].lease6(leases.ip6) is None
+
+
+def test_dhcp_disable_and_enable_reach_both_peers(trapd: TrapdDaemon, pair: HaPair) -> None:
+    before = {e["id"] for e in journal(trapd)}
+
+    def new(action: str) -> dict[str, dict[str, Any]]:
+        p = {k: e for k, e in parts(trapd, action, endpoint="pair4").items() if e["id"] not in before}
+        return p if len(p) == 2 and all(e["state"] == "done" for e in p.values()) else {}
+
+    trap(trapd, 9)
+    disabled = wait_for("disable done on both", lambda: new("kea.dhcp-disable"))
+    for peer, e in disabled.items():
+        # Kea 2.2 takes the user origin by name: the origin HA's state machine never overrides
+        assert e["result"]["peer"] == peer and e["result"]["arguments"] == {
+            "max-period": 60,
+            "origin": "user",
+        }
+        assert e["result"]["text"] == "DHCPv4 service disabled for 60 seconds"
+    trap(trapd, 10)
+    enabled = wait_for("enable done on both", lambda: new("kea.dhcp-enable"))
+    assert {e["result"]["text"] for e in enabled.values()} == {"DHCP service successfully enabled"}
+    # HA kept its state through it (user-origin disable does not make the partner take over)
+    pair.wait_states({n: {pair.mode} for n in pair.servers}, timeout=10)
+
+
+def d2_received(pair: HaPair) -> dict[str, int]:
+    """NCRs each server's kea-dhcp-ddns received (statistic-get-all, ncr-received)."""
+    out = {}
+    for name, inst in pair.servers.items():
+        assert inst.d2_socket is not None
+        r = unix_command(inst.host_path(inst.d2_socket), "statistic-get-all")
+        out[name] = int(r["arguments"]["ncr-received"][0][0])
+    return out
+
+
+def test_ddns_resend_goes_once_through_the_serving_peer(trapd: TrapdDaemon, pair: HaPair, bind: Bind) -> None:
+    leases = Leases(pair)
+    name = f"ha{Leases.counter}.example.org"
+    for inst in pair.servers.values():
+        inst.add_lease4(leases.ip4, leases.mac, hostname=name, **{"fqdn-fwd": True, "fqdn-rev": True})
+    before = d2_received(pair)
+    trap(trapd, 11, leases.mac.replace(":", ""))
+    wait_for("A record", lambda: bind.dig(name) == [leases.ip4])
+    entry = wait_for(
+        "resend done",
+        lambda: (p := parts(trapd, "kea.ddns-resend", endpoint="pair4", **{"hw-address": leases.mac}))
+        and p.get("-", {}).get("state") == "done" and p["-"],
+    )  # fmt: skip
+    assert entry["result"]["peer"] == "server1"  # both serve scopes in load-balancing; server1 is first
+    after = wait_for("D2 counted it", lambda: (a := d2_received(pair)) != before and a)
+    assert after["server1"] - before["server1"] == 1 and after["server2"] == before["server2"]
+
+
+async def test_command_target_all_one_or_a_peer(pair: HaPair) -> None:
+    from trapd.params import validate
+    from trapd.plugin import load_actions
+
+    spec = load_actions()[0]["kea.command"]
+    clients = make_kea_clients({"endpoints": pair.trapd_endpoints("unix")})
+    ctx = make_action_context(clients)
+    try:
+        one = await spec.run(
+            validate(spec.params, {"endpoint": "pair4", "command": "status-get", "target": "one"}), ctx
+        )
+        assert one is not None and one["peer"] == "server1"
+        named = await spec.run(
+            validate(spec.params, {"endpoint": "pair4", "command": "status-get", "target": "server2"}), ctx
+        )
+        assert named is not None and named["peer"] == "server2"
+        assert named["arguments"]["high-availability"][0]["ha-servers"]["local"]["role"] in (
+            "standby",
+            "secondary",
+        )
+    finally:
+        await clients.aclose()
+        await ctx.http.aclose()
