@@ -465,14 +465,19 @@ def test_smiv1_trap_type_is_enterprise_zero_specific(site: tuple[MibResolver, Pa
     assert count is not None and count.base == "Counter32"
 
 
-def test_broken_files_reported_by_name_and_others_load(site: tuple[MibResolver, Path, Path]) -> None:
-    r, _src, _cache = site
-    problems = "\n".join(r.problems)
-    assert any(p.startswith("BROKEN.my: BROKEN-MIB: Bad grammar") for p in r.problems), problems
-    assert any(
-        p.startswith("needs-missing.txt: NEEDS-MISSING-MIB: imports from NOWHERE-MIB") for p in r.problems
-    ), problems
-    assert any(p.startswith("notes.txt: not a MIB module") for p in r.problems), problems
+def test_broken_files_reported_by_file_and_line_and_others_load(
+    site: tuple[MibResolver, Path, Path],
+) -> None:
+    r, src, _cache = site
+    problems = "\n".join(map(str, r.problems))
+    where = {(Path(p.file or "").name, p.line, p.module): p.message for p in r.problems}
+    # A syntax error at pysmi's line; an import nobody has at its FROM; a non-MIB at its start.
+    assert where[("BROKEN.my", 6, "BROKEN-MIB")].startswith("Bad grammar"), problems
+    needs = where[("needs-missing.txt", 5, "NEEDS-MISSING-MIB")]
+    assert needs.startswith("imports from NOWHERE-MIB"), problems
+    assert where[("notes.txt", 1, None)].startswith("not a MIB module"), problems
+    assert all(p.file is not None and Path(p.file).parent == src for p in r.problems), problems
+    assert f"{src / 'BROKEN.my'}:6: BROKEN-MIB: Bad grammar" in problems
     assert "README.md" not in problems
     assert len(r.problems) == 3, problems
     assert r.lookup("brokenThing") is None
@@ -500,7 +505,7 @@ def test_cache_reused_on_second_load(
     assert time.monotonic() - t0 < 5
     assert again.lookup("trapdMacNotification") == (1, 3, 6, 1, 4, 1, 99999, 0, 1)
     # Problems come from the cache too: every start reports them, not only the first.
-    assert any(p.startswith("BROKEN.my:") for p in again.problems)
+    assert any(p.file == str(src / "BROKEN.my") and p.line == 6 for p in again.problems)
     assert compiled.stat().st_mtime_ns == before
 
 
@@ -559,7 +564,7 @@ def test_unwritable_cache_still_loads(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=blocker / "cache"), compile_in_process=True)
     assert r.lookup("trapdMacNotification") is not None
-    assert any("cache" in p for p in r.problems)
+    assert any("cache" in p.message for p in r.problems)
 
 
 def test_missing_directory_is_no_problem(tmp_path: Path) -> None:
@@ -622,7 +627,9 @@ def test_damaged_or_stale_snapshot_is_ignored(tmp_path: Path) -> None:
     (src / "notes.txt").write_text("no MIB here\n", encoding="utf-8")
     changed = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
     assert "snapshot" not in changed.sources
-    assert changed.problems == ["notes.txt: not a MIB module (no 'NAME DEFINITIONS ::= BEGIN')"]
+    assert [str(p) for p in changed.problems] == [
+        f"{src / 'notes.txt'}:1: not a MIB module (no 'NAME DEFINITIONS ::= BEGIN')"
+    ]
 
 
 def test_no_snapshot_while_the_site_compile_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -636,7 +643,7 @@ def test_no_snapshot_while_the_site_compile_fails(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(mibs_mod, "_compile_in_child", crash)
     cfg = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
     r = MibResolver.load(cfg)
-    assert r.problems == ["MIB compile failed: RuntimeError: compiler crashed"]
+    assert [str(p) for p in r.problems] == ["MIB compile failed: RuntimeError: compiler crashed"]
     assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())  # shipped names still work
     assert not (tmp_path / "cache" / mibs_mod.SNAPSHOT_NAME).exists()
 
@@ -653,9 +660,9 @@ def test_cli_compile_and_lookup(
     config = tmp_path / "trapd.yaml"
     config.write_text(f"state_dir: {tmp_path / 'state'}\nmibs:\n  dirs: [{src}]\n  cache_dir: {cache}\n")
     assert cli(["mibs", "compile", "--config", str(config)]) == 0
-    out, err = capsys.readouterr()
+    out, _ = capsys.readouterr()
     assert "TRAPD-TEST-MIB" in out and "OLD-VENDOR-MIB" in out and "OLD2-MIB" in out
-    assert "problem: BROKEN.my: BROKEN-MIB: Bad grammar" in err
+    assert f"{src / 'BROKEN.my'}:6: BROKEN-MIB: Bad grammar" in out
     assert cli(["mibs", "compile", "--config", str(config), "--strict"]) == 1
     capsys.readouterr()
 

@@ -141,7 +141,7 @@ def test_trapd_test_refuses_invalid_rules_and_events(
 def test_trapd_check_valid_and_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(tmp_path, RULES)
     assert main(["check", str(good)]) == 0
-    assert f"OK: {good}" in capsys.readouterr().err
+    assert f"OK: {good}" in capsys.readouterr().out
     bad = write(
         tmp_path, RULES.replace("regex: 'Gi(", "regex: 'Gi((").replace("hw-address", "hw-adress"), "bad.yaml"
     )
@@ -160,7 +160,7 @@ def test_trapd_check_json_for_ci(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["check", "--format", "json", str(f)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["valid"] is True and doc["errors"] == 0
-    (w,) = [p for p in doc["problems"] if p["file"]]
+    (w,) = doc["problems"]  # nothing about the host's MIB directories (Debian's broken NET-SNMP-PASS-MIB)
     assert (w["file"], w["line"], w["column"], w["severity"]) == (str(f), 28, 5, "warning")
     assert "can never match" in w["message"]
     assert main(["check", "--strict", "--format", "json", str(f)]) == 1
@@ -176,7 +176,7 @@ def test_trapd_check_with_config(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     cfg = write(tmp_path, "rules: {files: [rules.yaml], dir: rules.d}\nmibs: {dirs: []}\n", "trapd.yaml")
     assert main(["check", "--config", str(cfg)]) == 0
-    assert "rules.d/50.yaml" in capsys.readouterr().err
+    assert "rules.d/50.yaml" in capsys.readouterr().out
     bad_cfg = write(tmp_path, "rules: {files: [rules.yaml]}\nmodee: dry-run\n", "bad.yaml")
     assert main(["check", "--config", str(bad_cfg)]) == 1
     assert f"{bad_cfg}:2:1: error: unknown key 'modee' in trapd.yaml" in capsys.readouterr().out
@@ -198,7 +198,7 @@ def test_a_directory_stands_for_its_yaml_files(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     assert "  MATCH     a" in out and "  skipped   b: stopped by rule a" in out
     assert main(["check", str(tmp_path / "rules.d")]) == 0
-    assert "10-a.yaml, " in capsys.readouterr().err
+    assert "10-a.yaml, " in capsys.readouterr().out
 
 
 def test_trapd_test_as_a_program(tmp_path: Path) -> None:

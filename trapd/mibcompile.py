@@ -22,7 +22,8 @@ Output: pysnmp modules in ``<cache_dir>/py`` (pysmi skips a module whose
 compiled file is newer than its source), then an index of the site's modules
 built by :mod:`trapd.mibindex` from those compiled modules.
 
-A broken file is reported as ``"file.mib: reason"`` and the others go on.
+A broken file is reported as a :class:`~trapd.mibindex.MibProblem`
+(``/path/file.mib:LINE: MODULE: reason``) and the others go on.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trapd.mibindex import SHIPPED_INDEX, index_builder_modules, source_files
+from trapd.mibindex import SHIPPED_INDEX, MibProblem, index_builder_modules, source_files
 
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
 _MODULE_RE = re.compile(
@@ -92,34 +93,82 @@ class SiteSource:
     mtime: float
 
 
-def scan_sources(files: list[Path]) -> tuple[dict[str, SiteSource], list[str]]:
+def scan_sources(files: list[Path]) -> tuple[dict[str, SiteSource], list[MibProblem]]:
     """Module name -> source file, by reading each file's ``NAME DEFINITIONS ::= BEGIN`` lines."""
     modules: dict[str, SiteSource] = {}
-    problems: list[str] = []
+    problems: list[MibProblem] = []
     for path in files:
         if path.suffix.lower() in _NOT_MIB_SUFFIXES or path.name.endswith("~"):
             continue
         try:
             st = path.stat()
             if st.st_size > MAX_SOURCE_BYTES:
-                problems.append(f"{path.name}: larger than {MAX_SOURCE_BYTES // 1024 // 1024} MiB, skipped")
+                problems.append(
+                    MibProblem(f"larger than {MAX_SOURCE_BYTES // 1024 // 1024} MiB, skipped", str(path), 1)
+                )
                 continue
             data = path.read_bytes()
         except OSError as exc:
-            problems.append(f"{path.name}: cannot read: {exc.strerror or exc}")
+            problems.append(MibProblem(f"cannot read: {exc.strerror or exc}", str(path), 1))
             continue
         names = [m.decode("ascii") for m in _MODULE_RE.findall(data)]
         if not names:
-            problems.append(f"{path.name}: not a MIB module (no 'NAME DEFINITIONS ::= BEGIN')")
+            problems.append(MibProblem("not a MIB module (no 'NAME DEFINITIONS ::= BEGIN')", str(path), 1))
             continue
         for name in names:
             if name in modules:
                 problems.append(
-                    f"{path.name}: module {name} is also in {modules[name].path.name}; using that one"
+                    MibProblem(
+                        f"also in {modules[name].path}; using that one",
+                        str(path),
+                        _line_of(data, _definitions_re(name)),
+                        name,
+                    )
                 )
                 continue
             modules[name] = SiteSource(name, path, st.st_mtime)
     return modules, problems
+
+
+def _definitions_re(module: str) -> re.Pattern[bytes]:
+    return re.compile(rb"^[ \t]*" + re.escape(module.encode()) + rb"\s+(?:PIB-)?DEFINITIONS\b", re.M)
+
+
+def _line_of(data: bytes, pattern: re.Pattern[bytes]) -> int:
+    """The 1-based line where ``pattern`` first matches in ``data`` (1 when it does not)."""
+    m = pattern.search(data)
+    return data.count(b"\n", 0, m.start()) + 1 if m else 1
+
+
+_SYMBOLS_RE = re.compile(r"symbols?:\s*([A-Za-z][A-Za-z0-9-]*)")
+_IMPORTS_FROM_RE = re.compile(r"imports from ([A-Za-z][A-Za-z0-9-]*)")
+
+
+def problem_at(src: SiteSource, reason: str, error: Any = None) -> MibProblem:
+    """A problem with ``src``'s module, at the line it is about.
+
+    pysmi gives a line for a syntax error. For the semantic ones it names the
+    symbols ("Unknown parents for symbols: a, b"), so the line is where the
+    first of them is defined; an unresolvable import points at its ``FROM``;
+    anything else at the module's ``DEFINITIONS ::= BEGIN``.
+    """
+    try:
+        data = src.path.read_bytes()
+    except OSError:
+        return MibProblem(reason, str(src.path), 1, src.module)
+    start = _definitions_re(src.module).search(data)
+    offset = start.start() if start else 0
+    line = getattr(error, "lineno", None)
+    if isinstance(line, int) and line > 0:
+        return MibProblem(reason, str(src.path), line, src.module)  # pysmi parses the whole file
+    pattern: re.Pattern[bytes] | None = None
+    if m := _SYMBOLS_RE.search(reason):
+        pattern = re.compile(rb"^[ \t]*" + re.escape(m.group(1).encode()) + rb"\b", re.M)
+    elif m := _IMPORTS_FROM_RE.search(reason):
+        pattern = re.compile(rb"\bFROM\s+" + re.escape(m.group(1).encode()) + rb"\b")
+    found = pattern.search(data, offset) if pattern is not None else None
+    at = found.start() if found else offset
+    return MibProblem(reason, str(src.path), data.count(b"\n", 0, at) + 1, src.module)
 
 
 def _syntax_text(rec: list[Any]) -> str:
@@ -229,7 +278,7 @@ def _reason(error: Any, failed: set[str], stubs: StubSet) -> str:
 
 def compile_site(
     dirs: list[Path], cache_dir: Path | None, shipped: dict[str, Any] | None
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[dict[str, Any], list[MibProblem]]:
     """Compile the site's modules into ``cache_dir/py`` and index them.
 
     Returns ``(index, problems)``. Raises only for failures of the machinery
@@ -244,9 +293,9 @@ def compile_site(
         try:
             py_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            problems.append(
-                f"{py_dir}: cannot create the MIB cache ({exc.strerror or exc}); compiling every start"
-            )
+            why = exc.strerror or exc
+            text = f"{py_dir}: cannot create the MIB cache ({why}); compiling every start"
+            problems.append(MibProblem(text))
             py_dir = None
     if py_dir is None:
         tmp = tempfile.mkdtemp(prefix="trapd-mibs-")
@@ -260,8 +309,9 @@ def compile_site(
             if st in ("compiled", "untouched") and (py_dir / f"{m}.py").is_file():
                 compiled.append(m)
             else:
-                reason = _reason(getattr(st, "error", None), failed, stubs) if st == "failed" else f"{st}"
-                problems.append(f"{site[m].path.name}: {m}: {reason}")
+                error = getattr(st, "error", None)
+                reason = _reason(error, failed, stubs) if st == "failed" else f"{st}"
+                problems.append(problem_at(site[m], reason, error))
         index, load_problems = _index_compiled(py_dir, compiled, site)
         return index, problems + load_problems
     finally:
@@ -319,7 +369,7 @@ def _parser(py_dir: Path) -> Any:
 
 def _index_compiled(
     py_dir: Path, modules: list[str], site: dict[str, SiteSource]
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[dict[str, Any], list[MibProblem]]:
     import pysnmp_mibs
     from pysnmp.smi import builder as smi_builder
 
@@ -330,7 +380,7 @@ def _index_compiled(
         smi_builder.DirMibSource(os.path.dirname(pysnmp_mibs.__file__ or "")),
         smi_builder.DirMibSource(str(py_dir)),
     )
-    problems: list[str] = []
+    problems: list[MibProblem] = []
     loaded: list[str] = []
     with warnings.catch_warnings():
         # pysmi 2.0 still writes importSymbols/exportSymbols, which pysnmp 7.1 deprecates.
@@ -340,7 +390,7 @@ def _index_compiled(
                 b.load_modules(m)
                 loaded.append(m)
             except Exception as exc:
-                problems.append(f"{site[m].path.name}: {m}: compiled module does not load: {exc}")
+                problems.append(problem_at(site[m], f"compiled module does not load: {exc}"))
     return index_builder_modules(b, loaded).result(_versions()), problems
 
 
@@ -367,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError):
         shipped = None
     data, problems = compile_site(list(args.dirs), args.cache_dir, shipped)
-    data["problems"] = problems
+    data["problems"] = [p.to_wire() for p in problems]
     write_index(data, args.out)
     return 0
 

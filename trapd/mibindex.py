@@ -35,12 +35,46 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 FORMAT = 1
 # The index built from pysnmp's and pysnmp-mibs' modules, shipped in the wheel.
 SHIPPED_INDEX = Path(__file__).with_name("data") / "mib-index.json"
+
+
+@dataclass(frozen=True, slots=True)
+class MibProblem:
+    """A MIB that could not be used, and where: ``file:line: MODULE: reason`` when those are known.
+
+    ``file`` is the source file's full path whenever the problem is about one
+    (then ``line`` is known too: the error's line, the definition of the first
+    symbol it names, or the module's ``DEFINITIONS ::= BEGIN``); ``module`` is
+    the MIB module's name when one is concerned. Kept in the compiled site
+    index as a list (:meth:`to_wire`).
+    """
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    module: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.module}: {self.message}" if self.module else self.message
+        if self.file is None:
+            return text
+        return f"{self.file}:{self.line}: {text}" if self.line is not None else f"{self.file}: {text}"
+
+    def to_wire(self) -> list[Any]:
+        return [self.message, self.file, self.line, self.module]
+
+    @classmethod
+    def from_wire(cls, data: Any) -> MibProblem:
+        if isinstance(data, list | tuple) and len(data) == 4:
+            message, file, line, module = data
+            return cls(str(message), file, line, module)
+        return cls(str(data))  # an older cache's plain text
 
 # Node kinds, as stored in the index.
 KINDS = ("node", "identity", "module", "table", "row", "column", "scalar", "notification")

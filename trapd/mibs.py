@@ -27,7 +27,7 @@ Without a state directory (tools, tests) the cache is per user under
 ``$XDG_CACHE_HOME/trapd/mibs``.
 
 A broken MIB never stops trapd: it is named in :attr:`MibResolver.problems`
-(``"file.mib: reason"``) and everything else loads. An OID no MIB names stays
+(``/path/file.mib:LINE: MODULE: reason``) and everything else loads. An OID no MIB names stays
 numeric; a notification is never dropped for lack of a MIB.
 
 Resolution (:meth:`MibResolver.resolve`) is a longest-prefix lookup in a dict
@@ -55,13 +55,13 @@ from trapd.listener.raw import Oid
 
 # mibcompile needs these too: kept in mibindex (which imports nothing of trapd), not here,
 # so that mibs -> mibcompile is the only arrow between the two.
-from trapd.mibindex import SHIPPED_INDEX, source_files
+from trapd.mibindex import SHIPPED_INDEX, MibProblem, source_files
 from trapd.yamlsource import ConfigError, check_keys, expect, where
 
 DEFAULT_DIRS = (Path("/usr/share/snmp/mibs"), Path("/etc/trapd/mibs"))
 SITE_INDEX_NAME = "site-index.json"
 SNAPSHOT_NAME = "resolver.marshal"
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: problems as MibProblem wire lists
 # Node kinds that hold values: an OID below one of them is an instance (ifIndex.17).
 OBJECT_KINDS = frozenset({"column", "scalar"})
 # Kinds that only name a place in the tree (OBJECT IDENTIFIER, OBJECT-IDENTITY).
@@ -169,7 +169,10 @@ class MibResolver:
     """
 
     def __init__(self) -> None:
-        self.problems: list[str] = []
+        self.problems: list[MibProblem] = []
+        # True when this load compiled the site MIBs (their sources changed): its problems are news.
+        # A load from the cache repeats problems already reported once.
+        self.problems_are_new = False
         self.sources: list[str] = []
         self.site_modules: set[str] = set()
         self._nodes: dict[Oid, _Node] = {}
@@ -213,13 +216,17 @@ class MibResolver:
         try:
             shipped = shipped_index()
         except (OSError, ValueError) as exc:
-            r.problems.append(f"{SHIPPED_INDEX.name}: {exc}; rebuild it with `trapd mibs build-index`")
+            r.problems.append(
+                MibProblem(f"{SHIPPED_INDEX.name}: {exc}; rebuild it with `trapd mibs build-index`")
+            )
+            r.problems_are_new = True
         if shipped is not None:
             r.add_index(shipped, SHIPPED_INDEX.name)
         complete = shipped is not None
         if dirs:
             site = load_site_index(dirs, cache, shipped, in_process=compile_in_process)
             r.problems += site.problems
+            r.problems_are_new = r.problems_are_new or site.compiled
             if site.index is not None:
                 r.add_index(site.index, "site MIBs", site=True)
             complete = complete and (site.index is not None or not source_files(dirs)) and site.cached
@@ -242,7 +249,7 @@ class MibResolver:
             self._modules,
             self._tcs,
             sorted(self.site_modules),
-            self.problems,
+            [p.to_wire() for p in self.problems],
             self.sources,
         )
 
@@ -272,7 +279,7 @@ class MibResolver:
             r._modules = modules
             r._tcs = tcs
             r.site_modules = set(site_modules)
-            r.problems = list(problems)
+            r.problems = [MibProblem.from_wire(p) for p in problems]
             r.sources = [*sources, "snapshot"]
             return r
         except (OSError, ValueError, EOFError, TypeError):
@@ -491,7 +498,7 @@ def _read_index(path: Path) -> dict[str, Any]:
 @dataclass
 class SiteIndex:
     index: dict[str, Any] | None
-    problems: list[str]
+    problems: list[MibProblem]
     compiled: bool  # True when this call ran the compiler (the cache was stale)
     cached: bool = True  # False when the result could not be kept (the next start compiles again)
 
@@ -507,7 +514,7 @@ def _shipped_tag() -> str:
 def fingerprint(dirs: Iterable[Path]) -> str:
     """What the compiled site index depends on, cheap to compute (one stat per file)."""
     dirs = list(dirs)
-    parts = ["format=1", _shipped_tag()]
+    parts = ["format=2", _shipped_tag()]  # 2: problems with file and line
     parts += [f"dir={d}" for d in dirs]
     for p in source_files(dirs):
         try:
@@ -553,9 +560,10 @@ def load_site_index(
             else:
                 data, problems = _compile_in_child(dirs, cache_dir)
         except Exception as exc:  # the compiler must never take trapd down
-            return SiteIndex(None, [f"MIB compile failed: {type(exc).__name__}: {exc}"], True, cached=False)
+            failure = MibProblem(f"MIB compile failed: {type(exc).__name__}: {exc}")
+            return SiteIndex(None, [failure], True, cached=False)
         data["fingerprint"] = fp
-        data["problems"] = problems
+        data["problems"] = [p.to_wire() for p in problems]
         kept = cached_path is not None
         if cached_path is not None:
             try:
@@ -564,7 +572,8 @@ def load_site_index(
                 write_index(data, cached_path)
             except OSError as exc:
                 kept = False
-                problems = [*problems, f"{cached_path}: cannot write MIB cache: {exc.strerror or exc}"]
+                why = exc.strerror or exc
+                problems = [*problems, MibProblem(f"{cached_path}: cannot write MIB cache: {why}")]
         return SiteIndex(data, problems, True, cached=kept)
 
 
@@ -577,7 +586,7 @@ def _cached_site_index(path: Path | None, fp: str) -> SiteIndex | None:
         return None
     if cached.get("fingerprint") != fp:
         return None
-    return SiteIndex(cached, list(cached.get("problems", [])), False)
+    return SiteIndex(cached, [MibProblem.from_wire(p) for p in cached.get("problems", [])], False)
 
 
 @contextlib.contextmanager
@@ -604,7 +613,9 @@ def _compile_lock(cache_dir: Path | None) -> Iterator[None]:
 COMPILE_TIMEOUT = 600.0
 
 
-def _compile_in_child(dirs: list[Path], cache_dir: Path | None) -> tuple[dict[str, Any], list[str]]:
+def _compile_in_child(
+    dirs: list[Path], cache_dir: Path | None
+) -> tuple[dict[str, Any], list[MibProblem]]:
     import subprocess
     import tempfile
 
@@ -621,4 +632,4 @@ def _compile_in_child(dirs: list[Path], cache_dir: Path | None) -> tuple[dict[st
             tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"compiler exited {proc.returncode}: {tail[0]}")
         data = _read_index(out)
-    return data, list(data.get("problems", []))
+    return data, [MibProblem.from_wire(p) for p in data.get("problems", [])]

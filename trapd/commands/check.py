@@ -12,6 +12,11 @@ rule that stops matches everything they would.
     trapd check rules.yaml rules.d/*.yaml
     trapd check --config trapd.yaml --format json     # for CI
 
+The report and its verdict (the last line: "OK: FILES" or "N error(s), ...")
+go to stdout; stderr carries only trapd check's own failures (no rule file to
+check). A broken MIB file is reported by `trapd mibs compile`, and here only
+when a rule needs a name from it.
+
 Exit status: 0 valid (warnings allowed unless --strict), 1 errors found,
 2 usage problems (no rule file to check).
 """
@@ -19,6 +24,12 @@ Exit status: 0 valid (warnings allowed unless --strict), 1 errors found,
 from __future__ import annotations
 
 import argparse
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trapd.mibs import MibResolver
+    from trapd.yamlsource import ConfigError
 
 HELP = "validate trapd.yaml and the rules (file:line:column for every problem)"
 
@@ -58,22 +69,17 @@ def main(args: argparse.Namespace) -> int:
         for p in problems:
             print(f"{p.mark or 'trapd'}: {p.severity}: {p.message}")
         if problems:
+            print(f"{len(problems)} error(s) in {config_path}")
             return 1
         print(
             "trapd check: no rule files given and none named in trapd.yaml (rules: files:)", file=sys.stderr
         )
         return 2
     state_dir = config.state_dir if config.state_dir.is_dir() else None
+    # A broken MIB file is not a problem of the rules until a rule needs a name from it: then that
+    # rule's "unknown MIB symbol" error says which file failed, and where (explain_unknown_symbols).
+    # Otherwise it is `trapd mibs compile`'s report: Debian ships a broken one on every host.
     resolver = MibResolver.load(config.mibs, state_dir)
-    if resolver.problems:
-        # One line: broken vendor MIB files are the MIB loader's report (`trapd mibs`), not the rules'.
-        problems.append(
-            ConfigError(
-                f"MIBs: {len(resolver.problems)} problem(s) loading MIB files, first: {resolver.problems[0]}",
-                None,
-                severity="warning",
-            )
-        )
     from trapd.decoders import load_problems as decoder_problems
 
     problems += [ConfigError(text, None, severity="warning") for text in decoder_problems()]
@@ -83,7 +89,8 @@ def main(args: argparse.Namespace) -> int:
     capped = (
         globally_capped(config.dispatch.caps, actions) if hasattr(config.dispatch, "caps") else frozenset()
     )
-    problems += check_rules(paths, resolver, actions, capped_actions=capped)
+    rule_problems = check_rules(paths, resolver, actions, capped_actions=capped)
+    problems += explain_unknown_symbols(rule_problems, resolver)
 
     errors = [p for p in problems if p.severity == "error" or args.strict]
     if args.format == "json":
@@ -103,8 +110,35 @@ def main(args: argparse.Namespace) -> int:
         n_err = sum(1 for p in problems if p.severity == "error")
         n_warn = len(problems) - n_err
         files = ", ".join(str(p) for p in paths)
+        # The verdict goes with the report, on stdout (as linters do): `2>/dev/null` must not hide it.
         if errors:
-            print(f"{n_err} error(s), {n_warn} warning(s) in {files}", file=sys.stderr)
+            print(f"{n_err} error(s), {n_warn} warning(s) in {files}")
         else:
-            print(f"OK: {files}" + (f" ({n_warn} warning(s))" if n_warn else ""), file=sys.stderr)
+            print(f"OK: {files}" + (f" ({n_warn} warning(s))" if n_warn else ""))
     return 1 if errors else 0
+
+
+_UNKNOWN_SYMBOL = re.compile(r"^unknown MIB symbol '(?:([A-Za-z][\w-]*)::)?")
+
+
+def explain_unknown_symbols(problems: list[ConfigError], resolver: MibResolver) -> list[ConfigError]:
+    """Unknown-symbol errors, told which MIB file failed to load when one did.
+
+    ``NET-SNMP-PASS-MIB::netSnmpPassString`` is unknown because that module
+    did not compile: the error names the file and line. A bare name cannot be
+    traced to a module, so it only says that some MIB files failed.
+    """
+    if not resolver.problems:
+        return problems
+    by_module = {p.module: p for p in resolver.problems if p.module}
+    for p in problems:
+        m = _UNKNOWN_SYMBOL.match(p.message)
+        if m is None:
+            continue
+        broken = by_module.get(m.group(1) or "")
+        if broken is not None:
+            p.message += f"; {broken.module} did not load: {broken}"
+        else:
+            n = len(resolver.problems)
+            p.message += f"; {n} MIB file(s) did not load (`trapd mibs compile` lists them)"
+    return problems

@@ -5,10 +5,13 @@ trapd mibs compile [--config FILE] [--dir DIR]... [--cache-dir DIR] [--force] [-
     /usr/share/snmp/mibs and /etc/trapd/mibs when present) with pysmi,
     offline, into the cache (mibs.cache_dir; default <state_dir>/mibs).
     Unchanged sources are not recompiled (--force recompiles all). Every
-    broken file is reported by name as "file: module: reason"; the others
-    are compiled anyway. Exit 0, or 1 with --strict when a file is broken.
-    The daemon does the same at start when the sources changed; running
-    this ahead of a restart keeps the start fast.
+    broken file is reported as "/path/file:LINE: MODULE: reason" (also when
+    the compile was cached); the others are compiled anyway. Exit 0, or 1
+    with --strict when a file is broken. This is where broken MIBs are
+    reported: the daemon warns once, when its compile first finds them, and
+    `trapd check` only when a rule needs a name from one. The daemon
+    compiles at start when the sources changed; running this ahead of a
+    restart keeps the start fast.
 
 trapd mibs lookup NAME|OID... [--config FILE] [--json]
     Both directions: IF-MIB::linkDown, linkDown, ifOperStatus.3 or
@@ -85,7 +88,6 @@ def _load_config(args: argparse.Namespace) -> tuple[object, object] | None:
 
 def _compile(args: argparse.Namespace) -> int:
     import shutil
-    import sys
     import time
     from dataclasses import replace
     from pathlib import Path
@@ -118,8 +120,11 @@ def _compile(args: argparse.Namespace) -> int:
     print(f"{len(site)} site module(s) loaded, {len(resolver)} named OIDs in all ({took:.1f} s)")
     for m in site:
         print(f"  {m}")
+    # One report on stdout, as `trapd check` prints one: file:line: MODULE: reason for each broken file.
     for p in resolver.problems:
-        print(f"problem: {p}", file=sys.stderr)
+        print(f"{p}")
+    if resolver.problems:
+        print(f"{len(resolver.problems)} MIB problem(s): those modules' names are unknown to the rules")
     return 1 if resolver.problems and args.strict else 0
 
 

@@ -64,6 +64,26 @@ def build_rules(
     return load_rules(paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped)
 
 
+def log_mib_problems(log: TrapdLogger, resolver: MibResolver) -> None:
+    """The MIB files that could not be used: warned about once, when a compile first finds them.
+
+    A broken MIB that Debian ships (NET-SNMP-PASS-MIB.txt) is there on every
+    host: warning about it at every start would teach people to ignore
+    warnings. Later starts, which load the cached compile, log them at debug
+    level; `trapd mibs compile` lists them any time. A rule that needs a
+    symbol from a broken MIB fails on its own, and `trapd check` says why.
+    """
+    emit = log.warning if resolver.problems_are_new else log.debug
+    for problem in resolver.problems:
+        emit(
+            "MIB problem (`trapd mibs compile` lists them)",
+            file=problem.file,
+            line=problem.line,
+            module=problem.module,
+            problem=problem.message,
+        )
+
+
 def load_startup(cfg: Config, log: TrapdLogger) -> Loaded:
     """MIBs, action plugins and rules for ``cfg``: MIB and plugin problems are logged, rule problems raise."""
     from trapd.dispatch.plugins import load_plugins
@@ -71,8 +91,7 @@ def load_startup(cfg: Config, log: TrapdLogger) -> Loaded:
 
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     resolver = MibResolver.load(cfg.mibs, cfg.state_dir)
-    for problem in resolver.problems:
-        log.warning("MIB problem", problem=problem)
+    log_mib_problems(log, resolver)
     actions = load_plugins(log)
     return Loaded(resolver, actions, build_rules(cfg, resolver, actions, log))
 

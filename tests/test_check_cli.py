@@ -1,0 +1,158 @@
+"""`trapd check` and `trapd mibs compile` as programs: which stream says what, and broken system MIBs.
+
+Debian's net-snmp ships a MIB that does not compile (NET-SNMP-PASS-MIB.txt in
+/usr/share/snmp/mibs). It must not fail `trapd check --strict`, nor add a
+warning to every check or start; `trapd mibs compile` reports it with
+file:line, and a rule that needs a name from it is told where it broke.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from daemon_harness import TrapdDaemon
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEM_MIBS = Path("/usr/share/snmp/mibs")
+PASS_MIB = SYSTEM_MIBS / "NET-SNMP-PASS-MIB.txt"
+# NET-SNMP-PASS-MIB imports from these two; with them it fails for its own reason only.
+PASS_MIB_SET = ("NET-SNMP-PASS-MIB.txt", "NET-SNMP-MIB.txt", "NET-SNMP-TC.txt")
+needs_pass_mib = pytest.mark.skipif(not PASS_MIB.is_file(), reason="Debian's net-snmp MIBs are not installed")
+
+GOOD = """\
+rules:
+  - name: port-down-note
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: log
+        message: "down {{ ifIndex }}"
+"""
+BAD = GOOD.replace("IF-MIB::linkDown", "IF-MIB::linkDwn")
+
+
+def trapd(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "XDG_CACHE_HOME": str(cwd / "xdg-cache"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "trapd", *args], cwd=cwd, env=environ, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+
+
+def config(tmp_path: Path, mib_dirs: list[Path]) -> Path:
+    path = tmp_path / "trapd.yaml"
+    dirs = ", ".join(f'"{d}"' for d in mib_dirs)
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nmibs: {{dirs: [{dirs}]}}\nrules: {{files: []}}\n")
+    (tmp_path / "state").mkdir(exist_ok=True)
+    return path
+
+
+def pass_mib_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "mibs"
+    d.mkdir()
+    for name in PASS_MIB_SET:
+        shutil.copy(SYSTEM_MIBS / name, d / name)
+    return d
+
+
+def test_report_and_verdict_share_stdout_and_stderr_stays_empty(tmp_path: Path) -> None:
+    cfg = str(config(tmp_path, []))
+    (tmp_path / "good.yaml").write_text(GOOD)
+    (tmp_path / "bad.yaml").write_text(BAD)
+
+    ok = trapd("check", "--config", cfg, "good.yaml", cwd=tmp_path)
+    assert (ok.returncode, ok.stderr) == (0, "")
+    assert ok.stdout.splitlines()[-1] == "OK: good.yaml"
+
+    bad = trapd("check", "--config", cfg, "bad.yaml", cwd=tmp_path)
+    assert (bad.returncode, bad.stderr) == (1, "")
+    lines = bad.stdout.splitlines()
+    assert lines[0].startswith("bad.yaml:3:") and "IF-MIB::linkDwn" in lines[0], bad.stdout
+    assert lines[-1] == "1 error(s), 0 warning(s) in bad.yaml"
+
+    # Only trapd check's own failure (nothing to check) goes to stderr.
+    nothing = trapd("check", "--config", cfg, cwd=tmp_path)
+    assert (nothing.returncode, nothing.stdout) == (2, "")
+    assert "no rule files given" in nothing.stderr
+
+
+@needs_pass_mib
+def test_a_broken_mib_no_rule_uses_neither_fails_strict_nor_warns(tmp_path: Path) -> None:
+    cfg = str(config(tmp_path, [pass_mib_dir(tmp_path)]))
+    (tmp_path / "rules.yaml").write_text(GOOD)
+
+    text = trapd("check", "--strict", "--config", cfg, "rules.yaml", cwd=tmp_path)
+    assert (text.returncode, text.stderr) == (0, ""), text.stdout + text.stderr
+    assert text.stdout == "OK: rules.yaml\n"
+
+    doc = json.loads(
+        trapd("check", "--strict", "--format", "json", "--config", cfg, "rules.yaml", cwd=tmp_path).stdout
+    )
+    assert doc["valid"] is True and doc["problems"] == []
+
+    # `trapd mibs compile` is where it is said, at its file and line.
+    mibs = trapd("mibs", "compile", "--config", cfg, cwd=tmp_path)
+    assert mibs.returncode == 0 and mibs.stderr == "", mibs.stderr
+    line = next(
+        n for n, t in enumerate(PASS_MIB.read_text().splitlines(), 1) if t.startswith("netSnmpPassCounter64")
+    )
+    broken = tmp_path / "mibs" / "NET-SNMP-PASS-MIB.txt"
+    expected = f"{broken}:{line}: NET-SNMP-PASS-MIB: Unknown parents for symbols"
+    assert expected in mibs.stdout, mibs.stdout
+    assert trapd("mibs", "compile", "--strict", "--config", cfg, cwd=tmp_path).returncode == 1
+
+
+@needs_pass_mib
+def test_a_rule_that_needs_the_broken_mib_is_told_where_it_broke(tmp_path: Path) -> None:
+    cfg = str(config(tmp_path, [pass_mib_dir(tmp_path)]))
+    (tmp_path / "rules.yaml").write_text(
+        GOOD.replace(
+            "{notification: IF-MIB::linkDown}", "{varbinds: {NET-SNMP-PASS-MIB::netSnmpPassOIDValue: x}}"
+        )
+    )
+    doc = json.loads(trapd("check", "--format", "json", "--config", cfg, "rules.yaml", cwd=tmp_path).stdout)
+    (problem,) = doc["problems"]
+    assert (problem["file"], problem["line"], problem["severity"]) == ("rules.yaml", 3, "error")
+    assert "NET-SNMP-PASS-MIB::netSnmpPassOIDValue" in problem["message"]
+    assert (
+        f"NET-SNMP-PASS-MIB did not load: {tmp_path / 'mibs' / 'NET-SNMP-PASS-MIB.txt'}:"
+        in problem["message"]
+    )
+
+
+@needs_pass_mib
+@pytest.mark.skipif(
+    Path("/etc/trapd/trapd.yaml").exists(), reason="a real /etc/trapd/trapd.yaml would be used"
+)
+def test_strict_check_on_a_stock_debian_host(tmp_path: Path) -> None:
+    """The issue as reported: no trapd.yaml, so the MIB directories are the defaults (Debian's)."""
+    shutil.copy(REPO / "rules.yaml", tmp_path / "rules.yaml")
+    run = trapd("check", "--strict", "rules.yaml", cwd=tmp_path)
+    assert (run.returncode, run.stderr) == (0, ""), run.stdout + run.stderr
+    assert "MIB" not in run.stdout and run.stdout.splitlines()[-1] == "OK: rules.yaml"
+
+
+@needs_pass_mib
+def test_the_daemon_warns_about_a_broken_mib_once_not_at_every_start(tmp_path: Path) -> None:
+    mibs = pass_mib_dir(tmp_path)
+    settings = {"mibs": {"dirs": [str(mibs)]}}
+    broken = str(mibs / "NET-SNMP-PASS-MIB.txt")
+
+    def mib_warnings(d: TrapdDaemon) -> list[dict[str, object]]:
+        return [e for e in d.logs() if e.get("file") == broken and e.get("level") == "warning"]
+
+    for start, said in ((1, 1), (2, 0)):  # the first start compiles; the second loads the cache
+        d = TrapdDaemon.start(tmp_path / "daemon", rules=GOOD, config=settings)
+        try:
+            warnings = mib_warnings(d)
+            assert len(warnings) == said, (start, d.logs())
+            if warnings:
+                assert warnings[0]["module"] == "NET-SNMP-PASS-MIB" and isinstance(warnings[0]["line"], int)
+            assert d.stop() == 0
+        finally:
+            d.close()
