@@ -35,3 +35,7 @@ def trapd_listen(tmp_path: Path) -> Iterator[Callable[..., TrapdListen]]:
     yield start
     for t in started:
         t.stop()
+
+
+# A private PostgreSQL 15 (tests/pg_harness.py), started once per session when a test asks.
+from pg_harness import pg_server, pg_url  # noqa: E402, F401

@@ -1,22 +1,36 @@
-"""The SQLite journal on its own: durability contract, queries, caps, recovery, retention."""
+"""The journal on its own: durability contract, queries, caps, recovery, retention.
+
+The tests that take ``journal`` run against both backends (SQLite, and a real
+PostgreSQL 15 from tests/pg_harness.py); the rest are about the SQLite file.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from trapd.dispatch.journal import (
     CapCheck,
     HistoryFilter,
+    Journal,
     JournalFull,
     NewEntry,
     SQLiteJournal,
 )
 from trapd.dispatch.testing import make_event
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "not within the timeout"
+        await asyncio.sleep(0.02)
 
 
 def entry(action: str = "log", key: str = "k", **kw: object) -> NewEntry:
@@ -28,30 +42,61 @@ def entry(action: str = "log", key: str = "k", **kw: object) -> NewEntry:
     return NewEntry(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Journal]:
+    """A factory of journals on one store: the SQLite file, or a fresh PostgreSQL database.
+
+    The behaviour tests below run against both backends; each call opens another
+    connection to the same journal (another process, `trapd journal`, another host).
+    """
+    if request.param == "sqlite":
+        return lambda: SQLiteJournal(tmp_path / "journal.sqlite")
+    from trapd.dispatch.journal.postgres import PostgresJournal
+
+    url = request.getfixturevalue("pg_url")
+    names = iter(range(1, 100))
+    return lambda: PostgresJournal(url, instance=f"host{next(names)}")
+
+
 @pytest.fixture
-async def journal(tmp_path: Path):  # type: ignore[no-untyped-def]
-    j = SQLiteJournal(tmp_path / "journal.sqlite")
+async def journal(backend: Callable[[], Journal]):  # type: ignore[no-untyped-def]
+    j = backend()
     await j.open()
     yield j
     await j.close()
 
 
-async def test_add_is_committed_when_it_returns(journal: SQLiteJournal, tmp_path: Path) -> None:
+def committed_rows(journal: Journal) -> list[tuple[Any, ...]]:
+    """(id, state, event_id) of every action, read through a connection of its own."""
+    if isinstance(journal, SQLiteJournal):
+        other = sqlite3.connect(journal.path)
+        try:
+            assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            return other.execute("SELECT id, state, event_id FROM actions ORDER BY id").fetchall()
+        finally:
+            other.close()
+    import psycopg
+
+    from trapd.dispatch.journal.postgres import PostgresJournal
+
+    assert isinstance(journal, PostgresJournal)
+    with psycopg.connect(journal.conninfo) as conn:
+        return [tuple(r) for r in conn.execute("SELECT id, state, event_id FROM trapd_actions ORDER BY id")]
+
+
+async def test_add_is_committed_when_it_returns(journal: Journal) -> None:
     ev = make_event()
     res = await journal.add(ev.to_dict(), [entry(), entry(key="other")], [], time.time())
     assert len(res.ids) == 2 and res.ids[0] < res.ids[1]
     # Another connection (as `trapd journal` or a restarted daemon would) sees both rows already.
-    other = sqlite3.connect(tmp_path / "journal.sqlite")
-    rows = other.execute("SELECT id, state, event_id FROM actions ORDER BY id").fetchall()
+    rows = committed_rows(journal)
     assert rows == [(res.ids[0], "pending", ev.id), (res.ids[1], "pending", ev.id)]
-    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    other.close()
     got = await journal.get(res.ids[0])
     assert got is not None and got.event is not None and ev.id in got.event
     assert got.params == {"message": "hi"}
 
 
-async def test_concurrent_adds_share_commits(journal: SQLiteJournal) -> None:
+async def test_concurrent_adds_share_commits(journal: Journal) -> None:
     ev = make_event().to_dict()
     before = journal.commits
     results = await asyncio.gather(*(journal.add(ev, [entry()], [], time.time()) for _ in range(300)))
@@ -82,7 +127,7 @@ async def test_full_queue_refuses_instead_of_growing(tmp_path: Path) -> None:
         await j.close()
 
 
-async def test_cancel_keys_then_once_within(journal: SQLiteJournal) -> None:
+async def test_cancel_keys_then_once_within(journal: Journal) -> None:
     now = time.time()
     ev = make_event().to_dict()
     first = await journal.add(ev, [entry(state="scheduled", due=now + 60, cancel_key="sw1:17")], [], now)
@@ -101,7 +146,7 @@ async def test_cancel_keys_then_once_within(journal: SQLiteJournal) -> None:
     assert b.states == ["cancelled"] and b.duplicate_of == [a.ids[0]]
 
 
-async def test_due_orders_by_arrival_and_blocks_keys_behind_a_retry(journal: SQLiteJournal) -> None:
+async def test_due_orders_by_arrival_and_blocks_keys_behind_a_retry(journal: Journal) -> None:
     now = time.time()
     ev = make_event().to_dict()
     r = await journal.add(
@@ -126,7 +171,7 @@ async def test_due_orders_by_arrival_and_blocks_keys_behind_a_retry(journal: SQL
     assert c1 in [e.id for e in (await journal.due(now + 61, 10))[0]]
 
 
-async def test_claim_holds_beyond_a_cap_and_release_exempts(journal: SQLiteJournal) -> None:
+async def test_claim_holds_beyond_a_cap_and_release_exempts(journal: Journal) -> None:
     now = time.time()
     cap = CapCheck("r1/deletions", "sw1", limit=2, per=60.0, hold_for=600.0)
     r = await journal.add(make_event().to_dict(), [entry(key=str(i), caps=(cap,)) for i in range(3)], [], now)
@@ -146,7 +191,7 @@ async def test_claim_holds_beyond_a_cap_and_release_exempts(journal: SQLiteJourn
     assert (await journal.claim(r2.ids[0], now + 61)).outcome == "running"
 
 
-async def test_held_actions_expire_to_dead(journal: SQLiteJournal) -> None:
+async def test_held_actions_expire_to_dead(journal: Journal) -> None:
     now = time.time()
     cap = CapCheck("global/zero", "", limit=0, per=60.0, hold_for=5.0)
     r = await journal.add(make_event().to_dict(), [entry(caps=(cap,))], [], now)
@@ -158,7 +203,7 @@ async def test_held_actions_expire_to_dead(journal: SQLiteJournal) -> None:
     assert e is not None and e.state == "dead" and "not released" in (e.last_error or "")
 
 
-async def test_recover_puts_interrupted_actions_back(journal: SQLiteJournal) -> None:
+async def test_recover_puts_interrupted_actions_back(journal: Journal) -> None:
     now = time.time()
     two = [entry(action="log"), entry(action="exec", key="x")]
     r = await journal.add(make_event().to_dict(), two, [], now)
@@ -171,7 +216,7 @@ async def test_recover_puts_interrupted_actions_back(journal: SQLiteJournal) -> 
     assert exec_row is not None and exec_row.state == "held" and exec_row.held_by == "interrupted"
 
 
-async def test_operator_retry_resets_attempts_and_age(journal: SQLiteJournal) -> None:
+async def test_operator_retry_resets_attempts_and_age(journal: Journal) -> None:
     now = time.time()
     r = await journal.add(make_event(received_at=now - 7200).to_dict(), [entry(max_age=60.0)], [], now)
     await journal.claim(r.ids[0], now)
@@ -185,7 +230,7 @@ async def test_operator_retry_resets_attempts_and_age(journal: SQLiteJournal) ->
     assert await journal.cancel(r.ids, now, "operator") == []
 
 
-async def test_history_filters(journal: SQLiteJournal) -> None:
+async def test_history_filters(journal: Journal) -> None:
     now = time.time()
     sw1 = make_event(source="10.0.0.1").to_dict()
     sw2 = make_event(source="10.0.0.2").to_dict()
@@ -200,7 +245,7 @@ async def test_history_filters(journal: SQLiteJournal) -> None:
     assert len(await journal.history(HistoryFilter(states=("pending",)))) == 2
 
 
-async def test_prune_keeps_unfinished_and_recent(journal: SQLiteJournal) -> None:
+async def test_prune_keeps_unfinished_and_recent(journal: Journal) -> None:
     now = time.time()
     ev = make_event().to_dict()
     old = await journal.add(ev, [entry(), entry()], [], now - 1000)
@@ -215,18 +260,22 @@ async def test_prune_keeps_unfinished_and_recent(journal: SQLiteJournal) -> None
     assert (await journal.get(new.ids[0])) is not None
 
 
-async def test_changed_sees_other_writers(journal: SQLiteJournal, tmp_path: Path) -> None:
+async def test_changed_sees_other_writers(journal: Journal, backend: Callable[[], Journal]) -> None:
     await journal.add(make_event().to_dict(), [entry()], [], time.time())
     await journal.changed()
     assert await journal.changed() is False
     await journal.add(make_event().to_dict(), [entry()], [], time.time())
     assert await journal.changed() is False  # our own writes are not news
-    async with SQLiteJournal(tmp_path / "journal.sqlite") as cli:
+    cli = backend()
+    await cli.open()
+    try:
         await cli.cancel([1], time.time(), "from the CLI")
-    assert await journal.changed() is True
+    finally:
+        await cli.close()
+    await wait_for(journal.changed)  # SQLite: at once; PostgreSQL: when the NOTIFY arrives
 
 
-async def test_failed_op_does_not_spoil_its_batch(journal: SQLiteJournal) -> None:
+async def test_failed_op_does_not_spoil_its_batch(journal: Journal) -> None:
     ev = make_event().to_dict()
     bad_event = {"id": "broken", "received_at": 1.0}  # no source: the insert raises inside the batch
     good = [journal.add(ev, [entry()], [], time.time()) for _ in range(5)]
@@ -237,7 +286,7 @@ async def test_failed_op_does_not_spoil_its_batch(journal: SQLiteJournal) -> Non
     assert (await journal.counts())["pending"] == 5
 
 
-async def test_claim_waits_for_earlier_actions_of_its_key(journal: SQLiteJournal) -> None:
+async def test_claim_waits_for_earlier_actions_of_its_key(journal: Journal) -> None:
     now = time.time()
     ev = make_event().to_dict()
     r = await journal.add(

@@ -12,12 +12,17 @@
     trapd journal history --ip 10.1.2.3 --since 2d
     trapd journal history --source 10.20.1.5 --since 2026-01-05T10:00 --until 2026-01-05T11:00
     trapd journal history --rule port-down --state dead --json
+    trapd journal migrate                    # PostgreSQL: create or upgrade trapd's schema
 
 The journal is the SQLite file in the state directory (``--state-dir``, or
 ``state_dir`` of trapd.yaml, default /var/lib/trapd). Reading is safe while
 the daemon runs (WAL mode). retry / cancel / release write to the journal
 directly; the running daemon notices the change within
 ``dispatch.journal.poll_interval`` (1 s by default) and acts on it.
+
+With ``dispatch.journal.url`` (PostgreSQL, docs/pair.md) the same commands
+work on the shared database, and ``migrate`` creates or upgrades trapd's
+schema in it (trapd refuses to start on a schema older or newer than itself).
 
 Times: ISO 8601 (``2026-01-05T10:00``, local time unless it says otherwise),
 a duration meaning "that long ago" (``90m``, ``2d``), or Unix seconds.
@@ -71,6 +76,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     rel.add_argument("--rule", help="every held action of this rule")
     rel.add_argument("--all", action="store_true", help="every held action")
 
+    mig = sub.add_parser("migrate", help="PostgreSQL journal: create or upgrade trapd's schema")
+
     hist = sub.add_parser("history", help="actions by MAC, IP, switch, rule, time (newest first)")
     hist.add_argument("--mac", help="MAC address the action was about (any spelling)")
     hist.add_argument("--ip", help="IP address the action was about")
@@ -83,7 +90,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     hist.add_argument("--limit", type=int, default=100)
 
     # The common options work after the subcommand too: `trapd journal history --json`.
-    for sp in (ls, show, rel, hist, *(sub.choices[n] for n in ("retry", "cancel"))):
+    for sp in (ls, show, rel, hist, mig, *(sub.choices[n] for n in ("retry", "cancel"))):
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
         sp.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sp.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -94,21 +101,62 @@ def main(args: argparse.Namespace) -> int:
     import asyncio
     import sys
 
+    from trapd.dispatch.journal import JournalError
     from trapd.yamlsource import ConfigError
 
     try:
-        path = journal_path(args)
+        path, jc = journal_location(args)
     except ConfigError as exc:
         print(f"trapd journal: {exc}", file=sys.stderr)
         return 2
-    if not path.exists():
+    if args.journal_command == "migrate":
+        return _migrate(jc)
+    if jc is None and not path.exists():
         print(f"trapd journal: no journal at {path} (see --state-dir)", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_run(args, path))
-    except ValueError as exc:
+        return asyncio.run(_run(args, path, jc))
+    except (ValueError, JournalError) as exc:
         print(f"trapd journal: {exc}", file=sys.stderr)
         return 2
+
+
+def _migrate(jc: Any) -> int:
+    import asyncio
+    import sys
+
+    from trapd.dispatch.journal import JournalError
+
+    if jc is None:
+        print("the SQLite journal needs no migration: trapd upgrades it when it opens it")
+        return 0
+    from trapd.dispatch.journal.postgres import migrate
+
+    try:
+        before, after = asyncio.run(migrate(jc.conninfo()))
+    except JournalError as exc:
+        print(f"trapd journal: {exc}", file=sys.stderr)
+        return 2
+    if before == after:
+        print(f"journal schema {after}: up to date")
+    else:
+        print(f"journal schema {'created' if before is None else before} -> {after}")
+    return 0
+
+
+def journal_location(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(the SQLite file, None) or (None, the JournalConfig of a PostgreSQL journal)."""
+    from pathlib import Path
+
+    from trapd.config import DEFAULT_CONFIG, load_config
+
+    if args.journal:
+        return Path(args.journal), None
+    config_path = Path(args.config) if args.config else DEFAULT_CONFIG
+    config = load_config(config_path) if (args.config or config_path.exists()) else None
+    if config is not None and config.dispatch.journal.url is not None:
+        return None, config.dispatch.journal
+    return journal_path(args), None
 
 
 def journal_path(args: argparse.Namespace) -> Any:
@@ -127,12 +175,12 @@ def journal_path(args: argparse.Namespace) -> Any:
     return dispatch.journal.file(config.state_dir if config else Path("/var/lib/trapd"))
 
 
-async def _run(args: argparse.Namespace, path: Any) -> int:
+async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
     import time
 
-    from trapd.dispatch.journal import SQLiteJournal
+    from trapd.dispatch.journal import Journal, SQLiteJournal, open_journal
 
-    journal = SQLiteJournal(path)
+    journal: Journal = SQLiteJournal(path) if jc is None else open_journal(path, jc, owner="cli")
     await journal.open()
     try:
         cmd = args.journal_command

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from trapd.params import ParamError, parse_duration
+from trapd.secrets import Secret
 from trapd.yamlsource import ConfigError, YDict, check_keys, expect, where
 
 DEFAULT_JOURNAL_FILE = "journal.sqlite"
@@ -90,6 +91,32 @@ class JournalConfig:
     max_queued: int = 100_000
     retention: float = 30 * 86400.0
     poll_interval: float = 1.0
+    # PostgreSQL (docs/pair.md): a libpq URL or key/value string; None: the SQLite file.
+    url: str | None = None
+    password: Secret | None = None  # {file: ...} / {env: ...}; else libpq's own (PGPASSFILE, ...)
+    instance: str | None = None  # this host's name in claims (default: the host name)
+    lease: float = 30.0  # a claim not renewed for this long is taken over by another host
+
+    def conninfo(self) -> str:
+        """The libpq connection string, password included: for the driver, never for a log."""
+        from psycopg.conninfo import make_conninfo
+
+        assert self.url is not None
+        if self.password is None:
+            return make_conninfo(self.url)
+        return make_conninfo(self.url, password=self.password.reveal())
+
+    def describe(self, state_dir: Path) -> str:
+        """Where the journal is, for messages: the file, or the database without its password."""
+        if self.url is None:
+            return str(self.file(state_dir))
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            parts = conninfo_to_dict(self.url)
+        except Exception:
+            return "postgresql"
+        return "postgresql: " + " ".join(f"{k}={v}" for k, v in parts.items() if k != "password")
 
     def file(self, state_dir: Path) -> Path:
         if self.path is None:
@@ -148,7 +175,19 @@ def _journal(node: Any, base_dir: Path) -> JournalConfig:
     what = "dispatch.journal"
     n = check_keys(
         node,
-        {"path", "synchronous", "max_batch", "commit_delay", "max_queued", "retention", "poll_interval"},
+        {
+            "path",
+            "synchronous",
+            "max_batch",
+            "commit_delay",
+            "max_queued",
+            "retention",
+            "poll_interval",
+            "url",
+            "password",
+            "instance",
+            "lease",
+        },
         what,
     )
     sync = expect(n, "synchronous", str, what, "normal").lower()
@@ -157,6 +196,27 @@ def _journal(node: Any, base_dir: Path) -> JournalConfig:
             f"{what}.synchronous must be one of {', '.join(SYNCHRONOUS)}", where(n, "synchronous")
         )
     path = expect(n, "path", str, what)
+    url = expect(n, "url", str, what)
+    if url is not None and path:
+        raise ConfigError(f"{what}: path (SQLite) and url (PostgreSQL) exclude each other", where(n, "url"))
+    if url is not None:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            parts = conninfo_to_dict(url)
+        except Exception as exc:
+            # The message of a bad DSN may quote it, password included: say only where.
+            raise ConfigError(
+                f"{what}.url is not a valid libpq URL or key/value string", where(n, "url")
+            ) from exc
+        if "password" in parts:
+            raise ConfigError(
+                f"{what}.url: put the password in {what}.password "
+                "({file: ...} or {env: ...}), not in the URL",
+                where(n, "url"),
+            )
+    password = n.get("password")
+    instance = expect(n, "instance", str, what)
     return JournalConfig(
         # Relative paths are relative to state_dir (resolved by JournalConfig.file), not to the config.
         path=Path(path) if path else None,
@@ -166,6 +226,10 @@ def _journal(node: Any, base_dir: Path) -> JournalConfig:
         max_queued=_int(n, "max_queued", what, 100_000, 100, 10_000_000),
         retention=_duration(n, "retention", what, 30 * 86400.0, positive=True),
         poll_interval=_duration(n, "poll_interval", what, 1.0, positive=True),
+        url=url,
+        password=Secret.from_config(password, where(n, "password")) if password is not None else None,
+        instance=instance or None,
+        lease=_duration(n, "lease", what, 30.0, positive=True),
     )
 
 

@@ -220,6 +220,8 @@ class Dispatcher:
         self._started = True
         self._stopping = False
         self._backlog = True
+        # Another host sharing the journal (PostgreSQL) made work due: look now, not at the next poll.
+        self.journal.watch(self._poke)
         self._tasks = [
             asyncio.create_task(self._pump(), name="trapd-dispatch-pump"),
             asyncio.create_task(self._maintenance(), name="trapd-dispatch-maintenance"),

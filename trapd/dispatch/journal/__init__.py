@@ -1,11 +1,18 @@
 """The journal: every planned action, written down before it runs.
 
-model.py   the data model (entries, results, filters), the :class:`Journal` interface, its errors
-sqlite.py  :class:`SQLiteJournal`, the embedded backend (one file, a writer thread, group commits)
+model.py     the data model (entries, results, filters), the :class:`Journal` interface, its errors
+rows.py      the ``actions`` row as both backends store it (columns, JSON codec)
+sqlite.py    :class:`SQLiteJournal`, the embedded backend (one file, a writer thread, group commits)
+postgres.py  ``PostgresJournal``, the shared backend for two trapd hosts (docs/pair.md); imported
+             only when ``dispatch.journal.url`` selects it
 
 Callers import from here (``from trapd.dispatch.journal import Journal, open_journal``);
 which module holds a name is the package's business.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from trapd.dispatch.journal.model import (
     ACTIVE,
@@ -29,8 +36,14 @@ from trapd.dispatch.journal.sqlite import (
     SCHEMA_VERSION,
     WRITER_SWITCH_INTERVAL,
     SQLiteJournal,
-    open_journal,
+    open_sqlite_journal,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from trapd.dispatch.config import JournalConfig
+
 
 __all__ = [
     "ACTIVE",
@@ -54,3 +67,25 @@ __all__ = [
     "State",
     "open_journal",
 ]
+
+
+def open_journal(
+    path: str | Path, config: JournalConfig | None = None, *, owner: str | None = None
+) -> Journal:
+    """The journal ``config`` selects: PostgreSQL for ``url``, else the SQLite file at ``path``.
+
+    ``owner``: the name of the process claiming actions through it when several share one
+    journal (``worker-1``); None for a single trapd. Not opened yet: ``await journal.open()``.
+    """
+    if config is not None and config.url is not None:
+        from trapd.dispatch.journal.postgres import PostgresJournal
+
+        return PostgresJournal(
+            config.conninfo(),
+            owner=owner,
+            instance=config.instance,
+            max_batch=config.max_batch,
+            max_queued=config.max_queued,
+            lease=config.lease,
+        )
+    return open_sqlite_journal(path, config, owner=owner)

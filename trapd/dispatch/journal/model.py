@@ -12,7 +12,7 @@ shared database (PostgreSQL, several trapd instances) can replace
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -307,4 +307,12 @@ class Journal(Protocol):
     async def prune(self, finished_before: float, now: float) -> int: ...
     async def changed(self) -> bool:
         """True when another process (``trapd journal``) committed since the last call."""
+        ...
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event loop) when another process committed work for us.
+
+        A push on top of :meth:`changed`, which stays the fallback the dispatcher polls:
+        the PostgreSQL journal calls it on ``NOTIFY``; the SQLite journal never does.
+        """
         ...

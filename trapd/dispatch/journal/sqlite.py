@@ -51,6 +51,11 @@ from trapd.dispatch.journal.model import (
     NewEntry,
     State,
 )
+from trapd.dispatch.journal.rows import ACOLS as _ACOLS
+from trapd.dispatch.journal.rows import COLS as _COLS
+from trapd.dispatch.journal.rows import NCOLS as _NCOLS
+from trapd.dispatch.journal.rows import dumps as _dumps
+from trapd.dispatch.journal.rows import entry_from_row as _entry
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -118,93 +123,6 @@ CREATE INDEX IF NOT EXISTS cap_hits_expires ON cap_hits(expires);
 
 class _OpFailed(Exception):
     """An operation raised inside an optimistic batch: run the batch again, one savepoint each."""
-
-
-_COLS = (
-    "id, event_id, received_at, source, rule, action, idx, params, key, mode, state, attempts, max_attempts, "
-    "backoff, max_age, age_from, created, due, started, finished, cancel_key, once_key, caps, cap_exempt, "
-    "held_by, endpoint, mac, ip, item, result, last_error, owner"
-)
-# In a row selected with _COLS / _ACOLS, the column after them (the event's data) is at this index.
-_NCOLS = 32
-_ACOLS = ", ".join("a." + c.strip() for c in _COLS.split(","))
-
-
-def _entry(row: Sequence[Any], event: str | None = None) -> Entry:
-    (
-        id_,
-        event_id,
-        received_at,
-        source,
-        rule,
-        action,
-        idx,
-        params,
-        key,
-        mode,
-        state,
-        attempts,
-        max_attempts,
-        backoff,
-        max_age,
-        age_from,
-        created,
-        due,
-        started,
-        finished,
-        cancel_key,
-        once_key,
-        caps,
-        cap_exempt,
-        held_by,
-        endpoint,
-        mac,
-        ip,
-        item,
-        result,
-        last_error,
-        owner,
-    ) = row[:_NCOLS]
-    return Entry(
-        id=id_,
-        event_id=event_id,
-        received_at=received_at,
-        source=source,
-        rule=rule,
-        action=action,
-        index=idx,
-        params=json.loads(params),
-        key=key,
-        mode=mode,
-        state=state,
-        attempts=attempts,
-        max_attempts=max_attempts,
-        backoff=backoff,
-        max_age=max_age,
-        age_from=age_from,
-        created=created,
-        due=due,
-        started=started,
-        finished=finished,
-        cancel_key=cancel_key,
-        once_key=once_key,
-        caps=tuple(CapCheck.from_json(c) for c in json.loads(caps)),
-        cap_exempt=bool(cap_exempt),
-        held_by=held_by,
-        endpoint=endpoint,
-        mac=mac,
-        ip=ip,
-        item=json.loads(item) if item else None,
-        result=json.loads(result) if result else None,
-        last_error=last_error,
-        owner=owner,
-        event=event,
-    )
-
-
-def _dumps(value: Any) -> str:
-    # default=str: a plugin that returns a datetime or a Path still gets its result journaled.
-    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def _placeholders(n: int) -> str:
@@ -1079,6 +997,9 @@ class SQLiteJournal:
         result: bool = await self._call(self._data_version, write=False)
         return result
 
+    def watch(self, callback: Callable[[], None]) -> None:
+        """No push here: the dispatcher polls :meth:`changed` (``PRAGMA data_version``)."""
+
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
@@ -1090,7 +1011,7 @@ def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-def open_journal(path: str | Path, config: Any = None, *, owner: str | None = None) -> SQLiteJournal:
+def open_sqlite_journal(path: str | Path, config: Any = None, *, owner: str | None = None) -> SQLiteJournal:
     """A journal for ``path`` set up from a :class:`~trapd.dispatch.config.JournalConfig` (or defaults).
 
     ``owner``: the name of the process claiming actions through it when several share

@@ -1,0 +1,162 @@
+"""A private PostgreSQL 15 for the tests: initdb + pg_ctl in a temp dir, unix socket only.
+
+The server runs as an unprivileged user (``trapd-pgtest``, created here when
+missing; PostgreSQL refuses to run as root), listens on no TCP port
+(``listen_addresses=''``) and on a socket in its own temp dir, trusts local
+connections (only processes on this machine that can reach the socket), and is
+removed after the session. Each test that asks for ``pg_url`` gets a database
+of its own, already migrated to trapd's schema.
+
+Debian 12 package: ``postgresql`` (scripts/setup.sh --test installs it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_BIN = Path(os.environ.get("TRAPD_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_USER = "trapd-pgtest"
+SUPERUSER = "trapd"
+
+
+def _ensure_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(PG_USER)
+    except KeyError:
+        pass
+    if os.geteuid() == 0:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(PG_USER)
+    return pwd.getpwuid(os.geteuid())  # not root: run it as ourselves
+
+
+class PgServer:
+    """One PostgreSQL cluster in a temp dir; ``stop()``/``start()`` for outage tests."""
+
+    def __init__(self) -> None:
+        if not (PG_BIN / "initdb").exists():
+            pytest.skip(f"PostgreSQL 15 not installed ({PG_BIN}); scripts/setup.sh --test installs it")
+        self.user = _ensure_user()
+        self.dir = Path(tempfile.mkdtemp(prefix="trapd-pg-"))
+        self.data = self.dir / "data"
+        self.socket_dir = self.dir / "sock"
+        self.socket_dir.mkdir()
+        self.log = self.dir / "server.log"
+        os.chmod(self.dir, 0o755)  # the tests (root) reach the socket; the data dir stays 0700
+        for p in (self.dir, self.socket_dir):
+            os.chown(p, self.user.pw_uid, self.user.pw_gid)
+        self._run(
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]
+        )
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write(
+                "listen_addresses = ''\n"
+                f"unix_socket_directories = '{self.socket_dir}'\n"
+                "fsync = off\n"  # a test cluster: speed over durability across power loss
+                "max_connections = 200\n"
+                "shared_buffers = 32MB\n"
+            )
+        self._dbs = itertools.count()
+
+    def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        def demote() -> None:
+            if os.geteuid() == 0:
+                os.setgid(self.user.pw_gid)
+                os.setgroups([])
+                os.setuid(self.user.pw_uid)
+
+        return subprocess.run(
+            argv, check=check, capture_output=True, text=True, preexec_fn=demote, cwd=self.dir, timeout=120
+        )
+
+    def start(self) -> None:
+        r = self._run(
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start"],
+            check=False,
+        )
+        if r.returncode != 0:
+            log = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"pg_ctl start failed: {r.stderr}\n{log}")
+
+    def stop(self, mode: str = "fast") -> None:
+        argv = [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"]
+        self._run(argv, check=False)
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@/{dbname}?host={self.socket_dir}"
+
+    def psql(self, sql: str, dbname: str = "postgres") -> str:
+        import psycopg
+
+        with psycopg.connect(self.url(dbname), autocommit=True) as conn:
+            cur = conn.execute(sql)
+            return "" if cur.description is None else "\n".join("|".join(map(str, r)) for r in cur.fetchall())
+
+    def new_database(self, migrated: bool = True) -> str:
+        name = f"t{os.getpid()}_{next(self._dbs)}"
+        self.psql(f"CREATE DATABASE {name}")
+        url = self.url(name)
+        if migrated:
+            import asyncio
+            from concurrent.futures import ThreadPoolExecutor
+
+            from trapd.dispatch.journal.postgres import migrate
+
+            # A thread of its own: callers may be inside a running event loop.
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, migrate(url)).result()
+        return url
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_until(predicate: object, timeout: float = 30.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("condition not met within the timeout")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh database with trapd's journal schema, on the session's server."""
+    return pg_server.new_database()

@@ -1,0 +1,234 @@
+"""The PostgreSQL journal across hosts: what the database must enforce when two trapd share it.
+
+Two (or more) ``PostgresJournal`` objects with different instance names on one
+real PostgreSQL 15 (tests/pg_harness.py) stand for two hosts. The behaviour
+shared with SQLite is tested in test_journal.py against both backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import psycopg
+import pytest
+from pg_harness import PgServer
+
+from trapd.dispatch.journal import CapCheck, JournalError, NewEntry
+from trapd.dispatch.journal.postgres import SCHEMA_VERSION, PostgresJournal, migrate
+from trapd.dispatch.testing import make_event
+
+
+def entry(action: str = "log", key: str = "k", **kw: Any) -> NewEntry:
+    base: dict[str, Any] = dict(
+        rule="r1", action=action, index=0, params={"message": "hi"}, key=key, mode="enforce", state="pending",
+        due=time.time(), max_attempts=3, backoff=0.01, max_age=3600.0,
+    )  # fmt: skip
+    base.update(kw)
+    return NewEntry(**base)
+
+
+async def until(check: Callable[[], Awaitable[bool] | bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if not isinstance(got, bool):
+            got = await got
+        if got:
+            return
+        assert time.monotonic() < deadline, "not within the timeout"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def hosts(pg_url: str) -> AsyncIterator[Callable[..., Awaitable[PostgresJournal]]]:
+    opened: list[PostgresJournal] = []
+
+    async def open_host(name: str, **kw: Any) -> PostgresJournal:
+        j = PostgresJournal(pg_url, instance=name, **kw)
+        await j.open()
+        opened.append(j)
+        return j
+
+    yield open_host
+    for j in opened:
+        await j.close()
+
+
+async def test_schema_is_created_by_migrate_and_checked_at_open(pg_server: PgServer) -> None:
+    url = pg_server.new_database(migrated=False)
+    with pytest.raises(JournalError, match="no trapd schema: run `trapd journal migrate`"):
+        await PostgresJournal(url).open()
+    assert await migrate(url) == (None, SCHEMA_VERSION)
+    assert await migrate(url) == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
+    async with PostgresJournal(url) as j:
+        assert (await j.counts())["pending"] == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE trapd_meta SET v = %s WHERE k = 'schema'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(JournalError, match="newer than this trapd knows"):
+        await PostgresJournal(url).open()
+    with pytest.raises(JournalError, match="newer than this trapd knows"):
+        await migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE trapd_meta SET v = '0' WHERE k = 'schema'")
+    with pytest.raises(JournalError, match=r"older than this trapd .* run `trapd journal migrate`"):
+        await PostgresJournal(url).open()
+
+
+async def test_each_action_is_claimed_by_one_host(hosts: Callable[..., Awaitable[PostgresJournal]]) -> None:
+    a, b = await hosts("a"), await hosts("b")
+    now = time.time()
+    r = await a.add(make_event().to_dict(), [entry(key=f"k{i}") for i in range(60)], [], now)
+    # Both hosts race for every action at once.
+    claims = await asyncio.gather(*(h.claim(i, now) for i in r.ids for h in (a, b)))
+    outcomes = [c.outcome for c in claims]
+    assert outcomes.count("running") == 60 and outcomes.count("gone") == 60
+    for i in r.ids:
+        e = await a.get(i)
+        assert e is not None and e.state == "running" and e.attempts == 1 and e.owner in ("a", "b")
+
+
+async def test_once_within_holds_across_hosts(hosts: Callable[..., Awaitable[PostgresJournal]]) -> None:
+    a, b = await hosts("a"), await hosts("b")
+    now = time.time()
+    ev = make_event().to_dict()
+    adds = [
+        h.add(ev, [entry(key=f"x{i}", once_key="mac:aa", once_within=300.0)], [], now)
+        for i in range(20)
+        for h in (a, b)
+    ]
+    results = await asyncio.gather(*adds)
+    states = [r.states[0] for r in results]
+    assert states.count("pending") == 1 and states.count("cancelled") == 39
+    first = next(r.ids[0] for r in results if r.states[0] == "pending")
+    assert {r.duplicate_of[0] for r in results if r.states[0] == "cancelled"} == {first}
+
+
+async def test_caps_are_counted_in_the_database(hosts: Callable[..., Awaitable[PostgresJournal]]) -> None:
+    a, b = await hosts("a"), await hosts("b")
+    now = time.time()
+    cap = CapCheck("global/deletions", "sw1", limit=5, per=60.0, hold_for=600.0)
+    r = await a.add(make_event().to_dict(), [entry(key=f"k{i}", caps=(cap,)) for i in range(20)], [], now)
+    claims = await asyncio.gather(*((a if n % 2 else b).claim(i, now) for n, i in enumerate(r.ids)))
+    outcomes = [c.outcome for c in claims]
+    assert outcomes.count("running") == 5 and outcomes.count("held") == 15
+
+
+async def test_per_key_order_holds_across_hosts(hosts: Callable[..., Awaitable[PostgresJournal]]) -> None:
+    a, b = await hosts("a"), await hosts("b")
+    now = time.time()
+    r = await a.add(make_event().to_dict(), [entry(key="port"), entry(key="port")], [], now)
+    first, second = r.ids
+    assert (await b.claim(second, now)).outcome == "wait"  # the first is still waiting
+    assert (await a.claim(first, now)).outcome == "running"
+    got = await b.claim(second, now)
+    assert got.outcome == "wait" and got.blocked_by == "running"  # running on the other host
+    await a.finish(first, "done", now)
+    assert (await b.claim(second, now)).outcome == "running"
+    # Both hosts claiming the two of a fresh key at once: never both running.
+    for _ in range(10):
+        r = await a.add(make_event().to_dict(), [entry(key="busy"), entry(key="busy")], [], now)
+        c1, c2 = await asyncio.gather(a.claim(r.ids[1], now), b.claim(r.ids[0], now))
+        assert c1.outcome == "wait" and c2.outcome == "running"
+        await b.finish(r.ids[0], "done", now)
+        assert (await a.claim(r.ids[1], now)).outcome == "running"
+        await a.finish(r.ids[1], "done", now)
+
+
+async def test_a_delay_armed_on_one_host_is_cancelled_from_the_other(
+    hosts: Callable[..., Awaitable[PostgresJournal]],
+) -> None:
+    a, b = await hosts("a"), await hosts("b")
+    now = time.time()
+    armed = await a.add(
+        make_event().to_dict(), [entry(state="scheduled", due=now + 120, cancel_key="port:sw1:17")], [], now
+    )
+    cleared = await b.add(make_event().to_dict(), [], ["port:sw1:17"], now + 1)
+    assert cleared.cancelled == armed.ids
+    assert (await a.claim(armed.ids[0], now + 121)).outcome == "gone"
+    e = await a.get(armed.ids[0])
+    assert e is not None and e.state == "cancelled"
+
+
+async def test_notify_wakes_the_other_host(hosts: Callable[..., Awaitable[PostgresJournal]]) -> None:
+    a, b = await hosts("a"), await hosts("b")
+    woken: list[float] = []
+    a.watch(lambda: woken.append(time.monotonic()))
+    await until(lambda: True)
+    woken.clear()
+    await a.add(make_event().to_dict(), [entry()], [], time.time())  # its own write: no wake-up
+    await b.add(make_event().to_dict(), [entry(key="other")], [], time.time())
+    await until(lambda: bool(woken), timeout=10)
+    assert await a.changed() is True
+
+
+async def test_a_dead_hosts_claims_are_taken_over_after_the_lease(
+    hosts: Callable[..., Awaitable[PostgresJournal]],
+) -> None:
+    a = await hosts("a", lease=0.6)
+    b = await hosts("b", lease=0.6)
+    await b.recover(time.time(), hold_unless=["log"])  # the dispatcher's policy: hold-unsafe
+    now = time.time()
+    r = await a.add(
+        make_event().to_dict(), [entry(action="log", key="1"), entry(action="exec", key="2")], [], now
+    )
+    for i in r.ids:
+        assert (await a.claim(i, now)).outcome == "running"
+    # While a renews its leases, b leaves its rows alone.
+    await asyncio.sleep(1.5)
+    assert [(await b.get(i)).state for i in r.ids] == ["running", "running"]  # type: ignore[union-attr]
+    # a dies (no more renewals): b takes over after the lease, by the interrupted: policy.
+    a._tasks[1].cancel()  # its lease loop, as SIGKILL would stop it
+    await until(lambda: _states(b, r.ids, ["pending", "held"]), timeout=20)
+    log_row, exec_row = [await b.get(i) for i in r.ids]
+    assert log_row is not None and "taken over by b" in (log_row.last_error or "")
+    assert exec_row is not None and exec_row.held_by == "interrupted"
+    assert b.taken_over == 2
+    # a's late finish (it was only slow, not dead) does not overwrite what b now owns.
+    assert (await b.claim(r.ids[0], time.time())).outcome == "running"
+    await a.finish(r.ids[0], "done", time.time())
+    e = await b.get(r.ids[0])
+    assert e is not None and e.state == "running" and e.owner == "b"
+
+
+async def _states(j: PostgresJournal, ids: list[int], want: list[str]) -> bool:
+    return [(await j.get(i)).state for i in ids] == want  # type: ignore[union-attr]
+
+
+async def test_database_outage_fails_fast_and_recovers() -> None:
+    server = PgServer()  # its own: stopping it must not disturb the session's
+    try:
+        server.start()
+        url = server.new_database()
+        async with PostgresJournal(url, instance="a") as j:
+            ok = await j.add(make_event().to_dict(), [entry()], [], time.time())
+            server.stop()
+            t0 = time.monotonic()
+            with pytest.raises(JournalError, match="unavailable"):
+                await j.add(make_event().to_dict(), [entry()], [], time.time())
+            assert time.monotonic() - t0 < 10
+            assert not j.available and j.failed_ops >= 1 and j.unavailable_since is not None
+            # Meanwhile every later write fails at once (no waiting on a dead socket).
+            t0 = time.monotonic()
+            with pytest.raises(JournalError):
+                await j.add(make_event().to_dict(), [entry()], [], time.time())
+            assert time.monotonic() - t0 < 5
+            server.start()
+            later: list[Any] = []
+
+            async def add_once() -> bool:
+                try:
+                    later.append(await j.add(make_event().to_dict(), [entry(key="after")], [], time.time()))
+                except JournalError:
+                    return False
+                return True
+
+            await until(add_once, timeout=60)
+            assert j.available
+            got = await j.get(ok.ids[0])
+            assert got is not None and got.state == "pending"  # committed before the outage: kept
+            assert (await j.get(later[0].ids[0])) is not None
+    finally:
+        server.remove()
