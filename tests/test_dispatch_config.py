@@ -106,3 +106,43 @@ async def test_open_dispatcher_from_trapd_yaml(tmp_path: Path) -> None:
         await d.stop()
     finally:
         await d.journal.close()
+
+
+def test_postgresql_journal_url_and_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pw = tmp_path / "pg.pw"
+    pw.write_text("s3cret-pw\n")
+    c = parse(
+        "dispatch:\n  journal:\n    url: postgresql://trapd@db1.example/trapd?sslmode=require\n"
+        f"    password: {{file: {pw}}}\n    instance: dhcp1\n    lease: 10s\n"
+    )
+    j = c.journal
+    assert (j.instance, j.lease) == ("dhcp1", 10.0)
+    assert "password=s3cret-pw" in j.conninfo() and "sslmode=require" in j.conninfo()
+    assert "s3cret-pw" not in j.describe(Path("/var/lib/trapd")) and "db1.example" in j.describe(Path("/"))
+    assert "s3cret-pw" not in repr(j)
+    # A key/value DSN, the password from the environment.
+    monkeypatch.setenv("TRAPD_PG_PW", "from-env-pw")
+    j = parse(
+        "dispatch:\n  journal:\n    url: host=/run/pg dbname=trapd\n    password: {env: TRAPD_PG_PW}\n"
+    ).journal
+    assert "password=from-env-pw" in j.conninfo() and "host=/run/pg" in j.conninfo()
+
+
+@pytest.mark.parametrize(
+    ("journal", "message"),
+    [
+        ("{url: 'postgresql://u:pw@h/db'}", "put the password in dispatch.journal.password"),
+        ("{url: 'host=h password=pw'}", "put the password in dispatch.journal.password"),
+        (
+            "{url: 'postgresql://h/db', path: j.sqlite}",
+            "path (SQLite) and url (PostgreSQL) exclude each other",
+        ),
+        ("{url: 'host=h = x'}", "dispatch.journal.url is not a valid libpq URL"),
+        ("{url: 'postgresql://h/db', password: {vault: x}}", "a secret is a string"),
+    ],
+)
+def test_postgresql_journal_errors(journal: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(f"dispatch:\n  journal: {journal}\n")
+    assert message in str(exc.value)
+    assert "pw" not in str(exc.value).replace("password", "")

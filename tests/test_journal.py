@@ -7,6 +7,7 @@ PostgreSQL 15 from tests/pg_harness.py); the rest are about the SQLite file.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from trapd.dispatch.journal import (
     SQLiteJournal,
 )
 from trapd.dispatch.testing import make_event
+from trapd.event import Event
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
@@ -362,3 +364,45 @@ async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_short(tmp_path
 async def test_without_a_checkpointer_sqlite_checkpoints_in_the_commit(tmp_path: Path) -> None:
     pages, runs = await _wal_pages_after_writes(tmp_path / "c.sqlite", checkpoint_interval=None)
     assert runs == 0 and pages > 0
+
+
+def stored_events(journal: Journal) -> list[str]:
+    """The event data the journal holds, read through a connection of its own."""
+    if isinstance(journal, SQLiteJournal):
+        other = sqlite3.connect(journal.path)
+        try:
+            return [r[0] for r in other.execute("SELECT data FROM events")]
+        finally:
+            other.close()
+    import psycopg
+
+    from trapd.dispatch.journal.postgres import PostgresJournal
+
+    assert isinstance(journal, PostgresJournal)
+    with psycopg.connect(journal.conninfo) as conn:
+        return [r[0] for r in conn.execute("SELECT data FROM trapd_events")]
+
+
+async def test_a_large_event_is_stored_once_and_bounded(journal: Journal) -> None:
+    # Issue 14 item 4: a 65 KB binary varbind was journaled as ~325 KB of JSON (hex + display).
+    blob = bytes(range(256)) * 254  # 65,024 bytes, not printable: displayed as aa:bb:... (3 chars a byte)
+    vbs = [("IF-MIB::ifDescr", "OctetString", blob)] + [
+        ("IF-MIB::ifAlias", "OctetString", b"x" * 900) for _ in range(40)
+    ]
+    ev = make_event(varbinds=vbs)
+    d = ev.to_dict()
+    d["varbinds"][0]["display"] = ":".join(f"{b:02x}" for b in blob)  # as trapd.display shows it
+    assert len(json.dumps(d)) > 300_000
+    res = await journal.add(d, [entry(key=f"k{i}") for i in range(5)], [], time.time())
+    data = stored_events(journal)
+    assert len(data) == 1, "one event row for all of its actions"
+    assert len(data[0]) < 25_000, len(data[0])
+    got = await journal.get(res.ids[4])
+    assert got is not None and got.event is not None
+    stored = json.loads(got.event)
+    first = stored["varbinds"][0]
+    assert first["truncated"] == len(blob)
+    assert bytes.fromhex(first["value"]) == blob[: len(first["value"]) // 2]  # still decodes
+    assert first["display"] == d["varbinds"][0]["display"][: len(first["display"])]
+    assert stored["varbinds_omitted"] > 0 and len(stored["varbinds"]) + stored["varbinds_omitted"] == 41
+    assert Event.from_dict(stored).varbinds[0].value == blob[: len(first["value"]) // 2]

@@ -68,7 +68,7 @@ from trapd.dispatch.journal.model import (
     NewEntry,
     State,
 )
-from trapd.dispatch.journal.rows import ACOLS, COLS, NCOLS, dumps, entry_from_row
+from trapd.dispatch.journal.rows import ACOLS, COLS, NCOLS, dumps, entry_from_row, stored_event
 
 Conn = psycopg.AsyncConnection[TupleRow]
 Cur = psycopg.AsyncCursor[TupleRow]
@@ -266,7 +266,7 @@ async def _op_add(
                 float(event["received_at"]),
                 str(event["source"]),
                 str(event.get("trap_name", "")),
-                dumps(event),
+                stored_event(event),
             ),
         )
     received_at = float(event["received_at"]) if event else now

@@ -7,7 +7,7 @@ codec reads both and ``trapd journal show`` prints the same thing whichever hold
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trapd.dispatch.journal.model import CapCheck, Entry
@@ -97,3 +97,59 @@ def entry_from_row(row: Sequence[Any], event: str | None = None) -> Entry:
 def dumps(value: Any) -> str:
     # default=str: a plugin that returns a datetime or a Path still gets its result journaled.
     return json.dumps(value, separators=(",", ":"), default=str)
+
+
+# What the journal keeps of an event (issue: a 65 KB binary varbind was stored as 130 KB of hex
+# plus 195 KB of display text). Each varbind's value and display text are cut to these many
+# characters (hex: half as many bytes) and marked ``"truncated": LENGTH`` with the value's full
+# length in bytes (or characters); past the budget for all varbinds of one event, the rest are
+# left out and counted in ``"varbinds_omitted"``. Bounds an event at about 20 KB of JSON
+# whatever the trap carried. Actions are unaffected: their parameters were rendered from the
+# whole event before it was journaled.
+MAX_VALUE_CHARS = 1024
+VARBINDS_BUDGET = 16 * 1024
+
+
+def stored_event(event: Mapping[str, Any]) -> str:
+    """The event as the journal stores it (JSON), its varbinds bounded (see :data:`MAX_VALUE_CHARS`)."""
+    varbinds = event.get("varbinds")
+    if not varbinds:
+        return dumps(event)
+    kept: list[Any] = []
+    used = 0
+    for n, vb in enumerate(varbinds):
+        if isinstance(vb, Mapping):
+            vb = _bounded_varbind(vb)
+        text = dumps(vb)
+        if used + len(text) > VARBINDS_BUDGET and kept:
+            out = dict(event)
+            out["varbinds"] = kept
+            out["varbinds_omitted"] = len(varbinds) - n
+            return dumps(out)
+        used += len(text)
+        kept.append(vb)
+    if all(a is b for a, b in zip(kept, varbinds, strict=True)):
+        return dumps(event)
+    out = dict(event)
+    out["varbinds"] = kept
+    return dumps(out)
+
+
+def _bounded_varbind(vb: Mapping[str, Any]) -> Mapping[str, Any]:
+    value, display = vb.get("value"), vb.get("display")
+    long_value = isinstance(value, str) and len(value) > MAX_VALUE_CHARS
+    long_display = isinstance(display, str) and len(display) > MAX_VALUE_CHARS
+    if not (long_value or long_display):
+        return vb
+    out = dict(vb)
+    if long_value:
+        assert isinstance(value, str)
+        # Hex of OCTET STRING / Opaque: cut at a byte boundary, so it still decodes.
+        binary = vb.get("type") in ("OctetString", "Opaque")
+        out["value"] = value[: MAX_VALUE_CHARS - (MAX_VALUE_CHARS % 2 if binary else 0)]
+        out["truncated"] = len(value) // 2 if binary else len(value)
+    if long_display:
+        assert isinstance(display, str)
+        out["display"] = display[:MAX_VALUE_CHARS]
+        out.setdefault("truncated", len(display))
+    return out

@@ -56,6 +56,7 @@ from trapd.dispatch.journal.rows import COLS as _COLS
 from trapd.dispatch.journal.rows import NCOLS as _NCOLS
 from trapd.dispatch.journal.rows import dumps as _dumps
 from trapd.dispatch.journal.rows import entry_from_row as _entry
+from trapd.dispatch.journal.rows import stored_event as _stored_event
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -207,7 +208,7 @@ def _op_add(
                 float(event["received_at"]),
                 str(event["source"]),
                 str(event.get("trap_name", "")),
-                _dumps(event),
+                _stored_event(event),
             ),
         )
     received_at = float(event["received_at"]) if event else now
