@@ -534,3 +534,19 @@ def test_engine_boots_persist_under_state_dir(tmp_path: Path) -> None:
     assert boots(second) == boots(first) + 1  # RFC 3414: grows on every start
     files = list(tmp_path.rglob("boots"))
     assert len(files) == 1 and files[0].read_text().strip() == str(boots(second))
+
+
+def test_drop_log_keys_per_v3_user_stay_bounded() -> None:
+    now = [0.0]
+    lines: list[dict[str, Any]] = []
+    log = DropLog(lambda ev, f: lines.append(f), interval=10.0, clock=lambda: now[0], max_keys=8)
+    for i in range(1000):  # a flood of made-up user names
+        log.note("unknown-user", None, "10.0.0.9", (f"u{i}".encode(), b"\x80\x00\x00\x01\x01"))
+    assert len([key for key in log._next_at if key[1] is not None]) == 8 and len(log._pending) == 1
+    assert [x.get("user") for x in lines] == [f"u{i}" for i in range(8)] + [None]
+    log.flush_all()
+    assert sum(x["count"] for x in lines) == 1000  # every drop counted in some line
+    now[0] = 11.0
+    log.flush()
+    log.note("unknown-user", None, "10.0.0.9", (b"late", b"\x80\x00\x00\x01\x01"))
+    assert lines[-1]["user"] == "late"  # quiet keys were forgotten: a new user gets its own line

@@ -121,3 +121,58 @@ async def test_reload_keeps_sender_time_notions() -> None:
         assert listener.stats.dropped_detail[("not-in-time-window", "replayed")] == 1
         listener.update_config(config())
         assert listener._usm is None and listener._v3 is None
+
+
+class _Lines:
+    """A listener logger that keeps the drop lines it is given."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.lines.append({"event": event, **fields})
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self.lines.append({"event": event, **fields})
+
+
+async def test_v3_drop_lines_name_user_and_engine_and_each_bad_user_shows_within_one_interval() -> None:
+    """Issue 15: who failed, never a key; rate-limited per (reason, user/engine), not per reason."""
+    import asyncio
+    import socket
+
+    log = _Lines()
+    other = user("otheruser", "SHA", "AES-128", [SENDER])
+    async with Listener(
+        config(PRIV, other), lambda raw: None, logger=log, drop_log_interval=3600.0
+    ) as listener:
+        port = listener.bound[0].address.port
+        guessed = {
+            name: localized_user(
+                user(name, u.auth_protocol, u.priv_protocol, [SENDER], auth_key="guess"), SENDER
+            )
+            for name, u in (("privuser", PRIV), ("otheruser", other))
+        }
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for name in ("privuser", "privuser", "otheruser", "otheruser"):
+                s.sendto(craft(guessed[name], SENDER, name.encode(), SCOPED), ("127.0.0.1", port))
+        for _ in range(500):
+            if listener.stats.dropped["wrong-digest"] == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert listener.stats.dropped["wrong-digest"] == 4
+    digest_lines = [x for x in log.lines if x.get("reason") == "wrong-digest"]
+    # One line at once per (reason, user, engine); the repeats are counted in the line written at close.
+    assert [(x["user"], x["engine_id"]) for x in digest_lines[:2]] == [
+        ("privuser", SENDER.hex()),
+        ("otheruser", SENDER.hex()),
+    ]
+    assert sorted((x["user"], x["count"]) for x in digest_lines) == [
+        ("otheruser", 1),
+        ("otheruser", 1),
+        ("privuser", 1),
+        ("privuser", 1),
+    ]
+    text = repr(log.lines)
+    for secret in ("guess", "auth-privuser-pass", "priv-privuser-pass", guessed["privuser"].auth_key.hex()):
+        assert secret not in text

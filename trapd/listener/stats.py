@@ -133,13 +133,35 @@ class ListenerStats:
         }
 
 
-class DropLog:
-    """Rate-limited drop logging: at most one line per reason per ``interval`` seconds.
+# A v3 drop line names who failed: (user, engine ID) as sent, each cut to what USM allows
+# (32 octets of user name, 32 of engine ID) so a hostile header cannot make the line long.
+V3Who = tuple[bytes, bytes]
+_WHO_MAX = 32
+# At most this many (reason, who) keys are tracked at once; beyond, drops are counted under the
+# reason alone (a flood of made-up user names must not grow the table).
+DROP_LOG_KEYS = 256
 
-    ``note(reason, detail, source)`` is called for every drop and costs a dict
-    update; a line is written when the reason's interval has passed, carrying
-    how many drops of that reason happened since its last line and the last
-    source seen (enough to find a misconfigured switch, cheap in a storm).
+
+def _who_fields(who: V3Who) -> dict[str, str]:
+    user, engine_id = who
+    return {
+        "user": user[:_WHO_MAX].decode("utf-8", "backslashreplace"),
+        "engine_id": engine_id[:_WHO_MAX].hex(),
+    }
+
+
+class DropLog:
+    """Rate-limited drop logging: at most one line per reason (and v3 user/engine) per ``interval`` seconds.
+
+    ``note(reason, detail, source, who)`` is called for every drop and costs a
+    dict update; a line is written when the key's interval has passed,
+    carrying how many drops of that key happened since its last line and the
+    last source seen (enough to find a misconfigured switch, cheap in a
+    storm). For a v3 message ``who`` is its (user name, engine ID): the line
+    names them (never a key), and each (reason, user, engine) pair has its own
+    interval, so a second bad user shows up within the same interval as the
+    first. At most :data:`DROP_LOG_KEYS` pairs are tracked; beyond, a drop is
+    counted under its reason alone.
     """
 
     def __init__(
@@ -147,40 +169,58 @@ class DropLog:
         emit: Callable[[str, dict[str, Any]], None],
         interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        max_keys: int = DROP_LOG_KEYS,
     ) -> None:
         self._emit = emit
         self._interval = interval
         self._clock = clock
-        self._pending: dict[str, int] = {}
-        self._last: dict[str, tuple[str | None, str | None]] = {}
-        self._next_at: dict[str, float] = {}
+        self._max_keys = max_keys
+        self._pending: dict[tuple[str, V3Who | None], int] = {}
+        self._last: dict[tuple[str, V3Who | None], tuple[str | None, str | None]] = {}
+        self._next_at: dict[tuple[str, V3Who | None], float] = {}
 
-    def note(self, reason: str, detail: str | None, source: str | None) -> None:
-        self._pending[reason] = self._pending.get(reason, 0) + 1
-        self._last[reason] = (detail, source)
+    def note(self, reason: str, detail: str | None, source: str | None, who: V3Who | None = None) -> None:
+        key = (reason, who)
+        if who is not None and key not in self._next_at and len(self._next_at) >= self._max_keys:
+            self._forget_quiet_keys()
+            if len(self._next_at) >= self._max_keys:
+                key = (reason, None)
+        self._pending[key] = self._pending.get(key, 0) + 1
+        self._last[key] = (detail, source)
         now = self._clock()
-        if now >= self._next_at.get(reason, 0.0):
-            self._flush_one(reason, now)
+        if now >= self._next_at.get(key, 0.0):
+            self._flush_one(key, now)
 
     def flush(self) -> None:
         """Write every pending count now (called periodically and at shutdown)."""
         now = self._clock()
-        for reason in list(self._pending):
-            if now >= self._next_at.get(reason, 0.0):
-                self._flush_one(reason, now)
+        for key in list(self._pending):
+            if now >= self._next_at.get(key, 0.0):
+                self._flush_one(key, now)
+        self._forget_quiet_keys(now)
 
     def flush_all(self) -> None:
         now = self._clock()
-        for reason in list(self._pending):
-            self._flush_one(reason, now)
+        for key in list(self._pending):
+            self._flush_one(key, now)
 
-    def _flush_one(self, reason: str, now: float) -> None:
-        count = self._pending.pop(reason, 0)
+    def _forget_quiet_keys(self, now: float | None = None) -> None:
+        """Drop the interval of keys with nothing pending whose interval has passed (they start afresh)."""
+        now = self._clock() if now is None else now
+        for key in [k for k, at in self._next_at.items() if at <= now and k not in self._pending]:
+            del self._next_at[key]
+            self._last.pop(key, None)
+
+    def _flush_one(self, key: tuple[str, V3Who | None], now: float) -> None:
+        count = self._pending.pop(key, 0)
         if not count:
             return
-        detail, source = self._last.get(reason, (None, None))
+        reason, who = key
+        detail, source = self._last.get(key, (None, None))
         fields: dict[str, Any] = {"reason": reason, "count": count, "last_source": source}
         if detail:
             fields["last_detail"] = detail
+        if who is not None:
+            fields.update(_who_fields(who))
         self._emit("snmp notification dropped", fields)
-        self._next_at[reason] = now + self._interval
+        self._next_at[key] = now + self._interval

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trapd.listener.config import V3User
-from trapd.listener.stats import ListenerStats
+from trapd.listener.stats import ListenerStats, V3Who
 from trapd.listener.v3.adapters import SendTo
 from trapd.listener.v3.errors import Refused
 from trapd.listener.v3.header import HeaderError, parse_header
@@ -35,7 +35,7 @@ class V3Path:
 
     ``deliver(raw)`` is called for every accepted notification (the
     listener's hand-off; for an inform it may take the acknowledgement over);
-    ``on_drop(reason, detail, source)`` for every drop, after ``stats``
+    ``on_drop(reason, detail, source, who)`` for every drop, after ``stats``
     counted it. ``fast`` is None when the fast path is switched off (benches
     measuring pysnmp alone).
     """
@@ -95,7 +95,7 @@ class V3Path:
             try:
                 raw = fast.receive_header(header, data, source, int(addr[1]), now)
             except Refused as exc:
-                self._drop(exc.reason, exc.detail, source)
+                self._drop(exc.reason, exc.detail, source, (header.user, header.engine_id))
                 return
             if raw is not None:
                 self._stats.received["v3"] += 1
@@ -107,6 +107,6 @@ class V3Path:
         """Housekeeping, about once a second: pysnmp's timers."""
         self.receiver.tick(now)
 
-    def _drop(self, reason: str, detail: str | None, source: str) -> None:
+    def _drop(self, reason: str, detail: str | None, source: str, who: V3Who | None = None) -> None:
         self._stats.drop(reason, detail)
-        self._on_drop(reason, detail, source)
+        self._on_drop(reason, detail, source, who)

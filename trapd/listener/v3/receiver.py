@@ -56,7 +56,7 @@ from typing import Any
 
 from trapd.listener.config import V3User
 from trapd.listener.raw import DEFER_ACK, RawNotification, Security
-from trapd.listener.stats import ListenerStats
+from trapd.listener.stats import ListenerStats, V3Who
 from trapd.listener.v3.adapters import (
     REASONS,
     PeerAddress,
@@ -82,7 +82,8 @@ from trapd.listener.v3.keys import (
 
 # May return False to say "not handed on" (then a v3 inform is not acknowledged).
 OnNotification = Callable[[RawNotification], object]
-OnDrop = Callable[[str, "str | None", str], None]
+# (reason, detail, source, (user name, engine ID) of the message or None): see stats.DropLog.
+OnDrop = Callable[[str, "str | None", str, "V3Who | None"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,7 @@ class V3Receiver:
     derives a stable one (:func:`default_engine_id`); its snmpEngineBoots is
     kept under ``state_dir`` when given (see :func:`make_engine`). ``on_notification`` is
     called synchronously for every accepted notification; ``on_drop(reason,
-    detail, source)`` for every dropped message, after ``stats`` counted it.
+    detail, source, who)`` for every dropped message, after ``stats`` counted it.
     """
 
     def __init__(
@@ -212,10 +213,10 @@ class V3Receiver:
         now = time.time() if received_at is None else received_at
         source = str(peer[0])
         if header.security_model != 3:
-            self._drop("malformed", "v3-security-model", source)
+            self._drop("malformed", "v3-security-model", source, header)
             return
         if header.level == 0:
-            self._drop("malformed", "v3-msg-flags", source)
+            self._drop("malformed", "v3-msg-flags", source, header)
             return
 
         if not header.is_discovery and not self._prepare_user(data, header, source):
@@ -231,7 +232,7 @@ class V3Receiver:
             self.engine.message_dispatcher.receive_message(self.engine, domain, addr, data)
         except Exception as exc:  # pysnmp raises assorted errors for odd input
             if not self._delivered:
-                self._drop("malformed", f"v3-{type(exc).__name__}", source)
+                self._drop("malformed", f"v3-{type(exc).__name__}", source, header)
             return
         finally:
             self._current = None
@@ -247,7 +248,7 @@ class V3Receiver:
             reason = "unknown-engine-id"
         if reason is None:
             reason = "malformed" if err is not None else "unsupported-pdu"
-        self._drop(reason, name if err is not None else "v3-no-handler", source)
+        self._drop(reason, name if err is not None else "v3-no-handler", source, header)
 
     def _prepare_user(self, data: bytes, header: V3Header, source: str) -> bool:
         """Classify the user early and learn engines for any-engine users. False: dropped."""
@@ -260,25 +261,25 @@ class V3Receiver:
             # RFC 3414 3.2.5 only binds the authoritative side, so pysnmp takes
             # an authNoPriv trap for a user configured authPriv. trapd holds a
             # sender to the level its user is configured with.
-            self._drop("unsupported-security-level", None, source)
+            self._drop("unsupported-security-level", None, source, header)
             return False
         if (header.engine_id, header.user) in self._registered:
             return True
         if keys.config.engine_ids:
-            self._drop("unknown-engine-id", "not-bound", source)
+            self._drop("unknown-engine-id", "not-bound", source, header)
             return False
         if not 4 < len(header.engine_id) < 33:
-            self._drop("unknown-engine-id", "malformed-engine-id", source)
+            self._drop("unknown-engine-id", "malformed-engine-id", source, header)
             return False
         if header.level >= 2:
             if keys.auth_master is None:
-                self._drop("unsupported-security-level", None, source)
+                self._drop("unsupported-security-level", None, source, header)
                 return False
             if not self._digest_ok(keys.config, data, header):
-                self._drop("wrong-digest", "unlearned-engine", source)
+                self._drop("wrong-digest", "unlearned-engine", source, header)
                 return False
         if self._learned >= self._max_learned:
-            self._drop("unknown-engine-id", "learn-limit", source)
+            self._drop("unknown-engine-id", "learn-limit", source, header)
             return False
         self._register(keys, header.engine_id)
         self._learned += 1
@@ -381,10 +382,10 @@ class V3Receiver:
         except Exception:
             self._stats.send_errors += 1
 
-    def _drop(self, reason: str, detail: str | None, source: str) -> None:
+    def _drop(self, reason: str, detail: str | None, source: str, header: V3Header | None = None) -> None:
         self._stats.drop(reason, detail)
         if self._on_drop is not None:
-            self._on_drop(reason, detail, source)
+            self._on_drop(reason, detail, source, None if header is None else (header.user, header.engine_id))
 
     # -- housekeeping ------------------------------------------------------
 
