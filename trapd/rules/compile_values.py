@@ -20,7 +20,7 @@ from trapd import decoders
 from trapd.rules.compile_context import CompileContext, RuleScope
 from trapd.rules.context import EVENT_VARIABLES
 from trapd.rules.ruleset import Const, ListOf, MapOf, Template, Value
-from trapd.rules.templates import JINJA_GLOBALS, TemplateInfo, analyse, is_template
+from trapd.rules.templates import JINJA_GLOBALS, TemplateInfo, TemplateRefused, analyse, is_template
 from trapd.yamlsource import Mark, YDict, YList, where
 
 
@@ -60,7 +60,8 @@ class ValueCompiler:
             tmpl, info = hit
         except jinja2.TemplateSyntaxError as exc:
             at = Mark(mark.file, mark.line + max((exc.lineno or 1) - 1, 0), mark.column) if mark else None
-            self.problems.error(f"{what}: template syntax error: {exc.message}", at)
+            kind = "template refused" if isinstance(exc, TemplateRefused) else "template syntax error"
+            self.problems.error(f"{what}: {kind}: {exc.message}", at)
             return Const(source)
         self._check_variables(info, mark, scope, what)
         return Template(tmpl, source, info)

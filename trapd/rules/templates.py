@@ -17,16 +17,23 @@ a rejection; none of them guesses):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+import string
+import time
 import urllib.parse
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from jinja2 import meta, nodes
+from jinja2 import meta, nodes, pass_context
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
+from jinja2.utils import _PassArg
 
 from trapd.params import ParamError, normalize_mac
 
@@ -122,22 +129,289 @@ FILTERS = {"mac": mac_filter, "ip": ip_filter, "hex": hex_filter, "int": int_fil
 MAX_REPEAT = 4096  # longest text or list a template may build with * (trap values feed the operands)
 MAX_EXPONENT = 256
 
+# Bounds on one render (one parameter value). A rule's template renders trap values, so a width
+# from ``ifIndex * 1000`` or a loop nest must fail its action, not stall the event loop or fill
+# memory. Rules in the wild render a few dozen characters with a handful of operations.
+MAX_TEXT = 65536  # characters in any one value a template builds, and in its output
+MAX_PRODUCED = 4 * 1024 * 1024  # characters built by all operations of one render together
+MAX_STEPS = 200_000  # loop iterations + calls + filters + operators in one render
+MAX_SECONDS = 0.5  # wall-clock time of one render (a budget check every step; the loop waits at most this)
 
-class _Sandbox(SandboxedEnvironment):
-    """The sandbox, plus bounds on ``*`` and ``**``: a trap's ifIndex must not make a gigabyte string."""
 
-    intercepted_binops = frozenset({"*", "**"})
+class TemplateBoundError(SecurityError):
+    """A render went past its time, step or size bound; the action is rejected (not the event)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # Jinja folds constant expressions at compile time and drops what fails; analyse() wants to know.
+        folding = _FOLDING.get()
+        if folding is not None:
+            folding.append(message)
+
+
+class TemplateRefused(jinja2.TemplateSyntaxError):
+    """``trapd check``: a template that exceeds its bounds whatever the trap carries."""
+
+
+class _Budget:
+    """What one render may still spend; every intercepted operation charges it."""
+
+    __slots__ = ("deadline", "produced", "steps")
+
+    def __init__(self, seconds: float = MAX_SECONDS) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.steps = 0
+        self.produced = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise TemplateBoundError(f"template exceeds its bound of {MAX_STEPS} steps (loops, calls...)")
+        if time.monotonic() > self.deadline:
+            raise TemplateBoundError(f"template exceeds its time bound of {MAX_SECONDS:g}s")
+
+    def admit(self, value: Any) -> Any:
+        """Check a value an operation built; iterators are checked item by item as they are consumed."""
+        if isinstance(value, str):  # the common case first: isinstance on the Iterator ABC is slow
+            size = len(value)
+        elif isinstance(value, Iterator):
+            return self._items(value)
+        else:
+            size = _size(value, MAX_TEXT)
+        if size > MAX_TEXT:
+            raise TemplateBoundError(f"template builds a value over its bound of {MAX_TEXT} characters")
+        self.produced += size
+        if self.produced > MAX_PRODUCED:
+            raise TemplateBoundError(f"template builds over its bound of {MAX_PRODUCED} characters in all")
+        return value
+
+    def _items(self, items: Iterator[Any]) -> Iterator[Any]:
+        for item in items:
+            self.step()
+            yield self.admit(item)
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("trapd_template_budget", default=None)
+_FOLDING: ContextVar[list[str] | None] = ContextVar("trapd_template_folding", default=None)
+
+
+def _budget() -> _Budget:
+    """The current render's budget; outside a render (constant folding at compile time) a fresh one."""
+    return _BUDGET.get() or _Budget()
+
+
+def _size(value: Any, limit: int) -> int:
+    """Characters ``value`` would print as, counted only up to just past ``limit`` (bounded work)."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return len(value)
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 1
+    total = 0
+    stack: list[Iterator[Any]] = [iter((value,))]
+    while stack:
+        v = next(stack[-1], _MISSING)
+        if v is _MISSING:
+            stack.pop()
+            continue
+        if isinstance(v, (str, bytes, bytearray)):
+            total += len(v)
+        elif isinstance(v, bool) or v is None:
+            total += 1
+        elif isinstance(v, int):
+            total += v.bit_length() // 3 + 1
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            total += 2
+            stack.append(iter(v))
+        elif isinstance(v, dict):
+            total += 2
+            stack.append(iter(v.items()))
+        else:
+            total += 1
+        if total > limit:
+            return total
+    return total
+
+
+def _width(value: Any, what: str) -> None:
+    if isinstance(value, int) and value > MAX_TEXT:
+        raise TemplateBoundError(f"{what} {value} is above the bound of {MAX_TEXT} characters")
+
+
+_LONG_NUMBER = re.compile(r"\d{5,}")  # MAX_TEXT has 5 digits: a shorter number is below it
+_PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[diouxXeEfFgGcrsa%]")
+
+
+def _check_percent_format(fmt: str, args: Any) -> None:
+    """``'%0Nd' % x``: refuse a width or precision above the bound before Python builds the text."""
+    if "*" not in fmt and not _LONG_NUMBER.search(fmt):
+        return  # no width can pass the bound (measured: the full parse tripled the cost of '%05d' % x)
+    star = False
+    for m in _PERCENT.finditer(fmt):
+        for group in m.groups():
+            if group == "*":
+                star = True
+            elif group:
+                _width(int(group), "width")
+    if star:
+        for arg in args if isinstance(args, tuple) else (args,):
+            _width(arg, "width")
+
+
+def _check_brace_format(fmt: str, args: Any, kwargs: Mapping[str, Any]) -> None:
+    """``'{:>N}'.format(x)``: the same for str.format (nested ``{:{}}`` widths come from the arguments)."""
+    try:
+        fields = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return  # str.format raises the same error itself
+    for _, _, spec, _ in fields:
+        if not spec:
+            continue
+        if "{" in spec:
+            for arg in (*args, *kwargs.values()):
+                _width(arg, "width")
+        for digits in re.findall(r"\d+", spec):
+            _width(int(digits), "width")
+
+
+def _check_str_method(text: str, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before it runs, a str method call whose result would pass the bound."""
+    if name in ("center", "ljust", "rjust", "zfill") and args:
+        _width(args[0], "width")
+    elif name == "expandtabs":
+        tab = args[0] if args else kwargs.get("tabsize", 8)
+        if isinstance(tab, int):
+            _width(len(text) + text.count("\t") * tab, "result of")
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        old, new = args[0], args[1]
+        count = text.count(old) if old else len(text) + 1
+        if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
+            count = min(count, args[2])
+        _width(len(text) + count * (len(new) - len(old)), "result of")
+    elif name == "translate" and args and isinstance(args[0], Mapping):
+        longest = max((_size(v, MAX_TEXT) for v in args[0].values()), default=1)
+        _width(len(text) * max(longest, 1), "result of")
+    elif name in ("format", "format_map"):
+        _check_brace_format(text, args, kwargs if name == "format" else (args[0] if args else {}))
+
+
+def _bounded_str_method(text: str, name: str, method: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        _check_str_method(text, name, args, kwargs)
+        return method(*args, **kwargs)
+
+    return call
+
+
+_GROWING_STR_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "translate",
+                                  "format", "format_map"})  # fmt: skip
+
+
+def _check_filter(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before it runs, a filter call whose result would pass the bound (args: without context)."""
+    first = args[0] if args else None
+    rest = args[1:]
+    if name == "center":
+        _width(rest[0] if rest else kwargs.get("width"), "width")
+    elif name == "indent":
+        width = rest[0] if rest else kwargs.get("width", 4)
+        per_line = len(width) if isinstance(width, str) else width
+        if isinstance(per_line, int):
+            lines = str(first).count("\n") + 1
+            _width(len(str(first)) + lines * per_line, "result of")
+    elif name == "format" and isinstance(first, str):
+        _check_percent_format(first, kwargs or tuple(rest))
+    elif name == "replace" and isinstance(first, str):
+        _check_str_method(first, "replace", tuple(rest[:2]) + tuple(rest[2:3]), {})
+    elif name in ("batch", "slice"):
+        _width(rest[0] if rest else kwargs.get("linecount", kwargs.get("slices")), "count")
+    elif name == "wordwrap" and isinstance(first, str):
+        wrap = rest[3] if len(rest) > 3 else kwargs.get("wrapstring")
+        width = rest[0] if rest else kwargs.get("width", 79)
+        if isinstance(wrap, str) and isinstance(width, int):
+            _width(len(first) + (len(first) // max(width, 1) + 1) * len(wrap), "result of")
+
+
+def _bounded_filter(name: str, func: Any) -> Any:
+    passes = _PassArg.from_obj(func) is not None  # context / eval_context / environment first
+
+    @functools.wraps(func)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        budget = _budget()
+        budget.step()
+        _check_filter(name, args[1:] if passes else args, kwargs)
+        return budget.admit(func(*args, **kwargs))
+
+    return bounded
+
+
+@pass_context
+def _bounded_iter(context: jinja2.runtime.Context, iterable: Any) -> Any:
+    """Wraps every ``{% for %}`` iterable: each iteration is a step, each item is checked."""
+    budget = _budget()
+    budget.step()
+    if isinstance(iterable, jinja2.Undefined):
+        return iterable
+    return budget._items(iter(iterable))
+
+
+_ITER_FILTER = "trapd_bounded_iter"  # not an identifier: no template can name it
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """``a ~ b`` builds text outside the operators the sandbox intercepts: check what it built."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_text(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, bounded: time, steps and sizes, so a trap value cannot make a gigabyte string.
+
+    ImmutableSandboxedEnvironment: no ``list.append`` or ``dict.update``, so containers only grow
+    through the operations checked here.
+    """
+
+    intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
+    code_generator_class = _BoundedCodeGenerator
+
+    def bounded_text(self, text: Any) -> Any:
+        return _budget().admit(text)
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        budget = _budget()
+        budget.step()
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 sized = isinstance(seq, (str, bytes, list, tuple)) and isinstance(times, int)
                 if sized and len(seq) * times > MAX_REPEAT:
-                    raise SecurityError(f"template builds more than {MAX_REPEAT} items with *")
-            return left * right
-        if isinstance(right, int) and abs(right) > MAX_EXPONENT:
-            raise SecurityError(f"exponent above {MAX_EXPONENT}")
-        return left**right
+                    raise TemplateBoundError(f"template builds more than {MAX_REPEAT} items with *")
+                if sized and _size(seq, MAX_TEXT) * times > MAX_TEXT:
+                    raise TemplateBoundError(f"template builds a value of more than {MAX_TEXT} characters")
+        elif operator == "**":
+            if isinstance(right, int) and abs(right) > MAX_EXPONENT:
+                raise TemplateBoundError(f"exponent above {MAX_EXPONENT}")
+        elif operator == "%" and isinstance(left, str):
+            _check_percent_format(left, right)
+        return budget.admit(self.binop_table[operator](left, right))
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        budget = _budget()
+        budget.step()
+        return budget.admit(super().call(__context, __obj, *args, **kwargs))
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        value = super().getattr(obj, attribute)
+        if isinstance(obj, str) and attribute in _GROWING_STR_METHODS and callable(value):
+            return _bounded_str_method(obj, attribute, value)
+        return value
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        value = super().getitem(obj, argument)
+        if isinstance(obj, str) and argument in _GROWING_STR_METHODS and callable(value):
+            return _bounded_str_method(obj, argument, value)
+        return value
 
 
 def url_component(value: Any) -> str:
@@ -154,15 +428,27 @@ def url_component(value: Any) -> str:
     return text
 
 
+def _checked_output(value: Any) -> Any:
+    return _budget().admit(value)
+
+
+def _url_output(value: Any) -> str:
+    return url_component(_budget().admit(value))
+
+
 def make_environment(*, url: bool = False) -> SandboxedEnvironment:
     env = _Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,
         cache_size=0,  # every template is compiled once and kept by its rule
-        finalize=url_component if url else None,
+        finalize=_url_output if url else _checked_output,
     )
     env.filters.update(FILTERS)
+    env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
+    env.filters[_ITER_FILTER] = _bounded_iter
+    # lipsum(n) builds text in a Python loop no step can interrupt; rules have no use for it.
+    env.globals.pop("lipsum", None)
     return env
 
 
@@ -199,6 +485,7 @@ def analyse(source: str, *, url: bool = False) -> tuple[jinja2.Template, Templat
     """
     env = URL_ENV if url else ENV
     ast = env.parse(source)
+    refused = _static_refusals(env, ast)
     variables = frozenset(meta.find_undeclared_variables(ast))
     fields: set[str] = set()
     for node in ast.find_all(nodes.Getattr):
@@ -211,7 +498,64 @@ def analyse(source: str, *, url: bool = False) -> tuple[jinja2.Template, Templat
             fields.add(arg.value)
     literal = "".join(n.data for n in ast.find_all(nodes.TemplateData))
     path = None if url else _simple_path(ast)  # the fast path would skip the encoding
-    return env.from_string(ast), TemplateInfo(variables, frozenset(fields), literal, path)
+    for loop in ast.find_all(nodes.For):
+        loop.iter = nodes.Filter(loop.iter, _ITER_FILTER, [], [], None, None, lineno=loop.lineno)
+    token = _FOLDING.set(refused)
+    try:
+        template = env.from_string(ast)
+    finally:
+        _FOLDING.reset(token)
+    if refused:
+        raise TemplateRefused(refused[0], ast.lineno)
+    return template, TemplateInfo(variables, frozenset(fields), literal, path)
+
+
+def _static_refusals(env: SandboxedEnvironment, ast: nodes.Template) -> list[str]:
+    """What exceeds the bounds whatever the trap carries: constant loop nests, constant widths."""
+    out: list[str] = []
+    _loop_nest(ast, 1, out)
+    ctx = nodes.EvalContext(env)
+    token = _BUDGET.set(_Budget())
+    try:
+        for node in ast.find_all((nodes.BinExpr, nodes.Call)):
+            try:
+                if isinstance(node, nodes.BinExpr) and node.operator in _Sandbox.intercepted_binops:
+                    left, right = node.left.as_const(ctx), node.right.as_const(ctx)
+                    env.call_binop(None, node.operator, left, right)  # type: ignore[arg-type]
+                elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):
+                    text = node.node.node.as_const(ctx)
+                    if isinstance(text, str) and node.node.attr in _GROWING_STR_METHODS:
+                        args = tuple(a.as_const(ctx) for a in node.args)
+                        kwargs = {k.key: k.value.as_const(ctx) for k in node.kwargs}
+                        _check_str_method(text, node.node.attr, args, kwargs)
+            except TemplateBoundError as exc:
+                out.append(str(exc))
+            except Exception:  # not constant, or an error the render reports itself
+                continue
+    finally:
+        _BUDGET.reset(token)
+    return out
+
+
+def _loop_nest(node: nodes.Node, outer: int, out: list[str]) -> None:
+    """Loops over constant ranges nested so deep that they would run past MAX_STEPS."""
+    for child in node.iter_child_nodes():
+        times = outer
+        if isinstance(child, nodes.For):
+            times = outer * _constant_length(child.iter)
+            if times > MAX_STEPS:
+                out.append(f"template loops {times} times, above its bound of {MAX_STEPS} steps")
+                return
+        _loop_nest(child, times, out)
+
+
+def _constant_length(node: nodes.Node) -> int:
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name == "range":
+        try:
+            return len(range(*(a.as_const() for a in node.args)))
+        except Exception:  # not constant arguments
+            return 1
+    return 1
 
 
 def _simple_path(ast: nodes.Template) -> tuple[str, ...] | None:
@@ -250,7 +594,22 @@ def render_fast(template: jinja2.Template, path: tuple[str, ...] | None, context
             value = nxt
         else:
             return str(value)
-    return ENV.concat(template.root_render_func(template.new_context(context, shared=True)))
+    token = _BUDGET.set(_Budget())
+    try:
+        out: list[str] = []
+        size = 0
+        for chunk in template.root_render_func(template.new_context(context, shared=True)):
+            size += len(chunk)
+            if size > MAX_TEXT:
+                raise TemplateBoundError(f"template output longer than its bound of {MAX_TEXT} characters")
+            out.append(chunk)
+        return "".join(out)
+    except RecursionError:
+        raise TemplateBoundError("template recursion too deep (its bound)") from None
+    except MemoryError:
+        raise TemplateBoundError("template ran out of memory") from None
+    finally:
+        _BUDGET.reset(token)
 
 
 _MISSING = object()
