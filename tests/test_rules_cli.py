@@ -105,6 +105,26 @@ def test_trapd_test_foreach_items_and_json_format(tmp_path: Path, capsys: pytest
     assert doc["event"]["trap_name"] == "CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification"
 
 
+def test_trapd_test_takes_the_compact_event_as_one_quoted_argument(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As people paste it: the whole event in quotes, and a value with a space quoted inside."""
+    rules = write(tmp_path, RULES)
+    assert main(["test", "-r", str(rules), "IF-MIB::linkUp from 10.20.1.5 ifIndex=17"]) == 0
+    out = capsys.readouterr().out
+    assert "  MATCH     port-up" in out
+    assert "-> cancel pending actions with cancel-key port:10.20.1.5:17" in out
+    one = 'IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifDescr=Gi1/0/17 ifOperStatus=down ifAlias="to core"'
+    assert main(["test", "-r", str(rules), "--format", "json", one]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["event"]["source"] == "10.20.1.5"
+    assert {vb["name"]: vb["display"] for vb in doc["event"]["varbinds"]}["IF-MIB::ifAlias"] == "to core"
+    # Separate words are taken as the shell split them: a value with a space stays whole.
+    assert main(["test", "-r", str(rules), "--format", "json", "linkDown", "ifIndex=3", "ifAlias=a b"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {vb["name"]: vb["display"] for vb in doc["event"]["varbinds"]}["IF-MIB::ifAlias"] == "a b"
+
+
 def test_trapd_test_reads_json_lines_from_stdin(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,11 +9,13 @@ The event comes from the command line in a compact form, from a JSON file
 line), or from stdin with ``-`` (one JSON object per line)::
 
     trapd test -r rules.yaml IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifDescr=Gi1/0/17 ifOperStatus=down
+    trapd test -r rules.yaml 'IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifAlias="uplink to core"'
     trapd test --rules rules.yaml event.json
     trapd listen | trapd test --rules rules.yaml -
 
 Compact form: NOTIFICATION [from ADDRESS[:PORT]] [NAME[.INDEX]=VALUE ...]
-[version=v1|v2c|v3] [community=NAME] [user=NAME] [kind=trap|inform].
+[version=v1|v2c|v3] [community=NAME] [user=NAME] [kind=trap|inform], as
+separate words or as one quoted argument (split as the shell splits).
 Enumeration labels (ifOperStatus=down), numbers, 0x-hex octets and text are
 accepted as values.
 
@@ -127,12 +129,29 @@ def main(args: argparse.Namespace) -> int:
             show(ev)
         return 0
     try:
-        event = parse_compact(words, resolver)
+        event = parse_compact(compact_words(words), resolver)
     except CompactError as exc:
         print(f"trapd test: {exc}", file=sys.stderr)
         return 1
     show(event)
     return 0
+
+
+def compact_words(words: list[str]) -> list[str]:
+    """The compact event's words, also when the whole event came as one quoted argument.
+
+    People paste ``'IF-MIB::linkDown from 10.20.1.5 ifIndex=17'`` as one
+    argument; it is split as a shell would (so ``ifAlias="to core"`` keeps
+    its space). Several arguments are taken as the shell already split them.
+    """
+    import shlex
+
+    if len(words) != 1 or not words[0].strip() or len(words[0].split()) == 1:
+        return words
+    try:
+        return shlex.split(words[0])
+    except ValueError:  # an unbalanced quote: split on whitespace, the value check will say what is wrong
+        return words[0].split()
 
 
 def read_event_file(path: Any) -> list[Event]:
