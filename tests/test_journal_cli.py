@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import json
+import re
 import time
 from pathlib import Path
 
@@ -68,6 +70,46 @@ def test_list_waiting_and_by_state(state_dir: Path, capsys: pytest.CaptureFixtur
     assert [ln.split()[:2] for ln in lines[1:]] == [["1", "pending"], ["2", "held"], ["5", "scheduled"]]
     rc, out = run(capsys, "journal", "--state-dir", str(state_dir), "list", "--state", "dead")
     assert "gave up after 3 attempts" in out and out.splitlines()[1].split()[:2] == ["3", "dead"]
+
+
+def test_held_actions_show_when_they_were_held_and_when_the_hold_expires(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cap held one action 10 minutes ago for 1 h; a restart held another (hold-unsafe) for a day."""
+    held_at = time.time() - 600
+
+    async def fill() -> None:
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as j:
+            sw = make_event(source="10.20.1.5").to_dict()
+            cap = CapCheck("mac-removed/deletions", "10.20.1.5", 0, 60.0, 3600.0)
+            r = await j.add(sw, [new("log", {"message": "held"}, caps=(cap,))], [], held_at)
+            assert (await j.claim(r.ids[0], held_at)).outcome == "held"
+            r = await j.add(sw, [new("exec", {"argv": ["/bin/true"]})], [], held_at)
+            assert (await j.claim(r.ids[0], held_at)).outcome == "running"
+            assert (await j.recover(held_at + 60, hold_unless=()))["held"] == 1
+            await j.add(sw, [new("log", {"message": "waiting"})], [], held_at)
+
+    asyncio.run(fill())
+
+    def stamp(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+    rc, out = run(capsys, "journal", "--state-dir", str(tmp_path), "list", "--state", "held")
+    assert rc == 0
+    head, cap_row, restart_row = out.splitlines()  # only the held ones
+    assert head.startswith("ID  STATE  HELD AT") and "HOLD EXPIRES" in head
+    assert cap_row.startswith(f"1   held   {stamp(held_at)}  {stamp(held_at + 3600)}"), out
+    assert restart_row.startswith(f"2   held   {stamp(held_at + 60)}  {stamp(held_at + 60 + 86400)}"), out
+    # Among the other waiting actions too: WHEN is when it was held, the expiry has its own column.
+    _, out = run(capsys, "journal", "--state-dir", str(tmp_path), "list")
+    lines = [re.split(r"\s{2,}", line) for line in out.splitlines()]
+    assert lines[0][:4] == ["ID", "STATE", "WHEN", "HOLD EXPIRES"]
+    assert lines[1][:4] == ["1", "held", stamp(held_at), stamp(held_at + 3600)], out
+    assert lines[3][:2] == ["3", "pending"]
+    _, out = run(capsys, "journal", "--state-dir", str(tmp_path), "--json", "list", "--state", "held")
+    first = json.loads(out.splitlines()[0])
+    assert first["held_at"] == pytest.approx(held_at)
+    assert first["hold_expires"] == pytest.approx(held_at + 3600)
 
 
 def test_show_masks_secret_parameters(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

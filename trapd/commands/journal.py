@@ -2,6 +2,7 @@
 
     trapd journal list                       # waiting: scheduled, pending, failed (retrying), held
     trapd journal list --state dead          # given up; also: held, running, done, cancelled, all
+    trapd journal list --state held          # HELD AT (when a cap held it) and HOLD EXPIRES
     trapd journal show 1234                  # one action: parameters, event, attempts, result, error
     trapd journal retry 1234 1240            # dead / failed / held / cancelled -> run again now
     trapd journal cancel 1234                # a waiting action will not run
@@ -312,18 +313,31 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
         for e in entries:
             d = e.to_dict()
             d["params"] = masked_params(e.action, e.params)
+            if e.state == "held":
+                d["held_at"] = e.held_since
+                d["hold_expires"] = e.due
             print(json.dumps(d, default=str))
         return
     if not entries:
         print("no actions")
         return
-    rows = [("ID", "STATE", "WHEN", "TRY", "RULE", "ACTION", "SOURCE", "ABOUT", "NOTE")]
+    # WHEN is the time that matters in each state: due (waiting), finished, started (running), and for
+    # a held action when it was held. Its expiry gets a column of its own, labelled, not WHEN.
+    any_held = any(e.state == "held" for e in entries)
+    only_held = any_held and all(e.state == "held" for e in entries)
+    head = ("ID", "STATE", "HELD AT" if only_held else "WHEN", *(("HOLD EXPIRES",) if any_held else ()))
+    rows = [(*head, "TRY", "RULE", "ACTION", "SOURCE", "ABOUT", "NOTE")]
     for e in entries:
-        when = e.finished or (e.due if e.state in ("scheduled", "pending", "failed", "held") else e.started)
+        if e.state == "held":
+            when = e.held_since
+        else:
+            when = e.finished or (e.due if e.state in ("scheduled", "pending", "failed") else e.started)
+            when = when or e.created
+        expires = (_when(e.due) if e.state == "held" else "",) if any_held else ()
         about = e.mac or e.ip or e.key
         rows.append(
-            (str(e.id), e.state, _when(when or e.created), str(e.attempts), e.rule, e.action, e.source,
-             _cut(about, 28), _cut(e.last_error or "", 60))
+            (str(e.id), e.state, _when(when) if when else "?", *expires, str(e.attempts), e.rule, e.action,
+             e.source, _cut(about, 28), _cut(e.last_error or "", 60))
         )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:

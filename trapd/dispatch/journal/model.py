@@ -20,6 +20,9 @@ State = Literal["scheduled", "pending", "running", "done", "failed", "dead", "ca
 STATES: tuple[State, ...] = ("scheduled", "pending", "running", "done", "failed", "dead", "cancelled", "held")
 # Waiting to run: the dispatcher may pick these up when due.
 ACTIVE: tuple[State, ...] = ("scheduled", "pending", "failed")
+# How long an action interrupted while running is held for an operator (dispatch.interrupted:
+# hold-unsafe) before the hold expires: the journal keeps only the expiry (``due``).
+INTERRUPTED_HOLD_FOR = 86400.0
 # Nothing more happens to these; retention prunes them.
 FINISHED: tuple[State, ...] = ("done", "dead", "cancelled")
 
@@ -119,6 +122,22 @@ class Entry:
     # Which journal (process) claimed it last: recovery after a restart is scoped to it.
     owner: str | None = None
     event: str | None = None
+
+    @property
+    def held_since(self) -> float | None:
+        """When a held action was held (None if it is not held, or the hold's length is unknown).
+
+        The journal stores the hold's expiry in ``due``; the hold started that
+        long before it: the holding cap's ``hold_for``, or INTERRUPTED_HOLD_FOR.
+        """
+        if self.state != "held":
+            return None
+        if self.held_by == "interrupted":
+            return self.due - INTERRUPTED_HOLD_FOR
+        for cap in self.caps:
+            if cap.label == self.held_by:
+                return self.due - cap.hold_for
+        return None
 
     @property
     def not_after(self) -> float:
