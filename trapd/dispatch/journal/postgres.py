@@ -58,6 +58,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from trapd.dispatch.journal.model import (
     ACTIVE,
     FINISHED,
+    INTERRUPTED_HOLD_FOR,
     AddResult,
     CapCheck,
     ClaimResult,
@@ -360,7 +361,7 @@ async def _put_back(
             f"UPDATE {_A} SET state = 'held', held_by = 'interrupted', due = %s, lease_until = NULL, "
             f"last_error = 'interrupted while running; it may have taken effect: release it to run it again' "
             f"WHERE state = 'running' AND NOT (action = ANY(%s)) AND {where}",
-            (now + 86400.0, names, *args),
+            (now + INTERRUPTED_HOLD_FOR, names, *args),
         )
         held = cur.rowcount
     await cur.execute(

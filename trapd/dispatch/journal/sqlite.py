@@ -41,6 +41,7 @@ from typing import Any
 from trapd.dispatch.journal.model import (
     ACTIVE,
     FINISHED,
+    INTERRUPTED_HOLD_FOR,
     AddResult,
     CapCheck,
     ClaimResult,
@@ -295,7 +296,7 @@ def _op_recover(
             f"UPDATE actions SET state = 'held', held_by = 'interrupted', due = ?, "
             f"last_error = 'interrupted while running; it may have taken effect: release it to run it again' "
             f"WHERE state = 'running' AND action NOT IN ({_placeholders(len(names))}){mine}",
-            (now + 86400.0, *names, *mine_args),
+            (now + INTERRUPTED_HOLD_FOR, *names, *mine_args),
         )
         held = cur.rowcount
     cur = conn.execute(
