@@ -45,13 +45,12 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from trapd.params import Param
 
 if TYPE_CHECKING:
     import httpx
-    import structlog
 
     from trapd.event import Event
     from trapd.kea.client import KeaClients
@@ -74,13 +73,36 @@ class PermanentError(ActionError):
     """Will not get better by retrying: the action goes straight to dead."""
 
 
+@runtime_checkable
+class ActionLog(Protocol):
+    """What ``ctx.log`` provides: structlog's level methods and ``bind``, nothing more.
+
+    In trapd it is a :class:`trapd.service.logging.TrapdLogger` (lines go to
+    trapd's log, secrets masked); in a test, :class:`trapd.testing.CapturedLog`.
+    structlog's async methods (``ainfo``...) are not part of it: a line is
+    written without waiting, so an action has no reason to await one.
+    """
+
+    def debug(self, event: str, **fields: Any) -> None: ...
+    def info(self, event: str, **fields: Any) -> None: ...
+    def warning(self, event: str, **fields: Any) -> None: ...
+    def error(self, event: str, **fields: Any) -> None: ...
+    def critical(self, event: str, **fields: Any) -> None: ...
+    def exception(self, event: str, **fields: Any) -> None:
+        """error() with the traceback of the exception being handled."""
+
+    def bind(self, **fields: Any) -> ActionLog: ...
+
+
 @dataclass(slots=True)
 class ActionContext:
     """What an action gets besides its parameters.
 
     ``log`` is bound to event_id, rule and action_id, so every line the
     action writes can be traced back to the trap. ``kea`` reaches the
-    configured Kea endpoints; ``http`` is a shared httpx.AsyncClient;
+    configured Kea endpoints (always a registry: with no ``kea:`` in
+    trapd.yaml it has none, and asking it for one raises a PermanentError
+    that says so); ``http`` is a shared httpx.AsyncClient;
     ``settings`` is the plugin's own section of trapd.yaml
     (``actions: {NAME: {...}}``), empty when there is none.
     """
@@ -88,7 +110,7 @@ class ActionContext:
     event: Event
     rule: str
     action_id: str
-    log: structlog.typing.FilteringBoundLogger
+    log: ActionLog
     kea: KeaClients
     http: httpx.AsyncClient
     settings: Mapping[str, Any] = field(default_factory=dict)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from trapd_actions.exec import exec_
 
-from trapd.dispatch.testing import make_context, make_event, rule_file_problems
 from trapd.params import validate
 from trapd.plugin import PermanentError, RetryableError
+from trapd.testing import make_context, make_event, rule_file_problems
 
 HOSTILE = ["; rm -rf /", "$(reboot)", "line one\nline two", "`id`", "' \" \\ | & > /tmp/x", "*", ""]
 PRINT_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"

@@ -7,8 +7,8 @@ from pathlib import Path
 from structlog.testing import capture_logs
 from trapd_actions.log import log
 
-from trapd.dispatch.testing import make_context, rule_file_problems
 from trapd.params import validate
+from trapd.testing import make_context, rule_file_problems
 
 
 async def test_logs_message_at_level() -> None:

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from trapd_actions.webhook import webhook
 
-from trapd.dispatch.testing import make_context, make_event, rule_file_problems
 from trapd.params import ParamError, validate
 from trapd.plugin import PermanentError, RetryableError
+from trapd.testing import make_context, make_event, rule_file_problems
 
 
 class Handler(BaseHTTPRequestHandler):

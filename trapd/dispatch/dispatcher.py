@@ -61,7 +61,7 @@ from trapd.dispatch.journal import (
 from trapd.dispatch.peers import fan_out, peer_key
 from trapd.dispatch.stats import DispatchStats
 from trapd.event import Event
-from trapd.plugin import ActionContext, ActionError, ActionSpec, PermanentError
+from trapd.plugin import ActionContext, ActionError, ActionLog, ActionSpec, PermanentError
 from trapd.rules.outcome import Outcome, PlannedAction
 from trapd.service.logging import RateLimitedLog
 
@@ -129,6 +129,13 @@ class _Job:
 FAILURE_LOG_INTERVAL = 10.0
 
 
+def _no_kea() -> KeaClients:
+    from trapd.kea.client import KeaClients
+    from trapd.kea.config import KeaConfig
+
+    return KeaClients(KeaConfig())
+
+
 def _job_fields(job: _Job) -> dict[str, str]:
     """What the action's own log is bound to, for a line written through the failure log."""
     return {"event_id": job.event_id, "rule": job.rule, "action": job.action, "action_id": str(job.id)}
@@ -149,16 +156,19 @@ class Dispatcher:
         actions: Mapping[str, ActionSpec],
         kea: KeaClients | None,
         http: httpx.AsyncClient | None = None,
-        log: Any = None,
+        log: ActionLog | None = None,
         settings: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
         self.actions = dict(actions)
         self.kea = kea
+        # What actions get as ctx.kea: with no endpoints configured, a registry with none (asking it
+        # for one raises a PermanentError naming trapd.yaml's kea:), never None.
+        self._action_kea = kea if kea is not None else _no_kea()
         self.http = http
         self._own_http = http is None
-        self.log = log if log is not None else structlog.get_logger("trapd.dispatch")
+        self.log: ActionLog = log if log is not None else structlog.get_logger("trapd.dispatch")
         # An action failing for every trap of a storm (its Kea endpoint down, a webhook refusing)
         # writes one line per action, outcome and kind of error per interval, with suppressed=N.
         self._failure_log = RateLimitedLog(self.log, FAILURE_LOG_INTERVAL)
@@ -793,7 +803,7 @@ class Dispatcher:
             rule=job.rule,
             action_id=str(job.id),
             log=log,
-            kea=self.kea,  # type: ignore[arg-type]
+            kea=self._action_kea,
             http=self.http,
             settings=self.settings.get(job.action, {}),
             attempt=attempt,

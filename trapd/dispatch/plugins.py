@@ -24,7 +24,7 @@ import structlog
 
 from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import open_journal
-from trapd.plugin import ActionSpec, load_actions
+from trapd.plugin import ActionLog, ActionSpec, load_actions
 
 if TYPE_CHECKING:
     import httpx
@@ -52,7 +52,7 @@ async def open_dispatcher(
     kea: KeaClients | None,
     *,
     http: httpx.AsyncClient | None = None,
-    log: Any = None,
+    log: ActionLog | None = None,
     actions: Mapping[str, ActionSpec] | None = None,
     owner: str | None = None,
 ) -> Dispatcher:

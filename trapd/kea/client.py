@@ -18,7 +18,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,6 +251,10 @@ class KeaClient:
         self._commands = None
 
 
+def _real_transport(server: EndpointConfig) -> Transport:
+    return UnixTransport(server) if server.transport == "unix" else HttpTransport(server)
+
+
 class KeaClients:
     """Every configured endpoint, by name and family: what actions get as ``ctx.kea``.
 
@@ -259,18 +263,21 @@ class KeaClients:
     :meth:`serving` for the one that answers clients now.
     """
 
-    def __init__(self, config: KeaConfig) -> None:
+    def __init__(
+        self, config: KeaConfig, *, transport: Callable[[EndpointConfig], Transport] | None = None
+    ) -> None:
+        """``transport``: makes each server's transport (default: unix socket or HTTP, as configured;
+        trapd.testing.KeaDouble passes its own)."""
         self.config = config
         self._clients: dict[tuple[str, str, str | None], KeaClient] = {}
         self._transports: list[Transport] = []
+        make = transport or _real_transport
         for name, ep in config.endpoints.items():
             for server in ep.peers or (ep,):
-                transport: Transport = (
-                    UnixTransport(server) if server.transport == "unix" else HttpTransport(server)
-                )
-                self._transports.append(transport)
+                made = make(server)
+                self._transports.append(made)
                 for fam in ep.families:
-                    self._clients[(name, fam, server.peer)] = KeaClient(server, fam, transport)
+                    self._clients[(name, fam, server.peer)] = KeaClient(server, fam, made)
 
     def _endpoint(self, endpoint: str | None, family: str | None) -> tuple[EndpointConfig, str]:
         if endpoint:

@@ -1,4 +1,9 @@
-"""How a plugin tests itself: call run() with a context from trapd.dispatch.testing."""
+"""How a plugin tests itself: trapd.testing.run_action runs it as the dispatcher would.
+
+``run_action`` validates the parameters against the action's declaration
+(as the rule compiler does), builds the context (``settings`` is this
+plugin's section of trapd.yaml) and captures what the action logs.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,31 @@ from pathlib import Path
 import pytest
 from trapd_example_plugin import note
 
-from trapd.dispatch.testing import make_context
-from trapd.params import validate
+from trapd.params import ParamError
 from trapd.plugin import PermanentError
+from trapd.testing import run_action
+
+LINE = {"file": "ports.log", "text": "sw1 port 17 down"}
 
 
 async def test_appends_a_line(tmp_path: Path) -> None:
-    ctx = make_context(settings={"dir": str(tmp_path)})
-    params = validate(note.params, {"file": "ports.log", "text": "sw1 port 17 down"})
-    await note.run(params, ctx)
-    await note.run(params, ctx)
+    first = await run_action(note, LINE, settings={"dir": str(tmp_path)})
+    await run_action(note, LINE, settings={"dir": str(tmp_path)})
     assert (tmp_path / "ports.log").read_text() == "sw1 port 17 down\n" * 2
+    assert first.result == {"file": str(tmp_path / "ports.log"), "bytes": 17}
+    assert first.log.events("info") == ["note written"]
 
 
 async def test_refuses_paths(tmp_path: Path) -> None:
-    ctx = make_context(settings={"dir": str(tmp_path)})
     with pytest.raises(PermanentError):
-        await note.run({"file": "../etc/passwd", "text": "x"}, ctx)
+        await run_action(note, {"file": "../etc/passwd", "text": "x"}, settings={"dir": str(tmp_path)})
+
+
+async def test_needs_its_directory_in_trapd_yaml() -> None:
+    with pytest.raises(PermanentError, match="dir"):
+        await run_action(note, LINE)
+
+
+async def test_a_rule_cannot_pass_a_long_file_name(tmp_path: Path) -> None:
+    with pytest.raises(ParamError, match="file"):
+        await run_action(note, {**LINE, "file": "x" * 101}, settings={"dir": str(tmp_path)})

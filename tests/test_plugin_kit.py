@@ -1,0 +1,159 @@
+"""trapd.testing, the kit for plugin authors, and the contracts it stands for (ActionContext)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from trapd.dispatch.config import DispatchConfig, JournalConfig, RetryDefaults
+from trapd.dispatch.dispatcher import Dispatcher
+from trapd.dispatch.journal import HistoryFilter, SQLiteJournal
+from trapd.kea.errors import KeaUnavailableError
+from trapd.params import Param, ParamError
+from trapd.plugin import ActionContext, ActionLog, PermanentError, RetryableError, action, load_actions
+from trapd.service.logging import configure_logging, get_logger
+from trapd.testing import CapturedLog, KeaDouble, KeaRequest, make_event, make_outcome, plan, run_action
+
+CONFIG = DispatchConfig(
+    workers=2,
+    shutdown_timeout=1.0,
+    journal=JournalConfig(poll_interval=0.05),
+    retry=RetryDefaults(max_attempts=1, max_age=60.0, backoff=0.01, max_backoff=0.01, jitter=0.0),
+)
+# The methods ActionLog declares: what a plugin may call on ctx.log.
+LOG_SURFACE = sorted(n for n in vars(ActionLog) if not n.startswith("_"))
+
+
+@action("kit.chatty", params={"n": Param("integer", required=True)}, idempotent=True)
+async def chatty(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Writes one line through every method ctx.log declares."""
+    log = ctx.log.bind(step="bound")
+    log.debug("a debug line")
+    log.info("an info line", n=params["n"])
+    log.warning("a warning line")
+    log.error("an error line")
+    log.critical("a critical line")
+    try:
+        raise ValueError("handled")
+    except ValueError:
+        log.exception("an exception line")
+    return {"n": params["n"]}
+
+
+@action("kit.kea", params={}, idempotent=True)
+async def needs_kea(params: dict[str, Any], ctx: ActionContext) -> None:
+    """Asks ctx.kea for the default v4 endpoint."""
+    await ctx.kea.get().command("status-get")
+
+
+async def _dispatch_one(tmp_path: Path, spec: Any, params: dict[str, Any], **kw: Any) -> Dispatcher:
+    journal = SQLiteJournal(tmp_path / "journal.sqlite")
+    await journal.open()
+    d = Dispatcher(CONFIG, journal, {spec.name: spec}, kea=None, **kw)
+    await d.start()
+    try:
+        await d.submit(make_event(), make_outcome(plan(spec.name, params)))
+        deadline = time.monotonic() + 20
+        while not d.stats.outcomes:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+    finally:
+        await d.stop(1.0)
+        await journal.close()
+    return d
+
+
+def test_the_log_surface_is_what_trapd_and_the_kit_provide() -> None:
+    assert LOG_SURFACE == ["bind", "critical", "debug", "error", "exception", "info", "warning"]
+    for log in (get_logger("trapd.test"), CapturedLog()):
+        assert isinstance(log, ActionLog)
+        assert isinstance(log.bind(x=1), ActionLog)
+
+
+async def test_a_plugin_using_the_whole_declared_log_runs_in_trapd(tmp_path: Path) -> None:
+    out = io.StringIO()
+    configure_logging("debug", "json", stream=out)
+    try:
+        d = await _dispatch_one(tmp_path, chatty, {"n": 7}, log=get_logger("trapd.dispatch"))
+    finally:
+        configure_logging("info", "json")
+    assert d.stats.outcomes == {("kit.chatty", "done"): 1}
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    mine = {e["event"]: e for e in lines if e.get("step") == "bound"}
+    assert sorted(mine) == sorted(f"a{'n' if m[0] in 'aeiou' else ''} {m} line" for m in LOG_SURFACE[1:])
+    assert mine["an info line"]["n"] == 7 and mine["an info line"]["action"] == "kit.chatty"
+    assert "ValueError: handled" in mine["an exception line"]["exception"]
+
+
+async def test_ctx_kea_is_a_registry_even_with_no_endpoints(tmp_path: Path) -> None:
+    # No kea: in trapd.yaml. The action gets a clear permanent error, not an AttributeError on None.
+    d = await _dispatch_one(tmp_path, needs_kea, {})
+    assert d.stats.outcomes == {("kit.kea", "dead"): 1}
+    journal = SQLiteJournal(tmp_path / "journal.sqlite")
+    await journal.open()
+    try:
+        [entry] = await journal.history(HistoryFilter())
+    finally:
+        await journal.close()
+    assert entry.last_error is not None and "no Kea endpoint for v4" in entry.last_error, entry.last_error
+
+
+async def test_run_action_validates_runs_and_captures_the_log() -> None:
+    run = await run_action(chatty, {"n": "7"})  # converted as a rule's rendered value would be
+    assert run.result == {"n": 7}
+    assert run.log.events("info") == ["an info line"]
+    first = run.logs[0]
+    assert first["step"] == "bound" and first["rule"] == "test-rule" and "event_id" in first
+    with pytest.raises(ParamError, match="n"):
+        await run_action(chatty, {"n": "seven"})
+    with pytest.raises(ParamError, match="unknown"):
+        await run_action(chatty, {"n": 1, "m": 2})
+
+
+async def test_the_default_http_client_refuses_to_reach_the_network() -> None:
+    @action("kit.http", params={}, idempotent=True)
+    async def fetch(params: dict[str, Any], ctx: ActionContext) -> None:
+        """GET something."""
+        await ctx.http.get("https://example.invalid/")
+
+    with pytest.raises(AssertionError, match="unexpected HTTP request"):
+        await run_action(fetch, {})
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"ok": True})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        assert (await run_action(fetch, {}, http=client)).result is None
+
+
+async def test_kea_double_answers_a_real_kea_action_through_the_real_client() -> None:
+    lease_del = load_actions()[0]["kea.lease-del"]
+    lease = {"ip-address": "192.0.2.7", "hw-address": "aa:bb:cc:dd:ee:ff", "subnet-id": 1}
+    kea = KeaDouble(
+        {
+            "lease4-get": {"result": 0, "text": "IPv4 lease found.", "arguments": lease},
+            "lease4-del": {"result": 0, "text": "IPv4 lease deleted."},
+        }
+    )
+    run = await run_action(lease_del, {"ip-address": "192.0.2.7"}, kea=kea.clients())
+    assert run.result is not None and run.result["deleted"] == 1 and run.result["leases"] == [lease]
+    assert kea.commands() == ["lease4-get", "lease4-del"]
+    assert kea.requests[1] == KeaRequest("kea", "lease4-del", {"ip-address": "192.0.2.7"}, ("dhcp4",))
+    assert run.log.events() == ["kea leases deleted"]
+
+    # A fault from a function: the agent cannot reach the server, which is worth a retry.
+    def down(request: KeaRequest) -> Any:
+        raise KeaUnavailableError("server is down", request.endpoint, request.command)
+
+    with pytest.raises(RetryableError):
+        await run_action(lease_del, {"ip-address": "192.0.2.7"}, kea=KeaDouble(down).clients())
+    # A command the double has no answer for is "not supported", as Kea without the hook says.
+    with pytest.raises(PermanentError, match=r"not supported|lease_cmds"):
+        await run_action(lease_del, {"ip-address": "192.0.2.7"}, kea=KeaDouble().clients())

@@ -1,0 +1,380 @@
+"""A kit for testing action plugins (and trapd's own dispatcher) without a daemon.
+
+In the spirit of httpx's ``MockTransport`` and structlog's ``testing``: run
+your action's real code with validated parameters, a context of your choice
+and a log you can read, and answer its Kea commands from a function::
+
+    from trapd.testing import KeaDouble, run_action
+
+    async def test_ticket():
+        run = await run_action(ticket, {"queue": "netops", "text": "hi"}, settings={"url": URL})
+        assert run.result == {"ticket": 42}
+        assert run.logs == [{"event": "ticket opened", "log_level": "info", "ticket": 42, ...}]
+
+    async def test_lease_deletion():
+        kea = KeaDouble({"lease4-del": {"result": 0, "text": "IPv4 lease deleted."}})
+        await run_action(lease_del, {"ip": "192.0.2.7"}, kea=kea.clients())
+        assert kea.commands() == ["lease4-del"]
+
+* :func:`run_action` validates the parameters as the rule compiler does
+  (a :class:`~trapd.params.ParamError` for a value the rule could not pass),
+  builds the :class:`~trapd.plugin.ActionContext` and awaits the action.
+* :class:`CapturedLog` is ``ctx.log``: every line, with the fields bound to it.
+* :class:`KeaDouble` stands in for Kea behind the real client
+  (:class:`~trapd.kea.client.KeaClients`): encoding, result codes and errors
+  are trapd's own code; only the socket is replaced. It answers from a dict
+  (command -> answer) or a function, and records what was sent. For a fault
+  the real Kea cannot be made to produce, raise a :mod:`trapd.kea.errors`
+  error from the function. The integration tests against a real Kea stay the
+  proof that the commands are right.
+* For ``ctx.http``, pass ``httpx.AsyncClient(transport=httpx.MockTransport(handler))``.
+* :func:`make_event`, :func:`plan`, :func:`make_outcome` build the inputs of
+  a test through the real :class:`~trapd.dispatch.dispatcher.Dispatcher`;
+  :func:`rule_file_problems` checks an example rules file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trapd.event import Event, VarBind, new_event_id, parse_oid
+from trapd.listener.raw import Security, SnmpType
+from trapd.params import validate
+from trapd.plugin import ActionContext, ActionLog, ActionResult, ActionSpec
+from trapd.rules.outcome import Outcome, PlannedAction, RateCap, RetryPolicy
+
+if TYPE_CHECKING:
+    import httpx
+
+    from trapd.kea.client import KeaClients
+    from trapd.kea.config import EndpointConfig
+
+__all__ = [
+    "ActionRun",
+    "CapturedLog",
+    "KeaDouble",
+    "KeaRequest",
+    "make_context",
+    "make_event",
+    "make_outcome",
+    "plan",
+    "rule_file_problems",
+    "run_action",
+]
+
+_OIDS = {
+    "IF-MIB::ifIndex": "1.3.6.1.2.1.2.2.1.1",
+    "IF-MIB::ifDescr": "1.3.6.1.2.1.2.2.1.2",
+    "IF-MIB::ifAdminStatus": "1.3.6.1.2.1.2.2.1.7",
+    "IF-MIB::ifOperStatus": "1.3.6.1.2.1.2.2.1.8",
+}
+
+# ---------------------------------------------------------------------------------------- events
+
+
+def make_event(
+    *,
+    source: str = "192.0.2.10",
+    trap_name: str = "IF-MIB::linkDown",
+    trap_oid: str = "1.3.6.1.6.3.1.1.5.3",
+    varbinds: Iterable[tuple[str, SnmpType, Any]] = (("IF-MIB::ifIndex", "Integer32", 17),),
+    received_at: float | None = None,
+    kind: str = "trap",
+) -> Event:
+    """An event as the normalizer would make it; varbinds as (name, type, value), index 17 when named."""
+    vbs = []
+    for name, type_, value in varbinds:
+        base = _OIDS.get(name, "1.3.6.1.4.1.99999.1")
+        index = (17,) if name in _OIDS else ()
+        display = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        vbs.append(VarBind(parse_oid(base) + index, name, index, type_, value, display))
+    return Event(
+        id=new_event_id(),
+        received_at=time.time() if received_at is None else received_at,
+        source=source,
+        source_port=50000,
+        version="v2c",
+        kind=kind,  # type: ignore[arg-type]
+        security=Security(community="public"),
+        uptime=12345,
+        trap_oid=parse_oid(trap_oid),
+        trap_name=trap_name,
+        varbinds=tuple(vbs),
+    )
+
+
+def plan(
+    action: str,
+    params: Mapping[str, Any],
+    *,
+    rule: str = "test-rule",
+    key: str | None = None,
+    index: int = 0,
+    delay: float = 0.0,
+    cancel_key: str | None = None,
+    once_within: float | None = None,
+    once_key: str | None = None,
+    retry: RetryPolicy | None = None,
+    caps: Iterable[RateCap] = (),
+    dry_run: bool = False,
+    item: dict[str, Any] | None = None,
+) -> PlannedAction:
+    """One planned action, as a rule would plan it (for a test through the dispatcher)."""
+    return PlannedAction(
+        rule=rule,
+        action=action,
+        index=index,
+        params=dict(params),
+        key=key if key is not None else rule,
+        mode="dry-run" if dry_run else "enforce",
+        delay=delay,
+        cancel_key=cancel_key,
+        once_within=once_within,
+        once_key=once_key,
+        retry=retry or RetryPolicy(),
+        caps=tuple(caps),
+        item=item,
+    )
+
+
+def make_outcome(*planned: PlannedAction, cancels: Iterable[str] = ()) -> Outcome:
+    """What the rules would return for an event that planned these actions."""
+    return Outcome(
+        matched=tuple(dict.fromkeys(p.rule for p in planned)), planned=tuple(planned), cancels=tuple(cancels)
+    )
+
+
+# ---------------------------------------------------------------------------------------- the log
+
+
+class CapturedLog:
+    """``ctx.log`` for a test: keeps every line as a dict, like ``structlog.testing.capture_logs``.
+
+    Each entry has ``event``, ``log_level`` and the fields, those bound with
+    :meth:`bind` included. Loggers made by ``bind`` share the parent's list.
+    It provides exactly :class:`trapd.plugin.ActionLog`, what trapd gives
+    an action in production: a method that is not there fails here too.
+    """
+
+    def __init__(self, entries: list[dict[str, Any]] | None = None, **bound: Any) -> None:
+        self.entries: list[dict[str, Any]] = [] if entries is None else entries
+        self._bound = bound
+
+    def bind(self, **fields: Any) -> CapturedLog:
+        return CapturedLog(self.entries, **{**self._bound, **fields})
+
+    def _write(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        self.entries.append({"event": event, "log_level": level, **self._bound, **fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._write("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._write("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._write("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._write("error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._write("critical", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._write("error", event, {"exc_info": True, **fields})
+
+    def events(self, level: str | None = None) -> list[str]:
+        """The ``event`` of each line (of one level when given), in order."""
+        return [e["event"] for e in self.entries if level is None or e["log_level"] == level]
+
+
+# ---------------------------------------------------------------------------------------- Kea
+
+
+@dataclass(frozen=True)
+class KeaRequest:
+    """One command a Kea client sent, decoded: what a :class:`KeaDouble` answers."""
+
+    endpoint: str
+    command: str
+    arguments: Any = None
+    service: tuple[str, ...] = ()
+
+
+KeaAnswer = Mapping[str, Any] | list[Mapping[str, Any]]
+KeaHandler = Callable[[KeaRequest], KeaAnswer]
+
+
+@dataclass
+class KeaDouble:
+    """Kea's side of the control socket, for unit tests of Kea actions (see the module docstring).
+
+    ``answers``: a mapping command -> answer (``{"result": 0, "text": ...,
+    "arguments": ...}``), or a function of the :class:`KeaRequest` that
+    returns one or raises a :mod:`trapd.kea.errors` error. A command it has
+    no answer for gets Kea's own "not supported" (result 2).
+    """
+
+    answers: Mapping[str, KeaAnswer] | KeaHandler = field(default_factory=dict)
+    requests: list[KeaRequest] = field(default_factory=list)
+
+    def clients(
+        self,
+        endpoints: Mapping[str, Iterable[str]] | None = None,
+        *,
+        transport: str = "control-agent",
+    ) -> KeaClients:
+        """The ``ctx.kea`` registry, its endpoints (name -> families; default: ``kea`` for v4 and v6)
+        all answered by this double."""
+        from trapd.kea.client import KeaClients
+        from trapd.kea.config import EndpointConfig, KeaConfig
+
+        families = endpoints or {"kea": ("v4", "v6")}
+        config = KeaConfig(
+            endpoints={
+                name: EndpointConfig(
+                    name=name, transport=transport, families=tuple(fams), url="http://kea.test/"
+                )
+                for name, fams in families.items()
+            }
+        )
+        return KeaClients(config, transport=self._transport_for)
+
+    def commands(self) -> list[str]:
+        """The commands sent so far, in order."""
+        return [r.command for r in self.requests]
+
+    def _transport_for(self, endpoint: EndpointConfig) -> _DoubleTransport:
+        return _DoubleTransport(self, endpoint.name)
+
+    def answer(self, request: KeaRequest) -> KeaAnswer:
+        self.requests.append(request)
+        if callable(self.answers):
+            return self.answers(request)
+        found = self.answers.get(request.command)
+        if found is None:
+            return {"result": 2, "text": f"'{request.command}' command not supported."}
+        return found
+
+
+class _DoubleTransport:
+    """trapd.kea.transport.Transport, answered by a KeaDouble instead of a socket."""
+
+    def __init__(self, double: KeaDouble, endpoint: str) -> None:
+        self._double = double
+        self._endpoint = endpoint
+
+    async def exchange(self, body: bytes, command: str) -> Any:
+        msg = json.loads(body)
+        request = KeaRequest(
+            self._endpoint, msg["command"], msg.get("arguments"), tuple(msg.get("service", ()))
+        )
+        # Through JSON, as over a socket: the action gets fresh objects, never the test's own.
+        return json.loads(json.dumps(self._double.answer(request)))
+
+    async def aclose(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------- running
+
+
+def make_context(
+    event: Event | None = None,
+    *,
+    http: httpx.AsyncClient | None = None,
+    kea: KeaClients | None = None,
+    settings: Mapping[str, Any] | None = None,
+    rule: str = "test-rule",
+    action_id: str = "1",
+    attempt: int = 1,
+    log: ActionLog | None = None,
+) -> ActionContext:
+    """An ActionContext for calling an action's ``run`` directly.
+
+    ``kea`` defaults to a registry with no endpoints (as a trapd.yaml without
+    ``kea:`` gives), ``http`` to an ``httpx.AsyncClient`` whose every request
+    fails (pass one with ``httpx.MockTransport`` to answer). ``log`` (bound
+    as the dispatcher binds it) defaults to a structlog logger, so that
+    ``structlog.testing.capture_logs()`` sees its lines; :func:`run_action`
+    passes a :class:`CapturedLog`.
+    """
+    import httpx
+    import structlog
+
+    from trapd.kea.client import KeaClients
+    from trapd.kea.config import KeaConfig
+
+    ev = event or make_event()
+    base: ActionLog = log if log is not None else structlog.get_logger("trapd.test")
+    return ActionContext(
+        event=ev,
+        rule=rule,
+        action_id=action_id,
+        log=base.bind(event_id=ev.id, rule=rule, action_id=action_id),
+        kea=kea if kea is not None else KeaClients(KeaConfig()),
+        http=http if http is not None else httpx.AsyncClient(transport=httpx.MockTransport(_no_network)),
+        settings=dict(settings or {}),
+        attempt=attempt,
+    )
+
+
+def _no_network(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"unexpected HTTP request in a test: {request.method} {request.url}")
+
+
+@dataclass
+class ActionRun:
+    """What :func:`run_action` saw: the result, the context, and every log line of the action."""
+
+    result: ActionResult
+    context: ActionContext
+    log: CapturedLog
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        return self.log.entries
+
+
+async def run_action(
+    spec: ActionSpec,
+    params: Mapping[str, Any],
+    *,
+    event: Event | None = None,
+    settings: Mapping[str, Any] | None = None,
+    http: httpx.AsyncClient | None = None,
+    kea: KeaClients | None = None,
+    attempt: int = 1,
+) -> ActionRun:
+    """Validate ``params`` against the action's declaration, then run it once with a fake context.
+
+    Raises :class:`~trapd.params.ParamError` for parameters a rule could not
+    pass, and whatever the action raises (``RetryableError``,
+    ``PermanentError``): test that with ``pytest.raises``.
+    """
+    log = CapturedLog()
+    ctx = make_context(
+        event, http=http, kea=kea, settings=settings, rule="test-rule", attempt=attempt, log=log
+    )
+    result = await spec.run(validate(spec.params, params), ctx)
+    return ActionRun(result, ctx, log)
+
+
+def rule_file_problems(path: str | Path) -> list[str]:
+    """Errors and warnings the rule compiler finds in a rules file, with the installed plugins.
+
+    For a plugin's own test that its example.yaml stays valid.
+    """
+    from trapd.mibs import MibResolver
+    from trapd.plugin import load_actions
+    from trapd.rules import compile_rules
+
+    actions, _ = load_actions()
+    _, problems = compile_rules([Path(path)], MibResolver.load(), actions)
+    return [str(p) for p in problems]
