@@ -9,7 +9,10 @@
    and the sender run in a private network namespace whose loopback also
    carries 10.20.1.5; nothing leaves the machine and the host's own network
    is not touched. Kea stays outside: its unix socket works across namespaces.
-5. The leases before and after, and what the journal recorded.
+   One of them is forged: a MAC notification whose message is the text
+   ``1.2.3.4; reboot`` instead of MAC entries. It is rejected, and nothing of
+   it reaches Kea.
+5. The leases before and after, what the journal recorded, the rejection.
 
 Run it through scripts/demo.sh (which sets the machine up first), as root.
 """
@@ -45,6 +48,7 @@ IF_ADMIN, IF_OPER = "1.3.6.1.2.1.2.2.1.7", "1.3.6.1.2.1.2.2.1.8"
 CMN_MAC_CHANGED = "1.3.6.1.4.1.9.9.215.2.0.1"
 CMN_HIST_MSG = "1.3.6.1.4.1.9.9.215.1.1.8.1.2"
 
+HOSTILE = "1.2.3.4; reboot"  # what a forged or broken trap may carry where a value belongs
 PHONE_MAC = "00:1b:54:aa:01:17"  # leaves its port: its leases go after the rule's 30 s grace
 FLAP_MAC = "00:1b:54:aa:02:17"  # behind Gi1/0/17, which flaps: its lease stays
 DOWN_MAC = "00:1b:54:aa:03:18"  # behind Gi1/0/18, which stays down: deletion scheduled (2 min)
@@ -74,10 +78,10 @@ def in_netns(*argv: str) -> list[str]:
     return ["ip", "netns", "exec", NETNS, *argv]
 
 
-def snmptrap(*args: str) -> None:
+def snmptrap(*args: str, show: int = 1) -> None:
     cmd = in_netns("snmptrap", f"--clientaddr={SWITCH}", "-v", "2c", "-c", "public",
                    f"127.0.0.1:{TRAP_PORT}", "", *args)  # fmt: skip
-    print("  $ snmptrap -v 2c -c public ... " + " ".join(args[:1]))
+    print("  $ snmptrap -v 2c -c public ... " + " ".join(repr(a) if " " in a else a for a in args[:show]))
     subprocess.run(cmd, check=True)
 
 
@@ -90,6 +94,18 @@ def mac_removed(mac: str, vlan: int, port: int) -> None:
     # cmnHistMacChangedMsg: operation(1) VLAN(2) MAC(6) dot1dBasePort(2), then 0 ends the list.
     msg = bytes([2]) + vlan.to_bytes(2, "big") + bytes.fromhex(mac.replace(":", "")) + port.to_bytes(2, "big")
     snmptrap(CMN_MAC_CHANGED, f"{CMN_HIST_MSG}.1", "x", (msg + b"\x00").hex())
+
+
+def metric_lines(prefixes: tuple[str, ...]) -> list[str]:
+    """The lines of trapd's /metrics (served inside the namespace) that start with one of ``prefixes``."""
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    fetch = f"import urllib.request as u; print(u.urlopen({url!r}).read().decode())"
+    text = subprocess.run(in_netns(sys.executable, "-c", fetch), capture_output=True, text=True, check=False)
+    return [line for line in text.stdout.splitlines() if line.startswith(prefixes)]
+
+
+def metric(lines: list[str], sample: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(sample))
 
 
 def wait_for(predicate: Any, timeout: float) -> bool:
@@ -164,6 +180,14 @@ def main() -> int:
         port_trap(LINK_DOWN, 10018, "GigabitEthernet1/0/18", 2)
         print(f"  the phone {PHONE_MAC} leaves its port (Cisco MAC change notification, 'removed')")
         mac_removed(PHONE_MAC, vlan=20, port=17)
+        print(f"  a forged MAC change notification: its message is the text {HOSTILE!r}, not MAC entries")
+        snmptrap(CMN_MAC_CHANGED, f"{CMN_HIST_MSG}.1", "s", HOSTILE, show=4)
+        rejected = 'trapd_actions_rejected_total{reason="decoder",rule="mac-removed-delete-lease"}'
+        wait_for(lambda: metric(metric_lines(("trapd_actions_rejected",)), rejected) >= 1, 10)
+        print("  trapd's log says why it did nothing with it:")
+        for line in (work / "trapd.log").read_text(errors="replace").splitlines():
+            if "action not dispatched" in line:
+                print("    " + line.strip())
 
         say("5. Waiting for the 30 s grace of mac-removed-delete-lease")
         gone = wait_for(lambda: all(kea.lease4(ip) is None for ip in phone), 45)  # type: ignore[union-attr]
@@ -171,19 +195,22 @@ def main() -> int:
         print("\n  The journal (what trapd did and will do, and why):")
         subprocess.run([TRAPD, "journal", "--state-dir", work / "state", "history"], check=False)
         print("\n  Some of trapd's metrics (http://127.0.0.1:9163/metrics in production):")
-        url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
-        fetch = f"import urllib.request as u; print(u.urlopen({url!r}).read().decode())"
-        metrics = subprocess.run(
-            in_netns(sys.executable, "-c", fetch), capture_output=True, text=True, check=False
-        ).stdout
-        for line in metrics.splitlines():
-            if line.startswith(("trapd_notifications_received", "trapd_rule_matches", "trapd_actions_total")):
-                print("  " + line)
+        shown = ("trapd_notifications_received", "trapd_rule_matches", "trapd_actions")
+        metrics = metric_lines(shown)
+        for line in metrics:
+            print("  " + line)
+        # The forged trap was rejected, and the one Kea action that ran is the phone's deletion
+        # (the flap's was cancelled, the down port's is still scheduled).
+        refused = metric(metrics, rejected) == 1
+        ran = [m for m in metrics if 'plugin="kea.' in m and 'outcome="cancelled"' not in m]
+        kea_calls = metric(ran, "trapd_actions_total")
         ok = gone and kea.lease4(flap) is not None and kea.lease4(down) is not None
+        ok = ok and refused and kea_calls == 1
         say("Result: " + ("as expected" if ok else "NOT as expected"))
         print("  phone (both subnets): " + ("deleted after the 30 s grace" if gone else "NOT deleted"))
         print("  pc-17 (port flapped):  kept, the linkUp cancelled its deletion")
         print("  pc-18 (port down):     kept for now, deletion scheduled in the journal")
+        print(f"  forged {HOSTILE!r}: " + ("rejected, nothing sent to Kea" if refused else "NOT rejected"))
         return 0 if ok else 1
     finally:
         if trapd is not None:

@@ -37,6 +37,12 @@ def test_demo_deletes_what_the_example_rules_say_and_cleans_up() -> None:
     # The flap was cancelled by the linkUp; the port that stayed down waits in the journal.
     assert "cancelled" in out and "scheduled" in out
     assert 'trapd_rule_matches_total{rule="access-port-up-cancel"} 1.0' in out
+    # The forged trap ('1.2.3.4; reboot' where MAC entries belong) was rejected, said why, and
+    # nothing of it reached Kea: the one Kea action that ran is the phone's deletion.
+    assert 'trapd_actions_rejected_total{reason="decoder",rule="mac-removed-delete-lease"} 1.0' in out
+    assert "action not dispatched: rejected (decoder)" in out and "truncated tuple" in out
+    assert 'trapd_actions_total{outcome="done",plugin="kea.lease-del"} 1.0' in out
+    assert "forged '1.2.3.4; reboot': rejected, nothing sent to Kea" in out
     assert _netns() == before  # the demo's namespace is gone
     leftovers = subprocess.run(["pgrep", "-f", "trapd-demo-"], capture_output=True, text=True, check=False)
     assert leftovers.stdout.strip() == ""  # no Kea or trapd left running

@@ -230,10 +230,11 @@ class Daemon:
         for name in outcome.matched:
             self.stats.matched[name] += 1
         for rej in outcome.rejected:
-            # A value from the trap that does not fit the action's parameter type: never dispatched.
+            # A template that failed, a value from the trap that does not fit the action's parameter
+            # type, or a malformed decoded value: never dispatched.
             self.stats.rejected[(rej.rule, rej.kind)] += 1
             self.log.warning(
-                "action not dispatched: invalid parameter",
+                f"action not dispatched: rejected ({rej.kind})",
                 event_id=event.id,
                 rule=rej.rule,
                 action=rej.action,
