@@ -76,6 +76,7 @@ class MibProblem:
             return cls(str(message), file, line, module)
         return cls(str(data))  # an older cache's plain text
 
+
 # Node kinds, as stored in the index.
 KINDS = ("node", "identity", "module", "table", "row", "column", "scalar", "notification")
 # Kinds that carry a value in a varbind (an OID below them is an instance).

@@ -613,9 +613,7 @@ def _compile_lock(cache_dir: Path | None) -> Iterator[None]:
 COMPILE_TIMEOUT = 600.0
 
 
-def _compile_in_child(
-    dirs: list[Path], cache_dir: Path | None
-) -> tuple[dict[str, Any], list[MibProblem]]:
+def _compile_in_child(dirs: list[Path], cache_dir: Path | None) -> tuple[dict[str, Any], list[MibProblem]]:
     import subprocess
     import tempfile
 

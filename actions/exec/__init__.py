@@ -5,23 +5,8 @@ rendered by the rule: a varbind value of ``; rm -rf /`` or ``$(reboot)`` or
 one with a newline reaches the program as that literal text in one
 argument, because no shell ever parses it.
 
-Parameters:
-
-``argv`` (list of strings, required)
-    Program and arguments. ``argv[0]`` is looked up in ``PATH`` (the one
-    given to the program, see below) unless it contains a slash.
-``timeout`` (duration, default 30s)
-    The program and everything it started (its process group) are killed
-    after this; that counts as a retryable failure.
-``env`` (mapping, optional)
-    Extra environment variables for this call.
-``cwd`` (string, optional)
-    Working directory (default: trapd's, normally ``/``).
-``output_limit`` (integer, default 65536)
-    Bytes of stdout and of stderr kept for the log; the rest is read and
-    dropped, so a chatty program can neither block nor fill memory.
-``retry_exit_codes`` (list of integers, default [75])
-    Exit statuses that mean "try again later" (75 is EX_TEMPFAIL).
+Its parameters are declared once, in the ``Param`` list of :func:`exec_`
+(``trapd actions exec`` prints them; the README's table is generated).
 
 Exit status: 0 is success. A status in ``retry_exit_codes``, death by a
 signal (an OOM kill, say) or the timeout are retryable failures; any other
@@ -74,23 +59,44 @@ _NAME = re.compile(r"[^A-Z0-9_]")
     "exec",
     params={
         "argv": Param(
-            "list", "program and arguments, one element each", required=True, item="string", max_length=8192
+            "list",
+            "program and arguments, one element each; argv[0] is looked up in the programs' PATH"
+            " unless it has a /",
+            required=True,
+            item="string",
+            max_length=8192,
         ),
-        "timeout": Param("duration", "kill the program after this", default=30.0, min=0.001, max=86400),
-        "env": Param("mapping", "extra environment variables"),
-        "cwd": Param("string", "working directory"),
-        "output_limit": Param("integer", "bytes of stdout / stderr kept", default=65536, min=0, max=2**24),
-        "retry_exit_codes": Param("list", "exit statuses that mean try again", item="integer", default=[75]),
+        "timeout": Param(
+            "duration",
+            "the program and its whole process group are killed after this (a retryable failure)",
+            default=30.0,
+            min=0.001,
+            max=86400,
+        ),
+        "env": Param("mapping", "extra environment variables for this call"),
+        "cwd": Param("string", "working directory (default: trapd's, normally /)"),
+        "output_limit": Param(
+            "integer",
+            "bytes of stdout and of stderr kept for the log; the rest is read and dropped",
+            default=65536,
+            min=0,
+            max=2**24,
+        ),
+        "retry_exit_codes": Param(
+            "list",
+            'exit statuses that mean "try again later" (75 = EX_TEMPFAIL)',
+            item="integer",
+            default=[75],
+        ),
     },
     idempotent=False,
 )
 async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Run a program with an argv list (never a shell), the event in TRAPD_* variables.
 
-    Parameters: ``argv`` (required), ``timeout`` (30s), ``env``, ``cwd``,
-    ``output_limit`` (65536 bytes), ``retry_exit_codes`` ([75]). Exit 0 is
-    success; a listed exit code, a signal or the timeout are retried; any
-    other status is a permanent failure. See actions/exec/README.md.
+    Exit 0 is success; a status in ``retry_exit_codes``, a signal or the
+    timeout are retried; any other status is a permanent failure. See
+    actions/exec/README.md.
 
     Example::
 

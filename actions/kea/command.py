@@ -49,18 +49,23 @@ async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     treated as destructive (it needs a rate cap) and not idempotent (no
     automatic retry after an ambiguous failure). Prefer the specific kea.*
     actions where one exists: they validate their parameters and record
-    what they change. On an HA relationship ``target`` says where it goes:
-    every peer (``all``, the default: Kea HA does not copy control-API
-    changes), the peer serving clients (``one``) or a named peer.
+    what they change. On an HA relationship it goes to every peer by
+    default (Kea HA does not copy control-API changes); see ``target``.
 
-    Example::
+    Example (look up the leases of a MAC the switch learnt; "not found" is fine)::
 
-        - action: kea.command
-          command: lease4-update
-          arguments:
-            ip-address: "{{ ipAddress }}"
-            hw-address: "{{ macAddress }}"
-            hostname: "{{ source }}-client"
+        - name: mac-learnt-look-up-leases
+          match:
+            notification: CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification
+          foreach:
+            items: mac_changes
+            where: {operation: learnt}
+          actions:
+            - action: kea.command
+              command: lease4-get-by-hw-address
+              arguments: {hw-address: "{{ item.mac }}"}
+              accept: [0, 3]
+              cap: {limit: 100, per: 1m}
     """
     command = params["command"]
     if not command or any(c.isspace() for c in command):

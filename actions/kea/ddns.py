@@ -45,10 +45,17 @@ async def ddns_resend(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     is sent once, through the peer that serves clients now (two peers would
     send the DNS update twice).
 
-    Example::
+    Example (a MAC was learnt again: send its DNS update once more)::
 
-        - action: kea.ddns-resend
-          ip-address: "{{ ipAddress }}"
+        - name: mac-learnt-refresh-dns
+          match:
+            notification: CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification
+          foreach:
+            items: mac_changes
+            where: {operation: learnt}
+          actions:
+            - action: kea.ddns-resend
+              hw-address: "{{ item.mac }}"
     """
     sel = exactly_one(params, ("ip-address", "hw-address", "duid"))
     kea = await ctx.kea.serving(params.get("endpoint"), FAMILIES.family(params))

@@ -91,11 +91,20 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     lease_cmds hook in Kea. On an HA relationship it runs on every peer, one
     journal entry each (Kea HA does not copy a lease deletion to the partner).
 
-    Example::
+    Example (a Cisco switch reports MACs removed from a port: free every
+    lease of each, DNS records included)::
 
-        - action: kea.lease-del
-          hw-address: "{{ cmnHistMacAddress }}"
-          update-ddns: true
+        - name: mac-removed-free-lease
+          match:
+            notification: CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification
+          foreach:
+            items: mac_changes
+            where: {operation: removed}
+          actions:
+            - action: kea.lease-del
+              hw-address: "{{ item.mac }}"
+              update-ddns: true
+              cap: {limit: 200, per: 1m}
     """
     sel = exactly_one(params, SELECTORS, {"relay": RELAY})
     kea = client_for(params, ctx, FAMILIES.family(params))

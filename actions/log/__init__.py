@@ -1,26 +1,8 @@
 """log: write a message to trapd's log, bound to the trap that caused it.
 
-Parameters:
-
-``message`` (string, required)
-    The text. Rules render it from the event with Jinja2 before it gets here,
-    so ``"{{ source }} port {{ ifIndex }} down"`` arrives as plain text.
-``level`` (debug | info | warning | error, default info)
-    The log level of the line.
-
-The line carries ``event_id``, ``rule`` and ``action_id``, so
-``journalctl -u trapd | grep ACTION_ID`` finds it, and returns
-``{"logged": true}`` for the journal. Running it twice only logs twice:
-it is idempotent.
-
-Example::
-
-    - name: port-down-note
-      match: {notification: IF-MIB::linkDown}
-      actions:
-        - action: log
-          level: warning
-          message: "{{ source }} ifIndex {{ ifIndex }} went down"
+What it does and its example: the docstring of :func:`log` (``trapd actions
+log``); its parameters: the ``Param`` declarations below (the README's table
+is generated from them, ``python -m trapd.actiondocs``).
 """
 
 from __future__ import annotations
@@ -36,16 +18,22 @@ LEVELS = ("debug", "info", "warning", "error")
 @action(
     "log",
     params={
-        "message": Param("string", "the text, already rendered by the rule", required=True, max_length=8192),
-        "level": Param("enum", "log level", choices=LEVELS, default="info"),
+        "message": Param(
+            "string",
+            "the text; the rule renders it from the event, so it arrives as plain text",
+            required=True,
+            max_length=8192,
+        ),
+        "level": Param("enum", "log level of the line", choices=LEVELS, default="info"),
     },
     idempotent=True,
 )
 async def log(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Write a templated message to trapd's log, tagged with the event, rule and action id.
 
-    Parameters: ``message`` (required, rendered by the rule), ``level``
-    (debug, info, warning or error; default info).
+    The line carries ``event_id``, ``rule`` and ``action_id``, so
+    ``journalctl -u trapd | grep ACTION_ID`` finds it. Returns ``{"logged":
+    true}`` for the journal; running it twice only logs twice (idempotent).
 
     Example::
 

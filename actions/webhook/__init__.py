@@ -1,26 +1,7 @@
 """webhook: POST the event (or a body of your own) as JSON to an HTTP endpoint.
 
-Parameters:
-
-``url`` (url, required)
-    ``http://`` or ``https://`` URL. A template's expressions are
-    percent-encoded when the rule renders it: ``https://h/hook/{{ ifDescr }}``
-    stays one path segment whatever the trap carries (``/``, ``?``, ``#``,
-    ``..`` included). Write the scheme and host as text.
-``method`` (POST | PUT | PATCH, default POST)
-``headers`` (mapping, optional)
-    Extra request headers, e.g. ``Authorization``. Declared secret: masked
-    in ``trapd test``, dry-run log lines and ``trapd journal show``. A name
-    or value with a CR, LF or NUL is refused (permanent: it will not change).
-``body`` (any JSON value, optional)
-    What to send. Default: ``{"event": <the event as trapd listen prints
-    it>, "rule": ..., "action_id": ...}``.
-``timeout`` (duration, default 10s)
-    For connecting and for the whole answer.
-``verify`` (boolean, default true)
-    Check the server's TLS certificate. ``false`` is for a lab only.
-``ca_file`` (string, optional)
-    PEM file of the CA(s) to trust instead of the system store.
+Its parameters are declared once, in the ``Param`` list of :func:`webhook`
+(``trapd actions webhook`` prints them; the README's table is generated).
 
 Outcome: 2xx is success (the result records the status and the start of
 the answer). 5xx, 408, 429, timeouts and connection errors are retryable
@@ -60,23 +41,38 @@ ANSWER_KEPT = 1000  # characters of the answer stored in the journal's result
     "webhook",
     params={
         "url": Param(
-            "url", "http:// or https:// URL (rendered values percent-encoded)", required=True, max_length=4096
+            "url",
+            "http:// or https:// URL. Values rendered into it are percent-encoded:"
+            " https://h/hook/{{ ifDescr }} stays one path segment whatever the trap carries"
+            " (/, ?, #, ..); write the scheme and host as text",
+            required=True,
+            max_length=4096,
         ),
         "method": Param("enum", "HTTP method", choices=("POST", "PUT", "PATCH"), default="POST"),
-        "headers": Param("mapping", "extra request headers", secret=True),
-        "body": Param("any", "JSON body (default: the event, rule and action id)"),
-        "timeout": Param("duration", "connect and answer timeout", default=10.0, min=0.001, max=3600),
-        "verify": Param("boolean", "check the server's TLS certificate", default=True),
-        "ca_file": Param("string", "PEM file of CAs to trust instead of the system's"),
+        "headers": Param(
+            "mapping",
+            "extra request headers (Authorization, ...); masked in dry-run logs, trapd test and trapd journal"
+            " show. A CR, LF or NUL in a name or value is refused, permanently",
+            secret=True,
+        ),
+        "body": Param(
+            "any",
+            'any JSON value; default: {"event": (the event as trapd listen prints it), "rule": ...,'
+            ' "action_id": ...}',
+        ),
+        "timeout": Param(
+            "duration", "for connecting and for the whole answer", default=10.0, min=0.001, max=3600
+        ),
+        "verify": Param("boolean", "check the server's TLS certificate (false: a lab only)", default=True),
+        "ca_file": Param("string", "PEM file of the CA(s) to trust instead of the system store"),
     },
     idempotent=False,
 )
 async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """POST JSON to a URL: 2xx done, 5xx / 408 / 429 / timeouts retried, other statuses permanent.
 
-    Parameters: ``url`` (required), ``method`` (POST), ``headers``, ``body``
-    (default: the event with rule and action id), ``timeout`` (10s),
-    ``verify`` (true), ``ca_file``. See actions/webhook/README.md.
+    The request goes through trapd's shared HTTP client; ``verify: false`` or
+    ``ca_file`` use a short-lived client of their own. See actions/webhook/README.md.
 
     Example::
 
