@@ -72,6 +72,13 @@ def test_service_settings_the_daemon_relies_on() -> None:
     assert s["SystemCallFilter"][0] == "@system-service"
     # The drain on SIGTERM (dispatch.shutdown_timeout, 10 s by default) must fit in the stop timeout.
     assert int(s["TimeoutStopSec"][0].rstrip("s")) >= 30
+    # A bound on the whole unit (workers and exec children too): a runaway allocation ends in an OOM
+    # kill and a restart (Restart=on-failure), not in the host swapping (issue 14 item 8).
+    (memory_max,) = s["MemoryMax"]
+    assert (
+        memory_max.endswith(("M", "G"))
+        and 256 <= int(memory_max[:-1]) * (1024 if memory_max[-1] == "G" else 1) <= 4096
+    )
 
 
 def test_socket_unit_listens_like_snmptrapd() -> None:

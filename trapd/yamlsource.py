@@ -7,6 +7,12 @@ reads them as usual; code that reports errors asks :func:`where`.
 
 Duplicate keys in one mapping are an error here (plain YAML keeps the last
 one silently, which hides a mis-pasted rule).
+
+Aliases are bounded: a file may use at most :data:`MAX_ALIASES` of them, and
+together they may stand for at most :data:`MAX_ALIAS_NODES` nodes. A 725-byte
+"billion laughs" file of nested aliases otherwise stands for 10^9 nodes, and
+everything that walks the loaded data (the rule compiler, JSON output) would
+expand it: minutes of CPU and gigabytes before an error.
 """
 
 from __future__ import annotations
@@ -83,8 +89,46 @@ def _mark(file: str, m: yaml.Mark) -> Mark:
     return Mark(file, m.line + 1, m.column + 1)
 
 
+MAX_ALIASES = 10_000  # alias uses (``*name``) in one file
+MAX_ALIAS_NODES = 100_000  # nodes that all aliases of one file stand for, expanded
+
+
 class _Loader(yaml.SafeLoader):
     source_name = "<string>"
+    # Expanded size (nodes) of every node composed so far, by id; aliases add their target's size.
+    _sizes: dict[int, int]
+    _aliases = 0
+    _alias_nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if not hasattr(self, "_sizes"):
+            self._sizes = {}
+        if self.check_event(yaml.AliasEvent):
+            mark = _mark(self.source_name, self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            node = super().compose_node(parent, index)
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise ConfigError(f"more than {MAX_ALIASES} YAML aliases in one file", mark)
+            size = self._sizes.get(id(node))
+            if size is None:
+                raise ConfigError("a YAML alias inside the node it refers to (recursive alias)", mark)
+            self._alias_nodes += size
+            if self._alias_nodes > MAX_ALIAS_NODES:
+                raise ConfigError(
+                    f"YAML aliases expand to more than {MAX_ALIAS_NODES} nodes (an alias bomb?)", mark
+                )
+            return node
+        node = super().compose_node(parent, index)
+        if node is None:
+            return None
+        if isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self._sizes[id(n)] for n in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size = 1 + sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
+        else:
+            size = 1
+        self._sizes[id(node)] = size
+        return node
 
     def construct_yaml_map(self, node: yaml.MappingNode) -> Any:
         data = YDict()
