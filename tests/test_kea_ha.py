@@ -107,7 +107,8 @@ def mixed_endpoints(pair: HaPair) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def trapd(pair: HaPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrapdDaemon]:
-    config = {"kea": {"endpoints": mixed_endpoints(pair)}, "dispatch": FAST_RETRY}
+    kea = {"endpoints": mixed_endpoints(pair), "poll_interval": "0.3s", "warn_after": "2s"}
+    config = {"kea": kea, "dispatch": FAST_RETRY}
     d = TrapdDaemon.start(tmp_path_factory.mktemp("trapd"), rules=json.dumps(RULES), config=config)
     yield d
     d.stop()
@@ -166,6 +167,13 @@ def parts(d: TrapdDaemon, action: str, **params: Any) -> dict[str, dict[str, Any
         for e in journal(d)
         if e["action"] == action and all(e["params"].get(k) == v for k, v in params.items())
     }
+
+
+def metric(d: TrapdDaemon, name: str, endpoint: str, **labels: str) -> float | None:
+    """One sample, or None when it is not exported."""
+    want = {("endpoint", endpoint), *labels.items()}
+    found = [v for (n, lb), v in d.metrics().items() if n == name and want == set(lb)]
+    return found[0] if found else None
 
 
 class Leases:
@@ -350,6 +358,17 @@ def test_a_stopped_peer_gets_its_deletion_when_it_is_back(trapd: TrapdDaemon, he
         and p.get("server2", {}).get("attempts", 0) >= 2 and p,
     )  # fmt: skip
     assert waiting["server1"]["state"] == "done" and waiting["server2"]["state"] != "done"
+    # what trapd sees, in the metrics and /healthz: server2 down, server1 serving alone
+    wait_for(
+        "server2 down in the metrics", lambda: metric(trapd, "trapd_kea_endpoint_up", "pair4/server2/v4") == 0
+    )
+    wait_for(
+        "server1 partner-down in the metrics",
+        lambda: metric(trapd, "trapd_kea_ha_state", "pair4/server1/v4", state="partner-down") == 1,
+    )
+    status, health = wait_for("a warning in /healthz", lambda: (h := trapd.healthz())[1].get("kea") and h)
+    assert status == 200 and health["status"] == "warning" and health["healthy"] is True
+    assert any(w.startswith("Kea pair4/server2/v4 unreachable for") for w in health["kea"])
     pair.start_server("server2")  # it loads its own lease file: the lease is back there
     pair.wait_states({n: {pair.mode} for n in pair.servers})
     wait_for("gone on server2 too", lambda: not leases.held_by())
@@ -365,7 +384,8 @@ def test_a_stopped_peer_gets_its_deletion_when_it_is_back(trapd: TrapdDaemon, he
         assert by_peer["server2"]["attempts"] >= 2 and by_peer["server2"]["result"]["deleted"] == 1, (
             json.dumps(by_peer["server2"])
         )
-    # METRIC-LATER
+    wait_for("server2 up again", lambda: metric(trapd, "trapd_kea_endpoint_up", "pair4/server2/v4") == 1)
+    wait_for("no warning", lambda: "kea" not in trapd.healthz()[1])
 
 
 def test_after_failover_the_survivor_does_not_hold_the_deleted_lease(
@@ -431,6 +451,35 @@ def test_ddns_resend_goes_once_through_the_serving_peer(trapd: TrapdDaemon, pair
     assert entry["result"]["peer"] == "server1"  # both serve scopes in load-balancing; server1 is first
     after = wait_for("D2 counted it", lambda: (a := d2_received(pair)) != before and a)
     assert after["server1"] - before["server1"] == 1 and after["server2"] == before["server2"]
+
+
+def test_kea_status_and_metrics_show_both_peers(trapd: TrapdDaemon, pair: HaPair) -> None:
+    r = subprocess.run(
+        [PYTHON, "-m", "trapd", "kea", "status", "--json", "--config", str(trapd.config_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = {(s["endpoint"], s["peer"], s["family"]): s for s in json.loads(r.stdout)}
+    roles = {"hot-standby": ("primary", "standby"), "load-balancing": ("primary", "secondary")}[pair.mode]
+    for fam in ("v4", "v6"):
+        for peer, role in zip(("server1", "server2"), roles, strict=True):
+            row = rows[(f"pair{fam[1]}", peer, fam)]
+            assert row["reachable"] and row["lease_cmds"] and row["version"].startswith("2.2")
+            assert row["ha"]["mode"] == pair.mode and row["ha"]["role"] == role
+            assert row["ha"]["state"] == pair.mode
+            label = f"pair{fam[1]}/{peer}/{fam}"
+            wait_for(
+                "the metrics agree",
+                lambda label=label: metric(trapd, "trapd_kea_ha_state", label, state=pair.mode) == 1,
+            )
+            assert metric(trapd, "trapd_kea_endpoint_up", label) == 1
+            age = metric(trapd, "trapd_kea_last_success_age_seconds", label)
+            assert age is not None and 0 <= age < 30
+    text = subprocess.run(
+        [PYTHON, "-m", "trapd", "kea", "status", "--config", str(trapd.config_path)],
+        capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert f"{pair.mode} {roles[1]} {pair.mode}" in text
 
 
 async def test_command_target_all_one_or_a_peer(pair: HaPair) -> None:

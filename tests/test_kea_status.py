@@ -183,9 +183,9 @@ def await_sync(fn: Any, argv: list[str]) -> int:
 async def test_start_up_warnings_from_compiled_rules(kea_factory: Any, tmp_path: Path) -> None:
     """What the daemon does at start-up: resolve each rule's Kea endpoint, probe, warn."""
     from trapd.kea.config import KeaConfig
-    from trapd.kea.probe import kea_uses
     from trapd.mibs import MibConfig, MibResolver
     from trapd.rules import load_rules
+    from trapd.rules.kea_uses import kea_uses
     from trapd.yamlsource import load_yaml
 
     bare = kea_factory(lease_cmds=False, dhcp6=False, ca=False)
@@ -221,3 +221,95 @@ async def test_start_up_warnings_from_compiled_rules(kea_factory: Any, tmp_path:
     )
     assert "lease4-get-by-hw-address" in warnings[0] and "libdhcp_lease_cmds.so" in warnings[0]
     assert warnings[1].endswith("Kea endpoint elsewhere (v4) is not configured")
+
+
+# --- trapd_kea_endpoint_up in a running daemon (issue 14 item 15) -----------------------------------
+
+UP_RULES = """
+rules:
+  - name: free
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: kea.lease-del
+        ip-address: "10.1.0.250"
+        cap: {limit: 100, per: 1m}
+"""
+FAST = {
+    "retry": {"max_attempts": 1000, "backoff": "0.2s", "max_backoff": "0.5s", "jitter": 0},
+    "breaker": {"failures": 2, "cool_down": "0.5s", "max_cool_down": "1s"},
+}
+
+
+def _start_again(inst: KeaInstance) -> None:
+    for daemon in inst.argv:
+        inst.spawn(daemon)
+    inst.wait_ready()
+
+
+def _up(d: Any) -> float | None:
+    samples = [
+        v
+        for (n, lb), v in d.metrics().items()
+        if n == "trapd_kea_endpoint_up" and lb == (("endpoint", "unix4/v4"),)
+    ]
+    return samples[0] if samples else None
+
+
+def _wait_up(d: Any, value: float, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := _up(d)) != value:
+        assert time.monotonic() < deadline, f"{what}: trapd_kea_endpoint_up is {got}, not {value}"
+        time.sleep(0.1)
+
+
+def test_endpoint_up_follows_the_dispatcher_through_a_kea_outage(kea_factory: Any, tmp_path: Path) -> None:
+    """No status polling: only the actions' own exchanges (and the breaker) move the gauge."""
+    from daemon_harness import LINK_DOWN, TrapdDaemon
+    from listen_harness import snmp_send
+
+    inst = kea_factory(dhcp6=False, ca=False)
+    inst.add_lease4("10.1.0.250", "0a:00:27:00:0e:01")
+    config = {"kea": {**inst.trapd_kea_section(), "poll_interval": 0}, "dispatch": FAST}
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=UP_RULES, config=config)
+    try:
+        _wait_up(d, 1, "after the start-up probe")
+        inst.stop()
+        r = snmp_send("snmptrap", "-v", "2c", "-c", "public", d.target(), "", LINK_DOWN)
+        assert r.returncode == 0, r.stderr
+        _wait_up(d, 0, "while the action fails against a stopped Kea")
+        _start_again(inst)  # its lease file still has the lease
+        _wait_up(d, 1, "once the retried action got through")
+        deadline = time.monotonic() + 30
+        while inst.lease4("10.1.0.250") is not None:
+            assert time.monotonic() < deadline, "the retried deletion did not happen"
+            time.sleep(0.1)
+    finally:
+        d.stop()
+        d.close()
+
+
+def test_endpoint_up_and_healthz_follow_the_status_poll(kea_factory: Any, tmp_path: Path) -> None:
+    """With kea.poll_interval, an idle daemon notices Kea going and coming back; /healthz warns."""
+    from daemon_harness import TrapdDaemon
+
+    inst = kea_factory(dhcp6=False, ca=False)
+    config = {"kea": {**inst.trapd_kea_section(), "poll_interval": "0.2s", "warn_after": "1s"}}
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=UP_RULES, config=config)
+    try:
+        _wait_up(d, 1, "after start")
+        inst.stop()
+        _wait_up(d, 0, "Kea stopped")
+        deadline = time.monotonic() + 30
+        while "kea" not in (health := d.healthz())[1]:
+            assert time.monotonic() < deadline, f"no Kea warning in /healthz: {health}"
+            time.sleep(0.1)
+        assert health[0] == 200 and health[1]["status"] == "warning"
+        assert health[1]["kea"][0].startswith("Kea unix4/v4 unreachable for")
+        d.wait_log(lambda e: e.get("event") == "Kea server needs attention")
+        _start_again(inst)
+        _wait_up(d, 1, "Kea started again")
+        d.wait_log(lambda e: e.get("event") == "Kea server fine again")
+        assert d.healthz()[1]["status"] == "ok"
+    finally:
+        d.stop()
+        d.close()

@@ -47,6 +47,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+# Re-exported: plugin authors import them from here.
+from trapd.errors import ActionError as ActionError
+from trapd.errors import PermanentError as PermanentError
+from trapd.errors import RetryableError as RetryableError
 from trapd.params import Param
 
 if TYPE_CHECKING:
@@ -59,18 +63,6 @@ ENTRY_POINT_GROUP = "trapd.actions"
 
 ActionResult = dict[str, Any] | None
 RunFunc = Callable[[dict[str, Any], "ActionContext"], Awaitable[ActionResult]]
-
-
-class ActionError(Exception):
-    """Base of the errors an action raises on purpose."""
-
-
-class RetryableError(ActionError):
-    """Worth trying again later: the dispatcher backs off and retries."""
-
-
-class PermanentError(ActionError):
-    """Will not get better by retrying: the action goes straight to dead."""
 
 
 @runtime_checkable

@@ -1,10 +1,12 @@
 """Look at the Kea endpoints trapd is configured for, and undo lease deletions.
 
 trapd kea status [--config FILE] [--json]
-    For every endpoint in trapd.yaml (and each family it serves): can
-    trapd reach it, which Kea version answers (version-get), and whether
-    the lease_cmds hook is loaded (list-commands has lease4-del /
-    lease6-del). Exit status 0 when every endpoint answered, 1 otherwise.
+    For every endpoint in trapd.yaml (each peer of an HA relationship, and
+    each family it serves): can trapd reach it, which Kea version answers
+    (version-get), whether the lease_cmds hook is loaded (list-commands has
+    lease4-del / lease6-del), and for an HA peer the relationship's mode,
+    the peer's role and its HA state (status-get). Exit status 0 when every
+    endpoint answered, 1 otherwise.
 
 trapd kea restore JOURNAL_ID [--config FILE]
 trapd kea restore --file leases.json [--endpoint NAME]
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HELP = "Kea endpoints: status (reachable, version, lease_cmds) and restore of deleted leases"
+HELP = "Kea endpoints: status (reachable, version, lease_cmds, HA state) and restore of deleted leases"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -85,16 +87,25 @@ async def _status(config: Any, as_json: bool) -> int:
     if as_json:
         print(json.dumps([s.to_dict() for s in statuses], indent=2))
     else:
-        rows = [("ENDPOINT", "FAMILY", "TRANSPORT", "REACHABLE", "VERSION", "LEASE_CMDS", "TARGET")]
+        # PEER and HA only where there is something to show in them (HA relationships).
+        peers = any(s.peer for s in statuses)
+        has_ha = any(s.ha for s in statuses)
+        rows = [
+            ("ENDPOINT", *(("PEER",) if peers else ()), "FAMILY", "TRANSPORT", "REACHABLE", "VERSION",
+             "LEASE_CMDS", *(("HA",) if has_ha else ()), "TARGET")
+        ]  # fmt: skip
         for s in statuses:
+            ha = s.ha
             rows.append(
                 (
                     s.endpoint,
+                    *((s.peer or "-",) if peers else ()),
                     s.family,
                     s.transport,
                     "yes" if s.reachable else "NO",
                     s.version or "-",
                     ("yes" if s.lease_cmds else "NO (load libdhcp_lease_cmds.so)") if s.reachable else "-",
+                    *((f"{ha.mode} {ha.role} {ha.state}" if ha is not None else "-",) if has_ha else ()),
                     s.target,
                 )
             )
@@ -103,7 +114,8 @@ async def _status(config: Any, as_json: bool) -> int:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         for s in statuses:
             if s.error:
-                print(f"{s.endpoint} ({s.family}): {s.error}", file=sys.stderr)
+                name = f"{s.endpoint}/{s.peer}" if s.peer else s.endpoint
+                print(f"{name} ({s.family}): {s.error}", file=sys.stderr)
     return 0 if all(s.reachable for s in statuses) else 1
 
 

@@ -43,6 +43,11 @@ dispatcher decides per action which peers it goes to.
 Other keys: ``pool_size`` (HTTP connections kept per endpoint, default 4),
 ``idle_timeout`` (seconds an idle HTTP connection is reused; Kea closes it
 after 30 s, default 20), ``max_in_flight`` (unix: commands at once, default 8).
+
+At the top of ``kea:``: ``poll_interval`` (default 10s; 0 = off): how often
+the daemon asks every server ``status-get`` (reachability, HA state, for the
+metrics and /healthz); ``warn_after`` (default 1m): a server unreachable this
+long is a warning in the log and /healthz (an HA peer in ``terminated`` at once).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from trapd.params import ParamError, parse_duration
 from trapd.secrets import Secret
 from trapd.yamlsource import ConfigError, YDict, check_keys, expect, where
 
@@ -118,6 +124,8 @@ class EndpointConfig:
 class KeaConfig:
     endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
     defaults: dict[str, str] = field(default_factory=dict)  # family -> endpoint name
+    poll_interval: float = 10.0  # seconds between status-get rounds of the daemon's monitor; 0: none
+    warn_after: float = 60.0  # unreachable this long: a warning
 
     def endpoint_for(self, family: str) -> EndpointConfig | None:
         """The endpoint an action uses for ``family`` when it names none."""
@@ -141,7 +149,7 @@ class KeaConfig:
 
     @classmethod
     def from_yaml(cls, node: Any, base_dir: Path) -> KeaConfig:
-        n = check_keys(node, {"default", "endpoints"}, "kea")
+        n = check_keys(node, {"default", "endpoints", "poll_interval", "warn_after"}, "kea")
         eps_node = n.get("endpoints")
         endpoints: dict[str, EndpointConfig] = {}
         if eps_node is not None:
@@ -151,7 +159,21 @@ class KeaConfig:
             for name, ep in eps.items():
                 endpoints[str(name)] = _endpoint(str(name), ep, base_dir)
         defaults = _defaults(n, endpoints)
-        return cls(endpoints=endpoints, defaults=defaults)
+        return cls(
+            endpoints=endpoints,
+            defaults=defaults,
+            poll_interval=_duration(n, "poll_interval", 10.0),
+            warn_after=_duration(n, "warn_after", 60.0),
+        )
+
+
+def _duration(n: YDict, key: str, default: float) -> float:
+    if key not in n or n[key] is None:
+        return default
+    try:
+        return parse_duration(n[key])
+    except ParamError as exc:
+        raise ConfigError(f"kea.{key}: {exc}", where(n, key)) from None
 
 
 def _defaults(n: YDict, endpoints: dict[str, EndpointConfig]) -> dict[str, str]:

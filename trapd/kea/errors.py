@@ -1,15 +1,15 @@
 """What can go wrong talking to Kea, sorted the way the dispatcher needs it.
 
-Every error is either a :class:`~trapd.plugin.RetryableError` (Kea may answer
+Every error is either a :class:`~trapd.errors.RetryableError` (Kea may answer
 later: refused connection, timeout, "the server is likely to be offline",
-HTTP 5xx) or a :class:`~trapd.plugin.PermanentError` (retrying cannot help:
+HTTP 5xx) or a :class:`~trapd.errors.PermanentError` (retrying cannot help:
 bad credentials, HTTP 400, a hook that is not loaded, bad arguments, a
 conflict). Actions let them propagate; the dispatcher retries or gives up.
 """
 
 from __future__ import annotations
 
-from trapd.plugin import PermanentError, RetryableError
+from trapd.errors import PermanentError, RetryableError
 
 # Result codes of the Kea control API.
 RESULT_SUCCESS = 0

@@ -3,6 +3,8 @@
 Used by ``trapd kea status`` and at daemon start-up: a rule that deletes
 leases through an endpoint whose server has no lease_cmds hook would fail on
 every trap, so trapd says so once, clearly, before the first trap arrives.
+Which endpoints the rules use is worked out where the rules are
+(:mod:`trapd.rules.kea_uses`), as :class:`KeaUse` records handed in here.
 """
 
 from __future__ import annotations
@@ -10,14 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from trapd.kea.client import KeaClient, KeaClients
-from trapd.kea.config import FAMILIES, KeaConfig
+from trapd.kea.client import HaStatus, KeaClient, KeaClients, ha_status
 from trapd.kea.errors import KeaError
-
-if TYPE_CHECKING:
-    from trapd.rules.ruleset import Rule
 
 # The commands that show lease_cmds is loaded, per family.
 LEASE_CMDS_MARKER = {"v4": "lease4-del", "v6": "lease6-del"}
@@ -33,6 +31,8 @@ class EndpointStatus:
     version: str | None = None
     commands: frozenset[str] = field(default_factory=frozenset)
     error: str | None = None
+    peer: str | None = None  # a peer of the HA relationship ``endpoint``
+    ha: HaStatus | None = None  # its HA status, when it has the HA hook
 
     @property
     def lease_cmds(self) -> bool:
@@ -45,7 +45,7 @@ class EndpointStatus:
         return sorted(c for c in commands_for_family(needed, self.family) if c not in self.commands)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "endpoint": self.endpoint,
             "family": self.family,
             "transport": self.transport,
@@ -56,6 +56,13 @@ class EndpointStatus:
             "commands": sorted(self.commands),
             "error": self.error,
         }
+        if self.peer is not None:
+            d["peer"] = self.peer
+        if self.ha is not None:
+            ha = self.ha
+            d["ha"] = {"mode": ha.mode, "role": ha.role, "state": ha.state, "scopes": list(ha.scopes),
+                       "partner_state": ha.partner_state, "in_touch": ha.in_touch}  # fmt: skip
+        return d
 
 
 def commands_for_family(commands: Iterable[str], family: str) -> list[str]:
@@ -75,8 +82,9 @@ async def probe_one(client: KeaClient) -> EndpointStatus:
         version, commands, error = None, frozenset[str](), str(exc)
     else:
         error = None
+    ha = await ha_status(client) if error is None and "ha-heartbeat" in commands else None
     return EndpointStatus(
-        endpoint=client.name,
+        endpoint=client.endpoint,
         family=client.family,
         transport=client.transport_name,
         target=client.config.target,
@@ -84,6 +92,8 @@ async def probe_one(client: KeaClient) -> EndpointStatus:
         version=version,
         commands=commands,
         error=error,
+        peer=client.peer,
+        ha=ha,
     )
 
 
@@ -104,77 +114,24 @@ class KeaUse:
 
 def command_warnings(statuses: Iterable[EndpointStatus], uses: Iterable[KeaUse]) -> list[str]:
     """Warnings for rules whose endpoint is unreachable or lacks a command they send."""
-    by_key = {(s.endpoint, s.family): s for s in statuses}
+    by_key: dict[tuple[str, str], list[EndpointStatus]] = {}
+    for st in statuses:
+        by_key.setdefault((st.endpoint, st.family), []).append(st)
     out = []
     for use in uses:
-        s = by_key.get((use.endpoint, use.family))
-        if s is None:
+        found = by_key.get((use.endpoint, use.family))
+        if not found:
             out.append(f"{use.where}: Kea endpoint {use.endpoint} ({use.family}) is not configured")
-        elif not s.reachable:
-            out.append(
-                f"{use.where}: Kea endpoint {use.endpoint} ({use.family}) is unreachable now: {s.error}"
-            )
-        else:
+            continue
+        for s in found:  # every peer of an HA relationship gets the command
+            name = f"{s.endpoint}/{s.peer}" if s.peer else s.endpoint
+            if not s.reachable:
+                out.append(f"{use.where}: Kea endpoint {name} ({use.family}) is unreachable now: {s.error}")
+                continue
             missing = s.missing(use.commands)
             if missing:
                 hint = " (load libdhcp_lease_cmds.so)" if any(c.startswith("lease") for c in missing) else ""
                 out.append(
-                    f"{use.where}: Kea {s.version} at {use.endpoint} ({use.family}) lacks "
-                    f"{', '.join(missing)}{hint}"
+                    f"{use.where}: Kea {s.version} at {name} ({use.family}) lacks {', '.join(missing)}{hint}"
                 )
     return out
-
-
-def kea_uses(rules: Iterable[Rule], config: KeaConfig) -> list[KeaUse]:
-    """Where the rules send Kea commands, resolved to endpoints as far as the rules fix them.
-
-    An ``endpoint`` or ``family`` given as a template is only known per trap:
-    such an action is checked against every endpoint it could reach.
-    """
-    from trapd.rules.ruleset import Const
-
-    uses: list[KeaUse] = []
-    for rule in rules:
-        for call in rule.actions:
-            commands = call.spec.kea_commands
-            if not commands:
-                continue
-            where = (
-                f"{call.mark}: rule {rule.name}, action {call.action}" if call.mark else f"rule {rule.name}"
-            )
-            endpoint_value = call.params.get("endpoint")
-            consts = {k: v.value for k, v in call.params.items() if isinstance(v, Const)}
-            family = consts.get("family")
-            ip = consts.get("ip-address")
-            if family is None and isinstance(ip, str):
-                family = "v6" if ":" in ip else "v4"
-            if family is None and consts.get("duid") is not None:
-                family = "v6"
-            if family in FAMILIES:
-                families = [family]
-            elif "ip-address" in call.params:  # a templated address: either family, per trap
-                families = list(FAMILIES)
-            else:  # the actions default to v4
-                families = ["v4"]
-            if endpoint_value is not None and not isinstance(endpoint_value, Const):
-                candidates = [
-                    (name, fam)
-                    for name, ep in config.endpoints.items()
-                    for fam in ep.families
-                    if fam in families
-                ]
-            elif isinstance(endpoint_value, Const):
-                ep = config.endpoints.get(str(endpoint_value.value))
-                candidates = [(ep.name, fam) for fam in ep.families if fam in families] if ep else []
-                if ep is None:
-                    uses.append(KeaUse(where, str(endpoint_value.value), families[0], commands))
-            else:
-                candidates = []
-                for fam in families:
-                    chosen = config.endpoint_for(fam)
-                    if chosen is not None:
-                        candidates.append((chosen.name, fam))
-                    elif family is not None:
-                        uses.append(KeaUse(where, "(none)", fam, commands))
-            uses.extend(KeaUse(where, name, fam, commands) for name, fam in candidates)
-    return uses

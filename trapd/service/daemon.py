@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from trapd.dispatch.dispatcher import Dispatcher
     from trapd.dispatch.journal import Journal
     from trapd.kea.client import KeaClients
+    from trapd.kea.monitor import KeaMonitor
     from trapd.listener.limits import SourceLimiter
     from trapd.listener.udp import Listener
     from trapd.mibs import MibResolver
@@ -174,7 +175,7 @@ class Daemon:
         self._submit_queue: asyncio.Queue[tuple[Event, Outcome, Callable[[], None] | None]] = asyncio.Queue(
             SUBMIT_QUEUE_MAX
         )
-        self._kea_up: dict[str, bool] = {}
+        self.kea_monitor: KeaMonitor | None = None  # polls the Kea servers (trapd.kea.monitor)
         # Why the last reload was refused (None: it worked, or none happened); shown in STATUS=.
         self._reload_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -372,6 +373,13 @@ class Daemon:
         await self.dispatcher.start()
         self._tasks.append(asyncio.create_task(self._submit_loop(), name="trapd-submit"))
         self._tasks.append(asyncio.create_task(self._probe_kea(), name="trapd-kea-probe"))
+        if len(self.kea) and cfg.kea.poll_interval > 0:
+            from trapd.kea.monitor import KeaMonitor
+
+            self.kea_monitor = KeaMonitor(
+                self.kea, self.log, interval=cfg.kea.poll_interval, warn_after=cfg.kea.warn_after
+            )
+            self._tasks.append(asyncio.create_task(self.kea_monitor.run(), name="trapd-kea-monitor"))
 
         if role is not None:
             inherited, bind_config = list(role.sockets), False
@@ -389,7 +397,7 @@ class Daemon:
         )
         await self.listener.start()
         if role is None:  # the supervisor serves the unit's metrics, summed over its workers
-            self.metrics = await start_metrics(cfg, self.snapshot, self._sockets, lambda: self.health)
+            self.metrics = await start_metrics(cfg, self.snapshot, self._sockets, self._health)
         return self.listener
 
     def _sockets(self) -> list[socket.socket]:
@@ -397,13 +405,13 @@ class Daemon:
 
     async def _probe_kea(self) -> None:
         """Say once, at start-up, which Kea endpoints are down or lack a command a rule needs."""
-        from trapd.kea.probe import command_warnings, kea_uses, probe
+        from trapd.kea.probe import command_warnings, probe
+        from trapd.rules.kea_uses import kea_uses
 
         if self.kea is None or not len(self.kea):
             return
-        statuses = await probe(self.kea)
+        statuses = await probe(self.kea)  # its exchanges set each client's up (the metrics read it)
         for s in statuses:
-            self._kea_up[f"{s.endpoint}/{s.family}"] = s.reachable
             if not s.reachable:
                 self.log.warning(
                     "Kea endpoint unreachable", endpoint=s.endpoint, family=s.family, error=s.error
@@ -541,6 +549,40 @@ class Daemon:
             line += f": {self._reload_error}"
         return line[:1000]
 
+    def _health(self) -> Health:
+        """/healthz: the daemon's own verdict, plus the Kea servers that need attention (still healthy)."""
+        from trapd.service.health import Health
+
+        health = self.health
+        warnings = self.kea_monitor.warnings() if self.kea_monitor is not None else []
+        if not warnings or not health.healthy:
+            return health
+        status = "warning" if health.status == "ok" else health.status
+        return Health(True, status, {**health.detail, "kea": warnings})
+
+    def _kea_snapshot(self) -> dict[str, Any]:
+        """kea_up (answers, and its circuit breaker is closed), HA states, last answers, warnings."""
+        from trapd.kea.monitor import label
+
+        if self.kea is None:
+            return {}
+        breakers = self.dispatcher.breakers if self.dispatcher is not None else {}
+        up: dict[str, bool] = {}
+        ha: dict[str, str] = {}
+        last_ok: dict[str, float] = {}
+        for client in self.kea:
+            key = label(client)
+            if client.up is not None:
+                breaker = breakers.get(client.name)
+                up[key] = client.up and (breaker is None or breaker.state == "closed")
+            if client.last_ok is not None:
+                last_ok[key] = client.last_ok
+            state = self.kea_monitor.ha_state(client) if self.kea_monitor is not None else None
+            if state is not None:
+                ha[key] = state
+        warnings = tuple(self.kea_monitor.warnings()) if self.kea_monitor is not None else ()
+        return {"kea_up": up, "kea_ha_state": ha, "kea_last_ok": last_ok, "kea_warnings": warnings}
+
     def snapshot(self) -> DaemonSnapshot:
         """Everything counted so far, in the shape the metrics exporter reads."""
         from trapd.service.metrics import DaemonSnapshot
@@ -557,7 +599,7 @@ class Daemon:
             actions=dict(ds.outcomes) if ds is not None else {},
             action_latency=ds.done_latency if ds is not None else None,
             journal=dict(ds.gauges) if ds is not None else {},
-            kea_up=dict(self._kea_up),
+            **self._kea_snapshot(),
             reloads=dict(self.stats.reloads),
             last_reload_ok=self._reload_error is None,
             outcomes_lost=self.stats.submit_overflow,

@@ -20,7 +20,10 @@ except the gauges ``journal`` and ``kea_up``)::
         actions={("kea.lease_del", "done"): 300, ("webhook", "failed"): 2},  # (plugin, outcome) -> n
         action_latency=Histogram(),  # trapd.dispatch.stats: once per finished action, received -> done
         journal={"pending": 0, "scheduled": 4, "held": 1, "dead": 0},    # state -> entries now
-        kea_up={"dhcp4@/run/kea/kea4-ctrl-socket": True},                # endpoint -> reachable
+        kea_up={"local4/v4": True, "pair4/server2/v4": False},           # server/family -> up
+        kea_ha_state={"pair4/server1/v4": "partner-down"},               # HA peers: their state
+        kea_last_ok={"local4/v4": 1796600000.0},                         # wall time of its last answer
+        kea_warnings=("Kea pair4/server2/v4 unreachable for 75s: ...",),
         reloads={"ok": 3, "failed": 1},
         last_reload_ok=True,
     )
@@ -45,7 +48,11 @@ trapd_rate_limit_exempted_total                counter    over a rate limit, kep
 trapd_actions_total                            counter    plugin, outcome
 trapd_action_latency_seconds                   histogram  from notification received to action done
 trapd_journal_entries                          gauge      state (pending, scheduled, held, dead)
-trapd_kea_endpoint_up                          gauge      endpoint (1 up, 0 down)
+trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker is
+                                                          closed; 0: down), e.g. pair4/server1/v4
+trapd_kea_ha_state                             gauge      endpoint, state (1 for the peer's HA state now,
+                                                          0 for the others; "unknown": it does not answer)
+trapd_kea_last_success_age_seconds             gauge      endpoint: since Kea last answered trapd
 trapd_reloads_total                            counter    result (ok, failed)
 trapd_config_last_reload_successful            gauge
 trapd_build_info                               gauge      version
@@ -57,6 +64,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +82,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from trapd import __version__
 from trapd.dispatch.stats import Histogram
+from trapd.kea.monitor import HA_STATES
 from trapd.listener.stats import read_kernel_drops
 from trapd.service.socket_activation import describe
 
@@ -99,6 +108,11 @@ class DaemonSnapshot:
     action_latency: Histogram | None = None
     journal: Mapping[str, int] = field(default_factory=dict)
     kea_up: Mapping[str, bool] = field(default_factory=dict)
+    # HA peers' states, the wall time of each server's last answer, standing Kea warnings
+    # (trapd.kea.monitor); the labels are trapd.kea.monitor.label's.
+    kea_ha_state: Mapping[str, str] = field(default_factory=dict)
+    kea_last_ok: Mapping[str, float] = field(default_factory=dict)
+    kea_warnings: tuple[str, ...] = ()
     reloads: Mapping[str, int] = field(default_factory=dict)
     last_reload_ok: bool = True
     # Matched outcomes that never reached the journal: the daemon's queue or the journal was full.
@@ -277,6 +291,22 @@ class TrapdCollector:
         for endpoint, up in sorted(snap.kea_up.items()):
             kea.add_metric([endpoint], 1 if up else 0)
         yield kea
+        ha = GaugeMetricFamily(
+            "trapd_kea_ha_state", "Kea HA peer in this state (1) or not (0).", labels=["endpoint", "state"]
+        )
+        for endpoint, now_in in sorted(snap.kea_ha_state.items()):
+            for state in HA_STATES:
+                ha.add_metric([endpoint, state], 1 if state == now_in else 0)
+        yield ha
+        age = GaugeMetricFamily(
+            "trapd_kea_last_success_age_seconds",
+            "Seconds since the Kea server last answered trapd.",
+            labels=["endpoint"],
+        )
+        now = time.time()
+        for endpoint, at in sorted(snap.kea_last_ok.items()):
+            age.add_metric([endpoint], max(0.0, now - at))
+        yield age
         reloads = CounterMetricFamily("trapd_reloads", "Configuration reloads, by result.", labels=["result"])
         for result in sorted({"ok", "failed", *snap.reloads}):
             reloads.add_metric([result], snap.reloads.get(result, 0))

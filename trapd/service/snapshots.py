@@ -16,6 +16,9 @@ How each field combines, and why:
 * ``kea_up``: an endpoint is up if any worker reached it (each probes at its
   own start; a worker restarted while Kea is down says down, its sibling
   that saw it up is not wrong either, and a dead endpoint is down everywhere).
+* ``kea_ha_state``: the first worker's that knows the peer (they poll the same
+  servers); ``kea_last_ok``: the latest any worker saw; ``kea_warnings``: all
+  of them, once each.
 * ``reloads`` / ``last_reload_ok``: the supervisor's own (one SIGHUP is one
   reload of the unit, not N), filled in by the supervisor.
 """
@@ -65,6 +68,9 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         },
         "journal": dict(snap.journal),
         "kea_up": dict(snap.kea_up),
+        "kea_ha_state": dict(snap.kea_ha_state),
+        "kea_last_ok": dict(snap.kea_last_ok),
+        "kea_warnings": list(snap.kea_warnings),
         "reloads": dict(snap.reloads),
         "last_reload_ok": snap.last_reload_ok,
         "outcomes_lost": snap.outcomes_lost,
@@ -93,6 +99,9 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         action_latency=hist,
         journal={k: int(v) for k, v in data.get("journal", {}).items()},
         kea_up={k: bool(v) for k, v in data.get("kea_up", {}).items()},
+        kea_ha_state={k: str(v) for k, v in data.get("kea_ha_state", {}).items()},
+        kea_last_ok={k: float(v) for k, v in data.get("kea_last_ok", {}).items()},
+        kea_warnings=tuple(str(w) for w in data.get("kea_warnings", [])),
         reloads={k: int(v) for k, v in data.get("reloads", {}).items()},
         last_reload_ok=bool(data.get("last_reload_ok", True)),
         outcomes_lost=int(data.get("outcomes_lost", 0)),
@@ -118,6 +127,11 @@ def _add_histogram(total: Histogram | None, more: Histogram | None) -> Histogram
     return total
 
 
+def _counters_of(snap: DaemonSnapshot) -> DaemonSnapshot:
+    """Only the counters: a gone worker's gauges (journal, Kea) say nothing about now."""
+    return replace(snap, journal={}, kea_up={}, kea_ha_state={}, kea_last_ok={}, kea_warnings=())
+
+
 def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     """The unit's snapshot from its workers' (module docstring: what is summed, what is not)."""
     received: dict[Any, int] = {}
@@ -127,6 +141,9 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     rejected: dict[Any, int] = {}
     actions: dict[Any, int] = {}
     kea_up: dict[str, bool] = {}
+    kea_ha_state: dict[str, str] = {}
+    kea_last_ok: dict[str, float] = {}
+    kea_warnings: dict[str, None] = {}  # ordered set
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
     unmatched = lost = exempted = 0
@@ -140,6 +157,11 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         hist = _add_histogram(hist, s.action_latency)
         for endpoint, up in s.kea_up.items():
             kea_up[endpoint] = kea_up.get(endpoint, False) or up
+        for endpoint, state in s.kea_ha_state.items():
+            kea_ha_state.setdefault(endpoint, state)
+        for endpoint, at in s.kea_last_ok.items():
+            kea_last_ok[endpoint] = max(at, kea_last_ok.get(endpoint, at))
+        kea_warnings.update(dict.fromkeys(s.kea_warnings))
         if journal is None and s.journal:
             journal = s.journal
         unmatched += s.unmatched
@@ -156,6 +178,9 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         action_latency=hist,
         journal=dict(journal or {}),
         kea_up=kea_up,
+        kea_ha_state=kea_ha_state,
+        kea_last_ok=kea_last_ok,
+        kea_warnings=tuple(kea_warnings),
         outcomes_lost=lost,
         rate_limit_exempted=exempted,
     )
@@ -174,7 +199,12 @@ class RetiredCounts:
     def retire(self, last: DaemonSnapshot | None) -> None:
         if last is not None:
             # Collapsed into one, so a worker that keeps crashing does not grow this list.
-            total = sum_snapshots([*self.snapshots, replace(last, journal={}, kea_up={})])
+            total = sum_snapshots(
+                [
+                    *self.snapshots,
+                    _counters_of(last),
+                ]
+            )
             self.snapshots = [total]
 
     def with_live(self, live: Iterable[DaemonSnapshot]) -> DaemonSnapshot:

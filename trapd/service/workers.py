@@ -653,6 +653,9 @@ class Supervisor:
             detail["last_reload"] = f"failed: {self.reload_error}"
         if down:
             return Health(False, "degraded", {**detail, "workers_down": {i: states[i] for i in down}})
+        kea_warnings = self.snapshot().kea_warnings
+        if kea_warnings:  # Kea servers that need attention: said, but not a reason to restart trapd
+            return Health(True, "warning", {**detail, "kea": list(kea_warnings)})
         return Health(True, "ok", detail)
 
     def _stale_after(self) -> float:
