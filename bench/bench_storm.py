@@ -567,12 +567,14 @@ def overload(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
             loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 1, 100_000), int(args.rate * args.seconds)
         )
         sender = SpreadSender(p.port, args.senders)
+        storm_wall = [time.time(), 0.0]
         gc.disable()
         try:
             report = loadgen.pace(sender, ring, args.rate, max_seconds=args.seconds + 5.0)  # type: ignore[arg-type]
         finally:
             gc.enable()
             sender.close()
+        storm_wall[1] = time.time()
         storm_end = time.monotonic() - sampler.t0
         out["sent"], out["rate_achieved"] = report.sent, report.rate_achieved
         out["loadavg_storm"] = bl._loadavg()
@@ -602,6 +604,7 @@ def overload(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
             "lag_seconds": round(lag2, 2),
         }
         out["healthz"] = p.http("/healthz")[0]
+        out["start_delay"] = start_delays(workdir / "state" / "journal.sqlite", storm_wall)
         sampler.stop()
         out["rss_samples"] = sampler.samples
         out["rss_peak_kb"] = bl.memory_kb(p.proc.pid)[0]
@@ -616,6 +619,40 @@ def overload(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
     finally:
         out["exit"] = p.stop()
     return out
+
+
+def start_delays(journal: Path, storm: Sequence[float]) -> dict[str, Any]:
+    """How long the storm's matched actions waited to start: ``started - due``, from trapd's journal.
+
+    Over the ``bench-journal`` actions that fell due during the storm (``storm``: its wall-clock
+    start and end). One not started yet counts as waiting until now. ``during``: how many of them
+    started before the storm ended (the dispatcher's share while receiving is saturated).
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT due, started FROM actions WHERE rule = 'bench-journal' AND due >= ? AND due <= ?",
+            (storm[0], storm[1]),
+        ).fetchall()
+    finally:
+        conn.close()
+    now = time.time()
+    waits = sorted((started if started is not None else now) - due for due, started in rows)
+    if not waits:
+        return {"actions": 0}
+
+    def q(p: float) -> float:
+        return round(waits[min(len(waits) - 1, int(p * len(waits)))], 3)
+
+    return {
+        "actions": len(waits),
+        "started_during_storm": sum(1 for _, s in rows if s is not None and s <= storm[1]),
+        "p50_s": q(0.50),
+        "p99_s": q(0.99),
+        "max_s": round(waits[-1], 3),
+    }
 
 
 def overload_text(o: dict[str, Any]) -> str:
@@ -639,6 +676,7 @@ def overload_text(o: dict[str, Any]) -> str:
             f"exit {o.get('exit')}",
             f"log: {o.get('overflow_log_lines')} kernel-drop lines, {o.get('lost_outcomes_log_lines')} "
             "lost-outcome lines",
+            f"matched actions due during the storm, started - due: {o.get('start_delay')}",
         ]
     )
 

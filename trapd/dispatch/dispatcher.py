@@ -101,6 +101,8 @@ class _Job:
     # > 0: claimed in the transaction that journaled it (NewEntry.claim): running, this attempt.
     claimed: int = 0
     begun: float | None = None  # when its run began (recorded with its end)
+    due: float = 0.0  # when it fell due (for :meth:`Dispatcher.lag`)
+    taken: bool = False  # a worker took it from its lane
 
     @classmethod
     def from_entry(cls, e: Entry) -> _Job:
@@ -117,6 +119,7 @@ class _Job:
             e.not_after,
             e.endpoint,
             e.event or "{}",
+            due=e.due,
         )
 
     def get_event(self) -> Event:
@@ -178,6 +181,8 @@ class Dispatcher:
         # Which endpoint an action with given target parameters went to last, for the breaker.
         self._routes: dict[tuple[str, str], str] = {}
         self._loaded: dict[int, _Job] = {}
+        # Loaded jobs in the order they were loaded, for lag(); taken or dropped ones are skipped lazily.
+        self._waiting: deque[_Job] = deque()
         self._lanes: dict[str, deque[_Job]] = {}
         self._busy: set[str] = set()
         self._ready: asyncio.Queue[str] = asyncio.Queue()
@@ -279,6 +284,7 @@ class Dispatcher:
             await self.http.aclose()
             self.http = None
         self._loaded.clear()
+        self._waiting.clear()
         self._lanes.clear()
         self._busy.clear()
         self._ready = asyncio.Queue()
@@ -401,6 +407,7 @@ class Dispatcher:
                     None,
                     event,
                     1 if state == "running" else 0,
+                    due=ne.due,
                 )
                 (claimed if state == "running" else direct).append(job)
                 continue
@@ -555,10 +562,38 @@ class Dispatcher:
 
     # ------------------------------------------------------------ memory, lanes, pump
 
+    def lag(self, now: float | None = None) -> float:
+        """Seconds the oldest loaded action that a worker could start now has waited since it fell due.
+
+        0 when none waits. Actions behind a busy key (per-key order) do not count: they wait for
+        their predecessor, not for the event loop. The receive path reads this in a storm to
+        leave the loop to the dispatcher while actions wait (trapd.listener.udp.RECEIVE_SLICE).
+        Cheap: the stale head of a queue is dropped as it is met, and at most 16 entries are read.
+        """
+        waiting = self._waiting
+        loaded = self._loaded
+        while waiting and (waiting[0].taken or loaded.get(waiting[0].id) is not waiting[0]):
+            waiting.popleft()
+        if not waiting:
+            return 0.0
+        if len(waiting) > 4 * self.config.queue_size + 64:
+            # A key busy for long keeps its followers at the head while stale entries pile up
+            # behind them: rebuild from what is loaded.
+            fresh = sorted((j for j in loaded.values() if not j.taken), key=lambda j: j.id)
+            self._waiting = waiting = deque(fresh)
+        t = time.time() if now is None else now
+        for i, job in enumerate(waiting):
+            if i >= 16:
+                break
+            if not job.taken and job.key not in self._busy and loaded.get(job.id) is job:
+                return max(0.0, t - job.due)
+        return 0.0
+
     def _enqueue(self, job: _Job) -> None:
         if job.id in self._loaded:
             return
         self._loaded[job.id] = job
+        self._waiting.append(job)
         lane = self._lanes.get(job.key)
         if lane is None:
             lane = self._lanes[job.key] = deque()
@@ -730,6 +765,7 @@ class Dispatcher:
             if not lane or key in self._busy:
                 continue
             job = lane.popleft()
+            job.taken = True
             self._busy.add(key)
             self.stats.running += 1
             try:

@@ -96,6 +96,8 @@ class ListenerStats:
     v3_discovery: int = 0
     send_errors: int = 0
     callback_errors: int = 0
+    # Reading paused for a slice in a storm to give the dispatcher its share (udp.RECEIVE_SLICE).
+    receive_pauses: int = 0
     started_at: float = field(default_factory=time.time)
 
     def drop(self, reason: str, detail: str | None = None) -> None:
@@ -129,6 +131,7 @@ class ListenerStats:
             "v3_discovery": self.v3_discovery,
             "send_errors": self.send_errors,
             "callback_errors": self.callback_errors,
+            "receive_pauses": self.receive_pauses,
             "kernel_rcvbuf_errors": {"udp": kd.udp, "udp6": kd.udp6},
         }
 

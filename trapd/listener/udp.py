@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from trapd.listener import fastpath
 from trapd.listener.config import ListenAddress, ListenerConfig
@@ -148,27 +148,70 @@ class SourceFilter:
         return any(ip in net for net in self._networks)
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    """One socket's protocol object: hands datagrams to the listener with its own reply path."""
+# Datagrams read per wake-up of one socket before the loop gets a turn (uvloop reads 32).
+READ_BATCH = 64
+_MAX_DATAGRAM = 65535
 
-    def __init__(self, listener: Listener) -> None:
+# The dispatcher's guaranteed share of the event loop in a storm (docs/dispatch.md, "Storms").
+# While the sockets have more queued than a wake-up reads (a storm) and the dispatcher has due
+# actions that waited longer than YIELD_LAG, the listener stops reading after every
+# RECEIVE_SLICE of receive work, for a pause of the same length: the dispatcher gets at least
+# half of the loop. If the dispatcher started actions faster while the listener paused than
+# while it read (the loop was what they lacked) and still lags, the pause goes on, up to
+# MAX_PAUSE_SLICES slices in a row, so receiving keeps at least 1/(1+MAX_PAUSE_SLICES) of the
+# time. If it did not, and nothing received is still on its way to the journal (its actions wait
+# for I/O: a slow Kea, a webhook), pausing does not help them, and the next IDLE_SKIP_SLICES
+# slices are read without a pause. The kernel queues (and,
+# when its buffer is full, drops and counts) what arrives meanwhile, as for any receiver slower
+# than the load. Measured with bench_storm.py overload and tests/test_storm_dispatch.py
+# (bench/README.md, "Actions during a storm").
+RECEIVE_SLICE = 0.01
+YIELD_LAG = 0.1
+MAX_PAUSE_SLICES = 20
+IDLE_SKIP_SLICES = 4
+_FASTER = 1.5  # starts/s while paused over starts/s while reading that count as "it helped"
+
+
+class DispatchLoad(Protocol):
+    """What the listener asks of the dispatcher side to share the event loop with it in a storm."""
+
+    def lag(self) -> float:
+        """Seconds the oldest due action (that a worker could start) has waited to start."""
+        ...
+
+    def started(self) -> int:
+        """Actions started so far."""
+        ...
+
+    def queued(self) -> int:
+        """Outcomes and journal writes waiting ahead of the dispatcher (submit queue, writer)."""
+        ...
+
+
+class _Reader:
+    """One socket, read from a callback of the event loop (``add_reader``), a batch per wake-up.
+
+    Not an asyncio datagram endpoint: uvloop's cannot stop reading, and the listener must be
+    able to, to give the dispatcher its share of the loop in a storm (:data:`RECEIVE_SLICE`).
+    Measured against uvloop's endpoint (bench_receive.py, socket mode): the same CPU per
+    datagram, drained or paced.
+    """
+
+    __slots__ = ("_listener", "fd", "sock")
+
+    def __init__(self, listener: Listener, sock: socket.socket) -> None:
         self._listener = listener
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.fd = sock.fileno()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport is not a subclass of asyncio.DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._listener.handle_datagram(data, addr, self.send)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for replies we sent (a sender that went away): harmless.
-        self._listener.stats.send_errors += 1
+    def readable(self) -> None:
+        self._listener._read(self)
 
     def send(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if self.transport is not None:
-            self.transport.sendto(data, addr)
+        try:
+            self.sock.sendto(data, addr)
+        except OSError:  # a full send buffer, an unreachable sender: the sender retries an inform
+            self._listener.stats.send_errors += 1
 
 
 class Listener:
@@ -188,6 +231,9 @@ class Listener:
     diagnostic mode); otherwise the community must be one of the configured.
     ``state_dir``: where pysnmp keeps snmpEngineBoots for trapd's v3 engine
     (default: pysnmp's choice, the temp directory).
+    ``dispatch``: the dispatcher's load; in a storm the listener pauses reading
+    while its lag exceeds :data:`YIELD_LAG` and pausing helps it (see
+    :data:`RECEIVE_SLICE`). None: it never pauses.
     """
 
     def __init__(
@@ -203,6 +249,7 @@ class Listener:
         drop_log_interval: float = 10.0,
         logger: Any = None,
         state_dir: Path | None = None,
+        dispatch: DispatchLoad | None = None,
     ) -> None:
         self.config = config
         self.stats = stats or ListenerStats()
@@ -224,7 +271,19 @@ class Listener:
         self._log = logger
         self.drop_log = DropLog(self._emit_drop_line, drop_log_interval)
         self._v3: V3Path | None = None  # built in start() when v3 users exist (_build_v3)
-        self._endpoints: list[tuple[_Endpoint, asyncio.DatagramTransport]] = []
+        self._readers: list[_Reader] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatch = dispatch
+        self._reading = False
+        self._storm_time = 0.0  # receive work since the last pause, in full batches
+        self._storm_fd = -1  # the socket whose full batches are being counted
+        self._pauses = 0  # pauses in a row
+        self._skip = 0  # slices to read without pausing (the last pause did not help)
+        # Since when, and from which count of started actions: reading, and the current pause.
+        self._reading_since = (0.0, 0)
+        self._pause_since = (0.0, 0)
+        self._reading_rate = 0.0  # actions started per second while the listener read
+        self._resume: asyncio.TimerHandle | None = None
         self.bound: list[BoundSocket] = []
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -251,12 +310,12 @@ class Listener:
                 set_receive_buffer(sock, self.config.receive_buffer)
             sock.setblocking(False)
             opened.append((sock, _socket_address(sock), True, self.config.receive_buffer))
+        self._loop = loop
         for sock, addr, inherited, asked in opened:
-            endpoint = _Endpoint(self)
-            transport, _ = await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=sock)  # type: ignore[misc]
-            self._endpoints.append((endpoint, transport))
+            self._readers.append(_Reader(self, sock))
             rcvbuf = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
             self.bound.append(BoundSocket(addr, sock.family, rcvbuf, asked, inherited))
+        self._start_reading()
         self._housekeeping = asyncio.create_task(self._tick_forever(), name="trapd-listener-housekeeping")
 
     async def close(self) -> None:
@@ -266,9 +325,13 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
             self._housekeeping = None
-        for _, transport in self._endpoints:
-            transport.close()
-        self._endpoints.clear()
+        self._stop_reading()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        for reader in self._readers:
+            reader.sock.close()
+        self._readers.clear()
         self.drop_log.flush_all()
 
     async def __aenter__(self) -> Listener:
@@ -323,7 +386,7 @@ class Listener:
     @property
     def sockets(self) -> list[socket.socket]:
         """The receiving sockets (for per-socket metrics); empty before start and after close."""
-        return [t.get_extra_info("socket") for _, t in self._endpoints]
+        return [r.sock for r in self._readers]
 
     @property
     def engine_id(self) -> bytes | None:
@@ -339,6 +402,86 @@ class Listener:
                 self.drop_log.flush()
             except Exception:
                 self._log.exception("listener housekeeping failed")
+
+    # -- reading, and the dispatcher's share of the loop --------------------
+
+    def _start_reading(self) -> None:
+        if self._reading or self._loop is None:
+            return
+        self._reading = True
+        self._reading_since = (
+            time.perf_counter(),
+            self._dispatch.started() if self._dispatch is not None else 0,
+        )
+        for reader in self._readers:
+            self._loop.add_reader(reader.fd, reader.readable)
+
+    def _stop_reading(self) -> None:
+        if not self._reading or self._loop is None:
+            return
+        self._reading = False
+        for reader in self._readers:
+            self._loop.remove_reader(reader.fd)
+
+    def _read(self, reader: _Reader) -> None:
+        """The socket is readable: up to READ_BATCH datagrams, each through :meth:`handle_datagram`."""
+        began = time.perf_counter()
+        recvfrom = reader.sock.recvfrom
+        handle = self.handle_datagram
+        reply = reader.send
+        n = 0
+        while n < READ_BATCH:
+            try:
+                data, addr = recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # an ICMP error reported on the socket: harmless, like error_received
+                self.stats.send_errors += 1
+                break
+            n += 1
+            handle(data, addr, reply)
+        if n < READ_BATCH:
+            if reader.fd == self._storm_fd:
+                self._storm_time = 0.0  # drained: not a storm, whatever the dispatcher's lag
+            return
+        self._storm_fd = reader.fd
+        self._storm_time += time.perf_counter() - began
+        if self._storm_time >= RECEIVE_SLICE and self._dispatch is not None:
+            self._storm_time = 0.0
+            if self._skip > 0:
+                self._skip -= 1
+            elif self._dispatch.lag() > YIELD_LAG:
+                now, started = time.perf_counter(), self._dispatch.started()
+                since, started0 = self._reading_since
+                self._reading_rate = (started - started0) / max(now - since, 1e-6)
+                self._stop_reading()
+                self._pause(now, started)
+
+    def _pause(self, now: float, started: int) -> None:
+        """Leave the loop to the rest (the dispatcher) for one slice."""
+        assert self._loop is not None
+        self.stats.receive_pauses += 1
+        self._pause_since = (now, started)
+        self._resume = self._loop.call_later(RECEIVE_SLICE, self._pause_ended)
+
+    def _pause_ended(self) -> None:
+        self._resume = None
+        dispatch = self._dispatch
+        assert dispatch is not None
+        now, started = time.perf_counter(), dispatch.started()
+        since, started0 = self._pause_since
+        paused_rate = (started - started0) / max(now - since, 1e-6)
+        self._pauses += 1
+        if paused_rate <= _FASTER * self._reading_rate and not dispatch.queued():
+            # Nothing started faster with the loop to itself, and nothing received earlier is
+            # still on its way to the journal: the actions wait for something else (I/O), and
+            # pausing only loses traps. Read on for a while.
+            self._skip = IDLE_SKIP_SLICES
+        elif self._pauses < MAX_PAUSE_SLICES and dispatch.lag() > YIELD_LAG:
+            self._pause(now, started)
+            return
+        self._pauses = 0
+        self._start_reading()
 
     # -- receive path ------------------------------------------------------
 

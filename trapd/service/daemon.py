@@ -394,6 +394,7 @@ class Daemon:
             bind_config=bind_config,
             state_dir=cfg.state_dir,  # pysnmp's snmpEngineBoots lives here, not in /tmp
             limiter=self.limiter,
+            dispatch=_DispatchLoad(self),
         )
         await self.listener.start()
         if role is None:  # the supervisor serves the unit's metrics, summed over its workers
@@ -605,6 +606,27 @@ class Daemon:
             outcomes_lost=self.stats.submit_overflow,
             rate_limit_exempted=sum(self.limiter.stats.exempted.values()) if self.limiter else 0,
         )
+
+
+class _DispatchLoad:
+    """The dispatcher's load as the listener reads it to share the loop in a storm (udp.DispatchLoad)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def lag(self) -> float:
+        d = self._daemon
+        if d._submit_queue.qsize() > SUBMIT_QUEUE_MAX // 2:
+            return float("inf")  # outcomes pile up before the journal: behind, whatever memory holds
+        return float(d.dispatcher.lag()) if d.dispatcher is not None else 0.0
+
+    def started(self) -> int:
+        d = self._daemon
+        return int(d.dispatcher.stats.start_latency.count) if d.dispatcher is not None else 0
+
+    def queued(self) -> int:
+        d = self._daemon
+        return d._submit_queue.qsize() + (int(d.journal.queued) if d.journal is not None else 0)
 
 
 def run_daemon(config: Config, options: RunOptions | None = None) -> int:

@@ -231,6 +231,11 @@ class Journal(Protocol):
         """Who this journal claims actions for (a worker's name); None for a lone trapd."""
         ...
 
+    @property
+    def queued(self) -> int:
+        """Operations issued and not committed yet (the listener reads it in a storm)."""
+        ...
+
     async def recover(
         self, now: float, hold_unless: Iterable[str] | None = None, *, owner: str | None = None
     ) -> dict[str, int]:
