@@ -126,13 +126,15 @@ class Pipeline:
         *,
         inherit: socket.socket | None = None,
         instance: int = 0,
+        rules: str | None = None,
     ) -> None:
         """``inherit``: a bound socket handed over as systemd would (LISTEN_FDS, socket activation);
-        instances of a group share ``workdir``, its rules and its state directory (the journal)."""
+        instances of a group share ``workdir``, its rules and its state directory (the journal).
+        ``rules``: the rules file's text instead of the bench rules (``n_rules`` is then unused)."""
         self.workdir = workdir
         self.port = inherit.getsockname()[1] if inherit is not None else bl.free_udp_port()
         self.metrics_port = _free_tcp_port()
-        (workdir / "rules.yaml").write_text(rules_text(n_rules, journaled))
+        (workdir / "rules.yaml").write_text(rules if rules is not None else rules_text(n_rules, journaled))
         config = pipeline_config(
             workdir, self.port, self.metrics_port, extra, workdir / "state", f"trapd-{instance}.yaml"
         )
