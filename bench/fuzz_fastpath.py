@@ -8,6 +8,8 @@ input. This module is the engine for both the short fixed-seed run in
 least 1,000,000 inputs)::
 
     .venv/bin/python bench/fuzz_fastpath.py --inputs 1000000 --seed 1
+    .venv/bin/python bench/fuzz_fastpath.py --inputs 1000 --stream 4100                       # large varbinds
+    .venv/bin/python bench/fuzz_fastpath.py --inputs 1000 --stream 4100 --value-octets 8 --extra-varbinds 1000
 
 It is a structure-aware mutator rather than a coverage-guided fuzzer
 (atheris): the SNMP shape is small and fixed, and knowing where the TLV
@@ -356,12 +358,89 @@ def run(count: int, seed: int) -> dict[str, Any]:
     }
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _big_message(seq: int, value_size: int, extra_varbinds: int) -> bytes:
+    """A valid v2c trap: ifDescr.1 = a distinct ``value_size``-octet value, plus small varbinds."""
+    from trapd.listener.ber import encode_integer_content, encode_oid_content, encode_tlv
+
+    def vb(oid: tuple[int, ...], tag: int, content: bytes) -> bytes:
+        return encode_tlv(0x30, encode_tlv(0x06, encode_oid_content(oid)) + encode_tlv(tag, content))
+
+    body = (
+        vb((1, 3, 6, 1, 2, 1, 1, 3, 0), 0x43, encode_integer_content(seq))
+        + vb((1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0), 0x06, encode_oid_content((1, 3, 6, 1, 6, 3, 1, 1, 5, 3)))
+        + vb((1, 3, 6, 1, 2, 1, 2, 2, 1, 2, 1), 0x04, seq.to_bytes(4, "big") * (value_size // 4))
+        + b"".join(
+            vb((1, 3, 6, 1, 4, 1, 99, seq % 1000, i), 0x04, b"v%d" % (seq * extra_varbinds + i))
+            for i in range(extra_varbinds)
+        )
+    )
+    pdu = encode_tlv(0xA7, b"\x02\x01\x01\x02\x01\x00\x02\x01\x00" + encode_tlv(0x30, body))
+    return encode_tlv(0x30, b"\x02\x01\x01" + encode_tlv(0x04, b"public") + pdu)
+
+
+def run_stream(count: int, value_size: int, extra_varbinds: int) -> dict[str, Any]:
+    """``count`` valid traps with distinct large values (and many small varbinds) through
+    decode and the Normalizer, as the daemon does with every trap: RSS before, after and peak.
+    Every receive-path cache is bounded in bytes, so RSS must level off (issue 14 item 1)."""
+    import resource
+
+    from trapd.mibs import MibConfig, MibResolver
+    from trapd.normalize import Normalizer
+
+    normalizer = Normalizer(MibResolver.load(MibConfig(dirs=())))
+    normalizer.normalize(_to_raw(decode(_big_message(0, value_size, extra_varbinds))))
+    before = _rss_mb()
+    started = time.perf_counter()
+    for seq in range(1, count + 1):
+        normalizer.normalize(_to_raw(decode(_big_message(seq, value_size, extra_varbinds))))
+    return {
+        "traps": count,
+        "value_octets": value_size,
+        "extra_varbinds": extra_varbinds,
+        "seconds": round(time.perf_counter() - started, 2),
+        "rss_before_mb": round(before, 1),
+        "rss_after_mb": round(_rss_mb(), 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "normalizer_cache_bytes": normalizer._known.bytes,
+    }
+
+
+def _to_raw(msg: FastMessage) -> Any:
+    from trapd.listener.raw import RawNotification, Security
+
+    return RawNotification("v2c", "trap", "127.0.0.1", 162, Security(community="public"), msg.varbinds, 0.0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--stream",
+        type=int,
+        default=0,
+        help="then N valid traps with large values: RSS",
+    )
+    parser.add_argument("--value-octets", type=int, default=60_000)
+    parser.add_argument(
+        "--extra-varbinds", type=int, default=0, help="small distinct varbinds per stream trap"
+    )
     args = parser.parse_args()
-    print(json.dumps(run(args.inputs, args.seed), indent=2))
+    report = run(args.inputs, args.seed)
+    if args.stream:
+        report["stream"] = run_stream(args.stream, args.value_octets, args.extra_varbinds)
+    import resource
+
+    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(report, indent=2))
     return 0
 
 

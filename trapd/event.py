@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trapd.bounded import BoundedCache
 from trapd.listener.raw import Kind, Oid, RawValue, Security, SnmpType, Version
 
 SYS_UPTIME_OID: Oid = (1, 3, 6, 1, 2, 1, 1, 3, 0)
@@ -33,15 +34,13 @@ def oid_str(oid: Oid) -> str:
         return ".".join(map(str, oid))
     if text is None:
         text = ".".join(map(str, oid))
-        if len(_OID_STRS) >= _OID_STRS_SIZE:
-            _OID_STRS.clear()  # bounded: a flood of distinct OIDs empties it now and then
-        _OID_STRS[oid] = text
+        # Bounded in entries and bytes: a flood of distinct OIDs empties it now and then.
+        _OID_STRS.put(oid, text, 200 + 40 * len(oid) + len(text))
     return text
 
 
-_OID_STRS: dict[Oid, str] = {}
+_OID_STRS: BoundedCache[Oid, str] = BoundedCache(4096, 4 * 1024 * 1024)
 _oid_strs_get = _OID_STRS.get
-_OID_STRS_SIZE = 4096
 
 
 def parse_oid(text: str) -> Oid:

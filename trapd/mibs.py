@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trapd.bounded import BoundedCache
 from trapd.listener.raw import Oid
 
 # mibcompile needs these too: kept in mibindex (which imports nothing of trapd), not here,
@@ -66,9 +67,11 @@ SNAPSHOT_FORMAT = 2  # 2: problems as MibProblem wire lists
 OBJECT_KINDS = frozenset({"column", "scalar"})
 # Kinds that only name a place in the tree (OBJECT IDENTIFIER, OBJECT-IDENTITY).
 _ALIAS_KINDS = frozenset({"node", "identity"})
-# Bound on the per-OID resolution cache. Cleared when full: a trap storm
-# repeats few OIDs, and a flood of distinct OIDs must not grow memory.
+# Bounds on the per-OID resolution cache, in entries and bytes (trapd.bounded). Cleared
+# when full: a trap storm repeats few OIDs, and a flood of distinct OIDs (up to 128 arcs
+# of up to 2^32 each: about 7 KB per entry with its dotted name) must not grow memory.
 CACHE_LIMIT = 20_000
+CACHE_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,7 @@ class MibResolver:
         self._by_symbol: dict[str, Oid] | None = None
         self._modules: dict[str, Oid] = {}
         self._tcs: dict[str, int] = {}
-        self._cache: dict[Oid, Resolved] = {}
+        self._cache: BoundedCache[Oid, Resolved] = BoundedCache(CACHE_LIMIT, CACHE_MAX_BYTES)
         self._max_len = 0  # longest named OID: the prefix walk starts there, not at a hostile 128-arc OID
 
     # -- loading -----------------------------------------------------------
@@ -360,9 +363,10 @@ class MibResolver:
                         hit = (parent[0], oid[cut:], syn, parent[1])
                     break
         cache = self._cache
-        if len(cache) >= CACHE_LIMIT:
+        if len(cache) >= CACHE_LIMIT:  # read here, not only at construction: tests lower it
             cache.clear()
-        cache[oid] = hit
+        # The key tuple (its arcs are ints of up to 32 bytes), the name and the index.
+        cache.put(oid, hit, 200 + 40 * len(oid) + len(hit[0]) + 8 * len(hit[1]))
         return hit
 
     @property

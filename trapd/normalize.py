@@ -27,9 +27,11 @@ dict work only; names come from the resolver's per-OID cache.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 from typing import Any
 
+from trapd.bounded import BoundedCache
 from trapd.display import display
 from trapd.event import SNMP_TRAP_OID_OID, SYS_UPTIME_OID, Event, VarBind, new_event_id
 from trapd.listener.raw import Oid, RawNotification, RawVarBind
@@ -41,9 +43,16 @@ SNMP_TRAP_COMMUNITY_OID: Oid = (1, 3, 6, 1, 6, 3, 18, 1, 4, 0)
 SNMP_TRAP_ENTERPRISE_OID: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 4, 3, 0)
 
 _INT_TYPES = frozenset({"Integer32", "Counter32", "Gauge32", "TimeTicks", "Counter64"})
-# What Normalizer remembers (see its docstring): at most 4,096 varbinds, the
-# types whose values repeat from trap to trap (not TimeTicks, Counter32/64).
+# What Normalizer remembers (see its docstring): at most 4,096 varbinds and 4 MiB (by the
+# estimate of _cost), of the types whose values repeat from trap to trap (not TimeTicks,
+# Counter32/64), with values of at most 512 octets: a big value rarely repeats, and 4,096
+# of them would be gigabytes (issue 14 item 1: 65 KB OCTET STRINGs took RSS to 1 GB).
 _KNOWN_SIZE = 4096
+KNOWN_MAX_BYTES = 4 * 1024 * 1024
+KNOWN_MAX_VALUE = 512
+# A remembered entry beyond its value and display text: the dict slot, the key tuple, the
+# VarBind and the OID tuple's header (measured with sys.getsizeof on CPython 3.11).
+_ENTRY_OVERHEAD = 400
 _REPEATING_TYPES = frozenset(
     {"Integer32", "OctetString", "Null", "ObjectIdentifier", "IpAddress", "Gauge32", "Opaque"}
 )
@@ -137,12 +146,13 @@ class Normalizer:
     a :class:`VarBind` is immutable, so events may share it. A hit costs one
     dict lookup instead of a name lookup, a display string and a new object.
     Like the decoder's table (``fastpath._KNOWN``), only types whose values
-    repeat get in (no clocks or counters) and the table is bounded.
+    repeat get in (no clocks or counters), only small values, and the table is
+    bounded in entries and in bytes (:class:`trapd.bounded.BoundedCache`).
     """
 
     def __init__(self, resolver: MibResolver) -> None:
         self.resolver = resolver
-        self._known: dict[RawVarBind, VarBind] = {}
+        self._known: BoundedCache[RawVarBind, VarBind] = BoundedCache(_KNOWN_SIZE, KNOWN_MAX_BYTES)
 
     def normalize(self, raw: RawNotification, event_id: str | None = None) -> Event:
         uptime: int | None = None
@@ -202,8 +212,8 @@ class Normalizer:
         vb.display = display(kind, value, hit[2], resolver)
         vb.__class__ = VarBind  # type: ignore[assignment]
         if kind in _REPEATING_TYPES:
-            known = self._known
-            if len(known) >= _KNOWN_SIZE:
-                known.clear()  # a flood of distinct values empties it now and then: memory stays bounded
-            known[raw_vb] = vb  # type: ignore[assignment]
+            size = sys.getsizeof(value) if value is not None else 0
+            if size <= KNOWN_MAX_VALUE + 64:  # + the object header of a bytes or str
+                cost = _ENTRY_OVERHEAD + size + 8 * len(oid) + sys.getsizeof(vb.display)
+                self._known.put(raw_vb, vb, cost)  # type: ignore[arg-type]
         return vb  # type: ignore[return-value]

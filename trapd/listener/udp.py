@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from trapd.bounded import BoundedCache
 from trapd.listener import fastpath
 from trapd.listener.config import ListenAddress, ListenerConfig
 from trapd.listener.limits import Over, SourceLimiter
@@ -54,6 +55,7 @@ Reply = Callable[[bytes, tuple[Any, ...]], None]
 _T = TypeVar("_T")
 _SOURCE_CACHE_MAX = 65536
 _SECURITY_CACHE_MAX = 1024
+_SECURITY_CACHE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +264,9 @@ class Listener:
         self._any_community = accept_any_community
         self._state_dir = state_dir
         self._communities = frozenset(c.reveal().encode() for c in config.communities)
-        self._securities: dict[bytes, Security] = {}
+        self._securities: BoundedCache[bytes, Security] = BoundedCache(
+            _SECURITY_CACHE_MAX, _SECURITY_CACHE_BYTES
+        )
         self._sources = SourceFilter(config.allowed_sources)
         if logger is None:
             from trapd.service.logging import get_logger
@@ -551,12 +555,11 @@ class Listener:
         Building and decoding it per trap was a tenth of what the listener spent
         on one. Only accepted communities get here, so the table holds the
         configured ones; in ``accept_any_community`` mode it is emptied when
-        it grows, like the source cache.
+        it passes 1,024 entries or 1 MiB, like the source cache.
         """
         security = Security(community=community.decode("utf-8", "backslashreplace"))
-        if len(self._securities) >= _SECURITY_CACHE_MAX:
-            self._securities.clear()
-        self._securities[community] = security
+        # The community bytes and their text: up to 64 KB each in accept_any_community mode.
+        self._securities.put(community, security, 300 + 5 * len(community))
         return security
 
     def _acknowledge(
