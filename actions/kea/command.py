@@ -52,20 +52,12 @@ async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     what they change. On an HA relationship it goes to every peer by
     default (Kea HA does not copy control-API changes); see ``target``.
 
-    Example (look up the leases of a MAC the switch learnt; "not found" is fine)::
+    Example (record the lease of the switch's own address; "not found" is fine)::
 
-        - name: mac-learnt-look-up-leases
-          match:
-            notification: CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification
-          foreach:
-            items: mac_changes
-            where: {operation: learnt}
-          actions:
-            - action: kea.command
-              command: lease4-get-by-hw-address
-              arguments: {hw-address: "{{ item.mac }}"}
-              accept: [0, 3]
-              cap: {limit: 100, per: 1m}
+        - action: kea.command
+          command: lease4-get
+          arguments: {ip-address: "{{ source }}"}
+          accept: [0, 3]
     """
     command = params["command"]
     if not command or any(c.isspace() for c in command):

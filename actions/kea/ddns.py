@@ -48,11 +48,8 @@ async def ddns_resend(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     Example (a MAC was learnt again: send its DNS update once more)::
 
         - name: mac-learnt-refresh-dns
-          match:
-            notification: CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification
-          foreach:
-            items: mac_changes
-            where: {operation: learnt}
+          match: {notification: CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification}
+          foreach: {items: mac_changes, where: {operation: learnt}}
           actions:
             - action: kea.ddns-resend
               hw-address: "{{ item.mac }}"

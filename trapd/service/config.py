@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trapd.listener.config import ListenAddress
 from trapd.yamlsource import ConfigError, Mark, check_keys, expect, where
 
 DEFAULT_METRICS_PORT = 9163
@@ -36,13 +37,9 @@ LOG_FORMATS = ("auto", "journal", "json", "console")
 _OFF = ("off", "none", "no", "false", "disabled")
 
 
-@dataclass(frozen=True, slots=True)
-class MetricsListen:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+# An address and port, printed as HOST:PORT or [V6]:PORT: the same thing as a listener's.
+MetricsListen = ListenAddress
+DEFAULT_METRICS_LISTEN = MetricsListen("127.0.0.1", DEFAULT_METRICS_PORT)
 
 
 def metrics_listen_of(configured: MetricsListen | None, flag: str | None) -> MetricsListen | None:
@@ -78,7 +75,7 @@ def parse_metrics_listen(text: str | None, mark: Mark | None = None) -> MetricsL
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    metrics_listen: MetricsListen | None = MetricsListen("127.0.0.1", DEFAULT_METRICS_PORT)
+    metrics_listen: MetricsListen | None = DEFAULT_METRICS_LISTEN
     log_level: str = "info"
     log_format: str = "auto"
     status_interval: float = 5.0

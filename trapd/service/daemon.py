@@ -30,6 +30,7 @@ from trapd.service.health import Health
 from trapd.service.lifecycle import (
     Loaded,
     apply_logging,
+    cancel_all,
     compile_reload,
     failure_reason,
     load_startup,
@@ -440,11 +441,7 @@ class Daemon:
         if self.dispatcher is not None and not self._submit_queue.empty():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._submit_queue.join(), timeout=5.0)
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(self._tasks)
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.config.dispatch.shutdown_timeout)
         if self.journal is not None:

@@ -54,19 +54,11 @@ from typing import TYPE_CHECKING, Any
 
 from trapd.config import Config
 from trapd.listener.config import ListenAddress
+from trapd.service import lifecycle
 from trapd.service.channel import Channel, ChannelClosed
 from trapd.service.daemon import Daemon
 from trapd.service.health import Health
-from trapd.service.lifecycle import (
-    Loaded,
-    apply_logging,
-    compile_reload,
-    failure_reason,
-    load_startup,
-    start_metrics,
-    status_loop,
-    warn_restart_needed,
-)
+from trapd.service.lifecycle import Loaded
 from trapd.service.metrics import DaemonSnapshot
 from trapd.service.options import RunOptions
 from trapd.service.snapshots import RetiredCounts, from_wire, to_wire
@@ -309,7 +301,7 @@ class Supervisor:
         try:
             self._prepare()
         except Exception as exc:
-            reason = failure_reason(exc)
+            reason = lifecycle.failure_reason(exc)
             self.log.error("start-up failed", error=reason)
             self.notifier.stopping(f"start-up failed: {reason}"[:500])
             return 1
@@ -343,7 +335,7 @@ class Supervisor:
         from trapd.service.socket_activation import inherited_sockets
 
         cfg = self.config
-        self.preloaded = loaded = load_startup(cfg, self.log)
+        self.preloaded = loaded = lifecycle.load_startup(cfg, self.log)
 
         inherited = inherited_sockets()
         own: list[list[socket.socket]] = [[] for _ in range(self.count)]
@@ -706,14 +698,14 @@ class Supervisor:
 
     async def _status_loop(self) -> None:
         # No longer than an interval for the answers: a stuck worker must not delay asking the others.
-        await status_loop(
+        await lifecycle.status_loop(
             self.notifier, self._responsive, self._status_line, self._status_interval, self._refresh
         )
 
     async def _start_metrics(self) -> None:
         sockets = [s for slot in self.slots for s in slot.sockets]
         unique = list({id(s): s for s in sockets}.values())
-        self.metrics = await start_metrics(
+        self.metrics = await lifecycle.start_metrics(
             self.config, self.snapshot, lambda: unique, self.health, refresh=self._refresh
         )
 
@@ -740,9 +732,9 @@ class Supervisor:
         assert self.preloaded is not None
         resolver, actions = self.preloaded.resolver, self.preloaded.actions
         try:
-            config, rules = await compile_reload(self.options, self.preloaded, self.log)
+            config, rules = await lifecycle.compile_reload(self.options, self.preloaded, self.log)
         except Exception as exc:
-            return self._reload_failed(failure_reason(exc))
+            return self._reload_failed(lifecycle.failure_reason(exc))
         loop = asyncio.get_running_loop()
         asked: list[WorkerSlot] = []
         for slot in self.slots:
@@ -763,12 +755,12 @@ class Supervisor:
             slot.reload_result = None
         if problems:
             return self._reload_failed("; ".join(problems))
-        warn_restart_needed(self.log, self.config, config, RESTART_NEEDED)
+        lifecycle.warn_restart_needed(self.log, self.config, config, RESTART_NEEDED)
         self.config = config
         self.preloaded = Loaded(resolver, actions, rules)  # what a restarted worker starts with
         self.reloads["ok"] = self.reloads.get("ok", 0) + 1
         self.reload_error = None
-        apply_logging(config)
+        lifecycle.apply_logging(config)
         self.log.info("reloaded", rules=len(rules), mode=config.mode, workers=len(asked))
         self.notifier.ready(self._status_line())
         return True
@@ -823,11 +815,7 @@ class Supervisor:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
 
     async def _close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await lifecycle.cancel_all(self._tasks)
         if self.metrics is not None:
             await self.metrics.close()
         for slot in self.slots:
@@ -843,5 +831,5 @@ def _describe(sock: socket.socket) -> str:
 
 def run_supervisor(config: Config, options: RunOptions | None = None) -> int:
     """`trapd run` with service.workers > 1; returns the exit status."""
-    apply_logging(config)
+    lifecycle.apply_logging(config)
     return Supervisor(config, options).run()
