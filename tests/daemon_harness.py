@@ -36,7 +36,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from notify_harness import NotifySocket
@@ -59,6 +59,27 @@ V3_ARGS = ["-v", "3", "-u", "mon", "-l", "authPriv", "-a", "SHA-256", "-A", "aut
            "-X", "priv-secret-1"]  # fmt: skip
 
 LogLine = dict[str, Any]
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.1) -> T:
+    """``check()`` again until it returns without an AssertionError; what it returned.
+
+    For a state that another process reaches in its own time: a gauge the
+    dispatcher refreshes every second, a worker's snapshot that the
+    supervisor collects, a journal row committed after the metric counted
+    it, a log line. One read and assert is a race that fails one run in N on
+    a loaded machine. After ``timeout`` the last AssertionError is raised.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(interval)
+
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -236,7 +257,7 @@ class TrapdDaemon:
             return [e for e in self.log if event is None or e.get("event") == event]
 
     def wait_log(
-        self, match: str | Callable[[LogLine], bool], timeout: float = 10.0, *, count: int = 1
+        self, match: str | Callable[[LogLine], bool], timeout: float = 20.0, *, count: int = 1
     ) -> list[LogLine]:
         """Wait until ``count`` log lines match (an event name or a predicate); return them."""
         pred = (lambda e: e.get("event") == match) if isinstance(match, str) else match
@@ -306,7 +327,7 @@ class TrapdDaemon:
         want = set(labels.items())
         return sum(v for (n, lb), v in samples.items() if n == name and want <= set(lb))
 
-    def wait_metric(self, name: str, value: float, timeout: float = 10.0, **labels: str) -> float:
+    def wait_metric(self, name: str, value: float, timeout: float = 30.0, **labels: str) -> float:
         """Poll /metrics until ``name{labels}`` reaches ``value``; return what it was last."""
         deadline = time.monotonic() + timeout
         while True:

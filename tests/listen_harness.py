@@ -240,6 +240,19 @@ class TrapdListen:
             raise AssertionError("no stats line after SIGUSR1")
         return entry
 
+    def wait_stats(self, done: Callable[[dict[str, Any]], bool], timeout: float = 15.0) -> dict[str, Any]:
+        """The counters, asked again until ``done(stats)``: a drop may still be in flight when the
+        sender exits (pysnmp's v3 path takes its time on a loaded machine). AssertionError after
+        ``timeout`` with the last counters."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if done(stats):
+                return stats
+            if time.monotonic() > deadline:
+                raise AssertionError(f"counters not reached in {timeout} s: {stats}")
+            time.sleep(0.05)
+
     # -- addressing -------------------------------------------------------
 
     def address(self, family: str = "udp") -> tuple[str, int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import TrapdDaemon, free_port, link_down
+from daemon_harness import TrapdDaemon, eventually, free_port, link_down
 from listen_harness import capture_datagram, needs_netsnmp, snmp_send
 
 pytestmark = [pytest.mark.integration, needs_netsnmp]
@@ -92,7 +92,7 @@ def test_notify_ready_status_watchdog_reload_stopping(tmp_path: Path) -> None:
         assert again["READY"] == "1"
         assert "FAILED" not in again.get("STATUS", "")
         d.wait_log("reloaded", timeout=5)
-        assert d.metric("trapd_reloads_total", result="ok") == 1
+        assert d.wait_metric("trapd_reloads_total", 1, result="ok") == 1
 
         # SIGTERM: STOPPING=1, then exit 0.
         d.notify.pending()
@@ -109,10 +109,14 @@ def test_no_watchdog_pings_without_watchdog_usec(tmp_path: Path) -> None:
     d = TrapdDaemon.start(tmp_path, rules=LOG_RULES)
     try:
         assert d.notify is not None
-        time.sleep(1.2)  # more than two status intervals
-        got = d.notify.pending()
-        assert any("STATUS" in m for m in got), got  # the daemon is talking ...
-        assert not any("WATCHDOG" in m for m in d.notify.messages)  # ... but not pinging
+        notify = d.notify
+
+        def talking() -> None:  # STATUS= every status interval (0.5 s) ...
+            notify.pending()
+            assert sum(1 for m in notify.messages if "STATUS" in m and "READY" not in m) >= 2, notify.messages
+
+        eventually(talking)
+        assert not any("WATCHDOG" in m for m in notify.messages)  # ... but not pinging
         assert d.stop() == 0
     finally:
         d.close()

@@ -84,7 +84,7 @@ def test_running_actions_finish_and_queued_ones_wait_for_the_next_start(tmp_path
         # The other four wait in the journal. The gauges are a snapshot refreshed every poll
         # interval (1 s): one taken before the two claims can already show 4 pending (the other
         # two outcomes not yet journaled), so wait for a snapshot of the whole state.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             scrape = d.metrics()
             if (

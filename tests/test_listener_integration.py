@@ -317,11 +317,7 @@ def dropped(stats: dict[str, Any], reason: str) -> int:
 
 def wait_dropped(trapd: TrapdListen, before: dict[str, Any], reason: str, n: int) -> dict[str, Any]:
     """Stats once ``reason`` grew by ``n`` (the drop may still be in flight when the sender exits)."""
-    for _ in range(20):
-        now = trapd.stats()
-        if dropped(now, reason) - dropped(before, reason) >= n:
-            return now
-    raise AssertionError(f"{reason} did not grow by {n}: {before['dropped']} -> {now['dropped']}")
+    return trapd.wait_stats(lambda now: dropped(now, reason) - dropped(before, reason) >= n)
 
 
 def assert_still_receiving(trapd: TrapdListen) -> None:

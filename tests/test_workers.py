@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from daemon_harness import LINK_DOWN, V3_ARGS, V3_USER, TrapdDaemon, free_port, link_down
+from daemon_harness import LINK_DOWN, V3_ARGS, V3_USER, TrapdDaemon, eventually, free_port, link_down
 from listen_harness import needs_netsnmp, snmp_send
 
 from trapd.listener.v3 import parse_header
@@ -125,22 +125,27 @@ def test_every_trap_from_many_ports_is_received_and_counted_exactly_once(tmp_pat
         done_by = Counter(e["worker"] for e in d.wait_log("action done", 10, count=total))
         assert set(done_by) == {0, 1} and sum(done_by.values()) == total, done_by
 
-        scrape = d.metrics()
-        assert d.metric("trapd_notifications_received_total", scrape) == total
-        assert d.metric("trapd_notifications_received_total", scrape, version="v2c") == total
-        assert d.metric("trapd_rule_matches_total", scrape, rule="numbered") == total
-        assert d.metric("trapd_events_unmatched_total", scrape) == 0
-        assert d.metric("trapd_notifications_dropped_total", scrape) == 0
-        assert d.metric("trapd_actions_total", scrape) == total
-        assert d.metric("trapd_action_latency_seconds_count", scrape) == total
-        assert d.metric("trapd_socket_drops_total", scrape) == 0
-        # The journal is one SQLite file: its gauges are not counted twice.
-        assert d.metric("trapd_journal_entries", scrape, state="pending") == 0
+        def settled() -> None:
+            # The journal gauges are refreshed each second and the workers' snapshots collected at
+            # the scrape: read until they show the end state, not once (it was 18 pending once).
+            scrape = d.metrics()
+            assert d.metric("trapd_notifications_received_total", scrape) == total
+            assert d.metric("trapd_notifications_received_total", scrape, version="v2c") == total
+            assert d.metric("trapd_rule_matches_total", scrape, rule="numbered") == total
+            assert d.metric("trapd_events_unmatched_total", scrape) == 0
+            assert d.metric("trapd_notifications_dropped_total", scrape) == 0
+            assert d.metric("trapd_actions_total", scrape) == total
+            assert d.metric("trapd_action_latency_seconds_count", scrape) == total
+            assert d.metric("trapd_socket_drops_total", scrape) == 0
+            # The journal is one SQLite file: its gauges are not counted twice.
+            assert d.metric("trapd_journal_entries", scrape, state="pending") == 0
 
-        rows = journal_rows(d)
-        assert len(rows) == total and {r["state"] for r in rows} == {"done"}
-        assert len({r["event_id"] for r in rows}) == total  # no event id shared by the two workers
-        assert {r["owner"] for r in rows} <= {"worker-0", "worker-1"}
+            rows = journal_rows(d)
+            assert len(rows) == total and {r["state"] for r in rows} == {"done"}
+            assert len({r["event_id"] for r in rows}) == total  # no event id shared by the two workers
+            assert {r["owner"] for r in rows} <= {"worker-0", "worker-1"}
+
+        eventually(settled)
         assert d.stop() == 0
     finally:
         d.close()
@@ -207,10 +212,13 @@ def test_informs_are_answered_by_either_worker_as_one_engine(tmp_path: Path) -> 
             )
             assert r.returncode == 0, r.stderr
         d.wait_log(lambda e: str(e.get("event", "")).startswith("inform "), 10, count=seq)
-        scrape = d.metrics()
-        assert d.metric("trapd_notifications_received_total", scrape, version="v2c") == 6
-        assert d.metric("trapd_notifications_received_total", scrape, version="v3") == 6
-        assert set(Counter(e["worker"] for e in d.logs("action done"))) == {0, 1}
+        def counted() -> None:
+            scrape = d.metrics()
+            assert d.metric("trapd_notifications_received_total", scrape, version="v2c") == 6
+            assert d.metric("trapd_notifications_received_total", scrape, version="v3") == 6
+            assert set(Counter(e["worker"] for e in d.logs("action done"))) == {0, 1}
+
+        eventually(counted)
         assert d.stop() == 0
     finally:
         d.close()
@@ -221,11 +229,17 @@ def test_systemd_sees_one_unit_ready_reloading_and_stopping(tmp_path: Path) -> N
     d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="a"), config=TWO, watchdog_usec=2_000_000)
     assert d.notify is not None
     try:
-        time.sleep(2.5)  # a few STATUS= and WATCHDOG=1 (at half of WATCHDOG_USEC)
-        msgs = [*d.notify.messages, *d.notify.pending()]
+        notify = d.notify
+
+        def pinged() -> list[dict[str, str]]:
+            notify.pending()  # a few STATUS= and WATCHDOG=1 (at half of WATCHDOG_USEC)
+            msgs = notify.messages
+            assert any("workers 2/2 up" in m.get("STATUS", "") for m in msgs), msgs
+            assert sum(1 for m in msgs if "WATCHDOG" in m) >= 2
+            return msgs
+
+        msgs = eventually(pinged)
         assert sum(1 for m in msgs if "READY" in m) == 1  # the supervisor's, once both workers were ready
-        assert any("workers 2/2 up" in m.get("STATUS", "") for m in msgs), msgs
-        assert sum(1 for m in msgs if "WATCHDOG" in m) >= 2
         code, health = d.healthz()
         assert code == 200 and health["workers_up"] == 2, health
 
@@ -249,14 +263,17 @@ def test_systemd_sees_one_unit_ready_reloading_and_stopping(tmp_path: Path) -> N
         send_spread(d, loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 65, 64), senders=16)
         lines = d.wait_log(lambda e: str(e.get("event", "")).startswith("b "), 10, count=128)
         assert set(Counter(e["worker"] for e in lines[64:])) == {0, 1}
-        scrape = d.metrics()
-        assert d.metric("trapd_reloads_total", scrape, result="ok") == 1  # one per SIGHUP, not per worker
-        assert d.metric("trapd_reloads_total", scrape, result="failed") == 1
-        assert d.metric("trapd_config_last_reload_successful", scrape) == 0
-        code, health = d.healthz()
-        assert code == 200 and "rules.yaml:5" in health["last_reload"], health
-        # The bad file never reached a worker: one "reloaded" per worker, from the good reload.
-        assert sorted(e["worker"] for e in d.logs("reloaded") if "worker" in e) == [0, 1]
+        def reloads_counted() -> None:
+            scrape = d.metrics()
+            assert d.metric("trapd_reloads_total", scrape, result="ok") == 1  # one per SIGHUP, not per worker
+            assert d.metric("trapd_reloads_total", scrape, result="failed") == 1
+            assert d.metric("trapd_config_last_reload_successful", scrape) == 0
+            code, health = d.healthz()
+            assert code == 200 and "rules.yaml:5" in health["last_reload"], health
+            # The bad file never reached a worker: one "reloaded" per worker, from the good reload.
+            assert sorted(e["worker"] for e in d.logs("reloaded") if "worker" in e) == [0, 1]
+
+        eventually(reloads_counted)
         assert not [e for e in d.logs("reload failed, keeping the running configuration") if "worker" in e]
 
         d.signal(signal.SIGTERM)
@@ -365,9 +382,8 @@ def test_a_killed_worker_is_restarted_and_reruns_only_its_own_actions(tmp_path: 
         lines = d.wait_log(lambda e: str(e.get("event", "")).startswith("after "), 10, count=64)
         assert sorted(int(e["event"].split()[1]) for e in lines) == list(range(1, 65))
         assert index in {e["worker"] for e in lines}
-        scrape = d.metrics()
         # Counters survive the restart: what the dead worker counted before its last snapshot stays.
-        assert d.metric("trapd_notifications_received_total", scrape) >= 64 + len(theirs)
+        assert d.wait_metric("trapd_notifications_received_total", 64 + len(theirs)) >= 64 + len(theirs)
         assert d.stop() == 0
     finally:
         d.close()
@@ -430,22 +446,29 @@ def test_a_stuck_worker_stops_the_watchdog_and_shows_in_healthz(tmp_path: Path) 
     """A worker that stops answering (SIGSTOP: as good as a blocked loop) withholds WATCHDOG=1."""
     d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="x"), config=TWO, watchdog_usec=2_000_000)
     assert d.notify is not None
+    notify = d.notify
     try:
-        d.notify.wait_for("WATCHDOG", 5)
+        notify.wait_for("WATCHDOG", 5)
         stuck = worker_pids(d)[1]
         os.kill(stuck, signal.SIGSTOP)
         try:
-            time.sleep(2.0)  # past the 1.5 s a worker may stay silent (3 x status_interval)
-            d.notify.pending()
-            time.sleep(1.5)  # a healthy unit pings every second
-            assert not [m for m in d.notify.pending() if "WATCHDOG" in m]
-            code, health = d.healthz()
-            assert code == 503 and health["workers_down"] == {"1": "unresponsive"}, health
+            def unresponsive() -> None:  # past the 1.5 s a worker may stay silent (3 x status_interval)
+                code, health = d.healthz()
+                assert code == 503 and health["workers_down"] == {"1": "unresponsive"}, health
+
+            eventually(unresponsive)
+            notify.pending()
+            time.sleep(1.5)  # a healthy unit pings every second: an absence needs a window
+            assert not [m for m in notify.pending() if "WATCHDOG" in m]
         finally:
             os.kill(stuck, signal.SIGCONT)
-        d.notify.wait_for("WATCHDOG", 5)  # answering again: the pings come back
-        code, health = d.healthz()
-        assert code == 200 and health["workers_up"] == 2, health
+        notify.wait_for("WATCHDOG", 5)  # answering again: the pings come back
+
+        def healthy() -> None:
+            code, health = d.healthz()
+            assert code == 200 and health["workers_up"] == 2, health
+
+        eventually(healthy)
         assert d.stop() == 0
     finally:
         d.close()
