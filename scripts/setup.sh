@@ -21,6 +21,7 @@ want_test=0
 #   iproute2, procps, strace   ip / ss / ps for tests and the benchmark; strace for the unit's syscall filter test
 #   postgresql                 (--test) PostgreSQL 15's initdb/pg_ctl: the tests start a private server
 #                              for the shared journal (tests/pg_harness.py); trapd itself needs none
+#   prometheus                 (--test) its promtool checks the shipped alerting rules (contrib/prometheus)
 APT_PACKAGES=(
     snmp snmptrapd
     kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-dhcp-ddns-server
@@ -28,7 +29,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-pip
     openssl systemd iproute2 procps strace ca-certificates
 )
-((want_test)) && APT_PACKAGES+=(postgresql)
+((want_test)) && APT_PACKAGES+=(postgresql prometheus)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

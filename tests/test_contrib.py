@@ -1,0 +1,109 @@
+"""The Grafana dashboard and the Prometheus alerting rules shipped in contrib/.
+
+promtool (Debian's prometheus package, installed by scripts/setup.sh --test)
+checks the rules, and every metric they and the dashboard use must be one a
+real ``trapd run`` exports: a renamed metric breaks this test, not someone's
+dashboard months later.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from daemon_harness import TrapdDaemon
+
+REPO = Path(__file__).resolve().parent.parent
+ALERTS = REPO / "contrib" / "prometheus" / "trapd-alerts.yml"
+DASHBOARD = REPO / "contrib" / "grafana" / "trapd-dashboard.json"
+# Metric names in PromQL: trapd's own, prometheus-client's process/python ones, and Prometheus's `up`.
+METRIC = re.compile(r"\b(trapd_[a-z0-9_]+|process_[a-z0-9_]+|python_[a-z0-9_]+|up)\b")
+FROM_PROMETHEUS = {"up"}  # made by Prometheus for every scrape target, not by trapd
+SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
+
+
+def alert_exprs() -> list[str]:
+    doc = yaml.safe_load(ALERTS.read_text())
+    return [rule["expr"] for group in doc["groups"] for rule in group["rules"]]
+
+
+def dashboard_exprs() -> list[str]:
+    doc = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p.get("targets", ())]
+    exprs += [v["definition"] for v in doc["templating"]["list"] if v.get("definition")]
+    return exprs
+
+
+def used(exprs: list[str]) -> set[str]:
+    return {m for e in exprs for m in METRIC.findall(e)} - FROM_PROMETHEUS
+
+
+def exported_by_a_running_trapd(tmp_path: Path) -> set[str]:
+    """Every sample name a real ``trapd run``'s /metrics can have (its families' names and suffixes)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rules = "rules:\n  - {name: r, match: {notification: linkDown}, actions: [{action: log, message: x}]}\n"
+    d = TrapdDaemon.start(tmp_path, rules=rules)
+    try:
+        status, body = d.http_get("/metrics")
+        assert status == 200
+        assert d.stop() == 0
+    finally:
+        d.close()
+    names: set[str] = set()
+    for family in text_string_to_metric_families(body.decode()):
+        names.add(family.name)
+        names.update(family.name + s for s in SUFFIXES.get(family.type, ()))
+        names.update(s.name for s in family.samples)
+    return names
+
+
+def test_promtool_accepts_the_alerting_rules() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/setup.sh --test installs Debian's prometheus package"
+    r = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"SUCCESS: {len(alert_exprs())} rules found" in r.stdout
+
+
+def test_every_metric_the_dashboard_and_alerts_use_is_exported(tmp_path: Path) -> None:
+    exported = exported_by_a_running_trapd(tmp_path)
+    for what, exprs in (("alerts", alert_exprs()), ("dashboard", dashboard_exprs())):
+        names = used(exprs)
+        assert names, what
+        assert names - exported == set(), f"{what} use metrics trapd does not export"
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "trapd_notifications_received_total",  # traps by version and source group
+        "trapd_notifications_dropped_total",  # drops by reason
+        "trapd_socket_drops_total",
+        "trapd_rule_matches_total",  # matches by rule
+        "trapd_actions_rejected_total",  # rejections by rule and reason
+        "trapd_actions_total",  # actions by outcome and plugin
+        "trapd_journal_entries",  # journal backlog by state
+        "trapd_kea_endpoint_up",  # Kea endpoints (and their breakers)
+        "trapd_reloads_total",  # reloads
+        "trapd_config_last_reload_successful",
+    ],
+)
+def test_the_dashboard_shows(family: str) -> None:
+    assert family in used(dashboard_exprs())
+
+
+def test_the_dashboard_imports_with_a_datasource_choice() -> None:
+    doc: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    assert [i["name"] for i in doc["__inputs"]] == ["DS_PROMETHEUS"]
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in doc["panels"]:
+        for t in p.get("targets", ()):
+            assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
