@@ -2,9 +2,9 @@
 
 A cycle means two modules that cannot be understood (or loaded, or tested)
 one without the other; it also hides an arrow pointing up the layers. Every
-``import`` counts, at module level or inside a function (a late import is
-still a dependency), except those under ``if TYPE_CHECKING:``, which name a
-type for mypy and are never executed.
+``import`` counts: at module level, inside a function (a late import is
+still a dependency) and under ``if TYPE_CHECKING:`` (a type is a dependency
+of the design even when it is not loaded at run time).
 """
 
 from __future__ import annotations
@@ -23,31 +23,19 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _imports(node: ast.AST, package: str) -> Iterator[str]:
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.If) and _is_type_checking(child.test):
-            for other in child.orelse:
-                yield from _imports(other, package)
-            continue
-        if isinstance(child, ast.Import):
-            yield from (a.name for a in child.names)
-        elif isinstance(child, ast.ImportFrom):
-            if child.level:
-                base = package.split(".")[: len(package.split(".")) - child.level + 1]
-                target = ".".join(base + ([child.module] if child.module else []))
+def _imports(tree: ast.AST, package: str) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(module, names) of each import: `import a.b` is ("a.b", ()), `from a import b, c` ("a", (b, c))."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, ()
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
             else:
-                target = child.module or ""
-            yield target
-            # `from trapd.service import daemon` imports the module trapd.service.daemon.
-            yield from (f"{target}.{a.name}" for a in child.names)
-        else:
-            yield from _imports(child, package)
+                target = node.module or ""
+            yield target, tuple(a.name for a in node.names)
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -57,12 +45,15 @@ def import_graph() -> dict[str, set[str]]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         tree = ast.parse(path.read_text(), str(path))
         targets = set()
-        for target in _imports(tree, package):
-            # The module itself, or the package holding the imported name.
-            while target and target not in modules:
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                targets.add(target)
+        for module, names in _imports(tree, package):
+            # `from trapd.rules import conditions` depends on the module trapd.rules.conditions
+            # (and only through Python's import machinery on the package's __init__).
+            submodules = [f"{module}.{n}" for n in names if f"{module}.{n}" in modules]
+            for target in submodules or [module]:
+                while target and target not in modules:  # a name inside a module: the module
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    targets.add(target)
         graph[name] = targets
     return graph
 
@@ -102,18 +93,14 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_the_walker_sees_imports_and_skips_type_checking() -> None:
+def test_the_walker_sees_every_import() -> None:
     graph = import_graph()
     assert "trapd.plugin" in graph["trapd.dispatch.dispatcher"]
-    # Imported inside a function, still a dependency.
-    assert "trapd.service.daemon" in graph["trapd.commands.run"]
+    assert "trapd.service.daemon" in graph["trapd.commands.run"]  # imported inside a function
+    assert "trapd.kea.client" in graph["trapd.plugin"]  # imported under TYPE_CHECKING
+    assert "trapd.rules.conditions" in graph["trapd.rules.compiler"]  # from trapd.rules import conditions
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def test_no_import_cycle_in_trapd() -> None:
-    # A package's __init__ importing its own submodules (re-exports) is not a cycle of the
-    # design; a submodule importing its package's __init__ back is, so only that edge is dropped.
-    graph = import_graph()
-    for name, targets in graph.items():
-        graph[name] = {t for t in targets if not (name.startswith(t + ".") and t in graph)}
-    assert cycles(graph) == []
+    assert cycles(import_graph()) == []
