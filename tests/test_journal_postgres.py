@@ -17,8 +17,9 @@ import pytest
 from pg_harness import PgServer
 
 from trapd.dispatch.journal import CapCheck, JournalError, NewEntry
-from trapd.dispatch.journal.postgres import SCHEMA_VERSION, PostgresJournal, migrate
+from trapd.dispatch.journal.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresJournal, migrate
 from trapd.dispatch.testing import make_event
+from trapd.event import SNMP_TRAP_COMMUNITY_OID, event_fingerprint, new_event_id
 
 
 def entry(action: str = "log", key: str = "k", **kw: Any) -> NewEntry:
@@ -232,3 +233,78 @@ async def test_database_outage_fails_fast_and_recovers() -> None:
             assert (await j.get(later[0].ids[0])) is not None
     finally:
         server.remove()
+
+
+def copy_of(d: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """The same notification as another receiver gets it: its own id, time, port, community."""
+    out = dict(d, id=new_event_id(), received_at=d["received_at"] + 0.003, source_port=40000)
+    out["security"] = {"community": "other-community"}
+    out.update(changes)
+    return out
+
+
+def test_fingerprint_is_equal_for_copies_only() -> None:
+    ev = make_event(
+        varbinds=[("IF-MIB::ifIndex", "Integer32", 17), ("IF-MIB::ifDescr", "OctetString", b"Gi1/0/17")]
+    )
+    d = ev.to_dict()
+    fp = event_fingerprint(d)
+    assert fp is not None and event_fingerprint(copy_of(d)) == fp
+    v3 = copy_of(d, version="v3", security={"user": "mon", "engine_id": "80001f8880aa", "context": ""})
+    assert event_fingerprint(v3) == fp
+    assert event_fingerprint(dict(d, uptime=d["uptime"] + 1)) != fp  # sent again later: another one
+    assert event_fingerprint(dict(d, source="192.0.2.99")) != fp
+    assert event_fingerprint(dict(d, trap_oid="1.3.6.1.6.3.1.1.5.4")) != fp
+    other = [dict(vb) for vb in d["varbinds"]]
+    other[0]["value"] = 18
+    assert event_fingerprint(dict(d, varbinds=other)) != fp
+    # A v1 trap's community travels as a varbind (RFC 3584): not part of it either.
+    community = {"oid": SNMP_TRAP_COMMUNITY_OID, "type": "OctetString", "value": b"public".hex()}
+    assert event_fingerprint(dict(d, varbinds=[*d["varbinds"], community])) == fp
+    assert event_fingerprint(dict(d, uptime=None)) is None
+
+
+async def test_a_notification_received_by_both_hosts_is_journaled_once(
+    hosts: Callable[..., Awaitable[PostgresJournal]],
+) -> None:
+    a, b = await hosts("a"), await hosts("b")
+    now = time.time()
+    first = make_event().to_dict()
+    items = [entry(key="k1", item={"mac": "aa"}), entry(key="k2", item={"mac": "bb"})]
+    # Both copies at once, many times over: each planned action (foreach item) once.
+    for n in range(10):
+        ev = dict(first, uptime=1000 + n)
+        got = await asyncio.gather(a.add(ev, items, [], now), b.add(copy_of(ev), items, [], now))
+        states = sorted(s for r in got for s in r.states)
+        assert states == ["cancelled", "cancelled", "pending", "pending"], states
+        kept, dups = (got[0], got[1]) if got[0].states[0] == "pending" else (got[1], got[0])
+        assert dups.duplicate_of == kept.ids
+    # A later copy (an inform resent after its Response was lost) is a copy too.
+    late = await b.add(copy_of(dict(first, uptime=1000)), items, [], now + 60)
+    assert late.states == ["cancelled", "cancelled"]
+    # Past the window, or sent again later by the switch (another sysUpTime): journaled again.
+    assert (await b.add(copy_of(dict(first, uptime=1000)), items, [], now + 400)).states == ["pending"] * 2
+    assert (await b.add(dict(first, uptime=2000), items, [], now)).states == ["pending"] * 2
+    # No sysUpTime: no fingerprint; both copies are journaled.
+    bare = dict(first, uptime=None)
+    assert (await a.add(bare, items[:1], [], now)).states == ["pending"]
+    assert (await b.add(copy_of(bare), items[:1], [], now)).states == ["pending"]
+
+
+async def test_migrate_upgrades_an_older_schema(pg_server: PgServer) -> None:
+    url = pg_server.new_database(migrated=False)
+    with psycopg.connect(url, autocommit=True) as conn:  # a database migrated by the first release
+        conn.execute("CREATE TABLE trapd_meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+        conn.execute(MIGRATIONS[0][1].encode())
+        conn.execute("INSERT INTO trapd_meta VALUES ('schema', '1')")
+        conn.execute(
+            "INSERT INTO trapd_actions (event_id, received_at, source, rule, action, idx, params, key, mode, "
+            "state, max_attempts, backoff, max_age, age_from, created, due) "
+            "VALUES ('e', 1, 's', 'r', 'log', 0, '{}', 'k', 'enforce', 'pending', 1, 1, 1, 1, 1, 1)"
+        )
+    with pytest.raises(JournalError, match="older than this trapd"):
+        await PostgresJournal(url).open()
+    assert await migrate(url) == (1, SCHEMA_VERSION)
+    async with PostgresJournal(url) as j:
+        e = await j.get(1)
+        assert e is not None and e.state == "pending"  # kept across the migration

@@ -12,7 +12,9 @@ JSON form of a varbind value: ints stay ints, ``bytes`` become a hex string
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -24,6 +26,8 @@ from trapd.listener.raw import Kind, Oid, RawValue, Security, SnmpType, Version
 
 SYS_UPTIME_OID: Oid = (1, 3, 6, 1, 2, 1, 1, 3, 0)
 SNMP_TRAP_OID_OID: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
+# RFC 3584 appends the v1 community as a varbind: a fingerprint leaves it out.
+SNMP_TRAP_COMMUNITY_OID = "1.3.6.1.6.3.18.1.4.0"
 
 
 def oid_str(oid: Oid) -> str:
@@ -227,3 +231,27 @@ class Event:
             trap_name=d.get("trap_name") or d["trap_oid"],
             varbinds=tuple(VarBind.from_dict(v) for v in d.get("varbinds", ())),
         )
+
+
+def event_fingerprint(event: Mapping[str, Any]) -> str | None:
+    """Equal for the copies of one notification sent to several receivers, else different.
+
+    Made of what the sender put in the notification: its address, sysUpTime, the
+    notification OID and every varbind (OID, type, value) in order. Not of what differs
+    between the copies or between receivers: the community (also its RFC 3584 varbind),
+    v3 security fields (each receiver may use its own user), the receive time, the
+    source port, trapd's event id. None when the notification has no sysUpTime: then
+    two different notifications with the same content could not be told apart.
+    ``event`` is :meth:`Event.to_dict`'s form (what the journal receives).
+    """
+    if event.get("uptime") is None:
+        return None
+    varbinds = [
+        (vb.get("oid"), vb.get("type"), vb.get("value"))
+        for vb in event.get("varbinds") or ()
+        if vb.get("oid") != SNMP_TRAP_COMMUNITY_OID
+    ]
+    text = json.dumps(
+        [event.get("source"), event.get("uptime"), event.get("trap_oid"), varbinds], separators=(",", ":")
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

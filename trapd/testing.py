@@ -35,6 +35,7 @@ and a log you can read, and answer its Kea commands from a function::
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -66,6 +67,8 @@ __all__ = [
     "rule_file_problems",
     "run_action",
 ]
+
+_uptimes = itertools.count()
 
 _OIDS = {
     "IF-MIB::ifIndex": "1.3.6.1.2.1.2.2.1.1",
@@ -101,7 +104,8 @@ def make_event(
         version="v2c",
         kind=kind,  # type: ignore[arg-type]
         security=Security(community="public"),
-        uptime=12345,
+        # Each call another notification (a shared journal takes equal ones for copies of one).
+        uptime=12345 + next(_uptimes),
         trap_oid=parse_oid(trap_oid),
         trap_name=trap_name,
         varbinds=tuple(vbs),

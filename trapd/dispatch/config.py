@@ -96,6 +96,7 @@ class JournalConfig:
     password: Secret | None = None  # {file: ...} / {env: ...}; else libpq's own (PGPASSFILE, ...)
     instance: str | None = None  # this host's name in claims (default: the host name)
     lease: float = 30.0  # a claim not renewed for this long is taken over by another host
+    copy_window: float = 300.0  # a copy of a notification journaled this recently is not journaled again
 
     def conninfo(self) -> str:
         """The libpq connection string, password included: for the driver, never for a log."""
@@ -187,6 +188,7 @@ def _journal(node: Any, base_dir: Path) -> JournalConfig:
             "password",
             "instance",
             "lease",
+            "copy_window",
         },
         what,
     )
@@ -230,6 +232,7 @@ def _journal(node: Any, base_dir: Path) -> JournalConfig:
         password=Secret.from_config(password, where(n, "password")) if password is not None else None,
         instance=instance or None,
         lease=_duration(n, "lease", what, 30.0, positive=True),
+        copy_window=_duration(n, "copy_window", what, 300.0),
     )
 
 

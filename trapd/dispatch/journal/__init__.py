@@ -87,5 +87,6 @@ def open_journal(
             max_batch=config.max_batch,
             max_queued=config.max_queued,
             lease=config.lease,
+            copy_window=config.copy_window,
         )
     return open_sqlite_journal(path, config, owner=owner)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 import time
 import uuid
@@ -70,6 +71,7 @@ from trapd.dispatch.journal.model import (
     State,
 )
 from trapd.dispatch.journal.rows import ACOLS, COLS, NCOLS, dumps, entry_from_row, stored_event
+from trapd.event import event_fingerprint
 
 Conn = psycopg.AsyncConnection[TupleRow]
 Cur = psycopg.AsyncCursor[TupleRow]
@@ -143,12 +145,23 @@ CREATE INDEX trapd_cap_hits_window ON trapd_cap_hits(cap, key, at);
 CREATE INDEX trapd_cap_hits_expires ON trapd_cap_hits(expires);
 """,
     ),
+    (
+        2,
+        # The copy key: one notification received by both hosts is journaled once (see _op_add).
+        """
+ALTER TABLE trapd_actions ADD COLUMN copy_key TEXT;
+CREATE INDEX trapd_actions_copy ON trapd_actions(copy_key, created) WHERE copy_key IS NOT NULL;
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 CHANNEL = "trapd_journal"
 # Claims renewed every third of this; a row whose lease ran out is taken over by another host.
 DEFAULT_LEASE = 30.0
+# A planned action of a notification that is a copy of one journaled within this many seconds
+# (the same notification sent by a switch to both hosts) is not journaled again.
+DEFAULT_COPY_WINDOW = 300.0
 # How long a batch waits for a connection before it fails (the daemon must not hold an
 # inform's Response, or its receive path, for long while the database is away).
 CONNECT_TIMEOUT = 2.0
@@ -245,8 +258,10 @@ async def _op_add(
     now: float,
     owner: str,
     lease: float,
+    copy_window: float,
 ) -> AddResult:
     event_id = str(event["id"]) if event else ""
+    fingerprint = event_fingerprint(event) if event is not None and copy_window > 0 else None
     cancelled: list[int] = []
     cancelled_actions: list[str] = []
     for ck in cancel_keys:
@@ -277,7 +292,23 @@ async def _op_add(
     dups: list[int | None] = []
     for e in entries:
         state, result, error, dup = e.state, e.result, e.last_error, None
-        if e.once_key and e.once_within and state in ("pending", "scheduled", "done"):
+        copy_key = _copy_key(fingerprint, e) if fingerprint is not None else None
+        if copy_key is not None:
+            # The other host may be journaling its copy right now: the lock makes the second
+            # wait for the first's commit (an inform is acknowledged by each host once it is
+            # committed, by whichever host committed it first), then see its row.
+            await _lock(cur, "copy", copy_key)
+            await cur.execute(
+                f"SELECT id, owner, event_id FROM {_A} WHERE copy_key = %s AND created >= %s "
+                "AND event_id <> %s ORDER BY id LIMIT 1",  # a copy is another receiver's event
+                (copy_key, now - copy_window, event_id),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                dup = int(row[0])
+                state, result = "cancelled", {"duplicate_of": dup, "copy_of_event": row[2]}
+                error = f"copy of the notification journaled as {dup} (event {row[2]})"
+        if dup is None and e.once_key and e.once_within and state in ("pending", "scheduled", "done"):
             await _lock(cur, "once", e.once_key)
             await cur.execute(
                 f"SELECT id FROM {_A} WHERE once_key = %s AND created >= %s "
@@ -300,8 +331,8 @@ async def _op_add(
         await cur.execute(
             f"INSERT INTO {_A} (event_id, received_at, source, rule, action, idx, params, key, mode, state, "
             "max_attempts, backoff, max_age, age_from, created, due, finished, cancel_key, once_key, caps, "
-            "mac, ip, item, result, last_error, attempts, started, owner, lease_until) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            "mac, ip, item, result, last_error, attempts, started, owner, lease_until, copy_key) "
+            f"VALUES ({', '.join(['%s'] * 30)}) "
             "RETURNING id",
             (
                 event_id,
@@ -333,6 +364,7 @@ async def _op_add(
                 now if claimed else None,
                 owner if claimed else None,
                 now + lease if claimed else None,
+                copy_key,
             ),
         )
         row = await cur.fetchone()
@@ -341,6 +373,12 @@ async def _op_add(
         states.append(state)
         dups.append(dup)
     return AddResult(ids, states, dups, cancelled, cancelled_actions)
+
+
+def _copy_key(fingerprint: str, e: NewEntry) -> str:
+    """One planned action of one notification: the same on both hosts (given the same rules)."""
+    item = dumps(e.item) if e.item is not None else ""
+    return hashlib.sha256(f"{fingerprint}\x1f{e.rule}\x1f{e.index}\x1f{item}".encode()).hexdigest()[:32]
 
 
 def _owned(owner: str | None, instance: str) -> tuple[str, tuple[Any, ...]]:
@@ -715,6 +753,7 @@ class PostgresJournal:
         max_queued: int = 100_000,
         lease: float = DEFAULT_LEASE,
         connect_timeout: float = CONNECT_TIMEOUT,
+        copy_window: float = DEFAULT_COPY_WINDOW,
     ) -> None:
         """``conninfo``: a libpq URL or key/value string, password included (see :func:`open_journal`).
 
@@ -728,6 +767,7 @@ class PostgresJournal:
         self.max_batch = max_batch
         self.max_queued = max_queued
         self.lease = lease
+        self.copy_window = copy_window
         self.connect_timeout = connect_timeout
         self._token = uuid.uuid4().hex  # this journal's NOTIFY payload: its own are not wake-ups
         self._pool: AsyncConnectionPool[Conn] | None = None
@@ -1069,6 +1109,7 @@ class PostgresJournal:
             now,
             self._owner,
             self.lease,
+            self.copy_window,
             weight=max(1, len(entries)),
             notify=notify,
         )
