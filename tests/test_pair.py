@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from daemon_harness import REPO, TrapdDaemon, link_down
+from daemon_harness import IF_INDEX, LINK_DOWN, REPO, TrapdDaemon, link_down
 from listen_harness import needs_netsnmp, snmp_send
 from pg_harness import PgServer
 
@@ -87,3 +87,175 @@ def test_one_trapd_on_postgresql(tmp_path: Path, pg_server: PgServer) -> None:
         assert status == 200, health
     finally:
         d.stop()
+
+
+PAIR_RULES = """\
+rules:
+  - name: port-down
+    match: {{notification: IF-MIB::linkDown, varbinds: {{ifIndex: {{range: [1, 999]}}}}}}
+    actions:
+      - action: exec
+        argv: [/bin/sh, -c, 'echo "start $1" >> {marks}; sleep {seconds}; echo "end $1" >> {marks}', sh,
+               "{{{{ ifIndex }}}}"]
+        key: "port-{{{{ ifIndex }}}}"
+        timeout: 60s
+  - name: port-flap
+    match: {{notification: IF-MIB::linkDown, varbinds: {{ifIndex: {{range: [1000, 1999]}}}}}}
+    actions:
+      - action: exec
+        argv: [/bin/sh, -c, 'echo "delayed $1" >> {marks}', sh, "{{{{ ifIndex }}}}"]
+        key: "flap-{{{{ ifIndex }}}}"
+        delay: 3s
+        cancel-key: "port:{{{{ source }}}}:{{{{ ifIndex }}}}"
+  - name: port-up
+    match: {{notification: IF-MIB::linkUp}}
+    cancel: "port:{{{{ source }}}}:{{{{ ifIndex }}}}"
+"""
+LINK_UP = "1.3.6.1.6.3.1.1.5.4"
+
+
+def send(d: TrapdDaemon, if_index: int, uptime: int, *, inform: str = "", trap: str = LINK_DOWN) -> int:
+    """snmptrap (or, with ``inform`` = "-r N -t S", snmpinform) of one v2c notification to ``d``.
+
+    sysUpTime is given, not the sender's clock: sent to both hosts, it is one notification.
+    """
+    tool, opts = ("snmpinform", inform.split()) if inform else ("snmptrap", [])
+    args = ["-v", "2c", "-c", "public", *opts, d.target(), str(uptime), trap, f"{IF_INDEX}.{if_index}", "i"]
+    return snmp_send(tool, *args, str(if_index), timeout=60).returncode
+
+
+def start_pair(
+    tmp_path: Path, url: str, rules: str, *, lease: str = "30s", interrupted: str = "rerun"
+) -> tuple[TrapdDaemon, TrapdDaemon]:
+    hosts = []
+    for name in ("dhcp1", "dhcp2"):
+        config = pg_config(url, name, lease=lease, poll_interval="200ms")
+        config["dispatch"]["interrupted"] = interrupted
+        hosts.append(TrapdDaemon.start(tmp_path / name, rules=rules, config=config, timeout=60))
+    return hosts[0], hosts[1]
+
+
+def lines(path: Path) -> Counter[str]:
+    return Counter(path.read_text().splitlines()) if path.exists() else Counter()
+
+
+def test_two_hosts_act_once_on_traps_and_informs_sent_to_both(tmp_path: Path, pg_server: PgServer) -> None:
+    url = pg_server.new_database()
+    out = tmp_path / "marks"
+    a, b = start_pair(tmp_path, url, PAIR_RULES.format(marks=out, seconds=0))
+    try:
+        ports = range(1, 21)
+        for i in ports:
+            inform = "-r 2 -t 5" if i % 2 else ""  # informs: acknowledged by both hosts
+            for d in (a, b) if i % 3 else (b, a):  # either host first
+                assert send(d, i, 100_000 + i, inform=inform) == 0
+        # Delays armed by a linkDown received by both, one cancelled by a linkUp received by one.
+        for port in (1001, 1002):
+            for d in (a, b):
+                assert send(d, port, 200_000 + port) == 0
+        assert send(b, 1001, 200_100, trap=LINK_UP) == 0
+        wait_for(lambda: all(lines(out)[f"end {i}"] for i in ports), what="every action done")
+        wait_for(lambda: lines(out)["delayed 1002"] >= 1, what="the delayed action done")
+        time.sleep(2)  # past the cancelled one's due time: it would have run by now
+        m = lines(out)
+        for i in ports:
+            assert m[f"start {i}"] == 1 and m[f"end {i}"] == 1, (i, m)
+        assert m["delayed 1002"] == 1 and m["delayed 1001"] == 0, m
+        s = states(url)
+        # Each notification's action done once, its copy journaled cancelled; for port 1001 both cancelled.
+        assert s["done"] == len(ports) + 1 and s["cancelled"] == len(ports) + 3, s
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT owner FROM trapd_actions WHERE state = 'done'").fetchall()
+        assert {r[0] for r in rows} <= {"dhcp1", "dhcp2"}
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_the_survivor_finishes_a_killed_hosts_work(tmp_path: Path, pg_server: PgServer) -> None:
+    url = pg_server.new_database()
+    out = tmp_path / "marks"
+    # Each action takes a second; claims expire 3 s after their owner stops renewing them;
+    # what the dead host was running is held for an operator (exec is not idempotent).
+    rules = PAIR_RULES.format(marks=out, seconds=1)
+    a, b = start_pair(tmp_path, url, rules, lease="3s", interrupted="hold-unsafe")
+    try:
+        ports = range(1, 13)
+        for i in [*ports, 1001, 1002]:  # the last two: delayed actions
+            for d in (a, b):
+                assert send(d, i, 300_000 + i) == 0
+
+        def a_running() -> bool:
+            with psycopg.connect(url) as conn:
+                cur = conn.execute(
+                    "SELECT count(*) FROM trapd_actions WHERE state = 'running' AND owner = 'dhcp1'"
+                )
+                row = cur.fetchone()
+            return row is not None and row[0] > 0
+
+        wait_for(a_running, what="dhcp1 running an action")
+        a.signal(9)  # SIGKILL: no goodbye; its claims stay running until their lease expires
+        a.wait_exit(20)
+
+        def settled() -> bool:
+            s = states(url)
+            return s["running"] + s["pending"] + s["scheduled"] + s["failed"] == 0
+
+        wait_for(settled, timeout=120, what="the survivor finished everything")
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT rule, state, held_by FROM trapd_actions WHERE state <> 'cancelled'"
+            ).fetchall()
+        assert len(rows) == len(ports) + 2, rows  # each notification's action journaled once
+        held = [r for r in rows if r[1] == "held"]
+        assert held and all(r[2] == "interrupted" for r in held), rows
+        assert all(r[1] in ("done", "held") for r in rows), rows
+        m = lines(out)
+        assert all(m[f"end {i}"] <= 1 for i in ports), m  # none twice
+        assert sum(m[f"end {i}"] for i in ports) >= len(ports) - len(held)
+        assert m["delayed 1001"] == 1 and m["delayed 1002"] == 1, m
+    finally:
+        a.close()
+        b.stop()
+
+
+def test_database_stopped_and_started_under_two_hosts(tmp_path: Path) -> None:
+    server = PgServer()  # its own: it is stopped in the middle
+    try:
+        server.start()
+        url = server.new_database()
+        out = tmp_path / "marks"
+        a, b = start_pair(tmp_path, url, PAIR_RULES.format(marks=out, seconds=0))
+        try:
+            acked = list(range(1, 6))
+            for i in acked:  # before the outage
+                for d in (a, b):
+                    assert send(d, i, 400_000 + i, inform="-r 1 -t 5") == 0
+            server.stop()
+            for i in range(6, 9):  # informs while it is down: acknowledged by neither host
+                for d in (a, b):
+                    assert send(d, i, 400_000 + i, inform="-r 0 -t 3") != 0, f"inform {i} acknowledged"
+            for i in range(20, 23):  # traps while it is down: lost, and counted
+                assert send(a, i, 400_000 + i) == 0
+            wait_for(lambda: a.metric("trapd_outcomes_lost_total") >= 3, what="lost traps counted")
+            assert a.metric("trapd_journal_available") == 0
+            status, health = a.healthz()
+            assert status == 503 and "unavailable" in health["journal"], health
+            server.start()
+            wait_for(lambda: a.healthz()[0] == 200 and b.healthz()[0] == 200, what="healthy again")
+            for i in range(9, 12):  # after: acknowledged again
+                for d in (a, b):
+                    assert send(d, i, 400_000 + i, inform="-r 2 -t 5") == 0
+                acked.append(i)
+            wait_for(
+                lambda: all(lines(out)[f"end {i}"] for i in acked), what="every acknowledged inform acted on"
+            )
+            m = lines(out)
+            for i in acked:
+                assert m[f"start {i}"] == 1 and m[f"end {i}"] == 1, (i, m)
+            assert a.metric("trapd_journal_failed_writes_total") >= 3
+        finally:
+            a.stop()
+            b.stop()
+    finally:
+        server.remove()

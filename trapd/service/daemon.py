@@ -64,6 +64,11 @@ if TYPE_CHECKING:
 SUBMIT_QUEUE_MAX = 10_000
 # Outcomes handed to the dispatcher in one submit_many (one group commit or a few).
 SUBMIT_BATCH = 500
+# The rate-limited line for each reason matched outcomes were lost ("": any other).
+_LOSS_MESSAGES = {
+    "": "matched outcomes lost: dispatch backlog full",
+    "journal-unavailable": "matched outcomes lost: the journal cannot commit (database unavailable)",
+}
 
 
 class LazyHttpClient:
@@ -167,7 +172,7 @@ class Daemon:
         self.stats = PipelineStats()
         # In a storm, one line per interval with the count, not one per lost outcome.
         self._loss_log = DropLog(
-            lambda _event, fields: self.log.error("matched outcomes lost: dispatch backlog full", **fields)
+            lambda reason, fields: self.log.error(_LOSS_MESSAGES.get(reason, _LOSS_MESSAGES[""]), **fields)
         )
         self.health = Health(False, "starting")
         self._stop = asyncio.Event()
@@ -261,6 +266,7 @@ class Daemon:
         iterations are what the receive path is short of.
         """
         from trapd.dispatch.dispatcher import DispatchOverloaded
+        from trapd.dispatch.journal import JournalError
 
         queue = self._submit_queue
         dispatcher = self.dispatcher
@@ -279,6 +285,11 @@ class Daemon:
                 if isinstance(result, DispatchOverloaded):
                     self.stats.submit_overflow += 1
                     self._loss_log.note("journal-overloaded", ",".join(outcome.matched), event.source)
+                elif isinstance(result, JournalError):
+                    # The journal cannot commit (its database unavailable): counted, and logged at
+                    # a limited rate; an inform among them was not acknowledged, so it comes again.
+                    self.stats.submit_overflow += 1
+                    self._loss_log.note("journal-unavailable", ",".join(outcome.matched), event.source)
                 elif isinstance(result, BaseException):
                     self.stats.errors["submit"] += 1
                     self.log.error("dispatch failed", event_id=event.id, error=repr(result))
@@ -548,10 +559,19 @@ class Daemon:
         return line[:1000]
 
     def _health(self) -> Health:
-        """/healthz: the daemon's own verdict, plus the Kea servers that need attention (still healthy)."""
+        """/healthz: the daemon's own verdict, the journal, and the Kea servers that need attention."""
         from trapd.service.health import Health
 
         health = self.health
+        if self.journal is not None and health.healthy:
+            # Unhealthy (503) while the journal cannot commit; not the watchdog's verdict:
+            # restarting trapd does not bring a database back, and the receive path keeps
+            # working (informs unacknowledged, traps counted as lost).
+            jh = self.journal.health()
+            if not jh.available:
+                return Health(
+                    False, "degraded", {**health.detail, "journal": jh.problem, "journal_since": jh.since}
+                )
         warnings = self.kea_monitor.warnings() if self.kea_monitor is not None else []
         if not warnings or not health.healthy:
             return health
@@ -587,6 +607,7 @@ class Daemon:
 
         ls = self.listener.stats if self.listener is not None else None
         ds = self.dispatcher.stats if self.dispatcher is not None else None
+        jh = self.journal.health() if self.journal is not None else None
         return DaemonSnapshot(
             received=dict(self.stats.received),
             dropped=dict(ls.dropped) if ls is not None else {},
@@ -602,6 +623,8 @@ class Daemon:
             last_reload_ok=self._reload_error is None,
             outcomes_lost=self.stats.submit_overflow,
             rate_limit_exempted=sum(self.limiter.stats.exempted.values()) if self.limiter else 0,
+            journal_problem=jh.problem if jh is not None else None,
+            journal_failed_writes=jh.failed_writes if jh is not None else 0,
         )
 
 

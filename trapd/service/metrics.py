@@ -43,11 +43,13 @@ trapd_socket_receive_queue_bytes               gauge      socket (address); byte
 trapd_rule_matches_total                       counter    rule
 trapd_actions_rejected_total                   counter    rule, reason (template, parameter, decoder)
 trapd_events_unmatched_total                   counter
-trapd_outcomes_lost_total                      counter    matched, but the dispatch backlog was full
+trapd_outcomes_lost_total                      counter    matched, not journaled (backlog full, journal down)
 trapd_rate_limit_exempted_total                counter    over a rate limit, kept: they clear pending actions
 trapd_actions_total                            counter    plugin, outcome
 trapd_action_latency_seconds                   histogram  from notification received to action done
 trapd_journal_entries                          gauge      state (pending, scheduled, held, dead)
+trapd_journal_available                        gauge      1 when the journal can commit (0: database down)
+trapd_journal_failed_writes_total              counter    journal writes that failed for want of the journal
 trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker is
                                                           closed; 0: down), e.g. pair4/server1/v4
 trapd_kea_ha_state                             gauge      endpoint, state (1 for the peer's HA state now,
@@ -119,6 +121,10 @@ class DaemonSnapshot:
     outcomes_lost: int = 0
     # Over a rate limit, but let through because they clear pending actions (linkUp...).
     rate_limit_exempted: int = 0
+    # The journal cannot commit now (a PostgreSQL journal's database is unavailable): why; None when it can.
+    journal_problem: str | None = None
+    # Journal writes that failed because it could not commit (outcomes not journaled, among others).
+    journal_failed_writes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +226,8 @@ class TrapdCollector:
         yield CounterMetricFamily("trapd_events_unmatched", "Events no rule matched.", value=snap.unmatched)
         yield CounterMetricFamily(
             "trapd_outcomes_lost",
-            "Matched events whose actions were not journaled: the dispatch backlog was full (a storm).",
+            "Matched events whose actions were not journaled: the dispatch backlog was full (a storm), "
+            "or the journal could not commit (its database unavailable).",
             value=snap.outcomes_lost,
         )
         yield CounterMetricFamily(
@@ -285,6 +292,16 @@ class TrapdCollector:
         for state in sorted({"pending", "scheduled", "held", "dead", *snap.journal}):
             journal.add_metric([state], snap.journal.get(state, 0))
         yield journal
+        yield GaugeMetricFamily(
+            "trapd_journal_available",
+            "1 when the journal can commit; 0 while it cannot (a PostgreSQL journal's database is down).",
+            value=0 if snap.journal_problem is not None else 1,
+        )
+        yield CounterMetricFamily(
+            "trapd_journal_failed_writes",
+            "Journal writes that failed because the journal could not commit.",
+            value=snap.journal_failed_writes,
+        )
         kea = GaugeMetricFamily(
             "trapd_kea_endpoint_up", "Kea endpoint reachable (1) or not (0).", labels=["endpoint"]
         )
@@ -369,4 +386,6 @@ def status_line(snap: DaemonSnapshot) -> str:
         parts.append(f"kea {sum(1 for up in snap.kea_up.values() if up)}/{len(snap.kea_up)} up")
     if not snap.last_reload_ok:
         parts.append("last reload FAILED")
+    if snap.journal_problem is not None:
+        parts.append("JOURNAL UNAVAILABLE")
     return ", ".join(parts)

@@ -75,6 +75,8 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "last_reload_ok": snap.last_reload_ok,
         "outcomes_lost": snap.outcomes_lost,
         "rate_limit_exempted": snap.rate_limit_exempted,
+        "journal_problem": snap.journal_problem,
+        "journal_failed_writes": snap.journal_failed_writes,
     }
 
 
@@ -106,6 +108,8 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         last_reload_ok=bool(data.get("last_reload_ok", True)),
         outcomes_lost=int(data.get("outcomes_lost", 0)),
         rate_limit_exempted=int(data.get("rate_limit_exempted", 0)),
+        journal_problem=str(data["journal_problem"]) if data.get("journal_problem") else None,
+        journal_failed_writes=int(data.get("journal_failed_writes", 0)),
     )
 
 
@@ -146,7 +150,8 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     kea_warnings: dict[str, None] = {}  # ordered set
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
-    unmatched = lost = exempted = 0
+    unmatched = lost = exempted = failed_writes = 0
+    problem: str | None = None
     for s in snaps:
         _add(received, s.received)
         _add(dropped, s.dropped)
@@ -167,6 +172,8 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         unmatched += s.unmatched
         lost += s.outcomes_lost
         exempted += s.rate_limit_exempted
+        failed_writes += s.journal_failed_writes
+        problem = problem or s.journal_problem
     return DaemonSnapshot(
         received=received,
         dropped=dropped,
@@ -183,6 +190,8 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         kea_warnings=tuple(kea_warnings),
         outcomes_lost=lost,
         rate_limit_exempted=exempted,
+        journal_problem=problem,
+        journal_failed_writes=failed_writes,
     )
 
 

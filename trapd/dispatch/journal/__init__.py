@@ -26,6 +26,7 @@ from trapd.dispatch.journal.model import (
     Journal,
     JournalError,
     JournalFull,
+    JournalHealth,
     NewEntry,
     State,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "JournalFull",
+    "JournalHealth",
     "NewEntry",
     "SQLiteJournal",
     "State",

@@ -176,6 +176,16 @@ class ClaimResult:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalHealth:
+    """Whether the journal can commit now: for /healthz, STATUS= and the metrics."""
+
+    available: bool = True
+    problem: str | None = None  # why not, in one line (never a password)
+    since: float | None = None  # when it stopped (epoch seconds)
+    failed_writes: int = 0  # operations that failed because of it, since start
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryFilter:
     mac: str | None = None
     ip: str | None = None
@@ -331,6 +341,10 @@ class Journal(Protocol):
     async def prune(self, finished_before: float, now: float) -> int: ...
     async def changed(self) -> bool:
         """True when another process (``trapd journal``) committed since the last call."""
+        ...
+
+    def health(self) -> JournalHealth:
+        """Can it commit now? Cheap (no I/O): the daemon asks at every /healthz and STATUS=."""
         ...
 
     def watch(self, callback: Callable[[], None]) -> None:

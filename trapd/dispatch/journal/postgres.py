@@ -67,6 +67,7 @@ from trapd.dispatch.journal.model import (
     HistoryFilter,
     JournalError,
     JournalFull,
+    JournalHealth,
     NewEntry,
     State,
 )
@@ -873,6 +874,13 @@ class PostgresJournal:
     @property
     def owner(self) -> str | None:
         return self._owner
+
+    def health(self) -> JournalHealth:
+        if self.available:
+            return JournalHealth(failed_writes=self.failed_ops)
+        return JournalHealth(
+            False, f"journal database unavailable: {self.last_error}", self.unavailable_since, self.failed_ops
+        )
 
     def watch(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when another host committed something this one may have to act on."""

@@ -49,6 +49,7 @@ from trapd.dispatch.journal.model import (
     HistoryFilter,
     JournalError,
     JournalFull,
+    JournalHealth,
     NewEntry,
     State,
 )
@@ -998,6 +999,9 @@ class SQLiteJournal:
     async def changed(self) -> bool:
         result: bool = await self._call(self._data_version, write=False)
         return result
+
+    def health(self) -> JournalHealth:
+        return JournalHealth()
 
     def watch(self, callback: Callable[[], None]) -> None:
         """No push here: the dispatcher polls :meth:`changed` (``PRAGMA data_version``)."""
