@@ -21,6 +21,8 @@ from daemon_harness import IF_INDEX, LINK_DOWN, REPO, TrapdDaemon, link_down
 from listen_harness import needs_netsnmp, snmp_send
 from pg_harness import PgServer
 
+from trapd.dispatch.journal.postgres import SCHEMA_VERSION
+
 pytestmark = [pytest.mark.integration, needs_netsnmp]
 
 RULES = """\
@@ -72,7 +74,7 @@ def test_one_trapd_on_postgresql(tmp_path: Path, pg_server: PgServer) -> None:
     assert d.wait_exit(30) != 0
     assert any("trapd journal migrate" in str(e) for e in d.log), d.log[-5:]
     r = trapd("journal", "--config", str(d.config_path), "migrate")
-    assert r.returncode == 0 and "created -> 1" in r.stdout, r.stderr
+    assert r.returncode == 0 and f"created -> {SCHEMA_VERSION}" in r.stdout, r.stderr
     assert "up to date" in trapd("journal", "--config", str(d.config_path), "migrate").stdout
     d.launch()
     try:
