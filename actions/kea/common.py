@@ -49,29 +49,38 @@ class FamilyRule:
 
         ``templated``: parameters given as templates, whose values are only
         known per trap. A templated address or family could be either; a
-        DUID is v6 whatever its value.
+        DUID is v6 whatever its value. Parameters that contradict each other
+        (circuit-id with family v6) raise PermanentError: ``trapd check``
+        refuses such a rule, and at run time the action fails at once.
         """
-        implied: set[str] = set()
+        fixed: set[str] = set()  # what the parameters known now say
         ip = params.get("ip-address")
-        if "ip-address" in templated:
-            implied.update(FAMILIES)
-        elif ip:
-            implied.add(f"v{ipaddress.ip_address(ip).version}")
+        if ip and "ip-address" not in templated:
+            fixed.add(f"v{ipaddress.ip_address(ip).version}")
         if any(params.get(k) is not None or k in templated for k in self.v6_only):
-            implied.add("v6")
+            fixed.add("v6")
         if any(params.get(k) is not None or k in templated for k in self.v4_only):
-            implied.add("v4")
-        if "family" in templated:
-            implied.update(FAMILIES)
-        elif params.get("family"):
-            implied.add(str(params["family"]))
-        return tuple(f for f in FAMILIES if f in implied)
+            fixed.add("v4")
+        if params.get("family") and "family" not in templated:
+            fixed.add(str(params["family"]))
+        if len(fixed) > 1:
+            shown = _shown(
+                {
+                    k: v
+                    for k, v in params.items()
+                    if k in ("family", "ip-address", *self.v4_only, *self.v6_only)
+                }
+            )
+            raise PermanentError(f"parameters mix IPv4 and IPv6: {shown}")
+        if fixed:
+            return tuple(fixed)
+        if "ip-address" in templated or "family" in templated:
+            return FAMILIES  # known per trap
+        return ()
 
     def family(self, params: Mapping[str, Any]) -> str | None:
         """At run time: the one family the parameters imply, None for none; PermanentError if they mix."""
         fams = self.families(params)
-        if len(fams) > 1:
-            raise PermanentError(f"parameters mix IPv4 and IPv6: {_shown(params)}")
         return fams[0] if fams else None
 
 

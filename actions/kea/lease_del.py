@@ -20,11 +20,11 @@ from .common import (
     each_peer,
     exactly_one,
 )
-from .relay import id_bytes, matches, relay_info
+from .relay import id_bytes, matches, matches6, relay_hops6, relay_info
 
 SELECTORS = ("ip-address", "hw-address", "client-id", "duid")
-RELAY = ("circuit-id", "remote-id")
-FAMILIES = FamilyRule(v6_only=("duid", "iaid", "type"), v4_only=("client-id", *RELAY))
+RELAY = ("circuit-id", "remote-id", "relay-id", "interface-id")
+FAMILIES = FamilyRule(v6_only=("duid", "iaid", "type", "interface-id"), v4_only=("client-id", "circuit-id"))
 
 PARAMS = {
     "endpoint": ENDPOINT,
@@ -39,7 +39,17 @@ PARAMS = {
         "enum", "v6, with ip-address: IA_NA (default) or IA_PD for a prefix", choices=("IA_NA", "IA_PD")
     ),
     "circuit-id": Param("string", "v4: delete leases relayed with this option-82 circuit-id (0x... = hex)"),
-    "remote-id": Param("string", "v4: delete leases relayed with this option-82 remote-id (0x... = hex)"),
+    "remote-id": Param(
+        "string",
+        "delete leases relayed with this remote-id: v4 option-82 sub-option 2; v6 option 37, with or "
+        "without its enterprise number (0x... = hex)",
+    ),
+    "relay-id": Param(
+        "string", "delete leases relayed with this relay-id: v4 sub-option 12, v6 option 53 (0x... = hex)"
+    ),
+    "interface-id": Param(
+        "string", "v6: delete leases relayed with this interface-id, option 18 (0x... = hex)"
+    ),
     "subnet-id": SUBNET_ID,
     "update-ddns": Param(
         "boolean", "ask Kea to remove the client's DNS records (via kea-dhcp-ddns)", default=False
@@ -65,7 +75,7 @@ PARAMS = {
     params=PARAMS,
     idempotent=True,
     destructive=True,
-    key=("ip-address", "hw-address", "client-id", "duid", "circuit-id", "remote-id"),
+    key=("ip-address", "hw-address", "client-id", "duid", *RELAY),
     kea_commands=(
         "lease4-get",
         "lease4-del",
@@ -81,11 +91,12 @@ PARAMS = {
     per_peer=each_peer,
 )
 async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
-    """Delete DHCP leases in Kea: by address, MAC, client-id, DUID or option-82 relay ids.
+    """Delete DHCP leases in Kea: by address, MAC, client-id, DUID or the relay's ids.
 
     Give exactly one selector: ``ip-address``, ``hw-address``, ``client-id``
-    (v4), ``duid`` (+ ``iaid``, v6), or ``circuit-id`` and/or ``remote-id``
-    (v4). Every matching lease is fetched first and recorded complete in the
+    (v4), ``duid`` (+ ``iaid``, v6), or relay ids: ``circuit-id`` (v4),
+    ``interface-id`` (v6), ``remote-id`` and ``relay-id`` (both; all given
+    must match). Every matching lease is fetched first and recorded complete in the
     result (``leases``), so ``trapd kea restore JOURNAL_ID`` can put it back.
     A lease that does not exist counts as success (nothing to do). Needs the
     lease_cmds hook in Kea. On an HA relationship it runs on every peer, one
@@ -110,8 +121,14 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     kea = client_for(params, ctx, FAMILIES.family(params))
     fam = kea.family
     v = "4" if fam == "v4" else "6"
-    if sel in ("client-id", "relay") and fam == "v6":
+    if sel == "client-id" and fam == "v6":
         raise PermanentError(f"{sel} selects v4 leases only; endpoint {kea.name} is v6")
+    if fam == "v6" and params.get("circuit-id") is not None:
+        raise PermanentError(
+            f"circuit-id is DHCPv4 (option 82); use interface-id for v6 (endpoint {kea.name})"
+        )
+    if fam == "v4" and params.get("interface-id") is not None:
+        raise PermanentError(f"interface-id is DHCPv6; use circuit-id for v4 (endpoint {kea.name})")
     if sel == "duid" and fam == "v4":
         raise PermanentError("duid selects v6 leases only")
     subnet = params.get("subnet-id")
@@ -142,12 +159,19 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
                 return str(lease.get("hw-address", "")).lower() == mac
 
         else:
-            cid = id_bytes(params["circuit-id"]) if params.get("circuit-id") is not None else None
-            rid = id_bytes(params["remote-id"]) if params.get("remote-id") is not None else None
-            result["circuit-id"], result["remote-id"] = params.get("circuit-id"), params.get("remote-id")
+            ids = {k: id_bytes(params[k]) if params.get(k) is not None else None for k in RELAY}
+            result.update({k: params[k] for k in RELAY if params.get(k) is not None})
+            if fam == "v4":
 
-            def wanted(lease: dict[str, Any]) -> bool:
-                return matches(relay_info(lease), cid, rid)
+                def wanted(lease: dict[str, Any]) -> bool:
+                    return matches(relay_info(lease), ids["circuit-id"], ids["remote-id"], ids["relay-id"])
+
+            else:
+
+                def wanted(lease: dict[str, Any]) -> bool:
+                    return matches6(
+                        relay_hops6(lease), ids["interface-id"], ids["remote-id"], ids["relay-id"]
+                    )
 
         scanned = 0
         async for lease in scan(kea, params["page-size"], params["scan-limit"], result):

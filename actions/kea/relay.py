@@ -1,7 +1,7 @@
-"""Option 82 (relay agent information) as Kea stores it in a lease's user-context.
+"""Relay information as Kea stores it in a lease's user-context: option 82 (v4), relay options (v6).
 
 With ``store-extended-info`` Kea keeps the relay's sub-options in
-``user-context.ISC.relay-agent-info``:
+``user-context.ISC.relay-agent-info`` (DHCPv4):
 
 - Kea 2.2: a string, ``"0x"`` + hex of the sub-options (code, length, value
   for each; option 82's own code and length are not included), e.g.
@@ -10,6 +10,17 @@ With ``store-extended-info`` Kea keeps the relay's sub-options in
   circuit-id stays inside sub-options.
 
 Circuit-id is sub-option 1, remote-id sub-option 2 (RFC 3046), relay-id 12 (RFC 6925).
+
+DHCPv6 (measured with a relayed Solicit/rapid-commit to kea-dhcp6 2.2.0,
+2.6.3 and 3.0.4): one entry per relay hop, each with the relay's options as
+``"0x"`` + hex (code and length on two octets each, RFC 8415):
+
+- Kea 2.2: ``user-context.ISC.relays``:
+  ``[{"hop": 0, "link": "2001:db8:1::1", "peer": "fe80::aa", "options": "0x0012..."}]``
+- Kea >= 2.4: ``user-context.ISC.relay-info``, the same plus ``"remote-id"`` (hex of
+  option 37's data: enterprise number + id) and ``"relay-id"`` (hex of option 53's DUID).
+
+Interface-id is option 18 (RFC 8415), remote-id 37 (RFC 4649), relay-id 53 (RFC 5460).
 """
 
 from __future__ import annotations
@@ -21,6 +32,9 @@ from typing import Any
 CIRCUIT_ID = 1
 REMOTE_ID = 2
 RELAY_ID = 12
+V6_INTERFACE_ID = 18
+V6_REMOTE_ID = 37
+V6_RELAY_ID = 53
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +48,10 @@ class RelayInfo:
     @property
     def remote_id(self) -> bytes | None:
         return self.sub_options.get(REMOTE_ID)
+
+    @property
+    def relay_id(self) -> bytes | None:
+        return self.sub_options.get(RELAY_ID)
 
 
 def hex_bytes(text: str) -> bytes | None:
@@ -102,10 +120,75 @@ def id_bytes(value: str) -> bytes:
     return value.encode()
 
 
-def matches(info: RelayInfo | None, circuit_id: bytes | None, remote_id: bytes | None) -> bool:
+def matches(
+    info: RelayInfo | None, circuit_id: bytes | None, remote_id: bytes | None, relay_id: bytes | None = None
+) -> bool:
     """Every given id must equal the lease's; a lease without relay info never matches."""
-    if info is None or (circuit_id is None and remote_id is None):
+    if info is None or (circuit_id is None and remote_id is None and relay_id is None):
         return False
     if circuit_id is not None and info.circuit_id != circuit_id:
         return False
+    if relay_id is not None and info.relay_id != relay_id:
+        return False
     return remote_id is None or info.remote_id == remote_id
+
+
+def parse_options6(data: bytes) -> dict[int, bytes]:
+    """DHCPv6 options (two-octet code and length); the first of a repeated code wins."""
+    out: dict[int, bytes] = {}
+    i = 0
+    while i + 4 <= len(data):
+        code, length = int.from_bytes(data[i : i + 2], "big"), int.from_bytes(data[i + 2 : i + 4], "big")
+        value = data[i + 4 : i + 4 + length]
+        if len(value) < length:
+            break
+        out.setdefault(code, value)
+        i += 4 + length
+    return out
+
+
+def relay_hops6(lease: dict[str, Any]) -> list[dict[int, bytes]]:
+    """The relay options of each hop stored with a v6 lease ([] when it has none)."""
+    ctx = lease.get("user-context")
+    isc = ctx.get("ISC") if isinstance(ctx, dict) else None
+    if not isinstance(isc, dict):
+        return []
+    hops = isc.get("relay-info", isc.get("relays"))
+    if not isinstance(hops, list):
+        return []
+    out = []
+    for hop in hops:
+        if not isinstance(hop, dict):
+            continue
+        raw = hex_bytes(hop["options"]) if isinstance(hop.get("options"), str) else None
+        opts = parse_options6(raw) if raw is not None else {}
+        # Kea >= 2.4 also stores these two on their own (the same bytes as in the options).
+        for key, code in (("remote-id", V6_REMOTE_ID), ("relay-id", V6_RELAY_ID)):
+            value = hop.get(key)
+            if isinstance(value, str) and code not in opts and (b := hex_bytes(value)) is not None:
+                opts[code] = b
+        out.append(opts)
+    return out
+
+
+def matches6(
+    hops: list[dict[int, bytes]], interface_id: bytes | None, remote_id: bytes | None, relay_id: bytes | None
+) -> bool:
+    """True when one relay hop carries every given id.
+
+    A remote-id matches option 37's whole data (enterprise number + id) or
+    the id after the four-octet enterprise number.
+    """
+    if interface_id is None and remote_id is None and relay_id is None:
+        return False
+    for opts in hops:
+        if interface_id is not None and opts.get(V6_INTERFACE_ID) != interface_id:
+            continue
+        if relay_id is not None and opts.get(V6_RELAY_ID) != relay_id:
+            continue
+        if remote_id is not None:
+            stored = opts.get(V6_REMOTE_ID)
+            if stored is None or remote_id not in (stored, stored[4:]):
+                continue
+        return True
+    return False

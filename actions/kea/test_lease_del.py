@@ -158,6 +158,54 @@ async def test_by_relay_circuit_id(kea: KeaInstance, ctx: ActionContext) -> None
     assert (await run(ctx, **{"circuit-id": "0x" + port.hex()}))["deleted"] == 1
 
 
+def opt6(code: int, data: bytes) -> bytes:
+    return code.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+
+def relays_22(interface_id: bytes, remote_id: bytes, relay_id: bytes) -> dict[str, Any]:
+    """A v6 lease's user-context as kea-dhcp6 2.2.0 stored it for a real relayed rapid-commit Solicit.
+
+    Measured (store-extended-info, one relay hop): ``{"ISC": {"relays": [{"hop": 0, "link":
+    "2001:db8:1::1", "options": "0x001200074769312F302F37...", "peer": "fe80::aa"}]}}``.
+    """
+    options = opt6(18, interface_id) + opt6(37, (9).to_bytes(4, "big") + remote_id) + opt6(53, relay_id)
+    hop = {"hop": 0, "link": "2001:db8:1::1", "options": "0x" + options.hex().upper(), "peer": "fe80::aa"}
+    return {"ISC": {"relays": [hop]}}
+
+
+def relay_info_26(interface_id: bytes, remote_id: bytes, relay_id: bytes) -> dict[str, Any]:
+    """The same exchange as Kea 2.6.3 / 3.0.4 stored it: ``relay-info``, remote-id and relay-id also apart."""
+    hop = relays_22(interface_id, remote_id, relay_id)["ISC"]["relays"][0]
+    hop["remote-id"] = ((9).to_bytes(4, "big") + remote_id).hex().upper()
+    hop["relay-id"] = relay_id.hex().upper()
+    return {"ISC": {"relay-info": [hop]}}
+
+
+async def test_v6_by_relay_interface_remote_and_relay_id(kea: KeaInstance, ctx: ActionContext) -> None:
+    port = f"Gi1/0/{next(kea._ip6)}".encode()  # unique per run of this test
+    relay = bytes.fromhex("0003000102aabbccddee")
+    hit1, hit2, other_switch, other_port, plain = (kea.next_ip6() for _ in range(5))
+    duid = iter(f"00:03:00:01:0a:00:27:6e:00:{i:02x}" for i in range(1, 100))
+    kea.add_lease6(hit1, next(duid), 1, **{"user-context": relays_22(port, b"sw1", relay)})
+    kea.add_lease6(hit2, next(duid), 1, **{"user-context": relay_info_26(port, b"sw1", relay)})
+    kea.add_lease6(other_switch, next(duid), 1, **{"user-context": relays_22(port, b"sw2", bytes(10))})
+    kea.add_lease6(other_port, next(duid), 1, **{"user-context": relays_22(port + b"9", b"sw1", relay)})
+    kea.add_lease6(plain, next(duid), 1)
+    # interface-id and remote-id together (remote-id without its enterprise number): both must match
+    result = await run(ctx, **{"interface-id": port.decode(), "remote-id": "sw1", "page-size": 2})
+    assert result["family"] == "v6" and result["pages"] >= 2
+    assert sorted(lease["ip-address"] for lease in result["leases"]) == sorted([hit1, hit2])
+    assert kea.lease6(hit1) is None and kea.lease6(hit2) is None
+    assert kea.lease6(other_port) is not None and kea.lease6(other_switch) is not None
+    # relay-id alone, written as hex; a v6 family has to be said (relay-id exists in both families)
+    result = await run(ctx, **{"relay-id": "0x" + relay.hex(), "family": "v6"})
+    assert [lease["ip-address"] for lease in result["leases"]] == [other_port]
+    # remote-id with the enterprise number, as option 37 carries it
+    result = await run(ctx, **{"remote-id": "0x00000009" + b"sw2".hex(), "family": "v6"})
+    assert [lease["ip-address"] for lease in result["leases"]] == [other_switch]
+    assert kea.lease6(plain) is not None
+
+
 async def test_scan_limit_stops_before_deleting(kea: KeaInstance, ctx: ActionContext) -> None:
     for _ in range(3):
         kea.add_lease4(kea.next_ip4(), next(MAC))
@@ -180,6 +228,8 @@ async def test_update_ddns_flag_is_sent(kea: KeaInstance, ctx: ActionContext) ->
         {"ip-address": "10.1.0.1", "hw-address": "00:11:22:33:44:55"},
         {"ip-address": "10.1.0.1", "duid": "00:01"},
         {"client-id": "01:02", "family": "v6"},
+        {"circuit-id": "ge-0/0/1", "family": "v6"},  # v6 has interface-id, not circuit-id
+        {"interface-id": "Gi1/0/1", "family": "v4"},
     ],
 )
 async def test_bad_selectors_fail_permanently(ctx: ActionContext, values: dict[str, Any]) -> None:
@@ -234,3 +284,27 @@ async def test_kea_down_is_retryable(kea_factory: Any) -> None:
         await ca.command("lease4-get", {"ip-address": "10.1.0.1"})
     await clients.aclose()
     await c.http.aclose()
+
+
+@pytest.mark.parametrize(
+    ("params", "refused"),
+    [
+        ("circuit-id: ge-0/0/1\n        family: v6", True),  # passed trapd check before, then dead-lettered
+        ("interface-id: Gi1/0/1\n        ip-address: 10.1.0.1", True),
+        ("circuit-id: ge-0/0/1\n        family: '{{ source }}'", False),  # known per trap only
+        ("interface-id: Gi1/0/1", False),
+        ("relay-id: '0x0003000102aabbccddee'\n        family: v6", False),
+    ],
+)
+def test_trapd_check_refuses_relay_ids_of_the_other_family(tmp_path: Any, params: str, refused: bool) -> None:
+    from trapd.testing import rule_file_problems
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n    actions:\n"
+        f"      - action: kea.lease-del\n        {params}\n        cap: {{limit: 1, per: 1m}}\n"
+    )
+    problems = [p for p in rule_file_problems(rules) if "mix IPv4 and IPv6" in p]
+    assert bool(problems) is refused, problems
+    if refused:
+        assert problems[0].startswith(f"{rules}:5:")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from trapd.errors import ActionError
 from trapd.kea.config import EndpointConfig, KeaConfig
 from trapd.plugin import ActionSpec
 from trapd.rules.outcome import PlannedAction
@@ -57,8 +58,9 @@ def _pair_of(spec: ActionSpec, pa: PlannedAction, kea: KeaConfig) -> EndpointCon
     """The HA relationship this action goes to, when it is one and the action runs on every peer."""
     if spec.per_peer is None or pa.params.get("peer") is not None or not spec.per_peer(pa.params):
         return None
-    families = spec.kea_families(pa.params, frozenset()) if spec.kea_families is not None else ()
-    if len(families) > 1:
+    try:
+        families = spec.kea_families(pa.params, frozenset()) if spec.kea_families is not None else ()
+    except (ActionError, ValueError):
         return None  # contradictory parameters: the action fails with the reason when it runs
     endpoint = pa.params.get("endpoint")
     ep = kea.resolve(str(endpoint) if endpoint else None, families[0] if families else "v4")

@@ -18,6 +18,7 @@ from trapd.params import Param, ParamError, convert
 from trapd.plugin import ActionSpec
 from trapd.rules.compile_context import CompileContext, RuleScope
 from trapd.rules.compile_values import ValueCompiler
+from trapd.rules.kea_uses import family_problem
 from trapd.rules.outcome import RetryPolicy
 from trapd.rules.ruleset import ActionCall, CapSpec, Const, ListOf, MapOf, Template, Value
 from trapd.yamlsource import Mark, YDict, YList, where
@@ -180,6 +181,8 @@ class ActionCompiler:
                 self.problems.error(
                     f"{name} needs the parameter {k!r} ({p.describe()})", where(node, "action")
                 )
+        if (problem := family_problem(spec, params)) is not None:  # e.g. circuit-id with family v6
+            self.problems.error(f"{name}: {problem}", where(node, "action"))
         delay = 0.0
         if "delay" in node:
             delay = self.ctx.duration(node["delay"], where(node, "delay"), "delay") or 0.0

@@ -8,11 +8,13 @@ parameters a rule fixes and the names of those that are templates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+from trapd.errors import ActionError
 from trapd.kea.config import FAMILIES, KeaConfig
 from trapd.kea.probe import KeaUse
-from trapd.rules.ruleset import ActionCall, Const, Rule
+from trapd.plugin import ActionSpec
+from trapd.rules.ruleset import ActionCall, Const, Rule, Value
 
 
 def kea_uses(rules: Iterable[Rule], config: KeaConfig) -> list[KeaUse]:
@@ -36,17 +38,33 @@ def kea_uses(rules: Iterable[Rule], config: KeaConfig) -> list[KeaUse]:
 
 def call_families(call: ActionCall) -> tuple[str, ...]:
     """The families the call's fixed parameters imply (templated ones count as either); () = none."""
-    if call.spec.kea_families is None:
+    return _families(call.spec, call.params)
+
+
+def family_problem(spec: ActionSpec, params: Mapping[str, Value]) -> str | None:
+    """Why these parameters cannot work on any address family (circuit-id with family v6), or None.
+
+    For the compiler: ``trapd check`` refuses what would fail on every trap.
+    """
+    try:
+        _families(spec, params)
+    except (ActionError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _families(spec: ActionSpec, params: Mapping[str, Value]) -> tuple[str, ...]:
+    if spec.kea_families is None:
         return ()
-    consts = {k: v.value for k, v in call.params.items() if isinstance(v, Const)}
-    templated = frozenset(k for k, v in call.params.items() if not isinstance(v, Const))
-    return call.spec.kea_families(consts, templated)
+    consts = {k: v.value for k, v in params.items() if isinstance(v, Const)}
+    templated = frozenset(k for k, v in params.items() if not isinstance(v, Const))
+    return spec.kea_families(consts, templated)
 
 
 def _uses_of(call: ActionCall, config: KeaConfig, where: str, commands: tuple[str, ...]) -> list[KeaUse]:
     try:
         implied = call_families(call)
-    except ValueError:  # a bad constant is the compiler's to report
+    except (ActionError, ValueError):  # the compiler reports it (family_problem)
         implied = ()
     endpoint_value = call.params.get("endpoint")
     if endpoint_value is not None and not isinstance(endpoint_value, Const):
