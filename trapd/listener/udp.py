@@ -44,6 +44,7 @@ from trapd.listener.stats import DROP_REASONS, DropLog, ListenerStats
 
 if TYPE_CHECKING:  # the v3 path imports cryptography and pysnmp: only when v3 users exist
     from trapd.listener.v3.path import V3Path
+    from trapd.listener.v3.replay import ReplayMemory
     from trapd.listener.v3.usm import UsmFastPath
 
 # The callback may return DEFER_ACK for a v2c inform: it then owns ``raw.ack`` and calls
@@ -275,6 +276,7 @@ class Listener:
         self._log = logger
         self.drop_log = DropLog(self._emit_drop_line, drop_log_interval)
         self._v3: V3Path | None = None  # built in start() when v3 users exist (_build_v3)
+        self._replays: ReplayMemory | None = None  # the v3 replay memory, for the listener's life
         self._readers: list[_Reader] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatch = dispatch
@@ -371,7 +373,10 @@ class Listener:
         if not config.v3_users:
             return None
         from trapd.listener.v3.path import V3Path
+        from trapd.listener.v3.replay import for_listener
 
+        if self._replays is None:
+            self._replays = for_listener()
         return V3Path.build(
             config.v3_users,
             self._deliver,
@@ -379,6 +384,7 @@ class Listener:
             self.drop_log.note,
             engine_id=config.engine_id,
             state_dir=self._state_dir,
+            replays=self._replays,
             previous=self._v3,
         )
 

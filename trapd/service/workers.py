@@ -332,6 +332,7 @@ class Supervisor:
     def _prepare(self) -> None:
         """Everything that may refuse to start, done once: rules, sockets, journal recovery, v3 boots."""
         from trapd.listener.v3 import advance_engine_clock, default_engine_id
+        from trapd.listener.v3.replay import share_across_workers
         from trapd.service.socket_activation import inherited_sockets
 
         cfg = self.config
@@ -347,6 +348,9 @@ class Supervisor:
         if recovered.get("rerun") or recovered.get("held"):
             self.log.warning("actions interrupted by the last shutdown", **recovered)
         self.clock = advance_engine_clock(cfg.listener.engine_id or default_engine_id(), cfg.state_dir)
+        # One v3 replay memory for every worker forked from here (a replay sent from another
+        # source port reaches another worker): anonymous shared memory, inherited by fork.
+        share_across_workers()
         self.log.info(
             "supervisor starting workers",
             workers=self.count,

@@ -25,6 +25,7 @@ from trapd.listener.v3.errors import Refused
 from trapd.listener.v3.header import HeaderError, parse_header
 from trapd.listener.v3.keys import MasterKeys
 from trapd.listener.v3.receiver import OnDrop, OnNotification, V3Receiver
+from trapd.listener.v3.replay import ReplayMemory
 from trapd.listener.v3.usm import UsmFastPath
 
 __all__ = ["V3Path"]
@@ -64,16 +65,25 @@ class V3Path:
         *,
         engine_id: bytes | None,
         state_dir: Path | None,
+        replays: ReplayMemory,
         previous: V3Path | None = None,
     ) -> V3Path:
-        """The path for ``users``; ``previous`` (the path of the configuration before a reload)
-        hands on what must survive a reload: the sender engines' time notions and replay memory."""
+        """The path for ``users``. ``replays``: the listener's replay memory (kept across reloads,
+        shared by the workers: :mod:`trapd.listener.v3.replay`). ``previous`` (the path of the
+        configuration before a reload) hands on the sender engines' time notions."""
         masters: MasterKeys = {}
         receiver = V3Receiver(
-            users, deliver, stats, engine_id=engine_id, on_drop=on_drop, state_dir=state_dir, masters=masters
+            users,
+            deliver,
+            stats,
+            engine_id=engine_id,
+            on_drop=on_drop,
+            state_dir=state_dir,
+            masters=masters,
+            replays=replays,
         )
         timelines = previous.fast.timelines if previous is not None and previous.fast is not None else None
-        fast = UsmFastPath(users, receiver.engine_id, timelines=timelines, masters=masters)
+        fast = UsmFastPath(users, receiver.engine_id, timelines=timelines, masters=masters, replays=replays)
         return cls(receiver, fast, deliver, stats, on_drop)
 
     @property

@@ -79,6 +79,7 @@ from trapd.listener.v3.keys import (
     localized_user,
     master_keys,
 )
+from trapd.listener.v3.replay import ReplayMemory
 
 # May return False to say "not handed on" (then a v3 inform is not acknowledged).
 OnNotification = Callable[[RawNotification], object]
@@ -108,7 +109,9 @@ class V3Receiver:
     ``users``: the configured USM users. ``engine_id``: trapd's own
     (authoritative) engine ID, which v3 informs are addressed to; ``None``
     derives a stable one (:func:`default_engine_id`); its snmpEngineBoots is
-    kept under ``state_dir`` when given (see :func:`make_engine`). ``on_notification`` is
+    kept under ``state_dir`` when given (see :func:`make_engine`). ``replays``: the
+    replay memory (:mod:`trapd.listener.v3.replay`); an authentic message
+    pysnmp accepts whose MAC it holds already is dropped as replayed. ``on_notification`` is
     called synchronously for every accepted notification; ``on_drop(reason,
     detail, source, who)`` for every dropped message, after ``stats`` counted it.
     """
@@ -124,6 +127,7 @@ class V3Receiver:
         max_learned_engines: int = 1024,
         state_dir: Path | None = None,
         masters: MasterKeys | None = None,
+        replays: ReplayMemory | None = None,
     ) -> None:
         from pysnmp.proto.api import v2c
 
@@ -131,6 +135,7 @@ class V3Receiver:
         self._on_notification = on_notification
         self._stats = stats
         self._on_drop = on_drop
+        self._replays = replays
         self._max_learned = max_learned_engines
         self._v2c = v2c
 
@@ -311,8 +316,17 @@ class V3Receiver:
             return
         header, source, port, now = current
         inform = PDU.tagSet == v2c.InformRequestPDU.tagSet
-        var_binds = v2c.apiPDU.get_varbinds(PDU)
         self._delivered = True
+        if (
+            self._replays is not None
+            and int(securityLevel) > 1
+            and not self._replays.first_time(header.engine_id, header.auth_params)
+        ):
+            # pysnmp accepted it (authentic, in its time window) but trapd has handed it on
+            # before: a replay runs nothing and gets no Response (issue 14 item 2).
+            self._drop("not-in-time-window", "replayed", source, header)
+            return
+        var_binds = v2c.apiPDU.get_varbinds(PDU)
         raw = RawNotification(
             version="v3",
             kind="inform" if inform else "trap",

@@ -80,6 +80,7 @@ from trapd.listener.v3.keys import (
     localized_user,
     password_to_key,
 )
+from trapd.listener.v3.replay import ReplayMemory
 from trapd.listener.v3.timeliness import ENGINE_BOOTS_MAX, REPLAY_MEMORY, TIME_WINDOW, EngineTime
 
 __all__ = [
@@ -114,7 +115,10 @@ class UsmFastPath:
     that does not verify, or beyond the cap, goes to pysnmp (which counts it).
     ``own_engine_id``: trapd's engine ID (messages to it always go to
     pysnmp). ``timelines``: the per-engine time notions of a previous
-    instance, to keep across a configuration reload.
+    instance, to keep across a configuration reload. ``replays``: the
+    replay memory shared with the pysnmp-fed path and the other workers
+    (:mod:`trapd.listener.v3.replay`); without it only the per-engine memory
+    of this instance refuses replays.
 
     ``accepted`` counts traps handled; ``declined`` counts messages handed
     back by reason (a slug), for benchmarks and tests. ``Refused`` is the
@@ -132,8 +136,10 @@ class UsmFastPath:
         timelines: dict[bytes, EngineTime] | None = None,
         max_learned_engines: int = 1024,
         masters: MasterKeys | None = None,
+        replays: ReplayMemory | None = None,
     ) -> None:
         self.own_engine_id = own_engine_id
+        self._replays = replays
         self._users: dict[tuple[bytes, bytes], LocalizedUser] = {}
         self._masters: MasterKeys = masters if masters is not None else {}
         self._any_engine: dict[bytes, V3User] = {}
@@ -308,6 +314,10 @@ class UsmFastPath:
             raise _Decline(f"varbinds-{exc.reason}") from None
 
         if level > 1:
+            # The last check, atomic with remembering it: a replay to another worker is refused
+            # there, and of two copies arriving at two workers at once only one passes.
+            if self._replays is not None and not self._replays.first_time(engine_id, mac):
+                raise Refused("not-in-time-window", "replayed")
             if timeline is None:
                 timeline = self.timelines[engine_id] = EngineTime(boots, etime)
             timeline.accept(boots, etime, mac)

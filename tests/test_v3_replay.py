@@ -1,0 +1,121 @@
+"""A captured SNMPv3 inform replayed runs its action once, also across workers (issue 14 item 2).
+
+net-snmp's snmpinform sends an authPriv inform to trapd through a relay that
+records what it forwards (discovery first, then the inform). The recorded
+inform is then sent again, from many source ports: with two workers the
+kernel spreads those over both (it picks a worker by a hash of the source
+address and port), so a per-worker memory would let most of them through.
+Each replay must be refused (counted as not-in-time-window/replayed, no
+Response), and the action must have been planned once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_harness import IF_INDEX, LINK_DOWN, V3_ARGS, V3_USER, TrapdDaemon
+from listen_harness import snmp_send
+
+from trapd.listener.v3 import parse_header
+
+pytestmark = pytest.mark.integration
+
+TRAPD_ENGINE = "80004fb805aabbccddeeff0011"
+RULES = """
+rules:
+  - name: note-it
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: log
+        message: "inform {{ ifIndex }}"
+"""
+REPLAYS = 24
+
+
+@contextlib.contextmanager
+def recording_relay(target: tuple[str, int]) -> Iterator[tuple[tuple[str, int], list[bytes]]]:
+    """A UDP relay to ``target``: (its address, the datagrams the client sent through it)."""
+    front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    front.bind(("127.0.0.1", 0))
+    back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    back.connect(target)
+    recorded: list[bytes] = []
+    stop = threading.Event()
+    client: list[Any] = []
+
+    def run() -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(front, selectors.EVENT_READ)
+            sel.register(back, selectors.EVENT_READ)
+            while not stop.is_set():
+                for key, _ in sel.select(0.1):
+                    if key.fileobj is front:
+                        data, addr = front.recvfrom(65535)
+                        client[:] = [addr]
+                        recorded.append(data)
+                        back.send(data)
+                    elif client:
+                        front.sendto(back.recv(65535), client[0])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield front.getsockname(), recorded
+    finally:
+        stop.set()
+        thread.join(5)
+        front.close()
+        back.close()
+
+
+def journaled(d: TrapdDaemon) -> int:
+    path = d.state_dir / "journal.sqlite"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+        return int(db.execute("SELECT count(*) FROM actions").fetchone()[0])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_replayed_authpriv_inform_runs_its_action_once(tmp_path: Path, workers: int) -> None:
+    config = {"service": {"workers": workers}, "listener": {"v3_users": [V3_USER], "engine_id": TRAPD_ENGINE}}
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=RULES, config=config)
+    try:
+        with recording_relay(d.address) as (relay, recorded):
+            r = snmp_send(
+                "snmpinform", *V3_ARGS, "-r", "0", "-t", "5", f"127.0.0.1:{relay[1]}", "",
+                LINK_DOWN, f"{IF_INDEX}.7", "i", "7",
+            )  # fmt: skip
+            assert r.returncode == 0, r.stderr  # acknowledged: the action is journaled
+        (inform,) = [m for m in recorded if parse_header(m).engine_id.hex() == TRAPD_ENGINE]
+        assert parse_header(inform).level == 3  # authPriv
+        assert journaled(d) == 1
+
+        answers = 0
+        for _ in range(REPLAYS):  # each from a new source port: spread over the workers
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(0.3)
+                s.sendto(inform, d.address)
+                with contextlib.suppress(TimeoutError):
+                    s.recv(4096)
+                    answers += 1
+        refused = d.wait_metric(
+            "trapd_notifications_dropped_detail_total", REPLAYS, timeout=30,
+            reason="not-in-time-window", detail="replayed",
+        )  # fmt: skip
+        assert refused == REPLAYS
+        assert answers == 0  # no Response to a replay
+        if workers > 1:  # the replays reached both workers, and both refused them
+            lines = [e for e in d.logs("snmp notification dropped") if e.get("last_detail") == "replayed"]
+            assert {e["worker"] for e in lines} == {0, 1}, lines
+        assert journaled(d) == 1  # the action was planned once
+        assert len(d.logs("inform 7")) == 1
+        assert d.stop() == 0
+    finally:
+        d.close()
