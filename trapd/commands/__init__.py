@@ -7,4 +7,4 @@ the heavy imports (pysnmp, the rule engine) happen inside ``main`` so that
 """
 
 # Order here is the order in `trapd --help`.
-COMMANDS = ("run", "listen", "check", "test", "actions", "journal", "kea", "mibs")
+COMMANDS = ("run", "listen", "check", "test", "actions", "journal", "kea", "mibs", "schema")

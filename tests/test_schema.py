@@ -1,0 +1,194 @@
+"""The editor schemas (trapd/data/*.schema.json) agree with what trapd itself accepts.
+
+The rules schema is built from the compiler's own key sets and the plugins'
+parameter declarations; trapd.yaml's is written out in trapd/schema.py, so
+here every section of it is probed against the real loader: each key the
+schema lists is known to the loader, any other key is refused by both. The
+shipped examples validate, and a set of wrong files is refused by the schema
+and by `trapd check` alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from trapd import schema
+from trapd.cli import main
+from trapd.config import load_config
+from trapd.yamlsource import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+RULE_EXAMPLES = [
+    REPO / "rules.yaml",
+    REPO / "etc" / "trapd" / "rules.yaml",
+    *sorted(REPO.glob("actions/*/example.yaml")),
+]
+CONFIG_EXAMPLES = [REPO / "etc" / "trapd" / "trapd.yaml"]
+
+
+def validator(which: Path) -> jsonschema.Draft7Validator:
+    doc = json.loads(which.read_text())
+    jsonschema.Draft7Validator.check_schema(doc)
+    return jsonschema.Draft7Validator(doc)
+
+
+RULES = validator(schema.RULES_SCHEMA)
+CONFIG = validator(schema.CONFIG_SCHEMA)
+
+
+def test_the_shipped_schemas_are_what_trapd_generates() -> None:
+    assert schema.RULES_SCHEMA.read_text() == schema.dumps(schema.rules_schema(schema.shipped_actions()))
+    assert schema.CONFIG_SCHEMA.read_text() == schema.dumps(schema.config_schema())
+
+
+def test_trapd_schema_prints_them(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["schema", "config"]) == 0
+    assert capsys.readouterr().out == schema.CONFIG_SCHEMA.read_text()
+    out = tmp_path / "rules.schema.json"
+    assert main(["schema", "rules", "-o", str(out)]) == 0
+    assert (
+        "kea.lease-del"
+        in json.loads(out.read_text())["definitions"]["action"]["properties"]["action"]["examples"]
+    )
+
+
+@pytest.mark.parametrize("path", RULE_EXAMPLES, ids=lambda p: str(p.relative_to(REPO)))
+def test_the_shipped_rule_files_validate(path: Path) -> None:
+    errors = [e.message for e in RULES.iter_errors(yaml.safe_load(path.read_text()))]
+    assert errors == []
+
+
+@pytest.mark.parametrize("path", CONFIG_EXAMPLES, ids=lambda p: str(p.relative_to(REPO)))
+def test_the_shipped_trapd_yaml_validates(path: Path) -> None:
+    assert [e.message for e in CONFIG.iter_errors(yaml.safe_load(path.read_text()))] == []
+
+
+def test_the_example_rules_point_editors_at_the_schema() -> None:
+    first = (REPO / "rules.yaml").read_text().splitlines()[0]
+    assert first.startswith("# yaml-language-server: $schema=")
+    assert (REPO / first.split("$schema=", 1)[1]).resolve() == schema.RULES_SCHEMA.resolve()
+
+
+GOOD_RULE = {
+    "name": "r",
+    "match": {"notification": "IF-MIB::linkDown"},
+    "actions": [{"action": "log", "message": "m"}],
+}
+WRONG_RULES = {
+    "unknown top-level key": {"rulez": []},
+    "unknown rule key": {"rules": [{**GOOD_RULE, "enable": True}]},
+    "unknown match key": {"rules": [{**GOOD_RULE, "match": {"notifcation": "IF-MIB::linkDown"}}]},
+    "unknown action parameter": {"rules": [{**GOOD_RULE, "actions": [{"action": "log", "mesage": "m"}]}]},
+    "unknown cap key": {"rules": [{**GOOD_RULE, "cap": {"limit": 5, "per": "1m", "hold": "1h"}}]},
+    "unknown retry key": {"rules": [{**GOOD_RULE, "retry": {"attempts": 3}}]},
+    "enabled is not a boolean": {"rules": [{**GOOD_RULE, "enabled": "yes please"}]},
+    "a rule without a name": {"rules": [{k: v for k, v in GOOD_RULE.items() if k != "name"}]},
+    "rules is not a list": {"rules": {"r": GOOD_RULE}},
+    "unknown mode": {"defaults": {"mode": "sometimes"}, "rules": [GOOD_RULE]},
+    "an action without action:": {"rules": [{**GOOD_RULE, "actions": [{"message": "m"}]}]},
+    "cap.limit below 1": {"rules": [{**GOOD_RULE, "cap": {"limit": 0, "per": "1m"}}]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_RULES))
+def test_a_wrong_rules_file_is_refused_by_the_schema_and_by_trapd_check(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = WRONG_RULES[case]
+    assert list(RULES.iter_errors(doc)), f"the schema accepts: {case}"
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "trapd.yaml").write_text(f"state_dir: {tmp_path}\nmibs: {{dirs: []}}\n")
+    assert main(["check", "--config", str(tmp_path / "trapd.yaml"), str(tmp_path / "rules.yaml")]) == 1, case
+    capsys.readouterr()
+
+
+def test_the_good_rule_passes_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = {"rules": [GOOD_RULE]}
+    assert list(RULES.iter_errors(doc)) == []
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "trapd.yaml").write_text(f"state_dir: {tmp_path}\nmibs: {{dirs: []}}\n")
+    assert main(["check", "--config", str(tmp_path / "trapd.yaml"), str(tmp_path / "rules.yaml")]) == 0
+    capsys.readouterr()
+
+
+# -- trapd.yaml: every section of the schema probed against the loader ----------------------
+
+
+def sections(
+    node: dict[str, Any], path: tuple[Any, ...] = ()
+) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """(where in a trapd.yaml, object schema) for every closed object the config schema describes."""
+    if node.get("type") == "object" and node.get("additionalProperties") is False and "properties" in node:
+        yield path, node
+        for key, sub in node["properties"].items():
+            yield from sections(sub, (*path, key))
+    # A secret's {file: ...} / {env: ...} forms are checked by trapd.secrets, with its own message.
+    if not str(node.get("description", "")).startswith("inline, or {file"):
+        for alt in node.get("anyOf", ()):
+            yield from sections(alt, path)
+    if isinstance(node.get("items"), dict):
+        yield from sections(node["items"], (*path, 0))
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from sections(node["additionalProperties"], (*path, "probe"))
+
+
+def placed(path: tuple[Any, ...], leaf: dict[str, Any]) -> dict[str, Any]:
+    """A trapd.yaml holding ``leaf`` at ``path`` (0: the first item of a list)."""
+    node: Any = leaf
+    for step in reversed(path):
+        node = [node] if step == 0 else {step: node}
+    return dict(node)
+
+
+def loader_says(doc: dict[str, Any], tmp_path: Path) -> str:
+    f = tmp_path / "trapd.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    try:
+        load_config(f)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+CONFIG_SECTIONS = list(sections(json.loads(schema.CONFIG_SCHEMA.read_text())))
+
+
+@pytest.mark.parametrize(
+    "path,section", CONFIG_SECTIONS, ids=[".".join(map(str, path)) or "top" for path, _ in CONFIG_SECTIONS]
+)
+def test_each_trapd_yaml_section_lists_exactly_the_keys_the_loader_knows(
+    path: tuple[Any, ...], section: dict[str, Any], tmp_path: Path
+) -> None:
+    # A key nobody knows: refused by both.
+    doc = placed(path, {"zz_not_a_key": 1})
+    assert list(CONFIG.iter_errors(doc)), path
+    assert "unknown key 'zz_not_a_key'" in loader_says(doc, tmp_path), path
+    # Every key the schema lists: the loader may dislike the value, never the key.
+    for key in section["properties"]:
+        said = loader_says(placed(path, {key: copy.deepcopy({"zz": 1})}), tmp_path)
+        assert f"unknown key {key!r}" not in said, (path, key, said)
+
+
+WRONG_CONFIGS = {
+    "unknown top-level key": {"listner": {}},
+    "listen is not a list": {"listener": {"listen": "0.0.0.0:162"}},
+    "unknown log level": {"service": {"log": {"level": "loud"}}},
+    "unknown mode": {"mode": "sometimes"},
+    "unknown transport": {"kea": {"endpoints": {"k": {"transport": "carrier-pigeon", "socket": "/x"}}}},
+    "unknown journal sync": {"dispatch": {"journal": {"synchronous": "maybe"}}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_CONFIGS))
+def test_a_wrong_trapd_yaml_is_refused_by_the_schema_and_by_the_loader(case: str, tmp_path: Path) -> None:
+    doc = WRONG_CONFIGS[case]
+    assert list(CONFIG.iter_errors(doc)), case
+    assert loader_says(doc, tmp_path), case

@@ -1,0 +1,43 @@
+"""JSON Schemas of rule files and trapd.yaml, for editors with the YAML language server.
+
+    trapd schema rules                      # knows the action plugins installed here
+    trapd schema config
+    trapd schema rules -o /etc/trapd/rules.schema.json
+
+Then, first line of a rules file:
+
+    # yaml-language-server: $schema=/etc/trapd/rules.schema.json
+
+trapd ships both (trapd/data/rules.schema.json, trapd.schema.json) for its
+own plugins; this writes one that also knows a site's plugins. A schema
+completes and flags keys as you type; `trapd check` remains the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "print the JSON Schema of rule files or trapd.yaml (editor completion and checks)"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("which", choices=("rules", "config"), help="rules: a rules file; config: trapd.yaml")
+    p.add_argument("--output", "-o", metavar="FILE", help="write it here instead of stdout")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trapd.plugin import load_actions
+    from trapd.schema import config_schema, dumps, rules_schema
+
+    if args.which == "rules":
+        actions, _ = load_actions()
+        text = dumps(rules_schema(actions))
+    else:
+        text = dumps(config_schema())
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
+    return 0
