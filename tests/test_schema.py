@@ -45,8 +45,9 @@ CONFIG = validator(schema.CONFIG_SCHEMA)
 
 
 def test_the_shipped_schemas_are_what_trapd_generates() -> None:
-    assert schema.RULES_SCHEMA.read_text() == schema.dumps(schema.rules_schema(schema.shipped_actions()))
-    assert schema.CONFIG_SCHEMA.read_text() == schema.dumps(schema.config_schema())
+    fix = "regenerate: trapd schema rules --shipped -o trapd/data/rules.schema.json (and config)"
+    assert schema.RULES_SCHEMA.read_text() == schema.dumps(schema.rules_schema(schema.shipped_actions())), fix
+    assert schema.CONFIG_SCHEMA.read_text() == schema.dumps(schema.config_schema()), fix
 
 
 def test_trapd_schema_prints_them(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

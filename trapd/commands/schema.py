@@ -9,7 +9,12 @@ Then, first line of a rules file:
     # yaml-language-server: $schema=/etc/trapd/rules.schema.json
 
 trapd ships both (trapd/data/rules.schema.json, trapd.schema.json) for its
-own plugins; this writes one that also knows a site's plugins. A schema
+own plugins; this writes one that also knows a site's plugins. Developers:
+after changing a shipped plugin's parameters or the rule language,
+
+    trapd schema rules --shipped -o trapd/data/rules.schema.json
+    trapd schema config -o trapd/data/trapd.schema.json
+ A schema
 completes and flags keys as you type; `trapd check` remains the check.
 """
 
@@ -23,16 +28,19 @@ HELP = "print the JSON Schema of rule files or trapd.yaml (editor completion and
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("which", choices=("rules", "config"), help="rules: a rules file; config: trapd.yaml")
     p.add_argument("--output", "-o", metavar="FILE", help="write it here instead of stdout")
+    p.add_argument(
+        "--shipped", action="store_true", help="only trapd's own plugins (the copy in trapd/data/)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trapd.plugin import load_actions
-    from trapd.schema import config_schema, dumps, rules_schema
+    from trapd.schema import config_schema, dumps, rules_schema, shipped_actions
 
     if args.which == "rules":
-        actions, _ = load_actions()
+        actions = shipped_actions() if args.shipped else load_actions()[0]
         text = dumps(rules_schema(actions))
     else:
         text = dumps(config_schema())
