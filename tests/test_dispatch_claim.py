@@ -148,19 +148,23 @@ async def test_a_busy_key_takes_the_claim_path_and_keeps_its_order(
     del first
 
 
-async def test_capped_actions_and_more_than_the_idle_workers_are_claimed_later(
+async def test_a_full_cap_and_more_than_the_idle_workers_are_claimed_later(
     dispatcher: Dispatcher, journal: CountingJournal, gate: Gate
 ) -> None:
     capped = gate_plan("c0", caps=[RateCap("one", 1, 60.0)])
     (c0,) = await dispatcher.submit(make_event(), make_outcome(capped))
-    assert (await row(journal, c0)).state in ("pending", "done")  # the cap is checked by claim
+    # Its cap had room: claimed, and counted, by the insert.
+    assert (await row(journal, c0)).state in ("running", "done")
     await until(lambda: dispatcher.stats.outcomes[("gate", "done")] == 1)
-    assert journal.claims == 1
+    assert journal.claims == 0
     (c1,) = await dispatcher.submit(
         make_event(), make_outcome(replace(capped, params={"tag": "c1", "wait": False}))
     )
+    # The cap is full: left pending by the insert; the claim holds it, with its message.
     await until(lambda: dispatcher.stats.outcomes[("gate", "held")] == 1)
-    assert (await row(journal, c1)).state == "held"
+    assert journal.claims == 1
+    held = await row(journal, c1)
+    assert held.state == "held" and held.held_by == "test-rule/one"
     # Two workers: of four actions submitted together, at most two are claimed at insert.
     ids = await dispatcher.submit(
         make_event(), make_outcome(*(gate_plan(f"w{i}", wait=True, index=i) for i in range(4)))

@@ -193,6 +193,31 @@ async def test_claim_holds_beyond_a_cap_and_release_exempts(journal: Journal) ->
     assert (await journal.claim(r2.ids[0], now + 61)).outcome == "running"
 
 
+async def test_an_insert_claims_capped_actions_while_their_cap_has_room(tmp_path: Path) -> None:
+    # SQLite counts caps in the insert's own transaction (one commit fewer before a capped
+    # action starts); what finds the cap full is left pending for the claim to hold.
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        now = time.time()
+        cap = CapCheck("r1/deletions", "sw1", limit=2, per=60.0, hold_for=600.0)
+        r = await journal.add(
+            make_event().to_dict(),
+            [entry(key=str(i), caps=(cap,), claim=True, due=now) for i in range(3)],
+            [],
+            now,
+        )
+        assert r.states == ["running", "running", "pending"]
+        assert (await journal.claim(r.ids[2], now)).outcome == "held"
+        # The window slides: the starts of the last `per` (plus at most 1/60 of it) count.
+        later = await journal.add(
+            make_event().to_dict(), [entry(key="x", caps=(cap,), claim=True, due=now)], [], now + 30
+        )
+        assert later.states == ["pending"]
+        latest = await journal.add(
+            make_event().to_dict(), [entry(key="y", caps=(cap,), claim=True, due=now)], [], now + 62
+        )
+        assert latest.states == ["running"]
+
+
 async def test_held_actions_expire_to_dead(journal: Journal) -> None:
     now = time.time()
     cap = CapCheck("global/zero", "", limit=0, per=60.0, hold_for=5.0)

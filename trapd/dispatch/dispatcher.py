@@ -339,9 +339,11 @@ class Dispatcher:
 
         One round trip to the writer instead of two (add, then claim) before the action
         starts. Only as many as there are idle workers not spoken for, so a claimed action
-        does not sit in memory marked running; the journal still checks key order and
-        skips capped and delayed actions. Not while an endpoint's breaker is open for it
-        (the breaker must be able to defer it).
+        does not sit in memory marked running; the journal still checks key order and caps
+        (a capped action is claimed, and counted, only while its caps have room; a backend
+        that does not count caps at insert leaves it to the claim) and skips delayed
+        actions. Not while an endpoint's breaker is open for it (the breaker must be able
+        to defer it).
         """
         if not self._started or self._stopping:
             return 0
@@ -350,7 +352,7 @@ class Dispatcher:
         for e in entries:
             if n >= free:
                 break
-            if e.state != "pending" or e.caps:
+            if e.state != "pending":
                 continue
             if self.breakers and (ep := self._routes.get((e.action, _target(e.params)))) is not None:
                 b = self.breakers.get(ep)
