@@ -19,7 +19,7 @@ from pg_harness import PgServer
 from trapd.dispatch.journal import CapCheck, JournalError, NewEntry
 from trapd.dispatch.journal.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresJournal, migrate
 from trapd.dispatch.testing import make_event
-from trapd.event import SNMP_TRAP_COMMUNITY_OID, event_fingerprint, new_event_id
+from trapd.event import SNMP_TRAP_COMMUNITY_OID, event_fingerprint, new_event_id, oid_str
 
 
 def entry(action: str = "log", key: str = "k", **kw: Any) -> NewEntry:
@@ -259,7 +259,7 @@ def test_fingerprint_is_equal_for_copies_only() -> None:
     other[0]["value"] = 18
     assert event_fingerprint(dict(d, varbinds=other)) != fp
     # A v1 trap's community travels as a varbind (RFC 3584): not part of it either.
-    community = {"oid": SNMP_TRAP_COMMUNITY_OID, "type": "OctetString", "value": b"public".hex()}
+    community = {"oid": oid_str(SNMP_TRAP_COMMUNITY_OID), "type": "OctetString", "value": b"public".hex()}
     assert event_fingerprint(dict(d, varbinds=[*d["varbinds"], community])) == fp
     assert event_fingerprint(dict(d, uptime=None)) is None
 

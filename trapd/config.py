@@ -28,8 +28,9 @@ from trapd.dispatch.config import DispatchConfig
 from trapd.kea.config import KeaConfig
 from trapd.listener.config import ListenerConfig
 from trapd.mibs import MibConfig
+from trapd.secrets import Secret, source_reference
 from trapd.service.config import ServiceConfig
-from trapd.yamlsource import ConfigError, check_keys, expect, load_yaml_file, where
+from trapd.yamlsource import ConfigError, YDict, check_keys, expect, load_yaml_file, where
 
 DEFAULT_CONFIG = Path("/etc/trapd/trapd.yaml")
 MODES = ("enforce", "dry-run")
@@ -97,7 +98,36 @@ def config_from_yaml(node: Any, path: Path | None) -> Config:
         kea=KeaConfig.from_yaml(n.get("kea"), base),
         dispatch=DispatchConfig.from_yaml(n.get("dispatch"), base),
         service=ServiceConfig.from_yaml(n.get("service"), base),
-        actions={str(k): dict(v) for k, v in actions.items()},
+        actions={str(k): _action_settings(str(k), v, base) for k, v in actions.items()},
         state_dir=state_dir,
         mode=mode,
     )
+
+
+def _action_settings(name: str, node: YDict, base: Path) -> dict[str, Any]:
+    """A plugin's settings: ``{env: NAME}`` / ``{file: PATH}`` values and all of ``exec.env`` are secrets.
+
+    They are loaded as :class:`~trapd.secrets.Secret` (masked in every log line; a plugin calls
+    ``reveal()``), so ``actions: {exec: {env: {TOKEN: {file: /etc/trapd/token}}}}`` keeps the token
+    out of trapd.yaml, and an inline ``exec.env`` value is masked too.
+    """
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        mark = where(node, key)
+        if name == "exec" and key == "env" and isinstance(value, YDict):
+            out[key] = {
+                str(k): Secret.from_config(
+                    v if isinstance(v, (dict, str)) else str(v), where(value, k), base_dir=base
+                )
+                for k, v in value.items()
+            }
+        elif source_reference(value) is not None:
+            out[key] = Secret.from_config(value, mark, base_dir=base)
+        else:
+            out[key] = value
+    return out
+
+
+def _text(value: Any) -> Any:
+    """An environment value written as a number or boolean is its text; a mapping is a secret source."""
+    return value if isinstance(value, (dict, str)) else "" if value is None else str(value)

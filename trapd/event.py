@@ -23,11 +23,12 @@ from typing import Any
 
 from trapd.bounded import BoundedCache
 from trapd.listener.raw import Kind, Oid, RawValue, Security, SnmpType, Version
+from trapd.secrets import REF_KEY, REFS, is_reference, reference
 
 SYS_UPTIME_OID: Oid = (1, 3, 6, 1, 2, 1, 1, 3, 0)
 SNMP_TRAP_OID_OID: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
-# RFC 3584 appends the v1 community as a varbind: a fingerprint leaves it out.
-SNMP_TRAP_COMMUNITY_OID = "1.3.6.1.6.3.18.1.4.0"
+# RFC 3584 appends the v1 community as a varbind: a fingerprint leaves it out, to_dict hides it.
+SNMP_TRAP_COMMUNITY_OID: Oid = (1, 3, 6, 1, 6, 3, 18, 1, 4, 0)
 
 
 def oid_str(oid: Oid) -> str:
@@ -115,6 +116,8 @@ def _value_to_json(t: str, v: RawValue) -> Any:
 def _value_from_json(t: str, v: Any) -> RawValue:
     if v is None:
         return None
+    if is_reference(v):  # a secret left out (see Event.to_dict)
+        return f"<secret {v[REF_KEY]}>".encode()
     if t in ("OctetString", "Opaque"):
         return bytes.fromhex(v)
     if t == "ObjectIdentifier":
@@ -201,7 +204,25 @@ class Event:
         return iter(self.varbinds)
 
     def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-able data (journal, ``trapd listen``, webhook and exec payloads).
+
+        A configured community is a secret: it is given as a reference to where it was
+        configured (``{"$secret": "env:TRAPD_COMMUNITY"}``), never as its value, here and
+        in v1's snmpTrapCommunity.0 binding.
+        """
         s = self.security
+        security: dict[str, Any] = {k: getattr(s, k) for k in Security.__slots__ if getattr(s, k) is not None}
+        hidden = None
+        if s.community is not None:
+            ref = REFS.reference(s.community)
+            if ref is not None:
+                security["community"] = reference(ref)
+                hidden = s.community.encode("utf-8", "surrogateescape")
+        varbinds = [vb.to_dict() for vb in self.varbinds]
+        if hidden is not None:
+            for d, vb in zip(varbinds, self.varbinds, strict=True):
+                if vb.oid == SNMP_TRAP_COMMUNITY_OID and vb.value == hidden:
+                    d["value"], d["display"] = security["community"], "(secret)"
         return {
             "id": self.id,
             "received_at": self.received_at,
@@ -209,11 +230,11 @@ class Event:
             "source_port": self.source_port,
             "version": self.version,
             "kind": self.kind,
-            "security": {k: getattr(s, k) for k in Security.__slots__ if getattr(s, k) is not None},
+            "security": security,
             "uptime": self.uptime,
             "trap_oid": oid_str(self.trap_oid),
             "trap_name": self.trap_name,
-            "varbinds": [vb.to_dict() for vb in self.varbinds],
+            "varbinds": varbinds,
         }
 
     @classmethod
@@ -225,7 +246,7 @@ class Event:
             source_port=int(d.get("source_port") or 0),
             version=d.get("version", "v2c"),
             kind=d.get("kind", "trap"),
-            security=Security(**(d.get("security") or {})),
+            security=_security_from_dict(d.get("security") or {}),
             uptime=d.get("uptime"),
             trap_oid=parse_oid(d["trap_oid"]) if d.get("trap_oid") else (),  # () when the trap had none
             trap_name=d.get("trap_name") or d["trap_oid"],
@@ -246,12 +267,21 @@ def event_fingerprint(event: Mapping[str, Any]) -> str | None:
     """
     if event.get("uptime") is None:
         return None
+    community = oid_str(SNMP_TRAP_COMMUNITY_OID)
     varbinds = [
         (vb.get("oid"), vb.get("type"), vb.get("value"))
         for vb in event.get("varbinds") or ()
-        if vb.get("oid") != SNMP_TRAP_COMMUNITY_OID
+        if vb.get("oid") != community
     ]
     text = json.dumps(
         [event.get("source"), event.get("uptime"), event.get("trap_oid"), varbinds], separators=(",", ":")
     )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _security_from_dict(d: Mapping[str, Any]) -> Security:
+    """A community stored as a reference stays one: ``<secret env:NAME>`` (it is not resolved here)."""
+    community = d.get("community")
+    if isinstance(community, Mapping) and is_reference(community):
+        d = {**d, "community": f"<secret {community[REF_KEY]}>"}
+    return Security(**d)

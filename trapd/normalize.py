@@ -33,13 +33,19 @@ from typing import Any
 
 from trapd.bounded import BoundedCache
 from trapd.display import display
-from trapd.event import SNMP_TRAP_OID_OID, SYS_UPTIME_OID, Event, VarBind, new_event_id
+from trapd.event import (
+    SNMP_TRAP_COMMUNITY_OID,
+    SNMP_TRAP_OID_OID,
+    SYS_UPTIME_OID,
+    Event,
+    VarBind,
+    new_event_id,
+)
 from trapd.listener.raw import Oid, RawNotification, RawVarBind
 from trapd.mibs import MibResolver
 
 SNMP_TRAPS: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 5)
 SNMP_TRAP_ADDRESS_OID: Oid = (1, 3, 6, 1, 6, 3, 18, 1, 3, 0)
-SNMP_TRAP_COMMUNITY_OID: Oid = (1, 3, 6, 1, 6, 3, 18, 1, 4, 0)
 SNMP_TRAP_ENTERPRISE_OID: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 4, 3, 0)
 
 _INT_TYPES = frozenset({"Integer32", "Counter32", "Gauge32", "TimeTicks", "Counter64"})

@@ -38,6 +38,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from trapd.secrets import is_reference
+
 PARAM_TYPES = frozenset(
     {
         "string",
@@ -168,8 +170,14 @@ def _hex_octets(value: Any, what: str) -> bytes:
 
 
 def convert(p: Param, value: Any, name: str = "value") -> Any:
-    """Check and convert one value to its declared type; raise ParamError."""
+    """Check and convert one value to its declared type; raise ParamError.
+
+    A secret parameter may be a reference to the secret (``{"$secret": "env:NAME"}``): it is
+    kept as is, and resolved when the action runs (trapd.secrets.resolve).
+    """
     t = p.type
+    if p.secret and is_reference(value):
+        return dict(value)
     if t == "string":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)

@@ -8,6 +8,15 @@ A secret in a config file can be written three ways::
 
 Every loaded secret is registered with :data:`REDACTOR`, which the logging
 setup uses to mask the value wherever it would otherwise be printed.
+
+At rest (the journal) a secret is never stored: what is stored is a
+*reference* to where it came from, ``{"$secret": "env:NAME"}``,
+``{"$secret": "file:/etc/trapd/token"}`` or, for a value written in a rules
+or config file, ``{"$secret": "rules.yaml:12:9"}``. :func:`resolve` turns
+references back into values when the action runs: the environment and files
+are read then, values written in a file come from :data:`REFS`, which the
+loaders fill (so a rule edited since may no longer hold the value: the
+action then fails, permanently and saying why).
 """
 
 from __future__ import annotations
@@ -45,16 +54,93 @@ class Redactor:
 
 REDACTOR = Redactor()
 
+REF_KEY = "$secret"
+
+
+class SecretError(Exception):
+    """A secret reference that cannot be resolved (the message says which and why; never the value)."""
+
+
+class SecretRefs:
+    """Values written in rules or config files, by their reference (``FILE:LINE:COL``), and the reverse."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+        self._refs: dict[str, str] = {}
+
+    def register(self, ref: str, value: str) -> None:
+        self._values[ref] = value
+        self._refs.setdefault(value, ref)
+        REDACTOR.add(value)
+
+    def value(self, ref: str) -> str | None:
+        return self._values.get(ref)
+
+    def reference(self, value: str) -> str | None:
+        """Where a loaded secret came from (the first place registered), or None if it is not one."""
+        return self._refs.get(value)
+
+
+REFS = SecretRefs()
+
+
+def reference(ref: str) -> dict[str, str]:
+    return {REF_KEY: ref}
+
+
+def is_reference(value: Any) -> bool:
+    return isinstance(value, Mapping) and len(value) == 1 and isinstance(value.get(REF_KEY), str)
+
+
+def source_reference(node: Any) -> str | None:
+    """``{env: NAME}`` -> ``env:NAME``, ``{file: PATH}`` -> ``file:PATH``; None for anything else."""
+    if isinstance(node, Mapping) and len(node) == 1:
+        ((kind, ref),) = node.items()
+        if kind in ("env", "file") and isinstance(ref, str) and ref:
+            return f"{kind}:{ref}"
+    return None
+
+
+def resolve(value: Any) -> Any:
+    """``value`` with every secret reference (at any depth) replaced by the secret; else SecretError."""
+    if is_reference(value):
+        return _resolve_one(value[REF_KEY])
+    if isinstance(value, Mapping):
+        return {k: resolve(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v) for v in value]
+    return value
+
+
+def _resolve_one(ref: str) -> str:
+    kind, _, name = ref.partition(":")
+    if kind == "env":
+        if name not in os.environ:
+            raise SecretError(f"secret {ref}: the environment variable is not set")
+        return os.environ[name]
+    if kind == "file":
+        try:
+            lines = Path(name).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise SecretError(f"secret {ref}: cannot read the file: {exc.strerror or exc}") from None
+        return lines[0] if lines else ""
+    value = REFS.value(ref)
+    if value is None:
+        raise SecretError(f"secret {ref}: no longer written there (the file changed since it was planned)")
+    return value
+
 
 class Secret:
     """A secret value whose ``repr``/``str`` never shows it. Call :meth:`reveal`."""
 
     __slots__ = ("_value", "origin")
 
-    def __init__(self, value: str, origin: str = "inline") -> None:
+    def __init__(self, value: str, origin: str = "inline", ref: str | None = None) -> None:
         self._value = value
         self.origin = origin
         REDACTOR.add(value)
+        if ref is not None:
+            REFS.register(ref, value)
 
     def reveal(self) -> str:
         return self._value
@@ -74,13 +160,13 @@ class Secret:
     def from_config(cls, value: Any, mark: Mark | None = None, *, base_dir: Path | None = None) -> Secret:
         """Build from ``"inline"``, ``{file: PATH}`` or ``{env: NAME}``; ConfigError otherwise."""
         if isinstance(value, str):
-            return cls(value, "inline")
+            return cls(value, "inline", str(mark) if mark is not None else None)
         if isinstance(value, Mapping) and len(value) == 1:
             ((kind, ref),) = value.items()
             if kind == "env" and isinstance(ref, str):
                 if ref not in os.environ:
                     raise ConfigError(f"environment variable {ref} is not set", mark)
-                return cls(os.environ[ref], f"env {ref}")
+                return cls(os.environ[ref], f"env {ref}", f"env:{ref}")
             if kind == "file" and isinstance(ref, str):
                 path = Path(ref)
                 if base_dir is not None and not path.is_absolute():
@@ -90,5 +176,5 @@ class Secret:
                 except OSError as exc:
                     raise ConfigError(f"cannot read secret file {path}: {exc.strerror or exc}", mark) from exc
                 lines = text.splitlines()
-                return cls(lines[0] if lines else "", f"file {path}")
+                return cls(lines[0] if lines else "", f"file {path}", f"file:{path}")
         raise ConfigError("a secret is a string, {file: PATH} or {env: NAME}", mark)

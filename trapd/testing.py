@@ -48,6 +48,7 @@ from trapd.listener.raw import Security, SnmpType
 from trapd.params import validate
 from trapd.plugin import ActionContext, ActionLog, ActionResult, ActionSpec
 from trapd.rules.outcome import Outcome, PlannedAction, RateCap, RetryPolicy
+from trapd.secrets import resolve as resolve_secrets
 
 if TYPE_CHECKING:
     import httpx
@@ -366,7 +367,7 @@ async def run_action(
     ctx = make_context(
         event, http=http, kea=kea, settings=settings, rule="test-rule", attempt=attempt, log=log
     )
-    result = await spec.run(validate(spec.params, params), ctx)
+    result = await spec.run(resolve_secrets(validate(spec.params, params)), ctx)
     return ActionRun(result, ctx, log)
 
 

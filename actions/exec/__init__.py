@@ -47,6 +47,7 @@ from typing import Any
 from trapd.event import Event
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, RetryableError, action
+from trapd.secrets import Secret
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 VALUE_LIMIT = 4096  # characters per TRAPD_VB_* variable
@@ -73,7 +74,12 @@ _NAME = re.compile(r"[^A-Z0-9_]")
             min=0.001,
             max=86400,
         ),
-        "env": Param("mapping", "extra environment variables for this call"),
+        "env": Param(
+            "mapping",
+            "extra environment variables for this call; secret: a constant or {env: NAME} / {file: PATH}"
+            " value is journaled as a reference to where it is written, never as its value",
+            secret=True,
+        ),
         "cwd": Param("string", "working directory (default: trapd's, normally /)"),
         "output_limit": Param(
             "integer",
@@ -169,7 +175,8 @@ def build_env(ctx: ActionContext, extra: Mapping[str, Any]) -> dict[str, str]:
             name = str(k)
             if not name or "=" in name or "\x00" in name:
                 raise PermanentError(f"not a valid environment variable name: {name!r}")
-            env[name] = _clean("" if v is None else str(v))
+            text = v.reveal() if isinstance(v, Secret) else "" if v is None else str(v)
+            env[name] = _clean(text)
     return env
 
 

@@ -63,6 +63,8 @@ from trapd.dispatch.stats import DispatchStats
 from trapd.event import Event
 from trapd.plugin import ActionContext, ActionError, ActionLog, ActionSpec, PermanentError
 from trapd.rules.outcome import Outcome, PlannedAction
+from trapd.secrets import SecretError
+from trapd.secrets import resolve as resolve_secrets
 from trapd.service.logging import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -835,6 +837,12 @@ class Dispatcher:
         except (ValueError, KeyError, TypeError) as exc:
             await self._dead(job, log, f"the journaled event cannot be read: {exc}", now, attempt)
             return
+        try:
+            # Secrets are journaled as references to where they are kept; the values only now.
+            params = resolve_secrets(dict(job.params))
+        except SecretError as exc:
+            await self._dead(job, log, str(exc), now, attempt, "SecretError")
+            return
         assert self.http is not None
         ctx = ActionContext(
             event=event,
@@ -854,7 +862,7 @@ class Dispatcher:
             # In this task, not a task of its own (wait_for): three turns of the event loop fewer
             # per action, which is what the dispatcher lacks when a storm takes most turns.
             async with asyncio.timeout(self.config.action_timeout):
-                result = await spec.run(dict(job.params), ctx)
+                result = await spec.run(params, ctx)
         except PermanentError as exc:
             answered = getattr(exc, "endpoint", None)
             if isinstance(answered, str) and answered:

@@ -173,7 +173,7 @@ class ActionCompiler:
                     km,
                 )
                 continue
-            val = self.values.value(v, vm, scope, f"{name}.{k}", url=p.type == "url")
+            val = self.values.value(v, vm, scope, f"{name}.{k}", url=p.type == "url", secret=p.secret)
             self._static_param_check(name, k, p, v, val, vm)
             params[k] = val
         for k, p in spec.params.items():
@@ -242,7 +242,7 @@ class ActionCompiler:
         """Parameters that can never validate: constants that fail, templates whose text cannot fit."""
         if isinstance(val, Const):
             try:
-                convert(p, raw, name)
+                convert(p, val.value, name)  # a secret's constant is its reference by now
             except ParamError as exc:
                 self.problems.error(f"{action}: {exc}", mark)
             return

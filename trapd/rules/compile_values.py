@@ -21,6 +21,7 @@ from trapd.rules.compile_context import CompileContext, RuleScope
 from trapd.rules.context import EVENT_VARIABLES
 from trapd.rules.ruleset import Const, ListOf, MapOf, Template, Value
 from trapd.rules.templates import JINJA_GLOBALS, TemplateInfo, TemplateRefused, analyse, is_template
+from trapd.secrets import REFS, reference, source_reference
 from trapd.yamlsource import Mark, YDict, YList, where
 
 
@@ -34,19 +35,51 @@ class ValueCompiler:
         self._templates: dict[tuple[str, bool], tuple[jinja2.Template, TemplateInfo]] = {}
 
     def value(
-        self, node: Any, mark: Mark | None, scope: RuleScope | None, what: str, *, url: bool = False
+        self,
+        node: Any,
+        mark: Mark | None,
+        scope: RuleScope | None,
+        what: str,
+        *,
+        url: bool = False,
+        secret: bool = False,
     ) -> Value:
         """A parameter value: templates compiled (and checked) now; lists and mappings recursively.
 
         ``url``: a ``url`` parameter, whose expressions are percent-encoded when rendered.
+        ``secret``: a parameter the plugin declares secret. Its constants and ``{env: NAME}`` /
+        ``{file: PATH}`` become references (``{"$secret": "rules.yaml:12:9"}``), which the
+        journal stores instead of the value; the dispatcher resolves them when the action runs.
         """
         if isinstance(node, str) and is_template(node):
+            if secret:
+                self.problems.warning(
+                    f"{what} is secret; a template in it is journaled as rendered: write the secret "
+                    "as a constant or {env: NAME} / {file: PATH} and the trap's values elsewhere",
+                    mark,
+                )
             return self._template(node, mark, scope, what, url=url)
+        if secret:
+            source = source_reference(node)
+            if source is not None:
+                return Const(reference(source))
+            if isinstance(node, str) and mark is not None:
+                ref = f"{mark.file}:{mark.line}:{mark.column}"
+                REFS.register(ref, node)
+                return Const(reference(ref))
         if isinstance(node, YList):
-            return ListOf([self.value(v, where(node, i), scope, f"{what}[{i}]") for i, v in enumerate(node)])
+            return ListOf(
+                [
+                    self.value(v, where(node, i), scope, f"{what}[{i}]", secret=secret)
+                    for i, v in enumerate(node)
+                ]
+            )
         if isinstance(node, YDict):
             return MapOf(
-                {str(k): self.value(v, where(node, k), scope, f"{what}.{k}") for k, v in node.items()}
+                {
+                    str(k): self.value(v, where(node, k), scope, f"{what}.{k}", secret=secret)
+                    for k, v in node.items()
+                }
             )
         return Const(node)
 

@@ -1,0 +1,130 @@
+"""Secrets are neither stored in the journal nor printed (issue 14, item 10).
+
+A real ``trapd run`` with a community from the environment, ``actions.exec.env``
+in trapd.yaml, a secret ``exec`` env parameter and a webhook header in the
+rules. The actions must get the real values (the program and the HTTP server
+see them), while the journal's files, ``trapd journal list/show/history`` and
+the log never hold them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_harness import TrapdDaemon, link_down
+from listen_harness import needs_netsnmp, snmp_send
+
+pytestmark = [pytest.mark.integration, needs_netsnmp]
+
+COMMUNITY = "c0mmunity-s3cret"
+SETTING_FROM_ENV = "setting-env-s3cret"
+SETTING_INLINE = "setting-inline-s3cret"
+PARAM_ENV = "param-env-s3cret"
+PARAM_INLINE = "param-inline-s3cret"
+HEADER = "Bearer hook-s3cret-token"
+SECRETS = (COMMUNITY, SETTING_FROM_ENV, SETTING_INLINE, PARAM_ENV, PARAM_INLINE, HEADER.split()[1])
+
+
+class Hook(BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        Hook.seen.append(str(self.headers.get("Authorization")))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hook_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    Hook.seen = []
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_secrets_reach_the_actions_but_not_the_journal_or_any_output(
+    tmp_path: Path, hook_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_COMMUNITY", COMMUNITY)
+    monkeypatch.setenv("TEST_SETTING", SETTING_FROM_ENV)
+    monkeypatch.setenv("TEST_PARAM", PARAM_ENV)
+    seen = tmp_path / "seen.txt"
+    script = tmp_path / "record.sh"
+    script.write_text(f'#!/bin/sh\necho "$S_ENV $S_INLINE $P_ENV $P_INLINE" >> {seen}\n')
+    script.chmod(0o755)
+    rules = f"""
+rules:
+  - name: down
+    match: {{notification: IF-MIB::linkDown}}
+    actions:
+      - action: exec
+        argv: [{script}]
+        env: {{P_ENV: {{env: TEST_PARAM}}, P_INLINE: {PARAM_INLINE}, PORT: "{{{{ ifIndex }}}}"}}
+      - action: webhook
+        url: {hook_url}
+        headers: {{Authorization: "{HEADER}"}}
+"""
+    config = {
+        "listener": {"communities": [{"env": "TEST_COMMUNITY"}]},
+        "actions": {"exec": {"env": {"S_ENV": {"env": "TEST_SETTING"}, "S_INLINE": SETTING_INLINE}}},
+    }
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=rules, config=config)
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 5, community=COMMUNITY))
+        snmp_send(
+            "snmptrap", "-v", "1", "-c", COMMUNITY, d.target(), "1.3.6.1.4.1.9", "127.0.0.1", "2", "0", ""
+        )
+        assert d.wait_metric("trapd_actions_total", 2, timeout=30, plugin="exec", outcome="done") >= 1
+        assert d.wait_metric("trapd_actions_total", 1, timeout=30, plugin="webhook", outcome="done") >= 1
+    finally:
+        d.stop()
+    # The actions got the real values.
+    assert seen.read_text().split()[:4] == [SETTING_FROM_ENV, SETTING_INLINE, PARAM_ENV, PARAM_INLINE]
+    assert Hook.seen and Hook.seen[0] == HEADER
+    # Nothing at rest holds them: the journal's files, byte for byte.
+    files = [p for p in d.state_dir.iterdir() if p.name.startswith("journal")]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        for secret in SECRETS:
+            assert secret.encode() not in data, (secret, path.name)
+    # Nothing prints them: the journal commands, and the daemon's log.
+    outputs = []
+    for argv in (["list", "--state", "done"], ["list", "--state", "all"], ["history"], ["--json", "history"]):
+        outputs.append(_journal(d.state_dir, *argv))
+    ids = [json.loads(line)["id"] for line in _journal(d.state_dir, "--json", "history").splitlines()]
+    assert len(ids) >= 3
+    for id_ in ids:
+        outputs.append(_journal(d.state_dir, "show", str(id_)))
+        outputs.append(_journal(d.state_dir, "--json", "show", str(id_)))
+    outputs.append(json.dumps(d.log))
+    for text in outputs:
+        for secret in SECRETS:
+            assert secret not in text, (secret, text[:3000])
+
+
+def _journal(state_dir: Path, *argv: str) -> str:
+    r = subprocess.run(
+        [sys.executable, "-m", "trapd", "journal", "--state-dir", str(state_dir), *argv],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r.stdout + r.stderr
