@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
 import ssl
 import time
 from typing import Any, Protocol
@@ -124,14 +125,29 @@ class _OneAnswer(asyncio.Protocol):
             self.answer.set_exception(exc or _NoAnswer())
 
 
+def _read_answer(sock: socket.socket, protocol: _OneAnswer) -> None:
+    """The answer's socket is readable: hand what it has (or its end) to the protocol."""
+    try:
+        data = sock.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError as exc:
+        protocol.connection_lost(exc)
+        return
+    if data:
+        protocol.data_received(data)
+    else:
+        protocol.connection_lost(None)
+
+
 class UnixTransport:
     """Kea's unix control socket: one command per connection, one JSON object back.
 
     Kea answers exactly one object and closes; a second command on the same
     connection would be ignored, so nothing is reused. ``max_in_flight``
-    bounds how many connections are open at once. A protocol on the event
-    loop's own transport (rather than asyncio streams or the loop's sock_*
-    calls) measured the least CPU per command: about half the streams' cost.
+    bounds how many connections are open at once. A plain socket with one
+    reader callback (see :meth:`_roundtrip`) measured the least CPU per command;
+    a protocol on the loop's transport was about half of asyncio streams' cost.
     """
 
     def __init__(self, cfg: EndpointConfig) -> None:
@@ -177,6 +193,49 @@ class UnixTransport:
         return answer
 
     async def _roundtrip(self, body: bytes) -> Any:
+        """Connect, send, read the answer: on a plain socket with one reader callback.
+
+        A connect to a unix socket with room in its listen backlog completes at once,
+        and a command fits in the socket's buffer, so both are plain calls; only the
+        answer is waited for, by one ``add_reader`` callback feeding :class:`_OneAnswer`.
+        Measured against the loop's ``create_unix_connection`` + protocol, interleaved,
+        7 rounds of 1,000 ``version-get`` on uvloop against Kea 2.2: client CPU per command
+        65 -> 54 us (medians). A full backlog (connect would block) takes that path, which
+        waits for room.
+        """
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.connect(self.path)
+        except BlockingIOError:
+            sock.close()
+            return await self._roundtrip_transport(body)
+        except BaseException:
+            sock.close()
+            raise
+        answer: asyncio.Future[Any] = loop.create_future()
+        protocol = _OneAnswer(answer)
+        protocol.connecting = False
+        fd = sock.fileno()
+        timer = loop.call_later(self.timeout, protocol.expire, None)
+        try:
+            try:
+                sent = sock.send(body)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(body):
+                await loop.sock_sendall(sock, body[sent:])
+            loop.add_reader(fd, _read_answer, sock, protocol)
+            try:
+                return await answer
+            finally:
+                loop.remove_reader(fd)
+        finally:
+            timer.cancel()
+            sock.close()
+
+    async def _roundtrip_transport(self, body: bytes) -> Any:
         # One timer per command instead of asyncio.timeout(): the same effect
         # for a fraction of the cost (measured ~20 us less per command, a
         # good part of the client's whole overhead on the unix socket).
