@@ -7,7 +7,7 @@ that owner, starts a Dispatcher (which recovers that owner's interrupted actions
 * ``{"op": "submit", "plans": [PLAN, ...], "cancels": [...]}`` -> ``{"ids": [...],
   "cancelled": [...], "event_id": ..., "in_memory": N}``. A PLAN is the keyword arguments
   of :func:`trapd.dispatch.testing.plan` for the action ``mark`` plus ``tag`` and
-  ``sleep`` (its parameters) and ``cap`` (``[name, limit, per]``).
+  ``sleep`` and ``gate`` (its parameters) and ``cap`` (``[name, limit, per]``).
 * ``{"op": "submit_many", "outcomes": [{"plans": ..., "cancels": ...}, ...]}`` -> per outcome
   its ids or the error's text, all issued at once (they share commits).
 * ``{"op": "stream", "n": N, "interval": S, "prefix": P, "sleep": S}``: in the background,
@@ -15,8 +15,9 @@ that owner, starts a Dispatcher (which recovers that owner's interrupted actions
   and append each acknowledged id to ACKLOG once ``submit`` returned (durable).
 * ``{"op": "stats"}`` -> the dispatcher's counters; ``{"op": "stop"}`` stops and exits.
 
-The action ``mark`` appends ``start TAG OWNER ATTEMPT`` to RUNLOG, sleeps ``sleep``, appends
-``end TAG OWNER ATTEMPT``: with O_APPEND each line is one write, so every process's runs
+The action ``mark`` appends ``start TAG OWNER ATTEMPT`` to RUNLOG, sleeps ``sleep``, waits for
+the file ``gate`` to exist when it names one (so a test decides when a run may end, whatever the
+machine's load), appends ``end TAG OWNER ATTEMPT``: with O_APPEND each line is one write, so every process's runs
 (and those of a process killed halfway) are in one file in order.
 """
 
@@ -60,7 +61,11 @@ def append(path: Path, line: str) -> None:
 def mark_action(runlog: Path, owner: str) -> ActionSpec:
     @action(
         "mark",
-        params={"tag": Param("string", required=True), "sleep": Param("duration", default=0.0)},
+        params={
+            "tag": Param("string", required=True),
+            "sleep": Param("duration", default=0.0),
+            "gate": Param("string", default=""),
+        },
         idempotent=True,
     )
     async def mark(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
@@ -68,6 +73,12 @@ def mark_action(runlog: Path, owner: str) -> ActionSpec:
         append(runlog, f"start {params['tag']} {owner} {ctx.attempt}")
         if params["sleep"]:
             await asyncio.sleep(params["sleep"])
+        if params["gate"]:
+            gate = Path(params["gate"])
+            for _ in range(1200):  # bounded: 60 s
+                if gate.exists():
+                    break
+                await asyncio.sleep(0.05)
         append(runlog, f"end {params['tag']} {owner} {ctx.attempt}")
         return {"tag": params["tag"]}
 
@@ -78,7 +89,7 @@ def outcome(spec: dict[str, Any]) -> Outcome:
     planned = []
     for i, p in enumerate(spec.get("plans", ())):
         p = dict(p)
-        params = {"tag": p.pop("tag"), "sleep": p.pop("sleep", 0.0)}
+        params = {"tag": p.pop("tag"), "sleep": p.pop("sleep", 0.0), "gate": p.pop("gate", "")}
         cap = p.pop("cap", None)
         caps = [RateCap(cap[0], int(cap[1]), float(cap[2]), hold_for=600.0)] if cap else []
         planned.append(plan("mark", params, index=i, caps=caps, **p))

@@ -249,8 +249,14 @@ def test_sigkill_of_one_process_reruns_its_actions_and_leaves_the_others(
     a.call(
         {"op": "submit", "plans": [{"tag": f"a-long{i}", "key": f"a{i}", "sleep": long} for i in range(4)]}
     )
+    # B's long actions end only when the test opens their gate: they must still be running when
+    # the restarted worker-1 has recovered, however long that takes on a loaded machine.
+    gate_b = tmp_path / "gate-b"
     b.call(
-        {"op": "submit", "plans": [{"tag": f"b-long{i}", "key": f"b{i}", "sleep": long} for i in range(4)]}
+        {
+            "op": "submit",
+            "plans": [{"tag": f"b-long{i}", "key": f"b{i}", "gate": str(gate_b)} for i in range(4)],
+        }
     )
     # Both keep submitting while A dies: B must never see a lost outcome or a locked database.
     a.call({"op": "stream", "n": 400, "interval": 0.005, "prefix": "as"})
@@ -272,6 +278,7 @@ def test_sigkill_of_one_process_reruns_its_actions_and_leaves_the_others(
     rows = {r["tag"]: r for r in journal_rows(tmp_path)}
     for i in range(4):
         assert rows[f"b-long{i}"]["state"] == "running" and rows[f"b-long{i}"]["owner"] == "worker-2"
+    gate_b.touch()
     wait_until(lambda: len(acks_b.read_text().split()) == 150, what="B's stream acknowledged")
     wait_until(lambda: settled(tmp_path), timeout=15, what="everything done")
 
