@@ -17,8 +17,8 @@ that owner, starts a Dispatcher (which recovers that owner's interrupted actions
 
 The action ``mark`` appends ``start TAG OWNER ATTEMPT`` to RUNLOG, sleeps ``sleep``, waits for
 the file ``gate`` to exist when it names one (so a test decides when a run may end, whatever the
-machine's load), appends ``end TAG OWNER ATTEMPT``: with O_APPEND each line is one write, so every process's runs
-(and those of a process killed halfway) are in one file in order.
+machine's load), appends ``end TAG OWNER ATTEMPT``: with O_APPEND each line is one write, so
+every process's runs (and those of a process killed halfway) are in one file in order.
 """
 
 from __future__ import annotations
