@@ -21,7 +21,9 @@ same code drives a chroot's Kea (``chroot`` argument).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +46,24 @@ from kea_sandbox import (
 )
 
 __all__ = ["Bind", "DdnsTarget", "KeaInstance", "TlsFiles", "dhcp_discover", "free_port", "start_kea"]
+
+# --- the opt-in tier: Kea 2.6.3 / 3.0.4 in chroots ---
+
+CHROOT_BASE = Path(os.environ.get("TRAPD_KEA_CHROOT_BASE", "/var/cache/trapd-kea-chroots"))
+CHROOT_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kea-chroots.sh"
+CHROOT_VERSIONS = {"trixie": "2.6.3", "sid": "3.0.4"}
+
+
+def ensure_chroots() -> None:
+    """Skip unless TRAPD_KEA_CHROOTS=1; build the chroots when they are missing."""
+    if os.environ.get("TRAPD_KEA_CHROOTS") != "1":
+        pytest.skip("opt-in tier: set TRAPD_KEA_CHROOTS=1 (builds Kea 2.6.3 / 3.0.4 chroots when missing)")
+    if all((CHROOT_BASE / s / ".trapd-ready").exists() for s in CHROOT_VERSIONS):
+        return
+    r = subprocess.run([str(CHROOT_SCRIPT), str(CHROOT_BASE)], capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        pytest.fail(f"scripts/kea-chroots.sh failed:\n{r.stdout}\n{r.stderr}")
+
 
 # --- fixtures ---
 

@@ -500,7 +500,7 @@ def start_kea(
                 }
             cfg["control-sockets"] = [cfg.pop("control-socket"), http]
     for daemon, cfg in (("dhcp4", dhcp4), ("dhcp6", dhcp6_cfg)):
-        if ha and "multi-threading" in ha.get(daemon, {}):
+        if ha and ha.get(daemon, {}).get("multi-threading", {}).get("http-dedicated-listener"):
             # HA's own HTTP listener (http-dedicated-listener) needs a multi-threaded server.
             cfg["multi-threading"] = {
                 "enable-multi-threading": True,
@@ -713,6 +713,8 @@ def start_ha_pair(
             port = free_port() if dedicated else ca_ports[n]
             urls[(n, fam)] = f"http://127.0.0.1:{port}/"
     servers: dict[str, KeaInstance] = {}
+    # The agents ask for the credentials too (the dedicated HA listeners have none here).
+    peer_auth = {"basic-auth-user": auth[0], "basic-auth-password": auth[1]} if auth and not dedicated else {}
     for n in names:
         ha: dict[str, dict[str, Any]] = {}
         for fam in ("v4", "v6"):
@@ -721,11 +723,15 @@ def start_ha_pair(
                 "mode": mode,
                 **HA_TIMERS,
                 "peers": [
-                    {"name": p, "url": urls[(p, fam)], "role": r, "auto-failover": True}
+                    {"name": p, "url": urls[(p, fam)], "role": r, "auto-failover": True, **peer_auth}
                     for p, r in zip(names, roles, strict=True)
                 ],
             }
-            if dedicated:
+            if not dedicated:
+                # Kea >= 2.4 runs HA multi-threaded with its own listener by default (on the peer's
+                # URL, here the agent's port): off, so that the agent can listen there.
+                entry["multi-threading"] = {"enable-multi-threading": False}
+            else:
                 entry["multi-threading"] = {
                     "enable-multi-threading": True,
                     "http-dedicated-listener": True,

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kea_harness import KeaInstance, make_action_context, make_kea_clients, start_kea
+from kea_harness import (
+    CHROOT_BASE,
+    CHROOT_VERSIONS,
+    KeaInstance,
+    ensure_chroots,
+    make_action_context,
+    make_kea_clients,
+    start_kea,
+)
 
 from trapd.kea.errors import KeaUnsupportedError
 from trapd.kea.probe import probe
@@ -29,22 +36,11 @@ from trapd.plugin import ActionContext, PermanentError, load_actions
 
 pytestmark = [pytest.mark.integration, pytest.mark.chroot]
 
-BASE = Path(os.environ.get("TRAPD_KEA_CHROOT_BASE", "/var/cache/trapd-kea-chroots"))
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kea-chroots.sh"
-VERSIONS = {"trixie": "2.6.3", "sid": "3.0.4"}
+BASE = CHROOT_BASE
+VERSIONS = CHROOT_VERSIONS
 TRANSPORTS = {"trixie": ("unix", "ca"), "sid": ("unix", "ca", "http")}
 AUTH = {"sid": ("trapd", "chroot-pw-30")}
 ACTIONS = load_actions()[0]
-
-
-def ensure_chroots() -> None:
-    if os.environ.get("TRAPD_KEA_CHROOTS") != "1":
-        pytest.skip("opt-in tier: set TRAPD_KEA_CHROOTS=1 (builds Kea 2.6.3 / 3.0.4 chroots when missing)")
-    if all((BASE / s / ".trapd-ready").exists() for s in VERSIONS):
-        return
-    r = subprocess.run([str(SCRIPT), str(BASE)], capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        pytest.fail(f"scripts/kea-chroots.sh failed:\n{r.stdout}\n{r.stderr}")
 
 
 @pytest.fixture(scope="module", params=list(VERSIONS))

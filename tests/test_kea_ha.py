@@ -13,15 +13,18 @@ Agent: any transport per peer.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_harness import LINK_DOWN, PYTHON, TrapdDaemon
-from kea_harness import make_action_context, make_kea_clients
+from kea_harness import CHROOT_BASE, ensure_chroots, make_action_context, make_kea_clients
 from kea_sandbox import Bind, DdnsTarget, HaPair, start_bind, start_ha_pair, unix_command
 from listen_harness import snmp_send
 
@@ -84,25 +87,51 @@ def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
     b.stop()
 
 
-@pytest.fixture(scope="module", params=["hot-standby", "load-balancing"])
-def pair(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, bind: Bind
-) -> Iterator[HaPair]:
-    if not Path("/usr/lib/x86_64-linux-gnu/kea/hooks/libdhcp_ha.so").exists():
-        pytest.skip("Kea's HA hook is not installed")
-    p = start_ha_pair(
-        Path(tmp_path_factory.mktemp("ha")),
-        request.param,
-        ddns=DdnsTarget(bind.port, bind.key_name, bind.key_secret),
-    )
+@dataclass(frozen=True)
+class Variant:
+    """One pair the module runs against: a mode on a Kea version (chroot suite; None: Debian 12's 2.2)."""
+
+    mode: str
+    suite: str | None = None
+    dedicated: bool = False  # HA over the daemons' own listeners, no Control Agent (Kea 3.0)
+
+
+VARIANTS = {
+    "2.2-hot-standby": Variant("hot-standby"),
+    "2.2-load-balancing": Variant("load-balancing"),
+    # the opt-in chroot tier (TRAPD_KEA_CHROOTS=1): 2.6.3 over its agents, 3.0.4 without any
+    "2.6.3-hot-standby": Variant("hot-standby", "trixie"),
+    "3.0.4-load-balancing-dedicated": Variant("load-balancing", "sid", dedicated=True),
+}
+CHROOT_AUTH = ("trapd", "chroot-ha-pw")
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaPair]:
+    v = VARIANTS[request.param]
+    if v.suite is None:
+        if not Path("/usr/lib/x86_64-linux-gnu/kea/hooks/libdhcp_ha.so").exists():
+            pytest.skip("Kea's HA hook is not installed")
+        bind: Bind = request.getfixturevalue("bind")
+        ddns = DdnsTarget(bind.port, bind.key_name, bind.key_secret)
+        p = start_ha_pair(Path(tmp_path_factory.mktemp("ha")), v.mode, ddns=ddns)
+        yield p
+        p.stop()
+        return
+    ensure_chroots()
+    root = CHROOT_BASE / v.suite
+    base = Path(f"/tmp/trapd-ha-{os.getpid()}-{request.param}")  # inside the chroot
+    p = start_ha_pair(base, v.mode, chroot=root, dedicated=v.dedicated, auth=CHROOT_AUTH)
     yield p
     p.stop()
+    shutil.rmtree(root / base.relative_to("/"), ignore_errors=True)
 
 
 def mixed_endpoints(pair: HaPair) -> dict[str, Any]:
-    """pair4 / pair6 with server1 over its unix sockets and server2 over its Control Agent."""
-    unix, ca = pair.trapd_endpoints("unix"), pair.trapd_endpoints("ca")
-    return {name: {**unix[name], "peers": [unix[name]["peers"][0], ca[name]["peers"][1]]} for name in unix}
+    """pair4 / pair6: server1 over its unix sockets, server2 over HTTP (its agent; Kea 3: its own socket)."""
+    unix = pair.trapd_endpoints("unix")
+    http = pair.trapd_endpoints("http" if pair.dedicated else "ca")
+    return {name: {**unix[name], "peers": [unix[name]["peers"][0], http[name]["peers"][1]]} for name in unix}
 
 
 @pytest.fixture(scope="module")
@@ -411,16 +440,22 @@ def test_dhcp_disable_and_enable_reach_both_peers(trapd: TrapdDaemon, pair: HaPa
 
     trap(trapd, 9)
     disabled = wait_for("disable done on both", lambda: new("kea.dhcp-disable"))
+    # the user origin, which HA's state machine never overrides: by name before Kea 2.6, by id since
+    kea22 = pair.servers["server1"].version.startswith("2.2")
+    origin = {"origin": "user"} if kea22 else {"origin-id": 1}
     for peer, e in disabled.items():
-        # Kea 2.2 takes the user origin by name: the origin HA's state machine never overrides
-        assert e["result"]["peer"] == peer and e["result"]["arguments"] == {
-            "max-period": 60,
-            "origin": "user",
-        }
+        assert e["result"]["peer"] == peer and e["result"]["arguments"] == {"max-period": 60, **origin}
         assert e["result"]["text"] == "DHCPv4 service disabled for 60 seconds"
+    if not kea22:  # Kea >= 2.6 shows it in status-get
+        for name in pair.servers:
+            state = pair.cmd(name, "v4", "status-get")["arguments"]["dhcp-state"]
+            assert state["disabled-by-user"] is True and state["globally-disabled"] is True
     trap(trapd, 10)
     enabled = wait_for("enable done on both", lambda: new("kea.dhcp-enable"))
     assert {e["result"]["text"] for e in enabled.values()} == {"DHCP service successfully enabled"}
+    if not kea22:
+        for name in pair.servers:
+            assert pair.cmd(name, "v4", "status-get")["arguments"]["dhcp-state"]["disabled-by-user"] is False
     # HA kept its state through it (user-origin disable does not make the partner take over)
     pair.wait_states({n: {pair.mode} for n in pair.servers}, timeout=10)
 
@@ -435,7 +470,12 @@ def d2_received(pair: HaPair) -> dict[str, int]:
     return out
 
 
-def test_ddns_resend_goes_once_through_the_serving_peer(trapd: TrapdDaemon, pair: HaPair, bind: Bind) -> None:
+def test_ddns_resend_goes_once_through_the_serving_peer(
+    trapd: TrapdDaemon, pair: HaPair, request: pytest.FixtureRequest
+) -> None:
+    if pair.servers["server1"].d2_socket is None:
+        pytest.skip("no kea-dhcp-ddns in the chroots")
+    bind: Bind = request.getfixturevalue("bind")
     leases = Leases(pair)
     name = f"ha{Leases.counter}.example.org"
     for inst in pair.servers.values():
@@ -464,7 +504,7 @@ def test_kea_status_and_metrics_show_both_peers(trapd: TrapdDaemon, pair: HaPair
     for fam in ("v4", "v6"):
         for peer, role in zip(("server1", "server2"), roles, strict=True):
             row = rows[(f"pair{fam[1]}", peer, fam)]
-            assert row["reachable"] and row["lease_cmds"] and row["version"].startswith("2.2")
+            assert row["reachable"] and row["lease_cmds"] and row["version"] == pair.servers[peer].version
             assert row["ha"]["mode"] == pair.mode and row["ha"]["role"] == role
             assert row["ha"]["state"] == pair.mode
             label = f"pair{fam[1]}/{peer}/{fam}"
