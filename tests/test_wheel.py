@@ -146,5 +146,5 @@ def test_the_installed_wheel_runs(built: tuple[Path, Path], tmp_path: Path) -> N
     assert check.stdout.splitlines()[-1] == "OK: rules.yaml"
     listed = run(trapd, "actions", cwd=tmp_path, env=env).stdout
     assert all(name in listed for name in SHIPPED_ACTIONS), listed
-    schema = run(trapd, "schema", "rules", "--shipped", cwd=tmp_path, env=env).stdout
-    assert schema == (REPO / "trapd" / "data" / "rules.schema.json").read_text()
+    schema = run(trapd, "schema", "config", cwd=tmp_path, env=env).stdout
+    assert schema == (REPO / "trapd" / "data" / "trapd.schema.json").read_text()
