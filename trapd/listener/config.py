@@ -97,11 +97,17 @@ class V3User:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """Token buckets in notifications per second; 0 turns a bucket off."""
+    """Token buckets in notifications per second; 0 turns a bucket off.
+
+    ``v3_slow_*``: the separate budget of v3 messages that need pysnmp's engine
+    (discovery, informs; ~1.5 ms each), on by default (limits.SlowPathBudget).
+    """
 
     per_source: float = 0.0
     global_: float = 0.0
     burst: float = 2.0  # bucket depth, in seconds of rate
+    v3_slow_per_source: float = 10.0
+    v3_slow_global: float = 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +160,17 @@ class ListenerConfig:
                 raise ConfigError(
                     f"not a network or address: {s!r}", where(n["allowed_sources"], i)
                 ) from None
-        rl = check_keys(n.get("rate_limit"), {"per_source", "global", "burst"}, "listener.rate_limit")
+        rl = check_keys(
+            n.get("rate_limit"),
+            {"per_source", "global", "burst", "v3_slow_per_source", "v3_slow_global"},
+            "listener.rate_limit",
+        )
         rate = RateLimit(
             per_source=float(expect(rl, "per_source", (int, float), "rate_limit", 0)),
             global_=float(expect(rl, "global", (int, float), "rate_limit", 0)),
             burst=float(expect(rl, "burst", (int, float), "rate_limit", 2.0)),
+            v3_slow_per_source=float(expect(rl, "v3_slow_per_source", (int, float), "rate_limit", 10.0)),
+            v3_slow_global=float(expect(rl, "v3_slow_global", (int, float), "rate_limit", 100.0)),
         )
         eid = expect(n, "engine_id", str, "listener")
         return cls(

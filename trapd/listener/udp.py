@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from trapd.bounded import BoundedCache
 from trapd.listener import fastpath
 from trapd.listener.config import ListenAddress, ListenerConfig
-from trapd.listener.limits import Over, SourceLimiter
+from trapd.listener.limits import Over, SlowPathBudget, SourceLimiter
 from trapd.listener.raw import DEFER_ACK, RawNotification, Security
 from trapd.listener.stats import DROP_REASONS, DropLog, ListenerStats
 
@@ -277,6 +277,8 @@ class Listener:
         self.drop_log = DropLog(self._emit_drop_line, drop_log_interval)
         self._v3: V3Path | None = None  # built in start() when v3 users exist (_build_v3)
         self._replays: ReplayMemory | None = None  # the v3 replay memory, for the listener's life
+        # What may reach pysnmp's engine (~1.5 ms a message): its own small budget, by cost.
+        self._slow_budget = SlowPathBudget(config.rate_limit)
         self._readers: list[_Reader] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatch = dispatch
@@ -363,6 +365,8 @@ class Listener:
         self._v3 = v3
         self._communities = frozenset(c.reveal().encode() for c in config.communities)
         self._sources = SourceFilter(config.allowed_sources)
+        if config.rate_limit != self.config.rate_limit:
+            self._slow_budget = SlowPathBudget(config.rate_limit)
         self.config = replace(config, listen=self.config.listen, receive_buffer=self.config.receive_buffer)
 
     def _build_v3(self, config: ListenerConfig) -> V3Path | None:
@@ -385,8 +389,13 @@ class Listener:
             engine_id=config.engine_id,
             state_dir=self._state_dir,
             replays=self._replays,
+            admit=self._admit_slow,
             previous=self._v3,
         )
+
+    def _admit_slow(self, host: str) -> str | None:
+        """May this v3 message go to pysnmp's engine? None: yes; else the budget that is spent."""
+        return self._slow_budget.admit(host)
 
     @property
     def _usm(self) -> UsmFastPath | None:

@@ -14,7 +14,7 @@ engines' time notions of the old one.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +66,13 @@ class V3Path:
         engine_id: bytes | None,
         state_dir: Path | None,
         replays: ReplayMemory,
+        admit: Callable[[str], str | None] | None = None,
         previous: V3Path | None = None,
     ) -> V3Path:
         """The path for ``users``. ``replays``: the listener's replay memory (kept across reloads,
         shared by the workers: :mod:`trapd.listener.v3.replay`). ``previous`` (the path of the
-        configuration before a reload) hands on the sender engines' time notions."""
+        configuration before a reload) hands on the sender engines' time notions. ``admit``: the
+        slow-path budget, asked before a message goes to pysnmp (limits.SlowPathBudget)."""
         masters: MasterKeys = {}
         receiver = V3Receiver(
             users,
@@ -81,6 +83,7 @@ class V3Path:
             state_dir=state_dir,
             masters=masters,
             replays=replays,
+            admit=admit,
         )
         timelines = previous.fast.timelines if previous is not None and previous.fast is not None else None
         fast = UsmFastPath(users, receiver.engine_id, timelines=timelines, masters=masters, replays=replays)

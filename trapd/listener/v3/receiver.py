@@ -71,9 +71,9 @@ from trapd.listener.v3.adapters import (
 from trapd.listener.v3.clock import default_engine_id, make_engine
 from trapd.listener.v3.header import HeaderError, V3Header, parse_header
 from trapd.listener.v3.keys import (
-    AUTH_PROTOCOLS,
     LEVEL_NAMES,
     LEVEL_NUMBERS,
+    LocalizedUser,
     MasterKeys,
     authentic,
     localized_user,
@@ -111,7 +111,9 @@ class V3Receiver:
     derives a stable one (:func:`default_engine_id`); its snmpEngineBoots is
     kept under ``state_dir`` when given (see :func:`make_engine`). ``replays``: the
     replay memory (:mod:`trapd.listener.v3.replay`); an authentic message
-    pysnmp accepts whose MAC it holds already is dropped as replayed. ``on_notification`` is
+    pysnmp accepts whose MAC it holds already is dropped as replayed. ``admit(source)``:
+    asked before a message goes to pysnmp's engine (what is left after the cheap
+    refusals); a string (the limit's name) drops it as ``rate-limited``. ``on_notification`` is
     called synchronously for every accepted notification; ``on_drop(reason,
     detail, source, who)`` for every dropped message, after ``stats`` counted it.
     """
@@ -128,6 +130,7 @@ class V3Receiver:
         state_dir: Path | None = None,
         masters: MasterKeys | None = None,
         replays: ReplayMemory | None = None,
+        admit: Callable[[str], str | None] | None = None,
     ) -> None:
         from pysnmp.proto.api import v2c
 
@@ -136,6 +139,7 @@ class V3Receiver:
         self._stats = stats
         self._on_drop = on_drop
         self._replays = replays
+        self._admit = admit
         self._max_learned = max_learned_engines
         self._v2c = v2c
 
@@ -151,10 +155,13 @@ class V3Receiver:
         self._learned = 0
         # Master keys by (hash, passphrase), shared with the fast path: each 1 MiB hash once.
         self._masters: MasterKeys = {} if masters is None else masters
+        self._own_keys: dict[bytes, LocalizedUser] = {}  # users' keys localized to trapd's engine
         for u in users:
             keys = _user_keys(u, self._masters)
             name = u.user.encode()
             self._users[name] = keys
+            if keys.auth_master is not None:
+                self._own_keys[name] = localized_user(u, self.engine_id, self._masters)
             self._register(keys, self.engine_id)  # informs are addressed to trapd
             for eid in u.engine_ids:
                 self._register(keys, eid)
@@ -226,6 +233,11 @@ class V3Receiver:
 
         if not header.is_discovery and not self._prepare_user(data, header, source):
             return
+        if self._admit is not None:
+            over = self._admit(source)
+            if over is not None:  # this source's (or everyone's) budget for pysnmp is spent
+                self._drop("rate-limited", over, source, header)
+                return
 
         addr = PeerAddress(peer)  # the whole tuple: an IPv6 scope id must survive to the reply
         addr.reply = reply
@@ -256,12 +268,24 @@ class V3Receiver:
         self._drop(reason, name if err is not None else "v3-no-handler", source, header)
 
     def _prepare_user(self, data: bytes, header: V3Header, source: str) -> bool:
-        """Classify the user early and learn engines for any-engine users. False: dropped."""
+        """Refuse cheaply what pysnmp would refuse at ~1.5 ms; learn engines for any-engine users.
+
+        False: dropped. What passes costs pysnmp's engine (and the caller's slow-path budget).
+        """
         keys = self._users.get(header.user)
         if keys is None:
-            return True  # pysnmp answers with a report (informs) and we count unknown-user
+            # pysnmp would answer a reportable one with a usmStatsUnknownUserNames report, at
+            # the cost of a whole engine pass: a flood of made-up users must not buy that.
+            self._drop("unknown-user", "no-such-user", source, header)
+            return False
         if header.engine_id == self.engine_id:
-            return True  # authoritative (informs): pysnmp checks everything and reports
+            # Authoritative (informs): pysnmp checks the time window and answers. A wrong MAC
+            # is refused here first, with the keys localized to trapd's engine at start-up.
+            own = self._own_keys.get(header.user)
+            if own is not None and header.level >= 2 and not self._authentic(own, data, header):
+                self._drop("wrong-digest", "own-engine", source, header)
+                return False
+            return True
         if header.level < LEVEL_NUMBERS[keys.config.level]:
             # RFC 3414 3.2.5 only binds the authoritative side, so pysnmp takes
             # an authNoPriv trap for a user configured authPriv. trapd holds a
@@ -292,9 +316,11 @@ class V3Receiver:
 
     def _digest_ok(self, user: V3User, data: bytes, header: V3Header) -> bool:
         """The message's HMAC with ``user``'s keys localized to its engine (keys.authentic)."""
-        keys = localized_user(user, header.engine_id, self._masters)
-        _, mac_length = AUTH_PROTOCOLS[user.auth_protocol]
-        return len(header.auth_params) == mac_length and authentic(keys, data, header.auth_params_offset)
+        return self._authentic(localized_user(user, header.engine_id, self._masters), data, header)
+
+    @staticmethod
+    def _authentic(keys: LocalizedUser, data: bytes, header: V3Header) -> bool:
+        return len(header.auth_params) == keys.mac_length and authentic(keys, data, header.auth_params_offset)
 
     def _process_pdu(
         self,
