@@ -229,7 +229,13 @@ def config_schema() -> Schema:
             "receive_buffer": {"type": ["integer", "string"]},
             "allowed_sources": {"type": "array", "items": {"type": "string"}},
             "rate_limit": _object(
-                {"per_source": {"type": "number"}, "global": {"type": "number"}, "burst": {"type": "number"}},
+                {
+                    "per_source": {"type": "number"},
+                    "global": {"type": "number"},
+                    "burst": {"type": "number"},
+                    "v3_slow_per_source": {"type": "number"},
+                    "v3_slow_global": {"type": "number"},
+                },
                 "traps/s token buckets (0: off)",
             ),
             "engine_id": {"type": "string"},
