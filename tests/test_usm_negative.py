@@ -203,3 +203,26 @@ def test_time_notions_survive_a_rebuild() -> None:
     # engines no longer configured are forgotten
     assert UsmFastPath([PLAIN], TRAPD, timelines=old.timelines).timelines == {SENDER: old.timelines[SENDER]}
     assert UsmFastPath([], TRAPD, timelines=old.timelines).timelines == {}
+
+
+def test_learned_engines_keep_a_smaller_replay_memory_and_the_shared_one_catches_the_rest() -> None:
+    """Issue 14 item 1: up to 1,024 learned engines x 4,096 MACs would be 600 MB; each keeps 256,
+    and the shared fixed-size memory (replay.py) still refuses a replay of an older message."""
+    from trapd.listener.v3.replay import ReplayMemory
+    from trapd.listener.v3.timeliness import LEARNED_REPLAY_MEMORY
+
+    any_engine = user("anyone", "SHA", "none")
+    fast = UsmFastPath([*USERS, any_engine], TRAPD, replays=ReplayMemory())
+    engine = bytes.fromhex("80000000019911223344")
+    k = localized_user(any_engine, engine)
+    scoped = scoped_pdu(trap_pdu(link_down_varbinds()), engine)
+    sent = [
+        craft(k, engine, b"anyone", scoped, etime=1000, msg_id=i) for i in range(LEARNED_REPLAY_MEMORY * 2)
+    ]
+    for data in sent:
+        accepted(fast, data)
+    assert len(fast.timelines[engine].recent) <= LEARNED_REPLAY_MEMORY
+    first = refused(fast, sent[0])  # not in the engine's own memory any more
+    assert (first.reason, first.detail) == ("not-in-time-window", "replayed")
+    accepted(fast, craft(keys(AUTH), SENDER, b"auth", SCOPED, msg_id=1))  # a bound engine: its own memory
+    assert fast.timelines[SENDER].memory == REPLAY_MEMORY

@@ -21,12 +21,16 @@ from typing import Final
 
 from trapd.listener.v3.errors import Refused
 
-__all__ = ["ENGINE_BOOTS_MAX", "REPLAY_MEMORY", "TIME_WINDOW", "EngineTime"]
+__all__ = ["ENGINE_BOOTS_MAX", "LEARNED_REPLAY_MEMORY", "REPLAY_MEMORY", "TIME_WINDOW", "EngineTime"]
 
 TIME_WINDOW: Final = 150  # seconds, RFC 3414 section 2.2.3
 ENGINE_BOOTS_MAX: Final = 2147483647
-# How many accepted MACs are remembered per sender engine for replay detection.
+# How many accepted MACs are remembered per sender engine for replay detection: an engine a
+# user is bound to in the configuration, and one learned by a user without engine_ids (up to
+# 1,024 of those: 256 each keeps them within about 40 MB; the shared memory of replay.py
+# still holds every MAC beyond).
 REPLAY_MEMORY: Final = 4096
+LEARNED_REPLAY_MEMORY: Final = 256
 
 
 @dataclass(slots=True)
@@ -35,12 +39,13 @@ class EngineTime:
 
     ``recent`` maps the MAC of each accepted message to its engineTime, for
     replay detection; entries leave once the window would refuse them anyway,
-    or when the engine sent more than REPLAY_MEMORY messages within a window.
+    or when the engine sent more than ``memory`` messages within a window.
     """
 
     boots: int
     time: int
     recent: dict[bytes, int] = field(default_factory=dict)
+    memory: int = REPLAY_MEMORY
 
     def check(self, boots: int, etime: int, mac: bytes) -> None:
         """Raise :class:`Refused` unless (boots, time) is within the window of this notion."""
@@ -61,12 +66,12 @@ class EngineTime:
             self.time = etime
         recent = self.recent
         recent[mac] = etime
-        if len(recent) > REPLAY_MEMORY:
+        if len(recent) > self.memory:
             oldest = self.time - TIME_WINDOW
             kept = {m: t for m, t in recent.items() if t >= oldest}
-            if len(kept) > REPLAY_MEMORY // 2:
-                # A sender faster than REPLAY_MEMORY per window: keep the newest half
+            if len(kept) > self.memory // 2:
+                # A sender faster than ``memory`` per window: keep the newest half
                 # (insertion order is arrival order). Older MACs within the window
-                # then rely on the time check alone.
-                kept = dict(list(kept.items())[-(REPLAY_MEMORY // 2) :])
+                # then rely on the time check and the shared replay memory.
+                kept = dict(list(kept.items())[-(self.memory // 2) :])
             self.recent = kept

@@ -81,7 +81,13 @@ from trapd.listener.v3.keys import (
     password_to_key,
 )
 from trapd.listener.v3.replay import ReplayMemory
-from trapd.listener.v3.timeliness import ENGINE_BOOTS_MAX, REPLAY_MEMORY, TIME_WINDOW, EngineTime
+from trapd.listener.v3.timeliness import (
+    ENGINE_BOOTS_MAX,
+    LEARNED_REPLAY_MEMORY,
+    REPLAY_MEMORY,
+    TIME_WINDOW,
+    EngineTime,
+)
 
 __all__ = [
     "AUTH_PROTOCOLS",
@@ -160,6 +166,7 @@ class UsmFastPath:
             e: t for e, t in (timelines or {}).items() if e in engines or self._any_engine
         }
         self.learned = 0
+        self._learned_pairs: set[tuple[bytes, bytes]] = set()
         self.accepted = 0
         self.declined: Counter[str] = Counter()
 
@@ -187,6 +194,7 @@ class UsmFastPath:
         ):
             raise _Decline("not-learned")  # V3Receiver counts it (wrong-digest / unlearned-engine)
         self._users[(engine_id, user_name)] = keys
+        self._learned_pairs.add((engine_id, user_name))
         self.learned += 1
         return keys
 
@@ -319,7 +327,9 @@ class UsmFastPath:
             if self._replays is not None and not self._replays.first_time(engine_id, mac):
                 raise Refused("not-in-time-window", "replayed")
             if timeline is None:
-                timeline = self.timelines[engine_id] = EngineTime(boots, etime)
+                learned = (engine_id, user_name) in self._learned_pairs
+                memory = LEARNED_REPLAY_MEMORY if learned else REPLAY_MEMORY
+                timeline = self.timelines[engine_id] = EngineTime(boots, etime, memory=memory)
             timeline.accept(boots, etime, mac)
         self.accepted += 1
         return RawNotification(
