@@ -90,7 +90,8 @@ def test_every_metric_the_dashboard_and_alerts_use_is_exported(tmp_path: Path) -
         "trapd_actions_rejected_total",  # rejections by rule and reason
         "trapd_actions_total",  # actions by outcome and plugin
         "trapd_journal_entries",  # journal backlog by state
-        "trapd_kea_endpoint_up",  # Kea endpoints (and their breakers)
+        "trapd_kea_endpoint_up",  # Kea endpoints
+        "trapd_kea_breaker_state",  # ... and their circuit breakers
         "trapd_reloads_total",  # reloads
         "trapd_config_last_reload_successful",
     ],

@@ -239,3 +239,44 @@ rules:
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_kea_endpoint_that_keeps_failing_shows_its_breaker_open(tmp_path: Path) -> None:
+    """A real trapd whose Kea socket is gone: after two failed deletions the breaker opens, and
+    /metrics says so (trapd_kea_breaker_state) as well as the endpoint being down."""
+    rules = """\
+defaults: {cap: {limit: 9, per: 1m}}
+rules:
+  - name: release
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: kea.lease-del
+        ip-address: "10.0.0.{{ ifIndex }}"
+"""
+    config = {
+        "kea": {
+            "endpoints": {
+                "local4": {"transport": "unix", "socket": str(tmp_path / "gone.sock"), "family": "v4"}
+            }
+        },
+        "dispatch": {
+            "retry": {"max_attempts": 100, "backoff": "0.2s", "max_backoff": "0.5s", "jitter": 0},
+            "breaker": {"failures": 2, "cool_down": "60s"},
+        },
+    }
+    d = TrapdDaemon.start(tmp_path, rules=rules, config=config)
+    try:
+        (series,) = [
+            lb for (n, lb) in d.metrics() if n == "trapd_kea_breaker_state" and ("state", "closed") in lb
+        ]
+        endpoint = dict(series)["endpoint"]
+        assert d.metric("trapd_kea_breaker_state", endpoint=endpoint, state="closed") == 1
+        for i in (1, 2, 3):
+            snmp_send("snmptrap", *link_down(d.target(), i), check=True)
+        assert d.wait_metric("trapd_kea_breaker_state", 1, endpoint=endpoint, state="open") == 1
+        m = d.metrics()
+        assert d.metric("trapd_kea_breaker_state", m, endpoint=endpoint, state="closed") == 0
+        assert d.metric("trapd_kea_endpoint_up", m, endpoint=endpoint) == 0
+        assert d.stop() == 0
+    finally:
+        d.close()

@@ -306,3 +306,13 @@ def test_status_line_for_systemd() -> None:
         "journal 1 pending 4 scheduled 2 held, kea 1/2 up, last reload FAILED"
     )
     assert status_line(DaemonSnapshot()) == "0 received, 0 matched"
+
+
+def test_kea_breaker_state_is_one_series_per_state() -> None:
+    snap = DaemonSnapshot(kea_breaker={"local4/v4": "closed", "pair4/server2/v4": "open"})
+    from prometheus_client import generate_latest
+
+    m = samples(generate_latest(build_registry(TrapdCollector(lambda: snap), process_metrics=False)).decode())
+    got = {tuple(dict(lb).values()): v for (n, lb), v in m.items() if n == "trapd_kea_breaker_state"}
+    one = {"local4/v4": "closed", "pair4/server2/v4": "open"}
+    assert got == {(ep, st): int(one[ep] == st) for ep in one for st in ("closed", "half-open", "open")}

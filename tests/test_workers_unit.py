@@ -123,6 +123,14 @@ def test_the_sum_adds_counters_takes_one_journal_and_any_kea_up() -> None:
     assert total.dropped_detail == {("malformed", "bad-length"): 3}
     assert total.matched == {"port-down": 6}
     assert total.rejected == {("port-down", "parameter"): 3}
+    # Each worker has its own breakers: the unit shows the worst.
+    breakers = sum_snapshots(
+        [
+            DaemonSnapshot(kea_breaker={"a/v4": "closed", "b/v4": "half-open"}),
+            DaemonSnapshot(kea_breaker={"a/v4": "open", "b/v4": "closed", "c/v4": "closed"}),
+        ]
+    )
+    assert breakers.kea_breaker == {"a/v4": "open", "b/v4": "half-open", "c/v4": "closed"}
     assert (total.unmatched, total.outcomes_lost, total.rate_limit_exempted) == (9, 3, 3)
     assert total.actions == {("log", "done"): 6}
     assert total.action_latency is not None and total.action_latency.count == 6

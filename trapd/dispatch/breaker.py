@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from trapd.dispatch.config import BreakerConfig
 
+STATES = ("closed", "half-open", "open")  # what Breaker.state says, from all right to worst
+
 
 @dataclass(slots=True)
 class Breaker:

@@ -588,10 +588,12 @@ class Daemon:
         up: dict[str, bool] = {}
         ha: dict[str, str] = {}
         last_ok: dict[str, float] = {}
+        breaker_state: dict[str, str] = {}
         for client in self.kea:
             key = label(client)
+            breaker = breakers.get(client.name)
+            breaker_state[key] = breaker.state if breaker is not None else "closed"
             if client.up is not None:
-                breaker = breakers.get(client.name)
                 up[key] = client.up and (breaker is None or breaker.state == "closed")
             if client.last_ok is not None:
                 last_ok[key] = client.last_ok
@@ -599,7 +601,13 @@ class Daemon:
             if state is not None:
                 ha[key] = state
         warnings = tuple(self.kea_monitor.warnings()) if self.kea_monitor is not None else ()
-        return {"kea_up": up, "kea_ha_state": ha, "kea_last_ok": last_ok, "kea_warnings": warnings}
+        return {
+            "kea_up": up,
+            "kea_ha_state": ha,
+            "kea_last_ok": last_ok,
+            "kea_breaker": breaker_state,
+            "kea_warnings": warnings,
+        }
 
     def snapshot(self) -> DaemonSnapshot:
         """Everything counted so far, in the shape the metrics exporter reads."""

@@ -23,6 +23,7 @@ except the gauges ``journal`` and ``kea_up``)::
         kea_up={"local4/v4": True, "pair4/server2/v4": False},           # server/family -> up
         kea_ha_state={"pair4/server1/v4": "partner-down"},               # HA peers: their state
         kea_last_ok={"local4/v4": 1796600000.0},                         # wall time of its last answer
+        kea_breaker={"local4/v4": "closed", "pair4/server2/v4": "open"},  # its circuit breaker
         kea_warnings=("Kea pair4/server2/v4 unreachable for 75s: ...",),
         reloads={"ok": 3, "failed": 1},
         last_reload_ok=True,
@@ -55,6 +56,8 @@ trapd_kea_endpoint_up                          gauge      endpoint (1: answers a
 trapd_kea_ha_state                             gauge      endpoint, state (1 for the peer's HA state now,
                                                           0 for the others; "unknown": it does not answer)
 trapd_kea_last_success_age_seconds             gauge      endpoint: since Kea last answered trapd
+trapd_kea_breaker_state                        gauge      endpoint, state (1 for its circuit breaker's state
+                                                          now: closed, half-open, open; 0 for the others)
 trapd_reloads_total                            counter    result (ok, failed)
 trapd_config_last_reload_successful            gauge
 trapd_build_info                               gauge      version
@@ -83,6 +86,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from trapd import __version__
+from trapd.dispatch.breaker import STATES as BREAKER_STATES
 from trapd.dispatch.stats import Histogram
 from trapd.kea.monitor import HA_STATES
 from trapd.listener.stats import read_kernel_drops
@@ -114,6 +118,8 @@ class DaemonSnapshot:
     # (trapd.kea.monitor); the labels are trapd.kea.monitor.label's.
     kea_ha_state: Mapping[str, str] = field(default_factory=dict)
     kea_last_ok: Mapping[str, float] = field(default_factory=dict)
+    # The dispatcher's circuit breaker per endpoint: closed, half-open (one probe) or open.
+    kea_breaker: Mapping[str, str] = field(default_factory=dict)
     kea_warnings: tuple[str, ...] = ()
     reloads: Mapping[str, int] = field(default_factory=dict)
     last_reload_ok: bool = True
@@ -324,6 +330,15 @@ class TrapdCollector:
         for endpoint, at in sorted(snap.kea_last_ok.items()):
             age.add_metric([endpoint], max(0.0, now - at))
         yield age
+        breaker = GaugeMetricFamily(
+            "trapd_kea_breaker_state",
+            "The circuit breaker of a Kea endpoint in this state (1) or not (0); open: actions for it wait.",
+            labels=["endpoint", "state"],
+        )
+        for endpoint, now_in in sorted(snap.kea_breaker.items()):
+            for state in BREAKER_STATES:
+                breaker.add_metric([endpoint, state], 1 if state == now_in else 0)
+        yield breaker
         reloads = CounterMetricFamily("trapd_reloads", "Configuration reloads, by result.", labels=["result"])
         for result in sorted({"ok", "failed", *snap.reloads}):
             reloads.add_metric([result], snap.reloads.get(result, 0))

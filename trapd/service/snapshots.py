@@ -18,7 +18,8 @@ How each field combines, and why:
   that saw it up is not wrong either, and a dead endpoint is down everywhere).
 * ``kea_ha_state``: the first worker's that knows the peer (they poll the same
   servers); ``kea_last_ok``: the latest any worker saw; ``kea_warnings``: all
-  of them, once each.
+  of them, once each; ``kea_breaker``: the worst of the workers' breakers
+  (each worker has its own: one that opened is what the operator must see).
 * ``reloads`` / ``last_reload_ok``: the supervisor's own (one SIGHUP is one
   reload of the unit, not N), filled in by the supervisor.
 """
@@ -29,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from trapd.dispatch.breaker import STATES as BREAKER_STATES
 from trapd.dispatch.stats import Histogram
 from trapd.service.metrics import DaemonSnapshot
 
@@ -70,6 +72,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "kea_up": dict(snap.kea_up),
         "kea_ha_state": dict(snap.kea_ha_state),
         "kea_last_ok": dict(snap.kea_last_ok),
+        "kea_breaker": dict(snap.kea_breaker),
         "kea_warnings": list(snap.kea_warnings),
         "reloads": dict(snap.reloads),
         "last_reload_ok": snap.last_reload_ok,
@@ -103,6 +106,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         kea_up={k: bool(v) for k, v in data.get("kea_up", {}).items()},
         kea_ha_state={k: str(v) for k, v in data.get("kea_ha_state", {}).items()},
         kea_last_ok={k: float(v) for k, v in data.get("kea_last_ok", {}).items()},
+        kea_breaker={k: str(v) for k, v in data.get("kea_breaker", {}).items()},
         kea_warnings=tuple(str(w) for w in data.get("kea_warnings", [])),
         reloads={k: int(v) for k, v in data.get("reloads", {}).items()},
         last_reload_ok=bool(data.get("last_reload_ok", True)),
@@ -133,7 +137,13 @@ def _add_histogram(total: Histogram | None, more: Histogram | None) -> Histogram
 
 def _counters_of(snap: DaemonSnapshot) -> DaemonSnapshot:
     """Only the counters: a gone worker's gauges (journal, Kea) say nothing about now."""
-    return replace(snap, journal={}, kea_up={}, kea_ha_state={}, kea_last_ok={}, kea_warnings=())
+    return replace(
+        snap, journal={}, kea_up={}, kea_ha_state={}, kea_last_ok={}, kea_breaker={}, kea_warnings=()
+    )
+
+
+def _breaker_rank(state: str) -> int:
+    return BREAKER_STATES.index(state) if state in BREAKER_STATES else len(BREAKER_STATES)
 
 
 def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
@@ -147,6 +157,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     kea_up: dict[str, bool] = {}
     kea_ha_state: dict[str, str] = {}
     kea_last_ok: dict[str, float] = {}
+    kea_breaker: dict[str, str] = {}
     kea_warnings: dict[str, None] = {}  # ordered set
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
@@ -166,6 +177,10 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
             kea_ha_state.setdefault(endpoint, state)
         for endpoint, at in s.kea_last_ok.items():
             kea_last_ok[endpoint] = max(at, kea_last_ok.get(endpoint, at))
+        for endpoint, state in s.kea_breaker.items():
+            # Each worker has its own breakers: the unit's is the worst of them (open > half-open > closed).
+            worst = max(state, kea_breaker.get(endpoint, state), key=_breaker_rank)
+            kea_breaker[endpoint] = worst
         kea_warnings.update(dict.fromkeys(s.kea_warnings))
         if journal is None and s.journal:
             journal = s.journal
@@ -187,6 +202,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         kea_up=kea_up,
         kea_ha_state=kea_ha_state,
         kea_last_ok=kea_last_ok,
+        kea_breaker=kea_breaker,
         kea_warnings=tuple(kea_warnings),
         outcomes_lost=lost,
         rate_limit_exempted=exempted,
