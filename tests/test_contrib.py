@@ -72,6 +72,15 @@ def test_promtool_accepts_the_alerting_rules() -> None:
     assert f"SUCCESS: {len(alert_exprs())} rules found" in r.stdout
 
 
+def test_the_alerts_fire_when_they_should() -> None:
+    """promtool's unit tests of the rules (contrib/prometheus/trapd-alerts.test.yml)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/setup.sh --test installs Debian's prometheus package"
+    tests = ALERTS.with_name("trapd-alerts.test.yml")
+    r = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
 def test_every_metric_the_dashboard_and_alerts_use_is_exported(tmp_path: Path) -> None:
     exported = exported_by_a_running_trapd(tmp_path)
     for what, exprs in (("alerts", alert_exprs()), ("dashboard", dashboard_exprs())):

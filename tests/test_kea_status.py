@@ -290,7 +290,7 @@ def test_endpoint_up_follows_the_dispatcher_through_a_kea_outage(kea_factory: An
 
 def test_endpoint_up_and_healthz_follow_the_status_poll(kea_factory: Any, tmp_path: Path) -> None:
     """With kea.poll_interval, an idle daemon notices Kea going and coming back; /healthz warns."""
-    from daemon_harness import TrapdDaemon
+    from daemon_harness import TrapdDaemon, eventually
 
     inst = kea_factory(dhcp6=False, ca=False)
     config = {"kea": {**inst.trapd_kea_section(), "poll_interval": "0.2s", "warn_after": "1s"}}
@@ -309,7 +309,11 @@ def test_endpoint_up_and_healthz_follow_the_status_poll(kea_factory: Any, tmp_pa
         _start_again(inst)
         _wait_up(d, 1, "Kea started again")
         d.wait_log(lambda e: e.get("event") == "Kea server fine again")
-        assert d.healthz()[1]["status"] == "ok"
+
+        def healthy() -> None:
+            assert d.healthz()[1]["status"] == "ok"
+
+        eventually(healthy)
     finally:
         d.stop()
         d.close()
