@@ -241,25 +241,33 @@ def config_schema() -> Schema:
             "engine_id": {"type": "string"},
         }
     )
+    server: dict[str, Schema] = {
+        "transport": {"type": "string", "enum": list(TRANSPORTS)},
+        "timeout": _DURATION,
+        "socket": {"type": "string"},
+        "max_in_flight": {"type": "integer"},
+        "url": {"type": "string"},
+        "user": {"type": "string"},
+        "password": _SECRET,
+        "ca_file": {"type": "string"},
+        "cert_file": {"type": "string"},
+        "key_file": {"type": "string"},
+        "pool_size": {"type": "integer"},
+        "idle_timeout": _DURATION,
+        "verify_hostname": {"type": "boolean"},
+    }
+    peer = _object(
+        {**server, "name": {"type": "string", "description": "Kea's name for the server (this-server-name)"}},
+        "one server of the HA relationship: an endpoint definition with a name (the family is the pair's)",
+        required=["name", "transport"],
+    )
     endpoint = _object(
         {
-            "transport": {"type": "string", "enum": list(TRANSPORTS)},
+            **server,
             "family": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-            "timeout": _DURATION,
-            "socket": {"type": "string"},
-            "max_in_flight": {"type": "integer"},
-            "url": {"type": "string"},
-            "user": {"type": "string"},
-            "password": _SECRET,
-            "ca_file": {"type": "string"},
-            "cert_file": {"type": "string"},
-            "key_file": {"type": "string"},
-            "pool_size": {"type": "integer"},
-            "idle_timeout": _DURATION,
-            "verify_hostname": {"type": "boolean"},
-            "peers": {"type": "object", "description": "an HA pair: peer name -> endpoint"},
+            "peers": {"type": "array", "items": peer, "minItems": 2, "description": "an HA relationship"},
         },
-        "a Kea control socket, Control Agent or HTTP endpoint, or an HA pair (peers:)",
+        "a Kea control socket, Control Agent or HTTP endpoint, or an HA relationship (family + peers:)",
     )
     kea = _object(
         {

@@ -93,10 +93,9 @@ PARAMS = {
 async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Delete DHCP leases in Kea: by address, MAC, client-id, DUID or the relay's ids.
 
-    Give exactly one selector: ``ip-address``, ``hw-address``, ``client-id``
-    (v4), ``duid`` (+ ``iaid``, v6), or relay ids: ``circuit-id`` (v4),
-    ``interface-id`` (v6), ``remote-id`` and ``relay-id`` (both; all given
-    must match). Every matching lease is fetched first and recorded complete in the
+    Give exactly one selector: an address, a MAC, a client-id (v4), a DUID
+    (+ IAID, v6), or the relay's ids (circuit-id v4, interface-id v6,
+    remote-id and relay-id both; all given must match). Every matching lease is fetched first and recorded complete in the
     result (``leases``), so ``trapd kea restore JOURNAL_ID`` can put it back.
     A lease that does not exist counts as success (nothing to do). Needs the
     lease_cmds hook in Kea. On an HA relationship it runs on every peer, one

@@ -244,15 +244,14 @@ def _pair(name: str, node: Any, base_dir: Path) -> EndpointConfig:
     what = f"kea.endpoints.{name}"
     n = check_keys(node, _PAIR_KEYS, what)
     raw = n.get("peers")
-    if not isinstance(raw, list) or len(raw) < 2:
-        raise ConfigError(
-            f"{what}.peers must list the relationship's servers (two or more)", where(n, "peers")
-        )
+    if not isinstance(raw, list):
+        raise ConfigError(f"{what}.peers must list the relationship's servers", where(n, "peers"))
     peers: list[EndpointConfig] = []
     for i, peer_node in enumerate(raw):
         pwhat = f"{what}.peers[{i}]"
         if not isinstance(peer_node, YDict):
             raise ConfigError(f"{pwhat} must be an endpoint definition with a name", where(n, "peers"))
+        check_keys(peer_node, _COMMON_KEYS | _HTTP_KEYS | _UNIX_KEYS | {"name"}, pwhat)
         if "family" in peer_node:
             raise ConfigError(
                 f"{pwhat}: the family belongs to the relationship ({what}.family), not to a peer",
@@ -269,6 +268,10 @@ def _pair(name: str, node: Any, base_dir: Path) -> EndpointConfig:
         fields = {k: v for k, v in peer_node.items() if k != "name"}
         peer_cfg = _server(name, _with_family(peer_node, fields, n.get("family")), base_dir, pwhat)
         peers.append(replace(peer_cfg, peer=peer_name))
+    if len(peers) < 2:
+        raise ConfigError(
+            f"{what}.peers must list the relationship's servers (two or more)", where(n, "peers")
+        )
     families = _families(
         n, what, "control-agent" if all(p.transport == "control-agent" for p in peers) else "peers"
     )
