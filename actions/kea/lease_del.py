@@ -95,11 +95,12 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
 
     Give exactly one selector: an address, a MAC, a client-id (v4), a DUID
     (+ IAID, v6), or the relay's ids (circuit-id v4, interface-id v6,
-    remote-id and relay-id both; all given must match). Every matching lease is fetched first and recorded complete in the
-    result (``leases``), so ``trapd kea restore JOURNAL_ID`` can put it back.
-    A lease that does not exist counts as success (nothing to do). Needs the
-    lease_cmds hook in Kea. On an HA relationship it runs on every peer, one
-    journal entry each (Kea HA does not copy a lease deletion to the partner).
+    remote-id and relay-id both; all given must match). Every matching lease
+    is fetched first and recorded complete in the result (``leases``), so
+    ``trapd kea restore JOURNAL_ID`` can put it back. A lease that does not
+    exist counts as success (nothing to do). Needs the lease_cmds hook in Kea.
+    On an HA relationship it runs on every peer, one journal entry each (Kea
+    HA does not copy a lease deletion to the partner).
 
     Example (a Cisco switch reports MACs removed from a port: free every
     lease of each, DNS records included)::
