@@ -189,6 +189,19 @@ def done_parts(d: TrapdDaemon, action: str, **params: Any) -> dict[str, dict[str
     return p if p and all(e["state"] == "done" for e in p.values()) else {}
 
 
+def deletion_parts(d: TrapdDaemon, leases: Leases) -> list[dict[str, dict[str, Any]]]:
+    """Once both peers' parts of the v4 and the v6 deletion are done: them by peer, v4 then v6."""
+    return [
+        wait_for(
+            f"both parts of the {endpoint} deletion done",
+            lambda endpoint=endpoint: done_parts(
+                d, "kea.lease-del", endpoint=endpoint, **{"hw-address": leases.mac}
+            ),
+        )
+        for endpoint in ("pair4", "pair6")
+    ]
+
+
 def parts(d: TrapdDaemon, action: str, **params: Any) -> dict[str, dict[str, Any]]:
     """The journal entries of ``action`` whose parameters include ``params``, by peer."""
     return {
@@ -336,13 +349,7 @@ def test_trap_deletes_the_lease_on_both_peers(trapd: TrapdDaemon, pair: HaPair) 
     assert len(leases.held_by()) == 4
     trap(trapd, 8, leases.mac.replace(":", ""))
     wait_for("leases gone on both peers", lambda: not leases.held_by())
-    for endpoint in ("pair4", "pair6"):
-        by_peer = wait_for(
-            "both parts done",
-            lambda endpoint=endpoint: done_parts(
-                trapd, "kea.lease-del", endpoint=endpoint, **{"hw-address": leases.mac}
-            ),
-        )
+    for by_peer in deletion_parts(trapd, leases):
         assert sorted(by_peer) == ["server1", "server2"]
         for peer, e in by_peer.items():
             assert e["attempts"] == 1 and e["result"]["peer"] == peer and e["result"]["deleted"] == 1
@@ -401,13 +408,7 @@ def test_a_stopped_peer_gets_its_deletion_when_it_is_back(trapd: TrapdDaemon, he
     pair.start_server("server2")  # it loads its own lease file: the lease is back there
     pair.wait_states({n: {pair.mode} for n in pair.servers})
     wait_for("gone on server2 too", lambda: not leases.held_by())
-    for endpoint in ("pair4", "pair6"):
-        by_peer = wait_for(
-            "both parts done",
-            lambda endpoint=endpoint: done_parts(
-                trapd, "kea.lease-del", endpoint=endpoint, **{"hw-address": leases.mac}
-            ),
-        )
+    for by_peer in deletion_parts(trapd, leases):
         # nothing deleted twice: server1's part ran once; server2's deleted the one lease it had
         assert by_peer["server1"]["attempts"] == 1 and by_peer["server1"]["result"]["deleted"] == 1
         assert by_peer["server2"]["attempts"] >= 2 and by_peer["server2"]["result"]["deleted"] == 1, (

@@ -65,18 +65,25 @@ def hex_bytes(text: str) -> bytes | None:
         return None
 
 
-def parse_sub_options(data: bytes) -> dict[int, bytes]:
-    """TLV sub-options; the first of a repeated code wins; a truncated tail is ignored."""
+def parse_tlvs(data: bytes, width: int = 1) -> dict[int, bytes]:
+    """Code-length-value items, code and length ``width`` octets each (1: option 82's sub-options,
+    2: DHCPv6 options); the first of a repeated code wins; a truncated tail is ignored."""
     out: dict[int, bytes] = {}
     i = 0
-    while i + 2 <= len(data):
-        code, length = data[i], data[i + 1]
-        value = data[i + 2 : i + 2 + length]
+    while i + 2 * width <= len(data):
+        code = int.from_bytes(data[i : i + width], "big")
+        length = int.from_bytes(data[i + width : i + 2 * width], "big")
+        value = data[i + 2 * width : i + 2 * width + length]
         if len(value) < length:
             break
         out.setdefault(code, value)
-        i += 2 + length
+        i += 2 * width + length
     return out
+
+
+def parse_sub_options(data: bytes) -> dict[int, bytes]:
+    """Option 82's sub-options (one-octet code and length)."""
+    return parse_tlvs(data, 1)
 
 
 def relay_info(lease: dict[str, Any]) -> RelayInfo | None:
@@ -133,20 +140,6 @@ def matches(
     return remote_id is None or info.remote_id == remote_id
 
 
-def parse_options6(data: bytes) -> dict[int, bytes]:
-    """DHCPv6 options (two-octet code and length); the first of a repeated code wins."""
-    out: dict[int, bytes] = {}
-    i = 0
-    while i + 4 <= len(data):
-        code, length = int.from_bytes(data[i : i + 2], "big"), int.from_bytes(data[i + 2 : i + 4], "big")
-        value = data[i + 4 : i + 4 + length]
-        if len(value) < length:
-            break
-        out.setdefault(code, value)
-        i += 4 + length
-    return out
-
-
 def relay_hops6(lease: dict[str, Any]) -> list[dict[int, bytes]]:
     """The relay options of each hop stored with a v6 lease ([] when it has none)."""
     ctx = lease.get("user-context")
@@ -161,7 +154,7 @@ def relay_hops6(lease: dict[str, Any]) -> list[dict[int, bytes]]:
         if not isinstance(hop, dict):
             continue
         raw = hex_bytes(hop["options"]) if isinstance(hop.get("options"), str) else None
-        opts = parse_options6(raw) if raw is not None else {}
+        opts = parse_tlvs(raw, 2) if raw is not None else {}
         # Kea >= 2.4 also stores these two on their own (the same bytes as in the options).
         for key, code in (("remote-id", V6_REMOTE_ID), ("relay-id", V6_RELAY_ID)):
             value = hop.get(key)
