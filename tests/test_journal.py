@@ -338,7 +338,7 @@ async def test_new_file_is_not_world_readable(tmp_path: Path) -> None:
     async with SQLiteJournal(tmp_path / "fresh.sqlite") as j:
         await j.add(make_event().to_dict(), [entry()], [], time.time())
         assert await j.prune(time.time(), time.time()) == 0  # incremental vacuum runs inside the batch
-    assert (tmp_path / "fresh.sqlite").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "fresh.sqlite").stat().st_mode & 0o777 == 0o600  # 0600 whatever the umask
     conn = sqlite3.connect(tmp_path / "fresh.sqlite")
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     conn.close()

@@ -177,12 +177,20 @@ def journal_path(args: argparse.Namespace) -> Any:
 
 
 async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
+    import sys
     import time
 
     from trapd.dispatch.journal import Journal, SQLiteJournal, open_journal
 
-    journal: Journal = SQLiteJournal(path) if jc is None else open_journal(path, jc, owner="cli")
+    # Inspection opens the file read-only and also when it is damaged: what survived can be read.
+    inspect = args.journal_command in ("list", "show", "history")
+    journal: Journal = (
+        SQLiteJournal(path, read_only=inspect) if jc is None else open_journal(path, jc, owner="cli")
+    )
     await journal.open()
+    damage = getattr(journal, "damage", None)
+    if damage:
+        print(f"trapd journal: {path} is damaged ({damage}); showing what can still be read", file=sys.stderr)
     try:
         cmd = args.journal_command
         now = time.time()

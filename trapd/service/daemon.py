@@ -39,6 +39,7 @@ from trapd.service.lifecycle import (
     warn_restart_needed,
 )
 from trapd.service.options import RunOptions
+from trapd.statedir import make_private_dir
 from trapd.yamlsource import ConfigError
 
 if TYPE_CHECKING:
@@ -172,7 +173,10 @@ class Daemon:
         self.stats = PipelineStats()
         # In a storm, one line per interval with the count, not one per lost outcome.
         self._loss_log = DropLog(
-            lambda reason, fields: self.log.error(_LOSS_MESSAGES.get(reason, _LOSS_MESSAGES[""]), **fields)
+            # DropLog's first argument is its own message; the reason is in the fields.
+            lambda _message, fields: self.log.error(
+                _LOSS_MESSAGES.get(str(fields.get("reason")), _LOSS_MESSAGES[""]), **fields
+            )
         )
         self.health = Health(False, "starting")
         self._stop = asyncio.Event()
@@ -307,7 +311,9 @@ class Daemon:
         except Exception as exc:
             # Port in use, unreadable rules, a journal that cannot be opened: say which, in one
             # line, then exit non-zero so systemd's Restart=on-failure and `systemctl status` show it.
-            if isinstance(exc, ConfigError | OSError):
+            from trapd.dispatch.journal import JournalError
+
+            if isinstance(exc, ConfigError | OSError | JournalError):
                 self.log.error("start-up failed", error=str(exc))
             else:
                 self.log.exception("start-up failed", error=str(exc))
@@ -362,7 +368,7 @@ class Daemon:
 
         cfg = self.config
         role = self.role
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(cfg.state_dir)
         # A worker forked from the supervisor starts with what the supervisor loaded and checked.
         loaded = role.preloaded if role is not None and role.preloaded is not None else None
         if loaded is None:

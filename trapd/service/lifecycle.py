@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from trapd.config import Config
+from trapd.statedir import make_private_dir
 from trapd.yamlsource import ConfigError
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def load_startup(cfg: Config, log: TrapdLogger) -> Loaded:
     from trapd.dispatch.plugins import load_plugins
     from trapd.mibs import MibResolver
 
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(cfg.state_dir)
     resolver = MibResolver.load(cfg.mibs, cfg.state_dir)
     log_mib_problems(log, resolver)
     actions = load_plugins(log)

@@ -35,6 +35,13 @@ class JournalFull(JournalError):
     """Too many writes are waiting for the disk: the caller sheds load instead of queueing more."""
 
 
+class JournalDamaged(JournalError):
+    """The journal file is damaged (empty, not a database, failed its integrity check, malformed pages).
+
+    The message says which file, what is wrong and how to recover; trapd does not start on it.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class CapCheck:
     """One rate cap an action must pass when it first starts (see :meth:`Journal.claim`)."""

@@ -47,6 +47,7 @@ from trapd.dispatch.journal.model import (
     ClaimResult,
     Entry,
     HistoryFilter,
+    JournalDamaged,
     JournalError,
     JournalFull,
     JournalHealth,
@@ -59,6 +60,7 @@ from trapd.dispatch.journal.rows import NCOLS as _NCOLS
 from trapd.dispatch.journal.rows import dumps as _dumps
 from trapd.dispatch.journal.rows import entry_from_row as _entry
 from trapd.dispatch.journal.rows import stored_event as _stored_event
+from trapd.statedir import PRIVATE_FILE, make_private_dir
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -672,13 +674,26 @@ class SQLiteJournal:
         max_queued: int = 100_000,
         owner: str | None = None,
         checkpoint_interval: float | None = CHECKPOINT_INTERVAL,
+        read_only: bool = False,
     ) -> None:
         """``checkpoint_interval``: seconds between the checkpointer thread's WAL checkpoints
         (see :data:`CHECKPOINT_INTERVAL`); None leaves checkpoints to SQLite's auto-checkpoint
-        inside the writer's commits, as before."""
+        inside the writer's commits, as before.
+
+        ``read_only``: for ``trapd journal``'s inspection commands. Nothing is created or
+        written, and a damaged file is opened anyway (what it is damaged by is in
+        :attr:`damage`) so that what survived can be read; without it a damaged file is
+        refused (:class:`JournalDamaged`) and never replaced."""
         if synchronous.lower() not in ("normal", "full"):
             raise ValueError("synchronous must be normal or full")
         self.path = Path(path)
+        self.read_only = read_only
+        self.damage: str | None = None  # read_only: what the integrity check at open found
+        # Whether commits work (a full disk, an I/O error): set by the writer thread, read by health().
+        self._problem: str | None = None
+        self._problem_since: float | None = None
+        self._failed_writes = 0
+        self._probe_sent = 0.0
         self._owner = owner
         self.synchronous = synchronous.lower()
         self.max_batch = max_batch
@@ -708,7 +723,8 @@ class SQLiteJournal:
     async def open(self) -> None:
         if self._thread is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.read_only:
+            make_private_dir(self.path.parent)
         if sys.getswitchinterval() > WRITER_SWITCH_INTERVAL:
             sys.setswitchinterval(WRITER_SWITCH_INTERVAL)
         self._loop = asyncio.get_running_loop()
@@ -721,7 +737,7 @@ class SQLiteJournal:
             self._thread.join()
             self._thread = None
             raise
-        if self.checkpoint_interval is not None:  # after the writer made the file and set WAL mode
+        if self.checkpoint_interval is not None and not self.read_only:  # after the writer set WAL mode
             self._checkpointer_stop.clear()
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_loop, name="trapd-journal-checkpoint", daemon=True
@@ -762,12 +778,29 @@ class SQLiteJournal:
     # -- the writer thread
 
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            return self._connect_read_only()
         new = not self.path.exists()
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
         if new:
-            # Rendered parameters may hold credentials (a webhook's headers): not world-readable.
-            # SQLite gives the -wal and -shm files the same mode.
-            os.chmod(self.path, 0o640)
+            # Events and rendered parameters: private (0600) from the first byte, whatever the
+            # umask. SQLite gives the -wal and -shm files the same mode.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+            os.fchmod(fd, PRIVATE_FILE)
+            os.close(fd)
+        else:
+            self._refuse_unless_sqlite()
+            for each in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                with contextlib.suppress(OSError):  # a journal an older trapd made 0640
+                    if each.stat().st_mode & 0o077:
+                        os.chmod(each, PRIVATE_FILE)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        try:
+            if not new:
+                self._check_integrity(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if new:
             # Pruned pages go back to the file system a little at a time (see _op_prune);
             # only possible when set before the first table exists.
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -780,14 +813,74 @@ class SQLiteJournal:
         conn.execute("PRAGMA journal_size_limit = 67108864")
         return conn
 
+    def _refuse_unless_sqlite(self) -> None:
+        """An existing file that cannot be a journal: refused, never replaced by a new one."""
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(16)
+        except OSError as exc:
+            raise JournalError(f"cannot read the journal {self.path}: {exc.strerror or exc}") from None
+        if not head:
+            raise self._damaged("the file is empty (0 bytes): it was truncated, or never written")
+        if head != b"SQLite format 3\x00":
+            raise self._damaged("it is not an SQLite database")
+
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA quick_check`` (every page, index and constraint that can be checked without
+        reading whole tables twice): a journal with damaged pages is refused at start-up, not
+        found out by the first trap that touches them."""
+        try:
+            rows = [" ".join(str(r[0]).split()) for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            rows = [str(exc)]
+        if rows != ["ok"]:
+            problem = "; ".join(rows)[:500]
+            if not self.read_only:
+                raise self._damaged(f"integrity check: {problem}")
+            self.damage = problem
+
+    def _damaged(self, detail: str) -> JournalDamaged:
+        p = self.path
+        return JournalDamaged(
+            f"the journal {p} is damaged: {detail}. trapd neither runs on it nor replaces it. "
+            f"To recover, move it aside with its -wal and -shm files (mv {p} {p}.damaged; "
+            f"mv {p}-wal {p}.damaged-wal; mv {p}-shm {p}.damaged-shm) and start trapd again "
+            f"for a new, empty journal; `trapd journal --journal {p}.damaged list --state all` "
+            "(and show, history) reads what can still be read from the old one."
+        )
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """For inspection: no file made, nothing written (query_only), damage recorded, not refused."""
+        if not self.path.exists():
+            raise JournalError(f"no journal at {self.path}")
+        try:
+            self._refuse_unless_sqlite()
+        except JournalDamaged as exc:
+            if "empty" in str(exc):
+                raise
+            raise JournalDamaged(f"the journal {self.path} is not an SQLite database") from None
+        uri = self.path.resolve().as_uri() + "?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA query_only = ON")
+        self._check_integrity(conn)
+        return conn
+
     def _writer(self, ready: asyncio.Future[None]) -> None:
         loop = self._loop
         assert loop is not None
         try:
             conn = self._connect()
-            _op_setup(conn, self.synchronous)  # executescript: each statement commits on its own
+            if not self.read_only:
+                _op_setup(conn, self.synchronous)  # executescript: each statement commits on its own
+        except JournalError as exc:
+            loop.call_soon_threadsafe(_set_exception, ready, exc)
+            return
         except Exception as exc:
-            err = JournalError(f"cannot open the journal {self.path}: {exc}")
+            err: JournalError = (
+                self._damaged(str(exc))
+                if isinstance(exc, sqlite3.DatabaseError) and _is_damage(exc)
+                else JournalError(f"cannot open the journal {self.path}: {exc}")
+            )
             loop.call_soon_threadsafe(_set_exception, ready, err)
             return
         loop.call_soon_threadsafe(_set_result, ready, None)
@@ -845,46 +938,75 @@ class SQLiteJournal:
                 # that raises is rare; then the whole batch is rolled back and run again, isolated.
                 done = self._execute(conn, batch, isolate=False)
             except _OpFailed:
-                conn.execute("ROLLBACK")
+                # A read-only batch began no transaction: there is nothing to roll back (a ROLLBACK
+                # there failed with "no transaction is active" and hid the real error).
                 if writes:
+                    conn.execute("ROLLBACK")
                     conn.execute("BEGIN IMMEDIATE")
-                done = self._execute(conn, batch, isolate=writes)
+                done = self._execute(conn, batch, isolate=True, savepoints=writes)
             if writes:
                 conn.execute("COMMIT")
                 self.commits += 1
                 self.committed_ops += len(batch)
+                failed = [exc for _, _, exc in done if isinstance(exc, JournalError)]
+                if failed:
+                    self._unavailable(str(failed[0]), len(failed))
+                else:
+                    self._problem = None
         except Exception as exc:
             # The commit itself failed (disk full, I/O error, locked too long): nothing in the batch holds.
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            err = JournalError(f"journal commit failed: {exc}")
+            err = self._journal_error(exc, "journal commit failed")
+            if writes:
+                self._unavailable(str(err), sum(1 for op in batch if op.write))
             done = [(op, None, err) for op in batch]
         # A closed loop (RuntimeError) means nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._resolve, done)
 
-    @staticmethod
     def _execute(
-        conn: sqlite3.Connection, batch: list[_Op], *, isolate: bool
+        self, conn: sqlite3.Connection, batch: list[_Op], *, isolate: bool, savepoints: bool = True
     ) -> list[tuple[_Op, Any, BaseException | None]]:
+        """Run ``batch``; ``isolate``: each operation's error is its own (in a savepoint when writing)."""
         done: list[tuple[_Op, Any, BaseException | None]] = []
         for op in batch:
-            if isolate:
+            if isolate and savepoints:
                 conn.execute("SAVEPOINT op")
             try:
                 result = op.fn(conn, *op.args)
             except Exception as exc:
                 if not isolate:
                     raise _OpFailed from exc
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                done.append((op, None, exc))
+                if savepoints:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                done.append((op, None, self._journal_error(exc, "journal operation failed")))
             else:
-                if isolate:
+                if isolate and savepoints:
                     conn.execute("RELEASE op")
                 done.append((op, result, None))
         return done
+
+    def _journal_error(self, exc: BaseException, what: str) -> BaseException:
+        """SQLite's errors about the file (damage, full disk, I/O) as JournalError, saying which."""
+        if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, JournalError):
+            return exc
+        if _is_damage(exc):
+            return JournalDamaged(
+                f"the journal {self.path} is damaged: {exc} (trapd journal shows what can still be read)"
+            )
+        if getattr(exc, "sqlite_errorcode", None) is not None and exc.sqlite_errorcode & 0xFF in _FILE_ERRORS:
+            return JournalError(f"{what}: {exc}")
+        return exc
+
+    def _unavailable(self, problem: str, failed: int) -> None:
+        """Writer thread: commits fail (a full disk, say); health() reports it until one succeeds."""
+        if self._problem is None:
+            self._problem_since = time.time()
+        self._problem = problem[:300]
+        self._failed_writes += failed
 
     def _resolve(self, done: list[tuple[_Op, Any, BaseException | None]]) -> None:
         for op, result, exc in done:
@@ -1062,10 +1184,48 @@ class SQLiteJournal:
         return result
 
     def health(self) -> JournalHealth:
-        return JournalHealth()
+        """Unavailable from a failed commit (a full disk, an I/O error) until one succeeds again.
+
+        While unavailable, a small write is tried at most once a second, so that the journal
+        is found healthy again once space is freed even when no trap comes to try.
+        """
+        problem = self._problem
+        if problem is None:
+            return JournalHealth(failed_writes=self._failed_writes)
+        now = time.monotonic()
+        if now - self._probe_sent >= 1.0 and self._thread is not None and not self.read_only:
+            self._probe_sent = now
+            with contextlib.suppress(JournalError):
+                probe = self._call(_op_probe, time.time())
+                probe.add_done_callback(_consume)
+        return JournalHealth(False, problem, self._problem_since, self._failed_writes)
 
     def watch(self, callback: Callable[[], None]) -> None:
         """No push here: the dispatcher polls :meth:`changed` (``PRAGMA data_version``)."""
+
+
+# SQLite's primary result codes that are about the file, not the statement: I/O error, the disk
+# full, the file not openable or read-only. https://www.sqlite.org/rescode.html
+_FILE_ERRORS = frozenset({10, 13, 14, 8})
+_DAMAGE_ERRORS = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGE_ERRORS
+    return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def _op_probe(conn: sqlite3.Connection, now: float) -> None:
+    """A write that needs a page of its own: succeeds only once the disk takes writes again."""
+    conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('probe', ?)", (f"{now:.6f}" + " " * 2000,))
+    conn.execute("DELETE FROM meta WHERE k = 'probe'")
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:

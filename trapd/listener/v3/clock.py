@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trapd.statedir import make_private_dir
+
 
 def default_engine_id() -> bytes:
     """A stable engine ID for this host (RFC 3411 format 5, pysnmp's enterprise 20408).
@@ -71,7 +73,7 @@ def advance_engine_clock(engine_id: bytes, state_dir: Path, now: float | None = 
     leaves the old value or the new one.
     """
     path = engine_boots_file(engine_id, state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     try:
         boots = int(path.read_text().strip()) + 1
     except (OSError, ValueError):

@@ -1,0 +1,112 @@
+"""A full disk under the journal is loud, counted, rate-limited, and recovers (issue 14, item 12).
+
+A real ``trapd run`` whose state directory is a small tmpfs the test mounts
+(root only). The test fills it to the last byte, sends traps, and expects:
+/healthz 503 naming the journal, the lost outcomes counted in
+``trapd_outcomes_lost_total`` and the journal's failed writes in
+``trapd_journal_failed_writes_total``, few log lines (rate-limited), STATUS=
+saying so; then frees the space and expects it healthy and acting again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_harness import TrapdDaemon, link_down
+from listen_harness import needs_netsnmp, snmp_send
+
+pytestmark = [pytest.mark.integration, needs_netsnmp]
+
+RULES = (
+    "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n"
+    "    actions: [{action: log, message: 'down {{ ifIndex }}'}]\n"
+)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)], capture_output=True
+    )
+    # (4 MiB: the journal's first pages and WAL fit, then the test fills the rest.)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write one file until the file system says ENOSPC, down to the last byte; return it."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * chunk)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def wait_for(pred: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def test_a_full_disk_is_unhealthy_counted_rate_limited_and_recovers(tmp_path: Path, small_fs: Path) -> None:
+    state = small_fs / "state"
+    d = TrapdDaemon.start(tmp_path / "w", rules=RULES, config={"state_dir": str(state)})
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 1))
+        assert d.wait_metric("trapd_actions_total", 1, timeout=30, plugin="log", outcome="done") >= 1
+        assert d.healthz()[0] == 200
+        fill(small_fs)
+        for i in range(60):
+            snmp_send("snmptrap", *link_down(d.target(), 100 + i))
+
+        def unhealthy() -> bool:
+            status, body = d.healthz()
+            return status == 503 and "journal" in str(body)
+
+        wait_for(unhealthy, 30, "/healthz 503 naming the journal")
+        body = d.healthz()[1]
+        assert "full" in str(body), body
+        wait_for(lambda: d.metric("trapd_outcomes_lost_total") >= 1, 30, "trapd_outcomes_lost_total counts")
+        wait_for(lambda: d.metric("trapd_journal_failed_writes_total") >= 1, 30, "failed writes counted")
+        notify = d.notify
+        assert notify is not None
+        seen: list[dict[str, str]] = []
+
+        def status_says() -> bool:
+            seen.extend(notify.pending())
+            return any("JOURNAL UNAVAILABLE" in m.get("STATUS", "") for m in seen)
+
+        wait_for(status_says, 30, "STATUS= says the journal is unavailable")
+        errors = [line for line in d.log if line.get("level") == "error"]
+        assert 1 <= len(errors) <= 10, errors[:20]  # rate-limited, not one per trap
+        assert "journal cannot commit" in errors[0]["event"], errors[0]
+        # Space back: healthy again without a restart, and traps act again.
+        (small_fs / "filler").unlink()
+        wait_for(lambda: d.healthz()[0] == 200, 30, "/healthz 200 again once space is freed")
+        done = d.metric("trapd_actions_total", plugin="log", outcome="done")
+        snmp_send("snmptrap", *link_down(d.target(), 7))
+        assert d.wait_metric("trapd_actions_total", done + 1, timeout=30, plugin="log", outcome="done") > done
+    finally:
+        d.stop()

@@ -1,0 +1,163 @@
+"""The SQLite journal's files: private modes, integrity at start-up, damage reported (issue 14, 11/13/14).
+
+Real files and real ``trapd run`` / ``trapd journal`` processes: a state
+directory trapd makes is 0700 and the journal 0600 whatever the umask; an
+empty, garbage or bit-flipped journal is refused at start-up with the way to
+recover, never replaced; ``trapd journal`` still reads what survived and
+names the damage instead of printing a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from daemon_harness import TrapdDaemon
+
+from trapd.dispatch.journal import NewEntry, SQLiteJournal
+from trapd.dispatch.testing import make_event
+
+RULES = (
+    "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n"
+    "    actions: [{action: log, message: x}]\n"
+)
+
+
+def _entry(i: int, now: float) -> NewEntry:
+    return NewEntry(
+        rule="r", action="log", index=0, params={"message": f"m{i}"}, key=f"k{i}", mode="enforce",
+        state="scheduled", due=now + 3600, max_attempts=3, backoff=1.0, max_age=7200.0,
+    )  # fmt: skip
+
+
+def make_journal(path: Path, n: int = 300) -> None:
+    """A journal with ``n`` scheduled actions, each with its own event (a real file, checkpointed)."""
+
+    async def fill() -> None:
+        async with SQLiteJournal(path) as j:
+            now = time.time()
+            for i in range(n):
+                await j.add(
+                    make_event(source=f"10.0.{i // 250}.{i % 250}").to_dict(), [_entry(i, now)], [], now
+                )
+
+    asyncio.run(fill())  # closing checkpoints the WAL into the file
+
+
+def start_fails(tmp_path: Path, timeout: float = 30.0) -> str:
+    d = TrapdDaemon.start(tmp_path, rules=RULES, wait_ready=False)
+    try:
+        rc = d.wait_exit(timeout)
+    finally:
+        d.close()
+    text = "\n".join(str(line) for line in d.log)
+    assert rc != 0, text
+    return text
+
+
+def journal_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trapd", "journal", *argv], capture_output=True, text=True, timeout=60
+    )
+
+
+# -- 11: modes -------------------------------------------------------------------------------
+
+
+def test_a_state_directory_trapd_makes_is_0700_and_the_journal_0600_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "var" / "lib" / "trapd"
+    old = os.umask(0o022)
+    try:
+        d = TrapdDaemon.start(tmp_path / "w", rules=RULES, config={"state_dir": str(state)})
+    finally:
+        os.umask(old)
+    try:
+        for made in (state, state.parent, state.parent.parent):
+            assert stat.S_IMODE(made.stat().st_mode) == 0o700, (made, oct(made.stat().st_mode))
+        files = [p for p in state.iterdir() if p.name.startswith("journal.sqlite")]
+        assert files
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, (f, oct(f.stat().st_mode))
+    finally:
+        d.stop()
+
+
+# -- 13: integrity at start-up ----------------------------------------------------------------
+
+
+def _journal_file(tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700, exist_ok=True)
+    return state / "journal.sqlite"
+
+
+def test_an_empty_journal_file_is_refused_not_replaced(tmp_path: Path) -> None:
+    path = _journal_file(tmp_path)
+    path.write_bytes(b"")
+    text = start_fails(tmp_path)
+    assert "empty" in text and str(path) in text and "move it aside" in text, text
+    assert path.stat().st_size == 0  # left as it was, for whoever investigates
+
+
+def test_garbage_is_refused(tmp_path: Path) -> None:
+    path = _journal_file(tmp_path)
+    path.write_bytes(os.urandom(8192))
+    before = path.read_bytes()
+    text = start_fails(tmp_path)
+    assert "damaged" in text and "move it aside" in text, text
+    assert path.read_bytes() == before
+
+
+def _flip(path: Path, count: int = 40) -> None:
+    """Flip ``count`` bytes spread over the file's data pages (not the 100-byte header)."""
+    data = bytearray(path.read_bytes())
+    size = len(data)
+    for k in range(count):
+        pos = 4096 + (k * 7919) % (size - 4096)
+        data[pos] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_are_refused_and_what_survived_can_be_read(tmp_path: Path) -> None:
+    path = _journal_file(tmp_path)
+    make_journal(path)
+    _flip(path)
+    text = start_fails(tmp_path)
+    assert "damaged" in text and "move it aside" in text and "trapd journal" in text, text
+    # Read-only inspection: whatever can be read, and the damage named, never a traceback.
+    r = journal_cli("--journal", str(path), "list", "--state", "all", "--limit", "1000")
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert "damaged" in out or "malformed" in out, out[-3000:]
+
+
+# -- 14: read-only batches on a damaged journal ------------------------------------------------
+
+
+def test_journal_list_on_a_damaged_journal_names_the_damage(tmp_path: Path) -> None:
+    path = _journal_file(tmp_path)
+    make_journal(path)
+    _flip(path)
+    r = journal_cli("--journal", str(path), "list", "--state", "all", "--limit", "1000")
+    out = r.stdout + r.stderr
+    assert "cannot rollback" not in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert "malformed" in out or "damaged" in out, out[-3000:]
+
+
+def test_an_intact_journal_still_starts(tmp_path: Path) -> None:
+    path = _journal_file(tmp_path)
+    make_journal(path, 20)
+    d = TrapdDaemon.start(tmp_path, rules=RULES)
+    try:
+        status, _ = d.healthz()
+        assert status == 200
+    finally:
+        assert d.stop() == 0
