@@ -1,9 +1,9 @@
-"""The compiled rule set: immutable, indexed by notification OID, evaluated per event.
+"""The compiled rule set: immutable, indexed by what rules test for equality, evaluated per event.
 
 ``evaluate`` is the daemon's hot path. Candidate rules come from an index
-(exact notification OIDs, OID prefixes for ``under:``, and the rules with no
-notification condition), merged in file order and cached per trap OID, so a
-trap nobody wrote a rule for costs a dict lookup and a few generic rules.
+(:mod:`trapd.rules.index`: notification OIDs and ``under:`` prefixes, source
+networks, varbind values), merged in file order, so a trap nobody wrote a
+rule for costs a few dict lookups and the rules without equality tests.
 Templates are rendered and parameters validated only for a rule that
 matched.
 """
@@ -22,8 +22,9 @@ from trapd.event import Event
 from trapd.listener.raw import Oid
 from trapd.params import ParamError, validate
 from trapd.plugin import ActionSpec
-from trapd.rules.conditions import All, Cond, EvalState, Notification, Source, Subject, ValueTest
+from trapd.rules.conditions import All, Cond, EvalState, Notification, Subject, ValueTest
 from trapd.rules.context import event_context
+from trapd.rules.index import RuleIndex
 from trapd.rules.outcome import Mode, Outcome, PlannedAction, RateCap, Rejection, RetryPolicy
 from trapd.rules.sources import AddressSet, addr_key
 from trapd.rules.templates import ENV, RENDER_ERRORS, TemplateInfo, render_fast
@@ -215,23 +216,21 @@ class ClearingOids:
 
 # ---------------------------------------------------------------- the rule set
 
-_CACHE_LIMIT = 4096
 _MISSING = object()
 _SOURCE_CACHE_LIMIT = 65536  # distinct sender addresses remembered (a site has far fewer switches)
 _EMPTY = Outcome()
 
 
 class RuleSet:
-    """Compiled rules. Immutable after construction (the per-OID and per-source caches are derived data).
+    """Compiled rules. Immutable after construction (the per-source group cache is derived data).
 
-    Candidate selection is two bit masks over the rules (bit i = rule i, so
-    ascending bits are file order): one per notification OID (exact OIDs,
-    ``under:`` prefixes, and every rule without a notification condition) and
-    one per source address (rules whose top-level ``source:`` contains it,
-    and every rule without one). Their AND is the set of rules worth
-    testing; each is then tested on what is left of its conditions. A trap
-    from a switch no rule covers, or with an OID no rule names, costs two
-    dict lookups.
+    Candidate selection is a :class:`~trapd.rules.index.RuleIndex`: the rules
+    are stored by what they test for equality (notification OID or ``under:``
+    prefix, source network, varbind value), and an event collects the rules
+    whose values it has, in file order. Each candidate is then tested on what
+    the index did not already prove. A trap with an OID no rule names, from a
+    switch no rule covers, costs a few dict lookups; 100,000 per-port rules on
+    one notification cost the same per event as 10.
     """
 
     def __init__(
@@ -241,38 +240,18 @@ class RuleSet:
         self.names: tuple[str, ...] = tuple(r.name for r in self._rules)
         self.source_groups: Mapping[str, AddressSet] = MappingProxyType(dict(source_groups))
         self.global_mode = global_mode
-        self._exact: dict[Oid, int] = {}
-        self._prefix: dict[Oid, int] = {}
-        self._generic = 0  # rules without a notification condition
-        self._no_source = 0  # rules without a top-level source condition
-        self._sources: list[tuple[int, Source]] = []
+        self._index = RuleIndex()
         self._residual: list[All] = []
         for i, r in enumerate(self._rules):
-            bit = 1 << i
-            items = list(r.condition.items)
-            n = r.notification
             if not r.enabled:
                 self._residual.append(r.condition)
                 continue
-            if n is None:
-                self._generic |= bit
-            else:
-                for oid in n.exact:
-                    self._exact[oid] = self._exact.get(oid, 0) | bit
-                for p in n.prefixes:
-                    self._prefix[p] = self._prefix.get(p, 0) | bit
-                if n in items:  # settled by the index; nested ones stay in the test
-                    items.remove(n)
-            src = next((c for c in items if isinstance(c, Source)), None)
-            if src is None:
-                self._no_source |= bit
-            else:
-                self._sources.append((bit, src))
-                items.remove(src)
-            self._residual.append(All(items, r.condition.mark))
-        self._prefix_lengths = tuple(sorted({len(p) for p in self._prefix}))
-        self._oid_masks: dict[Oid, int] = {}
-        self._source_masks: dict[str, int] = {}
+            keys = self._index.keys(r.condition.atoms())
+            self._index.add(i, keys)
+            # What an index hit proves needs no test of its own (only top-level items; nested ones stay).
+            items = [c for c in r.condition.items if not any(c is s for s in keys.settled)]
+            same = len(items) == len(r.condition.items)
+            self._residual.append(r.condition if same else All(items, r.condition.mark))
         self._group_cache: dict[str, str | None] = {}
         self._clearing = ClearingOids.of(self._rules)
 
@@ -297,32 +276,6 @@ class RuleSet:
         self._group_cache[address] = group
         return group
 
-    def _oid_mask(self, trap_oid: Oid) -> int:
-        mask = self._oid_masks.get(trap_oid)
-        if mask is None:
-            mask = self._generic | self._exact.get(trap_oid, 0)
-            for n in self._prefix_lengths:
-                if n <= len(trap_oid):
-                    mask |= self._prefix.get(trap_oid[:n], 0)
-            if len(self._oid_masks) >= _CACHE_LIMIT:
-                self._oid_masks.clear()  # a storm of distinct OIDs must not grow memory
-            self._oid_masks[trap_oid] = mask
-        return mask
-
-    def _source_mask(self, source: str) -> int:
-        mask = self._source_masks.get(source)
-        if mask is None:
-            mask = self._no_source
-            key = addr_key(source)
-            if key is not None:
-                for bit, cond in self._sources:
-                    if cond.nets.contains(key):
-                        mask |= bit
-            if len(self._source_masks) >= _SOURCE_CACHE_LIMIT:
-                self._source_masks.clear()
-            self._source_masks[source] = mask
-        return mask
-
     @property
     def clearing_oids(self) -> ClearingOids:
         """Which notifications a ``cancel:`` rule selects."""
@@ -333,32 +286,25 @@ class RuleSet:
         return self.clearing_oids.covers(trap_oid)
 
     def candidates(self, trap_oid: Oid) -> tuple[Rule, ...]:
-        """Rules the notification index selects for this OID (before source and other conditions)."""
-        mask = self._oid_mask(trap_oid)
-        return tuple(r for i, r in enumerate(self._rules) if mask >> i & 1)
+        """Enabled rules whose notification condition (if any) selects this OID, in file order."""
+        return tuple(
+            r for r in self._rules if r.enabled and ((n := r.notification) is None or n.covers(trap_oid))
+        )
 
     # -- evaluation ---------------------------------------------------------
 
     def evaluate(self, event: Event) -> Outcome:
         """Match, render and validate: what should happen for this event. Runs nothing."""
-        st: EvalState | None = None
         matched: list[str] = []
         planned: list[PlannedAction] = []
         cancels: list[str] = []
         rejected: list[Rejection] = []
         base: dict[str, Any] | None = None
-        mask = self._oid_mask(event.trap_oid)
-        if mask:
-            mask &= self._source_mask(event.source)
+        st = EvalState(event)
         rules, residual = self._rules, self._residual
-        while mask:
-            low = mask & -mask
-            mask ^= low
-            i = low.bit_length() - 1
+        for i in self._index.lookup(st):
             rule = rules[i]
-            if st is None:
-                st = EvalState(event)
-            elif st.captures:
+            if st.captures:
                 st.captures = {}
             if not residual[i].test(st):
                 continue

@@ -8,16 +8,18 @@ The implication test is deliberately conservative (same condition, a
 notification set that covers B's, a network set that contains B's, a
 version list that includes B's): a warning must never be wrong.
 
-Pairs are pre-selected through the notification OIDs, so a file of a
-thousand rules is checked in far less than the n² comparisons.
+Pairs are pre-selected through the rule index (:mod:`trapd.rules.index`): a
+later rule is compared only with the earlier stopping rules whose equality
+values (notification, source network, varbind value) it implies, so 100,000
+per-port rules are checked in seconds instead of the n² comparisons.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from trapd.listener.raw import Oid
-from trapd.rules.conditions import Cond, Notification
+from trapd.rules.conditions import Cond
+from trapd.rules.index import RuleIndex
 from trapd.rules.ruleset import Rule
 
 
@@ -34,41 +36,12 @@ def shadows(a: Rule, b: Rule) -> bool:
 def shadow_warnings(rules: Sequence[Rule]) -> Iterator[tuple[Rule, Rule]]:
     """(hidden rule, the earlier rule hiding it), for each enabled rule that can never match."""
     atoms = [r.condition.atoms() for r in rules]
-    by_exact: dict[Oid, list[int]] = {}  # stoppers naming this OID
-    by_prefix: list[tuple[Oid, int]] = []  # stoppers with under:
-    generic: list[int] = []  # stoppers without a notification condition
+    stoppers = RuleIndex()  # the earlier enabled stopping rules without foreach
     for i, b in enumerate(rules):
-        note = b.notification
         if b.enabled:
-            if note is None:
-                candidates = list(generic) + [j for _p, j in by_prefix]
-            else:
-                some = next(iter(note.exact), None)
-                candidates = list(generic)
-                if some is not None:
-                    candidates += by_exact.get(some, [])
-                    candidates += [j for p, j in by_prefix if some[: len(p)] == p]
-                else:
-                    candidates += [j for _p, j in by_prefix]
-            for j in sorted(set(candidates)):
+            for j in stoppers.implying(atoms[i]):
                 if _implied(atoms[j], atoms[i]):
                     yield b, rules[j]
                     break
         if b.enabled and b.stop and b.foreach is None:
-            _register(i, note, by_exact, by_prefix, generic)
-
-
-def _register(
-    i: int,
-    note: Notification | None,
-    by_exact: dict[Oid, list[int]],
-    by_prefix: list[tuple[Oid, int]],
-    generic: list[int],
-) -> None:
-    if note is None:
-        generic.append(i)
-        return
-    for oid in note.exact:
-        by_exact.setdefault(oid, []).append(i)
-    for p in note.prefixes:
-        by_prefix.append((p, i))
+            stoppers.add(i, stoppers.keys(atoms[i]))

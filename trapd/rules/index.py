@@ -1,0 +1,337 @@
+"""Which rules an event can match, found through what the rules test for equality.
+
+A rule's top-level conditions are a conjunction, so any condition that tests
+one value of the event for equality narrows the rules worth testing: the
+notification OID (``notification: linkDown``, or the prefix of an ``under:``),
+the source network (``source: 10.1.2.3`` or a list of networks without ``!``),
+and a varbind's value (``ifIndex: 17``, ``ifOperStatus: [down, lowerLayerDown]``).
+
+The index is a trie over those (dimension, value) pairs, in the order
+notification, source, varbinds. A rule is stored at the end of each path its
+alternatives spell (``ifIndex: [1, 2]`` is two paths); an event walks from the
+root into every child whose value it has. The rules met on the way are the
+candidates, returned in file order; each is then tested on the rest of its
+conditions as before. So an event costs a few dict lookups per *kind* of rule
+(its "shape"), plus the rules whose indexed values it has, however many rules
+test other values: 100,000 per-port rules on linkDown differing by source and
+ifIndex give one candidate per linkDown.
+
+The same trie answers the shadowed-rule analysis (:mod:`trapd.rules.shadow`):
+an earlier stopping rule can only hide a later one if each of its indexed
+values is implied by the later rule, so the later rule walks only into those
+children. Rules without any equality test sit at the root and stay candidates
+for every event (and every shadow query).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
+
+from trapd.event import Event, VarBind
+from trapd.listener.raw import Oid
+from trapd.rules.conditions import (
+    Cond,
+    Equals,
+    EvalState,
+    Notification,
+    OneOf,
+    Source,
+    ValueTest,
+    Varbind,
+    as_number,
+    as_text,
+)
+
+# Paths stored for one rule at most (the product of its alternatives); past this the
+# group with the most alternatives is left to the rule's own test. A rule on 64 ports
+# of 4 switches is 256 paths.
+MAX_PATHS = 256
+
+
+class Dim:
+    """A value the index reads from an event. Interned: one object per distinct dimension."""
+
+    __slots__ = ()
+
+    def of(self, st: EvalState) -> Hashable | None:
+        raise NotImplementedError
+
+
+class TrapOid(Dim):
+    __slots__ = ()
+
+    def of(self, st: EvalState) -> Hashable | None:
+        return st.event.trap_oid
+
+
+class TrapOidPrefix(Dim):
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def of(self, st: EvalState) -> Hashable | None:
+        oid = st.event.trap_oid
+        return oid[: self.length] if len(oid) >= self.length else None
+
+
+class SourceNet(Dim):
+    """The source address under one netmask: ``10.1.2.3`` under /24 is 10.1.2.0."""
+
+    __slots__ = ("mask", "version")
+
+    def __init__(self, version: int, mask: int) -> None:
+        self.version = version
+        self.mask = mask
+
+    def of(self, st: EvalState) -> Hashable | None:
+        key = st.source_key
+        if key is None or key[0] != self.version:
+            return None
+        return key[1] & self.mask
+
+
+class VarbindValue(Dim):
+    """The value of the first binding under ``prefix``, as :class:`Equals` compares it."""
+
+    __slots__ = ("numeric", "prefix")
+
+    def __init__(self, prefix: Oid, numeric: bool) -> None:
+        self.prefix = prefix
+        self.numeric = numeric
+
+    def of(self, st: EvalState) -> Hashable | None:
+        vb = find_varbind(st.event, self.prefix)
+        if vb is None:
+            return None
+        v = vb.value
+        if self.numeric:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return v
+            return as_number(v)
+        return as_text(v, vb.display)
+
+
+def find_varbind(event: Event, prefix: Oid) -> VarBind | None:
+    """The first binding whose OID starts with ``prefix`` (the one a varbind condition tests)."""
+    n = len(prefix)
+    for vb in event.varbinds:
+        if vb.oid[:n] == prefix:
+            return vb
+    return None
+
+
+Alternative = tuple[Dim, Hashable]
+
+
+class Keys:
+    """What one rule tests for equality: groups of alternatives, and which conditions they settle."""
+
+    __slots__ = ("groups", "settled")
+
+    def __init__(self, groups: list[list[Alternative]], settled: list[Cond]) -> None:
+        self.groups = groups
+        self.settled = settled  # conditions an index hit proves (need no test of their own)
+
+
+class RuleIndex:
+    """The trie of rules by equality values; ``add`` in file order, then ``lookup`` per event."""
+
+    def __init__(self) -> None:
+        self.root = _Node()
+        self._dims: dict[tuple[Any, ...], Dim] = {}
+        self.nodes = 1
+
+    # -- building -------------------------------------------------------------
+
+    def keys(self, atoms: Sequence[Cond]) -> Keys:
+        """The equality groups of a rule's top-level conditions (``atoms``), most selective last."""
+        groups: list[list[Alternative]] = []
+        settled: list[Cond] = []
+        note = next((a for a in atoms if isinstance(a, Notification)), None)
+        if note is not None:
+            alts: list[Alternative] = [(self._dim("oid"), oid) for oid in sorted(note.exact)]
+            alts += [(self._dim("oidp", len(p)), p) for p in sorted(set(note.prefixes))]
+            if alts:
+                groups.append(alts)
+                settled.append(note)
+        src = next((a for a in atoms if isinstance(a, Source)), None)
+        if src is not None and src.nets.include and not src.nets.exclude and not src.nets.include_all:
+            groups.append(
+                [(self._dim("src", v, mask), net) for v, net, mask in dict.fromkeys(src.nets.include)]
+            )
+            settled.append(src)
+        for atom in atoms:
+            if isinstance(atom, Varbind) and atom.exists is not False:
+                values = _equal_values(atom.tests)
+                if values:
+                    groups.append([(self._dim("vb", atom.prefix, num), v) for num, v in values])
+        # Too many paths: leave the widest groups to the rule's own test.
+        while groups and math.prod(len(g) for g in groups) > MAX_PATHS:
+            widest = max(range(len(groups)), key=lambda k: len(groups[k]))
+            dropped = groups.pop(widest)
+            settled = [c for c in settled if not _in_group(c, dropped)]
+        return Keys(groups, settled)
+
+    def _dim(self, kind: str, *args: Any) -> Dim:
+        key = (kind, *args)
+        dim = self._dims.get(key)
+        if dim is None:
+            if kind == "oid":
+                dim = TrapOid()
+            elif kind == "oidp":
+                dim = TrapOidPrefix(*args)
+            elif kind == "src":
+                dim = SourceNet(*args)
+            else:
+                dim = VarbindValue(*args)
+            self._dims[key] = dim
+        return dim
+
+    def add(self, position: int, keys: Keys) -> None:
+        """Store rule ``position`` (added in ascending order) at the end of each of its paths."""
+        for path in itertools.product(*keys.groups):
+            node = self.root
+            for dim, value in path:
+                if node.children is None:
+                    node.children = {}
+                table = node.children.get(dim)
+                if table is None:
+                    table = node.children[dim] = {}
+                nxt = table.get(value)
+                if nxt is None:
+                    nxt = table[value] = _Node()
+                    self.nodes += 1
+                node = nxt
+            if node.rules is None:
+                node.rules = [position]
+            elif node.rules[-1] != position:
+                node.rules.append(position)
+
+    # -- queries --------------------------------------------------------------
+
+    def lookup(self, st: EvalState) -> Sequence[int]:
+        """Positions of the rules whose indexed values this event has, ascending."""
+        found: list[list[int]] = []
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            if node.rules is not None:
+                found.append(node.rules)
+            if node.children is not None:
+                for dim, table in node.children.items():
+                    value = dim.of(st)
+                    if value is not None:
+                        nxt = table.get(value)
+                        if nxt is not None:
+                            stack.append(nxt)
+        if not found:
+            return ()
+        if len(found) == 1:
+            return found[0]
+        return sorted(set().union(*found))
+
+    def implying(self, atoms: Sequence[Cond]) -> list[int]:
+        """Rules whose every indexed value is implied by a rule with these top-level conditions.
+
+        A superset of the rules that can shadow it (see :mod:`trapd.rules.shadow`), ascending.
+        """
+        query = _Query(atoms)
+        found: set[int] = set()
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            if node.rules is not None:
+                found.update(node.rules)
+            if node.children is not None:
+                for dim, table in node.children.items():
+                    for value in query.values(dim):
+                        nxt = table.get(value)
+                        if nxt is not None:
+                            stack.append(nxt)
+        return sorted(found)
+
+
+class _Node:
+    __slots__ = ("children", "rules")
+
+    def __init__(self) -> None:
+        self.rules: list[int] | None = None
+        self.children: dict[Dim, dict[Hashable, _Node]] | None = None
+
+
+class _Query:
+    """For a later rule B: the values under each dimension that an earlier rule A hiding B may have.
+
+    A hides B only if each of A's conditions is implied by one of B's: A's
+    notification covers B's (so covers one OID of B's, or a prefix of B's first
+    ``under:``), A's networks contain B's (so contain the first network of one of
+    B's sources), and A's varbind condition is the very one B has (same name,
+    same spec, so the same equality values).
+    """
+
+    def __init__(self, atoms: Sequence[Cond]) -> None:
+        self.note = next((a for a in atoms if isinstance(a, Notification)), None)
+        self.sources = [a for a in atoms if isinstance(a, Source)]
+        self.varbinds = [a for a in atoms if isinstance(a, Varbind)]
+
+    def values(self, dim: Dim) -> Iterable[Hashable]:
+        if isinstance(dim, TrapOid):
+            some = next(iter(self.note.exact), None) if self.note is not None else None
+            return () if some is None else (some,)
+        if isinstance(dim, TrapOidPrefix):
+            if self.note is None:
+                return ()
+            some = next(iter(self.note.exact), None)
+            if some is not None:
+                return (some[: dim.length],)
+            return {p[: dim.length] for p in self.note.prefixes[:1] if len(p) >= dim.length}
+        if isinstance(dim, SourceNet):
+            out: set[Hashable] = set()
+            for s in self.sources:
+                if s.nets.include and not s.nets.include_all:
+                    version, net, mask = s.nets.include[0]
+                    if version == dim.version and mask & dim.mask == dim.mask:
+                        out.add(net & dim.mask)
+            return out
+        if isinstance(dim, VarbindValue):
+            return {
+                v
+                for vb in self.varbinds
+                if vb.prefix == dim.prefix
+                for num, v in _equal_values(vb.tests)
+                if num == dim.numeric
+            }
+        return ()  # pragma: no cover - every Dim kind is handled above
+
+
+def _equal_values(tests: Sequence[ValueTest]) -> list[tuple[bool, Hashable]]:
+    """(numeric?, value) for the first test that is an equality or a list of them; [] if none."""
+    for t in tests:
+        options: tuple[Equals, ...] = (
+            (t,) if isinstance(t, Equals) else t.options if isinstance(t, OneOf) else ()
+        )
+        if not options:
+            continue
+        out: list[tuple[bool, Hashable]] = []
+        for o in options:
+            if o.number is not None:
+                if o.number != o.number:  # NaN equals nothing: leave it to the test
+                    return []
+                out.append((True, o.number))
+            elif o.text is not None:
+                out.append((False, o.text))
+            else:
+                return []
+        return list(dict.fromkeys(out))
+    return []
+
+
+def _in_group(cond: Cond, group: list[Alternative]) -> bool:
+    dims = {type(d) for d, _ in group}
+    if isinstance(cond, Notification):
+        return bool(dims & {TrapOid, TrapOidPrefix})
+    return isinstance(cond, Source) and SourceNet in dims
