@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rules_support import ACTIONS, event, resolver
 
-from trapd.rules import RuleSet, compile_rules
+from trapd.rules import Rule, RuleSet, compile_rules
 from trapd.rules.compiler import (
     ACTION_CONTROL_KEYS,
     CAP_KEYS,
@@ -24,6 +24,7 @@ from trapd.rules.compiler import (
     RULE_KEYS,
     VALUE_OPS,
 )
+from trapd.rules.shadow import shadow_warnings, shadows
 from trapd.yamlsource import ConfigError
 
 WORDS = sorted(
@@ -184,3 +185,125 @@ def test_compact_event_form_fails_cleanly(words: list[str]) -> None:
         parse_compact(words, resolver())
     except CompactError as exc:
         assert str(exc)
+
+
+# ---------------------------------------------------------------- the index against a linear scan
+
+NOTIFICATIONS: list[object] = [
+    "linkDown",
+    "IF-MIB::linkUp",
+    "1.3.6.1.4.1.99.1",
+    {"under": "snmpTraps"},
+    {"under": "1.3.6.1.4.1.99"},
+    ["linkDown", "1.3.6.1.4.1.99.2.5"],
+]
+SOURCES: list[object] = [
+    "10.0.0.1",
+    "10.0.0.0/24",
+    "10.0.0.0/8",
+    "!10.0.0.1",
+    ["10.0.0.1", "10.0.1.1"],
+    ["10.0.0.0/8", "10.0.0.0/24"],
+    "192.168.0.0/16",
+    "2001:db8::/32",
+    {"not": "10.0.0.0/24"},
+]
+VARBIND_SPECS: dict[str, list[object]] = {
+    "ifIndex": [17, 18, "17", 17.0, [17, 18], {"gt": 10}, {"ne": 17}, {"one-of": [1, 17]}, {"exists": True}],
+    "ifOperStatus": ["down", "up", 2, ["down", "lowerLayerDown"], {"equals": "down", "ne": "up"}],
+    "ifDescr": ["Gi1/0/17", {"regex": "Gi(?P<port>.*)"}, ["Gi1/0/17", "Te1/1"]],
+}
+
+
+def _match() -> st.SearchStrategy[dict[str, object]]:
+    varbinds = st.fixed_dictionaries({}, optional={k: st.sampled_from(v) for k, v in VARBIND_SPECS.items()})
+    plain = st.fixed_dictionaries(
+        {},
+        optional={
+            "notification": st.sampled_from(NOTIFICATIONS),
+            "source": st.sampled_from(SOURCES),
+            "varbinds": varbinds,
+            "version": st.sampled_from(["v2c", ["v1", "v2c"]]),
+        },
+    )
+    return st.one_of(
+        plain,
+        plain,
+        plain.map(lambda m: {"all": [m or {"version": "v2c"}]}),
+        st.tuples(plain, plain).map(
+            lambda ab: {**ab[0], "any": [ab[1] or {"version": "v1"}, {"version": "v1"}]}
+        ),
+        st.tuples(plain, plain).map(lambda ab: {**ab[0], "not": ab[1] or {"version": "v1"}}),
+    )
+
+
+RULE = st.fixed_dictionaries(
+    {"match": _match(), "continue": st.booleans(), "enabled": st.sampled_from([True, True, True, False])}
+)
+EVENT_WORDS = st.tuples(
+    st.sampled_from(["linkDown", "IF-MIB::linkUp", "1.3.6.1.4.1.99.1", "1.3.6.1.4.1.99.2.5", "coldStart"]),
+    st.sampled_from(["10.0.0.1", "10.0.1.1", "10.1.2.3", "192.168.1.1", "2001:db8::5", "::ffff:10.0.0.1"]),
+    st.sampled_from(["ifIndex=17", "ifIndex=18", "ifIndex=5", ""]),
+    st.sampled_from(["ifOperStatus=down", "ifOperStatus=up", "ifOperStatus=lowerLayerDown", ""]),
+    st.sampled_from(["ifDescr=Gi1/0/17", "ifDescr=Te1/1", ""]),
+    st.sampled_from(["version=v1", "version=v2c"]),
+).map(lambda w: f"{w[0]} from {' '.join(x for x in w[1:] if x)}")
+
+
+def _rules_yaml(rules: list[dict[str, object]]) -> str:
+    doc = [
+        {
+            "name": f"r{i}",
+            **r,
+            "cancel": f"r{i}:{{{{ source }}}}" + (":{{ port }}" if "port>" in str(r) else ""),
+        }
+        for i, r in enumerate(rules)
+    ]
+    return yaml.safe_dump({"rules": doc}, sort_keys=False)
+
+
+@settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(RULE, min_size=1, max_size=12), st.lists(EVENT_WORDS, min_size=1, max_size=8))
+def test_indexed_matching_equals_a_linear_scan(
+    tmp_path: Path, rules: list[dict[str, object]], events: list[str]
+) -> None:
+    """evaluate() (through the index) matches, in order and with stop, what explain() (every rule) does."""
+    p = tmp_path / "rules.yaml"
+    p.write_text(_rules_yaml(rules), encoding="utf-8")
+    rs, _problems = compile_rules([p], resolver(), ACTIONS)
+    for words in events:
+        ev = event(words)
+        got = rs.evaluate(ev)
+        traces = [t for t in rs.explain(ev) if t.status == "matched"]
+        assert got.matched == tuple(t.rule for t in traces), words
+        assert got.cancels == tuple(c for t in traces for c in t.outcome.cancels), words
+
+
+def _linear_shadow(rules: list[Rule]) -> list[tuple[str, str]]:
+    out = []
+    for i, b in enumerate(rules):
+        if b.enabled:
+            a = next((a for a in rules[:i] if shadows(a, b)), None)
+            if a is not None:
+                out.append((b.name, a.name))
+    return out
+
+
+@settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(RULE, min_size=1, max_size=12))
+def test_shadow_findings_equal_comparing_every_pair(tmp_path: Path, rules: list[dict[str, object]]) -> None:
+    p = tmp_path / "rules.yaml"
+    p.write_text(_rules_yaml(rules), encoding="utf-8")
+    rs, _problems = compile_rules([p], resolver(), ACTIONS)
+    got = [(b.name, a.name) for b, a in shadow_warnings(list(rs.rules))]
+    assert got == _linear_shadow(list(rs.rules))
