@@ -128,6 +128,29 @@ async def test_lease_del_by_relay(chroot_kea: KeaInstance, ctx: ActionContext) -
     assert chroot_kea.lease4(miss) is not None
 
 
+async def test_lease_del_by_v6_relay(chroot_kea: KeaInstance, ctx: ActionContext) -> None:
+    """v6 leases with the relay-info Kea 2.6.3 / 3.0.4 store (measured from a real relayed exchange)."""
+    port = f"Gi2/0/{next(chroot_kea._ip6)}".encode()
+
+    def relay_info(interface_id: bytes, remote_id: bytes) -> dict[str, Any]:
+        opts = b"".join(
+            code.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+            for code, data in ((18, interface_id), (37, bytes(4) + remote_id))
+        )
+        hop = {"hop": 0, "link": "2001:db8:1::1", "peer": "fe80::aa", "options": "0x" + opts.hex().upper(),
+               "remote-id": (bytes(4) + remote_id).hex().upper()}  # fmt: skip
+        return {"ISC": {"relay-info": [hop]}}
+
+    hit, miss = chroot_kea.next_ip6(), chroot_kea.next_ip6()
+    chroot_kea.add_lease6(hit, "00:03:00:01:" + next(MAC), 1, **{"user-context": relay_info(port, b"sw9")})
+    chroot_kea.add_lease6(miss, "00:03:00:01:" + next(MAC), 1, **{"user-context": relay_info(port, b"sw8")})
+    stored = chroot_kea.lease6(hit)
+    assert stored is not None and "relay-info" in stored["user-context"]["ISC"]  # kept as Kea writes it
+    result = await run("kea.lease-del", ctx, **{"interface-id": port.decode(), "remote-id": "sw9"})
+    assert [lease["ip-address"] for lease in result["leases"]] == [hit]
+    assert chroot_kea.lease6(hit) is None and chroot_kea.lease6(miss) is not None
+
+
 async def test_dhcp_disable_enable_seen_in_dhcp_state(chroot_kea: KeaInstance, ctx: ActionContext) -> None:
     result = await run("kea.dhcp-disable", ctx, **{"max-period": "1h"})
     assert result["arguments"] == {"max-period": 3600, "origin-id": 1}  # origin-id on Kea >= 2.6

@@ -546,3 +546,79 @@ async def test_command_target_all_one_or_a_peer(pair: HaPair) -> None:
     finally:
         await clients.aclose()
         await ctx.http.aclose()
+
+
+# --- the monitor: peer list against Kea's own HA configuration, and a terminated peer -------------
+
+
+async def test_monitor_warns_when_trapds_peers_differ_from_keas(pair: HaPair) -> None:
+    from trapd.kea.monitor import KeaMonitor
+    from trapd.testing import CapturedLog
+
+    endpoints = pair.trapd_endpoints("unix")
+    endpoints["pair4"]["peers"][0]["name"] = "alpha"  # Kea calls it server1
+    del endpoints["pair6"]
+    clients = make_kea_clients({"endpoints": endpoints})
+    log = CapturedLog()
+    try:
+        await KeaMonitor(clients, log, interval=1, warn_after=60).poll()
+    finally:
+        await clients.aclose()
+    by_event = {(e["event"], e["endpoint"]): e for e in log.entries if e["log_level"] == "warning"}
+    renamed = by_event[("trapd's peer name differs from Kea's this-server-name", "pair4/alpha")]
+    assert renamed["kea_name"] == "server1"
+    differ = by_event[
+        (
+            "trapd's HA peers differ from the Kea server's: deletions miss the peers trapd does not know",
+            "pair4/alpha",
+        )
+    ]
+    assert differ["trapd_peers"] == ["alpha", "server2"] and differ["kea_peers"] == ["server1", "server2"]
+
+
+class _StatusOnly:
+    """A Kea whose status-get says what the test wants: for the HA state ``terminated``, which two
+    servers on one host cannot be brought into (Kea enters it on clock skew between the peers)."""
+
+    def __init__(self) -> None:
+        self.state = "terminated"
+
+    async def exchange(self, body: bytes, command: str) -> Any:
+        ha = {
+            "ha-mode": "hot-standby",
+            "ha-servers": {"local": {"role": "primary", "scopes": [], "state": self.state}},
+        }
+        return {"result": 0, "arguments": {"high-availability": [ha]}}
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_monitor_warns_about_a_terminated_peer_at_once() -> None:
+    from trapd.kea.client import KeaClients
+    from trapd.kea.monitor import KeaMonitor
+    from trapd.testing import CapturedLog
+
+    fake = _StatusOnly()
+    config = parse("""\
+kea:
+  endpoints:
+    pair4:
+      family: v4
+      peers: [{name: s1, transport: unix, socket: /no/a}, {name: s2, transport: unix, socket: /no/b}]
+""")
+    clients = KeaClients(config, transport=lambda _endpoint: fake)
+    log = CapturedLog()
+    monitor = KeaMonitor(clients, log, interval=1, warn_after=3600)
+    monitor._peers_checked.update({("pair4", "v4")})  # config-get is not what this test is about
+    await monitor.poll()
+    assert monitor.warnings() == [
+        f"Kea pair4/{p}/v4 is in HA state terminated: it serves no clients until an operator acts"
+        for p in ("s1", "s2")
+    ]
+    assert [e["event"] for e in log.entries] == ["Kea server needs attention"] * 2
+    fake.state = "hot-standby"
+    await monitor.poll()
+    assert (
+        monitor.warnings() == [] and [e["event"] for e in log.entries][-2:] == ["Kea server fine again"] * 2
+    )
