@@ -47,6 +47,14 @@ def unknown_settings(specs: Mapping[str, ActionSpec], settings: Mapping[str, Any
     return sorted(name for name in settings if name not in specs)
 
 
+def warn_unknown_settings(
+    specs: Mapping[str, ActionSpec], settings: Mapping[str, Any], log: ActionLog
+) -> None:
+    """One warning per name under ``actions:`` that no installed plugin has (at start and on reload)."""
+    for name in unknown_settings(specs, settings):
+        log.warning("settings for an action plugin that is not installed", plugin=name)
+
+
 async def open_dispatcher(
     config: Config,
     kea: KeaClients | None,
@@ -63,8 +71,7 @@ async def open_dispatcher(
     """
     log = log if log is not None else structlog.get_logger("trapd.dispatch")
     specs = dict(actions) if actions is not None else load_plugins(log)
-    for name in unknown_settings(specs, config.actions):
-        log.warning("settings for an action plugin that is not installed", plugin=name)
+    warn_unknown_settings(specs, config.actions, log)
     jc = config.dispatch.journal
     journal = open_journal(jc.file(config.state_dir), jc, owner=owner)
     await journal.open()
