@@ -7,7 +7,7 @@ Cases (each on a fresh journal file in a temporary directory on the same
 disk as --dir, default the system temp dir):
 
 ``batched``
-    ``--concurrency`` submitters at once (what the daemon does in a storm:
+    ``--concurrency`` submitters at once, each action from its own event (what the daemon does in a storm:
     many outcomes in flight); each ``journal.add`` returns when its row is
     committed, and the writer thread groups whatever is queued into one
     transaction.
@@ -39,7 +39,14 @@ disk as --dir, default the system temp dir):
     during the storm*: how much the dispatcher gets done per loop turn it is
     given (bench/README.md (c): 2,077 of 60,354 in a 60 s storm).
 
-Each for ``synchronous=normal`` (the default) and ``full``. The figures are
+Backends (``--backends``): ``sqlite`` (each case for ``synchronous=normal``, the
+default, and ``full``) and ``postgresql``: the shared journal of docs/pair.md on a
+private PostgreSQL 15 that the benchmark starts (tests/pg_harness.py: initdb in a
+temp dir, unix socket only, ``fsync=on`` and ``synchronous_commit=on`` as a real
+server), a fresh database per run. Its CPU per action counts trapd's process and,
+separately, the server's processes (``server us``): the work moved, not gone.
+
+For SQLite each case runs for ``synchronous=normal`` (the default) and ``full``. The figures are
 actions per second, median of ``--runs``; the table also says how many
 actions each commit carried on average, and the CPU time (all threads) per
 action, which unlike the rate does not depend on what else the machine runs.
@@ -49,11 +56,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trapd.dispatch.config import DispatchConfig
 from trapd.dispatch.dispatcher import Dispatcher
-from trapd.dispatch.journal import NewEntry, SQLiteJournal
+from trapd.dispatch.journal import Journal, NewEntry, SQLiteJournal
 from trapd.dispatch.testing import make_event, make_outcome, plan
 from trapd.params import Param
 from trapd.plugin import ActionContext, action
@@ -80,6 +89,31 @@ async def noop(params: dict[str, Any], ctx: ActionContext) -> None:
     return None
 
 
+# The PostgreSQL server of this run (``--backends postgresql``); None: SQLite files.
+_PG: Any = None
+_SERVER_CPU_AT_CLOSE = 0.0
+
+
+@contextlib.asynccontextmanager
+async def journal_for(path: Path, sync: str) -> AsyncIterator[Any]:
+    """A fresh journal: the SQLite file ``path``, or a new database on the run's PostgreSQL."""
+    j: Journal
+    if _PG is None:
+        j = SQLiteJournal(path, synchronous=sync)
+    else:
+        from trapd.dispatch.journal.postgres import PostgresJournal
+
+        j = PostgresJournal(await asyncio.to_thread(_PG.new_database), instance="bench")
+    await j.open()
+    try:
+        yield j
+    finally:
+        global _SERVER_CPU_AT_CLOSE
+        if _PG is not None:  # before the close: a backend's CPU leaves /proc with its process
+            _SERVER_CPU_AT_CLOSE = _PG.cpu_seconds()
+        await j.close()
+
+
 def mac(i: int) -> str:
     return f"00:11:22:33:{i >> 8 & 255:02x}:{i & 255:02x}"
 
@@ -92,14 +126,19 @@ def entry(i: int) -> NewEntry:
     )  # fmt: skip
 
 
+def events(n: int) -> list[dict[str, Any]]:
+    """One notification per action, as the daemon journals them (each its own event row)."""
+    return [make_event(varbinds=[("IF-MIB::ifIndex", "Integer32", i)]).to_dict() for i in range(n)]
+
+
 async def run_batched(path: Path, n: int, concurrency: int, sync: str) -> tuple[float, float]:
-    async with SQLiteJournal(path, synchronous=sync) as j:
-        ev = make_event().to_dict()
+    evs = events(n)
+    async with journal_for(path, sync) as j:
         queue = iter(range(n))
 
         async def submitter() -> None:
             for i in queue:
-                await j.add(ev, [entry(i)], [], time.time())
+                await j.add(evs[i], [entry(i)], [], time.time())
 
         t0 = time.perf_counter()
         await asyncio.gather(*(submitter() for _ in range(concurrency)))
@@ -108,17 +147,17 @@ async def run_batched(path: Path, n: int, concurrency: int, sync: str) -> tuple[
 
 
 async def run_one_by_one(path: Path, n: int, sync: str) -> tuple[float, float]:
-    async with SQLiteJournal(path, synchronous=sync) as j:
-        ev = make_event().to_dict()
+    evs = events(n)
+    async with journal_for(path, sync) as j:
         t0 = time.perf_counter()
         for i in range(n):
-            await j.add(ev, [entry(i)], [], time.time())
+            await j.add(evs[i], [entry(i)], [], time.time())
         dt = time.perf_counter() - t0
         return n / dt, j.committed_ops / max(1, j.commits)
 
 
 async def run_dispatcher(path: Path, n: int, concurrency: int, sync: str) -> tuple[float, float]:
-    async with SQLiteJournal(path, synchronous=sync) as j:
+    async with journal_for(path, sync) as j:
         d = Dispatcher(DispatchConfig(), j, {"bench.noop": noop}, kea=None, log=_QuietLog())
         await d.start()
         queue = iter(range(n))
@@ -138,7 +177,7 @@ async def run_dispatcher(path: Path, n: int, concurrency: int, sync: str) -> tup
 
 
 async def run_steady(path: Path, n: int, rate: float, sync: str) -> tuple[float, float]:
-    async with SQLiteJournal(path, synchronous=sync) as j:
+    async with journal_for(path, sync) as j:
         d = Dispatcher(DispatchConfig(), j, {"bench.noop": noop}, kea=None, log=_QuietLog())
         await d.start()
         items = [
@@ -169,7 +208,7 @@ def _quantile(values: list[float], q: float) -> float:
 async def run_starved(
     path: Path, seconds: float, rate: float, hog_ms: float, sync: str
 ) -> tuple[float, float]:
-    async with SQLiteJournal(path, synchronous=sync) as j:
+    async with journal_for(path, sync) as j:
         d = Dispatcher(DispatchConfig(), j, {"bench.noop": noop}, kea=None, log=_QuietLog())
         await d.start()
         loop = asyncio.get_running_loop()
@@ -216,57 +255,83 @@ class _QuietLog:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    global _PG
     results: dict[str, Any] = {}
-    for sync in args.synchronous:
-        for case in args.cases:
-            rates, batches, cpus = [], [], []
-            p50s: list[float] = []
-            p99s: list[float] = []
-            for run in range(args.runs):
-                with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-                    path = Path(tmp) / "journal.sqlite"
-                    n = args.actions if case != "one-by-one" else min(args.actions, args.one_by_one_actions)
-                    cpu0 = time.process_time()
-                    if case == "batched":
-                        rate, batch = await run_batched(path, n, args.concurrency, sync)
-                    elif case == "steady":
-                        rate, batch = await run_steady(path, min(n, args.steady_actions), args.rate, sync)
-                        n = min(n, args.steady_actions)
-                    elif case == "one-by-one":
-                        rate, batch = await run_one_by_one(path, n, sync)
-                    elif case == "starved":
-                        rate, batch = await run_starved(
-                            path, args.storm_seconds, args.rate, args.hog_ms, sync
-                        )
-                        n = max(1, int(rate * args.storm_seconds))
-                    else:
-                        rate, batch = await run_dispatcher(path, n, args.concurrency, sync)
-                    cpu = (time.process_time() - cpu0) / n * 1e6  # all threads, microseconds per action
-                rates.append(rate)
-                batches.append(batch)
-                cpus.append(cpu)
-                extra = ""
-                if case == "steady" and _START_DELAYS:
-                    p50s.append(_quantile(_START_DELAYS, 0.5) * 1e3)
-                    p99s.append(_quantile(_START_DELAYS, 0.99) * 1e3)
-                    extra = f"; submit -> start p50 {p50s[-1]:.3f} ms, p99 {p99s[-1]:.3f} ms"
-                print(f"  {case:<11} synchronous={sync:<6} run {run + 1}: {rate:9,.0f} actions/s "
-                      f"({batch:.1f} per commit, {cpu:.0f} us CPU each{extra})", file=sys.stderr)  # fmt: skip
-            results[f"{case}/{sync}"] = {
-                "median_actions_per_s": statistics.median(rates),
-                "runs": rates,
-                "median_actions_per_commit": statistics.median(batches),
-                # CPU per action (every thread): what the machine's load cannot change.
-                "median_cpu_us_per_action": statistics.median(cpus),
-                "cpu_us_per_action_runs": cpus,
-            }
-            if p50s:
-                results[f"{case}/{sync}"].update(
-                    median_start_p50_ms=statistics.median(p50s),
-                    median_start_p99_ms=statistics.median(p99s),
-                    start_p99_ms_runs=p99s,
-                )
+    for backend in args.backends:
+        server = None
+        if backend == "postgresql":
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from pg_harness import PgServer
+
+            server = PgServer(fsync=True)
+            server.start()
+        _PG = server
+        try:
+            for sync in args.synchronous if server is None else ["on"]:
+                await _cases(args, backend, sync, results)
+        finally:
+            _PG = None
+            if server is not None:
+                server.remove()
     return results
+
+
+async def _cases(args: argparse.Namespace, backend: str, sync: str, results: dict[str, Any]) -> None:
+    name = "sqlite" if backend == "sqlite" else "pg"
+    for case in args.cases:
+        rates, batches, cpus, server_cpus = [], [], [], []
+        p50s: list[float] = []
+        p99s: list[float] = []
+        for run in range(args.runs):
+            with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+                path = Path(tmp) / "journal.sqlite"
+                n = args.actions if case != "one-by-one" else min(args.actions, args.one_by_one_actions)
+                cpu0 = time.process_time()
+                server0 = _PG.cpu_seconds() if _PG is not None else 0.0
+                if case == "batched":
+                    rate, batch = await run_batched(path, n, args.concurrency, sync)
+                elif case == "steady":
+                    rate, batch = await run_steady(path, min(n, args.steady_actions), args.rate, sync)
+                    n = min(n, args.steady_actions)
+                elif case == "one-by-one":
+                    rate, batch = await run_one_by_one(path, n, sync)
+                elif case == "starved":
+                    rate, batch = await run_starved(path, args.storm_seconds, args.rate, args.hog_ms, sync)
+                    n = max(1, int(rate * args.storm_seconds))
+                else:
+                    rate, batch = await run_dispatcher(path, n, args.concurrency, sync)
+                cpu = (time.process_time() - cpu0) / n * 1e6  # all threads, microseconds per action
+                server_cpu = ((_SERVER_CPU_AT_CLOSE - server0) / n * 1e6) if _PG is not None else 0.0
+            rates.append(rate)
+            batches.append(batch)
+            cpus.append(cpu)
+            server_cpus.append(server_cpu)
+            extra = ""
+            if case == "steady" and _START_DELAYS:
+                p50s.append(_quantile(_START_DELAYS, 0.5) * 1e3)
+                p99s.append(_quantile(_START_DELAYS, 0.99) * 1e3)
+                extra = f"; submit -> start p50 {p50s[-1]:.3f} ms, p99 {p99s[-1]:.3f} ms"
+            if _PG is not None:
+                extra += f"; server {server_cpu:.0f} us CPU each"
+            print(f"  {name:<6} {case:<11} synchronous={sync:<6} run {run + 1}: {rate:9,.0f} actions/s "
+                  f"({batch:.1f} per commit, {cpu:.0f} us CPU each{extra})", file=sys.stderr)  # fmt: skip
+        key = f"{case}/{sync}" if backend == "sqlite" else f"{case}/postgresql"
+        results[key] = {
+            "median_actions_per_s": statistics.median(rates),
+            "runs": rates,
+            "median_actions_per_commit": statistics.median(batches),
+            # CPU per action (every thread): what the machine's load cannot change.
+            "median_cpu_us_per_action": statistics.median(cpus),
+            "cpu_us_per_action_runs": cpus,
+            # PostgreSQL: the server's processes, per action (0 for SQLite, which has none).
+            "median_server_cpu_us_per_action": statistics.median(server_cpus),
+        }
+        if p50s:
+            results[key].update(
+                median_start_p50_ms=statistics.median(p50s),
+                median_start_p99_ms=statistics.median(p99s),
+                start_p99_ms_runs=p99s,
+            )
 
 
 def main() -> int:
@@ -283,16 +348,19 @@ def main() -> int:
                    choices=["batched", "one-by-one", "dispatcher", "steady", "starved"])  # fmt: skip
     p.add_argument("--synchronous", nargs="+", default=["normal", "full"], choices=["normal", "full"])
     p.add_argument("--dir", help="where the journal files go (default: system temp dir)")
+    p.add_argument("--backends", nargs="+", default=["sqlite"], choices=["sqlite", "postgresql"])
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     results = asyncio.run(main_async(args))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(f"{'case':<24} {'actions/s (median)':>20} {'per commit':>11} {'CPU us/action':>14}")
+        head = ("case", "actions/s (median)", "per commit", "CPU us/action", "server us")
+        print(f"{head[0]:<24} {head[1]:>20} {head[2]:>11} {head[3]:>14} {head[4]:>10}")
         for name, r in results.items():
+            cpu, server = r["median_cpu_us_per_action"], r["median_server_cpu_us_per_action"]
             print(f"{name:<24} {r['median_actions_per_s']:>20,.0f} {r['median_actions_per_commit']:>11.1f} "
-                  f"{r['median_cpu_us_per_action']:>14.0f}")  # fmt: skip
+                  f"{cpu:>14.0f} {server:>10.0f}")  # fmt: skip
     return 0
 
 

@@ -47,7 +47,8 @@ def _ensure_user() -> pwd.struct_passwd:
 class PgServer:
     """One PostgreSQL cluster in a temp dir; ``stop()``/``start()`` for outage tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        """``fsync``: False for the tests (speed); True for benchmarks (what a real server does)."""
         if not (PG_BIN / "initdb").exists():
             pytest.skip(f"PostgreSQL 15 not installed ({PG_BIN}); scripts/setup.sh --test installs it")
         self.user = _ensure_user()
@@ -77,7 +78,7 @@ class PgServer:
             f.write(
                 "listen_addresses = ''\n"
                 f"unix_socket_directories = '{self.socket_dir}'\n"
-                "fsync = off\n"  # a test cluster: speed over durability across power loss
+                f"fsync = {'on' if fsync else 'off'}\n"  # tests: speed over durability across power loss
                 "max_connections = 200\n"
                 "shared_buffers = 32MB\n"
             )
@@ -131,6 +132,22 @@ class PgServer:
             with ThreadPoolExecutor(1) as pool:
                 pool.submit(asyncio.run, migrate(url)).result()
         return url
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server's processes so far (postmaster and its children)."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
 
     def remove(self) -> None:
         self.stop("immediate")

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import socket
 import time
@@ -188,9 +189,38 @@ class _OpFailed(Exception):
     """An operation raised inside an optimistic batch: run the batch again, one savepoint each."""
 
 
-def _lock(cur: Cur, namespace: str, key: str) -> Awaitable[Any]:
+def _lock_id(namespace: str, key: str) -> int:
+    """The advisory lock of (namespace, key): a signed 64-bit number, the same on every host."""
+    digest = hashlib.blake2b(f"{namespace}\x1f{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# The advisory locks the current batch took up front, in sorted order (see _prelock); a writer
+# runs one transaction at a time, so one set serves.
+_HELD: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "trapd_journal_held", default=frozenset()
+)
+
+
+async def _lock(cur: Cur, namespace: str, key: str) -> None:
     """A transaction-scoped advisory lock on (namespace, key): two hosts deciding about it take turns."""
-    return cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{namespace}\x1f{key}",))
+    lock = _lock_id(namespace, key)
+    if lock not in _HELD.get():
+        await cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+
+
+def _add_locks(args: tuple[Any, ...]) -> set[int]:
+    """The locks an _op_add with these arguments will take (copy, once and claim keys)."""
+    _event, entries, _cancels, _now, _owner, _lease, copy_window, fingerprint = args
+    locks: set[int] = set()
+    for e in entries:
+        if fingerprint is not None and copy_window > 0:
+            locks.add(_lock_id("copy", _copy_key(fingerprint, e)))
+        if e.once_key and e.once_within:
+            locks.add(_lock_id("once", e.once_key))
+        if e.claim:
+            locks.add(_lock_id("key", e.key))
+    return locks
 
 
 async def schema_version(conn: Conn) -> int | None:
@@ -260,9 +290,11 @@ async def _op_add(
     owner: str,
     lease: float,
     copy_window: float,
+    fingerprint: str | None,
 ) -> AddResult:
     event_id = str(event["id"]) if event else ""
-    fingerprint = event_fingerprint(event) if event is not None and copy_window > 0 else None
+    if copy_window <= 0:
+        fingerprint = None
     cancelled: list[int] = []
     cancelled_actions: list[str] = []
     for ck in cancel_keys:
@@ -980,30 +1012,65 @@ class PostgresJournal:
     ) -> list[tuple[_Op, Any, BaseException | None]]:
         done: list[tuple[_Op, Any, BaseException | None]] = []
         async with conn.transaction(), conn.cursor() as cur:
-            for op in batch:
-                if isolate:
-                    try:
-                        async with conn.transaction():  # a savepoint
-                            result = await op.fn(cur, *op.args)
-                    except (psycopg.OperationalError, psycopg.InterfaceError):
-                        raise
-                    except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure):
-                        raise
-                    except Exception as exc:
-                        done.append((op, None, exc))
-                        continue
-                else:
-                    try:
-                        result = await op.fn(cur, *op.args)
-                    except (psycopg.OperationalError, psycopg.InterfaceError):
-                        raise
-                    except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure):
-                        raise
-                    except Exception as exc:
-                        raise _OpFailed from exc
-                done.append((op, result, None))
+            held = _HELD.set(await self._prelock(cur, batch))
+            try:
+                await self._run_ops(conn, cur, batch, isolate=isolate, done=done)
+            finally:
+                _HELD.reset(held)
             if any(op.notify for op in batch):
                 await cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
+        return done
+
+    @staticmethod
+    async def _prelock(cur: Cur, batch: list[_Op]) -> frozenset[int]:
+        """Take the batch's add locks first, in sorted order, before any savepoint.
+
+        Two hosts' batches that need the same keys (the copies of a burst of notifications,
+        arriving in another order at each host) then wait for each other instead of
+        deadlocking (PostgreSQL would break the deadlock only after deadlock_timeout, 1 s).
+        """
+        locks: set[int] = set()
+        for op in batch:
+            if op.fn is _op_add:
+                locks |= _add_locks(op.args)
+        if locks:
+            # unnest yields in array order: the locks are taken in sorted order.
+            await cur.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k", (sorted(locks),)
+            )
+        return frozenset(locks)
+
+    @staticmethod
+    async def _run_ops(
+        conn: Conn,
+        cur: Cur,
+        batch: list[_Op],
+        *,
+        isolate: bool,
+        done: list[tuple[_Op, Any, BaseException | None]],
+    ) -> list[tuple[_Op, Any, BaseException | None]]:
+        for op in batch:
+            if isolate:
+                try:
+                    async with conn.transaction():  # a savepoint
+                        result = await op.fn(cur, *op.args)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    raise
+                except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure):
+                    raise
+                except Exception as exc:
+                    done.append((op, None, exc))
+                    continue
+            else:
+                try:
+                    result = await op.fn(cur, *op.args)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    raise
+                except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure):
+                    raise
+                except Exception as exc:
+                    raise _OpFailed from exc
+            done.append((op, result, None))
         return done
 
     def _resolve(self, done: list[tuple[_Op, Any, BaseException | None]]) -> None:
@@ -1118,6 +1185,7 @@ class PostgresJournal:
             self._owner,
             self.lease,
             self.copy_window,
+            event_fingerprint(event) if event is not None and self.copy_window > 0 else None,
             weight=max(1, len(entries)),
             notify=notify,
         )
