@@ -91,7 +91,7 @@ async def noop(params: dict[str, Any], ctx: ActionContext) -> None:
 
 # The PostgreSQL server of this run (``--backends postgresql``); None: SQLite files.
 _PG: Any = None
-_SERVER_CPU_AT_CLOSE = 0.0
+_SERVER_CPU_AT_CLOSE: dict[int, float] = {}
 
 
 @contextlib.asynccontextmanager
@@ -110,7 +110,7 @@ async def journal_for(path: Path, sync: str) -> AsyncIterator[Any]:
     finally:
         global _SERVER_CPU_AT_CLOSE
         if _PG is not None:  # before the close: a backend's CPU leaves /proc with its process
-            _SERVER_CPU_AT_CLOSE = _PG.cpu_seconds()
+            _SERVER_CPU_AT_CLOSE = _PG.cpu_by_process()
         await j.close()
 
 
@@ -287,7 +287,7 @@ async def _cases(args: argparse.Namespace, backend: str, sync: str, results: dic
                 path = Path(tmp) / "journal.sqlite"
                 n = args.actions if case != "one-by-one" else min(args.actions, args.one_by_one_actions)
                 cpu0 = time.process_time()
-                server0 = _PG.cpu_seconds() if _PG is not None else 0.0
+                server0 = _PG.cpu_by_process() if _PG is not None else {}
                 if case == "batched":
                     rate, batch = await run_batched(path, n, args.concurrency, sync)
                 elif case == "steady":
@@ -301,7 +301,9 @@ async def _cases(args: argparse.Namespace, backend: str, sync: str, results: dic
                 else:
                     rate, batch = await run_dispatcher(path, n, args.concurrency, sync)
                 cpu = (time.process_time() - cpu0) / n * 1e6  # all threads, microseconds per action
-                server_cpu = ((_SERVER_CPU_AT_CLOSE - server0) / n * 1e6) if _PG is not None else 0.0
+                server_cpu = 0.0
+                if _PG is not None:
+                    server_cpu = _PG.cpu_between(server0, _SERVER_CPU_AT_CLOSE) / n * 1e6
             rates.append(rate)
             batches.append(batch)
             cpus.append(cpu)

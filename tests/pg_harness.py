@@ -133,11 +133,15 @@ class PgServer:
                 pool.submit(asyncio.run, migrate(url)).result()
         return url
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the server's processes so far (postmaster and its children)."""
+    def cpu_by_process(self) -> dict[int, float]:
+        """User + system CPU seconds so far of each of the server's processes (postmaster, children).
+
+        By process: a connection's backend leaves /proc when it closes, so a benchmark takes
+        the difference per process between two of these (:meth:`cpu_between`).
+        """
         pid = int((self.data / "postmaster.pid").read_text().split()[0])
         tick = os.sysconf("SC_CLK_TCK")
-        total = 0
+        out: dict[int, float] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -146,8 +150,13 @@ class PgServer:
             except OSError:
                 continue
             if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / tick
+                out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        return out
+
+    @staticmethod
+    def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+        """CPU seconds the server's processes used between two :meth:`cpu_by_process`."""
+        return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
     def remove(self) -> None:
         self.stop("immediate")

@@ -243,8 +243,13 @@ def test_database_stopped_and_started_under_two_hosts(tmp_path: Path) -> None:
             assert a.metric("trapd_journal_available") == 0
             status, health = a.healthz()
             assert status == 503 and "unavailable" in health["journal"], health
+            down = time.monotonic()
             server.start()
+            back = time.monotonic()
             wait_for(lambda: a.healthz()[0] == 200 and b.healthz()[0] == 200, what="healthy again")
+            # For docs/pair.md (pytest -s): how long after the database is back trapd commits again.
+            healthy = time.monotonic() - back
+            print(f"database start took {back - down:.1f} s; trapd healthy {healthy:.1f} s later")
             for i in range(9, 12):  # after: acknowledged again
                 for d in (a, b):
                     assert send(d, i, 400_000 + i, inform="-r 2 -t 5") == 0

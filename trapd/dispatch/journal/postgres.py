@@ -31,7 +31,7 @@ resolves only after its commit, and reads see this journal's own writes.
 The database unavailable: a batch fails with :class:`JournalError` (so the
 daemon does not acknowledge an inform it could not commit, and counts the
 loss), later batches fail at once until a reconnect is due (exponential
-backoff, 0.5 s to 30 s), and :attr:`PostgresJournal.available` says so for
+backoff, 0.5 s to 5 s), and :attr:`PostgresJournal.available` says so for
 /healthz, STATUS and the metrics.
 
 Times are the hosts' clocks (epoch seconds, as in SQLite): the hosts of a pair
@@ -168,7 +168,9 @@ DEFAULT_COPY_WINDOW = 300.0
 # inform's Response, or its receive path, for long while the database is away).
 CONNECT_TIMEOUT = 2.0
 RECONNECT_MIN = 0.5
-RECONNECT_MAX = 30.0
+# At most this long between attempts: after the database is back, outcomes are lost (traps) or
+# unacknowledged (informs) for up to this long before the next attempt finds it.
+RECONNECT_MAX = 5.0
 # A batch that meets a deadlock or a serialization failure (two hosts locking the same keys
 # in another order) is run again, this many times.
 CONFLICT_RETRIES = 5
