@@ -20,7 +20,7 @@ from typing import Any
 from trapd.config import DEFAULT_CONFIG, Config, load_config
 from trapd.listener.config import parse_listen
 from trapd.secrets import Secret
-from trapd.service.config import metrics_listen_of, parse_workers
+from trapd.service.config import LOG_LEVELS, metrics_listen_of, parse_workers
 from trapd.yamlsource import ConfigError
 
 
@@ -74,9 +74,11 @@ class RunOptions:
             listener = replace(listener, listen=tuple(parse_listen(a) for a in self.listen))
         if self.community:
             listener = replace(listener, communities=tuple(Secret(c, "command line") for c in self.community))
+        if self.log_level is not None and self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"--log-level {self.log_level!r}: one of {', '.join(LOG_LEVELS)}")
         service = replace(
             config.service,
-            log_level=self.log_level or config.service.log_level,
+            log_level=(self.log_level or config.service.log_level).lower(),
             log_format=self.log_format or config.service.log_format,
             metrics_listen=metrics_listen_of(config.service.metrics_listen, self.metrics),
         )
