@@ -35,10 +35,12 @@ SECRETS = (COMMUNITY, SETTING_FROM_ENV, SETTING_INLINE, PARAM_ENV, PARAM_INLINE,
 
 class Hook(BaseHTTPRequestHandler):
     seen: list[str] = []
+    tokens: list[str] = []
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         Hook.seen.append(str(self.headers.get("Authorization")))
+        Hook.tokens.append(str(self.headers.get("X-Token")))
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -51,6 +53,7 @@ class Hook(BaseHTTPRequestHandler):
 def hook_url() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     Hook.seen = []
+    Hook.tokens = []
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -128,3 +131,38 @@ def _journal(state_dir: Path, *argv: str) -> str:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     return r.stdout + r.stderr
+
+
+def test_a_secret_is_resolved_when_the_action_runs_after_a_restart(
+    tmp_path: Path, hook_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal holds only the reference; the value comes from the rules (and environment) at run time."""
+    monkeypatch.setenv("TEST_HOOK_TOKEN", "env-hook-s3cret")
+    rules = f"""
+rules:
+  - name: down
+    match: {{notification: IF-MIB::linkDown}}
+    actions:
+      - action: webhook
+        url: {hook_url}
+        delay: 3s
+        headers: {{Authorization: "{HEADER}", X-Token: {{env: TEST_HOOK_TOKEN}}}}
+"""
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=rules)
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 5))
+        assert d.wait_metric("trapd_journal_entries", 1, timeout=30, state="scheduled") >= 1
+    finally:
+        assert d.stop() == 0
+    assert Hook.seen == []  # it was still waiting when trapd stopped
+    for path in d.state_dir.iterdir():
+        if path.name.startswith("journal"):
+            data = path.read_bytes()
+            assert HEADER.split()[1].encode() not in data and b"env-hook-s3cret" not in data
+    d.launch()
+    d.wait_ready()
+    try:
+        assert d.wait_metric("trapd_actions_total", 1, timeout=30, plugin="webhook", outcome="done") >= 1
+    finally:
+        d.stop()
+    assert Hook.seen == [HEADER] and Hook.tokens == ["env-hook-s3cret"]
