@@ -169,6 +169,7 @@ _MAX_DATAGRAM = 65535
 # than the load. Measured with bench_storm.py overload and tests/test_storm_dispatch.py
 # (bench/README.md, "Actions during a storm").
 RECEIVE_SLICE = 0.01
+PAUSE_CHECK = 0.002  # a pause ends early once no startable action waits (Dispatcher.lag() == 0)
 YIELD_LAG = 0.1
 MAX_PAUSE_SLICES = 20
 IDLE_SKIP_SLICES = 4
@@ -481,10 +482,22 @@ class Listener:
         assert self._loop is not None
         self.stats.receive_pauses += 1
         self._pause_since = (now, started)
-        self._resume = self._loop.call_later(RECEIVE_SLICE, self._pause_ended)
+        self._resume = self._loop.call_later(PAUSE_CHECK, self._pause_check)
+
+    def _pause_check(self) -> None:
+        """During a pause: read again as soon as no startable action waits; else at the slice's end."""
+        self._resume = None
+        dispatch = self._dispatch
+        assert dispatch is not None and self._loop is not None
+        if dispatch.lag() == 0.0:
+            self._pauses = 0
+            self._start_reading()  # caught up: a longer pause would leave the loop idle
+        elif time.perf_counter() - self._pause_since[0] < RECEIVE_SLICE:
+            self._resume = self._loop.call_later(PAUSE_CHECK, self._pause_check)
+        else:
+            self._pause_ended()
 
     def _pause_ended(self) -> None:
-        self._resume = None
         dispatch = self._dispatch
         assert dispatch is not None
         now, started = time.perf_counter(), dispatch.started()
