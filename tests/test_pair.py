@@ -216,9 +216,52 @@ def test_the_survivor_finishes_a_killed_hosts_work(tmp_path: Path, pg_server: Pg
         assert all(m[f"end {i}"] <= 1 for i in ports), m  # none twice
         assert sum(m[f"end {i}"] for i in ports) >= len(ports) - len(held)
         assert m["delayed 1001"] == 1 and m["delayed 1002"] == 1, m
+        # The killed host comes back: it recovers only its own leftovers (none: all taken over),
+        # so nothing runs again and what is held stays held.
+        before = states(url)
+        a.launch()
+        a.wait_ready(60)
+        a.wait_log("dispatcher starting", timeout=60)  # its recovery found nothing of its own
+        time.sleep(2)  # what it would run, it would run now (the pump starts at once)
+        assert lines(out) == m and states(url) == before
     finally:
-        a.close()
+        a.stop()
         b.stop()
+
+
+def test_a_host_with_workers_on_postgresql(tmp_path: Path) -> None:
+    """service.workers: 2 on the shared journal: each worker claims as HOST/worker-N (N from 0),
+    each action once; the supervisor's /healthz says when the database is down."""
+    server = PgServer()  # its own: it is stopped in the middle
+    try:
+        server.start()
+        url = server.new_database()
+        out = tmp_path / "marks"
+        config = pg_config(url, "dhcp1", poll_interval="200ms")
+        config["service"] = {"workers": 2}
+        rules = PAIR_RULES.format(marks=out, seconds=0)
+        d = TrapdDaemon.start(tmp_path / "d", rules=rules, config=config, timeout=60)
+        try:
+            ports = range(1, 31)
+            for i in ports:
+                assert send(d, i, 500_000 + i) == 0
+            wait_for(lambda: all(lines(out)[f"end {i}"] for i in ports), what="every action done")
+            m = lines(out)
+            assert all(m[f"end {i}"] == 1 for i in ports), m
+            with psycopg.connect(url) as conn:
+                owners = {r[0] for r in conn.execute("SELECT DISTINCT owner FROM trapd_actions")}
+            assert owners <= {"dhcp1/worker-0", "dhcp1/worker-1"} and owners, owners
+            server.stop()
+            for i in range(100, 110):  # from several source ports: both workers see some
+                assert send(d, i, 500_000 + i) == 0
+            wait_for(lambda: d.healthz()[0] == 503, what="/healthz degraded")
+            assert "unavailable" in d.healthz()[1]["journal"]
+            server.start()
+            wait_for(lambda: d.healthz()[0] == 200, what="/healthz ok again")
+        finally:
+            d.stop()
+    finally:
+        server.remove()
 
 
 def test_database_stopped_and_started_under_two_hosts(tmp_path: Path) -> None:

@@ -649,7 +649,10 @@ class Supervisor:
             detail["last_reload"] = f"failed: {self.reload_error}"
         if down:
             return Health(False, "degraded", {**detail, "workers_down": {i: states[i] for i in down}})
-        kea_warnings = self.snapshot().kea_warnings
+        snap = self.snapshot()
+        if snap.journal_problem is not None:  # a worker's journal cannot commit (database down)
+            return Health(False, "degraded", {**detail, "journal": snap.journal_problem})
+        kea_warnings = snap.kea_warnings
         if kea_warnings:  # Kea servers that need attention: said, but not a reason to restart trapd
             return Health(True, "warning", {**detail, "kea": list(kea_warnings)})
         return Health(True, "ok", detail)
