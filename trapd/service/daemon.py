@@ -640,6 +640,7 @@ class Daemon:
             last_reload_ok=self._reload_error is None,
             outcomes_lost=self.stats.submit_overflow,
             rate_limit_exempted=sum(self.limiter.stats.exempted.values()) if self.limiter else 0,
+            receive_pauses=ls.receive_pauses if ls is not None else 0,
             journal_problem=jh.problem if jh is not None else None,
             journal_failed_writes=jh.failed_writes if jh is not None else 0,
         )

@@ -46,6 +46,7 @@ trapd_actions_rejected_total                   counter    rule, reason (template
 trapd_events_unmatched_total                   counter
 trapd_outcomes_lost_total                      counter    matched, not journaled (backlog full, journal down)
 trapd_rate_limit_exempted_total                counter    over a rate limit, kept: they clear pending actions
+trapd_receive_pauses_total                     counter    reading paused (<= 10 ms) in a storm for due actions
 trapd_actions_total                            counter    plugin, outcome
 trapd_action_latency_seconds                   histogram  from notification received to action done
 trapd_journal_entries                          gauge      state (pending, scheduled, held, dead)
@@ -127,6 +128,8 @@ class DaemonSnapshot:
     outcomes_lost: int = 0
     # Over a rate limit, but let through because they clear pending actions (linkUp...).
     rate_limit_exempted: int = 0
+    # Times the listener stopped reading in a storm for the dispatcher's actions (udp.RECEIVE_SLICE).
+    receive_pauses: int = 0
     # The journal cannot commit now (a PostgreSQL journal's database is unavailable): why; None when it can.
     journal_problem: str | None = None
     # Journal writes that failed because it could not commit (outcomes not journaled, among others).
@@ -240,6 +243,12 @@ class TrapdCollector:
             "trapd_rate_limit_exempted",
             "Notifications over a rate limit let through because a cancel: rule uses them.",
             value=snap.rate_limit_exempted,
+        )
+        yield CounterMetricFamily(
+            "trapd_receive_pauses",
+            "Times the receive path stopped reading for up to 10 ms in a storm, to let due actions "
+            "run (what arrived meanwhile queued in the socket, or was dropped and counted there).",
+            value=snap.receive_pauses,
         )
         actions = CounterMetricFamily(
             "trapd_actions", "Actions finished, by plugin and outcome.", labels=["plugin", "outcome"]

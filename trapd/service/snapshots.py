@@ -78,6 +78,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "last_reload_ok": snap.last_reload_ok,
         "outcomes_lost": snap.outcomes_lost,
         "rate_limit_exempted": snap.rate_limit_exempted,
+        "receive_pauses": snap.receive_pauses,
         "journal_problem": snap.journal_problem,
         "journal_failed_writes": snap.journal_failed_writes,
     }
@@ -112,6 +113,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         last_reload_ok=bool(data.get("last_reload_ok", True)),
         outcomes_lost=int(data.get("outcomes_lost", 0)),
         rate_limit_exempted=int(data.get("rate_limit_exempted", 0)),
+        receive_pauses=int(data.get("receive_pauses", 0)),
         journal_problem=str(data["journal_problem"]) if data.get("journal_problem") else None,
         journal_failed_writes=int(data.get("journal_failed_writes", 0)),
     )
@@ -161,7 +163,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     kea_warnings: dict[str, None] = {}  # ordered set
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
-    unmatched = lost = exempted = failed_writes = 0
+    unmatched = lost = exempted = failed_writes = pauses = 0
     problem: str | None = None
     for s in snaps:
         _add(received, s.received)
@@ -187,6 +189,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         unmatched += s.unmatched
         lost += s.outcomes_lost
         exempted += s.rate_limit_exempted
+        pauses += s.receive_pauses
         failed_writes += s.journal_failed_writes
         problem = problem or s.journal_problem
     return DaemonSnapshot(
@@ -206,6 +209,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         kea_warnings=tuple(kea_warnings),
         outcomes_lost=lost,
         rate_limit_exempted=exempted,
+        receive_pauses=pauses,
         journal_problem=problem,
         journal_failed_writes=failed_writes,
     )
