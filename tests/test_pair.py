@@ -112,7 +112,18 @@ rules:
   - name: port-up
     match: {{notification: IF-MIB::linkUp}}
     cancel: "port:{{{{ source }}}}:{{{{ ifIndex }}}}"
+  - name: mac-removed
+    match: {{notification: CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification}}
+    foreach: {{items: mac_changes, where: {{operation: removed}}}}
+    actions:
+      - action: exec
+        argv: [/bin/sh, -c, 'echo "mac $1" >> {marks}', sh, "{{{{ item.mac }}}}"]
+        key: "mac-{{{{ item.mac }}}}"
 """
+MAC_CHANGED = "1.3.6.1.4.1.9.9.215.2.0.1"
+MAC_CHANGED_MSG = "1.3.6.1.4.1.9.9.215.1.1.8.1.2.1"
+# Two 11-octet tuples: removed (2), VLAN 10, MAC, bridge port; then the end marker.
+TWO_MACS_REMOVED = "02000a001122334401000102000a001122334402000200"
 LINK_UP = "1.3.6.1.6.3.1.1.5.4"
 
 
@@ -156,16 +167,23 @@ def test_two_hosts_act_once_on_traps_and_informs_sent_to_both(tmp_path: Path, pg
             for d in (a, b):
                 assert send(d, port, 200_000 + port) == 0
         assert send(b, 1001, 200_100, trap=LINK_UP) == 0
+        # A foreach notification: each item's action once, whichever host journals it.
+        for d in (b, a):
+            mac_args = [d.target(), "250000", MAC_CHANGED, MAC_CHANGED_MSG, "x", TWO_MACS_REMOVED]
+            assert snmp_send("snmptrap", "-v", "2c", "-c", "public", *mac_args).returncode == 0
         wait_for(lambda: all(lines(out)[f"end {i}"] for i in ports), what="every action done")
         wait_for(lambda: lines(out)["delayed 1002"] >= 1, what="the delayed action done")
+        wait_for(lambda: lines(out)["mac 00:11:22:33:44:02"] >= 1, what="the foreach items done")
         time.sleep(2)  # past the cancelled one's due time: it would have run by now
         m = lines(out)
         for i in ports:
             assert m[f"start {i}"] == 1 and m[f"end {i}"] == 1, (i, m)
         assert m["delayed 1002"] == 1 and m["delayed 1001"] == 0, m
+        assert m["mac 00:11:22:33:44:01"] == 1 and m["mac 00:11:22:33:44:02"] == 1, m
         s = states(url)
-        # Each notification's action done once, its copy journaled cancelled; for port 1001 both cancelled.
-        assert s["done"] == len(ports) + 1 and s["cancelled"] == len(ports) + 3, s
+        # Each notification's action (each foreach item's) done once, its copy journaled cancelled;
+        # for port 1001 both cancelled.
+        assert s["done"] == len(ports) + 1 + 2 and s["cancelled"] == len(ports) + 3 + 2, s
         with psycopg.connect(url) as conn:
             rows = conn.execute("SELECT owner FROM trapd_actions WHERE state = 'done'").fetchall()
         assert {r[0] for r in rows} <= {"dhcp1", "dhcp2"}

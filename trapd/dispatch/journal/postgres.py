@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
+import json
 import socket
 import time
 import uuid
@@ -534,7 +535,7 @@ async def _op_claim(cur: Cur, id_: int, now: float, owner: str, lease: float) ->
     if earlier is not None:
         return ClaimResult("wait", None, attempts, earlier)
     if attempts == 0 and not exempt and caps_json != "[]":
-        caps = [CapCheck.from_json(c) for c in _loads_list(caps_json)]
+        caps = [CapCheck.from_json(c) for c in json.loads(caps_json)]
         for c in caps:
             await _lock(cur, "cap", f"{c.label}\x1f{c.key}")
         for c in caps:
@@ -565,13 +566,6 @@ async def _op_claim(cur: Cur, id_: int, now: float, owner: str, lease: float) ->
         (now, owner, now + lease, id_),
     )
     return ClaimResult("running", None, attempts + 1)
-
-
-def _loads_list(text: str) -> list[Any]:
-    import json
-
-    value = json.loads(text)
-    return value if isinstance(value, list) else []
 
 
 async def _op_finish(
@@ -1155,6 +1149,10 @@ class PostgresJournal:
                 self._wake()
 
     # -- the Journal interface
+    #
+    # Each method queues this backend's operation, as SQLiteJournal's do with its own: the
+    # same shapes on purpose (one protocol), different operations and arguments (owner, lease,
+    # copy window, NOTIFY). A shared base class would only hide which operation each one runs.
 
     async def flush(self) -> None:
         await self._call(_op_noop)
