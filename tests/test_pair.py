@@ -8,6 +8,7 @@ journal.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -327,3 +328,46 @@ def test_database_stopped_and_started_under_two_hosts(tmp_path: Path) -> None:
             b.stop()
     finally:
         server.remove()
+
+
+def test_two_hosts_delete_each_kea_lease_once(tmp_path: Path, pg_server: PgServer, kea: Any) -> None:
+    """The same linkDowns to both hosts: each lease deleted once in a real Kea, by one host."""
+    url = pg_server.new_database()
+    leases = {i: kea.next_ip4() for i in range(1, 6)}
+    for i, ip in leases.items():
+        kea.add_lease4(ip, f"0a:00:27:00:e1:{i:02x}")
+    rules = "rules:\n"
+    for i, ip in leases.items():
+        rules += (
+            f"  - name: port-{i}\n"
+            f"    match: {{notification: IF-MIB::linkDown, varbinds: {{ifIndex: {i}}}}}\n"
+            "    actions:\n"
+            "      - action: kea.lease-del\n"
+            f"        ip-address: {ip}\n"
+            "        endpoint: kea\n"
+            "        cap: {limit: 100, per: 1m}\n"
+        )
+    endpoints = {"kea": {"transport": "unix", "socket": str(kea.dhcp4_socket), "family": "v4"}}
+    hosts = []
+    for name in ("dhcp1", "dhcp2"):
+        config = pg_config(url, name, poll_interval="200ms")
+        config["kea"] = {"endpoints": endpoints}
+        hosts.append(TrapdDaemon.start(tmp_path / name, rules=rules, config=config, timeout=60))
+    a, b = hosts
+    try:
+        for i in leases:
+            for d in (a, b) if i % 2 else (b, a):
+                assert send(d, i, 600_000 + i, inform="-r 2 -t 5" if i % 2 else "") == 0
+        wait_for(lambda: all(kea.lease4(ip) is None for ip in leases.values()), what="every lease gone")
+        wait_for(lambda: states(url)["done"] == len(leases), what="every deletion done")
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT state, result FROM trapd_actions ORDER BY id").fetchall()
+        done = [json.loads(r[1]) for r in rows if r[0] == "done"]
+        copies = [json.loads(r[1]) for r in rows if r[0] == "cancelled"]
+        # One deletion per lease, each of which found its lease in Kea; the copies never ran.
+        assert len(done) == len(leases) and len(copies) == len(leases), rows
+        assert all(c["duplicate_of"] for c in copies), copies
+        assert all(r["deleted"] == 1 and not r.get("already_gone") for r in done), done
+    finally:
+        a.stop()
+        b.stop()
