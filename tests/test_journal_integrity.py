@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -150,6 +151,21 @@ def test_journal_list_on_a_damaged_journal_names_the_damage(tmp_path: Path) -> N
     assert "cannot rollback" not in out, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
     assert "malformed" in out or "damaged" in out, out[-3000:]
+
+
+def test_text_that_is_not_utf8_is_named_as_damage(tmp_path: Path) -> None:
+    # A flipped byte inside a text value: SQLite's pages are fine, Python cannot decode the
+    # value. trapd wrote only UTF-8 there, so the file was altered: named, never a traceback.
+    path = _journal_file(tmp_path)
+    make_journal(path, 5)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE actions SET event_id = CAST(x'31ff32' AS TEXT) WHERE id = 2")
+    conn.close()
+    r = journal_cli("--journal", str(path), "list", "--state", "all", "--limit", "1000")
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert "damaged" in out, out[-3000:]
 
 
 def test_an_intact_journal_still_starts(tmp_path: Path) -> None:

@@ -1211,6 +1211,10 @@ _DAMAGE_ERRORS = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
 def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    if "Could not decode to UTF-8" in str(exc):
+        # Python's sqlite3 cannot read a text value back: trapd writes only UTF-8, so a byte of
+        # the file changed inside a row (the pages themselves still pass SQLite's checks).
+        return True
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF in _DAMAGE_ERRORS
