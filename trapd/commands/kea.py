@@ -148,13 +148,14 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
         entries = [entry]
         if isinstance(entry.params.get("peer"), str):
             # One peer's part of a deletion on an HA relationship: its partners' parts were
-            # journaled with it (same event, rule and action position), one entry per peer.
+            # journaled with it, in the same transaction (same event, rule and action position,
+            # same created time), one entry per peer.
             flt = HistoryFilter(
                 rule=entry.rule,
                 action=entry.action,
-                since=entry.created - 1.0,
-                until=entry.created + 1.0,
-                limit=1000,
+                since=entry.created - 0.001,
+                until=entry.created + 0.001,
+                limit=10_000,
             )
             entries = [
                 e
