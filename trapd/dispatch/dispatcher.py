@@ -429,7 +429,10 @@ class Dispatcher:
                 )
             elif state == "cancelled":
                 self.stats.count(pa.action, "duplicate")
-                alog.info("duplicate within once-within: not run", duplicate_of=dup, once_key=pa.once_key)
+                if pa.once_key is None:  # a shared journal: the other host journaled this notification
+                    alog.info("copy of a notification another host journaled: not run", duplicate_of=dup)
+                else:
+                    alog.info("duplicate within once-within: not run", duplicate_of=dup, once_key=pa.once_key)
             elif state == "dead":
                 self.stats.count(pa.action, "dead")
                 alog.error("action dead", reason=ne.last_error)
