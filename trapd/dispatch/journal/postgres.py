@@ -836,7 +836,10 @@ class PostgresJournal:
             open=False,
             kwargs={"autocommit": True},
             timeout=self.connect_timeout,
-            reconnect_timeout=0,  # never give up: the database comes back
+            # A failed background reconnect gives up at once: the writer has its own backoff
+            # (RECONNECT_MIN..RECONNECT_MAX) and asks the pool again when the next attempt is due
+            # (tests/test_pair.py: committing again 1.2 s after the database came back).
+            reconnect_timeout=0,
             name="trapd-journal",
         )
         try:
