@@ -308,3 +308,20 @@ async def test_migrate_upgrades_an_older_schema(pg_server: PgServer) -> None:
     async with PostgresJournal(url) as j:
         e = await j.get(1)
         assert e is not None and e.state == "pending"  # kept across the migration
+
+
+async def test_a_database_restart_while_idle_loses_nothing() -> None:
+    # The writer's connection died with the server while nothing was asked of it: the next
+    # operation must not fail for that (a trap's outcome would be lost) when the server is back.
+    server = PgServer()
+    try:
+        server.start()
+        url = server.new_database()
+        async with PostgresJournal(url, instance="a") as j:
+            await j.add(make_event().to_dict(), [entry()], [], time.time())
+            server.stop()
+            server.start()
+            res = await j.add(make_event().to_dict(), [entry(key="after")], [], time.time())
+            assert res.states == ["pending"] and j.available and j.failed_ops == 0
+    finally:
+        server.remove()

@@ -805,6 +805,7 @@ class PostgresJournal:
         self._writer_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._conn: Conn | None = None
+        self._began = False  # the current batch's BEGIN reached the database (see _run_batch)
         self._retry_at = 0.0
         self._backoff = RECONNECT_MIN
         self._hold_unless: frozenset[str] | None = None
@@ -969,7 +970,9 @@ class PostgresJournal:
 
     async def _run_batch(self, batch: list[_Op]) -> None:
         done: list[tuple[_Op, Any, BaseException | None]]
+        stale_retried = False
         for attempt in range(CONFLICT_RETRIES + 1):
+            self._began = False
             try:
                 conn = await self._connection()
                 try:
@@ -984,10 +987,16 @@ class PostgresJournal:
                 self.failed_ops += sum(op.weight for op in batch if op.write)
                 done = [(op, None, exc) for op in batch]
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                await self._drop_connection()
+                if not self._began and not stale_retried:
+                    # It broke before BEGIN went through: nothing of the batch reached the
+                    # database. The connection died while idle (the server restarted): try
+                    # once more on a new one rather than fail (and lose a trap's outcome).
+                    stale_retried = True
+                    continue
                 # The connection broke (the database stopped, the network): the commit may or may
                 # not have happened, so the caller is told it failed (an inform is not acknowledged;
                 # a committed action still runs: at least once).
-                await self._drop_connection()
                 self._lost(exc)
                 self.failed_ops += sum(op.weight for op in batch if op.write)
                 err = JournalError(f"journal database unavailable: {self.last_error}")
@@ -1011,6 +1020,7 @@ class PostgresJournal:
     ) -> list[tuple[_Op, Any, BaseException | None]]:
         done: list[tuple[_Op, Any, BaseException | None]] = []
         async with conn.transaction(), conn.cursor() as cur:
+            self._began = True  # BEGIN went through: from here a broken connection is ambiguous
             held = _HELD.set(await self._prelock(cur, batch))
             try:
                 await self._run_ops(conn, cur, batch, isolate=isolate, done=done)
