@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,20 +22,13 @@ from typing import Any
 import pytest
 from daemon_harness import IF_INDEX, LINK_DOWN, V3_ARGS, V3_USER, TrapdDaemon
 from listen_harness import snmp_send
+from test_daemon_inform_ack import RULES, journaled  # the inform rule and the journal count
 
 from trapd.listener.v3 import parse_header
 
 pytestmark = pytest.mark.integration
 
 TRAPD_ENGINE = "80004fb805aabbccddeeff0011"
-RULES = """
-rules:
-  - name: note-it
-    match: {notification: IF-MIB::linkDown}
-    actions:
-      - action: log
-        message: "inform {{ ifIndex }}"
-"""
 REPLAYS = 24
 
 
@@ -74,12 +66,6 @@ def recording_relay(target: tuple[str, int]) -> Iterator[tuple[tuple[str, int], 
         thread.join(5)
         front.close()
         back.close()
-
-
-def journaled(d: TrapdDaemon) -> int:
-    path = d.state_dir / "journal.sqlite"
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
-        return int(db.execute("SELECT count(*) FROM actions").fetchone()[0])
 
 
 @pytest.mark.parametrize("workers", [1, 2])
