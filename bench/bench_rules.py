@@ -1,6 +1,26 @@
-"""Rule engine throughput: 1,000 rules, events through match + render + validate.
+"""Rule engine throughput (a realistic mix) and scale (1,000 to 100,000 rules).
 
     .venv/bin/python bench/bench_rules.py [--rules 1000] [--events 2000] [--runs 7]
+    .venv/bin/python bench/bench_rules.py --scale [--sizes 1000,10000,100000] [--startup]
+
+**Scale** (issue 13 target 4): for each size and each of two generated rule
+sets, in a fresh process each (so RSS is that rule set's):
+
+* ``per-port``: every rule on IF-MIB::linkDown, one per (switch, port):
+  ``source: 10.a.b.1`` and ``varbinds: {ifIndex: N}``, 48 ports a switch,
+  a templated log action (the shape sites generate);
+* ``distinct``: every rule on its own vendor notification OID.
+
+It reports the load time (``load_rules``: YAML, compile, shadow check, index;
+CPU and wall), ``trapd check FILE`` as a command (CPU and wall, interpreter and
+MIB index included), the peak and final RSS of the loading process, and µs
+per event for an event matching one rule and one matching none on the same
+notification, beside the **baseline of the same run**: the same events
+through the same rule alone (a one-rule set), interleaved. ``--startup``
+also times ``trapd run`` exec -> READY=1 with the rule set (bench_startup.py's
+harness). The machine's load average is printed with the figures.
+
+**Mix** (the default):
 
 Builds a realistic rule mix (written to a temporary rules file and compiled
 like the daemon does, with the shipped MIB index and the installed action
@@ -184,12 +204,202 @@ def median_per_event_us(fn: Callable[[Event], object], events: Sequence[Event], 
     return statistics.median(samples)
 
 
+def scale_rules(kind: str, n: int) -> str:
+    """The generated rule sets of ``--scale`` (see the module docstring)."""
+    lines = ["rules:"]
+    for i in range(n):
+        if kind == "per-port":
+            switch, port = divmod(i, PORTS)
+            lines += [
+                f"  - name: port-{i}",
+                "    match:",
+                "      notification: IF-MIB::linkDown",
+                f"      source: {switch_address(switch)}",
+                f"      varbinds: {{ifIndex: {port + 1}}}",
+                "    actions:",
+                '      - {action: log, message: "{{ source }} port {{ ifIndex }} ({{ ifDescr }}) down"}',
+            ]
+        else:
+            lines += [
+                f"  - name: vendor-{i}",
+                f"    match: {{notification: '{VENDOR}.1.{i}.0.1'}}",
+                "    actions:",
+                '      - {action: log, message: "{{ trap_name }} from {{ source }}"}',
+            ]
+    return "\n".join(lines) + "\n"
+
+
+PORTS = 48
+
+
+def switch_address(switch: int) -> str:
+    return f"10.{switch // 250}.{switch % 250}.1"
+
+
+def scale_events(kind: str, n: int, resolver: object) -> tuple[Event, Event, str]:
+    """(an event matching one rule, one matching none on the same notification, that rule's text)."""
+    from trapd.rules.compact import parse_compact
+
+    i = n // 2 + 7  # a rule in the middle of the file
+    if kind == "per-port":
+        switch, port = divmod(i, PORTS)
+        words = f"IF-MIB::linkDown from {switch_address(switch)} ifIndex={port + 1} ifDescr=Gi1/0/{port + 1}"
+        miss = f"IF-MIB::linkDown from {switch_address(switch)} ifIndex={PORTS + 5} ifDescr=Gi1/0/99"
+    else:
+        words = f"{VENDOR}.1.{i}.0.1 from 10.1.2.3"
+        miss = f"{VENDOR}.1.{n + 5}.0.1 from 10.1.2.3"
+    one = scale_rules(kind, n).split("\n  - ")[i + 1]
+    hit, none = (parse_compact(w.split(), resolver) for w in (words, miss))  # type: ignore[arg-type]
+    return hit, none, "rules:\n  - " + one.rstrip("\n") + "\n"
+
+
+def _rss_mb() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process in MB."""
+    got = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                got[key] = int(value.split()[0]) / 1024
+    return got["VmRSS"], got["VmHWM"]
+
+
+def scale_child(kind: str, n: int, path: Path, runs: int) -> dict[str, float]:
+    """In a fresh process: load the rule set, then time events against the one-rule baseline."""
+    import gc
+
+    from trapd.mibs import MibConfig, MibResolver
+    from trapd.plugin import load_actions
+    from trapd.rules import globally_capped, load_rules
+
+    resolver = MibResolver.load(MibConfig(dirs=()), state_dir=None)
+    actions, _ = load_actions()
+    capped = globally_capped((), actions)
+    gc.collect()
+    rss_before, _ = _rss_mb()
+    t0, c0 = time.perf_counter(), time.process_time()
+    rules = load_rules([path], resolver, actions, capped_actions=capped)
+    load_wall, load_cpu = time.perf_counter() - t0, time.process_time() - c0
+    gc.collect()
+    rss, hwm = _rss_mb()
+    hit, miss, one_text = scale_events(kind, n, resolver)
+    one_path = path.with_name("one.yaml")
+    one_path.write_text(one_text, encoding="utf-8")
+    one = load_rules([one_path], resolver, actions, capped_actions=capped)
+    assert rules.evaluate(hit).matched == one.evaluate(hit).matched != ()
+    assert rules.evaluate(miss).matched == one.evaluate(miss).matched == ()
+    loops = 2000
+    samples: dict[str, list[float]] = {"hit": [], "hit_base": [], "miss": [], "miss_base": []}
+    for _ in range(runs):  # interleaved: the big set and the baseline share the machine's moments
+        for key, rs, ev in (
+            ("hit", rules, hit),
+            ("hit_base", one, hit),
+            ("miss", rules, miss),
+            ("miss_base", one, miss),
+        ):
+            c = time.process_time()
+            for _ in range(loops):
+                rs.evaluate(ev)
+            samples[key].append((time.process_time() - c) / loops * 1e6)
+    out = {k: statistics.median(v) for k, v in samples.items()}
+    out.update(
+        rules=len(rules),
+        load_cpu=load_cpu,
+        load_wall=load_wall,
+        rss=rss,
+        hwm=hwm,
+        rss_rules=rss - rss_before,
+    )
+    return out
+
+
+def run_scale(sizes: Sequence[int], kinds: Sequence[str], runs: int, startup: bool) -> None:
+    import json
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} cores")
+    print(
+        f"{'rule set':>18} | {'load s':>13} | {'check s':>13} | {'RSS MB':>13} | "
+        f"{'µs/event hit':>18} | {'µs/event miss':>18}" + (f" | {'ready s':>13}" if startup else "")
+    )
+    print(
+        f"{'':>18} | {'cpu / wall':>13} | {'cpu / wall':>13} | {'final / peak':>13} | "
+        f"{'n rules / 1 rule':>18} | {'n rules / 1 rule':>18}" + (f" | {'cpu / wall':>13}" if startup else "")
+    )
+    for kind in kinds:
+        for n in sizes:
+            with tempfile.TemporaryDirectory(prefix="trapd-bench-rules-") as tmp:
+                path = Path(tmp) / "rules.yaml"
+                path.write_text(scale_rules(kind, n), encoding="utf-8")
+                child = subprocess.run(
+                    [sys.executable, __file__, "--scale-child", kind, str(n), str(path), str(runs)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                r = json.loads(child.stdout.strip().splitlines()[-1])
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                t0 = time.perf_counter()
+                subprocess.run(
+                    [sys.executable, "-m", "trapd", "check", str(path)],
+                    capture_output=True,
+                    check=True,
+                )
+                check_wall = time.perf_counter() - t0
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                check_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                ready = ""
+                if startup:
+                    ready = " | " + _startup(path, Path(tmp))
+            print(
+                f"{kind + ' ' + format(n, ','):>18} | {r['load_cpu']:5.1f} / {r['load_wall']:5.1f} | "
+                f"{check_cpu:5.1f} / {check_wall:5.1f} | {r['rss']:5.0f} / {r['hwm']:5.0f} | "
+                f"{r['hit']:7.1f} / {r['hit_base']:7.1f} | {r['miss']:7.1f} / {r['miss_base']:7.1f}" + ready,
+                flush=True,
+            )
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def _startup(rules: Path, tmp: Path) -> str:
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_startup import one_run
+
+    root = tmp / "startup"
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN_FDS")}
+    r = one_run(root, env, [], idle=1.0, rules=rules, ready_timeout=600)
+    return f"{r['cpu_s']:5.1f} / {r['ready_s']:5.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--rules", type=int, default=1000)
     ap.add_argument("--events", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--scale", action="store_true", help="1k/10k/100k rules: load, check, RSS, µs/event")
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--kinds", default="per-port,distinct")
+    ap.add_argument("--startup", action="store_true", help="with --scale: trapd run exec -> READY=1")
+    ap.add_argument("--scale-child", nargs=4, metavar=("KIND", "N", "FILE", "RUNS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.scale_child:
+        import json
+
+        kind, n, file, runs = args.scale_child
+        print(json.dumps(scale_child(kind, int(n), Path(file), int(runs))))
+        return
+    if args.scale:
+        sizes = [int(x) for x in args.sizes.split(",")]
+        if not all(1 <= n <= 200_000 for n in sizes):
+            ap.error("--sizes: 1 to 200,000 rules each")
+        run_scale(sizes, args.kinds.split(","), args.runs, args.startup)
+        return
     rnd = random.Random(1)
 
     from trapd.mibs import MibConfig, MibResolver

@@ -54,8 +54,8 @@ def free_port(kind: int) -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(root: Path, state: Path, site_mibs: list[str]) -> Path:
-    shutil.copy(REPO / "etc" / "trapd" / "rules.yaml", root / "rules.yaml")
+def write_config(root: Path, state: Path, site_mibs: list[str], rules: Path | None = None) -> Path:
+    shutil.copy(rules or REPO / "etc" / "trapd" / "rules.yaml", root / "rules.yaml")
     cfg = {
         "listener": {
             "listen": [f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"],
@@ -92,15 +92,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_run(root: Path, env: dict[str, str], site_mibs: list[str], idle: float) -> dict[str, float]:
+def one_run(
+    root: Path,
+    env: dict[str, str],
+    site_mibs: list[str],
+    idle: float,
+    rules: Path | None = None,
+    ready_timeout: float = 60,
+) -> dict[str, float]:
+    """One start: exec -> READY=1 -> ``idle`` s -> SIGTERM -> exit. ``rules``: a rules file to use."""
     state = root / "state"
     shutil.rmtree(state, ignore_errors=True)
-    config = write_config(root, state, site_mibs)
+    config = write_config(root, state, site_mibs, rules)
     notify_path = root / "notify.sock"
     notify_path.unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
-        notify.settimeout(60)
+        notify.settimeout(ready_timeout)
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "trapd", "run", "--config", str(config)],
