@@ -15,6 +15,7 @@ caller keeps the rules it has. The language is documented in docs/rules.md.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -63,7 +64,16 @@ def compile_rules(
 
     problems = Problems()
     comp = Compiler(resolver, actions, problems, capped_actions=frozenset(capped_actions))
-    ruleset = comp.compile_files([Path(p) for p in paths], global_mode)
+    # Compiling allocates millions of long-lived objects and no garbage cycles worth collecting
+    # meanwhile; the collector's full passes over them took a third of the time (100,000 per-port
+    # rules: 23 s of CPU with it, 16 s without). It runs again as soon as the rules are built.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        ruleset = comp.compile_files([Path(p) for p in paths], global_mode)
+    finally:
+        if was_enabled:
+            gc.enable()
     return ruleset, problems.sorted()
 
 

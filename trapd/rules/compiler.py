@@ -135,6 +135,9 @@ class Compiler:
                 continue
             for i, rnode in enumerate(node):
                 rule = self._rule(rnode, where(node, i), len(rules))
+                # The rule's YAML is not needed again: freeing it as we go keeps the peak
+                # near the larger of the YAML and the compiled rules, not their sum.
+                node[i] = None
                 if rule is None:
                     continue
                 if rule.name in seen:
