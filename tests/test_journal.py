@@ -439,3 +439,20 @@ async def test_a_large_event_is_stored_once_and_bounded(journal: Journal) -> Non
     assert first["display"] == d["varbinds"][0]["display"][: len(first["display"])]
     assert stored["varbinds_omitted"] > 0 and len(stored["varbinds"]) + stored["varbinds_omitted"] == 41
     assert Event.from_dict(stored).varbinds[0].value == blob[: len(first["value"]) // 2]
+
+
+async def test_keys_with_a_nul_byte_from_a_trap_are_journaled(journal: Journal) -> None:
+    # A key, cancel key or once key is rendered from trap values, which may hold a NUL byte
+    # (PostgreSQL's text refuses it): the outcome is journaled all the same, and cancels match.
+    now = time.time()
+    ev = make_event().to_dict()
+    nul = "sw1:Gi1/0/1\x00junk"
+    armed = await journal.add(
+        ev,
+        [entry(key=nul, state="scheduled", due=now + 60, cancel_key=nul, once_key=nul, once_within=60.0)],
+        [],
+        now,
+    )
+    assert armed.states == ["scheduled"]
+    cleared = await journal.add(make_event().to_dict(), [], [nul], now + 1)
+    assert cleared.cancelled == armed.ids

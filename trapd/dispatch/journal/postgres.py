@@ -192,6 +192,13 @@ class _OpFailed(Exception):
     """An operation raised inside an optimistic batch: run the batch again, one savepoint each."""
 
 
+def _text(value: str | None) -> str | None:
+    """A string for a text column: PostgreSQL refuses NUL, which a trap value can carry into a
+    key, a cancel key or an error message. U+FFFD instead, the same on every host, so keys
+    still match each other (SQLite stores NUL as it is)."""
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
 def _lock_id(namespace: str, key: str) -> int:
     """The advisory lock of (namespace, key): a signed 64-bit number, the same on every host."""
     digest = hashlib.blake2b(f"{namespace}\x1f{key}".encode(), digest_size=8).digest()
@@ -301,6 +308,7 @@ async def _op_add(
     cancelled: list[int] = []
     cancelled_actions: list[str] = []
     for ck in cancel_keys:
+        ck = _text(ck) or ""
         await cur.execute(
             f"UPDATE {_A} SET state = 'cancelled', finished = %s, last_error = %s, result = %s "
             f"WHERE cancel_key = %s AND state IN {_ACTIVE_SQL} RETURNING id, action",
@@ -349,7 +357,7 @@ async def _op_add(
             await cur.execute(
                 f"SELECT id FROM {_A} WHERE once_key = %s AND created >= %s "
                 "AND state NOT IN ('cancelled', 'dead') ORDER BY id LIMIT 1",
-                (e.once_key, now - e.once_within),
+                (_text(e.once_key), now - e.once_within),
             )
             row = await cur.fetchone()
             if row is not None:
@@ -360,7 +368,7 @@ async def _op_add(
         claimed = False
         if e.claim and state == "pending" and not e.caps and e.due <= now:
             await _lock(cur, "key", e.key)
-            await cur.execute(_KEY_BUSY, (e.key, now))
+            await cur.execute(_KEY_BUSY, (_text(e.key), now))
             claimed = await cur.fetchone() is None
         if claimed:
             state = "running"
@@ -378,7 +386,7 @@ async def _op_add(
                 e.action,
                 e.index,
                 dumps(e.params),
-                e.key,
+                _text(e.key),
                 e.mode,
                 state,
                 e.max_attempts,
@@ -388,14 +396,14 @@ async def _op_add(
                 now,
                 e.due,
                 now if final else None,
-                e.cancel_key,
-                e.once_key,
+                _text(e.cancel_key),
+                _text(e.once_key),
                 dumps([c.to_json() for c in e.caps]) if e.caps else "[]",
                 e.mac,
                 e.ip,
                 dumps(e.item) if e.item is not None else None,
                 dumps(result) if result is not None else None,
-                error,
+                _text(error),
                 1 if claimed else 0,
                 now if claimed else None,
                 owner if claimed else None,
@@ -583,7 +591,7 @@ async def _op_finish(
         f"UPDATE {_A} SET state = %s, finished = %s, result = %s, last_error = COALESCE(%s, last_error), "
         "started = COALESCE(%s, started), lease_until = NULL "
         "WHERE id = %s AND state = 'running' AND owner = %s",
-        (state, now, dumps(result) if result is not None else None, error, started, id_, owner),
+        (state, now, dumps(result) if result is not None else None, _text(error), started, id_, owner),
     )
 
 
@@ -604,7 +612,7 @@ async def _op_retry_later(
     await cur.execute(
         f"UPDATE {_A} SET state = 'failed', due = %s, last_error = %s, endpoint = COALESCE(%s, endpoint), "
         "lease_until = NULL WHERE id = %s AND state = 'running' AND owner = %s",
-        (due, error, endpoint, id_, owner),
+        (due, _text(error), endpoint, id_, owner),
     )
 
 
@@ -612,7 +620,7 @@ async def _op_defer(cur: Cur, id_: int, due: float, reason: str, endpoint: str |
     await cur.execute(
         f"UPDATE {_A} SET due = %s, last_error = %s, endpoint = COALESCE(%s, endpoint) "
         f"WHERE id = %s AND state IN {_ACTIVE_SQL}",
-        (due, reason, endpoint, id_),
+        (due, _text(reason), endpoint, id_),
     )
 
 
@@ -630,7 +638,7 @@ async def _op_cancel(cur: Cur, ids: Sequence[int], now: float, reason: str) -> l
     await cur.execute(
         f"UPDATE {_A} SET state = 'cancelled', finished = %s, last_error = %s "
         "WHERE id = ANY(%s) AND state IN ('scheduled','pending','failed','held') RETURNING id",
-        (now, reason, list(ids)),
+        (now, _text(reason), list(ids)),
     )
     return sorted(r[0] for r in await cur.fetchall())
 
