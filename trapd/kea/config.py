@@ -53,6 +53,7 @@ long is a warning in the log and /healthz (an HA peer in ``terminated`` at once)
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -143,8 +144,9 @@ class KeaConfig:
             return self.endpoints.get(endpoint)
         return self.endpoint_for(family)
 
-    @property
+    @cached_property
     def has_pairs(self) -> bool:
+        """Any HA relationship? Asked for every submitted outcome (trapd.dispatch.peers): once."""
         return any(ep.peers for ep in self.endpoints.values())
 
     @classmethod
