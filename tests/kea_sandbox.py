@@ -282,7 +282,9 @@ class KeaInstance:
         while time.monotonic() < deadline:
             for name, p in self.procs.items():
                 if p.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {p.returncode}:\n{self.logs()}")
+                    logs = self.logs()
+                    self.stop()  # the daemons that did start must not outlive the failure
+                    raise RuntimeError(f"{name} exited with {p.returncode}:\n{logs}")
             try:
                 ok = self.cmd4("status-get")["result"] == 0
                 if self.dhcp6_socket:
@@ -739,20 +741,29 @@ def start_ha_pair(
                     "http-client-threads": 1,
                 }
             ha[DAEMON_OF[fam]] = entry
-        servers[n] = start_kea(
-            base / n,
-            ca=not dedicated,
-            ca_port=ca_ports[n],
-            ha=ha,
-            chroot=chroot,
-            hooks_dir=hooks_dir,
-            http_sockets=dedicated and chroot is not None,
-            auth=auth,
-            ddns=ddns,
-        )
+        try:
+            servers[n] = start_kea(
+                base / n,
+                ca=not dedicated,
+                ca_port=ca_ports[n],
+                ha=ha,
+                chroot=chroot,
+                hooks_dir=hooks_dir,
+                http_sockets=dedicated and chroot is not None,
+                auth=auth,
+                ddns=ddns,
+            )
+        except BaseException:
+            for inst in servers.values():  # the partner already started must not outlive the failure
+                inst.stop()
+            raise
     pair = HaPair(mode, servers, urls, dedicated)
     if wait:
-        pair.wait_states({n: {mode} for n in names})
+        try:
+            pair.wait_states({n: {mode} for n in names})
+        except BaseException:
+            pair.stop()
+            raise
     return pair
 
 
