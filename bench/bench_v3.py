@@ -48,6 +48,11 @@ import loadgen  # noqa: E402
 from v3_memory import print_rss_table, run_variant  # noqa: E402
 
 TRAPD_ENGINE = bytes.fromhex("80004fb805aabbccddeeff0011")
+sys.path.insert(0, str(BENCH.parent))
+from trapd.listener.config import RateLimit  # noqa: E402
+
+# pysnmp's engine is what is measured here: no slow-path budget (limits.SlowPathBudget).
+NO_SLOW_BUDGET = RateLimit(v3_slow_per_source=0, v3_slow_global=0)
 
 
 def trapd_user(auth: str = "SHA-256", priv: str = "AES-128", name: str | None = None) -> Any:
@@ -113,7 +118,10 @@ def measure_cost(count: int, pysnmp_count: int, rounds: int) -> dict[str, Any]:
 
     async def through_listener() -> None:
         config = ListenerConfig(
-            listen=(ListenAddress("127.0.0.1", 0),), v3_users=users, engine_id=TRAPD_ENGINE
+            listen=(ListenAddress("127.0.0.1", 0),),
+            v3_users=users,
+            engine_id=TRAPD_ENGINE,
+            rate_limit=NO_SLOW_BUDGET,
         )
         for r, batch in enumerate(batches):
             async with Listener(config, got, logger=_Quiet()) as listener:
@@ -196,7 +204,10 @@ def serve(variant: str) -> int:
     from trapd.listener.config import ListenAddress
 
     config = ListenerConfig(
-        listen=(ListenAddress("127.0.0.1", 0),), v3_users=(trapd_user(),), engine_id=TRAPD_ENGINE
+        listen=(ListenAddress("127.0.0.1", 0),),
+        v3_users=(trapd_user(),),
+        engine_id=TRAPD_ENGINE,
+        rate_limit=NO_SLOW_BUDGET,
     )
     received = 0
 

@@ -58,7 +58,7 @@ def test_a_v3_flood_within_per_source_limits_leaves_other_senders_their_traps(tm
         "listener": {
             "v3_users": [V3_USER],
             "engine_id": TRAPD_ENGINE,
-            "receive_buffer": 131072,
+            "receive_buffer": 131072,  # what an unprivileged trapd gets by default is about 2x this
             "rate_limit": {"per_source": 2000, "global": 20000, "burst": 2},
         }
     }
@@ -97,7 +97,7 @@ def test_a_v3_flood_within_per_source_limits_leaves_other_senders_their_traps(tm
         share = got / VICTIM_TRAPS
         load = os.getloadavg()[0]
         print(f"victim share {share:.3f} ({got:.0f}/{VICTIM_TRAPS}), flood {sent_flood}, load {load:.1f}")
-        assert share >= 0.9, share
+        assert share >= 0.8, share  # 0.10 before (20 of 200), 0.96 to 1.0 after at load 9 on 2 cores
         # Discovery still works for a legitimate sender once the flood is over.
         time.sleep(1.0)  # the flooder's slow-path bucket refills; the victim's own never emptied
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -335,8 +335,10 @@ class SlowPathBudget:
     (issue 14 item 3: legitimate senders got 1.8 % of their traps through).
     So these messages have a budget of their own, much smaller, by cost:
     ``v3_slow_per_source`` a second per source (default 10: a switch's
-    discovery and informs need a few) and ``v3_slow_global`` for everyone
-    (default 100, about 15 % of one core), ``burst`` seconds deep. Over
+    discovery and informs; a site whose switches send more informs raises
+    it) and ``v3_slow_global`` for everyone (default 100, about 15 % of one
+    core), ``burst`` seconds deep: a burst stalls the loop at most
+    ``v3_slow_per_source * burst * 1.5 ms`` (30 ms by default). Over
     budget, :meth:`admit` names the limit and the message is dropped as
     ``rate-limited`` before pysnmp sees it. Per-source entries are bounded
     (least recently seen evicted first), like :class:`SourceLimiter`'s.
