@@ -168,8 +168,8 @@ async def test_notify_wakes_the_other_host(hosts: Callable[..., Awaitable[Postgr
 async def test_a_dead_hosts_claims_are_taken_over_after_the_lease(
     hosts: Callable[..., Awaitable[PostgresJournal]],
 ) -> None:
-    a = await hosts("a", lease=0.6)
-    b = await hosts("b", lease=0.6)
+    a = await hosts("a", lease=3.0)
+    b = await hosts("b", lease=3.0)
     await b.recover(time.time(), hold_unless=["log"])  # the dispatcher's policy: hold-unsafe
     now = time.time()
     r = await a.add(
@@ -177,8 +177,8 @@ async def test_a_dead_hosts_claims_are_taken_over_after_the_lease(
     )
     for i in r.ids:
         assert (await a.claim(i, now)).outcome == "running"
-    # While a renews its leases, b leaves its rows alone.
-    await asyncio.sleep(1.5)
+    # While a renews its leases (every second), b leaves its rows alone, past the lease time.
+    await asyncio.sleep(4.5)
     assert [(await b.get(i)).state for i in r.ids] == ["running", "running"]  # type: ignore[union-attr]
     # a dies (no more renewals): b takes over after the lease, by the interrupted: policy.
     a._tasks[1].cancel()  # its lease loop, as SIGKILL would stop it
