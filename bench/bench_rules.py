@@ -9,6 +9,8 @@ sets, in a fresh process each (so RSS is that rule set's):
 * ``per-port``: every rule on IF-MIB::linkDown, one per (switch, port):
   ``source: 10.a.b.1`` and ``varbinds: {ifIndex: N}``, 48 ports a switch,
   a templated log action (the shape sites generate);
+* ``ifindex``: every rule on IF-MIB::linkDown differing only by
+  ``varbinds: {ifIndex: N}`` (the per-port case of issue 13, no source);
 * ``distinct``: every rule on its own vendor notification OID.
 
 It reports the load time (``load_rules``: YAML, compile, shadow check, index;
@@ -208,7 +210,14 @@ def scale_rules(kind: str, n: int) -> str:
     """The generated rule sets of ``--scale`` (see the module docstring)."""
     lines = ["rules:"]
     for i in range(n):
-        if kind == "per-port":
+        if kind == "ifindex":
+            lines += [
+                f"  - name: port-{i}",
+                f"    match: {{notification: IF-MIB::linkDown, varbinds: {{ifIndex: {i + 1}}}}}",
+                "    actions:",
+                '      - {action: log, message: "port {{ ifIndex }} ({{ ifDescr }}) down"}',
+            ]
+        elif kind == "per-port":
             switch, port = divmod(i, PORTS)
             lines += [
                 f"  - name: port-{i}",
@@ -241,7 +250,10 @@ def scale_events(kind: str, n: int, resolver: object) -> tuple[Event, Event, str
     from trapd.rules.compact import parse_compact
 
     i = n // 2 + 7  # a rule in the middle of the file
-    if kind == "per-port":
+    if kind == "ifindex":
+        words = f"IF-MIB::linkDown from 10.1.2.3 ifIndex={i + 1} ifDescr=Gi1/0/1"
+        miss = f"IF-MIB::linkDown from 10.1.2.3 ifIndex={n + 5} ifDescr=Gi1/0/1"
+    elif kind == "per-port":
         switch, port = divmod(i, PORTS)
         words = f"IF-MIB::linkDown from {switch_address(switch)} ifIndex={port + 1} ifDescr=Gi1/0/{port + 1}"
         miss = f"IF-MIB::linkDown from {switch_address(switch)} ifIndex={PORTS + 5} ifDescr=Gi1/0/99"
@@ -384,7 +396,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--scale", action="store_true", help="1k/10k/100k rules: load, check, RSS, µs/event")
     ap.add_argument("--sizes", default="1000,10000,100000")
-    ap.add_argument("--kinds", default="per-port,distinct")
+    ap.add_argument("--kinds", default="per-port,ifindex,distinct")
     ap.add_argument("--startup", action="store_true", help="with --scale: trapd run exec -> READY=1")
     ap.add_argument("--scale-child", nargs=4, metavar=("KIND", "N", "FILE", "RUNS"), help=argparse.SUPPRESS)
     args = ap.parse_args()

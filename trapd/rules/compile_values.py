@@ -32,7 +32,7 @@ class ValueCompiler:
         self.ctx = ctx
         self.problems = ctx.problems
         # The same template text is compiled once per file set (a rule set repeats "{{ source }}").
-        self._templates: dict[tuple[str, bool], tuple[jinja2.Template, TemplateInfo]] = {}
+        self._templates: dict[tuple[str, bool], tuple[Template, TemplateInfo]] = {}
 
     def value(
         self,
@@ -89,15 +89,17 @@ class ValueCompiler:
         try:
             hit = self._templates.get((source, url))
             if hit is None:
-                hit = self._templates[(source, url)] = analyse(source, url=url)
-            tmpl, info = hit
+                tmpl, info = analyse(source, url=url)
+                # One immutable Template value per text: 100,000 rules writing "{{ source }}" share it.
+                hit = self._templates[(source, url)] = (Template(tmpl, source, info), info)
+            shared, info = hit
         except jinja2.TemplateSyntaxError as exc:
             at = Mark(mark.file, mark.line + max((exc.lineno or 1) - 1, 0), mark.column) if mark else None
             kind = "template refused" if isinstance(exc, TemplateRefused) else "template syntax error"
             self.problems.error(f"{what}: {kind}: {exc.message}", at)
             return Const(source)
         self._check_variables(info, mark, scope, what)
-        return Template(tmpl, source, info)
+        return shared
 
     def _check_variables(
         self, info: TemplateInfo, mark: Mark | None, scope: RuleScope | None, what: str

@@ -86,7 +86,7 @@ class MapOf(Value):
 # ---------------------------------------------------------------- compiled pieces
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CapSpec:
     name: str
     limit: int
@@ -95,7 +95,7 @@ class CapSpec:
     hold_for: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ActionCall:
     """One entry of a rule's ``actions:`` list, compiled."""
 
@@ -113,7 +113,7 @@ class ActionCall:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ForEach:
     kind: str
     decoders: tuple[ItemDecoder, ...]
@@ -141,7 +141,7 @@ class ForEach:
         return f"foreach {self.kind}: no item matched where: " + "; ".join(reasons)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     position: int
@@ -163,7 +163,7 @@ class Rule:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RuleTrace:
     """What one rule did with one event, for ``trapd test``.
 
@@ -180,7 +180,7 @@ class RuleTrace:
     outcome: Outcome = field(default_factory=Outcome)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClearingOids:
     """The notifications that can clear a pending action: those a rule with ``cancel:`` selects.
 
