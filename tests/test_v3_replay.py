@@ -105,3 +105,46 @@ def test_a_replayed_authpriv_inform_runs_its_action_once(tmp_path: Path, workers
         assert d.stop() == 0
     finally:
         d.close()
+
+
+async def test_a_refused_replay_leaves_nothing_in_pysnmps_response_cache() -> None:
+    """pysnmp keeps an accepted inform's state for its Response (600 s unless answered): a replay
+    trapd refuses is never answered, so its state is released at once (bounded memory)."""
+    import asyncio
+
+    from trapd.listener import Listener, ListenerConfig, RawNotification
+    from trapd.listener.config import ListenAddress, RateLimit, V3User
+    from trapd.secrets import Secret
+
+    got: list[RawNotification] = []
+    v3_user = V3User(
+        user=V3_USER["user"],
+        auth_protocol=V3_USER["auth_protocol"],
+        auth_key=Secret(V3_USER["auth_key"]),
+        priv_protocol=V3_USER["priv_protocol"],
+        priv_key=Secret(V3_USER["priv_key"]),
+    )
+    config = ListenerConfig(
+        listen=(ListenAddress("127.0.0.1", 0),),
+        v3_users=(v3_user,),
+        engine_id=bytes.fromhex(TRAPD_ENGINE),
+        rate_limit=RateLimit(v3_slow_per_source=0, v3_slow_global=0),  # every replay reaches pysnmp
+    )
+    async with Listener(config, got.append) as listener:
+        target = ("127.0.0.1", listener.bound[0].address.port)
+        with recording_relay(target) as (relay, recorded):
+            r = await asyncio.to_thread(
+                snmp_send, "snmpinform", *V3_ARGS, "-r", "0", "-t", "5", f"127.0.0.1:{relay[1]}", "",
+                LINK_DOWN, f"{IF_INDEX}.7", "i", "7",
+            )  # fmt: skip
+            assert r.returncode == 0, r.stderr
+        (inform,) = [m for m in recorded if parse_header(m).engine_id.hex() == TRAPD_ENGINE]
+        assert listener._v3 is not None
+        engine = listener._v3.receiver.engine
+        held = engine.message_processing_subsystems[3]._cache._Cache__stateReferenceIndex
+        before = len(held)
+        for port_offset in range(REPLAYS):
+            listener.handle_datagram(inform, ("127.0.0.1", 40000 + port_offset), lambda d, a: None)
+        assert listener.stats.dropped_detail[("not-in-time-window", "replayed")] == REPLAYS
+        assert len(got) == 1
+        assert len(held) == before  # stock: one more per replay, for 600 s

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -216,3 +217,22 @@ def rfc1902_octets(b: bytes) -> Any:
     from pysnmp.proto import rfc1902
 
     return rfc1902.OctetString(b)
+
+
+def release_response_state(snmp_engine: Any, message_processing_model: Any, state_reference: Any) -> None:
+    """Forget what pysnmp keeps to answer a confirmed-class message (an inform) that will not be answered.
+
+    pysnmp holds the message's and USM's state under ``stateReference`` until the
+    Response is sent, or for 600 engine ticks: a replayed inform trapd refuses
+    would otherwise keep a few KB each for ten minutes. pysnmp has no public call
+    for the receiving side, so its message processing model's cache is used.
+    """
+    mp = snmp_engine.message_processing_subsystems.get(int(message_processing_model))
+    try:
+        cached = mp._cache.pop_by_state_reference(state_reference)
+    except Exception:  # already released or expired: nothing held
+        return
+    security = snmp_engine.security_models.get(int(cached["securityModel"]))
+    if security is not None:
+        with contextlib.suppress(Exception):
+            security.release_state_information(cached["securityStateReference"])

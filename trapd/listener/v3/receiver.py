@@ -65,6 +65,7 @@ from trapd.listener.v3.adapters import (
     make_recording_mp,
     make_usm,
     pysnmp_protocols,
+    release_response_state,
     rfc1902_octets,
     varbinds_from_pysnmp,
 )
@@ -351,6 +352,8 @@ class V3Receiver:
             # pysnmp accepted it (authentic, in its time window) but trapd has handed it on
             # before: a replay runs nothing and gets no Response (issue 14 item 2).
             self._drop("not-in-time-window", "replayed", source, header)
+            if inform:
+                release_response_state(snmpEngine, messageProcessingModel, stateReference)
             return
         var_binds = v2c.apiPDU.get_varbinds(PDU)
         raw = RawNotification(
