@@ -20,6 +20,16 @@ import pytest
 from listen_harness import TrapdListen
 
 
+@pytest.fixture(autouse=True)
+def _secret_references() -> Iterator[None]:
+    """Secrets a test loads (trapd.yaml communities) are process-wide, as in a daemon; not across tests."""
+    from trapd.secrets import REFS
+
+    saved = REFS.saved()
+    yield
+    REFS.restore(saved)
+
+
 @pytest.fixture
 def trapd_listen(tmp_path: Path) -> Iterator[Callable[..., TrapdListen]]:
     """Factory: ``trapd_listen(config=..., listen=..., args=...)`` -> TrapdListen, stopped after the test."""

@@ -80,6 +80,13 @@ class SecretRefs:
         """Where a loaded secret came from (the first place registered), or None if it is not one."""
         return self._refs.get(value)
 
+    def saved(self) -> tuple[dict[str, str], dict[str, str]]:
+        """What is registered now, for :meth:`restore` (tests that load configurations in one process)."""
+        return dict(self._values), dict(self._refs)
+
+    def restore(self, saved: tuple[dict[str, str], dict[str, str]]) -> None:
+        self._values, self._refs = dict(saved[0]), dict(saved[1])
+
 
 REFS = SecretRefs()
 

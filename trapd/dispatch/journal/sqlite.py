@@ -991,7 +991,14 @@ class SQLiteJournal:
 
     def _journal_error(self, exc: BaseException, what: str) -> BaseException:
         """SQLite's errors about the file (damage, full disk, I/O) as JournalError, saying which."""
-        if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, JournalError):
+        if isinstance(exc, JournalError):
+            return exc
+        if self.read_only and isinstance(exc, Exception):
+            # Inspection: whatever a damaged row does (text that is not UTF-8, JSON cut short),
+            # one line that says so, not a traceback.
+            state = " (it is damaged)" if self.damage else ""
+            return JournalError(f"reading the journal {self.path} failed{state}: {type(exc).__name__}: {exc}")
+        if not isinstance(exc, sqlite3.DatabaseError):
             return exc
         if _is_damage(exc):
             return JournalDamaged(
