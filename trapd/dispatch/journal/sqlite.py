@@ -993,6 +993,10 @@ class SQLiteJournal:
         """SQLite's errors about the file (damage, full disk, I/O) as JournalError, saying which."""
         if isinstance(exc, JournalError):
             return exc
+        if isinstance(exc, sqlite3.DatabaseError) and _is_damage(exc):
+            return JournalDamaged(
+                f"the journal {self.path} is damaged: {exc} (trapd journal shows what can still be read)"
+            )
         if self.read_only and isinstance(exc, Exception):
             # Inspection: whatever a damaged row does (text that is not UTF-8, JSON cut short),
             # one line that says so, not a traceback.
