@@ -117,6 +117,12 @@ async def test_a_refused_replay_leaves_nothing_in_pysnmps_response_cache() -> No
     from trapd.secrets import Secret
 
     got: list[RawNotification] = []
+    refuse = [False]
+
+    def on_notification(raw: RawNotification) -> object:
+        got.append(raw)
+        return False if refuse[0] else None  # False: not handed on, so not acknowledged
+
     v3_user = V3User(
         user=V3_USER["user"],
         auth_protocol=V3_USER["auth_protocol"],
@@ -130,7 +136,7 @@ async def test_a_refused_replay_leaves_nothing_in_pysnmps_response_cache() -> No
         engine_id=bytes.fromhex(TRAPD_ENGINE),
         rate_limit=RateLimit(v3_slow_per_source=0, v3_slow_global=0),  # every replay reaches pysnmp
     )
-    async with Listener(config, got.append) as listener:
+    async with Listener(config, on_notification) as listener:
         target = ("127.0.0.1", listener.bound[0].address.port)
         with recording_relay(target) as (relay, recorded):
             r = await asyncio.to_thread(
@@ -148,3 +154,11 @@ async def test_a_refused_replay_leaves_nothing_in_pysnmps_response_cache() -> No
         assert listener.stats.dropped_detail[("not-in-time-window", "replayed")] == REPLAYS
         assert len(got) == 1
         assert len(held) == before  # stock: one more per replay, for 600 s
+        # An inform that is not handed on is not answered either: nothing kept for it.
+        refuse[0] = True
+        r = await asyncio.to_thread(
+            snmp_send, "snmpinform", *V3_ARGS, "-r", "0", "-t", "1", f"127.0.0.1:{target[1]}", "",
+            LINK_DOWN, f"{IF_INDEX}.8", "i", "8",
+        )  # fmt: skip
+        assert r.returncode != 0 and len(got) == 2  # received, refused, so unacknowledged
+        assert len(held) == before

@@ -413,6 +413,8 @@ class V3Receiver:
         # the callback took the acknowledgement over (DEFER_ACK: it calls raw.ack once journaled).
         if inform and answer is not False and answer is not DEFER_ACK:
             respond()
+        elif inform and answer is False:  # never answered: the sender retries with a new message
+            release_response_state(snmpEngine, messageProcessingModel, stateReference)
 
     def _send(self, message: bytes, address: Any) -> None:
         reply = getattr(address, "reply", None)
