@@ -166,3 +166,21 @@ rules:
     finally:
         d.stop()
     assert Hook.seen == [HEADER] and Hook.tokens == ["env-hook-s3cret"]
+
+
+def test_a_community_round_trips_as_a_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """to_dict gives the reference; from_dict resolves it when this process knows it (listen | test)."""
+    from trapd.dispatch.testing import make_event
+    from trapd.event import Event
+    from trapd.secrets import Secret
+
+    monkeypatch.setenv("TEST_RT_COMMUNITY", "rt-c0mmunity")
+    Secret.from_config({"env": "TEST_RT_COMMUNITY"})
+    ev = make_event()
+    ev = Event.from_dict({**ev.to_dict(), "security": {"community": "rt-c0mmunity"}})
+    d = ev.to_dict()
+    assert d["security"]["community"] == {"$secret": "env:TEST_RT_COMMUNITY"}
+    assert "rt-c0mmunity" not in json.dumps(d)
+    assert Event.from_dict(d).security.community == "rt-c0mmunity"
+    unknown = {**d, "security": {"community": {"$secret": "nowhere.yaml:1:1"}}}
+    assert Event.from_dict(unknown).security.community == "<secret nowhere.yaml:1:1>"

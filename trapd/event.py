@@ -23,7 +23,8 @@ from typing import Any
 
 from trapd.bounded import BoundedCache
 from trapd.listener.raw import Kind, Oid, RawValue, Security, SnmpType, Version
-from trapd.secrets import REF_KEY, REFS, is_reference, reference
+from trapd.secrets import REF_KEY, REFS, SecretError, is_reference, reference
+from trapd.secrets import resolve as resolve_secret
 
 SYS_UPTIME_OID: Oid = (1, 3, 6, 1, 2, 1, 1, 3, 0)
 SNMP_TRAP_OID_OID: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
@@ -280,8 +281,16 @@ def event_fingerprint(event: Mapping[str, Any]) -> str | None:
 
 
 def _security_from_dict(d: Mapping[str, Any]) -> Security:
-    """A community stored as a reference stays one: ``<secret env:NAME>`` (it is not resolved here)."""
+    """A community given as a reference is resolved when this process knows it (the configuration
+    that made it is loaded: ``trapd listen | trapd test``, a journaled event in the daemon), so
+    ``match: community:`` still works; else it stays ``<secret REF>``. It is only ever in memory:
+    :meth:`Event.to_dict` gives the reference again."""
     community = d.get("community")
     if isinstance(community, Mapping) and is_reference(community):
-        d = {**d, "community": f"<secret {community[REF_KEY]}>"}
+        ref = str(community[REF_KEY])
+        try:
+            value = str(resolve_secret(community))
+        except SecretError:
+            value = f"<secret {ref}>"
+        d = {**d, "community": value}
     return Security(**d)
