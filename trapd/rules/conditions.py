@@ -30,10 +30,11 @@ class EvalState:
 
     __slots__ = ("_src", "captures", "event")
 
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Event, source_key: tuple[int, int] | bool | None = False) -> None:
+        """``source_key``: the parsed source address when the caller has it (False: parse on use)."""
         self.event = event
         self.captures: dict[str, str] = {}
-        self._src: tuple[int, int] | bool | None = False
+        self._src: tuple[int, int] | bool | None = source_key
 
     @property
     def source_key(self) -> tuple[int, int] | None:

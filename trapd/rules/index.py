@@ -3,7 +3,8 @@
 A rule's top-level conditions are a conjunction, so any condition that tests
 one value of the event for equality narrows the rules worth testing: the
 notification OID (``notification: linkDown``, or the prefix of an ``under:``),
-the source network (``source: 10.1.2.3`` or a list of networks without ``!``),
+the source network (``source: 10.1.2.3``, a list of networks; ``!`` exclusions
+are then tested on the candidates),
 and a varbind's value (``ifIndex: 17``, ``ifOperStatus: [down, lowerLayerDown]``).
 
 The index is a trie over those (dimension, value) pairs, in the order
@@ -159,11 +160,14 @@ class RuleIndex:
                 groups.append(alts)
                 settled.append(note)
         src = next((a for a in atoms if isinstance(a, Source)), None)
-        if src is not None and src.nets.include and not src.nets.exclude and not src.nets.include_all:
+        if src is not None and src.nets.include and not src.nets.include_all:
+            # An address in the set is in one of its include networks; "!" exclusions are
+            # left to the rule's own test (so the source is settled only without them).
             groups.append(
                 [(self._dim("src", v, mask), net) for v, net, mask in dict.fromkeys(src.nets.include)]
             )
-            settled.append(src)
+            if not src.nets.exclude:
+                settled.append(src)
         for atom in atoms:
             if isinstance(atom, Varbind) and atom.exists is not False:
                 values = _equal_values(atom.tests)

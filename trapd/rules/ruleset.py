@@ -253,6 +253,7 @@ class RuleSet:
             same = len(items) == len(r.condition.items)
             self._residual.append(r.condition if same else All(items, r.condition.mark))
         self._group_cache: dict[str, str | None] = {}
+        self._source_keys: dict[str, object] = {}
         self._clearing = ClearingOids.of(self._rules)
 
     @property
@@ -275,6 +276,16 @@ class RuleSet:
             self._group_cache.clear()
         self._group_cache[address] = group
         return group
+
+    def _source_key(self, source: str) -> tuple[int, int] | None:
+        """The parsed sender address, cached: parsing it took most of a non-matching event's 4 µs."""
+        key = self._source_keys.get(source, _MISSING)
+        if key is _MISSING:
+            key = addr_key(source)
+            if len(self._source_keys) >= _SOURCE_CACHE_LIMIT:
+                self._source_keys.clear()  # a storm of spoofed sources must not grow memory
+            self._source_keys[source] = key
+        return key  # type: ignore[return-value]
 
     @property
     def clearing_oids(self) -> ClearingOids:
@@ -300,7 +311,7 @@ class RuleSet:
         cancels: list[str] = []
         rejected: list[Rejection] = []
         base: dict[str, Any] | None = None
-        st = EvalState(event)
+        st = EvalState(event, self._source_key(event.source))
         rules, residual = self._rules, self._residual
         for i in self._index.lookup(st):
             rule = rules[i]
