@@ -151,3 +151,23 @@ def decode_items(kind: str, event: Event, decoders: Sequence[ItemDecoder] | None
 
 def mac_text(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in raw)
+
+
+# Cisco's cmnHistMacChangedMsg tuples and H3C's MACInfoTrapMsgExt cells both
+# start <operation: 1><VLAN: 2><MAC: 6> with the same codes; what follows differs.
+MAC_CHANGE_OPERATIONS = {1: "learnt", 2: "removed"}
+MAC_CHANGE_FIELDS = {
+    "operation": "learnt or removed",
+    "vlan": "VLAN number",
+    "mac": "MAC address, aa:bb:cc:dd:ee:ff",
+}
+
+
+def mac_change_head(record: bytes) -> Item:
+    """operation, vlan and mac from the first 9 octets of a vendor MAC-change record."""
+    op = record[0]
+    return {
+        "operation": MAC_CHANGE_OPERATIONS.get(op, f"unknown({op})"),
+        "vlan": int.from_bytes(record[1:3], "big"),
+        "mac": mac_text(record[3:9]),
+    }

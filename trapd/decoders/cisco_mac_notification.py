@@ -16,7 +16,13 @@ silent drop, so a rule filtering on ``removed`` never mistakes it.
 
 from __future__ import annotations
 
-from trapd.decoders import Decoded, Item, ItemDecoder, mac_text
+from trapd.decoders import (
+    MAC_CHANGE_FIELDS,
+    Decoded,
+    Item,
+    ItemDecoder,
+    mac_change_head,
+)
 
 CMN_HIST_MAC_CHANGED_MSG = (1, 3, 6, 1, 4, 1, 9, 9, 215, 1, 1, 8, 1, 2)
 CMN_MAC_CHANGED_NOTIFICATION = (1, 3, 6, 1, 4, 1, 9, 9, 215, 2, 0, 1)
@@ -29,7 +35,6 @@ KNOWN_NAMES = {
     "CISCO-MAC-NOTIFICATION-MIB::cmnHistTimestamp": (1, 3, 6, 1, 4, 1, 9, 9, 215, 1, 1, 8, 1, 3),
 }
 TUPLE = 11
-OPERATIONS = {1: "learnt", 2: "removed"}
 
 
 def decode(value: bytes) -> Decoded:
@@ -46,9 +51,7 @@ def decode(value: bytes) -> Decoded:
             break
         items.append(
             {
-                "operation": OPERATIONS.get(op, f"unknown({op})"),
-                "vlan": int.from_bytes(chunk[1:3], "big"),
-                "mac": mac_text(chunk[3:9]),
+                **mac_change_head(chunk),
                 "port": int.from_bytes(chunk[9:11], "big"),
                 "vendor": "cisco",
             }
@@ -58,9 +61,7 @@ def decode(value: bytes) -> Decoded:
 
 
 FIELDS = {
-    "operation": "learnt or removed",
-    "vlan": "VLAN number",
-    "mac": "MAC address, aa:bb:cc:dd:ee:ff",
+    **MAC_CHANGE_FIELDS,
     "port": "dot1dBasePort (Cisco; a bridge port number, not an ifIndex)",
     "vendor": "cisco",
 }

@@ -16,10 +16,15 @@ Items: ``{operation, vlan, mac, mac_type, ifindex, vendor: h3c}``.
 
 from __future__ import annotations
 
-from trapd.decoders import Decoded, Item, ItemDecoder, mac_text
+from trapd.decoders import (
+    MAC_CHANGE_FIELDS,
+    Decoded,
+    Item,
+    ItemDecoder,
+    mac_change_head,
+)
 
 CELL = 14
-OPERATIONS = {1: "learnt", 2: "removed"}
 MAC_TYPES = {
     0: "unknown",
     1: "learnt",
@@ -58,12 +63,9 @@ def decode(value: bytes) -> Decoded:
         if len(chunk) < CELL:
             problems.append(f"truncated cell at offset {pos}: {len(chunk)} octets of {CELL}")
             break
-        op = chunk[0]
         items.append(
             {
-                "operation": OPERATIONS.get(op, f"unknown({op})"),
-                "vlan": int.from_bytes(chunk[1:3], "big"),
-                "mac": mac_text(chunk[3:9]),
+                **mac_change_head(chunk),
                 "mac_type": MAC_TYPES.get(chunk[9], f"unknown({chunk[9]})"),
                 "ifindex": int.from_bytes(chunk[10:14], "big"),
                 "vendor": "h3c",
@@ -73,9 +75,7 @@ def decode(value: bytes) -> Decoded:
 
 
 FIELDS = {
-    "operation": "learnt or removed",
-    "vlan": "VLAN number",
-    "mac": "MAC address, aa:bb:cc:dd:ee:ff",
+    **MAC_CHANGE_FIELDS,
     "mac_type": "how the entry was made (learnt, config-static, dot1x, ...; H3C only)",
     "ifindex": "ifIndex of the port (H3C only)",
     "vendor": "h3c",
