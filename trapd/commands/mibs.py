@@ -30,7 +30,9 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from trapd.mibs import MibResolver, Syntax
+    from pathlib import Path
+
+    from trapd.mibs import MibConfig, MibResolver, Syntax
 
 HELP = "MIBs: compile site MIB directories (report broken files), look up names and OIDs"
 
@@ -67,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
     return _lookup(args)
 
 
-def _load_config(args: argparse.Namespace) -> tuple[object, object] | None:
+def _load_config(args: argparse.Namespace) -> tuple[MibConfig, Path | None] | None:
+    """The mibs section and the state directory (None when it does not exist); None after an error."""
     import sys
     from pathlib import Path
 
@@ -77,12 +80,12 @@ def _load_config(args: argparse.Namespace) -> tuple[object, object] | None:
     path = Path(args.config) if args.config else DEFAULT_CONFIG
     if not args.config and not path.exists():
         config = Config()
-        return config.mibs, (config.state_dir if config.state_dir.is_dir() else None)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"trapd mibs: {exc}", file=sys.stderr)
-        return None
+    else:
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            print(f"trapd mibs: {exc}", file=sys.stderr)
+            return None
     return config.mibs, (config.state_dir if config.state_dir.is_dir() else None)
 
 
@@ -92,18 +95,17 @@ def _compile(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from trapd.mibs import SITE_INDEX_NAME, SNAPSHOT_NAME, MibConfig, MibResolver
+    from trapd.mibs import SITE_INDEX_NAME, SNAPSHOT_NAME, MibResolver
 
     loaded = _load_config(args)
     if loaded is None:
         return 2
     mibs, state_dir = loaded
-    assert isinstance(mibs, MibConfig)
     if args.dir:
         mibs = replace(mibs, dirs=tuple(Path(d) for d in args.dir))
     if args.cache_dir:
         mibs = replace(mibs, cache_dir=Path(args.cache_dir))
-    cache = mibs.cache_path(state_dir if isinstance(state_dir, Path) else None)
+    cache = mibs.cache_path(state_dir)
     dirs = mibs.source_dirs()
     print(f"sources: {', '.join(map(str, dirs)) or '(none)'}")
     print(f"cache:   {cache}")
@@ -112,9 +114,7 @@ def _compile(args: argparse.Namespace) -> int:
         (cache / SNAPSHOT_NAME).unlink(missing_ok=True)
         shutil.rmtree(cache / "py", ignore_errors=True)
     t0 = time.monotonic()
-    resolver = MibResolver.load(
-        mibs, state_dir if isinstance(state_dir, Path) else None, compile_in_process=True
-    )
+    resolver = MibResolver.load(mibs, state_dir, compile_in_process=True)
     took = time.monotonic() - t0
     site = [m for m in resolver.modules() if m in resolver.site_modules]
     print(f"{len(site)} site module(s) loaded, {len(resolver)} named OIDs in all ({took:.1f} s)")
@@ -130,16 +130,13 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _lookup(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
-    from trapd.mibs import MibConfig, MibResolver
+    from trapd.mibs import MibResolver
 
     loaded = _load_config(args)
     if loaded is None:
         return 2
-    mibs, state_dir = loaded
-    assert isinstance(mibs, MibConfig)
-    resolver = MibResolver.load(mibs, state_dir if isinstance(state_dir, Path) else None)
+    resolver = MibResolver.load(*loaded)
     rc = 0
     for name in args.names:
         info = describe_name(resolver, name)
