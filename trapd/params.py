@@ -169,6 +169,14 @@ def _hex_octets(value: Any, what: str) -> bytes:
     return bytes.fromhex(h)
 
 
+def _check_bounds(name: str, p: Param, value: float, shown: str, unit: str = "") -> None:
+    """``p.min`` <= value <= ``p.max`` for integer and duration; ``shown``: the value as errors say it."""
+    if p.min is not None and value < p.min:
+        raise ParamError(f"{name}: {shown} is below the minimum {p.min:g}{unit}")
+    if p.max is not None and value > p.max:
+        raise ParamError(f"{name}: {shown} is above the maximum {p.max:g}{unit}")
+
+
 def convert(p: Param, value: Any, name: str = "value") -> Any:
     """Check and convert one value to its declared type; raise ParamError.
 
@@ -199,10 +207,7 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
             value = int(value)
         if not isinstance(value, int):
             raise ParamError(f"{name}: expected an integer, got {_show(value)}")
-        if p.min is not None and value < p.min:
-            raise ParamError(f"{name}: {value} is below the minimum {p.min:g}")
-        if p.max is not None and value > p.max:
-            raise ParamError(f"{name}: {value} is above the maximum {p.max:g}")
+        _check_bounds(name, p, value, str(value))
         return value
     if t == "boolean":
         if isinstance(value, bool):
@@ -243,10 +248,7 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
             seconds = parse_duration(value)
         except ParamError as exc:
             raise ParamError(f"{name}: {exc}") from None
-        if p.min is not None and seconds < p.min:
-            raise ParamError(f"{name}: {seconds:g}s is below the minimum {p.min:g}s")
-        if p.max is not None and seconds > p.max:
-            raise ParamError(f"{name}: {seconds:g}s is above the maximum {p.max:g}s")
+        _check_bounds(name, p, seconds, f"{seconds:g}s", unit="s")
         return seconds
     if t == "list":
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
