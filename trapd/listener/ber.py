@@ -151,6 +151,8 @@ def expect(data: bytes, pos: int, end: int, tag: int) -> tuple[int, int]:
     """Read a TLV header that must carry ``tag``; return its content bounds."""
     # The short form is read here rather than through read_header: this runs
     # for every fixed field of every message, and a call less is measurable.
+    # fastpath.decode_varbinds inlines this same check (varbind, then its
+    # name) for the same reason, once per varbind; a change here goes there too.
     if pos + 2 > end:
         raise Rejected("truncated", f"TLV header at offset {pos}")
     if data[pos] != tag:

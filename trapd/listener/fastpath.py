@@ -362,6 +362,8 @@ def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBin
     append = varbinds.append
     while pos < end:
         # VarBind ::= SEQUENCE { name OBJECT IDENTIFIER, value ObjectSyntax }
+        # ber.expect(data, pos, end, TAG_SEQUENCE), inlined on purpose (see the
+        # docstring); keep the two in step.
         if pos + 2 > end:
             raise Rejected("truncated", f"varbind header at offset {pos}")
         if data[pos] != TAG_SEQUENCE:
@@ -381,6 +383,7 @@ def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBin
             pos = vb_end
             continue
 
+        # ber.expect(data, vb_start, vb_end, TAG_OID), inlined like the one above.
         if vb_start + 2 > vb_end:
             raise Rejected("truncated", f"varbind name at offset {vb_start}")
         if data[vb_start] != TAG_OID:
