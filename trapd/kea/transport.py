@@ -159,6 +159,8 @@ class UnixTransport:
 
     async def exchange(self, body: bytes, command: str) -> Any:
         async with self._slots:
+            # The same OS errors as HttpTransport._connect maps, kept apart on purpose:
+            # each message names this transport's object (socket path) and its fix.
             try:
                 answer = await self._roundtrip(body)
             except TimeoutError:
@@ -379,6 +381,8 @@ class HttpTransport:
         return None
 
     async def _connect(self, command: str) -> _Conn:
+        # Mapped like UnixTransport.exchange's errors, kept apart on purpose: each
+        # message names this transport's object (URL, TLS) and its fix.
         try:
             reader, writer = await asyncio.open_connection(
                 self.host,
