@@ -203,35 +203,29 @@ class TrapdCollector:
         yield from self._state(snap)
 
     def _flow(self, snap: DaemonSnapshot) -> Iterator[Metric]:
-        received = CounterMetricFamily(
+        yield _counter_by_two(
             "trapd_notifications_received",
             "SNMP notifications accepted, by version and source group.",
-            labels=["version", "source_group"],
+            ("version", "source_group"),
+            snap.received,
         )
-        for (version, group), n in sorted(snap.received.items()):
-            received.add_metric([version, group], n)
-        yield received
         yield _counter_by(
             "trapd_notifications_dropped", "Notifications dropped, by reason.", "reason", snap.dropped
         )
-        detail = CounterMetricFamily(
+        yield _counter_by_two(
             "trapd_notifications_dropped_detail",
             "Notifications dropped, by reason and finer cause.",
-            labels=["reason", "detail"],
+            ("reason", "detail"),
+            snap.dropped_detail,
         )
-        for (reason, why), n in sorted(snap.dropped_detail.items()):
-            detail.add_metric([reason, why], n)
-        yield detail
         yield _counter_by("trapd_rule_matches", "Events matched, by rule.", "rule", snap.matched)
-        rejected = CounterMetricFamily(
+        yield _counter_by_two(
             "trapd_actions_rejected",
             "Actions never dispatched: a template failed (template), a value failed its parameter type "
             "(parameter), or a decoder met a malformed value (decoder). By rule and reason.",
-            labels=["rule", "reason"],
+            ("rule", "reason"),
+            snap.rejected,
         )
-        for (rule, reason), n in sorted(snap.rejected.items()):
-            rejected.add_metric([rule, reason], n)
-        yield rejected
         yield CounterMetricFamily("trapd_events_unmatched", "Events no rule matched.", value=snap.unmatched)
         yield CounterMetricFamily(
             "trapd_outcomes_lost",
@@ -250,12 +244,9 @@ class TrapdCollector:
             "run (what arrived meanwhile queued in the socket, or was dropped and counted there).",
             value=snap.receive_pauses,
         )
-        actions = CounterMetricFamily(
-            "trapd_actions", "Actions finished, by plugin and outcome.", labels=["plugin", "outcome"]
+        yield _counter_by_two(
+            "trapd_actions", "Actions finished, by plugin and outcome.", ("plugin", "outcome"), snap.actions
         )
-        for (plugin, outcome), n in sorted(snap.actions.items()):
-            actions.add_metric([plugin, outcome], n)
-        yield actions
         hist = snap.action_latency or Histogram()
         latency = HistogramMetricFamily(
             "trapd_action_latency_seconds", "Time from notification received to action done.", unit="seconds"
@@ -366,6 +357,15 @@ def _counter_by(name: str, doc: str, label: str, values: Mapping[str, int]) -> C
     family = CounterMetricFamily(name, doc, labels=[label])
     for key, n in sorted(values.items()):
         family.add_metric([key], n)
+    return family
+
+
+def _counter_by_two(
+    name: str, doc: str, labels: tuple[str, str], values: Mapping[tuple[str, str], int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=list(labels))
+    for key, n in sorted(values.items()):
+        family.add_metric(list(key), n)
     return family
 
 
