@@ -316,3 +316,23 @@ def test_kea_breaker_state_is_one_series_per_state() -> None:
     got = {tuple(dict(lb).values()): v for (n, lb), v in m.items() if n == "trapd_kea_breaker_state"}
     one = {"local4/v4": "closed", "pair4/server2/v4": "open"}
     assert got == {(ep, st): int(one[ep] == st) for ep in one for st in ("closed", "half-open", "open")}
+
+
+def test_a_journal_that_cannot_commit_is_in_status_and_metrics() -> None:
+    snap = DaemonSnapshot(
+        journal_problem="journal database unavailable: connection refused", journal_failed_writes=7
+    )
+    assert status_line(snap) == "0 received, 0 matched, JOURNAL UNAVAILABLE"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in TrapdCollector(lambda: snap, lambda: []).collect()
+        for s in family.samples
+    }
+    assert samples[("trapd_journal_available", ())] == 0
+    assert samples[("trapd_journal_failed_writes_total", ())] == 7
+    ok = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in TrapdCollector(DaemonSnapshot, lambda: []).collect()
+        for s in family.samples
+    }
+    assert ok[("trapd_journal_available", ())] == 1

@@ -444,3 +444,12 @@ async def test_supervisor_restarts_a_dead_worker_then_gives_up_past_the_bound(tm
     assert sup._stop.is_set() and sup._fatal is not None and "worker 0 died 3 times" in sup._fatal
     assert slot.restart_handle is None
     assert await sup._shutdown() == 1
+
+
+def test_the_sum_keeps_a_workers_journal_problem_and_adds_failed_writes() -> None:
+    down = DaemonSnapshot(journal_problem="journal database unavailable: x", journal_failed_writes=2)
+    total = sum_snapshots(
+        [DaemonSnapshot(journal_failed_writes=1), from_wire(json.loads(json.dumps(to_wire(down))))]
+    )
+    assert total.journal_problem == "journal database unavailable: x" and total.journal_failed_writes == 3
+    assert sum_snapshots([DaemonSnapshot(), DaemonSnapshot()]).journal_problem is None
