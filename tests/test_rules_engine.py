@@ -264,6 +264,7 @@ def test_index_selects_candidates_not_every_rule(tmp_path: Path) -> None:
         rs.candidates((1, 3, 6, 1, 4, 1, 12345, i))
         rs.evaluate(event(f"1.3.6.1.4.1.12345.{i} from 10.{i // 256}.{i % 256}.1"))
     assert rs._index.nodes == nodes and len(rs._group_cache) <= 65536  # the index keeps no per-event state
+    assert len(rs._candidates) <= 4096
 
 
 def test_ruleset_is_immutable_and_reload_keeps_the_old_one(tmp_path: Path) -> None:

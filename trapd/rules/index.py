@@ -217,9 +217,14 @@ class RuleIndex:
 
     # -- queries --------------------------------------------------------------
 
-    def lookup(self, st: EvalState) -> Sequence[int]:
-        """Positions of the rules whose indexed values this event has, ascending."""
+    def lookup(self, st: EvalState) -> tuple[Sequence[int], bool]:
+        """Positions of the rules whose indexed values this event has, ascending.
+
+        The flag is True when only the notification OID and the source decided the
+        answer (no varbind was read): the caller may then reuse it for the same pair.
+        """
         found: list[list[int]] = []
+        by_oid_and_source = True
         stack = [self.root]
         while stack:
             node = stack.pop()
@@ -227,16 +232,18 @@ class RuleIndex:
                 found.append(node.rules)
             if node.children is not None:
                 for dim, table in node.children.items():
+                    if by_oid_and_source and isinstance(dim, VarbindValue):
+                        by_oid_and_source = False
                     value = dim.of(st)
                     if value is not None:
                         nxt = table.get(value)
                         if nxt is not None:
                             stack.append(nxt)
         if not found:
-            return ()
+            return (), by_oid_and_source
         if len(found) == 1:
-            return found[0]
-        return sorted(set().union(*found))
+            return found[0], by_oid_and_source
+        return sorted(set().union(*found)), by_oid_and_source
 
     def implying(self, atoms: Sequence[Cond]) -> list[int]:
         """Rules whose every indexed value is implied by a rule with these top-level conditions.
