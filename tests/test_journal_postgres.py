@@ -325,3 +325,24 @@ async def test_a_database_restart_while_idle_loses_nothing() -> None:
             assert res.states == ["pending"] and j.available and j.failed_ops == 0
     finally:
         server.remove()
+
+
+async def test_polling_stands_in_while_the_listener_is_down(
+    hosts: Callable[..., Awaitable[PostgresJournal]], pg_url: str
+) -> None:
+    a, b = await hosts("a"), await hosts("b")
+    await a.changed()
+    assert await a.changed() is False
+    # The listening connection is cut (a proxy, a restart of the backend): until it is back,
+    # changed() says "changed" at every poll, so the dispatcher looks at the journal each time.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+    await until(lambda: not a._listening, timeout=10)
+    while not a._listening:
+        assert await a.changed() is True
+        await asyncio.sleep(0.02)
+    # Back (reconnected with backoff): quiet until another host writes, then a wake-up again.
+    await a.changed()
+    assert await a.changed() is False
+    await b.add(make_event().to_dict(), [entry()], [], time.time())
+    await until(a.changed, timeout=10)
