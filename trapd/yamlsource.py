@@ -208,6 +208,9 @@ _SCALAR_TAGS = frozenset(
 )
 
 
+_NOT_SEEN = object()
+
+
 class _EventBuilder:
     """YDict / YList straight from libyaml's events, without the node graph in between.
 
@@ -263,24 +266,32 @@ class _EventBuilder:
             data = YDict()
             data.mark = self.mark(event.start_mark)
             flat: list[Any] = []
+            scalars, mark = self.scalars, self.mark
             while True:
                 kev: Any = get()
-                if isinstance(kev, yaml.MappingEndEvent):
-                    data._flat = tuple(flat)
-                    return data
-                if not isinstance(kev, yaml.ScalarEvent):
+                if not isinstance(kev, yaml.ScalarEvent) or kev.anchor is not None or kev.tag is not None:
+                    if isinstance(kev, yaml.MappingEndEvent):
+                        data._flat = tuple(flat)
+                        return data
                     raise _Unsupported
-                key = self.node(kev)
+                # Scalars inline (most events are keys and short values): 20 % of the build time.
+                key = scalars.get((kev.value, kev.implicit), _NOT_SEEN)
+                if key is _NOT_SEEN:
+                    key = self.scalar(kev)
                 if key in data:
                     raise _Unsupported  # the reference loader reports it (after any syntax error)
                 vev: Any = get()
-                value = data[key] = self.node(vev)
-                # A collection's own mark is where it starts: share it (a Mark is immutable).
-                flat += (
-                    key,
-                    self.mark(kev.start_mark),
-                    getattr(value, "mark", None) or self.mark(vev.start_mark),
-                )
+                if isinstance(vev, yaml.ScalarEvent) and vev.anchor is None and vev.tag is None:
+                    value = scalars.get((vev.value, vev.implicit), _NOT_SEEN)
+                    if value is _NOT_SEEN:
+                        value = self.scalar(vev)
+                    value_mark = mark(vev.start_mark)
+                else:
+                    value = self.node(vev)
+                    # A collection's own mark is where it starts: share it (a Mark is immutable).
+                    value_mark = getattr(value, "mark", None) or mark(vev.start_mark)
+                data[key] = value
+                flat += (key, mark(kev.start_mark), value_mark)
         if isinstance(event, yaml.SequenceStartEvent):
             if event.tag not in (None, "tag:yaml.org,2002:seq"):
                 raise _Unsupported
