@@ -63,13 +63,46 @@ if TYPE_CHECKING:
 # An outcome waiting here holds its Event (about 3 KB with its varbinds): 10,000 of
 # them keep a storm that matches rules within trapd's memory bound (bench_storm.py).
 SUBMIT_QUEUE_MAX = 10_000
+# ... and in bytes, by queued_size()'s estimate, counting the batch the submit loop is
+# journaling: a matched trap can carry a 64 KB varbind (about 250 KB once normalized,
+# with its display text), so 10,000 of them would be gigabytes (issue 14 item 1). A storm
+# of ordinary matched traps (about 1.5 KB each by the estimate) meets the count first.
+SUBMIT_QUEUE_MAX_BYTES = 32 * 1024 * 1024
+# queued_size()'s fixed parts, measured with tracemalloc on CPython 3.11 (a normalized
+# Event with distinct varbinds; a PlannedAction with its params dict): what an object
+# holds beyond the text and octets of its values.
+_EVENT_OVERHEAD = 400
+_VARBIND_OVERHEAD = 120
+_ACTION_OVERHEAD = 600
 # Outcomes handed to the dispatcher in one submit_many (one group commit or a few).
 SUBMIT_BATCH = 500
 # The rate-limited line for each reason matched outcomes were lost ("": any other).
 _LOSS_MESSAGES = {
     "": "matched outcomes lost: dispatch backlog full",
     "journal-unavailable": "matched outcomes lost: the journal cannot commit (database unavailable)",
+    "dispatch-backlog-bytes": "matched outcomes lost: dispatch backlog full (bytes)",
 }
+
+
+def queued_size(event: Event, outcome: Outcome) -> int:
+    """Bytes that a queued (event, outcome) holds, estimated from the lengths of its values.
+
+    Shallow on purpose (a sum of ``len``, no object walk): it runs on the receive
+    path for every matched trap (1.3 µs for a linkDown with 4 varbinds and one action,
+    load 2.3 on the 2-core VM; it counts 1.5 KB). Within a few percent of tracemalloc's figure for a
+    large varbind, where it matters; a varbind the normalizer shares between events
+    is counted in each (an over-estimate, so the bound holds).
+    """
+    size = _EVENT_OVERHEAD
+    for vb in event.varbinds:
+        value = vb.value
+        size += _VARBIND_OVERHEAD + len(vb.display) + (len(value) if isinstance(value, bytes | str) else 0)
+    for action in outcome.planned:
+        size += _ACTION_OVERHEAD
+        for param in action.params.values():
+            if isinstance(param, str | bytes):
+                size += len(param)
+    return size
 
 
 class LazyHttpClient:
@@ -181,10 +214,12 @@ class Daemon:
         self.health = Health(False, "starting")
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
-        # (event, outcome, the inform acknowledgement to send once journaled, if any)
-        self._submit_queue: asyncio.Queue[tuple[Event, Outcome, Callable[[], None] | None]] = asyncio.Queue(
-            SUBMIT_QUEUE_MAX
+        # (event, outcome, the inform acknowledgement to send once journaled if any, queued_size())
+        self._submit_queue: asyncio.Queue[tuple[Event, Outcome, Callable[[], None] | None, int]] = (
+            asyncio.Queue(SUBMIT_QUEUE_MAX)
         )
+        # queued_size() of what is in _submit_queue or in the batch _submit_loop is journaling.
+        self.submit_bytes = 0
         self.kea_monitor: KeaMonitor | None = None  # polls the Kea servers (trapd.kea.monitor)
         # Why the last reload was refused (None: it worked, or none happened); shown in STATUS=.
         self._reload_error: str | None = None
@@ -252,11 +287,19 @@ class Daemon:
                 reason=rej.reason,
             )
         if outcome.planned or outcome.cancels:
-            try:
-                self._submit_queue.put_nowait((event, outcome, raw.ack))
-            except asyncio.QueueFull:
+            size = queued_size(event, outcome)
+            # One event is let in whatever its size when nothing is held, so none is refused for ever.
+            if self.submit_bytes and self.submit_bytes + size > SUBMIT_QUEUE_MAX_BYTES:
+                # Refused like a full queue: counted, and an inform is not acknowledged (it comes again).
                 self.stats.submit_overflow += 1
-                self._loss_log.note("dispatch-backlog-full", ",".join(outcome.matched), event.source)
+                self._loss_log.note("dispatch-backlog-bytes", ",".join(outcome.matched), event.source)
+            else:
+                try:
+                    self._submit_queue.put_nowait((event, outcome, raw.ack, size))
+                    self.submit_bytes += size
+                except asyncio.QueueFull:
+                    self.stats.submit_overflow += 1
+                    self._loss_log.note("dispatch-backlog-full", ",".join(outcome.matched), event.source)
             if raw.ack is not None:
                 return DEFER_ACK
         return None
@@ -280,10 +323,11 @@ class Daemon:
             while len(batch) < SUBMIT_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
-                results = await dispatcher.submit_many([(e, o) for e, o, _ in batch])
+                results = await dispatcher.submit_many([(e, o) for e, o, _, _ in batch])
             except Exception as exc:
                 results = [exc for _ in batch]
-            for (event, outcome, ack), result in zip(batch, results, strict=True):
+            for (event, outcome, ack, size), result in zip(batch, results, strict=True):
+                self.submit_bytes -= size  # journaled or lost: this loop holds it no longer
                 if ack is not None and not isinstance(result, BaseException):
                     ack()  # a v2c inform: journaled now, so its sender may stop resending
                 if isinstance(result, DispatchOverloaded):
@@ -654,7 +698,7 @@ class _DispatchLoad:
 
     def lag(self) -> float:
         d = self._daemon
-        if d._submit_queue.qsize() > SUBMIT_QUEUE_MAX // 2:
+        if d._submit_queue.qsize() > SUBMIT_QUEUE_MAX // 2 or d.submit_bytes > SUBMIT_QUEUE_MAX_BYTES // 2:
             return float("inf")  # outcomes pile up before the journal: behind, whatever memory holds
         return float(d.dispatcher.lag()) if d.dispatcher is not None else 0.0
 
