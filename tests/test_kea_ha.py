@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 
 IF_INDEX = "1.3.6.1.2.1.2.2.1.1"
 IF_PHYS_ADDRESS = "1.3.6.1.2.1.2.2.1.6"
+IF_ALIAS = "1.3.6.1.2.1.31.1.1.1.18"
 CAP = {"limit": 1000, "per": "1m"}
 
 RULES = {
@@ -64,6 +65,21 @@ RULES = {
             "match": {"notification": "IF-MIB::linkDown", "varbinds": {"ifIndex": 11}},
             "actions": [
                 {"action": "kea.ddns-resend", "endpoint": "pair4", "hw-address": "{{ ifPhysAddress | mac }}"}
+            ],
+        },
+        {
+            "name": "address-gone",
+            "match": {"notification": "IF-MIB::linkDown", "varbinds": {"ifIndex": 12}},
+            "actions": [
+                {"action": "kea.lease-del", "endpoint": "pair4", "ip-address": "{{ ifAlias }}", "cap": CAP}
+            ],
+        },
+        {
+            "name": "ask-both",
+            "match": {"notification": "IF-MIB::linkDown", "varbinds": {"ifIndex": 13}},
+            "actions": [
+                {"action": "kea.command", "endpoint": "pair4", "family": "v4", "command": "status-get",
+                 "cap": CAP}
             ],
         },
     ]
@@ -154,10 +170,12 @@ def healthy(pair: HaPair) -> Iterator[HaPair]:
     pair.wait_states({n: {pair.mode} for n in pair.servers})
 
 
-def trap(d: TrapdDaemon, if_index: int, mac: str = "0a0027000000") -> None:
+def trap(d: TrapdDaemon, if_index: int, mac: str = "0a0027000000", alias: str = "") -> None:
+    """A real linkDown from snmptrap: ifIndex, ifPhysAddress and (if given) ifAlias."""
+    extra = [f"{IF_ALIAS}.{if_index}", "s", alias] if alias else []
     r = snmp_send(
         "snmptrap", "-v", "2c", "-c", "public", d.target(), "", LINK_DOWN,
-        f"{IF_INDEX}.{if_index}", "i", str(if_index), f"{IF_PHYS_ADDRESS}.{if_index}", "x", mac,
+        f"{IF_INDEX}.{if_index}", "i", str(if_index), f"{IF_PHYS_ADDRESS}.{if_index}", "x", mac, *extra,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
 
@@ -353,6 +371,47 @@ def test_trap_deletes_the_lease_on_both_peers(trapd: TrapdDaemon, pair: HaPair) 
         assert sorted(by_peer) == ["server1", "server2"]
         for peer, e in by_peer.items():
             assert e["attempts"] == 1 and e["result"]["peer"] == peer and e["result"]["deleted"] == 1
+
+
+def test_trap_deletes_by_ip_address_on_both_peers(trapd: TrapdDaemon, pair: HaPair) -> None:
+    """The ip-address selector, its address carried by the trap (ifAlias): gone on each peer."""
+    leases = Leases(pair)
+    leases.add()
+    servers = pair.servers.values()
+    assert all(inst.lease4(leases.ip4) is not None for inst in servers)
+    trap(trapd, 12, alias=leases.ip4)
+    wait_for("v4 lease gone on both peers", lambda: all(inst.lease4(leases.ip4) is None for inst in servers))
+    by_peer = wait_for(
+        "both parts of the deletion done",
+        lambda: done_parts(trapd, "kea.lease-del", endpoint="pair4", **{"ip-address": leases.ip4}),
+    )
+    assert sorted(by_peer) == ["server1", "server2"]  # one journal entry per peer
+    for peer, e in by_peer.items():
+        assert e["attempts"] == 1 and e["result"]["peer"] == peer and e["result"]["deleted"] == 1, e
+    # the selector deleted that address only: the v6 lease of the same client is still on both
+    assert all(inst.lease6(leases.ip6) is not None for inst in servers)
+
+
+def test_command_target_all_reaches_each_peer(trapd: TrapdDaemon, pair: HaPair) -> None:
+    """kea.command (target: all by default) on a pair: one journal entry per peer, each with its
+    own server's answer (status-get: each peer reports its own HA role)."""
+    before = {e["id"] for e in journal(trapd)}
+
+    def new() -> dict[str, dict[str, Any]]:
+        p = {k: e for k, e in parts(trapd, "kea.command", endpoint="pair4").items() if e["id"] not in before}
+        return p if len(p) == 2 and all(e["state"] == "done" for e in p.values()) else {}
+
+    trap(trapd, 13)
+    by_peer = wait_for("status-get done on both peers", new)
+    assert sorted(by_peer) == ["server1", "server2"]
+    roles = {"hot-standby": ("primary", "standby"), "load-balancing": ("primary", "secondary")}[pair.mode]
+    for peer, role in zip(("server1", "server2"), roles, strict=True):
+        e = by_peer[peer]
+        assert e["attempts"] == 1 and e["params"]["peer"] == peer, e
+        result = e["result"]
+        assert result["peer"] == peer and result["command"] == "status-get" and result["result"] == 0, result
+        ha = result["arguments"]["high-availability"][0]
+        assert ha["ha-servers"]["local"]["role"] == role, ha  # that peer's own answer, not its partner's
 
 
 def test_restore_puts_the_lease_back_on_every_peer(trapd: TrapdDaemon, pair: HaPair) -> None:

@@ -2,7 +2,8 @@
 
 The journal is a private PostgreSQL 15 (tests/pg_harness.py); traps come from
 net-snmp's ``snmptrap`` / ``snmpinform``; actions are ``exec`` programs that
-append a line to a file, so "once" is counted at the target as well as in the
+append a line to a file (and, in the pair test, webhooks to a local HTTP server
+that counts its calls), so "once" is counted at the target as well as in the
 journal.
 """
 
@@ -11,13 +12,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import psycopg
 import pytest
+import yaml
 from daemon_harness import IF_INDEX, LINK_DOWN, REPO, TrapdDaemon, link_down
 from listen_harness import needs_netsnmp, snmp_send
 from pg_harness import PgServer
@@ -153,10 +158,62 @@ def lines(path: Path) -> Counter[str]:
     return Counter(path.read_text().splitlines()) if path.exists() else Counter()
 
 
+class HookCounter:
+    """A real HTTP server on loopback (http.server in a thread): counts the requests to each path."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        counter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with counter._lock:
+                    counter.calls[unquote(self.path)] += 1
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None  # not on the test's stderr
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def counts(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.calls)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def with_webhooks(rules_yaml: str, base_url: str) -> str:
+    """``rules_yaml`` with a webhook beside each rule's exec (same key, delay, cancel-key):
+    POST base_url/RULE/WHAT, WHAT being what the exec marks (ifIndex, or the foreach item's MAC)."""
+    rules = yaml.safe_load(rules_yaml)
+    for rule in rules["rules"]:
+        for act in list(rule.get("actions", [])):
+            what = "{{ item.mac }}" if "foreach" in rule else "{{ ifIndex }}"
+            hook = {"action": "webhook", "url": f"{base_url}/{rule['name']}/{what}", "timeout": "10s"}
+            hook.update({k: act[k] for k in ("delay", "cancel-key") if k in act})
+            rule["actions"].append(hook)
+    return json.dumps(rules)  # YAML is a superset of JSON
+
+
 def test_two_hosts_act_once_on_traps_and_informs_sent_to_both(tmp_path: Path, pg_server: PgServer) -> None:
+    """Each action (exec and webhook) runs once, counted in the journal and at its target."""
     url = pg_server.new_database()
     out = tmp_path / "marks"
-    a, b = start_pair(tmp_path, url, PAIR_RULES.format(marks=out, seconds=0))
+    hooks = HookCounter()
+    rules = with_webhooks(PAIR_RULES.format(marks=out, seconds=0), hooks.url)
+    a, b = start_pair(tmp_path, url, rules)
     try:
         ports = range(1, 21)
         for i in ports:
@@ -181,22 +238,38 @@ def test_two_hosts_act_once_on_traps_and_informs_sent_to_both(tmp_path: Path, pg
             assert m[f"start {i}"] == 1 and m[f"end {i}"] == 1, (i, m)
         assert m["delayed 1002"] == 1 and m["delayed 1001"] == 0, m
         assert m["mac 00:11:22:33:44:01"] == 1 and m["mac 00:11:22:33:44:02"] == 1, m
+        # Each webhook called once across both hosts (the cancelled delay: never).
+        want_hooks = Counter(
+            {
+                **{f"/port-down/{i}": 1 for i in ports},
+                "/port-flap/1002": 1,
+                "/mac-removed/00:11:22:33:44:01": 1,
+                "/mac-removed/00:11:22:33:44:02": 1,
+            }
+        )
+        wait_for(lambda: hooks.counts() == want_hooks, what="each webhook called")
         copy_line = "copy of a notification another host journaled: not run"
-        # Every copy says so, once (the last copies may still be on their way: waited for).
-        wait_for(lambda: len(a.logs(copy_line) + b.logs(copy_line)) == len(ports) + 2 + 2, what="copy lines")
-        # Each notification's action (each foreach item's) done once, its copy journaled cancelled;
+        # Every copy of each action says so, once (the last copies may still be on their way: waited for).
+        copies = 2 * (len(ports) + 2 + 2)  # two actions (exec, webhook) per notification or item
+        wait_for(lambda: len(a.logs(copy_line) + b.logs(copy_line)) == copies, what="copy lines")
+        # Each notification's actions (each foreach item's) done once, their copies journaled cancelled;
         # for port 1001 both cancelled. A "done" is committed just after the action's end mark:
         # waited for, not read once.
         wait_for(
-            lambda: (s := states(url))["done"] == len(ports) + 1 + 2 and s["cancelled"] == len(ports) + 3 + 2,
+            lambda: (
+                (s := states(url))["done"] == 2 * (len(ports) + 1 + 2)
+                and s["cancelled"] == 2 * (len(ports) + 3 + 2)
+            ),
             what="the final states",
         )
+        assert hooks.counts() == want_hooks  # still once: no late second call
         with psycopg.connect(url) as conn:
             rows = conn.execute("SELECT owner FROM trapd_actions WHERE state = 'done'").fetchall()
         assert {r[0] for r in rows} <= {"dhcp1", "dhcp2"}
     finally:
         a.stop()
         b.stop()
+        hooks.close()
 
 
 def test_the_survivor_finishes_a_killed_hosts_work(tmp_path: Path, pg_server: PgServer) -> None:
