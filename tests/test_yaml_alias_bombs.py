@@ -49,7 +49,9 @@ def test_load_yaml_refuses_an_alias_bomb_with_its_position() -> None:
     t0 = time.monotonic()
     with pytest.raises(ConfigError) as info:
         load_yaml(bomb(), "bomb.yaml")
-    assert time.monotonic() - t0 < 1.0
+    # The refusal takes milliseconds; the expansion it prevents takes minutes and gigabytes. The
+    # bound is loose so that a loaded machine cannot fail it.
+    assert time.monotonic() - t0 < 20.0
     err = info.value
     assert "alias" in err.message and err.mark is not None and err.mark.file == "bomb.yaml"
     assert err.mark.line >= 2, str(err)
@@ -90,14 +92,13 @@ def _limited(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str
 def test_trapd_check_refuses_the_bomb_fast_and_without_a_traceback(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(rules_bomb())
-    t0 = time.monotonic()
-    r = _limited(["check", str(rules)], timeout=60)
-    elapsed = time.monotonic() - t0
+    # 1 GiB of address space: an expansion would end in MemoryError (a traceback), not in the
+    # file:line refusal asserted here; the timeout only catches a hang.
+    r = _limited(["check", str(rules)], timeout=120)
     output = r.stdout + r.stderr
     assert r.returncode == 1, output
     assert "Traceback" not in output and "MemoryError" not in output, output[-2000:]
     assert f"{rules}:" in output and "alias" in output, output[-2000:]
-    assert elapsed < 10, elapsed
 
 
 @needs_netsnmp
@@ -112,7 +113,8 @@ def test_sighup_with_a_bomb_fails_fast_and_keeps_the_rules(tmp_path: Path) -> No
         t0 = time.monotonic()
         d.signal(signal.SIGHUP)
         line = d.wait_log("reload failed, keeping the running configuration", timeout=60)
-        assert time.monotonic() - t0 < 5, line
+        # Loose for a loaded machine: the refusal takes milliseconds, the old expansion 35 s.
+        assert time.monotonic() - t0 < 20, line
         assert "alias" in str(line)
         status, _ = d.healthz()
         assert status == 200
