@@ -163,7 +163,8 @@ def test_healthz_and_other_traps_are_served_while_a_template_runs_away(tmp_path:
             snmp_send("snmptrap", *link_down(d.target(), i + 1))
         t0 = time.monotonic()
         status, _ = d.healthz()
-        assert status == 200 and time.monotonic() - t0 < 2.0
+        # Loose for a loaded machine: a render gives up after 0.5 s; the old loop was blocked 30 s.
+        assert status == 200 and time.monotonic() - t0 < 10.0
         assert d.wait_metric("trapd_actions_rejected_total", 1, timeout=30, rule="runaway") == 1
         assert d.wait_metric("trapd_rule_matches_total", 10, timeout=30, rule="normal") >= 10
     finally:
