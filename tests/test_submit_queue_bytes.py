@@ -1,8 +1,9 @@
 """The daemon's queue of matched events is bounded in bytes, not only in entries (issue 14 item 1).
 
 A real Daemon (in this process, so its queue can be read) with a real socket
-and a real SQLite journal whose first commit is held back by ``commit_delay`` (a
-journal option: a slow disk does the same). Matched traps each carrying a
+and a real SQLite journal whose commit of the first matched event is held back
+by its ``commit_delay`` option (a slow disk does the same), set once trapd is
+ready (a start-up write would wait as long). Matched traps each carrying a
 distinct 60 KB OCTET STRING arrive while the first commit waits: before the
 byte bound, all of them were queued (10,000 of them would hold gigabytes);
 now the queue stops at SUBMIT_QUEUE_MAX_BYTES by queued_size()'s estimate,
@@ -34,7 +35,7 @@ IF_DESCR_1 = (1, 3, 6, 1, 2, 1, 2, 2, 1, 2, 1)
 VALUE_OCTETS = 60_000
 # More than the byte bound can hold at ~250 KB each (the bound holds ~130), far fewer than the count bound.
 MAX_TRAPS = 400
-HOLD = 8.0  # seconds the first journal commit is held back (the others are not: see below)
+HOLD = 8.0  # seconds the first matched event's commit is held back (the others are not: see below)
 
 RULES = """
 rules:
@@ -103,7 +104,6 @@ async def test_matched_events_with_large_varbinds_are_bounded_in_bytes(
         "state_dir": str(state_dir),
         "mibs": {"dirs": []},
         "service": {"metrics": {"listen": None}, "log": {"format": "json", "level": "warning"}},
-        "dispatch": {"journal": {"commit_delay": f"{HOLD}s"}},
     }
     (tmp_path / "trapd.yaml").write_text(yaml.safe_dump(config))
     daemon = Daemon(load_config(tmp_path / "trapd.yaml"))
@@ -114,6 +114,8 @@ async def test_matched_events_with_large_varbinds_are_bounded_in_bytes(
         assert daemon.listener is not None
         address = ("127.0.0.1", daemon.listener.bound[0].address.port)
         received = daemon.listener.stats.received
+        assert daemon.journal is not None
+        daemon.journal.commit_delay = HOLD  # type: ignore[attr-defined]  # the SQLite journal's option
 
         with (
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as traps,
@@ -162,8 +164,7 @@ async def test_matched_events_with_large_varbinds_are_bounded_in_bytes(
 
                 # The hold ends (the commit being held finishes its wait; the next ones are not held):
                 # everything queued is journaled, and the byte count returns to 0.
-                assert daemon.journal is not None
-                daemon.journal.commit_delay = 0.0  # type: ignore[attr-defined]  # the SQLite journal's option
+                daemon.journal.commit_delay = 0.0  # type: ignore[attr-defined]
                 await until(lambda: daemon.submit_bytes == 0, HOLD + 30, "the queue to drain")
                 await until(lambda: answered(informs), 10, "the queued inform's Response")
                 assert not answered(refused_inform)
