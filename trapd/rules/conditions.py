@@ -394,6 +394,19 @@ def _equal_texts(tests: Sequence[ValueTest]) -> frozenset[str] | None:
     return None
 
 
+def find_varbind(event: Event, prefix: Oid) -> VarBind | None:
+    """The first binding whose OID starts with ``prefix``: the one a varbind condition tests.
+
+    One definition for the condition's test and the rule index's lookup (trapd.rules.index),
+    so that both read the same binding.
+    """
+    n = len(prefix)
+    for vb in event.varbinds:
+        if vb.oid[:n] == prefix:
+            return vb
+    return None
+
+
 class Varbind(Cond):
     """A condition on the first binding whose OID starts with ``prefix``."""
 
@@ -414,15 +427,10 @@ class Varbind(Cond):
         self.key = key
 
     def find(self, event: Event) -> VarBind | None:
-        p = self.prefix
-        n = len(p)
-        for vb in event.varbinds:
-            if vb.oid[:n] == p:
-                return vb
-        return None
+        return find_varbind(event, self.prefix)
 
     def test(self, st: EvalState) -> bool:
-        vb = self.find(st.event)
+        vb = find_varbind(st.event, self.prefix)
         if vb is None:
             return self.exists is False
         if self.exists is False:

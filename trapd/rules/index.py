@@ -31,7 +31,6 @@ import math
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
-from trapd.event import Event, VarBind
 from trapd.listener.raw import Oid
 from trapd.rules.conditions import (
     Cond,
@@ -44,6 +43,7 @@ from trapd.rules.conditions import (
     Varbind,
     as_number,
     as_text,
+    find_varbind,
 )
 
 # Paths stored for one rule at most (the product of its alternatives); past this the
@@ -114,15 +114,6 @@ class VarbindValue(Dim):
                 return v
             return as_number(v)
         return as_text(v, vb.display)
-
-
-def find_varbind(event: Event, prefix: Oid) -> VarBind | None:
-    """The first binding whose OID starts with ``prefix`` (the one a varbind condition tests)."""
-    n = len(prefix)
-    for vb in event.varbinds:
-        if vb.oid[:n] == prefix:
-            return vb
-    return None
 
 
 Alternative = tuple[Dim, Hashable]
