@@ -271,7 +271,7 @@ class RuleSet:
         if hit is not _MISSING:
             return hit  # type: ignore[return-value]
         group: str | None = None
-        key = addr_key(address)
+        key = self._source_key(address)  # parsed once for this and for evaluate()
         if key is not None:
             group = next((name for name, nets in self.source_groups.items() if nets.contains(key)), None)
         if len(self._group_cache) >= _SOURCE_CACHE_LIMIT:
