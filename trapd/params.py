@@ -117,7 +117,7 @@ def normalize_mac(value: Any) -> str:
             raise ParamError(f"a MAC address is 6 octets, got {len(value)}")
         return ":".join(f"{b:02x}" for b in value)
     if not isinstance(value, str):
-        raise ParamError(f"not a MAC address: {value!r}")
+        raise ParamError(f"not a MAC address: {_show(value)}")
     s = value.strip()
     if re.fullmatch(r"[0-9A-Fa-f]{1,2}([:-])(?:[0-9A-Fa-f]{1,2}\1){4}[0-9A-Fa-f]{1,2}", s):
         groups = re.split(r"[:-]", s)
