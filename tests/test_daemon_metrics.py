@@ -280,3 +280,34 @@ rules:
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_rejections_of_a_storm_are_logged_once_per_interval_with_a_count(tmp_path: Path) -> None:
+    """Every trap of a storm carrying the same bad value is rejected and counted, but the log gets
+    one warning at once and the rest as one line with ``suppressed`` (at the interval, or at stop),
+    not one line per trap."""
+    rules = """\
+defaults: {cap: {limit: 9, per: 1m}}
+rules:
+  - name: release-by-descr
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: kea.lease-del
+        ip-address: "{{ ifDescr }}"
+"""
+    traps = 5
+    d = TrapdDaemon.start(tmp_path, rules=rules, args=("--dry-run",))
+    try:
+        for _ in range(traps):
+            snmp_send(
+                "snmptrap", *link_down(d.target(), 17), "1.3.6.1.2.1.2.2.1.2.17", "s", "1.2.3.4; reboot",
+                check=True,
+            )  # fmt: skip
+        assert d.wait_metric("trapd_actions_rejected_total", traps, timeout=30) == traps
+        assert d.stop() == 0
+        lines = [e for e in d.logs() if e.get("rule") == "release-by-descr" and "reason" in e]
+        first, *rest = lines
+        assert "suppressed" not in first and "1.2.3.4; reboot" in first["reason"]
+        assert [e.get("suppressed") for e in rest] == [traps - 1]
+    finally:
+        d.close()

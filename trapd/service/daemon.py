@@ -68,6 +68,8 @@ SUBMIT_QUEUE_MAX = 10_000
 # with its display text), so 10,000 of them would be gigabytes (issue 14 item 1). A storm
 # of ordinary matched traps (about 1.5 KB each by the estimate) meets the count first.
 SUBMIT_QUEUE_MAX_BYTES = 32 * 1024 * 1024
+# Seconds between two lines about the same rejected action (rule, action, kind of rejection).
+REJECT_LOG_INTERVAL = 10.0
 # queued_size()'s fixed parts, measured with tracemalloc on CPython 3.11 (a normalized
 # Event with distinct varbinds; a PlannedAction with its params dict): what an object
 # holds beyond the text and octets of its values.
@@ -194,7 +196,7 @@ class Daemon:
     """
 
     def __init__(self, config: Config, options: RunOptions | None = None, role: Role | None = None) -> None:
-        from trapd.service.logging import get_logger
+        from trapd.service.logging import RateLimitedLog, get_logger
         from trapd.service.sdnotify import Notifier
 
         self.role = role
@@ -211,6 +213,9 @@ class Daemon:
                 _LOSS_MESSAGES.get(str(fields.get("reason")), _LOSS_MESSAGES[""]), **fields
             )
         )
+        # A storm of traps whose values a rule's action refuses: one line per rule, action and kind of
+        # rejection per interval, with suppressed=N (the counts are in /metrics all the same).
+        self._reject_log = RateLimitedLog(self.log, REJECT_LOG_INTERVAL)
         self.health = Health(False, "starting")
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -279,7 +284,8 @@ class Daemon:
             # A template that failed, a value from the trap that does not fit the action's parameter
             # type, or a malformed decoded value: never dispatched.
             self.stats.rejected[(rej.rule, rej.kind)] += 1
-            self.log.warning(
+            self._reject_log.warning(
+                (rej.rule, rej.action, rej.kind),
                 f"action not dispatched: rejected ({rej.kind})",
                 event_id=event.id,
                 rule=rej.rule,
@@ -503,6 +509,7 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._submit_queue.join(), timeout=5.0)
         await cancel_all(self._tasks)
+        self._reject_log.flush(force=True)
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.config.dispatch.shutdown_timeout)
         if self.journal is not None:
@@ -601,6 +608,7 @@ class Daemon:
             except Exception:
                 self.log.exception("reading the kernel's drop counters failed")
             self._loss_log.flush()
+            self._reject_log.flush()
             await asyncio.sleep(interval)
 
     def _status_line(self) -> str:
