@@ -108,6 +108,15 @@ def where(node: Any, key: Any = None, *, of_key: bool = False) -> Mark | None:
     if key is None:
         return getattr(node, "mark", None)
     if isinstance(node, YDict):
+        # A fast-loaded mapping not yet unflattened: scan its (key, key mark, value mark)
+        # tuple (a rule's mappings have 1-4 keys) rather than build two dicts for one lookup
+        # (compiling asks ~13 positions a rule: 100,000 per-port rules, ~0.5 s CPU less).
+        flat = getattr(node, "_flat", None)
+        if flat:
+            for i in range(0, len(flat), 3):
+                if flat[i] == key:
+                    return flat[i + 1 if of_key else i + 2] or node.mark
+            return node.mark
         marks = node.key_marks if of_key else node.value_marks
         return marks.get(key) or node.mark
     if isinstance(node, YList) and isinstance(key, int) and 0 <= key < len(node.item_marks):

@@ -71,6 +71,7 @@ class MatchCompiler:
     def __init__(self, ctx: CompileContext) -> None:
         self.ctx = ctx
         self.problems = ctx.problems
+        self._enums_by_name: dict[str, dict[str, int]] = {}  # per varbind name: asked once per rule
 
     def match(self, node: Any, mark: Mark | None, scope: RuleScope) -> list[c.Cond]:
         if node is None:
@@ -248,6 +249,12 @@ class MatchCompiler:
 
     def _enums(self, name: str) -> dict[str, int]:
         """Enumeration of a varbind's syntax; ``ifOperStatus.17`` asks for ``ifOperStatus``."""
+        known = self._enums_by_name.get(name)
+        if known is None:
+            known = self._enums_by_name[name] = self._enums_uncached(name)
+        return dict(known)
+
+    def _enums_uncached(self, name: str) -> dict[str, int]:
         candidates = [name]
         if not name[:1].isdigit():
             base = name
