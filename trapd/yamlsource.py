@@ -17,6 +17,7 @@ expand it: minutes of CPU and gigabytes before an error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,23 @@ class Mark:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
+
+
+# The fast loader makes ~20 marks a rule (2 million for 100,000 per-port rules). A frozen
+# dataclass's __init__ goes through object.__setattr__ per field: 0.80 against 0.41 s per
+# million here through the slots' own descriptors, the same immutable, equal, hashable Mark.
+_new_object = object.__new__
+_set_file: Callable[[Mark, str], None] = vars(Mark)["file"].__set__
+_set_line: Callable[[Mark, int], None] = vars(Mark)["line"].__set__
+_set_column: Callable[[Mark, int], None] = vars(Mark)["column"].__set__
+
+
+def _new_mark(file: str, line: int, column: int) -> Mark:
+    m: Mark = _new_object(Mark)
+    _set_file(m, file)
+    _set_line(m, line)
+    _set_column(m, column)
+    return m
 
 
 class ConfigError(Exception):
@@ -261,7 +279,7 @@ class _EventBuilder:
         if m.line != self._line:
             self._line = m.line
             self._line_number = m.line + 1
-        return Mark(self.source, self._line_number, m.column + 1)
+        return _new_mark(self.source, self._line_number, m.column + 1)
 
     def node(self, event: Any) -> Any:
         if getattr(event, "anchor", None) is not None:
