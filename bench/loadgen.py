@@ -198,6 +198,9 @@ def v1_template(community: str = DEFAULT_COMMUNITY) -> Template:
 # --- v3 USM authPriv, per message --------------------------------------------
 
 # name -> (hashlib name, MAC length in the message); RFC 3414 and RFC 7860.
+# The same table stands in trapd/listener/v3/keys.py on purpose: the load generator
+# builds v3 messages from the RFCs alone, so that snmptrapd and pysnmp accepting them
+# also checks trapd's USM code instead of sharing its mistakes.
 AUTH_PROTOCOLS: dict[str, tuple[str, int]] = {
     "MD5": ("md5", 12),
     "SHA": ("sha1", 12),
