@@ -80,9 +80,32 @@ JOURNAL_RULE = """
 Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def rules_text(n_rules: int, journaled: int = 10) -> str:
+# Issue 13's per-port case: 99 of the 1,000 rules on the load's own notification
+# (IF-MIB::linkDown from 127.0.0.0/8), differing only by ifIndex, as sites generate them
+# per switch port. None tests the load's ifIndex 17, so each trap must be ruled out by
+# all 99: linear matching paid for each of them per trap (41 % received at 10,000/s).
+PER_PORT_RULES = 99
+PORT_RULE = """
+  - name: bench-port-INDEX
+    match:
+      notification: IF-MIB::linkDown
+      source: 127.0.0.0/8
+      varbinds: {ifIndex: INDEX}
+    actions:
+      - {action: log, message: "port {{ ifIndex }} ({{ ifDescr }}) down on {{ source }}"}
+"""
+RULE_SETS = ("mixed", "per-port")
+
+
+def rules_text(n_rules: int, journaled: int = 10, rule_set: str = "mixed") -> str:
+    """``mixed``: bench_rules.build_rules(n_rules), then the journaling rule. ``per-port``:
+    the same with the last 99 replaced by PER_PORT_RULES on the load's notification."""
     rule = JOURNAL_RULE.replace("SEQ", SEQ_OID).replace("PATTERN", SEQ_PATTERNS[journaled])
-    return bench_rules.build_rules(n_rules).rstrip("\n") + "\n" + rule.lstrip("\n")
+    if rule_set == "mixed":
+        return bench_rules.build_rules(n_rules).rstrip("\n") + "\n" + rule.lstrip("\n")
+    ports = "".join(PORT_RULE.replace("INDEX", str(100 + k)) for k in range(PER_PORT_RULES))
+    base = bench_rules.build_rules(n_rules - PER_PORT_RULES).rstrip("\n") + "\n"
+    return base + ports.lstrip("\n") + rule.lstrip("\n")
 
 
 def expected_matches(sent: int, journaled: int) -> int:
@@ -365,15 +388,18 @@ def pipeline_run(
     journaled: int = 10,
     processes: int = 1,
     senders: int = 1,
+    rule_set: str = "mixed",
 ) -> PipelineRun:
     name = "trapd run" if processes == 1 else f"trapd run workers={processes}"
+    if rule_set != "mixed":
+        name += f" {rule_set}"
     res = PipelineRun(name, rate, run, loadavg=bl._loadavg())
     workdir = Path(tempfile.mkdtemp(prefix=f"pipeline-{rate}-{run}-", dir=workroot))
     # The shipped design: one `trapd run` supervising `processes` workers (service.workers),
     # SO_REUSEPORT sockets, one journal, /metrics summed by the supervisor. CPU and RSS are
     # read over the process tree (bench_listener), so they include every worker.
     extra = {"service": {"workers": processes}} if processes > 1 else None
-    p = Pipeline(workdir, n_rules, extra, journaled=journaled)
+    p = Pipeline(workdir, n_rules, extra, journaled=journaled, rules=rules_text(n_rules, journaled, rule_set))
     pids = [p.proc.pid]
     try:
         p.wait_ready()
@@ -478,6 +504,7 @@ def throughput(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
                         args.journaled,
                         args.processes,
                         args.senders,
+                        args.rule_set,
                     )
                 else:
                     r = snmptrapd_run(rate, run, messages, workroot, args.drain_timeout, args.version)
@@ -556,7 +583,13 @@ def overload(args: argparse.Namespace, workroot: Path) -> dict[str, Any]:
         extra["listener"] = {"rate_limit": {"per_source": args.per_source, "global": args.global_limit}}
     if args.workers > 1:
         extra["service"] = {"workers": args.workers}
-    p = Pipeline(workdir, args.rules, extra, args.journaled)
+    p = Pipeline(
+        workdir,
+        args.rules,
+        extra,
+        args.journaled,
+        rules=rules_text(args.rules, args.journaled, args.rule_set),
+    )
     out: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds, "loadavg_before": bl._loadavg()}
     try:
         out["ready_seconds"] = round(p.wait_ready(), 2)
@@ -709,6 +742,12 @@ def _workroot(keep: bool) -> Iterator[Path]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--rules", type=int, default=1000, help="rules from bench_rules.build_rules")
+    ap.add_argument(
+        "--rule-set",
+        choices=RULE_SETS,
+        default="mixed",
+        help="per-port: 99 of the rules on the load's notification, differing only by ifIndex",
+    )
     ap.add_argument("--keep-workdirs", action="store_true")
     ap.add_argument(
         "--journaled", type=int, default=10, choices=sorted(SEQ_PATTERNS), help="%% of traps journaled"
