@@ -73,7 +73,10 @@ def test_running_actions_finish_and_queued_ones_wait_for_the_next_start(tmp_path
     d = TrapdDaemon.start(
         tmp_path,
         rules=slow_rules(marks, 2.0),
-        config={"dispatch": {"workers": 2, "shutdown_timeout": "8s"}},
+        # A timeout far beyond the actions' 2 s: a shutdown that waited for the deadline instead
+        # of the actions would miss wait_exit below, and one that stopped them would leave them
+        # "running" in the journal.
+        config={"dispatch": {"workers": 2, "shutdown_timeout": "120s"}},
     )
     try:
         for port in range(1, 7):
@@ -99,14 +102,11 @@ def test_running_actions_finish_and_queued_ones_wait_for_the_next_start(tmp_path
         assert d.notify is not None
         d.notify.pending()
         d.signal(signal.SIGTERM)
-        t0 = time.monotonic()
         d.notify.wait_for("STOPPING", timeout=5)
         # While the two finish, /healthz is still served and says trapd is stopping.
         code, health = d.healthz()
         assert code == 503 and health["status"] == "stopping", health
-        assert d.wait_exit(20) == 0
-        took = time.monotonic() - t0
-        assert took < 8.0, took  # well inside shutdown_timeout: it waited for the actions, not the deadline
+        assert d.wait_exit(60) == 0
 
         # The two that were running finished; nothing new started after SIGTERM.
         assert sorted(wait_marks(marks, "end", 2, 0.1)) == sorted(m.replace("start", "end") for m in started)
@@ -139,7 +139,7 @@ def test_an_action_past_the_shutdown_timeout_is_stopped_and_runs_again(tmp_path:
     marks = tmp_path / "marks"
     d = TrapdDaemon.start(
         tmp_path,
-        rules=slow_rules(marks, 30),
+        rules=slow_rules(marks, 600),
         config={"dispatch": {"workers": 2, "shutdown_timeout": "1s"}},
     )
     try:
@@ -147,7 +147,9 @@ def test_an_action_past_the_shutdown_timeout_is_stopped_and_runs_again(tmp_path:
         assert wait_marks(marks, "start", 1) == ["start 9"]
         t0 = time.monotonic()
         assert d.stop() == 0
-        assert 0.9 < time.monotonic() - t0 < 6.0
+        # It gave the action its shutdown_timeout (a lower bound load cannot break), and did not
+        # wait for the action's 600 s.
+        assert 0.9 < time.monotonic() - t0 < 120
         d.wait_log("actions still running at shutdown: they will run again")
         # Its journal row still says running: the next start runs it again (exec is not idempotent,
         # which is what dispatch.interrupted: hold-unsafe is for).

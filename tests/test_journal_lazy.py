@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trapd.dispatch import journal as journal_module
 from trapd.dispatch.journal import NewEntry, SQLiteJournal
+from trapd.dispatch.journal import sqlite as journal_module
 from trapd.dispatch.testing import make_event
 
 
@@ -60,14 +60,19 @@ async def test_done_rides_with_the_next_awaited_operation(journal: SQLiteJournal
 async def test_a_lone_done_commits_within_the_delay(journal: SQLiteJournal, tmp_path: Path) -> None:
     id_ = await running(journal)
     t0 = time.monotonic()
-    await asyncio.wait_for(journal.finish_soon(id_, "done", time.time(), None), 5.0)
+    # Without the bound, a lone "done" waits for company forever: wait_for fails then.
+    await asyncio.wait_for(journal.finish_soon(id_, "done", time.time(), None), 60.0)
     waited = time.monotonic() - t0
     assert state_on_disk(tmp_path / "journal.sqlite", id_) == "done"
-    # It waited for company, but not longer than the bound (generous for a loaded machine).
-    assert journal_module.LAZY_COMMIT_DELAY * 0.5 <= waited < journal_module.LAZY_COMMIT_DELAY + 2.0
+    # It did wait for company first (a lower bound: load can only make it later).
+    assert waited >= journal_module.LAZY_COMMIT_DELAY * 0.5
 
 
-async def test_flush_and_close_do_not_wait_for_lazy_writes(tmp_path: Path) -> None:
+async def test_flush_and_close_do_not_wait_for_lazy_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A delay no machine's load comes near: a flush that waited for it would fail the bound.
+    monkeypatch.setattr(journal_module, "LAZY_COMMIT_DELAY", 600.0)
     j = SQLiteJournal(tmp_path / "journal.sqlite")
     await j.open()
     id_ = await running(j)
@@ -75,6 +80,6 @@ async def test_flush_and_close_do_not_wait_for_lazy_writes(tmp_path: Path) -> No
     t0 = time.monotonic()
     await j.flush()  # an awaited operation: the pending "done" commits with it, now
     assert isinstance(done, asyncio.Future) and done.done()
-    assert time.monotonic() - t0 < journal_module.LAZY_COMMIT_DELAY + 2.0
+    assert time.monotonic() - t0 < 300
     assert state_on_disk(tmp_path / "journal.sqlite", id_) == "done"
     await j.close()

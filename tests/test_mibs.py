@@ -500,9 +500,7 @@ def test_cache_reused_on_second_load(
 
     monkeypatch.setattr(trapd.mibcompile, "compile_site", no_compile)
     monkeypatch.setattr(mibs_mod, "_compile_in_child", no_compile)
-    t0 = time.monotonic()
-    again = MibResolver.load(MibConfig(dirs=(src,), cache_dir=cache))
-    assert time.monotonic() - t0 < 5
+    again = MibResolver.load(MibConfig(dirs=(src,), cache_dir=cache))  # no_compile: never compiled
     assert again.lookup("trapdMacNotification") == (1, 3, 6, 1, 4, 1, 99999, 0, 1)
     # Problems come from the cache too: every start reports them, not only the first.
     assert any(p.file == str(src / "BROKEN.my") and p.line == 6 for p in again.problems)
