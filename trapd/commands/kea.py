@@ -114,8 +114,7 @@ async def _status(config: Any, as_json: bool) -> int:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         for s in statuses:
             if s.error:
-                name = f"{s.endpoint}/{s.peer}" if s.peer else s.endpoint
-                print(f"{name} ({s.family}): {s.error}", file=sys.stderr)
+                print(f"{s.label} ({s.family}): {s.error}", file=sys.stderr)
     return 0 if all(s.reachable for s in statuses) else 1
 
 

@@ -61,6 +61,7 @@ from trapd.dispatch.journal import (
 from trapd.dispatch.peers import fan_out, peer_key
 from trapd.dispatch.stats import DispatchStats
 from trapd.event import Event
+from trapd.kea.config import peer_label
 from trapd.plugin import ActionContext, ActionError, ActionLog, ActionSpec, PermanentError
 from trapd.rules.outcome import Outcome, PlannedAction
 from trapd.secrets import SecretError
@@ -515,7 +516,7 @@ class Dispatcher:
                 key = {"none": "", "source": event.source, "rule": pa.rule, "action": pa.action}[g.by]
                 if isinstance(peer := pa.params.get("peer"), str):
                     # caps count per Kea HA peer, like the rule's own (trapd.dispatch.peers)
-                    key = peer_key(key, f"{pa.params.get('endpoint')}/{peer}")
+                    key = peer_key(key, peer_label(str(pa.params.get("endpoint")), peer))
                 caps.append(CapCheck(f"global/{g.name}", key, g.limit, g.per, g.hold_for))
         mac, ip = _search_terms(spec, pa)
         return NewEntry(
@@ -1064,7 +1065,7 @@ def _target(params: Mapping[str, Any]) -> str:
         value = params.get(name)
         if value is not None:
             peer = params.get("peer")  # one peer of a Kea HA relationship: a server of its own
-            return f"{value}/{peer}" if peer is not None else str(value)
+            return peer_label(str(value), peer if isinstance(peer, str) else None)
     return ""
 
 

@@ -82,6 +82,13 @@ _UNIX_KEYS = {"socket", "max_in_flight"}
 _PAIR_KEYS = {"family", "peers"}
 
 
+def peer_label(endpoint: str, peer: str | None) -> str:
+    """How errors, breakers, metrics, caps and commands name one peer of an HA relationship:
+    ``pair4/server1``; an endpoint that is not a pair keeps its own name. One spelling, so that
+    a cap counted under it and a breaker or metric named by it agree."""
+    return f"{endpoint}/{peer}" if peer else endpoint
+
+
 @dataclass(frozen=True)
 class EndpointConfig:
     name: str
@@ -115,7 +122,7 @@ class EndpointConfig:
     @property
     def label(self) -> str:
         """How errors, breakers and metrics name it: ``pair4/server1`` for a peer, else the name."""
-        return f"{self.name}/{self.peer}" if self.peer else self.name
+        return peer_label(self.name, self.peer)
 
     def peer_named(self, name: str) -> EndpointConfig | None:
         return next((p for p in self.peers if p.peer == name), None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trapd.kea.client import HaStatus, KeaClient, KeaClients, ha_status
+from trapd.kea.config import peer_label
 from trapd.kea.errors import KeaError
 
 # The commands that show lease_cmds is loaded, per family.
@@ -33,6 +34,10 @@ class EndpointStatus:
     error: str | None = None
     peer: str | None = None  # a peer of the HA relationship ``endpoint``
     ha: HaStatus | None = None  # its HA status, when it has the HA hook
+
+    @property
+    def label(self) -> str:
+        return peer_label(self.endpoint, self.peer)
 
     @property
     def lease_cmds(self) -> bool:
@@ -124,14 +129,12 @@ def command_warnings(statuses: Iterable[EndpointStatus], uses: Iterable[KeaUse])
             out.append(f"{use.where}: Kea endpoint {use.endpoint} ({use.family}) is not configured")
             continue
         for s in found:  # every peer of an HA relationship gets the command
-            name = f"{s.endpoint}/{s.peer}" if s.peer else s.endpoint
+            at = f"{s.label} ({use.family})"
             if not s.reachable:
-                out.append(f"{use.where}: Kea endpoint {name} ({use.family}) is unreachable now: {s.error}")
+                out.append(f"{use.where}: Kea endpoint {at} is unreachable now: {s.error}")
                 continue
             missing = s.missing(use.commands)
             if missing:
                 hint = " (load libdhcp_lease_cmds.so)" if any(c.startswith("lease") for c in missing) else ""
-                out.append(
-                    f"{use.where}: Kea {s.version} at {name} ({use.family}) lacks {', '.join(missing)}{hint}"
-                )
+                out.append(f"{use.where}: Kea {s.version} at {at} lacks {', '.join(missing)}{hint}")
     return out
