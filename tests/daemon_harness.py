@@ -81,7 +81,6 @@ def eventually(check: Callable[[], T], timeout: float = 20.0, interval: float = 
         time.sleep(interval)
 
 
-
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     """A port the kernel just said is free on 127.0.0.1 (UDP or TCP)."""
     with socket.socket(socket.AF_INET, kind) as s:

@@ -90,6 +90,19 @@ def answered(sock: socket.socket) -> bool:
     return True
 
 
+def exported_backlog(daemon: Daemon) -> tuple[float, float]:
+    """trapd_dispatch_backlog and trapd_dispatch_backlog_bytes as /metrics would show them now."""
+    from trapd.service.metrics import TrapdCollector
+
+    values = {
+        s.name: s.value
+        for family in TrapdCollector(daemon.snapshot, lambda: []).collect()
+        for s in family.samples
+        if s.name.startswith("trapd_dispatch_backlog")
+    }
+    return values["trapd_dispatch_backlog"], values["trapd_dispatch_backlog_bytes"]
+
+
 async def test_matched_events_with_large_varbinds_are_bounded_in_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,6 +167,8 @@ async def test_matched_events_with_large_varbinds_are_bounded_in_bytes(
             assert daemon.submit_bytes <= SUBMIT_QUEUE_MAX_BYTES
             assert daemon.submit_bytes + one > SUBMIT_QUEUE_MAX_BYTES
             assert abs(daemon.submit_bytes - queued * one) <= queued * 16, (daemon.submit_bytes, queued, one)
+            # Exported, so that an alert can fire before outcomes are lost.
+            assert exported_backlog(daemon) == (queued, daemon.submit_bytes)
 
             # A refused inform is not acknowledged: it is not in the journal, so its sender must resend.
             refused_inform = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -166,6 +181,7 @@ async def test_matched_events_with_large_varbinds_are_bounded_in_bytes(
                 # everything queued is journaled, and the byte count returns to 0.
                 daemon.journal.commit_delay = 0.0  # type: ignore[attr-defined]
                 await until(lambda: daemon.submit_bytes == 0, HOLD + 30, "the queue to drain")
+                assert exported_backlog(daemon) == (0, 0)
                 await until(lambda: answered(informs), 10, "the queued inform's Response")
                 assert not answered(refused_inform)
         assert journaled_actions(state_dir) == queued

@@ -212,6 +212,7 @@ def test_informs_are_answered_by_either_worker_as_one_engine(tmp_path: Path) -> 
             )
             assert r.returncode == 0, r.stderr
         d.wait_log(lambda e: str(e.get("event", "")).startswith("inform "), 10, count=seq)
+
         def counted() -> None:
             scrape = d.metrics()
             assert d.metric("trapd_notifications_received_total", scrape, version="v2c") == 6
@@ -263,6 +264,7 @@ def test_systemd_sees_one_unit_ready_reloading_and_stopping(tmp_path: Path) -> N
         send_spread(d, loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 65, 64), senders=16)
         lines = d.wait_log(lambda e: str(e.get("event", "")).startswith("b "), 10, count=128)
         assert set(Counter(e["worker"] for e in lines[64:])) == {0, 1}
+
         def reloads_counted() -> None:
             scrape = d.metrics()
             assert d.metric("trapd_reloads_total", scrape, result="ok") == 1  # one per SIGHUP, not per worker
@@ -452,6 +454,7 @@ def test_a_stuck_worker_stops_the_watchdog_and_shows_in_healthz(tmp_path: Path) 
         stuck = worker_pids(d)[1]
         os.kill(stuck, signal.SIGSTOP)
         try:
+
             def unresponsive() -> None:  # past the 1.5 s a worker may stay silent (3 x status_interval)
                 code, health = d.healthz()
                 assert code == 503 and health["workers_down"] == {"1": "unresponsive"}, health

@@ -98,6 +98,8 @@ def snapshot(n: int, *, journal: dict[str, int] | None = None, kea: bool = True)
         last_reload_ok=True,
         outcomes_lost=n,
         rate_limit_exempted=n,
+        dispatch_backlog=n,
+        dispatch_backlog_bytes=1000 * n,
     )
 
 
@@ -139,6 +141,8 @@ def test_the_sum_adds_counters_takes_one_journal_and_any_kea_up() -> None:
     assert total.journal == {"pending": 5}
     # Reached by one worker: up.
     assert total.kea_up == {"dhcp4@/run/kea/kea4-ctrl-socket": True}
+    # Each worker's own queue before the journal: added up.
+    assert (total.dispatch_backlog, total.dispatch_backlog_bytes) == (3, 3000)
 
 
 def test_counters_of_dead_workers_stay_in_the_total() -> None:
@@ -151,6 +155,7 @@ def test_counters_of_dead_workers_stay_in_the_total() -> None:
     assert after.matched == before.matched
     assert after.action_latency is not None and after.action_latency.count == 6
     assert after.journal == {"pending": 1}  # a live worker's
+    assert (after.dispatch_backlog, after.dispatch_backlog_bytes) == (1, 1000)  # a gauge: the live ones'
     assert after.kea_up == {"dhcp4@/run/kea/kea4-ctrl-socket": True}
     assert retired.with_live([DaemonSnapshot()]).journal == {}  # never a dead one's
     assert retired.with_live([DaemonSnapshot()]).kea_up == {}

@@ -223,8 +223,10 @@ class Daemon:
         self._submit_queue: asyncio.Queue[tuple[Event, Outcome, Callable[[], None] | None, int]] = (
             asyncio.Queue(SUBMIT_QUEUE_MAX)
         )
-        # queued_size() of what is in _submit_queue or in the batch _submit_loop is journaling.
+        # queued_size() of what is in _submit_queue or in the batch _submit_loop is journaling,
+        # and how many outcomes that is (exported: trapd_dispatch_backlog{,_bytes}).
         self.submit_bytes = 0
+        self.submit_outcomes = 0
         self.kea_monitor: KeaMonitor | None = None  # polls the Kea servers (trapd.kea.monitor)
         # Why the last reload was refused (None: it worked, or none happened); shown in STATUS=.
         self._reload_error: str | None = None
@@ -303,6 +305,7 @@ class Daemon:
                 try:
                     self._submit_queue.put_nowait((event, outcome, raw.ack, size))
                     self.submit_bytes += size
+                    self.submit_outcomes += 1
                 except asyncio.QueueFull:
                     self.stats.submit_overflow += 1
                     self._loss_log.note("dispatch-backlog-full", ",".join(outcome.matched), event.source)
@@ -334,6 +337,7 @@ class Daemon:
                 results = [exc for _ in batch]
             for (event, outcome, ack, size), result in zip(batch, results, strict=True):
                 self.submit_bytes -= size  # journaled or lost: this loop holds it no longer
+                self.submit_outcomes -= 1
                 if ack is not None and not isinstance(result, BaseException):
                     ack()  # a v2c inform: journaled now, so its sender may stop resending
                 if isinstance(result, DispatchOverloaded):
@@ -695,6 +699,8 @@ class Daemon:
             receive_pauses=ls.receive_pauses if ls is not None else 0,
             journal_problem=jh.problem if jh is not None else None,
             journal_failed_writes=jh.failed_writes if jh is not None else 0,
+            dispatch_backlog=self.submit_outcomes,
+            dispatch_backlog_bytes=self.submit_bytes,
         )
 
 

@@ -45,6 +45,8 @@ trapd_rule_matches_total                       counter    rule
 trapd_actions_rejected_total                   counter    rule, reason (template, parameter, decoder)
 trapd_events_unmatched_total                   counter
 trapd_outcomes_lost_total                      counter    matched, not journaled (backlog full, journal down)
+trapd_dispatch_backlog                         gauge      matched outcomes waiting to be journaled
+trapd_dispatch_backlog_bytes                   gauge      their estimated size in memory (lost beyond 32 MiB)
 trapd_rate_limit_exempted_total                counter    over a rate limit, kept: they clear pending actions
 trapd_receive_pauses_total                     counter    reading paused (<= 10 ms) in a storm for due actions
 trapd_actions_total                            counter    plugin, outcome
@@ -134,6 +136,10 @@ class DaemonSnapshot:
     journal_problem: str | None = None
     # Journal writes that failed because it could not commit (outcomes not journaled, among others).
     journal_failed_writes: int = 0
+    # Matched outcomes received but not yet journaled, and their estimated size in memory
+    # (gauges): a backlog near its bounds (10,000 outcomes, 32 MiB) is about to lose outcomes.
+    dispatch_backlog: int = 0
+    dispatch_backlog_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +238,17 @@ class TrapdCollector:
             "Matched events whose actions were not journaled: the dispatch backlog was full (a storm), "
             "or the journal could not commit (its database unavailable).",
             value=snap.outcomes_lost,
+        )
+        yield GaugeMetricFamily(
+            "trapd_dispatch_backlog",
+            "Matched outcomes received and not yet journaled (a storm, or a journal that commits slowly).",
+            value=snap.dispatch_backlog,
+        )
+        yield GaugeMetricFamily(
+            "trapd_dispatch_backlog_bytes",
+            "Estimated memory those outcomes hold; beyond its bound (32 MiB a process) new ones are lost "
+            "and counted in trapd_outcomes_lost_total.",
+            value=snap.dispatch_backlog_bytes,
         )
         yield CounterMetricFamily(
             "trapd_rate_limit_exempted",

@@ -20,6 +20,8 @@ How each field combines, and why:
   servers); ``kea_last_ok``: the latest any worker saw; ``kea_warnings``: all
   of them, once each; ``kea_breaker``: the worst of the workers' breakers
   (each worker has its own: one that opened is what the operator must see).
+* ``dispatch_backlog`` / ``_bytes``: summed over the live workers (each has its
+  own queue before the journal); a gone worker's are not kept (gauges).
 * ``reloads`` / ``last_reload_ok``: the supervisor's own (one SIGHUP is one
   reload of the unit, not N), filled in by the supervisor.
 """
@@ -81,6 +83,8 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "receive_pauses": snap.receive_pauses,
         "journal_problem": snap.journal_problem,
         "journal_failed_writes": snap.journal_failed_writes,
+        "dispatch_backlog": snap.dispatch_backlog,
+        "dispatch_backlog_bytes": snap.dispatch_backlog_bytes,
     }
 
 
@@ -116,6 +120,8 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         receive_pauses=int(data.get("receive_pauses", 0)),
         journal_problem=str(data["journal_problem"]) if data.get("journal_problem") else None,
         journal_failed_writes=int(data.get("journal_failed_writes", 0)),
+        dispatch_backlog=int(data.get("dispatch_backlog", 0)),
+        dispatch_backlog_bytes=int(data.get("dispatch_backlog_bytes", 0)),
     )
 
 
@@ -140,7 +146,15 @@ def _add_histogram(total: Histogram | None, more: Histogram | None) -> Histogram
 def _counters_of(snap: DaemonSnapshot) -> DaemonSnapshot:
     """Only the counters: a gone worker's gauges (journal, Kea) say nothing about now."""
     return replace(
-        snap, journal={}, kea_up={}, kea_ha_state={}, kea_last_ok={}, kea_breaker={}, kea_warnings=()
+        snap,
+        journal={},
+        kea_up={},
+        kea_ha_state={},
+        kea_last_ok={},
+        kea_breaker={},
+        kea_warnings=(),
+        dispatch_backlog=0,
+        dispatch_backlog_bytes=0,
     )
 
 
@@ -163,7 +177,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     kea_warnings: dict[str, None] = {}  # ordered set
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
-    unmatched = lost = exempted = failed_writes = pauses = 0
+    unmatched = lost = exempted = failed_writes = pauses = backlog = backlog_bytes = 0
     problem: str | None = None
     for s in snaps:
         _add(received, s.received)
@@ -191,6 +205,8 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         exempted += s.rate_limit_exempted
         pauses += s.receive_pauses
         failed_writes += s.journal_failed_writes
+        backlog += s.dispatch_backlog  # each worker's own queue before the shared journal
+        backlog_bytes += s.dispatch_backlog_bytes
         problem = problem or s.journal_problem
     return DaemonSnapshot(
         received=received,
@@ -212,6 +228,8 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         receive_pauses=pauses,
         journal_problem=problem,
         journal_failed_writes=failed_writes,
+        dispatch_backlog=backlog,
+        dispatch_backlog_bytes=backlog_bytes,
     )
 
 
