@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from pg_harness import PgServer
 
-from trapd.dispatch.journal import CapCheck, JournalError, NewEntry
-from trapd.dispatch.journal.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresJournal, migrate
+from trapd.dispatch.journal import AddResult, CapCheck, JournalError, NewEntry
+from trapd.dispatch.journal.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresJournal, _lock_id, migrate
 from trapd.dispatch.testing import make_event
 from trapd.event import SNMP_TRAP_COMMUNITY_OID, event_fingerprint, new_event_id, oid_str
 
@@ -346,3 +346,74 @@ async def test_polling_stands_in_while_the_listener_is_down(
     assert await a.changed() is False
     await b.add(make_event().to_dict(), [entry()], [], time.time())
     await until(a.changed, timeout=10)
+
+
+async def test_migrate_upgrades_schema_2_to_3_and_the_journal_works_on_it(pg_server: PgServer) -> None:
+    # Schema 3 adds the functions each pipelined operation calls (trapd_add_entry, trapd_claim)
+    # and locks by trapd_lock_id: a database of the previous release keeps its rows and works.
+    url = pg_server.new_database(migrated=False)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE trapd_meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+        for version, sql in MIGRATIONS:
+            if version <= 2:
+                conn.execute(sql.encode())
+        conn.execute("INSERT INTO trapd_meta VALUES ('schema', '2')")
+        conn.execute(
+            "INSERT INTO trapd_actions (event_id, received_at, source, rule, action, idx, params, key, mode, "
+            "state, max_attempts, backoff, max_age, age_from, created, due, caps) VALUES "
+            "('e', 1, 's', 'r', 'log', 0, '{}', 'k', 'enforce', 'pending', 1, 1, 1, 1, 1, 1, '[]'), "
+            "('e', 1, 's', 'r', 'log', 0, '{}', 'k', 'enforce', 'pending', 1, 1, 1, 1, 1, 1, '[]')"
+        )
+    with pytest.raises(JournalError, match="older than this trapd"):
+        await PostgresJournal(url).open()
+    assert SCHEMA_VERSION == 3
+    assert await migrate(url) == (2, 3)
+    async with PostgresJournal(url, instance="a") as j:
+        now = time.time()
+        assert (await j.claim(2, now)).outcome == "wait"  # the old rows keep their key order
+        got = await j.claim(1, now)
+        assert got.outcome == "running" and got.attempts == 1
+        r = await j.add(
+            make_event().to_dict(),
+            [entry(key="k", claim=True, due=now), entry(key="new", claim=True, due=now)],
+            [],
+            now,
+        )
+        assert r.states == ["pending", "running"]  # "k" is busy with 1; "new" is free
+        await j.finish(1, "done", now)
+        assert (await j.claim(2, now)).outcome == "running"
+
+
+async def test_lock_ids_agree_between_trapd_and_the_database(pg_url: str) -> None:
+    # The writer takes a batch's add locks up front by ids computed here; trapd_add_entry and
+    # trapd_claim lock by trapd_lock_id in the database: the same key must give the same lock.
+    keys = [("key", "mac:00:11:22:33:44:55"), ("once", "π \x1f x"), ("copy", ""), ("cap", "global/x\x1fsw1")]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for ns, key in keys:
+            row = conn.execute("SELECT trapd_lock_id(%s, %s)", (ns, key)).fetchone()
+            assert row is not None and row[0] == _lock_id(ns, key)
+
+
+async def test_an_operation_that_fails_in_a_pipelined_batch_fails_alone(
+    hosts: Callable[..., Awaitable[PostgresJournal]],
+) -> None:
+    a = await hosts("a")
+    now = time.time()
+    first = await a.add(make_event().to_dict(), [entry(key="f")], [], now)
+    assert (await a.claim(first.ids[0], now)).outcome == "running"
+    # Queued together, they share one batch (one pipeline): the bad add (an index the column
+    # cannot hold) fails, the database refuses it; the others commit, in their order.
+    good = a.add_soon(make_event().to_dict(), [entry(key="g")], [], now)
+    bad = a.add_soon(make_event().to_dict(), [entry(key="b", index=2**40)], [], now)
+    done = a.finish_soon(first.ids[0], "done", now, {"ok": True})
+    after = a.add_soon(make_event().to_dict(), [entry(key="g")], [], now)
+    results = await asyncio.gather(good, bad, done, after, return_exceptions=True)
+    assert isinstance(results[1], psycopg.Error), results[1]
+    assert [type(r) for r in (results[0], results[3])] == [AddResult, AddResult]
+    assert results[2] is None
+    g1, g2 = results[0], results[3]
+    assert isinstance(g1, AddResult) and isinstance(g2, AddResult)
+    assert g1.ids[0] < g2.ids[0] and g1.states == g2.states == ["pending"]
+    e = await a.get(first.ids[0])
+    assert e is not None and e.state == "done" and e.result == {"ok": True}
+    assert a.available and (await a.counts())["pending"] == 2
