@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rules_support import ACTIONS, errors_of, resolver, write
+from rules_support import ACTIONS, errors_of, event, resolver, ruleset, write
 
 from trapd.rules import RuleErrors, check_rules, load_rules
 
@@ -253,6 +253,57 @@ def test_shadow_by_an_earlier_subtree_rule(tmp_path: Path) -> None:
     )
     assert len(got) == 1 and got[0].startswith(
         "3:5: warning: rule 'down' can never match: the earlier rule 'traps'"
+    )
+
+
+def test_shadow_check_and_matching_share_one_index(tmp_path: Path) -> None:
+    """Rules that cannot hide (continue, foreach) share index nodes with stopping rules.
+
+    Matching must still find every rule at a node, and the shadow check only those that stop:
+    in both orders (the non-stopping rule stored first, and stored after a stopping one).
+    """
+    text = """
+        rules:
+          - name: up-continue
+            match: {notification: linkUp, varbinds: {ifIndex: 5}}
+            continue: true
+            cancel: a
+          - {name: up-stop, match: {notification: linkUp, varbinds: {ifIndex: 5}, version: v2c}, cancel: b}
+          - name: up-hidden
+            match: {notification: linkUp, varbinds: {ifIndex: 5}, version: v2c, source: 10.0.0.1}
+            cancel: c
+          - name: down-stop
+            match: {notification: linkDown, varbinds: {ifIndex: 17}, version: v1}
+            cancel: d
+          - name: down-continue
+            match: {notification: linkDown, varbinds: {ifIndex: 17}, version: v2c}
+            continue: true
+            cancel: e
+          - name: down-after
+            match: {notification: linkDown, varbinds: {ifIndex: 17}, version: v2c}
+            cancel: h
+          - name: down-foreach
+            match: {notification: cmnMacChangedNotification, varbinds: {ifIndex: 17}}
+            foreach: {items: mac_changes}
+            cancel: f
+          - name: mac-after-foreach
+            match: {notification: cmnMacChangedNotification, varbinds: {ifIndex: 17}}
+            cancel: g
+        """
+    got = [line.split(": warning: ")[1].split(" (at ")[0] for line in errors_of(tmp_path, text)]
+    assert got == ["rule 'up-hidden' can never match: the earlier rule 'up-stop'"]
+    rs = ruleset(tmp_path, text)
+    assert rs.evaluate(event("linkUp from 10.0.0.1 ifIndex=5 version=v2c")).matched == (
+        "up-continue",
+        "up-stop",
+    )
+    assert rs.evaluate(event("linkDown from 10.0.0.1 ifIndex=17 version=v1")).matched == ("down-stop",)
+    assert rs.evaluate(event("linkDown from 10.0.0.1 ifIndex=17 version=v2c")).matched == (
+        "down-continue",
+        "down-after",
+    )
+    assert rs.evaluate(event("cmnMacChangedNotification from 10.0.0.1 ifIndex=17")).matched == (
+        "mac-after-foreach",
     )
 
 

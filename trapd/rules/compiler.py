@@ -146,15 +146,14 @@ class Compiler:
                     continue
                 seen[rule.name] = rule.mark
                 rules.append(rule)
-        from trapd.rules.shadow import shadow_warnings
-
-        for rule, earlier in shadow_warnings(rules):
+        ruleset = RuleSet(rules, self.ctx.groups, global_mode)
+        for rule, earlier in ruleset.shadowed:
             self.p.warning(
                 f"rule {rule.name!r} can never match: the earlier rule {earlier.name!r} "
                 f"(at {earlier.mark}) matches every event it would and stops",
                 rule.mark,
             )
-        return RuleSet(rules, self.ctx.groups, global_mode)
+        return ruleset
 
     # -- sources --------------------------------------------------------------
 

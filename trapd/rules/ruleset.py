@@ -26,6 +26,7 @@ from trapd.rules.conditions import All, Cond, EvalState, Notification, Subject, 
 from trapd.rules.context import event_context
 from trapd.rules.index import RuleIndex
 from trapd.rules.outcome import Mode, Outcome, PlannedAction, RateCap, Rejection, RetryPolicy
+from trapd.rules.shadow import index_rules
 from trapd.rules.sources import AddressSet, addr_key
 from trapd.rules.templates import ENV, RENDER_ERRORS, TemplateInfo, render_fast
 from trapd.yamlsource import Mark
@@ -241,16 +242,16 @@ class RuleSet:
         self.names: tuple[str, ...] = tuple(r.name for r in self._rules)
         self.source_groups: Mapping[str, AddressSet] = MappingProxyType(dict(source_groups))
         self.global_mode = global_mode
-        self._index = RuleIndex()
+        indexed = index_rules(self._rules)
+        self._index: RuleIndex = indexed.index
+        # Found while indexing (the shadow check walks the same trie): the compiler warns of them.
+        self.shadowed: tuple[tuple[Rule, Rule], ...] = tuple(
+            (self._rules[i], self._rules[j]) for i, j in indexed.hidden
+        )
         self._residual: list[All] = []
-        for i, r in enumerate(self._rules):
-            if not r.enabled:
-                self._residual.append(r.condition)
-                continue
-            keys = self._index.keys(r.condition.atoms())
-            self._index.add(i, keys)
+        for r, settled in zip(self._rules, indexed.settled, strict=True):
             # What an index hit proves needs no test of its own (only top-level items; nested ones stay).
-            items = [c for c in r.condition.items if not any(c is s for s in keys.settled)]
+            items = [c for c in r.condition.items if not any(c is s for s in settled)]
             same = len(items) == len(r.condition.items)
             self._residual.append(r.condition if same else All(items, r.condition.mark))
         self._group_cache: dict[str, str | None] = {}

@@ -11,37 +11,70 @@ version list that includes B's): a warning must never be wrong.
 Pairs are pre-selected through the rule index (:mod:`trapd.rules.index`): a
 later rule is compared only with the earlier stopping rules whose equality
 values (notification, source network, varbind value) it implies, so 100,000
-per-port rules are checked in seconds instead of the n² comparisons.
+per-port rules are checked in seconds instead of the n² comparisons. The
+check runs while :func:`index_rules` builds the rule set's own index (each
+rule is looked up, then added), so the rules are indexed once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from trapd.rules.conditions import Cond
 from trapd.rules.index import RuleIndex
-from trapd.rules.ruleset import Rule
+
+if TYPE_CHECKING:
+    from trapd.rules.ruleset import Rule
 
 
 def _implied(a_atoms: tuple[Cond, ...], b_atoms: tuple[Cond, ...]) -> bool:
     return all(any(x.implied_by(y) for y in b_atoms) for x in a_atoms)
 
 
+def can_hide(rule: Rule) -> bool:
+    """Whether a rule can hide later ones: enabled, stopping, without ``foreach``."""
+    return rule.enabled and rule.stop and rule.foreach is None
+
+
 def shadows(a: Rule, b: Rule) -> bool:
-    if not a.enabled or not a.stop or a.foreach is not None:
+    if not can_hide(a):
         return False
     return _implied(a.condition.atoms(), b.condition.atoms())
 
 
+@dataclass(frozen=True, slots=True)
+class IndexedRules:
+    """The index of a rule list, what its hits prove per rule, and the rules found hidden."""
+
+    index: RuleIndex
+    settled: list[list[Cond]]  # per rule: the top-level conditions an index hit proves
+    hidden: list[tuple[int, int]]  # (hidden rule, the first earlier rule hiding it), by position
+
+
+def index_rules(rules: Sequence[Rule]) -> IndexedRules:
+    """Index the enabled rules in file order, checking each against the earlier ones first."""
+    index = RuleIndex()
+    atoms_of = [r.condition.atoms() if r.enabled else () for r in rules]
+    settled: list[list[Cond]] = []
+    hidden: list[tuple[int, int]] = []
+    for i, rule in enumerate(rules):
+        if not rule.enabled:
+            settled.append([])
+            continue
+        atoms = atoms_of[i]
+        for j in index.implying(atoms):
+            if _implied(atoms_of[j], atoms):
+                hidden.append((i, j))
+                break
+        keys = index.keys(atoms)
+        index.add(i, keys, can_hide=can_hide(rule))
+        settled.append(keys.settled)
+    return IndexedRules(index, settled, hidden)
+
+
 def shadow_warnings(rules: Sequence[Rule]) -> Iterator[tuple[Rule, Rule]]:
     """(hidden rule, the earlier rule hiding it), for each enabled rule that can never match."""
-    atoms = [r.condition.atoms() for r in rules]
-    stoppers = RuleIndex()  # the earlier enabled stopping rules without foreach
-    for i, b in enumerate(rules):
-        if b.enabled:
-            for j in stoppers.implying(atoms[i]):
-                if _implied(atoms[j], atoms[i]):
-                    yield b, rules[j]
-                    break
-        if b.enabled and b.stop and b.foreach is None:
-            stoppers.add(i, stoppers.keys(atoms[i]))
+    for i, j in index_rules(rules).hidden:
+        yield rules[i], rules[j]
