@@ -140,9 +140,7 @@ class E2E:
     (every 0.25 s) costs trapd little and adds nothing to the figure.
     """
 
-    def __init__(
-        self, workdir: Path, kea: kea_harness.KeaInstance, endpoint: str, workers: int = 1
-    ) -> None:
+    def __init__(self, workdir: Path, kea: kea_harness.KeaInstance, endpoint: str, workers: int = 1) -> None:
         import bench_storm as bs
 
         workdir.mkdir(parents=True, exist_ok=True)
@@ -151,10 +149,13 @@ class E2E:
         if workers > 1:
             extra["service"] = {"workers": workers}
         self.pipeline = bs.Pipeline(workdir, 0, extra, rules=rules)
+        self.name = f"{endpoint}, workers: {workers}"
+        self.workers = workers
         self.pipeline.wait_ready()
         self.port = self.pipeline.port
         self.journal = workdir / "state" / "journal.sqlite"
         self.cpu_us: list[float] = []
+        self.shares: list[dict[str, int]] = []  # per round: actions per owner
 
     def run(self, ips: list[str]) -> float:
         """Send one trap per lease; return the seconds from the first send to the last action's end."""
@@ -189,7 +190,21 @@ class E2E:
                 raise RuntimeError(f"only {got} of {len(ips)} actions finished")
             time.sleep(0.25)
         self.cpu_us.append((bl.cpu_seconds(pid) - cpu0) / len(ips) * 1e6)
+        self.shares.append(self._owners(began))
         return last - began
+
+    def _owners(self, since: float) -> dict[str, int]:
+        """Actions run per process (the journal's ``owner``: worker-N with service.workers)."""
+        conn = sqlite3.connect(f"file:{self.journal}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(
+                "SELECT coalesce(owner, '-'), count(*) FROM actions WHERE action = 'kea.lease-del' "
+                "AND received_at >= ? GROUP BY 1 ORDER BY 1",
+                (since,),
+            ).fetchall()
+        finally:
+            conn.close()
+        return {str(o): int(n) for o, n in rows}
 
     def _finished(self, since: float) -> tuple[int, float]:
         """(kea.lease-del actions done for traps received since ``since``, the last one's end)."""
@@ -209,7 +224,7 @@ class E2E:
 
 
 # Source ports the end-to-end traps come from (see E2E.run).
-SENDERS = 4
+SENDERS = 16
 
 # How coroutines run: uvloop when installed, like the daemon (trapd.listener.udp.run_on_best_loop).
 RUN_LOOP: list[Callable[[Awaitable[None]], Any]] = [asyncio.run]
@@ -257,9 +272,9 @@ def main() -> int:
     )
     ap.add_argument(
         "--workers",
-        type=int,
-        default=1,
-        help="service.workers of the end-to-end trapd run (receiving processes sharing one journal)",
+        default="1",
+        help="service.workers of the end-to-end trapd run (receiving processes sharing one journal); "
+        "several, comma-separated (1,2), give a row each, interleaved in the same run",
     )
     ap.add_argument(
         "--e2e-only",
@@ -269,6 +284,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.e2e_only:
         args.e2e = True
+    worker_counts = [max(1, int(w)) for w in str(args.workers).split(",")]
     n = min(max(args.n, 1), 60000)
     loop_name = "asyncio"
     if args.loop == "uvloop":
@@ -327,9 +343,14 @@ def main() -> int:
                     ("control-agent", "raw lease4-get + lease4-del", lambda ips: raw_ca(port, ips, GET_DEL))
                 )
                 for transport, endpoint in (("unix", "unix4"), ("control-agent", "ca4")):
-                    runner = E2E(Path(tmp) / f"trapd-{endpoint}", kea, endpoint, args.workers)
-                    e2e.append(runner)
-                    plan.append((transport, "trap -> trapd run -> lease deleted", runner.run))
+                    for workers in worker_counts:
+                        name = f"trapd-{endpoint}-w{workers}"
+                        runner = E2E(Path(tmp) / name, kea, endpoint, workers)
+                        e2e.append(runner)
+                        what = "trap -> trapd run -> lease deleted"
+                        if workers > 1 or len(worker_counts) > 1:
+                            what = f"{what} (workers: {workers})"
+                        plan.append((transport, what, runner.run))
                 plan.sort(key=lambda row: row[0] != "unix")  # keep the table grouped by transport
             if args.httpx:
                 plan.append(
@@ -387,6 +408,10 @@ def main() -> int:
         cpu = f"{r['cpu_us']:.0f} µs"
         cells = f"{r['median']:8,.0f} | {r['vs_raw']:5.2f}x | {cpu:>10}"
         print(f"| {r['transport']:13} | {r['client']:36} | {cells} | {rounds} |")
+    for runner in e2e:
+        if runner.workers > 1:
+            # How the kernel spread the traps (SO_REUSEPORT, by source port) over the workers.
+            print(f"\nactions per worker, {runner.name}: {runner.shares}")
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

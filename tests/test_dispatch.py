@@ -157,6 +157,25 @@ async def test_runs_and_records_the_result(make: Any, rec: Recorder, journal: SQ
     assert d.stats.done_latency.count == 1 and d.stats.start_latency.count == 1
 
 
+async def test_a_result_json_cannot_hold_is_journaled_as_its_repr(journal: SQLiteJournal) -> None:
+    @action("odd", params={}, idempotent=True)
+    async def odd(params: dict[str, Any], ctx: ActionContext) -> dict[Any, Any]:
+        """Return what JSON cannot encode (test action)."""
+        return {("port", 1): "down"}
+
+    d = Dispatcher(FAST, journal, {"odd": odd}, kea=None)
+    await d.start()
+    try:
+        ids = await d.submit(make_event(), make_outcome(plan("odd", {}, key="k")))
+        await wait_for(lambda: d.stats.outcomes[("odd", "done")] == 1)
+        await journal.flush()
+        e = await journal.get(int(ids[0]))
+        assert e is not None and e.state == "done"
+        assert e.result == {"repr": "{('port', 1): 'down'}"}
+    finally:
+        await d.stop(0.5)
+
+
 async def test_retry_timing_then_dead_letter(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
     d = await make()
     ids = await d.submit(make_event(), make_outcome(rec_plan("x", fail_times=99)))

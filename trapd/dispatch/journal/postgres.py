@@ -69,7 +69,15 @@ from trapd.dispatch.journal.model import (
     NewEntry,
     State,
 )
-from trapd.dispatch.journal.rows import ACOLS, COLS, NCOLS, dumps, entry_from_row, stored_event
+from trapd.dispatch.journal.rows import (
+    ACOLS,
+    COLS,
+    NCOLS,
+    dumps,
+    dumps_result,
+    entry_from_row,
+    stored_event,
+)
 from trapd.event import event_fingerprint
 
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -710,7 +718,7 @@ async def _op_finish(
         f"UPDATE {_A} SET state = %s, finished = %s, result = %s, last_error = COALESCE(%s, last_error), "
         "started = COALESCE(%s, started), lease_until = NULL "
         "WHERE id = %s AND state = 'running' AND owner = %s",
-        (state, now, dumps(result) if result is not None else None, _text(error), started, id_, owner),
+        (state, now, dumps_result(result) if result is not None else None, _text(error), started, id_, owner),
     )
     return _nothing
 

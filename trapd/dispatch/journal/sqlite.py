@@ -58,6 +58,7 @@ from trapd.dispatch.journal.rows import ACOLS as _ACOLS
 from trapd.dispatch.journal.rows import COLS as _COLS
 from trapd.dispatch.journal.rows import NCOLS as _NCOLS
 from trapd.dispatch.journal.rows import dumps as _dumps
+from trapd.dispatch.journal.rows import dumps_result as _dumps_result
 from trapd.dispatch.journal.rows import entry_from_row as _entry
 from trapd.dispatch.journal.rows import stored_event as _stored_event
 from trapd.statedir import PRIVATE_FILE, make_private_dir
@@ -453,7 +454,7 @@ def _op_finish(
     conn.execute(
         "UPDATE actions SET state = ?, finished = ?, result = ?, last_error = COALESCE(?, last_error), "
         "started = COALESCE(?, started) WHERE id = ? AND state = 'running'",
-        (state, now, _dumps(result) if result is not None else None, error, started, id_),
+        (state, now, _dumps_result(result) if result is not None else None, error, started, id_),
     )
 
 
