@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import select
 import socket
 import time
 import uuid
@@ -371,6 +372,25 @@ def _connection_or_conflict(conn: Conn, exc: BaseException) -> bool:
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
 
+def _dropped_while_idle(conn: Conn) -> bool:
+    """Whether the server closed this idle connection (it restarted, or ended the session).
+
+    Its farewell and the end of the stream then wait on the socket: found without a round
+    trip, so the next batch goes to a new connection instead of failing. (A batch sent in one
+    pipeline learns that its BEGIN failed only with the rest, too late to tell whether the
+    rest ran: see _run_batch.) Anything else waiting (a notice) is consumed and harmless.
+    """
+    for _ in range(8):  # a read takes what has arrived: the farewell first, then the end
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        if not readable:
+            break
+        try:
+            conn.pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True
+    return conn.pgconn.status != psycopg.pq.ConnStatus.OK
+
+
 def _ready(result: Any) -> Collect:
     """An operation's result known already (it did not run in a pipeline)."""
 
@@ -465,9 +485,11 @@ async def _nothing() -> None:
 
 
 _ADD_ENTRY = f"SELECT r_id, r_state, r_dup FROM trapd_add_entry({', '.join(['%s'] * 30)})"
-_EVENT = (
-    "INSERT INTO trapd_events (id, received_at, source, trap_name, data) VALUES (%s, %s, %s, %s, %s) "
-    "ON CONFLICT (id) DO NOTHING"
+# The event's row with its first entry: one statement less per add (the function does not
+# read trapd_events).
+_EVENT_AND_ENTRY = (
+    "WITH e AS (INSERT INTO trapd_events (id, received_at, source, trap_name, data) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING) " + _ADD_ENTRY
 )
 # The cancels of an event and (when one was cancelled, or it plans actions) the event's row.
 _CANCEL = (
@@ -521,15 +543,16 @@ async def _op_add(
             )  # fmt: skip
         cancels = conn.cursor()
         await cancels.execute(sql + _CANCEL_RESULT, params)
-    elif event_row is not None and entries:
-        await conn.cursor().execute(_EVENT, event_row)
+    # Unless the cancels' statement journaled the event, the first entry's does.
+    with_event = event_row if cancels is None else None
     inserts: list[Cur] = []
     for e in entries:
         once = bool(e.once_key and e.once_within)
         cur = conn.cursor()
         await cur.execute(
-            _ADD_ENTRY,
+            _ADD_ENTRY if with_event is None else _EVENT_AND_ENTRY,
             (
+                *(with_event or ()),
                 event_id,
                 received_at,
                 source,
@@ -562,6 +585,7 @@ async def _op_add(
                 copy_window,
             ),
         )
+        with_event = None
         inserts.append(cur)
 
     async def collect() -> AddResult:
@@ -1086,7 +1110,9 @@ class PostgresJournal:
 
     async def _connection(self) -> Conn:
         if self._conn is not None and not self._conn.closed:
-            return self._conn
+            if not _dropped_while_idle(self._conn):
+                return self._conn
+            await self._drop_connection()  # the server restarted meanwhile: a new one, no failure
         assert self._pool is not None
         if time.time() < self._retry_at:
             raise JournalError(f"journal database unavailable: {self.last_error}")
@@ -1165,6 +1191,8 @@ class PostgresJournal:
     async def _transaction(
         self, conn: Conn, batch: list[_Op], *, isolate: bool
     ) -> list[tuple[_Op, Any, BaseException | None]]:
+        if not isolate and all(op.fn in _PIPELINED for op in batch):
+            return await self._run_in_one_pipeline(conn, batch)
         async with conn.transaction(), conn.cursor() as cur:
             self._began = True  # BEGIN went through: from here a broken connection is ambiguous
             if isolate:
@@ -1175,6 +1203,28 @@ class PostgresJournal:
         if any(op.notify for op in batch):
             return "SELECT pg_notify(%s, %s)", (CHANNEL, self._token)
         return None
+
+    async def _run_in_one_pipeline(
+        self, conn: Conn, batch: list[_Op]
+    ) -> list[tuple[_Op, Any, BaseException | None]]:
+        """A batch of pipelined operations only (the usual one): BEGIN, its statements and
+        COMMIT in one round trip. BEGIN is not confirmed before the rest is sent: a connection
+        the server closed while it was idle is found before (see _dropped_while_idle)."""
+        pending: list[tuple[_Op, Collect]] = []
+        try:
+            async with conn.pipeline():
+                self._began = True  # from here a broken connection is ambiguous
+                async with conn.transaction():
+                    await self._prelock(conn, batch)
+                    for op in batch:
+                        pending.append((op, await op.fn(conn, *op.args)))
+                    if (notify := self._notify(batch)) is not None:
+                        await conn.cursor().execute(*notify)
+        except Exception as exc:
+            if _connection_or_conflict(conn, exc):
+                raise
+            raise _OpFailed from exc
+        return [(op, await collect(), None) for op, collect in pending]
 
     async def _run_pipelined(
         self, conn: Conn, cur: Cur, batch: list[_Op]
