@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trapd.yamlsource import ConfigError, YDict, YList, _load_fast, _Loader, load_yaml
+from trapd.yamlsource import ConfigError, YDict, YList, _load_fast, _Loader, load_yaml, where
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML built without libyaml")
@@ -23,6 +23,31 @@ def _reference(text: str) -> Any:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+def _where_shape(node: Any) -> Any:
+    """Values with the positions where() gives (asked before anything unpacks the fast tree)."""
+    if isinstance(node, YDict):
+        return (
+            "map",
+            where(node),
+            [(k, where(node, k, of_key=True), where(node, k), _where_shape(v)) for k, v in node.items()],
+        )
+    if isinstance(node, YList):
+        return (
+            "seq",
+            where(node),
+            [where(node, i) for i in range(len(node))],
+            [_where_shape(v) for v in node],
+        )
+    return (type(node).__name__, node)
+
+
+def _same_as_reference(text: str) -> None:
+    done, fast = _load_fast(text, "f.yaml")
+    assert done
+    assert _where_shape(fast) == _where_shape(_reference(text))
+    assert _shape(fast) == _shape(_reference(text))
 
 
 def _shape(node: Any) -> Any:
@@ -40,10 +65,7 @@ def _shape(node: Any) -> Any:
 
 @pytest.mark.parametrize("path", sorted(p for d in ("etc", "examples") for p in (ROOT / d).rglob("*.yaml")))
 def test_shipped_files_load_identically(path: Path) -> None:
-    text = path.read_text(encoding="utf-8")
-    done, fast = _load_fast(text, "f.yaml")
-    assert done
-    assert _shape(fast) == _shape(_reference(text))
+    _same_as_reference(path.read_text(encoding="utf-8"))
 
 
 SCALAR = st.one_of(
@@ -65,10 +87,19 @@ DOC = st.recursive(
 @settings(max_examples=200, derandomize=True, deadline=None)
 @given(DOC, st.booleans())
 def test_random_documents_load_identically(doc: object, flow: bool) -> None:
-    text = yaml.safe_dump(doc, default_flow_style=flow, allow_unicode=True)
-    done, fast = _load_fast(text, "f.yaml")
+    _same_as_reference(yaml.safe_dump(doc, default_flow_style=flow, allow_unicode=True))
+
+
+def test_integer_keys_equal_to_a_packed_position() -> None:
+    """The fast loader packs a position as line << 32 | column: an integer key of that value
+    is still found as a key (here the first entry's key sits at line 1, column 1)."""
+    _same_as_reference(f"a: 1\n{1 << 32 | 1}: b\n{(2 << 32) | 1}: [c]\nd: {{{1 << 32 | 4}: e}}\n")
+    done, fast = _load_fast(f"a: 1\n{1 << 32 | 1}: b\n", "f.yaml")
     assert done
-    assert _shape(fast) == _shape(_reference(text))
+    assert str(where(fast, 1 << 32 | 1, of_key=True)) == "f.yaml:2:1"
+    assert str(where(fast, 1 << 32 | 1)) == "f.yaml:2:13"
+    assert str(where(fast, "a")) == "f.yaml:1:4"
+    assert where(fast, "nosuch") == fast.mark
 
 
 def test_documents_with_aliases_or_errors_take_the_reference_path() -> None:
