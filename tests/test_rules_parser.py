@@ -192,6 +192,37 @@ def test_destructive_action_needs_a_cap(tmp_path: Path) -> None:
     assert check_rules([p], resolver(), ACTIONS, capped_actions={"kea.lease-del"}) == []
 
 
+def test_a_template_repeated_across_rules_is_checked_in_each_rule(tmp_path: Path) -> None:
+    """The compiler remembers templates whose variables were all found; a regex group found in
+    one rule must not make the same template pass in a rule without that group."""
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - name: with-group
+            match: {notification: linkDown, varbinds: {ifDescr: {regex: 'Gi(?P<port>.*)'}}}
+            actions: [{action: log, message: "port {{ port }}"}]
+          - name: without-group
+            match: {notification: linkDown}
+            actions: [{action: log, message: "port {{ port }}"}]
+          - name: plain-1
+            match: {notification: linkUp}
+            actions: [{action: log, message: "{{ source }} {{ nosuch }}"}]
+          - name: plain-2
+            match: {notification: linkUp, source: 10.0.0.1}
+            actions: [{action: log, message: "{{ source }} {{ nosuch }}"}]
+          - name: fine-1
+            match: {notification: coldStart}
+            actions: [{action: log, message: "{{ source }}"}]
+          - name: fine-2
+            match: {notification: coldStart, source: 10.0.0.1}
+            actions: [{action: log, message: "{{ source }}"}]
+        """,
+    )
+    undefined = [line.split(": error: ")[0] for line in got if "undefined template variable" in line]
+    assert undefined == ["7:38", "10:38", "13:38"]  # without-group, plain-1, plain-2
+
+
 def test_shadowed_rule_warning(tmp_path: Path) -> None:
     got = errors_of(
         tmp_path,

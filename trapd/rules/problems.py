@@ -46,6 +46,8 @@ class Problems:
         return any(e.severity == "error" for e in self.items)
 
     def has_errors_since(self, count: int) -> bool:
+        if len(self.items) == count:  # asked once a rule; nearly always nothing new
+            return False
         return any(e.severity == "error" for e in self.items[count:])
 
     def sorted(self) -> list[ConfigError]:

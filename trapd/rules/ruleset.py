@@ -251,7 +251,7 @@ class RuleSet:
         self._residual: list[All] = []
         for r, settled in zip(self._rules, indexed.settled, strict=True):
             # What an index hit proves needs no test of its own (only top-level items; nested ones stay).
-            items = [c for c in r.condition.items if not any(c is s for s in settled)]
+            items = [c for c in r.condition.items if c not in settled]  # a Cond equals only itself
             same = len(items) == len(r.condition.items)
             self._residual.append(r.condition if same else All(items, r.condition.mark))
         self._group_cache: dict[str, str | None] = {}
