@@ -77,3 +77,48 @@ async def test_failures_of_a_storm_are_logged_once_per_interval_with_a_count(
         assert [f["suppressed"] for f in rest] == [STORM - 1], event
         # Each line still says which action, rule and journal entry it is about.
         assert {"event_id", "rule", "action", "action_id"} <= first.keys() & rest[0].keys()
+
+
+@action("note", params={"n": Param("integer", required=True)}, idempotent=True)
+async def note(params: dict[str, Any], ctx: ActionContext) -> None:
+    """Succeeds: what once-within's duplicates are duplicates of."""
+
+
+async def test_once_within_duplicates_of_a_flapping_port_are_logged_once_per_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port flapping for minutes sends the same trap again and again: the action runs once,
+    and its duplicates are counted, not written one line each."""
+    monkeypatch.setattr(dispatcher, "DUPLICATE_LOG_INTERVAL", 3600.0)
+    lines: list[tuple[str, str, dict[str, Any]]] = []
+    journal = SQLiteJournal(tmp_path / "journal.sqlite")
+    await journal.open()
+    d = Dispatcher(CONFIG, journal, {"note": note}, kea=None, log=RecordingLog(lines))
+    await d.start()
+    try:
+        for _ in range(STORM):
+            pa = plan("note", {"n": 1}, key="port:1", once_within=300.0, once_key="port:1")
+            await d.submit(make_event(), make_outcome(pa))
+        # Another once key is a line of its own at once.
+        await d.submit(
+            make_event(),
+            make_outcome(plan("note", {"n": 2}, key="port:2", once_within=300.0, once_key="port:2")),
+        )
+        await d.submit(
+            make_event(),
+            make_outcome(plan("note", {"n": 2}, key="port:2", once_within=300.0, once_key="port:2")),
+        )
+        assert d.stats.outcomes[("note", "duplicate")] == STORM - 1 + 1
+    finally:
+        await d.stop(1.0)
+        await journal.close()
+
+    dups = [fields for _, e, fields in lines if e == "duplicate within once-within: not run"]
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for f in dups:
+        by_key.setdefault(f["once_key"], []).append(f)
+    first, *rest = by_key["port:1"]
+    assert "suppressed" not in first
+    assert [f["suppressed"] for f in rest] == [STORM - 2]  # the first written, the rest counted
+    assert [f.get("suppressed") for f in by_key["port:2"]] == [None]
+    assert {"event_id", "rule", "action", "action_id", "duplicate_of"} <= first.keys()

@@ -133,6 +133,9 @@ class _Job:
 
 # Seconds between two lines about the same failing action and kind of error (docs/service.md, "Logging").
 FAILURE_LOG_INTERVAL = 10.0
+# A flapping port repeats its trap for minutes: once-within runs the action once and journals
+# each repeat as a duplicate; their lines are written once per interval and once key, with a count.
+DUPLICATE_LOG_INTERVAL = 10.0
 
 
 def _no_kea() -> KeaClients:
@@ -178,6 +181,7 @@ class Dispatcher:
         # An action failing for every trap of a storm (its Kea endpoint down, a webhook refusing)
         # writes one line per action, outcome and kind of error per interval, with suppressed=N.
         self._failure_log = RateLimitedLog(self.log, FAILURE_LOG_INTERVAL)
+        self._duplicate_log = RateLimitedLog(self.log, DUPLICATE_LOG_INTERVAL)
         self.settings = dict(settings or {})
         self.stats = DispatchStats()
         self.breakers: dict[str, Breaker] = {}
@@ -272,6 +276,7 @@ class Dispatcher:
                 self.log.warning("actions still running at shutdown: they will run again", count=len(late))
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._failure_log.flush(force=True)
+        self._duplicate_log.flush(force=True)
         # Claimed when journaled but never started: back to pending, so the next start does not
         # count them as interrupted (with hold-unsafe it would hold them for an operator).
         self._unclaim([job.id for job in self._loaded.values() if job.claimed])
@@ -433,7 +438,16 @@ class Dispatcher:
                 if pa.once_key is None:  # a shared journal: the other host journaled this notification
                     alog.info("copy of a notification another host journaled: not run", duplicate_of=dup)
                 else:
-                    alog.info("duplicate within once-within: not run", duplicate_of=dup, once_key=pa.once_key)
+                    self._duplicate_log.info(
+                        (pa.rule, pa.action, pa.once_key),
+                        "duplicate within once-within: not run",
+                        event_id=event.id,
+                        rule=pa.rule,
+                        action=pa.action,
+                        action_id=str(id_),
+                        duplicate_of=dup,
+                        once_key=pa.once_key,
+                    )
             elif state == "dead":
                 self.stats.count(pa.action, "dead")
                 alog.error("action dead", reason=ne.last_error)
@@ -726,6 +740,7 @@ class Dispatcher:
     async def _maintain(self) -> None:
         now = time.time()
         self._failure_log.flush()  # the counts held back, once their interval is over
+        self._duplicate_log.flush()
         if await self.journal.changed():
             self._poke()  # `trapd journal retry / release / cancel` wrote to the journal
         for e in await self.journal.expire_held(now):
