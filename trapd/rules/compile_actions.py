@@ -142,10 +142,11 @@ class ActionCompiler:
                 where(node, "action"),
             )
             return None
-        raw: dict[str, tuple[Any, Mark | None, Mark | None]] = {}
+        # (value, its mark, the mapping it is in): the key's own mark only for an error.
+        raw: dict[str, tuple[Any, Mark | None, YDict]] = {}
         for k, v in node.items():
             if k not in ACTION_CONTROL_KEYS:
-                raw[k] = (v, where(node, k), where(node, k, of_key=True))
+                raw[k] = (v, where(node, k), node)
         if "params" in node:
             pn = node["params"]
             if not isinstance(pn, YDict):
@@ -158,9 +159,9 @@ class ActionCompiler:
                         self.problems.error(
                             f"parameter {k!r} is given twice (here and in params:)", where(pn, k, of_key=True)
                         )
-                    raw[k] = (v, where(pn, k), where(pn, k, of_key=True))
+                    raw[k] = (v, where(pn, k), pn)
         params: dict[str, Value] = {}
-        for k, (v, vm, km) in raw.items():
+        for k, (v, vm, in_node) in raw.items():
             p = spec.params.get(k)
             if p is None:
                 hint = difflib.get_close_matches(
@@ -170,7 +171,7 @@ class ActionCompiler:
                     f"{name} has no parameter {k!r}"
                     + (f" (did you mean {hint[0]!r}?)" if hint else "")
                     + f"; parameters: {', '.join(spec.params) or 'none'}",
-                    km,
+                    where(in_node, k, of_key=True),
                 )
                 continue
             val = self.values.value(v, vm, scope, f"{name}.{k}", url=p.type == "url", secret=p.secret)

@@ -83,7 +83,6 @@ class MatchCompiler:
         out: list[c.Cond] = []
         for key, value in node.items():
             m = where(node, key)
-            km = where(node, key, of_key=True)
             cond: c.Cond | None = None
             if key == "notification":
                 cond = self._notification(value, m)
@@ -110,8 +109,10 @@ class MatchCompiler:
                     c.All(self.match(v, where(value, i), scope), where(value, i)) for i, v in enumerate(value)
                 ]
                 ckey = ("any", tuple(plain(v) for v in value))
+                km = where(node, key, of_key=True)
                 cond = c.All(subs, km, "all") if key == "all" else c.AnyOf(subs, km, ckey)
             elif key == "not":
+                km = where(node, key, of_key=True)
                 cond = c.Not(c.All(self.match(value, m, scope), m), km, ("not", plain(value)))
             if cond is not None:
                 out.append(cond)

@@ -148,7 +148,7 @@ class RuleIndex:
         """The equality groups of a rule's top-level conditions (``atoms``), most selective last."""
         groups: list[list[Alternative]] = []
         settled: list[Cond] = []
-        note = next((a for a in atoms if isinstance(a, Notification)), None)
+        note, src, varbinds = _kinds(atoms)
         if note is not None:
             alts = self._note_alts.get((note.exact, note.prefixes))
             if alts is None:
@@ -158,7 +158,6 @@ class RuleIndex:
             if alts:
                 groups.append(alts)
                 settled.append(note)
-        src = next((a for a in atoms if isinstance(a, Source)), None)
         if src is not None and src.nets.include and not src.nets.include_all:
             # An address in the set is in one of its include networks; "!" exclusions are
             # left to the rule's own test (so the source is settled only without them).
@@ -171,8 +170,8 @@ class RuleIndex:
             groups.append(src_alts)
             if not src.nets.exclude:
                 settled.append(src)
-        for atom in atoms:
-            if isinstance(atom, Varbind) and atom.exists is not False:
+        for atom in varbinds:
+            if atom.exists is not False:
                 values = _equal_values(atom.tests)
                 if values:
                     groups.append([(self._dim("vb", atom.prefix, num), v) for num, v in values])
@@ -306,9 +305,8 @@ class _Query:
     """
 
     def __init__(self, atoms: Sequence[Cond]) -> None:
-        self.note = next((a for a in atoms if isinstance(a, Notification)), None)
+        self.note, _, self.varbinds = _kinds(atoms)
         self.sources = [a for a in atoms if isinstance(a, Source)]
-        self.varbinds = [a for a in atoms if isinstance(a, Varbind)]
 
     def values(self, dim: Dim) -> Iterable[Hashable]:
         if isinstance(dim, TrapOid):
@@ -338,6 +336,23 @@ class _Query:
                 if num == dim.numeric
             }
         return ()  # pragma: no cover - every Dim kind is handled above
+
+
+def _kinds(atoms: Sequence[Cond]) -> tuple[Notification | None, Source | None, list[Varbind]]:
+    """A rule's first notification and source condition, and its varbind conditions: one pass
+    (the index and the shadow query ask this of every rule)."""
+    note: Notification | None = None
+    src: Source | None = None
+    varbinds: list[Varbind] = []
+    for a in atoms:
+        if isinstance(a, Varbind):
+            varbinds.append(a)
+        elif isinstance(a, Notification):
+            if note is None:
+                note = a
+        elif isinstance(a, Source) and src is None:
+            src = a
+    return note, src, varbinds
 
 
 def _equal_values(tests: Sequence[ValueTest]) -> list[tuple[bool, Hashable]]:
