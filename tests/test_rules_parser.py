@@ -253,6 +253,30 @@ def test_shadowed_rule_warning(tmp_path: Path) -> None:
     ]
 
 
+def test_load_rules_looks_for_hidden_rules_only_to_report_them_with_errors(tmp_path: Path) -> None:
+    """load_rules returns no warnings, so it skips the "can never match" check, unless the file
+    has errors: then the report lists the warning beside them, as trapd check does."""
+    hidden = """
+        rules:
+          - {name: wide, match: {notification: linkDown}, cancel: x}
+          - {name: narrow, match: {notification: linkDown, source: 10.0.0.1}, cancel: y}
+        """
+    p = write(tmp_path, hidden)
+    assert load_rules([p], resolver(), ACTIONS).shadowed == ()
+    assert [e.message.split(":")[0] for e in check_rules([p], resolver(), ACTIONS)] == [
+        "rule 'narrow' can never match"
+    ]
+    broken = "          - {name: broken, match: {notification: nosuch}, cancel: z}\n"
+    bad = write(tmp_path, hidden.rstrip(" ") + broken, "bad.yaml")
+    with pytest.raises(RuleErrors) as info:
+        load_rules([bad], resolver(), ACTIONS)
+    assert [(e.severity, e.mark.line if e.mark else 0) for e in info.value.errors] == [
+        ("warning", 3),
+        ("error", 4),
+    ]
+    assert "unknown MIB symbol 'nosuch'" in info.value.errors[1].message
+
+
 def test_shadow_by_wider_source_and_version(tmp_path: Path) -> None:
     got = errors_of(
         tmp_path,

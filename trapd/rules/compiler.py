@@ -98,7 +98,13 @@ class Compiler:
 
     # -- files ----------------------------------------------------------------
 
-    def compile_files(self, paths: Sequence[Path], global_mode: str) -> RuleSet:
+    def compile_files(self, paths: Sequence[Path], global_mode: str, *, shadow_check: bool = True) -> RuleSet:
+        """The rule set of these files; problems go to ``self.p``.
+
+        ``shadow_check=False`` leaves out the "can never match" warning when nothing else went
+        wrong (see :func:`trapd.rules.load_rules`); with an error it is still looked for, so the
+        report lists it beside the errors.
+        """
         docs: list[YDict] = []
         self.p.files = [str(p) for p in paths]
         for path in paths:
@@ -146,7 +152,7 @@ class Compiler:
                     continue
                 seen[rule.name] = rule.mark
                 rules.append(rule)
-        ruleset = RuleSet(rules, self.ctx.groups, global_mode)
+        ruleset = RuleSet(rules, self.ctx.groups, global_mode, find_hidden=shadow_check or self.p.has_errors)
         for rule, earlier in ruleset.shadowed:
             self.p.warning(
                 f"rule {rule.name!r} can never match: the earlier rule {earlier.name!r} "

@@ -236,15 +236,21 @@ class RuleSet:
     """
 
     def __init__(
-        self, rules: Sequence[Rule], source_groups: Mapping[str, AddressSet], global_mode: str
+        self,
+        rules: Sequence[Rule],
+        source_groups: Mapping[str, AddressSet],
+        global_mode: str,
+        *,
+        find_hidden: bool = True,
     ) -> None:
         self._rules = tuple(rules)
         self.names: tuple[str, ...] = tuple(r.name for r in self._rules)
         self.source_groups: Mapping[str, AddressSet] = MappingProxyType(dict(source_groups))
         self.global_mode = global_mode
-        indexed = index_rules(self._rules)
+        indexed = index_rules(self._rules, find_hidden=find_hidden)
         self._index: RuleIndex = indexed.index
         # Found while indexing (the shadow check walks the same trie): the compiler warns of them.
+        # Empty with find_hidden=False.
         self.shadowed: tuple[tuple[Rule, Rule], ...] = tuple(
             (self._rules[i], self._rules[j]) for i, j in indexed.hidden
         )

@@ -53,8 +53,9 @@ class IndexedRules:
     hidden: list[tuple[int, int]]  # (hidden rule, the first earlier rule hiding it), by position
 
 
-def index_rules(rules: Sequence[Rule]) -> IndexedRules:
-    """Index the enabled rules in file order, checking each against the earlier ones first."""
+def index_rules(rules: Sequence[Rule], *, find_hidden: bool = True) -> IndexedRules:
+    """Index the enabled rules in file order, checking each against the earlier ones first
+    (unless ``find_hidden`` is False: then ``hidden`` is empty)."""
     index = RuleIndex()
     atoms_of = [r.condition.atoms() if r.enabled else () for r in rules]
     settled: list[list[Cond]] = []
@@ -64,10 +65,11 @@ def index_rules(rules: Sequence[Rule]) -> IndexedRules:
             settled.append([])
             continue
         atoms = atoms_of[i]
-        for j in index.implying(atoms):
-            if _implied(atoms_of[j], atoms):
-                hidden.append((i, j))
-                break
+        if find_hidden:
+            for j in index.implying(atoms):
+                if _implied(atoms_of[j], atoms):
+                    hidden.append((i, j))
+                    break
         keys = index.keys(atoms)
         index.add(i, keys, can_hide=can_hide(rule))
         settled.append(keys.settled)
