@@ -348,16 +348,20 @@ async def test_polling_stands_in_while_the_listener_is_down(
     await until(a.changed, timeout=10)
 
 
-async def test_migrate_upgrades_schema_2_to_3_and_the_journal_works_on_it(pg_server: PgServer) -> None:
+@pytest.mark.parametrize("old", [2, 3])
+async def test_migrate_upgrades_schema_2_or_3_and_the_journal_works_on_it(
+    pg_server: PgServer, old: int
+) -> None:
     # Schema 3 adds the functions each pipelined operation calls (trapd_add_entry, trapd_claim)
-    # and locks by trapd_lock_id: a database of the previous release keeps its rows and works.
+    # and locks by trapd_lock_id; 4 adds trapd_run (a batch in one call): a database of an
+    # earlier version keeps its rows and works.
     url = pg_server.new_database(migrated=False)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE trapd_meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
         for version, sql in MIGRATIONS:
-            if version <= 2:
+            if version <= old:
                 conn.execute(sql.encode())
-        conn.execute("INSERT INTO trapd_meta VALUES ('schema', '2')")
+        conn.execute("INSERT INTO trapd_meta VALUES ('schema', %s)", (str(old),))
         conn.execute(
             "INSERT INTO trapd_actions (event_id, received_at, source, rule, action, idx, params, key, mode, "
             "state, max_attempts, backoff, max_age, age_from, created, due, caps) VALUES "
@@ -366,8 +370,8 @@ async def test_migrate_upgrades_schema_2_to_3_and_the_journal_works_on_it(pg_ser
         )
     with pytest.raises(JournalError, match="older than this trapd"):
         await PostgresJournal(url).open()
-    assert SCHEMA_VERSION == 3
-    assert await migrate(url) == (2, 3)
+    assert SCHEMA_VERSION == 4
+    assert await migrate(url) == (old, 4)
     async with PostgresJournal(url, instance="a") as j:
         now = time.time()
         assert (await j.claim(2, now)).outcome == "wait"  # the old rows keep their key order
@@ -417,3 +421,19 @@ async def test_an_operation_that_fails_in_a_pipelined_batch_fails_alone(
     e = await a.get(first.ids[0])
     assert e is not None and e.state == "done" and e.result == {"ok": True}
     assert a.available and (await a.counts())["pending"] == 2
+
+
+async def test_a_value_json_cannot_carry_is_journaled_by_statements(
+    hosts: Callable[..., Awaitable[PostgresJournal]],
+) -> None:
+    # A batch of the usual operations goes to the database as one JSON array (trapd_run); an
+    # infinite max age has no JSON form, so its batch is sent as statements, with the same result.
+    a = await hosts("a")
+    now = time.time()
+    r = await a.add(
+        make_event().to_dict(), [entry(key="inf", max_age=float("inf"), due=now, claim=True)], [], now
+    )
+    assert r.states == ["running"]
+    await a.finish(r.ids[0], "done", now, {"n": 1})
+    e = await a.get(r.ids[0])
+    assert e is not None and e.max_age == float("inf") and e.state == "done" and e.result == {"n": 1}

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import select
 import socket
 import time
@@ -310,6 +311,62 @@ END
 $$;
 """,
     ),
+    (
+        4,
+        # A whole batch of the usual operations (adds without cancels, claims, finishes) as one
+        # statement: trapd_run runs them in order, each as its own statement, exactly as they
+        # would run sent one by one; trapd sends one JSON array instead of a statement each.
+        """
+CREATE FUNCTION trapd_run(p_ops JSONB) RETURNS JSONB LANGUAGE plpgsql AS $$
+DECLARE
+    op JSONB;
+    e JSONB;
+    ev JSONB;
+    r RECORD;
+    added JSONB[];
+    outs JSONB[] := '{}';
+BEGIN
+    FOR op IN SELECT x.value FROM jsonb_array_elements(p_ops) WITH ORDINALITY AS x(value, ord) ORDER BY x.ord
+    LOOP
+        IF op->>0 = 'c' THEN
+            SELECT * INTO r FROM trapd_claim((op->>1)::bigint, (op->>2)::float8, op->>3, (op->>4)::float8);
+            outs := array_append(outs, jsonb_build_array(r.r_outcome, r.r_cap, r.r_attempts, r.r_blocked_by));
+        ELSIF op->>0 = 'f' THEN
+            -- Only the owner's claim: a row taken over after this host lost its lease is the new owner's.
+            UPDATE trapd_actions SET state = op->>2, finished = (op->>3)::float8, result = op->>4,
+                last_error = COALESCE(op->>5, last_error), started = COALESCE((op->>6)::float8, started),
+                lease_until = NULL
+                WHERE id = (op->>1)::bigint AND state = 'running' AND owner = op->>7;
+            outs := array_append(outs, 'null'::jsonb);
+        ELSIF op->>0 = 'a' THEN
+            ev := op->1;
+            IF jsonb_typeof(ev) = 'array' THEN
+                INSERT INTO trapd_events (id, received_at, source, trap_name, data)
+                    VALUES (ev->>0, (ev->>1)::float8, ev->>2, ev->>3, ev->>4) ON CONFLICT (id) DO NOTHING;
+            END IF;
+            added := '{}';
+            FOR e IN SELECT x.value FROM jsonb_array_elements(op->2) WITH ORDINALITY AS x(value, ord)
+                ORDER BY x.ord
+            LOOP
+                SELECT * INTO r FROM trapd_add_entry(e->>0, (e->>1)::float8, e->>2, e->>3, e->>4,
+                    (e->>5)::integer, e->>6, e->>7, e->>8, e->>9, (e->>10)::integer, (e->>11)::float8,
+                    (e->>12)::float8, (e->>13)::float8, (e->>14)::float8, e->>15, e->>16, (e->>17)::float8,
+                    e->>18, e->>19, e->>20, e->>21, e->>22, e->>23, e->>24, (e->>25)::boolean, e->>26,
+                    (e->>27)::float8, e->>28, (e->>29)::float8);
+                added := array_append(added, jsonb_build_array(r.r_id, r.r_state, r.r_dup));
+            END LOOP;
+            outs := array_append(outs, to_jsonb(added));
+        ELSIF op->>0 = 'n' THEN
+            outs := array_append(outs, 'null'::jsonb);
+        ELSE
+            RAISE EXCEPTION 'trapd_run: unknown operation %', op->>0;
+        END IF;
+    END LOOP;
+    RETURN to_jsonb(outs);
+END
+$$;
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -547,42 +604,12 @@ async def _op_add(
     with_event = event_row if cancels is None else None
     inserts: list[Cur] = []
     for e in entries:
-        once = bool(e.once_key and e.once_within)
         cur = conn.cursor()
         await cur.execute(
             _ADD_ENTRY if with_event is None else _EVENT_AND_ENTRY,
             (
                 *(with_event or ()),
-                event_id,
-                received_at,
-                source,
-                e.rule,
-                e.action,
-                e.index,
-                dumps(e.params),
-                _text(e.key),
-                e.mode,
-                e.state,
-                e.max_attempts,
-                e.backoff,
-                e.max_age,
-                now,
-                e.due,
-                _text(e.cancel_key),
-                _text(e.once_key),
-                e.once_within if once else None,
-                _text(f" (once-within {e.once_within:g}s, key {e.once_key})") if once else None,
-                dumps([c.to_json() for c in e.caps]) if e.caps else "[]",
-                e.mac,
-                e.ip,
-                dumps(e.item) if e.item is not None else None,
-                dumps(e.result) if e.result is not None else None,
-                _text(e.last_error),
-                e.claim,
-                owner,
-                lease,
-                _copy_key(fingerprint, e) if fingerprint is not None else None,
-                copy_window,
+                *_entry_args(e, event_id, received_at, source, now, owner, lease, copy_window, fingerprint),
             ),
         )
         with_event = None
@@ -607,6 +634,53 @@ async def _op_add(
         return AddResult(ids, states, dups, cancelled, cancelled_actions)
 
     return collect
+
+
+def _entry_args(
+    e: NewEntry,
+    event_id: str,
+    received_at: float,
+    source: str,
+    now: float,
+    owner: str,
+    lease: float,
+    copy_window: float,
+    fingerprint: str | None,
+) -> tuple[Any, ...]:
+    """trapd_add_entry's arguments for ``e``, in its order."""
+    once = bool(e.once_key and e.once_within)
+    return (
+        event_id,
+        received_at,
+        source,
+        e.rule,
+        e.action,
+        e.index,
+        dumps(e.params),
+        _text(e.key),
+        e.mode,
+        e.state,
+        e.max_attempts,
+        e.backoff,
+        e.max_age,
+        now,
+        e.due,
+        _text(e.cancel_key),
+        _text(e.once_key),
+        e.once_within if once else None,
+        _text(f" (once-within {e.once_within:g}s, key {e.once_key})") if once else None,
+        dumps([c.to_json() for c in e.caps]) if e.caps else "[]",
+        e.mac,
+        e.ip,
+        dumps(e.item) if e.item is not None else None,
+        dumps(e.result) if e.result is not None else None,
+        _text(e.last_error),
+        e.claim,
+        owner,
+        lease,
+        _copy_key(fingerprint, e) if fingerprint is not None else None,
+        copy_window,
+    )
 
 
 def _copy_key(fingerprint: str, e: NewEntry) -> str:
@@ -925,6 +999,73 @@ async def _op_noop(conn: Conn) -> Collect:
 _PIPELINED = frozenset({_op_add, _op_claim, _op_finish, _op_unclaim, _op_retry_later, _op_defer, _op_noop})
 
 
+def _encoded(op: _Op) -> list[Any] | None:
+    """``op`` as an element of trapd_run's array (migration 4), or None: it runs as statements.
+
+    The usual operations only: adds without cancel keys, claims, finishes.
+    """
+    if op.fn is _op_claim:
+        return ["c", *op.args]
+    if op.fn is _op_finish:
+        id_, state, now, result, error, started, owner = op.args
+        return [
+            "f",
+            id_,
+            state,
+            now,
+            None if result is None else dumps_result(result),
+            _text(error),
+            started,
+            owner,
+        ]
+    if op.fn is _op_add:
+        event, entries, cancel_keys, now, owner, lease, copy_window, fingerprint = op.args
+        if cancel_keys:
+            return None
+        if copy_window <= 0:
+            fingerprint = None
+        event_id = str(event["id"]) if event else ""
+        received_at = float(event["received_at"]) if event else now
+        source = str(event["source"]) if event else ""
+        event_row = None
+        if event is not None and entries:
+            event_row = [event_id, received_at, source, str(event.get("trap_name", "")), stored_event(event)]
+        args = [
+            _entry_args(e, event_id, received_at, source, now, owner, lease, copy_window, fingerprint)
+            for e in entries
+        ]
+        return ["a", event_row, args]
+    if op.fn is _op_noop:
+        return ["n"]
+    return None
+
+
+def _run_array(batch: list[_Op]) -> str | None:
+    """The batch as trapd_run's argument, or None when an operation of it must run as statements
+    (or a value has no JSON form, such as an infinite float: the statements take it)."""
+    ops = []
+    try:
+        for op in batch:
+            if (encoded := _encoded(op)) is None:
+                return None
+            ops.append(encoded)
+        return json.dumps(ops, separators=(",", ":"), allow_nan=False)
+    except Exception:  # an operation that cannot be encoded fails alone, as a statement (_OpFailed)
+        return None
+
+
+def _decoded(op: _Op, out: Any) -> Any:
+    """What trapd_run returned for ``op`` as its operation returns it."""
+    if op.fn is _op_claim:
+        outcome, cap, attempts, blocked_by = out
+        return ClaimResult(outcome, cap, int(attempts), blocked_by)
+    if op.fn is _op_add:
+        return AddResult(
+            [int(r[0]) for r in out], [r[1] for r in out], [None if r[2] is None else int(r[2]) for r in out]
+        )
+    return None
+
+
 def _entry(row: Sequence[Any], event: str | None = None) -> Entry:
     # PostgreSQL's BOOLEAN and BIGINT come back as bool and int: the shared codec takes both.
     return entry_from_row(row, event)
@@ -1176,6 +1317,8 @@ class PostgresJournal:
                 done = [(op, None, err) for op in batch]
             except psycopg.Error as exc:
                 done = [(op, None, JournalError(f"journal commit failed: {_one_line(exc)}")) for op in batch]
+            except Exception as exc:  # a defect: its callers are told, and the writer lives on
+                done = [(op, None, JournalError(f"journal batch failed: {exc!r}")) for op in batch]
             else:
                 if not self.available:
                     self.available = True
@@ -1191,6 +1334,8 @@ class PostgresJournal:
     async def _transaction(
         self, conn: Conn, batch: list[_Op], *, isolate: bool
     ) -> list[tuple[_Op, Any, BaseException | None]]:
+        if not isolate and (ops := _run_array(batch)) is not None:
+            return await self._run_as_one_call(conn, batch, ops)
         if not isolate and all(op.fn in _PIPELINED for op in batch):
             return await self._run_in_one_pipeline(conn, batch)
         async with conn.transaction(), conn.cursor() as cur:
@@ -1203,6 +1348,33 @@ class PostgresJournal:
         if any(op.notify for op in batch):
             return "SELECT pg_notify(%s, %s)", (CHANNEL, self._token)
         return None
+
+    async def _run_as_one_call(
+        self, conn: Conn, batch: list[_Op], ops: str
+    ) -> list[tuple[_Op, Any, BaseException | None]]:
+        """A batch of the usual operations only: one call of trapd_run, in one round trip with
+        BEGIN, the batch's locks, its NOTIFY and COMMIT.
+
+        Measured (bench_journal.py dispatcher case, 45 operations a batch): a statement each
+        cost trapd about 60 us of CPU per operation (psycopg's work per statement, one socket
+        write each); encoding the operation into one JSON array costs a fraction of that.
+        """
+        try:
+            async with conn.pipeline():
+                self._began = True  # from here a broken connection is ambiguous (see _connection)
+                async with conn.transaction():
+                    await self._prelock(conn, batch)
+                    cur = conn.cursor()
+                    await cur.execute("SELECT trapd_run(%s::jsonb)", (ops,))
+                    if (notify := self._notify(batch)) is not None:
+                        await conn.cursor().execute(*notify)
+            row = await cur.fetchone()
+        except Exception as exc:
+            if _connection_or_conflict(conn, exc):
+                raise
+            raise _OpFailed from exc
+        assert row is not None and len(row[0]) == len(batch)
+        return [(op, _decoded(op, out), None) for op, out in zip(batch, row[0], strict=True)]
 
     async def _run_in_one_pipeline(
         self, conn: Conn, batch: list[_Op]
