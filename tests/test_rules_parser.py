@@ -223,6 +223,25 @@ def test_a_template_repeated_across_rules_is_checked_in_each_rule(tmp_path: Path
     assert undefined == ["7:38", "10:38", "13:38"]  # without-group, plain-1, plain-2
 
 
+def test_a_varbind_value_repeated_across_rules_is_checked_and_matched_in_each(tmp_path: Path) -> None:
+    """The compiler reuses the tests of a varbind compared with one plain value; a wrong value
+    is still reported in every rule, and each rule still matches on its own value."""
+    text = """
+        rules:
+          - {name: a, match: {notification: linkDown, source: 10.0.0.1, varbinds: {ifOperStatus: down}}}
+          - {name: b, match: {notification: linkDown, source: 10.0.0.2, varbinds: {ifOperStatus: down}}}
+          - {name: c, match: {notification: linkDown, source: 10.0.0.3, varbinds: {ifOperStatus: '2'}}}
+          - {name: d, match: {notification: linkDown, varbinds: {ifOperStatus: sideways}}, cancel: d}
+          - {name: e, match: {notification: linkUp, varbinds: {ifOperStatus: sideways}}, cancel: e}
+        """
+    got = [line.split(": error: ")[0] for line in errors_of(tmp_path, text) if "sideways" in line]
+    assert got == ["5:72", "6:70"]
+    rs = ruleset(tmp_path, text.replace("sideways", "up"))
+    assert rs.evaluate(event("linkDown from 10.0.0.2 ifOperStatus=down")).matched == ("b",)
+    assert rs.evaluate(event("linkDown from 10.0.0.3 ifOperStatus=2")).matched == ("c",)
+    assert rs.evaluate(event("linkDown from 10.0.0.1 ifOperStatus=up")).matched == ("d",)
+
+
 def test_shadowed_rule_warning(tmp_path: Path) -> None:
     got = errors_of(
         tmp_path,

@@ -62,6 +62,7 @@ VALUE_OPS = frozenset(
         "not",
     }
 )
+_VARBIND_MEMO = 4096  # distinct (varbind, plain value) pairs remembered per compile (~1 MB)
 VERSIONS = {"v1": "v1", "1": "v1", "v2c": "v2c", "2c": "v2c", "2": "v2c", "v3": "v3", "3": "v3"}
 
 
@@ -72,6 +73,12 @@ class MatchCompiler:
         self.ctx = ctx
         self.problems = ctx.problems
         self._enums_by_name: dict[str, dict[str, int]] = {}  # per varbind name: asked once per rule
+        # A varbind compared with one plain value (`ifIndex: 17`) compiles to the same tests
+        # (they hold no position) in every rule: per-port files repeat ~50 such pairs 100,000
+        # times. (name, type, value) -> (tests, exists, key); the first _VARBIND_MEMO pairs only.
+        self._plain_varbinds: dict[
+            tuple[str, type, Any], tuple[tuple[c.ValueTest, ...], bool | None, Any]
+        ] = {}
 
     def match(self, node: Any, mark: Mark | None, scope: RuleScope) -> list[c.Cond]:
         if node is None:
@@ -240,12 +247,24 @@ class MatchCompiler:
             if oid is None:
                 self.ctx.unknown_symbol(name, km, "varbinds")
                 continue
-            enums = self._enums(name)
-            tests, exists = self.value_tests(spec, where(node, name), name, enums, scope, varbind=True)
-            if tests is None:
-                continue
-            key = ("varbind", oid, plain(spec))
-            out.append(c.Varbind(oid, tests, exists, name, km, key))
+            kind = type(spec)
+            memo = (name, kind, spec) if kind is int or kind is str else None
+            hit = self._plain_varbinds.get(memo) if memo is not None else None
+            if hit is None:
+                problems_before = len(self.problems.items)
+                tests, exists = self.value_tests(
+                    spec, where(node, name), name, self._enums(name), scope, varbind=True
+                )
+                if tests is None:
+                    continue
+                hit = (tuple(tests), exists, ("varbind", oid, plain(spec)))
+                if (
+                    memo is not None
+                    and len(self.problems.items) == problems_before
+                    and len(self._plain_varbinds) < _VARBIND_MEMO
+                ):
+                    self._plain_varbinds[memo] = hit
+            out.append(c.Varbind(oid, hit[0], hit[1], name, km, hit[2]))
         return out
 
     def _enums(self, name: str) -> dict[str, int]:
