@@ -437,3 +437,22 @@ async def test_a_value_json_cannot_carry_is_journaled_by_statements(
     await a.finish(r.ids[0], "done", now, {"n": 1})
     e = await a.get(r.ids[0])
     assert e is not None and e.max_age == float("inf") and e.state == "done" and e.result == {"n": 1}
+
+
+async def test_a_batch_mixing_reads_and_the_usual_operations_keeps_their_order(
+    hosts: Callable[..., Awaitable[PostgresJournal]],
+) -> None:
+    # One batch: adds (one trapd_run call each run of them), then a read that must see them
+    # (statements, after the pipeline synced), then more adds the read must not see, a count.
+    a = await hosts("a")
+    now = time.time()
+    r1, due, r2, counts = await asyncio.gather(
+        a.add(make_event().to_dict(), [entry(key="m1", due=now)], [], now),
+        a.due(now + 1, 10),
+        a.add(make_event().to_dict(), [entry(key="m2", due=now), entry(key="m2", due=now)], [], now),
+        a.counts(),
+    )
+    assert [e.id for e in due[0]] == r1.ids and r1.states == ["pending"]
+    assert r2.states == ["pending", "pending"] and r2.ids[0] > r1.ids[0]
+    assert counts["pending"] == 3
+    assert a.commits == 1  # it was one batch: else this test does not test what it says

@@ -448,6 +448,28 @@ def _dropped_while_idle(conn: Conn) -> bool:
     return conn.pgconn.status != psycopg.pq.ConnStatus.OK
 
 
+async def _send_run(conn: Conn, ops: list[_Op], run: str) -> Callable[[], Awaitable[list[Any]]]:
+    """Send a run of the usual operations as one call of trapd_run (migration 4)."""
+    cur = conn.cursor()
+    await cur.execute("SELECT trapd_run(%s::jsonb)", (run,))
+
+    async def collect() -> list[Any]:
+        row = await cur.fetchone()
+        assert row is not None and len(row[0]) == len(ops)
+        return [_decoded(op, out) for op, out in zip(ops, row[0], strict=True)]
+
+    return collect
+
+
+def _one(collect: Collect) -> Callable[[], Awaitable[list[Any]]]:
+    """One operation's result as a group's list of results."""
+
+    async def results() -> list[Any]:
+        return [await collect()]
+
+    return results
+
+
 def _ready(result: Any) -> Collect:
     """An operation's result known already (it did not run in a pipeline)."""
 
@@ -1040,18 +1062,34 @@ def _encoded(op: _Op) -> list[Any] | None:
     return None
 
 
-def _run_array(batch: list[_Op]) -> str | None:
-    """The batch as trapd_run's argument, or None when an operation of it must run as statements
-    (or a value has no JSON form, such as an infinite float: the statements take it)."""
-    ops = []
+def _json_op(op: _Op) -> str | None:
+    """``op`` as JSON for trapd_run, or None: it runs as statements (it is not one of the usual
+    operations, or a value of it has no JSON form, such as an infinite float)."""
     try:
-        for op in batch:
-            if (encoded := _encoded(op)) is None:
-                return None
-            ops.append(encoded)
-        return json.dumps(ops, separators=(",", ":"), allow_nan=False)
-    except Exception:  # an operation that cannot be encoded fails alone, as a statement (_OpFailed)
+        encoded = _encoded(op)
+        return None if encoded is None else json.dumps(encoded, separators=(",", ":"), allow_nan=False)
+    except Exception:  # it cannot be encoded: as a statement it fails alone (_OpFailed)
         return None
+
+
+def _groups(batch: list[_Op]) -> list[tuple[list[_Op], str | None]]:
+    """The batch in order: each run of operations trapd_run can take as one group with its
+    argument, each other operation alone (None)."""
+    groups: list[tuple[list[_Op], str | None]] = []
+    run: list[_Op] = []
+    parts: list[str] = []
+    for op in batch:
+        if (part := _json_op(op)) is not None:
+            run.append(op)
+            parts.append(part)
+            continue
+        if run:
+            groups.append((run, "[" + ",".join(parts) + "]"))
+            run, parts = [], []
+        groups.append(([op], None))
+    if run:
+        groups.append((run, "[" + ",".join(parts) + "]"))
+    return groups
 
 
 def _decoded(op: _Op, out: Any) -> Any:
@@ -1334,113 +1372,91 @@ class PostgresJournal:
     async def _transaction(
         self, conn: Conn, batch: list[_Op], *, isolate: bool
     ) -> list[tuple[_Op, Any, BaseException | None]]:
-        if not isolate and (ops := _run_array(batch)) is not None:
-            return await self._run_as_one_call(conn, batch, ops)
-        if not isolate and all(op.fn in _PIPELINED for op in batch):
-            return await self._run_in_one_pipeline(conn, batch)
-        async with conn.transaction(), conn.cursor() as cur:
-            self._began = True  # BEGIN went through: from here a broken connection is ambiguous
-            if isolate:
+        if isolate:
+            async with conn.transaction(), conn.cursor() as cur:
+                self._began = True  # BEGIN went through: from here a broken connection is ambiguous
                 return await self._run_isolated(conn, cur, batch)
-            return await self._run_pipelined(conn, cur, batch)
+        groups = _groups(batch)
+        pending: list[tuple[list[_Op], Callable[[], Awaitable[list[Any]]]]] = []
+        try:
+            if all(ops[0].fn in _PIPELINED for ops, _ in groups):
+                # The usual batch: BEGIN, its statements and COMMIT in one round trip. BEGIN is not
+                # confirmed before the rest is sent: a connection the server closed while it was
+                # idle is found before (see _dropped_while_idle).
+                async with conn.pipeline():
+                    self._began = True  # from here a broken connection is ambiguous
+                    async with conn.transaction():
+                        await self._send(conn, None, batch, groups, pending)
+            else:
+                async with conn.transaction(), conn.cursor() as cur:
+                    self._began = True
+                    await self._send(conn, cur, batch, groups, pending)
+        except Exception as exc:
+            if _connection_or_conflict(conn, exc):
+                raise
+            raise _OpFailed from exc
+        done: list[tuple[_Op, Any, BaseException | None]] = []
+        for ops, collect in pending:
+            done.extend((op, result, None) for op, result in zip(ops, await collect(), strict=True))
+        return done
 
     def _notify(self, batch: list[_Op]) -> tuple[str, tuple[str, str]] | None:
         if any(op.notify for op in batch):
             return "SELECT pg_notify(%s, %s)", (CHANNEL, self._token)
         return None
 
-    async def _run_as_one_call(
-        self, conn: Conn, batch: list[_Op], ops: str
-    ) -> list[tuple[_Op, Any, BaseException | None]]:
-        """A batch of the usual operations only: one call of trapd_run, in one round trip with
-        BEGIN, the batch's locks, its NOTIFY and COMMIT.
+    async def _send(
+        self,
+        conn: Conn,
+        cur: Cur | None,
+        batch: list[_Op],
+        groups: list[tuple[list[_Op], str | None]],
+        pending: list[tuple[list[_Op], Callable[[], Awaitable[list[Any]]]]],
+    ) -> None:
+        """Send the batch's statements in a pipeline: their results are read once it has synced.
 
-        Measured (bench_journal.py dispatcher case, 45 operations a batch): a statement each
-        cost trapd about 60 us of CPU per operation (psycopg's work per statement, one socket
-        write each); encoding the operation into one JSON array costs a fraction of that.
+        Each statement still runs after the one before it, in one transaction, as if sent one
+        at a time; only the waits in between are gone. A run of the usual operations (adds
+        without cancels, claims, finishes) is one statement, trapd_run's. Measured
+        (bench_journal.py dispatcher case, about 45 operations a batch): a round trip per
+        statement cost trapd about 100 us of CPU per statement, a pipelined statement about 60,
+        an operation inside trapd_run's JSON array a fraction of that. An operation that must
+        read a result before it can decide its next statement (rare: due, recover, history...)
+        closes the pipeline and runs as before (``cur``: only then is there one). Any error: the
+        batch is run again one savepoint per operation (see _run_isolated).
         """
-        try:
-            async with conn.pipeline():
-                self._began = True  # from here a broken connection is ambiguous (see _connection)
-                async with conn.transaction():
-                    await self._prelock(conn, batch)
-                    cur = conn.cursor()
-                    await cur.execute("SELECT trapd_run(%s::jsonb)", (ops,))
-                    if (notify := self._notify(batch)) is not None:
-                        await conn.cursor().execute(*notify)
-            row = await cur.fetchone()
-        except Exception as exc:
-            if _connection_or_conflict(conn, exc):
-                raise
-            raise _OpFailed from exc
-        assert row is not None and len(row[0]) == len(batch)
-        return [(op, _decoded(op, out), None) for op, out in zip(batch, row[0], strict=True)]
-
-    async def _run_in_one_pipeline(
-        self, conn: Conn, batch: list[_Op]
-    ) -> list[tuple[_Op, Any, BaseException | None]]:
-        """A batch of pipelined operations only (the usual one): BEGIN, its statements and
-        COMMIT in one round trip. BEGIN is not confirmed before the rest is sent: a connection
-        the server closed while it was idle is found before (see _dropped_while_idle)."""
-        pending: list[tuple[_Op, Collect]] = []
-        try:
-            async with conn.pipeline():
-                self._began = True  # from here a broken connection is ambiguous
-                async with conn.transaction():
-                    await self._prelock(conn, batch)
-                    for op in batch:
-                        pending.append((op, await op.fn(conn, *op.args)))
-                    if (notify := self._notify(batch)) is not None:
-                        await conn.cursor().execute(*notify)
-        except Exception as exc:
-            if _connection_or_conflict(conn, exc):
-                raise
-            raise _OpFailed from exc
-        return [(op, await collect(), None) for op, collect in pending]
-
-    async def _run_pipelined(
-        self, conn: Conn, cur: Cur, batch: list[_Op]
-    ) -> list[tuple[_Op, Any, BaseException | None]]:
-        """Send the batch's statements in a pipeline: one round trip for all of them.
-
-        Each statement still runs after the one before it, in one transaction, as if sent
-        one at a time; only the waits in between are gone. Measured (bench_journal.py
-        dispatcher case): one round trip per statement cost about 100 us of trapd's CPU
-        and a turn of the event loop each. An operation that must read a result before it
-        can decide its next statement (rare: due, recover, history...) closes the pipeline
-        and runs as before. Any error: the batch is run again one savepoint per operation
-        (the failing one fails alone), without a pipeline.
-        """
-        pending: list[tuple[_Op, Collect]] = []
         pipeline: contextlib.AbstractAsyncContextManager[Any] | None = None
         try:
-            pipeline = conn.pipeline()
-            await pipeline.__aenter__()
+            if cur is not None:
+                pipeline = conn.pipeline()
+                await pipeline.__aenter__()
             await self._prelock(conn, batch)
-            for op in batch:
-                if op.fn in _PIPELINED:
-                    if pipeline is None:
+            for ops, run in groups:
+                op = ops[0]
+                if run is not None or op.fn in _PIPELINED:
+                    if cur is not None and pipeline is None:
                         pipeline = conn.pipeline()
                         await pipeline.__aenter__()
-                    pending.append((op, await op.fn(conn, *op.args)))
+                    if run is not None:
+                        pending.append((ops, await _send_run(conn, ops, run)))
+                    else:
+                        pending.append((ops, _one(await op.fn(conn, *op.args))))
                 else:
+                    assert cur is not None
                     if pipeline is not None:
                         p, pipeline = pipeline, None
                         await p.__aexit__(None, None, None)
-                    pending.append((op, _ready(await op.fn(cur, *op.args))))
+                    pending.append((ops, _one(_ready(await op.fn(cur, *op.args)))))
             if (notify := self._notify(batch)) is not None:
                 await conn.cursor().execute(*notify)
             if pipeline is not None:
                 p, pipeline = pipeline, None
                 await p.__aexit__(None, None, None)  # the sync: every result is in
-            return [(op, await collect(), None) for op, collect in pending]
-        except Exception as exc:
+        except BaseException as exc:
             if pipeline is not None:
                 with contextlib.suppress(Exception):
                     await pipeline.__aexit__(type(exc), exc, exc.__traceback__)
-            if _connection_or_conflict(conn, exc):
-                raise
-            raise _OpFailed from exc
+            raise
 
     async def _run_isolated(
         self, conn: Conn, cur: Cur, batch: list[_Op]
