@@ -242,6 +242,41 @@ def test_a_varbind_value_repeated_across_rules_is_checked_and_matched_in_each(tm
     assert rs.evaluate(event("linkDown from 10.0.0.1 ifOperStatus=up")).matched == ("d",)
 
 
+def test_an_action_repeated_across_rules_is_checked_and_placed_in_each(tmp_path: Path) -> None:
+    """The compiler reuses an action entry written the same way in several rules: each rule
+    still gets its own position and index, and an entry that only looks equal (true is 1 to
+    Python) is still checked on its own."""
+    text = """
+        rules:
+          - name: a
+            match: {notification: linkDown, source: 10.0.0.1}
+            actions:
+              - {action: log, message: "{{ source }}"}
+              - {action: log, message: "{{ source }}"}
+          - name: b
+            match: {notification: linkDown, source: 10.0.0.2}
+            actions:
+              - {action: log, message: "{{ source }}"}
+              - {action: log, message: "{{ source }}"}
+          - name: c
+            match: {notification: linkDown, source: 10.0.0.3}
+            actions: [{action: log, message: "{{ source }}", level: 1}]
+          - name: d
+            match: {notification: linkDown, source: 10.0.0.4}
+            actions: [{action: log, message: "{{ source }}", level: true}]
+        """
+    got = [line for line in errors_of(tmp_path, text) if ": error: " in line]
+    assert got == ["17:61: error: log: level: expected text, got bool"]
+    rs = ruleset(tmp_path, text.replace("level: true", "level: '2'"))
+    calls = [(r.name, a.index, a.mark.line if a.mark else 0) for r in rs.rules for a in r.actions]
+    assert calls == [("a", 0, 5), ("a", 1, 6), ("b", 0, 10), ("b", 1, 11), ("c", 0, 14), ("d", 0, 17)]
+    out = rs.evaluate(event("linkDown from 10.0.0.2"))
+    assert [(p.rule, p.index, p.params["message"]) for p in out.planned] == [
+        ("b", 0, "10.0.0.2"),
+        ("b", 1, "10.0.0.2"),
+    ]
+
+
 def test_shadowed_rule_warning(tmp_path: Path) -> None:
     got = errors_of(
         tmp_path,

@@ -27,6 +27,7 @@ ACTION_CONTROL_KEYS = frozenset(
     {"action", "params", "delay", "cancel-key", "once-within", "once-key", "key", "cap", "retry"}
 )
 CAP_KEYS = frozenset({"limit", "per", "key", "hold-for", "name"})
+_SAME_ACTIONS = 4096  # distinct action entries remembered per compile (see ActionCompiler._same)
 RETRY_KEYS = frozenset({"max-attempts", "max-age", "backoff"})
 # Literal characters that can appear in a value of these types; a template
 # whose constant text has anything else can never validate.
@@ -56,6 +57,13 @@ class ActionCompiler:
         self.values = values
         self.actions = actions
         self.capped_actions = capped_actions
+        # An action written the same way in many rules ({action: log, message: "..."} in every
+        # rule of a per-port file) compiles to the same parameters: its entry's items, with the
+        # caps and retry policy it inherits -> the ActionCall compiled first, reused with the
+        # next rule's index and position. Only for entries of plain values without cap:, of
+        # actions without secret parameters, in rules without regex groups or foreach, when
+        # compiling reported nothing; the first _SAME_ACTIONS entries.
+        self._same: dict[tuple[Any, ...], ActionCall] = {}
 
     def caps(
         self, node: Any, mark: Mark | None, default_name: str, scope: RuleScope | None
@@ -125,6 +133,62 @@ class ActionCompiler:
         retry: RetryPolicy,
     ) -> ActionCall | None:
         """One ``actions:`` entry; ``inherited_caps`` are the rule's caps, then the defaults' caps."""
+        same = self._same_key(node, scope, inherited_caps, retry)
+        if same is not None:
+            hit = self._same.get(same)
+            if hit is not None:
+                return ActionCall(
+                    index=index,
+                    action=hit.action,
+                    spec=hit.spec,
+                    params=hit.params,
+                    mark=mark,
+                    delay=hit.delay,
+                    cancel_key=hit.cancel_key,
+                    once_within=hit.once_within,
+                    once_key=hit.once_key,
+                    key=hit.key,
+                    caps=hit.caps,
+                    retry=hit.retry,
+                )
+        problems_before = len(self.problems.items)
+        call = self._action(node, mark, index, scope, inherited_caps, retry)
+        if (
+            same is not None
+            and call is not None
+            and len(self.problems.items) == problems_before
+            and len(self._same) < _SAME_ACTIONS
+        ):
+            self._same[same] = call
+        return call
+
+    def _same_key(
+        self, node: Any, scope: RuleScope, inherited_caps: tuple[CapSpec, ...], retry: RetryPolicy
+    ) -> tuple[Any, ...] | None:
+        """What an action entry compiles from, when that is all (see ``_same``); else None."""
+        if not isinstance(node, YDict) or scope.captures or scope.foreach_kind is not None or "cap" in node:
+            return None
+        name = node.get("action")
+        spec = self.actions.get(name) if isinstance(name, str) else None
+        if spec is None or any(p.secret for p in spec.params.values()):
+            return None
+        items: list[tuple[Any, ...]] = []
+        for k, v in node.items():
+            kind = type(v)
+            if not (kind is str or kind is int or kind is float or kind is bool or v is None):
+                return None
+            items.append((type(k), k, kind, v))  # typed: 1, 1.0 and True are equal keys
+        return (tuple(items), inherited_caps, retry)
+
+    def _action(
+        self,
+        node: Any,
+        mark: Mark | None,
+        index: int,
+        scope: RuleScope,
+        inherited_caps: tuple[CapSpec, ...],
+        retry: RetryPolicy,
+    ) -> ActionCall | None:
         if not isinstance(node, YDict) or "action" not in node:
             self.problems.error("an action is a mapping with action: NAME and its parameters", mark)
             return None
