@@ -348,8 +348,8 @@ async def test_polling_stands_in_while_the_listener_is_down(
     await until(a.changed, timeout=10)
 
 
-@pytest.mark.parametrize("old", [2, 3])
-async def test_migrate_upgrades_schema_2_or_3_and_the_journal_works_on_it(
+@pytest.mark.parametrize("old", [2, 3, 4])
+async def test_migrate_upgrades_schema_2_to_4_and_the_journal_works_on_it(
     pg_server: PgServer, old: int
 ) -> None:
     # Schema 3 adds the functions each pipelined operation calls (trapd_add_entry, trapd_claim)
@@ -370,8 +370,7 @@ async def test_migrate_upgrades_schema_2_or_3_and_the_journal_works_on_it(
         )
     with pytest.raises(JournalError, match="older than this trapd"):
         await PostgresJournal(url).open()
-    assert SCHEMA_VERSION == 4
-    assert await migrate(url) == (old, 4)
+    assert await migrate(url) == (old, SCHEMA_VERSION)
     async with PostgresJournal(url, instance="a") as j:
         now = time.time()
         assert (await j.claim(2, now)).outcome == "wait"  # the old rows keep their key order
@@ -456,3 +455,38 @@ async def test_a_batch_mixing_reads_and_the_usual_operations_keeps_their_order(
     assert r2.states == ["pending", "pending"] and r2.ids[0] > r1.ids[0]
     assert counts["pending"] == 3
     assert a.commits == 1  # it was one batch: else this test does not test what it says
+
+
+async def test_caps_keep_their_count_across_the_upgrade_to_slots(pg_server: PgServer) -> None:
+    # Schema 5 counts caps in slots (trapd_cap_slots) instead of one row per start: the starts
+    # a schema-4 database counted in the current window still count after `trapd journal migrate`.
+    url = pg_server.new_database(migrated=False)
+    now = time.time()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE trapd_meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+        for version, sql in MIGRATIONS:
+            if version <= 4:
+                conn.execute(sql.encode())
+        conn.execute("INSERT INTO trapd_meta VALUES ('schema', '4')")
+        for at in (now - 50, now - 20, now - 5, now - 500):  # three in the minute, one long before
+            conn.execute(
+                "INSERT INTO trapd_cap_hits (cap, key, at, expires) "
+                "VALUES ('global/deletions', 'sw1', %s, %s)",
+                (at, at + 60.0),
+            )
+    assert await migrate(url) == (4, SCHEMA_VERSION)
+    async with PostgresJournal(url, instance="a") as j:
+        cap = CapCheck("global/deletions", "sw1", limit=5, per=60.0, hold_for=600.0)
+        other = CapCheck("global/deletions", "sw2", limit=5, per=60.0, hold_for=600.0)
+        r = await j.add(make_event().to_dict(), [entry(key=f"k{i}", caps=(cap,)) for i in range(4)], [], now)
+        outcomes = [(await j.claim(i, now)).outcome for i in r.ids]
+        assert outcomes == ["running", "running", "held", "held"]  # 3 counted before + 2 = 5
+        r = await j.add(
+            make_event().to_dict(), [entry(key=f"o{i}", caps=(other,)) for i in range(6)], [], now
+        )
+        outcomes = [(await j.claim(i, now)).outcome for i in r.ids]
+        assert outcomes == ["running"] * 5 + ["held"]  # another key: a window of its own
+        assert await j.prune(now - 3600, now + 3600) == 0  # every slot expired: pruned, no error
+        with psycopg.connect(url, autocommit=True) as conn:
+            left = conn.execute("SELECT count(*) FROM trapd_cap_slots").fetchone()
+            assert left is not None and left[0] == 0
