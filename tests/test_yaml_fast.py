@@ -111,3 +111,23 @@ def test_documents_with_aliases_or_errors_take_the_reference_path() -> None:
     assert str(info.value).startswith("f.yaml:2:1: YAML syntax")  # the pure-Python parser's message
     with pytest.raises(ConfigError, match="duplicate key 'a'"):
         load_yaml("a: 1\na: 2\n", "f.yaml")
+
+
+def test_plain_integers_read_as_the_reference_reads_them() -> None:
+    """Decimal integers skip the resolver; YAML 1.1's octal, sexagesimal, underscores, quoted
+    digits and non-ASCII digits are still the reference loader's."""
+    text = "a: 0123\nb: 17\nc: '17'\nd: 0\ne: 1_000\nf: 1:30\ng: \u0661\u0662\nh: -5\ni: [007, 8, \"9\"]\n"
+    _same_as_reference(text)
+    done, fast = _load_fast(text, "f.yaml")
+    assert done
+    assert fast == {
+        "a": 83,
+        "b": 17,
+        "c": "17",
+        "d": 0,
+        "e": 1000,
+        "f": 90,
+        "g": "\u0661\u0662",
+        "h": -5,
+        "i": [7, 8, "9"],
+    }

@@ -375,6 +375,12 @@ class _EventBuilder:
             return self.scalars[key]
         except KeyError:
             pass
+        text = event.value
+        if event.implicit[0] and text.isdigit() and text.isascii() and (text[0] != "0" or text == "0"):
+            # A plain decimal integer (YAML 1.1 reads a leading 0 as octal): what the resolver
+            # and constructor make of it, without them; a file numbering 100,000 rules by
+            # ifIndex has as many distinct ones.
+            return int(text)
         tag = self.resolver.resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
         if tag not in _SCALAR_TAGS:
             raise _Unsupported

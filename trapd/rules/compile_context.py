@@ -153,7 +153,9 @@ _PLAIN_SCALARS_LIMIT = 65536
 def plain(node: Any) -> Any:
     """A hashable canonical form of a YAML subtree (for "same condition")."""
     kind = type(node)
-    if kind is str or kind is int or kind is bool or kind is float or node is None:
+    if kind is int:
+        return str(node)  # what json.dumps writes for an int, without it (100,000 distinct ifIndex)
+    if kind is str or kind is bool or kind is float or node is None:
         hit = _PLAIN_SCALARS.get((kind, node))
         if hit is None:
             hit = _plain(node)
