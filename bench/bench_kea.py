@@ -17,8 +17,8 @@ with lease4-del (timed). Rounds are interleaved; the median of --rounds is repor
 --e2e adds the whole path: ``trapd run`` (a subprocess, as in production)
 receives N v2c linkDown traps (bench/loadgen.py's messages; the sequence
 number varbind names the lease), a rule deletes that lease with kea.lease-del
-through one transport, and the clock stops when trapd's metrics count N
-actions done. Every trap is journaled (SQLite) before its action runs, and
+through one transport, and the clock stops at the last action's end in
+trapd's journal. Every trap is journaled (SQLite) before its action runs, and
 kea.lease-del does lease4-get then lease4-del, so two Kea commands per trap:
 the ratio to a raw client sending the same two commands per lease (a row of
 its own) shows what the pipeline costs.
@@ -26,6 +26,8 @@ its own) shows what the pipeline costs.
     .venv/bin/python bench/bench_kea.py                      # N=1000, 3 rounds
     .venv/bin/python bench/bench_kea.py -n 2000 --rounds 5 --httpx
     .venv/bin/python bench/bench_kea.py --e2e                # plus trap -> lease deleted
+    .venv/bin/python bench/bench_kea.py --e2e-only -n 1000 --rounds 5 --workers 1,2
+                                      # issue 13 target 1: one process and service.workers 2
 """
 
 from __future__ import annotations
@@ -140,7 +142,14 @@ class E2E:
     (every 0.25 s) costs trapd little and adds nothing to the figure.
     """
 
-    def __init__(self, workdir: Path, kea: kea_harness.KeaInstance, endpoint: str, workers: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        kea: kea_harness.KeaInstance,
+        endpoint: str,
+        workers: int = 1,
+        commit_delay: str | None = None,
+    ) -> None:
         import bench_storm as bs
 
         workdir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +157,8 @@ class E2E:
         extra: dict[str, Any] = {"kea": kea.trapd_kea_section()}
         if workers > 1:
             extra["service"] = {"workers": workers}
+        if commit_delay is not None:
+            extra["dispatch"] = {"journal": {"commit_delay": commit_delay}}
         self.pipeline = bs.Pipeline(workdir, 0, extra, rules=rules)
         self.name = f"{endpoint}, workers: {workers}"
         self.workers = workers
@@ -277,6 +288,11 @@ def main() -> int:
         "several, comma-separated (1,2), give a row each, interleaved in the same run",
     )
     ap.add_argument(
+        "--commit-delay",
+        metavar="DURATION",
+        help="dispatch.journal.commit_delay of the end-to-end trapd runs (e.g. 1ms; default: trapd's, 0s)",
+    )
+    ap.add_argument(
         "--e2e-only",
         action="store_true",
         help="only the end-to-end rows and their raw baseline (lease4-get + lease4-del)",
@@ -345,7 +361,7 @@ def main() -> int:
                 for transport, endpoint in (("unix", "unix4"), ("control-agent", "ca4")):
                     for workers in worker_counts:
                         name = f"trapd-{endpoint}-w{workers}"
-                        runner = E2E(Path(tmp) / name, kea, endpoint, workers)
+                        runner = E2E(Path(tmp) / name, kea, endpoint, workers, args.commit_delay)
                         e2e.append(runner)
                         what = "trap -> trapd run -> lease deleted"
                         if workers > 1 or len(worker_counts) > 1:
@@ -385,7 +401,8 @@ def main() -> int:
 
     print(f"Kea {kea.version}, lease4-del of {n} leases, median of {args.rounds} rounds, {loop_name}")
     if args.e2e:
-        print(f"trapd run: service.workers {args.workers}; load average {load0} at the start")
+        delay = f"; dispatch.journal.commit_delay {args.commit_delay}" if args.commit_delay else ""
+        print(f"trapd run: service.workers {args.workers}{delay}; load average {load0} at the start")
     print()
     print("client CPU = CPU time of this process per deletion (median): what the client itself costs\n")
     head = ("transport", "client", "median/s", "vs raw", "client CPU", "rounds")
