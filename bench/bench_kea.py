@@ -410,9 +410,11 @@ def main() -> int:
     print(f"|{'-' * 15}|{'-' * 38}|{'-' * 9}:|{'-' * 7}:|{'-' * 11}:|--------|")
     raw: dict[str, float] = {}
     raw_get_del: dict[str, float] = {}
+    raw_get_del_rounds: dict[str, list[float]] = {}
     for r in results:
         if r["client"] == "raw lease4-get + lease4-del":
             raw_get_del[r["transport"]] = r["median"]
+            raw_get_del_rounds[r["transport"]] = r["rates"]
         elif r["client"].startswith("raw"):
             raw[r["transport"]] = r["median"]
     for r in results:
@@ -425,6 +427,14 @@ def main() -> int:
         cpu = f"{r['cpu_us']:.0f} µs"
         cells = f"{r['median']:8,.0f} | {r['vs_raw']:5.2f}x | {cpu:>10}"
         print(f"| {r['transport']:13} | {r['client']:36} | {cells} | {rounds} |")
+    # Each round's end-to-end rate against the raw client's in the same round (rounds interleave).
+    print()
+    for r in results:
+        if r["client"].startswith("trap ->"):
+            base_rounds = raw_get_del_rounds[r["transport"]]
+            r["round_ratios"] = [t / b for t, b in zip(r["rates"], base_rounds, strict=True)]
+            shown = ", ".join(f"{x:.2f}" for x in r["round_ratios"])
+            print(f"ratio by round, {r['transport']}, {r['client']}: {shown}")
     for runner in e2e:
         if runner.workers > 1:
             # How the kernel spread the traps (SO_REUSEPORT, by source port) over the workers.
