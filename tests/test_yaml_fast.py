@@ -113,6 +113,41 @@ def test_documents_with_aliases_or_errors_take_the_reference_path() -> None:
         load_yaml("a: 1\na: 2\n", "f.yaml")
 
 
+def test_plain_words_read_as_the_reference_reads_them() -> None:
+    """Plain text whose first character no implicit resolver looks at skips the resolver;
+    booleans, nulls and numbers in all their YAML 1.1 spellings are still the reference's."""
+    words = [
+        "port-17",
+        "Yes",
+        "yes",
+        "on",
+        "Off",
+        "null",
+        "Null",
+        "~",
+        "",
+        "true",
+        "False",
+        "n",
+        "y",
+        "x",
+        "NaN",
+        ".nan",
+        ".inf",
+        "-.inf",
+        "+1",
+        "1e3",
+        "0x1F",
+        "2001-12-14",
+        "é",
+        "<<x",
+    ]
+    _same_as_reference("".join(f"k{i}: {w}\n" for i, w in enumerate(words)))
+    done, fast = _load_fast("a: port-17\nb: Yes\nc: é\n", "f.yaml")
+    assert done
+    assert fast == {"a": "port-17", "b": True, "c": "é"}
+
+
 def test_plain_integers_read_as_the_reference_reads_them() -> None:
     """Decimal integers skip the resolver; YAML 1.1's octal, sexagesimal, underscores, quoted
     digits and non-ASCII digits are still the reference loader's."""
