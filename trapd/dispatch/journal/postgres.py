@@ -582,6 +582,19 @@ def _one(collect: Collect) -> Callable[[], Awaitable[list[Any]]]:
     return results
 
 
+# unnest yields in array order: the locks are taken in sorted order.
+_PRELOCK = "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k"
+
+
+def _batch_locks(batch: list[_Op]) -> list[int]:
+    """The advisory locks the batch's adds take, sorted (see PostgresJournal._prelock)."""
+    locks: set[tuple[str, str]] = set()
+    for op in batch:
+        if op.fn is _op_add:
+            locks |= _add_locks(op.args)
+    return sorted({_lock_id(ns, key) for ns, key in locks})
+
+
 def _ready(result: Any) -> Collect:
     """An operation's result known already (it did not run in a pipeline)."""
 
@@ -1489,6 +1502,8 @@ class PostgresJournal:
                 self._began = True  # BEGIN went through: from here a broken connection is ambiguous
                 return await self._run_isolated(conn, cur, batch)
         groups = _groups(batch)
+        if len(groups) == 1 and (run := groups[0][1]) is not None:
+            return await self._run_as_one_query(conn, batch, run)
         pending: list[tuple[list[_Op], Callable[[], Awaitable[list[Any]]]]] = []
         try:
             if all(ops[0].fn in _PIPELINED for ops, _ in groups):
@@ -1511,6 +1526,48 @@ class PostgresJournal:
         for ops, collect in pending:
             done.extend((op, result, None) for op, result in zip(ops, await collect(), strict=True))
         return done
+
+    async def _run_as_one_query(
+        self, conn: Conn, batch: list[_Op], run: str
+    ) -> list[tuple[_Op, Any, BaseException | None]]:
+        """The usual batch, wholly trapd_run's: BEGIN, its locks, the call, its NOTIFY and COMMIT as
+        one query string (parameters bound here, as literals), one message and one round trip.
+
+        Measured (1,500 batches of three operations): 270 us of trapd's CPU a batch, against
+        640-740 us for the same statements in a pipeline (psycopg's machinery per statement
+        and per sync) and wall time 660-750 us against 1,190-1,620. BEGIN is not confirmed
+        before the rest is sent: a connection the server closed while it was idle is found
+        before (see _dropped_while_idle).
+        """
+        sql = ["BEGIN"]
+        params: list[Any] = []
+        if locks := _batch_locks(batch):
+            sql.append(_PRELOCK)
+            params.append(locks)
+        sql.append("SELECT trapd_run(%s::jsonb)")
+        params.append(run)
+        if (notify := self._notify(batch)) is not None:
+            sql.append(notify[0])
+            params.extend(notify[1])
+        sql.append("COMMIT")
+        cur = psycopg.AsyncClientCursor(conn)
+        self._began = True  # from here a broken connection is ambiguous
+        try:
+            await cur.execute("; ".join(sql), params)
+        except Exception as exc:
+            if not (conn.broken or conn.closed):
+                # The string's statements after the error did not run: its transaction is open.
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("ROLLBACK")
+            if _connection_or_conflict(conn, exc):
+                raise
+            raise _OpFailed from exc
+        while cur.description is None or cur.description[0].name != "trapd_run":
+            if not cur.nextset():
+                raise JournalError("journal batch: trapd_run returned nothing")
+        row = await cur.fetchone()
+        assert row is not None and len(row[0]) == len(batch)
+        return [(op, _decoded(op, out), None) for op, out in zip(batch, row[0], strict=True)]
 
     def _notify(self, batch: list[_Op]) -> tuple[str, tuple[str, str]] | None:
         if any(op.notify for op in batch):
@@ -1602,16 +1659,8 @@ class PostgresJournal:
         deadlocking (PostgreSQL would break the deadlock only after deadlock_timeout, 1 s).
         trapd_add_entry takes them again (a lock already held costs nothing).
         """
-        locks: set[tuple[str, str]] = set()
-        for op in batch:
-            if op.fn is _op_add:
-                locks |= _add_locks(op.args)
-        if locks:
-            # unnest yields in array order: the locks are taken in sorted order.
-            await conn.cursor().execute(
-                "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k",
-                (sorted({_lock_id(ns, key) for ns, key in locks}),),
-            )
+        if locks := _batch_locks(batch):
+            await conn.cursor().execute(_PRELOCK, (locks,))
 
     def _resolve(self, done: list[tuple[_Op, Any, BaseException | None]]) -> None:
         for op, result, exc in done:
