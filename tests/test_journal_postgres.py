@@ -8,6 +8,7 @@ shared with SQLite is tested in test_journal.py against both backends.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -490,3 +491,27 @@ async def test_caps_keep_their_count_across_the_upgrade_to_slots(pg_server: PgSe
         with psycopg.connect(url, autocommit=True) as conn:
             left = conn.execute("SELECT count(*) FROM trapd_cap_slots").fetchone()
             assert left is not None and left[0] == 0
+
+
+async def test_hostile_values_stay_in_their_slot_through_the_batch_query(
+    hosts: Callable[..., Awaitable[PostgresJournal]],
+) -> None:
+    # The usual batch is one query string with its parameters bound as literals (one JSON
+    # array for trapd_run): quotes, backslashes, placeholders, SQL and non-ASCII text from a
+    # trap must come back as they went in, and run nothing.
+    a = await hosts("a")
+    nasty = "x'); DROP TABLE trapd_actions; --\\ %s %(x)s $1 $$ \" \\' ü 🙂 \u2028"
+    ev = make_event(varbinds=[("IF-MIB::ifAlias", "OctetString", nasty)]).to_dict()
+    now = time.time()
+    e = entry(key=nasty, params={"message": nasty}, once_key=nasty, once_within=60.0, due=now, claim=True)
+    r = await a.add(ev, [e], [], now)
+    assert r.states == ["running"]
+    await a.finish(r.ids[0], "done", now, {"said": nasty}, nasty)
+    got = await a.get(r.ids[0])
+    assert got is not None and got.event is not None
+    assert got.key == nasty and got.once_key == nasty and got.params == {"message": nasty}
+    assert got.result == {"said": nasty} and got.last_error == nasty
+    assert json.loads(got.event)["varbinds"][0]["value"] == nasty
+    dup = await a.add(make_event().to_dict(), [entry(key="other", once_key=nasty, once_within=60.0)], [], now)
+    assert dup.states == ["cancelled"] and dup.duplicate_of == r.ids
+    assert (await a.counts())["running"] == 0

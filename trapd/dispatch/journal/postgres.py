@@ -27,6 +27,13 @@ dispatcher's guarantees hold across hosts, enforced by the database:
 As in the SQLite backend, operations go through one writer (a task here, not a
 thread): queued operations share one transaction (group commit), a future
 resolves only after its commit, and reads see this journal's own writes.
+A batch costs one round trip: its usual operations (adds, claims, finishes)
+go as one JSON array to ``trapd_run``, a function of the schema that runs each
+as the statements it stands for (``trapd_add_entry``, ``trapd_claim``), in
+order; BEGIN, the batch's locks, that call, NOTIFY and COMMIT are one query
+string. Other operations are sent as statements in a pipeline (see
+:meth:`PostgresJournal._send`). Caps are counted in 60 slots per window, as in
+SQLite.
 
 The database unavailable: a batch fails with :class:`JournalError` (so the
 daemon does not acknowledge an inform it could not commit, and counts the
