@@ -30,9 +30,9 @@ resolves only after its commit, and reads see this journal's own writes.
 A batch costs one round trip: its usual operations (adds, claims, finishes)
 go as one JSON array to ``trapd_run``, a function of the schema that runs each
 as the statements it stands for (``trapd_add_entry``, ``trapd_claim``), in
-order; BEGIN, the batch's locks, that call, NOTIFY and COMMIT are one query
-string. Other operations are sent as statements in a pipeline (see
-:meth:`PostgresJournal._send`). Caps are counted in 60 slots per window, as in
+order; ``trapd_run_batch`` takes the batch's locks, calls it and sends the
+NOTIFY, one statement, its own transaction. Other operations are sent as
+statements in a pipeline (see :meth:`PostgresJournal._send`). Caps are counted in 60 slots per window, as in
 SQLite.
 
 The database unavailable: a batch fails with :class:`JournalError` (so the
@@ -482,6 +482,29 @@ BEGIN
         owner = p_owner, lease_until = p_now + p_lease WHERE id = p_id;
     r_outcome := 'running';
     r_attempts := v_attempts + 1;
+END
+$$;
+""",
+    ),
+    (
+        6,
+        # A batch of the usual operations as one statement: the batch's locks, trapd_run, the
+        # wake-up. Sent alone on the autocommit connection it is its own transaction (one
+        # round trip, server-side parameters, a plan prepared once per connection).
+        """
+CREATE FUNCTION trapd_run_batch(p_locks BIGINT[], p_ops JSONB, p_notify TEXT) RETURNS JSONB
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_out JSONB;
+BEGIN
+    -- The adds' locks first, in the order given (sorted by trapd): two hosts' batches that need
+    -- the same keys wait for each other instead of deadlocking.
+    PERFORM pg_advisory_xact_lock(u.k) FROM unnest(p_locks) WITH ORDINALITY AS u(k, ord) ORDER BY u.ord;
+    v_out := trapd_run(p_ops);
+    IF p_notify IS NOT NULL THEN
+        PERFORM pg_notify('trapd_journal', p_notify);
+    END IF;
+    RETURN v_out;
 END
 $$;
 """,
@@ -1537,42 +1560,29 @@ class PostgresJournal:
     async def _run_as_one_query(
         self, conn: Conn, batch: list[_Op], run: str
     ) -> list[tuple[_Op, Any, BaseException | None]]:
-        """The usual batch, wholly trapd_run's: BEGIN, its locks, the call, its NOTIFY and COMMIT as
-        one query string (parameters bound here, as literals), one message and one round trip.
+        """The usual batch, wholly trapd_run's: one statement, trapd_run_batch (migration 6), which
+        takes the batch's locks, runs it and sends its NOTIFY; alone on the autocommit connection
+        it is its own transaction. One round trip, the parameters bound by the server.
 
-        Measured (1,500 batches of three operations): 270 us of trapd's CPU a batch, against
-        640-740 us for the same statements in a pipeline (psycopg's machinery per statement
-        and per sync) and wall time 660-750 us against 1,190-1,620. BEGIN is not confirmed
-        before the rest is sent: a connection the server closed while it was idle is found
-        before (see _dropped_while_idle).
+        Measured (1,500 batches of three operations): BEGIN, locks, trapd_run, NOTIFY and COMMIT
+        as statements in a psycopg pipeline cost 640-740 us of trapd's CPU a batch (psycopg's
+        machinery per statement and per sync), as one query string 270 us (and the server
+        parses and plans it each time). Nothing is confirmed before the whole is sent: a
+        connection the server closed while it was idle is found before (see _dropped_while_idle).
+        trapd_run_batch's NOTIFY goes to CHANNEL.
         """
-        sql = ["BEGIN"]
-        params: list[Any] = []
-        if locks := _batch_locks(batch):
-            sql.append(_PRELOCK)
-            params.append(locks)
-        sql.append("SELECT trapd_run(%s::jsonb)")
-        params.append(run)
-        if (notify := self._notify(batch)) is not None:
-            sql.append(notify[0])
-            params.extend(notify[1])
-        sql.append("COMMIT")
-        cur = psycopg.AsyncClientCursor(conn)
+        cur = conn.cursor()
         self._began = True  # from here a broken connection is ambiguous
         try:
-            await cur.execute("; ".join(sql), params)
+            await cur.execute(
+                "SELECT trapd_run_batch(%s::bigint[], %s::jsonb, %s)",
+                (_batch_locks(batch), run, self._token if any(op.notify for op in batch) else None),
+            )
+            row = await cur.fetchone()
         except Exception as exc:
-            if not (conn.broken or conn.closed):
-                # The string's statements after the error did not run: its transaction is open.
-                with contextlib.suppress(psycopg.Error):
-                    await conn.execute("ROLLBACK")
             if _connection_or_conflict(conn, exc):
                 raise
             raise _OpFailed from exc
-        while cur.description is None or cur.description[0].name != "trapd_run":
-            if not cur.nextset():
-                raise JournalError("journal batch: trapd_run returned nothing")
-        row = await cur.fetchone()
         assert row is not None and len(row[0]) == len(batch)
         return [(op, _decoded(op, out), None) for op, out in zip(batch, row[0], strict=True)]
 
