@@ -1533,13 +1533,14 @@ class PostgresJournal:
                 return await self._run_isolated(conn, cur, batch)
         groups = _groups(batch)
         if len(groups) == 1 and (run := groups[0][1]) is not None:
-            return await self._run_as_one_query(conn, batch, run)
+            return await self._run_as_one_statement(conn, batch, run)
         pending: list[tuple[list[_Op], Callable[[], Awaitable[list[Any]]]]] = []
         try:
             if all(ops[0].fn in _PIPELINED for ops, _ in groups):
-                # The usual batch: BEGIN, its statements and COMMIT in one round trip. BEGIN is not
-                # confirmed before the rest is sent: a connection the server closed while it was
-                # idle is found before (see _dropped_while_idle).
+                # Nothing that must read before it decides (an add with cancel keys, an unclaim...):
+                # BEGIN, its statements and COMMIT in one round trip. BEGIN is not confirmed before
+                # the rest is sent: a connection the server closed while it was idle is found
+                # before (see _dropped_while_idle).
                 async with conn.pipeline():
                     self._began = True  # from here a broken connection is ambiguous
                     async with conn.transaction():
@@ -1557,7 +1558,7 @@ class PostgresJournal:
             done.extend((op, result, None) for op, result in zip(ops, await collect(), strict=True))
         return done
 
-    async def _run_as_one_query(
+    async def _run_as_one_statement(
         self, conn: Conn, batch: list[_Op], run: str
     ) -> list[tuple[_Op, Any, BaseException | None]]:
         """The usual batch, wholly trapd_run's: one statement, trapd_run_batch (migration 6), which
