@@ -137,6 +137,8 @@ class ActionCompiler:
         if same is not None:
             hit = self._same.get(same)
             if hit is not None:
+                # Field by field: dataclasses.replace(hit, index=..., mark=...) took 3.3 µs
+                # against 1.7 (0.17 s of 100,000 rules).
                 return ActionCall(
                     index=index,
                     action=hit.action,

@@ -20,13 +20,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
-from trapd.rules.conditions import Cond
+from trapd.rules.conditions import All, Cond
 from trapd.rules.index import RuleIndex
 
-if TYPE_CHECKING:
-    from trapd.rules.ruleset import Rule
+
+class Rule(Protocol):
+    """What the check reads of a rule (trapd.rules.ruleset.Rule, which builds its index here)."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def stop(self) -> bool: ...
+    @property
+    def foreach(self) -> object | None: ...
+    @property
+    def condition(self) -> All: ...
+
+
+R = TypeVar("R", bound=Rule)
 
 
 def _implied(a_atoms: tuple[Cond, ...], b_atoms: tuple[Cond, ...]) -> bool:
@@ -76,7 +89,7 @@ def index_rules(rules: Sequence[Rule], *, find_hidden: bool = True) -> IndexedRu
     return IndexedRules(index, settled, hidden)
 
 
-def shadow_warnings(rules: Sequence[Rule]) -> Iterator[tuple[Rule, Rule]]:
+def shadow_warnings(rules: Sequence[R]) -> Iterator[tuple[R, R]]:
     """(hidden rule, the earlier rule hiding it), for each enabled rule that can never match."""
     for i, j in index_rules(rules).hidden:
         yield rules[i], rules[j]
