@@ -252,3 +252,41 @@ def test_no_trap_is_lost_while_reloading(tmp_path: Path) -> None:
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def shadowed_pair(first: str, second: str) -> str:
+    """Two rules where the second can never match: the first takes every linkDown and stops."""
+    wide = log_rule(first, "IF-MIB::linkDown", "wide")
+    return "rules:\n" + wide + log_rule(second, "IF-MIB::linkDown", "never")
+
+
+def test_rule_warnings_are_logged_with_their_place_at_start_and_on_reload(tmp_path: Path) -> None:
+    """The rules load despite a warning, and the journal says where it is, as trapd check does."""
+    d = TrapdDaemon.start(tmp_path, rules=shadowed_pair("wide", "never"))
+    try:
+        first = d.wait_log("rule warning")[0]
+        assert first["where"].startswith(f"{d.rules_path}:9:"), first  # the second rule's line
+        assert "'never' can never match" in first["problem"], first
+
+        d.rules_path.write_text(shadowed_pair("wide", "hidden"))
+        reload(d)
+        d.wait_log("reloaded")
+        again = d.wait_log(lambda e: e.get("event") == "rule warning" and "'hidden'" in e["problem"])[0]
+        assert again["where"].startswith(f"{d.rules_path}:9:"), again
+        # They were warnings: the rules serve.
+        snmp_send("snmptrap", *link_down(d.target(), 3), check=True)
+        logged(d, "wide")
+    finally:
+        d.close()
+
+
+def test_many_rule_warnings_are_logged_as_the_first_ones_and_a_count(tmp_path: Path) -> None:
+    rules = "rules:\n" + log_rule("wide", "IF-MIB::linkDown", "wide")
+    rules += "".join(log_rule(f"never-{i}", "IF-MIB::linkDown", "never") for i in range(25))
+    d = TrapdDaemon.start(tmp_path, rules=rules)
+    try:
+        more = d.wait_log("more rule warnings not logged: trapd check lists them all")[0]
+        assert more["more"] == 5
+        assert len(d.logs("rule warning")) == 20
+    finally:
+        d.close()

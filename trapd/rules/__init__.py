@@ -86,12 +86,14 @@ def load_rules(
     *,
     global_mode: str = "enforce",
     capped_actions: Collection[str] = (),
+    warnings: list[ConfigError] | None = None,
 ) -> RuleSet:
     """Build a RuleSet; raise RuleErrors (holding every problem) if any error was found.
 
-    Warnings are not returned, so the "can never match" check (a warning, 5 % of loading
-    100,000 per-port rules) runs only when there are errors to report it with; `trapd check`
-    (:func:`check_rules`) always runs it.
+    ``warnings``: a list to append the warnings to (the daemon logs them). Without one, the
+    "can never match" check (a warning, 5 % of loading 100,000 per-port rules) runs only
+    when there are errors to report it with; `trapd check` (:func:`check_rules`) always
+    runs it.
     """
     if global_mode not in ("enforce", "dry-run"):
         raise ConfigError(f"mode must be enforce or dry-run, got {global_mode!r}")
@@ -101,10 +103,12 @@ def load_rules(
         actions,
         global_mode=global_mode,
         capped_actions=capped_actions,
-        shadow_check=False,
+        shadow_check=warnings is not None,
     )
     if any(p.severity == "error" for p in problems):
         raise RuleErrors(problems)
+    if warnings is not None:
+        warnings.extend(problems)  # no errors: every problem is a warning
     return ruleset
 
 

@@ -53,17 +53,38 @@ class Loaded:
     rules: RuleSet
 
 
+# A rule file of 100,000 generated rules can hold thousands of warnings: the log gets the
+# first ones and a count, `trapd check` lists them all.
+RULE_WARNINGS_LOGGED = 20
+
+
 def build_rules(
     cfg: Config, resolver: MibResolver, actions: dict[str, ActionSpec], log: TrapdLogger
 ) -> RuleSet:
-    """Compile the rule files ``cfg`` names; ConfigError (file:line:col) on the first problem."""
+    """Compile the rule files ``cfg`` names; RuleErrors (each problem with file:line:col) on errors.
+
+    Warnings (a rule that can never match, ...) do not stop the rules from loading, at start
+    or on a reload, but are logged with their place, as `trapd check` prints them: an
+    operator who reloads without checking first still finds them in the journal.
+    """
     from trapd.rules import globally_capped, load_rules
 
     capped = globally_capped(cfg.dispatch.caps, actions)
     paths = cfg.rule_paths()
     if not paths:
         log.warning("no rule files configured: notifications are received and counted, nothing runs")
-    return load_rules(paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped)
+    warnings: list[ConfigError] = []
+    rules = load_rules(
+        paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped, warnings=warnings
+    )
+    for w in warnings[:RULE_WARNINGS_LOGGED]:
+        log.warning("rule warning", where=str(w.mark) if w.mark else None, problem=w.message)
+    if len(warnings) > RULE_WARNINGS_LOGGED:
+        log.warning(
+            "more rule warnings not logged: trapd check lists them all",
+            more=len(warnings) - RULE_WARNINGS_LOGGED,
+        )
+    return rules
 
 
 def log_mib_problems(log: TrapdLogger, resolver: MibResolver) -> None:
