@@ -126,11 +126,13 @@ def stored_event(event: Mapping[str, Any]) -> str:
     varbinds = event.get("varbinds")
     if not varbinds:
         return dumps(event)
-    whole = dumps(event)
-    if len(whole) <= VARBINDS_BUDGET and all(_short_varbind(vb) for vb in varbinds):
-        # Within every bound as it is (the common trap): one encoding, not one per varbind and
-        # then the event again.
-        return whole
+    whole: str | None = None
+    if all(not isinstance(vb, Mapping) or _bounded_varbind(vb) is vb for vb in varbinds):
+        # No value to cut (the common trap): one encoding, not one per varbind and then the event
+        # again; a trap with a long value is never encoded whole (a 60 KB varbind: 300 KB of JSON).
+        whole = dumps(event)
+        if len(whole) <= VARBINDS_BUDGET:
+            return whole
     kept: list[Any] = []
     used = 0
     for n, vb in enumerate(varbinds):
@@ -144,22 +146,11 @@ def stored_event(event: Mapping[str, Any]) -> str:
             return dumps(out)
         used += len(text)
         kept.append(vb)
-    if all(a is b for a, b in zip(kept, varbinds, strict=True)):
+    if whole is not None:  # nothing was cut (no value is long) and all fit the budget
         return whole
     out = dict(event)
     out["varbinds"] = kept
     return dumps(out)
-
-
-def _short_varbind(vb: Any) -> bool:
-    """No value or display text of ``vb`` is cut by :func:`_bounded_varbind`."""
-    if not isinstance(vb, Mapping):
-        return True
-    value, display = vb.get("value"), vb.get("display")
-    return not (
-        (isinstance(value, str) and len(value) > MAX_VALUE_CHARS)
-        or (isinstance(display, str) and len(display) > MAX_VALUE_CHARS)
-    )
 
 
 def _bounded_varbind(vb: Mapping[str, Any]) -> Mapping[str, Any]:
