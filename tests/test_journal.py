@@ -456,3 +456,26 @@ async def test_keys_with_a_nul_byte_from_a_trap_are_journaled(journal: Journal) 
     assert armed.states == ["scheduled"]
     cleared = await journal.add(make_event().to_dict(), [], [nul], now + 1)
     assert cleared.cancelled == armed.ids
+
+
+async def test_writers_of_one_file_take_turns_through_a_shared_lock_file(tmp_path: Path) -> None:
+    """Processes sharing a journal (service.workers) queue for its writers' lock file, so that a
+    waiting writer wakes when the lock is let go rather than after SQLite's busy-handler sleep."""
+    import fcntl
+    import os
+
+    path = tmp_path / "j.sqlite"
+    async with SQLiteJournal(path) as j:
+        lock = Path(f"{path}-writers.lock")
+        assert lock.stat().st_mode & 0o777 == 0o600
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # as another process's writer would, mid-transaction
+            add = asyncio.ensure_future(j.add(make_event().to_dict(), [entry()], [], time.time()))
+            await asyncio.sleep(0.5)
+            assert not add.done()  # it waits for the lock, and did not write around it
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        res = await asyncio.wait_for(add, 60)
+        assert [state for _, state, _ in committed_rows(j)] == ["pending"] and len(res.ids) == 1
