@@ -158,6 +158,77 @@ async def test_unix_socket_that_never_answers_times_out(tmp_path: Path) -> None:
     server.close()
 
 
+async def fake_unix_kea(path: Path, answer: list[bytes | None]) -> asyncio.Server:
+    """A unix socket that reads one command, writes each part of ``answer`` (None: a pause), closes."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        for part in answer:
+            if part is None:
+                await asyncio.sleep(0.05)
+            else:
+                writer.write(part)
+                await writer.drain()
+        writer.close()
+
+    return await asyncio.start_unix_server(serve, str(path))
+
+
+def unix_clients(path: Path, timeout: float = 5.0) -> KeaClients:
+    clients: KeaClients = make_kea_clients(
+        {"endpoints": {"u": {"transport": "unix", "socket": str(path), "family": "v4", "timeout": timeout}}}
+    )
+    return clients
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        # An answer in pieces: read until the bytes so far parse.
+        ([b'{ "result": 0, "text": "pie', None, b'ces" }'], "pieces"),
+        ([b'{ "result": 0, "arguments": {"a": "}"', None, b"} }\n"], ""),
+        ([b"", b"not json"], KeaServerError),  # closed on something that does not parse
+        ([b'{ "result": 0, "text": "cut'], KeaServerError),  # closed mid-answer
+        ([], KeaUnavailableError),  # closed without a byte
+    ],
+)
+async def test_unix_answers_are_read_to_their_end(
+    tmp_path: Path, answer: list[bytes | None], outcome: str | type[Exception]
+) -> None:
+    path = tmp_path / "kea.sock"
+    server = await fake_unix_kea(path, answer)
+    kea = unix_clients(path).get("u")
+    if isinstance(outcome, str):
+        assert (await kea.command("status-get")).text == outcome
+    else:
+        with pytest.raises(outcome):
+            await kea.command("status-get")
+    server.close()
+
+
+async def test_unix_command_cancelled_or_timed_out_from_outside(tmp_path: Path) -> None:
+    """The per-command limit is the transport's; an action's own limit or a cancel stays the caller's."""
+    path = tmp_path / "slow.sock"
+    server = await fake_unix_kea(path, [None] * 20 + [b'{ "result": 0 }'])  # answers after ~1 s
+    kea = unix_clients(path, timeout=5.0).get("u")
+    with pytest.raises(TimeoutError) as info:
+        async with asyncio.timeout(0.2):
+            await kea.command("status-get")
+    assert not isinstance(info.value, KeaTimeoutError)  # the caller's limit, not the command's
+    task = asyncio.ensure_future(kea.command("status-get"))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # And the command's own limit, shorter than the caller's, is a retryable Kea timeout.
+    short = unix_clients(path, timeout=0.2).get("u")
+    async with asyncio.timeout(5):
+        with pytest.raises(KeaTimeoutError):
+            await short.command("status-get")
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    server.close()
+
+
 class FakeHttp:
     """Answers each request with the next canned (status, body) or, for None, closes the connection."""
 
