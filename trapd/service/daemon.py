@@ -165,8 +165,7 @@ class Role(Protocol):
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]: ...
-    @property
-    def preloaded(self) -> Loaded | None: ...
+    def take_preloaded(self) -> Loaded | None: ...
     @property
     def journal_owner(self) -> str: ...
     def adjust(self, config: Config) -> Config: ...
@@ -424,7 +423,7 @@ class Daemon:
         role = self.role
         make_private_dir(cfg.state_dir)
         # A worker forked from the supervisor starts with what the supervisor loaded and checked.
-        loaded = role.preloaded if role is not None and role.preloaded is not None else None
+        loaded = role.take_preloaded() if role is not None else None
         if loaded is None:
             loaded = load_startup(cfg, self.log)
         self.resolver, self.actions, self.rules = loaded.resolver, loaded.actions, loaded.rules
