@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -135,13 +136,33 @@ async def compile_reload(
     The MIB resolver is shared with the receive path; what the compiler uses
     of it is read-only, or a cache where a lost entry costs a lookup.
     Raises what loading raises (ConfigError for a bad file); nothing changes then.
+
+    The new rules are frozen out of the cyclic collector's sight, as start-up's are
+    (:func:`trapd.service.daemon.settle_memory`). Left to it, the first collection
+    after the compile walked every object just made, holding the GIL: the event
+    loop stood still for 0.7 s after a reload of 100,000 rules (0.13-0.24 s for
+    20,000); frozen, 0.16-0.22 s (the old set's release) and 0.03-0.07 s. RSS over
+    eight reloads of 20,000 rules stayed flat: nothing of the compile is garbage
+    left behind in cycles. A failed compile is not frozen (its traceback holds
+    cycles that must be collected).
     """
 
     def work() -> tuple[Config, RuleSet]:
         config = options.load()
         if adjust is not None:
             config = adjust(config)
-        return config, build_rules(config, loaded.resolver, loaded.actions, log)
+        was_enabled = gc.isenabled()
+        gc.disable()
+        compiled = False
+        try:
+            rules = build_rules(config, loaded.resolver, loaded.actions, log)
+            compiled = True
+        finally:
+            if compiled and was_enabled:
+                gc.freeze()
+            if was_enabled:
+                gc.enable()
+        return config, rules
 
     return await asyncio.to_thread(work)
 
