@@ -28,7 +28,14 @@ from trapd.rules.index import RuleIndex
 from trapd.rules.outcome import Mode, Outcome, PlannedAction, RateCap, Rejection, RetryPolicy
 from trapd.rules.shadow import index_rules
 from trapd.rules.sources import AddressSet, addr_key
-from trapd.rules.templates import ENV, RENDER_ERRORS, TemplateInfo, render_fast
+from trapd.rules.templates import (
+    ENV,
+    RENDER_ERRORS,
+    TemplateInfo,
+    end_event_budget,
+    event_budget,
+    render_fast,
+)
 from trapd.yamlsource import Mark
 
 # ---------------------------------------------------------------- rendered values
@@ -337,31 +344,42 @@ class RuleSet:
         if st is None:
             st = EvalState(event, self._source_key(event.source))
         rules, residual = self._rules, self._residual
-        for i in candidates:
-            rule = rules[i]
-            if st.captures:
-                st.captures = {}
-            if not residual[i].test(st):
-                continue
-            items: list[dict[str, Any]] | None = None
-            if rule.foreach is not None:
-                decoded = decode_items(rule.foreach.kind, event, rule.foreach.decoders)
-                rejected.extend(_decode_rejections(rule, decoded))
-                items = [it for it in decoded.items if rule.foreach.accepts(it, st)]
-                if not items:
+        budget = event_budget()  # one time bound for all of this event's renders
+        try:
+            for i in candidates:
+                rule = rules[i]
+                if st.captures:
+                    st.captures = {}
+                if not residual[i].test(st):
                     continue
-            matched.append(rule.name)
-            if base is None:
-                base = event_context(event, rule="", source_group=self.group_of(event.source))
-            self._plan(rule, base, st.captures, items, planned, cancels, rejected)
-            if rule.stop:
-                break
+                items: list[dict[str, Any]] | None = None
+                if rule.foreach is not None:
+                    decoded = decode_items(rule.foreach.kind, event, rule.foreach.decoders)
+                    rejected.extend(_decode_rejections(rule, decoded))
+                    items = [it for it in decoded.items if rule.foreach.accepts(it, st)]
+                    if not items:
+                        continue
+                matched.append(rule.name)
+                if base is None:
+                    base = event_context(event, rule="", source_group=self.group_of(event.source))
+                self._plan(rule, base, st.captures, items, planned, cancels, rejected)
+                if rule.stop:
+                    break
+        finally:
+            end_event_budget(budget)
         if not matched and not rejected:
             return _EMPTY
         return Outcome(tuple(matched), tuple(planned), tuple(cancels), tuple(rejected))
 
     def explain(self, event: Event) -> list[RuleTrace]:
         """Every rule in order: matched (with its outcome), or the first condition that failed."""
+        budget = event_budget()  # as in evaluate: one time bound for the event's renders
+        try:
+            return self._explain(event)
+        finally:
+            end_event_budget(budget)
+
+    def _explain(self, event: Event) -> list[RuleTrace]:
         traces: list[RuleTrace] = []
         stopped_by: str | None = None
         base: dict[str, Any] | None = None

@@ -25,7 +25,7 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +137,9 @@ MAX_TEXT = 65536  # characters in any one value a template builds, and in its ou
 MAX_PRODUCED = 4 * 1024 * 1024  # characters built by all operations of one render together
 MAX_STEPS = 200_000  # loop iterations + calls + filters + operators in one render
 MAX_SECONDS = 0.5  # wall-clock time of one render (a budget check every step; the loop waits at most this)
+# Wall-clock time of all renders for one event together (see event_budget): twenty rules on one
+# trap, each with a template that runs to its own bound, would otherwise hold the loop 20 x 0.5 s.
+MAX_EVENT_SECONDS = 0.5
 
 
 class TemplateBoundError(SecurityError):
@@ -157,10 +160,16 @@ class TemplateRefused(jinja2.TemplateSyntaxError):
 class _Budget:
     """What one render may still spend; every intercepted operation charges it."""
 
-    __slots__ = ("deadline", "produced", "steps")
+    __slots__ = ("deadline", "produced", "shared", "steps")
 
     def __init__(self, seconds: float = MAX_SECONDS) -> None:
-        self.deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + seconds
+        event = _EVENT_DEADLINE.get()
+        # Within an event's budget, whichever ends first: the render's own, or the event's.
+        if event is not None and event < deadline:
+            self.shared, self.deadline = True, event
+        else:
+            self.shared, self.deadline = False, deadline
         self.steps = 0
         self.produced = 0
 
@@ -169,6 +178,10 @@ class _Budget:
         if self.steps > MAX_STEPS:
             raise TemplateBoundError(f"template exceeds its bound of {MAX_STEPS} steps (loops, calls...)")
         if time.monotonic() > self.deadline:
+            if self.shared:
+                raise TemplateBoundError(
+                    f"this event's templates together exceed their time bound of {MAX_EVENT_SECONDS:g}s"
+                )
             raise TemplateBoundError(f"template exceeds its time bound of {MAX_SECONDS:g}s")
 
     def admit(self, value: Any) -> Any:
@@ -193,6 +206,19 @@ class _Budget:
 
 
 _BUDGET: ContextVar[_Budget | None] = ContextVar("trapd_template_budget", default=None)
+# When the renders of the event being evaluated must end (monotonic seconds); None outside one.
+_EVENT_DEADLINE: ContextVar[float | None] = ContextVar("trapd_template_event_deadline", default=None)
+
+
+def event_budget() -> Token[float | None]:
+    """Start one event's shared time bound for its renders; give the token to :func:`end_event_budget`."""
+    return _EVENT_DEADLINE.set(time.monotonic() + MAX_EVENT_SECONDS)
+
+
+def end_event_budget(token: Token[float | None]) -> None:
+    _EVENT_DEADLINE.reset(token)
+
+
 _FOLDING: ContextVar[list[str] | None] = ContextVar("trapd_template_folding", default=None)
 
 
