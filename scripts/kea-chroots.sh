@@ -17,7 +17,9 @@ remove=no
 if [ "${1:-}" = "--remove" ]; then remove=yes; shift; fi
 BASE=${1:-${TRAPD_KEA_CHROOT_BASE:-/var/cache/trapd-kea-chroots}}
 SUITES=${TRAPD_KEA_SUITES:-"trixie sid"}
-PACKAGES="systemd-standalone-sysusers systemd-standalone-tmpfiles kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent"
+PACKAGES="systemd-standalone-sysusers systemd-standalone-tmpfiles kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-dhcp-ddns-server"
+# What a ready chroot must have; one built before a package joined the list is built again.
+BINARIES="kea-dhcp4 kea-dhcp6 kea-ctrl-agent kea-dhcp-ddns"
 
 if [ "$(id -u)" != 0 ]; then echo "kea-chroots: needs root" >&2; exit 1; fi
 
@@ -50,13 +52,18 @@ mkdir -p "$BASE"
 for suite in $SUITES; do
     dir=$BASE/$suite
     if [ -e "$dir/.trapd-ready" ]; then
-        echo "ready: $dir $(cat "$dir/.trapd-ready")"
-        continue
+        complete=yes
+        for b in $BINARIES; do [ -x "$dir/usr/sbin/$b" ] || complete=no; done
+        if [ "$complete" = yes ]; then
+            echo "ready: $dir $(cat "$dir/.trapd-ready")"
+            continue
+        fi
+        echo "kea-chroots: $dir lacks one of $BINARIES: building it again"
     fi
     if [ -d "$dir" ]; then
         unmount_proc "$dir"
         if [ -e "$dir/.trapd-chroot" ]; then
-            rm -rf --one-file-system "$dir"   # an earlier build that did not finish
+            rm -rf --one-file-system "$dir"   # an earlier build that did not finish, or lacks a package
         else
             echo "kea-chroots: $dir exists and was not made by this script; leaving it" >&2
             exit 1

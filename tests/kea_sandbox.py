@@ -843,6 +843,15 @@ class Bind:
         out = subprocess.run(args, capture_output=True, text=True, timeout=10, check=True).stdout
         return [line.split()[-1] for line in out.splitlines() if line and not line.startswith(";")]
 
+    def dig_until(self, name: str, rtype: str, expected: list[str], timeout: float = 5.0) -> list[str]:
+        """dig until the answer is ``expected`` or time runs out (Kea answers before DNS changes)."""
+        deadline = time.monotonic() + timeout
+        answer = self.dig(name, rtype)
+        while answer != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+            answer = self.dig(name, rtype)
+        return answer
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

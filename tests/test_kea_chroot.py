@@ -6,7 +6,8 @@ Builds the chroots first when they are missing (scripts/kea-chroots.sh: about
 a minute and 300 MB each, in $TRAPD_KEA_CHROOT_BASE or
 /var/cache/trapd-kea-chroots). 2.6.3 is driven through its Control Agent and
 unix sockets; 3.0.4 also through the daemons' own HTTP sockets, with basic
-auth on the agent and the sockets.
+auth on the agent and the sockets. kea.ddns-resend and lease-del's
+update-ddns go through each version's kea-dhcp-ddns to the session's BIND 9.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pytest
 from kea_harness import (
     CHROOT_BASE,
     CHROOT_VERSIONS,
+    Bind,
+    DdnsTarget,
     KeaInstance,
     ensure_chroots,
     make_action_context,
@@ -178,4 +181,34 @@ async def test_hook_not_loaded(chroot_kea: KeaInstance) -> None:
         await c.http.aclose()
     finally:
         bare.stop()
+        shutil.rmtree(chroot_kea.chroot / workdir.relative_to("/"), ignore_errors=True)
+
+
+async def test_ddns_resend_adds_records_and_lease_del_removes_them(
+    chroot_kea: KeaInstance, bind_server: Bind
+) -> None:
+    """kea.ddns-resend and lease-del's update-ddns through each version's kea-dhcp-ddns to BIND 9."""
+    assert chroot_kea.chroot is not None
+    suite = chroot_kea.chroot.name
+    workdir = Path(f"/tmp/trapd-kea-ddns-{os.getpid()}")
+    target = DdnsTarget(bind_server.port, bind_server.key_name, bind_server.key_secret)
+    inst = start_kea(workdir, chroot=chroot_kea.chroot, dhcp6=False, ca=False, ddns=target)
+    try:
+        clients = make_kea_clients(inst.trapd_kea_section())
+        c = make_action_context(clients)
+        # Names and addresses of their own per version: the BIND server is the session's.
+        ip = {"trixie": "10.1.0.121", "sid": "10.1.0.122"}[suite]
+        name = f"chroot-{suite}.example.org"
+        inst.add_lease4(ip, next(MAC), hostname=name, **{"fqdn-fwd": True, "fqdn-rev": True})
+        result = await run("kea.ddns-resend", c, **{"ip-address": ip})
+        assert result["sent"][0]["text"].startswith("NCR generated"), result
+        assert bind_server.dig_until(name, "A", [ip]) == [ip]
+        assert bind_server.dig_until(ip, "PTR", [name + "."]) == [name + "."]
+        await run("kea.lease-del", c, **{"ip-address": ip, "update-ddns": True})
+        assert bind_server.dig_until(name, "A", []) == []
+        assert bind_server.dig_until(ip, "PTR", []) == []
+        await clients.aclose()
+        await c.http.aclose()
+    finally:
+        inst.stop()
         shutil.rmtree(chroot_kea.chroot / workdir.relative_to("/"), ignore_errors=True)

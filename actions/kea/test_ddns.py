@@ -7,7 +7,6 @@ the checks poll dig for a few seconds.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -20,16 +19,6 @@ from .ddns import ddns_resend
 from .lease_del import lease_del
 
 pytestmark = pytest.mark.integration
-
-
-def dig_until(bind: Bind, name: str, rtype: str, expected: list[str], timeout: float = 5.0) -> list[str]:
-    """dig until the answer is ``expected`` or time runs out; returns the last answer."""
-    deadline = time.monotonic() + timeout
-    answer: list[str] = bind.dig(name, rtype)
-    while answer != expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        answer = bind.dig(name, rtype)
-    return answer
 
 
 async def test_resend_adds_records_and_delete_removes_them(bind_server: Bind, kea_factory: Any) -> None:
@@ -58,18 +47,18 @@ async def test_resend_adds_records_and_delete_removes_them(bind_server: Bind, ke
     assert r is not None and r["sent"][0]["text"].startswith("NCR generated")
     await ddns_resend.run(validate(ddns_resend.params, {"hw-address": "0a:00:27:00:00:02"}), ctx)  # by MAC
     await ddns_resend.run(validate(ddns_resend.params, {"ip-address": ip6}), ctx)
-    assert dig_until(bind_server, "h1.example.org", "A", [ip4]) == [ip4]
-    assert dig_until(bind_server, ip4, "PTR", ["h1.example.org."]) == ["h1.example.org."]
-    assert dig_until(bind_server, "h2.example.org", "A", [ip4b]) == [ip4b]
-    assert dig_until(bind_server, "v6a.example.org", "AAAA", [ip6]) == [ip6]
-    assert dig_until(bind_server, ip6, "PTR", ["v6a.example.org."]) == ["v6a.example.org."]
+    assert bind_server.dig_until("h1.example.org", "A", [ip4]) == [ip4]
+    assert bind_server.dig_until(ip4, "PTR", ["h1.example.org."]) == ["h1.example.org."]
+    assert bind_server.dig_until("h2.example.org", "A", [ip4b]) == [ip4b]
+    assert bind_server.dig_until("v6a.example.org", "AAAA", [ip6]) == [ip6]
+    assert bind_server.dig_until(ip6, "PTR", ["v6a.example.org."]) == ["v6a.example.org."]
 
     # without update-ddns the records stay; with it they go
     await lease_del.run(validate(lease_del.params, {"ip-address": ip4b}), ctx)
     for v, name, rtype in ((ip4, "h1.example.org", "A"), (ip6, "v6a.example.org", "AAAA")):
         await lease_del.run(validate(lease_del.params, {"ip-address": v, "update-ddns": True}), ctx)
-        assert dig_until(bind_server, name, rtype, []) == []
-        assert dig_until(bind_server, v, "PTR", []) == []
+        assert bind_server.dig_until(name, rtype, []) == []
+        assert bind_server.dig_until(v, "PTR", []) == []
     assert bind_server.dig("h2.example.org") == [ip4b]
     await clients.aclose()
     await ctx.http.aclose()
