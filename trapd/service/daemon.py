@@ -34,6 +34,7 @@ from trapd.service.lifecycle import (
     compile_reload,
     failure_reason,
     load_startup,
+    release_rules,
     start_metrics,
     status_loop,
     warn_restart_needed,
@@ -546,8 +547,9 @@ class Daemon:
         self.health = Health(True, "reloading")
         adjust = self.role.adjust if self.role is not None else None
         try:
-            loaded = Loaded(self.resolver, self.actions, self.rules)
-            config, rules = await compile_reload(self.options, loaded, self.log, adjust)
+            config, rules = await compile_reload(
+                self.options, Loaded(self.resolver, self.actions, self.rules), self.log, adjust
+            )
             # Last of the fallible steps: a V3Receiver that cannot be built must not leave new rules behind.
             if self.listener is not None:
                 self.listener.update_config(config.listener)
@@ -573,7 +575,10 @@ class Daemon:
                 self.limiter.configure(config.listener.rate_limit, rules.clearing_oids)
             else:
                 self.limiter.set_clearing(rules.clearing_oids)
-        self.rules = rules
+        old, self.rules = self.rules, rules
+        # Freed in a thread, a slice at a time: dropped here, a big set held the loop (release_rules).
+        asyncio.get_running_loop().run_in_executor(None, release_rules, old)
+        del old
         self.config = config
         self.stats.reloads["ok"] += 1
         self._reload_error = None
