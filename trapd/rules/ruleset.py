@@ -344,7 +344,7 @@ class RuleSet:
         if st is None:
             st = EvalState(event, self._source_key(event.source))
         rules, residual = self._rules, self._residual
-        budget = event_budget()  # one time bound for all of this event's renders
+        budget = None  # one time bound for all of this event's renders, from its first match
         try:
             for i in candidates:
                 rule = rules[i]
@@ -362,11 +362,13 @@ class RuleSet:
                 matched.append(rule.name)
                 if base is None:
                     base = event_context(event, rule="", source_group=self.group_of(event.source))
+                    budget = event_budget()
                 self._plan(rule, base, st.captures, items, planned, cancels, rejected)
                 if rule.stop:
                     break
         finally:
-            end_event_budget(budget)
+            if budget is not None:
+                end_event_budget(budget)
         if not matched and not rejected:
             return _EMPTY
         return Outcome(tuple(matched), tuple(planned), tuple(cancels), tuple(rejected))
