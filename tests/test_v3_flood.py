@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from daemon_harness import V3_USER, TrapdDaemon
+from daemon_harness import IF_INDEX, LINK_DOWN, V3_ARGS, V3_USER, TrapdDaemon
+from listen_harness import needs_netsnmp, snmp_send
 from test_receive_memory import v2c_trap
 from test_workers import discovery_probe
 
@@ -106,4 +108,87 @@ def test_a_v3_flood_within_per_source_limits_leaves_other_senders_their_traps(tm
             assert parse_header(s.recv(4096)).engine_id.hex() == TRAPD_ENGINE
         assert d.stop() == 0
     finally:
+        d.close()
+
+
+FORGED_SOURCES = [f"127.0.2.{i}" for i in range(1, 65)] + ["127.0.0.1"]  # the last: the switch's own
+FORGED_PER_SECOND = 2000
+FLOOD_FOR = 30.0  # seconds at most; the flood stops as soon as the informs are done
+
+
+@needs_netsnmp
+def test_a_forged_discovery_flood_does_not_keep_authenticated_informs_out(tmp_path: Path) -> None:
+    """Engine-ID discovery needs no key and UDP sources can be forged: probes from 65 made-up
+    addresses (one of them the switch's own), 2,000 a second, spend the slow path's whole budget
+    (100 a second, 10 a source, the shipped defaults). A switch that knows trapd's engine ID
+    (``-e``) still gets its authPriv informs acknowledged: their MAC is checked before the
+    budget, and the budget keeps half of every bucket for such messages. Before, the flood took
+    every token and the informs timed out."""
+    config = {"listener": {"v3_users": [V3_USER], "engine_id": TRAPD_ENGINE}}
+    d = TrapdDaemon.start(tmp_path / "trapd", rules="rules: []\n", config=config)
+    stop = threading.Event()
+    sent = [0]
+
+    def flood() -> None:
+        senders = []
+        try:
+            for host in FORGED_SOURCES:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((host, 0))
+                s.setblocking(False)
+                senders.append(s)
+            began = time.monotonic()
+            while not stop.is_set() and time.monotonic() - began < FLOOD_FOR:
+                for _ in range(20):
+                    s = senders[sent[0] % len(senders)]
+                    s.sendto(discovery_probe(1 + sent[0] % 30000), d.address)
+                    sent[0] += 1
+                # Paced by the clock: FORGED_PER_SECOND, bounded in count by FLOOD_FOR.
+                delay = began + sent[0] / FORGED_PER_SECOND - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                for s in senders:  # the reports trapd sends back: not needed
+                    try:
+                        while True:
+                            s.recv(4096)
+                    except BlockingIOError:
+                        pass
+        finally:
+            for s in senders:
+                s.close()
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    try:
+        flooder.start()
+        # The flood has spent the global budget: discovery probes are being refused by it.
+        spent = d.wait_metric(
+            "trapd_notifications_dropped_detail_total", 50, timeout=20, reason="rate-limited",
+            detail="v3-slow-global",
+        )  # fmt: skip
+        assert spent >= 50, spent
+        acknowledged = 0
+        for n in range(5):
+            r = snmp_send(
+                "snmpinform", *V3_ARGS, "-e", f"0x{TRAPD_ENGINE}", "-r", "1", "-t", "2", d.target(), "",
+                LINK_DOWN, f"{IF_INDEX}.{n}", "i", str(n),
+            )  # fmt: skip
+            acknowledged += r.returncode == 0
+            time.sleep(0.5)  # the switch within its own per-source rate (10/s, two messages an inform)
+        still_flooding = flooder.is_alive()
+        stop.set()
+        flooder.join(10)
+        refused = d.metric(
+            "trapd_notifications_dropped_detail_total", reason="rate-limited", detail="v3-slow-global"
+        )
+        print(
+            f"informs acknowledged {acknowledged}/5, flood {sent[0]}, "
+            f"refused by the global budget {refused:.0f}"
+        )
+        assert still_flooding  # the informs ran while the flood was on
+        assert acknowledged == 5  # before: 0 of 5
+        assert d.metric("trapd_notifications_received_total", version="v3") == 5
+        assert d.stop() == 0
+    finally:
+        stop.set()
+        flooder.join(10)
         d.close()

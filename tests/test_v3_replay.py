@@ -107,14 +107,23 @@ def test_a_replayed_authpriv_inform_runs_its_action_once(tmp_path: Path, workers
         d.close()
 
 
-async def test_a_refused_replay_leaves_nothing_in_pysnmps_response_cache() -> None:
+async def test_a_refused_replay_leaves_nothing_in_pysnmps_response_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """pysnmp keeps an accepted inform's state for its Response (600 s unless answered): a replay
-    trapd refuses is never answered, so its state is released at once (bounded memory)."""
+    trapd refuses is never answered, so its state is released at once (bounded memory).
+
+    A replay is refused before pysnmp (ReplayMemory.seen) unless two workers receive it at the
+    same moment: both pass that check, and pysnmp's accept (ReplayMemory.first_time) refuses
+    the second. That race is what this injects, for every replay."""
     import asyncio
 
     from trapd.listener import Listener, ListenerConfig, RawNotification
     from trapd.listener.config import ListenAddress, RateLimit, V3User
+    from trapd.listener.v3.replay import ReplayMemory
     from trapd.secrets import Secret
+
+    monkeypatch.setattr(ReplayMemory, "seen", lambda self, engine_id, mac: False)
 
     got: list[RawNotification] = []
     refuse = [False]
@@ -134,7 +143,9 @@ async def test_a_refused_replay_leaves_nothing_in_pysnmps_response_cache() -> No
         listen=(ListenAddress("127.0.0.1", 0),),
         v3_users=(v3_user,),
         engine_id=bytes.fromhex(TRAPD_ENGINE),
-        rate_limit=RateLimit(v3_slow_per_source=0, v3_slow_global=0),  # every replay reaches pysnmp
+        rate_limit=RateLimit(
+            v3_slow_per_source=0, v3_slow_global=0
+        ),  # no budget: every replay reaches pysnmp
     )
     async with Listener(config, on_notification) as listener:
         target = ("127.0.0.1", listener.bound[0].address.port)

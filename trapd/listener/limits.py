@@ -60,7 +60,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from trapd.listener.ber import encode_oid_content, encode_tlv
 from trapd.listener.config import RateLimit
@@ -174,6 +174,13 @@ class _Bucket:
 
     def take(self, now: float) -> bool:
         if self.refill(now) >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def take_above(self, now: float, floor: float) -> bool:
+        """``take``, but only while more than ``floor`` tokens stay behind (the rest is reserved)."""
+        if self.refill(now) >= floor + 1.0:
             self.tokens -= 1.0
             return True
         return False
@@ -324,6 +331,15 @@ class SourceLimiter:
         return src
 
 
+# The share of each slow-path bucket only authentic messages may use (SlowPathBudget).
+AUTHENTIC_RESERVE: Final = 0.5
+
+
+def _reserved(depth: float) -> float:
+    """Tokens of a bucket ``depth`` deep kept for authentic messages; at least one is left to the rest."""
+    return min(depth * AUTHENTIC_RESERVE, depth - 1.0)
+
+
 class SlowPathBudget:
     """Per-source and global token buckets for v3 messages that need pysnmp's engine.
 
@@ -342,6 +358,17 @@ class SlowPathBudget:
     budget, :meth:`admit` names the limit and the message is dropped as
     ``rate-limited`` before pysnmp sees it. Per-source entries are bounded
     (least recently seen evicted first), like :class:`SourceLimiter`'s.
+
+    UDP sources can be forged, and engine-ID discovery needs no key, so a
+    flood of discovery probes from made-up addresses could spend the global
+    budget by itself and keep every switch's informs out. Hence the lower
+    half of each bucket (:data:`AUTHENTIC_RESERVE`) is for messages whose
+    MAC the receiver has already checked (``authentic=True``: only a holder
+    of a user's keys can send them, and a replay is refused before this).
+    Unauthenticated messages (discovery, noAuthNoPriv users) stop at the
+    reserve; authentic ones may take any token. The total stays within the
+    same rate, and a switch that knows trapd's engine keeps its informs
+    through a forged flood, from other addresses or from its own.
     """
 
     def __init__(
@@ -361,9 +388,13 @@ class SlowPathBudget:
         rate = max(config.v3_slow_global, 0.0)
         self._global = _Bucket(rate, max(1.0, rate * burst), now) if rate > 0 else None
 
-    def admit(self, host: str) -> str | None:
-        """None: go on to pysnmp (a token spent); else which budget is spent."""
+    def admit(self, host: str, authentic: bool = False) -> str | None:
+        """None: go on to pysnmp (a token spent); else which budget is spent.
+
+        ``authentic``: the message's MAC was checked, so it may use the reserved half.
+        """
         now = self._clock()
+        bucket: _Bucket | None = None
         if self._per_source > 0:
             sources = self._sources
             bucket = sources.get(host)
@@ -373,14 +404,13 @@ class SlowPathBudget:
                 bucket = sources[host] = _Bucket(self._per_source, self._source_depth, now)
             else:
                 sources.move_to_end(host)
-            if bucket.refill(now) < 1.0:
+            if bucket.refill(now) < 1.0 + (0.0 if authentic else _reserved(bucket.depth)):
                 return "v3-slow-per-source"
-            if self._global is not None and not self._global.take(now):
-                return "v3-slow-global"
-            bucket.tokens -= 1.0
-            return None
-        if self._global is not None and not self._global.take(now):
+        g = self._global
+        if g is not None and not g.take_above(now, 0.0 if authentic else _reserved(g.depth)):
             return "v3-slow-global"
+        if bucket is not None:
+            bucket.tokens -= 1.0
         return None
 
     def __len__(self) -> int:

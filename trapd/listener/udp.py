@@ -395,9 +395,10 @@ class Listener:
             previous=self._v3,
         )
 
-    def _admit_slow(self, host: str) -> str | None:
-        """May this v3 message go to pysnmp's engine? None: yes; else the budget that is spent."""
-        return self._slow_budget.admit(host)
+    def _admit_slow(self, host: str, authentic: bool) -> str | None:
+        """May this v3 message go to pysnmp's engine? None: yes; else the budget that is spent.
+        ``authentic``: its MAC was checked (it may use the budget's reserve)."""
+        return self._slow_budget.admit(host, authentic)
 
     @property
     def _usm(self) -> UsmFastPath | None:

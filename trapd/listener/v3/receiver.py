@@ -48,6 +48,7 @@ of every failure, and from the notification callback for successes.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,14 @@ def _user_keys(user: V3User, masters: MasterKeys) -> _UserKeys:
     return _UserKeys(user, auth_id, priv_id, *master_keys(user, masters))
 
 
+class _Checked(enum.Enum):
+    """What the cheap checks before pysnmp found (V3Receiver._prepare_user)."""
+
+    DROPPED = "dropped"  # refused and counted already
+    UNAUTHENTICATED = "unauthenticated"  # discovery, noAuthNoPriv: anyone can send it
+    AUTHENTIC = "authentic"  # its MAC checks out with a configured user's keys
+
+
 class V3Receiver:
     """Receives SNMPv3 traps and informs through a pysnmp engine that owns no socket.
 
@@ -112,9 +121,10 @@ class V3Receiver:
     derives a stable one (:func:`default_engine_id`); its snmpEngineBoots is
     kept under ``state_dir`` when given (see :func:`make_engine`). ``replays``: the
     replay memory (:mod:`trapd.listener.v3.replay`); an authentic message
-    pysnmp accepts whose MAC it holds already is dropped as replayed. ``admit(source)``:
-    asked before a message goes to pysnmp's engine (what is left after the cheap
-    refusals); a string (the limit's name) drops it as ``rate-limited``. ``on_notification`` is
+    pysnmp accepts whose MAC it holds already is dropped as replayed.
+    ``admit(source, authentic)``: asked before a message goes to pysnmp's engine
+    (what is left after the cheap refusals; ``authentic``: its MAC was checked);
+    a string (the limit's name) drops it as ``rate-limited``. ``on_notification`` is
     called synchronously for every accepted notification; ``on_drop(reason,
     detail, source, who)`` for every dropped message, after ``stats`` counted it.
     """
@@ -131,7 +141,7 @@ class V3Receiver:
         state_dir: Path | None = None,
         masters: MasterKeys | None = None,
         replays: ReplayMemory | None = None,
-        admit: Callable[[str], str | None] | None = None,
+        admit: Callable[[str, bool], str | None] | None = None,
     ) -> None:
         from pysnmp.proto.api import v2c
 
@@ -157,6 +167,7 @@ class V3Receiver:
         # Master keys by (hash, passphrase), shared with the fast path: each 1 MiB hash once.
         self._masters: MasterKeys = {} if masters is None else masters
         self._own_keys: dict[bytes, LocalizedUser] = {}  # users' keys localized to trapd's engine
+        self._localized: dict[tuple[bytes, bytes], LocalizedUser] = {}  # ... to registered engines
         for u in users:
             keys = _user_keys(u, self._masters)
             name = u.user.encode()
@@ -232,10 +243,23 @@ class V3Receiver:
             self._drop("malformed", "v3-msg-flags", source, header)
             return
 
-        if not header.is_discovery and not self._prepare_user(data, header, source):
+        if header.is_discovery:
+            checked = _Checked.UNAUTHENTICATED
+        else:
+            checked = self._prepare_user(data, header, source)
+        if checked is _Checked.DROPPED:
+            return
+        if (
+            checked is _Checked.AUTHENTIC
+            and self._replays is not None
+            and self._replays.seen(header.engine_id, header.auth_params)
+        ):
+            # Refused before the budget: a captured inform replayed from forged addresses must
+            # not spend what is reserved for authentic messages (_process_pdu remembers them).
+            self._drop("not-in-time-window", "replayed", source, header)
             return
         if self._admit is not None:
-            over = self._admit(source)
+            over = self._admit(source, checked is _Checked.AUTHENTIC)
             if over is not None:  # this source's (or everyone's) budget for pysnmp is spent
                 self._drop("rate-limited", over, source, header)
                 return
@@ -268,52 +292,66 @@ class V3Receiver:
             reason = "malformed" if err is not None else "unsupported-pdu"
         self._drop(reason, name if err is not None else "v3-no-handler", source, header)
 
-    def _prepare_user(self, data: bytes, header: V3Header, source: str) -> bool:
+    def _prepare_user(self, data: bytes, header: V3Header, source: str) -> _Checked:
         """Refuse cheaply what pysnmp would refuse at ~1.5 ms; learn engines for any-engine users.
 
-        False: dropped. What passes costs pysnmp's engine (and the caller's slow-path budget).
+        What passes costs pysnmp's engine and the caller's slow-path budget, whose reserve is
+        for messages found ``AUTHENTIC`` here: their MAC is checked, with the user's keys
+        localized to the engine the message names (a few microseconds).
         """
         keys = self._users.get(header.user)
         if keys is None:
             # pysnmp would answer a reportable one with a usmStatsUnknownUserNames report, at
             # the cost of a whole engine pass: a flood of made-up users must not buy that.
             self._drop("unknown-user", "no-such-user", source, header)
-            return False
+            return _Checked.DROPPED
         if header.engine_id == self.engine_id:
             # Authoritative (informs): pysnmp checks the time window and answers. A wrong MAC
             # is refused here first, with the keys localized to trapd's engine at start-up.
             own = self._own_keys.get(header.user)
-            if own is not None and header.level >= 2 and not self._authentic(own, data, header):
+            if own is None or header.level < 2:
+                return _Checked.UNAUTHENTICATED
+            if not self._authentic(own, data, header):
                 self._drop("wrong-digest", "own-engine", source, header)
-                return False
-            return True
+                return _Checked.DROPPED
+            return _Checked.AUTHENTIC
         if header.level < LEVEL_NUMBERS[keys.config.level]:
             # RFC 3414 3.2.5 only binds the authoritative side, so pysnmp takes
             # an authNoPriv trap for a user configured authPriv. trapd holds a
             # sender to the level its user is configured with.
             self._drop("unsupported-security-level", None, source, header)
-            return False
+            return _Checked.DROPPED
         if (header.engine_id, header.user) in self._registered:
-            return True
+            # A bound or learned engine's message the fast path left to pysnmp.
+            if header.level < 2 or keys.auth_master is None:
+                return _Checked.UNAUTHENTICATED
+            pair = (header.engine_id, header.user)
+            local = self._localized.get(pair)
+            if local is None:  # bounded: registered pairs are configured or learned (max_learned)
+                local = self._localized[pair] = localized_user(keys.config, header.engine_id, self._masters)
+            if not self._authentic(local, data, header):
+                self._drop("wrong-digest", "bound-engine", source, header)
+                return _Checked.DROPPED
+            return _Checked.AUTHENTIC
         if keys.config.engine_ids:
             self._drop("unknown-engine-id", "not-bound", source, header)
-            return False
+            return _Checked.DROPPED
         if not 4 < len(header.engine_id) < 33:
             self._drop("unknown-engine-id", "malformed-engine-id", source, header)
-            return False
+            return _Checked.DROPPED
         if header.level >= 2:
             if keys.auth_master is None:
                 self._drop("unsupported-security-level", None, source, header)
-                return False
+                return _Checked.DROPPED
             if not self._digest_ok(keys.config, data, header):
                 self._drop("wrong-digest", "unlearned-engine", source, header)
-                return False
+                return _Checked.DROPPED
         if self._learned >= self._max_learned:
             self._drop("unknown-engine-id", "learn-limit", source, header)
-            return False
+            return _Checked.DROPPED
         self._register(keys, header.engine_id)
         self._learned += 1
-        return True
+        return _Checked.AUTHENTIC if header.level >= 2 else _Checked.UNAUTHENTICATED
 
     def _digest_ok(self, user: V3User, data: bytes, header: V3Header) -> bool:
         """The message's HMAC with ``user``'s keys localized to its engine (keys.authentic)."""

@@ -70,22 +70,13 @@ class ReplayMemory:
 
     def first_time(self, engine_id: bytes, mac: bytes) -> bool:
         """True if (engine_id, mac) was not remembered, and remember it; False: a replay."""
-        # A MAC is already an unpredictable HMAC output (12 to 48 octets): its first octets
-        # (topped up with the engine ID's) are the key, and choose the bucket, with no hash of
-        # our own (a keyed BLAKE2b here cost a fifth of the fast path's whole time per trap).
-        key = (mac + engine_id + bytes(_KEY))[:_KEY]
-        base = _HEADER + (int.from_bytes(key[:4], "little") % self._buckets) * _BUCKET_BYTES
+        key, base = self._slot_key(engine_id, mac)
         mem = self._mem
-        end = base + _BUCKET_BYTES
         self._lock.acquire()
         try:
             stamps = _BUCKET_STAMPS.unpack_from(mem, base)
-            # The digest is searched for in C (mmap.find); a hit counts only at a slot's start.
-            found = mem.find(key, base, end)
-            while found >= 0:
-                if (found - base) % _SLOT == 0 and stamps[(found - base) // _SLOT]:
-                    return False
-                found = mem.find(key, found + 1, end)
+            if self._holds(key, base, stamps):
+                return False
             oldest = min(stamps)
             oldest_at = base + stamps.index(oldest) * _SLOT
             if oldest:
@@ -97,6 +88,34 @@ class ReplayMemory:
             return True
         finally:
             self._lock.release()
+
+    def seen(self, engine_id: bytes, mac: bytes) -> bool:
+        """True if (engine_id, mac) is remembered; remembers nothing (a check before pysnmp's)."""
+        key, base = self._slot_key(engine_id, mac)
+        self._lock.acquire()
+        try:
+            return self._holds(key, base, _BUCKET_STAMPS.unpack_from(self._mem, base))
+        finally:
+            self._lock.release()
+
+    def _slot_key(self, engine_id: bytes, mac: bytes) -> tuple[bytes, int]:
+        """The digest a message is remembered by, and where its bucket starts."""
+        # A MAC is already an unpredictable HMAC output (12 to 48 octets): its first octets
+        # (topped up with the engine ID's) are the key, and choose the bucket, with no hash of
+        # our own (a keyed BLAKE2b here cost a fifth of the fast path's whole time per trap).
+        key = (mac + engine_id + bytes(_KEY))[:_KEY]
+        return key, _HEADER + (int.from_bytes(key[:4], "little") % self._buckets) * _BUCKET_BYTES
+
+    def _holds(self, key: bytes, base: int, stamps: tuple[int, ...]) -> bool:
+        """Whether the bucket at ``base`` holds ``key`` in a used slot (with the lock held)."""
+        # The digest is searched for in C (mmap.find); a hit counts only at a slot's start.
+        mem, end = self._mem, base + _BUCKET_BYTES
+        found = mem.find(key, base, end)
+        while found >= 0:
+            if (found - base) % _SLOT == 0 and stamps[(found - base) // _SLOT]:
+                return True
+            found = mem.find(key, found + 1, end)
+        return False
 
 
 _shared: ReplayMemory | None = None
