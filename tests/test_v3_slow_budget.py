@@ -1,4 +1,4 @@
-"""The v3 slow-path budget keeps half of every bucket for messages whose MAC was checked.
+"""The v3 slow-path budget has a reserve for messages whose MAC was checked.
 
 Engine-ID discovery needs no key and a UDP source address can be forged, so
 without a reserve a flood of probes spends the budget of pysnmp's engine and
@@ -40,9 +40,9 @@ def admitted(budget: SlowPathBudget, host: str, authentic: bool, n: int) -> int:
 def test_unauthenticated_messages_stop_at_the_reserve_of_a_sources_bucket() -> None:
     clock = Clock()
     budget = SlowPathBudget(RateLimit(v3_slow_per_source=10, v3_slow_global=0, burst=2), clock=clock)
-    assert admitted(budget, "10.0.0.1", False, 100) == 10  # of a bucket 20 deep
+    assert admitted(budget, "10.0.0.1", False, 100) == 20  # rate x burst, as without a reserve
     assert budget.admit("10.0.0.1", False) == "v3-slow-per-source"
-    assert admitted(budget, "10.0.0.1", True, 100) == 10  # the reserve: authentic only
+    assert admitted(budget, "10.0.0.1", True, 100) == 10  # the reserve (half as much again): authentic only
     assert budget.admit("10.0.0.1", True) == "v3-slow-per-source"
     clock.now += 1.0  # 10 tokens back, all below the reserve's line
     assert admitted(budget, "10.0.0.1", False, 100) == 0
@@ -53,7 +53,7 @@ def test_a_flood_from_many_sources_leaves_the_global_reserve_to_authentic_messag
     clock = Clock()
     budget = SlowPathBudget(RateLimit(v3_slow_per_source=10, v3_slow_global=100, burst=2), clock=clock)
     forged = [f"10.9.{i // 250}.{i % 250}" for i in range(1000)]
-    assert sum(budget.admit(h, False) is None for h in forged) == 100  # of 200 in the global bucket
+    assert sum(budget.admit(h, False) is None for h in forged) == 200  # rate x burst; 100 kept back
     for i in range(5):
         clock.now += 0.5
         flood = sum(budget.admit(h, False) is None for h in forged)

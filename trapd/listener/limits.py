@@ -331,13 +331,9 @@ class SourceLimiter:
         return src
 
 
-# The share of each slow-path bucket only authentic messages may use (SlowPathBudget).
+# How much deeper each slow-path bucket is than ``rate * burst``, as a share of that depth: the
+# extra tokens are for authentic messages only (SlowPathBudget).
 AUTHENTIC_RESERVE: Final = 0.5
-
-
-def _reserved(depth: float) -> float:
-    """Tokens of a bucket ``depth`` deep kept for authentic messages; at least one is left to the rest."""
-    return min(depth * AUTHENTIC_RESERVE, depth - 1.0)
 
 
 class SlowPathBudget:
@@ -361,14 +357,15 @@ class SlowPathBudget:
 
     UDP sources can be forged, and engine-ID discovery needs no key, so a
     flood of discovery probes from made-up addresses could spend the global
-    budget by itself and keep every switch's informs out. Hence the lower
-    half of each bucket (:data:`AUTHENTIC_RESERVE`) is for messages whose
-    MAC the receiver has already checked (``authentic=True``: only a holder
-    of a user's keys can send them, and a replay is refused before this).
-    Unauthenticated messages (discovery, noAuthNoPriv users) stop at the
-    reserve; authentic ones may take any token. The total stays within the
-    same rate, and a switch that knows trapd's engine keeps its informs
-    through a forged flood, from other addresses or from its own.
+    budget by itself and keep every switch's informs out. Hence each bucket
+    is half as deep again (:data:`AUTHENTIC_RESERVE`), and that reserve is
+    for messages whose MAC the receiver has already checked
+    (``authentic=True``: only a holder of a user's keys can send them, and a
+    replay is refused before this). Unauthenticated messages (discovery,
+    noAuthNoPriv users) stop at the reserve, so their bursts and rates are
+    what they were; authentic ones may take any token. A switch that knows
+    trapd's engine keeps its informs through a forged flood, from other
+    addresses or from its own.
     """
 
     def __init__(
@@ -384,9 +381,12 @@ class SlowPathBudget:
         now = clock()
         burst = max(config.burst, 0.0)
         self._per_source = max(config.v3_slow_per_source, 0.0)
-        self._source_depth = max(1.0, self._per_source * burst)
+        self._source_reserve = max(1.0, self._per_source * burst) * AUTHENTIC_RESERVE
+        self._source_depth = max(1.0, self._per_source * burst) + self._source_reserve
         rate = max(config.v3_slow_global, 0.0)
-        self._global = _Bucket(rate, max(1.0, rate * burst), now) if rate > 0 else None
+        self._global_reserve = max(1.0, rate * burst) * AUTHENTIC_RESERVE
+        depth = max(1.0, rate * burst) + self._global_reserve
+        self._global = _Bucket(rate, depth, now) if rate > 0 else None
 
     def admit(self, host: str, authentic: bool = False) -> str | None:
         """None: go on to pysnmp (a token spent); else which budget is spent.
@@ -404,10 +404,10 @@ class SlowPathBudget:
                 bucket = sources[host] = _Bucket(self._per_source, self._source_depth, now)
             else:
                 sources.move_to_end(host)
-            if bucket.refill(now) < 1.0 + (0.0 if authentic else _reserved(bucket.depth)):
+            if bucket.refill(now) < 1.0 + (0.0 if authentic else self._source_reserve):
                 return "v3-slow-per-source"
         g = self._global
-        if g is not None and not g.take_above(now, 0.0 if authentic else _reserved(g.depth)):
+        if g is not None and not g.take_above(now, 0.0 if authentic else self._global_reserve):
             return "v3-slow-global"
         if bucket is not None:
             bucket.tokens -= 1.0
