@@ -391,7 +391,7 @@ class SlowPathBudget:
     def admit(self, host: str, authentic: bool = False) -> str | None:
         """None: go on to pysnmp (a token spent); else which budget is spent.
 
-        ``authentic``: the message's MAC was checked, so it may use the reserved half.
+        ``authentic``: the message's MAC was checked, so it may use the reserve.
         """
         now = self._clock()
         bucket: _Bucket | None = None
