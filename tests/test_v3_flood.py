@@ -122,8 +122,8 @@ def test_a_forged_discovery_flood_does_not_keep_authenticated_informs_out(tmp_pa
     addresses (one of them the switch's own), 2,000 a second, spend the slow path's whole budget
     (100 a second, 10 a source, the shipped defaults). A switch that knows trapd's engine ID
     (``-e``) still gets its authPriv informs acknowledged: their MAC is checked before the
-    budget, and the budget keeps half of every bucket for such messages. Before, the flood took
-    every token and the informs timed out."""
+    budget, and each bucket of the budget has a reserve on top for such messages. Before, the
+    flood took every token and the informs timed out."""
     config = {"listener": {"v3_users": [V3_USER], "engine_id": TRAPD_ENGINE}}
     d = TrapdDaemon.start(tmp_path / "trapd", rules="rules: []\n", config=config)
     stop = threading.Event()
