@@ -166,14 +166,15 @@ class V3Receiver:
         self._learned = 0
         # Master keys by (hash, passphrase), shared with the fast path: each 1 MiB hash once.
         self._masters: MasterKeys = {} if masters is None else masters
-        self._own_keys: dict[bytes, LocalizedUser] = {}  # users' keys localized to trapd's engine
-        self._localized: dict[tuple[bytes, bytes], LocalizedUser] = {}  # ... to registered engines
+        # Users' keys localized per registered (engine ID, user): trapd's own engine's at start-up,
+        # the others' when first needed. Bounded: pairs are configured or learned (max_learned).
+        self._localized: dict[tuple[bytes, bytes], LocalizedUser] = {}
         for u in users:
             keys = _user_keys(u, self._masters)
             name = u.user.encode()
             self._users[name] = keys
             if keys.auth_master is not None:
-                self._own_keys[name] = localized_user(u, self.engine_id, self._masters)
+                self._localized[(self.engine_id, name)] = localized_user(u, self.engine_id, self._masters)
             self._register(keys, self.engine_id)  # informs are addressed to trapd
             for eid in u.engine_ids:
                 self._register(keys, eid)
@@ -306,15 +307,9 @@ class V3Receiver:
             self._drop("unknown-user", "no-such-user", source, header)
             return _Checked.DROPPED
         if header.engine_id == self.engine_id:
-            # Authoritative (informs): pysnmp checks the time window and answers. A wrong MAC
-            # is refused here first, with the keys localized to trapd's engine at start-up.
-            own = self._own_keys.get(header.user)
-            if own is None or header.level < 2:
-                return _Checked.UNAUTHENTICATED
-            if not self._authentic(own, data, header):
-                self._drop("wrong-digest", "own-engine", source, header)
-                return _Checked.DROPPED
-            return _Checked.AUTHENTIC
+            # Authoritative (informs): pysnmp checks the time window and answers; a wrong MAC
+            # is refused here first.
+            return self._check_mac(keys, data, header, source, "own-engine")
         if header.level < LEVEL_NUMBERS[keys.config.level]:
             # RFC 3414 3.2.5 only binds the authoritative side, so pysnmp takes
             # an authNoPriv trap for a user configured authPriv. trapd holds a
@@ -323,16 +318,7 @@ class V3Receiver:
             return _Checked.DROPPED
         if (header.engine_id, header.user) in self._registered:
             # A bound or learned engine's message the fast path left to pysnmp.
-            if header.level < 2 or keys.auth_master is None:
-                return _Checked.UNAUTHENTICATED
-            pair = (header.engine_id, header.user)
-            local = self._localized.get(pair)
-            if local is None:  # bounded: registered pairs are configured or learned (max_learned)
-                local = self._localized[pair] = localized_user(keys.config, header.engine_id, self._masters)
-            if not self._authentic(local, data, header):
-                self._drop("wrong-digest", "bound-engine", source, header)
-                return _Checked.DROPPED
-            return _Checked.AUTHENTIC
+            return self._check_mac(keys, data, header, source, "bound-engine")
         if keys.config.engine_ids:
             self._drop("unknown-engine-id", "not-bound", source, header)
             return _Checked.DROPPED
@@ -352,6 +338,21 @@ class V3Receiver:
         self._register(keys, header.engine_id)
         self._learned += 1
         return _Checked.AUTHENTIC if header.level >= 2 else _Checked.UNAUTHENTICATED
+
+    def _check_mac(
+        self, keys: _UserKeys, data: bytes, header: V3Header, source: str, detail: str
+    ) -> _Checked:
+        """A registered engine's message: its MAC, with the keys localized to that engine (cached)."""
+        if header.level < 2 or keys.auth_master is None:
+            return _Checked.UNAUTHENTICATED  # nothing to check (pysnmp refuses a level it has no key for)
+        pair = (header.engine_id, header.user)
+        local = self._localized.get(pair)
+        if local is None:
+            local = self._localized[pair] = localized_user(keys.config, header.engine_id, self._masters)
+        if not self._authentic(local, data, header):
+            self._drop("wrong-digest", detail, source, header)
+            return _Checked.DROPPED
+        return _Checked.AUTHENTIC
 
     def _digest_ok(self, user: V3User, data: bytes, header: V3Header) -> bool:
         """The message's HMAC with ``user``'s keys localized to its engine (keys.authentic)."""
