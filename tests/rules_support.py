@@ -103,3 +103,13 @@ def with_varbind(ev: Event, vb: VarBind) -> Event:
     from dataclasses import replace
 
     return replace(ev, varbinds=(*ev.varbinds, vb))
+
+
+def per_port_rules(count: int, tag: str = "down") -> str:
+    """``count`` rules on linkDown, one per ifIndex, each with a template: a generated site file."""
+    rule = (
+        "  - name: port-{i}\n    match:\n      notification: IF-MIB::linkDown\n"
+        "      varbinds: {{ifIndex: {i}}}\n    actions:\n      - action: log\n"
+        '        message: "{tag} {{{{ ifIndex }}}} from {{{{ source }}}}"\n'
+    )
+    return "rules:\n" + "".join(rule.format(i=i, tag=tag) for i in range(count))

@@ -15,21 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rules_support import per_port_rules
 
 from trapd.rules.ruleset import Rule
 from trapd.service.lifecycle import compile_reload, load_startup, release_rules
 from trapd.service.logging import get_logger
 from trapd.service.options import RunOptions
 from trapd.yamlsource import ConfigError
-
-
-def per_port_rules(count: int) -> str:
-    rule = (
-        "  - name: port-{i}\n    match:\n      notification: IF-MIB::linkDown\n"
-        "      varbinds: {{ifIndex: {i}}}\n    actions:\n      - action: log\n"
-        '        message: "down {{{{ ifIndex }}}} from {{{{ source }}}}"\n'
-    )
-    return "rules:\n" + "".join(rule.format(i=i) for i in range(count))
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from daemon_harness import LINK_DOWN, V3_ARGS, V3_USER, TrapdDaemon, eventually, free_port, link_down
 from listen_harness import needs_netsnmp, snmp_send
+from rules_support import per_port_rules
 
 from trapd.listener.v3 import parse_header
 
@@ -407,16 +408,6 @@ def test_workers_go_when_the_supervisor_is_killed(tmp_path: Path) -> None:
             s.bind(d.address)
     finally:
         d.close()
-
-
-def per_port_rules(count: int, tag: str) -> str:
-    """``count`` rules on linkDown, one per ifIndex, each with a template: a generated site file."""
-    rule = (
-        "  - name: port-{i}\n    match:\n      notification: IF-MIB::linkDown\n"
-        "      varbinds: {{ifIndex: {i}}}\n    actions:\n      - action: log\n"
-        '        message: "{tag} down {{{{ ifIndex }}}} from {{{{ source }}}}"\n'
-    )
-    return "rules:\n" + "".join(rule.format(i=i, tag=tag) for i in range(count))
 
 
 def rss_mb(pid: int) -> float:
