@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import httpx
 import kea_sandbox
 import structlog
+from bench_kea import add_leases, addresses
 
 from trapd.dispatch.config import DispatchConfig
 from trapd.dispatch.dispatcher import Dispatcher
@@ -62,10 +63,6 @@ from trapd.testing import make_event, make_outcome, plan
 from trapd.yamlsource import load_yaml
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def addresses(n: int) -> list[str]:
-    return [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(n)]
 
 
 def thread_cpu(tid: int) -> float:
@@ -91,8 +88,7 @@ async def one_round(
     """(main-thread CPU us per action, other threads' CPU us per action, actions per second)."""
     ips = addresses(n)
     if action != "noop":
-        for ip in ips:
-            kea.add_lease4(ip, "0a:00:27:be:0c:01")
+        add_leases(kea, ips)
     actions = bench_actions()
     outcomes = [
         (make_event(), make_outcome(plan(action, {"endpoint": "unix4", "ip-address": ip}, key=ip)))
@@ -165,6 +161,8 @@ def main() -> int:
     ap.add_argument("--mode", choices=("preload", "live"), default="preload")
     ap.add_argument("--action", choices=("kea.lease-del", "two-commands", "noop"), default="kea.lease-del")
     args = ap.parse_args()
+    if not 1 <= args.n <= 60000 or not 1 <= args.rounds <= 50:
+        ap.error("-n: 1 to 60,000 actions; --rounds: 1 to 50")
     with tempfile.TemporaryDirectory(prefix="trapd-bench-worker-") as tmp:
         work = Path(tmp)
         log = open(work / "trapd.log", "w")  # noqa: SIM115
