@@ -118,6 +118,7 @@ class TrapdListen:
         self.log: list[Event] = []
         self._events: queue.Queue[Event] = queue.Queue()
         self._pending: list[Event] = []
+        self.lines: list[str] = []  # every stdout line as printed (what `trapd listen > file` writes)
         self._log_queue: queue.Queue[Event] = queue.Queue()
         self.addresses: list[str] = []
         self.engine_id: str | None = None
@@ -169,6 +170,7 @@ class TrapdListen:
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self.lines.append(line)
             line = line.strip()
             if line:
                 try:

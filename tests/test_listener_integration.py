@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from listen_harness import TrapdListen, capture_datagram, needs_netsnmp, send_udp, snmp_send
 
+from trapd.commands.test import read_event_file
+
 pytestmark = [pytest.mark.integration, needs_netsnmp]
 
 LINK_DOWN = "1.3.6.1.6.3.1.1.5.3"
@@ -270,6 +272,26 @@ def test_v3_noauthnopriv_trap_with_context(trapd: TrapdListen) -> None:
         "vlan-20",
         SENDER_ENGINE,
     )
+
+
+def test_listen_lines_carry_no_raw_line_separators_or_c1_controls(trapd: TrapdListen, tmp_path: Path) -> None:
+    """A trap's text (here a v3 context name) with U+2028, NEL (U+0085) and CSI (U+009B) in it.
+
+    JSON leaves them raw unless escaped: a terminal takes U+009B for an escape sequence, and
+    str.splitlines() breaks the line at the other two, so `trapd listen > events.jsonl` gave a
+    file that `trapd test -r rules.yaml events.jsonl` refused as a whole ("not an event file").
+    """
+    m = mark()
+    context = "ctx\u2028\u0085\u009b31mred"
+    args = [*v3_args("plainuser", "noAuthNoPriv"), "-n", context]
+    assert snmp_send("snmptrap", *args, trapd.target(), *trap_args(m)).returncode == 0
+    e = trapd.wait_event(marked(m))
+    assert e["security"]["context_name"] == context  # still the value, escaped only as JSON text
+    (line,) = [line for line in trapd.lines if m.encode().hex() in line]
+    assert not set(line) & {"\u2028", "\u2029", "\u0085", "\u009b"}, line
+    events = tmp_path / "events.jsonl"
+    events.write_text(line + line, encoding="utf-8")
+    assert [ev.security.context_name for ev in read_event_file(events)] == [context, context]
 
 
 @pytest.mark.parametrize(("user", "auth", "ak", "priv", "pk"), MATRIX, ids=[x[0] for x in MATRIX])

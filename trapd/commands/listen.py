@@ -101,9 +101,14 @@ def main(args: argparse.Namespace) -> int:
     normalizer = Normalizer(resolver)
     out = sys.stdout
 
+    # JSON escapes C0 controls but leaves the rest raw with ensure_ascii=False (kept so that
+    # non-ASCII text stays readable): DEL and C1 (U+009B is CSI to a terminal, U+0085 a line
+    # break) and the Unicode line and paragraph separators, which str.splitlines() breaks at.
+    escapes = {c: f"\\u{c:04x}" for c in (*range(0x7F, 0xA0), 0x2028, 0x2029)}
+
     def on_notification(raw: RawNotification) -> None:
         event = normalizer.normalize(raw)
-        out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+        out.write(json.dumps(event.to_dict(), ensure_ascii=False).translate(escapes) + "\n")
         out.flush()
 
     any_community = not listener_config.communities
