@@ -335,3 +335,51 @@ async def test_nothing_listening_is_retryable() -> None:
     )
     with pytest.raises(KeaUnavailableError, match="refused"):
         await clients.get("h").command("status-get")
+
+
+@pytest.mark.parametrize("framing", ["content-length", "until-close"])
+async def test_http_answer_larger_than_the_bound_is_refused(
+    framing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server (a proxy, a wrong URL) sending more than MAX_ANSWER is cut off, not buffered whole.
+
+    The unix transport stops at MAX_ANSWER; over HTTP a Content-Length of any size, or a body
+    without one, was read into memory whole (bounded only by the timeout). The bound is made
+    small here; the server sends twice that and then keeps the connection open.
+    """
+    monkeypatch.setattr("trapd.kea.transport.MAX_ANSWER", 1 << 20)
+    sent: list[int] = []
+
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        if framing == "content-length":
+            head += b"Content-Length: %d\r\n" % (1 << 40)
+        else:
+            head += b"Connection: close\r\n"
+        writer.write(head + b"\r\n")
+        for _ in range(32):  # 2 MiB in 64 KiB pieces, then silence
+            writer.write(b" " * 65536)
+            await writer.drain()
+            sent.append(65536)
+        if framing == "until-close":
+            writer.close()
+            return
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(huge, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = make_kea_clients(
+        {
+            "endpoints": {
+                "h": {"transport": "http", "url": f"http://127.0.0.1:{port}/", "family": "v4", "timeout": 3}
+            }
+        }
+    )
+    started = time.monotonic()
+    with pytest.raises(KeaServerError, match=r"larger than 1048576 bytes") as info:
+        await clients.get("h").command("lease4-get-page", {"from": "start", "limit": 10})
+    assert isinstance(info.value, RetryableError)
+    assert time.monotonic() - started < 2.5  # refused as the bound is passed, not at the timeout
+    server.close()
+    await clients.aclose()

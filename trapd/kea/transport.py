@@ -36,7 +36,8 @@ from trapd.kea.errors import (
     KeaUnavailableError,
 )
 
-# Kea answers are small, but lease4-get-page with a big limit is not: allow 64 MiB.
+# Kea answers are small, but lease4-get-page with a big limit is not: allow 64 MiB. More (a proxy,
+# a wrong URL) is a retryable error on either transport, never read into memory whole.
 MAX_ANSWER = 64 * 1024 * 1024
 
 
@@ -456,10 +457,16 @@ class HttpTransport:
                     close = value.strip().lower() == "close" or (
                         close and value.strip().lower() != "keep-alive"
                     )
+            if length > MAX_ANSWER:
+                raise KeaServerError(
+                    f"answer larger than {MAX_ANSWER} bytes ({length} announced) from {self.url}",
+                    self.name,
+                    command,
+                )
             if length >= 0:
                 data = await conn.reader.readexactly(length)
             else:
-                data = await conn.reader.read()
+                data = await self._read_to_close(conn, command)
                 close = True
             keep = not close
             return status, data
@@ -475,6 +482,19 @@ class HttpTransport:
                 self._idle.append(conn)
             else:
                 conn.close()
+
+    async def _read_to_close(self, conn: _Conn, command: str) -> bytes:
+        """A body without Content-Length (HTTP/1.0, a proxy): up to the close, within MAX_ANSWER."""
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await conn.reader.read(65536):
+            size += len(chunk)
+            if size > MAX_ANSWER:
+                raise KeaServerError(
+                    f"answer larger than {MAX_ANSWER} bytes from {self.url}", self.name, command
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         while self._idle:
