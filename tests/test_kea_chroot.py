@@ -104,6 +104,21 @@ async def test_lease_del_by_ip_and_restore(chroot_kea: KeaInstance, ctx: ActionC
     assert [o.status for o in await restore_leases(ctx.kea, leases)] == ["exists", "exists"]
 
 
+async def test_restore_into_a_subnet_kea_no_longer_has_is_a_failure(
+    chroot_kea: KeaInstance, ctx: ActionContext
+) -> None:
+    """Kea >= 2.6 answers result 4 (conflict) also for a subnet-id it does not have: not "exists".
+
+    A lease recorded before its subnet was renumbered cannot go back; restore must say so
+    (failed, exit 1) instead of reporting it as present again.
+    """
+    lease = {"ip-address": chroot_kea.next_ip4(), "hw-address": next(MAC), "subnet-id": 77,
+             "valid-lft": 3600, "cltt": 1795843568}  # fmt: skip
+    [outcome] = await restore_leases(ctx.kea, [lease])
+    assert outcome.status == "failed" and "subnet" in outcome.detail, outcome
+    assert chroot_kea.lease4(lease["ip-address"]) is None
+
+
 async def test_lease_del_by_mac_in_two_subnets(chroot_kea: KeaInstance, ctx: ActionContext) -> None:
     mac = next(MAC)
     a, b = chroot_kea.next_ip4(1), chroot_kea.next_ip4(2)

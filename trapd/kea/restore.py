@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trapd.kea.client import KeaClients
-from trapd.kea.errors import KeaCommandError, KeaConflictError
+from trapd.kea.errors import KeaCommandError
 
 ADD4_FIELDS = (
     "ip-address", "hw-address", "client-id", "subnet-id", "valid-lft", "hostname", "fqdn-fwd", "fqdn-rev",
@@ -85,10 +85,10 @@ async def restore_leases(
         for kea in servers:
             try:
                 await kea.command(cmd, add_arguments(lease), accept=(0,))
-            except KeaConflictError as exc:
-                out.append(RestoreOutcome(ip, fam, "exists", str(exc), kea.peer))
             except KeaCommandError as exc:
-                status = "exists" if "already exists" in str(exc) else "failed"  # Kea < 2.6 says result 1
+                # A duplicate is result 1 on Kea < 2.6 and 4 (conflict) since; 4 is also an
+                # unknown subnet-id or an address outside every subnet, which did not go back.
+                status = "exists" if "already exists" in str(exc) else "failed"
                 out.append(RestoreOutcome(ip, fam, status, str(exc), kea.peer))
             else:
                 out.append(RestoreOutcome(ip, fam, "restored", peer=kea.peer))
