@@ -10,6 +10,7 @@ after, since earlier tests also drop things.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,24 @@ def test_v1_enterprise_specific(trapd: TrapdListen) -> None:
     assert e["trap_oid"] == "1.3.6.1.4.1.9.9.41.2.0.1"
     assert "$secret" in e["security"]["community"]
     assert vb(e, "1.3.6.1.6.3.1.1.4.3.0")["value"] == "1.3.6.1.4.1.9.9.41.2"
+
+
+def test_v1_specific_trap_of_2_31_or_more_as_netsnmp_sends_it(trapd: TrapdListen, tmp_path: Path) -> None:
+    """snmptrap -v1 ... 6 3000000000: net-snmp encodes specific-trap as a signed 32-bit INTEGER
+    (b2 d0 5e 00, -1294967296). Translated as it came, the trap OID had a negative sub-identifier
+    (...0.-1294967296), which no rule's OID names and which Event.from_dict refuses: `trapd test`
+    could not read the line, nor the dispatcher a journaled event of it."""
+    m = mark()
+    r = snmp_send(
+        "snmptrap", "-v", "1", "-c", "public", trapd.target(), "1.3.6.1.4.1.9.9.41.2", "10.0.0.1",
+        "6", "3000000000", "100", MARK_OID, "s", m,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    e = trapd.wait_event(marked(m))
+    assert e["trap_oid"] == "1.3.6.1.4.1.9.9.41.2.0.3000000000"
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(e), encoding="utf-8")
+    assert [ev.trap_oid for ev in read_event_file(events)] == [(1, 3, 6, 1, 4, 1, 9, 9, 41, 2, 0, 3000000000)]
 
 
 # -- v2c -----------------------------------------------------------------------

@@ -145,7 +145,7 @@ def trap_oid_of(raw: RawNotification) -> Oid:
     if raw.version == "v1":
         generic = raw.v1_generic_trap
         if generic == 6:
-            return (*(raw.v1_enterprise or ()), 0, raw.v1_specific_trap or 0)
+            return (*(raw.v1_enterprise or ()), 0, (raw.v1_specific_trap or 0) & 0xFFFFFFFF)  # as normalize
         if generic is not None and 0 <= generic <= 5:
             return (*_SNMP_TRAPS, generic + 1)
         return ()
