@@ -254,3 +254,32 @@ async def test_dry_run_mode_from_the_rules(tmp_path: Path, dispatcher: Dispatche
     assert not marker.exists()
     e = await dispatcher.journal.get(int(ids[0]))
     assert e is not None and e.state == "done" and e.mode == "dry-run"
+
+
+async def test_a_cap_in_defaults_counts_every_rules_actions_together(
+    tmp_path: Path, dispatcher: Dispatcher
+) -> None:
+    """docs/rules.md: a cap in defaults "limits every destructive action of every rule, counted together"."""
+    rs = rules(
+        tmp_path,
+        """
+        defaults:
+          cap: {limit: 1, per: 1h}
+        rules:
+          - name: on-down
+            match: {notification: IF-MIB::linkDown}
+            actions: [{action: kea.lease-del, ip-address: 10.0.0.1}]
+          - name: on-up
+            match: {notification: IF-MIB::linkUp}
+            actions: [{action: kea.lease-del, ip-address: 10.0.0.2}]
+        """,
+    )
+    first = await submit(dispatcher, rs, "IF-MIB::linkDown from 10.20.1.5 ifIndex=17")
+    await settle(dispatcher)
+    second = await submit(dispatcher, rs, "IF-MIB::linkUp from 10.20.1.5 ifIndex=17")
+    await settle(dispatcher)
+    started = await dispatcher.journal.get(int(first[0]))
+    # the one start the cap allows (with no Kea here, it fails)
+    assert started is not None and started.attempts >= 1
+    held = await dispatcher.journal.get(int(second[0]))
+    assert held is not None and held.state == "held", held

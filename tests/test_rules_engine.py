@@ -167,7 +167,9 @@ def test_foreach_plans_one_action_per_matching_item(tmp_path: Path) -> None:
         and first.once_key == "mac-removed#0:kea.lease-del:hw-address=00:11:22:33:44:55"
     )
     assert first.key == "kea.lease-del:hw-address=00:11:22:33:44:55"
-    assert first.caps == (RateCap(name="defaults", limit=50, per=60.0, key="10.20.1.5", hold_for=3600.0),)
+    assert first.caps == (
+        RateCap(name="defaults", limit=50, per=60.0, key="10.20.1.5", hold_for=3600.0, every_rule=True),
+    )
     assert out.cancels == ("mac:00:11:22:33:44:66",)
 
 

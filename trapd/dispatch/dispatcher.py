@@ -523,7 +523,12 @@ class Dispatcher:
             state, result = "done", {"dry_run": True}
         elif spec is None:
             state, error = "dead", f"no action plugin named {pa.action!r} is installed"
-        caps = [CapCheck(f"{pa.rule}/{c.name}", c.key, c.limit, c.per, c.hold_for) for c in pa.caps]
+        # A rule's and an action's caps count that rule's actions; a cap of defaults counts every
+        # rule's together ("*" is in no rule name, so its window is no rule's).
+        caps = [
+            CapCheck(f"{'*' if c.every_rule else pa.rule}/{c.name}", c.key, c.limit, c.per, c.hold_for)
+            for c in pa.caps
+        ]
         destructive = bool(spec and spec.destructive)
         for g in self.config.caps:
             if g.applies_to(pa.action, destructive):

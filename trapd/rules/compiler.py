@@ -20,7 +20,7 @@ rule compile in their own modules, sharing one
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +196,8 @@ class Compiler:
         if "mode" in node:
             self.defaults.mode = self._mode(node["mode"], where(node, "mode"))
         if "cap" in node:
-            self.defaults.caps = self.action_compiler.caps(node["cap"], where(node, "cap"), "defaults", None)
+            caps = self.action_compiler.caps(node["cap"], where(node, "cap"), "defaults", None)
+            self.defaults.caps = tuple(replace(cap, every_rule=True) for cap in caps)
         if "retry" in node:
             self.defaults.retry = self.action_compiler.retry(
                 node["retry"], where(node, "retry"), RetryPolicy()

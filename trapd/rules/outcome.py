@@ -39,6 +39,8 @@ class RateCap:
     per: float
     key: str = ""
     hold_for: float = 3600.0
+    # A cap of ``defaults``: one count over every rule's actions, not one per rule.
+    every_rule: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,7 @@ class CapSpec:
     per: float
     key: Value | None
     hold_for: float
+    every_rule: bool = False  # a cap of defaults: counted over every rule's actions together
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,7 +504,14 @@ def _plan_call(
     if call.once_within is not None:
         once_key = _render_str(call.once_key, ctx) or f"{rule.name}#{call.index}:{about}"
     caps = tuple(
-        RateCap(name=c.name, limit=c.limit, per=c.per, key=_render_str(c.key, ctx) or "", hold_for=c.hold_for)
+        RateCap(
+            name=c.name,
+            limit=c.limit,
+            per=c.per,
+            key=_render_str(c.key, ctx) or "",
+            hold_for=c.hold_for,
+            every_rule=c.every_rule,
+        )
         for c in call.caps
     )
     return PlannedAction(

@@ -46,7 +46,7 @@ class JournalDamaged(JournalError):
 class CapCheck:
     """One rate cap an action must pass when it first starts (see :meth:`Journal.claim`)."""
 
-    label: str  # "rule/NAME" or "global/NAME": the window's identity
+    label: str  # "RULE/NAME", "*/NAME" (a cap of defaults) or "global/NAME": the window's identity
     key: str  # rendered key: one window per value
     limit: int
     per: float
