@@ -108,3 +108,45 @@ def test_udp_sockets_from_systemd_socket_activate_receive_queued_datagrams() -> 
         {"where": f"127.0.0.1:{p4}", "type": int(socket.SOCK_DGRAM), "data": "trap-v4", "inheritable": False},
         {"where": f"[::1]:{p6}", "type": int(socket.SOCK_DGRAM), "data": "trap-v6", "inheritable": False},
     ]
+
+
+STREAM_CHILD = r"""
+import json, os
+from trapd.service.socket_activation import inherited_sockets
+socks = inherited_sockets()
+print(json.dumps({"sockets": [int(s.type) for s in socks], "fd3_open": os.path.exists("/proc/self/fd/3")}))
+"""
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd package not installed")
+def test_a_stream_socket_from_systemd_is_left_alone() -> None:
+    """ListenStream= where ListenDatagram= belongs (a TCP socket on 162): adopted, the listener's
+    recvfrom on it failed at once with the socket still readable, and the loop spun a core
+    (227,456 failed reads in one second, in process) with no trap received. Like non-sockets, it
+    is now left alone, so the daemon binds listener.listen itself."""
+    port = _free_udp_port(socket.AF_INET, "127.0.0.1")
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", f"--listen=127.0.0.1:{port}", sys.executable, "-c", STREAM_CHILD],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        # systemd-socket-activate listens first, then starts the child on the first connection.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with conn:
+            out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out) == {"sockets": [], "fd3_open": True}

@@ -29,8 +29,10 @@ def inherited_sockets(
     Each file descriptor is wrapped in a :class:`socket.socket` (family and
     type are read from the descriptor), made close-on-exec so that programs
     run by actions do not inherit port 162, and left in blocking mode (the
-    listener sets what it needs). Descriptors that are not sockets are left
-    alone. ``unset_environment`` removes the LISTEN_* variables, as
+    listener sets what it needs). Descriptors that are not IPv4/IPv6 datagram
+    sockets are left alone: a stream socket (``ListenStream=`` where
+    ``ListenDatagram=`` belongs) stays readable when the listener's recvfrom
+    fails on it, which spun the event loop. ``unset_environment`` removes the LISTEN_* variables, as
     sd_listen_fds(1) does, so child processes do not believe the descriptors
     are theirs.
     """
@@ -47,6 +49,9 @@ def inherited_sockets(
             sock = socket.socket(fileno=fd)
         except OSError:
             continue  # not a socket (ENOTSOCK) or already closed
+        if sock.type != socket.SOCK_DGRAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            sock.detach()  # not ours to use, nor to close
+            continue
         sock.set_inheritable(False)
         sockets.append(sock)
     return sockets
