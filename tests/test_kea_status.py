@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -317,3 +318,67 @@ def test_endpoint_up_and_healthz_follow_the_status_poll(kea_factory: Any, tmp_pa
     finally:
         d.stop()
         d.close()
+
+
+async def test_restore_of_one_peer_part_leaves_the_other_foreach_items_alone(
+    kea_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A foreach rule on an HA relationship: restore of one MAC's entry restores that MAC only.
+
+    One trap with two removed MACs plans two kea.lease-del at the same action position (the
+    foreach items); on a pair each becomes one entry per peer. `trapd kea restore ID` must find
+    the partner entries of ID (same item, other peer), not every entry of that action position.
+    Two plain Kea servers stand in for the pair: restore does not depend on HA itself.
+    """
+    from trapd.config import load_config
+    from trapd.dispatch.config import DispatchConfig, JournalConfig
+    from trapd.dispatch.dispatcher import Dispatcher
+    from trapd.dispatch.journal import HistoryFilter, open_journal
+    from trapd.dispatch.testing import make_event, make_outcome, plan
+    from trapd.kea.client import KeaClients
+
+    servers = [kea_factory(dhcp6=False, ca=False) for _ in range(2)]
+    peers = [{"name": f"server{i}", **s.endpoints()["unix4"]} for i, s in enumerate(servers, 1)]
+    for p in peers:
+        del p["family"]
+    cfg_path = write_config(tmp_path, {"endpoints": {"pair4": {"family": "v4", "peers": peers}}})
+    macs = {"0a:00:27:77:00:01": servers[0].next_ip4(), "0a:00:27:77:00:02": servers[0].next_ip4()}
+    for s in servers:
+        for mac, ip in macs.items():
+            s.add_lease4(ip, mac)
+    config = load_config(cfg_path)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    journal = open_journal(config.dispatch.journal.file(config.state_dir), config.dispatch.journal)
+    clients = KeaClients(config.kea)
+    d = Dispatcher(DispatchConfig(workers=2, journal=JournalConfig(poll_interval=0.05)), journal,
+                   load_actions()[0], clients)  # fmt: skip
+    await journal.open()
+    await d.start()
+    try:
+        planned = [
+            plan("kea.lease-del", {"hw-address": mac}, key=mac, item={"mac": mac, "operation": "removed"})
+            for mac in macs
+        ]
+        await d.submit(make_event(), make_outcome(*planned))
+        deadline = time.monotonic() + 30
+        while d.stats.outcomes[("kea.lease-del", "done")] < 4:
+            assert time.monotonic() < deadline, d.stats.outcomes
+            await asyncio.sleep(0.05)
+    finally:
+        await d.stop()
+        await clients.aclose()
+    entries = await journal.history(HistoryFilter(action="kea.lease-del"))
+    await journal.close()
+    assert len(entries) == 4 and all(s.lease4(ip) is None for s in servers for ip in macs.values())
+    first_mac, other_mac = list(macs)
+    entry = next(e for e in entries if e.params["hw-address"] == first_mac and e.params["peer"] == "server1")
+    capsys.readouterr()
+
+    assert await_sync(trapd, ["kea", "restore", str(entry.id), "-c", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert sorted(out.split("\n")[:-1]) == [
+        f"restored  {macs[first_mac]}  on server1",
+        f"restored  {macs[first_mac]}  on server2",
+    ], out
+    assert all(s.lease4(macs[first_mac]) is not None for s in servers)
+    assert all(s.lease4(macs[other_mac]) is None for s in servers)  # not asked for: stays deleted

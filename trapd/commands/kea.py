@@ -148,7 +148,10 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
         if isinstance(entry.params.get("peer"), str):
             # One peer's part of a deletion on an HA relationship: its partners' parts were
             # journaled with it, in the same transaction (same event, rule and action position,
-            # same created time), one entry per peer.
+            # same created time), one entry per peer, with the same parameters but ``peer``.
+            # The parameters tell them from the other items of a foreach (another MAC of the
+            # same trap), which share all the rest.
+            same = _without_peer(entry.params)
             flt = HistoryFilter(
                 rule=entry.rule,
                 action=entry.action,
@@ -159,7 +162,10 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
             entries = [
                 e
                 for e in await journal.history(flt)
-                if e.event_id == entry.event_id and e.index == entry.index and e.id != entry.id
+                if e.event_id == entry.event_id
+                and e.index == entry.index
+                and e.id != entry.id
+                and _without_peer(e.params) == same
             ]
             entries.insert(0, entry)
     finally:
@@ -176,6 +182,10 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
         peer = result.get("peer") if isinstance(result, dict) else None
         parts.append(_Part(result, endpoint, peer if isinstance(peer, str) else None, e.id))
     return parts
+
+
+def _without_peer(params: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(params).items() if k != "peer"}
 
 
 async def _restore(config: Any, args: argparse.Namespace) -> int:
