@@ -283,3 +283,23 @@ async def test_a_cap_in_defaults_counts_every_rules_actions_together(
     assert started is not None and started.attempts >= 1
     held = await dispatcher.journal.get(int(second[0]))
     assert held is not None and held.state == "held", held
+
+
+async def test_a_cap_of_limit_0_holds_every_action_for_an_operator(
+    tmp_path: Path, dispatcher: Dispatcher
+) -> None:
+    """docs/dispatch.md: "`limit: 0` holds everything: a manual-approval mode for a rule"."""
+    rs = rules(
+        tmp_path,
+        """
+        rules:
+          - name: approve-first
+            match: {notification: IF-MIB::linkDown}
+            cap: {limit: 0, per: 1m}
+            actions: [{action: kea.lease-del, ip-address: 10.0.0.1}]
+        """,
+    )
+    ids = await submit(dispatcher, rs, "IF-MIB::linkDown from 10.20.1.5 ifIndex=17")
+    await settle(dispatcher)
+    held = await dispatcher.journal.get(int(ids[0]))
+    assert held is not None and held.state == "held" and held.attempts == 0, held

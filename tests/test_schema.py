@@ -108,7 +108,7 @@ WRONG_RULES = {
     "rules is not a list": {"rules": {"r": GOOD_RULE}},
     "unknown mode": {"defaults": {"mode": "sometimes"}, "rules": [GOOD_RULE]},
     "an action without action:": {"rules": [{**GOOD_RULE, "actions": [{"message": "m"}]}]},
-    "cap.limit below 1": {"rules": [{**GOOD_RULE, "cap": {"limit": 0, "per": "1m"}}]},
+    "cap.limit below 0": {"rules": [{**GOOD_RULE, "cap": {"limit": -1, "per": "1m"}}]},
 }
 
 

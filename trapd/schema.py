@@ -154,7 +154,7 @@ def rules_schema(actions: Mapping[str, Any]) -> Schema:
     assert set(rule_props) == RULE_KEYS
     assert set(rule_props["foreach"]["properties"]) == FOREACH_KEYS
     cap_props: dict[str, Schema] = {
-        "limit": {"type": "integer", "minimum": 1},
+        "limit": {"type": "integer", "minimum": 0},  # 0: every action held for an operator
         "per": _DURATION,
         "key": _TEXT,
         "hold-for": _DURATION,

@@ -79,8 +79,11 @@ class ActionCompiler:
                 continue
             self.ctx.keys(n, CAP_KEYS, "cap")
             limit = n.get("limit")
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-                self.problems.error(f"cap.limit must be a positive integer, got {limit!r}", where(n, "limit"))
+            # 0 holds every action for an operator to release: a manual-approval mode (docs/dispatch.md).
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                self.problems.error(
+                    f"cap.limit must be a whole number, 0 or more, got {limit!r}", where(n, "limit")
+                )
                 continue
             if "per" not in n:
                 self.problems.error("cap.per is required (a duration such as 1m)", m)
