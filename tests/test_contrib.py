@@ -81,12 +81,27 @@ def test_the_alerts_fire_when_they_should() -> None:
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 
 
-def test_every_metric_the_dashboard_and_alerts_use_is_exported(tmp_path: Path) -> None:
-    exported = exported_by_a_running_trapd(tmp_path)
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    return exported_by_a_running_trapd(tmp_path_factory.mktemp("trapd"))
+
+
+def test_every_metric_the_dashboard_and_alerts_use_is_exported(exported: set[str]) -> None:
     for what, exprs in (("alerts", alert_exprs()), ("dashboard", dashboard_exprs())):
         names = used(exprs)
         assert names, what
         assert names - exported == set(), f"{what} use metrics trapd does not export"
+
+
+def test_the_metrics_table_of_docs_service_md_is_what_trapd_exports(exported: set[str]) -> None:
+    """Every trapd_ metric a running trapd exports has a row in docs/service.md, and every row is exported."""
+    doc = (REPO / "docs" / "service.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| `(trapd_[a-z0-9_]+)` \|", doc, re.M))
+    samples = ("_created", "_bucket", "_count", "_sum")
+    families = {n for n in exported if n.startswith("trapd_") and not n.endswith(samples)}
+    families -= {n.removesuffix("_total") for n in families if n.endswith("_total")}  # a counter: its _total
+    assert rows - exported == set(), "docs/service.md lists metrics trapd does not export"
+    assert families - rows == set(), "trapd exports metrics docs/service.md does not list"
 
 
 @pytest.mark.parametrize(
