@@ -19,7 +19,7 @@ Formats (``service.log.format`` in trapd.yaml, ``--log-format`` on the command l
 To follow one trap through the log, components bind its identifiers::
 
     log = get_logger(__name__).bind(event_id=event.id, rule=rule.name)
-    log.info("action scheduled", action_id=planned.id, plugin="kea.lease_del")
+    log.info("action scheduled", action_id=planned.id, plugin="kea.lease-del")
 
 or, for everything a task logs, ``structlog.contextvars.bound_contextvars(event_id=...)``.
 
