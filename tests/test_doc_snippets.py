@@ -1,0 +1,149 @@
+"""The docs show what trapd does: their YAML snippets pass `trapd check`, the example output is real.
+
+A user copies the snippets (rules and trapd.yaml sections from docs/*.md, the
+actions' READMEs and the example plugin's) and compares the output. A snippet
+that no longer compiles, or output that trapd no longer prints, is a bug in the doc.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trapd.cli import main as trapd
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "rules.md"
+DOCS = [*sorted(REPO.glob("docs/*.md")), *sorted(REPO.glob("actions/*/README.md"))]
+DOCS.append(REPO / "examples" / "trapd-example-plugin" / "README.md")
+# Top-level keys of trapd.yaml a snippet may show alone (`actions:` only with a mapping: else it is a rule's).
+CONFIG_KEYS = {"listener", "kea", "state_dir", "mode", "service", "dispatch", "mibs", "actions"}
+# The context a fragment (a `match:`, `varbinds:`, `foreach:` or `actions:` of one rule) is checked in:
+# the groups the snippets name, and a cap for their destructive actions.
+HEAD = [
+    "sources:",
+    "  access-switches: [10.20.0.0/16, 10.21.0.5]",
+    "  core: [10.0.0.1, 10.0.0.2]",
+    "defaults:",
+    "  cap: {limit: 50, per: 1m}",
+    "rules:",
+]
+MAC_RULE = [
+    "  - name: doc-fragment",
+    "    match: {notification: CISCO-MAC-NOTIFICATION-MIB::cmnMacChangedNotification}",
+]
+LOG = "    actions: [{action: log, message: doc}]"
+
+
+def yaml_blocks(doc: Path) -> list[str]:
+    text = doc.read_text(encoding="utf-8")
+    return [textwrap.dedent(b) for b in re.findall(r"^ *```yaml\n(.*?)^ *```", text, re.S | re.M)]
+
+
+def parts(code: str) -> list[str]:
+    """A snippet showing two files (`# trapd.yaml`, then `# rules.d/notes.yaml`) is two snippets."""
+    return [p for p in re.split(r"^(?=# \S+\.yaml$)", code, flags=re.M) if p.strip()]
+
+
+def is_config(code: str) -> bool:
+    doc = yaml.safe_load(code)
+    return (
+        isinstance(doc, dict)
+        and bool(doc)
+        and set(doc) <= CONFIG_KEYS
+        and not isinstance(doc.get("actions", {}), list)
+    )
+
+
+def config_file(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A trapd.yaml section as a whole trapd.yaml, its secret and certificate files and variables made up."""
+    secrets = tmp_path / "etc"
+    secrets.mkdir(exist_ok=True)
+    for name in set(re.findall(r"/etc/trapd/([\w.-]+)", code)):
+        (secrets / name).write_text("made-up-secret-1234\n", encoding="utf-8")
+    for name in set(re.findall(r"\{env: (\w+)\}", code)):
+        monkeypatch.setenv(name, "made-up-secret-1234")
+    rules = tmp_path / "empty-rules.yaml"
+    rules.write_text("rules: []\n", encoding="utf-8")
+    head = f"state_dir: {tmp_path / 'state'}\nrules: {{files: [{rules}]}}\n"
+    return head + code.replace("/etc/trapd/", f"{secrets}/")
+
+
+def indent(code: str, by: int) -> list[str]:
+    return [" " * by + line if line.strip() else line for line in code.splitlines()]
+
+
+def rule_files(code: str) -> list[str]:
+    """The rule file(s) a snippet is checked as: itself if it is one, else wrapped in a rule."""
+    first = next((line for line in code.splitlines() if line.strip() and not line.startswith("#")), "")
+    if not first:  # only comments (the schema line)
+        return []
+    if first.startswith(("sources:", "defaults:", "rules:")):
+        return [code]
+    if first.lstrip().startswith("- name:"):  # a list of rules
+        return ["\n".join(HEAD + indent(code, 0 if first.startswith("  ") else 2))]
+    if first.startswith("match:"):
+        return ["\n".join([*HEAD, "  - name: doc-fragment", LOG, *indent(code, 4)])]
+    if first.startswith("varbinds:"):
+        match = ["    match:", "      notification: IF-MIB::linkDown", *indent(code, 6)]
+        return ["\n".join([*HEAD, "  - name: doc-fragment", LOG, *match])]
+    if first.startswith("foreach:"):  # alternatives, one after another
+        parts = re.split(r"^(?=foreach:)", code, flags=re.M)
+        return ["\n".join([*HEAD, *MAC_RULE, "    actions: [{action: log, message: '{{ item.mac }}'}]",
+                           *indent(part, 4)]) for part in parts if part.strip()]
+    if first.startswith("actions:"):
+        return ["\n".join([*HEAD, *MAC_RULE, "    foreach: mac_changes", *indent(code, 4)])]
+    if first.startswith("- action:"):  # one item of a rule's actions
+        return ["\n".join([*HEAD, *MAC_RULE, "    foreach: mac_changes", "    actions:", *indent(code, 6)])]
+    if first.startswith("# yaml-language-server:"):
+        return []
+    raise AssertionError(f"a yaml snippet this test does not know how to check:\n{code}")
+
+
+def test_every_yaml_snippet_of_the_docs_passes_trapd_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checked: dict[str, int] = {}
+    for doc in DOCS:
+        name = str(doc.relative_to(REPO))
+        for n, block in enumerate(yaml_blocks(doc)):
+            if block.startswith("# prometheus.yml"):
+                continue  # Prometheus's file, not trapd's (tests/test_contrib.py checks the alerts)
+            for m, code in enumerate(parts(block)):
+                path = tmp_path / f"{doc.stem}-{n}-{m}.yaml"
+                if is_config(code):
+                    checks = [(config_file(code, tmp_path, monkeypatch), ["--config", str(path)])]
+                else:
+                    checks = [(text + "\n", [str(path)]) for text in rule_files(code)]
+                for text, args in checks:
+                    path.write_text(text, encoding="utf-8")
+                    status = trapd(["check", "--strict", *args])
+                    out = capsys.readouterr().out
+                    assert status == 0, f"{name}, yaml snippet {n}:\n{code}\nchecked as:\n{text}\n{out}"
+                    checked[name] = checked.get(name, 0) + 1
+    assert checked.get("docs/rules.md", 0) >= 8 and len(checked) >= 8, checked
+
+
+def test_the_example_output_of_trapd_test_is_what_it_prints(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = DOC.read_text(encoding="utf-8")
+    block = re.search(r"^```\n\$ (trapd test .*?)\n(.*?)^```", doc, re.S | re.M)
+    assert block is not None
+    command, shown = block.group(1), block.group(2).splitlines()
+    monkeypatch.chdir(REPO)  # the doc's paths are relative to the repository, as the output shows them
+    assert trapd(shlex.split(command)[1:]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    event_id = re.compile(r"\b[0-9a-f]{21}\b")
+    printed = [event_id.sub("EVENT", line) for line in printed]
+    shown = [event_id.sub("EVENT", line) for line in shown]
+    # The doc leaves some non-matching rules out: every line it shows is printed, in that order.
+    at = 0
+    for line in shown:
+        assert line in printed[at:], f"the doc shows {line!r}; trapd test printed:\n" + "\n".join(printed)
+        at = printed.index(line, at) + 1
