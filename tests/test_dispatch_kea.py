@@ -78,3 +78,49 @@ async def test_kea_down_then_back(kea_factory: Callable[..., Any], tmp_path: Pat
         assert {e.ip for e in done} == set(ips)  # searchable by the lease's address
     for ip in ips:
         assert inst.lease4(ip) is None  # the effect, in Kea itself
+
+
+async def test_one_family_down_does_not_hold_up_the_other(
+    kea_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    """kea-dhcp6 down opens the v6 endpoint's breaker; v4 deletions of the same rule still run at once.
+
+    Rules usually name no endpoint (kea.default picks one per family), so the same action
+    reaches unix4 or unix6 by the address it deletes. The breaker of the one that is down
+    must not defer the other's actions, nor be closed by their successes.
+    """
+    inst = kea_factory(ca=False)
+    ip4s = [inst.next_ip4() for _ in range(4)]
+    for i, ip in enumerate(ip4s):
+        inst.add_lease4(ip, f"00:00:5e:00:54:{i:02x}")
+    kea_config = KeaConfig.from_yaml(load_yaml(yaml.safe_dump(inst.trapd_kea_section())), tmp_path)
+    clients = KeaClients(kea_config)
+    actions, _ = load_actions()
+    config = DispatchConfig(
+        workers=4,
+        shutdown_timeout=1.0,
+        journal=JournalConfig(poll_interval=0.05),
+        retry=RetryDefaults(max_attempts=100, max_age=120.0, backoff=0.05, max_backoff=0.2, jitter=0.2),
+        breaker=BreakerConfig(failures=3, cool_down=30.0, max_cool_down=30.0),
+    )
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        d = Dispatcher(config, journal, actions, clients)
+        await d.start()
+        try:
+            inst.stop(["kea-dhcp6"])
+            for _ in range(4):
+                ip6 = inst.next_ip6()
+                await d.submit(
+                    make_event(), make_outcome(plan("kea.lease-del", {"ip-address": ip6}, key=ip6))
+                )
+            await wait_for(lambda: "unix6" in d.breakers and d.breakers["unix6"].state != "closed")
+            for ip in ip4s:
+                await d.submit(make_event(), make_outcome(plan("kea.lease-del", {"ip-address": ip}, key=ip)))
+            # Well inside the v6 breaker's 30 s cool-down.
+            await wait_for(lambda: d.stats.outcomes[("kea.lease-del", "done")] == len(ip4s))
+            assert d.breakers["unix6"].state != "closed"  # v4 answers say nothing about kea-dhcp6
+        finally:
+            await d.stop()
+            await clients.aclose()
+    for ip in ip4s:
+        assert inst.lease4(ip) is None
