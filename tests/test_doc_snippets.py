@@ -7,6 +7,7 @@ that no longer compiles, or output that trapd no longer prints, is a bug in the 
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 import textwrap
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trapd.cli import build_parser
 from trapd.cli import main as trapd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,3 +149,13 @@ def test_the_example_output_of_trapd_test_is_what_it_prints(
     for line in shown:
         assert line in printed[at:], f"the doc shows {line!r}; trapd test printed:\n" + "\n".join(printed)
         at = printed.index(line, at) + 1
+
+
+def test_the_readme_commands_table_names_every_subcommand_and_every_option_of_trapd_run() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `trapd (\w+)[^`]*` \| (.*)$", table, re.M)}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(rows) == set(sub.choices)
+    run_options = {o for a in sub.choices["run"]._actions for o in a.option_strings if o.startswith("--")}
+    assert {o for o in run_options if f"`{o}`" not in rows["run"]} == {"--help"}

@@ -14,8 +14,8 @@ after changing a shipped plugin's parameters or the rule language,
 
     trapd schema rules --shipped -o trapd/data/rules.schema.json
     trapd schema config -o trapd/data/trapd.schema.json
- A schema
-completes and flags keys as you type; `trapd check` remains the check.
+
+A schema completes and flags keys as you type; `trapd check` remains the check.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ line), or from stdin with ``-`` (one JSON object per line)::
     trapd listen | trapd test --rules rules.yaml -
 
 Compact form: NOTIFICATION [from ADDRESS[:PORT]] [NAME[.INDEX]=VALUE ...]
-[version=v1|v2c|v3] [community=NAME] [user=NAME] [kind=trap|inform], as
-separate words or as one quoted argument (split as the shell splits).
+[version=v1|v2c|v3] [community=NAME] [user=NAME] [context=NAME]
+[kind=trap|inform] [uptime=TICKS], as separate words or as one quoted
+argument (split as the shell splits).
 Enumeration labels (ifOperStatus=down), numbers, 0x-hex octets and text are
 accepted as values.
 
