@@ -46,8 +46,11 @@ async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     """Send any Kea command with templated arguments: the escape hatch.
 
     trapd cannot know what an arbitrary command does, so this action is
-    treated as destructive (it needs a rate cap) and not idempotent (no
-    automatic retry after an ambiguous failure). Prefer the specific kea.*
+    treated as destructive (it needs a rate cap) and not idempotent (held
+    after a crash with ``dispatch.interrupted: hold-unsafe``). A timeout or
+    a lost answer is retried like any action's, although Kea may have run
+    the command: give a command that must not run twice
+    ``retry: {max-attempts: 1}``. Prefer the specific kea.*
     actions where one exists: they validate their parameters and record
     what they change. On an HA relationship it goes to every peer by
     default (Kea HA does not copy control-API changes); see ``target``.
