@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import socket
 import sys
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -550,3 +551,19 @@ def test_drop_log_keys_per_v3_user_stay_bounded() -> None:
     log.flush()
     log.note("unknown-user", None, "10.0.0.9", (b"late", b"\x80\x00\x00\x01\x01"))
     assert lines[-1]["user"] == "late"  # quiet keys were forgotten: a new user gets its own line
+
+
+def test_drop_log_keys_hold_no_more_of_a_v3_header_than_the_line_shows() -> None:
+    """A v3 header may carry a user name and engine ID of tens of KB (parse_header bounds neither).
+    The line shows 32 octets of each, but the key kept them whole: 256 made-up users of 60 KB
+    held 15 MB in the table until their interval passed."""
+    log = DropLog(lambda ev, f: None, interval=10.0)
+    tracemalloc.start()
+    try:
+        for i in range(300):
+            log.note("unknown-user", "no-such-user", "10.0.0.9", (i.to_bytes(2, "big") * 30000, bytes(30000)))
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len([key for key in log._next_at if key[1] is not None]) == 256
+    assert held < 1_000_000, held

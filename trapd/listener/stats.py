@@ -187,6 +187,9 @@ class DropLog:
         self._full_until = 0.0
 
     def note(self, reason: str, detail: str | None, source: str | None, who: V3Who | None = None) -> None:
+        if who is not None:
+            # Keyed by what the line shows: a header's user name or engine ID may be tens of KB.
+            who = (who[0][:_WHO_MAX], who[1][:_WHO_MAX])
         key = (reason, who)
         now = self._clock()
         if who is not None and key not in self._next_at and len(self._next_at) >= self._max_keys:
