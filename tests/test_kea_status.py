@@ -320,15 +320,14 @@ def test_endpoint_up_and_healthz_follow_the_status_poll(kea_factory: Any, tmp_pa
         d.close()
 
 
-async def test_restore_of_one_peer_part_leaves_the_other_foreach_items_alone(
-    kea_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A foreach rule on an HA relationship: restore of one MAC's entry restores that MAC only.
+async def deleted_on_two_peers(
+    kea_factory: Any, tmp_path: Path
+) -> tuple[list[KeaInstance], Path, dict[str, str], list[Any]]:
+    """One trap, a foreach rule's kea.lease-del for two MACs, on a relationship of two servers.
 
-    One trap with two removed MACs plans two kea.lease-del at the same action position (the
-    foreach items); on a pair each becomes one entry per peer. `trapd kea restore ID` must find
-    the partner entries of ID (same item, other peer), not every entry of that action position.
-    Two plain Kea servers stand in for the pair: restore does not depend on HA itself.
+    Both leases are on both servers; the dispatcher's own fan-out journals one entry per MAC and
+    peer, all at the same action position. Two plain Kea servers stand in for the pair: restore
+    does not depend on HA itself. Returns the servers, trapd.yaml, MAC -> address, the entries.
     """
     from trapd.config import load_config
     from trapd.dispatch.config import DispatchConfig, JournalConfig
@@ -370,6 +369,18 @@ async def test_restore_of_one_peer_part_leaves_the_other_foreach_items_alone(
     entries = await journal.history(HistoryFilter(action="kea.lease-del"))
     await journal.close()
     assert len(entries) == 4 and all(s.lease4(ip) is None for s in servers for ip in macs.values())
+    return servers, cfg_path, macs, entries
+
+
+async def test_restore_of_one_peer_part_leaves_the_other_foreach_items_alone(
+    kea_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A foreach rule on an HA relationship: restore of one MAC's entry restores that MAC only.
+
+    `trapd kea restore ID` must find the partner entries of ID (same item, other peer), not
+    every entry of that action position.
+    """
+    servers, cfg_path, macs, entries = await deleted_on_two_peers(kea_factory, tmp_path)
     first_mac, other_mac = list(macs)
     entry = next(e for e in entries if e.params["hw-address"] == first_mac and e.params["peer"] == "server1")
     capsys.readouterr()
@@ -382,3 +393,19 @@ async def test_restore_of_one_peer_part_leaves_the_other_foreach_items_alone(
     ], out
     assert all(s.lease4(macs[first_mac]) is not None for s in servers)
     assert all(s.lease4(macs[other_mac]) is None for s in servers)  # not asked for: stays deleted
+
+
+async def test_restore_on_one_peer_uses_that_peer_record(
+    kea_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--peer NAME restores what was removed from NAME, once: not its partners' records as well."""
+    servers, cfg_path, macs, entries = await deleted_on_two_peers(kea_factory, tmp_path)
+    mac = next(iter(macs))
+    entry = next(e for e in entries if e.params["hw-address"] == mac and e.params["peer"] == "server1")
+    capsys.readouterr()
+
+    argv = ["kea", "restore", str(entry.id), "--peer", "server2", "-c", str(cfg_path)]
+    assert await_sync(trapd, argv) == 0
+    out = capsys.readouterr().out
+    assert out.split("\n")[:-1] == [f"restored  {macs[mac]}  on server2"], out
+    assert servers[0].lease4(macs[mac]) is None and servers[1].lease4(macs[mac]) is not None

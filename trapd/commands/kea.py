@@ -207,6 +207,9 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
     except (OSError, ValueError, LookupError) as exc:
         print(f"trapd kea restore: {exc}", file=sys.stderr)
         return 1
+    if args.peer and any(p.peer == args.peer for p in parts):
+        # --peer: what was removed from that peer, once; not its partners' records as well.
+        parts = [p for p in parts if p.peer == args.peer]
     todo = [(p, leases_from_result(p.result)) for p in parts]
     if not any(leases for _, leases in todo):
         print("nothing to restore: no leases recorded")
