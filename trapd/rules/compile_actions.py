@@ -322,10 +322,10 @@ class ActionCompiler:
             if allowed is not None and info is not None:
                 bad = sorted({ch for ch in info.literal if ch not in allowed})
                 if bad:
+                    article = "an" if p.type[0] in "aeiou" else "a"
                     self.problems.error(
-                        f"{action}.{name} is a {p.type}; the constant text {''.join(bad)!r} "
-                        "around the template "
-                        "means it can never validate",
+                        f"{action}.{name}: {article} {p.type} cannot hold {', '.join(map(repr, bad))} "
+                        "of the text around the template, so it can never validate",
                         mark,
                     )
             if p.type == "url" and not val.source.startswith(("http://", "https://")):
