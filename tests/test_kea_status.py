@@ -409,3 +409,36 @@ async def test_restore_on_one_peer_uses_that_peer_record(
     out = capsys.readouterr().out
     assert out.split("\n")[:-1] == [f"restored  {macs[mac]}  on server2"], out
     assert servers[0].lease4(macs[mac]) is None and servers[1].lease4(macs[mac]) is not None
+
+
+async def test_startup_probe_names_the_peer(kea: KeaInstance, kea_factory: Any, tmp_path: Path) -> None:
+    """The daemon's start-up lines say which server of a pair lacks lease_cmds, not just the pair."""
+    from types import SimpleNamespace
+
+    from trapd.config import load_config
+    from trapd.kea.client import KeaClients
+    from trapd.service.daemon import Daemon
+
+    bare = kea_factory(lease_cmds=False, dhcp6=False, ca=False)
+    peers = [
+        {"name": "server1", **kea.endpoints()["unix4"]},
+        {"name": "server2", **bare.endpoints()["unix4"]},
+    ]
+    for p in peers:
+        del p["family"]
+    daemon = Daemon(
+        load_config(write_config(tmp_path, {"endpoints": {"pair4": {"family": "v4", "peers": peers}}}))
+    )
+    lines: list[tuple[str, str, Any]] = []
+    daemon.log = SimpleNamespace(  # type: ignore[assignment]
+        info=lambda msg, **kw: lines.append(("info", msg, kw.get("endpoint"))),
+        warning=lambda msg, **kw: lines.append(("warning", msg, kw.get("endpoint"))),
+    )
+    daemon.kea = KeaClients(daemon.config.kea)
+    daemon.rules = SimpleNamespace(rules=[])  # type: ignore[assignment]
+    await daemon._probe_kea()
+    await daemon.kea.aclose()
+    assert sorted(lines) == [
+        ("info", "Kea endpoint ok", "pair4/server1"),
+        ("warning", "Kea endpoint has no lease commands: load libdhcp_lease_cmds.so", "pair4/server2"),
+    ]

@@ -484,20 +484,21 @@ class Daemon:
         if self.kea is None or not len(self.kea):
             return
         statuses = await probe(self.kea)  # its exchanges set each client's up (the metrics read it)
+        # s.label: an HA relationship's peer by name (pair4/server2), a plain endpoint by its own.
         for s in statuses:
             if not s.reachable:
                 self.log.warning(
-                    "Kea endpoint unreachable", endpoint=s.endpoint, family=s.family, error=s.error
+                    "Kea endpoint unreachable", endpoint=s.label, family=s.family, error=s.error
                 )
             elif not s.lease_cmds:
                 self.log.warning(
                     "Kea endpoint has no lease commands: load libdhcp_lease_cmds.so",
-                    endpoint=s.endpoint,
+                    endpoint=s.label,
                     family=s.family,
                     version=s.version,
                 )
             else:
-                self.log.info("Kea endpoint ok", endpoint=s.endpoint, family=s.family, version=s.version)
+                self.log.info("Kea endpoint ok", endpoint=s.label, family=s.family, version=s.version)
         # Per rule: an action whose endpoint lacks a command it sends would fail on every trap.
         for warning in command_warnings(statuses, kea_uses(self.rules.rules, self.config.kea)):
             self.log.warning("rule cannot work as configured", problem=warning)
