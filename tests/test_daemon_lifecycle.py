@@ -157,7 +157,7 @@ def test_start_fails_cleanly_when_the_port_is_taken(tmp_path: Path) -> None:
         port = squatter.getsockname()[1]
         d = TrapdDaemon.start(tmp_path, rules=LOG_RULES, trap_port=port, wait_ready=False)
         try:
-            _assert_failed_start(d, "Address already in use")
+            _assert_failed_start(d, "Address already in use", f"127.0.0.1:{port}")
         finally:
             d.close()
 

@@ -249,7 +249,7 @@ def test_reuseport_group_closes_what_it_opened_when_a_bind_fails() -> None:
     taken.bind(("127.0.0.1", 0))
     port = taken.getsockname()[1]
     before = len(os.listdir("/proc/self/fd"))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}: "):
         open_reuseport_sockets([ListenAddress("127.0.0.1", 0), ListenAddress("127.0.0.1", port)], 2, 0)
     assert len(os.listdir("/proc/self/fd")) == before
     taken.close()

@@ -97,6 +97,14 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
     return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
+def bind(sock: socket.socket, host: str, port: int) -> None:
+    """``sock.bind``, with an error that says which address (EADDRINUSE alone does not)."""
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {ListenAddress(host, port)}: {exc.strerror}") from exc
+
+
 def open_udp_socket(address: ListenAddress, receive_buffer: int) -> socket.socket:
     """A bound, non-blocking UDP socket for ``address`` with the receive buffer set before bind."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
@@ -105,7 +113,7 @@ def open_udp_socket(address: ListenAddress, receive_buffer: int) -> socket.socke
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         set_receive_buffer(sock, receive_buffer)
-        sock.bind((address.host, address.port))
+        bind(sock, address.host, address.port)
         sock.setblocking(False)
     except BaseException:
         sock.close()

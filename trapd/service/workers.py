@@ -188,7 +188,7 @@ def open_reuseport_sockets(
     the port and take a share of the traps. Port 0 binds the first socket to
     a free port and the others to the same one.
     """
-    from trapd.listener.udp import set_receive_buffer
+    from trapd.listener.udp import bind, set_receive_buffer
 
     out: list[list[socket.socket]] = [[] for _ in range(count)]
     try:
@@ -202,7 +202,7 @@ def open_reuseport_sockets(
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 set_receive_buffer(sock, receive_buffer)
-                sock.bind((address.host, port))
+                bind(sock, address.host, port)
                 port = int(sock.getsockname()[1])
     except BaseException:
         for group in out:
