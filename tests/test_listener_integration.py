@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from listen_harness import TrapdListen, capture_datagram, needs_netsnmp, send_udp, snmp_send
 
 from trapd.commands.test import read_event_file
@@ -502,6 +504,41 @@ def test_sigterm_exits_zero_and_prints_final_stats(tmp_path: Path) -> None:
     assert t.stop() == 0
     final = [e for e in t.log if e.get("event") == "listener stats"]
     assert final and final[-1]["received"] == {"v2c": 1}
+
+
+def test_stdout_reader_gone_stops_listen_quietly(tmp_path: Path) -> None:
+    """`trapd listen | head -n 1`: once head exits, the next line written meets a closed pipe.
+    trapd listen went on running, and logged a BrokenPipeError traceback for every later trap."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "trapd.yaml"
+    config.write_text(yaml.safe_dump({"mibs": {"dirs": []}, "state_dir": str(tmp_path)}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trapd", "listen", "--config", str(config), "--listen", "127.0.0.1:0",
+         "--community", "public", "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stderr:
+            if '"listening"' in line:
+                (address,) = json.loads(line)["addresses"]
+                break
+        target = "udp:" + address
+        assert snmp_send("snmptrap", "-v", "2c", "-c", "public", target, *trap_args(mark())).returncode == 0
+        assert json.loads(proc.stdout.readline())["version"] == "v2c"
+        proc.stdout.close()  # what head does after its line
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            snmp_send("snmptrap", "-v", "2c", "-c", "public", target, *trap_args(mark()))
+            time.sleep(0.2)
+        assert proc.poll() == 0, "trapd listen kept running with no reader"
+        assert "callback failed" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def test_bad_listen_address_and_busy_port(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ line once the sockets are bound (addresses, effective receive buffer, v3
 engine ID), drops rate-limited per reason, and "listener stats" lines with
 every counter (received by version, dropped by reason, kernel receive-buffer
 errors): every --stats-interval seconds, on SIGUSR1, and once at exit.
-SIGINT / SIGTERM stop it with exit status 0.
+SIGINT / SIGTERM stop it with exit status 0, and so does a reader that
+went away (`trapd listen | head -n 5`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
     import asyncio
     import dataclasses
     import json
+    import os
     import signal
     import sys
 
@@ -108,11 +110,19 @@ def main(args: argparse.Namespace) -> int:
     # ASCII, against +2.6 us translating every line (json.dumps itself: 9.8 us; load 2.2).
     escapes = {c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x2028, 0x2029)}
 
+    stop = asyncio.Event()
+
     def on_notification(raw: RawNotification) -> None:
         event = normalizer.normalize(raw)
         line = json.dumps(event.to_dict(), ensure_ascii=False)
-        out.write((line if line.isascii() else line.translate(escapes)) + "\n")
-        out.flush()
+        try:
+            out.write((line if line.isascii() else line.translate(escapes)) + "\n")
+            out.flush()
+        except BrokenPipeError:
+            # The reader is gone (`trapd listen | head`): stop as on SIGTERM, not a traceback per
+            # trap. stdout goes to /dev/null, so that what is left in its buffer flushes at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+            stop.set()
 
     any_community = not listener_config.communities
 
@@ -125,7 +135,6 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             log.error("cannot listen", error=str(exc))
             return 1
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
         def log_stats() -> None:
