@@ -1,6 +1,6 @@
 """Look into the action journal and act on it: the audit trail and the operator's levers.
 
-    trapd journal list                       # waiting: scheduled, pending, failed (retrying), held
+    trapd journal list                       # not finished: scheduled, pending, failed, held, running
     trapd journal list --state dead          # given up; also: held, running, done, cancelled, all
     trapd journal list --state held          # HELD AT (when a cap held it) and HOLD EXPIRES
     trapd journal show 1234                  # one action: parameters, event, attempts, result, error
