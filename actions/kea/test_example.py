@@ -33,3 +33,22 @@ def test_dhcp_disable_without_max_period_fails_check(
     captured = capsys.readouterr()
     expected = f"{rules}:5:17: error: kea.dhcp-disable needs the parameter 'max-period'"
     assert expected in captured.out + captured.err
+
+
+def test_disable_and_enable_of_one_server_are_ordered(capsys: pytest.CaptureFixture[str]) -> None:
+    """The uplink example's dhcp-disable and dhcp-enable share one ordering key.
+
+    Without it the default keys differ (each starts with its action's name), so a disable
+    retried while Kea was unreachable could run after the enable of a later linkUp and leave
+    DHCP off until max-period.
+    """
+    import json
+
+    keys = {}
+    for trap in ("IF-MIB::linkDown", "IF-MIB::linkUp"):
+        assert trapd(["test", "-r", str(HERE / "example.yaml"), "--format", "json", trap,
+                      "from", "192.0.2.1", "ifIndex=49"]) == 0  # fmt: skip
+        for rule in json.loads(capsys.readouterr().out)["rules"]:
+            for planned in rule["planned"]:
+                keys[planned["action"]] = planned["key"]
+    assert keys["kea.dhcp-disable"] == keys["kea.dhcp-enable"], keys
