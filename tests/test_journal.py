@@ -331,7 +331,45 @@ async def test_claim_waits_for_earlier_actions_of_its_key(journal: Journal) -> N
     assert (await journal.claim(a2, now)).outcome == "running"
     late = await journal.add(ev, [entry(key="C")], [], now)
     assert (await journal.claim(late.ids[0], now)).outcome == "running"  # a delayed one not yet due: no wait
+    # Due now, c1 is the older one, but `late` runs (in another worker or host, it could): never
+    # two at once for one key, so c1 waits for it to end.
+    wait = await journal.claim(c1, now + 10)
+    assert (wait.outcome, wait.blocked_by) == ("wait", "running")
+    await journal.finish(late.ids[0], "done", now + 10)
     assert (await journal.claim(c1, now + 10)).outcome == "running"
+
+
+async def test_an_older_action_made_runnable_waits_while_a_newer_one_of_its_key_runs(
+    journal: Journal, backend: Callable[[], Journal]
+) -> None:
+    # A held action released and a dead one retried by an operator are older than the actions
+    # of their key that ran meanwhile: while one of those runs (another worker, another host),
+    # they must wait for it, not start beside it (docs/dispatch.md: never two at once for one key).
+    other = backend()
+    await other.open()
+    try:
+        now = time.time()
+        zero = CapCheck("r1/approve", "", limit=0, per=60.0, hold_for=600.0)
+        held, dead = (await journal.add(
+            make_event().to_dict(), [entry(key="H", caps=(zero,)), entry(key="D")], [], now
+        )).ids  # fmt: skip
+        assert (await journal.claim(held, now)).outcome == "held"
+        assert (await journal.claim(dead, now)).outcome == "running"
+        await journal.finish(dead, "dead", now, None, "permanent error")
+        newer = (await journal.add(make_event().to_dict(), [entry(key="H"), entry(key="D")], [], now)).ids
+        for i in newer:  # held and dead do not block their key: these run, elsewhere
+            assert (await other.claim(i, now)).outcome == "running"
+        assert await journal.release(now, [held]) == [held]
+        assert await journal.retry([dead], now) == [dead]
+        for i in (held, dead):
+            wait = await journal.claim(i, now)
+            assert (wait.outcome, wait.blocked_by) == ("wait", "running"), i
+        for i in newer:
+            await other.finish(i, "done", now)
+        for i in (held, dead):
+            assert (await journal.claim(i, now)).outcome == "running"
+    finally:
+        await other.close()
 
 
 async def test_new_file_is_not_world_readable(tmp_path: Path) -> None:

@@ -139,6 +139,46 @@ async def test_per_key_order_holds_across_hosts(hosts: Callable[..., Awaitable[P
         await a.finish(r.ids[1], "done", now)
 
 
+async def test_ids_taken_before_another_hosts_commit_do_not_let_two_of_a_key_run(
+    hosts: Callable[..., Awaitable[PostgresJournal]], pg_url: str
+) -> None:
+    # An id is taken when a row is inserted, not when it commits: host a's action of a key can
+    # have the smaller id and commit after host b journaled (and claimed) a later one of the key,
+    # which could not see it. a's claim must then wait for b's run, not start beside it.
+    a, b = await hosts("a"), await hosts("b")
+    now = time.time()
+    blocking = make_event().to_dict()
+    with psycopg.connect(pg_url) as blocker, psycopg.connect(pg_url, autocommit=True) as watch:
+        # An uncommitted event row with the id a's second add journals: a's batch inserts its
+        # first action, then waits for this transaction with its own uncommitted.
+        blocker.execute(
+            "INSERT INTO trapd_events (id, received_at, source, trap_name, data) "
+            "VALUES (%s, 1, 's', 't', '{}')",
+            (blocking["id"],),
+        )
+        first = a.add_soon(make_event().to_dict(), [entry(key="port")], [], now)
+        second = a.add_soon(blocking, [entry(key="other")], [], now)
+
+        def a_waits() -> bool:
+            row = watch.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()
+            return row is not None and row[0] > 0
+
+        await until(a_waits, timeout=30)
+        later = await b.add(make_event().to_dict(), [entry(key="port", claim=True, due=now)], [], now)
+        assert later.states == ["running"]  # nothing of "port" was committed when b looked
+        blocker.rollback()
+    earlier = await first
+    await second
+    assert earlier.ids[0] < later.ids[0] and earlier.states == ["pending"]
+    got = await a.claim(earlier.ids[0], now)
+    assert (got.outcome, got.blocked_by) == ("wait", "running")  # b runs the key's other action
+    await b.finish(later.ids[0], "done", now)
+    assert (await a.claim(earlier.ids[0], now)).outcome == "running"
+
+
 async def test_a_delay_armed_on_one_host_is_cancelled_from_the_other(
     hosts: Callable[..., Awaitable[PostgresJournal]],
 ) -> None:

@@ -177,8 +177,8 @@ class ClaimResult:
     cap: str | None = None  # the cap that held it
     attempts: int = 0
     # For "wait": "waiting" when an earlier action of the key waits to run (load it first),
-    # "running" when the earlier ones are all running: in another process sharing the
-    # journal, since one key never runs twice at once in one dispatcher.
+    # "running" when none waits but another of the key (earlier or later) is running: in another
+    # process sharing the journal, since one key never runs twice at once in one dispatcher.
     blocked_by: Literal["waiting", "running"] | None = None
 
 
@@ -279,7 +279,8 @@ class Journal(Protocol):
         """Mark an action running (attempts + 1).
 
         Unless: it changed meanwhile (``gone``), an earlier action with the
-        same key must run first (``wait``), or a rate cap holds it (``held``).
+        same key must run first or another of the key is running (``wait``), or
+        a rate cap holds it (``held``).
         """
         ...
 

@@ -509,6 +509,100 @@ END
 $$;
 """,
     ),
+    (
+        7,
+        # trapd_claim: another action of the key running makes a claim wait whatever its id, not
+        # only an earlier one. An older action can become runnable while a newer one of its key
+        # runs on the other host: a delay falling due, an operator's release or retry, or ids
+        # taken before the other host's commit (a sequence is not in commit order); it started
+        # beside it, two at once for one key.
+        """
+CREATE OR REPLACE FUNCTION trapd_claim(
+    p_id BIGINT, p_now DOUBLE PRECISION, p_owner TEXT, p_lease DOUBLE PRECISION,
+    OUT r_outcome TEXT, OUT r_cap TEXT, OUT r_attempts INTEGER, OUT r_blocked_by TEXT
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_key TEXT;
+    v_state TEXT;
+    v_attempts INTEGER;
+    v_exempt BOOLEAN;
+    v_caps TEXT;
+    c JSON;
+    v_hits BIGINT;
+    v_per DOUBLE PRECISION;
+    v_width DOUBLE PRECISION;
+    v_slot BIGINT;
+BEGIN
+    r_attempts := 0;
+    SELECT a.key INTO v_key FROM trapd_actions a WHERE a.id = p_id;
+    IF NOT FOUND THEN
+        r_outcome := 'gone';
+        RETURN;
+    END IF;
+    -- Per-key order across hosts: the key's claims take turns, so "nothing else of the key is
+    -- running" cannot be true for two hosts at once.
+    PERFORM pg_advisory_xact_lock(trapd_lock_id('key', v_key));
+    SELECT a.state, a.attempts, a.cap_exempt, a.caps,
+        CASE WHEN EXISTS (SELECT 1 FROM trapd_actions b WHERE b.key = a.key AND b.id < a.id
+            AND (b.state IN ('pending', 'failed') OR (b.state = 'scheduled' AND b.due <= p_now)))
+            THEN 'waiting'
+        WHEN EXISTS (SELECT 1 FROM trapd_actions b WHERE b.key = a.key AND b.id <> a.id
+            AND b.state = 'running') THEN 'running' END
+        INTO v_state, v_attempts, v_exempt, v_caps, r_blocked_by
+        FROM trapd_actions a WHERE a.id = p_id FOR UPDATE OF a;
+    IF NOT FOUND OR v_state NOT IN ('scheduled', 'pending', 'failed') THEN
+        r_outcome := 'gone';
+        r_blocked_by := NULL;
+        RETURN;
+    END IF;
+    r_attempts := v_attempts;
+    IF r_blocked_by IS NOT NULL THEN
+        r_outcome := 'wait';
+        RETURN;
+    END IF;
+    IF v_attempts = 0 AND NOT v_exempt AND v_caps <> '[]' THEN
+        FOR c IN SELECT e.value FROM json_array_elements(v_caps::json) WITH ORDINALITY AS e(value, ord)
+            ORDER BY e.ord
+        LOOP
+            PERFORM pg_advisory_xact_lock(trapd_lock_id('cap', (c->>0) || chr(31) || (c->>1)));
+        END LOOP;
+        FOR c IN SELECT e.value FROM json_array_elements(v_caps::json) WITH ORDINALITY AS e(value, ord)
+            ORDER BY e.ord
+        LOOP
+            v_per := (c->>3)::float8;
+            v_width := greatest(v_per / 60, 0.001);
+            SELECT coalesce(sum(s.n), 0) INTO v_hits FROM trapd_cap_slots s
+                WHERE s.cap = (c->>0) || '/' || v_per::text AND s.key = c->>1
+                AND s.slot >= floor((p_now - v_per) / v_width)::bigint;
+            IF v_hits >= (c->>2)::bigint THEN
+                UPDATE trapd_actions SET state = 'held', held_by = c->>0, due = p_now + (c->>4)::float8,
+                    last_error = 'held: rate cap ' || (c->>0) || ' reached (' || (c->>2) || ' per '
+                        || ((c->>3)::float8)::text || 's for ' || COALESCE(NULLIF(c->>1, ''), 'all') || ')'
+                    WHERE id = p_id;
+                r_outcome := 'held';
+                r_cap := c->>0;
+                RETURN;
+            END IF;
+        END LOOP;
+        FOR c IN SELECT e.value FROM json_array_elements(v_caps::json) WITH ORDINALITY AS e(value, ord)
+            ORDER BY e.ord
+        LOOP
+            v_per := (c->>3)::float8;
+            v_width := greatest(v_per / 60, 0.001);
+            v_slot := floor(p_now / v_width)::bigint;
+            INSERT INTO trapd_cap_slots (cap, key, slot, n, expires)
+                VALUES ((c->>0) || '/' || v_per::text, c->>1, v_slot, 1, (v_slot + 1) * v_width + v_per)
+                ON CONFLICT (cap, key, slot) DO UPDATE SET n = trapd_cap_slots.n + 1;
+        END LOOP;
+    END IF;
+    UPDATE trapd_actions SET state = 'running', attempts = attempts + 1, started = p_now, held_by = NULL,
+        owner = p_owner, lease_until = p_now + p_lease WHERE id = p_id;
+    r_outcome := 'running';
+    r_attempts := v_attempts + 1;
+END
+$$;
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

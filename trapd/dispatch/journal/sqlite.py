@@ -404,12 +404,15 @@ def _op_next_due(conn: sqlite3.Connection, now: float) -> float | None:
 
 def _op_claim(conn: sqlite3.Connection, id_: int, now: float, owner: str | None) -> ClaimResult:
     # Per-key order is decided here, against the journal, not by what happens to be in memory:
-    # an earlier action with the same key that is due, retrying or running goes first.
+    # an earlier action with the same key that is due, retrying or running goes first. And
+    # whatever its id, one running (in another process) means wait: an older action becomes
+    # runnable after newer ones of its key started when a delay falls due, or an operator
+    # releases or retries it (it used to start beside the newer one: two at once for one key).
     row = conn.execute(
         "SELECT a.state, a.attempts, a.cap_exempt, a.caps, CASE WHEN EXISTS (SELECT 1 FROM actions b "
         "WHERE b.key = a.key AND b.id < a.id AND (b.state IN ('pending', 'failed') "
         "OR (b.state = 'scheduled' AND b.due <= :now))) THEN 'waiting' "
-        "WHEN EXISTS (SELECT 1 FROM actions b WHERE b.key = a.key AND b.id < a.id AND b.state = 'running') "
+        "WHEN EXISTS (SELECT 1 FROM actions b WHERE b.key = a.key AND b.id <> a.id AND b.state = 'running') "
         "THEN 'running' END FROM actions a WHERE a.id = :id",
         {"id": id_, "now": now},
     ).fetchone()
