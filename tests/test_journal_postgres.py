@@ -17,10 +17,14 @@ import psycopg
 import pytest
 from pg_harness import PgServer
 
+from trapd.dispatch.config import DispatchConfig, JournalConfig, RetryDefaults
+from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import AddResult, CapCheck, JournalError, NewEntry
 from trapd.dispatch.journal.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresJournal, _lock_id, migrate
-from trapd.dispatch.testing import make_event
+from trapd.dispatch.testing import make_event, make_outcome, plan
 from trapd.event import SNMP_TRAP_COMMUNITY_OID, event_fingerprint, new_event_id, oid_str
+from trapd.params import Param
+from trapd.plugin import ActionContext, RetryableError, action
 
 
 def entry(action: str = "log", key: str = "k", **kw: Any) -> NewEntry:
@@ -272,6 +276,69 @@ async def test_database_outage_fails_fast_and_recovers() -> None:
             got = await j.get(ok.ids[0])
             assert got is not None and got.state == "pending"  # committed before the outage: kept
             assert (await j.get(later[0].ids[0])) is not None
+    finally:
+        server.remove()
+
+
+async def test_an_action_that_ends_during_an_outage_is_journaled_done_once_the_database_is_back() -> None:
+    # Actions running when the database goes away end meanwhile: their "done" (or the due time of
+    # their retry) cannot be written. It must be once the database is back. Left "running" (this
+    # host renewing its lease), a row stayed so until trapd restarted: never retried, and every
+    # later action of its key waited for it.
+    server = PgServer()  # its own: stopping it must not disturb the session's
+    try:
+        server.start()
+        url = server.new_database()
+        ran: list[str] = []
+        may_end = asyncio.Event()
+
+        @action("gate", params={"tag": Param("string", required=True)}, idempotent=True)
+        async def gate(params: dict[str, Any], ctx: ActionContext) -> None:
+            """Test action: the first run of each ends when the test says so; "flaky" then fails."""
+            ran.append(params["tag"])
+            if ctx.attempt == 1 and params["tag"] in ("first", "flaky"):
+                await may_end.wait()
+                if params["tag"] == "flaky":
+                    raise RetryableError("try again")
+
+        config = DispatchConfig(
+            workers=2,
+            queue_size=100,
+            journal=JournalConfig(poll_interval=0.05),
+            retry=RetryDefaults(backoff=0.05, jitter=0.0),
+        )
+        async with PostgresJournal(url, instance="a") as j:
+            d = Dispatcher(config, j, {"gate": gate}, kea=None)
+            await d.start()
+            try:
+                ids = await d.submit(
+                    make_event(),
+                    make_outcome(
+                        plan("gate", {"tag": "first"}, key="port"), plan("gate", {"tag": "flaky"}, key="x")
+                    ),
+                )
+                await until(lambda: sorted(ran) == ["first", "flaky"])
+                server.stop()
+                may_end.set()
+                await until(lambda: d.stats.running == 0 and not j.available)
+                server.start()
+
+                second = make_outcome(plan("gate", {"tag": "second"}, key="port"))
+
+                async def submitted() -> bool:
+                    try:
+                        await d.submit(make_event(), second)
+                    except JournalError:
+                        return False
+                    return True
+
+                await until(submitted, timeout=60)
+                await until(lambda: "second" in ran, timeout=30)  # its key is free again
+                await until(lambda: ran.count("flaky") == 2, timeout=30)  # retried
+                await until(lambda: _states(j, [int(i) for i in ids], ["done", "done"]), timeout=30)
+                assert sorted(ran) == ["first", "flaky", "flaky", "second"]
+            finally:
+                await d.stop(1.0)
     finally:
         server.remove()
 

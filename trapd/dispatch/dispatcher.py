@@ -34,12 +34,13 @@ import asyncio
 import bisect
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -208,7 +209,13 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[None]] = set()
-        self._finishing: set[asyncio.Future[Any]] = set()
+        # Writes nobody awaits, until they commit -> how to issue it again should it fail (an
+        # action's end), or None (see _track).
+        self._finishing: dict[asyncio.Future[Any], Callable[[], Awaitable[Any]] | None] = {}
+        # Ends of actions (done, dead, a retry's due time) the journal did not take (unavailable,
+        # full): issued again by the maintenance until it does. Left unwritten, the row stayed
+        # running until trapd restarted, and every later action of its key waited for it.
+        self._unwritten: list[Callable[[], Awaitable[Any]]] = []
         self._context = contextvars.Context()  # what every worker task starts from (see _worker)
         self._started = False
         self._stopping = False
@@ -747,6 +754,8 @@ class Dispatcher:
         now = time.time()
         self._failure_log.flush()  # the counts held back, once their interval is over
         self._duplicate_log.flush()
+        if self._unwritten:
+            await self._write_ends_again()
         if await self.journal.changed():
             self._poke()  # `trapd journal retry / release / cancel` wrote to the journal
         for e in await self.journal.expire_held(now):
@@ -981,7 +990,7 @@ class Dispatcher:
                 job, log, f"max age reached after {attempt} attempts: {reason}", now, attempt, "max-age"
             )
             return
-        await self.journal.retry_later(job.id, due, reason, endpoint)
+        await self._write_end(functools.partial(self.journal.retry_later, job.id, due, reason, endpoint))
         self.stats.count(job.action, "retry")
         self._failure_log.warning(
             (job.action, "retry", type(exc).__name__, endpoint),
@@ -1024,18 +1033,54 @@ class Dispatcher:
         The journal orders the write before anything issued later (the next
         claim of this key included); stop() waits for the stragglers.
         """
-        self._track(self.journal.finish_soon(id_, state, now, result, error, started=started))
+        self._write_end(
+            functools.partial(self.journal.finish_soon, id_, state, now, result, error, started=started)
+        )
 
-    def _track(self, write: Awaitable[Any]) -> None:
+    def _write_end(self, write: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        """Issue the write of an action's end; should it fail, the maintenance issues it again."""
+        try:
+            return self._track(write(), write)
+        except JournalError as exc:  # refused at once (JournalFull)
+            self._end_unwritten(write, exc)
+            raise
+
+    def _track(
+        self, write: Awaitable[Any], again: Callable[[], Awaitable[Any]] | None = None
+    ) -> asyncio.Future[Any]:
         """Keep a write nobody awaits until it commits (stop() waits for it); log if it fails."""
         fut = asyncio.ensure_future(write)
-        self._finishing.add(fut)
+        self._finishing[fut] = again
         fut.add_done_callback(self._finished)
+        return fut
 
     def _finished(self, fut: asyncio.Future[Any]) -> None:
-        self._finishing.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:
-            self.log.error("journal write failed: the action will run again", error=str(fut.exception()))
+        again = self._finishing.pop(fut, None)
+        if fut.cancelled() or (exc := fut.exception()) is None:
+            return
+        if again is None:
+            self.log.error("journal write failed: the action will run again", error=str(exc))
+        else:
+            self._end_unwritten(again, exc)
+
+    def _end_unwritten(self, write: Callable[[], Awaitable[Any]], exc: BaseException) -> None:
+        self._unwritten.append(write)
+        self._failure_log.error(
+            ("journal", "end unwritten"),
+            "journal write failed: the end of an action is written again once the journal takes it",
+            error=str(exc),
+            waiting=len(self._unwritten),
+        )
+
+    async def _write_ends_again(self) -> None:
+        again, self._unwritten = self._unwritten, []
+        writes = []
+        for write in again:
+            with contextlib.suppress(JournalError):  # refused at once: kept for the next round
+                writes.append(self._write_end(write))
+        done = await asyncio.gather(*writes, return_exceptions=True)
+        if any(not isinstance(r, BaseException) for r in done):
+            self._poke()  # what waited behind them in their keys may run now
 
     def _done_blocking(self, key: str) -> None:
         # The key's head is settled: the actions queued behind it in the journal may load now.
