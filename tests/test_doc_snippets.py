@@ -159,3 +159,27 @@ def test_the_readme_commands_table_names_every_subcommand_and_every_option_of_tr
     assert set(rows) == set(sub.choices)
     run_options = {o for a in sub.choices["run"]._actions for o in a.option_strings if o.startswith("--")}
     assert {o for o in run_options if f"`{o}`" not in rows["run"]} == {"--help"}
+
+
+def test_the_option_82_template_builds_the_circuit_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/rules.md, "Option 82": the binary circuit-id template, fed by regex groups, gives Kea's hex."""
+    doc = DOC.read_text(encoding="utf-8").split("## Option 82", 1)[1]
+    found = re.search(r"`circuit-id: (\"0x.*?\")`", doc)
+    assert found is not None
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "defaults: {cap: {limit: 50, per: 1m}}\n"
+        "rules:\n"
+        "  - name: cisco-default-circuit-id\n"
+        "    match:\n"
+        "      notification: IF-MIB::linkDown\n"
+        "      varbinds: {ifDescr: {regex: 'Vl(?P<vlan>\\d+)-Gi(?P<module>\\d+)/0/(?P<port>\\d+)'}}\n"
+        "    actions:\n"
+        f"      - {{action: kea.lease-del, circuit-id: {found.group(1)}}}\n",
+        encoding="utf-8",
+    )
+    assert trapd(["test", "-r", str(rules), "IF-MIB::linkDown", "ifIndex=17", "ifDescr=Vl100-Gi1/0/17"]) == 0
+    out = capsys.readouterr().out
+    assert 'kea.lease-del circuit-id="0x00640111"' in out, out
