@@ -471,6 +471,12 @@ def test_not_a_mapping_file_and_rule_name(tmp_path: Path) -> None:
     got = errors_of(tmp_path, "rules:\n  - name: 'has space'\n    cancel: x\n  - cancel: y\n")
     assert got[0].startswith("2:11: error: every rule needs a name")
     assert got[1].startswith("4:5: error: every rule needs a name")
+    # `name: off` is YAML's boolean false, not the text "off": say so, as for a compared value.
+    got = errors_of(tmp_path, "rules:\n  - name: off\n    cancel: x\n")
+    assert got == [
+        "2:11: error: every rule needs a name: letters, digits and . _ - : / @ +, at most 128 characters"
+        " (got False: an unquoted yes/no/on/off/true/false is a YAML boolean; quote it)"
+    ]
 
 
 def test_source_groups_undefined_and_duplicate(tmp_path: Path) -> None:

@@ -219,9 +219,11 @@ class Compiler:
         self.ctx.keys(node, RULE_KEYS, "a rule")
         name = node.get("name")
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            got = "" if name is None else f" (got {name!r})"
+            if isinstance(name, bool):
+                got = f" (got {name!r}: an unquoted yes/no/on/off/true/false is a YAML boolean; quote it)"
             self.p.error(
-                "every rule needs a name: letters, digits and . _ - : / @ +, at most 128 characters"
-                + (f" (got {name!r})" if name is not None else ""),
+                "every rule needs a name: letters, digits and . _ - : / @ +, at most 128 characters" + got,
                 where(node, "name") if "name" in node else mark,
             )
             name = f"#{position + 1}"
