@@ -7,6 +7,7 @@ from typing import Any
 
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, action
+from trapd.service.logging import redact
 
 from .common import ENDPOINT, FAMILY, NO_FAMILY_HINTS, answered_by
 
@@ -83,4 +84,7 @@ async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
         command, params.get("arguments"), accept=tuple(params["accept"]), service=params.get("service")
     )
     ctx.log.info("kea command sent", endpoint=kea.name, command=command, result=r.result)
-    return {**answered_by(kea), "command": command, **r.to_dict()}
+    # Journaled and shown by `trapd journal show`: config-get lists the HTTP control sockets'
+    # clients with their passwords (Kea 3.0), trapd's own among them.
+    result: dict[str, Any] = redact({**answered_by(kea), "command": command, **r.to_dict()})
+    return result

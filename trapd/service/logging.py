@@ -118,6 +118,12 @@ def _mask_field(key: str, value: Any) -> Any:
     return _redact_value(value)
 
 
+def redact(value: Any) -> Any:
+    """``value`` as a log line would show it: loaded secrets and secret-named fields masked,
+    recursively. For what is kept outside the log, such as a Kea answer a result holds."""
+    return _redact_value(value)
+
+
 # Values with nothing inside to mask: only their field's name can make them secret.
 _INERT: frozenset[type] = frozenset({int, float, bool, type(None)})
 
