@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,20 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_kea_down_then_back(kea_factory: Callable[..., Any], tmp_path: Path) -> None:
-    inst = kea_factory(dhcp6=False, ca=False)
-    ips = [inst.next_ip4() for _ in range(8)]
+def kea_with_leases(
+    kea_factory: Callable[..., Any], tmp_path: Path, count: int, **options: Any
+) -> tuple[Any, list[str], KeaClients]:
+    """A Kea of its own (no agent) holding ``count`` v4 leases, and trapd's clients for it."""
+    inst = kea_factory(ca=False, **options)
+    ips = [inst.next_ip4() for _ in range(count)]
     for i, ip in enumerate(ips):
         inst.add_lease4(ip, f"00:00:5e:00:53:{i:02x}")
     kea_config = KeaConfig.from_yaml(load_yaml(yaml.safe_dump(inst.trapd_kea_section())), tmp_path)
-    clients = KeaClients(kea_config)
+    return inst, ips, KeaClients(kea_config)
+
+
+async def test_kea_down_then_back(kea_factory: Callable[..., Any], tmp_path: Path) -> None:
+    inst, ips, clients = kea_with_leases(kea_factory, tmp_path, 8, dhcp6=False)
     actions, _ = load_actions()
     async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
         d = Dispatcher(CONFIG, journal, actions, clients)
@@ -89,20 +97,9 @@ async def test_one_family_down_does_not_hold_up_the_other(
     reaches unix4 or unix6 by the address it deletes. The breaker of the one that is down
     must not defer the other's actions, nor be closed by their successes.
     """
-    inst = kea_factory(ca=False)
-    ip4s = [inst.next_ip4() for _ in range(4)]
-    for i, ip in enumerate(ip4s):
-        inst.add_lease4(ip, f"00:00:5e:00:54:{i:02x}")
-    kea_config = KeaConfig.from_yaml(load_yaml(yaml.safe_dump(inst.trapd_kea_section())), tmp_path)
-    clients = KeaClients(kea_config)
+    inst, ip4s, clients = kea_with_leases(kea_factory, tmp_path, 4)
     actions, _ = load_actions()
-    config = DispatchConfig(
-        workers=4,
-        shutdown_timeout=1.0,
-        journal=JournalConfig(poll_interval=0.05),
-        retry=RetryDefaults(max_attempts=100, max_age=120.0, backoff=0.05, max_backoff=0.2, jitter=0.2),
-        breaker=BreakerConfig(failures=3, cool_down=30.0, max_cool_down=30.0),
-    )
+    config = replace(CONFIG, breaker=BreakerConfig(failures=3, cool_down=30.0, max_cool_down=30.0))
     async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
         d = Dispatcher(config, journal, actions, clients)
         await d.start()
