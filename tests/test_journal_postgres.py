@@ -143,6 +143,33 @@ async def test_per_key_order_holds_across_hosts(hosts: Callable[..., Awaitable[P
         await a.finish(r.ids[1], "done", now)
 
 
+async def test_a_host_whose_journal_writes_wait_keeps_its_claims(
+    hosts: Callable[..., Awaitable[PostgresJournal]], pg_url: str
+) -> None:
+    # A host whose journal writes queue up (a burst behind a slow batch) is alive and running its
+    # actions: the renewal of its leases must not wait in that queue, or the other host takes
+    # over what this one still runs, and it runs twice (docs/pair.md: a host that dies, or loses
+    # the database, loses its claims; not one that is busy).
+    a = await hosts("a", lease=1.5)
+    b = await hosts("b", lease=1.5)
+    await b.recover(time.time())  # b runs actions: it takes over claims whose lease ran out
+    now = time.time()
+    r = await a.add(make_event().to_dict(), [entry(key="k", claim=True, due=now)], [], now)
+    assert r.states == ["running"]
+    with psycopg.connect(pg_url) as blocker:
+        # a's next batch waits for a lock this session holds; what a queues after it waits too.
+        blocker.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("once", "slow"),))
+        slow = a.add_soon(
+            make_event().to_dict(), [entry(key="z", once_key="slow", once_within=60.0)], [], now
+        )
+        await asyncio.sleep(4.0)  # well past the lease; b looks every 0.5 s
+        e = await b.get(r.ids[0])
+        assert e is not None and (e.state, e.owner) == ("running", "a")
+        assert b.taken_over == 0
+        blocker.rollback()
+    assert (await slow).states == ["pending"]
+
+
 async def test_ids_taken_before_another_hosts_commit_do_not_let_two_of_a_key_run(
     hosts: Callable[..., Awaitable[PostgresJournal]], pg_url: str
 ) -> None:

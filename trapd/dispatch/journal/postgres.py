@@ -15,9 +15,10 @@ dispatcher's guarantees hold across hosts, enforced by the database:
 * a **cancel** is an UPDATE of waiting rows, so a delay armed on one host is
   cancelled by a clearing trap received on the other;
 * **leases**: a claimed row records its owner and ``lease_until``; the owner
-  renews its leases every third of the lease time, and a host that finds a
-  row whose lease expired (its owner died or lost the database) takes it over
-  with the recovery policy the dispatcher gave :meth:`recover`
+  renews its leases every third of the lease time (beside the writer, not
+  behind its queue), and a host that finds a row whose lease expired (its
+  owner died or lost the database) takes it over with the recovery policy the
+  dispatcher gave :meth:`recover`
   (``dispatch.interrupted``: rerun, or hold what is not idempotent);
 * **wake-ups**: every write that another host may have to act on sends
   ``NOTIFY trapd_journal`` in its transaction; a listening connection turns
@@ -1002,9 +1003,16 @@ async def _op_recover(
 async def _op_renew(
     cur: Cur, now: float, owner: str, lease: float, hold_unless: frozenset[str] | None, take_over: bool
 ) -> int:
-    """Renew this owner's leases, then take over rows whose owner stopped renewing: the count taken."""
+    """Renew this owner's leases, then take over rows whose owner stopped renewing: the count taken.
+
+    Run beside the writer (see PostgresJournal._renew): SKIP LOCKED leaves the rows its open
+    batch holds (it is finishing or claiming them right now) rather than wait for them, which
+    could deadlock with it.
+    """
     await cur.execute(
-        f"UPDATE {_A} SET lease_until = %s WHERE state = 'running' AND owner = %s", (now + lease, owner)
+        f"UPDATE {_A} SET lease_until = %s WHERE id IN (SELECT id FROM {_A} WHERE state = 'running' "
+        "AND owner = %s FOR UPDATE SKIP LOCKED)",
+        (now + lease, owner),
     )
     if not take_over:
         return 0
@@ -1843,15 +1851,31 @@ class PostgresJournal:
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
-                taken: int = await self._call(
-                    _op_renew, time.time(), self._owner, self.lease, self._hold_unless, self._runs_actions
-                )
+                taken = await self._renew(time.time())
             except JournalError:
                 continue
             if taken:
                 self.taken_over += taken
                 self._notified = True
                 self._wake()
+
+    async def _renew(self, now: float) -> int:
+        """:func:`_op_renew` on a connection and in a transaction of its own, not in the writer's
+        queue: a host whose writes wait there (a burst behind a slow batch) is alive, and its
+        leases ran out while the renewal waited, so the other host took over (and ran again)
+        actions this one was still running."""
+        assert self._pool is not None
+        try:
+            async with (
+                self._pool.connection(timeout=self.connect_timeout) as conn,
+                conn.transaction(),
+                conn.cursor() as cur,
+            ):
+                return await _op_renew(
+                    cur, now, self._owner, self.lease, self._hold_unless, self._runs_actions
+                )
+        except (PoolTimeout, psycopg.Error) as exc:
+            raise JournalError(f"lease renewal failed: {_one_line(exc)}") from exc
 
     # -- the Journal interface
     #
