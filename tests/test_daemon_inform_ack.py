@@ -80,3 +80,34 @@ def test_v3_inform_is_acknowledged_after_its_actions_are_journaled(tmp_path: Pat
         assert d.stop() == 0
     finally:
         d.close()
+
+
+# Resent while its Response waits for the (delayed) commit: snmpinform resends after 0.2 s,
+# and the commit takes 0.8 s, so three or four copies of the one inform reach trapd first.
+RESENDING = ["-r", "6", "-t", "0.2"]
+
+
+@pytest.mark.parametrize("version", ["v2c", "v3"])
+def test_a_resent_inform_is_answered_without_running_its_rules_again(tmp_path: Path, version: str) -> None:
+    config: dict[str, object] = {"dispatch": {"journal": {"commit_delay": "0.8s"}}}
+    if version == "v3":
+        config["listener"] = {"v3_users": [V3_USER]}
+        sender = [*V3_ARGS, *RESENDING]
+    else:
+        sender = ["-v", "2c", "-c", "public", *RESENDING]
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=RULES, config=config)
+    try:
+        r = snmp_send("snmpinform", *sender, d.target(), "", LINK_DOWN, f"{IF_INDEX}.7", "i", "7")
+        # Acknowledged: for v3 net-snmp takes only the Response to its latest copy (each has its
+        # own msgID), so every copy must be answered, with the first one's outcome.
+        assert r.returncode == 0, r.stderr
+        # One action planned, not one per copy.
+        assert journaled(d) == 1
+        assert d.wait_metric("trapd_informs_resent_total", 1) >= 1  # the copies came, and were counted
+        # A new inform with the same content is another notification (another request-id): it runs.
+        r = snmp_send("snmpinform", *sender, d.target(), "", LINK_DOWN, f"{IF_INDEX}.7", "i", "7")
+        assert r.returncode == 0, r.stderr
+        assert journaled(d) == 2
+        assert d.stop() == 0
+    finally:
+        d.close()

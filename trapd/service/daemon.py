@@ -17,13 +17,13 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from trapd.config import Config
 from trapd.event import Event
 from trapd.listener.raw import DEFER_ACK, RawNotification
+from trapd.listener.resends import InformResends, PendingInform
 from trapd.listener.stats import DropLog
 from trapd.rules.outcome import Outcome
 from trapd.service.health import Health
@@ -159,6 +159,7 @@ class PipelineStats:
     reloads: Counter[str] = field(default_factory=Counter)  # ok / failed
     unmatched: int = 0
     submit_overflow: int = 0
+    informs_resent: int = 0  # copies of an inform taken in before, answered without running the rules
 
 
 class Role(Protocol):
@@ -206,6 +207,7 @@ class Daemon:
         # A worker's READY/STATUS go to the supervisor, which speaks for the unit (NotifyAccess=main).
         self.notifier = Notifier(environ={}) if role is not None else Notifier()
         self.stats = PipelineStats()
+        self.resends = InformResends()
         # In a storm, one line per interval with the count, not one per lost outcome.
         self._loss_log = DropLog(
             # DropLog's first argument is its own message; the reason is in the fields.
@@ -220,7 +222,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
         # (event, outcome, the inform acknowledgement to send once journaled if any, queued_size())
-        self._submit_queue: asyncio.Queue[tuple[Event, Outcome, Callable[[], None] | None, int]] = (
+        self._submit_queue: asyncio.Queue[tuple[Event, Outcome, PendingInform | None, int]] = (
             asyncio.Queue(SUBMIT_QUEUE_MAX)
         )
         # queued_size() of what is in _submit_queue or in the batch _submit_loop is journaling,
@@ -266,7 +268,14 @@ class Daemon:
         once that is journaled (returns DEFER_ACK; ``_submit_loop`` calls
         ``raw.ack``). If it never gets there (backlog full, journal error), the
         sender gets no Response and sends the inform again: nothing is lost.
+        A copy of an inform taken in before (resent because its Response was late or
+        lost) is answered with the first's Response and runs nothing (trapd.listener.resends).
         """
+        if raw.ack is not None:
+            copy = self.resends.answer_copy(raw)
+            if copy is not None:
+                self.stats.informs_resent += 1
+                return None if copy else DEFER_ACK  # None: the listener answers it now
         try:
             event = self.normalizer.normalize(raw)
             rules = self.rules  # one read: a reload swaps the reference, never mutates it
@@ -302,11 +311,14 @@ class Daemon:
                 self.stats.submit_overflow += 1
                 self._loss_log.note("dispatch-backlog-bytes", ",".join(outcome.matched), event.source)
             else:
+                pending = self.resends.take(raw, raw.ack) if raw.ack is not None else None
                 try:
-                    self._submit_queue.put_nowait((event, outcome, raw.ack, size))
+                    self._submit_queue.put_nowait((event, outcome, pending, size))
                     self.submit_bytes += size
                     self.submit_outcomes += 1
                 except asyncio.QueueFull:
+                    if pending is not None:
+                        pending.abandon()
                     self.stats.submit_overflow += 1
                     self._loss_log.note("dispatch-backlog-full", ",".join(outcome.matched), event.source)
             if raw.ack is not None:
@@ -338,8 +350,11 @@ class Daemon:
             for (event, outcome, ack, size), result in zip(batch, results, strict=True):
                 self.submit_bytes -= size  # journaled or lost: this loop holds it no longer
                 self.submit_outcomes -= 1
-                if ack is not None and not isinstance(result, BaseException):
-                    ack()  # a v2c inform: journaled now, so its sender may stop resending
+                if ack is not None:
+                    if isinstance(result, BaseException):
+                        ack.abandon()  # unanswered: its next copy is taken in as new
+                    else:
+                        ack()  # an inform: journaled now, so its sender may stop resending
                 if isinstance(result, DispatchOverloaded):
                     self.stats.submit_overflow += 1
                     self._loss_log.note("journal-overloaded", ",".join(outcome.matched), event.source)
@@ -700,6 +715,7 @@ class Daemon:
             reloads=dict(self.stats.reloads),
             last_reload_ok=self._reload_error is None,
             outcomes_lost=self.stats.submit_overflow,
+            informs_resent=self.stats.informs_resent,
             rate_limit_exempted=sum(self.limiter.stats.exempted.values()) if self.limiter else 0,
             receive_pauses=ls.receive_pauses if ls is not None else 0,
             journal_problem=jh.problem if jh is not None else None,

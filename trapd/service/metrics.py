@@ -45,6 +45,7 @@ trapd_rule_matches_total                       counter    rule
 trapd_actions_rejected_total                   counter    rule, reason (template, parameter, decoder)
 trapd_events_unmatched_total                   counter
 trapd_outcomes_lost_total                      counter    matched, not journaled (backlog full, journal down)
+trapd_informs_resent_total                     counter    resent copies of an inform: answered, not run
 trapd_dispatch_backlog                         gauge      matched outcomes waiting to be journaled
 trapd_dispatch_backlog_bytes                   gauge      their estimated size in memory (lost beyond 32 MiB)
 trapd_rate_limit_exempted_total                counter    over a rate limit, kept: they clear pending actions
@@ -128,6 +129,9 @@ class DaemonSnapshot:
     last_reload_ok: bool = True
     # Matched outcomes that never reached the journal: the daemon's queue or the journal was full.
     outcomes_lost: int = 0
+    # Copies of an inform taken in before (resent: its Response was late or lost), answered without
+    # running the rules again (trapd.listener.resends).
+    informs_resent: int = 0
     # Over a rate limit, but let through because they clear pending actions (linkUp...).
     rate_limit_exempted: int = 0
     # Times the listener stopped reading in a storm for the dispatcher's actions (udp.RECEIVE_SLICE).
@@ -238,6 +242,12 @@ class TrapdCollector:
             "Matched events whose actions were not journaled: the dispatch backlog was full (a storm), "
             "or the journal could not commit (its database unavailable).",
             value=snap.outcomes_lost,
+        )
+        yield CounterMetricFamily(
+            "trapd_informs_resent",
+            "Copies of an inform already taken in, resent by its sender because the Response was late "
+            "or lost: answered with the first one's Response, and its rules not run again.",
+            value=snap.informs_resent,
         )
         yield GaugeMetricFamily(
             "trapd_dispatch_backlog",

@@ -79,6 +79,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "reloads": dict(snap.reloads),
         "last_reload_ok": snap.last_reload_ok,
         "outcomes_lost": snap.outcomes_lost,
+        "informs_resent": snap.informs_resent,
         "rate_limit_exempted": snap.rate_limit_exempted,
         "receive_pauses": snap.receive_pauses,
         "journal_problem": snap.journal_problem,
@@ -116,6 +117,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         reloads={k: int(v) for k, v in data.get("reloads", {}).items()},
         last_reload_ok=bool(data.get("last_reload_ok", True)),
         outcomes_lost=int(data.get("outcomes_lost", 0)),
+        informs_resent=int(data.get("informs_resent", 0)),
         rate_limit_exempted=int(data.get("rate_limit_exempted", 0)),
         receive_pauses=int(data.get("receive_pauses", 0)),
         journal_problem=str(data["journal_problem"]) if data.get("journal_problem") else None,
@@ -177,7 +179,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     kea_warnings: dict[str, None] = {}  # ordered set
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
-    unmatched = lost = exempted = failed_writes = pauses = backlog = backlog_bytes = 0
+    unmatched = lost = resent = exempted = failed_writes = pauses = backlog = backlog_bytes = 0
     problem: str | None = None
     for s in snaps:
         _add(received, s.received)
@@ -202,6 +204,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
             journal = s.journal
         unmatched += s.unmatched
         lost += s.outcomes_lost
+        resent += s.informs_resent
         exempted += s.rate_limit_exempted
         pauses += s.receive_pauses
         failed_writes += s.journal_failed_writes
@@ -224,6 +227,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         kea_breaker=kea_breaker,
         kea_warnings=tuple(kea_warnings),
         outcomes_lost=lost,
+        informs_resent=resent,
         rate_limit_exempted=exempted,
         receive_pauses=pauses,
         journal_problem=problem,
