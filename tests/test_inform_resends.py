@@ -1,4 +1,5 @@
-"""trapd.listener.resends: which informs are copies of one taken in before, and its bounds."""
+"""Answering informs: which are copies of one taken in before (trapd.listener.resends, its bounds),
+and none for an inform whose processing failed."""
 
 from __future__ import annotations
 
@@ -100,3 +101,22 @@ def test_bounds_capacity_window_and_waiting_copies() -> None:
     for _ in range(MAX_WAITING + 10):
         assert memory.answer_copy(inform(request_id=2000)) is False
     assert len(pending.waiting) == MAX_WAITING  # copies beyond it go unanswered (resent again)
+
+
+def test_an_inform_whose_processing_failed_is_not_acknowledged() -> None:
+    # A bug in the pipeline (injected: no real input makes the normalizer raise) must not tell
+    # the sender its inform was taken: unanswered, it is resent, and counted as a pipeline error.
+    from trapd.config import Config
+    from trapd.service.daemon import Daemon
+
+    class Broken:
+        def normalize(self, raw: RawNotification) -> None:
+            raise RuntimeError("a bug")
+
+    answered.clear()
+    d = Daemon(Config())
+    d.normalizer = Broken()  # type: ignore[assignment]
+    raw = inform()
+    assert d._on_notification(raw) is False  # the listener then sends no Response
+    assert answered == []
+    assert d.stats.errors["pipeline"] == 1

@@ -284,7 +284,7 @@ class Daemon:
         except Exception:
             self.stats.errors["pipeline"] += 1
             self.log.exception("notification could not be processed", source=raw.source)
-            return None
+            return False  # not taken: an inform gets no Response, so its sender resends it
         if not outcome.matched:
             self.stats.unmatched += 1
         if outcome.empty:
