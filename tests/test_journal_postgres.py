@@ -370,6 +370,54 @@ async def test_an_action_that_ends_during_an_outage_is_journaled_done_once_the_d
         server.remove()
 
 
+async def test_after_an_outage_a_host_leaves_the_claims_of_a_live_host_alone() -> None:
+    # The database away for longer than the lease: every claim's lease ran out meanwhile, the
+    # other host's too, though it is alive and still running its action. The first host back
+    # must give it a lease's time to renew, not take its action over at once (and run it again).
+    server = PgServer()  # its own: stopping it must not disturb the session's
+    try:
+        server.start()
+        url = server.new_database()
+        a = PostgresJournal(url, instance="a", lease=1.5)
+        b = PostgresJournal(url, instance="b", lease=1.5)
+        await a.open()
+        await b.open()
+        try:
+            await a.recover(time.time())  # a runs actions: it takes over claims whose lease ran out
+            now = time.time()
+            mine = (await a.add(make_event().to_dict(), [entry(key="a", claim=True, due=now)], [], now)).ids[
+                0
+            ]
+            theirs = (
+                await b.add(make_event().to_dict(), [entry(key="b", claim=True, due=now)], [], now)
+            ).ids[0]
+
+            def row(id_: int) -> tuple[Any, ...]:
+                with psycopg.connect(url) as conn:
+                    got = conn.execute(
+                        "SELECT state, owner, lease_until FROM trapd_actions WHERE id = %s", (id_,)
+                    ).fetchone()
+                assert got is not None
+                return tuple(got)
+
+            server.stop()
+            await asyncio.sleep(2.5)  # longer than the lease
+            b._tasks[1].cancel()  # b renews when the test says so (it is alive all the same)
+            server.start()
+            back = time.time()
+            await until(lambda: row(mine)[2] > back, timeout=30)  # a renews again
+            assert row(theirs)[:2] == ("running", "b")
+            b._tasks[1] = asyncio.create_task(b._lease_loop())
+            await b._renew(time.time(), take_over=False)  # b is back too
+            await asyncio.sleep(4.0)  # a looks every 0.5 s
+            assert row(theirs)[:2] == ("running", "b") and a.taken_over == 0
+        finally:
+            await a.close()
+            await b.close()
+    finally:
+        server.remove()
+
+
 def copy_of(d: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """The same notification as another receiver gets it: its own id, time, port, community."""
     out = dict(d, id=new_event_id(), received_at=d["received_at"] + 0.003, source_port=40000)

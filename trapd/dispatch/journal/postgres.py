@@ -1847,19 +1847,32 @@ class PostgresJournal:
             await asyncio.sleep(backoff)
 
     async def _lease_loop(self) -> None:
-        """Renew this host's claims; take over the rows whose owner stopped renewing."""
+        """Renew this host's claims; take over the rows whose owner stopped renewing.
+
+        Only once this host has renewed for a whole lease without a break: back from an outage
+        (the database's, or its own partition), it finds every claim's lease run out, also those
+        of a host that is alive and running them but has not renewed yet since (its next renewal
+        comes within a third of its lease, or its reconnect's backoff). Taking those over at once
+        ran them twice.
+        """
+        renewing_since: float | None = None
         while True:
             await asyncio.sleep(self.lease / 3)
+            now = time.time()
+            steady = renewing_since is not None and now - renewing_since >= self.lease
             try:
-                taken = await self._renew(time.time())
+                taken = await self._renew(now, take_over=self._runs_actions and steady)
             except JournalError:
+                renewing_since = None
                 continue
+            if renewing_since is None:
+                renewing_since = now
             if taken:
                 self.taken_over += taken
                 self._notified = True
                 self._wake()
 
-    async def _renew(self, now: float) -> int:
+    async def _renew(self, now: float, *, take_over: bool) -> int:
         """:func:`_op_renew` on a connection and in a transaction of its own, not in the writer's
         queue: a host whose writes wait there (a burst behind a slow batch) is alive, and its
         leases ran out while the renewal waited, so the other host took over (and ran again)
@@ -1871,9 +1884,7 @@ class PostgresJournal:
                 conn.transaction(),
                 conn.cursor() as cur,
             ):
-                return await _op_renew(
-                    cur, now, self._owner, self.lease, self._hold_unless, self._runs_actions
-                )
+                return await _op_renew(cur, now, self._owner, self.lease, self._hold_unless, take_over)
         except (PoolTimeout, psycopg.Error) as exc:
             raise JournalError(f"lease renewal failed: {_one_line(exc)}") from exc
 
