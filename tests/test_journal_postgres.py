@@ -8,6 +8,7 @@ shared with SQLite is tested in test_journal.py against both backends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -303,6 +304,59 @@ async def test_database_outage_fails_fast_and_recovers() -> None:
             got = await j.get(ok.ids[0])
             assert got is not None and got.state == "pending"  # committed before the outage: kept
             assert (await j.get(later[0].ids[0])) is not None
+    finally:
+        server.remove()
+
+
+async def test_a_database_that_takes_no_writes_makes_the_journal_unavailable() -> None:
+    # A database that refuses every write (read-only: a standby after a failover, or an
+    # administrator's setting) is as unavailable to trapd as a stopped one. It was taken for one
+    # operation's error each time: /healthz 200, nothing counted, and not even a JournalError
+    # (the daemon logged a line per trap instead of counting the lost outcomes).
+    server = PgServer()  # its own: its settings change
+    try:
+        server.start()
+        url = server.new_database()
+        db = url.split("@/", 1)[1].split("?", 1)[0]
+
+        def set_read_only(on: bool) -> None:
+            server.psql(f"ALTER DATABASE {db} SET default_transaction_read_only = {'on' if on else 'off'}")
+            # Sessions take it when they start: end the journal's, it connects again.
+            server.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+
+        async with PostgresJournal(url, instance="a") as j:
+            await j.add(make_event().to_dict(), [entry()], [], time.time())
+            set_read_only(True)
+
+            errors: list[Exception] = []
+
+            async def refused() -> bool:
+                try:
+                    await j.add(make_event().to_dict(), [entry()], [], time.time())
+                except Exception as exc:
+                    errors.append(exc)
+                    return "read-only" in str(exc)  # (not the end of the session it was in)
+                return False
+
+            await until(refused, timeout=30)
+            assert isinstance(errors[-1], JournalError), repr(errors[-1])
+            health = j.health()
+            assert not health.available and "read-only" in (health.problem or ""), health
+            assert health.failed_writes >= 1
+            with contextlib.suppress(JournalError):
+                await j.counts()  # a read may work: the journal still cannot commit
+            assert not j.health().available
+            set_read_only(False)
+
+            async def accepted() -> bool:
+                try:
+                    await j.add(make_event().to_dict(), [entry()], [], time.time())
+                except JournalError:
+                    return False
+                return True
+
+            await until(accepted, timeout=60)
+            assert j.health().available
     finally:
         server.remove()
 

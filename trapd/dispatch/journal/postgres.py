@@ -654,7 +654,8 @@ def _lock_id(namespace: str, key: str) -> int:
 
 
 def _connection_or_conflict(conn: Conn, exc: BaseException) -> bool:
-    """Whether a batch's error is the connection's (or a lock conflict's), not one operation's.
+    """Whether a batch's error is the connection's, the database's (see :func:`_refuses_all`) or
+    a lock conflict's, not one operation's.
 
     A pipeline that met an error fails every statement after it with PipelineAborted (an
     OperationalError, like a broken connection): that one is the operation's.
@@ -663,7 +664,21 @@ def _connection_or_conflict(conn: Conn, exc: BaseException) -> bool:
         return True
     if isinstance(exc, pgerrors.PipelineAborted):
         return False
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or _refuses_all(exc)
+
+
+# SQLSTATEs of a database that refuses every operation for reasons of its own, not of one
+# operation's values: read-only (a standby after a failover, or set so), trapd's privileges or
+# tables gone, data corrupted. (Out of disk, shutting down and I/O errors are OperationalErrors,
+# handled with the broken connections. Not 42883, no such function: a value out of its
+# parameter's range gives it too.) Such an error used to be taken for the operation's: the
+# journal said it was available while it could commit nothing.
+_REFUSING = ("25006", "42501", "42P01", "XX")
+
+
+def _refuses_all(exc: BaseException) -> bool:
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(state, str) and state.startswith(_REFUSING)
 
 
 def _dropped_while_idle(conn: Conn) -> bool:
@@ -1611,11 +1626,24 @@ class PostgresJournal:
                 err = JournalError(f"journal database unavailable: {self.last_error}")
                 done = [(op, None, err) for op in batch]
             except psycopg.Error as exc:
-                done = [(op, None, JournalError(f"journal commit failed: {_one_line(exc)}")) for op in batch]
+                if _refuses_all(exc):
+                    # Every operation would fail alike: the journal is unavailable, as in an outage
+                    # (a new connection at the next attempt may reach a server that takes writes).
+                    await self._drop_connection()
+                    self._lost(exc)
+                    self.failed_ops += sum(op.weight for op in batch if op.write)
+                    err = JournalError(f"journal database unavailable: {self.last_error}")
+                    done = [(op, None, err) for op in batch]
+                else:
+                    done = [
+                        (op, None, JournalError(f"journal commit failed: {_one_line(exc)}")) for op in batch
+                    ]
             except Exception as exc:  # a defect: its callers are told, and the writer lives on
                 done = [(op, None, JournalError(f"journal batch failed: {exc!r}")) for op in batch]
             else:
-                if not self.available:
+                # Available again once a write commits (a read proves little: a read-only database
+                # answers it).
+                if not self.available and any(op.write for op in batch):
                     self.available = True
                     self.unavailable_since = None
                     self._notified = True  # what the other host did meanwhile: look again
@@ -1763,6 +1791,8 @@ class PostgresJournal:
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except Exception as exc:
+                if _refuses_all(exc):
+                    raise
                 done.append((op, None, exc))
                 continue
             done.append((op, result, None))
