@@ -383,3 +383,31 @@ async def test_http_answer_larger_than_the_bound_is_refused(
     assert time.monotonic() - started < 2.5  # refused as the bound is passed, not at the timeout
     server.close()
     await clients.aclose()
+
+
+async def test_a_malformed_content_length_is_a_kea_error() -> None:
+    """A Content-Length that is not a number (a proxy, a wrong URL; Kea never sends one) is a
+    retryable Kea error like any unusable answer, not a bare ValueError: the monitor's round
+    over every endpoint and ``trapd kea status`` catch Kea errors, and a stray exception
+    aborted them whole."""
+
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\n{}")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    server = await asyncio.start_server(broken, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = make_kea_clients(
+        {
+            "endpoints": {
+                "h": {"transport": "http", "url": f"http://127.0.0.1:{port}/", "family": "v4", "timeout": 3}
+            }
+        }
+    )
+    with pytest.raises(KeaServerError, match=r"Content-Length") as info:
+        await clients.get("h").command("status-get")
+    assert isinstance(info.value, RetryableError)
+    server.close()
+    await clients.aclose()

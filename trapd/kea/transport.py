@@ -452,7 +452,14 @@ class HttpTransport:
                 name, _, value = line.decode("latin-1").partition(":")
                 key = name.strip().lower()
                 if key == "content-length":
-                    length = int(value.strip())
+                    try:
+                        length = int(value.strip())
+                    except ValueError:
+                        raise KeaServerError(
+                            f"Content-Length {value.strip()[:40]!r} is not a number, from {self.url}",
+                            self.name,
+                            command,
+                        ) from None
                 elif key == "connection":
                     close = value.strip().lower() == "close" or (
                         close and value.strip().lower() != "keep-alive"
