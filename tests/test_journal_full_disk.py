@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -112,6 +113,50 @@ def test_a_full_disk_is_unhealthy_counted_rate_limited_and_recovers(tmp_path: Pa
         # Space back: healthy again without a restart, and traps act again.
         (small_fs / "filler").unlink()
         wait_for(lambda: d.healthz()[0] == 200, 30, "/healthz 200 again once space is freed")
+        done = d.metric("trapd_actions_total", plugin="log", outcome="done")
+        snmp_send("snmptrap", *link_down(d.target(), 7))
+        assert d.wait_metric("trapd_actions_total", done + 1, timeout=30, plugin="log", outcome="done") > done
+    finally:
+        d.stop()
+
+
+def test_a_worker_that_died_while_the_disk_was_full_does_not_keep_the_unit_unhealthy(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    """Two workers; both killed while the journal cannot commit, then the space comes back.
+
+    The supervisor keeps a dead worker's last counters (so the unit's never go backwards), but
+    "the journal cannot commit" is that worker's state, not a count: the restarted workers commit
+    again, so /healthz must be 200 and trapd_journal_available 1 again.
+    """
+    state = small_fs / "state"
+    d = TrapdDaemon.start(
+        tmp_path / "w", rules=RULES, config={"state_dir": str(state), "service": {"workers": 2}}
+    )
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 1))
+        assert d.wait_metric("trapd_actions_total", 1, timeout=30, plugin="log", outcome="done") >= 1
+        fill(small_fs)
+
+        def unhealthy() -> bool:
+            status, body = d.healthz()
+            return status == 503 and "journal" in body
+
+        sent = 0
+        deadline = time.monotonic() + 60
+        while not unhealthy():
+            assert sent < 1500 and time.monotonic() < deadline, f"still healthy after {sent} traps"
+            for _ in range(20):  # one snmptrap process (source port) each: both workers get some
+                snmp_send("snmptrap", *link_down(d.target(), 100 + sent))
+                sent += 1
+            time.sleep(0.2)
+        pids = {int(e["worker"]): int(e["pid"]) for e in d.logs("worker started")}
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        (small_fs / "filler").unlink()
+        d.wait_log(lambda e: e.get("event") == "worker ready", 30, count=2)
+        wait_for(lambda: d.healthz()[0] == 200, 30, "/healthz 200 once the restarted workers commit")
+        assert d.metric("trapd_journal_available") == 1
         done = d.metric("trapd_actions_total", plugin="log", outcome="done")
         snmp_send("snmptrap", *link_down(d.target(), 7))
         assert d.wait_metric("trapd_actions_total", done + 1, timeout=30, plugin="log", outcome="done") > done

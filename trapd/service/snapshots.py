@@ -22,6 +22,8 @@ How each field combines, and why:
   (each worker has its own: one that opened is what the operator must see).
 * ``dispatch_backlog`` / ``_bytes``: summed over the live workers (each has its
   own queue before the journal); a gone worker's are not kept (gauges).
+* ``journal_problem``: any live worker's (the journal cannot commit); a gone
+  worker's is not kept: its successor commits or says so itself.
 * ``reloads`` / ``last_reload_ok``: the supervisor's own (one SIGHUP is one
   reload of the unit, not N), filled in by the supervisor.
 """
@@ -157,6 +159,7 @@ def _counters_of(snap: DaemonSnapshot) -> DaemonSnapshot:
         kea_warnings=(),
         dispatch_backlog=0,
         dispatch_backlog_bytes=0,
+        journal_problem=None,
     )
 
 
