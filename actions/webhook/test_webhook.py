@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import ssl
 import subprocess
@@ -222,3 +224,49 @@ def test_check_refuses_a_url_whose_scheme_or_host_is_a_template(tmp_path: Path) 
     path = tmp_path / "rules.yaml"
     path.write_text(json.dumps({"rules": [rule]}), encoding="utf-8")
     assert any("scheme and host as text" in p for p in rule_file_problems(path))
+
+
+# -- an answer that never ends ------------------------------------------------------------------
+
+
+async def _endless_answer(
+    pause: float, chunk: bytes, budget: int, sent: list[int]
+) -> tuple[asyncio.Server, str]:
+    """A server that answers 200 and then sends ``chunk`` every ``pause`` s, up to ``budget`` bytes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass  # the request's headers; its body is left unread
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            deadline = time.monotonic() + 30
+            while sent[0] < budget and time.monotonic() < deadline:
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+                sent[0] += len(chunk)
+                await asyncio.sleep(pause)
+            writer.write(b"0\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_an_answer_that_trickles_forever_ends_at_the_timeout() -> None:
+    # One byte every 50 ms: every read is in time, so only a deadline on the whole answer ends it.
+    sent = [0]
+    server, where = await _endless_answer(0.05, b"x", 10_000, sent)
+    async with server:
+        t0 = time.monotonic()
+        with pytest.raises(RetryableError, match=r"no answer within 0\.5s"):
+            await asyncio.wait_for(call(url=f"http://{where}/hook", timeout="500ms"), 20)
+        assert time.monotonic() - t0 < 3
+
+
+async def test_a_huge_answer_is_not_read_into_memory() -> None:
+    sent = [0]
+    server, where = await _endless_answer(0, b"y" * 65536, 512 * 2**20, sent)
+    async with server:
+        result = await asyncio.wait_for(call(url=f"http://{where}/hook", timeout=20), 30)
+    assert result == {"status": 200, "answer": "y" * 1000}
+    assert sent[0] < 32 * 2**20  # the client stopped reading; it did not take the 512 MiB
