@@ -255,3 +255,29 @@ def test_one_binding_looked_up_is_the_binding_the_whole_map_holds() -> None:
         ), key
         assert lazy[key] is view  # built once per binding
     assert full["ifIndex"].index == 17 and full["1.3.6.1.4.1.99999.1.1"].value == "7"
+
+
+@pytest.mark.parametrize("value", ["{{ ifAlias }}", "{{ ifAlias | ip }}"])
+def test_an_address_with_a_zone_is_not_an_ip_address(tmp_path: Path, value: str) -> None:
+    """ipaddress takes any text after "%" as an IPv6 zone: "fe80::1%eth0; reboot" passed the ip-address
+    gate (and the ip filter) that "1.2.3.4; reboot" fails, and went on to the action."""
+    hostile = VarBind(
+        (1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 18, 17),
+        "IF-MIB::ifAlias",
+        (17,),
+        "OctetString",
+        b"fe80::1%eth0; reboot",
+        "fe80::1%eth0; reboot",
+    )
+    text = f"""defaults: {{cap: {{limit: 9, per: 1m}}}}
+rules:
+  - name: r
+    match: {{notification: linkDown}}
+    actions:
+      - action: kea.lease-del
+        ip-address: "{value}"
+"""
+    out = ruleset(tmp_path, text).evaluate(with_varbind(event(LINKDOWN), hostile))
+    assert out.planned == ()
+    (rej,) = out.rejected
+    assert "zone" in rej.reason, rej.reason

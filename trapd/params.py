@@ -151,6 +151,18 @@ def parse_duration(value: Any) -> float:
     raise ParamError(f"not a duration (like 30s, 5m, 1h30m): {_show(value)}")
 
 
+def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4 or IPv6 address as text; ValueError otherwise, and for an address with a zone.
+
+    ``ipaddress`` takes any text after ``%`` as an IPv6 zone (``fe80::1%; reboot``), and no
+    parameter or filter is about an interface: a zone would carry trap text past the check.
+    """
+    addr = ipaddress.ip_address(text.strip())
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        raise ValueError("an address with a zone")
+    return addr
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -223,9 +235,10 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
         if not isinstance(value, str):
             raise ParamError(f"{name}: not an IP address: {_show(value)}")
         try:
-            addr = ipaddress.ip_address(value.strip())
-        except ValueError:
-            raise ParamError(f"{name}: not an IP address: {_show(value)}") from None
+            addr = parse_address(value)
+        except ValueError as exc:
+            why = " (it has a zone)" if "zone" in str(exc) else ""
+            raise ParamError(f"{name}: not an IP address{why}: {_show(value)}") from None
         if t == "ipv4" and addr.version != 4:
             raise ParamError(f"{name}: not an IPv4 address: {_show(value)}")
         if t == "ipv6" and addr.version != 6:

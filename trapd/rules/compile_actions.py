@@ -33,9 +33,9 @@ RETRY_KEYS = frozenset({"max-attempts", "max-age", "backoff"})
 # whose constant text has anything else can never validate.
 _TYPE_CHARS = {
     "integer": set("0123456789+- \t"),
-    "ip-address": set("0123456789abcdefABCDEF:.%"),
+    "ip-address": set("0123456789abcdefABCDEF:."),
     "ipv4": set("0123456789."),
-    "ipv6": set("0123456789abcdefABCDEF:.%"),
+    "ipv6": set("0123456789abcdefABCDEF:."),
     "mac-address": set("0123456789abcdefABCDEF:-."),
     "duid": set("0123456789abcdefABCDEF:-. x"),
     "hex": set("0123456789abcdefABCDEF:-. x"),

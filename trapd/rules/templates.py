@@ -36,7 +36,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 from jinja2.utils import _PassArg
 
-from trapd.params import ParamError, normalize_mac
+from trapd.params import ParamError, normalize_mac, parse_address
 
 
 class FilterError(ValueError):
@@ -80,15 +80,16 @@ def ip_filter(value: Any) -> str:
         if 0 <= value < 2**32:
             return str(ipaddress.IPv4Address(value))
         raise FilterError(f"ip filter: {value} is not an IPv4 address as a number")
+    why = ""
     if isinstance(value, str):
         try:
-            return str(ipaddress.ip_address(value.strip()))
-        except ValueError:
-            pass
+            return str(parse_address(value))
+        except ValueError as exc:
+            why = " (it has a zone)" if "zone" in str(exc) else ""
     if isinstance(raw, (bytes, bytearray)) and len(raw) in (4, 16):
         return str(ipaddress.ip_address(bytes(raw)))
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-    raise FilterError(f"ip filter: not an IP address: {shown}")
+    raise FilterError(f"ip filter: not an IP address{why}: {shown}")
 
 
 def hex_filter(value: Any, sep: str = "") -> str:
