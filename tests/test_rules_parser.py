@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rules_support import ACTIONS, errors_of, event, resolver, ruleset, write
+from rules_support import ACTIONS, errors_of, event, resolver, ruleset, with_varbind, write
 
+from trapd.event import VarBind
 from trapd.rules import RuleErrors, check_rules, load_rules
 
 
@@ -492,3 +493,45 @@ def test_source_groups_undefined_and_duplicate(tmp_path: Path) -> None:
 def test_empty_file_and_empty_rules_are_fine(tmp_path: Path) -> None:
     assert errors_of(tmp_path, "") == []
     assert errors_of(tmp_path, "rules: []\n") == []
+
+
+def test_a_duration_that_is_not_a_finite_number_of_seconds_is_refused(tmp_path: Path) -> None:
+    """float() reads "nan" and "inf" (and 400 nines): a NaN delay, cap window or max-period passed every
+    bound (NaN compares false with both), so `trapd check` accepted it and a rendered one was dispatched."""
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - name: r1
+            match: {notification: linkDown}
+            cap: {limit: 10, per: nan}
+            actions:
+              - action: kea.dhcp-disable
+                max-period: NaN
+                delay: inf
+              - action: kea.dhcp-disable
+                max-period: "{{ ifAlias }}"
+                once-within: NINES
+        """.replace("NINES", "9" * 400 + "s"),
+    )
+    text = "\n".join(got)
+    assert "4:27: error: cap.per: not a duration (like 30s, 5m, 1h30m): 'nan'" in text, text
+    assert "7:21: error: kea.dhcp-disable: max-period: not a duration (like 30s, 5m, 1h30m): 'NaN'" in text
+    assert "8:16: error: delay: not a duration (like 30s, 5m, 1h30m): 'inf'" in text
+    assert "11:22: error: once-within: not a duration" in text, text
+    hostile = VarBind(
+        (1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 18, 17), "IF-MIB::ifAlias", (17,), "OctetString", b"nan", "nan"
+    )
+    rules = """
+        rules:
+          - name: r1
+            match: {notification: linkDown}
+            cap: {limit: 10, per: 1m}
+            actions:
+              - action: kea.dhcp-disable
+                max-period: "{{ ifAlias }}"
+        """
+    out = ruleset(tmp_path, rules).evaluate(with_varbind(event("linkDown ifIndex=17"), hostile))
+    assert out.planned == ()
+    (rej,) = out.rejected
+    assert "max-period: not a duration" in rej.reason, rej.reason

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -134,21 +135,23 @@ def parse_duration(value: Any) -> float:
     """``"30s"``, ``"5m"``, ``"1h30m"``, ``"250ms"``, or a number of seconds."""
     if isinstance(value, bool):
         raise ParamError("a duration is not a boolean")
+    seconds: float | None = None
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ParamError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         s = value.strip()
         try:
-            f = float(s)
+            seconds = float(s)
         except ValueError:
-            pass
-        else:
-            return parse_duration(f)
-        if s and _DURATION.sub("", s) == "":
-            return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(s))
-    raise ParamError(f"not a duration (like 30s, 5m, 1h30m): {_show(value)}")
+            if s and _DURATION.sub("", s) == "":
+                seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(s))
+    # float() also reads "nan" and "inf" (and 400 nines): NaN passes every bound, as it
+    # compares false with both, so it is refused here rather than dispatched.
+    if seconds is None or not math.isfinite(seconds):
+        raise ParamError(f"not a duration (like 30s, 5m, 1h30m): {_show(value)}")
+    if seconds < 0:
+        raise ParamError("a duration cannot be negative")
+    return seconds
 
 
 def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
