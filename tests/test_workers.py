@@ -509,6 +509,37 @@ def test_a_stuck_worker_stops_the_watchdog_and_shows_in_healthz(tmp_path: Path) 
         d.close()
 
 
+def test_sigterm_during_a_reload_abandons_it_without_ready_after_stopping(tmp_path: Path) -> None:
+    """SIGTERM while the workers are reloading: the stop wins, the reload is abandoned.
+
+    Worker 1 is held (SIGSTOP: a worker still compiling a big rule set) so the supervisor is
+    waiting for its answer when SIGTERM comes. Nothing may follow STOPPING=1 that says the unit
+    is ready again (READY=1, a "reload failed" STATUS=), and no reload is logged as failed.
+    """
+    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="a"), config=TWO)
+    assert d.notify is not None
+    notify = d.notify
+    try:
+        held = worker_pids(d)[1]
+        os.kill(held, signal.SIGSTOP)
+        try:
+            d.rules_path.write_text(SEQ_RULES.format(prefix="b"))
+            d.signal(signal.SIGHUP)
+            notify.wait_for("RELOADING", 10)
+            d.wait_log(lambda e: e.get("event") == "reloaded" and e.get("worker") == 0, 10)
+            d.signal(signal.SIGTERM)
+            notify.wait_for("STOPPING", 10)
+        finally:
+            os.kill(held, signal.SIGCONT)
+        assert d.wait_exit(30) == 0
+        after = notify.pending()
+        assert not [m for m in after if "READY" in m or "reload" in m.get("STATUS", "")], after
+        supervisor = [e for e in d.logs() if e.get("logger") == "trapd.supervisor"]
+        assert not [e for e in supervisor if str(e.get("event", "")).startswith("reload")], supervisor[-8:]
+    finally:
+        d.close()
+
+
 def test_a_worker_that_keeps_dying_stops_the_unit_with_an_error(tmp_path: Path) -> None:
     """Past MAX_RESTARTS deaths in a minute the supervisor stops everything and exits 1 (Restart= decides).
 

@@ -794,6 +794,9 @@ class Supervisor:
 
     async def _shutdown(self) -> int:
         self._state = "stopping"
+        # A reload still waiting for its workers is abandoned: as they stop, it would otherwise
+        # end as "failed" (or done) and send READY=1 after STOPPING=1.
+        await lifecycle.cancel_all([t for t in self._tasks if t.get_name() == "trapd-supervisor-reload"])
         self.log.info("stopping", workers=sum(1 for s in self.slots if s.alive))
         self.notifier.stopping("stopping")
         await self._stop_workers()
