@@ -281,3 +281,30 @@ rules:
     assert out.planned == ()
     (rej,) = out.rejected
     assert "zone" in rej.reason, rej.reason
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1:2:3:4", "01:02:03:04"),  # net-snmp's (and Kea's) one-digit groups: one octet each
+        ("0:1:0:1:a:b", "00:01:00:01:0a:0b"),
+        ("00:01:00:01", "00:01:00:01"),
+        ("0001.0001", "00:01:00:01"),
+        ("0x000100010a", "00:01:00:01:0a"),
+        ("00-01 02", "00:01:02"),
+        ("abc:d", None),  # a group of three digits: which octet is split is a guess
+        ("abc:def", None),
+        ("1:2:3", "01:02:03"),
+    ],
+)
+def test_duid_groups_are_octets(value: str, expected: str | None) -> None:
+    """Separators were dropped before the digits were paired: "1:2:3:4" (four octets, as Kea
+    reads it) became the DUID 12:34, and kea.lease-del would have deleted another client's leases."""
+    from trapd.params import Param, ParamError, convert
+
+    if expected is None:
+        with pytest.raises(ParamError):
+            convert(Param("duid"), value, "duid")
+    else:
+        assert convert(Param("duid"), value, "duid") == expected
+        assert convert(Param("hex"), value, "hex") == expected.replace(":", "")

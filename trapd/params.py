@@ -178,8 +178,11 @@ def _hex_octets(value: Any, what: str) -> bytes:
         raise ParamError(f"not {what}: {_show(value)}")
     s = value.strip()
     s = s[2:] if s[:2].lower() == "0x" else s
-    h = re.sub(r"[:\-. ]", "", s)
-    if not h or len(h) % 2 or not _MAC_HEX.fullmatch(h):
+    # Between separators a group is octets, and a one-digit group one octet (net-snmp and Kea
+    # write 0:1:a): "1:2:3:4" is 01:02:03:04, not 12:34; a group of three digits is a guess.
+    groups = re.split(r"[:\-. ]", s)
+    h = "".join("0" + g if len(g) == 1 and len(groups) > 1 else g for g in groups)
+    if not h or any(len(g) % 2 and len(g) > 1 for g in groups) or len(h) % 2 or not _MAC_HEX.fullmatch(h):
         raise ParamError(f"not {what}: {_show(value)}")
     return bytes.fromhex(h)
 
