@@ -92,6 +92,12 @@ SOURCES = "{access: [10.20.0.0/16, 10.21.0.5], v6: ['2001:db8::/32'], mixed: [10
         ("2001:db9::5", "v6", False),
         ("2001:db8::5", "access", False),
         ("::ffff:10.20.1.5", "access", True),  # IPv4-mapped IPv6 counts as the IPv4 address
+        # ... and so does an entry written that way (as trapd listen shows a dual-stack sender)
+        ("::ffff:10.20.1.5", "'::ffff:10.20.1.5'", True),
+        ("10.20.1.5", "'::FFFF:10.20.1.5'", True),
+        ("10.20.1.5", "'::ffff:10.20.0.0/112'", True),
+        ("10.21.1.5", "'::ffff:10.20.0.0/112'", False),
+        ("10.20.1.5", "['10.20.0.0/16', '!::ffff:10.20.1.5']", False),
         ("10.20.1.5", "10.20.1.5", True),
         ("10.20.1.6", "10.20.1.5/32", False),
     ],
