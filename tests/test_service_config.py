@@ -54,6 +54,9 @@ def test_empty_metrics_mapping_means_off() -> None:
         ("service:\n  log: {format: xml}\n", "service.log.format must be one of", "trapd.yaml:2:17"),
         ("service:\n  shutdown_timeout: 10\n", "unknown key 'shutdown_timeout'", "trapd.yaml:2:3"),
         ("service:\n  status_interval: 0\n", "status_interval must be > 0", "trapd.yaml:2:20"),
+        # NaN passed "> 0" (it compares false with everything) and slept for ever; .inf likewise.
+        ("service:\n  status_interval: .nan\n", "status_interval must be > 0", "trapd.yaml:2:20"),
+        ("service:\n  status_interval: .inf\n", "status_interval must be > 0", "trapd.yaml:2:20"),
         ("service:\n  metric: {}\n", "did you mean 'metrics'", "trapd.yaml:2:3"),
         ("service:\n  log: {levle: info}\n", "unknown key 'levle'", "trapd.yaml:2:9"),
     ],

@@ -476,6 +476,30 @@ def test_workers_from_the_command_line_and_a_bad_value(tmp_path: Path) -> None:
         d.close()
 
 
+def test_a_status_interval_that_is_not_a_number_is_refused_before_it_stops_the_watchdog(
+    tmp_path: Path,
+) -> None:
+    """``status_interval: .nan`` was taken: the supervisor then asked its workers for their
+    counters only now and then (asyncio.sleep(nan)), judged the healthy workers unresponsive and
+    withheld WATCHDOG=1 (one ping in 6 s with WatchdogSec=4s, while /healthz said ok): systemd
+    would have killed a healthy unit. It is refused at start, with file:line, as 0 is."""
+    d = TrapdDaemon.start(
+        tmp_path,
+        rules="rules: []\n",
+        config={"service": {"workers": 2, "status_interval": float("nan")}},
+        watchdog_usec=4_000_000,
+        wait_ready=False,
+    )
+    try:
+        assert d.wait_exit(20) == 2
+        assert any(
+            "status_interval must be > 0" in e.get("raw", "") and "trapd.yaml:" in e.get("raw", "")
+            for e in d.log
+        ), d.log[-8:]
+    finally:
+        d.close()
+
+
 def test_a_stuck_worker_stops_the_watchdog_and_shows_in_healthz(tmp_path: Path) -> None:
     """A worker that stops answering (SIGSTOP: as good as a blocked loop) withholds WATCHDOG=1."""
     d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="x"), config=TWO, watchdog_usec=2_000_000)

@@ -20,6 +20,7 @@ decides it and trapd reads it from ``WATCHDOG_USEC``.
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ def parse_workers(value: Any, mark: Mark | None = None) -> int:
 
 def _positive(node: Any, key: str, default: float) -> float:
     value = float(expect(node, key, (int, float), "service", default))
-    if value <= 0:
-        raise ConfigError(f"service.{key} must be > 0", where(node, key))
+    # YAML's .nan passes "<= 0" (NaN compares false with everything): refused with .inf.
+    if not (0 < value < math.inf):
+        raise ConfigError(f"service.{key} must be > 0 and finite", where(node, key))
     return value
