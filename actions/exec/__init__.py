@@ -117,8 +117,10 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     limit = int(params.get("output_limit", 65536))
     retry_codes = set(params.get("retry_exit_codes", [75]))
     env = build_env(ctx, params.get("env") or {})
+    loop = asyncio.get_running_loop()
     try:
-        proc = await asyncio.create_subprocess_exec(
+        transport, watch = await loop.subprocess_exec(
+            lambda: _ExitWatch(loop),
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -129,20 +131,34 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         raise PermanentError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    proc = asyncio.subprocess.Process(transport, watch, loop)
     assert proc.stdout is not None and proc.stderr is not None
-    reading = asyncio.gather(_read_bounded(proc.stdout, limit), _read_bounded(proc.stderr, limit))
+    out, err = bytearray(), bytearray()
+    reading = asyncio.create_task(_read_output(proc.stdout, proc.stderr, limit, out, err))
+    deadline = loop.time() + timeout
     try:
-        await asyncio.wait_for(proc.wait(), timeout)
-    except TimeoutError:
-        _kill_group(proc.pid)
-        await proc.wait()
-        out, err = await reading
-        _log_output(ctx, argv, out, err, None)
-        raise RetryableError(f"{argv[0]} timed out after {timeout:g}s and was killed") from None
+        # The exit, then the rest of the output, both by the deadline: a child the program left
+        # behind may hold its pipes open for as long as it runs (proc.wait() waits for that too).
+        exited = await _by(watch.exited, deadline)
+        read_all = exited and await _by(reading, deadline)
+        if not read_all:
+            _kill_group(proc.pid)  # the program at its timeout, or what it left holding its output
+            reading.cancel()
+            await watch.exited  # the program cannot leave its group (it leads its session)
+            transport.close()  # our ends of the pipes: a process out of the group's reach may hold them
     except asyncio.CancelledError:
         _kill_group(proc.pid)
+        reading.cancel()
+        # Closed once it has exited: closing first would reap it behind asyncio's child watcher.
+        watch.exited.add_done_callback(lambda _: transport.close())
         raise
-    out, err = await reading
+    if not exited:
+        _log_output(ctx, argv, out, err, None)
+        raise RetryableError(f"{argv[0]} timed out after {timeout:g}s and was killed")
+    if not read_all:
+        ctx.log.warning(
+            "processes the program left behind held its output past the timeout: killed", program=argv[0]
+        )
     code = proc.returncode
     assert code is not None
     _log_output(ctx, argv, out, err, code)
@@ -204,12 +220,41 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\\0")
 
 
-async def _read_bounded(stream: asyncio.StreamReader, limit: int) -> bytes:
-    kept = bytearray()
+class _ExitWatch(asyncio.subprocess.SubprocessStreamProtocol):
+    """Says when the program exits: Process.wait() also waits until its pipes are closed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=2**16, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+async def _by(awaitable: asyncio.Future[Any] | asyncio.Task[None], deadline: float) -> bool:
+    """Whether ``awaitable`` finished by ``deadline`` (loop time); it is not cancelled if not."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await asyncio.shield(awaitable)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _read_output(
+    stdout: asyncio.StreamReader, stderr: asyncio.StreamReader, limit: int, out: bytearray, err: bytearray
+) -> None:
+    await asyncio.gather(_read_bounded(stdout, limit, out), _read_bounded(stderr, limit, err))
+
+
+async def _read_bounded(stream: asyncio.StreamReader, limit: int, kept: bytearray) -> None:
+    """Read to the end, keeping the first ``limit`` bytes in ``kept`` (there if it is cut short)."""
     while True:
         chunk = await stream.read(65536)
         if not chunk:
-            return bytes(kept)
+            return
         if len(kept) < limit:
             kept += chunk[: limit - len(kept)]
 
@@ -219,15 +264,17 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _text(data: bytes) -> str:
+def _text(data: bytes | bytearray) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _last_line(data: bytes) -> str:
+def _last_line(data: bytes | bytearray) -> str:
     lines = _text(data).strip().splitlines()
     return lines[-1][:200] if lines else "(no output on stderr)"
 
 
-def _log_output(ctx: ActionContext, argv: list[str], out: bytes, err: bytes, code: int | None) -> None:
+def _log_output(
+    ctx: ActionContext, argv: list[str], out: bytearray, err: bytearray, code: int | None
+) -> None:
     if out or err:
         ctx.log.info("program output", program=argv[0], exit=code, stdout=_text(out), stderr=_text(err))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -87,3 +91,57 @@ async def test_output_is_bounded() -> None:
 
 def test_example_yaml_is_a_valid_rule_file() -> None:
     assert rule_file_problems(Path(__file__).with_name("example.yaml")) == []
+
+
+def _gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting for its reaper counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+async def test_a_background_child_holding_stdout_ends_at_the_timeout(tmp_path: Path) -> None:
+    # The program exits at once; the child it left behind keeps its stdout open for 60 s.
+    pidfile = tmp_path / "pid"
+    script = f"echo started; sleep 60 & echo $! > {pidfile}"
+    t0 = time.monotonic()
+    result = await asyncio.wait_for(run(argv=["/bin/sh", "-c", script], timeout=1), 15)
+    assert time.monotonic() - t0 < 5
+    assert result["exit"] == 0 and result["stdout"] == "started\n"  # the program's own outcome
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert _gone(pid)  # killed with the program's process group
+
+
+async def test_a_child_in_a_session_of_its_own_holding_stdout_ends_at_the_timeout(tmp_path: Path) -> None:
+    # Out of the process group's reach (setsid): the action still ends at its timeout.
+    pidfile = tmp_path / "pid"
+    script = f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & sleep 5"
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RetryableError, match="timed out after 1s"):
+            await asyncio.wait_for(run(argv=["/bin/sh", "-c", script], timeout=1), 15)
+        assert time.monotonic() - t0 < 5
+    finally:
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+async def test_cancelling_the_action_kills_the_process_group(tmp_path: Path) -> None:
+    # dispatch.action_timeout or a shutdown cancels the action: nothing it started may live on.
+    pidfile = tmp_path / "pid"
+    task = asyncio.create_task(run(argv=["/bin/sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"]))
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    pid = int(pidfile.read_text())
+    while not _gone(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert _gone(pid)
