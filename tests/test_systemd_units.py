@@ -408,3 +408,54 @@ def test_the_daemon_stays_inside_the_filter_through_start_trap_reload_stop(tmp_p
         calls.discard("fchown")
     assert calls - allowed_syscalls() == set()
     assert wx == []
+
+
+def _core_limit(value: str | None) -> int:
+    """A LimitCORE= value as setrlimit takes it; None: what systemd as PID 1 gives a service.
+
+    systemd raises its own RLIMIT_CORE to infinity at boot so that systemd-coredump (which
+    honours the limit) gets every service's dumps, and services inherit it.
+    """
+    import resource
+
+    if value is None or value == "infinity":
+        return resource.RLIM_INFINITY
+    return int(value)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    Path("/proc/sys/kernel/core_pattern").read_text().strip() != "core",
+    reason="the kernel's core_pattern does not write a plain ./core",
+)
+def test_the_watchdogs_sigabrt_leaves_no_core_dump_with_the_secrets(tmp_path: Path) -> None:
+    """WatchdogSec= kills a stuck trapd with SIGABRT (WatchdogSignal='s default), which dumps core.
+
+    A core holds the process's memory: every community, v3 key and Kea password trapd loaded,
+    stored in clear (/var/lib/systemd/coredump with systemd-coredump). `trapd run` under the
+    unit's core limit, SIGABRTed, must leave none.
+    """
+    import resource
+    import signal
+
+    from daemon_harness import TrapdDaemon
+
+    s = unit_settings(SERVICE)
+    limit = _core_limit(s["LimitCORE"][-1] if s.get("LimitCORE") else None)
+    assert s.get("WatchdogSignal", ["SIGABRT"])[-1] == "SIGABRT"
+    secret = "c0mmunity-that-must-not-be-dumped"
+    d = TrapdDaemon.start(
+        tmp_path, rules="rules: []\n", config={"listener": {"communities": [secret]}}, metrics=False
+    )
+    try:
+        assert d.proc is not None
+        resource.prlimit(d.proc.pid, resource.RLIMIT_CORE, (limit, limit))
+        d.signal(signal.SIGABRT)
+        assert d.wait_exit(60) == -signal.SIGABRT
+        cores = [p for p in tmp_path.iterdir() if p.name.startswith("core")]
+        leaked = [p.name for p in cores if secret.encode() in p.read_bytes()]
+        assert cores == [], f"core dump written (holding the community: {leaked})"
+    finally:
+        d.close()
+        for p in tmp_path.glob("core*"):
+            p.unlink()
