@@ -294,3 +294,32 @@ def test_files_are_read_in_the_given_order(tmp_path: Path) -> None:
     )
     rs = load_rules([a, b], resolver(), ACTIONS)
     assert rs.evaluate(event(LINKDOWN)).matched == ("from-a", "from-b")
+
+
+def test_foreach_regex_groups_are_those_of_the_item_planned(tmp_path: Path) -> None:
+    """A where: regex's groups were kept in one dict for the whole event: every item's actions
+    rendered the groups of the last item tested, even of an item the filter then refused."""
+    rules = """
+rules:
+  - name: mac-removed
+    match: {notification: cmnMacChangedNotification}
+    foreach:
+      items: mac_changes
+      where: {mac: {regex: '(?P<oui>..:..:..):.*'}, operation: removed}
+    cancel: "{{ oui }}"
+    actions:
+      - action: log
+        message: "{{ oui }} {{ groups.oui }} {{ item.mac }}"
+"""
+    rs = ruleset(tmp_path, rules)
+    ev = mac_event(
+        tup(2, 100, "00:11:22:33:44:55", 3),
+        tup(2, 100, "aa:bb:cc:33:44:66", 4),
+        tup(1, 100, "ff:ff:ff:33:44:77", 5),  # learnt: its mac matches the regex, its operation does not
+    )
+    want = ["00:11:22 00:11:22 00:11:22:33:44:55", "aa:bb:cc aa:bb:cc aa:bb:cc:33:44:66"]
+    out = rs.evaluate(ev)
+    assert [p.params["message"] for p in out.planned] == want
+    assert out.cancels == ("00:11:22", "aa:bb:cc")
+    (trace,) = [t for t in rs.explain(ev) if t.status == "matched"]
+    assert [p.params["message"] for p in trace.outcome.planned] == want

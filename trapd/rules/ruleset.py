@@ -129,6 +129,20 @@ class ForEach:
     where: tuple[tuple[str, tuple[ValueTest, ...]], ...]
     mark: Mark | None
 
+    def passing(
+        self, items: Sequence[dict[str, Any]], st: EvalState
+    ) -> list[tuple[dict[str, Any], dict[str, str]]]:
+        """The items that pass ``where``, each with its regex groups: the rule's, and those of its
+        own ``where`` tests (not those of another item, nor of one that failed a later test)."""
+        rule_groups = st.captures
+        out: list[tuple[dict[str, Any], dict[str, str]]] = []
+        for it in items:
+            st.captures = dict(rule_groups)
+            if self.accepts(it, st):
+                out.append((it, st.captures))
+        st.captures = rule_groups
+        return out
+
     def accepts(self, item: Mapping[str, Any], st: EvalState) -> bool:
         for name, tests in self.where:
             if name not in item:
@@ -353,11 +367,11 @@ class RuleSet:
                     st.captures = {}
                 if not residual[i].test(st):
                     continue
-                items: list[dict[str, Any]] | None = None
+                items: list[tuple[dict[str, Any], dict[str, str]]] | None = None
                 if rule.foreach is not None:
                     decoded = decode_items(rule.foreach.kind, event, rule.foreach.decoders)
                     rejected.extend(_decode_rejections(rule, decoded))
-                    items = [it for it in decoded.items if rule.foreach.accepts(it, st)]
+                    items = rule.foreach.passing(decoded.items, st)
                     if not items:
                         continue
                 matched.append(rule.name)
@@ -398,12 +412,12 @@ class RuleSet:
             if failed is not None:
                 traces.append(RuleTrace(rule.name, rule.mark, "no-match", failed.why(st), failed.mark))
                 continue
-            items: list[dict[str, Any]] | None = None
+            items: list[tuple[dict[str, Any], dict[str, str]]] | None = None
             rejected: list[Rejection] = []
             if rule.foreach is not None:
                 decoded = decode_items(rule.foreach.kind, event, rule.foreach.decoders)
                 rejected.extend(_decode_rejections(rule, decoded))
-                items = [it for it in decoded.items if rule.foreach.accepts(it, st)]
+                items = rule.foreach.passing(decoded.items, st)
                 if not items:
                     why = rule.foreach.why_not(decoded.items, st)
                     out = Outcome(rejected=tuple(rejected))
@@ -425,18 +439,21 @@ class RuleSet:
         rule: Rule,
         base: dict[str, Any],
         captures: Mapping[str, str],
-        items: Sequence[dict[str, Any]] | None,
+        items: Sequence[tuple[dict[str, Any], dict[str, str]]] | None,
         planned: list[PlannedAction],
         cancels: list[str],
         rejected: list[Rejection],
     ) -> None:
-        ctx = dict(ENV.globals)
-        ctx.update(base)
-        ctx.update(captures)
-        ctx["groups"] = dict(captures)
-        ctx["rule"] = rule.name
+        """``captures``: the regex groups of the rule's conditions; in a ``foreach`` rule each item
+        comes with its own groups (see :meth:`ForEach.passing`), which replace them."""
         mode: Mode = "dry-run" if self.global_mode == "dry-run" else rule.mode
-        for item in items if items is not None else (None,):
+        pairs = ((None, captures),) if items is None else items
+        for item, groups in pairs:
+            ctx = dict(ENV.globals)
+            ctx.update(base)
+            ctx.update(groups)
+            ctx["groups"] = dict(groups)
+            ctx["rule"] = rule.name
             if item is not None:
                 ctx["item"] = item
             for c in rule.cancels:
