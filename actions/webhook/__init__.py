@@ -35,6 +35,7 @@ from trapd.plugin import ActionContext, PermanentError, RetryableError, action
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 _HEADER_BREAK = re.compile(r"[\r\n\x00]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110's token
 ANSWER_KEPT = 1000  # characters of the answer stored in the journal's result
 ANSWER_BYTES = 4 * ANSWER_KEPT  # bytes read of the answer: enough for ANSWER_KEPT characters of UTF-8
 
@@ -54,7 +55,8 @@ ANSWER_BYTES = 4 * ANSWER_KEPT  # bytes read of the answer: enough for ANSWER_KE
         "headers": Param(
             "mapping",
             "extra request headers (Authorization, ...); masked in dry-run logs, trapd test and trapd journal"
-            " show. A CR, LF or NUL in a name or value is refused, permanently",
+            " show. A CR, LF or NUL in a name or value, or a name that is not an HTTP token, is refused,"
+            " permanently; a value is sent as UTF-8",
             secret=True,
         ),
         "body": Param(
@@ -93,7 +95,12 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         if _HEADER_BREAK.search(k) or _HEADER_BREAK.search(v):
             # Would split the request (header injection); a retry sends the same bytes again.
             raise PermanentError(f"header {k[:60]!r}: a CR, LF or NUL in a header name or value")
+        if not _HEADER_NAME.fullmatch(k):
+            raise PermanentError(f"header {k[:60]!r}: not a header name (letters, digits, -, ...)")
     headers.setdefault("User-Agent", "trapd")
+    # httpx encodes str headers as ASCII: a trap value like "Büro 1/0/17" raised UnicodeEncodeError
+    # (an unexpected error, retried). Sent as UTF-8, as curl sends it.
+    raw_headers = {k.encode(): v.encode() for k, v in headers.items()}
     timeout = float(params.get("timeout", 10.0))
     verify = bool(params.get("verify", True))
     ca_file = params.get("ca_file")
@@ -103,11 +110,11 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         # then would hold the action until dispatch.action_timeout. This bounds the whole call.
         async with asyncio.timeout(timeout):
             if verify and not ca_file:
-                status, answer = await _send(ctx.http, method, url, body, headers, timeout)
+                status, answer = await _send(ctx.http, method, url, body, raw_headers, timeout)
             else:
                 tls: ssl.SSLContext | bool = _tls(ca_file) if verify else False
                 async with httpx.AsyncClient(verify=tls) as client:
-                    status, answer = await _send(client, method, url, body, headers, timeout)
+                    status, answer = await _send(client, method, url, body, raw_headers, timeout)
     except (httpx.TimeoutException, TimeoutError) as exc:
         raise RetryableError(f"{_where(url)}: no answer within {timeout:g}s ({type(exc).__name__})") from None
     except httpx.LocalProtocolError as exc:
@@ -127,7 +134,7 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
 
 
 async def _send(
-    client: httpx.AsyncClient, method: str, url: str, body: Any, headers: dict[str, str], timeout: float
+    client: httpx.AsyncClient, method: str, url: str, body: Any, headers: dict[bytes, bytes], timeout: float
 ) -> tuple[int, str]:
     """The status and the start of the answer; the rest of the answer is never read (it may not end)."""
     async with client.stream(method, url, json=body, headers=headers, timeout=timeout) as response:

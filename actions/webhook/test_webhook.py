@@ -270,3 +270,22 @@ async def test_a_huge_answer_is_not_read_into_memory() -> None:
         result = await asyncio.wait_for(call(url=f"http://{where}/hook", timeout=20), 30)
     assert result == {"status": 200, "answer": "y" * 1000}
     assert sent[0] < 32 * 2**20  # the client stopped reading; it did not take the 512 MiB
+
+
+async def test_a_non_ascii_trap_value_in_a_header_is_sent_as_utf8(http_server: str, tmp_path: Path) -> None:
+    # A port described "Büro 1/0/17": the header carries it (as curl would, UTF-8), nothing is retried.
+    params = _rendered_params(
+        tmp_path, f"http://{http_server}/hook/h", "Büro 1/0/17", headers={"X-Port": "{{ ifDescr }}"}
+    )
+    async with httpx.AsyncClient() as client:
+        result = await webhook.run(params, make_context(http=client))
+    assert result == {"status": 200, "answer": '{"ok": true}'}
+    (req,) = Handler.received
+    assert req["headers"]["X-Port"].encode("latin-1").decode("utf-8") == "Büro 1/0/17"
+
+
+async def test_a_header_name_that_is_not_a_token_is_permanent(http_server: str) -> None:
+    for name in ("X-Pört", "X Port", ""):
+        with pytest.raises(PermanentError, match="not a header name"):
+            await call(url=f"http://{http_server}/ok", headers={name: "1"})
+    assert Handler.received == []
