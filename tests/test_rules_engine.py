@@ -323,3 +323,36 @@ rules:
     assert out.cancels == ("00:11:22", "aa:bb:cc")
     (trace,) = [t for t in rs.explain(ev) if t.status == "matched"]
     assert [p.params["message"] for p in trace.outcome.planned] == want
+
+
+@pytest.mark.parametrize("value", ["0x41424300", "0x6f6e650974776f", "0x00ff", "0x4142"])
+def test_trapd_test_reads_an_unnamed_octet_value_as_the_daemon_does(tmp_path: Path, value: str) -> None:
+    """For an OID no MIB names, the compact form showed 0x octets as hex, where the listener shows
+    text (trailing NULs dropped, tabs kept): a rule on that text matched in `trapd run` only."""
+    import json
+
+    from trapd.listener.raw import RawNotification, Security
+    from trapd.normalize import Normalizer
+
+    oid = (1, 3, 6, 1, 4, 1, 99999, 7, 1)
+    raw = bytes.fromhex(value[2:])
+    received = Normalizer(resolver()).normalize(
+        RawNotification(
+            version="v2c",
+            kind="trap",
+            source="10.20.1.5",
+            source_port=162,
+            security=Security(community="public"),
+            varbinds=[
+                ((1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0), "ObjectIdentifier", (1, 3, 6, 1, 6, 3, 1, 1, 5, 3)),
+                (oid, "OctetString", raw),
+            ],
+            received_at=0.0,
+        )
+    )
+    typed = event(f"IF-MIB::linkDown from 10.20.1.5 1.3.6.1.4.1.99999.7.1={value}")
+    assert typed.varbinds[0].display == received.varbinds[0].display
+    shown = received.varbinds[0].display
+    match = f"{{varbinds: {{'1.3.6.1.4.1.99999.7': {json.dumps(shown)}}}}}"
+    rs = ruleset(tmp_path, f"rules:\n  - {{name: r, match: {match}, cancel: x}}\n")
+    assert rs.evaluate(typed).matched == rs.evaluate(received).matched == ("r",)

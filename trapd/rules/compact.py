@@ -217,12 +217,12 @@ def _varbind(
         vtype, value, display = "ObjectIdentifier", target, oid_str(target)
     else:
         vtype, value, display = "OctetString", text.encode("utf-8"), text
-    if syntax is not None:
-        # The listener's own display rules (enum "down(2)", DISPLAY-HINTs), so `trapd test` shows
-        # and matches what `trapd listen` would print for the same trap.
-        from trapd.display import display as listener_display
+    # The listener's own display rules (enum "down(2)", DISPLAY-HINTs; without a syntax, octets
+    # that are text as text), so `trapd test` shows and matches what `trapd listen` would print
+    # for the same trap.
+    from trapd.display import display as listener_display
 
-        # A resolver without the MibResolver API keeps the simple form.
-        with contextlib.suppress(Exception):
-            display = listener_display(vtype, value, syntax, resolver)  # type: ignore[arg-type]
+    # A resolver without the MibResolver API keeps the simple form.
+    with contextlib.suppress(Exception):
+        display = listener_display(vtype, value, syntax, resolver)  # type: ignore[arg-type]
     return VarBind(oid=oid, name=full_name, index=index, type=vtype, value=value, display=display)
