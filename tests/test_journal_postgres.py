@@ -151,8 +151,8 @@ async def test_a_host_whose_journal_writes_wait_keeps_its_claims(
     # actions: the renewal of its leases must not wait in that queue, or the other host takes
     # over what this one still runs, and it runs twice (docs/pair.md: a host that dies, or loses
     # the database, loses its claims; not one that is busy).
-    a = await hosts("a", lease=1.5)
-    b = await hosts("b", lease=1.5)
+    a = await hosts("a", lease=3.0)
+    b = await hosts("b", lease=3.0)
     await b.recover(time.time())  # b runs actions: it takes over claims whose lease ran out
     now = time.time()
     r = await a.add(make_event().to_dict(), [entry(key="k", claim=True, due=now)], [], now)
@@ -163,7 +163,7 @@ async def test_a_host_whose_journal_writes_wait_keeps_its_claims(
         slow = a.add_soon(
             make_event().to_dict(), [entry(key="z", once_key="slow", once_within=60.0)], [], now
         )
-        await asyncio.sleep(4.0)  # well past the lease; b looks every 0.5 s
+        await asyncio.sleep(7.0)  # well past the lease; b looks every second
         e = await b.get(r.ids[0])
         assert e is not None and (e.state, e.owner) == ("running", "a")
         assert b.taken_over == 0
@@ -432,8 +432,8 @@ async def test_after_an_outage_a_host_leaves_the_claims_of_a_live_host_alone() -
     try:
         server.start()
         url = server.new_database()
-        a = PostgresJournal(url, instance="a", lease=1.5)
-        b = PostgresJournal(url, instance="b", lease=1.5)
+        a = PostgresJournal(url, instance="a", lease=3.0)
+        b = PostgresJournal(url, instance="b", lease=3.0)
         await a.open()
         await b.open()
         try:
@@ -455,7 +455,7 @@ async def test_after_an_outage_a_host_leaves_the_claims_of_a_live_host_alone() -
                 return tuple(got)
 
             server.stop()
-            await asyncio.sleep(2.5)  # longer than the lease
+            await asyncio.sleep(3.5)  # longer than the lease
             b._tasks[1].cancel()  # b renews when the test says so (it is alive all the same)
             server.start()
             back = time.time()
@@ -463,7 +463,7 @@ async def test_after_an_outage_a_host_leaves_the_claims_of_a_live_host_alone() -
             assert row(theirs)[:2] == ("running", "b")
             b._tasks[1] = asyncio.create_task(b._lease_loop())
             await b._renew(time.time(), take_over=False)  # b is back too
-            await asyncio.sleep(4.0)  # a looks every 0.5 s
+            await asyncio.sleep(7.0)  # a looks every second
             assert row(theirs)[:2] == ("running", "b") and a.taken_over == 0
         finally:
             await a.close()
