@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from daemon_harness import TrapdDaemon, link_down
 from listen_harness import needs_netsnmp, snmp_send
 
@@ -73,6 +74,21 @@ def test_ordinary_anchors_and_merges_still_work() -> None:
     data = load_yaml(text, "ok.yaml")
     assert data["r1"]["cap"] == {"limit": 50, "per": "1m"}
     assert data["r2"] == {"limit": 50, "per": "1m", "key": "x"}
+
+
+def test_a_key_beside_a_merge_overrides_the_merged_one() -> None:
+    """YAML's merge key: the mapping's own keys override the merged ones (and between merged
+    mappings, as PyYAML reads them). Such a key was refused as a duplicate of the anchor's key."""
+    text = (
+        "base: &b {version: v2c, kind: trap}\nother: &o {version: v1, user: x}\n"
+        "r1:\n  <<: *b\n  version: v3\nr2:\n  <<: [*b, *o]\n"
+    )
+    data = load_yaml(text, "ok.yaml")
+    assert data["r1"] == {"version": "v3", "kind": "trap"}
+    assert data["r1"].key_marks["version"].line == 5  # the override's own position
+    assert data == yaml.safe_load(text)
+    with pytest.raises(ConfigError, match="duplicate key 'version' \\(first at line 5\\)"):
+        load_yaml(text.replace("  version: v3\n", "  version: v3\n  version: v1\n"), "dup.yaml")
 
 
 def _limited(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

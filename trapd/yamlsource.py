@@ -214,8 +214,14 @@ class _Loader(yaml.SafeLoader):
         data.key_marks = {}
         data.value_marks = {}
         yield data
+        own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
         self.flatten_mapping(node)
-        for key_node, value_node in node.value:
+        # flatten_mapping puts the merged pairs (``<<: *base``) first, and a later pair overrides
+        # a merged one, as in PyYAML's own loader: the mapping's own keys override merged ones
+        # (YAML's merge key). Only the mapping's own keys can be duplicates.
+        merged = len(node.value) - own
+        from_merge: set[Any] = set()
+        for i, (key_node, value_node) in enumerate(node.value):
             key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
@@ -223,13 +229,17 @@ class _Loader(yaml.SafeLoader):
                 raise ConfigError(
                     "a mapping key must be a plain value", _mark(self.source_name, key_node.start_mark)
                 ) from exc
-            if key in data.key_marks:
+            if key in data.key_marks and key not in from_merge:
                 first = data.key_marks[key]
                 raise ConfigError(
                     f"duplicate key {key!r} (first at line {first.line})",
                     _mark(self.source_name, key_node.start_mark),
                 )
             data[key] = self.construct_object(value_node, deep=True)
+            if i < merged:
+                from_merge.add(key)
+            else:
+                from_merge.discard(key)
             data.key_marks[key] = _mark(self.source_name, key_node.start_mark)
             data.value_marks[key] = _mark(self.source_name, value_node.start_mark)
 
