@@ -487,3 +487,31 @@ async def test_action_timeout_counts_as_a_failure(make: Any, rec: Recorder, jour
     assert len(rec.calls) == 2  # retried once, then given up
     e = await journal.get(int(ids[0]))
     assert e is not None and "gave up after 2 attempts: timed out after 0.1s" in (e.last_error or "")
+
+
+@pytest.mark.parametrize("raised", [asyncio.CancelledError, SystemExit], ids=["CancelledError", "SystemExit"])
+async def test_a_plugin_raising_a_base_exception_itself_is_a_retryable_failure(
+    journal: SQLiteJournal, rec: Recorder, raised: type[BaseException]
+) -> None:
+    # Not a cancellation of the action nor trapd's exit: the plugin raised it (awaited a future that
+    # was cancelled elsewhere; a library called sys.exit). Before, CancelledError ended the worker
+    # with the action left 'running', and SystemExit left the event loop and stopped trapd.
+    @action("raiser", params={}, idempotent=True)
+    async def raiser(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Raise what the test says (test action)."""
+        raise raised()
+
+    d = Dispatcher(FAST, journal, {"raiser": raiser, "rec": rec.spec()}, kea=None)
+    await d.start()
+    try:
+        ids = await d.submit(
+            make_event(), make_outcome(plan("raiser", {}, retry=RetryPolicy(max_attempts=2)))
+        )
+        await wait_for(lambda: d.stats.outcomes[("raiser", "dead")] == 1, timeout=10)
+        e = await journal.get(int(ids[0]), with_event=False)
+        assert e is not None and f"gave up after 2 attempts: {raised.__name__}" in (e.last_error or "")
+        assert not any(w.done() for w in d._workers)  # every worker still takes actions
+        await d.submit(make_event(), make_outcome(*(rec_plan(f"after{i}") for i in range(FAST.workers))))
+        await wait_for(lambda: len(rec.done_tags()) == FAST.workers, timeout=10)
+    finally:
+        await d.stop(0.5)

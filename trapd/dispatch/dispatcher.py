@@ -907,6 +907,13 @@ class Dispatcher:
             await self._dead(job, log, f"permanent error: {exc}", time.time(), attempt, type(exc).__name__)
         except Exception as exc:
             await self._failed(job, log, exc, attempt, begun)
+        except (asyncio.CancelledError, SystemExit) as exc:
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # this worker is cancelled (stop); action_timeout arrives as TimeoutError
+            # The plugin raised it itself (it awaited a future cancelled elsewhere, a library called
+            # sys.exit): a bug like any other, not a reason to end this worker or trapd.
+            await self._failed(job, log, exc, attempt, begun)
         else:
             done = time.time()
             # What JSON cannot hold is journaled as its repr (trapd.dispatch.journal.rows.dumps_result).
@@ -946,7 +953,7 @@ class Dispatcher:
             return 0
         return claim.attempts
 
-    async def _failed(self, job: _Job, log: Any, exc: Exception, attempt: int, started: float) -> None:
+    async def _failed(self, job: _Job, log: Any, exc: BaseException, attempt: int, started: float) -> None:
         now = time.time()
         if isinstance(exc, TimeoutError) and now - started >= self.config.action_timeout:
             reason = f"timed out after {self.config.action_timeout:g}s"
