@@ -267,6 +267,22 @@ async def test_a_dead_hosts_claims_are_taken_over_after_the_lease(
     assert e is not None and e.state == "running" and e.owner == "b"
 
 
+async def test_recovery_takes_only_its_own_hosts_claims_whatever_the_names(
+    hosts: Callable[..., Awaitable[PostgresJournal]],
+) -> None:
+    # A host's recovery takes back its own rows and its workers' (INSTANCE/worker-N), never another
+    # live host's: in LIKE, "_" and "%" in a name are wildcards and must not act as such.
+    other = await hosts("dhcp-1", owner="worker-0")  # claims as dhcp-1/worker-0
+    now = time.time()
+    r = await other.add(make_event().to_dict(), [entry(key="theirs")], [], now)
+    assert (await other.claim(r.ids[0], now)).outcome == "running"
+    for name in ("dhcp_1", "dhcp%"):
+        me = await hosts(name)
+        await me.recover(time.time())
+        e = await other.get(r.ids[0])
+        assert e is not None and (e.state, e.owner) == ("running", "dhcp-1/worker-0"), name
+
+
 async def _states(j: PostgresJournal, ids: list[int], want: list[str]) -> bool:
     return [(await j.get(i)).state for i in ids] == want  # type: ignore[union-attr]
 

@@ -980,7 +980,9 @@ def _owned(owner: str | None, instance: str) -> tuple[str, tuple[Any, ...]]:
     """Which running rows are ours to recover: one owner's, or (None) this host's and its workers'."""
     if owner is not None:
         return "owner = %s", (owner,)
-    return "(owner = %s OR owner LIKE %s OR owner IS NULL)", (instance, instance.replace("%", r"\%") + "/%")
+    # LIKE's wildcards in the name are taken literally (backslash is LIKE's default escape).
+    pattern = instance.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "/%"
+    return "(owner = %s OR owner LIKE %s OR owner IS NULL)", (instance, pattern)
 
 
 async def _put_back(
