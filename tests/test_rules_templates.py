@@ -308,3 +308,28 @@ def test_duid_groups_are_octets(value: str, expected: str | None) -> None:
     else:
         assert convert(Param("duid"), value, "duid") == expected
         assert convert(Param("hex"), value, "hex") == expected.replace(":", "")
+
+
+@pytest.mark.parametrize("mac", ["426172313233", "0011223344aa"])
+def test_octets_with_a_display_hint_are_their_display_even_when_printable(tmp_path: Path, mac: str) -> None:
+    """A MAC (DISPLAY-HINT 1x:) whose six octets happen to be printable (42:61:72:31:32:33 is
+    "Bar123"; about one randomized client MAC in 400) was read as that text: "{{ dot1dTpFdbAddress }}"
+    was no MAC, and a rule comparing the varbind with its MAC never matched it."""
+    shown = ":".join(mac[i : i + 2] for i in range(0, 12, 2))
+    ev = event(f"IF-MIB::linkDown from 10.20.1.5 ifIndex=17 dot1dTpFdbAddress.1.2.3.4.5.6=0x{mac}")
+    assert ev.varbinds[1].display == shown  # the listener's display, by the MIB's hint
+    text = f"""defaults: {{cap: {{limit: 9, per: 1m}}}}
+rules:
+  - name: r
+    match: {{notification: linkDown, varbinds: {{dot1dTpFdbAddress: "{shown}"}}}}
+    actions:
+      - action: kea.lease-del
+        hw-address: "{{{{ dot1dTpFdbAddress }}}}"
+      - action: log
+        message: "{{{{ dot1dTpFdbAddress }}}} {{{{ dot1dTpFdbAddress | mac }}}}"
+"""
+    out = ruleset(tmp_path, text).evaluate(ev)
+    assert out.matched == ("r",)
+    assert not out.rejected, out.rejected
+    planned = [p.params.get("hw-address") or p.params["message"] for p in out.planned]
+    assert planned == [shown, f"{shown} {shown}"]

@@ -67,7 +67,7 @@ def as_text(value: Any, display: str | None = None) -> str | None:
     if value is None:
         return None
     if isinstance(value, bytes):
-        return octet_text(value, display if display is not None else value.hex())
+        return octet_text(value, display)
     if isinstance(value, tuple):
         return oid_str(value)
     return str(value)

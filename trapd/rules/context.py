@@ -58,15 +58,21 @@ EVENT_VARIABLES = frozenset(
 _NUMERIC = frozenset({"Integer32", "Counter32", "Gauge32", "TimeTicks", "Counter64"})
 
 
-def octet_text(raw: bytes, display: str) -> str:
-    """Text of an OCTET STRING: UTF-8 when it is printable text, else the listener's display form."""
+def octet_text(raw: bytes, display: str | None) -> str:
+    """Text of an OCTET STRING: UTF-8 when it is printable text, else the listener's display form
+    (without one, hex).
+
+    A display other than that text comes from the MIB's DISPLAY-HINT (a MAC, an InetAddress, a
+    DateAndTime) or BITS: such octets are not text, whatever they spell (42:61:72:31:32:33 is
+    "Bar123"), so their display is what a rule compares and a template renders.
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return display
-    if text.isprintable():
+        return display if display is not None else raw.hex()
+    if text.isprintable() and (not display or display == text):
         return text
-    return display
+    return display if display is not None else raw.hex()
 
 
 def template_value(vb: VarBind) -> Any:
