@@ -392,6 +392,29 @@ def test_a_killed_worker_is_restarted_and_reruns_only_its_own_actions(tmp_path: 
         d.close()
 
 
+def test_a_worker_restarted_after_a_reload_keeps_the_units_journal(tmp_path: Path) -> None:
+    """A reload cannot move the journal (state_dir: "takes effect at the next restart"), and a
+    worker restarted after it must not either: it shares the unit's journal with its siblings
+    (claims, caps, once-within, and the rows it claimed before it died are recovered there).
+    Before, the restarted worker opened a new journal in the reloaded state_dir."""
+    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="x"), config=TWO)
+    try:
+        moved = tmp_path / "moved"
+        d.write_config({**TWO, "state_dir": str(moved)})
+        d.signal(signal.SIGHUP)
+        assert d.notify is not None
+        d.notify.wait_for("READY", 10)
+        d.wait_log("changed settings take effect at the next restart", 10)
+        old_pid = worker_pids(d)[1]
+        os.kill(old_pid, signal.SIGKILL)
+        d.wait_log(lambda e: e.get("event") == "worker ready" and e["worker"] == 1, 15)
+        assert worker_pids(d)[1] != old_pid
+        assert not moved.exists(), sorted(p.name for p in moved.iterdir())
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 def test_workers_go_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="x"), config=TWO)
     try:

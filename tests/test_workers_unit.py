@@ -458,3 +458,37 @@ def test_the_sum_keeps_a_workers_journal_problem_and_adds_failed_writes() -> Non
     )
     assert total.journal_problem == "journal database unavailable: x" and total.journal_failed_writes == 3
     assert sum_snapshots([DaemonSnapshot(), DaemonSnapshot()]).journal_problem is None
+
+
+def test_a_worker_restarted_after_a_reload_gets_every_restart_needed_setting_as_running(
+    tmp_path: Path,
+) -> None:
+    from trapd.config import Config
+    from trapd.service.lifecycle import RESTART_NEEDED, keep_restart_needed
+    from trapd.yamlsource import load_yaml
+
+    def config(n: int) -> Config:
+        text = (
+            f"state_dir: /var/lib/t{n}\nmode: {'enforce' if n else 'dry-run'}\n"
+            f"mibs: {{dirs: [/m{n}]}}\nrules: {{files: [r{n}.yaml]}}\n"
+            f"listener: {{listen: ['127.0.0.1:{1620 + n}'], receive_buffer: {65536 * (n + 1)},"
+            f" communities: [c{n}xyz]}}\n"
+            f"kea: {{endpoints: {{k{n}: {{transport: unix, socket: /run/k{n}.sock, family: v4}}}}}}\n"
+            f"dispatch: {{workers: {n + 1}}}\n"
+            f"service: {{workers: {n + 2}, status_interval: {n + 1},"
+            f" metrics: {{listen: '127.0.0.1:{9000 + n}'}}}}\n"
+        )
+        return config_from_yaml(load_yaml(text, "trapd.yaml"), tmp_path / "trapd.yaml")
+
+    running, new = config(0), config(1)
+    kept = keep_restart_needed(new, running)
+    for name, value in RESTART_NEEDED.items():
+        assert value(running) != value(new), name  # the test changes every one of them
+        assert value(kept) == value(running), name
+    # The rest is the reloaded file's.
+    assert (kept.mode, kept.rules_files, kept.service.status_interval) == (
+        new.mode,
+        new.rules_files,
+        new.service.status_interval,
+    )
+    assert kept.listener.communities == new.listener.communities

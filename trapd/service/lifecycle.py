@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from trapd.config import Config
@@ -213,6 +213,28 @@ RESTART_NEEDED: dict[str, Callable[[Config], object]] = {
     "kea": lambda c: c.kea,
     "dispatch": lambda c: c.dispatch,
 }
+
+
+def keep_restart_needed(new: Config, running: Config) -> Config:
+    """``new`` with every setting of RESTART_NEEDED as ``running`` has it.
+
+    What a worker restarted after a reload starts with: the reloaded rules and
+    settings, but the journal, Kea endpoints, dispatch tuning, MIBs and
+    addresses its siblings still run with, so that the unit keeps one journal
+    (the rows a dead worker claimed are recovered where it claimed them).
+    """
+    return new.with_overrides(
+        state_dir=running.state_dir,
+        mibs=running.mibs,
+        kea=running.kea,
+        dispatch=running.dispatch,
+        listener=replace(
+            new.listener, listen=running.listener.listen, receive_buffer=running.listener.receive_buffer
+        ),
+        service=replace(
+            new.service, workers=running.service.workers, metrics_listen=running.service.metrics_listen
+        ),
+    )
 
 
 def warn_restart_needed(log: TrapdLogger, old: Config, new: Config, names: Sequence[str]) -> None:

@@ -774,7 +774,8 @@ class Supervisor:
         if problems:
             return self._reload_failed("; ".join(problems))
         lifecycle.warn_restart_needed(self.log, self.config, config, RESTART_NEEDED)
-        self.config = config
+        # What a worker restarted from now on gets: not a journal, Kea or address its siblings lack.
+        self.config = lifecycle.keep_restart_needed(config, self.config)
         self.preloaded = Loaded(resolver, actions, rules)  # what a restarted worker starts with
         self.reloads["ok"] = self.reloads.get("ok", 0) + 1
         self.reload_error = None
