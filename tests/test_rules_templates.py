@@ -333,3 +333,34 @@ rules:
     assert not out.rejected, out.rejected
     planned = [p.params.get("hw-address") or p.params["message"] for p in out.planned]
     assert planned == [shown, f"{shown} {shown}"]
+
+
+def test_regex_groups_only_of_conditions_that_held(tmp_path: Path) -> None:
+    """Groups of an any: branch that failed, or from inside a not:, were template variables all the
+    same: "{{ member }}" rendered the 1 of a branch whose ifIndex range did not hold."""
+    text = r"""
+rules:
+  - name: r
+    match:
+      notification: linkDown
+      any:
+        - varbinds: {ifDescr: {regex: 'Gi(?P<member>\d+)/0/(?P<port>\d+)'}, ifIndex: {range: [1, 48]}}
+        - varbinds: {ifAlias: {regex: 'uplink-(?P<port>\d+)'}}
+      not:
+        varbinds: {ifDescr: {regex: '(?P<inside>Gi.*)'}, ifIndex: 1}
+    actions:
+      - {action: log, message: "{{ port }}"}
+      - {action: log, message: "{{ member }}"}
+      - {action: log, message: "{{ inside }}"}
+"""
+    rs = ruleset(tmp_path, text)
+    uplink = event("IF-MIB::linkDown from 10.20.1.5 ifIndex=50 ifDescr=Gi1/0/50 ifAlias=uplink-3")
+    for out in (rs.evaluate(uplink), next(t.outcome for t in rs.explain(uplink) if t.status == "matched")):
+        assert [p.params["message"] for p in out.planned] == ["3"]
+        assert [(r.index, r.reason) for r in out.rejected] == [
+            (1, "template: 'member' is undefined"),
+            (2, "template: 'inside' is undefined"),
+        ]
+    access = event("IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifDescr=Gi1/0/17 ifAlias=uplink-3")
+    out = rs.evaluate(access)
+    assert [p.params["message"] for p in out.planned] == ["17", "1"]  # the first branch held

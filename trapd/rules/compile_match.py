@@ -73,6 +73,9 @@ class MatchCompiler:
         self.ctx = ctx
         self.problems = ctx.problems
         self._enums_by_name: dict[str, dict[str, int]] = {}  # per varbind name: asked once per rule
+        # Regexes with named groups compiled so far: an any: or not: that holds one saves and
+        # restores the groups around its branches (see conditions.AnyOf), the others need not.
+        self._named_regexes = 0
         # A varbind compared with one plain value (`ifIndex: 17`) compiles to the same tests
         # (they hold no position) in every rule: per-port files repeat ~50 such pairs 100,000
         # times. (name, type, value) -> (tests, exists, key); the first _VARBIND_MEMO pairs only.
@@ -112,15 +115,19 @@ class MatchCompiler:
                 if not isinstance(value, YList) or not value:
                     self.problems.error(f"{key} takes a non-empty list of condition mappings", m)
                     continue
+                named = self._named_regexes
                 subs = [
                     c.All(self.match(v, where(value, i), scope), where(value, i)) for i, v in enumerate(value)
                 ]
                 ckey = ("any", tuple(plain(v) for v in value))
                 km = where(node, key, of_key=True)
-                cond = c.All(subs, km, "all") if key == "all" else c.AnyOf(subs, km, ckey)
+                captures = self._named_regexes != named
+                cond = c.All(subs, km, "all") if key == "all" else c.AnyOf(subs, km, ckey, captures)
             elif key == "not":
                 km = where(node, key, of_key=True)
-                cond = c.Not(c.All(self.match(value, m, scope), m), km, ("not", plain(value)))
+                named = self._named_regexes
+                inner = c.All(self.match(value, m, scope), m)
+                cond = c.Not(inner, km, ("not", plain(value)), self._named_regexes != named)
             if cond is not None:
                 out.append(cond)
         return out
@@ -485,6 +492,8 @@ class MatchCompiler:
             )
         if reserved:
             return None
+        if pattern.groupindex:
+            self._named_regexes += 1
         return c.Regex(pattern, f"regex {value!r}")
 
     # -- foreach ----------------------------------------------------------------

@@ -489,16 +489,29 @@ class All(Cond):
 
 
 class AnyOf(Cond):
-    def __init__(self, items: Sequence[Cond], mark: Mark | None, key: Any) -> None:
+    def __init__(self, items: Sequence[Cond], mark: Mark | None, key: Any, captures: bool = False) -> None:
+        """``captures``: a regex inside names groups; a branch that fails must not leave them behind."""
         self.items = tuple(items)
         self.mark = mark
         self.label = "any"
         self.key = key
+        self.captures = captures
 
     def test(self, st: EvalState) -> bool:
+        if self.captures:
+            return self._test_keeping_groups_of_the_branch_that_held(st)
         for c in self.items:  # noqa: SIM110 - hot path: no generator
             if c.test(st):
                 return True
+        return False
+
+    def _test_keeping_groups_of_the_branch_that_held(self, st: EvalState) -> bool:
+        before = st.captures
+        for c in self.items:
+            st.captures = dict(before)
+            if c.test(st):
+                return True
+        st.captures = before
         return False
 
     def why(self, st: EvalState) -> str:
@@ -506,13 +519,21 @@ class AnyOf(Cond):
 
 
 class Not(Cond):
-    def __init__(self, inner: Cond, mark: Mark | None, key: Any) -> None:
+    def __init__(self, inner: Cond, mark: Mark | None, key: Any, captures: bool = False) -> None:
+        """``captures``: a regex inside names groups; what a negated condition matched is not kept."""
         self.inner = inner
         self.mark = mark
         self.label = "not"
         self.key = key
+        self.captures = captures
 
     def test(self, st: EvalState) -> bool:
+        if self.captures:
+            before = st.captures
+            st.captures = dict(before)
+            held = self.inner.test(st)
+            st.captures = before
+            return not held
         return not self.inner.test(st)
 
     def why(self, st: EvalState) -> str:
