@@ -18,6 +18,7 @@ from trapd.dispatch.testing import make_event, make_outcome, plan
 from trapd.params import Param
 from trapd.plugin import ActionContext, ActionSpec, PermanentError, RetryableError, action
 from trapd.rules.outcome import RateCap, RetryPolicy
+from trapd.secrets import Secret
 
 FAST = DispatchConfig(
     workers=4,
@@ -515,3 +516,35 @@ async def test_a_plugin_raising_a_base_exception_itself_is_a_retryable_failure(
         await wait_for(lambda: len(rec.done_tags()) == FAST.workers, timeout=10)
     finally:
         await d.stop(0.5)
+
+
+async def test_a_secret_in_a_result_or_an_error_is_not_journaled(journal: SQLiteJournal) -> None:
+    # An exec program that prints its environment, a receiver that echoes the request: the action
+    # quotes a secret it was given in its result or its error, which the journal would keep in clear.
+    secret = Secret("quoted-s3cret-token", "test")
+
+    @action("quoter", params={"fail": Param("boolean", default=False)}, idempotent=True)
+    async def quoter(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+        """Quote the secret (test action)."""
+        if params.get("fail"):
+            raise RetryableError(f"refused: Authorization: Bearer {secret.reveal()}")
+        return {"stdout": f"TOKEN={secret.reveal()}"}
+
+    d = Dispatcher(FAST, journal, {"quoter": quoter}, kea=None)
+    await d.start()
+    try:
+        done_ids = await d.submit(make_event(), make_outcome(plan("quoter", {}, key="a")))
+        dead_ids = await d.submit(
+            make_event(),
+            make_outcome(plan("quoter", {"fail": True}, key="b", retry=RetryPolicy(max_attempts=2))),
+        )
+        await wait_for(lambda: d.stats.outcomes[("quoter", "dead")] == 1, timeout=10)
+        await wait_for(lambda: d.stats.outcomes[("quoter", "done")] == 1, timeout=10)
+    finally:
+        await d.stop(0.5)
+    done = await journal.get(int(done_ids[0]), with_event=False)
+    dead = await journal.get(int(dead_ids[0]), with_event=False)
+    assert done is not None and done.result == {"stdout": "TOKEN=***"}
+    assert dead is not None and dead.last_error is not None and "Bearer ***" in dead.last_error
+    for path in journal.path.parent.iterdir():
+        assert secret.reveal().encode() not in path.read_bytes(), path.name

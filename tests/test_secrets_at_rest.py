@@ -71,7 +71,8 @@ def test_secrets_reach_the_actions_but_not_the_journal_or_any_output(
     monkeypatch.setenv("TEST_PARAM", PARAM_ENV)
     seen = tmp_path / "seen.txt"
     script = tmp_path / "record.sh"
-    script.write_text(f'#!/bin/sh\necho "$S_ENV $S_INLINE $P_ENV $P_INLINE" >> {seen}\n')
+    # It also prints them, as a script under `set -x` does: trapd logs a program's output.
+    script.write_text(f'#!/bin/sh\necho "$S_ENV $S_INLINE $P_ENV $P_INLINE" | tee -a {seen}\n')
     script.chmod(0o755)
     rules = f"""
 rules:

@@ -124,12 +124,14 @@ def _resolve_one(ref: str) -> str:
     if kind == "env":
         if name not in os.environ:
             raise SecretError(f"secret {ref}: the environment variable is not set")
+        REDACTOR.add(os.environ[name])  # read only now: masked from now on, as loaded ones are
         return os.environ[name]
     if kind == "file":
         try:
             lines = Path(name).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise SecretError(f"secret {ref}: cannot read the file: {exc.strerror or exc}") from None
+        REDACTOR.add(lines[0] if lines else "")
         return lines[0] if lines else ""
     value = REFS.value(ref)
     if value is None:

@@ -65,7 +65,7 @@ from trapd.event import Event
 from trapd.kea.config import peer_label
 from trapd.plugin import ActionContext, ActionError, ActionLog, ActionSpec, PermanentError
 from trapd.rules.outcome import Outcome, PlannedAction
-from trapd.secrets import SecretError
+from trapd.secrets import REDACTOR, SecretError
 from trapd.secrets import resolve as resolve_secrets
 from trapd.service.logging import RateLimitedLog
 
@@ -997,7 +997,8 @@ class Dispatcher:
                 job, log, f"max age reached after {attempt} attempts: {reason}", now, attempt, "max-age"
             )
             return
-        await self._write_end(functools.partial(self.journal.retry_later, job.id, due, reason, endpoint))
+        stored = REDACTOR.redact(reason) if REDACTOR else reason
+        await self._write_end(functools.partial(self.journal.retry_later, job.id, due, stored, endpoint))
         self.stats.count(job.action, "retry")
         self._failure_log.warning(
             (job.action, "retry", type(exc).__name__, endpoint),
@@ -1040,6 +1041,8 @@ class Dispatcher:
         The journal orders the write before anything issued later (the next
         claim of this key included); stop() waits for the stragglers.
         """
+        if error and REDACTOR:
+            error = REDACTOR.redact(error)  # the journal keeps it: a plugin's message may quote a secret
         self._write_end(
             functools.partial(self.journal.finish_soon, id_, state, now, result, error, started=started)
         )

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trapd.dispatch.journal.model import CapCheck, Entry
+from trapd.secrets import REDACTOR
 
 COLS = (
     "id, event_id, received_at, source, rule, action, idx, params, key, mode, state, attempts, max_attempts, "
@@ -105,9 +106,11 @@ def dumps_result(result: Any) -> str:
     dispatcher used to encode every result on its event loop only to check it (2 % of the loop's
     time in bench_kea.py --e2e)."""
     try:
-        return dumps(result)
+        text = dumps(result)
     except (TypeError, ValueError):
-        return dumps({"repr": repr(result)[:1000]})
+        text = dumps({"repr": repr(result)[:1000]})
+    # A program's output or an echoing receiver's answer may carry a secret the action was given.
+    return REDACTOR.redact(text) if REDACTOR else text
 
 
 # What the journal keeps of an event (issue: a 65 KB binary varbind was stored as 130 KB of hex
