@@ -111,6 +111,7 @@ async def test_run_action_validates_runs_and_captures_the_log() -> None:
     assert run.log.events("info") == ["an info line"]
     first = run.logs[0]
     assert first["step"] == "bound" and first["rule"] == "test-rule" and "event_id" in first
+    assert first["action"] == "kit.chatty" and first["action_id"] == "1"  # bound as trapd binds them
     with pytest.raises(ParamError, match="n"):
         await run_action(chatty, {"n": "seven"})
     with pytest.raises(ParamError, match="unknown"):

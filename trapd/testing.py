@@ -363,7 +363,7 @@ async def run_action(
     pass, and whatever the action raises (``RetryableError``,
     ``PermanentError``): test that with ``pytest.raises``.
     """
-    log = CapturedLog()
+    log = CapturedLog(action=spec.name)  # the dispatcher binds the action's name too
     ctx = make_context(
         event, http=http, kea=kea, settings=settings, rule="test-rule", attempt=attempt, log=log
     )
