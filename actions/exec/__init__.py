@@ -130,7 +130,9 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             start_new_session=True,  # its own process group, so the timeout kills its children too
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-        raise PermanentError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        # exc.filename says which: the program, or a cwd that is missing or not a directory.
+        which = f": {exc.filename}" if exc.filename and exc.filename != argv[0] else ""
+        raise PermanentError(f"cannot run {argv[0]}: {exc.strerror or exc}{which}") from None
     proc = asyncio.subprocess.Process(transport, watch, loop)
     assert proc.stdout is not None and proc.stderr is not None
     out, err = bytearray(), bytearray()

@@ -145,3 +145,9 @@ async def test_cancelling_the_action_kills_the_process_group(tmp_path: Path) -> 
     while not _gone(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert _gone(pid)
+
+
+async def test_a_missing_working_directory_is_named_not_the_program(tmp_path: Path) -> None:
+    # The program is there; what is missing is cwd. The reason must not send the operator to the program.
+    with pytest.raises(PermanentError, match=r"cannot run .*: No such file or directory: .*gone"):
+        await run(argv=[sys.executable, "-c", "pass"], cwd=str(tmp_path / "gone"))
