@@ -12,7 +12,9 @@ killed. The supervisor's pieces alone are in test_workers_unit.py.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import itertools
 import json
 import os
 import signal
@@ -583,6 +585,52 @@ def test_sigterm_during_a_reload_abandons_it_without_ready_after_stopping(tmp_pa
         assert not [m for m in after if "READY" in m or "reload" in m.get("STATUS", "")], after
         supervisor = [e for e in d.logs() if e.get("logger") == "trapd.supervisor"]
         assert not [e for e in supervisor if str(e.get("event", "")).startswith("reload")], supervisor[-8:]
+    finally:
+        d.close()
+
+
+def test_a_worker_waiting_out_its_restart_backoff_does_not_stop_the_watchdog(tmp_path: Path) -> None:
+    """The backoff before a restart reaches 8 s (the 4th death in a minute), longer than the
+    supervisor's staleness bound (half of WatchdogSec, or 3 status intervals) with a short
+    WatchdogSec: the dead worker then counted as "down" rather than "restarting" and WATCHDOG=1
+    was withheld until it came back, so systemd would have killed the unit for a worker the
+    supervisor was restarting. Here the first backoff is raised to 4 s (a wrapper, as below)
+    and WatchdogSec is 2 s: no gap between pings may reach it."""
+    wrapper = tmp_path / "run.py"
+    wrapper.write_text(
+        "import sys\nimport trapd.service.workers as w\nw.BACKOFF_FIRST = 4.0\n"
+        "from trapd.cli import main\nsys.exit(main(['run', '--config', sys.argv[1]]))\n"
+    )
+    d = TrapdDaemon(tmp_path, free_port(), free_port(socket.SOCK_STREAM))
+    d.rules_path.write_text(SEQ_RULES.format(prefix="x"))
+    d.write_config({"service": {"workers": 2, "status_interval": 0.3}})
+    from notify_harness import NotifySocket
+
+    d.notify = notify = NotifySocket(tmp_path / "notify.sock")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env.update(NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="2000000")
+    d.proc = subprocess.Popen(
+        [sys.executable, str(wrapper), str(d.config_path)], cwd=tmp_path, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    import threading
+
+    threading.Thread(target=d._read_log, args=(d.proc,), daemon=True).start()
+    try:
+        d.wait_ready()
+        notify.wait_for("WATCHDOG", 5)
+        os.kill(worker_pids(d)[1], signal.SIGKILL)
+        pings = [time.monotonic()]
+        deadline = pings[0] + 20
+        while not d.logs("worker ready") and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                if "WATCHDOG" in notify.receive(0.1):
+                    pings.append(time.monotonic())
+        assert d.logs("worker ready"), "worker 1 not restarted"
+        pings.append(time.monotonic())  # the silence up to its return counts too
+        gaps = [round(b - a, 2) for a, b in itertools.pairwise(pings)]
+        assert pings[-1] - pings[0] > 4 and max(gaps) < 2.0, gaps
+        assert d.stop() == 0
     finally:
         d.close()
 

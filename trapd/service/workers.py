@@ -683,7 +683,9 @@ class Supervisor:
                     states[slot.index] = "unresponsive"
                 else:
                     states[slot.index] = "ok" if slot.ready else "starting"
-            elif slot.restart_handle is not None and now - slot.died_at <= stale:
+            # Restarting for as long as its backoff (up to the policy's cap) plus the usual bound: a
+            # backoff longer than ``stale`` must not withhold WATCHDOG=1 for a worker on its way back.
+            elif slot.restart_handle is not None and now - slot.died_at <= stale + slot.restarts.cap:
                 states[slot.index] = "restarting"
             else:
                 states[slot.index] = "down"
