@@ -70,7 +70,10 @@ def test_notification_under_vendor_module(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- source
 
 
-SOURCES = "{access: [10.20.0.0/16, 10.21.0.5], v6: ['2001:db8::/32'], mixed: [10.0.0.0/8, '!10.9.0.0/16']}"
+SOURCES = (
+    "{access: [10.20.0.0/16, 10.21.0.5], v6: ['2001:db8::/32'], mixed: [10.0.0.0/8, '!10.9.0.0/16'],"
+    " not-lab: ['!10.9.99.0/24'], both: [mixed, not-lab]}"
+)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +103,19 @@ SOURCES = "{access: [10.20.0.0/16, 10.21.0.5], v6: ['2001:db8::/32'], mixed: [10
         ("10.20.1.5", "['10.20.0.0/16', '!::ffff:10.20.1.5']", False),
         ("10.20.1.5", "10.20.1.5", True),
         ("10.20.1.6", "10.20.1.5/32", False),
+        # a group with exclusions beside another entry: the group's "!" is the group's own, it does
+        # not take away what the other entry adds ("in some positive entry and in no excluded one")
+        ("10.9.1.1", "[mixed, 10.9.1.1]", True),
+        ("10.9.1.2", "[mixed, 10.9.1.1]", False),
+        ("10.8.1.1", "[mixed, 10.9.1.1]", True),
+        ("10.9.1.1", "[mixed, 10.9.0.0/16, '!10.9.1.1']", False),  # the list's own "!" still applies
+        ("10.9.1.2", "[mixed, 10.9.0.0/16, '!10.9.1.1']", True),
+        ("10.9.1.1", "[mixed, not-lab]", True),  # two groups with exclusions: either one
+        ("10.99.1.1", "[mixed, not-lab]", True),
+        ("10.20.99.1", "[mixed, not-lab]", True),
+        ("10.9.99.1", "[mixed, not-lab]", False),  # excluded by both
+        ("10.9.1.1", "[both]", True),  # the same through a group defined that way
+        ("10.9.99.1", "both", False),
     ],
 )
 def test_source(tmp_path: Path, source: str, spec: str, expected: bool) -> None:
@@ -118,11 +134,11 @@ def test_source(tmp_path: Path, source: str, spec: str, expected: bool) -> None:
 def test_group_of(tmp_path: Path) -> None:
     rs = rules_for(tmp_path, "{version: v2c}", SOURCES)
     assert rs.group_of("10.20.3.3") == "access"
-    assert rs.group_of("10.9.0.1") is None
+    assert rs.group_of("10.9.99.1") is None  # in no group (not-lab is all but 10.9.99.0/24)
     assert rs.group_of("10.8.0.1") == "mixed"
     assert rs.group_of("2001:db8::1") == "v6"
     assert rs.group_of("not an address") is None
-    assert set(rs.source_groups) == {"access", "v6", "mixed"}
+    assert set(rs.source_groups) == {"access", "v6", "mixed", "not-lab", "both"}
 
 
 # ---------------------------------------------------------------- version / community / user

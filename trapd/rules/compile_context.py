@@ -20,7 +20,7 @@ from trapd.listener.raw import Oid
 from trapd.params import ParamError, parse_duration
 from trapd.rules.problems import Problems
 from trapd.rules.resolver import SymbolResolver, lookup_name
-from trapd.rules.sources import AddressSet, Net, parse_net
+from trapd.rules.sources import AddressSet, AddressUnion, Net, parse_net
 from trapd.yamlsource import Mark, YDict, YList, where
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
@@ -70,6 +70,9 @@ class CompileContext:
         exc: list[Net] = []
         every = False
         ok = True
+        holed: list[AddressSet] = []  # groups with exclusions of their own, named as positive entries
+        plain: list[Net] = []  # the other positive entries
+        own: list[Net] = []  # the list's own exclusions (its "!" entries)
         for entry, emark in zip(entries, marks, strict=False):
             if not isinstance(entry, str):
                 self.problems.error(
@@ -83,7 +86,7 @@ class CompileContext:
             if text in self.groups:
                 g = self.groups[text]
                 if neg:
-                    if g.exclude or g.include_all:
+                    if g.exclude or g.include_all or g.parts:
                         self.problems.error(
                             f"{what}: group {text!r} has exclusions and cannot be negated here; "
                             "use {not: ...}",
@@ -92,10 +95,15 @@ class CompileContext:
                         ok = False
                         continue
                     exc += g.include
+                    own += g.include
                 else:
                     inc += g.include
                     exc += g.exclude
                     every = every or g.include_all
+                    if g.exclude or g.include_all or g.parts:
+                        holed.append(g)
+                    else:
+                        plain += g.include
                 continue
             try:
                 net = parse_net(text)
@@ -108,8 +116,13 @@ class CompileContext:
                 ok = False
                 continue
             (exc if neg else inc).append(net)
+            (own if neg else plain).append(net)
         if not ok:
             return None
+        if holed and (plain or len(holed) > 1 or holed[0].parts):
+            # The groups' exclusions are their own: the set is the union (see AddressSet.parts).
+            parts = (*holed, AddressSet(tuple(plain))) if plain else tuple(holed)
+            return AddressUnion(tuple(inc), tuple(own), every, parts)
         if not inc and not every:
             every = True  # only exclusions: everything but those
         return AddressSet(tuple(inc), tuple(exc), every)

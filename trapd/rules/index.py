@@ -168,7 +168,7 @@ class RuleIndex:
                 ]
                 self._src_alts[src.nets.include] = src_alts
             groups.append(src_alts)
-            if not src.nets.exclude:
+            if not src.nets.exclude and not src.nets.parts:  # a union's parts have exclusions
                 settled.append(src)
         for atom in varbinds:
             if atom.exists is not False:

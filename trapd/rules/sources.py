@@ -64,6 +64,12 @@ class AddressSet:
     include: tuple[Net, ...]
     exclude: tuple[Net, ...] = ()
     include_all: bool = False  # only negative entries were given
+    # A list naming a group with exclusions beside other positive entries is their union, which
+    # one include/exclude pair cannot say: in [lab-but-x, 10.20.99.7] the group's "!" is its own
+    # and must not take 10.20.99.7 away. Then an address is in the set when it is in one of
+    # ``parts`` and in no ``exclude`` (the list's own); ``include`` is all the parts' networks.
+    # Such a set is an AddressUnion, so that the others' contains() pays nothing for it.
+    parts: tuple[AddressSet, ...] = ()
 
     def contains(self, key: tuple[int, int]) -> bool:
         version, value = key
@@ -79,8 +85,12 @@ class AddressSet:
 
     def covers(self, other: AddressSet) -> bool:
         """Conservative: True only when every address of ``other`` is surely in self."""
+        if other.parts:
+            return all(self.covers(p) for p in other.parts)
         if self.exclude and not all(e in other.exclude for e in self.exclude):
             return False
+        if self.parts:
+            return any(p.covers(other) for p in self.parts)
         if self.include_all:
             return True
         if other.include_all:
@@ -97,6 +107,18 @@ class AddressSet:
             exc += s.exclude
             every = every or s.include_all
         return cls(tuple(inc), tuple(exc), every)
+
+
+@dataclass(frozen=True, slots=True)
+class AddressUnion(AddressSet):
+    """An AddressSet that is the union of its ``parts``, less its own ``exclude``."""
+
+    def contains(self, key: tuple[int, int]) -> bool:
+        version, value = key
+        for v, net, mask in self.exclude:
+            if v == version and value & mask == net:
+                return False
+        return any(p.contains(key) for p in self.parts)
 
 
 def _net_in(inner: Net, outer: Net) -> bool:
