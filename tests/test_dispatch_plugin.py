@@ -118,3 +118,34 @@ def test_runs_from_a_rule(plugin_path: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("done ")
     assert (notes / "ports.log").read_text() == "10.20.1.5 ifIndex 17 down\n"
+
+
+BAD_PARAMS = '''
+from trapd.plugin import action
+
+@action("bad.params", params={"x": "string"}, idempotent=True)
+async def bad(params, ctx):
+    """Declares its parameter as a plain string, not a Param (a mistake)."""
+'''
+
+
+def test_a_plugin_whose_params_are_not_params_is_reported_not_a_crash(tmp_path: Path) -> None:
+    # Before, `trapd actions` and `trapd schema rules` died on it with an AttributeError traceback,
+    # built-ins and all, instead of listing it as a plugin that failed to load.
+    (tmp_path / "bad_plugin.py").write_text(BAD_PARAMS)
+    dist = tmp_path / "bad_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[trapd.actions]\nbad.params = bad_plugin:bad\n")
+    trapd = [sys.executable, "-m", "trapd.cli"]
+    out = subprocess.run([*trapd, "actions"], env=env_with(tmp_path), capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert (
+        "failed to load bad.params = bad_plugin:bad: TypeError: action bad.params: parameter 'x'"
+        in out.stderr
+    )
+    assert "\nexec\n" in out.stdout  # the others are still listed
+    schema = subprocess.run(
+        [*trapd, "schema", "rules"], env=env_with(tmp_path), capture_output=True, text=True
+    )
+    assert schema.returncode == 0 and "Traceback" not in schema.stderr, schema.stderr[-2000:]

@@ -155,6 +155,7 @@ def action(
     def wrap(fn: RunFunc) -> ActionSpec:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"action {name}: run must be an async function")
+        _check_params(name, params)
         return ActionSpec(
             name=name,
             run=fn,
@@ -193,6 +194,7 @@ def as_spec(obj: Any) -> ActionSpec:
         raise TypeError(f"{obj!r} is not an action: it needs name, params and an async run")
     if run is None or not inspect.iscoroutinefunction(run):
         raise TypeError(f"action {obj.name}: run must be an async method")
+    _check_params(obj.name, obj.params)
     return ActionSpec(
         name=obj.name,
         run=run,
@@ -205,6 +207,15 @@ def as_spec(obj: Any) -> ActionSpec:
         kea_families=getattr(obj, "kea_families", None),
         per_peer=getattr(obj, "per_peer", None),
     )
+
+
+def _check_params(name: str, params: Mapping[str, Any]) -> None:
+    """A declaration trapd can describe and validate; else TypeError (reported as a broken plugin)."""
+    for pname, param in params.items():
+        if not isinstance(pname, str) or not isinstance(param, Param):
+            raise TypeError(
+                f"action {name}: parameter {pname!r} is declared as {type(param).__name__}, not a Param"
+            )
 
 
 @dataclass
