@@ -242,6 +242,22 @@ def test_a_directory_stands_for_its_yaml_files(tmp_path: Path, capsys: pytest.Ca
     assert "10-a.yaml, " in capsys.readouterr().out
 
 
+def test_check_of_a_directory_without_rule_files_checks_nothing_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`trapd check DIR` with no *.yaml in DIR fell back to the files trapd.yaml names, and gave
+    their verdict ("OK: rules.yaml") for a directory it had not checked."""
+    write(tmp_path, RULES, "rules.yaml")
+    cfg = write(tmp_path, "rules: {files: [rules.yaml]}\nmibs: {dirs: []}\n", "trapd.yaml")
+    empty = tmp_path / "rules.d"
+    empty.mkdir()
+    write(tmp_path, "rules: []\n", "rules.d/README.txt")
+    assert main(["check", "--config", str(cfg), str(empty)]) == 2
+    captured = capsys.readouterr()
+    assert "rules.yaml" not in captured.out
+    assert f"no rule files (*.yaml) in {empty}" in captured.err
+
+
 def test_trapd_test_as_a_program(tmp_path: Path) -> None:
     """The real entry point, with the installed plugins, as a subprocess."""
     rules = write(

@@ -80,7 +80,13 @@ def _check(args: argparse.Namespace) -> int:
             config = load_config(config_path)
         except ConfigError as exc:
             problems.append(exc)
-    paths = expand_rule_paths(args.files) or config.rule_paths()
+    # Files named on the command line are what is checked, even when a directory among them has
+    # no rule files: falling back to trapd.yaml's would give their verdict for the directory.
+    paths = expand_rule_paths(args.files) if args.files else config.rule_paths()
+    if not paths and args.files:
+        named = ", ".join(map(str, args.files))
+        print(f"trapd check: no rule files (*.yaml) in {named}", file=sys.stderr)
+        return 2
     if not paths:
         for p in problems:
             print(f"{p.mark or 'trapd'}: {p.severity}: {p.message}")
