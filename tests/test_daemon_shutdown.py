@@ -166,3 +166,28 @@ def test_an_action_past_the_shutdown_timeout_is_stopped_and_runs_again(tmp_path:
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_reloaded_shutdown_timeout_waits_for_the_restart_as_the_log_says(tmp_path: Path) -> None:
+    """dispatch settings need a restart (a reload logs "changed settings take effect at the next
+    restart"), and the supervisor of several workers keeps the running ones for its stop deadline;
+    the daemon's own stop took the reloaded dispatch.shutdown_timeout all the same (here: waited
+    8 s for the action instead of the 1 s it runs with)."""
+    marks = tmp_path / "marks"
+    d = TrapdDaemon.start(
+        tmp_path, rules=slow_rules(marks, 8), config={"dispatch": {"workers": 2, "shutdown_timeout": "1s"}}
+    )
+    try:
+        d.write_config({"dispatch": {"workers": 2, "shutdown_timeout": "120s"}})
+        d.signal(signal.SIGHUP)
+        assert d.notify is not None
+        d.notify.wait_for("READY", 10)
+        d.wait_log("changed settings take effect at the next restart", 10)
+        snmp_send("snmptrap", *link_down(d.target(), 9), check=True)
+        assert wait_marks(marks, "start", 1) == ["start 9"]
+        t0 = time.monotonic()
+        assert d.stop() == 0
+        assert time.monotonic() - t0 < 6  # the 1 s it runs with (and load), not the action's 8 s
+        d.wait_log("actions still running at shutdown: they will run again")
+    finally:
+        d.close()

@@ -33,6 +33,7 @@ from trapd.service.lifecycle import (
     cancel_all,
     compile_reload,
     failure_reason,
+    keep_restart_needed,
     load_startup,
     release_rules,
     start_metrics,
@@ -595,7 +596,9 @@ class Daemon:
         # Freed in a thread, a slice at a time: dropped here, a big set held the loop (release_rules).
         asyncio.get_running_loop().run_in_executor(None, release_rules, old)
         del old
-        self.config = config
+        # The settings warned about above keep running as they are (the stop's dispatch.shutdown_timeout
+        # too, which the supervisor of several workers also keeps for its deadline).
+        self.config = keep_restart_needed(config, self.config)
         self.stats.reloads["ok"] += 1
         self._reload_error = None
         self.health = Health(True, "ok")
