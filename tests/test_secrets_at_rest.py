@@ -72,7 +72,10 @@ def test_secrets_reach_the_actions_but_not_the_journal_or_any_output(
     seen = tmp_path / "seen.txt"
     script = tmp_path / "record.sh"
     # It also prints them, as a script under `set -x` does: trapd logs a program's output.
-    script.write_text(f'#!/bin/sh\necho "$S_ENV $S_INLINE $P_ENV $P_INLINE" | tee -a {seen}\n')
+    environment = tmp_path / "environment.txt"  # what each run's environment held
+    script.write_text(
+        f'#!/bin/sh\necho "$S_ENV $S_INLINE $P_ENV $P_INLINE" | tee -a {seen}\nenv >> {environment}\n'
+    )
     script.chmod(0o755)
     rules = f"""
 rules:
@@ -93,16 +96,21 @@ rules:
     d = TrapdDaemon.start(tmp_path / "trapd", rules=rules, config=config)
     try:
         snmp_send("snmptrap", *link_down(d.target(), 5, community=COMMUNITY))
+        # v1 (its community in snmpTrapCommunity.0), with the ifIndex the rule renders into PORT.
         snmp_send(
-            "snmptrap", "-v", "1", "-c", COMMUNITY, d.target(), "1.3.6.1.4.1.9", "127.0.0.1", "2", "0", ""
-        )
-        assert d.wait_metric("trapd_actions_total", 2, timeout=30, plugin="exec", outcome="done") >= 1
+            "snmptrap", "-v", "1", "-c", COMMUNITY, d.target(), "1.3.6.1.4.1.9", "127.0.0.1", "2", "0", "",
+            "1.3.6.1.2.1.2.2.1.1.6", "i", "6",
+        )  # fmt: skip
+        assert d.wait_metric("trapd_actions_total", 2, timeout=30, plugin="exec", outcome="done") == 2
         assert d.wait_metric("trapd_actions_total", 1, timeout=30, plugin="webhook", outcome="done") >= 1
     finally:
         d.stop()
     # The actions got the real values.
     assert seen.read_text().split()[:4] == [SETTING_FROM_ENV, SETTING_INLINE, PARAM_ENV, PARAM_INLINE]
     assert Hook.seen and Hook.seen[0] == HEADER
+    # The v1 trap's snmpTrapCommunity.0 binding reached the script, but not the community in it.
+    assert "TRAPD_VB_SNMPTRAPCOMMUNITY=" in environment.read_text()
+    assert COMMUNITY not in environment.read_text()
     # Nothing at rest holds them: the journal's files, byte for byte.
     files = [p for p in d.state_dir.iterdir() if p.name.startswith("journal")]
     assert files

@@ -209,12 +209,14 @@ def event_env(event: Event) -> dict[str, str]:
         "TRAPD_TRAP_NAME": _clean(event.trap_name),
         "TRAPD_UPTIME": "" if event.uptime is None else str(event.uptime),
     }
-    doc = json.dumps(event.to_dict(), separators=(",", ":"))
+    shown = event.to_dict()
+    doc = json.dumps(shown, separators=(",", ":"))
     if len(doc) <= EVENT_LIMIT:
         env["TRAPD_EVENT"] = doc
-    for vb in event.varbinds:
+    # The display text to_dict gives: a v1 trap's snmpTrapCommunity.0 is "(secret)" there.
+    for vb, vb_shown in zip(event.varbinds, shown["varbinds"], strict=True):
         name = "TRAPD_VB_" + _NAME.sub("_", vb.symbol.upper())
-        env.setdefault(name, _clean(vb.display)[:VALUE_LIMIT])
+        env.setdefault(name, _clean(vb_shown["display"])[:VALUE_LIMIT])
     return env
 
 
