@@ -13,7 +13,18 @@ class ActionError(Exception):
 
 
 class RetryableError(ActionError):
-    """Worth trying again later: the dispatcher backs off and retries."""
+    """Worth trying again later: the dispatcher backs off and retries.
+
+    ``retry_after``: seconds the other side asked us to wait (an HTTP Retry-After); the
+    retry is then not earlier than that, and the action dead if that is past its max_age.
+    """
+
+    retry_after: float | None = None
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class PermanentError(ActionError):

@@ -24,8 +24,10 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import re
 import ssl
+import time
 from typing import Any
 
 import httpx
@@ -110,11 +112,11 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         # then would hold the action until dispatch.action_timeout. This bounds the whole call.
         async with asyncio.timeout(timeout):
             if verify and not ca_file:
-                status, answer = await _send(ctx.http, method, url, body, raw_headers, timeout)
+                status, answer, wait = await _send(ctx.http, method, url, body, raw_headers, timeout)
             else:
                 tls: ssl.SSLContext | bool = _tls(ca_file) if verify else False
                 async with httpx.AsyncClient(verify=tls) as client:
-                    status, answer = await _send(client, method, url, body, raw_headers, timeout)
+                    status, answer, wait = await _send(client, method, url, body, raw_headers, timeout)
     except (httpx.TimeoutException, TimeoutError) as exc:
         raise RetryableError(f"{_where(url)}: no answer within {timeout:g}s ({type(exc).__name__})") from None
     except httpx.LocalProtocolError as exc:
@@ -129,14 +131,16 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     if 200 <= status < 300:
         return {"status": status, "answer": answer}
     if status >= 500 or status in RETRYABLE_STATUSES:
+        if wait is not None:  # 429 Too Many Requests, 503: the receiver said when to come back
+            raise RetryableError(f"{_where(url)} answered {status} (retry after {wait:g}s)", retry_after=wait)
         raise RetryableError(f"{_where(url)} answered {status}")
     raise PermanentError(f"{_where(url)} answered {status}: {answer[:200]}")
 
 
 async def _send(
     client: httpx.AsyncClient, method: str, url: str, body: Any, headers: dict[bytes, bytes], timeout: float
-) -> tuple[int, str]:
-    """The status and the start of the answer; the rest of the answer is never read (it may not end)."""
+) -> tuple[int, str, float | None]:
+    """The status, the start of the answer (the rest is never read: it may not end), its Retry-After."""
     async with client.stream(method, url, json=body, headers=headers, timeout=timeout) as response:
         kept = bytearray()
         async for chunk in response.aiter_bytes():
@@ -144,7 +148,23 @@ async def _send(
             if len(kept) >= ANSWER_BYTES:
                 break
         text = bytes(kept[:ANSWER_BYTES]).decode(response.encoding or "utf-8", "replace")
-        return response.status_code, text[:ANSWER_KEPT]
+        return response.status_code, text[:ANSWER_KEPT], _retry_after(response.headers.get("Retry-After"))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP-date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _tls(ca_file: str | None) -> ssl.SSLContext:

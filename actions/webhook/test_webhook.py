@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import ssl
 import subprocess
@@ -19,9 +20,12 @@ import httpx
 import pytest
 from trapd_actions.webhook import webhook
 
+from trapd.dispatch.config import DispatchConfig, JournalConfig, RetryDefaults
+from trapd.dispatch.dispatcher import Dispatcher
+from trapd.dispatch.journal import SQLiteJournal
 from trapd.params import ParamError, validate
 from trapd.plugin import PermanentError, RetryableError
-from trapd.testing import make_context, make_event, rule_file_problems
+from trapd.testing import make_context, make_event, make_outcome, plan, rule_file_problems
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -32,6 +36,9 @@ class Handler(BaseHTTPRequestHandler):
         self.received.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
         hooked = 200 if self.path.startswith("/hook/") else 404
         status = {"/ok": 200, "/created": 201, "/bad": 400, "/fail": 503, "/busy": 429}.get(self.path, hooked)
+        retry_after = {"/busy-3s": "3", "/busy-date": email.utils.formatdate(time.time() + 60, usegmt=True)}
+        if self.path in retry_after:
+            status = 429
         if self.path == "/slow":
             time.sleep(1.0)
             status = 200
@@ -39,6 +46,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self.send_response(status)
             self.send_header("Content-Length", str(len(answer)))
+            if self.path in retry_after:
+                self.send_header("Retry-After", retry_after[self.path])
             self.end_headers()
             self.wfile.write(answer)
         except ConnectionError:
@@ -289,3 +298,50 @@ async def test_a_header_name_that_is_not_a_token_is_permanent(http_server: str) 
         with pytest.raises(PermanentError, match="not a header name"):
             await call(url=f"http://{http_server}/ok", headers={name: "1"})
     assert Handler.received == []
+
+
+# -- 429 with Retry-After -----------------------------------------------------------------------
+
+
+async def test_retry_after_is_passed_on_in_seconds_or_as_a_date(http_server: str) -> None:
+    with pytest.raises(RetryableError, match=r"answered 429 \(retry after 3s\)") as caught:
+        await call(url=f"http://{http_server}/busy-3s")
+    assert caught.value.retry_after == 3
+    with pytest.raises(RetryableError) as caught:
+        await call(url=f"http://{http_server}/busy-date")
+    assert caught.value.retry_after is not None and 50 < caught.value.retry_after <= 60
+    with pytest.raises(RetryableError) as caught:
+        await call(url=f"http://{http_server}/busy")
+    assert caught.value.retry_after is None
+
+
+async def test_the_dispatcher_waits_as_long_as_retry_after_says(http_server: str, tmp_path: Path) -> None:
+    # A receiver that rate-limits says when to come back. Before, the dispatcher's backoff (here
+    # 50 ms) retried at once and the action went dead after max_attempts within a second.
+    config = DispatchConfig(
+        workers=1,
+        shutdown_timeout=1.0,
+        journal=JournalConfig(poll_interval=0.05),
+        retry=RetryDefaults(max_attempts=3, max_age=60.0, backoff=0.05, max_backoff=0.05, jitter=0.0),
+    )
+    journal = SQLiteJournal(tmp_path / "journal.sqlite")
+    await journal.open()
+    d = Dispatcher(config, journal, {"webhook": webhook}, kea=None)
+    await d.start()
+    try:
+        (id_,) = await d.submit(
+            make_event(), make_outcome(plan("webhook", {"url": f"http://{http_server}/busy-3s", "body": {}}))
+        )
+        deadline = time.monotonic() + 20
+        while d.stats.outcomes[("webhook", "retry")] < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        failed_at = time.time()
+        await asyncio.sleep(1.0)
+        entry = await journal.get(int(id_), with_event=False)
+        assert entry is not None and entry.attempts == 1 and entry.state == "failed", entry
+        assert entry.due is not None and entry.due >= failed_at + 2.5
+        assert len(Handler.received) == 1
+    finally:
+        await d.stop(1.0)
+        await journal.close()

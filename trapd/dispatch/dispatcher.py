@@ -990,6 +990,9 @@ class Dispatcher:
             )
             return
         due = now + self._backoff(job, attempt)
+        asked = getattr(exc, "retry_after", None)
+        if isinstance(asked, int | float) and asked > 0:
+            due = max(due, now + asked)  # the other side said when (HTTP 429/503 Retry-After)
         if endpoint is not None and endpoint in self.breakers and self.breakers[endpoint].open_until > due:
             due = self.breakers[endpoint].open_until
         if due > job.not_after:
