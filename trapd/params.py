@@ -296,6 +296,12 @@ def _url(p: Param, value: Any, name: str) -> str:
     parts = urllib.parse.urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ParamError(f"{name}: not an http:// or https:// URL: {_show(value)}")
+    if "@" in parts.netloc:
+        # Journaled with the parameters, shown in errors and logs: a password there is in clear.
+        raise ParamError(
+            f"{name}: no credentials in a URL (user:password@ would be journaled and logged in clear);"
+            " send them in a header declared secret (Authorization: {env: NAME})"
+        )
     if any(seg in (".", "..") for seg in parts.path.split("/")):
         # Clients resolve these segments: the request would go somewhere else than written.
         raise ParamError(f"{name}: a URL path has no . or .. segments: {_show(value)}")
