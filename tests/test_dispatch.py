@@ -548,3 +548,32 @@ async def test_a_secret_in_a_result_or_an_error_is_not_journaled(journal: SQLite
     assert dead is not None and dead.last_error is not None and "Bearer ***" in dead.last_error
     for path in journal.path.parent.iterdir():
         assert secret.reveal().encode() not in path.read_bytes(), path.name
+
+
+async def test_an_action_that_returns_an_unawaited_coroutine_is_not_done(journal: SQLiteJournal) -> None:
+    # `return ctx.http.post(...)` without await: nothing was sent. Before, the action was journaled
+    # done with '<coroutine object ...>' as its result.
+    sent: list[str] = []
+
+    async def send() -> dict[str, Any]:
+        sent.append("sent")
+        return {}
+
+    @action("forgot.await", params={}, idempotent=True)
+    async def forgot(params: dict[str, Any], ctx: ActionContext) -> Any:
+        """Forgets to await (test action)."""
+        return send()
+
+    d = Dispatcher(FAST, journal, {"forgot.await": forgot}, kea=None)
+    await d.start()
+    try:
+        ids = await d.submit(
+            make_event(), make_outcome(plan("forgot.await", {}, retry=RetryPolicy(max_attempts=1)))
+        )
+        await wait_for(lambda: sum(d.stats.outcomes.values()) >= 1, timeout=10)
+    finally:
+        await d.stop(0.5)
+    assert d.stats.outcomes[("forgot.await", "done")] == 0
+    e = await journal.get(int(ids[0]), with_event=False)
+    assert e is not None and e.state == "dead" and "coroutine" in (e.last_error or ""), e
+    assert sent == []

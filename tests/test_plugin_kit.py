@@ -158,3 +158,16 @@ async def test_kea_double_answers_a_real_kea_action_through_the_real_client() ->
     # A command the double has no answer for is "not supported", as Kea without the hook says.
     with pytest.raises(PermanentError, match=r"not supported|lease_cmds"):
         await run_action(lease_del, {"ip-address": "192.0.2.7"}, kea=KeaDouble().clients())
+
+
+async def test_run_action_fails_an_action_that_forgot_an_await() -> None:
+    async def post() -> None:
+        return None
+
+    @action("kit.forgot", params={}, idempotent=True)
+    async def forgot(params: dict[str, Any], ctx: ActionContext) -> Any:
+        """Returns the coroutine instead of awaiting it."""
+        return post()
+
+    with pytest.raises(TypeError, match="missing await"):
+        await run_action(forgot, {})

@@ -218,6 +218,21 @@ def _check_params(name: str, params: Mapping[str, Any]) -> None:
             )
 
 
+def checked_result(name: str, result: Any) -> ActionResult:
+    """``result``, unless it is an awaitable: then the action forgot an ``await`` and did nothing.
+
+    A TypeError then (an unexpected error: logged with its traceback, retried), not "done" with
+    ``<coroutine object ...>`` as the journaled result.
+    """
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()  # never run: no "was never awaited" warning on top of this error
+        raise TypeError(
+            f"action {name} returned {type(result).__name__} (a missing await?), not a dict or None"
+        )
+    return result  # type: ignore[no-any-return]
+
+
 @dataclass
 class LoadProblem:
     entry_point: str

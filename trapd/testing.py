@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from trapd.event import Event, VarBind, new_event_id, parse_oid
 from trapd.listener.raw import Security, SnmpType
 from trapd.params import validate
-from trapd.plugin import ActionContext, ActionLog, ActionResult, ActionSpec
+from trapd.plugin import ActionContext, ActionLog, ActionResult, ActionSpec, checked_result
 from trapd.rules.outcome import Outcome, PlannedAction, RateCap, RetryPolicy
 from trapd.secrets import resolve as resolve_secrets
 
@@ -367,7 +367,7 @@ async def run_action(
     ctx = make_context(
         event, http=http, kea=kea, settings=settings, rule="test-rule", attempt=attempt, log=log
     )
-    result = await spec.run(resolve_secrets(validate(spec.params, params)), ctx)
+    result = checked_result(spec.name, await spec.run(resolve_secrets(validate(spec.params, params)), ctx))
     return ActionRun(result, ctx, log)
 
 

@@ -63,7 +63,7 @@ from trapd.dispatch.peers import fan_out, peer_key
 from trapd.dispatch.stats import DispatchStats
 from trapd.event import Event
 from trapd.kea.config import peer_label
-from trapd.plugin import ActionContext, ActionError, ActionLog, ActionSpec, PermanentError
+from trapd.plugin import ActionContext, ActionError, ActionLog, ActionSpec, PermanentError, checked_result
 from trapd.rules.outcome import Outcome, PlannedAction
 from trapd.secrets import REDACTOR, SecretError
 from trapd.secrets import resolve as resolve_secrets
@@ -899,7 +899,7 @@ class Dispatcher:
             # In this task, not a task of its own (wait_for): three turns of the event loop fewer
             # per action, which is what the dispatcher lacks when a storm takes most turns.
             async with asyncio.timeout(self.config.action_timeout):
-                result = await spec.run(params, ctx)
+                result = checked_result(spec.name, await spec.run(params, ctx))
         except PermanentError as exc:
             answered = getattr(exc, "endpoint", None)
             if isinstance(answered, str) and answered:
