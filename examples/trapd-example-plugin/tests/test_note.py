@@ -40,3 +40,10 @@ async def test_needs_its_directory_in_trapd_yaml() -> None:
 async def test_a_rule_cannot_pass_a_long_file_name(tmp_path: Path) -> None:
     with pytest.raises(ParamError, match="file"):
         await run_action(note, {**LINE, "file": "x" * 101}, settings={"dir": str(tmp_path)})
+
+
+async def test_a_trap_value_cannot_add_lines(tmp_path: Path) -> None:
+    # A value carrying CR, a vertical tab, U+2028...: each is a line break to some reader of the file.
+    text = "sw1 port 17\rFAKE 1\x0bFAKE 2\u2028FAKE 3\r\nFAKE 4"
+    await run_action(note, {**LINE, "text": text}, settings={"dir": str(tmp_path)})
+    assert len((tmp_path / "ports.log").read_text().splitlines()) == 1

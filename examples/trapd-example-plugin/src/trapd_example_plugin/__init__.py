@@ -45,7 +45,8 @@ async def note(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     if "/" in name or name in ("", ".", ".."):
         raise PermanentError(f"file must be a plain file name, got {name!r}")
     path = Path(directory) / name
-    line = params["text"].replace("\n", " ") + "\n"
+    # Every line boundary (CR, VT, U+2028... not only LF): a trap value must not add lines.
+    line = " ".join(params["text"].splitlines()) + "\n"
     try:
         # File I/O blocks; a thread keeps the event loop (and the trap receiver) free.
         await asyncio.to_thread(_append, path, line)
