@@ -288,6 +288,20 @@ def test_source_filter() -> None:
     assert SourceFilter([]).open
 
 
+def test_allowed_sources_in_the_ipv4_mapped_form_are_their_ipv4_networks(tmp_path: Path) -> None:
+    # A dual-stack socket reports 10.1.2.3 as ::ffff:10.1.2.3, and trapd compares it as IPv4:
+    # an entry written the way `trapd listen` shows such a sender must allow it, not nothing.
+    from trapd.config import load_config
+
+    (tmp_path / "trapd.yaml").write_text(
+        'listener:\n  allowed_sources: ["::ffff:10.0.0.0/104", "::ffff:192.0.2.7", "2001:db8::/32"]\n'
+    )
+    f = SourceFilter(load_config(tmp_path / "trapd.yaml").listener.allowed_sources)
+    assert f.allowed("10.1.2.3") and f.allowed("::ffff:10.1.2.3") and f.allowed("192.0.2.7")
+    assert f.allowed("2001:db8::1")
+    assert not f.allowed("11.1.2.3") and not f.allowed("192.0.2.8")
+
+
 def test_receive_buffer_is_set_and_reported() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         got = set_receive_buffer(s, 4 * 1024 * 1024)

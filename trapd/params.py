@@ -166,6 +166,23 @@ def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return addr
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def unmapped_network(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``::ffff:10.20.0.0/112`` as ``10.20.0.0/16``, any other network as it is.
+
+    A sender on a dual-stack socket (``::ffff:10.20.1.5``) is compared as IPv4, so a network
+    written in the mapped form (as ``trapd listen`` shows such a sender) must be IPv4 too, or
+    it never contains the address it names.
+    """
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    return net
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trapd.params import unmapped_network
 from trapd.secrets import Secret
 from trapd.yamlsource import ConfigError, Mark, YDict, check_keys, expect, where
 
@@ -155,7 +156,7 @@ class ListenerConfig:
         nets = []
         for i, s in enumerate(expect(n, "allowed_sources", list, "listener", [])):
             try:
-                nets.append(ipaddress.ip_network(str(s), strict=False))
+                nets.append(unmapped_network(ipaddress.ip_network(str(s), strict=False)))
             except ValueError:
                 raise ConfigError(
                     f"not a network or address: {s!r}", where(n["allowed_sources"], i)

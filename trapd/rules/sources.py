@@ -17,6 +17,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from trapd.params import unmapped_network
+
 Net = tuple[int, int, int]  # (version, network as int, mask as int)
 
 
@@ -25,15 +27,9 @@ Net = tuple[int, int, int]  # (version, network as int, mask as int)
 @functools.lru_cache(maxsize=16384)
 def parse_net(text: str) -> Net:
     """``10.0.0.0/8``, ``10.1.2.3``, ``2001:db8::/32`` -> (version, net, mask); ValueError otherwise."""
-    n = ipaddress.ip_network(text.strip(), strict=False)
-    if isinstance(n, ipaddress.IPv6Network) and n.prefixlen >= 96 and n.subnet_of(_MAPPED):
-        # ::ffff:10.20.0.0/112 is 10.20.0.0/16: a mapped sender is compared as IPv4 (addr_key),
-        # so an entry left as IPv6 would never match the address it names.
-        n = ipaddress.IPv4Network((int(n.network_address) & 0xFFFFFFFF, n.prefixlen - 96))
+    # A mapped sender is compared as IPv4 (addr_key): so is a mapped entry.
+    n = unmapped_network(ipaddress.ip_network(text.strip(), strict=False))
     return (n.version, int(n.network_address), int(n.netmask))
-
-
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def addr_key(text: str) -> tuple[int, int] | None:
