@@ -310,6 +310,17 @@ def test_duid_groups_are_octets(value: str, expected: str | None) -> None:
         assert convert(Param("hex"), value, "hex") == expected.replace(":", "")
 
 
+@pytest.mark.parametrize("value", ["\u0661\u0667", "\uff11\uff17", "1\u0667"])  # Arabic-Indic, fullwidth
+def test_an_integer_is_written_in_ascii_digits(value: str) -> None:
+    """int() reads any Unicode digit ("\u0661\u0667" is 17), so trap text in another script passed as
+    an integer (a subnet-id, a VLAN) although nothing that sends it to Kea means it as one."""
+    from trapd.params import Param, ParamError, convert
+
+    with pytest.raises(ParamError, match="expected an integer"):
+        convert(Param("integer"), value, "subnet-id")
+    assert convert(Param("integer"), " 17 ", "subnet-id") == 17
+
+
 @pytest.mark.parametrize("mac", ["426172313233", "0011223344aa"])
 def test_octets_with_a_display_hint_are_their_display_even_when_printable(tmp_path: Path, mac: str) -> None:
     """A MAC (DISPLAY-HINT 1x:) whose six octets happen to be printable (42:61:72:31:32:33 is

@@ -238,7 +238,8 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
     if t == "integer":
         if isinstance(value, bool):
             raise ParamError(f"{name}: expected an integer, got a boolean")
-        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        # [0-9], not \d: int() also reads other scripts' digits ("\u0661\u0667" is 17).
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
             value = int(value)
         if not isinstance(value, int):
             raise ParamError(f"{name}: expected an integer, got {_show(value)}")
