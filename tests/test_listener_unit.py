@@ -302,6 +302,21 @@ def test_allowed_sources_in_the_ipv4_mapped_form_are_their_ipv4_networks(tmp_pat
     assert not f.allowed("11.1.2.3") and not f.allowed("192.0.2.8")
 
 
+@pytest.mark.parametrize(
+    "setting", ["burst: .inf", "v3_slow_global: .nan", "per_source: .nan", "global: -.inf"]
+)
+def test_a_rate_limit_that_is_not_a_finite_number_is_refused(tmp_path: Path, setting: str) -> None:
+    # .inf and .nan are YAML floats: an infinite burst turned limiting off, and a NaN budget (it
+    # compares false with everything) let every message through, both without a word.
+    from trapd.config import load_config
+    from trapd.yamlsource import ConfigError
+
+    (tmp_path / "trapd.yaml").write_text(f"listener:\n  rate_limit:\n    {setting}\n")
+    with pytest.raises(ConfigError, match=r"finite number") as info:
+        load_config(tmp_path / "trapd.yaml")
+    assert "trapd.yaml:3" in str(info.value)
+
+
 def test_receive_buffer_is_set_and_reported() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         got = set_receive_buffer(s, 4 * 1024 * 1024)

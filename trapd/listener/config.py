@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,11 +168,11 @@ class ListenerConfig:
             "listener.rate_limit",
         )
         rate = RateLimit(
-            per_source=float(expect(rl, "per_source", (int, float), "rate_limit", 0)),
-            global_=float(expect(rl, "global", (int, float), "rate_limit", 0)),
-            burst=float(expect(rl, "burst", (int, float), "rate_limit", 2.0)),
-            v3_slow_per_source=float(expect(rl, "v3_slow_per_source", (int, float), "rate_limit", 10.0)),
-            v3_slow_global=float(expect(rl, "v3_slow_global", (int, float), "rate_limit", 100.0)),
+            per_source=_rate(rl, "per_source", 0),
+            global_=_rate(rl, "global", 0),
+            burst=_rate(rl, "burst", 2.0),
+            v3_slow_per_source=_rate(rl, "v3_slow_per_source", 10.0),
+            v3_slow_global=_rate(rl, "v3_slow_global", 100.0),
         )
         eid = expect(n, "engine_id", str, "listener")
         return cls(
@@ -183,6 +184,15 @@ class ListenerConfig:
             rate_limit=rate,
             engine_id=_hex(eid, where(n, "engine_id")) if eid else None,
         )
+
+
+def _rate(node: YDict, key: str, default: float) -> float:
+    """A rate_limit figure: a finite number. YAML's .inf would turn a limit off and .nan (it
+    compares false with every bound) let everything through, without a word either way."""
+    value = float(expect(node, key, (int, float), "rate_limit", default))
+    if not math.isfinite(value):
+        raise ConfigError(f"listener.rate_limit.{key} must be a finite number, got {value}", where(node, key))
+    return value
 
 
 def _hex(text: str, mark: Mark | None) -> bytes:
