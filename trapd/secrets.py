@@ -166,6 +166,23 @@ class Secret:
         return hash(self._value)
 
     @classmethod
+    def from_argument(cls, text: str) -> Secret:
+        """A command-line secret: ``env:NAME`` or ``file:PATH`` (read like trapd.yaml's), else the text.
+
+        The text itself is in the process's argv, which every local user can read (ps); the two
+        references keep it out. ConfigError for an unset variable or an unreadable file.
+        """
+        kind, sep, ref = text.partition(":")
+        if sep and kind in ("env", "file") and ref:
+            return cls.from_config({kind: ref}, None, base_dir=Path.cwd())
+        return cls(text, "command line")
+
+    @property
+    def on_command_line(self) -> bool:
+        """Given as plain text on a command line (see :meth:`from_argument`)."""
+        return self.origin == "command line"
+
+    @classmethod
     def from_config(cls, value: Any, mark: Mark | None = None, *, base_dir: Path | None = None) -> Secret:
         """Build from ``"inline"``, ``{file: PATH}`` or ``{env: NAME}``; ConfigError otherwise."""
         if isinstance(value, str):

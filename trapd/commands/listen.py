@@ -44,7 +44,10 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="address to listen on (repeatable; [::1]:PORT for IPv6; default 0.0.0.0:162)",
     )
     p.add_argument(
-        "--community", action="append", metavar="NAME", help="accept this v1/v2c community (repeatable)"
+        "--community",
+        action="append",
+        metavar="NAME",
+        help="accept this v1/v2c community (repeatable); env:VAR or file:PATH reads it from there",
     )
     p.add_argument(
         "--stats-interval",
@@ -90,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
             listener_config = dataclasses.replace(
                 listener_config,
                 communities=listener_config.communities
-                + tuple(Secret(c, "command line") for c in args.community),
+                + tuple(Secret.from_argument(c) for c in args.community),
             )
     except ConfigError as exc:
         print(f"trapd listen: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ restarts a worker that dies (see docs/service.md, "Several workers").
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "run the daemon (receive, match, dispatch)"
 
@@ -33,7 +34,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="listen address, repeatable; replaces the config's (IPv6: [::1]:162)",
     )
     p.add_argument(
-        "--community", action="append", metavar="NAME", help="accepted v1/v2c community, repeatable"
+        "--community",
+        action="append",
+        metavar="NAME",
+        help="accepted v1/v2c community, repeatable; env:VAR or file:PATH reads it from there "
+        "(plain text is in the process list for every local user to read)",
     )
     p.add_argument(
         "--rules", action="append", metavar="FILE", help="rule file, repeatable; replaces the config's"
@@ -62,6 +67,13 @@ def main(args: argparse.Namespace) -> int:
 
     options = RunOptions.from_args(args)
     config = options.load_or_exit()
+    if any(c.on_command_line for c in config.listener.communities):
+        # Once, at start (stderr: the journal under systemd); a reload reads the same argv.
+        print(
+            "trapd run: warning: a --community given as plain text is visible to every local user "
+            "(ps, /proc); give env:VAR or file:PATH, or put it in trapd.yaml",
+            file=sys.stderr,
+        )
     if config.service.workers > 1:
         from trapd.service.workers import run_supervisor
 

@@ -73,7 +73,7 @@ class RunOptions:
         if self.listen:
             listener = replace(listener, listen=tuple(parse_listen(a) for a in self.listen))
         if self.community:
-            listener = replace(listener, communities=tuple(Secret(c, "command line") for c in self.community))
+            listener = replace(listener, communities=tuple(Secret.from_argument(c) for c in self.community))
         if self.log_level is not None and self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"--log-level {self.log_level!r}: one of {', '.join(LOG_LEVELS)}")
         service = replace(
