@@ -96,8 +96,18 @@ def rule_files(code: str) -> list[str]:
         return ["\n".join([*HEAD, "  - name: doc-fragment", LOG, *match])]
     if first.startswith("foreach:"):  # alternatives, one after another
         parts = re.split(r"^(?=foreach:)", code, flags=re.M)
-        return ["\n".join([*HEAD, *MAC_RULE, "    actions: [{action: log, message: '{{ item.mac }}'}]",
-                           *indent(part, 4)]) for part in parts if part.strip()]
+        return [
+            "\n".join(
+                [
+                    *HEAD,
+                    *MAC_RULE,
+                    "    actions: [{action: log, message: '{{ item.mac }}'}]",
+                    *indent(part, 4),
+                ]
+            )
+            for part in parts
+            if part.strip()
+        ]
     if first.startswith("actions:"):
         return ["\n".join([*HEAD, *MAC_RULE, "    foreach: mac_changes", *indent(code, 4)])]
     if first.startswith("- action:"):  # one item of a rule's actions

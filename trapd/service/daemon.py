@@ -223,8 +223,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
         # (event, outcome, the inform acknowledgement to send once journaled if any, queued_size())
-        self._submit_queue: asyncio.Queue[tuple[Event, Outcome, PendingInform | None, int]] = (
-            asyncio.Queue(SUBMIT_QUEUE_MAX)
+        self._submit_queue: asyncio.Queue[tuple[Event, Outcome, PendingInform | None, int]] = asyncio.Queue(
+            SUBMIT_QUEUE_MAX
         )
         # queued_size() of what is in _submit_queue or in the batch _submit_loop is journaling,
         # and how many outcomes that is (exported: trapd_dispatch_backlog{,_bytes}).
@@ -503,9 +503,7 @@ class Daemon:
         # s.label: an HA relationship's peer by name (pair4/server2), a plain endpoint by its own.
         for s in statuses:
             if not s.reachable:
-                self.log.warning(
-                    "Kea endpoint unreachable", endpoint=s.label, family=s.family, error=s.error
-                )
+                self.log.warning("Kea endpoint unreachable", endpoint=s.label, family=s.family, error=s.error)
             elif not s.lease_cmds:
                 self.log.warning(
                     "Kea endpoint has no lease commands: load libdhcp_lease_cmds.so",
