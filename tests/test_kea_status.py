@@ -131,6 +131,27 @@ async def test_restore_from_file(
     assert capsys.readouterr().out.split()[0] == "exists"
 
 
+async def test_a_lease_that_has_run_out_since_is_not_restored(
+    kea: KeaInstance, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Re-adding a lease whose time is up gives the client nothing (Kea reclaims it), yet it was
+    sent and reported "restored". It is reported "expired", with when, and not sent."""
+    section = kea.trapd_kea_section(default_transport="ca")
+    cfg = write_config(tmp_path, section)
+    before, result = await deleted_result(kea, section)
+    capsys.readouterr()
+    for lease in result["leases"]:
+        lease["cltt"] = int(time.time()) - lease["valid-lft"] - 60  # ran out a minute ago
+    f = tmp_path / "leases.json"
+    f.write_text(json.dumps(result))
+    assert await_sync(trapd, ["kea", "restore", "--file", str(f), "--dry-run", "-c", str(cfg)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"expired": before["ip-address"], "not sent": True}
+    assert await_sync(trapd, ["kea", "restore", "--file", str(f), "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.split()[:2] == ["expired", before["ip-address"]] and "ran out at" in out
+    assert kea.lease4(before["ip-address"]) is None  # nothing was sent
+
+
 async def test_restore_from_journal(
     kea: KeaInstance, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

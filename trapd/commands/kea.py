@@ -14,7 +14,8 @@ trapd kea restore --file leases.json [--endpoint NAME]
     the journal entry's result, or from a JSON file holding that result, a
     list of leases, or {"leases": [...]}. Each lease goes back with
     lease4-add / lease6-add exactly as Kea had it (same expiry); a lease
-    that exists again is left alone and reported. --dry-run prints the
+    that exists again is left alone and reported, and one whose time has
+    run out since is reported as expired and not sent. --dry-run prints the
     lease*-add commands instead of sending them. On an HA relationship the
     journal holds one entry per peer; any of them restores on every peer
     where the lease was removed (--peer NAME: on that one only).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +196,7 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
     from trapd.kea.restore import (
         RestoreOutcome,
         add_arguments,
+        expired,
         lease_family,
         leases_from_result,
         restore_leases,
@@ -215,8 +218,12 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
         print("nothing to restore: no leases recorded")
         return 0
     if args.dry_run:
+        now = time.time()
         for part, leases in todo:
             for lease in leases:
+                if expired(lease, now):
+                    print(json.dumps({"expired": lease["ip-address"], "not sent": True}))
+                    continue
                 cmd = "lease4-add" if lease_family(lease) == "v4" else "lease6-add"
                 where = {"peer": part.peer} if part.peer else {}
                 print(json.dumps({"command": cmd, "arguments": add_arguments(lease), **where}))
@@ -239,4 +246,4 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
             + (f"  on {o.peer}" if o.peer else "")
             + (f"  ({o.detail})" if o.detail and o.status != "restored" else "")
         )
-    return 0 if all(o.status in ("restored", "exists") for o in outcomes) else 1
+    return 0 if all(o.status in ("restored", "exists", "expired") for o in outcomes) else 1

@@ -11,6 +11,7 @@ left out (Kea refuses fqdn-fwd/rev true without a hostname).
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +52,16 @@ def add_arguments(lease: Mapping[str, Any]) -> dict[str, Any]:
 class RestoreOutcome:
     ip_address: str
     family: str
-    status: str  # "restored", "exists", "failed"
+    status: str  # "restored", "exists", "expired" (not sent: its lease had run out), "failed"
     detail: str = ""
     peer: str | None = None  # the HA peer it went back to
+
+
+def expired(lease: Mapping[str, Any], now: float) -> bool:
+    """The recorded lease had run out by ``now`` (``cltt`` + ``valid-lft``): re-adding it would
+    give the client nothing, and Kea would reclaim it at once."""
+    expire = add_arguments(lease).get("expire")
+    return isinstance(expire, int) and expire <= now
 
 
 def leases_from_result(result: Any) -> list[dict[str, Any]]:
@@ -71,15 +79,21 @@ async def restore_leases(
     endpoint: str | None = None,
     peer: str | None = None,
 ) -> list[RestoreOutcome]:
-    """Re-add each lease; one that exists again is reported, not overwritten.
+    """Re-add each lease; one that exists again is reported, not overwritten, and one whose
+    lease has run out since is reported as ``expired`` and not sent.
 
     On an HA relationship: to ``peer`` (where kea.lease-del removed it), or
     to every peer when none is named (Kea HA does not copy a lease4-add).
     """
     out: list[RestoreOutcome] = []
+    now = time.time()
     for lease in leases:
         fam = lease_family(lease)
         ip = str(lease["ip-address"])
+        if expired(lease, now):
+            ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(add_arguments(lease)["expire"]))
+            out.append(RestoreOutcome(ip, fam, "expired", f"its lease ran out at {ends}; not re-added"))
+            continue
         servers = [clients.get(endpoint, fam, peer)] if peer is not None else clients.peers(endpoint, fam)
         cmd = "lease4-add" if fam == "v4" else "lease6-add"
         for kea in servers:
