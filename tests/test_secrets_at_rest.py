@@ -193,3 +193,17 @@ def test_a_community_round_trips_as_a_reference(monkeypatch: pytest.MonkeyPatch)
     assert Event.from_dict(d).security.community == "rt-c0mmunity"
     unknown = {**d, "security": {"community": {"$secret": "nowhere.yaml:1:1"}}}
     assert Event.from_dict(unknown).security.community == "<secret nowhere.yaml:1:1>"
+
+
+@pytest.mark.parametrize("value", ['pass"word-1', "back\\slash-2", "m\u00f6tley-cr\u00fce-3", "tab\there-4"])
+def test_a_secret_that_json_escapes_is_masked_in_a_stored_result(value: str) -> None:
+    # The journal stores a result as JSON, where " \\ non-ASCII and control characters are written
+    # escaped: the secret's own text is not in it, so masking only that text missed it.
+    from trapd.dispatch.journal.rows import dumps_result
+    from trapd.secrets import Secret
+
+    Secret(value, "test")
+    stored = dumps_result({"stdout": f"the password is {value}\n", "error": value})
+    assert value not in json.loads(stored)["stdout"] and value not in stored
+    assert json.dumps(value)[1:-1] not in stored
+    assert json.loads(stored) == {"stdout": "the password is ***\n", "error": "***"}

@@ -21,6 +21,7 @@ action then fails, permanently and saying why).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +42,11 @@ class Redactor:
         # Very short values would mask innocent text everywhere ("1", "a").
         if len(value) >= 4:
             self._values.add(value)
+            # Also as JSON writes it (the journal stores results as JSON): a secret with a quote,
+            # a backslash, a control or non-ASCII character is not its own text there.
+            escaped = json.dumps(value)[1:-1]
+            if escaped != value:
+                self._values.add(escaped)
 
     def redact(self, text: str) -> str:
         for v in self._values:
