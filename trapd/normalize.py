@@ -41,10 +41,9 @@ from trapd.event import (
     VarBind,
     new_event_id,
 )
-from trapd.listener.raw import Oid, RawNotification, RawVarBind
+from trapd.listener.raw import Oid, RawNotification, RawVarBind, v1_trap_oid
 from trapd.mibs import MibResolver
 
-SNMP_TRAPS: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 5)
 SNMP_TRAP_ADDRESS_OID: Oid = (1, 3, 6, 1, 6, 3, 18, 1, 3, 0)
 SNMP_TRAP_ENTERPRISE_OID: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 4, 3, 0)
 
@@ -114,20 +113,6 @@ def _check_twins() -> None:
 
 
 _check_twins()
-
-
-def v1_trap_oid(enterprise: Oid, generic: int, specific: int) -> Oid:
-    """snmpTrapOID.0 for a v1 trap (RFC 3584 3.1 (2), (3)); () when generic is out of range.
-
-    specific-trap becomes a sub-identifier (0..2^32-1), but goes on the wire as a signed
-    INTEGER: net-snmp's snmptrap sends 3000000000 as -1294967296. A negative one is read as
-    the unsigned 32-bit number it encodes, as an OID has no negative sub-identifier.
-    """
-    if generic == 6:
-        return (*enterprise, 0, specific & 0xFFFFFFFF)
-    if 0 <= generic <= 5:
-        return (*SNMP_TRAPS, generic + 1)
-    return ()
 
 
 def v1_varbinds(raw: RawNotification) -> list[RawVarBind]:

@@ -64,11 +64,10 @@ from typing import Final, Protocol
 
 from trapd.listener.ber import encode_oid_content, encode_tlv
 from trapd.listener.config import RateLimit
-from trapd.listener.raw import Oid, RawNotification
+from trapd.listener.raw import Oid, RawNotification, v1_trap_oid
 
 DEFAULT_MAX_SOURCES = 16384
 _SNMP_TRAP_OID = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
-_SNMP_TRAPS = (1, 3, 6, 1, 6, 3, 1, 1, 5)
 _V2C_PREFIX = b"\x02\x01\x01"  # version INTEGER 1 (v2c), right after the message SEQUENCE header
 
 
@@ -143,12 +142,9 @@ def needles(clearing: Clearing) -> tuple[bytes, ...] | None:
 def trap_oid_of(raw: RawNotification) -> Oid:
     """snmpTrapOID as ``trapd.normalize`` sees it (RFC 3584 for v1); () if the notification has none."""
     if raw.version == "v1":
-        generic = raw.v1_generic_trap
-        if generic == 6:
-            return (*(raw.v1_enterprise or ()), 0, (raw.v1_specific_trap or 0) & 0xFFFFFFFF)  # as normalize
-        if generic is not None and 0 <= generic <= 5:
-            return (*_SNMP_TRAPS, generic + 1)
-        return ()
+        if raw.v1_generic_trap is None:
+            return ()
+        return v1_trap_oid(raw.v1_enterprise or (), raw.v1_generic_trap, raw.v1_specific_trap or 0)
     for oid, kind, value in raw.varbinds:
         if oid == _SNMP_TRAP_OID and kind == "ObjectIdentifier":
             return value  # type: ignore[return-value]  # an Oid for this type
