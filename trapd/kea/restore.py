@@ -43,8 +43,9 @@ def add_arguments(lease: Mapping[str, Any]) -> dict[str, Any]:
         args.pop("fqdn-rev", None)
     if args.get("type") == "IA_NA":
         args.pop("prefix-len", None)
-    if isinstance(lease.get("cltt"), int) and isinstance(lease.get("valid-lft"), int):
-        args["expire"] = lease["cltt"] + lease["valid-lft"]
+    ends = expiry(lease)
+    if ends is not None:
+        args["expire"] = ends
     return args
 
 
@@ -57,11 +58,18 @@ class RestoreOutcome:
     peer: str | None = None  # the HA peer it went back to
 
 
+def expiry(lease: Mapping[str, Any]) -> int | None:
+    """When the recorded lease runs out (``cltt`` + ``valid-lft``); None if it does not say."""
+    if isinstance(lease.get("cltt"), int) and isinstance(lease.get("valid-lft"), int):
+        return int(lease["cltt"] + lease["valid-lft"])
+    return None
+
+
 def expired(lease: Mapping[str, Any], now: float) -> bool:
-    """The recorded lease had run out by ``now`` (``cltt`` + ``valid-lft``): re-adding it would
-    give the client nothing, and Kea would reclaim it at once."""
-    expire = add_arguments(lease).get("expire")
-    return isinstance(expire, int) and expire <= now
+    """The recorded lease had run out by ``now``: re-adding it would give the client nothing,
+    and Kea would reclaim it at once."""
+    ends = expiry(lease)
+    return ends is not None and ends <= now
 
 
 def leases_from_result(result: Any) -> list[dict[str, Any]]:
@@ -91,7 +99,7 @@ async def restore_leases(
         fam = lease_family(lease)
         ip = str(lease["ip-address"])
         if expired(lease, now):
-            ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(add_arguments(lease)["expire"]))
+            ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expiry(lease) or 0))
             out.append(RestoreOutcome(ip, fam, "expired", f"its lease ran out at {ends}; not re-added"))
             continue
         servers = [clients.get(endpoint, fam, peer)] if peer is not None else clients.peers(endpoint, fam)
