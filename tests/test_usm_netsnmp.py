@@ -1,7 +1,8 @@
 """Interop with net-snmp 5.9.3: every auth and priv protocol snmptrap offers, through the fast USM path.
 
-snmptrap -a MD5|SHA|SHA-224|SHA-256|SHA-384|SHA-512 and -x DES|AES|AES-192|AES-256
-(``snmptrap -h``; AES-192/256 are net-snmp's Blumenthal key extension). Two
+snmptrap -a MD5|SHA|SHA-224|SHA-256|SHA-384|SHA-512 and -x DES|AES|AES-192|AES-256 (``snmptrap
+-h``; AES-192/256 are net-snmp's Blumenthal key extension) and -x AES-192-C|AES-256-C (not in the
+help text: Cisco's variant, Reeder's key extension). Two
 layers: the datagram snmptrap sends, read by the fast path and by pysnmp
 (same RawNotification); and a real ``trapd listen`` receiving snmptrap's
 traps, where the replay refusal (which pysnmp would not make) shows that the
@@ -27,7 +28,15 @@ pytestmark = [pytest.mark.integration, needs_netsnmp]
 SENDER = "8000000001020304"
 ZED = "80000000015a5a5a"  # a second engine of the same users, for the -Z boots/time tests
 TRAPD = "80004fb805aabbccddeeff0011"
-NETSNMP_PRIV = {"DES": "DES", "AES": "AES-128", "AES-192": "AES-192", "AES-256": "AES-256"}
+# net-snmp's -x name -> trapd's priv_protocol. AES-192-C/AES-256-C: Cisco's key extension (Reeder).
+NETSNMP_PRIV = {
+    "DES": "DES",
+    "AES": "AES-128",
+    "AES-192": "AES-192",
+    "AES-256": "AES-256",
+    "AES-192-C": "AES-192-C",
+    "AES-256-C": "AES-256-C",
+}
 LINK_DOWN = "1.3.6.1.6.3.1.1.5.3"
 MARK_OID = "1.3.6.1.4.1.99999.1"
 
@@ -195,3 +204,17 @@ def test_wrong_keys_and_levels_from_netsnmp(trapd: TrapdListen) -> None:
         was = before["dropped"].get(reason, 0)
         trapd.wait_stats(lambda now, reason=reason, was=was: now["dropped"].get(reason, 0) > was)
         assert not [e for e in trapd.events_so_far(settle=0.05) if marked(mark)(e)]
+
+
+@pytest.mark.parametrize("priv", ["AES-192", "AES-256", "AES-192-C", "AES-256-C"])
+@pytest.mark.parametrize("auth", ["MD5", "SHA-224"])  # their keys are shorter than AES-256's: extended
+def test_snmpinform_with_extended_aes_keys_is_acknowledged(trapd: TrapdListen, auth: str, priv: str) -> None:
+    """An inform is addressed to trapd's engine and goes through pysnmp: its keys are localized
+    to trapd's engine ID (and extended by the variant the user names) there, not by the fast path."""
+    u, _, _ = combo(f"{auth}-{priv}".lower())
+    mark = f"inform-{u.user}-{next(_marks)}"
+    args = v3_args(u, auth, priv, engine=TRAPD)
+    r = snmp_send("snmpinform", *args, "-r", "1", "-t", "5", trapd.target(), *trap_args(mark))
+    assert r.returncode == 0, r.stderr
+    e = trapd.wait_event(marked(mark))
+    assert (e["kind"], e["security"]["user"], e["security"]["level"]) == ("inform", u.user, "authPriv")

@@ -23,7 +23,7 @@ from trapd.secrets import Secret
 
 LEVELS = {"noAuthNoPriv": 1, "authNoPriv": 2, "authPriv": 3}
 AUTHS = ("MD5", "SHA", "SHA-224", "SHA-256", "SHA-384", "SHA-512")
-PRIVS = ("DES", "AES-128", "AES-192", "AES-256")
+PRIVS = ("DES", "AES-128", "AES-192", "AES-256", "AES-192-C", "AES-256-C")
 
 
 def user(

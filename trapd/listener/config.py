@@ -12,7 +12,7 @@ Example::
         - user: trapuser
           auth_protocol: SHA-256       # MD5 SHA SHA-224 SHA-256 SHA-384 SHA-512, or none
           auth_key: {file: /etc/trapd/v3-auth.key}
-          priv_protocol: AES-128       # DES AES-128 AES-192 AES-256, or none
+          priv_protocol: AES-128       # DES AES-128 AES-192 AES-256 AES-192-C AES-256-C, or none
           priv_key: {env: TRAPD_V3_PRIV}
           engine_ids: ["80001f8880e9630000d61ff449"]   # senders allowed to use this user (traps)
       allowed_sources: [10.0.0.0/8, "::1"]   # empty: everyone; others are dropped before decoding
@@ -32,7 +32,9 @@ from trapd.secrets import Secret
 from trapd.yamlsource import ConfigError, Mark, YDict, check_keys, expect, where
 
 AUTH_PROTOCOLS = ("none", "MD5", "SHA", "SHA-224", "SHA-256", "SHA-384", "SHA-512")
-PRIV_PROTOCOLS = ("none", "DES", "AES-128", "AES-192", "AES-256")
+# AES-192/256: the Blumenthal key extension (net-snmp's -x AES-192/AES-256); AES-192-C/256-C:
+# Cisco's, the Reeder extension (net-snmp's -x AES-192-C/AES-256-C). See v3/keys.py.
+PRIV_PROTOCOLS = ("none", "DES", "AES-128", "AES-192", "AES-256", "AES-192-C", "AES-256-C")
 DEFAULT_PORT = 162
 DEFAULT_RCVBUF = 8 * 1024 * 1024
 
@@ -217,7 +219,14 @@ def _v3_user(node: Any, mark: Mark | None, base_dir: Path) -> V3User:
     priv = str(expect(n, "priv_protocol", str, "v3 user", "none"))
     auth = {"SHA1": "SHA", "SHA-1": "SHA"}.get(auth.upper(), auth.upper() if auth != "none" else auth)
     priv = priv.upper() if priv != "none" else priv
-    priv = {"AES": "AES-128", "AES128": "AES-128", "AES192": "AES-192", "AES256": "AES-256"}.get(priv, priv)
+    priv = {
+        "AES": "AES-128",
+        "AES128": "AES-128",
+        "AES192": "AES-192",
+        "AES256": "AES-256",
+        "AES192C": "AES-192-C",
+        "AES256C": "AES-256-C",
+    }.get(priv, priv)
     if auth not in AUTH_PROTOCOLS:
         raise ConfigError(
             f"auth_protocol must be one of {', '.join(AUTH_PROTOCOLS)}", where(n, "auth_protocol")

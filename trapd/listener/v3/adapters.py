@@ -89,13 +89,16 @@ def pysnmp_protocols(user: V3User) -> tuple[Any, Any]:
         "SHA-512": pc.USM_AUTH_HMAC384_SHA512,
     }[user.auth_protocol]
     # AES-192/256: the Blumenthal key extension (draft-blumenthal-aes-usm-04),
-    # which is what net-snmp's "AES-192"/"AES-256" use.
+    # which is what net-snmp's "AES-192"/"AES-256" use; AES-192-C/256-C: Cisco's,
+    # the Reeder extension (net-snmp's "AES-192-C"/"AES-256-C").
     priv = {
         "none": pc.USM_PRIV_NONE,
         "DES": pc.USM_PRIV_CBC56_DES,
         "AES-128": pc.USM_PRIV_CFB128_AES,
         "AES-192": pc.USM_PRIV_CFB192_AES_BLUMENTHAL,
         "AES-256": pc.USM_PRIV_CFB256_AES_BLUMENTHAL,
+        "AES-192-C": pc.USM_PRIV_CFB192_AES,
+        "AES-256-C": pc.USM_PRIV_CFB256_AES,
     }[user.priv_protocol]
     return auth, priv
 

@@ -4,12 +4,18 @@ Keys (RFC 3414 A.2, RFC 7860): the passphrase is stretched to 1 MiB and
 hashed once per user (:func:`password_to_key`, the "master key" Ku), then
 localized with each sender engine ID (:func:`localize_key`, Kul). The privacy
 key is derived with the user's authentication hash. AES-192/256 need more key
-than MD5, SHA-1 (and SHA-224 for AES-256) produce; the key is extended as in
-draft-blumenthal-aes-usm-04 section 3.1.2.1 (append the hash of the key so
-far), which is what net-snmp 5.9's AES-192/AES-256 do and what pysnmp calls
-``USM_PRIV_CFB*_AES_BLUMENTHAL``. (The "Reeder" extension, which Cisco's
-AES-192/256 use, re-runs password-to-key on the localized key; trapd's
-configuration has no name for it.)
+than MD5, SHA-1 (and SHA-224 for AES-256) produce, and there are two ways to
+extend it, both offered by net-snmp 5.9's snmptrap/snmpinform:
+
+* ``AES-192`` / ``AES-256`` (net-snmp's ``-x AES-192`` / ``AES-256``, pysnmp's
+  ``USM_PRIV_CFB*_AES_BLUMENTHAL``): draft-blumenthal-aes-usm-04 section
+  3.1.2.1, append the hash of the key so far (:func:`extend_key_blumenthal`);
+* ``AES-192-C`` / ``AES-256-C`` (net-snmp's ``-x AES-192-C`` / ``AES-256-C``,
+  Cisco's "aes 192/256", pysnmp's ``USM_PRIV_CFB*_AES``):
+  draft-reeder-snmpv3-usm-3desede-00 section 2.1, append the key so far run
+  through password-to-key and localized again (:func:`extend_key_reeder`).
+
+A key long enough already is only truncated, so the two agree there.
 
 The fast path (:mod:`trapd.listener.v3.usm`) localizes every user to its
 bound engines when the configuration is loaded; the pysnmp-fed receiver
@@ -40,6 +46,7 @@ __all__ = [
     "MasterKeys",
     "authentic",
     "extend_key_blumenthal",
+    "extend_key_reeder",
     "localize_key",
     "localized_user",
     "password_to_key",
@@ -55,7 +62,14 @@ AUTH_PROTOCOLS: Final[dict[str, tuple[str, int]]] = {
     "SHA-512": ("sha512", 48),
 }
 # Priv protocol -> octets of localized key it uses (DES: 8 of key + 8 of pre-IV, RFC 3414 8.1.1.1).
-PRIV_KEY_SIZES: Final[dict[str, int]] = {"DES": 16, "AES-128": 16, "AES-192": 24, "AES-256": 32}
+PRIV_KEY_SIZES: Final[dict[str, int]] = {
+    "DES": 16,
+    "AES-128": 16,
+    "AES-192": 24,
+    "AES-256": 32,
+    "AES-192-C": 24,
+    "AES-256-C": 32,
+}
 LEVEL_NAMES: Final[dict[int, SecurityLevel]] = {1: "noAuthNoPriv", 2: "authNoPriv", 3: "authPriv"}
 LEVEL_NUMBERS: Final[dict[str, int]] = {name: n for n, name in LEVEL_NAMES.items()}
 
@@ -94,6 +108,27 @@ def extend_key_blumenthal(localized: bytes, hash_name: str, size: int) -> bytes:
     while len(key) < size:
         key += hashlib.new(hash_name, key).digest()
     return key[:size]
+
+
+def extend_key_reeder(localized: bytes, engine_id: bytes, hash_name: str, size: int) -> bytes:
+    """A localized key extended to ``size`` octets (draft-reeder-snmpv3-usm-3desede-00 2.1).
+
+    Each round appends the key so far as a passphrase: password-to-key, then
+    localized to ``engine_id``. This is Cisco's AES-192/256, net-snmp's
+    AES-192-C/AES-256-C and pysnmp's ``USM_PRIV_CFB*_AES``.
+    """
+    key = localized
+    while len(key) < size:
+        key += localize_key(password_to_key(key, hash_name), engine_id, hash_name)
+    return key[:size]
+
+
+def extend_priv_key(localized: bytes, engine_id: bytes, hash_name: str, priv_protocol: str) -> bytes:
+    """The localized privacy key at the length ``priv_protocol`` uses, extended its way."""
+    size = PRIV_KEY_SIZES[priv_protocol]
+    if priv_protocol.endswith("-C"):
+        return extend_key_reeder(localized, engine_id, hash_name, size)
+    return extend_key_blumenthal(localized, hash_name, size)
 
 
 def master_key(secret: Any, hash_name: str, masters: MasterKeys) -> bytes:
@@ -160,7 +195,7 @@ def localized_user(user: V3User, engine_id: bytes, masters: MasterKeys | None = 
         return LocalizedUser(user.user, 2, hash_name, mac_length, auth_key)
     priv = user.priv_protocol
     priv_localized = localize_key(master_key(user.priv_key, hash_name, masters), engine_id, hash_name)
-    priv_key = extend_key_blumenthal(priv_localized, hash_name, PRIV_KEY_SIZES[priv])
+    priv_key = extend_priv_key(priv_localized, engine_id, hash_name, priv)
     if priv == "DES":
         des = Cipher(TripleDES(priv_key[:8] * 3), modes.ECB()).decryptor()
         pre_iv = int.from_bytes(priv_key[8:16], "big")
