@@ -156,3 +156,36 @@ def test_the_daemon_warns_about_a_broken_mib_once_not_at_every_start(tmp_path: P
             assert d.stop() == 0
         finally:
             d.close()
+
+
+@pytest.mark.parametrize("fifo", ["rules file", "file in the rules directory", "config file"])
+def test_a_fifo_is_refused_by_name_not_waited_on(tmp_path: Path, fifo: str) -> None:
+    """A FIFO (or any file that is not a regular one) where a YAML file is read: an error naming it.
+
+    Opening a FIFO for reading waits for a writer: before, `trapd check` (and the daemon's reload
+    thread) waited for ever. A FIFO named *.yaml in the rules directory was skipped in silence.
+    """
+    (tmp_path / "state").mkdir()
+    (tmp_path / "rules.d").mkdir()
+    (tmp_path / "rules.d" / "a.yaml").write_text(GOOD)
+    (tmp_path / "rules.yaml").write_text(GOOD)
+    settings = f"state_dir: {tmp_path / 'state'}\nmibs: {{dirs: []}}\n"
+    settings += "rules: {files: [rules.yaml], dir: rules.d}\n"
+    (tmp_path / "trapd.yaml").write_text(settings)
+    named = {
+        "rules file": tmp_path / "rules.yaml",
+        "file in the rules directory": tmp_path / "rules.d" / "b.yaml",
+        "config file": tmp_path / "trapd.yaml",
+    }[fifo]
+    named.unlink(missing_ok=True)
+    os.mkfifo(named)
+    environ = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")}
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "trapd", "check", "--config", "trapd.yaml"], cwd=tmp_path, env=environ,
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"trapd check waited on the FIFO {named}")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"{named}:1:1: error: cannot read: not a regular file (a FIFO)" in run.stdout, run.stdout

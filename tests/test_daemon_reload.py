@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import signal
 import sys
@@ -131,6 +132,35 @@ def test_a_bad_trapd_yaml_keeps_everything(tmp_path: Path) -> None:
         assert f"{d.config_path}:" in ready["STATUS"] and "mode" in ready["STATUS"], ready
         snmp_send("snmptrap", *link_down(d.target(), 6), check=True)
         logged(d, "A down 6")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("fifo", ["rules file", "file in the rules directory"])
+def test_a_fifo_among_the_rules_fails_the_reload_and_keeps_the_old_rules(tmp_path: Path, fifo: str) -> None:
+    """Before, the reload thread opened the FIFO and waited for a writer for ever: no reload again."""
+    rules_dir = tmp_path / "rules.d"
+    rules_dir.mkdir()
+    d = TrapdDaemon.start(tmp_path, rules=DOWN_A, config={"rules": {"dir": str(rules_dir)}})
+    try:
+        named = d.rules_path if fifo == "rules file" else rules_dir / "more.yaml"
+        named.unlink(missing_ok=True)
+        os.mkfifo(named)
+        ready = reload(d)
+        problem = f"{named}:1:1: cannot read: not a regular file (a FIFO)"
+        assert "reload failed" in ready["STATUS"] and problem in ready["STATUS"], ready
+        snmp_send("snmptrap", *link_down(d.target(), 7), check=True)
+        logged(d, "A down 7")
+
+        # The reload thread is free: the next reload, with the FIFO gone, works.
+        named.unlink()
+        if fifo == "rules file":
+            named.write_text(DOWN_A.replace("A down", "B down"))
+        ready = reload(d)
+        assert "FAILED" not in ready["STATUS"], ready
+        snmp_send("snmptrap", *link_down(d.target(), 8), check=True)
+        logged(d, ("B" if fifo == "rules file" else "A") + " down 8")
         assert d.stop() == 0
     finally:
         d.close()

@@ -30,7 +30,7 @@ from trapd.listener.config import ListenerConfig
 from trapd.mibs import MibConfig
 from trapd.secrets import Secret, source_reference
 from trapd.service.config import ServiceConfig
-from trapd.yamlsource import ConfigError, YDict, check_keys, expect, load_yaml_file, where
+from trapd.yamlsource import ConfigError, YDict, check_keys, expect, load_yaml_file, where, yaml_files_in
 
 DEFAULT_CONFIG = Path("/etc/trapd/trapd.yaml")
 MODES = ("enforce", "dry-run")
@@ -54,9 +54,7 @@ class Config:
         """Rule files in load order: the listed files, then rules.d/*.yaml by name."""
         paths = list(self.rules_files)
         if self.rules_dir is not None and self.rules_dir.is_dir():
-            paths += sorted(
-                p for p in self.rules_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
-            )
+            paths += yaml_files_in(self.rules_dir)
         return paths
 
     def with_overrides(self, **changes: Any) -> Config:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trapd.regularfile import read_regular_text
 from trapd.yamlsource import ConfigError, Mark
 
 
@@ -134,7 +135,7 @@ def _resolve_one(ref: str) -> str:
         return os.environ[name]
     if kind == "file":
         try:
-            lines = Path(name).read_text(encoding="utf-8").splitlines()
+            lines = read_regular_text(name).splitlines()
         except OSError as exc:
             raise SecretError(f"secret {ref}: cannot read the file: {exc.strerror or exc}") from None
         REDACTOR.add(lines[0] if lines else "")
@@ -204,7 +205,7 @@ class Secret:
                 if base_dir is not None and not path.is_absolute():
                     path = base_dir / path
                 try:
-                    text = path.read_text(encoding="utf-8")
+                    text = read_regular_text(path)
                 except OSError as exc:
                     raise ConfigError(f"cannot read secret file {path}: {exc.strerror or exc}", mark) from exc
                 lines = text.splitlines()

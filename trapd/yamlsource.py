@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from trapd.regularfile import read_regular_text
+
 
 @dataclass(frozen=True, slots=True)
 class Mark:
@@ -459,12 +461,25 @@ def load_yaml(text: str, source: str = "<string>") -> Any:
 def load_yaml_file(path: str | Path) -> Any:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_regular_text(p)  # a FIFO put in a rules file's place is refused, not waited on
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", Mark(str(p), 1, 1)) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text: {exc.reason}", Mark(str(p), 1, 1)) from exc
     return load_yaml(text, str(p))
+
+
+def yaml_files_in(directory: Path) -> list[Path]:
+    """The ``*.yaml`` / ``*.yml`` entries of a directory, by name, for loading as rule files.
+
+    An entry that exists but is not a regular file (a FIFO, a device) is listed, so that loading
+    refuses it by name rather than the directory losing it in silence. A subdirectory is not a
+    file, and a dangling symlink is left out: Emacs's lock file ``.#rules.yaml`` is one while
+    the file is being edited.
+    """
+    return sorted(
+        p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.exists() and not p.is_dir()
+    )
 
 
 def check_keys(node: Any, allowed: set[str] | frozenset[str], what: str) -> YDict:

@@ -24,7 +24,7 @@ from trapd.rules.outcome import Outcome, PlannedAction, RateCap, Rejection, Retr
 from trapd.rules.problems import Problems, RuleErrors
 from trapd.rules.resolver import SymbolResolver
 from trapd.rules.ruleset import Rule, RuleSet, RuleTrace
-from trapd.yamlsource import ConfigError
+from trapd.yamlsource import ConfigError, yaml_files_in
 
 __all__ = [
     "ConfigError",
@@ -147,7 +147,7 @@ def expand_rule_paths(names: Sequence[str | Path]) -> list[Path]:
     for name in names:
         p = Path(name)
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file())
+            out += yaml_files_in(p)
         else:
             out.append(p)
     return out
