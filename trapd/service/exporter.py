@@ -13,6 +13,12 @@ The server is deliberately tiny: HTTP/1.1 GET and HEAD, one request per
 connection, small request size and time limits, a cap on concurrent
 connections. It binds to loopback by default; put a reverse proxy in front
 for anything else.
+
+At the cap, a new connection closes the oldest one that has not yet sent
+its request head, rather than being refused: otherwise a few idle
+connections (a port scanner, a stuck script, any local user) renewed every
+request timeout would keep every scrape and health check out. A real
+client sends its request at once, so it is never the oldest for long.
 """
 
 from __future__ import annotations
@@ -68,7 +74,10 @@ class MetricsServer:
         self._host = host
         self._port = port
         self._max_connections = max_connections
-        self._active = 0
+        # Connections still waiting for their request head, oldest first (the ones evicted at the
+        # cap), and the number being answered (never evicted; bounded by the timeout).
+        self._reading: dict[asyncio.StreamWriter, None] = {}
+        self._answering = 0
         self._timeout = request_timeout
         self._server: asyncio.Server | None = None
 
@@ -103,15 +112,26 @@ class MetricsServer:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._active >= self._max_connections:
-            writer.close()
-            return
-        self._active += 1
-        try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout)
-            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        if len(self._reading) + self._answering >= self._max_connections:
+            if not self._reading:
+                writer.transport.abort()  # every slot is answering a request: that ends within the timeout
                 return
+            oldest = next(iter(self._reading))
+            del self._reading[oldest]
+            oldest.transport.abort()  # its handler sees the connection lost and returns
+        self._reading[writer] = None
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()  # nothing was written: closes at once
+            return
+        except BaseException:
+            writer.transport.abort()
+            raise
+        finally:
+            self._reading.pop(writer, None)
+        self._answering += 1
+        try:
             if self._refresh is not None and head.split(b" ", 2)[1:2] != [b"/"]:
                 try:
                     await self._refresh()
@@ -129,7 +149,7 @@ class MetricsServer:
             with contextlib.suppress(TimeoutError, ConnectionError):
                 await asyncio.wait_for(writer.drain(), self._timeout)
         finally:
-            self._active -= 1
+            self._answering -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
