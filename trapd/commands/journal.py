@@ -295,7 +295,7 @@ async def _show(journal: Any, args: argparse.Namespace) -> int:
             continue
         if k in ("received_at", "created", "due", "started", "finished", "age_from") and v:
             v = f"{_when(v)}  ({v:.3f})"
-        print(f"{k:<{width}}  {v}")
+        print(f"{k:<{width}}  {_safe(str(v))}")
     for k in ("params", "caps", "item", "result", "event"):
         if d.get(k) not in (None, [], {}):
             print(f"{k}:")
@@ -344,8 +344,8 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
         expires = (_when(e.due) if e.state == "held" else "",) if any_held else ()
         about = e.mac or e.ip or e.key
         rows.append(
-            (str(e.id), e.state, _when(when) if when else "?", *expires, str(e.attempts), e.rule, e.action,
-             e.source, _cut(about, 28), _cut(e.last_error or "", 60))
+            (str(e.id), e.state, _when(when) if when else "?", *expires, str(e.attempts), _safe(e.rule),
+             _safe(e.action), _safe(e.source), _cut(about, 28), _cut(e.last_error or "", 60))
         )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -353,8 +353,16 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
 
 
 def _cut(text: str, n: int) -> str:
-    text = text.replace("\n", " ")
+    text = _safe(text)
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _safe(text: str) -> str:
+    """Text for the terminal: a key, cancel key or error can carry a trap value or a program's
+    stderr, whose control characters (CR, ESC, C1) would rewrite the screen; shown as escapes."""
+    from trapd.service.logging import escape_controls
+
+    return escape_controls(text)
 
 
 def _when(t: float) -> str:

@@ -1,0 +1,85 @@
+"""The operator's commands used as a DHCP host's admin would: `trapd journal`, `trapd kea`,
+`trapd actions`, `trapd schema`, against real journals (SQLite files, the tests' PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from trapd.cli import main
+from trapd.dispatch.journal import NewEntry, SQLiteJournal
+from trapd.dispatch.testing import make_event
+
+# What a terminal acts on: C0 but the line feed that ends each line, DEL, C1.
+_TERMINAL_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def new(action: str, params: dict[str, object], key: str, **kw: object) -> NewEntry:
+    base: dict[str, object] = dict(
+        rule="port-up", action=action, index=0, params=params, key=key, mode="enforce",
+        state="pending", due=time.time(), max_attempts=3, backoff=1.0, max_age=3600.0,
+    )  # fmt: skip
+    base.update(kw)
+    return NewEntry(**base)  # type: ignore[arg-type]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def hostile_journal(tmp_path: Path) -> Path:
+    """What a switch's text (ifDescr "Gi1\\rOK\\x1b[2J") and a program's stderr leave in the journal:
+    a cancel key and a key (circuit-id) rendered from the trap, an error carrying the stderr."""
+    trap_text = "Gi1\rOK\x1b[2J\x9b31m\u2028X"
+
+    async def fill() -> None:
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as j:
+            now = time.time()
+            ev = make_event(source="10.20.1.5").to_dict()
+            r = await j.add(
+                ev,
+                [
+                    new(
+                        "exec",
+                        {"argv": ["/bin/false", trap_text]},
+                        "port-up#0@x",
+                        cancel_key=f"k:{trap_text}",
+                    ),
+                    new("kea.lease-del", {"circuit-id": trap_text}, f"circuit-id={trap_text}", index=1),
+                ],
+                [],
+                now,
+            )
+            await j.claim(r.ids[0], now)
+            await j.finish(r.ids[0], "dead", now, None, f"permanent error: exited with 3: {trap_text}\x07")
+
+    asyncio.run(fill())
+    return tmp_path
+
+
+def test_journal_text_output_escapes_terminal_controls(
+    hostile_journal: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trap value or a program's stderr cannot move the cursor, clear the screen or forge a line
+    in `trapd journal list / history / show`: control characters are shown as escapes."""
+    j = ("journal", "--state-dir", str(hostile_journal))
+    for argv in (("list", "--state", "all"), ("history", "--rule", "port-up"), ("show", "1"), ("show", "2")):
+        rc, out, _ = run(capsys, *j, *argv)
+        assert rc == 0, argv
+        assert not _TERMINAL_CONTROLS.search(out), (argv, out)
+    _, out, _ = run(capsys, *j, "show", "1")
+    assert "cancel_key    k:Gi1\\rOK\\x1b[2J\\x9b31m\\u2028X" in out
+    assert "exited with 3: Gi1\\rOK\\x1b[2J\\x9b31m\\u2028X\\x07" in out
+    _, out, _ = run(capsys, *j, "list", "--state", "all")
+    assert "circuit-id=Gi1\\rOK" in out  # the ABOUT column of entry 2
+    # JSON keeps the values as they are (escaped by JSON itself).
+    _, out, _ = run(capsys, *j, "--json", "show", "1")
+    assert json.loads(out)["cancel_key"] == "k:Gi1\rOK\x1b[2J\x9b31m\u2028X"
