@@ -677,3 +677,66 @@ def test_cli_compile_and_lookup(
     assert "IF-MIB::ifOperStatus = 1.3.6.1.2.1.2.2.1.8" in text
     assert "values: up(1), down(2)" in text
     assert "noSuchThing: unknown" in text
+
+
+# -- vendor bundles with a module missing -----------------------------------------
+
+# As CISCO-MAC-NOTIFICATION-MIB does: a TC (used only as a SYNTAX) from a module the
+# site did not bring. pysmi compiles such a module; it is pysnmp that cannot load it.
+NEEDS_TC_MIB = """
+NEEDS-TC-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    MODULE-IDENTITY, OBJECT-TYPE, enterprises FROM SNMPv2-SMI
+    Percent
+        FROM VENDOR-QOS-PIB-MIB;
+
+needsTc MODULE-IDENTITY
+    LAST-UPDATED "202612070000Z"
+    ORGANIZATION "trapd"
+    CONTACT-INFO "trapd test suite"
+    DESCRIPTION  "Uses a TC from a module that is not there."
+    ::= { enterprises 99996 }
+
+needsTcLoad OBJECT-TYPE
+    SYNTAX      Percent
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "A load."
+    ::= { needsTc 1 }
+END
+"""
+
+# Imports from NEEDS-TC-MIB, which compiles but does not load.
+USES_NEEDS_TC_MIB = """
+USES-NEEDS-TC-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    OBJECT-TYPE FROM SNMPv2-SMI
+    needsTc FROM NEEDS-TC-MIB;
+
+usesNeedsTcThing OBJECT-TYPE
+    SYNTAX      INTEGER
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "Below a module that does not load."
+    ::= { needsTc 2 }
+END
+"""
+
+
+def test_a_tc_from_a_missing_module_is_named_at_its_from_line(tmp_path: Path) -> None:
+    """A vendor bundle without one of the modules it imports from: the report names that module
+    at the FROM line that needs it, not pysnmp's traceback of the failed load."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "needs-tc.my").write_text(textwrap.dedent(NEEDS_TC_MIB), encoding="utf-8")
+    (src / "uses-needs-tc.my").write_text(textwrap.dedent(USES_NEEDS_TC_MIB), encoding="utf-8")
+    (src / "good.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    report = "\n".join(map(str, r.problems))
+    assert "Traceback" not in report and len(report) < 600, report
+    assert f"{src / 'needs-tc.my'}:6: NEEDS-TC-MIB: imports from VENDOR-QOS-PIB-MIB, which is neither" in (
+        report
+    )
+    assert f"{src / 'uses-needs-tc.my'}:5: USES-NEEDS-TC-MIB: imports from NEEDS-TC-MIB, which" in report
+    assert len(r.problems) == 2, report
+    assert r.lookup("trapdMacNotification") is not None  # the others load all the same

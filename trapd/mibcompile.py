@@ -380,8 +380,8 @@ def _index_compiled(
         smi_builder.DirMibSource(os.path.dirname(pysnmp_mibs.__file__ or "")),
         smi_builder.DirMibSource(str(py_dir)),
     )
-    problems: list[MibProblem] = []
     loaded: list[str] = []
+    failures: dict[str, Exception] = {}
     with warnings.catch_warnings():
         # pysmi 2.0 still writes importSymbols/exportSymbols, which pysnmp 7.1 deprecates.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -390,8 +390,49 @@ def _index_compiled(
                 b.load_modules(m)
                 loaded.append(m)
             except Exception as exc:
-                problems.append(problem_at(site[m], f"compiled module does not load: {exc}"))
+                failures[m] = exc
+    problems = [
+        problem_at(site[m], _load_failure(m, exc, py_dir, set(failures))) for m, exc in failures.items()
+    ]
     return index_builder_modules(b, loaded).result(_versions()), problems
+
+
+# pysnmp's MibNotFoundError text, and the imports pysmi writes into a compiled module.
+_NOT_FOUND_RE = re.compile(r'MIB file "([A-Za-z0-9_.-]+?)\.py\[co\]" not found')
+_COMPILED_IMPORT_RE = re.compile(r'importSymbols\(\s*"([^"]+)"')
+_CAUSED_BY_RE = re.compile(r"caused by <class '(?:[\w.]*\.)?(\w+)'>: ")
+_MAX_LOAD_ERROR = 300
+
+
+def _load_failure(module: str, exc: Exception, py_dir: Path, failed: set[str]) -> str:
+    """Why a compiled module does not load, as its author can act on it.
+
+    pysmi compiles a module whose imports it could not all find when the
+    missing symbols are only types (a vendor's TC from a module the site did
+    not bring): pysnmp's load then fails with a multi-kilobyte traceback. The
+    reason is the import: the missing module itself, or the site module that
+    does not load (the line is then that module's ``FROM``, see problem_at).
+    Anything else: pysnmp's own cause, without the traceback.
+    """
+    text = str(exc)
+    try:
+        source = (py_dir / f"{module}.py").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        source = ""
+    imports = list(dict.fromkeys(_COMPILED_IMPORT_RE.findall(source)))
+    missing = _NOT_FOUND_RE.search(text)
+    if missing is not None and missing.group(1) in imports:
+        return f"imports from {missing.group(1)}, which is neither shipped nor in the MIB directories"
+    for dep in imports:
+        if dep in failed and dep != module:
+            return f"imports from {dep}, which does not load"
+    causes = list(_CAUSED_BY_RE.finditer(text))
+    if causes:
+        text = f"{causes[-1].group(1)}: {text[causes[-1].end() :]}"
+    text = " ".join(text.split())
+    if len(text) > _MAX_LOAD_ERROR:
+        text = text[: _MAX_LOAD_ERROR - 3] + "..."
+    return f"compiled module does not load: {text}"
 
 
 def main(argv: list[str] | None = None) -> int:
