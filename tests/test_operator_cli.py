@@ -83,3 +83,42 @@ def test_journal_text_output_escapes_terminal_controls(
     # JSON keeps the values as they are (escaped by JSON itself).
     _, out, _ = run(capsys, *j, "--json", "show", "1")
     assert json.loads(out)["cancel_key"] == "k:Gi1\rOK\x1b[2J\x9b31m\u2028X"
+
+
+def _columns(path: Path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return {r[1] for r in conn.execute("PRAGMA table_info(actions)")}
+
+
+@pytest.fixture
+def old_journal(tmp_path: Path) -> Path:
+    """A journal as a trapd before the ``owner`` column left it (the daemon adds the column when
+    it opens the file; an operator may look at the journal before that, or at a copy)."""
+    import sqlite3
+
+    async def fill() -> None:
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as j:
+            ev = make_event(source="10.20.1.5").to_dict()
+            await j.add(ev, [new("log", {"message": "m"}, "k1", mac="00:11:22:33:44:55")], [], time.time())
+
+    asyncio.run(fill())
+    with sqlite3.connect(tmp_path / "journal.sqlite") as conn:
+        conn.execute("ALTER TABLE actions DROP COLUMN owner")
+    assert "owner" not in _columns(tmp_path / "journal.sqlite")
+    return tmp_path
+
+
+def test_an_old_journal_is_read_without_being_upgraded(
+    old_journal: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    j = ("journal", "--state-dir", str(old_journal))
+    rc, out, err = run(capsys, *j, "list")
+    assert rc == 0 and out.splitlines()[1].split()[:2] == ["1", "pending"], err
+    rc, out, err = run(capsys, *j, "show", "1")
+    assert rc == 0 and re.search(r"^owner +None$", out, re.M), err
+    rc, out, err = run(capsys, *j, "--json", "history", "--mac", "00:11:22:33:44:55")
+    assert rc == 0 and json.loads(out)["owner"] is None, err
+    # Reading changed nothing: the daemon upgrades the file, not a look at it.
+    assert "owner" not in _columns(old_journal / "journal.sqlite")

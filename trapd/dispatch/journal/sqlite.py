@@ -222,6 +222,21 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE actions ADD COLUMN {name} {decl}")
 
 
+def _shadow_missing_columns(conn: sqlite3.Connection) -> None:
+    """Inspection of a journal an older trapd made, without upgrading it (that is the daemon's
+    job, when it opens the file): a view in the connection's own in-memory temp schema, which
+    SQLite searches before the file's, adds the columns added since, NULL as in old rows."""
+    try:
+        have = {r[1] for r in conn.execute("PRAGMA main.table_info(actions)").fetchall()}
+    except sqlite3.DatabaseError:
+        return  # damaged: the reads say so
+    missing = [name for name, _ in _ADDED_COLUMNS if name not in have]
+    if have and missing:
+        conn.execute("PRAGMA temp_store = MEMORY")
+        nulls = ", ".join(f"NULL AS {name}" for name in missing)
+        conn.execute(f"CREATE TEMP VIEW actions AS SELECT *, {nulls} FROM main.actions")
+
+
 # What a claim checks for the key (see _op_claim), for a row about to be inserted (so every row
 # of the key is earlier than it).
 _KEY_BUSY = (
@@ -867,8 +882,9 @@ class SQLiteJournal:
             raise JournalDamaged(f"the journal {self.path} is not an SQLite database") from None
         uri = self.path.resolve().as_uri() + "?mode=rw"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10.0)
-        conn.execute("PRAGMA query_only = ON")
         self._check_integrity(conn)
+        _shadow_missing_columns(conn)
+        conn.execute("PRAGMA query_only = ON")
         return conn
 
     def _writer(self, ready: asyncio.Future[None]) -> None:
