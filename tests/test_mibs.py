@@ -740,3 +740,23 @@ def test_a_tc_from_a_missing_module_is_named_at_its_from_line(tmp_path: Path) ->
     assert f"{src / 'uses-needs-tc.my'}:5: USES-NEEDS-TC-MIB: imports from NEEDS-TC-MIB, which" in report
     assert len(r.problems) == 2, report
     assert r.lookup("trapdMacNotification") is not None  # the others load all the same
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom"),
+    [("utf-8", b"\xef\xbb\xbf"), ("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff")],
+)
+def test_a_mib_saved_with_a_byte_order_mark_compiles(tmp_path: Path, encoding: str, bom: bytes) -> None:
+    """Windows editors save MIBs with a BOM (UTF-8) or as UTF-16: the module is still found
+    and compiled, and a problem in such a file still gets its line."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor.my").write_bytes(bom + textwrap.dedent(VENDOR_MIB).lstrip().encode(encoding))
+    broken = textwrap.dedent(BROKEN_MIB).lstrip()
+    (src / "broken.my").write_bytes(bom + broken.encode(encoding))
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert r.lookup("TRAPD-TEST-MIB::trapdMacNotification") == (1, 3, 6, 1, 4, 1, 99999, 0, 1)
+    assert r.enum_values("trapdMacChange") == {"learnt": 1, "removed": 2}
+    assert [(Path(p.file or "").name, p.line, p.module) for p in r.problems] == [
+        ("broken.my", 5, "BROKEN-MIB")
+    ], r.problems

@@ -28,6 +28,7 @@ A broken file is reported as a :class:`~trapd.mibindex.MibProblem`
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import shutil
@@ -86,6 +87,30 @@ _EMPTY_STUBS = ("SNMPv2-CONF", "RFC-1212", "RFC-1215", "RFC1065-SMI", "RFC1155-S
 _APPLICATION_TYPES = ("Unsigned32", "Gauge32", "Counter32", "Counter64", "TimeTicks", "IpAddress", "Opaque")
 
 
+def read_source(path: Path) -> bytes:
+    """A MIB file's bytes as the scan, the line finder and pysmi see them: ASCII-compatible.
+
+    Windows editors save MIBs with a UTF-8 byte order mark, or as UTF-16: the
+    mark is dropped and UTF-16 is transcoded to UTF-8, so that the module's
+    ``NAME DEFINITIONS ::= BEGIN`` is found and line numbers stay those of the
+    file. Anything else is passed on as it is (see :func:`source_text`).
+    """
+    raw = path.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):
+        return raw[len(codecs.BOM_UTF8) :]
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16", "replace").encode("utf-8")
+    return raw
+
+
+def source_text(raw: bytes) -> str:
+    """UTF-8 when it is, else Latin-1 (vendor files in GBK or CP1252 comments): never fails."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 @dataclass
 class SiteSource:
     module: str
@@ -107,7 +132,7 @@ def scan_sources(files: list[Path]) -> tuple[dict[str, SiteSource], list[MibProb
                     MibProblem(f"larger than {MAX_SOURCE_BYTES // 1024 // 1024} MiB, skipped", str(path), 1)
                 )
                 continue
-            data = path.read_bytes()
+            data = read_source(path)
         except OSError as exc:
             problems.append(MibProblem(f"cannot read: {exc.strerror or exc}", str(path), 1))
             continue
@@ -153,7 +178,7 @@ def problem_at(src: SiteSource, reason: str, error: Any = None) -> MibProblem:
     anything else at the module's ``DEFINITIONS ::= BEGIN``.
     """
     try:
-        data = src.path.read_bytes()
+        data = read_source(src.path)
     except OSError:
         return MibProblem(reason, str(src.path), 1, src.module)
     start = _definitions_re(src.module).search(data)
@@ -247,11 +272,7 @@ def _reader(site: dict[str, SiteSource], stubs: StubSet) -> Any:
             src = site.get(mibname)
             if src is None:
                 raise smi_error.PySmiReaderFileNotFoundError(f"source MIB {mibname} not found", reader=self)
-            raw = src.path.read_bytes()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                text = raw.decode("latin-1")
+            text = source_text(read_source(src.path))
             info = MibInfo(path=f"file://{src.path}", file=src.path.name, name=mibname, mtime=src.mtime)
             return info, text
 
