@@ -7,14 +7,20 @@ who opens connections and sends nothing) hold connections to the same port.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from daemon_harness import TrapdDaemon, eventually
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+
+from trapd.listener.udp import best_loop_factory
+from trapd.service.exporter import MetricsServer
 
 RULES = "rules:\n  - {name: r, match: {notification: linkDown}, actions: [{action: log, message: x}]}\n"
 CAP = 16  # MetricsServer's max_connections default
@@ -53,3 +59,64 @@ def test_idle_and_slow_connections_do_not_lock_out_a_scrape(trapd: TrapdDaemon) 
             assert time.monotonic() - started < 3.0
         # Still bounded: the idle ones were closed, not all kept.
         assert open_fds(trapd.proc.pid) <= base_fds + CAP + 2
+
+
+class _HugeCollector:
+    """One family with an 8 MiB help text: a response far beyond what the kernel's socket buffers hold."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("huge", "h" * (8 << 20), value=1)
+
+
+def _socket_fds() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                n += 1
+    return n
+
+
+@pytest.mark.parametrize(
+    "loop_factory", [asyncio.new_event_loop, best_loop_factory()], ids=["asyncio", "best"]
+)
+def test_a_client_that_stops_reading_is_cut_off_after_the_timeout(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """Not held for ever with the rest of the response in memory (and a descriptor) for it.
+
+    On asyncio's loop and on the one ``trapd run`` uses (uvloop when installed).
+    """
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_stalled_client())
+
+
+async def _stalled_client() -> None:
+    registry = CollectorRegistry()
+    registry.register(_HugeCollector())  # type: ignore[arg-type]
+    server = MetricsServer(registry, port=0, request_timeout=0.5)
+    await server.start()
+    try:
+        before = _socket_fds()
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(client, ("127.0.0.1", server.port))
+        await loop.sock_sendall(client, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        # The server's side of the connection goes (the client's stays): polled, not a fixed wait.
+        deadline = time.monotonic() + 20
+        while _socket_fds() > before + 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert _socket_fds() == before + 1, "the server still holds a client that stopped reading"
+        got = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(loop.sock_recv(client, 1 << 16), 5):
+                got += len(chunk)
+        assert got < 8 << 20
+        client.close()
+    finally:
+        await server.close()

@@ -138,6 +138,8 @@ class MetricsServer:
                 except Exception:
                     log.exception("refreshing the metrics failed")
             status, ctype, body, head_only = self._respond(head)
+            # drain() then returns only once all of it is in the kernel, so close() never waits.
+            writer.transport.set_write_buffer_limits(high=0)
             writer.write(
                 (
                     f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
@@ -146,8 +148,15 @@ class MetricsServer:
                 ).encode("latin-1")
                 + (b"" if head_only else body)
             )
-            with contextlib.suppress(TimeoutError, ConnectionError):
+            try:
                 await asyncio.wait_for(writer.drain(), self._timeout)
+            except (TimeoutError, ConnectionError):
+                # A client that stopped reading: close() would wait for the rest to be sent, for ever,
+                # holding the response and the descriptor; it has had its time.
+                writer.transport.abort()
+        except BaseException:
+            writer.transport.abort()
+            raise
         finally:
             self._answering -= 1
             writer.close()
