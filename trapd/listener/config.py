@@ -15,6 +15,7 @@ Example::
           priv_protocol: AES-128       # DES AES-128 AES-192 AES-256 AES-192-C AES-256-C, or none
           priv_key: {env: TRAPD_V3_PRIV}
           engine_ids: ["80001f8880e9630000d61ff449"]   # senders allowed to use this user (traps)
+        # the same name again with other keys for other engines (at most one entry without engine_ids)
       allowed_sources: [10.0.0.0/8, "::1"]   # empty: everyone; others are dropped before decoding
       rate_limit: {per_source: 2000, global: 20000, burst: 2.0}
 """
@@ -152,10 +153,7 @@ class ListenerConfig:
         )
         users_node = expect(n, "v3_users", list, "listener", [])
         users = tuple(_v3_user(u, where(users_node, i), base_dir) for i, u in enumerate(users_node))
-        names = [u.user for u in users]
-        dup = {x for x in names if names.count(x) > 1}
-        if dup:
-            raise ConfigError(f"v3 user(s) defined twice: {', '.join(sorted(dup))}", where(n, "v3_users"))
+        _check_same_names(users, users_node)
         nets = []
         for i, s in enumerate(expect(n, "allowed_sources", list, "listener", [])):
             try:
@@ -186,6 +184,31 @@ class ListenerConfig:
             rate_limit=rate,
             engine_id=_hex(eid, where(n, "engine_id")) if eid else None,
         )
+
+
+def _check_same_names(users: tuple[V3User, ...], node: Any) -> None:
+    """A user name may be given once per sender engine (net-snmp's ``createUser -e``): switches
+    with keys of their own under one name. Traps are told apart by the sender's engine ID, so no
+    engine may be named twice for a name, and only one entry of a name may take any engine."""
+    engines: dict[tuple[str, bytes], int] = {}
+    any_engine: dict[str, int] = {}
+    for i, u in enumerate(users):
+        if not u.engine_ids:
+            if u.user in any_engine:
+                raise ConfigError(
+                    f"v3 user {u.user} is defined more than once without engine_ids (entries "
+                    f"{any_engine[u.user] + 1} and {i + 1}): only one entry of a name may take any engine",
+                    where(node, i),
+                )
+            any_engine[u.user] = i
+        for engine_id in u.engine_ids:
+            first = engines.setdefault((u.user, engine_id), i)
+            if first != i:
+                raise ConfigError(
+                    f"v3 user {u.user} has engine ID {engine_id.hex()} twice (entries {first + 1} and "
+                    f"{i + 1}): traps from an engine are checked with one entry's keys",
+                    where(node, i),
+                )
 
 
 def _rate(node: YDict, key: str, default: float) -> float:

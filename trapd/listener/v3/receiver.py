@@ -89,9 +89,12 @@ OnNotification = Callable[[RawNotification], object]
 OnDrop = Callable[[str, "str | None", str, "V3Who | None"], None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _UserKeys:
-    """A configured user, its pysnmp protocol identifiers and its master keys (keys.master_keys)."""
+    """A configured user entry, its pysnmp protocol identifiers and its master keys (keys.master_keys).
+
+    Compared and hashed by identity: one name may have several entries (for other engines).
+    """
 
     config: V3User
     auth_id: Any
@@ -161,23 +164,37 @@ class V3Receiver:
         self._dispatcher = make_dispatcher(self._send)
         self.engine.register_transport_dispatcher(self._dispatcher)
 
-        self._users: dict[bytes, _UserKeys] = {}
+        # A name may have several entries, on other sender engines (config._check_same_names):
+        # every entry of a name (config order), the entry bound to each (engine ID, name), and
+        # the entry of a name without engine_ids (any other engine).
+        self._users: dict[bytes, list[_UserKeys]] = {}
+        self._bound: dict[tuple[bytes, bytes], _UserKeys] = {}
+        self._any_engine: dict[bytes, _UserKeys] = {}
         self._registered: set[tuple[bytes, bytes]] = set()
+        # The entry of each name whose keys pysnmp's USM holds for trapd's own engine (informs):
+        # pysnmp has one row per (engine ID, name), so it is swapped to the entry a message is from.
+        self._own_row: dict[bytes, _UserKeys] = {}
         self._learned = 0
         # Master keys by (hash, passphrase), shared with the fast path: each 1 MiB hash once.
         self._masters: MasterKeys = {} if masters is None else masters
-        # Users' keys localized per registered (engine ID, user): trapd's own engine's at start-up,
-        # the others' when first needed. Bounded: pairs are configured or learned (max_learned).
-        self._localized: dict[tuple[bytes, bytes], LocalizedUser] = {}
+        # Entries' keys localized per registered (engine ID, entry): trapd's own engine's at
+        # start-up, the others' when first needed. Bounded: pairs are configured or learned.
+        self._localized: dict[tuple[bytes, _UserKeys], LocalizedUser] = {}
         for u in users:
             keys = _user_keys(u, self._masters)
             name = u.user.encode()
-            self._users[name] = keys
+            self._users.setdefault(name, []).append(keys)
             if keys.auth_master is not None:
-                self._localized[(self.engine_id, name)] = localized_user(u, self.engine_id, self._masters)
-            self._register(keys, self.engine_id)  # informs are addressed to trapd
+                self._localized[(self.engine_id, keys)] = localized_user(u, self.engine_id, self._masters)
+            if not u.engine_ids:
+                self._any_engine[name] = keys
             for eid in u.engine_ids:
-                self._register(keys, eid)
+                if eid != self.engine_id:
+                    self._bound[(eid, name)] = keys
+                    self._register(keys, eid)
+        for name, entries in self._users.items():
+            # Informs are addressed to trapd: the entry for any engine first, else the first.
+            self._register_own(self._any_engine.get(name, entries[0]))
 
         self.engine.message_dispatcher.register_context_engine_id(
             b"",  # any context engine ID
@@ -192,11 +209,28 @@ class V3Receiver:
     # -- configuration -----------------------------------------------------
 
     def _register(self, keys: _UserKeys, engine_id: bytes) -> None:
-        from pysnmp.entity import config as pc
-
         name = keys.config.user.encode()
         if (engine_id, name) in self._registered:
             return
+        self._add_to_pysnmp(keys, engine_id)
+        self._registered.add((engine_id, name))
+
+    def _register_own(self, keys: _UserKeys) -> None:
+        """Make ``keys`` the entry pysnmp checks messages of its name to trapd's engine with.
+
+        pysnmp replaces the row. A Response still to be sent keeps the keys it was received
+        with (pysnmp caches them with the message's state).
+        """
+        name = keys.config.user.encode()
+        if self._own_row.get(name) is keys:
+            return
+        self._add_to_pysnmp(keys, self.engine_id)
+        self._own_row[name] = keys
+        self._registered.add((self.engine_id, name))
+
+    def _add_to_pysnmp(self, keys: _UserKeys, engine_id: bytes) -> None:
+        from pysnmp.entity import config as pc
+
         pc.add_v3_user(
             self.engine,
             keys.config.user,
@@ -208,7 +242,6 @@ class V3Receiver:
             authKeyType=pc.USM_KEY_TYPE_MASTER,
             privKeyType=pc.USM_KEY_TYPE_MASTER,
         )
-        self._registered.add((engine_id, name))
 
     # -- receive path ------------------------------------------------------
 
@@ -300,8 +333,8 @@ class V3Receiver:
         for messages found ``AUTHENTIC`` here: their MAC is checked, with the user's keys
         localized to the engine the message names (a few microseconds).
         """
-        keys = self._users.get(header.user)
-        if keys is None:
+        entries = self._users.get(header.user)
+        if entries is None:
             # pysnmp would answer a reportable one with a usmStatsUnknownUserNames report, at
             # the cost of a whole engine pass: a flood of made-up users must not buy that.
             self._drop("unknown-user", "no-such-user", source, header)
@@ -309,19 +342,22 @@ class V3Receiver:
         if header.engine_id == self.engine_id:
             # Authoritative (informs): pysnmp checks the time window and answers; a wrong MAC
             # is refused here first.
-            return self._check_mac(keys, data, header, source, "own-engine")
+            return self._check_own_engine(entries, data, header, source)
+        pair = (header.engine_id, header.user)
+        keys = self._bound.get(pair) or self._any_engine.get(header.user)
+        if keys is None:
+            self._drop("unknown-engine-id", "not-bound", source, header)
+            return _Checked.DROPPED
         if header.level < LEVEL_NUMBERS[keys.config.level]:
             # RFC 3414 3.2.5 only binds the authoritative side, so pysnmp takes
             # an authNoPriv trap for a user configured authPriv. trapd holds a
             # sender to the level its user is configured with.
             self._drop("unsupported-security-level", None, source, header)
             return _Checked.DROPPED
-        if (header.engine_id, header.user) in self._registered:
+        if pair in self._registered:
             # A bound or learned engine's message the fast path left to pysnmp.
             return self._check_mac(keys, data, header, source, "bound-engine")
-        if keys.config.engine_ids:
-            self._drop("unknown-engine-id", "not-bound", source, header)
-            return _Checked.DROPPED
+        # A new engine of the entry without engine_ids: learned once a message proves the keys.
         if not 4 < len(header.engine_id) < 33:
             self._drop("unknown-engine-id", "malformed-engine-id", source, header)
             return _Checked.DROPPED
@@ -339,20 +375,47 @@ class V3Receiver:
         self._learned += 1
         return _Checked.AUTHENTIC if header.level >= 2 else _Checked.UNAUTHENTICATED
 
+    def _check_own_engine(
+        self, entries: list[_UserKeys], data: bytes, header: V3Header, source: str
+    ) -> _Checked:
+        """A message to trapd's engine (an inform): the entry of its name whose keys its MAC
+        verifies with is the one pysnmp gets to check it with.
+
+        With one entry per name (the usual case) that is one HMAC; a name given for several
+        engines costs one HMAC per entry at most, the entry that verified last tried first.
+        """
+        if len(entries) == 1:
+            return self._check_mac(entries[0], data, header, source, "own-engine")
+        name = header.user
+        if header.level < 2:  # nothing to tell the entries apart by: one without keys, if any
+            self._register_own(next((k for k in entries if k.auth_master is None), self._own_row[name]))
+            return _Checked.UNAUTHENTICATED
+        current = self._own_row[name]
+        for keys in sorted(entries, key=lambda k: k is not current):
+            if keys.auth_master is not None and self._authentic(self._local(keys, header), data, header):
+                self._register_own(keys)
+                return _Checked.AUTHENTIC
+        self._drop("wrong-digest", "own-engine", source, header)
+        return _Checked.DROPPED
+
     def _check_mac(
         self, keys: _UserKeys, data: bytes, header: V3Header, source: str, detail: str
     ) -> _Checked:
         """A registered engine's message: its MAC, with the keys localized to that engine (cached)."""
         if header.level < 2 or keys.auth_master is None:
             return _Checked.UNAUTHENTICATED  # nothing to check (pysnmp refuses a level it has no key for)
-        pair = (header.engine_id, header.user)
-        local = self._localized.get(pair)
-        if local is None:
-            local = self._localized[pair] = localized_user(keys.config, header.engine_id, self._masters)
-        if not self._authentic(local, data, header):
+        if not self._authentic(self._local(keys, header), data, header):
             self._drop("wrong-digest", detail, source, header)
             return _Checked.DROPPED
         return _Checked.AUTHENTIC
+
+    def _local(self, keys: _UserKeys, header: V3Header) -> LocalizedUser:
+        """``keys`` localized to the message's engine, cached: the engine is trapd's, bound or learned."""
+        pair = (header.engine_id, keys)
+        local = self._localized.get(pair)
+        if local is None:
+            local = self._localized[pair] = localized_user(keys.config, header.engine_id, self._masters)
+        return local
 
     def _digest_ok(self, user: V3User, data: bytes, header: V3Header) -> bool:
         """The message's HMAC with ``user``'s keys localized to its engine (keys.authentic)."""
