@@ -122,3 +122,31 @@ def test_an_old_journal_is_read_without_being_upgraded(
     assert rc == 0 and json.loads(out)["owner"] is None, err
     # Reading changed nothing: the daemon upgrades the file, not a look at it.
     assert "owner" not in _columns(old_journal / "journal.sqlite")
+
+
+def test_kea_restore_reads_the_journal_and_changes_nothing_there(
+    old_journal: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`trapd kea restore ID` only reads the journal: a missing state directory is not made (nor
+    an empty journal in it), a damaged journal is reported in one line, not a traceback, and a
+    journal an older trapd made is not upgraded behind that trapd's back."""
+    missing = tmp_path / "nothing" / "state"
+    cfg = tmp_path / "missing.yaml"
+    cfg.write_text(f"state_dir: {missing}\n")
+    rc, _, err = run(capsys, "kea", "restore", "4", "-c", str(cfg))
+    assert rc == 1 and f"no journal at {missing / 'journal.sqlite'}" in err
+    assert not (tmp_path / "nothing").exists()
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "journal.sqlite").write_bytes(b"\x00garbage" * 4096)
+    cfg.write_text(f"state_dir: {damaged}\n")
+    rc, _, err = run(capsys, "kea", "restore", "4", "-c", str(cfg))
+    assert rc == 1 and "is not an SQLite database" in err and "Traceback" not in err
+
+    cfg.write_text(f"state_dir: {old_journal}\n")
+    (old_journal / "journal.sqlite-writers.lock").unlink()  # what a writer opens
+    rc, _, err = run(capsys, "kea", "restore", "1", "-c", str(cfg))
+    assert rc == 1 and "journal entry 1 is log, not kea.lease-del" in err
+    assert "owner" not in _columns(old_journal / "journal.sqlite")
+    assert not (old_journal / "journal.sqlite-writers.lock").exists()

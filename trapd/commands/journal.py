@@ -177,20 +177,10 @@ def journal_path(args: argparse.Namespace) -> Any:
 
 
 async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
-    import sys
     import time
 
-    from trapd.dispatch.journal import Journal, SQLiteJournal, open_journal
-
-    # Inspection opens the file read-only and also when it is damaged: what survived can be read.
     inspect = args.journal_command in ("list", "show", "history")
-    journal: Journal = (
-        SQLiteJournal(path, read_only=inspect) if jc is None else open_journal(path, jc, owner="cli")
-    )
-    await journal.open()
-    damage = getattr(journal, "damage", None)
-    if damage:
-        print(f"trapd journal: {path} is damaged ({damage}); showing what can still be read", file=sys.stderr)
+    journal = await open_cli_journal(path, jc, read_only=inspect, command="trapd journal")
     try:
         cmd = args.journal_command
         now = time.time()
@@ -213,6 +203,26 @@ async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
         raise ValueError(f"unknown subcommand {cmd}")
     finally:
         await journal.close()
+
+
+async def open_cli_journal(path: Any, jc: Any, *, read_only: bool, command: str) -> Any:
+    """The journal an operator's command works on, opened: the SQLite file at ``path``, or the
+    PostgreSQL journal of ``jc`` (a JournalConfig with a url; else None).
+
+    ``read_only`` (looking, not changing): the file is opened read-only, so that nothing is
+    made (no state directory, no empty journal), written or upgraded behind a running trapd;
+    also when it is damaged, so that what survived can be read (the damage is said on stderr).
+    Raises JournalError (no journal there, cannot open it)."""
+    import sys
+
+    from trapd.dispatch.journal import SQLiteJournal, open_journal
+
+    journal = SQLiteJournal(path, read_only=read_only) if jc is None else open_journal(path, jc, owner="cli")
+    await journal.open()
+    damage = getattr(journal, "damage", None)
+    if damage:
+        print(f"{command}: {path} is damaged ({damage}); using what can still be read", file=sys.stderr)
+    return journal
 
 
 def _changed(verb: str, ids: list[int], args: argparse.Namespace) -> int:

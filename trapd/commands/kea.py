@@ -136,10 +136,14 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
         data = json.loads(Path(args.file).read_text(encoding="utf-8"))
         named = data if isinstance(data, dict) else {}
         return [_Part(data, named.get("endpoint"), named.get("peer"))]
-    from trapd.dispatch.journal import HistoryFilter, open_journal
+    from trapd.commands.journal import open_cli_journal
+    from trapd.dispatch.journal import HistoryFilter
 
-    journal = open_journal(config.dispatch.journal.file(config.state_dir), config.dispatch.journal)
-    await journal.open()
+    jc = config.dispatch.journal
+    # Read-only: a restore reads what was deleted; it makes, changes and upgrades nothing there.
+    where = jc.file(config.state_dir)
+    pg = jc if jc.url is not None else None
+    journal = await open_cli_journal(where, pg, read_only=True, command="trapd kea restore")
     try:
         entry = await journal.get(args.journal_id, with_event=False)
         if entry is None:
@@ -205,9 +209,11 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
     if (args.journal_id is None) == (args.file is None):
         print("trapd kea restore: give a JOURNAL_ID or --file, not both", file=sys.stderr)
         return 2
+    from trapd.dispatch.journal import JournalError
+
     try:
         parts = await _recorded(config, args)
-    except (OSError, ValueError, LookupError) as exc:
+    except (OSError, ValueError, LookupError, JournalError) as exc:
         print(f"trapd kea restore: {exc}", file=sys.stderr)
         return 1
     if args.peer and any(p.peer == args.peer for p in parts):
