@@ -121,3 +121,61 @@ async def test_one_family_down_does_not_hold_up_the_other(
             await clients.aclose()
     for ip in ip4s:
         assert inst.lease4(ip) is None
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["default-endpoint", "endpoint-named"])
+async def test_behind_one_control_agent_a_stopped_dhcp6_does_not_hold_up_dhcp4(
+    kea_factory: Callable[..., Any], tmp_path: Path, named: bool
+) -> None:
+    """One Control Agent endpoint (family [v4, v6]) in front of kea-dhcp4 and a stopped kea-dhcp6.
+
+    Kea 2.2's agent answers the dhcp6 commands itself, result 1 "unable to forward command to
+    the dhcp6 service: ... The server is likely to be offline": dhcp6 is down, dhcp4 is not.
+    Before, both shared the endpoint's one breaker, so dhcp6's failures held v4 deletions for
+    the whole cool-down. The breaker is per (endpoint, service) now, whether the rule names the
+    endpoint or leaves it to kea.default.
+    """
+    inst = kea_factory()  # kea-dhcp4, kea-dhcp6 and kea-ctrl-agent
+    ip4s = [inst.next_ip4() for _ in range(4)]
+    for i, ip in enumerate(ip4s):
+        inst.add_lease4(ip, f"00:00:5e:00:53:{i:02x}")
+    section = {
+        "default": {"v4": "ca", "v6": "ca"},
+        "endpoints": {
+            "ca": {"transport": "control-agent", "url": inst.ca_url, "family": ["v4", "v6"], "timeout": 5}
+        },
+    }
+    clients = KeaClients(KeaConfig.from_yaml(load_yaml(yaml.safe_dump(section)), tmp_path))
+    extra = {"endpoint": "ca"} if named else {}
+    actions, _ = load_actions()
+    config = replace(CONFIG, breaker=BreakerConfig(failures=3, cool_down=30.0, max_cool_down=30.0))
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        d = Dispatcher(config, journal, actions, clients)
+        await d.start()
+        try:
+            inst.stop(["kea-dhcp6"])
+            ip6s = [inst.next_ip6() for _ in range(4)]
+            for ip6 in ip6s:
+                await d.submit(
+                    make_event(), make_outcome(plan("kea.lease-del", {"ip-address": ip6, **extra}, key=ip6))
+                )
+            await wait_for(lambda: any(b.state != "closed" for b in d.breakers.values()))
+            v6_errors = [
+                e.last_error or "" for e in await journal.history(HistoryFilter(action="kea.lease-del"))
+            ]
+            forwarded = "unable to forward command to the dhcp6 service"  # the agent's answer (Kea 2.2)
+            assert any(forwarded in e for e in v6_errors), v6_errors
+            for ip in ip4s:
+                await d.submit(
+                    make_event(), make_outcome(plan("kea.lease-del", {"ip-address": ip, **extra}, key=ip))
+                )
+            # Well inside the dhcp6 breaker's 30 s cool-down.
+            await wait_for(lambda: d.stats.outcomes[("kea.lease-del", "done")] == len(ip4s))
+            # v4 answers say nothing about kea-dhcp6: its breaker stays open, its deletions wait.
+            assert [k for k, b in d.breakers.items() if b.state != "closed"] == ["ca/dhcp6"]
+            assert d.stats.outcomes[("kea.lease-del", "dead")] == 0
+        finally:
+            await d.stop()
+            await clients.aclose()
+    for ip in ip4s:
+        assert inst.lease4(ip) is None

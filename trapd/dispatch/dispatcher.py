@@ -901,8 +901,8 @@ class Dispatcher:
             async with asyncio.timeout(self.config.action_timeout):
                 result = checked_result(spec.name, await spec.run(params, ctx))
         except PermanentError as exc:
-            answered = getattr(exc, "endpoint", None)
-            if isinstance(answered, str) and answered:
+            answered = _breaker_key(exc)
+            if answered is not None:
                 await self._answered_async(answered)  # it refused, so it is up
             await self._dead(job, log, f"permanent error: {exc}", time.time(), attempt, type(exc).__name__)
         except Exception as exc:
@@ -969,8 +969,8 @@ class Dispatcher:
                 error=reason,
                 exc_info=exc,
             )
-        endpoint = getattr(exc, "endpoint", None)
-        if isinstance(endpoint, str) and endpoint:
+        endpoint = _breaker_key(exc)
+        if endpoint is not None:
             self._routes[(job.action, _target(job.params, self.actions.get(job.action)))] = endpoint
             breaker = self.breakers.get(endpoint)
             if breaker is None:
@@ -982,8 +982,6 @@ class Dispatcher:
                     failures=breaker.failures,
                     cool_down=breaker.cool_down,
                 )
-        else:
-            endpoint = None
         if attempt >= job.max_attempts:
             await self._dead(
                 job, log, f"gave up after {attempt} attempts: {reason}", now, attempt, type(exc).__name__
@@ -1138,22 +1136,39 @@ async def recover_interrupted(
     return await journal.recover(time.time() if now is None else now, hold_unless, owner=owner)
 
 
+def _breaker_key(exc: BaseException) -> str | None:
+    """The circuit breaker an error names (a Kea error's ``breaker_key``, else an ``endpoint``)."""
+    for attr in ("breaker_key", "endpoint"):
+        key = getattr(exc, attr, None)
+        if isinstance(key, str) and key:
+            return key
+    return None
+
+
 def _target(params: Mapping[str, Any], spec: ActionSpec | None) -> str:
     """What tells two calls of one action apart for routing (which Kea server they address)."""
-    for name in ("server", "endpoint", "service"):
-        value = params.get(name)
-        if value is not None:
-            peer = params.get("peer")  # one peer of a Kea HA relationship: a server of its own
-            return peer_label(str(value), peer if isinstance(peer, str) else None)
-    if spec is not None and spec.kea_families is not None:
-        # No endpoint named: kea.default picks one per family (v4 when the parameters imply
-        # none), so a kea-dhcp6 that is down must not hold up the same rule's v4 deletions.
-        try:
-            families = spec.kea_families(params, frozenset())
-        except (ActionError, ValueError):
-            return ""  # contradictory parameters: the action fails with the reason when it runs
-        return f"default {families[0] if families else 'v4'}"
-    return ""
+    kea = spec is not None and spec.kea_families is not None
+    named = next((params[n] for n in ("server", "endpoint", "service") if params.get(n) is not None), None)
+    if named is None:
+        target = "default" if kea else ""
+    else:
+        peer = params.get("peer")  # one peer of a Kea HA relationship: a server of its own
+        target = peer_label(str(named), peer if isinstance(peer, str) else None)
+    if spec is None or spec.kea_families is None:
+        return target
+    # kea.default picks an endpoint per family (v4 when the parameters imply none), and a
+    # Control Agent endpoint forwards each family to its own server, with a breaker each
+    # (KeaClient.breaker_for): a kea-dhcp6 that is down must not hold up the same rule's v4
+    # deletions, whether the rule names the endpoint or not.
+    try:
+        families = spec.kea_families(params, frozenset())
+    except (ActionError, ValueError):
+        return ""  # contradictory parameters: the action fails with the reason when it runs
+    target += f" {families[0] if families else 'v4'}"
+    service = params.get("service")  # kea.command's own service list (the agent's d2, ...)
+    if isinstance(service, list) and service:
+        target += f" {service[0]}"
+    return target
 
 
 def _search_terms(spec: ActionSpec | None, pa: PlannedAction) -> tuple[str | None, str | None]:

@@ -188,6 +188,27 @@ class KeaClient:
         :class:`KeaUnavailableError` when the agent cannot reach the server,
         and the transport errors (unreachable, timeout, HTTP/TLS/auth).
         """
+        try:
+            return await self._command(command, arguments, accept, service)
+        except KeaError as exc:
+            exc.breaker_key = self.breaker_for(service)
+            raise
+
+    def breaker_for(self, service: list[str] | None = None) -> str:
+        """The circuit breaker a command's failures count against (the dispatcher keeps them by this).
+
+        The endpoint's name (``ENDPOINT/PEER`` for a peer), except behind a Control Agent:
+        ``ENDPOINT/SERVICE``. The agent answers for each service it forwards to ("unable to
+        forward command to the dhcp6 service ... likely to be offline"), and a stopped
+        kea-dhcp6 must not pause the v4 actions that kea-dhcp4 behind the same agent serves.
+        """
+        if self.transport_name != "control-agent":
+            return self.name
+        return f"{self.name}/{service[0] if service else self.service}"
+
+    async def _command(
+        self, command: str, arguments: Any, accept: Iterable[int], service: list[str] | None
+    ) -> KeaResponse:
         body = self.encode(command, arguments, service)
         try:
             raw = await self._transport.exchange(body, command)

@@ -42,14 +42,21 @@ def hook_for(command: str) -> str | None:
 
 
 class KeaError(Exception):
-    """Mixin base: every Kea error has the endpoint and (when known) the command."""
+    """Mixin base: every Kea error has the endpoint and (when known) the command.
+
+    ``breaker_key`` names the circuit breaker the failure counts against: the endpoint, except
+    behind a Control Agent, where the client sets ``ENDPOINT/SERVICE`` (one agent forwards to
+    kea-dhcp4 and kea-dhcp6, which go down separately; see KeaClient.breaker_for).
+    """
 
     endpoint: str
     command: str | None
+    breaker_key: str
 
     def _init(self, message: str, endpoint: str, command: str | None) -> None:
         self.endpoint = endpoint
         self.command = command
+        self.breaker_key = endpoint
         where = f"kea {endpoint}" + (f" {command}" if command else "")
         Exception.__init__(self, f"{where}: {message}")
 

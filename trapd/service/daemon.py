@@ -677,7 +677,7 @@ class Daemon:
         breaker_state: dict[str, str] = {}
         for client in self.kea:
             key = label(client)
-            breaker = breakers.get(client.name)
+            breaker = breakers.get(client.breaker_for())
             breaker_state[key] = breaker.state if breaker is not None else "closed"
             if client.up is not None:
                 up[key] = client.up and (breaker is None or breaker.state == "closed")
