@@ -760,3 +760,69 @@ def test_a_mib_saved_with_a_byte_order_mark_compiles(tmp_path: Path, encoding: s
     assert [(Path(p.file or "").name, p.line, p.module) for p in r.problems] == [
         ("broken.my", 5, "BROKEN-MIB")
     ], r.problems
+
+
+# As CISCO-FLASH-MIB (and 64 other Cisco modules) do: a DEFVAL that names a label of an
+# imported TC. pysmi needs the TC's enumeration from INET-ADDRESS-MIB's stub for that.
+DEFVAL_LABEL_MIB = """
+DEFVAL-LABEL-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    MODULE-IDENTITY, OBJECT-TYPE, enterprises FROM SNMPv2-SMI
+    InetAddressType, InetAddress FROM INET-ADDRESS-MIB;
+
+defvalLabel MODULE-IDENTITY
+    LAST-UPDATED "202612070000Z"
+    ORGANIZATION "trapd"
+    CONTACT-INFO "trapd test suite"
+    DESCRIPTION  "A DEFVAL naming an imported TC's label."
+    ::= { enterprises 99995 }
+
+defvalServerType OBJECT-TYPE
+    SYNTAX      InetAddressType
+    MAX-ACCESS  read-write
+    STATUS      current
+    DESCRIPTION "Server address type."
+    DEFVAL      { ipv4 }
+    ::= { defvalLabel 1 }
+
+defvalServer OBJECT-TYPE
+    SYNTAX      InetAddress
+    MAX-ACCESS  read-write
+    STATUS      current
+    DESCRIPTION "Server address."
+    ::= { defvalLabel 2 }
+END
+"""
+
+
+def test_a_defval_label_of_a_shipped_tc_compiles(tmp_path: Path) -> None:
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "defval.my").write_text(textwrap.dedent(DEFVAL_LABEL_MIB), encoding="utf-8")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert r.problems == [], "\n".join(map(str, r.problems))
+    assert r.enum_values("DEFVAL-LABEL-MIB::defvalServerType")["ipv4"] == 1
+
+
+def test_every_shipped_stub_is_valid_smi() -> None:
+    """The stubs stand in for the shipped modules' sources: pysmi must accept each one."""
+    from pysmi.parser.smi import parserFactory
+
+    from trapd.mibcompile import StubSet
+
+    shipped = shipped_index()
+    tcs = [(module_no, name) for module_no, name, _syntax in shipped["tcs"]]
+    assert len(tcs) == len(set(tcs)), "a TC indexed twice (a module loaded twice by build-index)"
+    stubs = StubSet(shipped)
+    parser = parserFactory()()
+    bad = {}
+    for name in sorted(stubs.names):
+        text = stubs.text(name)
+        try:
+            parser.parse(text)
+        except Exception as exc:
+            bad[name] = str(exc)
+        defined = [line.split()[0] for line in text.splitlines() if " ::= " in line]
+        if len(defined) != len(set(defined)):
+            bad.setdefault(name, "a symbol defined twice")
+    assert bad == {}

@@ -244,6 +244,9 @@ class StubSet:
                     lines.append(f"{sym} OBJECT IDENTIFIER ::= {{ {' '.join(map(str, oid))} }}")
             syntaxes = self._data["syntaxes"]
             for _mod, name, syn_no in nodes_tcs[1]:
+                if name in seen:  # an index that lists a module twice: pysmi refuses a duplicate
+                    continue
+                seen.add(name)
                 rec = syntaxes[syn_no]
                 hint = f'    DISPLAY-HINT "{rec[2]}"\n' if rec[2] else ""
                 lines.append(

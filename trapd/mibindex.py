@@ -216,7 +216,8 @@ def index_builder_modules(
 ) -> _IndexWriter:
     """Add the named, already loaded modules of a pysnmp ``MibBuilder`` to an index."""
     w = writer or _IndexWriter()
-    wanted = [m for m in modules if m in builder.mibSymbols and m not in _SKIP_MODULES]
+    # dict.fromkeys: once each (INET-ADDRESS-MIB is in pysnmp's core set and in pysnmp-mibs).
+    wanted = [m for m in dict.fromkeys(modules) if m in builder.mibSymbols and m not in _SKIP_MODULES]
     # TC classes first, so that object syntaxes can name their TC.
     tc_names: dict[int, str] = {}
     for mod, syms in builder.mibSymbols.items():
@@ -269,7 +270,7 @@ def shipped_module_names() -> list[str]:
     for pkg in (core, pysnmp_mibs):
         d = os.path.dirname(pkg.__file__ or "")
         names += sorted(f[:-3] for f in os.listdir(d) if f.endswith(".py") and not f.startswith("__"))
-    return [n for n in names if n not in _SKIP_MODULES]
+    return [n for n in dict.fromkeys(names) if n not in _SKIP_MODULES]
 
 
 def build_shipped_index() -> tuple[dict[str, Any], list[str]]:
