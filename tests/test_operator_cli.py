@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -150,3 +153,35 @@ def test_kea_restore_reads_the_journal_and_changes_nothing_there(
     assert rc == 1 and "journal entry 1 is log, not kea.lease-del" in err
     assert "owner" not in _columns(old_journal / "journal.sqlite")
     assert not (old_journal / "journal.sqlite-writers.lock").exists()
+
+
+def _in_read_only_mount(directory: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``trapd ARGV`` in a mount namespace where ``directory`` is read-only (a bind mount remounted
+    ro: a backup's mount, a state directory that systemd's ProtectSystem= left read-only)."""
+    import shlex
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (a mount namespace)")
+    d = shlex.quote(str(directory))
+    trapd = shlex.join([sys.executable, "-m", "trapd", *argv])
+    script = f"mount --bind {d} {d} && mount -o remount,bind,ro {d} && exec {trapd}"
+    return subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_read_only_state_directory_is_not_called_damaged(hostile_journal: Path) -> None:
+    """A healthy journal in a read-only directory: SQLite cannot make the -shm file a WAL journal
+    needs. The inspection commands read it anyway; a write says what is wrong. Neither calls it
+    damaged and tells the operator to move a healthy journal aside."""
+    j = ("journal", "--state-dir", str(hostile_journal))
+    r = _in_read_only_mount(hostile_journal, *j, "list", "--state", "all")
+    assert r.returncode == 0, r.stderr
+    assert [ln.split()[:2] for ln in r.stdout.splitlines()[1:]] == [["1", "dead"], ["2", "pending"]]
+    assert "damaged" not in r.stderr
+    r = _in_read_only_mount(hostile_journal, *j, "show", "2")
+    assert r.returncode == 0 and "kea.lease-del" in r.stdout, r.stderr
+    r = _in_read_only_mount(hostile_journal, *j, "retry", "1")
+    assert r.returncode == 2 and "damaged" not in r.stderr and "move it aside" not in r.stderr, r.stderr
+    assert "read-only" in r.stderr and str(hostile_journal / "journal.sqlite") in r.stderr, r.stderr

@@ -818,6 +818,12 @@ class SQLiteJournal:
         try:
             if not new:
                 self._check_integrity(conn)
+        except _NoAccess as exc:
+            conn.close()
+            raise JournalError(
+                f"cannot open the journal {self.path} for writing: {exc}: the file or its directory is "
+                "read-only for this user (trapd writes both: the journal, its -wal and -shm files)"
+            ) from None
         except BaseException:
             conn.close()
             raise
@@ -853,6 +859,8 @@ class SQLiteJournal:
         try:
             rows = [" ".join(str(r[0]).split()) for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
         except sqlite3.DatabaseError as exc:
+            if _is_access(exc):
+                raise _NoAccess(str(exc)) from None
             rows = [str(exc)]
         if rows != ["ok"]:
             problem = "; ".join(rows)[:500]
@@ -880,9 +888,27 @@ class SQLiteJournal:
             if "empty" in str(exc):
                 raise
             raise JournalDamaged(f"the journal {self.path} is not an SQLite database") from None
-        uri = self.path.resolve().as_uri() + "?mode=rw"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10.0)
-        self._check_integrity(conn)
+        uri = self.path.resolve().as_uri()
+        conn = sqlite3.connect(
+            uri + "?mode=rw", uri=True, isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        try:
+            self._check_integrity(conn)
+        except _NoAccess as exc:
+            # A read-only directory (a backup's mount, ProtectSystem=): SQLite cannot make the
+            # -shm file that reading a WAL journal takes. With no -wal file beside it, no writer
+            # has the journal open and the file alone is the whole journal: read it as immutable.
+            conn.close()
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size:
+                raise JournalError(
+                    f"cannot read the journal {self.path}: {exc}: its directory is read-only for this "
+                    f"user and a writer's {wal.name} is there (run this as the user trapd runs as)"
+                ) from None
+            conn = sqlite3.connect(
+                uri + "?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
+            )
+            self._check_integrity(conn)
         _shadow_missing_columns(conn)
         conn.execute("PRAGMA query_only = ON")
         return conn
@@ -1276,6 +1302,16 @@ class SQLiteJournal:
 # full, the file not openable or read-only. https://www.sqlite.org/rescode.html
 _FILE_ERRORS = frozenset({10, 13, 14, 8})
 _DAMAGE_ERRORS = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+_ACCESS_ERRORS = frozenset({3, 8, 14})  # SQLITE_PERM, SQLITE_READONLY, SQLITE_CANTOPEN
+
+
+class _NoAccess(Exception):
+    """The file cannot be opened as asked (read-only file or directory, permissions): not damage."""
+
+
+def _is_access(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _ACCESS_ERRORS
 
 
 def _is_damage(exc: sqlite3.DatabaseError) -> bool:
