@@ -567,6 +567,7 @@ class Dispatcher:
             item=pa.item,
             result=result,
             last_error=error,
+            definition=pa.definition,
         )
 
     def _shown(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:

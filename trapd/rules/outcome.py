@@ -54,6 +54,7 @@ class PlannedAction:
     arriving meanwhile cancels it (flap suppression).
     ``once_within`` / ``once_key``: run at most once per window for that key.
     ``item``: the foreach item that produced it (a decoded MAC change), if any.
+    ``definition``: a digest of the rule file's entry it was planned from (``ActionCall.definition``).
     """
 
     rule: str
@@ -69,6 +70,7 @@ class PlannedAction:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     caps: tuple[RateCap, ...] = ()
     item: dict[str, Any] | None = None
+    definition: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,9 @@ class ActionCall:
     key: Value | None = None
     caps: tuple[CapSpec, ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # What the entry says (a digest of it as parsed: see compile_actions.definition_digest): the
+    # same in two versions of a rule file wherever the entry sits, another for a changed entry.
+    definition: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,4 +548,5 @@ def _plan_call(
         retry=call.retry,
         caps=caps,
         item=dict(item) if item is not None else None,
+        definition=call.definition,
     )

@@ -84,6 +84,7 @@ class NewEntry:
     item: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     last_error: str | None = None
+    definition: str = ""  # the rule file's entry it comes from (PlannedAction.definition)
     # Claim it in the insert transaction when nothing stands in its way: pending (due now), no
     # cap, no earlier action of its key waiting or running. It is then journaled ``running``
     # (attempt 1, this journal's owner): the caller must run it, or give it back with

@@ -971,9 +971,19 @@ def _entry_args(
 
 
 def _copy_key(fingerprint: str, e: NewEntry) -> str:
-    """One planned action of one notification: the same on both hosts (given the same rules)."""
+    """One planned action of one notification: the same on both hosts for the same rule entry.
+
+    What identifies the action is the rule, the entry as written (``definition``; its place
+    in the rule only where the planner gave none), the mode, the HA peer of a per-peer part and
+    the foreach item. Not the place alone: a host that has reloaded a version with an action
+    inserted before another would take its new action for a copy of the other host's old one;
+    not without the mode: an enforced action is no copy of the other host's dry-run.
+    """
     item = dumps(e.item) if e.item is not None else ""
-    return hashlib.sha256(f"{fingerprint}\x1f{e.rule}\x1f{e.index}\x1f{item}".encode()).hexdigest()[:32]
+    what = e.definition or str(e.index)
+    peer = f"{e.params.get('endpoint')}/{e.params['peer']}" if e.params.get("peer") is not None else ""
+    text = f"{fingerprint}\x1f{e.rule}\x1f{what}\x1f{e.mode}\x1f{peer}\x1f{item}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _owned(owner: str | None, instance: str) -> tuple[str, tuple[Any, ...]]:

@@ -1,0 +1,182 @@
+"""The production topology: two DHCP hosts, each running trapd, on one PostgreSQL journal, in front of
+a Kea HA pair; every notification is sent to both hosts.
+
+Real components: a Kea 2.2 HA pair from Debian 12's packages on loopback (tests/kea_sandbox.py),
+a private PostgreSQL 15 (tests/pg_harness.py), two ``trapd run`` processes and net-snmp's
+``snmptrap``. The pair is shared by the module's tests (each has its own database, hosts and
+leases); a test that changes a server's state puts it back and waits until the pair is in its mode
+again.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from daemon_harness import LINK_DOWN, TrapdDaemon
+from kea_sandbox import HaPair, start_ha_pair
+from listen_harness import needs_netsnmp, snmp_send
+from pg_harness import PgServer
+
+pytestmark = [pytest.mark.integration, needs_netsnmp]
+
+IF_INDEX = "1.3.6.1.2.1.2.2.1.1"
+IF_PHYS_ADDRESS = "1.3.6.1.2.1.2.2.1.6"
+CAP = "cap: {limit: 1000, per: 1m}"
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaPair]:
+    if not Path("/usr/lib/x86_64-linux-gnu/kea/hooks/libdhcp_ha.so").exists():
+        pytest.skip("Kea's HA hook is not installed")
+    p = start_ha_pair(Path(tmp_path_factory.mktemp("ha")), "hot-standby")
+    yield p
+    p.stop()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Poll ``check`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.1)
+
+
+def start_hosts(
+    tmp_path: Path, url: str, ha: HaPair, rules: str, **dispatch: Any
+) -> tuple[TrapdDaemon, TrapdDaemon]:
+    hosts: list[TrapdDaemon] = []
+    try:
+        for name in ("dhcp1", "dhcp2"):
+            config = {
+                "kea": {"endpoints": ha.trapd_endpoints("unix"), "poll_interval": "0.3s"},
+                "dispatch": {
+                    "journal": {"url": url, "instance": name, "lease": "30s", "poll_interval": "200ms"},
+                    **dispatch,
+                },
+            }
+            hosts.append(TrapdDaemon.start(tmp_path / name, rules=rules, config=config, timeout=60))
+    except BaseException:
+        for d in hosts:
+            d.stop()
+        raise
+    return hosts[0], hosts[1]
+
+
+def send(d: TrapdDaemon, if_index: int, uptime: int, mac: str) -> None:
+    """One v2c linkDown (ifIndex, ifPhysAddress) with a given sysUpTime: to both hosts, one notification."""
+    r = snmp_send(
+        "snmptrap", "-v", "2c", "-c", "public", d.target(), str(uptime), LINK_DOWN,
+        f"{IF_INDEX}.{if_index}", "i", str(if_index),
+        f"{IF_PHYS_ADDRESS}.{if_index}", "x", mac.replace(":", ""),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+def rows(url: str) -> list[dict[str, Any]]:
+    with psycopg.connect(url) as conn:
+        cur = conn.execute("SELECT id, event_id, rule, action, idx, params, state, result FROM trapd_actions")
+        names = [c.name for c in cur.description or ()]
+        out = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    for r in out:
+        r["params"] = json.loads(r["params"])
+        r["result"] = json.loads(r["result"]) if r["result"] else None
+    return sorted(out, key=lambda r: r["id"])
+
+
+FINAL = {"done", "dead", "cancelled", "held"}
+
+
+def settled(url: str, n: int) -> list[dict[str, Any]] | None:
+    """The journal's rows once there are ``n`` and every one is final."""
+    got = rows(url)
+    return got if len(got) == n and all(r["state"] in FINAL for r in got) else None
+
+
+def reload(d: TrapdDaemon, rules: str) -> None:
+    """A new rule file and SIGHUP; returns once the daemon says it reloaded."""
+    before = len(d.logs("reloaded"))
+    d.rules_path.write_text(rules)
+    d.signal(signal.SIGHUP)
+    wait_for("the reload", lambda: len(d.logs("reloaded")) > before)
+
+
+NOTIFY_THEN_DELETE = """\
+rules:
+  - name: nic-gone
+    {mode}
+    match: {{notification: IF-MIB::linkDown}}
+    actions:
+{notify}      - action: kea.lease-del
+        endpoint: pair4
+        hw-address: "{{{{ ifPhysAddress | mac }}}}"
+        {cap}
+"""
+NOTIFY = """\
+      - action: exec
+        argv: [/bin/sh, -c, 'echo "$1" >> {marks}', sh, "notify {{{{ ifPhysAddress | mac }}}}"]
+"""
+
+
+def test_hosts_halfway_through_a_reload_neither_lose_nor_double_an_action(
+    tmp_path: Path, pg_server: PgServer, ha: HaPair
+) -> None:
+    """dhcp2 has reloaded the new rules, dhcp1 not yet: each host's copy is matched with the same
+    action of the other's, never with another action that happens to sit at the same place.
+
+    The new version inserts an ``exec`` before the deletion: the ``exec`` is planned by dhcp2
+    only, so it runs (docs/pair.md: an action only one host plans is not a copy of anything);
+    the deletion is planned by both, so it runs once per Kea peer. A rule switched from dry-run
+    to enforce on one host only is enforced: a dry-run row of the other host is not its copy.
+    """
+    url = pg_server.new_database()
+    marks = tmp_path / "marks"
+    old = NOTIFY_THEN_DELETE.format(mode="", notify="", cap=CAP)
+    new = NOTIFY_THEN_DELETE.format(mode="", notify=NOTIFY.format(marks=marks), cap=CAP)
+    a, b = start_hosts(tmp_path, url, ha, old)
+    try:
+        reload(b, new)
+        mac, ip = "0a:00:27:00:70:01", {n: s.next_ip4() for n, s in ha.servers.items()}
+        for name, inst in ha.servers.items():  # on both: HA does not copy a lease4-add
+            inst.add_lease4(ip[name], mac)
+        send(a, 21, 700_021, mac)
+        wait_for("dhcp1's two parts done", lambda: settled(url, 2))
+        send(b, 21, 700_021, mac)
+        got = wait_for("dhcp2's copy journaled", lambda: settled(url, 5))
+        assert marks.exists() and marks.read_text().split("\n").count(f"notify {mac}") == 1, got
+        deletions = [r for r in got if r["action"] == "kea.lease-del" and r["state"] == "done"]
+        assert sorted(r["params"]["peer"] for r in deletions) == ["server1", "server2"], got
+        assert all(r["result"]["deleted"] == 1 for r in deletions), deletions
+        for name, inst in ha.servers.items():
+            assert inst.lease4(ip[name]) is None, name
+        # Each cancelled copy names the row of its own peer.
+        by_id = {r["id"]: r for r in got}
+        for r in got:
+            if r["state"] == "cancelled":
+                assert by_id[r["result"]["duplicate_of"]]["params"] == r["params"], (r, by_id)
+
+        # The same rule, in dry-run on dhcp1 and enforced on dhcp2 (its reload done, dhcp1's not).
+        reload(a, NOTIFY_THEN_DELETE.format(mode="mode: dry-run", notify="", cap=CAP))
+        reload(b, old)
+        mac2 = "0a:00:27:00:70:02"
+        ip2 = {n: s.next_ip4() for n, s in ha.servers.items()}
+        for name, inst in ha.servers.items():
+            inst.add_lease4(ip2[name], mac2)
+        send(a, 22, 700_022, mac2)
+        wait_for("dhcp1's dry-run rows", lambda: settled(url, 7))
+        send(b, 22, 700_022, mac2)
+        wait_for("dhcp2's rows", lambda: settled(url, 9))
+        for name, inst in ha.servers.items():
+            wait_for(f"the lease gone on {name}", lambda inst=inst, name=name: inst.lease4(ip2[name]) is None)
+    finally:
+        a.stop()
+        b.stop()
