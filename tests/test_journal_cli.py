@@ -183,7 +183,7 @@ def test_actions_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> None:
     assert "argv: list[string], required" in out
     assert "level: enum(debug|info|warning|error), default 'info'" in out
     rc, out = run(capsys, "actions", "webhook")
-    assert rc == 0 and "5xx" in out and "headers: mapping, default None (secret)" in out
+    assert rc == 0 and "5xx" in out and "headers: mapping, optional (secret)" in out
     assert run(capsys, "actions", "nope")[0] == 1
     rc, out = run(capsys, "actions", "--json")
     names = [a["name"] for a in json.loads(out)["actions"]]

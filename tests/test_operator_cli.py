@@ -185,3 +185,17 @@ def test_a_read_only_state_directory_is_not_called_damaged(hostile_journal: Path
     r = _in_read_only_mount(hostile_journal, *j, "retry", "1")
     assert r.returncode == 2 and "damaged" not in r.stderr and "move it aside" not in r.stderr, r.stderr
     assert "read-only" in r.stderr and str(hostile_journal / "journal.sqlite") in r.stderr, r.stderr
+
+
+def test_actions_says_optional_not_default_none(capsys: pytest.CaptureFixture[str]) -> None:
+    """`trapd actions` showed every optional parameter as "default None" (Python's spelling, not
+    what a rule file says) and a duration's default as bare seconds (30.0, where a rule writes 30s)."""
+    rc, out, _ = run(capsys, "actions")
+    assert rc == 0 and "None" not in out
+    assert "cwd: string, optional  (working directory" in out
+    assert "timeout: duration [0.001..86400], default 30s  (the program" in out
+    rc, out, _ = run(capsys, "actions", "webhook")
+    assert rc == 0 and "headers: mapping, optional (secret)" in out
+    rc, out, _ = run(capsys, "actions", "--json")
+    exec_params = next(a for a in json.loads(out)["actions"] if a["name"] == "exec")["params"]
+    assert exec_params["cwd"]["describe"] == "string, optional" and exec_params["cwd"]["default"] is None

@@ -96,8 +96,13 @@ class Param:
             t = f"list[{self.item}]"
         if self.min is not None or self.max is not None:
             t += f" [{'' if self.min is None else self.min}..{'' if self.max is None else self.max}]"
-        bits = [t, "required" if self.required else f"default {self.default!r}"]
-        return ", ".join(bits)
+        if self.required:
+            return f"{t}, required"
+        if self.default is None:
+            return f"{t}, optional"  # absent unless a rule gives it: no value to show
+        if self.type == "duration" and isinstance(self.default, int | float):
+            return f"{t}, default {self.default:g}s"  # as a rule file writes it
+        return f"{t}, default {self.default!r}"
 
 
 _MAC_HEX = re.compile(r"[0-9a-fA-F]+")
