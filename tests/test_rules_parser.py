@@ -535,3 +535,28 @@ def test_a_duration_that_is_not_a_finite_number_of_seconds_is_refused(tmp_path: 
     assert out.planned == ()
     (rej,) = out.rejected
     assert "max-period: not a duration" in rej.reason, rej.reason
+
+
+def test_an_object_identifier_varbind_compares_with_a_mib_name(tmp_path: Path) -> None:
+    """snmpTrapEnterprise (an OBJECT IDENTIFIER) is shown as a MIB name, so that is what an operator
+    writes: the name means its OID (as `.1.3...` does), and a name no MIB knows is an error.
+    It used to be compared as text with the dotted OID: never true, and `trapd check` said OK."""
+    text = """
+        rules:
+          - {name: a, match: {notification: coldStart, varbinds: {snmpTrapEnterprise: SNMPv2-SMI::private}}}
+          - {name: b, match: {notification: warmStart, varbinds: {snmpTrapEnterprise: [snmpModules, mgmt]}}}
+          - {name: c, match: {notification: linkUp, varbinds: {snmpTrapEnterprise: {ne: enterprises}}}}
+          - {name: d, match: {notification: linkDown, varbinds: {snmpTrapEnterprise: '.1.3.6.1.4.1'}}}
+        """
+    rs = ruleset(tmp_path, text)
+    assert rs.evaluate(event("coldStart snmpTrapEnterprise=1.3.6.1.4")).matched == ("a",)
+    assert rs.evaluate(event("coldStart snmpTrapEnterprise=1.3.6.1.4.1")).matched == ()
+    assert rs.evaluate(event("warmStart snmpTrapEnterprise=SNMPv2-SMI::mgmt")).matched == ("b",)
+    assert rs.evaluate(event("linkUp snmpTrapEnterprise=1.3.6.1.4.1")).matched == ()
+    assert rs.evaluate(event("linkUp snmpTrapEnterprise=1.3.6.1.2")).matched == ("c",)
+    assert rs.evaluate(event("linkDown snmpTrapEnterprise=enterprises")).matched == ("d",)
+    bad = errors_of(tmp_path, text.replace("[snmpModules, mgmt]", "[snmpModules, mgnt]"))
+    assert [line for line in bad if "mgnt" in line] == [
+        "3:93: error: unknown MIB symbol 'mgnt' in varbind snmpTrapEnterprise value (load the MIB that "
+        "defines it, see mibs: in trapd.yaml, or give the numeric OID)"
+    ]

@@ -447,6 +447,11 @@ class MibResolver:
     def syntax(self, name_or_oid: str | Oid) -> Syntax | None:
         return self._syntax(name_or_oid)
 
+    def value_type(self, oid: Oid) -> str:
+        """SMI base type of the object at or above ``oid`` (``ObjectIdentifier``, ``Integer32``...), or ""."""
+        syn = self.describe(oid)[2]
+        return syn.base if syn is not None else ""
+
     def tc(self, name: str) -> Syntax | None:
         """A textual convention by name (``MacAddress`` or ``SNMPv2-TC::MacAddress``)."""
         tc = self._tcs.get(name)

@@ -260,7 +260,13 @@ class MatchCompiler:
             if hit is None:
                 problems_before = len(self.problems.items)
                 tests, exists = self.value_tests(
-                    spec, where(node, name), name, self._enums(name), scope, varbind=True
+                    spec,
+                    where(node, name),
+                    name,
+                    self._enums(name),
+                    scope,
+                    varbind=True,
+                    oids=self._oid_valued(oid),
                 )
                 if tests is None:
                     continue
@@ -273,6 +279,13 @@ class MatchCompiler:
                     self._plain_varbinds[memo] = hit
             out.append(c.Varbind(oid, hit[0], hit[1], name, km, hit[2]))
         return out
+
+    def _oid_valued(self, oid: Oid) -> bool:
+        """True for an OBJECT IDENTIFIER object: its values compare with MIB names, as they are shown."""
+        try:
+            return self.ctx.resolver.value_type(oid) == "ObjectIdentifier"
+        except Exception:  # a resolver that cannot answer for this OID: compared as text
+            return False
 
     def _enums(self, name: str) -> dict[str, int]:
         """Enumeration of a varbind's syntax; ``ifOperStatus.17`` asks for ``ifOperStatus``."""
@@ -308,8 +321,12 @@ class MatchCompiler:
         scope: RuleScope,
         *,
         varbind: bool = False,
+        oids: bool = False,
     ) -> tuple[list[c.ValueTest] | None, bool | None]:
-        """Operators for one value; (None, None) when invalid (already reported)."""
+        """Operators for one value; (None, None) when invalid (already reported).
+
+        ``oids``: the value is an OBJECT IDENTIFIER, so a MIB name given to compare with means its OID.
+        """
         names = {v: k for k, v in enums.items()}
         if node is None:
             self.problems.error(
@@ -317,7 +334,7 @@ class MatchCompiler:
             )
             return None, None
         if isinstance(node, YList):
-            eq = [self._equals(v, where(node, i), what, enums) for i, v in enumerate(node)]
+            eq = [self._equals(v, where(node, i), what, enums, oids) for i, v in enumerate(node)]
             if not node or any(e is None for e in eq):
                 if not node:
                     self.problems.error(f"{what}: an empty list matches nothing", mark)
@@ -325,7 +342,7 @@ class MatchCompiler:
             opts = [e for e in eq if e is not None]
             return [c.OneOf(opts, ", ".join(o.label for o in opts), names)], None
         if not isinstance(node, YDict):
-            e = self._equals(node, mark, what, enums)
+            e = self._equals(node, mark, what, enums, oids)
             return ([e], None) if e is not None else (None, None)
         tests: list[c.ValueTest] = []
         exists: bool | None = None
@@ -344,12 +361,12 @@ class MatchCompiler:
                 ok = False
                 continue
             if op in ("equals", "eq"):
-                e = self._equals(arg, m, what, enums)
+                e = self._equals(arg, m, what, enums, oids)
                 ok = ok and e is not None
                 if e is not None:
                     tests.append(e)
             elif op in ("not-equals", "ne"):
-                e = self._equals(arg, m, what, enums)
+                e = self._equals(arg, m, what, enums, oids)
                 ok = ok and e is not None
                 if e is not None:
                     tests.append(c.Negated(e, f"not {e.label}", names))
@@ -358,7 +375,7 @@ class MatchCompiler:
                     self.problems.error(f"{what}: one-of takes a non-empty list", m)
                     ok = False
                     continue
-                eq = [self._equals(v, where(arg, i), what, enums) for i, v in enumerate(arg)]
+                eq = [self._equals(v, where(arg, i), what, enums, oids) for i, v in enumerate(arg)]
                 if any(e is None for e in eq):
                     ok = False
                     continue
@@ -416,7 +433,7 @@ class MatchCompiler:
                     continue
                 tests.append(c.IndexTest(sub, f"index {plain(arg)}"))
             elif op == "not":
-                sub, sub_exists = self.value_tests(arg, m, f"{what} not", enums, scope)
+                sub, sub_exists = self.value_tests(arg, m, f"{what} not", enums, scope, oids=oids)
                 if sub is None or sub_exists is not None:
                     if sub_exists is not None:
                         self.problems.error(f"{what}: use absent: instead of not: {{exists: ...}}", m)
@@ -432,8 +449,16 @@ class MatchCompiler:
             ok = False
         return (tests if ok else None), exists
 
-    def _equals(self, value: Any, mark: Mark | None, what: str, enums: dict[str, int]) -> c.Equals | None:
+    def _equals(
+        self, value: Any, mark: Mark | None, what: str, enums: dict[str, int], oids: bool = False
+    ) -> c.Equals | None:
         names = {v: k for k, v in enums.items()}
+        if oids and isinstance(value, str):
+            oid = self.ctx.symbol(value)
+            if oid is None:
+                self.ctx.unknown_symbol(value, mark, f"varbind {what} value")
+                return None
+            return c.Equals(None, ".".join(map(str, oid)), value, names)
         if isinstance(value, bool):
             self.problems.error(
                 f"{what}: {value!r} is a YAML boolean (yes/no/on/off/true/false); "

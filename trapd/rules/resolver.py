@@ -1,7 +1,7 @@
 """What the rule compiler needs from the MIB resolver (trapd.mibs.MibResolver).
 
 A Protocol rather than the class itself, so the compiler does not import
-pysnmp and tests can hand in any object with these four methods.
+pysnmp and tests can hand in any object with these methods.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class SymbolResolver(Protocol):
 
     def notifications_of(self, module: str) -> frozenset[Oid]:
         """Every notification a MIB module defines; empty for anything that is not a module."""
+        ...
+
+    def value_type(self, oid: Oid) -> str:
+        """SMI base type of the object at or above ``oid`` (``ObjectIdentifier``, ``Integer32``...), or ""."""
         ...
 
     def resolve(self, oid: Oid) -> tuple[str, Oid]:
