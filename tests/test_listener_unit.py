@@ -317,6 +317,49 @@ def test_a_rate_limit_that_is_not_a_finite_number_is_refused(tmp_path: Path, set
     assert "trapd.yaml:3" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("setting", "line"),
+    [
+        ('engine_id: "8000"', 2),
+        ('engine_id: "0x"', 2),
+        ('engine_id: "' + "80" * 33 + '"', 2),
+        ('v3_users:\n    - {user: u1, auth_protocol: SHA, auth_key: authpass123,\n'
+         '       engine_ids: ["8000000001", ""]}', 4),
+        ('v3_users:\n    - {user: u1, engine_ids: ["' + "81" * 33 + '"]}', 3),
+    ],
+)
+def test_an_engine_id_of_the_wrong_size_is_refused_with_its_line(
+    tmp_path: Path, setting: str, line: int
+) -> None:
+    # SnmpEngineID is 5 to 32 octets (RFC 3411). Such an ID was taken, and `trapd listen` / `trapd
+    # run` then died at start with a pyasn1 ValueConstraintError traceback (a reload likewise).
+    from trapd.config import load_config
+    from trapd.yamlsource import ConfigError
+
+    (tmp_path / "trapd.yaml").write_text(f"listener:\n  {setting}\n")
+    with pytest.raises(ConfigError, match=r"5 to 32 octets") as info:
+        load_config(tmp_path / "trapd.yaml")
+    assert f"trapd.yaml:{line}" in str(info.value)
+    assert "authpass123" not in str(info.value)
+
+
+def test_trapd_listen_with_a_bad_engine_id_says_so_without_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "trapd.yaml"
+    config.write_text(
+        f'listener:\n  engine_id: "8000"\n  v3_users: [{{user: u1}}]\n'
+        f"state_dir: {tmp_path}\nmibs: {{dirs: []}}\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "trapd", "listen", "--config", str(config), "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "5 to 32 octets" in r.stderr, r.stderr[-2000:]
+
+
 def test_receive_buffer_is_set_and_reported() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         got = set_receive_buffer(s, 4 * 1024 * 1024)

@@ -221,12 +221,19 @@ def _rate(node: YDict, key: str, default: float) -> float:
 
 
 def _hex(text: str, mark: Mark | None) -> bytes:
+    """An engine ID in hex (``0x`` prefix and ``:`` separators allowed): SnmpEngineID is 5 to 32
+    octets (RFC 3411), and pysnmp's engine fails at start-up on any other size."""
     s = text.strip()
     s = s[2:] if s[:2].lower() == "0x" else s
     try:
-        return bytes.fromhex(s.replace(":", ""))
+        engine_id = bytes.fromhex(s.replace(":", ""))
     except ValueError:
         raise ConfigError(f"not a hex engine ID: {text!r}", mark) from None
+    if not 5 <= len(engine_id) <= 32:
+        raise ConfigError(
+            f"engine ID {text!r} is {len(engine_id)} octets: an SNMP engine ID is 5 to 32 octets", mark
+        )
+    return engine_id
 
 
 def _v3_user(node: Any, mark: Mark | None, base_dir: Path) -> V3User:
