@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from trapd.secrets import Secret, SecretError, resolve
+from trapd.dispatch.config import DispatchConfig, JournalConfig
+from trapd.dispatch.dispatcher import Dispatcher
+from trapd.dispatch.journal import SQLiteJournal
+from trapd.dispatch.testing import make_event, make_outcome, plan
+from trapd.params import Param
+from trapd.plugin import ActionContext, PermanentError, action
+from trapd.secrets import REDACTOR, REFS, Secret, SecretError, resolve
 from trapd.yamlsource import ConfigError
 
 
@@ -41,3 +51,104 @@ def test_a_fifo_secret_file_is_refused_by_name_at_load_and_when_resolved(tmp_pat
     at_run = returns_within(10, lambda: resolve({"$secret": f"file:{fifo}"}))
     assert isinstance(at_run, SecretError), at_run
     assert str(at_run) == f"secret file:{fifo}: cannot read the file: not a regular file (a FIFO)"
+
+
+ROTATIONS = 50
+
+
+def rotate(path: Path, n: int) -> str:
+    value = f"rotated-token-{path.name}-{n:04d}"
+    tmp = path.with_suffix(".new")
+    tmp.write_text(value + "\n")
+    tmp.replace(path)  # as a rotation tool writes it: a new file renamed over the old
+    return value
+
+
+def test_a_rotating_file_secret_keeps_the_current_and_the_previous_value_masked_not_every_one(
+    tmp_path: Path,
+) -> None:
+    """Each action that uses {file: PATH} reads the file again: every rotation added a value to
+    the redactor, for ever (memory, and every log line searched for each)."""
+    path = tmp_path / "token"
+    values = [rotate(path, n) for n in range(1)]
+    before = len(REDACTOR)
+    for n in range(1, ROTATIONS):
+        assert resolve({"$secret": f"file:{path}"}) == values[-1]
+        values.append(rotate(path, n))
+    assert resolve({"$secret": f"file:{path}"}) == values[-1]
+    assert REDACTOR.redact(f"now {values[-1]} before {values[-2]}") == "now *** before ***"
+    assert REDACTOR.redact(values[0]) == values[0]  # long superseded, no longer masked
+    assert len(REDACTOR) <= before + 2, len(REDACTOR) - before
+
+
+def test_a_rotated_value_still_held_stays_masked(tmp_path: Path) -> None:
+    """What is still in use stays masked however often the file rotated since: a Secret loaded from
+    it (the Kea password a client keeps until a restart) and a value a running action holds."""
+    path = tmp_path / "kea.pw"
+    loaded_value = rotate(path, 0)
+    loaded = Secret.from_config({"file": str(path)})
+    in_action = rotate(path, 1)
+    assert resolve({"$secret": f"file:{path}"}) == in_action
+    REDACTOR.hold(in_action)
+    for n in range(2, ROTATIONS):
+        rotate(path, n)
+        resolve({"$secret": f"file:{path}"})
+        Secret.from_config({"file": str(path)})  # a reload reads it again
+    assert loaded.reveal() == loaded_value
+    assert REDACTOR.redact(f"{loaded_value} {in_action}") == "*** ***"
+    REDACTOR.release(in_action)
+    assert REDACTOR.redact(in_action) == in_action
+    del loaded
+    gc.collect()
+    assert REDACTOR.redact(loaded_value) == loaded_value
+
+
+def test_a_rotated_community_keeps_a_reference_for_the_current_and_the_previous_value(tmp_path: Path) -> None:
+    """The community's reverse map (value -> where it came from) grew by one per reload too."""
+    path = tmp_path / "community"
+    kept = []
+    for n in range(ROTATIONS):
+        value = rotate(path, n)
+        kept.append(Secret.from_config({"file": str(path)}))
+        kept = kept[-1:]  # a reload drops the old configuration
+    ref = f"file:{path}"
+    assert REFS.reference(f"rotated-token-community-{ROTATIONS - 1:04d}") == ref
+    assert REFS.reference(f"rotated-token-community-{ROTATIONS - 2:04d}") == ref
+    assert REFS.reference(f"rotated-token-community-{0:04d}") is None
+    assert REFS.value(ref) == value
+
+
+async def test_an_action_s_file_secret_stays_masked_while_it_runs_though_the_file_rotates(
+    tmp_path: Path,
+) -> None:
+    """The dispatcher holds what it resolved for an action until the action's end is recorded: a
+    run that outlasts two rotations (read by other actions meanwhile) still has its error masked."""
+    path = tmp_path / "hook-token"
+    first = rotate(path, 0)
+
+    @action("quoting", params={"token": Param("string", secret=True)}, idempotent=True)
+    async def quoting(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Quote the token after two rotations (test action)."""
+        for n in (1, 2):
+            rotate(path, n)
+            resolve({"$secret": f"file:{path}"})  # other actions read the new token meanwhile
+        raise PermanentError(f"refused: Bearer {params['token']}")
+
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        config = DispatchConfig(workers=1, shutdown_timeout=1.0, journal=JournalConfig(poll_interval=0.05))
+        d = Dispatcher(config, journal, {"quoting": quoting}, kea=None)
+        await d.start()
+        try:
+            (id_,) = await d.submit(
+                make_event(), make_outcome(plan("quoting", {"token": {"$secret": f"file:{path}"}}))
+            )
+            deadline = time.monotonic() + 10
+            while d.stats.outcomes[("quoting", "dead")] == 0:
+                assert time.monotonic() < deadline, "the action did not end"
+                await asyncio.sleep(0.02)
+        finally:
+            await d.stop(0.5)
+        entry = await journal.get(int(id_), with_event=False)
+    assert entry is not None and entry.last_error is not None
+    assert first not in entry.last_error and "refused: Bearer ***" in entry.last_error, entry.last_error
+    assert REDACTOR.redact(first) == first  # the run is over: superseded twice, forgotten

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import weakref
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,31 +35,104 @@ from trapd.yamlsource import ConfigError, Mark
 
 
 class Redactor:
-    """Knows every secret value loaded in this process and masks them in text."""
+    """Knows the secret values loaded in this process and masks them in text.
+
+    A secret from a file is read again at every reload and by every action that uses it (see
+    :func:`resolve`): a token rotated every hour would add a value per rotation for as long as
+    the process runs, and every log line is searched for each. So values are kept per *source*
+    (``file:PATH``, ``env:NAME``, a place in a rules file): the one read last, which everything
+    reads now, and the one before it, which an action or a reload that read it just before the
+    rotation may still be writing into a log line. Older ones are forgotten, unless still held:
+    by a live :class:`Secret` (the Kea password a client keeps until a restart, however often
+    the file rotated since) or by a running action (:meth:`hold`, :meth:`release`). A value
+    with no source (typed on a command line) is kept for good: it is never read again.
+    """
 
     MASK = "***"
+    KEEP_PER_SOURCE = 2
 
     def __init__(self) -> None:
-        self._values: set[str] = set()
+        self._lock = threading.Lock()  # the reload thread loads secrets while the loop resolves them
+        self._uses: Counter[str] = Counter()  # value -> the windows, holds and the for-good that keep it
+        self._recent: dict[str, list[str]] = {}  # source -> its last KEEP_PER_SOURCE values, newest last
+        self._forever: set[str] = set()
+        self._forms: Counter[str] = Counter()  # text masked -> how many kept values have it
+        # What redact() searches: a new tuple on every change (rare), read without the lock.
+        self._masked: tuple[str, ...] = ()
 
-    def add(self, value: str) -> None:
-        # Very short values would mask innocent text everywhere ("1", "a").
-        if len(value) >= 4:
-            self._values.add(value)
-            # Also as JSON writes it (the journal stores results as JSON): a secret with a quote,
-            # a backslash, a control or non-ASCII character is not its own text there.
-            escaped = json.dumps(value)[1:-1]
-            if escaped != value:
-                self._values.add(escaped)
+    def add(self, value: str, source: str | None = None) -> None:
+        """Mask ``value``; ``source``: where it was read, so that a newer value read there supersedes it."""
+        if not self._maskable(value):
+            return
+        with self._lock:
+            if source is None:
+                if value not in self._forever:
+                    self._forever.add(value)
+                    self._use(value)
+                return
+            recent = self._recent.setdefault(source, [])
+            if recent and recent[-1] == value:
+                return  # read again, unchanged: the common case
+            if value in recent:
+                recent.remove(value)
+            else:
+                self._use(value)
+            recent.append(value)
+            if len(recent) > self.KEEP_PER_SOURCE:
+                self._unuse(recent.pop(0))
+
+    def hold(self, value: str) -> None:
+        """Keep ``value`` masked until as many :meth:`release` calls, whatever its source reads since."""
+        if self._maskable(value):
+            with self._lock:
+                self._use(value)
+
+    def release(self, value: str) -> None:
+        if self._maskable(value):
+            with self._lock:
+                self._unuse(value)
+
+    @staticmethod
+    def _maskable(value: str) -> bool:
+        return len(value) >= 4  # very short values would mask innocent text everywhere ("1", "a")
+
+    def _use(self, value: str) -> None:
+        self._uses[value] += 1
+        if self._uses[value] == 1:
+            for form in _forms(value):
+                self._forms[form] += 1
+            self._masked = tuple(self._forms)
+
+    def _unuse(self, value: str) -> None:
+        self._uses[value] -= 1
+        if self._uses[value] > 0:
+            return
+        del self._uses[value]
+        for form in _forms(value):
+            self._forms[form] -= 1
+            if self._forms[form] <= 0:
+                del self._forms[form]
+        self._masked = tuple(self._forms)
 
     def redact(self, text: str) -> str:
-        for v in self._values:
+        for v in self._masked:
             if v in text:
                 text = text.replace(v, self.MASK)
         return text
 
+    def __len__(self) -> int:
+        """How many texts are masked (a value and, when it differs, its JSON form)."""
+        return len(self._masked)
+
     def __bool__(self) -> bool:
-        return bool(self._values)
+        return bool(self._masked)
+
+
+def _forms(value: str) -> set[str]:
+    """A value as it appears in text: as is, and as JSON writes it (the journal stores results
+    as JSON: a secret with a quote, a backslash, a control or non-ASCII character is not its own
+    text there)."""
+    return {value, json.dumps(value)[1:-1]}
 
 
 REDACTOR = Redactor()
@@ -74,11 +150,30 @@ class SecretRefs:
     def __init__(self) -> None:
         self._values: dict[str, str] = {}
         self._refs: dict[str, str] = {}
+        # ref -> its last values, newest last: the reverse map keeps as many as the redactor
+        # masks (an event received with the community of before a reload is journaled after it).
+        self._recent: dict[str, list[str]] = {}
 
     def register(self, ref: str, value: str) -> None:
         self._values[ref] = value
+        recent = self._recent.setdefault(ref, [])
+        if not recent or recent[-1] != value:
+            if value in recent:
+                recent.remove(value)
+            recent.append(value)
+            if len(recent) > Redactor.KEEP_PER_SOURCE:
+                self._forget(recent.pop(0), ref)
         self._refs.setdefault(value, ref)
-        REDACTOR.add(value)
+        REDACTOR.add(value, ref)
+
+    def _forget(self, value: str, ref: str) -> None:
+        """``value`` was superseded at ``ref``: map it to another place that still has it, or to none."""
+        if self._refs.get(value) != ref:
+            return
+        del self._refs[value]
+        other = next((r for r, values in self._recent.items() if value in values), None)
+        if other is not None:
+            self._refs[value] = other
 
     def value(self, ref: str) -> str | None:
         return self._values.get(ref)
@@ -87,12 +182,13 @@ class SecretRefs:
         """Where a loaded secret came from (the first place registered), or None if it is not one."""
         return self._refs.get(value)
 
-    def saved(self) -> tuple[dict[str, str], dict[str, str]]:
+    def saved(self) -> tuple[dict[str, str], dict[str, str], dict[str, list[str]]]:
         """What is registered now, for :meth:`restore` (tests that load configurations in one process)."""
-        return dict(self._values), dict(self._refs)
+        return dict(self._values), dict(self._refs), {r: list(v) for r, v in self._recent.items()}
 
-    def restore(self, saved: tuple[dict[str, str], dict[str, str]]) -> None:
+    def restore(self, saved: tuple[dict[str, str], dict[str, str], dict[str, list[str]]]) -> None:
         self._values, self._refs = dict(saved[0]), dict(saved[1])
+        self._recent = {r: list(v) for r, v in saved[2].items()}
 
 
 REFS = SecretRefs()
@@ -115,14 +211,21 @@ def source_reference(node: Any) -> str | None:
     return None
 
 
-def resolve(value: Any) -> Any:
-    """``value`` with every secret reference (at any depth) replaced by the secret; else SecretError."""
+def resolve(value: Any, read: list[str] | None = None) -> Any:
+    """``value`` with every secret reference (at any depth) replaced by the secret; else SecretError.
+
+    ``read``, when given, gets each secret value put in: a caller that uses them for a while
+    holds them masked meanwhile (:meth:`Redactor.hold`), whatever their files read since.
+    """
     if is_reference(value):
-        return _resolve_one(value[REF_KEY])
+        secret = _resolve_one(value[REF_KEY])
+        if read is not None:
+            read.append(secret)
+        return secret
     if isinstance(value, Mapping):
-        return {k: resolve(v) for k, v in value.items()}
+        return {k: resolve(v, read) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve(v) for v in value]
+        return [resolve(v, read) for v in value]
     return value
 
 
@@ -131,14 +234,14 @@ def _resolve_one(ref: str) -> str:
     if kind == "env":
         if name not in os.environ:
             raise SecretError(f"secret {ref}: the environment variable is not set")
-        REDACTOR.add(os.environ[name])  # read only now: masked from now on, as loaded ones are
+        REDACTOR.add(os.environ[name], ref)  # read only now: masked from now on, as loaded ones are
         return os.environ[name]
     if kind == "file":
         try:
             lines = read_regular_text(name).splitlines()
         except OSError as exc:
             raise SecretError(f"secret {ref}: cannot read the file: {exc.strerror or exc}") from None
-        REDACTOR.add(lines[0] if lines else "")
+        REDACTOR.add(lines[0] if lines else "", ref)
         return lines[0] if lines else ""
     value = REFS.value(ref)
     if value is None:
@@ -149,14 +252,18 @@ def _resolve_one(ref: str) -> str:
 class Secret:
     """A secret value whose ``repr``/``str`` never shows it. Call :meth:`reveal`."""
 
-    __slots__ = ("_value", "origin")
+    __slots__ = ("__weakref__", "_value", "origin")
 
     def __init__(self, value: str, origin: str = "inline", ref: str | None = None) -> None:
         self._value = value
         self.origin = origin
-        REDACTOR.add(value)
-        if ref is not None:
+        if ref is None:
+            REDACTOR.add(value)
+        else:
             REFS.register(ref, value)
+            # In use as long as this object lives, however often its file is read again since.
+            REDACTOR.hold(value)
+            weakref.finalize(self, REDACTOR.release, value)
 
     def reveal(self) -> str:
         return self._value

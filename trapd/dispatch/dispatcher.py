@@ -875,12 +875,33 @@ class Dispatcher:
         except (ValueError, KeyError, TypeError) as exc:
             await self._dead(job, log, f"the journaled event cannot be read: {exc}", now, attempt)
             return
+        read: list[str] = []
         try:
             # Secrets are journaled as references to where they are kept; the values only now.
-            params = resolve_secrets(dict(job.params))
+            params = resolve_secrets(dict(job.params), read)
         except SecretError as exc:
             await self._dead(job, log, str(exc), now, attempt, "SecretError")
             return
+        # Masked while the action runs and its end is recorded (its error text is redacted then),
+        # however often the secret's file rotates meanwhile (trapd.secrets.Redactor).
+        for secret in read:
+            REDACTOR.hold(secret)
+        try:
+            await self._run_resolved(job, spec, event, log, attempt, params, endpoint)
+        finally:
+            for secret in read:
+                REDACTOR.release(secret)
+
+    async def _run_resolved(
+        self,
+        job: _Job,
+        spec: ActionSpec,
+        event: Event,
+        log: Any,
+        attempt: int,
+        params: dict[str, Any],
+        endpoint: str | None,
+    ) -> None:
         assert self.http is not None
         ctx = ActionContext(
             event=event,
