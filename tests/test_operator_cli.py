@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pg_harness import PgServer
 
 from trapd.cli import main
 from trapd.dispatch.journal import NewEntry, SQLiteJournal
@@ -199,3 +200,21 @@ def test_actions_says_optional_not_default_none(capsys: pytest.CaptureFixture[st
     rc, out, _ = run(capsys, "actions", "--json")
     exec_params = next(a for a in json.loads(out)["actions"] if a["name"] == "exec")["params"]
     assert exec_params["cwd"]["describe"] == "string, optional" and exec_params["cwd"]["default"] is None
+
+
+def test_a_postgresql_journal_that_refuses_the_connection_says_why(
+    pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong database name (or password, or host) in dispatch.journal.url: `trapd journal list`
+    said "pool initialization incomplete after 5.0 sec" after 5 s, with the reason only in the
+    connection pool's own warnings, printed raw beside it. Now the server's answer, in one line."""
+    import yaml
+
+    url = pg_server.url("no_such_db")
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "dispatch": {"journal": {"url": url}}}))
+    rc, out, err = run(capsys, "journal", "-c", str(cfg), "list")
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [err.strip()], err  # one line, no pool warnings around it
+    assert 'database "no_such_db" does not exist' in err and "pool" not in err, err
+    assert err.startswith("trapd journal: cannot connect to the journal database: "), err

@@ -1464,6 +1464,31 @@ class PostgresJournal:
     async def open(self) -> None:
         if self._writer_task is not None:
             return
+        # One connection of our own first: the server's answer (no such database, password
+        # refused, no server at that socket) is the error. Through the pool it was "pool
+        # initialization incomplete after 5.0 sec", 5 s later, the reason only in the pool's
+        # own log warnings.
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True, connect_timeout=max(1, int(self.connect_timeout))
+            )
+        except psycopg.Error as exc:
+            raise JournalError(f"cannot connect to the journal database: {_one_line(exc)}") from exc
+        try:
+            found = await schema_version(probe)
+        except psycopg.Error as exc:
+            raise JournalError(f"cannot open the journal database: {_one_line(exc)}") from exc
+        finally:
+            await probe.close()
+        if found != SCHEMA_VERSION:
+            if found is None:
+                raise JournalError("the journal database has no trapd schema: run `trapd journal migrate`")
+            if found > SCHEMA_VERSION:
+                raise JournalError(_newer(found))
+            raise JournalError(
+                f"the journal database has trapd schema {found}, older than this trapd ({SCHEMA_VERSION}): "
+                "run `trapd journal migrate`"
+            )
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self.conninfo,
             min_size=1,
@@ -1479,21 +1504,9 @@ class PostgresJournal:
         )
         try:
             await pool.open(wait=True, timeout=max(self.connect_timeout, 5.0))
-            async with pool.connection() as conn:
-                found = await schema_version(conn)
         except (psycopg.Error, PoolTimeout) as exc:
             await pool.close()
             raise JournalError(f"cannot open the journal database: {_one_line(exc)}") from exc
-        if found != SCHEMA_VERSION:
-            await pool.close()
-            if found is None:
-                raise JournalError("the journal database has no trapd schema: run `trapd journal migrate`")
-            if found > SCHEMA_VERSION:
-                raise JournalError(_newer(found))
-            raise JournalError(
-                f"the journal database has trapd schema {found}, older than this trapd ({SCHEMA_VERSION}): "
-                "run `trapd journal migrate`"
-            )
         self._pool = pool
         self._writer_task = asyncio.create_task(self._writer(), name="trapd-journal-writer")
         self._tasks = [
