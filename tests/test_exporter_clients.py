@@ -120,3 +120,49 @@ async def _stalled_client() -> None:
         client.close()
     finally:
         await server.close()
+
+
+async def test_workers_are_asked_for_counters_only_for_what_needs_them_and_once_for_concurrent_scrapes() -> (
+    None
+):
+    """``refresh`` (with service.workers > 1: a round trip to every worker) is not run for a 404, a
+    POST or garbage, and scrapes that arrive while one is running share it."""
+    calls = 0
+
+    async def refresh() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.3)
+
+    server = MetricsServer(CollectorRegistry(), port=0, refresh=refresh)
+    await server.start()
+    try:
+        for request in (
+            b"GET /nope HTTP/1.1\r\n\r\n",
+            b"POST /metrics HTTP/1.1\r\n\r\n",
+            b"DELETE /healthz HTTP/1.1\r\n\r\n",
+            b"garbage\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+        ):
+            status, _ = await _exchange(server.port, request)
+            assert status in (200, 400, 404, 405)
+        assert calls == 0
+        answers = await asyncio.gather(
+            *(_exchange(server.port, b"GET /metrics HTTP/1.1\r\n\r\n") for _ in range(6)),
+            *(_exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n") for _ in range(6)),
+        )
+        assert [status for status, _ in answers] == [200] * 12
+        assert calls == 1
+        # A scrape after that one finished gets a fresh one.
+        assert (await _exchange(server.port, b"HEAD /metrics HTTP/1.0\r\n\r\n"))[0] == 200
+        assert calls == 2
+    finally:
+        await server.close()
+
+
+async def _exchange(port: int, request: bytes) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return int(raw.split(b" ", 2)[1]), raw

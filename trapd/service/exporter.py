@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -69,6 +70,7 @@ class MetricsServer:
         refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._refresh = refresh
+        self._refreshing: asyncio.Future[None] | None = None
         self._registry = registry
         self._health = health
         self._host = host
@@ -132,12 +134,10 @@ class MetricsServer:
             self._reading.pop(writer, None)
         self._answering += 1
         try:
-            if self._refresh is not None and head.split(b" ", 2)[1:2] != [b"/"]:
-                try:
-                    await self._refresh()
-                except Exception:
-                    log.exception("refreshing the metrics failed")
-            status, ctype, body, head_only = self._respond(head)
+            request = _parse(head)
+            if request is not None and request.method in ("GET", "HEAD") and request.path in _REFRESHED:
+                await self._refreshed()
+            status, ctype, body, head_only = self._respond(request)
             # drain() then returns only once all of it is in the kernel, so close() never waits.
             writer.transport.set_write_buffer_limits(high=0)
             writer.write(
@@ -163,21 +163,35 @@ class MetricsServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _respond(self, head: bytes) -> tuple[int, str, bytes, bool]:
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+    async def _refreshed(self) -> None:
+        """Run ``refresh``, or wait for the one already running: concurrent requests share it.
+
+        With several workers a refresh is a round trip to each of them; a burst
+        of scrapes and health checks must not make every worker build its
+        snapshot once per request.
+        """
+        if self._refresh is None:
+            return
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._run_refresh(self._refresh))
+        # Shielded: a request cut off while it waits must not cancel the others' refresh.
+        await asyncio.shield(self._refreshing)
+
+    async def _run_refresh(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await refresh()
+        except Exception:
+            log.exception("refreshing the metrics failed")
+        finally:
+            self._refreshing = None
+
+    def _respond(self, request: _Request | None) -> tuple[int, str, bytes, bool]:
+        if request is None:
             return 400, "text/plain", b"bad request\n", False
-        method, target = parts[0], parts[1]
+        method, path, headers = request.method, request.path, request.headers
         head_only = method == "HEAD"
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET and HEAD\n", False
-        headers = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        path = target.split("?", 1)[0]
         if path == "/metrics":
             try:
                 encoder, ctype = choose_encoder(headers.get("accept", ""))
@@ -195,3 +209,28 @@ class MetricsServer:
         if path == "/":
             return 200, "text/plain; charset=utf-8", _INDEX, head_only
         return 404, "text/plain", b"not found\n", head_only
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    path: str  # the target without its query
+    headers: dict[str, str]  # lower-case names
+
+
+# The paths whose answer reads what ``refresh`` brings up to date.
+_REFRESHED = ("/metrics", "/healthz")
+
+
+def _parse(head: bytes) -> _Request | None:
+    """The request line and headers of ``head``; None when it is not an HTTP request line."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        return None
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return _Request(parts[0], parts[1].split("?", 1)[0], headers)
