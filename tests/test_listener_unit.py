@@ -323,8 +323,11 @@ def test_a_rate_limit_that_is_not_a_finite_number_is_refused(tmp_path: Path, set
         ('engine_id: "8000"', 2),
         ('engine_id: "0x"', 2),
         ('engine_id: "' + "80" * 33 + '"', 2),
-        ('v3_users:\n    - {user: u1, auth_protocol: SHA, auth_key: authpass123,\n'
-         '       engine_ids: ["8000000001", ""]}', 4),
+        (
+            "v3_users:\n    - {user: u1, auth_protocol: SHA, auth_key: authpass123,\n"
+            '       engine_ids: ["8000000001", ""]}',
+            4,
+        ),
         ('v3_users:\n    - {user: u1, engine_ids: ["' + "81" * 33 + '"]}', 3),
     ],
 )

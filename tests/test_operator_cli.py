@@ -218,3 +218,33 @@ def test_a_postgresql_journal_that_refuses_the_connection_says_why(
     assert err.splitlines() == [err.strip()], err  # one line, no pool warnings around it
     assert 'database "no_such_db" does not exist' in err and "pool" not in err, err
     assert err.startswith("trapd journal: cannot connect to the journal database: "), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("journal", "retry", "99999999999999999999"),
+        ("journal", "cancel", "1", "99999999999999999999"),
+        ("journal", "release", "99999999999999999999"),
+        ("journal", "show", "99999999999999999999"),
+        ("journal", "show", "0"),
+        ("journal", "list", "--limit", "0"),
+        ("journal", "history", "--limit", "-1"),
+        ("kea", "restore", "99999999999999999999"),
+    ],
+)
+def test_an_id_or_limit_out_of_range_is_a_usage_error(
+    hostile_journal: Path, argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id past SQLite's 64-bit integers ended in an OverflowError traceback (retry, cancel,
+    release) or a "reading the journal failed" error; --limit 0 printed "the newest 0 shown" and
+    -1 meant no limit. They are usage errors, said by argparse, before any journal is opened."""
+    where = ["--state-dir", str(hostile_journal)] if argv[0] == "journal" else []
+    cfg = hostile_journal / "trapd.yaml"
+    cfg.write_text(f"state_dir: {hostile_journal}\n")
+    full = [argv[0], *where, *argv[1:], *(["-c", str(cfg)] if argv[0] == "kea" else [])]
+    with pytest.raises(SystemExit) as exit_:
+        main(full)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "Traceback" not in err and ("not an action id" in err or "not a positive number" in err), err

@@ -51,6 +51,29 @@ LIST_STATES = (
 )
 
 
+def action_id(text: str) -> int:
+    """argparse type of a journal id: the ids SQLite and PostgreSQL give (1 .. 2**63 - 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError(
+            f"not an action id: {text!r} (a number, as trapd journal list shows)"
+        )
+    return value
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return value
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", "-c", metavar="FILE", help="trapd.yaml (default /etc/trapd/trapd.yaml if present)"
@@ -62,18 +85,18 @@ def configure(p: argparse.ArgumentParser) -> None:
 
     ls = sub.add_parser("list", help="waiting actions (or those in --state)")
     ls.add_argument("--state", choices=LIST_STATES, default="waiting")
-    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--limit", type=positive, default=100)
 
     show = sub.add_parser("show", help="one action in full")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=action_id)
 
     for name, what in (("retry", "run dead / failed / held / cancelled actions again"),
                        ("cancel", "cancel waiting or held actions")):  # fmt: skip
         sp = sub.add_parser(name, help=what)
-        sp.add_argument("ids", type=int, nargs="+", metavar="ID")
+        sp.add_argument("ids", type=action_id, nargs="+", metavar="ID")
 
     rel = sub.add_parser("release", help="release actions held by a rate cap")
-    rel.add_argument("ids", type=int, nargs="*", metavar="ID")
+    rel.add_argument("ids", type=action_id, nargs="*", metavar="ID")
     rel.add_argument("--rule", help="every held action of this rule")
     rel.add_argument("--all", action="store_true", help="every held action")
 
@@ -88,7 +111,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     hist.add_argument("--state", choices=LIST_STATES[1:-1], action="append", help="repeatable")
     hist.add_argument("--since", help="from this time (ISO 8601, or a duration ago: 2h)")
     hist.add_argument("--until", help="before this time")
-    hist.add_argument("--limit", type=int, default=100)
+    hist.add_argument("--limit", type=positive, default=100)
 
     # The common options work after the subcommand too: `trapd journal history --json`.
     for sp in (ls, show, rel, hist, mig, *(sub.choices[n] for n in ("retry", "cancel"))):

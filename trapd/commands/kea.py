@@ -35,12 +35,14 @@ HELP = "Kea endpoints: status (reachable, version, lease_cmds, HA state) and res
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from trapd.commands.journal import action_id
+
     sub = p.add_subparsers(dest="kea_command", metavar="SUBCOMMAND", required=True)
     st = sub.add_parser("status", help="reachability, version and lease_cmds of every endpoint")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     rs = sub.add_parser("restore", help="re-add leases recorded by kea.lease-del")
     rs.add_argument(
-        "journal_id", nargs="?", type=int, metavar="JOURNAL_ID", help="journal entry of a kea.lease-del"
+        "journal_id", nargs="?", type=action_id, metavar="JOURNAL_ID", help="journal entry of a kea.lease-del"
     )
     rs.add_argument(
         "--file", metavar="FILE", help="JSON: a kea.lease-del result, a list of leases or {leases: [...]}"
