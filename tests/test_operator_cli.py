@@ -248,3 +248,12 @@ def test_an_id_or_limit_out_of_range_is_a_usage_error(
     err = capsys.readouterr().err
     assert exit_.value.code == 2, err
     assert "Traceback" not in err and ("not an action id" in err or "not a positive number" in err), err
+
+
+def test_schema_output_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "no-such-dir" / "rules.schema.json"
+    rc, out, err = run(capsys, "schema", "rules", "-o", str(target))
+    assert rc == 1 and out == ""
+    assert err.startswith(f"trapd schema: cannot write {target}: No such file or directory"), err

@@ -34,6 +34,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from trapd.plugin import load_actions
@@ -45,7 +46,11 @@ def main(args: argparse.Namespace) -> int:
     else:
         text = dumps(config_schema())
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"trapd schema: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     else:
         print(text, end="")
     return 0
