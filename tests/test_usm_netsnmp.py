@@ -48,6 +48,9 @@ COMBOS: list[tuple[V3User, str, str | None]] = [
 ] + [(user(f"{a}-auth".lower(), a, "none", [bytes.fromhex(SENDER)]), a, None) for a in AUTHS]
 PLAIN = user("plain", engine_ids=[bytes.fromhex(SENDER)])
 USERS = [u for u, _, _ in COMBOS] + [PLAIN]
+# Users that take any sender engine (learned on its first authentic message): trapd listen only.
+ANY_PRIV = user("any-priv", "SHA", "AES-128")
+ANY_AUTH = user("any-auth", "SHA")
 IDS = [u.user for u, _, _ in COMBOS]
 
 _marks = itertools.count()
@@ -116,7 +119,11 @@ def trapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrapdListen]:
         return d
 
     config = {
-        "listener": {"v3_users": [spec(u) for u in USERS], "engine_id": TRAPD, "communities": ["public"]}
+        "listener": {
+            "v3_users": [spec(u) for u in [*USERS, ANY_PRIV, ANY_AUTH]],
+            "engine_id": TRAPD,
+            "communities": ["public"],
+        }
     }
     t = TrapdListen.start(tmp_path_factory.mktemp("usm-listen"), config)
     yield t
@@ -218,3 +225,46 @@ def test_snmpinform_with_extended_aes_keys_is_acknowledged(trapd: TrapdListen, a
     assert r.returncode == 0, r.stderr
     e = trapd.wait_event(marked(mark))
     assert (e["kind"], e["security"]["user"], e["security"]["level"]) == ("inform", u.user, "authPriv")
+
+
+@pytest.mark.parametrize(
+    ("bound", "anywhere", "level", "detail"),
+    [
+        ("sha-aes", ANY_PRIV, "authNoPriv", "below-user-level"),
+        ("sha-auth", ANY_AUTH, "authPriv", "above-user-level"),
+    ],
+)
+def test_a_level_other_than_the_users_is_refused_alike_on_both_paths(
+    trapd: TrapdListen, bound: str, anywhere: V3User, level: str, detail: str
+) -> None:
+    """A bound engine's trap is refused by the fast path, a new engine's (of a user without
+    engine_ids) by the pysnmp-fed path: the same message gets the same reason and detail, and
+    the wrong-level one teaches no engine (the right-level trap after it is the first learned)."""
+    new_engine = f"80000000017e{next(_marks):06x}"
+    for u, engine in ((combo(bound)[0], SENDER), (anywhere, new_engine)):
+        assert u.auth_key is not None
+        args = [
+            "-v",
+            "3",
+            "-u",
+            u.user,
+            "-e",
+            "0x" + engine,
+            "-l",
+            level,
+            "-a",
+            "SHA",
+            "-A",
+            u.auth_key.reveal(),
+        ]
+        if level == "authPriv":
+            args += ["-x", "AES", "-X", "some-priv-key"]
+        before = trapd.stats()
+        mark = f"level-{next(_marks)}"
+        snmp_send("snmptrap", *args, trapd.target(), *trap_args(mark))
+        wait_detail(trapd, before, f"unsupported-security-level/{detail}")
+        assert not [e for e in trapd.events_so_far(settle=0.05) if marked(mark)(e)]
+    right = f"level-ok-{next(_marks)}"
+    snmp_send("snmptrap", *v3_args(anywhere, "SHA", "AES" if anywhere is ANY_PRIV else None, new_engine),
+              trapd.target(), *trap_args(right))  # fmt: skip
+    assert trapd.wait_event(marked(right))["security"]["engine_id"] == new_engine

@@ -47,6 +47,7 @@ __all__ = [
     "authentic",
     "extend_key_blumenthal",
     "extend_key_reeder",
+    "level_mismatch",
     "localize_key",
     "localized_user",
     "password_to_key",
@@ -72,6 +73,15 @@ PRIV_KEY_SIZES: Final[dict[str, int]] = {
 }
 LEVEL_NAMES: Final[dict[int, SecurityLevel]] = {1: "noAuthNoPriv", 2: "authNoPriv", 3: "authPriv"}
 LEVEL_NUMBERS: Final[dict[str, int]] = {name: n for n, name in LEVEL_NAMES.items()}
+
+
+def level_mismatch(level: int, user_level: int) -> str | None:
+    """The ``unsupported-security-level`` detail for a message at ``level`` to a user configured
+    at ``user_level`` (both paths hold a trap sender to its user's level), or None if they match."""
+    if level == user_level:
+        return None
+    return "below-user-level" if level < user_level else "above-user-level"
+
 
 _PASSWORD_STREAM: Final = 1048576  # RFC 3414 A.2.1: hash 1 MiB of the repeated passphrase
 

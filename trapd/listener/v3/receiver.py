@@ -78,6 +78,7 @@ from trapd.listener.v3.keys import (
     LocalizedUser,
     MasterKeys,
     authentic,
+    level_mismatch,
     localized_user,
     master_keys,
 )
@@ -348,11 +349,13 @@ class V3Receiver:
         if keys is None:
             self._drop("unknown-engine-id", "not-bound", source, header)
             return _Checked.DROPPED
-        if header.level < LEVEL_NUMBERS[keys.config.level]:
-            # RFC 3414 3.2.5 only binds the authoritative side, so pysnmp takes
-            # an authNoPriv trap for a user configured authPriv. trapd holds a
-            # sender to the level its user is configured with.
-            self._drop("unsupported-security-level", None, source, header)
+        mismatch = level_mismatch(header.level, LEVEL_NUMBERS[keys.config.level])
+        if mismatch is not None:
+            # RFC 3414 3.2.5 only binds the authoritative side, so pysnmp takes an authNoPriv
+            # trap for a user configured authPriv (and calls a level above the user's a
+            # decryption error). trapd holds a sender to the level its user is configured
+            # with, as the fast path does, before an engine is learned from the message.
+            self._drop("unsupported-security-level", mismatch, source, header)
             return _Checked.DROPPED
         if pair in self._registered:
             # A bound or learned engine's message the fast path left to pysnmp.
@@ -361,13 +364,9 @@ class V3Receiver:
         if not 4 < len(header.engine_id) < 33:
             self._drop("unknown-engine-id", "malformed-engine-id", source, header)
             return _Checked.DROPPED
-        if header.level >= 2:
-            if keys.auth_master is None:
-                self._drop("unsupported-security-level", None, source, header)
-                return _Checked.DROPPED
-            if not self._digest_ok(keys.config, data, header):
-                self._drop("wrong-digest", "unlearned-engine", source, header)
-                return _Checked.DROPPED
+        if header.level >= 2 and not self._digest_ok(keys.config, data, header):  # the user's level
+            self._drop("wrong-digest", "unlearned-engine", source, header)
+            return _Checked.DROPPED
         if self._learned >= self._max_learned:
             self._drop("unknown-engine-id", "learn-limit", source, header)
             return _Checked.DROPPED

@@ -76,6 +76,7 @@ from trapd.listener.v3.keys import (
     MasterKeys,
     authentic,
     extend_key_blumenthal,
+    level_mismatch,
     localize_key,
     localized_user,
     password_to_key,
@@ -262,9 +263,9 @@ class UsmFastPath:
         level = header.level
         if not level:
             raise _Decline("msg-flags")  # privacy without authentication: invalid, pysnmp counts it
-        if level != user.level:
-            detail = "below-user-level" if level < user.level else "above-user-level"
-            raise Refused("unsupported-security-level", detail)
+        mismatch = level_mismatch(level, user.level)
+        if mismatch is not None:
+            raise Refused("unsupported-security-level", mismatch)
 
         timeline = None
         if level > 1:
