@@ -49,7 +49,7 @@ async def test_reloaded_rules_are_frozen_and_a_failed_reload_freezes_nothing(
 
     rules.write_text(per_port_rules(2000))
     before = gc.get_freeze_count()
-    _, ruleset = await compile_reload(options, loaded, log)
+    _, ruleset, _resolver = await compile_reload(options, loaded, log)
     assert len(ruleset) == 2000
     # Every rule of the new set (and far more: its actions, templates, index) is frozen.
     assert gc.get_freeze_count() - before > 2000 * 5

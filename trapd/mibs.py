@@ -18,7 +18,8 @@ Where names come from:
   mtimes) decides whether that work is needed: an unchanged directory costs
   one ``stat`` per file at start-up, not a compile. The first start after a
   change compiles (seconds, in a child process); ``trapd mibs compile`` does
-  it ahead of a restart.
+  it ahead of a restart. A reload (SIGHUP) asks :meth:`MibResolver.is_current`
+  and loads the MIBs again when their files changed.
 
 Start-up: the merged tables are also kept as a marshal snapshot in the cache
 (``resolver.marshal``), which loads in ~60 ms and ~11 MB of RSS instead of
@@ -186,6 +187,8 @@ class MibResolver:
         self._tcs: dict[str, int] = {}
         self._cache: BoundedCache[Oid, Resolved] = BoundedCache(CACHE_LIMIT, CACHE_MAX_BYTES)
         self._max_len = 0  # longest named OID: the prefix walk starts there, not at a hostile 128-arc OID
+        # fingerprint() of the MIB files this resolver was loaded from; None when not loaded from files.
+        self._source_key: str | None = None
 
     # -- loading -----------------------------------------------------------
 
@@ -210,11 +213,14 @@ class MibResolver:
         dirs = config.source_dirs()
         cache = config.cache_path(state_dir)
         snapshot_key = _snapshot_key(dirs)
+        source_key = fingerprint(dirs)
         if cache is not None:
             cached = cls._from_snapshot(cache / SNAPSHOT_NAME, snapshot_key)
             if cached is not None:
+                cached._source_key = source_key
                 return cached
         r = cls()
+        r._source_key = source_key
         shipped: dict[str, Any] | None = None
         try:
             shipped = shipped_index()
@@ -236,6 +242,16 @@ class MibResolver:
         if complete and cache is not None:
             r._write_snapshot(cache / SNAPSHOT_NAME, snapshot_key)
         return r
+
+    def is_current(self, config: MibConfig | None = None) -> bool:
+        """False when ``config``'s MIB files (or the shipped index) changed since this resolver was loaded.
+
+        One ``stat`` per file: a reload asks it, and loads the MIBs again only when it is False.
+        A resolver not loaded from files (:meth:`from_index`) is always current.
+        """
+        if self._source_key is None:
+            return True
+        return self._source_key == fingerprint((config or MibConfig()).source_dirs())
 
     # A snapshot of the merged tables, written with marshal: loading it takes
     # ~30 ms and ~9 MB, where parsing the JSON indexes takes ~150 ms and

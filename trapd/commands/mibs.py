@@ -10,8 +10,8 @@ trapd mibs compile [--config FILE] [--dir DIR]... [--cache-dir DIR] [--force] [-
     with --strict when a file is broken. This is where broken MIBs are
     reported: the daemon warns once, when its compile first finds them, and
     `trapd check` only when a rule needs a name from one. The daemon
-    compiles at start when the sources changed; running this ahead of a
-    restart keeps the start fast.
+    compiles at start, and at a reload, when the sources changed; running
+    this ahead of a restart or reload keeps them fast.
 
 trapd mibs lookup NAME|OID... [--config FILE] [--json]
     Both directions: IF-MIB::linkDown, linkDown, ifOperStatus.3 or

@@ -551,10 +551,11 @@ class Daemon:
     async def reload(self) -> bool:
         """Re-read trapd.yaml and the rules; keep everything as it is if anything is wrong.
 
-        Rules, mode, communities, v3 users, source filters, action settings and
-        the log level and format change at once. Listen addresses, the state
-        directory, MIBs, Kea endpoints, dispatch tuning and the metrics address
-        need a restart (a warning in the log says so). The new rules compile
+        Rules, mode, communities, v3 users, source filters, action settings,
+        the log level and format, and changed MIB files change at once. Listen
+        addresses, the state directory, the ``mibs:`` settings, Kea endpoints,
+        dispatch tuning and the metrics address need a restart (a warning in
+        the log says so). The new rules compile
         in a thread (:func:`~trapd.service.lifecycle.compile_reload`): the old
         ones keep serving, /healthz answers and WATCHDOG=1 goes on meanwhile.
         """
@@ -562,8 +563,8 @@ class Daemon:
         self.health = Health(True, "reloading")
         adjust = self.role.adjust if self.role is not None else None
         try:
-            config, rules = await compile_reload(
-                self.options, Loaded(self.resolver, self.actions, self.rules), self.log, adjust
+            config, rules, resolver = await compile_reload(
+                self.options, Loaded(self.resolver, self.actions, self.rules), self.log, adjust, self.config
             )
             # Last of the fallible steps: a V3Receiver that cannot be built must not leave new rules behind.
             if self.listener is not None:
@@ -591,6 +592,10 @@ class Daemon:
             else:
                 self.limiter.set_clearing(rules.clearing_oids)
         old, self.rules = self.rules, rules
+        if resolver is not self.resolver:  # MIB files changed: their names from the next trap on
+            from trapd.normalize import Normalizer
+
+            self.resolver, self.normalizer = resolver, Normalizer(resolver)
         # Freed in a thread, a slice at a time: dropped here, a big set held the loop (release_rules).
         asyncio.get_running_loop().run_in_executor(None, release_rules, old)
         del old

@@ -125,8 +125,17 @@ async def compile_reload(
     loaded: Loaded,
     log: TrapdLogger,
     adjust: Callable[[Config], Config] | None = None,
-) -> tuple[Config, RuleSet]:
-    """trapd.yaml and the rules, read and compiled again for a reload, off the event loop.
+    running: Config | None = None,
+) -> tuple[Config, RuleSet, MibResolver]:
+    """trapd.yaml, the rules and changed MIB files, read and compiled again for a reload, off the event loop.
+
+    Returns the new configuration, rules and MIB resolver. The resolver is
+    ``loaded.resolver`` unless the files of the running ``mibs:`` directories
+    (``running``) changed since it was loaded: then they are loaded again
+    (compiled in a child process when the cache is stale, seconds) and the
+    rules compile against them, so a vendor MIB dropped into the directory
+    and a rule naming its notification are taken by one reload. The
+    ``mibs:`` settings themselves still need a restart (RESTART_NEEDED).
 
     Compiling 10,000 rules takes seconds of CPU. On the loop that would stop
     the receive path, /healthz and WATCHDOG=1 for as long (longer than
@@ -147,22 +156,29 @@ async def compile_reload(
     traceback holds cycles that must be collected).
     """
 
-    def work() -> tuple[Config, RuleSet]:
+    def work() -> tuple[Config, RuleSet, MibResolver]:
         config = options.load()
         if adjust is not None:
             config = adjust(config)
+        resolver = loaded.resolver
+        if running is not None and not resolver.is_current(running.mibs):
+            from trapd.mibs import MibResolver
+
+            resolver = MibResolver.load(running.mibs, running.state_dir)
+            log.info("MIB files changed: loaded again", names=len(resolver), sources=resolver.sources)
+            log_mib_problems(log, resolver)
         was_enabled = gc.isenabled()
         gc.disable()
         compiled = False
         try:
-            rules = build_rules(config, loaded.resolver, loaded.actions, log)
+            rules = build_rules(config, resolver, loaded.actions, log)
             compiled = True
         finally:
             if compiled and was_enabled:
                 gc.freeze()
             if was_enabled:
                 gc.enable()
-        return config, rules
+        return config, rules, resolver
 
     return await asyncio.to_thread(work)
 

@@ -750,9 +750,12 @@ class Supervisor:
         """
         self.notifier.reloading("reloading")
         assert self.preloaded is not None
-        resolver, actions = self.preloaded.resolver, self.preloaded.actions
+        actions = self.preloaded.actions
         try:
-            config, rules = await lifecycle.compile_reload(self.options, self.preloaded, self.log)
+            # MIB files that changed are compiled here, once; the workers then load the cached result.
+            config, rules, resolver = await lifecycle.compile_reload(
+                self.options, self.preloaded, self.log, running=self.config
+            )
         except Exception as exc:
             return self._reload_failed(lifecycle.failure_reason(exc))
         loop = asyncio.get_running_loop()

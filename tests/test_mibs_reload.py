@@ -1,0 +1,73 @@
+"""A MIB file added to the MIB directory is loaded by ``systemctl reload`` (SIGHUP), not only by a restart.
+
+An operator who drops a vendor's MIB into /etc/trapd/mibs and reloads with a rule that names its
+notification expects the reload to take both. It used to refuse the rule ("unknown MIB symbol")
+until a restart, with an error that told them to load the MIB they had just added.
+"""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+from daemon_harness import TrapdDaemon, link_down
+from listen_harness import needs_netsnmp, snmp_send
+from test_mibs import VENDOR_MIB
+
+pytestmark = [pytest.mark.integration, needs_netsnmp]
+
+LINK_DOWN_RULE = """\
+rules:
+  - name: port-down
+    match: {notification: IF-MIB::linkDown}
+    actions: [{action: log, level: warning, message: "down {{ ifIndex }}"}]
+"""
+
+MAC_RULE = """\
+  - name: mac
+    match:
+      notification: TRAPD-TEST-MIB::trapdMacNotification
+      varbinds: {trapdMacChange: removed}
+    actions: [{action: log, level: warning, message: "mac {{ trapdMacChange }} on {{ ifIndex }}"}]
+"""
+
+MAC_NOTIFICATION = "1.3.6.1.4.1.99999.0.1"
+MAC_CHANGE = "1.3.6.1.4.1.99999.1.2.0"
+IF_INDEX_7 = "1.3.6.1.2.1.2.2.1.1.7"
+
+
+def reload(d: TrapdDaemon) -> dict[str, str]:
+    assert d.notify is not None
+    d.notify.pending()
+    d.signal(signal.SIGHUP)
+    d.notify.wait_for("RELOADING", timeout=30)
+    return d.notify.wait_for("READY", timeout=120)  # the reload compiles the new MIB (seconds)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_mib_added_before_a_reload_is_loaded_by_it(tmp_path: Path, workers: int) -> None:
+    mibs = tmp_path / "mibs"
+    mibs.mkdir()
+    config = {"mibs": {"dirs": [str(mibs)]}, "service": {"workers": workers}}
+    d = TrapdDaemon.start(tmp_path / "d", rules=LINK_DOWN_RULE, config=config, timeout=60)
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 1), check=True)
+        d.wait_log("down 1")
+
+        (mibs / "trapd-test.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+        d.rules_path.write_text(LINK_DOWN_RULE + MAC_RULE)
+        ready = reload(d)
+        assert "failed" not in ready.get("STATUS", ""), ready
+        d.wait_log("reloaded", timeout=30)
+
+        trap = ["-v", "2c", "-c", "public", d.target(), "", MAC_NOTIFICATION]
+        snmp_send("snmptrap", *trap, IF_INDEX_7, "i", "7", MAC_CHANGE, "i", "2", check=True)
+        # The rule matched by the enum label, and the trap was named by the new MIB.
+        (line,) = d.wait_log("mac 2 on 7", timeout=30)
+        assert line["trap"] == "TRAPD-TEST-MIB::trapdMacNotification", line
+        snmp_send("snmptrap", *link_down(d.target(), 2), check=True)
+        d.wait_log("down 2")  # the rules of before still work
+    finally:
+        d.stop()
