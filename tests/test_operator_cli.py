@@ -257,3 +257,29 @@ def test_schema_output_that_cannot_be_written_is_one_line(
     rc, out, err = run(capsys, "schema", "rules", "-o", str(target))
     assert rc == 1 and out == ""
     assert err.startswith(f"trapd schema: cannot write {target}: No such file or directory"), err
+
+
+@pytest.mark.parametrize(
+    ("content", "rc", "says"),
+    [
+        ("[1, 2]", 1, "holds no leases"),
+        ('{"leases": "x"}', 1, "holds no leases"),
+        ('{"result": 0}', 1, "holds no leases"),
+        ('{"leases": [{"ip-address": "zzz", "hw-address": "00:11:22:33:44:55"}]}', 1, "lease 1: 'zzz'"),
+        ('{"leases": [{"ip-address": 17}]}', 1, "lease 1: 17"),
+        ('{"leases": []}', 0, "nothing to restore: no leases recorded"),
+        ("[]", 0, "nothing to restore: no leases recorded"),
+    ],
+)
+def test_kea_restore_from_a_file_that_holds_no_leases_says_so(
+    tmp_path: Path, content: str, rc: int, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file of something else was "nothing to restore" with exit 0 (a wrong file passed for a
+    successful restore), and a lease whose address is not one ended in a ValueError traceback."""
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}\n")
+    f = tmp_path / "leases.json"
+    f.write_text(content)
+    got, out, err = run(capsys, "kea", "restore", "--file", str(f), "--dry-run", "-c", str(cfg))
+    assert got == rc and says in out + err, (out, err)
+    assert "Traceback" not in err

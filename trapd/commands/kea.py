@@ -136,6 +136,7 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
     """The recorded kea.lease-del result(s): on an HA relationship one per peer it ran on."""
     if args.file:
         data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        _check_file_leases(args.file, data)
         named = data if isinstance(data, dict) else {}
         return [_Part(data, named.get("endpoint"), named.get("peer"))]
     from trapd.commands.journal import open_cli_journal
@@ -190,6 +191,30 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
         peer = result.get("peer") if isinstance(result, dict) else None
         parts.append(_Part(result, endpoint, peer if isinstance(peer, str) else None, e.id))
     return parts
+
+
+def _check_file_leases(name: str, data: Any) -> None:
+    """A --file is what the operator says it is: a file of something else is an error, not
+    "nothing to restore" with success, and each lease's address is one (ValueError otherwise)."""
+    import ipaddress
+
+    from trapd.kea.restore import leases_from_result
+
+    listed = data.get("leases") if isinstance(data, dict) else data
+    if listed == []:
+        return  # a deletion that found no lease: nothing to restore, rightly
+    leases = leases_from_result(data)
+    if not leases:
+        raise ValueError(
+            f"{name} holds no leases: expected a kea.lease-del result (trapd journal show --json ID, "
+            'its "result"), a list of leases, or {"leases": [...]}'
+        )
+    for n, lease in enumerate(leases, 1):
+        address = lease["ip-address"]
+        try:
+            ipaddress.ip_address(address if isinstance(address, str) else "")
+        except ValueError:
+            raise ValueError(f"{name}: lease {n}: {address!r} is not an IP address") from None
 
 
 def _without_peer(params: Any) -> dict[str, Any]:
