@@ -16,9 +16,10 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from daemon_harness import TrapdDaemon
+from daemon_harness import TrapdDaemon, eventually
 
 from trapd.dispatch.journal import NewEntry, SQLiteJournal
 from trapd.dispatch.testing import make_event
@@ -182,3 +183,44 @@ def test_an_intact_journal_still_starts(tmp_path: Path) -> None:
         assert status == 200
     finally:
         assert d.stop() == 0
+
+
+def test_damage_met_while_running_makes_healthz_503_and_stays(tmp_path: Path) -> None:
+    """A row trapd cannot read back (damage the start-up check does not see: text that is not
+    UTF-8) is met by the dispatcher once it is due: /healthz 503, trapd_journal_available 0, and not
+    back to 200 a second later because some other write succeeded (damage does not heal)."""
+    path = _journal_file(tmp_path)
+
+    async def fill() -> None:
+        async with SQLiteJournal(path) as j:
+            now = time.time()
+            for i in range(3):
+                entry = _entry(i, now)
+                await j.add(make_event().to_dict(), [replace(entry, due=now + 2)], [], now)
+
+    asyncio.run(fill())
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE actions SET params = CAST(x'7b22ff7d' AS TEXT) WHERE id = 2")
+    conn.close()
+    d = TrapdDaemon.start(tmp_path, rules=RULES)
+    try:
+        assert d.healthz()[0] == 200  # not due yet: nothing has read the row
+        d.wait_log("journal read failed; retrying", timeout=30)
+
+        def unhealthy() -> dict[str, object]:
+            status, body = d.healthz()
+            assert status == 503, body
+            return body
+
+        body = eventually(unhealthy, timeout=20)
+        assert body["status"] == "degraded" and "damaged" in str(body["journal"]), body
+        assert d.metric("trapd_journal_available") == 0
+        # The journal's probe write (once a second while it is unavailable) succeeds: still 503.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert d.healthz()[0] == 503
+            time.sleep(0.2)
+    finally:
+        d.stop()
+        d.close()

@@ -713,6 +713,10 @@ class SQLiteJournal:
         self._problem: str | None = None
         self._problem_since: float | None = None
         self._failed_writes = 0
+        # Damage met by any operation, read or write (a page SQLite refuses, text that is not
+        # UTF-8): unlike a full disk it does not go away when a later write succeeds.
+        self._damage_seen: str | None = None
+        self._damage_since: float | None = None
         self._probe_sent = 0.0
         self._owner = owner
         self.synchronous = synchronous.lower()
@@ -1045,6 +1049,11 @@ class SQLiteJournal:
         finally:
             if writes:
                 self._unlock_writers()
+        if self._damage_seen is None:
+            damage = next((exc for _, _, exc in done if isinstance(exc, JournalDamaged)), None)
+            if damage is not None:
+                self._damage_since = time.time()
+                self._damage_seen = str(damage)[:300]
         # A closed loop (RuntimeError) means nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._resolve, done)
@@ -1282,7 +1291,13 @@ class SQLiteJournal:
 
         While unavailable, a small write is tried at most once a second, so that the journal
         is found healthy again once space is freed even when no trap comes to try.
+
+        Damage met by any operation (a read of a due action too) makes it unavailable until
+        trapd is restarted: other writes succeeding says nothing about the damaged rows, and
+        the start-up check, then ``trapd journal``, say what is left.
         """
+        if self._damage_seen is not None:
+            return JournalHealth(False, self._damage_seen, self._damage_since, self._failed_writes)
         problem = self._problem
         if problem is None:
             return JournalHealth(failed_writes=self._failed_writes)
