@@ -826,3 +826,104 @@ def test_every_shipped_stub_is_valid_smi() -> None:
         if len(defined) != len(set(defined)):
             bad.setdefault(name, "a symbol defined twice")
     assert bad == {}
+
+
+# A vendor TC module, and modules that import from it as Cisco's do.
+VENDOR_TC_MIB = """
+VENDOR-TC DEFINITIONS ::= BEGIN
+IMPORTS
+    MODULE-IDENTITY, Unsigned32, enterprises FROM SNMPv2-SMI
+    TEXTUAL-CONVENTION FROM SNMPv2-TC;
+
+vendorTc MODULE-IDENTITY
+    LAST-UPDATED "202612070000Z"
+    ORGANIZATION "trapd"
+    CONTACT-INFO "trapd test suite"
+    DESCRIPTION  "TCs, re-exporting nothing."
+    ::= { enterprises 99994 }
+
+VendorLevel ::= TEXTUAL-CONVENTION
+    STATUS      current
+    DESCRIPTION "A level."
+    SYNTAX      Unsigned32 (0..255)
+END
+"""
+
+# As CISCO-ENTITY-ALARM-MIB does ("Unsigned32 FROM CISCO-TC"): a base type imported from the
+# module whose TCs use it, and a TC from a module that is in the directory but does not compile.
+VENDOR_ALARM_MIB = """
+VENDOR-ALARM-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    MODULE-IDENTITY, OBJECT-TYPE, NOTIFICATION-TYPE, enterprises FROM SNMPv2-SMI
+    VendorLevel, Unsigned32
+        FROM VENDOR-TC;
+
+vendorAlarm MODULE-IDENTITY
+    LAST-UPDATED "202612070000Z"
+    ORGANIZATION "trapd"
+    CONTACT-INFO "trapd test suite"
+    DESCRIPTION  "Alarms."
+    ::= { enterprises 99993 }
+
+vendorAlarmSeverity OBJECT-TYPE
+    SYNTAX      Unsigned32
+    MAX-ACCESS  accessible-for-notify
+    STATUS      current
+    DESCRIPTION "Severity."
+    ::= { vendorAlarm 1 }
+
+vendorAlarmLevel OBJECT-TYPE
+    SYNTAX      VendorLevel
+    MAX-ACCESS  accessible-for-notify
+    STATUS      current
+    DESCRIPTION "Level."
+    ::= { vendorAlarm 2 }
+
+vendorAlarmAsserted NOTIFICATION-TYPE
+    OBJECTS     { vendorAlarmSeverity, vendorAlarmLevel }
+    STATUS      current
+    DESCRIPTION "An alarm."
+    ::= { vendorAlarm 0 1 }
+END
+"""
+
+
+def test_a_base_type_imported_from_a_vendor_tc_module_loads(tmp_path: Path) -> None:
+    """CISCO-ENTITY-ALARM-MIB imports Unsigned32 FROM CISCO-TC, which only imports it itself:
+    net-snmp accepts that, and so must trapd (the module failed with 'No symbol')."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "VENDOR-TC").write_text(textwrap.dedent(VENDOR_TC_MIB), encoding="utf-8")
+    (src / "VENDOR-ALARM-MIB").write_text(textwrap.dedent(VENDOR_ALARM_MIB), encoding="utf-8")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert r.problems == [], "\n".join(map(str, r.problems))
+    assert r.is_notification("VENDOR-ALARM-MIB::vendorAlarmAsserted")
+    severity = r.syntax("vendorAlarmSeverity")
+    assert severity is not None and severity.base == "Unsigned32"
+
+
+def test_an_import_from_a_present_but_broken_module_or_of_an_undefined_symbol_is_named(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "mibs"
+    src.mkdir()
+    # VENDOR-TC is there, but does not compile: not "neither shipped nor in the MIB directories".
+    broken_tc = textwrap.dedent(VENDOR_TC_MIB).replace("SYNTAX      Unsigned32 (0..255)", "SYNTAX (")
+    (src / "VENDOR-TC").write_text(broken_tc, encoding="utf-8")
+    (src / "VENDOR-ALARM-MIB").write_text(textwrap.dedent(VENDOR_ALARM_MIB), encoding="utf-8")
+    # A TC that the module it is imported from does not define (a MIB newer than its TC module).
+    needs_undefined = textwrap.dedent(NEEDS_TC_MIB).replace("VENDOR-QOS-PIB-MIB", "VENDOR-TC2")
+    (src / "NEEDS-TC-MIB").write_text(needs_undefined, encoding="utf-8")
+    tc2 = textwrap.dedent(VENDOR_TC_MIB).replace("VENDOR-TC ", "VENDOR-TC2 ").replace("99994", "99992")
+    (src / "VENDOR-TC2").write_text(tc2, encoding="utf-8")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    report = {(Path(p.file or "").name, p.line, p.module): p.message for p in r.problems}
+    text = "\n".join(map(str, r.problems))
+    assert report[("VENDOR-ALARM-MIB", 6, "VENDOR-ALARM-MIB")].startswith(
+        "imports from VENDOR-TC, which failed to compile"
+    ), text
+    assert report[("NEEDS-TC-MIB", 6, "NEEDS-TC-MIB")] == (
+        "imports Percent from VENDOR-TC2, which does not define it"
+    ), text
+    assert ("VENDOR-TC", 17, "VENDOR-TC") in report, text
+    assert len(report) == 3, text

@@ -166,7 +166,7 @@ def _line_of(data: bytes, pattern: re.Pattern[bytes]) -> int:
 
 
 _SYMBOLS_RE = re.compile(r"symbols?:\s*([A-Za-z][A-Za-z0-9-]*)")
-_IMPORTS_FROM_RE = re.compile(r"imports from ([A-Za-z][A-Za-z0-9-]*)")
+_IMPORTS_FROM_RE = re.compile(r"imports (?:[A-Za-z][A-Za-z0-9-]* )?from ([A-Za-z][A-Za-z0-9-]*)")
 
 
 def problem_at(src: SiteSource, reason: str, error: Any = None) -> MibProblem:
@@ -336,7 +336,8 @@ def compile_site(
                 error = getattr(st, "error", None)
                 reason = _reason(error, failed, stubs) if st == "failed" else f"{st}"
                 problems.append(problem_at(site[m], reason, error))
-        index, load_problems = _index_compiled(py_dir, compiled, site)
+        uncompiled = set(wanted) - set(compiled)
+        index, load_problems = _index_compiled(py_dir, compiled, site, uncompiled)
         return index, problems + load_problems
     finally:
         if tmp is not None:
@@ -392,14 +393,14 @@ def _parser(py_dir: Path) -> Any:
 
 
 def _index_compiled(
-    py_dir: Path, modules: list[str], site: dict[str, SiteSource]
+    py_dir: Path, modules: list[str], site: dict[str, SiteSource], uncompiled: set[str]
 ) -> tuple[dict[str, Any], list[MibProblem]]:
     import pysnmp_mibs
     from pysnmp.smi import builder as smi_builder
 
     from trapd.mibindex import _versions
 
-    b = smi_builder.MibBuilder()
+    b = _lenient_builder()
     b.add_mib_sources(
         smi_builder.DirMibSource(os.path.dirname(pysnmp_mibs.__file__ or "")),
         smi_builder.DirMibSource(str(py_dir)),
@@ -416,26 +417,64 @@ def _index_compiled(
             except Exception as exc:
                 failures[m] = exc
     problems = [
-        problem_at(site[m], _load_failure(m, exc, py_dir, set(failures))) for m, exc in failures.items()
+        problem_at(site[m], _load_failure(m, exc, py_dir, set(site), uncompiled, set(failures)))
+        for m, exc in failures.items()
     ]
     return index_builder_modules(b, loaded).result(_versions()), problems
+
+
+# The SMI's base types: what SNMPv2-SMI defines and every module may use.
+_SMI_BASE_TYPES = frozenset({*_APPLICATION_TYPES, "Integer32"})
+
+
+def _lenient_builder() -> Any:
+    """A pysnmp MibBuilder that takes an SMI base type from SNMPv2-SMI when a module lacks it.
+
+    CISCO-ENTITY-ALARM-MIB (and others of Cisco's) import ``Unsigned32 FROM
+    CISCO-TC``, which only imports it from SNMPv2-SMI itself. net-snmp accepts
+    that; pysnmp does not export an imported symbol, so the module would not
+    load for a name that can only mean SNMPv2-SMI's type.
+    """
+    from pysnmp.smi import builder as smi_builder
+    from pysnmp.smi import error as smi_error
+
+    class _LenientBuilder(smi_builder.MibBuilder):  # type: ignore[misc]
+        def import_symbols(self, modName: str, *symNames: str, **userCtx: Any) -> tuple[Any, ...]:
+            try:
+                got: tuple[Any, ...] = super().import_symbols(modName, *symNames, **userCtx)
+                return got
+            except smi_error.SmiError:
+                if modName not in self.mibSymbols or not any(s in _SMI_BASE_TYPES for s in symNames):
+                    raise
+            out: list[Any] = []
+            for name in symNames:
+                own = name in self.mibSymbols[modName]
+                out += super().import_symbols(modName if own else "SNMPv2-SMI", name, **userCtx)
+            return tuple(out)
+
+    return _LenientBuilder()
 
 
 # pysnmp's MibNotFoundError text, and the imports pysmi writes into a compiled module.
 _NOT_FOUND_RE = re.compile(r'MIB file "([A-Za-z0-9_.-]+?)\.py\[co\]" not found')
 _COMPILED_IMPORT_RE = re.compile(r'importSymbols\(\s*"([^"]+)"')
+_NO_SYMBOL_RE = re.compile(r"No symbol ([A-Za-z][A-Za-z0-9-]*)::([A-Za-z][A-Za-z0-9-]*)")
+_AT_BUILDER_RE = re.compile(r" at <pysnmp\.smi\.builder\.\w+ object at 0x[0-9a-f]+>")
 _CAUSED_BY_RE = re.compile(r"caused by <class '(?:[\w.]*\.)?(\w+)'>: ")
 _MAX_LOAD_ERROR = 300
 
 
-def _load_failure(module: str, exc: Exception, py_dir: Path, failed: set[str]) -> str:
+def _load_failure(
+    module: str, exc: Exception, py_dir: Path, present: set[str], uncompiled: set[str], unloaded: set[str]
+) -> str:
     """Why a compiled module does not load, as its author can act on it.
 
     pysmi compiles a module whose imports it could not all find when the
     missing symbols are only types (a vendor's TC from a module the site did
     not bring): pysnmp's load then fails with a multi-kilobyte traceback. The
-    reason is the import: the missing module itself, or the site module that
-    does not load (the line is then that module's ``FROM``, see problem_at).
+    reason is the import: a module that is missing, that is in the directories
+    (``present``) but did not compile or load, or that does not define the
+    symbol (the line is then that module's ``FROM``, see problem_at).
     Anything else: pysnmp's own cause, without the traceback.
     """
     text = str(exc)
@@ -446,14 +485,20 @@ def _load_failure(module: str, exc: Exception, py_dir: Path, failed: set[str]) -
     imports = list(dict.fromkeys(_COMPILED_IMPORT_RE.findall(source)))
     missing = _NOT_FOUND_RE.search(text)
     if missing is not None and missing.group(1) in imports:
-        return f"imports from {missing.group(1)}, which is neither shipped nor in the MIB directories"
+        dep = missing.group(1)
+        if dep not in present:
+            return f"imports from {dep}, which is neither shipped nor in the MIB directories"
+        return f"imports from {dep}, which {'failed to compile' if dep in uncompiled else 'does not load'}"
+    undefined = _NO_SYMBOL_RE.search(text)
+    if undefined is not None and undefined.group(1) in imports and undefined.group(1) not in unloaded:
+        return f"imports {undefined.group(2)} from {undefined.group(1)}, which does not define it"
     for dep in imports:
-        if dep in failed and dep != module:
+        if dep in unloaded and dep != module:
             return f"imports from {dep}, which does not load"
     causes = list(_CAUSED_BY_RE.finditer(text))
     if causes:
         text = f"{causes[-1].group(1)}: {text[causes[-1].end() :]}"
-    text = " ".join(text.split())
+    text = " ".join(_AT_BUILDER_RE.sub("", text).split())
     if len(text) > _MAX_LOAD_ERROR:
         text = text[: _MAX_LOAD_ERROR - 3] + "..."
     return f"compiled module does not load: {text}"
