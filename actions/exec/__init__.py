@@ -53,6 +53,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 VALUE_LIMIT = 4096  # characters per TRAPD_VB_* variable
 EVENT_LIMIT = 100_000  # TRAPD_EVENT is left out beyond this (Linux caps one string at 128 KiB)
 RESULT_LIMIT = 2048  # characters of stdout / stderr kept in the journal's result
+KILL_WAIT = 5.0  # seconds a cancelled run waits for its SIGKILLed program to exit (a D-state process may not)
 _NAME = re.compile(r"[^A-Z0-9_]")
 
 
@@ -147,13 +148,22 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             _kill_group(proc.pid)  # the program at its timeout, or what it left holding its output
             reading.cancel()
             await watch.exited  # the program cannot leave its group (it leads its session)
-            transport.close()  # our ends of the pipes: a process out of the group's reach may hold them
     except asyncio.CancelledError:
+        # dispatch.action_timeout or a shutdown. The program and the reader are ended before the
+        # cancellation goes on: a loop closed right after it (a shutdown) would never run what was
+        # left to a callback, and the collector would then find the transport unclosed, with no
+        # loop to close it on.
         _kill_group(proc.pid)
         reading.cancel()
-        # Closed once it has exited: closing first would reap it behind asyncio's child watcher.
-        watch.exited.add_done_callback(lambda _: transport.close())
+        await _ended(watch, reading)
         raise
+    finally:
+        # Our ends of the pipes (a process out of the group's reach may hold the others), closed
+        # once the program has exited: closing first would reap it behind asyncio's child watcher.
+        if watch.exited.done():
+            transport.close()
+        else:  # only if it outlived KILL_WAIT after SIGKILL, or a second cancel cut the wait short
+            watch.exited.add_done_callback(lambda _: transport.close())
     if not exited:
         _log_output(ctx, argv, out, err, None)
         raise RetryableError(f"{argv[0]} timed out after {timeout:g}s and was killed")
@@ -261,6 +271,14 @@ async def _read_bounded(stream: asyncio.StreamReader, limit: int, kept: bytearra
             return
         if len(kept) < limit:
             kept += chunk[: limit - len(kept)]
+
+
+async def _ended(watch: _ExitWatch, reading: asyncio.Task[None]) -> None:
+    """Wait for a killed program's exit (SIGKILL: at once, bounded by KILL_WAIT) and its reader's end."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(KILL_WAIT):
+            await asyncio.shield(watch.exited)
+    await asyncio.wait([reading])  # cancelled: it ends at its next turn
 
 
 def _kill_group(pid: int) -> None:

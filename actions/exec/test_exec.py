@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from trapd_actions.exec import exec_
@@ -151,3 +154,55 @@ async def test_a_missing_working_directory_is_named_not_the_program(tmp_path: Pa
     # The program is there; what is missing is cwd. The reason must not send the operator to the program.
     with pytest.raises(PermanentError, match=r"cannot run .*: No such file or directory: .*gone"):
         await run(argv=[sys.executable, "-c", "pass"], cwd=str(tmp_path / "gone"))
+
+
+def test_a_cancelled_run_leaves_nothing_for_the_collector_after_the_loop_closed(tmp_path: Path) -> None:
+    """Cancelled (dispatch.action_timeout, shutdown), the action returns with the program reaped and
+    its transport closed: before, the transport was closed by a callback on the program's exit,
+    which a loop closed right after the cancel never ran; the collector then met an unclosed
+    transport and a closed loop (PytestUnraisableExceptionWarning, "unclosed transport")."""
+    pidfile = tmp_path / "pid"
+    transports: list[asyncio.BaseTransport] = []
+    when_done: list[tuple[bool, int | None]] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        subprocess_exec = loop.subprocess_exec
+
+        async def spy(*args: Any, **kwargs: Any) -> Any:  # records what the action gets, changes nothing
+            transport, protocol = await subprocess_exec(*args, **kwargs)
+            transports.append(transport)
+            return transport, protocol
+
+        loop.subprocess_exec = spy  # type: ignore[method-assign]
+        task = asyncio.create_task(run(argv=["/bin/sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"]))
+        deadline = time.monotonic() + 10
+        while not transports or not pidfile.exists() or not pidfile.read_text().strip():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        transport = transports[0]
+        assert isinstance(transport, asyncio.SubprocessTransport)
+
+        def state(_: object) -> None:
+            when_done.append((transport.is_closing(), transport.get_returncode()))
+
+        task.add_done_callback(state)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    unraisable: list[str] = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: unraisable.append(f"{u.exc_type.__name__}: {u.exc_value} in {u.object!r}")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            asyncio.run(scenario())  # closes its loop as soon as the cancelled action returns
+            transports.clear()
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable == []
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert when_done == [(True, -signal.SIGKILL)]  # closed, and the program killed and reaped, as it returned
+    assert not Path(f"/proc/{int(pidfile.read_text())}").exists()  # killed and reaped
