@@ -492,3 +492,34 @@ def test_a_worker_restarted_after_a_reload_gets_every_restart_needed_setting_as_
         new.service.status_interval,
     )
     assert kept.listener.communities == new.listener.communities
+
+
+async def test_a_dead_workers_answer_read_after_its_death_is_not_counted_twice(tmp_path: Path) -> None:
+    """The worker answered a snapshot request and died; the supervisor handled SIGCHLD before its
+    reader task took the answer from the channel's buffer (both were ready in one turn of the loop).
+    That answer must not become the slot's snapshot on top of the retired one: the unit's counters
+    would count the dead worker twice, then go backwards when its successor first answers."""
+    from trapd.config import Config
+    from trapd.service.workers import Supervisor, WorkerSlot
+
+    sup = Supervisor(Config(state_dir=tmp_path))
+    sup._stop, sup._changed, sup._state = asyncio.Event(), asyncio.Event(), "running"
+    ours, worker_end = socket.socketpair()
+    try:
+        channel = await Channel.open(ours)
+        slot = WorkerSlot(0, (), pid=999_999_999, ready=True, last_snapshot=snapshot(1), channel=channel)
+        slot.restarts = RestartPolicy(max_restarts=5, window=60.0, first=30.0, cap=30.0)
+        sup.slots = [slot]
+        worker_end.sendall(encode({"op": "snapshot", "seq": 1, "data": to_wire(snapshot(5))}))
+        await asyncio.sleep(0.2)  # in the channel's buffer, nobody reading yet
+        sup._on_exit(slot, -9)  # SIGCHLD first: its snapshot(1) retired
+        reader = asyncio.create_task(sup._read(slot, channel))
+        await asyncio.wait_for(reader, 5)
+        assert sup.snapshot().received[("v2c", "access")] == 10  # snapshot(1), once
+        # Its successor's first answer: the unit's counter does not go down.
+        slot.pid, slot.last_snapshot = 999_999_998, snapshot(0)
+        assert sup.snapshot().received[("v2c", "access")] == 10
+        assert slot.restart_handle is not None
+        slot.restart_handle.cancel()
+    finally:
+        worker_end.close()

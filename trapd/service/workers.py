@@ -528,6 +528,10 @@ class Supervisor:
         with contextlib.suppress(ChannelClosed):
             while True:
                 msg = await channel.receive()
+                if slot.channel is not channel:
+                    # Its worker is gone (_on_exit ran first and retired its last snapshot): what was
+                    # still buffered is not the slot's, and a late snapshot would be counted twice.
+                    return
                 slot.last_reply = time.monotonic()
                 op = msg["op"]
                 if op == "ready":
