@@ -283,3 +283,20 @@ def test_kea_restore_from_a_file_that_holds_no_leases_says_so(
     got, out, err = run(capsys, "kea", "restore", "--file", str(f), "--dry-run", "-c", str(cfg))
     assert got == rc and says in out + err, (out, err)
     assert "Traceback" not in err
+
+
+def test_retry_cancel_release_name_the_ids_they_did_not_change(
+    hostile_journal: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`retry 1 99`: 1 is retried, 99 does not exist. It printed "retried: 1" and exit 0, as if
+    both had been; the ids left alone are named and the exit status is 1."""
+    j = ("journal", "--state-dir", str(hostile_journal))
+    rc, out, err = run(capsys, *j, "retry", "1", "99")
+    assert rc == 1 and out.startswith("retried: 1\n"), (out, err)
+    assert "not retried: 99 (no such id, or not in a state that allows it" in err
+    rc, out, err = run(capsys, *j, "--json", "cancel", "2", "1")  # 1 is pending again: cancelled
+    assert rc == 0 and json.loads(out) == {"cancelled": [1, 2], "unchanged": []}, (out, err)
+    rc, out, err = run(capsys, *j, "--json", "cancel", "2", "77")
+    assert rc == 1 and json.loads(out) == {"cancelled": [], "unchanged": [2, 77]}, (out, err)
+    rc, out, err = run(capsys, *j, "release", "2")
+    assert rc == 1 and "nothing released" in out and "not released: 2" in err

@@ -27,7 +27,8 @@ schema in it (trapd refuses to start on a schema older or newer than itself).
 
 Times: ISO 8601 (``2026-01-05T10:00``, local time unless it says otherwise),
 a duration meaning "that long ago" (``90m``, ``2d``), or Unix seconds.
-Exit status: 0 done, 1 nothing matched (unknown id, nothing to release), 2 usage.
+Exit status: 0 done, 1 nothing matched (unknown id, nothing to release; retry, cancel and
+release: an id given that was left unchanged, named on stderr), 2 usage or no usable journal.
 """
 
 from __future__ import annotations
@@ -249,16 +250,24 @@ async def open_cli_journal(path: Any, jc: Any, *, read_only: bool, command: str)
 
 
 def _changed(verb: str, ids: list[int], args: argparse.Namespace) -> int:
+    """Say what changed, and which of the ids asked for did not: exit 1 unless all of them did
+    (or, without ids, unless something did)."""
     import json
+    import sys
 
+    asked = list(dict.fromkeys(getattr(args, "ids", None) or ()))
+    unchanged = [i for i in asked if i not in set(ids)]
     if args.json:
-        print(json.dumps({verb: ids}))
+        print(json.dumps({verb: ids, "unchanged": unchanged}))
     elif ids:
         print(f"{verb}: {' '.join(map(str, ids))}")
         print("the running daemon picks this up within its poll interval (1 s by default)")
     else:
         print(f"nothing {verb}: no such id, or not in a state that allows it (see trapd journal show ID)")
-    return 0 if ids else 1
+    if unchanged and not args.json:
+        why = " (no such id, or not in a state that allows it)" if ids else ""  # else said above
+        print(f"not {verb}: {' '.join(map(str, unchanged))}{why}", file=sys.stderr)
+    return 0 if ids and not unchanged else 1
 
 
 async def _list(journal: Any, args: argparse.Namespace) -> int:
