@@ -268,3 +268,34 @@ def test_a_level_other_than_the_users_is_refused_alike_on_both_paths(
     snmp_send("snmptrap", *v3_args(anywhere, "SHA", "AES" if anywhere is ANY_PRIV else None, new_engine),
               trapd.target(), *trap_args(right))  # fmt: skip
     assert trapd.wait_event(marked(right))["security"]["engine_id"] == new_engine
+
+
+@pytest.mark.parametrize(
+    ("who", "reason", "says"),
+    [
+        ("unknown", "unknown-user", "Unknown user name"),
+        ("wrong-auth", "wrong-digest", "Authentication failure"),
+    ],
+)
+def test_an_inform_refused_before_pysnmp_still_gets_its_report(
+    trapd: TrapdListen, who: str, reason: str, says: str
+) -> None:
+    """snmpinform with a user trapd does not know, or a wrong passphrase, is told so by the
+    report RFC 3414 prescribes (usmStatsUnknownUserNames, usmStatsWrongDigests), as from
+    net-snmp's snmptrapd. trapd refused them before pysnmp without one, so the sender saw
+    only 'Timeout' after its retries. The drop is counted once, with the precise detail."""
+    u, auth, priv = combo("sha-256-aes")
+    args = v3_args(u, auth, priv, engine=TRAPD)
+    if who == "unknown":
+        args[args.index("-u") + 1] = "nobody-here"
+    else:
+        args[args.index("-A") + 1] = "wrong-auth-passphrase"
+    before = trapd.stats()
+    mark = f"report-{next(_marks)}"
+    r = snmp_send("snmpinform", *args, "-r", "1", "-t", "3", trapd.target(), *trap_args(mark))
+    assert r.returncode != 0
+    assert says in r.stderr, r.stderr
+    now = trapd.stats()
+    assert now["dropped"].get(reason, 0) - before["dropped"].get(reason, 0) == 1, now["dropped"]
+    assert now["v3_replies"] > before["v3_replies"]
+    assert not [e for e in trapd.events_so_far(settle=0.05) if marked(mark)(e)]

@@ -113,6 +113,9 @@ class _Checked(enum.Enum):
     """What the cheap checks before pysnmp found (V3Receiver._prepare_user)."""
 
     DROPPED = "dropped"  # refused and counted already
+    # Refused and counted already, but a reportable message to trapd's engine: pysnmp may send
+    # the report RFC 3414 calls for (unknown user, wrong digest), or the sender sees a timeout.
+    REFUSED_REPORT = "refused-report"
     UNAUTHENTICATED = "unauthenticated"  # discovery, noAuthNoPriv: anyone can send it
     AUTHENTIC = "authentic"  # its MAC checks out with a configured user's keys
 
@@ -204,6 +207,7 @@ class V3Receiver:
         )
         # Per-message state, valid during one synchronous receive() call.
         self._current: tuple[V3Header, str, int, float] | None = None
+        self._report_only = False  # the message is refused: pysnmp is only to send its report
         self._delivered = False
         self._last_tick = 0.0
 
@@ -284,6 +288,7 @@ class V3Receiver:
             checked = self._prepare_user(data, header, source)
         if checked is _Checked.DROPPED:
             return
+        report_only = checked is _Checked.REFUSED_REPORT
         if (
             checked is _Checked.AUTHENTIC
             and self._replays is not None
@@ -296,24 +301,27 @@ class V3Receiver:
         if self._admit is not None:
             over = self._admit(source, checked is _Checked.AUTHENTIC)
             if over is not None:  # this source's (or everyone's) budget for pysnmp is spent
-                self._drop("rate-limited", over, source, header)
+                if not report_only:  # (a refused one is counted already: it only goes unanswered)
+                    self._drop("rate-limited", over, source, header)
                 return
 
         addr = PeerAddress(peer)  # the whole tuple: an IPv6 scope id must survive to the reply
         addr.reply = reply
         domain = (1, 3, 6, 1, 2, 1, 100, 1, 2) if ":" in source else (1, 3, 6, 1, 6, 1, 1)
         self._current = (header, source, int(peer[1]), now)
+        self._report_only = report_only
         self._delivered = False
         self._mp.last_error = None
         try:
             self.engine.message_dispatcher.receive_message(self.engine, domain, addr, data)
         except Exception as exc:  # pysnmp raises assorted errors for odd input
-            if not self._delivered:
+            if not self._delivered and not report_only:
                 self._drop("malformed", f"v3-{type(exc).__name__}", source, header)
             return
         finally:
             self._current = None
-        if self._delivered:
+            self._report_only = False
+        if self._delivered or report_only:
             return
         if header.is_discovery:
             self._stats.v3_discovery += 1
@@ -336,10 +344,11 @@ class V3Receiver:
         """
         entries = self._users.get(header.user)
         if entries is None:
-            # pysnmp would answer a reportable one with a usmStatsUnknownUserNames report, at
-            # the cost of a whole engine pass: a flood of made-up users must not buy that.
+            # Counted here, precisely; pysnmp only answers a reportable one to trapd's engine
+            # (a usmStatsUnknownUserNames report), within the slow-path budget for unauthenticated
+            # messages like a discovery probe: a flood of made-up users buys no more than that.
             self._drop("unknown-user", "no-such-user", source, header)
-            return _Checked.DROPPED
+            return self._refused(header)
         if header.engine_id == self.engine_id:
             # Authoritative (informs): pysnmp checks the time window and answers; a wrong MAC
             # is refused here first.
@@ -395,7 +404,7 @@ class V3Receiver:
                 self._register_own(keys)
                 return _Checked.AUTHENTIC
         self._drop("wrong-digest", "own-engine", source, header)
-        return _Checked.DROPPED
+        return self._refused(header)
 
     def _check_mac(
         self, keys: _UserKeys, data: bytes, header: V3Header, source: str, detail: str
@@ -405,8 +414,15 @@ class V3Receiver:
             return _Checked.UNAUTHENTICATED  # nothing to check (pysnmp refuses a level it has no key for)
         if not self._authentic(self._local(keys, header), data, header):
             self._drop("wrong-digest", detail, source, header)
-            return _Checked.DROPPED
+            return self._refused(header)
         return _Checked.AUTHENTIC
+
+    def _refused(self, header: V3Header) -> _Checked:
+        """What is left to do for a refused message: its report, if its sender asked for one from
+        trapd's engine (an inform: RFC 3412 7.1.3 / RFC 3414 3.2), else nothing."""
+        if header.reportable and header.engine_id == self.engine_id:
+            return _Checked.REFUSED_REPORT
+        return _Checked.DROPPED
 
     def _local(self, keys: _UserKeys, header: V3Header) -> LocalizedUser:
         """``keys`` localized to the message's engine, cached: the engine is trapd's, bound or learned."""
@@ -444,6 +460,10 @@ class V3Receiver:
             return
         header, source, port, now = current
         inform = PDU.tagSet == v2c.InformRequestPDU.tagSet
+        if self._report_only:  # refused before pysnmp, which should not have taken it: run nothing
+            if inform:
+                release_response_state(snmpEngine, messageProcessingModel, stateReference)
+            return
         self._delivered = True
         if (
             self._replays is not None
