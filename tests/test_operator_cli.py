@@ -300,3 +300,32 @@ def test_retry_cancel_release_name_the_ids_they_did_not_change(
     assert rc == 1 and json.loads(out) == {"cancelled": [], "unchanged": [2, 77]}, (out, err)
     rc, out, err = run(capsys, *j, "release", "2")
     assert rc == 1 and "nothing released" in out and "not released: 2" in err
+
+
+def test_kea_restore_from_another_journal_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The leases a deletion recorded in a journal that is not this host's journal now (one moved
+    aside as damaged, a copy from the host that failed): `--journal FILE`, as trapd journal takes."""
+    lease = {"ip-address": "10.9.8.7", "hw-address": "0a:00:27:00:ee:01", "subnet-id": 1,
+             "cltt": int(time.time()), "valid-lft": 3600, "hostname": "", "state": 0}  # fmt: skip
+    aside = tmp_path / "journal.sqlite.damaged"
+
+    async def fill() -> int:
+        async with SQLiteJournal(aside) as j:
+            now = time.time()
+            r = await j.add(
+                make_event().to_dict(), [new("kea.lease-del", {"ip-address": "10.9.8.7"}, "k")], [], now
+            )
+            await j.claim(r.ids[0], now)
+            await j.finish(r.ids[0], "done", now, {"deleted": 1, "leases": [lease], "endpoint": "local4"})
+            return r.ids[0]
+
+    id_ = asyncio.run(fill())
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")  # this host's journal: none yet
+    argv = ("kea", "restore", str(id_), "--journal", str(aside), "--dry-run", "-c", str(cfg))
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0, err
+    sent = json.loads(out)
+    assert sent["command"] == "lease4-add" and sent["arguments"]["ip-address"] == "10.9.8.7"
+    assert sent["arguments"]["expire"] == lease["cltt"] + lease["valid-lft"]
+    assert not (tmp_path / "state").exists()

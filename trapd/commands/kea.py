@@ -8,11 +8,12 @@ trapd kea status [--config FILE] [--json]
     the peer's role and its HA state (status-get). Exit status 0 when every
     endpoint answered, 1 otherwise.
 
-trapd kea restore JOURNAL_ID [--config FILE]
+trapd kea restore JOURNAL_ID [--config FILE] [--journal FILE]
 trapd kea restore --file leases.json [--endpoint NAME]
     Re-add the leases a kea.lease-del recorded before deleting them: from
-    the journal entry's result, or from a JSON file holding that result, a
-    list of leases, or {"leases": [...]}. Each lease goes back with
+    the journal entry's result (--journal FILE: in that SQLite journal, one
+    moved aside as damaged or another host's copy, not this host's), or from
+    a JSON file holding that result, a list of leases, or {"leases": [...]}. Each lease goes back with
     lease4-add / lease6-add exactly as Kea had it (same expiry); a lease
     that exists again is left alone and reported, and one whose time has
     run out since is reported as expired and not sent. --dry-run prints the
@@ -54,6 +55,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--peer", metavar="NAME", help="HA relationship: restore on this peer only (default: where removed)"
     )
     rs.add_argument("--dry-run", action="store_true", help="print the commands, send nothing")
+    rs.add_argument(
+        "--journal",
+        metavar="FILE",
+        help="read JOURNAL_ID from this SQLite journal (one moved aside, another host's copy)",
+    )
     for sp in (st, rs):
         sp.add_argument(
             "--config", "-c", metavar="FILE", default=None, help="trapd.yaml (default /etc/trapd/trapd.yaml)"
@@ -144,8 +150,10 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
 
     jc = config.dispatch.journal
     # Read-only: a restore reads what was deleted; it makes, changes and upgrades nothing there.
-    where = jc.file(config.state_dir)
-    pg = jc if jc.url is not None else None
+    if args.journal:
+        where, pg = Path(args.journal), None
+    else:
+        where, pg = jc.file(config.state_dir), (jc if jc.url is not None else None)
     journal = await open_cli_journal(where, pg, read_only=True, command="trapd kea restore")
     try:
         entry = await journal.get(args.journal_id, with_event=False)
