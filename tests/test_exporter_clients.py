@@ -61,6 +61,30 @@ def test_idle_and_slow_connections_do_not_lock_out_a_scrape(trapd: TrapdDaemon) 
         assert open_fds(trapd.proc.pid) <= base_fds + CAP + 2
 
 
+def _raw_exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def test_a_request_with_bare_newlines_is_answered_at_once(trapd: TrapdDaemon) -> None:
+    """``printf 'GET /healthz HTTP/1.0\\n\\n' | nc`` and scripts like it (RFC 9112 2.2: a recipient
+    MAY take a lone LF as a line end): answered, not left 5 s without a word."""
+    assert trapd.metrics_port is not None
+    for request in (
+        b"GET /healthz HTTP/1.0\n\n",
+        b"GET /metrics HTTP/1.1\nHost: x\r\n\n",
+        b"\r\nGET / HTTP/1.0\r\n\r\n",
+    ):
+        started = time.monotonic()
+        answer = _raw_exchange(trapd.metrics_port, request)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), (request, answer[:200])
+        assert time.monotonic() - started < 3.0, request
+
+
 class _HugeCollector:
     """One family with an 8 MiB help text: a response far beyond what the kernel's socket buffers hold."""
 

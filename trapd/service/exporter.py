@@ -123,15 +123,18 @@ class MetricsServer:
             oldest.transport.abort()  # its handler sees the connection lost and returns
         self._reading[writer] = None
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            writer.close()  # nothing was written: closes at once
-            return
+            async with asyncio.timeout(self._timeout):
+                head = await _read_head(reader)
+        except (TimeoutError, ValueError, ConnectionError):
+            head = None
         except BaseException:
             writer.transport.abort()
             raise
         finally:
             self._reading.pop(writer, None)
+        if head is None:
+            writer.close()  # nothing was written: closes at once
+            return
         self._answering += 1
         try:
             request = _parse(head)
@@ -222,9 +225,32 @@ class _Request:
 _REFRESHED = ("/metrics", "/healthz")
 
 
-def _parse(head: bytes) -> _Request | None:
+async def _read_head(reader: asyncio.StreamReader) -> list[bytes] | None:
+    """The request line and header lines, without their line ends; None if the client went first.
+
+    A line may end in a lone LF (RFC 9112 2.2 allows taking it as a line end: ``printf ... | nc``
+    and scripts send that); empty lines before the request line are skipped (2.2 again). The
+    head is at most ``_MAX_REQUEST`` bytes in all (ValueError past it, like a longer line).
+    """
+    lines: list[bytes] = []
+    size = 0
+    while True:
+        line = await reader.readline()
+        size += len(line)
+        if size > _MAX_REQUEST:
+            raise ValueError("request head too long")
+        if not line.endswith(b"\n"):
+            return None  # the end of the stream before the end of the head
+        line = line.removesuffix(b"\n").removesuffix(b"\r")
+        if line:
+            lines.append(line)
+        elif lines:
+            return lines
+
+
+def _parse(head: list[bytes]) -> _Request | None:
     """The request line and headers of ``head``; None when it is not an HTTP request line."""
-    lines = head.decode("latin-1").split("\r\n")
+    lines = [line.decode("latin-1") for line in head]
     parts = lines[0].split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         return None
