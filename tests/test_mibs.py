@@ -641,7 +641,9 @@ def test_no_snapshot_while_the_site_compile_fails(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(mibs_mod, "_compile_in_child", crash)
     cfg = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
     r = MibResolver.load(cfg)
-    assert [str(p) for p in r.problems] == ["MIB compile failed: RuntimeError: compiler crashed"]
+    (problem,) = r.problems
+    assert str(problem).startswith("MIB compile failed: RuntimeError: compiler crashed; "), problem
+    assert "Run `trapd mibs compile`" in str(problem)
     assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())  # shipped names still work
     assert not (tmp_path / "cache" / mibs_mod.SNAPSHOT_NAME).exists()
 
@@ -927,3 +929,39 @@ def test_an_import_from_a_present_but_broken_module_or_of_an_undefined_symbol_is
     ), text
     assert ("VENDOR-TC", 17, "VENDOR-TC") in report, text
     assert len(report) == 3, text
+
+
+def test_a_compile_that_runs_out_of_time_is_not_retried_at_every_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MIB bundle too big to compile within COMPILE_TIMEOUT: the daemon's child is stopped, the
+    problem says what to do, and the next start does not spend that time again for nothing.
+    `trapd mibs compile` (in process, no time limit) still compiles it, and then it is used."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    cache = tmp_path / "cache"
+    shipped = shipped_index()
+    monkeypatch.setattr(mibs_mod, "COMPILE_TIMEOUT", 0.05)
+    calls: list[float] = []
+    first = load_site_index([src], cache, shipped, progress=calls.append)
+    assert first.index is None and first.compiled
+    (problem,) = first.problems
+    assert "took longer than" in problem.message and "trapd mibs compile" in problem.message, problem
+    assert calls and calls[0] == 0.0  # told when the compile began
+
+    real_child = mibs_mod._compile_in_child
+
+    def no_compile(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the compile that ran out of time was tried again")
+
+    monkeypatch.setattr(mibs_mod, "_compile_in_child", no_compile)
+    again = load_site_index([src], cache, shipped)
+    assert again.index is None and not again.compiled and again.problems == first.problems
+
+    # `trapd mibs compile` compiles it regardless, and the daemon's next start uses that.
+    tool = load_site_index([src], cache, shipped, in_process=True)
+    assert tool.index is not None and tool.problems == []
+    monkeypatch.setattr(mibs_mod, "_compile_in_child", real_child)
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=cache))
+    assert r.lookup("trapdMacNotification") is not None and r.problems == []

@@ -71,3 +71,25 @@ def test_a_mib_added_before_a_reload_is_loaded_by_it(tmp_path: Path, workers: in
         d.wait_log("down 2")  # the rules of before still work
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_start_that_compiles_site_mibs_keeps_systemd_waiting(tmp_path: Path, workers: int) -> None:
+    """The first start after a vendor bundle arrives compiles it before READY=1: minutes for a
+    thousand of Cisco's MIBs, past systemd's default 90 s start timeout, after which systemd killed
+    trapd (and Restart= began the compile again). trapd asks for more time while it compiles."""
+    mibs = tmp_path / "mibs"
+    mibs.mkdir()
+    (mibs / "trapd-test.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    config = {"mibs": {"dirs": [str(mibs)]}, "service": {"workers": workers}}
+    d = TrapdDaemon.start(tmp_path / "d", rules=LINK_DOWN_RULE, config=config, timeout=120)
+    try:
+        assert d.notify is not None
+        ready = next(i for i, m in enumerate(d.notify.messages) if "READY" in m)
+        before = d.notify.messages[:ready]
+        extend = [m for m in before if "EXTEND_TIMEOUT_USEC" in m]
+        assert extend, d.notify.messages
+        assert int(extend[0]["EXTEND_TIMEOUT_USEC"]) >= 30_000_000
+        assert any("compiling site MIBs" in m.get("STATUS", "") for m in before), before
+    finally:
+        d.stop()

@@ -46,6 +46,7 @@ import contextlib
 import json
 import marshal
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -199,6 +200,7 @@ class MibResolver:
         state_dir: Path | None = None,
         *,
         compile_in_process: bool = False,
+        progress: Callable[[float], None] | None = None,
     ) -> MibResolver:
         """The shipped index plus the site's compiled MIBs. Never raises for a bad MIB.
 
@@ -208,6 +210,7 @@ class MibResolver:
         Site directories are compiled only when their files changed since the
         cached compile; problems (broken files, unresolvable imports) are kept
         in the cache too, so every start reports them, not only the first.
+        ``progress`` is called while the site MIBs compile (see :func:`load_site_index`).
         """
         config = config or MibConfig()
         dirs = config.source_dirs()
@@ -233,9 +236,10 @@ class MibResolver:
             r.add_index(shipped, SHIPPED_INDEX.name)
         complete = shipped is not None
         if dirs:
-            site = load_site_index(dirs, cache, shipped, in_process=compile_in_process)
+            site = load_site_index(dirs, cache, shipped, in_process=compile_in_process, progress=progress)
             r.problems += site.problems
-            r.problems_are_new = r.problems_are_new or site.compiled
+            # A compile that failed is news at every start: the site's names are missing until it is fixed.
+            r.problems_are_new = r.problems_are_new or site.compiled or site.failed
             if site.index is not None:
                 r.add_index(site.index, "site MIBs", site=True)
             complete = complete and (site.index is not None or not source_files(dirs)) and site.cached
@@ -526,6 +530,7 @@ class SiteIndex:
     problems: list[MibProblem]
     compiled: bool  # True when this call ran the compiler (the cache was stale)
     cached: bool = True  # False when the result could not be kept (the next start compiles again)
+    failed: bool = False  # the compiler itself failed (ran out of time, died): no index
 
 
 def _shipped_tag() -> str:
@@ -555,7 +560,12 @@ def _snapshot_key(dirs: list[Path]) -> str:
 
 
 def load_site_index(
-    dirs: list[Path], cache_dir: Path | None, shipped: dict[str, Any] | None, *, in_process: bool = False
+    dirs: list[Path],
+    cache_dir: Path | None,
+    shipped: dict[str, Any] | None,
+    *,
+    in_process: bool = False,
+    progress: Callable[[float], None] | None = None,
 ) -> SiteIndex:
     """The compiled index of the site's MIB directories; compiles only when sources changed.
 
@@ -565,17 +575,24 @@ def load_site_index(
     it needs would otherwise stay in the daemon's memory (~40 MB). Processes
     sharing a cache (the daemon, ``trapd mibs``, tests) take turns through a
     lock file, so one never indexes another's half-written output.
+
+    The child gets COMPILE_TIMEOUT; ``progress(seconds)`` is called when it
+    starts and every PROGRESS_INTERVAL while it runs (the daemon asks systemd
+    for more start-up time). A compile that failed that way is remembered for
+    these sources: the next start does not spend the time again, and the
+    problem says to run ``trapd mibs compile`` (``in_process``: no time
+    limit, and it does not take a remembered failure for an answer).
     """
     fp = fingerprint(dirs)
     if not source_files(dirs):
         return SiteIndex(None, [], False)
     cached_path = cache_dir / SITE_INDEX_NAME if cache_dir is not None else None
     hit = _cached_site_index(cached_path, fp)
-    if hit is not None:
+    if hit is not None and not (in_process and hit.failed):
         return hit
     with _compile_lock(cache_dir):
         hit = _cached_site_index(cached_path, fp)  # compiled by another process meanwhile?
-        if hit is not None:
+        if hit is not None and not (in_process and hit.failed):
             return hit
         try:
             if in_process:
@@ -583,23 +600,42 @@ def load_site_index(
 
                 data, problems = compile_site(dirs, cache_dir, shipped)
             else:
-                data, problems = _compile_in_child(dirs, cache_dir)
+                data, problems = _compile_in_child(dirs, cache_dir, progress)
         except Exception as exc:  # the compiler must never take trapd down
-            failure = MibProblem(f"MIB compile failed: {type(exc).__name__}: {exc}")
-            return SiteIndex(None, [failure], True, cached=False)
-        data["fingerprint"] = fp
-        data["problems"] = [p.to_wire() for p in problems]
-        kept = cached_path is not None
-        if cached_path is not None:
-            try:
-                from trapd.mibindex import write_index
+            if isinstance(exc, subprocess.TimeoutExpired):
+                why = (
+                    f"compiling the MIB directories took longer than {COMPILE_TIMEOUT:.0f} s and was stopped"
+                )
+            else:
+                why = f"MIB compile failed: {type(exc).__name__}: {exc}"
+            failure = MibProblem(
+                f"{why}; only the shipped MIBs are loaded. Run `trapd mibs compile` (no time limit), "
+                "then restart or reload trapd; it is not tried again until the MIB files change"
+            )
+            record = {"format": 1, "modules": [], "syntaxes": [], "nodes": [], "tcs": [], "failed": True}
+            kept = _write_site_index(record, fp, [failure], cached_path) is None
+            return SiteIndex(None, [failure], True, cached=kept, failed=True)
+        cannot_write = _write_site_index(data, fp, problems, cached_path)
+        if cannot_write is not None:
+            problems = [*problems, cannot_write]
+        return SiteIndex(data, problems, True, cached=cached_path is not None and cannot_write is None)
 
-                write_index(data, cached_path)
-            except OSError as exc:
-                kept = False
-                why = exc.strerror or exc
-                problems = [*problems, MibProblem(f"{cached_path}: cannot write MIB cache: {why}")]
-        return SiteIndex(data, problems, True, cached=kept)
+
+def _write_site_index(
+    data: dict[str, Any], fp: str, problems: list[MibProblem], path: Path | None
+) -> MibProblem | None:
+    """Keep a compile's result (with its fingerprint and problems); the problem when it cannot be kept."""
+    data["fingerprint"] = fp
+    data["problems"] = [p.to_wire() for p in problems]
+    if path is None:
+        return None
+    try:
+        from trapd.mibindex import write_index
+
+        write_index(data, path)
+    except OSError as exc:
+        return MibProblem(f"{path}: cannot write MIB cache: {exc.strerror or exc}")
+    return None
 
 
 def _cached_site_index(path: Path | None, fp: str) -> SiteIndex | None:
@@ -611,7 +647,10 @@ def _cached_site_index(path: Path | None, fp: str) -> SiteIndex | None:
         return None
     if cached.get("fingerprint") != fp:
         return None
-    return SiteIndex(cached, [MibProblem.from_wire(p) for p in cached.get("problems", [])], False)
+    problems = [MibProblem.from_wire(p) for p in cached.get("problems", [])]
+    if cached.get("failed"):
+        return SiteIndex(None, problems, False, failed=True)
+    return SiteIndex(cached, problems, False)
 
 
 @contextlib.contextmanager
@@ -636,11 +675,16 @@ def _compile_lock(cache_dir: Path | None) -> Iterator[None]:
 
 
 COMPILE_TIMEOUT = 600.0
+# How often a running compile reports (the daemon extends systemd's start timeout by 3 of these).
+PROGRESS_INTERVAL = 10.0
 
 
-def _compile_in_child(dirs: list[Path], cache_dir: Path | None) -> tuple[dict[str, Any], list[MibProblem]]:
-    import subprocess
+def _compile_in_child(
+    dirs: list[Path], cache_dir: Path | None, progress: Callable[[float], None] | None = None
+) -> tuple[dict[str, Any], list[MibProblem]]:
+    """Run ``python -m trapd.mibcompile``; subprocess.TimeoutExpired after COMPILE_TIMEOUT."""
     import tempfile
+    import time
 
     with tempfile.TemporaryDirectory(prefix="trapd-mibs-") as tmp:
         out = Path(tmp) / SITE_INDEX_NAME
@@ -648,11 +692,31 @@ def _compile_in_child(dirs: list[Path], cache_dir: Path | None) -> tuple[dict[st
         if cache_dir is not None:
             cmd += ["--cache-dir", str(cache_dir)]
         cmd += [str(d) for d in dirs]
-        proc = subprocess.run(
-            cmd, capture_output=True, timeout=COMPILE_TIMEOUT, check=False, stdin=subprocess.DEVNULL
-        )
-        if proc.returncode != 0:
-            tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"compiler exited {proc.returncode}: {tail[0]}")
+        if progress is not None:
+            progress(0.0)
+        started = time.monotonic()
+        # stderr into a file, not a pipe: a child that writes much while we only wait must not block.
+        with (Path(tmp) / "stderr").open("w+b") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                while True:
+                    took = time.monotonic() - started
+                    if took >= COMPILE_TIMEOUT:
+                        raise subprocess.TimeoutExpired(cmd, COMPILE_TIMEOUT)
+                    try:
+                        returncode = proc.wait(timeout=min(PROGRESS_INTERVAL, COMPILE_TIMEOUT - took))
+                        break
+                    except subprocess.TimeoutExpired:
+                        if progress is not None:
+                            progress(time.monotonic() - started)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            err.seek(0)
+            stderr = err.read()
+        if returncode != 0:
+            tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"compiler exited {returncode}: {tail[0]}")
         data = _read_index(out)
     return data, [MibProblem.from_wire(p) for p in data.get("problems", [])]

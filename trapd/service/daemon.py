@@ -442,7 +442,7 @@ class Daemon:
         # A worker forked from the supervisor starts with what the supervisor loaded and checked.
         loaded = role.take_preloaded() if role is not None else None
         if loaded is None:
-            loaded = load_startup(cfg, self.log)
+            loaded = load_startup(cfg, self.log, self.notifier)
         self.resolver, self.actions, self.rules = loaded.resolver, loaded.actions, loaded.rules
         self.normalizer = Normalizer(self.resolver)
 

@@ -108,13 +108,29 @@ def log_mib_problems(log: TrapdLogger, resolver: MibResolver) -> None:
         )
 
 
-def load_startup(cfg: Config, log: TrapdLogger) -> Loaded:
-    """MIBs, action plugins and rules for ``cfg``: MIB and plugin problems are logged, rule problems raise."""
+def load_startup(cfg: Config, log: TrapdLogger, notifier: Notifier | None = None) -> Loaded:
+    """MIBs, action plugins and rules for ``cfg``: MIB and plugin problems are logged, rule problems raise.
+
+    The first start after site MIBs change compiles them before READY=1: seconds, or minutes for
+    a vendor's thousand MIBs, past systemd's start timeout (90 s by default), after which systemd
+    would kill trapd and Restart= would begin the compile again. Meanwhile ``notifier`` asks for
+    more time (EXTEND_TIMEOUT_USEC) and says what trapd is doing (STATUS).
+    """
     from trapd.dispatch.plugins import load_plugins
-    from trapd.mibs import MibResolver
+    from trapd.mibs import PROGRESS_INTERVAL, MibResolver
+
+    def compiling(seconds: float) -> None:
+        if notifier is not None:
+            notifier.extend_timeout(3 * PROGRESS_INTERVAL)
+            notifier.status(f"compiling site MIBs ({seconds:.0f} s; `trapd mibs compile` does it ahead)")
+            notifier.watchdog()
+        if seconds == 0:
+            log.info(
+                "compiling site MIBs: their files changed", dirs=[str(d) for d in cfg.mibs.source_dirs()]
+            )
 
     make_private_dir(cfg.state_dir)
-    resolver = MibResolver.load(cfg.mibs, cfg.state_dir)
+    resolver = MibResolver.load(cfg.mibs, cfg.state_dir, progress=compiling)
     log_mib_problems(log, resolver)
     actions = load_plugins(log)
     return Loaded(resolver, actions, build_rules(cfg, resolver, actions, log))

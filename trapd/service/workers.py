@@ -343,7 +343,7 @@ class Supervisor:
         from trapd.service.socket_activation import inherited_sockets
 
         cfg = self.config
-        self.preloaded = loaded = lifecycle.load_startup(cfg, self.log)
+        self.preloaded = loaded = lifecycle.load_startup(cfg, self.log, self.notifier)
 
         inherited = inherited_sockets()
         own: list[list[socket.socket]] = [[] for _ in range(self.count)]
