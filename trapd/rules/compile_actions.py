@@ -31,8 +31,6 @@ ACTION_CONTROL_KEYS = frozenset(
 CAP_KEYS = frozenset({"limit", "per", "key", "hold-for", "name"})
 _SAME_ACTIONS = 4096  # distinct action entries remembered per compile (see ActionCompiler._same)
 RETRY_KEYS = frozenset({"max-attempts", "max-age", "backoff"})
-# Literal characters that can appear in a value of these types; a template
-# whose constant text has anything else can never validate.
 _DEFINITION = json.JSONEncoder(sort_keys=True, default=repr, separators=(",", ":"))
 
 
@@ -50,6 +48,8 @@ def definition_digest(node: YDict) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+# Literal characters that can appear in a value of these types; a template
+# whose constant text has anything else can never validate.
 _TYPE_CHARS = {
     "integer": set("0123456789+- \t"),
     "ip-address": set("0123456789abcdefABCDEF:."),
