@@ -7,6 +7,8 @@
 * :func:`make_usm`: pysnmp's USM with its per-trap memory growth worked around.
 * :func:`make_recording_mp`: the v3 message processing model, remembering why
   the last message failed (``REASONS`` maps that to a drop reason).
+* :func:`read_user_row` / :func:`write_user_row`: the values of a USM user row, to
+  swap which entry of a name given several times checks messages to trapd's engine.
 """
 
 from __future__ import annotations
@@ -214,6 +216,41 @@ REASONS = {
     "UnknownPDUHandler": "unsupported-pdu",
     "ReportPduReceived": "unsupported-pdu",
 }
+
+
+# What pysnmp's USM reads of a user row to check a message (its __get_user_info): the auth and
+# priv protocols (usmUserEntry columns 5 and 8) and the localized keys (pysnmpUsmKeyEntry 1, 2).
+UserRow = tuple[Any, Any, Any, Any]
+_ROW_COLUMNS = (
+    ("SNMP-USER-BASED-SM-MIB", "usmUserEntry", 5),
+    ("SNMP-USER-BASED-SM-MIB", "usmUserEntry", 8),
+    ("PYSNMP-USM-MIB", "pysnmpUsmKeyEntry", 1),
+    ("PYSNMP-USM-MIB", "pysnmpUsmKeyEntry", 2),
+)
+
+
+def _row_nodes(snmp_engine: Any, engine_id: bytes, user_name: bytes) -> list[Any]:
+    from pysnmp.proto import rfc1902
+
+    builder = snmp_engine.get_mib_builder()
+    nodes = []
+    for module, entry_name, column in _ROW_COLUMNS:
+        (entry,) = builder.import_symbols(module, entry_name)
+        index = entry.getInstIdFromIndices(rfc1902.OctetString(engine_id), rfc1902.OctetString(user_name))
+        nodes.append(entry.getNode((*entry.name, column, *index)))
+    return nodes
+
+
+def read_user_row(snmp_engine: Any, engine_id: bytes, user_name: bytes) -> UserRow:
+    """The values of the registered user row (engine ID, user name) that pysnmp checks messages with."""
+    a, b, c, d = (node.syntax for node in _row_nodes(snmp_engine, engine_id, user_name))
+    return a, b, c, d
+
+
+def write_user_row(snmp_engine: Any, engine_id: bytes, user_name: bytes, row: UserRow) -> None:
+    """Put values :func:`read_user_row` gave (for the same name) back into the registered row."""
+    for node, value in zip(_row_nodes(snmp_engine, engine_id, user_name), row, strict=True):
+        node.syntax = value
 
 
 def rfc1902_octets(b: bytes) -> Any:
