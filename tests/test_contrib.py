@@ -132,3 +132,25 @@ def test_the_dashboard_imports_with_a_datasource_choice() -> None:
     for p in doc["panels"]:
         for t in p.get("targets", ()):
             assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+
+
+def test_action_outcomes_in_the_alerts_dashboard_and_docs_are_the_dispatchers() -> None:
+    """``outcome`` values an alert or a panel selects are ones the dispatcher counts (a typo, or
+    ``failed`` for ``retry``, selects nothing and the alert never fires), and docs/service.md's
+    row for trapd_actions_total lists every one of them."""
+    from typing import get_args
+
+    from trapd.dispatch.stats import Outcome
+
+    outcomes = set(get_args(Outcome))
+    selected = {
+        value
+        for expr in alert_exprs() + dashboard_exprs()
+        for values in re.findall(r'\boutcome\s*=~?\s*"([^"]*)"', expr)
+        for value in values.split("|")
+    }
+    assert selected, "the alerts select no outcome: this test checks nothing"
+    assert selected - outcomes == set()
+    doc = (REPO / "docs" / "service.md").read_text(encoding="utf-8")
+    (row,) = re.findall(r"^\| `trapd_actions_total` \|.*$", doc, re.M)
+    assert {o for o in outcomes if f"`{o}`" not in row} == set(), row

@@ -6,6 +6,7 @@ import bisect
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 # Seconds from the trap's arrival, so they cover journaling, queueing and the
 # action itself: immediate actions take milliseconds, delayed ones ("release the
@@ -62,14 +63,16 @@ class Histogram:
         return out
 
 
+# What became of an action, as trapd_actions_total{outcome} says it: done, retry (failed, will
+# run again), dead (failed for good), cancelled (by a clearing event or an operator), duplicate
+# (once-within), held (rate cap), dry-run, deferred (circuit breaker open), expired (held too long).
+# A Literal so that mypy refuses a word the docs and the shipped alerts do not know.
+Outcome = Literal["done", "retry", "dead", "cancelled", "duplicate", "held", "dry-run", "deferred", "expired"]
+
+
 @dataclass
 class DispatchStats:
-    """What the dispatcher did. ``outcomes`` is keyed by (action, outcome).
-
-    Outcomes: done, retry, dead, cancelled (by a clearing event or an
-    operator), duplicate (once-within), held (rate cap), dry-run, deferred
-    (circuit breaker open), expired (held too long).
-    """
+    """What the dispatcher did. ``outcomes`` is keyed by (action, :data:`Outcome`)."""
 
     submitted: int = 0  # planned actions journaled
     overloaded: int = 0  # submits refused because the journal was too far behind
@@ -83,7 +86,7 @@ class DispatchStats:
     running: int = 0
     breakers: dict[str, str] = field(default_factory=dict)  # endpoint -> closed | open | half-open
 
-    def count(self, action: str, outcome: str, n: int = 1) -> None:
+    def count(self, action: str, outcome: Outcome, n: int = 1) -> None:
         self.outcomes[(action, outcome)] += n
 
     def total(self, outcome: str) -> int:

@@ -17,7 +17,7 @@ except the gauges ``journal`` and ``kea_up``)::
         matched={"port-down-release-lease": 310},                        # rule name -> n
         rejected={("port-down-release-lease", "parameter"): 2},          # (rule, kind) -> n
         unmatched=890,                                                   # events no rule matched
-        actions={("kea.lease-del", "done"): 300, ("webhook", "failed"): 2},  # (plugin, outcome) -> n
+        actions={("kea.lease-del", "done"): 300, ("webhook", "retry"): 2},   # (plugin, outcome) -> n
         action_latency=Histogram(),  # trapd.dispatch.stats: once per finished action, received -> done
         journal={"pending": 0, "scheduled": 4, "held": 1, "dead": 0},    # state -> entries now
         kea_up={"local4/v4": True, "pair4/server2/v4": False},           # server/family -> up
@@ -29,8 +29,9 @@ except the gauges ``journal`` and ``kea_up``)::
         last_reload_ok=True,
     )
 
-Action outcomes are the dispatcher's words (done, failed, retried, skipped,
-dry-run...); the exporter passes them through as label values.
+Action outcomes are the dispatcher's words (:data:`trapd.dispatch.stats.Outcome`:
+done, retry, dead, cancelled, duplicate, held, dry-run, deferred, expired);
+the exporter passes them through as label values.
 
 Exported names (all prefixed ``trapd_``):
 
