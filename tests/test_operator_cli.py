@@ -329,3 +329,26 @@ def test_kea_restore_from_another_journal_file(tmp_path: Path, capsys: pytest.Ca
     assert sent["command"] == "lease4-add" and sent["arguments"]["ip-address"] == "10.9.8.7"
     assert sent["arguments"]["expire"] == lease["cltt"] + lease["valid-lft"]
     assert not (tmp_path / "state").exists()
+
+
+def test_a_write_as_root_leaves_no_file_the_daemons_user_cannot_open(
+    hostile_journal: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sudo trapd journal retry ID` on the journal of a trapd that runs as its own user: the
+    writers' lock file it made was root's, 0600, and the daemon (after its next start) could not
+    open it, silently losing the lock that orders its workers' commits. It goes to the journal's
+    owner, as SQLite does with the -wal and -shm files it makes as root."""
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a write as root into another user's state directory)")
+    nobody = pwd.getpwnam("nobody")
+    (hostile_journal / "journal.sqlite-writers.lock").unlink()
+    for p in (hostile_journal, hostile_journal / "journal.sqlite"):
+        os.chown(p, nobody.pw_uid, nobody.pw_gid)
+    rc, _, err = run(capsys, "journal", "--state-dir", str(hostile_journal), "retry", "1")
+    assert rc == 0, err
+    made = [p for p in hostile_journal.iterdir() if p.name.startswith("journal.sqlite")]
+    assert made and all(p.stat().st_uid == nobody.pw_uid for p in made), [
+        (p.name, p.stat().st_uid) for p in made
+    ]

@@ -977,6 +977,14 @@ class SQLiteJournal:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
         except OSError:
             return None  # a read-only state directory: SQLite's busy handler alone, as before
+        if os.geteuid() == 0:
+            # Made by root (`sudo trapd journal retry`) beside the journal of a trapd that runs as
+            # its own user: the journal's owner must be able to open it too, as SQLite arranges
+            # for the -wal and -shm files it makes as root.
+            with contextlib.suppress(OSError):
+                owner = os.stat(self.path)
+                if os.fstat(fd).st_uid != owner.st_uid:
+                    os.fchown(fd, owner.st_uid, owner.st_gid)
         return fd
 
     def _lock_writers(self) -> None:
