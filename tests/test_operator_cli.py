@@ -352,3 +352,22 @@ def test_a_write_as_root_leaves_no_file_the_daemons_user_cannot_open(
     assert made and all(p.stat().st_uid == nobody.pw_uid for p in made), [
         (p.name, p.stat().st_uid) for p in made
     ]
+
+
+def test_json_output_is_json_or_nothing(hostile_journal: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`trapd journal --json show 99 | jq` got the text "no action 99 in the journal" on stdout;
+    what is not JSON goes to stderr, whatever the exit status."""
+    j = ("journal", "--state-dir", str(hostile_journal), "--json")
+    for argv, rc in (
+        (("show", "99"), 1),
+        (("list", "--state", "done"), 0),
+        (("history", "--rule", "nothing-like-it"), 1),
+        (("retry", "99"), 1),
+        (("list", "--state", "all", "--limit", "1"), 0),
+    ):
+        got, out, err = run(capsys, *j, *argv)
+        assert got == rc, (argv, err)
+        for line in out.splitlines():
+            json.loads(line)
+    _, out, err = run(capsys, *j, "show", "99")
+    assert out == "" and "no action 99 in the journal" in err

@@ -321,10 +321,11 @@ async def _history(journal: Any, args: argparse.Namespace) -> int:
 
 async def _show(journal: Any, args: argparse.Namespace) -> int:
     import json
+    import sys
 
     e = await journal.get(args.id, with_event=True)
     if e is None:
-        print(f"no action {args.id} in the journal")
+        print(f"no action {args.id} in the journal", file=sys.stderr)  # stdout: the action (JSON) only
         return 1
     d = e.to_dict()
     d["params"] = masked_params(e.action, e.params)
