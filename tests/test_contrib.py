@@ -154,3 +154,49 @@ def test_action_outcomes_in_the_alerts_dashboard_and_docs_are_the_dispatchers() 
     doc = (REPO / "docs" / "service.md").read_text(encoding="utf-8")
     (row,) = re.findall(r"^\| `trapd_actions_total` \|.*$", doc, re.M)
     assert {o for o in outcomes if f"`{o}`" not in row} == set(), row
+
+
+def _panel_expr(title: str) -> str:
+    doc = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in doc["panels"] if p.get("title") == title]
+    (target,) = panel["targets"]
+    # What Grafana sends for the dashboard's variables: every instance, a 5 minute rate window.
+    return str(target["expr"]).replace("$instance", ".*").replace("$__rate_interval", "5m")
+
+
+def test_the_rejections_panel_shows_a_rules_first_rejection(tmp_path: Path) -> None:
+    """trapd makes a (rule, reason) series at its first rejection, at 1: increase() alone shows 0
+    there, so a rule that rejected one action was never seen on the dashboard (promtool evaluates
+    the panel's query over series as trapd exports them)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/setup.sh --test installs Debian's prometheus package"
+    series = (
+        'trapd_actions_rejected_total{job="trapd",instance="dhcp1:9163",rule="port-down",reason="parameter"}'
+    )
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": series, "values": "_ _ _ 1x10 2x10"}],
+                "promql_expr_test": [
+                    {
+                        "expr": _panel_expr("Rejections, by rule and reason"),
+                        "eval_time": t,
+                        "exp_samples": exp,
+                    }
+                    for t, exp in (
+                        ("2m", []),
+                        ("4m", [{"labels": '{rule="port-down",reason="parameter"}', "value": 1}]),
+                        ("12m", []),
+                        ("14m", [{"labels": '{rule="port-down",reason="parameter"}', "value": 1}]),
+                    )
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "panel.test.yml"
+    path.write_text(yaml.safe_dump(test))
+    r = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
