@@ -560,3 +560,30 @@ def test_an_object_identifier_varbind_compares_with_a_mib_name(tmp_path: Path) -
         "3:93: error: unknown MIB symbol 'mgnt' in varbind snmpTrapEnterprise value (load the MIB that "
         "defines it, see mibs: in trapd.yaml, or give the numeric OID)"
     ]
+
+
+def test_a_bare_name_that_two_mibs_define_differently_is_reported_where_it_is_used(tmp_path: Path) -> None:
+    """docs/rules.md: a bare symbol works "when it is unambiguous". pimNeighborLoss is both
+    PIM-STD-MIB's (1.3.6.1.2.1.157.0.1) and the experimental PIM-MIB's (1.3.6.1.3.61.1.0.1), and
+    with vendor bundles many more are (CISCO-IETF-ATM2-PVCTRAP-MIB and ATM2-MIB). trapd used one
+    of them without a word, and which one could change when a MIB was added."""
+    text = """
+        rules:
+          - name: pim
+            match:
+              notification: pimNeighborLoss
+              varbinds: {sipStatsRetryByes: 1}
+            cancel: pim
+          - name: pim-std
+            match: {notification: PIM-STD-MIB::pimNeighborLoss}
+            cancel: pim-std
+        """
+    got = [line for line in errors_of(tmp_path, text) if "pimNeighborLoss" in line or "sipStats" in line]
+    assert got == [
+        "4:21: warning: notification: 'pimNeighborLoss' is defined by more than one MIB: "
+        "PIM-MIB::pimNeighborLoss (1.3.6.1.3.61.1.0.1, the one used), "
+        "PIM-STD-MIB::pimNeighborLoss (1.3.6.1.2.1.157.0.1); write MODULE::pimNeighborLoss",
+        "5:18: warning: varbinds: 'sipStatsRetryByes' is defined by more than one MIB: "
+        "SIP-MIB::sipStatsRetryByes (1.3.6.1.2.1.9998.1.2.2.1.2, the one used), "
+        "SIP-UA-MIB::sipStatsRetryByes (1.3.6.1.2.1.9998.3.2.1.1.1.2); write MODULE::sipStatsRetryByes",
+    ], got

@@ -184,6 +184,7 @@ class MibResolver:
         self._syntaxes: list[Syntax] = []
         self._by_name: dict[str, Oid] = {}
         self._by_symbol: dict[str, Oid] | None = None
+        self._homonyms: dict[str, list[tuple[str, Oid]]] | None = None
         self._modules: dict[str, Oid] = {}
         self._tcs: dict[str, int] = {}
         self._cache: BoundedCache[Oid, Resolved] = BoundedCache(CACHE_LIMIT, CACHE_MAX_BYTES)
@@ -349,6 +350,7 @@ class MibResolver:
         if site:
             self.site_modules.update(modules)
         self._by_symbol = None
+        self._homonyms = None
         self._cache.clear()
         self.sources.append(source)
 
@@ -441,6 +443,28 @@ class MibResolver:
                     by[sym] = oid
             self._by_symbol = by
         return by
+
+    def definitions(self, symbol: str) -> list[tuple[str, Oid]]:
+        """``[(MODULE::symbol, oid), ...]`` when MIBs define ``symbol`` at different OIDs, else [].
+
+        A bare symbol then names only one of them (:meth:`lookup` picks it); the rule
+        compiler says so where a rule uses it. Aliases of one OID do not count.
+        """
+        homonyms = self._homonyms
+        if homonyms is None:
+            at: dict[str, dict[Oid, str]] = {}
+            for name, oid in self._by_name.items():
+                node = self._nodes.get(oid)
+                places = at.setdefault(name.partition("::")[2], {})
+                if oid not in places or (node is not None and node[0] == name):
+                    places[oid] = name  # the OID's own (preferred) name, else the first alias
+            homonyms = {
+                sym: sorted(((n, o) for o, n in places.items()), key=lambda d: d[0])
+                for sym, places in at.items()
+                if len(places) > 1
+            }
+            self._homonyms = homonyms
+        return list(homonyms.get(symbol, ()))
 
     def _syntax(self, name_or_oid: str | Oid) -> Syntax | None:
         if isinstance(name_or_oid, str):

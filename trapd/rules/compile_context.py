@@ -142,6 +142,26 @@ class CompileContext:
             oid = self._oid_cache[name] = lookup_name(self.resolver, name, self.known_names)
             return oid
 
+    def warn_homonym(self, name: str, oid: Oid, mark: Mark | None, what: str) -> None:
+        """A bare symbol that more than one MIB defines: say which one it means here, and how to choose."""
+        text = name.strip()
+        if "::" in text or text[:1].isdigit() or text[:1] == ".":
+            return
+        symbol = text.partition(".")[0]
+        try:
+            places = self.resolver.definitions(symbol)
+        except Exception:  # a resolver that cannot tell: nothing to say
+            return
+        used = oid[: len(oid) - len(parse_index(text))]
+        if len(places) < 2 or used not in {o for _n, o in places}:
+            return
+        listed = ", ".join(
+            f"{n} ({'.'.join(map(str, o))}{', the one used' if o == used else ''})" for n, o in places
+        )
+        self.problems.warning(
+            f"{what}: {symbol!r} is defined by more than one MIB: {listed}; write MODULE::{symbol}", mark
+        )
+
     def unknown_symbol(self, name: str, mark: Mark | None, what: str) -> None:
         self.problems.error(
             f"unknown MIB symbol {name!r} in {what} (load the MIB that defines it, see mibs: in trapd.yaml, "
@@ -155,6 +175,17 @@ class CompileContext:
             hit = self.symbol(name) is not None
             self._symbol_cache[name] = hit
         return hit
+
+
+def parse_index(name: str) -> Oid:
+    """The instance index written after a symbol (``ifIndex.17`` -> (17,)); () when none or not numeric."""
+    _sym, dot, idx = name.partition(".")
+    if not dot:
+        return ()
+    try:
+        return tuple(int(p) for p in idx.split("."))
+    except ValueError:
+        return ()
 
 
 # plain() of scalars, by (type, value): per-port rule files ask it for every rule's varbind

@@ -167,6 +167,7 @@ class MatchCompiler:
                 if oid is None:
                     self.ctx.unknown_symbol(e, m, "notification")
                     continue
+                self.ctx.warn_homonym(e, oid, m, "notification")
                 exact.add(oid)
                 labels.append(e)
             else:
@@ -254,6 +255,7 @@ class MatchCompiler:
             if oid is None:
                 self.ctx.unknown_symbol(name, km, "varbinds")
                 continue
+            self.ctx.warn_homonym(name, oid, km, "varbinds")
             kind = type(spec)
             memo = (name, kind, spec) if kind is int or kind is str else None
             hit = self._plain_varbinds.get(memo) if memo is not None else None

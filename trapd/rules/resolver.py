@@ -34,6 +34,10 @@ class SymbolResolver(Protocol):
         """Every notification a MIB module defines; empty for anything that is not a module."""
         ...
 
+    def definitions(self, symbol: str) -> list[tuple[str, Oid]]:
+        """Every ``(MODULE::symbol, oid)`` when MIBs define ``symbol`` at more than one OID, else []."""
+        ...
+
     def value_type(self, oid: Oid) -> str:
         """SMI base type of the object at or above ``oid`` (``ObjectIdentifier``, ``Integer32``...), or ""."""
         ...
