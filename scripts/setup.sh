@@ -22,6 +22,7 @@ want_test=0
 #   postgresql                 (--test) PostgreSQL 15's initdb/pg_ctl: the tests start a private server
 #                              for the shared journal (tests/pg_harness.py); trapd itself needs none
 #   prometheus                 (--test) its promtool checks the shipped alerting rules (contrib/prometheus)
+#   faketime                   (--test) libfaketime: a trapd whose clock is a few seconds off (tests/test_pair_ha.py)
 APT_PACKAGES=(
     snmp snmptrapd
     kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-dhcp-ddns-server
@@ -29,7 +30,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-pip
     openssl systemd iproute2 procps strace ca-certificates
 )
-((want_test)) && APT_PACKAGES+=(postgresql prometheus)
+((want_test)) && APT_PACKAGES+=(postgresql prometheus faketime)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

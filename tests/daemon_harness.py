@@ -120,6 +120,7 @@ class TrapdDaemon:
         self.proc: subprocess.Popen[str] | None = None
         self.started_at = 0.0
         self.log: list[LogLine] = []
+        self.env: dict[str, str] = {}  # added to the daemon's environment (e.g. libfaketime's)
         self._log_cond = threading.Condition()
         self._reader: threading.Thread | None = None
 
@@ -139,9 +140,11 @@ class TrapdDaemon:
         trap_port: int | None = None,
         wait_ready: bool = True,
         timeout: float = 20.0,
+        env: Mapping[str, str] | None = None,
     ) -> TrapdDaemon:
         workdir.mkdir(parents=True, exist_ok=True)
         d = cls(workdir, trap_port or free_port(), free_port(socket.SOCK_STREAM) if metrics else None)
+        d.env = dict(env or {})
         if rules is not None:
             d.rules_path.write_text(rules)
         d.write_config(config or {})
@@ -177,6 +180,7 @@ class TrapdDaemon:
         env.setdefault(
             "PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), f"trapd-pycache-{os.getuid()}")
         )
+        env.update(self.env)
         if self.notify is not None:
             env["NOTIFY_SOCKET"] = self.notify.address
         if watchdog_usec is not None:

@@ -52,19 +52,29 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 
 def start_hosts(
-    tmp_path: Path, url: str, ha: HaPair, rules: str, **dispatch: Any
+    tmp_path: Path,
+    url: str,
+    ha: HaPair,
+    rules: str,
+    *,
+    lease: str = "30s",
+    env2: dict[str, str] | None = None,
+    **dispatch: Any,
 ) -> tuple[TrapdDaemon, TrapdDaemon]:
+    """dhcp1 and dhcp2 on the journal at ``url``, both with the pair's peers; ``env2``: dhcp2's
+    extra environment (its clock)."""
     hosts: list[TrapdDaemon] = []
     try:
         for name in ("dhcp1", "dhcp2"):
             config = {
                 "kea": {"endpoints": ha.trapd_endpoints("unix"), "poll_interval": "0.3s"},
                 "dispatch": {
-                    "journal": {"url": url, "instance": name, "lease": "30s", "poll_interval": "200ms"},
+                    "journal": {"url": url, "instance": name, "lease": lease, "poll_interval": "200ms"},
                     **dispatch,
                 },
             }
-            hosts.append(TrapdDaemon.start(tmp_path / name, rules=rules, config=config, timeout=60))
+            env = env2 if name == "dhcp2" else None
+            hosts.append(TrapdDaemon.start(tmp_path / name, rules=rules, config=config, timeout=60, env=env))
     except BaseException:
         for d in hosts:
             d.stop()
@@ -180,3 +190,159 @@ def test_hosts_halfway_through_a_reload_neither_lose_nor_double_an_action(
     finally:
         a.stop()
         b.stop()
+
+
+DELETE_RULES = """\
+rules:
+  - name: nic-gone
+    match: {{notification: IF-MIB::linkDown}}
+    actions:
+      - action: kea.lease-del
+        endpoint: pair4
+        hw-address: "{{{{ ifPhysAddress | mac }}}}"
+        {cap}
+"""
+FAST_RETRY = {
+    "retry": {"max_attempts": 1000, "backoff": "0.2s", "max_backoff": "1s", "jitter": 0},
+    "breaker": {"failures": 3, "cool_down": "0.5s", "max_cool_down": "1s"},
+}
+
+
+@pytest.fixture
+def healthy(ha: HaPair) -> Iterator[HaPair]:
+    """The pair, and after the test both servers running and back in the pair's mode."""
+    yield ha
+    for name, inst in ha.servers.items():
+        if not inst.procs:
+            ha.start_server(name)
+    ha.wait_states({n: {ha.mode} for n in ha.servers}, families=("v4",))
+
+
+def test_a_peer_down_and_a_host_killed_each_lease_deleted_once_on_both(
+    tmp_path: Path, pg_server: PgServer, healthy: HaPair
+) -> None:
+    """server2 is down while both hosts receive the linkDowns: server1's parts are done at once,
+    server2's retry. dhcp1 is killed meanwhile; when server2 is back, dhcp2 deletes every lease
+    on it (dhcp1's parts included): each lease gone from both servers, each part done once."""
+    ha = healthy
+    url = pg_server.new_database()
+    a, b = start_hosts(tmp_path, url, ha, DELETE_RULES.format(cap=CAP), **FAST_RETRY)
+    try:
+        macs = [f"0a:00:27:00:71:{i:02x}" for i in range(1, 4)]
+        ips = [ha.servers["server1"].next_ip4() for _ in macs]
+        for inst in ha.servers.values():
+            for ip, mac in zip(ips, macs, strict=True):
+                inst.add_lease4(ip, mac)
+        ha.stop_server("server2")
+        ha.wait_states({"server1": {"partner-down"}}, families=("v4",))
+        for i, mac in enumerate(macs):
+            for d in (a, b) if i % 2 else (b, a):
+                send(d, 30 + i, 710_030 + i, mac)
+
+        def parts() -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {"server1": [], "server2": []}
+            for r in rows(url):
+                if r["state"] != "cancelled":
+                    out[r["params"]["peer"]].append(r)
+            return out
+
+        wait_for(
+            "server1's parts done, server2's retrying",
+            lambda: (p := parts())
+            and [r["state"] for r in p["server1"]] == ["done"] * 3
+            and len(p["server2"]) == 3
+            and all(r["state"] in ("failed", "pending", "running") for r in p["server2"]),
+        )
+        assert all(inst.lease4(ip) is None for inst in (ha.servers["server1"],) for ip in ips)
+        a.signal(signal.SIGKILL)
+        a.wait_exit(20)
+        ha.start_server("server2")
+        server2_done = lambda: [r["state"] for r in parts()["server2"]] == ["done"] * 3  # noqa: E731
+        wait_for("server2's parts done", server2_done, 120)
+        for ip in ips:
+            assert ha.servers["server2"].lease4(ip) is None, ip
+        got = rows(url)
+        done = [r for r in got if r["state"] == "done"]
+        assert len(done) == 6 and all(r["result"]["deleted"] == 1 for r in done), done
+        assert sum(r["state"] == "cancelled" for r in got) == 6, got
+    finally:
+        a.stop()
+        b.stop()
+
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+SKEWED_RULES = """\
+rules:
+  - name: long
+    match: {{notification: IF-MIB::linkDown, varbinds: {{ifIndex: 41}}}}
+    actions:
+      - action: exec
+        argv: [/bin/sh, -c, 'echo start >> {marks}; sleep 4; echo end >> {marks}']
+        timeout: 60s
+  - name: flap
+    match: {{notification: IF-MIB::linkDown, varbinds: {{ifIndex: 42}}}}
+    actions:
+      - action: exec
+        argv: [/bin/sh, -c, 'echo delayed >> {marks}']
+        delay: 6s
+        cancel-key: "port:{{{{ source }}}}:{{{{ ifIndex }}}}"
+  - name: port-up
+    match: {{notification: IF-MIB::linkUp}}
+    cancel: "port:{{{{ source }}}}:{{{{ ifIndex }}}}"
+"""
+
+
+@pytest.mark.skipif(not FAKETIME.exists(), reason="libfaketime is not installed (scripts/setup.sh --test)")
+def test_a_host_whose_clock_is_ahead_neither_takes_over_early_nor_runs_a_delay_early(
+    tmp_path: Path, pg_server: PgServer, ha: HaPair
+) -> None:
+    """dhcp2's clock is 5 s ahead (libfaketime), claims' lease 3 s (renewed every second).
+
+    A one-host-clock journal let dhcp2 see dhcp1's claim expired while dhcp1 was running it
+    (taken over, run twice), and a delayed action armed by dhcp1 due 5 s early (run before the
+    linkUp that clears it). With the database's clock for every time in the shared journal,
+    the skew changes nothing.
+    """
+    url = pg_server.new_database()
+    marks = tmp_path / "marks"
+    skew = {"LD_PRELOAD": str(FAKETIME), "FAKETIME": "+5s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    a, b = start_hosts(tmp_path, url, ha, SKEWED_RULES.format(marks=marks), lease="3s", env2=skew)
+    try:
+        lines = lambda: marks.read_text().split() if marks.exists() else []  # noqa: E731
+        # A long action, claimed by dhcp1 (it journals first): dhcp2 does not take it over.
+        send(a, 41, 720_041, "0a:00:27:00:72:01")
+        wait_for("dhcp1 running it", lambda: lines().count("start") == 1)
+        send(b, 41, 720_041, "0a:00:27:00:72:01")
+        wait_for("the action done", lambda: settled(url, 2))
+        assert lines() == ["start", "end"], lines()
+        assert [r["state"] for r in rows(url)] == ["done", "cancelled"]
+
+        # A delayed action armed by dhcp1: it stays scheduled until its 6 s are up, for dhcp2 too.
+        send(a, 42, 720_042, "0a:00:27:00:72:02")
+        send(b, 42, 720_042, "0a:00:27:00:72:02")
+        delayed = wait_for("both copies journaled", lambda: settled_but_scheduled(url, 4))
+        armed = time.monotonic()
+        # Bounded watch (3 s of the 6): it must not leave "scheduled" early.
+        while time.monotonic() - armed < 3:
+            assert state_of(url, delayed) == "scheduled", rows(url)
+            time.sleep(0.1)
+        r = snmp_send("snmptrap", "-v", "2c", "-c", "public", b.target(), "720100", "1.3.6.1.6.3.1.1.5.4",
+                      f"{IF_INDEX}.42", "i", "42")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        wait_for("the delayed action cancelled", lambda: state_of(url, delayed) == "cancelled")
+        assert "delayed" not in lines()
+    finally:
+        a.stop()
+        b.stop()
+
+
+def settled_but_scheduled(url: str, n: int) -> int | None:
+    """With ``n`` rows, one of them scheduled and the others final: the scheduled one's id."""
+    got = rows(url)
+    waiting = [r["id"] for r in got if r["state"] == "scheduled"]
+    others_final = all(r["state"] in FINAL for r in got if r["state"] != "scheduled")
+    return waiting[0] if len(got) == n and len(waiting) == 1 and others_final else None
+
+
+def state_of(url: str, id_: int) -> str:
+    return next(str(r["state"]) for r in rows(url) if r["id"] == id_)

@@ -201,13 +201,11 @@ def journal_path(args: argparse.Namespace) -> Any:
 
 
 async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
-    import time
-
     inspect = args.journal_command in ("list", "show", "history")
     journal = await open_cli_journal(path, jc, read_only=inspect, command="trapd journal")
     try:
         cmd = args.journal_command
-        now = time.time()
+        now = journal.now()
         if cmd == "list":
             return await _list(journal, args)
         if cmd == "show":

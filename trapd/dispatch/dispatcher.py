@@ -329,7 +329,7 @@ class Dispatcher:
         An action bound for every peer of a Kea HA relationship becomes one
         entry per peer here (trapd.dispatch.peers).
         """
-        now = time.time()
+        now = self.journal.now()
         planned = fan_out(outcome.planned, self.actions, self.kea.config if self.kea is not None else None)
         entries = [self._plan(event, pa, now) for pa in planned]
         claims = self._claim_at_insert(entries)
@@ -580,17 +580,17 @@ class Dispatcher:
 
     async def release(self, ids: Iterable[int | str] = (), rule: str | None = None) -> list[int]:
         """Release held actions (all of them when neither ids nor rule is given)."""
-        released = await self.journal.release(time.time(), [int(i) for i in ids], rule)
+        released = await self.journal.release(self.journal.now(), [int(i) for i in ids], rule)
         self._poke()
         return released
 
     async def retry(self, id: int | str) -> bool:
-        ok = bool(await self.journal.retry([int(id)], time.time()))
+        ok = bool(await self.journal.retry([int(id)], self.journal.now()))
         self._poke()
         return ok
 
     async def cancel(self, id: int | str) -> bool:
-        return bool(await self.journal.cancel([int(id)], time.time(), "cancelled by an operator"))
+        return bool(await self.journal.cancel([int(id)], self.journal.now(), "cancelled by an operator"))
 
     def _poke(self) -> None:
         self._backlog = True
@@ -617,7 +617,7 @@ class Dispatcher:
             # behind them: rebuild from what is loaded.
             fresh = sorted((j for j in loaded.values() if not j.taken), key=lambda j: j.id)
             self._waiting = waiting = deque(fresh)
-        t = time.time() if now is None else now
+        t = self.journal.now() if now is None else now
         for i, job in enumerate(waiting):
             if i >= 16:
                 break
@@ -681,7 +681,7 @@ class Dispatcher:
         queried: float | None = None  # time of the last look at the journal
         parked_ids: set[int] = set()  # actions of parked keys met in this pass: not asked for again
         if self._parked:
-            now = time.time()
+            now = self.journal.now()
             self._parked = {k: t for k, t in self._parked.items() if t > now}
         while self._backlog:
             room = self.config.queue_size - len(self._loaded)
@@ -690,7 +690,7 @@ class Dispatcher:
             if room < self._refill_at:
                 break  # a worker finishing wakes the pump again
             marker, evictions = self._journal_only, self._evictions
-            now = time.time()
+            now = self.journal.now()
             skip = frozenset(self._loaded)
             if parked_ids:
                 skip = skip.union(parked_ids)
@@ -725,14 +725,15 @@ class Dispatcher:
             self._arm(min(self._parked.values()))
 
     def _arm(self, at: float) -> None:
-        """Make sure the pump wakes at ``at``: one apscheduler job for the earliest due time."""
+        """Make sure the pump wakes at ``at`` (the journal's clock): one apscheduler job for the
+        earliest due time."""
         if self._scheduler is None or (self._timer_at is not None and self._timer_at <= at):
             return
         self._timer_at = at
         self._scheduler.add_job(
             self._on_timer,
             "date",
-            run_date=datetime.fromtimestamp(at, UTC),
+            run_date=datetime.fromtimestamp(at + time.time() - self.journal.now(), UTC),  # host clock
             id=_WAKE_JOB,
             replace_existing=True,
             misfire_grace_time=None,
@@ -752,7 +753,7 @@ class Dispatcher:
             await asyncio.sleep(interval)
 
     async def _maintain(self) -> None:
-        now = time.time()
+        now = self.journal.now()
         self._failure_log.flush()  # the counts held back, once their interval is over
         self._duplicate_log.flush()
         if self._unwritten:
@@ -834,7 +835,7 @@ class Dispatcher:
                 return
 
     async def _run(self, job: _Job) -> None:
-        now = time.time()
+        now = self.journal.now()
         spec = self.actions.get(job.action)
         log = self.log.bind(event_id=job.event_id, rule=job.rule, action=job.action, action_id=str(job.id))
         endpoint = job.endpoint
@@ -915,8 +916,9 @@ class Dispatcher:
         )
         # When the action really starts (its claim committed): for the latency figures and the
         # journal's ``started``, written with its end.
-        job.begun = begun = time.time()
-        self.stats.start_latency.observe(max(0.0, begun - job.received_at))
+        job.begun = begun = self.journal.now()
+        # received_at is this host's clock (the listener's), begun the journal's
+        self.stats.start_latency.observe(max(0.0, time.time() - job.received_at))
         try:
             # In this task, not a task of its own (wait_for): three turns of the event loop fewer
             # per action, which is what the dispatcher lacks when a storm takes most turns.
@@ -926,7 +928,8 @@ class Dispatcher:
             answered = _breaker_key(exc)
             if answered is not None:
                 await self._answered_async(answered)  # it refused, so it is up
-            await self._dead(job, log, f"permanent error: {exc}", time.time(), attempt, type(exc).__name__)
+            now = self.journal.now()
+            await self._dead(job, log, f"permanent error: {exc}", now, attempt, type(exc).__name__)
         except Exception as exc:
             await self._failed(job, log, exc, attempt, begun)
         except (asyncio.CancelledError, SystemExit) as exc:
@@ -937,7 +940,7 @@ class Dispatcher:
             # sys.exit): a bug like any other, not a reason to end this worker or trapd.
             await self._failed(job, log, exc, attempt, begun)
         else:
-            done = time.time()
+            done = self.journal.now()
             # What JSON cannot hold is journaled as its repr (trapd.dispatch.journal.rows.dumps_result).
             self._finish(job.id, "done", done, result, None, begun)
             self.stats.count(job.action, "done")
@@ -961,7 +964,7 @@ class Dispatcher:
                 # It runs in another process (service.workers). Loading this one again at once
                 # would claim in a loop, a write transaction each, for as long as that runs:
                 # look again a little later instead.
-                self._parked[job.key] = until = time.time() + PARK_FOR
+                self._parked[job.key] = until = self.journal.now() + PARK_FOR
                 self._arm(until)
             return 0
         if claim.outcome == "held":
@@ -976,7 +979,7 @@ class Dispatcher:
         return claim.attempts
 
     async def _failed(self, job: _Job, log: Any, exc: BaseException, attempt: int, started: float) -> None:
-        now = time.time()
+        now = self.journal.now()
         if isinstance(exc, TimeoutError) and now - started >= self.config.action_timeout:
             reason = f"timed out after {self.config.action_timeout:g}s"
         elif isinstance(exc, ActionError):
@@ -1129,7 +1132,7 @@ class Dispatcher:
     async def _answered_async(self, endpoint: str) -> None:
         breaker = self.breakers.get(endpoint)
         if breaker is not None and breaker.success():
-            n = await self.journal.expedite(endpoint, time.time())
+            n = await self.journal.expedite(endpoint, self.journal.now())
             self.log.info("circuit breaker closed: Kea endpoint answers again", endpoint=endpoint, waiting=n)
             self._poke()
 
@@ -1155,7 +1158,7 @@ async def recover_interrupted(
     hold_unless = None
     if interrupted == "hold-unsafe":
         hold_unless = [name for name, spec in actions.items() if spec.idempotent]
-    return await journal.recover(time.time() if now is None else now, hold_unless, owner=owner)
+    return await journal.recover(journal.now() if now is None else now, hold_unless, owner=owner)
 
 
 def _breaker_key(exc: BaseException) -> str | None:

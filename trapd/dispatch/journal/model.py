@@ -216,6 +216,13 @@ class Journal(Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+    def now(self) -> float:
+        """The journal's clock, in epoch seconds: what every ``now``, due time and lease given to it
+        is on. This host's clock for a journal of its own; a shared journal's hosts all go by the
+        database's clock, so a host whose clock is a few seconds off neither takes another's claim
+        over early nor runs a delayed action early (docs/pair.md)."""
+        ...
+
     async def flush(self) -> None:
         """Return when every operation issued before it is committed."""
         ...

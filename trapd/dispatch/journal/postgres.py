@@ -1458,6 +1458,26 @@ class PostgresJournal:
         self.taken_over = 0  # rows of other owners taken over after their lease expired
         self.commits = 0
         self.committed_ops = 0
+        # The database's clock minus this host's (see now()), measured when the journal opens and
+        # at every lease renewal.
+        self.clock_offset = 0.0
+
+    def now(self) -> float:
+        """The database's clock: the hosts compare each other's leases, due times and windows, so
+        all of them go by one clock. By their own, a host 5 s ahead took a claim of the other
+        host over while it was still renewed (lease 3 s: run twice), and ran a delayed action
+        armed by the other host 5 s early, before the clearing trap that would have cancelled it
+        (tests/test_pair_ha.py)."""
+        return time.time() + self.clock_offset
+
+    async def _measure_clock(self, conn: Conn) -> None:
+        """The database's clock against this host's: the reading is taken half-way through the round trip."""
+        before = time.time()
+        cur = await conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8")
+        row = await cur.fetchone()
+        after = time.time()
+        if row is not None and row[0] is not None:
+            self.clock_offset = float(row[0]) - (before + after) / 2
 
     # -- lifecycle
 
@@ -1476,6 +1496,7 @@ class PostgresJournal:
             raise JournalError(f"cannot connect to the journal database: {_one_line(exc)}") from exc
         try:
             found = await schema_version(probe)
+            await self._measure_clock(probe)
         except psycopg.Error as exc:
             raise JournalError(f"cannot open the journal database: {_one_line(exc)}") from exc
         finally:
@@ -1913,7 +1934,7 @@ class PostgresJournal:
         renewing_since: float | None = None
         while True:
             await asyncio.sleep(self.lease / 3)
-            now = time.time()
+            now = self.now()
             steady = renewing_since is not None and now - renewing_since >= self.lease
             try:
                 taken = await self._renew(now, take_over=self._runs_actions and steady)
@@ -1939,6 +1960,8 @@ class PostgresJournal:
                 conn.transaction(),
                 conn.cursor() as cur,
             ):
+                await self._measure_clock(conn)
+                now = self.now()
                 return await _op_renew(cur, now, self._owner, self.lease, self._hold_unless, take_over)
         except (PoolTimeout, psycopg.Error) as exc:
             raise JournalError(f"lease renewal failed: {_one_line(exc)}") from exc

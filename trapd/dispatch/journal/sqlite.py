@@ -745,6 +745,9 @@ class SQLiteJournal:
 
     # -- lifecycle
 
+    def now(self) -> float:
+        return time.time()  # one host: its own clock
+
     async def open(self) -> None:
         if self._thread is not None:
             return
