@@ -371,3 +371,23 @@ def test_json_output_is_json_or_nothing(hostile_journal: Path, capsys: pytest.Ca
             json.loads(line)
     _, out, err = run(capsys, *j, "show", "99")
     assert out == "" and "no action 99 in the journal" in err
+
+
+def test_history_finds_a_switch_by_any_spelling_of_its_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An IPv6 switch is journaled as the socket names it (2001:db8::5); `--switch 2001:DB8:0::5`
+    (as a switch's config or a monitoring tool writes it) found nothing, exit 1, like --mac and
+    --ip, which take any spelling."""
+
+    async def fill() -> None:
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as j:
+            ev = make_event(source="2001:db8::5").to_dict()
+            await j.add(ev, [new("log", {"message": "m"}, "k1")], [], time.time())
+
+    asyncio.run(fill())
+    j = ("journal", "--state-dir", str(tmp_path), "--json", "history")
+    for spelling in ("2001:db8::5", "2001:DB8:0::5", "2001:0db8:0000:0000:0000:0000:0000:0005"):
+        rc, out, err = run(capsys, *j, "--switch", spelling)
+        assert rc == 0 and [json.loads(ln)["id"] for ln in out.splitlines()] == [1], (spelling, err)
+    assert run(capsys, *j, "--switch", "2001:db8::6")[0] == 1

@@ -304,7 +304,7 @@ async def _history(journal: Any, args: argparse.Namespace) -> int:
     flt = HistoryFilter(
         mac=mac,
         ip=ip,
-        source=args.source,
+        source=_address(args.source) if args.source else None,
         rule=args.rule,
         action=args.action,
         states=tuple(args.state or ()),
@@ -315,6 +315,17 @@ async def _history(journal: Any, args: argparse.Namespace) -> int:
     entries = await journal.history(flt)
     _print_entries(entries, args)
     return 0 if entries else 1
+
+
+def _address(text: str) -> str:
+    """A switch's address as the journal has it (as its socket named it: 2001:db8::5), from any
+    spelling (2001:DB8:0::5); a text that is no address is looked for as it is."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return text
 
 
 async def _show(journal: Any, args: argparse.Namespace) -> int:
