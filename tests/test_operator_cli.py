@@ -391,3 +391,35 @@ def test_history_finds_a_switch_by_any_spelling_of_its_address(
         rc, out, err = run(capsys, *j, "--switch", spelling)
         assert rc == 0 and [json.loads(ln)["id"] for ln in out.splitlines()] == [1], (spelling, err)
     assert run(capsys, *j, "--switch", "2001:db8::6")[0] == 1
+
+
+def test_a_state_directory_this_user_cannot_enter_is_said_not_a_traceback(hostile_journal: Path) -> None:
+    """trapd keeps its state directory 0700: an admin who forgets sudo got a PermissionError
+    traceback from `trapd journal list`. One line says whose directory it is."""
+    import pwd
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to run the command as another user)")
+    nobody = pwd.getpwnam("nobody")
+
+    def as_nobody() -> None:
+        os.setgid(nobody.pw_gid)
+        os.setgroups([])
+        os.setuid(nobody.pw_uid)
+
+    def trapd(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "trapd", *argv], capture_output=True, text=True, timeout=60,
+            preexec_fn=as_nobody, cwd="/",
+        )  # fmt: skip
+
+    if trapd("--version").returncode != 0:
+        pytest.skip("this checkout is not readable by nobody")
+    os.chmod(hostile_journal, 0o700)  # as trapd makes it; owned by root here
+    for argv in (("list",), ("show", "1"), ("retry", "1")):
+        r = trapd("journal", "--state-dir", str(hostile_journal), *argv)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (argv, r.stderr)
+        assert r.stderr.startswith(f"trapd journal: cannot read {hostile_journal}: permission denied"), (
+            r.stderr
+        )

@@ -248,10 +248,12 @@ def test_a_peer_down_and_a_host_killed_each_lease_deleted_once_on_both(
 
         wait_for(
             "server1's parts done, server2's retrying",
-            lambda: (p := parts())
-            and [r["state"] for r in p["server1"]] == ["done"] * 3
-            and len(p["server2"]) == 3
-            and all(r["state"] in ("failed", "pending", "running") for r in p["server2"]),
+            lambda: (
+                (p := parts())
+                and [r["state"] for r in p["server1"]] == ["done"] * 3
+                and len(p["server2"]) == 3
+                and all(r["state"] in ("failed", "pending", "running") for r in p["server2"])
+            ),
         )
         assert all(inst.lease4(ip) is None for inst in (ha.servers["server1"],) for ip in ips)
         a.signal(signal.SIGKILL)

@@ -136,9 +136,23 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.journal_command == "migrate":
         return _migrate(jc)
-    if jc is None and not path.exists():
-        print(f"trapd journal: no journal at {path} (see --state-dir)", file=sys.stderr)
-        return 2
+    if jc is None:
+        try:
+            path.stat()
+        except FileNotFoundError:
+            print(f"trapd journal: no journal at {path} (see --state-dir)", file=sys.stderr)
+            return 2
+        except PermissionError:
+            # trapd keeps its state directory 0700 and the journal 0600: an admin without sudo.
+            print(
+                f"trapd journal: cannot read {path.parent}: permission denied (trapd's state directory: "
+                "run this as root, or as the user trapd runs as)",
+                file=sys.stderr,
+            )
+            return 2
+        except OSError as exc:
+            print(f"trapd journal: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     try:
         return asyncio.run(_run(args, path, jc))
     except (ValueError, JournalError) as exc:
