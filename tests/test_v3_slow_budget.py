@@ -163,3 +163,44 @@ async def test_a_replayed_inform_spends_nothing_of_the_budget() -> None:
         assert of("not-in-time-window").get("replayed") == 24
         assert of("rate-limited") == {}
         assert len(got) == 1
+
+
+def discovery_probe(varbinds: int, msg_id: int = 1) -> bytes:
+    """An engine-ID discovery probe (no engine, no user, reportable) carrying ``varbinds``
+    minimal variable bindings: RFC 3414 section 4's has none, so it is 60-odd octets."""
+    from trapd.listener.ber import encode_integer_content, encode_tlv
+
+    def integer(n: int) -> bytes:
+        return encode_tlv(0x02, encode_integer_content(n))
+
+    varbind = encode_tlv(0x30, encode_tlv(0x06, b"\x2b\x06") + b"\x05\x00")  # 1.3.6 = NULL
+    pdu = encode_tlv(0xA0, integer(msg_id) + integer(0) + integer(0) + encode_tlv(0x30, varbind * varbinds))
+    scoped = encode_tlv(0x30, encode_tlv(0x04, b"") + encode_tlv(0x04, b"") + pdu)
+    usm = encode_tlv(0x30, encode_tlv(0x04, b"") + integer(0) + integer(0) + encode_tlv(0x04, b"") * 3)
+    header = encode_tlv(0x30, integer(msg_id) + integer(65507) + encode_tlv(0x04, b"\x04") + integer(3))
+    return encode_tlv(0x30, integer(3) + header + encode_tlv(0x04, usm) + scoped)
+
+
+async def test_a_large_unauthenticated_message_spends_the_budget_by_its_size() -> None:
+    """pysnmp's engine decodes a whole message, whose cost grows with its variable bindings:
+    a 48 KB discovery probe (no key needed) cost some 300 times a plain one (0.4 to 0.7 s of
+    CPU), yet spent one token like it, so one source within the shipped 10 a second stalled
+    the event loop for seconds each second. A message now spends a token per started 512
+    octets (at most a whole bucket): one such probe empties its source's bucket."""
+    got: list[RawNotification] = []
+    lst = listener(got, RateLimit(v3_slow_per_source=10, v3_slow_global=100, burst=2), v3_user())
+    async with lst:
+        big = discovery_probe(6000)
+        assert len(big) > 48_000 and parse_header(big).is_discovery
+        replies: list[bytes] = []
+        for i in range(4):
+            lst.handle_datagram(big, ("127.0.0.1", 40000 + i), lambda d, a: replies.append(d))
+        of = drops(lst)
+        assert len(replies) == 1  # before: 4, each after a 0.4 s engine pass
+        assert of("rate-limited") == {"v3-slow-per-source": 3}
+        # Plain probes from another sender are still answered: the global budget was charged
+        # for the large one by its size, not emptied.
+        for i in range(5):
+            lst.handle_datagram(discovery_probe(0, i), ("127.0.0.2", 40000), lambda d, a: replies.append(d))
+        assert len(replies) == 6
+        assert lst.stats.v3_discovery == 6

@@ -174,10 +174,16 @@ class _Bucket:
             return True
         return False
 
-    def take_above(self, now: float, floor: float) -> bool:
-        """``take``, but only while more than ``floor`` tokens stay behind (the rest is reserved)."""
-        if self.refill(now) >= floor + 1.0:
-            self.tokens -= 1.0
+    def capped(self, cost: float, floor: float) -> float:
+        """``cost``, or what the bucket can hold over ``floor`` if that is less (at least 1)."""
+        return min(cost, max(1.0, self.depth - floor))
+
+    def take_above(self, now: float, floor: float, cost: float = 1.0) -> bool:
+        """``take`` ``cost`` tokens (:meth:`capped`), but only while ``floor`` tokens stay behind
+        (the rest is reserved)."""
+        cost = self.capped(cost, floor)
+        if self.refill(now) >= floor + cost:
+            self.tokens -= cost
             return True
         return False
 
@@ -330,6 +336,12 @@ class SourceLimiter:
 # How much deeper each slow-path bucket is than ``rate * burst``, as a share of that depth: the
 # extra tokens are for authentic messages only (SlowPathBudget).
 AUTHENTIC_RESERVE: Final = 0.5
+# A message to pysnmp spends a token per started this many octets: pysnmp decodes all of it, at a
+# cost that grows with its variable bindings (a varbind is 7 octets at least). Measured with
+# discovery probes of minimal varbinds, load average 2.7 on 2 cores: 60 octets 7 ms, 867 octets
+# (100 varbinds) 7 ms, 8 KB 57 to 87 ms, 48 KB 426 to 731 ms; so 512 octets (73 varbinds) cost
+# about 1.3 plain messages, 48 KB about 100, and spend 2 and 94 tokens.
+OCTETS_PER_TOKEN: Final = 512
 
 
 class SlowPathBudget:
@@ -346,7 +358,9 @@ class SlowPathBudget:
     discovery and informs; a site whose switches send more informs raises
     it) and ``v3_slow_global`` for everyone (default 100, about 15 % of one
     core), ``burst`` seconds deep: a burst stalls the loop at most
-    ``v3_slow_per_source * burst * 1.5 ms`` (30 ms by default). Over
+    ``v3_slow_per_source * burst * 1.5 ms`` (30 ms by default). A message
+    spends a token per started :data:`OCTETS_PER_TOKEN` too: pysnmp's cost
+    grows with its variable bindings. Over
     budget, :meth:`admit` names the limit and the message is dropped as
     ``rate-limited`` before pysnmp sees it. Per-source entries are bounded
     (least recently seen evicted first), like :class:`SourceLimiter`'s.
@@ -384,11 +398,15 @@ class SlowPathBudget:
         depth = max(1.0, rate * burst) + self._global_reserve
         self._global = _Bucket(rate, depth, now) if rate > 0 else None
 
-    def admit(self, host: str, authentic: bool = False) -> str | None:
-        """None: go on to pysnmp (a token spent); else which budget is spent.
+    def admit(self, host: str, authentic: bool = False, size: int = 0) -> str | None:
+        """None: go on to pysnmp (its tokens spent); else which budget is spent.
 
-        ``authentic``: the message's MAC was checked, so it may use the reserve.
+        ``authentic``: the message's MAC was checked, so it may use the reserve. ``size``: its
+        octets; it spends one token and one more per :data:`OCTETS_PER_TOKEN`, or all a bucket
+        holds when it costs more (so it passes a full bucket, and empties it).
         """
+        cost = 1.0 + size // OCTETS_PER_TOKEN
+        source_cost = cost
         now = self._clock()
         bucket: _Bucket | None = None
         if self._per_source > 0:
@@ -400,13 +418,15 @@ class SlowPathBudget:
                 bucket = sources[host] = _Bucket(self._per_source, self._source_depth, now)
             else:
                 sources.move_to_end(host)
-            if bucket.refill(now) < 1.0 + (0.0 if authentic else self._source_reserve):
+            floor = 0.0 if authentic else self._source_reserve
+            source_cost = bucket.capped(cost, floor)
+            if bucket.refill(now) < floor + source_cost:
                 return "v3-slow-per-source"
         g = self._global
-        if g is not None and not g.take_above(now, 0.0 if authentic else self._global_reserve):
+        if g is not None and not g.take_above(now, 0.0 if authentic else self._global_reserve, cost):
             return "v3-slow-global"
         if bucket is not None:
-            bucket.tokens -= 1.0
+            bucket.tokens -= source_cost
         return None
 
     def __len__(self) -> int:

@@ -403,10 +403,10 @@ class Listener:
             previous=self._v3,
         )
 
-    def _admit_slow(self, host: str, authentic: bool) -> str | None:
+    def _admit_slow(self, host: str, authentic: bool, size: int) -> str | None:
         """May this v3 message go to pysnmp's engine? None: yes; else the budget that is spent.
-        ``authentic``: its MAC was checked (it may use the budget's reserve)."""
-        return self._slow_budget.admit(host, authentic)
+        ``authentic``: its MAC was checked (it may use the budget's reserve); ``size``: octets."""
+        return self._slow_budget.admit(host, authentic, size)
 
     @property
     def _usm(self) -> UsmFastPath | None:

@@ -66,7 +66,7 @@ class V3Path:
         engine_id: bytes | None,
         state_dir: Path | None,
         replays: ReplayMemory,
-        admit: Callable[[str, bool], str | None] | None = None,
+        admit: Callable[[str, bool, int], str | None] | None = None,
         previous: V3Path | None = None,
     ) -> V3Path:
         """The path for ``users``. ``replays``: the listener's replay memory (kept across reloads,

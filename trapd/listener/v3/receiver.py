@@ -132,8 +132,9 @@ class V3Receiver:
     kept under ``state_dir`` when given (see :func:`make_engine`). ``replays``: the
     replay memory (:mod:`trapd.listener.v3.replay`); an authentic message
     pysnmp accepts whose MAC it holds already is dropped as replayed.
-    ``admit(source, authentic)``: asked before a message goes to pysnmp's engine
-    (what is left after the cheap refusals; ``authentic``: its MAC was checked);
+    ``admit(source, authentic, size)``: asked before a message goes to pysnmp's engine
+    (what is left after the cheap refusals; ``authentic``: its MAC was checked; ``size``:
+    its octets, which pysnmp's cost grows with);
     a string (the limit's name) drops it as ``rate-limited``. ``on_notification`` is
     called synchronously for every accepted notification; ``on_drop(reason,
     detail, source, who)`` for every dropped message, after ``stats`` counted it.
@@ -151,7 +152,7 @@ class V3Receiver:
         state_dir: Path | None = None,
         masters: MasterKeys | None = None,
         replays: ReplayMemory | None = None,
-        admit: Callable[[str, bool], str | None] | None = None,
+        admit: Callable[[str, bool, int], str | None] | None = None,
     ) -> None:
         from pysnmp.proto.api import v2c
 
@@ -312,7 +313,7 @@ class V3Receiver:
             self._drop("not-in-time-window", "replayed", source, header)
             return
         if self._admit is not None:
-            over = self._admit(source, checked is _Checked.AUTHENTIC)
+            over = self._admit(source, checked is _Checked.AUTHENTIC, len(data))
             if over is not None:  # this source's (or everyone's) budget for pysnmp is spent
                 if not report_only:  # (a refused one is counted already: it only goes unanswered)
                     self._drop("rate-limited", over, source, header)
