@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from daemon_harness import TrapdDaemon, eventually
@@ -190,3 +192,22 @@ async def _exchange(port: int, request: bytes) -> tuple[int, bytes]:
     raw = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     return int(raw.split(b" ", 2)[1]), raw
+
+
+def test_a_worker_that_dies_is_counted_where_prometheus_sees_it(tmp_path: Path) -> None:
+    """With service.workers > 1 a worker that crashes is restarted by the supervisor: systemd
+    sees nothing (the unit stays up, NRestarts does not move) and /healthz is 503 only until the
+    new one is ready. A worker crashing every few minutes was visible in the log alone; the
+    metric trapd_worker_restarts_total lets an alert say it."""
+    d = TrapdDaemon.start(tmp_path, rules=RULES, config={"service": {"workers": 2}})
+    try:
+        assert d.metric("trapd_worker_restarts_total") == 0
+        assert d.metric("trapd_workers_up") == 2
+        pids = {int(e["worker"]): int(e["pid"]) for e in d.logs("worker started")}
+        os.kill(pids[1], signal.SIGKILL)
+        d.wait_log(lambda e: e.get("event") == "worker ready" and e.get("worker") == 1, 30)
+        assert d.wait_metric("trapd_worker_restarts_total", 1) == 1
+        assert d.wait_metric("trapd_workers_up", 2) == 2
+        assert d.stop() == 0
+    finally:
+        d.close()

@@ -65,6 +65,8 @@ trapd_kea_breaker_state                        gauge      endpoint, state (1 for
                                                           now: closed, half-open, open; 0 for the others)
 trapd_reloads_total                            counter    result (ok, failed)
 trapd_config_last_reload_successful            gauge
+trapd_workers_up                               gauge      workers up and answering (1 for a single trapd)
+trapd_worker_restarts_total                    counter    workers that died and were restarted
 trapd_build_info                               gauge      version
 process_*, python_*                            (prometheus-client's default collectors)
 =============================================  =========  ==========================================
@@ -145,6 +147,10 @@ class DaemonSnapshot:
     # (gauges): a backlog near its bounds (10,000 outcomes, 32 MiB) is about to lose outcomes.
     dispatch_backlog: int = 0
     dispatch_backlog_bytes: int = 0
+    # The supervisor's own with service.workers > 1 (a single trapd is its one worker): workers up
+    # and answering now, and workers that died while trapd ran (restarted, until the unit gives up).
+    workers_up: int = 1
+    worker_restarts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +381,16 @@ class TrapdCollector:
             "trapd_config_last_reload_successful",
             "1 if the last reload (or the start) loaded its configuration, 0 if it kept the old one.",
             value=1 if snap.last_reload_ok else 0,
+        )
+        yield GaugeMetricFamily(
+            "trapd_workers_up",
+            "Receiving processes up and answering the supervisor (service.workers; 1 for a single trapd).",
+            value=snap.workers_up,
+        )
+        yield CounterMetricFamily(
+            "trapd_worker_restarts",
+            "Worker processes that died while trapd ran, restarted by the supervisor (service.workers > 1).",
+            value=snap.worker_restarts,
         )
         info = GaugeMetricFamily("trapd_build_info", "trapd version.", labels=["version"])
         info.add_metric([__version__], 1)

@@ -291,6 +291,7 @@ class Supervisor:
         self.retired = RetiredCounts()
         self.reloads: dict[str, int] = {}
         self.reload_error: str | None = None
+        self.worker_restarts = 0  # deaths while running: systemd never sees them, the metrics do
         self.metrics: MetricsServer | None = None
         self._state = "starting"  # starting, running, stopping
         self._fatal: str | None = None
@@ -586,6 +587,7 @@ class Supervisor:
             return
         if self._state == "starting":
             return  # _wait_all_ready reports it: a worker that cannot start will not start on a retry
+        self.worker_restarts += 1
         delay = slot.restarts.next_delay(time.monotonic())
         if delay is None:
             policy = slot.restarts
@@ -651,7 +653,13 @@ class Supervisor:
     def snapshot(self) -> DaemonSnapshot:
         """The unit's counters: the live workers' latest plus those of workers that ended."""
         total = self.retired.with_live(s.last_snapshot for s in self.slots if s.last_snapshot is not None)
-        return replace(total, reloads=dict(self.reloads), last_reload_ok=self.reload_error is None)
+        return replace(
+            total,
+            reloads=dict(self.reloads),
+            last_reload_ok=self.reload_error is None,
+            workers_up=sum(1 for state in self._worker_states().values() if state == "ok"),
+            worker_restarts=self.worker_restarts,
+        )
 
     def health(self) -> Health:
         """/healthz: ok when every worker is up and answers; degraded (503) naming the others."""
