@@ -343,7 +343,9 @@ class TrapdCollector:
             value=snap.journal_failed_writes,
         )
         kea = GaugeMetricFamily(
-            "trapd_kea_endpoint_up", "Kea endpoint reachable (1) or not (0).", labels=["endpoint"]
+            "trapd_kea_endpoint_up",
+            "Kea endpoint answering with its circuit breaker closed (1), or not (0).",
+            labels=["endpoint"],
         )
         for endpoint, up in sorted(snap.kea_up.items()):
             kea.add_metric([endpoint], 1 if up else 0)
