@@ -118,6 +118,9 @@ def test_the_metrics_table_of_docs_service_md_is_what_trapd_exports(exported: se
         "trapd_kea_breaker_state",  # ... and their circuit breakers
         "trapd_reloads_total",  # reloads
         "trapd_config_last_reload_successful",
+        "trapd_journal_available",  # a journal that cannot commit (full disk, damage): /healthz 503
+        "trapd_workers_up",  # service.workers: workers up, and restarts systemd does not see
+        "trapd_worker_restarts_total",
     ],
 )
 def test_the_dashboard_shows(family: str) -> None:
