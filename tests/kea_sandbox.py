@@ -398,6 +398,10 @@ def _loggers(name: str, workdir: Path, severity: str, dashes: bool = False) -> l
     return [{"name": name, key: [{"output": str(workdir / f"{name}.log")}], "severity": severity}]
 
 
+def _listed(relationships: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return relationships if isinstance(relationships, list) else [relationships]
+
+
 def start_kea(
     workdir: Path,
     *,
@@ -414,7 +418,8 @@ def start_kea(
     chroot: Path | None = None,
     hooks_dir: Path = HOOKS_DIR,
     ca_port: int | None = None,
-    ha: dict[str, dict[str, Any]] | None = None,
+    ha: dict[str, dict[str, Any] | list[dict[str, Any]]] | None = None,
+    subnet4_context: dict[int, dict[str, Any]] | None = None,
 ) -> KeaInstance:
     """Write configs into ``workdir`` and start the daemons; returns when all answer.
 
@@ -432,8 +437,11 @@ def start_kea(
     ``ha``: per daemon (``dhcp4``, ``dhcp6``) the HA hook's
     ``high-availability`` entry (this-server-name, mode, peers, timers),
     loaded after lease_cmds (see
-    :func:`start_ha_pair`); ``ca_port`` fixes the agent's port, which the
+    :func:`start_ha_pair`), or a list of them (a hub's relationships, see
+    :func:`start_hub_and_spoke`); ``ca_port`` fixes the agent's port, which the
     partner's configuration names before this server starts.
+    ``subnet4_context``: subnet-id -> its ``user-context`` (a hub's
+    ``ha-server-name``: which relationship serves the subnet).
     """
     host_dir = chroot / workdir.relative_to("/") if chroot else workdir
     host_dir.mkdir(parents=True, exist_ok=True)
@@ -443,8 +451,9 @@ def start_kea(
     def hooks_of(daemon: str) -> list[dict[str, Any]]:
         if not ha or daemon not in ha:
             return hooks
-        # The ARM wants lease_cmds before the HA hook.
-        entry = {"library": str(hooks_dir / HA_HOOK), "parameters": {"high-availability": [ha[daemon]]}}
+        # The ARM wants lease_cmds before the HA hook. A list: the relationships of a hub (Kea >= 2.6).
+        params = {"high-availability": _listed(ha[daemon])}
+        entry = {"library": str(hooks_dir / HA_HOOK), "parameters": params}
         return [*hooks, entry]
 
     inst = KeaInstance(
@@ -473,6 +482,9 @@ def start_kea(
         "subnet4": [{"id": i, "subnet": s} for i, s in SUBNETS4.items()],
         "loggers": _loggers("kea-dhcp4", workdir, severity, chroot is not None),
     }
+    for subnet in dhcp4["subnet4"]:
+        if subnet["id"] in (subnet4_context or {}):
+            subnet["user-context"] = (subnet4_context or {})[subnet["id"]]
     dhcp6_cfg: dict[str, Any] = {
         "interfaces-config": {"interfaces": []},
         "control-socket": {"socket-type": "unix", "socket-name": str(workdir / "kea6.sock")},
@@ -502,7 +514,8 @@ def start_kea(
                 }
             cfg["control-sockets"] = [cfg.pop("control-socket"), http]
     for daemon, cfg in (("dhcp4", dhcp4), ("dhcp6", dhcp6_cfg)):
-        if ha and ha.get(daemon, {}).get("multi-threading", {}).get("http-dedicated-listener"):
+        rels = (ha or {}).get(daemon, [])
+        if any(r.get("multi-threading", {}).get("http-dedicated-listener") for r in _listed(rels)):
             # HA's own HTTP listener (http-dedicated-listener) needs a multi-threaded server.
             cfg["multi-threading"] = {
                 "enable-multi-threading": True,
@@ -718,7 +731,7 @@ def start_ha_pair(
     # The agents ask for the credentials too (the dedicated HA listeners have none here).
     peer_auth = {"basic-auth-user": auth[0], "basic-auth-password": auth[1]} if auth and not dedicated else {}
     for n in names:
-        ha: dict[str, dict[str, Any]] = {}
+        ha: dict[str, dict[str, Any] | list[dict[str, Any]]] = {}
         for fam in ("v4", "v6"):
             entry: dict[str, Any] = {
                 "this-server-name": n,
@@ -926,3 +939,103 @@ key "kea-key" {{ algorithm hmac-sha256; secret "{secret}"; }};
         time.sleep(0.05)
     bind.stop()
     raise RuntimeError("named not ready:\n" + (workdir / "named.out").read_text())
+
+
+# --- hub and spoke (Kea >= 2.6) ---
+
+
+@dataclass
+class HubAndSpoke:
+    """A hub (kea-dhcp4 with two HA relationships) and a spoke per relationship, hot-standby.
+
+    Relationship ``a``: spoke1 (primary) with the hub as ``hub-a`` (standby), serving subnet 1;
+    ``b``: spoke2 with the hub as ``hub-b``, serving subnet 2 (the hub's subnets say which
+    relationship serves them: ``user-context: {ha-server-name: ...}``). Each server has a
+    Control Agent, which the peers' URLs name.
+    """
+
+    servers: dict[str, KeaInstance]
+    names: dict[str, tuple[str, str]]  # relationship -> (the hub's name in it, its spoke)
+
+    def relationships(self, name: str) -> list[dict[str, Any]]:
+        r = self.servers[name].cmd4("status-get")
+        assert r["result"] == 0, r
+        return list(r["arguments"]["high-availability"])
+
+    def wait_states(self, want: dict[str, set[str]], timeout: float = 60.0) -> None:
+        """Poll status-get until each named server is in a wanted state in every relationship it has."""
+        deadline = time.monotonic() + timeout
+        seen: dict[str, list[str]] = {}
+        while time.monotonic() < deadline:
+            for name in want:
+                try:
+                    seen[name] = [r["ha-servers"]["local"]["state"] for r in self.relationships(name)]
+                except (OSError, ValueError, KeyError, AssertionError) as exc:
+                    seen[name] = [f"unreachable: {exc}"]
+            if all(seen[n] and set(seen[n]) <= states for n, states in want.items()):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"HA states not reached in {timeout}s: want {want}, saw {seen}")
+
+    def wait_relationships(self, name: str, states: list[str], timeout: float = 60.0) -> None:
+        """Poll status-get until the server's relationships are in ``states``, in Kea's order."""
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            seen = [r["ha-servers"]["local"]["state"] for r in self.relationships(name)]
+            if seen == states:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{name}'s relationships not in {states} after {timeout}s: {seen}")
+
+    def trapd_endpoints(self) -> dict[str, Any]:
+        """``hub_a`` / ``hub_b`` for trapd.yaml: the hub first (its name in that relationship), the spoke."""
+        eps: dict[str, Any] = {}
+        for rel, (hub_name, spoke) in self.names.items():
+            peers = []
+            for peer, inst in ((hub_name, self.servers["hub"]), (spoke, self.servers[spoke])):
+                unix = inst.endpoints()["unix4"]
+                peers.append({"name": peer, **{k: v for k, v in unix.items() if k != "family"}})
+            eps[f"hub_{rel}"] = {"family": "v4", "peers": peers}
+        return eps
+
+    def stop(self) -> None:
+        for inst in self.servers.values():
+            inst.stop()
+
+
+def start_hub_and_spoke(base: Path, *, chroot: Path, auth: tuple[str, str]) -> HubAndSpoke:
+    """The three servers of :class:`HubAndSpoke` (dhcp4 only); returns when all are in hot-standby."""
+    ca_ports = {n: free_port() for n in ("hub", "spoke1", "spoke2")}
+    url = {n: f"http://127.0.0.1:{p}/" for n, p in ca_ports.items()}
+    peer_auth = {"basic-auth-user": auth[0], "basic-auth-password": auth[1]}
+    names = {"a": ("hub-a", "spoke1"), "b": ("hub-b", "spoke2")}
+
+    def relationship(this: str, hub_name: str, spoke: str) -> dict[str, Any]:
+        peers = [
+            {"name": spoke, "url": url[spoke], "role": "primary", "auto-failover": True, **peer_auth},
+            {"name": hub_name, "url": url["hub"], "role": "standby", "auto-failover": True, **peer_auth},
+        ]
+        # HA's own listener off (Kea >= 2.4 has it on by default): the agents take the URLs.
+        return {"this-server-name": this, "mode": "hot-standby", **HA_TIMERS, "peers": peers,
+                "multi-threading": {"enable-multi-threading": False}}  # fmt: skip
+
+    servers: dict[str, KeaInstance] = {}
+    try:
+        servers["hub"] = start_kea(
+            base / "hub", dhcp6=False, ca_port=ca_ports["hub"], chroot=chroot, auth=auth,
+            ha={"dhcp4": [relationship(h, h, s) for h, s in names.values()]},
+            subnet4_context={1: {"ha-server-name": "hub-a"}, 2: {"ha-server-name": "hub-b"}},
+        )  # fmt: skip
+        for hub_name, spoke in names.values():
+            servers[spoke] = start_kea(
+                base / spoke, dhcp6=False, ca_port=ca_ports[spoke], chroot=chroot, auth=auth,
+                ha={"dhcp4": relationship(spoke, hub_name, spoke)},
+            )  # fmt: skip
+        hs = HubAndSpoke(servers, names)
+        hs.wait_states({n: {"hot-standby"} for n in servers})
+    except BaseException:
+        for inst in servers.values():
+            inst.stop()
+        raise
+    return hs

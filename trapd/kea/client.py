@@ -40,57 +40,18 @@ from trapd.kea.errors import (
     KeaUnsupportedError,
     hook_for,
 )
+from trapd.kea.hastatus import HaStatus
 from trapd.kea.transport import HttpTransport, Transport, UnixTransport
-
-# HA states in which a server answers DHCP clients for its scopes (Kea ARM, "Server states").
-SERVING_STATES = frozenset({"hot-standby", "load-balancing", "partner-down", "passive-backup"})
-
-
-@dataclass(frozen=True, slots=True)
-class HaStatus:
-    """One server's view of its HA relationship (the ``high-availability`` part of status-get)."""
-
-    mode: str
-    role: str
-    state: str
-    scopes: tuple[str, ...]
-    partner_role: str | None
-    partner_state: str | None
-    in_touch: bool | None
-
-    @classmethod
-    def from_status(cls, arguments: Any) -> HaStatus | None:
-        """Parse status-get's arguments; None when the server has no HA hook loaded."""
-        if not isinstance(arguments, dict):
-            return None
-        rels = arguments.get("high-availability")
-        if not isinstance(rels, list) or not rels or not isinstance(rels[0], dict):
-            return None
-        rel: dict[str, Any] = rels[0]
-        servers = _mapping(rel.get("ha-servers"))
-        local, remote = _mapping(servers.get("local")), _mapping(servers.get("remote"))
-        return cls(
-            mode=str(rel.get("ha-mode", "")),
-            role=str(local.get("role", "")),
-            state=str(local.get("state", "")),
-            scopes=tuple(str(s) for s in local.get("scopes", []) if isinstance(s, str)),
-            partner_role=str(remote["role"]) if "role" in remote else None,
-            partner_state=str(remote["last-state"]) if remote.get("last-state") else None,
-            in_touch=bool(remote["in-touch"]) if "in-touch" in remote else None,
-        )
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 async def ha_status(client: KeaClient) -> HaStatus | None:
-    """The server's HA status via status-get; None when it cannot be asked or has no HA."""
+    """The server's HA status via status-get, in the relationship of trapd's endpoint (see
+    :meth:`HaStatus.from_status`); None when it cannot be asked or has no HA."""
     try:
         r = await client.command("status-get", accept=(RESULT_SUCCESS,))
     except KeaError:
         return None
-    return HaStatus.from_status(r.arguments)
+    return HaStatus.from_status(r.arguments, client.peer, client.partners)
 
 
 # What the CA says when the daemon behind it is down: worth a retry.
@@ -145,6 +106,9 @@ class KeaClient:
         self.name = config.label
         self.endpoint = config.name
         self.peer = config.peer
+        # The other peers' names in its HA relationship (KeaClients sets them): which of a hub's
+        # relationships status-get describes is found by the names (HaStatus.from_status).
+        self.partners: tuple[str, ...] = ()
         self.family = family
         self.up: bool | None = None  # None: not talked to yet
         self.last_ok: float | None = None  # wall time of the last answer
@@ -300,8 +264,10 @@ class KeaClients:
             for server in ep.peers or (ep,):
                 made = make(server)
                 self._transports.append(made)
+                partners = tuple(str(p.peer) for p in ep.peers if p.peer != server.peer)
                 for fam in ep.families:
-                    self._clients[(name, fam, server.peer)] = KeaClient(server, fam, made)
+                    client = self._clients[(name, fam, server.peer)] = KeaClient(server, fam, made)
+                    client.partners = partners
 
     def _endpoint(self, endpoint: str | None, family: str | None) -> tuple[EndpointConfig, str]:
         if endpoint:

@@ -23,9 +23,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from trapd.kea.client import HaStatus, KeaClient, KeaClients, ha_status
+from trapd.kea.client import KeaClient, KeaClients, ha_status
 from trapd.kea.config import SERVICE_BY_FAMILY
 from trapd.kea.errors import KeaError
+from trapd.kea.hastatus import HaStatus
 
 # Kea's HA states (ARM, "Server states"), for the state gauge; "unknown" when a peer does not answer.
 HA_STATES = (
@@ -112,7 +113,7 @@ class KeaMonitor:
                 r = await client.command("config-get", accept=(0,))
             except KeaError:
                 return  # try again next round
-            ha = _ha_config(r.arguments, SERVICE_BY_FAMILY[family])
+            ha = _ha_config(r.arguments, SERVICE_BY_FAMILY[family], client.peer)
             if ha is None:
                 self.log.warning("Kea HA peer has no HA hook configured", endpoint=client.name, family=family)
                 self._peers_checked.add((endpoint, family))
@@ -141,8 +142,12 @@ class KeaMonitor:
                 )
 
 
-def _ha_config(arguments: Any, service: str) -> dict[str, Any] | None:
-    """The ``high-availability`` entry of the HA hook in config-get's answer, if any."""
+def _ha_config(arguments: Any, service: str, server: str | None) -> dict[str, Any] | None:
+    """The ``high-availability`` entry of the HA hook in config-get's answer, if any.
+
+    A hub (Kea >= 2.6) has one entry per relationship: the one where it is ``server``
+    (trapd's peer name), else the first, which the caller then finds misnamed.
+    """
     if not isinstance(arguments, dict):
         return None
     top = arguments.get("Dhcp4" if service == "dhcp4" else "Dhcp6")
@@ -153,6 +158,8 @@ def _ha_config(arguments: Any, service: str) -> dict[str, Any] | None:
             continue
         params = hook.get("parameters")
         rels = params.get("high-availability") if isinstance(params, dict) else None
-        if isinstance(rels, list) and rels and isinstance(rels[0], dict):
-            return rels[0]
+        entries = [r for r in rels if isinstance(r, dict)] if isinstance(rels, list) else []
+        named = [r for r in entries if server is not None and r.get("this-server-name") == server]
+        if named or entries:
+            return (named or entries)[0]
     return None

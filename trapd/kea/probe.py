@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trapd.kea.client import HaStatus, KeaClient, KeaClients, ha_status
+from trapd.kea.client import KeaClient, KeaClients, ha_status
 from trapd.kea.config import peer_label
 from trapd.kea.errors import KeaError
+from trapd.kea.hastatus import HaStatus
 
 # The commands that show lease_cmds is loaded, per family.
 LEASE_CMDS_MARKER = {"v4": "lease4-del", "v6": "lease6-del"}
@@ -67,6 +68,8 @@ class EndpointStatus:
             ha = self.ha
             d["ha"] = {"mode": ha.mode, "role": ha.role, "state": ha.state, "scopes": list(ha.scopes),
                        "partner_state": ha.partner_state, "in_touch": ha.in_touch}  # fmt: skip
+            if ha.server_name is not None:  # Kea >= 2.6: the relationship it is (hub and spoke)
+                d["ha"]["server_name"] = ha.server_name
         return d
 
 
