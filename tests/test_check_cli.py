@@ -1,9 +1,10 @@
 """`trapd check` and `trapd mibs compile` as programs: which stream says what, and broken system MIBs.
 
-Debian's net-snmp ships a MIB that does not compile (NET-SNMP-PASS-MIB.txt in
-/usr/share/snmp/mibs). It must not fail `trapd check --strict`, nor add a
-warning to every check or start; `trapd mibs compile` reports it with
-file:line, and a rule that needs a name from it is told where it broke.
+A broken MIB in the MIB directories (one of a system's, as Debian's NET-SNMP-PASS-MIB.txt in
+/usr/share/snmp/mibs was before trapd took base types it does not import) must not fail
+`trapd check --strict`, nor add a warning to every check or start; `trapd mibs compile` reports
+it with file:line, and a rule that needs a name from it is told where it broke. The tests break
+a copy of NET-SNMP-PASS-MIB on purpose: netSnmpPassCounter64 under a parent nobody defines.
 """
 
 from __future__ import annotations
@@ -53,10 +54,15 @@ def config(tmp_path: Path, mib_dirs: list[Path]) -> Path:
 
 
 def pass_mib_dir(tmp_path: Path) -> Path:
+    """Debian's NET-SNMP-PASS-MIB and what it imports from, the first broken on purpose."""
     d = tmp_path / "mibs"
     d.mkdir()
     for name in PASS_MIB_SET:
         shutil.copy(SYSTEM_MIBS / name, d / name)
+    text = PASS_MIB.read_text(encoding="utf-8")
+    broken = text.replace("::= { netSnmpPassExamples 7 }", "::= { netSnmpPassNowhere 7 }")
+    assert broken != text
+    (d / PASS_MIB.name).write_text(broken, encoding="utf-8")
     return d
 
 
@@ -98,11 +104,10 @@ def test_a_broken_mib_no_rule_uses_neither_fails_strict_nor_warns(tmp_path: Path
     # `trapd mibs compile` is where it is said, at its file and line.
     mibs = trapd("mibs", "compile", "--config", cfg, cwd=tmp_path)
     assert mibs.returncode == 0 and mibs.stderr == "", mibs.stderr
-    line = next(
-        n for n, t in enumerate(PASS_MIB.read_text().splitlines(), 1) if t.startswith("netSnmpPassCounter64")
-    )
     broken = tmp_path / "mibs" / "NET-SNMP-PASS-MIB.txt"
-    expected = f"{broken}:{line}: NET-SNMP-PASS-MIB: Unknown parents for symbols"
+    # At the line that names the parent nobody defines.
+    line = next(n for n, t in enumerate(broken.read_text().splitlines(), 1) if "netSnmpPassNowhere" in t)
+    expected = f"{broken}:{line}: NET-SNMP-PASS-MIB: Unknown parent symbol: netSnmpPassNowhere"
     assert expected in mibs.stdout, mibs.stdout
     assert trapd("mibs", "compile", "--strict", "--config", cfg, cwd=tmp_path).returncode == 1
 

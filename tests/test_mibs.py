@@ -965,3 +965,67 @@ def test_a_compile_that_runs_out_of_time_is_not_retried_at_every_start(
     monkeypatch.setattr(mibs_mod, "_compile_in_child", real_child)
     r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=cache))
     assert r.lookup("trapdMacNotification") is not None and r.problems == []
+
+
+# As Debian's NET-SNMP-PASS-MIB and Cisco's LWAPP MIBs do: SMI base types used without importing them.
+UNIMPORTED_TYPES_MIB = """
+UNIMPORTED-TYPES-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    MODULE-IDENTITY, OBJECT-TYPE, enterprises FROM SNMPv2-SMI;
+
+unimported MODULE-IDENTITY
+    LAST-UPDATED "202612070000Z"
+    ORGANIZATION "trapd"
+    CONTACT-INFO "trapd test suite"
+    DESCRIPTION  "Counter32 and Counter64 used, never imported."
+    ::= { enterprises 99991 }
+
+unimportedPackets OBJECT-TYPE
+    SYNTAX      Counter32
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "Packets."
+    ::= { unimported 1 }
+
+unimportedOctets OBJECT-TYPE
+    SYNTAX      Counter64
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "Octets."
+    ::= { unimported 2 }
+END
+"""
+
+
+def test_base_types_used_without_import_compile_as_net_snmp_takes_them(tmp_path: Path) -> None:
+    """net-snmp loads a MIB that uses Counter64 without importing it; pysmi refused it ("Unknown
+    parents for symbols"), so Debian's own NET-SNMP-PASS-MIB and four of Cisco's wireless MIBs
+    did not load. The file is left as it is; only what pysmi reads gets the import."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    mib = src / "unimported.my"
+    mib.write_text(textwrap.dedent(UNIMPORTED_TYPES_MIB), encoding="utf-8")
+    before = mib.read_bytes()
+    broken = textwrap.dedent(UNIMPORTED_TYPES_MIB).replace("UNIMPORTED-TYPES-MIB", "ALSO-BROKEN-MIB")
+    broken = broken.replace("99991", "99990").replace('"Octets."', '"Octets.')
+    (src / "also-broken.my").write_text(broken, encoding="utf-8")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    octets = r.syntax("UNIMPORTED-TYPES-MIB::unimportedOctets")
+    assert octets is not None and octets.base == "Counter64"
+    packets = r.syntax("UNIMPORTED-TYPES-MIB::unimportedPackets")
+    assert packets is not None and packets.base == "Counter32"
+    assert mib.read_bytes() == before
+    # Lines in an error are still the file's own: the import went onto the IMPORTS line.
+    assert [(Path(p.file or "").name, p.line) for p in r.problems] == [("also-broken.my", 24)], r.problems
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/snmp/mibs/NET-SNMP-PASS-MIB.txt").is_file(), reason="no net-snmp MIBs"
+)
+def test_debians_net_snmp_pass_mib_compiles(tmp_path: Path) -> None:
+    r = MibResolver.load(
+        MibConfig(dirs=(Path("/usr/share/snmp/mibs"),), cache_dir=tmp_path), compile_in_process=True
+    )
+    assert r.problems == [], "\n".join(map(str, r.problems))
+    counter = r.syntax("NET-SNMP-PASS-MIB::netSnmpPassCounter64")
+    assert counter is not None and counter.base == "Counter64"

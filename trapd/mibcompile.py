@@ -192,6 +192,9 @@ def problem_at(src: SiteSource, reason: str, error: Any = None) -> MibProblem:
     elif m := _IMPORTS_FROM_RE.search(reason):
         pattern = re.compile(rb"\bFROM\s+" + re.escape(m.group(1).encode()) + rb"\b")
     found = pattern.search(data, offset) if pattern is not None else None
+    if found is None and m is not None and pattern is not None and m.re is _SYMBOLS_RE:
+        # A parent nobody defines ("Unknown parent symbol: x"): where it is used, ``{ x 7 }``.
+        found = re.compile(rb"\{\s*" + re.escape(m.group(1).encode()) + rb"\b").search(data, offset)
     at = found.start() if found else offset
     return MibProblem(reason, str(src.path), data.count(b"\n", 0, at) + 1, src.module)
 
@@ -257,6 +260,49 @@ class StubSet:
         return "\n".join(lines)
 
 
+_MODULE_TEXT_RE = re.compile(_MODULE_RE.pattern.decode("ascii"), re.M)
+_BASE_TYPE_USE_RE = re.compile(r"\bSYNTAX\s+(" + "|".join((*_APPLICATION_TYPES, "Integer32")) + r")\b")
+_IMPORTS_CLAUSE_RE = re.compile(r"\bIMPORTS\b([^;]*);")
+
+
+def declare_base_types(text: str) -> str:
+    """``text`` with the SMI base types each module uses but does not import added to its IMPORTS.
+
+    net-snmp takes ``SYNTAX Counter64`` from a module that never imported it;
+    pysmi refuses the object ("Unknown parents for symbols"). Debian's own
+    NET-SNMP-PASS-MIB and Cisco's LWAPP MIBs are written so. Those names can
+    only mean SNMPv2-SMI's types, so that import is added, on the IMPORTS line
+    (or the BEGIN line when there is no IMPORTS clause) so that pysmi's line
+    numbers stay the file's. A module that defines such a name itself keeps it.
+    """
+    starts = list(_MODULE_TEXT_RE.finditer(text))
+    out: list[str] = []
+    done = 0
+    for i, start in enumerate(starts):
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        body = text[start.end() : end]
+        used = dict.fromkeys(_BASE_TYPE_USE_RE.findall(body))
+        if not used:
+            continue
+        clause = _IMPORTS_CLAUSE_RE.search(body)
+        imported = clause.group(1) if clause else ""
+        missing = [
+            t
+            for t in used
+            if not re.search(rf"\b{t}\b", imported) and not re.search(rf"^\s*{t}\s*::=", body, re.M)
+        ]
+        if not missing:
+            continue
+        names = ", ".join(missing)
+        if clause is not None:
+            at, insert = start.end() + clause.start() + len("IMPORTS"), f" {names} FROM SNMPv2-SMI"
+        else:
+            at, insert = start.end(), f" IMPORTS {names} FROM SNMPv2-SMI;"
+        out += [text[done:at], insert]
+        done = at
+    return "".join(out) + text[done:] if out else text
+
+
 def _reader(site: dict[str, SiteSource], stubs: StubSet) -> Any:
     from pysmi import error as smi_error
     from pysmi.mibinfo import MibInfo
@@ -275,7 +321,7 @@ def _reader(site: dict[str, SiteSource], stubs: StubSet) -> Any:
             src = site.get(mibname)
             if src is None:
                 raise smi_error.PySmiReaderFileNotFoundError(f"source MIB {mibname} not found", reader=self)
-            text = source_text(read_source(src.path))
+            text = declare_base_types(source_text(read_source(src.path)))
             info = MibInfo(path=f"file://{src.path}", file=src.path.name, name=mibname, mtime=src.mtime)
             return info, text
 

@@ -91,11 +91,11 @@ def build_rules(
 def log_mib_problems(log: TrapdLogger, resolver: MibResolver) -> None:
     """The MIB files that could not be used: warned about once, when a compile first finds them.
 
-    A broken MIB that Debian ships (NET-SNMP-PASS-MIB.txt) is there on every
-    host: warning about it at every start would teach people to ignore
-    warnings. Later starts, which load the cached compile, log them at debug
-    level; `trapd mibs compile` lists them any time. A rule that needs a
-    symbol from a broken MIB fails on its own, and `trapd check` says why.
+    A broken MIB in a system's MIB directory is there on every start:
+    warning about it each time would teach people to ignore warnings. Later
+    starts, which load the cached compile, log them at debug level; `trapd
+    mibs compile` lists them any time. A rule that needs a symbol from a
+    broken MIB fails on its own, and `trapd check` says why.
     """
     emit = log.warning if resolver.problems_are_new else log.debug
     for problem in resolver.problems:
