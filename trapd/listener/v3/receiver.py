@@ -19,7 +19,8 @@ Around the engine the receiver does a few things of its own:
 * Users whose ``engine_ids`` list is empty accept traps from *any* sender
   engine. pysnmp cannot do that by itself: USM keys are localized to the
   sender's engine ID, and pysnmp's "wildcard engine" (``0000000000``) rows
-  only work for noAuthNoPriv because their keys are localized to the wildcard.
+  only work for noAuthNoPriv because their keys are localized to the wildcard
+  (a noAuthNoPriv user without ``engine_ids`` gets one: nothing to learn).
   So the receiver verifies the HMAC of a message from a new engine itself
   (:func:`trapd.listener.v3.keys.authentic`, the fast path's check; cheap: the
   passphrase is hashed once at start-up, localizing is one hash)
@@ -112,6 +113,11 @@ def _user_keys(user: V3User, masters: MasterKeys) -> _UserKeys:
     return _UserKeys(user, auth_id, priv_id, *master_keys(user, masters))
 
 
+# pysnmp's USM falls back to a user's row for this engine ID when the message's engine has none
+# (its wildcard_security_engine_id): only useful without keys, which are localized per engine.
+_WILDCARD_ENGINE = bytes(5)
+
+
 class _Checked(enum.Enum):
     """What the cheap checks before pysnmp found (V3Receiver._prepare_user)."""
 
@@ -200,6 +206,8 @@ class V3Receiver:
                 self._localized[(self.engine_id, keys)] = localized_user(u, self.engine_id, self._masters)
             if not u.engine_ids:
                 self._any_engine[name] = keys
+                if keys.auth_master is None:  # no key: any engine may send as it, nothing to learn
+                    self._register(keys, _WILDCARD_ENGINE)
             for eid in u.engine_ids:
                 if eid != self.engine_id:
                     self._bound[(eid, name)] = keys
@@ -387,6 +395,10 @@ class V3Receiver:
         if not 4 < len(header.engine_id) < 33:
             self._drop("unknown-engine-id", "malformed-engine-id", source, header)
             return _Checked.DROPPED
+        if keys.auth_master is None:
+            # noAuthNoPriv: pysnmp takes it by the wildcard row; learning an engine would prove
+            # nothing and let forged engine IDs use up the learn limit.
+            return _Checked.UNAUTHENTICATED
         if header.level >= 2 and not self._digest_ok(keys.config, data, header):  # the user's level
             self._drop("wrong-digest", "unlearned-engine", source, header)
             return _Checked.DROPPED

@@ -14,7 +14,8 @@ else back to pysnmp (:class:`trapd.listener.v3.receiver.V3Receiver`)::
 
 What it takes: a message whose (msgAuthoritativeEngineID, msgUserName) pair
 is a configured user bound to that engine (``engine_ids``), or a user with
-no ``engine_ids`` from an engine it learned (below), not addressed to
+no ``engine_ids`` from an engine it learned (below), or a noAuthNoPriv user
+with no ``engine_ids`` from any engine (no key: nothing to learn), not addressed to
 trapd's own engine ID, not reportable (RFC 3412 sends Unconfirmed-class PDUs
 with the reportable flag clear), with a well-formed header, and whose scoped
 PDU turns out to be an SNMPv2-Trap-PDU with error-status and error-index 0
@@ -150,10 +151,15 @@ class UsmFastPath:
         self._users: dict[tuple[bytes, bytes], LocalizedUser] = {}
         self._masters: MasterKeys = masters if masters is not None else {}
         self._any_engine: dict[bytes, V3User] = {}
+        # noAuthNoPriv users without engine_ids: no key, so nothing to learn an engine by, and
+        # any engine may send as them (pysnmp: a row for its wildcard engine).
+        self._plain_any: dict[bytes, LocalizedUser] = {}
         self._max_learned = max_learned_engines
         for user in users:
             if not user.engine_ids:
-                if user.level != "noAuthNoPriv":  # nothing to verify a new engine with
+                if user.level == "noAuthNoPriv":
+                    self._plain_any[user.user.encode()] = localized_user(user, b"")
+                else:
                     self._any_engine[user.user.encode()] = user
                     self._prepare_masters(user)
                 continue
@@ -182,8 +188,13 @@ class UsmFastPath:
         declined: V3Receiver then applies the same rules and counts the drop.
         """
         engine_id, user_name = header.engine_id, header.user
+        if engine_id == self.own_engine_id:
+            raise _Decline("not-bound")
+        plain = self._plain_any.get(user_name)
+        if plain is not None and 4 < len(engine_id) < 33:
+            return plain  # no key: nothing to learn
         user = self._any_engine.get(user_name)
-        if user is None or engine_id == self.own_engine_id:
+        if user is None:
             raise _Decline("not-bound")
         if not 4 < len(engine_id) < 33 or self.learned >= self._max_learned:
             raise _Decline("not-learned")
