@@ -152,3 +152,26 @@ async def test_an_action_s_file_secret_stays_masked_while_it_runs_though_the_fil
     assert entry is not None and entry.last_error is not None
     assert first not in entry.last_error and "refused: Bearer ***" in entry.last_error, entry.last_error
     assert REDACTOR.redact(first) == first  # the run is over: superseded twice, forgotten
+
+
+def test_a_secret_collected_while_the_redactor_is_busy_does_not_deadlock(tmp_path: Path) -> None:
+    """A Secret in a reference cycle is freed by the cyclic collector, which may run in the middle
+    of anything, the redactor's own locked work included (any allocation can trigger it): its
+    release must not wait for the lock its own thread holds."""
+    path = tmp_path / "cycled"
+    value = rotate(path, 0)
+
+    def collect_while_busy() -> None:
+        secret = Secret.from_config({"file": str(path)})
+        cycle: list[object] = [secret]
+        cycle.append(cycle)
+        del secret, cycle
+        with REDACTOR._lock:  # as inside add(), when an allocation starts a collection
+            gc.collect()
+
+    assert returns_within(10, collect_while_busy) is None
+    rotate(path, 1)
+    resolve({"$secret": f"file:{path}"})
+    rotate(path, 2)
+    resolve({"$secret": f"file:{path}"})
+    assert REDACTOR.redact(value) == value  # released once the lock was free, then superseded

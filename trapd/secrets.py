@@ -25,7 +25,7 @@ import json
 import os
 import threading
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,10 @@ class Redactor:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the reload thread loads secrets while the loop resolves them
+        # Values of Secrets freed since (weakref.finalize), released at the next change: the cyclic
+        # collector frees them wherever it runs, inside this class's locked code too, where
+        # taking the lock again would deadlock. deque.append needs no lock.
+        self._freed: deque[str] = deque()
         self._uses: Counter[str] = Counter()  # value -> the windows, holds and the for-good that keep it
         self._recent: dict[str, list[str]] = {}  # source -> its last KEEP_PER_SOURCE values, newest last
         self._forever: set[str] = set()
@@ -92,11 +96,18 @@ class Redactor:
             with self._lock:
                 self._unuse(value)
 
+    def release_freed(self, value: str) -> None:
+        """:meth:`release` for a finalizer: the value stays masked until the next change."""
+        if self._maskable(value):
+            self._freed.append(value)
+
     @staticmethod
     def _maskable(value: str) -> bool:
         return len(value) >= 4  # very short values would mask innocent text everywhere ("1", "a")
 
     def _use(self, value: str) -> None:
+        while self._freed:  # under the lock, as every change
+            self._unuse(self._freed.popleft())
         self._uses[value] += 1
         if self._uses[value] == 1:
             for form in _forms(value):
@@ -104,6 +115,8 @@ class Redactor:
             self._masked = tuple(self._forms)
 
     def _unuse(self, value: str) -> None:
+        while self._freed:
+            self._unuse(self._freed.popleft())
         self._uses[value] -= 1
         if self._uses[value] > 0:
             return
@@ -115,6 +128,12 @@ class Redactor:
         self._masked = tuple(self._forms)
 
     def redact(self, text: str) -> str:
+        if self._freed and self._lock.acquire(blocking=False):  # never waits: redact is hot
+            try:
+                if self._freed:
+                    self._unuse(self._freed.popleft())  # drains the others too
+            finally:
+                self._lock.release()
         for v in self._masked:
             if v in text:
                 text = text.replace(v, self.MASK)
@@ -263,7 +282,7 @@ class Secret:
             REFS.register(ref, value)
             # In use as long as this object lives, however often its file is read again since.
             REDACTOR.hold(value)
-            weakref.finalize(self, REDACTOR.release, value)
+            weakref.finalize(self, REDACTOR.release_freed, value)
 
     def reveal(self) -> str:
         return self._value
