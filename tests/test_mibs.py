@@ -1029,3 +1029,25 @@ def test_debians_net_snmp_pass_mib_compiles(tmp_path: Path) -> None:
     assert r.problems == [], "\n".join(map(str, r.problems))
     counter = r.syntax("NET-SNMP-PASS-MIB::netSnmpPassCounter64")
     assert counter is not None and counter.base == "Counter64"
+
+
+def test_a_symlink_loop_or_dangling_link_in_a_mib_directory_is_named_and_the_rest_loads(
+    tmp_path: Path,
+) -> None:
+    """A symlink loop in /usr/share/snmp/mibs (a default directory) raised ELOOP out of the scan:
+    trapd did not start, and `trapd mibs compile` died with a traceback."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    (src / "loop-a").symlink_to("loop-b")
+    (src / "loop-b").symlink_to("loop-a")
+    (src / "moved.my").symlink_to(tmp_path / "elsewhere" / "moved.my")
+    (src / "here").symlink_to(".")
+    os.mkfifo(src / "pipe.my")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert r.lookup("TRAPD-TEST-MIB::trapdMacNotification") is not None
+    got = sorted((Path(p.file or "").name, p.line, p.message.split(":")[0]) for p in r.problems)
+    assert got == [("loop-a", 1, "cannot read"), ("loop-b", 1, "cannot read"), ("moved.my", 1, "cannot read")]
+    assert "symbolic links" in str(r.problems[0]) or "symbolic links" in str(r.problems[1])
+    again = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"))  # a daemon's start
+    assert again.lookup("TRAPD-TEST-MIB::trapdMacNotification") is not None

@@ -324,12 +324,27 @@ if __name__ == "__main__":
 
 
 def source_files(dirs: Iterable[Path]) -> list[Path]:
-    """MIB source candidates: regular, non-hidden files directly in each directory, by name."""
+    """MIB source candidates: regular, non-hidden files directly in each directory, by name.
+
+    A symlink that leads nowhere (dangling, or a loop) is a candidate too: the
+    scan then reports it ("cannot read") instead of skipping a file the
+    operator meant to add; a loop must not raise out of here (ELOOP took the
+    daemon's start down). Directories, FIFOs and devices are not candidates.
+    """
     out: list[Path] = []
     for d in dirs:
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError:
             continue
-        out += [Path(e.path) for e in entries if not e.name.startswith(".") and e.is_file()]
+        out += [Path(e.path) for e in entries if not e.name.startswith(".") and _candidate(e)]
     return out
+
+
+def _candidate(entry: os.DirEntry[str]) -> bool:
+    try:
+        if entry.is_file():
+            return True
+        return entry.is_symlink() and not os.path.exists(entry.path)  # dangling
+    except OSError:  # ELOOP and the like: a link that cannot be followed
+        return True
