@@ -587,3 +587,22 @@ def test_a_bare_name_that_two_mibs_define_differently_is_reported_where_it_is_us
         "SIP-MIB::sipStatsRetryByes (1.3.6.1.2.1.9998.1.2.2.1.2, the one used), "
         "SIP-UA-MIB::sipStatsRetryByes (1.3.6.1.2.1.9998.3.2.1.1.1.2); write MODULE::sipStatsRetryByes",
     ], got
+
+
+def test_an_instance_index_or_numeric_oid_is_ascii_digits_only(tmp_path: Path) -> None:
+    """MibResolver.lookup parsed indexes with int(): 'ifOperStatus.-1' and 'ifOperStatus.1_0' were
+    accepted (and never matched a trap), and other scripts' digits ('\u0661\u0667', full-width) read as
+    17, as parse_oid also did for numeric OIDs. One parser, ASCII digits, for both."""
+    text = """
+        rules:
+          - {name: a, match: {notification: linkDown, varbinds: {ifOperStatus.-1: down}}, cancel: a}
+          - {name: b, match: {notification: linkDown, varbinds: {ifOperStatus.1_0: down}}, cancel: b}
+          - {name: c, match: {notification: linkDown, varbinds: {"ifOperStatus.ARABIC17": down}}, cancel: c}
+          - {name: d, match: {notification: "1.3.6.1.6.3.1.1.5.\uff13"}, cancel: d}
+          - {name: e, match: {notification: linkDown, varbinds: {IF-MIB::ifOperStatus.17: down}}, cancel: e}
+        """.replace("ARABIC17", "\u0661\u0667")
+    got = [line.split(": error: ")[0] for line in errors_of(tmp_path, text) if "unknown MIB symbol" in line]
+    assert got == ["2:58", "3:58", "4:58", "5:37"], errors_of(tmp_path, text)
+    assert resolver().lookup("ifOperStatus.-1") is None
+    assert resolver().lookup("1.3.6.1.\uff16") is None
+    assert resolver().lookup("IF-MIB::ifOperStatus.17") == (1, 3, 6, 1, 2, 1, 2, 2, 1, 8, 17)

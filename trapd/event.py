@@ -50,9 +50,13 @@ _oid_strs_get = _OID_STRS.get
 
 
 def parse_oid(text: str) -> Oid:
-    """``"1.3.6.1"`` or ``".1.3.6.1"`` to a tuple; ValueError otherwise."""
+    """``"1.3.6.1"`` or ``".1.3.6.1"`` to a tuple; ValueError otherwise.
+
+    Arcs are ASCII digits: ``str.isdigit`` alone let other scripts' digits through
+    (``"\u0661\u0667"`` read as 17), and ``int`` takes ``-1`` and ``1_0``.
+    """
     parts = text.strip().lstrip(".").split(".")
-    if not parts or any(not p.isdigit() for p in parts):
+    if not parts or any(not (p.isascii() and p.isdigit()) for p in parts):
         raise ValueError(f"not a numeric OID: {text!r}")
     return tuple(int(p) for p in parts)
 

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from trapd.bounded import BoundedCache
+from trapd.event import parse_oid
 from trapd.listener.raw import Oid
 
 # mibcompile needs these too: kept in mibindex (which imports nothing of trapd), not here,
@@ -413,7 +414,7 @@ class MibResolver:
             return None
         if text[0].isdigit() or text[0] == ".":
             try:
-                return tuple(int(p) for p in text.lstrip(".").split("."))
+                return parse_oid(text)
             except ValueError:
                 return None
         mod, sep, rest = text.partition("::")
@@ -426,7 +427,7 @@ class MibResolver:
         if not dot:
             return base
         try:
-            return base + tuple(int(p) for p in idx.split("."))
+            return base + parse_oid(idx)
         except ValueError:
             return None
 
