@@ -450,3 +450,35 @@ def test_two_hosts_delete_each_kea_lease_once(tmp_path: Path, pg_server: PgServe
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_second_host_under_the_same_instance_name_is_refused(tmp_path: Path, pg_server: PgServer) -> None:
+    """Two hosts with one ``instance`` (trapd.yaml copied as it is, or two hosts with one host
+    name) would each recover, renew and finish the other's claims as their own: a restart
+    reran what the other host was running, and a dead host's claims were renewed by the live
+    one and never taken over. The second one is refused with the reason; the first runs on.
+    After a SIGKILL the same host starts again once its old name's lease has run out."""
+    url = pg_server.new_database()
+    out = tmp_path / "marks"
+    rules = PAIR_RULES.format(marks=out, seconds=0)
+    config = pg_config(url, "dhcp1", lease="3s", poll_interval="200ms")
+    a = TrapdDaemon.start(tmp_path / "a", rules=rules, config=config, timeout=60)
+    try:
+        b = TrapdDaemon.start(tmp_path / "b", rules=rules, config=config, wait_ready=False)
+        try:
+            wait_for(lambda: b.poll() is not None, timeout=60, what="the namesake refused")
+            assert b.poll() != 0
+            refusal = [str(e) for e in b.log if "instance" in str(e) and "dhcp1" in str(e)]
+            assert refusal and "dispatch.journal.instance" in refusal[-1], b.log[-5:]
+        finally:
+            b.stop()
+        assert send(a, 1, 800_001) == 0
+        wait_for(lambda: lines(out)["end 1"] == 1, what="dhcp1 still acting")
+        a.signal(9)
+        a.wait_exit(20)
+        a.launch()
+        a.wait_ready(60)
+        assert send(a, 2, 800_002) == 0
+        wait_for(lambda: lines(out)["end 2"] == 1, what="dhcp1 acting after its restart")
+    finally:
+        a.stop()

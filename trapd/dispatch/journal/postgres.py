@@ -604,6 +604,18 @@ END
 $$;
 """,
     ),
+    (
+        8,
+        # Who runs actions under which name, and when it last said so (PostgresJournal.recover):
+        # a second process under a name that is alive is refused, since two processes under one
+        # name would recover, renew and finish each other's claims as their own.
+        """
+CREATE TABLE trapd_instances (
+    owner TEXT PRIMARY KEY, token TEXT NOT NULL, seen DOUBLE PRECISION NOT NULL,
+    lease DOUBLE PRECISION NOT NULL
+);
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -990,9 +1002,13 @@ def _owned(owner: str | None, instance: str) -> tuple[str, tuple[Any, ...]]:
     """Which running rows are ours to recover: one owner's, or (None) this host's and its workers'."""
     if owner is not None:
         return "owner = %s", (owner,)
+    return "(owner = %s OR owner LIKE %s OR owner IS NULL)", (instance, _workers_of(instance))
+
+
+def _workers_of(instance: str) -> str:
+    """A LIKE pattern for the names of ``instance``'s workers (``INSTANCE/worker-N``)."""
     # LIKE's wildcards in the name are taken literally (backslash is LIKE's default escape).
-    pattern = instance.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "/%"
-    return "(owner = %s OR owner LIKE %s OR owner IS NULL)", (instance, pattern)
+    return instance.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "/%"
 
 
 async def _put_back(
@@ -1027,8 +1043,42 @@ async def _op_recover(
     return {"rerun": rerun, "held": held, "waiting": int(row[0]) if row else 0}
 
 
+async def _op_register(
+    cur: Cur, now: float, owner: str, instance: str, token: str, lease: float
+) -> list[tuple[str, float]]:
+    """Register ``owner`` as alive, unless a process of another token is alive under a name it
+    would recover or renew as its own: its own name, the host's name (a lone trapd, or a
+    supervisor recovering every worker's rows) or, for the host's name, a worker's. Returns
+    those (name, last seen): empty when registered."""
+    await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("instance", instance),))
+    await cur.execute(
+        "SELECT owner, seen FROM trapd_instances WHERE token <> %s AND seen + lease >= %s "
+        "AND (owner = %s OR owner = %s OR (%s AND owner LIKE %s)) ORDER BY owner",
+        (token, now, owner, instance, owner == instance, _workers_of(instance)),
+    )
+    live = [(str(r[0]), float(r[1])) for r in await cur.fetchall()]
+    if not live:
+        await cur.execute(
+            "INSERT INTO trapd_instances (owner, token, seen, lease) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (owner) DO UPDATE SET token = EXCLUDED.token, seen = EXCLUDED.seen, "
+            "lease = EXCLUDED.lease",
+            (owner, token, now, lease),
+        )
+    return live
+
+
+async def _op_unregister(cur: Cur, owner: str, token: str) -> None:
+    await cur.execute("DELETE FROM trapd_instances WHERE owner = %s AND token = %s", (owner, token))
+
+
 async def _op_renew(
-    cur: Cur, now: float, owner: str, lease: float, hold_unless: frozenset[str] | None, take_over: bool
+    cur: Cur,
+    now: float,
+    owner: str,
+    lease: float,
+    hold_unless: frozenset[str] | None,
+    take_over: bool,
+    token: str | None = None,
 ) -> int:
     """Renew this owner's leases, then take over rows whose owner stopped renewing: the count taken.
 
@@ -1041,6 +1091,11 @@ async def _op_renew(
         "AND owner = %s FOR UPDATE SKIP LOCKED)",
         (now + lease, owner),
     )
+    if token is not None:  # registered (see _op_register): still alive
+        await cur.execute(
+            "UPDATE trapd_instances SET seen = %s, lease = %s WHERE owner = %s AND token = %s",
+            (now, lease, owner, token),
+        )
     if not take_over:
         return 0
     # SKIP LOCKED: a row another host is finishing right now is not ours to judge.
@@ -1446,6 +1501,7 @@ class PostgresJournal:
         # Set by recover(), which a dispatcher calls when it starts: only a journal that runs
         # actions takes over a dead host's (not `trapd journal`).
         self._runs_actions = False
+        self._registered = False  # this process's name is in trapd_instances (see recover)
         self._notified = False
         self._listening = False
         self._listen_ready = asyncio.Event()
@@ -1542,6 +1598,10 @@ class PostgresJournal:
     async def close(self) -> None:
         if self._writer_task is None:
             return
+        if self._registered:  # the name is free at once for this host's next start
+            with contextlib.suppress(Exception):
+                await self._call(_op_unregister, self._owner, self._token)
+            self._registered = False
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -1962,7 +2022,8 @@ class PostgresJournal:
             ):
                 await self._measure_clock(conn)
                 now = self.now()
-                return await _op_renew(cur, now, self._owner, self.lease, self._hold_unless, take_over)
+                token = self._token if self._registered else None
+                return await _op_renew(cur, now, self._owner, self.lease, self._hold_unless, take_over, token)
         except (PoolTimeout, psycopg.Error) as exc:
             raise JournalError(f"lease renewal failed: {_one_line(exc)}") from exc
 
@@ -2013,10 +2074,38 @@ class PostgresJournal:
         self, now: float, hold_unless: Iterable[str] | None = None, *, owner: str | None = None
     ) -> dict[str, int]:
         keep = frozenset(hold_unless) if hold_unless is not None else None
+        await self._register()
         self._hold_unless = keep  # the policy for rows taken over later (see _lease_loop)
         self._runs_actions = True
         result: dict[str, int] = await self._call(_op_recover, now, keep, owner, self.instance, notify=True)
         return result
+
+    async def _register(self) -> None:
+        """Claim this process's name before recovering anything under it.
+
+        A namesake that has stopped renewing (this host's previous run, killed) is waited for
+        until its lease runs out; one whose renewals go on is another live process under this
+        name, and the journal refuses to run actions: a JournalError that says which setting
+        to change.
+        """
+        first: dict[str, float] = {}
+        while True:
+            live: list[tuple[str, float]] = await self._call(
+                _op_register, self.now(), self._owner, self.instance, self._token, self.lease
+            )
+            if not live:
+                self._registered = True
+                return
+            for name, seen in live:
+                if name in first and seen > first[name]:
+                    raise JournalError(
+                        f"another trapd is running as {name!r} on this journal (renewed "
+                        f"{max(0.0, self.now() - seen):.1f} s ago): give each host its own "
+                        "dispatch.journal.instance (default: the host name); two processes under one name "
+                        "would rerun each other's actions and never take over each other's"
+                    )
+                first.setdefault(name, seen)
+            await asyncio.sleep(0.2)
 
     async def due(
         self, now: float, limit: int, skip: frozenset[int] = frozenset()
