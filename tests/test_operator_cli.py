@@ -423,3 +423,46 @@ def test_a_state_directory_this_user_cannot_enter_is_said_not_a_traceback(hostil
         assert r.stderr.startswith(f"trapd journal: cannot read {hostile_journal}: permission denied"), (
             r.stderr
         )
+
+
+@pytest.mark.parametrize(
+    ("community", "says"),
+    [
+        ("", "an empty community"),
+        ("env:", "env: needs a name after the colon"),
+        ("file:", "file: needs a path after the colon"),
+        ("env:TRAPD_TEST_EMPTY_COMMUNITY", "an empty community"),
+    ],
+)
+def test_run_refuses_an_empty_community(tmp_path: Path, community: str, says: str) -> None:
+    """`trapd run --community ''` (or an unset-looking env:, a variable set to nothing) started a
+    daemon that accepted every trap carrying an empty community, and `--community env:` made the
+    four characters "env:" a community. Refused at start, exit 2."""
+    import sys
+
+    env = {**os.environ, "TRAPD_TEST_EMPTY_COMMUNITY": ""}
+    argv = ["run", "--listen", "127.0.0.1:0", "--metrics", "off", "--state-dir", str(tmp_path / "s"),
+            "--community", community]  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "trapd", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_trapd_yaml_refuses_an_empty_community(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """In trapd.yaml too, written as "" or read from a file whose first line is empty (a secret
+    file a deploy created but did not fill): with file:line."""
+    (tmp_path / "community").write_text("\nsecond line\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+    for written, line in (('[""]', 2), ("[public, {file: community}]", 2)):
+        cfg = tmp_path / "trapd.yaml"
+        cfg.write_text(f"listener:\n  communities: {written}\nrules: {{files: [{rules}]}}\n")
+        rc, out, err = run(capsys, "check", "-c", str(cfg))
+        assert rc != 0 and f"{cfg}:{line}:" in out + err and "an empty community" in out + err, (out, err)

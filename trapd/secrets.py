@@ -306,7 +306,11 @@ class Secret:
         references keep it out. ConfigError for an unset variable or an unreadable file.
         """
         kind, sep, ref = text.partition(":")
-        if sep and kind in ("env", "file") and ref:
+        if sep and kind in ("env", "file"):
+            if not ref:  # a typo, not the four or five characters as the secret
+                raise ConfigError(
+                    f"{text}: {kind}: needs a {'name' if kind == 'env' else 'path'} after the colon"
+                )
             return cls.from_config({kind: ref}, None, base_dir=Path.cwd())
         return cls(text, "command line")
 

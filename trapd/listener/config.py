@@ -49,6 +49,19 @@ class ListenAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def check_community(community: Secret, mark: Mark | None = None) -> Secret:
+    """An accepted community, refused when empty: it would accept every v1/v2c notification that
+    carries none (a sender that knows nothing), and is most often a secret file or variable that
+    was made but not filled."""
+    if not community.reveal():
+        raise ConfigError(
+            f"an empty community ({community.origin}) would accept every notification that "
+            "carries none: give the community, or leave it out",
+            mark,
+        )
+    return community
+
+
 def parse_listen(text: str, mark: Mark | None = None) -> ListenAddress:
     """``HOST:PORT``, ``[V6]:PORT``, ``HOST`` (port 162) or ``:PORT`` (all IPv4)."""
     s = text.strip()
@@ -149,7 +162,8 @@ class ListenerConfig:
         )
         comms = expect(n, "communities", list, "listener", [])
         communities = tuple(
-            Secret.from_config(c, where(comms, i), base_dir=base_dir) for i, c in enumerate(comms)
+            check_community(Secret.from_config(c, where(comms, i), base_dir=base_dir), where(comms, i))
+            for i, c in enumerate(comms)
         )
         users_node = expect(n, "v3_users", list, "listener", [])
         users = tuple(_v3_user(u, where(users_node, i), base_dir) for i, u in enumerate(users_node))

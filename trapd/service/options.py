@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trapd.config import DEFAULT_CONFIG, Config, load_config
-from trapd.listener.config import parse_listen
+from trapd.listener.config import check_community, parse_listen
 from trapd.secrets import Secret
 from trapd.service.config import LOG_LEVELS, metrics_listen_of, parse_workers
 from trapd.yamlsource import ConfigError
@@ -73,7 +73,8 @@ class RunOptions:
         if self.listen:
             listener = replace(listener, listen=tuple(parse_listen(a) for a in self.listen))
         if self.community:
-            listener = replace(listener, communities=tuple(Secret.from_argument(c) for c in self.community))
+            communities = tuple(check_community(Secret.from_argument(c)) for c in self.community)
+            listener = replace(listener, communities=communities)
         if self.log_level is not None and self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"--log-level {self.log_level!r}: one of {', '.join(LOG_LEVELS)}")
         service = replace(
