@@ -108,16 +108,18 @@ def test_snmptrap_datagram_reads_like_pysnmp(
 # --- a real trapd listen -----------------------------------------------------------------
 
 
+def spec(u: V3User) -> dict[str, Any]:
+    """``u`` as an entry of trapd.yaml's listener.v3_users."""
+    d: dict[str, Any] = {"user": u.user, "engine_ids": [e.hex() for e in u.engine_ids]}
+    if u.auth_key is not None:
+        d |= {"auth_protocol": u.auth_protocol, "auth_key": u.auth_key.reveal()}
+    if u.priv_key is not None:
+        d |= {"priv_protocol": u.priv_protocol, "priv_key": u.priv_key.reveal()}
+    return d
+
+
 @pytest.fixture(scope="module")
 def trapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrapdListen]:
-    def spec(u: V3User) -> dict[str, Any]:
-        d: dict[str, Any] = {"user": u.user, "engine_ids": [e.hex() for e in u.engine_ids]}
-        if u.auth_key is not None:
-            d |= {"auth_protocol": u.auth_protocol, "auth_key": u.auth_key.reveal()}
-        if u.priv_key is not None:
-            d |= {"priv_protocol": u.priv_protocol, "priv_key": u.priv_key.reveal()}
-        return d
-
     config = {
         "listener": {
             "v3_users": [spec(u) for u in [*USERS, ANY_PRIV, ANY_AUTH]],
@@ -299,3 +301,50 @@ def test_an_inform_refused_before_pysnmp_still_gets_its_report(
     assert now["dropped"].get(reason, 0) - before["dropped"].get(reason, 0) == 1, now["dropped"]
     assert now["v3_replies"] > before["v3_replies"]
     assert not [e for e in trapd.events_so_far(settle=0.05) if marked(mark)(e)]
+
+
+def test_time_synchronization_before_an_inform_is_not_a_drop(trapd: TrapdListen) -> None:
+    """A sender that knows trapd's engine ID (snmpinform -e; Cisco's ``snmp-server engineID
+    remote``, which docs/snmpv3.md recommends) first sends its inform with engineBoots and
+    engineTime 0 and is answered with a notInTimeWindow report, RFC 3414 section 4's time
+    synchronization; then it sends the inform again. That report is part of discovery: it was
+    counted as a dropped notification and logged as a warning for every such inform."""
+    u, auth, priv = combo("sha-256-aes")
+    before, logged = trapd.stats(), len(trapd.log)
+    mark = f"sync-{next(_marks)}"
+    r = snmp_send("snmpinform", *v3_args(u, auth, priv, engine=TRAPD), "-r", "1", "-t", "5",
+                  trapd.target(), *trap_args(mark))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    trapd.wait_event(marked(mark))
+    now = trapd.wait_stats(lambda s: s["v3_discovery"] > before["v3_discovery"])
+    assert now["dropped"] == before["dropped"], now["dropped_detail"]
+    assert not [e for e in trapd.log[logged:] if e.get("event") == "snmp notification dropped"]
+
+
+def test_an_inform_from_before_a_restart_is_still_a_drop(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """What is not time synchronization stays a not-in-time-window drop: an inform recorded on
+    its way to trapd, sent again after trapd restarted (its engineBoots went up by one)."""
+    from test_v3_replay import recording_relay
+
+    from trapd.listener.v3 import parse_header
+
+    u, auth, priv = combo("sha-256-aes")
+    workdir = tmp_path_factory.mktemp("restart")
+    config = {"listener": {"v3_users": [spec(u)], "engine_id": TRAPD}}
+    first = TrapdListen.start(workdir, config)
+    try:
+        with recording_relay(first.address()) as (relay, recorded):
+            r = snmp_send("snmpinform", *v3_args(u, auth, priv, engine=TRAPD), "-r", "1", "-t", "5",
+                          f"127.0.0.1:{relay[1]}", *trap_args(f"before-{next(_marks)}"))  # fmt: skip
+            assert r.returncode == 0, r.stderr
+    finally:
+        assert first.stop() == 0
+    inform = recorded[-1]
+    assert parse_header(inform).engine_boots > 0  # synchronized: not the (0, 0) of discovery
+    second = TrapdListen.start(workdir, config)
+    try:
+        send_udp(inform, second.address())
+        now = second.wait_stats(lambda s: s["dropped"].get("not-in-time-window", 0) == 1)
+        assert now["v3_discovery"] == 0 and not now["received"]
+    finally:
+        assert second.stop() == 0

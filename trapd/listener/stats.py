@@ -84,7 +84,9 @@ class ListenerStats:
     ``datagrams``: every datagram read from a socket. ``inform_responses``:
     Response-PDUs sent for v1/v2c informs (v3 ones are sent by pysnmp and
     counted in ``v3_replies`` together with reports). ``v3_discovery``: engine
-    ID discovery probes answered (normal before a v3 inform; not a drop).
+    ID discovery probes and time synchronizations (RFC 3414 section 4: an
+    authenticated message with engineBoots and engineTime 0) answered (normal
+    before a v3 inform; not a drop).
     """
 
     datagrams: int = 0

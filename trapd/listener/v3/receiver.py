@@ -349,6 +349,9 @@ class V3Receiver:
             self._stats.v3_discovery += 1
             return
         err = self._mp.last_error
+        if self._is_time_synchronization(header, err):
+            self._stats.v3_discovery += 1
+            return
         name = type(err).__name__ if err is not None and not isinstance(err, str) else str(err)
         reason = REASONS.get(name)
         if reason == "unknown-user" and header.user in self._users:
@@ -356,6 +359,19 @@ class V3Receiver:
         if reason is None:
             reason = "malformed" if err is not None else "unsupported-pdu"
         self._drop(reason, name if err is not None else "v3-no-handler", source, header)
+
+    def _is_time_synchronization(self, header: V3Header, err: Any) -> bool:
+        """The second step of discovery (RFC 3414 section 4): an authenticated message to trapd's
+        engine with engineBoots and engineTime 0, which a sender that knows the engine ID but
+        not its time sends first (net-snmp's -e, Cisco's ``engineID remote``). pysnmp answers it
+        with a notInTimeWindow report carrying the time; the sender then sends its message again.
+        Not a drop (trapd's own engineBoots is at least 1, so no real message is ever sent so)."""
+        return (
+            type(err).__name__ == "NotInTimeWindow"
+            and header.engine_id == self.engine_id
+            and header.engine_boots == 0
+            and header.engine_time == 0
+        )
 
     def _prepare_user(self, data: bytes, header: V3Header, source: str) -> _Checked:
         """Refuse cheaply what pysnmp would refuse at ~1.5 ms; learn engines for any-engine users.
