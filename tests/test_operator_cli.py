@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pg_harness import PgServer
+from pg_harness import SUPERUSER, PgServer
 
 from trapd.cli import main
 from trapd.dispatch.journal import NewEntry, SQLiteJournal
@@ -466,3 +466,28 @@ def test_trapd_yaml_refuses_an_empty_community(tmp_path: Path, capsys: pytest.Ca
         cfg.write_text(f"listener:\n  communities: {written}\nrules: {{files: [{rules}]}}\n")
         rc, out, err = run(capsys, "check", "-c", str(cfg))
         assert rc != 0 and f"{cfg}:{line}:" in out + err and "an empty community" in out + err, (out, err)
+
+
+def test_migrate_by_a_role_that_may_not_create_tables_says_so(
+    pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL 15 lets only the database's owner create tables in its public schema: a DBA who
+    made the database and gave trapd's role a login got a psycopg traceback from `trapd journal
+    migrate`. One line says what the server refused and what to grant; nothing was changed."""
+    import yaml
+
+    role = f"trapd_low_{os.getpid()}"
+    pg_server.psql(f"CREATE ROLE {role} LOGIN")
+    url = pg_server.new_database(migrated=False)
+    low = url.replace(f"{SUPERUSER}@", f"{role}@")
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "dispatch": {"journal": {"url": low}}}))
+    rc, out, err = run(capsys, "journal", "-c", str(cfg), "migrate")
+    assert rc == 2 and out == "", (out, err)
+    assert err.startswith(
+        "trapd journal: migration failed, nothing changed: permission denied for schema public"
+    ), err
+    assert f"GRANT CREATE ON SCHEMA public TO {role}" in err
+    assert len(err.splitlines()) == 1, err
+    dbname = url.split("@/")[1].split("?")[0]
+    assert pg_server.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", dbname) == "0"

@@ -793,26 +793,38 @@ async def migrate(conninfo: str) -> tuple[int | None, int]:
     except psycopg.Error as exc:
         raise JournalError(f"cannot connect to the journal database: {_one_line(exc)}") from exc
     try:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('trapd schema', 0))")
-            before = await schema_version(conn)
-            if before is not None and before > SCHEMA_VERSION:
-                raise JournalError(_newer(before))
-            if before is None:
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS trapd_meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)"
-                )
-            for version, sql in MIGRATIONS:
-                if before is None or version > before:
-                    await conn.execute(sql.encode())
-            await conn.execute(
-                "INSERT INTO trapd_meta (k, v) VALUES ('schema', %s) "
-                "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
-                (str(SCHEMA_VERSION),),
-            )
-        return before, SCHEMA_VERSION
+        return await _migrate_on(conn)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        info = conn.info
+        raise JournalError(
+            f"migration failed, nothing changed: {_one_line(exc)} (the role {info.user} creates trapd's "
+            f"tables: make it the owner of the database {info.dbname}, or GRANT CREATE ON SCHEMA public "
+            f"TO {info.user})"
+        ) from exc
+    except psycopg.Error as exc:
+        raise JournalError(f"migration failed, nothing changed: {_one_line(exc)}") from exc
     finally:
         await conn.close()
+
+
+async def _migrate_on(conn: Conn) -> tuple[int | None, int]:
+    """:func:`migrate`'s transaction on ``conn``."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('trapd schema', 0))")
+        before = await schema_version(conn)
+        if before is not None and before > SCHEMA_VERSION:
+            raise JournalError(_newer(before))
+        if before is None:
+            await conn.execute("CREATE TABLE IF NOT EXISTS trapd_meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+        for version, sql in MIGRATIONS:
+            if before is None or version > before:
+                await conn.execute(sql.encode())
+        await conn.execute(
+            "INSERT INTO trapd_meta (k, v) VALUES ('schema', %s) "
+            "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+            (str(SCHEMA_VERSION),),
+        )
+    return before, SCHEMA_VERSION
 
 
 def _newer(found: int) -> str:
