@@ -8,9 +8,10 @@ Rules (the ``display`` field of a normalized varbind):
 * OctetString: with a DISPLAY-HINT other than plain text (MacAddress ``1x:``,
   DateAndTime, InetAddress ``1d.1d.1d.1d``...) formatted per RFC 2579 3.1
   (a hint whose repeating part is not one octet of x or d: values up to
-  HINTED_MAX octets, longer ones as hex); otherwise text when it decodes as UTF-8 and every character is printable
-  (trailing NULs that some agents send are dropped), else lower-case hex
-  octets joined by ``:`` (``00:1b:2c``). Empty: ``""``.
+  HINTED_MAX octets, longer ones as hex); otherwise text when it decodes
+  as UTF-8 and every character is printable (trailing NULs that some
+  agents send are dropped), else lower-case hex octets joined by ``:``
+  (``00:1b:2c``). Empty: ``""``.
 * BITS: the names of the set bits, ``linkUp(0) linkDown(3)`` (the first 64, then a count).
 * IpAddress: dotted quad. Counter32, Gauge32, Counter64: decimal.
 * TimeTicks (hundredths of a second): ``0:02:03.45``, ``1 day, 2:03:04.05``,
