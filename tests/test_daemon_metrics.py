@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_harness import LINK_UP, TrapdDaemon, eventually, free_port, link_down
+from kea_sandbox import KeaInstance
 from listen_harness import needs_netsnmp, snmp_send
 
 pytestmark = [pytest.mark.integration, needs_netsnmp]
@@ -309,5 +310,56 @@ rules:
         first, *rest = lines
         assert "suppressed" not in first and "1.2.3.4; reboot" in first["reason"]
         assert [e.get("suppressed") for e in rest] == [traps - 1]
+    finally:
+        d.close()
+
+
+def test_a_kea_endpoint_back_after_its_actions_gave_up_is_up_again(
+    tmp_path: Path, kea_factory: Callable[..., KeaInstance]
+) -> None:
+    """Kea stops, the actions for it fail, the breaker opens, the actions run out of age (dead);
+    Kea comes back. trapd's monitor sees it answer again (status-get), and then so do the metrics:
+    trapd_kea_endpoint_up 1 and the breaker closed. Before, with no action left to probe it, the
+    breaker stayed open and the endpoint 0 until the next trap, and TrapdKeaEndpointDown fired for
+    a Kea that had been answering for hours."""
+    kea = kea_factory(dhcp6=False, ca=False)
+    rules = """\
+defaults: {cap: {limit: 9, per: 1m}}
+rules:
+  - name: release
+    match: {notification: IF-MIB::linkDown}
+    retry: {max-age: 4s}
+    actions:
+      - action: kea.lease-del
+        ip-address: "10.1.0.{{ ifIndex }}"
+"""
+    config = {
+        "kea": {**kea.trapd_kea_section("unix"), "poll_interval": "0.5s"},
+        "dispatch": {
+            "retry": {"max_attempts": 100, "backoff": "0.2s", "max_backoff": "0.5s", "jitter": 0},
+            "breaker": {"failures": 2, "cool_down": "1s"},
+        },
+    }
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=rules, config=config)
+    try:
+        endpoint = "unix4/v4"
+        assert d.wait_metric("trapd_kea_endpoint_up", 1, endpoint=endpoint) == 1
+        kea.stop(["kea-dhcp4"])
+        for i in (1, 2, 3):
+            snmp_send("snmptrap", *link_down(d.target(), i), check=True)
+        assert d.wait_metric("trapd_kea_breaker_state", 1, endpoint=endpoint, state="open") == 1
+        assert d.wait_metric("trapd_actions_total", 3, outcome="dead") == 3
+        assert d.metric("trapd_kea_endpoint_up", endpoint=endpoint) == 0
+        kea.spawn("kea-dhcp4")
+        kea.wait_ready()
+
+        def up_again() -> None:
+            m = d.metrics()
+            assert d.metric("trapd_kea_endpoint_up", m, endpoint=endpoint) == 1
+            # Its cool-down is over: the next action goes through as the probe.
+            assert d.metric("trapd_kea_breaker_state", m, endpoint=endpoint, state="open") == 0
+
+        eventually(up_again, timeout=30)
+        assert d.stop() == 0
     finally:
         d.close()

@@ -35,3 +35,16 @@ def test_late_failures_of_actions_started_before_it_opened_do_not_extend_it() ->
     assert b.failure(0.0)
     assert not b.failure(1.0)  # an action that was already running fails too
     assert b.open_until == 10.0
+
+
+def test_state_at_says_half_open_once_the_cool_down_is_over_and_holds_only_until_then() -> None:
+    """What the metrics read: an open breaker whose cool-down ended with no action to probe it is
+    half-open (the next action probes), not open for ever; ``holds`` is what keeps actions waiting."""
+    b = Breaker(BreakerConfig(failures=1, cool_down=10.0, max_cool_down=60.0))
+    assert b.state_at(0.0) == "closed" and not b.holds(0.0)
+    assert b.failure(3.0)
+    assert b.state_at(5.0) == "open" and b.holds(5.0)
+    assert b.state_at(13.0) == "half-open" and not b.holds(13.0)
+    assert b.allow(13.0) is None  # the probe
+    assert b.state_at(14.0) == "half-open" and b.holds(14.0)
+    assert b.success() and b.state_at(14.0) == "closed" and not b.holds(14.0)

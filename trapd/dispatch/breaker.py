@@ -33,6 +33,21 @@ class Breaker:
             return "closed"
         return "half-open" if self.probing else "open"
 
+    def state_at(self, now: float) -> str:
+        """What the metrics say at ``now``: open while the cool-down holds actions back; half-open
+        once it is over (the next action goes through as the probe) and while the probe runs.
+
+        Unlike :attr:`state`, an open breaker whose cool-down ended with no action left to probe
+        it is not "open" for ever after the endpoint came back.
+        """
+        if self.open_until == 0.0:
+            return "closed"
+        return "half-open" if self.probing or now >= self.open_until else "open"
+
+    def holds(self, now: float) -> bool:
+        """Actions for the endpoint wait now: its cool-down runs, or its probe does."""
+        return self.open_until != 0.0 and (self.probing or now < self.open_until)
+
     def allow(self, now: float) -> float | None:
         """None: go ahead (maybe as the probe). Otherwise when to try again."""
         if self.open_until == 0.0:

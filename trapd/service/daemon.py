@@ -676,6 +676,8 @@ class Daemon:
         if self.kea is None:
             return {}
         breakers = self.dispatcher.breakers if self.dispatcher is not None else {}
+        # The dispatcher's clock, which its breakers' cool-downs are on.
+        now = self.journal.now() if self.journal is not None else time.time()
         up: dict[str, bool] = {}
         ha: dict[str, str] = {}
         last_ok: dict[str, float] = {}
@@ -683,9 +685,9 @@ class Daemon:
         for client in self.kea:
             key = label(client)
             breaker = breakers.get(client.breaker_for())
-            breaker_state[key] = breaker.state if breaker is not None else "closed"
+            breaker_state[key] = breaker.state_at(now) if breaker is not None else "closed"
             if client.up is not None:
-                up[key] = client.up and (breaker is None or breaker.state == "closed")
+                up[key] = client.up and (breaker is None or not breaker.holds(now))
             if client.last_ok is not None:
                 last_ok[key] = client.last_ok
             state = self.kea_monitor.ha_state(client) if self.kea_monitor is not None else None

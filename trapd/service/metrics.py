@@ -56,13 +56,14 @@ trapd_action_latency_seconds                   histogram  from notification rece
 trapd_journal_entries                          gauge      state (pending, scheduled, held, dead)
 trapd_journal_available                        gauge      1 when the journal can commit (0: database down)
 trapd_journal_failed_writes_total              counter    journal writes that failed for want of the journal
-trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker is
-                                                          closed; 0: down), e.g. pair4/server1/v4
+trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker does
+                                                          not hold actions back; 0: down), e.g. pair4/srv1/v4
 trapd_kea_ha_state                             gauge      endpoint, state (1 for the peer's HA state now,
                                                           0 for the others; "unknown": it does not answer)
 trapd_kea_last_success_age_seconds             gauge      endpoint: since Kea last answered trapd
 trapd_kea_breaker_state                        gauge      endpoint, state (1 for its circuit breaker's state
-                                                          now: closed, half-open, open; 0 for the others)
+                                                          now: closed, half-open (cool-down over, the next
+                                                          action probes), open; 0 for the others)
 trapd_reloads_total                            counter    result (ok, failed)
 trapd_config_last_reload_successful            gauge
 trapd_workers_up                               gauge      workers up and answering (1 for a single trapd)
@@ -344,7 +345,7 @@ class TrapdCollector:
         )
         kea = GaugeMetricFamily(
             "trapd_kea_endpoint_up",
-            "Kea endpoint answering with its circuit breaker closed (1), or not (0).",
+            "Kea endpoint answering, its circuit breaker not holding actions back (1), or not (0).",
             labels=["endpoint"],
         )
         for endpoint, up in sorted(snap.kea_up.items()):
@@ -368,7 +369,8 @@ class TrapdCollector:
         yield age
         breaker = GaugeMetricFamily(
             "trapd_kea_breaker_state",
-            "The circuit breaker of a Kea endpoint in this state (1) or not (0); open: actions for it wait.",
+            "The circuit breaker of a Kea endpoint in this state (1) or not (0); open: actions for it wait; "
+            "half-open: its cool-down is over, the next action probes.",
             labels=["endpoint", "state"],
         )
         for endpoint, now_in in sorted(snap.kea_breaker.items()):
