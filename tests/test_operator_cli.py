@@ -491,3 +491,37 @@ def test_migrate_by_a_role_that_may_not_create_tables_says_so(
     assert len(err.splitlines()) == 1, err
     dbname = url.split("@/")[1].split("?")[0]
     assert pg_server.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", dbname) == "0"
+
+
+def test_json_objects_have_the_same_keys_on_every_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A consumer of `--json` reads each key of each object: keys that came and went with the row
+    (held_at / hold_expires only on held actions; peer / ha only on HA endpoints) are there on
+    every object, null where they do not apply."""
+    from trapd.dispatch.journal import CapCheck
+
+    async def fill() -> None:
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as j:
+            now = time.time()
+            ev = make_event(source="10.20.1.5").to_dict()
+            cap = CapCheck("port-up/deletions", "10.20.1.5", 0, 60.0, 3600.0)
+            r = await j.add(ev, [new("log", {"message": "held"}, "k1", caps=(cap,))], [], now)
+            assert (await j.claim(r.ids[0], now)).outcome == "held"
+            await j.add(ev, [new("log", {"message": "waits"}, "k2")], [], now)
+
+    asyncio.run(fill())
+    _, out, _ = run(capsys, "journal", "--state-dir", str(tmp_path), "--json", "list")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 2 and rows[0].keys() == rows[1].keys()
+    assert rows[0]["held_at"] is not None and rows[1]["held_at"] is None and rows[1]["hold_expires"] is None
+
+    import yaml
+
+    cfg = tmp_path / "trapd.yaml"
+    gone = {"transport": "unix", "socket": str(tmp_path / "no.sock"), "family": "v4"}
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "kea": {"endpoints": {"local4": gone}}}))
+    rc, out, _ = run(capsys, "kea", "status", "--json", "-c", str(cfg))
+    (status,) = json.loads(out)
+    assert rc == 1 and status["reachable"] is False
+    assert status["peer"] is None and status["ha"] is None

@@ -387,9 +387,9 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
         for e in entries:
             d = e.to_dict()
             d["params"] = masked_params(e.action, e.params)
-            if e.state == "held":
-                d["held_at"] = e.held_since
-                d["hold_expires"] = e.due
+            held = e.state == "held"  # the keys on every line (null unless held): one shape per line
+            d["held_at"] = e.held_since if held else None
+            d["hold_expires"] = e.due if held else None
             print(json.dumps(d, default=str))
         return
     if not entries:

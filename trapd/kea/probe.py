@@ -61,9 +61,10 @@ class EndpointStatus:
             "lease_cmds": self.lease_cmds,
             "commands": sorted(self.commands),
             "error": self.error,
+            # Every object the same keys (`trapd kea status --json`): null outside an HA relationship.
+            "peer": self.peer,
+            "ha": None,
         }
-        if self.peer is not None:
-            d["peer"] = self.peer
         if self.ha is not None:
             ha = self.ha
             d["ha"] = {"mode": ha.mode, "role": ha.role, "state": ha.state, "scopes": list(ha.scopes),
