@@ -175,3 +175,36 @@ def test_a_name_given_twice_for_the_same_engines_is_refused(
         load_config(tmp_path / "trapd.yaml")
     assert "trapd.yaml:" in str(info.value)
     assert "auth-pass" not in str(info.value)
+
+
+def test_forged_informs_for_a_name_of_many_entries_cost_the_slow_path_budget() -> None:
+    """An inform is told apart by trying each entry's keys: for a name given for many engines a
+    forged MAC costs one HMAC per entry. A sender's first entry is tried for free (the one that
+    verified for its address last, else the last one to verify); the others only within the
+    slow-path budget, so a flood of forged informs is bounded like any unauthenticated message.
+    Before, each cost every entry's HMAC, with no limit."""
+    from usm_support import craft, scoped_pdu, trap_pdu
+
+    from trapd.listener.config import RateLimit
+    from trapd.listener.limits import SlowPathBudget
+    from trapd.listener.v3.keys import localized_user
+
+    own = bytes.fromhex(TRAPD)
+    entries = [user("trapuser", "SHA", "none", [bytes.fromhex(f"8000000001cc{i:04x}")], f"auth-pass-{i}")
+               for i in range(20)]  # fmt: skip
+    budget = SlowPathBudget(RateLimit(v3_slow_per_source=1, v3_slow_global=0, burst=2))
+    got: list[RawNotification] = []
+    stats = ListenerStats()
+    receiver = V3Receiver(entries, got.append, stats, engine_id=own, admit=budget.admit)
+    inform = scoped_pdu(trap_pdu(link_down_varbinds(), tag="inform"), own)
+    forged = localized_user(user("trapuser", "SHA", "none", auth_key="not-an-entrys-key"), own)
+    for i in range(10):
+        data = craft(forged, own, b"trapuser", inform, msg_id=i)
+        receiver.receive(data, ("192.0.2.7", 4000), lambda d, a: None)
+    assert stats.dropped_detail[("wrong-digest", "own-engine")] == 2  # the budget's 2 tokens
+    assert stats.dropped_detail[("rate-limited", "v3-slow-per-source")] == 8
+    # An entry's own informs from another address still get through (the budget is per source).
+    keys = localized_user(entries[13], own)
+    receiver.receive(craft(keys, own, b"trapuser", inform, msg_id=99, boots=1, etime=0), ("192.0.2.8", 4000),
+                     lambda d, a: None)  # fmt: skip
+    assert stats.dropped_detail.get(("wrong-digest", "own-engine")) == 2

@@ -118,6 +118,10 @@ def _user_keys(user: V3User, masters: MasterKeys) -> _UserKeys:
 _WILDCARD_ENGINE = bytes(5)
 
 
+# How many (source, name) pairs remember their entry (V3Receiver._own_entry_found).
+_ENTRIES_OF_SOURCES = 4096
+
+
 class _Checked(enum.Enum):
     """What the cheap checks before pysnmp found (V3Receiver._prepare_user)."""
 
@@ -192,6 +196,9 @@ class V3Receiver:
         # registering costs 7 ms (pysnmp's MIB writes), putting these values back 70 us
         # (measured alternating two entries, load average 2.7 on 2 cores).
         self._own_rows: dict[_UserKeys, UserRow] = {}
+        # (source address, name) -> the entry whose keys last verified a message from there to
+        # trapd's engine: tried first. Only authentic messages enter; at most _ENTRIES_OF_SOURCES.
+        self._entry_of_source: dict[tuple[str, bytes], _UserKeys] = {}
         self._learned = 0
         # Master keys by (hash, passphrase), shared with the fast path: each 1 MiB hash once.
         self._masters: MasterKeys = {} if masters is None else masters
@@ -431,8 +438,9 @@ class V3Receiver:
         """A message to trapd's engine (an inform): the entry of its name whose keys its MAC
         verifies with is the one pysnmp gets to check it with.
 
-        With one entry per name (the usual case) that is one HMAC; a name given for several
-        engines costs one HMAC per entry at most, the entry that verified last tried first.
+        With one entry per name (the usual case) that is one HMAC; for a name given for several
+        engines, the entry that verified last for the message's source address (else the one
+        that verified last) is tried first, and the others only within the slow-path budget.
         """
         if len(entries) == 1:
             return self._check_mac(entries[0], data, header, source, "own-engine")
@@ -440,13 +448,36 @@ class V3Receiver:
         if header.level < 2:  # nothing to tell the entries apart by: one without keys, if any
             self._register_own(next((k for k in entries if k.auth_master is None), self._own_row[name]))
             return _Checked.UNAUTHENTICATED
-        current = self._own_row[name]
-        for keys in sorted(entries, key=lambda k: k is not current):
-            if keys.auth_master is not None and self._authentic(self._local(keys, header), data, header):
-                self._register_own(keys)
-                return _Checked.AUTHENTIC
+        first = self._entry_of_source.get((source, name), self._own_row[name])
+        if first.auth_master is not None and self._authentic(self._local(first, header), data, header):
+            return self._own_entry_found(first, source)
+        # Trying every other entry costs one HMAC each: a forged MAC would buy that for nothing,
+        # so the search is paid for from the slow-path budget, like any unauthenticated message.
+        if self._admit is not None:
+            over = self._admit(source, False, 0)
+            if over is not None:
+                self._drop("rate-limited", over, source, header)
+                return _Checked.DROPPED
+        for keys in entries:
+            if (
+                keys is not first
+                and keys.auth_master is not None
+                and self._authentic(self._local(keys, header), data, header)
+            ):
+                return self._own_entry_found(keys, source)
         self._drop("wrong-digest", "own-engine", source, header)
         return self._refused(header)
+
+    def _own_entry_found(self, keys: _UserKeys, source: str) -> _Checked:
+        """``keys`` verified a message to trapd's engine from ``source``: pysnmp checks it with
+        them, and they are tried first for that source's next message (bounded, oldest out)."""
+        pair = (source, keys.config.user.encode())
+        self._entry_of_source.pop(pair, None)
+        if len(self._entry_of_source) >= _ENTRIES_OF_SOURCES:
+            del self._entry_of_source[next(iter(self._entry_of_source))]
+        self._entry_of_source[pair] = keys
+        self._register_own(keys)
+        return _Checked.AUTHENTIC
 
     def _check_mac(
         self, keys: _UserKeys, data: bytes, header: V3Header, source: str, detail: str
