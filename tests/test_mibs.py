@@ -1051,3 +1051,18 @@ def test_a_symlink_loop_or_dangling_link_in_a_mib_directory_is_named_and_the_res
     assert "symbolic links" in str(r.problems[0]) or "symbolic links" in str(r.problems[1])
     again = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"))  # a daemon's start
     assert again.lookup("TRAPD-TEST-MIB::trapdMacNotification") is not None
+
+
+def test_a_symbol_defined_twice_is_reported_at_its_second_definition(tmp_path: Path) -> None:
+    """JUNIPER-CHASSIS-DEFINES-MIB defines jnxSlotMX2010 twice: the report pointed at the module's
+    DEFINITIONS line (13) of a 9,000-line file; the place to fix is the second definition."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    text = textwrap.dedent(VENDOR_MIB).replace(
+        "END\n",
+        "trapdTestObjects OBJECT IDENTIFIER ::= { trapdTestMIB 7 }\n\nEND\n",
+    )
+    (src / "twice.my").write_text(text, encoding="utf-8")
+    line = text.splitlines().index("trapdTestObjects OBJECT IDENTIFIER ::= { trapdTestMIB 7 }") + 1
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert [(p.line, p.message) for p in r.problems] == [(line, "Duplicate symbol found: trapdTestObjects")]

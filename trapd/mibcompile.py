@@ -165,6 +165,12 @@ def _line_of(data: bytes, pattern: re.Pattern[bytes]) -> int:
     return data.count(b"\n", 0, m.start()) + 1 if m else 1
 
 
+# What follows a name where it is defined (not where a SEQUENCE or OBJECTS list uses it).
+_DEFINITION = (
+    rb"\s+(?:::=|OBJECT-TYPE|OBJECT\s+IDENTIFIER|OBJECT-IDENTITY|MODULE-IDENTITY|NOTIFICATION-TYPE|TRAP-TYPE"
+    rb"|OBJECT-GROUP|NOTIFICATION-GROUP|MODULE-COMPLIANCE|AGENT-CAPABILITIES|TEXTUAL-CONVENTION)\b"
+)
+_DUPLICATE_RE = re.compile(r"Duplicate symbol found:\s*([A-Za-z][A-Za-z0-9-]*)")
 _SYMBOLS_RE = re.compile(r"symbols?:\s*([A-Za-z][A-Za-z0-9-]*)")
 _IMPORTS_FROM_RE = re.compile(r"imports (?:[A-Za-z][A-Za-z0-9-]* )?from ([A-Za-z][A-Za-z0-9-]*)")
 
@@ -187,6 +193,12 @@ def problem_at(src: SiteSource, reason: str, error: Any = None) -> MibProblem:
     if isinstance(line, int) and line > 0:
         return MibProblem(reason, str(src.path), line, src.module)  # pysmi parses the whole file
     pattern: re.Pattern[bytes] | None = None
+    if m := _DUPLICATE_RE.search(reason):
+        # The second definition is the one to look at (the first may be thousands of lines up).
+        defined = re.compile(rb"^[ \t]*" + re.escape(m.group(1).encode()) + _DEFINITION, re.M)
+        second = [d.start() for d in defined.finditer(data, offset)][1:2]
+        at = second[0] if second else offset
+        return MibProblem(reason, str(src.path), data.count(b"\n", 0, at) + 1, src.module)
     if m := _SYMBOLS_RE.search(reason):
         pattern = re.compile(rb"^[ \t]*" + re.escape(m.group(1).encode()) + rb"\b", re.M)
     elif m := _IMPORTS_FROM_RE.search(reason):
