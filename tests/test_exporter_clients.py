@@ -211,3 +211,17 @@ def test_a_worker_that_dies_is_counted_where_prometheus_sees_it(tmp_path: Path) 
         assert d.stop() == 0
     finally:
         d.close()
+
+
+async def test_a_target_in_absolute_form_is_served() -> None:
+    """``GET http://host:port/metrics`` (RFC 9112 3.2.2: a server MUST accept the absolute form;
+    a forward proxy sends it, and so do some check scripts): the same answer, not a 404."""
+    server = MetricsServer(CollectorRegistry(), port=0)
+    await server.start()
+    try:
+        for target in (f"http://127.0.0.1:{server.port}/healthz", "HTTP://dhcp1.example.net/metrics?x=1"):
+            status, raw = await _exchange(server.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert status == 200, raw
+        assert (await _exchange(server.port, b"GET http://x/nope HTTP/1.1\r\n\r\n"))[0] == 404
+    finally:
+        await server.close()

@@ -259,4 +259,13 @@ def _parse(head: list[bytes]) -> _Request | None:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
-    return _Request(parts[0], parts[1].split("?", 1)[0], headers)
+    return _Request(parts[0], _path_of(parts[1]), headers)
+
+
+def _path_of(target: str) -> str:
+    """The path of a request target: origin form ``/metrics?x``, or absolute form
+    ``http://host:port/metrics`` (RFC 9112 3.2.2: a server must accept it)."""
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        target = "/" + rest.partition("/")[2]
+    return target.split("?", 1)[0]
