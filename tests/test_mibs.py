@@ -1066,3 +1066,19 @@ def test_a_symbol_defined_twice_is_reported_at_its_second_definition(tmp_path: P
     line = text.splitlines().index("trapdTestObjects OBJECT IDENTIFIER ::= { trapdTestMIB 7 }") + 1
     r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
     assert [(p.line, p.message) for p in r.problems] == [(line, "Duplicate symbol found: trapdTestObjects")]
+
+
+def test_a_symbol_a_shipped_module_lacks_is_named_not_called_missing_module(tmp_path: Path) -> None:
+    """CHIPDOT1D-MIB imports DisplayString FROM RFC1155-SMI, which trapd ships (as a stub) and which
+    does not define it: the report said RFC1155-SMI was 'neither shipped nor in the MIB directories'."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    text = textwrap.dedent(SMIV1_MIB).replace(
+        "    DisplayString FROM RFC1213-MIB\n", ""
+    ).replace("enterprises FROM RFC1155-SMI", "enterprises, DisplayString FROM RFC1155-SMI")
+    (src / "chip.mib").write_text(text, encoding="utf-8")
+    line = text.splitlines().index("    enterprises, DisplayString FROM RFC1155-SMI") + 1
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert [(p.line, p.message) for p in r.problems] == [
+        (line, "imports DisplayString from RFC1155-SMI, which does not define it")
+    ], r.problems

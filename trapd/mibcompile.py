@@ -172,7 +172,7 @@ _DEFINITION = (
 )
 _DUPLICATE_RE = re.compile(r"Duplicate symbol found:\s*([A-Za-z][A-Za-z0-9-]*)")
 _SYMBOLS_RE = re.compile(r"symbols?:\s*([A-Za-z][A-Za-z0-9-]*)")
-_IMPORTS_FROM_RE = re.compile(r"imports (?:[A-Za-z][A-Za-z0-9-]* )?from ([A-Za-z][A-Za-z0-9-]*)")
+_IMPORTS_FROM_RE = re.compile(r"imports (?:[A-Za-z][A-Za-z0-9, -]*? )?from ([A-Za-z][A-Za-z0-9-]*)")
 
 
 def problem_at(src: SiteSource, reason: str, error: Any = None) -> MibProblem:
@@ -395,7 +395,7 @@ def compile_site(
                 reason = _reason(error, failed, stubs) if st == "failed" else f"{st}"
                 problems.append(problem_at(site[m], reason, error))
         uncompiled = set(wanted) - set(compiled)
-        index, load_problems = _index_compiled(py_dir, compiled, site, uncompiled)
+        index, load_problems = _index_compiled(py_dir, compiled, site, uncompiled, stubs.names)
         return index, problems + load_problems
     finally:
         if tmp is not None:
@@ -451,7 +451,11 @@ def _parser(py_dir: Path) -> Any:
 
 
 def _index_compiled(
-    py_dir: Path, modules: list[str], site: dict[str, SiteSource], uncompiled: set[str]
+    py_dir: Path,
+    modules: list[str],
+    site: dict[str, SiteSource],
+    uncompiled: set[str],
+    shipped: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], list[MibProblem]]:
     import pysnmp_mibs
     from pysnmp.smi import builder as smi_builder
@@ -475,7 +479,7 @@ def _index_compiled(
             except Exception as exc:
                 failures[m] = exc
     problems = [
-        problem_at(site[m], _load_failure(m, exc, py_dir, set(site), uncompiled, set(failures)))
+        problem_at(site[m], _load_failure(m, exc, py_dir, set(site), uncompiled, set(failures), shipped))
         for m, exc in failures.items()
     ]
     return index_builder_modules(b, loaded).result(_versions()), problems
@@ -522,8 +526,20 @@ _CAUSED_BY_RE = re.compile(r"caused by <class '(?:[\w.]*\.)?(\w+)'>: ")
 _MAX_LOAD_ERROR = 300
 
 
+def _imported_symbols(compiled: str, module: str) -> list[str]:
+    """The symbols a pysmi-compiled module imports from ``module``."""
+    call = re.search(r'importSymbols\(\s*"' + re.escape(module) + r'"((?:\s*,\s*"[^"]+")*)\s*\)', compiled)
+    return re.findall(r'"([^"]+)"', call.group(1)) if call else []
+
+
 def _load_failure(
-    module: str, exc: Exception, py_dir: Path, present: set[str], uncompiled: set[str], unloaded: set[str]
+    module: str,
+    exc: Exception,
+    py_dir: Path,
+    present: set[str],
+    uncompiled: set[str],
+    unloaded: set[str],
+    shipped: frozenset[str] = frozenset(),
 ) -> str:
     """Why a compiled module does not load, as its author can act on it.
 
@@ -544,6 +560,11 @@ def _load_failure(
     missing = _NOT_FOUND_RE.search(text)
     if missing is not None and missing.group(1) in imports:
         dep = missing.group(1)
+        if dep in shipped:
+            # A module trapd has (pysmi maps what it defines): what is still imported, it lacks.
+            wanted = _imported_symbols(source, dep)
+            it = "it" if len(wanted) == 1 else "them"
+            return f"imports {', '.join(wanted) or 'symbols'} from {dep}, which does not define {it}"
         if dep not in present:
             return f"imports from {dep}, which is neither shipped nor in the MIB directories"
         return f"imports from {dep}, which {'failed to compile' if dep in uncompiled else 'does not load'}"
