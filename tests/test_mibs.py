@@ -1073,9 +1073,11 @@ def test_a_symbol_a_shipped_module_lacks_is_named_not_called_missing_module(tmp_
     does not define it: the report said RFC1155-SMI was 'neither shipped nor in the MIB directories'."""
     src = tmp_path / "mibs"
     src.mkdir()
-    text = textwrap.dedent(SMIV1_MIB).replace(
-        "    DisplayString FROM RFC1213-MIB\n", ""
-    ).replace("enterprises FROM RFC1155-SMI", "enterprises, DisplayString FROM RFC1155-SMI")
+    text = (
+        textwrap.dedent(SMIV1_MIB)
+        .replace("    DisplayString FROM RFC1213-MIB\n", "")
+        .replace("enterprises FROM RFC1155-SMI", "enterprises, DisplayString FROM RFC1155-SMI")
+    )
     (src / "chip.mib").write_text(text, encoding="utf-8")
     line = text.splitlines().index("    enterprises, DisplayString FROM RFC1155-SMI") + 1
     r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
