@@ -302,6 +302,11 @@ def test_the_survivor_finishes_a_killed_hosts_work(tmp_path: Path, pg_server: Pg
             return s["running"] + s["pending"] + s["scheduled"] + s["failed"] == 0
 
         wait_for(settled, timeout=120, what="the survivor finished everything")
+        # The survivor says what it took over, from whom, and what waits for an operator.
+        taken = b.wait_log("took over the running actions of a host that stopped renewing its claims")
+        assert taken[0]["from"] == ["dhcp1"] and taken[0]["held"] >= 1, taken
+        assert "trapd journal release" in taken[0]["hint"], taken
+        assert b.metric("trapd_journal_taken_over_total") >= taken[0]["rerun"] + taken[0]["held"]
         with psycopg.connect(url) as conn:
             rows = conn.execute(
                 "SELECT rule, state, held_by FROM trapd_actions WHERE state <> 'cancelled'"

@@ -770,12 +770,25 @@ class Dispatcher:
                 held_by=e.held_by,
                 event_id=e.event_id,
             )
+        for t in self.journal.take_overs():
+            self.log.warning(
+                "took over the running actions of a host that stopped renewing its claims",
+                rerun=t.rerun,
+                held=t.held,
+                **{"from": list(t.owners)},
+                hint=(
+                    "held ones were interrupted while running and may have taken effect: "
+                    "trapd journal list --state held; trapd journal release ID"
+                    if t.held
+                    else "run again here"
+                ),
+            )
         self.stats.gauges = await self.journal.counts()
         held = self.stats.gauges.get("held", 0)
         if held and now - self._last_held_alert >= 60.0:
             self._last_held_alert = now
             self.log.warning(
-                "actions held by rate caps wait for an operator",
+                "held actions (a rate cap, or interrupted while running) wait for an operator",
                 held=held,
                 hint="trapd journal list --state held; trapd journal release",
             )

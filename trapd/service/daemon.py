@@ -728,6 +728,7 @@ class Daemon:
             receive_pauses=ls.receive_pauses if ls is not None else 0,
             journal_problem=jh.problem if jh is not None else None,
             journal_failed_writes=jh.failed_writes if jh is not None else 0,
+            journal_taken_over=jh.taken_over if jh is not None else 0,
             dispatch_backlog=self.submit_outcomes,
             dispatch_backlog_bytes=self.submit_bytes,
         )

@@ -86,6 +86,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "receive_pauses": snap.receive_pauses,
         "journal_problem": snap.journal_problem,
         "journal_failed_writes": snap.journal_failed_writes,
+        "journal_taken_over": snap.journal_taken_over,
         "dispatch_backlog": snap.dispatch_backlog,
         "dispatch_backlog_bytes": snap.dispatch_backlog_bytes,
     }
@@ -124,6 +125,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         receive_pauses=int(data.get("receive_pauses", 0)),
         journal_problem=str(data["journal_problem"]) if data.get("journal_problem") else None,
         journal_failed_writes=int(data.get("journal_failed_writes", 0)),
+        journal_taken_over=int(data.get("journal_taken_over", 0)),
         dispatch_backlog=int(data.get("dispatch_backlog", 0)),
         dispatch_backlog_bytes=int(data.get("dispatch_backlog_bytes", 0)),
     )
@@ -182,7 +184,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     kea_warnings: dict[str, None] = {}  # ordered set
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
-    unmatched = lost = resent = exempted = failed_writes = pauses = backlog = backlog_bytes = 0
+    unmatched = lost = resent = exempted = failed_writes = taken_over = pauses = backlog = backlog_bytes = 0
     problem: str | None = None
     for s in snaps:
         _add(received, s.received)
@@ -211,6 +213,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         exempted += s.rate_limit_exempted
         pauses += s.receive_pauses
         failed_writes += s.journal_failed_writes
+        taken_over += s.journal_taken_over
         backlog += s.dispatch_backlog  # each worker's own queue before the shared journal
         backlog_bytes += s.dispatch_backlog_bytes
         problem = problem or s.journal_problem
@@ -235,6 +238,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         receive_pauses=pauses,
         journal_problem=problem,
         journal_failed_writes=failed_writes,
+        journal_taken_over=taken_over,
         dispatch_backlog=backlog,
         dispatch_backlog_bytes=backlog_bytes,
     )

@@ -184,6 +184,15 @@ class ClaimResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Takeover:
+    """Running actions of other hosts whose claims' lease ran out, put back in line by this one."""
+
+    rerun: int
+    held: int  # not idempotent, with ``dispatch.interrupted: hold-unsafe``: for an operator
+    owners: tuple[str, ...]  # whose claims they were
+
+
+@dataclass(frozen=True, slots=True)
 class JournalHealth:
     """Whether the journal can commit now: for /healthz, STATUS= and the metrics."""
 
@@ -191,6 +200,7 @@ class JournalHealth:
     problem: str | None = None  # why not, in one line (never a password)
     since: float | None = None  # when it stopped (epoch seconds)
     failed_writes: int = 0  # operations that failed because of it, since start
+    taken_over: int = 0  # a shared journal: running actions taken over from other hosts, since start
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +231,11 @@ class Journal(Protocol):
         is on. This host's clock for a journal of its own; a shared journal's hosts all go by the
         database's clock, so a host whose clock is a few seconds off neither takes another's claim
         over early nor runs a delayed action early (docs/pair.md)."""
+        ...
+
+    def take_overs(self) -> list[Takeover]:
+        """What this process took over from other hosts since the last call (a shared journal's
+        lease renewal does it in the background): for the dispatcher's log."""
         ...
 
     async def flush(self) -> None:

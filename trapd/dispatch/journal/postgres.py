@@ -78,6 +78,7 @@ from trapd.dispatch.journal.model import (
     JournalHealth,
     NewEntry,
     State,
+    Takeover,
 )
 from trapd.dispatch.journal.rows import (
     ACOLS,
@@ -1024,25 +1025,39 @@ def _workers_of(instance: str) -> str:
 
 
 async def _put_back(
-    cur: Cur, now: float, hold_unless: frozenset[str] | None, where: str, args: tuple[Any, ...], why: str
+    cur: Cur,
+    now: float,
+    hold_unless: frozenset[str] | None,
+    where: str,
+    args: tuple[Any, ...],
+    why: str,
+    owners: set[str] | None = None,
 ) -> tuple[int, int]:
-    """Running rows matching ``where`` go back in line (or are held): (rerun, held)."""
+    """Running rows matching ``where`` go back in line (or are held): (rerun, held).
+
+    ``owners``: filled with the names whose claims they were."""
+    returning = " RETURNING owner" if owners is not None else ""
     held = 0
     if hold_unless is not None:
         names = sorted(hold_unless) or [""]
         await cur.execute(
             f"UPDATE {_A} SET state = 'held', held_by = 'interrupted', due = %s, lease_until = NULL, "
             f"last_error = 'interrupted while running; it may have taken effect: release it to run it again' "
-            f"WHERE state = 'running' AND NOT (action = ANY(%s)) AND {where}",
+            f"WHERE state = 'running' AND NOT (action = ANY(%s)) AND {where}{returning}",
             (now + INTERRUPTED_HOLD_FOR, names, *args),
         )
         held = cur.rowcount
+        if owners is not None:
+            owners.update(str(r[0]) for r in await cur.fetchall())
     await cur.execute(
         f"UPDATE {_A} SET state = 'pending', due = LEAST(due, %s), lease_until = NULL, "
-        f"last_error = COALESCE(last_error || '; ', '') || %s WHERE state = 'running' AND {where}",
+        f"last_error = COALESCE(last_error || '; ', '') || %s WHERE state = 'running' AND {where}{returning}",
         (now, why, *args),
     )
-    return cur.rowcount, held
+    rerun = cur.rowcount
+    if owners is not None:
+        owners.update(str(r[0]) for r in await cur.fetchall())
+    return rerun, held
 
 
 async def _op_recover(
@@ -1091,8 +1106,8 @@ async def _op_renew(
     hold_unless: frozenset[str] | None,
     take_over: bool,
     token: str | None = None,
-) -> int:
-    """Renew this owner's leases, then take over rows whose owner stopped renewing: the count taken.
+) -> Takeover | None:
+    """Renew this owner's leases, then take over rows whose owner stopped renewing: what was taken.
 
     Run beside the writer (see PostgresJournal._renew): SKIP LOCKED leaves the rows its open
     batch holds (it is finishing or claiming them right now) rather than wait for them, which
@@ -1109,16 +1124,16 @@ async def _op_renew(
             (now, lease, owner, token),
         )
     if not take_over:
-        return 0
+        return None
     # SKIP LOCKED: a row another host is finishing right now is not ours to judge.
     where = (
         f"id IN (SELECT id FROM {_A} WHERE state = 'running' AND lease_until < %s "
         "AND owner IS DISTINCT FROM %s FOR UPDATE SKIP LOCKED)"
     )
-    rerun, held = await _put_back(
-        cur, now, hold_unless, where, (now, owner), f"taken over by {owner}: the claim's lease expired"
-    )
-    return rerun + held
+    owners: set[str] = set()
+    why = f"taken over by {owner}: the claim's lease expired"
+    rerun, held = await _put_back(cur, now, hold_unless, where, (now, owner), why, owners)
+    return Takeover(rerun, held, tuple(sorted(owners))) if rerun or held else None
 
 
 async def _op_due(cur: Cur, now: float, limit: int, skip: frozenset[int]) -> tuple[list[Entry], bool]:
@@ -1524,6 +1539,7 @@ class PostgresJournal:
         self.last_error: str | None = None
         self.failed_ops = 0  # operations that failed because the database was unavailable
         self.taken_over = 0  # rows of other owners taken over after their lease expired
+        self._takeovers: list[Takeover] = []  # not handed out by take_overs() yet
         self.commits = 0
         self.committed_ops = 0
         # The database's clock minus this host's (see now()), measured when the journal opens and
@@ -1649,9 +1665,13 @@ class PostgresJournal:
 
     def health(self) -> JournalHealth:
         if self.available:
-            return JournalHealth(failed_writes=self.failed_ops)
+            return JournalHealth(failed_writes=self.failed_ops, taken_over=self.taken_over)
         return JournalHealth(
-            False, f"journal database unavailable: {self.last_error}", self.unavailable_since, self.failed_ops
+            False,
+            f"journal database unavailable: {self.last_error}",
+            self.unavailable_since,
+            self.failed_ops,
+            self.taken_over,
         )
 
     def watch(self, callback: Callable[[], None]) -> None:
@@ -2015,12 +2035,18 @@ class PostgresJournal:
                 continue
             if renewing_since is None:
                 renewing_since = now
-            if taken:
-                self.taken_over += taken
+            if taken is not None:
+                self.taken_over += taken.rerun + taken.held
+                self._takeovers.append(taken)
                 self._notified = True
                 self._wake()
 
-    async def _renew(self, now: float, *, take_over: bool) -> int:
+    def take_overs(self) -> list[Takeover]:
+        """The takeovers since the last call (the dispatcher logs each)."""
+        out, self._takeovers = self._takeovers, []
+        return out
+
+    async def _renew(self, now: float, *, take_over: bool) -> Takeover | None:
         """:func:`_op_renew` on a connection and in a transaction of its own, not in the writer's
         queue: a host whose writes wait there (a burst behind a slow batch) is alive, and its
         leases ran out while the renewal waited, so the other host took over (and ran again)

@@ -54,6 +54,7 @@ from trapd.dispatch.journal.model import (
     JournalHealth,
     NewEntry,
     State,
+    Takeover,
 )
 from trapd.dispatch.journal.rows import ACOLS as _ACOLS
 from trapd.dispatch.journal.rows import COLS as _COLS
@@ -747,6 +748,9 @@ class SQLiteJournal:
 
     def now(self) -> float:
         return time.time()  # one host: its own clock
+
+    def take_overs(self) -> list[Takeover]:
+        return []  # one host: nobody else's claims
 
     async def open(self) -> None:
         if self._thread is not None:
