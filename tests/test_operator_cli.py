@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pg_harness import SUPERUSER, PgServer
@@ -525,3 +526,30 @@ def test_json_objects_have_the_same_keys_on_every_line(
     (status,) = json.loads(out)
     assert rc == 1 and status["reachable"] is False
     assert status["peer"] is None and status["ha"] is None
+
+
+def test_kea_status_finds_the_sockets_of_the_two_families_swapped(
+    kea: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """trapd.yaml's v6 endpoint naming kea-dhcp4's socket (and v4 kea-dhcp6's): both answer
+    version-get and list the lease_cmds commands of both families, and kea-dhcp4 answers
+    lease6-get-page with "0 IPv6 lease(s) found", so every v6 deletion found nothing and "worked".
+    `trapd kea status` said both were fine. Each server's own statistics say which it is."""
+    import yaml
+
+    eps = kea.endpoints()
+    swapped = {
+        "local4": {**eps["unix4"], "socket": eps["unix6"]["socket"]},
+        "local6": {**eps["unix6"], "socket": eps["unix4"]["socket"]},
+        "right4": eps["unix4"],
+    }
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "kea": {"endpoints": swapped}}))
+    rc, out, err = run(capsys, "kea", "status", "--json", "-c", str(cfg))
+    by_name = {s["endpoint"]: s for s in json.loads(out)}
+    assert rc == 1, err
+    assert "serves DHCPv6, not DHCPv4" in by_name["local4"]["error"], by_name["local4"]
+    assert "serves DHCPv4, not DHCPv6" in by_name["local6"]["error"], by_name["local6"]
+    assert by_name["right4"]["error"] is None and by_name["right4"]["reachable"]
+    rc, out, err = run(capsys, "kea", "status", "-c", str(cfg))
+    assert rc == 1 and "local6 (v6): " in err and "the other family's socket" in err, err

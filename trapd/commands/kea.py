@@ -5,8 +5,10 @@ trapd kea status [--config FILE] [--json]
     each family it serves): can trapd reach it, which Kea version answers
     (version-get), whether the lease_cmds hook is loaded (list-commands has
     lease4-del / lease6-del), and for an HA peer the relationship's mode,
-    the peer's role and its HA state (status-get). Exit status 0 when every
-    endpoint answered, 1 otherwise.
+    the peer's role and its HA state (status-get), and for a unix or http
+    endpoint whether the server serves that family (its statistics: the
+    v4 and v6 sockets swapped is an error). Exit status 0 when every
+    endpoint answered without an error, 1 otherwise.
 
 trapd kea restore JOURNAL_ID [--config FILE] [--journal FILE]
 trapd kea restore --file leases.json [--endpoint NAME]
@@ -125,7 +127,7 @@ async def _status(config: Any, as_json: bool) -> int:
         for s in statuses:
             if s.error:
                 print(f"{s.label} ({s.family}): {s.error}", file=sys.stderr)
-    return 0 if all(s.reachable for s in statuses) else 1
+    return 0 if all(s.error is None for s in statuses) else 1  # unreachable, or the other family
 
 
 @dataclass

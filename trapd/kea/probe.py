@@ -22,6 +22,12 @@ from trapd.kea.hastatus import HaStatus
 # The commands that show lease_cmds is loaded, per family.
 LEASE_CMDS_MARKER = {"v4": "lease4-del", "v6": "lease6-del"}
 
+# A statistic each DHCP server keeps from its start, of its own family only (Kea 2.2 to 3.0).
+# list-commands cannot tell kea-dhcp4 from kea-dhcp6 (the lease_cmds hook lists the commands of
+# both), and kea-dhcp4 answers lease6-get-page with "0 IPv6 lease(s) found": with the v4 and v6
+# sockets swapped in trapd.yaml, every deletion found nothing and looked fine.
+FAMILY_STATISTIC = {"v4": "pkt4-received", "v6": "pkt6-received"}
+
 
 @dataclass(frozen=True)
 class EndpointStatus:
@@ -35,6 +41,7 @@ class EndpointStatus:
     error: str | None = None
     peer: str | None = None  # a peer of the HA relationship ``endpoint``
     ha: HaStatus | None = None  # its HA status, when it has the HA hook
+    serves: str | None = None  # the family its statistics say it serves (None: not known)
 
     @property
     def label(self) -> str:
@@ -61,6 +68,7 @@ class EndpointStatus:
             "lease_cmds": self.lease_cmds,
             "commands": sorted(self.commands),
             "error": self.error,
+            "serves": self.serves,
             # Every object the same keys (`trapd kea status --json`): null outside an HA relationship.
             "peer": self.peer,
             "ha": None,
@@ -80,10 +88,25 @@ def commands_for_family(commands: Iterable[str], family: str) -> list[str]:
     return [c for c in commands if not any(c.startswith(p + other) for p in ("lease", "stat-lease"))]
 
 
+async def served_family(client: KeaClient) -> str | None:
+    """v4 or v6, by the DHCP server's own statistics; None when they do not tell (a control
+    agent answering itself, D2, statistics removed) or cannot be asked."""
+    found = []
+    try:
+        for family, name in FAMILY_STATISTIC.items():
+            r = await client.command("statistic-get", {"name": name}, accept=(0,))
+            if isinstance(r.arguments, dict) and name in r.arguments:
+                found.append(family)
+    except KeaError:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
 async def probe_one(client: KeaClient) -> EndpointStatus:
     client.forget()
     version: str | None
     error: str | None
+    serves: str | None = None
     try:
         version = await client.version()
         commands = await client.commands()
@@ -91,18 +114,29 @@ async def probe_one(client: KeaClient) -> EndpointStatus:
         version, commands, error = None, frozenset[str](), str(exc)
     else:
         error = None
-    ha = await ha_status(client) if error is None and "ha-heartbeat" in commands else None
+        # Through a control agent the family picks the service: only a socket or URL the
+        # operator wrote per family can name the other family's server.
+        if client.transport_name != "control-agent" and "statistic-get" in commands:
+            serves = await served_family(client)
+            if serves is not None and serves != client.family:
+                error = (
+                    f"this server serves DHCP{serves}, not DHCP{client.family} (its statistics are "
+                    f"{FAMILY_STATISTIC[serves]}...): the endpoint names the other family's socket? "
+                    "Its lease commands would find nothing"
+                )
+    ha = await ha_status(client) if version is not None and "ha-heartbeat" in commands else None
     return EndpointStatus(
         endpoint=client.endpoint,
         family=client.family,
         transport=client.transport_name,
         target=client.config.target,
-        reachable=error is None,
+        reachable=version is not None,
         version=version,
         commands=commands,
         error=error,
         peer=client.peer,
         ha=ha,
+        serves=serves,
     )
 
 

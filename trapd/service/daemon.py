@@ -504,6 +504,10 @@ class Daemon:
         for s in statuses:
             if not s.reachable:
                 self.log.warning("Kea endpoint unreachable", endpoint=s.label, family=s.family, error=s.error)
+            elif s.error is not None:  # it answers, but is not what trapd.yaml says (the other family)
+                self.log.warning(
+                    "Kea endpoint misconfigured", endpoint=s.label, family=s.family, error=s.error
+                )
             elif not s.lease_cmds:
                 self.log.warning(
                     "Kea endpoint has no lease commands: load libdhcp_lease_cmds.so",
