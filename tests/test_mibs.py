@@ -1084,3 +1084,63 @@ def test_a_symbol_a_shipped_module_lacks_is_named_not_called_missing_module(tmp_
     assert [(p.line, p.message) for p in r.problems] == [
         (line, "imports DisplayString from RFC1155-SMI, which does not define it")
     ], r.problems
+
+
+# What net-snmp reads and strict SMIv2 does not (seen in vendor bundles): an enumeration label in
+# upper case, a comma after the last SEQUENCE entry, and one after the last import of a clause.
+LOOSE_MIB = """
+LOOSE-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    MODULE-IDENTITY, OBJECT-TYPE, Integer32, enterprises, FROM SNMPv2-SMI;
+
+loose MODULE-IDENTITY
+    LAST-UPDATED "202612070000Z"
+    ORGANIZATION "trapd"
+    CONTACT-INFO "trapd test suite"
+    DESCRIPTION  "Loosely written."
+    ::= { enterprises 99989 }
+
+looseTable OBJECT-TYPE
+    SYNTAX      SEQUENCE OF LooseEntry
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "Rows."
+    ::= { loose 1 }
+
+looseEntry OBJECT-TYPE
+    SYNTAX      LooseEntry
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "A row."
+    INDEX       { looseIndex }
+    ::= { looseTable 1 }
+
+LooseEntry ::= SEQUENCE {
+    looseIndex  Integer32,
+    looseMode   INTEGER,
+}
+
+looseIndex OBJECT-TYPE
+    SYNTAX      Integer32 (1..100)
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "Index."
+    ::= { looseEntry 1 }
+
+looseMode OBJECT-TYPE
+    SYNTAX      INTEGER { AUTO(1), manual(2) }
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "Mode."
+    ::= { looseEntry 2 }
+END
+"""
+
+
+def test_loosely_written_vendor_mibs_compile_as_net_snmp_reads_them(tmp_path: Path) -> None:
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "loose.my").write_text(textwrap.dedent(LOOSE_MIB), encoding="utf-8")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert r.problems == [], "\n".join(map(str, r.problems))
+    assert r.enum_values("LOOSE-MIB::looseMode") == {"AUTO": 1, "manual": 2}

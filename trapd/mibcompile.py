@@ -347,7 +347,7 @@ _AT_MIB_RE = re.compile(r" at MIB [A-Za-z0-9-]+")
 
 
 def _reason(error: Any, failed: set[str], stubs: StubSet) -> str:
-    text = _AT_MIB_RE.sub("", str(error or "failed"))
+    text = _AT_MIB_RE.sub("", str(error or "failed")).replace(", line ?", "")  # pysmi's unknown line
     m = _NO_MODULE_RE.search(text)
     if m:
         dep = m.group(1)
@@ -429,9 +429,12 @@ def _parser(py_dir: Path) -> Any:
     (validated by a hash of the grammar); this reaches into pysmi's parser
     module for the grammar, so any mismatch falls back to pysmi's own parser.
     """
+    from pysmi.parser.dialect import smi_v1_relaxed
     from pysmi.parser.smi import parserFactory
 
-    base = parserFactory()
+    # What net-snmp reads too, and vendor bundles are written for it: upper-case enumeration
+    # labels, trailing commas in IMPORTS and SEQUENCE, SMIv1 keywords (pysmi's relaxed dialect).
+    base = parserFactory(**smi_v1_relaxed)
     try:
         from lark import Lark
         from pysmi.parser.lark_parser import _SMI_V2_BOOTSTRAP_GRAMMAR, _BootstrapAstBuilder
