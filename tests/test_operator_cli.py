@@ -553,3 +553,27 @@ def test_kea_status_finds_the_sockets_of_the_two_families_swapped(
     assert by_name["right4"]["error"] is None and by_name["right4"]["reachable"]
     rc, out, err = run(capsys, "kea", "status", "-c", str(cfg))
     assert rc == 1 and "local6 (v6): " in err and "the other family's socket" in err, err
+
+
+def test_migrate_with_json_prints_json(
+    pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`trapd journal --json migrate` took --json and printed text: a deployment script that
+    reads the schema version got "journal schema created -> 7"."""
+    import yaml
+
+    from trapd.dispatch.journal.postgres import SCHEMA_VERSION
+
+    url = pg_server.new_database(migrated=False)
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "dispatch": {"journal": {"url": url}}}))
+    rc, out, _ = run(capsys, "journal", "-c", str(cfg), "--json", "migrate")
+    assert rc == 0 and json.loads(out) == {"backend": "postgresql", "before": None, "after": SCHEMA_VERSION}
+    rc, out, _ = run(capsys, "journal", "-c", str(cfg), "migrate", "--json")
+    assert rc == 0 and json.loads(out) == {
+        "backend": "postgresql",
+        "before": SCHEMA_VERSION,
+        "after": SCHEMA_VERSION,
+    }
+    rc, out, _ = run(capsys, "journal", "--state-dir", str(tmp_path), "--json", "migrate")
+    assert rc == 0 and json.loads(out) == {"backend": "sqlite", "before": None, "after": None}

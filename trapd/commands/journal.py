@@ -135,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"trapd journal: {exc}", file=sys.stderr)
         return 2
     if args.journal_command == "migrate":
-        return _migrate(jc)
+        return _migrate(jc, args.json)
     if jc is None:
         try:
             path.stat()
@@ -160,14 +160,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
-def _migrate(jc: Any) -> int:
+def _migrate(jc: Any, as_json: bool) -> int:
     import asyncio
+    import json
     import sys
 
     from trapd.dispatch.journal import JournalError
 
     if jc is None:
-        print("the SQLite journal needs no migration: trapd upgrades it when it opens it")
+        if as_json:
+            print(json.dumps({"backend": "sqlite", "before": None, "after": None}))
+        else:
+            print("the SQLite journal needs no migration: trapd upgrades it when it opens it")
         return 0
     from trapd.dispatch.journal.postgres import migrate
 
@@ -176,7 +180,9 @@ def _migrate(jc: Any) -> int:
     except JournalError as exc:
         print(f"trapd journal: {exc}", file=sys.stderr)
         return 2
-    if before == after:
+    if as_json:
+        print(json.dumps({"backend": "postgresql", "before": before, "after": after}))
+    elif before == after:
         print(f"journal schema {after}: up to date")
     else:
         print(f"journal schema {'created' if before is None else before} -> {after}")
