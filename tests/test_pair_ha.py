@@ -348,3 +348,44 @@ def settled_but_scheduled(url: str, n: int) -> int | None:
 
 def state_of(url: str, id_: int) -> str:
     return next(str(r["state"]) for r in rows(url) if r["id"] == id_)
+
+
+def test_a_terminated_pair_is_reported_as_serving_without_lease_updates(
+    tmp_path: Path, healthy: HaPair
+) -> None:
+    """server2's kea-dhcp4 runs 5 minutes ahead (libfaketime): Kea HA finds the clock skew over
+    60 s and both servers go to ``terminated``. Kea then serves its default scopes without
+    heartbeats or lease updates (ARM; status-get shows server1 serving its scope), and the
+    warning trapd logs and lists in /healthz says so (it said the server served no clients)."""
+    if not FAKETIME.exists():
+        pytest.skip("libfaketime is not installed (scripts/setup.sh --test)")
+    ha = healthy
+    server2 = ha.servers["server2"]
+    argv, env = server2.argv["kea-dhcp4"]
+    server2.stop(["kea-dhcp4"])
+    server2.argv["kea-dhcp4"] = (argv, {**env, "LD_PRELOAD": str(FAKETIME), "FAKETIME": "+300s"})
+    try:
+        server2.spawn("kea-dhcp4")
+        server2.wait_ready()
+        ha.wait_states({"server1": {"terminated"}}, families=("v4",))
+        assert ha.ha_status("server1")["ha-servers"]["local"]["scopes"] == ["server1"]
+        config = {"kea": {"endpoints": ha.trapd_endpoints("unix"), "poll_interval": "0.3s"}}
+        d = TrapdDaemon.start(tmp_path / "d", rules="rules: []\n", config=config, timeout=60)
+        try:
+            (line,) = d.wait_log(
+                lambda e: e.get("event") == "Kea server needs attention"
+                and "server1/v4" in str(e.get("endpoint")),
+                timeout=30,
+            )
+            problem = str(line["problem"])
+            assert "terminated" in problem and "serves no clients" not in problem, problem
+            assert "lease updates" in problem, problem
+            assert any("lease updates" in w for w in d.healthz()[1]["kea"]), d.healthz()
+        finally:
+            d.stop()
+    finally:
+        server2.stop(["kea-dhcp4"])
+        server2.argv["kea-dhcp4"] = (argv, env)
+        server2.spawn("kea-dhcp4")
+        ha.servers["server1"].restart("kea-dhcp4")  # terminated stays until a restart
+        server2.wait_ready()

@@ -8,8 +8,10 @@ runs for months, so this asks every server ``status-get`` every
 
 Warnings (a log line when one starts and when it ends, and the list in
 /healthz): a server unreachable for longer than ``kea.warn_after``; an HA
-peer in state ``terminated`` (Kea stops serving and will not recover by
-itself: the ARM's "terminated" state needs an operator). Once per HA
+peer in state ``terminated`` (Kea's HA gave up, e.g. on a clock skew over
+60 s: each server goes on serving its default scopes but sends its partner
+neither heartbeats nor lease updates, and does not recover by itself: the
+ARM's "terminated" state needs an operator). Once per HA
 relationship trapd also compares its ``peers`` list with the servers' own HA
 configuration (``config-get``: this-server-name and the peers) and warns
 when they disagree: a Kea peer trapd does not know keeps every lease trapd
@@ -93,7 +95,10 @@ class KeaMonitor:
             ):
                 warning = f"Kea {key} unreachable for {now - client.down_since:.0f}s: {client.last_error}"
             elif client.up and self.ha_state(client) == "terminated":
-                warning = f"Kea {key} is in HA state terminated: it serves no clients until an operator acts"
+                warning = (
+                    f"Kea {key} is in HA state terminated: it serves its own scopes but exchanges no "
+                    "heartbeats or lease updates with its partner until an operator acts (clock skew?)"
+                )
             before = self._warned.get(key)
             if warning is not None and before is None:
                 self.log.warning("Kea server needs attention", endpoint=key, problem=warning)
