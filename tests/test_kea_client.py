@@ -411,3 +411,19 @@ async def test_a_malformed_content_length_is_a_kea_error() -> None:
     assert isinstance(info.value, RetryableError)
     server.close()
     await clients.aclose()
+
+
+def test_a_control_agent_s_breakers_are_per_service_others_per_endpoint() -> None:
+    """What the dispatcher keys its circuit breakers by (KeaClient.breaker_for)."""
+    clients = make_kea_clients(
+        {
+            "endpoints": {
+                "ca": {"transport": "control-agent", "url": "http://127.0.0.1:9/", "family": ["v4", "v6"]},
+                "local4": {"transport": "unix", "socket": "/nonexistent/kea4.sock", "family": "v4"},
+            }
+        }
+    )
+    assert clients.get("ca", "v4").breaker_for() == "ca/dhcp4"
+    assert clients.get("ca", "v6").breaker_for() == "ca/dhcp6"
+    assert clients.get("ca", "v4").breaker_for(["d2"]) == "ca/d2"  # kea.command's service: [d2]
+    assert clients.get("local4").breaker_for() == "local4"
