@@ -1144,3 +1144,42 @@ def test_loosely_written_vendor_mibs_compile_as_net_snmp_reads_them(tmp_path: Pa
     r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
     assert r.problems == [], "\n".join(map(str, r.problems))
     assert r.enum_values("LOOSE-MIB::looseMode") == {"AUTO": 1, "manual": 2}
+
+
+# As printer and server vendors' SMIv1 MIBs are (HP's LaserJet MIBs, ADAPTECSCSI-MIB): enterprises
+# and TRAP-TYPE used without importing them. net-snmp reads them; pysmi did not.
+UNDECLARED_V1_MIB = """
+UNDECLARED-V1-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    OBJECT-TYPE FROM RFC-1212;
+
+undeclared OBJECT IDENTIFIER ::= { enterprises 99987 }
+
+undeclaredState OBJECT-TYPE
+    SYNTAX  INTEGER { ok(1), failed(2) }
+    ACCESS  read-only
+    STATUS  mandatory
+    DESCRIPTION "State."
+    ::= { undeclared 1 }
+
+undeclaredFailed TRAP-TYPE
+    ENTERPRISE undeclared
+    VARIABLES  { undeclaredState }
+    DESCRIPTION "Failed."
+    ::= 2
+END
+"""
+
+
+def test_enterprises_and_trap_type_used_without_import_compile(tmp_path: Path) -> None:
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "undeclared.mib").write_text(textwrap.dedent(UNDECLARED_V1_MIB), encoding="utf-8")
+    no_imports = textwrap.dedent(UNDECLARED_V1_MIB).replace("UNDECLARED-V1-MIB", "NO-IMPORTS-MIB")
+    no_imports = no_imports.replace("IMPORTS\n    OBJECT-TYPE FROM RFC-1212;\n", "").replace("99987", "99986")
+    (src / "no-imports.mib").write_text(no_imports, encoding="utf-8")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert r.problems == [], "\n".join(map(str, r.problems))
+    assert r.lookup("UNDECLARED-V1-MIB::undeclaredFailed") == (1, 3, 6, 1, 4, 1, 99987, 0, 2)
+    assert r.is_notification("NO-IMPORTS-MIB::undeclaredFailed")
+    assert r.enum_values("NO-IMPORTS-MIB::undeclaredState") == {"ok": 1, "failed": 2}

@@ -274,18 +274,38 @@ class StubSet:
 
 _MODULE_TEXT_RE = re.compile(_MODULE_RE.pattern.decode("ascii"), re.M)
 _BASE_TYPE_USE_RE = re.compile(r"\bSYNTAX\s+(" + "|".join((*_APPLICATION_TYPES, "Integer32")) + r")\b")
+_SMI_NODE_USE_RE = re.compile(r"\{\s*(" + "|".join(n for n in _SMI_NODES if n != "zeroDotZero") + r")\s+\d")
+_MACRO_USE_RE = re.compile(
+    r"^[ \t]*[A-Za-z][\w-]*\s+(OBJECT-TYPE|TRAP-TYPE|NOTIFICATION-TYPE|MODULE-IDENTITY|OBJECT-IDENTITY)\b"
+    r"|::=\s*(TEXTUAL-CONVENTION)\b",
+    re.M,
+)
 _IMPORTS_CLAUSE_RE = re.compile(r"\bIMPORTS\b([^;]*);")
 
 
-def declare_base_types(text: str) -> str:
-    """``text`` with the SMI base types each module uses but does not import added to its IMPORTS.
+def _implicit_source(symbol: str, body: str) -> str:
+    """The module an undeclared SMI symbol can only come from (SMIv1's when the module is SMIv1)."""
+    if symbol == "TRAP-TYPE":
+        return "RFC-1215"
+    if symbol == "TEXTUAL-CONVENTION":
+        return "SNMPv2-TC"
+    if symbol == "OBJECT-TYPE" and re.search(r"^\s*ACCESS\b", body, re.M):
+        return "RFC-1212"
+    return "SNMPv2-SMI"
 
-    net-snmp takes ``SYNTAX Counter64`` from a module that never imported it;
-    pysmi refuses the object ("Unknown parents for symbols"). Debian's own
-    NET-SNMP-PASS-MIB and Cisco's LWAPP MIBs are written so. Those names can
-    only mean SNMPv2-SMI's types, so that import is added, on the IMPORTS line
-    (or the BEGIN line when there is no IMPORTS clause) so that pysmi's line
-    numbers stay the file's. A module that defines such a name itself keeps it.
+
+def declare_implicit_imports(text: str) -> str:
+    """``text`` with the SMI symbols each module uses but does not import added to its IMPORTS.
+
+    net-snmp takes ``SYNTAX Counter64``, ``{ enterprises 11 }`` or a
+    ``TRAP-TYPE`` from a module that never imported them; pysmi refuses them
+    ("Unknown parents for symbols", "Unknown parent symbol: enterprises", or
+    a module that does not load). Debian's own NET-SNMP-PASS-MIB, Cisco's
+    LWAPP MIBs and many printer and server vendors' SMIv1 MIBs are written
+    so. Those names can only mean the SMI's own, so the import is added, on
+    the IMPORTS line (or the BEGIN line when there is no IMPORTS clause) so
+    that pysmi's line numbers stay the file's. A module that defines such a
+    name itself keeps it.
     """
     starts = list(_MODULE_TEXT_RE.finditer(text))
     out: list[str] = []
@@ -293,23 +313,25 @@ def declare_base_types(text: str) -> str:
     for i, start in enumerate(starts):
         end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
         body = text[start.end() : end]
-        used = dict.fromkeys(_BASE_TYPE_USE_RE.findall(body))
-        if not used:
-            continue
         clause = _IMPORTS_CLAUSE_RE.search(body)
         imported = clause.group(1) if clause else ""
-        missing = [
-            t
-            for t in used
-            if not re.search(rf"\b{t}\b", imported) and not re.search(rf"^\s*{t}\s*::=", body, re.M)
-        ]
-        if not missing:
+        rest = body[clause.end() :] if clause else body
+        used = dict.fromkeys(_BASE_TYPE_USE_RE.findall(rest) + _SMI_NODE_USE_RE.findall(rest))
+        used.update(dict.fromkeys(m.group(1) or m.group(2) for m in _MACRO_USE_RE.finditer(rest)))
+        by_module: dict[str, list[str]] = {}
+        for name in used:
+            if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", imported) or re.search(
+                rf"^\s*{re.escape(name)}\s+(?:OBJECT\s+IDENTIFIER\s*)?::=", rest, re.M
+            ):
+                continue
+            by_module.setdefault(_implicit_source(name, body), []).append(name)
+        if not by_module:
             continue
-        names = ", ".join(missing)
+        names = " ".join(f"{', '.join(syms)} FROM {mod}" for mod, syms in by_module.items())
         if clause is not None:
-            at, insert = start.end() + clause.start() + len("IMPORTS"), f" {names} FROM SNMPv2-SMI"
+            at, insert = start.end() + clause.start() + len("IMPORTS"), f" {names}"
         else:
-            at, insert = start.end(), f" IMPORTS {names} FROM SNMPv2-SMI;"
+            at, insert = start.end(), f" IMPORTS {names};"
         out += [text[done:at], insert]
         done = at
     return "".join(out) + text[done:] if out else text
@@ -333,7 +355,7 @@ def _reader(site: dict[str, SiteSource], stubs: StubSet) -> Any:
             src = site.get(mibname)
             if src is None:
                 raise smi_error.PySmiReaderFileNotFoundError(f"source MIB {mibname} not found", reader=self)
-            text = declare_base_types(source_text(read_source(src.path)))
+            text = declare_implicit_imports(source_text(read_source(src.path)))
             info = MibInfo(path=f"file://{src.path}", file=src.path.name, name=mibname, mtime=src.mtime)
             return info, text
 
