@@ -9,7 +9,10 @@ trapd mibs compile [--config FILE] [--dir DIR]... [--cache-dir DIR] [--force] [-
     the compile was cached); the others are compiled anyway. Exit 0, or 1
     with --strict when a file is broken. This is where broken MIBs are
     reported: the daemon warns once, when its compile first finds them, and
-    `trapd check` only when a rule needs a name from one. The daemon
+    `trapd check` only when a rule needs a name from one. A compile that
+    the daemon had to stop (over 10 minutes) or that died is retried here,
+    without a time limit; the daemon warns about it at every start until
+    then. The daemon
     compiles at start, and at a reload, when the sources changed; running
     this ahead of a restart or reload keeps them fast.
 
