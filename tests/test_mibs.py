@@ -1183,3 +1183,22 @@ def test_enterprises_and_trap_type_used_without_import_compile(tmp_path: Path) -
     assert r.lookup("UNDECLARED-V1-MIB::undeclaredFailed") == (1, 3, 6, 1, 4, 1, 99987, 0, 2)
     assert r.is_notification("NO-IMPORTS-MIB::undeclaredFailed")
     assert r.enum_values("NO-IMPORTS-MIB::undeclaredState") == {"ok": 1, "failed": 2}
+
+
+def test_lookup_of_a_module_name_says_whether_it_is_loaded(
+    shipped: MibResolver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rules take module names (`under: IF-MIB`); `trapd mibs lookup IF-MIB`, the way to ask whether a
+    vendor's module loaded, answered 'unknown (no loaded MIB names it)' for every module."""
+    from trapd.commands.mibs import _text_lines
+
+    info = describe_name(shipped, "IF-MIB")
+    assert info["found"] and info["kind"] == "module" and info["name"] == "IF-MIB"
+    assert info["oid"] == "1.3.6.1.2.1.31"
+    assert "IF-MIB::linkDown" in info["notifications"] and "IF-MIB::linkUp" in info["notifications"]
+    lines = _text_lines(info)
+    assert lines[0] == "IF-MIB = 1.3.6.1.2.1.31" and lines[1] == "  kind: module"
+    assert any(line.startswith("  notifications: IF-MIB::linkDown") for line in lines), lines
+    v1 = describe_name(shipped, "RFC1271-MIB")  # SMIv1: no MODULE-IDENTITY, notifications all the same
+    assert v1["found"] and v1["kind"] == "module" and "oid" not in v1 and v1["notifications"]
+    assert describe_name(shipped, "NO-SUCH-MIB")["found"] is False

@@ -373,8 +373,9 @@ def test_a_terminated_pair_is_reported_as_serving_without_lease_updates(
         d = TrapdDaemon.start(tmp_path / "d", rules="rules: []\n", config=config, timeout=60)
         try:
             (line,) = d.wait_log(
-                lambda e: e.get("event") == "Kea server needs attention"
-                and "server1/v4" in str(e.get("endpoint")),
+                lambda e: (
+                    e.get("event") == "Kea server needs attention" and "server1/v4" in str(e.get("endpoint"))
+                ),
                 timeout=30,
             )
             problem = str(line["problem"])

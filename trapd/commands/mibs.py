@@ -18,7 +18,8 @@ trapd mibs compile [--config FILE] [--dir DIR]... [--cache-dir DIR] [--force] [-
 
 trapd mibs lookup NAME|OID... [--config FILE] [--json]
     Both directions: IF-MIB::linkDown, linkDown, ifOperStatus.3 or
-    1.3.6.1.6.3.1.1.5.3. Prints the OID and the name with its index, the
+    1.3.6.1.6.3.1.1.5.3; a module name (IF-MIB) shows its MODULE-IDENTITY
+    and its notifications, or that it is not loaded. Prints the OID and the name with its index, the
     node kind, the syntax (base type, textual convention, DISPLAY-HINT) and
     the named values of an enumeration. Exit 1 if a name is unknown.
 
@@ -155,6 +156,12 @@ def _lookup(args: argparse.Namespace) -> int:
 def _text_lines(info: dict[str, Any]) -> list[str]:
     if not info["found"]:
         return [f"{info['query']}: unknown (no loaded MIB names it)"]
+    if info["kind"] == "module":
+        head = f"{info['name']} = {info['oid']}" if "oid" in info else f"{info['name']} (no MODULE-IDENTITY)"
+        lines = [head, "  kind: module"]
+        if info["notifications"]:
+            lines.append("  notifications: " + ", ".join(info["notifications"]))
+        return lines
     if info["kind"] == "textual-convention":
         lines = [f"{info['name']}: textual convention"]
     else:
@@ -174,8 +181,17 @@ def _text_lines(info: dict[str, Any]) -> list[str]:
 
 def describe_name(resolver: MibResolver, query: str) -> dict[str, Any]:
     """Everything ``trapd mibs lookup`` shows about one name, OID or TC (``found`` False when unknown)."""
-    oid = resolver.lookup(query)
     out: dict[str, Any] = {"query": query, "found": False}
+    module = query.strip()
+    if "::" not in module and module in resolver.modules():
+        # Rules take module names (`under: IF-MIB`): say what trapd knows of it, and that it is loaded.
+        out.update(found=True, name=module, kind="module")
+        identity = resolver.subtree(module)
+        if identity is not None and resolver.kind(identity) == "module":
+            out["oid"] = ".".join(map(str, identity))
+        out["notifications"] = sorted(resolver.name_of(o) for o in resolver.notifications_of(module))
+        return out
+    oid = resolver.lookup(query)
     if oid is None:
         tc = resolver.tc(query)
         if tc is None:
