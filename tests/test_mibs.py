@@ -1202,3 +1202,15 @@ def test_lookup_of_a_module_name_says_whether_it_is_loaded(
     v1 = describe_name(shipped, "RFC1271-MIB")  # SMIv1: no MODULE-IDENTITY, notifications all the same
     assert v1["found"] and v1["kind"] == "module" and "oid" not in v1 and v1["notifications"]
     assert describe_name(shipped, "NO-SUCH-MIB")["found"] is False
+
+
+def test_lookup_of_a_module_that_did_not_load_says_why(site: tuple[MibResolver, Path, Path]) -> None:
+    from trapd.commands.mibs import _text_lines
+
+    r, src, _cache = site
+    info = describe_name(r, "BROKEN-MIB")
+    assert info["found"] is False
+    assert info["problem"].startswith(f"{src / 'BROKEN.my'}:6: BROKEN-MIB: Bad grammar"), info
+    assert _text_lines(info) == [f"BROKEN-MIB: not loaded: {info['problem']}"]
+    also = describe_name(r, "BROKEN-MIB::brokenThing")  # a name from it, too
+    assert also["found"] is False and also["problem"] == info["problem"]

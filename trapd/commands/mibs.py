@@ -155,6 +155,8 @@ def _lookup(args: argparse.Namespace) -> int:
 
 def _text_lines(info: dict[str, Any]) -> list[str]:
     if not info["found"]:
+        if "problem" in info:
+            return [f"{info['query']}: not loaded: {info['problem']}"]
         return [f"{info['query']}: unknown (no loaded MIB names it)"]
     if info["kind"] == "module":
         head = f"{info['name']} = {info['oid']}" if "oid" in info else f"{info['name']} (no MODULE-IDENTITY)"
@@ -183,6 +185,10 @@ def describe_name(resolver: MibResolver, query: str) -> dict[str, Any]:
     """Everything ``trapd mibs lookup`` shows about one name, OID or TC (``found`` False when unknown)."""
     out: dict[str, Any] = {"query": query, "found": False}
     module = query.strip()
+    # A module that did not compile or load: its problem says why and where (file:line).
+    broken = {p.module: p for p in resolver.problems if p.module}.get(module.partition("::")[0])
+    if broken is not None:
+        out["problem"] = str(broken)
     if "::" not in module and module in resolver.modules():
         # Rules take module names (`under: IF-MIB`): say what trapd knows of it, and that it is loaded.
         out.update(found=True, name=module, kind="module")
