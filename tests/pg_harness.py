@@ -12,12 +12,16 @@ Debian 12 package: ``postgresql`` (scripts/setup.sh --test installs it).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
+import select
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,3 +190,134 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """A fresh database with trapd's journal schema, on the session's server."""
     return pg_server.new_database()
+
+
+class AnswerFault:
+    """What :class:`PgProxy` does to the answer of the next statement that carries a marker."""
+
+    def __init__(self, marker: bytes, delay: float | None) -> None:
+        self.marker = marker
+        self.delay = delay  # None: the answer is dropped and the connection cut
+        self.hit = threading.Event()  # the statement reached the server, its answer was held
+        self.done = threading.Event()  # the answer was dropped (connection cut) or let through
+
+
+class PgProxy:
+    """A unix-socket relay in front of a :class:`PgServer` that can lose or hold back one answer.
+
+    The one fault a real server cannot be made to produce on cue: a statement that commits on
+    the server while its answer never reaches trapd (the connection cut right after COMMIT was
+    sent, before its answer was read), or reaches it late. :meth:`arm` picks the next statement
+    whose bytes (query text or parameters) contain a marker; every answer of the server on that
+    connection is held from then on until its ReadyForQuery says the transaction ended
+    (status ``I``: committed or rolled back, the server is idle), then dropped with the
+    connection, or let through after ``delay`` seconds. Everything else passes untouched.
+    """
+
+    def __init__(self, server: PgServer) -> None:
+        self.server = server
+        self.dir = Path(tempfile.mkdtemp(prefix="trapd-pgproxy-"))
+        self.path = self.dir / ".s.PGSQL.5432"
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.path))
+        self._listener.listen(64)
+        self._fault: AnswerFault | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, name="pgproxy-accept", daemon=True).start()
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://{SUPERUSER}@/{dbname}?host={self.dir}"
+
+    def arm(self, marker: bytes, *, delay: float | None = None) -> AnswerFault:
+        fault = AnswerFault(marker, delay)
+        with self._lock:
+            self._fault = fault
+        return fault
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(str(self.server.socket_dir / ".s.PGSQL.5432"))
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._relay, args=(client, upstream), daemon=True).start()
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        target: list[AnswerFault] = []  # the fault this connection's next answers are subject to
+        held = bytearray()  # the server's bytes not yet parsed into whole messages, or held back
+
+        def cut() -> None:
+            for s in (client, upstream):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    s.close()
+
+        try:
+            while True:
+                readable, _, _ = select.select([client, upstream], [], [], 1.0)
+                if self._closed:
+                    break
+                if client in readable:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    with self._lock:
+                        fault = self._fault
+                        if fault is not None and fault.marker in data and not target:
+                            self._fault = None
+                            target.append(fault)
+                    upstream.sendall(data)
+                if upstream in readable:
+                    data = upstream.recv(65536)
+                    if not data:
+                        break
+                    if not target:
+                        client.sendall(data)
+                        continue
+                    held.extend(data)
+                    if not _ends_transaction(held):
+                        continue
+                    fault = target.pop()
+                    fault.hit.set()
+                    if fault.delay is None:
+                        cut()  # the transaction ended on the server; its answer is lost
+                        fault.done.set()
+                        return
+                    time.sleep(fault.delay)
+                    client.sendall(bytes(held))
+                    held.clear()
+                    fault.done.set()
+        except OSError:
+            pass
+        finally:
+            cut()
+
+
+def _ends_transaction(stream: bytes | bytearray) -> bool:
+    """Whether backend messages in ``stream`` (whole ones from its start) include a ReadyForQuery
+    with status I: the server finished a transaction (or a statement outside one) and is idle."""
+    at = 0
+    while at + 5 <= len(stream):
+        kind = stream[at : at + 1]
+        length = int.from_bytes(stream[at + 1 : at + 5], "big")
+        end = at + 1 + length
+        if end > len(stream):
+            return False
+        if kind == b"Z" and stream[at + 5 : at + 6] == b"I":
+            return True
+        at = end
+    return False

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg_harness import PgServer
+from pg_harness import PgProxy, PgServer
 
 from trapd.dispatch.config import DispatchConfig, JournalConfig, RetryDefaults
 from trapd.dispatch.dispatcher import Dispatcher
@@ -767,3 +767,140 @@ async def test_hostile_values_stay_in_their_slot_through_the_batch_query(
     dup = await a.add(make_event().to_dict(), [entry(key="other", once_key=nasty, once_within=60.0)], [], now)
     assert dup.states == ["cancelled"] and dup.duplicate_of == r.ids
     assert (await a.counts())["running"] == 0
+
+
+# ---------------------------------------------------------------- a commit whose answer is lost
+
+
+@pytest.fixture
+async def behind_proxy(pg_server: PgServer) -> AsyncIterator[tuple[str, PgProxy, str]]:
+    """(trapd's URL through a PgProxy, the proxy, a direct URL for the test's own looks)."""
+    direct = pg_server.new_database()
+    proxy = PgProxy(pg_server)
+    try:
+        yield proxy.url(direct.split("@/", 1)[1].split("?", 1)[0]), proxy, direct
+    finally:
+        proxy.close()
+
+
+def _row(url: str, id_: int) -> tuple[Any, ...]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        got = conn.execute(
+            "SELECT state, owner, attempts FROM trapd_actions WHERE id = %s", (id_,)
+        ).fetchone()
+    assert got is not None
+    return tuple(got)
+
+
+async def _eventually(check: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``check`` in a thread (it blocks: a direct connection) until true or the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(check):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_a_claim_committed_while_its_answer_was_lost_is_put_back_without_a_restart(
+    behind_proxy: tuple[str, PgProxy, str],
+) -> None:
+    # The claim committed on the server, the connection broke before trapd read the answer: trapd
+    # was told it failed, so it did not run the action, yet the row said running, owned by this
+    # host, and its lease loop renewed it: the action never ran (and its key's later actions
+    # waited) until trapd restarted. The host knows which claims it holds; one it does not hold
+    # never started here, so it goes back in line (not held for an operator: it never ran).
+    url, proxy, direct = behind_proxy
+    async with PostgresJournal(url, instance="a", lease=3.0) as j:
+        await j.recover(time.time(), hold_unless=[])  # hold-unsafe, nothing idempotent
+        now = time.time()
+        (id_,) = (await j.add(make_event().to_dict(), [entry(key="k")], [], now)).ids
+        fault = proxy.arm(f'["c",{id_},'.encode())
+        with pytest.raises(JournalError):
+            await j.claim(id_, time.time())
+        assert fault.done.is_set()
+        assert _row(direct, id_) == ("running", "a", 1)  # committed all the same
+        assert await _eventually(lambda: _row(direct, id_)[0] == "pending", timeout=30)
+        assert _row(direct, id_)[2] == 0  # the attempt that never started is not counted
+        e = await j.get(id_)
+        assert e is not None and "not confirmed" in (e.last_error or "")
+        got = await j.claim(id_, time.time())
+        assert (got.outcome, got.attempts) == ("running", 1)
+
+
+async def test_a_claim_at_insert_committed_while_its_answer_was_lost_is_put_back(
+    behind_proxy: tuple[str, PgProxy, str],
+) -> None:
+    url, proxy, direct = behind_proxy
+    async with PostgresJournal(url, instance="a", lease=3.0) as j:
+        await j.recover(time.time())
+        ev = make_event().to_dict()
+        fault = proxy.arm(str(ev["id"]).encode())
+        now = time.time()
+        with pytest.raises(JournalError):
+            await j.add(ev, [entry(key="k", claim=True, due=now)], [], now)
+        assert fault.done.is_set()
+        with psycopg.connect(direct, autocommit=True) as conn:
+            found = conn.execute("SELECT id FROM trapd_actions WHERE event_id = %s", (ev["id"],)).fetchone()
+        assert found is not None
+        (id_,) = found
+        assert _row(direct, id_) == ("running", "a", 1)
+        assert await _eventually(lambda: _row(direct, id_)[0] == "pending", timeout=30)
+        assert (await j.claim(id_, time.time())).outcome == "running"
+
+
+async def test_a_claim_whose_answer_comes_late_stays_with_its_host(
+    behind_proxy: tuple[str, PgProxy, str], pg_server: PgServer
+) -> None:
+    # The other side of the same coin: a claim committed whose answer is only slow (well past the
+    # lease) is this host's, running; neither this host nor another may put it back meanwhile.
+    url, proxy, direct = behind_proxy
+    async with (
+        PostgresJournal(url, instance="a", lease=3.0) as a,
+        PostgresJournal(direct, instance="b", lease=3.0) as b,
+    ):
+        await a.recover(time.time())
+        await b.recover(time.time())
+        now = time.time()
+        (id_,) = (await a.add(make_event().to_dict(), [entry(key="k")], [], now)).ids
+        fault = proxy.arm(f'["c",{id_},'.encode(), delay=8.0)
+        got = await a.claim(id_, time.time())
+        assert fault.hit.is_set() and (got.outcome, got.attempts) == ("running", 1)
+        assert _row(direct, id_) == ("running", "a", 1)
+        await asyncio.sleep(4.0)  # renewed all along: still a's
+        assert _row(direct, id_) == ("running", "a", 1) and a.taken_over == b.taken_over == 0
+        await a.finish(id_, "done", time.time())
+        assert _row(direct, id_)[0] == "done"
+
+
+async def test_a_dispatcher_runs_once_the_action_whose_claim_answer_was_lost(
+    behind_proxy: tuple[str, PgProxy, str],
+) -> None:
+    url, proxy, _ = behind_proxy
+    ran: list[int] = []
+
+    @action("count", params={"n": Param("integer", required=True)}, idempotent=False)
+    async def count(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Test action: counts its runs."""
+        ran.append(params["n"])
+
+    config = DispatchConfig(
+        workers=2, queue_size=100, interrupted="hold-unsafe", journal=JournalConfig(poll_interval=0.2)
+    )
+    async with PostgresJournal(url, instance="a", lease=3.0) as j:
+        d = Dispatcher(config, j, {"count": count}, kea=None)
+        await d.start()
+        try:
+            await until(lambda: len(d._idle) == 2)  # so that the submit claims at insert
+            ev = make_event()
+            proxy.arm(str(ev.id).encode())  # the submit's journal write: its claim at insert
+            with pytest.raises(JournalError):
+                await d.submit(ev, make_outcome(plan("count", {"n": 1}, key="port")))
+            # Later actions of the key wait behind it, and then run too.
+            await until(lambda: j.available, timeout=10)
+            await d.submit(make_event(), make_outcome(plan("count", {"n": 2}, key="port")))
+            await until(lambda: len(ran) >= 2, timeout=30)
+            await asyncio.sleep(1.0)
+            assert ran == [1, 2]
+        finally:
+            await d.stop()

@@ -1106,25 +1106,48 @@ async def _op_renew(
     hold_unless: frozenset[str] | None,
     take_over: bool,
     token: str | None = None,
-) -> Takeover | None:
-    """Renew this owner's leases, then take over rows whose owner stopped renewing: what was taken.
+    holding: Sequence[int] = (),
+    claimed_since: float | None = None,
+) -> tuple[Takeover | None, int]:
+    """Renew the leases of the claims this owner holds, put back its claims it does not hold,
+    then take over rows whose owner stopped renewing: (what was taken over, how many put back).
+
+    ``token``: registered (see _op_register), its registration is renewed too.
+    ``holding``: the rows this journal told its caller it claimed and whose end has not
+    committed; ``claimed_since``: rows this owner claimed since then may be claims whose answer
+    is still on its way, and are renewed too. Any other row running under this owner's name is
+    a claim that committed while trapd was told it failed (the connection broke before the
+    answer was read): it never started, so it goes back in line as if never claimed (None: none
+    is put back, as for ``trapd journal``, which runs nothing).
 
     Run beside the writer (see PostgresJournal._renew): SKIP LOCKED leaves the rows its open
     batch holds (it is finishing or claiming them right now) rather than wait for them, which
     could deadlock with it.
     """
+    ids = list(holding)
+    since = claimed_since if claimed_since is not None else float("inf")
     await cur.execute(
         f"UPDATE {_A} SET lease_until = %s WHERE id IN (SELECT id FROM {_A} WHERE state = 'running' "
-        "AND owner = %s FOR UPDATE SKIP LOCKED)",
-        (now + lease, owner),
+        "AND owner = %s AND (id = ANY(%s) OR started >= %s) FOR UPDATE SKIP LOCKED)",
+        (now + lease, owner, ids, since),
     )
     if token is not None:  # registered (see _op_register): still alive
         await cur.execute(
             "UPDATE trapd_instances SET seen = %s, lease = %s WHERE owner = %s AND token = %s",
             (now, lease, owner, token),
         )
+    put_back = 0
+    if claimed_since is not None:
+        await cur.execute(
+            f"UPDATE {_A} SET state = 'pending', attempts = GREATEST(0, attempts - 1), started = NULL, "
+            "lease_until = NULL, last_error = COALESCE(last_error || '; ', '') || %s "
+            f"WHERE id IN (SELECT id FROM {_A} WHERE state = 'running' AND owner = %s "
+            "AND NOT (id = ANY(%s)) AND (started IS NULL OR started < %s) FOR UPDATE SKIP LOCKED)",
+            (_UNCONFIRMED, owner, ids, since),
+        )
+        put_back = cur.rowcount
     if not take_over:
-        return None
+        return None, put_back
     # SKIP LOCKED: a row another host is finishing right now is not ours to judge.
     where = (
         f"id IN (SELECT id FROM {_A} WHERE state = 'running' AND lease_until < %s "
@@ -1133,7 +1156,13 @@ async def _op_renew(
     owners: set[str] = set()
     why = f"taken over by {owner}: the claim's lease expired"
     rerun, held = await _put_back(cur, now, hold_unless, where, (now, owner), why, owners)
-    return Takeover(rerun, held, tuple(sorted(owners))) if rerun or held else None
+    return (Takeover(rerun, held, tuple(sorted(owners))) if rerun or held else None), put_back
+
+
+_UNCONFIRMED = (
+    "put back: its claim committed but was not confirmed to trapd (the connection broke first), "
+    "so it never started"
+)
 
 
 async def _op_due(cur: Cur, now: float, limit: int, skip: frozenset[int]) -> tuple[list[Entry], bool]:
@@ -1540,6 +1569,13 @@ class PostgresJournal:
         self.failed_ops = 0  # operations that failed because the database was unavailable
         self.taken_over = 0  # rows of other owners taken over after their lease expired
         self._takeovers: list[Takeover] = []  # not handed out by take_overs() yet
+        # Claims whose commit this journal never confirmed (the answer lost), put back in line.
+        self.put_back = 0
+        # The rows this journal told its caller it claimed (running, its to run) whose end has
+        # not committed yet: the only claims whose leases it renews (see _op_renew).
+        self._holding: set[int] = set()
+        # Claims issued and not answered yet -> the time they claim at (the rows' ``started``).
+        self._claims_in_flight: dict[asyncio.Future[Any], float] = {}
         self.commits = 0
         self.committed_ops = 0
         # The database's clock minus this host's (see now()), measured when the journal opens and
@@ -1953,12 +1989,32 @@ class PostgresJournal:
     def _resolve(self, done: list[tuple[_Op, Any, BaseException | None]]) -> None:
         for op, result, exc in done:
             self._queued -= op.weight
+            self._claims_in_flight.pop(op.future, None)
+            self._track_holding(op, result, exc)
             if op.future.done():
                 continue
             if exc is not None:
                 op.future.set_exception(exc)
             else:
                 op.future.set_result(result)
+
+    def _track_holding(self, op: _Op, result: Any, exc: BaseException | None) -> None:
+        """Which claims this journal holds, as its caller was told (see _op_renew)."""
+        if op.fn is _op_claim:
+            if exc is None and result.outcome == "running":
+                self._holding.add(op.args[0])
+        elif op.fn is _op_add:
+            if exc is None:
+                self._holding.update(
+                    i for i, st in zip(result.ids, result.states, strict=True) if st == "running"
+                )
+        elif op.fn is _op_finish or op.fn is _op_retry_later:
+            if exc is None:  # else the dispatcher writes the end again: still running here
+                self._holding.discard(op.args[0])
+        elif op.fn is _op_unclaim:
+            # Given back either way: the caller let go of them. A give-back that failed leaves
+            # rows running that nobody runs; the lease loop puts them back.
+            self._holding.difference_update(op.args[0])
 
     def _call(
         self,
@@ -1967,7 +2023,9 @@ class PostgresJournal:
         weight: int = 1,
         write: bool = True,
         notify: bool = False,
+        claims_at: float | None = None,
     ) -> asyncio.Future[Any]:
+        """``claims_at``: the operation may claim rows, at this time (their ``started``)."""
         if self._writer_task is None:
             raise JournalError("the journal is not open")
         if write and self._queued + weight > self.max_queued:
@@ -1975,6 +2033,8 @@ class PostgresJournal:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued += weight
         self._queue.put_nowait(_Op(fn, args, fut, weight, write, notify))
+        if claims_at is not None:
+            self._claims_in_flight[fut] = claims_at
         return fut
 
     # -- wake-ups and leases
@@ -2050,7 +2110,13 @@ class PostgresJournal:
         """:func:`_op_renew` on a connection and in a transaction of its own, not in the writer's
         queue: a host whose writes wait there (a burst behind a slow batch) is alive, and its
         leases ran out while the renewal waited, so the other host took over (and ran again)
-        actions this one was still running."""
+        actions this one was still running. Returns what it took over from other owners.
+
+        What this journal holds is read right before the statements are sent: a claim answered
+        later was in flight then, and rows claimed since the oldest claim in flight (less a
+        third of the lease, for the clock) are left alone, so only a claim whose answer came as an
+        error (or never) is put back. Only by a journal that runs actions (see recover).
+        """
         assert self._pool is not None
         try:
             async with (
@@ -2061,9 +2127,26 @@ class PostgresJournal:
                 await self._measure_clock(conn)
                 now = self.now()
                 token = self._token if self._registered else None
-                return await _op_renew(cur, now, self._owner, self.lease, self._hold_unless, take_over, token)
+                holding = sorted(self._holding)
+                since = min([now, *self._claims_in_flight.values()]) - self.lease / 3
+                taken, put_back = await _op_renew(
+                    cur,
+                    now,
+                    self._owner,
+                    self.lease,
+                    self._hold_unless,
+                    take_over,
+                    token,
+                    holding,
+                    since if self._runs_actions else None,
+                )
         except (PoolTimeout, psycopg.Error) as exc:
             raise JournalError(f"lease renewal failed: {_one_line(exc)}") from exc
+        if put_back:
+            self.put_back += put_back
+            self._notified = True
+            self._wake()
+        return taken
 
     # -- the Journal interface
     #
@@ -2105,6 +2188,7 @@ class PostgresJournal:
             event_fingerprint(event) if event is not None and self.copy_window > 0 else None,
             weight=max(1, len(entries)),
             notify=notify,
+            claims_at=now if any(e.claim for e in entries) else None,
         )
         return fut
 
@@ -2156,7 +2240,7 @@ class PostgresJournal:
         return result
 
     async def claim(self, id: int, now: float) -> ClaimResult:
-        result: ClaimResult = await self._call(_op_claim, id, now, self._owner, self.lease)
+        result: ClaimResult = await self._call(_op_claim, id, now, self._owner, self.lease, claims_at=now)
         return result
 
     async def finish(
