@@ -21,7 +21,7 @@ from pathlib import Path
 
 from daemon_harness import TrapdDaemon, eventually
 
-from trapd.dispatch.journal import NewEntry, SQLiteJournal
+from trapd.dispatch.journal import JournalDamaged, NewEntry, SQLiteJournal
 from trapd.dispatch.testing import make_event
 
 RULES = (
@@ -224,3 +224,35 @@ def test_damage_met_while_running_makes_healthz_503_and_stays(tmp_path: Path) ->
     finally:
         d.stop()
         d.close()
+
+
+def test_a_change_by_another_process_is_not_missed_when_the_batch_that_saw_it_fails(tmp_path: Path) -> None:
+    """``changed()`` (how the daemon learns of `trapd journal retry/release/cancel`) shares a batch
+    with whatever else was issued in that turn. When another operation of the batch failed (here
+    a read of a damaged row), the batch ran again, one operation at a time: the poll had taken
+    the new data_version as seen the first time, so the second time it said "unchanged", and
+    the operator's retry waited for some unrelated event."""
+    path = _journal_file(tmp_path)
+    make_journal(path, 5)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE actions SET event_id = CAST(x'31ff32' AS TEXT) WHERE id = 2")
+    conn.close()
+
+    async def run() -> tuple[bool | BaseException, bool]:
+        # No checkpointer threads: a checkpoint is another connection's write to data_version.
+        async with (
+            SQLiteJournal(path, checkpoint_interval=None) as daemon,
+            SQLiteJournal(path, checkpoint_interval=None) as cli,
+        ):
+            assert await daemon.changed() is False  # the baseline
+            assert await cli.cancel([3], time.time(), "by an operator") == [3]  # `trapd journal cancel`
+            # One turn, so one batch: the daemon's poll, then a read that fails.
+            poll = asyncio.ensure_future(daemon.changed())
+            damaged = asyncio.ensure_future(daemon.get(2))
+            seen = await asyncio.gather(poll, damaged, return_exceptions=True)
+            assert isinstance(seen[1], JournalDamaged), seen
+            return seen[0], await daemon.changed()
+
+    first, later = asyncio.run(run())
+    assert first is True or later is True, (first, later)

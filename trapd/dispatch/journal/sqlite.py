@@ -632,17 +632,16 @@ def _op_noop(conn: sqlite3.Connection) -> None:
     return None
 
 
-class _DataVersion:
-    """``PRAGMA data_version`` changes when another connection commits: how the daemon sees the CLI."""
+def _op_data_version(conn: sqlite3.Connection) -> int:
+    """``PRAGMA data_version`` changes when another connection commits: how the daemon sees the CLI.
 
-    def __init__(self) -> None:
-        self.last: int | None = None
-
-    def __call__(self, conn: sqlite3.Connection) -> bool:
-        (v,) = conn.execute("PRAGMA data_version").fetchone()
-        changed = self.last is not None and v != self.last
-        self.last = v
-        return changed
+    Only read here: :meth:`SQLiteJournal.changed` compares it with the last one it returned, on
+    the event loop, once its batch succeeded. Kept here, the value was taken as seen when the
+    batch failed (the change reported to nobody), or when it ran again one operation at a time
+    after another operation failed (the second read said "unchanged").
+    """
+    (v,) = conn.execute("PRAGMA data_version").fetchone()
+    return int(v)
 
 
 @dataclass(slots=True)
@@ -739,7 +738,7 @@ class SQLiteJournal:
         self._checkpointer_stop = threading.Event()
         self.checkpoints = 0  # checkpoints run by the checkpointer thread (tests, benchmarks)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._data_version = _DataVersion()
+        self._data_version: int | None = None  # the last one changed() reported (event loop)
         # Commits and rows per commit, for the benchmark and the metrics.
         self.commits = 0
         self.committed_ops = 0
@@ -1298,8 +1297,10 @@ class SQLiteJournal:
         return result
 
     async def changed(self) -> bool:
-        result: bool = await self._call(self._data_version, write=False)
-        return result
+        version: int = await self._call(_op_data_version, write=False)
+        changed = self._data_version is not None and version != self._data_version
+        self._data_version = version
+        return changed
 
     def health(self) -> JournalHealth:
         """Unavailable from a failed commit (a full disk, an I/O error) until one succeeds again.
