@@ -904,3 +904,49 @@ async def test_a_dispatcher_runs_once_the_action_whose_claim_answer_was_lost(
             assert ran == [1, 2]
         finally:
             await d.stop()
+
+
+async def test_a_wake_up_that_arrives_while_the_dispatcher_looks_is_not_lost(
+    hosts: Callable[..., Awaitable[PostgresJournal]],
+) -> None:
+    # An operator retries an action from the other host (`trapd journal retry` there): due at the
+    # retry's time, committed while this host's look at the journal is on its way back, so its
+    # answer does not have it and it is not "due later" either. The NOTIFY arrives meanwhile and
+    # wakes the dispatcher, which then took the look's answer ("nothing more") as the last word:
+    # the action waited for some unrelated event (the poll stays quiet: it was a NOTIFY).
+    ran: list[int] = []
+
+    @action("count", params={"n": Param("integer", required=True)})
+    async def count(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Test action: counts its runs."""
+        ran.append(params["n"])
+
+    a, b = await hosts("a"), await hosts("b")
+    now = a.now()
+    dead = entry(action="count", params={"n": 1}, state="dead", due=now)
+    (id_,) = (await a.add(make_event().to_dict(), [dead], [], now)).ids
+    config = DispatchConfig(workers=1, queue_size=10, journal=JournalConfig(poll_interval=3600.0))
+    d = Dispatcher(config, a, {"count": count}, kea=None)
+    woken: list[float] = []
+    a.watch(lambda: woken.append(time.monotonic()))
+    looks: list[float] = []
+    real_due = a.due
+
+    async def due_while_the_other_host_commits(
+        at: float, limit: int, skip: frozenset[int] = frozenset()
+    ) -> tuple[list[Any], bool]:
+        answer = await real_due(at, limit, skip)
+        looks.append(at)
+        if len(looks) == 1:
+            woken.clear()
+            assert await b.retry([id_], at - 0.5) == [id_]  # its time taken before this look's
+            await until(lambda: bool(woken), timeout=10)  # the wake-up came in meanwhile
+        return answer
+
+    a.due = due_while_the_other_host_commits  # type: ignore[method-assign]
+    await d.start()
+    try:
+        await until(lambda: bool(looks), timeout=10)
+        await until(lambda: ran == [1], timeout=15)
+    finally:
+        await d.stop()

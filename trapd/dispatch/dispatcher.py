@@ -201,6 +201,7 @@ class Dispatcher:
         self._claiming = 0  # claims-at-insert issued and not committed yet (see _journal_soon)
         self._backlog = True  # the journal may hold due actions that are not in memory
         self._journal_only = 0  # submits that left their actions in the journal (see _pump_pass)
+        self._pokes = 0  # wake-ups so far: one that comes while the pump looks makes it look again
         self._evictions = 0  # lanes sent back to the journal (see _pump_pass)
         self._refill_at = max(1, min(config.queue_size // 4, 256))
         self._wake = asyncio.Event()
@@ -593,6 +594,7 @@ class Dispatcher:
         return bool(await self.journal.cancel([int(id)], self.journal.now(), "cancelled by an operator"))
 
     def _poke(self) -> None:
+        self._pokes += 1
         self._backlog = True
         self._wake.set()
 
@@ -689,7 +691,7 @@ class Dispatcher:
             # would read the journal once per action.
             if room < self._refill_at:
                 break  # a worker finishing wakes the pump again
-            marker, evictions = self._journal_only, self._evictions
+            marker, evictions, pokes = self._journal_only, self._evictions, self._pokes
             now = self.journal.now()
             skip = frozenset(self._loaded)
             if parked_ids:
@@ -711,8 +713,10 @@ class Dispatcher:
                 if e.state == "failed" or e.endpoint is not None:
                     self._blocking.add(e.key)
                 self._enqueue(_Job.from_entry(e))
-            # Submits that went to the journal while the query ran may not be in its answer.
-            if not more and marker == self._journal_only:
+            # Submits that went to the journal while the query ran may not be in its answer, nor
+            # what a wake-up meanwhile announced (a NOTIFY of a commit the query did not see,
+            # the journal's poll): look again rather than take this answer as the last word.
+            if not more and marker == self._journal_only and pokes == self._pokes:
                 self._backlog = False
         if queried is not None:
             # From the time of that look, not from now: an action that fell due in between was
