@@ -70,7 +70,7 @@ def child(variant: str, kind: str, n: int, reloads: int, tmp: Path) -> list[dict
     out: list[dict[str, float]] = [{"compile_s": 0.0, "worst_gap_ms": 0.0, "rss_mb": _rss_mb()}]
 
     async def main() -> None:
-        nonlocal current
+        nonlocal current, resolver
         ticks: list[tuple[float, float]] = []  # (gap, at)
         stop = asyncio.Event()
 
@@ -90,13 +90,13 @@ def child(variant: str, kind: str, n: int, reloads: int, tmp: Path) -> list[dict
             ticks.clear()
             t0 = time.perf_counter()
             if variant == "shipped":
-                _, new = await compile_reload(options, Loaded(resolver, actions, current), log)
+                _, new, resolver = await compile_reload(options, Loaded(resolver, actions, current), log)
                 # The swap as Daemon.reload does it: the old set freed in a thread, a slice at a time.
                 old, current = current, new
                 asyncio.get_running_loop().run_in_executor(None, release_rules, old)
                 del old
             elif variant == "at-once":
-                _, new = await compile_reload(options, Loaded(resolver, actions, current), log)
+                _, new, resolver = await compile_reload(options, Loaded(resolver, actions, current), log)
                 current = new  # the old set is freed here, at once, on the loop's thread
             else:
                 cfg = options.load()
@@ -148,9 +148,11 @@ def main() -> int:
                     [*cmd, "--child", variant, str(n), tmp],
                     capture_output=True,
                     text=True,
-                    check=True,
                     timeout=1800,
                 )
+            if done.returncode != 0:
+                print(done.stderr, file=sys.stderr)
+                sys.exit(f"bench_reload: the {variant} child for {n} rules exited with {done.returncode}")
             start, *rows = json.loads(done.stdout.strip().splitlines()[-1])
             comp = ", ".join(f"{r['compile_s']:.1f}" for r in rows)
             gaps = ", ".join(f"{r['worst_gap_ms']:.0f}" for r in rows)
