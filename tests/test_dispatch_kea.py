@@ -8,6 +8,11 @@ gone afterwards (checked in Kea itself).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import socket
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,6 +28,7 @@ from trapd.dispatch.journal import HistoryFilter, SQLiteJournal
 from trapd.dispatch.testing import make_event, make_outcome, plan
 from trapd.kea.client import KeaClients
 from trapd.kea.config import KeaConfig
+from trapd.kea.restore import leases_from_result, restore_leases
 from trapd.plugin import load_actions
 from trapd.yamlsource import load_yaml
 
@@ -179,3 +185,103 @@ async def test_behind_one_control_agent_a_stopped_dhcp6_does_not_hold_up_dhcp4(
             await clients.aclose()
     for ip in ip4s:
         assert inst.lease4(ip) is None
+
+
+class AnswerLosingRelay:
+    """A unix-socket relay in front of Kea's control socket that loses one answer.
+
+    The one fault Kea cannot be made to produce on cue: the first command whose request carries
+    ``marker`` reaches Kea, Kea carries it out and answers, and the answer is dropped with the
+    connection (trapd sees the socket closed without an answer). Everything else passes.
+    Kea's unix socket takes one command per connection and closes after answering.
+    """
+
+    def __init__(self, upstream: Path, path: Path, marker: bytes) -> None:
+        self.upstream = upstream
+        self.path = path
+        self.marker: bytes | None = marker
+        self.lost: list[bytes] = []  # the requests whose answers were lost
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as kea:
+            kea.connect(str(self.upstream))
+            request = b""
+            while True:  # one JSON command
+                chunk = client.recv(65536)
+                if not chunk:
+                    return
+                request += chunk
+                try:
+                    json.loads(request)
+                    break
+                except ValueError:
+                    continue
+            kea.sendall(request)
+            answer = b""
+            while chunk := kea.recv(65536):
+                answer += chunk
+            if self.marker is not None and self.marker in request:
+                self.marker = None
+                self.lost.append(request)
+                return  # Kea did it; its answer never reaches trapd
+            client.sendall(answer)
+
+
+async def test_a_lease_deleted_whose_answer_was_lost_can_still_be_restored(
+    kea_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    # kea.lease-del reads the lease (lease4-get), then deletes it (lease4-del). Kea deleted it,
+    # but the answer was lost: the attempt failed (retryable), and the retry found no lease, so
+    # the action ended done with no lease recorded: `trapd kea restore` had nothing to put back.
+    # The lease is journaled before the delete (ActionContext.record) and the retry keeps it.
+    inst = kea_factory(ca=False, dhcp6=False)
+    ip = inst.next_ip4()
+    inst.add_lease4(ip, "00:00:5e:00:53:77", hostname="pc7.example.org")
+    before = inst.lease4(ip)
+    short = Path(tempfile.mkdtemp(prefix="trapd-relay-"))  # a unix socket path has 107 bytes at most
+    relay = AnswerLosingRelay(Path(inst.host_path(inst.dhcp4_socket)), short / "kea4.sock", b'"lease4-del"')
+    try:
+        section = inst.trapd_kea_section()
+        section["endpoints"]["unix4"]["socket"] = str(relay.path)
+        clients = KeaClients(KeaConfig.from_yaml(load_yaml(yaml.safe_dump(section)), tmp_path))
+        actions, _ = load_actions()
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+            d = Dispatcher(CONFIG, journal, actions, clients)
+            await d.start()
+            try:
+                (id_,) = await d.submit(
+                    make_event(), make_outcome(plan("kea.lease-del", {"ip-address": ip}, key=ip))
+                )
+                await wait_for(lambda: d.stats.outcomes[("kea.lease-del", "done")] == 1, timeout=30)
+            finally:
+                await d.stop()
+            assert relay.lost and inst.lease4(ip) is None  # deleted by the first attempt
+            assert d.stats.outcomes[("kea.lease-del", "retry")] == 1
+            entry = await journal.get(int(id_))
+        assert entry is not None and entry.state == "done" and entry.attempts == 2
+        recorded = leases_from_result(entry.result)
+        assert recorded == [before], entry.result
+        # What `trapd kea restore ID` does with it: the lease is back as it was.
+        outcomes = await restore_leases(clients, recorded)
+        assert [o.status for o in outcomes] == ["restored"], outcomes
+        again = inst.lease4(ip)
+        assert again is not None and again["hw-address"] == before["hw-address"]
+        await clients.aclose()
+    finally:
+        relay.close()

@@ -257,6 +257,26 @@ async def test_operator_retry_resets_attempts_and_age(journal: Journal) -> None:
     assert await journal.cancel(r.ids, now, "operator") == []
 
 
+async def test_a_noted_partial_result_outlives_the_attempt_and_its_end_replaces_it(journal: Journal) -> None:
+    # ActionContext.record: committed before the action goes on, kept through a retry (and on
+    # the row while it runs), replaced by the end's result; only on a running row.
+    now = time.time()
+    (id_,) = (await journal.add(make_event().to_dict(), [entry()], [], now)).ids
+    await journal.note(id_, {"partial": True, "leases": [{"ip-address": "10.0.0.9"}]})  # not running
+    assert (await journal.get(id_)).result is None  # type: ignore[union-attr]
+    await journal.claim(id_, now)
+    await journal.note(id_, {"partial": True, "leases": [{"ip-address": "10.0.0.9"}]})
+    await journal.retry_later(id_, now, "kea unix4 lease4-del: closed without an answer", None)
+    e = await journal.get(id_)
+    assert e is not None and e.state == "failed" and e.result == {
+        "partial": True, "leases": [{"ip-address": "10.0.0.9"}]
+    }  # fmt: skip
+    await journal.claim(id_, now)
+    await journal.finish(id_, "done", now, {"deleted": 0, "leases": [{"ip-address": "10.0.0.9"}]})
+    e = await journal.get(id_)
+    assert e is not None and e.result == {"deleted": 0, "leases": [{"ip-address": "10.0.0.9"}]}
+
+
 async def test_history_filters(journal: Journal) -> None:
     now = time.time()
     sw1 = make_event(source="10.0.0.1").to_dict()

@@ -107,6 +107,13 @@ class ActionContext:
     http: httpx.AsyncClient
     settings: Mapping[str, Any] = field(default_factory=dict)
     attempt: int = 1
+    # Journal a partial result before a step that cannot be taken back (kea.lease-del: the
+    # leases, before it deletes them): committed when it returns, kept on the journal row if the
+    # attempt does not end (an answer lost, trapd stopped), and handed to the next attempt as
+    # ``previous``. None where no journal is behind the call (an action run directly).
+    record: Callable[[Any], Awaitable[None]] | None = None
+    # What an earlier attempt of this action recorded with ``record``; None on a first attempt.
+    previous: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from trapd.kea.client import KeaClient
+from trapd.kea.restore import leases_from_result
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, action
 
@@ -98,7 +99,11 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     remote-id and relay-id both; all given must match). Every matching lease
     is fetched first and recorded complete in the result (``leases``), so
     ``trapd kea restore JOURNAL_ID`` can put it back. A lease that does not
-    exist counts as success (nothing to do). Needs the lease_cmds hook in Kea.
+    exist counts as success (nothing to do). The leases are journaled before
+    they are deleted: when Kea deleted one but its answer was lost (or trapd
+    stopped), the retry finds no lease and records the one journaled earlier
+    (``deleted_earlier``), so it can still be restored. Needs the lease_cmds
+    hook in Kea.
     On an HA relationship it runs on every peer, one journal entry each (Kea
     HA does not copy a lease deletion to the partner).
 
@@ -186,6 +191,18 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
             result["skipped_other_subnets"] = len(other)
         found = [lease for lease in found if lease.get("subnet-id") == subnet]
 
+    # Leases an earlier attempt journaled before deleting them, its end unknown (its answer lost,
+    # trapd stopped): the ones not found now were most likely deleted by it.
+    found_ips = {str(lease.get("ip-address")) for lease in found}
+    earlier = [
+        lease
+        for lease in (leases_from_result(ctx.previous) if isinstance(ctx.previous, dict) else [])
+        if str(lease.get("ip-address")) not in found_ips
+    ]
+    if found and ctx.record is not None:
+        # Journaled (committed) before any is deleted: should this attempt not end, the restore
+        # record is in the journal all the same, and the next attempt gets it (ctx.previous).
+        await ctx.record({**result, "partial": True, "leases": found + earlier})
     deleted: list[dict[str, Any]] = []
     gone: list[str] = []
     for lease in found:
@@ -202,13 +219,15 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     result.update(
         {
             "deleted": len(deleted),
-            "leases": deleted,
+            "leases": deleted + earlier,
             "update-ddns": bool(params.get("update-ddns")),
-            "not_found": not deleted,
+            "not_found": not deleted and not earlier,
         }
     )
     if gone:
         result["already_gone"] = gone
+    if earlier:
+        result["deleted_earlier"] = [lease.get("ip-address") for lease in earlier]
     target = {k: params[k] for k in (*SELECTORS, *RELAY) if params.get(k) is not None}
     if deleted:
         ctx.log.info(

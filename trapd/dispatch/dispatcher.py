@@ -107,6 +107,8 @@ class _Job:
     begun: float | None = None  # when its run began (recorded with its end)
     due: float = 0.0  # when it fell due (for :meth:`Dispatcher.lag`)
     taken: bool = False  # a worker took it from its lane
+    previous: Any = None  # what an earlier attempt recorded (ActionContext.record): the row's result
+    partial: Any = None  # what this attempt recorded
 
     @classmethod
     def from_entry(cls, e: Entry) -> _Job:
@@ -124,6 +126,7 @@ class _Job:
             e.endpoint,
             e.event or "{}",
             due=e.due,
+            previous=e.result,
         )
 
     def get_event(self) -> Event:
@@ -930,6 +933,8 @@ class Dispatcher:
             http=self.http,
             settings=self.settings.get(job.action, {}),
             attempt=attempt,
+            record=functools.partial(self._record, job),
+            previous=job.previous,
         )
         # When the action really starts (its claim committed): for the latency figures and the
         # journal's ``started``, written with its end.
@@ -966,6 +971,11 @@ class Dispatcher:
             if endpoint is not None:
                 await self._answered_async(endpoint)
             self._done_blocking(job.key)
+
+    async def _record(self, job: _Job, partial: Any) -> None:
+        """ActionContext.record: journaled (committed) before the action goes on."""
+        await self.journal.note(job.id, partial)
+        job.partial = partial
 
     async def _claim(self, job: _Job, log: Any, now: float) -> int:
         """Claim a loaded action in the journal: its attempt number, or 0 when it must not run now."""
@@ -1064,7 +1074,9 @@ class Dispatcher:
         self, job: _Job, log: Any, reason: str, now: float, attempt: int = 0, why: str = "dead"
     ) -> None:
         """``why``: the kind of end (a key of the failure log: one line per action and kind per interval)."""
-        self._finish(job.id, "dead", now, None, reason, job.begun)
+        # What an attempt recorded stays: a dead kea.lease-del can still be restored.
+        recorded = job.partial if job.partial is not None else job.previous
+        self._finish(job.id, "dead", now, recorded, reason, job.begun)
         self.stats.count(job.action, "dead")
         self._failure_log.error(
             (job.action, "dead", why),

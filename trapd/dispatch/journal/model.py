@@ -347,6 +347,14 @@ class Journal(Protocol):
         """
         ...
 
+    async def note(self, id: int, result: Any) -> None:
+        """Journal a running action's partial result (ActionContext.record); committed on return.
+
+        Its end's result replaces it; a retry, a restart or a takeover keeps it, and the next
+        attempt gets it (``Entry.result``).
+        """
+        ...
+
     async def retry_later(self, id: int, due: float, error: str, endpoint: str | None) -> None: ...
     async def defer(self, id: int, due: float, reason: str, endpoint: str | None) -> None:
         """Postpone a waiting action without counting an attempt (circuit breaker open)."""

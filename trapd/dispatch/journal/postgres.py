@@ -1265,6 +1265,14 @@ async def _op_retry_later(
     return _nothing
 
 
+async def _op_note(conn: Conn, id_: int, result: Any, owner: str) -> Collect:
+    await conn.cursor().execute(
+        f"UPDATE {_A} SET result = %s WHERE id = %s AND state = 'running' AND owner = %s",
+        (dumps_result(result), id_, owner),
+    )
+    return _nothing
+
+
 async def _op_defer(conn: Conn, id_: int, due: float, reason: str, endpoint: str | None) -> Collect:
     await conn.cursor().execute(
         f"UPDATE {_A} SET due = %s, last_error = %s, endpoint = COALESCE(%s, endpoint) "
@@ -1413,7 +1421,9 @@ async def _op_noop(conn: Conn) -> Collect:
 
 
 # Operations sent in the batch's pipeline (the others, rare, are run one statement at a time).
-_PIPELINED = frozenset({_op_add, _op_claim, _op_finish, _op_unclaim, _op_retry_later, _op_defer, _op_noop})
+_PIPELINED = frozenset(
+    {_op_add, _op_claim, _op_finish, _op_unclaim, _op_retry_later, _op_defer, _op_note, _op_noop}
+)
 
 
 def _encoded(op: _Op) -> list[Any] | None:
@@ -2279,6 +2289,9 @@ class PostgresJournal:
 
     async def retry_later(self, id: int, due: float, error: str, endpoint: str | None) -> None:
         await self._call(_op_retry_later, id, due, error, endpoint, self._owner, notify=True)
+
+    async def note(self, id: int, result: Any) -> None:
+        await self._call(_op_note, id, result, self._owner)
 
     async def defer(self, id: int, due: float, reason: str, endpoint: str | None) -> None:
         await self._call(_op_defer, id, due, reason, endpoint)

@@ -497,6 +497,12 @@ def _op_retry_later(conn: sqlite3.Connection, id_: int, due: float, error: str, 
     )
 
 
+def _op_note(conn: sqlite3.Connection, id_: int, result: Any) -> None:
+    conn.execute(
+        "UPDATE actions SET result = ? WHERE id = ? AND state = 'running'", (_dumps_result(result), id_)
+    )
+
+
 def _op_defer(conn: sqlite3.Connection, id_: int, due: float, reason: str, endpoint: str | None) -> None:
     conn.execute(
         f"UPDATE actions SET due = ?, last_error = ?, endpoint = COALESCE(?, endpoint) "
@@ -1256,6 +1262,9 @@ class SQLiteJournal:
 
     async def retry_later(self, id: int, due: float, error: str, endpoint: str | None) -> None:
         await self._call(_op_retry_later, id, due, error, endpoint)
+
+    async def note(self, id: int, result: Any) -> None:
+        await self._call(_op_note, id, result)
 
     async def defer(self, id: int, due: float, reason: str, endpoint: str | None) -> None:
         await self._call(_op_defer, id, due, reason, endpoint)
