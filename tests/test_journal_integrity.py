@@ -256,3 +256,47 @@ def test_a_change_by_another_process_is_not_missed_when_the_batch_that_saw_it_fa
 
     first, later = asyncio.run(run())
     assert first is True or later is True, (first, later)
+
+
+def test_a_malformed_page_met_at_runtime_stays_unhealthy_after_later_writes_succeed(tmp_path: Path) -> None:
+    """Damage SQLite itself reports ("database disk image is malformed") on one statement, in a
+    journal that passed the start-up check: health says so, and a later write that succeeds
+    elsewhere in the file (a new trap's action, the journal's own probe) does not make it
+    healthy again; the file is still damaged (tests the claim with a real damaged page)."""
+    path = _journal_file(tmp_path)
+    make_journal(path, 300)
+    probe = sqlite3.connect(path)
+    page_size = probe.execute("PRAGMA page_size").fetchone()[0]
+    (first_leaf,) = probe.execute(
+        "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY path LIMIT 1"
+    ).fetchone()
+    (first_event,) = probe.execute("SELECT event_id FROM actions WHERE id = 1").fetchone()
+    probe.close()
+
+    async def run() -> None:
+        async with SQLiteJournal(path, checkpoint_interval=None) as j:
+            assert j.health().available
+            with open(path, "r+b") as f:  # the page of the oldest events: its b-tree page type
+                f.seek((first_leaf - 1) * page_size)
+                f.write(b"\x00")
+            other = sqlite3.connect(path)  # a commit elsewhere: the journal reads pages afresh
+            with other:
+                other.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('poke', '1')")
+            other.close()
+            try:
+                await j.get(1)
+            except JournalDamaged as exc:
+                assert "malformed" in str(exc) or "damaged" in str(exc), exc
+            else:
+                raise AssertionError(f"the damaged page of event {first_event} was read without error")
+            health = j.health()
+            assert not health.available and "damaged" in (health.problem or ""), health
+            now = time.time()
+            added = await j.add(make_event().to_dict(), [_entry(9999, now)], [], now)
+            assert added.states == ["scheduled"]  # a write elsewhere in the file succeeds
+            deadline = time.monotonic() + 2.5  # past the probe write of an unhealthy journal
+            while time.monotonic() < deadline:
+                assert not j.health().available
+                await asyncio.sleep(0.2)
+
+    asyncio.run(run())
