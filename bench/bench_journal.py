@@ -367,4 +367,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchproc import sigterm_unwinds  # stops what it started on SIGTERM too
+
+    with sigterm_unwinds():
+        sys.exit(main())

@@ -144,4 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchproc import sigterm_unwinds  # stops what it started on SIGTERM too
+
+    with sigterm_unwinds():
+        sys.exit(main())

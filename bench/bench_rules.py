@@ -450,4 +450,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchproc import sigterm_unwinds  # stops what it started on SIGTERM too
+
+    with sigterm_unwinds():
+        main()

@@ -187,4 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchproc import sigterm_unwinds  # stops what it started on SIGTERM too
+
+    with sigterm_unwinds():
+        sys.exit(main())

@@ -210,4 +210,7 @@ def print_rss_table(results: dict[str, list[dict[str, Any]]], title: str) -> Non
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchproc import sigterm_unwinds  # stops what it started on SIGTERM too
+
+    with sigterm_unwinds():
+        sys.exit(main())
