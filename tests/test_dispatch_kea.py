@@ -196,10 +196,13 @@ class AnswerLosingRelay:
     Kea's unix socket takes one command per connection and closes after answering.
     """
 
-    def __init__(self, upstream: Path, path: Path, marker: bytes) -> None:
+    def __init__(self, upstream: Path, path: Path, marker: bytes, *, hold: bool = False) -> None:
+        """``hold``: keep the connection open without answering until :meth:`close` (trapd is
+        stopped meanwhile), rather than close it at once."""
         self.upstream = upstream
         self.path = path
         self.marker: bytes | None = marker
+        self.hold = threading.Event() if hold else None
         self.lost: list[bytes] = []  # the requests whose answers were lost
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(path))
@@ -207,6 +210,8 @@ class AnswerLosingRelay:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def close(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
         with contextlib.suppress(OSError):
             self._server.close()
 
@@ -239,6 +244,8 @@ class AnswerLosingRelay:
             if self.marker is not None and self.marker in request:
                 self.marker = None
                 self.lost.append(request)
+                if self.hold is not None:
+                    self.hold.wait(60)
                 return  # Kea did it; its answer never reaches trapd
             client.sendall(answer)
 
@@ -285,3 +292,54 @@ async def test_a_lease_deleted_whose_answer_was_lost_can_still_be_restored(
         await clients.aclose()
     finally:
         relay.close()
+
+
+async def test_a_lease_deleted_by_an_attempt_trapd_stopped_in_can_still_be_restored(
+    kea_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    # trapd stops (its shutdown timeout runs out) while lease4-del is with Kea: Kea deletes the
+    # lease, the row stays running, the next start runs the action again and finds no lease.
+    # The lease journaled before the delete is in its result all the same.
+    inst = kea_factory(ca=False, dhcp6=False)
+    ip = inst.next_ip4()
+    inst.add_lease4(ip, "00:00:5e:00:53:78")
+    before = inst.lease4(ip)
+    short = Path(tempfile.mkdtemp(prefix="trapd-relay-"))
+    relay = AnswerLosingRelay(
+        Path(inst.host_path(inst.dhcp4_socket)), short / "kea4.sock", b'"lease4-del"', hold=True
+    )
+    section = inst.trapd_kea_section()
+    section["endpoints"]["unix4"]["socket"] = str(relay.path)
+    clients = KeaClients(KeaConfig.from_yaml(load_yaml(yaml.safe_dump(section)), tmp_path))
+    actions, _ = load_actions()
+    try:
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+            d = Dispatcher(CONFIG, journal, actions, clients)
+            await d.start()
+            try:
+                (id_,) = await d.submit(
+                    make_event(), make_outcome(plan("kea.lease-del", {"ip-address": ip}, key=ip))
+                )
+                await wait_for(lambda: bool(relay.lost), timeout=30)
+                await wait_for(lambda: inst.lease4(ip) is None, timeout=30)  # Kea deleted it
+            finally:
+                await d.stop(timeout=0.1)  # the action is still waiting for its answer
+            running = await journal.get(int(id_))
+            assert running is not None and running.state == "running"
+            d = Dispatcher(CONFIG, journal, actions, clients)  # trapd started again
+            await d.start()
+            try:
+                await wait_for(lambda: d.stats.outcomes[("kea.lease-del", "done")] == 1, timeout=30)
+            finally:
+                await d.stop()
+            entry = await journal.get(int(id_))
+        assert entry is not None and entry.state == "done" and entry.attempts == 2
+        assert entry.result["deleted_earlier"] == [ip], entry.result
+        recorded = leases_from_result(entry.result)
+        assert recorded == [before], entry.result
+        outcomes = await restore_leases(clients, recorded)
+        assert [o.status for o in outcomes] == ["restored"], outcomes
+        assert inst.lease4(ip) is not None
+    finally:
+        relay.close()
+        await clients.aclose()
