@@ -162,3 +162,40 @@ def test_a_worker_that_died_while_the_disk_was_full_does_not_keep_the_unit_unhea
         assert d.wait_metric("trapd_actions_total", done + 1, timeout=30, plugin="log", outcome="done") > done
     finally:
         d.stop()
+
+
+def test_a_statement_that_meets_the_full_disk_fails_as_a_journal_error_saying_so(small_fs: Path) -> None:
+    """A statement that needs new pages on a full disk (a large value) makes SQLite roll the
+    whole transaction back itself. The journal then tried to roll it back again to run the
+    batch one operation at a time: every operation of the batch failed with sqlite3's
+    'cannot rollback - no transaction is active', not a JournalError, so the callers that
+    handle a journal failure (the dispatcher's pump and maintenance, the receive path) met an
+    error they do not expect, and the reason (the disk is full) was gone."""
+    import asyncio
+
+    import pytest
+
+    from trapd.dispatch.journal import JournalError, NewEntry, SQLiteJournal
+    from trapd.dispatch.testing import make_event
+
+    def entry(message: str) -> NewEntry:
+        return NewEntry(
+            rule="r", action="log", index=0, params={"message": message}, key="k", mode="enforce",
+            state="pending", due=time.time(), max_attempts=3, backoff=1.0, max_age=3600.0,
+        )  # fmt: skip
+
+    async def run() -> None:
+        async with SQLiteJournal(small_fs / "journal.sqlite", checkpoint_interval=None) as j:
+            await j.add(make_event().to_dict(), [entry("before")], [], time.time())
+            filler = fill(small_fs)
+            small = j.add_soon(make_event().to_dict(), [entry("small")], [], time.time())
+            big = j.add_soon(make_event().to_dict(), [entry("y" * 3_000_000)], [], time.time())
+            for fut in (small, big):
+                with pytest.raises(JournalError, match="full"):
+                    await fut
+            assert not j.health().available and "full" in (j.health().problem or "")
+            filler.unlink()
+            done = await j.add(make_event().to_dict(), [entry("after")], [], time.time())
+            assert done.states == ["pending"]
+
+    asyncio.run(run())

@@ -1041,7 +1041,13 @@ class SQLiteJournal:
                 # Optimistic: no savepoints (they cost two statements per operation). An operation
                 # that raises is rare; then the whole batch is rolled back and run again, isolated.
                 done = self._execute(conn, batch, isolate=False)
-            except _OpFailed:
+            except _OpFailed as op_failed:
+                if writes and not conn.in_transaction and op_failed.__cause__ is not None:
+                    # SQLite rolled the whole transaction back itself (a full disk, an I/O error):
+                    # the batch failed as a whole, for that reason. Rolling back again to run it one
+                    # operation at a time failed with "no transaction is active", which every
+                    # operation got instead (not a JournalError, and the disk's state was gone).
+                    raise op_failed.__cause__ from None
                 # A read-only batch began no transaction: there is nothing to roll back (a ROLLBACK
                 # there failed with "no transaction is active" and hid the real error).
                 if writes:
