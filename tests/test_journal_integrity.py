@@ -21,7 +21,7 @@ from pathlib import Path
 
 from daemon_harness import TrapdDaemon, eventually
 
-from trapd.dispatch.journal import JournalDamaged, NewEntry, SQLiteJournal
+from trapd.dispatch.journal import JournalDamaged, JournalError, NewEntry, SQLiteJournal
 from trapd.dispatch.testing import make_event
 
 RULES = (
@@ -298,5 +298,37 @@ def test_a_malformed_page_met_at_runtime_stays_unhealthy_after_later_writes_succ
             while time.monotonic() < deadline:
                 assert not j.health().available
                 await asyncio.sleep(0.2)
+
+    asyncio.run(run())
+
+
+def test_a_journal_another_process_keeps_locked_fails_as_a_journal_error(tmp_path: Path) -> None:
+    """Another process holding the journal's write lock past the busy timeout (an operator's
+    `sqlite3 journal.sqlite` left in a transaction, a backup tool): the write failed with
+    sqlite3's own 'database is locked', not a JournalError, so the callers that handle a
+    journal failure (the dispatcher's maintenance, which then stopped for good; the receive
+    path, which counts the loss) did not; and health said nothing."""
+    path = _journal_file(tmp_path)
+    make_journal(path, 1)
+
+    async def run() -> None:
+        async with SQLiteJournal(path, checkpoint_interval=None) as j:
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time()
+                try:
+                    await j.add(make_event().to_dict(), [_entry(1, now)], [], now)
+                except JournalError as exc:
+                    assert "locked" in str(exc), exc
+                else:
+                    raise AssertionError("committed under another process's write lock")
+                assert not j.health().available and "locked" in (j.health().problem or "")
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            now = time.time()
+            assert (await j.add(make_event().to_dict(), [_entry(2, now)], [], now)).states == ["scheduled"]
+            assert j.health().available
 
     asyncio.run(run())

@@ -686,6 +686,9 @@ WRITER_SWITCH_INTERVAL = 0.001
 # never blocks it, and does the same fsyncs, so durability is what ``synchronous`` says it is.
 CHECKPOINT_INTERVAL = 1.0
 
+# How long a write waits for another process's write lock before it fails (PRAGMA busy_timeout).
+BUSY_TIMEOUT = 10.0
+
 
 class SQLiteJournal:
     """The embedded journal: one SQLite file, one writer thread, group commits."""
@@ -849,7 +852,7 @@ class SQLiteJournal:
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         if self.checkpoint_interval is not None:
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
         # After a checkpoint the WAL file is cut back to this, so a storm does not leave a huge file.
@@ -1126,8 +1129,14 @@ class SQLiteJournal:
             return JournalDamaged(
                 f"the journal {self.path} is damaged: {exc} (trapd journal shows what can still be read)"
             )
-        if getattr(exc, "sqlite_errorcode", None) is not None and exc.sqlite_errorcode & 0xFF in _FILE_ERRORS:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _FILE_ERRORS:
             return JournalError(f"{what}: {exc}")
+        if code is not None and code & 0xFF in _LOCK_ERRORS:
+            return JournalError(
+                f"{what}: {exc} (another process kept the journal's write lock for longer than "
+                f"{BUSY_TIMEOUT:g} s: a `sqlite3 {self.path}` left in a transaction, a backup?)"
+            )
         return exc
 
     def _unavailable(self, problem: str, failed: int) -> None:
@@ -1348,6 +1357,10 @@ class SQLiteJournal:
 # full, the file not openable or read-only. https://www.sqlite.org/rescode.html
 _FILE_ERRORS = frozenset({10, 13, 14, 8})
 _DAMAGE_ERRORS = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+# SQLITE_BUSY, SQLITE_LOCKED: another connection held the lock past busy_timeout. Not the
+# statement's fault: a JournalError like a full disk (it was sqlite3's own error, which the
+# dispatcher's loops do not expect: its maintenance stopped for good).
+_LOCK_ERRORS = frozenset({5, 6})
 _ACCESS_ERRORS = frozenset({3, 8, 14})  # SQLITE_PERM, SQLITE_READONLY, SQLITE_CANTOPEN
 
 
