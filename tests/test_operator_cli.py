@@ -231,6 +231,7 @@ def test_a_postgresql_journal_that_refuses_the_connection_says_why(
         ("journal", "show", "0"),
         ("journal", "list", "--limit", "0"),
         ("journal", "history", "--limit", "-1"),
+        ("journal", "list", "--limit", "99999999999999999999"),
         ("kea", "restore", "99999999999999999999"),
     ],
 )

@@ -66,11 +66,12 @@ def action_id(text: str) -> int:
 
 
 def positive(text: str) -> int:
+    """argparse type of a --limit: 1 .. 2**63 - 1 (what SQLite's LIMIT takes)."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
+    if not 1 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
     return value
 
