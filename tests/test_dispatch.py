@@ -577,3 +577,50 @@ async def test_an_action_that_returns_an_unawaited_coroutine_is_not_done(journal
     e = await journal.get(int(ids[0]), with_event=False)
     assert e is not None and e.state == "dead" and "coroutine" in (e.last_error or ""), e
     assert sent == []
+
+
+async def test_an_unexpected_error_from_the_journal_does_not_stop_the_pump_or_the_maintenance(
+    make: Callable[..., Any], journal: SQLiteJournal, rec: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pump (which loads what falls due) and the maintenance (which notices `trapd journal`'s
+    # writes) handled only JournalError: any other error a backend let through (sqlite3's own
+    # 'database is locked' did, until it was made a JournalError) ended the task for good, and
+    # delayed actions never ran until trapd restarted. A backend defect is injected once each.
+    failed: list[str] = []
+    real_due, real_changed = journal.due, journal.changed
+
+    async def due_fails_once(now: float, limit: int, skip: frozenset[int] = frozenset()) -> Any:
+        if "due" not in failed:
+            failed.append("due")
+            raise RuntimeError("a backend defect")
+        return await real_due(now, limit, skip)
+
+    async def changed_fails_once() -> bool:
+        if "changed" not in failed:
+            failed.append("changed")
+            raise RuntimeError("a backend defect")
+        return await real_changed()
+
+    monkeypatch.setattr(journal, "due", due_fails_once)
+    monkeypatch.setattr(journal, "changed", changed_fails_once)
+    d = await make()
+    await d.submit(make_event(), make_outcome(rec_plan("delayed", delay=0.2)))
+    await wait_for(lambda: rec.done_tags() == ["delayed"], timeout=10)
+    assert sorted(failed) == ["changed", "due"]
+    # The maintenance still runs: an operator's retry of a dead action from another process.
+    other = SQLiteJournal(journal.path)
+    await other.open()
+    try:
+        now = time.time()
+        (dead,) = (
+            await other.add(
+                make_event().to_dict(),
+                [replace(d._plan(make_event(), rec_plan("retried"), now), state="dead")],
+                [],
+                now,
+            )
+        ).ids
+        assert await other.retry([dead], time.time()) == [dead]
+    finally:
+        await other.close()
+    await wait_for(lambda: "retried" in rec.done_tags(), timeout=10)

@@ -681,6 +681,10 @@ class Dispatcher:
                 self.log.error("journal read failed; retrying", error=str(exc))
                 await asyncio.sleep(1.0)
                 self._poke()
+            except Exception as exc:  # a defect: logged, and the pump lives on (else nothing loads)
+                self.log.exception("dispatcher pump error; retrying", error=repr(exc))
+                await asyncio.sleep(1.0)
+                self._poke()
 
     async def _pump_pass(self) -> None:
         queried: float | None = None  # time of the last look at the journal
@@ -757,6 +761,8 @@ class Dispatcher:
                 await self._maintain()
             except JournalError as exc:
                 self.log.error("journal maintenance failed", error=str(exc))
+            except Exception as exc:  # a defect: logged, and the maintenance goes on at the next poll
+                self.log.exception("journal maintenance error", error=repr(exc))
             await asyncio.sleep(interval)
 
     async def _maintain(self) -> None:
