@@ -264,9 +264,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             from pg_harness import PgServer
 
             server = PgServer(fsync=True)
-            server.start()
-        _PG = server
         try:
+            if server is not None:
+                server.start()  # inside the try: a start interrupted or failed half-way is removed too
+            _PG = server
             for sync in args.synchronous if server is None else ["on"]:
                 await _cases(args, backend, sync, results)
         finally:

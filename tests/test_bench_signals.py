@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,10 +22,12 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 # bench_storm keeps its bytecode cache in the temp dir on purpose (shared by its runs).
-KEPT = {"out", "trapd-bench-pycache"}
+KEPT = {"trapd-bench-pycache"}
 
 
-def _session_members(sid: int) -> dict[int, str]:
+def _children(sid: int, scratch: Path) -> dict[int, str]:
+    """Live processes of the session ``sid``, and any (PostgreSQL: pg_ctl gives it a session of
+    its own) whose command line names ``scratch``."""
     members: dict[int, str] = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -35,7 +38,7 @@ def _session_members(sid: int) -> dict[int, str]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
+        if fields[0] != "Z" and (int(fields[3]) == sid or str(scratch) in cmdline):
             members[int(d.name)] = cmdline
     return members
 
@@ -55,38 +58,46 @@ CASES = {
         "-m trapd run",
         None,
     ),
-    "worker-kea": ("bench_worker.py -n 60000 --rounds 1", "kea-dhcp4", "kea-dhcp4"),
+    "worker-kea": ("bench_worker.py -n 60000 --rounds 1", "kea-dhcp4", "/usr/sbin/kea-dhcp4"),
+    "journal-postgresql": (
+        "bench_journal.py --backends postgresql --cases dispatcher --actions 200000 --runs 1",
+        "postgres -D",
+        "/usr/lib/postgresql/15/bin/initdb",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_sigterm_stops_the_benchmarks_children(case: str, tmp_path: Path) -> None:
     command, child_marker, needs = CASES[case]
-    argv = command.split()
-    if needs and not (shutil.which(needs) or Path(f"/usr/sbin/{needs}").exists()):
+    if needs and not Path(needs).exists():
         pytest.skip(f"needs {needs}")
-    (tmp_path / "out").mkdir()
-    env = dict(os.environ, TMPDIR=str(tmp_path))
-    cmd = [sys.executable, str(BENCH / argv[0]), *(a.format(out=tmp_path / "out") for a in argv[1:])]
-    log = tmp_path / "out" / "bench.log"
+    argv = command.split()
+    # The benchmark's TMPDIR: PostgreSQL's user must reach its directory there (pytest's is 0700).
+    scratch = Path(tempfile.mkdtemp(prefix="trapd-bench-signals-"))
+    scratch.chmod(0o755)
+    env = dict(os.environ, TMPDIR=str(scratch))
+    cmd = [sys.executable, str(BENCH / argv[0]), *(a.format(out=tmp_path) for a in argv[1:])]
+    log = tmp_path / "bench.log"
     with open(log, "wb") as out:
         bench = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     sid = bench.pid
     try:
         _poll(
             f"{child_marker} running",
-            lambda: any(child_marker in c for p, c in _session_members(sid).items() if p != sid),
+            lambda: any(child_marker in c for p, c in _children(sid, scratch).items() if p != sid),
             120.0,
         )
         bench.send_signal(signal.SIGTERM)
         bench.wait(60)
-        _poll("every child stopped", lambda: not _session_members(sid), 30.0)
-        left = {p.name for p in tmp_path.iterdir()} - KEPT
+        _poll("every child stopped", lambda: not _children(sid, scratch), 30.0)
+        left = {p.name for p in scratch.iterdir()} - KEPT
         assert not left, f"temporary directories left: {left}"
     finally:
-        for pid in _session_members(sid):
+        for pid in _children(sid, scratch):
             os.kill(pid, signal.SIGKILL)
         if bench.poll() is None:
             bench.kill()
             bench.wait(10)
         print(log.read_text(errors="replace")[-2000:])
+        shutil.rmtree(scratch, ignore_errors=True)
