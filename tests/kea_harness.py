@@ -166,3 +166,15 @@ def make_action_context(kea_clients: Any, rule: str = "test-rule") -> Any:
         kea=kea_clients,
         http=httpx.AsyncClient(),
     )
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.1)

@@ -677,6 +677,13 @@ class HaPair:
     def stop_server(self, name: str) -> None:
         self.servers[name].stop()
 
+    def restore(self, families: Sequence[str] = ("v4", "v6")) -> None:
+        """After a test that stopped servers: each started again, and the pair back in its mode."""
+        for name, inst in self.servers.items():
+            if not inst.procs:
+                self.start_server(name)
+        self.wait_states({n: {self.mode} for n in self.servers}, families)
+
     def start_server(self, name: str) -> None:
         inst = self.servers[name]
         for daemon in inst.argv:

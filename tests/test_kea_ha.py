@@ -16,15 +16,14 @@ import json
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_harness import LINK_DOWN, PYTHON, TrapdDaemon
-from kea_harness import CHROOT_BASE, ensure_chroots, make_action_context, make_kea_clients
+from kea_harness import CHROOT_BASE, ensure_chroots, make_action_context, make_kea_clients, wait_for
 from kea_sandbox import Bind, DdnsTarget, HaPair, start_bind, start_ha_pair, unix_command
 from listen_harness import snmp_send
 
@@ -164,10 +163,7 @@ def trapd(pair: HaPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tr
 def healthy(pair: HaPair) -> Iterator[HaPair]:
     """The pair, and after the test both servers running and back in the pair's mode."""
     yield pair
-    for name, inst in pair.servers.items():
-        if not inst.procs:
-            pair.start_server(name)
-    pair.wait_states({n: {pair.mode} for n in pair.servers})
+    pair.restore()
 
 
 def trap(d: TrapdDaemon, if_index: int, mac: str = "0a0027000000", alias: str = "") -> None:
@@ -187,18 +183,6 @@ def journal(d: TrapdDaemon) -> list[dict[str, Any]]:
         capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]  # one entry per line
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll ``check`` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.1)
 
 
 def done_parts(d: TrapdDaemon, action: str, **params: Any) -> dict[str, dict[str, Any]]:

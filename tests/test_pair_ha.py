@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kea_harness
 import psycopg
 import pytest
 from daemon_harness import LINK_DOWN, TrapdDaemon
@@ -41,14 +42,7 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaPair]:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll ``check`` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.1)
+    return kea_harness.wait_for(what, check, timeout)
 
 
 def start_hosts(
@@ -212,10 +206,7 @@ FAST_RETRY = {
 def healthy(ha: HaPair) -> Iterator[HaPair]:
     """The pair, and after the test both servers running and back in the pair's mode."""
     yield ha
-    for name, inst in ha.servers.items():
-        if not inst.procs:
-            ha.start_server(name)
-    ha.wait_states({n: {ha.mode} for n in ha.servers}, families=("v4",))
+    ha.restore(families=("v4",))
 
 
 def test_a_peer_down_and_a_host_killed_each_lease_deleted_once_on_both(
