@@ -578,3 +578,13 @@ def test_migrate_with_json_prints_json(
     }
     rc, out, _ = run(capsys, "journal", "--state-dir", str(tmp_path), "--json", "migrate")
     assert rc == 0 and json.loads(out) == {"backend": "sqlite", "before": None, "after": None}
+
+
+@pytest.mark.parametrize("when", ["inf", "nan", "1e400", "infinity"])
+def test_a_time_that_is_no_time_is_a_usage_error(
+    hostile_journal: Path, when: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--since nan` (or inf) was taken as Unix seconds: nothing matched, exit 1, as if the
+    journal had nothing then."""
+    rc, out, err = run(capsys, "journal", "--state-dir", str(hostile_journal), "history", "--since", when)
+    assert rc == 2 and out == "" and f"not a time: {when!r}" in err, (out, err)

@@ -447,6 +447,7 @@ def _when(t: float) -> str:
 def parse_time(text: str, now: float) -> float:
     """ISO 8601, a duration ago (``2h``), or Unix seconds."""
     import datetime
+    import math
 
     from trapd.params import ParamError, parse_duration
 
@@ -461,7 +462,9 @@ def parse_time(text: str, now: float) -> float:
     except ValueError:
         pass
     else:
-        return value
+        if math.isfinite(value):
+            return value
+        raise ValueError(f"not a time: {text!r} (use 2026-01-05T10:00, 2h, or Unix seconds)")
     try:
         dt = datetime.datetime.fromisoformat(s)
     except ValueError:
