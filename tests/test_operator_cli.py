@@ -588,3 +588,29 @@ def test_a_time_that_is_no_time_is_a_usage_error(
     journal had nothing then."""
     rc, out, err = run(capsys, "journal", "--state-dir", str(hostile_journal), "history", "--since", when)
     assert rc == 2 and out == "" and f"not a time: {when!r}" in err, (out, err)
+
+
+def test_a_dry_run_action_is_not_shown_as_an_action_that_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rule in dry-run mode journals its actions as done with nothing run. `trapd journal
+    history --mac` ("which trap deleted this lease?") listed such a kea.lease-del as "done", the
+    same line as a deletion that happened; the NOTE column says it was a dry run."""
+    mac = "00:11:22:33:44:55"
+
+    async def fill() -> None:
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as j:
+            ev = make_event(source="10.20.1.5").to_dict()
+            dry = new("kea.lease-del", {"hw-address": mac}, "k1", mode="dry-run", state="done",
+                      result={"dry_run": True}, mac=mac)  # fmt: skip
+            real = new("kea.lease-del", {"hw-address": mac}, "k2", mac=mac)
+            r = await j.add(ev, [dry, real], [], time.time())
+            await j.claim(r.ids[1], time.time())
+            await j.finish(r.ids[1], "done", time.time(), {"deleted": 1, "leases": []})
+
+    asyncio.run(fill())
+    rc, out, _ = run(capsys, "journal", "--state-dir", str(tmp_path), "history", "--mac", mac)
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert rc == 0 and set(rows) == {"1", "2"}
+    assert rows["1"].rstrip().endswith("dry run: nothing was run"), out
+    assert "dry run" not in rows["2"], out

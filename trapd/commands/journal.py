@@ -416,9 +416,11 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
             when = when or e.created
         expires = (_when(e.due) if e.state == "held" else "",) if any_held else ()
         about = e.mac or e.ip or e.key
+        # A dry-run action is journaled done without running: not the line of one that ran.
+        note = e.last_error or ("dry run: nothing was run" if e.mode == "dry-run" else "")
         rows.append(
             (str(e.id), e.state, _when(when) if when else "?", *expires, str(e.attempts), _safe(e.rule),
-             _safe(e.action), _safe(e.source), _cut(about, 28), _cut(e.last_error or "", 60))
+             _safe(e.action), _safe(e.source), _cut(about, 28), _cut(note, 60))
         )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
