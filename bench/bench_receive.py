@@ -123,8 +123,18 @@ async def _socket_run(p: Pipeline, messages: Sequence[bytes]) -> float:
         sender.close()
         want = start + len(messages)
         t0 = time.process_time()
+        # Bounded: a datagram refused or dropped (a --traps the buffer cannot hold) never counts,
+        # so the wait also ends when nothing was received for 5 s, or at a deadline far past
+        # the ~40 µs a datagram costs; main() then fails the run with the count.
+        deadline = time.monotonic() + 10.0 + len(messages) * 0.001
+        last, still_since = listener.stats.received_total, time.monotonic()
         while listener.stats.received_total < want:
             await asyncio.sleep(0)
+            now, got = time.monotonic(), listener.stats.received_total
+            if got != last:
+                last, still_since = got, now
+            elif now - still_since > 5.0 or now > deadline:
+                break
         return time.process_time() - t0
     finally:
         await listener.close()
@@ -139,7 +149,10 @@ async def _paced_run(p: Pipeline, count: int, rate: int, first_seq: int) -> floa
         argv += ["--rate", str(rate), "--count", str(count), "--first-seq", str(first_seq)]
         sender = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL)
         # Start the clock at the first datagram: the sender's start-up is not ours to measure.
+        first_deadline = time.monotonic() + 30.0
         while listener.stats.received_total == want - count:
+            if sender.returncode is not None or time.monotonic() > first_deadline:
+                break  # nothing arrived: main() fails the run with the count
             await asyncio.sleep(0.0005)
         t0 = time.process_time()
         deadline = time.monotonic() + count / rate * 2 + 10
