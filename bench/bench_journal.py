@@ -156,6 +156,21 @@ async def run_one_by_one(path: Path, n: int, sync: str) -> tuple[float, float]:
         return n / dt, j.committed_ops / max(1, j.commits)
 
 
+async def wait_done(d: Dispatcher, n: int, timeout: float) -> None:
+    """Until ``n`` no-op actions are done. Bounded: any other outcome of the no-op (a journal
+    error, a retry) or ``timeout`` seconds end the run with an error instead of a wait for ever."""
+    deadline = time.monotonic() + timeout
+    while (done := d.stats.outcomes[("bench.noop", "done")]) < n:
+        other = {
+            k[1]: v for k, v in d.stats.outcomes.items() if k[0] == "bench.noop" and k[1] != "done" and v
+        }
+        if other:
+            raise RuntimeError(f"bench.noop: {done} of {n} done, and {other}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bench.noop: {done} of {n} done after {timeout:.0f} s")
+        await asyncio.sleep(0.005)
+
+
 async def run_dispatcher(path: Path, n: int, concurrency: int, sync: str) -> tuple[float, float]:
     async with journal_for(path, sync) as j:
         d = Dispatcher(DispatchConfig(), j, {"bench.noop": noop}, kea=None, log=_QuietLog())
@@ -170,8 +185,7 @@ async def run_dispatcher(path: Path, n: int, concurrency: int, sync: str) -> tup
 
         t0 = time.perf_counter()
         await asyncio.gather(*(submitter() for _ in range(concurrency)))
-        while d.stats.outcomes[("bench.noop", "done")] < n:
-            await asyncio.sleep(0.005)
+        await wait_done(d, n, 60.0 + n * 0.01)  # ~1 ms an action here: 10x that, and a minute
         await d.stop()  # waits for the last "done" rows to commit
         return n / (time.perf_counter() - t0), j.committed_ops / max(1, j.commits)
 
@@ -194,8 +208,7 @@ async def run_steady(path: Path, n: int, rate: float, sync: str) -> tuple[float,
             _SUBMITTED[item[0].id] = time.perf_counter()
             await d.submit_many([item])
             await asyncio.sleep(max(0.0, t0 + (i + 1) / rate - time.perf_counter()))
-        while d.stats.outcomes[("bench.noop", "done")] < n:
-            await asyncio.sleep(0.005)
+        await wait_done(d, n, 60.0 + n * 0.01)
         await d.stop()
         return n / (time.perf_counter() - t0), j.committed_ops / max(1, j.commits)
 
