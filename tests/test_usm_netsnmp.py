@@ -352,3 +352,23 @@ def test_an_inform_from_before_a_restart_is_still_a_drop(tmp_path_factory: pytes
         assert now["v3_discovery"] == 0 and not now["received"]
     finally:
         assert second.stop() == 0
+
+
+def test_an_inform_to_another_engine_id_is_refused_as_such(trapd: TrapdListen) -> None:
+    """An inform addressed to an engine ID that is not trapd's (a switch configured with a stale
+    one): for a user without engine_ids it was taken for a trap sender's new engine, learned (a
+    slot of the 1,024), and then refused by pysnmp as 'EngineIDMismatch'. It is refused before,
+    with a detail that says what is wrong, and teaches nothing."""
+    stale = "80004fb805aabbccddeeff0099"
+    before = trapd.stats()
+    args = v3_args(ANY_PRIV, "SHA", "AES", engine=stale)
+    mark = f"stale-{next(_marks)}"
+    r = snmp_send("snmpinform", *args, "-r", "0", "-t", "2", trapd.target(), *trap_args(mark))
+    assert r.returncode != 0
+    wait_detail(trapd, before, "unknown-engine-id/not-trapd-engine")
+    line = next(e for e in reversed(trapd.log) if e.get("last_detail") == "not-trapd-engine")
+    assert (line["user"], line["engine_id"]) == (ANY_PRIV.user, stale)
+    # Traps from that engine ID are still a new sender engine of the user: learned, received.
+    mark = f"stale-trap-{next(_marks)}"
+    assert snmp_send("snmptrap", *args, trapd.target(), *trap_args(mark)).returncode == 0
+    assert trapd.wait_event(marked(mark))["security"]["engine_id"] == stale

@@ -415,6 +415,12 @@ class V3Receiver:
             # A bound or learned engine's message the fast path left to pysnmp.
             return self._check_mac(keys, data, header, source, "bound-engine")
         # A new engine of the entry without engine_ids: learned once a message proves the keys.
+        if header.reportable:
+            # A confirmed-class message (an inform) names its receiver's engine, so this one was
+            # addressed to another engine ID than trapd's (a sender configured with a stale one);
+            # a trap sender's engine is only learned from what it sends unconfirmed.
+            self._drop("unknown-engine-id", "not-trapd-engine", source, header)
+            return _Checked.DROPPED
         if not 4 < len(header.engine_id) < 33:
             self._drop("unknown-engine-id", "malformed-engine-id", source, header)
             return _Checked.DROPPED
