@@ -208,3 +208,17 @@ def test_forged_informs_for_a_name_of_many_entries_cost_the_slow_path_budget() -
     receiver.receive(craft(keys, own, b"trapuser", inform, msg_id=99, boots=1, etime=0), ("192.0.2.8", 4000),
                      lambda d, a: None)  # fmt: skip
     assert stats.dropped_detail.get(("wrong-digest", "own-engine")) == 2
+
+
+def test_no_key_shows_in_the_representation_of_the_receivers_users() -> None:
+    """Master and localized keys stay out of a repr (a debugger, a traceback with locals)."""
+    from trapd.listener.v3.keys import localized_user
+
+    u = user("trapuser", "SHA", "AES-128", [bytes.fromhex(ENGINE_A)], "auth-A-pass1", "priv-A-pass1")
+    receiver = V3Receiver([u], lambda raw: None, ListenerStats(), engine_id=bytes.fromhex(TRAPD))
+    entries = receiver._users[b"trapuser"]
+    local = localized_user(u, bytes.fromhex(ENGINE_A))
+    text = repr(entries) + repr(local)
+    for key in (entries[0].auth_master, entries[0].priv_master, local.auth_key, local.priv_key):
+        assert key is not None and repr(key) not in text and key.hex() not in text
+    assert "auth-A-pass1" not in text

@@ -52,7 +52,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,8 @@ class _UserKeys:
     config: V3User
     auth_id: Any
     priv_id: Any
-    auth_master: bytes | None
-    priv_master: bytes | None
+    auth_master: bytes | None = field(repr=False)
+    priv_master: bytes | None = field(repr=False)
 
 
 def _user_keys(user: V3User, masters: MasterKeys) -> _UserKeys:
