@@ -169,7 +169,11 @@ class E2E:
         self.pipeline = bs.Pipeline(workdir, 0, extra, rules=rules)
         self.name = f"{endpoint}, workers: {workers}"
         self.workers = workers
-        self.pipeline.wait_ready()
+        try:
+            self.pipeline.wait_ready()
+        except BaseException:  # not ready, ^C, SIGTERM: no runner comes back to be closed
+            self.pipeline.stop()
+            raise
         self.port = self.pipeline.port
         self.journal = workdir / "state" / "journal.sqlite"
         self.cpu_us: list[float] = []
