@@ -1238,3 +1238,31 @@ def test_a_file_of_blank_lines_or_unterminated_imports_is_scanned_in_linear_time
     assert took < 2.0, took
     assert set(modules) == {"JUNK-MIB", "TRAPD-TEST-MIB"}
     assert text.count("\n") == junk.read_text(encoding="utf-8").count("\n")
+
+
+def test_an_smiv1_type_from_a_shipped_module_can_be_imported(tmp_path: Path) -> None:
+    """SMICng's SMIv1 output (CISCO-DIST-DIRECTOR-MIB, CISCO-IP-ENCRYPTION-MIB, CISCO-LECS-MIB)
+    imports TruthValue, DisplayString, RowStatus FROM SNMPv2-TC-v1, and old RMON extensions
+    EntryStatus FROM RFC1271-MIB: plain type assignments, which the shipped index left out,
+    so their stubs lacked them ('no symbol "TruthValue" in module "SNMPv2-TC-v1"')."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    text = textwrap.dedent(SMIV1_MIB).replace(
+        "    DisplayString FROM RFC1213-MIB\n",
+        "    DisplayString, TruthValue FROM SNMPv2-TC-v1\n    EntryStatus FROM RFC1271-MIB\n",
+    )
+    text = text.replace(
+        "oldPortFailure TRAP-TYPE",
+        "oldPortUp OBJECT-TYPE\n    SYNTAX  TruthValue\n    ACCESS  read-only\n    STATUS  mandatory\n"
+        '    DESCRIPTION "Up."\n    DEFVAL  { true }\n    ::= { oldVendorPort 2 }\n\n'
+        "oldPortStatus OBJECT-TYPE\n    SYNTAX  EntryStatus\n    ACCESS  read-only\n    STATUS  mandatory\n"
+        '    DESCRIPTION "Status."\n    DEFVAL  { valid }\n    ::= { oldVendorPort 3 }\n\n'
+        "oldPortFailure TRAP-TYPE",
+    )
+    (src / "v1.mib").write_text(text, encoding="utf-8")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert r.problems == [], "\n".join(map(str, r.problems))
+    assert r.enum_values("OLD-VENDOR-MIB::oldPortUp") == {"true": 1, "false": 2}
+    assert r.enum_values("OLD-VENDOR-MIB::oldPortStatus")["valid"] == 1
+    name = r.syntax("OLD-VENDOR-MIB::oldPortName")
+    assert name is not None and name.base == "OctetString" and name.tc == "SNMPv2-TC-v1::DisplayString"

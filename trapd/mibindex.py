@@ -145,6 +145,18 @@ def _node_kind(obj: Any) -> str | None:
     }.get(first)
 
 
+# Modules whose type classes are the SMI's own base types, not types a MIB defines.
+_SMI_MODULES = frozenset({"SNMPv2-SMI", "RFC1155-SMI", "RFC1065-SMI", "SNMPv2-TC", "SNMPv2-CONF"})
+
+
+def _plain_type(module: str, name: str, cls: type) -> bool:
+    """A type a MIB module defines by plain assignment (``TruthValue ::= INTEGER {...}``)."""
+    if module in _SMI_MODULES or not name[:1].isupper() or name in _BASE_TYPES:
+        return False
+    names = [k.__name__ for k in cls.__mro__]
+    return "MibNode" not in names and cls.__name__ == name and bool(_base_type(cls))
+
+
 def _base_type(cls: type) -> str:
     names = {k.__name__ for k in cls.__mro__}
     for base in _BASE_TYPES:
@@ -163,6 +175,9 @@ class _IndexWriter:
         self._syntax_no: dict[str, int] = {}
         self.nodes: list[list[Any]] = []
         self.tcs: list[list[Any]] = []
+        # SMIv1 plain types, listed after the TCs: a bare name (InterfaceIndex) means IF-MIB's TC,
+        # not DECNET-PHIV-MIB's plain type of the same name (the reader keeps the first).
+        self.plain_types: list[list[Any]] = []
 
     def module(self, name: str, legacy: bool) -> int:
         if name not in self._module_no:
@@ -195,7 +210,7 @@ class _IndexWriter:
             "modules": self.modules,
             "syntaxes": self.syntaxes,
             "nodes": self.nodes,
-            "tcs": self.tcs,
+            "tcs": self.tcs + self.plain_types,
         }
 
 
@@ -218,11 +233,15 @@ def index_builder_modules(
     w = writer or _IndexWriter()
     # dict.fromkeys: once each (INET-ADDRESS-MIB is in pysnmp's core set and in pysnmp-mibs).
     wanted = [m for m in dict.fromkeys(modules) if m in builder.mibSymbols and m not in _SKIP_MODULES]
-    # TC classes first, so that object syntaxes can name their TC.
+    # TC classes first, so that object syntaxes can name their TC. SMIv1 modules define plain
+    # types (SNMPv2-TC-v1's TruthValue, RFC1271-MIB's EntryStatus): they are indexed as TCs too,
+    # so that site MIBs importing them find them in the shipped modules' stubs.
     tc_names: dict[int, str] = {}
     for mod, syms in builder.mibSymbols.items():
         for name, obj in syms.items():
-            if isinstance(obj, type) and any(k.__name__ == "TextualConvention" for k in obj.__mro__[1:]):
+            if isinstance(obj, type) and (
+                any(k.__name__ == "TextualConvention" for k in obj.__mro__[1:]) or _plain_type(mod, name, obj)
+            ):
                 tc_names.setdefault(id(obj), f"{mod}::{name}")
     for mod in wanted:
         mod_no = w.module(mod, mod in LEGACY_MODULES)
@@ -230,7 +249,10 @@ def index_builder_modules(
             if isinstance(obj, type):
                 if tc_names.get(id(obj)) == f"{mod}::{name}":
                     try:
-                        w.tcs.append([mod_no, name, _syntax_of(w, obj(), tc_names)])
+                        plain = not any(k.__name__ == "TextualConvention" for k in obj.__mro__[1:])
+                        (w.plain_types if plain else w.tcs).append(
+                            [mod_no, name, _syntax_of(w, obj(), tc_names)]
+                        )
                     except Exception:  # a TC class that cannot be instantiated bare
                         continue
                 continue
