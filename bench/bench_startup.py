@@ -106,24 +106,35 @@ def one_run(
     config = write_config(root, state, site_mibs, rules)
     notify_path = root / "notify.sock"
     notify_path.unlink(missing_ok=True)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+    errors = root / "trapd.out"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, open(errors, "wb") as stderr:
         notify.bind(str(notify_path))
-        notify.settimeout(ready_timeout)
+        # Short reads: a trapd that exits before READY=1 ends the wait at once, not after ready_timeout.
+        notify.settimeout(0.5)
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "trapd", "run", "--config", str(config)],
             env={**env, "NOTIFY_SOCKET": str(notify_path)},
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=stderr,  # its log (warnings and errors only): why it did not start
+            stderr=stderr,
         )
         try:
             while True:
-                msg = notify.recv(4096)
+                try:
+                    msg = notify.recv(4096)
+                except TimeoutError:
+                    msg = b""
                 if b"READY=1" in msg.split(b"\n"):
                     ready = time.perf_counter() - t0
                     cpu = cpu_seconds(proc.pid)
                     break
+                if proc.poll() is not None or time.perf_counter() - t0 > ready_timeout:
+                    why = (
+                        "not READY=1" if proc.returncode is None else f"exited with status {proc.returncode}"
+                    )
+                    tail = errors.read_text(errors="replace")[-2000:]
+                    raise SystemExit(f"trapd {why} before READY=1 ({ready_timeout:.0f} s):\n{tail}")
             time.sleep(idle)
             mem = proc_status(proc.pid)
             proc.send_signal(signal.SIGTERM)
