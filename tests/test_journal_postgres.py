@@ -844,7 +844,10 @@ async def test_a_claim_at_insert_committed_while_its_answer_was_lost_is_put_back
             found = conn.execute("SELECT id FROM trapd_actions WHERE event_id = %s", (ev["id"],)).fetchone()
         assert found is not None
         (id_,) = found
-        assert _row(direct, id_) == ("running", "a", 1)
+        # Committed as a's running claim; on a loaded machine the journal may have put it back
+        # already (its next renewal), so either is right here: what must follow is "pending".
+        state, owner, _ = _row(direct, id_)
+        assert (state, owner) == ("running", "a") or state == "pending"
         assert await _eventually(lambda: _row(direct, id_)[0] == "pending", timeout=30)
         assert (await j.claim(id_, time.time())).outcome == "running"
 
