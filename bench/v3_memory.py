@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import select
 import signal
 import subprocess
 import sys
@@ -105,6 +106,19 @@ class _Quiet:
 # --- the driver ------------------------------------------------------------------
 
 
+def _read_json_line(child: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    """The receiver's next line, parsed; an error after ``timeout`` s or when it has exited."""
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], timeout)
+    if not ready:
+        raise RuntimeError(f"the receiver wrote nothing in {timeout:.0f} s")
+    line = child.stdout.readline()
+    if not line:
+        raise RuntimeError(f"the receiver exited ({child.wait(10)})")
+    answer: dict[str, Any] = json.loads(line)
+    return answer
+
+
 def run_variant(
     variant: str,
     messages: list[bytes],
@@ -118,15 +132,16 @@ def run_variant(
     Shared with bench_v3.py (its own ``--serve`` runs the fast USM path). The
     server prints its port, then ``{"received": n, ...}`` on each SIGUSR1.
     """
+    # Unbuffered bytes, so that select() sees every line the receiver wrote (a bounded wait).
     child = subprocess.Popen(
-        [sys.executable, script, "--serve", variant], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent
+        [sys.executable, script, "--serve", variant], stdout=subprocess.PIPE, bufsize=0, cwd=BENCH.parent
     )
-    assert child.stdout is not None
-    port = json.loads(child.stdout.readline())["port"]
-    sock = loadgen.open_sender("127.0.0.1", port)
-    samples: list[dict[str, Any]] = [{"sent": 0, "received": 0, "rss_mb": rss_mb(child.pid)}]
-    start = time.monotonic()
+    sock = None
     try:
+        port = _read_json_line(child, 60.0)["port"]
+        sock = loadgen.open_sender("127.0.0.1", port)
+        samples: list[dict[str, Any]] = [{"sent": 0, "received": 0, "rss_mb": rss_mb(child.pid)}]
+        start = time.monotonic()
         for first in range(0, len(messages), every):
             left = max_seconds - (time.monotonic() - start)
             if left <= 0:
@@ -136,7 +151,7 @@ def run_variant(
             for _ in range(100):  # let the receiver drain its socket buffer (bounded: 20 s)
                 time.sleep(0.2)
                 child.send_signal(signal.SIGUSR1)
-                now = json.loads(child.stdout.readline())
+                now = _read_json_line(child, 10.0)
                 if now["received"] == got:
                     break
                 got = now["received"]
@@ -150,9 +165,17 @@ def run_variant(
             )
             print(f"{variant}: {samples[-1]}", file=sys.stderr)
     finally:
-        sock.close()
-        child.send_signal(signal.SIGTERM)
-        child.wait(10)
+        if sock is not None:
+            sock.close()
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
+        assert child.stdout is not None
+        child.stdout.close()
     return samples
 
 
