@@ -207,3 +207,80 @@ def test_a_secret_that_json_escapes_is_masked_in_a_stored_result(value: str) -> 
     assert value not in json.loads(stored)["stdout"] and value not in stored
     assert json.dumps(value)[1:-1] not in stored
     assert json.loads(stored) == {"stdout": "the password is ***\n", "error": "***"}
+
+
+URL_TOKEN = "T000/B000/url-s3cret-TOKEN"
+
+
+class EchoHook(BaseHTTPRequestHandler):
+    """An incoming-webhook receiver that quotes the request's path in its answer, as some do."""
+
+    paths: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        EchoHook.paths.append(self.path)
+        answer = f"no such hook: {self.path}".encode()
+        self.send_response(503 if self.path.startswith("/fail/") else 200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_webhook_url_from_the_environment_is_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Slack/Teams/Mattermost URL carries its token in the path: written {env: NAME}, the hook
+    # gets it (with a trap value appended), while the journal, its commands, trapd test and the
+    # log never show it; an error names the receiver's host.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHook)
+    EchoHook.paths = []
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("TEST_HOOK_URL", f"http://{host}/hook/{URL_TOKEN}")
+    monkeypatch.setenv("TEST_HOOK_FAIL_URL", f"http://{host}/fail/{URL_TOKEN}")
+    rules = """
+rules:
+  - name: down
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: webhook
+        url: {env: TEST_HOOK_URL}
+        url_suffix: "/port/{{ ifIndex }}"
+      - action: webhook
+        url: {env: TEST_HOOK_FAIL_URL}
+"""
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=rules)
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 5))
+        assert d.wait_metric("trapd_actions_total", 1, timeout=30, plugin="webhook", outcome="done") >= 1
+        assert d.wait_metric("trapd_actions_total", 1, timeout=30, plugin="webhook", outcome="retry") >= 1
+    finally:
+        d.stop()
+        server.shutdown()
+        server.server_close()
+    assert f"/hook/{URL_TOKEN}/port/5" in EchoHook.paths and f"/fail/{URL_TOKEN}" in EchoHook.paths
+    for path in d.state_dir.iterdir():
+        if path.name.startswith("journal"):
+            assert URL_TOKEN.encode() not in path.read_bytes(), path.name
+    outputs = [_journal(d.state_dir, "list", "--state", "all"), _journal(d.state_dir, "--json", "history")]
+    ids = [json.loads(line)["id"] for line in outputs[-1].splitlines()]
+    assert len(ids) == 2
+    for id_ in ids:
+        outputs.append(_journal(d.state_dir, "show", str(id_)))
+        outputs.append(_journal(d.state_dir, "--json", "show", str(id_)))
+    shown = "\n".join(outputs)
+    assert f"http://{host}/…" in shown  # the failing hook's error names its host
+    assert "env:TEST_HOOK_URL" in shown  # the parameter, as its reference
+    r = subprocess.run(
+        [sys.executable, "-m", "trapd", "test", "--dry-run", "--format", "json", "-r", str(d.rules_path),
+         "IF-MIB::linkDown", "ifIndex=5"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0 and "env:TEST_HOOK_URL" in r.stdout, r.stdout + r.stderr
+    outputs += [r.stdout + r.stderr, json.dumps(d.log)]
+    for text in outputs:
+        assert URL_TOKEN not in text and "url-s3cret" not in text, text[:3000]

@@ -51,7 +51,7 @@ def _type(p: Param) -> str:
         t = f"string (up to {p.max_length} characters)"
     if p.min is not None or p.max is not None:
         t += f" {_number(p.min)}..{_number(p.max)}"
-    return t + (", secret" if p.secret else "")
+    return t + (", secret" if p.secret else ", or a secret" if p.secret_ref else "")
 
 
 def _default(p: Param) -> str:

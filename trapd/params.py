@@ -13,6 +13,9 @@ string             text; no NUL; ``max_length`` (default 1024) bounds it
 url                an ``http://`` or ``https://`` URL; a template's expressions are
                    percent-encoded when rendered, so a trap value stays inside its
                    path segment or query value
+url-suffix         text appended to a URL (``/port/{{ ifDescr }}``, ``?port=...``): starts
+                   with ``/``, ``?`` or ``&`` (it cannot change the host); expressions
+                   percent-encoded as in ``url``
 integer            int, optional ``min`` / ``max``
 boolean            true/false/yes/no/on/off/1/0
 enum               one of ``choices``
@@ -45,6 +48,7 @@ PARAM_TYPES = frozenset(
     {
         "string",
         "url",
+        "url-suffix",
         "integer",
         "boolean",
         "enum",
@@ -78,6 +82,10 @@ class Param:
     max_length: int = 1024
     item: str | None = None  # element type for "list"
     secret: bool = False  # value masked in logs and `trapd test` output
+    # Written as text, not a secret; written {env: NAME} / {file: PATH}, one: journaled as that
+    # reference, resolved when the action runs (a webhook URL with a token in its path, while
+    # most URLs are better shown in full).
+    secret_ref: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in PARAM_TYPES:
@@ -224,7 +232,7 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
     kept as is, and resolved when the action runs (trapd.secrets.resolve).
     """
     t = p.type
-    if p.secret and is_reference(value):
+    if (p.secret or p.secret_ref) and is_reference(value):
         return dict(value)
     if t == "string":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -240,6 +248,8 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
         return value
     if t == "url":
         return _url(p, value, name)
+    if t == "url-suffix":
+        return _url_suffix(p, value, name)
     if t == "integer":
         if isinstance(value, bool):
             raise ParamError(f"{name}: expected an integer, got a boolean")
@@ -327,6 +337,22 @@ def _url(p: Param, value: Any, name: str) -> str:
         )
     if any(seg in (".", "..") for seg in parts.path.split("/")):
         # Clients resolve these segments: the request would go somewhere else than written.
+        raise ParamError(f"{name}: a URL path has no . or .. segments: {_show(value)}")
+    return value
+
+
+def _url_suffix(p: Param, value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ParamError(f"{name}: expected the end of a URL, got {type(value).__name__}")
+    if len(value) > p.max_length:
+        raise ParamError(f"{name}: longer than {p.max_length} characters")
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
+        raise ParamError(f"{name}: a URL has no spaces or control characters: {_show(value)}")
+    if not value.startswith(("/", "?", "&")):
+        # Appended as text: "evil.example/x" after "https://hooks.example" would change the host.
+        raise ParamError(f"{name}: starts with /, ? or & (appended to the URL): {_show(value)}")
+    path = value.split("?", 1)[0].split("#", 1)[0]
+    if any(seg in (".", "..") for seg in path.split("/")):
         raise ParamError(f"{name}: a URL path has no . or .. segments: {_show(value)}")
     return value
 

@@ -73,6 +73,8 @@ def _param(p: Param) -> Schema:
     if p.type == "any":
         return out
     out["type"] = json_type or "string"
+    if p.secret_ref:  # or {env: NAME} / {file: PATH}
+        out["type"] = [*(json_type or ["string"]), "object"]
     return out
 
 

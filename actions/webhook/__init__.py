@@ -13,6 +13,11 @@ The request goes through trapd's shared HTTP client (connection reuse);
 ``verify: false`` or ``ca_file`` need their own TLS settings, so those calls
 use a short-lived client of their own.
 
+A URL whose path carries a token (Slack, Teams, Mattermost incoming webhooks)
+is written ``{env: NAME}`` or ``{file: PATH}``: it is journaled as that
+reference and, once resolved, masked by the redactor; this action's errors
+name only its scheme and host (``https://hooks.slack.com/…``).
+
 Example::
 
     - action: webhook
@@ -24,16 +29,20 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import re
 import ssl
 import time
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from trapd.params import Param
+from trapd.params import Param, ParamError, convert
 from trapd.plugin import ActionContext, PermanentError, RetryableError, action
+from trapd.secrets import REDACTOR
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 _HEADER_BREAK = re.compile(r"[\r\n\x00]")
@@ -49,8 +58,17 @@ ANSWER_BYTES = 4 * ANSWER_KEPT  # bytes read of the answer: enough for ANSWER_KE
             "url",
             "http:// or https:// URL. Values rendered into it are percent-encoded:"
             " https://h/hook/{{ ifDescr }} stays one path segment whatever the trap carries"
-            " (/, ?, #, ..); write the scheme and host as text",
+            " (/, ?, #, ..); write the scheme and host as text. A URL with a token in it (Slack,"
+            " Teams, Mattermost): {env: NAME} or {file: PATH}, journaled as that reference, masked"
+            " in logs and errors but for its scheme and host (https://hooks.slack.com/…)",
             required=True,
+            max_length=4096,
+            secret_ref=True,
+        ),
+        "url_suffix": Param(
+            "url-suffix",
+            "appended to url (a secret one too): /port/{{ ifDescr }} or ?port={{ ifDescr }};"
+            " starts with /, ? or &, values rendered into it are percent-encoded as in url",
             max_length=4096,
         ),
         "method": Param("enum", "HTTP method", choices=("POST", "PUT", "PATCH"), default="POST"),
@@ -87,8 +105,17 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
           body: {text: "{{ source }}: {{ trap_name }}"}
     """
     url = str(params["url"])
-    if not url.startswith(("http://", "https://")):
+    # A URL from {env: NAME} / {file: PATH} was resolved (and registered with the redactor) by
+    # the dispatcher just now; only such a one is masked.
+    secret = bool(REDACTOR) and REDACTOR.redact(url) != url
+    if secret:
+        _check_secret_url(url)
+    elif not url.startswith(("http://", "https://")):
         raise PermanentError(f"not an http(s) URL: {url[:100]!r}")
+    scrub = _scrubber(url) if secret else str
+    where = _masked(url) if secret else ""  # the secret URL's host; the suffix is the trap's
+    url += str(params.get("url_suffix") or "")
+    where = where or _where(url)
     body = params.get("body")
     if body is None:
         body = {"event": ctx.event.to_dict(), "rule": ctx.rule, "action_id": ctx.action_id}
@@ -117,24 +144,26 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
                 tls: ssl.SSLContext | bool = _tls(ca_file) if verify else False
                 async with httpx.AsyncClient(verify=tls) as client:
                     status, answer, wait = await _send(client, method, url, body, raw_headers, timeout)
+    # httpx and the receiver may quote the URL (an error, an answer that echoes the request).
     except (httpx.TimeoutException, TimeoutError) as exc:
-        raise RetryableError(f"{_where(url)}: no answer within {timeout:g}s ({type(exc).__name__})") from None
+        raise RetryableError(f"{where}: no answer within {timeout:g}s ({type(exc).__name__})") from None
     except httpx.LocalProtocolError as exc:
         # The request itself is malformed (h11 refused to send it): it will stay malformed.
-        raise PermanentError(f"{_where(url)}: request refused by the HTTP client: {exc}") from None
+        raise PermanentError(f"{where}: request refused by the HTTP client: {scrub(str(exc))}") from None
     except httpx.TransportError as exc:
         if _certificate_refused(exc):
-            raise PermanentError(f"{_where(url)}: TLS certificate not trusted: {exc}") from None
-        raise RetryableError(f"{_where(url)}: {type(exc).__name__}: {exc}") from None
+            raise PermanentError(f"{where}: TLS certificate not trusted: {scrub(str(exc))}") from None
+        raise RetryableError(f"{where}: {type(exc).__name__}: {scrub(str(exc))}") from None
     except httpx.InvalidURL as exc:
-        raise PermanentError(f"invalid URL: {exc}") from None
+        raise PermanentError(f"invalid URL: {scrub(str(exc))}") from None
+    answer = scrub(answer)
     if 200 <= status < 300:
         return {"status": status, "answer": answer}
     if status >= 500 or status in RETRYABLE_STATUSES:
         if wait is not None:  # 429 Too Many Requests, 503: the receiver said when to come back
-            raise RetryableError(f"{_where(url)} answered {status} (retry after {wait:g}s)", retry_after=wait)
-        raise RetryableError(f"{_where(url)} answered {status}")
-    raise PermanentError(f"{_where(url)} answered {status}: {answer[:200]}")
+            raise RetryableError(f"{where} answered {status} (retry after {wait:g}s)", retry_after=wait)
+        raise RetryableError(f"{where} answered {status}")
+    raise PermanentError(f"{where} answered {status}: {answer[:200]}")
 
 
 async def _send(
@@ -189,3 +218,44 @@ def _certificate_refused(exc: BaseException) -> bool:
 def _where(url: str) -> str:
     """The URL without its query string, which may carry a token."""
     return url.split("?", 1)[0]
+
+
+_URL = Param("url", max_length=4096)
+
+
+def _check_secret_url(url: str) -> None:
+    """What ``trapd check`` checks of a URL written as text, for one read when the action runs."""
+    try:
+        convert(_URL, url, "url")
+        urllib.parse.urlsplit(url).port  # noqa: B018  (raises ValueError for a port out of range)
+    except (ParamError, ValueError):
+        # The reason would quote the URL: say what is expected instead.
+        raise PermanentError(
+            "url (a secret) is not an http:// or https:// URL with a host, a port up to 65535, no"
+            " user:password@, spaces, control characters or . / .. segments"
+        ) from None
+
+
+def _masked(url: str) -> str:
+    """A secret URL as errors show it: its scheme and host, so that an operator knows which."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/…"
+
+
+def _scrubber(url: str) -> Callable[[str], str]:
+    """Masks a secret URL, its path and query (all that follows the host), as written and as httpx
+    encodes them, in a text from httpx or the receiver: the redactor knows only the URL whole."""
+    parts = urllib.parse.urlsplit(url)
+    tail = url[len(f"{parts.scheme}://{parts.netloc}") :]
+    forms = {url, tail}
+    with contextlib.suppress(httpx.InvalidURL):
+        encoded = httpx.URL(url)
+        forms |= {str(encoded), encoded.raw_path.decode("ascii", "replace")}
+    masked = sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)  # the URL before its tail
+
+    def scrub(text: str) -> str:
+        for form in masked:
+            text = text.replace(form, "…")
+        return text
+
+    return scrub

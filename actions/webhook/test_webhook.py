@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -25,6 +26,7 @@ from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import SQLiteJournal
 from trapd.params import ParamError, validate
 from trapd.plugin import PermanentError, RetryableError
+from trapd.secrets import resolve
 from trapd.testing import make_context, make_event, make_outcome, plan, rule_file_problems
 
 
@@ -35,6 +37,10 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.received.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
         hooked = 200 if self.path.startswith("/hook/") else 404
+        if self.path.startswith("/fail/"):
+            hooked = 503
+        if self.path.startswith("/echo/"):  # a receiver that quotes the request in its refusal
+            hooked = 400
         status = {"/ok": 200, "/created": 201, "/bad": 400, "/fail": 503, "/busy": 429}.get(self.path, hooked)
         retry_after = {"/busy-3s": "3", "/busy-date": email.utils.formatdate(time.time() + 60, usegmt=True)}
         if self.path in retry_after:
@@ -42,7 +48,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/slow":
             time.sleep(1.0)
             status = 200
-        answer = b'{"ok": true}'
+        answer = self.path.encode() if self.path.startswith("/echo/") else b'{"ok": true}'
         try:
             self.send_response(status)
             self.send_header("Content-Length", str(len(answer)))
@@ -169,7 +175,7 @@ def test_example_yaml_is_a_valid_rule_file() -> None:
 HOSTILE = "../../admin?delete=all#frag"
 
 
-def _rendered_params(tmp_path: Path, url: str, ifdescr: str, **extra: Any) -> dict[str, Any]:
+def _rendered_params(tmp_path: Path, url: str | dict[str, str], ifdescr: str, **extra: Any) -> dict[str, Any]:
     """Compile a rule with the real webhook plugin and render it for a trap carrying ``ifdescr``."""
     from trapd.mibs import MibResolver
     from trapd.plugin import load_actions
@@ -357,3 +363,100 @@ def test_check_refuses_credentials_in_the_url(tmp_path: Path) -> None:
     problems = rule_file_problems(path)
     assert any("credentials in a URL" in p for p in problems), problems
     assert not any("hunter2-s3cret" in p for p in problems), problems
+
+
+# -- a URL that is itself a secret (Slack, Teams, Mattermost: the token is in the path) ----------
+
+TOKEN = "T000/B000/XXXXs3cretTOKEN"
+
+
+def _secret_url(monkeypatch: pytest.MonkeyPatch, url: str) -> dict[str, str]:
+    monkeypatch.setenv("TEST_WEBHOOK_URL", url)
+    return {"env": "TEST_WEBHOOK_URL"}
+
+
+async def _run_resolved(params: dict[str, Any]) -> dict[str, Any]:
+    async with httpx.AsyncClient() as client:
+        result = await webhook.run(resolve(params), make_context(http=client))
+    assert result is not None
+    return dict(result)
+
+
+async def test_a_url_from_the_environment_is_planned_as_its_reference(
+    http_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _secret_url(monkeypatch, f"http://{http_server}/hook/{TOKEN}")
+    params = _rendered_params(tmp_path, url, "Gi1/0/17")
+    assert params["url"] == {"$secret": "env:TEST_WEBHOOK_URL"}
+    assert TOKEN not in json.dumps(params)
+    assert (await _run_resolved(params))["status"] == 200
+    assert [r["path"] for r in Handler.received] == [f"/hook/{TOKEN}"]
+
+
+async def test_a_url_from_a_file(http_server: str, tmp_path: Path) -> None:
+    secret = tmp_path / "hook.url"
+    secret.write_text(f"http://{http_server}/hook/{TOKEN}\n")
+    secret.chmod(0o600)
+    params = _rendered_params(tmp_path, {"file": str(secret)}, "x")
+    assert params["url"] == {"$secret": f"file:{secret}"}
+    assert (await _run_resolved(params))["status"] == 200
+    assert [r["path"] for r in Handler.received] == [f"/hook/{TOKEN}"]
+
+
+@pytest.mark.parametrize("value", [HOSTILE, "..", "a/b", "\\..\\admin"])
+async def test_a_template_after_a_secret_url_stays_in_its_slot(
+    http_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    url = _secret_url(monkeypatch, f"http://{http_server}/hook/{TOKEN}")
+    params = _rendered_params(tmp_path, url, value, url_suffix="/{{ ifDescr }}/tail?port={{ ifDescr }}")
+    assert TOKEN not in json.dumps(params)
+    await _run_resolved(params)
+    (req,) = Handler.received
+    path, _, query = req["path"].partition("?")
+    segment = path.removeprefix(f"/hook/{TOKEN}/").removesuffix("/tail")
+    assert "/" not in segment and segment not in ("..", "."), req["path"]
+    assert urllib.parse.unquote(segment) == value
+    assert urllib.parse.parse_qs(query) == {"port": [value]}
+
+
+@pytest.mark.parametrize("suffix", ["evil.example/x", ".evil.example/x", "@evil.example/", "/a/../b", "/a b"])
+def test_check_refuses_a_url_suffix_that_could_leave_the_url(tmp_path: Path, suffix: str) -> None:
+    rule = {"name": "hook", "match": {"notification": "IF-MIB::linkDown"},
+            "actions": [{"action": "webhook", "url": {"env": "X"}, "url_suffix": suffix}]}  # fmt: skip
+    path = tmp_path / "rules.yaml"
+    path.write_text(json.dumps({"rules": [rule]}), encoding="utf-8")
+    problems = rule_file_problems(path)
+    assert any("url_suffix" in p and "no parameter" not in p for p in problems), (suffix, problems)
+
+
+async def test_a_secret_url_shows_its_host_but_not_its_path_in_errors(
+    http_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases: list[tuple[str, type[Exception], str]] = [
+        (f"http://{http_server}/fail/{TOKEN}", RetryableError, "answered 503"),
+        (f"http://{http_server}/echo/{TOKEN}", PermanentError, "answered 400"),
+    ]
+    with socket.socket() as closed:  # a port nothing listens on: connection refused
+        closed.bind(("127.0.0.1", 0))
+        cases.append((f"http://127.0.0.1:{closed.getsockname()[1]}/hook/{TOKEN}", RetryableError, "Connect"))
+    for url, error, says in cases:
+        params = _rendered_params(tmp_path, _secret_url(monkeypatch, url), "x")
+        with pytest.raises(error) as caught:
+            await _run_resolved(params)
+        text = str(caught.value)
+        assert says in text and url.split("/")[2] in text, text
+        assert "XXXXs3cretTOKEN" not in text and "/fail/" not in text and "/echo/" not in text, text
+
+
+async def test_a_secret_url_that_is_not_an_http_url_is_refused_without_showing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for bad in (
+        f"ftp://hooks.example/{TOKEN}",
+        f"http://hooks.example:99999/{TOKEN}",
+        f"http://u:{TOKEN}@h/x",
+    ):
+        params = _rendered_params(tmp_path, _secret_url(monkeypatch, bad), "x")
+        with pytest.raises(PermanentError) as caught:
+            await _run_resolved(params)
+        assert "XXXXs3cretTOKEN" not in str(caught.value) and "url" in str(caught.value), caught.value

@@ -79,6 +79,7 @@ def describe(spec: Any) -> dict[str, Any]:
                 "required": p.required,
                 "default": p.default,
                 "secret": p.secret,
+                "secret_ref": p.secret_ref,
                 "describe": p.describe(),
             }
             for n, p in spec.params.items()
@@ -105,7 +106,11 @@ def _full(spec: Any) -> str:
         lines += [flags, ""]
     lines += [spec.doc or "(no documentation)", "", "Parameters:"]
     for pname, param in spec.params.items():
-        extra = " (secret)" if param.secret else ""
+        extra = ""
+        if param.secret:
+            extra = " (secret)"
+        elif param.secret_ref:
+            extra = " (or a secret: {env: NAME} / {file: PATH})"
         lines.append(f"  {pname}: {param.describe()}{extra}")
         if param.description:
             lines.append(f"      {param.description}")

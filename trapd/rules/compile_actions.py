@@ -263,7 +263,15 @@ class ActionCompiler:
                     where(in_node, k, of_key=True),
                 )
                 continue
-            val = self.values.value(v, vm, scope, f"{name}.{k}", url=p.type == "url", secret=p.secret)
+            val = self.values.value(
+                v,
+                vm,
+                scope,
+                f"{name}.{k}",
+                url=p.type in ("url", "url-suffix"),
+                secret=p.secret,
+                secret_ref=p.secret_ref,
+            )
             self._static_param_check(name, k, p, v, val, vm)
             params[k] = val
         for k, p in spec.params.items():
@@ -354,6 +362,10 @@ class ActionCompiler:
                     f"{action}.{name}: write the URL's scheme and host as text; "
                     "values rendered into a URL are percent-encoded",
                     mark,
+                )
+            if p.type == "url-suffix" and not val.source.startswith(("/", "?", "&")):
+                self.problems.error(
+                    f"{action}.{name}: starts with /, ? or & as text (it is appended to the URL)", mark
                 )
             if p.type in ("list", "mapping"):
                 self.problems.error(

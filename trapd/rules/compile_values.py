@@ -46,6 +46,7 @@ class ValueCompiler:
         *,
         url: bool = False,
         secret: bool = False,
+        secret_ref: bool = False,
     ) -> Value:
         """A parameter value: templates compiled (and checked) now; lists and mappings recursively.
 
@@ -53,6 +54,7 @@ class ValueCompiler:
         ``secret``: a parameter the plugin declares secret. Its constants and ``{env: NAME}`` /
         ``{file: PATH}`` become references (``{"$secret": "rules.yaml:12:9"}``), which the
         journal stores instead of the value; the dispatcher resolves them when the action runs.
+        ``secret_ref``: only ``{env: NAME}`` / ``{file: PATH}`` become references; text stays text.
         """
         if isinstance(node, str) and is_template(node):
             if secret:
@@ -62,6 +64,8 @@ class ValueCompiler:
                     mark,
                 )
             return self._template(node, mark, scope, what, url=url)
+        if secret_ref and (source := source_reference(node)) is not None:
+            return Const(reference(source))
         if secret:
             source = source_reference(node)
             if source is not None:
