@@ -402,6 +402,10 @@ class SendReport:
 
 
 def open_sender(host: str, port: int) -> socket.socket:
+    """A UDP socket connected to ``host``:``port``; refuses anything but loopback, as --target does
+    (the benchmarks call this directly, not through :func:`loopback_address`)."""
+    if not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"refusing to send load to {host}: loopback only")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)

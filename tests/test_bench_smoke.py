@@ -107,6 +107,14 @@ def test_load_is_refused_off_loopback() -> None:
         loadgen.loopback_address("192.0.2.1:162")
 
 
+@pytest.mark.parametrize("host", ["192.0.2.1", "2001:db8::1", "0.0.0.0"])
+def test_senders_are_refused_off_loopback(host: str) -> None:
+    """The benchmarks open their senders directly (bench_storm, bench_latency, bench_listener):
+    the loopback check must be in open_sender, not only in loadgen's --target."""
+    with pytest.raises(ValueError, match="loopback only"):
+        loadgen.open_sender(host, 162)
+
+
 def test_v3_messages_differ_per_message_and_keep_their_length() -> None:
     msgs = loadgen.build_messages(loadgen.LoadSpec(version="v3"), 1, 50)
     assert len(set(msgs)) == 50
