@@ -599,18 +599,22 @@ def start_kea(
         env[var] = str(workdir)
     if chroot:
         env["KEA_HOOKS_PATH"] = str(hooks_dir)
-    # The daemons before the agent: the agent only forwards to their sockets.
-    for daemon in ("kea-dhcp4", "kea-dhcp6", "kea-dhcp-ddns", "kea-ctrl-agent"):
-        if daemon not in configs:
-            continue
-        conf = host_dir / f"{daemon}.conf"
-        conf.write_text(json.dumps(configs[daemon], indent=1))
-        argv = [f"/usr/sbin/{daemon}", "-c", str(workdir / f"{daemon}.conf")]
-        if chroot:
-            argv = ["chroot", str(chroot), *argv]
-        inst.argv[daemon] = (argv, env)
-        inst.spawn(daemon)
-    inst.wait_ready()
+    try:
+        # The daemons before the agent: the agent only forwards to their sockets.
+        for daemon in ("kea-dhcp4", "kea-dhcp6", "kea-dhcp-ddns", "kea-ctrl-agent"):
+            if daemon not in configs:
+                continue
+            conf = host_dir / f"{daemon}.conf"
+            conf.write_text(json.dumps(configs[daemon], indent=1))
+            argv = [f"/usr/sbin/{daemon}", "-c", str(workdir / f"{daemon}.conf")]
+            if chroot:
+                argv = ["chroot", str(chroot), *argv]
+            inst.argv[daemon] = (argv, env)
+            inst.spawn(daemon)
+        inst.wait_ready()
+    except BaseException:  # ^C, SIGTERM (the benchmarks), a failed spawn: no instance comes back to stop
+        inst.stop()
+        raise
     return inst
 
 
@@ -933,17 +937,32 @@ key "kea-key" {{ algorithm hmac-sha256; secret "{secret}"; }};
     out.close()
     bind = Bind(port, "kea-key", secret, proc, workdir)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("named exited:\n" + (workdir / "named.out").read_text())
-        r = subprocess.run(
-            ["dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", "-p", str(port), "ns.example.org", "A"],
-            capture_output=True,
-            text=True,
-        )
-        if r.stdout.strip() == "127.0.0.1":
-            return bind
-        time.sleep(0.05)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("named exited:\n" + (workdir / "named.out").read_text())
+            r = subprocess.run(
+                [
+                    "dig",
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    "@127.0.0.1",
+                    "-p",
+                    str(port),
+                    "ns.example.org",
+                    "A",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            if r.stdout.strip() == "127.0.0.1":
+                return bind
+            time.sleep(0.05)
+    except BaseException:
+        bind.stop()
+        raise
     bind.stop()
     raise RuntimeError("named not ready:\n" + (workdir / "named.out").read_text())
 
