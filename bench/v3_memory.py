@@ -106,6 +106,11 @@ class _Quiet:
 # --- the driver ------------------------------------------------------------------
 
 
+# How long the receiver gets to answer a counters request, and to exit after SIGTERM.
+REPLY_TIMEOUT = 10.0
+STOP_GRACE = 10.0
+
+
 def _read_json_line(child: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     """The receiver's next line, parsed; an error after ``timeout`` s or when it has exited."""
     assert child.stdout is not None
@@ -151,7 +156,7 @@ def run_variant(
             for _ in range(100):  # let the receiver drain its socket buffer (bounded: 20 s)
                 time.sleep(0.2)
                 child.send_signal(signal.SIGUSR1)
-                now = _read_json_line(child, 10.0)
+                now = _read_json_line(child, REPLY_TIMEOUT)
                 if now["received"] == got:
                     break
                 got = now["received"]
@@ -170,7 +175,7 @@ def run_variant(
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
         try:
-            child.wait(10)
+            child.wait(STOP_GRACE)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait(10)

@@ -40,10 +40,14 @@ while True:
 
 
 @pytest.mark.parametrize("variant", ["answers", "mute"])
-def test_a_receiver_that_ignores_sigterm_is_killed(variant: str, tmp_path: Path) -> None:
+def test_a_receiver_that_ignores_sigterm_is_killed(
+    variant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
     v3_memory = importlib.import_module("v3_memory")
+    monkeypatch.setattr(v3_memory, "REPLY_TIMEOUT", 2.0)
+    monkeypatch.setattr(v3_memory, "STOP_GRACE", 2.0)
     script = tmp_path / "stubborn.py"
     script.write_text(STUBBORN)
     outcome: list[Any] = []
