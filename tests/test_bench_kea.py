@@ -40,3 +40,34 @@ def test_trapd_run_is_stopped_when_it_does_not_get_ready(
         if pipeline.proc.poll() is None:
             pipeline.proc.kill()
             pipeline.proc.wait(10)
+
+
+def test_the_raw_unix_client_gives_up_on_a_silent_kea(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A control socket that accepts and never answers: the baseline client waited for ever."""
+    import socket
+    import threading
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    bench_kea = importlib.import_module("bench_kea")
+    monkeypatch.setattr(bench_kea, "RAW_TIMEOUT", 1.0)
+    path = tmp_path / "kea4.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(4)
+        outcome: list[BaseException | None] = []
+
+        def go() -> None:
+            try:
+                bench_kea.raw_unix(str(path), ["10.1.0.1"])
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "raw_unix still waiting for Kea's answer after 30 s"
+    assert isinstance(outcome[0], TimeoutError), outcome
