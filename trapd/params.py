@@ -320,41 +320,72 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
 
 
 def _url(p: Param, value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise ParamError(f"{name}: expected a URL, got {type(value).__name__}")
-    if len(value) > p.max_length:
-        raise ParamError(f"{name}: URL longer than {p.max_length} characters")
-    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
-        raise ParamError(f"{name}: a URL has no spaces or control characters: {_show(value)}")
-    parts = urllib.parse.urlsplit(value)
+    text = _url_text(p, value, name, "a URL")
+    parts = urllib.parse.urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ParamError(f"{name}: not an http:// or https:// URL: {_show(value)}")
+        raise ParamError(f"{name}: not an http:// or https:// URL: {_show(text)}")
     if "@" in parts.netloc:
         # Journaled with the parameters, shown in errors and logs: a password there is in clear.
         raise ParamError(
             f"{name}: no credentials in a URL (user:password@ would be journaled and logged in clear);"
             " send them in a header declared secret (Authorization: {env: NAME})"
         )
-    if any(seg in (".", "..") for seg in parts.path.split("/")):
-        # Clients resolve these segments: the request would go somewhere else than written.
-        raise ParamError(f"{name}: a URL path has no . or .. segments: {_show(value)}")
-    return value
+    _no_dot_segments(parts.path, text, name)
+    return text
+
+
+# Incoming-webhook URLs whose path or query is the credential: (service, host, path, query) patterns.
+_TOKEN_URLS = (
+    ("Slack", re.compile(r"hooks\.slack\.com"), re.compile(r"/."), None),
+    ("Teams", re.compile(r".*\.webhook\.office\.com"), re.compile(r"/."), None),
+    ("Teams/Power Automate", re.compile(r".*\.logic\.azure\.com"), None, re.compile(r"(^|&)sig=")),
+    ("Discord", re.compile(r"(ptb\.|canary\.)?discord(app)?\.com"), re.compile(r"/api/webhooks/"), None),
+    ("Google Chat", re.compile(r"chat\.googleapis\.com"), None, re.compile(r"(^|&)token=")),
+    ("Mattermost", None, re.compile(r".*/hooks/[a-z0-9]{26}/?"), None),
+)
+
+
+def token_in_url(url: str) -> str | None:
+    """The service whose incoming-webhook URL ``url`` is (its path or query is the token), or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return None
+    for service, host_re, path_re, query_re in _TOKEN_URLS:
+        if (
+            (host_re is None or host_re.fullmatch(host))
+            and (path_re is None or path_re.match(parts.path))
+            and (query_re is None or query_re.search(parts.query))
+        ):
+            return service
+    return None
 
 
 def _url_suffix(p: Param, value: Any, name: str) -> str:
+    text = _url_text(p, value, name, "the end of a URL")
+    if not text.startswith(("/", "?", "&")):
+        # Appended as text: "evil.example/x" after "https://hooks.example" would change the host.
+        raise ParamError(f"{name}: starts with /, ? or & (appended to the URL): {_show(text)}")
+    _no_dot_segments(text.split("?", 1)[0].split("#", 1)[0], text, name)
+    return text
+
+
+def _url_text(p: Param, value: Any, name: str, what: str) -> str:
+    """A URL or a part of one: text of at most ``p.max_length`` characters, no space or control."""
     if not isinstance(value, str):
-        raise ParamError(f"{name}: expected the end of a URL, got {type(value).__name__}")
+        raise ParamError(f"{name}: expected {what}, got {type(value).__name__}")
     if len(value) > p.max_length:
-        raise ParamError(f"{name}: longer than {p.max_length} characters")
+        raise ParamError(f"{name}: {what} longer than {p.max_length} characters")
     if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
         raise ParamError(f"{name}: a URL has no spaces or control characters: {_show(value)}")
-    if not value.startswith(("/", "?", "&")):
-        # Appended as text: "evil.example/x" after "https://hooks.example" would change the host.
-        raise ParamError(f"{name}: starts with /, ? or & (appended to the URL): {_show(value)}")
-    path = value.split("?", 1)[0].split("#", 1)[0]
-    if any(seg in (".", "..") for seg in path.split("/")):
-        raise ParamError(f"{name}: a URL path has no . or .. segments: {_show(value)}")
     return value
+
+
+def _no_dot_segments(path: str, value: str, name: str) -> None:
+    if any(seg in (".", "..") for seg in path.split("/")):
+        # Clients resolve these segments: the request would go somewhere else than written.
+        raise ParamError(f"{name}: a URL path has no . or .. segments: {_show(value)}")
 
 
 def _check_json(value: Any, name: str) -> None:

@@ -460,3 +460,33 @@ async def test_a_secret_url_that_is_not_an_http_url_is_refused_without_showing_i
         with pytest.raises(PermanentError) as caught:
             await _run_resolved(params)
         assert "XXXXs3cretTOKEN" not in str(caught.value) and "url" in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize(
+    ("url", "token"),
+    [
+        ("https://hooks.slack.com/services/T000/B000/XXXXs3cret", "XXXXs3cret"),
+        ("https://contoso.webhook.office.com/webhookb2/abc@def/IncomingWebhook/0123s3cret/x", "0123s3cret"),
+        ("https://x.westeurope.logic.azure.com/workflows/1/triggers/m/invoke?sig=AbCs3cret", "AbCs3cret"),
+        ("https://chat.example.net/hooks/abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz"),
+        ("https://discord.com/api/webhooks/123/Tok3nS3cret", "Tok3nS3cret"),
+        ("https://chat.googleapis.com/v1/spaces/AAA/messages?key=K3y&token=T0kenS3cret", "T0kenS3cret"),
+    ],
+)  # fmt: skip
+def test_check_warns_of_a_url_with_a_token_written_as_text(tmp_path: Path, url: str, token: str) -> None:
+    rule = {"name": "hook", "match": {"notification": "IF-MIB::linkDown"},
+            "actions": [{"action": "webhook", "url": url}]}  # fmt: skip
+    path = tmp_path / "rules.yaml"
+    path.write_text(json.dumps({"rules": [rule]}), encoding="utf-8")
+    problems = rule_file_problems(path)
+    assert any("{env: NAME}" in p and "token" in p for p in problems), problems
+    assert not any(token in p for p in problems), problems
+
+
+def test_check_does_not_warn_of_an_ordinary_url(tmp_path: Path) -> None:
+    assert rule_file_problems(Path(__file__).with_name("example.yaml")) == []
+    rule = {"name": "hook", "match": {"notification": "IF-MIB::linkDown"},
+            "actions": [{"action": "webhook", "url": "https://alerts.example.net/hooks/trapd"}]}  # fmt: skip
+    path = tmp_path / "rules.yaml"
+    path.write_text(json.dumps({"rules": [rule]}), encoding="utf-8")
+    assert rule_file_problems(path) == []

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from trapd.params import Param, ParamError, convert
+from trapd.params import Param, ParamError, convert, token_in_url
 from trapd.plugin import ActionSpec
 from trapd.rules.compile_context import CompileContext, RuleScope
 from trapd.rules.compile_values import ValueCompiler
@@ -344,6 +344,13 @@ class ActionCompiler:
                 convert(p, val.value, name)  # a secret's constant is its reference by now
             except ParamError as exc:
                 self.problems.error(f"{action}: {exc}", mark)
+            if p.secret_ref and isinstance(val.value, str) and (service := token_in_url(val.value)):
+                # Not quoted: the message is printed and logged, the token is the point.
+                self.problems.warning(
+                    f"{action}.{name}: a {service} webhook URL carries its token; written as text it is"
+                    " journaled and logged in clear: write it {env: NAME} or {file: PATH}",
+                    mark,
+                )
             return
         if isinstance(val, Template):
             allowed = _TYPE_CHARS.get(p.type)
