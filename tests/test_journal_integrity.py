@@ -19,6 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from daemon_harness import TrapdDaemon, eventually
 
 from trapd.dispatch.journal import JournalDamaged, JournalError, NewEntry, SQLiteJournal
@@ -187,7 +188,8 @@ def test_an_intact_journal_still_starts(tmp_path: Path) -> None:
 
 def test_damage_met_while_running_makes_healthz_503_and_stays(tmp_path: Path) -> None:
     """A row trapd cannot read back (damage the start-up check does not see: text that is not
-    UTF-8) is met by the dispatcher once it is due: /healthz 503, trapd_journal_available 0, and not
+    UTF-8) is met by the dispatcher once it is due (and set aside, see below): /healthz 503,
+    trapd_journal_available 0, and not
     back to 200 a second later because some other write succeeded (damage does not heal)."""
     path = _journal_file(tmp_path)
 
@@ -206,7 +208,7 @@ def test_damage_met_while_running_makes_healthz_503_and_stays(tmp_path: Path) ->
     d = TrapdDaemon.start(tmp_path, rules=RULES)
     try:
         assert d.healthz()[0] == 200  # not due yet: nothing has read the row
-        d.wait_log("journal read failed; retrying", timeout=30)
+        d.wait_log("journal row unreadable: set aside", timeout=30)
 
         def unhealthy() -> dict[str, object]:
             status, body = d.healthz()
@@ -332,3 +334,83 @@ def test_a_journal_another_process_keeps_locked_fails_as_a_journal_error(tmp_pat
             assert j.health().available
 
     asyncio.run(run())
+
+
+# -- one row trapd cannot read back: set aside, the rest keeps running ---------------------------
+
+
+def _journal_state(path: Path, id_: int) -> tuple[str, str | None]:
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT state, last_error FROM actions WHERE id = ?", (id_,)).fetchone()
+        state, last_error = row
+    finally:
+        conn.close()
+    return state, last_error
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param("params = CAST(x'7b22ff7d' AS TEXT)", id="params-not-utf8"),
+        pytest.param("""params = '{"message": "m'""", id="params-json-cut-short"),
+        pytest.param("caps = '[{\"cap\"'", id="caps-json-cut-short"),
+    ],
+)
+def test_a_row_that_cannot_be_read_back_is_set_aside_and_the_others_run(tmp_path: Path, damage: str) -> None:
+    """One damaged row among due actions (damage the start-up check does not see): the dispatcher
+    read all due rows in one query, so that query failed every second ('journal read failed;
+    retrying') and no action ran at all (one bad row stopped every Kea deletion). Now the row
+    is set aside (dead, saying it could not be read back), logged once with its id and counted,
+    and the actions before and after it run; health stays 503 about the damage."""
+    path = _journal_file(tmp_path)
+
+    async def fill() -> None:
+        async with SQLiteJournal(path) as j:
+            now = time.time()
+            for i in range(3):  # ids 1, 2, 3; each its own key, all due in 2 s
+                entry = replace(_entry(i, now), params={"message": f"ran-{i}"}, due=now + 2)
+                await j.add(make_event().to_dict(), [entry], [], now)
+
+    asyncio.run(fill())
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(f"UPDATE actions SET {damage} WHERE id = 2")
+    conn.close()
+    d = TrapdDaemon.start(tmp_path, rules=RULES)
+    try:
+        d.wait_log("ran-2", timeout=60)  # the good action after the bad row ran
+        d.wait_log("ran-0", timeout=10)
+        assert not d.logs("ran-1")
+        (line,) = d.wait_log("journal row unreadable: set aside", timeout=10)
+        assert line["action_id"] == "2" and line["rule"] == "r" and line["action"] == "log", line
+        assert "trapd journal show 2" in str(line.get("hint")), line
+        state, last_error = eventually(lambda: _settled(path, 2))
+        assert state == "dead" and "could not be read back" in str(last_error), (state, last_error)
+        assert eventually(lambda: _settled(path, 3))[0] == "done"
+        assert d.wait_metric("trapd_journal_unreadable_rows_total", 1) == 1
+        _, body = eventually(lambda: _unhealthy(d))
+        assert "could not be read back" in str(body["journal"]) or "damaged" in str(body["journal"]), body
+        # Logged once, not once a second; the read does not fail and retry.
+        assert len(d.logs("journal row unreadable: set aside")) == 1
+        assert not d.logs("journal read failed; retrying")
+        assert not d.logs("dispatcher pump error; retrying")
+    finally:
+        d.stop()
+        d.close()
+    # What can still be read of it: `trapd journal show 2` names the damage, no traceback.
+    r = journal_cli("--journal", str(path), "show", "2")
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out[-3000:]
+
+
+def _settled(path: Path, id_: int) -> tuple[str, str | None]:
+    got = _journal_state(path, id_)
+    assert got[0] in ("done", "dead"), got
+    return got
+
+
+def _unhealthy(d: TrapdDaemon) -> tuple[int, dict[str, object]]:
+    status, body = d.healthz()
+    assert status == 503, body
+    return status, body

@@ -705,6 +705,7 @@ class Dispatcher:
                 skip = skip.union(parked_ids)
             entries, more = await self.journal.due(now, room, skip)
             queried = now
+            self._log_set_aside()
             if evictions != self._evictions:
                 continue  # a key was blocked while the query ran: its answer may let followers overtake
             room = self.config.queue_size - len(self._loaded)  # submits may have taken some meanwhile
@@ -734,6 +735,20 @@ class Dispatcher:
                 self._arm(nxt)
         if self._parked:
             self._arm(min(self._parked.values()))
+
+    def _log_set_aside(self) -> None:
+        """Once per row (it is dead now): a due action whose row could not be read back."""
+        for u in self.journal.set_aside():
+            self.log.error(
+                "journal row unreadable: set aside",
+                action_id=str(u.id),
+                problem=u.problem,
+                **{k: v for k, v in u.fields.items() if k != "state"},
+                hint=(
+                    f"the row is damaged and was not run; trapd journal show {u.id} shows what is left "
+                    "of it. Every other action runs; /healthz stays 503 until trapd is restarted"
+                ),
+            )
 
     def _arm(self, at: float) -> None:
         """Make sure the pump wakes at ``at`` (the journal's clock): one apscheduler job for the

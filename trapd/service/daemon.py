@@ -733,6 +733,7 @@ class Daemon:
             journal_problem=jh.problem if jh is not None else None,
             journal_failed_writes=jh.failed_writes if jh is not None else 0,
             journal_taken_over=jh.taken_over if jh is not None else 0,
+            journal_unreadable=jh.unreadable if jh is not None else 0,
             dispatch_backlog=self.submit_outcomes,
             dispatch_backlog_bytes=self.submit_bytes,
         )

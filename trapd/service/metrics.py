@@ -58,6 +58,8 @@ trapd_journal_available                        gauge      1 when the journal can
 trapd_journal_failed_writes_total              counter    journal writes that failed for want of the journal
 trapd_journal_taken_over_total                 counter    running actions of other hosts whose claims' lease
                                                           ran out, taken over here (shared journal)
+trapd_journal_unreadable_rows_total            counter    due actions whose journal row could not be read back
+                                                          (damaged), set aside as dead so the others run
 trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker does
                                                           not hold actions back; 0: down), e.g. pair4/srv1/v4
 trapd_kea_ha_state                             gauge      endpoint, state (1 for the peer's HA state now,
@@ -148,6 +150,8 @@ class DaemonSnapshot:
     journal_failed_writes: int = 0
     # A shared journal: running actions of other hosts taken over here after their claims' lease ran out.
     journal_taken_over: int = 0
+    # Due actions whose row could not be read back (damaged), set aside as dead so the others run.
+    journal_unreadable: int = 0
     # Matched outcomes received but not yet journaled, and their estimated size in memory
     # (gauges): a backlog near its bounds (10,000 outcomes, 32 MiB) is about to lose outcomes.
     dispatch_backlog: int = 0
@@ -351,6 +355,11 @@ class TrapdCollector:
             "trapd_journal_taken_over",
             "Running actions of other hosts taken over after their claims' lease ran out (shared journal).",
             value=snap.journal_taken_over,
+        )
+        yield CounterMetricFamily(
+            "trapd_journal_unreadable_rows",
+            "Due actions whose journal row could not be read back (damaged), set aside as dead.",
+            value=snap.journal_unreadable,
         )
         kea = GaugeMetricFamily(
             "trapd_kea_endpoint_up",

@@ -87,6 +87,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "journal_problem": snap.journal_problem,
         "journal_failed_writes": snap.journal_failed_writes,
         "journal_taken_over": snap.journal_taken_over,
+        "journal_unreadable": snap.journal_unreadable,
         "dispatch_backlog": snap.dispatch_backlog,
         "dispatch_backlog_bytes": snap.dispatch_backlog_bytes,
     }
@@ -126,6 +127,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         journal_problem=str(data["journal_problem"]) if data.get("journal_problem") else None,
         journal_failed_writes=int(data.get("journal_failed_writes", 0)),
         journal_taken_over=int(data.get("journal_taken_over", 0)),
+        journal_unreadable=int(data.get("journal_unreadable", 0)),
         dispatch_backlog=int(data.get("dispatch_backlog", 0)),
         dispatch_backlog_bytes=int(data.get("dispatch_backlog_bytes", 0)),
     )
@@ -185,6 +187,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
     unmatched = lost = resent = exempted = failed_writes = taken_over = pauses = backlog = backlog_bytes = 0
+    unreadable = 0
     problem: str | None = None
     for s in snaps:
         _add(received, s.received)
@@ -214,6 +217,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         pauses += s.receive_pauses
         failed_writes += s.journal_failed_writes
         taken_over += s.journal_taken_over
+        unreadable += s.journal_unreadable
         backlog += s.dispatch_backlog  # each worker's own queue before the shared journal
         backlog_bytes += s.dispatch_backlog_bytes
         problem = problem or s.journal_problem
@@ -239,6 +243,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         journal_problem=problem,
         journal_failed_writes=failed_writes,
         journal_taken_over=taken_over,
+        journal_unreadable=unreadable,
         dispatch_backlog=backlog,
         dispatch_backlog_bytes=backlog_bytes,
     )

@@ -201,6 +201,17 @@ class JournalHealth:
     since: float | None = None  # when it stopped (epoch seconds)
     failed_writes: int = 0  # operations that failed because of it, since start
     taken_over: int = 0  # a shared journal: running actions taken over from other hosts, since start
+    unreadable: int = 0  # waiting actions set aside because their row could not be read back, since start
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A waiting action whose row could not be read back (text that is not UTF-8, JSON cut short:
+    damage the start-up check does not see), set aside (``dead``) so that every other action runs."""
+
+    id: int
+    problem: str  # what failed, without the row's text (it may hold anything)
+    fields: Mapping[str, str | None]  # what of the row could still be read: rule, action, key, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +247,11 @@ class Journal(Protocol):
     def take_overs(self) -> list[Takeover]:
         """What this process took over from other hosts since the last call (a shared journal's
         lease renewal does it in the background): for the dispatcher's log."""
+        ...
+
+    def set_aside(self) -> list[Unreadable]:
+        """The due actions :meth:`due` set aside since the last call, their rows unreadable: for
+        the dispatcher's log (once each: they are ``dead`` now, never read as due again)."""
         ...
 
     async def flush(self) -> None:
@@ -293,7 +309,9 @@ class Journal(Protocol):
 
         Actions whose key is blocked are left out too: by an earlier action
         with that key that waits for a retry (or for an open circuit breaker).
-        The flag says whether there may be more.
+        The flag says whether there may be more. A row among them that cannot be read back
+        (damaged) is set aside, not returned: ``dead``, its ``last_error`` saying so (see
+        :meth:`set_aside`), and the journal reports damage in :meth:`health` from then on.
         """
         ...
 

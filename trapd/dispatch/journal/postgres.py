@@ -79,15 +79,20 @@ from trapd.dispatch.journal.model import (
     NewEntry,
     State,
     Takeover,
+    Unreadable,
 )
 from trapd.dispatch.journal.rows import (
     ACOLS,
     COLS,
     NCOLS,
+    SUMMARY_COLS,
+    decode_due,
     dumps,
     dumps_result,
     entry_from_row,
+    set_aside_error,
     stored_event,
+    unreadable,
 )
 from trapd.event import event_fingerprint
 
@@ -1165,7 +1170,12 @@ _UNCONFIRMED = (
 )
 
 
-async def _op_due(cur: Cur, now: float, limit: int, skip: frozenset[int]) -> tuple[list[Entry], bool]:
+async def _op_due(
+    cur: Cur, now: float, limit: int, skip: frozenset[int]
+) -> tuple[list[Entry], bool, list[tuple[int, str]]]:
+    """The due entries, whether there may be more, and (id, problem) of due rows whose JSON cannot
+    be decoded (text columns: a row altered by hand, cut short; the caller sets them aside).
+    PostgreSQL's UTF8 database refuses text that is not UTF-8, so that damage cannot be stored."""
     args = {"now": now, "limit": limit + len(skip)}
     await cur.execute(
         f"SELECT a.id FROM {_A} a WHERE a.state = 'pending' AND a.due <= %(now)s AND {_NOT_BLOCKED} "
@@ -1184,13 +1194,29 @@ async def _op_due(cur: Cur, now: float, limit: int, skip: frozenset[int]) -> tup
     more = hit or len(fresh) > limit
     ids = fresh[:limit]
     if not ids:
-        return [], more
+        return [], more, []
     await cur.execute(
         f"SELECT {ACOLS}, e.data FROM {_A} a LEFT JOIN trapd_events e ON e.id = a.event_id "
         "WHERE a.id = ANY(%s) ORDER BY a.id",
         (ids,),
     )
-    return [_entry(r, r[NCOLS]) for r in await cur.fetchall()], more
+    entries, bad = decode_due(await cur.fetchall())
+    return entries, more, bad
+
+
+async def _op_set_aside(cur: Cur, bad: Sequence[tuple[int, str]], now: float) -> list[Unreadable]:
+    """Due rows that cannot be read back: dead (never run), and what of them can still be read."""
+    out: list[Unreadable] = []
+    for id_, problem in bad:
+        await cur.execute(
+            f"UPDATE {_A} SET state = 'dead', finished = %s, last_error = %s "
+            f"WHERE id = %s AND state IN {_ACTIVE_SQL} RETURNING {', '.join(SUMMARY_COLS)}",
+            (now, set_aside_error(problem), id_),
+        )
+        summary = await cur.fetchone()
+        if summary is not None:  # None: another host set it aside first
+            out.append(unreadable(id_, problem, summary))
+    return out
 
 
 async def _op_next_due(cur: Cur, now: float) -> float | None:
@@ -1578,6 +1604,12 @@ class PostgresJournal:
         self.last_error: str | None = None
         self.failed_ops = 0  # operations that failed because the database was unavailable
         self.taken_over = 0  # rows of other owners taken over after their lease expired
+        self._unreadable: list[Unreadable] = []  # set aside by due(), not yet taken by set_aside()
+        self.unreadable_count = 0  # since start
+        # A row met that cannot be read back: unhealthy until restart (other rows reading fine
+        # says nothing about how it came to be damaged).
+        self.damage: str | None = None
+        self.damage_since: float | None = None
         self._takeovers: list[Takeover] = []  # not handed out by take_overs() yet
         # Claims whose commit this journal never confirmed (the answer lost), put back in line.
         self.put_back = 0
@@ -1710,15 +1742,19 @@ class PostgresJournal:
         return self._owner
 
     def health(self) -> JournalHealth:
-        if self.available:
-            return JournalHealth(failed_writes=self.failed_ops, taken_over=self.taken_over)
-        return JournalHealth(
-            False,
-            f"journal database unavailable: {self.last_error}",
-            self.unavailable_since,
-            self.failed_ops,
-            self.taken_over,
-        )
+        n = self.unreadable_count
+        if not self.available:
+            return JournalHealth(
+                False,
+                f"journal database unavailable: {self.last_error}",
+                self.unavailable_since,
+                self.failed_ops,
+                self.taken_over,
+                n,
+            )
+        if self.damage is not None:
+            return JournalHealth(False, self.damage, self.damage_since, self.failed_ops, self.taken_over, n)
+        return JournalHealth(failed_writes=self.failed_ops, taken_over=self.taken_over, unreadable=n)
 
     def watch(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when another host committed something this one may have to act on."""
@@ -2242,8 +2278,25 @@ class PostgresJournal:
     async def due(
         self, now: float, limit: int, skip: frozenset[int] = frozenset()
     ) -> tuple[list[Entry], bool]:
-        result: tuple[list[Entry], bool] = await self._call(_op_due, now, limit, skip, write=False)
-        return result
+        result: tuple[list[Entry], bool, list[tuple[int, str]]] = await self._call(
+            _op_due, now, limit, skip, write=False
+        )
+        entries, more, bad = result
+        if bad:
+            aside: list[Unreadable] = await self._call(_op_set_aside, bad, now, weight=len(bad))
+            self._unreadable.extend(aside)
+            self.unreadable_count += len(aside)
+            if aside and self.damage is None:
+                self.damage = (
+                    f"action {aside[0].id} of the journal database could not be read back "
+                    f"({aside[0].problem}), set aside as dead (trapd journal show ID)"
+                )[:300]
+                self.damage_since = time.time()
+        return entries, more
+
+    def set_aside(self) -> list[Unreadable]:
+        out, self._unreadable = self._unreadable, []
+        return out
 
     async def next_due(self, now: float) -> float | None:
         result: float | None = await self._call(_op_next_due, now, write=False)

@@ -7,10 +7,11 @@ codec reads both and ``trapd journal show`` prints the same thing whichever hold
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trapd.dispatch.journal.model import CapCheck, Entry
+from trapd.dispatch.journal.model import CapCheck, Entry, Unreadable
 from trapd.secrets import REDACTOR
 
 COLS = (
@@ -93,6 +94,51 @@ def entry_from_row(row: Sequence[Any], event: str | None = None) -> Entry:
         owner=owner,
         event=event,
     )
+
+
+# Columns of a row that can be shown when the rest of it cannot be read (all short text or numbers).
+SUMMARY_COLS = ("rule", "action", "key", "event_id", "source", "mac", "ip", "state")
+
+_NOT_UTF8 = re.compile(r"Could not decode to UTF-8 column '([^']*)'")
+
+
+def unreadable_problem(exc: BaseException) -> str:
+    """Why a row could not be read back, in one line without the row's text (it may hold anything:
+    SQLite's decode error quotes the whole value)."""
+    m = _NOT_UTF8.search(str(exc))
+    if m:
+        return f"text that is not UTF-8 in column {m.group(1)!r}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def set_aside_error(problem: str) -> str:
+    """The ``last_error`` of a row set aside: what an operator reads in ``trapd journal show``."""
+    return f"could not be read back from the journal ({problem}): set aside, never run; the row is damaged"
+
+
+def decode_due(rows: Sequence[Sequence[Any]]) -> tuple[list[Entry], list[tuple[int, str]]]:
+    """Rows selected with COLS and the event's data: the entries, and (id, problem) of the rows
+    whose JSON cannot be decoded (cut short, not an object...). One such row must not keep the
+    others from running: the caller sets it aside."""
+    entries: list[Entry] = []
+    bad: list[tuple[int, str]] = []
+    for r in rows:
+        try:
+            entries.append(entry_from_row(r, r[NCOLS]))
+        except Exception as exc:  # whatever the row's content makes the codec raise: it is the row's
+            bad.append((int(r[0]), unreadable_problem(exc)))
+    return entries, bad
+
+
+def unreadable(id_: int, problem: str, summary: Sequence[Any] | None) -> Unreadable:
+    """An :class:`Unreadable` from a row's :data:`SUMMARY_COLS` (None: the row was gone)."""
+    fields: dict[str, str | None] = {}
+    if summary is not None:
+        for name, value in zip(SUMMARY_COLS, summary, strict=True):
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "replace")
+            fields[name] = None if value is None else str(value)[:200]
+    return Unreadable(id_, problem, fields)
 
 
 def dumps(value: Any) -> str:

@@ -55,14 +55,20 @@ from trapd.dispatch.journal.model import (
     NewEntry,
     State,
     Takeover,
+    Unreadable,
 )
 from trapd.dispatch.journal.rows import ACOLS as _ACOLS
 from trapd.dispatch.journal.rows import COLS as _COLS
 from trapd.dispatch.journal.rows import NCOLS as _NCOLS
+from trapd.dispatch.journal.rows import SUMMARY_COLS as _SUMMARY_COLS
+from trapd.dispatch.journal.rows import decode_due as _decode_due
 from trapd.dispatch.journal.rows import dumps as _dumps
 from trapd.dispatch.journal.rows import dumps_result as _dumps_result
 from trapd.dispatch.journal.rows import entry_from_row as _entry
+from trapd.dispatch.journal.rows import set_aside_error as _set_aside_error
 from trapd.dispatch.journal.rows import stored_event as _stored_event
+from trapd.dispatch.journal.rows import unreadable as _unreadable
+from trapd.dispatch.journal.rows import unreadable_problem as _unreadable_problem
 from trapd.statedir import PRIVATE_FILE, make_private_dir
 
 SCHEMA_VERSION = 1
@@ -380,7 +386,9 @@ def _op_recover(
 
 def _op_due(
     conn: sqlite3.Connection, now: float, limit: int, skip: frozenset[int]
-) -> tuple[list[Entry], bool]:
+) -> tuple[list[Entry], bool, list[tuple[int, str]]]:
+    """The due entries, whether there may be more, and (id, problem) of due rows that cannot be
+    read back (the caller sets them aside)."""
     # Ids first (index only), full rows only for what is not in memory already.
     args = {"now": now, "limit": limit + len(skip)}
     pending = conn.execute(
@@ -398,13 +406,43 @@ def _op_due(
     more = hit or len(fresh) > limit
     ids = fresh[:limit]
     if not ids:
-        return [], more
-    rows = conn.execute(
-        f"SELECT {_ACOLS}, e.data FROM actions a LEFT JOIN events e ON e.id = a.event_id "
-        f"WHERE a.id IN ({_placeholders(len(ids))}) ORDER BY a.id",
-        ids,
-    ).fetchall()
-    return [_entry(r, r[_NCOLS]) for r in rows], more
+        return [], more, []
+    select = f"SELECT {_ACOLS}, e.data FROM actions a LEFT JOIN events e ON e.id = a.event_id WHERE a.id "
+    bad: list[tuple[int, str]] = []
+    try:
+        rows = conn.execute(f"{select} IN ({_placeholders(len(ids))}) ORDER BY a.id", ids).fetchall()
+    except sqlite3.OperationalError as exc:
+        if not _is_not_utf8(exc):
+            raise
+        # One row's text is not UTF-8 (Python's sqlite3 refuses the whole answer): row by row,
+        # so that row alone is set aside. Only this kind of damage: a malformed page is the
+        # file's, and reading around it would set good actions aside with it.
+        rows = []
+        for id_ in ids:
+            try:
+                rows += conn.execute(f"{select} = ?", (id_,)).fetchall()
+            except sqlite3.OperationalError as row_exc:
+                if not _is_not_utf8(row_exc):
+                    raise
+                bad.append((id_, _unreadable_problem(row_exc)))
+    entries, undecodable = _decode_due(rows)
+    return entries, more, sorted(bad + undecodable)
+
+
+def _op_set_aside(conn: sqlite3.Connection, bad: Sequence[tuple[int, str]], now: float) -> list[Unreadable]:
+    """Due rows that cannot be read back: dead (never run), and what of them can still be read."""
+    out: list[Unreadable] = []
+    cols = ", ".join(f"CAST({c} AS BLOB)" for c in _SUMMARY_COLS)  # bytes: read whatever they hold
+    for id_, problem in bad:
+        summary = conn.execute(f"SELECT {cols} FROM actions WHERE id = ?", (id_,)).fetchone()
+        cur = conn.execute(
+            "UPDATE actions SET state = 'dead', finished = ?, last_error = ? "
+            f"WHERE id = ? AND state IN {_ACTIVE_SQL}",
+            (now, _set_aside_error(problem), id_),
+        )
+        if cur.rowcount:  # not when another worker sharing the journal set it aside first
+            out.append(_unreadable(id_, problem, summary))
+    return out
 
 
 def _op_next_due(conn: sqlite3.Connection, now: float) -> float | None:
@@ -725,6 +763,8 @@ class SQLiteJournal:
         # Damage met by any operation, read or write (a page SQLite refuses, text that is not
         # UTF-8): unlike a full disk it does not go away when a later write succeeds.
         self._damage_seen: str | None = None
+        self._unreadable: list[Unreadable] = []  # set aside by due(), not yet taken by set_aside()
+        self.unreadable_count = 0  # since start
         self._damage_since: float | None = None
         self._probe_sent = 0.0
         self._owner = owner
@@ -1235,8 +1275,30 @@ class SQLiteJournal:
     async def due(
         self, now: float, limit: int, skip: frozenset[int] = frozenset()
     ) -> tuple[list[Entry], bool]:
-        result: tuple[list[Entry], bool] = await self._call(_op_due, now, limit, skip, write=False)
-        return result
+        result: tuple[list[Entry], bool, list[tuple[int, str]]] = await self._call(
+            _op_due, now, limit, skip, write=False
+        )
+        entries, more, bad = result
+        if bad:
+            aside: list[Unreadable] = await self._call(_op_set_aside, bad, now, weight=len(bad))
+            self._set_aside_rows(aside)
+        return entries, more
+
+    def _set_aside_rows(self, aside: list[Unreadable]) -> None:
+        self._unreadable.extend(aside)
+        self.unreadable_count += len(aside)
+        if self._damage_seen is None and aside:
+            # Damage, as b7edb6d made any damage met while running: unhealthy until restart.
+            ids = ", ".join(str(u.id) for u in aside[:5])
+            self._damage_since = time.time()
+            self._damage_seen = (
+                f"the journal {self.path} is damaged: action {ids} could not be read back "
+                f"({aside[0].problem}), set aside as dead (trapd journal show ID)"
+            )[:300]
+
+    def set_aside(self) -> list[Unreadable]:
+        out, self._unreadable = self._unreadable, []
+        return out
 
     async def next_due(self, now: float) -> float | None:
         result: float | None = await self._call(_op_next_due, now, write=False)
@@ -1336,18 +1398,21 @@ class SQLiteJournal:
         trapd is restarted: other writes succeeding says nothing about the damaged rows, and
         the start-up check, then ``trapd journal``, say what is left.
         """
+        n = self.unreadable_count
         if self._damage_seen is not None:
-            return JournalHealth(False, self._damage_seen, self._damage_since, self._failed_writes)
+            return JournalHealth(
+                False, self._damage_seen, self._damage_since, self._failed_writes, unreadable=n
+            )
         problem = self._problem
         if problem is None:
-            return JournalHealth(failed_writes=self._failed_writes)
+            return JournalHealth(failed_writes=self._failed_writes, unreadable=n)
         now = time.monotonic()
         if now - self._probe_sent >= 1.0 and self._thread is not None and not self.read_only:
             self._probe_sent = now
             with contextlib.suppress(JournalError):
                 probe = self._call(_op_probe, time.time())
                 probe.add_done_callback(_consume)
-        return JournalHealth(False, problem, self._problem_since, self._failed_writes)
+        return JournalHealth(False, problem, self._problem_since, self._failed_writes, unreadable=n)
 
     def watch(self, callback: Callable[[], None]) -> None:
         """No push here: the dispatcher polls :meth:`changed` (``PRAGMA data_version``)."""
@@ -1373,8 +1438,12 @@ def _is_access(exc: sqlite3.DatabaseError) -> bool:
     return code is not None and code & 0xFF in _ACCESS_ERRORS
 
 
+def _is_not_utf8(exc: sqlite3.DatabaseError) -> bool:
+    return "Could not decode to UTF-8" in str(exc)
+
+
 def _is_damage(exc: sqlite3.DatabaseError) -> bool:
-    if "Could not decode to UTF-8" in str(exc):
+    if _is_not_utf8(exc):
         # Python's sqlite3 cannot read a text value back: trapd writes only UTF-8, so a byte of
         # the file changed inside a row (the pages themselves still pass SQLite's checks).
         return True
