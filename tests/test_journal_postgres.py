@@ -953,3 +953,41 @@ async def test_a_wake_up_that_arrives_while_the_dispatcher_looks_is_not_lost(
         await until(lambda: ran == [1], timeout=15)
     finally:
         await d.stop()
+
+
+async def test_a_due_row_whose_json_cannot_be_decoded_is_set_aside_and_the_others_are_read(
+    hosts: Callable[..., Awaitable[PostgresJournal]], pg_url: str
+) -> None:
+    """params is a text column: JSON cut short (a row altered by hand, a restore gone wrong)
+    can be stored, and made every due read fail, so no action of any host ran. The row is set
+    aside (dead, saying why) once, by one host; the others are read; health says so."""
+    a, b = await hosts("a"), await hosts("b")
+    now = time.time()
+    ids = [
+        (await a.add(make_event().to_dict(), [entry(key=f"k{i}", due=now)], [], now)).ids[0] for i in range(3)
+    ]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("""UPDATE trapd_actions SET params = '{"message": "h' WHERE id = %s""", (ids[1],))
+        with pytest.raises(psycopg.DataError):  # a UTF8 database refuses the other kind of damage
+            conn.execute(
+                "UPDATE trapd_actions SET params = convert_from('\\x7b22ff7d'::bytea, 'UTF8') WHERE id = %s",
+                (ids[1],),
+            )
+    assert a.health().available
+    got, _ = await a.due(now + 1, 10)
+    assert [e.id for e in got] == [ids[0], ids[2]]
+    (aside,) = a.set_aside()
+    assert aside.id == ids[1] and aside.fields["key"] == "k1" and aside.fields["rule"] == "r1", aside
+    assert "JSONDecodeError" in aside.problem and '"h' not in aside.problem, aside
+    assert a.set_aside() == []  # reported once
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        state, last_error = conn.execute(
+            "SELECT state, last_error FROM trapd_actions WHERE id = %s", (ids[1],)
+        ).fetchone() or (None, None)
+    assert state == "dead" and "could not be read back" in str(last_error), (state, last_error)
+    health = a.health()
+    assert not health.available and "could not be read back" in str(health.problem), health
+    assert health.unreadable == 1
+    # The other host no longer meets it: dead rows are not due.
+    got_b, _ = await b.due(now + 1, 10)
+    assert [e.id for e in got_b] == [ids[0], ids[2]] and b.set_aside() == [] and b.health().available

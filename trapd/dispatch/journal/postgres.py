@@ -2289,7 +2289,7 @@ class PostgresJournal:
             if aside and self.damage is None:
                 self.damage = (
                     f"action {aside[0].id} of the journal database could not be read back "
-                    f"({aside[0].problem}), set aside as dead (trapd journal show ID)"
+                    f"({aside[0].problem}), set aside as dead"
                 )[:300]
                 self.damage_since = time.time()
         return entries, more

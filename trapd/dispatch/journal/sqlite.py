@@ -1293,7 +1293,7 @@ class SQLiteJournal:
             self._damage_since = time.time()
             self._damage_seen = (
                 f"the journal {self.path} is damaged: action {ids} could not be read back "
-                f"({aside[0].problem}), set aside as dead (trapd journal show ID)"
+                f"({aside[0].problem}), set aside as dead"
             )[:300]
 
     def set_aside(self) -> list[Unreadable]:
