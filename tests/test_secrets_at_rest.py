@@ -266,7 +266,11 @@ rules:
     for path in d.state_dir.iterdir():
         if path.name.startswith("journal"):
             assert URL_TOKEN.encode() not in path.read_bytes(), path.name
-    outputs = [_journal(d.state_dir, "list", "--state", "all"), _journal(d.state_dir, "--json", "history")]
+    outputs = [
+        _journal(d.state_dir, "list", "--state", "all"),
+        _journal(d.state_dir, "--json", "list", "--state", "all"),
+        _journal(d.state_dir, "--json", "history"),
+    ]
     ids = [json.loads(line)["id"] for line in outputs[-1].splitlines()]
     assert len(ids) == 2
     for id_ in ids:
@@ -284,3 +288,26 @@ rules:
     outputs += [r.stdout + r.stderr, json.dumps(d.log)]
     for text in outputs:
         assert URL_TOKEN not in text and "url-s3cret" not in text, text[:3000]
+
+
+def test_a_webhook_url_from_the_environment_in_a_dry_run_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_HOOK_URL", f"http://127.0.0.1:9/hook/{URL_TOKEN}")
+    rules = """
+rules:
+  - name: down
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: webhook
+        url: {env: TEST_HOOK_URL}
+"""
+    d = TrapdDaemon.start(tmp_path / "trapd", rules=rules, config={"mode": "dry-run"})
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 5))
+        (line,) = d.wait_log("dry-run: would run", timeout=30)
+    finally:
+        d.stop()
+    assert line["params"]["url"] == {"$secret": "env:TEST_HOOK_URL"}, line
+    assert URL_TOKEN not in json.dumps(d.log)
+    assert URL_TOKEN not in _journal(d.state_dir, "--json", "list", "--state", "all")
