@@ -57,35 +57,39 @@ class PgServer:
             pytest.skip(f"PostgreSQL 15 not installed ({PG_BIN}); scripts/setup.sh --test installs it")
         self.user = _ensure_user()
         self.dir = Path(tempfile.mkdtemp(prefix="trapd-pg-"))
-        self.data = self.dir / "data"
-        self.socket_dir = self.dir / "sock"
-        self.socket_dir.mkdir()
-        self.log = self.dir / "server.log"
-        os.chmod(self.dir, 0o755)  # the tests (root) reach the socket; the data dir stays 0700
-        for p in (self.dir, self.socket_dir):
-            os.chown(p, self.user.pw_uid, self.user.pw_gid)
-        self._run(
-            [
-                str(PG_BIN / "initdb"),
-                "-D",
-                str(self.data),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ]
-        )
-        with open(self.data / "postgresql.conf", "a") as f:
-            f.write(
-                "listen_addresses = ''\n"
-                f"unix_socket_directories = '{self.socket_dir}'\n"
-                f"fsync = {'on' if fsync else 'off'}\n"  # tests: speed over durability across power loss
-                "max_connections = 200\n"
-                "shared_buffers = 32MB\n"
+        try:
+            self.data = self.dir / "data"
+            self.socket_dir = self.dir / "sock"
+            self.socket_dir.mkdir()
+            self.log = self.dir / "server.log"
+            os.chmod(self.dir, 0o755)  # the tests (root) reach the socket; the data dir stays 0700
+            for p in (self.dir, self.socket_dir):
+                os.chown(p, self.user.pw_uid, self.user.pw_gid)
+            self._run(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ]
             )
+            with open(self.data / "postgresql.conf", "a") as f:
+                f.write(
+                    "listen_addresses = ''\n"
+                    f"unix_socket_directories = '{self.socket_dir}'\n"
+                    f"fsync = {'on' if fsync else 'off'}\n"  # tests: speed over durability across power loss
+                    "max_connections = 200\n"
+                    "shared_buffers = 32MB\n"
+                )
+        except BaseException:  # initdb failed or was interrupted (^C, SIGTERM in a benchmark)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
         self._dbs = itertools.count()
 
     def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
