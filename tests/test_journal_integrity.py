@@ -10,6 +10,7 @@ names the damage instead of printing a traceback.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import stat
@@ -384,7 +385,8 @@ def test_a_row_that_cannot_be_read_back_is_set_aside_and_the_others_run(tmp_path
         assert not d.logs("ran-1")
         (line,) = d.wait_log("journal row unreadable: set aside", timeout=10)
         assert line["action_id"] == "2" and line["rule"] == "r" and line["action"] == "log", line
-        assert line["problem"] and line["key"] == "k1" and "not run" in str(line.get("hint")), line
+        assert line["problem"] and line["key"] == "k1", line
+        assert "trapd journal show 2" in str(line.get("hint")), line
         state, last_error = eventually(lambda: _settled(path, 2))
         assert state == "dead" and "could not be read back" in str(last_error), (state, last_error)
         assert eventually(lambda: _settled(path, 3))[0] == "done"
@@ -398,10 +400,24 @@ def test_a_row_that_cannot_be_read_back_is_set_aside_and_the_others_run(tmp_path
     finally:
         d.stop()
         d.close()
-    # What can still be read of it: `trapd journal show 2` names the damage, no traceback.
-    r = journal_cli("--journal", str(path), "show", "2")
-    out = r.stdout + r.stderr
-    assert "Traceback" not in out, out[-3000:]
+    # What can still be read of it: `trapd journal show 2` shows the row, the damage named (it
+    # failed as a whole: "the journal ... is damaged: Could not decode ..."), and so does list.
+    r = journal_cli("--journal", str(path), "show", "2", "--json")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["key"] == "k1" and shown["rule"] == "r" and shown["state"] == "dead", shown
+    assert shown["last_error"].startswith("damaged row: "), shown
+    assert "could not be read back" in shown["last_error"], shown
+    if damage.startswith("params"):
+        assert "unreadable" in shown["params"], shown
+    else:
+        assert shown["params"] == {"message": "ran-1"} and shown["caps"] == [], shown
+    assert shown["event"]["source"] == "192.0.2.10", shown
+    r = journal_cli("--journal", str(path), "list", "--state", "all", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    listed = {d["id"]: d for d in map(json.loads, r.stdout.splitlines())}
+    assert sorted(listed) == [1, 2, 3] and listed[3]["params"] == {"message": "ran-2"}, listed
+    assert listed[2]["last_error"].startswith("damaged row: "), listed[2]
 
 
 def _settled(path: Path, id_: int) -> tuple[str, str | None]:

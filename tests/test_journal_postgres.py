@@ -20,7 +20,7 @@ from pg_harness import PgProxy, PgServer
 
 from trapd.dispatch.config import DispatchConfig, JournalConfig, RetryDefaults
 from trapd.dispatch.dispatcher import Dispatcher
-from trapd.dispatch.journal import AddResult, CapCheck, JournalError, NewEntry
+from trapd.dispatch.journal import AddResult, CapCheck, HistoryFilter, JournalError, NewEntry
 from trapd.dispatch.journal.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresJournal, _lock_id, migrate
 from trapd.dispatch.testing import make_event, make_outcome, plan
 from trapd.event import SNMP_TRAP_COMMUNITY_OID, event_fingerprint, new_event_id, oid_str
@@ -991,3 +991,13 @@ async def test_a_due_row_whose_json_cannot_be_decoded_is_set_aside_and_the_other
     # The other host no longer meets it: dead rows are not due.
     got_b, _ = await b.due(now + 1, 10)
     assert [e.id for e in got_b] == [ids[0], ids[2]] and b.set_aside() == [] and b.health().available
+    # `trapd journal show/list` (lenient) show what is left of it, the damage named; a strict read fails.
+    with pytest.raises(ValueError):
+        await b.get(ids[1])
+    b.lenient = True
+    shown = await b.get(ids[1])
+    assert shown is not None and shown.key == "k1" and shown.state == "dead", shown
+    assert shown.params == {"unreadable": '{"message": "h'}, shown
+    assert str(shown.last_error).startswith("damaged row: column 'params': JSONDecodeError"), shown
+    listed = await b.history(HistoryFilter(limit=10))
+    assert sorted(e.id for e in listed) == sorted(ids), listed

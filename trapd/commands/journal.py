@@ -223,7 +223,9 @@ def journal_path(args: argparse.Namespace) -> Any:
 
 async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
     inspect = args.journal_command in ("list", "show", "history")
-    journal = await open_cli_journal(path, jc, read_only=inspect, command="trapd journal")
+    # Looking only: a row that cannot be read back is shown as far as it can be read (and says
+    # so), not the end of the listing. (`trapd kea restore` reads strictly: it acts on the row.)
+    journal = await open_cli_journal(path, jc, read_only=inspect, command="trapd journal", lenient=inspect)
     try:
         cmd = args.journal_command
         now = journal.now()
@@ -248,19 +250,31 @@ async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
         await journal.close()
 
 
-async def open_cli_journal(path: Any, jc: Any, *, read_only: bool, command: str) -> Any:
+async def open_cli_journal(
+    path: Any, jc: Any, *, read_only: bool, command: str, lenient: bool = False
+) -> Any:
     """The journal an operator's command works on, opened: the SQLite file at ``path``, or the
     PostgreSQL journal of ``jc`` (a JournalConfig with a url; else None).
 
     ``read_only`` (looking, not changing): the file is opened read-only, so that nothing is
     made (no state directory, no empty journal), written or upgraded behind a running trapd;
     also when it is damaged, so that what survived can be read (the damage is said on stderr).
+    ``lenient`` (looking only): a damaged row is read as far as it can be, and says so.
     Raises JournalError (no journal there, cannot open it)."""
     import sys
 
     from trapd.dispatch.journal import SQLiteJournal, open_journal
 
-    journal = SQLiteJournal(path, read_only=read_only) if jc is None else open_journal(path, jc, owner="cli")
+    journal = (
+        SQLiteJournal(path, read_only=read_only, lenient=lenient)
+        if jc is None
+        else open_journal(path, jc, owner="cli")
+    )
+    if jc is not None:
+        from trapd.dispatch.journal.postgres import PostgresJournal  # a url: psycopg is needed anyway
+
+        if isinstance(journal, PostgresJournal):
+            journal.lenient = lenient
     await journal.open()
     damage = getattr(journal, "damage", None)
     if damage:

@@ -745,8 +745,8 @@ class Dispatcher:
                 problem=u.problem,
                 **{k: v for k, v in u.fields.items() if k != "state"},
                 hint=(
-                    "the row is damaged and was not run (dead now): this line has what of it could be "
-                    "read. Every other action runs; /healthz stays 503 until trapd is restarted"
+                    f"the row is damaged and was not run (dead now); trapd journal show {u.id} shows what "
+                    "is left of it. Every other action runs; /healthz stays 503 until trapd is restarted"
                 ),
             )
 

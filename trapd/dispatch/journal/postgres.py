@@ -90,6 +90,7 @@ from trapd.dispatch.journal.rows import (
     dumps,
     dumps_result,
     entry_from_row,
+    entry_read_leniently,
     set_aside_error,
     stored_event,
     unreadable,
@@ -1372,7 +1373,7 @@ async def _op_expire_held(cur: Cur, now: float) -> list[Entry]:
     return sorted(entries, key=lambda e: e.id)
 
 
-async def _op_get(cur: Cur, id_: int, with_event: bool) -> Entry | None:
+async def _op_get(cur: Cur, id_: int, with_event: bool, lenient: bool = False) -> Entry | None:
     await cur.execute(
         f"SELECT {ACOLS}, e.data FROM {_A} a LEFT JOIN trapd_events e ON e.id = a.event_id WHERE a.id = %s",
         (id_,),
@@ -1380,10 +1381,10 @@ async def _op_get(cur: Cur, id_: int, with_event: bool) -> Entry | None:
     row = await cur.fetchone()
     if row is None:
         return None
-    return _entry(row, row[NCOLS] if with_event else None)
+    return (entry_read_leniently if lenient else _entry)(row, row[NCOLS] if with_event else None)
 
 
-async def _op_history(cur: Cur, f: HistoryFilter) -> list[Entry]:
+async def _op_history(cur: Cur, f: HistoryFilter, lenient: bool = False) -> list[Entry]:
     where: list[str] = []
     args: list[Any] = []
     for col, value in (
@@ -1411,7 +1412,7 @@ async def _op_history(cur: Cur, f: HistoryFilter) -> list[Entry]:
     sql += " ORDER BY id DESC LIMIT %s"
     args.append(f.limit)
     await cur.execute(sql, args)
-    return [_entry(r) for r in await cur.fetchall()]
+    return [(entry_read_leniently if lenient else _entry)(r) for r in await cur.fetchall()]
 
 
 async def _op_counts(cur: Cur) -> dict[str, int]:
@@ -1610,6 +1611,9 @@ class PostgresJournal:
         # says nothing about how it came to be damaged).
         self.damage: str | None = None
         self.damage_since: float | None = None
+        # `trapd journal list/show/history` (looking only): get() and history() return a row
+        # whose JSON cannot be decoded as far as it can be read (rows.entry_read_leniently).
+        self.lenient = False
         self._takeovers: list[Takeover] = []  # not handed out by take_overs() yet
         # Claims whose commit this journal never confirmed (the answer lost), put back in line.
         self.put_back = 0
@@ -2370,11 +2374,11 @@ class PostgresJournal:
         return result
 
     async def get(self, id: int, with_event: bool = True) -> Entry | None:
-        result: Entry | None = await self._call(_op_get, id, with_event, write=False)
+        result: Entry | None = await self._call(_op_get, id, with_event, self.lenient, write=False)
         return result
 
     async def history(self, flt: HistoryFilter) -> list[Entry]:
-        result: list[Entry] = await self._call(_op_history, flt, write=False)
+        result: list[Entry] = await self._call(_op_history, flt, self.lenient, write=False)
         return result
 
     async def counts(self) -> dict[str, int]:

@@ -141,6 +141,70 @@ def unreadable(id_: int, problem: str, summary: Sequence[Any] | None) -> Unreada
     return Unreadable(id_, problem, fields)
 
 
+# The actions table's text columns: what a lenient read (:func:`entry_read_leniently`) takes as
+# bytes (CAST(... AS BLOB)), so that a value that is not UTF-8 is read all the same.
+TEXT_COLS = frozenset(
+    {
+        "event_id", "source", "rule", "action", "params", "key", "mode", "state", "cancel_key", "once_key",
+        "caps", "held_by", "endpoint", "mac", "ip", "item", "result", "last_error", "owner",
+    }
+)  # fmt: skip
+_NAMES = tuple(c.strip() for c in COLS.split(","))
+
+
+def lenient_cols(prefix: str = "") -> str:
+    """COLS for :func:`entry_read_leniently`: the text columns as bytes."""
+    return ", ".join(f"CAST({prefix}{c} AS BLOB)" if c in TEXT_COLS else f"{prefix}{c}" for c in _NAMES)
+
+
+def entry_read_leniently(row: Sequence[Any], event: Any = None) -> Entry:
+    """A row as far as it can be read, for ``trapd journal`` (looking, never running it): text
+    that is not UTF-8 is shown with U+FFFD, a JSON column that cannot be decoded as its text
+    under ``"unreadable"``, and ``last_error`` starts with what is damaged."""
+    values = list(row[:NCOLS])
+    problems: list[str] = []
+    not_utf8: set[str] = set()
+
+    def text(value: Any, name: str) -> Any:
+        if not isinstance(value, bytes):
+            return value
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(f"text that is not UTF-8 in column {name!r}")
+            not_utf8.add(name)
+            return value.decode("utf-8", "replace")
+
+    values = [text(v, name) for v, name in zip(values, _NAMES, strict=True)]
+    event = text(event, "event data")
+    for name in ("params", "caps", "item", "result"):
+        i = _NAMES.index(name)
+        if not values[i]:
+            continue
+        try:
+            decoded = json.loads(values[i])
+            if name == "caps":
+                [CapCheck.from_json(c) for c in decoded]
+            elif name == "params" and not isinstance(decoded, dict):
+                raise ValueError("not an object")
+        except Exception as exc:
+            if name not in not_utf8:  # else said already
+                problems.append(f"column {name!r}: {unreadable_problem(exc)}")
+            values[i] = "[]" if name == "caps" else dumps({"unreadable": values[i][:2000]})
+    if event is not None:
+        try:
+            json.loads(event)
+        except ValueError as exc:
+            if "event data" not in not_utf8:
+                problems.append(f"event data: {unreadable_problem(exc)}")
+            event = dumps({"unreadable": event[:2000]})
+    if problems:
+        last_error = values[_NAMES.index("last_error")]
+        note = "damaged row: " + "; ".join(problems)
+        values[_NAMES.index("last_error")] = f"{note}; {last_error}" if last_error else note
+    return entry_from_row(values, event)
+
+
 def dumps(value: Any) -> str:
     # default=str: a plugin that returns a datetime or a Path still gets its result journaled.
     return json.dumps(value, separators=(",", ":"), default=str)

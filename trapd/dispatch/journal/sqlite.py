@@ -65,6 +65,8 @@ from trapd.dispatch.journal.rows import decode_due as _decode_due
 from trapd.dispatch.journal.rows import dumps as _dumps
 from trapd.dispatch.journal.rows import dumps_result as _dumps_result
 from trapd.dispatch.journal.rows import entry_from_row as _entry
+from trapd.dispatch.journal.rows import entry_read_leniently as _entry_read_leniently
+from trapd.dispatch.journal.rows import lenient_cols as _lenient_cols
 from trapd.dispatch.journal.rows import set_aside_error as _set_aside_error
 from trapd.dispatch.journal.rows import stored_event as _stored_event
 from trapd.dispatch.journal.rows import unreadable as _unreadable
@@ -611,17 +613,18 @@ def _op_expire_held(conn: sqlite3.Connection, now: float) -> list[Entry]:
     return [_entry(r) for r in rows]
 
 
-def _op_get(conn: sqlite3.Connection, id_: int, with_event: bool) -> Entry | None:
+def _op_get(conn: sqlite3.Connection, id_: int, with_event: bool, lenient: bool = False) -> Entry | None:
+    cols = f"{_lenient_cols('a.')}, CAST(e.data AS BLOB)" if lenient else f"{_ACOLS}, e.data"
     row = conn.execute(
-        f"SELECT {_ACOLS}, e.data FROM actions a LEFT JOIN events e ON e.id = a.event_id WHERE a.id = ?",
+        f"SELECT {cols} FROM actions a LEFT JOIN events e ON e.id = a.event_id WHERE a.id = ?",
         (id_,),
     ).fetchone()
     if row is None:
         return None
-    return _entry(row, row[_NCOLS] if with_event else None)
+    return (_entry_read_leniently if lenient else _entry)(row, row[_NCOLS] if with_event else None)
 
 
-def _op_history(conn: sqlite3.Connection, f: HistoryFilter) -> list[Entry]:
+def _op_history(conn: sqlite3.Connection, f: HistoryFilter, lenient: bool = False) -> list[Entry]:
     where: list[str] = []
     args: list[Any] = []
     for col, value in (
@@ -643,12 +646,12 @@ def _op_history(conn: sqlite3.Connection, f: HistoryFilter) -> list[Entry]:
     if f.until is not None:
         where.append("created < ?")
         args.append(f.until)
-    sql = f"SELECT {_COLS} FROM actions"
+    sql = f"SELECT {_lenient_cols() if lenient else _COLS} FROM actions"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY id DESC LIMIT ?"
     args.append(f.limit)
-    return [_entry(r) for r in conn.execute(sql, args).fetchall()]
+    return [(_entry_read_leniently if lenient else _entry)(r) for r in conn.execute(sql, args).fetchall()]
 
 
 def _op_counts(conn: sqlite3.Connection) -> dict[str, int]:
@@ -742,6 +745,7 @@ class SQLiteJournal:
         owner: str | None = None,
         checkpoint_interval: float | None = CHECKPOINT_INTERVAL,
         read_only: bool = False,
+        lenient: bool = False,
     ) -> None:
         """``checkpoint_interval``: seconds between the checkpointer thread's WAL checkpoints
         (see :data:`CHECKPOINT_INTERVAL`); None leaves checkpoints to SQLite's auto-checkpoint
@@ -750,11 +754,16 @@ class SQLiteJournal:
         ``read_only``: for ``trapd journal``'s inspection commands. Nothing is created or
         written, and a damaged file is opened anyway (what it is damaged by is in
         :attr:`damage`) so that what survived can be read; without it a damaged file is
-        refused (:class:`JournalDamaged`) and never replaced."""
+        refused (:class:`JournalDamaged`) and never replaced.
+
+        ``lenient`` (with ``read_only``; for looking at the rows, never for acting on them):
+        :meth:`get` and :meth:`history` return a row that cannot be read back as far as it can
+        be read (:func:`~trapd.dispatch.journal.rows.entry_read_leniently`) instead of failing."""
         if synchronous.lower() not in ("normal", "full"):
             raise ValueError("synchronous must be normal or full")
         self.path = Path(path)
         self.read_only = read_only
+        self.lenient = lenient and read_only
         self.damage: str | None = None  # read_only: what the integrity check at open found
         # Whether commits work (a full disk, an I/O error): set by the writer thread, read by health().
         self._problem: str | None = None
@@ -1367,11 +1376,11 @@ class SQLiteJournal:
         return result
 
     async def get(self, id: int, with_event: bool = True) -> Entry | None:
-        result: Entry | None = await self._call(_op_get, id, with_event, write=False)
+        result: Entry | None = await self._call(_op_get, id, with_event, self.lenient, write=False)
         return result
 
     async def history(self, flt: HistoryFilter) -> list[Entry]:
-        result: list[Entry] = await self._call(_op_history, flt, write=False)
+        result: list[Entry] = await self._call(_op_history, flt, self.lenient, write=False)
         return result
 
     async def counts(self) -> dict[str, int]:
