@@ -356,6 +356,7 @@ def _journal_state(path: Path, id_: int) -> tuple[str, str | None]:
         pytest.param("params = CAST(x'7b22ff7d' AS TEXT)", id="params-not-utf8"),
         pytest.param("""params = '{"message": "m'""", id="params-json-cut-short"),
         pytest.param("caps = '[{\"cap\"'", id="caps-json-cut-short"),
+        pytest.param("event-data", id="event-not-utf8"),
     ],
 )
 def test_a_row_that_cannot_be_read_back_is_set_aside_and_the_others_run(tmp_path: Path, damage: str) -> None:
@@ -376,7 +377,13 @@ def test_a_row_that_cannot_be_read_back_is_set_aside_and_the_others_run(tmp_path
     asyncio.run(fill())
     conn = sqlite3.connect(path)
     with conn:
-        conn.execute(f"UPDATE actions SET {damage} WHERE id = 2")
+        if damage == "event-data":  # the event's row: the action's own row is fine
+            conn.execute(
+                "UPDATE events SET data = CAST(x'7b22ff7d' AS TEXT) "
+                "WHERE id = (SELECT event_id FROM actions WHERE id = 2)"
+            )
+        else:
+            conn.execute(f"UPDATE actions SET {damage} WHERE id = 2")
     conn.close()
     d = TrapdDaemon.start(tmp_path, rules=RULES)
     try:
@@ -412,12 +419,17 @@ def test_a_row_that_cannot_be_read_back_is_set_aside_and_the_others_run(tmp_path
         assert "unreadable" in shown["params"], shown
     else:
         assert shown["params"] == {"message": "ran-1"} and shown["caps"] == [], shown
-    assert shown["event"]["source"] == "192.0.2.10", shown
+    if damage == "event-data":
+        assert "unreadable" in shown["event"] and "event data" in shown["last_error"], shown
+    else:
+        assert shown["event"]["source"] == "192.0.2.10", shown
     r = journal_cli("--journal", str(path), "list", "--state", "all", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     listed = {d["id"]: d for d in map(json.loads, r.stdout.splitlines())}
     assert sorted(listed) == [1, 2, 3] and listed[3]["params"] == {"message": "ran-2"}, listed
-    assert listed[2]["last_error"].startswith("damaged row: "), listed[2]
+    # (list reads no event: the row itself is fine when only its event is damaged)
+    assert "could not be read back" in listed[2]["last_error"], listed[2]
+    assert listed[2]["last_error"].startswith("damaged row: ") == (damage != "event-data"), listed[2]
 
 
 def _settled(path: Path, id_: int) -> tuple[str, str | None]:
