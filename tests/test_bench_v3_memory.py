@@ -58,13 +58,15 @@ def test_a_receiver_that_ignores_sigterm_is_killed(
         except BaseException as exc:
             outcome.append(exc)
 
+    pid_file = Path(f"{script}.{variant}.pid")
     t = threading.Thread(target=go, daemon=True)
     t.start()
-    t.join(90)
-    assert not t.is_alive(), "the driver still waiting after 90 s"
-    pid = int(Path(f"{script}.{variant}.pid").read_text())
     try:
+        t.join(90)
+        assert not t.is_alive(), "the driver still waiting after 90 s"
+        pid = int(pid_file.read_text())
         assert not Path(f"/proc/{pid}").exists(), f"the receiver ({pid}) is still running"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    finally:  # on a failure too: the stub ignores SIGTERM, it must not outlive the test
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
