@@ -298,8 +298,10 @@ class PgProxy:
                     fault = target.pop()
                     fault.hit.set()
                     if fault.delay is None:
-                        cut()  # the transaction ended on the server; its answer is lost
+                        # Done before the cut: the client raises as soon as its connection drops,
+                        # and a test may look at ``done`` at once.
                         fault.done.set()
+                        cut()  # the transaction ended on the server; its answer is lost
                         return
                     time.sleep(fault.delay)
                     client.sendall(bytes(held))
