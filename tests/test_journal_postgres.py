@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from pg_harness import PgProxy, PgServer
+from structlog.testing import capture_logs
 
 from trapd.dispatch.config import DispatchConfig, JournalConfig, RetryDefaults
 from trapd.dispatch.dispatcher import Dispatcher
@@ -897,14 +898,20 @@ async def test_a_dispatcher_runs_once_the_action_whose_claim_answer_was_lost(
             await until(lambda: len(d._idle) == 2)  # so that the submit claims at insert
             ev = make_event()
             proxy.arm(str(ev.id).encode())  # the submit's journal write: its claim at insert
-            with pytest.raises(JournalError):
-                await d.submit(ev, make_outcome(plan("count", {"n": 1}, key="port")))
-            # Later actions of the key wait behind it, and then run too.
-            await until(lambda: j.available, timeout=10)
-            await d.submit(make_event(), make_outcome(plan("count", {"n": 2}, key="port")))
-            await until(lambda: len(ran) >= 2, timeout=30)
-            await asyncio.sleep(1.0)
-            assert ran == [1, 2]
+            with capture_logs() as logs:
+                with pytest.raises(JournalError):
+                    await d.submit(ev, make_outcome(plan("count", {"n": 1}, key="port")))
+                # Later actions of the key wait behind it, and then run too.
+                await until(lambda: j.available, timeout=10)
+                await d.submit(make_event(), make_outcome(plan("count", {"n": 2}, key="port")))
+                await until(lambda: len(ran) >= 2, timeout=30)
+                await asyncio.sleep(1.0)
+                assert ran == [1, 2]
+                # Said once, as what it was: not as a takeover from another host.
+                await until(lambda: any("answer the database lost" in e["event"] for e in logs), timeout=10)
+            put_back = [e for e in logs if "answer the database lost" in e["event"]]
+            assert [(e["log_level"], e["count"]) for e in put_back] == [("warning", 1)]
+            assert not any("took over" in e["event"] for e in logs)
         finally:
             await d.stop()
 

@@ -799,6 +799,13 @@ class Dispatcher:
                 event_id=e.event_id,
             )
         for t in self.journal.take_overs():
+            if t.unconfirmed:
+                self.log.warning(
+                    "claims whose answer the database lost put back in line: they never started",
+                    count=t.rerun,
+                    hint="the connection to the database broke after a claim committed",
+                )
+                continue
             self.log.warning(
                 "took over the running actions of a host that stopped renewing its claims",
                 rerun=t.rerun,

@@ -185,11 +185,13 @@ class ClaimResult:
 
 @dataclass(frozen=True, slots=True)
 class Takeover:
-    """Running actions of other hosts whose claims' lease ran out, put back in line by this one."""
+    """Running actions put back in line by this host: other hosts' whose claims' lease ran out,
+    or (``unconfirmed``) this host's own claims whose answer was lost (they never started)."""
 
     rerun: int
     held: int  # not idempotent, with ``dispatch.interrupted: hold-unsafe``: for an operator
     owners: tuple[str, ...]  # whose claims they were
+    unconfirmed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

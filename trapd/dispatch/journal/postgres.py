@@ -2194,6 +2194,9 @@ class PostgresJournal:
             raise JournalError(f"lease renewal failed: {_one_line(exc)}") from exc
         if put_back:
             self.put_back += put_back
+            # For the dispatcher's log: an operator who sees last_error's "unconfirmed" on a row
+            # should find when and why (a connection lost after a claim committed).
+            self._takeovers.append(Takeover(put_back, 0, (self._owner,), unconfirmed=True))
             self._notified = True
             self._wake()
         return taken
