@@ -33,7 +33,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
+from benchproc import sigterm_unwinds  # noqa: E402
 from kea_sandbox import KeaInstance, start_kea  # noqa: E402
 
 TRAPD = REPO / ".venv" / "bin" / "trapd"
@@ -240,4 +242,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # SIGTERM (timeout, kill, a CI cancel) unwinds like ^C, so main's finally stops trapd and
+    # Kea and removes the namespace; it used to leave all three behind.
+    with sigterm_unwinds():
+        sys.exit(main())

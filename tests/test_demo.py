@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,39 @@ def test_demo_deletes_what_the_example_rules_say_and_cleans_up() -> None:
     assert work is not None, out[-3000:]
     leftovers = subprocess.run(["pgrep", "-f", work.group(1)], capture_output=True, text=True, check=False)
     assert leftovers.stdout.strip() == ""  # no Kea or trapd left running
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the demo creates a network namespace: needs root")
+def test_a_demo_stopped_by_sigterm_leaves_nothing_behind() -> None:
+    # `timeout`, `kill` or a CI job's cancel send SIGTERM: the demo's own clean-up must still run.
+    demo = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "demo.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert demo.stdout is not None
+    work = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # a line at a time, until trapd is up (or the demo ends)
+            line = demo.stdout.readline()
+            if not line:
+                break
+            found = re.search(r"its log: (\S+)/trapd\.log", line)
+            if found:
+                work = found.group(1)
+                break
+        assert work is not None, "the demo never said trapd was ready"
+        demo.send_signal(signal.SIGTERM)
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.returncode is None:
+            demo.kill()
+            demo.communicate()
+    assert "(demo finished" in rest  # its finally ran
+    assert f"trapd-demo-{demo.pid}" not in _netns()
+    leftovers = subprocess.run(["pgrep", "-f", work], capture_output=True, text=True, check=False)
+    assert leftovers.stdout.strip() == ""
+    assert not Path(work).exists()
