@@ -75,15 +75,12 @@ class Redactor:
                     self._use(value)
                 return
             recent = self._recent.setdefault(source, [])
-            if recent and recent[-1] == value:
-                return  # read again, unchanged: the common case
-            if value in recent:
-                recent.remove(value)
-            else:
+            known = value in recent
+            dropped = _read_again(recent, value)
+            if not known:
                 self._use(value)
-            recent.append(value)
-            if len(recent) > self.KEEP_PER_SOURCE:
-                self._unuse(recent.pop(0))
+            if dropped is not None:
+                self._unuse(dropped)
 
     def hold(self, value: str) -> None:
         """Keep ``value`` masked until as many :meth:`release` calls, whatever its source reads since."""
@@ -147,6 +144,17 @@ class Redactor:
         return bool(self._masked)
 
 
+def _read_again(recent: list[str], value: str) -> str | None:
+    """``value`` read at a source whose last values are ``recent`` (newest last): it becomes the
+    newest; returns the oldest value it pushed out of the last :attr:`Redactor.KEEP_PER_SOURCE`."""
+    if recent and recent[-1] == value:
+        return None  # read again, unchanged: the common case
+    if value in recent:
+        recent.remove(value)
+    recent.append(value)
+    return recent.pop(0) if len(recent) > Redactor.KEEP_PER_SOURCE else None
+
+
 def _forms(value: str) -> set[str]:
     """A value as it appears in text: as is, and as JSON writes it (the journal stores results
     as JSON: a secret with a quote, a backslash, a control or non-ASCII character is not its own
@@ -175,13 +183,9 @@ class SecretRefs:
 
     def register(self, ref: str, value: str) -> None:
         self._values[ref] = value
-        recent = self._recent.setdefault(ref, [])
-        if not recent or recent[-1] != value:
-            if value in recent:
-                recent.remove(value)
-            recent.append(value)
-            if len(recent) > Redactor.KEEP_PER_SOURCE:
-                self._forget(recent.pop(0), ref)
+        dropped = _read_again(self._recent.setdefault(ref, []), value)
+        if dropped is not None:
+            self._forget(dropped, ref)
         self._refs.setdefault(value, ref)
         REDACTOR.add(value, ref)
 
