@@ -152,6 +152,42 @@ async def test_a_lease_that_has_run_out_since_is_not_restored(
     assert kea.lease4(before["ip-address"]) is None  # nothing was sent
 
 
+async def test_restore_refuses_a_record_of_an_endpoint_it_does_not_know(
+    kea: KeaInstance, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record whose endpoint is gone from trapd.yaml (renamed, removed), or that names none (a
+    bare list of leases), was restored through the family's default endpoint: possibly another
+    Kea than the one the lease was deleted from. It is refused, naming the endpoint it needs,
+    unless the operator names one with --endpoint; dry run included (it shows where it would go)."""
+    section = kea.trapd_kea_section(default_transport="ca")
+    cfg = write_config(tmp_path, section)
+    before, result = await deleted_result(kea, section)
+    ip = before["ip-address"]
+    capsys.readouterr()
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps({**result, "endpoint": "kea-old-site"}))
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(result["leases"]))
+    for f in (renamed, bare):
+        for extra in ([], ["--dry-run"]):
+            assert await_sync(trapd, ["kea", "restore", "--file", str(f), *extra, "-c", str(cfg)]) == 1
+            out, err = capsys.readouterr()
+            assert out == "", out
+            assert "--endpoint NAME" in err and "ca4" in err, err  # how, and what there is
+            if f is renamed:
+                assert "kea-old-site" in err, err
+            assert kea.lease4(ip) is None  # nothing sent
+    argv = ["kea", "restore", "--file", str(renamed), "--endpoint", "ca4", "-c", str(cfg)]
+    assert await_sync(trapd, [*argv, "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["endpoint"] == "ca4"
+    assert await_sync(trapd, argv) == 0
+    assert capsys.readouterr().out.split() == ["restored", ip]
+    assert kea.lease4(ip) == before
+    argv = ["kea", "restore", "--file", str(bare), "--endpoint", "nonesuch", "-c", str(cfg)]
+    assert await_sync(trapd, argv) == 2
+    assert "nonesuch" in capsys.readouterr().err
+
+
 async def test_restore_from_journal(
     kea: KeaInstance, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -323,12 +323,16 @@ def test_kea_restore_from_another_journal_file(tmp_path: Path, capsys: pytest.Ca
 
     id_ = asyncio.run(fill())
     cfg = tmp_path / "trapd.yaml"
-    cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")  # this host's journal: none yet
+    cfg.write_text(  # this host's journal: none yet; its Kea: the endpoint the record names
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"kea: {{endpoints: {{local4: {{transport: unix, socket: {tmp_path / 'kea4.sock'}, family: v4}}}}}}\n"
+    )
     argv = ("kea", "restore", str(id_), "--journal", str(aside), "--dry-run", "-c", str(cfg))
     rc, out, err = run(capsys, *argv)
     assert rc == 0, err
     sent = json.loads(out)
     assert sent["command"] == "lease4-add" and sent["arguments"]["ip-address"] == "10.9.8.7"
+    assert sent["endpoint"] == "local4"
     assert sent["arguments"]["expire"] == lease["cltt"] + lease["valid-lft"]
     assert not (tmp_path / "state").exists()
 

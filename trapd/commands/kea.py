@@ -22,6 +22,10 @@ trapd kea restore --file leases.json [--endpoint NAME]
     lease*-add commands instead of sending them. On an HA relationship the
     journal holds one entry per peer; any of them restores on every peer
     where the lease was removed (--peer NAME: on that one only).
+    Leases go back to the endpoint they were deleted from, as recorded. A
+    record whose endpoint trapd.yaml no longer has (renamed, removed), or
+    that names none (a bare list of leases), is refused with the endpoint
+    it needs: --endpoint NAME says where to restore it instead.
 """
 
 from __future__ import annotations
@@ -51,7 +55,10 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--file", metavar="FILE", help="JSON: a kea.lease-del result, a list of leases or {leases: [...]}"
     )
     rs.add_argument(
-        "--endpoint", metavar="NAME", help="endpoint to restore through (default: the recorded one)"
+        "--endpoint",
+        metavar="NAME",
+        help="endpoint to restore through (default: the recorded one; needed for a record "
+        "naming none, or one trapd.yaml does not have)",
     )
     rs.add_argument(
         "--peer", metavar="NAME", help="HA relationship: restore on this peer only (default: where removed)"
@@ -227,6 +234,28 @@ def _check_file_leases(name: str, data: Any) -> None:
             raise ValueError(f"{name}: lease {n}: {address!r} is not an IP address") from None
 
 
+def _recorded_endpoint(part: _Part, configured: Any, args: argparse.Namespace) -> str:
+    """The endpoint a recorded deletion removed its leases from, if trapd.yaml still has it.
+
+    A record whose endpoint is gone from the configuration (renamed, removed, another host's
+    trapd.yaml), or that names none (a bare list of leases), is refused (LookupError): the
+    family's default endpoint may be another Kea than the one the leases were deleted from, and
+    a lease put into the wrong server is worse than none. The operator names one with --endpoint."""
+    where = f"journal entry {part.journal_id}" if part.journal_id is not None else args.file
+    choices = f"(configured: {', '.join(configured) or 'none'})"
+    if part.endpoint is None:
+        raise LookupError(
+            f"{where} does not say which Kea endpoint its leases were deleted from; "
+            f"name it with --endpoint NAME {choices}"
+        )
+    if part.endpoint not in configured:
+        raise LookupError(
+            f"{where} was deleted from endpoint {part.endpoint!r}, which trapd.yaml does not have "
+            f"(renamed or removed?); restore through the same Kea with --endpoint NAME {choices}"
+        )
+    return str(part.endpoint)
+
+
 def _without_peer(params: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(params).items() if k != "peer"}
 
@@ -260,22 +289,38 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
     if not any(leases for _, leases in todo):
         print("nothing to restore: no leases recorded")
         return 0
+    configured = config.kea.endpoints
+    if args.endpoint is not None and args.endpoint not in configured:
+        print(
+            f"trapd kea restore: --endpoint {args.endpoint}: no such endpoint in kea.endpoints "
+            f"(configured: {', '.join(configured) or 'none'})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        targets = [args.endpoint or _recorded_endpoint(p, configured, args) for p, _ in todo]
+    except LookupError as exc:
+        print(f"trapd kea restore: {exc}", file=sys.stderr)
+        return 1
     if args.dry_run:
         now = time.time()
-        for part, leases in todo:
+        for (part, leases), endpoint in zip(todo, targets, strict=True):
             for lease in leases:
                 if expired(lease, now):
                     print(json.dumps({"expired": lease["ip-address"], "not sent": True}))
                     continue
                 cmd = "lease4-add" if lease_family(lease) == "v4" else "lease6-add"
                 where = {"peer": part.peer} if part.peer else {}
-                print(json.dumps({"command": cmd, "arguments": add_arguments(lease), **where}))
+                print(
+                    json.dumps(
+                        {"command": cmd, "arguments": add_arguments(lease), "endpoint": endpoint, **where}
+                    )
+                )
         return 0
     clients = KeaClients(config.kea)
     outcomes: list[RestoreOutcome] = []
     try:
-        for part, leases in todo:
-            endpoint = args.endpoint or (part.endpoint if part.endpoint in config.kea.endpoints else None)
+        for (part, leases), endpoint in zip(todo, targets, strict=True):
             peer = args.peer or (part.peer if endpoint == part.endpoint else None)
             outcomes += await restore_leases(clients, leases, endpoint, peer)
     except KeaError as exc:
