@@ -151,10 +151,96 @@ def test_retry_cancel_release(state_dir: Path, capsys: pytest.CaptureFixture[str
     assert run(capsys, *j, "cancel", "5")[0] == 0
     assert main([*j, "release"]) == 2  # needs ids, --rule or --all
     assert run(capsys, *j, "release", "--rule", "other")[0] == 1
-    assert run(capsys, *j, "release", "--all")[1].startswith("released: 2")
+    assert run(capsys, *j, "release", "--all", "--yes")[1].startswith("released: 2")
     _, out = run(capsys, *j, "--json", "list", "--state", "all")
     states = {d["id"]: d["state"] for d in map(json.loads, out.splitlines())}
     assert states == {1: "pending", 2: "pending", 3: "pending", 4: "done", 5: "cancelled"}
+
+
+def held_journal(tmp_path: Path, n: int) -> tuple[str, ...]:
+    """A journal of ``n`` held lease deletions (rule mac-removed) and one held log (rule other)."""
+
+    async def fill() -> None:
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as j:
+            now = time.time()
+            sw = make_event(source="10.20.1.5").to_dict()
+            cap = CapCheck("mac-removed/deletions", "10.20.1.5", 0, 60.0, 3600.0)
+            for i in range(n):
+                ip = f"10.1.0.{i + 1}"
+                r = await j.add(sw, [new("kea.lease-del", {"ip-address": ip}, ip=ip, caps=(cap,))], [], now)
+                assert (await j.claim(r.ids[0], now)).outcome == "held"
+            other = CapCheck("other/all", "", 0, 60.0, 3600.0)
+            r = await j.add(sw, [new("log", {"message": "x"}, rule="other", caps=(other,))], [], now)
+            assert (await j.claim(r.ids[0], now)).outcome == "held"
+
+    asyncio.run(fill())
+    return ("journal", "--state-dir", str(tmp_path))
+
+
+def held_ids(capsys: pytest.CaptureFixture[str], j: tuple[str, ...]) -> list[int]:
+    _, out = run(capsys, *j, "--json", "list", "--state", "held", "--limit", "1000")
+    return [json.loads(line)["id"] for line in out.splitlines()]
+
+
+def test_release_all_previews_and_needs_a_yes_without_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`release --all` (or --rule) let every held destructive action run at once, with no look at
+    what they are. --dry-run lists them and changes nothing; without a terminal to ask on, a
+    bulk release needs --yes (refused, exit 2, saying how many and how to look); on a terminal
+    it shows them and asks, and releases exactly what it showed. Ids named one by one need no
+    confirmation: the operator named each."""
+    j = held_journal(tmp_path, 3)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    rc, out = run(capsys, *j, "release", "--all", "--dry-run")
+    assert rc == 0, out
+    assert [ln.split()[:2] for ln in out.splitlines()[1:4]] == [[str(i), "held"] for i in (1, 2, 3)], out
+    assert "10.1.0.1" in out and "kea.lease-del" in out
+    assert "would release 4 held actions (dry run: nothing changed)" in out, out
+    assert held_ids(capsys, j) == [1, 2, 3, 4]
+    _, out = run(capsys, *j, "--json", "release", "--rule", "other", "--dry-run")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [4]
+
+    rc = main([*j, "release", "--all"])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    assert "4 held actions" in captured.err and "--yes" in captured.err and "--dry-run" in captured.err
+    assert held_ids(capsys, j) == [1, 2, 3, 4]  # nothing released
+    assert main([*j, "release", "--rule", "mac-removed"]) == 2
+    assert held_ids(capsys, j) == [1, 2, 3, 4]
+    assert run(capsys, *j, "release", "2")[0] == 0  # named: no confirmation
+    assert held_ids(capsys, j) == [1, 3, 4]
+
+    # On a terminal: shown, asked; "n" (or nothing) releases nothing, "y" what was shown.
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    answers = iter(["n", "y"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": (print(prompt, end=""), next(answers))[1])
+    rc, out = run(capsys, *j, "release", "--rule", "mac-removed")
+    assert rc == 1 and "release these 2 held actions? [y/N]" in out and "nothing released" in out, out
+    assert held_ids(capsys, j) == [1, 3, 4]
+    rc, out = run(capsys, *j, "release", "--rule", "mac-removed")
+    assert rc == 0 and "released: 1 3" in out, out
+    assert held_ids(capsys, j) == [4]
+
+
+def test_release_on_a_terminal_releases_only_what_it_showed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An action held while the operator reads the list is not released by the "y" they gave to
+    the list without it; and a list too long for the screen is shown in part, with the count."""
+    j = held_journal(tmp_path, 30)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+
+    def answer(prompt: str = "") -> str:
+        print(prompt, end="")
+        held_journal(tmp_path, 1)  # one more held meanwhile: id 32 (a lease deletion)
+        return "yes"
+
+    monkeypatch.setattr("builtins.input", answer)
+    rc, out = run(capsys, *j, "release", "--rule", "mac-removed")
+    assert rc == 0, out
+    assert "… 10 more" in out and "release these 30 held actions? [y/N]" in out, out
+    assert held_ids(capsys, j) == [31, 32, 33]
 
 
 _PICKUP = "the running daemon picks this up within its poll interval (1 s by default)\n"

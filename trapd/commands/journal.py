@@ -8,7 +8,8 @@
     trapd journal cancel 1234                # a waiting action will not run
     trapd journal release 1234               # held by a rate cap -> run now, exempt from caps
     trapd journal release --rule mac-removed # every held action of a rule
-    trapd journal release --all
+    trapd journal release --all --dry-run    # what would be released; nothing changes
+    trapd journal release --all              # shows them and asks; --yes off a terminal
     trapd journal history --mac 00:11:22:33:44:55            # "which trap deleted this lease?"
     trapd journal history --ip 10.1.2.3 --since 2d
     trapd journal history --source 10.20.1.5 --since 2026-01-05T10:00 --until 2026-01-05T11:00
@@ -101,6 +102,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     rel.add_argument("ids", type=action_id, nargs="*", metavar="ID")
     rel.add_argument("--rule", help="every held action of this rule")
     rel.add_argument("--all", action="store_true", help="every held action")
+    rel.add_argument("--dry-run", action="store_true", help="list what would be released, release nothing")
+    rel.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="--all / --rule: release without asking (needed off a terminal)",
+    )
 
     mig = sub.add_parser("migrate", help="PostgreSQL journal: create or upgrade trapd's schema")
 
@@ -244,7 +252,7 @@ async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
         if cmd == "release":
             if not (args.ids or args.rule or args.all):
                 raise ValueError("release needs IDs, --rule RULE or --all")
-            return _changed("released", await journal.release(now, args.ids, args.rule), args)
+            return await _release(journal, args, now)
         raise ValueError(f"unknown subcommand {cmd}")
     finally:
         await journal.close()
@@ -301,6 +309,80 @@ def _changed(verb: str, ids: list[int], args: argparse.Namespace) -> int:
         why = " (no such id, or not in a state that allows it)" if ids else ""  # else said above
         print(f"not {verb}: {' '.join(map(str, unchanged))}{why}", file=sys.stderr)
     return 0 if ids and not unchanged else 1
+
+
+# A terminal's preview of a bulk release shows this many held actions (and the count of the rest):
+# the question is asked where the operator can still see its start.
+PREVIEW_ROWS = 20
+# Ids per release statement when releasing exactly what was shown (SQLite's variable limit).
+RELEASE_CHUNK = 500
+
+
+async def _release(journal: Any, args: argparse.Namespace, now: float) -> int:
+    """Release held actions. Ids named one by one are released as asked. A bulk release (--all,
+    --rule: possibly thousands of held lease deletions) is previewed: --dry-run lists them and
+    changes nothing; on a terminal they are shown and the operator is asked, and exactly what was
+    shown is released (an action held meanwhile waits for its own decision); off a terminal (a
+    script, ssh without a tty) or with --json, --yes is needed."""
+    import asyncio
+    import sys
+
+    bulk = not args.ids
+    if not (args.dry_run or (bulk and not args.yes)):
+        return _changed("released", await journal.release(now, args.ids, args.rule), args)
+    held = await _held(journal, args)
+    if args.dry_run:
+        _print_entries(held, args)
+        if not args.json:
+            print(f"would release {_count(len(held))} (dry run: nothing changed)")
+        return 0 if held else 1
+    if not held:
+        return _changed("released", [], args)
+    what = "--all" if args.all else f"--rule {args.rule}"
+    if args.json or not sys.stdin.isatty():
+        print(
+            f"trapd journal: release {what} would release {_count(len(held))}: "
+            f"see them with --dry-run, and give --yes to release them without being asked "
+            f"({'--json' if args.json else 'stdin is not a terminal'})",
+            file=sys.stderr,
+        )
+        return 2
+    _print_entries(held[:PREVIEW_ROWS], args)
+    if len(held) > PREVIEW_ROWS:
+        print(f"… {len(held) - PREVIEW_ROWS} more (trapd journal release {what} --dry-run lists all)")
+    try:
+        # In a thread: the journal's connection (PostgreSQL's keepalives) lives on while the
+        # operator reads.
+        answer = await asyncio.to_thread(input, f"release these {_count(len(held))}? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        print("nothing released")
+        return 1
+    ids = [e.id for e in held]
+    released: list[int] = []
+    for start in range(0, len(ids), RELEASE_CHUNK):
+        released += await journal.release(now, ids[start : start + RELEASE_CHUNK], None)
+    if len(released) < len(ids):
+        gone = len(ids) - len(released)
+        print(f"{gone} of them no longer held (released, cancelled or expired meanwhile)", file=sys.stderr)
+    return _changed("released", released, args)
+
+
+async def _held(journal: Any, args: argparse.Namespace) -> list[Any]:
+    """The held actions a release selects (ids, --rule, --all), oldest first."""
+    from trapd.dispatch.journal import HistoryFilter
+
+    if args.ids:
+        found = [await journal.get(i, with_event=False) for i in dict.fromkeys(args.ids)]
+        held = [e for e in found if e is not None and e.state == "held"]
+        return [e for e in held if args.rule is None or e.rule == args.rule]
+    entries = await journal.history(HistoryFilter(states=("held",), rule=args.rule, limit=2**62))
+    return sorted(entries, key=lambda e: e.id)
+
+
+def _count(n: int) -> str:
+    return f"{n} held action{'' if n == 1 else 's'}"
 
 
 async def _list(journal: Any, args: argparse.Namespace) -> int:
