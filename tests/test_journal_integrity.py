@@ -442,3 +442,70 @@ def _unhealthy(d: TrapdDaemon) -> tuple[int, dict[str, object]]:
     status, body = d.healthz()
     assert status == 503, body
     return status, body
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param("params = CAST(x'7b22ff7d' AS TEXT)", id="params-not-utf8"),
+        pytest.param("""params = '{"message": "m'""", id="params-json-cut-short"),
+    ],
+)
+def test_a_held_row_that_cannot_be_read_back_is_set_aside_once_and_the_others_expire(
+    tmp_path: Path, damage: str
+) -> None:
+    """A damaged row among held actions whose hold ran out: the maintenance's expiry read them all
+    in one query, which failed on every poll ('journal maintenance failed', or a traceback for JSON
+    cut short, and health stayed 200 then), so no held action ever expired and the rest of the
+    maintenance (counts, prune) never ran. Now the row is set aside like a due one: dead, logged
+    once with its id, counted, health 503; the other held action expires as usual."""
+    path = _journal_file(tmp_path)
+
+    async def fill() -> None:
+        async with SQLiteJournal(path) as j:
+            now = time.time()
+            for i in range(3):
+                held = replace(_entry(i, now), params={"message": f"h-{i}"})
+                await j.add(make_event().to_dict(), [held], [], now)
+
+    asyncio.run(fill())
+    conn = sqlite3.connect(path)
+    with conn:  # ids 1 and 2 held by a cap whose hold ran out; 3 waits for an hour
+        conn.execute(
+            "UPDATE actions SET state = 'held', held_by = 'r/cap', due = ? WHERE id IN (1, 2)",
+            (time.time() - 1,),
+        )
+        conn.execute(f"UPDATE actions SET {damage} WHERE id = 2")
+    conn.close()
+    d = TrapdDaemon.start(tmp_path, rules=RULES)
+    try:
+        (line,) = d.wait_log("journal row unreadable: set aside", timeout=30)
+        assert line["action_id"] == "2" and line["key"] == "k1" and line["rule"] == "r", line
+        (expired,) = d.wait_log("held action expired without release", timeout=10)
+        assert expired["action_id"] == "1", expired
+        assert _journal_state(path, 1)[0] == "dead"
+        state, last_error = _journal_state(path, 2)
+        assert state == "dead" and "could not be read back" in str(last_error), (state, last_error)
+        assert _journal_state(path, 3)[0] == "scheduled"
+        assert d.wait_metric("trapd_journal_unreadable_rows_total", 1) == 1
+        _, body = eventually(lambda: _unhealthy(d))
+        assert "could not be read back" in str(body["journal"]) or "damaged" in str(body["journal"]), body
+        # The rest of the maintenance runs (its counts reach the metrics), and polls after it
+        # neither log the row again nor fail.
+        assert d.wait_metric("trapd_journal_entries", 2, state="dead") == 2
+        assert d.wait_metric("trapd_journal_entries", 1, state="scheduled") == 1
+        assert d.wait_metric("trapd_actions_total", 1, plugin="log", outcome="expired") == 1
+        r = journal_cli("--journal", str(path), "cancel", "3")  # a later poll's counts show it
+        assert r.returncode == 0, r.stdout + r.stderr
+        eventually(lambda: _gauge_is(d, "scheduled", 0), timeout=20)
+        assert len(d.logs("journal row unreadable: set aside")) == 1
+        assert len(d.logs("held action expired without release")) == 1
+        assert not d.logs("journal maintenance failed") and not d.logs("journal maintenance error")
+    finally:
+        d.stop()
+        d.close()
+
+
+def _gauge_is(d: TrapdDaemon, state: str, value: float) -> None:
+    got = d.metric("trapd_journal_entries", state=state)
+    assert got == value, got

@@ -1008,3 +1008,37 @@ async def test_a_due_row_whose_json_cannot_be_decoded_is_set_aside_and_the_other
     assert str(shown.last_error).startswith("damaged row: column 'params': JSONDecodeError"), shown
     listed = await b.history(HistoryFilter(limit=10))
     assert sorted(e.id for e in listed) == sorted(ids), listed
+
+
+async def test_a_held_row_whose_json_cannot_be_decoded_is_set_aside_and_the_others_expire(
+    hosts: Callable[..., Awaitable[PostgresJournal]], pg_url: str
+) -> None:
+    """Held actions whose hold ran out are read back to be logged; one whose JSON is cut short
+    failed that read on every poll (a ValueError: not even a JournalError), so none expired. It
+    is set aside once, like a due row; the others expire."""
+    a = await hosts("a")
+    now = time.time()
+    ids = [
+        (await a.add(make_event().to_dict(), [entry(key=f"k{i}", due=now + 3600)], [], now)).ids[0]
+        for i in range(3)
+    ]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE trapd_actions SET state = 'held', held_by = 'r1/cap', due = %s WHERE id = ANY(%s)",
+            (now - 1, ids[:2]),
+        )
+        conn.execute("""UPDATE trapd_actions SET params = '{"message": "h' WHERE id = %s""", (ids[1],))
+    expired = await a.expire_held(time.time())
+    assert [(e.id, e.state) for e in expired] == [(ids[0], "held")], expired
+    (aside,) = a.set_aside()
+    assert aside.id == ids[1] and aside.fields["key"] == "k1" and "JSONDecodeError" in aside.problem, aside
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        rows = dict(conn.execute(
+            "SELECT id, state || ': ' || last_error FROM trapd_actions WHERE id = ANY(%s)", (ids,)
+        ).fetchall())  # fmt: skip
+    assert rows[ids[0]].startswith("dead: held by r1/cap"), rows
+    assert rows[ids[1]].startswith("dead: could not be read back"), rows
+    assert rows[ids[2]] is None, rows  # scheduled, no error
+    health = a.health()
+    assert not health.available and health.unreadable == 1, health
+    assert await a.expire_held(time.time()) == [] and a.set_aside() == []  # once

@@ -798,6 +798,7 @@ class Dispatcher:
                 held_by=e.held_by,
                 event_id=e.event_id,
             )
+        self._log_set_aside()  # held ones among them whose rows could not be read back
         for t in self.journal.take_overs():
             if t.unconfirmed:
                 self.log.warning(

@@ -1358,19 +1358,29 @@ async def _op_release(cur: Cur, now: float, ids: Sequence[int], rule: str | None
     return sorted(r[0] for r in await cur.fetchall())
 
 
-async def _op_expire_held(cur: Cur, now: float) -> list[Entry]:
+async def _op_expire_held(cur: Cur, now: float) -> tuple[list[Entry], list[Unreadable]]:
+    """Held actions whose hold ran out: dead, returned as they were (held); those whose JSON
+    cannot be decoded are set aside instead (one such row failed every poll's expiry)."""
     # One host expires a row: the other sees it dead (SKIP LOCKED, then the UPDATE's own check).
     await cur.execute(
         f"UPDATE {_A} SET state = 'dead', finished = %s, "
         "last_error = 'held by ' || COALESCE(held_by, 'a cap') || ', not released before it expired' "
         f"WHERE id IN (SELECT id FROM {_A} WHERE state = 'held' AND due <= %s FOR UPDATE SKIP LOCKED) "
-        f"RETURNING {COLS}",
+        f"RETURNING {COLS}, NULL",
         (now, now),
     )
-    entries = [_entry(r) for r in await cur.fetchall()]
+    entries, bad = decode_due(await cur.fetchall())
     for e in entries:  # as they were before: held, and why
         e.state = "held"
-    return sorted(entries, key=lambda e: e.id)
+    aside: list[Unreadable] = []
+    for id_, problem in bad:  # dead already, by this statement: why, and what is left of them
+        await cur.execute(
+            f"UPDATE {_A} SET last_error = %s WHERE id = %s RETURNING {', '.join(SUMMARY_COLS)}",
+            (set_aside_error(problem), id_),
+        )
+        summary = await cur.fetchone()
+        aside.append(unreadable(id_, problem, summary))
+    return sorted(entries, key=lambda e: e.id), aside
 
 
 async def _op_get(cur: Cur, id_: int, with_event: bool, lenient: bool = False) -> Entry | None:
@@ -2291,15 +2301,18 @@ class PostgresJournal:
         entries, more, bad = result
         if bad:
             aside: list[Unreadable] = await self._call(_op_set_aside, bad, now, weight=len(bad))
-            self._unreadable.extend(aside)
-            self.unreadable_count += len(aside)
-            if aside and self.damage is None:
-                self.damage = (
-                    f"action {aside[0].id} of the journal database could not be read back "
-                    f"({aside[0].problem}), set aside as dead"
-                )[:300]
-                self.damage_since = time.time()
+            self._set_aside_rows(aside)
         return entries, more
+
+    def _set_aside_rows(self, aside: list[Unreadable]) -> None:
+        self._unreadable.extend(aside)
+        self.unreadable_count += len(aside)
+        if aside and self.damage is None:
+            self.damage = (
+                f"action {aside[0].id} of the journal database could not be read back "
+                f"({aside[0].problem}), set aside as dead"
+            )[:300]
+            self.damage_since = time.time()
 
     def set_aside(self) -> list[Unreadable]:
         out, self._unreadable = self._unreadable, []
@@ -2373,8 +2386,10 @@ class PostgresJournal:
         return result
 
     async def expire_held(self, now: float) -> list[Entry]:
-        result: list[Entry] = await self._call(_op_expire_held, now)
-        return result
+        result: tuple[list[Entry], list[Unreadable]] = await self._call(_op_expire_held, now)
+        expired, aside = result
+        self._set_aside_rows(aside)
+        return expired
 
     async def get(self, id: int, with_event: bool = True) -> Entry | None:
         result: Entry | None = await self._call(_op_get, id, with_event, self.lenient, write=False)

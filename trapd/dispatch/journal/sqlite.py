@@ -409,10 +409,21 @@ def _op_due(
     ids = fresh[:limit]
     if not ids:
         return [], more, []
-    select = f"SELECT {_ACOLS}, e.data FROM actions a LEFT JOIN events e ON e.id = a.event_id WHERE a.id "
+    entries, bad = _read_entries(
+        conn, f"SELECT {_ACOLS}, e.data FROM actions a LEFT JOIN events e ON e.id = a.event_id", ids
+    )
+    return entries, more, bad
+
+
+def _read_entries(
+    conn: sqlite3.Connection, select: str, ids: Sequence[int]
+) -> tuple[list[Entry], list[tuple[int, str]]]:
+    """The rows ``ids`` of ``select`` (COLS and the event's data, from ``actions a``) as entries,
+    and (id, problem) of those that cannot be read back, for the caller to set aside."""
+    where = " WHERE a.id "
     bad: list[tuple[int, str]] = []
     try:
-        rows = conn.execute(f"{select} IN ({_placeholders(len(ids))}) ORDER BY a.id", ids).fetchall()
+        rows = conn.execute(f"{select}{where}IN ({_placeholders(len(ids))}) ORDER BY a.id", ids).fetchall()
     except sqlite3.OperationalError as exc:
         if not _is_not_utf8(exc):
             raise
@@ -422,24 +433,27 @@ def _op_due(
         rows = []
         for id_ in ids:
             try:
-                rows += conn.execute(f"{select} = ?", (id_,)).fetchall()
+                rows += conn.execute(f"{select}{where}= ?", (id_,)).fetchall()
             except sqlite3.OperationalError as row_exc:
                 if not _is_not_utf8(row_exc):
                     raise
                 bad.append((id_, _unreadable_problem(row_exc)))
     entries, undecodable = _decode_due(rows)
-    return entries, more, sorted(bad + undecodable)
+    return entries, sorted(bad + undecodable)
 
 
-def _op_set_aside(conn: sqlite3.Connection, bad: Sequence[tuple[int, str]], now: float) -> list[Unreadable]:
-    """Due rows that cannot be read back: dead (never run), and what of them can still be read."""
+def _op_set_aside(
+    conn: sqlite3.Connection, bad: Sequence[tuple[int, str]], now: float, states: str = _ACTIVE_SQL
+) -> list[Unreadable]:
+    """Rows that cannot be read back, waiting in ``states`` (due ones; held ones whose hold ran
+    out): dead (never run), and what of them can still be read."""
     out: list[Unreadable] = []
     cols = ", ".join(f"CAST({c} AS BLOB)" for c in _SUMMARY_COLS)  # bytes: read whatever they hold
     for id_, problem in bad:
         summary = conn.execute(f"SELECT {cols} FROM actions WHERE id = ?", (id_,)).fetchone()
         cur = conn.execute(
             "UPDATE actions SET state = 'dead', finished = ?, last_error = ? "
-            f"WHERE id = ? AND state IN {_ACTIVE_SQL}",
+            f"WHERE id = ? AND state IN {states}",
             (now, _set_aside_error(problem), id_),
         )
         if cur.rowcount:  # not when another worker sharing the journal set it aside first
@@ -601,16 +615,22 @@ def _op_release(conn: sqlite3.Connection, now: float, ids: Sequence[int], rule: 
     return sorted(r[0] for r in cur.fetchall())
 
 
-def _op_expire_held(conn: sqlite3.Connection, now: float) -> list[Entry]:
-    rows = conn.execute(f"SELECT {_COLS} FROM actions WHERE state = 'held' AND due <= ?", (now,)).fetchall()
-    if rows:
+def _op_expire_held(conn: sqlite3.Connection, now: float) -> tuple[list[Entry], list[Unreadable]]:
+    """Held actions whose hold ran out: dead. Returned as they were (held), with those whose row
+    cannot be read back set aside instead (one such row failed the read of all of them on every
+    poll: none expired, and the maintenance after it never ran)."""
+    ids = [r[0] for r in conn.execute("SELECT id FROM actions WHERE state = 'held' AND due <= ?", (now,))]
+    if not ids:
+        return [], []
+    entries, bad = _read_entries(conn, f"SELECT {_ACOLS}, NULL FROM actions a", ids)
+    if entries:
         conn.execute(
             "UPDATE actions SET state = 'dead', finished = ?, "
             "last_error = 'held by ' || COALESCE(held_by, 'a cap') || ', not released before it expired' "
-            "WHERE state = 'held' AND due <= ?",
-            (now, now),
+            f"WHERE id IN ({_placeholders(len(entries))}) AND state = 'held'",
+            (now, *(e.id for e in entries)),
         )
-    return [_entry(r) for r in rows]
+    return entries, _op_set_aside(conn, bad, now, "('held')") if bad else []
 
 
 def _op_get(conn: sqlite3.Connection, id_: int, with_event: bool, lenient: bool = False) -> Entry | None:
@@ -1372,8 +1392,10 @@ class SQLiteJournal:
         return result
 
     async def expire_held(self, now: float) -> list[Entry]:
-        result: list[Entry] = await self._call(_op_expire_held, now)
-        return result
+        result: tuple[list[Entry], list[Unreadable]] = await self._call(_op_expire_held, now)
+        expired, aside = result
+        self._set_aside_rows(aside)
+        return expired
 
     async def get(self, id: int, with_event: bool = True) -> Entry | None:
         result: Entry | None = await self._call(_op_get, id, with_event, self.lenient, write=False)
