@@ -274,3 +274,55 @@ def test_actions_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out = run(capsys, "actions", "--json")
     names = [a["name"] for a in json.loads(out)["actions"]]
     assert {"log", "exec", "webhook"} <= set(names)
+
+
+def test_list_on_a_shared_journal_names_the_host_of_each_action(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pair on one PostgreSQL journal: which host claimed (ran, runs) each action was nowhere in
+    `trapd journal list` / `history`. A HOST column (a worker's claims as HOST/worker-N), `host` and
+    `owner` in --json on every line (null before a claim), and --host NAME to see one host's."""
+    from trapd.dispatch.journal.postgres import PostgresJournal
+
+    async def fill() -> None:
+        sw = make_event(source="10.20.1.5").to_dict()
+        for name, owner in (("dhcp1", None), ("dhcp2", None), ("dhcp2", "worker-1")):
+            async with PostgresJournal(pg_url, instance=name, owner=owner) as j:
+                now = time.time()
+                r = await j.add(sw, [new("log", {"message": name})], [], now)
+                assert (await j.claim(r.ids[0], now)).outcome == "running"
+                await j.finish(r.ids[0], "done", now, None)
+        async with PostgresJournal(pg_url, instance="dhcp1") as j:
+            await j.add(
+                sw, [new("log", {"message": "waits"}, state="scheduled", due=time.time() + 600)], [], now
+            )
+
+    asyncio.run(fill())
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(json.dumps({"dispatch": {"journal": {"url": pg_url, "instance": "ops"}}}))
+    j = ("journal", "-c", str(cfg))
+    rc, out = run(capsys, *j, "list", "--state", "all")
+    assert rc == 0, out
+    head, *rows = out.splitlines()
+    col = head.split().index("HOST") + 1  # WHEN is two words in a row: date, time
+    assert [r.split()[col] for r in rows] == ["dhcp1", "dhcp2", "dhcp2/worker-1", "-"], out
+    _, out = run(capsys, *j, "--json", "list", "--state", "all")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(d["host"], d["owner"]) for d in lines] == [
+        ("dhcp1", "dhcp1"), ("dhcp2", "dhcp2"), ("dhcp2", "dhcp2/worker-1"), (None, None)
+    ]  # fmt: skip
+    _, out = run(capsys, *j, "--json", "list", "--state", "all", "--host", "dhcp2")
+    assert [json.loads(line)["owner"] for line in out.splitlines()] == ["dhcp2", "dhcp2/worker-1"]
+    _, out = run(capsys, *j, "--json", "history", "--host", "dhcp1")
+    assert [json.loads(line)["host"] for line in out.splitlines()] == ["dhcp1"]
+    assert run(capsys, *j, "history", "--host", "dhcp") == (1, "no actions\n")  # a name, not a prefix
+
+
+def test_the_host_column_is_left_out_of_a_journal_of_one_host(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite: every action is this host's; the JSON keys are there all the same (null)."""
+    _, out = run(capsys, "journal", "--state-dir", str(state_dir), "list", "--state", "all")
+    assert "HOST" not in out.splitlines()[0]
+    _, out = run(capsys, "journal", "--state-dir", str(state_dir), "--json", "list")
+    assert all(json.loads(line)["host"] is None for line in out.splitlines())

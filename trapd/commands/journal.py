@@ -89,6 +89,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     ls = sub.add_parser("list", help="waiting actions (or those in --state)")
     ls.add_argument("--state", choices=LIST_STATES, default="waiting")
     ls.add_argument("--limit", type=positive, default=100)
+    ls.add_argument("--host", help="shared journal: the actions this host claimed (ran, runs)")
 
     show = sub.add_parser("show", help="one action in full")
     show.add_argument("id", type=action_id)
@@ -121,6 +122,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     hist.add_argument("--state", choices=LIST_STATES[1:-1], action="append", help="repeatable")
     hist.add_argument("--since", help="from this time (ISO 8601, or a duration ago: 2h)")
     hist.add_argument("--until", help="before this time")
+    hist.add_argument("--host", help="shared journal: the actions this host claimed (ran, runs)")
     hist.add_argument("--limit", type=positive, default=100)
 
     # The common options work after the subcommand too: `trapd journal history --json`.
@@ -234,6 +236,7 @@ async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
     # Looking only: a row that cannot be read back is shown as far as it can be read (and says
     # so), not the end of the listing. (`trapd kea restore` reads strictly: it acts on the row.)
     journal = await open_cli_journal(path, jc, read_only=inspect, command="trapd journal", lenient=inspect)
+    args.shared_journal = jc is not None  # several hosts: which one claimed each action is shown
     try:
         cmd = args.journal_command
         now = journal.now()
@@ -395,7 +398,7 @@ async def _list(journal: Any, args: argparse.Namespace) -> int:
         states = ()
     else:
         states = (args.state,)
-    entries = await journal.history(HistoryFilter(states=states, limit=args.limit))
+    entries = await journal.history(HistoryFilter(states=states, host=args.host, limit=args.limit))
     entries.sort(key=lambda e: e.id)
     _print_entries(entries, args)
     if len(entries) == args.limit and not args.json:
@@ -427,6 +430,7 @@ async def _history(journal: Any, args: argparse.Namespace) -> int:
         states=tuple(args.state or ()),
         since=parse_time(args.since, now) if args.since else None,
         until=parse_time(args.until, now) if args.until else None,
+        host=args.host,
         limit=args.limit,
     )
     entries = await journal.history(flt)
@@ -493,6 +497,7 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
             held = e.state == "held"  # the keys on every line (null unless held): one shape per line
             d["held_at"] = e.held_since if held else None
             d["hold_expires"] = e.due if held else None
+            d["host"] = _host(e.owner) if getattr(args, "shared_journal", False) else None
             print(json.dumps(d, default=str))
         return
     if not entries:
@@ -503,7 +508,10 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
     any_held = any(e.state == "held" for e in entries)
     only_held = any_held and all(e.state == "held" for e in entries)
     head = ("ID", "STATE", "HELD AT" if only_held else "WHEN", *(("HOLD EXPIRES",) if any_held else ()))
-    rows = [(*head, "TRY", "RULE", "ACTION", "SOURCE", "ABOUT", "NOTE")]
+    # HOST on a shared journal: the host (HOST/worker-N: its worker) that claimed it last, that is
+    # ran it or runs it; "-" before any claim. A journal of one host leaves it out.
+    shared = getattr(args, "shared_journal", False)
+    rows = [(*head, "TRY", *(("HOST",) if shared else ()), "RULE", "ACTION", "SOURCE", "ABOUT", "NOTE")]
     for e in entries:
         if e.state == "held":
             when = e.held_since
@@ -515,12 +523,18 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
         # A dry-run action is journaled done without running: not the line of one that ran.
         note = e.last_error or ("dry run: nothing was run" if e.mode == "dry-run" else "")
         rows.append(
-            (str(e.id), e.state, _when(when) if when else "?", *expires, str(e.attempts), _safe(e.rule),
+            (str(e.id), e.state, _when(when) if when else "?", *expires, str(e.attempts),
+             *((_cut(e.owner or "-", 40),) if shared else ()), _safe(e.rule),
              _safe(e.action), _safe(e.source), _cut(about, 28), _cut(note, 60))
         )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _host(owner: str | None) -> str | None:
+    """The host of a shared journal's claim owner (``HOST``, or ``HOST/worker-N``)."""
+    return owner.partition("/")[0] if owner else None
 
 
 def _cut(text: str, n: int) -> str:

@@ -226,6 +226,9 @@ class HistoryFilter:
     states: tuple[str, ...] = ()
     since: float | None = None
     until: float | None = None
+    # The host whose process claimed it last (a shared journal's instance): its own claims and
+    # its workers' (HOST/worker-N).
+    host: str | None = None
     limit: int = 100
 
 

@@ -1416,6 +1416,9 @@ async def _op_history(cur: Cur, f: HistoryFilter, lenient: bool = False) -> list
     if f.until is not None:
         where.append("created < %s")
         args.append(f.until)
+    if f.host is not None:
+        where.append("(owner = %s OR left(owner, %s) = %s)")
+        args += [f.host, len(f.host) + 1, f.host + "/"]
     sql = f"SELECT {COLS} FROM {_A}"
     if where:
         sql += " WHERE " + " AND ".join(where)

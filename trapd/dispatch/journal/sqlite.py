@@ -666,6 +666,9 @@ def _op_history(conn: sqlite3.Connection, f: HistoryFilter, lenient: bool = Fals
     if f.until is not None:
         where.append("created < ?")
         args.append(f.until)
+    if f.host is not None:
+        where.append("(owner = ? OR substr(owner, 1, ?) = ?)")
+        args += [f.host, len(f.host) + 1, f.host + "/"]
     sql = f"SELECT {_lenient_cols() if lenient else _COLS} FROM actions"
     if where:
         sql += " WHERE " + " AND ".join(where)
