@@ -47,6 +47,8 @@ CASES = {
     "batch-fill": "{% for b in [1] | batch(ifIndex * 1000, ifDescr) %}{{ b | length }}{% endfor %}",
     "join-many": "{{ range(100000) | map('string') | map('center', 60000) | join }}",
     "macro-recursion": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    # Each power is in bounds alone; the last one would compute a 16-million-digit integer (26 s).
+    "power-tower": "{{ ((ifIndex ** 256) ** 40) ** 256 }}",
 }
 
 RENDER = """
