@@ -49,6 +49,9 @@ CASES = {
     "macro-recursion": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
     # Each power is in bounds alone; the last one would compute a 16-million-digit integer (26 s).
     "power-tower": "{{ ((ifIndex ** 256) ** 40) ** 256 }}",
+    # A 4,000-character separator between 28,571 items: 114 MB joined before its size was checked.
+    "join-method": "{{ (ifDescr * 500).join(range(ifIndex // 7) | map('string')) | length }}",
+    "join-filter": "{{ range(ifIndex // 7) | map('string') | join(ifDescr * 500) | length }}",
 }
 
 RENDER = """

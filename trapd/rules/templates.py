@@ -320,10 +320,26 @@ def _check_str_method(text: str, name: str, args: tuple[Any, ...], kwargs: Mappi
         _width(len(text) * max(longest, 1), "result of")
     elif name in ("format", "format_map"):
         _check_brace_format(text, args, kwargs if name == "format" else (args[0] if args else {}))
+    elif name == "join" and args and isinstance(args[0], list):
+        _width(_joined_length(text, args[0]), "result of")
+
+
+def _joined_length(separator: str, items: list[Any]) -> int:
+    """Characters of ``separator.join(items)`` (items as they print, counted up to just past the bound)."""
+    total = len(separator) * max(len(items) - 1, 0)
+    for item in items:
+        if total > MAX_TEXT:
+            break
+        total += _size(item, MAX_TEXT)
+    return total
 
 
 def _bounded_str_method(text: str, name: str, method: Any) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
+        if name == "join" and args:
+            # Taken as a list once (through the budget when an iterator), so that the check can
+            # count what join would build: a long separator between many items is a huge text.
+            args = (list(args[0]), *args[1:])
         _check_str_method(text, name, args, kwargs)
         return method(*args, **kwargs)
 
@@ -331,7 +347,7 @@ def _bounded_str_method(text: str, name: str, method: Any) -> Any:
 
 
 _GROWING_STR_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "translate",
-                                  "format", "format_map"})  # fmt: skip
+                                  "format", "format_map", "join"})  # fmt: skip
 
 
 def _check_filter(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
@@ -350,6 +366,10 @@ def _check_filter(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -
         _check_percent_format(first, kwargs or tuple(rest))
     elif name == "replace" and isinstance(first, str):
         _check_str_method(first, "replace", tuple(rest[:2]) + tuple(rest[2:3]), {})
+    elif name == "join" and isinstance(first, list):
+        separator = rest[0] if rest else kwargs.get("d", "")
+        if isinstance(separator, str):
+            _width(_joined_length(separator, first), "result of")
     elif name in ("batch", "slice"):
         _width(rest[0] if rest else kwargs.get("linecount", kwargs.get("slices")), "count")
     elif name == "wordwrap" and isinstance(first, str):
@@ -366,6 +386,10 @@ def _bounded_filter(name: str, func: Any) -> Any:
     def bounded(*args: Any, **kwargs: Any) -> Any:
         budget = _budget()
         budget.step()
+        value_at = 1 if passes else 0
+        if name == "join" and len(args) > value_at and not isinstance(args[value_at], jinja2.Undefined):
+            # As for str.join: the items as a list, so that _check_filter can count the result.
+            args = (*args[:value_at], list(args[value_at]), *args[value_at + 1 :])
         _check_filter(name, args[1:] if passes else args, kwargs)
         return budget.admit(func(*args, **kwargs))
 
