@@ -10,6 +10,7 @@ journal.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -487,3 +488,41 @@ def test_a_second_host_under_the_same_instance_name_is_refused(tmp_path: Path, p
         wait_for(lambda: lines(out)["end 2"] == 1, what="dhcp1 acting after its restart")
     finally:
         a.stop()
+
+
+def test_a_running_host_notices_a_namesake_that_started_while_it_was_away(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    """The start-up check misses a namesake that starts while this host's renewals are away for
+    a lease (paused, partitioned): it finds the name free, takes it, recovers this host's
+    running claims as its own; this host comes back and renews as if alone. Each running host
+    now checks its name at every renewal: both say so (one error line each), export
+    ``trapd_journal_instance_conflict`` 1 and answer /healthz 503 with the reason; once the
+    namesake stops, the survivor is fine again."""
+    url = pg_server.new_database()
+    rules = PAIR_RULES.format(marks=tmp_path / "marks", seconds=0)
+    config = pg_config(url, "dhcp1", lease="2s", poll_interval="200ms")
+    a = TrapdDaemon.start(tmp_path / "a", rules=rules, config=config, timeout=60)
+    b: TrapdDaemon | None = None
+    try:
+        a.signal(signal.SIGSTOP)  # away: its lease (2 s) runs out, so b's start-up check passes
+        try:
+            b = TrapdDaemon.start(tmp_path / "b", rules=rules, config=config, timeout=60)
+        finally:
+            a.signal(signal.SIGCONT)
+        for d in (a, b):
+            line = d.wait_log(lambda e: e.get("event") == "another trapd is running under this host's name")
+            assert "dispatch.journal.instance" in str(line[0].get("hint")), line
+            assert d.wait_metric("trapd_journal_instance_conflict", 1) == 1
+            status, body = d.healthz()
+            assert status == 503 and "dhcp1" in str(body.get("journal")), body
+        assert len(a.logs("another trapd is running under this host's name")) == 1  # once, not per renewal
+        b.stop()
+        a.wait_log(lambda e: e.get("event") == "no other trapd runs under this host's name any more")
+        assert a.metric("trapd_journal_instance_conflict") == 0
+        assert a.healthz()[0] == 200
+    finally:
+        a.signal(signal.SIGCONT)
+        a.stop()
+        if b is not None:
+            b.stop()

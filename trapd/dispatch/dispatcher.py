@@ -225,6 +225,7 @@ class Dispatcher:
         self._stopping = False
         self._last_prune = 0.0
         self._last_held_alert = 0.0
+        self._name_conflict_logged = False  # said once until it clears (see _maintain)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -780,6 +781,20 @@ class Dispatcher:
                 self.log.exception("journal maintenance error", error=repr(exc))
             await asyncio.sleep(interval)
 
+    def _say_name_conflict(self) -> None:
+        """Once when another live process is found renewing under this one's name, once when it is gone."""
+        conflict = self.journal.health().name_conflict
+        if conflict is not None and not self._name_conflict_logged:
+            self._name_conflict_logged = True
+            self.log.error(
+                "another trapd is running under this host's name",
+                problem=conflict,
+                hint="give each host its own dispatch.journal.instance (default: the host name), restart it",
+            )
+        elif conflict is None and self._name_conflict_logged:
+            self._name_conflict_logged = False
+            self.log.info("no other trapd runs under this host's name any more")
+
     async def _maintain(self) -> None:
         now = self.journal.now()
         self._failure_log.flush()  # the counts held back, once their interval is over
@@ -819,6 +834,7 @@ class Dispatcher:
                     else "run again here"
                 ),
             )
+        self._say_name_conflict()
         self.stats.gauges = await self.journal.counts()
         held = self.stats.gauges.get("held", 0)
         if held and now - self._last_held_alert >= 60.0:

@@ -667,6 +667,8 @@ class Daemon:
                 return Health(
                     False, "degraded", {**health.detail, "journal": jh.problem, "journal_since": jh.since}
                 )
+            if jh.name_conflict is not None:  # two hosts under one name: actions may run twice
+                return Health(False, "degraded", {**health.detail, "journal": jh.name_conflict})
         warnings = self.kea_monitor.warnings() if self.kea_monitor is not None else []
         if not warnings or not health.healthy:
             return health
@@ -734,6 +736,7 @@ class Daemon:
             journal_failed_writes=jh.failed_writes if jh is not None else 0,
             journal_taken_over=jh.taken_over if jh is not None else 0,
             journal_unreadable=jh.unreadable if jh is not None else 0,
+            journal_name_conflict=jh is not None and jh.name_conflict is not None,
             dispatch_backlog=self.submit_outcomes,
             dispatch_backlog_bytes=self.submit_bytes,
         )

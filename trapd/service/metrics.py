@@ -60,6 +60,8 @@ trapd_journal_taken_over_total                 counter    running actions of oth
                                                           ran out, taken over here (shared journal)
 trapd_journal_unreadable_rows_total            counter    due actions whose journal row could not be read back
                                                           (damaged), set aside as dead so the others run
+trapd_journal_instance_conflict                gauge      1 while another live trapd renews under this host's
+                                                          dispatch.journal.instance (shared journal)
 trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker does
                                                           not hold actions back; 0: down), e.g. pair4/srv1/v4
 trapd_kea_ha_state                             gauge      endpoint, state (1 for the peer's HA state now,
@@ -152,6 +154,8 @@ class DaemonSnapshot:
     journal_taken_over: int = 0
     # Due actions whose row could not be read back (damaged), set aside as dead so the others run.
     journal_unreadable: int = 0
+    # A shared journal: another live process renews under this host's name (dispatch.journal.instance).
+    journal_name_conflict: bool = False
     # Matched outcomes received but not yet journaled, and their estimated size in memory
     # (gauges): a backlog near its bounds (10,000 outcomes, 32 MiB) is about to lose outcomes.
     dispatch_backlog: int = 0
@@ -356,6 +360,11 @@ class TrapdCollector:
             "Running actions of other hosts taken over after their claims' lease ran out (shared journal).",
             value=snap.journal_taken_over,
         )
+        yield GaugeMetricFamily(
+            "trapd_journal_instance_conflict",
+            "1 while another live trapd renews under this host's dispatch.journal.instance (shared journal).",
+            value=1 if snap.journal_name_conflict else 0,
+        )
         yield CounterMetricFamily(
             "trapd_journal_unreadable_rows",
             "Due actions whose journal row could not be read back (damaged), set aside as dead.",
@@ -478,4 +487,6 @@ def status_line(snap: DaemonSnapshot) -> str:
         parts.append("last reload FAILED")
     if snap.journal_problem is not None:
         parts.append("JOURNAL UNAVAILABLE")
+    if snap.journal_name_conflict:
+        parts.append("ANOTHER TRAPD UNDER THIS INSTANCE NAME")
     return ", ".join(parts)

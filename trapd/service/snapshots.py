@@ -88,6 +88,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "journal_failed_writes": snap.journal_failed_writes,
         "journal_taken_over": snap.journal_taken_over,
         "journal_unreadable": snap.journal_unreadable,
+        "journal_name_conflict": snap.journal_name_conflict,
         "dispatch_backlog": snap.dispatch_backlog,
         "dispatch_backlog_bytes": snap.dispatch_backlog_bytes,
     }
@@ -128,6 +129,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         journal_failed_writes=int(data.get("journal_failed_writes", 0)),
         journal_taken_over=int(data.get("journal_taken_over", 0)),
         journal_unreadable=int(data.get("journal_unreadable", 0)),
+        journal_name_conflict=bool(data.get("journal_name_conflict", False)),
         dispatch_backlog=int(data.get("dispatch_backlog", 0)),
         dispatch_backlog_bytes=int(data.get("dispatch_backlog_bytes", 0)),
     )
@@ -189,6 +191,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     unmatched = lost = resent = exempted = failed_writes = taken_over = pauses = backlog = backlog_bytes = 0
     unreadable = 0
     problem: str | None = None
+    name_conflict = False
     for s in snaps:
         _add(received, s.received)
         _add(dropped, s.dropped)
@@ -221,6 +224,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         backlog += s.dispatch_backlog  # each worker's own queue before the shared journal
         backlog_bytes += s.dispatch_backlog_bytes
         problem = problem or s.journal_problem
+        name_conflict = name_conflict or s.journal_name_conflict
     return DaemonSnapshot(
         received=received,
         dropped=dropped,
@@ -244,6 +248,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         journal_failed_writes=failed_writes,
         journal_taken_over=taken_over,
         journal_unreadable=unreadable,
+        journal_name_conflict=name_conflict,
         dispatch_backlog=backlog,
         dispatch_backlog_bytes=backlog_bytes,
     )

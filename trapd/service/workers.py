@@ -675,6 +675,9 @@ class Supervisor:
         snap = self.snapshot()
         if snap.journal_problem is not None:  # a worker's journal cannot commit (database down)
             return Health(False, "degraded", {**detail, "journal": snap.journal_problem})
+        if snap.journal_name_conflict:  # a worker's name is renewed by another live process too
+            problem = "another trapd is running under this host's dispatch.journal.instance on the journal"
+            return Health(False, "degraded", {**detail, "journal": problem})
         kea_warnings = snap.kea_warnings
         if kea_warnings:  # Kea servers that need attention: said, but not a reason to restart trapd
             return Health(True, "warning", {**detail, "kea": list(kea_warnings)})

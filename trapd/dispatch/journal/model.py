@@ -204,6 +204,9 @@ class JournalHealth:
     failed_writes: int = 0  # operations that failed because of it, since start
     taken_over: int = 0  # a shared journal: running actions taken over from other hosts, since start
     unreadable: int = 0  # waiting actions set aside because their row could not be read back, since start
+    # A shared journal: another live process renews under this process's name (found at a lease
+    # renewal, within the last lease): what it is, in one line; None: none.
+    name_conflict: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1091,17 +1091,34 @@ async def _op_register(
     )
     live = [(str(r[0]), float(r[1])) for r in await cur.fetchall()]
     if not live:
-        await cur.execute(
-            "INSERT INTO trapd_instances (owner, token, seen, lease) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (owner) DO UPDATE SET token = EXCLUDED.token, seen = EXCLUDED.seen, "
-            "lease = EXCLUDED.lease",
-            (owner, token, now, lease),
-        )
+        await _take_name(cur, now, owner, token, lease)
     return live
+
+
+async def _take_name(cur: Cur, now: float, owner: str, token: str, lease: float) -> None:
+    await cur.execute(
+        "INSERT INTO trapd_instances (owner, token, seen, lease) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (owner) DO UPDATE SET token = EXCLUDED.token, seen = EXCLUDED.seen, "
+        "lease = EXCLUDED.lease",
+        (owner, token, now, lease),
+    )
 
 
 async def _op_unregister(cur: Cur, owner: str, token: str) -> None:
     await cur.execute("DELETE FROM trapd_instances WHERE owner = %s AND token = %s", (owner, token))
+
+
+async def _reclaim_name(cur: Cur, now: float, owner: str, instance: str, token: str, lease: float) -> bool:
+    """This process's registration is gone: another process took the name while this one's
+    renewals were away for a lease (paused, partitioned), so the start-up check let it in.
+    Register again, so that the other process finds its own registration gone at its next
+    renewal and says so too, and a third start under the name is refused. Whether another
+    process held it (False: the row was just gone, e.g. removed by hand)."""
+    await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("instance", instance),))
+    await cur.execute("SELECT 1 FROM trapd_instances WHERE owner = %s AND token <> %s", (owner, token))
+    row = await cur.fetchone()
+    await _take_name(cur, now, owner, token, lease)
+    return row is not None
 
 
 async def _op_renew(
@@ -1114,11 +1131,14 @@ async def _op_renew(
     token: str | None = None,
     holding: Sequence[int] = (),
     claimed_since: float | None = None,
-) -> tuple[Takeover | None, int]:
+    instance: str | None = None,
+) -> tuple[Takeover | None, int, bool]:
     """Renew the leases of the claims this owner holds, put back its claims it does not hold,
-    then take over rows whose owner stopped renewing: (what was taken over, how many put back).
+    then take over rows whose owner stopped renewing: (what was taken over, how many put back,
+    whether another process held this owner's registration, see _reclaim_name).
 
-    ``token``: registered (see _op_register), its registration is renewed too.
+    ``token``: registered (see _op_register), its registration is renewed too; ``instance``: the
+    host's name (``owner`` without a worker's part), whose lock _op_register takes.
     ``holding``: the rows this journal told its caller it claimed and whose end has not
     committed; ``claimed_since``: rows this owner claimed since then may be claims whose answer
     is still on its way, and are renewed too. Any other row running under this owner's name is
@@ -1137,11 +1157,14 @@ async def _op_renew(
         "AND owner = %s AND (id = ANY(%s) OR started >= %s) FOR UPDATE SKIP LOCKED)",
         (now + lease, owner, ids, since),
     )
+    namesake = False
     if token is not None:  # registered (see _op_register): still alive
         await cur.execute(
             "UPDATE trapd_instances SET seen = %s, lease = %s WHERE owner = %s AND token = %s",
             (now, lease, owner, token),
         )
+        if cur.rowcount == 0:
+            namesake = await _reclaim_name(cur, now, owner, instance or owner, token, lease)
     put_back = 0
     if claimed_since is not None:
         await cur.execute(
@@ -1153,7 +1176,7 @@ async def _op_renew(
         )
         put_back = cur.rowcount
     if not take_over:
-        return None, put_back
+        return None, put_back, namesake
     # SKIP LOCKED: a row another host is finishing right now is not ours to judge.
     where = (
         f"id IN (SELECT id FROM {_A} WHERE state = 'running' AND lease_until < %s "
@@ -1162,7 +1185,7 @@ async def _op_renew(
     owners: set[str] = set()
     why = f"taken over by {owner}: the claim's lease expired"
     rerun, held = await _put_back(cur, now, hold_unless, where, (now, owner), why, owners)
-    return (Takeover(rerun, held, tuple(sorted(owners))) if rerun or held else None), put_back
+    return (Takeover(rerun, held, tuple(sorted(owners))) if rerun or held else None), put_back, namesake
 
 
 _UNCONFIRMED = (
@@ -1608,6 +1631,9 @@ class PostgresJournal:
         # actions takes over a dead host's (not `trapd journal`).
         self._runs_actions = False
         self._registered = False  # this process's name is in trapd_instances (see recover)
+        # When a renewal last found another process registered under this process's name
+        # (see _reclaim_name), on the database's clock.
+        self._namesake: float | None = None
         self._notified = False
         self._listening = False
         self._listen_ready = asyncio.Event()
@@ -1771,7 +1797,27 @@ class PostgresJournal:
             )
         if self.damage is not None:
             return JournalHealth(False, self.damage, self.damage_since, self.failed_ops, self.taken_over, n)
-        return JournalHealth(failed_writes=self.failed_ops, taken_over=self.taken_over, unreadable=n)
+        return JournalHealth(
+            failed_writes=self.failed_ops,
+            taken_over=self.taken_over,
+            unreadable=n,
+            name_conflict=self._name_conflict(),
+        )
+
+    def _name_conflict(self) -> str | None:
+        """What the last lease's renewals found: another live process under this one's name.
+
+        While both run, each takes the name back at its renewal (_reclaim_name), so each finds
+        the other at every renewal (a third of the lease); none for a whole lease: it is gone.
+        """
+        if self._namesake is None:
+            return None
+        if self.now() - self._namesake > self.lease:
+            return None
+        return (
+            f"another trapd is running as {self._owner!r} on this journal: two processes under one name "
+            "rerun each other's actions and never take over each other's"
+        )
 
     def watch(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when another host committed something this one may have to act on."""
@@ -2192,7 +2238,7 @@ class PostgresJournal:
                 token = self._token if self._registered else None
                 holding = sorted(self._holding)
                 since = min([now, *self._claims_in_flight.values()]) - self.lease / 3
-                taken, put_back = await _op_renew(
+                taken, put_back, namesake = await _op_renew(
                     cur,
                     now,
                     self._owner,
@@ -2202,9 +2248,12 @@ class PostgresJournal:
                     token,
                     holding,
                     since if self._runs_actions else None,
+                    self.instance,
                 )
         except (PoolTimeout, psycopg.Error) as exc:
             raise JournalError(f"lease renewal failed: {_one_line(exc)}") from exc
+        if namesake:
+            self._namesake = now
         if put_back:
             self.put_back += put_back
             # For the dispatcher's log: an operator who sees last_error's "unconfirmed" on a row
