@@ -197,6 +197,7 @@ def write_site(d: Path) -> Path:
     (d / "BROKEN.my").write_text(textwrap.dedent(BROKEN_MIB), encoding="utf-8")
     (d / "needs-missing.txt").write_text(textwrap.dedent(NEEDS_MISSING_MIB), encoding="utf-8")
     (d / "notes.txt").write_text("Not a MIB, just notes.\n", encoding="utf-8")
+    (d / "big-arc.my").write_text(textwrap.dedent(BIG_ARC_MIB), encoding="utf-8")
     (d / "README.md").write_text("# ignored without complaint\n", encoding="utf-8")
     return d
 
@@ -479,7 +480,7 @@ def test_broken_files_reported_by_file_and_line_and_others_load(
     assert all(p.file is not None and Path(p.file).parent == src for p in r.problems), problems
     assert f"{src / 'BROKEN.my'}:6: BROKEN-MIB: Bad grammar" in problems
     assert "README.md" not in problems
-    assert len(r.problems) == 3, problems
+    assert len(r.problems) == 4, problems  # and big-arc.my's (test_an_arc_of_2_to_the_32_is_refused...)
     assert r.lookup("brokenThing") is None
     # The good modules loaded all the same.
     assert r.lookup("trapdMacNotification") is not None
@@ -1266,3 +1267,44 @@ def test_an_smiv1_type_from_a_shipped_module_can_be_imported(tmp_path: Path) -> 
     assert r.enum_values("OLD-VENDOR-MIB::oldPortStatus")["valid"] == 1
     name = r.syntax("OLD-VENDOR-MIB::oldPortName")
     assert name is not None and name.base == "OctetString" and name.tc == "SNMPv2-TC-v1::DisplayString"
+
+
+BIG_ARC_MIB = """
+BIG-ARC-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    MODULE-IDENTITY, NOTIFICATION-TYPE, enterprises FROM SNMPv2-SMI;
+
+bigArc MODULE-IDENTITY
+    LAST-UPDATED "202612070000Z"
+    ORGANIZATION "trapd"
+    CONTACT-INFO "trapd test suite"
+    DESCRIPTION  "An arc too big for SNMP."
+    ::= { enterprises 99990 }
+
+bigArcNotifs OBJECT IDENTIFIER ::= { bigArc 4294967296 }
+
+bigArcEvent NOTIFICATION-TYPE
+    STATUS      current
+    DESCRIPTION "Below the arc no message can carry."
+    ::= { bigArcNotifs 1 }
+
+bigArcOk NOTIFICATION-TYPE
+    STATUS      current
+    DESCRIPTION "The largest arc SNMP carries."
+    ::= { bigArc 4294967295 }
+END
+"""
+
+
+def test_an_arc_of_2_to_the_32_is_refused_at_its_definition(site: tuple[MibResolver, Path, Path]) -> None:
+    """pysmi compiles ``{ bigArc 4294967296 }``; the listener's BER decoder refuses any sub-identifier
+    of 2^32 or more (as net-snmp does), so a rule naming bigArcEvent could never match. The node
+    and what is below it are left out and named at the definition's line; the rest loads."""
+    r, src, _cache = site
+    text = textwrap.dedent(BIG_ARC_MIB)
+    line = text.splitlines().index("bigArcNotifs OBJECT IDENTIFIER ::= { bigArc 4294967296 }") + 1
+    problems = [p for p in r.problems if p.module == "BIG-ARC-MIB"]
+    assert [(p.file, p.line) for p in problems] == [(str(src / "big-arc.my"), line)], r.problems
+    assert "4294967296" in problems[0].message and "2^32" in problems[0].message, problems[0].message
+    assert r.lookup("bigArcNotifs") is None and r.lookup("bigArcEvent") is None
+    assert r.lookup("bigArcOk") == (1, 3, 6, 1, 4, 1, 99990, 4294967295)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trapd.listener.ber import MAX_SUBID
 from trapd.mibindex import SHIPPED_INDEX, MibProblem, index_builder_modules, source_files
 
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
@@ -426,10 +427,54 @@ def compile_site(
                 problems.append(problem_at(site[m], reason, error))
         uncompiled = set(wanted) - set(compiled)
         index, load_problems = _index_compiled(py_dir, compiled, site, uncompiled, stubs.names)
-        return index, problems + load_problems
+        return index, problems + load_problems + drop_uncarriable_nodes(index, site)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def drop_uncarriable_nodes(index: dict[str, Any], site: dict[str, SiteSource]) -> list[MibProblem]:
+    """Leave out of ``index`` every node whose OID no SNMP message can carry; one problem per module.
+
+    pysmi compiles ``{ bigArc 4294967296 }``, but the listener's BER decoder
+    (:func:`trapd.listener.ber.decode_oid`, like net-snmp's) refuses a packet
+    with a sub-identifier of 2^32 or more: a rule naming such a node would be
+    accepted and never match. So the node and everything below it are
+    unknown names, and the report points at the definition with the big arc.
+    """
+    modules = [m[0] for m in index["modules"]]
+    kept: list[Any] = []
+    dropped: dict[str, list[tuple[tuple[int, ...], str]]] = {}
+    for node in index["nodes"]:
+        oid = tuple(node[0])
+        if any(arc > MAX_SUBID for arc in oid):
+            dropped.setdefault(modules[node[1]], []).append((oid, node[2]))
+        else:
+            kept.append(node)
+    if not dropped:
+        return []
+    index["nodes"] = kept
+    problems = []
+    for module, nodes in dropped.items():
+        # The shortest dropped OID is the definition that introduced the arc (or one of them).
+        top, sym = min(nodes, key=lambda n: len(n[0]))
+        arc = next(a for a in top if a > MAX_SUBID)
+        more = f" ({len(nodes) - 1} more below it left out too)" if len(nodes) > 1 else ""
+        reason = (
+            f"{sym}: sub-identifier {arc} is 2^32 or more, which no SNMP message can carry; "
+            f"left out{more}"
+        )
+        src = site.get(module)
+        if src is None:
+            problems.append(MibProblem(reason, module=module))
+            continue
+        data = read_source(src.path)
+        start = _definitions_re(module).search(data)
+        defined = re.compile(rb"^[ \t]*" + re.escape(sym.encode()) + _DEFINITION, re.M)
+        found = defined.search(data, start.start() if start else 0)
+        line = data.count(b"\n", 0, found.start()) + 1 if found else _line_of(data, _definitions_re(module))
+        problems.append(MibProblem(reason, str(src.path), line, module))
+    return problems
 
 
 def _run_pysmi(
