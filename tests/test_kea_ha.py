@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from daemon_harness import LINK_DOWN, PYTHON, TrapdDaemon
 from kea_harness import CHROOT_BASE, ensure_chroots, make_action_context, make_kea_clients, wait_for
@@ -166,11 +167,12 @@ def healthy(pair: HaPair) -> Iterator[HaPair]:
     pair.restore()
 
 
-def trap(d: TrapdDaemon, if_index: int, mac: str = "0a0027000000", alias: str = "") -> None:
-    """A real linkDown from snmptrap: ifIndex, ifPhysAddress and (if given) ifAlias."""
+def trap(d: TrapdDaemon, if_index: int, mac: str = "0a0027000000", alias: str = "", uptime: str = "") -> None:
+    """A real linkDown from snmptrap: ifIndex, ifPhysAddress and (if given) ifAlias. ``uptime``: its
+    sysUpTime (sent to two hosts with the same, it is one notification); default: the sender's."""
     extra = [f"{IF_ALIAS}.{if_index}", "s", alias] if alias else []
     r = snmp_send(
-        "snmptrap", "-v", "2c", "-c", "public", d.target(), "", LINK_DOWN,
+        "snmptrap", "-v", "2c", "-c", "public", d.target(), uptime, LINK_DOWN,
         f"{IF_INDEX}.{if_index}", "i", str(if_index), f"{IF_PHYS_ADDRESS}.{if_index}", "x", mac, *extra,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -666,3 +668,150 @@ kea:
     assert (
         monitor.warnings() == [] and [e["event"] for e in log.entries][-2:] == ["Kea server fine again"] * 2
     )
+
+
+# --- the production topology in load-balancing: two trapd hosts on one PostgreSQL journal ----------
+
+
+@dataclass
+class Hosts:
+    """dhcp1 and dhcp2 on one journal database, each reaching its own server over the unix socket
+    and the partner over its Control Agent, each listing its own server first (as a site writes
+    trapd.yaml on each host)."""
+
+    url: str
+    dhcp1: TrapdDaemon
+    dhcp2: TrapdDaemon
+
+    def rows(self) -> list[dict[str, Any]]:
+        with psycopg.connect(self.url) as conn:
+            cur = conn.execute(
+                "SELECT id, action, params, state, result, owner FROM trapd_actions ORDER BY id"
+            )
+            names = [c.name for c in cur.description or ()]
+            got = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        for r in got:
+            r["params"] = json.loads(r["params"])
+            r["result"] = json.loads(r["result"]) if r["result"] else None
+        return got
+
+    def settled(self, action: str, mac: str, n: int) -> list[dict[str, Any]] | None:
+        """The ``n`` rows of ``action`` for ``mac`` once every one is final (else None)."""
+        got = [r for r in self.rows() if r["action"] == action and r["params"].get("hw-address") == mac]
+        final = {"done", "dead", "cancelled", "held"}
+        return got if len(got) == n and all(r["state"] in final for r in got) else None
+
+    def running(self) -> None:
+        """Both hosts up (a test that stops one leaves it to this)."""
+        for d in (self.dhcp1, self.dhcp2):
+            if d.poll() is not None:
+                d.launch()
+                d.wait_ready(60)
+
+
+@pytest.fixture(scope="module")
+def lb_hosts(pair: HaPair, pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    if pair.mode != "load-balancing" or pair.servers["server1"].d2_socket is None:
+        pytest.skip("the two-host tests run on the Kea 2.2 load-balancing pair (kea-dhcp-ddns, BIND)")
+    url = pg_server.new_database()
+    unix, ca = pair.trapd_endpoints("unix"), pair.trapd_endpoints("ca")
+    hosts: list[TrapdDaemon] = []
+    try:
+        for name, own in (("dhcp1", 0), ("dhcp2", 1)):
+            endpoints = {
+                ep: {**unix[ep], "peers": [unix[ep]["peers"][own], ca[ep]["peers"][1 - own]]} for ep in unix
+            }
+            config = {
+                "kea": {"endpoints": endpoints, "poll_interval": "0.3s"},
+                "dispatch": {
+                    "journal": {"url": url, "instance": name, "poll_interval": "200ms"},
+                    **FAST_RETRY,
+                },
+            }
+            hosts.append(
+                TrapdDaemon.start(tmp_path_factory.mktemp(name), rules=json.dumps(RULES), config=config)
+            )
+        yield Hosts(url, hosts[0], hosts[1])
+    finally:
+        for d in hosts:
+            d.stop()
+            d.close()
+
+
+@pytest.fixture
+def hosts(lb_hosts: Hosts) -> Hosts:
+    lb_hosts.running()
+    return lb_hosts
+
+
+def test_two_hosts_in_load_balancing_delete_each_lease_once_on_each_server(
+    hosts: Hosts, pair: HaPair
+) -> None:
+    """Load-balancing: both servers serve, each host reaches its own server over the unix socket and
+    the partner's over its agent, and lists its own first. Two leases' linkDowns go to both hosts
+    (either first), a third to dhcp2 only: each v4 and v6 part runs once on each server (the
+    partner's server included: a host deletes there too), each copy is journaled cancelled and
+    names the other host's row of the same peer, and no server keeps a lease."""
+    uptime = 730_000 + Leases.counter
+    leases = [Leases(pair) for _ in range(3)]
+    for lease in leases:
+        lease.add()
+    for i, lease in enumerate(leases):
+        order = (hosts.dhcp1, hosts.dhcp2) if i == 0 else (hosts.dhcp2, hosts.dhcp1)
+        for d in order[: 1 if i == 2 else 2]:
+            trap(d, 8, lease.mac.replace(":", ""), uptime=str(uptime + i))
+    for i, lease in enumerate(leases):
+        got = wait_for(
+            "the parts done",
+            lambda lease=lease, i=i: hosts.settled("kea.lease-del", lease.mac, 4 if i == 2 else 8),
+        )
+        done = [r for r in got if r["state"] == "done"]
+        parts = sorted((r["params"]["endpoint"], r["params"]["peer"]) for r in done)
+        assert parts == [
+            ("pair4", "server1"),
+            ("pair4", "server2"),
+            ("pair6", "server1"),
+            ("pair6", "server2"),
+        ], got
+        assert all(r["result"]["deleted"] == 1 for r in done), done
+        by_id = {r["id"]: r for r in got}
+        for r in got:
+            if r["state"] == "cancelled":
+                assert by_id[r["result"]["duplicate_of"]]["params"] == r["params"], (r, by_id)
+        if i == 2:  # dhcp2 alone: it deleted on server1 (its partner, over the agent) as well
+            assert {r["owner"] for r in done} == {"dhcp2"}, done
+        assert lease.held_by() == set(), (i, lease.held_by())
+
+
+def test_two_hosts_resend_ddns_once_per_notification_and_with_one_host_down(
+    hosts: Hosts, pair: HaPair, request: pytest.FixtureRequest
+) -> None:
+    """kea.ddns-resend goes to one server of the pair, never both (each would queue the update with
+    its own kea-dhcp-ddns): sent to both hosts, one resend (one NCR over both D2s, the A record in
+    BIND 9), the other host's copy cancelled; with dhcp1 stopped, dhcp2 alone resends once,
+    through the first serving server in its trapd.yaml (its own, server2)."""
+    bind: Bind = request.getfixturevalue("bind")
+    uptime = 740_000 + Leases.counter
+    for step in ("both", "dhcp1 down"):
+        lease = Leases(pair)
+        name = f"lb{Leases.counter}.example.org"
+        for inst in pair.servers.values():
+            inst.add_lease4(lease.ip4, lease.mac, hostname=name, **{"fqdn-fwd": True, "fqdn-rev": True})
+        before = d2_received(pair)
+        if step == "dhcp1 down":
+            hosts.dhcp1.stop()
+        for d in (hosts.dhcp1, hosts.dhcp2):
+            trap(d, 11, lease.mac.replace(":", ""), uptime=str(uptime + Leases.counter))
+        wait_for(f"A record ({step})", lambda name=name, lease=lease: bind.dig(name) == [lease.ip4])
+        got = wait_for(
+            f"the resend journaled ({step})",
+            lambda lease=lease, n=2 if step == "both" else 1: hosts.settled("kea.ddns-resend", lease.mac, n),
+        )
+        done = [r for r in got if r["state"] == "done"]
+        assert len(done) == 1 and all(r["state"] == "cancelled" for r in got if r not in done), got
+        after = wait_for("D2 counted it", lambda before=before: (a := d2_received(pair)) != before and a)
+        sent = {n: after[n] - before[n] for n in after}
+        assert sum(sent.values()) == 1, sent
+        if step == "dhcp1 down":
+            assert done[0]["owner"] == "dhcp2" and done[0]["result"]["peer"] == "server2", done
+            assert sent["server2"] == 1, sent
