@@ -49,3 +49,6 @@ def trapd_listen(tmp_path: Path) -> Iterator[Callable[..., TrapdListen]]:
 
 # A private PostgreSQL 15 (tests/pg_harness.py), started once per session when a test asks.
 from pg_harness import pg_server, pg_url  # noqa: E402, F401
+
+# trapd's sdist and wheel, and a venv with the wheel installed (tests/wheel_harness.py), once a session.
+from wheel_harness import trapd_dist, trapd_venv  # noqa: E402, F401

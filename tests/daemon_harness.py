@@ -121,6 +121,7 @@ class TrapdDaemon:
         self.started_at = 0.0
         self.log: list[LogLine] = []
         self.env: dict[str, str] = {}  # added to the daemon's environment (e.g. libfaketime's)
+        self.python = PYTHON  # the interpreter that runs `-m trapd` (another venv's: an installed trapd)
         self._log_cond = threading.Condition()
         self._reader: threading.Thread | None = None
 
@@ -141,10 +142,12 @@ class TrapdDaemon:
         wait_ready: bool = True,
         timeout: float = 20.0,
         env: Mapping[str, str] | None = None,
+        python: str | Path | None = None,
     ) -> TrapdDaemon:
         workdir.mkdir(parents=True, exist_ok=True)
         d = cls(workdir, trap_port or free_port(), free_port(socket.SOCK_STREAM) if metrics else None)
         d.env = dict(env or {})
+        d.python = str(python or PYTHON)
         if rules is not None:
             d.rules_path.write_text(rules)
         d.write_config(config or {})
@@ -185,7 +188,7 @@ class TrapdDaemon:
             env["NOTIFY_SOCKET"] = self.notify.address
         if watchdog_usec is not None:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
-        cmd = [PYTHON, "-m", "trapd", "run", "--config", str(self.config_path), *args]
+        cmd = [self.python, "-m", "trapd", "run", "--config", str(self.config_path), *args]
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             cmd, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
