@@ -16,7 +16,7 @@ use a short-lived client of their own.
 A URL whose path carries a token (Slack, Teams, Mattermost incoming webhooks)
 is written ``{env: NAME}`` or ``{file: PATH}``: it is journaled as that
 reference and, once resolved, masked by the redactor; this action's errors
-name only its scheme and host (``https://hooks.slack.com/…``).
+name only its scheme and site (``https://hooks.slack.com/…``, see _masked).
 
 Example::
 
@@ -29,18 +29,20 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
+import ipaddress
+import json
 import re
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from trapd.params import Param, ParamError, convert
+from trapd.params import Param, ParamError, convert, token_in_url
 from trapd.plugin import ActionContext, PermanentError, RetryableError, action
 from trapd.secrets import REDACTOR
 
@@ -60,7 +62,8 @@ ANSWER_BYTES = 4 * ANSWER_KEPT  # bytes read of the answer: enough for ANSWER_KE
             " https://h/hook/{{ ifDescr }} stays one path segment whatever the trap carries"
             " (/, ?, #, ..); write the scheme and host as text. A URL with a token in it (Slack,"
             " Teams, Mattermost): {env: NAME} or {file: PATH}, journaled as that reference, masked"
-            " in logs and errors but for its scheme and host (https://hooks.slack.com/…)",
+            " in logs and errors but for its scheme and site (https://hooks.slack.com/…,"
+            " https://….example.net/…: a per-hook subdomain is not shown)",
             required=True,
             max_length=4096,
             secret_ref=True,
@@ -112,7 +115,7 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         _check_secret_url(url)
     elif not url.startswith(("http://", "https://")):
         raise PermanentError(f"not an http(s) URL: {url[:100]!r}")
-    scrub = _scrubber(url) if secret else str
+    scrub: _Scrub = _scrubber(url) if secret else _unscrubbed
     where = _masked(url) if secret else ""  # the secret URL's host; the suffix is the trap's
     url += str(params.get("url_suffix") or "")
     where = where or _where(url)
@@ -139,11 +142,15 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         # then would hold the action until dispatch.action_timeout. This bounds the whole call.
         async with asyncio.timeout(timeout):
             if verify and not ca_file:
-                status, answer, wait = await _send(ctx.http, method, url, body, raw_headers, timeout)
+                status, answer, wait, complete = await _send(
+                    ctx.http, method, url, body, raw_headers, timeout
+                )
             else:
                 tls: ssl.SSLContext | bool = _tls(ca_file) if verify else False
                 async with httpx.AsyncClient(verify=tls) as client:
-                    status, answer, wait = await _send(client, method, url, body, raw_headers, timeout)
+                    status, answer, wait, complete = await _send(
+                        client, method, url, body, raw_headers, timeout
+                    )
     # httpx and the receiver may quote the URL (an error, an answer that echoes the request).
     except (httpx.TimeoutException, TimeoutError) as exc:
         raise RetryableError(f"{where}: no answer within {timeout:g}s ({type(exc).__name__})") from None
@@ -156,7 +163,8 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         raise RetryableError(f"{where}: {type(exc).__name__}: {scrub(str(exc))}") from None
     except httpx.InvalidURL as exc:
         raise PermanentError(f"invalid URL: {scrub(str(exc))}") from None
-    answer = scrub(answer)
+    # Masked whole before it is cut to what is kept: a cut through a secret would leave its start.
+    answer = scrub(answer, complete)[:ANSWER_KEPT]
     if 200 <= status < 300:
         return {"status": status, "answer": answer}
     if status >= 500 or status in RETRYABLE_STATUSES:
@@ -168,16 +176,19 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
 
 async def _send(
     client: httpx.AsyncClient, method: str, url: str, body: Any, headers: dict[bytes, bytes], timeout: float
-) -> tuple[int, str, float | None]:
-    """The status, the start of the answer (the rest is never read: it may not end), its Retry-After."""
+) -> tuple[int, str, float | None, bool]:
+    """The status, the start of the answer (the rest is never read: it may not end), its
+    Retry-After, and whether that is the whole answer (not when it filled the bytes read)."""
     async with client.stream(method, url, json=body, headers=headers, timeout=timeout) as response:
         kept = bytearray()
+        complete = True
         async for chunk in response.aiter_bytes():
             kept += chunk
             if len(kept) >= ANSWER_BYTES:
+                complete = False  # not asked whether more follows: it may come never
                 break
         text = bytes(kept[:ANSWER_BYTES]).decode(response.encoding or "utf-8", "replace")
-        return response.status_code, text[:ANSWER_KEPT], _retry_after(response.headers.get("Retry-After"))
+        return response.status_code, text, _retry_after(response.headers.get("Retry-After")), complete
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -236,26 +247,99 @@ def _check_secret_url(url: str) -> None:
         ) from None
 
 
+# Second-level names under a country code under which each name is a site (example.co.uk).
+_SECOND_LEVEL = frozenset({"ac", "co", "com", "edu", "go", "gov", "ne", "net", "or", "org"})
+
+
 def _masked(url: str) -> str:
-    """A secret URL as errors show it: its scheme and host, so that an operator knows which."""
+    """A secret URL as errors show it: its scheme and site, so that an operator knows which.
+
+    The host is shown in full when it is an address or a known service's (Slack, Teams, ...:
+    their token is in the path); else only its site, the last two labels (three under a
+    country's co., com., ...): a token may be the host's first label (a per-hook subdomain).
+    A user:password@ is refused before this (see _check_secret_url)."""
     parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/…"
+    return f"{parts.scheme}://{_site(url)}/…"
 
 
-def _scrubber(url: str) -> Callable[[str], str]:
-    """Masks a secret URL, its path and query (all that follows the host), as written and as httpx
-    encodes them, in a text from httpx or the receiver: the redactor knows only the URL whole."""
+def _site(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port is not None else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return f"[{host}]{port}" if address.version == 6 else f"{host}{port}"
+    labels = host.rstrip(".").split(".")
+    keep = 3 if len(labels) > 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL else 2
+    if token_in_url(url) or len(labels) <= keep:
+        return f"{host}{port}"
+    return "…." + ".".join(labels[-keep:]) + port
+
+
+def _unscrubbed(text: str, complete: bool = True) -> str:
+    return text
+
+
+class _Scrub(Protocol):
+    def __call__(self, text: str, complete: bool = True) -> str: ...
+
+
+def _scrubber(url: str) -> _Scrub:
+    """Masks a secret URL in a text from httpx or the receiver (an error, an answer that quotes
+    the request): the redactor knows only the URL whole, as is and as JSON writes it.
+
+    The bound: the URL, its path and query (all after the host), and a host that _masked does
+    not show, each as written, as httpx encodes it, as JSON writes it (also with \\/ for /),
+    percent-encoded whole (upper- or lower-case hex; + for a space is the same, as a URL has
+    none), and in base64 (standard or URL-safe, at any alignment: inside a longer base64 text
+    too). A text that is not complete (cut at the bytes read) loses an end that starts one."""
     parts = urllib.parse.urlsplit(url)
     tail = url[len(f"{parts.scheme}://{parts.netloc}") :]
-    forms = {url, tail}
+    texts = {url, tail}
+    if not _masked(url).startswith(f"{parts.scheme}://{parts.hostname}"):
+        texts.add(parts.hostname or "")
     with contextlib.suppress(httpx.InvalidURL):
         encoded = httpx.URL(url)
-        forms |= {str(encoded), encoded.raw_path.decode("ascii", "replace")}
+        texts |= {str(encoded), encoded.raw_path.decode("ascii", "replace")}
+    forms: set[str] = set()
+    for text in texts:
+        forms |= _encodings(text)
     masked = sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)  # the URL before its tail
 
-    def scrub(text: str) -> str:
+    def scrub(text: str, complete: bool = True) -> str:
         for form in masked:
             text = text.replace(form, "…")
+        if not complete:
+            text = _without_a_start_of(text, masked)
         return text
 
     return scrub
+
+
+def _encodings(text: str) -> set[str]:
+    """``text`` as a receiver may quote it back (see _scrubber)."""
+    quoted = {urllib.parse.quote(text, safe=""), urllib.parse.quote(text, safe="/")}
+    quoted |= {re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), q) for q in quoted}
+    as_json = json.dumps(text)[1:-1]
+    out = {text, as_json, as_json.replace("/", "\\/"), *quoted}
+    data = text.encode()
+    for pad in range(3):  # the base64 characters that only ``text`` decides, at each alignment
+        encoded = base64.b64encode(b"\0" * pad + data).decode()
+        core = encoded[-(-pad * 8 // 6) : (pad + len(data)) * 8 // 6]
+        out |= {core, core.translate(_URLSAFE)}
+    return out
+
+
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _without_a_start_of(text: str, forms: list[str]) -> str:
+    """``text`` without an end that is the start of one of ``forms`` (what a cut left of it)."""
+    for form in forms:
+        for n in range(min(len(form) - 1, len(text)), 3, -1):
+            if text.endswith(form[:n]):
+                return text[:-n] + "…"
+    return text

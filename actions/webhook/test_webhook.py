@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -49,6 +50,11 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(1.0)
             status = 200
         answer = self.path.encode() if self.path.startswith("/echo/") else b'{"ok": true}'
+        if self.path.startswith("/mirror/"):  # a receiver that quotes the URL it was called at, encoded
+            status, answer = (
+                200,
+                _mirrored(self.path.split("/")[2], f"http://{self.headers['Host']}{self.path}"),
+            )
         try:
             self.send_response(status)
             self.send_header("Content-Length", str(len(answer)))
@@ -65,6 +71,25 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+def _mirrored(kind: str, url: str) -> bytes:
+    """``url`` as a receiver may quote it back: the forms the webhook action masks (its bound)."""
+    import base64
+
+    tail = url.split("/", 3)[3]
+    forms = {
+        "json": json.dumps({"url": url}).replace("/", "\\/"),  # PHP's json_encode escapes slashes
+        "percent": "url=" + urllib.parse.quote(url, safe=""),
+        "plus": "url=" + urllib.parse.quote_plus(url),
+        "lower": "url=" + re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), urllib.parse.quote(url, "")),
+        "b64": base64.b64encode(url.encode()).decode(),
+        "b64url": base64.urlsafe_b64encode(url.encode()).decode().rstrip("="),
+        "b64tail": base64.b64encode(("/" + tail).encode()).decode(),
+        # The answer kept is its first 1000 characters: the URL cut by that end is a URL still.
+        "cut": "x" * (1000 - len(url) + 6) + url,
+    }
+    return f"seen: {forms[kind]} end".encode()
 
 
 def serve(server: ThreadingHTTPServer) -> Iterator[str]:
@@ -455,6 +480,7 @@ async def test_a_secret_url_that_is_not_an_http_url_is_refused_without_showing_i
         f"ftp://hooks.example/{TOKEN}",
         f"http://hooks.example:99999/{TOKEN}",
         f"http://u:{TOKEN}@h/x",
+        f"https://{TOKEN.replace('/', '')}@hooks.example/x",  # a token as the user name
     ):
         params = _rendered_params(tmp_path, _secret_url(monkeypatch, bad), "x")
         with pytest.raises(PermanentError) as caught:
@@ -490,3 +516,62 @@ def test_check_does_not_warn_of_an_ordinary_url(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(json.dumps({"rules": [rule]}), encoding="utf-8")
     assert rule_file_problems(path) == []
+
+
+@pytest.mark.parametrize("kind", ["json", "percent", "plus", "lower", "b64", "b64url", "b64tail", "cut"])
+async def test_an_answer_that_quotes_the_secret_url_encoded_is_masked(
+    http_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The answer is journaled (result) and logged: a receiver that quotes the URL it was called at
+    quotes it as its framework writes it. Masked: the URL, or its path and query, as is, as JSON
+    writes it (also with \\/), percent-encoded whole (either case, + for a space), in base64
+    (standard or URL-safe); and a quote cut by the end of what is kept is cut before it."""
+    url = f"http://{http_server}/mirror/{kind}/{TOKEN}"
+    params = _rendered_params(tmp_path, _secret_url(monkeypatch, url), "x")
+    answer = (await _run_resolved(params))["answer"]
+    assert answer.startswith("seen: "), answer
+    for secret in (TOKEN, "XXXXs3cret", "s3cretTOKEN"):
+        for form in _forms(secret):
+            assert form not in answer, (kind, form, answer)
+    assert "…" in answer, answer
+
+
+def _forms(text: str) -> set[str]:
+    import base64
+
+    quoted = urllib.parse.quote(text, safe="")
+    out = {text, quoted, re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quoted)}
+    for pad in ("", "x", "xx"):  # base64 of a text with the secret at each alignment
+        b = base64.b64encode((pad + text).encode()).decode()
+        out.add(b[4 if pad else 0 : -4])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "hidden"),
+    [
+        ("https://eo3kz8b7qxyz4ab1.m.pipedream.example/x", "https://….pipedream.example/…", "eo3kz8b7"),
+        ("https://a1b2c3d4.hooks.example.co.uk/x", "https://….example.co.uk/…", "a1b2c3d4"),
+        ("https://hooks.slack.com/services/T/B/x", "https://hooks.slack.com/…", None),
+        ("http://10.0.0.5:8080/x", "http://10.0.0.5:8080/…", None),
+        ("http://[2001:db8::5]/x", "http://[2001:db8::5]/…", None),
+        ("http://alerts/x", "http://alerts/…", None),
+        ("http://alerts.example.net:81/x", "http://….example.net:81/…", "alerts"),
+    ],
+)  # fmt: skip
+async def test_a_secret_url_shows_no_more_of_its_host_than_names_the_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, shown: str, hidden: str | None
+) -> None:
+    """A token can be the host's first label (a per-hook subdomain): a secret URL's errors show its
+    site (the last two labels of the host, three under a ccTLD's second level such as co.uk), an
+    address or a known service's host (whose token is in the path) in full; never more."""
+    from trapd_actions.webhook import _masked
+
+    assert _masked(url) == shown
+    if hidden is not None:
+        params = _rendered_params(
+            tmp_path, _secret_url(monkeypatch, url.replace(".example", ".invalid")), "x"
+        )
+        with pytest.raises(RetryableError) as caught:
+            await _run_resolved(params)
+        assert hidden not in str(caught.value) and shown.replace(".example", ".invalid") in str(caught.value)
