@@ -66,10 +66,13 @@ def config_file(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> s
     """A trapd.yaml section as a whole trapd.yaml, its secret and certificate files and variables made up."""
     secrets = tmp_path / "etc"
     secrets.mkdir(exist_ok=True)
+    # v3 key material (docs/snmpv3.md: *.ku, *.kul, *_KU, *_KUL): a made-up SHA-1-sized key in hex.
+    key = "0x" + "5a" * 20
     for name in set(re.findall(r"/etc/trapd/([\w.-]+)", code)):
-        (secrets / name).write_text("made-up-secret-1234\n", encoding="utf-8")
+        made_up = key if name.endswith((".ku", ".kul")) else "made-up-secret-1234"
+        (secrets / name).write_text(made_up + "\n", encoding="utf-8")
     for name in set(re.findall(r"\{env: (\w+)\}", code)):
-        monkeypatch.setenv(name, "made-up-secret-1234")
+        monkeypatch.setenv(name, key if name.endswith(("_KU", "_KUL")) else "made-up-secret-1234")
     rules = tmp_path / "empty-rules.yaml"
     rules.write_text("rules: []\n", encoding="utf-8")
     head = f"state_dir: {tmp_path / 'state'}\nrules: {{files: [{rules}]}}\n"

@@ -219,6 +219,7 @@ def test_no_key_shows_in_the_representation_of_the_receivers_users() -> None:
     entries = receiver._users[b"trapuser"]
     local = localized_user(u, bytes.fromhex(ENGINE_A))
     text = repr(entries) + repr(local)
-    for key in (entries[0].auth_master, entries[0].priv_master, local.auth_key, local.priv_key):
-        assert key is not None and repr(key) not in text and key.hex() not in text
+    text += repr(receiver._localized)
+    for key in (local.auth_key, local.priv_key):
+        assert key and repr(key) not in text and key.hex() not in text
     assert "auth-A-pass1" not in text

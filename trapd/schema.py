@@ -210,6 +210,7 @@ def config_schema() -> Schema:
     from trapd.config import MODES
     from trapd.dispatch.config import INTERRUPTED, SYNCHRONOUS
     from trapd.kea.config import TRANSPORTS
+    from trapd.listener.config import KEY_TYPES
     from trapd.service.config import LOG_FORMATS, LOG_LEVELS
 
     v3_user = _object(
@@ -217,8 +218,10 @@ def config_schema() -> Schema:
             "user": {"type": "string"},
             "auth_protocol": {"type": "string"},
             "auth_key": _SECRET,
+            "auth_key_type": {"type": "string", "enum": list(KEY_TYPES)},
             "priv_protocol": {"type": "string"},
             "priv_key": _SECRET,
+            "priv_key_type": {"type": "string", "enum": list(KEY_TYPES)},
             "engine_ids": {"type": "array", "items": {"type": "string"}},
         },
         required=["user"],

@@ -15,6 +15,14 @@ Example::
           priv_protocol: AES-128       # DES AES-128 AES-192 AES-256 AES-192-C AES-256-C, or none
           priv_key: {env: TRAPD_V3_PRIV}
           engine_ids: ["80001f8880e9630000d61ff449"]   # senders allowed to use this user (traps)
+        - user: keyuser                # key material instead of passphrases (net-snmp -3m/-3M, -3k/-3K)
+          auth_protocol: SHA
+          auth_key: {file: /etc/trapd/keyuser-auth.key}   # hex, as net-snmp prints it: 0x...
+          auth_key_type: localized     # passphrase (default), master (Ku) or localized (Kul)
+          priv_protocol: AES-128
+          priv_key: {file: /etc/trapd/keyuser-priv.key}
+          priv_key_type: localized
+          engine_ids: ["80001f8880e9630000d61ff449"]   # a localized key: the one engine it is for
         # the same name again with other keys for other engines (at most one entry without engine_ids)
       allowed_sources: [10.0.0.0/8, "::1"]   # empty: everyone; others are dropped before decoding
       rate_limit: {per_source: 2000, global: 20000, burst: 2.0}
@@ -36,6 +44,14 @@ AUTH_PROTOCOLS = ("none", "MD5", "SHA", "SHA-224", "SHA-256", "SHA-384", "SHA-51
 # AES-192/256: the Blumenthal key extension (net-snmp's -x AES-192/AES-256); AES-192-C/256-C:
 # Cisco's, the Reeder extension (net-snmp's -x AES-192-C/AES-256-C). See v3/keys.py.
 PRIV_PROTOCOLS = ("none", "DES", "AES-128", "AES-192", "AES-256", "AES-192-C", "AES-256-C")
+# What a v3 key secret holds: a passphrase (RFC 3414 A.2.1 makes the keys), the master key Ku
+# (net-snmp's -3m/-3M, createUser -m), or the key Kul localized to one engine ID (-3k/-3K, -l).
+KEY_TYPES = ("passphrase", "master", "localized")
+# Octets of Ku and Kul per auth protocol: its hash's digest size (RFC 3414 A.2, RFC 7860).
+KEY_LENGTHS = {"MD5": 16, "SHA": 20, "SHA-224": 28, "SHA-256": 32, "SHA-384": 48, "SHA-512": 64}
+# Octets of the localized privacy key each priv protocol uses, extended if the hash is shorter
+# (DES: 8 of key + 8 of pre-IV, RFC 3414 8.1.1.1).
+PRIV_KEY_SIZES = {"DES": 16, "AES-128": 16, "AES-192": 24, "AES-256": 32, "AES-192-C": 24, "AES-256-C": 32}
 DEFAULT_PORT = 162
 DEFAULT_RCVBUF = 8 * 1024 * 1024
 
@@ -105,6 +121,23 @@ class V3User:
     # (at most 1024 learnt engines), so forged engine IDs cost one HMAC and
     # never grow the engine's tables.
     engine_ids: tuple[bytes, ...] = ()
+    # KEY_TYPES: what auth_key / priv_key hold (a master or localized key in hex: key_octets).
+    auth_key_type: str = "passphrase"
+    priv_key_type: str = "passphrase"
+
+    @property
+    def localized_for(self) -> bytes | None:
+        """The engine ID a localized key of this user was localized for (its one ``engine_ids``
+        entry), or None: its keys (passphrases, master keys) are localized to any engine."""
+        if "localized" in (self.auth_key_type, self.priv_key_type):
+            return self.engine_ids[0]
+        return None
+
+    def keys_work_at(self, engine_id: bytes) -> bool:
+        """Whether this user's keys can be localized to ``engine_id`` (not so for a localized key
+        and any other engine than its own)."""
+        bound = self.localized_for
+        return bound is None or bound == engine_id
 
     @property
     def level(self) -> str:
@@ -250,10 +283,73 @@ def _hex(text: str, mark: Mark | None) -> bytes:
     return engine_id
 
 
+def key_octets(text: str) -> bytes:
+    """A master or localized key as net-snmp prints and takes it (``0x`` and hex digits; ``:``
+    between octets and surrounding blanks allowed). ValueError, without the text, when not hex."""
+    s = text.strip()
+    s = s[2:] if s[:2].lower() == "0x" else s
+    try:
+        return bytes.fromhex(s.replace(":", ""))
+    except ValueError:
+        raise ValueError("not hex") from None
+
+
+def _key_type(
+    n: YDict, side: str, protocol: str, auth_protocol: str, secret: Secret | None, mark: Mark | None
+) -> str:
+    """``{side}_key_type`` of a user entry, and the key checked against it: a passphrase of at
+    least 8 characters, or a key of the length the auth protocol's hash gives (never shown)."""
+    key_type = str(expect(n, f"{side}_key_type", str, "v3 user", "passphrase"))
+    if key_type not in KEY_TYPES:
+        raise ConfigError(
+            f"{side}_key_type must be one of {', '.join(KEY_TYPES)}", where(n, f"{side}_key_type")
+        )
+    if protocol == "none":
+        if f"{side}_key_type" in n:
+            raise ConfigError(f"{side}_key_type without a {side}_protocol", where(n, f"{side}_key_type"))
+        return key_type
+    user = n["user"]
+    if secret is None or (key_type == "passphrase" and len(secret.reveal()) < 8):
+        raise ConfigError(f"v3 user {user}: {side}_key is required and has at least 8 characters", mark)
+    if key_type == "passphrase":
+        return key_type
+    at = where(n, f"{side}_key")
+    try:
+        octets = key_octets(secret.reveal())
+    except ValueError:
+        raise ConfigError(
+            f"v3 user {user}: {side}_key ({secret.origin}) is not a {key_type} key in hex "
+            f"(net-snmp's form: 0x and two hex digits an octet)",
+            at,
+        ) from None
+    hash_octets = KEY_LENGTHS.get(auth_protocol, 0)
+    allowed = {hash_octets}
+    if side == "priv" and key_type == "localized":
+        # net-snmp's -3K takes the localized key as the hash gives it and extends it where the
+        # protocol needs more (AES-192/256 with a short hash), or the octets the protocol uses.
+        allowed.add(PRIV_KEY_SIZES[protocol])
+    if len(octets) not in allowed:
+        raise ConfigError(
+            f"v3 user {user}: {side}_key ({secret.origin}) is {len(octets)} octets; a {key_type} key "
+            f"for {auth_protocol} is {' or '.join(str(a) for a in sorted(allowed))} octets",
+            at,
+        )
+    return key_type
+
+
 def _v3_user(node: Any, mark: Mark | None, base_dir: Path) -> V3User:
     n: YDict = check_keys(
         node,
-        {"user", "auth_protocol", "auth_key", "priv_protocol", "priv_key", "engine_ids"},
+        {
+            "user",
+            "auth_protocol",
+            "auth_key",
+            "auth_key_type",
+            "priv_protocol",
+            "priv_key",
+            "priv_key_type",
+            "engine_ids",
+        },
         "listener.v3_users[]",
     )
     user = expect(n, "user", str, "v3 user")
@@ -291,16 +387,24 @@ def _v3_user(node: Any, mark: Mark | None, base_dir: Path) -> V3User:
         if "priv_key" in n
         else None
     )
-    if auth != "none" and (auth_key is None or len(auth_key.reveal()) < 8):
-        raise ConfigError(f"v3 user {user}: auth_key is required and has at least 8 characters", mark)
-    if priv != "none" and (priv_key is None or len(priv_key.reveal()) < 8):
-        raise ConfigError(f"v3 user {user}: priv_key is required and has at least 8 characters", mark)
+    auth_key_type = _key_type(n, "auth", auth, auth, auth_key, mark)
+    priv_key_type = _key_type(n, "priv", priv, auth, priv_key, mark)
     eids = expect(n, "engine_ids", list, "v3 user", [])
+    engine_ids = tuple(_hex(str(e), where(eids, i)) for i, e in enumerate(eids))
+    if "localized" in (auth_key_type, priv_key_type) and len(engine_ids) != 1:
+        raise ConfigError(
+            f"v3 user {user}: a localized key works with the one engine ID it was localized for; "
+            f"give that engine ID as engine_ids: [ID] (for informs trapd's listener.engine_id, "
+            f"for traps the sender's; another entry of the name for each further engine)",
+            where(n, "engine_ids") if "engine_ids" in n else mark,
+        )
     return V3User(
         user=user,
         auth_protocol=auth,
         auth_key=auth_key,
         priv_protocol=priv,
         priv_key=priv_key,
-        engine_ids=tuple(_hex(str(e), where(eids, i)) for i, e in enumerate(eids)),
+        engine_ids=engine_ids,
+        auth_key_type=auth_key_type,
+        priv_key_type=priv_key_type,
     )

@@ -17,9 +17,15 @@ extend it, both offered by net-snmp 5.9's snmptrap/snmpinform:
 
 A key long enough already is only truncated, so the two agree there.
 
+Instead of a passphrase a user may be given its master key Ku (net-snmp's
+``-3m``/``-3M``) or its key localized to one engine ID (``-3k``/``-3K``), in hex
+(``auth_key_type`` / ``priv_key_type``, checked in :mod:`trapd.listener.config`):
+a master key is localized like a passphrase's Ku, a localized key is used as
+given (a privacy key shorter than the protocol needs is extended as above).
+
 The fast path (:mod:`trapd.listener.v3.usm`) localizes every user to its
 bound engines when the configuration is loaded; the pysnmp-fed receiver
-(:mod:`trapd.listener.v3.receiver`) registers the same master keys with
+(:mod:`trapd.listener.v3.receiver`) registers the same localized keys with
 pysnmp and verifies the message of a new engine with :func:`authentic`
 before it teaches pysnmp that engine. tests/test_usm_keys.py holds both to
 the RFC test vectors and to pysnmp's own derivation.
@@ -35,7 +41,7 @@ from typing import Any, Final
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from trapd.listener.config import V3User
+from trapd.listener.config import PRIV_KEY_SIZES, V3User, key_octets
 from trapd.listener.raw import SecurityLevel
 
 __all__ = [
@@ -61,15 +67,6 @@ AUTH_PROTOCOLS: Final[dict[str, tuple[str, int]]] = {
     "SHA-256": ("sha256", 24),
     "SHA-384": ("sha384", 32),
     "SHA-512": ("sha512", 48),
-}
-# Priv protocol -> octets of localized key it uses (DES: 8 of key + 8 of pre-IV, RFC 3414 8.1.1.1).
-PRIV_KEY_SIZES: Final[dict[str, int]] = {
-    "DES": 16,
-    "AES-128": 16,
-    "AES-192": 24,
-    "AES-256": 32,
-    "AES-192-C": 24,
-    "AES-256-C": 32,
 }
 LEVEL_NAMES: Final[dict[int, SecurityLevel]] = {1: "noAuthNoPriv", 2: "authNoPriv", 3: "authPriv"}
 LEVEL_NUMBERS: Final[dict[str, int]] = {name: n for n, name in LEVEL_NAMES.items()}
@@ -141,8 +138,11 @@ def extend_priv_key(localized: bytes, engine_id: bytes, hash_name: str, priv_pro
     return extend_key_blumenthal(localized, hash_name, size)
 
 
-def master_key(secret: Any, hash_name: str, masters: MasterKeys) -> bytes:
-    """Ku of a passphrase secret, from ``masters`` or computed into it."""
+def master_key(secret: Any, hash_name: str, masters: MasterKeys, key_type: str = "passphrase") -> bytes:
+    """Ku of a key secret: a master key as given (net-snmp's -3m), or a passphrase's, from
+    ``masters`` or computed into it."""
+    if key_type == "master":
+        return key_octets(secret.reveal())
     password = secret.reveal()
     master = masters.get((hash_name, password))
     if master is None:
@@ -150,15 +150,14 @@ def master_key(secret: Any, hash_name: str, masters: MasterKeys) -> bytes:
     return master
 
 
-def master_keys(user: V3User, masters: MasterKeys) -> tuple[bytes | None, bytes | None]:
-    """The user's (auth, priv) master keys, both with the auth hash; None where the user has none."""
-    if user.auth_protocol == "none" or user.auth_key is None:
-        return None, None
-    hash_name = AUTH_PROTOCOLS[user.auth_protocol][0]
-    auth = master_key(user.auth_key, hash_name, masters)
-    if user.priv_protocol == "none" or user.priv_key is None:
-        return auth, None
-    return auth, master_key(user.priv_key, hash_name, masters)
+def _localized_key(
+    secret: Any, key_type: str, engine_id: bytes, hash_name: str, masters: MasterKeys
+) -> bytes:
+    """Kul of a key secret for ``engine_id``: a localized key as given (net-snmp's -3k; the
+    configuration binds it to its one engine, V3User.keys_work_at), else Ku localized."""
+    if key_type == "localized":
+        return key_octets(secret.reveal())
+    return localize_key(master_key(secret, hash_name, masters, key_type), engine_id, hash_name)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -194,17 +193,20 @@ def localized_user(user: V3User, engine_id: bytes, masters: MasterKeys | None = 
 
     ``masters`` caches password-to-key results by (hash name, passphrase)
     across calls, so a user bound to many engines pays the 1 MiB hash once.
+    A user with a localized key has keys for its one engine only: ValueError for another.
     """
     masters = {} if masters is None else masters
     level = LEVEL_NUMBERS[user.level]
     if level == 1:
         return LocalizedUser(user.user, 1)
+    if not user.keys_work_at(engine_id):
+        raise ValueError(f"v3 user {user.user} has a key localized for another engine than {engine_id.hex()}")
     hash_name, mac_length = AUTH_PROTOCOLS[user.auth_protocol]
-    auth_key = localize_key(master_key(user.auth_key, hash_name, masters), engine_id, hash_name)
+    auth_key = _localized_key(user.auth_key, user.auth_key_type, engine_id, hash_name, masters)
     if level == 2:
         return LocalizedUser(user.user, 2, hash_name, mac_length, auth_key)
     priv = user.priv_protocol
-    priv_localized = localize_key(master_key(user.priv_key, hash_name, masters), engine_id, hash_name)
+    priv_localized = _localized_key(user.priv_key, user.priv_key_type, engine_id, hash_name, masters)
     priv_key = extend_priv_key(priv_localized, engine_id, hash_name, priv)
     if priv == "DES":
         des = Cipher(TripleDES(priv_key[:8] * 3), modes.ECB()).decryptor()

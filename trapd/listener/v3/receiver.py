@@ -52,7 +52,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,6 @@ from trapd.listener.v3.keys import (
     authentic,
     level_mismatch,
     localized_user,
-    master_keys,
 )
 from trapd.listener.v3.replay import ReplayMemory
 
@@ -96,7 +95,8 @@ OnDrop = Callable[[str, "str | None", str, "V3Who | None"], None]
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _UserKeys:
-    """A configured user entry, its pysnmp protocol identifiers and its master keys (keys.master_keys).
+    """A configured user entry and its pysnmp protocol identifiers; ``keyed``: it has keys
+    (authNoPriv or authPriv), localized per engine when needed (V3Receiver._local).
 
     Compared and hashed by identity: one name may have several entries (for other engines).
     """
@@ -104,13 +104,12 @@ class _UserKeys:
     config: V3User
     auth_id: Any
     priv_id: Any
-    auth_master: bytes | None = field(repr=False)
-    priv_master: bytes | None = field(repr=False)
+    keyed: bool
 
 
-def _user_keys(user: V3User, masters: MasterKeys) -> _UserKeys:
+def _user_keys(user: V3User) -> _UserKeys:
     auth_id, priv_id = pysnmp_protocols(user)
-    return _UserKeys(user, auth_id, priv_id, *master_keys(user, masters))
+    return _UserKeys(user, auth_id, priv_id, user.auth_protocol != "none")
 
 
 # pysnmp's USM falls back to a user's row for this engine ID when the message's engine has none
@@ -206,22 +205,26 @@ class V3Receiver:
         # start-up, the others' when first needed. Bounded: pairs are configured or learned.
         self._localized: dict[tuple[bytes, _UserKeys], LocalizedUser] = {}
         for u in users:
-            keys = _user_keys(u, self._masters)
+            keys = _user_keys(u)
             name = u.user.encode()
             self._users.setdefault(name, []).append(keys)
-            if keys.auth_master is not None:
+            if keys.keyed and u.keys_work_at(self.engine_id):
                 self._localized[(self.engine_id, keys)] = localized_user(u, self.engine_id, self._masters)
             if not u.engine_ids:
                 self._any_engine[name] = keys
-                if keys.auth_master is None:  # no key: any engine may send as it, nothing to learn
+                if not keys.keyed:  # no key: any engine may send as it, nothing to learn
                     self._register(keys, _WILDCARD_ENGINE)
             for eid in u.engine_ids:
                 if eid != self.engine_id:
                     self._bound[(eid, name)] = keys
                     self._register(keys, eid)
-        for name, entries in self._users.items():
-            # Informs are addressed to trapd: the entry for any engine first, else the first.
-            self._register_own(self._any_engine.get(name, entries[0]))
+        for name in self._users:
+            # Informs are addressed to trapd: the entry for any engine first, else the first one
+            # whose keys work there (not a key localized for another engine); a name with none
+            # has no row for trapd's engine (its informs get pysnmp's unknown-user report).
+            entries = self._own_entries(name)
+            if entries:
+                self._register_own(self._any_engine.get(name) or entries[0])
 
         self.engine.message_dispatcher.register_context_engine_id(
             b"",  # any context engine ID
@@ -262,19 +265,28 @@ class V3Receiver:
         self._own_row[name] = keys
         self._registered.add((self.engine_id, name))
 
+    def _own_entries(self, name: bytes) -> list[_UserKeys]:
+        """The entries of ``name`` whose keys work at trapd's engine (all but a localized key's)."""
+        return [k for k in self._users.get(name, ()) if k.config.keys_work_at(self.engine_id)]
+
     def _add_to_pysnmp(self, keys: _UserKeys, engine_id: bytes) -> None:
+        """Register the entry's keys localized to ``engine_id`` (keys.localized_user: the one
+        derivation of both paths, from a passphrase, a master or a localized key)."""
         from pysnmp.entity import config as pc
 
+        local = self._local_at(keys, engine_id) if keys.keyed else None
+        auth_key = local.auth_key if local is not None else None
+        priv_key = local.priv_key if local is not None and local.priv_key else None
         pc.add_v3_user(
             self.engine,
             keys.config.user,
             authProtocol=keys.auth_id,
-            authKey=keys.auth_master,
+            authKey=auth_key,
             privProtocol=keys.priv_id,
-            privKey=keys.priv_master,
+            privKey=priv_key,
             securityEngineId=rfc1902_octets(engine_id),
-            authKeyType=pc.USM_KEY_TYPE_MASTER,
-            privKeyType=pc.USM_KEY_TYPE_MASTER,
+            authKeyType=pc.USM_KEY_TYPE_LOCALIZED if auth_key is not None else pc.USM_KEY_TYPE_MASTER,
+            privKeyType=pc.USM_KEY_TYPE_LOCALIZED if priv_key is not None else pc.USM_KEY_TYPE_MASTER,
         )
 
     # -- receive path ------------------------------------------------------
@@ -397,7 +409,7 @@ class V3Receiver:
         if header.engine_id == self.engine_id:
             # Authoritative (informs): pysnmp checks the time window and answers; a wrong MAC
             # is refused here first.
-            return self._check_own_engine(entries, data, header, source)
+            return self._check_own_engine(data, header, source)
         pair = (header.engine_id, header.user)
         keys = self._bound.get(pair) or self._any_engine.get(header.user)
         if keys is None:
@@ -424,7 +436,7 @@ class V3Receiver:
         if not 4 < len(header.engine_id) < 33:
             self._drop("unknown-engine-id", "malformed-engine-id", source, header)
             return _Checked.DROPPED
-        if keys.auth_master is None:
+        if not keys.keyed:
             # noAuthNoPriv: pysnmp takes it by the wildcard row; learning an engine would prove
             # nothing and let forged engine IDs use up the learn limit.
             return _Checked.UNAUTHENTICATED
@@ -438,9 +450,7 @@ class V3Receiver:
         self._learned += 1
         return _Checked.AUTHENTIC if header.level >= 2 else _Checked.UNAUTHENTICATED
 
-    def _check_own_engine(
-        self, entries: list[_UserKeys], data: bytes, header: V3Header, source: str
-    ) -> _Checked:
+    def _check_own_engine(self, data: bytes, header: V3Header, source: str) -> _Checked:
         """A message to trapd's engine (an inform): the entry of its name whose keys its MAC
         verifies with is the one pysnmp gets to check it with.
 
@@ -448,14 +458,21 @@ class V3Receiver:
         engines, the entry that verified last for the message's source address (else the one
         that verified last) is tried first, and the others only within the slow-path budget.
         """
+        entries = self._own_entries(header.user)
+        if not entries:
+            # Every entry of the name has a key localized for another engine (a trap sender's):
+            # none can check a message to trapd's engine. pysnmp has no row for it: it reports
+            # an unknown user name, as net-snmp's snmptrapd does for a user it has no keys for.
+            self._drop("unknown-user", "no-keys-for-trapd-engine", source, header)
+            return self._refused(header)
         if len(entries) == 1:
             return self._check_mac(entries[0], data, header, source, "own-engine")
         name = header.user
         if header.level < 2:  # nothing to tell the entries apart by: one without keys, if any
-            self._register_own(next((k for k in entries if k.auth_master is None), self._own_row[name]))
+            self._register_own(next((k for k in entries if not k.keyed), self._own_row[name]))
             return _Checked.UNAUTHENTICATED
         first = self._entry_of_source.get((source, name), self._own_row[name])
-        if first.auth_master is not None and self._authentic(self._local(first, header), data, header):
+        if first.keyed and self._authentic(self._local(first, header), data, header):
             return self._own_entry_found(first, source)
         # Trying every other entry costs one HMAC each: a forged MAC would buy that for nothing,
         # so the search is paid for from the slow-path budget, like any unauthenticated message.
@@ -465,11 +482,7 @@ class V3Receiver:
                 self._drop("rate-limited", over, source, header)
                 return _Checked.DROPPED
         for keys in entries:
-            if (
-                keys is not first
-                and keys.auth_master is not None
-                and self._authentic(self._local(keys, header), data, header)
-            ):
+            if keys is not first and keys.keyed and self._authentic(self._local(keys, header), data, header):
                 return self._own_entry_found(keys, source)
         self._drop("wrong-digest", "own-engine", source, header)
         return self._refused(header)
@@ -489,7 +502,7 @@ class V3Receiver:
         self, keys: _UserKeys, data: bytes, header: V3Header, source: str, detail: str
     ) -> _Checked:
         """A registered engine's message: its MAC, with the keys localized to that engine (cached)."""
-        if header.level < 2 or keys.auth_master is None:
+        if header.level < 2 or not keys.keyed:
             return _Checked.UNAUTHENTICATED  # nothing to check (pysnmp refuses a level it has no key for)
         if not self._authentic(self._local(keys, header), data, header):
             self._drop("wrong-digest", detail, source, header)
@@ -505,10 +518,13 @@ class V3Receiver:
 
     def _local(self, keys: _UserKeys, header: V3Header) -> LocalizedUser:
         """``keys`` localized to the message's engine, cached: the engine is trapd's, bound or learned."""
-        pair = (header.engine_id, keys)
+        return self._local_at(keys, header.engine_id)
+
+    def _local_at(self, keys: _UserKeys, engine_id: bytes) -> LocalizedUser:
+        pair = (engine_id, keys)
         local = self._localized.get(pair)
         if local is None:
-            local = self._localized[pair] = localized_user(keys.config, header.engine_id, self._masters)
+            local = self._localized[pair] = localized_user(keys.config, engine_id, self._masters)
         return local
 
     def _digest_ok(self, user: V3User, data: bytes, header: V3Header) -> bool:
