@@ -19,14 +19,13 @@ from typing import Any
 
 import pytest
 from pyasn1.codec.ber import decoder, encoder
-from pysnmp.proto import api, rfc1902, rfc1905
+from pysnmp.proto import api
 
 from trapd.listener import Listener, ListenerConfig, ListenerStats, RawNotification, set_receive_buffer
 from trapd.listener.config import ListenAddress, V3User
 from trapd.listener.stats import DropLog, read_kernel_drops
 from trapd.listener.udp import SourceFilter
 from trapd.listener.v3 import HeaderError, V3Receiver, default_engine_id, parse_header
-from trapd.listener.v3.adapters import varbinds_from_pysnmp
 from trapd.secrets import Secret
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -112,35 +111,6 @@ def test_parse_header_rejects_every_truncation() -> None:
     for n in range(len(data)):
         with pytest.raises(HeaderError):
             parse_header(data[:n])
-
-
-# -- varbind conversion ----------------------------------------------------------
-
-
-def test_varbinds_from_pysnmp_gives_raw_types_exactly() -> None:
-    oid = rfc1902.ObjectName((1, 3, 6, 1, 4, 1, 99, 1))
-    values = [
-        (rfc1902.Integer32(-5), ("Integer32", -5)),
-        (rfc1902.Integer(7), ("Integer32", 7)),
-        (rfc1902.OctetString(b"\x00\xff"), ("OctetString", b"\x00\xff")),
-        (rfc1902.Null(""), ("Null", None)),
-        (rfc1902.ObjectIdentifier((1, 3, 6)), ("ObjectIdentifier", (1, 3, 6))),
-        (rfc1902.IpAddress("192.0.2.1"), ("IpAddress", "192.0.2.1")),
-        (rfc1902.Counter32(4294967295), ("Counter32", 4294967295)),
-        (rfc1902.Gauge32(9), ("Gauge32", 9)),
-        (rfc1902.Unsigned32(10), ("Gauge32", 10)),
-        (rfc1902.TimeTicks(100), ("TimeTicks", 100)),
-        (rfc1902.Opaque(b"\x9f\x78\x04"), ("Opaque", b"\x9f\x78\x04")),
-        (rfc1902.Counter64(2**64 - 1), ("Counter64", 2**64 - 1)),
-        (rfc1905.NoSuchObject(""), ("noSuchObject", None)),
-        (rfc1905.NoSuchInstance(""), ("noSuchInstance", None)),
-        (rfc1905.EndOfMibView(""), ("endOfMibView", None)),
-    ]
-    got = varbinds_from_pysnmp([(oid, v) for v, _ in values])
-    for (o, t, v), (_, (want_t, want_v)) in zip(got, values, strict=True):
-        assert o == (1, 3, 6, 1, 4, 1, 99, 1) and type(o) is tuple
-        assert (t, v) == (want_t, want_v)
-        assert type(v) is type(want_v)
 
 
 def test_default_engine_id_is_stable_rfc3411_format() -> None:

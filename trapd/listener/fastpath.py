@@ -83,6 +83,7 @@ __all__ = [
     "FastMessage",
     "Rejected",
     "decode",
+    "decode_pdu_body",
     "decode_unless_v3",
     "encode_inform_response",
     "message_version",
@@ -292,19 +293,33 @@ def _decode_body(data: bytes, version: int, pos: int, end: int) -> FastMessage:
         pdu = "inform"
     else:
         raise _pdu_rejection(pdu_tag, "v2c")
+    request_id, _, _, varbinds = decode_pdu_body(data, pos, end)  # error fields ignored: see module doc
+    return FastMessage("v2c", community, pdu, request_id, varbinds)
+
+
+def decode_pdu_body(data: bytes, pos: int, end: int) -> tuple[int, int, int, list[RawVarBind]]:
+    """The content ``[pos, end)`` of an SNMPv2 PDU: (request-id, error-status, error-index, varbinds).
+
+    RFC 3416's PDU ::= SEQUENCE { request-id, error-status, error-index,
+    VarBindList }, each INTEGER a signed 32-bit value, and nothing after the
+    list. The one reader of a v2 PDU's fields: v2c messages here, and the
+    ScopedPDU of every v3 message (:mod:`trapd.listener.v3.scoped`), so a PDU
+    means the same, or is refused for the same reason, in every version.
+    """
     start, pos = expect(data, pos, end, TAG_INTEGER)
     request_id = decode_integer(data, start, pos, INT32_MIN, INT32_MAX)
-    if data[pos : pos + 6] == _ZERO_ERROR_FIELDS:
+    if pos + 6 <= end and data[pos : pos + 6] == _ZERO_ERROR_FIELDS:
+        status = index = 0
         pos += 6  # the usual case, checked in one comparison
     else:
         start, pos = expect(data, pos, end, TAG_INTEGER)
-        decode_integer(data, start, pos, INT32_MIN, INT32_MAX)  # error-status: ignored, see module doc
+        status = decode_integer(data, start, pos, INT32_MIN, INT32_MAX)
         start, pos = expect(data, pos, end, TAG_INTEGER)
-        decode_integer(data, start, pos, INT32_MIN, INT32_MAX)  # error-index
+        index = decode_integer(data, start, pos, INT32_MIN, INT32_MAX)
     start, pos = expect(data, pos, end, TAG_SEQUENCE)
     if pos != end:
         raise Rejected("trailing-bytes", f"{end - pos} octets after the varbind list")
-    return FastMessage("v2c", community, pdu, request_id, decode_varbinds(data, start, pos, False))
+    return request_id, status, index, decode_varbinds(data, start, pos, False)
 
 
 def _pdu_rejection(tag: int, version: str) -> Rejected:

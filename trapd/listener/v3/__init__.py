@@ -5,8 +5,9 @@
     header.py      parse_header: the v3 message header, read once per datagram
     keys.py        password-to-key, localization, privacy keys, the HMAC check
     timeliness.py  each sender engine's time window and replay memory
+    scoped.py      the ScopedPDU, decrypted and read with trapd's decoder (both paths' one reader)
     usm.py         UsmFastPath: traps from bound sender engines, without pysnmp
-    adapters.py    pysnmp's engine behind trapd's sockets (dispatcher, USM, MP model, varbinds)
+    adapters.py    pysnmp's engine behind trapd's sockets (dispatcher, USM, MP model)
     clock.py       trapd's own engine ID, snmpEngineBoots and snmpEngineTime
     receiver.py    V3Receiver: everything else, through pysnmp's engine
     path.py        V3Path: what the listener calls; the fast path, then the gate, then pysnmp

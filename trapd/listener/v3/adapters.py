@@ -1,6 +1,5 @@
 """pysnmp adapters: what trapd's V3Receiver needs to run pysnmp's engine behind trapd's own sockets.
 
-* :func:`varbinds_from_pysnmp`: pyasn1 varbinds to raw.py's ``(oid, type, value)`` tuples.
 * :func:`pysnmp_protocols`: a configured user's protocols as pysnmp's identifiers.
 * :class:`PeerAddress` and :func:`make_dispatcher`: a transport dispatcher without
   transports, whose replies go out through the socket the request came in on.
@@ -14,68 +13,14 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from trapd.listener.config import V3User
-from trapd.listener.raw import Oid, RawVarBind, SnmpType
 
 # Reply path: (datagram, peer address) -> None. Bound per received datagram
 # to the socket that received it.
 SendTo = Callable[[bytes, tuple[Any, ...]], None]
-
-
-def _type_table() -> dict[Any, SnmpType]:
-    from pysnmp.proto import rfc1902, rfc1905
-
-    return {
-        rfc1902.Integer32.tagSet: "Integer32",
-        rfc1902.OctetString.tagSet: "OctetString",
-        rfc1902.Null.tagSet: "Null",
-        rfc1902.ObjectIdentifier.tagSet: "ObjectIdentifier",
-        rfc1902.IpAddress.tagSet: "IpAddress",
-        rfc1902.Counter32.tagSet: "Counter32",
-        rfc1902.Gauge32.tagSet: "Gauge32",  # same tag as Unsigned32
-        rfc1902.TimeTicks.tagSet: "TimeTicks",
-        rfc1902.Opaque.tagSet: "Opaque",
-        rfc1902.Counter64.tagSet: "Counter64",
-        rfc1905.NoSuchObject.tagSet: "noSuchObject",
-        rfc1905.NoSuchInstance.tagSet: "noSuchInstance",
-        rfc1905.EndOfMibView.tagSet: "endOfMibView",
-    }
-
-
-_TYPES: dict[Any, SnmpType] | None = None
-
-
-def varbinds_from_pysnmp(var_binds: Iterable[tuple[Any, Any]]) -> list[RawVarBind]:
-    """pysnmp (name, value) pairs to ``(oid, type, value)`` with raw.py's exact Python types."""
-    global _TYPES
-    if _TYPES is None:
-        _TYPES = _type_table()
-    out: list[RawVarBind] = []
-    for name, value in var_binds:
-        oid: Oid = tuple(int(x) for x in name)
-        t = _TYPES.get(value.tagSet)
-        if t is None:
-            # A type outside SNMPv2-SMI (cannot come out of pysnmp's v2c PDU
-            # spec, but never let it through unnamed): keep the octets.
-            out.append((oid, "Opaque", bytes(value.asOctets()) if hasattr(value, "asOctets") else b""))
-            continue
-        v: Any
-        if t in ("Integer32", "Counter32", "Gauge32", "TimeTicks", "Counter64"):
-            v = int(value)
-        elif t in ("OctetString", "Opaque"):
-            v = bytes(value.asOctets())
-        elif t == "ObjectIdentifier":
-            v = tuple(int(x) for x in value)
-        elif t == "IpAddress":
-            v = socket.inet_ntoa(bytes(value.asOctets()))
-        else:
-            v = None
-        out.append((oid, t, v))
-    return out
 
 
 def pysnmp_protocols(user: V3User) -> tuple[Any, Any]:

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trapd.listener.ber import Rejected
 from trapd.listener.config import V3User
 from trapd.listener.raw import DEFER_ACK, RawNotification, Security
 from trapd.listener.stats import ListenerStats, V3Who
@@ -71,10 +72,10 @@ from trapd.listener.v3.adapters import (
     read_user_row,
     release_response_state,
     rfc1902_octets,
-    varbinds_from_pysnmp,
     write_user_row,
 )
 from trapd.listener.v3.clock import default_engine_id, make_engine
+from trapd.listener.v3.errors import Refused
 from trapd.listener.v3.header import HeaderError, V3Header, parse_header
 from trapd.listener.v3.keys import (
     LEVEL_NAMES,
@@ -86,6 +87,7 @@ from trapd.listener.v3.keys import (
     localized_user,
 )
 from trapd.listener.v3.replay import ReplayMemory
+from trapd.listener.v3.scoped import ScopedPdu, plaintext, read_scoped_pdu
 
 # May return False to say "not handed on" (then a v3 inform is not acknowledged).
 OnNotification = Callable[[RawNotification], object]
@@ -232,7 +234,7 @@ class V3Receiver:
             self._process_pdu,
         )
         # Per-message state, valid during one synchronous receive() call.
-        self._current: tuple[V3Header, str, int, float] | None = None
+        self._current: tuple[V3Header, bytes, str, int, float] | None = None
         self._report_only = False  # the message is refused: pysnmp is only to send its report
         self._delivered = False
         self._last_tick = 0.0
@@ -349,7 +351,7 @@ class V3Receiver:
         addr = PeerAddress(peer)  # the whole tuple: an IPv6 scope id must survive to the reply
         addr.reply = reply
         domain = (1, 3, 6, 1, 2, 1, 100, 1, 2) if ":" in source else (1, 3, 6, 1, 6, 1, 1)
-        self._current = (header, source, int(peer[1]), now)
+        self._current = (header, data, source, int(peer[1]), now)
         self._report_only = report_only
         self._delivered = False
         self._mp.last_error = None
@@ -553,13 +555,24 @@ class V3Receiver:
         current = self._current
         if current is None:  # not from receive(): ignore
             return
-        header, source, port, now = current
+        header, data, source, port, now = current
         inform = PDU.tagSet == v2c.InformRequestPDU.tagSet
         if self._report_only:  # refused before pysnmp, which should not have taken it: run nothing
             if inform:
                 release_response_state(snmpEngine, messageProcessingModel, stateReference)
             return
         self._delivered = True
+        try:
+            # pysnmp checked the message (USM, time window) and would answer it; what it says is
+            # read by trapd's decoder, as v1/v2c are: pyasn1 takes forms trapd's decoder refuses.
+            scoped = self._scoped_pdu(header, data)
+            request_id, _, _, varbinds = scoped.fields()
+        except (Rejected, Refused, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, (Rejected, Refused)) else type(exc).__name__
+            self._drop("malformed", f"v3-{reason}", source, header)
+            if inform:  # not handed on, so never answered: the sender retries
+                release_response_state(snmpEngine, messageProcessingModel, stateReference)
+            return
         if (
             self._replays is not None
             and int(securityLevel) > 1
@@ -581,12 +594,12 @@ class V3Receiver:
                 user=bytes(securityName).decode("utf-8", "backslashreplace"),
                 level=LEVEL_NAMES.get(int(securityLevel)),
                 engine_id=header.engine_id.hex(),
-                context_engine_id=bytes(contextEngineId).hex(),
-                context_name=bytes(contextName).decode("utf-8", "backslashreplace"),
+                context_engine_id=scoped.context_engine_id.hex(),
+                context_name=scoped.context_name.decode("utf-8", "backslashreplace"),
             ),
-            varbinds=varbinds_from_pysnmp(var_binds),
+            varbinds=varbinds,
             received_at=now,
-            request_id=int(v2c.apiPDU.get_request_id(PDU)),
+            request_id=request_id,
         )
         self._stats.received["v3"] += 1
 
@@ -631,6 +644,19 @@ class V3Receiver:
             respond()
         elif inform and answer is False:  # never answered: the sender retries with a new message
             release_response_state(snmpEngine, messageProcessingModel, stateReference)
+
+    def _scoped_pdu(self, header: V3Header, data: bytes) -> ScopedPdu:
+        """The ScopedPDU of a message pysnmp accepted, decrypted with the keys pysnmp checked it with."""
+        keys = None
+        if header.level == 3:
+            name = header.user
+            if header.engine_id == self.engine_id:
+                entry = self._own_row[name]  # the row pysnmp holds for trapd's engine (_register_own)
+            else:
+                entry = self._bound.get((header.engine_id, name)) or self._any_engine[name]
+            keys = self._local(entry, header)
+        buffer, start, end = plaintext(header, data, keys)
+        return read_scoped_pdu(buffer, start, end, padded=header.level == 3)
 
     def _send(self, message: bytes, address: Any) -> None:
         reply = getattr(address, "reply", None)

@@ -54,19 +54,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Final
 
-from trapd.listener.ber import (
-    INT32_MAX,
-    INT32_MIN,
-    TAG_INTEGER,
-    TAG_OCTET_STRING,
-    TAG_SEQUENCE,
-    Rejected,
-    decode_integer,
-    expect,
-    read_header,
-)
+from trapd.listener.ber import INT32_MAX, Rejected
 from trapd.listener.config import V3User
-from trapd.listener.fastpath import MAX_MESSAGE, decode_varbinds
+from trapd.listener.fastpath import MAX_MESSAGE
 from trapd.listener.raw import RawNotification, Security
 from trapd.listener.v3.errors import Refused
 from trapd.listener.v3.header import HeaderError, V3Header, parse_header
@@ -83,6 +73,7 @@ from trapd.listener.v3.keys import (
     password_to_key,
 )
 from trapd.listener.v3.replay import ReplayMemory
+from trapd.listener.v3.scoped import plaintext, read_scoped_pdu
 from trapd.listener.v3.timeliness import (
     ENGINE_BOOTS_MAX,
     LEARNED_REPLAY_MEMORY,
@@ -109,7 +100,6 @@ __all__ = [
 _MSG_MAX_SIZE_MIN: Final = 484  # RFC 3412 msgMaxSize (484..2147483647)
 _USER_NAME_MAX: Final = 32  # RFC 3414 msgUserName SIZE (0..32)
 _PDU_V2_TRAP: Final = 0xA7
-_ZERO_ERROR_FIELDS: Final = b"\x02\x01\x00\x02\x01\x00"
 
 
 class UsmFastPath:
@@ -291,47 +281,27 @@ class UsmFastPath:
             if timeline is not None:
                 timeline.check(boots, etime, mac)
 
-        msg_data, end, salt = header.msg_data, len(data), header.priv_params
-        if level == 3:
-            a, p = expect(data, msg_data, end, TAG_OCTET_STRING)
-            if p != end:
-                raise _Decline("msg-data")
-            scoped = self._decrypt(user, data[a:p], boots, etime, salt)
-            s, e = 0, len(scoped)  # padding after the ScopedPDU is ignored (RFC 3414 8.3.2)
-        else:
-            scoped, s, e = data, msg_data, end
         try:
-            # ScopedPDU ::= SEQUENCE { contextEngineID, contextName, data }
-            s, scoped_end = expect(scoped, s, e, TAG_SEQUENCE)
-            if level < 3 and scoped_end != e:
-                raise Rejected("trailing-bytes")
-            a, p = expect(scoped, s, scoped_end, TAG_OCTET_STRING)
-            context_engine_id = scoped[a:p]
-            a, p = expect(scoped, p, scoped_end, TAG_OCTET_STRING)
-            context_name = scoped[a:p]
-            tag, pdu_start, pdu_end = read_header(scoped, p, scoped_end)
-            if pdu_end != scoped_end:
-                raise Rejected("trailing-bytes")
+            buffer, start, end = plaintext(header, data, user)
+        except Rejected:
+            raise _Decline("msg-data") from None
+        try:
+            scoped = read_scoped_pdu(buffer, start, end, padded=level == 3)
         except Rejected as exc:
             if level == 3:
                 # What a wrong privacy key gives (pysnmp: decryptionError too).
                 raise Refused("decryption-error", f"scoped-pdu-{exc.reason}") from None
             raise _Decline(f"scoped-pdu-{exc.reason}") from None
-        if tag != _PDU_V2_TRAP:
+        if scoped.tag != _PDU_V2_TRAP:
             raise _Decline("not-a-trap")
         try:
-            # SNMPv2-Trap-PDU: request-id, error-status, error-index, VarBindList
-            a, p = expect(scoped, pdu_start, pdu_end, TAG_INTEGER)
-            request_id = decode_integer(scoped, a, p, INT32_MIN, INT32_MAX)
-            if scoped[p : p + 6] != _ZERO_ERROR_FIELDS:
-                raise _Decline("error-fields")  # pysnmp has opinions on odd ones: let it decide
-            vb_start, vb_end = expect(scoped, p + 6, pdu_end, TAG_SEQUENCE)
-            if vb_end != pdu_end:
-                raise _Decline("pdu-trailing-bytes")
-            varbinds = decode_varbinds(scoped, vb_start, vb_end, False)
+            request_id, error_status, error_index, varbinds = scoped.fields()
         except Rejected as exc:
-            # Authentic, but a shape the fast decoder refuses: pysnmp gets the final say.
+            # Authentic, but a shape the decoder refuses: pysnmp's engine (which then drops it
+            # too, as the receiver reads every PDU with the same decoder) counts it.
             raise _Decline(f"varbinds-{exc.reason}") from None
+        if error_status or error_index:
+            raise _Decline("error-fields")  # pysnmp has opinions on odd ones: let it decide
 
         if level > 1:
             # The last check, atomic with remembering it: a replay to another worker is refused
@@ -353,41 +323,13 @@ class UsmFastPath:
                 user=user.name,
                 level=user.level_name,
                 engine_id=engine_id.hex(),
-                context_engine_id=context_engine_id.hex(),
-                context_name=context_name.decode("utf-8", "backslashreplace"),
+                context_engine_id=scoped.context_engine_id.hex(),
+                context_name=scoped.context_name.decode("utf-8", "backslashreplace"),
             ),
             varbinds=varbinds,
             received_at=received_at,
             request_id=request_id,
         )
-
-    @staticmethod
-    def _decrypt(user: LocalizedUser, ciphertext: bytes, boots: int, etime: int, salt: bytes) -> bytes:
-        """CBC / CFB-128 decryption as one ECB pass and one XOR.
-
-        Both modes combine each ciphertext block with the previous one (the IV
-        first), so a whole message is one call on the user's long-lived ECB
-        context and one big-int XOR: no cipher object per message, which
-        halves the cost of decryption.
-        """
-        if len(salt) != 8:
-            raise Refused("decryption-error", "salt-length")
-        size = len(ciphertext)
-        if user.priv_protocol == "DES":
-            # RFC 3414 8.1.1.1 / 8.3.2: IV = pre-IV XOR salt; CBC needs whole 8-octet blocks.
-            # P[i] = D(C[i]) XOR C[i-1], C[-1] = IV.
-            if size % 8:
-                raise Refused("decryption-error", "des-block-length")
-            iv = (user.des_pre_iv ^ int.from_bytes(salt, "big")).to_bytes(8, "big")
-            block_out = user.blocks.update(ciphertext)
-            mask = iv + ciphertext[:-8] if size else b""
-        else:
-            # RFC 3826 3.1.2.1: IV = engineBoots (4) | engineTime (4) | salt (8).
-            # CFB-128: P[i] = C[i] XOR E(C[i-1]), C[-1] = IV; the last block may be partial.
-            iv = boots.to_bytes(4, "big") + etime.to_bytes(4, "big") + salt
-            block_out = ciphertext
-            mask = user.blocks.update(iv + ciphertext[: (size - 1) // 16 * 16])[:size] if size else b""
-        return (int.from_bytes(block_out, "big") ^ int.from_bytes(mask, "big")).to_bytes(size, "big")
 
 
 class _Decline(Exception):

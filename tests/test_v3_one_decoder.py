@@ -1,0 +1,136 @@
+"""One decoder for every version: a v3 PDU pysnmp takes is read by trapd's BER decoder, as v1/v2c are.
+
+The fast USM path hands an authentic trap whose varbinds trapd's decoder
+refuses to pysnmp, and every v3 inform goes to pysnmp. pyasn1 is laxer than
+trapd's decoder: it takes long-form tags, indefinite lengths, constructed
+OCTET STRINGs, five length octets, an INTEGER without content octets (as 0),
+sub-identifiers of 2^32 and more and OIDs of any length. Such a PDU was
+therefore dropped in a v2c message but delivered (and an inform acknowledged)
+in a v3 one. Now the PDU of every v3 message pysnmp accepts is decoded by
+trapd's decoder, which decides: the same bytes make the same varbinds in
+every version, or the same drop reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from usm_support import craft, scoped_pdu, user
+
+from trapd.listener import Listener, ListenerConfig, RawNotification
+from trapd.listener.ber import encode_oid_content, encode_tlv
+from trapd.listener.config import ListenAddress
+from trapd.listener.fastpath import Rejected, decode
+from trapd.listener.v3.keys import localized_user
+
+SENDER = bytes.fromhex("8000000001020304")
+TRAPD = bytes.fromhex("80004fb805aabbccddeeff0077")
+USERS = [
+    user("auth", "SHA", "none", [SENDER]),
+    user("aes", "SHA-256", "AES-128", [SENDER]),
+    user("des", "MD5", "DES", [SENDER]),
+    user("plain", engine_ids=[SENDER]),
+]
+PEER = ("192.0.2.9", 40000)
+
+
+def _oid(arcs: tuple[int, ...]) -> bytes:
+    return encode_tlv(0x06, encode_oid_content(arcs))
+
+
+def _vb(name: bytes, value: bytes) -> bytes:
+    return encode_tlv(0x30, name + value)
+
+
+_NAME = _oid((1, 3, 6, 1, 4, 1, 9, 1))
+_HEAD = _vb(_oid((1, 3, 6, 1, 2, 1, 1, 3, 0)), bytes.fromhex("43020400")) + _vb(
+    _oid((1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)), _oid((1, 3, 6, 1, 6, 3, 1, 1, 5, 3))
+)
+
+# varbind-list content -> the reason trapd's decoder refuses it with (in a v2c message too).
+ODD: dict[str, tuple[bytes, str]] = {
+    "long-form-tag": (_HEAD + _vb(_NAME, b"\x1f\x02\x01\x05"), "bad-tag"),
+    "indefinite-varbind": (_HEAD + b"\x30\x80" + _NAME + b"\x02\x01\x05\x00\x00", "indefinite-length"),
+    "subid-2^32": (_HEAD + _vb(b"\x06\x07\x2b\x06\x90\x80\x80\x80\x00", b"\x02\x01\x05"), "bad-oid"),
+    "oid-200-arcs": (_HEAD + _vb(_NAME, encode_tlv(0x06, bytes([0x2B] + [1] * 199))), "bad-oid"),
+    "empty-integer": (_HEAD + _vb(_NAME, b"\x02\x00"), "bad-integer"),
+    "constructed-string": (_HEAD + _vb(_NAME, b"\x24\x06\x04\x01a\x04\x01b"), "bad-tag"),
+    "five-length-octets": (_HEAD + _vb(_NAME, b"\x04\x85\x00\x00\x00\x00\x01a"), "bad-length"),
+}
+WELL_FORMED = _HEAD + _vb(_NAME, b"\x02\x01\x05") + _vb(_NAME, b"\x04\x84\x00\x00\x00\x01a")
+
+
+def _pdu(varbind_list: bytes, tag: int, request_id: int = 77) -> bytes:
+    fields = encode_tlv(0x02, bytes([request_id])) + b"\x02\x01\x00\x02\x01\x00"
+    return encode_tlv(tag, fields + encode_tlv(0x30, varbind_list))
+
+
+def _v2c(varbind_list: bytes) -> bytes:
+    return encode_tlv(0x30, b"\x02\x01\x01" + encode_tlv(0x04, b"public") + _pdu(varbind_list, 0xA7))
+
+
+class Harness:
+    def __init__(self, listener: Listener, got: list[RawNotification]) -> None:
+        self.listener = listener
+        self.got = got
+        self.replies: list[bytes] = []
+        self.msg_id = 0
+
+    def trapd_clock(self) -> tuple[int, int]:
+        """trapd's snmpEngineBoots and snmpEngineTime (what an inform sender learns by discovery)."""
+        assert self.listener._v3 is not None
+        builder = self.listener._v3.receiver.engine.get_mib_builder()
+        boots, etime = builder.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots", "snmpEngineTime")
+        return int(boots.syntax), int(etime.syntax.clone())  # clone(): the seconds since the origin
+
+    def send(self, u: Any, varbind_list: bytes, inform: bool = False) -> None:
+        """``varbind_list`` in a trap from SENDER (or an inform to trapd) from user ``u``, authentic."""
+        self.msg_id += 1
+        engine = TRAPD if inform else SENDER
+        scoped = scoped_pdu(_pdu(varbind_list, 0xA6 if inform else 0xA7), engine)
+        keys = localized_user(u, engine)
+        flags = {"noAuthNoPriv": 0, "authNoPriv": 1, "authPriv": 3}[u.level] | (4 if inform else 0)
+        boots, etime = self.trapd_clock() if inform else (1, 1000 + self.msg_id)
+        data = craft(
+            keys, engine, u.user.encode(), scoped, flags=flags, msg_id=self.msg_id, boots=boots, etime=etime
+        )
+        self.listener.handle_datagram(data, PEER, lambda d, a: self.replies.append(d))
+
+
+@pytest.fixture
+async def trapd(tmp_path: Path) -> AsyncIterator[Harness]:
+    got: list[RawNotification] = []
+    cfg = ListenerConfig(listen=(ListenAddress("127.0.0.1", 0),), v3_users=tuple(USERS), engine_id=TRAPD)
+    async with Listener(cfg, got.append, state_dir=tmp_path) as listener:
+        yield Harness(listener, got)
+
+
+def test_the_odd_pdus_are_refused_in_v2c() -> None:
+    """The reference: what trapd's decoder says of each varbind list in a v2c trap."""
+    for varbind_list, reason in ODD.values():
+        with pytest.raises(Rejected) as excinfo:
+            decode(_v2c(varbind_list))
+        assert excinfo.value.reason == reason
+
+
+@pytest.mark.parametrize("inform", [False, True], ids=["trap", "inform"])
+@pytest.mark.parametrize("u", USERS, ids=[u.user for u in USERS])
+async def test_v3_reads_a_pdu_as_v2c_does(trapd: Harness, u: Any, inform: bool) -> None:
+    trapd.send(u, WELL_FORMED, inform)
+    assert len(trapd.got) == 1, trapd.listener.stats.dropped_detail
+    assert trapd.got[0].varbinds == decode(_v2c(WELL_FORMED)).varbinds
+    assert trapd.got[0].request_id == 77
+    assert len(trapd.replies) == (1 if inform else 0)  # the inform's Response
+    trapd.got.clear()
+    trapd.replies.clear()
+    stats = trapd.listener.stats
+    for case, (varbind_list, reason) in ODD.items():
+        trapd.send(u, varbind_list, inform)
+        assert trapd.got == [], f"{case}: delivered in v3, refused in v2c"
+        assert trapd.replies == [], f"{case}: an inform acknowledged that was not delivered"
+        assert stats.dropped_detail[("malformed", f"v3-{reason}")] >= 1, (case, stats.dropped_detail)
+    assert stats.dropped["malformed"] == len(ODD)
+    assert stats.received["v3"] == 1
