@@ -912,6 +912,9 @@ async def test_a_dispatcher_runs_once_the_action_whose_claim_answer_was_lost(
             put_back = [e for e in logs if "answer the database lost" in e["event"]]
             assert [(e["log_level"], e["count"]) for e in put_back] == [("warning", 1)]
             assert not any("took over" in e["event"] for e in logs)
+            # Counted for the metrics (trapd_journal_claims_put_back_total), not as a takeover.
+            health = j.health()
+            assert (health.put_back, health.taken_over) == (1, 0), health
         finally:
             await d.stop()
 

@@ -22,6 +22,7 @@ from trapd.service.metrics import (
     read_socket_queues,
     status_line,
 )
+from trapd.service.snapshots import from_wire, sum_snapshots, to_wire
 
 
 async def http(port: int, request: bytes, host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
@@ -336,3 +337,19 @@ def test_a_journal_that_cannot_commit_is_in_status_and_metrics() -> None:
         for s in family.samples
     }
     assert ok[("trapd_journal_available", ())] == 1
+
+
+def test_claims_put_back_are_counted_and_summed_over_workers() -> None:
+    """A shared journal's claims whose answer was lost, put back in line (they never started):
+    one counter, in line with trapd_journal_taken_over_total, summed over workers, and carried
+    through a worker's snapshot on the wire."""
+    one = from_wire(to_wire(DaemonSnapshot(journal_put_back=2, journal_taken_over=1)))
+    assert one.journal_put_back == 2
+    snap = sum_snapshots([one, DaemonSnapshot(journal_put_back=3)])
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in TrapdCollector(lambda: snap, lambda: []).collect()
+        for s in family.samples
+    }
+    assert samples[("trapd_journal_claims_put_back_total", ())] == 5
+    assert samples[("trapd_journal_taken_over_total", ())] == 1

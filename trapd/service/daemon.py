@@ -735,6 +735,7 @@ class Daemon:
             journal_problem=jh.problem if jh is not None else None,
             journal_failed_writes=jh.failed_writes if jh is not None else 0,
             journal_taken_over=jh.taken_over if jh is not None else 0,
+            journal_put_back=jh.put_back if jh is not None else 0,
             journal_unreadable=jh.unreadable if jh is not None else 0,
             journal_name_conflict=jh is not None and jh.name_conflict is not None,
             dispatch_backlog=self.submit_outcomes,

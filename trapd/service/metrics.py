@@ -58,8 +58,12 @@ trapd_journal_available                        gauge      1 when the journal can
 trapd_journal_failed_writes_total              counter    journal writes that failed for want of the journal
 trapd_journal_taken_over_total                 counter    running actions of other hosts whose claims' lease
                                                           ran out, taken over here (shared journal)
-trapd_journal_unreadable_rows_total            counter    due actions whose journal row could not be read back
-                                                          (damaged), set aside as dead so the others run
+trapd_journal_claims_put_back_total            counter    this host's claims whose answer was lost (the
+                                                          connection broke after the commit), put back in
+                                                          line: they never started (shared journal)
+trapd_journal_unreadable_rows_total            counter    due (or expired held) actions whose journal row
+                                                          could not be read back (damaged), set aside as dead
+                                                          so the others run
 trapd_journal_instance_conflict                gauge      1 while another live trapd renews under this host's
                                                           dispatch.journal.instance (shared journal)
 trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker does
@@ -152,6 +156,8 @@ class DaemonSnapshot:
     journal_failed_writes: int = 0
     # A shared journal: running actions of other hosts taken over here after their claims' lease ran out.
     journal_taken_over: int = 0
+    # A shared journal: this host's claims whose answer was lost, put back in line (never started).
+    journal_put_back: int = 0
     # Due actions whose row could not be read back (damaged), set aside as dead so the others run.
     journal_unreadable: int = 0
     # A shared journal: another live process renews under this host's name (dispatch.journal.instance).
@@ -364,6 +370,12 @@ class TrapdCollector:
             "trapd_journal_instance_conflict",
             "1 while another live trapd renews under this host's dispatch.journal.instance (shared journal).",
             value=1 if snap.journal_name_conflict else 0,
+        )
+        yield CounterMetricFamily(
+            "trapd_journal_claims_put_back",
+            "This host's claims whose answer the database lost (the connection broke after the commit), "
+            "put back in line: they never started (shared journal).",
+            value=snap.journal_put_back,
         )
         yield CounterMetricFamily(
             "trapd_journal_unreadable_rows",

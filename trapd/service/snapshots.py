@@ -87,6 +87,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "journal_problem": snap.journal_problem,
         "journal_failed_writes": snap.journal_failed_writes,
         "journal_taken_over": snap.journal_taken_over,
+        "journal_put_back": snap.journal_put_back,
         "journal_unreadable": snap.journal_unreadable,
         "journal_name_conflict": snap.journal_name_conflict,
         "dispatch_backlog": snap.dispatch_backlog,
@@ -128,6 +129,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         journal_problem=str(data["journal_problem"]) if data.get("journal_problem") else None,
         journal_failed_writes=int(data.get("journal_failed_writes", 0)),
         journal_taken_over=int(data.get("journal_taken_over", 0)),
+        journal_put_back=int(data.get("journal_put_back", 0)),
         journal_unreadable=int(data.get("journal_unreadable", 0)),
         journal_name_conflict=bool(data.get("journal_name_conflict", False)),
         dispatch_backlog=int(data.get("dispatch_backlog", 0)),
@@ -189,7 +191,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
     unmatched = lost = resent = exempted = failed_writes = taken_over = pauses = backlog = backlog_bytes = 0
-    unreadable = 0
+    unreadable = put_back = 0
     problem: str | None = None
     name_conflict = False
     for s in snaps:
@@ -220,6 +222,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         pauses += s.receive_pauses
         failed_writes += s.journal_failed_writes
         taken_over += s.journal_taken_over
+        put_back += s.journal_put_back
         unreadable += s.journal_unreadable
         backlog += s.dispatch_backlog  # each worker's own queue before the shared journal
         backlog_bytes += s.dispatch_backlog_bytes
@@ -247,6 +250,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         journal_problem=problem,
         journal_failed_writes=failed_writes,
         journal_taken_over=taken_over,
+        journal_put_back=put_back,
         journal_unreadable=unreadable,
         journal_name_conflict=name_conflict,
         dispatch_backlog=backlog,

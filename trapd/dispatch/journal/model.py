@@ -207,6 +207,9 @@ class JournalHealth:
     # A shared journal: another live process renews under this process's name (found at a lease
     # renewal, within the last lease): what it is, in one line; None: none.
     name_conflict: str | None = None
+    # A shared journal: this host's claims whose answer was lost (the connection broke after the
+    # commit), put back in line by its lease loop (they never started), since start.
+    put_back: int = 0
 
 
 @dataclass(frozen=True, slots=True)

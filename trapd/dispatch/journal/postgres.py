@@ -58,7 +58,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -1785,24 +1785,18 @@ class PostgresJournal:
         return self._owner
 
     def health(self) -> JournalHealth:
-        n = self.unreadable_count
-        if not self.available:
-            return JournalHealth(
-                False,
-                f"journal database unavailable: {self.last_error}",
-                self.unavailable_since,
-                self.failed_ops,
-                self.taken_over,
-                n,
-            )
-        if self.damage is not None:
-            return JournalHealth(False, self.damage, self.damage_since, self.failed_ops, self.taken_over, n)
-        return JournalHealth(
+        counts = JournalHealth(
             failed_writes=self.failed_ops,
             taken_over=self.taken_over,
-            unreadable=n,
-            name_conflict=self._name_conflict(),
+            unreadable=self.unreadable_count,
+            put_back=self.put_back,
         )
+        if not self.available:
+            problem = f"journal database unavailable: {self.last_error}"
+            return replace(counts, available=False, problem=problem, since=self.unavailable_since)
+        if self.damage is not None:
+            return replace(counts, available=False, problem=self.damage, since=self.damage_since)
+        return replace(counts, name_conflict=self._name_conflict())
 
     def _name_conflict(self) -> str | None:
         """What the last lease's renewals found: another live process under this one's name.
