@@ -171,3 +171,31 @@ async def test_run_action_fails_an_action_that_forgot_an_await() -> None:
 
     with pytest.raises(TypeError, match="missing await"):
         await run_action(forgot, {})
+
+
+@action("kit.steps", params={}, idempotent=False)
+async def steps(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Journals each step before taking it; a retry goes on from what the last attempt recorded."""
+    done: list[str] = list(ctx.previous["done"]) if ctx.previous else []
+    for step in ("first", "second"):
+        if step in done:
+            continue
+        assert ctx.record is not None, "the dispatcher always gives a recorder"
+        await ctx.record({"done": [*done, step], "at": Path("/x")})  # a Path: journaled as its str
+        done.append(step)
+        if ctx.attempt == 1:
+            raise RetryableError("the answer was lost")
+    return {"done": done}
+
+
+async def test_run_action_records_as_the_journal_does_and_hands_previous_to_a_retry() -> None:
+    # The dispatcher gives every attempt ctx.record and the last record as ctx.previous: a
+    # plugin's resume path must be testable with the kit, not only through a daemon.
+    records: list[Any] = []
+    with pytest.raises(RetryableError):
+        await run_action(steps, {}, records=records)
+    assert records == [{"done": ["first"], "at": "/x"}]  # what the journal keeps: JSON
+    run = await run_action(steps, {}, previous=records[-1], attempt=2)
+    assert run.result == {"done": ["first", "second"]}
+    assert run.records == [{"done": ["first", "second"], "at": "/x"}]
+    assert run.context.previous == {"done": ["first"], "at": "/x"}

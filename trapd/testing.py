@@ -19,6 +19,8 @@ and a log you can read, and answer its Kea commands from a function::
 * :func:`run_action` validates the parameters as the rule compiler does
   (a :class:`~trapd.params.ParamError` for a value the rule could not pass),
   builds the :class:`~trapd.plugin.ActionContext` and awaits the action.
+  ``ctx.record`` keeps what the action journals (``run.records``, as JSON);
+  ``previous=`` and ``attempt=`` make the run a retry.
 * :class:`CapturedLog` is ``ctx.log``: every line, with the fields bound to it.
 * :class:`KeaDouble` stands in for Kea behind the real client
   (:class:`~trapd.kea.client.KeaClients`): encoding, result codes and errors
@@ -38,7 +40,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -300,6 +302,8 @@ def make_context(
     action_id: str = "1",
     attempt: int = 1,
     log: ActionLog | None = None,
+    record: Callable[[Any], Awaitable[None]] | None = None,
+    previous: Any = None,
 ) -> ActionContext:
     """An ActionContext for calling an action's ``run`` directly.
 
@@ -308,7 +312,8 @@ def make_context(
     fails (pass one with ``httpx.MockTransport`` to answer). ``log`` (bound
     as the dispatcher binds it) defaults to a structlog logger, so that
     ``structlog.testing.capture_logs()`` sees its lines; :func:`run_action`
-    passes a :class:`CapturedLog`.
+    passes a :class:`CapturedLog`. ``record`` and ``previous`` are
+    ``ctx.record`` / ``ctx.previous`` (:func:`run_action` records into a list).
     """
     import httpx
     import structlog
@@ -327,6 +332,8 @@ def make_context(
         http=http if http is not None else httpx.AsyncClient(transport=httpx.MockTransport(_no_network)),
         settings=dict(settings or {}),
         attempt=attempt,
+        record=record,
+        previous=previous,
     )
 
 
@@ -336,11 +343,13 @@ def _no_network(request: httpx.Request) -> httpx.Response:
 
 @dataclass
 class ActionRun:
-    """What :func:`run_action` saw: the result, the context, and every log line of the action."""
+    """What :func:`run_action` saw: the result, the context, every log line of the action, and
+    what it journaled with ``ctx.record`` (in the journal's form: JSON), in order."""
 
     result: ActionResult
     context: ActionContext
     log: CapturedLog
+    records: list[Any] = field(default_factory=list)
 
     @property
     def logs(self) -> list[dict[str, Any]]:
@@ -356,19 +365,34 @@ async def run_action(
     http: httpx.AsyncClient | None = None,
     kea: KeaClients | None = None,
     attempt: int = 1,
+    previous: Any = None,
+    records: list[Any] | None = None,
 ) -> ActionRun:
     """Validate ``params`` against the action's declaration, then run it once with a fake context.
 
     Raises :class:`~trapd.params.ParamError` for parameters a rule could not
     pass, and whatever the action raises (``RetryableError``,
     ``PermanentError``): test that with ``pytest.raises``.
+
+    ``ctx.record`` appends to ``records`` (also :attr:`ActionRun.records`;
+    pass your own list to see what an attempt that raised recorded), each
+    value as the journal keeps it and a retry gets it back: JSON. A retry is
+    ``run_action(..., previous=records[-1], attempt=2)``.
     """
+    from trapd.dispatch.journal.rows import dumps_result
+
     log = CapturedLog(action=spec.name)  # the dispatcher binds the action's name too
+    journaled = records if records is not None else []
+
+    async def record(partial: Any) -> None:
+        journaled.append(json.loads(dumps_result(partial)))
+
     ctx = make_context(
-        event, http=http, kea=kea, settings=settings, rule="test-rule", attempt=attempt, log=log
-    )
+        event, http=http, kea=kea, settings=settings, rule="test-rule", attempt=attempt, log=log,
+        record=record, previous=previous,
+    )  # fmt: skip
     result = checked_result(spec.name, await spec.run(resolve_secrets(validate(spec.params, params)), ctx))
-    return ActionRun(result, ctx, log)
+    return ActionRun(result, ctx, log, journaled)
 
 
 def rule_file_problems(path: str | Path) -> list[str]:
