@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from trapd.errors import ActionError as ActionError
 from trapd.errors import PermanentError as PermanentError
 from trapd.errors import RetryableError as RetryableError
-from trapd.params import Param
+from trapd.params import Param as Param
 
 if TYPE_CHECKING:
     import httpx
