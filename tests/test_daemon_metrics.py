@@ -337,7 +337,8 @@ rules:
         "kea": {**kea.trapd_kea_section("unix"), "poll_interval": "0.5s"},
         "dispatch": {
             "retry": {"max_attempts": 100, "backoff": "0.2s", "max_backoff": "0.5s", "jitter": 0},
-            "breaker": {"failures": 2, "cool_down": "1s"},
+            # The cool-down stays at 1 s: doubling it while Kea is down only made the test wait.
+            "breaker": {"failures": 2, "cool_down": "1s", "max_cool_down": "1s"},
         },
     }
     d = TrapdDaemon.start(tmp_path / "trapd", rules=rules, config=config)
