@@ -509,3 +509,49 @@ def test_a_held_row_that_cannot_be_read_back_is_set_aside_once_and_the_others_ex
 def _gauge_is(d: TrapdDaemon, state: str, value: float) -> None:
     got = d.metric("trapd_journal_entries", state=state)
     assert got == value, got
+
+
+def test_retry_refuses_a_row_that_cannot_be_read_back_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`trapd journal retry` of an action set aside as unreadable made it pending again, so the
+    daemon met the same damage, set it aside again, logged and counted it again (503 again after a
+    restart), and the operator was told "retried". It is refused, by id and why, with where to go
+    from there; the others asked for are retried; once the row is repaired it can be retried."""
+    from trapd.cli import main
+
+    path = _journal_file(tmp_path)
+    make_journal(path, 3)
+    conn = sqlite3.connect(path)
+    with conn:  # 2: set aside as unreadable earlier; 3: given up on, its row fine
+        conn.execute(
+            "UPDATE actions SET state = 'dead', params = CAST(x'7b22ff7d' AS TEXT), "
+            "last_error = 'could not be read back from the journal (...): set aside, never run' WHERE id = 2"
+        )
+        conn.execute("UPDATE actions SET state = 'dead', last_error = 'gave up' WHERE id = 3")
+    conn.close()
+    capsys.readouterr()
+    rc = main(["journal", "--journal", str(path), "retry", "2", "3"])
+    out, err = capsys.readouterr()
+    assert rc == 1, (out, err)
+    assert "retried: 3" in out and "2" not in out.replace("retried: 3", ""), out
+    assert "not retried: 2" in err and "cannot be read back" in err, err
+    assert "text that is not UTF-8 in column 'params'" in err and "trapd journal show 2" in err, err
+    assert "dispatch.md" in err, err
+    assert _journal_state(path, 2)[0] == "dead" and _journal_state(path, 3)[0] == "pending"
+    rc = main(["journal", "--journal", str(path), "retry", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == "nothing retried\n" and "no such id" not in err and "not retried: 2:" in err
+    rc = main(["journal", "--journal", str(path), "--json", "retry", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and json.loads(out) == {
+        "retried": [],
+        "unchanged": [2],
+        "unreadable": {"2": "text that is not UTF-8 in column 'params'"},
+    }, (out, err)
+    conn = sqlite3.connect(path)
+    with conn:  # repaired by hand
+        conn.execute("""UPDATE actions SET params = '{"message": "m1"}' WHERE id = 2""")
+    conn.close()
+    assert main(["journal", "--journal", str(path), "retry", "2"]) == 0, capsys.readouterr()
+    assert _journal_state(path, 2)[0] == "pending"

@@ -29,7 +29,8 @@ schema in it (trapd refuses to start on a schema older or newer than itself).
 Times: ISO 8601 (``2026-01-05T10:00``, local time unless it says otherwise),
 a duration meaning "that long ago" (``90m``, ``2d``), or Unix seconds.
 Exit status: 0 done, 1 nothing matched (unknown id, nothing to release; retry, cancel and
-release: an id given that was left unchanged, named on stderr), 2 usage or no usable journal.
+release: an id given that was left unchanged, named on stderr; retry refuses an action whose
+row cannot be read back, saying why: docs/dispatch.md), 2 usage or no usable journal.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
         if cmd == "history":
             return await _history(journal, args)
         if cmd == "retry":
-            return _changed("retried", await journal.retry(args.ids, now), args)
+            return await _retry(journal, args, now)
         if cmd == "cancel":
             return _changed(
                 "cancelled", await journal.cancel(args.ids, now, "cancelled by an operator"), args
@@ -293,24 +294,53 @@ async def open_cli_journal(
     return journal
 
 
-def _changed(verb: str, ids: list[int], args: argparse.Namespace) -> int:
+async def _retry(journal: Any, args: argparse.Namespace, now: float) -> int:
+    """Retry, but not an action whose row cannot be read back: run again, the daemon would meet the
+    same damage and set it aside again (logged, counted, /healthz 503 again). Refused by id, why
+    and what to do instead; once the row is repaired it can be retried."""
+    import sys
+
+    unreadable: dict[int, str] = await journal.unreadable_rows(args.ids)
+    retried = await journal.retry([i for i in args.ids if i not in unreadable], now)
+    if not args.json:
+        for id_, problem in sorted(unreadable.items()):
+            print(
+                f"not retried: {id_}: its journal row cannot be read back ({problem}), so it would "
+                f"only be set aside again. `trapd journal show {id_}` shows what is left of it: do "
+                "by hand what it was to do, or repair the row and retry it (docs/dispatch.md, "
+                '"A row that cannot be read back")',
+                file=sys.stderr,
+            )
+    return _changed("retried", retried, args, refused=unreadable)
+
+
+def _changed(
+    verb: str, ids: list[int], args: argparse.Namespace, *, refused: dict[int, str] | None = None
+) -> int:
     """Say what changed, and which of the ids asked for did not: exit 1 unless all of them did
-    (or, without ids, unless something did)."""
+    (or, without ids, unless something did). ``refused``: ids left unchanged for a reason said
+    already (on stderr; in --json as ``"unreadable"``: id -> why)."""
     import json
     import sys
 
     asked = list(dict.fromkeys(getattr(args, "ids", None) or ()))
     unchanged = [i for i in asked if i not in set(ids)]
     if args.json:
-        print(json.dumps({verb: ids, "unchanged": unchanged}))
+        out: dict[str, Any] = {verb: ids, "unchanged": unchanged}
+        if refused is not None:
+            out["unreadable"] = {str(i): why for i, why in sorted(refused.items())}
+        print(json.dumps(out))
     elif ids:
         print(f"{verb}: {' '.join(map(str, ids))}")
         print("the running daemon picks this up within its poll interval (1 s by default)")
+    elif refused and all(i in refused for i in unchanged):
+        print(f"nothing {verb}")  # why: said above, on stderr
     else:
         print(f"nothing {verb}: no such id, or not in a state that allows it (see trapd journal show ID)")
-    if unchanged and not args.json:
+    unsaid = [i for i in unchanged if i not in (refused or {})]
+    if unsaid and not args.json:
         why = " (no such id, or not in a state that allows it)" if ids else ""  # else said above
-        print(f"not {verb}: {' '.join(map(str, unchanged))}{why}", file=sys.stderr)
+        print(f"not {verb}: {' '.join(map(str, unsaid))}{why}", file=sys.stderr)
     return 0 if ids and not unchanged else 1
 
 

@@ -398,6 +398,12 @@ class Journal(Protocol):
         """Operator retry: dead, failed, held or cancelled -> pending now, attempts and max age reset."""
         ...
 
+    async def unreadable_rows(self, ids: Sequence[int]) -> dict[int, str]:
+        """Of ``ids``, those whose row (or event) cannot be read back as the dispatcher reads it,
+        and why (without the row's text). An operator's retry refuses them: run again, they would
+        only be set aside again (see :meth:`set_aside`)."""
+        ...
+
     async def release(self, now: float, ids: Sequence[int] = (), rule: str | None = None) -> list[int]:
         """Held -> pending, exempt from caps from now on. No ids and no rule: every held action."""
         ...

@@ -1364,6 +1364,18 @@ async def _op_retry(cur: Cur, ids: Sequence[int], now: float) -> list[int]:
     return sorted(r[0] for r in await cur.fetchall())
 
 
+async def _op_unreadable_rows(cur: Cur, ids: Sequence[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    await cur.execute(
+        f"SELECT {ACOLS}, e.data FROM {_A} a LEFT JOIN trapd_events e ON e.id = a.event_id "
+        "WHERE a.id = ANY(%s) ORDER BY a.id",
+        (list(ids),),
+    )
+    _, bad = decode_due(await cur.fetchall())
+    return dict(bad)
+
+
 async def _op_release(cur: Cur, now: float, ids: Sequence[int], rule: str | None) -> list[int]:
     where = "state = 'held'"
     args: list[Any] = [now]
@@ -2425,6 +2437,10 @@ class PostgresJournal:
 
     async def retry(self, ids: Sequence[int], now: float) -> list[int]:
         result: list[int] = await self._call(_op_retry, list(ids), now, notify=True)
+        return result
+
+    async def unreadable_rows(self, ids: Sequence[int]) -> dict[int, str]:
+        result: dict[int, str] = await self._call(_op_unreadable_rows, list(ids), write=False)
         return result
 
     async def release(self, now: float, ids: Sequence[int] = (), rule: str | None = None) -> list[int]:

@@ -598,6 +598,15 @@ def _op_retry(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> list[
     return sorted(r[0] for r in cur.fetchall())
 
 
+def _op_unreadable_rows(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    _, bad = _read_entries(
+        conn, f"SELECT {_ACOLS}, e.data FROM actions a LEFT JOIN events e ON e.id = a.event_id", ids
+    )
+    return dict(bad)
+
+
 def _op_release(conn: sqlite3.Connection, now: float, ids: Sequence[int], rule: str | None) -> list[int]:
     where = "state = 'held'"
     args: list[Any] = []
@@ -1388,6 +1397,10 @@ class SQLiteJournal:
 
     async def retry(self, ids: Sequence[int], now: float) -> list[int]:
         result: list[int] = await self._call(_op_retry, list(ids), now)
+        return result
+
+    async def unreadable_rows(self, ids: Sequence[int]) -> dict[int, str]:
+        result: dict[int, str] = await self._call(_op_unreadable_rows, list(ids), write=False)
         return result
 
     async def release(self, now: float, ids: Sequence[int] = (), rule: str | None = None) -> list[int]:
