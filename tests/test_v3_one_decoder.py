@@ -86,7 +86,7 @@ class Harness:
         boots, etime = builder.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots", "snmpEngineTime")
         return int(boots.syntax), int(etime.syntax.clone())  # clone(): the seconds since the origin
 
-    def send(self, u: Any, varbind_list: bytes, inform: bool = False) -> None:
+    def send(self, u: Any, varbind_list: bytes, inform: bool = False, after_usm: bytes = b"") -> None:
         """``varbind_list`` in a trap from SENDER (or an inform to trapd) from user ``u``, authentic."""
         self.msg_id += 1
         engine = TRAPD if inform else SENDER
@@ -95,7 +95,15 @@ class Harness:
         flags = {"noAuthNoPriv": 0, "authNoPriv": 1, "authPriv": 3}[u.level] | (4 if inform else 0)
         boots, etime = self.trapd_clock() if inform else (1, 1000 + self.msg_id)
         data = craft(
-            keys, engine, u.user.encode(), scoped, flags=flags, msg_id=self.msg_id, boots=boots, etime=etime
+            keys,
+            engine,
+            u.user.encode(),
+            scoped,
+            flags=flags,
+            msg_id=self.msg_id,
+            boots=boots,
+            etime=etime,
+            after_usm=after_usm,
         )
         self.listener.handle_datagram(data, PEER, lambda d, a: self.replies.append(d))
 
@@ -134,3 +142,17 @@ async def test_v3_reads_a_pdu_as_v2c_does(trapd: Harness, u: Any, inform: bool) 
         assert stats.dropped_detail[("malformed", f"v3-{reason}")] >= 1, (case, stats.dropped_detail)
     assert stats.dropped["malformed"] == len(ODD)
     assert stats.received["v3"] == 1
+
+
+@pytest.mark.parametrize("inform", [False, True], ids=["trap", "inform"])
+@pytest.mark.parametrize("u", USERS, ids=[u.user for u in USERS])
+async def test_bytes_after_the_security_parameters_are_refused_as_after_any_other_element(
+    trapd: Harness, u: Any, inform: bool
+) -> None:
+    """pysnmp ignores octets after the UsmSecurityParameters SEQUENCE inside msgSecurityParameters
+    (and nowhere else: after msgGlobalData's or the USM SEQUENCE's last member it refuses them). The
+    fast USM path declined such a trap, pysnmp delivered it; trapd's decoder refuses trailing bytes
+    in every constructed element of every version, and now here too."""
+    trapd.send(u, WELL_FORMED, inform, after_usm=b"\x05\x00")
+    assert trapd.got == [] and trapd.replies == []
+    assert trapd.listener.stats.dropped_detail == {("malformed", "v3-trailing-bytes"): 1}

@@ -266,13 +266,15 @@ def craft(
     mac_override: bytes | None = None,
     salt_field: bytes | None = None,
     ciphertext_override: bytes | None = None,
+    after_usm: bytes = b"",
 ) -> bytes:
     """A v3 message built by hand around ``scoped`` with ``keys`` (a usm.LocalizedUser).
 
     Encrypted and authenticated as the keys' level says. ``flags`` overrides
     the msgFlags octet (not the processing); ``mac_override``, ``salt_field``
     and ``ciphertext_override`` put other bytes in those fields (the MAC is
-    still computed over the result unless ``mac_override`` is given).
+    still computed over the result unless ``mac_override`` is given). ``after_usm``: octets
+    inside msgSecurityParameters after the UsmSecurityParameters SEQUENCE.
     """
     import hmac as hmac_module
 
@@ -307,14 +309,17 @@ def craft(
         flags = {1: 0, 2: 1, 3: 3}[level]
 
     def build(mac: bytes) -> bytes:
-        usm = encode_tlv(
-            0x30,
-            encode_tlv(0x04, engine_id)
-            + integer(boots)
-            + integer(etime)
-            + encode_tlv(0x04, user_name)
-            + encode_tlv(0x04, mac)
-            + encode_tlv(0x04, priv_params),
+        usm = (
+            encode_tlv(
+                0x30,
+                encode_tlv(0x04, engine_id)
+                + integer(boots)
+                + integer(etime)
+                + encode_tlv(0x04, user_name)
+                + encode_tlv(0x04, mac)
+                + encode_tlv(0x04, priv_params),
+            )
+            + after_usm
         )
         header = encode_tlv(
             0x30,

@@ -324,6 +324,11 @@ class V3Receiver:
         if header.level == 0:
             self._drop("malformed", "v3-msg-flags", source, header)
             return
+        if not header.exact:
+            # Octets after a constructed element's last member are refused everywhere else (v1,
+            # v2c, the PDU, the fast path); pysnmp ignores them after the UsmSecurityParameters.
+            self._drop("malformed", "v3-trailing-bytes", source, header)
+            return
 
         if header.is_discovery:
             checked = _Checked.UNAUTHENTICATED
