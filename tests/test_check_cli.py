@@ -194,3 +194,27 @@ def test_a_fifo_is_refused_by_name_not_waited_on(tmp_path: Path, fifo: str) -> N
         pytest.fail(f"trapd check waited on the FIFO {named}")
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"{named}:1:1: error: cannot read: not a regular file (a FIFO)" in run.stdout, run.stdout
+
+
+def test_settings_for_an_action_that_is_not_installed_are_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A misspelt plugin name under trapd.yaml's actions: used to be dropped without a word: the
+    # plugin ran with empty settings ("needs a url") and nothing said why.
+    from trapd.cli import main
+
+    (tmp_path / "rules.yaml").write_text(GOOD)
+    (tmp_path / "trapd.yaml").write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "rules: {files: [rules.yaml]}\n"
+        "actions:\n"
+        "  webhook: {}\n"
+        "  webhok: {timeout: 5}\n"
+    )
+    assert main(["check", "--config", str(tmp_path / "trapd.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"{tmp_path / 'trapd.yaml'}:5:3: warning: actions.webhok: no action plugin named 'webhok' is "
+        "installed; these settings are not used (did you mean 'webhook'?)"
+    ) in out, out
+    assert main(["check", "--strict", "--config", str(tmp_path / "trapd.yaml")]) == 1

@@ -30,7 +30,16 @@ from trapd.listener.config import ListenerConfig
 from trapd.mibs import MibConfig
 from trapd.secrets import Secret, source_reference
 from trapd.service.config import ServiceConfig
-from trapd.yamlsource import ConfigError, YDict, check_keys, expect, load_yaml_file, where, yaml_files_in
+from trapd.yamlsource import (
+    ConfigError,
+    Mark,
+    YDict,
+    check_keys,
+    expect,
+    load_yaml_file,
+    where,
+    yaml_files_in,
+)
 
 DEFAULT_CONFIG = Path("/etc/trapd/trapd.yaml")
 MODES = ("enforce", "dry-run")
@@ -49,6 +58,8 @@ class Config:
     actions: dict[str, dict[str, Any]] = field(default_factory=dict)
     state_dir: Path = Path("/var/lib/trapd")
     mode: str = "enforce"
+    # Where each ``actions:`` section is written, for a check against the installed plugins.
+    action_marks: dict[str, Mark | None] = field(default_factory=dict, compare=False)
 
     def rule_paths(self) -> list[Path]:
         """Rule files in load order: the listed files, then rules.d/*.yaml by name."""
@@ -99,7 +110,9 @@ def config_from_yaml(node: Any, path: Path | None) -> Config:
         actions={str(k): _action_settings(str(k), v, base) for k, v in actions.items()},
         state_dir=state_dir,
         mode=mode,
+        action_marks={str(k): where(actions, k, of_key=True) for k in actions},
     )
+
 
 
 def _action_settings(name: str, node: YDict, base: Path) -> dict[str, Any]:

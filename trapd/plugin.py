@@ -245,6 +245,11 @@ class LoadProblem:
     entry_point: str
     error: str
 
+    @property
+    def name(self) -> str:
+        """The action name the entry point registers."""
+        return self.entry_point.split(" = ", 1)[0]
+
 
 def load_actions() -> tuple[dict[str, ActionSpec], list[LoadProblem]]:
     """Every installed action by name, plus the plugins that failed to load.

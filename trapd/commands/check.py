@@ -24,11 +24,15 @@ Exit status: 0 valid (warnings allowed unless --strict), 1 errors found,
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
+from collections.abc import Mapping, Set
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from trapd.config import Config
     from trapd.mibs import MibResolver
+    from trapd.plugin import ActionSpec
     from trapd.yamlsource import ConfigError
 
 HELP = "validate trapd.yaml and the rules (file:line:column for every problem)"
@@ -108,6 +112,8 @@ def _check(args: argparse.Namespace) -> int:
     actions, broken = load_actions()
     for lp in broken:
         problems.append(ConfigError(f"action plugin {lp.entry_point} failed to load: {lp.error}", None))
+    # A plugin that failed to load is reported above; its settings are not "unused" on top of that.
+    problems += unused_action_settings(config, actions, {lp.name for lp in broken})
     capped = (
         globally_capped(config.dispatch.caps, actions) if hasattr(config.dispatch, "caps") else frozenset()
     )
@@ -141,6 +147,31 @@ def _check(args: argparse.Namespace) -> int:
 
 
 _UNKNOWN_SYMBOL = re.compile(r"^unknown MIB symbol '(?:([A-Za-z][\w-]*)::)?")
+
+
+def unused_action_settings(
+    config: Config, actions: Mapping[str, ActionSpec], broken: Set[str]
+) -> list[ConfigError]:
+    """A warning, at its place in trapd.yaml, for each ``actions:`` section no installed plugin
+    has: what the daemon logs at start (``warn_unknown_settings``). A misspelt name otherwise
+    leaves the plugin with empty settings, and nothing in `trapd check` said why."""
+    from trapd.dispatch.plugins import unknown_settings
+    from trapd.yamlsource import ConfigError
+
+    found = []
+    for name in unknown_settings(actions, config.actions):
+        if name in broken:
+            continue
+        hint = difflib.get_close_matches(name, list(actions), n=1, cutoff=0.6)
+        found.append(
+            ConfigError(
+                f"actions.{name}: no action plugin named {name!r} is installed; these settings are "
+                "not used" + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+                config.action_marks.get(name),
+                severity="warning",
+            )
+        )
+    return found
 
 
 def explain_unknown_symbols(problems: list[ConfigError], resolver: MibResolver) -> list[ConfigError]:
