@@ -38,6 +38,15 @@ def test_yaml_syntax_error_has_position(tmp_path: Path) -> None:
     assert "YAML syntax" in problems[0].message
 
 
+def test_a_byte_that_is_not_utf8_is_reported_at_its_line_and_column(tmp_path: Path) -> None:
+    p = tmp_path / "rules.yaml"
+    p.write_bytes(b"rules:\n  - name: a\n    description: caf\xe9 au lait\n    match: {version: v1}\n")
+    (problem,) = check_rules([p], resolver(), ACTIONS)
+    assert problem.mark is not None and problem.mark.file == str(p)
+    assert (problem.mark.line, problem.mark.column) == (3, 21)
+    assert problem.message == "not UTF-8 text: byte 0xe9 (invalid continuation byte)"
+
+
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
     got = errors_of(tmp_path, "rules:\n  - name: a\n    name: b\n")
     assert got == ["3:5: error: duplicate key 'name' (first at line 2)"]

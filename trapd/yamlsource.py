@@ -465,8 +465,18 @@ def load_yaml_file(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", Mark(str(p), 1, 1)) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text: {exc.reason}", Mark(str(p), 1, 1)) from exc
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} ({exc.reason})", _byte_mark(str(p), exc)
+        ) from exc
     return load_yaml(text, str(p))
+
+
+def _byte_mark(source: str, exc: UnicodeDecodeError) -> Mark:
+    """Where the byte that is not UTF-8 is: its line, and its column in characters (as an editor counts)."""
+    data = bytes(exc.object)
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
+    return Mark(source, data.count(b"\n", 0, exc.start) + 1, column)
 
 
 def yaml_files_in(directory: Path) -> list[Path]:
