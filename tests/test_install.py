@@ -187,3 +187,44 @@ def test_real_install_creates_the_user_in_a_private_etc(tmp_path: Path) -> None:
     assert "trapd" not in purged.split("\n", 1)[1]  # /var/lib/trapd is gone
     # The host was not touched.
     assert host_state() == before
+
+
+def _sh_blocks(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M)
+
+
+def test_the_documented_installs_work_on_debian_12() -> None:
+    """README's and docs/service.md's install commands, as an admin types them on Debian 12.
+
+    Debian 12's python3 is "externally managed" (PEP 668): `pip install .` as root is refused, and
+    as a user it lands in ~/.local, which install-service.sh refuses (ProtectHome=yes). So trapd
+    goes into a venv outside any home, whose trapd is put on PATH for install-service.sh and for
+    the `trapd ...` commands the docs use next. (The docs said `pip install .`, and README ran
+    install-service.sh after scripts/setup.sh, whose .venv is neither on PATH nor outside a home.)
+    """
+    import re
+
+    service = (REPO / "docs" / "service.md").read_text(encoding="utf-8")
+    install = service.split("## Install\n", 1)[1].split("\n## ", 1)[0]
+    commands = [
+        line.split("#", 1)[0].strip()
+        for block in _sh_blocks(install)
+        for line in block.splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+    for cmd in commands:
+        assert not re.match(r"(sudo )?(pip3?|pipx|python3? -m pip) install", cmd), cmd
+    first_pip = next(i for i, c in enumerate(commands) if " install " in c and "pip" in c)
+    assert re.fullmatch(r"sudo /usr/bin/python3 -m venv /opt/trapd", commands[first_pip - 1]), commands
+    assert commands[first_pip].startswith("sudo /opt/trapd/bin/pip install ")
+    linked = commands.index("sudo ln -s /opt/trapd/bin/trapd /usr/local/bin/trapd")
+    assert linked < commands.index("sudo scripts/install-service.sh")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for block in _sh_blocks(readme):
+        for line in block.splitlines():
+            cmd = line.split("#", 1)[0].strip()
+            assert not (cmd.startswith("scripts/install-service.sh") and "--trapd" not in cmd), (
+                f"README: {line!r} finds no trapd on PATH after scripts/setup.sh"
+            )
