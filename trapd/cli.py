@@ -38,7 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
         )
         mod.configure(p)
         p.set_defaults(_main=mod.main)
+        _describe_subcommands(p)
     return parser
+
+
+def _describe_subcommands(p: argparse.ArgumentParser) -> None:
+    """A nested subcommand's --help starts with its one-line help and where the rest is
+    (``trapd kea restore --help`` printed the usage and options alone)."""
+    for action in p._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        summaries = {a.dest: a.help or "" for a in action._choices_actions}
+        for name, sp in action.choices.items():
+            if not sp.description and summaries.get(name):
+                text = summaries[name]
+                sp.description = f"{text[0].upper()}{text[1:]}. `{p.prog} --help` explains more."
 
 
 def main(argv: Sequence[str] | None = None) -> int:

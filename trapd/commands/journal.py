@@ -88,20 +88,23 @@ def configure(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="journal_command", metavar="SUBCOMMAND", required=True)
 
     ls = sub.add_parser("list", help="waiting actions (or those in --state)")
-    ls.add_argument("--state", choices=LIST_STATES, default="waiting")
-    ls.add_argument("--limit", type=positive, default=100)
+    ls.add_argument(
+        "--state", choices=LIST_STATES, default="waiting",
+        help="waiting (default): scheduled, pending, failed, held, running; all: every state",
+    )  # fmt: skip
+    ls.add_argument("--limit", type=positive, default=100, help="at most N actions, the newest (default 100)")
     ls.add_argument("--host", help="shared journal: the actions this host claimed (ran, runs)")
 
     show = sub.add_parser("show", help="one action in full")
-    show.add_argument("id", type=action_id)
+    show.add_argument("id", type=action_id, help="the journal id (the ID column of list and history)")
 
     for name, what in (("retry", "run dead / failed / held / cancelled actions again"),
                        ("cancel", "cancel waiting or held actions")):  # fmt: skip
         sp = sub.add_parser(name, help=what)
-        sp.add_argument("ids", type=action_id, nargs="+", metavar="ID")
+        sp.add_argument("ids", type=action_id, nargs="+", metavar="ID", help="journal ids")
 
     rel = sub.add_parser("release", help="release actions held by a rate cap")
-    rel.add_argument("ids", type=action_id, nargs="*", metavar="ID")
+    rel.add_argument("ids", type=action_id, nargs="*", metavar="ID", help="journal ids (or --rule / --all)")
     rel.add_argument("--rule", help="every held action of this rule")
     rel.add_argument("--all", action="store_true", help="every held action")
     rel.add_argument("--dry-run", action="store_true", help="list what would be released, release nothing")
@@ -118,13 +121,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     hist.add_argument("--mac", help="MAC address the action was about (any spelling)")
     hist.add_argument("--ip", help="IP address the action was about")
     hist.add_argument("--source", "--switch", dest="source", help="address of the switch that sent the trap")
-    hist.add_argument("--rule")
+    hist.add_argument("--rule", help="rule name")
     hist.add_argument("--action", help="action plugin name")
     hist.add_argument("--state", choices=LIST_STATES[1:-1], action="append", help="repeatable")
     hist.add_argument("--since", help="from this time (ISO 8601, or a duration ago: 2h)")
     hist.add_argument("--until", help="before this time")
     hist.add_argument("--host", help="shared journal: the actions this host claimed (ran, runs)")
-    hist.add_argument("--limit", type=positive, default=100)
+    hist.add_argument("--limit", type=positive, default=100, help="at most N actions (default 100)")
 
     # The common options work after the subcommand too: `trapd journal history --json`.
     for sp in (ls, show, rel, hist, mig, *(sub.choices[n] for n in ("retry", "cancel"))):

@@ -53,7 +53,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     c.add_argument("--strict", action="store_true", help="exit 1 when a MIB file is broken")
     lk = sub.add_parser("lookup", help="name <-> OID, kind, syntax and enum values")
     _config_arg(lk)
-    lk.add_argument("names", nargs="+", metavar="NAME|OID")
+    lk.add_argument(
+        "names",
+        nargs="+",
+        metavar="NAME|OID",
+        help="IF-MIB::linkDown, linkDown, ifOperStatus.3, an OID or a module",
+    )
     lk.add_argument("--json", action="store_true", help="one JSON object per name")
     b = sub.add_parser("build-index", help="rebuild the shipped MIB index (developers)")
     b.add_argument("--output", metavar="FILE", help="default: trapd/data/mib-index.json in the package")
