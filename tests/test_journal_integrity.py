@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -555,3 +556,99 @@ def test_retry_refuses_a_row_that_cannot_be_read_back_and_says_why(
     conn.close()
     assert main(["journal", "--journal", str(path), "retry", "2"]) == 0, capsys.readouterr()
     assert _journal_state(path, 2)[0] == "pending"
+
+
+# -- damage that appears while trapd runs, in pages nothing reads: the periodic check ----------
+
+
+def _first_events_leaf(path: Path) -> int:
+    """The file offset of the page holding the oldest events (nothing reads it while trapd runs)."""
+    conn = sqlite3.connect(path)
+    try:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (leaf,) = conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY path LIMIT 1"
+        ).fetchone()
+    finally:
+        conn.close()
+    return int((leaf - 1) * page_size)
+
+
+def _poke_byte(path: Path, at: int, value: bytes) -> bytes:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        was = f.read(1)
+        f.seek(at)
+        f.write(value)
+    return was
+
+
+def test_damage_that_appears_while_running_is_found_by_the_periodic_check_and_cleared_by_a_passing_one(
+    tmp_path: Path,
+) -> None:
+    """A b-tree page damaged on disk while trapd runs, in rows no action reads (the oldest events):
+    before, nothing noticed it until a restart's start-up check refused the journal. The periodic
+    quick_check (its own connection, its own thread) finds it: /healthz 503 naming the damage and
+    what to do, logged once, counted; the other actions keep running. Put right (here: the page's
+    byte written back, as a repair would), the next check passes and health is 200 again, logged
+    once: a check that finds the file sound says more than the one that found it damaged."""
+    path = _journal_file(tmp_path)
+    make_journal(path, 300)
+    page = _first_events_leaf(path)
+    config = {"dispatch": {"journal": {"integrity_check": "0.2s"}}}
+    d = TrapdDaemon.start(tmp_path, rules=RULES, config=config)
+    try:
+        assert d.wait_metric("trapd_journal_integrity_checks_total", 1, result="ok") >= 1
+        assert d.healthz()[0] == 200
+        was = _poke_byte(path, page, b"\x00")  # the page's b-tree type
+        (line,) = d.wait_log("journal damaged: found by the periodic integrity check", timeout=30)
+        assert line["level"] == "error" and "move it aside" in str(line["hint"]), line
+        _, body = eventually(lambda: _unhealthy(d))
+        assert "integrity check" in str(body["journal"]), body
+        assert d.wait_metric("trapd_journal_integrity_checks_total", 2, result="damaged") >= 2
+        assert d.metric("trapd_journal_integrity_check_duration_seconds") > 0
+        assert len(d.logs("journal damaged: found by the periodic integrity check")) == 1  # once
+        _poke_byte(path, page, was)
+        d.wait_log("journal integrity check passed again", timeout=30)
+        eventually(lambda: _healthy(d))
+    finally:
+        d.stop()
+        d.close()
+
+
+def _healthy(d: TrapdDaemon) -> None:
+    status, body = d.healthz()
+    assert status == 200, body
+
+
+def test_a_journal_file_replaced_under_the_running_trapd_is_reported(tmp_path: Path) -> None:
+    """The journal moved aside and another file put in its place while trapd runs (a restore from
+    backup, `mv` of a damaged journal without stopping trapd): the writer keeps writing to the
+    file it opened, which nothing will read again; nothing said so. The periodic check compares
+    the path's file with the one opened: unhealthy until restart, said once."""
+    path = _journal_file(tmp_path)
+    make_journal(path, 3)
+
+    async def run() -> None:
+        async with SQLiteJournal(path, integrity_check=0.05) as j:
+            await _until(lambda: j.health().integrity_checks.get("ok", 0) >= 1)
+            assert j.health().available and j.notices() == []
+            os.replace(path, tmp_path / "moved.sqlite")
+            await asyncio.to_thread(make_journal, path, 1)  # a journal of its own at the path
+            await _until(lambda: not j.health().available)
+            assert "replaced or removed" in str(j.health().problem), j.health()
+            (notice,) = j.notices()
+            assert notice.level == "error" and "restart trapd" in notice.fields["hint"], notice
+            checks = sum(j.health().integrity_checks.values())
+            await asyncio.sleep(0.3)  # more rounds of the check: still unhealthy, not said again
+            assert not j.health().available and j.notices() == []
+            assert sum(j.health().integrity_checks.values()) == checks  # not counted as checks
+
+    asyncio.run(run())
+
+
+async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the timeout"
+        await asyncio.sleep(0.02)

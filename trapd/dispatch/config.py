@@ -16,6 +16,7 @@ Every key is optional; the defaults suit one trapd in front of one Kea::
         max_queued: 100000        # journal writes waiting; beyond, submit raises DispatchOverloaded
         retention: 30d            # done / cancelled / dead entries older than this are pruned
         poll_interval: 1s         # how often the daemon looks for changes made by `trapd journal`
+        integrity_check: 15m      # SQLite: PRAGMA quick_check of the whole file this often (0: never)
       retry:                      # defaults; a rule's `retry:` overrides them
         max_attempts: 5
         max_age: 1h               # since the trap was received
@@ -91,6 +92,8 @@ class JournalConfig:
     max_queued: int = 100_000
     retention: float = 30 * 86400.0
     poll_interval: float = 1.0
+    # SQLite: seconds between checks of the whole file while trapd runs (see SQLiteJournal); 0: none.
+    integrity_check: float = 900.0
     # PostgreSQL (docs/pair.md): a libpq URL or key/value string; None: the SQLite file.
     url: str | None = None
     password: Secret | None = None  # {file: ...} / {env: ...}; else libpq's own (PGPASSFILE, ...)
@@ -184,6 +187,7 @@ def _journal(node: Any, base_dir: Path) -> JournalConfig:
             "max_queued",
             "retention",
             "poll_interval",
+            "integrity_check",
             "url",
             "password",
             "instance",
@@ -228,6 +232,7 @@ def _journal(node: Any, base_dir: Path) -> JournalConfig:
         max_queued=_int(n, "max_queued", what, 100_000, 100, 10_000_000),
         retention=_duration(n, "retention", what, 30 * 86400.0, positive=True),
         poll_interval=_duration(n, "poll_interval", what, 1.0, positive=True),
+        integrity_check=_duration(n, "integrity_check", what, 900.0),
         url=url,
         password=Secret.from_config(password, where(n, "password")) if password is not None else None,
         instance=instance or None,

@@ -814,6 +814,8 @@ class Dispatcher:
                 event_id=e.event_id,
             )
         self._log_set_aside()  # held ones among them whose rows could not be read back
+        for notice in self.journal.notices():  # the periodic integrity check's findings, once each
+            getattr(self.log, notice.level)(notice.event, **notice.fields)
         for t in self.journal.take_overs():
             if t.unconfirmed:
                 self.log.warning(

@@ -64,6 +64,9 @@ trapd_journal_claims_put_back_total            counter    this host's claims who
 trapd_journal_unreadable_rows_total            counter    due (or expired held) actions whose journal row
                                                           could not be read back (damaged), set aside as dead
                                                           so the others run
+trapd_journal_integrity_checks_total           counter    result (ok, damaged, error): periodic PRAGMA
+                                                          quick_check of the SQLite journal file
+trapd_journal_integrity_check_duration_seconds gauge      how long the last of those checks took
 trapd_journal_instance_conflict                gauge      1 while another live trapd renews under this host's
                                                           dispatch.journal.instance (shared journal)
 trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker does
@@ -158,6 +161,10 @@ class DaemonSnapshot:
     journal_taken_over: int = 0
     # A shared journal: this host's claims whose answer was lost, put back in line (never started).
     journal_put_back: int = 0
+    # The SQLite journal's periodic integrity checks by result (ok, damaged, error), and the
+    # duration of the last one in seconds (a gauge; the longest of the workers').
+    journal_integrity_checks: Mapping[str, int] = field(default_factory=dict)
+    journal_integrity_check_seconds: float = 0.0
     # Due actions whose row could not be read back (damaged), set aside as dead so the others run.
     journal_unreadable: int = 0
     # A shared journal: another live process renews under this host's name (dispatch.journal.instance).
@@ -376,6 +383,20 @@ class TrapdCollector:
             "This host's claims whose answer the database lost (the connection broke after the commit), "
             "put back in line: they never started (shared journal).",
             value=snap.journal_put_back,
+        )
+        checks = CounterMetricFamily(
+            "trapd_journal_integrity_checks",
+            "Periodic checks of the whole SQLite journal file (PRAGMA quick_check), by result "
+            "(ok, damaged, error: the check could not run).",
+            labels=["result"],
+        )
+        for result in sorted({"ok", "damaged", "error", *snap.journal_integrity_checks}):
+            checks.add_metric([result], snap.journal_integrity_checks.get(result, 0))
+        yield checks
+        yield GaugeMetricFamily(
+            "trapd_journal_integrity_check_duration_seconds",
+            "How long the last periodic check of the SQLite journal file took.",
+            value=snap.journal_integrity_check_seconds,
         )
         yield CounterMetricFamily(
             "trapd_journal_unreadable_rows",

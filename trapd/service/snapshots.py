@@ -88,6 +88,8 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "journal_failed_writes": snap.journal_failed_writes,
         "journal_taken_over": snap.journal_taken_over,
         "journal_put_back": snap.journal_put_back,
+        "journal_integrity_checks": dict(snap.journal_integrity_checks),
+        "journal_integrity_check_seconds": snap.journal_integrity_check_seconds,
         "journal_unreadable": snap.journal_unreadable,
         "journal_name_conflict": snap.journal_name_conflict,
         "dispatch_backlog": snap.dispatch_backlog,
@@ -130,6 +132,8 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         journal_failed_writes=int(data.get("journal_failed_writes", 0)),
         journal_taken_over=int(data.get("journal_taken_over", 0)),
         journal_put_back=int(data.get("journal_put_back", 0)),
+        journal_integrity_checks={k: int(v) for k, v in data.get("journal_integrity_checks", {}).items()},
+        journal_integrity_check_seconds=float(data.get("journal_integrity_check_seconds", 0.0)),
         journal_unreadable=int(data.get("journal_unreadable", 0)),
         journal_name_conflict=bool(data.get("journal_name_conflict", False)),
         dispatch_backlog=int(data.get("dispatch_backlog", 0)),
@@ -168,6 +172,7 @@ def _counters_of(snap: DaemonSnapshot) -> DaemonSnapshot:
         dispatch_backlog=0,
         dispatch_backlog_bytes=0,
         journal_problem=None,
+        journal_integrity_check_seconds=0.0,
     )
 
 
@@ -192,6 +197,8 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     hist: Histogram | None = None
     unmatched = lost = resent = exempted = failed_writes = taken_over = pauses = backlog = backlog_bytes = 0
     unreadable = put_back = 0
+    checks: dict[Any, int] = {}
+    check_seconds = 0.0
     problem: str | None = None
     name_conflict = False
     for s in snaps:
@@ -223,6 +230,8 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         failed_writes += s.journal_failed_writes
         taken_over += s.journal_taken_over
         put_back += s.journal_put_back
+        _add(checks, s.journal_integrity_checks)
+        check_seconds = max(check_seconds, s.journal_integrity_check_seconds)
         unreadable += s.journal_unreadable
         backlog += s.dispatch_backlog  # each worker's own queue before the shared journal
         backlog_bytes += s.dispatch_backlog_bytes
@@ -251,6 +260,8 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         journal_failed_writes=failed_writes,
         journal_taken_over=taken_over,
         journal_put_back=put_back,
+        journal_integrity_checks=checks,
+        journal_integrity_check_seconds=check_seconds,
         journal_unreadable=unreadable,
         journal_name_conflict=name_conflict,
         dispatch_backlog=backlog,

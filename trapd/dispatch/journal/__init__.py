@@ -28,6 +28,7 @@ from trapd.dispatch.journal.model import (
     JournalError,
     JournalFull,
     JournalHealth,
+    JournalNotice,
     NewEntry,
     State,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "JournalError",
     "JournalFull",
     "JournalHealth",
+    "JournalNotice",
     "NewEntry",
     "SQLiteJournal",
     "State",

@@ -210,6 +210,20 @@ class JournalHealth:
     # A shared journal: this host's claims whose answer was lost (the connection broke after the
     # commit), put back in line by its lease loop (they never started), since start.
     put_back: int = 0
+    # The SQLite journal's periodic checks of the whole file since start, by result (ok, damaged,
+    # error: the check itself could not run), and how long the last one took (seconds).
+    integrity_checks: Mapping[str, int] = field(default_factory=dict)
+    integrity_check_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JournalNotice:
+    """Something about the journal as a whole an operator must read once (see :meth:`Journal.notices`):
+    damage found by the periodic integrity check, the file sound again, the file replaced."""
+
+    level: Literal["error", "warning", "info"]
+    event: str  # the log line's event
+    fields: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +272,12 @@ class Journal(Protocol):
     def take_overs(self) -> list[Takeover]:
         """What this process took over from other hosts since the last call (a shared journal's
         lease renewal does it in the background): for the dispatcher's log."""
+        ...
+
+    def notices(self) -> list[JournalNotice]:
+        """What changed about the journal as a whole since the last call (the SQLite journal's
+        periodic integrity check: damage found, sound again; the file replaced), for the
+        dispatcher's log: each said once, when it happens. Health says it for as long as it lasts."""
         ...
 
     def set_aside(self) -> list[Unreadable]:

@@ -76,6 +76,7 @@ from trapd.dispatch.journal.model import (
     JournalError,
     JournalFull,
     JournalHealth,
+    JournalNotice,
     NewEntry,
     State,
     Takeover,
@@ -2215,6 +2216,9 @@ class PostgresJournal:
                 self._takeovers.append(taken)
                 self._notified = True
                 self._wake()
+
+    def notices(self) -> list[JournalNotice]:
+        return []  # the database checks its own files; its errors are this journal's availability
 
     def take_overs(self) -> list[Takeover]:
         """The takeovers since the last call (the dispatcher logs each)."""
