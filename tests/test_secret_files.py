@@ -154,6 +154,66 @@ async def test_an_action_s_file_secret_stays_masked_while_it_runs_though_the_fil
     assert REDACTOR.redact(first) == first  # the run is over: superseded twice, forgotten
 
 
+async def test_a_held_action_s_secret_rotated_while_it_was_held_is_masked_when_it_runs(
+    tmp_path: Path,
+) -> None:
+    """A cap held the action; its token file rotated twice meanwhile (read by other actions, so the
+    value of when it was planned is no longer masked). Released, it reads the token of now, and
+    that is masked in its journaled error and its log lines, as in a run that was never held:
+    nothing of the secret was resolved or journaled at planning time."""
+    from structlog.testing import capture_logs
+
+    from trapd.rules.outcome import RateCap
+
+    path = tmp_path / "held-token"
+    planned = rotate(path, 0)
+    resolve({"$secret": f"file:{path}"})  # read at planning time by another action
+
+    @action("quoting-held", params={"token": Param("string", secret=True)}, idempotent=True)
+    async def quoting(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Log and quote the token (test action)."""
+        ctx.log.warning("about to be refused", answer=f"Bearer {params['token']}")
+        raise PermanentError(f"refused: Bearer {params['token']}")
+
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        config = DispatchConfig(workers=1, shutdown_timeout=1.0, journal=JournalConfig(poll_interval=0.05))
+        d = Dispatcher(config, journal, {"quoting-held": quoting}, kea=None)
+        await d.start()
+        try:
+            cap = RateCap("approval", limit=0, per=60.0)
+            with capture_logs() as logs:
+                (id_,) = await d.submit(
+                    make_event(),
+                    make_outcome(plan("quoting-held", {"token": {"$secret": f"file:{path}"}}, caps=[cap])),
+                )
+                await until(lambda: d.stats.outcomes[("quoting-held", "held")] == 1)
+                now_value = ""
+                for n in (1, 2):
+                    now_value = rotate(path, n)
+                    resolve({"$secret": f"file:{path}"})  # other actions read the new token meanwhile
+                assert REDACTOR.redact(planned) == planned  # superseded twice: no longer masked
+                assert await d.release([id_]) == [int(id_)]
+                await until(lambda: d.stats.outcomes[("quoting-held", "dead")] == 1)
+        finally:
+            await d.stop(0.5)
+        entry = await journal.get(int(id_), with_event=False)
+    assert entry is not None and entry.last_error is not None
+    assert now_value not in entry.last_error and "refused: Bearer ***" in entry.last_error, entry.last_error
+    from trapd.service.logging import redact
+
+    lines = [str(redact(dict(line))) for line in logs]
+    assert any("Bearer ***" in line for line in lines), lines
+    assert not any(now_value in line or planned in line for line in lines), lines
+    assert planned not in entry.last_error
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the timeout"
+        await asyncio.sleep(0.02)
+
+
 def test_a_secret_collected_while_the_redactor_is_busy_does_not_deadlock(tmp_path: Path) -> None:
     """A Secret in a reference cycle is freed by the cyclic collector, which may run in the middle
     of anything, the redactor's own locked work included (any allocation can trigger it): its
