@@ -8,7 +8,9 @@ import itertools
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -326,3 +328,59 @@ def test_the_host_column_is_left_out_of_a_journal_of_one_host(
     assert "HOST" not in out.splitlines()[0]
     _, out = run(capsys, "journal", "--state-dir", str(state_dir), "--json", "list")
     assert all(json.loads(line)["host"] is None for line in out.splitlines())
+
+
+def test_a_list_of_one_state_in_a_large_journal_sorts_ids_not_whole_rows(tmp_path: Path) -> None:
+    """`list --state done` (or history by rule, switch) on a journal of 30 days: the matching rows
+    were read whole (parameters, results) and sorted, to keep the newest 100: 3.1 s for 500,000
+    done actions. The ids are sorted from the index alone, then 100 rows read (0.32 s). Counted in
+    SQLite's VM steps, which do not depend on the machine's load: against a count of the same
+    rows through the same index (the least any answer costs), at most a few times that."""
+    import sqlite3
+
+    from trapd.dispatch.journal import HistoryFilter
+    from trapd.dispatch.journal.sqlite import _op_history
+
+    path = tmp_path / "journal.sqlite"
+
+    async def make() -> None:
+        async with SQLiteJournal(path):
+            pass  # the schema
+
+    asyncio.run(make())
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 20000) "
+        "INSERT INTO actions (event_id, received_at, source, rule, action, idx, params, key, mode, state, "
+        "max_attempts, backoff, max_age, age_from, created, due, finished, result) "
+        "SELECT 'e', x, '10.0.0.' || (x % 50), 'r' || (x % 4), 'log', 0, '{\"message\": \"m\"}', 'k' || x, "
+        "'enforce', CASE WHEN x % 1000 = 0 THEN 'held' ELSE 'done' END, 3, 1, 3600, x, x, x, x, "
+        "'{\"status\": 200, \"answer\": \"' || hex(randomblob(64)) || '\"}' FROM g"
+    )
+    conn.commit()
+
+    def steps(run: Callable[[], object]) -> int:
+        n = [0]
+
+        def count() -> int:
+            n[0] += 1
+            return 0
+
+        conn.set_progress_handler(count, 100)
+        try:
+            run()
+        finally:
+            conn.set_progress_handler(None, 0)
+        return n[0]
+
+    for flt, floor_sql, args in (
+        (HistoryFilter(states=("done",)), "SELECT count(*) FROM actions WHERE state = ?", ("done",)),
+        (HistoryFilter(rule="r1"), "SELECT count(*) FROM actions WHERE rule = ?", ("r1",)),
+    ):
+        got: list[Any] = []
+        cost = steps(lambda flt=flt, got=got: got.extend(_op_history(conn, flt)))
+        floor = steps(lambda sql=floor_sql, a=args: conn.execute(sql, a).fetchall())
+        assert [e.id for e in got] == sorted((e.id for e in got), reverse=True) and len(got) == 100
+        assert got[0].id == (19999 if flt.states else 19997), got[0].id  # the newest first
+        assert cost < 6 * floor, (flt, cost, floor)  # 3.4 now; whole rows sorted: 16.7
+    conn.close()
