@@ -139,6 +139,41 @@ def test_trapd_test_reads_json_lines_from_stdin(
     assert "stdin:3: not an event" in captured.err
 
 
+NOT_EVENTS = {
+    "1": "an event is a JSON object, got int",
+    "[1]": "an event is a JSON object, got list",
+    "null": "an event is a JSON object, got null",
+    '{"trap_oid": "1.3.6.1.6.3.1.1.5.3"}': "'source' is missing",
+    '{"trap_oid": "1.3.6.1.6.3.1.1.5.3", "source": 5}': "'source' must be text, got int",
+    '{"source": "10.0.0.1", "trap_oid": 5}': "'trap_oid' must be text, got int",
+    '{"source": "10.0.0.1", "trap_oid": "linkDown"}': "'trap_oid': not a numeric OID: 'linkDown'",
+    '{"source": "10.0.0.1", "trap_oid": "1.3.6.1.6.3.1.1.5.3", "varbinds": [5]}': (
+        "'varbinds' must be a list of objects"
+    ),
+    '{"source": "10.0.0.1", "trap_oid": "1.3.6.1.6.3.1.1.5.3", "security": 5}': (
+        "'security' must be an object"
+    ),
+}
+
+
+@pytest.mark.parametrize("line", sorted(NOT_EVENTS))
+def test_trapd_test_says_what_is_wrong_with_a_json_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, line: str
+) -> None:
+    """Whatever JSON comes in, a line saying what is wrong with it (exit 1), never a traceback."""
+    rules = write(tmp_path, RULES)
+    good = json.dumps(event("IF-MIB::linkUp from 10.20.1.5 ifIndex=17").to_dict())
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{line}\n{good}\n"))
+    assert main(["test", "-r", str(rules), "-"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"stdin:1: not an event: {NOT_EVENTS[line]}\n"
+    assert "  MATCH     port-up" in captured.out  # the next line is still shown
+    f = tmp_path / "events.json"
+    f.write_text(f"[{good}, {line}]")
+    assert main(["test", "-r", str(rules), str(f)]) == 1
+    assert capsys.readouterr().err == f"{f}: event 2: not an event: {NOT_EVENTS[line]}\n"
+
+
 def test_trapd_test_reads_a_json_event_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rules = write(tmp_path, RULES)
     f = tmp_path / "event.json"

@@ -58,7 +58,6 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trapd.config import DEFAULT_CONFIG, Config, load_config
-    from trapd.event import Event
     from trapd.mibs import MibResolver
     from trapd.plugin import load_actions
     from trapd.rules import RuleErrors, expand_rule_paths, globally_capped, load_rules
@@ -115,20 +114,24 @@ def main(args: argparse.Namespace) -> int:
             if not line:
                 continue
             try:
-                show(Event.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError) as exc:
+                show(event_from_json(json.loads(line)))
+            except ValueError as exc:
                 ok = False
                 print(f"stdin:{n}: not an event: {exc}", file=sys.stderr)
         return 0 if ok else 1
     if len(words) == 1 and (words[0].endswith(".json") or Path(words[0]).is_file()):
         try:
-            events = read_event_file(Path(words[0]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            items = read_event_file(Path(words[0]))
+        except (OSError, ValueError) as exc:
             print(f"{words[0]}: not an event file: {exc}", file=sys.stderr)
             return 1
-        for ev in events:
-            show(ev)
-        return 0
+        for n, item in enumerate(items, 1):
+            try:
+                show(event_from_json(item))
+            except ValueError as exc:
+                ok = False
+                print(f"{words[0]}: event {n}: not an event: {exc}", file=sys.stderr)
+        return 0 if ok else 1
     try:
         event = parse_compact(compact_words(words), resolver)
     except CompactError as exc:
@@ -155,18 +158,61 @@ def compact_words(words: list[str]) -> list[str]:
         return words[0].split()
 
 
-def read_event_file(path: Any) -> list[Event]:
+def read_event_file(path: Any) -> list[Any]:
+    """The JSON values of an event file (one, a list, or one per line); each is given to event_from_json."""
     import json
-
-    from trapd.event import Event
 
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
     except ValueError:
         data = [json.loads(line) for line in text.splitlines() if line.strip()]
-    items = data if isinstance(data, list) else [data]
-    return [Event.from_dict(d) for d in items]
+    return data if isinstance(data, list) else [data]
+
+
+_JSON_NAMES = {dict: "object", list: "list", str: "text", int: "int", float: "number", bool: "boolean"}
+
+
+def event_from_json(data: Any) -> Event:
+    """An event in ``trapd listen``'s JSON form; ValueError saying what is wrong with anything else.
+
+    :meth:`Event.from_dict` reads what trapd itself wrote (the journal); this is for what a
+    person hands ``trapd test``, which may be anything.
+    """
+    from trapd.event import Event, VarBind, parse_oid
+
+    def kind(value: Any) -> str:
+        return "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)
+
+    if not isinstance(data, dict):
+        raise ValueError(f"an event is a JSON object, got {kind(data)}")
+    for name in ("source", "trap_oid"):
+        if name not in data:
+            raise ValueError(f"{name!r} is missing")
+        if not isinstance(data[name], str):
+            raise ValueError(f"{name!r} must be text, got {kind(data[name])}")
+    try:
+        parse_oid(data["trap_oid"])
+    except ValueError as exc:
+        raise ValueError(f"'trap_oid': {exc}") from None
+    if not isinstance(data.get("security") or {}, dict):
+        raise ValueError("'security' must be an object")
+    varbinds = data.get("varbinds") or []
+    if not isinstance(varbinds, list) or not all(isinstance(v, dict) for v in varbinds):
+        raise ValueError("'varbinds' must be a list of objects")
+    for n, vb in enumerate(varbinds, 1):
+        try:
+            VarBind.from_dict(vb)
+        except KeyError as exc:
+            raise ValueError(f"varbind {n}: {exc.args[0]!r} is missing") from None
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"varbind {n}: {exc}") from None
+    try:
+        return Event.from_dict(data)
+    except KeyError as exc:
+        raise ValueError(f"{exc.args[0]!r} is missing") from None
+    except (TypeError, AttributeError) as exc:  # a field of the wrong type (security's names, numbers)
+        raise ValueError(str(exc)) from None
 
 
 def _masked(params: dict[str, Any], spec: ActionSpec | None) -> dict[str, Any]:
