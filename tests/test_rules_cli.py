@@ -125,6 +125,17 @@ def test_trapd_test_takes_the_compact_event_as_one_quoted_argument(
     assert {vb["name"]: vb["display"] for vb in doc["event"]["varbinds"]}["IF-MIB::ifAlias"] == "a b"
 
 
+def test_trapd_test_refuses_an_unbalanced_quote_in_a_quoted_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not taken into the value: ifAlias was '"uplink', and the event went through the rules."""
+    rules = write(tmp_path, RULES)
+    assert main(["test", "-r", str(rules), 'IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifAlias="uplink']) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "trapd test: unbalanced quote in the event: No closing quotation\n"
+    assert captured.out == ""
+
+
 def test_trapd_test_reads_json_lines_from_stdin(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

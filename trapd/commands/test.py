@@ -150,12 +150,14 @@ def compact_words(words: list[str]) -> list[str]:
     """
     import shlex
 
+    from trapd.rules.compact import CompactError
+
     if len(words) != 1 or not words[0].strip() or len(words[0].split()) == 1:
         return words
     try:
         return shlex.split(words[0])
-    except ValueError:  # an unbalanced quote: split on whitespace, the value check will say what is wrong
-        return words[0].split()
+    except ValueError as exc:  # the quote would otherwise become part of a value
+        raise CompactError(f"unbalanced quote in the event: {exc}") from None
 
 
 def read_event_file(path: Any) -> list[Any]:
