@@ -198,6 +198,7 @@ def write_site(d: Path) -> Path:
     (d / "needs-missing.txt").write_text(textwrap.dedent(NEEDS_MISSING_MIB), encoding="utf-8")
     (d / "notes.txt").write_text("Not a MIB, just notes.\n", encoding="utf-8")
     (d / "big-arc.my").write_text(textwrap.dedent(BIG_ARC_MIB), encoding="utf-8")
+    (d / "portsec.my").write_text(textwrap.dedent(PORT_SECURITY_MIB), encoding="utf-8")
     (d / "README.md").write_text("# ignored without complaint\n", encoding="utf-8")
     return d
 
@@ -1308,3 +1309,154 @@ def test_an_arc_of_2_to_the_32_is_refused_at_its_definition(site: tuple[MibResol
     assert "4294967296" in problems[0].message and "2^32" in problems[0].message, problems[0].message
     assert r.lookup("bigArcNotifs") is None and r.lookup("bigArcEvent") is None
     assert r.lookup("bigArcOk") == (1, 3, 6, 1, 4, 1, 99990, 4294967295)
+
+
+# As CISCO-PORT-SECURITY-MIB: a table indexed by another module's ifIndex, one indexed by a MAC
+# (fixed SIZE) and a VLAN, and one with an IMPLIED name; its notification carries only columns.
+PORT_SECURITY_MIB = """
+TRAPD-PORTSEC-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    MODULE-IDENTITY, OBJECT-TYPE, NOTIFICATION-TYPE, Counter32, enterprises FROM SNMPv2-SMI
+    MacAddress, DisplayString FROM SNMPv2-TC
+    ifIndex FROM IF-MIB;
+
+portSec MODULE-IDENTITY
+    LAST-UPDATED "202612070000Z"
+    ORGANIZATION "trapd"
+    CONTACT-INFO "trapd test suite"
+    DESCRIPTION  "Port security, as a vendor writes it."
+    ::= { enterprises 99989 }
+
+psIfTable OBJECT-TYPE
+    SYNTAX      SEQUENCE OF PsIfEntry
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "Per port."
+    ::= { portSec 1 }
+
+psIfEntry OBJECT-TYPE
+    SYNTAX      PsIfEntry
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "A port."
+    INDEX       { ifIndex }
+    ::= { psIfTable 1 }
+
+PsIfEntry ::= SEQUENCE { psIfViolationCount Counter32, psIfLastMac MacAddress }
+
+psIfViolationCount OBJECT-TYPE
+    SYNTAX      Counter32
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "Violations."
+    ::= { psIfEntry 1 }
+
+psIfLastMac OBJECT-TYPE
+    SYNTAX      MacAddress
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "The last MAC."
+    ::= { psIfEntry 2 }
+
+psMacTable OBJECT-TYPE
+    SYNTAX      SEQUENCE OF PsMacEntry
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "Secure MACs."
+    ::= { portSec 2 }
+
+psMacEntry OBJECT-TYPE
+    SYNTAX      PsMacEntry
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "A MAC in a VLAN."
+    INDEX       { psMacAddress, psMacVlan }
+    ::= { psMacTable 1 }
+
+PsMacEntry ::= SEQUENCE { psMacAddress MacAddress, psMacVlan INTEGER, psMacType INTEGER }
+
+psMacAddress OBJECT-TYPE
+    SYNTAX      MacAddress
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "The MAC."
+    ::= { psMacEntry 1 }
+
+psMacVlan OBJECT-TYPE
+    SYNTAX      INTEGER (1..4094)
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "The VLAN."
+    ::= { psMacEntry 2 }
+
+psMacType OBJECT-TYPE
+    SYNTAX      INTEGER { static(1), dynamic(2), sticky(3) }
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "How it was learnt."
+    ::= { psMacEntry 3 }
+
+psProfileTable OBJECT-TYPE
+    SYNTAX      SEQUENCE OF PsProfileEntry
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "Profiles by name."
+    ::= { portSec 3 }
+
+psProfileEntry OBJECT-TYPE
+    SYNTAX      PsProfileEntry
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "A profile."
+    INDEX       { IMPLIED psProfileName }
+    ::= { psProfileTable 1 }
+
+PsProfileEntry ::= SEQUENCE { psProfileName DisplayString, psProfileMax INTEGER }
+
+psProfileName OBJECT-TYPE
+    SYNTAX      DisplayString (SIZE (1..32))
+    MAX-ACCESS  not-accessible
+    STATUS      current
+    DESCRIPTION "Its name."
+    ::= { psProfileEntry 1 }
+
+psProfileMax OBJECT-TYPE
+    SYNTAX      INTEGER
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "At most this many MACs."
+    ::= { psProfileEntry 2 }
+
+psIfViolation NOTIFICATION-TYPE
+    OBJECTS     { psIfLastMac }
+    STATUS      current
+    DESCRIPTION "A port saw a MAC it must not."
+    ::= { portSec 0 1 }
+END
+"""
+
+
+def test_a_site_mibs_table_index_is_decoded(site: tuple[MibResolver, Path, Path]) -> None:
+    """A vendor table indexed by IF-MIB's ifIndex (compiled through the shipped stubs), by a MAC
+    (fixed SIZE: six arcs, no length) and a VLAN, and by an IMPLIED name: the suffix of a column's
+    varbind gives each INDEX object, typed and shown as the MIB says."""
+    from trapd.event import VarBind
+    from trapd.instance import index_objects
+
+    r, _src, _cache = site
+
+    def objects(name: str) -> list[tuple[str, object, str]]:
+        oid = r.lookup(name)
+        assert oid is not None, name
+        resolved, index = r.resolve(oid)
+        parts = index_objects(r, VarBind(oid, resolved, index, "Integer32", 1, "1"))
+        return [(p.name, p.value, p.display) for p in parts]
+
+    assert objects("psIfLastMac.10101") == [("IF-MIB::ifIndex", 10101, "10101")]
+    assert objects("psMacType.0.17.34.51.68.85.20") == [
+        ("TRAPD-PORTSEC-MIB::psMacAddress", bytes.fromhex("001122334455"), "00:11:22:33:44:55"),
+        ("TRAPD-PORTSEC-MIB::psMacVlan", 20, "20"),
+    ]
+    assert objects("psProfileMax.111.102.102.105.99.101") == [
+        ("TRAPD-PORTSEC-MIB::psProfileName", b"office", "office")
+    ]

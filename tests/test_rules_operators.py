@@ -286,3 +286,46 @@ def test_notification_under_an_smiv1_module_means_its_traps(tmp_path: Path) -> N
     rising = event("1.3.6.1.2.1.16.0.1 from 10.0.0.1")
     assert hit(tmp_path, "{notification: {under: RFC1271-MIB}}", rising)
     assert not hit(tmp_path, "{notification: {under: RFC1271-MIB}}", event(LINKDOWN))
+
+
+ARP = "IF-MIB::linkDown from 10.20.1.5 ipNetToMediaPhysAddress.{suffix}=0x001122334455"
+
+
+@pytest.mark.parametrize(
+    ("spec", "suffix", "expected"),
+    [
+        ("{ipNetToMediaNetAddress: {cidr: 10.0.0.0/8}}", "17.10.0.0.1", True),
+        ("{ipNetToMediaNetAddress: {cidr: 10.0.0.0/8}}", "17.192.0.2.1", False),
+        ("{ipNetToMediaIfIndex: {range: [1, 48]}, ipNetToMediaNetAddress: 10.0.0.1}", "17.10.0.0.1", True),
+        ("{IP-MIB::ipNetToMediaIfIndex: 18}", "17.10.0.0.1", False),
+        # Undecodable (a sub-identifier left over, an octet above 255): no condition on it holds.
+        ("{ipNetToMediaIfIndex: 17}", "17.10.0.0.1.9", False),
+        ("{ipNetToMediaIfIndex: {not: 18}}", "17.10.0.256.1", False),
+        # The operators on the whole index are still there.
+        ("{regex: '17\\.10\\..*'}", "17.10.0.0.1", True),
+    ],
+)
+def test_index_objects_by_name(tmp_path: Path, spec: str, suffix: str, expected: bool) -> None:
+    """``index: {OBJECT: condition}``: a condition on one INDEX object of the varbind's table,
+    decoded from the suffix by the INDEX clause (an IpAddress index is four arcs, not text)."""
+    match = f"{{varbinds: {{ipNetToMediaPhysAddress: {{index: {spec}}}}}}}"
+    assert hit(tmp_path, match, event(ARP.format(suffix=suffix))) is expected
+
+
+def test_index_objects_by_name_explained_and_checked(tmp_path: Path) -> None:
+    from rules_support import errors_of
+
+    rs = rules_for(tmp_path, "{varbinds: {ipNetToMediaPhysAddress: {index: {ipNetToMediaIfIndex: 18}}}}")
+    [trace] = rs.explain(event(ARP.format(suffix="17.10.0.0.1")))
+    assert "index ipNetToMediaIfIndex" in (trace.reason or ""), trace.reason
+    [trace] = rs.explain(event(ARP.format(suffix="17.10.0.0")))
+    assert "undecodable index: ipNetToMediaNetAddress is not four octets" in (trace.reason or ""), (
+        trace.reason
+    )
+    text = "rules:\n  - name: r\n    match: {varbinds: {ipNetToMediaPhysAddress: {index: {ifIndex: 1}}}}\n"
+    problems = errors_of(tmp_path, text)
+    assert any(
+        "'ifIndex' is neither an operator nor an INDEX object of its table "
+        "(ipNetToMediaIfIndex, ipNetToMediaNetAddress)" in p
+        for p in problems
+    ), problems

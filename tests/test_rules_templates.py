@@ -375,3 +375,62 @@ rules:
     access = event("IF-MIB::linkDown from 10.20.1.5 ifIndex=17 ifDescr=Gi1/0/17 ifAlias=uplink-3")
     out = rs.evaluate(access)
     assert [p.params["message"] for p in out.planned] == ["17", "1"]  # the first branch held
+
+
+def test_index_objects_are_decoded_from_the_instance_suffix(tmp_path: Path) -> None:
+    """``varbinds.X.indexes``: the INDEX objects of X's table row, decoded from the suffix by the
+    INDEX clause (RFC 2578 7.7): an integer, an IpAddress (four arcs), a MAC of fixed SIZE (6, no
+    length), a length-prefixed string, an IMPLIED string, and an AUGMENTS row (its base's INDEX)."""
+    cases = {
+        "ipNetToMediaPhysAddress.17.10.0.0.1=0x001122334455": (
+            "{{ varbinds.ipNetToMediaPhysAddress.indexes.ipNetToMediaNetAddress }} "
+            "on {{ varbinds.ipNetToMediaPhysAddress.indexes.ipNetToMediaIfIndex + 1 }}",
+            "10.0.0.1 on 18",
+        ),
+        "dot1qTpFdbPort.10.0.17.34.51.68.85=5": (
+            "{{ varbinds.dot1qTpFdbPort.indexes.dot1qFdbId }} "
+            "{{ varbinds.dot1qTpFdbPort.indexes.dot1qTpFdbAddress }}",
+            "10 00:11:22:33:44:55",
+        ),
+        "vacmGroupName.3.5.97.108.105.99.101=ops": (
+            "{{ varbinds.vacmGroupName.indexes.vacmSecurityModel }} "
+            "{{ varbinds.vacmGroupName.indexes.vacmSecurityName }}",
+            "3 alice",
+        ),
+        "snmpTargetAddrTAddress.116.49=0x0a000001": (
+            "{{ varbinds.snmpTargetAddrTAddress.indexes.snmpTargetAddrName }}",
+            "t1",
+        ),
+        "ifName.10101=Gi1/0/1": ("{{ varbinds.ifName.indexes.ifIndex }}", "10101"),
+    }
+    for words, (template, expected) in cases.items():
+        assert message(tmp_path, template, f"IF-MIB::linkDown from 10.20.1.5 {words}") == expected, words
+
+
+@pytest.mark.parametrize(
+    ("suffix", "reason"),
+    [
+        ("17.10.0.0.1.5", "undecodable index: 1 sub-identifier left over after the INDEX"),
+        ("17.10.0.0", "undecodable index: ipNetToMediaNetAddress is not four octets"),
+        ("17.10.0.256.1", "undecodable index: ipNetToMediaNetAddress is not four octets"),
+        ("4294967295." * 127 + "1", "undecodable index: ipNetToMediaNetAddress is not four octets"),
+        (
+            "17.10.0.0.1" + ".4294967295" * 100,
+            "undecodable index: 100 sub-identifiers left over after the INDEX",
+        ),
+    ],
+)
+def test_an_undecodable_index_is_a_clear_value_and_a_rejection(
+    tmp_path: Path, suffix: str, reason: str
+) -> None:
+    """A suffix the INDEX clause does not describe (too short, too long, an octet above 255): the
+    ``indexes`` print as the reason; naming an index object in them rejects the action (no guess)."""
+    words = f"IF-MIB::linkDown from 10.20.1.5 ipNetToMediaPhysAddress.{suffix}=0x001122334455"
+    assert message(tmp_path, "{{ varbinds.ipNetToMediaPhysAddress.indexes }}", words) == reason
+    out = run(
+        tmp_path,
+        "      - action: log\n"
+        "        message: '{{ varbinds.ipNetToMediaPhysAddress.indexes.ipNetToMediaIfIndex }}'",
+        words,
+    )
+    assert not out.planned and out.rejected, out

@@ -19,7 +19,17 @@ Index format (``FORMAT``), chosen to load fast with the stdlib json module::
      "modules": [[name, module_identity_oid or "", legacy(0/1)], ...],
      "syntaxes": [[base_type, "TC-MODULE::TcName" or "", display_hint, enums], ...],
      "nodes": [[[1, 3, 6, ...], module_no, symbol, kind, syntax_no or -1], ...],
-     "tcs": [[module_no, name, syntax_no], ...]}
+     "tcs": [[module_no, name, syntax_no], ...],
+     "rows": [[row_oid, [[column_oid, "MODULE::symbol", kind, fixed_length, implied, syntax_no], ...]], ...]}
+
+``rows`` is each table row's INDEX clause (an AUGMENTS row has its base
+row's), for decoding an instance suffix (:mod:`trapd.instance`): ``kind`` is
+how RFC 2578 7.7 encodes that INDEX object's values: ``int``, ``ip`` (four
+sub-identifiers), ``string`` (OCTET STRING and BITS: ``fixed_length``
+sub-identifiers when the syntax has one fixed SIZE, all the rest when
+``implied``, else a length first), ``oid`` (a length first unless
+``implied``). A row whose INDEX names an object no loaded module defines is
+left out (its instances are not decoded). Optional: an older index has none.
 
 ``enums`` is ``[[label, number], ...]`` for INTEGER enumerations and BITS
 (``base_type`` tells which) or null. ``nodes`` are sorted so that, for an OID
@@ -175,6 +185,7 @@ class _IndexWriter:
         self._syntax_no: dict[str, int] = {}
         self.nodes: list[list[Any]] = []
         self.tcs: list[list[Any]] = []
+        self.rows: list[list[Any]] = []
         # SMIv1 plain types, listed after the TCs: a bare name (InterfaceIndex) means IF-MIB's TC,
         # not DECNET-PHIV-MIB's plain type of the same name (the reader keeps the first).
         self.plain_types: list[list[Any]] = []
@@ -211,6 +222,7 @@ class _IndexWriter:
             "syntaxes": self.syntaxes,
             "nodes": self.nodes,
             "tcs": self.tcs + self.plain_types,
+            "rows": self.rows,
         }
 
 
@@ -224,6 +236,45 @@ def _syntax_of(w: _IndexWriter, syntax: Any, tc_names: dict[int, str]) -> int:
     if named is not None and len(named):
         enums = [[str(k), int(v)] for k, v in named.items()]
     return w.syntax(base, tc, hint, enums)
+
+
+_INTEGER_INDEX_TYPES = frozenset(
+    {"Integer32", "Unsigned32", "Gauge32", "Counter32", "TimeTicks", "Counter64"}
+)
+
+
+def _row_index(w: _IndexWriter, builder: Any, row: Any, tc_names: dict[int, str]) -> list[list[Any]] | None:
+    """A row's INDEX as ``rows`` stores it (see the module docstring); None when it cannot be decoded."""
+    try:
+        names = row.getIndexNames()
+    except Exception:
+        return None
+    out: list[list[Any]] = []
+    for implied, mod, sym in names:
+        obj = builder.mibSymbols.get(mod, {}).get(sym)
+        syntax = getattr(obj, "syntax", None)
+        column = getattr(obj, "name", None)
+        if syntax is None or not isinstance(column, tuple):
+            return None
+        base = _base_type(type(syntax))
+        fixed = -1
+        if base in _INTEGER_INDEX_TYPES:
+            kind = "int"
+        elif base == "IpAddress":
+            kind = "ip"
+        elif base in ("OctetString", "Opaque", "Bits"):
+            kind = "string"
+            # pysnmp's own rule (MibTableRow.setFromName): SIZE with a single value is fixed-length.
+            length = getattr(syntax, "fixed_length", None)
+            fixed = length if isinstance(length, int) and base != "Bits" else -1
+        elif base == "ObjectIdentifier":
+            kind = "oid"
+        else:
+            return None
+        out.append(
+            [list(column), f"{mod}::{sym}", kind, fixed, int(bool(implied)), _syntax_of(w, syntax, tc_names)]
+        )
+    return out or None
 
 
 def index_builder_modules(
@@ -243,6 +294,7 @@ def index_builder_modules(
                 any(k.__name__ == "TextualConvention" for k in obj.__mro__[1:]) or _plain_type(mod, name, obj)
             ):
                 tc_names.setdefault(id(obj), f"{mod}::{name}")
+    rows: list[Any] = []
     for mod in wanted:
         mod_no = w.module(mod, mod in LEGACY_MODULES)
         for name, obj in builder.mibSymbols[mod].items():
@@ -265,9 +317,15 @@ def index_builder_modules(
             syntax_no = -1
             if kind in OBJECT_KINDS and getattr(obj, "syntax", None) is not None:
                 syntax_no = _syntax_of(w, obj.syntax, tc_names)
+            if kind == "row":
+                rows.append(obj)
             if kind == "module" and not w.modules[mod_no][1]:
                 w.modules[mod_no][1] = ".".join(map(str, oid))
             w.nodes.append([list(oid), mod_no, name, kind, syntax_no])
+    for row in rows:  # after the objects, so that their syntaxes keep their numbers
+        row_index = _row_index(w, builder, row, tc_names)
+        if row_index is not None:
+            w.rows.append([list(row.name), row_index])
     return w
 
 

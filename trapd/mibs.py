@@ -65,7 +65,7 @@ from trapd.yamlsource import ConfigError, check_keys, expect, where
 DEFAULT_DIRS = (Path("/usr/share/snmp/mibs"), Path("/etc/trapd/mibs"))
 SITE_INDEX_NAME = "site-index.json"
 SNAPSHOT_NAME = "resolver.marshal"
-SNAPSHOT_FORMAT = 2  # 2: problems as MibProblem wire lists
+SNAPSHOT_FORMAT = 3  # 2: problems as MibProblem wire lists; 3: rows' INDEX clauses
 # Node kinds that hold values: an OID below one of them is an instance (ifIndex.17).
 OBJECT_KINDS = frozenset({"column", "scalar"})
 # Kinds that only name a place in the tree (OBJECT IDENTIFIER, OBJECT-IDENTITY).
@@ -159,6 +159,9 @@ class Syntax:
 # One named node: (MODULE::symbol, kind, syntax number or -1). Plain data, so
 # the whole table can be marshalled into the start-up snapshot.
 _Node = tuple[str, str, int]
+# One INDEX object of a row: (column OID, MODULE::symbol, kind, fixed length or -1, implied,
+# syntax number); see trapd.mibindex for the kinds and trapd.instance for their decoding.
+IndexObject = tuple[Oid, str, str, int, bool, int]
 # A resolution: (name, index, syntax or None, kind or "").
 Resolved = tuple[str, Oid, Syntax | None, str]
 
@@ -188,6 +191,7 @@ class MibResolver:
         self._homonyms: dict[str, list[tuple[str, Oid]]] | None = None
         self._modules: dict[str, Oid] = {}
         self._tcs: dict[str, int] = {}
+        self._rows: dict[Oid, tuple[IndexObject, ...]] = {}
         self._cache: BoundedCache[Oid, Resolved] = BoundedCache(CACHE_LIMIT, CACHE_MAX_BYTES)
         self._max_len = 0  # longest named OID: the prefix walk starts there, not at a hostile 128-arc OID
         # fingerprint() of the MIB files this resolver was loaded from; None when not loaded from files.
@@ -276,6 +280,7 @@ class MibResolver:
             sorted(self.site_modules),
             [p.to_wire() for p in self.problems],
             self.sources,
+            self._rows,
         )
 
     def _write_snapshot(self, path: Path, key: str) -> None:
@@ -295,7 +300,7 @@ class MibResolver:
             fmt, stored_key, body = marshal.loads(blob)
             if fmt != SNAPSHOT_FORMAT or stored_key != key:
                 return None
-            nodes, syntaxes, by_name, modules, tcs, site_modules, problems, sources = body
+            nodes, syntaxes, by_name, modules, tcs, site_modules, problems, sources, rows = body
             r = cls()
             r._nodes = nodes
             r._max_len = max(map(len, nodes), default=0)
@@ -303,6 +308,7 @@ class MibResolver:
             r._by_name = by_name
             r._modules = modules
             r._tcs = tcs
+            r._rows = rows
             r.site_modules = set(site_modules)
             r.problems = [MibProblem.from_wire(p) for p in problems]
             r.sources = [*sources, "snapshot"]
@@ -348,6 +354,11 @@ class MibResolver:
         for mod_no, tc_name, syn_no in data.get("tcs", ()):
             self._tcs[f"{modules[mod_no]}::{tc_name}"] = base + syn_no
             self._tcs.setdefault(tc_name, base + syn_no)
+        for row_oid, objects in data.get("rows", ()):
+            self._rows[tuple(row_oid)] = tuple(
+                (tuple(col), name, kind, fixed, bool(implied), base + syn_no)
+                for col, name, kind, fixed, implied, syn_no in objects
+            )
         if site:
             self.site_modules.update(modules)
         self._by_symbol = None
@@ -526,6 +537,14 @@ class MibResolver:
             if name.startswith(prefix) and self.kind(oid) == "notification"
         )
 
+    def row_index(self, row: Oid) -> tuple[IndexObject, ...] | None:
+        """The INDEX objects of the table row at ``row`` (``ifEntry`` -> ifIndex), None if unknown."""
+        return self._rows.get(row)
+
+    def syntax_at(self, number: int) -> Syntax:
+        """The syntax an :data:`IndexObject` names by number."""
+        return self._syntaxes[number]
+
     def modules(self) -> list[str]:
         return sorted({name.partition("::")[0] for name in self._by_name})
 
@@ -569,8 +588,9 @@ def _shipped_tag() -> str:
 def fingerprint(dirs: Iterable[Path]) -> str:
     """What the compiled site index depends on, cheap to compute (one stat per file)."""
     dirs = list(dirs)
-    # 2: problems with file and line; 3-5: what compiles, and why not; 8: arcs of 2^32 or more left out
-    parts = ["format=8", _shipped_tag()]
+    # 2: problems with file and line; 3-5: what compiles, and why not; 8: arcs of 2^32 or more left out;
+    # 9: rows' INDEX clauses
+    parts = ["format=9", _shipped_tag()]
     parts += [f"dir={d}" for d in dirs]
     for p in source_files(dirs):
         try:

@@ -11,13 +11,16 @@ the rule alone is decided here, so matching an event is comparisons.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from trapd import decoders
 from trapd.event import Event
+from trapd.instance import decode_suffix
 from trapd.listener.raw import Oid
+from trapd.mibs import IndexObject, MibResolver
 from trapd.rules import conditions as c
 from trapd.rules.compile_context import CompileContext, RuleScope, plain
 from trapd.rules.context import EVENT_VARIABLES
@@ -269,6 +272,7 @@ class MatchCompiler:
                     scope,
                     varbind=True,
                     oids=self._oid_valued(oid),
+                    row=self._row_of(oid),
                 )
                 if tests is None:
                     continue
@@ -281,6 +285,54 @@ class MatchCompiler:
                     self._plain_varbinds[memo] = hit
             out.append(c.Varbind(oid, hit[0], hit[1], name, km, hit[2]))
         return out
+
+    def _row_of(self, oid: Oid) -> tuple[IndexObject, ...] | None:
+        """The INDEX objects of the table a column belongs to (``ifName`` -> ifIndex); None otherwise."""
+        resolver = self.ctx.resolver
+        if not isinstance(resolver, MibResolver) or resolver.kind(oid) != "column":
+            return None
+        return resolver.row_index(oid[:-1])
+
+    def _index_objects(
+        self, arg: YDict, mark: Mark | None, what: str, row: tuple[IndexObject, ...], scope: RuleScope
+    ) -> list[c.ValueTest] | None:
+        """``index: {ifIndex: COND, ...}``: conditions on the row's INDEX objects, by name."""
+        resolver = self.ctx.resolver
+        assert isinstance(resolver, MibResolver)  # only _row_of gives a row
+        decode = functools.partial(decode_suffix, resolver, row)
+        names = [obj[1] for obj in row]
+        tests: list[c.ValueTest] = []
+        ok = True
+        for key, spec in arg.items():
+            km = where(arg, key, of_key=True)
+            position = (
+                next((i for i, n in enumerate(names) if key in (n, n.rpartition("::")[2])), None)
+                if isinstance(key, str)
+                else None
+            )
+            if position is None:
+                listed = ", ".join(n.rpartition("::")[2] for n in names)
+                self.problems.error(
+                    f"{what} index: {key!r} is neither an operator nor an INDEX object of its table "
+                    f"({listed})",
+                    km,
+                )
+                ok = False
+                continue
+            symbol = names[position].rpartition("::")[2]
+            sub, sub_exists = self.value_tests(
+                spec,
+                where(arg, key),
+                f"{what} index {symbol}",
+                self._enums(names[position]),
+                scope,
+                oids=row[position][2] == "oid",
+            )
+            if sub is None or sub_exists is not None:
+                ok = False
+                continue
+            tests.append(c.IndexObjectTest(position, symbol, sub, decode, f"index {symbol} {plain(spec)}"))
+        return tests if ok else None
 
     def _oid_valued(self, oid: Oid) -> bool:
         """True for an OBJECT IDENTIFIER object: its values compare with MIB names, as they are shown."""
@@ -324,6 +376,7 @@ class MatchCompiler:
         *,
         varbind: bool = False,
         oids: bool = False,
+        row: tuple[IndexObject, ...] | None = None,
     ) -> tuple[list[c.ValueTest] | None, bool | None]:
         """Operators for one value; (None, None) when invalid (already reported).
 
@@ -428,6 +481,11 @@ class MatchCompiler:
                 if not varbind:
                     self.problems.error(f"{what}: index applies to varbinds only", km)
                     ok = False
+                    continue
+                if row is not None and isinstance(arg, YDict) and arg and not (set(arg) & VALUE_OPS):
+                    by_object = self._index_objects(arg, m, what, row, scope)
+                    ok = ok and by_object is not None
+                    tests += by_object or ()
                     continue
                 sub, sub_exists = self.value_tests(arg, m, f"{what} index", {}, scope)
                 if sub is None or sub_exists is not None:

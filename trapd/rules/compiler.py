@@ -19,11 +19,14 @@ rule compile in their own modules, sharing one
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trapd.instance import index_objects
+from trapd.mibs import MibResolver
 from trapd.plugin import ActionSpec
 from trapd.rules import conditions as c
 from trapd.rules.compile_actions import ACTION_CONTROL_KEYS, CAP_KEYS, RETRY_KEYS, ActionCompiler
@@ -152,7 +155,16 @@ class Compiler:
                     continue
                 seen[rule.name] = rule.mark
                 rules.append(rule)
-        ruleset = RuleSet(rules, self.ctx.groups, global_mode, find_hidden=shadow_check or self.p.has_errors)
+        resolver = self.ctx.resolver
+        # Index objects are decoded by the loaded MIBs' INDEX clauses; a stand-in resolver (tests) has none.
+        objects = functools.partial(index_objects, resolver) if isinstance(resolver, MibResolver) else None
+        ruleset = RuleSet(
+            rules,
+            self.ctx.groups,
+            global_mode,
+            find_hidden=shadow_check or self.p.has_errors,
+            index_objects=objects,
+        )
         for rule, earlier in ruleset.shadowed:
             self.p.warning(
                 f"rule {rule.name!r} can never match: the earlier rule {earlier.name!r} "

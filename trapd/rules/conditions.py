@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from trapd.event import Event, VarBind, oid_str
+from trapd.instance import UndecodableIndex
 from trapd.listener.raw import Oid
 from trapd.rules.context import octet_text
 from trapd.rules.sources import AddressSet, addr_key, bytes_addr_key
@@ -90,17 +91,18 @@ def as_addr(value: Any) -> tuple[int, int] | None:
 class Subject:
     """A value under test: a varbind's value, an item field, a community string."""
 
-    __slots__ = ("display", "index", "value")
+    __slots__ = ("display", "index", "suffix", "value")
 
-    def __init__(self, value: Any, display: str | None = None, index: Any = None) -> None:
+    def __init__(self, value: Any, display: str | None = None, index: Any = None, suffix: Oid = ()) -> None:
         self.value = value
         self.display = display
         self.index = index
+        self.suffix = suffix  # the instance suffix as sent, for decoding by the INDEX clause
 
     @classmethod
     def of_varbind(cls, vb: VarBind) -> Subject:
         index: Any = vb.index[0] if len(vb.index) == 1 else (oid_str(vb.index) if vb.index else None)
-        return cls(vb.value, vb.display, index)
+        return cls(vb.value, vb.display, index, vb.index)
 
     def shown(self, names: dict[int, str] | None = None) -> str:
         v = self.value
@@ -255,6 +257,49 @@ class IndexTest(ValueTest):
             if not t.test(sub, st):
                 return "index " + t.why(sub, st)
         return "index does not match"  # pragma: no cover
+
+
+class IndexObjectTest(ValueTest):
+    """``index: {ifIndex: ...}``: a condition on one INDEX object decoded from the suffix.
+
+    ``decode`` is :func:`trapd.instance.decode_suffix` bound to the MIBs and the row's INDEX
+    clause; a suffix it cannot decode fails the condition (and is counted and logged there).
+    """
+
+    def __init__(
+        self,
+        position: int,
+        symbol: str,
+        inner: Sequence[ValueTest],
+        decode: Callable[[Oid], tuple[VarBind, ...]],
+        label: str,
+    ) -> None:
+        self.position = position
+        self.symbol = symbol
+        self.inner = tuple(inner)
+        self.decode = decode
+        self.label = label
+
+    def _part(self, s: Subject) -> Subject | str:
+        if not s.suffix:
+            return "has no index"
+        try:
+            return Subject.of_varbind(self.decode(s.suffix)[self.position])
+        except UndecodableIndex as why:
+            return str(why)
+
+    def test(self, s: Subject, st: EvalState) -> bool:
+        part = self._part(s)
+        return not isinstance(part, str) and all(t.test(part, st) for t in self.inner)
+
+    def why(self, s: Subject, st: EvalState) -> str:
+        part = self._part(s)
+        if isinstance(part, str):
+            return part
+        for t in self.inner:
+            if not t.test(part, st):
+                return f"index {self.symbol} " + t.why(part, st)
+        return f"index {self.symbol} does not match"  # pragma: no cover
 
 
 # ---------------------------------------------------------------- conditions

@@ -12,7 +12,8 @@ Decisions (documented in docs/rules.md):
   is one number (``index.ifIndex`` is 17), dotted text when longer;
 * ``varbinds.<symbol>`` / ``varbinds["1.3.6..."]``: the whole binding
   (``.value``, ``.display``, ``.index``, ``.parts`` (index components),
-  ``.oid``, ``.type``, ``.name``);
+  ``.indexes`` (the INDEX objects decoded from the suffix, by symbol: see
+  trapd.instance), ``.oid``, ``.type``, ``.name``);
 * the event: ``source``, ``source_port``, ``source_group``, ``version``,
   ``kind``, ``community``, ``user``, ``context_name``, ``uptime``,
   ``trap_oid``, ``trap_name``, ``event_id``, ``received_at``; plus ``rule``;
@@ -25,11 +26,16 @@ absent, so a template that uses them is rejected instead of rendering
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from trapd.event import Event, VarBind, oid_str
+from trapd.instance import UndecodableIndex
 from trapd.rules.templates import OctetText
+
+# A binding's INDEX objects decoded from its suffix (trapd.instance.index_objects, bound to the
+# loaded MIBs); UndecodableIndex when the suffix does not fit.
+IndexObjects = Callable[[VarBind], tuple[VarBind, ...]]
 
 EVENT_VARIABLES = frozenset(
     {
@@ -94,12 +100,57 @@ def index_value(vb: VarBind) -> Any:
     return oid_str(vb.index)
 
 
+class Undecodable(Mapping[str, Any]):
+    """``.indexes`` of a binding whose suffix the INDEX clause does not describe: no index objects.
+
+    It prints as the reason (``undecodable index: ...``); naming an index object in it is a
+    template error, so the action is rejected (logged and counted) rather than given a guess.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def index_mapping(vb: VarBind, objects: IndexObjects | None) -> Mapping[str, Any]:
+    """``{symbol: value}`` of ``vb``'s INDEX objects as templates see values, or :class:`Undecodable`."""
+    if objects is None or not vb.index:
+        return {}
+    try:
+        parts = objects(vb)
+    except UndecodableIndex as why:
+        return Undecodable(str(why))
+    return {part.symbol: template_value(part) for part in parts}
+
+
 class VarbindView:
     """Read-only view of one binding for ``varbinds.x`` in templates."""
 
-    __slots__ = ("display", "index", "name", "oid", "parts", "type", "value")
+    __slots__ = (
+        "_index_objects",
+        "_indexes",
+        "_vb",
+        "display",
+        "index",
+        "name",
+        "oid",
+        "parts",
+        "type",
+        "value",
+    )
 
-    def __init__(self, vb: VarBind) -> None:
+    def __init__(self, vb: VarBind, index_objects: IndexObjects | None = None) -> None:
         self.value = template_value(vb)
         self.display = vb.display
         self.index = index_value(vb) if vb.index else ""
@@ -107,6 +158,16 @@ class VarbindView:
         self.oid = oid_str(vb.oid)
         self.type = vb.type
         self.name = vb.name
+        self._vb = vb
+        self._index_objects = index_objects
+        self._indexes: Mapping[str, Any] | None = None
+
+    @property
+    def indexes(self) -> Mapping[str, Any]:
+        """The INDEX objects decoded from the suffix, by symbol (decoded on first use)."""
+        if self._indexes is None:
+            self._indexes = index_mapping(self._vb, self._index_objects)
+        return self._indexes
 
     def __str__(self) -> str:
         return str(self.value)
@@ -115,8 +176,9 @@ class VarbindView:
 class VarbindMap(Mapping[str, VarbindView]):
     """``varbinds.x`` / ``varbinds["IF-MIB::x"]`` / ``varbinds["1.3..."]``, views built on first use."""
 
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Event, index_objects: IndexObjects | None = None) -> None:
         self._event = event
+        self._index_objects = index_objects
         self._views: dict[str, VarbindView] | None = None
         self._built: dict[int, VarbindView] = {}  # position -> view: one view per binding
         self._found: dict[str, VarbindView] = {}  # key -> view, for lookups before _all
@@ -124,7 +186,7 @@ class VarbindMap(Mapping[str, VarbindView]):
     def _view(self, i: int) -> VarbindView:
         view = self._built.get(i)
         if view is None:
-            view = self._built[i] = VarbindView(self._event.varbinds[i])
+            view = self._built[i] = VarbindView(self._event.varbinds[i], self._index_objects)
         return view
 
     def _all(self) -> dict[str, VarbindView]:
@@ -160,7 +222,9 @@ class VarbindMap(Mapping[str, VarbindView]):
         return len(self._all())
 
 
-def event_context(event: Event, *, rule: str, source_group: str | None) -> dict[str, Any]:
+def event_context(
+    event: Event, *, rule: str, source_group: str | None, index_objects: IndexObjects | None = None
+) -> dict[str, Any]:
     """Everything but captures and item (the rule adds those)."""
     sec = event.security
     ctx: dict[str, Any] = {}
@@ -172,7 +236,7 @@ def event_context(event: Event, *, rule: str, source_group: str | None) -> dict[
             ctx[sym] = template_value(vb)
         if vb.index and sym not in index:
             index[sym] = index_value(vb)
-    views = VarbindMap(event)
+    views = VarbindMap(event, index_objects)
     # Event fields win over varbind symbols of the same name.
     ctx.update(
         source=event.source,

@@ -23,7 +23,7 @@ from trapd.listener.raw import Oid
 from trapd.params import ParamError, validate
 from trapd.plugin import ActionSpec
 from trapd.rules.conditions import All, Cond, EvalState, Notification, Subject, ValueTest
-from trapd.rules.context import event_context
+from trapd.rules.context import IndexObjects, event_context
 from trapd.rules.index import RuleIndex
 from trapd.rules.outcome import Mode, Outcome, PlannedAction, RateCap, Rejection, RetryPolicy
 from trapd.rules.shadow import index_rules
@@ -267,8 +267,10 @@ class RuleSet:
         global_mode: str,
         *,
         find_hidden: bool = True,
+        index_objects: IndexObjects | None = None,
     ) -> None:
         self._rules = tuple(rules)
+        self.index_objects = index_objects
         self.names: tuple[str, ...] = tuple(r.name for r in self._rules)
         self.source_groups: Mapping[str, AddressSet] = MappingProxyType(dict(source_groups))
         self.global_mode = global_mode
@@ -379,7 +381,12 @@ class RuleSet:
                         continue
                 matched.append(rule.name)
                 if base is None:
-                    base = event_context(event, rule="", source_group=self.group_of(event.source))
+                    base = event_context(
+                        event,
+                        rule="",
+                        source_group=self.group_of(event.source),
+                        index_objects=self.index_objects,
+                    )
                     budget = event_budget()
                 self._plan(rule, base, st.captures, items, planned, cancels, rejected)
                 if rule.stop:
@@ -427,7 +434,9 @@ class RuleSet:
                     traces.append(RuleTrace(rule.name, rule.mark, "no-match", why, rule.foreach.mark, out))
                     continue
             if base is None:
-                base = event_context(event, rule="", source_group=self.group_of(event.source))
+                base = event_context(
+                    event, rule="", source_group=self.group_of(event.source), index_objects=self.index_objects
+                )
             planned: list[PlannedAction] = []
             cancels: list[str] = []
             self._plan(rule, base, st.captures, items, planned, cancels, rejected)
