@@ -652,3 +652,31 @@ async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "not within the timeout"
         await asyncio.sleep(0.02)
+
+
+def test_damage_named_in_errors_and_health_never_quotes_the_rows_text(tmp_path: Path) -> None:
+    """Python's sqlite3 quotes the whole value it cannot decode ("Could not decode to UTF-8 column
+    'params' with text '{"password":"hunter2…"}'"), and that text went into the JournalDamaged
+    message, so into the log, /healthz (served to whoever reaches the metrics port) and STATUS=.
+    A row may hold anything a trap or a rule put there: the column is named, its text is not."""
+    path = _journal_file(tmp_path)
+    make_journal(path, 3)
+    conn = sqlite3.connect(path)
+    with conn:  # {"password":"hunter2<0xff>"}
+        conn.execute(
+            "UPDATE actions SET params = CAST(x'7b2270617373776f7264223a2268756e74657232ff227d' AS TEXT) "
+            "WHERE id = 2"
+        )
+    conn.close()
+
+    async def run() -> None:
+        async with SQLiteJournal(path, checkpoint_interval=None) as j:
+            with pytest.raises(JournalDamaged) as caught:
+                await j.get(2)
+            assert "column 'params'" in str(caught.value) and "hunter2" not in str(caught.value), caught
+            problem = str(j.health().problem)
+            assert "damaged" in problem and "hunter2" not in problem, problem
+
+    asyncio.run(run())
+    r = journal_cli("--journal", str(path), "retry", "2")  # a strict read, in `trapd journal`
+    assert "hunter2" not in r.stdout + r.stderr, r.stdout + r.stderr

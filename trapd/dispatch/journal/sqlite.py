@@ -1366,6 +1366,13 @@ class SQLiteJournal:
         """SQLite's errors about the file (damage, full disk, I/O) as JournalError, saying which."""
         if isinstance(exc, JournalError):
             return exc
+        if isinstance(exc, sqlite3.DatabaseError) and _is_not_utf8(exc):
+            # sqlite3 quotes the whole value it cannot decode: the message names the column only
+            # (a row holds whatever traps and rules put there; this goes to logs and /healthz).
+            return JournalDamaged(
+                f"the journal {self.path} is damaged: {_unreadable_problem(exc)} "
+                "(trapd journal shows what can still be read)"
+            )
         if isinstance(exc, sqlite3.DatabaseError) and _is_damage(exc):
             return JournalDamaged(
                 f"the journal {self.path} is damaged: {exc} (trapd journal shows what can still be read)"
