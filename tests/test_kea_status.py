@@ -499,3 +499,47 @@ async def test_startup_probe_names_the_peer(kea: KeaInstance, kea_factory: Any, 
         ("info", "Kea endpoint ok", "pair4/server1"),
         ("warning", "Kea endpoint has no lease commands: load libdhcp_lease_cmds.so", "pair4/server2"),
     ]
+
+
+async def test_restore_refuses_a_peer_that_trapd_yaml_no_longer_has(
+    kea_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A peer renamed in trapd.yaml since the deletion: one part went back (server1), the other
+    failed at the unknown peer, and the error alone was printed: what had been restored was not
+    said. The peer is checked before anything is sent, and named, with the way on (--peer)."""
+    servers, cfg_path, macs, entries = await deleted_on_two_peers(kea_factory, tmp_path)
+    mac = next(iter(macs))
+    entry = next(e for e in entries if e.params["hw-address"] == mac and e.params["peer"] == "server1")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["kea"]["endpoints"]["pair4"]["peers"][1]["name"] = "server2-new"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+
+    assert await_sync(trapd, ["kea", "restore", str(entry.id), "-c", str(cfg_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "server2" in err and "--peer NAME" in err and "server2-new" in err, err
+    assert all(s.lease4(macs[mac]) is None for s in servers), out  # nothing sent
+    argv = ["kea", "restore", str(entry.id), "--peer", "server2-new", "-c", str(cfg_path)]
+    assert await_sync(trapd, argv) == 0
+    out = capsys.readouterr().out
+    assert out.split("\n")[:-1] == [f"restored  {macs[mac]}  on server2-new"] * 2 or "exists" in out, out
+    assert servers[1].lease4(macs[mac]) is not None and servers[0].lease4(macs[mac]) is None
+
+
+async def test_restore_says_what_went_back_when_a_server_fails_midway(
+    kea_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One peer of the pair is down: the lease went back on the other, yet the output was the
+    error alone (exit 1), so the operator could not tell what to do again. Each lease and server
+    gets its line: restored on server1, failed on server2 with why."""
+    servers, cfg_path, macs, entries = await deleted_on_two_peers(kea_factory, tmp_path)
+    mac = next(iter(macs))
+    entry = next(e for e in entries if e.params["hw-address"] == mac and e.params["peer"] == "server1")
+    servers[1].stop()
+    capsys.readouterr()
+
+    assert await_sync(trapd, ["kea", "restore", str(entry.id), "-c", str(cfg_path)]) == 1
+    lines = capsys.readouterr().out.split("\n")[:-1]
+    assert lines[0] == f"restored  {macs[mac]}  on server1", lines
+    assert lines[1].startswith(f"failed    {macs[mac]}  on server2  ("), lines
+    assert servers[0].lease4(macs[mac]) is not None

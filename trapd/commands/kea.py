@@ -253,6 +253,15 @@ def _recorded_endpoint(part: _Part, configured: Any, args: argparse.Namespace) -
             f"{where} was deleted from endpoint {part.endpoint!r}, which trapd.yaml does not have "
             f"(renamed or removed?); restore through the same Kea with --endpoint NAME {choices}"
         )
+    ep = configured[part.endpoint]
+    if args.peer is None and part.peer is not None and ep.peers and ep.peer_named(part.peer) is None:
+        # Checked before anything is sent: a failure at this part, after others went back, said
+        # only the error, not what had been restored.
+        peers = ", ".join(str(p.peer) for p in ep.peers)
+        raise LookupError(
+            f"{where} was deleted from peer {part.peer!r} of {part.endpoint}, which trapd.yaml does not "
+            f"have (renamed or removed?); restore on the same server with --peer NAME (peers: {peers})"
+        )
     return str(part.endpoint)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trapd.kea.client import KeaClients
-from trapd.kea.errors import KeaCommandError
+from trapd.kea.errors import KeaCommandError, KeaError
 
 ADD4_FIELDS = (
     "ip-address", "hw-address", "client-id", "subnet-id", "valid-lft", "hostname", "fqdn-fwd", "fqdn-rev",
@@ -102,7 +102,11 @@ async def restore_leases(
             ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expiry(lease) or 0))
             out.append(RestoreOutcome(ip, fam, "expired", f"its lease ran out at {ends}; not re-added"))
             continue
-        servers = [clients.get(endpoint, fam, peer)] if peer is not None else clients.peers(endpoint, fam)
+        try:
+            servers = [clients.get(endpoint, fam, peer)] if peer is not None else clients.peers(endpoint, fam)
+        except KeaError as exc:  # no such endpoint, peer or family: this lease did not go back
+            out.append(RestoreOutcome(ip, fam, "failed", str(exc), peer))
+            continue
         cmd = "lease4-add" if fam == "v4" else "lease6-add"
         for kea in servers:
             try:
@@ -112,6 +116,10 @@ async def restore_leases(
                 # unknown subnet-id or an address outside every subnet, which did not go back.
                 status = "exists" if "already exists" in str(exc) else "failed"
                 out.append(RestoreOutcome(ip, fam, status, str(exc), kea.peer))
+            except KeaError as exc:
+                # This server is down or refuses us: said per lease and server, and the others
+                # go on, so that the output says what went back and what is still to do.
+                out.append(RestoreOutcome(ip, fam, "failed", str(exc), kea.peer))
             else:
                 out.append(RestoreOutcome(ip, fam, "restored", peer=kea.peer))
     return out
