@@ -22,7 +22,7 @@ Example::
 
     - action: webhook
       url: https://alerts.example.net/hooks/trapd
-      headers: {Authorization: "Bearer {{ env.ALERT_TOKEN }}"}
+      headers: {Authorization: {env: ALERT_AUTH}}   # the whole value: "Bearer ..."
       body: {text: "{{ source }}: {{ trap_name }}"}
 """
 
