@@ -384,3 +384,33 @@ def test_a_list_of_one_state_in_a_large_journal_sorts_ids_not_whole_rows(tmp_pat
         assert got[0].id == (19999 if flt.states else 19997), got[0].id  # the newest first
         assert cost < 6 * floor, (flt, cost, floor)  # 3.4 now; whole rows sorted: 16.7
     conn.close()
+
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.mark.skipif(not FAKETIME.exists(), reason="libfaketime is not installed (scripts/setup.sh --test)")
+def test_history_since_a_duration_goes_by_the_shared_journal_s_clock(pg_url: str, tmp_path: Path) -> None:
+    """A shared journal's times are the database's clock; `history --since 10m` on a host whose
+    clock is an hour ahead counted the 10 minutes back from its own clock, and found nothing of
+    the last 10 minutes (exit 1). It counts them back from the journal's clock, as it stores them."""
+    import os
+    import subprocess
+    import sys
+
+    from trapd.dispatch.journal.postgres import PostgresJournal
+
+    async def fill() -> None:
+        async with PostgresJournal(pg_url, instance="dhcp1") as j:
+            await j.add(make_event().to_dict(), [new("log", {"message": "just now"})], [], j.now())
+
+    asyncio.run(fill())
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(json.dumps({"dispatch": {"journal": {"url": pg_url, "instance": "ops"}}}))
+    skew = {"LD_PRELOAD": str(FAKETIME), "FAKETIME": "+1h", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "trapd", "journal", "-c", str(cfg), "--json", "history", "--since", "10m"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **skew},
+    )  # fmt: skip
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert [json.loads(line)["params"]["message"] for line in r.stdout.splitlines()] == ["just now"]

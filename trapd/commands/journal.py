@@ -440,8 +440,6 @@ async def _list(journal: Any, args: argparse.Namespace) -> int:
 
 
 async def _history(journal: Any, args: argparse.Namespace) -> int:
-    import time
-
     from trapd.dispatch.journal import HistoryFilter
     from trapd.params import Param, ParamError, convert
 
@@ -453,7 +451,9 @@ async def _history(journal: Any, args: argparse.Namespace) -> int:
             ip = convert(Param("ip-address"), args.ip, "--ip")
     except ParamError as exc:
         raise ValueError(str(exc)) from None
-    now = time.time()
+    # "2h ago" by the clock the journal's times are on: a shared journal's is the database's,
+    # which a host's own may be off from.
+    now = journal.now()
     flt = HistoryFilter(
         mac=mac,
         ip=ip,
