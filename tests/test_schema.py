@@ -133,6 +133,94 @@ def test_the_good_rule_passes_both(tmp_path: Path, capsys: pytest.CaptureFixture
     capsys.readouterr()
 
 
+# -- the rules schema and the compiler give the same verdict --------------------------------
+
+# Rule shapes near the edges of what each key takes; each is one rule (or one file) that the
+# compiler and the schema must both accept or both refuse. Valid ones an editor flagged were
+# the defect (a red squiggle under a rule trapd runs); invalid ones it passed, the lesser one.
+MATCHES: list[Any] = [
+    {"source": {"not": "10.0.0.0/24"}},
+    {"source": {"not": ["10.0.0.0/8", "!10.0.0.1"]}},
+    {"source": ["10.0.0.0/8", "!10.0.0.1"]},
+    {"version": 1},
+    {"version": [1, "v2c"]},
+    {"version": "v3"},
+    {"kind": "inform"},
+    {"kind": ["trap", "inform"]},
+    {"kind": {"ne": "inform"}},
+    {"kind": "sideways"},
+    {"community": {"regex": "pub.*"}},
+    {"community": 123},
+    {"all": []},
+    {"any": []},
+    {"all": [{"version": "v1"}]},
+    {"notification": {"under": "IF-MIB"}},
+    None,
+    {},
+]
+RULE_PARTS: list[dict[str, Any]] = [
+    {"name": "a b"},
+    {"name": "x" * 129},
+    {"name": "port-down.1:a/b@c+d"},
+    {"actions": None},
+    {"actions": []},
+    {"actions": [{"action": "log", "message": 5}]},
+    {"actions": [{"action": "log", "message": 5.5}]},
+    {"actions": [{"action": "log", "message": True}]},
+    {"actions": [{"action": "log", "message": "m", "key": 5}]},
+    {"actions": [{"action": "log", "message": "m", "key": True}]},
+    {"actions": [{"action": "log", "message": "m", "delay": 30, "cancel-key": 7}]},
+    {"cap": {"limit": 5, "per": "1m", "key": 5}},
+    {"cap": {"limit": 5, "per": 60}},
+    {"cap": {"limit": -1, "per": "1m"}},
+    {"retry": {"max-attempts": 0}},
+    {"cancel": 5},
+    {"cancel": ["a", "b"]},
+]
+FILES: list[dict[str, Any]] = [
+    {"sources": {"g": []}},
+    {"sources": {"g": "10.0.0.1"}},
+    {"sources": {"g": ["10.0.0.1", "!10.0.0.2"]}},
+    {"rules": None},
+    {"rules": []},
+    {"defaults": {}},
+]
+
+
+def _rule_files() -> Iterator[tuple[str, dict[str, Any]]]:
+    log = [{"action": "log", "message": "m"}]
+    for m in MATCHES:
+        yield f"match {json.dumps(m)}", {"rules": [{"name": "r", "match": m, "actions": log}]}
+    for part in RULE_PARTS:
+        rule = {"name": "r", "match": {"notification": "1.3.6.1.6.3.1.1.5.3"}, "actions": log, **part}
+        yield f"rule {json.dumps(part)}", {"rules": [rule]}
+    for doc in FILES:
+        yield f"file {json.dumps(doc)}", doc
+
+
+@pytest.fixture(scope="module")
+def shipped_actions() -> dict[str, Any]:
+    from trapd.plugin import load_actions
+
+    actions, _broken = load_actions()
+    return dict(actions)
+
+
+@pytest.mark.parametrize("case,doc", list(_rule_files()), ids=[c for c, _ in _rule_files()])
+def test_the_rules_schema_accepts_what_the_compiler_accepts_and_no_more(
+    case: str, doc: dict[str, Any], tmp_path: Path, shipped_actions: dict[str, Any]
+) -> None:
+    from trapd.mibs import MibResolver
+    from trapd.rules import compile_rules
+
+    f = tmp_path / "rules.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    _rules, problems = compile_rules([f], MibResolver.load(), shipped_actions)
+    compiler = [p.message for p in problems if p.severity == "error"]
+    editor = [e.message for e in RULES.iter_errors(doc)]
+    assert bool(compiler) == bool(editor), f"compiler: {compiler}; schema: {editor}"
+
+
 # -- trapd.yaml: every section of the schema probed against the loader ----------------------
 
 

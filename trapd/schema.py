@@ -43,9 +43,11 @@ DRAFT = "http://json-schema.org/draft-07/schema#"
 Schema = dict[str, Any]
 
 # A template ("{{ ifDescr }}") may stand for any value: rendered and checked per trap.
-_TEXT: Schema = {"type": "string"}
+# A template or text; a number is taken as its text (``key: 5``), as the compiler takes it.
+_TEXT: Schema = {"type": ["string", "number"]}
 _DURATION: Schema = {"type": ["string", "number"], "description": "a duration: 30s, 2m, 1h, or seconds"}
 _STRINGS: Schema = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_KIND: Schema = {"type": "string", "enum": ["trap", "inform"]}
 
 
 def _object(properties: Mapping[str, Schema], description: str = "", **more: Any) -> Schema:
@@ -72,7 +74,8 @@ def _param(p: Param) -> Schema:
     out: Schema = {"description": f"{p.description} ({p.describe()})".strip()}
     if p.type == "any":
         return out
-    out["type"] = json_type or "string"
+    # A number given for text is its text (trapd.params.validate): ``message: 5`` is valid.
+    out["type"] = json_type or (["string", "number"] if p.type == "string" else "string")
     if p.secret_ref:  # or {env: NAME} / {file: PATH}
         out["type"] = [*(json_type or ["string"]), "object"]
     return out
@@ -80,6 +83,7 @@ def _param(p: Param) -> Schema:
 
 def rules_schema(actions: Mapping[str, Any]) -> Schema:
     """The schema of a rules file, for these installed actions (name -> ActionSpec)."""
+    from trapd.rules.compile_context import NAME_RE
     from trapd.rules.compiler import (
         ACTION_CONTROL_KEYS,
         CAP_KEYS,
@@ -126,27 +130,43 @@ def rules_schema(actions: Mapping[str, Any]) -> Schema:
     }
     match_props: dict[str, Schema] = {
         "notification": {"description": "name, OID, list of them, or {under: SUBTREE}"},
-        "source": {**_STRINGS, "description": "source group(s), address(es) or network(s); !X excludes"},
-        "version": {**_STRINGS, "description": "v1, v2c, v3"},
-        "kind": {"type": "string", "enum": ["trap", "inform"]},
+        "source": {
+            "anyOf": [*_STRINGS["anyOf"], _object({"not": _STRINGS}, required=["not"])],
+            "description": "source group(s), address(es) or network(s); !X excludes; {not: ...}",
+        },
+        "version": {
+            "anyOf": [
+                {"type": ["string", "integer"]},
+                {"type": "array", "items": {"type": ["string", "integer"]}},
+            ],
+            "description": "v1, v2c, v3",
+        },
+        "kind": {
+            "anyOf": [_KIND, {"type": "array", "items": _KIND}, {"type": "object"}],
+            "description": "trap or inform, or a condition",
+        },
         "community": {"description": "text or a condition"},
         "user": {"description": "text or a condition"},
         "context": {"description": "text or a condition"},
         "varbinds": {"type": "object", "description": "varbind name (or OID) -> value or condition"},
-        "all": {"type": "array", "items": {"$ref": "#/definitions/match"}},
-        "any": {"type": "array", "items": {"$ref": "#/definitions/match"}},
+        "all": {"type": "array", "items": {"$ref": "#/definitions/match"}, "minItems": 1},
+        "any": {"type": "array", "items": {"$ref": "#/definitions/match"}, "minItems": 1},
         "not": {"$ref": "#/definitions/match"},
     }
     assert set(match_props) == MATCH_KEYS
     rule_props: dict[str, Schema] = {
-        "name": {"type": "string", "description": "unique across all rule files"},
+        "name": {
+            "type": "string",
+            "pattern": f"^{NAME_RE.pattern}$",
+            "description": "unique across all rule files: letters, digits and . _ - : / @ +",
+        },
         "description": {"type": "string"},
         "enabled": {"type": "boolean"},
         "match": {"$ref": "#/definitions/match"},
         "foreach": _object(
             {"items": {"type": "string"}, "where": {"type": "object"}}, "one action set per decoded item"
         ),
-        "actions": {"type": "array", "items": {"$ref": "#/definitions/action"}},
+        "actions": {"type": ["array", "null"], "items": {"$ref": "#/definitions/action"}},
         "cancel": {**_STRINGS, "description": "template(s): cancel pending delayed actions with these keys"},
         "continue": {"type": "boolean", "description": "evaluate the next rules too"},
         "mode": {"type": "string", "enum": list(MODES)},
@@ -175,7 +195,13 @@ def rules_schema(actions: Mapping[str, Any]) -> Schema:
     defaults_props = {"mode": rule_props["mode"], "cap": rule_props["cap"], "retry": rule_props["retry"]}
     assert set(defaults_props) == DEFAULT_KEYS
     file_props: dict[str, Schema] = {
-        "sources": {"type": "object", "additionalProperties": _STRINGS, "description": "named source groups"},
+        "sources": {
+            "type": "object",
+            "additionalProperties": {
+                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]
+            },
+            "description": "named source groups",
+        },
         "defaults": _object(defaults_props),
         "rules": {"type": ["array", "null"], "items": {"$ref": "#/definitions/rule"}},
     }
@@ -187,7 +213,8 @@ def rules_schema(actions: Mapping[str, Any]) -> Schema:
         **_object(file_props),
         "definitions": {
             "rule": _object(rule_props, required=["name"]),
-            "match": _object(match_props, "every condition must hold"),
+            # match: with nothing under it is a rule without conditions, as {} is.
+            "match": _object(match_props, "every condition must hold", type=["object", "null"]),
             "action": action,
             "caps": {"anyOf": [cap, {"type": "array", "items": cap}]},
             "retry": _object(retry_props),
