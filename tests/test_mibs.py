@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -1460,3 +1464,46 @@ def test_a_site_mibs_table_index_is_decoded(site: tuple[MibResolver, Path, Path]
     assert objects("psProfileMax.111.102.102.105.99.101") == [
         ("TRAPD-PORTSEC-MIB::psProfileName", b"office", "office")
     ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_compile_as_root_leaves_the_cache_to_the_daemons_user(request: pytest.FixtureRequest) -> None:
+    """`sudo trapd mibs compile` (docs/service.md advises it before a restart) or `sudo trapd check`
+    compiles into the state directory of a trapd that runs as its own user. Before, the cache was
+    root's: the daemon could not update it ("cannot write MIB cache: Permission denied") and its
+    site MIBs did not load (their compiled modules "not found"), so the rules using them failed."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    # pytest's temp root is root's alone (0700): nobody must reach the MIBs and the state dir.
+    tmp_path = Path(tempfile.mkdtemp(prefix="trapd-mib-owner-"))
+    tmp_path.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor-mac-notif.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    config = MibConfig(dirs=(src,))
+    as_root = MibResolver.load(config, state, compile_in_process=True)
+    assert as_root.lookup("TRAPD-TEST-MIB::trapdMacNotification") is not None
+    cache = state / "mibs"
+    owners = {p.relative_to(cache).as_posix(): p.lstat().st_uid for p in [cache, *cache.rglob("*")]}
+    assert {name for name, uid in owners.items() if uid != nobody.pw_uid} == set()
+    # The daemon's user compiles again after a MIB changed, into that cache, and resolves the names.
+    (src / "old-vendor.mib").write_text(textwrap.dedent(SMIV1_MIB), encoding="utf-8")
+    script = (
+        "import sys; from pathlib import Path; from trapd.mibs import MibConfig, MibResolver;"
+        f"r = MibResolver.load(MibConfig(dirs=(Path({str(src)!r}),)), Path({str(state)!r}));"
+        "print([str(p) for p in r.problems]);"
+        "print(r.lookup('TRAPD-TEST-MIB::trapdMacNotification') is not None,"
+        " r.lookup('oldPortName') is not None)"
+    )
+    proc = subprocess.run(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["[]", "True True"], proc.stdout

@@ -251,6 +251,8 @@ class MibResolver:
             complete = complete and (site.index is not None or not source_files(dirs)) and site.cached
         if complete and cache is not None:
             r._write_snapshot(cache / SNAPSHOT_NAME, snapshot_key)
+        if cache is not None:
+            _leave_to_state_owner(cache)
         return r
 
     def is_current(self, config: MibConfig | None = None) -> bool:
@@ -697,6 +699,31 @@ def _cached_site_index(path: Path | None, fp: str) -> SiteIndex | None:
     if cached.get("failed"):
         return SiteIndex(None, problems, False, failed=True)
     return SiteIndex(cached, problems, False)
+
+
+def _leave_to_state_owner(cache: Path) -> None:
+    """Run as root (`sudo trapd mibs compile`, `sudo trapd check`) on the cache of a trapd that
+    runs as its own user: make what root wrote there that user's, as SQLite does with the -wal and
+    -shm files it makes as root. Root's files in the cache left the daemon unable to update it
+    (a compile at every start, minutes for a vendor's bundle) and its site MIBs unloadable.
+
+    The owner is that of the directory holding the cache (the state directory); nothing changes
+    when that is root, or when not run as root.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = cache.parent.stat()
+    except OSError:
+        return
+    if owner.st_uid == 0:
+        return
+    for top, dirs, files in os.walk(cache):
+        for name in [".", *dirs, *files]:
+            path = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_uid == 0:
+                    os.lchown(path, owner.st_uid, owner.st_gid)
 
 
 @contextlib.contextmanager
