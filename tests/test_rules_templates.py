@@ -113,6 +113,12 @@ rules:
         ("circuit-id", "{{ ifDescr * 200 }}", "circuit-id: text longer than 1024 characters"),
         ("circuit-id", "{{ ifDescr * (ifIndex * 10**8) }}", "template: template builds more than 4096 items"),
         ("circuit-id", "{{ 2 ** (ifIndex * 1000000) }}", "template: exponent above 256"),
+        # Jinja checks some filter arguments with assert: an AssertionError lost the whole event.
+        (
+            "circuit-id",
+            "{{ ifDescr | truncate(ifIndex - 16) }}",
+            "template: truncate filter: expected length >= 3, got 1",
+        ),
     ],
 )
 def test_bad_values_are_rejected_never_planned(tmp_path: Path, param: str, value: str, reason: str) -> None:

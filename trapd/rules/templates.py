@@ -391,7 +391,11 @@ def _bounded_filter(name: str, func: Any) -> Any:
             # As for str.join: the items as a list, so that _check_filter can count the result.
             args = (*args[:value_at], list(args[value_at]), *args[value_at + 1 :])
         _check_filter(name, args[1:] if passes else args, kwargs)
-        return budget.admit(func(*args, **kwargs))
+        try:
+            result = func(*args, **kwargs)
+        except AssertionError as exc:  # Jinja checks some arguments so (truncate's length)
+            raise FilterError(f"{name} filter: {exc}") from None
+        return budget.admit(result)
 
     return bounded
 
