@@ -680,3 +680,35 @@ def test_damage_named_in_errors_and_health_never_quotes_the_rows_text(tmp_path: 
     asyncio.run(run())
     r = journal_cli("--journal", str(path), "retry", "2")  # a strict read, in `trapd journal`
     assert "hunter2" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_release_skips_a_held_row_that_cannot_be_read_back_and_releases_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One held row that cannot be read back made `trapd journal release --all` (and its --dry-run
+    preview) fail as a whole ('reading the journal failed'), so no held action could be released
+    in bulk; `release ID` of that row released it only for the daemon to set it aside. The preview
+    shows it as far as it can be read, the release leaves it held and says why, the others go."""
+    from trapd.cli import main
+
+    path = _journal_file(tmp_path)
+    make_journal(path, 3)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE actions SET state = 'held', held_by = 'r/cap', due = ? ", (time.time() + 3600,))
+        conn.execute("""UPDATE actions SET params = '{"message": "m' WHERE id = 2""")
+    conn.close()
+    j = ["journal", "--journal", str(path)]
+    capsys.readouterr()
+    assert main([*j, "release", "--all", "--dry-run"]) == 0, capsys.readouterr()
+    out, err = capsys.readouterr()
+    assert "would release 3 held actions" in out and "damaged row" in out, (out, err)
+    rc = main([*j, "release", "--all", "--yes"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "released: 1 3" in out, (out, err)
+    assert "not released: 2: its journal row cannot be read back (JSONDecodeError" in err, err
+    assert [_journal_state(path, i)[0] for i in (1, 2, 3)] == ["pending", "held", "pending"]
+    rc = main([*j, "release", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "not released: 2: its journal row cannot be read back" in err, (out, err)
+    assert _journal_state(path, 2)[0] == "held"

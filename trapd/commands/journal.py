@@ -29,8 +29,8 @@ schema in it (trapd refuses to start on a schema older or newer than itself).
 Times: ISO 8601 (``2026-01-05T10:00``, local time unless it says otherwise),
 a duration meaning "that long ago" (``90m``, ``2d``), or Unix seconds.
 Exit status: 0 done, 1 nothing matched (unknown id, nothing to release; retry, cancel and
-release: an id given that was left unchanged, named on stderr; retry refuses an action whose
-row cannot be read back, saying why: docs/dispatch.md), 2 usage or no usable journal.
+release: an id given that was left unchanged, named on stderr; retry and release refuse an
+action whose row cannot be read back, saying why: docs/dispatch.md), 2 usage or no usable journal.
 """
 
 from __future__ import annotations
@@ -237,9 +237,11 @@ def journal_path(args: argparse.Namespace) -> Any:
 
 async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
     inspect = args.journal_command in ("list", "show", "history")
-    # Looking only: a row that cannot be read back is shown as far as it can be read (and says
-    # so), not the end of the listing. (`trapd kea restore` reads strictly: it acts on the row.)
-    journal = await open_cli_journal(path, jc, read_only=inspect, command="trapd journal", lenient=inspect)
+    # Looking: a row that cannot be read back is shown as far as it can be read (and says so),
+    # not the end of the listing; also in release's preview, which then leaves such a row alone
+    # (_release_ids). (`trapd kea restore` reads strictly: it acts on what it reads.)
+    lenient = inspect or args.journal_command == "release"
+    journal = await open_cli_journal(path, jc, read_only=inspect, command="trapd journal", lenient=lenient)
     args.shared_journal = jc is not None  # several hosts: which one claimed each action is shown
     try:
         cmd = args.journal_command
@@ -301,20 +303,30 @@ async def _retry(journal: Any, args: argparse.Namespace, now: float) -> int:
     """Retry, but not an action whose row cannot be read back: run again, the daemon would meet the
     same damage and set it aside again (logged, counted, /healthz 503 again). Refused by id, why
     and what to do instead; once the row is repaired it can be retried."""
-    import sys
 
     unreadable: dict[int, str] = await journal.unreadable_rows(args.ids)
     retried = await journal.retry([i for i in args.ids if i not in unreadable], now)
-    if not args.json:
-        for id_, problem in sorted(unreadable.items()):
-            print(
-                f"not retried: {id_}: its journal row cannot be read back ({problem}), so it would "
-                f"only be set aside again. `trapd journal show {id_}` shows what is left of it: do "
-                "by hand what it was to do, or repair the row and retry it (docs/dispatch.md, "
-                '"A row that cannot be read back")',
-                file=sys.stderr,
-            )
+    _refuse_unreadable("retried", unreadable, args)
     return _changed("retried", retried, args, refused=unreadable)
+
+
+_VERB = {"retried": "retry", "released": "release"}
+
+
+def _refuse_unreadable(verb: str, unreadable: dict[int, str], args: argparse.Namespace) -> None:
+    """On stderr, per action left alone because its row cannot be read back: why, what instead."""
+    import sys
+
+    if args.json:
+        return  # in the JSON answer (see _changed)
+    for id_, problem in sorted(unreadable.items()):
+        print(
+            f"not {verb}: {id_}: its journal row cannot be read back ({problem}), so the daemon "
+            f"would only set it aside (dead, never run). `trapd journal show {id_}` shows what is "
+            f"left of it: do by hand what it was to do, or repair the row and {_VERB[verb]} it then "
+            '(docs/dispatch.md, "A row that cannot be read back")',
+            file=sys.stderr,
+        )
 
 
 def _changed(
@@ -344,7 +356,7 @@ def _changed(
     if unsaid and not args.json:
         why = " (no such id, or not in a state that allows it)" if ids else ""  # else said above
         print(f"not {verb}: {' '.join(map(str, unsaid))}{why}", file=sys.stderr)
-    return 0 if ids and not unchanged else 1
+    return 0 if ids and not unchanged and not refused else 1
 
 
 # A terminal's preview of a bulk release shows this many held actions (and the count of the rest):
@@ -364,8 +376,8 @@ async def _release(journal: Any, args: argparse.Namespace, now: float) -> int:
     import sys
 
     bulk = not args.ids
-    if not (args.dry_run or (bulk and not args.yes)):
-        return _changed("released", await journal.release(now, args.ids, args.rule), args)
+    if not args.dry_run and not bulk:
+        return await _release_ids(journal, args, now, args.ids, args.rule)
     held = await _held(journal, args)
     if args.dry_run:
         _print_entries(held, args)
@@ -374,6 +386,8 @@ async def _release(journal: Any, args: argparse.Namespace, now: float) -> int:
         return 0 if held else 1
     if not held:
         return _changed("released", [], args)
+    if args.yes:
+        return await _release_ids(journal, args, now, [e.id for e in held], None)
     what = "--all" if args.all else f"--rule {args.rule}"
     if args.json or not sys.stdin.isatty():
         print(
@@ -395,14 +409,28 @@ async def _release(journal: Any, args: argparse.Namespace, now: float) -> int:
     if answer.strip().lower() not in ("y", "yes"):
         print("nothing released")
         return 1
-    ids = [e.id for e in held]
-    released: list[int] = []
+    return await _release_ids(journal, args, now, [e.id for e in held], None)
+
+
+async def _release_ids(
+    journal: Any, args: argparse.Namespace, now: float, ids: list[int], rule: str | None
+) -> int:
+    """Release exactly ``ids`` (of ``rule``, if given), but not an action whose row cannot be read
+    back (see :func:`_retry`): it stays held, named on stderr with why."""
+    import sys
+
+    unreadable: dict[int, str] = {}
     for start in range(0, len(ids), RELEASE_CHUNK):
-        released += await journal.release(now, ids[start : start + RELEASE_CHUNK], None)
-    if len(released) < len(ids):
-        gone = len(ids) - len(released)
+        unreadable.update(await journal.unreadable_rows(ids[start : start + RELEASE_CHUNK]))
+    _refuse_unreadable("released", unreadable, args)
+    wanted = [i for i in ids if i not in unreadable]
+    released: list[int] = []
+    for start in range(0, len(wanted), RELEASE_CHUNK):  # never none: no ids means every held action
+        released += await journal.release(now, wanted[start : start + RELEASE_CHUNK], rule)
+    if not args.ids and len(released) < len(wanted):
+        gone = len(wanted) - len(released)
         print(f"{gone} of them no longer held (released, cancelled or expired meanwhile)", file=sys.stderr)
-    return _changed("released", released, args)
+    return _changed("released", sorted(released), args, refused=unreadable)
 
 
 async def _held(journal: Any, args: argparse.Namespace) -> list[Any]:

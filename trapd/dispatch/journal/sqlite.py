@@ -806,14 +806,14 @@ class SQLiteJournal:
         :attr:`damage`) so that what survived can be read; without it a damaged file is
         refused (:class:`JournalDamaged`) and never replaced.
 
-        ``lenient`` (with ``read_only``; for looking at the rows, never for acting on them):
+        ``lenient`` (for looking at the rows, never for acting on what was read):
         :meth:`get` and :meth:`history` return a row that cannot be read back as far as it can
         be read (:func:`~trapd.dispatch.journal.rows.entry_read_leniently`) instead of failing."""
         if synchronous.lower() not in ("normal", "full"):
             raise ValueError("synchronous must be normal or full")
         self.path = Path(path)
         self.read_only = read_only
-        self.lenient = lenient and read_only
+        self.lenient = lenient
         self.damage: str | None = None  # read_only: what the integrity check at open found
         # Whether commits work (a full disk, an I/O error): set by the writer thread, read by health().
         self._problem: str | None = None
