@@ -214,6 +214,39 @@ async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def test_an_action_s_result_is_masked_by_what_it_read_though_it_is_written_after_its_end(
+    tmp_path: Path,
+) -> None:
+    """A result is encoded (and masked) where the journal writes it, after the action has ended and
+    its secrets were let go: a token the run outlasted two rotations of (an exec's output, an
+    echoing webhook's answer) was journaled in clear. Masked as the action ends, while held."""
+    path = tmp_path / "result-token"
+    rotate(path, 0)
+
+    @action("echoing", params={"token": Param("string", secret=True)}, idempotent=True)
+    async def echoing(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+        """Answer with the token after two rotations (test action)."""
+        for n in (1, 2):
+            rotate(path, n)
+            resolve({"$secret": f"file:{path}"})  # other actions read the new token meanwhile
+        return {"stdout": f"token={params['token']}", "nested": [{"echo": params["token"]}]}
+
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        config = DispatchConfig(workers=1, shutdown_timeout=1.0, journal=JournalConfig(poll_interval=0.05))
+        d = Dispatcher(config, journal, {"echoing": echoing}, kea=None)
+        await d.start()
+        try:
+            (id_,) = await d.submit(
+                make_event(), make_outcome(plan("echoing", {"token": {"$secret": f"file:{path}"}}))
+            )
+            await until(lambda: d.stats.outcomes[("echoing", "done")] == 1)
+        finally:
+            await d.stop(0.5)
+        entry = await journal.get(int(id_), with_event=False)
+    assert entry is not None
+    assert entry.result == {"stdout": "token=***", "nested": [{"echo": "***"}]}, entry.result
+
+
 def test_a_secret_collected_while_the_redactor_is_busy_does_not_deadlock(tmp_path: Path) -> None:
     """A Secret in a reference cycle is freed by the cyclic collector, which may run in the middle
     of anything, the redactor's own locked work included (any allocation can trigger it): its

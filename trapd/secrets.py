@@ -136,6 +136,19 @@ class Redactor:
                 text = text.replace(v, self.MASK)
         return text
 
+    def redact_data(self, value: Any) -> Any:
+        """JSON-like data (an action's result) with the secrets masked in its strings, keys too; a
+        tuple becomes a list, as JSON writes it; anything else is kept as it is."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, Mapping):
+            return {
+                (self.redact(k) if isinstance(k, str) else k): self.redact_data(v) for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.redact_data(v) for v in value]
+        return value
+
     def __len__(self) -> int:
         """How many texts are masked (a value and, when it differs, its JSON form)."""
         return len(self._masked)

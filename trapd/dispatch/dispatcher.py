@@ -955,7 +955,7 @@ class Dispatcher:
         for secret in read:
             REDACTOR.hold(secret)
         try:
-            await self._run_resolved(job, spec, event, log, attempt, params, endpoint)
+            await self._run_resolved(job, spec, event, log, attempt, params, endpoint, read)
         finally:
             for secret in read:
                 REDACTOR.release(secret)
@@ -969,7 +969,9 @@ class Dispatcher:
         attempt: int,
         params: dict[str, Any],
         endpoint: str | None,
+        secrets: Sequence[str] = (),
     ) -> None:
+        """``secrets``: the values resolved into ``params``, held masked until this returns."""
         assert self.http is not None
         ctx = ActionContext(
             event=event,
@@ -1010,6 +1012,11 @@ class Dispatcher:
             await self._failed(job, log, exc, attempt, begun)
         else:
             done = self.journal.now()
+            if secrets:
+                # The journal encodes (and masks) the result where it writes it, after this returns
+                # and the secrets are let go: one the run outlasted two rotations of would be
+                # journaled in clear. Masked now, while held (a result is bounded: exec, webhook).
+                result = REDACTOR.redact_data(result)
             # What JSON cannot hold is journaled as its repr (trapd.dispatch.journal.rows.dumps_result).
             self._finish(job.id, "done", done, result, None, begun)
             self.stats.count(job.action, "done")
