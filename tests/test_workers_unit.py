@@ -523,3 +523,41 @@ async def test_a_dead_workers_answer_read_after_its_death_is_not_counted_twice(t
         slot.restart_handle.cancel()
     finally:
         worker_end.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_boots_counted_as_root_stay_the_daemons_to_count(request: pytest.FixtureRequest) -> None:
+    """`sudo trapd listen --config /etc/trapd/trapd.yaml` (its --help suggests it) keeps the boots
+    file of the same engine ID in the daemon's state directory. Before, that file (and its
+    directory) was root's: the daemon's user could neither count boots up (pysnmp swallowed the
+    error: the same snmpEngineBoots at every start, RFC 3414 2.2.2) nor, with service.workers,
+    start at all (advance_engine_clock: PermissionError)."""
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+
+    from trapd.listener.v3 import clock as v3
+
+    nobody = pwd.getpwnam("nobody")
+    state = Path(tempfile.mkdtemp(prefix="trapd-boots-owner-"))  # pytest's temp root is 0700
+    request.addfinalizer(lambda: shutil.rmtree(state, ignore_errors=True))
+    state.chmod(0o755)
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    engine_id = bytes.fromhex("80001f8880aabbccdd")
+    v3.make_engine(engine_id, state)  # trapd listen, as root
+    boots = v3.advance_engine_clock(engine_id, state).boots  # the supervisor of workers, as root
+    script = (
+        "import sys; from pathlib import Path; from trapd.listener.v3 import clock as v3\n"
+        f"eid, state = bytes.fromhex('80001f8880aabbccdd'), Path({str(state)!r})\n"
+        "e = v3.make_engine(eid, state)\n"
+        "(b,) = e.get_mib_builder().import_symbols('__SNMP-FRAMEWORK-MIB', 'snmpEngineBoots')\n"
+        "print(int(b.syntax), v3.advance_engine_clock(eid, state).boots)\n"
+    )
+    proc = subprocess.run(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [str(boots + 1), str(boots + 2)]  # counted on, and kept

@@ -60,6 +60,7 @@ from trapd.listener.raw import Oid
 # mibcompile needs these too: kept in mibindex (which imports nothing of trapd), not here,
 # so that mibs -> mibcompile is the only arrow between the two.
 from trapd.mibindex import SHIPPED_INDEX, MibProblem, source_files
+from trapd.statedir import leave_to_state_owner
 from trapd.yamlsource import ConfigError, check_keys, expect, where
 
 DEFAULT_DIRS = (Path("/usr/share/snmp/mibs"), Path("/etc/trapd/mibs"))
@@ -252,7 +253,7 @@ class MibResolver:
         if complete and cache is not None:
             r._write_snapshot(cache / SNAPSHOT_NAME, snapshot_key)
         if cache is not None:
-            _leave_to_state_owner(cache)
+            leave_to_state_owner(cache, cache.parent)  # the cache of a daemon, compiled by root
         return r
 
     def is_current(self, config: MibConfig | None = None) -> bool:
@@ -699,31 +700,6 @@ def _cached_site_index(path: Path | None, fp: str) -> SiteIndex | None:
     if cached.get("failed"):
         return SiteIndex(None, problems, False, failed=True)
     return SiteIndex(cached, problems, False)
-
-
-def _leave_to_state_owner(cache: Path) -> None:
-    """Run as root (`sudo trapd mibs compile`, `sudo trapd check`) on the cache of a trapd that
-    runs as its own user: make what root wrote there that user's, as SQLite does with the -wal and
-    -shm files it makes as root. Root's files in the cache left the daemon unable to update it
-    (a compile at every start, minutes for a vendor's bundle) and its site MIBs unloadable.
-
-    The owner is that of the directory holding the cache (the state directory); nothing changes
-    when that is root, or when not run as root.
-    """
-    if os.geteuid() != 0:
-        return
-    try:
-        owner = cache.parent.stat()
-    except OSError:
-        return
-    if owner.st_uid == 0:
-        return
-    for top, dirs, files in os.walk(cache):
-        for name in [".", *dirs, *files]:
-            path = os.path.join(top, name)
-            with contextlib.suppress(OSError):
-                if os.lstat(path).st_uid == 0:
-                    os.lchown(path, owner.st_uid, owner.st_gid)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trapd.statedir import make_private_dir
+from trapd.statedir import leave_to_state_owner, make_private_dir
 
 
 def default_engine_id() -> bytes:
@@ -82,6 +82,7 @@ def advance_engine_clock(engine_id: bytes, state_dir: Path, now: float | None = 
     tmp = path.with_name(f".boots.{os.getpid()}")
     tmp.write_text(str(boots))
     os.replace(tmp, path)
+    leave_to_state_owner(state_dir / "__pysnmp", state_dir)
     return EngineClock(engine_id, boots, time.time() if now is None else now)
 
 
@@ -112,9 +113,12 @@ def make_engine(engine_id: bytes, state_dir: Path | None) -> Any:
     if state_dir is not None:
         tempfile.tempdir = str(state_dir)
     try:
-        return SnmpEngine(snmpEngineID=rfc1902.OctetString(engine_id))
+        engine = SnmpEngine(snmpEngineID=rfc1902.OctetString(engine_id))
     finally:
         tempfile.tempdir = saved
+    if state_dir is not None:
+        leave_to_state_owner(state_dir / "__pysnmp", state_dir)
+    return engine
 
 
 def _engine_on_clock(clock: EngineClock) -> Any:
