@@ -47,6 +47,24 @@ def test_a_byte_that_is_not_utf8_is_reported_at_its_line_and_column(tmp_path: Pa
     assert problem.message == "not UTF-8 text: byte 0xe9 (invalid continuation byte)"
 
 
+@pytest.mark.parametrize("anchor", ["", "&a "])  # with an anchor, the pure-Python loader reads the file
+@pytest.mark.parametrize("style", ["|", "|-", ">"])
+def test_a_template_error_in_a_block_scalar_is_at_its_line(tmp_path: Path, anchor: str, style: str) -> None:
+    """The block's text starts on the line after its | or >: the error was one line too early."""
+    text = (
+        "rules:\n"
+        "  - name: r\n"
+        "    match: {notification: linkDown}\n"
+        f"    actions: {anchor}\n"
+        "      - action: log\n"
+        f"        message: {style}\n"
+        "          line one {{ source }}\n"
+        "          line two {{ nope( }}\n"
+    )
+    errors = [e for e in errors_of(tmp_path, text) if "template syntax error" in e]
+    assert [e.split(":")[0] for e in errors] == ["8" if style != ">" else "7"], errors
+
+
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
     got = errors_of(tmp_path, "rules:\n  - name: a\n    name: b\n")
     assert got == ["3:5: error: duplicate key 'name' (first at line 2)"]

@@ -102,6 +102,18 @@ def test_integer_keys_equal_to_a_packed_position() -> None:
     assert where(fast, "nosuch") == fast.mark
 
 
+def test_block_scalars_are_marked_where_their_text_starts_by_both_loaders() -> None:
+    text = "a: |\n  x {{ y }}\n  z\nb:\n  - >-\n    folded\n  - plain\n  - |+\n\n    kept\n"
+    _same_as_reference(text)
+    done, fast = _load_fast(text, "f.yaml")
+    assert done
+    assert [str(where(fast, "a")), str(where(fast["b"], 0)), str(where(fast["b"], 2))] == [
+        "f.yaml:2:4",
+        "f.yaml:6:5",
+        "f.yaml:9:5",
+    ]
+
+
 def test_documents_with_aliases_or_errors_take_the_reference_path() -> None:
     assert _load_fast("a: &x [1, 2]\nb: *x\n", "f.yaml") == (False, None)
     assert load_yaml("a: &x [1, 2]\nb: *x\n", "f.yaml") == {"a": [1, 2], "b": [1, 2]}

@@ -169,6 +169,16 @@ def _mark(file: str, m: yaml.Mark) -> Mark:
     return Mark(file, m.line + 1, m.column + 1)
 
 
+# A block scalar's (``|``, ``>``) text starts on the line after its indicator. Its value is
+# marked there, so that an error on the text's line N (a template's) is at mark line + N - 1.
+_BLOCK_STYLES = frozenset({"|", ">"})
+
+
+def _value_mark(file: str, node: yaml.Node) -> Mark:
+    m = node.start_mark
+    return Mark(file, m.line + 1 + (getattr(node, "style", None) in _BLOCK_STYLES), m.column + 1)
+
+
 MAX_ALIASES = 10_000  # alias uses (``*name``) in one file
 MAX_ALIAS_NODES = 100_000  # nodes that all aliases of one file stand for, expanded
 
@@ -243,12 +253,12 @@ class _Loader(yaml.SafeLoader):
             else:
                 from_merge.discard(key)
             data.key_marks[key] = _mark(self.source_name, key_node.start_mark)
-            data.value_marks[key] = _mark(self.source_name, value_node.start_mark)
+            data.value_marks[key] = _value_mark(self.source_name, value_node)
 
     def construct_yaml_seq(self, node: yaml.SequenceNode) -> Any:
         data = YList()
         data.mark = _mark(self.source_name, node.start_mark)
-        data.item_marks = [_mark(self.source_name, n.start_mark) for n in node.value]
+        data.item_marks = [_value_mark(self.source_name, n) for n in node.value]
         yield data
         data.extend(self.construct_object(n, deep=True) for n in node.value)
 
@@ -361,7 +371,8 @@ class _EventBuilder:
                     if value is _NOT_SEEN:
                         value = self.scalar(vev)
                     m = vev.start_mark
-                    value_position: Mark | int = (m.line + 1) << _POSITION_BITS | (m.column + 1)
+                    line = m.line + 1 + (vev.style in _BLOCK_STYLES)  # see _value_mark
+                    value_position: Mark | int = line << _POSITION_BITS | (m.column + 1)
                 else:
                     value = self.node(vev)
                     # A collection's own mark is where it starts: share it (a Mark is immutable).
@@ -380,7 +391,10 @@ class _EventBuilder:
                 if type(iev) is _SequenceEndEvent:
                     return seq
                 item = self.node(iev)
-                seq.item_marks.append(getattr(item, "mark", None) or self.mark(iev.start_mark))
+                mark = getattr(item, "mark", None) or self.mark(iev.start_mark)
+                if type(iev) is _ScalarEvent and iev.style in _BLOCK_STYLES:  # see _value_mark
+                    mark = _new_mark(self.source, mark.line + 1, mark.column)
+                seq.item_marks.append(mark)
                 seq.append(item)
         raise _Unsupported  # an alias
 
