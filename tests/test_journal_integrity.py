@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from daemon_harness import TrapdDaemon, eventually
 
-from trapd.dispatch.journal import JournalDamaged, JournalError, NewEntry, SQLiteJournal
+from trapd.dispatch.journal import JournalDamaged, JournalError, JournalNotice, NewEntry, SQLiteJournal
 from trapd.dispatch.testing import make_event
 
 RULES = (
@@ -712,3 +712,43 @@ def test_release_skips_a_held_row_that_cannot_be_read_back_and_releases_the_othe
     out, err = capsys.readouterr()
     assert rc == 1 and "not released: 2: its journal row cannot be read back" in err, (out, err)
     assert _journal_state(path, 2)[0] == "held"
+
+
+def test_a_reader_that_keeps_the_wal_from_being_checkpointed_is_reported(tmp_path: Path) -> None:
+    """Another process holding a read transaction open on the journal (an operator's `sqlite3`
+    shell left in BEGIN, a backup tool) keeps every checkpoint from getting past it: the WAL grows
+    with every commit, without bound, until the disk is full, and nothing said so. The journal
+    measures what its checkpoints leave (trapd_journal_wal_bytes), warns once past the bound with
+    the likely cause, and says so again once checkpoints catch up."""
+    path = _journal_file(tmp_path)
+    make_journal(path, 1)
+
+    async def run() -> None:
+        async with SQLiteJournal(path, checkpoint_interval=0.05, wal_warn_bytes=256 * 1024) as j:
+            said: list[JournalNotice] = []
+
+            def heard(event: str) -> bool:
+                said.extend(j.notices())
+                return any(event in n.event for n in said)
+
+            reader = sqlite3.connect(path, isolation_level=None)
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM actions").fetchone()  # a snapshot held open
+            try:
+                now = time.time()
+                for i in range(200):
+                    await j.add(make_event().to_dict(), [_entry(i, now)], [], now)
+                await _until(lambda: heard("journal WAL keeps growing"))
+                (notice,) = said
+                assert notice.level == "warning" and "read transaction" in notice.fields["hint"], notice
+                assert j.health().wal_bytes > 256 * 1024 and j.health().available  # a warning only
+            finally:
+                reader.execute("COMMIT")
+                reader.close()
+            now = time.time()
+            await j.add(make_event().to_dict(), [_entry(999, now)], [], now)
+            await _until(lambda: heard("journal WAL checkpointed again"))
+            assert [n.level for n in said] == ["warning", "info"], said
+            assert j.health().wal_bytes < 256 * 1024
+
+    asyncio.run(run())

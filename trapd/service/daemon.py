@@ -738,6 +738,7 @@ class Daemon:
             journal_put_back=jh.put_back if jh is not None else 0,
             journal_integrity_checks=dict(jh.integrity_checks) if jh is not None else {},
             journal_integrity_check_seconds=jh.integrity_check_seconds if jh is not None else 0.0,
+            journal_wal_bytes=jh.wal_bytes if jh is not None else 0,
             journal_unreadable=jh.unreadable if jh is not None else 0,
             journal_name_conflict=jh is not None and jh.name_conflict is not None,
             dispatch_backlog=self.submit_outcomes,

@@ -67,6 +67,8 @@ trapd_journal_unreadable_rows_total            counter    due (or expired held) 
 trapd_journal_integrity_checks_total           counter    result (ok, damaged, error): periodic PRAGMA
                                                           quick_check of the SQLite journal file
 trapd_journal_integrity_check_duration_seconds gauge      how long the last of those checks took
+trapd_journal_wal_bytes                        gauge      SQLite: WAL its last checkpoint could not get rid
+                                                          of (a reader holds it: grows until the disk is full)
 trapd_journal_instance_conflict                gauge      1 while another live trapd renews under this host's
                                                           dispatch.journal.instance (shared journal)
 trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker does
@@ -165,6 +167,8 @@ class DaemonSnapshot:
     # duration of the last one in seconds (a gauge; the longest of the workers').
     journal_integrity_checks: Mapping[str, int] = field(default_factory=dict)
     journal_integrity_check_seconds: float = 0.0
+    # The SQLite journal's WAL that its last checkpoint could not get rid of (gauge, bytes).
+    journal_wal_bytes: int = 0
     # Due actions whose row could not be read back (damaged), set aside as dead so the others run.
     journal_unreadable: int = 0
     # A shared journal: another live process renews under this host's name (dispatch.journal.instance).
@@ -397,6 +401,12 @@ class TrapdCollector:
             "trapd_journal_integrity_check_duration_seconds",
             "How long the last periodic check of the SQLite journal file took.",
             value=snap.journal_integrity_check_seconds,
+        )
+        yield GaugeMetricFamily(
+            "trapd_journal_wal_bytes",
+            "SQLite journal: WAL its last checkpoint could not get rid of (a reader holds it); "
+            "it grows with every commit while that lasts.",
+            value=snap.journal_wal_bytes,
         )
         yield CounterMetricFamily(
             "trapd_journal_unreadable_rows",

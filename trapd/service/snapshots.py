@@ -90,6 +90,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "journal_put_back": snap.journal_put_back,
         "journal_integrity_checks": dict(snap.journal_integrity_checks),
         "journal_integrity_check_seconds": snap.journal_integrity_check_seconds,
+        "journal_wal_bytes": snap.journal_wal_bytes,
         "journal_unreadable": snap.journal_unreadable,
         "journal_name_conflict": snap.journal_name_conflict,
         "dispatch_backlog": snap.dispatch_backlog,
@@ -134,6 +135,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         journal_put_back=int(data.get("journal_put_back", 0)),
         journal_integrity_checks={k: int(v) for k, v in data.get("journal_integrity_checks", {}).items()},
         journal_integrity_check_seconds=float(data.get("journal_integrity_check_seconds", 0.0)),
+        journal_wal_bytes=int(data.get("journal_wal_bytes", 0)),
         journal_unreadable=int(data.get("journal_unreadable", 0)),
         journal_name_conflict=bool(data.get("journal_name_conflict", False)),
         dispatch_backlog=int(data.get("dispatch_backlog", 0)),
@@ -173,6 +175,7 @@ def _counters_of(snap: DaemonSnapshot) -> DaemonSnapshot:
         dispatch_backlog_bytes=0,
         journal_problem=None,
         journal_integrity_check_seconds=0.0,
+        journal_wal_bytes=0,
     )
 
 
@@ -199,6 +202,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     unreadable = put_back = 0
     checks: dict[Any, int] = {}
     check_seconds = 0.0
+    wal_bytes = 0
     problem: str | None = None
     name_conflict = False
     for s in snaps:
@@ -232,6 +236,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         put_back += s.journal_put_back
         _add(checks, s.journal_integrity_checks)
         check_seconds = max(check_seconds, s.journal_integrity_check_seconds)
+        wal_bytes = max(wal_bytes, s.journal_wal_bytes)  # one file: each worker measures it
         unreadable += s.journal_unreadable
         backlog += s.dispatch_backlog  # each worker's own queue before the shared journal
         backlog_bytes += s.dispatch_backlog_bytes
@@ -262,6 +267,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         journal_put_back=put_back,
         journal_integrity_checks=checks,
         journal_integrity_check_seconds=check_seconds,
+        journal_wal_bytes=wal_bytes,
         journal_unreadable=unreadable,
         journal_name_conflict=name_conflict,
         dispatch_backlog=backlog,

@@ -214,6 +214,8 @@ class JournalHealth:
     # error: the check itself could not run), and how long the last one took (seconds).
     integrity_checks: Mapping[str, int] = field(default_factory=dict)
     integrity_check_seconds: float = 0.0
+    # The SQLite journal: bytes of WAL its last checkpoint could not get rid of (a reader holds them).
+    wal_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

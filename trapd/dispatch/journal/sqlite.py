@@ -776,6 +776,13 @@ BUSY_TIMEOUT = 10.0
 # (a WAL reader: commits go on meanwhile), so every 15 minutes costs well under 0.1 % of one core.
 INTEGRITY_CHECK_INTERVAL = 900.0
 
+# Past this many bytes of WAL that checkpoints could not get rid of, a warning (once) names the
+# likely cause. Normally each checkpoint leaves about a second of commits; a reader that keeps a
+# read transaction open (a `sqlite3` shell left in BEGIN, a backup) holds every later frame in the
+# WAL, which then grows with every commit until the disk is full. 256 MiB: four times the size a
+# checkpoint cuts the file back to (journal_size_limit), minutes of a storm's commits.
+WAL_WARN_BYTES = 256 * 1024 * 1024
+
 
 class SQLiteJournal:
     """The embedded journal: one SQLite file, one writer thread, group commits."""
@@ -793,6 +800,7 @@ class SQLiteJournal:
         read_only: bool = False,
         lenient: bool = False,
         integrity_check: float | None = INTEGRITY_CHECK_INTERVAL,
+        wal_warn_bytes: int = WAL_WARN_BYTES,
     ) -> None:
         """``checkpoint_interval``: seconds between the checkpointer thread's WAL checkpoints
         (see :data:`CHECKPOINT_INTERVAL`); None leaves checkpoints to SQLite's auto-checkpoint
@@ -800,6 +808,9 @@ class SQLiteJournal:
 
         ``integrity_check``: seconds between checks of the whole file while it is open
         (:meth:`_integrity_loop`); None or 0: none (``read_only`` never checks but at open).
+
+        ``wal_warn_bytes``: WAL left after a checkpoint beyond which :meth:`notices` warns
+        (see :data:`WAL_WARN_BYTES`).
 
         ``read_only``: for ``trapd journal``'s inspection commands. Nothing is created or
         written, and a damaged file is opened anyway (what it is damaged by is in
@@ -840,6 +851,11 @@ class SQLiteJournal:
         self._notices: list[JournalNotice] = []
         self.integrity_checks: dict[str, int] = {"ok": 0, "damaged": 0, "error": 0}
         self.integrity_check_seconds = 0.0
+        # What the checkpointer's last round left in the WAL (bytes), and whether that is past the
+        # bound (said once each way).
+        self.wal_warn_bytes = wal_warn_bytes
+        self.wal_bytes = 0
+        self._wal_growing = False
         self._probe_sent = 0.0
         self._owner = owner
         self.synchronous = synchronous.lower()
@@ -1159,19 +1175,54 @@ class SQLiteJournal:
         """
         interval = self.checkpoint_interval
         assert interval is not None
+        loop = self._loop
+        assert loop is not None
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=1.0)
         except sqlite3.Error:
             return  # the writer's connection works; SQLite checkpoints when it closes
         try:
+            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
             while not self._checkpointer_stop.wait(interval):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    (_busy, frames, copied) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self.checkpoints += 1
                 except sqlite3.Error:
-                    pass
+                    continue
+                # Frames the WAL holds: a reader's old snapshot keeps all of them (from the first
+                # it still needs) from being reused, however many were copied.
+                left = max(0, int(frames)) * (int(page_size) + 24) if copied < frames else 0
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody to tell
+                    loop.call_soon_threadsafe(self._wal_measured, left)
         finally:
             conn.close()
+
+    def _wal_measured(self, left: int) -> None:
+        """Event loop: what a checkpoint left in the WAL; past the bound, said once each way."""
+        self.wal_bytes = left
+        if left > self.wal_warn_bytes and not self._wal_growing:
+            self._wal_growing = True
+            self._notices.append(
+                JournalNotice(
+                    "warning",
+                    "journal WAL keeps growing: checkpoints cannot get past a reader",
+                    {
+                        "path": str(self.path),
+                        "wal_bytes": str(left),
+                        "hint": (
+                            "another process keeps a read transaction open on the journal (a "
+                            f"`sqlite3 {self.path}` shell left in BEGIN, a backup tool): end it (fuser "
+                            f"{self.path} names the processes). The WAL grows with every commit "
+                            "until the disk is full"
+                        ),
+                    },
+                )
+            )
+        elif left <= self.wal_warn_bytes and self._wal_growing:
+            self._wal_growing = False
+            self._notices.append(
+                JournalNotice("info", "journal WAL checkpointed again", {"path": str(self.path)})
+            )
 
     def _integrity_loop(self) -> None:
         """The checker thread: the whole file checked every ``integrity_check`` seconds.
@@ -1632,6 +1683,7 @@ class SQLiteJournal:
             unreadable=self.unreadable_count,
             integrity_checks=dict(self.integrity_checks),
             integrity_check_seconds=self.integrity_check_seconds,
+            wal_bytes=self.wal_bytes,
         )
         for problem, since in (
             (self._damage_seen, self._damage_since),
