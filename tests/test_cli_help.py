@@ -32,3 +32,35 @@ def test_every_argument_has_a_help_text() -> None:
         if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction) and not a.help
     ]
     assert missing == []
+
+
+# The doc that owns each subcommand (README's table owns `trapd run`: tests/test_doc_snippets.py).
+OWNERS = {
+    "listen": ("docs/rules.md",),
+    "check": ("docs/rules.md",),
+    "test": ("docs/rules.md",),
+    "mibs": ("docs/rules.md",),
+    "schema": ("docs/rules.md",),
+    "actions": ("docs/plugins.md",),
+    "journal": ("docs/dispatch.md", "docs/pair.md"),
+    "kea": ("actions/kea/README.md", "docs/kea-ha.md"),
+}
+
+
+def test_every_option_is_in_the_doc_that_owns_its_subcommand() -> None:
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    missing = []
+    for name, p in parsers(build_parser()):
+        words = name.split()
+        if len(words) < 2 or words[1] not in OWNERS:
+            continue
+        doc = "\n".join((repo / d).read_text(encoding="utf-8") for d in OWNERS[words[1]])
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction) or not a.option_strings or a.help == argparse.SUPPRESS:
+                continue
+            if not any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", doc) for o in a.option_strings):
+                missing.append(f"{name} {a.option_strings[0]} ({', '.join(OWNERS[words[1]])})")
+    assert missing == []
