@@ -3,11 +3,12 @@
     trapd journal list                       # not finished: scheduled, pending, failed, held, running
     trapd journal list --state dead          # given up; also: held, running, done, cancelled, all
     trapd journal list --state held          # HELD AT (when a cap held it) and HOLD EXPIRES
+    trapd journal list --state all --host dhcp2   # shared journal: what dhcp2 claimed (HOST column)
     trapd journal show 1234                  # one action: parameters, event, attempts, result, error
     trapd journal retry 1234 1240            # dead / failed / held / cancelled -> run again now
     trapd journal cancel 1234                # a waiting action will not run
     trapd journal release 1234               # held by a rate cap -> run now, exempt from caps
-    trapd journal release --rule mac-removed # every held action of a rule
+    trapd journal release --rule mac-removed # every held action of a rule (shows them, asks)
     trapd journal release --all --dry-run    # what would be released; nothing changes
     trapd journal release --all              # shows them and asks; --yes off a terminal
     trapd journal history --mac 00:11:22:33:44:55            # "which trap deleted this lease?"
