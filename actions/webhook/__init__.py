@@ -338,8 +338,14 @@ _URLSAFE = str.maketrans("+/", "-_")
 
 def _without_a_start_of(text: str, forms: list[str]) -> str:
     """``text`` without an end that is the start of one of ``forms`` (what a cut left of it)."""
+    cut = len(text)
     for form in forms:
-        for n in range(min(len(form) - 1, len(text)), 3, -1):
-            if text.endswith(form[:n]):
-                return text[:-n] + "…"
-    return text
+        # Where the text's end could be a start of ``form``: at an occurrence of its first
+        # character, no farther back than the form is long (a few places, not every length).
+        at = text.find(form[0], max(0, len(text) - len(form) + 1))
+        while at != -1 and len(text) - at >= 4:
+            if form.startswith(text[at:]):
+                cut = min(cut, at)
+                break
+            at = text.find(form[0], at + 1)
+    return text if cut == len(text) else text[:cut] + "…"
