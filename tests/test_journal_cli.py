@@ -213,8 +213,15 @@ def test_release_all_previews_and_needs_a_yes_without_a_terminal(
     assert run(capsys, *j, "release", "2")[0] == 0  # named: no confirmation
     assert held_ids(capsys, j) == [1, 3, 4]
 
-    # On a terminal: shown, asked; "n" (or nothing) releases nothing, "y" what was shown.
+    # Typed on a terminal, its output to a file: the list and the question would go there unseen.
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    assert main([*j, "release", "--all"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "stdout is not a terminal" in captured.err, captured
+    assert held_ids(capsys, j) == [1, 3, 4]
+
+    # On a terminal: shown, asked; "n" (or nothing) releases nothing, "y" what was shown.
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     answers = iter(["n", "y"])
     monkeypatch.setattr("builtins.input", lambda prompt="": (print(prompt, end=""), next(answers))[1])
     rc, out = run(capsys, *j, "release", "--rule", "mac-removed")
@@ -232,6 +239,7 @@ def test_release_on_a_terminal_releases_only_what_it_showed(
     the list without it; and a list too long for the screen is shown in part, with the count."""
     j = held_journal(tmp_path, 30)
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
 
     def answer(prompt: str = "") -> str:
         print(prompt, end="")

@@ -372,7 +372,7 @@ async def _release(journal: Any, args: argparse.Namespace, now: float) -> int:
     --rule: possibly thousands of held lease deletions) is previewed: --dry-run lists them and
     changes nothing; on a terminal they are shown and the operator is asked, and exactly what was
     shown is released (an action held meanwhile waits for its own decision); off a terminal (a
-    script, ssh without a tty) or with --json, --yes is needed."""
+    script, ssh without a tty, output to a file) or with --json, --yes is needed."""
     import asyncio
     import sys
 
@@ -390,11 +390,15 @@ async def _release(journal: Any, args: argparse.Namespace, now: float) -> int:
     if args.yes:
         return await _release_ids(journal, args, now, [e.id for e in held], None)
     what = "--all" if args.all else f"--rule {args.rule}"
-    if args.json or not sys.stdin.isatty():
+    # Asked only where the operator sees the list and the question and can answer: stdin and
+    # stdout a terminal (typed with its output to a file, both would go there unseen).
+    unasked = "--json" if args.json else None
+    unasked = unasked or next((f"{n} is not a terminal" for n in ("stdin", "stdout")
+                               if not getattr(sys, n).isatty()), None)  # fmt: skip
+    if unasked is not None:
         print(
             f"trapd journal: release {what} would release {_count(len(held))}: "
-            f"see them with --dry-run, and give --yes to release them without being asked "
-            f"({'--json' if args.json else 'stdin is not a terminal'})",
+            f"see them with --dry-run, and give --yes to release them without being asked ({unasked})",
             file=sys.stderr,
         )
         return 2
