@@ -65,6 +65,34 @@ def test_a_template_error_in_a_block_scalar_is_at_its_line(tmp_path: Path, ancho
     assert [e.split(":")[0] for e in errors] == ["8" if style != ">" else "7"], errors
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ifDescr['__class__'] }}",
+        "{{ ifDescr | attr('__class__') }}",
+        "{{ (ifDescr.__init__.__globals__ or {}).get('os') }}",
+        "{{ cycler.__init__.__globals__.os }}",
+    ],
+)
+def test_trapd_check_refuses_a_template_reaching_for_python_internals(tmp_path: Path, template: str) -> None:
+    """The sandbox refuses them when the template renders; trapd check says so before any trap."""
+    text = f"""
+        rules:
+          - name: r
+            match: {{notification: linkDown}}
+            actions:
+              - action: log
+                message: |
+                  {{{{ source }}}}
+                  {template}
+        """
+    got = errors_of(tmp_path, text)
+    assert len(got) == 1 and got[0].startswith("8:"), got
+    assert "log.message: template refused: '__" in got[0]
+    assert "Python internals, which the sandbox refuses" in got[0]
+
+
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
     got = errors_of(tmp_path, "rules:\n  - name: a\n    name: b\n")
     assert got == ["3:5: error: duplicate key 'name' (first at line 2)"]

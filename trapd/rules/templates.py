@@ -557,6 +557,12 @@ def analyse(source: str, *, url: bool = False) -> tuple[jinja2.Template, Templat
     """
     env = URL_ENV if url else ENV
     ast = env.parse(source)
+    internal = _python_internal(ast)
+    if internal is not None:
+        name, lineno = internal
+        raise TemplateRefused(
+            f"{name!r}: names like __this__ are Python internals, which the sandbox refuses", lineno
+        )
     refused = _static_refusals(env, ast)
     variables = frozenset(meta.find_undeclared_variables(ast))
     fields: set[str] = set()
@@ -582,6 +588,27 @@ def analyse(source: str, *, url: bool = False) -> tuple[jinja2.Template, Templat
     if all(isinstance(node, _PLAIN) for node in ast.find_all(nodes.Node)):
         _PLAIN_TEMPLATES.add(template)
     return template, TemplateInfo(variables, frozenset(fields), literal, path)
+
+
+def _python_internal(ast: nodes.Template) -> tuple[str, int] | None:
+    """The first ``x.__name__`` (or ``x['__name__']``, ``x | attr('__name__')``) and its line.
+
+    The sandbox refuses them when the template renders, whatever the trap; an attempt to leave
+    the sandbox is refused by ``trapd check`` instead of by every render. A dunder is never a
+    key of what templates see (event fields, varbind names, decoded items).
+    """
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        name: Any = None
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            name = node.arg.value
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+            first = node.args[0]
+            name = first.value if isinstance(first, nodes.Const) else None
+        if isinstance(name, str) and name.startswith("__") and name.endswith("__"):
+            return name, node.lineno
+    return None
 
 
 def _static_refusals(env: SandboxedEnvironment, ast: nodes.Template) -> list[str]:
