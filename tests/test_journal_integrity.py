@@ -752,3 +752,35 @@ def test_a_reader_that_keeps_the_wal_from_being_checkpointed_is_reported(tmp_pat
             assert j.health().wal_bytes < 256 * 1024
 
     asyncio.run(run())
+
+
+def test_a_checkpointer_that_could_not_connect_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpointer's connection failing once (out of file descriptors, say: injected here,
+    as a real one would take the whole test process down) ended its thread for good; with the
+    writer's own autocheckpoint off, the WAL then grew until trapd stopped."""
+    import threading
+
+    import trapd.dispatch.journal.sqlite as jsqlite
+
+    path = _journal_file(tmp_path)
+    make_journal(path, 1)
+    real_connect = sqlite3.connect
+    failed: list[str] = []
+
+    def connect_once_failing(*args: object, **kw: object) -> sqlite3.Connection:
+        if threading.current_thread().name == "trapd-journal-checkpoint" and not failed:
+            failed.append("once")
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jsqlite.sqlite3, "connect", connect_once_failing)
+
+    async def run() -> None:
+        async with SQLiteJournal(path, checkpoint_interval=0.05) as j:
+            now = time.time()
+            await j.add(make_event().to_dict(), [_entry(1, now)], [], now)
+            await _until(lambda: bool(failed) and j.checkpoints >= 2, timeout=20)
+
+    asyncio.run(run())

@@ -1177,25 +1177,39 @@ class SQLiteJournal:
         assert interval is not None
         loop = self._loop
         assert loop is not None
+        conn: sqlite3.Connection | None = None
+        page_size = 4096
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=1.0)
-        except sqlite3.Error:
-            return  # the writer's connection works; SQLite checkpoints when it closes
-        try:
-            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
             while not self._checkpointer_stop.wait(interval):
                 try:
+                    if conn is None:
+                        # Made here, and made again next round if it fails: with the writer's own
+                        # autocheckpoint off, a checkpointer that gave up (it used to, at once) left
+                        # the WAL to grow until trapd stopped.
+                        conn = sqlite3.connect(
+                            self.path, isolation_level=None, check_same_thread=False, timeout=1.0
+                        )
+                        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
                     (_busy, frames, copied) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self.checkpoints += 1
                 except sqlite3.Error:
-                    continue
-                # Frames the WAL holds: a reader's old snapshot keeps all of them (from the first
-                # it still needs) from being reused, however many were copied.
-                left = max(0, int(frames)) * (int(page_size) + 24) if copied < frames else 0
+                    # No checkpoint this round: all of the WAL file is left (at most the 64 MiB a
+                    # checkpoint cuts it back to when it was not growing).
+                    try:
+                        left = os.stat(f"{self.path}-wal").st_size
+                    except OSError:
+                        continue
+                else:
+                    if frames < 0:
+                        continue  # another connection was checkpointing: no figure this round
+                    # Frames the WAL holds: a reader's old snapshot keeps all of them (from the
+                    # first it still needs) from being reused, however many were copied.
+                    left = int(frames) * (int(page_size) + 24) if copied < frames else 0
                 with contextlib.suppress(RuntimeError):  # the loop closed: nobody to tell
                     loop.call_soon_threadsafe(self._wal_measured, left)
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def _wal_measured(self, left: int) -> None:
         """Event loop: what a checkpoint left in the WAL; past the bound, said once each way."""
