@@ -543,3 +543,45 @@ async def test_restore_says_what_went_back_when_a_server_fails_midway(
     assert lines[0] == f"restored  {macs[mac]}  on server1", lines
     assert lines[1].startswith(f"failed    {macs[mac]}  on server2  ("), lines
     assert servers[0].lease4(macs[mac]) is not None
+
+
+async def test_restore_from_a_shared_journal_refuses_another_host_s_local_kea(
+    kea: KeaInstance, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pair on one PostgreSQL journal, each host with an endpoint of the same name on its own
+    Kea (a unix socket, an agent on 127.0.0.1). dhcp1 deleted the lease through its unix4; a
+    restore typed on dhcp2 sent it through dhcp2's unix4: another Kea. Refused there, naming
+    the host that ran it and the endpoint; on dhcp1, or with --endpoint named, it goes back."""
+    from trapd.dispatch.journal import NewEntry
+    from trapd.dispatch.journal.postgres import PostgresJournal
+
+    section = kea.trapd_kea_section()
+    before, result = await deleted_result(kea, section)
+    assert result["endpoint"] == "unix4"
+    async with PostgresJournal(pg_url, instance="dhcp1") as j:
+        now = j.now()
+        ip = {"ip-address": before["ip-address"]}
+        entry = NewEntry(rule="r", action="kea.lease-del", index=0, params=ip, key="k", mode="enforce",
+                         state="pending", due=now, max_attempts=3, backoff=1.0, max_age=60)  # fmt: skip
+        added = await j.add({"id": "e1", "received_at": now, "source": "10.0.0.1"}, [entry], [], now)
+        await j.claim(added.ids[0], now)
+        await j.finish(added.ids[0], "done", now, result=result)
+    capsys.readouterr()
+
+    def config(instance: str) -> str:
+        path = tmp_path / f"{instance}.yaml"
+        journal = {"url": pg_url, "instance": instance}
+        cfg = {"kea": section, "state_dir": str(tmp_path / "state"), "dispatch": {"journal": journal}}
+        path.write_text(yaml.safe_dump(cfg))
+        return str(path)
+
+    argv = ["kea", "restore", str(added.ids[0])]
+    assert await_sync(trapd, [*argv, "-c", config("dhcp2")]) == 1
+    err = capsys.readouterr().err
+    assert "dhcp1" in err and "unix4" in err and "--endpoint NAME" in err, err
+    assert kea.lease4(before["ip-address"]) is None
+    assert await_sync(trapd, [*argv, "-c", config("dhcp1")]) == 0
+    assert capsys.readouterr().out.split() == ["restored", before["ip-address"]]
+    kea.cmd4("lease4-del", {"ip-address": before["ip-address"]})
+    assert await_sync(trapd, [*argv, "--endpoint", "unix4", "-c", config("dhcp2")]) == 0  # said so
+    assert capsys.readouterr().out.split() == ["restored", before["ip-address"]]

@@ -145,6 +145,9 @@ class _Part:
     endpoint: str | None
     peer: str | None
     journal_id: int | None = None
+    # A shared journal's: the host that ran it (its claim's owner), whose own Kea a host-local
+    # endpoint name (a unix socket, an agent on loopback) means.
+    host: str | None = None
 
 
 async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
@@ -206,7 +209,8 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
             continue
         endpoint = (result.get("endpoint") if isinstance(result, dict) else None) or e.endpoint
         peer = result.get("peer") if isinstance(result, dict) else None
-        parts.append(_Part(result, endpoint, peer if isinstance(peer, str) else None, e.id))
+        host = e.owner.partition("/")[0] if pg is not None and e.owner else None
+        parts.append(_Part(result, endpoint, peer if isinstance(peer, str) else None, e.id, host))
     return parts
 
 
@@ -234,13 +238,37 @@ def _check_file_leases(name: str, data: Any) -> None:
             raise ValueError(f"{name}: lease {n}: {address!r} is not an IP address") from None
 
 
-def _recorded_endpoint(part: _Part, configured: Any, args: argparse.Namespace) -> str:
+def _this_host(config: Any) -> str:
+    """This host's name in a shared journal's claims (as the daemon here names itself)."""
+    import socket
+
+    return str(config.dispatch.journal.instance or socket.gethostname())
+
+
+def _host_local(ep: Any) -> bool:
+    """An endpoint that reaches this host's own Kea: a unix socket, or a URL to a loopback address."""
+    import ipaddress
+    import urllib.parse
+
+    if ep.transport == "unix":
+        return True
+    host = (urllib.parse.urlsplit(str(ep.url)).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _recorded_endpoint(part: _Part, config: Any, args: argparse.Namespace) -> str:
     """The endpoint a recorded deletion removed its leases from, if trapd.yaml still has it.
 
     A record whose endpoint is gone from the configuration (renamed, removed, another host's
     trapd.yaml), or that names none (a bare list of leases), is refused (LookupError): the
     family's default endpoint may be another Kea than the one the leases were deleted from, and
     a lease put into the wrong server is worse than none. The operator names one with --endpoint."""
+    configured = config.kea.endpoints
     where = f"journal entry {part.journal_id}" if part.journal_id is not None else args.file
     choices = f"(configured: {', '.join(configured) or 'none'})"
     if part.endpoint is None:
@@ -254,6 +282,13 @@ def _recorded_endpoint(part: _Part, configured: Any, args: argparse.Namespace) -
             f"(renamed or removed?); restore through the same Kea with --endpoint NAME {choices}"
         )
     ep = configured[part.endpoint]
+    here = _this_host(config)
+    if part.host is not None and part.host != here and not ep.peers and _host_local(ep):
+        raise LookupError(
+            f"{where} was run by {part.host} through endpoint {part.endpoint}, which on this host "
+            f"({here}) is another Kea ({ep.target}: each host's own); restore it on {part.host}, or "
+            f"name the endpoint that reaches that Kea from here with --endpoint NAME {choices}"
+        )
     if args.peer is None and part.peer is not None and ep.peers and ep.peer_named(part.peer) is None:
         # Checked before anything is sent: a failure at this part, after others went back, said
         # only the error, not what had been restored.
@@ -307,7 +342,7 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        targets = [args.endpoint or _recorded_endpoint(p, configured, args) for p, _ in todo]
+        targets = [args.endpoint or _recorded_endpoint(p, config, args) for p, _ in todo]
     except LookupError as exc:
         print(f"trapd kea restore: {exc}", file=sys.stderr)
         return 1
