@@ -79,3 +79,25 @@ def test_the_installed_wheel_runs(trapd_venv: InstalledTrapd, tmp_path: Path) ->
     assert all(name in listed for name in SHIPPED_ACTIONS), listed
     schema = run(trapd, "schema", "config", cwd=tmp_path, env=env).stdout
     assert schema == (REPO / "trapd" / "data" / "trapd.schema.json").read_text()
+
+
+def test_the_service_installs_from_the_unpacked_sdist(trapd_dist: tuple[Path, Path], tmp_path: Path) -> None:
+    """A host without the source tree: the wheel brings trapd, the sdist the unit files, the
+    starter configuration and install-service.sh (docs/service.md, "Install")."""
+    sdist, _ = trapd_dist
+    (tmp_path / "src").mkdir()
+    run("tar", "xzf", sdist, cwd=tmp_path / "src")  # as the doc says
+    (tree,) = (tmp_path / "src").iterdir()
+    root = tmp_path / "root"
+    run(
+        tree / "scripts" / "install-service.sh",
+        "--destdir",
+        root,
+        "--trapd",
+        "/opt/trapd/bin/trapd",
+        cwd=tmp_path,
+    )
+    service = (root / "etc/systemd/system/trapd.service").read_text()
+    assert "ExecStart=/opt/trapd/bin/trapd run --config /etc/trapd/trapd.yaml" in service
+    assert (root / "etc/trapd/trapd.yaml").read_text() == (REPO / "etc/trapd/trapd.yaml").read_text()
+    assert (root / "etc/trapd/rules.yaml").is_file()

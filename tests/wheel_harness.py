@@ -15,6 +15,7 @@ author's walk in tests/test_plugin_walk.py):
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -50,7 +51,7 @@ def trapd_dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         if not (REPO / name).is_file():
             continue  # deleted in the work tree, not yet committed
         (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_bytes((REPO / name).read_bytes())
+        shutil.copy2(REPO / name, src / name)  # with its mode: the scripts stay executable in the sdist
     out = tmp_path_factory.mktemp("dist")
     # --no-isolation: this venv's setuptools and wheel, no download (CI may be offline).
     run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, src, cwd=src)
