@@ -279,7 +279,8 @@ EVENT_WORDS = st.tuples(
 SOURCE_GROUPS = {"lab": ["10.0.0.0/8", "!10.0.1.0/24"]}
 
 
-def _rules_yaml(rules: list[dict[str, object]]) -> str:
+def _rules_yaml(rules: list[dict[str, object]], *, actions: bool = False) -> str:
+    """``actions``: each rule also logs a message (ifIndex is undefined in some events: a rejection)."""
     doc = [
         {
             "name": f"r{i}",
@@ -288,6 +289,10 @@ def _rules_yaml(rules: list[dict[str, object]]) -> str:
         }
         for i, r in enumerate(rules)
     ]
+    if actions:
+        for i, rule in enumerate(doc):
+            port = " {{ port }}" if "port>" in str(rule) else ""
+            rule["actions"] = [{"action": "log", "message": f"r{i} {{{{ ifIndex }}}}{port}"}]
     return yaml.safe_dump({"sources": SOURCE_GROUPS, "rules": doc}, sort_keys=False)
 
 
@@ -308,7 +313,7 @@ def test_indexed_matching_equals_a_linear_scan(
     leaves to the rule's own test must be tested (and what it still proves must not be).
     """
     p = tmp_path / "rules.yaml"
-    p.write_text(_rules_yaml(rules), encoding="utf-8")
+    p.write_text(_rules_yaml(rules, actions=True), encoding="utf-8")
     with mock.patch.object(rule_index, "MAX_PATHS", max_paths):
         rs, _problems = compile_rules([p], resolver(), ACTIONS)
     for words in events:
@@ -317,6 +322,9 @@ def test_indexed_matching_equals_a_linear_scan(
         traces = [t for t in rs.explain(ev) if t.status == "matched"]
         assert got.matched == tuple(t.rule for t in traces), words
         assert got.cancels == tuple(c for t in traces for c in t.outcome.cancels), words
+        # trapd test shows explain(); the daemon runs evaluate(): the same actions, planned alike.
+        assert got.planned == tuple(pa for t in traces for pa in t.outcome.planned), words
+        assert got.rejected == tuple(r for t in traces for r in t.outcome.rejected), words
 
 
 def _linear_shadow(rules: list[Rule]) -> list[tuple[str, str]]:
