@@ -249,3 +249,32 @@ def test_what_the_docs_import_from_trapd_is_exported_to_a_typed_plugin() -> None
     assert imported, "no imports found"
     missing = sorted(f"{m}.{n}" for m, n in imported if n not in _exported(m))
     assert missing == []
+
+
+@action("kit.token", params={}, idempotent=True)
+async def uses_a_token(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Reads a credential from its settings, as trapd hands it over."""
+    from trapd.secrets import Secret
+
+    token = ctx.settings["token"]
+    assert isinstance(token, Secret), f"got {type(token).__name__}"
+    return {"length": len(token.reveal()), "url": ctx.settings["url"]}
+
+
+async def test_run_action_loads_settings_as_trapd_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # trapd.yaml's `{env: NAME}` / `{file: PATH}` settings reach a plugin as trapd.secrets.Secret
+    # (reveal() gives the text). The kit passed the mapping itself, so a plugin's tests never
+    # met what trapd gives it in production.
+    from trapd.config import config_from_yaml
+    from trapd.yamlsource import load_yaml
+
+    monkeypatch.setenv("KIT_TOKEN", "s3cret-token")
+    settings = {"token": {"env": "KIT_TOKEN"}, "url": "https://tickets.example/api"}
+    run = await run_action(uses_a_token, {}, settings=settings)
+    assert run.result == {"length": 12, "url": "https://tickets.example/api"}
+    loaded = config_from_yaml(
+        load_yaml("actions: {kit.token: {token: {env: KIT_TOKEN}, url: 'https://tickets.example/api'}}"), None
+    )
+    assert run.context.settings == loaded.actions["kit.token"]

@@ -20,6 +20,7 @@ Relative paths are relative to the config file's directory.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,6 @@ from trapd.service.config import ServiceConfig
 from trapd.yamlsource import (
     ConfigError,
     Mark,
-    YDict,
     check_keys,
     expect,
     load_yaml_file,
@@ -107,7 +107,7 @@ def config_from_yaml(node: Any, path: Path | None) -> Config:
         kea=KeaConfig.from_yaml(n.get("kea"), base),
         dispatch=DispatchConfig.from_yaml(n.get("dispatch"), base),
         service=ServiceConfig.from_yaml(n.get("service"), base),
-        actions={str(k): _action_settings(str(k), v, base) for k, v in actions.items()},
+        actions={str(k): load_action_settings(str(k), v, base) for k, v in actions.items()},
         state_dir=state_dir,
         mode=mode,
         action_marks={str(k): where(actions, k, of_key=True) for k in actions},
@@ -115,17 +115,18 @@ def config_from_yaml(node: Any, path: Path | None) -> Config:
 
 
 
-def _action_settings(name: str, node: YDict, base: Path) -> dict[str, Any]:
+def load_action_settings(name: str, node: Mapping[str, Any], base: Path) -> dict[str, Any]:
     """A plugin's settings: ``{env: NAME}`` / ``{file: PATH}`` values and all of ``exec.env`` are secrets.
 
     They are loaded as :class:`~trapd.secrets.Secret` (masked in every log line; a plugin calls
     ``reveal()``), so ``actions: {exec: {env: {TOKEN: {file: /etc/trapd/token}}}}`` keeps the token
-    out of trapd.yaml, and an inline ``exec.env`` value is masked too.
+    out of trapd.yaml, and an inline ``exec.env`` value is masked too. ``node``: the plugin's
+    section of trapd.yaml (or, in trapd.testing, a test's plain mapping).
     """
     out: dict[str, Any] = {}
     for key, value in node.items():
         mark = where(node, key)
-        if name == "exec" and key == "env" and isinstance(value, YDict):
+        if name == "exec" and key == "env" and isinstance(value, dict):
             out[key] = {
                 str(k): Secret.from_config(
                     v if isinstance(v, (dict, str)) else str(v), where(value, k), base_dir=base

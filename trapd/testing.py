@@ -374,11 +374,16 @@ async def run_action(
     pass, and whatever the action raises (``RetryableError``,
     ``PermanentError``): test that with ``pytest.raises``.
 
+    ``settings`` is loaded as trapd loads the plugin's section of trapd.yaml:
+    an ``{"env": NAME}`` or ``{"file": PATH}`` value reaches the action as a
+    :class:`~trapd.secrets.Secret` (``reveal()`` gives the text).
+
     ``ctx.record`` appends to ``records`` (also :attr:`ActionRun.records`;
     pass your own list to see what an attempt that raised recorded), each
     value as the journal keeps it and a retry gets it back: JSON. A retry is
     ``run_action(..., previous=records[-1], attempt=2)``.
     """
+    from trapd.config import load_action_settings
     from trapd.dispatch.journal.rows import dumps_result
 
     log = CapturedLog(action=spec.name)  # the dispatcher binds the action's name too
@@ -387,8 +392,10 @@ async def run_action(
     async def record(partial: Any) -> None:
         journaled.append(json.loads(dumps_result(partial)))
 
+    # As trapd loads its section of trapd.yaml: `{env: NAME}` / `{file: PATH}` become Secrets.
+    loaded = load_action_settings(spec.name, settings or {}, Path.cwd())
     ctx = make_context(
-        event, http=http, kea=kea, settings=settings, rule="test-rule", attempt=attempt, log=log,
+        event, http=http, kea=kea, settings=loaded, rule="test-rule", attempt=attempt, log=log,
         record=record, previous=previous,
     )  # fmt: skip
     result = checked_result(spec.name, await spec.run(resolve_secrets(validate(spec.params, params)), ctx))
