@@ -621,17 +621,24 @@ def _healthy(d: TrapdDaemon) -> None:
     assert status == 200, body
 
 
-def test_a_journal_file_replaced_under_the_running_trapd_is_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("found_by", ["checkpointer", "integrity-check"])
+def test_a_journal_file_replaced_under_the_running_trapd_is_reported(tmp_path: Path, found_by: str) -> None:
     """The journal moved aside and another file put in its place while trapd runs (a restore from
     backup, `mv` of a damaged journal without stopping trapd): the writer keeps writing to the
-    file it opened, which nothing will read again; nothing said so. The periodic check compares
-    the path's file with the one opened: unhealthy until restart, said once."""
+    file it opened, which nothing will read again; nothing said so. The checkpointer (once a
+    second) and the periodic check compare the path's file with the one opened: unhealthy until
+    restart, said once."""
     path = _journal_file(tmp_path)
     make_journal(path, 3)
+    threads: dict[str, float | None] = (
+        {"checkpoint_interval": 0.05, "integrity_check": None}
+        if found_by == "checkpointer"
+        else {"checkpoint_interval": None, "integrity_check": 0.05}
+    )
 
     async def run() -> None:
-        async with SQLiteJournal(path, integrity_check=0.05) as j:
-            await _until(lambda: j.health().integrity_checks.get("ok", 0) >= 1)
+        async with SQLiteJournal(path, **threads) as j:  # type: ignore[arg-type]
+            await _until(lambda: j.checkpoints + j.health().integrity_checks.get("ok", 0) >= 1)
             assert j.health().available and j.notices() == []
             os.replace(path, tmp_path / "moved.sqlite")
             await asyncio.to_thread(make_journal, path, 1)  # a journal of its own at the path

@@ -1181,6 +1181,10 @@ class SQLiteJournal:
         page_size = 4096
         try:
             while not self._checkpointer_stop.wait(interval):
+                replaced = self._file_replaced()  # one stat() a round: said within a second
+                if replaced is not None:
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(self._replaced_seen, replaced)
                 try:
                     if conn is None:
                         # Made here, and made again next round if it fails: with the writer's own
@@ -1210,6 +1214,30 @@ class SQLiteJournal:
         finally:
             if conn is not None:
                 conn.close()
+
+    def _replaced_seen(self, detail: str) -> None:
+        """Event loop: the file at the path is not the one opened; unhealthy until restart, said once."""
+        if self._replaced is not None:
+            return
+        p = self.path
+        self._replaced = (
+            f"the journal {p} was replaced or removed while trapd ran ({detail}): trapd still "
+            "writes to the file it opened, which nothing else reads"
+        )[:300]
+        self._notices.append(
+            JournalNotice(
+                "error",
+                "journal file replaced under the running trapd",
+                {
+                    "path": str(p),
+                    "problem": detail,
+                    "hint": (
+                        "restart trapd to use the file now at this path (its start-up check "
+                        "runs on it); until then actions are journaled in the old file"
+                    ),
+                },
+            )
+        )
 
     def _wal_measured(self, left: int) -> None:
         """Event loop: what a checkpoint left in the WAL; past the bound, said once each way."""
@@ -1257,14 +1285,21 @@ class SQLiteJournal:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody to tell
                 loop.call_soon_threadsafe(self._checked, result, detail, elapsed)
 
-    def _check_file(self) -> tuple[str, str | None]:
-        """("ok" | "damaged" | "replaced" | "error", what was found)."""
+    def _file_replaced(self) -> str | None:
+        """How the file at the journal's path is no longer the one opened (None: it is)."""
         try:
             st = os.stat(self.path)
         except OSError as exc:
-            return "replaced", f"the file is gone ({exc.strerror or exc})"
+            return f"the file is gone ({exc.strerror or exc})"
         if self._file_id is not None and (st.st_dev, st.st_ino) != self._file_id:
-            return "replaced", "another file took its place"
+            return "another file took its place"
+        return None
+
+    def _check_file(self) -> tuple[str, str | None]:
+        """("ok" | "damaged" | "replaced" | "error", what was found)."""
+        replaced = self._file_replaced()
+        if replaced is not None:
+            return "replaced", replaced
         try:
             # mode=rw: never create a file where the journal was (it may go between stat and here).
             conn = sqlite3.connect(
@@ -1289,29 +1324,10 @@ class SQLiteJournal:
 
     def _checked(self, result: str, detail: str | None, elapsed: float) -> None:
         """Event loop: a periodic check's result, in health, the counts and the notices (once each)."""
-        self.integrity_check_seconds = elapsed
         if result == "replaced":
-            if self._replaced is None:
-                p = self.path
-                self._replaced = (
-                    f"the journal {p} was replaced or removed while trapd ran ({detail}): trapd still "
-                    "writes to the file it opened, which nothing else reads"
-                )[:300]
-                self._notices.append(
-                    JournalNotice(
-                        "error",
-                        "journal file replaced under the running trapd",
-                        {
-                            "path": str(p),
-                            "problem": detail or "",
-                            "hint": (
-                                "restart trapd to use the file now at this path (its start-up check "
-                                "runs on it); until then actions are journaled in the old file"
-                            ),
-                        },
-                    )
-                )
+            self._replaced_seen(detail or "")
             return
+        self.integrity_check_seconds = elapsed
         self.integrity_checks[result] = self.integrity_checks.get(result, 0) + 1
         if result == "error":
             if not self._check_failing:
