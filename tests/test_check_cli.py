@@ -207,6 +207,7 @@ def test_settings_for_an_action_that_is_not_installed_are_a_warning(
     (tmp_path / "trapd.yaml").write_text(
         f"state_dir: {tmp_path / 'state'}\n"
         "rules: {files: [rules.yaml]}\n"
+        "mibs: {dirs: []}\n"  # the shipped MIBs only: no compile of the system's
         "actions:\n"
         "  webhook: {}\n"
         "  webhok: {timeout: 5}\n"
@@ -214,7 +215,7 @@ def test_settings_for_an_action_that_is_not_installed_are_a_warning(
     assert main(["check", "--config", str(tmp_path / "trapd.yaml")]) == 0
     out = capsys.readouterr().out
     assert (
-        f"{tmp_path / 'trapd.yaml'}:5:3: warning: actions.webhok: no action plugin named 'webhok' is "
+        f"{tmp_path / 'trapd.yaml'}:6:3: warning: actions.webhok: no action plugin named 'webhok' is "
         "installed; these settings are not used (did you mean 'webhook'?)"
     ) in out, out
     assert main(["check", "--strict", "--config", str(tmp_path / "trapd.yaml")]) == 1
