@@ -568,7 +568,7 @@ async def test_a_secret_url_shows_no_more_of_its_host_than_names_the_site(
     from trapd_actions.webhook import _masked
 
     assert _masked(url) == shown
-    if hidden is not None:
+    if hidden is not None and "pipedream" in url:  # once through the action (a name lookup fails)
         params = _rendered_params(
             tmp_path, _secret_url(monkeypatch, url.replace(".example", ".invalid")), "x"
         )
