@@ -160,6 +160,30 @@ def test_version_community_user(tmp_path: Path) -> None:
     assert not hit(tmp_path, "{kind: inform}", v2)
 
 
+@pytest.mark.parametrize(
+    ("spec", "words", "expected"),
+    [
+        ("{community: '0123'}", "community=0123", True),
+        ("{community: '0123'}", "community=123", False),
+        ("{community: 123}", "community=0123", False),
+        ("{community: 123}", "community=123", True),
+        ("{community: [7, x]}", "community=07", False),
+        ("{community: {ne: '123'}}", "community=0123", True),
+        ("{varbinds: {ifAlias: '007'}}", "ifAlias.17=7", False),
+        ("{varbinds: {ifAlias: '007'}}", "ifAlias.17=007", True),
+        ("{varbinds: {ifAlias: 7}}", "ifAlias.17=+7", False),
+        ("{varbinds: {ifAlias: [7, 8]}}", "ifAlias.17=7", True),
+        ("{varbinds: {ifIndex: '017'}}", "ifIndex=17", True),  # a number compares as a number
+    ],
+)
+def test_text_that_looks_like_a_number_compares_as_text(
+    tmp_path: Path, spec: str, words: str, expected: bool
+) -> None:
+    """A community or an OCTET STRING compares by its text, exactly (docs/rules.md): "0123" in a
+    rule is not 123, which matched the communities "123" and " +123 "."""
+    assert hit(tmp_path, spec, event(f"{LINKDOWN} {words}")) is expected
+
+
 # ---------------------------------------------------------------- varbinds
 
 

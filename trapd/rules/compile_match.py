@@ -225,7 +225,8 @@ class MatchCompiler:
         scope: RuleScope,
         choices: tuple[str, ...] = (),
     ) -> c.Cond | None:
-        tests, exists = self.value_tests(node, mark, field_name, {}, scope)
+        # Every event field is text: community: 0123 is the community "0123", not the number 123.
+        tests, exists = self.value_tests(node, mark, field_name, {}, scope, values="text")
         if tests is None:
             return None
         if exists is not None:
@@ -271,7 +272,7 @@ class MatchCompiler:
                     self._enums(name),
                     scope,
                     varbind=True,
-                    oids=self._oid_valued(oid),
+                    values=self._value_kind(oid),
                     row=self._row_of(oid),
                 )
                 if tests is None:
@@ -326,7 +327,7 @@ class MatchCompiler:
                 f"{what} index {symbol}",
                 self._enums(names[position]),
                 scope,
-                oids=row[position][2] == "oid",
+                values="oid" if row[position][2] == "oid" else "",
             )
             if sub is None or sub_exists is not None:
                 ok = False
@@ -334,12 +335,14 @@ class MatchCompiler:
             tests.append(c.IndexObjectTest(position, symbol, sub, decode, f"index {symbol} {plain(spec)}"))
         return tests if ok else None
 
-    def _oid_valued(self, oid: Oid) -> bool:
-        """True for an OBJECT IDENTIFIER object: its values compare with MIB names, as they are shown."""
+    def _value_kind(self, oid: Oid) -> str:
+        """``"oid"`` for an OBJECT IDENTIFIER object (its values compare with MIB names, as they are
+        shown), ``"text"`` for an OCTET STRING, else "" (see value_tests)."""
         try:
-            return self.ctx.resolver.value_type(oid) == "ObjectIdentifier"
-        except Exception:  # a resolver that cannot answer for this OID: compared as text
-            return False
+            base = self.ctx.resolver.value_type(oid)
+        except Exception:  # a resolver that cannot answer for this OID: as an unknown type
+            return ""
+        return {"ObjectIdentifier": "oid", "OctetString": "text"}.get(base, "")
 
     def _enums(self, name: str) -> dict[str, int]:
         """Enumeration of a varbind's syntax; ``ifOperStatus.17`` asks for ``ifOperStatus``."""
@@ -375,12 +378,14 @@ class MatchCompiler:
         scope: RuleScope,
         *,
         varbind: bool = False,
-        oids: bool = False,
+        values: str = "",
         row: tuple[IndexObject, ...] | None = None,
     ) -> tuple[list[c.ValueTest] | None, bool | None]:
         """Operators for one value; (None, None) when invalid (already reported).
 
-        ``oids``: the value is an OBJECT IDENTIFIER, so a MIB name given to compare with means its OID.
+        ``values``: what the value is, when known: ``"oid"`` (an OBJECT IDENTIFIER: a MIB name given
+        to compare with means its OID), ``"text"`` (an OCTET STRING, a community: compared as text,
+        also when the rule gives a number); else a number in the rule compares as a number.
         """
         names = {v: k for k, v in enums.items()}
         if node is None:
@@ -389,7 +394,7 @@ class MatchCompiler:
             )
             return None, None
         if isinstance(node, YList):
-            eq = [self._equals(v, where(node, i), what, enums, oids) for i, v in enumerate(node)]
+            eq = [self._equals(v, where(node, i), what, enums, values) for i, v in enumerate(node)]
             if not node or any(e is None for e in eq):
                 if not node:
                     self.problems.error(f"{what}: an empty list matches nothing", mark)
@@ -397,7 +402,7 @@ class MatchCompiler:
             opts = [e for e in eq if e is not None]
             return [c.OneOf(opts, ", ".join(o.label for o in opts), names)], None
         if not isinstance(node, YDict):
-            e = self._equals(node, mark, what, enums, oids)
+            e = self._equals(node, mark, what, enums, values)
             return ([e], None) if e is not None else (None, None)
         tests: list[c.ValueTest] = []
         exists: bool | None = None
@@ -416,12 +421,12 @@ class MatchCompiler:
                 ok = False
                 continue
             if op in ("equals", "eq"):
-                e = self._equals(arg, m, what, enums, oids)
+                e = self._equals(arg, m, what, enums, values)
                 ok = ok and e is not None
                 if e is not None:
                     tests.append(e)
             elif op in ("not-equals", "ne"):
-                e = self._equals(arg, m, what, enums, oids)
+                e = self._equals(arg, m, what, enums, values)
                 ok = ok and e is not None
                 if e is not None:
                     tests.append(c.Negated(e, f"not {e.label}", names))
@@ -430,7 +435,7 @@ class MatchCompiler:
                     self.problems.error(f"{what}: one-of takes a non-empty list", m)
                     ok = False
                     continue
-                eq = [self._equals(v, where(arg, i), what, enums, oids) for i, v in enumerate(arg)]
+                eq = [self._equals(v, where(arg, i), what, enums, values) for i, v in enumerate(arg)]
                 if any(e is None for e in eq):
                     ok = False
                     continue
@@ -493,7 +498,7 @@ class MatchCompiler:
                     continue
                 tests.append(c.IndexTest(sub, f"index {plain(arg)}"))
             elif op == "not":
-                sub, sub_exists = self.value_tests(arg, m, f"{what} not", enums, scope, oids=oids)
+                sub, sub_exists = self.value_tests(arg, m, f"{what} not", enums, scope, values=values)
                 if sub is None or sub_exists is not None:
                     if sub_exists is not None:
                         self.problems.error(f"{what}: use absent: instead of not: {{exists: ...}}", m)
@@ -510,10 +515,10 @@ class MatchCompiler:
         return (tests if ok else None), exists
 
     def _equals(
-        self, value: Any, mark: Mark | None, what: str, enums: dict[str, int], oids: bool = False
+        self, value: Any, mark: Mark | None, what: str, enums: dict[str, int], values: str = ""
     ) -> c.Equals | None:
         names = {v: k for k, v in enums.items()}
-        if oids and isinstance(value, str):
+        if values == "oid" and isinstance(value, str):
             oid = self.ctx.symbol(value)
             if oid is None:
                 self.ctx.unknown_symbol(value, mark, f"varbind {what} value")
@@ -526,6 +531,9 @@ class MatchCompiler:
                 mark,
             )
             return None
+        if values == "text" and isinstance(value, (str, int, float)):
+            # Exactly this text: '0123' is not 123 (as a number it matched "123" and " +123").
+            return c.Equals(None, str(value), repr(str(value)), names)
         if isinstance(value, (int, float)):
             label = f"{names[int(value)]}({value})" if value in names else str(value)
             return c.Equals(value, None, label, names)
