@@ -372,3 +372,106 @@ def test_an_inform_to_another_engine_id_is_refused_as_such(trapd: TrapdListen) -
     mark = f"stale-trap-{next(_marks)}"
     assert snmp_send("snmptrap", *args, trapd.target(), *trap_args(mark)).returncode == 0
     assert trapd.wait_event(marked(mark))["security"]["engine_id"] == stale
+
+
+def test_an_authpriv_inform_to_an_authnopriv_user_gets_its_report(trapd: TrapdListen) -> None:
+    """snmpinform -l authPriv for a user configured authNoPriv: net-snmp's snmptrapd answers with
+    a usmStatsUnsupportedSecLevels report (RFC 3414 3.2 step 5), so the sender says 'Unsupported
+    security level'. pysnmp raised the same error but sent its report at the message's level,
+    authPriv, for a user without a privacy key: nothing went out, the sender timed out."""
+    u, auth, _ = combo("sha-512-auth")
+    assert u.auth_key is not None
+    args = [*v3_args(u, auth, None, engine=TRAPD)]
+    args[args.index("-l") + 1] = "authPriv"
+    before = trapd.stats()
+    mark = f"seclevel-{next(_marks)}"
+    r = snmp_send("snmpinform", *args, "-x", "AES", "-X", "some-priv-key", "-r", "1", "-t", "3",
+                  trapd.target(), *trap_args(mark))  # fmt: skip
+    assert r.returncode != 0
+    assert "Unsupported security level" in r.stderr, r.stderr
+    key = "unsupported-security-level"
+    now = trapd.wait_stats(lambda s: s["dropped"].get(key, 0) > before["dropped"].get(key, 0))
+    assert (
+        now["dropped"]["unsupported-security-level"] - before["dropped"].get("unsupported-security-level", 0)
+        == 1
+    )
+    assert not [e for e in trapd.events_so_far(settle=0.05) if marked(mark)(e)]
+
+
+def exchange(data: bytes, address: tuple[str, int], timeout: float = 5.0) -> bytes:
+    """Send ``data`` to trapd from a socket of its own and return the first datagram it answers."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(timeout)
+        s.sendto(data, address)
+        return s.recvfrom(65535)[0]
+
+
+def usm_stats(report: bytes) -> tuple[int, int]:
+    """(usmStats column, Counter32 value) of the one varbind of a plaintext report."""
+    prefix = bytes.fromhex("060a2b060106030f0101")  # OID, 10 octets: 1.3.6.1.6.3.15.1.1.<column>.0
+    at = report.index(prefix) + len(prefix)
+    column, zero, tag, size = report[at : at + 4]
+    assert (zero, tag) == (0, 0x41), report.hex()
+    return column, int.from_bytes(report[at + 4 : at + 4 + size], "big")
+
+
+def test_an_inform_to_another_engine_id_gets_the_unknown_engine_id_report(trapd: TrapdListen) -> None:
+    """RFC 3414 3.2 step 3, and what net-snmp's snmptrapd does (run on loopback: a 112-octet
+    report to snmpinform -e <another ID>): a usmStatsUnknownEngineIDs report, noAuthNoPriv, with
+    trapd's engine ID, boots and time (how a sender discovers them) and trapd's count. trapd
+    dropped such an inform without a word (pysnmp reports only an empty engine ID)."""
+    from trapd.listener.v3 import parse_header
+
+    stale = "80004fb805aabbccddeeff0077"
+    u, auth, priv = combo("sha-256-aes")
+    mark = f"stale-report-{next(_marks)}"
+    inform = capture_datagram(
+        "snmpinform", *v3_args(u, auth, priv, engine=stale), "{target}", *trap_args(mark)
+    )
+    before = trapd.stats()
+    report = exchange(inform, trapd.address())
+    header, sent = parse_header(report), parse_header(inform)
+    assert (header.engine_id.hex(), header.flags & 3, header.user, header.msg_id) == (
+        TRAPD,
+        0,
+        u.user.encode(),
+        sent.msg_id,
+    )
+    assert header.engine_boots > 0 and header.engine_time >= 0
+    now = trapd.stats()
+    assert (
+        dropped(now, "unknown-engine-id/not-trapd-engine")
+        == dropped(before, "unknown-engine-id/not-trapd-engine") + 1
+    )
+    assert usm_stats(report) == (4, now["dropped"]["unknown-engine-id"] + now["v3_engine_probes"])
+    assert now["v3_replies"] == before["v3_replies"] + 1
+
+
+def test_reports_carry_trapds_counts_of_every_path(trapd: TrapdListen) -> None:
+    """The usmStats value in a report is trapd's count of that refusal, also of those refused
+    before pysnmp's engine or on the fast path, which pysnmp never counted (it answered an
+    unknown user's inform with its own count of the few it saw)."""
+    nobody = user("nobody-counted", "SHA", "AES-128")
+    args = v3_args(nobody, "SHA", "AES")
+    for i in range(3):  # traps from an unknown user: refused before pysnmp, no report
+        snmp_send("snmptrap", *args, trapd.target(), *trap_args(f"uncounted-{i}"))
+    trapd.wait_stats(lambda s: dropped(s, "unknown-user/no-such-user") >= 3)
+    inform = capture_datagram("snmpinform", *v3_args(nobody, "SHA", "AES", engine=TRAPD), "{target}",
+                              *trap_args(f"counted-{next(_marks)}"))  # fmt: skip
+    report = exchange(inform, trapd.address())
+    now = trapd.stats()
+    assert usm_stats(report) == (3, now["dropped"]["unknown-user"])
+    # a wrong digest refused by the fast path (a trap) and one refused before pysnmp (an inform)
+    u, auth, priv = combo("sha-256-aes")
+    wrong = [*v3_args(u, auth, priv)]
+    wrong[wrong.index("-A") + 1] = "wrong-auth-passphrase"
+    before = trapd.stats()
+    snmp_send("snmptrap", *wrong, trapd.target(), *trap_args(f"wrong-{next(_marks)}"))
+    trapd.wait_stats(lambda s: s["dropped"].get("wrong-digest", 0) > before["dropped"].get("wrong-digest", 0))
+    wrong[wrong.index("-e") + 1] = "0x" + TRAPD
+    inform = capture_datagram("snmpinform", *wrong, "{target}", *trap_args(f"wrong-{next(_marks)}"))
+    report = exchange(inform, trapd.address())
+    assert usm_stats(report) == (5, trapd.stats()["dropped"]["wrong-digest"])

@@ -208,3 +208,35 @@ async def test_a_large_unauthenticated_message_spends_the_budget_by_its_size() -
             lst.handle_datagram(discovery_probe(0, i), ("127.0.0.2", 40000), lambda d, a: replies.append(d))
         assert len(replies) == 6
         assert lst.stats.v3_discovery == 6
+
+
+def test_unknown_engine_id_reports_stay_within_the_budget_for_unauthenticated_messages() -> None:
+    """An inform to an engine ID trapd does not know gets a usmStatsUnknownEngineIDs report (as
+    from net-snmp's snmptrapd), but a flood of them from forged addresses must not make trapd an
+    amplifier: each report spends the source's budget for unauthenticated messages like a
+    discovery probe, none is larger than what it answers, and every one is counted as a drop."""
+    from usm_support import craft, link_down_varbinds, scoped_pdu, trap_pdu, user
+
+    from trapd.listener.stats import ListenerStats
+    from trapd.listener.v3 import V3Receiver
+    from trapd.listener.v3.keys import localized_user
+
+    u = user("informer", "SHA", "AES-128")
+    stale = bytes.fromhex("80004fb805aabbccddeeff0077")
+    budget = SlowPathBudget(RateLimit(v3_slow_per_source=2, v3_slow_global=0, burst=1))
+    stats = ListenerStats()
+    receiver = V3Receiver(
+        [u], lambda raw: None, stats, engine_id=bytes.fromhex(TRAPD_ENGINE), admit=budget.admit
+    )
+    inform = scoped_pdu(trap_pdu(link_down_varbinds(), tag="inform"), stale)
+    replies: list[bytes] = []
+    sizes = []
+    for i in range(20):
+        data = craft(localized_user(u, stale), stale, b"informer", inform, msg_id=i, flags=0x07)
+        sizes.append(len(data))
+        receiver.receive(data, ("192.0.2.9", 4000 + i), lambda d, a: replies.append(d))
+    assert stats.dropped_detail[("unknown-engine-id", "not-trapd-engine")] == 20
+    assert 1 <= len(replies) <= 2  # the bucket's depth (no reserve: nothing was authenticated)
+    assert max(map(len, replies)) <= min(sizes)
+    header = parse_header(replies[0])
+    assert (header.engine_id.hex(), header.flags, header.user) == (TRAPD_ENGINE, 0, b"informer")

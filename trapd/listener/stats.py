@@ -96,6 +96,8 @@ class ListenerStats:
     inform_responses: int = 0
     v3_replies: int = 0
     v3_discovery: int = 0
+    v3_engine_probes: int = 0  # of v3_discovery: engine-ID probes (usmStatsUnknownEngineIDs reports)
+    v3_time_syncs: int = 0  # of v3_discovery: time synchronizations (usmStatsNotInTimeWindows reports)
     send_errors: int = 0
     callback_errors: int = 0
     # Reading paused for a slice in a storm to give the dispatcher its share (udp.RECEIVE_SLICE).
@@ -131,6 +133,8 @@ class ListenerStats:
             "inform_responses": self.inform_responses,
             "v3_replies": self.v3_replies,
             "v3_discovery": self.v3_discovery,
+            "v3_engine_probes": self.v3_engine_probes,
+            "v3_time_syncs": self.v3_time_syncs,
             "send_errors": self.send_errors,
             "callback_errors": self.callback_errors,
             "receive_pauses": self.receive_pauses,

@@ -87,6 +87,7 @@ from trapd.listener.v3.keys import (
     localized_user,
 )
 from trapd.listener.v3.replay import ReplayMemory
+from trapd.listener.v3.reports import unknown_engine_id_report, usm_stats_value
 from trapd.listener.v3.scoped import ScopedPdu, plaintext, read_scoped_pdu
 
 # May return False to say "not handed on" (then a v3 inform is not acknowledged).
@@ -178,6 +179,8 @@ class V3Receiver:
 
         self.engine = make_engine(self.engine_id, state_dir)
         self._mp = make_recording_mp()
+        # The usmStats values pysnmp's reports carry: trapd's counters (reports.usm_stats_value).
+        self._mp.counter_value = self._usm_stats_value
         self.engine.message_processing_subsystems[3] = self._mp
         self.engine.security_models[3] = make_usm()
         self._dispatcher = make_dispatcher(self._send)
@@ -190,6 +193,7 @@ class V3Receiver:
         self._bound: dict[tuple[bytes, bytes], _UserKeys] = {}
         self._any_engine: dict[bytes, _UserKeys] = {}
         self._registered: set[tuple[bytes, bytes]] = set()
+        self._known_engines: set[bytes] = set()  # the engines of _registered
         # The entry of each name whose keys pysnmp's USM holds for trapd's own engine (informs):
         # pysnmp has one row per (engine ID, name), so it is swapped to the entry a message is from.
         self._own_row: dict[bytes, _UserKeys] = {}
@@ -247,6 +251,7 @@ class V3Receiver:
             return
         self._add_to_pysnmp(keys, engine_id)
         self._registered.add((engine_id, name))
+        self._known_engines.add(engine_id)
 
     def _register_own(self, keys: _UserKeys) -> None:
         """Make ``keys`` the entry pysnmp checks messages of its name to trapd's engine with.
@@ -332,6 +337,18 @@ class V3Receiver:
 
         if header.is_discovery:
             checked = _Checked.UNAUTHENTICATED
+        elif (
+            header.reportable
+            and header.engine_id != self.engine_id
+            and header.engine_id not in self._known_engines
+            and 4 < len(header.engine_id) < 33
+        ):
+            # A confirmed-class message (an inform) names its receiver's engine as authoritative,
+            # and this one names an engine trapd neither is nor knows as a trap sender's (a switch
+            # configured with a stale engine ID): RFC 3414 3.2 step 3, before the user is looked at.
+            self._drop("unknown-engine-id", "not-trapd-engine", source, header)
+            self._report_unknown_engine(header, data, peer, reply)
+            return
         else:
             checked = self._prepare_user(data, header, source)
         if checked is _Checked.DROPPED:
@@ -373,10 +390,12 @@ class V3Receiver:
             return
         if header.is_discovery:
             self._stats.v3_discovery += 1
+            self._stats.v3_engine_probes += 1
             return
         err = self._mp.last_error
         if self._is_time_synchronization(header, err):
             self._stats.v3_discovery += 1
+            self._stats.v3_time_syncs += 1
             return
         name = type(err).__name__ if err is not None and not isinstance(err, str) else str(err)
         reason = REASONS.get(name)
@@ -385,6 +404,34 @@ class V3Receiver:
         if reason is None:
             reason = "malformed" if err is not None else "unsupported-pdu"
         self._drop(reason, name if err is not None else "v3-no-handler", source, header)
+
+    def _usm_stats_value(self, column: int) -> int:
+        """A usmStats counter for pysnmp's report on the current message (counted already when
+        it was refused before pysnmp, else counted once pysnmp returns)."""
+        return usm_stats_value(self._stats, column, pending=not self._report_only)
+
+    def _report_unknown_engine(
+        self, header: V3Header, data: bytes, peer: tuple[Any, ...], reply: SendTo
+    ) -> None:
+        """The usmStatsUnknownEngineIDs report net-snmp's snmptrapd sends for a message to another
+        engine ID (pysnmp sends it only for an empty one), with trapd's engine ID, boots and time.
+        Within the slow-path budget for unauthenticated messages, like a discovery probe's: a
+        flood of forged ones gets no more answers than discovery probes would (and the report is
+        no larger than what it answers)."""
+        if self._admit is not None and self._admit(str(peer[0]), False, len(data)) is not None:
+            return  # counted already: it only goes unanswered
+        boots, etime = self.engine.get_mib_builder().import_symbols(
+            "__SNMP-FRAMEWORK-MIB", "snmpEngineBoots", "snmpEngineTime"
+        )
+        count = usm_stats_value(self._stats, 4, pending=False)
+        report = unknown_engine_id_report(
+            header, self.engine_id, int(boots.syntax), int(etime.syntax.clone()), count
+        )
+        try:
+            reply(report, tuple(peer))
+            self._stats.v3_replies += 1
+        except Exception:
+            self._stats.send_errors += 1
 
     def _is_time_synchronization(self, header: V3Header, err: Any) -> bool:
         """The second step of discovery (RFC 3414 section 4): an authenticated message to trapd's
