@@ -520,6 +520,9 @@ async def test_restore_refuses_a_peer_that_trapd_yaml_no_longer_has(
     assert "server2" in err and "--peer NAME" in err and "server2-new" in err, err
     assert all(s.lease4(macs[mac]) is None for s in servers), out  # nothing sent
     argv = ["kea", "restore", str(entry.id), "--peer", "server2-new", "-c", str(cfg_path)]
+    assert await_sync(trapd, [*argv, "--dry-run"]) == 0  # says where the real run sends them
+    sent = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(s["endpoint"], s["peer"]) for s in sent] == [("pair4", "server2-new")] * 2, sent
     assert await_sync(trapd, argv) == 0
     out = capsys.readouterr().out
     assert out.split("\n")[:-1] == [f"restored  {macs[mac]}  on server2-new"] * 2 or "exists" in out, out

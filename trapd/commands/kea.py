@@ -346,15 +346,21 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
     except LookupError as exc:
         print(f"trapd kea restore: {exc}", file=sys.stderr)
         return 1
+    # On an HA relationship: the peer named (--peer), else the one it was removed from when it
+    # goes back through the same relationship, else (None) every peer of the endpoint.
+    peers = [
+        args.peer or (p.peer if e == p.endpoint else None) for (p, _), e in zip(todo, targets, strict=True)
+    ]
     if args.dry_run:
         now = time.time()
-        for (part, leases), endpoint in zip(todo, targets, strict=True):
+        for (_, leases), endpoint, peer in zip(todo, targets, peers, strict=True):
+            every = [str(p.peer) for p in config.kea.endpoints[endpoint].peers]
+            where: dict[str, Any] = {"peer": peer} if peer else ({"peers": every} if every else {})
             for lease in leases:
                 if expired(lease, now):
                     print(json.dumps({"expired": lease["ip-address"], "not sent": True}))
                     continue
                 cmd = "lease4-add" if lease_family(lease) == "v4" else "lease6-add"
-                where = {"peer": part.peer} if part.peer else {}
                 print(
                     json.dumps(
                         {"command": cmd, "arguments": add_arguments(lease), "endpoint": endpoint, **where}
@@ -364,8 +370,7 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
     clients = KeaClients(config.kea)
     outcomes: list[RestoreOutcome] = []
     try:
-        for (part, leases), endpoint in zip(todo, targets, strict=True):
-            peer = args.peer or (part.peer if endpoint == part.endpoint else None)
+        for (_, leases), endpoint, peer in zip(todo, targets, peers, strict=True):
             outcomes += await restore_leases(clients, leases, endpoint, peer)
     except KeaError as exc:
         print(f"trapd kea restore: {exc}", file=sys.stderr)
