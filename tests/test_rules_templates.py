@@ -119,6 +119,9 @@ rules:
         ("circuit-id", "{{ ifDescr * 200 }}", "circuit-id: text longer than 1024 characters"),
         ("circuit-id", "{{ ifDescr * (ifIndex * 10**8) }}", "template: template builds more than 4096 items"),
         ("circuit-id", "{{ 2 ** (ifIndex * 1000000) }}", "template: exponent above 256"),
+        # A filter given a value of the wrong kind raised AttributeError: the whole event was lost.
+        ("circuit-id", "{{ ifDescr | dictsort }}", "template: dictsort filter: 'OctetText' object has no"),
+        ("circuit-id", "{{ ifDescr | xmlattr }}", "template: xmlattr filter: 'OctetText' object has no"),
         # Jinja checks some filter arguments with assert: an AssertionError lost the whole event.
         (
             "circuit-id",

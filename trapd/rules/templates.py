@@ -393,7 +393,9 @@ def _bounded_filter(name: str, func: Any) -> Any:
         _check_filter(name, args[1:] if passes else args, kwargs)
         try:
             result = func(*args, **kwargs)
-        except AssertionError as exc:  # Jinja checks some arguments so (truncate's length)
+        # A filter given what it cannot take: Jinja checks some arguments with assert (truncate's
+        # length), and some filters reach for what the value lacks (dictsort on text: .items).
+        except (AssertionError, AttributeError) as exc:
             raise FilterError(f"{name} filter: {exc}") from None
         return budget.admit(result)
 
