@@ -326,6 +326,8 @@ def test_list_on_a_shared_journal_names_the_host_of_each_action(
     _, out = run(capsys, *j, "--json", "history", "--host", "dhcp1")
     assert [json.loads(line)["host"] for line in out.splitlines()] == ["dhcp1"]
     assert run(capsys, *j, "history", "--host", "dhcp") == (1, "no actions\n")  # a name, not a prefix
+    _, out = run(capsys, *j, "--json", "show", "3")
+    assert (json.loads(out)["host"], json.loads(out)["owner"]) == ("dhcp2", "dhcp2/worker-1")
 
 
 def test_the_host_column_is_left_out_of_a_journal_of_one_host(

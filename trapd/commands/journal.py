@@ -525,6 +525,7 @@ async def _show(journal: Any, args: argparse.Namespace) -> int:
         return 1
     d = e.to_dict()
     d["params"] = masked_params(e.action, e.params)
+    d["host"] = _host(e.owner) if getattr(args, "shared_journal", False) else None  # as list has it
     if args.json:
         print(json.dumps(d, default=str))
         return 0
