@@ -278,3 +278,46 @@ async def test_run_action_loads_settings_as_trapd_does(
         load_yaml("actions: {kit.token: {token: {env: KIT_TOKEN}, url: 'https://tickets.example/api'}}"), None
     )
     assert run.context.settings == loaded.actions["kit.token"]
+
+
+@action(
+    "kit.release",
+    params={"ip": Param("ipv4", required=True), "endpoint": Param("string"), "peer": Param("string")},
+    idempotent=True,
+    per_peer=lambda params: True,
+)
+async def release_on_each_server(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Deletes a lease on the server the dispatcher names (every peer of an HA pair: per_peer)."""
+    kea = ctx.kea.get(params.get("endpoint"), "v4", params.get("peer"))
+    answer = await kea.command("lease4-del", {"ip-address": params["ip"]}, accept=(0, 3))
+    return {"deleted": answer.ok}
+
+
+async def test_kea_double_stands_in_for_an_ha_pair() -> None:
+    # A site's Kea action on a Kea HA relationship (docs/kea-ha.md): the double had no peers, so
+    # a plugin could not test that it names the peer the dispatcher gives it.
+    from trapd.dispatch.peers import fan_out
+    from trapd.kea.config import KeaConfig
+
+    kea = KeaDouble({"lease4-del": {"result": 0, "text": "IPv4 lease deleted."}})
+    clients = kea.clients({"pair4": ["v4"]}, peers=("server1", "server2"))
+    # The dispatcher journals one action per peer, endpoint and peer set (ActionSpec.per_peer) ...
+    config: KeaConfig = clients.config
+    planned = fan_out(
+        [plan("kit.release", {"ip": "192.0.2.7"})], {"kit.release": release_on_each_server}, config
+    )
+    assert [p.params for p in planned] == [
+        {"ip": "192.0.2.7", "endpoint": "pair4", "peer": "server1"},
+        {"ip": "192.0.2.7", "endpoint": "pair4", "peer": "server2"},
+    ]
+    # ... and each part reaches its server.
+    for part in planned:
+        assert (await run_action(release_on_each_server, part.params, kea=clients)).result == {
+            "deleted": True
+        }
+    assert [(r.endpoint, r.command) for r in kea.requests] == [
+        ("pair4/server1", "lease4-del"), ("pair4/server2", "lease4-del"),
+    ]  # fmt: skip
+    # Without a peer, the pair's client refuses: changing one server alone would split the pair.
+    with pytest.raises(PermanentError, match="must say which peer"):
+        await run_action(release_on_each_server, {"ip": "192.0.2.7"}, kea=clients)

@@ -206,7 +206,9 @@ class CapturedLog:
 
 @dataclass(frozen=True)
 class KeaRequest:
-    """One command a Kea client sent, decoded: what a :class:`KeaDouble` answers."""
+    """One command a Kea client sent, decoded: what a :class:`KeaDouble` answers.
+
+    ``endpoint``: the endpoint's name, or ``NAME/PEER`` for a server of an HA relationship."""
 
     endpoint: str
     command: str
@@ -236,29 +238,41 @@ class KeaDouble:
         endpoints: Mapping[str, Iterable[str]] | None = None,
         *,
         transport: str = "control-agent",
+        peers: Iterable[str] = (),
     ) -> KeaClients:
         """The ``ctx.kea`` registry, its endpoints (name -> families; default: ``kea`` for v4 and v6)
-        all answered by this double."""
+        all answered by this double.
+
+        ``peers`` (names, two or more) makes each endpoint a Kea HA relationship of those servers,
+        as trapd.yaml's ``peers:`` does: ``ctx.kea.get()`` then needs a ``peer``, and each
+        request's :attr:`KeaRequest.endpoint` names the server (``kea/server1``).
+        """
+        from dataclasses import replace
+
         from trapd.kea.client import KeaClients
         from trapd.kea.config import EndpointConfig, KeaConfig
 
         families = endpoints or {"kea": ("v4", "v6")}
-        config = KeaConfig(
-            endpoints={
-                name: EndpointConfig(
-                    name=name, transport=transport, families=tuple(fams), url="http://kea.test/"
-                )
-                for name, fams in families.items()
-            }
-        )
-        return KeaClients(config, transport=self._transport_for)
+        names = tuple(peers)
+        if len(names) == 1:
+            raise ValueError("an HA relationship has two or more peers")
+        made: dict[str, EndpointConfig] = {}
+        for name, fams in families.items():
+            server = EndpointConfig(
+                name=name, transport=transport, families=tuple(fams), url="http://kea.test/"
+            )
+            if names:
+                pair = tuple(replace(server, peer=peer) for peer in names)
+                server = EndpointConfig(name, "peers", server.families, server.timeout, peers=pair)
+            made[name] = server
+        return KeaClients(KeaConfig(endpoints=made), transport=self._transport_for)
 
     def commands(self) -> list[str]:
         """The commands sent so far, in order."""
         return [r.command for r in self.requests]
 
     def _transport_for(self, endpoint: EndpointConfig) -> _DoubleTransport:
-        return _DoubleTransport(self, endpoint.name)
+        return _DoubleTransport(self, endpoint.label)  # a peer: "kea/server1"
 
     def answer(self, request: KeaRequest) -> KeaAnswer:
         self.requests.append(request)
