@@ -25,7 +25,7 @@ from trapd.listener.raw import Oid
 REJECT_REASONS: Final[tuple[str, ...]] = (
     # The datagram has no bytes at all.
     "empty",
-    # Longer than MAX_MESSAGE (the largest UDP payload over IPv4); never parsed.
+    # Longer than MAX_MESSAGE (the largest UDP payload, over IPv6); never parsed.
     "oversized",
     # A header or a length runs past the end of the data that should contain it.
     "truncated",

@@ -89,8 +89,11 @@ __all__ = [
     "message_version",
 ]
 
-# The largest UDP payload over IPv4 (65,535 - 8 UDP - 20 IP header octets).
-MAX_MESSAGE: Final = 65507
+# The largest UDP payload: 65,535 - 8 UDP header octets over IPv6 (without jumbograms), where
+# the IP header is not part of the length; over IPv4 the 20 octets of the IP header leave 65,507.
+# One bound for both: a socket does not say which family a datagram came over, and net-snmp's
+# snmptrapd takes the IPv6 maximum too.
+MAX_MESSAGE: Final = 65527
 
 _PDU_GET_REQUEST: Final = 0xA0
 _PDU_RESPONSE: Final = 0xA2
