@@ -323,7 +323,7 @@ def _url(p: Param, value: Any, name: str) -> str:
     text = _url_text(p, value, name, "a URL")
     parts = urllib.parse.urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ParamError(f"{name}: not an http:// or https:// URL: {_show(text)}")
+        raise ParamError(f"{name}: not an http:// or https:// URL: {_show_url(text)}")
     if "@" in parts.netloc:
         # Journaled with the parameters, shown in errors and logs: a password there is in clear.
         raise ParamError(
@@ -378,14 +378,24 @@ def _url_text(p: Param, value: Any, name: str, what: str) -> str:
     if len(value) > p.max_length:
         raise ParamError(f"{name}: {what} longer than {p.max_length} characters")
     if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
-        raise ParamError(f"{name}: a URL has no spaces or control characters: {_show(value)}")
+        raise ParamError(f"{name}: a URL has no spaces or control characters: {_show_url(value)}")
     return value
 
 
 def _no_dot_segments(path: str, value: str, name: str) -> None:
     if any(seg in (".", "..") for seg in path.split("/")):
         # Clients resolve these segments: the request would go somewhere else than written.
-        raise ParamError(f"{name}: a URL path has no . or .. segments: {_show(value)}")
+        raise ParamError(f"{name}: a URL path has no . or .. segments: {_show_url(value)}")
+
+
+# What comes before an @ in a URL's authority (user:password), with or without a scheme.
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#\s]*@")
+
+
+def _show_url(value: str) -> str:
+    """A URL for an error message: a user:password@ in it masked (refused as it is, it is still
+    the operator's password: quoted, it went to the terminal, CI logs and a reload's log line)."""
+    return _show(_USERINFO.sub(lambda m: f"{m.group(1) or ''}***@", value))
 
 
 def _check_json(value: Any, name: str) -> None:

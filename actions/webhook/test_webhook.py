@@ -378,15 +378,25 @@ async def test_the_dispatcher_waits_as_long_as_retry_after_says(http_server: str
         await journal.close()
 
 
-def test_check_refuses_credentials_in_the_url(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://netops:hunter2-s3cret@hooks.example/x",
+        # Refused for another reason first, whose message quoted the URL, password and all.
+        "ftp://netops:hunter2-s3cret@hooks.example/x",
+        "https://netops:hunter2-s3cret@hooks.example/x y",
+        "netops:hunter2-s3cret@hooks.example/x",
+        "https://hunter2-s3cret@hooks.example/a/../x",
+    ],
+)
+def test_check_refuses_credentials_in_the_url(tmp_path: Path, url: str) -> None:
     # user:password@ in a URL would be journaled with the parameters and shown in errors and logs.
-    url = "https://netops:hunter2-s3cret@hooks.example/x"
     rule = {"name": "hook", "match": {"notification": "IF-MIB::linkDown"},
             "actions": [{"action": "webhook", "url": url}]}  # fmt: skip
     path = tmp_path / "rules.yaml"
     path.write_text(json.dumps({"rules": [rule]}), encoding="utf-8")
     problems = rule_file_problems(path)
-    assert any("credentials in a URL" in p for p in problems), problems
+    assert any("url" in p for p in problems), problems
     assert not any("hunter2-s3cret" in p for p in problems), problems
 
 
