@@ -731,23 +731,117 @@ END
 """
 
 
-def test_a_tc_from_a_missing_module_is_named_at_its_from_line(tmp_path: Path) -> None:
-    """A vendor bundle without one of the modules it imports from: the report names that module
-    at the FROM line that needs it, not pysnmp's traceback of the failed load."""
+# TCs from a missing module, used with a range, an enumeration, a SIZE, and one trapd ships.
+NEEDS_TC2_MIB = """
+NEEDS-TC2-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    MODULE-IDENTITY, OBJECT-TYPE, NOTIFICATION-TYPE, enterprises FROM SNMPv2-SMI
+    Percent, VendorState, VendorName, MacAddress
+        FROM VENDOR-TC3;
+
+needsTc2 MODULE-IDENTITY
+    LAST-UPDATED "202612070000Z"
+    ORGANIZATION "trapd"
+    CONTACT-INFO "trapd test suite"
+    DESCRIPTION  "Uses TCs from a module that is not there."
+    ::= { enterprises 99986 }
+
+needsTcLoad OBJECT-TYPE
+    SYNTAX      Percent (0..100)
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "A load."
+    ::= { needsTc2 1 }
+
+needsTcState OBJECT-TYPE
+    SYNTAX      VendorState { up(1), down(2) }
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "A state."
+    DEFVAL      { up }
+    ::= { needsTc2 2 }
+
+needsTcName OBJECT-TYPE
+    SYNTAX      VendorName (SIZE (0..32))
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "A name."
+    ::= { needsTc2 3 }
+
+needsTcMac OBJECT-TYPE
+    SYNTAX      MacAddress
+    MAX-ACCESS  read-only
+    STATUS      current
+    DESCRIPTION "A MAC."
+    ::= { needsTc2 4 }
+
+needsTcEvent NOTIFICATION-TYPE
+    OBJECTS     { needsTcLoad, needsTcState }
+    STATUS      current
+    DESCRIPTION "An event."
+    ::= { needsTc2 0 1 }
+END
+"""
+
+
+def test_a_module_missing_only_a_tc_loads_with_a_warning_at_its_from_line(tmp_path: Path) -> None:
+    """A vendor bundle without the module a TC comes from (CISCO-MAC-NOTIFICATION-MIB and
+    VENDOR-QOS-PIB-MIB's Percent): net-snmp loads the module anyway. So does trapd, with a warning
+    at the FROM line that needs the missing module, taking the TC as the base its use shows (a SIZE:
+    OCTET STRING; a range or enumeration: INTEGER; a TC of that name trapd ships: that TC's). The
+    module's notifications and objects are usable, and so are those of a module importing from it."""
     src = tmp_path / "mibs"
     src.mkdir()
     (src / "needs-tc.my").write_text(textwrap.dedent(NEEDS_TC_MIB), encoding="utf-8")
     (src / "uses-needs-tc.my").write_text(textwrap.dedent(USES_NEEDS_TC_MIB), encoding="utf-8")
     (src / "good.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    (src / "needs-tc2.my").write_text(textwrap.dedent(NEEDS_TC2_MIB), encoding="utf-8")
     r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
     report = "\n".join(map(str, r.problems))
-    assert "Traceback" not in report and len(report) < 600, report
-    assert f"{src / 'needs-tc.my'}:6: NEEDS-TC-MIB: imports from VENDOR-QOS-PIB-MIB, which is neither" in (
-        report
+    assert "Traceback" not in report and len(report) < 1200, report
+    assert (
+        f"{src / 'needs-tc.my'}:6: NEEDS-TC-MIB: imports Percent from VENDOR-QOS-PIB-MIB, which is neither"
+        in (report)
     )
-    assert f"{src / 'uses-needs-tc.my'}:5: USES-NEEDS-TC-MIB: imports from NEEDS-TC-MIB, which" in report
+    assert "loaded with Percent as OCTET STRING (its base type is unknown)" in report
+    assert (
+        f"{src / 'needs-tc2.my'}:6: NEEDS-TC2-MIB: imports Percent, VendorState, VendorName, MacAddress from"
+        in (report)
+    )
+    taken = (
+        "Percent as INTEGER, VendorState as INTEGER, VendorName as OCTET STRING, MacAddress as SNMPv2-TC::"
+    )
+    assert taken + "MacAddress" in report
     assert len(r.problems) == 2, report
     assert r.lookup("trapdMacNotification") is not None  # the others load all the same
+    assert r.lookup("NEEDS-TC-MIB::needsTcLoad") == (1, 3, 6, 1, 4, 1, 99996, 1)
+    assert r.lookup("USES-NEEDS-TC-MIB::usesNeedsTcThing") == (1, 3, 6, 1, 4, 1, 99996, 2)
+    assert r.is_notification("NEEDS-TC2-MIB::needsTcEvent")
+    assert r.enum_values("NEEDS-TC2-MIB::needsTcState") == {"up": 1, "down": 2}
+    assert r.display_hint("NEEDS-TC2-MIB::needsTcMac") == "1x:"
+
+    # The missing module arrives (a file older than the stand-in compiled for it): it replaces the stand-in.
+    (src / "qos.my").write_text(textwrap.dedent(VENDOR_QOS_MIB), encoding="utf-8")
+    os.utime(src / "qos.my", (time.time() - 86400, time.time() - 86400))
+    again = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert [p.module for p in again.problems] == ["NEEDS-TC2-MIB"], again.problems
+    load = again.syntax("NEEDS-TC-MIB::needsTcLoad")
+    assert load is not None and load.base == "Unsigned32" and load.tc == "VENDOR-QOS-PIB-MIB::Percent", load
+
+
+VENDOR_QOS_MIB = """
+VENDOR-QOS-PIB-MIB DEFINITIONS ::= BEGIN
+IMPORTS
+    Unsigned32 FROM SNMPv2-SMI
+    TEXTUAL-CONVENTION FROM SNMPv2-TC;
+
+Percent ::= TEXTUAL-CONVENTION
+    DISPLAY-HINT "d"
+    STATUS       current
+    DESCRIPTION  "A percentage."
+    SYNTAX       Unsigned32 (0..100)
+END
+"""
 
 
 @pytest.mark.parametrize(

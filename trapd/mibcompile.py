@@ -29,6 +29,7 @@ A broken file is reported as a :class:`~trapd.mibindex.MibProblem`
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import re
 import shutil
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trapd.listener.ber import MAX_SUBID
+from trapd.listener.ber import uncarried
 from trapd.mibindex import SHIPPED_INDEX, MibProblem, index_builder_modules, source_files
 
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
@@ -247,6 +248,19 @@ class StubSet:
             self._by_module = grouped
         return self._by_module
 
+    def tc_syntaxes(self) -> dict[str, tuple[str, str, str]]:
+        """Each shipped TC by bare name -> (display hint, syntax as SMI text, ``MODULE::Name``).
+
+        The first module that defines a name wins, as for a bare name in a rule.
+        """
+        mods = [m[0] for m in self._data["modules"]]
+        out: dict[str, tuple[str, str, str]] = {}
+        for mod_no, name, syn_no in self._data["tcs"]:
+            if name not in out:
+                rec = self._data["syntaxes"][syn_no]
+                out[name] = (rec[2] or "", _syntax_text(rec), f"{mods[mod_no]}::{name}")
+        return out
+
     def text(self, module: str) -> str:
         if module == "SNMPv2-SMI":
             nodes = "\n".join(f"{sym} OBJECT IDENTIFIER ::= {{ {oid} }}" for sym, oid in _SMI_NODES.items())
@@ -346,7 +360,113 @@ def declare_implicit_imports(text: str) -> str:
     return "".join(out) + text[done:] if out else text
 
 
-def _reader(site: dict[str, SiteSource], stubs: StubSet) -> Any:
+# ``Sym1, Sym2 FROM MODULE`` inside an IMPORTS clause (comments removed first).
+_FROM_CLAUSE_RE = re.compile(r"((?:[A-Za-z][\w-]*\s*,?\s*)+?)\s*\bFROM\s+([A-Za-z][\w-]*)")
+_COMMENT_RE = re.compile(r"--[^\n]*")
+
+
+@dataclass
+class StandIn:
+    """A module no directory has, made of the TCs the site's modules import from it.
+
+    ``bases``: each TC's name -> what it is taken as (``INTEGER``, ``OCTET
+    STRING``, ``SNMPv2-TC::MacAddress``); ``importers``: the modules that
+    import from it, reported where they do (see :func:`missing_type_imports`).
+    """
+
+    module: str
+    bases: dict[str, str]
+    importers: dict[str, list[str]]  # importing module -> the symbols it imports from this one
+    text: str
+
+    def warning(self, importer: str) -> str:
+        symbols = self.importers[importer]
+        taken = ", ".join(f"{sym} as {self.bases[sym]}" for sym in symbols)
+        return (
+            f"imports {', '.join(symbols)} from {self.module}, which is neither shipped nor in the MIB "
+            f"directories; loaded with {taken}"
+        )
+
+
+def _imports_of(text: str) -> list[tuple[list[str], str]]:
+    """``[([symbols], module), ...]`` of the IMPORTS clause of each module in ``text``."""
+    out: list[tuple[list[str], str]] = []
+    for keyword in _IMPORTS_RE.finditer(text):
+        end = text.find(";", keyword.end())
+        if end < 0:
+            continue
+        clause = _COMMENT_RE.sub(" ", text[keyword.end() : end])
+        for m in _FROM_CLAUSE_RE.finditer(clause):
+            out.append(([n for n in re.split(r"[\s,]+", m.group(1)) if n], m.group(2)))
+    return out
+
+
+def _guess_base(
+    symbol: str, texts: list[str], shipped_tcs: dict[str, tuple[str, str, str]]
+) -> tuple[str, str, str]:
+    """(display hint, SMI syntax, what the warning calls it) of the stand-in for a TC nobody defines.
+
+    A TC of that name that trapd ships (MacAddress, InetAddress) is taken as that TC; else the
+    use shows the base: a SIZE is an OCTET STRING, a range or an enumeration an INTEGER.
+    """
+    shipped = shipped_tcs.get(symbol)
+    if shipped is not None:
+        return shipped
+    use = re.compile(r"\bSYNTAX\s+" + re.escape(symbol) + r"\b\s*([({]?)\s*(SIZE\b)?")
+    shapes = {(m.group(1), bool(m.group(2))) for t in texts for m in use.finditer(t)}
+    if any(paren == "(" and size for paren, size in shapes):
+        return "", "OCTET STRING", "OCTET STRING"
+    if any(paren == "{" or (paren == "(" and not size) for paren, size in shapes):
+        return "", "INTEGER", "INTEGER"
+    return "", "OCTET STRING", "OCTET STRING (its base type is unknown)"
+
+
+def missing_type_imports(site: dict[str, SiteSource], stubs: StubSet) -> dict[str, StandIn]:
+    """A stand-in for each module that site modules import only TCs from and that nobody has.
+
+    net-snmp loads a module whose TC comes from a module it cannot find; pysmi refuses it
+    (or compiles it, and pysnmp cannot load it): the whole module, its notifications and
+    whatever imports from it were lost for one SYNTAX. A TC is a type, and type names
+    begin with a capital; a lower-case import (an OID) from a missing module still fails.
+    """
+    texts: dict[str, str] = {}
+    wanted: dict[str, dict[str, list[str]]] = {}  # missing module -> importer -> symbols
+    nodes: set[str] = set()
+    for name, src in site.items():
+        try:
+            text = texts.setdefault(str(src.path), source_text(read_source(src.path)))
+        except OSError:
+            continue
+        for symbols, dep in _imports_of(text):
+            if dep in site or dep in stubs.names:
+                continue
+            if any(not sym[:1].isupper() for sym in symbols):
+                nodes.add(dep)
+            wanted.setdefault(dep, {}).setdefault(name, []).extend(symbols)
+    shipped_tcs = stubs.tc_syntaxes()
+    out: dict[str, StandIn] = {}
+    for dep, importers in wanted.items():
+        if dep in nodes or not _MODULE_NAME_RE.fullmatch(dep):
+            continue
+        users = [texts[str(site[m].path)] for m in importers]
+        symbols = list(dict.fromkeys(sym for syms in importers.values() for sym in syms))
+        lines = [f"{dep} DEFINITIONS ::= BEGIN", "IMPORTS TEXTUAL-CONVENTION FROM SNMPv2-TC;"]
+        bases: dict[str, str] = {}
+        for sym in symbols:
+            hint, syntax, called = _guess_base(sym, users, shipped_tcs)
+            bases[sym] = called
+            shown = f'    DISPLAY-HINT "{hint}"\n' if hint else ""
+            body = f'{shown}    STATUS current\n    DESCRIPTION ""\n    SYNTAX {syntax}'
+            lines.append(f"{sym} ::= TEXTUAL-CONVENTION\n{body}")
+        lines.append("END\n")
+        out[dep] = StandIn(dep, bases, importers, "\n".join(lines))
+    return out
+
+
+_MODULE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+
+
+def _reader(site: dict[str, SiteSource], stubs: StubSet, stand_ins: dict[str, StandIn] | None = None) -> Any:
     from pysmi import error as smi_error
     from pysmi.mibinfo import MibInfo
     from pysmi.reader.base import AbstractReader
@@ -361,6 +481,9 @@ def _reader(site: dict[str, SiteSource], stubs: StubSet) -> Any:
             if mibname in stubs.names:
                 info = MibInfo(path=f"stub:{mibname}", file=mibname, name=mibname, mtime=0)
                 return info, stubs.text(mibname)
+            if stand_ins and mibname in stand_ins:
+                info = MibInfo(path=f"stand-in:{mibname}", file=mibname, name=mibname, mtime=0)
+                return info, stand_ins[mibname].text
             src = site.get(mibname)
             if src is None:
                 raise smi_error.PySmiReaderFileNotFoundError(f"source MIB {mibname} not found", reader=self)
@@ -414,7 +537,9 @@ def compile_site(
         tmp = tempfile.mkdtemp(prefix="trapd-mibs-")
         py_dir = Path(tmp)
     try:
-        statuses = _run_pysmi(wanted, site, stubs, py_dir) if wanted else {}
+        stand_ins = missing_type_imports(site, stubs)
+        _forget_stand_ins(py_dir, stand_ins)
+        statuses = _run_pysmi(wanted, site, stubs, py_dir, stand_ins) if wanted else {}
         failed = {m for m, st in statuses.items() if st == "failed"}
         compiled = []
         for m in wanted:
@@ -427,7 +552,14 @@ def compile_site(
                 problems.append(problem_at(site[m], reason, error))
         uncompiled = set(wanted) - set(compiled)
         index, load_problems = _index_compiled(py_dir, compiled, site, uncompiled, stubs.names)
-        return index, problems + load_problems + drop_uncarriable_nodes(index, site)
+        loaded = {m[0] for m in index["modules"]}
+        stood_in = [
+            problem_at(site[m], stand_in.warning(m))
+            for stand_in in stand_ins.values()
+            for m in stand_in.importers
+            if m in loaded
+        ]
+        return index, problems + stood_in + load_problems + drop_uncarriable_nodes(index, site)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -444,11 +576,12 @@ def drop_uncarriable_nodes(index: dict[str, Any], site: dict[str, SiteSource]) -
     """
     modules = [m[0] for m in index["modules"]]
     kept: list[Any] = []
-    dropped: dict[str, list[tuple[tuple[int, ...], str]]] = {}
+    dropped: dict[str, list[tuple[tuple[int, ...], str, str]]] = {}
     for node in index["nodes"]:
         oid = tuple(node[0])
-        if any(arc > MAX_SUBID for arc in oid):
-            dropped.setdefault(modules[node[1]], []).append((oid, node[2]))
+        why = uncarried(oid)
+        if why is not None:
+            dropped.setdefault(modules[node[1]], []).append((oid, node[2], why))
         else:
             kept.append(node)
     if not dropped:
@@ -457,13 +590,9 @@ def drop_uncarriable_nodes(index: dict[str, Any], site: dict[str, SiteSource]) -
     problems = []
     for module, nodes in dropped.items():
         # The shortest dropped OID is the definition that introduced the arc (or one of them).
-        top, sym = min(nodes, key=lambda n: len(n[0]))
-        arc = next(a for a in top if a > MAX_SUBID)
+        _top, sym, why = min(nodes, key=lambda n: len(n[0]))
         more = f" ({len(nodes) - 1} more below it left out too)" if len(nodes) > 1 else ""
-        reason = (
-            f"{sym}: sub-identifier {arc} is 2^32 or more, which no SNMP message can carry; "
-            f"left out{more}"
-        )
+        reason = f"{sym}: {why}, which no SNMP message can carry; left out{more}"
         src = site.get(module)
         if src is None:
             problems.append(MibProblem(reason, module=module))
@@ -477,8 +606,35 @@ def drop_uncarriable_nodes(index: dict[str, Any], site: dict[str, SiteSource]) -
     return problems
 
 
+_STAND_INS_FILE = "stand-ins.txt"
+
+
+def _forget_stand_ins(py_dir: Path, stand_ins: dict[str, StandIn]) -> None:
+    """Remove the compiled stand-ins of the last compile, and note this compile's.
+
+    pysmi takes a compiled module newer than its source as done: a stand-in left
+    in the cache would shadow the real module added to a directory later (its file
+    may well be older), and a stand-in must follow what its importers now ask of it.
+    """
+    record = py_dir / _STAND_INS_FILE
+    try:
+        previous = record.read_text(encoding="utf-8").split()
+    except OSError:
+        previous = []
+    for name in {*previous, *stand_ins}:
+        if _MODULE_NAME_RE.fullmatch(name):
+            for stale in (py_dir / f"{name}.py", py_dir / f"{name}.pyc"):
+                stale.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the cache directory's own problem is reported by the compile
+        record.write_text("".join(f"{name}\n" for name in sorted(stand_ins)), encoding="utf-8")
+
+
 def _run_pysmi(
-    wanted: list[str], site: dict[str, SiteSource], stubs: StubSet, py_dir: Path
+    wanted: list[str],
+    site: dict[str, SiteSource],
+    stubs: StubSet,
+    py_dir: Path,
+    stand_ins: dict[str, StandIn] | None = None,
 ) -> dict[str, Any]:
     from pysmi.codegen.pysnmp import PySnmpCodeGen
     from pysmi.compiler import MibCompiler
@@ -487,7 +643,7 @@ def _run_pysmi(
     from pysmi.writer.pyfile import PyFileWriter
 
     compiler = MibCompiler(_parser(py_dir), PySnmpCodeGen(), PyFileWriter(str(py_dir)))
-    compiler.add_sources(_reader(site, stubs))
+    compiler.add_sources(_reader(site, stubs, stand_ins))
     compiler.add_searchers(
         PyFileSearcher(str(py_dir)),
         StubSearcher(*sorted(stubs.names | set(PySnmpCodeGen.baseMibs))),

@@ -313,6 +313,22 @@ def encode_integer_content(value: int) -> bytes:
     return value.to_bytes(size, "big", signed=True)
 
 
+def uncarried(oid: Oid) -> str | None:
+    """Why no SNMP message can carry ``oid`` (what :func:`decode_oid` refuses), None when one can.
+
+    For names from elsewhere (MIB nodes, numeric OIDs in rules): such an OID
+    can never be a received notification's, so a rule naming it would never match.
+    """
+    if len(oid) > MAX_OID_ARCS:
+        return f"more than {MAX_OID_ARCS} sub-identifiers"
+    big = next((arc for arc in oid if arc > MAX_SUBID), None)
+    if big is not None:
+        return f"sub-identifier {big} is 2^32 or more"
+    if len(oid) >= 2 and (oid[0] > 2 or (oid[0] < 2 and oid[1] >= 40) or oid[0] * 40 + oid[1] > MAX_SUBID):
+        return f"{oid[0]}.{oid[1]} cannot begin an OID (X.690 8.19.4)"
+    return None
+
+
 def encode_oid_content(oid: Oid) -> bytes:
     if len(oid) < 2 or not 0 <= oid[0] <= 2 or oid[1] < 0 or (oid[0] < 2 and oid[1] >= 40):
         raise ValueError(f"not an encodable OBJECT IDENTIFIER: {oid!r}")
