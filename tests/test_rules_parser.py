@@ -661,3 +661,27 @@ def test_an_instance_index_or_numeric_oid_is_ascii_digits_only(tmp_path: Path) -
     assert resolver().lookup("ifOperStatus.-1") is None
     assert resolver().lookup("1.3.6.1.\uff16") is None
     assert resolver().lookup("IF-MIB::ifOperStatus.17") == (1, 3, 6, 1, 2, 1, 2, 2, 1, 8, 17)
+
+
+def test_a_numeric_oid_no_snmp_message_can_carry_is_an_error(tmp_path: Path) -> None:
+    """The listener's BER decoder refuses an OID with a sub-identifier of 2^32 or more (and one that
+    X.690 cannot begin with): a rule naming one was accepted by `trapd check` and never matched."""
+    got = errors_of(
+        tmp_path,
+        """
+        rules:
+          - name: big
+            match:
+              notification: 1.3.6.1.4.1.4294967296.1
+              varbinds: {"ifIndex.4294967296": 1, "3.1.2": 1}
+            cancel: x
+        """,
+    )
+    assert any(
+        "notification: '1.3.6.1.4.1.4294967296.1' can never match: sub-identifier 4294967296 is 2^32 or more"
+        in g
+        for g in got
+    ), got
+    assert any("'ifIndex.4294967296' can never match: sub-identifier 4294967296" in g for g in got), got
+    assert any("'3.1.2' can never match: 3.1 cannot begin an OID" in g for g in got), got
+    assert not any("unknown MIB symbol" in g for g in got), got

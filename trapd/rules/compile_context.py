@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trapd import decoders
+from trapd.listener.ber import uncarried
 from trapd.listener.raw import Oid
 from trapd.params import ParamError, parse_duration
 from trapd.rules.problems import Problems
@@ -48,6 +49,7 @@ class CompileContext:
         # Rules name the same few symbols over and over (100,000 per-port rules: 200,000 look-ups
         # of 2 names); the resolver and the known names do not change while compiling.
         self._oid_cache: dict[str, Oid | None] = {}
+        self._uncarried: dict[str, str] = {}  # names of OIDs no SNMP message can carry -> why
 
     def keys(self, node: YDict, allowed: frozenset[str], what: str) -> None:
         for key in node:
@@ -139,7 +141,12 @@ class CompileContext:
         try:
             return self._oid_cache[name]
         except KeyError:
-            oid = self._oid_cache[name] = lookup_name(self.resolver, name, self.known_names)
+            oid = lookup_name(self.resolver, name, self.known_names)
+            why = uncarried(oid) if oid is not None else None
+            if why is not None:  # no notification can have it: as good as unknown, said by unknown_symbol
+                self._uncarried[name] = why
+                oid = None
+            self._oid_cache[name] = oid
             return oid
 
     def warn_homonym(self, name: str, oid: Oid, mark: Mark | None, what: str) -> None:
@@ -163,6 +170,12 @@ class CompileContext:
         )
 
     def unknown_symbol(self, name: str, mark: Mark | None, what: str) -> None:
+        why = self._uncarried.get(name)
+        if why is not None:
+            self.problems.error(
+                f"{what}: {name!r} can never match: {why}, which no SNMP message can carry", mark
+            )
+            return
         self.problems.error(
             f"unknown MIB symbol {name!r} in {what} (load the MIB that defines it, see mibs: in trapd.yaml, "
             "or give the numeric OID)",
