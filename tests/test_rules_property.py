@@ -7,6 +7,7 @@ text. Fixed seed (derandomize), bounded example counts.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from unittest import mock
 
@@ -401,3 +402,72 @@ def test_every_pair_of_condition_shapes_matches_as_a_linear_scan(tmp_path: Path,
                 st = EvalState(ev)
                 want = tuple(r.name for r in rs.rules if r.condition.test(st))
                 assert got.matched == want, (oid, sender, vbs)
+
+
+EXTRA_SHAPES: list[dict[str, object]] = [
+    {"version": "v2c"},
+    {"version": ["v1", "v2c"]},
+    {"community": "public"},
+    {"community": ["public", "x"]},
+    {"community": {"regex": "pub.*"}},
+    {"kind": "trap"},
+    {"any": [{"source": "10.0.0.1"}, {"version": "v1"}]},
+    {"not": {"source": "10.0.0.0/24"}},
+    {"source": {"not": "10.0.0.1"}},
+    {"source": ["!10.0.0.1"]},
+    {"source": ["lab", "!10.0.0.7"]},
+    {"source": {"not": ["10.0.0.0/8", "!10.0.0.1"]}},
+    {"varbinds": {"ifIndex": {"range": [1, 20]}}},
+    {"varbinds": {"ifIndex": {"not": 17}}},
+    {"notification": {"under": "IF-MIB"}},
+    {"notification": {"under": "1.3.6.1.6.3.1.1.5"}},
+    {},
+]
+
+
+def test_a_rule_warned_as_hidden_never_matches_alone(tmp_path: Path) -> None:
+    """The can-never-match warning is sound: whenever it says A hides B, every event that B
+    matches, A matches too (checked on every pair of shapes, single and paired, over events
+    with every notification, sender, binding set and security)."""
+    notes, sources, varbinds = _specs()
+    singles = [*notes, *sources, *varbinds, *EXTRA_SHAPES]
+    rnd = random.Random(7)
+    shapes = singles + [{**a, **b} for a, b in (rnd.sample(singles, 2) for _ in range(120))]
+    rules = [{"name": f"r{i}", "match": m, "cancel": "x"} for i, m in enumerate(shapes)]
+    p = tmp_path / "rules.yaml"
+    p.write_text(
+        yaml.safe_dump({"sources": SOURCE_GROUPS, "rules": rules}, sort_keys=False), encoding="utf-8"
+    )
+    rs, problems = compile_rules([p], resolver(), ACTIONS)
+    assert not [x for x in problems if x.severity == "error"], problems[:3]
+    compiled = list(rs.rules)
+    events = [
+        event(f"{oid} from {sender} {vbs} {sec}")
+        for oid in [
+            "linkDown",
+            "IF-MIB::linkUp",
+            "1.3.6.1.4.1.99.1",
+            "1.3.6.1.4.1.99.2.5",
+            "1.3.6.1.6.3.1.1.5.7",
+        ]
+        for sender in ["10.0.0.1", "10.0.1.1", "10.0.0.7", "10.1.2.3", "2001:db8::5", "::ffff:10.0.0.1"]
+        for vbs in [
+            "ifIndex=17 ifOperStatus=down ifDescr=Gi1/0/17",
+            "ifIndex.1=5 ifIndex.2=17 ifDescr=17",
+            "",
+        ]
+        for sec in ["version=v1 community=public", "version=v2c community=pubx", "version=v3 user=u"]
+    ]
+    matches = []
+    for r in compiled:
+        matches.append([r.condition.test(EvalState(ev)) for ev in events])
+    warned = 0
+    for i, a in enumerate(compiled):
+        for j, b in enumerate(compiled):
+            if i != j and shadows(a, b):
+                warned += 1
+                only_b = [
+                    k for k, (ma, mb) in enumerate(zip(matches[i], matches[j], strict=True)) if mb and not ma
+                ]
+                assert not only_b, (shapes[i], "said to hide", shapes[j], events[only_b[0]])
+    assert warned > 100  # the grid does reach the warning
