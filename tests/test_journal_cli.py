@@ -424,3 +424,48 @@ def test_history_since_a_duration_goes_by_the_shared_journal_s_clock(pg_url: str
     )  # fmt: skip
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert [json.loads(line)["params"]["message"] for line in r.stdout.splitlines()] == ["just now"]
+
+
+def test_the_lists_of_a_large_shared_journal_read_no_whole_table(pg_url: str) -> None:
+    """PostgreSQL with 40,000 finished actions and a few waiting (analysed, as autovacuum does):
+    `trapd journal list` (waiting, held, dead, all) and history by rule or host plan through an
+    index, never a sequential scan of every action, whatever their number."""
+    import psycopg
+
+    from trapd.dispatch.journal import HistoryFilter
+    from trapd.dispatch.journal.postgres import _op_history
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO trapd_actions (event_id, received_at, source, rule, action, idx, params, key, mode, "
+            "state, max_attempts, backoff, max_age, age_from, created, due, finished, owner) "
+            "SELECT 'e', g, '10.0.0.' || (g % 50), 'r' || (g % 20), 'log', 0, '{}', 'k' || g, 'enforce', "
+            "CASE WHEN g % 2000 = 0 THEN 'held' WHEN g % 3000 = 0 THEN 'pending' ELSE 'done' END, "
+            "3, 1, 3600, g, g, g, g, 'dhcp' || (g % 2 + 1) FROM generate_series(1, 40000) g"
+        )
+        conn.execute("ANALYZE trapd_actions")
+
+        class Explaining:
+            """A cursor that plans the statement _op_history sends instead of running it."""
+
+            plans: list[str] = []
+
+            async def execute(self, sql: str, args: Any = ()) -> None:
+                cur = conn.execute("EXPLAIN (FORMAT JSON) " + sql, args)
+                self.plans.append(json.dumps(cur.fetchone()))
+
+            async def fetchall(self) -> list[Any]:
+                return []
+
+        waiting = ("scheduled", "pending", "failed", "held", "running")
+        for flt in (
+            HistoryFilter(states=waiting),
+            HistoryFilter(states=("held",)),
+            HistoryFilter(states=("dead",)),
+            HistoryFilter(),
+            HistoryFilter(rule="r3"),
+            HistoryFilter(states=waiting, host="dhcp1"),
+        ):
+            cursor = Explaining()
+            asyncio.run(_op_history(cursor, flt))
+            assert '"Seq Scan"' not in cursor.plans[-1], (flt, cursor.plans[-1])
