@@ -123,6 +123,25 @@ def test_a_bad_rules_file_keeps_the_old_rules_and_says_why(tmp_path: Path) -> No
         d.close()
 
 
+def test_a_reload_that_leaves_no_rules_is_warned_about(tmp_path: Path) -> None:
+    """A rules file emptied (a deploy that truncated it, a wrong branch) is valid YAML: the reload
+    succeeds and nothing runs any more; the log says so, as for no rule files at all."""
+    d = TrapdDaemon.start(tmp_path, rules=DOWN_A)
+    try:
+        assert not d.logs(
+            "the rule files hold no rules: notifications are received and counted, nothing runs"
+        )
+        d.rules_path.write_text("# nothing here yet\n")
+        reload(d)
+        (line,) = d.wait_log(
+            "the rule files hold no rules: notifications are received and counted, nothing runs"
+        )
+        assert line["level"] == "warning" and line["files"] == [str(d.rules_path)], line
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 def test_a_bad_trapd_yaml_keeps_everything(tmp_path: Path) -> None:
     d = TrapdDaemon.start(tmp_path, rules=DOWN_A)
     try:

@@ -78,6 +78,12 @@ def build_rules(
     rules = load_rules(
         paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped, warnings=warnings
     )
+    if paths and not len(rules):
+        # Valid but empty (a deploy that truncated the file): as loud as no rule files at all.
+        log.warning(
+            "the rule files hold no rules: notifications are received and counted, nothing runs",
+            files=[str(p) for p in paths],
+        )
     for w in warnings[:RULE_WARNINGS_LOGGED]:
         log.warning("rule warning", where=str(w.mark) if w.mark else None, problem=w.message)
     if len(warnings) > RULE_WARNINGS_LOGGED:
