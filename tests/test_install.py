@@ -221,6 +221,11 @@ def test_the_documented_installs_work_on_debian_12() -> None:
     assert commands[first_pip].startswith("sudo /opt/trapd/bin/pip install ")
     linked = commands.index("sudo ln -s /opt/trapd/bin/trapd /usr/local/bin/trapd")
     assert linked < commands.index("sudo scripts/install-service.sh")
+    for doc in ("docs/plugins.md", "examples/trapd-example-plugin/README.md"):
+        for block in _sh_blocks((REPO / doc).read_text(encoding="utf-8")):
+            for line in block.splitlines():
+                cmd = line.split("#", 1)[0].strip()
+                assert not re.match(r"(sudo )?(pip3?|python3? -m pip) install", cmd), f"{doc}: {line}"
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for block in _sh_blocks(readme):
         for line in block.splitlines():
