@@ -136,6 +136,18 @@ def test_trapd_test_refuses_an_unbalanced_quote_in_a_quoted_event(
     assert captured.out == ""
 
 
+@pytest.mark.parametrize(
+    "address", ["10.0.0.1:99999", "10.0.0.1:\u00b9", "[::1]:\u0663", "[::1]:65536", "10.0.0.1:"]
+)
+def test_trapd_test_refuses_a_port_that_is_not_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], address: str
+) -> None:
+    """A port is 0-65535 in ASCII digits (a superscript one was a traceback, 99999 was taken)."""
+    rules = write(tmp_path, RULES)
+    assert main(["test", "-r", str(rules), "IF-MIB::linkUp", "from", address]) == 1
+    assert capsys.readouterr().err == f"trapd test: bad port in {address!r}\n"
+
+
 def test_trapd_test_reads_json_lines_from_stdin(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -127,12 +127,15 @@ def _name(oid: Oid, resolver: SymbolResolver, known: dict[str, Oid]) -> tuple[st
 def _address(text: str) -> tuple[str, int]:
     port = 162
     host = text
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
+    m = re.fullmatch(r"\[([^\]]+)\](?::([^:]*))?", text)
+    p: str | None = None
     if m:
-        host, port = m.group(1), int(m.group(2) or 162)
+        host, p = m.group(1), m.group(2)
     elif text.count(":") == 1:
         host, _, p = text.partition(":")
-        if not p.isdigit():
+    if p is not None:
+        # ASCII digits only (str.isdigit takes "¹", which int() refuses), and a UDP port's range.
+        if not (p.isascii() and p.isdigit() and int(p) <= 65535):
             raise CompactError(f"bad port in {text!r}")
         port = int(p)
     try:
