@@ -7,14 +7,16 @@ its own socket and answers an inform through it.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import random
 import socket
 from typing import Any
 
 import pytest
 
 from trapd.listener import Listener, ListenerConfig, RawNotification
-from trapd.listener.ber import encode_tlv, expect, read_header
-from trapd.listener.config import ListenAddress
+from trapd.listener.ber import encode_oid_content, encode_tlv, expect, read_header
+from trapd.listener.config import ListenAddress, RateLimit
 from trapd.listener.fastpath import decode
 from trapd.secrets import Secret
 
@@ -22,15 +24,17 @@ from trapd.secrets import Secret
 LARGEST = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 
 
-def v2c_of_size(size: int, inform: bool, request_id: int = 4242) -> bytes:
+def v2c_of_size(
+    size: int, inform: bool, request_id: int = 4242, community: str = "public", oid_arc: int = 1
+) -> bytes:
     """A v2c trap or inform of exactly ``size`` octets (one OCTET STRING varbind takes the slack)."""
 
     def build(pad: int) -> bytes:
-        name = encode_tlv(0x06, bytes([0x2B, 6, 1, 4, 1, 0x86, 0x8D, 0x1F, 1]))
+        name = encode_tlv(0x06, encode_oid_content((1, 3, 6, 1, 4, 1, 99999, oid_arc)))
         varbinds = encode_tlv(0x30, encode_tlv(0x30, name + encode_tlv(0x04, b"x" * pad)))
         fields = encode_tlv(0x02, request_id.to_bytes(2, "big")) + b"\x02\x01\x00\x02\x01\x00" + varbinds
         pdu = encode_tlv(0xA6 if inform else 0xA7, fields)
-        return encode_tlv(0x30, b"\x02\x01\x01" + encode_tlv(0x04, b"public") + pdu)
+        return encode_tlv(0x30, b"\x02\x01\x01" + encode_tlv(0x04, community.encode()) + pdu)
 
     pad = size - len(build(0))
     while len(build(pad)) > size:  # the length octets grow with the pad
@@ -88,3 +92,92 @@ async def test_the_largest_datagram_of_each_family_is_taken_and_an_inform_of_it_
     assert response[pdu_at] == 0xA2  # a Response-PDU; read as an inform, it holds what the inform held
     answer = decode(response[:pdu_at] + b"\xa6" + response[pdu_at + 1 :])
     assert (answer.request_id, answer.community, answer.varbinds) == (31337, b"public", got[1].varbinds)
+
+
+# --- floods of forged sources and attacker-chosen values: every table keeps its bound -----------
+
+
+def _forged_source(rng: random.Random) -> tuple[Any, ...]:
+    pick = rng.randrange(4)
+    port = rng.choice((0, 0, rng.randrange(1, 65536)))
+    if pick == 0:
+        return (f"2001:db8:{rng.randrange(65536):x}::{rng.randrange(65536):x}", port, 0, 0)
+    if pick == 1:
+        return (f"::ffff:10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}", port, 0, 0)
+    return (f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}", port)
+
+
+async def test_a_flood_of_forged_sources_and_chosen_values_leaves_every_table_and_label_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """6,000 datagrams from ever-new addresses (IPv4, IPv6, IPv4-mapped, port 0) carrying
+    attacker-chosen communities, OIDs, v3 user names and engine IDs, and garbage: the source
+    cache, the rate limiters' tables, the drop log's keys and the v3 receiver's tables stay within
+    their bounds (made small here so the flood reaches them), no drop reason or metric label holds
+    a value from the packets, and every datagram ends as exactly one count."""
+    from usm_support import craft, link_down_varbinds, scoped_pdu, trap_pdu, user
+
+    from trapd.listener import udp
+    from trapd.listener.limits import SlowPathBudget, SourceLimiter
+    from trapd.listener.stats import DROP_LOG_KEYS, DROP_REASONS
+    from trapd.listener.v3.keys import localized_user
+
+    monkeypatch.setattr(udp, "_SOURCE_CACHE_MAX", 500)
+    rng = random.Random(20261207)
+    bound = bytes.fromhex("8000000001020304")
+    users = (user("trapuser", "SHA", "AES-128", [bound]), user("anyuser", "SHA-256", "none"))
+    rate = RateLimit(per_source=50, global_=100000, burst=1.0, v3_slow_per_source=50, v3_slow_global=100000)
+    config = ListenerConfig(
+        listen=(ListenAddress("127.0.0.1", 0),),
+        communities=(Secret("public"),),
+        v3_users=users,
+        engine_id=bytes.fromhex("80004fb805aabbccddeeff0055"),
+        allowed_sources=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")),
+        rate_limit=rate,
+    )
+    got: list[RawNotification] = []
+    chosen: set[str] = set()  # every attacker-chosen text, to look for in the labels
+    scoped = scoped_pdu(trap_pdu(link_down_varbinds()))
+    no_keys = localized_user(user("nobody"), b"")
+    forger, masters = user("anyuser", "SHA-256", "none", auth_key="a guess"), {}  # type: ignore[var-annotated]
+    async with Listener(config, got.append, limiter=SourceLimiter(rate, max_sources=300)) as listener:
+        listener._slow_budget = SlowPathBudget(rate, max_sources=300)
+        for i in range(6000):
+            kind = i % 5
+            if kind == 0:  # an unknown community
+                community = f"c{rng.randrange(10**9)}"
+                chosen.add(community)
+                data = v2c_of_size(120, inform=bool(i % 2), community=community)
+            elif kind == 1:  # the right community, OIDs no rule knows
+                data = v2c_of_size(200, inform=bool(i % 2), oid_arc=rng.randrange(2**32))
+            elif kind == 2:  # a made-up v3 user from a made-up engine
+                name = f"u{rng.randrange(10**9)}".encode()
+                engine = bytes([0x80, 0, 0, 0, 1]) + rng.randbytes(6)
+                chosen.add(name.decode())
+                data = craft(no_keys, engine, name, scoped, msg_id=i)
+            elif kind == 3:  # a real user name, a forged MAC from ever-new engines
+                engine = bytes([0x80, 0, 0, 0, 1]) + rng.randbytes(6)
+                keys = localized_user(forger, engine, masters)  # the 1 MiB passphrase hash once
+                data = craft(keys, engine, b"anyuser", scoped, msg_id=i)
+            else:  # garbage
+                data = rng.randbytes(rng.randrange(1, 300))
+            before = listener.stats.received_total + listener.stats.dropped_total
+            listener.handle_datagram(data, _forged_source(rng), lambda d, a: None)
+            assert listener.stats.received_total + listener.stats.dropped_total == before + 1
+        stats = listener.stats
+        assert len(listener._sources._cache) <= 500
+        assert listener.limiter is not None and len(listener.limiter._sources) <= 300
+        assert len(listener._slow_budget._sources) <= 300
+        assert len(listener.drop_log._next_at) <= DROP_LOG_KEYS + len(DROP_REASONS)
+        assert listener._v3 is not None
+        receiver = listener._v3.receiver
+        assert receiver.learned_engines == 0 and len(receiver._registered) <= 3
+        assert len(receiver._localized) <= 3 and len(listener._v3.fast.pairs) == 1  # type: ignore[union-attr]
+        assert len(listener._securities._data) <= 1
+    assert set(stats.dropped) <= set(DROP_REASONS)
+    assert len(stats.dropped_detail) < 60, sorted(stats.dropped_detail)
+    labels = {label for pair in stats.dropped_detail for label in pair}
+    assert not any(text in label for text in chosen for label in labels)
+    assert stats.received["v2c"] > 0 and stats.dropped["unknown-community"] > 0
+    assert stats.dropped["unknown-user"] > 0 and stats.dropped["wrong-digest"] > 0
+
