@@ -181,3 +181,20 @@ async def test_a_flood_of_forged_sources_and_chosen_values_leaves_every_table_an
     assert stats.received["v2c"] > 0 and stats.dropped["unknown-community"] > 0
     assert stats.dropped["unknown-user"] > 0 and stats.dropped["wrong-digest"] > 0
 
+
+async def test_an_inform_from_source_port_0_is_taken_and_its_unsendable_response_counted_as_an_error() -> (
+    None
+):
+    """Port 0 is no port a Response can go to (sendto: EINVAL), but a forged or odd sender can
+    put it in a datagram. The inform is taken (its sender cannot be answered, whatever trapd
+    does); the failed Response counts as a send error, and not also as a Response sent."""
+    got: list[RawNotification] = []
+    config = ListenerConfig(listen=(ListenAddress("127.0.0.1", 0),), communities=(Secret("public"),))
+    async with Listener(config, got.append) as listener:
+        reply = listener._readers[0].send  # the receiving socket's reply path
+        listener.handle_datagram(v2c_of_size(100, inform=True), ("127.0.0.1", 0), reply)
+        listener.handle_datagram(v2c_of_size(100, inform=False), ("127.0.0.1", 0), reply)
+        assert [(raw.kind, raw.source_port) for raw in got] == [("inform", 0), ("trap", 0)]
+        assert listener.stats.send_errors == 1
+        assert listener.stats.inform_responses == 0
+        assert listener.stats.dropped_total == 0

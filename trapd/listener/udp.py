@@ -221,10 +221,10 @@ class _Reader:
         self._listener._read(self)
 
     def send(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        try:
-            self.sock.sendto(data, addr)
-        except OSError:  # a full send buffer, an unreachable sender: the sender retries an inform
-            self._listener.stats.send_errors += 1
+        """Send through this socket. OSError (a full send buffer, an unreachable sender, port 0)
+        goes to the caller, which counts it as a send error instead of a reply sent; the sender
+        of an inform then retries."""
+        self.sock.sendto(data, addr)
 
 
 class Listener:
