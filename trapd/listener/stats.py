@@ -98,6 +98,8 @@ class ListenerStats:
     v3_discovery: int = 0
     v3_engine_probes: int = 0  # of v3_discovery: engine-ID probes (usmStatsUnknownEngineIDs reports)
     v3_time_syncs: int = 0  # of v3_discovery: time synchronizations (usmStatsNotInTimeWindows reports)
+    # Sender engines' time notions and learned engines pushed out at the bounds (timeliness.Timelines).
+    v3_engines_pushed_out: int = 0
     send_errors: int = 0
     callback_errors: int = 0
     # Reading paused for a slice in a storm to give the dispatcher its share (udp.RECEIVE_SLICE).
@@ -135,6 +137,7 @@ class ListenerStats:
             "v3_discovery": self.v3_discovery,
             "v3_engine_probes": self.v3_engine_probes,
             "v3_time_syncs": self.v3_time_syncs,
+            "v3_engines_pushed_out": self.v3_engines_pushed_out,
             "send_errors": self.send_errors,
             "callback_errors": self.callback_errors,
             "receive_pauses": self.receive_pauses,

@@ -86,7 +86,9 @@ class V3Path:
             admit=admit,
         )
         timelines = previous.fast.timelines if previous is not None and previous.fast is not None else None
-        fast = UsmFastPath(users, receiver.engine_id, timelines=timelines, masters=masters, replays=replays)
+        fast = UsmFastPath(
+            users, receiver.engine_id, timelines=timelines, masters=masters, replays=replays, stats=stats
+        )
         return cls(receiver, fast, deliver, stats, on_drop)
 
     @property

@@ -16,12 +16,22 @@ with detail ``replayed``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from trapd.listener.v3.errors import Refused
 
-__all__ = ["ENGINE_BOOTS_MAX", "LEARNED_REPLAY_MEMORY", "REPLAY_MEMORY", "TIME_WINDOW", "EngineTime"]
+__all__ = [
+    "ENGINE_BOOTS_MAX",
+    "LEARNED_REPLAY_MEMORY",
+    "MAX_ENGINES",
+    "MAX_MACS",
+    "REPLAY_MEMORY",
+    "TIME_WINDOW",
+    "EngineTime",
+    "Timelines",
+]
 
 TIME_WINDOW: Final = 150  # seconds, RFC 3414 section 2.2.3
 ENGINE_BOOTS_MAX: Final = 2147483647
@@ -75,3 +85,70 @@ class EngineTime:
                 # then rely on the time check and the shared replay memory.
                 kept = dict(list(kept.items())[-(self.memory // 2) :])
             self.recent = kept
+
+
+# Fixed maximums of all sender engines' notions together (Timelines): the engines whose time
+# notion is kept, and the MACs remembered in all their replay memories (about 125 octets each,
+# measured with tracemalloc: 2^18 of them are some 32 MiB). Only authentic messages add to
+# either, but a holder of a user's keys can make up any number of engine IDs (a user without
+# engine_ids learns each), and a site can bind thousands: without these the memory grew with the
+# number of engines (4,096 MACs for each bound one).
+MAX_ENGINES: Final = 4096
+MAX_MACS: Final = 1 << 18
+
+
+class Timelines(Mapping[bytes, EngineTime]):
+    """Every sender engine's :class:`EngineTime`, within :data:`MAX_ENGINES` notions and
+    :data:`MAX_MACS` remembered MACs in all. Beyond either, the engine heard from least recently
+    is pushed out (``pushed_out`` counts them): its next authentic message is believed again, as
+    after a restart, and an exact replay of one of its messages is still refused by the shared
+    replay memory (:mod:`trapd.listener.v3.replay`, a fixed 6 MiB). So a flood of made-up engine
+    IDs cannot grow memory past the bound, and cannot keep a real engine out: it only pushes
+    out notions, which the engine's next message makes again."""
+
+    def __init__(self, max_engines: int = MAX_ENGINES, max_macs: int = MAX_MACS) -> None:
+        self.max_engines = max_engines
+        self.max_macs = max_macs
+        self._engines: dict[bytes, EngineTime] = {}  # least recently heard from first
+        self.macs = 0  # MACs remembered in all
+        self.pushed_out = 0
+
+    def __getitem__(self, engine_id: bytes) -> EngineTime:
+        return self._engines[engine_id]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._engines)
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def kept(self, keep: Callable[[bytes], bool]) -> Timelines:
+        """A copy with the notions of the engines ``keep`` says yes to (a reload: the engines of
+        the new configuration), the same maximums and count."""
+        new = Timelines(self.max_engines, self.max_macs)
+        for engine_id, timeline in self._engines.items():
+            if keep(engine_id):
+                new._engines[engine_id] = timeline
+                new.macs += len(timeline.recent)
+        new.pushed_out = self.pushed_out
+        return new
+
+    def accept(self, engine_id: bytes, boots: int, etime: int, mac: bytes, memory: int) -> None:
+        """:meth:`EngineTime.accept` for ``engine_id`` (a new notion with ``memory`` if it has
+        none), which becomes the engine heard from last; then push out what exceeds the bounds."""
+        engines = self._engines
+        timeline = engines.pop(engine_id, None)
+        if timeline is None:
+            timeline = EngineTime(boots, etime, memory=memory)
+        before = len(timeline.recent)
+        timeline.accept(boots, etime, mac)
+        self.macs += len(timeline.recent) - before
+        engines[engine_id] = timeline
+        while len(engines) > self.max_engines or (self.macs > self.max_macs and len(engines) > 1):
+            self.forget(next(iter(engines)))
+            self.pushed_out += 1
+
+    def forget(self, engine_id: bytes) -> None:
+        timeline = self._engines.pop(engine_id, None)
+        if timeline is not None:
+            self.macs -= len(timeline.recent)

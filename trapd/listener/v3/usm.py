@@ -58,6 +58,7 @@ from trapd.listener.ber import INT32_MAX, Rejected
 from trapd.listener.config import V3User
 from trapd.listener.fastpath import MAX_MESSAGE
 from trapd.listener.raw import RawNotification, Security
+from trapd.listener.stats import ListenerStats
 from trapd.listener.v3.errors import Refused
 from trapd.listener.v3.header import HeaderError, V3Header, parse_header
 from trapd.listener.v3.keys import (
@@ -80,6 +81,7 @@ from trapd.listener.v3.timeliness import (
     REPLAY_MEMORY,
     TIME_WINDOW,
     EngineTime,
+    Timelines,
 )
 
 __all__ = [
@@ -109,11 +111,14 @@ class UsmFastPath:
     localized to each of their engines now. A user with no ``engine_ids``
     accepts any sender engine (as :class:`V3Receiver` does): the first
     message from a new engine whose HMAC verifies with keys localized to that
-    engine teaches the pair, up to ``max_learned_engines`` pairs; a message
-    that does not verify, or beyond the cap, goes to pysnmp (which counts it).
+    engine teaches the pair, up to ``max_learned_engines`` pairs: beyond, the
+    pair used least recently is pushed out (a flood of made-up engine IDs from
+    a key holder cannot keep a real engine out: its next trap teaches it again);
+    a message that does not verify goes to pysnmp (which counts it).
     ``own_engine_id``: trapd's engine ID (messages to it always go to
     pysnmp). ``timelines``: the per-engine time notions of a previous
-    instance, to keep across a configuration reload. ``replays``: the
+    instance, to keep across a configuration reload (bounded: :class:`Timelines`;
+    what it and the learned pairs push out is counted in ``stats.v3_engines_pushed_out``). ``replays``: the
     replay memory shared with the pysnmp-fed path and the other workers
     (:mod:`trapd.listener.v3.replay`); without it only the per-engine memory
     of this instance refuses replays.
@@ -131,12 +136,14 @@ class UsmFastPath:
         users: Iterable[V3User],
         own_engine_id: bytes,
         *,
-        timelines: dict[bytes, EngineTime] | None = None,
+        timelines: Timelines | None = None,
         max_learned_engines: int = 1024,
         masters: MasterKeys | None = None,
         replays: ReplayMemory | None = None,
+        stats: ListenerStats | None = None,
     ) -> None:
         self.own_engine_id = own_engine_id
+        self._stats = stats
         self._replays = replays
         self._users: dict[tuple[bytes, bytes], LocalizedUser] = {}
         self._masters: MasterKeys = masters if masters is not None else {}
@@ -159,11 +166,11 @@ class UsmFastPath:
                 self._users[(engine_id, user.user.encode())] = localized_user(user, engine_id, self._masters)
         engines = {engine for engine, _ in self._users}
         # Learned engines come back with their first message after a reload; keep their notions.
-        self.timelines: dict[bytes, EngineTime] = {
-            e: t for e, t in (timelines or {}).items() if e in engines or self._any_engine
-        }
+        previous = timelines if timelines is not None else Timelines()
+        self.timelines = previous.kept(lambda e: e in engines or bool(self._any_engine))
         self.learned = 0
-        self._learned_pairs: set[tuple[bytes, bytes]] = set()
+        # Learned pairs, the one a trap came from last at the end (pushed out from the front).
+        self._learned_pairs: dict[tuple[bytes, bytes], None] = {}
         self.accepted = 0
         self.declined: Counter[str] = Counter()
 
@@ -186,7 +193,7 @@ class UsmFastPath:
         user = self._any_engine.get(user_name)
         if user is None:
             raise _Decline("not-bound")
-        if not 4 < len(engine_id) < 33 or self.learned >= self._max_learned:
+        if not 4 < len(engine_id) < 33:
             raise _Decline("not-learned")
         keys = localized_user(user, engine_id, self._masters)
         if (
@@ -195,10 +202,23 @@ class UsmFastPath:
             or not authentic(keys, data, header.auth_params_offset)
         ):
             raise _Decline("not-learned")  # V3Receiver counts it (wrong-digest / unlearned-engine)
+        if self.learned >= self._max_learned:
+            self._push_out(next(iter(self._learned_pairs)))
         self._users[(engine_id, user_name)] = keys
-        self._learned_pairs.add((engine_id, user_name))
+        self._learned_pairs[(engine_id, user_name)] = None
         self.learned += 1
         return keys
+
+    def _push_out(self, pair: tuple[bytes, bytes]) -> None:
+        """Forget the learned ``pair`` (the least recently used): its keys and its engine's notion."""
+        del self._learned_pairs[pair]
+        del self._users[pair]
+        self.learned -= 1
+        engine_id = pair[0]
+        if engine_id in self.timelines and not any(e == engine_id for e, _ in self._users):
+            self.timelines.forget(engine_id)
+        if self._stats is not None:
+            self._stats.v3_engines_pushed_out += 1
 
     @property
     def pairs(self) -> Sequence[tuple[bytes, bytes]]:
@@ -308,11 +328,17 @@ class UsmFastPath:
             # there, and of two copies arriving at two workers at once only one passes.
             if self._replays is not None and not self._replays.first_time(engine_id, mac):
                 raise Refused("not-in-time-window", "replayed")
-            if timeline is None:
-                learned = (engine_id, user_name) in self._learned_pairs
-                memory = LEARNED_REPLAY_MEMORY if learned else REPLAY_MEMORY
-                timeline = self.timelines[engine_id] = EngineTime(boots, etime, memory=memory)
-            timeline.accept(boots, etime, mac)
+            pair = (engine_id, user_name)
+            learned = pair in self._learned_pairs
+            if learned:  # used last: pushed out last
+                del self._learned_pairs[pair]
+                self._learned_pairs[pair] = None
+            timelines = self.timelines
+            pushed_out = timelines.pushed_out
+            memory = LEARNED_REPLAY_MEMORY if learned else REPLAY_MEMORY
+            timelines.accept(engine_id, boots, etime, mac, memory)
+            if timelines.pushed_out != pushed_out and self._stats is not None:
+                self._stats.v3_engines_pushed_out += timelines.pushed_out - pushed_out
         self.accepted += 1
         return RawNotification(
             version="v3",
