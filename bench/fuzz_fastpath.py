@@ -292,6 +292,10 @@ def check_accepted(data: bytes, msg: FastMessage) -> None:
     _, _, pdu_at = read_header(response, start + 3, len(response))
     back = decode(response[:pdu_at] + b"\xa6" + response[pdu_at + 1 :])
     assert back.varbinds == msg.varbinds and back.community == msg.community
+    if msg.pdu == "inform":
+        # The acknowledgement is never larger than the inform (minimal BER of the same fields): a
+        # forged inform from a victim's address gets it no more bytes than the forger sent.
+        assert len(encode_inform_response(msg)) <= len(data), data.hex()
 
 
 def _check_one_pass(data: bytes, version: int | str, msg: FastMessage | None, refused: str | None) -> None:

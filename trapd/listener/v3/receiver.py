@@ -619,8 +619,8 @@ class V3Receiver:
             # read by trapd's decoder, as v1/v2c are: pyasn1 takes forms trapd's decoder refuses.
             scoped = self._scoped_pdu(header, data)
             request_id, _, _, varbinds = scoped.fields()
-        except (Rejected, Refused, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, (Rejected, Refused)) else type(exc).__name__
+        except Exception as exc:  # Rejected, Refused (decryption); anything else is a bug: one drop
+            reason = exc.reason if isinstance(exc, (Rejected, Refused)) else f"internal-{type(exc).__name__}"
             self._drop("malformed", f"v3-{reason}", source, header)
             if inform:  # not handed on, so never answered: the sender retries
                 release_response_state(snmpEngine, messageProcessingModel, stateReference)
