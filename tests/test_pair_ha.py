@@ -381,3 +381,63 @@ def test_a_terminated_pair_is_reported_as_serving_without_lease_updates(
         server2.spawn("kea-dhcp4")
         ha.servers["server1"].restart("kea-dhcp4")  # terminated stays until a restart
         server2.wait_ready()
+
+
+def test_a_kea_server_listed_on_one_host_only_is_said_on_both(
+    tmp_path: Path, pg_server: PgServer, ha: HaPair
+) -> None:
+    """dhcp1's trapd.yaml lists a third server in the relationship (server3), dhcp2's does not.
+    Each host plans a part per peer it lists, so server3's part is planned by dhcp1 alone and
+    is no copy of anything: it is journaled once, and only because dhcp1 got the notification
+    (with dhcp1 down, server3 would keep the lease). Nothing in either host's configuration
+    shows it: each host publishes its Kea endpoints and peers in the journal and compares them
+    with the other live host's. Both say it once (a warning naming server3), /healthz lists it
+    (status warning) and ``trapd_pair_kea_differences`` is 1."""
+    url = pg_server.new_database()
+    endpoints = ha.trapd_endpoints("unix")
+    three = json.loads(json.dumps(endpoints))
+    three["pair4"]["peers"].append(
+        {"name": "server3", "transport": "unix", "socket": str(tmp_path / "kea3.sock")}
+    )
+    hosts: list[TrapdDaemon] = []
+    try:
+        for name, eps in (("dhcp1", three), ("dhcp2", endpoints)):
+            config = {
+                "kea": {"endpoints": eps, "poll_interval": "0.3s"},
+                "dispatch": {
+                    "journal": {"url": url, "instance": name, "lease": "2s", "poll_interval": "200ms"}
+                },
+            }
+            hosts.append(
+                TrapdDaemon.start(tmp_path / name, rules=DELETE_RULES.format(cap=CAP), config=config)
+            )
+        a, b = hosts
+        event = "the hosts sharing the journal list other Kea servers"
+        for d, who in ((a, "this host's"), (b, "'dhcp1''s")):
+            (line,) = d.wait_log(event)
+            assert "server3" in line["problem"] and who in line["problem"], line
+            assert d.wait_metric("trapd_pair_kea_differences", 1) == 1
+            status, body = d.healthz()
+            assert status == 200 and body["status"] == "warning", body
+            assert any("server3" in w for w in body["kea"]), body
+        mac = "0a:00:27:00:73:01"
+        send(a, 51, 730_051, mac)
+        send(b, 51, 730_051, mac)
+
+        def planned() -> dict[str, list[str]] | None:
+            got = [r for r in rows(url) if r["params"].get("hw-address") == mac]
+            by_peer: dict[str, list[str]] = {}
+            for r in got:
+                by_peer.setdefault(r["params"]["peer"], []).append(r["state"])
+            return by_peer if len(got) == 5 else None
+
+        by_peer = wait_for("both hosts' parts journaled", planned)
+        assert sorted(by_peer) == ["server1", "server2", "server3"], by_peer
+        assert by_peer["server1"].count("cancelled") == 1 and by_peer["server2"].count("cancelled") == 1, (
+            by_peer
+        )
+        assert len(by_peer["server3"]) == 1 and by_peer["server3"] != ["cancelled"], by_peer
+        assert len(a.logs(event)) == 1 and len(b.logs(event)) == 1  # once, not at every renewal
+    finally:
+        for d in hosts:
+            d.stop()

@@ -62,6 +62,7 @@ from trapd.dispatch.journal import (
 from trapd.dispatch.peers import fan_out, peer_key
 from trapd.dispatch.stats import DispatchStats
 from trapd.event import Event
+from trapd.kea import pairview
 from trapd.kea.config import peer_label
 from trapd.plugin import ActionContext, ActionError, ActionLog, ActionSpec, PermanentError, checked_result
 from trapd.rules.outcome import Outcome, PlannedAction
@@ -226,6 +227,10 @@ class Dispatcher:
         self._last_prune = 0.0
         self._last_held_alert = 0.0
         self._name_conflict_logged = False  # said once until it clears (see _maintain)
+        # What the other hosts sharing the journal must agree on (trapd.kea.pairview), and where
+        # the live ones do not, as last said in the log.
+        self._view = pairview.view(kea.config if kea is not None else None)
+        self.pair_differences: list[str] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -235,6 +240,7 @@ class Dispatcher:
 
         if self._started:
             return
+        self.journal.share_view(self._view)
         recovered = await recover_interrupted(
             self.journal, self.actions, owner=self.journal.owner, interrupted=self.config.interrupted
         )
@@ -795,6 +801,21 @@ class Dispatcher:
             self._name_conflict_logged = False
             self.log.info("no other trapd runs under this host's name any more")
 
+    def _say_pair_differences(self) -> None:
+        """A warning per difference from another host's Kea configuration when it appears (at
+        start-up, or when that host starts with another trapd.yaml), a line when none is left."""
+        found = pairview.differences(self._view, self.journal.other_views())
+        for problem in found:
+            if problem not in self.pair_differences:
+                self.log.warning(
+                    "the hosts sharing the journal list other Kea servers",
+                    problem=problem,
+                    hint="give every host the same kea.endpoints names, peers and defaults (docs/pair.md)",
+                )
+        if self.pair_differences and not found:
+            self.log.info("the hosts sharing the journal list the same Kea servers again")
+        self.pair_differences = found
+
     async def _maintain(self) -> None:
         now = self.journal.now()
         self._failure_log.flush()  # the counts held back, once their interval is over
@@ -837,6 +858,7 @@ class Dispatcher:
                 ),
             )
         self._say_name_conflict()
+        self._say_pair_differences()
         self.stats.gauges = await self.journal.counts()
         held = self.stats.gauges.get("held", 0)
         if held and now - self._last_held_alert >= 60.0:

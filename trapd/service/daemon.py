@@ -669,18 +669,26 @@ class Daemon:
                 )
             if jh.name_conflict is not None:  # two hosts under one name: actions may run twice
                 return Health(False, "degraded", {**health.detail, "journal": jh.name_conflict})
-        warnings = self.kea_monitor.warnings() if self.kea_monitor is not None else []
+        warnings = self._kea_warnings()
         if not warnings or not health.healthy:
             return health
         status = "warning" if health.status == "ok" else health.status
         return Health(True, status, {**health.detail, "kea": warnings})
+
+    def _kea_warnings(self) -> list[str]:
+        """The Kea servers that need attention, and where the other hosts sharing the journal list
+        other servers (trapd.kea.pairview): said in /healthz, not a reason to restart trapd."""
+        warnings = list(self.kea_monitor.warnings()) if self.kea_monitor is not None else []
+        if self.dispatcher is not None:
+            warnings.extend(self.dispatcher.pair_differences)
+        return warnings
 
     def _kea_snapshot(self) -> dict[str, Any]:
         """kea_up (answers, and its circuit breaker is closed), HA states, last answers, warnings."""
         from trapd.kea.monitor import label
 
         if self.kea is None:
-            return {}
+            return {"kea_warnings": tuple(self._kea_warnings())}
         breakers = self.dispatcher.breakers if self.dispatcher is not None else {}
         # The dispatcher's clock, which its breakers' cool-downs are on.
         now = self.journal.now() if self.journal is not None else time.time()
@@ -699,7 +707,7 @@ class Daemon:
             state = self.kea_monitor.ha_state(client) if self.kea_monitor is not None else None
             if state is not None:
                 ha[key] = state
-        warnings = tuple(self.kea_monitor.warnings()) if self.kea_monitor is not None else ()
+        warnings = tuple(self._kea_warnings())
         return {
             "kea_up": up,
             "kea_ha_state": ha,
@@ -741,6 +749,7 @@ class Daemon:
             journal_wal_bytes=jh.wal_bytes if jh is not None else 0,
             journal_unreadable=jh.unreadable if jh is not None else 0,
             journal_name_conflict=jh is not None and jh.name_conflict is not None,
+            pair_differences=len(self.dispatcher.pair_differences) if self.dispatcher is not None else 0,
             dispatch_backlog=self.submit_outcomes,
             dispatch_backlog_bytes=self.submit_bytes,
         )

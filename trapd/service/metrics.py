@@ -71,6 +71,8 @@ trapd_journal_wal_bytes                        gauge      SQLite: WAL its last c
                                                           of (a reader holds it: grows until the disk is full)
 trapd_journal_instance_conflict                gauge      1 while another live trapd renews under this host's
                                                           dispatch.journal.instance (shared journal)
+trapd_pair_kea_differences                     gauge      differences between this host's Kea endpoints and
+                                                          peers and another live host's (shared journal)
 trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker does
                                                           not hold actions back; 0: down), e.g. pair4/srv1/v4
 trapd_kea_ha_state                             gauge      endpoint, state (1 for the peer's HA state now,
@@ -173,6 +175,8 @@ class DaemonSnapshot:
     journal_unreadable: int = 0
     # A shared journal: another live process renews under this host's name (dispatch.journal.instance).
     journal_name_conflict: bool = False
+    # A shared journal: differences from the other live hosts' Kea servers (trapd.kea.pairview).
+    pair_differences: int = 0
     # Matched outcomes received but not yet journaled, and their estimated size in memory
     # (gauges): a backlog near its bounds (10,000 outcomes, 32 MiB) is about to lose outcomes.
     dispatch_backlog: int = 0
@@ -381,6 +385,11 @@ class TrapdCollector:
             "trapd_journal_instance_conflict",
             "1 while another live trapd renews under this host's dispatch.journal.instance (shared journal).",
             value=1 if snap.journal_name_conflict else 0,
+        )
+        yield GaugeMetricFamily(
+            "trapd_pair_kea_differences",
+            "Differences from the Kea endpoints and peers of another live host sharing the journal.",
+            value=snap.pair_differences,
         )
         yield CounterMetricFamily(
             "trapd_journal_claims_put_back",

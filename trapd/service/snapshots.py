@@ -93,6 +93,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "journal_wal_bytes": snap.journal_wal_bytes,
         "journal_unreadable": snap.journal_unreadable,
         "journal_name_conflict": snap.journal_name_conflict,
+        "pair_differences": snap.pair_differences,
         "dispatch_backlog": snap.dispatch_backlog,
         "dispatch_backlog_bytes": snap.dispatch_backlog_bytes,
     }
@@ -138,6 +139,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         journal_wal_bytes=int(data.get("journal_wal_bytes", 0)),
         journal_unreadable=int(data.get("journal_unreadable", 0)),
         journal_name_conflict=bool(data.get("journal_name_conflict", False)),
+        pair_differences=int(data.get("pair_differences", 0)),
         dispatch_backlog=int(data.get("dispatch_backlog", 0)),
         dispatch_backlog_bytes=int(data.get("dispatch_backlog_bytes", 0)),
     )
@@ -205,6 +207,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     wal_bytes = 0
     problem: str | None = None
     name_conflict = False
+    pair_differences = 0
     for s in snaps:
         _add(received, s.received)
         _add(dropped, s.dropped)
@@ -242,6 +245,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         backlog_bytes += s.dispatch_backlog_bytes
         problem = problem or s.journal_problem
         name_conflict = name_conflict or s.journal_name_conflict
+        pair_differences = max(pair_differences, s.pair_differences)  # each worker compares the same
     return DaemonSnapshot(
         received=received,
         dropped=dropped,
@@ -270,6 +274,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         journal_wal_bytes=wal_bytes,
         journal_unreadable=unreadable,
         journal_name_conflict=name_conflict,
+        pair_differences=pair_differences,
         dispatch_backlog=backlog,
         dispatch_backlog_bytes=backlog_bytes,
     )

@@ -271,6 +271,16 @@ class Journal(Protocol):
         over early nor runs a delayed action early (docs/pair.md)."""
         ...
 
+    def share_view(self, view: str) -> None:
+        """What of this host's configuration the other hosts sharing the journal must agree on
+        (trapd.kea.pairview), published under the host's name when this process registers."""
+        ...
+
+    def other_views(self) -> dict[str, str]:
+        """The views of the other hosts with a live process on a shared journal, by host name, as
+        the last lease renewal read them (after :meth:`share_view`); a journal of its own: none."""
+        ...
+
     def take_overs(self) -> list[Takeover]:
         """What this process took over from other hosts since the last call (a shared journal's
         lease renewal does it in the background): for the dispatcher's log."""

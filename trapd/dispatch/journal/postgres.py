@@ -1078,12 +1078,13 @@ async def _op_recover(
 
 
 async def _op_register(
-    cur: Cur, now: float, owner: str, instance: str, token: str, lease: float
+    cur: Cur, now: float, owner: str, instance: str, token: str, lease: float, view: str | None = None
 ) -> list[tuple[str, float]]:
     """Register ``owner`` as alive, unless a process of another token is alive under a name it
     would recover or renew as its own: its own name, the host's name (a lone trapd, or a
     supervisor recovering every worker's rows) or, for the host's name, a worker's. Returns
-    those (name, last seen): empty when registered."""
+    those (name, last seen): empty when registered. ``view``: what the other hosts compare with
+    their own (see PostgresJournal.share_view), kept under the host's name."""
     await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("instance", instance),))
     await cur.execute(
         "SELECT owner, seen FROM trapd_instances WHERE token <> %s AND seen + lease >= %s "
@@ -1093,7 +1094,27 @@ async def _op_register(
     live = [(str(r[0]), float(r[1])) for r in await cur.fetchall()]
     if not live:
         await _take_name(cur, now, owner, token, lease)
+        if view is not None:
+            await cur.execute(
+                "INSERT INTO trapd_meta (k, v) VALUES (%s, %s) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                (_VIEW + instance, view),
+            )
     return live
+
+
+# trapd_meta's key of a host's view (PostgresJournal.share_view): a row per host, not per worker.
+_VIEW = "view:"
+
+
+async def _op_views(cur: Cur, now: float, instance: str) -> dict[str, str]:
+    """The views of the other hosts that have a live process on the journal, by host name."""
+    await cur.execute(
+        "SELECT DISTINCT split_part(i.owner, '/', 1), m.v FROM trapd_instances i "
+        "JOIN trapd_meta m ON m.k = %s || split_part(i.owner, '/', 1) "
+        "WHERE i.seen + i.lease >= %s AND split_part(i.owner, '/', 1) <> %s",
+        (_VIEW, now, instance),
+    )
+    return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
 
 
 async def _take_name(cur: Cur, now: float, owner: str, token: str, lease: float) -> None:
@@ -1647,6 +1668,8 @@ class PostgresJournal:
         # When a renewal last found another process registered under this process's name
         # (see _reclaim_name), on the database's clock.
         self._namesake: float | None = None
+        self._view: str | None = None  # see share_view; published at registration
+        self._other_views: dict[str, str] = {}  # the other hosts', as the last renewal read them
         self._notified = False
         self._listening = False
         self._listen_ready = asyncio.Event()
@@ -2220,6 +2243,12 @@ class PostgresJournal:
     def notices(self) -> list[JournalNotice]:
         return []  # the database checks its own files; its errors are this journal's availability
 
+    def share_view(self, view: str) -> None:
+        self._view = view
+
+    def other_views(self) -> dict[str, str]:
+        return dict(self._other_views)
+
     def take_overs(self) -> list[Takeover]:
         """The takeovers since the last call (the dispatcher logs each)."""
         out, self._takeovers = self._takeovers, []
@@ -2260,6 +2289,8 @@ class PostgresJournal:
                     since if self._runs_actions else None,
                     self.instance,
                 )
+                if self._view is not None:
+                    self._other_views = await _op_views(cur, now, self.instance)
         except (PoolTimeout, psycopg.Error) as exc:
             raise JournalError(f"lease renewal failed: {_one_line(exc)}") from exc
         if namesake:
@@ -2338,7 +2369,7 @@ class PostgresJournal:
         first: dict[str, float] = {}
         while True:
             live: list[tuple[str, float]] = await self._call(
-                _op_register, self.now(), self._owner, self.instance, self._token, self.lease
+                _op_register, self.now(), self._owner, self.instance, self._token, self.lease, self._view
             )
             if not live:
                 self._registered = True

@@ -894,6 +894,12 @@ class SQLiteJournal:
         out, self._notices = self._notices, []
         return out
 
+    def share_view(self, view: str) -> None:
+        pass  # one host: nobody to compare with
+
+    def other_views(self) -> dict[str, str]:
+        return {}
+
     async def open(self) -> None:
         if self._thread is not None:
             return
