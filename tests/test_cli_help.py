@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
+import pytest
+
 from trapd.cli import build_parser
 
 
@@ -64,3 +66,14 @@ def test_every_option_is_in_the_doc_that_owns_its_subcommand() -> None:
             if not any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", doc) for o in a.option_strings):
                 missing.append(f"{name} {a.option_strings[0]} ({', '.join(OWNERS[words[1]])})")
     assert missing == []
+
+
+def test_listen_refuses_an_unknown_log_level_or_format_as_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `trapd listen --log-format bogus` ended in a ValueError traceback; `trapd run` said what to give.
+    for option, value in (("--log-format", "bogus"), ("--log-level", "loud")):
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args(["listen", option, value])
+        assert exited.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err

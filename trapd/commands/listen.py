@@ -56,9 +56,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="log the listener counters every SECONDS (default: only on SIGUSR1 and at exit)",
     )
-    p.add_argument("--log-level", default="info", help="debug, info, warning, error (default info)")
+    from trapd.service.config import LOG_FORMATS, LOG_LEVELS
+
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="(default info)")
     p.add_argument(
-        "--log-format", default="auto", help="auto, json, console, journal (default auto: json unless a tty)"
+        "--log-format", default="auto", choices=LOG_FORMATS, help="(default auto: json unless a tty)"
     )
 
 
