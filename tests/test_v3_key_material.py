@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from listen_harness import TrapdListen, needs_netsnmp, snmp_send
+from test_usm_netsnmp import NETSNMP_PRIV
 from usm_support import AUTHS
 
 from trapd.listener.config import KEY_LENGTHS
@@ -27,15 +28,7 @@ SENDER = "8000000001020305"
 TRAPD = "80004fb805aabbccddeeff0012"
 MARK_OID = "1.3.6.1.4.1.99999.1"
 # net-snmp's -x name -> trapd's priv_protocol (None: authNoPriv)
-PRIVS: dict[str | None, str] = {
-    None: "none",
-    "DES": "DES",
-    "AES": "AES-128",
-    "AES-192": "AES-192",
-    "AES-256": "AES-256",
-    "AES-192-C": "AES-192-C",
-    "AES-256-C": "AES-256-C",
-}
+PRIVS: dict[str | None, str] = {None: "none", **NETSNMP_PRIV}
 COMBOS = [(a, x) for a in AUTHS for x in PRIVS]
 
 
