@@ -92,3 +92,18 @@ def test_the_shipped_maximums_bound_memory() -> None:
     assert len(timelines) <= MAX_ENGINES and timelines.macs <= MAX_MACS // 64
     # per remembered MAC, notions included: the 32 MiB of the documentation for MAX_MACS
     assert used / (MAX_MACS // 64) < 32 * 1024 * 1024 / MAX_MACS * 1.5, used
+
+
+def test_engines_pushed_out_are_a_metric_summed_over_workers() -> None:
+    """Counted where an operator looks: trapd_v3_engines_pushed_out_total, the workers' summed."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from trapd.service.metrics import DaemonSnapshot, TrapdCollector, build_registry
+    from trapd.service.snapshots import from_wire, sum_snapshots, to_wire
+
+    workers = [from_wire(to_wire(DaemonSnapshot(v3_engines_pushed_out=n))) for n in (3, 4)]
+    total = sum_snapshots(workers)
+    registry = build_registry(TrapdCollector(lambda: total), process_metrics=False)
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert families["trapd_v3_engines_pushed_out"].samples[0].value == 7

@@ -740,6 +740,7 @@ class Daemon:
             informs_resent=self.stats.informs_resent,
             rate_limit_exempted=sum(self.limiter.stats.exempted.values()) if self.limiter else 0,
             receive_pauses=ls.receive_pauses if ls is not None else 0,
+            v3_engines_pushed_out=ls.v3_engines_pushed_out if ls is not None else 0,
             journal_problem=jh.problem if jh is not None else None,
             journal_failed_writes=jh.failed_writes if jh is not None else 0,
             journal_taken_over=jh.taken_over if jh is not None else 0,

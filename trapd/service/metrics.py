@@ -51,6 +51,7 @@ trapd_dispatch_backlog                         gauge      matched outcomes waiti
 trapd_dispatch_backlog_bytes                   gauge      their estimated size in memory (lost beyond 32 MiB)
 trapd_rate_limit_exempted_total                counter    over a rate limit, kept: they clear pending actions
 trapd_receive_pauses_total                     counter    reading paused (<= 10 ms) in a storm for due actions
+trapd_v3_engines_pushed_out_total              counter    v3 sender engines pushed out at their bounds
 trapd_actions_total                            counter    plugin, outcome
 trapd_action_latency_seconds                   histogram  from notification received to action done
 trapd_journal_entries                          gauge      state (pending, scheduled, held, dead)
@@ -157,6 +158,8 @@ class DaemonSnapshot:
     rate_limit_exempted: int = 0
     # Times the listener stopped reading in a storm for the dispatcher's actions (udp.RECEIVE_SLICE).
     receive_pauses: int = 0
+    # v3 sender engines' time notions and learned engines pushed out at their fixed maximums.
+    v3_engines_pushed_out: int = 0
     # The journal cannot commit now (a PostgreSQL journal's database is unavailable): why; None when it can.
     journal_problem: str | None = None
     # Journal writes that failed because it could not commit (outcomes not journaled, among others).
@@ -311,6 +314,12 @@ class TrapdCollector:
             "Times the receive path stopped reading for up to 10 ms in a storm, to let due actions "
             "run (what arrived meanwhile queued in the socket, or was dropped and counted there).",
             value=snap.receive_pauses,
+        )
+        yield CounterMetricFamily(
+            "trapd_v3_engines_pushed_out",
+            "v3 sender engines whose time notion and replay memory (or learned keys) were pushed out "
+            "at their fixed maximums (4,096 engines, 2^18 MACs, 1,024 learned): docs/snmpv3.md.",
+            value=snap.v3_engines_pushed_out,
         )
         yield _counter_by_two(
             "trapd_actions", "Actions finished, by plugin and outcome.", ("plugin", "outcome"), snap.actions

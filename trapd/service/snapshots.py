@@ -84,6 +84,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "informs_resent": snap.informs_resent,
         "rate_limit_exempted": snap.rate_limit_exempted,
         "receive_pauses": snap.receive_pauses,
+        "v3_engines_pushed_out": snap.v3_engines_pushed_out,
         "journal_problem": snap.journal_problem,
         "journal_failed_writes": snap.journal_failed_writes,
         "journal_taken_over": snap.journal_taken_over,
@@ -130,6 +131,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         informs_resent=int(data.get("informs_resent", 0)),
         rate_limit_exempted=int(data.get("rate_limit_exempted", 0)),
         receive_pauses=int(data.get("receive_pauses", 0)),
+        v3_engines_pushed_out=int(data.get("v3_engines_pushed_out", 0)),
         journal_problem=str(data["journal_problem"]) if data.get("journal_problem") else None,
         journal_failed_writes=int(data.get("journal_failed_writes", 0)),
         journal_taken_over=int(data.get("journal_taken_over", 0)),
@@ -201,7 +203,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
     unmatched = lost = resent = exempted = failed_writes = taken_over = pauses = backlog = backlog_bytes = 0
-    unreadable = put_back = 0
+    unreadable = put_back = pushed_out = 0
     checks: dict[Any, int] = {}
     check_seconds = 0.0
     wal_bytes = 0
@@ -234,6 +236,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         resent += s.informs_resent
         exempted += s.rate_limit_exempted
         pauses += s.receive_pauses
+        pushed_out += s.v3_engines_pushed_out
         failed_writes += s.journal_failed_writes
         taken_over += s.journal_taken_over
         put_back += s.journal_put_back
@@ -265,6 +268,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         informs_resent=resent,
         rate_limit_exempted=exempted,
         receive_pauses=pauses,
+        v3_engines_pushed_out=pushed_out,
         journal_problem=problem,
         journal_failed_writes=failed_writes,
         journal_taken_over=taken_over,
