@@ -1601,3 +1601,28 @@ def test_a_compile_as_root_leaves_the_cache_to_the_daemons_user(request: pytest.
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["[]", "True True"], proc.stdout
+
+
+def test_a_removed_mib_is_gone_at_the_next_load_also_for_its_importers(tmp_path: Path) -> None:
+    """The compiled form of a module whose file was removed stayed in the cache, and pysmi took it
+    for the module: its importers kept loading (an OID from it included), where the same
+    directory with a fresh cache fails them. The cache holds only what the directories have."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "needs-tc.my").write_text(textwrap.dedent(NEEDS_TC_MIB), encoding="utf-8")
+    (src / "uses-needs-tc.my").write_text(textwrap.dedent(USES_NEEDS_TC_MIB), encoding="utf-8")
+    config = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
+    first = MibResolver.load(config, compile_in_process=True)
+    assert first.lookup("USES-NEEDS-TC-MIB::usesNeedsTcThing") is not None, first.problems
+    (src / "needs-tc.my").unlink()
+    again = MibResolver.load(config, compile_in_process=True)
+    fresh = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "fresh"), compile_in_process=True)
+    assert [str(p) for p in again.problems] == [str(p) for p in fresh.problems]
+    assert [(Path(p.file or "").name, p.line, p.module) for p in again.problems] == [
+        ("uses-needs-tc.my", 5, "USES-NEEDS-TC-MIB")
+    ], again.problems
+    assert "imports from NEEDS-TC-MIB, which is neither shipped nor in the MIB directories" in str(
+        again.problems[0]
+    )
+    assert again.lookup("USES-NEEDS-TC-MIB::usesNeedsTcThing") is None
+    assert again.lookup("NEEDS-TC-MIB::needsTcLoad") is None

@@ -538,7 +538,7 @@ def compile_site(
         py_dir = Path(tmp)
     try:
         stand_ins = missing_type_imports(site, stubs)
-        _forget_stand_ins(py_dir, stand_ins)
+        _prune_cache(py_dir, site, stand_ins)
         statuses = _run_pysmi(wanted, site, stubs, py_dir, stand_ins) if wanted else {}
         failed = {m for m, st in statuses.items() if st == "failed"}
         compiled = []
@@ -606,25 +606,33 @@ def drop_uncarriable_nodes(index: dict[str, Any], site: dict[str, SiteSource]) -
     return problems
 
 
+# The stand-ins the last compile wrote into the cache, one name a line.
 _STAND_INS_FILE = "stand-ins.txt"
 
 
-def _forget_stand_ins(py_dir: Path, stand_ins: dict[str, StandIn]) -> None:
-    """Remove the compiled stand-ins of the last compile, and note this compile's.
+def _prune_cache(py_dir: Path, site: dict[str, SiteSource], stand_ins: dict[str, StandIn]) -> None:
+    """Remove every compiled module that is not one of the directories' modules, and the last stand-ins.
 
-    pysmi takes a compiled module newer than its source as done: a stand-in left
-    in the cache would shadow the real module added to a directory later (its file
-    may well be older), and a stand-in must follow what its importers now ask of it.
+    pysmi takes a compiled module it finds as the module: one whose file was
+    removed kept its importers loading (where a fresh cache fails them), and a
+    stand-in (:class:`StandIn`) would shadow the real module added later (whose
+    file may well be older) or no longer fit what its importers ask of it. So
+    the cache holds only what the directories have; this compile adds its stand-ins.
     """
     record = py_dir / _STAND_INS_FILE
     try:
-        previous = record.read_text(encoding="utf-8").split()
+        previous = set(record.read_text(encoding="utf-8").split())
     except OSError:
-        previous = []
-    for name in {*previous, *stand_ins}:
-        if _MODULE_NAME_RE.fullmatch(name):
-            for stale in (py_dir / f"{name}.py", py_dir / f"{name}.pyc"):
-                stale.unlink(missing_ok=True)
+        previous = set()
+    try:
+        compiled = [*py_dir.glob("*.py"), *py_dir.glob("*.pyc"), *py_dir.glob("__pycache__/*.pyc")]
+    except OSError:
+        return
+    for path in compiled:
+        module = path.name.partition(".")[0]
+        if module not in site or module in previous:
+            with contextlib.suppress(OSError):
+                path.unlink()
     with contextlib.suppress(OSError):  # the cache directory's own problem is reported by the compile
         record.write_text("".join(f"{name}\n" for name in sorted(stand_ins)), encoding="utf-8")
 
