@@ -228,6 +228,13 @@ def write_user_row(snmp_engine: Any, engine_id: bytes, user_name: bytes, row: Us
         node.syntax = value
 
 
+def delete_user_row(snmp_engine: Any, engine_id: bytes, user_name: bytes) -> None:
+    """Unregister the USM user row (engine ID, user name)."""
+    from pysnmp.entity import config as pc
+
+    pc.delete_v3_user(snmp_engine, user_name, securityEngineId=rfc1902_octets(engine_id))
+
+
 def rfc1902_octets(b: bytes) -> Any:
     from pysnmp.proto import rfc1902
 

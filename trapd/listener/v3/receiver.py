@@ -26,7 +26,9 @@ Around the engine the receiver does a few things of its own:
   passphrase is hashed once at start-up, localizing is one hash)
   and registers the user for that engine with pysnmp only once a message
   authenticated. Forged engine IDs therefore cost a hash and never grow
-  pysnmp's tables; learned engines are capped (``max_learned_engines``).
+  pysnmp's tables; learned engines are capped (``max_learned_engines``): at the
+  cap the one used least recently is pushed out (its pysnmp row deleted), so
+  a key holder's flood of made-up engine IDs cannot keep a real engine out.
 * It holds a trap sender to the security level its user is configured
   with: pysnmp (RFC 3414 3.2.5) checks the level only on the authoritative
   side, so it would take an authNoPriv trap for an authPriv user.
@@ -65,6 +67,7 @@ from trapd.listener.v3.adapters import (
     PeerAddress,
     SendTo,
     UserRow,
+    delete_user_row,
     make_dispatcher,
     make_recording_mp,
     make_usm,
@@ -204,7 +207,8 @@ class V3Receiver:
         # (source address, name) -> the entry whose keys last verified a message from there to
         # trapd's engine: tried first. Only authentic messages enter; at most _ENTRIES_OF_SOURCES.
         self._entry_of_source: dict[tuple[str, bytes], _UserKeys] = {}
-        self._learned = 0
+        # Learned (engine ID, name) pairs, least recently used first (pushed out at the cap).
+        self._learned_pairs: dict[tuple[bytes, bytes], None] = {}
         # Master keys by (hash, passphrase), shared with the fast path: each 1 MiB hash once.
         self._masters: MasterKeys = {} if masters is None else masters
         # Entries' keys localized per registered (engine ID, entry): trapd's own engine's at
@@ -479,7 +483,11 @@ class V3Receiver:
             return _Checked.DROPPED
         if pair in self._registered:
             # A bound or learned engine's message the fast path left to pysnmp.
-            return self._check_mac(keys, data, header, source, "bound-engine")
+            checked = self._check_mac(keys, data, header, source, "bound-engine")
+            if checked is _Checked.AUTHENTIC and pair in self._learned_pairs:
+                del self._learned_pairs[pair]  # used last: pushed out last
+                self._learned_pairs[pair] = None
+            return checked
         # A new engine of the entry without engine_ids: learned once a message proves the keys.
         if header.reportable:
             # A confirmed-class message (an inform) names its receiver's engine, so this one was
@@ -497,11 +505,10 @@ class V3Receiver:
         if header.level >= 2 and not self._digest_ok(keys.config, data, header):  # the user's level
             self._drop("wrong-digest", "unlearned-engine", source, header)
             return _Checked.DROPPED
-        if self._learned >= self._max_learned:
-            self._drop("unknown-engine-id", "learn-limit", source, header)
-            return _Checked.DROPPED
+        if len(self._learned_pairs) >= self._max_learned:
+            self._push_out(next(iter(self._learned_pairs)))
         self._register(keys, header.engine_id)
-        self._learned += 1
+        self._learned_pairs[pair] = None
         return _Checked.AUTHENTIC if header.level >= 2 else _Checked.UNAUTHENTICATED
 
     def _check_own_engine(self, data: bytes, header: V3Header, source: str) -> _Checked:
@@ -732,6 +739,20 @@ class V3Receiver:
         """Drive pysnmp's timers (cache expiry). Call about once a second."""
         self._dispatcher.handle_timer_tick(time.time() if now is None else now)
 
+    def _push_out(self, pair: tuple[bytes, bytes]) -> None:
+        """Forget a learned (engine ID, name) pair: its pysnmp row and the keys localized for it
+        (its next authentic message teaches it again)."""
+        engine_id, name = pair
+        del self._learned_pairs[pair]
+        delete_user_row(self.engine, engine_id, name)
+        self._registered.discard(pair)
+        keys = self._any_engine.get(name)
+        if keys is not None:
+            self._localized.pop((engine_id, keys), None)
+        if not any(e == engine_id for e, _ in self._registered):
+            self._known_engines.discard(engine_id)
+        self._stats.v3_engines_pushed_out += 1
+
     @property
     def learned_engines(self) -> int:
-        return self._learned
+        return len(self._learned_pairs)
