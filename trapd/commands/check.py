@@ -4,8 +4,11 @@ Reports every problem, each with file:line:column: YAML syntax, unknown
 keys, wrong types, unknown MIB symbols, unknown action plugins, template
 syntax errors and undefined template variables, regex errors, duplicate rule
 names, parameters that can never validate, destructive actions without a
-rate cap, and (as a warning) rules that can never match because an earlier
-rule that stops matches everything they would.
+rate cap; and, as warnings, what works but is probably not meant: a rule
+that can never match because an earlier rule that stops matches everything
+it would, a rule that does nothing, a cancel-key without a delay, a secret
+written as text or templated, a trapd.yaml actions: section that names no
+installed plugin (docs/rules.md, "trapd check", lists them all).
 
     trapd check                          # /etc/trapd/trapd.yaml and its rules
     trapd check rules.yaml               # one file (MIB dirs and caps from /etc/trapd/trapd.yaml)
