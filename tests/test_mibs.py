@@ -11,6 +11,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1626,3 +1627,34 @@ def test_a_removed_mib_is_gone_at_the_next_load_also_for_its_importers(tmp_path:
     )
     assert again.lookup("USES-NEEDS-TC-MIB::usesNeedsTcThing") is None
     assert again.lookup("NEEDS-TC-MIB::needsTcLoad") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_a_compile_as_root_that_is_interrupted_leaves_the_cache_to_the_daemons_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """^C in `sudo trapd mibs compile` (a vendor's bundle takes minutes): what pysmi had written by
+    then was root's, and the daemon's user could not write its compile there afterwards."""
+    import pwd
+
+    import trapd.mibcompile
+
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor-mac-notif.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+
+    def interrupted(dirs: Any, cache_dir: Path, shipped: Any) -> Any:
+        (cache_dir / "py").mkdir(parents=True, exist_ok=True)
+        (cache_dir / "py" / "TRAPD-TEST-MIB.py").write_text("# half written\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trapd.mibcompile, "compile_site", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        MibResolver.load(MibConfig(dirs=(src,)), state, compile_in_process=True)
+    cache = state / "mibs"
+    roots = {p.relative_to(cache).as_posix() for p in [cache, *cache.rglob("*")] if p.stat().st_uid == 0}
+    assert roots == set()

@@ -229,32 +229,34 @@ class MibResolver:
             if cached is not None:
                 cached._source_key = source_key
                 return cached
-        r = cls()
-        r._source_key = source_key
-        shipped: dict[str, Any] | None = None
         try:
-            shipped = shipped_index()
-        except (OSError, ValueError) as exc:
-            r.problems.append(
-                MibProblem(f"{SHIPPED_INDEX.name}: {exc}; rebuild it with `trapd mibs build-index`")
-            )
-            r.problems_are_new = True
-        if shipped is not None:
-            r.add_index(shipped, SHIPPED_INDEX.name)
-        complete = shipped is not None
-        if dirs:
-            site = load_site_index(dirs, cache, shipped, in_process=compile_in_process, progress=progress)
-            r.problems += site.problems
-            # A compile that failed is news at every start: the site's names are missing until it is fixed.
-            r.problems_are_new = r.problems_are_new or site.compiled or site.failed
-            if site.index is not None:
-                r.add_index(site.index, "site MIBs", site=True)
-            complete = complete and (site.index is not None or not source_files(dirs)) and site.cached
-        if complete and cache is not None:
-            r._write_snapshot(cache / SNAPSHOT_NAME, snapshot_key)
-        if cache is not None:
-            leave_to_state_owner(cache, cache.parent)  # the cache of a daemon, compiled by root
-        return r
+            r = cls()
+            r._source_key = source_key
+            shipped: dict[str, Any] | None = None
+            try:
+                shipped = shipped_index()
+            except (OSError, ValueError) as exc:
+                r.problems.append(
+                    MibProblem(f"{SHIPPED_INDEX.name}: {exc}; rebuild it with `trapd mibs build-index`")
+                )
+                r.problems_are_new = True
+            if shipped is not None:
+                r.add_index(shipped, SHIPPED_INDEX.name)
+            complete = shipped is not None
+            if dirs:
+                site = load_site_index(dirs, cache, shipped, in_process=compile_in_process, progress=progress)
+                r.problems += site.problems
+                # A compile that failed is news at every start: the site's names are missing until fixed.
+                r.problems_are_new = r.problems_are_new or site.compiled or site.failed
+                if site.index is not None:
+                    r.add_index(site.index, "site MIBs", site=True)
+                complete = complete and (site.index is not None or not source_files(dirs)) and site.cached
+            if complete and cache is not None:
+                r._write_snapshot(cache / SNAPSHOT_NAME, snapshot_key)
+            return r
+        finally:
+            if cache is not None:  # a daemon's cache compiled by root, also when interrupted (^C)
+                leave_to_state_owner(cache, cache.parent)
 
     def is_current(self, config: MibConfig | None = None) -> bool:
         """False when ``config``'s MIB files (or the shipped index) changed since this resolver was loaded.
