@@ -537,3 +537,21 @@ async def test_writers_of_one_file_take_turns_through_a_shared_lock_file(tmp_pat
             os.close(fd)
         res = await asyncio.wait_for(add, 60)
         assert [state for _, state, _ in committed_rows(j)] == ["pending"] and len(res.ids) == 1
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root")
+async def test_a_journal_root_creates_for_the_daemons_user_is_that_users(tmp_path: Path) -> None:
+    """`sudo trapd run` to look at a problem, on a state directory the service's user owns and whose
+    journal was moved aside (docs/dispatch.md: "move it aside ... for a new, empty journal"): the
+    new journal was root's, 0600, and the service then could not open it."""
+    import os
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    async with SQLiteJournal(state / "journal.sqlite") as journal:
+        await journal.add(make_event().to_dict(), [entry()], [], time.time())
+    owners = {p.name: p.stat().st_uid for p in state.iterdir()}
+    assert owners and set(owners.values()) == {nobody.pw_uid}, owners

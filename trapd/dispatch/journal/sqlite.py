@@ -72,7 +72,7 @@ from trapd.dispatch.journal.rows import set_aside_error as _set_aside_error
 from trapd.dispatch.journal.rows import stored_event as _stored_event
 from trapd.dispatch.journal.rows import unreadable as _unreadable
 from trapd.dispatch.journal.rows import unreadable_problem as _unreadable_problem
-from trapd.statedir import PRIVATE_FILE, make_private_dir
+from trapd.statedir import PRIVATE_FILE, leave_to_state_owner, make_private_dir
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -980,6 +980,9 @@ class SQLiteJournal:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
             os.fchmod(fd, PRIVATE_FILE)
             os.close(fd)
+            # Made by root (`sudo trapd run`) where the service's user keeps its state: that user's,
+            # so the service can open it (SQLite then gives it the -wal and -shm files too).
+            leave_to_state_owner(self.path, self.path.parent)
         else:
             self._refuse_unless_sqlite()
             for each in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
