@@ -1047,3 +1047,26 @@ async def test_a_held_row_whose_json_cannot_be_decoded_is_set_aside_and_the_othe
     health = a.health()
     assert not health.available and health.unreadable == 1, health
     assert await a.expire_held(time.time()) == [] and a.set_aside() == []  # once
+
+
+async def test_a_lone_host_and_a_namesakes_worker_notice_each_other_while_running(
+    hosts: Callable[..., Awaitable[PostgresJournal]], pg_url: str
+) -> None:
+    """dhcp1 runs alone; its renewals are away for a lease (a pause: its registration made stale
+    here), and a host with ``service.workers`` under the same name starts meanwhile: its worker
+    registers as dhcp1/worker-0, and its supervisor recovers every dhcp1 row as its own. The
+    lone host's own registration is untouched, so finding it taken is not enough: each checks,
+    at its renewal, for any live name it would recover or renew as its own."""
+    lone = await hosts("dhcp1", lease=30.0)
+    await lone.recover(time.time())
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE trapd_instances SET seen = seen - 100")
+    worker = await hosts("dhcp1", owner="worker-0", lease=30.0)
+    await worker.recover(time.time())
+    for j in (lone, worker):
+        assert j.health().name_conflict is None
+    await lone._renew(time.time(), take_over=False)
+    await worker._renew(time.time(), take_over=False)
+    for j in (lone, worker):
+        conflict = j.health().name_conflict
+        assert conflict is not None and "dhcp1" in conflict, j.owner

@@ -1086,12 +1086,7 @@ async def _op_register(
     those (name, last seen): empty when registered. ``view``: what the other hosts compare with
     their own (see PostgresJournal.share_view), kept under the host's name."""
     await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("instance", instance),))
-    await cur.execute(
-        "SELECT owner, seen FROM trapd_instances WHERE token <> %s AND seen + lease >= %s "
-        "AND (owner = %s OR owner = %s OR (%s AND owner LIKE %s)) ORDER BY owner",
-        (token, now, owner, instance, owner == instance, _workers_of(instance)),
-    )
-    live = [(str(r[0]), float(r[1])) for r in await cur.fetchall()]
+    live = await _namesakes(cur, now, owner, instance, token)
     if not live:
         await _take_name(cur, now, owner, token, lease)
         if view is not None:
@@ -1117,6 +1112,17 @@ async def _op_views(cur: Cur, now: float, instance: str) -> dict[str, str]:
     return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
 
 
+async def _namesakes(cur: Cur, now: float, owner: str, instance: str, token: str) -> list[tuple[str, float]]:
+    """The live processes of another token under a name ``owner`` would recover or renew as its
+    own (see _op_register): (name, last seen)."""
+    await cur.execute(
+        "SELECT owner, seen FROM trapd_instances WHERE token <> %s AND seen + lease >= %s "
+        "AND (owner = %s OR owner = %s OR (%s AND owner LIKE %s)) ORDER BY owner",
+        (token, now, owner, instance, owner == instance, _workers_of(instance)),
+    )
+    return [(str(r[0]), float(r[1])) for r in await cur.fetchall()]
+
+
 async def _take_name(cur: Cur, now: float, owner: str, token: str, lease: float) -> None:
     await cur.execute(
         "INSERT INTO trapd_instances (owner, token, seen, lease) VALUES (%s, %s, %s, %s) "
@@ -1138,9 +1144,9 @@ async def _reclaim_name(cur: Cur, now: float, owner: str, instance: str, token: 
     process held it (False: the row was just gone, e.g. removed by hand)."""
     await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("instance", instance),))
     await cur.execute("SELECT 1 FROM trapd_instances WHERE owner = %s AND token <> %s", (owner, token))
-    row = await cur.fetchone()
+    held = await cur.fetchone() is not None
     await _take_name(cur, now, owner, token, lease)
-    return row is not None
+    return held
 
 
 async def _op_renew(
@@ -1157,7 +1163,8 @@ async def _op_renew(
 ) -> tuple[Takeover | None, int, bool]:
     """Renew the leases of the claims this owner holds, put back its claims it does not hold,
     then take over rows whose owner stopped renewing: (what was taken over, how many put back,
-    whether another process held this owner's registration, see _reclaim_name).
+    whether another process held this owner's registration, see _reclaim_name, or another live
+    process renews under a name this one would recover or renew as its own, see _namesakes).
 
     ``token``: registered (see _op_register), its registration is renewed too; ``instance``: the
     host's name (``owner`` without a worker's part), whose lock _op_register takes.
@@ -1187,6 +1194,7 @@ async def _op_renew(
         )
         if cur.rowcount == 0:
             namesake = await _reclaim_name(cur, now, owner, instance or owner, token, lease)
+        namesake = namesake or bool(await _namesakes(cur, now, owner, instance or owner, token))
     put_back = 0
     if claimed_since is not None:
         await cur.execute(
