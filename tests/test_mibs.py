@@ -1658,3 +1658,24 @@ def test_a_compile_as_root_that_is_interrupted_leaves_the_cache_to_the_daemons_u
     cache = state / "mibs"
     roots = {p.relative_to(cache).as_posix() for p in [cache, *cache.rglob("*")] if p.stat().st_uid == 0}
     assert roots == set()
+
+
+def test_a_mib_replaced_by_a_file_with_an_older_mtime_is_compiled_again(tmp_path: Path) -> None:
+    """A vendor bundle unpacked from a tarball keeps the files' dates: a newer release's file can
+    be older than the cache's compiled module. pysmi judges by date alone, so the old compiled
+    module stayed in use (also when the module moved to another directory): the new names never
+    appeared. A compiled module is used only for the very file (path, size, date) it came from."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    mib = src / "vendor.my"
+    mib.write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    config = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
+    assert MibResolver.load(config, compile_in_process=True).lookup("trapdMacNotification") is not None
+    mib.write_text(
+        textwrap.dedent(VENDOR_MIB).replace("trapdMacNotification", "trapdMacMoved"), encoding="utf-8"
+    )
+    past = time.time() - 30 * 86400
+    os.utime(mib, (past, past))
+    again = MibResolver.load(config, compile_in_process=True)
+    assert again.lookup("trapdMacMoved") is not None, again.problems
+    assert again.lookup("trapdMacNotification") is None

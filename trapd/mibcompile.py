@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -550,6 +551,7 @@ def compile_site(
                 error = getattr(st, "error", None)
                 reason = _reason(error, failed, stubs) if st == "failed" else f"{st}"
                 problems.append(problem_at(site[m], reason, error))
+        _record_sources(py_dir, site, compiled)
         uncompiled = set(wanted) - set(compiled)
         index, load_problems = _index_compiled(py_dir, compiled, site, uncompiled, stubs.names)
         loaded = {m[0] for m in index["modules"]}
@@ -608,33 +610,58 @@ def drop_uncarriable_nodes(index: dict[str, Any], site: dict[str, SiteSource]) -
 
 # The stand-ins the last compile wrote into the cache, one name a line.
 _STAND_INS_FILE = "stand-ins.txt"
+# Which file (path, size, date) each compiled module came from: {"MODULE": "path|size|mtime_ns"}.
+_SOURCES_FILE = "sources.json"
+
+
+def _source_key(src: SiteSource) -> str:
+    try:
+        st = src.path.stat()
+    except OSError:
+        return ""
+    return f"{src.path}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def _prune_cache(py_dir: Path, site: dict[str, SiteSource], stand_ins: dict[str, StandIn]) -> None:
-    """Remove every compiled module that is not one of the directories' modules, and the last stand-ins.
+    """Remove every compiled module that is not from the directories' very file, and the last stand-ins.
 
-    pysmi takes a compiled module it finds as the module: one whose file was
-    removed kept its importers loading (where a fresh cache fails them), and a
-    stand-in (:class:`StandIn`) would shadow the real module added later (whose
-    file may well be older) or no longer fit what its importers ask of it. So
-    the cache holds only what the directories have; this compile adds its stand-ins.
+    pysmi takes a compiled module that is newer than its source as up to date:
+    one whose file was removed kept its importers loading (where a fresh cache
+    fails them); a file replaced by one with an older date (a vendor tarball
+    unpacked, a module moved to another directory) kept its old compiled form;
+    and a stand-in (:class:`StandIn`) would shadow the real module added later
+    or no longer fit what its importers ask of it. So a compiled module stays
+    only while the file it was compiled from is unchanged.
     """
-    record = py_dir / _STAND_INS_FILE
     try:
-        previous = set(record.read_text(encoding="utf-8").split())
+        previous = set((py_dir / _STAND_INS_FILE).read_text(encoding="utf-8").split())
     except OSError:
         previous = set()
+    try:
+        recorded = json.loads((py_dir / _SOURCES_FILE).read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict):
+            recorded = {}
+    except (OSError, ValueError):
+        recorded = {}
     try:
         compiled = [*py_dir.glob("*.py"), *py_dir.glob("*.pyc"), *py_dir.glob("__pycache__/*.pyc")]
     except OSError:
         return
+    keys = {name: _source_key(src) for name, src in site.items()}
     for path in compiled:
         module = path.name.partition(".")[0]
-        if module not in site or module in previous:
+        if module not in site or module in previous or recorded.get(module) != keys[module]:
             with contextlib.suppress(OSError):
                 path.unlink()
     with contextlib.suppress(OSError):  # the cache directory's own problem is reported by the compile
-        record.write_text("".join(f"{name}\n" for name in sorted(stand_ins)), encoding="utf-8")
+        (py_dir / _STAND_INS_FILE).write_text("".join(f"{n}\n" for n in sorted(stand_ins)), encoding="utf-8")
+
+
+def _record_sources(py_dir: Path, site: dict[str, SiteSource], modules: list[str]) -> None:
+    """Note the file each compiled module came from, for :func:`_prune_cache` next time."""
+    record = {m: _source_key(site[m]) for m in modules}
+    with contextlib.suppress(OSError):
+        (py_dir / _SOURCES_FILE).write_text(json.dumps(record), encoding="utf-8")
 
 
 def _run_pysmi(
