@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     if len(words) == 1 and (words[0].endswith(".json") or Path(words[0]).is_file()):
         try:
-            items = read_event_file(Path(words[0]))
+            items = read_event_values(Path(words[0]))
         except (OSError, ValueError) as exc:
             print(f"{words[0]}: not an event file: {exc}", file=sys.stderr)
             return 1
@@ -160,8 +160,19 @@ def compact_words(words: list[str]) -> list[str]:
         raise CompactError(f"unbalanced quote in the event: {exc}") from None
 
 
-def read_event_file(path: Any) -> list[Any]:
-    """The JSON values of an event file (one, a list, or one per line); each is given to event_from_json."""
+def read_event_file(path: Any) -> list[Event]:
+    """The events of a file in ``trapd listen``'s JSON; ValueError saying which is not one."""
+    events = []
+    for n, item in enumerate(read_event_values(path), 1):
+        try:
+            events.append(event_from_json(item))
+        except ValueError as exc:
+            raise ValueError(f"event {n}: {exc}") from None
+    return events
+
+
+def read_event_values(path: Any) -> list[Any]:
+    """The JSON values of an event file (one, a list, or one per line), for event_from_json."""
     import json
 
     text = path.read_text(encoding="utf-8")
