@@ -20,7 +20,7 @@ import pytest
 import yaml
 from listen_harness import TrapdListen, capture_datagram, needs_netsnmp, send_udp, snmp_send
 
-from trapd.commands.test import event_from_json, read_event_file
+from trapd.commands.test import read_event_file
 
 pytestmark = [pytest.mark.integration, needs_netsnmp]
 
@@ -178,7 +178,7 @@ def test_v1_specific_trap_of_2_31_or_more_as_netsnmp_sends_it(trapd: TrapdListen
     assert e["trap_oid"] == "1.3.6.1.4.1.9.9.41.2.0.3000000000"
     events = tmp_path / "events.jsonl"
     events.write_text(json.dumps(e), encoding="utf-8")
-    read_back = [event_from_json(d).trap_oid for d in read_event_file(events)]
+    read_back = [ev.trap_oid for ev in read_event_file(events)]
     assert read_back == [(1, 3, 6, 1, 4, 1, 9, 9, 41, 2, 0, 3000000000)]
 
 
@@ -313,7 +313,7 @@ def test_listen_lines_carry_no_raw_line_separators_or_c1_controls(trapd: TrapdLi
     assert not set(line) & {"\u2028", "\u2029", "\u0085", "\u009b"}, line
     events = tmp_path / "events.jsonl"
     events.write_text(line + line, encoding="utf-8")
-    assert [event_from_json(d).security.context_name for d in read_event_file(events)] == [context, context]
+    assert [ev.security.context_name for ev in read_event_file(events)] == [context, context]
 
 
 @pytest.mark.parametrize(("user", "auth", "ak", "priv", "pk"), MATRIX, ids=[x[0] for x in MATRIX])
