@@ -1070,3 +1070,34 @@ async def test_a_lone_host_and_a_namesakes_worker_notice_each_other_while_runnin
     for j in (lone, worker):
         conflict = j.health().name_conflict
         assert conflict is not None and "dhcp1" in conflict, j.owner
+
+
+async def test_close_ends_a_lease_loop_that_lost_its_cancel(pg_url: str) -> None:
+    # Python 3.11's asyncio.wait_for, with which psycopg_pool waits for a connection, drops a
+    # cancel that comes in the turn the connection does (tests/test_cancelling.py). The lease
+    # loop then went on renewing, and close() waited for it for ever (a hung test under load).
+    # Here the renewal drops the cancel that close() sends, as that race does.
+    j = PostgresJournal(pg_url, instance="a", lease=0.3)
+    renew = j._renew
+    in_renewal = asyncio.Event()
+    lost: list[int] = []
+
+    async def renew_dropping_a_cancel(now: float, *, take_over: bool) -> Any:
+        taken = await renew(now, take_over=take_over)
+        if not lost:
+            in_renewal.set()
+            try:
+                await asyncio.sleep(3600)  # stands for the pool's wait for a connection
+            except asyncio.CancelledError:
+                lost.append(1)  # the race: the connection came, the cancel is gone
+        return taken
+
+    j._renew = renew_dropping_a_cancel  # type: ignore[method-assign]
+    await j.open()
+    await asyncio.wait_for(in_renewal.wait(), timeout=30)
+    closing = asyncio.create_task(j.close())
+    # Waited for from outside: a timeout that cancelled close() would cancel the loop again itself.
+    await asyncio.wait([closing], timeout=30)
+    assert lost == [1], "the renewal did not drop a cancel: the test set up nothing"
+    assert closing.done(), "close() still waits for the lease loop"
+    closing.result()

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from trapd.cancelling import cancel_and_wait
 from trapd.dispatch.breaker import Breaker
 from trapd.dispatch.config import INTERRUPTED, DispatchConfig
 from trapd.dispatch.journal import (
@@ -280,19 +281,16 @@ class Dispatcher:
             return
         self._stopping = True
         timeout = self.config.shutdown_timeout if timeout is None else timeout
-        for t in self._tasks:
-            t.cancel()
         for t in list(self._idle):
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Cancelled again until they end: a cancel can be lost (see trapd.cancelling).
+        await cancel_and_wait(self._tasks)
         busy = [t for t in self._workers if not t.done()]
         if busy:
             _, late = await asyncio.wait(busy, timeout=timeout)
-            for t in late:
-                t.cancel()
             if late:
                 self.log.warning("actions still running at shutdown: they will run again", count=len(late))
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await cancel_and_wait(self._workers)
         self._failure_log.flush(force=True)
         self._duplicate_log.flush(force=True)
         # Claimed when journaled but never started: back to pending, so the next start does not

@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from trapd.cancelling import cancel_and_wait
 from trapd.config import Config
 from trapd.event import Event
 from trapd.listener.raw import DEFER_ACK, RawNotification
@@ -30,7 +31,6 @@ from trapd.service.health import Health
 from trapd.service.lifecycle import (
     Loaded,
     apply_logging,
-    cancel_all,
     compile_reload,
     failure_reason,
     keep_restart_needed,
@@ -531,7 +531,7 @@ class Daemon:
         if self.dispatcher is not None and not self._submit_queue.empty():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._submit_queue.join(), timeout=5.0)
-        await cancel_all(self._tasks)
+        await cancel_and_wait(self._tasks)
         self._reject_log.flush(force=True)
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.config.dispatch.shutdown_timeout)

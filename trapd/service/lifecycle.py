@@ -18,7 +18,6 @@ share live here:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -280,15 +279,6 @@ def warn_restart_needed(log: TrapdLogger, old: Config, new: Config, names: Seque
     changed = [name for name in names if RESTART_NEEDED[name](old) != RESTART_NEEDED[name](new)]
     if changed:
         log.warning("changed settings take effect at the next restart", settings=changed)
-
-
-async def cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
-    """Cancel ``tasks`` and wait until each has ended (whatever it raised on the way out)."""
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -26,12 +26,12 @@ has no ``notify-reload`` and ignores unknown fields, so trapd always sends
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
 from collections.abc import Callable, Mapping
 
+from trapd.cancelling import cancel_and_wait
 from trapd.service.logging import get_logger
 
 log = get_logger(__name__)
@@ -191,6 +191,4 @@ async def stop_watchdog(task: asyncio.Task[None] | None) -> None:
     """Cancel a task from :func:`start_watchdog` and wait for it."""
     if task is None:
         return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait([task])

@@ -52,6 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from trapd.cancelling import cancel_and_wait
 from trapd.config import Config
 from trapd.listener.config import ListenAddress
 from trapd.service import lifecycle
@@ -817,7 +818,7 @@ class Supervisor:
         self._state = "stopping"
         # A reload still waiting for its workers is abandoned: as they stop, it would otherwise
         # end as "failed" (or done) and send READY=1 after STOPPING=1.
-        await lifecycle.cancel_all([t for t in self._tasks if t.get_name() == "trapd-supervisor-reload"])
+        await cancel_and_wait([t for t in self._tasks if t.get_name() == "trapd-supervisor-reload"])
         self.log.info("stopping", workers=sum(1 for s in self.slots if s.alive))
         self.notifier.stopping("stopping")
         await self._stop_workers()
@@ -857,7 +858,7 @@ class Supervisor:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
 
     async def _close(self) -> None:
-        await lifecycle.cancel_all(self._tasks)
+        await cancel_and_wait(self._tasks)
         if self.metrics is not None:
             await self.metrics.close()
         for slot in self.slots:

@@ -66,6 +66,7 @@ from psycopg import errors as pgerrors
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from trapd.cancelling import cancel_and_wait
 from trapd.dispatch.journal.model import (
     ACTIVE,
     INTERRUPTED_HOLD_FOR,
@@ -1795,11 +1796,7 @@ class PostgresJournal:
             with contextlib.suppress(Exception):
                 await self._call(_op_unregister, self._owner, self._token)
             self._registered = False
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)  # the lease loop can lose a cancel: see trapd.cancelling
         self._tasks = []
         self._queue.put_nowait(None)
         task, self._writer_task = self._writer_task, None
