@@ -362,7 +362,7 @@ def declare_implicit_imports(text: str) -> str:
 
 
 # ``Sym1, Sym2 FROM MODULE`` inside an IMPORTS clause (comments removed first).
-_FROM_CLAUSE_RE = re.compile(r"((?:[A-Za-z][\w-]*\s*,?\s*)+?)\s*\bFROM\s+([A-Za-z][\w-]*)")
+_WORD_RE = re.compile(r"[A-Za-z][\w-]*")
 _COMMENT_RE = re.compile(r"--[^\n]*")
 
 
@@ -390,15 +390,30 @@ class StandIn:
 
 
 def _imports_of(text: str) -> list[tuple[list[str], str]]:
-    """``[([symbols], module), ...]`` of the IMPORTS clause of each module in ``text``."""
+    """``[([symbols], module), ...]`` of the IMPORTS clause of each module in ``text``.
+
+    One pass over words (a regex with a repeated list of names backtracked
+    exponentially on a clause without FROM), and only each module's first
+    IMPORTS, up to its first ';' (see :func:`declare_implicit_imports`).
+    """
     out: list[tuple[list[str], str]] = []
-    for keyword in _IMPORTS_RE.finditer(text):
-        end = text.find(";", keyword.end())
-        if end < 0:
+    starts = list(_MODULE_TEXT_RE.finditer(text))
+    for i, start in enumerate(starts):
+        body_end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        keyword = _IMPORTS_RE.search(text, start.end(), body_end)
+        end = text.find(";", keyword.end(), body_end) if keyword is not None else -1
+        if keyword is None or end < 0:
             continue
-        clause = _COMMENT_RE.sub(" ", text[keyword.end() : end])
-        for m in _FROM_CLAUSE_RE.finditer(clause):
-            out.append(([n for n in re.split(r"[\s,]+", m.group(1)) if n], m.group(2)))
+        symbols: list[str] = []
+        words = iter(_WORD_RE.findall(_COMMENT_RE.sub(" ", text[keyword.end() : end])))
+        for word in words:
+            if word != "FROM":
+                symbols.append(word)
+                continue
+            module = next(words, None)
+            if module is not None and symbols:
+                out.append((symbols, module))
+            symbols = []
     return out
 
 
