@@ -445,61 +445,59 @@ def _unhealthy(d: TrapdDaemon) -> tuple[int, dict[str, object]]:
     return status, body
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        pytest.param("params = CAST(x'7b22ff7d' AS TEXT)", id="params-not-utf8"),
-        pytest.param("""params = '{"message": "m'""", id="params-json-cut-short"),
-    ],
-)
-def test_a_held_row_that_cannot_be_read_back_is_set_aside_once_and_the_others_expire(
-    tmp_path: Path, damage: str
-) -> None:
-    """A damaged row among held actions whose hold ran out: the maintenance's expiry read them all
-    in one query, which failed on every poll ('journal maintenance failed', or a traceback for JSON
-    cut short, and health stayed 200 then), so no held action ever expired and the rest of the
-    maintenance (counts, prune) never ran. Now the row is set aside like a due one: dead, logged
-    once with its id, counted, health 503; the other held action expires as usual."""
+def test_a_held_row_that_cannot_be_read_back_is_set_aside_once_and_the_others_expire(tmp_path: Path) -> None:
+    """Damaged rows among held actions whose hold ran out: the maintenance's expiry read them all
+    in one query, which failed on every poll ('journal maintenance failed'; for JSON cut short a
+    traceback, and health stayed 200), so no held action ever expired and the rest of the
+    maintenance (counts, prune) never ran. Now each such row is set aside like a due one: dead,
+    logged once with its id, counted, health 503; the other held action expires as usual. One
+    daemon for both kinds of damage (text that is not UTF-8, JSON cut short)."""
     path = _journal_file(tmp_path)
 
     async def fill() -> None:
         async with SQLiteJournal(path) as j:
             now = time.time()
-            for i in range(3):
+            for i in range(4):
                 held = replace(_entry(i, now), params={"message": f"h-{i}"})
                 await j.add(make_event().to_dict(), [held], [], now)
 
     asyncio.run(fill())
     conn = sqlite3.connect(path)
-    with conn:  # ids 1 and 2 held by a cap whose hold ran out; 3 waits for an hour
+    with conn:  # ids 1-3 held by a cap whose hold ran out; 4 waits for an hour
         conn.execute(
-            "UPDATE actions SET state = 'held', held_by = 'r/cap', due = ? WHERE id IN (1, 2)",
+            "UPDATE actions SET state = 'held', held_by = 'r/cap', due = ? WHERE id IN (1, 2, 3)",
             (time.time() - 1,),
         )
-        conn.execute(f"UPDATE actions SET {damage} WHERE id = 2")
+        conn.execute("UPDATE actions SET params = CAST(x'7b22ff7d' AS TEXT) WHERE id = 2")
+        conn.execute("""UPDATE actions SET params = '{"message": "m' WHERE id = 3""")
     conn.close()
-    d = TrapdDaemon.start(tmp_path, rules=RULES)
+    fast_polls = {"dispatch": {"journal": {"poll_interval": "0.2s"}}}
+    d = TrapdDaemon.start(tmp_path, rules=RULES, config=fast_polls)
     try:
-        (line,) = d.wait_log("journal row unreadable: set aside", timeout=30)
-        assert line["action_id"] == "2" and line["key"] == "k1" and line["rule"] == "r", line
+        lines = d.wait_log("journal row unreadable: set aside", timeout=30, count=2)
+        assert sorted((ln["action_id"], ln["key"], ln["rule"]) for ln in lines) == [
+            ("2", "k1", "r"),
+            ("3", "k2", "r"),
+        ], lines
         (expired,) = d.wait_log("held action expired without release", timeout=10)
         assert expired["action_id"] == "1", expired
         assert _journal_state(path, 1)[0] == "dead"
-        state, last_error = _journal_state(path, 2)
-        assert state == "dead" and "could not be read back" in str(last_error), (state, last_error)
-        assert _journal_state(path, 3)[0] == "scheduled"
-        assert d.wait_metric("trapd_journal_unreadable_rows_total", 1) == 1
+        for id_ in (2, 3):
+            state, last_error = _journal_state(path, id_)
+            assert state == "dead" and "could not be read back" in str(last_error), (state, last_error)
+        assert _journal_state(path, 4)[0] == "scheduled"
+        assert d.wait_metric("trapd_journal_unreadable_rows_total", 2) == 2
         _, body = eventually(lambda: _unhealthy(d))
         assert "could not be read back" in str(body["journal"]) or "damaged" in str(body["journal"]), body
         # The rest of the maintenance runs (its counts reach the metrics), and polls after it
-        # neither log the row again nor fail.
-        assert d.wait_metric("trapd_journal_entries", 2, state="dead") == 2
+        # neither log the rows again nor fail.
+        assert d.wait_metric("trapd_journal_entries", 3, state="dead") == 3
         assert d.wait_metric("trapd_journal_entries", 1, state="scheduled") == 1
         assert d.wait_metric("trapd_actions_total", 1, plugin="log", outcome="expired") == 1
-        r = journal_cli("--journal", str(path), "cancel", "3")  # a later poll's counts show it
+        r = journal_cli("--journal", str(path), "cancel", "4")  # a later poll's counts show it
         assert r.returncode == 0, r.stdout + r.stderr
         eventually(lambda: _gauge_is(d, "scheduled", 0), timeout=20)
-        assert len(d.logs("journal row unreadable: set aside")) == 1
+        assert len(d.logs("journal row unreadable: set aside")) == 2
         assert len(d.logs("held action expired without release")) == 1
         assert not d.logs("journal maintenance failed") and not d.logs("journal maintenance error")
     finally:
