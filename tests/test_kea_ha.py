@@ -621,6 +621,26 @@ async def test_monitor_warns_when_trapds_peers_differ_from_keas(pair: HaPair) ->
     assert differ["trapd_peers"] == ["alpha", "server2"] and differ["kea_peers"] == ["server1", "server2"]
 
 
+async def test_monitor_warns_about_an_ha_server_listed_as_a_plain_endpoint(pair: HaPair) -> None:
+    # Kea HA does not copy lease-del or dhcp-disable to the partner: one server of a pair listed
+    # as a plain endpoint (no peers) gets trapd's deletions alone, and its partner keeps every
+    # lease. Nothing said so; a plain endpoint without HA is left alone.
+    from trapd.kea.monitor import KeaMonitor
+    from trapd.testing import CapturedLog
+
+    server1 = pair.trapd_endpoints("unix")["pair4"]["peers"][0]
+    plain = {k: v for k, v in server1.items() if k != "name"}
+    clients = make_kea_clients({"endpoints": {"local4": {"family": "v4", **plain}}})
+    log = CapturedLog()
+    try:
+        await KeaMonitor(clients, log, interval=1, warn_after=60).poll()
+    finally:
+        await clients.aclose()
+    warned = [e for e in log.entries if e["log_level"] == "warning"]
+    assert [e["endpoint"] for e in warned] == ["local4"], warned
+    assert "plain endpoint" in warned[0]["event"] and warned[0]["kea_peers"] == ["server1", "server2"]
+
+
 class _StatusOnly:
     """A Kea whose status-get says what the test wants: for the HA state ``terminated``, which two
     servers on one host cannot be brought into (Kea enters it on clock skew between the peers)."""

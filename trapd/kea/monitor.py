@@ -15,7 +15,9 @@ ARM's "terminated" state needs an operator). Once per HA
 relationship trapd also compares its ``peers`` list with the servers' own HA
 configuration (``config-get``: this-server-name and the peers) and warns
 when they disagree: a Kea peer trapd does not know keeps every lease trapd
-deletes elsewhere.
+deletes elsewhere. So does the partner of a server that trapd.yaml lists as a
+plain endpoint while Kea runs it in an HA relationship: that is checked once
+per plain endpoint too.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class KeaMonitor:
         self._update_warnings(clients, time.time())
         for name, ep in self.clients.config.endpoints.items():
             for fam in ep.families:
-                if ep.peers and (name, fam) not in self._peers_checked:
+                if (name, fam) not in self._peers_checked:
                     await self._check_peers(name, fam)
 
     def ha_state(self, client: KeaClient) -> str | None:
@@ -119,6 +121,10 @@ class KeaMonitor:
             except KeaError:
                 return  # try again next round
             ha = _ha_config(r.arguments, SERVICE_BY_FAMILY[family], client.peer)
+            if client.peer is None:  # a plain endpoint: one server, which should have no partner
+                self._peers_checked.add((endpoint, family))
+                self._check_plain(client, family, ha)
+                return
             if ha is None:
                 self.log.warning("Kea HA peer has no HA hook configured", endpoint=client.name, family=family)
                 self._peers_checked.add((endpoint, family))
@@ -145,6 +151,23 @@ class KeaMonitor:
                     trapd_peers=sorted(ours),
                     kea_peers=sorted(theirs),
                 )
+
+    def _check_plain(self, client: KeaClient, family: str, ha: dict[str, Any] | None) -> None:
+        """A server trapd.yaml lists as a plain endpoint that Kea runs in an HA relationship: Kea
+        HA does not copy control-API changes (lease-del, dhcp-disable; kea-ha-facts.md), so its
+        partners would keep every lease trapd deletes here."""
+        if ha is None:
+            return
+        theirs = sorted(str(p.get("name")) for p in ha.get("peers", []) if isinstance(p, dict))
+        if [name for name in theirs if name != ha.get("this-server-name")]:
+            self.log.warning(
+                "Kea server is in an HA relationship that trapd.yaml lists as a plain endpoint: "
+                "deletions and dhcp-disable reach this server only, not its partners",
+                endpoint=client.name,
+                family=family,
+                kea_peers=theirs,
+                hint="list the endpoint's peers (docs/kea-ha.md)",
+            )
 
 
 def _ha_config(arguments: Any, service: str, server: str | None) -> dict[str, Any] | None:
