@@ -624,3 +624,33 @@ async def test_an_unexpected_error_from_the_journal_does_not_stop_the_pump_or_th
     finally:
         await other.close()
     await wait_for(lambda: "retried" in rec.done_tags(), timeout=10)
+
+
+async def test_a_failing_expiry_of_held_actions_does_not_hold_back_the_journals_notices(
+    make: Callable[..., Any], journal: SQLiteJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk fails expire_held (it writes) at every poll. The maintenance stopped at that
+    # step, so what came after it waited, unlogged, until the disk was freed: the periodic
+    # integrity check's findings, takeovers, the counts gauges. The failure is injected.
+    from structlog.testing import capture_logs
+
+    from trapd.dispatch.journal import JournalError, JournalNotice
+
+    async def expire_fails(now: float) -> Any:
+        raise JournalError("journal commit failed: database or disk is full")
+
+    given: list[int] = []
+
+    def one_notice() -> list[JournalNotice]:
+        if given:
+            return []
+        given.append(1)
+        return [JournalNotice("error", "journal file damaged", {"detail": "page 7"})]
+
+    monkeypatch.setattr(journal, "expire_held", expire_fails)
+    monkeypatch.setattr(journal, "notices", one_notice)
+    with capture_logs() as logs:
+        d = await make()
+        await wait_for(lambda: any(e["event"] == "journal maintenance failed" for e in logs), timeout=10)
+        await wait_for(lambda: any(e["event"] == "journal file damaged" for e in logs), timeout=10)
+    assert d.stats.gauges is not None

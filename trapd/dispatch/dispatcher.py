@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 # Raised by submit when the journal is too far behind the disk: the caller counts the loss.
 DispatchOverloaded = JournalFull
 
+_T = TypeVar("_T")
 _MAC_TYPES = ("mac-address",)
 _IP_TYPES = ("ip-address", "ipv4", "ipv6")
 _WAKE_JOB = "trapd-dispatch-wake"
@@ -815,14 +816,19 @@ class Dispatcher:
         self.pair_differences = found
 
     async def _maintain(self) -> None:
+        """One round of upkeep. Each step that reads or writes the journal runs even when one
+        before it failed: a full disk fails expire_held (a write) at every poll, and what came
+        after it (the integrity check's findings, takeovers, the counts) waited, unlogged, until
+        the disk was freed. The first failure is raised at the end, for the maintenance's log."""
         now = self.journal.now()
+        failed: list[JournalError] = []
         self._failure_log.flush()  # the counts held back, once their interval is over
         self._duplicate_log.flush()
         if self._unwritten:
-            await self._write_ends_again()
-        if await self.journal.changed():
+            await _guarded(self._write_ends_again(), failed)
+        if await _guarded(self.journal.changed(), failed):
             self._poke()  # `trapd journal retry / release / cancel` wrote to the journal
-        for e in await self.journal.expire_held(now):
+        for e in await _guarded(self.journal.expire_held(now), failed) or ():
             self.stats.count(e.action, "expired")
             self.log.error(
                 "held action expired without release",
@@ -857,7 +863,9 @@ class Dispatcher:
             )
         self._say_name_conflict()
         self._say_pair_differences()
-        self.stats.gauges = await self.journal.counts()
+        counts = await _guarded(self.journal.counts(), failed)
+        if counts is not None:
+            self.stats.gauges = counts
         held = self.stats.gauges.get("held", 0)
         if held and now - self._last_held_alert >= 60.0:
             self._last_held_alert = now
@@ -868,10 +876,12 @@ class Dispatcher:
             )
         if now - self._last_prune >= 3600.0:
             self._last_prune = now
-            pruned = await self.journal.prune(now - self.config.journal.retention, now)
+            pruned = await _guarded(self.journal.prune(now - self.config.journal.retention, now), failed)
             if pruned:
                 self.log.info("journal pruned", entries=pruned)
         self.stats.breakers = {ep: b.state for ep, b in self.breakers.items()}
+        if failed:
+            raise failed[0]
 
     # ------------------------------------------------------------ workers
 
@@ -1340,3 +1350,12 @@ def stats_snapshot(d: Dispatcher) -> dict[str, Any]:
 
 
 __all__: Sequence[str] = ("DispatchOverloaded", "Dispatcher", "recover_interrupted", "stats_snapshot")
+
+
+async def _guarded(step: Awaitable[_T], failed: list[JournalError]) -> _T | None:
+    """``step``'s result; None, with its JournalError added to ``failed``, when it fails."""
+    try:
+        return await step
+    except JournalError as exc:
+        failed.append(exc)
+        return None
