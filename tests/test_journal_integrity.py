@@ -200,7 +200,9 @@ def test_damage_met_while_running_makes_healthz_503_and_stays(tmp_path: Path) ->
             now = time.time()
             for i in range(3):
                 entry = _entry(i, now)
-                await j.add(make_event().to_dict(), [replace(entry, due=now + 2)], [], now)
+                # Due in an hour: nothing reads the row before the test makes it due. (Due in 2 s,
+                # a daemon slow to start under load had read it before the first /healthz.)
+                await j.add(make_event().to_dict(), [replace(entry, due=now + 3600)], [], now)
 
     asyncio.run(fill())
     conn = sqlite3.connect(path)
@@ -210,6 +212,10 @@ def test_damage_met_while_running_makes_healthz_503_and_stays(tmp_path: Path) ->
     d = TrapdDaemon.start(tmp_path, rules=RULES)
     try:
         assert d.healthz()[0] == 200  # not due yet: nothing has read the row
+        conn = sqlite3.connect(path)
+        with conn:  # due now: the daemon sees another process's write at its next poll
+            conn.execute("UPDATE actions SET due = 0")
+        conn.close()
         d.wait_log("journal row unreadable: set aside", timeout=30)
 
         def unhealthy() -> dict[str, object]:
