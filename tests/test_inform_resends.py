@@ -120,3 +120,33 @@ def test_an_inform_whose_processing_failed_is_not_acknowledged() -> None:
     assert d._on_notification(raw) is False  # the listener then sends no Response
     assert answered == []
     assert d.stats.errors["pipeline"] == 1
+
+
+def test_copies_waiting_for_their_first_hold_a_bounded_number_of_bytes_in_all() -> None:
+    # Each waiting copy's answer holds that copy's decoded message (up to ~64 KB). MAX_WAITING
+    # bounded the copies of one inform only: informs waiting for a slow journal, each with its
+    # resends, held up to 17 times the submit queue's 32 MiB. Now the copies of all of them
+    # share one byte budget; a copy past it is left unanswered (the sender resends it again).
+    from trapd.listener.resends import MAX_WAITING_BYTES, copy_cost
+
+    answered.clear()
+    memory = InformResends(clock=Clock())
+    big = b"x" * 60_000
+    informs, pendings = [], []
+    for request_id in range(200):
+        first = inform(request_id)
+        first.varbinds.append(((1, 3, 6, 1, 4, 1, 9, 1), "OctetString", big))
+        pendings.append(memory.take(first, first.ack))  # type: ignore[arg-type]
+        informs.append(first)
+    for first in informs:
+        for _ in range(MAX_WAITING):
+            copy = inform(first.request_id or 0)
+            copy.varbinds.append(((1, 3, 6, 1, 4, 1, 9, 1), "OctetString", big))
+            assert memory.answer_copy(copy) is False
+    held = memory.waiting_bytes
+    assert 0 < held <= MAX_WAITING_BYTES
+    assert held // copy_cost(informs[0]) < 200 * MAX_WAITING  # the old code held all 3,200
+    # Answered or abandoned, their copies' bytes are given back, and new copies wait again.
+    for i, pending in enumerate(pendings):
+        pending() if i % 2 else pending.abandon()
+    assert memory.waiting_bytes == 0

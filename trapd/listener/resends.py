@@ -19,7 +19,8 @@ the database unavailable), it is forgotten, so the next copy is taken in as new:
 resend is how an inform gets through once the journal is back.
 
 The memory is bounded: at most :data:`CAPACITY` informs for :data:`WINDOW` seconds,
-oldest forgotten first, and at most :data:`MAX_WAITING` copies answered with one. Of the
+oldest forgotten first, and at most :data:`MAX_WAITING` copies answered with one, all the
+copies waiting together holding at most :data:`MAX_WAITING_BYTES` (by :func:`copy_cost`). Of the
 variable bindings only a 64-bit hash is kept (Python's ``hash``, keyed per process by
 ``PYTHONHASHSEED``'s random default, so a sender cannot aim for a collision), not the values.
 """
@@ -41,8 +42,22 @@ WINDOW = 300.0
 # Copies that wait for the first one's commit; more are dropped unanswered (the sender
 # resends them again, and by then the first is answered).
 MAX_WAITING = 16
+# ... and what all the waiting copies hold together: each keeps its own decoded message until
+# it is answered (up to ~64 KB), and informs waiting for a slow journal, each with its resends,
+# held up to 17 times the submit queue's 32 MiB with the count bound alone. A copy past this
+# is left unanswered, like one past MAX_WAITING.
+MAX_WAITING_BYTES = 8 * 1024 * 1024
 
 Ack = Callable[[], None]
+
+
+def copy_cost(raw: RawNotification) -> int:
+    """Bytes a waiting copy holds, estimated: its values twice (decoded, and the datagram they
+    were read from) and a fixed part per message and per variable binding."""
+    size = 400
+    for _, _, value in raw.varbinds:
+        size += 100 + (2 * len(value) if isinstance(value, bytes | str) else 0)
+    return size
 
 
 def resend_key(raw: RawNotification) -> Hashable | None:
@@ -66,13 +81,14 @@ class PendingInform:
     :meth:`abandon` when it could not be: the inform stays unanswered, and is forgotten.
     """
 
-    __slots__ = ("_ack", "_key", "_memory", "waiting")
+    __slots__ = ("_ack", "_key", "_memory", "waiting", "waiting_bytes")
 
     def __init__(self, memory: InformResends | None, key: Hashable | None, ack: Ack) -> None:
         self._memory = memory
         self._key = key
         self._ack = ack
         self.waiting: list[Ack] = []
+        self.waiting_bytes = 0  # of its copies, counted in the memory's waiting_bytes
 
     def __call__(self) -> None:
         if self._memory is not None:
@@ -80,12 +96,18 @@ class PendingInform:
         self._ack()
         for ack in self.waiting:
             ack()
-        self.waiting = []
+        self._let_go()
 
     def abandon(self) -> None:
         if self._memory is not None:
             self._memory._forget(self._key, self)
+        self._let_go()
+
+    def _let_go(self) -> None:
         self.waiting = []
+        if self._memory is not None:
+            self._memory.waiting_bytes -= self.waiting_bytes
+        self.waiting_bytes = 0
 
 
 class InformResends:
@@ -100,6 +122,7 @@ class InformResends:
         self.capacity = capacity
         self.window = window
         self._clock = clock
+        self.waiting_bytes = 0  # held by copies waiting for their first (see MAX_WAITING_BYTES)
         # key -> (taken at, PendingInform while its commit is awaited, None once answered)
         self._entries: OrderedDict[Hashable, tuple[float, PendingInform | None]] = OrderedDict()
 
@@ -121,8 +144,11 @@ class InformResends:
             return None
         if pending is None:
             return True
-        if len(pending.waiting) < MAX_WAITING:
+        cost = copy_cost(raw)
+        if len(pending.waiting) < MAX_WAITING and self.waiting_bytes + cost <= MAX_WAITING_BYTES:
             pending.waiting.append(raw.ack)
+            pending.waiting_bytes += cost
+            self.waiting_bytes += cost
         return False
 
     def take(self, raw: RawNotification, ack: Ack) -> PendingInform:
