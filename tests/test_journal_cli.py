@@ -365,7 +365,7 @@ def test_a_list_of_one_state_in_a_large_journal_sorts_ids_not_whole_rows(tmp_pat
         "max_attempts, backoff, max_age, age_from, created, due, finished, result) "
         "SELECT 'e', x, '10.0.0.' || (x % 50), 'r' || (x % 4), 'log', 0, '{\"message\": \"m\"}', 'k' || x, "
         "'enforce', CASE WHEN x % 1000 = 0 THEN 'held' ELSE 'done' END, 3, 1, 3600, x, x, x, x, "
-        "'{\"status\": 200, \"answer\": \"' || hex(randomblob(64)) || '\"}' FROM g"
+        '\'{"status": 200, "answer": "\' || hex(randomblob(64)) || \'"}\' FROM g'
     )
     conn.commit()
 

@@ -114,7 +114,6 @@ def config_from_yaml(node: Any, path: Path | None) -> Config:
     )
 
 
-
 def load_action_settings(name: str, node: Mapping[str, Any], base: Path) -> dict[str, Any]:
     """A plugin's settings: ``{env: NAME}`` / ``{file: PATH}`` values and all of ``exec.env`` are secrets.
 
