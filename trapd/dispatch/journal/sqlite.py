@@ -914,8 +914,14 @@ class SQLiteJournal:
         try:
             await ready
         except BaseException:
+            # Cancelled (SIGTERM while starting) after the writer connected, the writer waits for
+            # work for ever: told to end, or the join below held the event loop for good. A
+            # writer that failed to open has ended already; its queue is replaced either way, so
+            # the next open() does not meet this None.
+            self._queue.put(None)
             self._thread.join()
             self._thread = None
+            self._queue = queue.SimpleQueue()
             raise
         if self.checkpoint_interval is not None and not self.read_only:  # after the writer set WAL mode
             self._checkpointer_stop.clear()
