@@ -364,3 +364,40 @@ rules:
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_an_undecodable_index_suffix_is_counted_in_metrics(tmp_path: Path) -> None:
+    """A real trap whose ipNetToMediaPhysAddress suffix has an octet of 256 in its IpAddress index
+    (hostile, or a MIB that does not fit the agent): the rule's condition on the index object does
+    not hold, and /metrics counts the undecodable suffix (it was counted nowhere a user sees)."""
+    rules = """\
+rules:
+  - name: arp-on-17
+    match: {varbinds: {ipNetToMediaPhysAddress: {index: {ipNetToMediaIfIndex: 17}}}}
+    continue: true
+    actions:
+      - action: log
+        message: "arp {{ source }}"
+  - name: down
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: log
+        message: "down {{ ifIndex }}"
+"""
+    phys = "1.3.6.1.2.1.4.22.1.2"
+    d = TrapdDaemon.start(tmp_path, rules=rules, args=("--dry-run",))
+    try:
+        assert d.metric("trapd_index_undecodable_total") == 0
+        for suffix in ("17.10.0.0.1", "17.10.0.256.1"):
+            snmp_send(
+                "snmptrap", *link_down(d.target(), 17), f"{phys}.{suffix}", "x", "001122334455", check=True
+            )
+        assert d.wait_metric("trapd_rule_matches_total", 2, rule="down") == 2
+        assert d.wait_metric("trapd_index_undecodable_total", 1) == 1
+        m = d.metrics()
+        assert d.metric("trapd_rule_matches_total", m, rule="arp-on-17") == 1  # the good suffix only
+        (line,) = d.wait_log(lambda e: "undecodable index" in str(e.get("event", "")))
+        assert "not four octets" in line["event"], line
+        assert d.stop() == 0
+    finally:
+        d.close()

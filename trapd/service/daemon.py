@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from trapd.cancelling import cancel_and_wait
 from trapd.config import Config
 from trapd.event import Event
+from trapd.instance import undecodable_total
 from trapd.listener.raw import DEFER_ACK, RawNotification
 from trapd.listener.resends import InformResends, PendingInform
 from trapd.listener.stats import DropLog
@@ -741,6 +742,7 @@ class Daemon:
             rate_limit_exempted=sum(self.limiter.stats.exempted.values()) if self.limiter else 0,
             receive_pauses=ls.receive_pauses if ls is not None else 0,
             v3_engines_pushed_out=ls.v3_engines_pushed_out if ls is not None else 0,
+            index_undecodable=undecodable_total(),
             journal_problem=jh.problem if jh is not None else None,
             journal_failed_writes=jh.failed_writes if jh is not None else 0,
             journal_taken_over=jh.taken_over if jh is not None else 0,

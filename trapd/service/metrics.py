@@ -52,6 +52,10 @@ trapd_dispatch_backlog_bytes                   gauge      their estimated size i
 trapd_rate_limit_exempted_total                counter    over a rate limit, kept: they clear pending actions
 trapd_receive_pauses_total                     counter    reading paused (<= 10 ms) in a storm for due actions
 trapd_v3_engines_pushed_out_total              counter    v3 sender engines pushed out at their bounds
+trapd_index_undecodable_total                  counter    instance suffixes their table's INDEX clause does
+                                                          not describe (hostile, or a MIB that does not fit
+                                                          the agent), met by rules and templates on index
+                                                          objects; logged at most once a minute
 trapd_actions_total                            counter    plugin, outcome
 trapd_action_latency_seconds                   histogram  from notification received to action done
 trapd_journal_entries                          gauge      state (pending, scheduled, held, dead)
@@ -160,6 +164,7 @@ class DaemonSnapshot:
     receive_pauses: int = 0
     # v3 sender engines' time notions and learned engines pushed out at their fixed maximums.
     v3_engines_pushed_out: int = 0
+    index_undecodable: int = 0
     # The journal cannot commit now (a PostgreSQL journal's database is unavailable): why; None when it can.
     journal_problem: str | None = None
     # Journal writes that failed because it could not commit (outcomes not journaled, among others).
@@ -320,6 +325,13 @@ class TrapdCollector:
             "v3 sender engines whose time notion and replay memory (or learned keys) were pushed out "
             "at their fixed maximums (4,096 engines, 2^18 MACs, 1,024 learned): docs/snmpv3.md.",
             value=snap.v3_engines_pushed_out,
+        )
+        yield CounterMetricFamily(
+            "trapd_index_undecodable",
+            "Instance suffixes that their table's INDEX clause does not describe (an octet above 255, "
+            "too short, left over), met by a rule condition or template on index objects: no condition "
+            "on them holds, and a template naming one is rejected. Counted each time one is decoded.",
+            value=snap.index_undecodable,
         )
         yield _counter_by_two(
             "trapd_actions", "Actions finished, by plugin and outcome.", ("plugin", "outcome"), snap.actions

@@ -85,6 +85,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "rate_limit_exempted": snap.rate_limit_exempted,
         "receive_pauses": snap.receive_pauses,
         "v3_engines_pushed_out": snap.v3_engines_pushed_out,
+        "index_undecodable": snap.index_undecodable,
         "journal_problem": snap.journal_problem,
         "journal_failed_writes": snap.journal_failed_writes,
         "journal_taken_over": snap.journal_taken_over,
@@ -132,6 +133,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         rate_limit_exempted=int(data.get("rate_limit_exempted", 0)),
         receive_pauses=int(data.get("receive_pauses", 0)),
         v3_engines_pushed_out=int(data.get("v3_engines_pushed_out", 0)),
+        index_undecodable=int(data.get("index_undecodable", 0)),
         journal_problem=str(data["journal_problem"]) if data.get("journal_problem") else None,
         journal_failed_writes=int(data.get("journal_failed_writes", 0)),
         journal_taken_over=int(data.get("journal_taken_over", 0)),
@@ -203,7 +205,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
     unmatched = lost = resent = exempted = failed_writes = taken_over = pauses = backlog = backlog_bytes = 0
-    unreadable = put_back = pushed_out = 0
+    unreadable = put_back = pushed_out = undecodable = 0
     checks: dict[Any, int] = {}
     check_seconds = 0.0
     wal_bytes = 0
@@ -237,6 +239,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         exempted += s.rate_limit_exempted
         pauses += s.receive_pauses
         pushed_out += s.v3_engines_pushed_out
+        undecodable += s.index_undecodable
         failed_writes += s.journal_failed_writes
         taken_over += s.journal_taken_over
         put_back += s.journal_put_back
@@ -269,6 +272,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         rate_limit_exempted=exempted,
         receive_pauses=pauses,
         v3_engines_pushed_out=pushed_out,
+        index_undecodable=undecodable,
         journal_problem=problem,
         journal_failed_writes=failed_writes,
         journal_taken_over=taken_over,
