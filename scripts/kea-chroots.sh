@@ -27,6 +27,13 @@ unmount_proc() {
     if mountpoint -q "$1/proc" 2>/dev/null; then umount "$1/proc"; fi
 }
 
+mkdir -p "$BASE"
+# One run at a time (two pytest-xdist workers can both reach the tier): a second run
+# would take the first's chroot, not yet marked ready, for an unfinished earlier build
+# and remove it under the running debootstrap. It waits here, then finds it ready.
+exec 9>"$BASE/.lock"
+flock 9
+
 if [ "$remove" = yes ]; then
     for suite in $SUITES; do
         dir=$BASE/$suite
@@ -48,7 +55,6 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     apt-get install -y --no-install-recommends debootstrap >/dev/null
 fi
 
-mkdir -p "$BASE"
 for suite in $SUITES; do
     dir=$BASE/$suite
     if [ -e "$dir/.trapd-ready" ]; then
