@@ -336,6 +336,17 @@ def test_an_integer_is_written_in_ascii_digits(value: str) -> None:
     assert convert(Param("integer"), " 17 ", "subnet-id") == 17
 
 
+def test_an_integer_may_be_written_as_a_whole_float() -> None:
+    """YAML reads ``100.0`` as a float; JSON Schema's integer (an editor's check) takes it, so trapd does."""
+    from trapd.params import Param, ParamError, convert
+
+    assert convert(Param("integer"), 100.0, "page-size") == 100
+    assert type(convert(Param("integer"), 100.0, "page-size")) is int
+    for bad in (100.5, float("inf"), float("nan")):
+        with pytest.raises(ParamError, match="expected an integer"):
+            convert(Param("integer"), bad, "page-size")
+
+
 @pytest.mark.parametrize("mac", ["426172313233", "0011223344aa"])
 def test_octets_with_a_display_hint_are_their_display_even_when_printable(tmp_path: Path, mac: str) -> None:
     """A MAC (DISPLAY-HINT 1x:) whose six octets happen to be printable (42:61:72:31:32:33 is

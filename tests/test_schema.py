@@ -158,6 +158,7 @@ MATCHES: list[Any] = [
     None,
     {},
 ]
+CAP5 = {"limit": 5, "per": "1m"}
 RULE_PARTS: list[dict[str, Any]] = [
     {"name": "a b"},
     {"name": "x" * 129},
@@ -173,6 +174,16 @@ RULE_PARTS: list[dict[str, Any]] = [
     {"cap": {"limit": 5, "per": "1m", "key": 5}},
     {"cap": {"limit": 5, "per": 60}},
     {"cap": {"limit": -1, "per": "1m"}},
+    {"cap": {"limit": 5.0, "per": "1m"}},
+    {"cap": {"limit": 5.5, "per": "1m"}},
+    {"cap": {"limit": "5", "per": "1m"}},
+    {"cap": {"limit": True, "per": "1m"}},
+    {"cap": [{"limit": 5.0, "per": "1m"}]},
+    {"retry": {"max-attempts": 3.0}},
+    {"retry": {"max-attempts": 0.0}},
+    {"retry": {"max-attempts": 2.5}},
+    {"actions": [{"action": "kea.lease-del", "hw-address": "0:1:2:3:4:5", "page-size": 100.0}], "cap": CAP5},
+    {"actions": [{"action": "kea.lease-del", "hw-address": "0:1:2:3:4:5", "page-size": 100.5}], "cap": CAP5},
     {"retry": {"max-attempts": 0}},
     {"cancel": 5},
     {"cancel": ["a", "b"]},

@@ -144,6 +144,19 @@ def normalize_mac(value: Any) -> str:
     raise ParamError(f"not a MAC address: {_show(value)}")
 
 
+def whole_number(value: Any) -> int | None:
+    """An integer as a rules file may write it: ``5``, or ``5.0`` (a YAML float with nothing after
+    the point), which JSON Schema's ``integer`` accepts too, so an editor checking the file against
+    trapd's schema passes it; None for anything else (a boolean, ``5.5``, text)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def parse_duration(value: Any) -> float:
     """``"30s"``, ``"5m"``, ``"1h30m"``, ``"250ms"``, or a number of seconds."""
     if isinstance(value, bool):
@@ -256,6 +269,7 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
         # [0-9], not \d: int() also reads other scripts' digits ("\u0661\u0667" is 17).
         if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
             value = int(value)
+        value = whole_number(value) if isinstance(value, float) else value
         if not isinstance(value, int):
             raise ParamError(f"{name}: expected an integer, got {_show(value)}")
         _check_bounds(name, p, value, str(value))

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from trapd.params import Param, ParamError, convert, token_in_url
+from trapd.params import Param, ParamError, convert, token_in_url, whole_number
 from trapd.plugin import ActionSpec
 from trapd.rules.compile_context import CompileContext, RuleScope
 from trapd.rules.compile_values import ValueCompiler
@@ -97,11 +97,11 @@ class ActionCompiler:
                 )
                 continue
             self.ctx.keys(n, CAP_KEYS, "cap")
-            limit = n.get("limit")
+            limit = whole_number(n.get("limit"))
             # 0 holds every action for an operator to release: a manual-approval mode (docs/dispatch.md).
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            if limit is None or limit < 0:
                 self.problems.error(
-                    f"cap.limit must be a whole number, 0 or more, got {limit!r}", where(n, "limit")
+                    f"cap.limit must be a whole number, 0 or more, got {n.get('limit')!r}", where(n, "limit")
                 )
                 continue
             if "per" not in n:
@@ -131,12 +131,13 @@ class ActionCompiler:
         attempts = base.max_attempts
         if "max-attempts" in node:
             v = node["max-attempts"]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            whole = whole_number(v)
+            if whole is None or whole < 1:
                 self.problems.error(
                     f"retry.max-attempts must be a positive integer, got {v!r}", where(node, "max-attempts")
                 )
             else:
-                attempts = v
+                attempts = whole
         age = base.max_age
         if "max-age" in node:
             age = self.ctx.duration(node["max-age"], where(node, "max-age"), "retry.max-age") or age
