@@ -138,3 +138,70 @@ def test_sighup_with_a_bomb_fails_fast_and_keeps_the_rules(tmp_path: Path) -> No
         d.wait_log("kept", timeout=30)
     finally:
         d.close()
+
+
+# -- deep nesting ----------------------------------------------------------------------------
+# A few KB of brackets nested thousands deep: PyYAML composes recursively, and the daemon's
+# reload (and trapd check) ended in RecursionError, with a traceback and no file:line.
+
+
+def deep(levels: int, flow: bool = True) -> str:
+    if flow:
+        return "rules: " + "[" * levels + "]" * levels + "\n"
+    return "rules:\n" + "".join("  " * i + "- \n" for i in range(1, levels)) + "  " * levels + "- x\n"
+
+
+@pytest.mark.parametrize("flow", [True, False], ids=["flow", "block"])
+def test_load_yaml_refuses_deep_nesting_with_its_position(flow: bool) -> None:
+    from trapd.yamlsource import MAX_DEPTH
+
+    with pytest.raises(ConfigError, match=f"nested more than {MAX_DEPTH} levels") as info:
+        load_yaml(deep(5000, flow), "deep.yaml")
+    mark = info.value.mark
+    assert mark is not None and mark.file == "deep.yaml", info.value
+    if flow:  # the bracket that goes one level too deep
+        assert (mark.line, mark.column) == (1, len("rules: ") + MAX_DEPTH), info.value
+    else:
+        assert mark.line == MAX_DEPTH + 1, info.value  # line 1 is the top mapping
+
+
+def test_nesting_up_to_the_bound_loads_alike_with_either_parser() -> None:
+    """The bound is the same whichever parser reads the file (libyaml's events, or the reference
+    loader a file with an alias goes to)."""
+    from trapd.yamlsource import MAX_DEPTH
+
+    # The document's top mapping is one level: "rules:" plus MAX_DEPTH - 1 lists.
+    ok = deep(MAX_DEPTH - 1)
+    assert load_yaml(ok, "ok.yaml") is not None
+    assert load_yaml("x: &x 1\ny: *x\n" + ok, "ok.yaml") is not None
+    for text in (deep(MAX_DEPTH), "x: &x 1\ny: *x\n" + deep(MAX_DEPTH)):
+        with pytest.raises(ConfigError, match="nested more than"):
+            load_yaml(text, "deep.yaml")
+
+
+def test_trapd_check_refuses_deep_nesting_without_a_traceback(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(deep(20_000))
+    r = _limited(["check", str(rules)], timeout=120)
+    output = r.stdout + r.stderr
+    assert r.returncode == 1, output[-2000:]
+    assert "Traceback" not in output and "RecursionError" not in output, output[-2000:]
+    assert f"{rules}:1:" in output and "nested more than" in output, output[-2000:]
+
+
+@needs_netsnmp
+def test_sighup_with_deep_nesting_fails_with_its_place_and_keeps_the_rules(tmp_path: Path) -> None:
+    good = (
+        "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n"
+        "    actions: [{action: log, message: kept}]\n"
+    )
+    d = TrapdDaemon.start(tmp_path, rules=good)
+    try:
+        d.rules_path.write_text(deep(20_000))
+        d.signal(signal.SIGHUP)
+        (line,) = d.wait_log("reload failed, keeping the running configuration", timeout=60)
+        assert f"{d.rules_path}:1:" in line["error"] and "nested more than" in line["error"], line
+        snmp_send("snmptrap", *link_down(d.target(), 4))
+        d.wait_log("kept", timeout=30)
+    finally:
+        d.close()

@@ -181,6 +181,17 @@ def _value_mark(file: str, node: yaml.Node) -> Mark:
 
 MAX_ALIASES = 10_000  # alias uses (``*name``) in one file
 MAX_ALIAS_NODES = 100_000  # nodes that all aliases of one file stand for, expanded
+# Mappings and lists inside one another. PyYAML composes and constructs a document recursively:
+# a few KB of "[[[[..." ended in RecursionError, a traceback without a position (trapd check) or
+# a reload refused with only that name. A rules file needs a dozen levels (all/any/not nested
+# a few times); both parsers refuse the level past this one at its place.
+MAX_DEPTH = 100
+
+
+def _too_deep(mark: Mark) -> ConfigError:
+    return ConfigError(
+        f"YAML nested more than {MAX_DEPTH} levels deep (mappings and lists inside one another)", mark
+    )
 
 
 class _Loader(yaml.SafeLoader):
@@ -189,10 +200,22 @@ class _Loader(yaml.SafeLoader):
     _sizes: dict[int, int]
     _aliases = 0
     _alias_nodes = 0
+    _depth = 0
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if not hasattr(self, "_sizes"):
             self._sizes = {}
+        if self.check_event(yaml.CollectionStartEvent):
+            if self._depth >= MAX_DEPTH:
+                raise _too_deep(_mark(self.source_name, self.peek_event().start_mark))  # type: ignore[no-untyped-call]
+            self._depth += 1
+            try:
+                return self._compose_sized(parent, index)
+            finally:
+                self._depth -= 1
+        return self._compose_sized(parent, index)
+
+    def _compose_sized(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             mark = _mark(self.source_name, self.peek_event().start_mark)  # type: ignore[no-untyped-call]
             node = super().compose_node(parent, index)
@@ -312,6 +335,7 @@ class _EventBuilder:
         self.not_text_first = None if None in implicit else frozenset(k for k in implicit if k)
         self._line = -1
         self._line_number = 0
+        self.depth = 0  # collections open around the event being read (MAX_DEPTH)
 
     def document(self) -> Any:
         get = self.parser.get_event
@@ -348,6 +372,9 @@ class _EventBuilder:
         if kind is _MappingStartEvent:
             if event.tag not in (None, "tag:yaml.org,2002:map"):
                 raise _Unsupported
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise _Unsupported  # the reference loader refuses it, with the same message
             data = YDict()
             data.mark = self.mark(event.start_mark)
             flat: list[Any] = []
@@ -358,6 +385,7 @@ class _EventBuilder:
                 if type(kev) is not _ScalarEvent or kev.anchor is not None or kev.tag is not None:
                     if type(kev) is _MappingEndEvent:
                         data._flat = tuple(flat)
+                        self.depth -= 1
                         return data
                     raise _Unsupported
                 key = scalars.get((kev.value, kev.implicit), _NOT_SEEN)
@@ -383,12 +411,16 @@ class _EventBuilder:
         if kind is _SequenceStartEvent:
             if event.tag not in (None, "tag:yaml.org,2002:seq"):
                 raise _Unsupported
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise _Unsupported
             seq = YList()
             seq.mark = self.mark(event.start_mark)
             seq.item_marks = []
             while True:
                 iev: Any = get()
                 if type(iev) is _SequenceEndEvent:
+                    self.depth -= 1
                     return seq
                 item = self.node(iev)
                 mark = getattr(item, "mark", None) or self.mark(iev.start_mark)
