@@ -588,3 +588,36 @@ async def test_restore_from_a_shared_journal_refuses_another_host_s_local_kea(
     kea.cmd4("lease4-del", {"ip-address": before["ip-address"]})
     assert await_sync(trapd, [*argv, "--endpoint", "unix4", "-c", config("dhcp2")]) == 0  # said so
     assert capsys.readouterr().out.split() == ["restored", before["ip-address"]]
+
+
+@pytest.mark.parametrize("damage", ["result", "params"])
+async def test_restore_with_a_partner_row_that_cannot_be_read_back_restores_the_rest_and_says_so(
+    kea_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """The entry asked for is sound; its partner's (the same deletion on the other peer) is
+    damaged: JSON cut short in its result, or text that is not UTF-8 in its parameters."""
+    import sqlite3
+
+    servers, cfg_path, macs, entries = await deleted_on_two_peers(kea_factory, tmp_path)
+    mac = next(iter(macs))
+    entry = next(e for e in entries if e.params["hw-address"] == mac and e.params["peer"] == "server1")
+    partner = next(e for e in entries if e.params["hw-address"] == mac and e.params["peer"] == "server2")
+    db = sqlite3.connect(tmp_path / "state" / "journal.sqlite")
+    if damage == "result":
+        db.execute("UPDATE actions SET result = substr(result, 1, 40) WHERE id = ?", (partner.id,))
+    else:
+        db.execute(
+            "UPDATE actions SET params = CAST(replace(params, 'server2', 'server2' || char(1)) AS BLOB) "
+            "|| x'ff' WHERE id = ?",
+            (partner.id,),
+        )
+    db.commit()
+    db.close()
+    capsys.readouterr()
+
+    assert await_sync(trapd, ["kea", "restore", str(entry.id), "-c", str(cfg_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out.split("\n")[:-1] == [f"restored  {macs[mac]}  on server1"], (out, err)
+    assert f"journal entry {partner.id}" in err and "cannot be read back" in err, err
+    assert "trapd journal show" in err, err
+    assert servers[0].lease4(macs[mac]) is not None and servers[1].lease4(macs[mac]) is None

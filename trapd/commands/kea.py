@@ -21,7 +21,8 @@ trapd kea restore --file leases.json [--endpoint NAME]
     run out since is reported as expired and not sent. --dry-run prints the
     lease*-add commands instead of sending them. On an HA relationship the
     journal holds one entry per peer; any of them restores on every peer
-    where the lease was removed (--peer NAME: on that one only).
+    where the lease was removed (--peer NAME: on that one only); a partner
+    entry whose row cannot be read back is named and not acted on (exit 1).
     Leases go back to the endpoint they were deleted from, as recorded. A
     record whose endpoint trapd.yaml no longer has (renamed, removed), or
     that names none (a bare list of leases), is refused with the endpoint
@@ -150,8 +151,10 @@ class _Part:
     host: str | None = None
 
 
-async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
-    """The recorded kea.lease-del result(s): on an HA relationship one per peer it ran on."""
+async def _recorded(config: Any, args: argparse.Namespace, unreadable: list[Any]) -> list[_Part]:
+    """The recorded kea.lease-del result(s): on an HA relationship one per peer it ran on.
+
+    The partner entries whose rows cannot be read back are put in ``unreadable``: not acted on."""
     if args.file:
         data = json.loads(Path(args.file).read_text(encoding="utf-8"))
         _check_file_leases(args.file, data)
@@ -159,6 +162,7 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
         return [_Part(data, named.get("endpoint"), named.get("peer"))]
     from trapd.commands.journal import open_cli_journal
     from trapd.dispatch.journal import HistoryFilter
+    from trapd.dispatch.journal.rows import damaged
 
     jc = config.dispatch.journal
     # Read-only: a restore reads what was deleted; it makes, changes and upgrades nothing there.
@@ -188,14 +192,21 @@ async def _recorded(config: Any, args: argparse.Namespace) -> list[_Part]:
                 until=entry.created + 0.001,
                 limit=10_000,
             )
-            entries = [
-                e
-                for e in await journal.history(flt)
-                if e.event_id == entry.event_id
-                and e.index == entry.index
-                and e.id != entry.id
-                and _without_peer(e.params) == same
-            ]
+            # Read as far as each row can be: a damaged row among them (a partner's, or another
+            # item's of the same trap) failed the whole read, so that nothing could be restored,
+            # not even through --peer, and the error named no row.
+            journal.lenient = True
+            entries = []
+            for e in await journal.history(flt):
+                if e.event_id != entry.event_id or e.index != entry.index or e.id == entry.id:
+                    continue
+                if damaged(e):
+                    # Its parameters may be what is damaged: then whether it is a partner cannot be
+                    # told, and it is said as one (never acted on).
+                    if "unreadable" in e.params or _without_peer(e.params) == same:
+                        unreadable.append(e)
+                elif _without_peer(e.params) == same:
+                    entries.append(e)
             entries.insert(0, entry)
     finally:
         await journal.close()
@@ -321,18 +332,32 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
         return 2
     from trapd.dispatch.journal import JournalError
 
+    unreadable: list[Any] = []
     try:
-        parts = await _recorded(config, args)
+        parts = await _recorded(config, args, unreadable)
     except (OSError, ValueError, LookupError, JournalError) as exc:
         print(f"trapd kea restore: {exc}", file=sys.stderr)
         return 1
     if args.peer and any(p.peer == args.peer for p in parts):
         # --peer: what was removed from that peer, once; not its partners' records as well.
         parts = [p for p in parts if p.peer == args.peer]
+    if args.peer:
+        unreadable = [e for e in unreadable if e.params.get("peer") in (None, args.peer)]
+    for e in unreadable:
+        peer = e.params.get("peer")
+        print(
+            f"trapd kea restore: journal entry {e.id}"
+            + (f" (peer {peer})" if isinstance(peer, str) else "")
+            + f", part of the same deletion, cannot be read back ({e.last_error}): nothing restored "
+            f"from it; `trapd journal show {e.id}` shows what is left of it (with its result, "
+            "--file FILE restores it)",
+            file=sys.stderr,
+        )
+    failed = 1 if unreadable else 0
     todo = [(p, leases_from_result(p.result)) for p in parts]
     if not any(leases for _, leases in todo):
         print("nothing to restore: no leases recorded")
-        return 0
+        return failed
     configured = config.kea.endpoints
     if args.endpoint is not None and args.endpoint not in configured:
         print(
@@ -366,7 +391,7 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
                         {"command": cmd, "arguments": add_arguments(lease), "endpoint": endpoint, **where}
                     )
                 )
-        return 0
+        return failed
     clients = KeaClients(config.kea)
     outcomes: list[RestoreOutcome] = []
     try:
@@ -383,4 +408,4 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
             + (f"  on {o.peer}" if o.peer else "")
             + (f"  ({o.detail})" if o.detail and o.status != "restored" else "")
         )
-    return 0 if all(o.status in ("restored", "exists", "expired") for o in outcomes) else 1
+    return failed or (0 if all(o.status in ("restored", "exists", "expired") for o in outcomes) else 1)

@@ -157,6 +157,14 @@ def lenient_cols(prefix: str = "") -> str:
     return ", ".join(f"CAST({prefix}{c} AS BLOB)" if c in TEXT_COLS else f"{prefix}{c}" for c in _NAMES)
 
 
+DAMAGED_ROW = "damaged row: "  # how a lenient read's last_error starts for a row it could not read whole
+
+
+def damaged(entry: Entry) -> bool:
+    """An entry :func:`entry_read_leniently` could not read whole (its last_error says what)."""
+    return (entry.last_error or "").startswith(DAMAGED_ROW)
+
+
 def entry_read_leniently(row: Sequence[Any], event: Any = None) -> Entry:
     """A row as far as it can be read, for ``trapd journal`` (looking, never running it): text
     that is not UTF-8 is shown with U+FFFD, a JSON column that cannot be decoded as its text
@@ -200,7 +208,7 @@ def entry_read_leniently(row: Sequence[Any], event: Any = None) -> Entry:
             event = dumps({"unreadable": event[:2000]})
     if problems:
         last_error = values[_NAMES.index("last_error")]
-        note = "damaged row: " + "; ".join(problems)
+        note = DAMAGED_ROW + "; ".join(problems)
         values[_NAMES.index("last_error")] = f"{note}; {last_error}" if last_error else note
     return entry_from_row(values, event)
 
