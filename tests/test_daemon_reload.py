@@ -142,6 +142,25 @@ def test_a_reload_that_leaves_no_rules_is_warned_about(tmp_path: Path) -> None:
         d.close()
 
 
+def test_a_reload_that_disables_every_rule_and_a_misspelt_rules_dir_are_warned_about(tmp_path: Path) -> None:
+    """Every rule `enabled: false` runs nothing, as no rules do; a rules.dir that is not there
+    loaded none of its rules and nothing said so. Both are logged, as `trapd check` warns."""
+    d = TrapdDaemon.start(tmp_path, rules=DOWN_A, config={"rules": {"dir": "rulse.d"}})
+    try:
+        (line,) = d.wait_log(lambda e: "rulse.d is not a directory" in str(e.get("event")))
+        assert line["level"] == "warning" and line["where"].startswith(f"{d.config_path}:"), line
+        d.rules_path.write_text(DOWN_A.replace("    match:\n", "    enabled: false\n    match:\n"))
+        assert "enabled: false" in d.rules_path.read_text()
+        reload(d)
+        (line,) = d.wait_log(
+            "every rule is disabled (enabled: false): notifications are received and counted, nothing runs"
+        )
+        assert line["level"] == "warning" and line["files"] == [str(d.rules_path)], line
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 def test_a_bad_trapd_yaml_keeps_everything(tmp_path: Path) -> None:
     d = TrapdDaemon.start(tmp_path, rules=DOWN_A)
     try:

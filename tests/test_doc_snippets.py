@@ -73,8 +73,9 @@ def config_file(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> s
         (secrets / name).write_text(made_up + "\n", encoding="utf-8")
     for name in set(re.findall(r"\{env: (\w+)\}", code)):
         monkeypatch.setenv(name, key if name.endswith(("_KU", "_KUL")) else "made-up-secret-1234")
-    rules = tmp_path / "empty-rules.yaml"
-    rules.write_text("rules: []\n", encoding="utf-8")
+    # One rule that runs nothing destructive: an empty rule set is warned about (nothing runs).
+    rules = tmp_path / "one-rule.yaml"
+    rules.write_text("rules: [{name: up, match: {notification: linkUp}, cancel: x}]\n", encoding="utf-8")
     head = f"state_dir: {tmp_path / 'state'}\nrules: {{files: [{rules}]}}\n"
     return head + code.replace("/etc/trapd/", f"{secrets}/")
 
@@ -89,7 +90,10 @@ def rule_files(code: str) -> list[str]:
     if not first:  # only comments (the schema line)
         return []
     if first.startswith(("sources:", "defaults:", "rules:")):
-        return [code]
+        if re.search(r"^rules:", code, re.M):
+            return [code]
+        # Only sources or defaults: with a rule, since files that hold none are warned about.
+        return [code + "\nrules: [{name: doc-fragment, match: {notification: linkUp}, cancel: x}]"]
     if first.lstrip().startswith("- name:"):  # a list of rules
         return ["\n".join(HEAD + indent(code, 0 if first.startswith("  ") else 2))]
     if first.startswith("match:"):

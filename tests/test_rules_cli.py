@@ -341,3 +341,79 @@ def test_trapd_test_as_a_program(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "  MATCH     up" in r.stdout
     assert "-> cancel pending actions with cancel-key port:9" in r.stdout
+
+
+# -- a rule set that will never do anything ---------------------------------------------------
+# The daemon warns at start and reload when the files hold no rules; `trapd check` said "OK"
+# for the same files, and for a trapd.yaml whose rules directory is empty or missing it said
+# "none named in trapd.yaml (rules: files:)" (exit 2) though the daemon runs with it.
+
+NOTHING_RUNS = "nothing runs"
+
+
+def _cfg(tmp_path: Path, rules: str) -> Path:
+    (tmp_path / "state").mkdir(exist_ok=True)
+    return write(
+        tmp_path, f"state_dir: {tmp_path / 'state'}\nmibs: {{dirs: []}}\nrules: {rules}\n", "trapd.yaml"
+    )
+
+
+@pytest.mark.parametrize(
+    "text", ["", "# nothing here yet\n", "rules: []\n", "sources: {core: [10.0.0.1]}\nrules:\n"]
+)
+def test_check_warns_about_files_that_hold_no_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    f = write(tmp_path, text, "empty.yaml")
+    cfg = _cfg(tmp_path, "{files: []}")
+    assert main(["check", "--config", str(cfg), str(f)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2, out
+    assert out[0].startswith(f"{f}:1:1: warning: ") and NOTHING_RUNS in out[0], out
+    assert out[1] == f"OK: {f} (1 warning(s))", out
+    assert main(["check", "--strict", "--config", str(cfg), str(f)]) == 1
+    capsys.readouterr()
+
+
+def test_check_warns_when_every_rule_is_disabled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = write(
+        tmp_path,
+        "rules:\n  - {name: a, enabled: false, match: {notification: linkUp}, cancel: x}\n",
+        "off.yaml",
+    )
+    assert main(["check", "--config", str(_cfg(tmp_path, "{files: []}")), str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "every rule is disabled (enabled: false)" in out and NOTHING_RUNS in out, out
+    # One enabled rule is enough.
+    f.write_text(f.read_text() + "  - {name: b, match: {notification: linkDown}, cancel: y}\n")
+    assert main(["check", "--config", str(_cfg(tmp_path, "{files: []}")), str(f)]) == 0
+    assert capsys.readouterr().out == f"OK: {f}\n"
+
+
+def test_check_of_a_trapd_yaml_whose_rules_dir_is_empty_warns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rules.d").mkdir()
+    write(tmp_path, "rules: []\n", "rules.d/README.txt")
+    cfg = _cfg(tmp_path, "{dir: rules.d}")
+    assert main(["check", "--config", str(cfg)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith(f"{cfg}:3:") and "warning" in lines[0], captured
+    assert f"{tmp_path / 'rules.d'}" in lines[0] and NOTHING_RUNS in lines[0], captured
+    assert lines[-1].startswith("OK: ") and "1 warning(s)" in lines[-1], captured
+    assert captured.err == ""
+
+
+def test_check_warns_about_a_rules_dir_that_is_not_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt rules.dir beside listed files: the files load, the directory's rules never did,
+    and nothing said so."""
+    write(tmp_path, "rules:\n  - {name: a, match: {notification: linkUp}, cancel: x}\n", "rules.yaml")
+    cfg = _cfg(tmp_path, "{files: [rules.yaml], dir: rulse.d}")
+    assert main(["check", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{cfg}:3:") and "warning" in out[0], out
+    assert f"{tmp_path / 'rulse.d'} is not a directory" in out[0], out
+    assert out[-1] == f"OK: {tmp_path / 'rules.yaml'} (1 warning(s))", out

@@ -52,6 +52,7 @@ class Config:
     mibs: MibConfig = field(default_factory=MibConfig)
     rules_files: tuple[Path, ...] = ()
     rules_dir: Path | None = None
+    rules_mark: Mark | None = field(default=None, compare=False)  # rules.dir's place in trapd.yaml
     kea: KeaConfig = field(default_factory=KeaConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -60,6 +61,27 @@ class Config:
     mode: str = "enforce"
     # Where each ``actions:`` section is written, for a check against the installed plugins.
     action_marks: dict[str, Mark | None] = field(default_factory=dict, compare=False)
+
+    def rules_dir_warning(self) -> ConfigError | None:
+        """A warning, at ``rules:`` in trapd.yaml, when ``rules.dir`` is not a directory (misspelt:
+        its rules never load, and nothing else says so) or, with no ``rules.files``, holds no rule
+        file (nothing runs)."""
+        d = self.rules_dir
+        if d is None:
+            return None
+        if not d.is_dir():
+            what = f"rules.dir {d} is not a directory: no rules are loaded from it"
+            if not self.rules_files:
+                what += ", and rules.files names none: notifications are received and counted, nothing runs"
+            return ConfigError(what, self.rules_mark, severity="warning")
+        if not self.rules_files and not yaml_files_in(d):
+            return ConfigError(
+                f"rules.dir {d} holds no rule files (*.yaml) and rules.files names none: "
+                "notifications are received and counted, nothing runs",
+                self.rules_mark,
+                severity="warning",
+            )
+        return None
 
     def rule_paths(self) -> list[Path]:
         """Rule files in load order: the listed files, then rules.d/*.yaml by name."""
@@ -104,6 +126,7 @@ def config_from_yaml(node: Any, path: Path | None) -> Config:
         mibs=MibConfig.from_yaml(n.get("mibs"), base),
         rules_files=tuple(base / str(f) for f in files),
         rules_dir=base / rules_dir if rules_dir else None,
+        rules_mark=where(rules, "dir") if rules_dir else None,
         kea=KeaConfig.from_yaml(n.get("kea"), base),
         dispatch=DispatchConfig.from_yaml(n.get("dispatch"), base),
         service=ServiceConfig.from_yaml(n.get("service"), base),

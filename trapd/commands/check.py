@@ -94,7 +94,12 @@ def _check(args: argparse.Namespace) -> int:
         named = ", ".join(map(str, args.files))
         print(f"trapd check: no rule files (*.yaml) in {named}", file=sys.stderr)
         return 2
-    if not paths:
+    # trapd.yaml's rules.dir missing, or empty with no rules.files: the daemon runs with that,
+    # so it is a warning here (with nothing else to check, trapd.yaml is what gets the verdict).
+    dir_warning = None if args.files else config.rules_dir_warning()
+    if dir_warning is not None:
+        problems.append(dir_warning)
+    if not paths and dir_warning is None:
         for p in problems:
             print(f"{p.mark or 'trapd'}: {p.severity}: {p.message}")
         if problems:
@@ -140,7 +145,7 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{loc}: {p.severity}: {p.message}")
         n_err = sum(1 for p in problems if p.severity == "error")
         n_warn = len(problems) - n_err
-        files = ", ".join(str(p) for p in paths)
+        files = ", ".join(str(p) for p in paths) or str(config_path)
         # The verdict goes with the report, on stdout (as linters do): `2>/dev/null` must not hide it.
         if errors:
             print(f"{n_err} error(s), {n_warn} warning(s) in {files}")

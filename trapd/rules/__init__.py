@@ -42,8 +42,12 @@ __all__ = [
     "compile_rules",
     "expand_rule_paths",
     "globally_capped",
+    "idle_warning",
     "load_rules",
 ]
+
+# Said of a rule set that will never do anything (the daemon logs it, `trapd check` warns).
+NOTHING_RUNS = "notifications are received and counted, nothing runs"
 
 
 def compile_rules(
@@ -121,9 +125,28 @@ def check_rules(
 ) -> list[ConfigError]:
     """Every problem in the rules, errors and warnings (``severity``), each with file:line:column."""
     try:
-        return compile_rules(paths, resolver, actions, capped_actions=capped_actions)[1]
+        ruleset, problems = compile_rules(paths, resolver, actions, capped_actions=capped_actions)
     except ConfigError as exc:  # a defect that escaped the collector still reports cleanly
         return [exc]
+    idle = None if any(p.severity == "error" for p in problems) else idle_warning(paths, ruleset)
+    return [idle, *problems] if idle is not None else problems
+
+
+def idle_warning(paths: Sequence[Path], ruleset: RuleSet) -> ConfigError | None:
+    """A warning when rule files compiled without error to a set that will never do anything:
+    no rule at all (a deploy that truncated the files, only comments), or every rule disabled.
+    At the first file; None when there are rules to run, or no files (said by whoever chose none)."""
+    from trapd.yamlsource import Mark
+
+    if not paths:
+        return None
+    if not len(ruleset):
+        message = f"the rule files hold no rules: {NOTHING_RUNS}"
+    elif not any(rule.enabled for rule in ruleset.rules):
+        message = f"every rule is disabled (enabled: false): {NOTHING_RUNS}"
+    else:
+        return None
+    return ConfigError(message, Mark(str(paths[0]), 1, 1), severity="warning")
 
 
 def globally_capped(caps: Sequence[object], actions: Mapping[str, ActionSpec]) -> frozenset[str]:

@@ -67,22 +67,24 @@ def build_rules(
     or on a reload, but are logged with their place, as `trapd check` prints them: an
     operator who reloads without checking first still finds them in the journal.
     """
-    from trapd.rules import globally_capped, load_rules
+    from trapd.rules import NOTHING_RUNS, globally_capped, idle_warning, load_rules
 
     capped = globally_capped(cfg.dispatch.caps, actions)
     paths = cfg.rule_paths()
-    if not paths:
-        log.warning("no rule files configured: notifications are received and counted, nothing runs")
+    dir_warning = cfg.rules_dir_warning()  # a misspelt rules.dir, or an empty one and no files
+    if dir_warning is not None:
+        log.warning(dir_warning.message, where=str(dir_warning.mark) if dir_warning.mark else None)
+    elif not paths:
+        log.warning(f"no rule files configured: {NOTHING_RUNS}")
     warnings: list[ConfigError] = []
     rules = load_rules(
         paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped, warnings=warnings
     )
-    if paths and not len(rules):
-        # Valid but empty (a deploy that truncated the file): as loud as no rule files at all.
-        log.warning(
-            "the rule files hold no rules: notifications are received and counted, nothing runs",
-            files=[str(p) for p in paths],
-        )
+    idle = idle_warning(paths, rules)
+    if idle is not None:
+        # Valid but empty (a deploy that truncated the file), or all disabled: as loud as no
+        # rule files at all. The words `trapd check` prints.
+        log.warning(idle.message, files=[str(p) for p in paths])
     for w in warnings[:RULE_WARNINGS_LOGGED]:
         log.warning("rule warning", where=str(w.mark) if w.mark else None, problem=w.message)
     if len(warnings) > RULE_WARNINGS_LOGGED:
