@@ -469,3 +469,45 @@ def test_the_lists_of_a_large_shared_journal_read_no_whole_table(pg_url: str) ->
             cursor = Explaining()
             asyncio.run(_op_history(cursor, flt))
             assert '"Seq Scan"' not in cursor.plans[-1], (flt, cursor.plans[-1])
+
+
+def test_a_shared_journal_names_the_host_that_journaled_each_action(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pair on one PostgreSQL journal: an action held by a rate cap (never claimed) showed `-`
+    under HOST, and a copy of a notification journaled cancelled did too: which host journaled it
+    was recorded nowhere. A JOURNALED column (and `journaled_by` in --json, the full name, a
+    worker's included) says which host journaled each action; HOST still says which ran it."""
+    from trapd.dispatch.journal.postgres import PostgresJournal
+
+    async def fill() -> None:
+        sw = make_event(source="10.20.1.5").to_dict()
+        now = time.time()
+        cap = CapCheck("mac-removed/deletions", "10.20.1.5", 0, 60.0, 3600.0)
+        async with PostgresJournal(pg_url, instance="dhcp1") as j:
+            r = await j.add(sw, [new("log", {"message": "held"}, caps=(cap,))], [], now)
+            assert (await j.claim(r.ids[0], now)).outcome == "held"
+        async with PostgresJournal(pg_url, instance="dhcp2", owner="worker-0") as j:
+            r = await j.add(sw, [new("log", {"message": "ran"})], [], now)
+            async with PostgresJournal(pg_url, instance="dhcp1") as j1:
+                assert (await j1.claim(r.ids[0], now)).outcome == "running"
+                await j1.finish(r.ids[0], "done", now, None)
+
+    asyncio.run(fill())
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(json.dumps({"dispatch": {"journal": {"url": pg_url, "instance": "ops"}}}))
+    j = ("journal", "-c", str(cfg))
+    rc, out = run(capsys, *j, "list", "--state", "all")
+    assert rc == 0, out
+    head, *rows = out.splitlines()
+    by, host = head.index("JOURNALED"), head.index("HOST ")  # columns by position: some cells are blank
+    assert [(r[by:].split()[0], r[host:].split()[0]) for r in rows] == [
+        ("dhcp1", "-"), ("dhcp2/worker-0", "dhcp1")
+    ], out  # fmt: skip
+    _, out = run(capsys, *j, "--json", "history")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert sorted((d["journaled_by"], d["owner"]) for d in lines) == [
+        ("dhcp1", None), ("dhcp2/worker-0", "dhcp1")
+    ]  # fmt: skip
+    rc, out = run(capsys, *j, "show", "1")
+    assert re.search(r"^journaled_by\s+dhcp1$", out, re.M), out

@@ -575,10 +575,12 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
     any_held = any(e.state == "held" for e in entries)
     only_held = any_held and all(e.state == "held" for e in entries)
     head = ("ID", "STATE", "HELD AT" if only_held else "WHEN", *(("HOLD EXPIRES",) if any_held else ()))
-    # HOST on a shared journal: the host (HOST/worker-N: its worker) that claimed it last, that is
-    # ran it or runs it; "-" before any claim. A journal of one host leaves it out.
+    # On a shared journal, JOURNALED: the host (HOST/worker-N: its worker) that journaled it, and
+    # HOST: the one that claimed it last, that is ran it or runs it ("-" before any claim: held by
+    # a cap, delayed, a copy journaled cancelled). A journal of one host leaves both out.
     shared = getattr(args, "shared_journal", False)
-    rows = [(*head, "TRY", *(("HOST",) if shared else ()), "RULE", "ACTION", "SOURCE", "ABOUT", "NOTE")]
+    hosts = ("JOURNALED", "HOST") if shared else ()
+    rows = [(*head, "TRY", *hosts, "RULE", "ACTION", "SOURCE", "ABOUT", "NOTE")]
     for e in entries:
         if e.state == "held":
             when = e.held_since
@@ -591,7 +593,7 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
         note = e.last_error or ("dry run: nothing was run" if e.mode == "dry-run" else "")
         rows.append(
             (str(e.id), e.state, _when(when) if when else "?", *expires, str(e.attempts),
-             *((_cut(e.owner or "-", 40),) if shared else ()), _safe(e.rule),
+             *((_cut(e.journaled_by or "-", 40), _cut(e.owner or "-", 40)) if shared else ()), _safe(e.rule),
              _safe(e.action), _safe(e.source), _cut(about, 28), _cut(note, 60))
         )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

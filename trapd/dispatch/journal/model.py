@@ -129,6 +129,10 @@ class Entry:
     last_error: str | None
     # Which journal (process) claimed it last: recovery after a restart is scoped to it.
     owner: str | None = None
+    # Which process journaled it (a shared journal: HOST or HOST/worker-N; SQLite: its worker, or
+    # None). On a pair not always the one that ran it: the other host may claim it when it falls
+    # due, and a copy of a notification is journaled cancelled by the host that got it second.
+    journaled_by: str | None = None
     event: str | None = None
 
     @property

@@ -625,6 +625,76 @@ CREATE TABLE trapd_instances (
 );
 """,
     ),
+    (
+        9,
+        # Which host journaled each action (journaled_by): on a pair not always the one that runs
+        # it (the other may claim it when it falls due; a cap holds it unclaimed; a copy is
+        # journaled cancelled by the host that got it second), and `trapd journal` showed only
+        # the claimer. trapd_add_entry as in 3, with its owner written in the new column.
+        """
+ALTER TABLE trapd_actions ADD COLUMN journaled_by TEXT;
+CREATE OR REPLACE FUNCTION trapd_add_entry(
+    p_event_id TEXT, p_received_at DOUBLE PRECISION, p_source TEXT, p_rule TEXT, p_action TEXT,
+    p_idx INTEGER, p_params TEXT, p_key TEXT, p_mode TEXT, p_state TEXT, p_max_attempts INTEGER,
+    p_backoff DOUBLE PRECISION, p_max_age DOUBLE PRECISION, p_now DOUBLE PRECISION, p_due DOUBLE PRECISION,
+    p_cancel_key TEXT, p_once_key TEXT, p_once_within DOUBLE PRECISION, p_once_note TEXT, p_caps TEXT,
+    p_mac TEXT, p_ip TEXT, p_item TEXT, p_result TEXT, p_error TEXT, p_claim BOOLEAN, p_owner TEXT,
+    p_lease DOUBLE PRECISION, p_copy_key TEXT, p_copy_window DOUBLE PRECISION,
+    OUT r_id BIGINT, OUT r_state TEXT, OUT r_dup BIGINT
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_result TEXT := p_result;
+    v_error TEXT := p_error;
+    v_copy_event TEXT;
+    v_claimed BOOLEAN := FALSE;
+BEGIN
+    r_state := p_state;
+    IF p_copy_key IS NOT NULL THEN
+        -- The other host may be journaling its copy right now: the lock makes the second wait
+        -- for the first's commit, then see its row. A copy is another receiver's event.
+        PERFORM pg_advisory_xact_lock(trapd_lock_id('copy', p_copy_key));
+        SELECT a.id, a.event_id INTO r_dup, v_copy_event FROM trapd_actions a
+            WHERE a.copy_key = p_copy_key AND a.created >= p_now - p_copy_window
+            AND a.event_id <> p_event_id ORDER BY a.id LIMIT 1;
+        IF r_dup IS NOT NULL THEN
+            r_state := 'cancelled';
+            v_result := json_build_object('duplicate_of', r_dup, 'copy_of_event', v_copy_event)::text;
+            v_error := 'copy of the notification journaled as ' || r_dup || ' (event ' || v_copy_event || ')';
+        END IF;
+    END IF;
+    IF r_dup IS NULL AND p_once_within IS NOT NULL AND r_state IN ('pending', 'scheduled', 'done') THEN
+        PERFORM pg_advisory_xact_lock(trapd_lock_id('once', p_once_key));
+        SELECT a.id INTO r_dup FROM trapd_actions a
+            WHERE a.once_key = p_once_key AND a.created >= p_now - p_once_within
+            AND a.state NOT IN ('cancelled', 'dead') ORDER BY a.id LIMIT 1;
+        IF r_dup IS NOT NULL THEN
+            r_state := 'cancelled';
+            v_result := json_build_object('duplicate_of', r_dup)::text;
+            v_error := 'duplicate of ' || r_dup || p_once_note;
+        END IF;
+    END IF;
+    IF p_claim AND r_state = 'pending' AND p_caps = '[]' AND p_due <= p_now THEN
+        PERFORM pg_advisory_xact_lock(trapd_lock_id('key', p_key));
+        v_claimed := NOT EXISTS (SELECT 1 FROM trapd_actions a WHERE a.key = p_key
+            AND (a.state IN ('pending', 'failed', 'running') OR (a.state = 'scheduled' AND a.due <= p_now)));
+        IF v_claimed THEN
+            r_state := 'running';
+        END IF;
+    END IF;
+    INSERT INTO trapd_actions (event_id, received_at, source, rule, action, idx, params, key, mode, state,
+        max_attempts, backoff, max_age, age_from, created, due, finished, cancel_key, once_key, caps,
+        mac, ip, item, result, last_error, attempts, started, owner, lease_until, copy_key, journaled_by)
+    VALUES (p_event_id, p_received_at, p_source, p_rule, p_action, p_idx, p_params, p_key, p_mode, r_state,
+        p_max_attempts, p_backoff, p_max_age, p_received_at, p_now, p_due,
+        CASE WHEN r_state IN ('done', 'dead', 'cancelled') THEN p_now END, p_cancel_key, p_once_key, p_caps,
+        p_mac, p_ip, p_item, v_result, v_error, CASE WHEN v_claimed THEN 1 ELSE 0 END,
+        CASE WHEN v_claimed THEN p_now END, CASE WHEN v_claimed THEN p_owner END,
+        CASE WHEN v_claimed THEN p_now + p_lease END, p_copy_key, p_owner)
+    RETURNING id INTO r_id;
+END
+$$;
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -17,10 +17,10 @@ from trapd.secrets import REDACTOR
 COLS = (
     "id, event_id, received_at, source, rule, action, idx, params, key, mode, state, attempts, max_attempts, "
     "backoff, max_age, age_from, created, due, started, finished, cancel_key, once_key, caps, cap_exempt, "
-    "held_by, endpoint, mac, ip, item, result, last_error, owner"
+    "held_by, endpoint, mac, ip, item, result, last_error, owner, journaled_by"
 )
 # In a row selected with COLS / ACOLS, the column after them (the event's data) is at this index.
-NCOLS = 32
+NCOLS = 33
 ACOLS = ", ".join("a." + c.strip() for c in COLS.split(","))
 
 
@@ -58,6 +58,7 @@ def entry_from_row(row: Sequence[Any], event: str | None = None) -> Entry:
         result,
         last_error,
         owner,
+        journaled_by,
     ) = row[:NCOLS]
     return Entry(
         id=id_,
@@ -92,6 +93,7 @@ def entry_from_row(row: Sequence[Any], event: str | None = None) -> Entry:
         result=json.loads(result) if result else None,
         last_error=last_error,
         owner=owner,
+        journaled_by=journaled_by,
         event=event,
     )
 
@@ -147,6 +149,7 @@ TEXT_COLS = frozenset(
     {
         "event_id", "source", "rule", "action", "params", "key", "mode", "state", "cancel_key", "once_key",
         "caps", "held_by", "endpoint", "mac", "ip", "item", "result", "last_error", "owner",
+        "journaled_by",
     }
 )  # fmt: skip
 _NAMES = tuple(c.strip() for c in COLS.split(","))

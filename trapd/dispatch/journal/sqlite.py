@@ -222,7 +222,7 @@ def _op_setup(conn: sqlite3.Connection, synchronous: str) -> None:
 
 # Columns added after the first release: (name, declaration). Additive only, NULL in old rows,
 # so an older trapd can still open a journal a newer one migrated (the schema version stays).
-_ADDED_COLUMNS = (("owner", "TEXT"),)
+_ADDED_COLUMNS = (("owner", "TEXT"), ("journaled_by", "TEXT"))
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -320,8 +320,8 @@ def _op_add(
             "INSERT INTO actions (event_id, received_at, source, rule, action, idx, params, key, mode, "
             "state, "
             "max_attempts, backoff, max_age, age_from, created, due, finished, cancel_key, once_key, caps, "
-            "mac, ip, item, result, last_error, attempts, started, owner) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "mac, ip, item, result, last_error, attempts, started, owner, journaled_by) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 event_id,
                 received_at,
@@ -351,6 +351,7 @@ def _op_add(
                 1 if claimed else 0,
                 now if claimed else None,
                 owner if claimed else None,
+                owner,
             ),
         )
         assert cur.lastrowid is not None
