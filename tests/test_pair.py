@@ -532,3 +532,48 @@ def test_a_running_host_notices_a_namesake_that_started_while_it_was_away(
         a.stop()
         if b is not None:
             b.stop()
+
+
+def test_hosts_that_load_other_rules_say_so_until_they_agree(tmp_path: Path, pg_server: PgServer) -> None:
+    """dhcp1 acts on linkDown (an exec, standing for a lease deletion), dhcp2's rules file has no
+    such rule (not yet copied, or edited on one host only). Each host is valid alone, and
+    nothing said the pair acts differently on the same trap: a linkDown that reached dhcp2
+    alone was not acted on. Each host publishes a digest of its rules (as parsed, with the
+    mode) beside its Kea endpoints and compares it with the other live host's at each renewal:
+    both warn once, /healthz says it (status warning), ``trapd_pair_rules_differ`` is 1; after
+    dhcp2 reloads dhcp1's rules (SIGHUP), both say they agree again and the gauge is 0."""
+    url = pg_server.new_database()
+    out = tmp_path / "marks"
+    journal = {"lease": "1.5s", "poll_interval": "200ms"}
+    other = (
+        "rules:\n  - name: port-up\n    match: {notification: IF-MIB::linkUp}\n"
+        "    actions: [{action: log, message: up}]\n"
+    )
+    hosts: list[TrapdDaemon] = []
+    try:
+        for name, rules in (("dhcp1", RULES.format(marks=out)), ("dhcp2", other)):
+            hosts.append(
+                TrapdDaemon.start(tmp_path / name, rules=rules, config=pg_config(url, name, **journal))
+            )
+        a, b = hosts
+        event = "the hosts sharing the journal load other rules"
+        for d, them in ((a, "dhcp2"), (b, "dhcp1")):
+            (line,) = d.wait_log(event, 30)
+            assert them in line["problem"], line
+            assert d.wait_metric("trapd_pair_rules_differ", 1) == 1
+            status, body = d.healthz()
+            assert status == 200 and body["status"] == "warning", body
+            assert any(them in w for w in body["rules"]), body
+        # The same file with a comment: the same rules (a digest of them as parsed, not as laid out).
+        b.rules_path.write_text("# copied from dhcp1\n" + RULES.format(marks=out))
+        b.signal(signal.SIGHUP)
+        b.wait_log("reloaded", 30)
+        for d in hosts:
+            d.wait_log("the hosts sharing the journal load the same rules again", 30)
+            wait_for(lambda d=d: d.metric("trapd_pair_rules_differ") == 0, 30, "gauge back to 0")
+            status, body = d.healthz()
+            assert status == 200 and body["status"] == "ok" and "rules" not in body, body
+        assert len(a.logs(event)) == 1 and len(b.logs(event)) == 1  # once, not at every renewal
+    finally:
+        for d in hosts:
+            d.stop()

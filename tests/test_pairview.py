@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trapd.kea.config import KeaConfig
-from trapd.kea.pairview import differences, view
+from trapd.kea.pairview import differences, rule_differences, view
 from trapd.yamlsource import load_yaml
 
 PAIR = """\
@@ -45,3 +45,22 @@ def test_a_view_that_cannot_be_read_is_said_not_trusted() -> None:
     for text in ("{", "[]", '{"endpoints": 1}', "x" * 100_000):
         (line,) = differences(view(kea()), {"dhcp2": text})
         assert "cannot be read" in line
+
+
+def test_the_rules_digest_is_what_the_rules_say_with_the_mode(tmp_path: Path) -> None:
+    """Two hosts compare their rules by digest: a comment, key order or quoting is no difference;
+    a parameter or the mode is. An older trapd publishes none: nothing to compare."""
+    from rules_support import ruleset
+
+    text = "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n"
+    text += "    actions: [{action: log, message: a}]\n"
+    same = "# copy\nrules:\n  - match: {notification: 'IF-MIB::linkDown'}\n    name: r\n    actions:\n"
+    same += '      - {message: "a", action: log}\n'
+    a, b = ruleset(tmp_path, text).digest, ruleset(tmp_path, same).digest
+    assert a and a == b
+    assert ruleset(tmp_path, text.replace("message: a", "message: b")).digest != a
+    assert ruleset(tmp_path, text, global_mode="dry-run").digest != a
+    assert rule_differences(view(kea(), a), {"dhcp2": view(kea(), b)}) == []
+    (line,) = rule_differences(view(kea(), a), {"dhcp2": view(kea(), "0" * 32)})
+    assert "'dhcp2' loads other rules" in line
+    assert rule_differences(view(kea(), a), {"dhcp2": view(kea())}) == []

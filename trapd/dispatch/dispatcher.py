@@ -231,8 +231,10 @@ class Dispatcher:
         self._name_conflict_logged = False  # said once until it clears (see _maintain)
         # What the other hosts sharing the journal must agree on (trapd.kea.pairview), and where
         # the live ones do not, as last said in the log.
-        self._view = pairview.view(kea.config if kea is not None else None)
+        self._kea_config = kea.config if kea is not None else None
+        self._view = pairview.view(self._kea_config)
         self.pair_differences: list[str] = []
+        self.pair_rule_differences: list[str] = []  # the same for the rules (see share_rules)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -800,10 +802,29 @@ class Dispatcher:
             self._name_conflict_logged = False
             self.log.info("no other trapd runs under this host's name any more")
 
+    def share_rules(self, digest: str) -> None:
+        """This host's rules (RuleSet.digest), published with its Kea view for the other hosts
+        sharing the journal to compare (trapd.kea.pairview): before start, and at each reload."""
+        self._view = pairview.view(self._kea_config, digest)
+        self.journal.share_view(self._view)
+
     def _say_pair_differences(self) -> None:
-        """A warning per difference from another host's Kea configuration when it appears (at
-        start-up, or when that host starts with another trapd.yaml), a line when none is left."""
-        found = pairview.differences(self._view, self.journal.other_views())
+        """A warning per difference from another host's Kea configuration or rules when it
+        appears (at start-up, or when that host starts or reloads with other files), a line when
+        none is left."""
+        others = self.journal.other_views()
+        rules = pairview.rule_differences(self._view, others)
+        for problem in rules:
+            if problem not in self.pair_rule_differences:
+                self.log.warning(
+                    "the hosts sharing the journal load other rules",
+                    problem=problem,
+                    hint="give every host the same rules files and mode, and reload both (docs/pair.md)",
+                )
+        if self.pair_rule_differences and not rules:
+            self.log.info("the hosts sharing the journal load the same rules again")
+        self.pair_rule_differences = rules
+        found = pairview.differences(self._view, others)
         for problem in found:
             if problem not in self.pair_differences:
                 self.log.warning(

@@ -1,4 +1,5 @@
-"""What of trapd.yaml's Kea part the hosts sharing a journal must agree on, and where they do not.
+"""What the hosts sharing a journal must agree on (trapd.yaml's Kea part, the rules), and where
+they do not.
 
 Copies of one notification are matched per HA peer (docs/pair.md): each host plans a part for
 every peer it lists, and the second host's part for a peer is a copy of the first's. A peer
@@ -8,6 +9,11 @@ endpoint one host lacks, or a family whose default endpoint differs, sends the s
 other servers depending on which host journals it first. Nothing in one host's configuration
 shows this; so each host publishes its view in the shared journal
 (``Journal.share_view``) and compares it with the other live hosts' (``differences``).
+
+The rules too: a host whose rules file differs (edited on one host only, not yet copied) acts
+otherwise on the same trap, and a notification only that host receives, or only the other,
+gets the other host's treatment. The view carries a digest of the rules as parsed, with the
+mode (``RuleSet.digest``), republished at each reload; ``rule_differences`` says where it differs.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from trapd.kea.config import FAMILIES, KeaConfig
 MAX_VIEW = 64 * 1024
 
 
-def view(kea: KeaConfig | None) -> str:
-    """This host's view, as published: every endpoint's families and peer names, and the
-    endpoint each family's actions go to when a rule names none."""
+def view(kea: KeaConfig | None, rules: str = "") -> str:
+    """This host's view, as published: every endpoint's families and peer names, the endpoint
+    each family's actions go to when a rule names none, and the rules' digest ("": none to
+    compare, as from a trapd that publishes none)."""
     endpoints: dict[str, Any] = {}
     defaults: dict[str, str | None] = {}
     if kea is not None:
@@ -33,7 +40,27 @@ def view(kea: KeaConfig | None) -> str:
         for fam in FAMILIES:
             default = kea.endpoint_for(fam)
             defaults[fam] = default.name if default is not None else None
-    return json.dumps({"endpoints": endpoints, "default": defaults}, sort_keys=True)
+    out: dict[str, Any] = {"endpoints": endpoints, "default": defaults}
+    if rules:
+        out["rules"] = rules
+    return json.dumps(out, sort_keys=True)
+
+
+def rule_differences(mine: str, others: Mapping[str, str]) -> list[str]:
+    """The other hosts whose rules differ from this host's, one line each (empty: none). A view
+    without a digest (an older trapd), or one that cannot be read (said by ``differences``), is
+    not compared."""
+    own = (_parse(mine) or {}).get("rules")
+    out: list[str] = []
+    for host, text in sorted(others.items()):
+        theirs = (_parse(text) or {}).get("rules")
+        if isinstance(own, str) and isinstance(theirs, str) and own != theirs:
+            out.append(
+                f"{host!r} loads other rules (or another mode) than this host (rules digest {theirs[:12]!r}, "
+                f"here {own[:12]!r}): a notification is acted on differently depending on which host "
+                "receives it and journals it first"
+            )
+    return out
 
 
 def differences(mine: str, others: Mapping[str, str]) -> list[str]:

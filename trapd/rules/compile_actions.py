@@ -41,11 +41,15 @@ def definition_digest(node: YDict) -> str:
     a host that has reloaded a version with an action inserted took its new action for a copy of
     the other host's old one, and cancelled it. Computed once per distinct entry (5 us).
     """
+    return hashlib.blake2b(canonical(node).encode(), digest_size=12).hexdigest()
+
+
+def canonical(node: Any) -> str:
+    """A YAML node as parsed, in one text: the same for the same content however it is laid out."""
     try:
-        text = _DEFINITION.encode(node)
+        return _DEFINITION.encode(node)
     except TypeError:  # keys of different types (YAML allows 1: and a:) cannot be sorted
-        text = repr(node)
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+        return repr(node)
 
 
 # Literal characters that can appear in a value of these types; a template

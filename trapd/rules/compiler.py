@@ -20,6 +20,7 @@ rule compile in their own modules, sharing one
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from trapd.instance import index_objects
 from trapd.mibs import MibResolver
 from trapd.plugin import ActionSpec
 from trapd.rules import conditions as c
-from trapd.rules.compile_actions import ACTION_CONTROL_KEYS, CAP_KEYS, RETRY_KEYS, ActionCompiler
+from trapd.rules.compile_actions import ACTION_CONTROL_KEYS, CAP_KEYS, RETRY_KEYS, ActionCompiler, canonical
 from trapd.rules.compile_context import NAME_RE, CompileContext, RuleScope
 from trapd.rules.compile_match import FOREACH_KEYS, MATCH_KEYS, VALUE_OPS, MatchCompiler
 from trapd.rules.compile_values import ValueCompiler
@@ -126,6 +127,11 @@ class Compiler:
                 continue
             self.ctx.keys(node, FILE_KEYS, "a rules file")
             docs.append(node)
+        # What the rules say, as parsed (not as laid out: comments, quoting, key order, file names
+        # do not change it), with the mode: the hosts of a pair compare it (RuleSet.digest).
+        digest = hashlib.blake2b(canonical(global_mode).encode(), digest_size=16)
+        for doc in docs:
+            digest.update(canonical({k: v for k, v in doc.items() if k != "rules"}).encode())
         # sources and defaults first (from every file): rules in any file may use them.
         for doc in docs:
             if "sources" in doc:
@@ -143,6 +149,7 @@ class Compiler:
                 self.p.error("rules must be a list of rules", where(doc, "rules"))
                 continue
             for i, rnode in enumerate(node):
+                digest.update(b"\x1e" + canonical(rnode).encode())
                 rule = self._rule(rnode, where(node, i), len(rules))
                 # The rule's YAML is not needed again: freeing it as we go keeps the peak
                 # near the larger of the YAML and the compiled rules, not their sum.
@@ -164,6 +171,7 @@ class Compiler:
             global_mode,
             find_hidden=shadow_check or self.p.has_errors,
             index_objects=objects,
+            digest=digest.hexdigest(),
         )
         for rule, earlier in ruleset.shadowed:
             self.p.warning(

@@ -268,8 +268,12 @@ class RuleSet:
         *,
         find_hidden: bool = True,
         index_objects: IndexObjects | None = None,
+        digest: str = "",
     ) -> None:
         self._rules = tuple(rules)
+        # What the rules files say, as parsed, with the mode (compiler.compile_files; "" when
+        # built otherwise): the hosts of a pair publish it to see that they act alike.
+        self.digest = digest
         self.index_objects = index_objects
         self.names: tuple[str, ...] = tuple(r.name for r in self._rules)
         self.source_groups: Mapping[str, AddressSet] = MappingProxyType(dict(source_groups))

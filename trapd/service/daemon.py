@@ -459,6 +459,7 @@ class Daemon:
             owner=role.journal_owner if role is not None else None,
         )
         self.journal = self.dispatcher.journal
+        self.dispatcher.share_rules(self.rules.digest)  # for the other hosts to compare (docs/pair.md)
         await self.dispatcher.start()
         self._tasks.append(asyncio.create_task(self._submit_loop(), name="trapd-submit"))
         self._tasks.append(asyncio.create_task(self._probe_kea(), name="trapd-kea-probe"))
@@ -597,6 +598,8 @@ class Daemon:
             else:
                 self.limiter.set_clearing(rules.clearing_oids)
         old, self.rules = self.rules, rules
+        if self.dispatcher is not None:
+            self.dispatcher.share_rules(rules.digest)  # republished at the journal's next renewal
         if resolver is not self.resolver:  # MIB files changed: their names from the next trap on
             from trapd.normalize import Normalizer
 
@@ -671,10 +674,17 @@ class Daemon:
             if jh.name_conflict is not None:  # two hosts under one name: actions may run twice
                 return Health(False, "degraded", {**health.detail, "journal": jh.name_conflict})
         warnings = self._kea_warnings()
-        if not warnings or not health.healthy:
+        # Another host sharing the journal loads other rules: it acts otherwise on the same trap.
+        rules = list(self.dispatcher.pair_rule_differences) if self.dispatcher is not None else []
+        if not (warnings or rules) or not health.healthy:
             return health
         status = "warning" if health.status == "ok" else health.status
-        return Health(True, status, {**health.detail, "kea": warnings})
+        detail = {
+            **health.detail,
+            **({"kea": warnings} if warnings else {}),
+            **({"rules": rules} if rules else {}),
+        }
+        return Health(True, status, detail)
 
     def _kea_warnings(self) -> list[str]:
         """The Kea servers that need attention, and where the other hosts sharing the journal list
@@ -753,6 +763,9 @@ class Daemon:
             journal_unreadable=jh.unreadable if jh is not None else 0,
             journal_name_conflict=jh is not None and jh.name_conflict is not None,
             pair_differences=len(self.dispatcher.pair_differences) if self.dispatcher is not None else 0,
+            pair_rule_differences=tuple(self.dispatcher.pair_rule_differences)
+            if self.dispatcher is not None
+            else (),
             dispatch_backlog=self.submit_outcomes,
             dispatch_backlog_bytes=self.submit_bytes,
         )

@@ -78,6 +78,8 @@ trapd_journal_instance_conflict                gauge      1 while another live t
                                                           dispatch.journal.instance (shared journal)
 trapd_pair_kea_differences                     gauge      differences between this host's Kea endpoints and
                                                           peers and another live host's (shared journal)
+trapd_pair_rules_differ                        gauge      other live hosts whose rules (or mode) differ from
+                                                          this host's (shared journal)
 trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker does
                                                           not hold actions back; 0: down), e.g. pair4/srv1/v4
 trapd_kea_ha_state                             gauge      endpoint, state (1 for the peer's HA state now,
@@ -185,6 +187,8 @@ class DaemonSnapshot:
     journal_name_conflict: bool = False
     # A shared journal: differences from the other live hosts' Kea servers (trapd.kea.pairview).
     pair_differences: int = 0
+    # A shared journal: the other live hosts whose rules (or mode) differ from this host's, a line each.
+    pair_rule_differences: tuple[str, ...] = ()
     # Matched outcomes received but not yet journaled, and their estimated size in memory
     # (gauges): a backlog near its bounds (10,000 outcomes, 32 MiB) is about to lose outcomes.
     dispatch_backlog: int = 0
@@ -411,6 +415,11 @@ class TrapdCollector:
             "trapd_pair_kea_differences",
             "Differences from the Kea endpoints and peers of another live host sharing the journal.",
             value=snap.pair_differences,
+        )
+        yield GaugeMetricFamily(
+            "trapd_pair_rules_differ",
+            "Other live hosts sharing the journal whose rules (or mode) differ from this host's.",
+            value=len(snap.pair_rule_differences),
         )
         yield CounterMetricFamily(
             "trapd_journal_claims_put_back",

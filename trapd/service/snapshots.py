@@ -96,6 +96,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "journal_unreadable": snap.journal_unreadable,
         "journal_name_conflict": snap.journal_name_conflict,
         "pair_differences": snap.pair_differences,
+        "pair_rule_differences": list(snap.pair_rule_differences),
         "dispatch_backlog": snap.dispatch_backlog,
         "dispatch_backlog_bytes": snap.dispatch_backlog_bytes,
     }
@@ -144,6 +145,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         journal_unreadable=int(data.get("journal_unreadable", 0)),
         journal_name_conflict=bool(data.get("journal_name_conflict", False)),
         pair_differences=int(data.get("pair_differences", 0)),
+        pair_rule_differences=tuple(str(w) for w in data.get("pair_rule_differences", [])),
         dispatch_backlog=int(data.get("dispatch_backlog", 0)),
         dispatch_backlog_bytes=int(data.get("dispatch_backlog_bytes", 0)),
     )
@@ -212,6 +214,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     problem: str | None = None
     name_conflict = False
     pair_differences = 0
+    rule_differences: dict[str, None] = {}  # each worker compares the same: one line per host
     for s in snaps:
         _add(received, s.received)
         _add(dropped, s.dropped)
@@ -252,6 +255,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         problem = problem or s.journal_problem
         name_conflict = name_conflict or s.journal_name_conflict
         pair_differences = max(pair_differences, s.pair_differences)  # each worker compares the same
+        rule_differences.update(dict.fromkeys(s.pair_rule_differences))
     return DaemonSnapshot(
         received=received,
         dropped=dropped,
@@ -283,6 +287,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         journal_unreadable=unreadable,
         journal_name_conflict=name_conflict,
         pair_differences=pair_differences,
+        pair_rule_differences=tuple(rule_differences),
         dispatch_backlog=backlog,
         dispatch_backlog_bytes=backlog_bytes,
     )

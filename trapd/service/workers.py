@@ -679,9 +679,14 @@ class Supervisor:
         if snap.journal_name_conflict:  # a worker's name is renewed by another live process too
             problem = "another trapd is running under this host's dispatch.journal.instance on the journal"
             return Health(False, "degraded", {**detail, "journal": problem})
-        kea_warnings = snap.kea_warnings
-        if kea_warnings:  # Kea servers that need attention: said, but not a reason to restart trapd
-            return Health(True, "warning", {**detail, "kea": list(kea_warnings)})
+        kea_warnings, rules = snap.kea_warnings, snap.pair_rule_differences
+        if kea_warnings or rules:  # Kea servers that need attention, another host's other rules: said,
+            # but not a reason to restart trapd
+            if kea_warnings:
+                detail["kea"] = list(kea_warnings)
+            if rules:
+                detail["rules"] = list(rules)
+            return Health(True, "warning", detail)
         return Health(True, "ok", detail)
 
     def _stale_after(self) -> float:

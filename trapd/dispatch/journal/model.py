@@ -277,7 +277,8 @@ class Journal(Protocol):
 
     def share_view(self, view: str) -> None:
         """What of this host's configuration the other hosts sharing the journal must agree on
-        (trapd.kea.pairview), published under the host's name when this process registers."""
+        (trapd.kea.pairview), published under the host's name when this process registers, and
+        again at the next lease renewal when it changes (a reload)."""
         ...
 
     def other_views(self) -> dict[str, str]:

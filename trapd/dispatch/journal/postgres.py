@@ -1161,11 +1161,15 @@ async def _op_register(
     if not live:
         await _take_name(cur, now, owner, token, lease)
         if view is not None:
-            await cur.execute(
-                "INSERT INTO trapd_meta (k, v) VALUES (%s, %s) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
-                (_VIEW + instance, view),
-            )
+            await _publish_view(cur, instance, view)
     return live
+
+
+async def _publish_view(cur: Cur, instance: str, view: str) -> None:
+    await cur.execute(
+        "INSERT INTO trapd_meta (k, v) VALUES (%s, %s) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+        (_VIEW + instance, view),
+    )
 
 
 # trapd_meta's key of a host's view (PostgresJournal.share_view): a row per host, not per worker.
@@ -1748,6 +1752,7 @@ class PostgresJournal:
         # (see _reclaim_name), on the database's clock.
         self._namesake: float | None = None
         self._view: str | None = None  # see share_view; published at registration
+        self._view_published: str | None = None  # what the database has (a reload changes _view)
         self._other_views: dict[str, str] = {}  # the other hosts', as the last renewal read them
         self._notified = False
         self._listening = False
@@ -2341,6 +2346,7 @@ class PostgresJournal:
         error (or never) is put back. Only by a journal that runs actions (see recover).
         """
         assert self._pool is not None
+        view = self._view  # this host's, republished when a reload changed it (see share_view)
         try:
             async with (
                 self._pool.connection(timeout=self.connect_timeout) as conn,
@@ -2364,10 +2370,14 @@ class PostgresJournal:
                     since if self._runs_actions else None,
                     self.instance,
                 )
-                if self._view is not None:
+                if view is not None:
+                    if self._registered and view != self._view_published:
+                        await _publish_view(cur, self.instance, view)
                     self._other_views = await _op_views(cur, now, self.instance)
         except (PoolTimeout, psycopg.Error) as exc:
             raise JournalError(f"lease renewal failed: {_one_line(exc)}") from exc
+        if view is not None and self._registered:
+            self._view_published = view
         if namesake:
             self._namesake = now
         if put_back:
@@ -2448,6 +2458,7 @@ class PostgresJournal:
             )
             if not live:
                 self._registered = True
+                self._view_published = self._view
                 return
             for name, seen in live:
                 if name in first and seen > first[name]:
