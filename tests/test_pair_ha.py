@@ -441,3 +441,51 @@ def test_a_kea_server_listed_on_one_host_only_is_said_on_both(
     finally:
         for d in hosts:
             d.stop()
+
+
+def test_each_host_listing_its_own_server_as_a_plain_endpoint_is_said_until_fixed(
+    tmp_path: Path, pg_server: PgServer, ha: HaPair
+) -> None:
+    """Each host lists only its own Kea server, as a plain endpoint under one name (pair4): a
+    common first set-up ("each trapd talks to its local Kea"). Kea HA does not copy lease-del, and
+    both hosts' parts have the same copy key (one endpoint name, no peer), so the second host's
+    part is a copy and is not run: the lease is deleted on the server of the host that journaled
+    first only, the partner keeps it. trapd cannot fix this (it knows no way to the partner), so
+    each host says it: a warning in the log once, and in /healthz (status warning) for as long as
+    it runs so; the log line was all there was, and /healthz said ok."""
+    url = pg_server.new_database()
+    peers = ha.trapd_endpoints("unix")["pair4"]["peers"]
+    hosts: list[TrapdDaemon] = []
+    try:
+        for name, peer in (("dhcp1", peers[0]), ("dhcp2", peers[1])):
+            own = {"family": "v4", **{k: v for k, v in peer.items() if k != "name"}}
+            config = {
+                "kea": {"endpoints": {"pair4": own}, "poll_interval": "0.3s"},
+                "dispatch": {
+                    "journal": {"url": url, "instance": name, "lease": "2s", "poll_interval": "200ms"}
+                },
+            }
+            hosts.append(
+                TrapdDaemon.start(tmp_path / name, rules=DELETE_RULES.format(cap=CAP), config=config)
+            )
+        a, b = hosts
+        for d in hosts:
+            d.wait_log(lambda e: "lists as a plain endpoint" in str(e.get("event")), 30)
+            status, body = d.healthz()
+            assert status == 200 and body["status"] == "warning", body
+            assert any("plain endpoint" in w for w in body.get("kea", [])), body
+        mac, ip = "0a:00:27:00:74:01", {n: s.next_ip4() for n, s in ha.servers.items()}
+        for name, inst in ha.servers.items():
+            inst.add_lease4(ip[name], mac)
+        send(a, 61, 740_061, mac)
+        wait_for("dhcp1's part done", lambda: settled(url, 1))
+        send(b, 61, 740_061, mac)
+        got = wait_for("dhcp2's copy journaled", lambda: settled(url, 2))
+        assert sorted(r["state"] for r in got) == ["cancelled", "done"], got
+        assert ha.servers["server1"].lease4(ip["server1"]) is None
+        assert ha.servers["server2"].lease4(ip["server2"]) is not None  # what the warning is about
+        status, body = b.healthz()  # still said: nothing about it has changed
+        assert body["status"] == "warning" and any("plain endpoint" in w for w in body["kea"]), body
+    finally:
+        for d in hosts:
+            d.stop()

@@ -17,7 +17,12 @@ configuration (``config-get``: this-server-name and the peers) and warns
 when they disagree: a Kea peer trapd does not know keeps every lease trapd
 deletes elsewhere. So does the partner of a server that trapd.yaml lists as a
 plain endpoint while Kea runs it in an HA relationship: that is checked once
-per plain endpoint too.
+per plain endpoint too, and stays in /healthz (a standing warning, status
+``warning``) for as long as trapd runs with that configuration: it is no
+passing state of Kea but trapd.yaml missing servers, so every deletion misses
+the partner until an operator lists the peers. A warning, not a refusal: it
+is only seen once the server answers ``config-get``, and the deletions on the
+one server trapd knows are still worth doing.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class KeaMonitor:
         self.warn_after = warn_after
         self.ha: dict[str, HaStatus] = {}  # label -> last HA status of a server with the HA hook
         self._warned: dict[str, str] = {}  # label -> the warning now standing
+        # label -> what config-get showed wrong with trapd.yaml: stands until trapd restarts
+        self._misconfigured: dict[str, str] = {}
         self._peers_checked: set[tuple[str, str]] = set()
 
     async def run(self) -> None:
@@ -84,7 +91,8 @@ class KeaMonitor:
         return st.state if client.up else "unknown"
 
     def warnings(self) -> list[str]:
-        return [self._warned[k] for k in sorted(self._warned)]
+        standing = {**self._misconfigured, **self._warned}
+        return [standing[k] for k in sorted(standing)]
 
     def _update_warnings(self, clients: Iterable[KeaClient], now: float) -> None:
         for client in clients:
@@ -160,6 +168,11 @@ class KeaMonitor:
             return
         theirs = sorted(str(p.get("name")) for p in ha.get("peers", []) if isinstance(p, dict))
         if [name for name in theirs if name != ha.get("this-server-name")]:
+            self._misconfigured[f"{label(client)}:plain"] = (
+                f"Kea {label(client)} is in an HA relationship (peers {', '.join(theirs)}) that trapd.yaml "
+                "lists as a plain endpoint: deletions and dhcp-disable reach this server only, not its "
+                "partners; list the endpoint's peers (docs/kea-ha.md)"
+            )
             self.log.warning(
                 "Kea server is in an HA relationship that trapd.yaml lists as a plain endpoint: "
                 "deletions and dhcp-disable reach this server only, not its partners",
