@@ -78,8 +78,21 @@ for suite in $SUITES; do
     start=$(date +%s)
     mkdir -p "$dir"
     touch "$dir/.trapd-chroot"
-    debootstrap --variant=minbase "$suite" "$dir" "$mirror" >"$BASE/$suite.log" 2>&1 || {
-        echo "kea-chroots: debootstrap $suite failed, see $BASE/$suite.log" >&2; exit 1; }
+    # A second try for a mirror's passing failure (a fresh CI machine once failed here at its
+    # first build, and a later build went through); the log's end goes into the error, since the
+    # error is often all a CI run keeps.
+    if ! debootstrap --variant=minbase "$suite" "$dir" "$mirror" >"$BASE/$suite.log" 2>&1; then
+        echo "kea-chroots: debootstrap $suite failed; trying once more" >&2
+        tail -n 15 "$BASE/$suite.log" >&2
+        rm -rf --one-file-system "$dir"
+        mkdir -p "$dir"
+        touch "$dir/.trapd-chroot"
+        sleep 5
+        debootstrap --variant=minbase "$suite" "$dir" "$mirror" >"$BASE/$suite.log" 2>&1 || {
+            echo "kea-chroots: debootstrap $suite failed, see $BASE/$suite.log; its end:" >&2
+            tail -n 15 "$BASE/$suite.log" >&2
+            exit 1; }
+    fi
     cp /etc/hosts "$dir/etc/hosts"
     cp /etc/resolv.conf "$dir/etc/resolv.conf" 2>/dev/null || true
     for f in /etc/apt/apt.conf.d/99artifact-registry; do
@@ -91,7 +104,9 @@ for suite in $SUITES; do
     mount -t proc proc "$dir/proc"
     trap 'unmount_proc "$dir"' EXIT
     chroot "$dir" apt-get install -y --no-install-recommends $PACKAGES >>"$BASE/$suite.log" 2>&1 || {
-        echo "kea-chroots: installing Kea in $suite failed, see $BASE/$suite.log" >&2; exit 1; }
+        echo "kea-chroots: installing Kea in $suite failed, see $BASE/$suite.log; its end:" >&2
+        tail -n 15 "$BASE/$suite.log" >&2
+        exit 1; }
     unmount_proc "$dir"
     trap - EXIT
     version=$(chroot "$dir" /usr/sbin/kea-dhcp4 -v)
