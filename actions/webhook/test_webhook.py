@@ -585,3 +585,35 @@ async def test_a_secret_url_shows_no_more_of_its_host_than_names_the_site(
         with pytest.raises(RetryableError) as caught:
             await _run_resolved(params)
         assert hidden not in str(caught.value) and shown.replace(".example", ".invalid") in str(caught.value)
+
+
+async def _answer_with_header(status: int, header: bytes) -> tuple[asyncio.Server, str]:
+    """A server that answers every request with ``status`` and one raw header line."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass  # the request's headers; its body is left unread
+            writer.write(
+                b"HTTP/1.1 %d X\r\n%s\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok" % (status, header)
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"\xb9\xb2", b"1\xb3"])
+async def test_a_retry_after_of_non_ascii_digits_is_ignored(value: bytes) -> None:
+    # str.isdigit() is true for superscript digits (latin-1 0xB2, 0xB3, 0xB9), float() refuses them:
+    # a delivered call (200) was an unexpected ValueError, so retried and delivered again.
+    server, where = await _answer_with_header(200, b"Retry-After: " + value)
+    async with server:
+        result = await asyncio.wait_for(call(url=f"http://{where}/hook", timeout=5), 20)
+    assert result == {"status": 200, "answer": "ok"}
+    server, where = await _answer_with_header(503, b"Retry-After: " + value)
+    async with server:
+        with pytest.raises(RetryableError, match=r"answered 503$") as caught:
+            await asyncio.wait_for(call(url=f"http://{where}/hook", timeout=5), 20)
+    assert caught.value.retry_after is None
