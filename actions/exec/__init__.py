@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import re
@@ -55,6 +56,20 @@ EVENT_LIMIT = 100_000  # TRAPD_EVENT is left out beyond this (Linux caps one str
 RESULT_LIMIT = 2048  # characters of stdout / stderr kept in the journal's result
 KILL_WAIT = 5.0  # seconds a cancelled run waits for its SIGKILLed program to exit (a D-state process may not)
 _NAME = re.compile(r"[^A-Z0-9_]")
+# What starting the program fails with when the rule (its argv, cwd) or the file is at fault.
+_CANNOT_RUN = frozenset(
+    {
+        errno.ENOENT,  # no such program or cwd
+        errno.EACCES,  # not executable, or a directory on the way not searchable
+        errno.EPERM,
+        errno.ENOTDIR,  # cwd (or a directory of the program's path) is a file
+        errno.EISDIR,
+        errno.ENOEXEC,  # a script without #!, a binary for another architecture
+        errno.E2BIG,  # argv and environment over the kernel's limit (one argument over 128 KiB)
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+    }
+)
 
 
 @action(
@@ -130,10 +145,13 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             cwd=params.get("cwd") or None,
             start_new_session=True,  # its own process group, so the timeout kills its children too
         )
-    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+    except OSError as exc:
         # exc.filename says which: the program, or a cwd that is missing or not a directory.
         which = f": {exc.filename}" if exc.filename and exc.filename != argv[0] else ""
-        raise PermanentError(f"cannot run {argv[0]}: {exc.strerror or exc}{which}") from None
+        if exc.errno in _CANNOT_RUN:  # the same argv, program and cwd fail the same way next time
+            raise PermanentError(f"cannot run {argv[0]}: {exc.strerror or exc}{which}") from None
+        # fork() short of processes or memory, no file descriptor left: a passing condition.
+        raise RetryableError(f"cannot start {argv[0]} now: {exc.strerror or exc}{which}") from None
     proc = asyncio.subprocess.Process(transport, watch, loop)
     assert proc.stdout is not None and proc.stderr is not None
     out, err = bytearray(), bytearray()

@@ -206,3 +206,32 @@ def test_a_cancelled_run_leaves_nothing_for_the_collector_after_the_loop_closed(
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
     assert when_done == [(True, -signal.SIGKILL)]  # closed, and the program killed and reaped, as it returned
     assert not Path(f"/proc/{int(pidfile.read_text())}").exists()  # killed and reaped
+
+
+async def test_a_program_the_kernel_cannot_execute_is_permanent(tmp_path: Path) -> None:
+    # An executable file the kernel cannot run (a script without #!, a binary for another
+    # architecture): ENOEXEC, the same on every attempt.
+    script = tmp_path / "no-shebang"
+    script.write_text("echo hello\n")
+    script.chmod(0o755)
+    with pytest.raises(PermanentError, match=r"cannot run .*no-shebang: Exec format error"):
+        await run(argv=[str(script)])
+
+
+async def test_an_argument_list_too_long_is_permanent() -> None:
+    # Linux refuses one argument over 128 KiB (E2BIG): the same argv fails the same way on retry.
+    with pytest.raises(PermanentError, match=r"cannot run .*: Argument list too long"):
+        await run(argv=[sys.executable, "-c", "pass", *(["x" * 8192] * 300)])
+
+
+async def test_a_program_that_cannot_be_started_for_now_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fork() failing for want of processes or memory (EAGAIN, ENOMEM) is a passing condition:
+    # retried, with a reason, not a traceback of an "unexpected" error.
+    import errno
+
+    async def no_fork(*args: Any, **kwargs: Any) -> Any:
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "subprocess_exec", no_fork)
+    with pytest.raises(RetryableError, match=r"cannot start .*: Resource temporarily unavailable"):
+        await run(argv=[sys.executable, "-c", "pass"])
