@@ -135,16 +135,7 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     env = build_env(ctx, params.get("env") or {})
     loop = asyncio.get_running_loop()
     try:
-        transport, watch = await loop.subprocess_exec(
-            lambda: _ExitWatch(loop),
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            cwd=params.get("cwd") or None,
-            start_new_session=True,  # its own process group, so the timeout kills its children too
-        )
+        transport, watch = await _start(loop, argv, env, params.get("cwd") or None)
     except OSError as exc:
         # exc.filename says which: the program, or a cwd that is missing or not a directory.
         which = f": {exc.filename}" if exc.filename and exc.filename != argv[0] else ""
@@ -176,12 +167,7 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         await _ended(watch, reading)
         raise
     finally:
-        # Our ends of the pipes (a process out of the group's reach may hold the others), closed
-        # once the program has exited: closing first would reap it behind asyncio's child watcher.
-        if watch.exited.done():
-            transport.close()
-        else:  # only if it outlived KILL_WAIT after SIGKILL, or a second cancel cut the wait short
-            watch.exited.add_done_callback(lambda _: transport.close())
+        _close(transport, watch)
     if not exited:
         _log_output(ctx, argv, out, err, None)
         raise RetryableError(f"{argv[0]} timed out after {timeout:g}s and was killed")
@@ -252,6 +238,63 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\\0")
 
 
+async def _start(
+    loop: asyncio.AbstractEventLoop, argv: list[str], env: dict[str, str], cwd: str | None
+) -> tuple[asyncio.SubprocessTransport, _ExitWatch]:
+    """The program started, its pipes connected; OSError if it cannot be started.
+
+    A cancel (dispatch.action_timeout, a shutdown) that arrives while asyncio connects the pipes,
+    the program already running, is not left to asyncio: its clean-up kills the program alone,
+    not its group, and then waits until every process holding the pipes has ended (a child the
+    program started in the background: for as long as that runs, 60 s of ``sleep 60 &``). The
+    start is let finish instead (a few turns of the loop), and the group killed as on any cancel.
+    """
+    start = asyncio.ensure_future(
+        loop.subprocess_exec(
+            lambda: _ExitWatch(loop),
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # its own process group, so the timeout kills its children too
+        )
+    )
+    try:
+        transport, watch = await asyncio.shield(start)
+    except asyncio.CancelledError:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(KILL_WAIT):
+                await asyncio.wait([start])
+        if not start.done():  # a second cancel, or a loop too slow for KILL_WAIT: end it when it is up
+            start.add_done_callback(_end_started)
+        elif not start.cancelled() and start.exception() is None:
+            transport, watch = start.result()
+            _kill_group(transport.get_pid())
+            await _ended(watch, None)
+            _close(transport, watch)
+        raise
+    return transport, watch
+
+
+def _end_started(start: asyncio.Future[tuple[asyncio.SubprocessTransport, _ExitWatch]]) -> None:
+    if start.cancelled() or start.exception() is not None:
+        return
+    transport, watch = start.result()
+    _kill_group(transport.get_pid())
+    _close(transport, watch)
+
+
+def _close(transport: asyncio.SubprocessTransport, watch: _ExitWatch) -> None:
+    """Our ends of the pipes (a process out of the group's reach may hold the others), closed
+    once the program has exited: closing first would reap it behind asyncio's child watcher."""
+    if watch.exited.done():
+        transport.close()
+    else:  # only if it outlived KILL_WAIT after SIGKILL, or a second cancel cut the wait short
+        watch.exited.add_done_callback(lambda _: transport.close())
+
+
 class _ExitWatch(asyncio.subprocess.SubprocessStreamProtocol):
     """Says when the program exits: Process.wait() also waits until its pipes are closed."""
 
@@ -291,12 +334,13 @@ async def _read_bounded(stream: asyncio.StreamReader, limit: int, kept: bytearra
             kept += chunk[: limit - len(kept)]
 
 
-async def _ended(watch: _ExitWatch, reading: asyncio.Task[None]) -> None:
+async def _ended(watch: _ExitWatch, reading: asyncio.Task[None] | None) -> None:
     """Wait for a killed program's exit (SIGKILL: at once, bounded by KILL_WAIT) and its reader's end."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(KILL_WAIT):
             await asyncio.shield(watch.exited)
-    await asyncio.wait([reading])  # cancelled: it ends at its next turn
+    if reading is not None:
+        await asyncio.wait([reading])  # cancelled: it ends at its next turn
 
 
 def _kill_group(pid: int) -> None:

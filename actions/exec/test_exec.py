@@ -235,3 +235,38 @@ async def test_a_program_that_cannot_be_started_for_now_is_retryable(monkeypatch
     monkeypatch.setattr(asyncio.get_running_loop(), "subprocess_exec", no_fork)
     with pytest.raises(RetryableError, match=r"cannot start .*: Resource temporarily unavailable"):
         await run(argv=[sys.executable, "-c", "pass"])
+
+
+async def test_a_cancel_while_the_program_starts_kills_its_group_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled (a shutdown, dispatch.action_timeout) after the program started but while asyncio
+    # still connects its pipes: asyncio's own clean-up killed the program alone, not its group,
+    # and waited for every process holding its pipes (here: 60 s of sleep) before the cancel ended.
+    pidfile = tmp_path / "pid"
+    loop = asyncio.get_running_loop()
+    connect_read_pipe = loop.connect_read_pipe
+    release = asyncio.Event()
+
+    async def slow_connect(*args: Any, **kwargs: Any) -> Any:  # a loaded loop: the start takes turns
+        await release.wait()
+        return await connect_read_pipe(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "connect_read_pipe", slow_connect)
+    task = asyncio.create_task(run(argv=["/bin/sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"]))
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    task.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    t0 = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(task), 15)
+    assert time.monotonic() - t0 < 5
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert _gone(pid)
