@@ -21,9 +21,14 @@ action then fails, permanently and saying why).
 
 from __future__ import annotations
 
+import base64
+import bisect
+import contextlib
 import json
 import os
+import re
 import threading
+import urllib.parse
 import weakref
 from collections import Counter, deque
 from collections.abc import Mapping
@@ -61,8 +66,9 @@ class Redactor:
         self._recent: dict[str, list[str]] = {}  # source -> its last KEEP_PER_SOURCE values, newest last
         self._forever: set[str] = set()
         self._forms: Counter[str] = Counter()  # text masked -> how many kept values have it
-        # What redact() searches: a new tuple on every change (rare), read without the lock.
-        self._masked: tuple[str, ...] = ()
+        # What redact() searches, longest first, and minus their lengths (ascending, for bisect):
+        # one new tuple on every change (rare), read without the lock.
+        self._search: tuple[tuple[str, ...], list[int]] = ((), [])
 
     def add(self, value: str, source: str | None = None) -> None:
         """Mask ``value``; ``source``: where it was read, so that a newer value read there supersedes it."""
@@ -109,7 +115,7 @@ class Redactor:
         if self._uses[value] == 1:
             for form in _forms(value):
                 self._forms[form] += 1
-            self._masked = tuple(self._forms)
+            self._search = self._longest_first()
 
     def _unuse(self, value: str) -> None:
         while self._freed:
@@ -122,7 +128,12 @@ class Redactor:
             self._forms[form] -= 1
             if self._forms[form] <= 0:
                 del self._forms[form]
-        self._masked = tuple(self._forms)
+        self._search = self._longest_first()
+
+    def _longest_first(self) -> tuple[tuple[str, ...], list[int]]:
+        # A URL masked whole before its path is, a text before its part.
+        forms = tuple(sorted(self._forms, key=len, reverse=True))
+        return forms, [-len(form) for form in forms]
 
     def redact(self, text: str) -> str:
         if self._freed and self._lock.acquire(blocking=False):  # never waits: redact is hot
@@ -131,10 +142,34 @@ class Redactor:
                     self._unuse(self._freed.popleft())  # drains the others too
             finally:
                 self._lock.release()
-        for v in self._masked:
+        forms, lengths = self._search
+        # Each secret is searched for in some dozen forms (:func:`encodings`): only those that fit
+        # in the text (most fields of a line are short), and one pass in C while none is in it.
+        start = bisect.bisect_left(lengths, -len(text))
+        if start:
+            forms = forms[start:]
+        if not any(map(text.__contains__, forms)):
+            return text
+        for v in forms:
             if v in text:
                 text = text.replace(v, self.MASK)
         return text
+
+    def redact_cut(self, text: str) -> str:
+        """:meth:`redact` for a text cut at a length (the start of an answer, of a program's
+        output): its end too is masked if it could be the start of a secret's form."""
+        text = self.redact(text)
+        cut = len(text)
+        for form in self._search[0]:
+            # Where the text's end could be a start of ``form``: at an occurrence of its first
+            # character, no farther back than the form is long (a few places, not every length).
+            at = text.find(form[0], max(0, len(text) - len(form) + 1))
+            while at != -1 and len(text) - at >= 4:
+                if form.startswith(text[at:]):
+                    cut = min(cut, at)
+                    break
+                at = text.find(form[0], at + 1)
+        return text if cut == len(text) else text[:cut] + self.MASK
 
     def redact_data(self, value: Any) -> Any:
         """JSON-like data (an action's result) with the secrets masked in its strings, keys too; a
@@ -150,11 +185,11 @@ class Redactor:
         return value
 
     def __len__(self) -> int:
-        """How many texts are masked (a value and, when it differs, its JSON form)."""
-        return len(self._masked)
+        """How many values are masked (each in its forms: see :func:`encodings`)."""
+        return len(self._uses)
 
     def __bool__(self) -> bool:
-        return bool(self._masked)
+        return bool(self._search[0])
 
 
 def _read_again(recent: list[str], value: str) -> str | None:
@@ -169,10 +204,78 @@ def _read_again(recent: list[str], value: str) -> str | None:
 
 
 def _forms(value: str) -> set[str]:
-    """A value as it appears in text: as is, and as JSON writes it (the journal stores results
-    as JSON: a secret with a quote, a backslash, a control or non-ASCII character is not its own
-    text there)."""
-    return {value, json.dumps(value)[1:-1]}
+    """Every text that masks ``value``: the value and the secrets inside it (:func:`_parts`), each in
+    each encoding (:func:`encodings`); none shorter than a maskable value. Longest first in
+    :attr:`Redactor._search`, so that a URL is masked whole before its path is."""
+    forms: set[str] = set()
+    for text in {value, *_parts(value)}:
+        forms |= encodings(text)
+    return {form for form in forms if Redactor._maskable(form)}
+
+
+# An Authorization header's value: its scheme, then the credential (RFC 9110 section 11.4).
+_AUTH_SCHEME = re.compile(r"(?i:basic|bearer|token|digest|negotiate|apikey|api-key)[ \t]+(\S.*)")
+
+
+def _parts(value: str) -> set[str]:
+    """What inside a secret is a secret alone, and may be quoted alone: the credential of an
+    Authorization header's value (``Bearer <token>``; ``Basic <base64>``: also the user:password
+    it encodes, and the password), and of a URL its path and query (where Slack's, Teams' and
+    the like's token is) and its password (``user:password@``)."""
+    parts: set[str] = set()
+    scheme = _AUTH_SCHEME.fullmatch(value)
+    if scheme is not None:
+        credential = scheme.group(1).strip()
+        parts.add(credential)
+        if value[:5].lower() == "basic":
+            with contextlib.suppress(ValueError):
+                decoded = base64.b64decode(credential, validate=True).decode()
+                parts |= {decoded, decoded.partition(":")[2]}
+        return parts
+    if "://" in value:
+        with contextlib.suppress(ValueError):
+            url = urllib.parse.urlsplit(value)
+            if url.scheme and url.netloc:
+                parts.add(value[value.index(url.netloc) + len(url.netloc) :])
+                if url.password:
+                    parts |= {url.password, urllib.parse.unquote(url.password)}
+    return parts
+
+
+def encodings(text: str) -> set[str]:
+    """``text`` as a program, a server or a library may write it: as is; as JSON writes it (the
+    journal stores results as JSON: a quote, a backslash, a control or non-ASCII character is
+    escaped), also with ``\\/`` for / (PHP); percent-encoded whole, or but for / (a path), or
+    as an HTTP client does a URL (only what a URL cannot hold), with either case of hex, and with
+    + for a space (a form); and in base64, standard or URL-safe, at each of its three alignments:
+    the characters that only ``text`` decides, so that it is found inside a longer base64 text
+    too, such as an ``Authorization: Basic`` header's ``user:password``.
+
+    The one place that knows these forms: the redactor masks every secret in each (log lines,
+    results, errors, ``trapd journal show``), the webhook action its URL's parts."""
+    as_json = json.dumps(text)[1:-1]
+    quoted = {
+        urllib.parse.quote(text, safe=""),
+        urllib.parse.quote(text, safe="/"),
+        urllib.parse.quote(text, safe=_URL_SAFE),
+        urllib.parse.quote_plus(text, safe=""),
+    }
+    quoted |= {_LOWER_HEX.sub(lambda m: m.group().lower(), q) for q in quoted}
+    out = {text, as_json, as_json.replace("/", "\\/"), *quoted}
+    if _CONTROL.search(text):  # a log line's console format writes a control character \x1b, as repr
+        out.add(text.encode("unicode_escape").decode("ascii"))
+    data = text.encode()
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + data).decode()
+        core = encoded[-(-pad * 8 // 6) : (pad + len(data)) * 8 // 6]
+        out |= {core, core.translate(_URLSAFE)}
+    return out
+
+
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"  # RFC 3986's reserved characters, and % (what is encoded already)
+_LOWER_HEX = re.compile("%[0-9A-F]{2}")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_URLSAFE = str.maketrans("+/", "-_")
 
 
 REDACTOR = Redactor()

@@ -29,11 +29,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import email.utils
 import ipaddress
-import json
 import re
 import ssl
 import time
@@ -44,7 +42,7 @@ import httpx
 
 from trapd.params import Param, ParamError, convert, token_in_url
 from trapd.plugin import ActionContext, PermanentError, RetryableError, action
-from trapd.secrets import REDACTOR
+from trapd.secrets import REDACTOR, Redactor
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 _HEADER_BREAK = re.compile(r"[\r\n\x00]")
@@ -290,63 +288,22 @@ class _Scrub(Protocol):
 
 def _scrubber(url: str) -> _Scrub:
     """Masks a secret URL in a text from httpx or the receiver (an error, an answer that quotes
-    the request): the redactor knows only the URL whole, as is and as JSON writes it.
+    the request), before it is cut to what is kept (a cut through it would leave its start).
 
-    The bound: the URL, its path and query (all after the host), and a host that _masked does
-    not show, each as written, as httpx encodes it, as JSON writes it (also with \\/ for /),
-    percent-encoded whole (upper- or lower-case hex; + for a space is the same, as a URL has
-    none), and in base64 (standard or URL-safe, at any alignment: inside a longer base64 text
-    too). A text that is not complete (cut at the bytes read) loses an end that starts one."""
+    The redactor masks the URL and its path and query, in every form it knows (as written,
+    as JSON writes it, percent-encoded, in base64: trapd.secrets.encodings); this call adds,
+    in those forms, the URL as httpx encodes it and a host that _masked does not show. A text
+    that is not complete (cut at the bytes read) loses an end that starts one of them."""
+    own = Redactor()
     parts = urllib.parse.urlsplit(url)
-    tail = url[len(f"{parts.scheme}://{parts.netloc}") :]
-    texts = {url, tail}
     if not _masked(url).startswith(f"{parts.scheme}://{parts.hostname}"):
-        texts.add(parts.hostname or "")
+        own.add(parts.hostname or "")
     with contextlib.suppress(httpx.InvalidURL):
-        encoded = httpx.URL(url)
-        texts |= {str(encoded), encoded.raw_path.decode("ascii", "replace")}
-    forms: set[str] = set()
-    for text in texts:
-        forms |= _encodings(text)
-    masked = sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)  # the URL before its tail
+        own.add(str(httpx.URL(url)))
 
     def scrub(text: str, complete: bool = True) -> str:
-        for form in masked:
-            text = text.replace(form, "…")
-        if not complete:
-            text = _without_a_start_of(text, masked)
+        for redactor in (REDACTOR, own):
+            text = redactor.redact(text) if complete else redactor.redact_cut(text)
         return text
 
     return scrub
-
-
-def _encodings(text: str) -> set[str]:
-    """``text`` as a receiver may quote it back (see _scrubber)."""
-    quoted = {urllib.parse.quote(text, safe=""), urllib.parse.quote(text, safe="/")}
-    quoted |= {re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), q) for q in quoted}
-    as_json = json.dumps(text)[1:-1]
-    out = {text, as_json, as_json.replace("/", "\\/"), *quoted}
-    data = text.encode()
-    for pad in range(3):  # the base64 characters that only ``text`` decides, at each alignment
-        encoded = base64.b64encode(b"\0" * pad + data).decode()
-        core = encoded[-(-pad * 8 // 6) : (pad + len(data)) * 8 // 6]
-        out |= {core, core.translate(_URLSAFE)}
-    return out
-
-
-_URLSAFE = str.maketrans("+/", "-_")
-
-
-def _without_a_start_of(text: str, forms: list[str]) -> str:
-    """``text`` without an end that is the start of one of ``forms`` (what a cut left of it)."""
-    cut = len(text)
-    for form in forms:
-        # Where the text's end could be a start of ``form``: at an occurrence of its first
-        # character, no farther back than the form is long (a few places, not every length).
-        at = text.find(form[0], max(0, len(text) - len(form) + 1))
-        while at != -1 and len(text) - at >= 4:
-            if form.startswith(text[at:]):
-                cut = min(cut, at)
-                break
-            at = text.find(form[0], at + 1)
-    return text if cut == len(text) else text[:cut] + "…"

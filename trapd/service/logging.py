@@ -126,16 +126,20 @@ def redact(value: Any) -> Any:
 
 # Values with nothing inside to mask: only their field's name can make them secret.
 _INERT: frozenset[type] = frozenset({int, float, bool, type(None)})
+# A field's text is masked where the line is rendered (_render): every secret, in each of the forms
+# a renderer writes text (as is, as JSON escapes it, a control character as \\x1b: see
+# trapd.secrets.encodings), is searched for once in the line, not once more in each field.
+_INERT_FIELDS: frozenset[type] = _INERT | {str}
 
 
 def redact_secrets(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: mask secret values and secret-named fields, recursively."""
-    # Numbers, and strings while no secret is loaded, skip the recursive walk: most fields of
-    # most lines are such. A line of the dispatcher's (bench: "action done" and the lease-del
-    # line, 5-7 fields) went from 19 to 11 us with the _is_sensitive cache.
-    inert = _INERT if REDACTOR else _INERT | {str}
+    """structlog processor: mask secret-named fields, and secret values inside containers (whose
+    repr a renderer may write otherwise than JSON does), recursively."""
+    # Numbers and strings skip the recursive walk: most fields of most lines are such. A line of
+    # the dispatcher's (bench: "action done" and the lease-del line, 5-7 fields) went from 19 to
+    # 11 us with the _is_sensitive cache.
     for key, value in list(event_dict.items()):
-        if value.__class__ in inert:
+        if value.__class__ in _INERT_FIELDS:
             if value not in (None, "") and _is_sensitive(key):
                 event_dict[key] = REDACTOR.MASK
         else:
