@@ -681,3 +681,28 @@ def test_a_worker_that_keeps_dying_stops_the_unit_with_an_error(tmp_path: Path) 
         assert d.notify.wait_for("STOPPING", 5)
     finally:
         d.close()
+
+
+def test_a_second_unit_on_the_same_trap_port_is_refused_not_given_half_the_traps(tmp_path: Path) -> None:
+    """A second `trapd run --workers 2` of the same user on the same trap port (an admin trying
+    `sudo -u trapd trapd run` by hand, a copy of the unit) joined the first one's SO_REUSEPORT
+    group without an error: the kernel then gave it a share of every switch's traps, acted on
+    by a second daemon with its own journal. It must fail to start as a lone trapd does, with
+    the address in the reason, before any worker is forked."""
+    first = TrapdDaemon.start(tmp_path / "a", rules=SEQ_RULES.format(prefix="x"), config=TWO)
+    try:
+        second = TrapdDaemon.start(
+            tmp_path / "b", rules=SEQ_RULES.format(prefix="y"), config=TWO, trap_port=first.trap_port,
+            wait_ready=False,
+        )  # fmt: skip
+        try:
+            assert second.wait_exit(30) == 1, second.log[-8:]
+            (line,) = second.logs("start-up failed")
+            assert f"cannot listen on 127.0.0.1:{first.trap_port}" in line["error"], line
+            assert "in use" in line["error"], line
+            assert not second.logs("worker started")
+        finally:
+            second.close()
+        assert first.stop() == 0
+    finally:
+        first.close()

@@ -186,8 +186,13 @@ def open_reuseport_sockets(
     Set before bind, as the listener does: the receive buffer (a buffer set
     later does not apply to what is already queued) and IPV6_V6ONLY. Only
     sockets of the same user can join a group, so another user cannot bind
-    the port and take a share of the traps. Port 0 binds the first socket to
-    a free port and the others to the same one.
+    the port and take a share of the traps. Nor can this trapd join a group
+    that is already there: another trapd of the same user on the same port
+    (one run by hand as the service's user, a copy of the unit) would
+    otherwise start without an error and get a share of every switch's traps.
+    So each address is first bound by a socket without SO_REUSEPORT, which
+    fails as a lone trapd's bind does, and closed before the group binds it.
+    Port 0 binds the probe to a free port and the group to the same one.
     """
     from trapd.listener.udp import bind, set_receive_buffer
 
@@ -195,7 +200,11 @@ def open_reuseport_sockets(
     try:
         for address in listen:
             family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-            port = address.port
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                bind(probe, address.host, address.port)
+                port = int(probe.getsockname()[1])
             for i in range(count):
                 sock = socket.socket(family, socket.SOCK_DGRAM)
                 out[i].append(sock)
@@ -204,7 +213,6 @@ def open_reuseport_sockets(
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 set_receive_buffer(sock, receive_buffer)
                 bind(sock, address.host, port)
-                port = int(sock.getsockname()[1])
     except BaseException:
         for group in out:
             for sock in group:
