@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from daemon_harness import TrapdDaemon, eventually, free_port, link_down
 from listen_harness import capture_datagram, needs_netsnmp, snmp_send
+from notify_harness import NotifySocket
 
 pytestmark = [pytest.mark.integration, needs_netsnmp]
 
@@ -158,6 +159,24 @@ def test_start_fails_cleanly_when_the_port_is_taken(tmp_path: Path) -> None:
         d = TrapdDaemon.start(tmp_path, rules=LOG_RULES, trap_port=port, wait_ready=False)
         try:
             _assert_failed_start(d, "Address already in use", f"127.0.0.1:{port}")
+        finally:
+            d.close()
+
+
+def test_start_fails_cleanly_when_the_metrics_port_is_taken(tmp_path: Path) -> None:
+    """The reason named the setting: "error while attempting to bind on address" alone does not
+    say that it is the metrics endpoint (service.metrics.listen) and not the trap port."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        d = TrapdDaemon(tmp_path, free_port(), port)
+        d.rules_path.write_text(LOG_RULES)
+        d.write_config({})
+        d.notify = NotifySocket(tmp_path / "notify.sock")
+        d.launch()
+        try:
+            _assert_failed_start(d, "service.metrics.listen", f"127.0.0.1:{port}", "in use")
         finally:
             d.close()
 

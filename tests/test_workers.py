@@ -706,3 +706,24 @@ def test_a_second_unit_on_the_same_trap_port_is_refused_not_given_half_the_traps
         assert first.stop() == 0
     finally:
         first.close()
+
+
+def test_a_metrics_port_in_use_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    """The supervisor bound service.metrics.listen only after forking its workers: they started,
+    took traps and ran actions for a moment, and the error named neither the setting nor its
+    purpose ("error while attempting to bind on address ...")."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d = TrapdDaemon(tmp_path, free_port(), port)
+        d.rules_path.write_text(SEQ_RULES.format(prefix="x"))
+        d.write_config(TWO)
+        d.launch()
+        try:
+            assert d.wait_exit(30) == 1, d.log[-8:]
+            (line,) = d.logs("start-up failed")
+            assert "service.metrics.listen" in line["error"] and f"127.0.0.1:{port}" in line["error"], line
+            assert not d.logs("worker started")
+        finally:
+            d.close()

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -84,10 +86,13 @@ class MetricsServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        """Bind and start serving; OSError if the address cannot be bound."""
-        self._server = await asyncio.start_server(
-            self._handle, self._host, self._port, reuse_address=True, limit=_MAX_REQUEST
-        )
+        """Bind and start serving; OSError naming the address and the setting if it cannot be bound."""
+        try:
+            self._server = await asyncio.start_server(
+                self._handle, self._host, self._port, reuse_address=True, limit=_MAX_REQUEST
+            )
+        except OSError as exc:
+            raise bind_error(exc, self._host, self._port) from exc
         log.info("metrics endpoint listening", address=self.url)
 
     @property
@@ -212,6 +217,34 @@ class MetricsServer:
         if path == "/":
             return 200, "text/plain; charset=utf-8", _INDEX, head_only
         return 404, "text/plain", b"not found\n", head_only
+
+
+def bind_error(exc: OSError, host: str, port: int) -> OSError:
+    """``exc`` from binding the endpoint, saying which address and which setting: asyncio's "error
+    while attempting to bind on address" does not tell the metrics port from the trap port."""
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return OSError(exc.errno, f"cannot serve metrics on {shown} (service.metrics.listen): {reason}")
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Raise :func:`bind_error` now if ``host:port`` is taken (another trapd, another exporter).
+
+    For the supervisor of several workers, which serves the endpoint from its event loop, made
+    after the workers are forked: checked first, a taken port fails the start before any worker
+    takes a trap. The socket is bound as the server's will be (SO_REUSEADDR, so a connection
+    of the last run in TIME_WAIT does not count) and closed at once.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen()  # with SO_REUSEADDR, bind alone may share a port whose holder listens later
+        except OSError as exc:
+            raise bind_error(exc, host, port) from exc
 
 
 @dataclass(frozen=True)

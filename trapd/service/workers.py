@@ -354,6 +354,11 @@ class Supervisor:
 
         cfg = self.config
         self.preloaded = loaded = lifecycle.load_startup(cfg, self.log, self.notifier)
+        if cfg.service.metrics_listen is not None:
+            from trapd.service.exporter import check_bindable
+
+            # Served from the loop made after the fork: a port taken must fail the start before that.
+            check_bindable(cfg.service.metrics_listen.host, cfg.service.metrics_listen.port)
 
         inherited = inherited_sockets()
         own: list[list[socket.socket]] = [[] for _ in range(self.count)]
