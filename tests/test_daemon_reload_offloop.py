@@ -35,7 +35,7 @@ def log_rule(name: str, message: str, source: str | None = None) -> str:
 def test_traps_healthz_and_watchdog_go_on_while_a_big_rule_set_compiles(tmp_path: Path, workers: int) -> None:
     # With two workers, the supervisor compiles first (to refuse a bad file once), then each
     # worker does; a worker whose loop stopped would stop answering the supervisor, which then
-    # reports it unresponsive (/healthz 503) and stops the watchdog pings.
+    # reports it (/healthz 503) and replaces it.
     d = TrapdDaemon.start(
         tmp_path,
         rules="rules:\n" + log_rule("down", "old {{ ifIndex }}"),

@@ -525,28 +525,111 @@ def test_a_status_interval_that_is_not_a_number_is_refused_before_it_stops_the_w
         d.close()
 
 
-def test_a_stuck_worker_stops_the_watchdog_and_shows_in_healthz(tmp_path: Path) -> None:
-    """A worker that stops answering (SIGSTOP: as good as a blocked loop) withholds WATCHDOG=1."""
-    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="x"), config=TWO, watchdog_usec=2_000_000)
+def start_wrapped(
+    tmp_path: Path, prelude: str, config: dict[str, Any], watchdog_usec: int | None
+) -> TrapdDaemon:
+    """`trapd run` from a wrapper that runs ``prelude`` first (set a bound, install a handler)."""
+    from notify_harness import NotifySocket
+
+    wrapper = tmp_path / "run.py"
+    wrapper.write_text(
+        f"import sys\n{prelude}\nfrom trapd.cli import main\n"
+        "sys.exit(main(['run', '--config', sys.argv[1]]))\n"
+    )
+    d = TrapdDaemon(tmp_path, free_port(), free_port(socket.SOCK_STREAM))
+    d.rules_path.write_text(SEQ_RULES.format(prefix="x"))
+    d.write_config(config)
+    d.notify = NotifySocket(tmp_path / "notify.sock")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env["NOTIFY_SOCKET"] = d.notify.address
+    if watchdog_usec is not None:
+        env["WATCHDOG_USEC"] = str(watchdog_usec)
+    d.proc = subprocess.Popen(
+        [sys.executable, str(wrapper), str(d.config_path)], cwd=tmp_path, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    import threading
+
+    threading.Thread(target=d._read_log, args=(d.proc,), daemon=True).start()
+    d.wait_ready()
+    return d
+
+
+def replaced_while_pinging(d: TrapdDaemon, stuck: int, timeout: float = 30) -> list[float]:
+    """Wait until worker 1's ``stuck`` process is replaced by a ready one; the gaps between the
+    WATCHDOG=1 pings meanwhile (the silence up to the end counts too)."""
     assert d.notify is not None
-    notify = d.notify
+    pings = [time.monotonic()]
+    deadline = pings[0] + timeout
+
+    def back() -> bool:
+        return worker_pids(d)[1] != stuck and any(
+            e["worker"] == 1 and e["pid"] == worker_pids(d)[1] for e in d.logs("worker ready")
+        )
+
+    while not back() and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            if "WATCHDOG" in d.notify.receive(0.1):
+                pings.append(time.monotonic())
+    assert back(), f"worker 1 not replaced; log tail: {d.log[-8:]}"
+    pings.append(time.monotonic())
+    return [round(b - a, 2) for a, b in itertools.pairwise(pings)]
+
+
+def test_a_worker_whose_loop_is_blocked_is_replaced_with_its_stack_in_the_log(tmp_path: Path) -> None:
+    """A worker whose event loop is blocked (here a signal handler that sleeps an hour in its main
+    thread) stopped answering the supervisor, which only withheld WATCHDOG=1: systemd then
+    killed and restarted the whole unit (every worker, their running actions) 15 to 45 s later,
+    and without a systemd watchdog (a drop-in with WatchdogSec=0, a container) the worker stayed
+    stuck for ever, its share of the traps lost. The supervisor now replaces it itself: SIGABRT,
+    whose handler (faulthandler) writes where each thread was stuck to stderr (the journal),
+    then a restart like any other death; the other worker and the pings go on."""
+    prelude = "import signal, time\nsignal.signal(signal.SIGUSR1, lambda *a: time.sleep(3600))"
+    d = start_wrapped(tmp_path, prelude, TWO, watchdog_usec=2_000_000)
     try:
-        notify.wait_for("WATCHDOG", 5)
+        assert d.notify is not None
+        d.notify.wait_for("WATCHDOG", 5)
+        stuck = worker_pids(d)[1]
+        os.kill(stuck, signal.SIGUSR1)
+        gaps = replaced_while_pinging(d, stuck)
+        assert max(gaps) < 2.0, gaps
+        (line,) = d.logs("worker stuck, replacing it")
+        assert line["worker"] == 1 and line["pid"] == stuck and line["silent_for"] >= 1.5, line
+        (died,) = d.logs("worker died, restarting it")
+        assert died["exit"] == "signal 6", died
+        raw = [e["raw"] for e in d.log if "raw" in e]
+        assert any("in <lambda>" in r for r in raw), raw[-20:]  # faulthandler's stack of the stuck thread
+
+        def healthy() -> None:
+            code, health = d.healthz()
+            assert code == 200 and health["workers_up"] == 2, health
+
+        eventually(healthy)
+        assert d.metric("trapd_worker_restarts_total") == 1
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_stopped_worker_is_killed_and_replaced_and_shows_in_healthz_meanwhile(tmp_path: Path) -> None:
+    """A worker that cannot even take SIGABRT (SIGSTOP here; as good as stuck in the kernel) gets
+    SIGKILL after ABORT_GRACE; /healthz says "replacing" while it is, without a watchdog too."""
+    prelude = "import trapd.service.workers as w\nw.ABORT_GRACE = 5.0"
+    d = start_wrapped(tmp_path, prelude, {"service": {"workers": 2, "status_interval": 0.5}}, None)
+    try:
         stuck = worker_pids(d)[1]
         os.kill(stuck, signal.SIGSTOP)
-        try:
+        # No watchdog: a worker silent for 15 s (half the 30 s assumed) is stuck.
+        d.wait_log("worker stuck, replacing it", 30)
 
-            def unresponsive() -> None:  # past the 1.5 s a worker may stay silent (3 x status_interval)
-                code, health = d.healthz()
-                assert code == 503 and health["workers_down"] == {"1": "unresponsive"}, health
+        def replacing() -> None:
+            code, health = d.healthz()
+            assert code == 503 and health["workers_down"] == {"1": "replacing"}, health
 
-            eventually(unresponsive)
-            notify.pending()
-            time.sleep(1.5)  # a healthy unit pings every second: an absence needs a window
-            assert not [m for m in notify.pending() if "WATCHDOG" in m]
-        finally:
-            os.kill(stuck, signal.SIGCONT)
-        notify.wait_for("WATCHDOG", 5)  # answering again: the pings come back
+        eventually(replacing, 2)
+        (died,) = d.wait_log("worker died, restarting it", 20)
+        assert died["exit"] == "signal 9", died
+        assert gone(stuck)
 
         def healthy() -> None:
             code, health = d.healthz()

@@ -59,8 +59,15 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import contextlib
+    import faulthandler
     import gc
 
+    # A fatal signal (SIGSEGV in an extension, SIGABRT from systemd's watchdog or from the
+    # supervisor to a stuck worker) writes every thread's Python stack to stderr: the journal.
+    # Without a usable stderr (closed, not a file) there is nowhere to write a stack.
+    with contextlib.suppress(RuntimeError, ValueError, OSError):
+        faulthandler.enable(all_threads=True)
     # Off while start-up builds what trapd keeps; trapd.service.daemon.settle_memory turns it back on.
     gc.disable()
     from trapd.service.options import RunOptions

@@ -23,7 +23,9 @@ Python on one core. With N > 1, ``trapd run`` becomes a small supervisor:
    speaks for the unit to systemd: READY=1 once every worker is ready,
    STATUS=, WATCHDOG=1, RELOADING=1; a reload (checked here first) and SIGTERM
    are passed on;
-6. a worker that dies unexpectedly is restarted with a backoff; more than
+6. a worker that stops answering (its loop stuck) is killed (SIGABRT, which
+   writes its stacks to stderr, then SIGKILL) and, like a worker that dies
+   unexpectedly, restarted with a backoff; more than
    :data:`MAX_RESTARTS` in :data:`RESTART_WINDOW` seconds for one worker and
    the supervisor stops everything and exits 1 (systemd's Restart= decides).
 
@@ -81,6 +83,12 @@ MAX_UNANSWERED = 4
 RELOAD_TIMEOUT = 60.0
 # Beyond dispatch.shutdown_timeout, what a worker gets to stop before it is killed.
 STOP_GRACE = 30.0
+# A worker that stopped answering is sent SIGABRT (faulthandler writes its threads' stacks to
+# stderr, then it dies) and, if still there this many seconds later, SIGKILL.
+ABORT_GRACE = 2.0
+# After SIGKILL, how long it may take to go before the supervisor counts it as stuck for good and
+# withholds WATCHDOG=1 (a process in uninterruptible sleep outlives SIGKILL: systemd's turn).
+KILL_GRACE = 5.0
 
 _PR_SET_PDEATHSIG = 1
 
@@ -275,6 +283,8 @@ class WorkerSlot:
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     reload_result: asyncio.Future[tuple[bool, str | None]] | None = None
     restart_handle: asyncio.TimerHandle | None = None
+    stuck_since: float | None = None  # when the supervisor began replacing it (SIGABRT sent)
+    killed: bool = False  # SIGKILL sent too
 
     @property
     def alive(self) -> bool:
@@ -416,6 +426,7 @@ class Supervisor:
         child_end.close()
         slot.pid, slot.channel_socket, slot.ready = pid, parent_end, False
         slot.last_snapshot, slot.exit_code, slot.last_reply = None, None, time.monotonic()
+        slot.stuck_since, slot.killed = None, False
         self.log.info("worker started", worker=slot.index, pid=pid)
 
     def _become_worker(self, slot: WorkerSlot, channel_socket: socket.socket) -> None:
@@ -708,13 +719,17 @@ class Supervisor:
         return max(interval / 2, 3 * self.config.service.status_interval)
 
     def _worker_states(self) -> dict[int, str]:
-        """ok, starting, unresponsive (alive, not answering), restarting (died lately), down."""
+        """ok, starting, replacing (stuck, being killed), unresponsive (stuck, and killing it has
+        not worked), restarting (died lately), down."""
         stale, now = self._stale_after(), time.monotonic()
         states: dict[int, str] = {}
         for slot in self.slots:
             if slot.alive:
                 if now - slot.last_reply > stale:
-                    states[slot.index] = "unresponsive"
+                    replacing = slot.stuck_since is not None and now - slot.stuck_since <= (
+                        ABORT_GRACE + KILL_GRACE
+                    )
+                    states[slot.index] = "replacing" if replacing else "unresponsive"
                 else:
                     states[slot.index] = "ok" if slot.ready else "starting"
             # Restarting for as long as its backoff (up to the policy's cap) plus the usual bound: a
@@ -726,14 +741,48 @@ class Supervisor:
         return states
 
     def _responsive(self) -> bool:
-        """For WATCHDOG=1: every worker answers, or died lately and is being restarted.
+        """For WATCHDOG=1: every worker answers, or is being replaced or restarted.
 
-        A stuck worker (its loop blocked) stops answering and the pings stop,
-        so systemd restarts the unit; a worker that crashed is the
-        supervisor's to restart and does not, by itself, stop them (nor does
-        one that is starting again).
+        A stuck worker (its loop blocked) is the supervisor's to replace
+        (:meth:`_replace_stuck`, checked here first so that no ping is missed
+        for it), as one that crashed is: neither stops the pings by itself,
+        nor does one that is starting again. Only a worker that outlives
+        SIGKILL stops them, and systemd restarts the unit.
         """
-        return all(st in ("ok", "starting", "restarting") for st in self._worker_states().values())
+        self._replace_stuck()
+        ok = ("ok", "starting", "replacing", "restarting")
+        return all(st in ok for st in self._worker_states().values())
+
+    def _replace_stuck(self) -> None:
+        """SIGABRT to a worker silent for longer than :meth:`_stale_after`, SIGKILL if it is still
+        there :data:`ABORT_GRACE` later; its death is then handled as any other (a restart).
+
+        Before, a stuck worker only withheld WATCHDOG=1: systemd then restarted the whole unit
+        (every worker and its running actions), and without a systemd watchdog it stayed stuck,
+        its share of the traps waiting in its socket for ever. SIGABRT first, because the
+        faulthandler of `trapd run` then writes where each of its threads was to stderr.
+        """
+        if self._state != "running":
+            return
+        stale, now = self._stale_after(), time.monotonic()
+        for slot in self.slots:
+            if not slot.alive or now - slot.last_reply <= stale:
+                continue
+            if slot.stuck_since is None:
+                slot.stuck_since = now
+                self.log.error(
+                    "worker stuck, replacing it",
+                    worker=slot.index,
+                    pid=slot.pid,
+                    silent_for=round(now - slot.last_reply, 1),
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGABRT)
+            elif not slot.killed and now - slot.stuck_since >= ABORT_GRACE:
+                slot.killed = True
+                self.log.error("stuck worker still there, killing it", worker=slot.index, pid=slot.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGKILL)
 
     def _status_line(self) -> str:
         from trapd.service.metrics import status_line
@@ -753,8 +802,14 @@ class Supervisor:
     async def _status_loop(self) -> None:
         # No longer than an interval for the answers: a stuck worker must not delay asking the others.
         await lifecycle.status_loop(
-            self.notifier, self._responsive, self._status_line, self._status_interval, self._refresh
+            self.notifier, self._responsive, self._status_line, self._status_interval, self._check_workers
         )
+
+    async def _check_workers(self, timeout: float) -> None:
+        """Every status interval: the workers' counters, and a stuck one replaced (with or without
+        a systemd watchdog)."""
+        await self._refresh(timeout)
+        self._replace_stuck()
 
     async def _start_metrics(self) -> None:
         sockets = [s for slot in self.slots for s in slot.sockets]
