@@ -344,6 +344,11 @@ def _url(p: Param, value: Any, name: str) -> str:
             f"{name}: no credentials in a URL (user:password@ would be journaled and logged in clear);"
             " send them in a header declared secret (Authorization: {env: NAME})"
         )
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number up to 65535)
+    except ValueError:
+        # Also a password with a /, ? or # in it: the host ends there, its start is the "port".
+        raise ParamError(f"{name}: the port is not a number up to 65535: {_show_url(text)}") from None
     _no_dot_segments(parts.path, text, name)
     return text
 
@@ -402,14 +407,16 @@ def _no_dot_segments(path: str, value: str, name: str) -> None:
         raise ParamError(f"{name}: a URL path has no . or .. segments: {_show_url(value)}")
 
 
-# What comes before an @ in a URL's authority (user:password), with or without a scheme.
-_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#\s]*@")
+# What comes before the last @ of a text that may be a URL (user:password), after its scheme and
+# slashes if any: however the URL is malformed (https:/, https:///, a / or ? in the password),
+# whatever is before an @ may be a password. An @ in a path is masked with it: an error's loss.
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]*).*@", re.DOTALL)
 
 
 def _show_url(value: str) -> str:
     """A URL for an error message: a user:password@ in it masked (refused as it is, it is still
     the operator's password: quoted, it went to the terminal, CI logs and a reload's log line)."""
-    return _show(_USERINFO.sub(lambda m: f"{m.group(1) or ''}***@", value))
+    return _show(_USERINFO.sub(lambda m: f"{m.group(1)}***@", value))
 
 
 def _check_json(value: Any, name: str) -> None:
