@@ -1700,3 +1700,28 @@ def test_the_imports_of_a_module_are_read_in_linear_time(tmp_path: Path, imports
     took = time.perf_counter() - started
     assert took < 1.0, took
     assert set(stand_ins) <= {"VENDOR-TC"}
+
+
+def test_the_code_template_is_compiled_once_per_compile_not_once_per_module(tmp_path: Path) -> None:
+    """pysmi's code generator made a new Jinja2 environment for every module, so each module
+    compiled pysmi's two templates again: 0.4 s a module, 88 % of a bundle's compile time (81 s of
+    92 s for 202 generated modules), and Cisco's v2 bundle ran past the daemon's 10-minute limit."""
+    import jinja2
+
+    src = tmp_path / "mibs"
+    src.mkdir()
+    for i in range(6):
+        text = textwrap.dedent(VENDOR_MIB).replace("TRAPD-TEST-MIB", f"TRAPD-TEST{i}-MIB")
+        (src / f"test{i}.my").write_text(text, encoding="utf-8")
+    compiled: list[str] = []
+    real = jinja2.Environment.compile
+
+    def counting(self: jinja2.Environment, source: Any, name: str | None = None, *a: Any, **k: Any) -> Any:
+        compiled.append(str(name))
+        return real(self, source, name, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jinja2.Environment, "compile", counting)
+        data = load_site_index([src], tmp_path / "cache", shipped_index(), in_process=True)
+    assert data.index is not None and len(data.index["modules"]) == 6, data.problems
+    assert len(compiled) <= 2, compiled  # pysmi's template and the one it includes
