@@ -205,3 +205,47 @@ def test_sighup_with_deep_nesting_fails_with_its_place_and_keeps_the_rules(tmp_p
         d.wait_log("kept", timeout=30)
     finally:
         d.close()
+
+
+# -- a huge file -----------------------------------------------------------------------------
+# A rules file is read whole, then parsed into a tree ten times its size: a 2 GB file (a log or
+# an image saved as *.yaml, a generator run away) took the daemon's memory at a reload. 100,000
+# per-port rules are 32 MB; a file past MAX_FILE_BYTES is refused before it is read.
+
+
+def huge(path: Path) -> Path:
+    from trapd.regularfile import MAX_FILE_BYTES
+
+    with path.open("wb") as f:  # sparse: no disk used
+        f.write(b"rules: []\n")
+        f.truncate(MAX_FILE_BYTES + 1)
+    return path
+
+
+def test_trapd_check_refuses_a_huge_file_before_reading_it(tmp_path: Path) -> None:
+    rules = huge(tmp_path / "rules.yaml")
+    t0 = time.monotonic()
+    r = _limited(["check", str(rules)], timeout=120)
+    output = r.stdout + r.stderr
+    assert r.returncode == 1, output[-2000:]
+    assert "Traceback" not in output and "MemoryError" not in output, output[-2000:]
+    assert f"{rules}:1:1: error: " in output and "larger than 128 MiB" in output, output[-2000:]
+    assert time.monotonic() - t0 < 60
+
+
+@needs_netsnmp
+def test_sighup_with_a_huge_file_fails_and_keeps_the_rules(tmp_path: Path) -> None:
+    good = (
+        "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n"
+        "    actions: [{action: log, message: kept}]\n"
+    )
+    d = TrapdDaemon.start(tmp_path, rules=good)
+    try:
+        huge(d.rules_path)
+        d.signal(signal.SIGHUP)
+        (line,) = d.wait_log("reload failed, keeping the running configuration", timeout=60)
+        assert f"{d.rules_path}:1:1:" in line["error"] and "larger than" in line["error"], line
+        snmp_send("snmptrap", *link_down(d.target(), 4))
+        d.wait_log("kept", timeout=30)
+    finally:
+        d.close()

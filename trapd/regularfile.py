@@ -26,6 +26,13 @@ _KINDS = (
 )
 
 
+# The largest config, rules or secret file read. A rules file is read whole and parsed into a
+# tree many times its size: 100,000 per-port rules are 32 MB and compile in ~600 MB. A file of
+# gigabytes (a log or an image saved as *.yaml, a generator run away) took the daemon's memory
+# at a reload; past this it is refused before it is read.
+MAX_FILE_BYTES = 128 << 20
+
+
 class NotRegularFileError(OSError):
     """The path names something that is not a regular file; ``strerror`` says what it is."""
 
@@ -39,13 +46,25 @@ def read_regular(path: str | Path) -> bytes:
     """The contents of ``path`` (symlinks followed); OSError if unreadable or not a regular file."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegularFileError(errno.EINVAL, f"not a regular file ({file_kind(mode)})", str(path))
+        st = os.fstat(fd)
+        kind = st.st_mode
+        if not stat.S_ISREG(kind):
+            raise NotRegularFileError(errno.EINVAL, f"not a regular file ({file_kind(kind)})", str(path))
+        too_big = OSError(
+            errno.EFBIG,
+            f"larger than {MAX_FILE_BYTES >> 20} MiB, not read (100,000 rules are about 32 MB: "
+            "split a bigger rule set into files in the rules directory)",
+            str(path),
+        )
+        if st.st_size > MAX_FILE_BYTES:
+            raise too_big
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb") as f:
             fd = -1  # the file object closes it now
-            return f.read()
+            data = f.read(MAX_FILE_BYTES + 1)  # it may have grown since fstat
+        if len(data) > MAX_FILE_BYTES:
+            raise too_big
+        return data
     finally:
         if fd >= 0:
             os.close(fd)
