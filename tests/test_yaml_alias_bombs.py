@@ -20,7 +20,7 @@ import yaml
 from daemon_harness import TrapdDaemon, link_down
 from listen_harness import needs_netsnmp, snmp_send
 
-from trapd.yamlsource import ConfigError, load_yaml
+from trapd.yamlsource import ConfigError, Mark, load_yaml
 
 
 def bomb(levels: int = 9, width: int = 10) -> str:
@@ -249,3 +249,28 @@ def test_sighup_with_a_huge_file_fails_and_keeps_the_rules(tmp_path: Path) -> No
         d.wait_log("kept", timeout=30)
     finally:
         d.close()
+
+
+# -- characters YAML does not allow ----------------------------------------------------------
+# Terminal output pasted into a rule (an ESC of a colour code), or a NUL: PyYAML refuses the
+# document when its reader is made, outside what load_yaml turned into a positioned error, so
+# trapd check printed a traceback and a reload's error named no file.
+
+
+@pytest.mark.parametrize("char,shown", [("\x1b", "#x1b"), ("\x00", "#x00"), ("\x7f", "#x7f")])
+def test_a_control_character_is_an_error_at_its_place(char: str, shown: str) -> None:
+    text = 'rules:\n  - name: a\n    cancel: "port' + char + '[0m"\n'
+    with pytest.raises(ConfigError) as info:
+        load_yaml(text, "esc.yaml")
+    err = info.value
+    assert err.mark == Mark("esc.yaml", 3, 18), err
+    assert shown in err.message and "not allowed" in err.message, err
+
+
+def test_trapd_check_names_the_place_of_a_control_character(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_bytes(b'rules:\n  - name: a\n    match: {notification: linkUp}\n    cancel: "x\x1b[0m"\n')
+    r = _limited(["check", str(rules)], timeout=120)
+    output = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in output, output[-2000:]
+    assert f"{rules}:4:15: error: " in output, output

@@ -488,7 +488,10 @@ def load_yaml(text: str, source: str = "<string>") -> Any:
     done, data = _load_fast(text, source)
     if done:
         return data
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # its reader refuses a character YAML does not allow, here
+    except yaml.reader.ReaderError as exc:
+        raise _unacceptable(text, source, exc) from exc
     loader.source_name = source
     try:
         return loader.get_single_data()
@@ -502,6 +505,18 @@ def load_yaml(text: str, source: str = "<string>") -> Any:
         raise ConfigError(f"YAML: {exc}", Mark(source, 1, 1)) from exc
     finally:
         loader.dispose()
+
+
+def _unacceptable(text: str, source: str, exc: yaml.reader.ReaderError) -> ConfigError:
+    """A character YAML does not allow (a control character: an ESC of pasted terminal colours,
+    a NUL), at its line and column; PyYAML's error gives only its index in the text."""
+    at = exc.position
+    line_start = text.rfind("\n", 0, at) + 1
+    return ConfigError(
+        f"character #x{exc.character:02x} is not allowed in YAML (a control character): "
+        "delete it, or write it as an escape (\\x1b) in a double-quoted string",
+        Mark(source, text.count("\n", 0, at) + 1, at - line_start + 1),
+    )
 
 
 def load_yaml_file(path: str | Path) -> Any:
