@@ -32,7 +32,7 @@ from kea_harness import (
     start_kea,
 )
 
-from trapd.kea.errors import KeaUnsupportedError
+from trapd.kea.errors import KeaCommandError, KeaUnsupportedError
 from trapd.kea.probe import probe
 from trapd.kea.restore import leases_from_result, restore_leases
 from trapd.params import validate
@@ -248,3 +248,23 @@ async def test_ddns_resend_adds_records_and_lease_del_removes_them(
     finally:
         inst.stop()
         shutil.rmtree(chroot_kea.chroot / workdir.relative_to("/"), ignore_errors=True)
+
+
+async def test_command_service_reaches_that_daemon_or_is_refused(
+    chroot_kea: KeaInstance, ctx: ActionContext
+) -> None:
+    """kea.command's service: [d2] goes to kea-dhcp-ddns through a Control Agent only.
+
+    A unix socket and Kea 3.0's own HTTP socket belong to one daemon, which ignores "service":
+    the command must not run on kea-dhcp4 instead of the daemon the rule names.
+    """
+    transport = ctx.kea.get().transport_name
+    if transport == "control-agent":  # the agent forwards, or says d2 is not behind it
+        with pytest.raises(KeaCommandError, match="server type d2"):
+            await run("kea.command", ctx, command="status-get", service=["d2"])
+    else:
+        with pytest.raises(PermanentError, match="control-agent") as info:
+            await run("kea.command", ctx, command="status-get", service=["d2"])
+        assert not isinstance(info.value, KeaCommandError), info.value  # refused before sending
+    own = await run("kea.command", ctx, command="status-get", service=["dhcp4"])  # its own: fine
+    assert own["result"] == 0 and "pid" in own["arguments"]

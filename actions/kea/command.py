@@ -23,7 +23,12 @@ def _every_peer(params: Mapping[str, Any]) -> bool:
         "family": FAMILY,
         "command": Param("string", "the Kea command, e.g. lease4-update", required=True, max_length=100),
         "arguments": Param("any", "its arguments (templates are rendered, then the value is sent as JSON)"),
-        "service": Param("list", "control-agent only: override the service list, e.g. [d2]", item="string"),
+        "service": Param(
+            "list",
+            "control-agent only: the daemon to forward to, e.g. [d2] (another transport refuses one "
+            "that is not its own daemon)",
+            item="string",
+        ),
         "accept": Param(
             "list",
             "result codes that count as success (default [0]; add 3 to accept 'not found')",
@@ -80,9 +85,14 @@ async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
         raise PermanentError("target: all on an HA relationship needs one journal entry per peer")
     else:
         kea = ctx.kea.get(endpoint, family, target)
-    r = await kea.command(
-        command, params.get("arguments"), accept=tuple(params["accept"]), service=params.get("service")
-    )
+    if service is not None and kea.transport_name != "control-agent" and service != [kea.service]:
+        # A unix socket or a Kea 3 daemon's HTTP socket is one daemon, which ignores "service":
+        # the command would run on this endpoint's daemon instead of the one named.
+        raise PermanentError(
+            f"service {service}: only a control-agent endpoint forwards to another daemon; "
+            f"endpoint {kea.name} ({kea.transport_name}) is {kea.service}"
+        )
+    r = await kea.command(command, params.get("arguments"), accept=tuple(params["accept"]), service=service)
     ctx.log.info("kea command sent", endpoint=kea.name, command=command, result=r.result)
     # Journaled and shown by `trapd journal show`: config-get lists the HTTP control sockets'
     # clients with their passwords (Kea 3.0), trapd's own among them.
