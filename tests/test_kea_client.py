@@ -427,3 +427,39 @@ def test_a_control_agent_s_breakers_are_per_service_others_per_endpoint() -> Non
     assert clients.get("ca", "v6").breaker_for() == "ca/dhcp6"
     assert clients.get("ca", "v4").breaker_for(["d2"]) == "ca/d2"  # kea.command's service: [d2]
     assert clients.get("local4").breaker_for() == "local4"
+
+
+@pytest.mark.parametrize("where", ["status line", "header"])
+async def test_an_http_line_longer_than_the_bound_is_a_kea_error(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A status or header line past MAX_ANSWER without its end (a wrong URL, not Kea) is a
+    retryable Kea error like an over-long body, not the stream reader's bare ValueError, which
+    aborted the monitor's round and ``trapd kea status`` whole."""
+    monkeypatch.setattr("trapd.kea.transport.MAX_ANSWER", 1 << 20)
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if where == "header":
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Long: ")
+        for _ in range(32):  # 2 MiB without a line end, then silence
+            writer.write(b"a" * 65536)
+            await writer.drain()
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = make_kea_clients(
+        {
+            "endpoints": {
+                "h": {"transport": "http", "url": f"http://127.0.0.1:{port}/", "family": "v4", "timeout": 3}
+            }
+        }
+    )
+    started = time.monotonic()
+    with pytest.raises(KeaServerError, match=r"line longer than 1048576 bytes") as info:
+        await clients.get("h").command("status-get")
+    assert isinstance(info.value, RetryableError)
+    assert time.monotonic() - started < 2.5  # refused as the bound is passed, not at the timeout
+    server.close()
+    await clients.aclose()

@@ -481,6 +481,12 @@ class HttpTransport:
             raise KeaUnavailableError(
                 f"{self.url} closed the connection mid-answer", self.name, command
             ) from None
+        except ValueError:  # readline() past the reader's limit: a status or header line without end
+            raise KeaServerError(
+                f"a line longer than {MAX_ANSWER} bytes in the answer's head from {self.url}",
+                self.name,
+                command,
+            ) from None
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise KeaUnavailableError(f"{self.url}: {exc}", self.name, command) from None
         finally:
