@@ -39,6 +39,12 @@ from trapd.kea.errors import (
 # Kea answers are small, but lease4-get-page with a big limit is not: allow 64 MiB. More (a proxy,
 # a wrong URL) is a retryable error on either transport, never read into memory whole.
 MAX_ANSWER = 64 * 1024 * 1024
+# Up to this size a unix answer is parsed as soon as its bytes so far end in "}" (one trip
+# through the loop less than waiting for Kea's close); a bigger one only at the close, where it
+# is parsed once. Parsing at every such piece re-parsed the whole answer so far each time: 13
+# times for an 18 MiB lease4-get-all from Kea 2.2 (60,000 leases), 2.4-4.6 s of CPU on the event
+# loop instead of 0.8 s, and 22-32 s instead of 6.4 s in all.
+EARLY_PARSE_MAX = 256 * 1024
 
 
 class Transport(Protocol):
@@ -75,9 +81,10 @@ class _OneAnswer(asyncio.Protocol):
     """Collects Kea's one JSON object; resolves ``answer`` as soon as it is complete.
 
     Kea closes right after answering, but waiting for that EOF costs another
-    trip through the event loop, so the answer counts as soon as the bytes so
-    far parse. At EOF whatever arrived is handed over as bytes for the caller
-    to decode (and to report when it is not JSON).
+    trip through the event loop, so a small answer counts as soon as the bytes
+    so far parse (a big one waits for the EOF: see EARLY_PARSE_MAX). At EOF
+    whatever arrived is handed over as bytes for the caller to decode (and to
+    report when it is not JSON).
     """
 
     def __init__(self, answer: asyncio.Future[Any]) -> None:
@@ -107,7 +114,7 @@ class _OneAnswer(asyncio.Protocol):
         self.size += len(data)
         if self.size > MAX_ANSWER:
             self.answer.set_exception(OSError(f"answer larger than {MAX_ANSWER} bytes"))
-        elif data.rstrip().endswith(b"}"):
+        elif self.size <= EARLY_PARSE_MAX and data.rstrip().endswith(b"}"):
             value = _parse_if_complete(b"".join(self.chunks))
             if value is _INCOMPLETE:
                 return
