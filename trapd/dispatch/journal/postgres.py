@@ -70,6 +70,7 @@ from trapd.cancelling import cancel_and_wait
 from trapd.dispatch.journal.model import (
     ACTIVE,
     INTERRUPTED_HOLD_FOR,
+    PRUNE_CHUNK,
     AddResult,
     ClaimResult,
     Entry,
@@ -1580,20 +1581,31 @@ async def _op_counts(cur: Cur) -> dict[str, int]:
     return out
 
 
-async def _op_prune(cur: Cur, before: float, now: float) -> int:
+async def _op_prune(cur: Cur, before: float, now: float, limit: int = PRUNE_CHUNK) -> int:
+    """One transaction of a prune (see the SQLite journal's): up to ``limit`` actions finished
+    before ``before``, found by ``created``, and their events. Rows the other host is pruning at
+    the same moment are skipped, not waited for."""
     await cur.execute(
-        f"DELETE FROM {_A} WHERE state IN ('done','dead','cancelled') "
-        "AND finished IS NOT NULL AND finished < %s",
-        (before,),
+        f"DELETE FROM {_A} WHERE id IN (SELECT id FROM {_A} WHERE created < %s AND finished < %s "
+        "AND state IN ('done','dead','cancelled') LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING event_id",
+        (before, before, limit),
     )
-    n = cur.rowcount
-    await cur.execute(
-        f"DELETE FROM trapd_events e WHERE e.received_at < %s AND NOT EXISTS "
-        f"(SELECT 1 FROM {_A} a WHERE a.event_id = e.id)",
-        (before,),
-    )
-    await cur.execute("DELETE FROM trapd_cap_slots WHERE expires < %s", (now,))
-    return n
+    events = [e for (e,) in await cur.fetchall()]
+    if events:
+        await cur.execute(
+            f"DELETE FROM trapd_events e WHERE e.id = ANY(%s) AND NOT EXISTS "
+            f"(SELECT 1 FROM {_A} a WHERE a.event_id = e.id)",
+            (list(dict.fromkeys(events)),),
+        )
+    if len(events) < limit:
+        # Events no action refers to (a trap that only cancelled), as old as what is pruned.
+        await cur.execute(
+            f"DELETE FROM trapd_events e WHERE e.received_at < %s AND NOT EXISTS "
+            f"(SELECT 1 FROM {_A} a WHERE a.event_id = e.id)",
+            (before,),
+        )
+        await cur.execute("DELETE FROM trapd_cap_slots WHERE expires < %s", (now,))
+    return len(events)
 
 
 async def _op_noop(conn: Conn) -> Collect:
@@ -2587,8 +2599,12 @@ class PostgresJournal:
         return result
 
     async def prune(self, finished_before: float, now: float) -> int:
-        result: int = await self._call(_op_prune, finished_before, now)
-        return result
+        total = 0
+        while True:  # a transaction per chunk: the other writes go in between
+            n: int = await self._call(_op_prune, finished_before, now)
+            total += n
+            if n < PRUNE_CHUNK:
+                return total
 
     async def changed(self) -> bool:
         """True when another host (or `trapd journal`) committed something since the last call.

@@ -43,6 +43,7 @@ from trapd.dispatch.journal.model import (
     ACTIVE,
     FINISHED,
     INTERRUPTED_HOLD_FOR,
+    PRUNE_CHUNK,
     AddResult,
     CapCheck,
     ClaimResult,
@@ -72,6 +73,7 @@ from trapd.dispatch.journal.rows import set_aside_error as _set_aside_error
 from trapd.dispatch.journal.rows import stored_event as _stored_event
 from trapd.dispatch.journal.rows import unreadable as _unreadable
 from trapd.dispatch.journal.rows import unreadable_problem as _unreadable_problem
+from trapd.event import event_id_floor
 from trapd.statedir import PRIVATE_FILE, leave_to_state_owner, make_private_dir
 
 SCHEMA_VERSION = 1
@@ -701,18 +703,41 @@ def _op_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return out
 
 
-def _op_prune(conn: sqlite3.Connection, before: float, now: float) -> int:
-    cur = conn.execute(
-        "DELETE FROM actions WHERE state IN ('done','dead','cancelled') "
-        "AND finished IS NOT NULL AND finished < ?",
-        (before,),
-    )
-    n = cur.rowcount
-    conn.execute("DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM actions a WHERE a.event_id = events.id)")
-    conn.execute("DELETE FROM cap_hits WHERE expires < ?", (now,))
-    conn.execute("DELETE FROM cap_slots WHERE expires < ?", (now,))
-    conn.execute("PRAGMA incremental_vacuum(2000)")  # up to 2000 free pages back to the disk per prune
-    return n
+def _op_prune(conn: sqlite3.Connection, before: float, now: float, limit: int = PRUNE_CHUNK) -> int:
+    """One transaction of a prune: up to ``limit`` actions finished before ``before``, their
+    events, and (when that was the last of them) the old events no action refers to.
+
+    Found by ``created`` (an action finishes after it is journaled), so that the rows kept are
+    not read: a prune that found nothing read every finished action and every event, 4-5 s of
+    the writer's time an hour with 1,000,000 of each."""
+    events = [
+        e
+        for (e,) in conn.execute(
+            "DELETE FROM actions WHERE id IN (SELECT id FROM actions WHERE created < ? AND finished < ? "
+            "AND +state IN ('done','dead','cancelled') LIMIT ?) RETURNING event_id",
+            (before, before, limit),
+        ).fetchall()
+    ]
+    unique = list(dict.fromkeys(events))
+    for i in range(0, len(unique), 500):
+        part = unique[i : i + 500]
+        conn.execute(
+            f"DELETE FROM events WHERE id IN ({_placeholders(len(part))}) "
+            "AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.event_id = events.id)",
+            part,
+        )
+    if len(events) < limit:
+        # Events of a trap that planned nothing and only cancelled (no action refers to them):
+        # those as old as what is pruned, by the id's time prefix.
+        conn.execute(
+            "DELETE FROM events WHERE id < ? "
+            "AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.event_id = events.id)",
+            (event_id_floor(before),),
+        )
+        conn.execute("DELETE FROM cap_hits WHERE expires < ?", (now,))
+        conn.execute("DELETE FROM cap_slots WHERE expires < ?", (now,))
+    conn.execute("PRAGMA incremental_vacuum(2000)")  # up to 2000 free pages back to the disk per chunk
+    return len(events)
 
 
 def _op_noop(conn: sqlite3.Connection) -> None:
@@ -1701,8 +1726,12 @@ class SQLiteJournal:
         return result
 
     async def prune(self, finished_before: float, now: float) -> int:
-        result: int = await self._call(_op_prune, finished_before, now)
-        return result
+        total = 0
+        while True:  # a transaction per chunk: the other writes go in between
+            n: int = await self._call(_op_prune, finished_before, now)
+            total += n
+            if n < PRUNE_CHUNK:
+                return total
 
     async def changed(self) -> bool:
         version: int = await self._call(_op_data_version, write=False)
