@@ -56,6 +56,7 @@ async def build(path: Path, rows: int, finished_days_ago: float) -> None:
         (when, when, when),
     )
     db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
 
 
@@ -150,3 +151,20 @@ def test_a_prune_that_finds_nothing_reads_little_of_a_large_journal(tmp_path: Pa
     # read every finished action and every event.
     assert steps < 100, steps
     db.close()
+
+
+async def test_pruned_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
+    """The journal is made with auto_vacuum = INCREMENTAL so that a prune gives the pages it
+    freed back (PRAGMA incremental_vacuum). That pragma frees one page per step of its
+    statement, and the prune stepped it once: one page (4 KiB) an hour, whatever was pruned."""
+    path = tmp_path / "j.sqlite"
+    await build(path, 25_000, finished_days_ago=40)
+    before = path.stat().st_size
+    async with SQLiteJournal(path, checkpoint_interval=None) as j:
+        now = time.time()
+        assert await j.prune(now - 30 * DAY, now) == 25_000
+    db = sqlite3.connect(path)
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    db.close()
+    assert free < 50, free
+    assert path.stat().st_size < before / 5, (before, path.stat().st_size)

@@ -736,8 +736,19 @@ def _op_prune(conn: sqlite3.Connection, before: float, now: float, limit: int = 
         )
         conn.execute("DELETE FROM cap_hits WHERE expires < ?", (now,))
         conn.execute("DELETE FROM cap_slots WHERE expires < ?", (now,))
-    conn.execute("PRAGMA incremental_vacuum(2000)")  # up to 2000 free pages back to the disk per chunk
+    _give_back_pages(conn, 2000)
     return len(events)
+
+
+def _give_back_pages(conn: sqlite3.Connection, most: int) -> None:
+    """Up to ``most`` free pages back to the file system (the journal is auto_vacuum INCREMENTAL).
+
+    One statement a page: ``PRAGMA incremental_vacuum(N)`` frees a page per result row, and
+    Python's sqlite3 steps a statement without result columns once (fetchall() included), so
+    it freed one page per prune, and the file never shrank. About 25 µs a page."""
+    (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+    for _ in range(min(int(free), most)):
+        conn.execute("PRAGMA incremental_vacuum(1)")
 
 
 def _op_noop(conn: sqlite3.Connection) -> None:
