@@ -12,13 +12,16 @@ and every event (4-5 s an hour at 1,000,000 of each).
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from trapd.dispatch.journal import HistoryFilter, Journal, NewEntry, SQLiteJournal
+from trapd.dispatch.journal import HistoryFilter, Journal, JournalError, NewEntry, SQLiteJournal
 from trapd.dispatch.journal.sqlite import _op_prune
 from trapd.dispatch.testing import make_event
 
@@ -168,3 +171,63 @@ async def test_pruned_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
     db.close()
     assert free < 50, free
     assert path.stat().st_size < before / 5, (before, path.stat().st_size)
+
+
+@pytest.fixture
+def fs24(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs of the test's own (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mnt)], capture_output=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_a_prune_on_a_nearly_full_disk_is_loud_gets_through_in_steps_and_frees_the_space(
+    fs24: Path,
+) -> None:
+    """A storm's backlog to prune, 1.5 MiB left on the disk: less than one statement over all of
+    it needs in the WAL, more than a chunk does. Each failed prune is a JournalError saying the
+    disk is full and makes the journal unhealthy; what it pruned before stays pruned, so the
+    next ones get through; the file shrinks, passes its integrity check, and takes writes."""
+    path = fs24 / "j.sqlite"
+    await build(path, 25_000, finished_days_ago=40)
+    size = path.stat().st_size
+    st = os.statvfs(fs24)
+    filler = fs24 / "filler"
+    filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 1536 * 1024))
+    failures = 0
+    async with SQLiteJournal(path, checkpoint_interval=0.1) as j:
+        for _ in range(30):  # bounded: each failure leaves the next less to do
+            now = time.time()
+            try:
+                await j.prune(now - 30 * DAY, now)
+                break
+            except JournalError as exc:
+                failures += 1
+                assert "full" in str(exc), exc
+                health = j.health()
+                assert not health.available and "full" in (health.problem or ""), health
+                assert health.failed_writes >= 1
+            await asyncio.sleep(0.3)  # the checkpointer empties the WAL meanwhile
+        else:
+            raise AssertionError("the prune never got through")
+        assert failures >= 1  # the disk really was too full for all of it at once
+        assert (await j.counts())["pending"] == 1
+        added = await j.add(make_event().to_dict(), [entry(2)], [], time.time())
+        assert added.states == ["pending"]
+        assert j.health().available
+    assert path.stat().st_size < size / 5
+    filler.unlink()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    assert db.execute("SELECT count(*) FROM actions").fetchone() == (2,)
+    db.close()
