@@ -155,10 +155,17 @@ class Redactor:
                 text = text.replace(v, self.MASK)
         return text
 
-    def redact_cut(self, text: str) -> str:
-        """:meth:`redact` for a text cut at a length (the start of an answer, of a program's
-        output): its end too is masked if it could be the start of a secret's form."""
+    def cut(self, text: str, length: int | None = None, *, complete: bool = True) -> str:
+        """``text`` masked, then cut to ``length`` characters (None: not cut). A text cut here, or
+        before (not ``complete``: the start of an answer, of a program's output) loses an end that
+        could be the start of a secret's form (masked whole first: a cut through one left it)."""
         text = self.redact(text)
+        if length is not None and len(text) > length:
+            text, complete = text[:length], False
+        return text if complete else self.mask_end(text)
+
+    def mask_end(self, text: str) -> str:
+        """``text`` (masked already) with an end that could be the start of a secret's form masked."""
         cut = len(text)
         for form in self._search[0]:
             # Where the text's end could be a start of ``form``: at an occurrence of its first

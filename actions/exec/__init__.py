@@ -48,7 +48,7 @@ from typing import Any
 from trapd.event import Event
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, RetryableError, action
-from trapd.secrets import Secret
+from trapd.secrets import REDACTOR, Secret
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 VALUE_LIMIT = 4096  # characters per TRAPD_VB_* variable
@@ -145,7 +145,7 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         raise RetryableError(f"cannot start {argv[0]} now: {exc.strerror or exc}{which}") from None
     proc = asyncio.subprocess.Process(transport, watch, loop)
     assert proc.stdout is not None and proc.stderr is not None
-    out, err = bytearray(), bytearray()
+    out, err = _Output(), _Output()
     reading = asyncio.create_task(_read_output(proc.stdout, proc.stderr, limit, out, err))
     deadline = loop.time() + timeout
     try:
@@ -178,7 +178,7 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     code = proc.returncode
     assert code is not None
     _log_output(ctx, argv, out, err, code)
-    result = {"exit": code, "stdout": _text(out)[:RESULT_LIMIT], "stderr": _text(err)[:RESULT_LIMIT]}
+    result = {"exit": code, "stdout": _text(out, RESULT_LIMIT), "stderr": _text(err, RESULT_LIMIT)}
     if code == 0:
         return result
     if code < 0:
@@ -318,20 +318,29 @@ async def _by(awaitable: asyncio.Future[Any] | asyncio.Task[None], deadline: flo
     return True
 
 
+class _Output(bytearray):
+    """A program's stdout or stderr as kept: its first output_limit bytes; ``cut`` if more came."""
+
+    cut = False
+
+
 async def _read_output(
-    stdout: asyncio.StreamReader, stderr: asyncio.StreamReader, limit: int, out: bytearray, err: bytearray
+    stdout: asyncio.StreamReader, stderr: asyncio.StreamReader, limit: int, out: _Output, err: _Output
 ) -> None:
     await asyncio.gather(_read_bounded(stdout, limit, out), _read_bounded(stderr, limit, err))
 
 
-async def _read_bounded(stream: asyncio.StreamReader, limit: int, kept: bytearray) -> None:
+async def _read_bounded(stream: asyncio.StreamReader, limit: int, kept: _Output) -> None:
     """Read to the end, keeping the first ``limit`` bytes in ``kept`` (there if it is cut short)."""
     while True:
         chunk = await stream.read(65536)
         if not chunk:
             return
-        if len(kept) < limit:
-            kept += chunk[: limit - len(kept)]
+        room = limit - len(kept)
+        if len(chunk) > room:
+            kept.cut = True
+        if room > 0:
+            kept += chunk[:room]
 
 
 async def _ended(watch: _ExitWatch, reading: asyncio.Task[None] | None) -> None:
@@ -348,17 +357,18 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _text(data: bytes | bytearray) -> str:
-    return data.decode("utf-8", "replace")
+def _text(data: _Output, length: int | None = None) -> str:
+    """The output as text for the log, the result or an error, cut to ``length`` characters: the
+    secrets in it masked (the program may print those it was given), and a start of one that a
+    cut left (here, or at output_limit) too: the redactor masks them whole only."""
+    return REDACTOR.cut(data.decode("utf-8", "replace"), length, complete=not data.cut)
 
 
-def _last_line(data: bytes | bytearray) -> str:
-    lines = _text(data).strip().splitlines()
-    return lines[-1][:200] if lines else "(no output on stderr)"
+def _last_line(data: _Output) -> str:
+    lines = REDACTOR.cut(data.decode("utf-8", "replace"), complete=not data.cut).strip().splitlines()
+    return REDACTOR.cut(lines[-1], 200) if lines else "(no output on stderr)"
 
 
-def _log_output(
-    ctx: ActionContext, argv: list[str], out: bytearray, err: bytearray, code: int | None
-) -> None:
+def _log_output(ctx: ActionContext, argv: list[str], out: _Output, err: _Output, code: int | None) -> None:
     if out or err:
         ctx.log.info("program output", program=argv[0], exit=code, stdout=_text(out), stderr=_text(err))

@@ -113,7 +113,7 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         _check_secret_url(url)
     elif not url.startswith(("http://", "https://")):
         raise PermanentError(f"not an http(s) URL: {url[:100]!r}")
-    scrub: _Scrub = _scrubber(url) if secret else _unscrubbed
+    scrub = _scrubber(url if secret else None)
     where = _masked(url) if secret else ""  # the secret URL's host; the suffix is the trap's
     url += str(params.get("url_suffix") or "")
     where = where or _where(url)
@@ -161,15 +161,16 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         raise RetryableError(f"{where}: {type(exc).__name__}: {scrub(str(exc))}") from None
     except httpx.InvalidURL as exc:
         raise PermanentError(f"invalid URL: {scrub(str(exc))}") from None
-    # Masked whole before it is cut to what is kept: a cut through a secret would leave its start.
-    answer = scrub(answer, complete)[:ANSWER_KEPT]
+    # Masked whole before it is cut to what is kept, and a start of a secret a cut left masked:
+    # the URL's, or a header's (a receiver that quotes the request), however the URL is written.
+    answer = scrub(answer, complete, ANSWER_KEPT)
     if 200 <= status < 300:
         return {"status": status, "answer": answer}
     if status >= 500 or status in RETRYABLE_STATUSES:
         if wait is not None:  # 429 Too Many Requests, 503: the receiver said when to come back
             raise RetryableError(f"{where} answered {status} (retry after {wait:g}s)", retry_after=wait)
         raise RetryableError(f"{where} answered {status}")
-    raise PermanentError(f"{where} answered {status}: {answer[:200]}")
+    raise PermanentError(f"{where} answered {status}: {scrub(answer, True, 200)}")
 
 
 async def _send(
@@ -278,32 +279,37 @@ def _site(url: str) -> str:
     return "…." + ".".join(labels[-keep:]) + port
 
 
-def _unscrubbed(text: str, complete: bool = True) -> str:
-    return text
-
-
 class _Scrub(Protocol):
-    def __call__(self, text: str, complete: bool = True) -> str: ...
+    def __call__(self, text: str, complete: bool = True, length: int | None = None) -> str: ...
 
 
-def _scrubber(url: str) -> _Scrub:
-    """Masks a secret URL in a text from httpx or the receiver (an error, an answer that quotes
-    the request), before it is cut to what is kept (a cut through it would leave its start).
+def _scrubber(url: str | None) -> _Scrub:
+    """Masks the secrets (the headers', a secret URL) in a text from httpx or the receiver (an
+    error, an answer that quotes the request), and cuts it to ``length`` (Redactor.cut).
 
-    The redactor masks the URL and its path and query, in every form it knows (as written,
-    as JSON writes it, percent-encoded, in base64: trapd.secrets.encodings); this call adds,
-    in those forms, the URL as httpx encodes it and a host that _masked does not show. A text
-    that is not complete (cut at the bytes read) loses an end that starts one of them."""
-    own = Redactor()
-    parts = urllib.parse.urlsplit(url)
-    if not _masked(url).startswith(f"{parts.scheme}://{parts.hostname}"):
-        own.add(parts.hostname or "")
-    with contextlib.suppress(httpx.InvalidURL):
-        own.add(str(httpx.URL(url)))
+    The redactor masks the secrets, a secret URL and its path and query too, in every form it
+    knows (as written, as JSON writes it, percent-encoded, in base64: trapd.secrets.encodings);
+    for a secret ``url`` this call adds, in those forms, the URL as httpx encodes it and a host
+    that _masked does not show. A text that is not complete (cut at the bytes read) or that is
+    cut here loses an end that starts one of them."""
+    redactors = [REDACTOR]
+    if url is not None:
+        own = Redactor()
+        parts = urllib.parse.urlsplit(url)
+        if not _masked(url).startswith(f"{parts.scheme}://{parts.hostname}"):
+            own.add(parts.hostname or "")
+        with contextlib.suppress(httpx.InvalidURL):
+            own.add(str(httpx.URL(url)))
+        redactors.append(own)
 
-    def scrub(text: str, complete: bool = True) -> str:
-        for redactor in (REDACTOR, own):
-            text = redactor.redact(text) if complete else redactor.redact_cut(text)
+    def scrub(text: str, complete: bool = True, length: int | None = None) -> str:
+        for redactor in redactors:
+            text = redactor.redact(text)
+        if length is not None and len(text) > length:
+            text, complete = text[:length], False
+        if not complete:
+            for redactor in redactors:
+                text = redactor.mask_end(text)
         return text
 
     return scrub
