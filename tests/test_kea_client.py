@@ -301,6 +301,10 @@ async def test_request_bytes_and_resend_on_a_connection_closed_under_us() -> Non
         ((403, b"forbidden"), KeaAuthError, False),
         ((503, b"busy"), KeaServerError, True),
         ((200, b"not json"), KeaServerError, True),
+        ((200, b"[]"), KeaServerError, True),
+        # One service is asked: the answers of several servers are not one server's (a proxy
+        # merging, a wrong URL), and the first of them must not pass for the answer.
+        ((200, b'[ { "result": 0, "text": "a" }, { "result": 1, "text": "b" } ]'), KeaServerError, True),
         (
             (
                 200,

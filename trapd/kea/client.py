@@ -181,8 +181,10 @@ class KeaClient:
                 self._down(str(exc))  # unreachable, or reachable but refusing us: down for trapd
             raise
         if isinstance(raw, list):
-            if not raw:
-                raise KeaServerError("empty answer list", self.name, command)
+            if len(raw) != 1:  # trapd asks one server (one service) per command
+                raise KeaServerError(
+                    f"answer lists {len(raw)} servers' answers, not one: {str(raw)[:200]}", self.name, command
+                )
             raw = raw[0]
         if not isinstance(raw, dict) or not isinstance(raw.get("result"), int):
             raise KeaServerError(f"answer without a result code: {str(raw)[:200]}", self.name, command)
