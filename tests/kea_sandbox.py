@@ -245,9 +245,11 @@ class KeaInstance:
             }
         for fam, port in (("v4", self.http4_port), ("v6", self.http6_port)):
             if port:
-                ep: dict[str, Any] = {"transport": "http", "url": f"http://127.0.0.1:{port}/", "family": fam}
+                url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}/"
+                ep: dict[str, Any] = {"transport": "http", "url": url, "family": fam}
                 if self.auth:
                     ep["user"], ep["password"] = self.auth
+                ep.update(self._tls_keys())
                 eps[f"http{fam[1]}"] = ep
         if self.ca_port:
             ca: dict[str, Any] = {
@@ -258,14 +260,20 @@ class KeaInstance:
             }
             if self.auth:
                 ca["user"], ca["password"] = self.auth
-            if self.tls:
-                ca["ca_file"] = str(self.tls.ca_cert)
-                if self.tls_cert_required:
-                    ca["cert_file"], ca["key_file"] = str(self.tls.client_cert), str(self.tls.client_key)
+            ca.update(self._tls_keys())
             eps["ca4"] = ca
             if self.dhcp6_socket:
                 eps["ca6"] = {**ca, "family": "v6"}
         return eps
+
+    def _tls_keys(self) -> dict[str, str]:
+        """trapd's TLS settings for the instance's HTTPS listeners (none without ``tls``)."""
+        if not self.tls:
+            return {}
+        keys = {"ca_file": str(self.tls.ca_cert)}
+        if self.tls_cert_required:
+            keys.update(cert_file=str(self.tls.client_cert), key_file=str(self.tls.client_key))
+        return keys
 
     def trapd_kea_section(self, default_transport: str = "unix") -> dict[str, Any]:
         """``default_transport``: unix, ca or http (which endpoints are the family defaults)."""
@@ -308,8 +316,15 @@ class KeaInstance:
         raise RuntimeError(f"Kea not ready after {timeout}s (last error {last!r}):\n{self.logs()}")
 
     def http_post(self, port: int, body: dict[str, Any]) -> Any:
-        """POST to a Kea 3 daemon's HTTP socket (plain HTTP, the instance's credentials)."""
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        """POST to a Kea 3 daemon's HTTP socket (HTTPS with ``tls``; the instance's credentials)."""
+        conn: http.client.HTTPConnection
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=str(self.tls.ca_cert))
+            if self.tls_cert_required:
+                ctx.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         headers = {"Content-Type": "application/json"}
         if self.auth:
             import base64
@@ -400,6 +415,16 @@ def _loggers(name: str, workdir: Path, severity: str, dashes: bool = False) -> l
 
 def _listed(relationships: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
     return relationships if isinstance(relationships, list) else [relationships]
+
+
+def socket_tls(tls: TlsFiles, cert_required: bool) -> dict[str, Any]:
+    """The TLS keys of a Control Agent or (Kea >= 3.0) a daemon's HTTP socket: HTTPS."""
+    return {
+        "trust-anchor": str(tls.ca_cert),
+        "cert-file": str(tls.server_cert),
+        "key-file": str(tls.server_key),
+        "cert-required": cert_required,
+    }
 
 
 def start_kea(
@@ -506,6 +531,8 @@ def start_kea(
         inst.http6_port = free_port() if dhcp6 else None
         for cfg, port in ((dhcp4, inst.http4_port), (dhcp6_cfg, inst.http6_port)):
             http: dict[str, Any] = {"socket-type": "http", "socket-address": "127.0.0.1", "socket-port": port}
+            if tls:
+                http.update({"socket-type": "https", **socket_tls(tls, tls_cert_required)})
             if auth:
                 http["authentication"] = {
                     "type": "basic",
@@ -578,14 +605,7 @@ def start_kea(
                 "clients": [{"user": auth[0], "password": auth[1]}],
             }
         if tls:
-            agent.update(
-                {
-                    "trust-anchor": str(tls.ca_cert),
-                    "cert-file": str(tls.server_cert),
-                    "key-file": str(tls.server_key),
-                    "cert-required": tls_cert_required,
-                }
-            )
+            agent.update(socket_tls(tls, tls_cert_required))
         configs["kea-ctrl-agent"] = {"Control-agent": agent}
 
     env = {**os.environ}

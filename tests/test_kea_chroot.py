@@ -6,7 +6,8 @@ Builds the chroots first when they are missing (scripts/kea-chroots.sh: about
 a minute and 300 MB each, in $TRAPD_KEA_CHROOT_BASE or
 /var/cache/trapd-kea-chroots). 2.6.3 is driven through its Control Agent and
 unix sockets; 3.0.4 also through the daemons' own HTTP sockets, with basic
-auth on the agent and the sockets. kea.ddns-resend and lease-del's
+auth on the agent and the sockets; HTTPS with client certificates on the
+agents and 3.0.4's own socket. kea.ddns-resend and lease-del's
 update-ddns go through each version's kea-dhcp-ddns to the session's BIND 9.
 """
 
@@ -32,7 +33,7 @@ from kea_harness import (
     start_kea,
 )
 
-from trapd.kea.errors import KeaCommandError, KeaUnsupportedError
+from trapd.kea.errors import KeaAuthError, KeaCommandError, KeaUnsupportedError
 from trapd.kea.probe import probe
 from trapd.kea.restore import leases_from_result, restore_leases
 from trapd.params import validate
@@ -268,3 +269,49 @@ async def test_command_service_reaches_that_daemon_or_is_refused(
         assert not isinstance(info.value, KeaCommandError), info.value  # refused before sending
     own = await run("kea.command", ctx, command="status-get", service=["dhcp4"])  # its own: fine
     assert own["result"] == 0 and "pid" in own["arguments"]
+
+
+async def test_tls_on_the_daemon_socket_and_the_agent(chroot_kea: KeaInstance) -> None:
+    """HTTPS with a required client certificate: Kea 3.0's own socket and each version's agent.
+
+    A missing or foreign client certificate and a server trapd does not trust are permanent
+    errors that say TLS, at once (not a retried "closed without an answer" or a timeout).
+    """
+    from kea_sandbox import make_tls_files
+
+    assert chroot_kea.chroot is not None
+    suite = chroot_kea.chroot.name
+    workdir = Path(f"/tmp/trapd-kea-tls-{os.getpid()}")
+    tls_dir = Path(f"/tmp/trapd-kea-tls-files-{os.getpid()}")  # the same path inside the chroot
+    tls = make_tls_files(tls_dir)
+    shutil.copytree(tls_dir, chroot_kea.chroot / tls_dir.relative_to("/"), dirs_exist_ok=True)
+    inst = start_kea(workdir, chroot=chroot_kea.chroot, dhcp6=False, http_sockets=suite == "sid",
+                     tls=tls, tls_cert_required=True, auth=("trapd", "tls-pw"))  # fmt: skip
+    try:
+        eps = inst.trapd_kea_section()["endpoints"]
+        assert ("http4" in eps) == (suite == "sid")  # Kea 3.0's own socket, HTTPS here
+        for name in [n for n in ("ca4", "http4") if n in eps]:
+            ep = eps[name]
+            good = make_kea_clients({"endpoints": {name: ep}})
+            assert (await good.get(name).command("version-get")).text == VERSIONS[suite]
+            await good.aclose()
+            variants: dict[str, dict[str, Any]] = {
+                "no client certificate": {k: v for k, v in ep.items() if k not in ("cert_file", "key_file")},
+                "client certificate from another CA": {
+                    **ep, "cert_file": str(tls.rogue_client_cert), "key_file": str(tls.rogue_client_key),
+                },
+                "server not trusted": {**ep, "ca_file": str(tls.other_ca_cert)},
+            }  # fmt: skip
+            for what, variant in variants.items():
+                clients = make_kea_clients({"endpoints": {name: variant}})
+                started = time.monotonic()
+                with pytest.raises(KeaAuthError, match="TLS") as info:
+                    await clients.get(name).command("status-get")
+                assert isinstance(info.value, PermanentError), (name, what)
+                assert time.monotonic() - started < 3, (name, what)
+                await clients.aclose()
+    finally:
+        inst.stop()
+        shutil.rmtree(chroot_kea.chroot / workdir.relative_to("/"), ignore_errors=True)
+        shutil.rmtree(chroot_kea.chroot / tls_dir.relative_to("/"), ignore_errors=True)
+        shutil.rmtree(tls_dir, ignore_errors=True)
