@@ -84,10 +84,19 @@ class Config:
         return None
 
     def rule_paths(self) -> list[Path]:
-        """Rule files in load order: the listed files, then rules.d/*.yaml by name."""
-        paths = list(self.rules_files)
-        if self.rules_dir is not None and self.rules_dir.is_dir():
-            paths += yaml_files_in(self.rules_dir)
+        """Rule files in load order: the listed files, then rules.d/*.yaml by name.
+
+        Each with its symlinks followed now, when listed: the files are read one after another
+        (seconds for a big set), and a deploy that swaps a symlink meanwhile (``current ->
+        releases/N``) made one load read rules.yaml of one release and rules.d of the next, or
+        part of rules.d from each. The paths stay in the release they were listed in (an error
+        names the file there); the next reload reads the new one.
+        """
+        paths = [f.resolve() for f in self.rules_files]
+        if self.rules_dir is not None:
+            rules_dir = self.rules_dir.resolve()
+            if rules_dir.is_dir():
+                paths += [p.resolve() for p in yaml_files_in(rules_dir)]
         return paths
 
     def with_overrides(self, **changes: Any) -> Config:
