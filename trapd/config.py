@@ -61,6 +61,8 @@ class Config:
     mode: str = "enforce"
     # Where each ``actions:`` section is written, for a check against the installed plugins.
     action_marks: dict[str, Mark | None] = field(default_factory=dict, compare=False)
+    # Where each key of each ``actions:`` section is written, for the plugins' declared settings.
+    setting_marks: dict[str, dict[str, Mark | None]] = field(default_factory=dict, compare=False)
 
     def rules_dir_warning(self) -> ConfigError | None:
         """A warning, at ``rules:`` in trapd.yaml, when ``rules.dir`` is not a directory (misspelt:
@@ -143,6 +145,9 @@ def config_from_yaml(node: Any, path: Path | None) -> Config:
         state_dir=state_dir,
         mode=mode,
         action_marks={str(k): where(actions, k, of_key=True) for k in actions},
+        setting_marks={
+            str(k): {str(key): where(v, key, of_key=True) for key in v} for k, v in actions.items()
+        },
     )
 
 

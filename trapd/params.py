@@ -209,6 +209,11 @@ def unmapped_network(
     return net
 
 
+def _type_name(value: Any) -> str:
+    """``list``, not ``YList``: the loader's subclasses that remember positions are its business."""
+    return next(c.__name__ for c in type(value).__mro__ if c.__module__ == "builtins")
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -251,7 +256,7 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         if not isinstance(value, str):
-            raise ParamError(f"{name}: expected text, got {type(value).__name__}")
+            raise ParamError(f"{name}: expected text, got {_type_name(value)}")
         if "\x00" in value:
             raise ParamError(f"{name}: text contains a NUL byte")
         if len(value) > p.max_length:
@@ -393,7 +398,7 @@ def _url_suffix(p: Param, value: Any, name: str) -> str:
 def _url_text(p: Param, value: Any, name: str, what: str) -> str:
     """A URL or a part of one: text of at most ``p.max_length`` characters, no space or control."""
     if not isinstance(value, str):
-        raise ParamError(f"{name}: expected {what}, got {type(value).__name__}")
+        raise ParamError(f"{name}: expected {what}, got {_type_name(value)}")
     if len(value) > p.max_length:
         raise ParamError(f"{name}: {what} longer than {p.max_length} characters")
     if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):

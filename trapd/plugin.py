@@ -41,6 +41,7 @@ counts as retryable, with its traceback logged.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ from trapd.errors import ActionError as ActionError
 from trapd.errors import PermanentError as PermanentError
 from trapd.errors import RetryableError as RetryableError
 from trapd.params import Param as Param
+from trapd.params import ParamError, convert
+from trapd.secrets import Secret
 
 if TYPE_CHECKING:
     import httpx
@@ -96,7 +99,8 @@ class ActionContext:
     trapd.yaml it has none, and asking it for one raises a PermanentError
     that says so); ``http`` is a shared httpx.AsyncClient;
     ``settings`` is the plugin's own section of trapd.yaml
-    (``actions: {NAME: {...}}``), empty when there is none.
+    (``actions: {NAME: {...}}``), empty when there is none; converted, with
+    defaults, when the plugin declares its settings (:func:`check_settings`).
     """
 
     event: Event
@@ -140,6 +144,9 @@ class ActionSpec:
     # peer of an HA relationship (the dispatcher journals one action per peer).
     kea_families: Callable[[Mapping[str, Any], frozenset[str]], tuple[str, ...]] | None = None
     per_peer: Callable[[Mapping[str, Any]], bool] | None = None
+    # What the plugin's section of trapd.yaml may hold (``actions: {NAME: {...}}``), declared as
+    # its parameters are; None: not declared, any keys are handed over as written.
+    settings: Mapping[str, Param] | None = None
 
     @property
     def summary(self) -> str:
@@ -156,13 +163,21 @@ def action(
     kea_commands: tuple[str, ...] = (),
     kea_families: Callable[[Mapping[str, Any], frozenset[str]], tuple[str, ...]] | None = None,
     per_peer: Callable[[Mapping[str, Any]], bool] | None = None,
+    settings: Mapping[str, Param] | None = None,
 ) -> Callable[[RunFunc], ActionSpec]:
-    """Declare an async function as an action; its docstring is its documentation."""
+    """Declare an async function as an action; its docstring is its documentation.
+
+    ``settings``: what its section of trapd.yaml may hold, as ``Param`` objects (see
+    :func:`check_settings`); ``trapd check`` reports a key it does not declare or a value that
+    does not fit, with its place in trapd.yaml.
+    """
 
     def wrap(fn: RunFunc) -> ActionSpec:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"action {name}: run must be an async function")
         _check_params(name, params)
+        if settings is not None:
+            _check_params(name, settings, "setting")
         return ActionSpec(
             name=name,
             run=fn,
@@ -174,6 +189,7 @@ def action(
             kea_commands=kea_commands,
             kea_families=kea_families,
             per_peer=per_peer,
+            settings=None if settings is None else dict(settings),
         )
 
     return wrap
@@ -202,6 +218,11 @@ def as_spec(obj: Any) -> ActionSpec:
     if run is None or not inspect.iscoroutinefunction(run):
         raise TypeError(f"action {obj.name}: run must be an async method")
     _check_params(obj.name, obj.params)
+    settings = getattr(obj, "settings", None)
+    if settings is not None:
+        if not isinstance(settings, Mapping):
+            raise TypeError(f"action {obj.name}: settings must be a mapping of names to Param")
+        _check_params(obj.name, settings, "setting")
     return ActionSpec(
         name=obj.name,
         run=run,
@@ -213,16 +234,66 @@ def as_spec(obj: Any) -> ActionSpec:
         kea_commands=tuple(getattr(obj, "kea_commands", ())),
         kea_families=getattr(obj, "kea_families", None),
         per_peer=getattr(obj, "per_peer", None),
+        settings=None if settings is None else dict(settings),
     )
 
 
-def _check_params(name: str, params: Mapping[str, Any]) -> None:
+def _check_params(name: str, params: Mapping[str, Any], what: str = "parameter") -> None:
     """A declaration trapd can describe and validate; else TypeError (reported as a broken plugin)."""
     for pname, param in params.items():
         if not isinstance(pname, str) or not isinstance(param, Param):
             raise TypeError(
-                f"action {name}: parameter {pname!r} is declared as {type(param).__name__}, not a Param"
+                f"action {name}: {what} {pname!r} is declared as {type(param).__name__}, not a Param"
             )
+
+
+def check_settings(
+    spec: ActionSpec, values: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[tuple[str | None, str]]]:
+    """The plugin's settings as its ``run`` gets them, and what is wrong with them.
+
+    Returns the values converted to their declared types, defaults filled in, and the problems:
+    ``(key, message)``, ``key`` None for one of the whole section (a required setting missing).
+    A plugin that declares no settings gets ``values`` as they are, and no problem. A value
+    written ``{env: NAME}`` or ``{file: PATH}`` (a :class:`~trapd.secrets.Secret`) fits a
+    ``string`` setting, and a ``mapping`` setting's values, and is handed over as the Secret.
+    """
+    declared = spec.settings
+    if declared is None:
+        return dict(values), []
+    out: dict[str, Any] = {}
+    problems: list[tuple[str | None, str]] = []
+    for key in values:
+        if key not in declared:
+            close = difflib.get_close_matches(str(key), list(declared), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(declared) or "none"
+            problems.append((str(key), f"unknown setting {str(key)!r}{hint}; {spec.name} takes: {known}"))
+    for key, param in declared.items():
+        value = values.get(key)
+        if value is None:
+            if param.required:
+                problems.append((None, f"{key}: required"))
+            elif param.default is not None:
+                out[key] = param.default
+            continue
+        try:
+            out[key] = _convert_setting(param, value, key)
+        except ParamError as exc:
+            problems.append((key, str(exc)))
+    return out, problems
+
+
+def _convert_setting(param: Param, value: Any, key: str) -> Any:
+    if isinstance(value, Secret):
+        if param.type != "string":
+            raise ParamError(f"{key}: a {param.type} cannot be read from {{env: ...}} or {{file: ...}}")
+        return value
+    if param.type == "mapping" and isinstance(value, Mapping):
+        plain = {k: v for k, v in value.items() if not isinstance(v, Secret)}
+        convert(param, plain, key)  # a plain JSON value, but for its secrets
+        return dict(value)
+    return convert(param, value, key)
 
 
 def checked_result(name: str, result: Any) -> ActionResult:

@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 from trapd.event import Event, VarBind, new_event_id, parse_oid
 from trapd.listener.raw import Security, SnmpType
-from trapd.params import validate
-from trapd.plugin import ActionContext, ActionLog, ActionResult, ActionSpec, checked_result
+from trapd.params import ParamError, validate
+from trapd.plugin import ActionContext, ActionLog, ActionResult, ActionSpec, check_settings, checked_result
 from trapd.rules.outcome import Outcome, PlannedAction, RateCap, RetryPolicy
 from trapd.secrets import resolve as resolve_secrets
 
@@ -390,7 +390,11 @@ async def run_action(
 
     ``settings`` is loaded as trapd loads the plugin's section of trapd.yaml:
     an ``{"env": NAME}`` or ``{"file": PATH}`` value reaches the action as a
-    :class:`~trapd.secrets.Secret` (``reveal()`` gives the text).
+    :class:`~trapd.secrets.Secret` (``reveal()`` gives the text). An action that declares its
+    settings gets them converted, with their defaults, and a
+    :class:`~trapd.params.ParamError` for a setting it does not declare or that does not fit
+    (what ``trapd check`` reports in trapd.yaml); with no ``settings`` at all, as with no
+    section in trapd.yaml, the defaults and no error.
 
     ``ctx.record`` appends to ``records`` (also :attr:`ActionRun.records`;
     pass your own list to see what an attempt that raised recorded), each
@@ -407,7 +411,9 @@ async def run_action(
         journaled.append(json.loads(dumps_result(partial)))
 
     # As trapd loads its section of trapd.yaml: `{env: NAME}` / `{file: PATH}` become Secrets.
-    loaded = load_action_settings(spec.name, settings or {}, Path.cwd())
+    loaded, problems = check_settings(spec, load_action_settings(spec.name, settings or {}, Path.cwd()))
+    if problems and settings is not None:  # none given: as trapd.yaml without a section for it
+        raise ParamError("settings: " + "; ".join(message for _, message in problems))
     ctx = make_context(
         event, http=http, kea=kea, settings=loaded, rule="test-rule", attempt=attempt, log=log,
         record=record, previous=previous,

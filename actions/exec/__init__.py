@@ -112,6 +112,13 @@ _CANNOT_RUN = frozenset(
         ),
     },
     idempotent=False,
+    settings={
+        "path": Param("string", "PATH given to programs", max_length=4096),
+        "env": Param("mapping", "variables for every call (secrets: masked in every log line)"),
+        "inherit_env": Param(
+            "boolean", "start from trapd's environment instead of a clean one", default=False
+        ),
+    },
 )
 async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Run a program with an argv list (never a shell), the event in TRAPD_* variables.

@@ -64,6 +64,21 @@ def main(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _describe_params(params: Any) -> dict[str, Any]:
+    return {
+        n: {
+            "type": p.type,
+            "description": p.description,
+            "required": p.required,
+            "default": p.default,
+            "secret": p.secret,
+            "secret_ref": p.secret_ref,
+            "describe": p.describe(),
+        }
+        for n, p in params.items()
+    }
+
+
 def describe(spec: Any) -> dict[str, Any]:
     return {
         "name": spec.name,
@@ -72,18 +87,9 @@ def describe(spec: Any) -> dict[str, Any]:
         "destructive": spec.destructive,
         "key": list(spec.key),
         "kea_commands": list(spec.kea_commands),
-        "params": {
-            n: {
-                "type": p.type,
-                "description": p.description,
-                "required": p.required,
-                "default": p.default,
-                "secret": p.secret,
-                "secret_ref": p.secret_ref,
-                "describe": p.describe(),
-            }
-            for n, p in spec.params.items()
-        },
+        "params": _describe_params(spec.params),
+        # Its section of trapd.yaml (actions: NAME:); null when the plugin does not declare it.
+        "settings": None if spec.settings is None else _describe_params(spec.settings),
         "doc": spec.doc,
     }
 
@@ -114,4 +120,10 @@ def _full(spec: Any) -> str:
         lines.append(f"  {pname}: {param.describe()}{extra}")
         if param.description:
             lines.append(f"      {param.description}")
+    if spec.settings:
+        lines += ["", f"Settings (trapd.yaml: actions: {{{spec.name}: ...}}):"]
+        for sname, param in spec.settings.items():
+            lines.append(f"  {sname}: {param.describe()}")
+            if param.description:
+                lines.append(f"      {param.description}")
     return "\n".join(lines)

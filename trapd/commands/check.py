@@ -4,7 +4,8 @@ Reports every problem, each with file:line:column: YAML syntax, unknown
 keys, wrong types, unknown MIB symbols, unknown action plugins, template
 syntax errors and undefined template variables, regex errors, duplicate rule
 names, parameters that can never validate, destructive actions without a
-rate cap; and, as warnings, what works but is probably not meant: a rule
+rate cap, plugin settings under trapd.yaml's actions: that the plugin does not
+declare or that do not fit; and, as warnings, what works but is probably not meant: a rule
 that can never match because an earlier rule that stops matches everything
 it would, a rule that does nothing, a cancel-key without a delay, a secret
 written as text or templated, a trapd.yaml actions: section that names no
@@ -122,6 +123,9 @@ def _check(args: argparse.Namespace) -> int:
         problems.append(ConfigError(f"action plugin {lp.entry_point} failed to load: {lp.error}", None))
     # A plugin that failed to load is reported above; its settings are not "unused" on top of that.
     problems += unused_action_settings(config, actions, {lp.name for lp in broken})
+    from trapd.dispatch.plugins import settings_problems
+
+    problems += settings_problems(actions, config)
     capped = (
         globally_capped(config.dispatch.caps, actions) if hasattr(config.dispatch, "caps") else frozenset()
     )

@@ -24,7 +24,8 @@ import structlog
 
 from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import open_journal
-from trapd.plugin import ActionLog, ActionSpec, load_actions
+from trapd.plugin import ActionLog, ActionSpec, check_settings, load_actions
+from trapd.yamlsource import ConfigError
 
 if TYPE_CHECKING:
     import httpx
@@ -55,6 +56,44 @@ def warn_unknown_settings(
         log.warning("settings for an action plugin that is not installed", plugin=name)
 
 
+def settings_problems(specs: Mapping[str, ActionSpec], config: Config) -> list[ConfigError]:
+    """Each setting under ``actions:`` that its plugin does not declare, or whose value does not
+    fit the declared type, at its place in trapd.yaml (a missing required one: at the section)."""
+    found = []
+    for name, values in config.actions.items():
+        spec = specs.get(name)
+        if spec is None:
+            continue  # not installed: unknown_settings warns
+        marks = config.setting_marks.get(name, {})
+        for key, message in check_settings(spec, values)[1]:
+            mark = marks.get(key) if key is not None else None
+            found.append(ConfigError(f"actions.{name}: {message}", mark or config.action_marks.get(name)))
+    return found
+
+
+def refuse_bad_settings(specs: Mapping[str, ActionSpec], config: Config) -> None:
+    """ConfigError for the first bad setting (start-up fails, a reload keeps what runs).
+
+    A plugin run with a misspelt or mistyped setting would fail on every trap it handles.
+    """
+    problems = settings_problems(specs, config)
+    if problems:
+        more = f" (and {len(problems) - 1} more; `trapd check` lists them)" if len(problems) > 1 else ""
+        raise ConfigError(problems[0].message + more, problems[0].mark)
+
+
+def plugin_settings(
+    specs: Mapping[str, ActionSpec], settings: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
+    """``actions:`` as the plugins get it (``ctx.settings``): declared settings converted, with
+    their defaults, also for a plugin with no section in trapd.yaml; others as written."""
+    out: dict[str, Mapping[str, Any]] = {name: dict(values) for name, values in settings.items()}
+    for name, spec in specs.items():
+        if spec.settings is not None:
+            out[name] = check_settings(spec, settings.get(name, {}))[0]
+    return out
+
+
 async def open_dispatcher(
     config: Config,
     kea: KeaClients | None,
@@ -75,4 +114,4 @@ async def open_dispatcher(
     jc = config.dispatch.journal
     journal = open_journal(jc.file(config.state_dir), jc, owner=owner)
     await journal.open()
-    return Dispatcher(config.dispatch, journal, specs, kea, http, log, config.actions)
+    return Dispatcher(config.dispatch, journal, specs, kea, http, log, plugin_settings(specs, config.actions))

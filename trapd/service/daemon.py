@@ -588,9 +588,9 @@ class Daemon:
         warn_restart_needed(self.log, self.config, config, RESTART_NEEDED)
         apply_logging(config)
         if self.dispatcher is not None:
-            from trapd.dispatch.plugins import warn_unknown_settings
+            from trapd.dispatch.plugins import plugin_settings, warn_unknown_settings
 
-            self.dispatcher.settings = dict(config.actions)
+            self.dispatcher.settings = plugin_settings(self.actions, config.actions)
             warn_unknown_settings(self.actions, config.actions, self.log)
         if self.limiter is not None:
             if config.listener.rate_limit != self.config.listener.rate_limit:

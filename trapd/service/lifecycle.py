@@ -63,12 +63,18 @@ def build_rules(
 ) -> RuleSet:
     """Compile the rule files ``cfg`` names; RuleErrors (each problem with file:line:col) on errors.
 
+    A setting under ``actions:`` that its plugin does not declare, or whose value does not fit,
+    is a ConfigError first (trapd.dispatch.plugins.refuse_bad_settings).
+
     Warnings (a rule that can never match, ...) do not stop the rules from loading, at start
     or on a reload, but are logged with their place, as `trapd check` prints them: an
     operator who reloads without checking first still finds them in the journal.
     """
+    from trapd.dispatch.plugins import refuse_bad_settings
     from trapd.rules import NOTHING_RUNS, globally_capped, idle_warning, load_rules
 
+    # The plugins' declared settings first: a ConfigError, at its place in trapd.yaml.
+    refuse_bad_settings(actions, cfg)
     capped = globally_capped(cfg.dispatch.caps, actions)
     paths = cfg.rule_paths()
     dir_warning = cfg.rules_dir_warning()  # a misspelt rules.dir, or an empty one and no files

@@ -47,3 +47,9 @@ async def test_a_trap_value_cannot_add_lines(tmp_path: Path) -> None:
     text = "sw1 port 17\rFAKE 1\x0bFAKE 2\u2028FAKE 3\r\nFAKE 4"
     await run_action(note, {**LINE, "text": text}, settings={"dir": str(tmp_path)})
     assert len((tmp_path / "ports.log").read_text().splitlines()) == 1
+
+
+async def test_a_misspelt_setting_is_refused(tmp_path: Path) -> None:
+    # What `trapd check` reports at its line in trapd.yaml (the plugin declares its settings).
+    with pytest.raises(ParamError, match=r"unknown setting 'dri' \(did you mean 'dir'\?\)"):
+        await run_action(note, LINE, settings={"dri": str(tmp_path)})

@@ -21,6 +21,9 @@ from trapd.plugin import ActionContext, PermanentError, RetryableError, action
         "text": Param("string", "the line to append (rendered by the rule)", required=True),
     },
     idempotent=False,  # appending twice leaves two lines
+    # Its section of trapd.yaml: `trapd check` reports a key not declared here (a typo) or a
+    # value that does not fit, with its line; ctx.settings holds the converted values.
+    settings={"dir": Param("string", "the notes directory", required=True, max_length=4096)},
 )
 async def note(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     """Append a line of text to a file in the notes directory.
