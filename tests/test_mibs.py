@@ -1725,3 +1725,37 @@ def test_the_code_template_is_compiled_once_per_compile_not_once_per_module(tmp_
         data = load_site_index([src], tmp_path / "cache", shipped_index(), in_process=True)
     assert data.index is not None and len(data.index["modules"]) == 6, data.problems
     assert len(compiled) <= 2, compiled  # pysmi's template and the one it includes
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {  # across two modules: each defines its node below the other's
+            "a.my": "A-MIB DEFINITIONS ::= BEGIN\nIMPORTS bNode FROM B-MIB;\n\n"
+            "aNode OBJECT IDENTIFIER ::= { bNode 1 }\nEND\n",
+            "b.my": "B-MIB DEFINITIONS ::= BEGIN\nIMPORTS aNode FROM A-MIB;\n\n"
+            "bNode OBJECT IDENTIFIER ::= { aNode 1 }\nEND\n",
+        },
+        {  # within one module
+            "a.my": "A-MIB DEFINITIONS ::= BEGIN\nIMPORTS enterprises FROM SNMPv2-SMI;\n\n"
+            "aNode OBJECT IDENTIFIER ::= { bNode 1 }\nbNode OBJECT IDENTIFIER ::= { aNode 2 }\nEND\n",
+        },
+    ],
+)
+def test_oid_definitions_in_a_cycle_fail_their_modules_only(tmp_path: Path, files: dict[str, str]) -> None:
+    """OID definitions that refer to each other in a cycle sent pysmi's OID resolution into endless
+    recursion: RecursionError out of the whole compile, so no site MIB loaded at all (the problem
+    said "MIB compile failed: RecursionError", with no file or line)."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    for name, text in files.items():
+        (src / name).write_text(text, encoding="utf-8")
+    r = MibResolver.load(MibConfig(dirs=(src,), cache_dir=tmp_path / "cache"), compile_in_process=True)
+    assert r.lookup("trapdMacNotification") is not None, r.problems  # the good module loaded
+    # At a definition in the cycle (in one module: whichever pysmi resolved first), naming the cycle.
+    (a,) = [p for p in r.problems if p.module == "A-MIB"]
+    assert a.file == str(src / "a.my") and a.line in (4, 5), a
+    assert "cycle" in a.message and "A-MIB::aNode" in a.message, a
+    assert len(r.problems) == len(files), r.problems
+    assert r.lookup("aNode") is None

@@ -693,7 +693,7 @@ def _run_pysmi(
     from pysmi.searcher.stub import StubSearcher
     from pysmi.writer.pyfile import PyFileWriter
 
-    compiler = MibCompiler(_parser(py_dir), PySnmpCodeGen(), PyFileWriter(str(py_dir)))
+    compiler = MibCompiler(_parser(py_dir), _code_generator(), PyFileWriter(str(py_dir)))
     compiler.add_sources(_reader(site, stubs, stand_ins))
     compiler.add_searchers(
         PyFileSearcher(str(py_dir)),
@@ -702,6 +702,56 @@ def _run_pysmi(
     with _templates_compiled_once():
         result: dict[str, Any] = compiler.compile(*wanted, ignoreErrors=True, genTexts=False)
     return result
+
+
+def _code_generator() -> Any:
+    """pysmi's PySnmpCodeGen, with what goes wrong in one module kept to that module.
+
+    pysmi turns a node's ``{ parent 1 }`` into numbers by recursing through
+    the parents: OID definitions that refer to each other in a cycle (across
+    modules, or within one) recursed until RecursionError, which pysmi does
+    not catch, so the whole compile failed and no site MIB loaded. The
+    cycle is now found and reported (at a definition in it, in the module
+    being compiled); any other exception of pysmi's in one module's code
+    generation fails that module, as its own errors do.
+    """
+    from pysmi import error as smi_error
+    from pysmi.codegen.pysnmp import PySnmpCodeGen
+
+    class _CodeGen(PySnmpCodeGen):  # type: ignore[misc]
+        _resolving: list[tuple[str, str]]
+
+        def gen_code(self, ast: Any, symbolTable: Any, **kwargs: Any) -> Any:
+            self._resolving = []
+            try:
+                return super().gen_code(ast, symbolTable, **kwargs)
+            except smi_error.PySmiError:
+                raise
+            except RecursionError as exc:
+                raise smi_error.PySmiSemanticError("definitions nested too deep for pysmi") from exc
+            except Exception as exc:
+                raise smi_error.PySmiSemanticError(
+                    f"pysmi failed on it: {type(exc).__name__}: {exc}"
+                ) from exc
+
+        def gen_numeric_oid(self, oid: Any) -> Any:
+            # Each parent is (symbol, module); a parent already being resolved above is a cycle.
+            parents = [(p[1], p[0]) for p in oid if isinstance(p, tuple) and p[0] != "iso"]
+            for key in parents:
+                if key in self._resolving:
+                    cycle = [*self._resolving[self._resolving.index(key) :], key]
+                    own = next((sym for mod, sym in cycle if mod == self.moduleName[0]), key[1])
+                    path = " -> ".join(f"{mod}::{sym}" for mod, sym in cycle)
+                    raise smi_error.PySmiSemanticError(
+                        f"OID defined through itself, a cycle: {path} (symbol: {own})"
+                    )
+            self._resolving += parents
+            try:
+                return super().gen_numeric_oid(oid)
+            finally:
+                del self._resolving[len(self._resolving) - len(parents) :]
+
+    return _CodeGen()
 
 
 @contextlib.contextmanager
