@@ -658,6 +658,38 @@ def test_a_journal_file_replaced_under_the_running_trapd_is_reported(tmp_path: P
     asyncio.run(run())
 
 
+def test_a_wal_file_removed_under_the_running_trapd_is_reported(tmp_path: Path) -> None:
+    """The journal's -wal file deleted while trapd runs (a clean-up of "stray" files, a backup
+    script): trapd's connections keep the removed file, so its commits since the last checkpoint
+    are only there (lost to a SIGKILL), and a connection opened afterwards (the checkpointer's
+    after an error, `trapd journal`) sees a WAL that does not match: checkpoints stop, reads
+    fail. Nothing said so: /healthz stayed 200. Now it is found within a round of the
+    checkpointer: unhealthy until restart, said once, with what to do (a clean stop copies
+    what the removed file holds into the journal)."""
+    path = _journal_file(tmp_path)
+    make_journal(path, 3)
+
+    async def run() -> None:
+        async with SQLiteJournal(path, checkpoint_interval=0.05, integrity_check=None) as j:
+            await _until(lambda: j.checkpoints >= 1)
+            assert j.health().available and j.notices() == []
+            os.unlink(f"{path}-wal")
+            now = time.time()
+            await j.add(make_event().to_dict(), [_entry(100, now)], [], now)
+            await _until(lambda: not j.health().available)
+            assert "-wal" in str(j.health().problem) and "removed" in str(j.health().problem), j.health()
+            (notice,) = j.notices()
+            assert notice.level == "error" and "stop trapd" in notice.fields["hint"], notice
+            await asyncio.sleep(0.3)
+            assert not j.health().available and j.notices() == []  # said once
+
+    asyncio.run(run())
+    # Stopped cleanly: what the removed file held is in the journal.
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM actions").fetchone() == (4,)
+    db.close()
+
+
 async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():

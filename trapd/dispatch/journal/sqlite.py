@@ -881,6 +881,8 @@ class SQLiteJournal:
         self._checker_stop = threading.Event()
         self._checking: sqlite3.Connection | None = None  # the check's connection while it runs
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._wal_id: tuple[int, int] | None = None  # ... of its -wal file, as the writer opened it
+        self._wal_lost: str | None = None
         self._check_damage: str | None = None
         self._check_damage_since: float | None = None
         self._replaced: str | None = None
@@ -1159,6 +1161,9 @@ class SQLiteJournal:
             return
         if not self.read_only:
             self._writers_lock = self._open_writers_lock()
+            with contextlib.suppress(OSError):  # WAL mode: made by the first read, kept while open
+                st = os.stat(f"{self.path}-wal")
+                self._wal_id = (st.st_dev, st.st_ino)
         loop.call_soon_threadsafe(_set_result, ready, None)
         stop = False
         while not stop:
@@ -1237,6 +1242,10 @@ class SQLiteJournal:
                 if replaced is not None:
                     with contextlib.suppress(RuntimeError):
                         loop.call_soon_threadsafe(self._replaced_seen, replaced)
+                wal = None if replaced is not None else self._wal_replaced()  # (moved with it)
+                if wal is not None:
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(self._wal_lost_seen, wal)
                 try:
                     if conn is None:
                         # Made here, and made again next round if it fails: with the writer's own
@@ -1266,6 +1275,54 @@ class SQLiteJournal:
         finally:
             if conn is not None:
                 conn.close()
+
+    def _wal_replaced(self) -> str | None:
+        """How the -wal file at its path is no longer the writer's (None: it is, or unknown).
+
+        SQLite keeps a WAL journal's -wal file while any connection has the journal open (it
+        truncates it, never removes it), so another file there, or none, means something else
+        removed it."""
+        if self._wal_id is None:
+            return None
+        try:
+            st = os.stat(f"{self.path}-wal")
+        except FileNotFoundError:
+            return "its -wal file was removed"
+        except OSError:
+            return None
+        return (
+            None if (st.st_dev, st.st_ino) == self._wal_id else "its -wal file was removed and another made"
+        )
+
+    def _wal_lost_seen(self, detail: str) -> None:
+        """Event loop: the writer's -wal file was removed; unhealthy until restart, said once.
+
+        trapd's connections keep the removed file and write on to it; checkpoints through them
+        still copy it into the journal, but the commits since the last one are only in the
+        removed file (a SIGKILL loses them), and a connection opened since (a checkpointer's
+        after an error, `trapd journal`, another worker) reads a WAL that does not match."""
+        if self._wal_lost is not None:
+            return
+        p = self.path
+        self._wal_lost = (
+            f"the journal {p}: {detail} while trapd ran: its latest commits are only in the removed "
+            "file, which trapd still holds; stop trapd cleanly to copy them into the journal"
+        )[:300]
+        self._notices.append(
+            JournalNotice(
+                "error",
+                "journal WAL file removed under the running trapd",
+                {
+                    "path": f"{p}-wal",
+                    "problem": detail,
+                    "hint": (
+                        "stop trapd cleanly (systemctl restart trapd; not kill -9): closing the journal "
+                        "copies what the removed file holds into it. Never remove a journal's -wal or "
+                        "-shm file while trapd runs"
+                    ),
+                },
+            )
+        )
 
     def _replaced_seen(self, detail: str) -> None:
         """Event loop: the file at the path is not the one opened; unhealthy until restart, said once."""
@@ -1774,6 +1831,7 @@ class SQLiteJournal:
         for problem, since in (
             (self._damage_seen, self._damage_since),
             (self._replaced, None),
+            (self._wal_lost, None),
             (self._check_damage, self._check_damage_since),
         ):
             if problem is not None:
