@@ -33,7 +33,7 @@ from kea_harness import (
     start_kea,
 )
 
-from trapd.kea.errors import KeaAuthError, KeaCommandError, KeaUnsupportedError
+from trapd.kea.errors import KeaAuthError, KeaCommandError, KeaUnavailableError, KeaUnsupportedError
 from trapd.kea.probe import probe
 from trapd.kea.restore import leases_from_result, restore_leases
 from trapd.params import validate
@@ -310,6 +310,13 @@ async def test_tls_on_the_daemon_socket_and_the_agent(chroot_kea: KeaInstance) -
                 assert isinstance(info.value, PermanentError), (name, what)
                 assert time.monotonic() - started < 3, (name, what)
                 await clients.aclose()
+            # http:// to the HTTPS listener: Kea closes without a word; the error says what to check
+            plain = {k: v for k, v in ep.items() if k not in ("ca_file", "cert_file", "key_file")}
+            plain["url"] = ep["url"].replace("https://", "http://")
+            clients = make_kea_clients({"endpoints": {name: plain}})
+            with pytest.raises(KeaUnavailableError, match=r"without an answer.*https://") as info:
+                await clients.get(name).command("status-get")
+            await clients.aclose()
     finally:
         inst.stop()
         shutil.rmtree(chroot_kea.chroot / workdir.relative_to("/"), ignore_errors=True)

@@ -375,8 +375,10 @@ class HttpTransport:
         try:
             return await self._roundtrip(conn, request, command)
         except _Stale:
+            # Kea's HTTPS listener (agent or Kea 3 socket) closes on plain HTTP without a word.
+            hint = "" if self.tls else " (an HTTPS listener? then the url needs https://)"
             raise KeaUnavailableError(
-                f"{self.url} closed the connection without an answer", self.name, command
+                f"{self.url} closed the connection without an answer{hint}", self.name, command
             ) from None
 
     def _take_idle(self) -> _Conn | None:
