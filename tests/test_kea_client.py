@@ -511,3 +511,33 @@ async def test_a_big_unix_answer_is_parsed_once_not_at_every_piece(
     assert len(r.arguments["leases"]) == 50_000
     assert sum(parsed) <= 2 * len(body), f"{len(parsed)} attempts, {sum(parsed) >> 20} MiB parsed"
     server.close()
+
+
+async def test_kea_s_408_for_a_request_stalled_on_the_way_is_retryable(kea: KeaInstance) -> None:
+    """Kea's HTTP listeners (agent 2.2-3.0, Kea 3.0's own socket) answer 408 Request Timeout when
+    a request is not complete 10 s after it began (measured on 2.2, 2.6.3, 3.0.4). Kea ran
+    nothing, so a retry is right: a network that stalls mid-request (an agent on the partner
+    host) must not dead-letter the action. A relay here passes the first bytes of trapd's
+    request to the real agent and holds the rest, then passes the agent's answer back."""
+    assert kea.ca_port
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", kea.ca_port)
+        up_w.write(await reader.read(40))  # part of the head; the rest never goes
+        await up_w.drain()
+        writer.write(await up_r.read(65536))  # Kea's answer after its 10 s
+        await writer.drain()
+        writer.close()
+        up_w.close()
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ep = {"transport": "control-agent", "url": f"http://127.0.0.1:{port}/", "family": "v4", "timeout": 30}
+    clients = make_kea_clients({"endpoints": {"ca4": ep}})
+    started = time.monotonic()
+    with pytest.raises(KeaServerError, match="408") as info:
+        await clients.get("ca4").command("lease4-del", {"ip-address": kea.next_ip4()})
+    assert isinstance(info.value, RetryableError) and not isinstance(info.value, PermanentError)
+    assert time.monotonic() - started < 25  # Kea's answer, not trapd's own timeout
+    server.close()
+    await clients.aclose()

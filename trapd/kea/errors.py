@@ -2,7 +2,7 @@
 
 Every error is either a :class:`~trapd.errors.RetryableError` (Kea may answer
 later: refused connection, timeout, "the server is likely to be offline",
-HTTP 5xx) or a :class:`~trapd.errors.PermanentError` (retrying cannot help:
+HTTP 5xx, 408, 429) or a :class:`~trapd.errors.PermanentError` (retrying cannot help:
 bad credentials, HTTP 400, a hook that is not loaded, bad arguments, a
 conflict). Actions let them propagate; the dispatcher retries or gives up.
 """
@@ -88,7 +88,7 @@ class KeaHTTPError(KeaPermanentError):
 
 
 class KeaServerError(KeaRetryableError):
-    """HTTP 5xx from a proxy in front of Kea, or a garbled answer: may pass."""
+    """HTTP 5xx from a proxy in front of Kea, 408 / 429 (not run), or a garbled answer: may pass."""
 
 
 class KeaAuthError(KeaHTTPError):

@@ -47,6 +47,15 @@ MAX_ANSWER = 64 * 1024 * 1024
 EARLY_PARSE_MAX = 256 * 1024
 
 
+# 4xx statuses that say the command was not run and may be sent again. Kea's HTTP listeners
+# (agent 2.2-3.0, Kea 3.0's own socket) answer 408 to a request not complete 10 s after it began:
+# a network that stalled mid-request, not a wrong request.
+_NOT_RUN_TRY_AGAIN = {
+    408: "Kea did not get the whole request within its 10 s (a stalled network?); not run",
+    429: "rate-limited (a proxy in front of Kea); not run",
+}
+
+
 class Transport(Protocol):
     async def exchange(self, body: bytes, command: str) -> Any:
         """Send one encoded command; return the decoded answer."""
@@ -361,6 +370,8 @@ class HttpTransport:
             raise KeaAuthError(f"HTTP {status} {text}: check user/password", self.name, command, status)
         if status >= 500:
             raise KeaServerError(f"HTTP {status} {text}", self.name, command)
+        if status in _NOT_RUN_TRY_AGAIN:
+            raise KeaServerError(f"HTTP {status} {text}: {_NOT_RUN_TRY_AGAIN[status]}", self.name, command)
         raise KeaHTTPError(f"HTTP {status} {text}", self.name, command, status)
 
     async def _request(self, body: bytes, command: str) -> tuple[int, bytes]:
