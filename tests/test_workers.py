@@ -810,3 +810,79 @@ def test_a_metrics_port_in_use_is_refused_before_any_worker_starts(tmp_path: Pat
             assert not d.logs("worker started")
         finally:
             d.close()
+
+
+def test_log_lines_of_several_workers_never_interleave_in_a_pipe(tmp_path: Path) -> None:
+    """Each log line is one write(), but a pipe keeps a write whole only up to PIPE_BUF (4 KiB):
+    when it is full, a longer line goes in pieces, and another worker's line got in between
+    (`trapd run | ...`, a container's log pipe, this harness): two lines of 40 came out as one
+    broken JSON line and a headless tail. Lines of 16-20 KB here (a log action's message with a
+    5,400-byte value), from two workers at once, read slowly: every line must parse."""
+    rules = """\
+rules:
+  - name: big
+    match: {notification: IF-MIB::linkDown}
+    actions:
+      - action: log
+        message: "{{ varbinds['1.3.6.1.4.1.99999.1.1'].display }}"
+"""
+    d = TrapdDaemon(tmp_path, free_port(), None)
+    d.rules_path.write_text(rules)
+    d.write_config(TWO)
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trapd", "run", "--config", str(d.config_path)], cwd=tmp_path, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    lines: list[bytes] = []
+
+    def read_slowly() -> None:
+        assert proc.stdout is not None
+        buf = b""
+        while chunk := proc.stdout.read1(65536):
+            buf += chunk
+            *whole, buf = buf.split(b"\n")
+            lines.extend(whole)
+            time.sleep(0.02)  # a reader that keeps the pipe full: writes go in pieces
+
+    import threading
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    try:
+        assert wait_until(lambda: any(b'"trapd ready"' in x and b"supervisor" in x for x in lines), 30)
+        value = "\u00e9" * 2700  # each written \u00e9 in the JSON line: about 16 KB a line
+        target = f"udp:127.0.0.1:{d.trap_port}"
+        senders = [
+            subprocess.Popen(
+                ["snmptrap", "-v", "2c", "-c", "public", target, "", LINK_DOWN, SEQ_OID, "s", f"{value}{i}"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(60)
+        ]
+        for sender in senders:
+            sender.wait(30)
+
+        def logged() -> int:  # the log action's own lines (its message is the value)
+            return sum(1 for x in lines if x.startswith(b'{"ts"') and b'"event": "\\u00e9\\u00e9' in x)
+
+        wait_until(lambda: logged() >= 60, 60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        reader.join(10)
+        broken = [x[:80] + b" ... " + x[-80:] for x in lines if not _is_json(x)]
+        assert not broken, broken
+        assert logged() == 60
+        assert any(len(x) > 16_000 for x in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False

@@ -36,7 +36,9 @@ level, format and stream change for every logger, cached or not.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import functools
 import json
 import logging
@@ -158,6 +160,10 @@ class _State:
     # Fields every line of this process carries, whatever thread or task logs it: ``worker=1`` in
     # a worker of `trapd run` with service.workers > 1 (one unit in journald, several processes).
     process_fields: dict[str, Any] = {}
+    # With several workers: a memfd the supervisor made before forking, and this process's own
+    # open description of it, flock()ed around each line's write (see share_output_lock).
+    lock_source: int | None = None
+    output_lock: int | None = None
 
 
 # Control characters a log line must never carry raw (issue 14 item 7): C0 (CR and LF forge
@@ -252,19 +258,57 @@ def _add_level(logger: WrappedLogger, method: str, event_dict: EventDict) -> Eve
     return event_dict
 
 
+def share_output_lock() -> bool:
+    """Make each line's write exclusive among this process and those it forks afterwards (each
+    calls this again once forked); False when the system does not allow it (no memfd, no /proc).
+
+    A line is one write(), but a pipe (`trapd run | ...`, a container's log) keeps a write whole
+    only up to PIPE_BUF (4 KiB), and journald's stream socket up to about 32 KiB: a longer line
+    (a traceback, a log action's long message) is written in pieces when the reader lags, and a
+    line of another worker got in between. The lock is flock() on an open description of a
+    memfd that the supervisor makes before forking: each process opens its own description
+    (through /proc/self/fd), so that the locks exclude each other, and the kernel releases a
+    process's lock when it dies, even mid-line (SIGKILL).
+    """
+    with _State.lock:
+        try:
+            if _State.lock_source is None:
+                _State.lock_source = os.memfd_create("trapd-log-lock", os.MFD_CLOEXEC)
+            own = os.open(f"/proc/self/fd/{_State.lock_source}", os.O_RDWR | os.O_CLOEXEC)
+        except (AttributeError, OSError):
+            return False
+        if _State.output_lock is not None:
+            # The parent's description, inherited by fork: closing this copy does not unlock it.
+            os.close(_State.output_lock)
+        _State.output_lock = own
+    return True
+
+
+def _flock(fd: int, operation: int) -> None:
+    with contextlib.suppress(OSError):  # a lock refused (ENOLCK) must not lose the line
+        fcntl.flock(fd, operation)
+
+
 class _Writer:
     """Writes each rendered event as one line to the configured stream, then flushes."""
 
     def msg(self, message: str) -> None:
         with _State.lock:
             stream = _State.stream
+            lock = _State.output_lock
+            if lock is not None:
+                _flock(lock, fcntl.LOCK_EX)
             try:
-                stream.write(message + "\n")
-            except UnicodeEncodeError:
-                stream.write(message.encode("ascii", "backslashreplace").decode("ascii") + "\n")
-            except ValueError:
-                return  # the stream was closed (interpreter shutdown, a finished test)
-            stream.flush()
+                try:
+                    stream.write(message + "\n")
+                except UnicodeEncodeError:
+                    stream.write(message.encode("ascii", "backslashreplace").decode("ascii") + "\n")
+                except ValueError:
+                    return  # the stream was closed (interpreter shutdown, a finished test)
+                stream.flush()
+            finally:
+                if lock is not None:
+                    _flock(lock, fcntl.LOCK_UN)
 
     # structlog calls the method named like the level on the wrapped logger.
     debug = info = warning = error = critical = exception = log = msg

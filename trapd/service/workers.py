@@ -332,6 +332,10 @@ class Supervisor:
             self.log.error("start-up failed", error=reason)
             self.notifier.stopping(f"start-up failed: {reason}"[:500])
             return 1
+        from trapd.service.logging import share_output_lock
+
+        if not share_output_lock():
+            self.log.warning("log lines longer than 4 KiB of several workers may interleave (no memfd)")
         if threading.active_count() != 1:
             # Forking with another thread alive could copy a lock it holds; say so rather than hang.
             self.log.warning("threads alive before forking workers", threads=threading.active_count())
@@ -433,6 +437,10 @@ class Supervisor:
         """The child's side of the fork: become worker ``slot.index``, then leave with os._exit."""
         code = 1
         try:
+            from trapd.service.logging import share_output_lock
+
+            # First, before anything logs: the inherited lock description is the supervisor's.
+            share_output_lock()
             _die_with_parent(self.pid)
             # The supervisor's loop (if any) writes signals to its wake-up socket; not ours.
             signal.set_wakeup_fd(-1)
