@@ -191,3 +191,24 @@ def test_a_reloaded_shutdown_timeout_waits_for_the_restart_as_the_log_says(tmp_p
         d.wait_log("actions still running at shutdown: they will run again")
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stop_asks_systemd_for_the_time_shutdown_timeout_promises(tmp_path: Path, workers: int) -> None:
+    """`dispatch.shutdown_timeout: 90s` (exec actions that need it) under the shipped
+    TimeoutStopSec=60s: systemd SIGKILLed trapd (every worker, every action's program) at 60 s,
+    marked the stop failed, and the actions ran again at the next start. After STOPPING=1 trapd
+    now sends EXTEND_TIMEOUT_USEC= for the longest its stop can take, so the stop gets what
+    trapd.yaml promises (systemd only ever extends: a shorter one changes nothing)."""
+    config = {"dispatch": {"shutdown_timeout": "90s"}, "service": {"workers": workers}}
+    d = TrapdDaemon.start(tmp_path, rules="rules: []\n", config=config)
+    try:
+        assert d.notify is not None
+        d.notify.pending()
+        d.signal(signal.SIGTERM)
+        d.notify.wait_for("STOPPING", timeout=10)
+        extend = d.notify.wait_for("EXTEND_TIMEOUT_USEC", timeout=10)
+        assert int(extend["EXTEND_TIMEOUT_USEC"]) >= 90_000_000, extend
+        assert d.wait_exit(30) == 0
+    finally:
+        d.close()

@@ -30,6 +30,7 @@ from trapd.listener.stats import DropLog
 from trapd.rules.outcome import Outcome
 from trapd.service.health import Health
 from trapd.service.lifecycle import (
+    STOP_MARGIN,
     Loaded,
     apply_logging,
     compile_reload,
@@ -73,6 +74,8 @@ SUBMIT_QUEUE_MAX = 10_000
 SUBMIT_QUEUE_MAX_BYTES = 32 * 1024 * 1024
 # Seconds between two lines about the same rejected action (rule, action, kind of rejection).
 REJECT_LOG_INTERVAL = 10.0
+# On stop, how long outcomes already received get to reach the journal.
+SUBMIT_DRAIN_TIMEOUT = 5.0
 # queued_size()'s fixed parts, measured with tracemalloc on CPython 3.11 (a normalized
 # Event with distinct varbinds; a PlannedAction with its params dict): what an object
 # holds beyond the text and octets of its values.
@@ -422,6 +425,10 @@ class Daemon:
         self.log.info("stopping")
         self.health = Health(False, "stopping")
         self.notifier.stopping("stopping")
+        # What the stop may take at most (shutdown_timeout may be set above the unit's TimeoutStopSec).
+        self.notifier.extend_timeout(
+            SUBMIT_DRAIN_TIMEOUT + self.config.dispatch.shutdown_timeout + STOP_MARGIN
+        )
         await self._shutdown()
         self.log.info("stopped")
         return 0
@@ -532,7 +539,7 @@ class Daemon:
         # Outcomes already received still go to the journal: they must not be lost on a clean stop.
         if self.dispatcher is not None and not self._submit_queue.empty():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._submit_queue.join(), timeout=5.0)
+                await asyncio.wait_for(self._submit_queue.join(), timeout=SUBMIT_DRAIN_TIMEOUT)
         await cancel_and_wait(self._tasks)
         self._reject_log.flush(force=True)
         if self.dispatcher is not None:

@@ -53,6 +53,11 @@ class Loaded:
     rules: RuleSet
 
 
+# On stop, beyond the waits trapd.yaml sets (dispatch.shutdown_timeout): closing the journal,
+# the Kea and HTTP clients, reaping. Asked of systemd with EXTEND_TIMEOUT_USEC= after STOPPING=1,
+# so that a shutdown_timeout above the unit's TimeoutStopSec= is honoured, not cut by SIGKILL.
+STOP_MARGIN = 15.0
+
 # A rule file of 100,000 generated rules can hold thousands of warnings: the log gets the
 # first ones and a count, `trapd check` lists them all.
 RULE_WARNINGS_LOGGED = 20

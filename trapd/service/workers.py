@@ -83,6 +83,8 @@ MAX_UNANSWERED = 4
 RELOAD_TIMEOUT = 60.0
 # Beyond dispatch.shutdown_timeout, what a worker gets to stop before it is killed.
 STOP_GRACE = 30.0
+# After that SIGKILL, how long the supervisor waits for it to be gone (then asks again).
+KILL_WAIT = 5.0
 # A worker that stopped answering is sent SIGABRT (faulthandler writes its threads' stacks to
 # stderr, then it dies) and, if still there this many seconds later, SIGKILL.
 ABORT_GRACE = 2.0
@@ -902,6 +904,11 @@ class Supervisor:
         await cancel_and_wait([t for t in self._tasks if t.get_name() == "trapd-supervisor-reload"])
         self.log.info("stopping", workers=sum(1 for s in self.slots if s.alive))
         self.notifier.stopping("stopping")
+        # _stop_workers' longest wait (then SIGKILL and 5 s more): more than TimeoutStopSec allows
+        # when dispatch.shutdown_timeout is set high, and systemd would SIGKILL the unit first.
+        self.notifier.extend_timeout(
+            self.config.dispatch.shutdown_timeout + STOP_GRACE + KILL_WAIT + lifecycle.STOP_MARGIN
+        )
         await self._stop_workers()
         await self._close()
         codes = [s.exit_code for s in self.slots]
@@ -931,7 +938,7 @@ class Supervisor:
                         self.log.error("worker did not stop, killing it", worker=slot.index, pid=slot.pid)
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(slot.pid, signal.SIGKILL)
-                deadline = time.monotonic() + 5.0
+                deadline = time.monotonic() + KILL_WAIT
                 continue
             self._changed.clear()
             self._reap()
