@@ -17,6 +17,7 @@ import struct
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,28 @@ def test_counters_of_dead_workers_stay_in_the_total() -> None:
     retired.retire(snapshot(1))
     assert len(retired.snapshots) == 1  # folded: a worker crashing in a loop does not grow it
     assert retired.with_live([]).received[("v3", "core")] == 4
+
+
+def test_a_dead_workers_shared_journal_verdicts_are_not_kept_with_its_counters() -> None:
+    """A worker that died while another host renewed under this host's journal name, or while the
+    pair's rules differed (a rolling rules update), left those verdicts in the retired counters
+    for the unit's life: /healthz stayed 503 "another trapd is running under this host's
+    dispatch.journal.instance" (or "warning" with the old rule difference) and the gauges
+    trapd_journal_instance_conflict, trapd_pair_kea_differences and trapd_pair_rules_differ
+    stayed up after the other host was fixed, until a restart of the unit."""
+    retired = RetiredCounts()
+    dying = replace(
+        snapshot(1),
+        journal_name_conflict=True,
+        pair_differences=2,
+        pair_rule_differences=("dhcp2: rules differ",),
+    )
+    retired.retire(dying)
+    now = retired.with_live([snapshot(2), DaemonSnapshot()])
+    assert now.received[("v3", "core")] == 3  # its counters stay
+    assert not now.journal_name_conflict
+    assert now.pair_differences == 0
+    assert now.pair_rule_differences == ()
 
 
 # ------------------------------------------------------------------------------ channel

@@ -23,7 +23,10 @@ How each field combines, and why:
 * ``dispatch_backlog`` / ``_bytes``: summed over the live workers (each has its
   own queue before the journal); a gone worker's are not kept (gauges).
 * ``journal_problem``: any live worker's (the journal cannot commit); a gone
-  worker's is not kept: its successor commits or says so itself.
+  worker's is not kept: its successor commits or says so itself. Likewise
+  the verdicts about the other hosts on a shared journal
+  (``journal_name_conflict``, ``pair_differences``, ``pair_rule_differences``):
+  kept, they held /healthz at 503 (or "warning") after the other host was fixed.
 * ``reloads`` / ``last_reload_ok``: the supervisor's own (one SIGHUP is one
   reload of the unit, not N), filled in by the supervisor.
 """
@@ -184,6 +187,9 @@ def _counters_of(snap: DaemonSnapshot) -> DaemonSnapshot:
         journal_problem=None,
         journal_integrity_check_seconds=0.0,
         journal_wal_bytes=0,
+        journal_name_conflict=False,
+        pair_differences=0,
+        pair_rule_differences=(),
     )
 
 
