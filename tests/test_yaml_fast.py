@@ -178,3 +178,39 @@ def test_plain_integers_read_as_the_reference_reads_them() -> None:
         "h": -5,
         "i": [7, 8, "9"],
     }
+
+
+# -- YAML syntax errors say what to do ------------------------------------------------------
+# PyYAML's words ("expected <block end>, but found '<block mapping start>'") name its parser's
+# states; an operator needs the cause. Each common mistake gets a hint, at the same position.
+
+SYNTAX_HINTS = {
+    "tab": ("rules:\n  - name: a\n\tcancel: x\n", (3, 1), "indents with spaces"),
+    "indent": (
+        "rules:\n  - name: a\n    match:\n      notification: linkUp\n     cancel: x\n",
+        (5, 6),
+        "indentation",
+    ),
+    "colon-in-value": (
+        "rules:\n  - name: a\n    description: port down: leases freed\n",
+        (3, 27),
+        "must be quoted",
+    ),
+    "quote-not-closed": ('rules:\n  - name: "a\n    cancel: x\n', (4, 1), "opened at line 2, column 11"),
+    "at-sign": ("rules:\n  - name: a\n    cancel: @x\n", (3, 13), "quote the value"),
+    "bracket-not-closed": ("rules: [{name: a, cancel: x}\n", (2, 1), "opened at line 1, column 8"),
+    "undefined-alias": ("rules: *x\n", (1, 8), "&x"),
+    "no-colon": ("rules:\n  - name: a\n    cancel\n    x: 1\n", (4, 5), "key: value"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYNTAX_HINTS))
+def test_a_yaml_syntax_error_says_what_to_do(case: str) -> None:
+    from trapd.yamlsource import ConfigError, load_yaml
+
+    text, (line, column), hint = SYNTAX_HINTS[case]
+    with pytest.raises(ConfigError) as info:
+        load_yaml(text, "f.yaml")
+    err = info.value
+    assert err.mark is not None and (err.mark.line, err.mark.column) == (line, column), err
+    assert err.message.startswith("YAML syntax: ") and hint in err.message, err

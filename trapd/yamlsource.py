@@ -500,11 +500,44 @@ def load_yaml(text: str, source: str = "<string>") -> Any:
     except yaml.MarkedYAMLError as exc:
         m = exc.problem_mark or exc.context_mark
         msg = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
-        raise ConfigError(f"YAML syntax: {msg}", _mark(source, m) if m else Mark(source, 1, 1)) from exc
+        hint = _syntax_hint(exc)
+        raise ConfigError(
+            f"YAML syntax: {msg}" + (f" ({hint})" if hint else ""),
+            _mark(source, m) if m else Mark(source, 1, 1),
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML: {exc}", Mark(source, 1, 1)) from exc
     finally:
         loader.dispose()
+
+
+def _syntax_hint(exc: yaml.MarkedYAMLError) -> str | None:
+    """What to do about one of the common YAML mistakes, in an operator's words; PyYAML's own
+    ("expected <block end>, but found '<block mapping start>'") name its parser's states."""
+    problem, context = exc.problem or "", exc.context or ""
+    opened = exc.context_mark
+    at = f"line {opened.line + 1}, column {opened.column + 1}" if opened is not None else ""
+    if "'\\t' that cannot start any token" in problem:
+        return "YAML indents with spaces: replace the tab"
+    if "that cannot start any token" in problem:
+        return "a plain value cannot start with this character: quote the value"
+    if "quoted scalar" in context and at:
+        return f"the quote opened at {at} is not closed"
+    if context.startswith("while parsing a flow") and at:
+        return f"the [ or {{ opened at {at} is not closed where expected"
+    if "expected <block end>" in problem:
+        return (
+            "this line's indentation does not line up with the lines above it at its level; "
+            "or a quoted value goes on after its closing quote"
+        )
+    if "mapping values are not allowed here" in problem:
+        return 'a value holding ": " must be quoted: description: "port down: leases freed"'
+    if "could not find expected ':'" in problem:
+        return "each line of a mapping is key: value; a value that goes on to the next line must be quoted"
+    if problem.startswith("found undefined alias"):
+        name = problem.rpartition(" ")[2].strip("'")
+        return f"an alias *{name} needs an anchor &{name} defined before it"
+    return None
 
 
 def _unacceptable(text: str, source: str, exc: yaml.reader.ReaderError) -> ConfigError:
