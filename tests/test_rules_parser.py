@@ -685,3 +685,49 @@ def test_a_numeric_oid_no_snmp_message_can_carry_is_an_error(tmp_path: Path) -> 
     assert any("'ifIndex.4294967296' can never match: sub-identifier 4294967296" in g for g in got), got
     assert any("'3.1.2' can never match: 3.1 cannot begin an OID" in g for g in got), got
     assert not any("unknown MIB symbol" in g for g in got), got
+
+
+@pytest.mark.parametrize(
+    "written,meant",
+    [
+        ("IF-MIB::linkDwn", "IF-MIB::linkDown"),
+        ("linkDwn", "linkDown"),
+        ("IF-MIB::ifIndx", "IF-MIB::ifIndex"),
+        ("IF-MI::linkDown", "IF-MIB::linkDown"),
+        ("ifOperStats.17", "ifOperStatus.17"),
+    ],
+)
+def test_an_unknown_mib_symbol_suggests_the_name_meant(tmp_path: Path, written: str, meant: str) -> None:
+    """A misspelt name was told to "load the MIB that defines it": an operator went looking for a
+    MIB file when a letter was missing."""
+    text = f"""
+        rules:
+          - name: r
+            match: {{notification: linkDown, varbinds: {{"{written}": 1}}}}
+            cancel: x
+        """
+    (line,) = [g for g in errors_of(tmp_path, text) if "unknown MIB symbol" in g]
+    assert f"(did you mean {meant!r}?" in line, line
+
+
+def test_trapd_test_suggests_the_name_meant() -> None:
+    from trapd.rules.compact import CompactError
+
+    with pytest.raises(CompactError, match="did you mean 'IF-MIB::linkDown'"):
+        event("IF-MIB::linkDwn from 10.0.0.1")
+    with pytest.raises(CompactError, match="did you mean 'ifIndex'"):
+        event("linkDown ifIndx=3")
+
+
+def test_close_names_are_looked_for_a_bounded_number_of_times(tmp_path: Path) -> None:
+    """Each look is a scan of the MIB names (milliseconds): a generated file of thousands of rules
+    naming what no loaded MIB defines must still be refused in moments."""
+    from trapd.rules.compile_context import MAX_HINTS
+
+    rules = "".join(
+        f"  - {{name: r{i}, match: {{notification: linkDown, varbinds: {{ifIndx{i}: 1}}}}, cancel: x}}\n"
+        for i in range(MAX_HINTS * 2)
+    )
+    got = [g for g in errors_of(tmp_path, "rules:\n" + rules) if "unknown MIB symbol" in g]
+    assert len(got) == MAX_HINTS * 2
+    assert sum("did you mean 'ifIndex" in g for g in got) == MAX_HINTS, got[:3]

@@ -461,6 +461,37 @@ class MibResolver:
             self._by_symbol = by
         return by
 
+    def close_name(self, name: str) -> str | None:
+        """The known name ``name`` most likely misspells (``IF-MIB::linkDwn`` -> ``IF-MIB::linkDown``,
+        ``IF-MI::linkDown`` -> ``IF-MIB::linkDown``), with its index kept; None if none is close.
+
+        For error messages only (a scan of the names: milliseconds per call).
+        """
+        import difflib
+
+        text = name.strip()
+        mod, sep, rest = text.partition("::")
+        if not sep:
+            mod, rest = "", text
+        sym, dot, idx = rest.partition(".")
+        suffix = f"{dot}{idx}"
+
+        def close(word: str, words: Iterable[str]) -> str | None:
+            near = [w for w in words if abs(len(w) - len(word)) <= 3]
+            hit = difflib.get_close_matches(word, near, n=1, cutoff=0.8)
+            return hit[0] if hit else None
+
+        if not mod:
+            hit = close(sym, self._symbols())
+            return f"{hit}{suffix}" if hit else None
+        in_module = [n.partition("::")[2] for n in self._by_name if n.startswith(f"{mod}::")]
+        if in_module:
+            hit = close(sym, in_module)
+            return f"{mod}::{hit}{suffix}" if hit else None
+        modules = {n.partition("::")[0] for n in self._by_name if n.endswith(f"::{sym}")}
+        other = close(mod, modules)
+        return f"{other}::{sym}{suffix}" if other else None
+
     def definitions(self, symbol: str) -> list[tuple[str, Oid]]:
         """``[(MODULE::symbol, oid), ...]`` when MIBs define ``symbol`` at different OIDs, else [].
 

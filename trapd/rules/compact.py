@@ -31,7 +31,7 @@ from typing import Any
 from trapd import decoders
 from trapd.event import Event, VarBind, new_event_id, oid_str, parse_oid
 from trapd.listener.raw import Oid, RawValue, Security, SnmpType
-from trapd.rules.resolver import SymbolResolver, lookup_name
+from trapd.rules.resolver import SymbolResolver, did_you_mean, lookup_name
 
 RESERVED = frozenset({"version", "community", "user", "context", "kind", "uptime", "id"})
 _NUMERIC_TYPES: dict[str, SnmpType] = {
@@ -55,7 +55,7 @@ def parse_compact(tokens: Sequence[str], resolver: SymbolResolver) -> Event:
     known = decoders.known_names()
     trap_oid = _lookup(tokens[0], resolver, known)
     if trap_oid is None:
-        raise CompactError(f"unknown notification {tokens[0]!r}")
+        raise CompactError(f"unknown notification {tokens[0]!r}{_hint(tokens[0], resolver)}")
     source, port = "127.0.0.1", 162
     fields: dict[str, str] = {}
     pairs: list[tuple[str, str]] = []
@@ -109,6 +109,11 @@ def parse_compact(tokens: Sequence[str], resolver: SymbolResolver) -> Event:
         trap_name=_name(trap_oid, resolver, known)[0],
         varbinds=tuple(varbinds),
     )
+
+
+def _hint(name: str, resolver: SymbolResolver) -> str:
+    hint = did_you_mean(resolver, name)
+    return f" ({hint.strip()})" if hint else ""
 
 
 def _lookup(name: str, resolver: SymbolResolver, known: dict[str, Oid]) -> Oid | None:
@@ -174,7 +179,7 @@ def _varbind(
 ) -> VarBind:
     oid = _lookup(name, resolver, known)
     if oid is None:
-        raise CompactError(f"unknown MIB symbol {name!r}")
+        raise CompactError(f"unknown MIB symbol {name!r}{_hint(name, resolver)}")
     sym = name.partition("::")[2] or name
     explicit = not name[:1].isdigit() and "." in sym
     if not explicit and not name[:1].isdigit():

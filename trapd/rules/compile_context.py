@@ -20,7 +20,7 @@ from trapd.listener.ber import uncarried
 from trapd.listener.raw import Oid
 from trapd.params import ParamError, parse_duration
 from trapd.rules.problems import Problems
-from trapd.rules.resolver import SymbolResolver, lookup_name
+from trapd.rules.resolver import SymbolResolver, did_you_mean, lookup_name
 from trapd.rules.sources import AddressSet, AddressUnion, Net, parse_net
 from trapd.yamlsource import Mark, YDict, YList, where
 
@@ -34,6 +34,9 @@ class RuleScope:
     name: str
     captures: set[str] = field(default_factory=set)
     foreach_kind: str | None = None
+
+
+MAX_HINTS = 50  # distinct unknown MIB names a compile looks for a close name for
 
 
 class CompileContext:
@@ -50,6 +53,10 @@ class CompileContext:
         # of 2 names); the resolver and the known names do not change while compiling.
         self._oid_cache: dict[str, Oid | None] = {}
         self._uncarried: dict[str, str] = {}  # names of OIDs no SNMP message can carry -> why
+        # "did you mean" for unknown names, by name: a scan of the MIB names (ms each), so done
+        # once a name and for the first MAX_HINTS names (100,000 generated rules naming a module
+        # that is not loaded must not take minutes to refuse).
+        self._hints: dict[str, str] = {}
 
     def keys(self, node: YDict, allowed: frozenset[str], what: str) -> None:
         for key in node:
@@ -176,9 +183,13 @@ class CompileContext:
                 f"{what}: {name!r} can never match: {why}, which no SNMP message can carry", mark
             )
             return
+        hint = self._hints.get(name)
+        if hint is None:
+            hint = did_you_mean(self.resolver, name) if len(self._hints) < MAX_HINTS else ""
+            self._hints[name] = hint
         self.problems.error(
-            f"unknown MIB symbol {name!r} in {what} (load the MIB that defines it, see mibs: in trapd.yaml, "
-            "or give the numeric OID)",
+            f"unknown MIB symbol {name!r} in {what} ({hint}{'else ' if hint else ''}load the MIB that "
+            "defines it, see mibs: in trapd.yaml, or give the numeric OID)",
             mark,
         )
 

@@ -77,3 +77,11 @@ def lookup_name(resolver: SymbolResolver, name: str, known: Mapping[str, Oid]) -
         return hit + parse_oid(idx)
     except ValueError:
         return None
+
+
+def did_you_mean(resolver: SymbolResolver, name: str) -> str:
+    """``"did you mean 'IF-MIB::linkDown'? "`` for a misspelt MIB name, or "" (a resolver that
+    cannot tell, a stand-in in tests, says nothing)."""
+    close = getattr(resolver, "close_name", None)
+    hit = close(name) if close is not None else None
+    return f"did you mean {hit!r}? " if hit and hit != name else ""
