@@ -72,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
     gc.disable()
     from trapd.service.options import RunOptions
 
+    _forbid_core_dumps()  # before the configuration, and its secrets, are read
     options = RunOptions.from_args(args)
     config = options.load_or_exit()
     if any(c.on_command_line for c in config.listener.communities):
@@ -88,3 +89,34 @@ def main(args: argparse.Namespace) -> int:
     from trapd.service.daemon import run_daemon
 
     return run_daemon(config, options)
+
+
+_PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+ALLOW_CORE_DUMPS = "TRAPD_ALLOW_CORE_DUMPS"  # =1: leave core dumps to the limit (debugging a crash)
+
+
+def _forbid_core_dumps() -> None:
+    """No core dump of trapd (or of the workers it forks), whatever the core limit it was started
+    with: one holds every community, v3 key and Kea password in clear. The unit sets LimitCORE=0;
+    started otherwise (a shell, a container), a SIGABRT or a crash dumped them into the working
+    directory. Not dumpable, its /proc/PID/environ and mem are also root's alone, not readable by
+    a program of the same user (an exec action's). A program it executes is dumpable again."""
+    import os
+
+    if os.environ.get(ALLOW_CORE_DUMPS) == "1" or not sys.platform.startswith("linux"):
+        return
+    import contextlib
+    import ctypes
+    import resource
+
+    # The unit's system call filter refuses setrlimit (EPERM): LimitCORE=0 did it already.
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    # The limit alone is not enough: a core_pattern pipe (apport, systemd-coredump) gets the dump
+    # whatever it is, and not every helper honours it.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        print(
+            f"trapd run: warning: prctl(PR_SET_DUMPABLE) failed: {os.strerror(ctypes.get_errno())}",
+            file=sys.stderr,
+        )
