@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trapd.secrets import REDACTOR
+
 
 @dataclass(frozen=True)
 class Health:
@@ -23,7 +25,10 @@ class Health:
 
     def to_json(self) -> bytes:
         body = {"status": self.status, "healthy": self.healthy, **self.detail}
-        return json.dumps(body, default=str, sort_keys=True).encode() + b"\n"
+        text = json.dumps(body, default=str, sort_keys=True)
+        # A detail may quote what a server answered (a Kea endpoint's last error), and /healthz is
+        # often served to a monitoring network: the secrets masked, in their forms, as in the log.
+        return (REDACTOR.redact(text) if REDACTOR else text).encode() + b"\n"
 
 
 STARTING = Health(False, "starting")
