@@ -51,8 +51,13 @@ def _ensure_user() -> pwd.struct_passwd:
 class PgServer:
     """One PostgreSQL cluster in a temp dir; ``stop()``/``start()`` for outage tests."""
 
-    def __init__(self, *, fsync: bool = False) -> None:
-        """``fsync``: False for the tests (speed); True for benchmarks (what a real server does)."""
+    def __init__(
+        self, *, fsync: bool = False, netns: str | None = None, listen: tuple[str, ...] = ()
+    ) -> None:
+        """``fsync``: False for the tests (speed); True for benchmarks (what a real server does).
+        ``netns``: the network namespace the server runs in, ``listen``: its TCP addresses there
+        (none: the unix socket only)."""
+        self.netns = netns
         if not (PG_BIN / "initdb").exists():
             pytest.skip(f"PostgreSQL 15 not installed ({PG_BIN}); scripts/setup.sh --test installs it")
         self.user = _ensure_user()
@@ -81,7 +86,7 @@ class PgServer:
             )
             with open(self.data / "postgresql.conf", "a") as f:
                 f.write(
-                    "listen_addresses = ''\n"
+                    f"listen_addresses = '{','.join(listen)}'\n"
                     f"unix_socket_directories = '{self.socket_dir}'\n"
                     f"fsync = {'on' if fsync else 'off'}\n"  # tests: speed over durability across power loss
                     "max_connections = 200\n"
@@ -94,6 +99,8 @@ class PgServer:
 
     def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
         def demote() -> None:
+            if self.netns is not None:
+                _enter_netns(self.netns)
             if os.geteuid() == 0:
                 os.setgid(self.user.pw_gid)
                 os.setgroups([])
@@ -327,3 +334,77 @@ def _ends_transaction(stream: bytes | bytearray) -> bool:
             return True
         at = end
     return False
+
+
+def _enter_netns(name: str) -> None:
+    """This process into a network namespace made with `ip netns add` (Python 3.11 has no os.setns)."""
+    import ctypes
+
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+    finally:
+        os.close(fd)
+
+
+class SplitPg:
+    """A PostgreSQL server in a network namespace of its own, reached over TCP by each host through
+    a veth pair of its own: two routes to one server, so that one host can be cut off while the
+    other still reaches the database (a partition). Cut, the route's link is down on the server's
+    side: the host's open connections hang (their packets are dropped, as on a network that
+    fails) and its new ones fail; healed, the same connections carry on.
+
+    The addresses are in 198.18.0.0/15 (RFC 2544, benchmarking), one /30 per route."""
+
+    def __init__(self, routes: int = 2) -> None:
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            pytest.skip("a network namespace needs root and iproute2")
+        pid = os.getpid()
+        self.ns = f"trapd-split-{pid}"
+        self.routes = routes
+        self._tag = f"tps{pid % 100000}"
+        n = pid % 256
+        self.addrs = [(f"198.18.{n}.{4 * i + 1}", f"198.18.{n}.{4 * i + 2}") for i in range(routes)]
+        subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True)
+        self.server: PgServer | None = None
+        try:
+            self._ns("ip", "link", "set", "lo", "up")
+            for i, (here, there) in enumerate(self.addrs):
+                a, b = f"{self._tag}a{i}", f"{self._tag}b{i}"
+                for argv in (
+                    ["ip", "link", "add", a, "type", "veth", "peer", "name", b],
+                    ["ip", "link", "set", b, "netns", self.ns],
+                    ["ip", "addr", "add", f"{here}/30", "dev", a],
+                    ["ip", "link", "set", a, "up"],
+                ):
+                    subprocess.run(argv, check=True, capture_output=True)
+                self._ns("ip", "addr", "add", f"{there}/30", "dev", b)
+                self._ns("ip", "link", "set", b, "up")
+            self.server = PgServer(netns=self.ns, listen=tuple(there for _, there in self.addrs))
+            with open(self.server.data / "pg_hba.conf", "a") as f:
+                f.write("host all all 198.18.0.0/15 trust\n")
+            self.server.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _ns(self, *argv: str) -> None:
+        subprocess.run(["ip", "netns", "exec", self.ns, *argv], check=True, capture_output=True)
+
+    def url(self, dbname: str, route: int) -> str:
+        """The database over TCP through route ``route``."""
+        return f"postgresql://{SUPERUSER}@{self.addrs[route][1]}:5432/{dbname}"
+
+    def cut(self, route: int) -> None:
+        self._ns("ip", "link", "set", f"{self._tag}b{route}", "down")
+
+    def heal(self, route: int) -> None:
+        self._ns("ip", "link", "set", f"{self._tag}b{route}", "up")
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.remove()
+        for i in range(self.routes):
+            subprocess.run(["ip", "link", "del", f"{self._tag}a{i}"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)

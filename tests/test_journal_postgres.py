@@ -1101,3 +1101,21 @@ async def test_close_ends_a_lease_loop_that_lost_its_cancel(pg_url: str) -> None
     assert lost == [1], "the renewal did not drop a cancel: the test set up nothing"
     assert closing.done(), "close() still waits for the lease loop"
     closing.result()
+
+
+def test_tcp_timeouts_follow_the_lease_unless_the_url_sets_them() -> None:
+    """A partition must show within about a renewal interval (tests/test_pair.py, the cut-off
+    host): TCP keepalives and user timeout of a third of the lease, at most 10 s; a url (or
+    key/value string) that sets one keeps its own."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from trapd.dispatch.journal.postgres import _network_timeouts
+
+    got = conninfo_to_dict(_network_timeouts("postgresql://trapd@db.example.net/trapd", 30.0))
+    assert (got["tcp_user_timeout"], got["keepalives_idle"], got["keepalives"]) == ("10000", "10", "1")
+    assert (
+        conninfo_to_dict(_network_timeouts("host=/run/postgresql dbname=t", 3.0))["tcp_user_timeout"]
+        == "1000"
+    )
+    own = conninfo_to_dict(_network_timeouts("postgresql://h/t?tcp_user_timeout=60000&keepalives=0", 30.0))
+    assert (own["tcp_user_timeout"], own["keepalives"], own["keepalives_idle"]) == ("60000", "0", "10")

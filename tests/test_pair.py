@@ -16,18 +16,19 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 import pytest
 import yaml
 from daemon_harness import IF_INDEX, LINK_DOWN, REPO, TrapdDaemon, link_down
 from listen_harness import needs_netsnmp, snmp_send
-from pg_harness import PgServer
+from pg_harness import PgServer, SplitPg
 
 from trapd.dispatch.journal.postgres import SCHEMA_VERSION
 
@@ -575,5 +576,73 @@ def test_hosts_that_load_other_rules_say_so_until_they_agree(tmp_path: Path, pg_
             assert status == 200 and body["status"] == "ok" and "rules" not in body, body
         assert len(a.logs(event)) == 1 and len(b.logs(event)) == 1  # once, not at every renewal
     finally:
+        for d in hosts:
+            d.stop()
+
+
+@pytest.fixture
+def split_pg() -> Iterator[SplitPg]:
+    split = SplitPg()
+    try:
+        yield split
+    finally:
+        split.close()
+
+
+def test_a_host_cut_off_from_the_database_says_so_and_runs_nothing_twice(
+    tmp_path: Path, split_pg: SplitPg
+) -> None:
+    """A partition: dhcp1 loses its route to PostgreSQL (its packets dropped, as on a network
+    that fails: its open connections hang), dhcp2 keeps it. dhcp1 must notice (503, STATUS),
+    its running action is taken over by dhcp2 (held: exec is not idempotent), and when its route
+    comes back it runs nothing a second time. On the old code dhcp1's statements waited for an
+    answer on its dead connections for as long as the kernel retransmits (about 15 minutes):
+    /healthz said ok 30 s into the partition."""
+    assert split_pg.server is not None
+    db = split_pg.server.new_database()
+    name = urlsplit(db).path.lstrip("/")
+    out = tmp_path / "marks"
+    rules = PAIR_RULES.format(marks=out, seconds=4)
+    hosts = []
+    for i, host in enumerate(("dhcp1", "dhcp2")):
+        config = pg_config(split_pg.url(name, i), host, lease="3s", poll_interval="200ms")
+        config["dispatch"]["interrupted"] = "hold-unsafe"
+        hosts.append(TrapdDaemon.start(tmp_path / host, rules=rules, config=config, timeout=60))
+    a, b = hosts
+    try:
+        for i in (1, 2, 3, 4):
+            for d in (a, b):
+                assert send(d, i, 400_000 + i) == 0
+
+        def running_on_a() -> bool:
+            with psycopg.connect(db) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM trapd_actions WHERE state = 'running' AND owner = 'dhcp1'"
+                ).fetchone()
+            return row is not None and row[0] > 0
+
+        wait_for(running_on_a, what="dhcp1 running an action")
+        cut_at = time.monotonic()
+        split_pg.cut(0)
+        wait_for(lambda: a.healthz()[0] == 503, timeout=30, what="dhcp1 saying the journal is unavailable")
+        noticed = time.monotonic() - cut_at
+        # dhcp2 takes over what dhcp1 was running (held) and runs the rest.
+        wait_for(
+            lambda: (s := states(db))["running"] + s["pending"] + s["failed"] == 0 and s["held"] >= 1,
+            timeout=90,
+            what="dhcp2 finished or held everything",
+        )
+        split_pg.heal(0)
+        wait_for(lambda: a.healthz()[0] == 200, timeout=60, what="dhcp1 healthy again")
+        for i in (5, 6):  # and both act once on what comes after
+            for d in (b, a):
+                assert send(d, i, 400_000 + i) == 0
+        wait_for(lambda: lines(out)["end 6"] == 1 and lines(out)["end 5"] == 1, what="the later actions")
+        time.sleep(2)  # anything run again would have started by now
+        m = lines(out)
+        assert all(m[f"start {i}"] == 1 for i in range(1, 7)), m
+        assert noticed < 15, noticed  # 3.2 s measured (lease 3 s: a TCP user timeout of 1 s)
+    finally:
+        split_pg.heal(0)
         for d in hosts:
             d.stop()

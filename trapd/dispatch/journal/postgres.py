@@ -1716,6 +1716,31 @@ class _Op:
     notify: bool  # other hosts may have to act on it: NOTIFY in its transaction
 
 
+def _network_timeouts(conninfo: str, lease: float) -> str:
+    """``conninfo`` with TCP keepalives and a TCP user timeout of a third of ``lease`` (at most
+    10 s), unless it sets them itself.
+
+    A host cut off from the database by the network (a partition: its packets dropped, no reset)
+    kept its open connections, and a statement sent on one waited for an answer until the
+    kernel gave up retransmitting (about 15 minutes): /healthz said ok, STATUS nothing, the
+    lease renewal hung, while the other host took this one's claims over. With these the
+    connection fails once its data goes unacknowledged that long (an idle one: its keepalives),
+    so the journal says it is unavailable within about a renewal interval, and reconnects when
+    the network is back. libpq ignores them on a unix socket, which no network can cut.
+    """
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    bound = max(1, int(min(lease / 3, 10.0)))
+    defaults = {
+        "keepalives": "1",
+        "keepalives_idle": str(bound),
+        "keepalives_interval": str(bound),
+        "keepalives_count": "3",
+        "tcp_user_timeout": str(bound * 1000),  # milliseconds
+    }
+    extra = {k: v for k, v in defaults.items() if k not in params}
+    return psycopg.conninfo.make_conninfo(conninfo, **extra) if extra else conninfo
+
+
 class PostgresJournal:
     """The shared journal on PostgreSQL: several trapd hosts, one queue, each action once."""
 
@@ -1737,7 +1762,7 @@ class PostgresJournal:
         worker's name under it (``service.workers``), recorded as ``INSTANCE/OWNER``.
         ``lease``: seconds a claim holds without renewal before another host may take it over.
         """
-        self.conninfo = conninfo
+        self.conninfo = _network_timeouts(conninfo, lease)
         self.instance = instance or socket.gethostname()
         self._owner = f"{self.instance}/{owner}" if owner else self.instance
         self.max_batch = max_batch
