@@ -572,9 +572,11 @@ def test_unwritable_cache_still_loads(tmp_path: Path) -> None:
     assert any("cache" in p.message for p in r.problems)
 
 
-def test_missing_directory_is_no_problem(tmp_path: Path) -> None:
+def test_missing_directory_is_a_problem_not_a_failure(tmp_path: Path) -> None:
     r = MibResolver.load(MibConfig(dirs=(tmp_path / "nope",)))
-    assert r.problems == []
+    assert [p.message for p in r.problems] == [
+        f"{tmp_path / 'nope'}: cannot read this MIB directory: No such file or directory"
+    ]
     assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())
 
 
@@ -1759,3 +1761,31 @@ def test_oid_definitions_in_a_cycle_fail_their_modules_only(tmp_path: Path, file
     assert "cycle" in a.message and "A-MIB::aNode" in a.message, a
     assert len(r.problems) == len(files), r.problems
     assert r.lookup("aNode") is None
+
+
+def test_a_mib_directory_that_cannot_be_listed_is_a_problem(tmp_path: Path) -> None:
+    """A mibs.dirs entry that does not exist (a typo), is a file, or cannot be read (trapd's user
+    may not list it) was skipped without a word: no site MIB loaded, no problem, and `trapd mibs
+    compile --strict` exited 0. Each is a problem now, news at every start (the daemon warns)."""
+    good = tmp_path / "mibs"
+    good.mkdir()
+    (good / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    missing, a_file = tmp_path / "mbis", tmp_path / "vendor.my"
+    a_file.write_text("x", encoding="utf-8")
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second load is from the cache: the problems are there again
+        r = MibResolver.load(MibConfig(dirs=(good, missing, a_file), cache_dir=cache))
+        assert r.lookup("trapdMacNotification") is not None, r.problems
+        text = [str(p) for p in r.problems]
+        assert text == [
+            f"{missing}: cannot read this MIB directory: No such file or directory",
+            f"{a_file}: cannot read this MIB directory: Not a directory",
+        ], text
+        assert r.problems_are_new
+    r = MibResolver.load(MibConfig(dirs=(missing,), cache_dir=cache))
+    assert [str(p) for p in r.problems] == [text[0]]
+    argv = ["mibs", "compile", "--dir", str(missing), "--cache-dir", str(cache), "--strict"]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    cmd = [sys.executable, "-m", "trapd", *argv]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1 and "cannot read this MIB directory" in out.stdout, out

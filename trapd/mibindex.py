@@ -421,6 +421,22 @@ def source_files(dirs: Iterable[Path]) -> list[Path]:
     return out
 
 
+def unreadable_dirs(dirs: Iterable[Path]) -> list[MibProblem]:
+    """A problem for each directory :func:`source_files` cannot list (missing, not a directory, no access).
+
+    source_files skips them (a start must not fail for one), so this is where an
+    operator learns that a ``mibs.dirs`` entry is a typo or closed to trapd's user.
+    """
+    out: list[MibProblem] = []
+    for d in dirs:
+        try:
+            with os.scandir(d):
+                pass
+        except OSError as exc:
+            out.append(MibProblem(f"{d}: cannot read this MIB directory: {exc.strerror or exc}"))
+    return out
+
+
 def _candidate(entry: os.DirEntry[str]) -> bool:
     try:
         if entry.is_file():

@@ -59,7 +59,7 @@ from trapd.listener.raw import Oid
 
 # mibcompile needs these too: kept in mibindex (which imports nothing of trapd), not here,
 # so that mibs -> mibcompile is the only arrow between the two.
-from trapd.mibindex import SHIPPED_INDEX, MibProblem, source_files
+from trapd.mibindex import SHIPPED_INDEX, MibProblem, source_files, unreadable_dirs
 from trapd.statedir import leave_to_state_owner
 from trapd.yamlsource import ConfigError, check_keys, expect, where
 
@@ -244,6 +244,11 @@ class MibResolver:
                 r.add_index(shipped, SHIPPED_INDEX.name)
             complete = shipped is not None
             if dirs:
+                # News at every start, as a failed compile: the site's names are missing until fixed.
+                unlisted = unreadable_dirs(dirs)
+                r.problems += unlisted
+                r.problems_are_new = r.problems_are_new or bool(unlisted)
+                complete = complete and not unlisted  # no snapshot: it would make them old news
                 site = load_site_index(dirs, cache, shipped, in_process=compile_in_process, progress=progress)
                 r.problems += site.problems
                 # A compile that failed is news at every start: the site's names are missing until fixed.
