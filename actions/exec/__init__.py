@@ -23,7 +23,7 @@ Environment: a clean one, not trapd's: ``PATH``, ``LANG=C.UTF-8``, then
 each varbind (its display text; symbol upper-cased, other characters as
 ``_``; ``TRAPD_VB_IFINDEX=17``). NUL bytes, which an environment cannot
 hold, become ``\\0``. Settings in trapd.yaml (``actions: {exec: {...}}``):
-``path`` (PATH given to programs), ``env`` (variables for every call),
+``path`` (PATH given to programs, also with ``inherit_env``), ``env`` (variables for every call),
 ``inherit_env: true`` (start from trapd's environment instead).
 
 Example::
@@ -199,7 +199,9 @@ def build_env(ctx: ActionContext, extra: Mapping[str, Any]) -> dict[str, str]:
     """The program's environment: clean base, TRAPD_* from the event, then site and call extras."""
     settings = ctx.settings or {}
     env: dict[str, str] = dict(os.environ) if settings.get("inherit_env") else {}
-    env.setdefault("PATH", str(settings.get("path") or DEFAULT_PATH))
+    if settings.get("path"):  # set: it is the programs' PATH, inherited environment or not
+        env["PATH"] = str(settings["path"])
+    env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("LANG", "C.UTF-8")
     env.update(event_env(ctx.event))
     env.update(

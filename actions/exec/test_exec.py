@@ -270,3 +270,21 @@ async def test_a_cancel_while_the_program_starts_kills_its_group_at_once(
     while not _gone(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert _gone(pid)
+
+
+async def test_the_path_setting_applies_with_an_inherited_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # inherit_env: true and path: /site/bin: the programs got trapd's PATH, the setting was dropped.
+    from trapd.testing import run_action
+
+    monkeypatch.setenv("PATH", "/trapd/own/path:" + os.environ["PATH"])
+    code = "import os; print(os.environ['PATH'])"
+    run = await run_action(
+        exec_,
+        {"argv": [sys.executable, "-c", code]},
+        settings={"inherit_env": True, "path": "/site/bin:/usr/bin"},
+    )
+    assert run.result is not None and run.result["stdout"] == "/site/bin:/usr/bin\n"
+    run = await run_action(exec_, {"argv": [sys.executable, "-c", code]}, settings={"inherit_env": True})
+    assert run.result is not None and run.result["stdout"].startswith("/trapd/own/path:")  # none set: trapd's
