@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from trapd.cancelling import cancel_and_wait
+from trapd.dispatch.blocking import stepped
 from trapd.dispatch.breaker import Breaker
 from trapd.dispatch.config import INTERRUPTED, DispatchConfig
 from trapd.dispatch.journal import (
@@ -1045,7 +1046,9 @@ class Dispatcher:
             # In this task, not a task of its own (wait_for): three turns of the event loop fewer
             # per action, which is what the dispatcher lacks when a storm takes most turns.
             async with asyncio.timeout(self.config.action_timeout):
-                result = checked_result(spec.name, await spec.run(params, ctx))
+                result = checked_result(
+                    spec.name, await stepped(spec.run(params, ctx), functools.partial(self._blocked, job))
+                )
         except PermanentError as exc:
             answered = _breaker_key(exc)
             if answered is not None:
@@ -1076,6 +1079,16 @@ class Dispatcher:
             if endpoint is not None:
                 await self._answered_async(endpoint)
             self._done_blocking(job.key)
+
+    def _blocked(self, job: _Job, seconds: float) -> None:
+        """The action held the event loop ``seconds`` in one go (trapd.dispatch.blocking)."""
+        self._failure_log.warning(
+            (job.action, "blocked"),
+            "action blocked the event loop",
+            **_job_fields(job),
+            seconds=round(seconds, 3),
+            hint="a blocking call in an async action holds every trap meanwhile: asyncio.to_thread(...)",
+        )
 
     async def _record(self, job: _Job, partial: Any) -> None:
         """ActionContext.record: journaled (committed) before the action goes on."""
