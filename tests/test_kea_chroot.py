@@ -322,3 +322,26 @@ async def test_tls_on_the_daemon_socket_and_the_agent(chroot_kea: KeaInstance) -
         shutil.rmtree(chroot_kea.chroot / workdir.relative_to("/"), ignore_errors=True)
         shutil.rmtree(chroot_kea.chroot / tls_dir.relative_to("/"), ignore_errors=True)
         shutil.rmtree(tls_dir, ignore_errors=True)
+
+
+async def test_dhcp_disable_max_period_kea_cannot_keep_is_refused(
+    chroot_kea: KeaInstance, ctx: ActionContext
+) -> None:
+    """Kea keeps max-period as a 32-bit count of milliseconds: it answers "disabled for 4294968
+    seconds" and is enabled again 0.7 s later (4294968000 mod 2**32 ms); 50 days became 7 hours.
+    Measured on 2.6.3 and 3.0.4 (dhcp-state) and answered the same by 2.2. trapd refuses a
+    max-period over 4294967 s (49 days 17 h) when the rule is read; that one holds."""
+    from trapd.params import ParamError
+
+    spec = ACTIONS["kea.dhcp-disable"]
+    for too_long in ("4294968s", "50d"):
+        with pytest.raises(ParamError, match="max-period"):
+            validate(spec.params, {"max-period": too_long})
+    await run("kea.dhcp-disable", ctx, **{"max-period": "4294967s"})
+    try:
+        deadline = time.monotonic() + 1.5  # past the 0.7 s a wrapped period would have left
+        while time.monotonic() < deadline:
+            assert chroot_kea.cmd4("status-get")["arguments"]["dhcp-state"]["globally-disabled"] is True
+            time.sleep(0.1)
+    finally:
+        await run("kea.dhcp-enable", ctx)

@@ -235,12 +235,17 @@ def _hex_octets(value: Any, what: str) -> bytes:
     return bytes.fromhex(h)
 
 
+def _number(v: float) -> str:
+    """A bound or value as errors say it: whole numbers in full (:g wrote 4294967 as 4.29497e+06)."""
+    return str(int(v)) if float(v).is_integer() else f"{v:.15g}"
+
+
 def _check_bounds(name: str, p: Param, value: float, shown: str, unit: str = "") -> None:
     """``p.min`` <= value <= ``p.max`` for integer and duration; ``shown``: the value as errors say it."""
     if p.min is not None and value < p.min:
-        raise ParamError(f"{name}: {shown} is below the minimum {p.min:g}{unit}")
+        raise ParamError(f"{name}: {shown} is below the minimum {_number(p.min)}{unit}")
     if p.max is not None and value > p.max:
-        raise ParamError(f"{name}: {shown} is above the maximum {p.max:g}{unit}")
+        raise ParamError(f"{name}: {shown} is above the maximum {_number(p.max)}{unit}")
 
 
 def convert(p: Param, value: Any, name: str = "value") -> Any:
@@ -319,7 +324,7 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
             seconds = parse_duration(value)
         except ParamError as exc:
             raise ParamError(f"{name}: {exc}") from None
-        _check_bounds(name, p, seconds, f"{seconds:g}s", unit="s")
+        _check_bounds(name, p, seconds, f"{_number(seconds)}s", unit="s")
         return seconds
     if t == "list":
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):

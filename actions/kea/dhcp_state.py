@@ -20,6 +20,10 @@ ORIGIN_NAMES = {1: "user", 2000: "ha-partner"}
 # origin does not clear another (kea-2.2-facts.md §7, kea-2.6-3.0-facts.md §7).
 USER_ORIGIN = 1
 
+# Kea (2.2 to 3.0) keeps max-period as a 32-bit count of milliseconds: it answers "disabled for
+# 4294968 seconds" and enables again 0.7 s later (4294968000 mod 2**32 ms); 50 days became 7 hours.
+MAX_PERIOD = (2**32 - 1) // 1000
+
 ORIGIN = Param(
     "integer",
     "who disables/enables: 1 = user (default; Kea HA never overrides it); 2000+N = HA service N "
@@ -50,10 +54,11 @@ async def origin_args(kea: KeaClient, origin_id: int) -> dict[str, Any]:
         "peer": PEER,
         "max-period": Param(
             "duration",
-            "re-enable automatically after this long (required; whole seconds, rounded up)",
+            "re-enable automatically after this long (required; whole seconds, rounded up; at most "
+            "4294967 s, 49 days 17 h: Kea's limit)",
             required=True,
             min=0.001,
-            max=4294967295,
+            max=MAX_PERIOD,
         ),
         "origin-id": ORIGIN,
     },
