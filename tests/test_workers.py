@@ -581,9 +581,11 @@ def test_a_worker_whose_loop_is_blocked_is_replaced_with_its_stack_in_the_log(tm
     thread) stopped answering the supervisor, which only withheld WATCHDOG=1: systemd then
     killed and restarted the whole unit (every worker, their running actions) 15 to 45 s later,
     and without a systemd watchdog (a drop-in with WatchdogSec=0, a container) the worker stayed
-    stuck for ever, its share of the traps lost. The supervisor now replaces it itself: SIGABRT,
-    whose handler (faulthandler) writes where each thread was stuck to stderr (the journal),
-    then a restart like any other death; the other worker and the pings go on."""
+    stuck for ever, its share of the traps lost. The supervisor now replaces it itself: SIGUSR2,
+    on which faulthandler writes where each thread was stuck to stderr (the journal), then
+    SIGKILL, then a restart like any other death; the other worker and the pings go on. Not
+    SIGABRT (as first done): outside the unit's LimitCORE=0 that dumps a core, which holds
+    every secret trapd loaded, in clear."""
     prelude = "import signal, time\nsignal.signal(signal.SIGUSR1, lambda *a: time.sleep(3600))"
     d = start_wrapped(tmp_path, prelude, TWO, watchdog_usec=2_000_000)
     try:
@@ -596,7 +598,7 @@ def test_a_worker_whose_loop_is_blocked_is_replaced_with_its_stack_in_the_log(tm
         (line,) = d.logs("worker stuck, replacing it")
         assert line["worker"] == 1 and line["pid"] == stuck and line["silent_for"] >= 1.5, line
         (died,) = d.logs("worker died, restarting it")
-        assert died["exit"] == "signal 6", died
+        assert died["exit"] == "signal 9", died
         raw = [e["raw"] for e in d.log if "raw" in e]
         assert any("in <lambda>" in r for r in raw), raw[-20:]  # faulthandler's stack of the stuck thread
 
@@ -612,9 +614,9 @@ def test_a_worker_whose_loop_is_blocked_is_replaced_with_its_stack_in_the_log(tm
 
 
 def test_a_stopped_worker_is_killed_and_replaced_and_shows_in_healthz_meanwhile(tmp_path: Path) -> None:
-    """A worker that cannot even take SIGABRT (SIGSTOP here; as good as stuck in the kernel) gets
-    SIGKILL after ABORT_GRACE; /healthz says "replacing" while it is, without a watchdog too."""
-    prelude = "import trapd.service.workers as w\nw.ABORT_GRACE = 5.0"
+    """A worker that cannot even write its stack (SIGSTOP here; as good as stuck in the kernel)
+    gets SIGKILL all the same; /healthz says "replacing" meanwhile, without a watchdog too."""
+    prelude = "import trapd.service.workers as w\nw.STACK_GRACE = 5.0"
     d = start_wrapped(tmp_path, prelude, {"service": {"workers": 2, "status_interval": 0.5}}, None)
     try:
         stuck = worker_pids(d)[1]

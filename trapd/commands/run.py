@@ -63,8 +63,8 @@ def main(args: argparse.Namespace) -> int:
     import faulthandler
     import gc
 
-    # A fatal signal (SIGSEGV in an extension, SIGABRT from systemd's watchdog or from the
-    # supervisor to a stuck worker) writes every thread's Python stack to stderr: the journal.
+    # A fatal signal (SIGSEGV in an extension, SIGABRT from systemd's watchdog) writes every
+    # thread's Python stack to stderr: the journal.
     # Without a usable stderr (closed, not a file) there is nowhere to write a stack.
     with contextlib.suppress(RuntimeError, ValueError, OSError):
         faulthandler.enable(all_threads=True)

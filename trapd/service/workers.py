@@ -23,8 +23,8 @@ Python on one core. With N > 1, ``trapd run`` becomes a small supervisor:
    speaks for the unit to systemd: READY=1 once every worker is ready,
    STATUS=, WATCHDOG=1, RELOADING=1; a reload (checked here first) and SIGTERM
    are passed on;
-6. a worker that stops answering (its loop stuck) is killed (SIGABRT, which
-   writes its stacks to stderr, then SIGKILL) and, like a worker that dies
+6. a worker that stops answering (its loop stuck) is killed (SIGUSR2, on which
+   it writes its stacks to stderr, then SIGKILL) and, like a worker that dies
    unexpectedly, restarted with a backoff; more than
    :data:`MAX_RESTARTS` in :data:`RESTART_WINDOW` seconds for one worker and
    the supervisor stops everything and exits 1 (systemd's Restart= decides).
@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import gc
 import os
 import signal
@@ -85,9 +86,11 @@ RELOAD_TIMEOUT = 60.0
 STOP_GRACE = 30.0
 # After that SIGKILL, how long the supervisor waits for it to be gone (then asks again).
 KILL_WAIT = 5.0
-# A worker that stopped answering is sent SIGABRT (faulthandler writes its threads' stacks to
-# stderr, then it dies) and, if still there this many seconds later, SIGKILL.
-ABORT_GRACE = 2.0
+# A worker that stopped answering is sent STACK_SIGNAL (faulthandler writes its threads' stacks
+# to stderr), and SIGKILL this many seconds later. Not SIGABRT: outside the unit's LimitCORE=0
+# that dumps a core, which holds every community, v3 key and Kea password in clear.
+STACK_SIGNAL = signal.SIGUSR2
+STACK_GRACE = 1.0
 # After SIGKILL, how long it may take to go before the supervisor counts it as stuck for good and
 # withholds WATCHDOG=1 (a process in uninterruptible sleep outlives SIGKILL: systemd's turn).
 KILL_GRACE = 5.0
@@ -285,7 +288,7 @@ class WorkerSlot:
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     reload_result: asyncio.Future[tuple[bool, str | None]] | None = None
     restart_handle: asyncio.TimerHandle | None = None
-    stuck_since: float | None = None  # when the supervisor began replacing it (SIGABRT sent)
+    stuck_since: float | None = None  # when the supervisor began replacing it (STACK_SIGNAL sent)
     killed: bool = False  # SIGKILL sent too
 
     @property
@@ -448,6 +451,9 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            with contextlib.suppress(RuntimeError, ValueError, OSError):  # no usable stderr
+                # Where each thread is, to stderr, when the supervisor finds this worker stuck.
+                faulthandler.register(STACK_SIGNAL, all_threads=True)
             self._close_supervisor_fds(slot)
             for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"):
                 os.environ.pop(key, None)  # the supervisor speaks for the unit; action programs see neither
@@ -737,7 +743,7 @@ class Supervisor:
             if slot.alive:
                 if now - slot.last_reply > stale:
                     replacing = slot.stuck_since is not None and now - slot.stuck_since <= (
-                        ABORT_GRACE + KILL_GRACE
+                        STACK_GRACE + KILL_GRACE
                     )
                     states[slot.index] = "replacing" if replacing else "unresponsive"
                 else:
@@ -764,13 +770,13 @@ class Supervisor:
         return all(st in ok for st in self._worker_states().values())
 
     def _replace_stuck(self) -> None:
-        """SIGABRT to a worker silent for longer than :meth:`_stale_after`, SIGKILL if it is still
-        there :data:`ABORT_GRACE` later; its death is then handled as any other (a restart).
+        """STACK_SIGNAL to a worker silent for longer than :meth:`_stale_after`, SIGKILL
+        :data:`STACK_GRACE` later; its death is then handled as any other (a restart).
 
         Before, a stuck worker only withheld WATCHDOG=1: systemd then restarted the whole unit
         (every worker and its running actions), and without a systemd watchdog it stayed stuck,
-        its share of the traps waiting in its socket for ever. SIGABRT first, because the
-        faulthandler of `trapd run` then writes where each of its threads was to stderr.
+        its share of the traps waiting in its socket for ever. STACK_SIGNAL first: the worker's
+        faulthandler then writes where each of its threads was to stderr.
         """
         if self._state != "running":
             return
@@ -787,8 +793,8 @@ class Supervisor:
                     silent_for=round(now - slot.last_reply, 1),
                 )
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGABRT)
-            elif not slot.killed and now - slot.stuck_since >= ABORT_GRACE:
+                    os.kill(slot.pid, STACK_SIGNAL)
+            elif not slot.killed and now - slot.stuck_since >= STACK_GRACE:
                 slot.killed = True
                 self.log.error("stuck worker still there, killing it", worker=slot.index, pid=slot.pid)
                 with contextlib.suppress(ProcessLookupError):
