@@ -5,9 +5,11 @@ and trapd's collector reads plain dicts that the event loop mutates without
 locks (see :mod:`trapd.service.metrics`); iterating one from another thread
 while a new key is added raises "dictionary changed size during iteration".
 Serving on the loop makes every scrape see a consistent state for free, and
-/healthz then also proves the loop is alive. The price is that rendering runs
-on the loop: about a millisecond for trapd's few hundred series, every 15 s
-or so, which the socket buffer (thousands of traps) absorbs easily.
+/healthz then also proves the loop is alive. The counters are copied on the
+loop (``prepare``: the collector's snapshot); the text is rendered from that
+copy in a thread, one scrape at a time. That is about a millisecond for a
+few hundred series, but a second for 100,000 rules that each matched once,
+which on the loop stopped the receive path at every scrape.
 
 The server is deliberately tiny: HTTP/1.1 GET and HEAD, one request per
 connection, small request size and time limits, a cap on concurrent
@@ -70,8 +72,12 @@ class MetricsServer:
         max_connections: int = 16,
         request_timeout: float = 5.0,
         refresh: Callable[[], Awaitable[None]] | None = None,
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         self._refresh = refresh
+        # Run on the loop before /metrics is rendered in a thread: copies what the collectors read.
+        self._prepare = prepare
+        self._rendering = asyncio.Lock()  # one rendering thread at a time, however many scrapes
         self._refreshing: asyncio.Future[None] | None = None
         self._registry = registry
         self._health = health
@@ -145,7 +151,10 @@ class MetricsServer:
             request = _parse(head)
             if request is not None and request.method in ("GET", "HEAD") and request.path in _REFRESHED:
                 await self._refreshed()
-            status, ctype, body, head_only = self._respond(request)
+            if request is not None and request.method in ("GET", "HEAD") and request.path == "/metrics":
+                status, ctype, body, head_only = await self._metrics(request)
+            else:
+                status, ctype, body, head_only = self._respond(request)
             # drain() then returns only once all of it is in the kernel, so close() never waits.
             writer.transport.set_write_buffer_limits(high=0)
             writer.write(
@@ -193,20 +202,27 @@ class MetricsServer:
         finally:
             self._refreshing = None
 
+    async def _metrics(self, request: _Request) -> tuple[int, str, bytes, bool]:
+        """/metrics: the counters copied here on the loop, the text rendered in a thread."""
+        head_only = request.method == "HEAD"
+        try:
+            encoder, ctype = choose_encoder(request.headers.get("accept", ""))
+            async with self._rendering:
+                if self._prepare is not None:
+                    self._prepare()
+                body = await asyncio.to_thread(encoder, self._registry)
+            return 200, ctype, body, head_only
+        except Exception:
+            log.exception("metrics collection failed")
+            return 500, "text/plain", b"metrics collection failed\n", head_only
+
     def _respond(self, request: _Request | None) -> tuple[int, str, bytes, bool]:
         if request is None:
             return 400, "text/plain", b"bad request\n", False
-        method, path, headers = request.method, request.path, request.headers
+        method, path = request.method, request.path
         head_only = method == "HEAD"
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET and HEAD\n", False
-        if path == "/metrics":
-            try:
-                encoder, ctype = choose_encoder(headers.get("accept", ""))
-                return 200, ctype, encoder(self._registry), head_only
-            except Exception:
-                log.exception("metrics collection failed")
-                return 500, "text/plain", b"metrics collection failed\n", head_only
         if path == "/healthz":
             try:
                 health = self._health() if self._health is not None else Health(True)

@@ -340,6 +340,8 @@ async def start_metrics(
     from trapd.service.metrics import TrapdCollector, build_registry
 
     collector = TrapdCollector(snapshot, sockets)
-    server = MetricsServer(build_registry(collector), health, listen.host, listen.port, refresh=refresh)
+    server = MetricsServer(
+        build_registry(collector), health, listen.host, listen.port, refresh=refresh, prepare=collector.take
+    )
     await server.start()
     return server

@@ -103,7 +103,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prometheus_client.core import (
@@ -254,13 +254,28 @@ class TrapdCollector:
         self._sockets = sockets
         self._proc_net = proc_net
         self._udp_base = read_kernel_drops(proc_net)
+        self._taken: DaemonSnapshot | None = None
 
     def describe(self) -> list[Metric]:
         # Empty: registering the collector must not take a snapshot.
         return []
 
-    def collect(self) -> Iterator[Metric]:
+    def take(self) -> None:
+        """On the event loop: take the snapshot the next :meth:`collect` reports, so that the
+        rendering may run in another thread (the counters it reads are then copies, not the
+        dicts the loop changes). The dispatcher's latency histogram is copied here too."""
         snap = self._snapshot()
+        hist = snap.action_latency
+        if hist is not None:
+            copy = Histogram(hist.buckets)
+            copy.counts, copy.sum, copy.count = list(hist.counts), hist.sum, hist.count
+            snap = replace(snap, action_latency=copy)
+        self._taken = snap
+
+    def collect(self) -> Iterator[Metric]:
+        snap, self._taken = self._taken, None
+        if snap is None:
+            snap = self._snapshot()
         yield from self._flow(snap)
         yield from self._kernel()
         yield from self._state(snap)
