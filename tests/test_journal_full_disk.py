@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -199,3 +200,36 @@ def test_a_statement_that_meets_the_full_disk_fails_as_a_journal_error_saying_so
             assert done.states == ["pending"]
 
     asyncio.run(run())
+
+
+def test_a_start_on_a_full_disk_says_the_disk_is_full_not_that_the_journal_is_damaged(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    """trapd started while the file system holding its journal is full: SQLite cannot make the
+    journal's -shm file, and the start-up check failed with 'disk I/O error', which trapd took
+    for damage: 'the journal ... is damaged ... To recover, move it aside ... and start trapd
+    again for a new, empty journal', advice that leaves the waiting actions behind in a sound
+    file. It must say the disk is full, and start on the same journal once there is room."""
+    state = small_fs / "state"
+    d = TrapdDaemon.start(tmp_path / "w", rules=RULES, config={"state_dir": str(state)})
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 1))
+        assert d.wait_metric("trapd_actions_total", 1, timeout=30, plugin="log", outcome="done") >= 1
+        assert d.stop() == 0
+        filler = fill(small_fs)
+        d.launch()
+        assert d.wait_exit(30) == 1
+        (failed,) = d.logs("start-up failed")
+        assert "full" in failed["error"] and "is damaged" not in failed["error"], failed
+        assert "move it aside" not in failed["error"], failed
+        filler.unlink()
+        d.launch()
+        d.wait_ready(30)
+        snmp_send("snmptrap", *link_down(d.target(), 2))
+        assert d.wait_metric("trapd_actions_total", 1, timeout=30, plugin="log", outcome="done") >= 1
+        assert d.stop() == 0
+    finally:
+        d.close()
+    db = sqlite3.connect(state / "journal.sqlite")
+    assert db.execute("SELECT count(*) FROM actions WHERE state = 'done'").fetchone() == (2,)
+    db.close()

@@ -1084,6 +1084,15 @@ class SQLiteJournal:
         except sqlite3.DatabaseError as exc:
             if _is_access(exc):
                 raise _NoAccess(str(exc)) from None
+            if not _is_damage(exc):
+                # The file could not be read as asked, which says nothing of what it holds: on a full
+                # file system SQLite cannot make the -shm file ("disk I/O error"). Called damage, it
+                # came with the advice to move the journal aside and start on a new, empty one,
+                # leaving the waiting actions behind in a sound file.
+                raise JournalError(
+                    f"cannot open the journal {self.path}: {exc}{_full_note(self.path)}; the journal "
+                    "itself is not known to be damaged: leave it where it is"
+                ) from None
             rows = [str(exc)]
         if rows != ["ok"]:
             problem = "; ".join(rows)[:500]
@@ -1884,6 +1893,18 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
     if code is not None:
         return code & 0xFF in _DAMAGE_ERRORS
     return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def _full_note(path: Path) -> str:
+    """ " (the file system holding it is full ...)" when it has (next to) no room left, else ""."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    if free >= 1 << 20:
+        return " (an I/O error: the kernel log says more)"
+    return f" (the file system holding it is full: {free} bytes free; free some space and start trapd again)"
 
 
 def _op_probe(conn: sqlite3.Connection, now: float) -> None:
