@@ -593,6 +593,20 @@ def test_lookup_command_describes_both_ways(shipped: MibResolver) -> None:
     assert describe_name(shipped, "noSuchName")["found"] is False
 
 
+def test_lookup_prints_a_module_identity_node(shipped: MibResolver) -> None:
+    """`trapd mibs lookup ifMIB` (or IF-MIB::ifMIB, or enterprises.9: CISCO-SMI::cisco) names a
+    MODULE-IDENTITY node, whose kind is "module" too: the text printer took it for a module name and
+    failed with KeyError: 'notifications' (a traceback)."""
+    from trapd.commands.mibs import _text_lines
+
+    for query in ("ifMIB", "IF-MIB::ifMIB", "1.3.6.1.2.1.31"):
+        lines = _text_lines(describe_name(shipped, query))
+        assert lines == ["IF-MIB::ifMIB = 1.3.6.1.2.1.31", "  kind: module"], lines
+    lines = _text_lines(describe_name(shipped, "IF-MIB"))  # the module's name: with its notifications
+    assert lines[:2] == ["IF-MIB = 1.3.6.1.2.1.31", "  kind: module"], lines
+    assert "IF-MIB::linkDown" in lines[2], lines
+
+
 # -- the start-up snapshot -----------------------------------------------------------
 
 

@@ -163,7 +163,7 @@ def _text_lines(info: dict[str, Any]) -> list[str]:
         if "problem" in info:
             return [f"{info['query']}: not loaded: {info['problem']}"]
         return [f"{info['query']}: unknown (no loaded MIB names it)"]
-    if info["kind"] == "module":
+    if info["kind"] == "module" and "symbol" not in info:  # a module's name, not its MODULE-IDENTITY node
         head = f"{info['name']} = {info['oid']}" if "oid" in info else f"{info['name']} (no MODULE-IDENTITY)"
         lines = [head, "  kind: module"]
         if info["notifications"]:
