@@ -207,8 +207,19 @@ class UnixTransport:
                 ) from None
             except OSError as exc:
                 raise KeaUnavailableError(f"{self.path}: {exc.strerror or exc}", self.name, command) from None
-        if isinstance(answer, bytes):
-            return _decode(answer, self.name, command)
+        if isinstance(answer, bytes):  # what arrived before Kea closed
+            try:
+                return json.loads(answer)
+            except ValueError:
+                if answer.lstrip()[:1] not in (b"{", b"["):
+                    return _decode(answer, self.name, command)  # says: not JSON
+            # Kea began an answer and went away (killed, restarted): like HTTP's mid-answer close.
+            snippet = answer[-100:].decode("utf-8", "replace")
+            raise KeaUnavailableError(
+                f"{self.path} closed mid-answer after {len(answer)} bytes (ending {snippet!r})",
+                self.name,
+                command,
+            )
         return answer
 
     async def _roundtrip(self, body: bytes) -> Any:
