@@ -544,3 +544,21 @@ async def test_kea_s_408_for_a_request_stalled_on_the_way_is_retryable(kea: KeaI
     assert time.monotonic() - started < 25  # Kea's answer, not trapd's own timeout
     server.close()
     await clients.aclose()
+
+
+async def test_a_unix_answer_larger_than_the_bound_is_a_server_error(
+    kea_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real Kea 2.2's lease4-get-all past MAX_ANSWER (made 1 MiB here; 8,000 leases) is refused
+    like an over-long HTTP answer (KeaServerError, retryable): Kea is there and answered, so the
+    error must not say it is unavailable."""
+    monkeypatch.setattr("trapd.kea.transport.MAX_ANSWER", 1 << 20)
+    inst: KeaInstance = kea_factory(dhcp6=False, ca=False)
+    for i in range(8000):
+        inst.add_lease4(f"10.1.{16 + i // 250}.{1 + i % 250}", f"0a:00:27:01:{i >> 8:02x}:{i & 255:02x}",
+                        hostname=f"host-{i}.example.org")  # fmt: skip
+    clients = make_kea_clients(inst.trapd_kea_section())
+    with pytest.raises(KeaServerError, match=r"larger than 1048576 bytes") as info:
+        await clients.get("unix4").command("lease4-get-all")
+    assert isinstance(info.value, RetryableError) and not isinstance(info.value, KeaUnavailableError)
+    await clients.aclose()

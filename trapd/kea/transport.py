@@ -86,6 +86,10 @@ class _NoAnswer(Exception):
     pass
 
 
+class _TooBig(Exception):
+    pass
+
+
 class _OneAnswer(asyncio.Protocol):
     """Collects Kea's one JSON object; resolves ``answer`` as soon as it is complete.
 
@@ -122,7 +126,7 @@ class _OneAnswer(asyncio.Protocol):
         self.chunks.append(data)
         self.size += len(data)
         if self.size > MAX_ANSWER:
-            self.answer.set_exception(OSError(f"answer larger than {MAX_ANSWER} bytes"))
+            self.answer.set_exception(_TooBig())
         elif self.size <= EARLY_PARSE_MAX and data.rstrip().endswith(b"}"):
             value = _parse_if_complete(b"".join(self.chunks))
             if value is _INCOMPLETE:
@@ -200,6 +204,10 @@ class UnixTransport:
                     "(group _kea)",
                     self.name,
                     command,
+                ) from None
+            except _TooBig:  # as over HTTP: Kea is there and answered, too much
+                raise KeaServerError(
+                    f"answer larger than {MAX_ANSWER} bytes on {self.path}", self.name, command
                 ) from None
             except _NoAnswer:
                 raise KeaUnavailableError(
