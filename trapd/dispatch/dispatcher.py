@@ -153,6 +153,18 @@ def _no_kea() -> KeaClients:
     return KeaClients(KeaConfig())
 
 
+def error_text(exc: BaseException) -> str:
+    """``str(exc)``; never raises.
+
+    A plugin's exception is the plugin's: its ``__str__`` may fail (a library's exception raised
+    without the attribute its message needs).
+    """
+    try:
+        return str(exc)
+    except Exception as failed:  # its own __str__: anything
+        return f"(str() failed: {type(failed).__name__})"
+
+
 def _job_fields(job: _Job) -> dict[str, str]:
     """What the action's own log is bound to, for a line written through the failure log."""
     return {"event_id": job.event_id, "rule": job.rule, "action": job.action, "action_id": str(job.id)}
@@ -934,7 +946,7 @@ class Dispatcher:
                 self.log.error("journal write failed around an action", action_id=str(job.id), error=str(exc))
                 self._evict(key)
             except Exception as exc:  # a bug here must not kill the worker
-                self.log.exception("dispatcher error", action_id=str(job.id), error=str(exc))
+                self.log.exception("dispatcher error", action_id=str(job.id), error=error_text(exc))
             finally:
                 self.stats.running -= 1
                 self._busy.discard(key)
@@ -1054,7 +1066,9 @@ class Dispatcher:
             if answered is not None:
                 await self._answered_async(answered)  # it refused, so it is up
             now = self.journal.now()
-            await self._dead(job, log, f"permanent error: {exc}", now, attempt, type(exc).__name__)
+            await self._dead(
+                job, log, f"permanent error: {error_text(exc)}", now, attempt, type(exc).__name__
+            )
         except Exception as exc:
             await self._failed(job, log, exc, attempt, begun)
         except (asyncio.CancelledError, SystemExit) as exc:
@@ -1128,9 +1142,9 @@ class Dispatcher:
         if isinstance(exc, TimeoutError) and now - started >= self.config.action_timeout:
             reason = f"timed out after {self.config.action_timeout:g}s"
         elif isinstance(exc, ActionError):
-            reason = str(exc) or type(exc).__name__
+            reason = error_text(exc) or type(exc).__name__
         else:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = f"{type(exc).__name__}: {error_text(exc)}"
             self._failure_log.log(
                 "error",
                 (job.action, "unexpected", type(exc).__name__),

@@ -1,0 +1,59 @@
+"""What a third-party plugin raises, however odd, ends its action with a bounded, readable reason."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from trapd.dispatch.config import DispatchConfig, JournalConfig, RetryDefaults
+from trapd.dispatch.dispatcher import Dispatcher
+from trapd.dispatch.journal import Entry, SQLiteJournal
+from trapd.dispatch.testing import make_event, make_outcome, plan
+from trapd.plugin import ActionContext, ActionSpec, action
+from trapd.testing import CapturedLog
+
+FAST = DispatchConfig(
+    workers=2,
+    queue_size=10,
+    shutdown_timeout=1.0,
+    journal=JournalConfig(poll_interval=0.05),
+    retry=RetryDefaults(max_attempts=2, backoff=0.05, max_backoff=0.1, jitter=0.0),
+)
+
+
+async def _run(tmp_path: Path, spec: ActionSpec, log: CapturedLog | None = None) -> Entry:
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        d = Dispatcher(FAST, journal, {spec.name: spec}, kea=None, log=log or CapturedLog())
+        await d.start()
+        try:
+            ids = await d.submit(make_event(), make_outcome(plan(spec.name, {}, key="k")))
+            deadline = time.monotonic() + 20
+            while (e := await journal.get(int(ids[0]))) is None or e.state != "dead":
+                assert time.monotonic() < deadline, e
+                await asyncio.sleep(0.02)
+            return e
+        finally:
+            await d.stop(1.0)
+
+
+class Unprintable(Exception):
+    """A library's exception whose __str__ needs an attribute its raiser did not set."""
+
+    def __str__(self) -> str:
+        return f"request failed: {self.detail}"  # type: ignore[attr-defined]
+
+
+async def test_an_exception_whose_str_fails_ends_the_action(tmp_path: Path) -> None:
+    # Before: the dispatcher failed formatting the reason ("dispatcher error"), the action stayed
+    # "running" until a restart, and every later action with its key waited behind it.
+    @action("unprintable", params={})
+    async def unprintable(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Raise an exception that cannot be shown (test action)."""
+        raise Unprintable()
+
+    log = CapturedLog()
+    e = await _run(tmp_path, unprintable, log)
+    assert e.last_error == "gave up after 2 attempts: Unprintable: (str() failed: AttributeError)"
+    assert [x for x in log.entries if x["event"] == "dispatcher error"] == []
