@@ -11,7 +11,7 @@ from trapd.dispatch.config import DispatchConfig, JournalConfig, RetryDefaults
 from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import Entry, SQLiteJournal
 from trapd.dispatch.testing import make_event, make_outcome, plan
-from trapd.plugin import ActionContext, ActionSpec, action
+from trapd.plugin import ActionContext, ActionSpec, PermanentError, RetryableError, action
 from trapd.testing import CapturedLog
 
 FAST = DispatchConfig(
@@ -57,3 +57,20 @@ async def test_an_exception_whose_str_fails_ends_the_action(tmp_path: Path) -> N
     e = await _run(tmp_path, unprintable, log)
     assert e.last_error == "gave up after 2 attempts: Unprintable: (str() failed: AttributeError)"
     assert [x for x in log.entries if x["event"] == "dispatcher error"] == []
+
+
+async def test_a_huge_error_is_cut_before_it_is_journaled_and_logged(tmp_path: Path) -> None:
+    # A plugin that puts a whole answer into its error: 5 MB in the journal row and in one log line.
+    @action("huge", params={})
+    async def huge(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Fail with a 5 MB reason (test action)."""
+        if ctx.attempt == 1:
+            raise RetryableError("r" * 5_000_000)
+        raise PermanentError("p" * 5_000_000)
+
+    log = CapturedLog()
+    e = await _run(tmp_path, huge, log)
+    assert e.last_error is not None and e.last_error.startswith("permanent error: ppp")
+    assert len(e.last_error) < 5000 and e.last_error.endswith("… (5000000 characters)")
+    longest = max(len(str(v)) for x in log.entries for v in x.values())
+    assert longest < 5000

@@ -153,16 +153,26 @@ def _no_kea() -> KeaClients:
     return KeaClients(KeaConfig())
 
 
+# Characters of an action's error kept (journal, log): a plugin may put a whole answer in it.
+ERROR_LIMIT = 2000
+
+
 def error_text(exc: BaseException) -> str:
-    """``str(exc)``; never raises.
+    """``str(exc)``, masked, at most ERROR_LIMIT characters; never raises.
 
     A plugin's exception is the plugin's: its ``__str__`` may fail (a library's exception raised
-    without the attribute its message needs).
+    without the attribute its message needs) or run to megabytes (an answer quoted whole). Masked
+    before it is cut: a cut through a secret would leave its start.
     """
     try:
-        return str(exc)
+        text = str(exc)
     except Exception as failed:  # its own __str__: anything
         return f"(str() failed: {type(failed).__name__})"
+    if len(text) > ERROR_LIMIT:
+        if REDACTOR:
+            text = REDACTOR.redact(text)
+        text = f"{text[:ERROR_LIMIT]}… ({len(text)} characters)"
+    return text
 
 
 def _job_fields(job: _Job) -> dict[str, str]:
