@@ -95,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
 async def _status(config: Any, as_json: bool) -> int:
     from trapd.kea.client import KeaClients
     from trapd.kea.probe import probe
+    from trapd.secrets import REDACTOR
 
     clients = KeaClients(config.kea)
     if not len(clients):
@@ -105,7 +106,9 @@ async def _status(config: Any, as_json: bool) -> int:
     finally:
         await clients.aclose()
     if as_json:
-        print(json.dumps([s.to_dict() for s in statuses], indent=2))
+        # An error may quote what a server answered (one that echoes the request's Authorization
+        # header, base64 of user:password): the secrets masked, in every form, as in the log.
+        print(REDACTOR.redact(json.dumps([s.to_dict() for s in statuses], indent=2)))
     else:
         # PEER and HA only where there is something to show in them (HA relationships).
         peers = any(s.peer for s in statuses)
@@ -134,7 +137,7 @@ async def _status(config: Any, as_json: bool) -> int:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         for s in statuses:
             if s.error:
-                print(f"{s.label} ({s.family}): {s.error}", file=sys.stderr)
+                print(REDACTOR.redact(f"{s.label} ({s.family}): {s.error}"), file=sys.stderr)
     return 0 if all(s.error is None for s in statuses) else 1  # unreachable, or the other family
 
 
@@ -326,6 +329,7 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
         leases_from_result,
         restore_leases,
     )
+    from trapd.secrets import REDACTOR
 
     if (args.journal_id is None) == (args.file is None):
         print("trapd kea restore: give a JOURNAL_ID or --file, not both", file=sys.stderr)
@@ -398,7 +402,7 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
         for (_, leases), endpoint, peer in zip(todo, targets, peers, strict=True):
             outcomes += await restore_leases(clients, leases, endpoint, peer)
     except KeaError as exc:
-        print(f"trapd kea restore: {exc}", file=sys.stderr)
+        print(REDACTOR.redact(f"trapd kea restore: {exc}"), file=sys.stderr)  # as status's errors
         return 1
     finally:
         await clients.aclose()
