@@ -1803,3 +1803,49 @@ def test_a_mib_directory_that_cannot_be_listed_is_a_problem(tmp_path: Path) -> N
     cmd = [sys.executable, "-m", "trapd", *argv]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 1 and "cannot read this MIB directory" in out.stdout, out
+
+
+def test_a_compile_child_killed_for_memory_says_so_and_is_the_oom_killers_choice(tmp_path: Path) -> None:
+    """A bundle too big for the unit's MemoryMax: the kernel's OOM killer kills a process of the unit.
+    The compile child is the one to go (oom_score_adj 1000), not the daemon or a worker; and the problem
+    said only 'compiler exited -9: no output'. It says it was killed, and the likely why."""
+    import signal
+    import threading
+
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "vendor.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    seen: dict[str, str] = {}
+
+    def kill_the_child() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not seen:
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                try:
+                    stat = (proc / "stat").read_text()
+                    cmdline = (proc / "cmdline").read_bytes()
+                    ppid = int(stat.rpartition(")")[2].split()[1])
+                    if ppid == os.getpid() and b"trapd.mibcompile" in cmdline:
+                        # The child raises it first thing: wait for that (bounded), then kill it.
+                        adj = (proc / "oom_score_adj").read_text().strip()
+                        if adj != "1000" and time.monotonic() < deadline - 30:
+                            continue
+                        seen["oom_score_adj"] = adj
+                        os.kill(int(proc.name), signal.SIGKILL)  # the child this test's compile started
+                        return
+                except (OSError, ValueError, IndexError):
+                    continue
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_the_child)
+    killer.start()
+    try:
+        got = load_site_index([src], tmp_path / "cache", shipped_index())
+    finally:
+        killer.join()
+    assert seen.get("oom_score_adj") == "1000", seen
+    assert got.failed and got.index is None
+    (problem,) = got.problems
+    assert "killed by SIGKILL" in problem.message and "memory" in problem.message, problem

@@ -982,6 +982,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from trapd.mibindex import write_index
 
+    # When the unit runs out of memory (MemoryMax) or the host does, the kernel kills the process
+    # it scores highest: let that be this child, not the daemon, a worker, or Kea beside it. The
+    # daemon then starts with the shipped MIBs and says why (trapd.mibs.load_site_index).
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000", encoding="ascii")
+
     ap = argparse.ArgumentParser(prog="python -m trapd.mibcompile")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--cache-dir", type=Path, default=None)

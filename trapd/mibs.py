@@ -803,6 +803,17 @@ def _compile_in_child(
                     proc.wait()
             err.seek(0)
             stderr = err.read()
+        if returncode < 0:
+            import signal
+
+            name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else -returncode
+            why = (
+                ": most likely out of memory (the kernel's OOM killer; a large bundle wants hundreds of MB: "
+                "docs/service.md, Memory)"
+                if returncode == -signal.SIGKILL
+                else ""
+            )
+            raise RuntimeError(f"the compiler was killed by {name}{why}")
         if returncode != 0:
             tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"compiler exited {returncode}: {tail[0]}")
