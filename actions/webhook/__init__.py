@@ -36,6 +36,8 @@ import re
 import ssl
 import time
 import urllib.parse
+import zlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import httpx
@@ -128,6 +130,9 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         if not _HEADER_NAME.fullmatch(k):
             raise PermanentError(f"header {k[:60]!r}: not a header name (letters, digits, -, ...)")
     headers.setdefault("User-Agent", "trapd")
+    if not any(k.lower() == "accept-encoding" for k in headers):
+        # Only the start of the answer is read (ANSWER_BYTES): compressing it helps nobody.
+        headers["Accept-Encoding"] = "identity"
     # httpx encodes str headers as ASCII: a trap value like "Büro 1/0/17" raised UnicodeEncodeError
     # (an unexpected error, retried). Sent as UTF-8, as curl sends it.
     raw_headers = {k.encode(): v.encode() for k, v in headers.items()}
@@ -181,13 +186,43 @@ async def _send(
     async with client.stream(method, url, json=body, headers=headers, timeout=timeout) as response:
         kept = bytearray()
         complete = True
-        async for chunk in response.aiter_bytes():
-            kept += chunk
-            if len(kept) >= ANSWER_BYTES:
+        inflate = _inflater(response.headers.get("Content-Encoding", ""))
+        # Raw, and inflated here only as far as it is kept: httpx inflates each chunk it reads
+        # whole (a 64 KiB chunk of a gzipped run of one byte is 64 MiB), whatever is kept of it.
+        async for chunk in response.aiter_raw():
+            kept += inflate(chunk, ANSWER_BYTES + 1 - len(kept))
+            if len(kept) > ANSWER_BYTES:
                 complete = False  # not asked whether more follows: it may come never
                 break
         text = bytes(kept[:ANSWER_BYTES]).decode(response.encoding or "utf-8", "replace")
         return response.status_code, text, _retry_after(response.headers.get("Retry-After")), complete
+
+
+def _inflater(encoding: str) -> Callable[[bytes, int], bytes]:
+    """``(chunk, room) -> at most room bytes`` of a gzip or deflate answer (no more is inflated);
+    other encodings (an answer compressed although identity was asked) as they are."""
+    name = encoding.strip().lower()
+    if name not in ("gzip", "x-gzip", "deflate"):
+        return lambda chunk, room: chunk[:room]
+    # gzip or zlib header: 32 + 15. "deflate" is zlib-wrapped by the RFC, raw by some servers.
+    state: list[Any] = [zlib.decompressobj(zlib.MAX_WBITS | 32), name == "deflate", False]
+
+    def inflate(chunk: bytes, room: int) -> bytes:
+        inflater, raw_allowed, broken = state
+        if broken or room <= 0:
+            return b""
+        try:
+            out = bytes(inflater.decompress(chunk, room))
+            state[1] = False  # its header was read: a later error is not a raw stream's
+            return out
+        except zlib.error:
+            if raw_allowed:  # a raw deflate stream: the first chunk again, without a header
+                state[0], state[1] = zlib.decompressobj(-zlib.MAX_WBITS), False
+                return inflate(chunk, room)
+            state[2] = True  # not what it says: the status still decides, the answer stays short
+            return b""
+
+    return inflate
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -626,3 +626,56 @@ async def test_a_retry_after_of_non_ascii_digits_is_ignored(value: bytes) -> Non
         with pytest.raises(RetryableError, match=r"answered 503$") as caught:
             await asyncio.wait_for(call(url=f"http://{where}/hook", timeout=5), 20)
     assert caught.value.retry_after is None
+
+
+async def test_a_compressed_answer_is_decompressed_only_as_far_as_it_is_read() -> None:
+    # 256 MiB of "z" gzipped to 250 KB. httpx inflated each raw chunk whole (64 KiB of it: 64 MiB)
+    # to keep 4000 bytes: one call took 132 MB, sixteen workers at once 2 GB.
+    import tracemalloc
+    import zlib
+
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"z" * 2**20
+    body = b"".join(comp.compress(block) for _ in range(256)) + comp.flush()
+    asked: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"accept-encoding:"):
+                    asked.append(line.split(b":", 1)[1].strip())
+            head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+            writer.write(head + body)  # compressed whatever the request asked (a careless receiver)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        where = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        tracemalloc.start()
+        try:
+            result = await asyncio.wait_for(call(url=f"http://{where}/hook", timeout=20), 30)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert result == {"status": 200, "answer": "z" * 1000}
+    assert asked == [b"identity"]  # only the start of an answer is read: compressing it helps nobody
+    assert peak < 16 * 2**20, peak
+
+
+@pytest.mark.parametrize("encoding, wbits", [("gzip", 31), ("deflate", 15), ("deflate", -15), ("br", None)])
+def test_an_answer_is_inflated_per_its_encoding(encoding: str, wbits: int | None) -> None:
+    import zlib
+
+    from trapd_actions.webhook import _inflater
+
+    text = b"answer " * 2000
+    if wbits is None:
+        data = text  # an encoding trapd does not inflate: kept as it came, bounded
+    else:
+        comp = zlib.compressobj(9, zlib.DEFLATED, wbits)
+        data = comp.compress(text) + comp.flush()
+    inflate = _inflater(encoding)
+    out = b"".join(inflate(data[i : i + 100], 5000) for i in range(0, len(data), 100))
+    assert out.startswith(text[:4000]) and len(out) >= 4000
+    assert _inflater("gzip")(b"not gzip at all", 100) == b""  # the status still decides
