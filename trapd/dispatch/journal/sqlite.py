@@ -1487,6 +1487,7 @@ class SQLiteJournal:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op], loop: asyncio.AbstractEventLoop) -> None:
         writes = any(op.write for op in batch)
+        changes = conn.total_changes
         try:
             if writes:
                 self._lock_writers()
@@ -1515,7 +1516,11 @@ class SQLiteJournal:
                 failed = [exc for _, _, exc in done if isinstance(exc, JournalError)]
                 if failed:
                     self._unavailable(str(failed[0]), len(failed))
-                else:
+                elif conn.total_changes != changes:
+                    # Only a commit that wrote rows says the disk takes writes again: a batch that
+                    # changed nothing (the maintenance's look for held actions to expire) commits
+                    # without a page, also on a full disk, and made the journal available between
+                    # every two outcomes it lost.
                     self._problem = None
         except Exception as exc:
             # The commit itself failed (disk full, I/O error, locked too long): nothing in the batch holds.
