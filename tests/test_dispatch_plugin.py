@@ -149,3 +149,28 @@ def test_a_plugin_whose_params_are_not_params_is_reported_not_a_crash(tmp_path: 
         [*trapd, "schema", "rules"], env=env_with(tmp_path), capture_output=True, text=True
     )
     assert schema.returncode == 0 and "Traceback" not in schema.stderr, schema.stderr[-2000:]
+
+
+EXITS_AT_IMPORT = """
+import sys
+
+sys.exit("acme_exits needs /etc/acme.conf")  # a module written as a script too
+"""
+
+
+def test_a_plugin_that_exits_at_import_is_reported_not_the_end_of_trapd(tmp_path: Path) -> None:
+    # sys.exit() (SystemExit) and an import-time KeyboardInterrupt are BaseExceptions: load_actions
+    # caught Exception only, so `trapd actions`, `trapd check` and `trapd run` ended with the plugin.
+    (tmp_path / "acme_exits.py").write_text(EXITS_AT_IMPORT)
+    dist = tmp_path / "acme_exits-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-exits\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[trapd.actions]\nacme.exits = acme_exits:run\n")
+    trapd = [sys.executable, "-m", "trapd.cli"]
+    out = subprocess.run([*trapd, "actions"], env=env_with(tmp_path), capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert (
+        "failed to load acme.exits = acme_exits:run: SystemExit: acme_exits needs /etc/acme.conf"
+        in out.stderr
+    ), out.stderr[-2000:]
+    assert "\nexec\n" in out.stdout  # the others are still listed

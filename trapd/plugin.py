@@ -333,7 +333,9 @@ def load_actions() -> tuple[dict[str, ActionSpec], list[LoadProblem]]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             spec = as_spec(ep.load())
-        except Exception as exc:  # a plugin's import can raise anything
+        # A plugin's import can raise anything, sys.exit() too (a module written as a script):
+        # SystemExit ended trapd, with the plugin's message as its only word. (^C still stops.)
+        except (Exception, SystemExit) as exc:
             problems.append(LoadProblem(f"{ep.name} = {ep.value}", f"{type(exc).__name__}: {exc}"))
             continue
         if spec.name != ep.name:
