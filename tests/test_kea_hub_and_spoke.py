@@ -3,8 +3,8 @@
 trapd names a relationship as an endpoint with its peers (the hub under its name in that
 relationship, Kea's ``this-server-name``). What trapd derives from a hub's status-get (its HA
 state for the metrics and warnings, whether it serves scopes for ``serving()``, the peer check)
-must be that relationship's, not the first listed. Real Kea 2.6.3 (the chroot tier,
-TRAPD_KEA_CHROOTS=1): a hub and two spokes, spoke1 stopped, so that the hub is in
+must be that relationship's, not the first listed. Real Kea 2.6.3 and 3.0.4 (the chroot tier,
+TRAPD_KEA_CHROOTS=1; over their agents): a hub and two spokes, spoke1 stopped, so that the hub is in
 ``partner-down`` in relationship a and still ``hot-standby`` in b. The parsing is also tested
 on that answer as recorded from the same Kea, so that the default tier covers it.
 """
@@ -81,15 +81,15 @@ def test_one_relationship_is_read_as_before() -> None:
     assert st is not None and (st.state, st.scopes, st.partner_state) == ("hot-standby", ("s1",), "ready")
 
 
-# --- real Kea 2.6.3 ---
+# --- real Kea 2.6.3 and 3.0.4 ---
 
 AUTH = ("trapd", "hub-pw")
 
 
-@pytest.fixture(scope="module")
-def hub() -> Iterator[HubAndSpoke]:
+@pytest.fixture(scope="module", params=["trixie", "sid"])
+def hub(request: pytest.FixtureRequest) -> Iterator[HubAndSpoke]:
     ensure_chroots()
-    root = CHROOT_BASE / "trixie"
+    root = CHROOT_BASE / request.param
     base = Path(f"/tmp/trapd-hub-{os.getpid()}")  # inside the chroot
     hs = start_hub_and_spoke(base, chroot=root, auth=AUTH)
     try:
