@@ -171,3 +171,24 @@ async def test_exec_output_echoing_the_secret_encoded_is_journaled_masked(
 def test_a_plugin_result_echoing_the_secret_encoded_is_masked(token: str) -> None:
     result: dict[str, Any] = {"answer": [encodings(token)["basic"], {"q": encodings(token)["plus"]}]}
     assert not leaks(json.dumps(REDACTOR.redact_data(result)), token)
+
+
+QUOTED = ["quo'te\"both-1", "back\\slash'x-2", 'back\\slash"x-3', "esc\x1bape'\"-4"]
+
+
+@pytest.mark.parametrize("value", QUOTED)
+@pytest.mark.parametrize("fmt", ["console", "json", "journal"])
+def test_a_secret_with_quotes_in_a_field_is_masked_in_every_format(fmt: str, value: str) -> None:
+    """The console format writes a field's text as Python's repr when it needs quoting: a quote is
+    then \\' and a backslash \\\\, which neither the secret as written nor its JSON form is."""
+    Secret(value, "test")
+    buf = io.StringIO()
+    configure_logging("info", fmt, buf)
+    try:
+        get_logger("trapd.test-encodings").info("field", detail=value, other=f"x {value} y")
+    finally:
+        configure_logging("info", "console", sys.stderr)
+    out = buf.getvalue()
+    assert out.count("***") == 2, out
+    for shown in (value, repr(value)[1:-1], repr(value + "'\"")[1:-4], json.dumps(value)[1:-1]):
+        assert shown not in out, (shown, out)

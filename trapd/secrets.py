@@ -271,6 +271,10 @@ def encodings(text: str) -> set[str]:
     out = {text, as_json, as_json.replace("/", "\\/"), *quoted}
     if _CONTROL.search(text):  # a log line's console format writes a control character \x1b, as repr
         out.add(text.encode("unicode_escape").decode("ascii"))
+    if "'" in text or "\\" in text or '"' in text:
+        # As Python's repr writes it (the console format, a field's text that needs quoting):
+        # in the quotes the text itself picks, and in '...' with \' when the rest has both.
+        out |= {repr(text)[1:-1], repr(text + "'\"")[1:-4]}
     data = text.encode()
     for pad in range(3):
         encoded = base64.b64encode(b"\0" * pad + data).decode()
