@@ -1849,3 +1849,54 @@ def test_a_compile_child_killed_for_memory_says_so_and_is_the_oom_killers_choice
     assert got.failed and got.index is None
     (problem,) = got.problems
     assert "killed by SIGKILL" in problem.message and "memory" in problem.message, problem
+
+
+def test_the_compile_child_ends_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """trapd killed (or stopped by SIGTERM) during a start-up compile left its compile child running
+    for minutes, hundreds of MB, and writing into the MIB cache while the next trapd compiled into
+    it too (the lock was the dead parent's). The child now dies with its parent."""
+    import signal
+
+    src = tmp_path / "mibs"
+    src.mkdir()
+    for i in range(150):
+        text = textwrap.dedent(VENDOR_MIB).replace("TRAPD-TEST-MIB", f"TRAPD-TEST{i}-MIB")
+        (src / f"test{i}.my").write_text(text, encoding="utf-8")
+    code = (
+        "import sys; from pathlib import Path; from trapd.mibs import load_site_index, shipped_index; "
+        "load_site_index([Path(sys.argv[1])], Path(sys.argv[2]), shipped_index())"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code, str(src), str(tmp_path / "cache")])
+    child = None
+    try:
+        deadline = time.monotonic() + 60
+        while child is None and time.monotonic() < deadline and parent.poll() is None:
+            for proc in Path("/proc").iterdir():
+                try:
+                    ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+                    if ppid == parent.pid and b"trapd.mibcompile" in (proc / "cmdline").read_bytes():
+                        child = int(proc.name)
+                except (OSError, ValueError, IndexError):
+                    continue
+            time.sleep(0.01)
+        assert child is not None, "no compile child seen"
+        time.sleep(0.5)  # past the child's start
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=30)
+
+        def running(pid: int) -> bool:  # not gone, and not a zombie waiting to be reaped
+            try:
+                return (Path(f"/proc/{pid}") / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and running(child):
+            time.sleep(0.05)
+        assert not running(child), "the compile child outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if child is not None and Path(f"/proc/{child}").exists():
+            os.kill(child, signal.SIGKILL)  # started (indirectly) by this test

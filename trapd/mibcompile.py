@@ -969,6 +969,24 @@ def _load_failure(
     return f"compiled module does not load: {text}"
 
 
+def _die_with_parent(parent: int) -> bool:
+    """SIGKILL this process when its parent dies; False when the parent is already gone.
+
+    A trapd killed or stopped during its start-up compile left the compile
+    running on for minutes (hundreds of MB), writing into the MIB cache while
+    the next trapd compiled into it too: the cache's lock was the dead
+    parent's. Nothing here is worth a clean stop: what it wrote is not yet
+    recorded as compiled, so the next compile does it again.
+    """
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the parent's stop kills nothing
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    return os.getppid() == parent
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m trapd.mibcompile --out FILE [--cache-dir DIR] DIR...``: the daemon's compile child.
 
@@ -991,8 +1009,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trapd.mibcompile")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--parent", type=int, default=None, help="end when this process (the caller) ends")
     ap.add_argument("dirs", nargs="*", type=Path)
     args = ap.parse_args(argv)
+    if args.parent is not None and not _die_with_parent(args.parent):
+        return 1
     try:
         shipped = json.loads(SHIPPED_INDEX.read_text(encoding="utf-8"))
     except (OSError, ValueError):

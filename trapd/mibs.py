@@ -776,7 +776,7 @@ def _compile_in_child(
 
     with tempfile.TemporaryDirectory(prefix="trapd-mibs-") as tmp:
         out = Path(tmp) / SITE_INDEX_NAME
-        cmd = [sys.executable, "-m", "trapd.mibcompile", "--out", str(out)]
+        cmd = [sys.executable, "-m", "trapd.mibcompile", "--out", str(out), "--parent", str(os.getpid())]
         if cache_dir is not None:
             cmd += ["--cache-dir", str(cache_dir)]
         cmd += [str(d) for d in dirs]
