@@ -174,3 +174,27 @@ def test_a_plugin_that_exits_at_import_is_reported_not_the_end_of_trapd(tmp_path
         in out.stderr
     ), out.stderr[-2000:]
     assert "\nexec\n" in out.stdout  # the others are still listed
+
+
+def test_a_rule_using_a_plugin_that_failed_to_load_says_so(tmp_path: Path) -> None:
+    # After an upgrade broke a plugin's import, its rules were refused as "unknown action
+    # 'acme.broken'; installed: ...": the operator looked for a typo in a name that is installed.
+    (tmp_path / "acme_broken.py").write_text('raise ImportError("acme_broken needs acme_sdk")\n')
+    dist = tmp_path / "acme_broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[trapd.actions]\nacme.broken = acme_broken:run\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n"
+        "    actions:\n      - action: acme.broken\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "trapd.cli", "check", str(rules)],
+        env=env_with(tmp_path), capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert (
+        f"{rules}:5:17: error: action plugin 'acme.broken' is installed but failed to load: "
+        "ImportError: acme_broken needs acme_sdk"
+    ) in out.stdout, out.stdout

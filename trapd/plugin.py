@@ -322,11 +322,21 @@ class LoadProblem:
         return self.entry_point.split(" = ", 1)[0]
 
 
+# The plugins the last load_actions() could not load, by action name: why (its error), for a
+# rule that names one (trapd.rules.compile_actions), which would otherwise be an "unknown action".
+_FAILED: dict[str, str] = {}
+
+
+def load_failure(name: str) -> str | None:
+    """Why the action plugin ``name`` failed to load (the last :func:`load_actions`), or None."""
+    return _FAILED.get(name)
+
+
 def load_actions() -> tuple[dict[str, ActionSpec], list[LoadProblem]]:
     """Every installed action by name, plus the plugins that failed to load.
 
     A broken third-party plugin must not stop trapd: it is reported, and
-    rules that use it fail ``trapd check``.
+    rules that use it fail ``trapd check`` (and start-up), saying why it failed.
     """
     found: dict[str, ActionSpec] = {}
     problems: list[LoadProblem] = []
@@ -342,4 +352,6 @@ def load_actions() -> tuple[dict[str, ActionSpec], list[LoadProblem]]:
             problems.append(LoadProblem(f"{ep.name} = {ep.value}", f"declares the name {spec.name!r}"))
             continue
         found[spec.name] = spec
+    _FAILED.clear()
+    _FAILED.update((p.name, p.error) for p in problems if p.name not in found)
     return found, problems

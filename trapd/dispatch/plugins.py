@@ -11,8 +11,9 @@ actions and that warns about settings for a plugin that is not installed::
     await dispatcher.journal.close()
 
 A plugin that fails to import is logged and left out; trapd still starts
-(``trapd check`` refuses rules that use it, and an action journaled for it
-goes dead with a clear reason rather than vanishing).
+unless a rule uses it (the rule compiler refuses such a rule with the plugin's
+error, trapd.plugin.load_failure), and an action journaled for it goes dead
+with a clear reason rather than vanishing.
 """
 
 from __future__ import annotations

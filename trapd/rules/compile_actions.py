@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trapd.params import Param, ParamError, convert, token_in_url, whole_number
-from trapd.plugin import ActionSpec
+from trapd.plugin import ActionSpec, load_failure
 from trapd.rules.compile_context import CompileContext, RuleScope
 from trapd.rules.compile_values import ValueCompiler
 from trapd.rules.kea_uses import family_problem
@@ -227,6 +227,12 @@ class ActionCompiler:
             self.problems.error("action: takes an action plugin name", where(node, "action"))
             return None
         spec = self.actions.get(name)
+        if spec is None and (failure := load_failure(name)) is not None:
+            # Installed, but its import failed (an upgrade broke it): not a typo to look for.
+            self.problems.error(
+                f"action plugin {name!r} is installed but failed to load: {failure}", where(node, "action")
+            )
+            return None
         if spec is None:
             hint = difflib.get_close_matches(name, list(self.actions), n=1, cutoff=0.6)
             self.problems.error(
