@@ -1119,3 +1119,42 @@ def test_tcp_timeouts_follow_the_lease_unless_the_url_sets_them() -> None:
     )
     own = conninfo_to_dict(_network_timeouts("postgresql://h/t?tcp_user_timeout=60000&keepalives=0", 30.0))
     assert (own["tcp_user_timeout"], own["keepalives"], own["keepalives_idle"]) == ("60000", "0", "10")
+
+
+async def test_an_end_after_a_takeover_is_noted_on_the_row_once(
+    pg_url: str, hosts: Callable[..., Awaitable[PostgresJournal]]
+) -> None:
+    """Host a ran an action to its end after b had taken its row over (held as interrupted): the
+    end changed nothing and was dropped without a word, so an operator released the held row and
+    it ran twice. It is noted on the row and in a's notices, by trapd_run (the usual batch) and by
+    the statement of a batch run one operation at a time; an end written twice (its first
+    answer lost) notes nothing."""
+    from trapd.dispatch.journal.postgres import _op_finish
+
+    a = await hosts("dhcp1")
+    now = time.time()
+    r = await a.add(make_event().to_dict(), [entry(key="t1"), entry(key="t2"), entry(key="t3")], [], now)
+    for i in r.ids:
+        assert (await a.claim(i, now)).outcome == "running"
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # as dhcp2's takeover with hold-unsafe leaves it
+        conn.execute(
+            "UPDATE trapd_actions SET state = 'held', held_by = 'interrupted', lease_until = NULL, "
+            "last_error = 'interrupted while running' WHERE id = ANY(%s)",
+            (r.ids[:2],),
+        )
+    await a.finish(r.ids[0], "done", now + 1)
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        late = await (await _op_finish(conn, r.ids[1], "dead", now + 1, None, "refused", None, "dhcp1"))()
+        assert late is True
+        await a.finish(r.ids[2], "done", now + 1)  # its own, in time
+        again = await (await _op_finish(conn, r.ids[2], "done", now + 1, None, None, None, "dhcp1"))()
+        assert again is False
+    e0, e1, e2 = [await a.get(i) for i in r.ids]
+    assert e0 is not None and e0.state == "held" and e0.last_error is not None
+    assert e0.last_error == "interrupted while running; dhcp1 ran it to its end after the takeover: done"
+    assert e1 is not None and e1.last_error is not None
+    assert e1.last_error.endswith("dhcp1 ran it to its end after the takeover: dead (refused)")
+    assert e2 is not None and e2.state == "done" and e2.last_error is None
+    (notice,) = a.notices()  # the one through a's writer; _op_finish alone reports to its caller
+    assert notice.level == "warning" and notice.fields["action_id"] == str(r.ids[0])
+    assert notice.fields["state"] == "done" and f"trapd journal show {r.ids[0]}" in notice.fields["hint"]

@@ -634,6 +634,24 @@ def test_a_host_cut_off_from_the_database_says_so_and_runs_nothing_twice(
         )
         split_pg.heal(0)
         wait_for(lambda: a.healthz()[0] == 200, timeout=60, what="dhcp1 healthy again")
+        # dhcp1 ran the held action to its end during the partition: its row says so (an operator
+        # reading "interrupted: may have taken effect" would release it: a second run), and
+        # dhcp1 logs that its end came after the takeover. Its end was dropped without a word.
+        late = (
+            "an action this host was running had been taken over by another host: its end is noted on the row"
+        )
+        with psycopg.connect(db) as conn:
+            held = conn.execute(
+                "SELECT id, last_error FROM trapd_actions WHERE state = 'held' ORDER BY id"
+            ).fetchall()
+        said = a.wait_log(late, 30, count=len(held))
+        assert sorted(line["action_id"] for line in said) == [str(i) for i, _ in held], (held, said)
+        with psycopg.connect(db) as conn:
+            notes = [
+                r[0]
+                for r in conn.execute("SELECT last_error FROM trapd_actions WHERE state = 'held'").fetchall()
+            ]
+        assert all("dhcp1 ran it to its end after the takeover: done" in n for n in notes), notes
         for i in (5, 6):  # and both act once on what comes after
             for d in (b, a):
                 assert send(d, i, 400_000 + i) == 0

@@ -696,6 +696,76 @@ END
 $$;
 """,
     ),
+    (
+        10,
+        # A late end: a host that lost its claims' lease (cut off from the database) but kept
+        # running an action finishes it after the other host took the row over (held it as
+        # "interrupted: may have taken effect", or ran it again). Its end changed nothing, and
+        # was dropped without a word: an operator releasing the held row ran it a second time.
+        # The end is now noted on the row (last_error: "HOST ran it to its end after the
+        # takeover: done"), unless the row is already this owner's finished one (an end written
+        # twice, its first answer lost), and trapd_run says so (true) for the host's log.
+        """
+CREATE OR REPLACE FUNCTION trapd_run(p_ops JSONB) RETURNS JSONB LANGUAGE plpgsql AS $$
+DECLARE
+    op JSONB;
+    e JSONB;
+    ev JSONB;
+    r RECORD;
+    added JSONB[];
+    outs JSONB[] := '{}';
+BEGIN
+    FOR op IN SELECT x.value FROM jsonb_array_elements(p_ops) WITH ORDINALITY AS x(value, ord) ORDER BY x.ord
+    LOOP
+        IF op->>0 = 'c' THEN
+            SELECT * INTO r FROM trapd_claim((op->>1)::bigint, (op->>2)::float8, op->>3, (op->>4)::float8);
+            outs := array_append(outs, jsonb_build_array(r.r_outcome, r.r_cap, r.r_attempts, r.r_blocked_by));
+        ELSIF op->>0 = 'f' THEN
+            -- Only the owner's claim: a row taken over after this host lost its lease is the new owner's.
+            UPDATE trapd_actions SET state = op->>2, finished = (op->>3)::float8, result = op->>4,
+                last_error = COALESCE(op->>5, last_error), started = COALESCE((op->>6)::float8, started),
+                lease_until = NULL
+                WHERE id = (op->>1)::bigint AND state = 'running' AND owner = op->>7;
+            IF FOUND THEN
+                outs := array_append(outs, 'null'::jsonb);
+            ELSE
+                -- A late end (see migration 10): noted on the row, true returned.
+                UPDATE trapd_actions SET last_error = left(COALESCE(last_error || '; ', '') || (op->>7)
+                        || ' ran it to its end after the takeover: ' || (op->>2)
+                        || COALESCE(' (' || (op->>5) || ')', ''), 4000)
+                    WHERE id = (op->>1)::bigint
+                    AND NOT (owner = op->>7 AND state IN ('done', 'dead', 'cancelled'));
+                outs := array_append(outs, to_jsonb(FOUND));
+            END IF;
+        ELSIF op->>0 = 'a' THEN
+            ev := op->1;
+            IF jsonb_typeof(ev) = 'array' THEN
+                INSERT INTO trapd_events (id, received_at, source, trap_name, data)
+                    VALUES (ev->>0, (ev->>1)::float8, ev->>2, ev->>3, ev->>4) ON CONFLICT (id) DO NOTHING;
+            END IF;
+            added := '{}';
+            FOR e IN SELECT x.value FROM jsonb_array_elements(op->2) WITH ORDINALITY AS x(value, ord)
+                ORDER BY x.ord
+            LOOP
+                SELECT * INTO r FROM trapd_add_entry(e->>0, (e->>1)::float8, e->>2, e->>3, e->>4,
+                    (e->>5)::integer, e->>6, e->>7, e->>8, e->>9, (e->>10)::integer, (e->>11)::float8,
+                    (e->>12)::float8, (e->>13)::float8, (e->>14)::float8, e->>15, e->>16, (e->>17)::float8,
+                    e->>18, e->>19, e->>20, e->>21, e->>22, e->>23, e->>24, (e->>25)::boolean, e->>26,
+                    (e->>27)::float8, e->>28, (e->>29)::float8);
+                added := array_append(added, jsonb_build_array(r.r_id, r.r_state, r.r_dup));
+            END LOOP;
+            outs := array_append(outs, to_jsonb(added));
+        ELSIF op->>0 = 'n' THEN
+            outs := array_append(outs, 'null'::jsonb);
+        ELSE
+            RAISE EXCEPTION 'trapd_run: unknown operation %', op->>0;
+        END IF;
+    END LOOP;
+    RETURN to_jsonb(outs);
+END
+$$;
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -1385,13 +1455,30 @@ async def _op_finish(
     owner: str,
 ) -> Collect:
     # Only the owner's claim: a row taken over after this host lost its lease is the new owner's.
-    await conn.cursor().execute(
-        f"UPDATE {_A} SET state = %s, finished = %s, result = %s, last_error = COALESCE(%s, last_error), "
-        "started = COALESCE(%s, started), lease_until = NULL "
-        "WHERE id = %s AND state = 'running' AND owner = %s",
-        (state, now, dumps_result(result) if result is not None else None, _text(error), started, id_, owner),
-    )
-    return _nothing
+    # A late end is noted on the row instead (as trapd_run's does, migration 10): True.
+    cur = conn.cursor()
+    await cur.execute(
+        f"WITH f AS (UPDATE {_A} SET state = %s, finished = %s, result = %s, "
+        "last_error = COALESCE(%s, last_error), started = COALESCE(%s, started), lease_until = NULL "
+        "WHERE id = %s AND state = 'running' AND owner = %s RETURNING id) "
+        f"UPDATE {_A} SET last_error = left(COALESCE(last_error || '; ', '') || %s, 4000) "
+        "WHERE id = %s AND NOT EXISTS (SELECT 1 FROM f) "
+        "AND NOT (owner = %s AND state IN ('done', 'dead', 'cancelled')) RETURNING id",
+        (
+            state, now, dumps_result(result) if result is not None else None, _text(error), started,
+            id_, owner, _late_note(owner, state, error), id_, owner,
+        ),
+    )  # fmt: skip
+
+    async def collect() -> bool:
+        return await cur.fetchone() is not None
+
+    return collect
+
+
+def _late_note(owner: str, state: str, error: str | None) -> str:
+    """What a late end adds to the row's last_error (the same words as trapd_run's, migration 10)."""
+    return f"{owner} ran it to its end after the takeover: {state}" + (f" ({_text(error)})" if error else "")
 
 
 async def _op_unclaim(conn: Conn, ids: Sequence[int], owner: str) -> Collect:
@@ -1698,6 +1785,8 @@ def _decoded(op: _Op, out: Any) -> Any:
         return AddResult(
             [int(r[0]) for r in out], [r[1] for r in out], [None if r[2] is None else int(r[2]) for r in out]
         )
+    if op.fn is _op_finish:
+        return out is True  # a late end, noted on the row
     return None
 
 
@@ -1789,6 +1878,7 @@ class PostgresJournal:
         # (see _reclaim_name), on the database's clock.
         self._namesake: float | None = None
         self._view: str | None = None  # see share_view; published at registration
+        self._notices: list[JournalNotice] = []  # for the dispatcher's log (see notices)
         self._view_published: str | None = None  # what the database has (a reload changes _view)
         self._other_views: dict[str, str] = {}  # the other hosts', as the last renewal read them
         self._notified = False
@@ -2247,6 +2337,10 @@ class PostgresJournal:
             self._queued -= op.weight
             self._claims_in_flight.pop(op.future, None)
             self._track_holding(op, result, exc)
+            if op.fn is _op_finish:
+                if exc is None and result is True:
+                    self._late_end(op.args[0], op.args[1])
+                result = None  # what finish() returns
             if op.future.done():
                 continue
             if exc is not None:
@@ -2358,7 +2452,27 @@ class PostgresJournal:
                 self._wake()
 
     def notices(self) -> list[JournalNotice]:
-        return []  # the database checks its own files; its errors are this journal's availability
+        # Late ends (see _late_end). The database checks its own files; its errors are this
+        # journal's availability.
+        out, self._notices = self._notices, []
+        return out
+
+    def _late_end(self, id_: int, state: str) -> None:
+        """This host ended an action after another host took its row over (this host had lost
+        its lease: cut off from the database): said once, for the log; the row has the note."""
+        self._notices.append(
+            JournalNotice(
+                "warning",
+                "an action this host was running had been taken over by another host: "
+                "its end is noted on the row",
+                {
+                    "action_id": str(id_),
+                    "state": state,
+                    "hint": f"trapd journal show {id_}: if it is held, it ran here to its end; "
+                    "release it only to run it again",
+                },
+            )
+        )
 
     def share_view(self, view: str) -> None:
         self._view = view
