@@ -177,7 +177,7 @@ class Role(Protocol):
     def journal_owner(self) -> str: ...
     def adjust(self, config: Config) -> Config: ...
     async def attach(self, daemon: Daemon) -> None: ...
-    def reloaded(self, ok: bool, error: str | None) -> None: ...
+    def reloaded(self, ok: bool, error: str | None, digest: str = "") -> None: ...
 
 
 # The settings a reload of a lone daemon (or of one worker) cannot apply.
@@ -623,7 +623,7 @@ class Daemon:
         self.log.info("reloaded", rules=len(rules), mode=config.mode)
         self.notifier.ready(self._status_line())
         if self.role is not None:
-            self.role.reloaded(True, None)
+            self.role.reloaded(True, None, rules.digest)
         return True
 
     async def _kernel_drop_loop(self) -> None:

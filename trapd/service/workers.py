@@ -80,6 +80,8 @@ BACKOFF_MAX = 10.0
 REPLY_TIMEOUT = 2.0
 # Requests left unanswered by a worker before no more are sent to it (it is stuck, or busy).
 MAX_UNANSWERED = 4
+# Reloads repeated in a row because the rule files changed while the workers loaded them.
+MAX_RELOAD_REPEATS = 3
 # How long a worker has to answer a reload (compiling big rule files takes seconds).
 RELOAD_TIMEOUT = 60.0
 # Beyond dispatch.shutdown_timeout, what a worker gets to stop before it is killed.
@@ -156,10 +158,10 @@ class WorkerRole:
         self._channel.send({"op": "ready"})
         daemon.keep_task(asyncio.create_task(self._serve(), name="trapd-worker-channel"))
 
-    def reloaded(self, ok: bool, error: str | None) -> None:
+    def reloaded(self, ok: bool, error: str | None, digest: str = "") -> None:
         if self._channel is not None:
             with contextlib.suppress(ChannelClosed):
-                self._channel.send({"op": "reloaded", "ok": ok, "error": error})
+                self._channel.send({"op": "reloaded", "ok": ok, "error": error, "digest": digest})
 
     async def _serve(self) -> None:
         channel, daemon = self._channel, self._daemon
@@ -286,7 +288,8 @@ class WorkerSlot:
     exit_code: int | None = None
     restarts: RestartPolicy = field(default_factory=default_restart_policy)
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
-    reload_result: asyncio.Future[tuple[bool, str | None]] | None = None
+    # (ok, error, the digest of the rules the worker loaded: RuleSet.digest)
+    reload_result: asyncio.Future[tuple[bool, str | None, str]] | None = None
     restart_handle: asyncio.TimerHandle | None = None
     stuck_since: float | None = None  # when the supervisor began replacing it (STACK_SIGNAL sent)
     killed: bool = False  # SIGKILL sent too
@@ -325,6 +328,8 @@ class Supervisor:
         self._reload_requested: asyncio.Event | None = None
         # Held while a reload runs: a worker restarted meanwhile is forked after it, with its outcome.
         self._reload_lock: asyncio.Lock | None = None
+        # Reloads in a row whose workers loaded other rules than this process (files changing).
+        self._changed_during_reload = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ start: before any loop or thread
@@ -590,7 +595,8 @@ class Supervisor:
                         if not waiter.done():
                             waiter.set_result(None)
                 elif op == "reloaded" and slot.reload_result is not None and not slot.reload_result.done():
-                    slot.reload_result.set_result((bool(msg.get("ok")), msg.get("error")))
+                    result = (bool(msg.get("ok")), msg.get("error"), str(msg.get("digest") or ""))
+                    slot.reload_result.set_result(result)
 
     def _reap(self) -> None:
         """SIGCHLD: collect every worker that exited and decide what happens next."""
@@ -615,7 +621,7 @@ class Supervisor:
                 waiter.set_result(None)
         slot.waiters.clear()
         if slot.reload_result is not None and not slot.reload_result.done():
-            slot.reload_result.set_result((False, f"worker {slot.index} exited"))
+            slot.reload_result.set_result((False, f"worker {slot.index} exited", ""))
         if slot.channel is not None:
             slot.channel.close()
             slot.channel = None
@@ -875,14 +881,37 @@ class Supervisor:
         if results:
             await asyncio.wait(results, timeout=RELOAD_TIMEOUT)
         problems = []
+        other_rules = []
         for slot in asked:
             res = slot.reload_result
-            ok, error = res.result() if res is not None and res.done() else (False, "no answer")
+            ok, error, digest = res.result() if res is not None and res.done() else (False, "no answer", "")
             if not ok:
                 problems.append(f"worker {slot.index}: {error}")
+            elif digest != rules.digest:
+                other_rules.append(slot.index)
             slot.reload_result = None
         if problems:
             return self._reload_failed("; ".join(problems))
+        if other_rules:
+            # The files changed between this process's compile and the workers' (a deploy landing
+            # during the reload): the workers run rules other than those checked here, which a
+            # restarted worker would start with. Reloading again makes them all the same again.
+            self._changed_during_reload += 1
+            if self._changed_during_reload <= MAX_RELOAD_REPEATS:
+                self.log.warning(
+                    "the rule files changed while the workers loaded them: reloading again",
+                    workers=other_rules,
+                )
+                assert self._reload_requested is not None
+                self._reload_requested.set()
+            else:
+                self.log.error(
+                    "the rule files keep changing during reloads: workers may run different rules "
+                    "until the next reload",
+                    workers=other_rules,
+                )
+        else:
+            self._changed_during_reload = 0
         lifecycle.warn_restart_needed(self.log, self.config, config, RESTART_NEEDED)
         # What a worker restarted from now on gets: not a journal, Kea or address its siblings lack.
         self.config = lifecycle.keep_restart_needed(config, self.config)
