@@ -523,8 +523,7 @@ async def _show(journal: Any, args: argparse.Namespace) -> int:
     if e is None:
         print(f"no action {args.id} in the journal", file=sys.stderr)  # stdout: the action (JSON) only
         return 1
-    d = e.to_dict()
-    d["params"] = masked_params(e.action, e.params)
+    d = _unveiled(e)
     d["host"] = _host(e.owner) if getattr(args, "shared_journal", False) else None  # as list has it
     if args.json:
         print(json.dumps(d, default=str))
@@ -543,6 +542,22 @@ async def _show(journal: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _unveiled(e: Any) -> dict[str, Any]:
+    """An entry as show and list --json print it: the parameters the plugin declares secret as
+    ***, and the secrets this command loaded (trapd.yaml's) masked in the result and the error.
+    Those were masked where they were journaled, by what the writing process knew then: a row an
+    older trapd wrote (which knew fewer forms of a secret: base64, percent-encoded), or one whose
+    process had not read the secret yet, holds it in clear."""
+    from trapd.secrets import REDACTOR
+
+    d: dict[str, Any] = e.to_dict()
+    d["params"] = masked_params(e.action, e.params)
+    d["result"] = REDACTOR.redact_data(d.get("result"))
+    if d.get("last_error"):
+        d["last_error"] = REDACTOR.redact(d["last_error"])
+    return d
+
+
 def masked_params(action: str, params: dict[str, Any]) -> dict[str, Any]:
     """Parameters with the values the plugin declares secret replaced by ***."""
     from trapd.plugin import load_actions
@@ -559,8 +574,7 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
 
     if args.json:
         for e in entries:
-            d = e.to_dict()
-            d["params"] = masked_params(e.action, e.params)
+            d = _unveiled(e)
             held = e.state == "held"  # the keys on every line (null unless held): one shape per line
             d["held_at"] = e.held_since if held else None
             d["hold_expires"] = e.due if held else None
@@ -570,6 +584,8 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
     if not entries:
         print("no actions")
         return
+    from trapd.secrets import REDACTOR
+
     # WHEN is the time that matters in each state: due (waiting), finished, started (running), and for
     # a held action when it was held. Its expiry gets a column of its own, labelled, not WHEN.
     any_held = any(e.state == "held" for e in entries)
@@ -591,6 +607,7 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
         about = e.mac or e.ip or e.key
         # A dry-run action is journaled done without running: not the line of one that ran.
         note = e.last_error or ("dry run: nothing was run" if e.mode == "dry-run" else "")
+        note = REDACTOR.cut(note, 59)  # as _unveiled; masked before the column cuts it
         rows.append(
             (str(e.id), e.state, _when(when) if when else "?", *expires, str(e.attempts),
              *((_cut(e.journaled_by or "-", 40), _cut(e.owner or "-", 40)) if shared else ()), _safe(e.rule),
