@@ -137,7 +137,9 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     ensure_chroots()
     root = CHROOT_BASE / v.suite
     base = Path(f"/tmp/trapd-ha-{os.getpid()}-{request.param}")  # inside the chroot
-    p = start_ha_pair(base, v.mode, chroot=root, dedicated=v.dedicated, auth=CHROOT_AUTH)
+    bind = request.getfixturevalue("bind")
+    ddns = DdnsTarget(bind.port, bind.key_name, bind.key_secret)
+    p = start_ha_pair(base, v.mode, chroot=root, dedicated=v.dedicated, auth=CHROOT_AUTH, ddns=ddns)
     yield p
     p.stop()
     shutil.rmtree(root / base.relative_to("/"), ignore_errors=True)
@@ -737,10 +739,11 @@ class Hosts:
 
 @pytest.fixture(scope="module")
 def lb_hosts(pair: HaPair, pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    if pair.mode != "load-balancing" or pair.servers["server1"].d2_socket is None:
-        pytest.skip("the two-host tests run on the Kea 2.2 load-balancing pair (kea-dhcp-ddns, BIND)")
+    if pair.mode != "load-balancing":
+        pytest.skip("the two-host tests run on the load-balancing pairs (Kea 2.2; 3.0.4 on the chroot tier)")
     url = pg_server.new_database()
-    unix, ca = pair.trapd_endpoints("unix"), pair.trapd_endpoints("ca")
+    # The partner's server over HTTP: its agent, or Kea 3's own socket (no agent there).
+    unix, ca = pair.trapd_endpoints("unix"), pair.trapd_endpoints("http" if pair.dedicated else "ca")
     hosts: list[TrapdDaemon] = []
     try:
         for name, own in (("dhcp1", 0), ("dhcp2", 1)):
