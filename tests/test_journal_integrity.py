@@ -690,6 +690,27 @@ def test_a_wal_file_removed_under_the_running_trapd_is_reported(tmp_path: Path) 
     db.close()
 
 
+def test_a_shm_file_removed_under_the_running_trapd_is_reported(tmp_path: Path) -> None:
+    """The journal's -shm file (the WAL's index) deleted while trapd runs: trapd keeps the removed
+    one mapped, and any connection opened since (`trapd journal cancel`) makes a new index of its
+    own. Measured: a cancel that said `cancelled: 4 5` was lost (both actions still pending after
+    trapd's next commits), and nothing said so. Now reported like a removed -wal file."""
+    path = _journal_file(tmp_path)
+    make_journal(path, 3)
+
+    async def run() -> None:
+        async with SQLiteJournal(path, checkpoint_interval=0.05, integrity_check=None) as j:
+            await _until(lambda: j.checkpoints >= 1)
+            assert j.health().available and j.notices() == []
+            os.unlink(f"{path}-shm")
+            await _until(lambda: not j.health().available)
+            assert "-shm" in str(j.health().problem) and "removed" in str(j.health().problem), j.health()
+            (notice,) = j.notices()
+            assert notice.level == "error" and "stop trapd" in notice.fields["hint"], notice
+
+    asyncio.run(run())
+
+
 async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -881,7 +881,8 @@ class SQLiteJournal:
         self._checker_stop = threading.Event()
         self._checking: sqlite3.Connection | None = None  # the check's connection while it runs
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
-        self._wal_id: tuple[int, int] | None = None  # ... of its -wal file, as the writer opened it
+        # ... of its -wal and -shm files, as the writer opened them
+        self._wal_ids: dict[str, tuple[int, int]] = {}
         self._wal_lost: str | None = None
         self._check_damage: str | None = None
         self._check_damage_since: float | None = None
@@ -1170,9 +1171,10 @@ class SQLiteJournal:
             return
         if not self.read_only:
             self._writers_lock = self._open_writers_lock()
-            with contextlib.suppress(OSError):  # WAL mode: made by the first read, kept while open
-                st = os.stat(f"{self.path}-wal")
-                self._wal_id = (st.st_dev, st.st_ino)
+            for suffix in ("-wal", "-shm"):  # WAL mode: made by the first read, kept while open
+                with contextlib.suppress(OSError):
+                    st = os.stat(f"{self.path}{suffix}")
+                    self._wal_ids[suffix] = (st.st_dev, st.st_ino)
         loop.call_soon_threadsafe(_set_result, ready, None)
         stop = False
         while not stop:
@@ -1286,48 +1288,48 @@ class SQLiteJournal:
                 conn.close()
 
     def _wal_replaced(self) -> str | None:
-        """How the -wal file at its path is no longer the writer's (None: it is, or unknown).
+        """How the -wal or -shm file at its path is no longer the writer's (None: they are).
 
-        SQLite keeps a WAL journal's -wal file while any connection has the journal open (it
-        truncates it, never removes it), so another file there, or none, means something else
-        removed it."""
-        if self._wal_id is None:
-            return None
-        try:
-            st = os.stat(f"{self.path}-wal")
-        except FileNotFoundError:
-            return "its -wal file was removed"
-        except OSError:
-            return None
-        return (
-            None if (st.st_dev, st.st_ino) == self._wal_id else "its -wal file was removed and another made"
-        )
+        SQLite keeps a WAL journal's -wal and -shm files while any connection has the journal
+        open (it truncates the WAL, never removes it), so another file there, or none, means
+        something else removed it."""
+        for suffix, opened in self._wal_ids.items():
+            try:
+                st = os.stat(f"{self.path}{suffix}")
+            except FileNotFoundError:
+                return f"its {suffix} file was removed"
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) != opened:
+                return f"its {suffix} file was removed and another made"
+        return None
 
     def _wal_lost_seen(self, detail: str) -> None:
-        """Event loop: the writer's -wal file was removed; unhealthy until restart, said once.
+        """Event loop: the writer's -wal or -shm file was removed; unhealthy until restart, said once.
 
-        trapd's connections keep the removed file and write on to it; checkpoints through them
-        still copy it into the journal, but the commits since the last one are only in the
-        removed file (a SIGKILL loses them), and a connection opened since (a checkpointer's
-        after an error, `trapd journal`, another worker) reads a WAL that does not match."""
+        trapd's connections keep the removed files and go on with them. A removed -wal: the
+        checkpoints through them still copy it into the journal, but the commits since the last
+        one are only in the removed file (a SIGKILL loses them). Either: a connection opened
+        since (a checkpointer's after an error, `trapd journal`, another worker) works on files
+        that do not match trapd's (a `trapd journal cancel` made so was lost)."""
         if self._wal_lost is not None:
             return
         p = self.path
         self._wal_lost = (
-            f"the journal {p}: {detail} while trapd ran: its latest commits are only in the removed "
-            "file, which trapd still holds; stop trapd cleanly to copy them into the journal"
+            f"the journal {p}: {detail} while trapd ran: trapd still works on the removed file, and "
+            "what another process writes now may be lost; stop trapd cleanly to put it right"
         )[:300]
         self._notices.append(
             JournalNotice(
                 "error",
                 "journal WAL file removed under the running trapd",
                 {
-                    "path": f"{p}-wal",
+                    "path": str(p),
                     "problem": detail,
                     "hint": (
                         "stop trapd cleanly (systemctl restart trapd; not kill -9): closing the journal "
-                        "copies what the removed file holds into it. Never remove a journal's -wal or "
-                        "-shm file while trapd runs"
+                        "copies what a removed -wal file holds into it; check what `trapd journal` "
+                        "changed meanwhile. Never remove a journal's -wal or -shm file while trapd runs"
                     ),
                 },
             )
