@@ -67,8 +67,9 @@ COMMANDS = [
     ["show", "2"],
     ["show", "1", "--json"],
     ["show", "2", "--json"],
-    ["list"],
-    ["list", "--json"],
+    ["list", "--state", "dead"],  # the NOTE column: the error
+    ["list", "--state", "dead", "--json"],
+    ["list", "--state", "done", "--json"],
 ]
 
 
@@ -82,5 +83,5 @@ def test_journal_show_and_list_mask_a_secret_journaled_in_clear(workdir: Path, a
     out = done.stdout + done.stderr
     if argv[0] == "show":
         assert ("Authorization" in out) if argv[1] == "1" else ("exited with 22" in out), out
-    for shown in (BASIC, BASIC[8:-4], PASSWORD, json.dumps(PASSWORD)[1:-1]):
+    for shown in (BASIC, BASIC[8:-4], BASIC[8:20], PASSWORD, json.dumps(PASSWORD)[1:-1]):
         assert shown not in out, (shown, out)
