@@ -345,3 +345,55 @@ async def test_dhcp_disable_max_period_kea_cannot_keep_is_refused(
             time.sleep(0.1)
     finally:
         await run("kea.dhcp-enable", ctx)
+
+
+CONNECT_AS_GROUP_MEMBER = """
+import asyncio, json, sys
+from pathlib import Path
+from trapd.kea.client import KeaClients
+from trapd.kea.config import KeaConfig
+from trapd.yamlsource import load_yaml
+
+section = {"endpoints": {"u": {"transport": "unix", "socket": sys.argv[1], "family": "v4"}}}
+clients = KeaClients(KeaConfig.from_yaml(load_yaml(json.dumps(section), "<test>"), Path("/")))
+
+async def main():
+    try:
+        print("answered", (await clients.get("u").command("status-get")).result)
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+
+asyncio.run(main())
+"""
+
+
+def test_unix_socket_for_a_member_of_kea_s_group(chroot_kea: KeaInstance) -> None:
+    """Whatever its umask, Kea 2.6.3 makes its socket srwxr-x--- (it forces umask 027) and 3.0.4
+    srwxrwx---: a trapd in Kea's group connects to 3.0.4 but not to 2.6.3, where UMask=0007
+    (what makes Kea 2.2 connectable) changes nothing. The error must say so and name the way
+    out (the Control Agent), not send the operator to the group they are already in."""
+    import stat
+    import subprocess
+    import sys
+
+    suite = chroot_kea.chroot.name if chroot_kea.chroot else ""
+    sock = chroot_kea.host_path(chroot_kea.dhcp4_socket)
+    st = sock.stat()
+    assert bool(st.st_mode & stat.S_IWGRP) == (suite == "sid"), stat.filemode(st.st_mode)
+
+    def member_not_owner() -> None:  # nobody, with the socket's group as a supplementary group
+        os.setgroups([st.st_gid])
+        os.setgid(65534)
+        os.setuid(65534)
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), *sys.path])}
+    out = subprocess.run(
+        [sys.executable, "-c", CONNECT_AS_GROUP_MEMBER, str(sock)],
+        capture_output=True, text=True, timeout=60, preexec_fn=member_not_owner, env=env, cwd="/",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    if suite == "sid":
+        assert out.stdout.strip() == "answered 0", out.stdout
+    else:
+        assert out.stdout.startswith("KeaPermanentError"), out.stdout
+        assert "srwxr-x---" in out.stdout and "control-agent" in out.stdout, out.stdout

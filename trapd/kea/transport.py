@@ -19,9 +19,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import grp
 import json
+import os
 import socket
 import ssl
+import stat
 import time
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -161,6 +164,31 @@ def _read_answer(sock: socket.socket, protocol: _OneAnswer) -> None:
         protocol.connection_lost(None)
 
 
+def _socket_access_advice(path: str) -> str:
+    """What to change when connect() on Kea's socket is refused: it needs the socket's write bit.
+
+    Kea 2.2 takes the socket's mode from its umask (Debian's units: 0022, no group write;
+    UMask=0007 gives srwxrwx---); Kea 2.6.3 forces umask 027 whatever the unit says
+    (srwxr-x---: no member of its group can connect); Kea 3.0.4 makes it srwxrwx---.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "trapd's user needs access to Kea's control socket (group _kea)"
+    mode = stat.filemode(st.st_mode)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    if st.st_mode & stat.S_IWGRP:
+        return f"the socket is {mode}, group {group}: trapd's user needs to be in group {group}"
+    return (
+        f"the socket is {mode}, group {group}: connecting needs write permission, which its group "
+        "lacks. Kea 2.2 takes it from its umask (UMask=0007 in its systemd unit); Kea 2.6 gives its "
+        "group none whatever the umask: use its Control Agent (transport: control-agent)"
+    )
+
+
 class UnixTransport:
     """Kea's unix control socket: one command per connection, one JSON object back.
 
@@ -199,11 +227,9 @@ class UnixTransport:
                     command,
                 ) from None
             except PermissionError:
+                advice = _socket_access_advice(self.path)
                 raise KeaPermanentError(
-                    f"permission denied on {self.path}: trapd's user needs access to Kea's control socket "
-                    "(group _kea)",
-                    self.name,
-                    command,
+                    f"permission denied on {self.path}: {advice}", self.name, command
                 ) from None
             except _TooBig:  # as over HTTP: Kea is there and answered, too much
                 raise KeaServerError(
