@@ -227,3 +227,30 @@ def test_a_reload_with_a_misspelt_setting_keeps_the_running_configuration(tmp_pa
         assert d.stop() == 0
     finally:
         d.close()
+
+
+NOTE_RULES = (
+    "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n"
+    "    actions:\n      - action: example.note\n        file: ports.log\n        text: down\n"
+)
+
+
+def test_check_reports_a_used_plugin_whose_required_settings_are_not_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No actions: {example.note: ...} in trapd.yaml: every action of the rule would die with
+    # "needs actions: {example.note: {dir: ...}}", one trap at a time.
+    from trapd.cli import main
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "rules.yaml").write_text(NOTE_RULES)
+    path = tmp_path / "trapd.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nmibs: {{dirs: []}}\nrules: {{files: [rules.yaml]}}\n")
+    assert main(["check", "--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert (
+        f"{tmp_path / 'rules.yaml'}:5:9: error: example.note needs its settings in trapd.yaml"
+        " (actions: {example.note: {dir: ...}}); required: dir"
+    ) in out, out
+    path.write_text(path.read_text() + f"actions:\n  example.note: {{dir: {tmp_path}}}\n")
+    assert main(["check", "--config", str(path)]) == 0, capsys.readouterr().out

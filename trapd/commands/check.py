@@ -75,7 +75,7 @@ def _check(args: argparse.Namespace) -> int:
     from trapd.config import DEFAULT_CONFIG, Config, load_config
     from trapd.mibs import MibResolver
     from trapd.plugin import load_actions
-    from trapd.rules import check_rules, expand_rule_paths, globally_capped
+    from trapd.rules import RuleSet, check_rules, expand_rule_paths, globally_capped
     from trapd.yamlsource import ConfigError, Mark
 
     problems: list[ConfigError] = []
@@ -129,7 +129,12 @@ def _check(args: argparse.Namespace) -> int:
     capped = (
         globally_capped(config.dispatch.caps, actions) if hasattr(config.dispatch, "caps") else frozenset()
     )
-    rule_problems = check_rules(paths, resolver, actions, capped_actions=capped)
+    compiled: list[RuleSet] = []
+    rule_problems = check_rules(paths, resolver, actions, capped_actions=capped, compiled=compiled)
+    if compiled:
+        from trapd.dispatch.plugins import missing_settings
+
+        rule_problems += missing_settings(actions, config, compiled[0])
     problems += explain_unknown_symbols(rule_problems, resolver)
 
     errors = [p for p in problems if p.severity == "error" or args.strict]

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
     from trapd.config import Config
     from trapd.kea.client import KeaClients
+    from trapd.rules import RuleSet
+    from trapd.yamlsource import Mark
 
 
 def load_plugins(log: Any = None) -> dict[str, ActionSpec]:
@@ -72,12 +74,41 @@ def settings_problems(specs: Mapping[str, ActionSpec], config: Config) -> list[C
     return found
 
 
-def refuse_bad_settings(specs: Mapping[str, ActionSpec], config: Config) -> None:
-    """ConfigError for the first bad setting (start-up fails, a reload keeps what runs).
+def missing_settings(specs: Mapping[str, ActionSpec], config: Config, rules: RuleSet) -> list[ConfigError]:
+    """An error, at its first use in the rules, for each action whose plugin declares required
+    settings and has no section in trapd.yaml (a section is checked by :func:`settings_problems`)."""
+    used: dict[str, Mark | None] = {}
+    for rule in rules.rules:
+        for call in rule.actions:
+            used.setdefault(call.action, call.mark)
+    found = []
+    for name, mark in used.items():
+        spec = specs.get(name)
+        if spec is None or not spec.settings or name in config.actions:
+            continue
+        required = [key for key, p in spec.settings.items() if p.required]
+        if required:
+            found.append(
+                ConfigError(
+                    f"{name} needs its settings in trapd.yaml (actions: {{{name}: {{{required[0]}: ...}}}});"
+                    f" required: {', '.join(required)}",
+                    mark,
+                )
+            )
+    return found
 
-    A plugin run with a misspelt or mistyped setting would fail on every trap it handles.
+
+def refuse_bad_settings(
+    specs: Mapping[str, ActionSpec], config: Config, rules: RuleSet | None = None
+) -> None:
+    """ConfigError for the first bad setting (start-up fails, a reload keeps what runs), and,
+    given the compiled ``rules``, for a plugin they use that lacks its required settings.
+
+    A plugin run with a misspelt, mistyped or missing setting would fail on every trap it handles.
     """
     problems = settings_problems(specs, config)
+    if rules is not None:
+        problems += missing_settings(specs, config, rules)
     if problems:
         more = f" (and {len(problems) - 1} more; `trapd check` lists them)" if len(problems) > 1 else ""
         raise ConfigError(problems[0].message + more, problems[0].mark)

@@ -122,12 +122,17 @@ def check_rules(
     actions: Mapping[str, ActionSpec],
     *,
     capped_actions: Collection[str] = (),
+    compiled: list[RuleSet] | None = None,
 ) -> list[ConfigError]:
-    """Every problem in the rules, errors and warnings (``severity``), each with file:line:column."""
+    """Every problem in the rules, errors and warnings (``severity``), each with file:line:column.
+
+    ``compiled``: the rule set is appended to it, for checks of what the rules use."""
     try:
         ruleset, problems = compile_rules(paths, resolver, actions, capped_actions=capped_actions)
     except ConfigError as exc:  # a defect that escaped the collector still reports cleanly
         return [exc]
+    if compiled is not None:
+        compiled.append(ruleset)
     idle = None if any(p.severity == "error" for p in problems) else idle_warning(paths, ruleset)
     return [idle, *problems] if idle is not None else problems
 

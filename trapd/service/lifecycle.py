@@ -78,8 +78,6 @@ def build_rules(
     from trapd.dispatch.plugins import refuse_bad_settings
     from trapd.rules import NOTHING_RUNS, globally_capped, idle_warning, load_rules
 
-    # The plugins' declared settings first: a ConfigError, at its place in trapd.yaml.
-    refuse_bad_settings(actions, cfg)
     capped = globally_capped(cfg.dispatch.caps, actions)
     paths = cfg.rule_paths()
     dir_warning = cfg.rules_dir_warning()  # a misspelt rules.dir, or an empty one and no files
@@ -91,6 +89,9 @@ def build_rules(
     rules = load_rules(
         paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped, warnings=warnings
     )
+    # The plugins' declared settings (a ConfigError, at its place in trapd.yaml), and those the
+    # plugins the rules use require.
+    refuse_bad_settings(actions, cfg, rules)
     idle = idle_warning(paths, rules)
     if idle is not None:
         # Valid but empty (a deploy that truncated the file), or all disabled: as loud as no
