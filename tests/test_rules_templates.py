@@ -460,3 +460,22 @@ def test_an_undecodable_index_is_a_clear_value_and_a_rejection(
         words,
     )
     assert not out.planned and out.rejected, out
+
+
+@pytest.mark.parametrize(
+    "template,meant",
+    [("{{ ifDescr | lenght }}", "length"), ("{{ ifDescr | lowr }}", "lower"), ("{{ ifIndex is od }}", "odd")],
+)
+def test_a_misspelt_filter_or_test_suggests_the_name_meant(tmp_path: Path, template: str, meant: str) -> None:
+    from rules_support import errors_of
+
+    text = f"""
+        rules:
+          - name: r
+            match: {{notification: linkDown}}
+            actions:
+              - action: log
+                message: "{template}"
+        """
+    (line,) = errors_of(tmp_path, text)
+    assert "template syntax error" in line and f"(did you mean {meant!r}?)" in line, line

@@ -12,6 +12,7 @@ shared by every rule that writes the same text (a rule set repeats
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 import jinja2
@@ -20,7 +21,7 @@ from trapd import decoders
 from trapd.rules.compile_context import CompileContext, RuleScope
 from trapd.rules.context import EVENT_VARIABLES
 from trapd.rules.ruleset import Const, ListOf, MapOf, Template, Value
-from trapd.rules.templates import JINJA_GLOBALS, TemplateInfo, TemplateRefused, analyse, is_template
+from trapd.rules.templates import ENV, JINJA_GLOBALS, TemplateInfo, TemplateRefused, analyse, is_template
 from trapd.secrets import REFS, reference, source_reference
 from trapd.yamlsource import Mark, YDict, YList, where
 
@@ -103,7 +104,7 @@ class ValueCompiler:
         except jinja2.TemplateSyntaxError as exc:
             at = Mark(mark.file, mark.line + max((exc.lineno or 1) - 1, 0), mark.column) if mark else None
             kind = "template refused" if isinstance(exc, TemplateRefused) else "template syntax error"
-            self.problems.error(f"{what}: {kind}: {exc.message}", at)
+            self.problems.error(f"{what}: {kind}: {exc.message}{_close_filter(exc.message)}", at)
             return Const(source)
         self._check_variables(info, mark, scope, what)
         return shared
@@ -150,3 +151,16 @@ class ValueCompiler:
                     f"{what}: {scope.foreach_kind} items have no field {f!r}; fields: {', '.join(fields)}",
                     mark,
                 )
+
+
+_NO_SUCH = re.compile(r"No (filter|test) named '([^']*)'")
+
+
+def _close_filter(message: str | None) -> str:
+    """`` (did you mean 'length'?)`` for Jinja's "No filter named 'lenght'" (and tests), else ""."""
+    m = _NO_SUCH.match(message or "")
+    if m is None:
+        return ""
+    names = ENV.filters if m.group(1) == "filter" else ENV.tests
+    hint = difflib.get_close_matches(m.group(2), list(names), n=1, cutoff=0.6)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
