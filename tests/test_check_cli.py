@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,55 @@ def test_settings_for_an_action_that_is_not_installed_are_a_warning(
         "installed; these settings are not used (did you mean 'webhook'?)"
     ) in out, out
     assert main(["check", "--strict", "--config", str(tmp_path / "trapd.yaml")]) == 1
+
+
+# -- files trapd may not read -----------------------------------------------------------------
+# As root every file is readable: the checks run as nobody (setpriv), as the service's user.
+needs_setpriv = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to run as nobody"
+)
+
+
+def as_nobody(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(cwd / "xdg")}
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "trapd", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory nobody can enter (pytest's tmp_path is root's alone)."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="trapd-perm-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        for p in sorted(d.rglob("*"), reverse=True):
+            p.chmod(0o700)
+        shutil.rmtree(d)
+
+
+@needs_setpriv
+def test_an_unreadable_rules_dir_or_file_is_an_error_at_its_place_saying_what_to_do(shared_dir: Path) -> None:
+    rules_d = shared_dir / "rules.d"
+    rules_d.mkdir()
+    (rules_d / "10.yaml").write_text(GOOD)
+    cfg = shared_dir / "trapd.yaml"
+    cfg.write_text(f"state_dir: {shared_dir / 'state'}\nmibs: {{dirs: []}}\nrules:\n  dir: rules.d\n")
+    cfg.chmod(0o644)
+    rules_d.chmod(0o700)  # root's: nobody cannot list it
+    r = as_nobody("check", "--config", str(cfg), cwd=shared_dir)
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert f"{cfg}:4:8: error: rules.dir {rules_d}: cannot list it: Permission denied" in r.stdout, r.stdout
+    assert "user 'nobody'" in r.stdout, r.stdout
+
+    rules_d.chmod(0o755)
+    (rules_d / "10.yaml").chmod(0o600)
+    r = as_nobody("check", "--config", str(cfg), cwd=shared_dir)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{rules_d / '10.yaml'}:1:1: error: cannot read: Permission denied" in r.stdout, r.stdout
+    assert "user 'nobody'" in r.stdout, r.stdout

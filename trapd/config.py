@@ -37,6 +37,7 @@ from trapd.yamlsource import (
     check_keys,
     expect,
     load_yaml_file,
+    unreadable_hint,
     where,
     yaml_files_in,
 )
@@ -76,7 +77,7 @@ class Config:
             if not self.rules_files:
                 what += ", and rules.files names none: notifications are received and counted, nothing runs"
             return ConfigError(what, self.rules_mark, severity="warning")
-        if not self.rules_files and not yaml_files_in(d):
+        if not self.rules_files and not self._rule_files_in(d):
             return ConfigError(
                 f"rules.dir {d} holds no rule files (*.yaml) and rules.files names none: "
                 "notifications are received and counted, nothing runs",
@@ -98,8 +99,18 @@ class Config:
         if self.rules_dir is not None:
             rules_dir = self.rules_dir.resolve()
             if rules_dir.is_dir():
-                paths += [p.resolve() for p in yaml_files_in(rules_dir)]
+                paths += [p.resolve() for p in self._rule_files_in(rules_dir)]
         return paths
+
+    def _rule_files_in(self, rules_dir: Path) -> list[Path]:
+        """``rules.dir``'s rule files; ConfigError at rules.dir in trapd.yaml when it cannot be listed."""
+        try:
+            return yaml_files_in(rules_dir)
+        except OSError as exc:
+            raise ConfigError(
+                f"rules.dir {rules_dir}: cannot list it: {exc.strerror or exc}{unreadable_hint(exc)}",
+                self.rules_mark,
+            ) from exc
 
     def with_overrides(self, **changes: Any) -> Config:
         return replace(self, **changes)

@@ -552,12 +552,29 @@ def _unacceptable(text: str, source: str, exc: yaml.reader.ReaderError) -> Confi
     )
 
 
+def unreadable_hint(exc: OSError) -> str:
+    """For a file or directory this process may not read: who it runs as, and what to do."""
+    import errno
+    import os
+    import pwd
+
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return ""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    return f" (trapd runs as user {user!r} here: make it readable by that user, or its group)"
+
+
 def load_yaml_file(path: str | Path) -> Any:
     p = Path(path)
     try:
         text = read_regular_text(p)  # a FIFO put in a rules file's place is refused, not waited on
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", Mark(str(p), 1, 1)) from exc
+        raise ConfigError(
+            f"cannot read: {exc.strerror or exc}{unreadable_hint(exc)}", Mark(str(p), 1, 1)
+        ) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} ({exc.reason})", _byte_mark(str(p), exc)

@@ -90,14 +90,21 @@ def _check(args: argparse.Namespace) -> int:
             problems.append(exc)
     # Files named on the command line are what is checked, even when a directory among them has
     # no rule files: falling back to trapd.yaml's would give their verdict for the directory.
-    paths = expand_rule_paths(args.files) if args.files else config.rule_paths()
+    try:
+        paths = expand_rule_paths(args.files) if args.files else config.rule_paths()
+    except ConfigError as exc:  # a rules.dir that cannot be listed
+        problems.append(exc)
+        paths = []
     if not paths and args.files:
         named = ", ".join(map(str, args.files))
         print(f"trapd check: no rule files (*.yaml) in {named}", file=sys.stderr)
         return 2
     # trapd.yaml's rules.dir missing, or empty with no rules.files: the daemon runs with that,
     # so it is a warning here (with nothing else to check, trapd.yaml is what gets the verdict).
-    dir_warning = None if args.files else config.rules_dir_warning()
+    try:
+        dir_warning = None if args.files else config.rules_dir_warning()
+    except ConfigError:  # cannot be listed: reported above
+        dir_warning = None
     if dir_warning is not None:
         problems.append(dir_warning)
     if not paths and dir_warning is None:
