@@ -1900,3 +1900,37 @@ def test_the_compile_child_ends_with_the_process_that_started_it(tmp_path: Path)
             parent.wait()
         if child is not None and Path(f"/proc/{child}").exists():
             os.kill(child, signal.SIGKILL)  # started (indirectly) by this test
+
+
+def test_a_module_is_compiled_again_when_a_module_it_imports_from_changes(tmp_path: Path) -> None:
+    """pysmi writes the numbers of an imported parent into the importer's compiled module: when
+    A-MIB moved aRoot (a vendor's corrected SMI file), B-MIB, unchanged, kept bNode under the old
+    number, so its names (and the notifications rules match) were wrong until `--force`."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    a = src / "a.my"
+    a.write_text(
+        "A-MIB DEFINITIONS ::= BEGIN\nIMPORTS enterprises FROM SNMPv2-SMI;\n"
+        "aRoot OBJECT IDENTIFIER ::= { enterprises 100 }\nEND\n",
+        encoding="utf-8",
+    )
+    (src / "b.my").write_text(
+        "B-MIB DEFINITIONS ::= BEGIN\nIMPORTS aRoot FROM A-MIB;\n"
+        "bNode OBJECT IDENTIFIER ::= { aRoot 1 }\nEND\n",
+        encoding="utf-8",
+    )
+    (src / "c.my").write_text(  # and what imports from B-MIB in turn
+        "C-MIB DEFINITIONS ::= BEGIN\nIMPORTS bNode FROM B-MIB;\n"
+        "cNode OBJECT IDENTIFIER ::= { bNode 2 }\nEND\n",
+        encoding="utf-8",
+    )
+    config = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
+    r = MibResolver.load(config, compile_in_process=True)
+    vendor = (1, 3, 6, 1, 4, 1)
+    assert (r.lookup("bNode"), r.lookup("cNode")) == ((*vendor, 100, 1), (*vendor, 100, 1, 2))
+    moved = a.read_text(encoding="utf-8").replace("enterprises 100", "enterprises 200")
+    a.write_text(moved, encoding="utf-8")
+    r = MibResolver.load(config, compile_in_process=True)
+    assert r.problems == []
+    assert r.lookup("aRoot") == (*vendor, 200)
+    assert (r.lookup("bNode"), r.lookup("cNode")) == ((*vendor, 200, 1), (*vendor, 200, 1, 2))

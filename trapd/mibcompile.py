@@ -647,7 +647,8 @@ def _prune_cache(py_dir: Path, site: dict[str, SiteSource], stand_ins: dict[str,
     unpacked, a module moved to another directory) kept its old compiled form;
     and a stand-in (:class:`StandIn`) would shadow the real module added later
     or no longer fit what its importers ask of it. So a compiled module stays
-    only while the file it was compiled from is unchanged.
+    only while the file it was compiled from is unchanged, and so do the
+    modules it imports from (:func:`_importers_of`).
     """
     try:
         previous = set((py_dir / _STAND_INS_FILE).read_text(encoding="utf-8").split())
@@ -664,13 +665,45 @@ def _prune_cache(py_dir: Path, site: dict[str, SiteSource], stand_ins: dict[str,
     except OSError:
         return
     keys = {name: _source_key(src) for name, src in site.items()}
+    files: dict[str, list[Path]] = {}
     for path in compiled:
-        module = path.name.partition(".")[0]
-        if module not in site or module in previous or recorded.get(module) != keys[module]:
+        files.setdefault(path.name.partition(".")[0], []).append(path)
+    stale = {m for m in files if m not in site or m in previous or recorded.get(m) != keys[m]}
+    for module in _importers_of(py_dir, stale - previous, set(files) - stale):
+        stale.add(module)
+    for module in stale:
+        for path in files[module]:
             with contextlib.suppress(OSError):
                 path.unlink()
     with contextlib.suppress(OSError):  # the cache directory's own problem is reported by the compile
         (py_dir / _STAND_INS_FILE).write_text("".join(f"{n}\n" for n in sorted(stand_ins)), encoding="utf-8")
+
+
+def _importers_of(py_dir: Path, changed: set[str], kept: set[str]) -> set[str]:
+    """The modules of ``kept`` that import from one of ``changed``, directly or through each other.
+
+    pysmi writes the numbers of an imported parent into the importer's
+    compiled module (``{ aRoot 1 }`` becomes 1.3.6.1.4.1.100.1): when A-MIB
+    moved aRoot, B-MIB, unchanged, kept its nodes under the old number until
+    ``--force``. So whatever imports from a module compiled again is compiled
+    again too (stand-ins hold only TCs, which are imported at load time).
+    """
+    importers: dict[str, list[str]] = {}
+    for module in kept:
+        try:
+            text = (py_dir / f"{module}.py").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for dep in set(_COMPILED_IMPORT_RE.findall(text)):
+            importers.setdefault(dep, []).append(module)
+    out: set[str] = set()
+    todo = list(changed)
+    while todo:
+        for module in importers.get(todo.pop(), ()):
+            if module not in out:
+                out.add(module)
+                todo.append(module)
+    return out
 
 
 def _record_sources(py_dir: Path, site: dict[str, SiteSource], modules: list[str]) -> None:
