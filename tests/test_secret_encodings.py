@@ -192,3 +192,17 @@ def test_a_secret_with_quotes_in_a_field_is_masked_in_every_format(fmt: str, val
     assert out.count("***") == 2, out
     for shown in (value, repr(value)[1:-1], repr(value + "'\"")[1:-4], json.dumps(value)[1:-1]):
         assert shown not in out, (shown, out)
+
+
+def test_with_many_secrets_every_form_is_still_found() -> None:
+    """With many secrets, redact() first reads the text's longest run of word characters and
+    searches only the forms of word characters that fit in it (tests the path past that bound)."""
+    many = [Secret(f"many-{n:03d}-s3cretVALUE", "test") for n in range(40)]
+    other = Secret("spa ce:s3cret/va lue", "test")
+    assert len(REDACTOR) >= 41
+    for secret in (many[7].reveal(), many[39].reveal(), other.reveal()):
+        for name, form in encodings(secret).items():
+            text = f"a {form} b, inside-a-long-run-of-word-characters{form}xyz"
+            masked = REDACTOR.redact(text)
+            assert not leaks(masked, secret), (name, masked)
+    assert REDACTOR.redact("nothing-to-see here") == "nothing-to-see here"
