@@ -86,3 +86,101 @@ def test_a_community_on_the_command_line_can_come_from_the_environment(
         assert d.stop() == 0
     finally:
         d.close()
+
+
+SLOW_COMPILER = """\
+import sys, time
+import trapd.mibcompile as m
+real = m.compile_site
+def slow(*args, **kwargs):
+    time.sleep({seconds})
+    return real(*args, **kwargs)
+m.compile_site = slow
+assert sys.argv[1:3] == ["-m", "trapd.mibcompile"], sys.argv
+sys.exit(m.main(sys.argv[3:]))
+"""
+
+
+def start_compiling(tmp_path: Path, workers: int, seconds: float) -> tuple[TrapdDaemon, Path]:
+    """`trapd run` whose site MIB compile takes ``seconds`` (its compiler sleeps first), waited
+    for until it says it compiles; the compiler's script path (to find its process)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from daemon_harness import free_port
+    from notify_harness import NotifySocket
+
+    mibs = tmp_path / "mibs"
+    mibs.mkdir()
+    (mibs / "SITE-MIB.my").write_text(
+        "SITE-MIB DEFINITIONS ::= BEGIN\nIMPORTS enterprises FROM SNMPv2-SMI;\n"
+        "site OBJECT IDENTIFIER ::= { enterprises 99990 }\nEND\n"
+    )
+    slow = tmp_path / "slowpython"
+    slow.write_text(f"#!{sys.executable}\n{SLOW_COMPILER.format(seconds=seconds)}")
+    slow.chmod(0o755)
+    wrapper = tmp_path / "run.py"
+    wrapper.write_text(
+        f"import sys\nsys.executable = {str(slow)!r}\nfrom trapd.cli import main\n"
+        "sys.exit(main(['run', '--config', sys.argv[1]]))\n"
+    )
+    d = TrapdDaemon(tmp_path / "trapd", free_port(), None)
+    d.workdir.mkdir()
+    d.rules_path.write_text("rules: []\n")
+    d.write_config({"mibs": {"dirs": [str(mibs)]}, "service": {"workers": workers}})
+    d.notify = notify = NotifySocket(tmp_path / "notify.sock")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env["NOTIFY_SOCKET"] = notify.address
+    d.proc = subprocess.Popen(
+        [sys.executable, str(wrapper), str(d.config_path)], cwd=d.workdir, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    threading.Thread(target=d._read_log, args=(d.proc,), daemon=True).start()
+    try:
+        assert "compiling site MIBs" in notify.wait_for("STATUS", 30)["STATUS"]
+    except BaseException:
+        d.close()
+        raise
+    return d, slow
+
+
+def processes_of(script: Path) -> list[int]:
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_while_site_mibs_compile_stops_trapd_and_the_compiler_at_once(
+    tmp_path: Path, workers: int
+) -> None:
+    """The first start after a site MIB bundle is added compiles it (minutes for a vendor's whole
+    bundle). `systemctl stop` meanwhile: a lone trapd, its loop blocked in the compile, took no
+    notice until the compile ended (the unit's TimeoutStopSec, 60 s, then SIGKILL); the
+    supervisor of several workers died at once but left the compiler running (up to 10 minutes
+    and 600 MB) until systemd's final SIGKILL. Here a compiler that would take 5 minutes: trapd
+    and the compiler must both be gone within seconds of SIGTERM."""
+    import os
+    import time
+
+    d, slow = start_compiling(tmp_path, workers, 300)
+    try:
+        eventually(lambda: processes_of(slow) or None)
+        assert processes_of(slow)
+        stopped = time.monotonic()
+        d.signal(signal.SIGTERM)
+        rc = d.wait_exit(30)
+        assert rc in (0, -signal.SIGTERM), rc  # both are a clean stop to systemd
+        assert time.monotonic() - stopped < 10
+
+        def no_compiler() -> None:
+            assert not processes_of(slow)
+
+        eventually(no_compiler, 10)
+    finally:
+        for pid in processes_of(slow):
+            os.kill(pid, signal.SIGKILL)
+        d.close()

@@ -377,11 +377,19 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         try:
-            listener = await self._start()
+            loaded = None
+            if self.role is None:
+                # Before the loop's signal handlers: loading blocks this thread (site MIBs compile
+                # for minutes on the first start after they change), so a SIGTERM the loop would
+                # only see afterwards ends trapd at once instead (its default action: nothing is
+                # open yet; the compiler ends with it). A SIGHUP meanwhile is kept for later.
+                signal.signal(signal.SIGHUP, lambda signum, frame: self._reload_requested.set())
+                loaded = load_startup(self.config, self.log, self.notifier)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+            listener = await self._start(loaded)
         except Exception as exc:
             # Port in use, unreadable rules, a journal that cannot be opened: say which, in one
             # line, then exit non-zero so systemd's Restart=on-failure and `systemctl status` show it.
@@ -433,7 +441,7 @@ class Daemon:
         self.log.info("stopped")
         return 0
 
-    async def _start(self) -> Listener:
+    async def _start(self, loaded: Loaded | None = None) -> Listener:
         """Load, open and bind everything, in the order that fails cheapest first; returns the listener."""
         import httpx
 
@@ -448,7 +456,8 @@ class Daemon:
         role = self.role
         make_private_dir(cfg.state_dir)
         # A worker forked from the supervisor starts with what the supervisor loaded and checked.
-        loaded = role.take_preloaded() if role is not None else None
+        if loaded is None and role is not None:
+            loaded = role.take_preloaded()
         if loaded is None:
             loaded = load_startup(cfg, self.log, self.notifier)
         self.resolver, self.actions, self.rules = loaded.resolver, loaded.actions, loaded.rules
