@@ -184,3 +184,22 @@ def test_sigterm_while_site_mibs_compile_stops_trapd_and_the_compiler_at_once(
         for pid in processes_of(slow):
             os.kill(pid, signal.SIGKILL)
         d.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_while_site_mibs_compile_is_a_reload_after_the_start(tmp_path: Path, workers: int) -> None:
+    """A SIGHUP before the signal handlers of the loop are there (`kill -HUP` by a deploy script
+    while the first start compiles site MIBs): the supervisor of several workers died of it,
+    which systemd counts as a clean exit, so Restart=on-failure did not bring it back. It is now
+    kept and done as a reload once trapd is ready."""
+    d, _ = start_compiling(tmp_path, workers, 3)
+    try:
+        assert d.notify is not None
+        d.signal(signal.SIGHUP)
+        d.notify.wait_for("READY", 60)
+        d.notify.wait_for("RELOADING", 30)
+        d.notify.wait_for("READY", 30)
+        assert d.poll() is None
+        assert d.stop() == 0
+    finally:
+        d.close()

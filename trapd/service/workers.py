@@ -331,10 +331,14 @@ class Supervisor:
         # Reloads in a row whose workers loaded other rules than this process (files changing).
         self._changed_during_reload = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._early_reload = False  # a SIGHUP before the loop's handlers
 
     # ------------------------------------------------------------ start: before any loop or thread
 
     def run(self) -> int:
+        # Until the loop's handlers: SIGTERM ends the supervisor at once (nothing is forked yet, and
+        # a MIB compiler ends with it); a SIGHUP, whose default would end it too, is kept for later.
+        signal.signal(signal.SIGHUP, lambda signum, frame: setattr(self, "_early_reload", True))
         try:
             self._prepare()
         except Exception as exc:
@@ -514,6 +518,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        if self._early_reload:
+            self._reload_requested.set()
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self._reap()  # a worker that died before the handler was there
         for slot in self.slots:
