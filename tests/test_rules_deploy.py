@@ -45,3 +45,21 @@ def test_the_files_listed_for_a_load_stay_in_the_release_they_were_listed_in(tmp
     assert list(rules.names) == ["main-v1", "10-a-v1", "20-b-v1"]
     # The next reload takes the new release whole.
     assert list(load_rules(cfg.rule_paths(), resolver(), ACTIONS).names) == ["main-v2", "10-a-v2", "20-b-v2"]
+
+
+def test_hidden_files_in_the_rules_directory_are_not_rule_files(tmp_path: Path) -> None:
+    """rules.d/*.yaml, as the shell reads it, leaves out hidden names: a deploy tool's or editor's
+    temporary copy beside the file (Ansible writes .ansible_tmpXXXX10-a.yaml in the directory and
+    renames it over 10-a.yaml) was loaded as a second file, and a reload during the deploy failed
+    on its duplicate rule names, or on the copy gone by the time it was read."""
+    rules_d = tmp_path / "rules.d"
+    rules_d.mkdir()
+    text = "rules:\n  - {name: a, match: {notification: linkUp}, cancel: x}\n"
+    (rules_d / "10-a.yaml").write_text(text)
+    (rules_d / ".ansible_tmp1a2b3c10-a.yaml").write_text(text)
+    (rules_d / ".hidden.yml").write_text(text)
+    cfg_path = tmp_path / "trapd.yaml"
+    cfg_path.write_text("mibs: {dirs: []}\nrules: {dir: rules.d}\n")
+    paths = load_config(cfg_path).rule_paths()
+    assert [p.name for p in paths] == ["10-a.yaml"]
+    assert list(load_rules(paths, resolver(), ACTIONS).names) == ["a"]

@@ -596,10 +596,14 @@ def yaml_files_in(directory: Path) -> list[Path]:
     An entry that exists but is not a regular file (a FIFO, a device) is listed, so that loading
     refuses it by name rather than the directory losing it in silence. A subdirectory is not a
     file, and a dangling symlink is left out: Emacs's lock file ``.#rules.yaml`` is one while
-    the file is being edited.
+    the file is being edited. A hidden name is left out, as the shell's ``*.yaml`` leaves it: a
+    deploy tool's or editor's temporary copy (Ansible's ``.ansible_tmpXXXX10-a.yaml``, renamed over
+    ``10-a.yaml`` when complete) is not a second rule file.
     """
     return sorted(
-        p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.exists() and not p.is_dir()
+        p
+        for p in directory.iterdir()
+        if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.exists() and not p.is_dir()
     )
 
 
