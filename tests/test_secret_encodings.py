@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -206,3 +207,24 @@ def test_with_many_secrets_every_form_is_still_found() -> None:
             masked = REDACTOR.redact(text)
             assert not leaks(masked, secret), (name, masked)
     assert REDACTOR.redact("nothing-to-see here") == "nothing-to-see here"
+
+
+def test_a_secret_that_is_not_utf8_is_masked_and_does_not_fail_its_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An environment variable (or a command-line argument) that is not UTF-8 reaches Python with
+    its bytes as lone surrogates: percent-encoding and base64 of it raised UnicodeEncodeError,
+    and loading the secret (trapd.yaml's {env: NAME}, --community) failed with it."""
+    raw = b"not-utf8-\xff-s3cret"
+    monkeypatch.setenv("TEST_NOT_UTF8", "replaced below")  # and removed after the test
+    os.environb[b"TEST_NOT_UTF8"] = raw
+    value = Secret.from_config({"env": "TEST_NOT_UTF8"}).reveal()
+    basic = base64.b64encode(b"u:" + raw).decode()
+    core = basic[3 : (2 + len(raw)) * 8 // 6]  # what only the secret decides of it
+    for text, shown in (
+        (value, "s3cret"),
+        (urllib.parse.quote_from_bytes(raw, safe=""), "s3cret"),
+        (f"Basic {basic}", core),
+    ):
+        masked = REDACTOR.redact(f"echo {text} end")
+        assert shown not in masked, (text, masked)

@@ -287,11 +287,13 @@ def encodings(text: str) -> set[str]:
     The one place that knows these forms: the redactor masks every secret in each (log lines,
     results, errors, ``trapd journal show``), the webhook action its URL's parts."""
     as_json = json.dumps(text)[1:-1]
+    # A text from the environment or argv that is not UTF-8 holds its bytes as lone surrogates
+    # (surrogateescape): encoded back to those bytes, not refused.
     quoted = {
-        urllib.parse.quote(text, safe=""),
-        urllib.parse.quote(text, safe="/"),
-        urllib.parse.quote(text, safe=_URL_SAFE),
-        urllib.parse.quote_plus(text, safe=""),
+        urllib.parse.quote(text, safe="", errors=_BYTES),
+        urllib.parse.quote(text, safe="/", errors=_BYTES),
+        urllib.parse.quote(text, safe=_URL_SAFE, errors=_BYTES),
+        urllib.parse.quote_plus(text, safe="", errors=_BYTES),
     }
     quoted |= {_LOWER_HEX.sub(lambda m: m.group().lower(), q) for q in quoted}
     out = {text, as_json, as_json.replace("/", "\\/"), *quoted}
@@ -301,7 +303,7 @@ def encodings(text: str) -> set[str]:
         # As Python's repr writes it (the console format, a field's text that needs quoting):
         # in the quotes the text itself picks, and in '...' with \' when the rest has both.
         out |= {repr(text)[1:-1], repr(text + "'\"")[1:-4]}
-    data = text.encode()
+    data = text.encode("utf-8", _BYTES)
     for pad in range(3):
         encoded = base64.b64encode(b"\0" * pad + data).decode()
         core = encoded[-(-pad * 8 // 6) : (pad + len(data)) * 8 // 6]
@@ -309,6 +311,7 @@ def encodings(text: str) -> set[str]:
     return out
 
 
+_BYTES = "surrogateescape"
 _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"  # RFC 3986's reserved characters, and % (what is encoded already)
 _LOWER_HEX = re.compile("%[0-9A-F]{2}")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
