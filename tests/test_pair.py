@@ -664,3 +664,65 @@ def test_a_host_cut_off_from_the_database_says_so_and_runs_nothing_twice(
         split_pg.heal(0)
         for d in hosts:
             d.stop()
+
+
+def test_a_host_gone_in_the_middle_of_a_transaction_does_not_keep_its_claims(
+    tmp_path: Path, split_pg: SplitPg
+) -> None:
+    """dhcp1 stops in the middle of a lease renewal (power lost, or cut off from the network: no
+    FIN, no reset; here SIGSTOP, caught while its session is idle in the renewal's transaction
+    with its running row locked). The server keeps that session, its transaction and its row
+    locks until it notices the client is gone: TCP keepalives after 2 hours by default. dhcp2's
+    takeover skips locked rows, so it did not take over dhcp1's running action (and every later
+    action of its key waited) for as long. trapd's sessions now end a transaction left idle
+    (idle_in_transaction_session_timeout) and probe an idle client, so dhcp2 takes over."""
+    assert split_pg.server is not None
+    db = split_pg.server.new_database()
+    name = urlsplit(db).path.lstrip("/")
+    out = tmp_path / "marks"
+    rules = PAIR_RULES.format(marks=out, seconds=60)
+    hosts = []
+    for i, host in enumerate(("dhcp1", "dhcp2")):
+        config = pg_config(split_pg.url(name, i), host, lease="3s", poll_interval="200ms")
+        config["dispatch"]["interrupted"] = "hold-unsafe"
+        hosts.append(TrapdDaemon.start(tmp_path / host, rules=rules, config=config, timeout=60))
+    a, b = hosts
+    assert a.proc is not None
+    try:
+        assert send(a, 7, 407_000) == 0
+        wait_for(lambda: lines(out)["start 7"] == 1, what="dhcp1 running the action")
+        with psycopg.connect(db, autocommit=True) as conn:
+            (row,) = conn.execute("SELECT id FROM trapd_actions WHERE owner = 'dhcp1'").fetchall()
+            id_ = row[0]
+
+            def locked() -> bool:
+                try:
+                    with conn.transaction():
+                        conn.execute("SELECT 1 FROM trapd_actions WHERE id = %s FOR UPDATE NOWAIT", (id_,))
+                except psycopg.errors.LockNotAvailable:
+                    return True
+                return False
+
+            idle = "SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s "
+            idle += "AND state = 'idle in transaction'"
+            caught = False
+            deadline = time.monotonic() + 90
+            while not caught and time.monotonic() < deadline:
+                got = conn.execute(idle, (split_pg.addrs[0][0],)).fetchone()
+                if got is None or got[0] == 0:
+                    continue
+                a.signal(signal.SIGSTOP)
+                time.sleep(0.05)
+                caught = locked()
+                if not caught:
+                    a.signal(signal.SIGCONT)
+            assert caught, "dhcp1 never caught in a transaction holding its row"
+            stopped = time.monotonic()
+            wait_for(lambda: not locked(), timeout=30, what="the server ending dhcp1's transaction")
+            took = b.wait_log("took over the running actions of a host that stopped renewing its claims", 30)
+            assert took[0]["from"] == ["dhcp1"] and took[0]["held"] == 1, took
+            print(f"dhcp2 took over {time.monotonic() - stopped:.1f} s after dhcp1 stopped")
+    finally:
+        a.signal(signal.SIGCONT)
+        for d in hosts:
+            d.stop()

@@ -1830,6 +1830,28 @@ def _network_timeouts(conninfo: str, lease: float) -> str:
     return psycopg.conninfo.make_conninfo(conninfo, **extra) if extra else conninfo
 
 
+def _session_settings(lease: float) -> str:
+    """What each of trapd's sessions asks of the server: end a transaction its client leaves
+    idle for half a ``lease`` (5 to 15 s: a host whose loop stalls a moment under load must not
+    lose its transactions), and probe an idle client's TCP connection every third of the lease
+    (at most 10 s).
+
+    A host that stops in the middle of a transaction (power lost, the network cut: no FIN, no
+    reset; its lease renewal takes a few round trips in one) left its session idle in that
+    transaction, holding its running rows' locks, until the server noticed the client was
+    gone: its TCP keepalives, after 2 hours by default. The other host's takeover skips locked
+    rows, so it took nothing over (and the later actions of those keys waited) for as long.
+    With these the server ends the transaction about when the rows' leases run out. Both
+    are ordinary session settings (no privilege); on a unix socket the keepalives are ignored.
+    """
+    idle_ms = int(max(5.0, min(lease / 2, 15.0)) * 1000)
+    probe = max(1, int(min(lease / 3, 10.0)))
+    return (
+        f"SET idle_in_transaction_session_timeout = {idle_ms}; SET tcp_keepalives_idle = {probe}; "
+        f"SET tcp_keepalives_interval = {probe}; SET tcp_keepalives_count = 3"
+    )
+
+
 class PostgresJournal:
     """The shared journal on PostgreSQL: several trapd hosts, one queue, each action once."""
 
@@ -1974,6 +1996,7 @@ class PostgresJournal:
             # (tests/test_pair.py: committing again 1.2 s after the database came back).
             reconnect_timeout=0,
             name="trapd-journal",
+            configure=self._configure,
         )
         try:
             await pool.open(wait=True, timeout=max(self.connect_timeout, 5.0))
@@ -1990,6 +2013,10 @@ class PostgresJournal:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.connect_timeout):
                 await self._listen_ready.wait()
+
+    async def _configure(self, conn: Conn) -> None:
+        """Each pooled connection (the writer's, the lease renewal's): see _session_settings."""
+        await conn.execute(_session_settings(self.lease))
 
     async def close(self) -> None:
         if self._writer_task is None:
