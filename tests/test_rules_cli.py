@@ -417,3 +417,21 @@ def test_check_warns_about_a_rules_dir_that_is_not_there(
     assert out[0].startswith(f"{cfg}:3:") and "warning" in out[0], out
     assert f"{tmp_path / 'rulse.d'} is not a directory" in out[0], out
     assert out[-1] == f"OK: {tmp_path / 'rules.yaml'} (1 warning(s))", out
+
+
+def test_trapd_test_refuses_json_nested_too_deep_and_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """json.loads recurses: "[[[[..." 100,000 deep ended trapd test in a RecursionError traceback,
+    and a `trapd listen | trapd test -` stream with it."""
+    rules = write(tmp_path, "rules:\n  - {name: up, match: {notification: linkUp}, cancel: x}\n")
+    deep = "[" * 100_000 + "]" * 100_000
+    f = write(tmp_path, deep + "\n", "deep.json")
+    assert main(["test", "-r", str(rules), str(f)]) == 1
+    assert "nested too deep" in capsys.readouterr().err
+    good = json.dumps({"trap_oid": "1.3.6.1.6.3.1.1.5.4", "source": "10.0.0.1"})
+    monkeypatch.setattr("sys.stdin", io.StringIO(deep + "\n" + good + "\n"))
+    assert main(["test", "-r", str(rules), "-"]) == 1
+    captured = capsys.readouterr()
+    assert "stdin:1: not an event: JSON nested too deep" in captured.err, captured.err
+    assert "MATCH     up" in captured.out, captured.out

@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
             if not line:
                 continue
             try:
-                show(event_from_json(json.loads(line)))
+                show(event_from_json(loads_json(line)))
             except ValueError as exc:
                 ok = False
                 print(f"stdin:{n}: not an event: {exc}", file=sys.stderr)
@@ -173,14 +173,24 @@ def read_event_file(path: Any) -> list[Event]:
 
 def read_event_values(path: Any) -> list[Any]:
     """The JSON values of an event file (one, a list, or one per line), for event_from_json."""
-    import json
 
     text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except ValueError:
-        data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = [loads_json(line) for line in text.splitlines() if line.strip()]
     return data if isinstance(data, list) else [data]
+
+
+def loads_json(text: str) -> Any:
+    """json.loads, with a value nested past the interpreter's recursion limit a ValueError like any
+    other bad JSON (json.loads recurses: "[[[[..." raised RecursionError, a traceback)."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
 
 
 _JSON_NAMES = {dict: "object", list: "list", str: "text", int: "int", float: "number", bool: "boolean"}
