@@ -1934,3 +1934,39 @@ def test_a_module_is_compiled_again_when_a_module_it_imports_from_changes(tmp_pa
     assert r.problems == []
     assert r.lookup("aRoot") == (*vendor, 200)
     assert (r.lookup("bNode"), r.lookup("cNode")) == ((*vendor, 200, 1), (*vendor, 200, 1, 2))
+
+
+def test_a_changed_file_is_the_only_one_pysmi_reads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pysmi parses every module it is asked for before it finds a compiled one up to date: one
+    changed file in a bundle of 1,002 generated modules cost 33 s (load 13), as much as the whole
+    bundle. Only the modules without a compiled form after the prune are asked for now."""
+    import trapd.mibcompile as mibcompile
+
+    src = tmp_path / "mibs"
+    src.mkdir()
+    for i in range(4):
+        text = textwrap.dedent(VENDOR_MIB).replace("TRAPD-TEST-MIB", f"TRAPD-TEST{i}-MIB")
+        (src / f"test{i}.my").write_text(text, encoding="utf-8")
+    config = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
+    asked: list[list[str]] = []
+    real = mibcompile._run_pysmi
+
+    def spy(wanted: list[str], *args: Any, **kwargs: Any) -> Any:
+        asked.append(list(wanted))
+        return real(wanted, *args, **kwargs)
+
+    monkeypatch.setattr(mibcompile, "_run_pysmi", spy)
+    r = MibResolver.load(config, compile_in_process=True)
+    assert len(r.site_modules) == 4 and asked == [[f"TRAPD-TEST{i}-MIB" for i in range(4)]], (
+        r.problems,
+        asked,
+    )
+    changed = src / "test2.my"
+    changed.write_text(changed.read_text(encoding="utf-8") + "\n-- edited\n", encoding="utf-8")
+    r = MibResolver.load(config, compile_in_process=True)
+    assert asked[1:] == [["TRAPD-TEST2-MIB"]], asked
+    assert r.problems == [] and len(r.site_modules) == 4
+    assert r.lookup("TRAPD-TEST0-MIB::trapdMacNotification") is not None
+    assert r.lookup("TRAPD-TEST2-MIB::trapdMacNotification") is not None

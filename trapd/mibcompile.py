@@ -556,7 +556,12 @@ def compile_site(
     try:
         stand_ins = missing_type_imports(site, stubs)
         _prune_cache(py_dir, site, stand_ins)
-        statuses = _run_pysmi(wanted, site, stubs, py_dir, stand_ins) if wanted else {}
+        # What the prune left is up to date: pysmi is asked only for the rest. It parses every module
+        # it is asked for before it finds a compiled one current, so one changed file in a bundle of
+        # 1,002 generated modules took as long as the whole bundle (33 s at load 13).
+        todo = [m for m in wanted if not (py_dir / f"{m}.py").is_file()]
+        statuses: dict[str, Any] = {m: "untouched" for m in wanted if m not in todo}
+        statuses.update(_run_pysmi(todo, site, stubs, py_dir, stand_ins) if todo else {})
         failed = {m for m, st in statuses.items() if st == "failed"}
         compiled = []
         for m in wanted:
