@@ -479,3 +479,21 @@ def test_a_misspelt_filter_or_test_suggests_the_name_meant(tmp_path: Path, templ
         """
     (line,) = errors_of(tmp_path, text)
     assert "template syntax error" in line and f"(did you mean {meant!r}?)" in line, line
+
+
+def test_a_template_nested_too_deep_is_an_error_at_its_place(tmp_path: Path) -> None:
+    """Jinja parses recursively (a dozen frames a parenthesis): 150 nested parentheses ended
+    trapd check in a RecursionError traceback, and a reload with it failed naming no file."""
+    from rules_support import errors_of
+
+    deep = "(" * 150 + "ifIndex" + ")" * 150
+    text = f"""
+        rules:
+          - name: r
+            match: {{notification: linkDown}}
+            actions:
+              - action: log
+                message: "{{{{ {deep} }}}}"
+        """
+    (line,) = errors_of(tmp_path, text)
+    assert line.startswith("6:18: error: log.message: template nested too deep"), line

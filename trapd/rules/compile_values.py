@@ -106,6 +106,14 @@ class ValueCompiler:
             kind = "template refused" if isinstance(exc, TemplateRefused) else "template syntax error"
             self.problems.error(f"{what}: {kind}: {exc.message}{_close_filter(exc.message)}", at)
             return Const(source)
+        except RecursionError:
+            # Jinja parses, and trapd analyses, recursively: a dozen frames a parenthesis.
+            self.problems.error(
+                f"{what}: template nested too deep (parentheses, filters or calls inside one another): "
+                "split it, or set parts with {% set %}",
+                mark,
+            )
+            return Const(source)
         self._check_variables(info, mark, scope, what)
         return shared
 
