@@ -575,6 +575,16 @@ def test_hosts_that_load_other_rules_say_so_until_they_agree(tmp_path: Path, pg_
             status, body = d.healthz()
             assert status == 200 and body["status"] == "ok" and "rules" not in body, body
         assert len(a.logs(event)) == 1 and len(b.logs(event)) == 1  # once, not at every renewal
+        # dhcp2 back on other rules, then gone (stopped, or dead): nothing was fixed, and dhcp1
+        # said "the same rules again" all the same. It says the host left instead.
+        b.rules_path.write_text(other)
+        b.signal(signal.SIGHUP)
+        a.wait_log(event, 30, count=2)
+        b.stop()
+        (left,) = a.wait_log("a host that loaded other rules left the journal", 30)
+        assert left["hosts"] == ["dhcp2"], left
+        assert len(a.logs("the hosts sharing the journal load the same rules again")) == 1
+        wait_for(lambda: a.metric("trapd_pair_rules_differ") == 0, 30, "gauge back to 0")
     finally:
         for d in hosts:
             d.stop()

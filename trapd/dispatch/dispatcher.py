@@ -258,6 +258,7 @@ class Dispatcher:
         self._view = pairview.view(self._kea_config)
         self.pair_differences: list[str] = []
         self.pair_rule_differences: list[str] = []  # the same for the rules (see share_rules)
+        self._differing: dict[str, set[str]] = {}  # "rules"/"kea" -> the hosts that differ now
 
     # ------------------------------------------------------------ lifecycle
 
@@ -845,7 +846,8 @@ class Dispatcher:
                     hint="give every host the same rules files and mode, and reload both (docs/pair.md)",
                 )
         if self.pair_rule_differences and not rules:
-            self.log.info("the hosts sharing the journal load the same rules again")
+            self._say_cleared("rules", others, "the hosts sharing the journal load the same rules again",
+                              "a host that loaded other rules left the journal")  # fmt: skip
         self.pair_rule_differences = rules
         found = pairview.differences(self._view, others)
         for problem in found:
@@ -856,8 +858,24 @@ class Dispatcher:
                     hint="give every host the same kea.endpoints names, peers and defaults (docs/pair.md)",
                 )
         if self.pair_differences and not found:
-            self.log.info("the hosts sharing the journal list the same Kea servers again")
+            self._say_cleared("kea", others, "the hosts sharing the journal list the same Kea servers again",
+                              "a host that listed other Kea servers left the journal")  # fmt: skip
         self.pair_differences = found
+        # Which hosts differ now, for the line said when it clears (see _say_cleared).
+        self._differing = {
+            "rules": {h for h in others if pairview.rule_differences(self._view, {h: others[h]})},
+            "kea": {h for h in others if pairview.differences(self._view, {h: others[h]})},
+        }
+
+    def _say_cleared(self, kind: str, others: Mapping[str, str], agree: str, left: str) -> None:
+        """The differences of ``kind`` are gone: the hosts agree now, or the ones that differed
+        stopped (or died, or lost the database): then nothing was fixed, and "the same again"
+        would say it was."""
+        gone = sorted(self._differing.get(kind, set()) - set(others))
+        if gone:
+            self.log.info(left, hosts=gone, hint="it still differs when it comes back with the same files")
+        else:
+            self.log.info(agree)
 
     async def _maintain(self) -> None:
         """One round of upkeep. Each step that reads or writes the journal runs even when one
