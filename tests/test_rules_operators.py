@@ -353,3 +353,19 @@ def test_index_objects_by_name_explained_and_checked(tmp_path: Path) -> None:
         "(ipNetToMediaIfIndex, ipNetToMediaNetAddress)" in p
         for p in problems
     ), problems
+
+
+def test_a_regex_nested_too_deep_is_an_error_at_its_place(tmp_path: Path) -> None:
+    """re.compile parses groups recursively: 1,000 nested groups ended trapd check in a
+    RecursionError traceback, and a reload with it failed naming no file."""
+    from rules_support import errors_of
+
+    deep = "(" * 1000 + "a" + ")" * 1000
+    text = f"""
+        rules:
+          - name: r
+            match: {{notification: linkDown, varbinds: {{ifDescr: {{regex: '{deep}'}}}}}}
+            cancel: x
+        """
+    (line,) = errors_of(tmp_path, text)
+    assert line.startswith("3:65: error: ifDescr: bad regex: nested too deep"), line[:200]

@@ -576,6 +576,9 @@ class MatchCompiler:
         except re.error as exc:
             self.problems.error(f"{what}: bad regex: {exc.msg} at position {exc.pos} of the pattern", mark)
             return None
+        except RecursionError:  # re parses groups recursively
+            self.problems.error(f"{what}: bad regex: nested too deep (groups inside one another)", mark)
+            return None
         reserved = [g for g in pattern.groupindex if g in EVENT_VARIABLES or g in JINJA_GLOBALS]
         # The other groups still count, so templates using them are not reported as well.
         scope.captures.update(g for g in pattern.groupindex if g not in reserved)
