@@ -24,9 +24,11 @@ To follow one trap through the log, components bind its identifiers::
 or, for everything a task logs, ``structlog.contextvars.bound_contextvars(event_id=...)``.
 
 Secrets: every value loaded through :class:`trapd.secrets.Secret` is
-registered with ``REDACTOR``; the last processor masks those values in every
-field (and again in the rendered line, for values hidden inside reprs), and
-masks fields whose key names a secret (password, community, auth_key, ...).
+registered with ``REDACTOR``; the renderer masks those values in the rendered
+line, in every form a renderer or a repr writes them (trapd.secrets.encodings:
+as is, JSON-escaped, repr-escaped, ...), and :func:`redact_secrets` masks them
+inside containers and masks fields whose key names a secret (password,
+community, auth_key, ...).
 
 Speed: loggers are cached on first use, and the level check reads one module
 global, so a suppressed ``log.debug(...)`` on the receive path costs about a
