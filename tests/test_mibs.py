@@ -1970,3 +1970,37 @@ def test_a_changed_file_is_the_only_one_pysmi_reads_again(
     assert r.problems == [] and len(r.site_modules) == 4
     assert r.lookup("TRAPD-TEST0-MIB::trapdMacNotification") is not None
     assert r.lookup("TRAPD-TEST2-MIB::trapdMacNotification") is not None
+
+
+def test_a_file_changed_while_it_compiles_is_compiled_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vendor bundle copied in (rsync, tar) while trapd compiles: a file that changed after pysmi
+    read it was recorded as compiled from its new state, so every later compile kept the old
+    compiled form (wrong OIDs) until `--force`."""
+    import trapd.mibcompile as mibcompile
+
+    src = tmp_path / "mibs"
+    src.mkdir()
+    a = src / "a.my"
+    a.write_text(
+        "A-MIB DEFINITIONS ::= BEGIN\nIMPORTS enterprises FROM SNMPv2-SMI;\n"
+        "aRoot OBJECT IDENTIFIER ::= { enterprises 100 }\nEND\n",
+        encoding="utf-8",
+    )
+    real = mibcompile._run_pysmi
+
+    def then_edit(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        moved = a.read_text(encoding="utf-8").replace("enterprises 100", "enterprises 200")
+        a.write_text(moved, encoding="utf-8")
+        os.utime(a, ns=(a.stat().st_mtime_ns + 10**9, a.stat().st_mtime_ns + 10**9))
+        return out
+
+    config = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
+    with monkeypatch.context() as mp:
+        mp.setattr(mibcompile, "_run_pysmi", then_edit)
+        r = MibResolver.load(config, compile_in_process=True)
+    assert r.lookup("aRoot") == (1, 3, 6, 1, 4, 1, 100)  # what was read
+    r = MibResolver.load(config, compile_in_process=True)  # the files changed: compiled again
+    assert r.lookup("aRoot") == (1, 3, 6, 1, 4, 1, 200)

@@ -555,7 +555,10 @@ def compile_site(
         py_dir = Path(tmp)
     try:
         stand_ins = missing_type_imports(site, stubs)
-        _prune_cache(py_dir, site, stand_ins)
+        # Each file as it was before pysmi read it: one changed meanwhile (a bundle being copied in)
+        # must not be recorded as compiled from its new state, or later compiles would keep this one.
+        keys = {name: _source_key(src) for name, src in site.items()}
+        _prune_cache(py_dir, site, stand_ins, keys)
         # What the prune left is up to date: pysmi is asked only for the rest. It parses every module
         # it is asked for before it finds a compiled one current, so one changed file in a bundle of
         # 1,002 generated modules took as long as the whole bundle (33 s at load 13).
@@ -572,7 +575,7 @@ def compile_site(
                 error = getattr(st, "error", None)
                 reason = _reason(error, failed, stubs) if st == "failed" else f"{st}"
                 problems.append(problem_at(site[m], reason, error))
-        _record_sources(py_dir, site, compiled)
+        _record_sources(py_dir, keys, compiled)
         uncompiled = set(wanted) - set(compiled)
         index, load_problems = _index_compiled(py_dir, compiled, site, uncompiled, stubs.names)
         loaded = {m[0] for m in index["modules"]}
@@ -643,7 +646,9 @@ def _source_key(src: SiteSource) -> str:
     return f"{src.path}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def _prune_cache(py_dir: Path, site: dict[str, SiteSource], stand_ins: dict[str, StandIn]) -> None:
+def _prune_cache(
+    py_dir: Path, site: dict[str, SiteSource], stand_ins: dict[str, StandIn], keys: dict[str, str]
+) -> None:
     """Remove every compiled module that is not from the directories' very file, and the last stand-ins.
 
     pysmi takes a compiled module that is newer than its source as up to date:
@@ -669,7 +674,6 @@ def _prune_cache(py_dir: Path, site: dict[str, SiteSource], stand_ins: dict[str,
         compiled = [*py_dir.glob("*.py"), *py_dir.glob("*.pyc"), *py_dir.glob("__pycache__/*.pyc")]
     except OSError:
         return
-    keys = {name: _source_key(src) for name, src in site.items()}
     files: dict[str, list[Path]] = {}
     for path in compiled:
         files.setdefault(path.name.partition(".")[0], []).append(path)
@@ -711,9 +715,9 @@ def _importers_of(py_dir: Path, changed: set[str], kept: set[str]) -> set[str]:
     return out
 
 
-def _record_sources(py_dir: Path, site: dict[str, SiteSource], modules: list[str]) -> None:
-    """Note the file each compiled module came from, for :func:`_prune_cache` next time."""
-    record = {m: _source_key(site[m]) for m in modules}
+def _record_sources(py_dir: Path, keys: dict[str, str], modules: list[str]) -> None:
+    """Note the file each compiled module came from (``keys``: as before the compile), for the prune."""
+    record = {m: keys[m] for m in modules}
     with contextlib.suppress(OSError):
         (py_dir / _SOURCES_FILE).write_text(json.dumps(record), encoding="utf-8")
 
