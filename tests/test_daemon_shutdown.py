@@ -212,3 +212,59 @@ def test_a_stop_asks_systemd_for_the_time_shutdown_timeout_promises(tmp_path: Pa
         assert d.wait_exit(30) == 0
     finally:
         d.close()
+
+
+STUBBORN = '''
+import asyncio, contextlib, pathlib, sys
+from trapd.plugin import action
+
+@action("acme.stubborn", params={})
+async def run(params, ctx):
+    """Swallow every cancellation (a bare except: in a retry loop), for a minute."""
+    pathlib.Path(ctx.settings["marker"]).write_text("started")
+    for _ in range(1200):
+        with contextlib.suppress(BaseException):
+            await asyncio.sleep(0.05)
+'''
+
+
+def test_an_action_that_swallows_its_cancellation_does_not_hold_the_stop(tmp_path: Path) -> None:
+    # Before, `systemctl stop` waited for the plugin's loop (here a minute; a loop without end:
+    # until systemd's SIGKILL), with nothing in the log to say which action held it.
+    import os
+
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "acme_stubborn.py").write_text(STUBBORN)
+    dist = plugin / "acme_stubborn-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-stubborn\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[trapd.actions]\nacme.stubborn = acme_stubborn:run\n")
+    marker = tmp_path / "started"
+    rules = (
+        "rules:\n  - name: stubborn\n    match: {notification: IF-MIB::linkDown}\n"
+        "    actions:\n      - action: acme.stubborn\n"
+    )
+    pythonpath = os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH", "")]))
+    d = TrapdDaemon.start(
+        tmp_path / "d",
+        rules=rules,
+        config={
+            "actions": {"acme.stubborn": {"marker": str(marker)}},
+            "dispatch": {"shutdown_timeout": "1s"},
+        },
+        env={"PYTHONPATH": pythonpath},
+    )
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 3), check=True)
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert time.monotonic() < deadline, d.log[-5:]
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        assert d.stop(timeout=40) == 0
+        assert time.monotonic() - t0 < 20
+        (line,) = d.logs("actions ignore their cancellation: left behind")
+        assert line["actions"] == ["acme.stubborn"]
+    finally:
+        d.close()

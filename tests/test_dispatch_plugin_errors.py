@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,37 @@ async def test_a_huge_error_is_cut_before_it_is_journaled_and_logged(tmp_path: P
     assert len(e.last_error) < 5000 and e.last_error.endswith("… (5000000 characters)")
     longest = max(len(str(v)) for x in log.entries for v in x.values())
     assert longest < 5000
+
+
+async def test_an_action_that_swallows_its_cancellation_does_not_hold_the_stop(tmp_path: Path) -> None:
+    # A plugin whose retry loop catches everything (a bare except) swallows each cancel: the stop,
+    # and trapd's with it, waited for as long as the loop ran (for ever: systemd's kill at last).
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @action("stubborn", params={})
+    async def stubborn(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Ignore every cancellation until released (test action)."""
+        started.set()
+        while not release.is_set():
+            with contextlib.suppress(BaseException):  # the plugin bug under test: a bare except
+                await asyncio.sleep(0.05)
+
+    log = CapturedLog()
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        d = Dispatcher(FAST, journal, {"stubborn": stubborn}, kea=None, log=log)
+        await d.start()
+        ids = await d.submit(make_event(), make_outcome(plan("stubborn", {}, key="k")))
+        await asyncio.wait_for(started.wait(), 10)
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(d.stop(0.2), 30)
+            took = time.monotonic() - t0
+            e = await journal.get(int(ids[0]))
+        finally:
+            release.set()  # the test's loop must not close on it
+            await asyncio.sleep(0.2)
+    assert took < 10, took
+    (line,) = [x for x in log.entries if x["event"] == "actions ignore their cancellation: left behind"]
+    assert line["log_level"] == "error" and line["actions"] == ["stubborn"]
+    assert e is not None and e.state == "running"  # run again at the next start

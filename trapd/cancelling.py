@@ -19,15 +19,28 @@ from typing import Any
 AGAIN_EVERY = 0.5
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, again_every: float = AGAIN_EVERY) -> None:
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Task[Any]],
+    *,
+    again_every: float = AGAIN_EVERY,
+    give_up_after: float | None = None,
+) -> set[asyncio.Task[Any]]:
     """Cancel ``tasks`` and return once each has ended; what they raised on the way out is taken
-    (not raised, and not logged by asyncio as never retrieved)."""
+    (not raised, and not logged by asyncio as never retrieved).
+
+    ``give_up_after``: seconds after which tasks that still run are left behind and returned (a
+    plugin's code that swallows every cancel, a bare ``except:`` in a loop, would hold the caller
+    for as long as it loops); by default none are, and the set returned is empty."""
     tasks = list(tasks)
     pending = {t for t in tasks if not t.done()}
-    while pending:
+    loop = asyncio.get_running_loop()
+    deadline = None if give_up_after is None else loop.time() + give_up_after
+    while pending and (deadline is None or loop.time() < deadline):
         for t in pending:
             t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=again_every)
+        wait = again_every if deadline is None else max(0.0, min(again_every, deadline - loop.time()))
+        _, pending = await asyncio.wait(pending, timeout=wait)
     for t in tasks:
-        if not t.cancelled():
+        if t.done() and not t.cancelled():
             t.exception()
+    return pending

@@ -141,6 +141,9 @@ class _Job:
 
 # Seconds between two lines about the same failing action and kind of error (docs/service.md, "Logging").
 FAILURE_LOG_INTERVAL = 10.0
+# Seconds stop() cancels, again and again, a worker whose action swallows its cancellation
+# before it leaves it behind (after dispatch.shutdown_timeout has passed).
+STUBBORN_WAIT = 5.0
 # A flapping port repeats its trap for minutes: once-within runs the action once and journals
 # each repeat as a duplicate; their lines are written once per interval and once key, with a count.
 DUPLICATE_LOG_INTERVAL = 10.0
@@ -213,6 +216,11 @@ class Dispatcher:
         self._failure_log = RateLimitedLog(self.log, FAILURE_LOG_INTERVAL)
         self._duplicate_log = RateLimitedLog(self.log, DUPLICATE_LOG_INTERVAL)
         self.settings = dict(settings or {})
+        # Which action each worker runs now, to name those that do not end at stop().
+        self._running_action: dict[asyncio.Task[Any], str] = {}
+        # How many the last stop() left running (they ignored their cancellation): the process
+        # must then leave without waiting for them (trapd.service.daemon.run_daemon).
+        self.left_behind = 0
         self.stats = DispatchStats()
         self.breakers: dict[str, Breaker] = {}
         # Which endpoint an action with given target parameters went to last, for the breaker.
@@ -317,7 +325,15 @@ class Dispatcher:
             _, late = await asyncio.wait(busy, timeout=timeout)
             if late:
                 self.log.warning("actions still running at shutdown: they will run again", count=len(late))
-        await cancel_and_wait(self._workers)
+        left = await cancel_and_wait(self._workers, give_up_after=STUBBORN_WAIT)
+        self.left_behind = len(left)
+        if left:
+            # Their journal rows stay running: the next start runs them again, as any interrupted.
+            self.log.error(
+                "actions ignore their cancellation: left behind",
+                actions=sorted(self._running_action.get(t, "?") for t in left),
+                hint="a plugin that catches CancelledError (a bare except:) must raise it again",
+            )
         self._failure_log.flush(force=True)
         self._duplicate_log.flush(force=True)
         # Claimed when journaled but never started: back to pending, so the next start does not
@@ -967,6 +983,7 @@ class Dispatcher:
             job.taken = True
             self._busy.add(key)
             self.stats.running += 1
+            self._running_action[me] = job.action
             try:
                 await self._run(job)
             except JournalError as exc:
@@ -976,6 +993,7 @@ class Dispatcher:
             except Exception as exc:  # a bug here must not kill the worker
                 self.log.exception("dispatcher error", action_id=str(job.id), error=error_text(exc))
             finally:
+                self._running_action.pop(me, None)
                 self.stats.running -= 1
                 self._busy.discard(key)
                 self._loaded.pop(job.id, None)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import socket
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -810,11 +812,28 @@ class _DispatchLoad:
 
 def run_daemon(config: Config, options: RunOptions | None = None) -> int:
     """`trapd run` with one process; returns the exit status."""
-    from trapd.listener.udp import run_on_best_loop
-
     apply_logging(config)
     started = time.monotonic()
     daemon = Daemon(config, options)
-    rc = run_on_best_loop(daemon.run())
+    rc = run_on_loop(daemon)
     daemon.log.debug("exit", seconds=round(time.monotonic() - started, 3), status=rc)
+    return rc
+
+
+def run_on_loop(daemon: Daemon) -> int:
+    """``daemon.run()`` on the best loop (trapd.listener.udp); its exit status.
+
+    When its stop left actions running (they ignore their cancellation: Dispatcher.stop logs
+    which), the process leaves at once: the runner's clean-up would cancel them again and wait,
+    for ever for a plugin's loop with a bare ``except:``. The journal is closed and the log
+    written by then; the next start runs those actions again.
+    """
+    from trapd.listener.udp import best_loop_factory
+
+    with asyncio.Runner(loop_factory=best_loop_factory()) as runner:
+        rc = runner.run(daemon.run())
+        if daemon.dispatcher is not None and daemon.dispatcher.left_behind:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
     return rc

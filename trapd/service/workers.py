@@ -60,7 +60,7 @@ from trapd.config import Config
 from trapd.listener.config import ListenAddress
 from trapd.service import lifecycle
 from trapd.service.channel import Channel, ChannelClosed
-from trapd.service.daemon import Daemon
+from trapd.service.daemon import Daemon, run_on_loop
 from trapd.service.health import Health
 from trapd.service.lifecycle import Loaded
 from trapd.service.metrics import DaemonSnapshot
@@ -466,7 +466,6 @@ class Supervisor:
             self._close_supervisor_fds(slot)
             for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"):
                 os.environ.pop(key, None)  # the supervisor speaks for the unit; action programs see neither
-            from trapd.listener.udp import run_on_best_loop
             from trapd.listener.v3 import pin_engine_clock
             from trapd.service.logging import set_process_fields
 
@@ -478,7 +477,7 @@ class Supervisor:
             role = WorkerRole(slot.index, self.count, slot.sockets, channel_socket, preloaded)
             del preloaded
             daemon = Daemon(self.config, self.options, role)
-            code = run_on_best_loop(daemon.run())
+            code = run_on_loop(daemon)
         except BaseException as exc:  # a child must never return into the parent's frames
             with contextlib.suppress(BaseException):
                 self.log.exception("worker failed", worker=slot.index, error=repr(exc))
