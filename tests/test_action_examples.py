@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,8 +26,8 @@ RULE_HEAD = [
 ]
 
 
-def examples(spec: ActionSpec) -> list[str]:
-    """The literal blocks after an ``Example...::`` line of the help that are rules or rule actions."""
+def literal_blocks(spec: ActionSpec) -> list[tuple[str, str]]:
+    """Each literal block of the help (after a line ending in ``::``), with the paragraph before it."""
     lines = spec.doc.splitlines()
     found = []
     for i, line in enumerate(lines):
@@ -35,17 +36,31 @@ def examples(spec: ActionSpec) -> list[str]:
         start = i
         while start > 0 and lines[start - 1].strip():
             start -= 1
-        if "Example" not in " ".join(lines[start : i + 1]):  # the paragraph introducing the block
-            continue
         block = []
         for text in lines[i + 1 :]:
             if text.strip() and not text.startswith(" "):
                 break
             block.append(text)
-        code = textwrap.dedent("\n".join(block)).strip()
-        if code.startswith(("- action:", "- name:")):
-            found.append(code)
+        found.append((" ".join(lines[start : i + 1]), textwrap.dedent("\n".join(block)).strip()))
     return found
+
+
+def examples(spec: ActionSpec) -> list[str]:
+    """The literal blocks after an ``Example...::`` line of the help that are rules or rule actions."""
+    return [
+        code
+        for intro, code in literal_blocks(spec)
+        if "Example" in intro and code.startswith(("- action:", "- name:"))
+    ]
+
+
+def settings_shown(spec: ActionSpec) -> dict[str, Any]:
+    """The plugin's trapd.yaml section as its help shows it (an ``actions:`` block), if it does."""
+    shown: dict[str, Any] = {}
+    for _, code in literal_blocks(spec):
+        if code.startswith("actions:"):
+            shown.update(yaml.safe_load(code)["actions"])
+    return shown
 
 
 def rule_file(name: str, blocks: list[str]) -> str:
@@ -62,7 +77,10 @@ def rule_file(name: str, blocks: list[str]) -> str:
 def test_the_examples_of_every_action_pass_trapd_check(tmp_path: Path) -> None:
     specs, _ = load_actions()
     files = []
+    settings: dict[str, Any] = {}
     for name, spec in sorted(specs.items()):
+        # A plugin with required settings shows them in its help; they are part of its examples.
+        settings.update(settings_shown(spec))
         blocks = examples(spec)
         if spec.run.__module__.startswith("trapd_actions"):
             assert blocks, f"{name}: no example in its help"
@@ -74,6 +92,7 @@ def test_the_examples_of_every_action_pass_trapd_check(tmp_path: Path) -> None:
     config = {
         "state_dir": "state",
         "rules": {"files": files},
+        "actions": settings,
         "mibs": {"dirs": []},
         "kea": {
             "endpoints": {

@@ -62,8 +62,11 @@ def is_config(code: str) -> bool:
     )
 
 
-def config_file(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A trapd.yaml section as a whole trapd.yaml, its secret and certificate files and variables made up."""
+def config_file(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rules: Path | None = None) -> str:
+    """A trapd.yaml section as a whole trapd.yaml, its secret and certificate files and variables made up.
+
+    ``rules``: the rule file it runs; by default one rule that needs nothing of the section.
+    """
     secrets = tmp_path / "etc"
     secrets.mkdir(exist_ok=True)
     # v3 key material (docs/snmpv3.md: *.ku, *.kul, *_KU, *_KUL): a made-up SHA-1-sized key in hex.
@@ -74,8 +77,9 @@ def config_file(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> s
     for name in set(re.findall(r"\{env: (\w+)\}", code)):
         monkeypatch.setenv(name, key if name.endswith(("_KU", "_KUL")) else "made-up-secret-1234")
     # One rule that runs nothing destructive: an empty rule set is warned about (nothing runs).
-    rules = tmp_path / "one-rule.yaml"
-    rules.write_text("rules: [{name: up, match: {notification: linkUp}, cancel: x}]\n", encoding="utf-8")
+    if rules is None:
+        rules = tmp_path / "one-rule.yaml"
+        rules.write_text("rules: [{name: up, match: {notification: linkUp}, cancel: x}]\n", encoding="utf-8")
     head = f"state_dir: {tmp_path / 'state'}\nrules: {{files: [{rules}]}}\n"
     return head + code.replace("/etc/trapd/", f"{secrets}/")
 
@@ -133,13 +137,23 @@ def test_every_yaml_snippet_of_the_docs_passes_trapd_check(
         for n, block in enumerate(yaml_blocks(doc)):
             if block.startswith("# prometheus.yml"):
                 continue  # Prometheus's file, not trapd's (tests/test_contrib.py checks the alerts)
-            for m, code in enumerate(parts(block)):
+            pieces = parts(block)
+            # A snippet showing a trapd.yaml section and rules (a plugin's settings, then a rule
+            # using it): the rules are checked with that section, as a user would run them.
+            section = next((code for code in pieces if len(pieces) > 1 and is_config(code)), None)
+            for m, code in enumerate(pieces):
                 path = tmp_path / f"{doc.stem}-{n}-{m}.yaml"
                 if is_config(code):
-                    checks = [(config_file(code, tmp_path, monkeypatch), ["--config", str(path)])]
+                    checks = [(config_file(code, tmp_path, monkeypatch), path, ["--config", str(path)])]
+                elif section is not None:
+                    config = tmp_path / f"{doc.stem}-{n}-{m}.trapd.yaml"
+                    config.write_text(
+                        config_file(section, tmp_path, monkeypatch, rules=path), encoding="utf-8"
+                    )
+                    checks = [(text + "\n", path, ["--config", str(config)]) for text in rule_files(code)]
                 else:
-                    checks = [(text + "\n", [str(path)]) for text in rule_files(code)]
-                for text, args in checks:
+                    checks = [(text + "\n", path, [str(path)]) for text in rule_files(code)]
+                for text, path, args in checks:
                     path.write_text(text, encoding="utf-8")
                     status = trapd(["check", "--strict", *args])
                     out = capsys.readouterr().out
