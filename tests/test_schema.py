@@ -57,14 +57,14 @@ def test_the_shipped_schemas_are_what_trapd_generates() -> None:
     fix = "regenerate: trapd schema rules --shipped -o trapd/data/rules.schema.json (and config)"
     for shipped, generated in (
         (schema.RULES_SCHEMA, schema.rules_schema(schema.shipped_actions())),
-        (schema.CONFIG_SCHEMA, schema.config_schema()),
+        (schema.CONFIG_SCHEMA, schema.config_schema(schema.shipped_actions())),
     ):
         on_disk = json.loads(shipped.read_text())
         assert without_descriptions(on_disk) == without_descriptions(generated), fix
 
 
 def test_trapd_schema_prints_them(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["schema", "config"]) == 0
+    assert main(["schema", "config", "--shipped"]) == 0
     assert capsys.readouterr().out == schema.CONFIG_SCHEMA.read_text()
     out = tmp_path / "rules.schema.json"
     assert main(["schema", "rules", "-o", str(out)]) == 0
@@ -305,3 +305,14 @@ def test_a_wrong_trapd_yaml_is_refused_by_the_schema_and_by_the_loader(case: str
     doc = WRONG_CONFIGS[case]
     assert list(CONFIG.iter_errors(doc)), case
     assert loader_says(doc, tmp_path), case
+
+
+def test_the_config_schema_knows_the_settings_plugins_declare() -> None:
+    # An editor flagged nothing under actions: (any mapping passed): a misspelt exec setting was
+    # found by `trapd check`, never as it was typed.
+    config = {"actions": {"exec": {"inherit_evn": True}}}
+    errors = [e.message for e in CONFIG.iter_errors(config)]
+    assert any("inherit_evn" in e for e in errors), errors
+    good = {"actions": {"exec": {"inherit_env": True, "path": "/usr/bin", "env": {"T": {"file": "/x"}}}}}
+    assert [e.message for e in CONFIG.iter_errors(good)] == []
+    assert [e.message for e in CONFIG.iter_errors({"actions": {"acme.own": {"anything": 1}}})] == []

@@ -232,8 +232,20 @@ _SECRET: Schema = {
 }
 
 
-def config_schema() -> Schema:
-    """The schema of trapd.yaml (tests/test_schema.py keeps it in step with the loaders)."""
+def _setting(p: Param) -> Schema:
+    """A plugin setting's value in trapd.yaml: its declared type; text may be {env:} / {file:}."""
+    out = _param(p)
+    if p.type == "string":
+        out["type"] = ["string", "number", "object"]
+    return out
+
+
+def config_schema(actions: Mapping[str, Any] | None = None) -> Schema:
+    """The schema of trapd.yaml (tests/test_schema.py keeps it in step with the loaders).
+
+    ``actions`` (name -> ActionSpec): the section of each that declares its settings is checked
+    against them; other names under ``actions:`` take any mapping.
+    """
     from trapd.config import MODES
     from trapd.dispatch.config import INTERRUPTED, SYNCHRONOUS
     from trapd.kea.config import TRANSPORTS
@@ -386,6 +398,19 @@ def config_schema() -> Schema:
         "actions": {
             "type": "object",
             "description": "settings for action plugins, by plugin name",
+            "properties": {
+                name: _object(
+                    {k: _setting(p) for k, p in spec.settings.items()},
+                    f"settings of {name}",
+                    **(
+                        {"required": req}
+                        if (req := [k for k, p in spec.settings.items() if p.required])
+                        else {}
+                    ),
+                )
+                for name, spec in sorted((actions or {}).items())
+                if getattr(spec, "settings", None) is not None
+            },
             "additionalProperties": {"type": "object"},
         },
         "state_dir": {"type": "string"},

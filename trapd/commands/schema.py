@@ -40,11 +40,8 @@ def main(args: argparse.Namespace) -> int:
     from trapd.plugin import load_actions
     from trapd.schema import config_schema, dumps, rules_schema, shipped_actions
 
-    if args.which == "rules":
-        actions = shipped_actions() if args.shipped else load_actions()[0]
-        text = dumps(rules_schema(actions))
-    else:
-        text = dumps(config_schema())
+    actions = shipped_actions() if args.shipped else load_actions()[0]
+    text = dumps(rules_schema(actions) if args.which == "rules" else config_schema(actions))
     if args.output:
         try:
             Path(args.output).write_text(text, encoding="utf-8")
