@@ -316,3 +316,23 @@ def test_the_config_schema_knows_the_settings_plugins_declare() -> None:
     good = {"actions": {"exec": {"inherit_env": True, "path": "/usr/bin", "env": {"T": {"file": "/x"}}}}}
     assert [e.message for e in CONFIG.iter_errors(good)] == []
     assert [e.message for e in CONFIG.iter_errors({"actions": {"acme.own": {"anything": 1}}})] == []
+
+
+WHOLE_FLOATS = {
+    "dispatch.workers": {"dispatch": {"workers": 4.0}},
+    "dispatch.queue_size": {"dispatch": {"queue_size": 1000.0}},
+    "service.workers": {"service": {"workers": 2.0}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(WHOLE_FLOATS))
+def test_a_whole_float_passes_the_schema_and_the_loader(case: str, tmp_path: Path) -> None:
+    """JSON Schema's integer takes 4.0, so an editor passed `workers: 4.0` that trapd refused
+    ('must be int, got float'); 4.5 is refused by both."""
+    doc = WHOLE_FLOATS[case]
+    assert not list(CONFIG.iter_errors(doc)), case
+    assert loader_says(doc, tmp_path) == "", case
+    section, key = case.split(".")
+    half = {section: {key: doc[section][key] + 0.5}}
+    assert list(CONFIG.iter_errors(half)), case
+    assert loader_says(half, tmp_path), case

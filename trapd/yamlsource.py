@@ -637,7 +637,11 @@ def expect(node: YDict, key: str, types: type | tuple[type, ...], what: str, def
     if key not in node or node[key] is None:
         return default
     value = node[key]
-    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in _as_tuple(types))
+    wanted = _as_tuple(types)
+    # A whole number written as a float (workers: 4.0), as JSON Schema's integer (an editor) takes it.
+    if int in wanted and float not in wanted and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in wanted)
     if not ok:
         names = " or ".join(t.__name__ for t in _as_tuple(types))
         raise ConfigError(f"{what}.{key} must be {names}, got {type(value).__name__}", where(node, key))

@@ -121,7 +121,9 @@ class ServiceConfig:
 
 def parse_workers(value: Any, mark: Mark | None = None) -> int:
     """``service.workers`` / ``--workers``: an integer from 1 to MAX_WORKERS."""
-    # bool is an int in Python; `workers: yes` is a mistake, not 1.
+    # bool is an int in Python; `workers: yes` is a mistake, not 1. 2.0 is 2 (as JSON Schema has it).
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"service.workers must be an integer from 1 to {MAX_WORKERS}", mark)
     if not 1 <= value <= MAX_WORKERS:
