@@ -736,3 +736,49 @@ def test_a_host_gone_in_the_middle_of_a_transaction_does_not_keep_its_claims(
         a.signal(signal.SIGCONT)
         for d in hosts:
             d.stop()
+
+
+def test_database_restarted_while_both_hosts_run_actions(tmp_path: Path) -> None:
+    """PostgreSQL stopped for 5 s and started again while both hosts run 3-second actions
+    (claims' lease 3 s: every lease runs out during the outage) and informs keep coming to both:
+    every inform is acknowledged in the end (resent until a host commits it), and each action
+    runs once: neither host takes over the other's running actions after the outage, and no
+    end written again once the database is back starts anything."""
+    server = PgServer()  # its own: it is stopped in the middle
+    try:
+        server.start()
+        url = server.new_database()
+        out = tmp_path / "marks"
+        a, b = start_pair(tmp_path, url, PAIR_RULES.format(marks=out, seconds=3), lease="3s")
+        try:
+            ports = list(range(1, 41))
+
+            def fire(i: int) -> int:
+                rc = 0
+                for d in (a, b) if i % 2 else (b, a):
+                    rc |= send(d, i, 500_000 + i, inform="-r 8 -t 2")
+                return rc
+
+            with ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(fire, i) for i in ports]
+                wait_for(lambda: states(url)["running"] >= 2, what="both hosts busy")
+                server.stop("fast")
+                time.sleep(5)
+                server.start()
+                codes = [f.result() for f in futures]
+            assert codes == [0] * len(ports), codes
+            wait_for(
+                lambda: all(lines(out)[f"end {i}"] for i in ports), timeout=120, what="every action done"
+            )
+            wait_for(
+                lambda: (s := states(url))["done"] == len(ports) and s["cancelled"] == len(ports),
+                timeout=60,
+                what="the final states",
+            )
+            m = lines(out)
+            assert all(m[f"start {i}"] == 1 and m[f"end {i}"] == 1 for i in ports), m
+        finally:
+            a.stop()
+            b.stop()
+    finally:
+        server.remove()
