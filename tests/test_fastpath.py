@@ -276,6 +276,15 @@ def test_v1_enterprise_specific_trap_header() -> None:
     assert (msg.v1_generic_trap, msg.v1_specific_trap, msg.v1_timestamp) == (6, -3, 2**32 - 1)
 
 
+@pytest.mark.parametrize("generic", [7, 100, -1, 2**31 - 1, -(2**31)])
+def test_v1_generic_trap_outside_0_to_6_is_kept(generic: int) -> None:
+    """generic-trap is an INTEGER with named numbers 0..6 (RFC 1157), not a range: net-snmp's
+    snmptrapd takes 7, 100 or -1 from an agent (and snmptrap sends them), so trapd does too."""
+    msg = decode(v1([varbind(IF_INDEX_17, integer(17))], generic=generic, specific=0))
+    assert (msg.v1_generic_trap, msg.v1_specific_trap) == (generic, 0)
+    assert msg.varbinds == [(IF_INDEX_17, "Integer32", 17)]
+
+
 def test_bytes_like_input_gives_bytes_values() -> None:
     for data in (bytearray(NETSNMP_V2C_LINKDOWN), memoryview(NETSNMP_V2C_LINKDOWN)):
         msg = decode(data)  # type: ignore[arg-type]
@@ -347,8 +356,7 @@ REFUSALS: list[tuple[bytes, str]] = [
     (v2c([tlv(0x30, oid(IF_INDEX_17) + tlv(0x02, b"\x01", b"\x02"))]), "truncated"),
     (v2c([tlv(0x30, oid(IF_INDEX_17) + b"\x02\x80\x01\x00\x00")]), "indefinite-length"),
     # v1 header and v1-only rules
-    (v1([], generic=7), "bad-integer"),
-    (v1([], generic=-1), "bad-integer"),
+    (v1([], generic=2**31), "bad-integer"),
     (v1([], agent=tlv(0x04, b"\x0a\x00\x00\x01")), "bad-tag"),
     (v1([], agent=tlv(0x40, b"\x0a\x00\x00\x01\x00")), "bad-value"),
     (v1([], enterprise=tlv(0x06, b"")), "bad-oid"),

@@ -122,6 +122,20 @@ def trap_args(m: str, *extra: str) -> list[str]:
 # -- v1 ------------------------------------------------------------------------
 
 
+def test_v1_generic_trap_outside_0_to_6_is_kept(trapd: TrapdListen) -> None:
+    """snmptrap sends generic-trap 7 as given, and net-snmp's snmptrapd takes it ("Unknown Type
+    Trap"): trapd keeps the event too. RFC 3584 3.1 translates only 0..6, so it has no trap OID."""
+    m = mark()
+    r = snmp_send(
+        "snmptrap", "-v", "1", "-c", "public", trapd.target(), "1.3.6.1.4.1.9.1.516", "10.9.8.7", "7", "0",
+        "4242", IF_INDEX_17, "i", "17", MARK_OID, "s", m,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    e = trapd.wait_event(marked(m))
+    assert e["version"] == "v1" and e["trap_oid"] == "" and e["uptime"] == 4242
+    assert vb(e, "1.3.6.1.6.3.1.1.4.3.0")["value"] == "1.3.6.1.4.1.9.1.516"
+
+
 def test_v1_generic_linkdown_is_translated_per_rfc3584(trapd: TrapdListen) -> None:
     m = mark()
     r = snmp_send(

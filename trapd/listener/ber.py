@@ -44,7 +44,7 @@ REJECT_REASONS: Final[tuple[str, ...]] = (
     "bad-tag",
     # An INTEGER with no content octets, or outside its type's range
     # (Integer32/request-id signed 32-bit; Counter32/Gauge32/TimeTicks
-    # unsigned 32-bit; Counter64 unsigned 64-bit; generic-trap 0..6).
+    # unsigned 32-bit; Counter64 unsigned 64-bit).
     "bad-integer",
     # An OBJECT IDENTIFIER that is empty, has a sub-identifier padded with a
     # leading 0x80, ends inside a sub-identifier, has a sub-identifier of 2^32

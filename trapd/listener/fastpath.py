@@ -6,7 +6,7 @@ notifications have one fixed shape, so this module walks exactly that shape
 with the primitives in :mod:`trapd.listener.ber` and nothing more::
 
     Message ::= SEQUENCE { version INTEGER, community OCTET STRING, pdu }
-    v1:  Trap-PDU [4] { enterprise OID, agent-addr IpAddress, generic-trap INTEGER (0..6),
+    v1:  Trap-PDU [4] { enterprise OID, agent-addr IpAddress, generic-trap INTEGER,
                         specific-trap INTEGER, time-stamp TimeTicks, VarBindList }
     v2c: SNMPv2-Trap-PDU [7] / InformRequest-PDU [6]
                       { request-id INTEGER, error-status INTEGER, error-index INTEGER, VarBindList }
@@ -31,6 +31,12 @@ Decisions a reader might not guess:
   agent's non-zero value changes nothing about the notification. (pysnmp
   refuses a negative error-index or one beyond the varbind count; this is
   the one place the differential test allows the two to differ.)
+* generic-trap is any Integer32, not only RFC 1157's named 0..6: ASN.1's
+  named numbers do not constrain an INTEGER, and net-snmp's snmptrapd takes
+  7, 100 or -1 ("Unknown Type Trap"; snmptrap sends them). RFC 3584 3.1
+  translates only 0..6, so such a trap's event has no trap OID
+  (:func:`trapd.listener.raw.v1_trap_oid`); snmptrapd's own translation
+  makes up snmpTraps.(generic+1), which names no notification.
 * Counter64 and the v2 exception values (noSuchObject, noSuchInstance,
   endOfMibView) in a v1 message are ``bad-value``: RFC 1155/1157's
   ObjectSyntax has none of them (they arrived with SMIv2 and RFC 1905),
@@ -337,7 +343,9 @@ def _decode_v1_trap(data: bytes, pos: int, end: int, community: bytes) -> FastMe
     start, pos = expect(data, pos, end, TAG_IPADDRESS)
     agent_addr = decode_ipaddress(data, start, pos)
     start, pos = expect(data, pos, end, TAG_INTEGER)
-    generic = decode_integer(data, start, pos, 0, 6)
+    # RFC 1157 names 0..6 but does not constrain the INTEGER; net-snmp's snmptrapd takes any
+    # value (see the module doc), so a 7 from an agent is an event, not a refusal.
+    generic = decode_integer(data, start, pos, INT32_MIN, INT32_MAX)
     start, pos = expect(data, pos, end, TAG_INTEGER)
     specific = decode_integer(data, start, pos, INT32_MIN, INT32_MAX)
     start, pos = expect(data, pos, end, TAG_TIMETICKS)
