@@ -1158,3 +1158,30 @@ async def test_an_end_after_a_takeover_is_noted_on_the_row_once(
     (notice,) = a.notices()  # the one through a's writer; _op_finish alone reports to its caller
     assert notice.level == "warning" and notice.fields["action_id"] == str(r.ids[0])
     assert notice.fields["state"] == "done" and f"trapd journal show {r.ids[0]}" in notice.fields["hint"]
+
+
+async def test_a_statement_timeout_fails_its_operation_not_the_journal(pg_url: str) -> None:
+    """A database with a statement_timeout (an administrator's setting for every role), and one
+    operation that waits past it (a claim behind a row another session keeps locked). The
+    timeout was taken for an outage: the connection dropped, the journal unavailable, and every
+    write of the next 0.5 s (more if it came again) failed at once, so traps' outcomes were
+    lost for one slow statement. Now the operation that timed out fails alone."""
+    db = pg_url.split("@/")[1].split("?")[0]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE \"{db}\" SET statement_timeout = '300ms'")
+    async with PostgresJournal(pg_url, instance="a") as j:
+        now = time.time()
+        first = await j.add(make_event().to_dict(), [entry(key="k1")], [], now)
+        with psycopg.connect(pg_url) as locker:  # a transaction that keeps the row locked
+            locker.execute("SET statement_timeout = 0")
+            locker.execute("SELECT 1 FROM trapd_actions WHERE id = %s FOR UPDATE", (first.ids[0],))
+            claim = asyncio.ensure_future(j.claim(first.ids[0], now))
+            await asyncio.sleep(0.05)
+            other = await j.add(make_event().to_dict(), [entry(key="k2")], [], time.time())
+            with pytest.raises(JournalError, match="statement timeout"):
+                await claim
+            assert j.available, j.last_error
+            after = await j.add(make_event().to_dict(), [entry(key="k3")], [], time.time())
+            assert other.states == after.states == ["pending"]
+            locker.rollback()
+        assert (await j.claim(first.ids[0], time.time())).outcome == "running"

@@ -824,7 +824,10 @@ def _connection_or_conflict(conn: Conn, exc: BaseException) -> bool:
     """
     if conn.broken or conn.closed:
         return True
-    if isinstance(exc, pgerrors.PipelineAborted):
+    if isinstance(exc, (pgerrors.PipelineAborted, pgerrors.QueryCanceled)):
+        # QueryCanceled: a statement_timeout (or pg_cancel_backend) ended one statement; the
+        # connection and the database are fine. Taken for an outage, one slow statement made
+        # every write of the next reconnect's backoff fail at once.
         return False
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or _refuses_all(exc)
 
@@ -2335,6 +2338,11 @@ class PostgresJournal:
                         result = await (await op.fn(conn, *op.args))()
                     else:
                         result = await op.fn(cur, *op.args)
+            except pgerrors.QueryCanceled as exc:  # this operation's statement ran too long
+                if conn.broken or conn.closed:
+                    raise
+                done.append((op, None, JournalError(f"journal operation failed: {_one_line(exc)}")))
+                continue
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except Exception as exc:
