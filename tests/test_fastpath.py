@@ -26,7 +26,7 @@ from trapd.listener.fastpath import (
     encode_inform_response,
     message_version,
 )
-from trapd.listener.raw import Oid, RawVarBind
+from trapd.listener.raw import Oid, RawVarBind, v1_trap_oid
 
 SYS_UPTIME = (1, 3, 6, 1, 2, 1, 1, 3, 0)
 SNMP_TRAP_OID = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
@@ -276,6 +276,16 @@ def test_v1_enterprise_specific_trap_header() -> None:
     assert (msg.v1_generic_trap, msg.v1_specific_trap, msg.v1_timestamp) == (6, -3, 2**32 - 1)
 
 
+@pytest.mark.parametrize("specific", [2**31, 3_000_000_000, 2**32 - 1])
+def test_v1_specific_trap_of_2_31_or_more_written_unsigned_is_kept(specific: int) -> None:
+    """RFC 1157's specific-trap is an unconstrained INTEGER and RFC 3584 makes it a sub-identifier
+    (up to 2^32-1): an agent that writes 3000000000 as 00 b2 d0 5e 00 (SNMP4J and others; net-snmp
+    writes the signed b2 d0 5e 00) sends a trap snmptrapd takes, "Enterprise Specific Trap (3000000000)"."""
+    msg = decode(v1([], generic=6, specific=specific))
+    assert msg.v1_specific_trap == specific
+    assert v1_trap_oid(ENTERPRISE_99, 6, specific) == (*ENTERPRISE_99, 0, specific)
+
+
 @pytest.mark.parametrize("generic", [7, 100, -1, 2**31 - 1, -(2**31)])
 def test_v1_generic_trap_outside_0_to_6_is_kept(generic: int) -> None:
     """generic-trap is an INTEGER with named numbers 0..6 (RFC 1157), not a range: net-snmp's
@@ -357,6 +367,8 @@ REFUSALS: list[tuple[bytes, str]] = [
     (v2c([tlv(0x30, oid(IF_INDEX_17) + b"\x02\x80\x01\x00\x00")]), "indefinite-length"),
     # v1 header and v1-only rules
     (v1([], generic=2**31), "bad-integer"),
+    (v1([], specific=2**32), "bad-integer"),
+    (v1([], specific=-(2**31) - 1), "bad-integer"),
     (v1([], agent=tlv(0x04, b"\x0a\x00\x00\x01")), "bad-tag"),
     (v1([], agent=tlv(0x40, b"\x0a\x00\x00\x01\x00")), "bad-value"),
     (v1([], enterprise=tlv(0x06, b"")), "bad-oid"),

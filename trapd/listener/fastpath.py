@@ -347,7 +347,9 @@ def _decode_v1_trap(data: bytes, pos: int, end: int, community: bytes) -> FastMe
     # value (see the module doc), so a 7 from an agent is an event, not a refusal.
     generic = decode_integer(data, start, pos, INT32_MIN, INT32_MAX)
     start, pos = expect(data, pos, end, TAG_INTEGER)
-    specific = decode_integer(data, start, pos, INT32_MIN, INT32_MAX)
+    # Unconstrained in RFC 1157 and a sub-identifier (0..2^32-1) in RFC 3584: net-snmp writes
+    # 3000000000 as a signed 32-bit INTEGER, other agents as the unsigned number. Both are kept.
+    specific = decode_integer(data, start, pos, INT32_MIN, UINT32_MAX)
     start, pos = expect(data, pos, end, TAG_TIMETICKS)
     timestamp = decode_integer(data, start, pos, 0, UINT32_MAX)
     start, pos = expect(data, pos, end, TAG_SEQUENCE)

@@ -105,9 +105,10 @@ SNMP_TRAPS: Oid = (1, 3, 6, 1, 6, 3, 1, 1, 5)
 def v1_trap_oid(enterprise: Oid, generic: int, specific: int) -> Oid:
     """snmpTrapOID.0 for a v1 trap (RFC 3584 3.1 (2), (3)); () when generic is out of range.
 
-    specific-trap becomes a sub-identifier (0..2^32-1), but goes on the wire as a signed
-    INTEGER: net-snmp's snmptrap sends 3000000000 as -1294967296. A negative one is read as
-    the unsigned 32-bit number it encodes, as an OID has no negative sub-identifier.
+    specific-trap becomes a sub-identifier (0..2^32-1), but goes on the wire as an INTEGER:
+    net-snmp's snmptrap sends 3000000000 as the signed -1294967296, other agents as the
+    unsigned number. A negative one is read as the unsigned 32-bit number it encodes, as an
+    OID has no negative sub-identifier.
     """
     if generic == 6:
         return (*enterprise, 0, specific & 0xFFFFFFFF)
