@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from trapd.cli import main
@@ -511,3 +512,36 @@ def test_a_shared_journal_names_the_host_that_journaled_each_action(
     ]  # fmt: skip
     rc, out = run(capsys, *j, "show", "1")
     assert re.search(r"^journaled_by\s+dhcp1$", out, re.M), out
+
+
+def test_a_held_row_that_ran_to_its_end_says_so_first_in_the_list(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A host cut off from the database ran an action to its end after the other host held it
+    (docs/pair.md): the end is noted after "interrupted while running; it may have taken effect:
+    release it ...", and `list --state held`, where an operator decides what to release, cut
+    the NOTE at 60 characters before it. The note comes first in the column."""
+    from trapd.dispatch.journal.postgres import PostgresJournal
+
+    async def fill() -> int:
+        async with PostgresJournal(pg_url, instance="dhcp1") as j:
+            now = time.time()
+            r = await j.add(make_event(source="10.20.1.5").to_dict(), [new("log", {"message": "m"})], [], now)
+            assert (await j.claim(r.ids[0], now)).outcome == "running"
+            with psycopg.connect(pg_url, autocommit=True) as conn:  # dhcp2's takeover, hold-unsafe
+                conn.execute(
+                    "UPDATE trapd_actions SET state = 'held', held_by = 'interrupted', due = %s, "
+                    "lease_until = NULL, last_error = 'interrupted while running; it may have taken "
+                    "effect: release it to run it again' WHERE id = %s",
+                    (now + 3600, r.ids[0]),
+                )
+            await j.finish(r.ids[0], "done", now + 1)
+            return r.ids[0]
+
+    id_ = asyncio.run(fill())
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(json.dumps({"dispatch": {"journal": {"url": pg_url, "instance": "ops"}}}))
+    rc, out = run(capsys, "journal", "-c", str(cfg), "list", "--state", "held")
+    assert rc == 0, out
+    (row,) = [line for line in out.splitlines() if line.startswith(f"{id_} ")]
+    assert "dhcp1 ran it to its end after the takeover: done" in row, out

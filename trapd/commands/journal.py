@@ -607,6 +607,7 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
         about = e.mac or e.ip or e.key
         # A dry-run action is journaled done without running: not the line of one that ran.
         note = e.last_error or ("dry run: nothing was run" if e.mode == "dry-run" else "")
+        note = _late_end_first(note)
         note = REDACTOR.cut(note, 59)  # as _unveiled; masked before the column cuts it
         rows.append(
             (str(e.id), e.state, _when(when) if when else "?", *expires, str(e.attempts),
@@ -616,6 +617,18 @@ def _print_entries(entries: list[Any], args: argparse.Namespace) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _late_end_first(note: str) -> str:
+    """A held row's note with its late end first ("dhcp1 ran it to its end after the takeover:
+    done", docs/pair.md): after "interrupted while running; it may have taken effect: ..." the
+    column's cut hid it from the operator deciding whether to release the action."""
+    from trapd.dispatch.journal.model import LATE_END
+
+    if LATE_END not in note:
+        return note
+    parts = note.split("; ")
+    return "; ".join([p for p in parts if LATE_END in p] + [p for p in parts if LATE_END not in p])
 
 
 def _host(owner: str | None) -> str | None:

@@ -97,6 +97,11 @@ class NewEntry:
     claim: bool = False
 
 
+# What a shared journal adds to a row's last_error when the host that was running it ended it
+# after another host took the row over ("dhcp1" + LATE_END + "done"; postgres.py, migration 10).
+LATE_END = " ran it to its end after the takeover: "
+
+
 @dataclass(slots=True)
 class Entry:
     """One journal row. ``event`` (the event as JSON text) is filled where the caller needs it."""

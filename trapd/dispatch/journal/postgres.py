@@ -70,6 +70,7 @@ from trapd.cancelling import cancel_and_wait
 from trapd.dispatch.journal.model import (
     ACTIVE,
     INTERRUPTED_HOLD_FOR,
+    LATE_END,
     PRUNE_CHUNK,
     AddResult,
     ClaimResult,
@@ -1481,7 +1482,7 @@ async def _op_finish(
 
 def _late_note(owner: str, state: str, error: str | None) -> str:
     """What a late end adds to the row's last_error (the same words as trapd_run's, migration 10)."""
-    return f"{owner} ran it to its end after the takeover: {state}" + (f" ({_text(error)})" if error else "")
+    return f"{owner}{LATE_END}{state}" + (f" ({_text(error)})" if error else "")
 
 
 async def _op_unclaim(conn: Conn, ids: Sequence[int], owner: str) -> Collect:
