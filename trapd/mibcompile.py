@@ -390,14 +390,14 @@ class StandIn:
         )
 
 
-def _imports_of(text: str) -> list[tuple[list[str], str]]:
-    """``[([symbols], module), ...]`` of the IMPORTS clause of each module in ``text``.
+def _imports_of(text: str) -> list[tuple[str, list[str], str]]:
+    """``[(importer, [symbols], module), ...]`` of the IMPORTS clause of each module in ``text``.
 
     One pass over words (a regex with a repeated list of names backtracked
     exponentially on a clause without FROM), and only each module's first
     IMPORTS, up to its first ';' (see :func:`declare_implicit_imports`).
     """
-    out: list[tuple[list[str], str]] = []
+    out: list[tuple[str, list[str], str]] = []
     starts = list(_MODULE_TEXT_RE.finditer(text))
     for i, start in enumerate(starts):
         body_end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
@@ -413,7 +413,7 @@ def _imports_of(text: str) -> list[tuple[list[str], str]]:
                 continue
             module = next(words, None)
             if module is not None and symbols:
-                out.append((symbols, module))
+                out.append((start.group(1), symbols, module))
             symbols = []
     return out
 
@@ -446,15 +446,19 @@ def missing_type_imports(site: dict[str, SiteSource], stubs: StubSet) -> dict[st
     whatever imports from it were lost for one SYNTAX. A TC is a type, and type names
     begin with a capital; a lower-case import (an OID) from a missing module still fails.
     """
-    texts: dict[str, str] = {}
+    # Each file read and gone through once, for all the modules in it (vendors ship concatenated
+    # files: once per module was quadratic, 48 s for 2,000 small modules in one file).
+    texts: dict[Path, str] = {}
     wanted: dict[str, dict[str, list[str]]] = {}  # missing module -> importer -> symbols
     nodes: set[str] = set()
-    for name, src in site.items():
+    for path in dict.fromkeys(src.path for src in site.values()):
         try:
-            text = texts.setdefault(str(src.path), source_text(read_source(src.path)))
+            text = texts[path] = source_text(read_source(path))
         except OSError:
             continue
-        for symbols, dep in _imports_of(text):
+        for name, symbols, dep in _imports_of(text):
+            if name not in site or site[name].path != path:  # also in another file, which is used
+                continue
             if dep in site or dep in stubs.names:
                 continue
             if any(not sym[:1].isupper() for sym in symbols):
@@ -465,7 +469,7 @@ def missing_type_imports(site: dict[str, SiteSource], stubs: StubSet) -> dict[st
     for dep, importers in wanted.items():
         if dep in nodes or not _MODULE_NAME_RE.fullmatch(dep):
             continue
-        users = [texts[str(site[m].path)] for m in importers]
+        users = [texts[path] for path in dict.fromkeys(site[m].path for m in importers)]
         symbols = list(dict.fromkeys(sym for syms in importers.values() for sym in syms))
         lines = [f"{dep} DEFINITIONS ::= BEGIN", "IMPORTS TEXTUAL-CONVENTION FROM SNMPv2-TC;"]
         bases: dict[str, str] = {}
