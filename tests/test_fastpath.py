@@ -276,6 +276,33 @@ def test_v1_enterprise_specific_trap_header() -> None:
     assert (msg.v1_generic_trap, msg.v1_specific_trap, msg.v1_timestamp) == (6, -3, 2**32 - 1)
 
 
+@pytest.mark.parametrize(
+    ("value", "kind", "number"),
+    [
+        (tlv(0x41, b"\xff"), "Counter32", 255),
+        (tlv(0x41, b"\xff\xff\xff\xff"), "Counter32", 2**32 - 1),
+        (tlv(0x42, b"\x80\x00\x00\x00"), "Gauge32", 2**31),
+        (tlv(0x43, b"\xb2\xd0\x5e\x00"), "TimeTicks", 3_000_000_000),
+        (tlv(0x46, b"\xff" * 8), "Counter64", 2**64 - 1),
+        (tlv(0x46, b"\x80"), "Counter64", 128),
+    ],
+)
+def test_unsigned_value_without_its_leading_zero_octet_is_read_unsigned(
+    value: bytes, kind: str, number: int
+) -> None:
+    """Some agents write an unsigned type's value in as many octets as it needs unsigned, leaving out
+    the 00 that BER's two's complement wants before a high bit (ff ff ff ff for 4294967295). Read
+    as BER it is negative, which no unsigned type holds; net-snmp's snmptrapd reads the octets
+    unsigned and takes the trap (Counter32: 4294967295), and so does trapd, in v1, v2c and the ack."""
+    inform = decode(v2c([varbind(IF_INDEX_17, value)], pdu=0xA6))
+    assert inform.varbinds[-1] == (IF_INDEX_17, kind, number)
+    # The acknowledgement echoes the value in minimal BER: the same number, with its 00.
+    assert integer(number, value[0]) in encode_inform_response(inform)
+    if kind != "Counter64":  # no Counter64 in v1 (module doc)
+        assert decode(v1([varbind(IF_INDEX_17, value)])).varbinds[-1] == (IF_INDEX_17, kind, number)
+    assert decode(v1([], timestamp=tlv(0x43, b"\xff\xff\xff\xff"))).v1_timestamp == 2**32 - 1
+
+
 @pytest.mark.parametrize("specific", [2**31, 3_000_000_000, 2**32 - 1])
 def test_v1_specific_trap_of_2_31_or_more_written_unsigned_is_kept(specific: int) -> None:
     """RFC 1157's specific-trap is an unconstrained INTEGER and RFC 3584 makes it a sub-identifier
@@ -341,9 +368,10 @@ REFUSALS: list[tuple[bytes, str]] = [
     (v2c(TRAP_HEAD, errors=integer(2**31) + integer(0)), "bad-integer"),
     (v2c(TRAP_HEAD, errors=integer(0)), "bad-tag"),  # error-index missing
     (v2c([varbind(IF_INDEX_17, integer(2**31))]), "bad-integer"),
-    (v2c([varbind(IF_INDEX_17, tlv(0x41, b"\xff\xff\xff\xff"))]), "bad-integer"),
+    (v2c([varbind(IF_INDEX_17, tlv(0x41, b"\xff\xff\xff\xff\xff"))]), "bad-integer"),
     (v2c([varbind(IF_INDEX_17, integer(2**32, 0x42))]), "bad-integer"),
-    (v2c([varbind(IF_INDEX_17, integer(-1, 0x43))]), "bad-integer"),
+    (v2c([varbind(IF_INDEX_17, tlv(0x43, b"\xff\xff\xff\xff\xff"))]), "bad-integer"),
+    (v2c([varbind(IF_INDEX_17, tlv(0x46, b"\xff" * 9))]), "bad-integer"),
     (v2c([varbind(IF_INDEX_17, integer(2**64, 0x46))]), "bad-integer"),
     (v2c([varbind(IF_INDEX_17, tlv(0x43, b""))]), "bad-integer"),
     (v2c([varbind(IF_INDEX_17, tlv(0x02, b""))]), "bad-integer"),
@@ -374,6 +402,7 @@ REFUSALS: list[tuple[bytes, str]] = [
     (v1([], enterprise=tlv(0x06, b"")), "bad-oid"),
     (v1([], timestamp=integer(5)), "bad-tag"),
     (v1([], timestamp=integer(2**32, 0x43)), "bad-integer"),
+    (v1([], timestamp=tlv(0x43, b"\xff\xff\xff\xff\xff")), "bad-integer"),
     (v1([varbind(IF_INDEX_17, integer(1, 0x46))]), "bad-value"),
     (v1([varbind(IF_INDEX_17, tlv(0x80, b""))]), "bad-value"),
 ]

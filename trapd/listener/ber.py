@@ -173,8 +173,8 @@ def decode_integer(data: bytes, start: int, end: int, low: int, high: int) -> in
 
     All SNMP integer types are BER INTEGERs (two's complement), so unsigned
     types get the same decoding and only a different range: a Counter32 of
-    0xFFFFFFFF arrives as ``00 FF FF FF FF``, and ``FF FF FF FF`` is -1, which
-    is out of range and refused rather than guessed at. Non-minimal content
+    0xFFFFFFFF arrives as ``00 FF FF FF FF``, and ``FF FF FF FF`` is -1 (which
+    :func:`decode_unsigned` reads as the agent meant it). Non-minimal content
     (a redundant leading 00 or FF) is accepted: pyasn1, and so every
     pysnmp-based agent, encodes -128 as ``FF 80``.
     """
@@ -188,6 +188,22 @@ def decode_integer(data: bytes, start: int, end: int, low: int, high: int) -> in
     if value < low or value > high:
         raise Rejected("bad-integer", f"{value} outside {low}..{high} at offset {start}")
     return value
+
+
+def decode_unsigned(data: bytes, start: int, end: int, high: int) -> int:
+    """Content octets of an unsigned type (Counter32, Gauge32, TimeTicks: ``high`` 2^32-1;
+    Counter64: 2^64-1), as :func:`decode_integer` with the range ``[0, high]``, but for one form.
+
+    Some agents write the value in as many octets as it needs unsigned and leave out the 00
+    that BER's two's complement wants before a high bit: ``FF FF FF FF`` for 4294967295.
+    Read as BER that is -1, which no unsigned type holds, so the only meaning it can have is
+    the unsigned one, and net-snmp's snmptrapd reads it so (a switch's trap is not dropped
+    for it). Only content no longer than the type's own width gets this reading: a longer
+    negative one (``FF FF FF FF FF``) is no such slip and stays ``bad-integer``.
+    """
+    if 0 < end - start <= (high.bit_length() + 7) // 8 and data[start] & 0x80:
+        return int.from_bytes(data[start:end], "big")
+    return decode_integer(data, start, end, 0, high)
 
 
 def decode_oid(data: bytes, start: int, end: int) -> Oid:

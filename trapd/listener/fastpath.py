@@ -37,6 +37,10 @@ Decisions a reader might not guess:
   translates only 0..6, so such a trap's event has no trap OID
   (:func:`trapd.listener.raw.v1_trap_oid`); snmptrapd's own translation
   makes up snmpTraps.(generic+1), which names no notification.
+* An unsigned value (TimeTicks, Counter32/64, Gauge32) written without the
+  00 octet BER wants before a high bit (``FF FF FF FF`` for 4294967295) is
+  read unsigned, as net-snmp reads it (:func:`trapd.listener.ber.decode_unsigned`);
+  pysnmp refuses it, the other place the differential test allows a difference.
 * Counter64 and the v2 exception values (noSuchObject, noSuchInstance,
   endOfMibView) in a v1 message are ``bad-value``: RFC 1155/1157's
   ObjectSyntax has none of them (they arrived with SMIv2 and RFC 1905),
@@ -74,6 +78,7 @@ from trapd.listener.ber import (
     decode_integer,
     decode_ipaddress,
     decode_oid,
+    decode_unsigned,
     encode_integer_content,
     encode_length,
     encode_oid_content,
@@ -351,7 +356,7 @@ def _decode_v1_trap(data: bytes, pos: int, end: int, community: bytes) -> FastMe
     # 3000000000 as a signed 32-bit INTEGER, other agents as the unsigned number. Both are kept.
     specific = decode_integer(data, start, pos, INT32_MIN, UINT32_MAX)
     start, pos = expect(data, pos, end, TAG_TIMETICKS)
-    timestamp = decode_integer(data, start, pos, 0, UINT32_MAX)
+    timestamp = decode_unsigned(data, start, pos, UINT32_MAX)
     start, pos = expect(data, pos, end, TAG_SEQUENCE)
     if pos != end:
         raise Rejected("trailing-bytes", f"{end - pos} octets after the varbind list")
@@ -470,7 +475,7 @@ def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBin
             if 0 < size <= 5 and not data[start] & 0x80 and (size < 5 or not data[start]):
                 number = _from_bytes(data[start:value_end])
             else:
-                number = decode_integer(data, start, value_end, 0, UINT32_MAX)
+                number = decode_unsigned(data, start, value_end, UINT32_MAX)
             vb = (oid, _UNSIGNED32_NAMES[tag - TAG_COUNTER32], number)
         elif tag == TAG_OID:
             vb = (oid, "ObjectIdentifier", decode_oid(data, start, value_end))
@@ -481,7 +486,7 @@ def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBin
                 # Not in RFC 1155's ObjectSyntax (Counter64 came with SMIv2), and
                 # RFC 3584's translation never puts one in a v1 message: see module doc.
                 raise Rejected("bad-value", f"Counter64 in a v1 message at offset {value_pos}")
-            vb = (oid, "Counter64", decode_integer(data, start, value_end, 0, UINT64_MAX))
+            vb = (oid, "Counter64", decode_unsigned(data, start, value_end, UINT64_MAX))
         elif tag == TAG_NULL:
             if start != value_end:
                 raise Rejected("bad-value", f"NULL with content at offset {value_pos}")
