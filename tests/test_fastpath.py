@@ -303,6 +303,21 @@ def test_unsigned_value_without_its_leading_zero_octet_is_read_unsigned(
     assert decode(v1([], timestamp=tlv(0x43, b"\xff\xff\xff\xff"))).v1_timestamp == 2**32 - 1
 
 
+@pytest.mark.parametrize("number", [2**31, 3_000_000_000, 2**32 - 1])
+def test_integer_value_of_an_unsigned_32_bit_number_is_kept(number: int) -> None:
+    """An agent that puts an unsigned 32-bit number (flags, an address as a number) in an INTEGER
+    writes 2^31..2^32-1 as 00 80 00 00 00 .. 00 ff ff ff ff. net-snmp's snmptrapd takes the trap
+    (INTEGER: 4294967295); one such value refused the whole trap. The inform ack echoes it."""
+    inform = decode(v2c([*TRAP_HEAD, varbind(IF_INDEX_17, integer(number))], pdu=0xA6))
+    assert inform.varbinds[-1] == (IF_INDEX_17, "Integer32", number)
+    assert integer(number) in encode_inform_response(inform)
+    assert decode(v1([varbind(IF_INDEX_17, integer(number))])).varbinds[-1] == (
+        IF_INDEX_17,
+        "Integer32",
+        number,
+    )
+
+
 @pytest.mark.parametrize("specific", [2**31, 3_000_000_000, 2**32 - 1])
 def test_v1_specific_trap_of_2_31_or_more_written_unsigned_is_kept(specific: int) -> None:
     """RFC 1157's specific-trap is an unconstrained INTEGER and RFC 3584 makes it a sub-identifier
@@ -367,7 +382,8 @@ REFUSALS: list[tuple[bytes, str]] = [
     (v2c(TRAP_HEAD, request_id=2**31), "bad-integer"),
     (v2c(TRAP_HEAD, errors=integer(2**31) + integer(0)), "bad-integer"),
     (v2c(TRAP_HEAD, errors=integer(0)), "bad-tag"),  # error-index missing
-    (v2c([varbind(IF_INDEX_17, integer(2**31))]), "bad-integer"),
+    (v2c([varbind(IF_INDEX_17, integer(2**32))]), "bad-integer"),
+    (v2c([varbind(IF_INDEX_17, integer(-(2**31) - 1))]), "bad-integer"),
     (v2c([varbind(IF_INDEX_17, tlv(0x41, b"\xff\xff\xff\xff\xff"))]), "bad-integer"),
     (v2c([varbind(IF_INDEX_17, integer(2**32, 0x42))]), "bad-integer"),
     (v2c([varbind(IF_INDEX_17, tlv(0x43, b"\xff\xff\xff\xff\xff"))]), "bad-integer"),
@@ -565,7 +581,7 @@ def test_inform_response_refuses_what_is_not_an_inform() -> None:
         ("IpAddress", "10.0.0"),
         ("IpAddress", "10.0.0.256"),
         ("Counter32", -1),
-        ("Integer32", 2**31),
+        ("Integer32", 2**32),  # 2^31..2^32-1 is taken (an unsigned number in an INTEGER)
         ("Counter64", 2**64),
         ("OctetString", "text, not bytes"),
         ("Null", 0),

@@ -41,6 +41,11 @@ Decisions a reader might not guess:
   00 octet BER wants before a high bit (``FF FF FF FF`` for 4294967295) is
   read unsigned, as net-snmp reads it (:func:`trapd.listener.ber.decode_unsigned`);
   pysnmp refuses it, the other place the differential test allows a difference.
+* An INTEGER value is taken from -2^31 to 2^32-1 (type ``Integer32``), not
+  only Integer32's range: agents put unsigned 32-bit numbers (flags, an
+  address as a number) in an INTEGER, net-snmp's snmptrapd takes them
+  (``INTEGER: 4294967295``), and one such value would refuse the whole
+  trap. pysnmp refuses them: allowed in the differential test too.
 * Counter64 and the v2 exception values (noSuchObject, noSuchInstance,
   endOfMibView) in a v1 message are ``bad-value``: RFC 1155/1157's
   ObjectSyntax has none of them (they arrived with SMIv2 and RFC 1905),
@@ -465,7 +470,8 @@ def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBin
                 number = data[start]
                 vb = (oid, "Integer32", number - 256 if number & 0x80 else number)
             else:
-                vb = (oid, "Integer32", decode_integer(data, start, value_end, INT32_MIN, INT32_MAX))
+                # Up to 2^32-1: an unsigned number an agent put in an INTEGER (module doc).
+                vb = (oid, "Integer32", decode_integer(data, start, value_end, INT32_MIN, UINT32_MAX))
         elif tag == TAG_OCTET_STRING:
             vb = (oid, "OctetString", data[start:value_end])
         elif TAG_COUNTER32 <= tag <= TAG_TIMETICKS:
@@ -583,7 +589,7 @@ def _encode_varbinds(varbinds: list[RawVarBind]) -> bytes:
 
 # type name -> (tag, lowest, highest) for the INTEGER-encoded types.
 _INTEGER_TYPES: Final = {
-    "Integer32": (TAG_INTEGER, INT32_MIN, INT32_MAX),
+    "Integer32": (TAG_INTEGER, INT32_MIN, UINT32_MAX),  # as decode_varbinds takes it
     "TimeTicks": (TAG_TIMETICKS, 0, UINT32_MAX),
     "Counter32": (TAG_COUNTER32, 0, UINT32_MAX),
     "Gauge32": (TAG_GAUGE32, 0, UINT32_MAX),
