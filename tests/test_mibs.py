@@ -2032,3 +2032,22 @@ def test_a_file_of_many_modules_is_read_once_for_their_imports(tmp_path: Path) -
     assert sorted(stand_ins) == ["VENDOR0-TC", "VENDOR1-TC", "VENDOR2-TC"]
     assert sorted(stand_ins["VENDOR1-TC"].importers) == sorted(f"M{i}-MIB" for i in range(1, 2000, 3))
     assert stand_ins["VENDOR1-TC"].importers["M4-MIB"] == ["VendorTc"]
+
+
+def test_a_module_on_a_stand_in_still_loads_after_another_file_changes(tmp_path: Path) -> None:
+    """Since only modules without an up-to-date compiled form are given to pysmi, a module that
+    imports TCs from a stand-in (a module nobody has) kept its compiled form while the stand-in's
+    was removed, as at every compile, and not made again: after an unrelated file changed it did
+    not load ('imports from VENDOR-TC3, which is neither shipped nor in the MIB directories')."""
+    src = tmp_path / "mibs"
+    src.mkdir()
+    (src / "needs-tc2.my").write_text(textwrap.dedent(NEEDS_TC2_MIB), encoding="utf-8")
+    good = src / "good.my"
+    good.write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+    config = MibConfig(dirs=(src,), cache_dir=tmp_path / "cache")
+    first = MibResolver.load(config, compile_in_process=True)
+    assert first.is_notification("NEEDS-TC2-MIB::needsTcEvent"), first.problems
+    good.write_text(textwrap.dedent(VENDOR_MIB) + "\n-- edited\n", encoding="utf-8")
+    again = MibResolver.load(config, compile_in_process=True)
+    assert again.is_notification("NEEDS-TC2-MIB::needsTcEvent"), again.problems
+    assert again.problems == first.problems  # the stand-in's warning, nothing more

@@ -568,7 +568,11 @@ def compile_site(
         # 1,002 generated modules took as long as the whole bundle (33 s at load 13).
         todo = [m for m in wanted if not (py_dir / f"{m}.py").is_file()]
         statuses: dict[str, Any] = {m: "untouched" for m in wanted if m not in todo}
-        statuses.update(_run_pysmi(todo, site, stubs, py_dir, stand_ins) if todo else {})
+        # The stand-ins are removed at every compile (the prune): made again here, also for the
+        # modules importing from them that are not compiled again.
+        asked = todo + sorted(stand_ins)
+        ran = _run_pysmi(asked, site, stubs, py_dir, stand_ins) if asked else {}
+        statuses.update((m, st) for m, st in ran.items() if m in site)
         failed = {m for m, st in statuses.items() if st == "failed"}
         compiled = []
         for m in wanted:
