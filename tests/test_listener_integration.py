@@ -122,6 +122,19 @@ def trap_args(m: str, *extra: str) -> list[str]:
 # -- v1 ------------------------------------------------------------------------
 
 
+def test_v1_trap_with_a_counter64_is_kept(trapd: TrapdListen) -> None:
+    """snmptrap -v 1 sends a Counter64 varbind as given, and net-snmp's snmptrapd takes the trap."""
+    m = mark()
+    r = snmp_send(
+        "snmptrap", "-v", "1", "-c", "public", trapd.target(), "1.3.6.1.4.1.9", "10.0.0.1", "6", "1", "100",
+        "1.3.6.1.2.1.31.1.1.1.6.1", "C", "18446744073709551615", MARK_OID, "s", m,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    e = trapd.wait_event(marked(m))
+    hc = vb(e, "1.3.6.1.2.1.31.1.1.1.6.1")
+    assert (hc["type"], hc["value"]) == ("Counter64", 2**64 - 1)
+
+
 def test_v1_generic_trap_outside_0_to_6_is_kept(trapd: TrapdListen) -> None:
     """snmptrap sends generic-trap 7 as given, and net-snmp's snmptrapd takes it ("Unknown Type
     Trap"): trapd keeps the event too. RFC 3584 3.1 translates only 0..6, so it has no trap OID."""

@@ -46,11 +46,15 @@ Decisions a reader might not guess:
   address as a number) in an INTEGER, net-snmp's snmptrapd takes them
   (``INTEGER: 4294967295``), and one such value would refuse the whole
   trap. pysnmp refuses them: allowed in the differential test too.
-* Counter64 and the v2 exception values (noSuchObject, noSuchInstance,
-  endOfMibView) in a v1 message are ``bad-value``: RFC 1155/1157's
-  ObjectSyntax has none of them (they arrived with SMIv2 and RFC 1905),
-  RFC 3584's v2-to-v1 translation never carries a Counter64 into a v1
-  message, and pysnmp's v1 decoder refuses them too.
+* A Counter64 in a v1 message is kept: RFC 1155's ObjectSyntax has none
+  (it came with SMIv2) and RFC 3584's translation never puts one there, but
+  net-snmp's snmptrap -v 1 sends one as given (so does a net-snmp based
+  agent) and snmptrapd takes it; refusing would drop the whole trap. pysnmp's
+  v1 decoder refuses it. The v2 exception values (noSuchObject,
+  noSuchInstance, endOfMibView) in a v1 message stay ``bad-value``, a
+  deliberate difference: snmptrapd logs such a trap without that binding,
+  but an exception value only answers a request (RFC 3416 4.2.1), no
+  notification carries one, and v1 has none.
 """
 
 from __future__ import annotations
@@ -392,7 +396,7 @@ def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBin
     next identical one costs a slice and a dict lookup instead of its
     decoding. Only accepted varbinds get in, so every refusal is still
     decided by the code below, and only types that decode the same in v1
-    and v2c (not Counter64 or the exception values, which v1 refuses).
+    and v2c (not the exception values, which v1 refuses; Counter64 is a counter).
     Clocks and counters (TimeTicks, Counter32) never repeat and would only
     churn the table, so they stay out too.
     """
@@ -487,11 +491,7 @@ def decode_varbinds(data: bytes, pos: int, end: int, v1: bool) -> list[RawVarBin
             vb = (oid, "ObjectIdentifier", decode_oid(data, start, value_end))
         elif tag == TAG_IPADDRESS:
             vb = (oid, "IpAddress", decode_ipaddress(data, start, value_end))
-        elif tag == TAG_COUNTER64:
-            if v1:
-                # Not in RFC 1155's ObjectSyntax (Counter64 came with SMIv2), and
-                # RFC 3584's translation never puts one in a v1 message: see module doc.
-                raise Rejected("bad-value", f"Counter64 in a v1 message at offset {value_pos}")
+        elif tag == TAG_COUNTER64:  # in v1 too: see module doc
             vb = (oid, "Counter64", decode_unsigned(data, start, value_end, UINT64_MAX))
         elif tag == TAG_NULL:
             if start != value_end:
