@@ -255,6 +255,16 @@ def test_v2c_trap_with_many_varbinds_keeps_order() -> None:
     assert [vb[2] for vb in msg.varbinds[2:]] == list(range(200))
 
 
+@pytest.mark.parametrize("request_id", [2**31, 2**32 - 1])
+def test_inform_request_id_counted_unsigned_is_acknowledged_with_it(request_id: int) -> None:
+    """An agent whose request-id counter went past 2^31 writes it unsigned (00 80 00 00 00).
+    RFC 3416 bounds it to Integer32, but net-snmp's snmptrapd takes the inform and answers it;
+    refused, the agent resent the inform until it gave up. The Response echoes it exactly."""
+    msg = decode(v2c(TRAP_HEAD, pdu=0xA6, request_id=request_id))
+    assert msg.request_id == request_id
+    assert integer(request_id) in encode_inform_response(msg)
+
+
 def test_inform_and_negative_request_id() -> None:
     msg = decode(v2c(TRAP_HEAD, pdu=0xA6, request_id=-(2**31)))
     assert msg.pdu == "inform" and msg.request_id == -(2**31)
@@ -386,7 +396,7 @@ REFUSALS: list[tuple[bytes, str]] = [
     (v2c(TRAP_HEAD, pdu=0xA9), "bad-tag"),
     (v2c(TRAP_HEAD, pdu=0x30), "bad-tag"),
     # fields
-    (v2c(TRAP_HEAD, request_id=2**31), "bad-integer"),
+    (v2c(TRAP_HEAD, request_id=2**32), "bad-integer"),
     (v2c(TRAP_HEAD, errors=integer(2**31) + integer(0)), "bad-integer"),
     (v2c(TRAP_HEAD, errors=integer(0)), "bad-tag"),  # error-index missing
     (v2c([varbind(IF_INDEX_17, integer(2**32))]), "bad-integer"),

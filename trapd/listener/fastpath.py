@@ -324,13 +324,17 @@ def decode_pdu_body(data: bytes, pos: int, end: int) -> tuple[int, int, int, lis
     """The content ``[pos, end)`` of an SNMPv2 PDU: (request-id, error-status, error-index, varbinds).
 
     RFC 3416's PDU ::= SEQUENCE { request-id, error-status, error-index,
-    VarBindList }, each INTEGER a signed 32-bit value, and nothing after the
-    list. The one reader of a v2 PDU's fields: v2c messages here, and the
-    ScopedPDU of every v3 message (:mod:`trapd.listener.v3.scoped`), so a PDU
-    means the same, or is refused for the same reason, in every version.
+    VarBindList }, each INTEGER a signed 32-bit value (request-id up to
+    2^32-1, see below), and nothing after the list. The one reader of a v2
+    PDU's fields: v2c messages here, and the ScopedPDU of every v3 message
+    (:mod:`trapd.listener.v3.scoped`), so a PDU means the same, or is refused
+    for the same reason, in every version.
     """
     start, pos = expect(data, pos, end, TAG_INTEGER)
-    request_id = decode_integer(data, start, pos, INT32_MIN, INT32_MAX)
+    # Up to 2^32-1: an agent's counter past 2^31 written unsigned. RFC 3416 bounds request-id
+    # to Integer32, but net-snmp's snmptrapd takes such an inform and answers it with that
+    # request-id; refused, the agent would resend the inform until it gave up.
+    request_id = decode_integer(data, start, pos, INT32_MIN, UINT32_MAX)
     if pos + 6 <= end and data[pos : pos + 6] == _ZERO_ERROR_FIELDS:
         status = index = 0
         pos += 6  # the usual case, checked in one comparison
