@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import regex
+
 from trapd import decoders
 from trapd.event import Event
 from trapd.instance import decode_suffix
@@ -572,11 +574,18 @@ class MatchCompiler:
             self.problems.error(f"{what}: regex takes a pattern (text; single-quote it in YAML)", mark)
             return None
         try:
-            pattern = re.compile(value)
+            # The syntax is re's (and so are the error messages, which point at the open group
+            # rather than the pattern's end); the match is the regex module's, in its re-compatible
+            # VERSION0, for the timeout re lacks (conditions.REGEX_TIME_PER_EVENT).
+            re.compile(value)
+            pattern = regex.compile(value, regex.VERSION0)
         except re.error as exc:
             self.problems.error(f"{what}: bad regex: {exc.msg} at position {exc.pos} of the pattern", mark)
             return None
-        except RecursionError:  # re parses groups recursively
+        except regex.error as exc:  # re took it, regex not: not expected, but said clearly
+            self.problems.error(f"{what}: bad regex: {exc}", mark)
+            return None
+        except RecursionError:  # both parse groups recursively
             self.problems.error(f"{what}: bad regex: nested too deep (groups inside one another)", mark)
             return None
         reserved = [g for g in pattern.groupindex if g in EVENT_VARIABLES or g in JINJA_GLOBALS]

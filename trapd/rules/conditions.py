@@ -15,8 +15,11 @@ rule's atoms.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import regex
 
 from trapd.event import Event, VarBind, oid_str
 from trapd.instance import UndecodableIndex
@@ -25,17 +28,36 @@ from trapd.rules.context import octet_text
 from trapd.rules.sources import AddressSet, addr_key, bytes_addr_key
 from trapd.yamlsource import Mark
 
+# The time one event's regexes may take together. A rule's pattern that backtracks without end
+# ((a|aa)+, (\w+\s?)+ ...) meets text the sender of the trap chose: with Python's re, 60 characters
+# held the event loop for hours (the watchdog kills trapd after 30 s, and it would meet the
+# next such trap again). A well-written pattern takes microseconds; this leaves room for thousands.
+REGEX_TIME_PER_EVENT = 0.1
+
+
+class RegexTimeout(Exception):
+    """A regex condition ran out of the event's regex time: the rule cannot be decided."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(
+            f"{label} took longer than its time bound ({REGEX_TIME_PER_EVENT * 1000:.0f} ms for an "
+            "event's regexes together): this event was not matched against this rule or the rules "
+            "after it. A pattern with a repeat inside a repeat, such as (a|aa)+ or (\\w+\\s?)+, can "
+            "take time that grows exponentially with the text: rewrite it without the nesting"
+        )
+
 
 class EvalState:
-    """Per-event scratch space: the parsed source address and regex captures."""
+    """Per-event scratch space: the parsed source address, regex captures, the regex time used."""
 
-    __slots__ = ("_src", "captures", "event")
+    __slots__ = ("_src", "captures", "event", "regex_spent")
 
     def __init__(self, event: Event, source_key: tuple[int, int] | bool | None = False) -> None:
         """``source_key``: the parsed source address when the caller has it (False: parse on use)."""
         self.event = event
         self.captures: dict[str, str] = {}
         self._src: tuple[int, int] | bool | None = source_key
+        self.regex_spent = 0.0  # seconds inside this event's regex matches (REGEX_TIME_PER_EVENT)
 
     @property
     def source_key(self) -> tuple[int, int] | None:
@@ -177,7 +199,10 @@ class Negated(ValueTest):
 
 
 class Regex(ValueTest):
-    def __init__(self, pattern: re.Pattern[str], label: str) -> None:
+    """A full match by the ``regex`` module (re's syntax), whose matching can be given a timeout,
+    which Python's re cannot: see REGEX_TIME_PER_EVENT."""
+
+    def __init__(self, pattern: regex.Pattern[str], label: str) -> None:
         self.pattern = pattern
         self.named = bool(pattern.groupindex)
         self.label = label
@@ -186,7 +211,18 @@ class Regex(ValueTest):
         text = as_text(s.value, s.display)
         if text is None:
             return False
-        m = self.pattern.fullmatch(text)
+        # Only the time inside the event's regex matches counts: the templates rendered between
+        # them, or the process waiting for a core on a busy host, must not use it up.
+        left = REGEX_TIME_PER_EVENT - st.regex_spent
+        if left <= 0:
+            raise RegexTimeout(self.label)
+        start = time.monotonic()
+        try:
+            m = self.pattern.fullmatch(text, timeout=left)
+        except TimeoutError:
+            raise RegexTimeout(self.label) from None
+        finally:
+            st.regex_spent += time.monotonic() - start
         if m is None:
             return False
         if self.named:

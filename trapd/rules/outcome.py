@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 Mode = Literal["enforce", "dry-run"]
 # Why an action was rejected, as a bounded word (the metrics label; the message says the details):
-# a template failed, a rendered value failed its parameter type, or a decoder met a malformed value.
-RejectionKind = Literal["template", "parameter", "decoder"]
+# a template failed, a rendered value failed its parameter type, a decoder met a malformed value,
+# or a regex condition ran out of the event's regex time (the rule and those after it undecided).
+RejectionKind = Literal["template", "parameter", "decoder", "regex"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from trapd.event import Event
 from trapd.listener.raw import Oid
 from trapd.params import ParamError, validate
 from trapd.plugin import ActionSpec
-from trapd.rules.conditions import All, Cond, EvalState, Notification, Subject, ValueTest
+from trapd.rules.conditions import All, Cond, EvalState, Notification, RegexTimeout, Subject, ValueTest
 from trapd.rules.context import IndexObjects, event_context
 from trapd.rules.index import RuleIndex
 from trapd.rules.outcome import Mode, Outcome, PlannedAction, RateCap, Rejection, RetryPolicy
@@ -374,15 +374,21 @@ class RuleSet:
                 rule = rules[i]
                 if st.captures:
                     st.captures = {}
-                if not residual[i].test(st):
-                    continue
                 items: list[tuple[dict[str, Any], dict[str, str]]] | None = None
-                if rule.foreach is not None:
-                    decoded = decode_items(rule.foreach.kind, event, rule.foreach.decoders)
-                    rejected.extend(_decode_rejections(rule, decoded))
-                    items = rule.foreach.passing(decoded.items, st)
-                    if not items:
+                try:
+                    if not residual[i].test(st):
                         continue
+                    if rule.foreach is not None:
+                        decoded = decode_items(rule.foreach.kind, event, rule.foreach.decoders)
+                        rejected.extend(_decode_rejections(rule, decoded))
+                        items = rule.foreach.passing(decoded.items, st)
+                        if not items:
+                            continue
+                except RegexTimeout as exc:
+                    # Undecided: neither this rule nor the rules after it (whether it would have
+                    # stopped the evaluation is unknown), so nothing runs in its place.
+                    rejected.append(Rejection(rule.name, "match", -1, str(exc), "regex"))
+                    break
                 matched.append(rule.name)
                 if base is None:
                     base = event_context(
@@ -414,6 +420,7 @@ class RuleSet:
         traces: list[RuleTrace] = []
         stopped_by: str | None = None
         base: dict[str, Any] | None = None
+        st = EvalState(event)  # one per event, as in evaluate: the regex time is the event's
         for rule in self._rules:
             if not rule.enabled:
                 traces.append(RuleTrace(rule.name, rule.mark, "disabled"))
@@ -421,22 +428,28 @@ class RuleSet:
             if stopped_by is not None:
                 traces.append(RuleTrace(rule.name, rule.mark, "not-reached", f"stopped by rule {stopped_by}"))
                 continue
-            st = EvalState(event)
-            failed = _first_failure(rule.condition, st)
-            if failed is not None:
-                traces.append(RuleTrace(rule.name, rule.mark, "no-match", failed.why(st), failed.mark))
-                continue
+            st.captures = {}
             items: list[tuple[dict[str, Any], dict[str, str]]] | None = None
             rejected: list[Rejection] = []
-            if rule.foreach is not None:
-                decoded = decode_items(rule.foreach.kind, event, rule.foreach.decoders)
-                rejected.extend(_decode_rejections(rule, decoded))
-                items = rule.foreach.passing(decoded.items, st)
-                if not items:
-                    why = rule.foreach.why_not(decoded.items, st)
-                    out = Outcome(rejected=tuple(rejected))
-                    traces.append(RuleTrace(rule.name, rule.mark, "no-match", why, rule.foreach.mark, out))
+            try:
+                failed = _first_failure(rule.condition, st)
+                if failed is not None:
+                    traces.append(RuleTrace(rule.name, rule.mark, "no-match", failed.why(st), failed.mark))
                     continue
+                if rule.foreach is not None:
+                    decoded = decode_items(rule.foreach.kind, event, rule.foreach.decoders)
+                    rejected.extend(_decode_rejections(rule, decoded))
+                    items = rule.foreach.passing(decoded.items, st)
+                    if not items:
+                        why = rule.foreach.why_not(decoded.items, st)
+                        out = Outcome(rejected=tuple(rejected))
+                        trace = RuleTrace(rule.name, rule.mark, "no-match", why, rule.foreach.mark, out)
+                        traces.append(trace)
+                        continue
+            except RegexTimeout as exc:  # as in evaluate: this rule and the rest are undecided
+                traces.append(RuleTrace(rule.name, rule.mark, "no-match", str(exc)))
+                stopped_by = f"{rule.name} (its regex ran out of time)"
+                continue
             if base is None:
                 base = event_context(
                     event, rule="", source_group=self.group_of(event.source), index_objects=self.index_objects

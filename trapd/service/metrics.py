@@ -43,7 +43,7 @@ trapd_kernel_udp_rcvbuf_errors_total           counter    family (ipv4, ipv6); h
 trapd_socket_drops_total                       counter    socket (address; summed over workers' sockets)
 trapd_socket_receive_queue_bytes               gauge      socket (address); bytes waiting to be read
 trapd_rule_matches_total                       counter    rule
-trapd_actions_rejected_total                   counter    rule, reason (template, parameter, decoder)
+trapd_actions_rejected_total                   counter    rule, reason (template, parameter, decoder, regex)
 trapd_events_unmatched_total                   counter
 trapd_outcomes_lost_total                      counter    matched, not journaled (backlog full, journal down)
 trapd_informs_resent_total                     counter    resent copies of an inform: answered, not run
