@@ -5,9 +5,9 @@ Its parameters are declared once, in the ``Param`` list of :func:`webhook`
 
 Outcome: 2xx is success (the result records the status and the start of
 the answer). 5xx, 408, 429, timeouts and connection errors are retryable
-(the dispatcher backs off and tries again). Any other status (4xx, and 3xx,
-since redirects are not followed) and a server certificate that does not
-verify are permanent: the request itself is wrong and will stay wrong.
+(the dispatcher backs off and tries again). Any other status (4xx, 501 and
+505, and 3xx, since redirects are not followed) and a server certificate that
+does not verify are permanent: the request itself is wrong and will stay wrong.
 
 The request goes through trapd's shared HTTP client (connection reuse);
 ``verify: false`` or ``ca_file`` need their own TLS settings, so those calls
@@ -47,6 +47,9 @@ from trapd.plugin import ActionContext, PermanentError, RetryableError, action
 from trapd.secrets import REDACTOR, Redactor
 
 RETRYABLE_STATUSES = frozenset({408, 429})
+# 5xx that say the request itself is refused, and will be again: 501 Not Implemented (the method),
+# 505 HTTP Version Not Supported. Retrying them only sends the same request until max-attempts.
+PERMANENT_5XX = frozenset({501, 505})
 _HEADER_BREAK = re.compile(r"[\r\n\x00]")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110's token
 ANSWER_KEPT = 1000  # characters of the answer stored in the journal's result
@@ -171,7 +174,7 @@ async def webhook(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     answer = scrub(answer, complete, ANSWER_KEPT)
     if 200 <= status < 300:
         return {"status": status, "answer": answer}
-    if status >= 500 or status in RETRYABLE_STATUSES:
+    if (status >= 500 and status not in PERMANENT_5XX) or status in RETRYABLE_STATUSES:
         if wait is not None:  # 429 Too Many Requests, 503: the receiver said when to come back
             raise RetryableError(f"{where} answered {status} (retry after {wait:g}s)", retry_after=wait)
         raise RetryableError(f"{where} answered {status}")

@@ -613,6 +613,16 @@ async def _answer_with_header(status: int, header: bytes) -> tuple[asyncio.Serve
     return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
+@pytest.mark.parametrize("status", [501, 505])
+async def test_a_server_that_does_not_implement_the_request_is_permanent(status: int) -> None:
+    # 501 Not Implemented (the method), 505 HTTP Version Not Supported: the request is what the
+    # receiver refuses, and it stays so; retried, it was sent again until max-attempts.
+    server, where = await _answer_with_header(status, b"X-Why: method")
+    async with server:
+        with pytest.raises(PermanentError, match=f"answered {status}"):
+            await asyncio.wait_for(call(url=f"http://{where}/hook", timeout=5), 20)
+
+
 @pytest.mark.parametrize("value", [b"\xb2", b"\xb9\xb2", b"1\xb3"])
 async def test_a_retry_after_of_non_ascii_digits_is_ignored(value: bytes) -> None:
     # str.isdigit() is true for superscript digits (latin-1 0xB2, 0xB3, 0xB9), float() refuses them:
