@@ -87,3 +87,42 @@ def test_a_released_rule_set_frees_every_rule(tmp_path: Path, collector: None) -
     del ruleset
     gc.collect()
     assert alive() <= before - 2500
+
+
+async def test_the_supervisor_frees_the_replaced_rules_in_a_thread_a_slice_at_a_time(
+    tmp_path: Path, collector: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With service.workers the supervisor compiles a reload too (to refuse a bad file once, and
+    for a worker it restarts). Its replaced set was dropped at once on its loop: 100,000 rules
+    stopped the loop that pings systemd's watchdog and answers /healthz for 0.57 s at the end of
+    every reload (bench/README.md). It goes the daemon's way now: release_rules in a thread,
+    awaited before the reload lock is let go."""
+    import threading
+
+    from trapd.config import Config
+    from trapd.service import lifecycle
+    from trapd.service.workers import Supervisor
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(per_port_rules(10))
+    config = tmp_path / "trapd.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nrules: {{files: [{rules}]}}\n")
+    options = RunOptions(config=config)
+    sup = Supervisor(Config(state_dir=tmp_path / "state"), options)
+    sup.config = options.load()
+    sup.preloaded = load_startup(sup.config, sup.log)
+    old = sup.preloaded.rules
+    released: list[tuple[object, bool]] = []
+    real = lifecycle.release_rules
+
+    def spy(ruleset: object) -> None:
+        released.append((ruleset, threading.current_thread() is threading.main_thread()))
+        real(ruleset)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lifecycle, "release_rules", spy)
+    rules.write_text(per_port_rules(20))
+    assert await sup.reload()
+    assert sup.preloaded.rules is not old and len(sup.preloaded.rules) == 20
+    # Done before the reload returns: a worker restarted after it is not forked mid-release.
+    assert [(r is old, on_loop) for r, on_loop in released] == [(True, False)]
+    assert len(vars(old)) == 0  # released: the set gave up its parts
