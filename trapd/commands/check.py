@@ -139,9 +139,10 @@ def _check(args: argparse.Namespace) -> int:
     compiled: list[RuleSet] = []
     rule_problems = check_rules(paths, resolver, actions, capped_actions=capped, compiled=compiled)
     if compiled:
-        from trapd.dispatch.plugins import missing_settings
+        from trapd.dispatch.plugins import missing_settings, timeouts_cut_short
 
         rule_problems += missing_settings(actions, config, compiled[0])
+        rule_problems += timeouts_cut_short(config, compiled[0])
     problems += explain_unknown_symbols(rule_problems, resolver)
 
     errors = [p for p in problems if p.severity == "error" or args.strict]

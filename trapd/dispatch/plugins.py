@@ -98,6 +98,39 @@ def missing_settings(specs: Mapping[str, ActionSpec], config: Config, rules: Rul
     return found
 
 
+def timeouts_cut_short(config: Config, rules: RuleSet) -> list[ConfigError]:
+    """A warning at each rule action whose own ``timeout`` (a duration written in the rule) is
+    longer than dispatch.action_timeout: the dispatcher cancels every action after that, whatever
+    its parameters say, so an exec of ``timeout: 10m`` was killed at the default 5 min as a
+    retryable failure and ran again from the start at each attempt."""
+    from trapd.params import ParamError, parse_duration
+    from trapd.rules.ruleset import Const
+
+    limit = config.dispatch.action_timeout
+    found = []
+    for rule in rules.rules:
+        for call in rule.actions:
+            value = call.params.get("timeout")
+            param = call.spec.params.get("timeout")
+            if not isinstance(value, Const) or param is None or param.type != "duration":
+                continue  # a template: its value is only known per event
+            try:
+                seconds = parse_duration(value.value)
+            except ParamError:
+                continue  # reported by the rule's own check
+            if seconds > limit:
+                found.append(
+                    ConfigError(
+                        f"{call.action}: timeout {seconds:g}s is longer than dispatch.action_timeout"
+                        f" ({limit:g}s), which cancels every action first: raise"
+                        " dispatch.action_timeout in trapd.yaml, or lower this timeout",
+                        call.mark,
+                        severity="warning",
+                    )
+                )
+    return found
+
+
 def refuse_bad_settings(
     specs: Mapping[str, ActionSpec], config: Config, rules: RuleSet | None = None
 ) -> None:

@@ -75,7 +75,7 @@ def build_rules(
     or on a reload, but are logged with their place, as `trapd check` prints them: an
     operator who reloads without checking first still finds them in the journal.
     """
-    from trapd.dispatch.plugins import refuse_bad_settings
+    from trapd.dispatch.plugins import refuse_bad_settings, timeouts_cut_short
     from trapd.rules import NOTHING_RUNS, globally_capped, idle_warning, load_rules
 
     capped = globally_capped(cfg.dispatch.caps, actions)
@@ -92,6 +92,7 @@ def build_rules(
     # The plugins' declared settings (a ConfigError, at its place in trapd.yaml), and those the
     # plugins the rules use require.
     refuse_bad_settings(actions, cfg, rules)
+    warnings += timeouts_cut_short(cfg, rules)
     idle = idle_warning(paths, rules)
     if idle is not None:
         # Valid but empty (a deploy that truncated the file), or all disabled: as loud as no
