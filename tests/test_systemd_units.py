@@ -79,6 +79,9 @@ def test_service_settings_the_daemon_relies_on() -> None:
         memory_max.endswith(("M", "G"))
         and 256 <= int(memory_max[:-1]) * (1024 if memory_max[-1] == "G" else 1) <= 4096
     )
+    # An OOM kill of a child (an exec action's program, the MIB compile child, a worker) is
+    # trapd's to handle; systemd's default OOMPolicy=stop stopped the whole unit for it.
+    assert s["OOMPolicy"] == ["continue"]
 
 
 def test_socket_unit_listens_like_snmptrapd() -> None:
