@@ -363,6 +363,20 @@ def test_v3_inform_discovers_trapd_engine(trapd: TrapdListen) -> None:
     assert trapd.engine_id == TRAPD_ENGINE
 
 
+def test_v3_inform_with_an_integer_of_2_31_or_more_is_acknowledged(trapd: TrapdListen) -> None:
+    """snmpinform ... i 3000000000 writes the INTEGER unsigned (00 b2 d0 5e 00), as a net-snmp
+    based agent does. The v3 trap was taken; the inform, which pysnmp checks first, failed at
+    pysnmp's Integer32 range: dropped as decryption-error, and the sender read 'Decryption
+    error' (a wrong key, it seemed) where snmptrapd acknowledges it. Same for the request-id."""
+    m = mark()
+    args = v3_args("privuser", "authPriv", "SHA-256", "authpass-256", "AES", "privpass-128", engine=None)
+    big = (IF_INDEX_17 + ".1", "i", "3000000000")
+    r = snmp_send("snmpinform", *args, "-t", "3", "-r", "1", trapd.target(), *trap_args(m, *big))
+    assert r.returncode == 0, r.stderr
+    e = trapd.wait_event(marked(m))
+    assert e["kind"] == "inform" and vb(e, IF_INDEX_17 + ".1")["value"] == 3_000_000_000
+
+
 def test_v3_user_without_engine_ids_accepts_any_authenticated_engine(trapd: TrapdListen) -> None:
     before = trapd.stats()
     seen = []

@@ -120,6 +120,30 @@ def make_usm() -> Any:
     return _BoundedUsm()
 
 
+def widen_pysnmp_integer_ranges() -> None:
+    """Let pysnmp's decoder take an INTEGER varbind and a request-id of 2^31..2^32-1.
+
+    pysnmp checks every message to trapd's engine (informs) before trapd's decoder reads its
+    PDU, and pyasn1 refuses a value outside a type's range while decoding. trapd's decoder takes
+    these two (an unsigned number in an INTEGER, as net-snmp writes ``i 3000000000``; a
+    request-id counted unsigned: see fastpath's module doc), and net-snmp's snmptrapd
+    acknowledges such an inform; pysnmp's refusal came out of its USM as a DecryptionError, and
+    the sender read 'Decryption error'. The range lives on one shared instance per type in
+    pysnmp's PDU specification, read-only through pyasn1's attributes: it is set in the
+    instance's dict and in the read-only values its clones (the decoded values) are made
+    with. Idempotent; only widens, so nothing pysnmp took before is refused.
+    """
+    from pyasn1.type import constraint
+    from pysnmp.proto import rfc1902, rfc1905
+
+    wide = constraint.ConstraintsIntersection(constraint.ValueRangeConstraint(-(2**31), 2**32 - 1))
+    integer_value = rfc1902.ObjectSyntax.componentType.getTypeByPosition(0).componentType.getTypeByPosition(0)
+    request_id = rfc1905.InformRequestPDU.componentType.getTypeByPosition(0)
+    for spec in (integer_value, request_id):
+        spec.readOnly["subtypeSpec"] = wide  # what clone() gives the decoded values
+        spec.__dict__["subtypeSpec"] = wide
+
+
 def make_recording_mp() -> Any:
     from pyasn1.error import PyAsn1Error
     from pysnmp.proto import errind

@@ -75,6 +75,7 @@ from trapd.listener.v3.adapters import (
     read_user_row,
     release_response_state,
     rfc1902_octets,
+    widen_pysnmp_integer_ranges,
     write_user_row,
 )
 from trapd.listener.v3.clock import default_engine_id, make_engine
@@ -180,6 +181,7 @@ class V3Receiver:
         self._max_learned = max_learned_engines
         self._v2c = v2c
 
+        widen_pysnmp_integer_ranges()  # what trapd's decoder takes must get past pysnmp's
         self.engine = make_engine(self.engine_id, state_dir)
         self._mp = make_recording_mp()
         # The usmStats values pysnmp's reports carry: trapd's counters (reports.usm_stats_value).
