@@ -124,7 +124,7 @@ rules:
     actions:
       - action: exec
         argv: ["/bin/sh", "-c", 'echo "$1" >> "$2"', "sh", "{{ source }}:{{ ifIndex }}", "OUT"]
-        delay: 300ms
+        delay: DELAY
         cancel-key: "port:{{ source }}:{{ ifIndex }}"
   - name: port-up
     match: {notification: IF-MIB::linkUp}
@@ -134,12 +134,13 @@ rules:
 
 async def test_flap_within_the_delay_does_nothing(tmp_path: Path, dispatcher: Dispatcher) -> None:
     out = tmp_path / "cleanups.txt"
-    rs = rules(tmp_path, FLAP.replace("OUT", str(out)))
+    # The linkUp must come within the delay: 2 s leaves a loaded machine its time for the two
+    # submits before it (with 300 ms and a 0.1 s sleep between, a slow commit could let the delay
+    # end first, and port 17's cleanup ran). settle() waits out the delay of port 18.
+    rs = rules(tmp_path, FLAP.replace("OUT", str(out)).replace("DELAY", "2s"))
     down = await submit(dispatcher, rs, "IF-MIB::linkDown from 10.20.1.5 ifIndex=17")
     other = await submit(dispatcher, rs, "IF-MIB::linkDown from 10.20.1.5 ifIndex=18")
-    await asyncio.sleep(0.1)
     assert await submit(dispatcher, rs, "IF-MIB::linkUp from 10.20.1.5 ifIndex=17") == []
-    await asyncio.sleep(0.4)
     await settle(dispatcher)
     assert out.read_text() == "10.20.1.5:18\n"  # only the port that stayed down
     e = await dispatcher.journal.get(int(down[0]))
@@ -192,7 +193,7 @@ async def test_cancelled_delayed_actions_are_counted_under_their_plugin(
 
 async def test_delayed_cleanup_survives_a_restart(tmp_path: Path) -> None:
     out = tmp_path / "cleanups.txt"
-    rs = rules(tmp_path, FLAP.replace("OUT", str(out)))
+    rs = rules(tmp_path, FLAP.replace("OUT", str(out)).replace("DELAY", "300ms"))
     actions, _ = load_actions()
     async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
         first = Dispatcher(CONFIG, journal, actions, kea=None)
