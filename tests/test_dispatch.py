@@ -220,7 +220,10 @@ async def test_max_age_ends_retries(make: Any, rec: Recorder, journal: SQLiteJou
 
 async def test_delay_cancelled_by_clearing_event(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
     d = await make()
-    down = await d.submit(make_event(), make_outcome(rec_plan("cleanup", delay=0.3, cancel_key="sw1:17")))
+    # 1.5 s: the clearing event comes well within it on a loaded machine (with 0.3 s, three submits,
+    # each a journal commit, could let it fall due first); the check waits until past it.
+    due = time.monotonic() + 1.5
+    down = await d.submit(make_event(), make_outcome(rec_plan("cleanup", delay=1.5, cancel_key="sw1:17")))
     other = await d.submit(make_event(), make_outcome(rec_plan("other", delay=0.1, cancel_key="sw1:18")))
     assert await state_of(journal, down[0]) == "scheduled"
     up = make_event(trap_name="IF-MIB::linkUp")
@@ -229,7 +232,7 @@ async def test_delay_cancelled_by_clearing_event(make: Any, rec: Recorder, journ
     assert d.stats.outcomes[("rec", "cancelled")] == 1  # counted under the cancelled action's plugin
     assert ("*", "cancelled") not in d.stats.outcomes
     await wait_for(lambda: rec.done_tags() == ["other"])
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(max(0.0, due - time.monotonic()) + 0.1)
     assert rec.done_tags() == ["other"]  # the cleanup never ran
     e = await journal.get(int(down[0]))
     assert e is not None and e.result == {"cancelled_by": up.id}
