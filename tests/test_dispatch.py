@@ -338,10 +338,13 @@ async def test_cancel_from_another_process_stops_a_delayed_action(
     make: Any, rec: Recorder, journal: SQLiteJournal, tmp_path: Path
 ) -> None:
     d = await make()
-    ids = await d.submit(make_event(), make_outcome(rec_plan("doomed", delay=0.2)))
+    # 1.5 s: opening a second journal and cancelling takes well under it on a loaded machine (with
+    # 0.2 s it could fall due first and run); the check waits until past it.
+    due = time.monotonic() + 1.5
+    ids = await d.submit(make_event(), make_outcome(rec_plan("doomed", delay=1.5)))
     async with SQLiteJournal(tmp_path / "journal.sqlite") as cli:
         assert await cli.cancel([int(ids[0])], time.time(), "operator") == [int(ids[0])]
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(max(0.0, due - time.monotonic()) + 0.1)
     assert rec.calls == []
     assert await d.retry(ids[0])  # and an operator retry brings it back
     await wait_for(lambda: rec.done_tags() == ["doomed"])
