@@ -35,7 +35,8 @@ async def blocker(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     return {"ok": True}
 
 
-async def _run(tmp_path: Path, params: dict[str, Any]) -> CapturedLog:
+async def _run(tmp_path: Path, params: dict[str, Any], blocked: dict[str, int] | None = None) -> CapturedLog:
+    """Run one blocker action to its end; ``blocked`` gets the dispatcher's count of blocking steps."""
     log = CapturedLog()
     async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
         d = Dispatcher(FAST, journal, {"blocker": blocker}, kea=None, log=log)
@@ -48,11 +49,17 @@ async def _run(tmp_path: Path, params: dict[str, Any]) -> CapturedLog:
                 await asyncio.sleep(0.02)
         finally:
             await d.stop(1.0)
+        if blocked is not None:
+            blocked.update(d.stats.blocked_loop)
     return log
 
 
 async def test_an_action_that_blocks_the_loop_is_named(tmp_path: Path) -> None:
-    log = await _run(tmp_path, {"block": 0.7, "wait": 0.05})
+    blocked: dict[str, int] = {}
+    log = await _run(tmp_path, {"block": 0.7, "wait": 0.05}, blocked)
+    # Counted too (trapd_actions_blocked_loop_total{plugin}): a log line alone, rate-limited, is
+    # easy to miss, and an alert can fire on the counter.
+    assert blocked == {"blocker": 1}
     (line,) = [e for e in log.entries if e["event"] == "action blocked the event loop"]
     assert line["log_level"] == "warning" and line["action"] == "blocker" and line["rule"]
     assert 0.7 <= line["seconds"] < 5
@@ -60,5 +67,7 @@ async def test_an_action_that_blocks_the_loop_is_named(tmp_path: Path) -> None:
 
 
 async def test_an_action_that_awaits_is_not(tmp_path: Path) -> None:
-    log = await _run(tmp_path, {"wait": 0.7})
+    blocked: dict[str, int] = {}
+    log = await _run(tmp_path, {"wait": 0.7}, blocked)
+    assert blocked == {}
     assert [e for e in log.entries if e["event"] == "action blocked the event loop"] == []

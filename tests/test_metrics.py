@@ -117,6 +117,20 @@ def test_the_dispatchers_histogram_is_exported_as_is() -> None:
     assert samples(generate_latest(registry).decode())[("trapd_action_latency_seconds_count", ())] == 5
 
 
+def test_actions_that_blocked_the_loop_are_counted_by_plugin_and_summed_over_workers() -> None:
+    from prometheus_client import generate_latest
+
+    workers = [
+        DaemonSnapshot(actions_blocked_loop={"site.slow": 2}),
+        DaemonSnapshot(actions_blocked_loop={"site.slow": 1, "exec": 4}),
+    ]
+    total = sum_snapshots(from_wire(to_wire(w)) for w in workers)
+    registry = build_registry(TrapdCollector(lambda: total), process_metrics=False)
+    m = samples(generate_latest(registry).decode())
+    assert m[("trapd_actions_blocked_loop_total", (("plugin", "site.slow"),))] == 3
+    assert m[("trapd_actions_blocked_loop_total", (("plugin", "exec"),))] == 4
+
+
 def test_dispatcher_and_journal_command_do_not_import_prometheus_client() -> None:
     import subprocess
     import sys

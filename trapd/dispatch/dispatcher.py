@@ -1142,6 +1142,7 @@ class Dispatcher:
 
     def _blocked(self, job: _Job, seconds: float) -> None:
         """The action held the event loop ``seconds`` in one go (trapd.dispatch.blocking)."""
+        self.stats.blocked_loop[job.action] += 1
         self._failure_log.warning(
             (job.action, "blocked"),
             "action blocked the event loop",
@@ -1434,6 +1435,7 @@ def stats_snapshot(d: Dispatcher) -> dict[str, Any]:
         "overloaded": s.overloaded,
         "outcomes": {f"{a}:{o}": n for (a, o), n in sorted(s.outcomes.items())},
         "held_by_cap": dict(s.held_by_cap),
+        "blocked_loop": dict(s.blocked_loop),
         "gauges": dict(s.gauges),
         "in_memory": s.in_memory,
         "running": s.running,

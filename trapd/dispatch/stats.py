@@ -78,6 +78,8 @@ class DispatchStats:
     overloaded: int = 0  # submits refused because the journal was too far behind
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     held_by_cap: Counter[str] = field(default_factory=Counter)
+    # Steps of an action that held the event loop 0.5 s or more (trapd.dispatch.blocking), by plugin.
+    blocked_loop: Counter[str] = field(default_factory=Counter)
     start_latency: Histogram = field(default_factory=Histogram)  # received -> action started
     done_latency: Histogram = field(default_factory=Histogram)  # received -> action done
     # From the journal, refreshed every poll interval: scheduled, pending, running, failed, held, dead.

@@ -760,6 +760,7 @@ class Daemon:
             rejected=dict(self.stats.rejected),
             unmatched=self.stats.unmatched,
             actions=dict(ds.outcomes) if ds is not None else {},
+            actions_blocked_loop=dict(ds.blocked_loop) if ds is not None else {},
             action_latency=ds.done_latency if ds is not None else None,
             journal=dict(ds.gauges) if ds is not None else {},
             **self._kea_snapshot(),

@@ -57,6 +57,7 @@ trapd_index_undecodable_total                  counter    instance suffixes thei
                                                           the agent), met by rules and templates on index
                                                           objects; logged at most once a minute
 trapd_actions_total                            counter    plugin, outcome
+trapd_actions_blocked_loop_total               counter    plugin; steps that held the event loop >= 0.5 s
 trapd_action_latency_seconds                   histogram  from notification received to action done
 trapd_journal_entries                          gauge      state (pending, scheduled, held, dead)
 trapd_journal_available                        gauge      1 when the journal can commit (0: database down)
@@ -142,6 +143,8 @@ class DaemonSnapshot:
     rejected: Mapping[tuple[str, str], int] = field(default_factory=dict)
     unmatched: int = 0
     actions: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # Steps of actions that held the event loop 0.5 s or more, by plugin (a blocking call in a plugin).
+    actions_blocked_loop: Mapping[str, int] = field(default_factory=dict)
     # The dispatcher's own histogram, not a copy: it is read during the scrape, on the loop that observes.
     action_latency: Histogram | None = None
     journal: Mapping[str, int] = field(default_factory=dict)
@@ -354,6 +357,14 @@ class TrapdCollector:
         )
         yield _counter_by_two(
             "trapd_actions", "Actions finished, by plugin and outcome.", ("plugin", "outcome"), snap.actions
+        )
+        yield _counter_by(
+            "trapd_actions_blocked_loop",
+            "Steps of actions that held the event loop 0.5 s or more in one go, by plugin: a blocking "
+            "call in an async action, which holds every trap and every other action meanwhile "
+            "(the log names the action; docs/plugins.md, 'Never block the event loop').",
+            "plugin",
+            snap.actions_blocked_loop,
         )
         hist = snap.action_latency or Histogram()
         latency = HistogramMetricFamily(

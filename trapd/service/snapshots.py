@@ -67,6 +67,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "rejected": _pairs(snap.rejected),
         "unmatched": snap.unmatched,
         "actions": _pairs(snap.actions),
+        "actions_blocked_loop": dict(snap.actions_blocked_loop),
         "action_latency": None
         if hist is None
         else {
@@ -123,6 +124,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         rejected=_unpairs(data.get("rejected", {})),
         unmatched=int(data.get("unmatched", 0)),
         actions=_unpairs(data.get("actions", {})),
+        actions_blocked_loop={k: int(v) for k, v in data.get("actions_blocked_loop", {}).items()},
         action_latency=hist,
         journal={k: int(v) for k, v in data.get("journal", {}).items()},
         kea_up={k: bool(v) for k, v in data.get("kea_up", {}).items()},
@@ -205,6 +207,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     matched: dict[Any, int] = {}
     rejected: dict[Any, int] = {}
     actions: dict[Any, int] = {}
+    blocked_loop: dict[Any, int] = {}
     kea_up: dict[str, bool] = {}
     kea_ha_state: dict[str, str] = {}
     kea_last_ok: dict[str, float] = {}
@@ -228,6 +231,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         _add(matched, s.matched)
         _add(rejected, s.rejected)
         _add(actions, s.actions)
+        _add(blocked_loop, s.actions_blocked_loop)
         hist = _add_histogram(hist, s.action_latency)
         for endpoint, up in s.kea_up.items():
             kea_up[endpoint] = kea_up.get(endpoint, False) or up
@@ -270,6 +274,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         rejected=rejected,
         unmatched=unmatched,
         actions=actions,
+        actions_blocked_loop=blocked_loop,
         action_latency=hist,
         journal=dict(journal or {}),
         kea_up=kea_up,
