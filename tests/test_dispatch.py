@@ -249,9 +249,12 @@ async def test_delay_waits_then_runs(make: Any, rec: Recorder) -> None:
 
 async def test_delayed_action_survives_restart(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
     first = await make()
-    ids = await first.submit(make_event(), make_outcome(rec_plan("survivor", delay=0.2, cancel_key="k")))
+    # 1 s: the submit's commit and the stop end well within it on a loaded machine (with 0.2 s a
+    # slow commit could let it fall due, and run, before the stop).
+    due = time.monotonic() + 1.0
+    ids = await first.submit(make_event(), make_outcome(rec_plan("survivor", delay=1.0, cancel_key="k")))
     await first.stop()
-    await asyncio.sleep(0.4)  # the dispatcher is down when it falls due
+    await asyncio.sleep(max(0.0, due - time.monotonic()) + 0.2)  # the dispatcher is down when it falls due
     assert rec.calls == []
     second = await make()
     await wait_for(lambda: rec.done_tags() == ["survivor"])  # late rather than never
