@@ -193,14 +193,17 @@ async def test_cancelled_delayed_actions_are_counted_under_their_plugin(
 
 async def test_delayed_cleanup_survives_a_restart(tmp_path: Path) -> None:
     out = tmp_path / "cleanups.txt"
-    rs = rules(tmp_path, FLAP.replace("OUT", str(out)).replace("DELAY", "300ms"))
+    # 1 s: the submit's commit and the stop end well within it on a loaded machine (with 300 ms a
+    # slow commit could let the delay end, and the cleanup run, before the stop).
+    rs = rules(tmp_path, FLAP.replace("OUT", str(out)).replace("DELAY", "1s"))
     actions, _ = load_actions()
     async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
         first = Dispatcher(CONFIG, journal, actions, kea=None)
         await first.start()
+        due = time.monotonic() + 1.0
         await submit(first, rs, "IF-MIB::linkDown from 10.20.1.5 ifIndex=17")
         await first.stop()
-    await asyncio.sleep(0.4)  # trapd is down when the delay ends
+    await asyncio.sleep(max(0.0, due - time.monotonic()) + 0.2)  # trapd is down when the delay ends
     assert not out.exists()
     async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
         second = Dispatcher(CONFIG, journal, actions, kea=None)
