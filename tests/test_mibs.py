@@ -674,6 +674,42 @@ def test_no_snapshot_while_the_site_compile_fails(tmp_path: Path, monkeypatch: p
 # -- the command line -------------------------------------------------------------------
 
 
+def test_cli_compile_force_waits_for_a_compile_under_way(tmp_path: Path) -> None:
+    """--force empties the cache only under the compile lock: it deleted the site index and the
+    compiled modules while a running trapd's compile was writing them (a compile at start-up, a
+    reload), which then recorded an index of modules that were no longer there."""
+    import fcntl
+    import subprocess
+    import sys
+
+    src, cache = write_site(tmp_path / "mibs"), tmp_path / "cache"
+    MibResolver.load(MibConfig(dirs=(src,), cache_dir=cache), compile_in_process=True)
+    index = cache / "site-index.json"
+    assert index.exists()
+    config = tmp_path / "trapd.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nmibs:\n  dirs: [{src}]\n  cache_dir: {cache}\n")
+    fd = os.open(cache / ".compile.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a compile under way (the daemon's, or its child's)
+        cmd = [sys.executable, "-m", "trapd", "mibs", "compile", "--force", "--config", str(config)]
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 3  # long enough for the child to reach the cache
+            while time.monotonic() < deadline and child.poll() is None:
+                assert index.exists(), "--force deleted the cache under a running compile"
+                time.sleep(0.05)
+            assert child.poll() is None  # it waits for the lock
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        out, _ = child.communicate(timeout=120)
+    finally:
+        os.close(fd)
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, out
+    assert "TRAPD-TEST-MIB" in out and index.exists()
+
+
 def test_cli_compile_and_lookup(
     site: tuple[MibResolver, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -678,7 +678,7 @@ def load_site_index(
     hit = _cached_site_index(cached_path, fp)
     if hit is not None and not (in_process and hit.failed):
         return hit
-    with _compile_lock(cache_dir):
+    with compile_lock(cache_dir):
         hit = _cached_site_index(cached_path, fp)  # compiled by another process meanwhile?
         if hit is not None and not (in_process and hit.failed):
             return hit
@@ -742,7 +742,7 @@ def _cached_site_index(path: Path | None, fp: str) -> SiteIndex | None:
 
 
 @contextlib.contextmanager
-def _compile_lock(cache_dir: Path | None) -> Iterator[None]:
+def compile_lock(cache_dir: Path | None) -> Iterator[None]:
     """An exclusive flock on ``cache_dir/.compile.lock``; no lock when there is no usable cache."""
     if cache_dir is None:
         yield

@@ -104,7 +104,7 @@ def _compile(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from trapd.mibs import SITE_INDEX_NAME, SNAPSHOT_NAME, MibResolver
+    from trapd.mibs import SITE_INDEX_NAME, SNAPSHOT_NAME, MibResolver, compile_lock
 
     loaded = _load_config(args)
     if loaded is None:
@@ -119,9 +119,12 @@ def _compile(args: argparse.Namespace) -> int:
     print(f"sources: {', '.join(map(str, dirs)) or '(none)'}")
     print(f"cache:   {cache}")
     if args.force and cache is not None:
-        (cache / SITE_INDEX_NAME).unlink(missing_ok=True)
-        (cache / SNAPSHOT_NAME).unlink(missing_ok=True)
-        shutil.rmtree(cache / "py", ignore_errors=True)
+        # Under the lock every compile takes: a running trapd's compile (at start, on a reload)
+        # would otherwise record an index of modules this just deleted.
+        with compile_lock(cache):
+            (cache / SITE_INDEX_NAME).unlink(missing_ok=True)
+            (cache / SNAPSHOT_NAME).unlink(missing_ok=True)
+            shutil.rmtree(cache / "py", ignore_errors=True)
     t0 = time.monotonic()
     resolver = MibResolver.load(mibs, state_dir, compile_in_process=True)
     took = time.monotonic() - t0
