@@ -255,6 +255,13 @@ def test_a_kill_at_each_point_reruns_only_what_had_not_ended(
         assert proxy.count("received", "lease4-get") == 4
         assert after["done-before"]["attempts"] == 1 and after["pending"]["attempts"] == 1
         assert after["interrupted"]["attempts"] == 2, after
+        # The lease the first attempt looked up and journaled before deleting it is in the rerun's
+        # result, so `trapd kea restore` can put back what the interrupted attempt deleted.
+        result = json.loads(after["interrupted"]["result"])
+        kept = [lease.get("ip-address") for lease in result.get("leases", [])]
+        assert ips["interrupted"] in kept, result
+        if point != "claimed":
+            assert result.get("deleted_earlier") == [ips["interrupted"]], result
         assert d.stop() == 0
     finally:
         d.close()
