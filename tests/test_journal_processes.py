@@ -142,16 +142,19 @@ def test_a_delay_armed_in_one_process_is_cancelled_by_a_clearing_event_in_anothe
     procs: Callable[..., Proc], tmp_path: Path
 ) -> None:
     a, b = procs("worker-1"), procs("worker-2")
-    # linkDown in A: a deletion in 1 s, unless the port comes back; and a control that nothing cancels.
+    # linkDown in A: a deletion in 3 s, unless the port comes back; and a control that nothing cancels.
+    # The clearing event comes after two calls and a wait: 3 s (and "busy"'s 3 s below) keep it
+    # within the delay and before "queued" starts on a loaded machine; with 1 s and 0.6 s it
+    # could come late, "queued" run, and the test fail on its state.
     armed = a.call({"op": "submit", "plans": [
-        {"tag": "delete-lease", "key": "port:7", "delay": 1.0, "cancel_key": "port:7"},
-        {"tag": "control", "key": "port:8", "delay": 1.0, "cancel_key": "port:8"},
+        {"tag": "delete-lease", "key": "port:7", "delay": 3.0, "cancel_key": "port:7"},
+        {"tag": "control", "key": "port:8", "delay": 3.0, "cancel_key": "port:8"},
     ]})  # fmt: skip
     assert armed["states"] == ["scheduled", "scheduled"]
     # And one already in A's memory, queued behind a running action of its key: A has loaded
     # it, so only the state A finds when it claims it can stop it.
     loaded = a.call({"op": "submit", "plans": [
-        {"tag": "busy", "key": "port:9", "sleep": 0.6},
+        {"tag": "busy", "key": "port:9", "sleep": 3.0},
         {"tag": "queued", "key": "port:9", "cancel_key": "port:9"},
     ]})  # fmt: skip
     assert loaded["in_memory"] >= 1
