@@ -433,12 +433,14 @@ def test_fuzzed_messages_the_fast_path_accepts_read_the_same_in_pysnmp() -> None
         except Rejected:
             continue
         errors = (0, 0) if msg.version == "v1" else error_fields(data)
+        if unsigned_without_leading_zero(data):
+            # pysnmp reads it negative: refused, or (once trapd.listener.v3 widened pysnmp's
+            # ranges in this process, adapters.widen_pysnmp_integer_ranges) taken as -1.
+            continue
         try:
             reference = pysnmp_decode(data)
         except Exception:
-            assert errors != (0, 0) or unsigned_without_leading_zero(data) or integer_beyond_integer32(msg), (
-                data.hex()
-            )
+            assert errors != (0, 0) or integer_beyond_integer32(msg), data.hex()
             continue
         ours = fast_view(msg)
         if msg.version == "v2c":

@@ -188,6 +188,31 @@ def test_bytes_after_the_security_parameters_are_refused_as_after_any_other_elem
     assert trapd.dropped() == {("malformed", "v3-trailing-bytes"): 1}
 
 
+# What trapd's decoder takes on purpose beyond pyasn1's ranges (fastpath's module doc: what
+# net-snmp's snmptrapd takes from real agents) -> the varbind it makes.
+WIDE: dict[str, tuple[bytes, tuple[str, int]]] = {
+    "counter32-ffffffff": (b"\x41\x04\xff\xff\xff\xff", ("Counter32", 2**32 - 1)),
+    "gauge32-80000000": (b"\x42\x04\x80\x00\x00\x00", ("Gauge32", 2**31)),
+    "timeticks-ff": (b"\x43\x01\xff", ("TimeTicks", 255)),
+    "counter64-ff*8": (b"\x46\x08" + b"\xff" * 8, ("Counter64", 2**64 - 1)),
+    "integer-3000000000": (b"\x02\x05\x00\xb2\xd0\x5e\x00", ("Integer32", 3_000_000_000)),
+}
+
+
+@pytest.mark.parametrize("inform", [False, True], ids=["trap", "inform"])
+@pytest.mark.parametrize("case", list(WIDE))
+def test_v3_takes_the_values_v2c_takes_beyond_pysnmps_ranges(trapd: Harness, case: str, inform: bool) -> None:
+    """An unsigned value written without its leading 00 (ff ff ff ff), or an INTEGER of 2^31..2^32-1:
+    a v2c or v3 trap with one was taken, but pysnmp, which checks every inform first, refused it
+    while decoding the decrypted PDU: the inform was dropped as decryption-error and the sender
+    read 'Decryption error', a key that was right."""
+    value, (kind, number) = WIDE[case]
+    trapd.send(USERS[1], _HEAD + _vb(_NAME, value), inform)  # authPriv
+    assert trapd.dropped() == {}
+    assert [raw.varbinds[-1] for raw in trapd.got] == [((1, 3, 6, 1, 4, 1, 9, 1), kind, number)]
+    assert len(trapd.replies) == (1 if inform else 0)  # the inform's Response
+
+
 # --- a seeded corpus: other BER forms of real PDUs, and the v1/v2c fuzz engine's mutants ---------
 
 CORPUS_SEED = 20261207

@@ -121,27 +121,44 @@ def make_usm() -> Any:
 
 
 def widen_pysnmp_integer_ranges() -> None:
-    """Let pysnmp's decoder take an INTEGER varbind and a request-id of 2^31..2^32-1.
+    """Let pysnmp's decoder take the integer values trapd's decoder takes beyond their types' ranges.
 
     pysnmp checks every message to trapd's engine (informs) before trapd's decoder reads its
     PDU, and pyasn1 refuses a value outside a type's range while decoding. trapd's decoder takes
-    these two (an unsigned number in an INTEGER, as net-snmp writes ``i 3000000000``; a
-    request-id counted unsigned: see fastpath's module doc), and net-snmp's snmptrapd
-    acknowledges such an inform; pysnmp's refusal came out of its USM as a DecryptionError, and
-    the sender read 'Decryption error'. The range lives on one shared instance per type in
-    pysnmp's PDU specification, read-only through pyasn1's attributes: it is set in the
-    instance's dict and in the read-only values its clones (the decoded values) are made
-    with. Idempotent; only widens, so nothing pysnmp took before is refused.
+    an INTEGER varbind and a request-id of 2^31..2^32-1 (an unsigned number in an INTEGER, as
+    net-snmp writes ``i 3000000000``; a request-id counted unsigned), and an unsigned value
+    written without its leading 00 (``ff ff ff ff``, which pyasn1 reads as -1): see fastpath's
+    module doc. net-snmp's snmptrapd acknowledges such an inform; pysnmp's refusal came out of
+    its USM as a DecryptionError, and the sender read 'Decryption error'. The event is made by
+    trapd's decoder, so pysnmp's reading of the value (-1) is only what its Response echoes:
+    the octets the sender sent. The range lives on one shared instance per type in pysnmp's
+    PDU specification, read-only through pyasn1's attributes: it is set in the instance's dict
+    and in the read-only values its clones (the decoded values) are made with. Idempotent;
+    only widens, so nothing pysnmp took before is refused.
     """
     from pyasn1.type import constraint
     from pysnmp.proto import rfc1902, rfc1905
 
-    wide = constraint.ConstraintsIntersection(constraint.ValueRangeConstraint(-(2**31), 2**32 - 1))
-    integer_value = rfc1902.ObjectSyntax.componentType.getTypeByPosition(0).componentType.getTypeByPosition(0)
-    request_id = rfc1905.InformRequestPDU.componentType.getTypeByPosition(0)
-    for spec in (integer_value, request_id):
-        spec.readOnly["subtypeSpec"] = wide  # what clone() gives the decoded values
-        spec.__dict__["subtypeSpec"] = wide
+    def wide(low: int, high: int) -> Any:
+        return constraint.ConstraintsIntersection(constraint.ValueRangeConstraint(low, high))
+
+    syntax = rfc1902.ObjectSyntax.componentType
+    simple = syntax.getTypeByPosition(0).componentType
+    application = syntax.getTypeByPosition(1).componentType
+    ranges = [
+        (simple.getTypeByPosition(0), wide(-(2**31), 2**32 - 1)),  # integer-value
+        (rfc1905.InformRequestPDU.componentType.getTypeByPosition(0), wide(-(2**31), 2**32 - 1)),
+    ]
+    for name, bits in (
+        ("counter-value", 32),
+        ("timeticks-value", 32),
+        ("gauge32-value", 32),
+        ("big-counter-value", 64),
+    ):
+        ranges.append((application[name].asn1Object, wide(-(2 ** (bits - 1)), 2**bits - 1)))
+    for spec, spec_range in ranges:
+        spec.readOnly["subtypeSpec"] = spec_range  # what clone() gives the decoded values
+        spec.__dict__["subtypeSpec"] = spec_range
 
 
 def make_recording_mp() -> Any:
