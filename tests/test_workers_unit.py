@@ -587,3 +587,61 @@ def test_boots_counted_as_root_stay_the_daemons_to_count(request: pytest.Fixture
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == [str(boots + 1), str(boots + 2)]  # counted on, and kept
+
+
+async def test_a_worker_whose_counters_by_rule_outgrow_a_channel_message_still_answers(
+    _logging_restored: None,
+) -> None:
+    """100,000 rules with long names (up to 128 characters), each matched or refused once: the
+    worker's snapshot was over the channel's 16 MiB. encode raised in the task that answers the
+    supervisor, which ended it without a word: the worker went silent, and the supervisor judged it
+    stuck and SIGKILLed it (its running actions interrupted), and its successor again once its
+    counters grew as far. Now the worker answers without the counters by rule, and says so."""
+    from trapd.service.channel import MAX_MESSAGE
+    from trapd.service.workers import WorkerRole
+
+    names = [f"rule-{i:06d}-" + "x" * 114 for i in range(MAX_MESSAGE // 120)]  # 128 characters each
+    big = replace(snapshot(3), matched=dict.fromkeys(names, 1))
+
+    buf = io.StringIO()
+    configure_logging("info", "json", buf)
+
+    class StubDaemon:
+        log = get_logger("trapd.test")
+        tasks: list[asyncio.Task[None]] = []
+
+        def snapshot(self) -> DaemonSnapshot:
+            return big
+
+        def keep_task(self, task: asyncio.Task[None]) -> None:
+            self.tasks.append(task)
+
+        def request_reload(self) -> None:
+            pass
+
+        def request_stop(self) -> None:
+            pass
+
+    worker_end, ours = socket.socketpair()
+    daemon = StubDaemon()
+    role = WorkerRole(0, 2, (), worker_end)
+    await role.attach(daemon)  # type: ignore[arg-type]
+    supervisor = await Channel.open(ours)
+    try:
+        assert (await asyncio.wait_for(supervisor.receive(), 10))["op"] == "ready"
+        for seq in (1, 2):  # and the worker goes on answering
+            supervisor.send({"op": "snapshot?", "seq": seq})
+            reply = await asyncio.wait_for(supervisor.receive(), 30)
+            assert (reply["op"], reply["seq"]) == ("snapshot", seq)
+            got = from_wire(reply["data"])
+            assert got.received == snapshot(3).received  # the other counters are all there
+            assert got.matched == {}
+        assert not daemon.tasks[0].done()
+        said = [json.loads(x) for x in buf.getvalue().splitlines()]
+        assert [x["event"] for x in said] == [  # once
+            "counters by rule too large to send to the supervisor: left out of /metrics"
+        ]
+    finally:
+        for task in daemon.tasks:
+            task.cancel()
+        supervisor.close()

@@ -136,6 +136,7 @@ class WorkerRole:
     preloaded: Loaded | None = None
     _channel: Channel | None = None
     _daemon: Daemon | None = None
+    _by_rule_left_out: bool = False  # logged once
 
     def take_preloaded(self) -> Loaded | None:
         """What the supervisor loaded before forking, handed over once: the role keeps no reference,
@@ -170,15 +171,37 @@ class WorkerRole:
             while True:
                 msg = await channel.receive()
                 if msg["op"] == "snapshot?":
-                    channel.send(
-                        {"op": "snapshot", "seq": msg.get("seq"), "data": to_wire(daemon.snapshot())}
-                    )
+                    self._send_snapshot(channel, daemon, msg.get("seq"))
                 elif msg["op"] == "reload":
                     daemon.request_reload()
         except ChannelClosed:
             # The supervisor is gone (PR_SET_PDEATHSIG says so too, with SIGTERM): stop cleanly.
             daemon.log.warning("supervisor gone, stopping")
             daemon.request_stop()
+
+    def _send_snapshot(self, channel: Channel, daemon: Daemon, seq: object) -> None:
+        """The daemon's counters to the supervisor, in one channel message.
+
+        Counters by rule can outgrow a message (MAX_MESSAGE: 100,000 rules with 128-character
+        names, each matched and refused once): then they are left out, so that the worker keeps
+        answering. Unanswered, the supervisor would take it for stuck and kill it.
+        """
+        data = to_wire(daemon.snapshot())
+        try:
+            channel.send({"op": "snapshot", "seq": seq, "data": data})
+            return
+        except ValueError as exc:  # over MAX_MESSAGE: encode raised before anything was written
+            if not self._by_rule_left_out:
+                self._by_rule_left_out = True
+                daemon.log.error(
+                    "counters by rule too large to send to the supervisor: left out of /metrics",
+                    error=str(exc),
+                    rules=len(data["matched"]),
+                    hint="trapd_rule_matches_total and trapd_actions_rejected_total by rule are not "
+                    "exported for this worker; the other counters are",
+                )
+        data["matched"], data["rejected"] = {}, {}
+        channel.send({"op": "snapshot", "seq": seq, "data": data})
 
 
 def _die_with_parent(parent: int) -> None:
