@@ -320,6 +320,24 @@ def test_counter64_in_a_v1_trap_is_kept() -> None:
     assert msg.varbinds == [(IF_INDEX_17, "Counter64", 2**64 - 1)]
 
 
+@pytest.mark.parametrize(
+    ("agent", "address"),
+    [
+        (tlv(0x40, b""), "0.0.0.0"),
+        (tlv(0x40, b"\x0a\x00\x01"), "10.0.1.0"),
+        (tlv(0x04, b"\x0a\x00\x00\x01"), "10.0.0.1"),
+        (tlv(0x04, b""), "0.0.0.0"),
+    ],
+)
+def test_v1_agent_addr_of_fewer_octets_or_as_an_octet_string_is_kept(agent: bytes, address: str) -> None:
+    """An agent-addr of fewer than 4 octets, or tagged OCTET STRING: net-snmp's snmptrapd takes
+    these traps (0.0.0.0, 10.0.1.0, 10.0.0.1: missing octets are zeros), and the agent-addr only
+    feeds snmpTrapAddress; trapd refused the whole trap."""
+    msg = decode(v1([varbind(IF_INDEX_17, integer(17))], agent=agent))
+    assert msg.v1_agent_addr == address
+    assert msg.varbinds == [(IF_INDEX_17, "Integer32", 17)]
+
+
 @pytest.mark.parametrize("number", [2**31, 3_000_000_000, 2**32 - 1])
 def test_integer_value_of_an_unsigned_32_bit_number_is_kept(number: int) -> None:
     """An agent that puts an unsigned 32-bit number (flags, an address as a number) in an INTEGER
@@ -430,7 +448,7 @@ REFUSALS: list[tuple[bytes, str]] = [
     (v1([], generic=2**31), "bad-integer"),
     (v1([], specific=2**32), "bad-integer"),
     (v1([], specific=-(2**31) - 1), "bad-integer"),
-    (v1([], agent=tlv(0x04, b"\x0a\x00\x00\x01")), "bad-tag"),
+    (v1([], agent=tlv(0x02, b"\x0a\x00\x00\x01")), "bad-tag"),
     (v1([], agent=tlv(0x40, b"\x0a\x00\x00\x01\x00")), "bad-value"),
     (v1([], enterprise=tlv(0x06, b"")), "bad-oid"),
     (v1([], timestamp=integer(5)), "bad-tag"),

@@ -403,6 +403,20 @@ def unsigned_without_leading_zero(data: bytes) -> bool:
     return any(tag in (0x41, 0x42, 0x43, 0x46) and data[at] & 0x80 for tag, at in values)
 
 
+def odd_agent_addr(data: bytes) -> bool:
+    """Whether a v1 message's agent-addr is shorter than 4 octets or an OCTET STRING, which the
+    fast path takes (see fastpath's module doc) and pysnmp refuses."""
+    _, start, end = read_header(data, 0, len(data))
+    version_start, pos = expect(data, start, end, 0x02)
+    if data[version_start] != 0:
+        return False
+    _, pos = expect(data, pos, end, 0x04)
+    _, pos, end = read_header(data, pos, end)
+    _, pos = expect(data, pos, end, 0x06)
+    tag, start, pos = read_header(data, pos, end)
+    return tag != 0x40 or pos - start != 4
+
+
 def integer_beyond_integer32(msg: FastMessage) -> bool:
     """Whether an INTEGER value is an unsigned number above 2^31-1, which the fast path takes
     (see fastpath's module doc) and pysnmp refuses."""
@@ -440,7 +454,7 @@ def test_fuzzed_messages_the_fast_path_accepts_read_the_same_in_pysnmp() -> None
         try:
             reference = pysnmp_decode(data)
         except Exception:
-            assert errors != (0, 0) or integer_beyond_integer32(msg), data.hex()
+            assert errors != (0, 0) or integer_beyond_integer32(msg) or odd_agent_addr(data), data.hex()
             continue
         ours = fast_view(msg)
         if msg.version == "v2c":

@@ -46,6 +46,11 @@ Decisions a reader might not guess:
   address as a number) in an INTEGER, net-snmp's snmptrapd takes them
   (``INTEGER: 4294967295``), and one such value would refuse the whole
   trap. pysnmp refuses them: allowed in the differential test too.
+* A v1 agent-addr of fewer than 4 octets, or tagged OCTET STRING instead of
+  IpAddress, is kept with its missing octets as zeros (an empty one is
+  0.0.0.0), as net-snmp's snmptrapd reads it: it only feeds snmpTrapAddress.0,
+  and the trap is the switch's all the same. More than 4 octets stays
+  ``bad-value`` (snmptrapd drops that too).
 * A Counter64 in a v1 message is kept: RFC 1155's ObjectSyntax has none
   (it came with SMIv2) and RFC 3584's translation never puts one there, but
   net-snmp's snmptrap -v 1 sends one as given (so does a net-snmp based
@@ -358,8 +363,16 @@ def _pdu_rejection(tag: int, version: str) -> Rejected:
 def _decode_v1_trap(data: bytes, pos: int, end: int, community: bytes) -> FastMessage:
     start, pos = expect(data, pos, end, TAG_OID)
     enterprise = decode_oid(data, start, pos)
-    start, pos = expect(data, pos, end, TAG_IPADDRESS)
-    agent_addr = decode_ipaddress(data, start, pos)
+    # Fewer than 4 octets, or the OCTET STRING tag, as net-snmp's snmptrapd takes them (module doc).
+    agent_tag, start, pos = read_header(data, pos, end)
+    if agent_tag not in (TAG_IPADDRESS, TAG_OCTET_STRING):
+        raise Rejected("bad-tag", f"0x{agent_tag:02x} at offset {start}, expected the agent-addr")
+    if pos - start == 4:
+        agent_addr = decode_ipaddress(data, start, pos)
+    elif pos - start < 4:
+        agent_addr = ".".join(str(octet) for octet in data[start:pos].ljust(4, b"\x00"))
+    else:
+        raise Rejected("bad-value", f"agent-addr of {pos - start} octets at offset {start}")
     start, pos = expect(data, pos, end, TAG_INTEGER)
     # RFC 1157 names 0..6 but does not constrain the INTEGER; net-snmp's snmptrapd takes any
     # value (see the module doc), so a 7 from an agent is an event, not a refusal.
