@@ -106,15 +106,33 @@ def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
     assert Notifier(env).watchdog_interval() == expected
 
 
-async def test_watchdog_task_pings_at_half_the_interval(manager: NotifySocket) -> None:
+async def test_watchdog_task_pings_at_half_the_interval(
+    manager: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The period is read from the sleeps the task asks for, not from how many pings a fixed wait
+    # saw: on a loaded machine the loop wakes late, and 0.45 s held fewer than the 3 pings asked.
+    real_sleep = asyncio.sleep
+    periods: list[float] = []
+
+    async def recording_sleep(delay: float) -> None:
+        periods.append(delay)
+        await real_sleep(delay)
+
     n = Notifier({"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "200000"})  # 0.2 s
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
     task = start_watchdog(n)
     assert task is not None
-    await asyncio.sleep(0.45)
+    pings: list[dict[str, str]] = []
+    deadline = time.monotonic() + 20
+    while len(pings) < 3 and time.monotonic() < deadline:
+        await real_sleep(0.02)
+        pings += manager.pending()
     await stop_watchdog(task)
-    pings = manager.pending()
-    # Pings at 0, 0.1, 0.2, 0.3, 0.4 s; allow for a slow machine but require more than one per interval.
-    assert 3 <= len(pings) <= 6
+    monkeypatch.undo()
+    pings += manager.pending()
+    # A ping, then one after each 0.1 s sleep: half the interval.
+    assert len(pings) >= 3 and periods and set(periods) == {0.1}, (pings, periods)
+    assert len(pings) <= len(periods) + 1
     assert all(p == {"WATCHDOG": "1"} for p in pings)
 
 
