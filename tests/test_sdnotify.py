@@ -110,7 +110,7 @@ async def test_watchdog_task_pings_at_half_the_interval(
     manager: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The period is read from the sleeps the task asks for, not from how many pings a fixed wait
-    # saw: on a loaded machine the loop wakes late, and 0.45 s held fewer than the 3 pings asked.
+    # saw: on a loaded machine the loop wakes late, and 0.45 s may hold fewer than the 3 pings asked.
     real_sleep = asyncio.sleep
     periods: list[float] = []
 
