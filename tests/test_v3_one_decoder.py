@@ -213,6 +213,15 @@ def test_v3_takes_the_values_v2c_takes_beyond_pysnmps_ranges(trapd: Harness, cas
     assert len(trapd.replies) == (1 if inform else 0)  # the inform's Response
 
 
+def test_a_v3_inform_with_a_request_id_of_2_31_or_more_is_acknowledged_with_it(trapd: Harness) -> None:
+    """A request-id counted unsigned past 2^31 (00 80 00 00 00): v2c takes it and so does v3."""
+    fields = b"\x02\x05\x00\x80\x00\x00\x00" + b"\x02\x01\x00\x02\x01\x00"
+    trapd.send_pdu(USERS[1], encode_tlv(0xA6, fields + encode_tlv(0x30, WELL_FORMED)), inform=True)
+    assert trapd.dropped() == {}
+    assert [raw.request_id for raw in trapd.got] == [2**31]
+    assert len(trapd.replies) == 1
+
+
 # --- a seeded corpus: other BER forms of real PDUs, and the v1/v2c fuzz engine's mutants ---------
 
 CORPUS_SEED = 20261207
