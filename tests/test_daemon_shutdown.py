@@ -72,8 +72,11 @@ def test_running_actions_finish_and_queued_ones_wait_for_the_next_start(tmp_path
     marks = tmp_path / "marks"
     d = TrapdDaemon.start(
         tmp_path,
-        rules=slow_rules(marks, 2.0),
-        # A timeout far beyond the actions' 2 s: a shutdown that waited for the deadline instead
+        # 6 s: the six sends, the gauges' snapshot (refreshed each second) of 4 pending and 2
+        # running, and the SIGTERM all come while the first two run, on a loaded machine too
+        # (with 2 s they could end first: two more start, and the counts are off).
+        rules=slow_rules(marks, 6.0),
+        # A timeout far beyond the actions' 6 s: a shutdown that waited for the deadline instead
         # of the actions would miss wait_exit below, and one that stopped them would leave them
         # "running" in the journal.
         config={"dispatch": {"workers": 2, "shutdown_timeout": "120s"}},
