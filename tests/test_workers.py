@@ -321,8 +321,14 @@ def wait_until(check: Any, timeout: float) -> bool:
 
 def test_sigterm_stops_both_workers_and_loses_nothing(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
-    config = {**TWO, "dispatch": {"workers": 2, "shutdown_timeout": "8s"}}
-    d = TrapdDaemon.start(tmp_path, rules=SLOW_RULES.format(marks=marks, seconds=1), config=config)
+    # The actions sleep as long as the file says when they start: 6 s first, so the SIGTERM (after
+    # all twelve sends, which a loaded machine may spread over seconds) finds some still waiting
+    # (with 1 s they could all be done, and the journal had no "pending"); quick after the restart.
+    delay = tmp_path / "delay"
+    delay.write_text("6\n")
+    config = {**TWO, "dispatch": {"workers": 2, "shutdown_timeout": "30s"}}
+    rules = SLOW_RULES.format(marks=marks, seconds=f"$(cat {delay})")
+    d = TrapdDaemon.start(tmp_path, rules=rules, config=config)
     try:
         ports = list(range(1, 13))
         for port in ports:
@@ -337,6 +343,7 @@ def test_sigterm_stops_both_workers_and_loses_nothing(tmp_path: Path) -> None:
         assert {r["state"] for r in rows} == {"done", "pending"}  # some ran, some wait for the next start
         assert marks_of(marks, "start") == marks_of(marks, "end")  # nothing cut off
         # The next start runs the rest, once each.
+        delay.write_text("0.2\n")
         d.launch()
         d.wait_ready()
         assert wait_until(lambda: sorted(marks_of(marks, "end")) == ports, 30), marks.read_text()
