@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tracemalloc
 
+import pytest
 from usm_support import craft, link_down_varbinds, scoped_pdu, trap_pdu, user
 
 from trapd.listener.stats import ListenerStats
@@ -107,3 +108,14 @@ def test_engines_pushed_out_are_a_metric_summed_over_workers() -> None:
     registry = build_registry(TrapdCollector(lambda: total), process_metrics=False)
     families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
     assert families["trapd_v3_engines_pushed_out"].samples[0].value == 7
+
+
+def test_a_pysnmp_laid_out_otherwise_does_not_stop_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """widen_pysnmp_integer_ranges reaches into pysnmp's PDU specification; a pysnmp release that
+    lays it out otherwise must leave trapd starting (with pysnmp's own ranges), not fail it."""
+    from pysnmp.proto import rfc1905
+
+    from trapd.listener.v3.adapters import widen_pysnmp_integer_ranges
+
+    monkeypatch.setattr(rfc1905, "InformRequestPDU", object())
+    widen_pysnmp_integer_ranges()  # no AttributeError
