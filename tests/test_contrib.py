@@ -35,7 +35,8 @@ def alert_exprs() -> list[str]:
 
 def dashboard_exprs() -> list[str]:
     doc = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in doc["panels"] for t in p.get("targets", ())]
+    panels = doc["panels"] + [q for p in doc["panels"] for q in p.get("panels", ())]  # a collapsed row's too
+    exprs = [t["expr"] for p in panels for t in p.get("targets", ())]
     exprs += [v["definition"] for v in doc["templating"]["list"] if v.get("definition")]
     return exprs
 
@@ -58,8 +59,10 @@ def exported_by_a_running_trapd(tmp_path: Path) -> set[str]:
         d.close()
     names: set[str] = set()
     for family in text_string_to_metric_families(body.decode()):
-        names.add(family.name)
-        names.update(family.name + s for s in SUFFIXES.get(family.type, ()))
+        # The parser names a counter's family without its _total, and a histogram's family name
+        # is no series: only the suffixed names are (a family with no series yet has no samples).
+        suffixes = SUFFIXES.get(family.type, ("",))
+        names.update(family.name + s for s in suffixes)
         names.update(s.name for s in family.samples)
     return names
 
@@ -86,6 +89,21 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     return exported_by_a_running_trapd(tmp_path_factory.mktemp("trapd"))
 
 
+def test_the_check_catches_a_metric_trapd_does_not_export(exported: set[str]) -> None:
+    """A misspelt name, and a counter or histogram named without the suffix Prometheus stores it
+    under (``trapd_reloads`` for ``trapd_reloads_total``): each selects nothing, and the check
+    must say so."""
+    for wrong in (
+        "trapd_reload_total",
+        "trapd_reloads",
+        "trapd_action_latency_seconds",
+        "trapd_journal_available_total",
+    ):
+        expr = f'sum(rate({wrong}{{instance=~"$instance"}}[5m]))'
+        assert used([expr]) - exported == {wrong}, wrong
+    assert used(['sum(rate(trapd_reloads_total{instance=~"$instance"}[5m]))']) - exported == set()
+
+
 def test_every_metric_the_dashboard_and_alerts_use_is_exported(exported: set[str]) -> None:
     for what, exprs in (("alerts", alert_exprs()), ("dashboard", dashboard_exprs())):
         names = used(exprs)
@@ -98,9 +116,10 @@ def test_the_metrics_table_of_docs_service_md_is_what_trapd_exports(exported: se
     doc = (REPO / "docs" / "service.md").read_text(encoding="utf-8")
     rows = set(re.findall(r"^\| `(trapd_[a-z0-9_]+)` \|", doc, re.M))
     samples = ("_created", "_bucket", "_count", "_sum")
-    families = {n for n in exported if n.startswith("trapd_") and not n.endswith(samples)}
-    families -= {n.removesuffix("_total") for n in families if n.endswith("_total")}  # a counter: its _total
-    assert rows - exported == set(), "docs/service.md lists metrics trapd does not export"
+    # A histogram's row names its family, which is no series.
+    histograms = {n.removesuffix("_bucket") for n in exported if n.endswith("_bucket")}
+    families = {n for n in exported | histograms if n.startswith("trapd_") and not n.endswith(samples)}
+    assert rows - families == set(), "docs/service.md lists metrics trapd does not export"
     assert families - rows == set(), "trapd exports metrics docs/service.md does not list"
 
 
