@@ -178,6 +178,32 @@ def test_action_outcomes_in_the_alerts_dashboard_and_docs_are_the_dispatchers() 
     assert {o for o in outcomes if f"`{o}`" not in row} == set(), row
 
 
+def alert_tests() -> tuple[set[str], set[str]]:
+    """The alerts trapd-alerts.test.yml sees firing, and those it sees not firing."""
+    doc = yaml.safe_load(ALERTS.with_name("trapd-alerts.test.yml").read_text())
+    cases = [case for test in doc["tests"] for case in test.get("alert_rule_test", ())]
+    firing = {c["alertname"] for c in cases if c["exp_alerts"]}
+    return firing, {c["alertname"] for c in cases if not c["exp_alerts"]}
+
+
+@pytest.mark.parametrize(
+    ("alert", "metric"),
+    [
+        # The pair on a shared journal: each says what /healthz says, for an operator to act on.
+        ("TrapdPairRulesDiffer", "trapd_pair_rules_differ"),
+        ("TrapdPairKeaDiffers", "trapd_pair_kea_differences"),
+        ("TrapdJournalInstanceConflict", "trapd_journal_instance_conflict"),
+    ],
+)
+def test_an_alert_the_pair_needs_is_shipped_and_tested(alert: str, metric: str) -> None:
+    doc = yaml.safe_load(ALERTS.read_text())
+    (rule,) = [r for g in doc["groups"] for r in g["rules"] if r.get("alert") == alert]
+    assert metric in used([rule["expr"]])
+    firing, quiet = alert_tests()
+    assert alert in firing, "no promtool test sees it fire"
+    assert alert in quiet, "no promtool test sees it not fire"
+
+
 def _panel_expr(title: str) -> str:
     doc = json.loads(DASHBOARD.read_text())
     (panel,) = [p for p in doc["panels"] if p.get("title") == title]
