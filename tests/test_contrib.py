@@ -140,6 +140,17 @@ def test_the_metrics_table_of_docs_service_md_is_what_trapd_exports(exported: se
         "trapd_journal_available",  # a journal that cannot commit (full disk, damage): /healthz 503
         "trapd_workers_up",  # service.workers: workers up, and restarts systemd does not see
         "trapd_worker_restarts_total",
+        # The pair on a shared journal: what its alerts say, and its takeovers.
+        "trapd_pair_rules_differ",
+        "trapd_pair_kea_differences",
+        "trapd_journal_instance_conflict",
+        "trapd_journal_taken_over_total",
+        # The journal's health beyond "can it commit".
+        "trapd_journal_wal_bytes",
+        "trapd_journal_integrity_checks_total",
+        "trapd_journal_unreadable_rows_total",
+        "trapd_actions_blocked_loop_total",  # a plugin blocking the event loop
+        "trapd_index_undecodable_total",  # index objects a rule could not decode
     ],
 )
 def test_the_dashboard_shows(family: str) -> None:
@@ -212,15 +223,28 @@ def _panel_expr(title: str) -> str:
     return str(target["expr"]).replace("$instance", ".*").replace("$__rate_interval", "5m")
 
 
-def test_the_rejections_panel_shows_a_rules_first_rejection(tmp_path: Path) -> None:
-    """trapd makes a (rule, reason) series at its first rejection, at 1: increase() alone shows 0
-    there, so a rule that rejected one action was never seen on the dashboard (promtool evaluates
+@pytest.mark.parametrize(
+    ("title", "metric", "labels"),
+    [
+        (
+            "Rejections, by rule and reason",
+            "trapd_actions_rejected_total",
+            '{rule="port-down",reason="parameter"}',
+        ),
+        (
+            "Actions that blocked the event loop, by plugin",
+            "trapd_actions_blocked_loop_total",
+            '{plugin="site.slow"}',
+        ),
+    ],
+)
+def test_a_panel_shows_a_series_first_count(tmp_path: Path, title: str, metric: str, labels: str) -> None:
+    """trapd makes a (rule, reason) or plugin series at its first count, at 1: increase() alone shows
+    0 there, so a rule that rejected one action was never seen on the dashboard (promtool evaluates
     the panel's query over series as trapd exports them)."""
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: scripts/setup.sh --test installs Debian's prometheus package"
-    series = (
-        'trapd_actions_rejected_total{job="trapd",instance="dhcp1:9163",rule="port-down",reason="parameter"}'
-    )
+    series = metric + '{job="trapd",instance="dhcp1:9163",' + labels[1:]
     test = {
         "rule_files": [],
         "evaluation_interval": "1m",
@@ -229,16 +253,12 @@ def test_the_rejections_panel_shows_a_rules_first_rejection(tmp_path: Path) -> N
                 "interval": "1m",
                 "input_series": [{"series": series, "values": "_ _ _ 1x10 2x10"}],
                 "promql_expr_test": [
-                    {
-                        "expr": _panel_expr("Rejections, by rule and reason"),
-                        "eval_time": t,
-                        "exp_samples": exp,
-                    }
+                    {"expr": _panel_expr(title), "eval_time": t, "exp_samples": exp}
                     for t, exp in (
                         ("2m", []),
-                        ("4m", [{"labels": '{rule="port-down",reason="parameter"}', "value": 1}]),
+                        ("4m", [{"labels": labels, "value": 1}]),
                         ("12m", []),
-                        ("14m", [{"labels": '{rule="port-down",reason="parameter"}', "value": 1}]),
+                        ("14m", [{"labels": labels, "value": 1}]),
                     )
                 ],
             }
