@@ -204,6 +204,9 @@ def alert_tests() -> tuple[set[str], set[str]]:
         ("TrapdPairRulesDiffer", "trapd_pair_rules_differ"),
         ("TrapdPairKeaDiffers", "trapd_pair_kea_differences"),
         ("TrapdJournalInstanceConflict", "trapd_journal_instance_conflict"),
+        # The Kea HA pair: a peer in terminated serves without lease updates to its partner until
+        # an operator restarts HA (docs/kea-ha.md).
+        ("TrapdKeaHaTerminated", "trapd_kea_ha_state"),
     ],
 )
 def test_an_alert_the_pair_needs_is_shipped_and_tested(alert: str, metric: str) -> None:
