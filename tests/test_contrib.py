@@ -111,6 +111,60 @@ def test_every_metric_the_dashboard_and_alerts_use_is_exported(exported: set[str
         assert names - exported == set(), f"{what} use metrics trapd does not export"
 
 
+SELECTOR = re.compile(r"\b(trapd_[a-z0-9_]+)\s*\{([^}]*)\}")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+FROM_THE_SCRAPE = {"instance", "job"}  # added by Prometheus to every series
+
+
+def trapd_labels() -> dict[str, set[str]]:
+    """Each trapd_ family's label names, as the collector declares them (whether or not it has
+    series now: a trapd with no Kea has no trapd_kea_* series to read them from)."""
+    from trapd.service.metrics import DaemonSnapshot, TrapdCollector
+
+    labels: dict[str, set[str]] = {}
+    for family in TrapdCollector(lambda: DaemonSnapshot()).collect():
+        names = set(getattr(family, "_labelnames", ()))
+        for suffix in SUFFIXES.get(family.type, ("",)):
+            labels[family.name + suffix] = names | ({"le"} if suffix == "_bucket" else set())
+    return labels
+
+
+def unknown_labels(expr: str, labels: dict[str, set[str]]) -> set[str]:
+    """Labels an expression selects on or groups by that none of its trapd metrics has."""
+    metrics = {m for m in used([expr]) if m in labels}
+    known = FROM_THE_SCRAPE.union(*(labels[m] for m in metrics))
+    wrong = {
+        f"{metric}{{{name}}}"
+        for metric, body in SELECTOR.findall(expr)
+        for name in MATCHER.findall(body)
+        if name not in labels.get(metric, set()) | FROM_THE_SCRAPE
+    }
+    if all(m.startswith("trapd_") for m in used([expr])):  # process_*, python_*: not checked
+        wrong |= {
+            f"by ({n})" for group in GROUPING.findall(expr) for n in re.split(r"\s*,\s*", group.strip()) if n
+        }
+        wrong -= {f"by ({n})" for n in known}
+    return wrong
+
+
+def test_the_label_check_catches_a_label_trapd_does_not_export() -> None:
+    labels = trapd_labels()
+    assert unknown_labels('trapd_kea_endpoint_up{server="dhcp4/v4"} == 0', labels) == {
+        "trapd_kea_endpoint_up{server}"
+    }
+    assert unknown_labels("sum by (plugin, result) (rate(trapd_actions_total[5m]))", labels) == {
+        "by (result)"
+    }
+    assert unknown_labels('trapd_kea_ha_state{instance=~"a",state="terminated"} == 1', labels) == set()
+
+
+def test_every_label_the_dashboard_and_alerts_use_is_exported() -> None:
+    labels = trapd_labels()
+    for what, exprs in (("alerts", alert_exprs()), ("dashboard", dashboard_exprs())):
+        assert {e: unknown_labels(e, labels) for e in exprs if unknown_labels(e, labels)} == {}, what
+
+
 def test_the_metrics_table_of_docs_service_md_is_what_trapd_exports(exported: set[str]) -> None:
     """Every trapd_ metric a running trapd exports has a row in docs/service.md, and every row is exported."""
     doc = (REPO / "docs" / "service.md").read_text(encoding="utf-8")
