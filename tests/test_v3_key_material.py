@@ -334,7 +334,22 @@ def test_a_key_localized_for_a_sender_does_not_check_informs(trapd: TrapdListen)
 @needs_netsnmp
 @pytest.mark.integration
 def test_no_key_shows_in_trapd_output(trapd: TrapdListen) -> None:
-    """After every test above: not one key, in any of the forms above, in trapd's log lines."""
+    """Not one key, in any of the forms above, in trapd's log lines: after its own traffic (a trap
+    and an inform with each key type, and a refused inform), since under pytest-xdist the tests
+    above may have run against the other process's trapd, and this one would check nothing."""
+    runs = []
+    for key_type in ("master", "localized"):
+        runs.append((f"quiet-trap-{key_type}", netsnmp_args("SHA-256", "AES", key_type, SENDER)))
+        runs.append((f"quiet-inform-{key_type}", [*netsnmp_args("SHA", "AES", key_type, TRAPD), "-r", "2"]))
+    results = {
+        **run_all("snmptrap", [r for r in runs if "trap" in r[0]], trapd.target()),
+        **run_all("snmpinform", [r for r in runs if "inform" in r[0]], trapd.target()),
+    }
+    assert all(r.returncode == 0 for r in results.values()), {m: r.stderr for m, r in results.items()}
+    marks_of(trapd, set(results))
+    refused = netsnmp_args("SHA", "AES", "localized", TRAPD)
+    refused[refused.index("-u") + 1] = "sender-only"
+    snmp_send("snmpinform", *refused, "-r", "0", "-t", "2", trapd.target(), *trap_args("quiet-refused"))
     trapd.stats()
     text = "\n".join(map(str, trapd.log)).lower()
     for auth, x in COMBOS:
