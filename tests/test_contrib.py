@@ -251,6 +251,18 @@ def alert_tests() -> tuple[set[str], set[str]]:
     return firing, {c["alertname"] for c in cases if not c["exp_alerts"]}
 
 
+def test_every_alert_has_a_promtool_test_firing_and_not_firing() -> None:
+    """An alert whose expression selects nothing (a label value trapd never sets, a threshold the
+    wrong way round) passes promtool check: only a test that sees it fire says so."""
+    doc = yaml.safe_load(ALERTS.read_text())
+    alerts = {r["alert"] for g in doc["groups"] for r in g["rules"]}
+    firing, quiet = alert_tests()
+    assert {"never seen firing": sorted(alerts - firing), "never seen quiet": sorted(alerts - quiet)} == {
+        "never seen firing": [],
+        "never seen quiet": [],
+    }
+
+
 @pytest.mark.parametrize(
     ("alert", "metric"),
     [
