@@ -165,6 +165,54 @@ def test_every_label_the_dashboard_and_alerts_use_is_exported() -> None:
         assert {e: unknown_labels(e, labels) for e in exprs if unknown_labels(e, labels)} == {}, what
 
 
+def label_values() -> dict[tuple[str, str], set[str]]:
+    """The values trapd gives a label, where it has a fixed set: the code's own lists."""
+    from typing import get_args
+
+    from trapd.dispatch.breaker import STATES as BREAKER_STATES
+    from trapd.dispatch.journal.model import State
+    from trapd.kea.monitor import HA_STATES
+    from trapd.service.metrics import DaemonSnapshot, TrapdCollector
+
+    values = {
+        ("trapd_journal_entries", "state"): set(get_args(State)),
+        ("trapd_kea_ha_state", "state"): set(HA_STATES),
+        ("trapd_kea_breaker_state", "state"): set(BREAKER_STATES),
+    }
+    for family in TrapdCollector(lambda: DaemonSnapshot()).collect():  # every result, at 0
+        if family.name in ("trapd_reloads", "trapd_journal_integrity_checks"):
+            values[family.name + "_total", "result"] = {sample.labels["result"] for sample in family.samples}
+    return values
+
+
+def unknown_values(expr: str, values: dict[tuple[str, str], set[str]]) -> set[str]:
+    """Label values an expression selects that trapd never sets (``state="terminate"``)."""
+    return {
+        f'{metric}{{{name}="{value}"}}'
+        for metric, body in SELECTOR.findall(expr)
+        for name, value in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=~?\s*"([^"]*)"', body)
+        if (metric, name) in values
+        for value in value.split("|")
+        if value not in values[metric, name]
+    }
+
+
+def test_the_value_check_catches_a_value_trapd_never_sets() -> None:
+    values = label_values()
+    wrong = 'trapd_kea_ha_state{state="terminate"} == 1 or trapd_journal_entries{state=~"pending|waiting"}'
+    assert unknown_values(wrong, values) == {
+        'trapd_kea_ha_state{state="terminate"}',
+        'trapd_journal_entries{state="waiting"}',
+    }
+    assert unknown_values('trapd_kea_breaker_state{state="half-open"} == 1', values) == set()
+
+
+def test_every_label_value_the_dashboard_and_alerts_select_is_one_trapd_sets() -> None:
+    values = label_values()
+    for what, exprs in (("alerts", alert_exprs()), ("dashboard", dashboard_exprs())):
+        assert {e: unknown_values(e, values) for e in exprs if unknown_values(e, values)} == {}, what
+
+
 def test_the_metrics_table_of_docs_service_md_is_what_trapd_exports(exported: set[str]) -> None:
     """Every trapd_ metric a running trapd exports has a row in docs/service.md, and every row is exported."""
     doc = (REPO / "docs" / "service.md").read_text(encoding="utf-8")
