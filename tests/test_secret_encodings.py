@@ -52,6 +52,9 @@ def encodings(secret: str, user: str = "netops") -> dict[str, str]:
         "basic": "Authorization: Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode(),
         "basic-x": "Basic " + base64.b64encode(f"x{user}:{secret}".encode()).decode(),
         "userinfo": f"https://{user}:{urllib.parse.quote(secret, safe='')}@kea.example/",
+        # A program that dumps what it sent or read (xxd -p, a debug line of bytes).
+        "hex": secret.encode().hex(),
+        "hex-upper": secret.encode().hex().upper(),
     }
 
 

@@ -280,7 +280,8 @@ def encodings(text: str) -> set[str]:
     journal stores results as JSON: a quote, a backslash, a control or non-ASCII character is
     escaped), also with ``\\/`` for / (PHP); percent-encoded whole, or but for / (a path), or
     as an HTTP client does a URL (only what a URL cannot hold), with either case of hex, and with
-    + for a space (a form); and in base64, standard or URL-safe, at each of its three alignments:
+    + for a space (a form); its bytes in hex, either case; and in base64, standard or URL-safe, at
+    each of its three alignments:
     the characters that only ``text`` decides, so that it is found inside a longer base64 text
     too, such as an ``Authorization: Basic`` header's ``user:password``.
 
@@ -304,6 +305,7 @@ def encodings(text: str) -> set[str]:
         # in the quotes the text itself picks, and in '...' with \' when the rest has both.
         out |= {repr(text)[1:-1], repr(text + "'\"")[1:-4]}
     data = text.encode("utf-8", _BYTES)
+    out |= {data.hex(), data.hex().upper()}  # a program that dumps the bytes it sent (xxd -p)
     for pad in range(3):
         encoded = base64.b64encode(b"\0" * pad + data).decode()
         core = encoded[-(-pad * 8 // 6) : (pad + len(data)) * 8 // 6]
