@@ -343,3 +343,64 @@ async def test_a_lease_deleted_by_an_attempt_trapd_stopped_in_can_still_be_resto
     finally:
         relay.close()
         await clients.aclose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_dead_lease_deletion_retried_by_an_operator_keeps_its_lease_restorable(
+    kea_factory: Callable[..., Any], tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    # Kea deleted the lease, its answer was lost, and the action had no attempt left: dead, with
+    # the lease it journaled before the delete in its result (`trapd kea restore ID` can use it).
+    # The operator retries it (`trapd journal retry ID`): the retry found no lease and, the
+    # journaled lease wiped by the retry, ended "deleted 0" with nothing left to restore.
+    inst = kea_factory(ca=False, dhcp6=False)
+    ip = inst.next_ip4()
+    inst.add_lease4(ip, "00:00:5e:00:53:79")
+    before = inst.lease4(ip)
+    short = Path(tempfile.mkdtemp(prefix="trapd-relay-"))
+    relay = AnswerLosingRelay(Path(inst.host_path(inst.dhcp4_socket)), short / "kea4.sock", b'"lease4-del"')
+    section = inst.trapd_kea_section()
+    section["endpoints"]["unix4"]["socket"] = str(relay.path)
+    clients = KeaClients(KeaConfig.from_yaml(load_yaml(yaml.safe_dump(section)), tmp_path))
+    actions, _ = load_actions()
+    once = replace(CONFIG, retry=replace(CONFIG.retry, max_attempts=1))
+    journal: Any
+    if backend == "sqlite":
+        journal = SQLiteJournal(tmp_path / "journal.sqlite")
+    else:
+        from trapd.dispatch.journal.postgres import PostgresJournal
+
+        journal = PostgresJournal(request.getfixturevalue("pg_url"), instance="dhcp1")
+    try:
+        async with journal:
+            d = Dispatcher(once, journal, actions, clients)
+            await d.start()
+            try:
+                (id_,) = await d.submit(
+                    make_event(), make_outcome(plan("kea.lease-del", {"ip-address": ip}, key=ip))
+                )
+                await wait_for(lambda: d.stats.outcomes[("kea.lease-del", "dead")] == 1, timeout=30)
+            finally:
+                await d.stop()
+            dead = await journal.get(int(id_))
+            assert dead is not None and dead.state == "dead", dead
+            assert relay.lost and inst.lease4(ip) is None  # deleted by the first attempt
+            assert leases_from_result(dead.result) == [before], dead.result
+            assert await journal.retry([int(id_)], time.time()) == [int(id_)]
+            d = Dispatcher(once, journal, actions, clients)  # trapd (re)started: it runs the retried row
+            await d.start()
+            try:
+                await wait_for(lambda: d.stats.outcomes[("kea.lease-del", "done")] == 1, timeout=30)
+            finally:
+                await d.stop()
+            entry = await journal.get(int(id_))
+        assert entry is not None and entry.state == "done", entry
+        assert entry.result["deleted_earlier"] == [ip], entry.result
+        recorded = leases_from_result(entry.result)
+        assert recorded == [before], entry.result
+        outcomes = await restore_leases(clients, recorded)
+        assert [o.status for o in outcomes] == ["restored"], outcomes
+        assert inst.lease4(ip) is not None
+    finally:
+        relay.close()
+        await clients.aclose()

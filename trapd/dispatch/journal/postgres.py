@@ -1549,11 +1549,15 @@ async def _op_cancel(cur: Cur, ids: Sequence[int], now: float, reason: str) -> l
 
 
 async def _op_retry(cur: Cur, ids: Sequence[int], now: float) -> list[int]:
+    # What an attempt recorded (ActionContext.record) stays, for the rerun (ctx.previous) and for
+    # `trapd kea restore`: a dead kea.lease-del whose lease Kea deleted keeps it restorable. A
+    # cancelled row's result says why it was cancelled (a copy, a clearing trap): not kept.
     if not ids:
         return []
     await cur.execute(
         f"UPDATE {_A} SET state = 'pending', due = %s, attempts = 0, age_from = %s, finished = NULL, "
-        "result = NULL, held_by = NULL, cap_exempt = TRUE, last_error = 'retried by an operator; was: ' || "
+        "result = CASE WHEN state = 'cancelled' THEN NULL ELSE result END, "
+        "held_by = NULL, cap_exempt = TRUE, last_error = 'retried by an operator; was: ' || "
         "COALESCE(last_error, state) WHERE id = ANY(%s) AND state IN ('dead','failed','held','cancelled') "
         "RETURNING id",
         (now, now, list(ids)),

@@ -590,11 +590,15 @@ def _op_cancel(conn: sqlite3.Connection, ids: Sequence[int], now: float, reason:
 
 
 def _op_retry(conn: sqlite3.Connection, ids: Sequence[int], now: float) -> list[int]:
+    # What an attempt recorded (ActionContext.record) stays, for the rerun (ctx.previous) and for
+    # `trapd kea restore`: a dead kea.lease-del whose lease Kea deleted keeps it restorable. A
+    # cancelled row's result says why it was cancelled (a copy, a clearing trap): not kept.
     if not ids:
         return []
     cur = conn.execute(
         f"UPDATE actions SET state = 'pending', due = ?, attempts = 0, age_from = ?, finished = NULL, "
-        f"result = NULL, held_by = NULL, cap_exempt = 1, last_error = 'retried by an operator; was: ' || "
+        f"result = CASE WHEN state = 'cancelled' THEN NULL ELSE result END, "
+        f"held_by = NULL, cap_exempt = 1, last_error = 'retried by an operator; was: ' || "
         f"COALESCE(last_error, state) WHERE id IN ({_placeholders(len(ids))}) "
         f"AND state IN ('dead','failed','held','cancelled') RETURNING id",
         (now, now, *ids),
