@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
-from trapd import schema
+from trapd import schema, yamlsource
 from trapd.cli import main
 from trapd.config import load_config
 from trapd.yamlsource import ConfigError
@@ -278,12 +278,25 @@ CONFIG_SECTIONS = list(sections(json.loads(schema.CONFIG_SCHEMA.read_text())))
     "path,section", CONFIG_SECTIONS, ids=[".".join(map(str, path)) or "top" for path, _ in CONFIG_SECTIONS]
 )
 def test_each_trapd_yaml_section_lists_exactly_the_keys_the_loader_knows(
-    path: tuple[Any, ...], section: dict[str, Any], tmp_path: Path
+    path: tuple[Any, ...], section: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A key nobody knows: refused by both.
+    # A key nobody knows: refused by both. The loader's refusal offers the keys it knows (the
+    # "did you mean" hint): the schema lists every one, or an editor flags a valid setting as an
+    # error (dispatch.journal.integrity_check and copy_window were, before).
+    known: list[set[str]] = []
+
+    def close(word: str, options: set[str] | frozenset[str]) -> str | None:
+        if word == "zz_not_a_key":
+            known.append(set(options))
+        return None
+
+    monkeypatch.setattr(yamlsource, "_close", close)
     doc = placed(path, {"zz_not_a_key": 1})
     assert list(CONFIG.iter_errors(doc)), path
     assert "unknown key 'zz_not_a_key'" in loader_says(doc, tmp_path), path
+    # A peer's family is the relationship's: refused with its own message before the keys are checked.
+    listed = set(section["properties"]) | ({"family"} if "peers" in path else set())
+    assert known and listed >= known[-1], (path, known[-1] - listed)
     # Every key the schema lists: the loader may dislike the value, never the key.
     for key in section["properties"]:
         said = loader_says(placed(path, {key: copy.deepcopy({"zz": 1})}), tmp_path)

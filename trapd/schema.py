@@ -330,6 +330,8 @@ def config_schema(actions: Mapping[str, Any] | None = None) -> Schema:
             "max_queued": {"type": "integer"},
             "retention": _DURATION,
             "poll_interval": _DURATION,
+            "integrity_check": _DURATION,
+            "copy_window": _DURATION,
             "url": {"type": "string", "description": "postgresql://... (a journal shared by two hosts)"},
             "password": _SECRET,
             "instance": {"type": "string"},

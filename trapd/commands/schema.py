@@ -10,10 +10,11 @@ Then, first line of a rules file:
 
 trapd ships both (trapd/data/rules.schema.json, trapd.schema.json) for its
 own plugins; this writes one that also knows a site's plugins. Developers:
-after changing a shipped plugin's parameters or the rule language,
+after changing a shipped plugin's parameters or settings, the rule language or a
+key of trapd.yaml,
 
     trapd schema rules --shipped -o trapd/data/rules.schema.json
-    trapd schema config -o trapd/data/trapd.schema.json
+    trapd schema config --shipped -o trapd/data/trapd.schema.json
 
 A schema completes and flags keys as you type; `trapd check` remains the check.
 """
