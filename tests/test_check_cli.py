@@ -272,3 +272,41 @@ def test_an_unreadable_rules_dir_or_file_is_an_error_at_its_place_saying_what_to
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"{rules_d / '10.yaml'}:1:1: error: cannot read: Permission denied" in r.stdout, r.stdout
     assert "user 'nobody'" in r.stdout, r.stdout
+
+
+@needs_setpriv
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["check"],
+        ["test", "IF-MIB::linkDown", "ifIndex=1"],
+        ["journal", "list"],
+        ["mibs", "lookup", "IF-MIB::linkDown"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_the_default_trapd_yaml_in_a_directory_the_user_cannot_enter_says_so(
+    shared_dir: Path, command: list[str]
+) -> None:
+    # docs/service.md, "Install": install-service.sh makes /etc/trapd root:trapd 0750, then the admin
+    # runs `trapd check`. Not root and not in group trapd, that was a PermissionError traceback
+    # (Path.exists() raises EACCES); now it is the file's own "cannot read" error, saying who runs it.
+    etc = shared_dir / "etc-trapd"
+    etc.mkdir()
+    (etc / "trapd.yaml").write_text("mibs: {dirs: []}\n")
+    etc.chmod(0o750)  # root:root here: nobody cannot enter it
+    default = etc / "trapd.yaml"
+    script = (
+        "import sys, pathlib, trapd.config as c; c.DEFAULT_CONFIG = pathlib.Path(sys.argv[1]); "
+        "from trapd.cli import main; sys.exit(main(sys.argv[2:]))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(shared_dir / "xdg")}
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script,
+         str(default), *command],
+        cwd=shared_dir, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out
+    assert r.returncode != 0, out
+    assert f"{default}" in out and "Permission denied" in out and "user 'nobody'" in out, out

@@ -43,6 +43,24 @@ from trapd.yamlsource import (
 )
 
 DEFAULT_CONFIG = Path("/etc/trapd/trapd.yaml")
+
+
+def default_config_present() -> bool:
+    """Is there a trapd.yaml at ``DEFAULT_CONFIG`` for a command given no ``--config``?
+
+    Also True when its directory cannot be searched (install-service.sh makes /etc/trapd
+    root:trapd 0750): loading it then says "cannot read: Permission denied" and who runs trapd,
+    where ``Path.exists()`` raised a PermissionError traceback.
+    """
+    try:
+        DEFAULT_CONFIG.stat()
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 MODES = ("enforce", "dry-run")
 
 

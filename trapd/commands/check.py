@@ -72,7 +72,7 @@ def _check(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from trapd.config import DEFAULT_CONFIG, Config, load_config
+    from trapd.config import DEFAULT_CONFIG, Config, default_config_present, load_config
     from trapd.mibs import MibResolver
     from trapd.plugin import load_actions
     from trapd.rules import RuleSet, check_rules, expand_rule_paths, globally_capped
@@ -83,7 +83,7 @@ def _check(args: argparse.Namespace) -> int:
     # The default trapd.yaml, when present, still supplies the MIB directories and global caps
     # for rule files named on the command line: they are checked as the daemon would load them.
     config_path = Path(args.config) if args.config else DEFAULT_CONFIG
-    if args.config or config_path.exists():
+    if args.config or default_config_present():
         try:
             config = load_config(config_path)
         except ConfigError as exc:

@@ -209,12 +209,12 @@ def journal_location(args: argparse.Namespace) -> tuple[Any, Any]:
     """(the SQLite file, None) or (None, the JournalConfig of a PostgreSQL journal)."""
     from pathlib import Path
 
-    from trapd.config import DEFAULT_CONFIG, load_config
+    from trapd.config import DEFAULT_CONFIG, default_config_present, load_config
 
     if args.journal:
         return Path(args.journal), None
     config_path = Path(args.config) if args.config else DEFAULT_CONFIG
-    config = load_config(config_path) if (args.config or config_path.exists()) else None
+    config = load_config(config_path) if (args.config or default_config_present()) else None
     if config is not None and config.dispatch.journal.url is not None:
         return None, config.dispatch.journal
     return journal_path(args), None
@@ -223,13 +223,13 @@ def journal_location(args: argparse.Namespace) -> tuple[Any, Any]:
 def journal_path(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
-    from trapd.config import DEFAULT_CONFIG, load_config
+    from trapd.config import DEFAULT_CONFIG, default_config_present, load_config
     from trapd.dispatch.config import DispatchConfig
 
     if args.journal:
         return Path(args.journal)
     config_path = Path(args.config) if args.config else DEFAULT_CONFIG
-    config = load_config(config_path) if (args.config or config_path.exists()) else None
+    config = load_config(config_path) if (args.config or default_config_present()) else None
     dispatch = config.dispatch if config else DispatchConfig()
     if args.state_dir:
         return dispatch.journal.file(Path(args.state_dir))

@@ -83,11 +83,11 @@ def _load_config(args: argparse.Namespace) -> tuple[MibConfig, Path | None] | No
     import sys
     from pathlib import Path
 
-    from trapd.config import DEFAULT_CONFIG, Config, load_config
+    from trapd.config import DEFAULT_CONFIG, Config, default_config_present, load_config
     from trapd.yamlsource import ConfigError
 
     path = Path(args.config) if args.config else DEFAULT_CONFIG
-    if not args.config and not path.exists():
+    if not args.config and not default_config_present():
         config = Config()
     else:
         try:

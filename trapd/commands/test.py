@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from trapd.config import DEFAULT_CONFIG, Config, load_config
+    from trapd.config import DEFAULT_CONFIG, Config, default_config_present, load_config
     from trapd.mibs import MibResolver
     from trapd.plugin import load_actions
     from trapd.rules import RuleErrors, expand_rule_paths, globally_capped, load_rules
@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
 
     config = Config()
     config_path = Path(args.config) if args.config else DEFAULT_CONFIG  # MIB dirs, caps, mode
-    if args.config or config_path.exists():
+    if args.config or default_config_present():
         try:
             config = load_config(config_path)
         except ConfigError as exc:

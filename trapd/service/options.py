@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from trapd.config import DEFAULT_CONFIG, Config, load_config
+from trapd.config import DEFAULT_CONFIG, Config, default_config_present, load_config
 from trapd.listener.config import check_community, parse_listen
 from trapd.secrets import Secret
 from trapd.service.config import LOG_LEVELS, metrics_listen_of, parse_workers
@@ -66,7 +66,7 @@ class RunOptions:
         Raises ConfigError (with file:line:col for the file) on any problem.
         """
         path = self.config
-        if path is None and DEFAULT_CONFIG.exists():
+        if path is None and default_config_present():
             path = DEFAULT_CONFIG
         config = load_config(path) if path else Config(state_dir=Path("/var/lib/trapd"))
         listener = config.listener
