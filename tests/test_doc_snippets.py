@@ -214,3 +214,26 @@ def test_the_option_82_template_builds_the_circuit_id(
     assert trapd(["test", "-r", str(rules), "IF-MIB::linkDown", "ifIndex=17", "ifDescr=Vl100-Gi1/0/17"]) == 0
     out = capsys.readouterr().out
     assert 'kea.lease-del circuit-id="0x00640111"' in out, out
+
+
+def test_every_example_trapd_test_of_the_repository_rules_matches_a_rule(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newcomer's first `trapd test` (README's "Quick start") shows a rule at work, not "0 matched".
+
+    README and docs/rules.md sent a linkDown without the ifAdminStatus that rules.yaml's port rule
+    tests for: every rule printed "no match".
+    """
+    monkeypatch.chdir(REPO)
+    found = 0
+    for doc in (REPO / "README.md", DOC):
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            # A command line of a code block (not stdin's `-`, not an inline one cut by the wrap).
+            command = re.fullmatch(r"(?:\$ |\.venv/bin/)?trapd (test -r rules\.yaml [^-].*)", line)
+            if command is None:
+                continue
+            found += 1
+            assert trapd(shlex.split(command.group(1))) == 0, line
+            out = capsys.readouterr().out
+            assert "= 0 rule(s) matched" not in out, f"{doc.name}: {line}\n{out}"
+    assert found >= 3
