@@ -11,6 +11,7 @@ import argparse
 import re
 import shlex
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,34 @@ def test_every_example_trapd_test_of_the_repository_rules_matches_a_rule(
             out = capsys.readouterr().out
             assert "= 0 rule(s) matched" not in out, f"{doc.name}: {line}\n{out}"
     assert found >= 3
+
+
+@pytest.mark.parametrize(
+    "doc,heading,section,examples",
+    [
+        ("docs/dispatch.md", "## Configuration", "dispatch", {"caps"}),  # caps: an example, none by default
+        ("docs/service.md", "## The service: section of trapd.yaml", "service", set()),
+    ],
+)
+def test_the_settings_a_doc_shows_with_their_defaults_are_the_defaults(
+    doc: str, heading: str, section: str, examples: set[str], tmp_path: Path
+) -> None:
+    """A default changed in the code and not in the page that lists every key with its default."""
+    from trapd.config import load_config
+
+    text = (REPO / doc).read_text(encoding="utf-8").split(heading + "\n", 1)[1]
+    found = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert found is not None
+    # The commented-out keys with a value (PostgreSQL's lease, copy_window) are defaults too.
+    block = re.sub(r"^( *)# (lease|copy_window):", r"\1\2:", found.group(1), flags=re.M)
+    shown = yaml.safe_load(block)
+    for key in examples:
+        shown[section].pop(key)
+    (tmp_path / "shown.yaml").write_text(yaml.safe_dump(shown), encoding="utf-8")
+    (tmp_path / "empty.yaml").write_text("{}\n", encoding="utf-8")
+    got = getattr(load_config(tmp_path / "shown.yaml"), section)
+    default = getattr(load_config(tmp_path / "empty.yaml"), section)
+    if section == "dispatch":  # `path: journal.sqlite` is where the default (None) puts it
+        assert got.journal.file(tmp_path) == default.journal.file(tmp_path)
+        got = replace(got, journal=replace(got.journal, path=None))
+    assert got == default
