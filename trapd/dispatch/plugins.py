@@ -167,16 +167,18 @@ async def open_dispatcher(
     log: ActionLog | None = None,
     actions: Mapping[str, ActionSpec] | None = None,
     owner: str | None = None,
+    token: str | None = None,
 ) -> Dispatcher:
     """Open the journal in ``config.state_dir`` and build the dispatcher (not started yet).
 
     ``actions``: the loaded plugins (default: load them now); ``owner``: the
-    journal owner a worker of several claims rows as (trapd.service.workers).
+    journal owner a worker of several claims rows as (trapd.service.workers), ``token``
+    its registration's token (see open_journal).
     """
     log = log if log is not None else structlog.get_logger("trapd.dispatch")
     specs = dict(actions) if actions is not None else load_plugins(log)
     warn_unknown_settings(specs, config.actions, log)
     jc = config.dispatch.journal
-    journal = open_journal(jc.file(config.state_dir), jc, owner=owner)
+    journal = open_journal(jc.file(config.state_dir), jc, owner=owner, token=token)
     await journal.open()
     return Dispatcher(config.dispatch, journal, specs, kea, http, log, plugin_settings(specs, config.actions))

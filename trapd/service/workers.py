@@ -50,6 +50,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -134,6 +135,9 @@ class WorkerRole:
     sockets: tuple[socket.socket, ...]
     channel_socket: socket.socket
     preloaded: Loaded | None = None
+    # The token of worker ``index``'s journal registration, the same for each of its processes
+    # (WorkerSlot.journal_token): see open_journal.
+    journal_token: str = ""
     _channel: Channel | None = None
     _daemon: Daemon | None = None
     _by_rule_left_out: bool = False  # logged once
@@ -316,6 +320,11 @@ class WorkerSlot:
     restart_handle: asyncio.TimerHandle | None = None
     stuck_since: float | None = None  # when the supervisor began replacing it (STACK_SIGNAL sent)
     killed: bool = False  # SIGKILL sent too
+    # Kept across restarts: a worker is restarted only once its previous process is reaped, so
+    # the shared journal's registration that process left is its successor's, which recovers
+    # its claims at once. A new token would wait out that registration's lease (30 s by default)
+    # before answering the supervisor, and be killed as stuck meanwhile.
+    journal_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def alive(self) -> bool:
@@ -497,7 +506,9 @@ class Supervisor:
             # This frame (the supervisor's copy, alive in the child until os._exit) must not keep
             # the start-up rules either: the role hands them to the daemon, which drops them on reload.
             preloaded, self.preloaded = self.preloaded, None
-            role = WorkerRole(slot.index, self.count, slot.sockets, channel_socket, preloaded)
+            role = WorkerRole(
+                slot.index, self.count, slot.sockets, channel_socket, preloaded, journal_token=slot.journal_token
+            )
             del preloaded
             daemon = Daemon(self.config, self.options, role)
             code = run_on_loop(daemon)

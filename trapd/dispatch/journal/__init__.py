@@ -76,12 +76,16 @@ __all__ = [
 
 
 def open_journal(
-    path: str | Path, config: JournalConfig | None = None, *, owner: str | None = None
+    path: str | Path, config: JournalConfig | None = None, *, owner: str | None = None, token: str | None = None
 ) -> Journal:
     """The journal ``config`` selects: PostgreSQL for ``url``, else the SQLite file at ``path``.
 
     ``owner``: the name of the process claiming actions through it when several share one
     journal (``worker-1``); None for a single trapd. Not opened yet: ``await journal.open()``.
+    ``token`` (PostgreSQL): the token of the owner's registration among the live processes, kept
+    by a worker's supervisor across the worker's restarts: the registration a killed worker left
+    is then its successor's own, not a live namesake's to wait out for a whole lease (a restarted
+    worker that answers nobody that long is taken for stuck and killed again). None: a new one.
     """
     if config is not None and config.url is not None:
         from trapd.dispatch.journal.postgres import PostgresJournal
@@ -94,5 +98,6 @@ def open_journal(
             max_queued=config.max_queued,
             lease=config.lease,
             copy_window=config.copy_window,
+            token=token,
         )
     return open_sqlite_journal(path, config, owner=owner)

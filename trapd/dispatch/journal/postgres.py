@@ -1874,12 +1874,15 @@ class PostgresJournal:
         lease: float = DEFAULT_LEASE,
         connect_timeout: float = CONNECT_TIMEOUT,
         copy_window: float = DEFAULT_COPY_WINDOW,
+        token: str | None = None,
     ) -> None:
         """``conninfo``: a libpq URL or key/value string, password included (see :func:`open_journal`).
 
         ``instance``: this host's name in claims (default: the host name); ``owner``: a
         worker's name under it (``service.workers``), recorded as ``INSTANCE/OWNER``.
         ``lease``: seconds a claim holds without renewal before another host may take it over.
+        ``token``: this process's registration token (default: a new one); a restarted worker
+        gets its dead predecessor's (see open_journal).
         """
         self.conninfo = _network_timeouts(conninfo, lease)
         self.instance = instance or socket.gethostname()
@@ -1889,7 +1892,7 @@ class PostgresJournal:
         self.lease = lease
         self.copy_window = copy_window
         self.connect_timeout = connect_timeout
-        self._token = uuid.uuid4().hex  # this journal's NOTIFY payload: its own are not wake-ups
+        self._token = token or uuid.uuid4().hex  # its registration; NOTIFY payload: its own are not wake-ups
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._queued = 0
