@@ -198,6 +198,27 @@ def test_postgresql_journal_of_the_older_release(tmp_path: Path, pg_server: PgSe
         d.stop()
 
 
+def kill_while_running(d: TrapdDaemon, url: str, owner: str) -> None:
+    """SIGKILL ``d`` while the journal shows it running an action (stopped first, so that the
+    action cannot end between the look and the kill): its claim stays until its lease runs out."""
+
+    def running() -> bool:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM trapd_actions WHERE state = 'running' AND owner = %s", (owner,)
+            ).fetchone()
+        return row is not None and row[0] > 0
+
+    for _ in range(50):
+        wait_for(running, what=f"{owner} running an action")
+        d.signal(signal.SIGSTOP)
+        if running():
+            break
+        d.signal(signal.SIGCONT)
+    d.signal(signal.SIGKILL)
+    d.wait_exit(20)
+
+
 @needs_netsnmp
 def test_a_rolling_upgrade_of_a_pair(tmp_path: Path, pg_server: PgServer, old_code: Path) -> None:
     """One host upgraded (and the schema migrated) while the other still runs the older release
@@ -253,23 +274,21 @@ def test_a_rolling_upgrade_of_a_pair(tmp_path: Path, pg_server: PgServer, old_co
         assert not errors, errors
         # The upgraded host dies running an action: the older one takes it over and reruns it.
         assert send(a, 21, 300_021) == 0
-
-        def a_running() -> bool:
-            with psycopg.connect(url) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM trapd_actions WHERE state = 'running' AND owner = 'dhcp1'"
-                ).fetchone()
-            return row is not None and row[0] > 0
-
-        wait_for(a_running, what="dhcp1 running port 21")
-        a.signal(signal.SIGKILL)
-        a.wait_exit(20)
+        kill_while_running(a, url, "dhcp1")
         wait_for(lambda: states(url)["done"] == 6, timeout=120, what="dhcp2 finished port 21")
         taken = b.wait_log("took over the running actions of a host that stopped renewing its claims")
         assert taken[0]["from"] == ["dhcp1"], taken
         assert lines(out)["end 21"] >= 1
+        # And the other way: the older host dies running one, the upgraded one takes it over.
+        a.launch()
+        a.wait_ready(60)
+        assert send(b, 22, 300_022) == 0
+        kill_while_running(b, url, "dhcp2")
+        wait_for(lambda: states(url)["done"] == 7, timeout=120, what="dhcp1 finished port 22")
+        taken = a.wait_log("took over the running actions of a host that stopped renewing its claims")
+        assert taken[-1]["from"] == ["dhcp2"], taken
+        assert lines(out)["end 22"] >= 1
         # The older host restarted without its upgrade: refused, loudly, saying what to do.
-        b.stop()
         b.launch()
         assert b.wait_exit(60) != 0
         assert any("upgrade trapd" in str(e) for e in b.log), b.log[-5:]
