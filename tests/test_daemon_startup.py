@@ -118,10 +118,15 @@ def start_compiling(tmp_path: Path, workers: int, seconds: float) -> tuple[Trapd
         "SITE-MIB DEFINITIONS ::= BEGIN\nIMPORTS enterprises FROM SNMPv2-SMI;\n"
         "site OBJECT IDENTIFIER ::= { enterprises 99990 }\nEND\n"
     )
-    slow = tmp_path / "slowpython"
+    # Both scripts in a directory of their own: a script's directory is first on sys.path, and
+    # tmp_path holds the daemon's directory "trapd", which would be imported as a namespace
+    # package in place of trapd (it was, wherever trapd is installed rather than on PYTHONPATH).
+    scripts = tmp_path / "bin"
+    scripts.mkdir()
+    slow = scripts / "slowpython"
     slow.write_text(f"#!{sys.executable}\n{SLOW_COMPILER.format(seconds=seconds)}")
     slow.chmod(0o755)
-    wrapper = tmp_path / "run.py"
+    wrapper = scripts / "run.py"
     wrapper.write_text(
         f"import sys\nsys.executable = {str(slow)!r}\nfrom trapd.cli import main\n"
         "sys.exit(main(['run', '--config', sys.argv[1]]))\n"
