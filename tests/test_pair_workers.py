@@ -131,7 +131,9 @@ def test_a_pair_with_two_workers_each_acts_once_and_raises_no_false_alarm(
         time.sleep(3)
         no_false_alarms(a, b)
         # `trapd journal list`: JOURNALED names the worker, HOST its host.
-        r = trapd("journal", "--config", str(a.config_path), "list", "--state", "all", "--json", "--limit", "200")
+        r = trapd(
+            "journal", "--config", str(a.config_path), "list", "--state", "all", "--json", "--limit", "200"
+        )
         assert r.returncode == 0, r.stderr
         listed = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
         assert len(listed) == 2 * (len(ports) + 1), r.stdout[-2000:]
@@ -141,7 +143,9 @@ def test_a_pair_with_two_workers_each_acts_once_and_raises_no_false_alarm(
                 assert e["owner"] in WORKERS and e["host"] == e["owner"].partition("/")[0], e
             else:
                 assert e["owner"] is None and e["host"] is None, e
-        r = trapd("journal", "--config", str(a.config_path), "list", "--state", "all", "--host", "dhcp2", "--json")
+        r = trapd(
+            "journal", "--config", str(a.config_path), "list", "--state", "all", "--host", "dhcp2", "--json"
+        )
         mine = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
         assert mine and all(e["host"] == "dhcp2" for e in mine), r.stdout[-2000:]
         assert len(mine) == sum(n for o, n in done.items() if o.startswith("dhcp2/"))
@@ -182,7 +186,9 @@ def test_a_worker_killed_mid_action_is_restarted_and_its_action_run_once_more(
         config["dispatch"]["interrupted"] = "rerun"
         config["service"] = {"workers": 2}
         hosts.append(
-            TrapdDaemon.start(tmp_path / name, rules=rules, config=config, timeout=60, watchdog_usec=6_000_000)
+            TrapdDaemon.start(
+                tmp_path / name, rules=rules, config=config, timeout=60, watchdog_usec=6_000_000
+            )
         )
     a, b = hosts
     try:
@@ -222,7 +228,8 @@ def test_a_worker_killed_mid_action_is_restarted_and_its_action_run_once_more(
         wait_for(settled, timeout=60, what="every action finished")
         with psycopg.connect(url) as conn:
             rows = conn.execute(
-                "SELECT id, state, owner, last_error FROM trapd_actions WHERE state <> 'cancelled' ORDER BY id"
+                "SELECT id, state, owner, last_error FROM trapd_actions "
+                "WHERE state <> 'cancelled' ORDER BY id"
             ).fetchall()
         assert len(rows) == len(ports) and all(r[1] == "done" for r in rows), rows
         again = [r for r in rows if r[0] in {k[0] for k in killed}]
@@ -302,3 +309,45 @@ def test_a_host_gone_whole_has_its_workers_claims_taken_over(tmp_path: Path, pg_
     finally:
         a.stop()
         b.stop()
+
+
+def test_hosts_with_workers_that_load_other_rules_say_so_once_until_they_agree(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    """dhcp1 and dhcp2 (two workers each) load other rules: each host names the other (the host,
+    not a worker), /healthz and the gauge say it; after dhcp2's reload (both its workers) they agree."""
+    url = pg_server.new_database()
+    out = tmp_path / "marks"
+    mine = PAIR_RULES.format(marks=out, seconds=0)
+    other = PAIR_RULES.format(marks=out, seconds=1)
+    hosts: list[TrapdDaemon] = []
+    try:
+        for name, rules in (("dhcp1", mine), ("dhcp2", other)):
+            config = pg_config(url, name, lease="3s", poll_interval="200ms")
+            config["service"] = {"workers": 2}
+            hosts.append(TrapdDaemon.start(tmp_path / name, rules=rules, config=config, timeout=60))
+        a, b = hosts
+        event = "the hosts sharing the journal load other rules"
+        for d, them in ((a, "dhcp2"), (b, "dhcp1")):
+            lines_ = d.wait_log(event, 30)
+            assert all(x["problem"].count(them) >= 1 and "worker" not in x["problem"] for x in lines_), lines_
+            assert d.wait_metric("trapd_pair_rules_differ", 1) == 1
+            status, body = d.healthz()
+            assert status == 200 and body["status"] == "warning", body
+            assert any(them in w for w in body["rules"]), body
+        b.rules_path.write_text("# copied from dhcp1\n" + mine)
+        b.signal(signal.SIGHUP)
+        b.wait_log("reloaded", 30)
+        for d in hosts:
+            d.wait_log("the hosts sharing the journal load the same rules again", 30)
+            wait_for(lambda d=d: d.metric("trapd_pair_rules_differ") == 0, 30, "gauge back to 0")
+            status, body = d.healthz()
+            assert status == 200 and body["status"] == "ok" and "rules" not in body, body
+        time.sleep(2)  # two more renewals each: nothing more said
+        for d in hosts:
+            print(d.workdir.name, len(d.logs(event)), [x.get("worker") for x in d.logs(event)])
+            assert len(d.logs(event)) <= 2, d.logs(event)  # at most once per worker
+            assert d.metric("trapd_journal_instance_conflict") == 0
+    finally:
+        for d in hosts:
+            d.stop()

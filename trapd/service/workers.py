@@ -507,7 +507,12 @@ class Supervisor:
             # the start-up rules either: the role hands them to the daemon, which drops them on reload.
             preloaded, self.preloaded = self.preloaded, None
             role = WorkerRole(
-                slot.index, self.count, slot.sockets, channel_socket, preloaded, journal_token=slot.journal_token
+                slot.index,
+                self.count,
+                slot.sockets,
+                channel_socket,
+                preloaded,
+                journal_token=slot.journal_token,
             )
             del preloaded
             daemon = Daemon(self.config, self.options, role)

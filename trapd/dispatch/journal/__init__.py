@@ -76,7 +76,11 @@ __all__ = [
 
 
 def open_journal(
-    path: str | Path, config: JournalConfig | None = None, *, owner: str | None = None, token: str | None = None
+    path: str | Path,
+    config: JournalConfig | None = None,
+    *,
+    owner: str | None = None,
+    token: str | None = None,
 ) -> Journal:
     """The journal ``config`` selects: PostgreSQL for ``url``, else the SQLite file at ``path``.
 
