@@ -102,8 +102,9 @@ def test_a_pair_with_two_workers_each_acts_once_and_raises_no_false_alarm(
     try:
         ports = range(1, 25)
         for i in ports:
+            inform = "-r 2 -t 5" if i % 3 == 0 else ""  # informs: acknowledged by both hosts
             for d in (a, b) if i % 2 else (b, a):
-                assert send(d, i, 700_000 + i) == 0
+                assert send(d, i, 700_000 + i, inform=inform) == 0
         for d in (b, a):
             assert send(d, 2000, 702_000) == 0
         wait_for(lambda: all(lines(out)[f"end {i}"] for i in ports), what="every action done")
