@@ -307,6 +307,15 @@ def test_a_host_gone_whole_has_its_workers_claims_taken_over(tmp_path: Path, pg_
         body = r.stdout.splitlines()[1:]
         assert r.returncode == 0 and len(body) == len(held), r.stdout
         assert all(x.count("dhcp1/worker-") == 2 for x in body), r.stdout
+        # dhcp1 starts again: its supervisor waits out its dead workers' registrations (a lease),
+        # recovers nothing (all taken over), and its workers start under their names, no conflict.
+        before = states(url)
+        a.launch()
+        a.wait_ready(60)
+        wait_for(lambda: len(worker_pids(a)) == 2 and a.healthz()[0] == 200, what="dhcp1 back, healthy")
+        time.sleep(2)  # what it would rerun, it would run now
+        assert states(url) == before and lines(out) == m
+        no_false_alarms(a, b)
     finally:
         a.stop()
         b.stop()
