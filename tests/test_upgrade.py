@@ -8,13 +8,15 @@ a real process, as after ``pip install -U`` and ``systemctl restart trapd``: it 
 action exactly once (counted at the target), keeps the held and the dead row with its lease
 (``trapd kea restore`` still builds the lease4-add), and ``trapd journal list / show`` read the
 old rows. On PostgreSQL also a rolling upgrade: the older trapd keeps running on the schema the
-newer one migrated (docs/pair.md).
+newer one migrated (docs/pair.md). And the window between the two commands: the newer release's
+files under the running older one (a reload, a worker restarted, its stop), then the restart.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -27,8 +29,8 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from daemon_harness import REPO, TrapdDaemon
-from listen_harness import needs_netsnmp
+from daemon_harness import REPO, TrapdDaemon, link_down
+from listen_harness import needs_netsnmp, snmp_send
 from pg_harness import PgServer
 from test_pair import PAIR_RULES, lines, pg_config, send, states
 
@@ -46,6 +48,15 @@ rules:
     actions:
       - action: log
         message: unused
+"""
+RULES_EXEC = """\
+rules:
+  - name: port-down
+    match: {{notification: IF-MIB::linkDown}}
+    actions:
+      - action: exec
+        argv: [/bin/sh, -c, 'echo "$1" >> {marks}', sh, "{{{{ ifIndex }}}}"]
+        key: "port-{{{{ ifIndex }}}}"
 """
 
 
@@ -297,3 +308,62 @@ def test_a_rolling_upgrade_of_a_pair(tmp_path: Path, pg_server: PgServer, old_co
     finally:
         for d in hosts:
             d.stop()
+
+
+def copy_code(src: Path, dst: Path, actions: str) -> None:
+    """``src``/trapd and ``src``/``actions`` as ``dst``/trapd and ``dst``/trapd_actions."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(src / "trapd", dst / "trapd", ignore=ignore)
+    shutil.copytree(src / actions, dst / "trapd_actions", ignore=ignore)
+
+
+@needs_netsnmp
+def test_the_files_replaced_under_the_running_older_release(tmp_path: Path, old_code: Path) -> None:
+    """`pip install -U` replaces trapd's files under the running trapd; until `systemctl restart`
+    the older release runs on: a reload, a worker the supervisor restarts (forked from it), its
+    traps and its stop must not pick up a module of the newer release that does not fit. Then
+    the restart starts the newer release."""
+    code = tmp_path / "site-packages"
+    copy_code(old_code, code, "trapd_actions")
+    work = tmp_path / "host"
+    rules = RULES_EXEC.format(marks=work / "marks")
+    d = TrapdDaemon.start(
+        work, rules=rules, config={"service": {"workers": 2}}, timeout=60, env={"PYTHONPATH": str(code)}
+    )
+    try:
+        assert snmp_send("snmptrap", *link_down(d.target(), 1)).returncode == 0
+        wait_for(lambda: marks(work) == Counter(["1"]), what="trap 1 acted on")
+        # `pip install -U`: the files are the newer release's now.
+        shutil.rmtree(code)
+        copy_code(REPO, code, "actions")
+        d.signal(signal.SIGHUP)
+        d.wait_log(lambda e: e.get("event") == "reloaded" and "workers" in e, timeout=60)
+        pids = d.wait_log(lambda e: e.get("event") == "trapd ready" and "pids" in e)[0]["pids"]
+        os.kill(pids[0], signal.SIGKILL)  # forked again from the supervisor, after the files changed
+        d.wait_log("worker died, restarting it", timeout=60)
+        d.wait_log(
+            lambda e: e.get("event") == "worker ready" and e.get("pid") not in (None, *pids), timeout=60
+        )
+        for i in (2, 3, 4):
+            assert snmp_send("snmptrap", *link_down(d.target(), i)).returncode == 0
+        wait_for(lambda: marks(work) == Counter(["1", "2", "3", "4"]), what="traps 2-4 acted on")
+        assert d.stop() == 0
+        errors = [
+            e
+            for e in d.log
+            if e.get("level") == "error"
+            and e.get("event") not in ("action plugin failed to load", "worker died, restarting it")
+        ]
+        assert not errors, errors
+        # `systemctl restart trapd`: the newer release, on the journal the older one wrote.
+        first = len(d.log)
+        d.launch()
+        # Its own "ready" (the READY=1 the reload sent is still on the notify socket).
+        d.wait_log(lambda e: e.get("event") == "trapd ready" and "pids" in e, timeout=60, count=2)
+        assert snmp_send("snmptrap", *link_down(d.target(), 5)).returncode == 0
+        wait_for(lambda: marks(work)["5"] == 1, what="trap 5 acted on")
+        assert d.stop() == 0
+        assert not [e for e in d.log[first:] if e.get("level") == "error"], d.log[first:]
+        assert marks(work) == Counter(["1", "2", "3", "4", "5"])
+    finally:
+        d.stop()
