@@ -370,7 +370,7 @@ def _decode_v1_trap(data: bytes, pos: int, end: int, community: bytes) -> FastMe
     if pos - start == 4:
         agent_addr = decode_ipaddress(data, start, pos)
     elif pos - start < 4:
-        agent_addr = ".".join(str(octet) for octet in data[start:pos].ljust(4, b"\x00"))
+        agent_addr = decode_ipaddress(data[start:pos].ljust(4, b"\x00"), 0, 4)
     else:
         raise Rejected("bad-value", f"agent-addr of {pos - start} octets at offset {start}")
     start, pos = expect(data, pos, end, TAG_INTEGER)
