@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tmpfs_support import mounted_tmpfs
 
 from trapd.dispatch.journal import HistoryFilter, Journal, JournalError, NewEntry, SQLiteJournal
 from trapd.dispatch.journal.sqlite import _op_prune
@@ -176,19 +176,8 @@ async def test_pruned_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
 @pytest.fixture
 def fs24(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs of the test's own (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mnt)], capture_output=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "fs", "24m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 async def test_a_prune_on_a_nearly_full_disk_is_loud_gets_through_in_steps_and_frees_the_space(
