@@ -343,6 +343,12 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
     raise ParamError(f"{name}: unknown type {t}")  # unreachable: checked in Param
 
 
+URL_CREDENTIALS = (
+    "no credentials in a URL (user:password@ would be journaled and logged in clear);"
+    " send them in a header declared secret (Authorization: {env: NAME})"
+)
+
+
 def _url(p: Param, value: Any, name: str) -> str:
     text = _url_text(p, value, name, "a URL")
     parts = urllib.parse.urlsplit(text)
@@ -350,10 +356,7 @@ def _url(p: Param, value: Any, name: str) -> str:
         raise ParamError(f"{name}: not an http:// or https:// URL: {_show_url(text)}")
     if "@" in parts.netloc:
         # Journaled with the parameters, shown in errors and logs: a password there is in clear.
-        raise ParamError(
-            f"{name}: no credentials in a URL (user:password@ would be journaled and logged in clear);"
-            " send them in a header declared secret (Authorization: {env: NAME})"
-        )
+        raise ParamError(f"{name}: {URL_CREDENTIALS}")
     try:
         parts.port  # noqa: B018  (raises ValueError for a port that is not a number up to 65535)
     except ValueError:

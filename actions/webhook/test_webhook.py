@@ -396,6 +396,12 @@ async def test_the_dispatcher_waits_as_long_as_retry_after_says(http_server: str
         "https://netops:hunter2/s3cret@hooks.example/x",
         "https://netops:hunter2?s3cret@hooks.example/x",
         "https://netops:hunter2#s3cret@hooks.example/x",
+        # A template later in the URL: the constant user:password@ was journaled with the
+        # parameters before the rendered URL was refused at run time.
+        "https://netops:hunter2-s3cret@hooks.example/port/{{ ifDescr }}",
+        "https://netops:{{ ifDescr }}hunter2-s3cret@hooks.example/x",
+        "https://netops:hunter2-s3cret@hooks.example{{ '/x' }}",
+        "https://netops:hunter2/s3cret@hooks.example/{{ ifDescr }}",
     ],
 )
 def test_check_refuses_credentials_in_the_url(tmp_path: Path, url: str) -> None:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from trapd.params import Param, ParamError, convert, token_in_url, whole_number
+from trapd.params import URL_CREDENTIALS, Param, ParamError, convert, token_in_url, whole_number
 from trapd.plugin import ActionSpec, load_failure
 from trapd.rules.compile_context import CompileContext, RuleScope
 from trapd.rules.compile_values import ValueCompiler
@@ -63,6 +64,19 @@ _TYPE_CHARS = {
     "duid": set("0123456789abcdefABCDEF:-. x"),
     "hex": set("0123456789abcdefABCDEF:-. x"),
 }
+
+
+def _authority_problem(literal: str) -> str | None:
+    """What is wrong with the host part of a URL template's constant text (the text around its
+    expressions), where a password would be: None if nothing. Not quoted: it may be the password."""
+    parts = urllib.parse.urlsplit(literal)
+    if "@" in parts.netloc:
+        return URL_CREDENTIALS
+    try:
+        parts.port  # noqa: B018  (also a password with a / ? or #, which ends the host early)
+    except ValueError:
+        return "the port is not a number up to 65535"
+    return None
 
 
 class ActionCompiler:
@@ -381,6 +395,10 @@ class ActionCompiler:
                     "values rendered into a URL are percent-encoded",
                     mark,
                 )
+            elif p.type == "url" and info is not None and (why := _authority_problem(info.literal)):
+                # The rendered URL is refused when the action runs, but the parameters (this text,
+                # a password in it) would have been journaled and shown before that.
+                self.problems.error(f"{action}: {name}: {why}", mark)
             if p.type == "url-suffix" and not val.source.startswith(("/", "?", "&")):
                 self.problems.error(
                     f"{action}.{name}: starts with /, ? or & as text (it is appended to the URL)", mark
