@@ -84,6 +84,24 @@ def test_service_settings_the_daemon_relies_on() -> None:
     assert s["OOMPolicy"] == ["continue"]
 
 
+def test_a_configuration_error_is_not_restarted_for_ever() -> None:
+    """trapd exits 2 when trapd.yaml, a flag or the rules are wrong (a restart cannot mend them),
+    1 when what failed may pass (a port in use, a journal that cannot be opened yet).
+
+    With RestartSec=2s alone systemd's start limit (5 starts within StartLimitIntervalSec=10s,
+    its defaults) is never reached: a start that fails takes 0.4 s or more, so five starts span
+    at least 4 x 2.4 s, past the 10 s window, and a broken rules file was restarted every 2.4 s
+    for ever, a failed start logged each time, the unit never in the failed state.
+    RestartPreventExitStatus=2 leaves it failed at the first start; a status 1 is still retried.
+    """
+    s = unit_settings(SERVICE)
+    assert s["RestartPreventExitStatus"] == ["2"]
+    assert s["Restart"] == ["on-failure"] and s["RestartSec"] == ["2s"]
+    from trapd.service.options import EXIT_CONFIG
+
+    assert EXIT_CONFIG == 2
+
+
 def test_socket_unit_listens_like_snmptrapd() -> None:
     s = unit_settings(SOCKET)
     assert s["ListenDatagram"] == ["0.0.0.0:162", "[::]:162"]

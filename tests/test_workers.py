@@ -493,7 +493,7 @@ def test_a_bad_rules_file_refuses_to_start_before_any_worker(tmp_path: Path) -> 
     bad += "      - action: nope\n"
     d = TrapdDaemon.start(tmp_path, rules=bad, config=TWO, wait_ready=False)
     try:
-        assert d.wait_exit(20) == 1
+        assert d.wait_exit(20) == 2  # a configuration error: RestartPreventExitStatus=2
         (line,) = d.logs("start-up failed")
         assert "rules.yaml:5" in line["error"], line
         assert not d.logs("worker started")

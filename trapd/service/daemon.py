@@ -44,7 +44,7 @@ from trapd.service.lifecycle import (
     status_loop,
     warn_restart_needed,
 )
-from trapd.service.options import RunOptions
+from trapd.service.options import EXIT_CONFIG, RunOptions
 from trapd.statedir import make_private_dir
 from trapd.yamlsource import ConfigError
 
@@ -406,7 +406,8 @@ class Daemon:
             listener = await self._start(loaded)
         except Exception as exc:
             # Port in use, unreadable rules, a journal that cannot be opened: say which, in one
-            # line, then exit non-zero so systemd's Restart=on-failure and `systemctl status` show it.
+            # line, then exit non-zero so systemd's Restart=on-failure and `systemctl status` show it
+            # (EXIT_CONFIG for the rules and settings, which the unit does not restart for).
             from trapd.dispatch.journal import JournalError
 
             if isinstance(exc, ConfigError | OSError | JournalError):
@@ -416,7 +417,7 @@ class Daemon:
             self.notifier.stopping(f"start-up failed: {exc}"[:500])
             with contextlib.suppress(Exception):
                 await self._shutdown()
-            return 1
+            return start_failure_status(exc)
         self.health = Health(True, "ok")
         self.notifier.ready(self._status_line())
         if self.role is not None:
@@ -823,6 +824,12 @@ class _DispatchLoad:
     def queued(self) -> int:
         d = self._daemon
         return d._submit_queue.qsize() + (int(d.journal.queued) if d.journal is not None else 0)
+
+
+def start_failure_status(exc: BaseException) -> int:
+    """The exit status of a start that failed with ``exc``: EXIT_CONFIG for a configuration error
+    (the unit does not restart for it), 1 for anything else (Restart=on-failure tries again)."""
+    return EXIT_CONFIG if isinstance(exc, ConfigError) else 1
 
 
 def run_daemon(config: Config, options: RunOptions | None = None) -> int:

@@ -23,6 +23,13 @@ from trapd.secrets import Secret
 from trapd.service.config import LOG_LEVELS, metrics_listen_of, parse_workers
 from trapd.yamlsource import ConfigError
 
+# `trapd run`'s exit status for a configuration error: trapd.yaml, a flag, the rules, a plugin's
+# settings. A restart cannot mend those, and the unit says RestartPreventExitStatus=2: the unit
+# is left failed at once. Anything that may pass (a port in use, a journal that cannot be opened
+# yet) exits 1, and Restart=on-failure tries again (systemd's start limit never stops that with
+# RestartSec=2s: docs/service.md, Start). argparse's usage errors are 2 as well.
+EXIT_CONFIG = 2
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -96,9 +103,9 @@ class RunOptions:
         return config.with_overrides(**changes)
 
     def load_or_exit(self) -> Config:
-        """:meth:`load` for start-up: a bad file is one line on stderr and exit status 2."""
+        """:meth:`load` for start-up: a bad file is one line on stderr and exit status EXIT_CONFIG."""
         try:
             return self.load()
         except ConfigError as exc:
             print(f"trapd: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise SystemExit(EXIT_CONFIG) from None

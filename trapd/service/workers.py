@@ -61,11 +61,11 @@ from trapd.config import Config
 from trapd.listener.config import ListenAddress
 from trapd.service import lifecycle
 from trapd.service.channel import Channel, ChannelClosed
-from trapd.service.daemon import Daemon, run_on_loop
+from trapd.service.daemon import Daemon, run_on_loop, start_failure_status
 from trapd.service.health import Health
 from trapd.service.lifecycle import Loaded
 from trapd.service.metrics import DaemonSnapshot
-from trapd.service.options import RunOptions
+from trapd.service.options import EXIT_CONFIG, RunOptions
 from trapd.service.snapshots import RetiredCounts, from_wire, to_wire
 
 if TYPE_CHECKING:
@@ -377,7 +377,7 @@ class Supervisor:
             reason = lifecycle.failure_reason(exc)
             self.log.error("start-up failed", error=reason)
             self.notifier.stopping(f"start-up failed: {reason}"[:500])
-            return 1
+            return start_failure_status(exc)
         from trapd.service.logging import share_output_lock
 
         if not share_output_lock():
@@ -573,7 +573,8 @@ class Supervisor:
             self.notifier.stopping(f"start-up failed: {failed}"[:500])
             await self._stop_workers()
             await self._close()
-            return 1
+            # A worker refused its configuration (the supervisor checked the same): not restarted either.
+            return EXIT_CONFIG if any(s.exit_code == EXIT_CONFIG for s in self.slots) else 1
         if self._stop.is_set():
             return await self._shutdown()
         self._state = "running"
