@@ -16,6 +16,7 @@
     trapd journal history --source 10.20.1.5 --since 2026-01-05T10:00 --until 2026-01-05T11:00
     trapd journal history --rule port-down --state dead --json
     trapd journal migrate                    # PostgreSQL: create or upgrade trapd's schema
+    trapd journal check                      # SQLite: PRAGMA quick_check of the whole file
 
 The journal is the SQLite file in the state directory (``--state-dir``, or
 ``state_dir`` of trapd.yaml, default /var/lib/trapd). Reading is safe while
@@ -26,6 +27,9 @@ directly; the running daemon notices the change within
 With ``dispatch.journal.url`` (PostgreSQL, docs/pair.md) the same commands
 work on the shared database, and ``migrate`` creates or upgrades trapd's
 schema in it (trapd refuses to start on a schema older or newer than itself).
+
+list, show and history read what they show and no more (a damaged page they read says so);
+``check`` reads the whole file (about 7 s per GB), as the daemon does at start-up.
 
 Times: ISO 8601 (``2026-01-05T10:00``, local time unless it says otherwise),
 a duration meaning "that long ago" (``90m``, ``2d``), or Unix seconds.
@@ -117,6 +121,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
 
     mig = sub.add_parser("migrate", help="PostgreSQL journal: create or upgrade trapd's schema")
+    chk = sub.add_parser("check", help="SQLite journal: check the whole file (PRAGMA quick_check)")
 
     hist = sub.add_parser("history", help="actions by MAC, IP, switch, rule, time (newest first)")
     hist.add_argument("--mac", help="MAC address the action was about (any spelling)")
@@ -131,7 +136,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     hist.add_argument("--limit", type=positive, default=100, help="at most N actions (default 100)")
 
     # The common options work after the subcommand too: `trapd journal history --json`.
-    for sp in (ls, show, rel, hist, mig, *(sub.choices[n] for n in ("retry", "cancel"))):
+    for sp in (ls, show, rel, hist, mig, chk, *(sub.choices[n] for n in ("retry", "cancel"))):
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
         sp.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sp.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -152,6 +157,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.journal_command == "migrate":
         return _migrate(jc, args.json)
+    if args.journal_command == "check" and jc is not None:
+        print(
+            "trapd journal: check is for the SQLite journal; PostgreSQL checks its own pages "
+            "(pg_amcheck checks a database's tables and indexes)",
+            file=sys.stderr,
+        )
+        return 2
     if jc is None:
         try:
             path.stat()
@@ -170,6 +182,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"trapd journal: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
             return 2
     try:
+        if args.journal_command == "check":
+            return asyncio.run(_check(path, args.json))
         return asyncio.run(_run(args, path, jc))
     except (ValueError, JournalError) as exc:
         print(f"trapd journal: {exc}", file=sys.stderr)
@@ -203,6 +217,33 @@ def _migrate(jc: Any, as_json: bool) -> int:
     else:
         print(f"journal schema {'created' if before is None else before} -> {after}")
     return 0
+
+
+async def _check(path: Any, as_json: bool) -> int:
+    """The daemon's start-up check (PRAGMA quick_check) of the file, read-only, on request: the
+    looking commands no longer run it. 0 sound, 1 damaged (what, and how to recover)."""
+    import json
+    import time
+
+    from trapd.dispatch.journal import SQLiteJournal
+
+    journal = SQLiteJournal(path, read_only=True, check_at_open=True)
+    started = time.monotonic()
+    await journal.open()
+    try:
+        elapsed = time.monotonic() - started
+        problem = journal.damage
+    finally:
+        await journal.close()
+    if as_json:
+        print(
+            json.dumps({"journal": str(path), "ok": problem is None, "problem": problem, "seconds": elapsed})
+        )
+    elif problem is None:
+        print(f"{path}: ok (PRAGMA quick_check, {elapsed:.1f} s)")
+    else:
+        print(str(journal._damaged(f"integrity check: {problem}")))
+    return 0 if problem is None else 1
 
 
 def journal_location(args: argparse.Namespace) -> tuple[Any, Any]:
