@@ -115,8 +115,11 @@ class Variant:
 VARIANTS = {
     "2.2-hot-standby": Variant("hot-standby"),
     "2.2-load-balancing": Variant("load-balancing"),
-    # the opt-in chroot tier (TRAPD_KEA_CHROOTS=1): 2.6.3 over its agents, 3.0.4 without any
+    # the opt-in chroot tier (TRAPD_KEA_CHROOTS=1): 2.6.3 over its agents, 3.0.4 without any;
+    # each version in both modes
     "2.6.3-hot-standby": Variant("hot-standby", "trixie"),
+    "2.6.3-load-balancing": Variant("load-balancing", "trixie"),
+    "3.0.4-hot-standby-dedicated": Variant("hot-standby", "sid", dedicated=True),
     "3.0.4-load-balancing-dedicated": Variant("load-balancing", "sid", dedicated=True),
 }
 CHROOT_AUTH = ("trapd", "chroot-ha-pw")
