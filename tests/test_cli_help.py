@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -77,3 +78,31 @@ def test_listen_refuses_an_unknown_log_level_or_format_as_a_usage_error(
             build_parser().parse_args(["listen", option, value])
         assert exited.value.code == 2
         assert "invalid choice" in capsys.readouterr().err
+
+
+def test_kea_status_help_says_what_its_ha_column_shows(capsys: pytest.CaptureFixture[str]) -> None:
+    # `trapd kea status` reports each peer's HA mode, role and state, but its --help said
+    # "reachability, version and lease_cmds of every endpoint" and nothing about HA: an operator
+    # reading it did not know the column, what a state means for trapd, or that the exit status
+    # does not follow it.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["kea", "status", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for said in (
+        "HA",
+        "mode",
+        "role",
+        "status-get",
+        "partner-down",
+        "terminated",
+        "scopes",
+        "partner_state",
+        "Exit status",
+        "docs/kea-ha.md",
+    ):
+        assert said in text, said
+    # and the one line `trapd kea --help` lists it with
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["kea", "--help"])
+    (line,) = re.findall(r"^ +status +(.*)$", capsys.readouterr().out, re.MULTILINE)
+    assert "HA state" in line, line

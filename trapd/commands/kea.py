@@ -41,12 +41,48 @@ from typing import Any
 
 HELP = "Kea endpoints: status (reachable, version, lease_cmds, HA state) and restore of deleted leases"
 
+STATUS_DESCRIPTION = """\
+One row for every endpoint in trapd.yaml, each peer of an HA relationship and
+each family it serves:
+
+  REACHABLE   it answered version-get and list-commands (NO: the error is on stderr)
+  VERSION     the Kea version that answered
+  LEASE_CMDS  the lease_cmds hook is loaded (kea.lease-del and restore need it)
+  HA          (when a server has the HA hook) the relationship's mode, the peer's
+              role and its HA state, from status-get; e.g. "hot-standby standby
+              hot-standby". "-": no HA hook, or status-get failed. A hub of several
+              relationships (Kea >= 2.6): the one where it goes by the peer's name.
+  TARGET      the unix socket or URL trapd reaches it at
+
+What an HA state means for trapd's actions (docs/kea-ha.md has the table):
+hot-standby, load-balancing: normal. partner-down: it serves every scope
+alone; the partner's parts of a deletion retry until it is back.
+waiting, syncing, ready: not serving yet; its parts run as soon as it answers.
+in-maintenance / partner-in-maintenance: the partner serves / it serves.
+terminated: it serves its own scopes without heartbeats or lease updates to its
+partner; Kea needs an operator (the daemon warns in the log and /healthz).
+kea.ddns-resend goes through the first peer that serves scopes now.
+
+--json: the same, and under "ha" also "scopes" (what it serves now; [] when
+not serving), "partner_state", "in_touch" and "server_name" (Kea >= 2.6).
+
+Exit status 0 when every endpoint answered without an error, 1 otherwise (an
+endpoint unreachable, or serving the other family). An HA state, terminated
+included, does not change it: read the HA column, or the daemon's
+trapd_kea_ha_state metric and /healthz.
+"""
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     from trapd.commands.journal import action_id
 
     sub = p.add_subparsers(dest="kea_command", metavar="SUBCOMMAND", required=True)
-    st = sub.add_parser("status", help="reachability, version and lease_cmds of every endpoint")
+    st = sub.add_parser(
+        "status",
+        help="reachability, version, lease_cmds and HA state of every endpoint",
+        description=STATUS_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     st.add_argument("--json", action="store_true", help="machine-readable output")
     rs = sub.add_parser("restore", help="re-add leases recorded by kea.lease-del")
     rs.add_argument(
