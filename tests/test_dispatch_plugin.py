@@ -198,3 +198,66 @@ def test_a_rule_using_a_plugin_that_failed_to_load_says_so(tmp_path: Path) -> No
         f"{rules}:5:17: error: action plugin 'acme.broken' is installed but failed to load: "
         "ImportError: acme_broken needs acme_sdk"
     ) in out.stdout, out.stdout
+
+
+def _fake_dist(path: Path, name: str, module: str, code: str, entry_points: dict[str, str]) -> None:
+    """An installed package as pip leaves it: the module, and a .dist-info with its entry points."""
+    (path / f"{module}.py").write_text(code)
+    dist = path / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    lines = "".join(f"{ep} = {module}:{obj}\n" for ep, obj in entry_points.items())
+    (dist / "entry_points.txt").write_text(f"[trapd.actions]\n{lines}")
+
+
+TWIN = '''
+from trapd.params import Param
+from trapd.plugin import action
+
+@action("{name}", params={{}}, idempotent=True)
+async def run(params, ctx):
+    """{who}'s {name}."""
+'''
+
+
+def test_two_plugins_of_one_name_are_refused_not_one_picked(tmp_path: Path) -> None:
+    # Two packages registering one action name (a fork installed next to the original; a site
+    # package calling its action "webhook"): the one found last silently replaced the other, the
+    # built-in too, so a rule's `action: webhook` ran the site's code, `trapd actions` said nothing.
+    for who in ("twin_a", "twin_b"):
+        code = TWIN.format(name="acme.twin", who=who) + TWIN.format(name="webhook", who=who).replace(
+            "def run", "def hook"
+        )
+        _fake_dist(tmp_path, who.replace("_", "-"), who, code, {"acme.twin": "run", "webhook": "hook"})
+    trapd = [sys.executable, "-m", "trapd.cli"]
+    out = subprocess.run([*trapd, "actions"], env=env_with(tmp_path), capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "\nacme.twin\n" not in out.stdout  # neither of the two
+    for who in ("twin_a", "twin_b"):
+        assert (
+            f"failed to load acme.twin = {who}:run: the action name 'acme.twin' is registered by 2"
+            " installed packages, twin-a (acme.twin = twin_a:run), twin-b (acme.twin = twin_b:run):"
+            " uninstall all but one" in out.stderr
+        ), out.stderr
+        assert (
+            f"failed to load webhook = {who}:hook: 'webhook' is the name of trapd's own action:"
+            f" {who.replace('_', '-')} must give its action a name of its own (a dotted prefix:"
+            " 'twin.webhook')" in out.stderr
+        ), out.stderr
+    shown = subprocess.run(
+        [*trapd, "actions", "webhook"], env=env_with(tmp_path), capture_output=True, text=True
+    )
+    assert "POST" in shown.stdout and "twin" not in shown.stdout  # the built-in, not a site's
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n"
+        "    actions:\n      - action: acme.twin\n"
+    )
+    check = subprocess.run(
+        [*trapd, "check", str(rules)], env=env_with(tmp_path), capture_output=True, text=True, cwd=tmp_path
+    )
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert (
+        f"{rules}:5:17: error: action plugin 'acme.twin' is installed but failed to load: the action"
+        " name 'acme.twin' is registered by 2 installed packages"
+    ) in check.stdout, check.stdout

@@ -337,21 +337,52 @@ def load_actions() -> tuple[dict[str, ActionSpec], list[LoadProblem]]:
 
     A broken third-party plugin must not stop trapd: it is reported, and
     rules that use it fail ``trapd check`` (and start-up), saying why it failed.
+    A name is one action: a site plugin that takes the name of one of trapd's own is refused (the
+    built-in stays), and two site packages that register one name are both refused (which one
+    entry_points() lists last is no choice an operator made).
     """
     found: dict[str, ActionSpec] = {}
     problems: list[LoadProblem] = []
+    # name -> (package, entry point, spec) of each that registers it, in the order found.
+    candidates: dict[str, list[tuple[str, str, ActionSpec]]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"{ep.name} = {ep.value}"
         try:
             spec = as_spec(ep.load())
         # A plugin's import can raise anything, sys.exit() too (a module written as a script):
         # SystemExit ended trapd, with the plugin's message as its only word. (^C still stops.)
         except (Exception, SystemExit) as exc:
-            problems.append(LoadProblem(f"{ep.name} = {ep.value}", f"{type(exc).__name__}: {exc}"))
+            problems.append(LoadProblem(where, f"{type(exc).__name__}: {exc}"))
             continue
         if spec.name != ep.name:
-            problems.append(LoadProblem(f"{ep.name} = {ep.value}", f"declares the name {spec.name!r}"))
+            problems.append(LoadProblem(where, f"declares the name {spec.name!r}"))
             continue
-        found[spec.name] = spec
+        package = ep.dist.name if ep.dist is not None else "?"
+        candidates.setdefault(spec.name, []).append((package, where, spec))
+    for name, registered in candidates.items():
+        shipped = [r for r in registered if _shipped(r[0])]
+        if len(registered) == 1 or shipped:
+            package, where, spec = (shipped or registered)[0]
+            found[name] = spec
+            problems.extend(LoadProblem(w, _taken(name, p)) for p, w, _ in registered if w != where)
+            continue
+        listed = ", ".join(f"{package} ({where})" for package, where, _ in registered)
+        why = f"the action name {name!r} is registered by {len(registered)} installed packages, {listed}"
+        problems.extend(LoadProblem(where, f"{why}: uninstall all but one") for _, where, _ in registered)
     _FAILED.clear()
     _FAILED.update((p.name, p.error) for p in problems if p.name not in found)
     return found, problems
+
+
+def _shipped(package: str) -> bool:
+    """Whether ``package`` (a distribution's name) is trapd itself, whose actions are the built-ins."""
+    return package.lower() == "trapd"
+
+
+def _taken(name: str, package: str) -> str:
+    mine = name.rsplit(".", 1)[-1]
+    prefix = package.split("-", 1)[0].lower()
+    return (
+        f"{name!r} is the name of trapd's own action: {package} must give its action a name of its"
+        f" own (a dotted prefix: {prefix + '.' + mine!r})"
+    )
