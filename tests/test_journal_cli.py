@@ -324,8 +324,8 @@ def test_list_on_a_shared_journal_names_the_host_of_each_action(
     ]  # fmt: skip
     _, out = run(capsys, *j, "--json", "list", "--state", "all", "--host", "dhcp2")
     assert [json.loads(line)["owner"] for line in out.splitlines()] == ["dhcp2", "dhcp2/worker-1"]
-    _, out = run(capsys, *j, "--json", "history", "--host", "dhcp1")
-    assert [json.loads(line)["host"] for line in out.splitlines()] == ["dhcp1"]
+    _, out = run(capsys, *j, "--json", "history", "--host", "dhcp1")  # also what dhcp1 journaled
+    assert [json.loads(line)["host"] for line in out.splitlines()] == [None, "dhcp1"]
     assert run(capsys, *j, "history", "--host", "dhcp") == (1, "no actions\n")  # a name, not a prefix
     _, out = run(capsys, *j, "--json", "show", "3")
     assert (json.loads(out)["host"], json.loads(out)["owner"]) == ("dhcp2", "dhcp2/worker-1")
@@ -545,3 +545,53 @@ def test_a_held_row_that_ran_to_its_end_says_so_first_in_the_list(
     assert rc == 0, out
     (row,) = [line for line in out.splitlines() if line.startswith(f"{id_} ")]
     assert "dhcp1 ran it to its end after the takeover: done" in row, out
+
+
+def test_host_lists_what_a_host_journaled_as_well_as_what_it_claimed(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--host dhcp2` listed only the actions dhcp2 claimed: what dhcp2 journaled and dhcp1 ran
+    (claimed as it fell due), what dhcp2 journaled that a cap holds (never claimed) and the copy
+    of a notification dhcp2 journaled cancelled were not there, though the JOURNALED column says
+    dhcp2. An operator asking "what did dhcp2 do" about a trap dhcp2 got found nothing. `--host`
+    now matches either column (a worker's names included); the columns say which."""
+    from trapd.dispatch.journal.postgres import PostgresJournal
+
+    async def fill() -> None:
+        sw = make_event(source="10.20.1.5").to_dict()
+        now = time.time()
+        cap = CapCheck("mac-removed/deletions", "10.20.1.5", 0, 60.0, 3600.0)
+        async with (
+            PostgresJournal(pg_url, instance="dhcp1") as d1,
+            PostgresJournal(pg_url, instance="dhcp2", owner="worker-0") as d2,
+        ):
+            r = await d1.add(sw, [new("log", {"message": "dhcp1 alone"})], [], now)  # 1
+            assert (await d1.claim(r.ids[0], now)).outcome == "running"
+            await d1.finish(r.ids[0], "done", now, None)
+            r = await d2.add(sw, [new("log", {"message": "dhcp2 got, dhcp1 ran"})], [], now)  # 2
+            assert (await d1.claim(r.ids[0], now)).outcome == "running"
+            await d1.finish(r.ids[0], "done", now, None)
+            r = await d2.add(sw, [new("log", {"message": "held"}, caps=(cap,))], [], now)  # 3
+            assert (await d2.claim(r.ids[0], now)).outcome == "held"
+            r = await d1.add(sw, [new("log", {"message": "dhcp1 got, dhcp2 ran"})], [], now)  # 4
+            assert (await d2.claim(r.ids[0], now)).outcome == "running"
+            await d2.finish(r.ids[0], "done", now, None)
+
+    asyncio.run(fill())
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(json.dumps({"dispatch": {"journal": {"url": pg_url, "instance": "ops"}}}))
+    j = ("journal", "-c", str(cfg), "--json")
+
+    def listed(*argv: str) -> list[str]:
+        rc, out = run(capsys, *j, *argv)
+        assert rc in (0, 1), out
+        return [json.loads(line)["params"]["message"] for line in out.splitlines()]
+
+    for cmd in (("list", "--state", "all"), ("history",)):
+        got = listed(*cmd, "--host", "dhcp2")
+        assert sorted(got) == ["dhcp1 got, dhcp2 ran", "dhcp2 got, dhcp1 ran", "held"], (cmd, got)
+        got = listed(*cmd, "--host", "dhcp1")
+        assert sorted(got) == ["dhcp1 alone", "dhcp1 got, dhcp2 ran", "dhcp2 got, dhcp1 ran"], (cmd, got)
+    assert listed("list", "--host", "dhcp2") == ["held"]  # waiting ones only
+    got = listed("history", "--host", "dhcp2/worker-0")  # one worker: the same three here
+    assert sorted(got) == ["dhcp1 got, dhcp2 ran", "dhcp2 got, dhcp1 ran", "held"], got

@@ -3,7 +3,7 @@
     trapd journal list                       # not finished: scheduled, pending, failed, held, running
     trapd journal list --state dead          # given up; also: held, running, done, cancelled, all
     trapd journal list --state held          # HELD AT (when a cap held it) and HOLD EXPIRES
-    trapd journal list --state all --host dhcp2   # shared journal: what dhcp2 claimed (HOST column)
+    trapd journal list --state all --host dhcp2   # shared journal: what dhcp2 journaled or claimed
     trapd journal show 1234                  # one action: parameters, event, attempts, result, error
     trapd journal retry 1234 1240            # dead / failed / held / cancelled -> run again now
     trapd journal cancel 1234                # a waiting action will not run
@@ -44,6 +44,8 @@ import argparse
 from typing import Any
 
 HELP = "list, show, retry, cancel and release journaled actions; history by MAC, IP, switch, rule, time"
+
+HOST_HELP = "shared journal: the actions this host journaled or claimed (JOURNALED or HOST column)"
 
 LIST_STATES = (
     "waiting",
@@ -98,7 +100,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="waiting (default): scheduled, pending, failed, held, running; all: every state",
     )  # fmt: skip
     ls.add_argument("--limit", type=positive, default=100, help="at most N actions, the newest (default 100)")
-    ls.add_argument("--host", help="shared journal: the actions this host claimed (ran, runs)")
+    ls.add_argument("--host", help=HOST_HELP)
 
     show = sub.add_parser("show", help="one action in full")
     show.add_argument("id", type=action_id, help="the journal id (the ID column of list and history)")
@@ -132,7 +134,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     hist.add_argument("--state", choices=LIST_STATES[1:-1], action="append", help="repeatable")
     hist.add_argument("--since", help="from this time (ISO 8601, or a duration ago: 2h)")
     hist.add_argument("--until", help="before this time")
-    hist.add_argument("--host", help="shared journal: the actions this host claimed (ran, runs)")
+    hist.add_argument("--host", help=HOST_HELP)
     hist.add_argument("--limit", type=positive, default=100, help="at most N actions (default 100)")
 
     # The common options work after the subcommand too: `trapd journal history --json`.

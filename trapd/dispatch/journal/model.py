@@ -262,8 +262,9 @@ class HistoryFilter:
     states: tuple[str, ...] = ()
     since: float | None = None
     until: float | None = None
-    # The host whose process claimed it last (a shared journal's instance): its own claims and
-    # its workers' (HOST/worker-N).
+    # A shared journal's host (its instance): the actions it journaled and those it claimed last
+    # (ran, runs), its workers' (HOST/worker-N) included. Claimed only, as before, left out what
+    # the host got and the other ran, a cap holds, or it journaled cancelled as a copy.
     host: str | None = None
     limit: int = 100
 

@@ -1652,9 +1652,11 @@ async def _op_history(cur: Cur, f: HistoryFilter, lenient: bool = False) -> list
     if f.until is not None:
         where.append("created < %s")
         args.append(f.until)
-    if f.host is not None:
-        where.append("(owner = %s OR left(owner, %s) = %s)")
-        args += [f.host, len(f.host) + 1, f.host + "/"]
+    if f.host is not None:  # journaled it or claimed it (model.HistoryFilter)
+        where.append(
+            "(owner = %s OR left(owner, %s) = %s OR journaled_by = %s OR left(journaled_by, %s) = %s)"
+        )
+        args += [f.host, len(f.host) + 1, f.host + "/"] * 2
     sql = f"SELECT {COLS} FROM {_A}"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -683,9 +683,11 @@ def _op_history(conn: sqlite3.Connection, f: HistoryFilter, lenient: bool = Fals
     if f.until is not None:
         where.append("created < ?")
         args.append(f.until)
-    if f.host is not None:
-        where.append("(owner = ? OR substr(owner, 1, ?) = ?)")
-        args += [f.host, len(f.host) + 1, f.host + "/"]
+    if f.host is not None:  # journaled it or claimed it (model.HistoryFilter)
+        where.append(
+            "(owner = ? OR substr(owner, 1, ?) = ? OR journaled_by = ? OR substr(journaled_by, 1, ?) = ?)"
+        )
+        args += [f.host, len(f.host) + 1, f.host + "/"] * 2
     # The newest ids first, from an index where one serves (their rowids are in every index), then
     # only those rows read: sorting whole rows (parameters, results) read every matching row, 3.1 s
     # for `list --state done` among 500,000 done actions, 0.32 s so (a history by rule: 228 -> 14 ms).
