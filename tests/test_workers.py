@@ -548,7 +548,12 @@ def test_a_status_interval_that_is_not_a_number_is_refused_before_it_stops_the_w
 
 
 def start_wrapped(
-    tmp_path: Path, prelude: str, config: dict[str, Any], watchdog_usec: int | None
+    tmp_path: Path,
+    prelude: str,
+    config: dict[str, Any],
+    watchdog_usec: int | None,
+    *,
+    wait_ready: bool = True,
 ) -> TrapdDaemon:
     """`trapd run` from a wrapper that runs ``prelude`` first (set a bound, install a handler)."""
     from notify_harness import NotifySocket
@@ -573,7 +578,8 @@ def start_wrapped(
     import threading
 
     threading.Thread(target=d._read_log, args=(d.proc,), daemon=True).start()
-    d.wait_ready()
+    if wait_ready:
+        d.wait_ready()
     return d
 
 
@@ -631,6 +637,45 @@ def test_a_worker_whose_loop_is_blocked_is_replaced_with_its_stack_in_the_log(tm
         eventually(healthy)
         assert d.metric("trapd_worker_restarts_total") == 1
         assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_worker_that_never_becomes_ready_fails_the_start_with_its_stack_in_the_log(
+    tmp_path: Path,
+) -> None:
+    """A worker stuck in its start-up (its loop blocked before it says ready: a plugin, a journal
+    database that does not answer) left the supervisor waiting for ever: under systemd only the
+    unit's start timeout (90 s) ended it, with no word of which worker or where; outside systemd
+    (a container, a terminal) trapd stayed up without receiving a trap on that worker's share.
+    Now the start is bounded (dispatch.journal.lease, which a worker may wait out, plus
+    WORKER_START_GRACE, lowered here): SIGUSR2 for its stack, SIGKILL, the others stopped, and
+    the start fails with the worker named, exit 1 (Restart= tries again)."""
+    prelude = (
+        "import time\nimport trapd.service.workers as w\nw.WORKER_START_GRACE = 2.0\n"
+        "_attach = w.WorkerRole.attach\n"
+        "async def attach(self, daemon):\n"
+        "    if self.index == 1:\n"
+        "        time.sleep(3600)  # stuck before it says ready\n"
+        "    await _attach(self, daemon)\n"
+        "w.WorkerRole.attach = attach\n"
+    )
+    config = {**TWO, "dispatch": {"journal": {"lease": "2s"}}}
+    d = start_wrapped(tmp_path, prelude, config, None, wait_ready=False)
+    try:
+        started = time.monotonic()
+        assert d.wait_exit(40) == 1, d.log[-8:]
+        assert time.monotonic() - started < 30
+        (line,) = d.logs("start-up failed")
+        assert "worker 1" in line["error"] and "not ready within 4 s" in line["error"], line
+        (stuck,) = d.logs("worker not ready in time, killing it")
+        assert stuck["worker"] == 1, stuck
+        raw = [e["raw"] for e in d.log if "raw" in e]
+        assert any("in attach" in r for r in raw), raw[-20:]  # faulthandler's stack of where it hung
+        assert [e["exit"] for e in d.logs("worker stopped") if e["worker"] == 0] == ["status 0"]
+        assert d.notify is not None
+        assert "worker 1" in d.notify.wait_for("STOPPING", 5)["STATUS"]
+        assert not any("READY" in m for m in d.notify.messages)
     finally:
         d.close()
 

@@ -94,6 +94,12 @@ KILL_WAIT = 5.0
 # that dumps a core, which holds every community, v3 key and Kea password in clear.
 STACK_SIGNAL = signal.SIGUSR2
 STACK_GRACE = 1.0
+# Beyond dispatch.journal.lease (a worker may wait out a registration its name left on a shared
+# journal), how long a worker has from its fork to say ready at start. Under 90 s with the default
+# lease: the supervisor names the worker and where it hung before systemd's start timeout ends the
+# unit without a word, and outside systemd a worker stuck in its start-up is a failed start, not
+# a trapd up without that worker's share of the traps for ever.
+WORKER_START_GRACE = 30.0
 # After SIGKILL, how long it may take to go before the supervisor counts it as stuck for good and
 # withholds WATCHDOG=1 (a process in uninterruptible sleep outlives SIGKILL: systemd's turn).
 KILL_GRACE = 5.0
@@ -594,19 +600,47 @@ class Supervisor:
         await self._stop.wait()
         return await self._shutdown()
 
+    def start_timeout(self) -> float:
+        """Seconds a worker has from its fork to say ready at start (:data:`WORKER_START_GRACE`)."""
+        return self.config.dispatch.journal.lease + WORKER_START_GRACE
+
     async def _wait_all_ready(self) -> str | None:
-        """None once every worker said ready (or a stop was asked); else why the start failed."""
+        """None once every worker said ready (or a stop was asked); else why the start failed.
+
+        Bounded by :meth:`start_timeout`: a worker still not ready then is sent STACK_SIGNAL (its
+        stacks to stderr: where it hung) and SIGKILL (its loop, blocked, would not act on SIGTERM).
+        """
         assert self._changed is not None and self._stop is not None
+        timeout = self.start_timeout()
+        deadline = time.monotonic() + timeout
         while not self._stop.is_set():
             dead = [s for s in self.slots if not s.alive]
             if dead:
                 return "; ".join(f"worker {s.index} exited with status {s.exit_code}" for s in dead)
             if all(s.ready for s in self.slots):
                 return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return await self._kill_unready(timeout)
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), 1.0)
+                await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
         return None
+
+    async def _kill_unready(self, timeout: float) -> str:
+        """The workers not ready after ``timeout``: their stacks, then SIGKILL; why the start failed."""
+        late = [s for s in self.slots if s.alive and not s.ready]
+        names = ", ".join(f"worker {s.index} (pid {s.pid})" for s in late)
+        for slot in late:
+            self.log.error("worker not ready in time, killing it", worker=slot.index, pid=slot.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, STACK_SIGNAL)
+        await asyncio.sleep(STACK_GRACE)
+        for slot in late:
+            if slot.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGKILL)
+        return f"{names} not ready within {timeout:.0f} s: killed, its stack is in the log above"
 
     async def _connect(self, slot: WorkerSlot) -> None:
         assert slot.channel_socket is not None
