@@ -152,6 +152,15 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         raise RetryableError(f"cannot start {argv[0]} now: {exc.strerror or exc}{which}") from None
     proc = asyncio.subprocess.Process(transport, watch, loop)
     assert proc.stdout is not None and proc.stderr is not None
+    # Recorded while the action runs: should trapd die meanwhile, the group is ended before the
+    # action runs again, never left running beside its rerun (trapd.programs).
+    if ctx.programs is not None and not ctx.programs.started(proc.pid, ctx.action_id):
+        ctx.log.warning(
+            "cannot record the program's process group: should trapd die while it runs, its rerun"
+            " may start beside it",
+            program=argv[0],
+            directory=str(ctx.programs.directory),
+        )
     out, err = _Output(), _Output()
     reading = asyncio.create_task(_read_output(proc.stdout, proc.stderr, limit, out, err))
     deadline = loop.time() + timeout
@@ -175,6 +184,8 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         raise
     finally:
         _close(transport, watch)
+        if ctx.programs is not None:
+            ctx.programs.ended(proc.pid)
     if not exited:
         _log_output(ctx, argv, out, err, None)
         raise RetryableError(f"{argv[0]} timed out after {timeout:g}s and was killed")

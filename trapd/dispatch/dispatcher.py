@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     import httpx
 
     from trapd.kea.client import KeaClients
+    from trapd.programs import ProgramGroups
 
 # Raised by submit when the journal is too far behind the disk: the caller counts the loss.
 DispatchOverloaded = JournalFull
@@ -200,8 +201,12 @@ class Dispatcher:
         http: httpx.AsyncClient | None = None,
         log: ActionLog | None = None,
         settings: Mapping[str, Mapping[str, Any]] | None = None,
+        programs: ProgramGroups | None = None,
     ) -> None:
+        """``programs``: where exec records the process groups it starts (trapd.programs), ended
+        before the actions of this owner that a dead process left running run again."""
         self.config = config
+        self.programs = programs
         self.journal = journal
         self.actions = dict(actions)
         self.kea = kea
@@ -278,7 +283,11 @@ class Dispatcher:
             return
         self.journal.share_view(self._view)
         recovered = await recover_interrupted(
-            self.journal, self.actions, owner=self.journal.owner, interrupted=self.config.interrupted
+            self.journal,
+            self.actions,
+            owner=self.journal.owner,
+            interrupted=self.config.interrupted,
+            programs=self.programs,
         )
         if recovered.get("rerun") or recovered.get("held"):
             owner = self.journal.owner
@@ -1094,6 +1103,7 @@ class Dispatcher:
             attempt=attempt,
             record=functools.partial(self._record, job),
             previous=job.previous,
+            programs=self.programs,
         )
         # When the action really starts (its claim committed): for the latency figures and the
         # journal's ``started``, written with its end.
@@ -1352,6 +1362,7 @@ async def recover_interrupted(
     owner: str | None = None,
     *,
     interrupted: str = "rerun",
+    programs: ProgramGroups | None = None,
 ) -> dict[str, int]:
     """Put the actions a dead process left ``running`` back in line; what :meth:`Dispatcher.start` does.
 
@@ -1359,14 +1370,20 @@ async def recover_interrupted(
     workers, when no process is running anything). Given: only that owner's rows.
     ``interrupted``: ``dispatch.interrupted`` from trapd.yaml; with ``hold-unsafe`` the
     interrupted runs of plugins not declared idempotent are held for an operator instead of
-    rerun. Returns counts: ``rerun``, ``held``, ``waiting``.
+    rerun. ``programs``: the process groups the dead process's actions started (trapd.programs),
+    ended first, so that a rerun never runs beside the program of the interrupted run. Returns
+    counts: ``rerun``, ``held``, ``waiting``, and ``programs_ended`` when there were any.
     """
     if interrupted not in INTERRUPTED:
         raise ValueError(f"interrupted must be one of {', '.join(INTERRUPTED)}, not {interrupted!r}")
+    ended = await asyncio.to_thread(programs.end_left) if programs is not None else 0
     hold_unless = None
     if interrupted == "hold-unsafe":
         hold_unless = [name for name, spec in actions.items() if spec.idempotent]
-    return await journal.recover(journal.now() if now is None else now, hold_unless, owner=owner)
+    counts = await journal.recover(journal.now() if now is None else now, hold_unless, owner=owner)
+    if ended:
+        counts["programs_ended"] = ended
+    return counts
 
 
 def _breaker_key(exc: BaseException) -> str | None:

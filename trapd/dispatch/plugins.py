@@ -26,6 +26,7 @@ import structlog
 from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import open_journal
 from trapd.plugin import ActionLog, ActionSpec, check_settings, load_actions
+from trapd.programs import ProgramGroups
 from trapd.yamlsource import ConfigError
 
 if TYPE_CHECKING:
@@ -181,4 +182,6 @@ async def open_dispatcher(
     jc = config.dispatch.journal
     journal = open_journal(jc.file(config.state_dir), jc, owner=owner, token=token)
     await journal.open()
-    return Dispatcher(config.dispatch, journal, specs, kea, http, log, plugin_settings(specs, config.actions))
+    settings = plugin_settings(specs, config.actions)
+    programs = ProgramGroups(config.state_dir, owner)
+    return Dispatcher(config.dispatch, journal, specs, kea, http, log, settings, programs)

@@ -452,14 +452,17 @@ class Supervisor:
         """The journal's recovery for every owner, then close it (its writer thread is joined)."""
         from trapd.dispatch.dispatcher import recover_interrupted
         from trapd.dispatch.journal import open_journal
+        from trapd.programs import ProgramGroups
 
         cfg = self.config
         journal = open_journal(cfg.dispatch.journal.file(cfg.state_dir), cfg.dispatch.journal)
         await journal.open()
         try:
             actions = self.preloaded.actions if self.preloaded is not None else {}
+            # No worker runs yet: the groups every owner's actions left are ended, as their rows rerun.
+            programs = ProgramGroups(cfg.state_dir, None)
             return await recover_interrupted(
-                journal, actions, owner=None, interrupted=cfg.dispatch.interrupted
+                journal, actions, owner=None, interrupted=cfg.dispatch.interrupted, programs=programs
             )
         finally:
             await journal.close()

@@ -1,0 +1,183 @@
+"""An ``exec`` action's program does not outlive the process that ran it into its rerun.
+
+A worker SIGKILLed under ``service.workers: 2`` (the supervisor forks it again), or a lone
+``trapd run`` SIGKILLed and started again: the action was ``running``, so the journal runs it
+again. The program of the first run (in a session of its own, out of reach of the kernel's
+clean-up of its parent) must be ended before that rerun starts, children and all: never two
+copies side by side. Real processes: the program holds a flock for as long as it (or the child it
+left sleeping) runs, and writes ``overlap`` when it starts while another copy holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from daemon_harness import TrapdDaemon, eventually, link_down
+from listen_harness import needs_netsnmp, snmp_send
+
+pytestmark = [pytest.mark.integration, needs_netsnmp]
+
+# $$ is the program (the group's leader); the sleep is a child in its group that also holds the lock.
+SCRIPT = (
+    'exec 9>>"$1"; if ! flock -n 9; then echo "overlap $$" >> "$2"; fi; '
+    'echo "start $$" >> "$2"; sleep 60; echo "end $$" >> "$2"'
+)
+RULES = """\
+rules:
+  - name: long
+    match:
+      notification: IF-MIB::linkDown
+    actions:
+      - action: exec
+        argv: [/bin/sh, -c, '{script}', sh, {lock}, {marks}]
+        timeout: 120s
+"""
+
+
+def marks_of(path: Path) -> list[tuple[str, int]]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(word, int(pid)) for word, pid in (line.split() for line in lines)]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes (not zombies) whose process group is ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                found.append(int(entry.name))
+    return found
+
+
+def kill_groups(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def running_owner(d: TrapdDaemon) -> str | None:
+    path = d.state_dir / "journal.sqlite"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+        rows = db.execute("SELECT owner FROM actions WHERE state = 'running'").fetchall()
+    assert len(rows) == 1, rows
+    return rows[0][0]  # type: ignore[no-any-return]
+
+
+def started(marks: Path, count: int) -> list[int]:
+    def enough() -> list[int]:
+        pids = [pid for word, pid in marks_of(marks) if word == "start"]
+        assert len(pids) >= count, marks_of(marks)
+        return pids
+
+    return eventually(enough, 30)
+
+
+def check_one_at_a_time(marks: Path, first: int, second: int) -> None:
+    assert second != first
+    assert not [m for m in marks_of(marks) if m[0] == "overlap"], marks_of(marks)
+    # The first run's program and the child it left are gone; the rerun runs.
+    assert group_members(first) == []
+    assert group_members(second) != []
+
+
+def rules_for(tmp_path: Path) -> tuple[str, Path]:
+    marks = tmp_path / "marks"
+    lock = tmp_path / "lock"
+    return RULES.format(script=SCRIPT, lock=lock, marks=marks), marks
+
+
+def test_a_killed_workers_program_is_ended_before_its_rerun(tmp_path: Path) -> None:
+    rules, marks = rules_for(tmp_path)
+    config = {"service": {"workers": 2}, "dispatch": {"shutdown_timeout": "1s"}}
+    d = TrapdDaemon.start(tmp_path, rules=rules, config=config)
+    pids: list[int] = []
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 5), check=True)
+        pids = started(marks, 1)
+        owner = running_owner(d)
+        assert owner is not None and owner.startswith("worker-")
+        index = int(owner.rsplit("-", 1)[1])
+        victim = {int(e["worker"]): int(e["pid"]) for e in d.logs("worker started")}[index]
+        os.kill(victim, signal.SIGKILL)
+        d.wait_log(lambda e: e.get("event") == "worker ready" and e.get("pid") not in (None, victim), 30)
+        pids = started(marks, 2)
+        check_one_at_a_time(marks, pids[0], pids[1])
+        assert d.stop(30) == 0
+    finally:
+        d.close()
+        kill_groups(pids)
+
+
+def test_a_killed_trapd_runs_program_is_ended_before_its_rerun(tmp_path: Path) -> None:
+    rules, marks = rules_for(tmp_path)
+    d = TrapdDaemon.start(tmp_path, rules=rules, config={"dispatch": {"shutdown_timeout": "1s"}})
+    pids: list[int] = []
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 5), check=True)
+        pids = started(marks, 1)
+        d.signal(signal.SIGKILL)
+        d.wait_exit(10)
+        assert group_members(pids[0]) != []  # nothing ended it with trapd (no systemd here)
+        d.launch()
+        d.wait_log("trapd ready", 30, count=2)
+        pids = started(marks, 2)
+        check_one_at_a_time(marks, pids[0], pids[1])
+        assert d.stop(30) == 0
+    finally:
+        d.close()
+        kill_groups(pids)
+
+
+def test_recorded_groups_are_ended_only_for_their_owner_and_only_if_still_theirs(tmp_path: Path) -> None:
+    """The records themselves: another owner's group is left alone, and a record whose process is
+    not the one recorded (its pid reused) ends nothing."""
+    import subprocess
+
+    from trapd.programs import ProgramGroups
+
+    procs = [
+        subprocess.Popen(["/bin/sh", "-c", "sleep 60 & sleep 60"], start_new_session=True) for _ in range(3)
+    ]
+    try:
+        mine, theirs, reused = (p.pid for p in procs)
+
+        def up() -> list[int]:
+            sizes = [len(group_members(p.pid)) for p in procs]
+            assert min(sizes) >= 2, sizes  # the shell and its background sleep at least
+            return sizes
+
+        sizes = eventually(up, 10)
+        ProgramGroups(tmp_path, "worker-0").started(mine, "1")
+        ProgramGroups(tmp_path, "worker-1").started(theirs, "2")
+        ProgramGroups(tmp_path, "worker-0").started(reused, "3")
+        record = tmp_path / "programs" / str(reused)
+        fields = json.loads(record.read_text())
+        fields["start"] -= 1  # as if another process had had this pid
+        record.write_text(json.dumps(fields))
+
+        t0 = time.monotonic()
+        ended = ProgramGroups(tmp_path, "worker-0").end_left()
+        assert time.monotonic() - t0 < 5
+        assert ended == 1
+        assert group_members(mine) == []
+        assert len(group_members(theirs)) == sizes[1]
+        assert len(group_members(reused)) == sizes[2]
+        assert [p.name for p in (tmp_path / "programs").iterdir()] == [str(theirs)]
+        # A lone trapd (no owner) ends every record's group.
+        assert ProgramGroups(tmp_path, None).end_left() == 1
+        assert group_members(theirs) == []
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
