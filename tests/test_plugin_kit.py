@@ -17,7 +17,15 @@ from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import HistoryFilter, SQLiteJournal
 from trapd.kea.errors import KeaUnavailableError
 from trapd.params import Param, ParamError
-from trapd.plugin import ActionContext, ActionLog, PermanentError, RetryableError, action, load_actions
+from trapd.plugin import (
+    ActionContext,
+    ActionLog,
+    PermanentError,
+    RetryableError,
+    action,
+    as_spec,
+    load_actions,
+)
 from trapd.service.logging import configure_logging, get_logger
 from trapd.testing import CapturedLog, KeaDouble, KeaRequest, make_event, make_outcome, plan, run_action
 
@@ -321,3 +329,40 @@ async def test_kea_double_stands_in_for_an_ha_pair() -> None:
     # Without a peer, the pair's client refuses: changing one server alone would split the pair.
     with pytest.raises(PermanentError, match="must say which peer"):
         await run_action(release_on_each_server, {"ip": "192.0.2.7"}, kea=clients)
+
+
+async def test_a_declared_default_is_what_a_rule_would_pass() -> None:
+    # A default is a value the action gets without a rule writing it: it was handed over as
+    # declared, so `default="30s"` reached run() as the text "30s" where a rule's "30s" arrives as
+    # 30.0 (int(params["wait"]) failed on every trap that did not set it), and a default outside
+    # an enum's choices or an integer's bounds was never checked.
+    @action(
+        "kit.defaults",
+        params={"wait": Param("duration", default="30s"), "n": Param("integer", default="5")},
+        settings={"every": Param("duration", default="2m")},
+    )
+    async def defaults(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+        """Returns its defaults."""
+        return {**params, "every": ctx.settings["every"]}
+
+    assert (await run_action(defaults, {})).result == {"wait": 30.0, "n": 5, "every": 120.0}
+
+    async def run(params: dict[str, Any], ctx: ActionContext) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"action kit.bad: parameter 'mode': default: 'c' is not one of a, b"):
+        action("kit.bad", params={"mode": Param("enum", choices=("a", "b"), default="c")})(run)
+    with pytest.raises(TypeError, match=r"action kit.bad: setting 'size': default: 0 is below the minimum 1"):
+        action("kit.bad", params={}, settings={"size": Param("integer", min=1, default=0)})(run)
+
+    class Late:
+        """The class form: the same check."""
+
+        name = "kit.late"
+        params = {"wait": Param("duration", default="soon")}
+
+        async def run(self, params: dict[str, Any], ctx: ActionContext) -> None:
+            pass
+
+    with pytest.raises(TypeError, match=r"action kit.late: parameter 'wait': default: not a duration"):
+        as_spec(Late)

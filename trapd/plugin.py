@@ -44,7 +44,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -180,13 +180,10 @@ def action(
     def wrap(fn: RunFunc) -> ActionSpec:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"action {name}: run must be an async function")
-        _check_params(name, params)
-        if settings is not None:
-            _check_params(name, settings, "setting")
         return ActionSpec(
             name=name,
             run=fn,
-            params=dict(params),
+            params=_check_params(name, params),
             idempotent=idempotent,
             destructive=destructive,
             key=key,
@@ -194,7 +191,7 @@ def action(
             kea_commands=kea_commands,
             kea_families=kea_families,
             per_peer=per_peer,
-            settings=None if settings is None else dict(settings),
+            settings=None if settings is None else _check_params(name, settings, "setting"),
         )
 
     return wrap
@@ -222,16 +219,16 @@ def as_spec(obj: Any) -> ActionSpec:
         raise TypeError(f"{obj!r} is not an action: it needs name, params and an async run")
     if run is None or not inspect.iscoroutinefunction(run):
         raise TypeError(f"action {obj.name}: run must be an async method")
-    _check_params(obj.name, obj.params)
+    params = _check_params(obj.name, obj.params)
     settings = getattr(obj, "settings", None)
     if settings is not None:
         if not isinstance(settings, Mapping):
             raise TypeError(f"action {obj.name}: settings must be a mapping of names to Param")
-        _check_params(obj.name, settings, "setting")
+        settings = _check_params(obj.name, settings, "setting")
     return ActionSpec(
         name=obj.name,
         run=run,
-        params=dict(obj.params),
+        params=params,
         idempotent=bool(getattr(obj, "idempotent", False)),
         destructive=bool(getattr(obj, "destructive", False)),
         key=tuple(getattr(obj, "key", ())),
@@ -239,17 +236,30 @@ def as_spec(obj: Any) -> ActionSpec:
         kea_commands=tuple(getattr(obj, "kea_commands", ())),
         kea_families=getattr(obj, "kea_families", None),
         per_peer=getattr(obj, "per_peer", None),
-        settings=None if settings is None else dict(settings),
+        settings=settings,
     )
 
 
-def _check_params(name: str, params: Mapping[str, Any], what: str = "parameter") -> None:
-    """A declaration trapd can describe and validate; else TypeError (reported as a broken plugin)."""
+def _check_params(name: str, params: Mapping[str, Any], what: str = "parameter") -> dict[str, Param]:
+    """A declaration trapd can describe and validate; else TypeError (reported as a broken plugin).
+
+    Each default is converted as a rule's value would be (``"30s"`` to 30.0): the action gets it
+    without a rule writing it, in the same form; a default that does not fit its type is an error
+    of the plugin's, said at once rather than met on the first trap.
+    """
+    out: dict[str, Param] = {}
     for pname, param in params.items():
         if not isinstance(pname, str) or not isinstance(param, Param):
             raise TypeError(
                 f"action {name}: {what} {pname!r} is declared as {type(param).__name__}, not a Param"
             )
+        if param.default is not None:
+            try:
+                param = replace(param, default=convert(param, param.default, "default"))
+            except ParamError as exc:
+                raise TypeError(f"action {name}: {what} {pname!r}: {exc}") from None
+        out[pname] = param
+    return out
 
 
 def check_settings(
