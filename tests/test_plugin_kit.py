@@ -366,3 +366,31 @@ async def test_a_declared_default_is_what_a_rule_would_pass() -> None:
 
     with pytest.raises(TypeError, match=r"action kit.late: parameter 'wait': default: not a duration"):
         as_spec(Late)
+
+
+def test_a_key_names_declared_parameters() -> None:
+    # key orders actions by the values of the parameters it names; a name that is not a
+    # parameter (a typo, "ipp") or a string (key="ip": the characters i and p) named none, so every
+    # action got a key of its own and two deletions of one address ran at once, without a word.
+    async def run(params: dict[str, Any], ctx: ActionContext) -> None:
+        pass
+
+    ip = {"ip": Param("ipv4")}
+    with pytest.raises(TypeError, match=r"action kit.key: key names 'ipp', not a parameter; it has: ip"):
+        action("kit.key", params=ip, key=("ipp",))(run)
+    with pytest.raises(TypeError, match=r"action kit.key: key is a tuple of parameter names: key=\('ip',\)"):
+        action("kit.key", params=ip, key="ip")(run)  # type: ignore[arg-type]
+
+    class Keyed:
+        """The class form: the same check."""
+
+        name = "kit.keyed"
+        params = ip
+        key = "ip"
+
+        async def run(self, params: dict[str, Any], ctx: ActionContext) -> None:
+            pass
+
+    with pytest.raises(TypeError, match=r"action kit.keyed: key is a tuple of parameter names"):
+        as_spec(Keyed)
+    assert action("kit.key", params=ip, key=("ip",))(run).key == ("ip",)

@@ -186,7 +186,7 @@ def action(
             params=_check_params(name, params),
             idempotent=idempotent,
             destructive=destructive,
-            key=key,
+            key=_check_key(name, key, params),
             doc=inspect.getdoc(fn) or "",
             kea_commands=kea_commands,
             kea_families=kea_families,
@@ -231,7 +231,7 @@ def as_spec(obj: Any) -> ActionSpec:
         params=params,
         idempotent=bool(getattr(obj, "idempotent", False)),
         destructive=bool(getattr(obj, "destructive", False)),
-        key=tuple(getattr(obj, "key", ())),
+        key=_check_key(obj.name, getattr(obj, "key", ()), params),
         doc=inspect.getdoc(type(obj)) or "",
         kea_commands=tuple(getattr(obj, "kea_commands", ())),
         kea_families=getattr(obj, "kea_families", None),
@@ -260,6 +260,21 @@ def _check_params(name: str, params: Mapping[str, Any], what: str = "parameter")
                 raise TypeError(f"action {name}: {what} {pname!r}: {exc}") from None
         out[pname] = param
     return out
+
+
+def _check_key(name: str, key: Any, params: Mapping[str, Param]) -> tuple[str, ...]:
+    """``key`` as a tuple of declared parameter names; else TypeError (reported as a broken plugin).
+
+    A name that is not a parameter orders nothing: every action would get a key of its own.
+    """
+    if not isinstance(key, tuple | list) or not all(isinstance(k, str) for k in key):
+        raise TypeError(f"action {name}: key is a tuple of parameter names: key=({key!r},)")
+    for k in key:
+        if k not in params:
+            raise TypeError(
+                f"action {name}: key names {k!r}, not a parameter; it has: {', '.join(params) or 'none'}"
+            )
+    return tuple(key)
 
 
 def check_settings(
