@@ -83,7 +83,10 @@ class ListenerStats:
     ``dropped_detail``: by (reason, detail) where a finer cause is known.
     ``datagrams``: every datagram read from a socket. ``inform_responses``:
     Response-PDUs sent for v1/v2c informs (v3 ones are sent by pysnmp and
-    counted in ``v3_replies`` together with reports). ``v3_discovery``: engine
+    counted in ``v3_replies`` together with reports). ``inform_too_big``: of
+    those, Responses that said tooBig without the varbinds: the echo of the
+    inform's varbinds would not fit the sender's msgMaxSize or the largest
+    datagram (RFC 3416 4.2.7). ``v3_discovery``: engine
     ID discovery probes and time synchronizations (RFC 3414 section 4: an
     authenticated message with engineBoots and engineTime 0) answered (normal
     before a v3 inform; not a drop).
@@ -94,6 +97,7 @@ class ListenerStats:
     dropped: Counter[str] = field(default_factory=Counter)
     dropped_detail: Counter[tuple[str, str]] = field(default_factory=Counter)
     inform_responses: int = 0
+    inform_too_big: int = 0
     v3_replies: int = 0
     v3_discovery: int = 0
     v3_engine_probes: int = 0  # of v3_discovery: engine-ID probes (usmStatsUnknownEngineIDs reports)
@@ -133,6 +137,7 @@ class ListenerStats:
             "dropped": dict(self.dropped),
             "dropped_detail": {f"{r}/{d}": n for (r, d), n in self.dropped_detail.items()},
             "inform_responses": self.inform_responses,
+            "inform_too_big": self.inform_too_big,
             "v3_replies": self.v3_replies,
             "v3_discovery": self.v3_discovery,
             "v3_engine_probes": self.v3_engine_probes,

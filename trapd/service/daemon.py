@@ -783,6 +783,7 @@ class Daemon:
             last_reload_ok=self._reload_error is None,
             outcomes_lost=self.stats.submit_overflow,
             informs_resent=self.stats.informs_resent,
+            informs_too_big=ls.inform_too_big if ls is not None else 0,
             rate_limit_exempted=sum(self.limiter.stats.exempted.values()) if self.limiter else 0,
             receive_pauses=ls.receive_pauses if ls is not None else 0,
             v3_engines_pushed_out=ls.v3_engines_pushed_out if ls is not None else 0,

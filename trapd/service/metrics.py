@@ -47,6 +47,8 @@ trapd_actions_rejected_total                   counter    rule, reason (template
 trapd_events_unmatched_total                   counter
 trapd_outcomes_lost_total                      counter    matched, not journaled (backlog full, journal down)
 trapd_informs_resent_total                     counter    resent copies of an inform: answered, not run
+trapd_informs_too_big_total                    counter    informs answered tooBig: their varbinds' echo would
+                                                          not fit the sender's msgMaxSize or a datagram
 trapd_dispatch_backlog                         gauge      matched outcomes waiting to be journaled
 trapd_dispatch_backlog_bytes                   gauge      their estimated size in memory (lost beyond 32 MiB)
 trapd_rate_limit_exempted_total                counter    over a rate limit, kept: they clear pending actions
@@ -163,6 +165,9 @@ class DaemonSnapshot:
     # Copies of an inform taken in before (resent: its Response was late or lost), answered without
     # running the rules again (trapd.listener.resends).
     informs_resent: int = 0
+    # Informs answered with a tooBig Response without varbinds (RFC 3416 4.2.7): the usual Response
+    # would not fit the sender's msgMaxSize or a UDP datagram.
+    informs_too_big: int = 0
     # Over a rate limit, but let through because they clear pending actions (linkUp...).
     rate_limit_exempted: int = 0
     # Times the listener stopped reading in a storm for the dispatcher's actions (udp.RECEIVE_SLICE).
@@ -319,6 +324,12 @@ class TrapdCollector:
             "Copies of an inform already taken in, resent by its sender because the Response was late "
             "or lost: answered with the first one's Response, and its rules not run again.",
             value=snap.informs_resent,
+        )
+        yield CounterMetricFamily(
+            "trapd_informs_too_big",
+            "Informs answered with a tooBig Response and no varbinds: the Response echoing their "
+            "varbinds would not fit the sender's msgMaxSize (v3) or a UDP datagram (RFC 3416 4.2.7).",
+            value=snap.informs_too_big,
         )
         yield GaugeMetricFamily(
             "trapd_dispatch_backlog",

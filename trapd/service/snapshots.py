@@ -86,6 +86,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "last_reload_ok": snap.last_reload_ok,
         "outcomes_lost": snap.outcomes_lost,
         "informs_resent": snap.informs_resent,
+        "informs_too_big": snap.informs_too_big,
         "rate_limit_exempted": snap.rate_limit_exempted,
         "receive_pauses": snap.receive_pauses,
         "v3_engines_pushed_out": snap.v3_engines_pushed_out,
@@ -136,6 +137,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         last_reload_ok=bool(data.get("last_reload_ok", True)),
         outcomes_lost=int(data.get("outcomes_lost", 0)),
         informs_resent=int(data.get("informs_resent", 0)),
+        informs_too_big=int(data.get("informs_too_big", 0)),
         rate_limit_exempted=int(data.get("rate_limit_exempted", 0)),
         receive_pauses=int(data.get("receive_pauses", 0)),
         v3_engines_pushed_out=int(data.get("v3_engines_pushed_out", 0)),
@@ -216,7 +218,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     journal: Mapping[str, int] | None = None
     hist: Histogram | None = None
     unmatched = lost = resent = exempted = failed_writes = taken_over = pauses = backlog = backlog_bytes = 0
-    unreadable = put_back = pushed_out = undecodable = 0
+    unreadable = put_back = pushed_out = undecodable = too_big = 0
     checks: dict[Any, int] = {}
     check_seconds = 0.0
     wal_bytes = 0
@@ -249,6 +251,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         unmatched += s.unmatched
         lost += s.outcomes_lost
         resent += s.informs_resent
+        too_big += s.informs_too_big
         exempted += s.rate_limit_exempted
         pauses += s.receive_pauses
         pushed_out += s.v3_engines_pushed_out
@@ -284,6 +287,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         kea_warnings=tuple(kea_warnings),
         outcomes_lost=lost,
         informs_resent=resent,
+        informs_too_big=too_big,
         rate_limit_exempted=exempted,
         receive_pauses=pauses,
         v3_engines_pushed_out=pushed_out,

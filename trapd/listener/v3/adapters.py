@@ -166,11 +166,16 @@ def widen_pysnmp_integer_ranges() -> None:
         spec.__dict__["subtypeSpec"] = spec_range
 
 
+_ERROR_TOO_BIG = 1  # error-status tooBig (RFC 3416)
+
+
 def make_recording_mp() -> Any:
     from pyasn1.error import PyAsn1Error
-    from pysnmp.proto import errind
+    from pysnmp.proto import api, errind
     from pysnmp.proto import error as perror
     from pysnmp.proto.mpmod.rfc3412 import SnmpV3MessageProcessingModel
+
+    v2c = api.v2c
 
     class _RecordingMP(SnmpV3MessageProcessingModel):  # type: ignore[misc]
         """The v3 message processing model, remembering why the last message failed, sending
@@ -186,6 +191,8 @@ def make_recording_mp() -> Any:
         """
 
         last_error: Any = None
+        # Responses to informs sent as tooBig, without their varbinds (see prepare_response_message).
+        too_big = 0
         # usmStats column -> the value a report carries (trapd's count: reports.usm_stats_value);
         # None: pysnmp's own counter.
         counter_value: Callable[[int], int] | None = None
@@ -203,7 +210,58 @@ def make_recording_mp() -> Any:
                 oid = tuple(fields["oid"])
                 if self.counter_value is not None and oid[: len(USM_STATS)] == USM_STATS and len(oid) > 9:
                     fields["val"] = fields["val"].clone(self.counter_value(oid[9]))
-            return super().prepare_response_message(*args)
+            pdu = args[8]
+            if pdu is None or pdu.tagSet != v2c.ResponsePDU.tagSet:
+                return super().prepare_response_message(*args)
+            # The Response to an inform echoes its varbinds. Over the sender's msgMaxSize (or
+            # trapd's), pysnmp raises tooBig once it has encoded it and has by then consumed the
+            # message's state; RFC 3416 4.2.7 wants a tooBig Response with no varbinds instead.
+            # So the state is put back and the short Response encoded with it.
+            snmp_engine, state_reference = args[0], args[10]
+            held = self._hold_state(snmp_engine, state_reference)
+            try:
+                return super().prepare_response_message(*args)
+            except perror.StatusInformation as exc:
+                if held is None or exc.get("errorIndication") is not errind.tooBig:
+                    raise
+            self._put_back_state(snmp_engine, state_reference, held)
+            too_big = pdu.clone()
+            v2c.apiPDU.set_defaults(too_big)
+            v2c.apiPDU.set_request_id(too_big, v2c.apiPDU.get_request_id(pdu))
+            v2c.apiPDU.set_error_status(too_big, _ERROR_TOO_BIG)
+            v2c.apiPDU.set_error_index(too_big, 0)
+            v2c.apiPDU.set_varbinds(too_big, [])
+            self.too_big += 1
+            return super().prepare_response_message(*args[:8], too_big, *args[9:])
+
+        def _hold_state(self, snmp_engine: Any, state_reference: Any) -> tuple[Any, Any] | None:
+            """A copy of the message's and its security model's state, for a second encoding.
+
+            The security model's state goes back under a new reference (its cache hands out
+            references and takes no given one), which the message's state then names.
+            """
+            try:
+                cached = self._cache.pop_by_state_reference(state_reference)
+            except perror.ProtocolError:
+                return None  # expired: pysnmp's own call fails the same way
+            security = snmp_engine.security_models.get(int(cached["securityModel"]))
+            held = None
+            if security is not None:
+                with contextlib.suppress(perror.ProtocolError):
+                    held = cached, security._cache.pop(cached["securityStateReference"])
+                    cached = {**cached, "securityStateReference": security._cache.push(**held[1])}
+            self._cache.push_by_state_reference(state_reference, **cached)
+            return held
+
+        def _put_back_state(self, snmp_engine: Any, state_reference: Any, held: tuple[Any, Any]) -> None:
+            cached, security_data = held
+            security = snmp_engine.security_models[int(cached["securityModel"])]
+            with contextlib.suppress(perror.ProtocolError):  # consumed by the first encoding, or not
+                stale = self._cache.pop_by_state_reference(state_reference)
+                with contextlib.suppress(perror.ProtocolError):
+                    security._cache.pop(stale["securityStateReference"])
+            cached = {**cached, "securityStateReference": security._cache.push(**security_data)}
+            self._cache.push_by_state_reference(state_reference, **cached)
 
         def prepare_data_elements(self, *args: Any) -> Any:
             try:

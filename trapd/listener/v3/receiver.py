@@ -674,6 +674,7 @@ class V3Receiver:
             v2c.apiPDU.set_error_status(rsp, 0)
             v2c.apiPDU.set_error_index(rsp, 0)
             v2c.apiPDU.set_varbinds(rsp, var_binds)
+            too_big = self._mp.too_big
             try:
                 snmpEngine.message_dispatcher.return_response_pdu(
                     snmpEngine,
@@ -691,6 +692,8 @@ class V3Receiver:
                 )
             except perror.StatusInformation:
                 self._stats.send_errors += 1
+            else:
+                self._stats.inform_too_big += self._mp.too_big - too_big
 
         if inform:
             raw.ack = respond
