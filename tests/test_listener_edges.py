@@ -198,3 +198,53 @@ async def test_an_inform_from_source_port_0_is_taken_and_its_unsendable_response
         assert listener.stats.send_errors == 1
         assert listener.stats.inform_responses == 0
         assert listener.stats.dropped_total == 0
+
+
+def _v2c_inform_with_short_unsigned(size: int, count: int) -> bytes:
+    """A v2c inform of exactly ``size`` octets whose first ``count`` varbinds are Counter32
+    4294967295 written without the leading 00 octet (41 04 ff ff ff ff), as some agents write
+    it and trapd reads it; an OCTET STRING takes the slack."""
+    name = encode_tlv(0x06, encode_oid_content((1, 3, 6, 1, 4, 1, 99999, 2)))
+    counter = encode_tlv(0x30, name + b"\x41\x04" + b"\xff" * 4)
+
+    def build(pad: int) -> bytes:
+        name = encode_tlv(0x06, encode_oid_content((1, 3, 6, 1, 4, 1, 99999, 1)))
+        varbinds = encode_tlv(0x30, counter * count + encode_tlv(0x30, name + encode_tlv(0x04, b"x" * pad)))
+        fields = encode_tlv(0x02, (4242).to_bytes(2, "big")) + b"\x02\x01\x00\x02\x01\x00" + varbinds
+        return encode_tlv(0x30, b"\x02\x01\x01" + encode_tlv(0x04, b"public") + encode_tlv(0xA6, fields))
+
+    pad = size - len(build(0))
+    while len(build(pad)) > size:
+        pad -= 1
+    data = build(pad)
+    assert len(data) == size
+    return data
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+async def test_an_inform_whose_response_outgrows_the_largest_datagram_is_answered_toobig(family: int) -> None:
+    """The Response re-encodes the inform's varbinds, and an unsigned value written without its
+    leading 00 octet takes one octet more in it. An inform of the largest datagram with such values
+    had a Response a few octets over what the family carries: sendto failed (EMSGSIZE) and the
+    sender was never answered, however often it resent. RFC 3416 4.2.7: tooBig, no varbinds."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    got: list[RawNotification] = []
+    config = ListenerConfig(listen=(ListenAddress(host, 0),), communities=(Secret("public"),))
+    size = LARGEST[family]
+    with socket.socket(family, socket.SOCK_DGRAM) as sender:
+        sender.bind((host, 0))
+        sender.setblocking(False)
+        async with Listener(config, got.append) as listener:
+            target = listener.bound[0].address
+            sender.sendto(_v2c_inform_with_short_unsigned(size, 3), (target.host, target.port))
+            response = await _receive(sender)
+            await _until(lambda: len(got) == 1)
+            assert listener.stats.send_errors == 0
+            assert listener.stats.inform_too_big == 1
+    assert len(response) <= size
+    _, start, end = read_header(response, 0, len(response))
+    pos = expect(response, start, end, 0x02)[1]  # version
+    pos = expect(response, pos, end, 0x04)[1]  # community
+    assert response[pos] == 0xA2
+    tail = response[pos + 2 :]  # request-id, error-status tooBig, error-index 0, no varbinds
+    assert tail == encode_tlv(0x02, (4242).to_bytes(2, "big")) + b"\x02\x01\x01\x02\x01\x00\x30\x00"

@@ -111,6 +111,7 @@ __all__ = [
     "decode_pdu_body",
     "decode_unless_v3",
     "encode_inform_response",
+    "inform_response",
     "message_version",
 ]
 
@@ -554,24 +555,31 @@ _EXCEPTION_NAMES: Final = ("noSuchObject", "noSuchInstance", "endOfMibView")
 _ZERO_TLV: Final = b"\x02\x01\x00"
 
 
-def encode_inform_response(msg: FastMessage) -> bytes:
-    """The v2c Response-PDU that acknowledges an InformRequest (RFC 3416 4.2.7).
+def encode_inform_response(msg: FastMessage, limit: int = MAX_MESSAGE) -> bytes:
+    """The v2c Response-PDU that acknowledges an InformRequest: see :func:`inform_response`."""
+    return inform_response(msg, limit)[0]
+
+
+def inform_response(msg: FastMessage, limit: int = MAX_MESSAGE) -> tuple[bytes, bool]:
+    """The v2c Response-PDU that acknowledges an InformRequest (RFC 3416 4.2.7), and whether it says tooBig.
 
     Same version, community and request-id, error-status 0, error-index 0
     and the same varbinds, re-encoded in minimal BER. Should that exceed
-    MAX_MESSAGE (only possible for a hand-built message, since a decoded
-    one was at most that size), RFC 3416 4.2.7 asks for a tooBig response
-    with no varbinds instead, which is what this returns.
+    ``limit`` (the largest UDP payload to the sender: 65,507 octets over IPv4,
+    :data:`MAX_MESSAGE` over IPv6), RFC 3416 4.2.7 asks for a tooBig response
+    with no varbinds instead, which is what this returns. The re-encoding can
+    be a few octets longer than the inform: an unsigned value written without
+    its leading 00 octet (ff ff ff ff read as 4294967295) gains it.
     """
     if msg.version != "v2c" or msg.pdu != "inform" or msg.request_id is None:
         raise ValueError("only a v2c InformRequest is acknowledged")
     head = encode_tlv(TAG_INTEGER, encode_integer_content(msg.request_id))
     varbind_list = _encode_varbinds(msg.varbinds)
     message = _response(msg.community, head + _ZERO_TLV + _ZERO_TLV, varbind_list)
-    if len(message) > MAX_MESSAGE:
-        error = encode_tlv(TAG_INTEGER, encode_integer_content(_ERROR_TOO_BIG))
-        message = _response(msg.community, head + error + _ZERO_TLV, b"")
-    return message
+    if len(message) <= limit:
+        return message, False
+    error = encode_tlv(TAG_INTEGER, encode_integer_content(_ERROR_TOO_BIG))
+    return _response(msg.community, head + error + _ZERO_TLV, b""), True
 
 
 def _response(community: bytes, header_fields: bytes, varbind_list: bytes) -> bytes:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from trapd.bounded import BoundedCache
 from trapd.listener import fastpath
@@ -608,8 +608,10 @@ class Listener:
     ) -> None:
         """Send the Response to a v2c inform (now, or later when the callback deferred it)."""
         try:
-            reply(fastpath.encode_inform_response(msg), addr)
+            response, too_big = fastpath.inform_response(msg, largest_payload(addr))
+            reply(response, addr)
             self.stats.inform_responses += 1
+            self.stats.inform_too_big += too_big
         except Exception:
             self.stats.send_errors += 1
 
@@ -640,6 +642,18 @@ class Listener:
 
     def _emit_drop_line(self, event: str, fields: dict[str, Any]) -> None:
         self._log.warning(event, **fields)
+
+
+# The largest UDP payload to a peer: 65,535 less the UDP header and, over IPv4, the IP header.
+_LARGEST_IPV4_PAYLOAD: Final = 65507
+
+
+def largest_payload(addr: tuple[Any, ...]) -> int:
+    """The largest datagram that can be sent to ``addr`` (an IPv4-mapped IPv6 address is IPv4)."""
+    host = str(addr[0])
+    if ":" not in host or (host.startswith("::ffff:") and "." in host):
+        return _LARGEST_IPV4_PAYLOAD
+    return fastpath.MAX_MESSAGE
 
 
 def best_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
