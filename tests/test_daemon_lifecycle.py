@@ -212,3 +212,31 @@ def test_inform_is_acknowledged_once_received(tmp_path: Path) -> None:
         assert d.stop() == 0
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ready_sent_while_the_notify_socket_was_away_reaches_systemd_later(
+    tmp_path: Path, workers: int
+) -> None:
+    """systemd's notify socket missing for a moment at trapd's READY=1 (a daemon-reexec; or its
+    buffer full): the datagram was lost, trapd logged one warning and went on, and systemd, which
+    never heard READY=1, killed the running trapd at its start timeout (90 s) and restarted it.
+    Now it goes with the next STATUS= (every status_interval)."""
+    d = TrapdDaemon(tmp_path, free_port(), free_port(socket.SOCK_STREAM))
+    d.rules_path.write_text(LOG_RULES)
+    d.write_config({"service": {"workers": workers}})
+    path = tmp_path / "notify.sock"
+    d.env["NOTIFY_SOCKET"] = str(path)  # not there yet
+    d.launch()
+    try:
+        # The supervisor's line (a worker's comes first, and says nothing to systemd).
+        d.wait_log(lambda e: e.get("event") == "trapd ready" and (workers == 1 or "workers" in e), 30)
+        with NotifySocket(path) as manager:
+            ready = manager.wait_for("READY", 10)
+            assert "STATUS" in ready, ready
+            assert d.stop() == 0
+            assert manager.wait_for("STOPPING", 5)
+        (lost,) = d.logs("sd_notify failed: READY=1 lost, sent again with the next message")
+        assert lost["level"] == "warning", lost
+    finally:
+        d.close()

@@ -208,3 +208,44 @@ def test_a_manager_that_stops_reading_never_blocks_the_daemon(tmp_path: Path) ->
         deaf.close()
     assert sent[0] is True
     assert sent[-1] is False  # the buffer filled up and later messages were dropped
+
+
+def test_a_lost_state_message_goes_with_the_next_message(tmp_path: Path) -> None:
+    """READY=1 sent while the manager's socket was not there (systemd re-executing itself, a full
+    socket buffer) was lost for good: the unit stayed 'activating' until its start timeout, and
+    systemd then killed a trapd that was up and acting on traps. A state message (READY=1,
+    RELOADING=1, STOPPING=1) that could not be sent now goes with the next message sent (the
+    STATUS= and WATCHDOG=1 of the status loop), unless a newer state message replaced it."""
+    path = tmp_path / "notify"
+    n = Notifier({"NOTIFY_SOCKET": str(path)})
+    assert n.ready("up") is False
+    assert n.status("lost too") is False
+    with NotifySocket(path) as manager:
+        assert n.status("1 received")
+        assert manager.receive() == {"READY": "1", "STATUS": "1 received"}
+        assert n.watchdog()
+        assert manager.receive() == {"WATCHDOG": "1"}  # sent once: nothing pending any more
+    # A newer state message replaces the lost one: the lost RELOADING=1 is not sent after READY=1.
+    assert n.reloading("reloading") is False
+    with NotifySocket(path) as manager:
+        assert n.ready("reloaded")
+        assert manager.receive() == {"READY": "1", "STATUS": "reloaded"}
+        assert n.status("x")
+        assert manager.receive() == {"STATUS": "x"}
+    assert n.stopping("stopping") is False
+    with NotifySocket(path) as manager:
+        assert n.extend_timeout(30)
+        assert manager.receive() == {"STOPPING": "1", "STATUS": "stopping", "EXTEND_TIMEOUT_USEC": "30000000"}
+
+
+def test_a_lost_reloading_keeps_its_monotonic_usec(tmp_path: Path) -> None:
+    """Type=notify-reload wants MONOTONIC_USEC= of when the reload began, not of the resend."""
+    path = tmp_path / "notify"
+    n = Notifier({"NOTIFY_SOCKET": str(path)})
+    assert n.reloading() is False
+    began = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    time.sleep(0.01)
+    with NotifySocket(path) as manager:
+        assert n.status("reloading")
+        msg = manager.receive()
+    assert msg["RELOADING"] == "1" and int(msg["MONOTONIC_USEC"]) <= began and msg["STATUS"] == "reloading"

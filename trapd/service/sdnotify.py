@@ -50,11 +50,20 @@ def _socket_address(value: str) -> str | bytes | None:
     return None
 
 
+# The fields that change the unit's state in systemd's eyes. One of them lost is not a lost STATUS
+# line: without READY=1 systemd kills a running trapd at its start timeout, without the READY=1
+# that ends a reload `systemctl reload` waits, and the unit stays "reloading".
+STATE_FIELDS = ("READY=1", "RELOADING=1", "STOPPING=1")
+
+
 class Notifier:
     """Talks to the service manager; every method is a no-op without NOTIFY_SOCKET.
 
-    Send failures are logged once and otherwise ignored: a service manager
-    that went away must never take the daemon down with it.
+    Send failures are otherwise ignored (a service manager that went away must never take the
+    daemon down with it), and a lost STATUS= or WATCHDOG=1 is logged once. A lost state message
+    (:data:`STATE_FIELDS`: systemd's socket away for a moment while it re-executes, or its buffer
+    full) is kept and sent with the next message that goes (the status loop's STATUS= every
+    ``status_interval``), unless a newer state message replaced it; each such loss is logged.
     """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -63,6 +72,7 @@ class Notifier:
         self._address = _socket_address(self._socket_name)
         self._sock: socket.socket | None = None
         self._warned = False
+        self._pending: tuple[str, ...] = ()  # a state message not delivered yet, as it was made
         self._watchdog_usec = self._parse_watchdog(env)
 
     @staticmethod
@@ -83,10 +93,16 @@ class Notifier:
         return self._address is not None
 
     def send(self, *fields: str) -> bool:
-        """Send one message made of ``KEY=VALUE`` fields; True if it was handed to the socket."""
+        """Send one message made of ``KEY=VALUE`` fields; True if it was handed to the socket.
+
+        A state message still pending goes first in the same datagram, or is dropped when
+        ``fields`` are a newer state message.
+        """
         if self._address is None:
             return False
-        message = "\n".join(fields).encode("utf-8", "replace")
+        state = next((f for f in fields if f in STATE_FIELDS), None)
+        pending = self._pending if state is None else ()
+        message = "\n".join((*pending, *fields)).encode("utf-8", "replace")
         try:
             if self._sock is None:
                 # Non-blocking: this runs on the event loop, and a manager that
@@ -97,10 +113,21 @@ class Notifier:
                 )
             self._sock.sendto(message, self._address)
         except OSError as exc:
-            if not self._warned:
+            if state is not None:
+                self._pending = fields
+                log.warning(
+                    f"sd_notify failed: {state} lost, sent again with the next message",
+                    error=str(exc),
+                    socket=self._socket_name,
+                )
+            elif not self._warned:
                 self._warned = True
                 log.warning("sd_notify failed", error=str(exc), socket=self._socket_name)
             return False
+        if self._pending and (pending or state is not None):
+            if pending:
+                log.info("sd_notify: a lost state message delivered", fields=list(pending))
+            self._pending = ()
         return True
 
     def ready(self, status: str | None = None) -> bool:
