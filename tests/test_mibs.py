@@ -2087,3 +2087,19 @@ def test_a_module_on_a_stand_in_still_loads_after_another_file_changes(tmp_path:
     again = MibResolver.load(config, compile_in_process=True)
     assert again.is_notification("NEEDS-TC2-MIB::needsTcEvent"), again.problems
     assert again.problems == first.problems  # the stand-in's warning, nothing more
+
+
+def test_a_snapshot_that_does_not_fit_on_the_disk_leaves_no_partial_file(tmp_path: Path) -> None:
+    """The resolver's snapshot (2-3 MB) written to a nearly full state directory: the write
+    failed (ENOSPC), which is fine for a cache, but its temp file stayed with every byte it got,
+    so the disk was left full: the journal beside it could not open ('disk I/O error ... 0 bytes
+    free' with 2 MiB free before the start), and each restart (another pid) left another one."""
+    from tmpfs_support import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "fs", "4m") as fs:
+        st = os.statvfs(fs)
+        (fs / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 512 * 1024))
+        r = MibResolver.load(MibConfig(cache_dir=fs / "cache"))
+        assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())  # all the same, from the shipped index
+        left = [p.name for p in (fs / "cache").rglob("*") if ".tmp" in p.name]
+        assert left == [], left

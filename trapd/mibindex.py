@@ -379,8 +379,12 @@ def write_index(data: dict[str, Any], path: Path) -> None:
     """Write an index atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # cut short (a full disk): not left holding the space
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:

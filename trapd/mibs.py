@@ -294,14 +294,17 @@ class MibResolver:
         )
 
     def _write_snapshot(self, path: Path, key: str) -> None:
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         try:
             blob = marshal.dumps((SNAPSHOT_FORMAT, key, self._snapshot()))
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
             tmp.write_bytes(blob)
             os.replace(tmp, path)
         except (OSError, ValueError):
-            pass  # a cache, not a requirement
+            # A cache, not a requirement; but a write cut short by a full disk is removed, or it
+            # kept the last free bytes of the state directory, which the journal beside it needs.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     @classmethod
     def _from_snapshot(cls, path: Path, key: str) -> MibResolver | None:
