@@ -621,3 +621,34 @@ async def test_restore_with_a_partner_row_that_cannot_be_read_back_restores_the_
     assert f"journal entry {partner.id}" in err and "cannot be read back" in err, err
     assert "trapd journal show" in err, err
     assert servers[0].lease4(macs[mac]) is not None and servers[1].lease4(macs[mac]) is None
+
+
+async def test_restore_names_a_part_still_to_be_retried_and_restores_the_others(
+    kea_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A partner part that is still to run (failed, to be retried: its server was down midway,
+    with the leases it recorded) is not restored: its retry would delete them again. It is named
+    with what to do (cancel it first), the other peer's part goes back, exit 1; --peer naming the
+    other peer leaves it out."""
+    import sqlite3
+
+    from trapd.config import load_config
+
+    servers, cfg_path, macs, entries = await deleted_on_two_peers(kea_factory, tmp_path)
+    mac = next(iter(macs))
+    mine = next(e for e in entries if e.params["hw-address"] == mac and e.params["peer"] == "server1")
+    retrying = next(e for e in entries if e.params["hw-address"] == mac and e.params["peer"] == "server2")
+    config = load_config(cfg_path)
+    with sqlite3.connect(config.dispatch.journal.file(config.state_dir)) as db:
+        db.execute("UPDATE actions SET state = 'failed' WHERE id = ?", (retrying.id,))
+    capsys.readouterr()
+
+    assert await_sync(trapd, ["kea", "restore", str(mine.id), "-c", str(cfg_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.split("\n")[:-1] == [f"restored  {macs[mac]}  on server1"], captured.out
+    assert f"journal entry {retrying.id} (peer server2) is failed" in captured.err, captured.err
+    assert f"trapd journal cancel {retrying.id}" in captured.err, captured.err
+    assert servers[0].lease4(macs[mac]) is not None and servers[1].lease4(macs[mac]) is None
+    argv = ["kea", "restore", str(mine.id), "--peer", "server1", "-c", str(cfg_path)]
+    assert await_sync(trapd, argv) == 0
+    assert capsys.readouterr().err == ""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -486,6 +488,121 @@ def test_each_host_listing_its_own_server_as_a_plain_endpoint_is_said_until_fixe
         assert ha.servers["server2"].lease4(ip["server2"]) is not None  # what the warning is about
         status, body = b.healthz()  # still said: nothing about it has changed
         assert body["status"] == "warning" and any("plain endpoint" in w for w in body["kea"]), body
+    finally:
+        for d in hosts:
+            d.stop()
+
+
+def test_restore_after_a_host_with_workers_died_mid_deletion_puts_every_lease_back_on_both(
+    tmp_path: Path, pg_server: PgServer, ha: HaPair
+) -> None:
+    """The restore path after a takeover, with real components: dhcp1 and dhcp2 with
+    ``service.workers: 2`` each, each reaching its own Kea server over the unix socket and the
+    partner over its Control Agent (listing its own first). One MAC holds many leases on both
+    servers; dhcp2 is stopped (maintenance) and a linkDown sent to dhcp1 deletes them, one part
+    per peer, run by dhcp1's workers. dhcp1 dies whole (supervisor and workers) while a part is
+    deleting: some of that server's leases gone, its row running with the leases recorded before
+    the deletion.
+
+    A restore then (on dhcp2, from its trapd.yaml) would put the leases back, and dhcp2, once
+    started, takes the dead host's part over and deletes them all again: the restore is undone
+    without a word. It is refused for that part (named, exit 1), and nothing is re-added. dhcp2
+    starts, takes the claim over (lease 3 s) and finishes the deletion; then `trapd kea restore`
+    of one part puts every lease back on both servers, those dhcp1 deleted before it died
+    included; run again, every lease is there already."""
+    from test_pair_workers import kill_all
+
+    url = pg_server.new_database()
+    unix, ca = ha.trapd_endpoints("unix"), ha.trapd_endpoints("ca")
+    hosts: list[TrapdDaemon] = []
+    try:
+        for name, own in (("dhcp1", 0), ("dhcp2", 1)):
+            pair4 = {**unix["pair4"], "peers": [unix["pair4"]["peers"][own], ca["pair4"]["peers"][1 - own]]}
+            config = {
+                "kea": {"endpoints": {"pair4": pair4}, "poll_interval": "0.3s"},
+                "service": {"workers": 2},
+                "dispatch": {
+                    "journal": {"url": url, "instance": name, "lease": "3s", "poll_interval": "200ms"},
+                    "interrupted": "hold-unsafe",
+                    **FAST_RETRY,
+                },
+            }
+            rules = DELETE_RULES.format(cap="cap: {limit: 100000, per: 1m}")
+            hosts.append(TrapdDaemon.start(tmp_path / name, rules=rules, config=config, timeout=60))
+        a, b = hosts
+        b.stop()
+        mac, count = "0a:00:27:00:75:01", 400
+        ips = [ha.servers["server1"].next_ip4() for _ in range(count)]
+        for inst in ha.servers.values():
+            for ip in ips:
+                inst.add_lease4(ip, mac)
+
+        def held() -> dict[str, int]:
+            return {
+                name: len((inst.cmd4("lease4-get-by-hw-address", {"hw-address": mac}).get("arguments") or {})
+                          .get("leases", []))
+                for name, inst in ha.servers.items()
+            }  # fmt: skip
+
+        assert held() == {"server1": count, "server2": count}
+        # The moment a part has journaled its leases (committed before it deletes any), the Kea
+        # servers are paused, so that dhcp1 dies in the middle of the deletion, not after it (400
+        # deletions take well under a second); they go on once dhcp1 is dead.
+        keas = [inst.procs["kea-dhcp4"] for inst in ha.servers.values()]
+        with psycopg.connect(url, autocommit=True) as conn:
+            send(a, 71, 750_071, mac)
+            deadline = time.monotonic() + 30
+            while not conn.execute(
+                "SELECT 1 FROM trapd_actions WHERE state = 'running' AND result IS NOT NULL"
+            ).fetchall():
+                assert time.monotonic() < deadline, rows(url)
+            for p in keas:
+                p.send_signal(signal.SIGSTOP)
+        try:
+            kill_all(a)
+        finally:
+            for p in keas:
+                p.send_signal(signal.SIGCONT)
+        midway = [r for r in rows(url) if r["state"] == "running" and r["result"]]
+        left = held()
+        print(f"dhcp1 killed with {len(midway)} part(s) deleting; leases left: {left}")
+        assert midway, rows(url)
+
+        restore = [sys.executable, "-m", "trapd", "kea", "restore", str(midway[0]["id"]),
+                   "--config", str(b.config_path)]  # fmt: skip
+        early = subprocess.run(restore, capture_output=True, text=True, timeout=120)
+        assert early.returncode == 1, early.stdout[-2000:] + early.stderr
+        first = midway[0]
+        assert f"journal entry {first['id']} (peer {first['params']['peer']}) is running" in early.stderr
+        assert held() == left, early.stdout[-2000:]  # nothing re-added that the takeover deletes again
+
+        b.launch()
+        b.wait_ready(60)
+
+        def finished() -> list[dict[str, Any]] | None:
+            got = [r for r in rows(url) if r["action"] == "kea.lease-del"]
+            return got if len(got) == 2 and all(r["state"] == "done" for r in got) else None
+
+        parts = wait_for("dhcp2 finished the deletion", finished, 60)
+        assert held() == {"server1": 0, "server2": 0}
+        by_peer = {r["params"]["peer"]: r for r in parts}
+        for peer, r in by_peer.items():
+            recorded = {lease["ip-address"] for lease in r["result"]["leases"]}
+            summary = {k: v for k, v in r["result"].items() if k != "leases"}
+            assert recorded == set(ips), (peer, len(recorded), summary)
+        taken = b.wait_log("took over the running actions of a host that stopped renewing its claims")
+        assert {n for t in taken for n in t["from"]} <= {"dhcp1/worker-0", "dhcp1/worker-1"}, taken
+
+        r = subprocess.run(restore, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+        out = r.stdout.splitlines()
+        for peer in ("server1", "server2"):
+            back = sum(line.startswith("restored ") and line.endswith(f"on {peer}") for line in out)
+            assert back == count, (peer, out[:20])
+        assert held() == {"server1": count, "server2": count}
+        again = subprocess.run(restore, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr
+        assert sum(line.startswith("exists ") for line in again.stdout.splitlines()) == 2 * count
     finally:
         for d in hosts:
             d.stop()

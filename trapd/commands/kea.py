@@ -22,7 +22,11 @@ trapd kea restore --file leases.json [--endpoint NAME]
     lease*-add commands instead of sending them. On an HA relationship the
     journal holds one entry per peer; any of them restores on every peer
     where the lease was removed (--peer NAME: on that one only); a partner
-    entry whose row cannot be read back is named and not acted on (exit 1).
+    entry whose row cannot be read back is named and not acted on (exit 1),
+    and so is an entry whose deletion has not ended (pending, scheduled,
+    failed and to be retried, or running, as the row of a host that died
+    is until another host takes it over): when it runs, it would delete
+    what the restore put back.
     Leases go back to the endpoint they were deleted from, as recorded. A
     record whose endpoint trapd.yaml no longer has (renamed, removed), or
     that names none (a bare list of leases), is refused with the endpoint
@@ -190,10 +194,18 @@ class _Part:
     host: str | None = None
 
 
-async def _recorded(config: Any, args: argparse.Namespace, unreadable: list[Any]) -> list[_Part]:
+# A deletion in these states has not ended: it runs (again, or on, after a takeover), and deletes
+# what a restore puts back now.
+UNFINISHED = ("scheduled", "pending", "running", "failed")
+
+
+async def _recorded(
+    config: Any, args: argparse.Namespace, unreadable: list[Any], unfinished: list[Any]
+) -> list[_Part]:
     """The recorded kea.lease-del result(s): on an HA relationship one per peer it ran on.
 
-    The partner entries whose rows cannot be read back are put in ``unreadable``: not acted on."""
+    The partner entries whose rows cannot be read back are put in ``unreadable``, and the
+    entries whose deletion has not ended in ``unfinished``: neither is acted on."""
     if args.file:
         data = json.loads(Path(args.file).read_text(encoding="utf-8"))
         _check_file_leases(args.file, data)
@@ -251,6 +263,12 @@ async def _recorded(config: Any, args: argparse.Namespace, unreadable: list[Any]
         await journal.close()
     parts = []
     for e in entries:
+        if e.state in UNFINISHED and not args.journal:
+            # Its leases put back now would be deleted again when it runs: by this host's retry,
+            # or, a host that died while running it, by the host that takes its claim over. (A
+            # journal read with --journal, moved aside or copied, is run by no daemon.)
+            unfinished.append(e)
+            continue
         result = json.loads(e.result) if isinstance(e.result, str) else e.result
         if not result:
             if e.id == args.journal_id:
@@ -373,8 +391,9 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
     from trapd.dispatch.journal import JournalError
 
     unreadable: list[Any] = []
+    unfinished: list[Any] = []
     try:
-        parts = await _recorded(config, args, unreadable)
+        parts = await _recorded(config, args, unreadable, unfinished)
     except (OSError, ValueError, LookupError, JournalError) as exc:
         print(f"trapd kea restore: {exc}", file=sys.stderr)
         return 1
@@ -383,6 +402,22 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
         parts = [p for p in parts if p.peer == args.peer]
     if args.peer:
         unreadable = [e for e in unreadable if e.params.get("peer") in (None, args.peer)]
+        unfinished = [e for e in unfinished if e.params.get("peer") in (None, args.peer)]
+    for e in unfinished:
+        peer = e.params.get("peer")
+        later = (
+            "wait for its end (a host that died running it: another host takes it over once its "
+            "claim's lease has run out) and restore again"
+            if e.state == "running"
+            else f"`trapd journal cancel {e.id}` first to keep what a restore puts back, then restore again"
+        )
+        print(
+            f"trapd kea restore: journal entry {e.id}"
+            + (f" (peer {peer})" if isinstance(peer, str) else "")
+            + f" is {e.state}: its deletion has not ended, and when it runs it deletes what a restore "
+            f"would put back now: nothing restored from it; {later}",
+            file=sys.stderr,
+        )
     for e in unreadable:
         peer = e.params.get("peer")
         print(
@@ -393,7 +428,7 @@ async def _restore(config: Any, args: argparse.Namespace) -> int:
             "--file FILE restores it)",
             file=sys.stderr,
         )
-    failed = 1 if unreadable else 0
+    failed = 1 if unreadable or unfinished else 0
     todo = [(p, leases_from_result(p.result)) for p in parts]
     if not any(leases for _, leases in todo):
         print("nothing to restore: no leases recorded")
