@@ -163,6 +163,18 @@ class Redactor:
             text, complete = text[:length], False
         return text if complete else self.mask_end(text)
 
+    def bounded(self, text: str, limit: int) -> str:
+        """``text`` masked and, past ``limit`` characters, cut there and marked ``… (N characters)``
+        with its whole length; only its start is masked (a text of 50 MB costs ``2 * limit``).
+
+        What trapd keeps of a plugin's text (an error, a traceback, a result's JSON) goes through
+        here. The start is taken twice as long as kept: masking shortens it, and the end of the
+        part taken, a cut through a secret's form maybe, is masked as any cut end is (:meth:`cut`).
+        """
+        if len(text) <= limit:
+            return self.redact(text)
+        return f"{self.cut(text[: 2 * limit], limit, complete=False)}… ({len(text)} characters)"
+
     def mask_end(self, text: str) -> str:
         """``text`` (masked already) with an end that could be the start of a secret's form masked."""
         cut = len(text)

@@ -172,11 +172,7 @@ def error_text(exc: BaseException) -> str:
         text = str(exc)
     except Exception as failed:  # its own __str__: anything
         return f"(str() failed: {type(failed).__name__})"
-    if len(text) > ERROR_LIMIT:
-        if REDACTOR:
-            text = REDACTOR.redact(text)
-        text = f"{text[:ERROR_LIMIT]}… ({len(text)} characters)"
-    return text
+    return REDACTOR.bounded(text, ERROR_LIMIT)
 
 
 def _job_fields(job: _Job) -> dict[str, str]:

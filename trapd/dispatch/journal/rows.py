@@ -221,15 +221,27 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
+# What the journal keeps of an action's result: its JSON up to RESULT_LIMIT characters (a
+# kea.lease-del of a few thousand leases, which `trapd kea restore` reads back, fits); beyond,
+# a plugin that returned a whole answer (megabytes) would put it in the row, in every `trapd
+# journal show` and in the WAL, so it is kept as {"truncated": LENGTH, "start": its first
+# RESULT_START characters}. A result JSON cannot hold is kept as its repr, cut likewise.
+RESULT_LIMIT = 1 << 20
+RESULT_START = 8192
+REPR_LIMIT = 1000
+
+
 def dumps_result(result: Any) -> str:
     """An action's result as the journal stores it: its JSON, or ``{"repr": ...}`` of what JSON
-    cannot hold (a dict with tuple keys, a cycle). Encoded once, where it is stored: the
-    dispatcher used to encode every result on its event loop only to check it (2 % of the loop's
-    time in bench_kea.py --e2e)."""
+    cannot hold (a dict with tuple keys, a cycle), bounded (RESULT_LIMIT). Encoded once, where it
+    is stored: the dispatcher used to encode every result on its event loop only to check it (2 %
+    of the loop's time in bench_kea.py --e2e)."""
     try:
         text = dumps(result)
     except (TypeError, ValueError):
-        text = dumps({"repr": repr(result)[:1000]})
+        return dumps({"repr": REDACTOR.bounded(repr(result), REPR_LIMIT)})
+    if len(text) > RESULT_LIMIT:
+        return dumps({"truncated": len(text), "start": REDACTOR.bounded(text, RESULT_START)})
     # A program's output or an echoing receiver's answer may carry a secret the action was given.
     return REDACTOR.redact(text) if REDACTOR else text
 

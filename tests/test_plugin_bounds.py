@@ -1,0 +1,113 @@
+"""What a plugin returns or raises is bounded where trapd keeps it: the journal's result, the
+log's traceback. A site plugin that returns a whole answer (megabytes), or raises an exception
+whose text is one, or a chain of thousands, went into the journal row and into one log line
+whole. Cut with a marker, and a cut keeps no start of a secret (the redactor's cut, as for
+exec's output)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trapd.dispatch.config import DispatchConfig, JournalConfig, RetryDefaults
+from trapd.dispatch.dispatcher import Dispatcher
+from trapd.dispatch.journal import SQLiteJournal
+from trapd.dispatch.journal.model import Entry
+from trapd.dispatch.testing import make_event, make_outcome, plan
+from trapd.plugin import ActionContext, ActionSpec, action
+from trapd.secrets import REDACTOR
+
+TOKEN = "b0und-t0ken-0123456789abcdefghijklmnopqrstuvwxyz"
+START = TOKEN[:8]  # what a cut through the token leaves, and no innocent text has
+CONFIG = DispatchConfig(
+    workers=1,
+    shutdown_timeout=1.0,
+    journal=JournalConfig(poll_interval=0.05),
+    retry=RetryDefaults(max_attempts=2, backoff=0.05, max_backoff=0.1, jitter=0.0),
+)
+
+
+@pytest.fixture
+def token() -> Iterator[str]:
+    REDACTOR.hold(TOKEN)
+    try:
+        yield TOKEN
+    finally:
+        REDACTOR.release(TOKEN)
+
+
+async def run_one(tmp_path: Path, spec: ActionSpec, outcome: str) -> Entry:
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        d = Dispatcher(CONFIG, journal, {spec.name: spec}, kea=None)
+        await d.start()
+        try:
+            (id_,) = await d.submit(make_event(), make_outcome(plan(spec.name, {})))
+            deadline = time.monotonic() + 30
+            while d.stats.outcomes[(spec.name, outcome)] < 1:
+                assert time.monotonic() < deadline, dict(d.stats.outcomes)
+                await asyncio.sleep(0.02)
+        finally:
+            await d.stop(0.5)
+        entry = await journal.get(int(id_), with_event=False)
+    assert entry is not None
+    return entry
+
+
+def returning(value: Any) -> ActionSpec:
+    @action("returns", params={})
+    async def returns(params: dict[str, Any], ctx: ActionContext) -> Any:
+        """Return what the test says (test action)."""
+        return value
+
+    return returns
+
+
+def raising(make: Callable[[], BaseException]) -> ActionSpec:
+    @action("raises", params={})
+    async def raises(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Raise what the test says (test action)."""
+        raise make()
+
+    return raises
+
+
+async def test_a_huge_result_is_journaled_cut_with_its_length(tmp_path: Path) -> None:
+    entry = await run_one(tmp_path, returning({"answer": "a" * 5_000_000}), "done")
+    stored = json.dumps(entry.result)
+    assert len(stored) < 20_000, len(stored)
+    assert isinstance(entry.result, dict)
+    assert entry.result["truncated"] == len('{"answer":""}') + 5_000_000
+    assert str(entry.result["start"]).startswith('{"answer":"aaaa')
+
+
+async def test_a_result_of_normal_size_is_journaled_whole(tmp_path: Path) -> None:
+    mac = "00:11:22:33:44:55"
+    leases = [{"ip-address": f"10.0.{i // 250}.{i % 250}", "hw-address": mac} for i in range(2000)]
+    entry = await run_one(tmp_path, returning({"deleted": len(leases), "leases": leases}), "done")
+    assert entry.result == {"deleted": 2000, "leases": leases}
+
+
+async def test_a_result_json_cannot_hold_cut_in_its_repr_keeps_no_start_of_a_secret(
+    tmp_path: Path, token: str
+) -> None:
+    # A dict with a tuple key is journaled as its repr, cut to 1,000 characters: the cut went
+    # through the token, and the start it left was not the token, so it stayed in clear.
+    value = {("k",): "p" * (1000 - len("{('k',): '") - 9) + token}
+    entry = await run_one(tmp_path, returning(value), "done")
+    assert isinstance(entry.result, dict) and str(entry.result["repr"]).startswith("{('k',): 'ppp")
+    assert START not in json.dumps(entry.result), entry.result
+
+
+def test_the_bounded_text_is_the_redactor_s_cut(token: str) -> None:
+    for pad in range(0, 40):
+        text = "x" * (1000 - pad) + token + "y" * 5000
+        cut = REDACTOR.bounded(text, 1000)
+        assert START not in cut and token[:4] not in cut[-len(token) - 30 :], (pad, cut[-80:])
+        assert cut.endswith(f"… ({len(text)} characters)")
+    assert REDACTOR.bounded(f"short {token}", 1000) == "short ***"
