@@ -7,7 +7,9 @@ exec's output)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from trapd.dispatch.journal.model import Entry
 from trapd.dispatch.testing import make_event, make_outcome, plan
 from trapd.plugin import ActionContext, ActionSpec, action
 from trapd.secrets import REDACTOR
+from trapd.service.logging import configure_logging
 
 TOKEN = "b0und-t0ken-0123456789abcdefghijklmnopqrstuvwxyz"
 START = TOKEN[:8]  # what a cut through the token leaves, and no innocent text has
@@ -40,6 +43,16 @@ def token() -> Iterator[str]:
         yield TOKEN
     finally:
         REDACTOR.release(TOKEN)
+
+
+@pytest.fixture
+def log_text() -> Iterator[Callable[[], str]]:
+    buf = io.StringIO()
+    configure_logging("info", "json", buf)
+    try:
+        yield buf.getvalue
+    finally:
+        configure_logging("info", "console", sys.stderr)
 
 
 async def run_one(tmp_path: Path, spec: ActionSpec, outcome: str) -> Entry:
@@ -102,6 +115,50 @@ async def test_a_result_json_cannot_hold_cut_in_its_repr_keeps_no_start_of_a_sec
     entry = await run_one(tmp_path, returning(value), "done")
     assert isinstance(entry.result, dict) and str(entry.result["repr"]).startswith("{('k',): 'ppp")
     assert START not in json.dumps(entry.result), entry.result
+
+
+async def test_a_huge_exception_is_logged_with_its_traceback_cut(
+    tmp_path: Path, log_text: Callable[[], str]
+) -> None:
+    await run_one(tmp_path, raising(lambda: ValueError("v" * 5_000_000)), "dead")
+    lines = log_text().splitlines()
+    assert max(len(line) for line in lines) < 64_000, max(len(line) for line in lines)
+    (first, *_) = [json.loads(x) for x in lines if "unexpected error" in x]
+    assert "Traceback (most recent call last)" in first["exception"]
+    assert "vvvv" in first["exception"] and "characters)" in first["exception"][-40:]
+
+
+def chain(depth: int) -> BaseException:
+    """An exception with ``depth`` exceptions before it, each raised while handling the last."""
+    exc: BaseException | None = None
+    for i in range(depth):
+        try:
+            try:
+                if exc is not None:
+                    raise exc
+            finally:
+                raise RuntimeError(f"link {i}")
+        except RuntimeError as new:
+            exc = new
+    assert exc is not None
+    return exc
+
+
+async def test_a_long_exception_chain_is_logged_cut(tmp_path: Path, log_text: Callable[[], str]) -> None:
+    await run_one(tmp_path, raising(lambda: chain(3000)), "dead")
+    lines = log_text().splitlines()
+    assert max(len(line) for line in lines) < 64_000, max(len(line) for line in lines)
+    assert any("During handling of the above exception" in x for x in lines)
+
+
+async def test_a_traceback_cut_keeps_no_start_of_a_secret(
+    tmp_path: Path, token: str, log_text: Callable[[], str]
+) -> None:
+    # The token again and again, past any bound: wherever the cut falls, it goes through one.
+    await run_one(tmp_path, raising(lambda: ValueError((token + "/") * 100_000)), "dead")
+    out = log_text()
+    assert "***/***/" in out
+    assert START not in out
 
 
 def test_the_bounded_text_is_the_redactor_s_cut(token: str) -> None:

@@ -255,6 +255,22 @@ def set_process_fields(**fields: Any) -> None:
         _State.process_fields = {**_State.process_fields, **fields}
 
 
+# Characters of a traceback (or stack) a line keeps. A plugin's exception whose text is a whole
+# answer (megabytes), or a chain of thousands raised while handling one another, made one line
+# that size: past journald's LineMax (48 KiB) it is split into lines of their own, and in a pipe
+# it holds the other workers' lines (the output lock) while it is written. The start is kept
+# (the frames, where it was raised); the error's own text is in the line's ``error`` field.
+TRACEBACK_LIMIT = 16_384
+
+
+def _bound_traceback(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    for key in ("exception", "stack"):
+        text = event_dict.get(key)
+        if isinstance(text, str) and len(text) > TRACEBACK_LIMIT:
+            event_dict[key] = REDACTOR.bounded(text, TRACEBACK_LIMIT)
+    return event_dict
+
+
 def _add_level(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
     event_dict["level"] = "error" if method == "exception" else method
     return event_dict
@@ -379,6 +395,7 @@ def _configure_structlog_once(*, force: bool = False) -> None:
             _add_level,
             _timestamp,
             structlog.processors.format_exc_info,
+            _bound_traceback,
             redact_secrets,
             _render,
         ],
