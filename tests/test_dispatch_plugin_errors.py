@@ -12,8 +12,9 @@ from trapd.dispatch.config import DispatchConfig, JournalConfig, RetryDefaults
 from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import Entry, SQLiteJournal
 from trapd.dispatch.testing import make_event, make_outcome, plan
+from trapd.params import Param
 from trapd.plugin import ActionContext, ActionSpec, PermanentError, RetryableError, action
-from trapd.testing import CapturedLog
+from trapd.testing import CapturedLog, KeaDouble
 
 FAST = DispatchConfig(
     workers=2,
@@ -109,3 +110,69 @@ async def test_an_action_that_swallows_its_cancellation_does_not_hold_the_stop(t
     (line,) = [x for x in log.entries if x["event"] == "actions ignore their cancellation: left behind"]
     assert line["log_level"] == "error" and line["actions"] == ["stubborn"]
     assert e is not None and e.state == "running"  # run again at the next start
+
+
+# A Kea plugin's own callables with a bug: kea_families reads a parameter a rule may leave out.
+@action(
+    "acme.pause",
+    params={
+        "family": Param("enum", choices=("v4", "v6")),
+        "endpoint": Param("string"),
+        "peer": Param("string"),
+    },
+    idempotent=True,
+    per_peer=lambda params: params["endpoint"] != "",
+    kea_families=lambda params, templated: (params["family"],),
+)
+async def pause(params: dict[str, Any], ctx: ActionContext) -> None:
+    """Pause a Kea server (test action whose per_peer and kea_families raise KeyError)."""
+    await ctx.kea.get(params.get("endpoint"), "v4", params.get("peer")).command("status-get")
+
+
+@action("acme.note", params={}, idempotent=True)
+async def note(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Does nothing (test action)."""
+    return {"noted": True}
+
+
+async def test_a_plugins_callable_that_raises_does_not_lose_the_event(tmp_path: Path) -> None:
+    # per_peer and kea_families are called when an event's actions are journaled: a KeyError from
+    # one made Dispatcher.submit raise, so nothing of the event was journaled, the other rules'
+    # actions neither (and an inform was not acknowledged). Now the action is journaled as it is
+    # and fails when it runs, with the plugin's error; the others run.
+    kea = KeaDouble({"status-get": {"result": 0, "arguments": {}}})
+    clients = kea.clients({"pair4": ["v4"]}, peers=("server1", "server2"))
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        d = Dispatcher(
+            FAST, journal, {"acme.pause": pause, "acme.note": note}, kea=clients, log=CapturedLog()
+        )
+        await d.start()
+        try:
+            ids = await d.submit(
+                make_event(), make_outcome(plan("acme.pause", {}), plan("acme.note", {}, index=1))
+            )
+            assert len(ids) == 2
+            deadline = time.monotonic() + 20
+            while (e := await journal.get(int(ids[1]))) is None or e.state != "done":
+                assert time.monotonic() < deadline, e
+                await asyncio.sleep(0.02)
+        finally:
+            await d.stop(1.0)
+
+
+def test_trapd_check_reports_a_plugins_callable_that_raises(tmp_path: Path) -> None:
+    # The rule compiler asks kea_families which families a rule's action implies: its KeyError
+    # ended `trapd check` (and start-up, and a reload) with a traceback from the plugin's lambda.
+    from trapd.mibs import MibResolver
+    from trapd.rules import compile_rules
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n"
+        "    actions:\n      - {action: acme.pause, cap: {limit: 1, per: 1m}}\n"
+    )
+    _, problems = compile_rules([rules], MibResolver.load(), {"acme.pause": pause})
+    assert [str(p) for p in problems] == [
+        f"{rules}:5:18: acme.pause: its kea_families raised KeyError: 'family'"
+        " (a bug in the plugin acme.pause)"
+    ]

@@ -46,7 +46,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 # Re-exported: plugin authors import them from here.
 from trapd.errors import ActionError as ActionError
@@ -189,8 +189,8 @@ def action(
             key=_check_key(name, key, params),
             doc=inspect.getdoc(fn) or "",
             kea_commands=kea_commands,
-            kea_families=kea_families,
-            per_peer=per_peer,
+            kea_families=_guarded(name, "kea_families", kea_families),
+            per_peer=_guarded(name, "per_peer", per_peer),
             settings=None if settings is None else _check_params(name, settings, "setting"),
         )
 
@@ -234,8 +234,8 @@ def as_spec(obj: Any) -> ActionSpec:
         key=_check_key(obj.name, getattr(obj, "key", ()), params),
         doc=inspect.getdoc(type(obj)) or "",
         kea_commands=tuple(getattr(obj, "kea_commands", ())),
-        kea_families=getattr(obj, "kea_families", None),
-        per_peer=getattr(obj, "per_peer", None),
+        kea_families=_guarded(obj.name, "kea_families", getattr(obj, "kea_families", None)),
+        per_peer=_guarded(obj.name, "per_peer", getattr(obj, "per_peer", None)),
         settings=settings,
     )
 
@@ -260,6 +260,35 @@ def _check_params(name: str, params: Mapping[str, Any], what: str = "parameter")
                 raise TypeError(f"action {name}: {what} {pname!r}: {exc}") from None
         out[pname] = param
     return out
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(name: str, what: str, fn: _F | None) -> _F | None:
+    """``fn``, a plugin's own callable that trapd calls outside the action's run (kea_families
+    when it compiles a rule and journals an action, per_peer when it journals one), its unexpected
+    exceptions made a :class:`PermanentError` that says whose bug it is.
+
+    trapd's callers take an ActionError or ValueError as "these parameters do not work" (a rule
+    problem; the action journaled as it is, to fail when it runs); a KeyError from a plugin's
+    lambda ended ``trapd check`` with a traceback and made the dispatcher drop the whole event.
+    """
+    if fn is None:
+        return None
+    call = fn
+
+    def guarded(*args: Any) -> Any:
+        try:
+            return call(*args)
+        except (ActionError, ValueError):
+            raise
+        except Exception as exc:
+            raise PermanentError(
+                f"its {what} raised {type(exc).__name__}: {exc} (a bug in the plugin {name})"
+            ) from exc
+
+    return guarded  # type: ignore[return-value]
 
 
 def _check_key(name: str, key: Any, params: Mapping[str, Param]) -> tuple[str, ...]:

@@ -56,12 +56,14 @@ def peer_key(key: str, server: str) -> str:
 
 def _pair_of(spec: ActionSpec, pa: PlannedAction, kea: KeaConfig) -> EndpointConfig | None:
     """The HA relationship this action goes to, when it is one and the action runs on every peer."""
-    if spec.per_peer is None or pa.params.get("peer") is not None or not spec.per_peer(pa.params):
+    if spec.per_peer is None or pa.params.get("peer") is not None:
         return None
     try:
+        if not spec.per_peer(pa.params):
+            return None
         families = spec.kea_families(pa.params, frozenset()) if spec.kea_families is not None else ()
     except (ActionError, ValueError):
-        return None  # contradictory parameters: the action fails with the reason when it runs
+        return None  # contradictory parameters (or a plugin's bug): the action fails when it runs
     endpoint = pa.params.get("endpoint")
     ep = kea.resolve(str(endpoint) if endpoint else None, families[0] if families else "v4")
     return ep if ep is not None and ep.peers else None
