@@ -1830,8 +1830,30 @@ class SQLiteJournal:
 
     async def prune(self, finished_before: float, now: float) -> int:
         total = 0
+        checkpointed = False
         while True:  # a transaction per chunk: the other writes go in between
-            n: int = await self._call(_op_prune, finished_before, now)
+            try:
+                n: int = await self._call(_op_prune, finished_before, now)
+            except JournalError as exc:
+                # A full disk. A chunk's deletions go to the WAL first, and the pages they free go
+                # back to the file system only when a checkpoint copies them into the file: chunks
+                # back to back outran the checkpointer, and on a nearly full disk the prune failed
+                # after a few of them, to be tried again an hour later. Checkpointed here, the WAL
+                # is used again from its start and the file shrinks: the prune goes on. Once per
+                # chunk that got through (never a loop): failing again right after, it stops.
+                if FULL not in str(exc):
+                    raise
+                if checkpointed:
+                    raise JournalError(
+                        f"{exc}: pruned {total} of the finished actions past journal.retention, the "
+                        "rest wait (deleting needs room in the journal's WAL first: about 1 MiB per "
+                        f"{PRUNE_CHUNK} small actions; {_free_bytes(self.path)} bytes free); free "
+                        "some space: the prune runs every hour"
+                    ) from None
+                checkpointed = True
+                await self._call(_op_checkpoint, write=False)
+                continue
+            checkpointed = False
             total += n
             if n < PRUNE_CHUNK:
                 return total
@@ -1921,6 +1943,14 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
     return "malformed" in str(exc) or "not a database" in str(exc)
 
 
+def _free_bytes(path: Path) -> int | str:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return "?"
+    return st.f_bavail * st.f_frsize
+
+
 def _full_note(path: Path) -> str:
     """ " (the file system holding it is full ...)" when it has (next to) no room left, else ""."""
     try:
@@ -1931,6 +1961,15 @@ def _full_note(path: Path) -> str:
     if free >= 1 << 20:
         return " (an I/O error: the kernel log says more)"
     return f" (the file system holding it is full: {free} bytes free; free some space and start trapd again)"
+
+
+# SQLite's message for SQLITE_FULL, in the JournalError of a commit a full disk refused.
+FULL = "database or disk is full"
+
+
+def _op_checkpoint(conn: sqlite3.Connection) -> None:
+    """The WAL copied into the file (PASSIVE: readers are not waited for), outside a transaction."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _op_probe(conn: sqlite3.Connection, now: float) -> None:
