@@ -394,3 +394,25 @@ def test_a_key_names_declared_parameters() -> None:
     with pytest.raises(TypeError, match=r"action kit.keyed: key is a tuple of parameter names"):
         as_spec(Keyed)
     assert action("kit.key", params=ip, key=("ip",))(run).key == ("ip",)
+
+
+def test_an_entry_point_that_names_no_action_says_what_to_write() -> None:
+    # `acme.ticket = acme_trapd:ticket` with @action forgotten, or `= acme_trapd` without the
+    # object: the load problem was "<function ticket at 0x7f...> is not an action: it needs name,
+    # params and an async run", which sent the author to give a function a `name` attribute.
+    import types
+
+    async def ticket(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Open a ticket."""
+
+    with pytest.raises(TypeError) as info:
+        as_spec(ticket)
+    assert str(info.value) == (
+        "ticket is a function, not an action: declare it with @trapd.plugin.action(NAME, params={...})"
+    )
+    with pytest.raises(TypeError) as info:
+        as_spec(types.ModuleType("acme_trapd"))
+    assert str(info.value) == (
+        "the entry point names the module acme_trapd, not an action in it:"
+        " name the object too (acme_trapd:OBJECT)"
+    )

@@ -210,6 +210,16 @@ def as_spec(obj: Any) -> ActionSpec:
     """Accept an ActionSpec, or a class / instance with ``name``, ``params`` and async ``run``."""
     if isinstance(obj, ActionSpec):
         return obj
+    if inspect.ismodule(obj):
+        raise TypeError(
+            f"the entry point names the module {obj.__name__}, not an action in it:"
+            f" name the object too ({obj.__name__}:OBJECT)"
+        )
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        raise TypeError(
+            f"{obj.__name__} is a function, not an action: declare it with"
+            " @trapd.plugin.action(NAME, params={...})"
+        )
     if inspect.isclass(obj):
         obj = obj()
     run = getattr(obj, "run", None)
