@@ -198,6 +198,17 @@ def test_a_rule_using_a_plugin_that_failed_to_load_says_so(tmp_path: Path) -> No
         f"{rules}:5:17: error: action plugin 'acme.broken' is installed but failed to load: "
         "ImportError: acme_broken needs acme_sdk"
     ) in out.stdout, out.stdout
+    # Its author asks for its documentation: "no plugin named 'acme.broken'; installed: ..." said
+    # nothing of why, where trapd check says it.
+    shown = subprocess.run(
+        [sys.executable, "-m", "trapd.cli", "actions", "acme.broken"],
+        env=env_with(tmp_path), capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert shown.returncode == 1
+    assert shown.stderr == (
+        "trapd actions: action plugin 'acme.broken' is installed but failed to load:"
+        " ImportError: acme_broken needs acme_sdk\n"
+    )
 
 
 def _fake_dist(path: Path, name: str, module: str, code: str, entry_points: dict[str, str]) -> None:

@@ -27,11 +27,15 @@ def main(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from trapd.plugin import load_actions
+    from trapd.plugin import load_actions, load_failure
 
     specs, problems = load_actions()
     if args.name:
         spec = specs.get(args.name)
+        if spec is None and (failure := load_failure(args.name)) is not None:
+            print(f"trapd actions: action plugin {args.name!r} is installed but failed to load: {failure}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         if spec is None:
             print(f"trapd actions: no plugin named {args.name!r}; installed: {', '.join(sorted(specs))}",
                   file=sys.stderr)  # fmt: skip
