@@ -680,6 +680,114 @@ def test_a_worker_that_never_becomes_ready_fails_the_start_with_its_stack_in_the
         d.close()
 
 
+# In the test's wrapper: worker 1 fails to load any rules on a reload (a MemoryError in it, a file
+# it cannot read that the supervisor could); the supervisor and worker 0 load them.
+WORKER_1_REFUSES = """\
+import trapd.service.daemon as dm
+_compile = dm.compile_reload
+async def compile_reload(options, loaded, log, adjust=None, running=None):
+    if adjust is not None and adjust.__self__.index == 1:
+        raise MemoryError("worker 1 out of memory")
+    return await _compile(options, loaded, log, adjust, running)
+dm.compile_reload = compile_reload
+"""
+
+
+def test_a_worker_that_refuses_a_reload_is_replaced_and_the_unit_runs_one_rule_set(
+    tmp_path: Path,
+) -> None:
+    """A reload the supervisor checked and worker 0 took, refused by worker 1 alone (it failed to
+    load the rules: out of memory, a read error): reported as a failed reload, but worker 0 ran the
+    new rules and worker 1 the old, so a switch's trap was acted on by whichever rules its source
+    port hashed to, /healthz said 200 ok, and a worker restarted later got the old ones. Now the
+    refusing worker is replaced by one forked with the rules the supervisor compiled (no file to
+    read, nothing to compile): the unit runs one rule set, said loudly (an error naming the worker
+    and why, trapd_worker_restarts_total)."""
+    loadgen = _loadgen()
+    d = start_wrapped(tmp_path, WORKER_1_REFUSES, TWO, None)
+    try:
+        refusing = worker_pids(d)[1]
+        d.rules_path.write_text(SEQ_RULES.format(prefix="b"))
+        d.signal(signal.SIGHUP)
+        assert d.notify is not None
+        d.notify.wait_for("RELOADING", 10)
+        d.notify.wait_for("READY", 30)
+        (line,) = d.wait_log("worker refused the reload, replacing it", 10)
+        assert line["worker"] == 1 and "MemoryError: worker 1 out of memory" in line["error"], line
+
+        def replaced_and_up() -> None:
+            assert worker_pids(d)[1] != refusing
+            code, health = d.healthz()
+            assert code == 200 and health["workers_up"] == 2 and health["status"] == "ok", health
+
+        eventually(replaced_and_up, 30)
+        send_spread(d, loadgen.build_messages(loadgen.LoadSpec(version="v2c"), 1, 64), senders=16)
+        lines = d.wait_log(lambda e: str(e.get("event", "")).startswith(("a ", "b ")), 15, count=64)
+        assert {e["worker"] for e in lines} == {0, 1}
+        assert {str(e["event"])[0] for e in lines} == {"b"}, Counter(
+            (e["worker"], e["event"][0]) for e in lines
+        )
+        scrape = d.metrics()
+        assert d.metric("trapd_reloads_total", scrape, result="ok") == 1
+        assert d.metric("trapd_config_last_reload_successful", scrape) == 1
+        assert d.metric("trapd_worker_restarts_total", scrape) == 1
+        assert d.metric("trapd_workers_other_rules", scrape) == 0
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_workers_left_on_other_rules_than_the_supervisors_are_named_in_healthz_and_counted(
+    tmp_path: Path,
+) -> None:
+    """Every worker answered a reload too late (RELOAD_TIMEOUT, lowered here, passed while each
+    compiled): the supervisor reported the reload failed and kept the old rules for workers it
+    restarts later, while each worker, once its compile ended, ran the new ones. Nothing said so:
+    /healthz 200 ok. Now the supervisor keeps the digest of the rules each worker said it loaded
+    (a late answer too) and /healthz is 503 degraded naming the workers on other rules, counted in
+    trapd_workers_other_rules; the next reload that works puts them back in step."""
+    prelude = (
+        "import time\nimport trapd.service.workers as w\nw.RELOAD_TIMEOUT = 1.0\n"
+        "import trapd.service.daemon as dm\n_compile = dm.compile_reload\n"
+        "async def compile_reload(options, loaded, log, adjust=None, running=None):\n"
+        "    import asyncio, pathlib\n"
+        "    if adjust is not None and pathlib.Path('slow').exists():\n"
+        "        await asyncio.sleep(3)\n"
+        "    return await _compile(options, loaded, log, adjust, running)\n"
+        "dm.compile_reload = compile_reload\n"
+    )
+    d = start_wrapped(tmp_path, prelude, TWO, None)
+    try:
+        (tmp_path / "slow").write_text("")
+        d.rules_path.write_text(SEQ_RULES.format(prefix="b"))
+        d.signal(signal.SIGHUP)
+        assert d.notify is not None
+        d.notify.wait_for("RELOADING", 10)
+        assert "no answer" in d.notify.wait_for("READY", 30)["STATUS"]
+
+        def named() -> None:
+            code, health = d.healthz()
+            assert code == 503 and health["status"] == "degraded", health
+            assert health["workers_other_rules"] == [0, 1], health
+            assert d.metric("trapd_workers_other_rules") == 2
+
+        eventually(named, 30)
+        (tmp_path / "slow").unlink()
+        d.signal(signal.SIGHUP)
+        d.notify.wait_for("RELOADING", 10)
+        assert "reload failed" not in d.notify.wait_for("READY", 30).get("STATUS", "")
+
+        def in_step() -> None:
+            code, health = d.healthz()
+            assert code == 200 and "workers_other_rules" not in health, health
+            assert d.metric("trapd_workers_other_rules") == 0
+
+        eventually(in_step, 30)
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 def test_a_stopped_worker_is_killed_and_replaced_and_shows_in_healthz_meanwhile(tmp_path: Path) -> None:
     """A worker that cannot even write its stack (SIGSTOP here; as good as stuck in the kernel)
     gets SIGKILL all the same; /healthz says "replacing" meanwhile, without a watchdog too."""

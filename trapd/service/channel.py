@@ -10,15 +10,15 @@ and small (a snapshot is a few KB), so its cost does not matter.
 A message is a JSON object with an ``op`` key, framed by a 4-byte big-endian
 length. What goes where:
 
-=============  =====================  ==============================================
+=============  =====================  ===============================================================
 op             direction              fields
-=============  =====================  ==============================================
+=============  =====================  ===============================================================
 ready          worker -> supervisor   (started: sockets bound, journal open)
 snapshot?      supervisor -> worker   ``seq``
 snapshot       worker -> supervisor   ``seq``, ``data`` (trapd.service.snapshots wire form)
 reload         supervisor -> worker   (re-read trapd.yaml and the rules)
-reloaded       worker -> supervisor   ``ok``, ``error`` (None when ok)
-=============  =====================  ==============================================
+reloaded       worker -> supervisor   ``ok``, ``error`` (None when ok), ``digest`` (RuleSet.digest)
+=============  =====================  ===============================================================
 
 SIGTERM is not a message: the supervisor forwards the signal itself, so a
 worker stops the same way whether systemd, the supervisor or an operator

@@ -95,6 +95,7 @@ trapd_reloads_total                            counter    result (ok, failed)
 trapd_config_last_reload_successful            gauge
 trapd_workers_up                               gauge      workers up and answering (1 for a single trapd)
 trapd_worker_restarts_total                    counter    workers that died and were restarted
+trapd_workers_other_rules                      gauge      workers running other rules than the supervisor's
 trapd_build_info                               gauge      version
 process_*, python_*                            (prometheus-client's default collectors)
 =============================================  =========  ==========================================
@@ -205,6 +206,9 @@ class DaemonSnapshot:
     # and answering now, and workers that died while trapd ran (restarted, until the unit gives up).
     workers_up: int = 1
     worker_restarts: int = 0
+    # Workers whose rules (RuleSet.digest) are not the supervisor's: the unit acts on a trap by
+    # whichever worker its source lands on (a reload half taken). 0 for a single trapd.
+    workers_other_rules: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,6 +545,11 @@ class TrapdCollector:
             "trapd_worker_restarts",
             "Worker processes that died while trapd ran, restarted by the supervisor (service.workers > 1).",
             value=snap.worker_restarts,
+        )
+        yield GaugeMetricFamily(
+            "trapd_workers_other_rules",
+            "Workers running other rules than the supervisor's (a reload half taken; service.workers > 1).",
+            value=snap.workers_other_rules,
         )
         info = GaugeMetricFamily("trapd_build_info", "trapd version.", labels=["version"])
         info.add_metric([__version__], 1)

@@ -324,6 +324,11 @@ class WorkerSlot:
     # (ok, error, the digest of the rules the worker loaded: RuleSet.digest)
     reload_result: asyncio.Future[tuple[bool, str | None, str]] | None = None
     restart_handle: asyncio.TimerHandle | None = None
+    # The digest of the rules its process runs (RuleSet.digest): the supervisor's when forked, then
+    # what each "reloaded" says, a late one too.
+    rules_digest: str = ""
+    # Why the supervisor stopped it to start another at once (it refused a reload); None otherwise.
+    replacing: str | None = None
     stuck_since: float | None = None  # when the supervisor began replacing it (STACK_SIGNAL sent)
     killed: bool = False  # SIGKILL sent too
     # Kept across restarts: a worker is restarted only once its previous process is reaped, so
@@ -485,7 +490,8 @@ class Supervisor:
         child_end.close()
         slot.pid, slot.channel_socket, slot.ready = pid, parent_end, False
         slot.last_snapshot, slot.exit_code, slot.last_reply = None, None, time.monotonic()
-        slot.stuck_since, slot.killed = None, False
+        slot.stuck_since, slot.killed, slot.replacing = None, False, None
+        slot.rules_digest = self.preloaded.rules.digest if self.preloaded is not None else ""
         self.log.info("worker started", worker=slot.index, pid=pid)
 
     def _become_worker(self, slot: WorkerSlot, channel_socket: socket.socket) -> None:
@@ -676,9 +682,12 @@ class Supervisor:
                         waiter = slot.waiters.pop(earlier)
                         if not waiter.done():
                             waiter.set_result(None)
-                elif op == "reloaded" and slot.reload_result is not None and not slot.reload_result.done():
+                elif op == "reloaded":
                     result = (bool(msg.get("ok")), msg.get("error"), str(msg.get("digest") or ""))
-                    slot.reload_result.set_result(result)
+                    if result[0]:  # what it runs now, whether a reload waits for it or gave up
+                        slot.rules_digest = result[2]
+                    if slot.reload_result is not None and not slot.reload_result.done():
+                        slot.reload_result.set_result(result)
 
     def _reap(self) -> None:
         """SIGCHLD: collect every worker that exited and decide what happens next."""
@@ -717,6 +726,11 @@ class Supervisor:
         if self._state == "starting":
             return  # _wait_all_ready reports it: a worker that cannot start will not start on a retry
         self.worker_restarts += 1
+        if slot.replacing is not None:  # stopped by the supervisor: no death, no backoff
+            self.log.info("worker stopped, starting its replacement", worker=slot.index, exit=how)
+            slot.replacing = None
+            slot.restart_handle = asyncio.get_running_loop().call_later(0, self._schedule_restart, slot)
+            return
         delay = slot.restarts.next_delay(time.monotonic())
         if delay is None:
             policy = slot.restarts
@@ -788,6 +802,7 @@ class Supervisor:
             last_reload_ok=self.reload_error is None,
             workers_up=sum(1 for state in self._worker_states().values() if state == "ok"),
             worker_restarts=self.worker_restarts,
+            workers_other_rules=len(self._workers_on_other_rules()),
         )
 
     def health(self) -> Health:
@@ -801,6 +816,9 @@ class Supervisor:
             detail["last_reload"] = f"failed: {self.reload_error}"
         if down:
             return Health(False, "degraded", {**detail, "workers_down": {i: states[i] for i in down}})
+        other = self._workers_on_other_rules()
+        if other:  # a trap is acted on by other rules depending on the worker its source lands on
+            return Health(False, "degraded", {**detail, "workers_other_rules": other})
         snap = self.snapshot()
         if snap.journal_problem is not None:  # a worker's journal cannot commit (database down)
             return Health(False, "degraded", {**detail, "journal": snap.journal_problem})
@@ -962,18 +980,21 @@ class Supervisor:
         results = [s.reload_result for s in asked if s.reload_result is not None]
         if results:
             await asyncio.wait(results, timeout=RELOAD_TIMEOUT)
-        problems = []
+        refused: list[tuple[WorkerSlot, str]] = []
+        took = 0
         other_rules = []
         for slot in asked:
             res = slot.reload_result
             ok, error, digest = res.result() if res is not None and res.done() else (False, "no answer", "")
             if not ok:
-                problems.append(f"worker {slot.index}: {error}")
-            elif digest != rules.digest:
-                other_rules.append(slot.index)
+                refused.append((slot, str(error)))
+            else:
+                took += 1
+                if digest != rules.digest:
+                    other_rules.append(slot.index)
             slot.reload_result = None
-        if problems:
-            return self._reload_failed("; ".join(problems))
+        if refused and not took:  # nobody took it: every worker keeps its rules, as this process does
+            return self._reload_failed("; ".join(f"worker {slot.index}: {error}" for slot, error in refused))
         if other_rules:
             # The files changed between this process's compile and the workers' (a deploy landing
             # during the reload): the workers run rules other than those checked here, which a
@@ -1005,12 +1026,38 @@ class Supervisor:
         # thread half-way (a copy of the old set that its child never frees).
         await loop.run_in_executor(None, lifecycle.release_rules, old)
         del old
+        self._replace_refusing(refused)
         self.reloads["ok"] = self.reloads.get("ok", 0) + 1
         self.reload_error = None
         lifecycle.apply_logging(config)
         self.log.info("reloaded", rules=len(rules), mode=config.mode, workers=len(asked))
         self.notifier.ready(self._status_line())
         return True
+
+    def _replace_refusing(self, refused: list[tuple[WorkerSlot, str]]) -> None:
+        """Workers that refused a reload others took (out of memory, a file they could not read):
+        stopped as on SIGTERM and started again at once with the rules this process compiled.
+
+        Left as they were, the unit ran two rule sets (a trap acted on by whichever its source
+        port hashed to). The replacement reads no file and compiles nothing: it is forked with
+        ``self.preloaded``. One that exited meanwhile is restarted with them anyway.
+        """
+        for slot, error in refused:
+            if not slot.alive:
+                continue
+            self.log.error(
+                "worker refused the reload, replacing it", worker=slot.index, pid=slot.pid, error=error
+            )
+            slot.replacing = error
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, signal.SIGTERM)
+
+    def _workers_on_other_rules(self) -> list[int]:
+        """The live workers whose rules are not this process's (none while a reload is under way)."""
+        if self.preloaded is None or (self._reload_lock is not None and self._reload_lock.locked()):
+            return []
+        digest = self.preloaded.rules.digest
+        return [s.index for s in self.slots if s.alive and s.rules_digest and s.rules_digest != digest]
 
     def _reload_failed(self, reason: str) -> bool:
         self.reloads["failed"] = self.reloads.get("failed", 0) + 1
