@@ -2103,3 +2103,30 @@ def test_a_snapshot_that_does_not_fit_on_the_disk_leaves_no_partial_file(tmp_pat
         assert r.resolve(LINK_DOWN) == ("IF-MIB::linkDown", ())  # all the same, from the shipped index
         left = [p.name for p in (fs / "cache").rglob("*") if ".tmp" in p.name]
         assert left == [], left
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("1.3.6.1.4.1.9.4294967296", "sub-identifier 4294967296 is 2^32 or more"),
+        ("IF-MIB::ifIndex.4294967296", "sub-identifier 4294967296 is 2^32 or more"),
+        ("ifIndex.99999999999999999999", "sub-identifier 99999999999999999999 is 2^32 or more"),
+        (".".join(["1", "3"] + ["1"] * 127), "more than 128 sub-identifiers"),
+        ("3.1", "3.1 cannot begin an OID (X.690 8.19.4)"),
+    ],
+)
+def test_lookup_refuses_an_oid_no_snmp_message_can_carry(
+    shipped: MibResolver, capsys: pytest.CaptureFixture[str], query: str, why: str
+) -> None:
+    """SNMP sub-identifiers are 32-bit unsigned (RFC 2578 7.1.3, at most 128 of them). `trapd mibs
+    lookup IF-MIB::ifIndex.4294967296` printed the column with that index, and a numeric OID with
+    such an arc 'unknown (no loaded MIB names it)': the operator was not told that no trap can
+    carry it (trapd check refuses it in a rule, with the reason from the same check)."""
+    from trapd.cli import main as cli
+    from trapd.commands.mibs import _text_lines
+
+    info = describe_name(shipped, query)
+    assert info["found"] is False and info["invalid"] == why, info
+    assert _text_lines(info) == [f"{query}: not an OID any SNMP message can carry: {why}"]
+    assert cli(["mibs", "lookup", "--json", query]) == 1
+    assert json.loads(capsys.readouterr().out) == info

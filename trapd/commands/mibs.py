@@ -21,7 +21,9 @@ trapd mibs lookup NAME|OID... [--config FILE] [--json]
     1.3.6.1.6.3.1.1.5.3; a module name (IF-MIB) shows its MODULE-IDENTITY
     and its notifications, or that it is not loaded. Prints the OID and the name with its index, the
     node kind, the syntax (base type, textual convention, DISPLAY-HINT) and
-    the named values of an enumeration. Exit 1 if a name is unknown.
+    the named values of an enumeration. Exit 1 if a name is unknown, or
+    names an OID no SNMP message can carry (a sub-identifier of 2^32 or
+    more, more than 128 of them).
 
 trapd mibs build-index [--output FILE]
     Rebuild the shipped index (trapd/data/mib-index.json) from pysnmp's
@@ -163,6 +165,8 @@ def _lookup(args: argparse.Namespace) -> int:
 
 def _text_lines(info: dict[str, Any]) -> list[str]:
     if not info["found"]:
+        if "invalid" in info:
+            return [f"{info['query']}: not an OID any SNMP message can carry: {info['invalid']}"]
         if "problem" in info:
             return [f"{info['query']}: not loaded: {info['problem']}"]
         return [f"{info['query']}: unknown (no loaded MIB names it)"]
@@ -191,6 +195,8 @@ def _text_lines(info: dict[str, Any]) -> list[str]:
 
 def describe_name(resolver: MibResolver, query: str) -> dict[str, Any]:
     """Everything ``trapd mibs lookup`` shows about one name, OID or TC (``found`` False when unknown)."""
+    from trapd.listener.ber import uncarried
+
     out: dict[str, Any] = {"query": query, "found": False}
     module = query.strip()
     # A module that did not compile or load: its problem says why and where (file:line).
@@ -206,6 +212,11 @@ def describe_name(resolver: MibResolver, query: str) -> dict[str, Any]:
         out["notifications"] = sorted(resolver.name_of(o) for o in resolver.notifications_of(module))
         return out
     oid = resolver.lookup(query)
+    why = uncarried(oid) if oid is not None else None
+    if why is not None:
+        # An arc of 2^32 or more, 129 arcs...: no trap has it, whatever a MIB's node above says.
+        out["invalid"] = why
+        return out
     if oid is None:
         tc = resolver.tc(query)
         if tc is None:
