@@ -170,6 +170,15 @@ NOT_EVENTS = {
     '{"trap_oid": "1.3.6.1.6.3.1.1.5.3", "source": 5}': "'source' must be text, got int",
     '{"source": "10.0.0.1", "trap_oid": 5}': "'trap_oid' must be text, got int",
     '{"source": "10.0.0.1", "trap_oid": "linkDown"}': "'trap_oid': not a numeric OID: 'linkDown'",
+    '{"source": "10.0.0.1", "trap_oid": "1.3.6.1.4294967296"}': (
+        "'trap_oid': '1.3.6.1.4294967296' can never be in a notification: sub-identifier 4294967296 is 2^32 "
+        "or more, which no SNMP message can carry"
+    ),
+    '{"source": "10.0.0.1", "trap_oid": "1.3.6.1.6.3.1.1.5.3", "varbinds": [{"oid": "1.3.6.1.4294967296", '
+    '"type": "Integer32", "value": 1}]}': (
+        "varbind 1: '1.3.6.1.4294967296' can never be in a notification: sub-identifier 4294967296 is "
+        "2^32 or more, which no SNMP message can carry"
+    ),
     '{"source": "10.0.0.1", "trap_oid": "1.3.6.1.6.3.1.1.5.3", "varbinds": [5]}': (
         "'varbinds' must be a list of objects"
     ),

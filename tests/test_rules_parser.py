@@ -719,6 +719,31 @@ def test_trapd_test_suggests_the_name_meant() -> None:
         event("linkDown ifIndx=3")
 
 
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("1.3.6.1.4.1.9.4294967296 from 10.0.0.1", "'1.3.6.1.4.1.9.4294967296' can never be"),
+        ("linkDown ifIndex.4294967296=3", "'ifIndex.4294967296' can never be"),
+        (
+            "linkDown 1.3.6.1.4.1.9.99999999999999999999=3",
+            "'1.3.6.1.4.1.9.99999999999999999999' can never be",
+        ),
+        ("linkDown snmpTrapOID=1.3.6.1.4294967296", "'1.3.6.1.4294967296' can never be"),
+    ],
+)
+def test_trapd_test_refuses_an_oid_no_snmp_message_can_carry(line: str, said: str) -> None:
+    """SNMP sub-identifiers are 32-bit unsigned. `trapd test` made an event of a notification or
+    varbind named with an arc of 2^32 or more, and said 'no match' of every rule, as if the rules
+    were wrong: no trap can carry it (trapd check refuses the same name in a rule)."""
+    from trapd.rules.compact import CompactError
+
+    with pytest.raises(CompactError) as excinfo:
+        event(line)
+    assert said in str(excinfo.value) and "2^32 or more, which no SNMP message can carry" in str(
+        excinfo.value
+    )
+
+
 def test_close_names_are_looked_for_a_bounded_number_of_times(tmp_path: Path) -> None:
     """Each look is a scan of the MIB names (milliseconds): a generated file of thousands of rules
     naming what no loaded MIB defines must still be refused in moments."""

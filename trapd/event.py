@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trapd.bounded import BoundedCache
+from trapd.listener.ber import uncarried
 from trapd.listener.raw import Kind, Oid, RawValue, Security, SnmpType, Version
 from trapd.secrets import REF_KEY, REFS, SecretError, is_reference, reference
 from trapd.secrets import resolve as resolve_secret
@@ -59,6 +60,18 @@ def parse_oid(text: str) -> Oid:
     if not parts or any(not (p.isascii() and p.isdigit()) for p in parts):
         raise ValueError(f"not a numeric OID: {text!r}")
     return tuple(int(p) for p in parts)
+
+
+def refuse_uncarried(text: str, oid: Oid, error: type[ValueError] = ValueError) -> None:
+    """Raise ``error`` when ``oid`` (given as ``text``) is one no SNMP message can carry.
+
+    For OIDs an operator types for an event (``trapd test``): a sub-identifier of 2^32 or more,
+    more than 128 of them (:func:`trapd.listener.ber.uncarried`, the bound the decoder and
+    ``trapd check`` apply). Such an event is no trap's, and every rule would say "no match".
+    """
+    why = uncarried(oid)
+    if why is not None:
+        raise error(f"{text!r} can never be in a notification: {why}, which no SNMP message can carry")
 
 
 @dataclass(frozen=True, slots=True)

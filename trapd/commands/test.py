@@ -202,7 +202,7 @@ def event_from_json(data: Any) -> Event:
     :meth:`Event.from_dict` reads what trapd itself wrote (the journal); this is for what a
     person hands ``trapd test``, which may be anything.
     """
-    from trapd.event import Event, VarBind, parse_oid
+    from trapd.event import Event, VarBind, parse_oid, refuse_uncarried
 
     def kind(value: Any) -> str:
         return "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)
@@ -215,7 +215,7 @@ def event_from_json(data: Any) -> Event:
         if not isinstance(data[name], str):
             raise ValueError(f"{name!r} must be text, got {kind(data[name])}")
     try:
-        parse_oid(data["trap_oid"])
+        refuse_uncarried(data["trap_oid"], parse_oid(data["trap_oid"]))
     except ValueError as exc:
         raise ValueError(f"'trap_oid': {exc}") from None
     if not isinstance(data.get("security") or {}, dict):
@@ -225,7 +225,10 @@ def event_from_json(data: Any) -> Event:
         raise ValueError("'varbinds' must be a list of objects")
     for n, vb in enumerate(varbinds, 1):
         try:
-            VarBind.from_dict(vb)
+            v = VarBind.from_dict(vb)
+            refuse_uncarried(vb["oid"], v.oid)
+            if v.type == "ObjectIdentifier" and isinstance(v.value, tuple):
+                refuse_uncarried(vb["value"], v.value)
         except KeyError as exc:
             raise ValueError(f"varbind {n}: {exc.args[0]!r} is missing") from None
         except (ValueError, TypeError, AttributeError) as exc:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trapd import decoders
-from trapd.event import Event, VarBind, new_event_id, oid_str, parse_oid
+from trapd.event import Event, VarBind, new_event_id, oid_str, parse_oid, refuse_uncarried
 from trapd.listener.raw import Oid, RawValue, Security, SnmpType
 from trapd.rules.resolver import SymbolResolver, did_you_mean, lookup_name
 
@@ -117,7 +117,10 @@ def _hint(name: str, resolver: SymbolResolver) -> str:
 
 
 def _lookup(name: str, resolver: SymbolResolver, known: dict[str, Oid]) -> Oid | None:
-    return lookup_name(resolver, name, known)
+    oid = lookup_name(resolver, name, known)
+    if oid is not None:
+        refuse_uncarried(name, oid, CompactError)
+    return oid
 
 
 def _name(oid: Oid, resolver: SymbolResolver, known: dict[str, Oid]) -> tuple[str, Oid]:
