@@ -1185,3 +1185,42 @@ async def test_a_statement_timeout_fails_its_operation_not_the_journal(pg_url: s
             assert other.states == after.states == ["pending"]
             locker.rollback()
         assert (await j.claim(first.ids[0], time.time())).outcome == "running"
+
+
+async def test_a_statement_timeout_in_the_batch_s_lock_wait_fails_its_add_not_the_journal(
+    pg_url: str,
+) -> None:
+    """The same statement_timeout met where a batch first takes its adds' key locks (_prelock:
+    another session holds the key's lock, as the other host's transaction does while it adds
+    or claims that key, or a session stuck in one): QueryCanceled is an OperationalError, so it
+    was taken for a broken connection: the connection dropped, the journal unavailable
+    ('journal database unavailable: canceling statement due to statement timeout'), /healthz
+    503, and the adds of every other key failed with it. Now the add that waited fails alone,
+    saying why; the journal stays available and the other keys' adds go through."""
+    db = pg_url.split("@/")[1].split("?")[0]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE \"{db}\" SET statement_timeout = '300ms'")
+    async with PostgresJournal(pg_url, instance="a") as j:
+        with psycopg.connect(pg_url) as locker:  # the other host's transaction on key k1
+            locker.execute("SET statement_timeout = 0")
+            locker.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("key", "k1"),))
+            now = time.time()
+            waits = asyncio.ensure_future(
+                j.add(make_event().to_dict(), [entry(key="k1", claim=True, due=now - 1)], [], now)
+            )
+            other = asyncio.ensure_future(
+                j.add(make_event().to_dict(), [entry(key="k2", claim=True, due=now - 1)], [], now)
+            )
+            with pytest.raises(JournalError, match="statement timeout"):
+                await waits
+            assert j.available, j.last_error
+            assert (await other).states == ["running"]
+            now = time.time()
+            after = await j.add(make_event().to_dict(), [entry(key="k3", claim=True, due=now - 1)], [], now)
+            assert after.states == ["running"]
+            assert j.available, j.last_error
+            locker.rollback()
+        again = await j.add(
+            make_event().to_dict(), [entry(key="k1", claim=True, due=now - 1)], [], time.time()
+        )
+        assert again.states == ["running"]

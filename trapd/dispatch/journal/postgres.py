@@ -2340,7 +2340,19 @@ class PostgresJournal:
     ) -> list[tuple[_Op, Any, BaseException | None]]:
         """The batch again, one savepoint per operation: an operation that fails fails alone."""
         done: list[tuple[_Op, Any, BaseException | None]] = []
-        await self._prelock(conn, batch)
+        try:
+            async with conn.transaction():  # a savepoint: a timeout here leaves the rest usable
+                await self._prelock(conn, batch)
+        except pgerrors.QueryCanceled:
+            # A statement_timeout while waiting for a key's lock (another session holds it: the
+            # other host's transaction on that key, or one stuck). QueryCanceled is an
+            # OperationalError: raised from here, it was taken for a broken connection, and the
+            # journal for unavailable (every other key's add failed with it). Without the sorted
+            # locks, each add takes its own in its savepoint below, and the one that waits past
+            # the timeout fails alone (two hosts' batches that would deadlock meanwhile: one of
+            # them is told so by PostgreSQL and fails, also alone).
+            if conn.broken or conn.closed:
+                raise
         for op in batch:
             try:
                 async with conn.transaction():  # a savepoint
