@@ -544,6 +544,39 @@ def test_ddns_resend_goes_once_through_the_serving_peer(
     assert after["server1"] - before["server1"] == 1 and after["server2"] == before["server2"]
 
 
+def test_ddns_resend_finds_the_lease_on_the_serving_peer_that_has_it(
+    trapd: TrapdDaemon, pair: HaPair, request: pytest.FixtureRequest
+) -> None:
+    """Load-balancing: both servers serve, and a lease may be on one of them only: in state
+    terminated (no lease updates between them), while updates wait in communication-recovery,
+    with send-lease-updates off, or added on one server through the control API (not copied).
+    kea.ddns-resend asked the first serving peer in trapd.yaml, found no lease there and ended
+    done with "not found": the DNS update of the lease server2 has was never resent. It goes
+    through the serving peer that has the lease, once."""
+    if pair.mode != "load-balancing":
+        pytest.skip("hot-standby: one server serves, the standby's leases are not its own")
+    bind: Bind = request.getfixturevalue("bind")
+    leases = Leases(pair)
+    name = f"only{Leases.counter}.example.org"
+    pair.servers["server2"].add_lease4(
+        leases.ip4, leases.mac, hostname=name, **{"fqdn-fwd": True, "fqdn-rev": True}
+    )
+    assert pair.servers["server1"].lease4(leases.ip4) is None
+    before = d2_received(pair)
+    trap(trapd, 11, leases.mac.replace(":", ""))
+    entry = wait_for(
+        "resend done",
+        lambda: (p := parts(trapd, "kea.ddns-resend", endpoint="pair4", **{"hw-address": leases.mac}))
+        and p.get("-", {}).get("state") == "done" and p["-"],
+    )  # fmt: skip
+    result = entry["result"]
+    assert result["peer"] == "server2" and [s["ip-address"] for s in result["sent"]] == [leases.ip4], result
+    wait_for("A record", lambda: bind.dig(name) == [leases.ip4])
+    after = wait_for("D2 counted it", lambda: (a := d2_received(pair)) != before and a)
+    sent = {n: after[n] - before[n] for n in after}
+    assert sent == {"server1": 0, "server2": 1}, sent
+
+
 def test_kea_status_and_metrics_show_both_peers(trapd: TrapdDaemon, pair: HaPair) -> None:
     r = subprocess.run(
         [PYTHON, "-m", "trapd", "kea", "status", "--json", "--config", str(trapd.config_path)],

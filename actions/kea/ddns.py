@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trapd.kea.client import KeaClient
 from trapd.kea.errors import KeaCommandError
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, action
@@ -42,8 +43,9 @@ async def ddns_resend(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     outside the forward domains, a DHCID conflict all still say success).
     Check with dig or D2's statistics. A lease without hostname or with
     fqdn-fwd/fqdn-rev both false fails permanently. On an HA relationship it
-    is sent once, through the peer that serves clients now (two peers would
-    send the DNS update twice).
+    is sent once (two peers would send the DNS update twice), through the
+    first peer serving clients now that has the lease: in load-balancing a
+    lease may be on one server only (terminated, communication-recovery).
 
     Example (a MAC was learnt again: send its DNS update once more)::
 
@@ -55,7 +57,31 @@ async def ddns_resend(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
               hw-address: "{{ item.mac }}"
     """
     sel = exactly_one(params, ("ip-address", "hw-address", "duid"))
-    kea = await ctx.kea.serving(params.get("endpoint"), FAMILIES.family(params))
+    # On an HA relationship, through the first serving peer that has the lease: in load-balancing
+    # a lease may be on one server only (terminated: no lease updates; communication-recovery;
+    # send-lease-updates off). A peer is tried only when the ones before it found nothing, so
+    # the update is sent once.
+    peers = await ctx.kea.serving_peers(params.get("endpoint"), FAMILIES.family(params))
+    tried = []
+    for kea in peers:
+        result = await _resend(kea, sel, params)
+        tried.append(result)
+        if result["sent"]:
+            break
+    else:  # none has it: the first one's answer is recorded
+        kea, result = peers[0], tried[0]
+        if len(tried) > 1:
+            result["asked"] = [r.get("peer") for r in tried]
+    if result["sent"]:
+        sent = [s["ip-address"] for s in result["sent"]]
+        ctx.log.info("kea DDNS update resent", endpoint=kea.name, addresses=sent)
+    else:
+        ctx.log.info("kea lease not found, no DDNS update to resend", endpoint=kea.name, selector=sel)
+    return result
+
+
+async def _resend(kea: KeaClient, sel: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The resend through one server: what it sent, did not find, and failed to send."""
     v = "4" if kea.family == "v4" else "6"
     if sel == "hw-address" and v == "6":
         raise PermanentError("by hw-address works for v4 only; use duid for v6")
@@ -87,10 +113,6 @@ async def ddns_resend(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
             sent.append({"ip-address": ip, "text": r.text})
     if failed and not sent:
         raise PermanentError("; ".join(f["error"] for f in failed))
-    if sent:
-        ctx.log.info("kea DDNS update resent", endpoint=kea.name, addresses=[s["ip-address"] for s in sent])
-    else:
-        ctx.log.info("kea lease not found, no DDNS update to resend", endpoint=kea.name, selector=sel)
     return {
         **answered_by(kea),
         "sent": sent,

@@ -326,16 +326,23 @@ class KeaClients:
         says so, the first that answers at all. None answering is a retryable
         error.
         """
+        return (await self.serving_peers(endpoint, family))[0]
+
+    async def serving_peers(self, endpoint: str | None = None, family: str | None = None) -> list[KeaClient]:
+        """Every peer that serves scopes now, in trapd.yaml's order (see :meth:`serving`; the
+        first answering peer alone when none says it serves). Load-balancing has two, and a
+        lease may be on one of them only: in state terminated (no lease updates), while updates
+        wait in communication-recovery, or with send-lease-updates off."""
         clients = self.peers(endpoint, family)
         if len(clients) == 1:
-            return clients[0]
+            return clients
         statuses = await asyncio.gather(*(ha_status(c) for c in clients))
-        for client, st in zip(clients, statuses, strict=True):
-            if st is not None and st.scopes:
-                return client
+        serving = [c for c, st in zip(clients, statuses, strict=True) if st is not None and st.scopes]
+        if serving:
+            return serving
         for client, st in zip(clients, statuses, strict=True):
             if st is not None:
-                return client
+                return [client]
         raise KeaUnavailableError(
             "no peer of the HA relationship answers: " + "; ".join(str(c.last_error) for c in clients),
             clients[0].endpoint,
