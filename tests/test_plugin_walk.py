@@ -68,6 +68,14 @@ def test_the_docs_tests_pass_in_the_plugins_own_package(trapd_venv: InstalledTra
     assert re.search(r"\b4 passed\b", out), out
 
 
+def test_the_package_type_checks_against_the_installed_trapd(trapd_venv: InstalledTrapd, acme: Path) -> None:
+    """`mypy --strict src tests`, as a typed plugin package runs it: trapd's wheel ships py.typed,
+    and what the doc imports (trapd.plugin, trapd.params, trapd.testing) is exported and typed."""
+    mypy = [trapd_venv.python, "-m", "mypy", "--strict", "--cache-dir", acme / ".mypy_cache"]
+    out = run(*mypy, "src", "tests", cwd=acme, env=trapd_venv.env).stdout
+    assert out.startswith("Success: no issues found in 4 source files"), out
+
+
 def test_trapd_actions_lists_them_with_their_documentation(trapd_venv: InstalledTrapd, acme: Path) -> None:
     listed = run(trapd_venv.trapd, "actions", cwd=acme, env=trapd_venv.env).stdout
     assert "acme.ticket\n    Open a ticket in ACME's tracker.\n    queue: string, required" in listed
