@@ -416,3 +416,14 @@ def test_an_entry_point_that_names_no_action_says_what_to_write() -> None:
         "the entry point names the module acme_trapd, not an action in it:"
         " name the object too (acme_trapd:OBJECT)"
     )
+
+
+def test_make_event_of_a_notification_is_that_notification() -> None:
+    # make_event(trap_name="SNMPv2-MIB::coldStart") kept linkDown's OID (trap_oid's default), and
+    # rules match the OID: a plugin's test of its coldStart rule ran the linkDown rule instead.
+    cold = make_event(trap_name="SNMPv2-MIB::coldStart", varbinds=())
+    assert cold.trap_oid == (1, 3, 6, 1, 6, 3, 1, 1, 5, 1)
+    assert make_event().trap_oid == (1, 3, 6, 1, 6, 3, 1, 1, 5, 3)  # linkDown, as before
+    assert make_event(trap_name="x", trap_oid="1.3.6.1.4.1.9.9.1").trap_oid == (1, 3, 6, 1, 4, 1, 9, 9, 1)
+    with pytest.raises(ValueError, match=r"unknown notification 'ACME-MIB::acmeAlarm'.*trap_oid="):
+        make_event(trap_name="ACME-MIB::acmeAlarm")

@@ -37,6 +37,7 @@ and a log you can read, and answer its Kea commands from a function::
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import time
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
     from trapd.kea.client import KeaClients
     from trapd.kea.config import EndpointConfig
+    from trapd.mibs import MibResolver
 
 __all__ = [
     "ActionRun",
@@ -82,17 +84,45 @@ _OIDS = {
 
 # ---------------------------------------------------------------------------------------- events
 
+_LINK_DOWN = "1.3.6.1.6.3.1.1.5.3"
+
+
+def _notification_oid(name: str) -> str:
+    """The OID of a notification named in the shipped MIBs (or a decoder's), else ValueError."""
+    from trapd import decoders
+    from trapd.event import oid_str
+    from trapd.rules.resolver import lookup_name
+
+    oid = lookup_name(_resolver(), name, decoders.known_names())
+    if oid is None:
+        raise ValueError(f"make_event: unknown notification {name!r}: give its OID too (trap_oid=...)")
+    return oid_str(oid)
+
+
+@functools.cache
+def _resolver() -> MibResolver:
+    """The MIBs trapd ships, loaded once (a second) for every make_event that needs them."""
+    from trapd.mibs import MibResolver
+
+    return MibResolver.load()
+
 
 def make_event(
     *,
     source: str = "192.0.2.10",
     trap_name: str = "IF-MIB::linkDown",
-    trap_oid: str = "1.3.6.1.6.3.1.1.5.3",
+    trap_oid: str | None = None,
     varbinds: Iterable[tuple[str, SnmpType, Any]] = (("IF-MIB::ifIndex", "Integer32", 17),),
     received_at: float | None = None,
     kind: str = "trap",
 ) -> Event:
-    """An event as the normalizer would make it; varbinds as (name, type, value), index 17 when named."""
+    """An event as the normalizer would make it; varbinds as (name, type, value), index 17 when named.
+
+    ``trap_oid`` (what rules match) defaults to the OID of ``trap_name``, looked up in the MIBs
+    trapd ships; give it for a notification they do not define.
+    """
+    if trap_oid is None:
+        trap_oid = _LINK_DOWN if trap_name == "IF-MIB::linkDown" else _notification_oid(trap_name)
     vbs = []
     for name, type_, value in varbinds:
         base = _OIDS.get(name, "1.3.6.1.4.1.99999.1")
