@@ -93,3 +93,48 @@ def test_a_start_that_compiles_site_mibs_keeps_systemd_waiting(tmp_path: Path, w
         assert any("compiling site MIBs" in m.get("STATUS", "") for m in before), before
     finally:
         d.stop()
+
+
+def test_a_reloads_mib_compile_killed_under_the_supervisor_says_so(tmp_path: Path) -> None:
+    """With service.workers > 1 the supervisor compiles changed MIB files for a reload, in a child.
+    Its SIGCHLD handler reaped every child, that one too, so the compile's wait found no child and
+    took status 0: a compile killed by the OOM killer was reported as a missing output file
+    ('FileNotFoundError') instead of 'killed by SIGKILL: most likely out of memory'."""
+    import os
+    import threading
+    import time
+
+    mibs = tmp_path / "mibs"
+    mibs.mkdir()
+    config = {"mibs": {"dirs": [str(mibs)]}, "service": {"workers": 2}}
+    d = TrapdDaemon.start(tmp_path / "d", rules=LINK_DOWN_RULE, config=config, timeout=60)
+    killed: list[int] = []
+
+    def kill_the_compiler() -> None:
+        assert d.proc is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for proc in Path("/proc").iterdir():
+                try:
+                    ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+                    if ppid == d.proc.pid and b"trapd.mibcompile" in (proc / "cmdline").read_bytes():
+                        os.kill(int(proc.name), signal.SIGKILL)
+                        killed.append(int(proc.name))
+                        return
+                except (OSError, ValueError, IndexError):
+                    continue
+            time.sleep(0.01)
+
+    try:
+        (mibs / "trapd-test.my").write_text(textwrap.dedent(VENDOR_MIB), encoding="utf-8")
+        killer = threading.Thread(target=kill_the_compiler)
+        killer.start()
+        try:
+            reload(d)
+        finally:
+            killer.join()
+        assert killed
+        problems = [e for e in d.logs() if str(e.get("event", "")).startswith("MIB problem")]
+        assert any("killed by SIGKILL" in str(e.get("problem")) for e in problems), problems
+    finally:
+        d.stop()

@@ -645,3 +645,23 @@ async def test_a_worker_whose_counters_by_rule_outgrow_a_channel_message_still_a
         for task in daemon.tasks:
             task.cancel()
         supervisor.close()
+
+
+def test_the_supervisor_reaps_only_its_workers(tmp_path: Path) -> None:
+    """The supervisor's SIGCHLD handler waited for any child (waitpid(-1)): it also reaped the MIB
+    compile child a reload starts (trapd.mibs), whose Popen.wait then found no child and took
+    status 0. A compile the OOM killer ended was then reported as 'FileNotFoundError' (its output
+    missing), not as 'killed by SIGKILL: most likely out of memory'."""
+    import subprocess
+
+    from trapd.config import Config
+    from trapd.service.workers import Supervisor
+
+    sup = Supervisor(Config(state_dir=tmp_path))
+    proc = subprocess.Popen(["/bin/sh", "-c", "exit 3"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    sup._reap()  # SIGCHLD for a child that is not a worker
+    assert proc.wait(5) == 3

@@ -690,17 +690,21 @@ class Supervisor:
                         slot.reload_result.set_result(result)
 
     def _reap(self) -> None:
-        """SIGCHLD: collect every worker that exited and decide what happens next."""
-        while True:
+        """SIGCHLD: collect every worker that exited and decide what happens next.
+
+        Only the workers, each by its pid: waitpid(-1) also took the MIB compile child a reload
+        starts (trapd.mibs), whose own wait then found no child and took status 0 for a compile
+        the OOM killer had ended.
+        """
+        for slot in self.slots:
+            if not slot.alive:
+                continue
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            for slot in self.slots:
-                if slot.pid == pid:
-                    self._on_exit(slot, os.waitstatus_to_exitcode(status))
+                pid, status = os.waitpid(slot.pid, os.WNOHANG)
+            except ChildProcessError:  # not ours to wait for (never expected): gone all the same
+                pid, status = slot.pid, 0
+            if pid == slot.pid:
+                self._on_exit(slot, os.waitstatus_to_exitcode(status))
 
     def _on_exit(self, slot: WorkerSlot, code: int) -> None:
         slot.pid, slot.ready, slot.exit_code = 0, False, code
