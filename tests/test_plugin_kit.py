@@ -427,3 +427,59 @@ def test_make_event_of_a_notification_is_that_notification() -> None:
     assert make_event(trap_name="x", trap_oid="1.3.6.1.4.1.9.9.1").trap_oid == (1, 3, 6, 1, 4, 1, 9, 9, 1)
     with pytest.raises(ValueError, match=r"unknown notification 'ACME-MIB::acmeAlarm'.*trap_oid="):
         make_event(trap_name="ACME-MIB::acmeAlarm")
+
+
+@action(
+    "kit.port",
+    params={"port": Param("integer", required=True), "text": Param("string", required=True)},
+    idempotent=True,
+)
+async def port_note(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Returns what a rule gave it."""
+    return {"port": params["port"], "text": params["text"], "source": ctx.event.source}
+
+
+async def test_a_rule_files_actions_run_with_the_event_of_a_trap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plugin's example rule renders its parameters from a trap; the kit had no way to see what
+    # they render to for an event (rule_file_problems only compiles), short of trapd's compiler,
+    # MIB resolver and rule set, none of them the kit's.
+    import trapd.plugin
+    from trapd.testing import evaluate_rules
+
+    installed = trapd.plugin.load_actions
+    monkeypatch.setattr(
+        trapd.plugin, "load_actions", lambda: ({**installed()[0], "kit.port": port_note}, installed()[1])
+    )
+    rules = tmp_path / "example.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - name: port-down\n"
+        "    match: {notification: IF-MIB::linkDown}\n"
+        "    actions:\n"
+        "      - action: kit.port\n"
+        "        port: '{{ ifIndex }}'\n"
+        '        text: "{{ source }} {{ ifDescr }} down"\n'
+        "  - name: cold\n"
+        "    match: {notification: SNMPv2-MIB::coldStart}\n"
+        "    actions:\n"
+        "      - {action: log, message: restarted}\n"
+    )
+    event = make_event(
+        source="10.20.1.5",
+        varbinds=[("IF-MIB::ifIndex", "Integer32", 17), ("IF-MIB::ifDescr", "OctetString", "Gi1/0/17")],
+    )
+    outcome = evaluate_rules(rules, event)
+    assert outcome.matched == ("port-down",)
+    (planned,) = outcome.planned
+    assert (planned.action, planned.params) == ("kit.port", {"port": 17, "text": "10.20.1.5 Gi1/0/17 down"})
+    run = await run_action(port_note, planned.params, event=event)
+    assert run.result == {"port": 17, "text": "10.20.1.5 Gi1/0/17 down", "source": "10.20.1.5"}
+    # A value of the trap that does not fit is a rejection, as trapd logs it; not an action.
+    bad = evaluate_rules(rules, make_event(varbinds=[("IF-MIB::ifDescr", "OctetString", "x")]))
+    assert bad.planned == () and [r.reason for r in bad.rejected] == ["template: 'ifIndex' is undefined"]
+    # A rules file that does not compile is an error, with trapd check's words.
+    (tmp_path / "broken.yaml").write_text(rules.read_text().replace("port:", "prot:"))
+    with pytest.raises(ValueError, match=r"broken.yaml:5:17: kit.port needs the parameter .port."):
+        evaluate_rules(tmp_path / "broken.yaml", event)

@@ -32,7 +32,8 @@ and a log you can read, and answer its Kea commands from a function::
 * For ``ctx.http``, pass ``httpx.AsyncClient(transport=httpx.MockTransport(handler))``.
 * :func:`make_event`, :func:`plan`, :func:`make_outcome` build the inputs of
   a test through the real :class:`~trapd.dispatch.dispatcher.Dispatcher`;
-  :func:`rule_file_problems` checks an example rules file.
+  :func:`rule_file_problems` checks an example rules file, and
+  :func:`evaluate_rules` says what it plans for an event (the parameters rendered from the trap).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ __all__ = [
     "CapturedLog",
     "KeaDouble",
     "KeaRequest",
+    "evaluate_rules",
     "make_context",
     "make_event",
     "make_outcome",
@@ -452,15 +454,35 @@ async def run_action(
     return ActionRun(result, ctx, log, journaled)
 
 
+def evaluate_rules(path: str | Path, event: Event) -> Outcome:
+    """What the rules file does with ``event``, with the installed plugins: the rules that match,
+    the actions they plan (:attr:`Outcome.planned`, each with its parameters rendered from the
+    event and validated) and those refused (:attr:`Outcome.rejected`: a template that failed, a
+    value that does not fit), as trapd would journal and log them.
+
+    For a plugin's test of its example rule: ``run_action(spec, planned.params, event=event)``
+    runs the action as that trap would. A file with an error is a ValueError with the problems
+    as ``trapd check`` shows them.
+    """
+    from trapd.plugin import load_actions
+    from trapd.rules import compile_rules
+
+    actions, _ = load_actions()
+    rules, problems = compile_rules([Path(path)], _resolver(), actions)
+    errors = [str(p) for p in problems if p.severity == "error"]
+    if errors:
+        raise ValueError("\n".join(errors))
+    return rules.evaluate(event)
+
+
 def rule_file_problems(path: str | Path) -> list[str]:
     """Errors and warnings the rule compiler finds in a rules file, with the installed plugins.
 
     For a plugin's own test that its example.yaml stays valid.
     """
-    from trapd.mibs import MibResolver
     from trapd.plugin import load_actions
     from trapd.rules import compile_rules
 
     actions, _ = load_actions()
-    _, problems = compile_rules([Path(path)], MibResolver.load(), actions)
+    _, problems = compile_rules([Path(path)], _resolver(), actions)
     return [str(p) for p in problems]
