@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -74,7 +75,10 @@ async def test_schema_is_created_by_migrate_and_checked_at_open(pg_server: PgSer
     async with PostgresJournal(url) as j:
         assert (await j.counts())["pending"] == 0
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("UPDATE trapd_meta SET v = %s WHERE k = 'schema'", (str(SCHEMA_VERSION + 1),))
+        # A later release's schema that this trapd cannot run on (see the compatible test below).
+        conn.execute(
+            "UPDATE trapd_meta SET v = %s WHERE k IN ('schema', 'compatible')", (str(SCHEMA_VERSION + 1),)
+        )
     with pytest.raises(JournalError, match="newer than this trapd knows"):
         await PostgresJournal(url).open()
     with pytest.raises(JournalError, match="newer than this trapd knows"):
@@ -1224,3 +1228,77 @@ async def test_a_statement_timeout_in_the_batch_s_lock_wait_fails_its_add_not_th
             make_event().to_dict(), [entry(key="k1", claim=True, due=now - 1)], [], time.time()
         )
         assert again.states == ["running"]
+
+
+async def test_a_newer_schema_that_declares_this_trapd_compatible_is_run_on_with_a_warning(
+    pg_server: PgServer,
+) -> None:
+    """A pair upgraded one host at a time: once the upgraded host migrated the schema, the host
+    still on the older trapd refused to start again (a crash, the watchdog, a reboot) with
+    "newer than this trapd knows", though the migrations since were additive and it had run on
+    them until then; the pair was down to one host until it was upgraded too. The schema now
+    says which trapd it is compatible with (trapd_meta 'compatible': the oldest schema whose
+    trapd runs on it, written by migrate): a trapd at or past that starts on it and warns once
+    to upgrade it; past what it declares, it is refused as before."""
+    from trapd.dispatch.journal.postgres import COMPATIBLE_SINCE
+
+    url = pg_server.new_database(migrated=False)
+    await migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        got = dict(conn.execute("SELECT k, v FROM trapd_meta").fetchall())
+        assert got["compatible"] == str(COMPATIBLE_SINCE), got
+        # A later release's additive migration (SCHEMA_VERSION + 1, compatible from this one).
+        conn.execute("UPDATE trapd_meta SET v = %s WHERE k = 'schema'", (str(SCHEMA_VERSION + 1),))
+        conn.execute("UPDATE trapd_meta SET v = %s WHERE k = 'compatible'", (str(SCHEMA_VERSION),))
+    async with PostgresJournal(url, instance="older") as j:
+        r = await j.add(make_event().to_dict(), [entry(key="k1")], [], time.time())
+        assert r.states == ["pending"]
+        (notice,) = j.notices()
+        assert notice.level == "warning" and "newer than this trapd" in notice.event, notice
+        assert str(SCHEMA_VERSION + 1) in notice.fields["schema"] and "upgrade" in notice.fields["hint"]
+    with psycopg.connect(url, autocommit=True) as conn:  # and one that is not: refused, as before
+        conn.execute("UPDATE trapd_meta SET v = %s WHERE k = 'compatible'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(JournalError, match="newer than this trapd knows"):
+        await PostgresJournal(url).open()
+    with pytest.raises(JournalError, match="newer than this trapd knows"):
+        await migrate(url)  # never downgraded
+
+
+async def test_an_older_schema_s_refusal_says_whether_the_other_host_keeps_running(
+    pg_server: PgServer,
+) -> None:
+    """Forgetting `trapd journal migrate` on an upgrade: the refusal names the command, and on a
+    pair whether the host still on the older trapd keeps running on the migrated schema (the
+    migrations since its schema are additive) or must be stopped first."""
+    from trapd.dispatch.journal.postgres import COMPATIBLE_SINCE
+
+    url = pg_server.new_database(migrated=True)
+    for old, says in ((COMPATIBLE_SINCE, "keeps running"), (COMPATIBLE_SINCE - 1, "stop it first")):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE trapd_meta SET v = %s WHERE k = 'schema'", (str(old),))
+        with pytest.raises(JournalError) as refused:
+            await PostgresJournal(url).open()
+        text = str(refused.value)
+        assert f"schema {old}, older than this trapd" in text and "trapd journal migrate" in text, text
+        assert says in text, text
+
+
+def test_migrate_of_an_older_schema_says_what_of_the_older_host(
+    pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trapd.cli import main
+    from trapd.dispatch.journal.postgres import COMPATIBLE_SINCE
+
+    url = pg_server.new_database(migrated=False)
+    with psycopg.connect(url, autocommit=True) as conn:  # the schema a release of COMPATIBLE_SINCE made
+        conn.execute("CREATE TABLE trapd_meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+        for version, sql in MIGRATIONS:
+            if version <= COMPATIBLE_SINCE:
+                conn.execute(sql.encode())
+        conn.execute("INSERT INTO trapd_meta VALUES ('schema', %s)", (str(COMPATIBLE_SINCE),))
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(json.dumps({"dispatch": {"journal": {"url": url}}}))
+    assert main(["journal", "-c", str(cfg), "migrate"]) == 0
+    out = capsys.readouterr().out
+    assert f"journal schema {COMPATIBLE_SINCE} -> {SCHEMA_VERSION}" in out, out
+    assert "the other host's older trapd keeps running" in out, out

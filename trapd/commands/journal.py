@@ -205,7 +205,7 @@ def _migrate(jc: Any, as_json: bool) -> int:
         else:
             print("the SQLite journal needs no migration: trapd upgrades it when it opens it")
         return 0
-    from trapd.dispatch.journal.postgres import migrate
+    from trapd.dispatch.journal.postgres import COMPATIBLE_SINCE, migrate
 
     try:
         before, after = asyncio.run(migrate(jc.conninfo()))
@@ -218,6 +218,13 @@ def _migrate(jc: Any, as_json: bool) -> int:
         print(f"journal schema {after}: up to date")
     else:
         print(f"journal schema {'created' if before is None else before} -> {after}")
+        if before is not None:
+            # A pair upgraded one host at a time: what of the other host, still on the older trapd.
+            print(
+                f"a trapd of schema {COMPATIBLE_SINCE} or later runs on it; "
+                + ("the other host's older trapd keeps running" if before >= COMPATIBLE_SINCE
+                   else f"an older one (this was schema {before}) must be stopped and upgraded")
+            )  # fmt: skip
     return 0
 
 

@@ -769,6 +769,15 @@ $$;
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+# The oldest schema whose trapd runs correctly on SCHEMA_VERSION's: every migration after it only
+# adds (a nullable column, a function the older trapd does not call). `trapd journal migrate`
+# records it (trapd_meta 'compatible'), so that a host still on the older trapd, in a pair
+# upgraded one host at a time, starts again on the migrated schema (a crash, a reboot) instead
+# of being refused until it is upgraded; and a refusal of an older schema says whether the other
+# host keeps running once it is migrated. tests/test_upgrade.py runs the release of schema 8 on
+# this one. A migration that an older trapd cannot run on (schema 3 renamed the advisory locks)
+# moves this to its own version.
+COMPATIBLE_SINCE = 8
 
 CHANNEL = "trapd_journal"
 # Claims renewed every third of this; a row whose lease ran out is taken over by another host.
@@ -936,6 +945,14 @@ async def schema_version(conn: Conn) -> int | None:
     return int(row[0]) if row else None
 
 
+async def compatible_since(conn: Conn) -> int | None:
+    """The oldest schema whose trapd runs on the database's (see :data:`COMPATIBLE_SINCE`); None
+    when the migration that made it did not say (a trapd older than this mark)."""
+    cur = await conn.execute("SELECT v FROM trapd_meta WHERE k = 'compatible'")
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
 async def migrate(conninfo: str) -> tuple[int | None, int]:
     """Create or bring the schema up to :data:`SCHEMA_VERSION`; returns (before, after).
 
@@ -973,11 +990,11 @@ async def _migrate_on(conn: Conn) -> tuple[int | None, int]:
         for version, sql in MIGRATIONS:
             if before is None or version > before:
                 await conn.execute(sql.encode())
-        await conn.execute(
-            "INSERT INTO trapd_meta (k, v) VALUES ('schema', %s) "
-            "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
-            (str(SCHEMA_VERSION),),
-        )
+        for k, v in (("schema", SCHEMA_VERSION), ("compatible", COMPATIBLE_SINCE)):
+            await conn.execute(
+                "INSERT INTO trapd_meta (k, v) VALUES (%s, %s) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                (k, str(v)),
+            )
     return before, SCHEMA_VERSION
 
 
@@ -1983,19 +2000,38 @@ class PostgresJournal:
             raise JournalError(f"cannot connect to the journal database: {_one_line(exc)}") from exc
         try:
             found = await schema_version(probe)
+            compatible = await compatible_since(probe) if found is not None else None
             await self._measure_clock(probe)
         except psycopg.Error as exc:
             raise JournalError(f"cannot open the journal database: {_one_line(exc)}") from exc
         finally:
             await probe.close()
-        if found != SCHEMA_VERSION:
-            if found is None:
-                raise JournalError("the journal database has no trapd schema: run `trapd journal migrate`")
-            if found > SCHEMA_VERSION:
-                raise JournalError(_newer(found))
+        if found is None:
+            raise JournalError("the journal database has no trapd schema: run `trapd journal migrate`")
+        if found < SCHEMA_VERSION:
+            other = (
+                "on a pair, a host still running the older trapd keeps running on the migrated schema"
+                if found >= COMPATIBLE_SINCE
+                else f"on a pair, the trapd of schema {found} cannot run on the new schema: stop it first"
+            )
             raise JournalError(
                 f"the journal database has trapd schema {found}, older than this trapd ({SCHEMA_VERSION}): "
-                "run `trapd journal migrate`"
+                f"run `trapd journal migrate` (once, from either host; {other}: docs/pair.md)"
+            )
+        if found > SCHEMA_VERSION:
+            if compatible is None or compatible > SCHEMA_VERSION:
+                raise JournalError(_newer(found))
+            # A later trapd migrated it and says this one still runs on it: the rolling upgrade's
+            # older host, restarted before its own upgrade.
+            self._notices.append(
+                JournalNotice(
+                    "warning",
+                    "the journal's schema is newer than this trapd's, which it declares compatible",
+                    {
+                        "schema": f"{found} (this trapd: {SCHEMA_VERSION}; compatible since {compatible})",
+                        "hint": "another host runs a newer trapd: upgrade this one too (docs/pair.md)",
+                    },
+                )
             )
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self.conninfo,
