@@ -483,3 +483,30 @@ async def test_a_rule_files_actions_run_with_the_event_of_a_trap(
     (tmp_path / "broken.yaml").write_text(rules.read_text().replace("port:", "prot:"))
     with pytest.raises(ValueError, match=r"broken.yaml:5:17: kit.port needs the parameter .port."):
         evaluate_rules(tmp_path / "broken.yaml", event)
+
+
+def test_the_doc_names_the_errors_a_plugin_meets_with_their_kind() -> None:
+    # docs/plugins.md said what RetryableError and PermanentError do, not that both are
+    # trapd.plugin.ActionError (which a plugin catches for either, and which raised itself is
+    # retried without a traceback: not "any other exception"), nor which of the Kea client's
+    # errors (trapd.kea.errors, what a Kea action lets through or catches) is of which kind.
+    import inspect
+    import re
+
+    import trapd.kea.errors
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text(encoding="utf-8")
+    assert "`ActionError`" in doc
+    said = {
+        kind: set(re.findall(r"`(Kea\w+Error)`", text))
+        for kind, text in re.findall(
+            r"^ *\* (Retryable|Permanent) \(`trapd\.kea\.errors`\): (.*)$", doc, re.M
+        )
+    }
+    errors = {
+        name: "Retryable" if issubclass(cls, RetryableError) else "Permanent"
+        for name, cls in vars(trapd.kea.errors).items()
+        if inspect.isclass(cls) and issubclass(cls, trapd.kea.errors.KeaError) and cls.__doc__
+        and name != "KeaError"
+    }  # fmt: skip
+    assert said == {kind: {n for n, k in errors.items() if k == kind} for kind in ("Retryable", "Permanent")}
