@@ -138,3 +138,46 @@ async def test_a_hub_s_state_is_the_relationship_s_with_a_spoke_down(hub: HubAnd
         assert [w for w in log.lines if w[0] == "warning"] == [], log.lines
     finally:
         await clients.aclose()
+
+
+@pytest.mark.chroot
+async def test_kea_command_s_ha_commands_go_to_the_endpoint_s_relationship_on_a_hub(hub: HubAndSpoke) -> None:
+    """A hub's HA commands (ha-heartbeat, ha-scopes, ha-continue, ha-reset) act on the relationship
+    their ``server-name`` names, and on the hub's first relationship without one (measured on Kea
+    2.6.3 and 3.0.4). kea.command through endpoint hub_b to its peer hub-b sent them without one:
+    a heartbeat answered relationship a's state, and ``ha-scopes {scopes: []}`` meant for b took
+    spoke1's scope from the hub in relationship a, where it serves it alone (spoke1 down). The
+    peer's name is the relationship's server-name (docs/kea-ha.md): sent with it, when the server
+    has several relationships and the rule gives none."""
+    from kea_harness import make_action_context
+
+    from trapd.params import validate
+    from trapd.plugin import load_actions
+
+    spec = load_actions()[0]["kea.command"]
+    clients = make_kea_clients({"endpoints": hub.trapd_endpoints()})
+    ctx = make_action_context(clients)
+
+    async def command(name: str, arguments: Any = None) -> dict[str, Any]:
+        params = {"endpoint": "hub_b", "command": name, "target": "hub-b", "accept": [0]}
+        if arguments is not None:
+            params["arguments"] = arguments
+        result = await spec.run(validate(spec.params, params), ctx)
+        assert result is not None and result["peer"] == "hub-b", result
+        return dict(result)
+
+    try:
+        hub.servers["spoke1"].stop()
+        hub.wait_relationships("hub", ["partner-down", "hot-standby"])
+        beat = await command("ha-heartbeat")
+        assert beat["arguments"]["state"] == "hot-standby", beat  # b's, not a's partner-down
+        await command("ha-scopes", {"scopes": []})
+        rels = hub.relationships("hub")
+        local = {r["ha-servers"]["local"]["server-name"]: r["ha-servers"]["local"] for r in rels}
+        assert local["hub-a"]["scopes"] == ["spoke1"], local  # a untouched: it still serves spoke1's
+        # what the rule gave is sent as given
+        named = await command("ha-heartbeat", {"server-name": "hub-a"})
+        assert named["arguments"]["state"] == "partner-down", named
+    finally:
+        await clients.aclose()
+        await ctx.http.aclose()

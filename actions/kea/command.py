@@ -5,11 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from trapd.kea.client import KeaClient
 from trapd.params import Param
 from trapd.plugin import ActionContext, PermanentError, action
 from trapd.service.logging import redact
 
 from .common import ENDPOINT, FAMILY, NO_FAMILY_HINTS, answered_by
+
+# A hub of several HA relationships (Kea >= 2.6) applies these to the relationship their
+# server-name names, and to its first relationship without one (measured on Kea 2.6.3 and 3.0.4:
+# ha-heartbeat answered relationship a's state through peer hub-b of relationship b).
+# (ha-maintenance-start/-cancel act on every relationship; ha-sync's server-name is the partner
+# to fetch leases from, which Kea requires on a hub.)
+RELATIONSHIP_COMMANDS = frozenset(
+    {"ha-heartbeat", "ha-scopes", "ha-continue", "ha-reset", "ha-sync-complete-notify"}
+)
 
 
 def _every_peer(params: Mapping[str, Any]) -> bool:
@@ -60,6 +70,10 @@ async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
     actions where one exists: they validate their parameters and record
     what they change. On an HA relationship it goes to every peer by
     default (Kea HA does not copy control-API changes); see ``target``.
+    To a hub of several relationships (Kea >= 2.6), ha-heartbeat, ha-scopes,
+    ha-continue, ha-reset and ha-sync-complete-notify are sent with
+    ``server-name: PEER`` unless the arguments give one: without it Kea
+    applies them to the hub's first relationship, not the endpoint's.
 
     Example (record the lease of the switch's own address; "not found" is fine)::
 
@@ -92,9 +106,24 @@ async def kea_command(params: dict[str, Any], ctx: ActionContext) -> dict[str, A
             f"service {service}: only a control-agent endpoint forwards to another daemon; "
             f"endpoint {kea.name} ({kea.transport_name}) is {kea.service}"
         )
-    r = await kea.command(command, params.get("arguments"), accept=tuple(params["accept"]), service=service)
+    arguments = params.get("arguments")
+    if command in RELATIONSHIP_COMMANDS and kea.peer is not None and await _several_relationships(kea):
+        if arguments is None:
+            arguments = {}
+        if isinstance(arguments, dict) and "server-name" not in arguments:
+            # The relationship this endpoint is: Kea's server-name there is the peer's name
+            # (docs/kea-ha.md); a misnamed peer is refused by Kea, not sent to the first one.
+            arguments = {**arguments, "server-name": kea.peer}
+    r = await kea.command(command, arguments, accept=tuple(params["accept"]), service=service)
     ctx.log.info("kea command sent", endpoint=kea.name, command=command, result=r.result)
     # Journaled and shown by `trapd journal show`: config-get lists the HTTP control sockets'
     # clients with their passwords (Kea 3.0), trapd's own among them.
     result: dict[str, Any] = redact({**answered_by(kea), "command": command, **r.to_dict()})
     return result
+
+
+async def _several_relationships(kea: KeaClient) -> bool:
+    """The server is in more than one HA relationship (a hub): status-get lists each."""
+    r = await kea.command("status-get", accept=(0,))
+    listed = r.arguments.get("high-availability") if isinstance(r.arguments, dict) else None
+    return isinstance(listed, list) and len(listed) > 1
