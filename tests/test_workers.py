@@ -680,6 +680,29 @@ def test_a_worker_that_never_becomes_ready_fails_the_start_with_its_stack_in_the
         d.close()
 
 
+def test_a_stop_while_the_workers_start_is_a_clean_stop(tmp_path: Path) -> None:
+    """SIGTERM (systemctl stop, or restart) while the workers were still starting: a worker that
+    had not yet installed its handlers ended at once by SIGTERM's default action, the supervisor
+    counted that exit (-15) as a failure and exited 1, so a plain stop left the unit 'failed'.
+    A worker's end by the SIGTERM the supervisor sent it is a clean stop (systemd counts a
+    process that SIGTERM ended as clean too)."""
+    prelude = (
+        "import time\nimport trapd.service.workers as w\n_run = w.run_on_loop\n"
+        "def run_on_loop(daemon):\n"
+        "    time.sleep(3)  # forked, signals at their defaults, not yet running\n"
+        "    return _run(daemon)\n"
+        "w.run_on_loop = run_on_loop\n"
+    )
+    d = start_wrapped(tmp_path, prelude, TWO, None, wait_ready=False)
+    try:
+        d.wait_log("worker started", 30, count=2)
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(30) == 0, d.log[-6:]
+        assert sorted(e["exit"] for e in d.logs("worker stopped")) == ["signal 15", "signal 15"]
+    finally:
+        d.close()
+
+
 # In the test's wrapper: worker 1 fails to load any rules on a reload (a MemoryError in it, a file
 # it cannot read that the supervisor could); the supervisor and worker 0 load them.
 WORKER_1_REFUSES = """\
