@@ -510,3 +510,28 @@ def test_the_doc_names_the_errors_a_plugin_meets_with_their_kind() -> None:
         and name != "KeaError"
     }  # fmt: skip
     assert said == {kind: {n for n, k in errors.items() if k == kind} for kind in ("Retryable", "Permanent")}
+
+
+def test_per_peer_and_kea_families_are_functions() -> None:
+    # per_peer = True in the class form (it reads as a flag) was accepted and failed only when an
+    # action was journaled for a Kea HA relationship: 'bool' object is not callable.
+    class Flagged:
+        """Pauses a Kea server."""
+
+        name = "kit.flagged"
+        params = {"endpoint": Param("string"), "peer": Param("string")}
+        per_peer = True
+
+        async def run(self, params: dict[str, Any], ctx: ActionContext) -> None:
+            pass
+
+    with pytest.raises(
+        TypeError, match=r"action kit.flagged: per_peer is a function of the parameters, not True"
+    ):
+        as_spec(Flagged)
+
+    async def run(params: dict[str, Any], ctx: ActionContext) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"action kit.fam: kea_families is a function of the parameters"):
+        action("kit.fam", params={}, kea_families=("v4",))(run)  # type: ignore[arg-type]

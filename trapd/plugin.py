@@ -278,7 +278,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _guarded(name: str, what: str, fn: _F | None) -> _F | None:
     """``fn``, a plugin's own callable that trapd calls outside the action's run (kea_families
     when it compiles a rule and journals an action, per_peer when it journals one), its unexpected
-    exceptions made a :class:`PermanentError` that says whose bug it is.
+    exceptions made a :class:`PermanentError` that says whose bug it is; TypeError (a broken
+    plugin) for one that is not callable (``per_peer = True``).
 
     trapd's callers take an ActionError or ValueError as "these parameters do not work" (a rule
     problem; the action journaled as it is, to fail when it runs); a KeyError from a plugin's
@@ -286,6 +287,11 @@ def _guarded(name: str, what: str, fn: _F | None) -> _F | None:
     """
     if fn is None:
         return None
+    if not callable(fn):
+        example = "lambda params: True" if what == "per_peer" else "lambda params, templated: ('v4',)"
+        raise TypeError(
+            f"action {name}: {what} is a function of the parameters, not {fn!r}: {what}={example}"
+        )
     call = fn
 
     def guarded(*args: Any) -> Any:
