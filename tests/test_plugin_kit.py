@@ -535,3 +535,34 @@ def test_per_peer_and_kea_families_are_functions() -> None:
 
     with pytest.raises(TypeError, match=r"action kit.fam: kea_families is a function of the parameters"):
         action("kit.fam", params={}, kea_families=("v4",))(run)  # type: ignore[arg-type]
+
+
+async def test_an_action_that_changes_its_settings_changes_them_for_itself_only(tmp_path: Path) -> None:
+    # ctx.settings was the dispatcher's own dict of the plugin's settings, shared by every run: an
+    # action that wrote to it (url += path) changed it for every later action of the plugin
+    # (the URL grew by a path per trap), where run_action gave each run a fresh dict.
+    @action("kit.grows", params={"path": Param("string", required=True)}, idempotent=True)
+    async def grows(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+        """Appends to its URL setting (a bug)."""
+        settings: Any = ctx.settings
+        settings["url"] += params["path"]
+        return {"url": settings["url"]}
+
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        d = Dispatcher(
+            CONFIG, journal, {"kit.grows": grows}, kea=None, settings={"kit.grows": {"url": "https://x/"}}
+        )
+        await d.start()
+        try:
+            ids = [
+                (await d.submit(make_event(), make_outcome(plan("kit.grows", {"path": p}, key="k"))))[0]
+                for p in ("a", "b")
+            ]
+            deadline = time.monotonic() + 20
+            while d.stats.outcomes[("kit.grows", "done")] < 2:
+                assert time.monotonic() < deadline, d.stats.outcomes
+                await asyncio.sleep(0.02)
+            results = [(await journal.get(int(i))).result for i in ids]  # type: ignore[union-attr]
+        finally:
+            await d.stop(1.0)
+    assert results == [{"url": "https://x/a"}, {"url": "https://x/b"}]

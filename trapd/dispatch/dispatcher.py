@@ -1095,7 +1095,9 @@ class Dispatcher:
             log=log,
             kea=self._action_kea,
             http=self.http,
-            settings=self.settings.get(job.action, {}),
+            # A copy of its own, as run_action gives: a run that writes to it (url += path) must
+            # not change the settings of every later run of the plugin.
+            settings=dict(self.settings.get(job.action, {})),
             attempt=attempt,
             record=functools.partial(self._record, job),
             previous=job.previous,
