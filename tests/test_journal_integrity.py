@@ -921,3 +921,26 @@ def test_journal_check_of_a_shared_journal_says_what_checks_it(
     cfg.write_text(json.dumps({"dispatch": {"journal": {"url": pg_url, "instance": "ops"}}}))
     assert main(["journal", "-c", str(cfg), "check"]) == 2
     assert "pg_amcheck" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", b""])
+@pytest.mark.parametrize("argv", [("list",), ("show", "1"), ("cancel", "1"), ("check",)])
+def test_a_file_that_is_no_journal_is_named_so_without_advice_to_move_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, argv: tuple[str, ...]
+) -> None:
+    """`trapd journal --journal FILE` on a file that is no SQLite database (a mistyped path:
+    /etc/passwd) printed the daemon's recovery advice: 'To recover, move it aside ... (mv
+    /etc/passwd /etc/passwd.damaged; ...) and start trapd again for a new, empty journal'. The
+    read-only commands meant to say only 'is not an SQLite database', but took any message
+    with 'empty' in it for the empty file's, and that advice has 'a new, empty journal'. The
+    command only looks at (or changes rows of) the file the operator named: it says what the
+    file is; the daemon's start-up, which refuses its own journal, still gives the advice."""
+    from trapd.cli import main
+
+    path = tmp_path / "passwd"
+    path.write_bytes(content)
+    assert main(["journal", "--journal", str(path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and ("not an SQLite database" in err or "empty (0 bytes)" in err), err
+    assert "mv " not in err and "move it aside" not in err, err
+    assert path.read_bytes() == content

@@ -333,6 +333,12 @@ async def open_cli_journal(
 
     from trapd.dispatch.journal import SQLiteJournal, open_journal
 
+    if jc is None and not read_only:
+        from trapd.dispatch.journal.sqlite import header_problem, not_a_journal
+
+        # What the file is, before a write's open gives the daemon's advice (mv it aside ...).
+        if (problem := header_problem(path)) is not None:
+            raise not_a_journal(path, problem)
     journal = (
         SQLiteJournal(path, read_only=read_only, lenient=lenient)
         if jc is None

@@ -1097,15 +1097,9 @@ class SQLiteJournal:
 
     def _refuse_unless_sqlite(self) -> None:
         """An existing file that cannot be a journal: refused, never replaced by a new one."""
-        try:
-            with open(self.path, "rb") as f:
-                head = f.read(16)
-        except OSError as exc:
-            raise JournalError(f"cannot read the journal {self.path}: {exc.strerror or exc}") from None
-        if not head:
-            raise self._damaged("the file is empty (0 bytes): it was truncated, or never written")
-        if head != b"SQLite format 3\x00":
-            raise self._damaged("it is not an SQLite database")
+        problem = header_problem(self.path)
+        if problem is not None:
+            raise self._damaged(problem)
 
     def _check_integrity(self, conn: sqlite3.Connection) -> None:
         """``PRAGMA quick_check`` (every page, index and constraint that can be checked without
@@ -1157,12 +1151,9 @@ class SQLiteJournal:
         """For inspection: no file made, nothing written (query_only), damage recorded, not refused."""
         if not self.path.exists():
             raise JournalError(f"no journal at {self.path}")
-        try:
-            self._refuse_unless_sqlite()
-        except JournalDamaged as exc:
-            if "empty" in str(exc):
-                raise
-            raise JournalDamaged(f"the journal {self.path} is not an SQLite database") from None
+        problem = header_problem(self.path)
+        if problem is not None:
+            raise not_a_journal(self.path, problem)
         uri = self.path.resolve().as_uri()
         conn = sqlite3.connect(
             uri + "?mode=rw", uri=True, isolation_level=None, check_same_thread=False, timeout=10.0
@@ -1980,6 +1971,28 @@ def _free_bytes(path: Path) -> int | str:
     except OSError:
         return "?"
     return st.f_bavail * st.f_frsize
+
+
+def header_problem(path: Path) -> str | None:
+    """Why the existing file at ``path`` cannot be a journal (empty, not SQLite), or None.
+    Raises JournalError when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise JournalError(f"cannot read the journal {path}: {exc.strerror or exc}") from None
+    if not head:
+        return "the file is empty (0 bytes): it was truncated, or never written"
+    if head != b"SQLite format 3\x00":
+        return "it is not an SQLite database"
+    return None
+
+
+def not_a_journal(path: Path, problem: str) -> JournalDamaged:
+    """For ``trapd journal``, which works on the file an operator named (``--journal``: perhaps
+    mistyped): what the file is, without the daemon's advice to move it aside and start anew
+    (given for /etc/passwd, it said ``mv /etc/passwd /etc/passwd.damaged``)."""
+    return JournalDamaged(f"{path} is not a trapd journal: {problem}")
 
 
 def _full_note(path: Path) -> str:
