@@ -229,6 +229,56 @@ def test_informs_are_answered_by_either_worker_as_one_engine(tmp_path: Path) -> 
         d.close()
 
 
+def _report_value(inform: bytes, address: tuple[str, int]) -> int:
+    """The usmStatsWrongDigests value of the report to ``inform``, sent from a port of its own."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(inform, address)
+        report = s.recv(4096)
+    prefix = bytes.fromhex("060a2b060106030f0101")  # 1.3.6.1.6.3.15.1.1.<column>.0
+    at = report.index(prefix) + len(prefix)
+    column, zero, tag, size = report[at : at + 4]
+    assert (column, zero, tag) == (5, 0, 0x41), report.hex()  # usmStatsWrongDigests, Counter32
+    return int.from_bytes(report[at + 4 : at + 4 + size], "big")
+
+
+def test_usm_stats_in_reports_are_the_units_count_not_one_workers(tmp_path: Path) -> None:
+    """An operator chasing a v3 key mismatch reads usmStatsWrongDigests in the report the sender
+    gets (snmpinform -d, a switch's debug, a capture). With two workers each report carried its
+    own worker's count: about half of trapd_notifications_dropped_total{reason="wrong-digest"},
+    and another figure from each worker. Now a report carries the unit's count as of the
+    supervisor's last look (every status_interval) plus what its worker counted since."""
+    from listen_harness import capture_datagram
+
+    config = {
+        "service": {"workers": 2, "status_interval": 0.5},
+        "listener": {
+            "v3_users": [V3_USER],
+            "engine_id": TRAPD_ENGINE,
+            "rate_limit": {"v3_slow_per_source": 1000},
+        },
+    }
+    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="x"), config=config)
+    try:
+        wrong = [*V3_ARGS, "-e", "0x" + TRAPD_ENGINE]
+        wrong[wrong.index("-A") + 1] = "not-the-auth-key"
+        inform = capture_datagram("snmpinform", *wrong, "{target}", "", LINK_DOWN)
+        for _ in range(16):  # 16 source ports: both workers get some (all to one: 1 in 2^15)
+            _report_value(inform, d.address)
+        eventually(
+            lambda: d.metric("trapd_notifications_dropped_total", d.metrics(), reason="wrong-digest") == 16
+        )
+
+        def one_figure() -> None:
+            value = _report_value(inform, d.address)  # this one is counted too
+            assert value == d.metric("trapd_notifications_dropped_total", d.metrics(), reason="wrong-digest")
+
+        eventually(one_figure, timeout=20)
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 def test_systemd_sees_one_unit_ready_reloading_and_stopping(tmp_path: Path) -> None:
     loadgen = _loadgen()
     d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="a"), config=TWO, watchdog_usec=2_000_000)

@@ -108,6 +108,10 @@ class ListenerStats:
     callback_errors: int = 0
     # Reading paused for a slice in a storm to give the dispatcher its share (udp.RECEIVE_SLICE).
     receive_pauses: int = 0
+    # With service.workers > 1: the usmStats counts of the unit's other workers (usmStats column ->
+    # count), as the supervisor last summed them; added to this worker's in the reports it sends
+    # (reports.usm_stats_value), so that a sender reads the unit's count, not one worker's.
+    usm_elsewhere: dict[int, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
     def drop(self, reason: str, detail: str | None = None) -> None:

@@ -29,6 +29,7 @@ from trapd.instance import undecodable_total
 from trapd.listener.raw import DEFER_ACK, RawNotification
 from trapd.listener.resends import InformResends, PendingInform
 from trapd.listener.stats import DropLog
+from trapd.listener.v3.reports import usm_stats_counts
 from trapd.rules.outcome import Outcome
 from trapd.service.health import Health
 from trapd.service.lifecycle import (
@@ -784,6 +785,7 @@ class Daemon:
             outcomes_lost=self.stats.submit_overflow,
             informs_resent=self.stats.informs_resent,
             informs_too_big=ls.inform_too_big if ls is not None else 0,
+            usm_stats=usm_stats_counts(ls) if ls is not None else {},
             rate_limit_exempted=sum(self.limiter.stats.exempted.values()) if self.limiter else 0,
             receive_pauses=ls.receive_pauses if ls is not None else 0,
             v3_engines_pushed_out=ls.v3_engines_pushed_out if ls is not None else 0,

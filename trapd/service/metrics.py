@@ -187,6 +187,9 @@ class DaemonSnapshot:
     # The SQLite journal's periodic integrity checks by result (ok, damaged, error), and the
     # duration of the last one in seconds (a gauge; the longest of the workers').
     journal_integrity_checks: Mapping[str, int] = field(default_factory=dict)
+    # usmStats column -> this process's count (trapd.listener.v3.reports.usm_stats_counts): not
+    # exported (the drops by reason are), summed for the reports of a unit with workers.
+    usm_stats: Mapping[int, int] = field(default_factory=dict)
     journal_integrity_check_seconds: float = 0.0
     # The SQLite journal's WAL that its last checkpoint could not get rid of (gauge, bytes).
     journal_wal_bytes: int = 0

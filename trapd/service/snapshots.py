@@ -5,8 +5,8 @@ serves one /metrics for the unit, so it adds the workers' snapshots up.
 
 How each field combines, and why:
 
-* counters (received, dropped, matched, rejected, actions, the latency histogram...):
-  summed. A worker that died and was restarted starts again from zero, so
+* counters (received, dropped, matched, rejected, actions, the latency histogram, the
+  usmStats counts...): summed. A worker that died and was restarted starts again from zero, so
   the supervisor keeps the last snapshot of every worker that ended and adds
   it too (:class:`RetiredCounts`): the unit's counters never go backwards.
   What the dead worker counted after its last snapshot is not in them.
@@ -87,6 +87,7 @@ def to_wire(snap: DaemonSnapshot) -> dict[str, Any]:
         "outcomes_lost": snap.outcomes_lost,
         "informs_resent": snap.informs_resent,
         "informs_too_big": snap.informs_too_big,
+        "usm_stats": {str(k): v for k, v in snap.usm_stats.items()},
         "rate_limit_exempted": snap.rate_limit_exempted,
         "receive_pauses": snap.receive_pauses,
         "v3_engines_pushed_out": snap.v3_engines_pushed_out,
@@ -138,6 +139,7 @@ def from_wire(data: Mapping[str, Any]) -> DaemonSnapshot:
         outcomes_lost=int(data.get("outcomes_lost", 0)),
         informs_resent=int(data.get("informs_resent", 0)),
         informs_too_big=int(data.get("informs_too_big", 0)),
+        usm_stats={int(k): int(v) for k, v in data.get("usm_stats", {}).items()},
         rate_limit_exempted=int(data.get("rate_limit_exempted", 0)),
         receive_pauses=int(data.get("receive_pauses", 0)),
         v3_engines_pushed_out=int(data.get("v3_engines_pushed_out", 0)),
@@ -220,6 +222,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
     unmatched = lost = resent = exempted = failed_writes = taken_over = pauses = backlog = backlog_bytes = 0
     unreadable = put_back = pushed_out = undecodable = too_big = 0
     checks: dict[Any, int] = {}
+    usm_stats: dict[Any, int] = {}
     check_seconds = 0.0
     wal_bytes = 0
     problem: str | None = None
@@ -260,6 +263,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         taken_over += s.journal_taken_over
         put_back += s.journal_put_back
         _add(checks, s.journal_integrity_checks)
+        _add(usm_stats, s.usm_stats)
         check_seconds = max(check_seconds, s.journal_integrity_check_seconds)
         wal_bytes = max(wal_bytes, s.journal_wal_bytes)  # one file: each worker measures it
         unreadable += s.journal_unreadable
@@ -297,6 +301,7 @@ def sum_snapshots(snaps: Iterable[DaemonSnapshot]) -> DaemonSnapshot:
         journal_taken_over=taken_over,
         journal_put_back=put_back,
         journal_integrity_checks=checks,
+        usm_stats=usm_stats,
         journal_integrity_check_seconds=check_seconds,
         journal_wal_bytes=wal_bytes,
         journal_unreadable=unreadable,

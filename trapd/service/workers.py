@@ -184,6 +184,9 @@ class WorkerRole:
                     self._send_snapshot(channel, daemon, msg.get("seq"))
                 elif msg["op"] == "reload":
                     daemon.request_reload()
+                elif msg["op"] == "usm-elsewhere" and daemon.listener is not None:
+                    counts = msg.get("counts") or {}
+                    daemon.listener.stats.usm_elsewhere = {int(k): int(v) for k, v in counts.items()}
         except ChannelClosed:
             # The supervisor is gone (PR_SET_PDEATHSIG says so too, with SIGTERM): stop cleanly.
             daemon.log.warning("supervisor gone, stopping")
@@ -942,7 +945,26 @@ class Supervisor:
         """Every status interval: the workers' counters, and a stuck one replaced (with or without
         a systemd watchdog)."""
         await self._refresh(timeout)
+        self._share_usm_stats()
         self._replace_stuck()
+
+    def _share_usm_stats(self) -> None:
+        """Tell every worker the usmStats counts of the others (and of workers that ended).
+
+        The unit is one SNMP engine: a report is to carry its usmStats count (RFC 3414 3.2),
+        which an operator chasing a wrong key reads in the sender's debug output. Each worker
+        counts only what the kernel handed it; it adds what it is told here (every status
+        interval) to its own, so a report says the unit's count as of the last look plus what
+        its worker counted since.
+        """
+        total = self.snapshot().usm_stats
+        for slot in self.slots:
+            own = slot.last_snapshot
+            if not (slot.alive and slot.ready and slot.channel is not None and own is not None):
+                continue
+            counts = {str(c): n - own.usm_stats.get(c, 0) for c, n in total.items()}
+            with contextlib.suppress(ChannelClosed):
+                slot.channel.send({"op": "usm-elsewhere", "counts": counts})
 
     async def _start_metrics(self) -> None:
         sockets = [s for slot in self.slots for s in slot.sockets]

@@ -32,7 +32,13 @@ from trapd.listener.ber import (
 from trapd.listener.stats import ListenerStats
 from trapd.listener.v3.header import V3Header
 
-__all__ = ["USM_STATS", "USM_STATS_REASONS", "unknown_engine_id_report", "usm_stats_value"]
+__all__ = [
+    "USM_STATS",
+    "USM_STATS_REASONS",
+    "unknown_engine_id_report",
+    "usm_stats_counts",
+    "usm_stats_value",
+]
 
 USM_STATS: Final = (1, 3, 6, 1, 6, 3, 15, 1, 1)  # SNMP-USER-BASED-SM-MIB::usmStats
 # usmStats column -> trapd's drop reason of the same refusal
@@ -54,13 +60,25 @@ def usm_stats_value(stats: ListenerStats, column: int, pending: bool) -> int:
     """The usmStats counter ``column`` as trapd counts it: the drops of its reason, and for
     usmStatsUnknownEngineIDs and usmStatsNotInTimeWindows the engine-ID probes and time
     synchronizations (RFC 3414 section 4 counts them there; trapd does not call them drops).
-    ``pending``: the message the report answers is not counted yet (add it)."""
-    value = stats.dropped[USM_STATS_REASONS[column]] + int(pending)
+    ``pending``: the message the report answers is not counted yet (add it). With
+    ``service.workers`` > 1 the other workers' counts (``stats.usm_elsewhere``) are added: the
+    unit is one engine, whose counter a sender reads."""
+    value = _own_count(stats, column) + int(pending) + stats.usm_elsewhere.get(column, 0)
+    return value % (1 << 32)  # Counter32 wraps
+
+
+def usm_stats_counts(stats: ListenerStats) -> dict[int, int]:
+    """This process's own count of every usmStats counter (column -> count), for the supervisor's sum."""
+    return {column: _own_count(stats, column) for column in USM_STATS_REASONS}
+
+
+def _own_count(stats: ListenerStats, column: int) -> int:
+    value = stats.dropped[USM_STATS_REASONS[column]]
     if column == _UNKNOWN_ENGINE_IDS:
         value += stats.v3_engine_probes
     elif column == _NOT_IN_TIME_WINDOWS:
         value += stats.v3_time_syncs
-    return value % (1 << 32)  # Counter32 wraps
+    return value
 
 
 def unknown_engine_id_report(header: V3Header, engine_id: bytes, boots: int, etime: int, count: int) -> bytes:
