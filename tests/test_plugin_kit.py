@@ -566,3 +566,22 @@ async def test_an_action_that_changes_its_settings_changes_them_for_itself_only(
         finally:
             await d.stop(1.0)
     assert results == [{"url": "https://x/a"}, {"url": "https://x/b"}]
+
+
+def test_plan_of_an_action_has_the_parameters_a_rule_would_journal() -> None:
+    # docs/plugins.md's test through the dispatcher planned plan("acme.ticket", {...}): the
+    # parameters went to the journal as typed, where a rule's are validated first, so the action
+    # ran without its defaults (KeyError on params["tags"]) and with "30s" as text.
+    @action(
+        "kit.planned",
+        params={"wait": Param("duration", required=True), "tags": Param("list", item="string", default=[])},
+        idempotent=True,
+    )
+    async def planned(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Does nothing."""
+
+    p = plan(planned, {"wait": "30s"})
+    assert (p.action, p.params) == ("kit.planned", {"wait": 30.0, "tags": []})
+    with pytest.raises(ParamError, match="wait: required"):
+        plan(planned, {})
+    assert plan("kit.planned", {"wait": "30s"}).params == {"wait": "30s"}  # a name: as given

@@ -148,7 +148,7 @@ def make_event(
 
 
 def plan(
-    action: str,
+    action: str | ActionSpec,
     params: Mapping[str, Any],
     *,
     rule: str = "test-rule",
@@ -163,7 +163,14 @@ def plan(
     dry_run: bool = False,
     item: dict[str, Any] | None = None,
 ) -> PlannedAction:
-    """One planned action, as a rule would plan it (for a test through the dispatcher)."""
+    """One planned action, as a rule would plan it (for a test through the dispatcher).
+
+    ``action``: the action itself (its ActionSpec), whose declaration ``params`` are validated
+    against as a rule's are (converted, defaults filled in; a ParamError for what a rule could not
+    pass), or a name, whose ``params`` are journaled as given.
+    """
+    if isinstance(action, ActionSpec):
+        params, action = validate(action.params, params), action.name
     return PlannedAction(
         rule=rule,
         action=action,
