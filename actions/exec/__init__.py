@@ -42,6 +42,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -142,7 +144,7 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     env = build_env(ctx, params.get("env") or {})
     loop = asyncio.get_running_loop()
     try:
-        transport, watch = await _start(loop, argv, env, params.get("cwd") or None)
+        program = _Program.start(loop, argv, env, params.get("cwd") or None, limit)
     except OSError as exc:
         # exc.filename says which: the program, or a cwd that is missing or not a directory.
         which = f": {exc.filename}" if exc.filename and exc.filename != argv[0] else ""
@@ -150,42 +152,35 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
             raise PermanentError(f"cannot run {argv[0]}: {exc.strerror or exc}{which}") from None
         # fork() short of processes or memory, no file descriptor left: a passing condition.
         raise RetryableError(f"cannot start {argv[0]} now: {exc.strerror or exc}{which}") from None
-    proc = asyncio.subprocess.Process(transport, watch, loop)
-    assert proc.stdout is not None and proc.stderr is not None
     # Recorded while the action runs: should trapd die meanwhile, the group is ended before the
     # action runs again, never left running beside its rerun (trapd.programs).
-    if ctx.programs is not None and not ctx.programs.started(proc.pid, ctx.action_id):
+    if ctx.programs is not None and not ctx.programs.started(program.pid, ctx.action_id):
         ctx.log.warning(
             "cannot record the program's process group: should trapd die while it runs, its rerun"
             " may start beside it",
             program=argv[0],
             directory=str(ctx.programs.directory),
         )
-    out, err = _Output(), _Output()
-    reading = asyncio.create_task(_read_output(proc.stdout, proc.stderr, limit, out, err))
+    out, err = program.out, program.err
     deadline = loop.time() + timeout
     try:
         # The exit, then the rest of the output, both by the deadline: a child the program left
-        # behind may hold its pipes open for as long as it runs (proc.wait() waits for that too).
-        exited = await _by(watch.exited, deadline)
-        read_all = exited and await _by(reading, deadline)
+        # behind may hold its pipes open for as long as it runs.
+        exited = await _by(program.exited, deadline)
+        read_all = exited and await _by(program.read, deadline)
         if not read_all:
-            _kill_group(proc.pid)  # the program at its timeout, or what it left holding its output
-            reading.cancel()
-            await watch.exited  # the program cannot leave its group (it leads its session)
+            _kill_group(program.pid)  # the program at its timeout, or what it left holding its output
+            await program.exited  # the program cannot leave its group (it leads its session)
     except asyncio.CancelledError:
-        # dispatch.action_timeout or a shutdown. The program and the reader are ended before the
-        # cancellation goes on: a loop closed right after it (a shutdown) would never run what was
-        # left to a callback, and the collector would then find the transport unclosed, with no
-        # loop to close it on.
-        _kill_group(proc.pid)
-        reading.cancel()
-        await _ended(watch, reading)
+        # dispatch.action_timeout or a shutdown. The program is ended and reaped before the
+        # cancellation goes on (a loop closed right after it, at a shutdown, runs nothing more).
+        _kill_group(program.pid)
+        await _ended(program)
         raise
     finally:
-        _close(transport, watch)
+        program.close()
         if ctx.programs is not None:
-            ctx.programs.ended(proc.pid)
+            ctx.programs.ended(program.pid)
     if not exited:
         _log_output(ctx, argv, out, err, None)
         raise RetryableError(f"{argv[0]} timed out after {timeout:g}s and was killed")
@@ -193,8 +188,9 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         ctx.log.warning(
             "processes the program left behind held its output past the timeout: killed", program=argv[0]
         )
-    code = proc.returncode
-    assert code is not None
+    code = program.returncode
+    if code is None:  # reaped by someone else (SIGCHLD ignored): its status is lost
+        raise RetryableError(f"{argv[0]} exited, but its exit status was lost")
     _log_output(ctx, argv, out, err, code)
     result = {"exit": code, "stdout": _text(out, RESULT_LIMIT), "stderr": _text(err, RESULT_LIMIT)}
     if code == 0:
@@ -258,77 +254,125 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\\0")
 
 
-async def _start(
-    loop: asyncio.AbstractEventLoop, argv: list[str], env: dict[str, str], cwd: str | None
-) -> tuple[asyncio.SubprocessTransport, _ExitWatch]:
-    """The program started, its pipes connected; OSError if it cannot be started.
+class _Output(bytearray):
+    """A program's stdout or stderr as kept: its first output_limit bytes; ``cut`` if more came."""
 
-    A cancel (dispatch.action_timeout, a shutdown) that arrives while asyncio connects the pipes,
-    the program already running, is not left to asyncio: its clean-up kills the program alone,
-    not its group, and then waits until every process holding the pipes has ended (a child the
-    program started in the background: for as long as that runs, 60 s of ``sleep 60 &``). The
-    start is let finish instead (a few turns of the loop), and the group killed as on any cancel.
+    cut = False
+
+
+class _Program:
+    """A program started by :meth:`start`, its output read and its exit awaited on the event loop.
+
+    Not the loop's own subprocess support: trapd runs on uvloop, whose spawn left the program
+    copies of its stdout and stderr at other descriptors (and any descriptor trapd inherited
+    without close-on-exec), so that a child the program started with its output sent elsewhere
+    still held trapd's end open, and the action waited for it until its timeout. subprocess.Popen
+    forks and executes with close_fds (the program gets 0, 1 and 2 alone, pipes) and resets the
+    signals Python ignores. Its exit is awaited by a thread of its own (as asyncio's
+    ThreadedChildWatcher does), which reaps it: never a zombie, whatever the loop.
     """
-    start = asyncio.ensure_future(
-        loop.subprocess_exec(
-            lambda: _ExitWatch(loop),
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,  # its own process group, so the timeout kills its children too
-        )
-    )
-    try:
-        transport, watch = await asyncio.shield(start)
-    except asyncio.CancelledError:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(KILL_WAIT):
-                await asyncio.wait([start])
-        if not start.done():  # a second cancel, or a loop too slow for KILL_WAIT: end it when it is up
-            start.add_done_callback(_end_started)
-        elif not start.cancelled() and start.exception() is None:
-            transport, watch = start.result()
-            _kill_group(transport.get_pid())
-            await _ended(watch, None)
-            _close(transport, watch)
-        raise
-    return transport, watch
 
-
-def _end_started(start: asyncio.Future[tuple[asyncio.SubprocessTransport, _ExitWatch]]) -> None:
-    if start.cancelled() or start.exception() is not None:
-        return
-    transport, watch = start.result()
-    _kill_group(transport.get_pid())
-    _close(transport, watch)
-
-
-def _close(transport: asyncio.SubprocessTransport, watch: _ExitWatch) -> None:
-    """Our ends of the pipes (a process out of the group's reach may hold the others), closed
-    once the program has exited: closing first would reap it behind asyncio's child watcher."""
-    if watch.exited.done():
-        transport.close()
-    else:  # only if it outlived KILL_WAIT after SIGKILL, or a second cancel cut the wait short
-        watch.exited.add_done_callback(lambda _: transport.close())
-
-
-class _ExitWatch(asyncio.subprocess.SubprocessStreamProtocol):
-    """Says when the program exits: Process.wait() also waits until its pipes are closed."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=2**16, loop=loop)
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes], fds: list[int], limit: int
+    ):
+        self.pid = popen.pid
+        self.returncode: int | None = None
         self.exited: asyncio.Future[None] = loop.create_future()
+        self.read: asyncio.Future[None] = loop.create_future()  # both outputs at their end
+        self.out, self.err = _Output(), _Output()
+        self._loop = loop
+        self._limit = limit
+        self._open: dict[int, _Output] = dict(zip(fds, (self.out, self.err), strict=True))
+        for fd in fds:
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._readable, fd)
+        threading.Thread(
+            target=self._wait, args=(popen,), name=f"trapd-exec-{popen.pid}", daemon=True
+        ).start()
 
-    def process_exited(self) -> None:
-        super().process_exited()
+    @classmethod
+    def start(
+        cls,
+        loop: asyncio.AbstractEventLoop,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        limit: int,
+    ) -> _Program:
+        """The program started; OSError if it cannot be (fork or exec failed: Popen says which)."""
+        fds: list[int] = []
+        ours: list[int] = []
+        try:
+            for _ in range(2):
+                r, w = os.pipe2(os.O_CLOEXEC)
+                ours.append(r)
+                fds.append(w)
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=fds[0],
+                stderr=fds[1],
+                env=env,
+                cwd=cwd,
+                close_fds=True,
+                start_new_session=True,  # its own process group, so the timeout kills its children too
+            )
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in fds:  # the program's ends: its own copies are 1 and 2
+                os.close(fd)
+        return cls(loop, popen, ours, limit)
+
+    def _wait(self, popen: subprocess.Popen[bytes]) -> None:
+        try:
+            code: int | None = popen.wait()
+        except ChildProcessError:
+            code = None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._exit, code)
+
+    def _exit(self, code: int | None) -> None:
+        self.returncode = code
         if not self.exited.done():
             self.exited.set_result(None)
 
+    def _readable(self, fd: int) -> None:
+        """Read what is there, keeping the first ``limit`` bytes (there is the rest dropped)."""
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._stop_reading(fd)
+            if not self._open and not self.read.done():
+                self.read.set_result(None)
+            return
+        kept = self._open[fd]
+        room = self._limit - len(kept)
+        if len(chunk) > room:
+            kept.cut = True
+        if room > 0:
+            kept += chunk[:room]
 
-async def _by(awaitable: asyncio.Future[Any] | asyncio.Task[None], deadline: float) -> bool:
+    def _stop_reading(self, fd: int) -> None:
+        self._open.pop(fd, None)
+        self._loop.remove_reader(fd)
+        os.close(fd)
+
+    def close(self) -> None:
+        """Our ends of the output closed (a process out of the group's reach may hold the others)."""
+        for fd in list(self._open):
+            self._stop_reading(fd)
+        if not self.read.done():
+            self.read.cancel()
+
+
+async def _by(awaitable: asyncio.Future[None], deadline: float) -> bool:
     """Whether ``awaitable`` finished by ``deadline`` (loop time); it is not cancelled if not."""
     try:
         async with asyncio.timeout_at(deadline):
@@ -338,38 +382,11 @@ async def _by(awaitable: asyncio.Future[Any] | asyncio.Task[None], deadline: flo
     return True
 
 
-class _Output(bytearray):
-    """A program's stdout or stderr as kept: its first output_limit bytes; ``cut`` if more came."""
-
-    cut = False
-
-
-async def _read_output(
-    stdout: asyncio.StreamReader, stderr: asyncio.StreamReader, limit: int, out: _Output, err: _Output
-) -> None:
-    await asyncio.gather(_read_bounded(stdout, limit, out), _read_bounded(stderr, limit, err))
-
-
-async def _read_bounded(stream: asyncio.StreamReader, limit: int, kept: _Output) -> None:
-    """Read to the end, keeping the first ``limit`` bytes in ``kept`` (there if it is cut short)."""
-    while True:
-        chunk = await stream.read(65536)
-        if not chunk:
-            return
-        room = limit - len(kept)
-        if len(chunk) > room:
-            kept.cut = True
-        if room > 0:
-            kept += chunk[:room]
-
-
-async def _ended(watch: _ExitWatch, reading: asyncio.Task[None] | None) -> None:
-    """Wait for a killed program's exit (SIGKILL: at once, bounded by KILL_WAIT) and its reader's end."""
+async def _ended(program: _Program) -> None:
+    """Wait for a killed program's exit (SIGKILL: at once; bounded by KILL_WAIT for one in D state)."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(KILL_WAIT):
-            await asyncio.shield(watch.exited)
-    if reading is not None:
-        await asyncio.wait([reading])  # cancelled: it ends at its next turn
+            await asyncio.shield(program.exited)
 
 
 def _kill_group(pid: int) -> None:
