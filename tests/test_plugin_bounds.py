@@ -168,3 +168,37 @@ def test_the_bounded_text_is_the_redactor_s_cut(token: str) -> None:
         assert START not in cut and token[:4] not in cut[-len(token) - 30 :], (pad, cut[-80:])
         assert cut.endswith(f"… ({len(text)} characters)")
     assert REDACTOR.bounded(f"short {token}", 1000) == "short ***"
+
+
+def nested(depth: int) -> list[Any]:
+    top: list[Any] = []
+    inner = top
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return top
+
+
+class Unshowable:
+    """An object a result carries whose str() and repr() fail (a library's half-made object)."""
+
+    def __str__(self) -> str:
+        raise AttributeError("detail")
+
+    __repr__ = __str__
+
+
+@pytest.mark.parametrize("what", ["nested", "unshowable"])
+async def test_a_result_json_cannot_encode_at_all_still_ends_the_action(tmp_path: Path, what: str) -> None:
+    # JSON's encoder recurses: 100,000 lists deep raised RecursionError where the journal wrote the
+    # end (its writer thread), and an object whose str() fails raised its own error there. Either
+    # way the end was never written: the row stayed running, its key's later actions waited, the
+    # write was tried again every poll_interval for ever, and a restart ran the action again.
+    value = {"deep": nested(100_000)} if what == "nested" else {"odd": Unshowable()}
+    entry = await run_one(tmp_path, returning(value), "done")
+    deadline = time.monotonic() + 10
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        while (got := await journal.get(entry.id, with_event=False)) is None or got.state != "done":
+            assert time.monotonic() < deadline, got
+            await asyncio.sleep(0.05)
+    assert isinstance(got.result, dict) and set(got.result) == {"repr"}, got.result

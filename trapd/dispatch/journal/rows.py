@@ -231,6 +231,13 @@ RESULT_START = 8192
 REPR_LIMIT = 1000
 
 
+def _shown(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception as exc:  # its own __repr__, or nested too deep
+        return f"(a {type(value).__name__} that cannot be shown: {type(exc).__name__})"
+
+
 def dumps_result(result: Any) -> str:
     """An action's result as the journal stores it: its JSON, or ``{"repr": ...}`` of what JSON
     cannot hold (a dict with tuple keys, a cycle), bounded (RESULT_LIMIT). Encoded once, where it
@@ -238,8 +245,11 @@ def dumps_result(result: Any) -> str:
     of the loop's time in bench_kea.py --e2e)."""
     try:
         text = dumps(result)
-    except (TypeError, ValueError):
-        return dumps({"repr": REDACTOR.bounded(repr(result), REPR_LIMIT)})
+    # Whatever encoding it raises (a plugin's object whose str() fails, a RecursionError: nested
+    # deeper than the encoder recurses): this runs where the end of the action is written, and an
+    # end that cannot be written was tried again for ever, the row left running.
+    except Exception:
+        return dumps({"repr": REDACTOR.bounded(_shown(result), REPR_LIMIT)})
     if len(text) > RESULT_LIMIT:
         return dumps({"truncated": len(text), "start": REDACTOR.bounded(text, RESULT_START)})
     # A program's output or an echoing receiver's answer may carry a secret the action was given.
