@@ -157,10 +157,14 @@ def test_recorded_groups_are_ended_only_for_their_owner_and_only_if_still_theirs
             return sizes
 
         sizes = eventually(up, 10)
-        ProgramGroups(tmp_path, "worker-0").started(mine, "1")
-        ProgramGroups(tmp_path, "worker-1").started(theirs, "2")
-        ProgramGroups(tmp_path, "worker-0").started(reused, "3")
-        record = tmp_path / "programs" / str(reused)
+        for owner, action, pid in (
+            ("worker-0", "1", mine),
+            ("worker-1", "2", theirs),
+            ("worker-0", "3", reused),
+        ):
+            assert ProgramGroups(tmp_path, owner).starting(action, "ev")
+            assert ProgramGroups(tmp_path, owner).started(action, pid)
+        record = tmp_path / "programs" / "3"
         fields = json.loads(record.read_text())
         fields["start"] -= 1  # as if another process had had this pid
         record.write_text(json.dumps(fields))
@@ -172,10 +176,41 @@ def test_recorded_groups_are_ended_only_for_their_owner_and_only_if_still_theirs
         assert group_members(mine) == []
         assert len(group_members(theirs)) == sizes[1]
         assert len(group_members(reused)) == sizes[2]
-        assert [p.name for p in (tmp_path / "programs").iterdir()] == [str(theirs)]
+        assert [p.name for p in (tmp_path / "programs").iterdir()] == ["2"]
         # A lone trapd (no owner) ends every record's group.
         assert ProgramGroups(tmp_path, None).end_left() == 1
         assert group_members(theirs) == []
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_a_program_started_but_not_yet_recorded_is_found_by_its_marks(tmp_path: Path) -> None:
+    """trapd killed after it announced the program and before it learnt its pid (the program may
+    be well under way by then): the program is found by the action's marks in its environment,
+    its group ended; another action's program (another event) is left alone."""
+    import subprocess
+
+    from trapd.programs import ProgramGroups
+
+    def spawn(event: str) -> subprocess.Popen[bytes]:
+        env = {"PATH": "/usr/bin:/bin", "TRAPD_ACTION_ID": "7", "TRAPD_EVENT_ID": event}
+        return subprocess.Popen(["/bin/sh", "-c", "sleep 60 & sleep 60"], start_new_session=True, env=env)
+
+    assert ProgramGroups(tmp_path, "worker-0").starting("7", "ev-1")
+    procs = [spawn("ev-1"), spawn("ev-2")]
+    try:
+
+        def up() -> None:
+            assert min(len(group_members(p.pid)) for p in procs) >= 2
+
+        eventually(up, 10)
+        assert ProgramGroups(tmp_path, "worker-0").end_left() == 1
+        assert group_members(procs[0].pid) == []
+        assert len(group_members(procs[1].pid)) >= 2
+        assert list((tmp_path / "programs").iterdir()) == []
     finally:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):

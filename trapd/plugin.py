@@ -119,9 +119,10 @@ class ActionContext:
     record: Callable[[Any], Awaitable[None]] | None = None
     # What an earlier attempt of this action recorded with ``record``; None on a first attempt.
     previous: Any = None
-    # Where an action records a process group it starts (``programs.started(pid, ctx.action_id)``,
-    # ``programs.ended(pid)`` once it is over), so that the group is ended before the action runs
-    # again should trapd die meanwhile (trapd.programs). None where no journal is behind the call.
+    # Where an action records a process group it starts (``programs.starting(action_id, event
+    # id)`` before, ``programs.started(action_id, pid)`` after, ``programs.ended(action_id)`` once
+    # it is over), so that the group is ended before the action runs again should trapd die
+    # meanwhile (trapd.programs). None where no journal is behind the call.
     programs: ProgramGroups | None = None
 
 

@@ -143,24 +143,29 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     retry_codes = set(params.get("retry_exit_codes", [75]))
     env = build_env(ctx, params.get("env") or {})
     loop = asyncio.get_running_loop()
+    # Recorded before it starts and while it runs: should trapd die meanwhile, its group is ended
+    # before the action runs again, never left running beside its rerun (trapd.programs).
+    programs = ctx.programs
+    if programs is not None and not programs.starting(ctx.action_id, ctx.event.id):
+        ctx.log.warning(
+            "cannot record the program's process group: should trapd die while it runs, its rerun"
+            " may start beside it",
+            program=argv[0],
+            directory=str(programs.directory),
+        )
     try:
         program = _Program.start(loop, argv, env, params.get("cwd") or None, limit)
     except OSError as exc:
+        if programs is not None:
+            programs.ended(ctx.action_id)
         # exc.filename says which: the program, or a cwd that is missing or not a directory.
         which = f": {exc.filename}" if exc.filename and exc.filename != argv[0] else ""
         if exc.errno in _CANNOT_RUN:  # the same argv, program and cwd fail the same way next time
             raise PermanentError(f"cannot run {argv[0]}: {exc.strerror or exc}{which}") from None
         # fork() short of processes or memory, no file descriptor left: a passing condition.
         raise RetryableError(f"cannot start {argv[0]} now: {exc.strerror or exc}{which}") from None
-    # Recorded while the action runs: should trapd die meanwhile, the group is ended before the
-    # action runs again, never left running beside its rerun (trapd.programs).
-    if ctx.programs is not None and not ctx.programs.started(program.pid, ctx.action_id):
-        ctx.log.warning(
-            "cannot record the program's process group: should trapd die while it runs, its rerun"
-            " may start beside it",
-            program=argv[0],
-            directory=str(ctx.programs.directory),
-        )
+    if programs is not None:
+        programs.started(ctx.action_id, program.pid)
     out, err = program.out, program.err
     deadline = loop.time() + timeout
     try:
@@ -179,8 +184,8 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         raise
     finally:
         program.close()
-        if ctx.programs is not None:
-            ctx.programs.ended(program.pid)
+        if programs is not None:
+            programs.ended(ctx.action_id)
     if not exited:
         _log_output(ctx, argv, out, err, None)
         raise RetryableError(f"{argv[0]} timed out after {timeout:g}s and was killed")
