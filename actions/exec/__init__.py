@@ -57,6 +57,11 @@ VALUE_LIMIT = 4096  # characters per TRAPD_VB_* variable
 EVENT_LIMIT = 100_000  # TRAPD_EVENT is left out beyond this (Linux caps one string at 128 KiB)
 RESULT_LIMIT = 2048  # characters of stdout / stderr kept in the journal's result
 KILL_WAIT = 5.0  # seconds a cancelled run waits for its SIGKILLed program to exit (a D-state process may not)
+# The service manager's channel to trapd's own process, never a program's (inherit_env: true):
+# with it a program that speaks sd_notify (systemd-notify in a script) spoke for trapd's unit.
+SERVICE_MANAGER = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
 _NAME = re.compile(r"[^A-Z0-9_]")
 # What starting the program fails with when the rule (its argv, cwd) or the file is at fault.
 _CANNOT_RUN = frozenset(
@@ -210,7 +215,9 @@ async def exec_(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
 def build_env(ctx: ActionContext, extra: Mapping[str, Any]) -> dict[str, str]:
     """The program's environment: clean base, TRAPD_* from the event, then site and call extras."""
     settings = ctx.settings or {}
-    env: dict[str, str] = dict(os.environ) if settings.get("inherit_env") else {}
+    env: dict[str, str] = {}
+    if settings.get("inherit_env"):
+        env = {k: v for k, v in os.environ.items() if k not in SERVICE_MANAGER}
     if settings.get("path"):  # set: it is the programs' PATH, inherited environment or not
         env["PATH"] = str(settings["path"])
     env.setdefault("PATH", DEFAULT_PATH)

@@ -285,3 +285,31 @@ def test_on_trapds_own_loop_the_program_gets_its_stdio_alone(tmp_path: Path) -> 
     assert json.loads(str(listed["stdout"])) == [0, 1, 2, 3]
     assert detached["stdout"] == "started\n"
     assert took < 5, took
+
+
+async def test_an_inherited_environment_leaves_out_the_service_managers_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # inherit_env: true in a single `trapd run` under systemd: the program got NOTIFY_SOCKET and
+    # WATCHDOG_USEC/WATCHDOG_PID (a worker of several removes them; a lone trapd did not), so a
+    # program that speaks sd_notify (systemd-notify in a script, a daemon it starts) spoke for
+    # trapd's unit: READY=1, STOPPING=1, MAINPID= where NotifyAccess allows it.
+    from trapd.testing import run_action
+
+    for name, value in {
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "WATCHDOG_USEC": "30000000",
+        "WATCHDOG_PID": str(os.getpid()),
+        "LISTEN_FDS": "1",
+        "LISTEN_PID": str(os.getpid()),
+        "LISTEN_FDNAMES": "trapd",
+        "SITE_VALUE": "kept",
+    }.items():
+        monkeypatch.setenv(name, value)
+    code = (
+        "import os, json; print(json.dumps("
+        "[k for k in os.environ if k.startswith(('NOTIFY_', 'WATCHDOG_', 'LISTEN_', 'SITE_'))]))"
+    )
+    run = await run_action(exec_, {"argv": [sys.executable, "-c", code]}, settings={"inherit_env": True})
+    assert run.result is not None
+    assert json.loads(run.result["stdout"]) == ["SITE_VALUE"]
