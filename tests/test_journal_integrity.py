@@ -944,3 +944,47 @@ def test_a_file_that_is_no_journal_is_named_so_without_advice_to_move_it(
     assert str(path) in err and ("not an SQLite database" in err or "empty (0 bytes)" in err), err
     assert "mv " not in err and "move it aside" not in err, err
     assert path.read_bytes() == content
+
+
+def _foreign_database(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE lease4 (address INTEGER PRIMARY KEY, hwaddr BLOB)")
+        conn.execute("INSERT INTO lease4 VALUES (167837953, x'001122334455')")
+    conn.close()
+    os.chmod(path, 0o644)
+
+
+@pytest.mark.parametrize("argv", [("list",), ("show", "1"), ("cancel", "1"), ("retry", "1")])
+def test_another_application_s_sqlite_database_is_not_taken_for_a_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    """`trapd journal --journal some.db cancel 1` on an SQLite database of something else (a
+    mistyped path, another program's state) created trapd's tables in it (actions, events,
+    meta, cap_hits, cap_slots), switched it to WAL mode and made it 0600 ('nothing cancelled:
+    no such id'); list said 'reading the journal failed: OperationalError: no such table:
+    actions'. A database with tables and none of trapd's is named so, and left as it was."""
+    from trapd.cli import main
+
+    path = tmp_path / "leases.db"
+    _foreign_database(path)
+    before = path.read_bytes()
+    assert main(["journal", "--journal", str(path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is not a trapd journal" in err and "lease4" in err, err
+    assert path.read_bytes() == before
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["leases.db"]
+
+
+def test_the_daemon_does_not_journal_into_another_application_s_database(tmp_path: Path) -> None:
+    path = tmp_path / "leases.db"
+    _foreign_database(path)
+    before = path.read_bytes()
+
+    async def run() -> None:
+        with pytest.raises(JournalError, match="is not a trapd journal"):
+            await SQLiteJournal(path).open()
+
+    asyncio.run(run())
+    assert path.read_bytes() == before and stat.S_IMODE(path.stat().st_mode) == 0o644

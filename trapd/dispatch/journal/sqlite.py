@@ -1062,10 +1062,6 @@ class SQLiteJournal:
             leave_to_state_owner(self.path, self.path.parent)
         else:
             self._refuse_unless_sqlite()
-            for each in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
-                with contextlib.suppress(OSError):  # a journal an older trapd made 0640
-                    if each.stat().st_mode & 0o077:
-                        os.chmod(each, PRIVATE_FILE)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
         with contextlib.suppress(OSError):
             st = os.stat(self.path)
@@ -1073,6 +1069,11 @@ class SQLiteJournal:
         try:
             if not new:
                 self._check_integrity(conn)
+                _refuse_foreign(conn, self.path)  # before anything is written or chmodded
+                for each in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                    with contextlib.suppress(OSError):  # a journal an older trapd made 0640
+                        if each.stat().st_mode & 0o077:
+                            os.chmod(each, PRIVATE_FILE)
         except _NoAccess as exc:
             conn.close()
             raise JournalError(
@@ -1175,6 +1176,11 @@ class SQLiteJournal:
                 uri + "?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
             )
             self._check_integrity(conn)
+        try:
+            _refuse_foreign(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
         _shadow_missing_columns(conn)
         conn.execute("PRAGMA query_only = ON")
         return conn
@@ -1986,6 +1992,20 @@ def header_problem(path: Path) -> str | None:
     if head != b"SQLite format 3\x00":
         return "it is not an SQLite database"
     return None
+
+
+def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
+    """An SQLite database of something else (tables, none of them trapd's): refused, never
+    written into. A path mistyped or pointed at another program's state got trapd's tables,
+    WAL mode and mode 0600. (A database without tables is trapd's own, cut short between making
+    the file and its tables: they are made.)"""
+    try:
+        names = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    except sqlite3.DatabaseError:
+        return  # damaged: said by the check, or by the reads
+    if names and "actions" not in names:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise not_a_journal(path, f"an SQLite database with other tables ({shown}) and none of trapd's")
 
 
 def not_a_journal(path: Path, problem: str) -> JournalDamaged:
