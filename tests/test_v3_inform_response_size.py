@@ -21,6 +21,7 @@ from trapd.listener.v3.keys import localized_user
 
 TRAPD = bytes.fromhex("80004fb805aabbccddeeff0066")
 AUTH = user("auth", "SHA", "none")
+PRIV = {"AES-128": user("aes", "SHA-256", "AES-128"), "DES": user("des", "MD5", "DES")}
 PEER = ("192.0.2.9", 40000)
 BIG_OID = (1, 3, 6, 1, 4, 1, 99999, 9)
 LINK_DOWN = (1, 3, 6, 1, 6, 3, 1, 1, 5, 3)
@@ -46,18 +47,18 @@ class Harness:
         self.replies: list[bytes] = []
         self.msg_id = 1000
 
-    def inform(self, pad: int, max_size: int) -> int:
-        """An authentic authNoPriv inform with a ``pad``-octet string, saying it takes ``max_size``."""
+    def inform(self, pad: int, max_size: int, u: Any = AUTH) -> int:
+        """An authentic inform from ``u`` with a ``pad``-octet string, saying it takes ``max_size``."""
         assert self.listener._v3 is not None
         builder = self.listener._v3.receiver.engine.get_mib_builder()
         boots, etime = builder.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots", "snmpEngineTime")
         self.msg_id += 1
         data = craft(
-            localized_user(AUTH, TRAPD),
+            localized_user(u, TRAPD),
             TRAPD,
-            b"auth",
+            u.user.encode(),
             scoped_pdu(_inform_pdu(self.msg_id, pad), TRAPD),
-            flags=5,
+            flags=5 if u.priv_protocol == "none" else 7,
             msg_id=self.msg_id,
             max_size=max_size,
             boots=int(boots.syntax),
@@ -67,16 +68,30 @@ class Harness:
         return len(data)
 
 
-def read_response(data: bytes) -> tuple[int, int, int, int, list[Any]]:
-    """(msgID, request-id, error-status, error-index, varbinds) of a plaintext v3 Response."""
+def read_response(data: bytes, u: Any = AUTH) -> tuple[int, int, int, int, list[Any]]:
+    """(msgID, request-id, error-status, error-index, varbinds) of a v3 Response to ``u``."""
     from pyasn1.codec.ber import decoder
     from pysnmp.proto import api
-    from pysnmp.proto.mpmod.rfc3412 import SNMPv3Message
+    from pysnmp.proto.mpmod.rfc3412 import ScopedPDU, SNMPv3Message
+
+    from trapd.listener.v3 import parse_header
+    from trapd.listener.v3.scoped import decrypt
 
     msg, rest = decoder.decode(data, asn1Spec=SNMPv3Message())
     assert not rest
     msg_id = int(msg["msgGlobalData"]["msgID"])
-    scoped = msg["msgData"]["plaintext"]
+    if u.priv_protocol == "none":
+        scoped = msg["msgData"]["plaintext"]
+    else:
+        h = parse_header(data)
+        clear = decrypt(
+            localized_user(u, TRAPD),
+            bytes(msg["msgData"]["encryptedPDU"]),
+            h.engine_boots,
+            h.engine_time,
+            h.priv_params,
+        )
+        scoped, _ = decoder.decode(clear, asn1Spec=ScopedPDU())  # DES: the padding after it is left
     pdu = scoped["data"].getComponent()
     p = api.v2c.apiPDU
     assert pdu.tagSet == api.v2c.ResponsePDU.tagSet
@@ -89,7 +104,7 @@ def trapd(tmp_path_factory: pytest.TempPathFactory) -> Harness:
     got: list[RawNotification] = []
     cfg = ListenerConfig(
         listen=(ListenAddress("127.0.0.1", 0),),
-        v3_users=(AUTH,),
+        v3_users=(AUTH, *PRIV.values()),
         engine_id=TRAPD,
         rate_limit=RateLimit(v3_slow_per_source=0, v3_slow_global=0),
     )
@@ -109,9 +124,13 @@ def test_a_response_within_the_senders_max_size_echoes_the_varbinds(trapd: Harne
     assert len(reply) <= 1500 and size <= 1500
 
 
-@pytest.mark.parametrize("max_size", [484, 1500])
+@pytest.mark.parametrize(
+    ("max_size", "u"),
+    [(484, AUTH), (1500, AUTH), (484, PRIV["AES-128"]), (1500, PRIV["DES"])],
+    ids=["auth-484", "auth-1500", "aes-484", "des-1500"],
+)
 def test_a_response_over_the_senders_max_size_is_toobig_without_varbinds(
-    trapd: Harness, max_size: int
+    trapd: Harness, max_size: int, u: Any
 ) -> None:
     """An inform larger than the sender takes back (an agent may send more than it receives):
     pysnmp refused to encode the Response and trapd sent nothing, so the sender resent the
@@ -122,12 +141,12 @@ def test_a_response_over_the_senders_max_size_is_toobig_without_varbinds(
     before = len(trapd.got)
     stats = trapd.listener.stats
     errors, too_big = stats.send_errors, stats.inform_too_big
-    trapd.inform(pad=2 * max_size, max_size=max_size)
+    trapd.inform(pad=2 * max_size, max_size=max_size, u=u)
     assert len(trapd.got) == before + 1  # handed on (the sender would not resend it smaller)
     assert len(trapd.replies) == 1, "no Response to the inform"
     reply = trapd.replies[0]
     assert len(reply) <= max_size
-    msg_id, request_id, status, index, varbinds = read_response(reply)
+    msg_id, request_id, status, index, varbinds = read_response(reply, u)
     assert (msg_id, request_id, status, index, varbinds) == (trapd.msg_id, trapd.msg_id, 1, 0, [])
     assert (stats.send_errors, stats.inform_too_big) == (errors, too_big + 1)
     # what pysnmp held to answer the inform is gone, as after any Response
