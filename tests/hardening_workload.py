@@ -38,6 +38,7 @@ import uvloop  # noqa: E402
 import yaml  # noqa: E402
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
 from pysnmp.entity import config, engine  # noqa: E402
+from trapd_actions.exec import exec_  # noqa: E402
 
 import trapd.config  # noqa: E402
 import trapd.listener.fastpath  # noqa: E402, F401
@@ -45,6 +46,7 @@ from trapd.service.exporter import MetricsServer  # noqa: E402
 from trapd.service.logging import configure_logging, get_logger  # noqa: E402
 from trapd.service.metrics import DaemonSnapshot, TrapdCollector, build_registry  # noqa: E402
 from trapd.service.sdnotify import Notifier  # noqa: E402
+from trapd.testing import run_action  # noqa: E402
 
 
 async def main() -> None:
@@ -82,6 +84,9 @@ async def main() -> None:
     proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", "echo hi", stdout=asyncio.subprocess.PIPE)
     assert (await proc.communicate())[0] == b"hi\n"
     subprocess.run(["/bin/true"], check=True)
+    # The exec action's own start: pipes, Popen with close_fds, a thread that reaps the program.
+    exec_run = await run_action(exec_, {"argv": ["/bin/sh", "-c", "echo hi"]})
+    assert exec_run.result is not None and exec_run.result["stdout"] == "hi\n"
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         assert await loop.run_in_executor(pool, sum, [1, 2]) == 3
     await loop.getaddrinfo("localhost", 162)
