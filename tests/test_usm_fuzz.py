@@ -105,3 +105,56 @@ async def test_mutants_through_the_listener_each_end_as_one_count() -> None:
             assert after - before == 1, (i, data.hex(), stats.to_dict())
         assert not any(d.startswith("internal-") for _, d in stats.dropped_detail)
         assert stats.callback_errors == 0
+
+
+async def test_every_truncation_of_v3_traps_and_informs_is_one_drop_and_no_reply() -> None:
+    """Authentic v3 traps from a sender and informs to trapd's engine, at every level, cut at every
+    length: as sent (the outer length now too long) and re-framed (the outer SEQUENCE made to fit
+    what is left, so the cut lands inside a field, past the fast path's framing checks and into
+    pysnmp's). Each must be one drop, none delivered, none answered (no report to a cut inform),
+    never an internal error. Bounded: about 4,000 datagrams, a few seconds. No defect found; a
+    re-framed cut of an authenticated inform is counted wrong-digest (its MAC no longer fits, and
+    trapd checks it before pysnmp parses the rest), not malformed."""
+    from trapd.listener.ber import encode_length
+    from trapd.listener.config import RateLimit
+
+    got: list[RawNotification] = []
+    config = ListenerConfig(
+        listen=(ListenAddress("127.0.0.1", 0),),
+        v3_users=tuple(USERS),
+        engine_id=TRAPD,
+        rate_limit=RateLimit(v3_slow_per_source=0, v3_slow_global=0),  # every cut reaches pysnmp
+    )
+    replies: list[bytes] = []
+    async with Listener(config, got.append) as listener:
+        stats = listener.stats
+        assert listener._v3 is not None
+        builder = listener._v3.receiver.engine.get_mib_builder()
+        boots, etime = builder.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots", "snmpEngineTime")
+        sent = 0
+        for u in USERS:
+            for inform in (False, True):
+                engine = TRAPD if inform else SENDER
+                flags = {"noAuthNoPriv": 0, "authNoPriv": 1, "authPriv": 3}[u.level] | (4 if inform else 0)
+                clock = (int(boots.syntax), int(etime.syntax.clone())) if inform else (1, 10_000)
+                pdu = trap_pdu(link_down_varbinds(), tag="inform" if inform else "trap")
+                data = craft(localized_user(u, engine), engine, u.user.encode(), scoped_pdu(pdu, engine),
+                             flags=flags, boots=clock[0], etime=clock[1], msg_id=7)  # fmt: skip
+                header = 2 if data[1] < 0x80 else 2 + (data[1] & 0x7F)
+                for cut in range(len(data)):
+                    cuts = [data[:cut]]
+                    if cut > header:
+                        cuts.append(b"\x30" + encode_length(cut - header) + data[header:cut])
+                    for cut_data in cuts:
+                        before = stats.received_total + stats.dropped_total + stats.v3_discovery
+                        listener.handle_datagram(
+                            cut_data, ("127.0.0.1", 40000), lambda d, a: replies.append(d)
+                        )
+                        after = stats.received_total + stats.dropped_total + stats.v3_discovery
+                        assert after - before == 1, (u.user, inform, cut, stats.to_dict())
+                        sent += 1
+        assert sent > 3000 and got == [] and replies == []
+        assert stats.received_total == 0 and stats.v3_discovery == 0
+        assert set(stats.dropped) <= {"malformed", "wrong-digest"}, stats.dropped
+        assert not any(d.startswith("internal-") for _, d in stats.dropped_detail)
+        assert stats.callback_errors == 0 and stats.send_errors == 0
