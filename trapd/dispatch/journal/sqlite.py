@@ -2032,8 +2032,14 @@ FULL = "database or disk is full"
 
 
 def _op_checkpoint(conn: sqlite3.Connection) -> None:
-    """The WAL copied into the file (PASSIVE: readers are not waited for), outside a transaction."""
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    """The WAL copied into the file (PASSIVE: readers are not waited for). Best effort: inside
+    the transaction of a batch that other callers' writes share, SQLite refuses a checkpoint
+    ('database table is locked'), which then ended the prune with that error instead of its
+    own; there the checkpointer thread does it."""
+    if conn.in_transaction:
+        return
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _op_probe(conn: sqlite3.Connection, now: float) -> None:
