@@ -595,3 +595,22 @@ def test_host_lists_what_a_host_journaled_as_well_as_what_it_claimed(
     assert listed("list", "--host", "dhcp2") == ["held"]  # waiting ones only
     got = listed("history", "--host", "dhcp2/worker-0")  # one worker: the same three here
     assert sorted(got) == ["dhcp1 got, dhcp2 ran", "dhcp2 got, dhcp1 ran", "held"], got
+
+
+def test_state_dir_reads_that_sqlite_journal_also_where_trapd_yaml_names_a_shared_one(
+    pg_url: str, state_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pair moved to PostgreSQL keeps its old SQLite journal in the state directory; `trapd
+    journal --state-dir /var/lib/trapd list` (the directory holding journal.sqlite, as its help
+    says) listed the shared PostgreSQL journal instead, without a word, because trapd.yaml names
+    one: what the admin read was not the file asked for. --state-dir, like --journal, is that file."""
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(json.dumps({"dispatch": {"journal": {"url": pg_url, "instance": "ops"}}}))
+    rc, out = run(capsys, "journal", "-c", str(cfg), "--state-dir", str(state_dir), "list")
+    assert rc == 0, out
+    assert [ln.split()[:2] for ln in out.splitlines()[1:]] == [
+        ["1", "pending"],
+        ["2", "held"],
+        ["5", "scheduled"],
+    ]
+    assert "HOST" not in out.splitlines()[0]  # one host's journal

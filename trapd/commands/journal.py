@@ -261,8 +261,10 @@ def journal_location(args: argparse.Namespace) -> tuple[Any, Any]:
 
     from trapd.config import DEFAULT_CONFIG, default_config_present, load_config
 
-    if args.journal:
-        return Path(args.journal), None
+    if args.journal or args.state_dir:
+        # Named on the command line: that SQLite file, also where trapd.yaml names a shared
+        # journal (the old journal of a pair moved to PostgreSQL was listed as the shared one).
+        return journal_path(args), None
     config_path = Path(args.config) if args.config else DEFAULT_CONFIG
     config = load_config(config_path) if (args.config or default_config_present()) else None
     if config is not None and config.dispatch.journal.url is not None:
