@@ -870,8 +870,10 @@ def _statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "argv", [("list",), ("list", "--state", "all"), ("show", "7"), ("history", "--rule", "r")]
-)
+    "argv",
+    [("list",), ("list", "--state", "all"), ("show", "7"), ("history", "--rule", "r"),
+     ("release", "--all", "--dry-run")],
+)  # fmt: skip
 def test_the_looking_commands_do_not_check_the_whole_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
 ) -> None:
@@ -884,7 +886,7 @@ def test_the_looking_commands_do_not_check_the_whole_file(
     path = _journal_file(tmp_path)
     make_journal(path, 20)
     ran = _statements(monkeypatch)
-    assert main(["journal", "--journal", str(path), *argv]) == 0, capsys.readouterr()
+    assert main(["journal", "--journal", str(path), *argv]) in (0, 1), capsys.readouterr()  # 1: none held
     assert ran, "the trace saw no statement"
     checks = [s for s in ran if "quick_check" in s or "integrity_check" in s]
     assert not checks, checks

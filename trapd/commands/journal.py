@@ -289,7 +289,10 @@ def journal_path(args: argparse.Namespace) -> Any:
 
 
 async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
-    inspect = args.journal_command in ("list", "show", "history")
+    # release --dry-run only looks too: read-only, unchecked, also on a read-only mount.
+    inspect = args.journal_command in ("list", "show", "history") or (
+        args.journal_command == "release" and args.dry_run
+    )
     # Looking: a row that cannot be read back is shown as far as it can be read (and says so),
     # not the end of the listing; also in release's preview, which then leaves such a row alone
     # (_release_ids). (`trapd kea restore` reads strictly: it acts on what it reads.)
