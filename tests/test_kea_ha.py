@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -466,6 +467,55 @@ def test_a_stopped_peer_gets_its_deletion_when_it_is_back(trapd: TrapdDaemon, he
         )
     wait_for("server2 up again", lambda: metric(trapd, "trapd_kea_endpoint_up", "pair4/server2/v4") == 1)
     wait_for("no warning", lambda: "kea" not in trapd.healthz()[1])
+
+
+def test_a_late_part_keeps_the_lease_the_client_got_again_meanwhile(
+    trapd: TrapdDaemon, healthy: HaPair
+) -> None:
+    """server2 is down when the linkDown comes: server1's part deletes the lease, server2's waits
+    (retries, then the breaker's cool-down, up to max_cool_down: 5 minutes by default). Meanwhile
+    the client is back and gets its address again from server1 (a lease with a later cltt). When
+    server2 returns it syncs that lease from server1, and then its part ran: it deleted the
+    client's current lease on server2, which at the next failover could give the address to
+    another client. A lease the client renewed after the notification (cltt over a minute later)
+    is kept and recorded as such (the pause of trapd while server2 syncs makes the part run after
+    the sync, as a cool-down does)."""
+    pair = healthy
+    if pair.servers["server1"].chroot is not None:
+        pytest.skip("the Debian 12 Kea 2.2 pairs run it")
+    leases = Leases(pair)
+    leases.add()
+    pair.stop_server("server2")
+    trap(trapd, 8, leases.mac.replace(":", ""))
+    waiting = wait_for(
+        "server1's part done, server2's retrying",
+        lambda: (p := parts(trapd, "kea.lease-del", endpoint="pair4", **{"hw-address": leases.mac}))
+        and p.get("server1", {}).get("state") == "done"
+        and p.get("server2", {}).get("attempts", 0) >= 1 and p,
+    )  # fmt: skip
+    assert pair.servers["server1"].lease4(leases.ip4) is None
+    # The client is back: server1 gives it its address again (as a renewal two minutes on would).
+    s1 = pair.servers["server1"]
+    renewed = int(waiting["server1"]["result"]["leases"][0]["cltt"]) + 120
+    s1.add_lease4(leases.ip4, leases.mac, **{"valid-lft": 3600, "expire": renewed + 3600})
+    assert s1.lease4(leases.ip4)["cltt"] == renewed  # type: ignore[index]
+    trapd.signal(signal.SIGSTOP)
+    try:
+        pair.start_server("server2")
+        pair.wait_states({n: {pair.mode} for n in pair.servers}, families=("v4",))
+        synced = pair.servers["server2"].lease4(leases.ip4)
+        assert synced is not None and synced["cltt"] == renewed, synced  # server2 has the new lease
+    finally:
+        trapd.signal(signal.SIGCONT)
+    by_peer = wait_for(
+        "server2's part done",
+        lambda: done_parts(trapd, "kea.lease-del", endpoint="pair4", **{"hw-address": leases.mac}),
+        60,
+    )
+    result = by_peer["server2"]["result"]
+    kept = pair.servers["server2"].lease4(leases.ip4)
+    assert kept is not None and kept["cltt"] == renewed, result
+    assert result["deleted"] == 0 and result["renewed_since"] == [leases.ip4], result
 
 
 def test_after_failover_the_survivor_does_not_hold_the_deleted_lease(

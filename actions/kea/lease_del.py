@@ -24,6 +24,9 @@ from .common import (
 from .relay import id_bytes, matches, matches6, relay_hops6, relay_info
 
 SELECTORS = ("ip-address", "hw-address", "client-id", "duid")
+# Seconds after the notification from which a lease's cltt (the client's last exchange with Kea)
+# says the client came back: such a lease is kept (see lease_del).
+RENEWED_MARGIN = 60.0
 RELAY = ("circuit-id", "remote-id", "relay-id", "interface-id")
 FAMILIES = FamilyRule(v6_only=("duid", "iaid", "type", "interface-id"), v4_only=("client-id", "circuit-id"))
 
@@ -102,7 +105,9 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     exist counts as success (nothing to do). The leases are journaled before
     they are deleted: when Kea deleted one but its answer was lost (or trapd
     stopped), the retry finds no lease and records the one journaled earlier
-    (``deleted_earlier``), so it can still be restored. Needs the lease_cmds
+    (``deleted_earlier``), so it can still be restored. A lease the client
+    renewed more than a minute after the notification is kept
+    (``renewed_since``): the client is back. Needs the lease_cmds
     hook in Kea.
     On an HA relationship it runs on every peer, one journal entry each (Kea
     HA does not copy a lease deletion to the partner).
@@ -191,6 +196,22 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
             result["skipped_other_subnets"] = len(other)
         found = [lease for lease in found if lease.get("subnet-id") == subnet]
 
+    # A lease the client renewed after the notification is not the one it was about: the client
+    # is back. On an HA pair a part can run long after the event (its server was down: retries,
+    # the breaker's cool-down), after that server synced the renewed lease from its partner;
+    # deleting it then left that server without the client's current lease, whose address it
+    # could hand to another client at the next failover. A margin for the clocks of trapd's host
+    # and Kea's (HA peers more than 60 s apart are terminated by Kea itself).
+    since = ctx.event.received_at + RENEWED_MARGIN
+    renewed = [lease for lease in found if isinstance(lease.get("cltt"), int) and lease["cltt"] > since]
+    if renewed:
+        result["renewed_since"] = [str(lease.get("ip-address")) for lease in renewed]
+        found = [lease for lease in found if lease not in renewed]
+        ctx.log.info(
+            "kea lease renewed since the notification: kept",
+            endpoint=kea.name,
+            addresses=result["renewed_since"],
+        )
     # Leases an earlier attempt journaled before deleting them, its end unknown (its answer lost,
     # trapd stopped): the ones not found now were most likely deleted by it.
     found_ips = {str(lease.get("ip-address")) for lease in found}
@@ -221,7 +242,7 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
             "deleted": len(deleted),
             "leases": deleted + earlier,
             "update-ddns": bool(params.get("update-ddns")),
-            "not_found": not deleted and not earlier,
+            "not_found": not deleted and not earlier and not renewed,
         }
     )
     if gone:
@@ -237,7 +258,7 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
             addresses=[lease["ip-address"] for lease in deleted],
             **_log_keys(target),
         )
-    else:
+    elif not renewed:
         ctx.log.info("kea lease not found, nothing to delete", endpoint=kea.name, **_log_keys(target))
     return result
 
