@@ -281,7 +281,13 @@ class _Program:
     still held trapd's end open, and the action waited for it until its timeout. subprocess.Popen
     forks and executes with close_fds (the program gets 0, 1 and 2 alone, pipes) and resets the
     signals Python ignores. Its exit is awaited by a thread of its own (as asyncio's
-    ThreadedChildWatcher does), which reaps it: never a zombie, whatever the loop.
+    ThreadedChildWatcher does), on either loop.
+
+    It is reaped only once the action is done with its group (:meth:`close`): until then its pid,
+    which is the group's id, stays taken. Reaped as it exited (what the loops do), the pid was
+    free while the action still waited for output a child held, and the kernel could give it to
+    another process leading a group of its own (a daemon systemd starts does), which the
+    action's timeout then SIGKILLed in the program's place.
     """
 
     def __init__(
@@ -294,6 +300,10 @@ class _Program:
         self.out, self.err = _Output(), _Output()
         self._loop = loop
         self._limit = limit
+        self._popen = popen
+        self._reaping = threading.Lock()
+        self._zombie = False  # exited, not reaped yet
+        self._closed = False
         self._open: dict[int, _Output] = dict(zip(fds, (self.out, self.err), strict=True))
         for fd in fds:
             os.set_blocking(fd, False)
@@ -339,12 +349,30 @@ class _Program:
         return cls(loop, popen, ours, limit)
 
     def _wait(self, popen: subprocess.Popen[bytes]) -> None:
+        """Wait for the exit without reaping (WNOWAIT); reap here only if the action is done."""
+        code: int | None = None
         try:
-            code: int | None = popen.wait()
-        except ChildProcessError:
-            code = None
+            while True:
+                try:
+                    info = os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
+                    break
+                except InterruptedError:
+                    continue
+            if info is not None:
+                code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): status lost
+            pass
+        with self._reaping:
+            self._zombie = True
+            if self._closed:
+                self._reap(code)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             self._loop.call_soon_threadsafe(self._exit, code)
+
+    def _reap(self, code: int | None) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self._popen.pid, 0)
+        self._popen.returncode = code if code is not None else -1  # Popen's own __del__ leaves it
 
     def _exit(self, code: int | None) -> None:
         self.returncode = code
@@ -377,11 +405,17 @@ class _Program:
         os.close(fd)
 
     def close(self) -> None:
-        """Our ends of the output closed (a process out of the group's reach may hold the others)."""
+        """Our ends of the output closed (a process out of the group's reach may hold the others),
+        and the program reaped, now that its group is no longer killed (or, if it has not exited
+        yet, by its thread as it exits)."""
         for fd in list(self._open):
             self._stop_reading(fd)
         if not self.read.done():
             self.read.cancel()
+        with self._reaping:
+            self._closed = True
+            if self._zombie:
+                self._reap(self.returncode)
 
 
 async def _by(awaitable: asyncio.Future[None], deadline: float) -> bool:

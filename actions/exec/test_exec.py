@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import warnings
@@ -313,3 +314,64 @@ async def test_an_inherited_environment_leaves_out_the_service_managers_channel(
     run = await run_action(exec_, {"argv": [sys.executable, "-c", code]}, settings={"inherit_env": True})
     assert run.result is not None
     assert json.loads(run.result["stdout"]) == ["SITE_VALUE"]
+
+
+def _take_pid(pid: int, argv: list[str]) -> subprocess.Popen[bytes] | None:
+    """A process started with exactly ``pid``, in a session of its own (its group's id is then
+    ``pid``), made by setting the kernel's last pid; None if another fork took it first."""
+    for _ in range(20):
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        proc = subprocess.Popen(argv, start_new_session=True)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting ns_last_pid needs root")
+async def test_a_group_is_never_killed_by_a_pid_the_kernel_gave_to_another_process(tmp_path: Path) -> None:
+    # The program exits at once; a child in a session of its own keeps its output open, so the
+    # action waits for its timeout and then kills the program's group. The program was reaped as
+    # it exited, so its pid, the group's id, was free: a process started meanwhile with that pid
+    # as its own group (a daemon systemd starts has one) was SIGKILLed at the timeout instead.
+    pidfile = tmp_path / "pid"
+    helper = tmp_path / "helper"
+    script = f"echo $$ > {pidfile}; setsid sh -c 'echo $$ > {helper}; exec sleep 30' &"
+    task = asyncio.create_task(run(argv=["/bin/sh", "-c", script], timeout=3))
+    victim = None
+    try:
+        deadline = time.monotonic() + 10
+        while not (pidfile.exists() and pidfile.read_text().strip() and helper.exists()):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        pid = int(pidfile.read_text())
+        while not _gone_for_good(pid) and not _is_zombie(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if _gone_for_good(pid):  # reaped: the pid is free for another process
+            victim = _take_pid(pid, ["sleep", "30"])
+            if victim is None:
+                pytest.skip("another process took the pid first")
+        await asyncio.wait_for(task, 15)
+        if victim is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                victim.wait(2)
+            assert victim.returncode is None, "a process that took the program's pid was killed"
+        assert victim is None  # the program stays unreaped while its group may be killed
+    finally:
+        if victim is not None:
+            victim.kill()
+            victim.wait()
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(int(helper.read_text()), signal.SIGKILL)
+
+
+def _gone_for_good(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
