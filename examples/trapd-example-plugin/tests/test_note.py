@@ -14,7 +14,7 @@ from trapd_example_plugin import note
 
 from trapd.params import ParamError
 from trapd.plugin import PermanentError
-from trapd.testing import run_action
+from trapd.testing import evaluate_rules, make_event, run_action
 
 LINE = {"file": "ports.log", "text": "sw1 port 17 down"}
 
@@ -53,3 +53,18 @@ async def test_a_misspelt_setting_is_refused(tmp_path: Path) -> None:
     # What `trapd check` reports at its line in trapd.yaml (the plugin declares its settings).
     with pytest.raises(ParamError, match=r"unknown setting 'dri' \(did you mean 'dir'\?\)"):
         await run_action(note, LINE, settings={"dri": str(tmp_path)})
+
+
+# The README's rule, as it is written there.
+README = Path(__file__).resolve().parent.parent / "README.md"
+RULE = README.read_text(encoding="utf-8").split("# rules.d/notes.yaml\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_readme_rule_writes_the_trap_into_the_note(tmp_path: Path) -> None:
+    # The README's rule, with the trap that runs it (the plugin installed: evaluate_rules compiles
+    # the rules with the installed plugins, as trapd does).
+    (tmp_path / "notes.yaml").write_text(RULE)
+    event = make_event(source="10.20.1.5", varbinds=[("IF-MIB::ifIndex", "Integer32", 17)])
+    (planned,) = evaluate_rules(tmp_path / "notes.yaml", event).planned
+    await run_action(note, planned.params, event=event, settings={"dir": str(tmp_path)})
+    assert (tmp_path / "ports.log").read_text() == "10.20.1.5 ifIndex 17 down\n"
