@@ -585,3 +585,23 @@ def test_plan_of_an_action_has_the_parameters_a_rule_would_journal() -> None:
     with pytest.raises(ParamError, match="wait: required"):
         plan(planned, {})
     assert plan("kit.planned", {"wait": "30s"}).params == {"wait": "30s"}  # a name: as given
+
+
+def test_a_list_parameter_holds_its_items_to_the_declared_constraints() -> None:
+    # A list's items were checked against their type alone: min/max and choices declared on the
+    # list were dropped (list[integer] max 5 took 9), and item="enum" with choices failed every
+    # value with ValueError "an enum parameter needs choices" (trapd check ended with it).
+    from trapd.params import validate
+
+    ports = {"ports": Param("list", item="integer", min=1, max=5)}
+    assert validate(ports, {"ports": [1, "5"]}) == {"ports": [1, 5]}
+    with pytest.raises(ParamError, match=r"ports\[1\]: 9 is above the maximum 5"):
+        validate(ports, {"ports": [1, 9]})
+    for item in ("enum", "string"):
+        modes = {"modes": Param("list", item=item, choices=("up", "down"))}
+        assert validate(modes, {"modes": ["up"]}) == {"modes": ["up"]}
+        with pytest.raises(ParamError, match=r"modes\[0\]: 'sideways' is not one of up, down"):
+            validate(modes, {"modes": ["sideways"]})
+    # A list of lists cannot say what its inner items are: refused where it is declared.
+    with pytest.raises(ValueError, match=r"a list of lists cannot declare its items' type: item='any'"):
+        Param("list", item="list")

@@ -25,7 +25,8 @@ mac-address        any common MAC spelling -> ``aa:bb:cc:dd:ee:ff``
 duid               1-130 octets of hex, any separator -> ``aa:bb:...``
 hex                octets as hex -> lowercase, no separators
 duration           ``30s``, ``5m``, ``1h30m``, ``250ms`` or a number of seconds -> float seconds
-list               a list whose items have type ``item``
+list               a list whose items have type ``item`` (``min``, ``max`` and ``choices``
+                   hold each item)
 mapping            a dict of strings to plain values (for JSON payloads)
 any                anything JSON-serializable (escape hatches such as kea.command)
 =================  ==========================================================
@@ -94,6 +95,11 @@ class Param:
             raise ValueError("an enum parameter needs choices")
         if self.type == "list" and (self.item is None or self.item not in PARAM_TYPES):
             raise ValueError("a list parameter needs an item type")
+        if self.type == "list" and self.item == "list":
+            # Its items would need an item type of their own, which one Param cannot say.
+            raise ValueError("a list of lists cannot declare its items' type: item='any'")
+        if self.type == "list" and self.item == "enum" and not self.choices:
+            raise ValueError("a list of enum items needs choices")
 
     def describe(self) -> str:
         """One line for `trapd actions`: type, constraints, default."""
@@ -101,7 +107,8 @@ class Param:
         if t == "enum":
             t += "(" + "|".join(self.choices) + ")"
         elif t == "list":
-            t = f"list[{self.item}]"
+            choices = "(" + "|".join(self.choices) + ")" if self.choices else ""
+            t = f"list[{self.item}{choices}]"
         if self.min is not None or self.max is not None:
             t += f" [{'' if self.min is None else self.min}..{'' if self.max is None else self.max}]"
         if self.required:
@@ -330,7 +337,8 @@ def convert(p: Param, value: Any, name: str = "value") -> Any:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ParamError(f"{name}: expected a list, got {_show(value)}")
         assert p.item is not None
-        item = Param(type=p.item, max_length=p.max_length)
+        # The list's constraints are its items': bounds of list[integer], choices of list[enum].
+        item = Param(type=p.item, choices=p.choices, min=p.min, max=p.max, max_length=p.max_length)
         return [convert(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
     if t == "mapping":
         if not isinstance(value, Mapping):
