@@ -618,3 +618,27 @@ def test_a_dry_run_action_is_not_shown_as_an_action_that_ran(
     assert rc == 0 and set(rows) == {"1", "2"}
     assert rows["1"].rstrip().endswith("dry run: nothing was run"), out
     assert "dry run" not in rows["2"], out
+
+
+def test_journal_text_output_escapes_bidirectional_overrides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trap value with U+202E (RIGHT-TO-LEFT OVERRIDE) or an isolate (U+2066..U+2069) in a key
+    or an error: a terminal that does bidi (VTE, Konsole, mlterm) showed the rest of the line
+    reversed, so `trapd journal list` could show a NOTE or an ABOUT other than the journal's
+    ("Trojan Source" in a table). Shown as escapes, as the other format controls are."""
+    text = "Gi1\u202eenod\u2066x\u2069\u200f"
+
+    async def fill() -> None:
+        async with SQLiteJournal(tmp_path / "journal.sqlite") as j:
+            now = time.time()
+            r = await j.add(make_event().to_dict(), [new("log", {"message": text}, f"k:{text}")], [], now)
+            await j.claim(r.ids[0], now)
+            await j.finish(r.ids[0], "dead", now, None, f"refused: {text}")
+
+    asyncio.run(fill())
+    for argv in (("list", "--state", "all"), ("show", "1")):
+        rc, out, _ = run(capsys, "journal", "--state-dir", str(tmp_path), *argv)
+        assert rc == 0, argv
+        assert not any(c in out for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+        assert "Gi1\\u202eenod\\u2066x\\u2069\\u200f" in out, out

@@ -176,6 +176,12 @@ _CONTROL_ESCAPES: dict[int, str] = {
     for c in (*range(0x20), *range(0x7F, 0xA0))
 }
 _CONTROL_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+# And the bidirectional formatting characters (marks, embeddings, overrides, isolates): a terminal
+# that does bidi showed the rest of a line reversed, so a trap value could make a log line or a
+# `trapd journal list` row read otherwise than it is ("Trojan Source").
+_CONTROL_ESCAPES.update(
+    {c: f"\\u{c:04x}" for c in (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+)
 
 
 def escape_controls(text: str) -> str:
