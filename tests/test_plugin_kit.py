@@ -605,3 +605,48 @@ def test_a_list_parameter_holds_its_items_to_the_declared_constraints() -> None:
     # A list of lists cannot say what its inner items are: refused where it is declared.
     with pytest.raises(ValueError, match=r"a list of lists cannot declare its items' type: item='any'"):
         Param("list", item="list")
+
+
+def test_a_plugin_that_configures_logging_as_it_is_imported_does_not_take_trapds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A plugin module written from a script's template calls structlog.configure() (or adds a
+    # handler to the root logger) at import. Plugins are imported after trapd configured its
+    # logging: every logger made afterwards (the dispatcher's, each action's) wrote with the
+    # plugin's processors, to the plugin's stream, in its format, without trapd's level and
+    # without the processor that masks secrets.
+    import logging
+
+    import structlog
+
+    from trapd.dispatch.plugins import load_plugins
+
+    out, theirs = io.StringIO(), io.StringIO()
+
+    def importing_a_plugin() -> tuple[dict[str, Any], list[Any]]:
+        structlog.configure(
+            processors=[structlog.processors.KeyValueRenderer()],
+            logger_factory=structlog.PrintLoggerFactory(theirs),
+            wrapper_class=structlog.BoundLogger,
+        )
+        logging.getLogger().addHandler(logging.StreamHandler(theirs))
+        return {}, []
+
+    monkeypatch.setattr("trapd.dispatch.plugins.load_actions", importing_a_plugin)
+    configure_logging("info", "json", stream=out)
+    handlers = list(logging.getLogger().handlers)
+    try:
+        load_plugins(get_logger("trapd.plugins"))
+        after = list(logging.getLogger().handlers)
+        get_logger("trapd.dispatch").info("after the plugins", n=1)
+        logging.getLogger("httpx").warning("a library's warning")
+    finally:
+        configure_logging("info", "json")
+    assert theirs.getvalue() == ""
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [e["event"] for e in lines] == [
+        "an action plugin changed the logging configuration as it was imported; trapd's is restored",
+        "after the plugins",
+        "a library's warning",
+    ]
+    assert after == handlers

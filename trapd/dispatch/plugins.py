@@ -27,6 +27,7 @@ from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import open_journal
 from trapd.plugin import ActionLog, ActionSpec, check_settings, load_actions
 from trapd.programs import ProgramGroups
+from trapd.service.logging import logging_setup, restore_logging
 from trapd.yamlsource import ConfigError
 
 if TYPE_CHECKING:
@@ -41,10 +42,24 @@ if TYPE_CHECKING:
 def load_plugins(log: Any = None) -> dict[str, ActionSpec]:
     """Every installed action by name; each plugin that failed to load is logged as an error."""
     log = log if log is not None else structlog.get_logger("trapd.plugins")
+    setup = logging_setup()
     specs, problems = load_actions()
+    if restore_logging(setup):
+        log.warning(
+            "an action plugin changed the logging configuration as it was imported; trapd's is restored",
+            plugins=_site_plugins(specs),
+            hint="a plugin logs through ctx.log; it does not call structlog.configure or logging.basicConfig",
+        )
     for p in problems:
         log.error("action plugin failed to load", entry_point=p.entry_point, error=p.error)
     return specs
+
+
+def _site_plugins(specs: Mapping[str, ActionSpec]) -> list[str]:
+    """The actions that are not trapd's own (whose code is not in trapd_actions), by name."""
+    return sorted(
+        n for n, s in specs.items() if not getattr(s.run, "__module__", "").startswith("trapd_actions.")
+    )
 
 
 def unknown_settings(specs: Mapping[str, ActionSpec], settings: Mapping[str, Any]) -> list[str]:

@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import IO, Any
 
 import structlog
@@ -497,6 +498,48 @@ def _route_stdlib_logging(level: int) -> None:
     root.setLevel(level)
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+@dataclass(frozen=True)
+class LoggingSetup:
+    """What :func:`logging_setup` saw: structlog's configuration and the root logger's."""
+
+    structlog_config: tuple[tuple[str, Any], ...]
+    root_handlers: tuple[logging.Handler, ...]
+    root_level: int
+
+
+def logging_setup() -> LoggingSetup:
+    """The logging configuration now, for :func:`restore_logging` after code that may change it."""
+    config = structlog.get_config()
+    config["processors"] = tuple(config["processors"])  # a change in place shows too
+    root = logging.getLogger()
+    return LoggingSetup(tuple(sorted(config.items())), tuple(root.handlers), root.level)
+
+
+def restore_logging(setup: LoggingSetup) -> bool:
+    """Put back the logging configuration ``setup`` saw; whether anything had changed.
+
+    Action plugins are imported after trapd configured its logging, and a plugin module made
+    from a script may call ``structlog.configure()`` or ``logging.basicConfig()`` as it is
+    imported: every logger made afterwards would write with its processors (without the one
+    that masks secrets), to its stream, and the standard library's records twice.
+    """
+    now = logging_setup()
+    if now == setup:
+        return False
+    if now.structlog_config != setup.structlog_config:
+        config = dict(setup.structlog_config)
+        structlog.configure(**{**config, "processors": list(config["processors"])})
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler not in setup.root_handlers:
+            root.removeHandler(handler)
+    for handler in setup.root_handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(setup.root_level)
+    return True
 
 
 class RateLimitedLog:
