@@ -930,3 +930,28 @@ def test_two_hosts_resend_ddns_once_per_notification_and_with_one_host_down(
         if step == "dhcp1 down":
             assert done[0]["owner"] == "dhcp2" and done[0]["result"]["peer"] == "server2", done
             assert sent["server2"] == 1, sent
+
+
+def test_two_hosts_restore_through_the_copy_a_host_journaled_cancelled(hosts: Hosts, pair: HaPair) -> None:
+    """A notification sent to both hosts is journaled twice: one host's rows run, the other's are
+    copies, cancelled with ``duplicate_of`` (``trapd journal history`` lists both). `trapd kea
+    restore` given a copy's id said "nothing to restore: no leases recorded" and exited 0: an
+    operator who picked that row believed nothing had been deleted. It restores what the row it
+    is a copy of (and that row's partners) deleted, and says so."""
+    uptime = 760_000 + Leases.counter
+    lease = Leases(pair)
+    lease.add()
+    for d in (hosts.dhcp1, hosts.dhcp2):
+        trap(d, 8, lease.mac.replace(":", ""), uptime=str(uptime))
+    got = wait_for("the parts done", lambda: hosts.settled("kea.lease-del", lease.mac, 8))
+    copy = next(r for r in got if r["state"] == "cancelled" and r["params"]["endpoint"] == "pair4")
+    original = copy["result"]["duplicate_of"]
+    r = subprocess.run(
+        [PYTHON, "-m", "trapd", "kea", "restore", str(copy["id"]), "--config", str(hosts.dhcp2.config_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"journal entry {copy['id']} is a copy of {original}" in r.stderr, r.stderr
+    for peer in ("server1", "server2"):
+        assert f"restored  {lease.ip4}  on {peer}" in r.stdout, r.stdout
+    assert lease.held_by() == {("server1", "v4"), ("server2", "v4")}

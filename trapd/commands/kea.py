@@ -27,6 +27,8 @@ trapd kea restore --file leases.json [--endpoint NAME]
     failed and to be retried, or running, as the row of a host that died
     is until another host takes it over): when it runs, it would delete
     what the restore put back.
+    A copy (the same notification journaled again, cancelled with
+    duplicate_of) restores what the entry it copies deleted.
     Leases go back to the endpoint they were deleted from, as recorded. A
     record whose endpoint trapd.yaml no longer has (renamed, removed), or
     that names none (a bare list of leases), is refused with the endpoint
@@ -228,6 +230,20 @@ async def _recorded(
             raise LookupError(f"no journal entry {args.journal_id}")
         if entry.action != "kea.lease-del":
             raise LookupError(f"journal entry {args.journal_id} is {entry.action}, not kea.lease-del")
+        original = _copy_of(entry)
+        if original is not None:
+            # A copy of a notification journaled again (the other host of a pair got it too, or
+            # the switch resent it), cancelled, not run: what was deleted is on the row it copies.
+            # Said "nothing to restore" before, as if nothing had been deleted.
+            print(  # stderr: --dry-run's stdout is JSON lines
+                f"journal entry {entry.id} is a copy of {original}: restoring what {original} deleted",
+                file=sys.stderr,
+            )
+            entry = await journal.get(original, with_event=False)
+            if entry is None or entry.action != "kea.lease-del":
+                raise LookupError(
+                    f"journal entry {args.journal_id} copies entry {original}, which is not there"
+                )
         entries = [entry]
         if isinstance(entry.params.get("peer"), str):
             # One peer's part of a deletion on an HA relationship: its partners' parts were
@@ -271,7 +287,7 @@ async def _recorded(
             continue
         result = json.loads(e.result) if isinstance(e.result, str) else e.result
         if not result:
-            if e.id == args.journal_id:
+            if e.id == entry.id:
                 raise LookupError(f"journal entry {e.id} ({e.state}) has no recorded result")
             print(f"journal entry {e.id} (peer {e.params.get('peer')}, {e.state}): nothing recorded, skipped")
             continue
@@ -280,6 +296,20 @@ async def _recorded(
         host = e.owner.partition("/")[0] if pg is not None and e.owner else None
         parts.append(_Part(result, endpoint, peer if isinstance(peer, str) else None, e.id, host))
     return parts
+
+
+def _copy_of(entry: Any) -> int | None:
+    """The id of the row a cancelled copy duplicates (its result says ``duplicate_of``), else None."""
+    if entry.state != "cancelled":
+        return None
+    result = entry.result
+    if isinstance(result, str):
+        try:
+            result = json.loads(result)
+        except ValueError:
+            return None
+    dup = result.get("duplicate_of") if isinstance(result, dict) else None
+    return dup if isinstance(dup, int) and not isinstance(dup, bool) and dup != entry.id else None
 
 
 def _check_file_leases(name: str, data: Any) -> None:
