@@ -346,7 +346,17 @@ class _Program:
         finally:
             for fd in fds:  # the program's ends: its own copies are 1 and 2
                 os.close(fd)
-        return cls(loop, popen, ours, limit)
+        try:
+            return cls(loop, popen, ours, limit)
+        except Exception as exc:  # its watch cannot start (no thread left): nobody would reap it
+            _kill_group(popen.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(KILL_WAIT)  # SIGKILLed: at once, unless in D state
+            for fd in ours:
+                with contextlib.suppress(OSError, ValueError, RuntimeError):
+                    loop.remove_reader(fd)
+                os.close(fd)
+            raise OSError(errno.EAGAIN, f"{exc}") from exc
 
     def _wait(self, popen: subprocess.Popen[bytes]) -> None:
         """Wait for the exit without reaping (WNOWAIT); reap here only if the action is done."""

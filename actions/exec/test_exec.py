@@ -375,3 +375,26 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_a_program_whose_watch_cannot_start_is_ended_not_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The thread that waits for the program cannot start (the unit's task limit reached, memory):
+    # the program was already running, and the action failed as an unexpected error, to be retried
+    # beside it, with nobody to reap it, read its output or kill it at its timeout.
+    import threading
+
+    pidfile = tmp_path / "pid"
+
+    def no_thread(self: threading.Thread) -> None:
+        deadline = time.monotonic() + 10
+        while not (pidfile.exists() and pidfile.read_text().strip()):  # the program runs
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(RetryableError, match=r"cannot start .* now: can't start new thread"):
+        await run(argv=["/bin/sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"])
+    assert _gone_for_good(int(pidfile.read_text()))  # killed and reaped
