@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -650,3 +651,17 @@ def test_a_plugin_that_configures_logging_as_it_is_imported_does_not_take_trapds
         "a library's warning",
     ]
     assert after == handlers
+
+
+def test_per_peer_and_kea_families_are_not_async() -> None:
+    # trapd calls both as it compiles and journals, without awaiting: an async per_peer returned
+    # a coroutine, which is true (every action fanned out, whatever the parameters, and a "never
+    # awaited" warning), an async kea_families one that cannot be indexed.
+    async def per_peer(params: Mapping[str, Any]) -> bool:
+        return False
+
+    async def run(params: dict[str, Any], ctx: ActionContext) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"action kit.async: per_peer is called without await: a plain def"):
+        action("kit.async", params={}, per_peer=per_peer)(run)  # type: ignore[arg-type]

@@ -293,6 +293,8 @@ def _guarded(name: str, what: str, fn: _F | None) -> _F | None:
         raise TypeError(
             f"action {name}: {what} is a function of the parameters, not {fn!r}: {what}={example}"
         )
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(f"action {name}: {what} is called without await: a plain def, not an async def")
     call = fn
 
     def guarded(*args: Any) -> Any:
