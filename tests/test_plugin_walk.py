@@ -57,7 +57,7 @@ def acme(trapd_venv: InstalledTrapd, tmp_path_factory: pytest.TempPathFactory) -
 def test_the_doc_shows_a_whole_package() -> None:
     assert {
         "pyproject.toml", "src/acme_trapd/__init__.py", "src/acme_trapd/kea.py", "tests/test_ticket.py",
-        "tests/test_release.py", "tests/test_rule.py",
+        "tests/test_release.py", "tests/test_rule.py", "tests/test_dispatched.py",
     } <= set(doc_files())  # fmt: skip
 
 
@@ -65,7 +65,7 @@ def test_the_docs_tests_pass_in_the_plugins_own_package(trapd_venv: InstalledTra
     """`pytest tests` from the package's directory, with the kit of the installed trapd."""
     out = run(trapd_venv.python, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
               "tests", cwd=acme, env=trapd_venv.env).stdout  # fmt: skip
-    assert re.search(r"\b5 passed\b", out), out
+    assert re.search(r"\b6 passed\b", out), out
 
 
 def test_the_package_type_checks_against_the_installed_trapd(trapd_venv: InstalledTrapd, acme: Path) -> None:
@@ -73,7 +73,7 @@ def test_the_package_type_checks_against_the_installed_trapd(trapd_venv: Install
     and what the doc imports (trapd.plugin, trapd.params, trapd.testing) is exported and typed."""
     mypy = [trapd_venv.python, "-m", "mypy", "--strict", "--cache-dir", acme / ".mypy_cache"]
     out = run(*mypy, "src", "tests", cwd=acme, env=trapd_venv.env).stdout
-    assert out.startswith("Success: no issues found in 5 source files"), out
+    assert out.startswith("Success: no issues found in 6 source files"), out
 
 
 def test_trapd_actions_lists_them_with_their_documentation(trapd_venv: InstalledTrapd, acme: Path) -> None:

@@ -11,9 +11,9 @@ and a log you can read, and answer its Kea commands from a function::
         assert run.result == {"ticket": 42}
         assert run.logs == [{"event": "ticket opened", "log_level": "info", "ticket": 42, ...}]
 
-    async def test_lease_deletion():
+    async def test_release():  # docs/plugins.md's acme.release, which sends lease4-del
         kea = KeaDouble({"lease4-del": {"result": 0, "text": "IPv4 lease deleted."}})
-        await run_action(lease_del, {"ip": "192.0.2.7"}, kea=kea.clients())
+        await run_action(release, {"ip": "192.0.2.7"}, kea=kea.clients())
         assert kea.commands() == ["lease4-del"]
 
 * :func:`run_action` validates the parameters as the rule compiler does
