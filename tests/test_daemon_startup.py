@@ -208,3 +208,48 @@ def test_sighup_while_site_mibs_compile_is_a_reload_after_the_start(tmp_path: Pa
         assert d.stop() == 0
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_while_a_reload_compiles_site_mibs_stops_trapd_and_the_compiler_at_once(
+    tmp_path: Path, workers: int
+) -> None:
+    """A reload after a MIB file changed compiles it in a thread of trapd's (the supervisor's with
+    workers), in a child process. `systemctl stop` meanwhile: the reload was cancelled, but the
+    thread still waited for its compiler (up to 10 minutes), and trapd's exit waited for the
+    thread: the unit's stop timeout, then systemd's SIGKILL. Here a compiler that would take
+    5 minutes: trapd and the compiler must both be gone within seconds of SIGTERM."""
+    import os
+    import time
+
+    d, slow = start_compiling(tmp_path, workers, 0)
+    try:
+        assert d.notify is not None
+        d.notify.wait_for("READY", 60)
+        slow.write_text(slow.read_text().replace("time.sleep(0)", "time.sleep(300)"))
+        (tmp_path / "mibs" / "SITE-MIB.my").write_text(
+            "SITE-MIB DEFINITIONS ::= BEGIN\nIMPORTS enterprises FROM SNMPv2-SMI;\n"
+            "site OBJECT IDENTIFIER ::= { enterprises 99991 }\nEND\n"
+        )
+        d.signal(signal.SIGHUP)
+        eventually(lambda: processes_of(slow) or None, 30)
+        stopped = time.monotonic()
+        d.signal(signal.SIGTERM)
+        rc = d.wait_exit(60)
+        assert rc == 0, rc
+        assert time.monotonic() - stopped < 15, time.monotonic() - stopped
+
+        def no_compiler() -> None:
+            assert not processes_of(slow)
+
+        eventually(no_compiler, 10)
+        # The cancelled reload is neither a failure nor READY=1 after STOPPING=1.
+        assert not d.logs("reload failed, keeping the running configuration")
+        d.notify.pending()
+        messages = d.notify.messages
+        stopping = next(i for i, m in enumerate(messages) if "STOPPING" in m)
+        assert not [m for m in messages[stopping:] if "READY" in m], messages[stopping:]
+    finally:
+        for pid in processes_of(slow):
+            os.kill(pid, signal.SIGKILL)
+        d.close()

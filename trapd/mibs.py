@@ -48,6 +48,7 @@ import marshal
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -673,6 +674,9 @@ def load_site_index(
     these sources: the next start does not spend the time again, and the
     problem says to run ``trapd mibs compile`` (``in_process``: no time
     limit, and it does not take a remembered failure for an answer).
+
+    One exception: :class:`CompileCancelled` when this process is stopping
+    (:func:`cancel_compiles`); nothing is remembered then.
     """
     fp = fingerprint(dirs)
     if not source_files(dirs):
@@ -692,6 +696,8 @@ def load_site_index(
                 data, problems = compile_site(dirs, cache_dir, shipped)
             else:
                 data, problems = _compile_in_child(dirs, cache_dir, progress)
+        except CompileCancelled:
+            raise  # not a failure of these sources: the next start compiles them
         except Exception as exc:  # the compiler must never take trapd down
             if isinstance(exc, subprocess.TimeoutExpired):
                 why = (
@@ -765,6 +771,28 @@ def compile_lock(cache_dir: Path | None) -> Iterator[None]:
         os.close(fd)
 
 
+class CompileCancelled(Exception):
+    """This process is stopping: the compile it ran was ended (:func:`cancel_compiles`), not failed."""
+
+
+# The compile children this process runs now (a reload's, in a thread), and whether it is stopping.
+_COMPILING: set[subprocess.Popen[bytes]] = set()
+_STOPPING = threading.Event()
+
+
+def cancel_compiles() -> None:
+    """On stop: end the MIB compiles this process runs (a reload's, in a thread) and start no more.
+
+    Their threads raise CompileCancelled at once and remember nothing. Left running, a reload's
+    compile (up to COMPILE_TIMEOUT) held trapd's exit, which waits for its threads, past the
+    unit's stop timeout, until systemd's SIGKILL.
+    """
+    _STOPPING.set()
+    for proc in list(_COMPILING):
+        with contextlib.suppress(OSError):
+            proc.kill()
+
+
 COMPILE_TIMEOUT = 600.0
 # How often a running compile reports (the daemon extends systemd's start timeout by 3 of these).
 PROGRESS_INTERVAL = 10.0
@@ -788,7 +816,12 @@ def _compile_in_child(
         started = time.monotonic()
         # stderr into a file, not a pipe: a child that writes much while we only wait must not block.
         with (Path(tmp) / "stderr").open("w+b") as err:
+            if _STOPPING.is_set():
+                raise CompileCancelled("trapd is stopping")
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            _COMPILING.add(proc)
+            if _STOPPING.is_set():  # cancel_compiles ran between the check and the add
+                proc.kill()
             try:
                 while True:
                     took = time.monotonic() - started
@@ -801,9 +834,12 @@ def _compile_in_child(
                         if progress is not None:
                             progress(time.monotonic() - started)
             finally:
+                _COMPILING.discard(proc)
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+            if _STOPPING.is_set():
+                raise CompileCancelled("trapd is stopping")
             err.seek(0)
             stderr = err.read()
         if returncode < 0:

@@ -557,11 +557,16 @@ class Daemon:
             self.log.warning("rule cannot work as configured", problem=warning)
 
     async def _shutdown(self) -> None:
+        from trapd.mibs import cancel_compiles
+
         if self.listener is not None:
             await self.listener.close()
         for t in self._tasks:
             if t.get_name() != "trapd-submit":
                 t.cancel()
+        # After the reload's cancel (its end must not be taken for a failed reload, READY=1 after
+        # STOPPING=1): a reload's MIB compile, whose thread would hold the exit for up to 10 minutes.
+        cancel_compiles()
         # Outcomes already received still go to the journal: they must not be lost on a clean stop.
         if self.dispatcher is not None and not self._submit_queue.empty():
             with contextlib.suppress(TimeoutError):

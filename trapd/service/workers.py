@@ -1102,10 +1102,13 @@ class Supervisor:
     # ------------------------------------------------------------ stop
 
     async def _shutdown(self) -> int:
+        from trapd.mibs import cancel_compiles
+
         self._state = "stopping"
         # A reload still waiting for its workers is abandoned: as they stop, it would otherwise
         # end as "failed" (or done) and send READY=1 after STOPPING=1.
         await cancel_and_wait([t for t in self._tasks if t.get_name() == "trapd-supervisor-reload"])
+        cancel_compiles()  # its MIB compile: the thread would hold the exit (up to 10 minutes)
         self.log.info("stopping", workers=sum(1 for s in self.slots if s.alive))
         self.notifier.stopping("stopping")
         # _stop_workers' longest wait (then SIGKILL and 5 s more): more than TimeoutStopSec allows
