@@ -665,3 +665,24 @@ def test_per_peer_and_kea_families_are_not_async() -> None:
 
     with pytest.raises(TypeError, match=r"action kit.async: per_peer is called without await: a plain def"):
         action("kit.async", params={}, per_peer=per_peer)(run)  # type: ignore[arg-type]
+
+
+async def test_a_dispatcher_made_directly_hands_plugins_their_settings_converted(tmp_path: Path) -> None:
+    # The dispatcher handed ctx.settings over as given: only open_dispatcher (the daemon)
+    # converted them first, so a plugin's test through Dispatcher(..., settings=...), as
+    # docs/plugins.md shows it, ran with "2m" for a duration and without the declared defaults.
+    @action(
+        "kit.every",
+        params={},
+        idempotent=True,
+        settings={"every": Param("duration", required=True), "limit": Param("integer", default=3)},
+    )
+    async def every(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+        """Returns its settings."""
+        return dict(ctx.settings)
+
+    d = await _dispatch_one(tmp_path, every, {}, settings={"kit.every": {"every": "2m"}})
+    assert d.stats.outcomes == {("kit.every", "done"): 1}
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        [entry] = await journal.history(HistoryFilter())
+    assert entry.result == {"every": 120.0, "limit": 3}

@@ -362,6 +362,21 @@ def check_settings(
     return out, problems
 
 
+def plugin_settings(
+    specs: Mapping[str, ActionSpec], settings: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
+    """``actions:`` as the plugins get it (``ctx.settings``): declared settings converted, with
+    their defaults, also for a plugin with no section in trapd.yaml; others as written.
+
+    Converting again what is converted changes nothing (``120.0`` is a duration too).
+    """
+    out: dict[str, Mapping[str, Any]] = {name: dict(values) for name, values in settings.items()}
+    for name, spec in specs.items():
+        if spec.settings is not None:
+            out[name] = check_settings(spec, settings.get(name, {}))[0]
+    return out
+
+
 def _convert_setting(param: Param, value: Any, key: str) -> Any:
     if isinstance(value, Secret):
         if param.type != "string":

@@ -66,7 +66,15 @@ from trapd.dispatch.stats import DispatchStats
 from trapd.event import Event
 from trapd.kea import pairview
 from trapd.kea.config import peer_label
-from trapd.plugin import ActionContext, ActionError, ActionLog, ActionSpec, PermanentError, checked_result
+from trapd.plugin import (
+    ActionContext,
+    ActionError,
+    ActionLog,
+    ActionSpec,
+    PermanentError,
+    checked_result,
+    plugin_settings,
+)
 from trapd.rules.outcome import Outcome, PlannedAction
 from trapd.secrets import REDACTOR, SecretError
 from trapd.secrets import resolve as resolve_secrets
@@ -216,7 +224,9 @@ class Dispatcher:
         # writes one line per action, outcome and kind of error per interval, with suppressed=N.
         self._failure_log = RateLimitedLog(self.log, FAILURE_LOG_INTERVAL)
         self._duplicate_log = RateLimitedLog(self.log, DUPLICATE_LOG_INTERVAL)
-        self.settings = dict(settings or {})
+        # As trapd.yaml writes them (a test's own) or converted already (open_dispatcher): the
+        # plugins get them converted, with their defaults, either way.
+        self.settings = plugin_settings(actions, settings or {})
         # Which action each worker runs now, to name those that do not end at stop().
         self._running_action: dict[asyncio.Task[Any], str] = {}
         # How many the last stop() left running (they ignored their cancellation): the process

@@ -26,6 +26,7 @@ import structlog
 from trapd.dispatch.dispatcher import Dispatcher
 from trapd.dispatch.journal import open_journal
 from trapd.plugin import ActionLog, ActionSpec, check_settings, load_actions
+from trapd.plugin import plugin_settings as plugin_settings
 from trapd.programs import ProgramGroups
 from trapd.service.logging import logging_setup, restore_logging
 from trapd.yamlsource import ConfigError
@@ -161,18 +162,6 @@ def refuse_bad_settings(
     if problems:
         more = f" (and {len(problems) - 1} more; `trapd check` lists them)" if len(problems) > 1 else ""
         raise ConfigError(problems[0].message + more, problems[0].mark)
-
-
-def plugin_settings(
-    specs: Mapping[str, ActionSpec], settings: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Mapping[str, Any]]:
-    """``actions:`` as the plugins get it (``ctx.settings``): declared settings converted, with
-    their defaults, also for a plugin with no section in trapd.yaml; others as written."""
-    out: dict[str, Mapping[str, Any]] = {name: dict(values) for name, values in settings.items()}
-    for name, spec in specs.items():
-        if spec.settings is not None:
-            out[name] = check_settings(spec, settings.get(name, {}))[0]
-    return out
 
 
 async def open_dispatcher(
