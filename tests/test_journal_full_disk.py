@@ -256,3 +256,36 @@ def test_a_full_disk_stays_unhealthy_while_writes_of_outcomes_still_fail(
         wait_for(lambda: d.healthz()[0] == 200, 30, "/healthz 200 again once space is freed")
     finally:
         d.stop()
+
+
+def test_the_journal_can_be_looked_at_while_the_disk_is_full(small_fs: Path) -> None:
+    """trapd stopped (or refusing to start) on a full disk is when an admin looks at what waits.
+    `trapd journal list` could not: reading a WAL journal takes its -shm file, which SQLite
+    could not make ('cannot open the journal ...: disk I/O error (the file system holding it is
+    full ...)'), so list, show, history and check all failed. With no -wal file beside it the
+    journal was closed cleanly and the file alone is all of it: read as immutable, as on a
+    read-only mount. Writing (cancel) still says the disk is full."""
+    import subprocess
+    import sys
+
+    from test_journal_integrity import make_journal
+
+    path = small_fs / "journal.sqlite"
+    make_journal(path, 50)
+    fill(small_fs)
+
+    def journal(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "trapd", "journal", "--journal", str(path), *argv],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    r = journal("list", "--limit", "1000")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 51, (r.stdout[-500:], r.stderr)
+    assert journal("show", "7").returncode == 0
+    assert journal("history", "--rule", "r").returncode == 0
+    r = journal("check")
+    assert r.returncode == 0 and "ok" in r.stdout, (r.stdout, r.stderr)
+    r = journal("cancel", "7")
+    assert r.returncode == 2 and "full" in r.stderr, (r.stdout, r.stderr)
+    assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0

@@ -1122,7 +1122,7 @@ class SQLiteJournal:
                 # file system SQLite cannot make the -shm file ("disk I/O error"). Called damage, it
                 # came with the advice to move the journal aside and start on a new, empty one,
                 # leaving the waiting actions behind in a sound file.
-                raise JournalError(
+                raise _CannotOpen(
                     f"cannot open the journal {self.path}: {exc}{_full_note(self.path)}; the journal "
                     "itself is not known to be damaged: leave it where it is"
                 ) from None
@@ -1161,13 +1161,16 @@ class SQLiteJournal:
         )
         try:
             self._check_integrity(conn)
-        except _NoAccess as exc:
-            # A read-only directory (a backup's mount, ProtectSystem=): SQLite cannot make the
+        except (_NoAccess, _CannotOpen) as exc:
+            # A read-only directory (a backup's mount, ProtectSystem=) or a full file system (the
+            # daemon stopped by it, when an admin most wants to look): SQLite cannot make the
             # -shm file that reading a WAL journal takes. With no -wal file beside it, no writer
             # has the journal open and the file alone is the whole journal: read it as immutable.
             conn.close()
             wal = Path(f"{self.path}-wal")
             if wal.exists() and wal.stat().st_size:
+                if isinstance(exc, _CannotOpen):
+                    raise
                 raise JournalError(
                     f"cannot read the journal {self.path}: {exc}: its directory is read-only for this "
                     f"user and a writer's {wal.name} is there (run this as the user trapd runs as)"
@@ -1945,6 +1948,11 @@ _DAMAGE_ERRORS = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 # dispatcher's loops do not expect: its maintenance stopped for good).
 _LOCK_ERRORS = frozenset({5, 6})
 _ACCESS_ERRORS = frozenset({3, 8, 14})  # SQLITE_PERM, SQLITE_READONLY, SQLITE_CANTOPEN
+
+
+class _CannotOpen(JournalError):
+    """The file could not be read as asked for another reason than access or damage (a full file
+    system: SQLite cannot make the -shm file)."""
 
 
 class _NoAccess(Exception):
