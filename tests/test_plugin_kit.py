@@ -686,3 +686,16 @@ async def test_a_dispatcher_made_directly_hands_plugins_their_settings_converted
     async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
         [entry] = await journal.history(HistoryFilter())
     assert entry.result == {"every": 120.0, "limit": 3}
+
+
+def test_a_required_parameter_with_a_default_is_refused_where_it_is_declared() -> None:
+    # Param("integer", required=True, default=5): trapd check passed a rule that left it out (the
+    # compiler took the default), then every trap's action was refused with "n: required"
+    # (validate did not), so the rule never acted and nothing had warned.
+    async def run(params: dict[str, Any], ctx: ActionContext) -> None:
+        pass
+
+    with pytest.raises(
+        TypeError, match=r"action kit.both: parameter 'n' is required and has a default: drop one"
+    ):
+        action("kit.both", params={"n": Param("integer", required=True, default=5)})(run)

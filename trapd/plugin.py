@@ -264,6 +264,10 @@ def _check_params(name: str, params: Mapping[str, Any], what: str = "parameter")
             raise TypeError(
                 f"action {name}: {what} {pname!r} is declared as {type(param).__name__}, not a Param"
             )
+        if param.required and param.default is not None:
+            # The rule compiler took the default for a rule that leaves it out; validate() refused
+            # that action on every trap as missing a required value.
+            raise TypeError(f"action {name}: {what} {pname!r} is required and has a default: drop one")
         if param.default is not None:
             try:
                 param = replace(param, default=convert(param, param.default, "default"))
