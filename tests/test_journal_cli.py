@@ -614,3 +614,15 @@ def test_state_dir_reads_that_sqlite_journal_also_where_trapd_yaml_names_a_share
         ["5", "scheduled"],
     ]
     assert "HOST" not in out.splitlines()[0]  # one host's journal
+
+
+def test_host_on_a_journal_of_one_host_is_a_usage_error(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`list --host dhcp1` on an SQLite journal (one host's: no host names in it) printed 'no
+    actions' (exit 0; history: exit 1): an operator read that dhcp1 had done nothing."""
+    for cmd in ("list", "history"):
+        rc = main(["journal", "--state-dir", str(state_dir), cmd, "--host", "dhcp1"])
+        captured = capsys.readouterr()
+        assert rc == 2 and "--host" in captured.err and "shared" in captured.err, (cmd, captured)
+        assert "no actions" not in captured.out

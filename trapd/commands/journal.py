@@ -297,6 +297,9 @@ async def _run(args: argparse.Namespace, path: Any, jc: Any = None) -> int:
     # not the end of the listing; also in release's preview, which then leaves such a row alone
     # (_release_ids). (`trapd kea restore` reads strictly: it acts on what it reads.)
     lenient = inspect or args.journal_command == "release"
+    if getattr(args, "host", None) is not None and jc is None:
+        # No host names in it: 'no actions' read as "that host did nothing".
+        raise ValueError(f"--host is for a shared journal (dispatch.journal.url); {path} is one host's")
     journal = await open_cli_journal(path, jc, read_only=inspect, command="trapd journal", lenient=lenient)
     args.shared_journal = jc is not None  # several hosts: which one claimed each action is shown
     try:
