@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,7 +27,7 @@ from .relay import id_bytes, matches, matches6, relay_hops6, relay_info
 SELECTORS = ("ip-address", "hw-address", "client-id", "duid")
 # Seconds after the notification from which a lease's cltt (the client's last exchange with Kea)
 # says the client came back: such a lease is kept (see lease_del).
-RENEWED_MARGIN = 60.0
+RENEWED_MARGIN = 10.0
 RELAY = ("circuit-id", "remote-id", "relay-id", "interface-id")
 FAMILIES = FamilyRule(v6_only=("duid", "iaid", "type", "interface-id"), v4_only=("client-id", "circuit-id"))
 
@@ -106,7 +107,7 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     they are deleted: when Kea deleted one but its answer was lost (or trapd
     stopped), the retry finds no lease and records the one journaled earlier
     (``deleted_earlier``), so it can still be restored. A lease the client
-    renewed more than a minute after the notification is kept
+    renewed more than 10 s after the notification is kept
     (``renewed_since``): the client is back. Needs the lease_cmds
     hook in Kea.
     On an HA relationship it runs on every peer, one journal entry each (Kea
@@ -201,9 +202,13 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     # the breaker's cool-down), after that server synced the renewed lease from its partner;
     # deleting it then left that server without the client's current lease, whose address it
     # could hand to another client at the next failover. A margin for the clocks of trapd's host
-    # and Kea's (HA peers more than 60 s apart are terminated by Kea itself).
-    since = ctx.event.received_at + RENEWED_MARGIN
-    renewed = [lease for lease in found if isinstance(lease.get("cltt"), int) and lease["cltt"] > since]
+    # and Kea's; and a cltt later than trapd's now (plus the margin) says Kea's clock is ahead,
+    # not that the client came back: a server whose clock is minutes ahead (which puts an HA pair
+    # in terminated) had every lease kept as renewed.
+    since, until = ctx.event.received_at + RENEWED_MARGIN, time.time() + RENEWED_MARGIN
+    renewed = [
+        lease for lease in found if isinstance(lease.get("cltt"), int) and since < lease["cltt"] <= until
+    ]
     if renewed:
         result["renewed_since"] = [str(lease.get("ip-address")) for lease in renewed]
         found = [lease for lease in found if lease not in renewed]
