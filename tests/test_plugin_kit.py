@@ -699,3 +699,25 @@ def test_a_required_parameter_with_a_default_is_refused_where_it_is_declared() -
         TypeError, match=r"action kit.both: parameter 'n' is required and has a default: drop one"
     ):
         action("kit.both", params={"n": Param("integer", required=True, default=5)})(run)
+
+
+def test_make_event_varbinds_are_the_objects_the_mibs_name(tmp_path: Path) -> None:
+    # A varbind named by anything but four IF-MIB columns got one made-up OID
+    # (1.3.6.1.4.1.99999.1): templates found it by name, but a rule's varbind condition
+    # (`varbinds: {ifAlias: uplink}`), which compares OIDs, never matched it.
+    event = make_event(
+        varbinds=[("IF-MIB::ifAlias", "OctetString", "uplink"), ("SNMPv2-MIB::sysName", "OctetString", "sw1")]
+    )
+    assert [(vb.oid, vb.index) for vb in event.varbinds] == [
+        ((1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 18, 17), (17,)),  # a column: at index 17, as ifIndex is
+        ((1, 3, 6, 1, 2, 1, 1, 5, 0), (0,)),  # a scalar: .0
+    ]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: uplink\n"
+        "    match: {notification: IF-MIB::linkDown, varbinds: {ifAlias: uplink}}\n"
+        "    actions: [{action: log, message: '{{ ifAlias }}'}]\n"
+    )
+    from trapd.testing import evaluate_rules
+
+    assert evaluate_rules(rules, event).matched == ("uplink",)

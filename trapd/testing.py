@@ -101,6 +101,21 @@ def _notification_oid(name: str) -> str:
     return oid_str(oid)
 
 
+def _varbind_oid(name: str, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(object OID, instance index) of a varbind named ``name`` (the ``n``-th of its event)."""
+    if name in _OIDS:  # the default event's: no MIB loading for it
+        return parse_oid(_OIDS[name]), (17,)
+    from trapd import decoders
+    from trapd.rules.resolver import lookup_name
+
+    resolver = _resolver()
+    oid = lookup_name(resolver, name, decoders.known_names())
+    if oid is None:
+        return (1, 3, 6, 1, 4, 1, 99999, n + 1), ()
+    kind = resolver.kind(oid)
+    return oid, (17,) if kind == "column" else (0,) if kind == "scalar" else ()
+
+
 @functools.cache
 def _resolver() -> MibResolver:
     """The MIBs trapd ships, loaded once (a second) for every make_event that needs them."""
@@ -118,19 +133,21 @@ def make_event(
     received_at: float | None = None,
     kind: str = "trap",
 ) -> Event:
-    """An event as the normalizer would make it; varbinds as (name, type, value), index 17 when named.
+    """An event as the normalizer would make it; varbinds as (name, type, value).
 
     ``trap_oid`` (what rules match) defaults to the OID of ``trap_name``, looked up in the MIBs
-    trapd ships; give it for a notification they do not define.
+    trapd ships; give it for a notification they do not define. A varbind's OID is its name's in
+    those MIBs (what a rule's ``varbinds:`` condition compares), at index 17 for a table column
+    (the ifIndex the default event names) and 0 for a scalar; a name they do not define gets an
+    OID of its own under 1.3.6.1.4.1.99999 (templates still find it by name).
     """
     if trap_oid is None:
         trap_oid = _LINK_DOWN if trap_name == "IF-MIB::linkDown" else _notification_oid(trap_name)
     vbs = []
-    for name, type_, value in varbinds:
-        base = _OIDS.get(name, "1.3.6.1.4.1.99999.1")
-        index = (17,) if name in _OIDS else ()
+    for n, (name, type_, value) in enumerate(varbinds):
+        oid, index = _varbind_oid(name, n)
         display = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        vbs.append(VarBind(parse_oid(base) + index, name, index, type_, value, display))
+        vbs.append(VarBind(oid + index, name, index, type_, value, display))
     return Event(
         id=new_event_id(),
         received_at=time.time() if received_at is None else received_at,
