@@ -753,6 +753,32 @@ def test_a_stop_while_the_workers_start_is_a_clean_stop(tmp_path: Path) -> None:
         d.close()
 
 
+def test_a_stop_in_a_workers_first_moments_after_its_fork_is_not_lost(tmp_path: Path) -> None:
+    """Between its fork and resetting its signal handlers a worker still had the supervisor's:
+    a SIGTERM then (the supervisor stopping just as it forked, or restarted, a worker) ran the
+    supervisor's handler in the worker (noted in the worker's copy, or written to the parent's
+    loop), and the worker went on, started, and ran until the stop's bound (shutdown_timeout +
+    30 s) had it killed. Signals are now blocked across the fork: the worker gets it once its
+    handlers are its own."""
+    prelude = (
+        "import time\nimport trapd.service.workers as w\n_die = w._die_with_parent\n"
+        "def die_with_parent(parent):\n"
+        "    time.sleep(3)  # forked, the supervisor's signal handlers still in place\n"
+        "    _die(parent)\n"
+        "w._die_with_parent = die_with_parent\n"
+    )
+    d = start_wrapped(tmp_path, prelude, TWO, None, wait_ready=False)
+    try:
+        d.wait_log("worker started", 30, count=2)
+        stopped = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(60) == 0, d.log[-6:]
+        assert time.monotonic() - stopped < 10
+        assert not d.logs("worker did not stop, killing it")
+    finally:
+        d.close()
+
+
 # In the test's wrapper: worker 1 fails to load any rules on a reload (a MemoryError in it, a file
 # it cannot read that the supervisor could); the supervisor and worker 0 load them.
 WORKER_1_REFUSES = """\

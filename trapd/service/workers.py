@@ -105,6 +105,8 @@ WORKER_START_GRACE = 30.0
 KILL_GRACE = 5.0
 
 _PR_SET_PDEATHSIG = 1
+# Blocked in the supervisor across a fork (see Supervisor._spawn).
+FORK_BLOCKED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
 
 # The settings a reload of the supervisor cannot apply (each worker warns about its own).
 RESTART_NEEDED = ("service.workers", "service.metrics", "listener.listen")
@@ -486,15 +488,21 @@ class Supervisor:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sys.stdout.flush()
         sys.stderr.flush()
+        # Blocked across the fork: until the child has reset them, a signal sent to it would run
+        # this process's handlers there (a SIGTERM noted in the child's copy, or written to this
+        # loop's wake-up socket) and be lost to the worker. It gets them once they are its own.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             parent_end.close()
             child_end.close()
             raise
         if pid == 0:
             parent_end.close()
-            self._become_worker(slot, child_end)  # never returns
+            self._become_worker(slot, child_end, mask)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_end.close()
         slot.pid, slot.channel_socket, slot.ready = pid, parent_end, False
         slot.last_snapshot, slot.exit_code, slot.last_reply = None, None, time.monotonic()
@@ -502,8 +510,13 @@ class Supervisor:
         slot.rules_digest = self.preloaded.rules.digest if self.preloaded is not None else ""
         self.log.info("worker started", worker=slot.index, pid=pid)
 
-    def _become_worker(self, slot: WorkerSlot, channel_socket: socket.socket) -> None:
-        """The child's side of the fork: become worker ``slot.index``, then leave with os._exit."""
+    def _become_worker(
+        self, slot: WorkerSlot, channel_socket: socket.socket, mask: set[int | signal.Signals]
+    ) -> None:
+        """The child's side of the fork: become worker ``slot.index``, then leave with os._exit.
+
+        ``mask``: the signal mask before the fork, set again once the handlers are the worker's.
+        """
         code = 1
         try:
             from trapd.service.logging import share_output_lock
@@ -515,6 +528,7 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # what came meanwhile is acted on now
             with contextlib.suppress(RuntimeError, ValueError, OSError):  # no usable stderr
                 # Where each thread is, to stderr, when the supervisor finds this worker stuck.
                 faulthandler.register(STACK_SIGNAL, all_threads=True)
