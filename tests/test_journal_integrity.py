@@ -990,3 +990,36 @@ def test_the_daemon_does_not_journal_into_another_application_s_database(tmp_pat
 
     asyncio.run(run())
     assert path.read_bytes() == before and stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_looking_at_a_journal_a_killed_trapd_left_does_not_write_its_wal_into_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """trapd killed (SIGKILL, a crash, power) leaves its last commits in the -wal file. `trapd
+    journal list` (read-only: 'nothing is written') was then the last connection to close, and
+    SQLite checkpointed the WAL into the journal and removed the -wal and -shm files: a write into
+    a file that may be the damaged journal moved aside for investigation (the evidence changed,
+    damaged pages written to). A journal with a WAL is now opened read-only proper: the WAL is
+    read (its commits are shown), never copied."""
+    import subprocess
+
+    from trapd.cli import main
+
+    path = _journal_file(tmp_path)
+    make_journal(path, 20)
+    crash = (
+        "import sqlite3, os, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA wal_autocheckpoint = 0')\n"
+        "c.execute(\"UPDATE actions SET key = 'committed-before-the-kill' WHERE id = 3\")\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", crash, str(path)], check=True, timeout=30)
+    wal = Path(f"{path}-wal")
+    before = (path.read_bytes(), wal.read_bytes())
+    assert before[1], "no WAL left"
+    assert main(["journal", "--journal", str(path), "show", "3"]) == 0
+    assert "committed-before-the-kill" in capsys.readouterr().out
+    assert main(["journal", "--journal", str(path), "list"]) == 0
+    capsys.readouterr()
+    assert (path.read_bytes(), wal.read_bytes()) == before

@@ -1156,8 +1156,15 @@ class SQLiteJournal:
         if problem is not None:
             raise not_a_journal(self.path, problem)
         uri = self.path.resolve().as_uri()
+        # A WAL with commits in it (a running trapd's, or one a killed trapd left): opened
+        # read-only proper, which reads it and never copies it into the file. Read-write (query
+        # only), the last connection to close checkpointed it into the journal and removed it: a
+        # write into what may be a damaged journal moved aside for investigation. Without one,
+        # read-write leaves no -wal and -shm files behind, as read-only would.
+        wal = Path(f"{self.path}-wal")
+        mode = "ro" if wal.exists() and wal.stat().st_size else "rw"
         conn = sqlite3.connect(
-            uri + "?mode=rw", uri=True, isolation_level=None, check_same_thread=False, timeout=10.0
+            f"{uri}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False, timeout=10.0
         )
         try:
             self._check_integrity(conn)
@@ -1167,7 +1174,6 @@ class SQLiteJournal:
             # -shm file that reading a WAL journal takes. With no -wal file beside it, no writer
             # has the journal open and the file alone is the whole journal: read it as immutable.
             conn.close()
-            wal = Path(f"{self.path}-wal")
             if wal.exists() and wal.stat().st_size:
                 if isinstance(exc, _CannotOpen):
                     raise
