@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -302,7 +303,7 @@ def test_the_supervisor_counts_boots_once_and_pinned_engines_keep_it(tmp_path: P
     from trapd.listener.v3 import clock as v3
 
     engine_id = bytes.fromhex("80001f8880aabbccdd")
-    made = time.time()
+    made = time.monotonic()
     first = v3.advance_engine_clock(engine_id, tmp_path, now=made - 100)
     assert first.boots == 1
     boots_file = v3.engine_boots_file(engine_id, tmp_path)
@@ -321,7 +322,7 @@ def test_the_supervisor_counts_boots_once_and_pinned_engines_keep_it(tmp_path: P
         assert int(boots.syntax) == 1
         # Counted from the supervisor's start, 100 s before `made`: the engines took seconds to
         # make on a loaded machine (a fixed 102 failed once at 103), so the bound is what passed.
-        assert 99 <= int(etime.syntax.clone()) <= 101 + (time.time() - made)
+        assert 99 <= int(etime.syntax.clone()) <= 101 + (time.monotonic() - made)
     # Unpinned (a single trapd), pysnmp's own handling continues the same file.
     engine = v3.make_engine(engine_id, tmp_path)
     (boots,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots")
@@ -665,3 +666,29 @@ def test_the_supervisor_reaps_only_its_workers(tmp_path: Path) -> None:
         time.sleep(0.01)
     sup._reap()  # SIGCHLD for a child that is not a worker
     assert proc.wait(5) == 3
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["single", "worker"])
+def test_engine_time_keeps_counting_when_the_wall_clock_is_stepped_back(tmp_path: Path, pinned: bool) -> None:
+    """snmpEngineTime is the seconds since snmpEngineBoots last changed (RFC 3414 2.2.2): it only
+    grows. It was counted on the wall clock (pysnmp's time.time() - origin), so a step forward (NTP,
+    an admin) moved it on by as much, one back took it back, and one back past trapd's start made
+    the read fail and give the origin itself: engineTime 1.8e9, standing still until the wall
+    clock caught up (hours, for an RTC that was ahead at boot). An inform sender checks trapd's
+    time against what it learned (a 150 s window): each such jump costs it a resynchronisation."""
+    from trapd.listener.v3 import clock as v3
+
+    engine_id = bytes.fromhex("80001f8880aabbccee")
+    if pinned:
+        v3.pin_engine_clock(v3.advance_engine_clock(engine_id, tmp_path))
+    try:
+        engine = v3.make_engine(engine_id, tmp_path)
+    finally:
+        v3.pin_engine_clock(None)
+    (etime,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
+    before = int(etime.syntax.clone())
+    real = time.time
+    for step in (-100.0, -86400.0, 3600.0):  # back less than trapd ran, back past its start, ahead
+        with mock.patch("time.time", lambda step=step: real() + step):
+            now = int(etime.syntax.clone())
+        assert before <= now <= before + 60, (step, before, now)

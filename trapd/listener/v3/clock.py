@@ -50,7 +50,10 @@ class EngineClock:
 
     engine_id: bytes
     boots: int
-    started: float  # time.time() when the boots value was taken; snmpEngineTime = now - started
+    # time.monotonic() when the boots value was taken; snmpEngineTime = monotonic now - started.
+    # CLOCK_MONOTONIC is the host's, the same in every process, and steps of the wall clock
+    # (NTP, an admin) do not move it: engineTime only grows (RFC 3414 2.2.2).
+    started: float
 
 
 # Set in a worker process before its V3Receiver is built; None: pysnmp's own boots file handling.
@@ -83,7 +86,7 @@ def advance_engine_clock(engine_id: bytes, state_dir: Path, now: float | None = 
     tmp.write_text(str(boots))
     os.replace(tmp, path)
     leave_to_state_owner(state_dir / "__pysnmp", state_dir)
-    return EngineClock(engine_id, boots, time.time() if now is None else now)
+    return EngineClock(engine_id, boots, time.monotonic() if now is None else now)
 
 
 def pin_engine_clock(clock: EngineClock | None) -> None:
@@ -118,6 +121,7 @@ def make_engine(engine_id: bytes, state_dir: Path | None) -> Any:
         tempfile.tempdir = saved
     if state_dir is not None:
         leave_to_state_owner(state_dir / "__pysnmp", state_dir)
+    _count_engine_time_from(engine, time.monotonic())
     return engine
 
 
@@ -132,12 +136,40 @@ def _engine_on_clock(clock: EngineClock) -> Any:
 
     engine = SnmpEngine()
     builder = engine.get_mib_builder()
-    (eid, boots, etime) = builder.import_symbols(
-        "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots", "snmpEngineTime"
-    )
+    (eid, boots) = builder.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots")
     eid.syntax = eid.syntax.clone(clock.engine_id)
     engine.snmpEngineID = eid.syntax
     boots.syntax = boots.syntax.clone(clock.boots)
-    # snmpEngineTime stores its origin (a wall-clock second) and reads as now - origin.
-    etime.syntax = etime.syntax.clone(int(clock.started))
+    _count_engine_time_from(engine, clock.started)
     return engine
+
+
+def _count_engine_time_from(engine: Any, origin: float) -> None:
+    """Make ``engine``'s snmpEngineTime the seconds since ``origin`` on the monotonic clock.
+
+    pysnmp's snmpEngineTime stores its origin (a wall-clock second) and reads (``clone()``
+    without a value, as pysnmp's USM and trapd read it) as ``time.time()`` - origin: an NTP
+    step back took engineTime back, and one past the origin made the read fail and give the
+    origin itself (1.8e9, frozen until the wall clock caught up). The same read, on
+    ``time.monotonic()``.
+    """
+    (etime,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
+    etime.syntax = _monotonic_engine_time(type(etime.syntax))(int(origin))
+
+
+_MONOTONIC_TYPES: dict[type, type] = {}
+
+
+def _monotonic_engine_time(base: type) -> type:
+    """A subclass of pysnmp's snmpEngineTime syntax whose read counts on the monotonic clock."""
+    made = _MONOTONIC_TYPES.get(base)
+    if made is None:
+
+        class MonotonicEngineTime(base):  # type: ignore[misc]
+            def clone(self, *args: Any, **kwargs: Any) -> Any:
+                if not args:  # a read: elapsed seconds (0 .. 2^31-1, the type's range)
+                    args = (min(max(int(time.monotonic()) - int(self), 0), 2147483647),)
+                return super().clone(*args, **kwargs)
+
+        made = _MONOTONIC_TYPES[base] = MonotonicEngineTime
+    return made
