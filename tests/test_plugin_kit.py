@@ -721,3 +721,16 @@ def test_make_event_varbinds_are_the_objects_the_mibs_name(tmp_path: Path) -> No
     from trapd.testing import evaluate_rules
 
     assert evaluate_rules(rules, event).matched == ("uplink",)
+
+
+def test_a_param_of_an_unknown_type_says_the_types() -> None:
+    # Param("str") failed the plugin's import with "unknown parameter type 'str'", leaving its
+    # author to find the list of types in trapd/params.py.
+    with pytest.raises(ValueError) as info:
+        Param("str")
+    assert str(info.value) == (
+        "unknown parameter type 'str' (did you mean 'string'?); the types: any, boolean, duid, duration,"
+        " enum, hex, integer, ip-address, ipv4, ipv6, list, mac-address, mapping, string, url, url-suffix"
+    )
+    with pytest.raises(ValueError, match=r"a list parameter needs an item type: item='string', for one"):
+        Param("list")

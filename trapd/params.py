@@ -34,6 +34,7 @@ any                anything JSON-serializable (escape hatches such as kea.comman
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import math
@@ -90,11 +91,15 @@ class Param:
 
     def __post_init__(self) -> None:
         if self.type not in PARAM_TYPES:
-            raise ValueError(f"unknown parameter type {self.type!r}")
+            close = difflib.get_close_matches(str(self.type), sorted(PARAM_TYPES), n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"unknown parameter type {self.type!r}{hint}; the types: {', '.join(sorted(PARAM_TYPES))}"
+            )
         if self.type == "enum" and not self.choices:
             raise ValueError("an enum parameter needs choices")
         if self.type == "list" and (self.item is None or self.item not in PARAM_TYPES):
-            raise ValueError("a list parameter needs an item type")
+            raise ValueError("a list parameter needs an item type: item='string', for one")
         if self.type == "list" and self.item == "list":
             # Its items would need an item type of their own, which one Param cannot say.
             raise ValueError("a list of lists cannot declare its items' type: item='any'")
