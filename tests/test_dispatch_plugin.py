@@ -272,3 +272,23 @@ def test_two_plugins_of_one_name_are_refused_not_one_picked(tmp_path: Path) -> N
         f"{rules}:5:17: error: action plugin 'acme.twin' is installed but failed to load: the action"
         " name 'acme.twin' is registered by 2 installed packages"
     ) in check.stdout, check.stdout
+
+
+def test_an_entry_point_whose_name_is_not_the_actions_says_to_make_them_equal(tmp_path: Path) -> None:
+    # `acme.ticket = acme_trapd:run` on @action("acme.tickets"): "failed to load acme.ticket = ...:
+    # declares the name 'acme.tickets'" did not say which of the two names is wrong or what to do.
+    _fake_dist(
+        tmp_path,
+        "acme",
+        "acme_mismatch",
+        TWIN.format(name="acme.tickets", who="acme"),
+        {"acme.ticket": "run"},
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "trapd.cli", "actions"], env=env_with(tmp_path), capture_output=True, text=True
+    )
+    assert out.returncode == 1
+    assert (
+        "failed to load acme.ticket = acme_mismatch:run: the entry point is named 'acme.ticket' and the"
+        " action 'acme.tickets': the two names must be equal (the one rules write after action:)"
+    ) in out.stderr, out.stderr

@@ -452,7 +452,13 @@ def load_actions() -> tuple[dict[str, ActionSpec], list[LoadProblem]]:
             problems.append(LoadProblem(where, f"{type(exc).__name__}: {exc}"))
             continue
         if spec.name != ep.name:
-            problems.append(LoadProblem(where, f"declares the name {spec.name!r}"))
+            problems.append(
+                LoadProblem(
+                    where,
+                    f"the entry point is named {ep.name!r} and the action {spec.name!r}: the two names"
+                    " must be equal (the one rules write after action:)",
+                )
+            )
             continue
         package = ep.dist.name if ep.dist is not None else "?"
         candidates.setdefault(spec.name, []).append((package, where, spec))
