@@ -734,3 +734,29 @@ def test_a_param_of_an_unknown_type_says_the_types() -> None:
     )
     with pytest.raises(ValueError, match=r"a list parameter needs an item type: item='string', for one"):
         Param("list")
+
+
+@action("kit.once", params={"ip": Param("ipv4", required=True)}, idempotent=True)
+async def reclaim_once(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Asks whichever server of the pair serves clients now (once per relationship)."""
+    kea = await ctx.kea.serving(family="v4")
+    answer = await kea.command("lease4-get", {"ip-address": params["ip"]}, accept=(0, 3))
+    return {"found": answer.ok}
+
+
+async def test_kea_double_says_which_peer_serves() -> None:
+    # ctx.kea.serving() asks each peer's HA status (status-get) and takes a server that serves
+    # scopes: a plugin's test with KeaDouble(peers=...) met "no peer of the HA relationship
+    # answers" unless it wrote Kea's status-get answer (high-availability, ha-servers, local,
+    # scopes) for each peer itself.
+    kea = KeaDouble({"lease4-get": {"result": 0, "arguments": {"ip-address": "192.0.2.7"}}})
+    clients = kea.clients(peers=("server1", "server2"), serving=("server2",))
+    run = await run_action(reclaim_once, {"ip": "192.0.2.7"}, kea=clients)
+    assert run.result == {"found": True}
+    assert [(r.endpoint, r.command) for r in kea.requests if r.command != "status-get"] == [
+        ("kea/server2", "lease4-get")
+    ]
+    # None serving (both standby, terminated...): serving() takes the first that answers.
+    kea = KeaDouble({"lease4-get": {"result": 3, "text": "no lease"}})
+    await run_action(reclaim_once, {"ip": "192.0.2.7"}, kea=kea.clients(peers=("s1", "s2"), serving=()))
+    assert [r.endpoint for r in kea.requests if r.command == "lease4-get"] == ["kea/s1"]

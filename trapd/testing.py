@@ -288,6 +288,8 @@ class KeaDouble:
 
     answers: Mapping[str, KeaAnswer] | KeaHandler = field(default_factory=dict)
     requests: list[KeaRequest] = field(default_factory=list)
+    # The peers whose HA status says they serve clients (clients(serving=...)); None: not said.
+    _serving: frozenset[str] | None = field(default=None, init=False, repr=False)
 
     def clients(
         self,
@@ -295,13 +297,17 @@ class KeaDouble:
         *,
         transport: str = "control-agent",
         peers: Iterable[str] = (),
+        serving: Iterable[str] | None = None,
     ) -> KeaClients:
         """The ``ctx.kea`` registry, its endpoints (name -> families; default: ``kea`` for v4 and v6)
         all answered by this double.
 
         ``peers`` (names, two or more) makes each endpoint a Kea HA relationship of those servers,
         as trapd.yaml's ``peers:`` does: ``ctx.kea.get()`` then needs a ``peer``, and each
-        request's :attr:`KeaRequest.endpoint` names the server (``kea/server1``).
+        request's :attr:`KeaRequest.endpoint` names the server (``kea/server1``). ``serving``: the
+        peers that serve clients now (hot-standby's active server, both of a load-balancing pair;
+        none: a pair in trouble), which ``ctx.kea.serving()`` picks from: the double answers each
+        peer's ``status-get`` with its HA status (recorded in :attr:`requests` like any command).
         """
         from dataclasses import replace
 
@@ -312,6 +318,10 @@ class KeaDouble:
         names = tuple(peers)
         if len(names) == 1:
             raise ValueError("an HA relationship has two or more peers")
+        if serving is not None:
+            self._serving = frozenset(serving)
+            if not names or not self._serving <= set(names):
+                raise ValueError(f"serving names peers of the relationship ({', '.join(names) or 'none'})")
         made: dict[str, EndpointConfig] = {}
         for name, fams in families.items():
             server = EndpointConfig(
@@ -332,12 +342,29 @@ class KeaDouble:
 
     def answer(self, request: KeaRequest) -> KeaAnswer:
         self.requests.append(request)
+        if request.command == "status-get" and self._serving is not None:
+            return self._ha_status(request.endpoint.rpartition("/")[2])
         if callable(self.answers):
             return self.answers(request)
         found = self.answers.get(request.command)
         if found is None:
             return {"result": 2, "text": f"'{request.command}' command not supported."}
         return found
+
+    def _ha_status(self, peer: str) -> KeaAnswer:
+        """Kea's status-get of ``peer`` in the relationship: serving its scope, or standing by."""
+        serves = peer in (self._serving or ())
+        local = {
+            "role": "primary" if serves else "standby",
+            "server-name": peer,
+            "state": "hot-standby" if serves else "waiting",
+            "scopes": [peer] if serves else [],
+        }
+        relationship = {
+            "ha-mode": "hot-standby",
+            "ha-servers": {"local": local, "remote": {"in-touch": True}},
+        }
+        return {"result": 0, "text": "", "arguments": {"high-availability": [relationship]}}
 
 
 class _DoubleTransport:
