@@ -216,3 +216,45 @@ def test_a_program_started_but_not_yet_recorded_is_found_by_its_marks(tmp_path: 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_trapd_on_the_same_state_dir_is_refused_before_it_touches_the_first_s_actions(
+    tmp_path: Path, workers: int
+) -> None:
+    """`trapd run` started by hand while the service runs (same trapd.yaml): it refused to start
+    only when it could not bind the trap port, after the journal's recovery had run, which put the
+    live trapd's running actions back in line as if they had been interrupted and (with the
+    programs' records) killed their programs. Now it is refused before anything, naming the pid."""
+    import subprocess
+    import sys
+
+    rules, marks = rules_for(tmp_path)
+    config: dict[str, object] = {"dispatch": {"shutdown_timeout": "1s"}}
+    if workers > 1:
+        config["service"] = {"workers": workers}
+    d = TrapdDaemon.start(tmp_path, rules=rules, config=config)
+    pids: list[int] = []
+    try:
+        snmp_send("snmptrap", *link_down(d.target(), 5), check=True)
+        pids = started(marks, 1)
+        second = subprocess.run(
+            [sys.executable, "-m", "trapd", "run", "--config", str(d.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1, second.stdout[-2000:]
+        failed = [json.loads(x) for x in second.stdout.splitlines() if '"start-up failed"' in x]
+        assert failed and "another trapd is running" in failed[0]["error"], second.stdout[-2000:]
+        assert str(d.proc.pid if d.proc else "") in failed[0]["error"]
+        assert not [x for x in second.stdout.splitlines() if "dispatcher starting" in x or "interrupted" in x]
+        # The first trapd's program runs on, its action still running in the journal.
+        assert group_members(pids[0]) != []
+        path = d.state_dir / "journal.sqlite"
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            assert db.execute("SELECT state FROM actions").fetchall() == [("running",)]
+        assert d.stop(30) == 0
+    finally:
+        d.close()
+        kill_groups(pids)

@@ -9,6 +9,7 @@ and then it must not be 0755 because the umask said so.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -59,3 +60,39 @@ def leave_to_state_owner(path: Path, state_dir: Path) -> None:
         with contextlib.suppress(OSError):
             if target.lstat().st_uid == 0:
                 os.lchown(target, owner.st_uid, owner.st_gid)
+
+
+LOCK_FILE = "trapd.lock"
+
+
+class StateDirBusy(OSError):
+    """Another trapd holds the state directory's lock."""
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take ``STATE_DIR/trapd.lock`` for as long as this process (and those it forks) live: the
+    descriptor, to keep open. :class:`StateDirBusy` names the trapd that holds it.
+
+    Taken before anything that acts on the state: the journal's recovery at start puts every
+    action left running back in line as interrupted and ends their programs (trapd.programs),
+    which is right after a crash and wrong while another trapd runs them. A ``trapd run`` started
+    by hand beside the service, on the same trapd.yaml, did that before it found its trap port
+    taken. The kernel lets go of the lock when its holder dies (SIGKILL too).
+    """
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StateDirBusy(
+            f"another trapd is running on the state directory {state_dir} (pid {holder}):"
+            " stop it first, or give this one a state_dir of its own",
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

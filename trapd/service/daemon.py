@@ -46,7 +46,7 @@ from trapd.service.lifecycle import (
     warn_restart_needed,
 )
 from trapd.service.options import EXIT_CONFIG, RunOptions
-from trapd.statedir import make_private_dir
+from trapd.statedir import lock_state_dir, make_private_dir
 from trapd.yamlsource import ConfigError
 
 if TYPE_CHECKING:
@@ -221,6 +221,7 @@ class Daemon:
         from trapd.service.sdnotify import Notifier
 
         self.role = role
+        self._state_lock: int | None = None  # STATE_DIR/trapd.lock, held while this trapd runs
         self.config = role.adjust(config) if role is not None else config
         self.options = options or RunOptions()
         self.log = get_logger("trapd")
@@ -471,6 +472,8 @@ class Daemon:
         cfg = self.config
         role = self.role
         make_private_dir(cfg.state_dir)
+        if role is None:  # a worker runs under its supervisor's lock
+            self._state_lock = lock_state_dir(cfg.state_dir)
         # A worker forked from the supervisor starts with what the supervisor loaded and checked.
         if loaded is None and role is not None:
             loaded = role.take_preloaded()
@@ -583,6 +586,9 @@ class Daemon:
             await self.http.aclose()
         if self.metrics is not None:
             await self.metrics.close()
+        if self._state_lock is not None:
+            os.close(self._state_lock)
+            self._state_lock = None
 
     # ------------------------------------------------------------ reload and status
 

@@ -67,6 +67,7 @@ from trapd.service.lifecycle import Loaded
 from trapd.service.metrics import DaemonSnapshot
 from trapd.service.options import EXIT_CONFIG, RunOptions
 from trapd.service.snapshots import RetiredCounts, from_wire, to_wire
+from trapd.statedir import lock_state_dir, make_private_dir
 
 if TYPE_CHECKING:
     from trapd.listener.v3 import EngineClock
@@ -362,6 +363,7 @@ class Supervisor:
         self.pid = os.getpid()
         self.slots: list[WorkerSlot] = []
         self.preloaded: Loaded | None = None
+        self._state_lock: int | None = None  # STATE_DIR/trapd.lock (see _prepare)
         self.clock: EngineClock | None = None
         self.retired = RetiredCounts()
         self.reloads: dict[str, int] = {}
@@ -434,6 +436,10 @@ class Supervisor:
         from trapd.service.socket_activation import inherited_sockets
 
         cfg = self.config
+        # Before anything that acts on the state (the recovery below): held by this process and the
+        # workers it forks, so that another trapd on the same state directory is refused at once.
+        make_private_dir(cfg.state_dir)
+        self._state_lock = lock_state_dir(cfg.state_dir)
         self.preloaded = loaded = lifecycle.load_startup(cfg, self.log, self.notifier)
         if cfg.service.metrics_listen is not None:
             from trapd.service.exporter import check_bindable
