@@ -482,8 +482,8 @@ def test_a_late_part_keeps_the_lease_the_client_got_again_meanwhile(
     kept and recorded as such (the pause of trapd while server2 syncs makes the part run after
     the sync, as a cool-down does)."""
     pair = healthy
-    if pair.servers["server1"].chroot is not None:
-        pytest.skip("the Debian 12 Kea 2.2 pairs run it")
+    if pair.servers["server1"].chroot is not None or pair.mode != "hot-standby":
+        pytest.skip("the Debian 12 Kea 2.2 hot-standby pair runs it (13 s, most of it the clock)")
     leases = Leases(pair)
     leases.add()
     pair.stop_server("server2")
