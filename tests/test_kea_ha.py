@@ -77,6 +77,14 @@ RULES = {
             ],
         },
         {
+            "name": "gone-with-dns",
+            "match": {"notification": "IF-MIB::linkDown", "varbinds": {"ifIndex": 14}},
+            "actions": [
+                {"action": "kea.lease-del", "endpoint": "pair4", "hw-address": "{{ ifPhysAddress | mac }}",
+                 "update-ddns": True, "cap": CAP},
+            ],
+        },
+        {
             "name": "ask-both",
             "match": {"notification": "IF-MIB::linkDown", "varbinds": {"ifIndex": 13}},
             "actions": [
@@ -573,6 +581,49 @@ def d2_received(pair: HaPair) -> dict[str, int]:
         r = unix_command(inst.host_path(inst.d2_socket), "statistic-get-all")
         out[name] = int(r["arguments"]["ncr-received"][0][0])
     return out
+
+
+def d2_counters(pair: HaPair, name: str) -> dict[str, int]:
+    """One D2 statistic (statistic-get-all) of each server's kea-dhcp-ddns."""
+    out = {}
+    for server, inst in pair.servers.items():
+        assert inst.d2_socket is not None
+        r = unix_command(inst.host_path(inst.d2_socket), "statistic-get-all")
+        out[server] = int(r["arguments"][name][0][0])
+    return out
+
+
+def test_lease_del_with_update_ddns_removes_the_records_once_per_server_without_errors(
+    trapd: TrapdDaemon, pair: HaPair, request: pytest.FixtureRequest
+) -> None:
+    """``update-ddns: true`` on a pair: each peer's part deletes its lease with update-ddns, so each
+    server asks its own kea-dhcp-ddns to remove the client's records; the second removal finds
+    them gone, which D2 counts as a success, not an error (docs/kea-ha.md). The A record is gone."""
+    if pair.servers["server1"].d2_socket is None:
+        pytest.skip("no kea-dhcp-ddns")
+    bind: Bind = request.getfixturevalue("bind")
+    leases = Leases(pair)
+    name = f"gone{Leases.counter}.example.org"
+    for inst in pair.servers.values():
+        inst.add_lease4(leases.ip4, leases.mac, hostname=name, **{"fqdn-fwd": True, "fqdn-rev": True})
+    assert pair.cmd("server1", "v4", "lease4-resend-ddns", {"ip-address": leases.ip4})["result"] == 0
+    wait_for("A record", lambda: bind.dig(name) == [leases.ip4])
+    before, errors = d2_received(pair), d2_counters(pair, "update-error")
+    trap(trapd, 14, leases.mac.replace(":", ""))
+    by_peer = wait_for(
+        "both parts done",
+        lambda: done_parts(trapd, "kea.lease-del", endpoint="pair4", **{"hw-address": leases.mac}),
+    )
+    assert all(e["result"]["deleted"] == 1 and e["result"]["update-ddns"] for e in by_peer.values()), by_peer
+    wait_for("A record gone", lambda: bind.dig(name) == [])
+
+    def both_got_one() -> dict[str, int] | None:
+        got = d2_received(pair)
+        return got if all(got[n] > before[n] for n in got) else None
+
+    after = wait_for("both D2s got a removal", both_got_one)
+    assert {n: after[n] - before[n] for n in after} == {"server1": 1, "server2": 1}, (before, after)
+    assert d2_counters(pair, "update-error") == errors
 
 
 def test_ddns_resend_goes_once_through_the_serving_peer(
