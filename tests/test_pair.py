@@ -790,3 +790,29 @@ def test_database_restarted_while_both_hosts_run_actions(tmp_path: Path) -> None
             b.stop()
     finally:
         server.remove()
+
+
+def test_hosts_with_the_same_rules_but_other_global_caps_say_so(tmp_path: Path, pg_server: PgServer) -> None:
+    """The same rules files, but dhcp2's trapd.yaml caps exec at 1 a minute (dispatch.caps) and
+    dhcp1's does not. The rules digest the hosts compare covered the rules files only, so they
+    were called equal; yet the first copy of a notification to be journaled decides whether the
+    action is held by the cap or runs, depending on which host received it first. The view each
+    host publishes carries a digest of its global caps and retry defaults now, and of its MIBs:
+    both hosts warn, naming the caps."""
+    url = pg_server.new_database()
+    out = tmp_path / "marks"
+    journal = {"lease": "1.5s", "poll_interval": "200ms"}
+    capped = pg_config(url, "dhcp2", **journal)
+    capped["dispatch"]["caps"] = [{"name": "execs", "limit": 1, "per": "1m", "actions": ["exec"]}]
+    hosts: list[TrapdDaemon] = []
+    try:
+        for name, config in (("dhcp1", pg_config(url, "dhcp1", **journal)), ("dhcp2", capped)):
+            hosts.append(TrapdDaemon.start(tmp_path / name, rules=RULES.format(marks=out), config=config))
+        for d, them in zip(hosts, ("dhcp2", "dhcp1"), strict=True):
+            (line,) = d.wait_log("the hosts sharing the journal load other rules", 30)
+            assert them in line["problem"] and "caps" in line["problem"], line
+            assert "other rules (or another mode)" not in line["problem"], line  # the rules are the same
+            assert d.wait_metric("trapd_pair_rules_differ", 1) == 1
+    finally:
+        for d in hosts:
+            d.stop()

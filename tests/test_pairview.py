@@ -64,3 +64,51 @@ def test_the_rules_digest_is_what_the_rules_say_with_the_mode(tmp_path: Path) ->
     (line,) = rule_differences(view(kea(), a), {"dhcp2": view(kea(), "0" * 32)})
     assert "'dhcp2' loads other rules" in line
     assert rule_differences(view(kea(), a), {"dhcp2": view(kea())}) == []
+
+
+def test_the_same_rules_with_other_caps_or_mibs_are_said_apart(tmp_path: Path) -> None:
+    """The rules digest covered the rules files only: two hosts with the same rules but other
+    global caps (trapd.yaml) or other MIBs were called equal, though a notification then comes out
+    otherwise depending on which host journals it first. Each is a digest of its own in the view;
+    the same caps in another order, or the same MIBs loaded another way, are no difference."""
+    from trapd.dispatch.config import DispatchConfig
+    from trapd.mibs import MibResolver, shipped_index
+
+    def dispatch(text: str) -> DispatchConfig:
+        return DispatchConfig.from_yaml(load_yaml(text, "trapd.yaml"), Path("/etc/trapd"))
+
+    two = "caps:\n  - {name: a, limit: 5, per: 1m}\n  - {name: b, limit: 9, per: 1h, actions: [exec]}\n"
+    swapped = "caps:\n  - {name: b, limit: 9, per: 1h, actions: [exec]}\n  - {name: a, limit: 5, per: 1m}\n"
+    caps = dispatch(two).caps_digest()
+    assert caps == dispatch(swapped).caps_digest()
+    assert caps != dispatch(two.replace("limit: 5", "limit: 6")).caps_digest()
+    assert caps != dispatch("caps: []\n").caps_digest()
+    assert dispatch("retry: {max_attempts: 2}\n").caps_digest() != dispatch("caps: []\n").caps_digest()
+
+    shipped = MibResolver.from_index(shipped_index())
+    mibs = shipped.digest()
+    assert mibs == MibResolver.from_index(shipped_index()).digest()
+    from trapd.mibs import MibConfig
+
+    first = MibResolver.load(MibConfig(dirs=()), tmp_path)  # from the JSON index; writes the snapshot
+    again = MibResolver.load(MibConfig(dirs=()), tmp_path)
+    assert "snapshot" in again.sources and first.digest() == again.digest() == mibs
+    site = {
+        "format": 1,
+        "modules": [["SITE-MIB", "1.3.6.1.4.1.99999", ""]],
+        "syntaxes": [["Integer32", "", "", [["up", 1], ["down", 2]]]],
+        "nodes": [[[1, 3, 6, 1, 4, 1, 99999, 1], 0, "siteState", "scalar", 0]],
+    }
+    extended = MibResolver.from_index(shipped_index())
+    extended.add_index(site, "site MIBs", site=True)
+    assert extended.digest() != mibs
+
+    rules = "0" * 32
+    here = view(kea(), rules, caps=caps, mibs=mibs)
+    assert rule_differences(here, {"dhcp2": view(kea(), rules, caps=caps, mibs=mibs)}) == []
+    (line,) = rule_differences(here, {"dhcp2": view(kea(), rules, caps="1" * 32, mibs=mibs)})
+    assert "'dhcp2' has other global caps or retry defaults" in line and "dispatch.caps" in line
+    (line,) = rule_differences(here, {"dhcp2": view(kea(), rules, caps=caps, mibs=extended.digest())})
+    assert "'dhcp2' loads other MIBs" in line
+    # An older trapd publishes the rules' digest alone: nothing else to compare.
+    assert rule_differences(here, {"dhcp2": view(kea(), rules)}) == []

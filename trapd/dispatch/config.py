@@ -38,6 +38,9 @@ Every key is optional; the defaults suit one trapd in front of one Kea::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +176,14 @@ class DispatchConfig:
             caps=_caps(n.get("caps")),
             breaker=_breaker(n.get("breaker")),
         )
+
+    def caps_digest(self) -> str:
+        """A digest of the global caps and retry defaults, which decide whether a planned action
+        runs now, waits or is retried: the hosts sharing a journal compare it (trapd.kea.pairview).
+        Caps in another order are the same caps."""
+        caps = sorted(json.dumps(dataclasses.asdict(cap), sort_keys=True) for cap in self.caps)
+        text = json.dumps({"caps": caps, "retry": dataclasses.asdict(self.retry)}, sort_keys=True)
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _journal(node: Any, base_dir: Path) -> JournalConfig:

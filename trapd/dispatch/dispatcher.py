@@ -857,10 +857,11 @@ class Dispatcher:
             self._name_conflict_logged = False
             self.log.info("no other trapd runs under this host's name any more")
 
-    def share_rules(self, digest: str) -> None:
-        """This host's rules (RuleSet.digest), published with its Kea view for the other hosts
-        sharing the journal to compare (trapd.kea.pairview): before start, and at each reload."""
-        self._view = pairview.view(self._kea_config, digest)
+    def share_rules(self, digest: str, mibs: str = "") -> None:
+        """This host's rules (RuleSet.digest), global caps and retry defaults, and MIBs
+        (MibResolver.digest), published with its Kea view for the other hosts sharing the journal
+        to compare (trapd.kea.pairview): before start, and at each reload."""
+        self._view = pairview.view(self._kea_config, digest, caps=self.config.caps_digest(), mibs=mibs)
         self.journal.share_view(self._view)
 
     def _say_pair_differences(self) -> None:

@@ -14,6 +14,10 @@ The rules too: a host whose rules file differs (edited on one host only, not yet
 otherwise on the same trap, and a notification only that host receives, or only the other,
 gets the other host's treatment. The view carries a digest of the rules as parsed, with the
 mode (``RuleSet.digest``), republished at each reload; ``rule_differences`` says where it differs.
+Beside it, what decides the same rules' outcome outside the rules files: the global caps and
+retry defaults of trapd.yaml (``DispatchConfig.caps_digest``: an action one host holds under a
+cap runs on the other) and the MIBs (``MibResolver.digest``: the names and values a rule's
+conditions and templates see).
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from trapd.kea.config import FAMILIES, KeaConfig
 MAX_VIEW = 64 * 1024
 
 
-def view(kea: KeaConfig | None, rules: str = "") -> str:
+def view(kea: KeaConfig | None, rules: str = "", *, caps: str = "", mibs: str = "") -> str:
     """This host's view, as published: every endpoint's families and peer names, the endpoint
-    each family's actions go to when a rule names none, and the rules' digest ("": none to
-    compare, as from a trapd that publishes none)."""
+    each family's actions go to when a rule names none, the rules' digest, and those of the
+    global caps and retry defaults and of the MIBs ("": none to compare, as from a trapd that
+    publishes none)."""
     endpoints: dict[str, Any] = {}
     defaults: dict[str, str | None] = {}
     if kea is not None:
@@ -41,26 +46,42 @@ def view(kea: KeaConfig | None, rules: str = "") -> str:
             default = kea.endpoint_for(fam)
             defaults[fam] = default.name if default is not None else None
     out: dict[str, Any] = {"endpoints": endpoints, "default": defaults}
-    if rules:
-        out["rules"] = rules
+    for key, digest in (("rules", rules), ("caps", caps), ("mibs", mibs)):
+        if digest:
+            out[key] = digest
     return json.dumps(out, sort_keys=True)
 
 
 def rule_differences(mine: str, others: Mapping[str, str]) -> list[str]:
-    """The other hosts whose rules differ from this host's, one line each (empty: none). A view
-    without a digest (an older trapd), or one that cannot be read (said by ``differences``), is
-    not compared."""
-    own = (_parse(mine) or {}).get("rules")
+    """The other hosts whose rules, global caps or MIBs differ from this host's, one line each
+    (empty: none). A digest missing from a view (an older trapd publishes the rules' alone, or
+    none), or a view that cannot be read (said by ``differences``), is not compared."""
+    own = _parse(mine) or {}
     out: list[str] = []
     for host, text in sorted(others.items()):
-        theirs = (_parse(text) or {}).get("rules")
-        if isinstance(own, str) and isinstance(theirs, str) and own != theirs:
+        theirs = _parse(text) or {}
+        whats: list[str] = []
+        digests: list[str] = []
+        for key, what in _DIGESTS:
+            a, b = own.get(key), theirs.get(key)
+            if isinstance(a, str) and isinstance(b, str) and a != b:
+                whats.append(what)
+                digests.append(f"{key} digest {b[:12]!r}, here {a[:12]!r}")
+        if whats:  # one line per host: trapd_pair_rules_differ counts the hosts
             out.append(
-                f"{host!r} loads other rules (or another mode) than this host (rules digest {theirs[:12]!r}, "
-                f"here {own[:12]!r}): a notification is acted on differently depending on which host "
-                "receives it and journals it first"
+                f"{host!r} {' and '.join(whats)} than this host ({'; '.join(digests)}): a "
+                "notification is acted on differently depending on which host receives it and "
+                "journals it first"
             )
     return out
+
+
+# What each digest of a view stands for, as rule_differences says it.
+_DIGESTS = (
+    ("rules", "loads other rules (or another mode)"),
+    ("caps", "has other global caps or retry defaults (trapd.yaml dispatch.caps, dispatch.retry)"),
+    ("mibs", "loads other MIBs (the names and values its rules see)"),
+)
 
 
 def differences(mine: str, others: Mapping[str, str]) -> list[str]:

@@ -495,7 +495,8 @@ class Daemon:
             token=role.journal_token if role is not None else None,
         )
         self.journal = self.dispatcher.journal
-        self.dispatcher.share_rules(self.rules.digest)  # for the other hosts to compare (docs/pair.md)
+        # For the other hosts to compare (docs/pair.md).
+        self.dispatcher.share_rules(self.rules.digest, self.resolver.digest())
         await self.dispatcher.start()
         self._tasks.append(asyncio.create_task(self._submit_loop(), name="trapd-submit"))
         self._tasks.append(asyncio.create_task(self._probe_kea(), name="trapd-kea-probe"))
@@ -643,12 +644,12 @@ class Daemon:
                 self.limiter.set_clearing(rules.clearing_oids)
         old, self.rules = self.rules, rules
         self.stats.keep_rules({r.name for r in rules.rules})
-        if self.dispatcher is not None:
-            self.dispatcher.share_rules(rules.digest)  # republished at the journal's next renewal
         if resolver is not self.resolver:  # MIB files changed: their names from the next trap on
             from trapd.normalize import Normalizer
 
             self.resolver, self.normalizer = resolver, Normalizer(resolver)
+        if self.dispatcher is not None:  # republished at the journal's next renewal
+            self.dispatcher.share_rules(rules.digest, resolver.digest())
         # Freed in a thread, a slice at a time: dropped here, a big set held the loop (release_rules).
         asyncio.get_running_loop().run_in_executor(None, release_rules, old)
         del old

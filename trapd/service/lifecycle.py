@@ -203,6 +203,7 @@ async def compile_reload(
             resolver = MibResolver.load(running.mibs, running.state_dir)
             log.info("MIB files changed: loaded again", names=len(resolver), sources=resolver.sources)
             log_mib_problems(log, resolver)
+            resolver.digest()  # here, off the loop: the hosts of a pair compare it (docs/pair.md)
         was_enabled = gc.isenabled()
         gc.disable()
         compiled = False

@@ -81,8 +81,8 @@ trapd_journal_instance_conflict                gauge      1 while another live t
                                                           dispatch.journal.instance (shared journal)
 trapd_pair_kea_differences                     gauge      differences between this host's Kea endpoints and
                                                           peers and another live host's (shared journal)
-trapd_pair_rules_differ                        gauge      other live hosts whose rules (or mode) differ from
-                                                          this host's (shared journal)
+trapd_pair_rules_differ                        gauge      other live hosts whose rules (or mode), global caps
+                                                          or MIBs differ from this host's (shared journal)
 trapd_kea_endpoint_up                          gauge      endpoint (1: answers and its circuit breaker does
                                                           not hold actions back; 0: down), e.g. pair4/srv1/v4
 trapd_kea_ha_state                             gauge      endpoint, state (1 for the peer's HA state now,
@@ -462,7 +462,8 @@ class TrapdCollector:
         )
         yield GaugeMetricFamily(
             "trapd_pair_rules_differ",
-            "Other live hosts sharing the journal whose rules (or mode) differ from this host's.",
+            "Other live hosts sharing the journal whose rules (or mode), global caps or MIBs differ "
+            "from this host's.",
             value=len(snap.pair_rule_differences),
         )
         yield CounterMetricFamily(
