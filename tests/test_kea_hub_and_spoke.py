@@ -181,3 +181,30 @@ async def test_kea_command_s_ha_commands_go_to_the_endpoint_s_relationship_on_a_
     finally:
         await clients.aclose()
         await ctx.http.aclose()
+
+
+@pytest.mark.chroot
+async def test_dhcp_disable_through_one_relationship_disables_the_whole_hub(hub: HubAndSpoke) -> None:
+    """Kea's dhcp-disable is per server, not per HA relationship: kea.dhcp-disable through endpoint
+    hub_b (part hub-b) stops the hub's DHCP service for the subnets of relationship a as well
+    (docs/kea-ha.md, "Hub and spoke")."""
+    from kea_harness import make_action_context
+
+    from trapd.params import validate
+    from trapd.plugin import load_actions
+
+    actions = load_actions()[0]
+    clients = make_kea_clients({"endpoints": hub.trapd_endpoints()})
+    ctx = make_action_context(clients)
+    try:
+        for name, extra in (("kea.dhcp-disable", {"max-period": 30}), ("kea.dhcp-enable", {})):
+            spec = actions[name]
+            params = validate(spec.params, {"endpoint": "hub_b", "peer": "hub-b", **extra})
+            result = await spec.run(params, ctx)
+            assert result is not None and result["peer"] == "hub-b", result
+            state = hub.servers["hub"].cmd4("status-get")["arguments"]["dhcp-state"]
+            disabled = name == "kea.dhcp-disable"
+            assert state["disabled-by-user"] is disabled and state["globally-disabled"] is disabled, state
+    finally:
+        await clients.aclose()
+        await ctx.http.aclose()
