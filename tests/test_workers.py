@@ -836,6 +836,43 @@ def test_a_worker_that_refuses_a_reload_is_replaced_and_the_unit_runs_one_rule_s
         d.close()
 
 
+def test_a_worker_replaced_after_a_refused_reload_finishes_its_actions_first(tmp_path: Path) -> None:
+    """The worker replaced after refusing a reload stops as on SIGTERM: its running actions get
+    dispatch.shutdown_timeout. Draining, it answers the supervisor no more; past the stuck bound
+    (15 s here) the supervisor took it for stuck and killed it, its actions half done (run again
+    by its successor)."""
+    marks = tmp_path / "marks"
+    config = {**TWO, "dispatch": {"workers": 16, "shutdown_timeout": "60s"}}
+    d = start_wrapped(tmp_path, WORKER_1_REFUSES, config, None)
+    try:
+        d.rules_path.write_text(SLOW_RULES.format(marks=marks, seconds=20))
+        d.signal(signal.SIGHUP)
+        assert d.notify is not None
+        d.notify.wait_for("RELOADING", 10)
+        d.notify.wait_for("READY", 30)
+        # Worker 1 refused those rules and was replaced at once; the next reload is taken by both.
+        d.wait_log(lambda e: e.get("event") == "worker ready" and e["worker"] == 1, 30)
+        d.rules_path.write_text(SLOW_RULES.format(marks=marks, seconds=20) + "\n")
+        ports = list(range(1, 17))
+        for port in ports:
+            snmp_send("snmptrap", *link_down(d.target(), port), check=True)
+        assert wait_until(lambda: len(marks_of(marks, "start")) == len(ports), 15), marks_of(marks, "start")
+        on_1 = {port for owner, state, port in claims(d) if owner == "worker-1" and state == "running"}
+        assert on_1, claims(d)
+        refusing = worker_pids(d)[1]
+        d.signal(signal.SIGHUP)  # refused by worker 1 again: replaced while its actions run
+        d.wait_log(
+            lambda e: e.get("event") == "worker refused the reload, replacing it" and e["pid"] == refusing, 30
+        )
+        d.wait_log(lambda e: e.get("event") == "worker stopped, starting its replacement", 60, count=2)
+        assert not d.logs("worker stuck, replacing it")
+        assert on_1 <= set(marks_of(marks, "end")), marks_of(marks, "end")
+        assert max(Counter(marks_of(marks, "start")).values()) == 1  # none run again
+        assert d.stop(60) == 0
+    finally:
+        d.close()
+
+
 def test_workers_left_on_other_rules_than_the_supervisors_are_named_in_healthz_and_counted(
     tmp_path: Path,
 ) -> None:

@@ -335,6 +335,7 @@ class WorkerSlot:
     rules_digest: str = ""
     # Why the supervisor stopped it to start another at once (it refused a reload); None otherwise.
     replacing: str | None = None
+    replacing_since: float = 0.0  # when it was sent SIGTERM for that
     stuck_since: float | None = None  # when the supervisor began replacing it (STACK_SIGNAL sent)
     killed: bool = False  # SIGKILL sent too
     # Kept across restarts: a worker is restarted only once its previous process is reaped, so
@@ -869,6 +870,10 @@ class Supervisor:
             return Health(True, "warning", detail)
         return Health(True, "ok", detail)
 
+    def _replace_bound(self) -> float:
+        """How long a worker stopped to be replaced has to go: as at the unit's stop."""
+        return self.config.dispatch.shutdown_timeout + STOP_GRACE
+
     def _stale_after(self) -> float:
         """Seconds without an answer after which a live worker counts as stuck."""
         interval = self.notifier.watchdog_interval() or 30.0
@@ -880,7 +885,11 @@ class Supervisor:
         stale, now = self._stale_after(), time.monotonic()
         states: dict[int, str] = {}
         for slot in self.slots:
-            if slot.alive:
+            if slot.alive and slot.replacing is not None:
+                # Stopping as on SIGTERM: silent while it finishes its actions, then a new one.
+                in_time = now - slot.replacing_since <= self._replace_bound() + KILL_GRACE
+                states[slot.index] = "replacing" if in_time else "unresponsive"
+            elif slot.alive:
                 if now - slot.last_reply > stale:
                     replacing = slot.stuck_since is not None and now - slot.stuck_since <= (
                         STACK_GRACE + KILL_GRACE
@@ -922,6 +931,15 @@ class Supervisor:
             return
         stale, now = self._stale_after(), time.monotonic()
         for slot in self.slots:
+            if slot.alive and slot.replacing is not None:  # draining its actions, which takes time
+                if not slot.killed and now - slot.replacing_since > self._replace_bound():
+                    slot.killed = True
+                    self.log.error(
+                        "replaced worker did not stop, killing it", worker=slot.index, pid=slot.pid
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.pid, signal.SIGKILL)
+                continue
             if not slot.alive or now - slot.last_reply <= stale:
                 continue
             if slot.stuck_since is None:
@@ -1101,7 +1119,7 @@ class Supervisor:
             self.log.error(
                 "worker refused the reload, replacing it", worker=slot.index, pid=slot.pid, error=error
             )
-            slot.replacing = error
+            slot.replacing, slot.replacing_since = error, time.monotonic()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.pid, signal.SIGTERM)
 
