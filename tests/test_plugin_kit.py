@@ -760,3 +760,39 @@ async def test_kea_double_says_which_peer_serves() -> None:
     kea = KeaDouble({"lease4-get": {"result": 3, "text": "no lease"}})
     await run_action(reclaim_once, {"ip": "192.0.2.7"}, kea=kea.clients(peers=("s1", "s2"), serving=()))
     assert [r.endpoint for r in kea.requests if r.command == "lease4-get"] == ["kea/s1"]
+
+
+async def test_run_action_takes_a_secret_parameter_as_a_rule_writes_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A rule writes a secret parameter {env: NAME} or {file: PATH} (webhook's headers, its url);
+    # run_action refused that with "token: expected text, got dict", so a plugin's test of its
+    # secret could pass it only as trapd's internal {"$secret": "env:NAME"}.
+    @action(
+        "kit.secrets",
+        params={
+            "token": Param("string", secret=True),
+            "headers": Param("mapping", secret=True),
+            "url": Param("url", secret_ref=True),
+        },
+        idempotent=True,
+    )
+    async def secrets(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+        """Returns what it got."""
+        return params
+
+    monkeypatch.setenv("KIT_TOKEN", "s3cret")
+    (tmp_path / "url").write_text("https://hooks.example/T0/B0/xyz\n")
+    run = await run_action(
+        secrets,
+        {
+            "token": {"env": "KIT_TOKEN"},
+            "headers": {"Authorization": {"env": "KIT_TOKEN"}, "X-Plain": "1"},
+            "url": {"file": str(tmp_path / "url")},
+        },
+    )
+    assert run.result == {
+        "token": "s3cret",
+        "headers": {"Authorization": "s3cret", "X-Plain": "1"},
+        "url": "https://hooks.example/T0/B0/xyz",
+    }

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from trapd.event import Event, VarBind, new_event_id, parse_oid
 from trapd.listener.raw import Security, SnmpType
-from trapd.params import ParamError, validate
+from trapd.params import Param, ParamError, validate
 from trapd.plugin import ActionContext, ActionLog, ActionResult, ActionSpec, check_settings, checked_result
 from trapd.rules.outcome import Outcome, PlannedAction, RateCap, RetryPolicy
 from trapd.secrets import resolve as resolve_secrets
@@ -471,6 +471,9 @@ async def run_action(
     pass, and whatever the action raises (``RetryableError``,
     ``PermanentError``): test that with ``pytest.raises``.
 
+    A parameter declared ``secret`` or ``secret_ref`` may be written as a rule writes it,
+    ``{"env": NAME}`` or ``{"file": PATH}``: the action gets the secret, as from trapd.
+
     ``settings`` is loaded as trapd loads the plugin's section of trapd.yaml:
     an ``{"env": NAME}`` or ``{"file": PATH}`` value reaches the action as a
     :class:`~trapd.secrets.Secret` (``reveal()`` gives the text). An action that declares its
@@ -501,7 +504,8 @@ async def run_action(
         event, http=http, kea=kea, settings=loaded, rule="test-rule", attempt=attempt, log=log,
         record=record, previous=previous,
     )  # fmt: skip
-    result = checked_result(spec.name, await spec.run(resolve_secrets(validate(spec.params, params)), ctx))
+    given = _as_rules_pass(spec.params, params)
+    result = checked_result(spec.name, await spec.run(resolve_secrets(validate(spec.params, given)), ctx))
     return ActionRun(result, ctx, log, journaled)
 
 
@@ -524,6 +528,30 @@ def evaluate_rules(path: str | Path, event: Event) -> Outcome:
     if errors:
         raise ValueError("\n".join(errors))
     return rules.evaluate(event)
+
+
+def _as_rules_pass(declared: Mapping[str, Param], params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` as the rule compiler hands them on: in a secret parameter, a value written
+    ``{env: NAME}`` or ``{file: PATH}`` (at any depth; of a ``secret_ref`` one, the value itself)
+    is a reference, resolved when the action runs (trapd.rules.compile_values)."""
+    out = dict(params)
+    for name, value in params.items():
+        p = declared.get(name)
+        if p is not None and (p.secret or p.secret_ref):
+            out[name] = _references(value, deep=p.secret)
+    return out
+
+
+def _references(value: Any, *, deep: bool) -> Any:
+    from trapd.secrets import reference, source_reference
+
+    if (source := source_reference(value)) is not None:
+        return reference(source)
+    if deep and isinstance(value, list):
+        return [_references(v, deep=deep) for v in value]
+    if deep and isinstance(value, Mapping):
+        return {k: _references(v, deep=deep) for k, v in value.items()}
+    return value
 
 
 def rule_file_problems(path: str | Path) -> list[str]:
