@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 import yaml
 from notify_harness import NotifySocket
+from ports import free_port
 
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent
@@ -79,13 +80,6 @@ def eventually(check: Callable[[], T], timeout: float = 20.0, interval: float = 
             if time.monotonic() > deadline:
                 raise
         time.sleep(interval)
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    """A port the kernel just said is free on 127.0.0.1 (UDP or TCP)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

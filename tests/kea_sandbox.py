@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ports
+
 HOOKS_DIR = Path("/usr/lib/x86_64-linux-gnu/kea/hooks")
 LEASE_CMDS = "libdhcp_lease_cmds.so"
 HA_HOOK = "libdhcp_ha.so"
@@ -36,11 +38,9 @@ SUBNETS4 = {1: "10.1.0.0/16", 2: "10.2.0.0/16"}
 SUBNETS6 = {1: "2001:db8:1::/64", 2: "2001:db8:2::/64"}
 
 
-def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port nobody listens on right now (the small race is acceptable in tests)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 for one of Kea's servers: TCP (the agents) unless ``kind`` says UDP."""
+    return ports.free_port(kind)
 
 
 def unix_command(
