@@ -258,3 +258,22 @@ def test_a_second_trapd_on_the_same_state_dir_is_refused_before_it_touches_the_f
     finally:
         d.close()
         kill_groups(pids)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as an admin's sudo trapd run")
+def test_what_a_root_trapd_run_leaves_in_the_state_directory_stays_the_services(tmp_path: Path) -> None:
+    """`sudo trapd run` on the service's state directory (to debug): the lock file and the
+    programs' records it made were root's 0600, so the service (User=trapd) could not open the
+    lock and refused to start, nor write or remove records. Left to the directory's owner, as the
+    journal's files are (trapd.statedir.leave_to_state_owner)."""
+    from trapd.programs import ProgramGroups
+    from trapd.statedir import lock_state_dir
+
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)  # nobody: the service's user
+    fd = lock_state_dir(state)
+    os.close(fd)
+    assert ProgramGroups(state, None).starting("1", "ev")
+    for path in (state / "trapd.lock", state / "programs", state / "programs" / "1"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534), path

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trapd.statedir import PRIVATE_FILE, make_private_dir
+from trapd.statedir import PRIVATE_FILE, leave_to_state_owner, make_private_dir
 
 DIRECTORY = "programs"  # below state_dir
 _UNSAFE = re.compile(r"[^0-9A-Za-z_-]")  # in an action id, for its record's file name
@@ -84,6 +84,8 @@ class ProgramGroups:
                 f.write(json.dumps(record))
         except OSError:
             return False
+        # Run as root (sudo trapd run) on the service's state: the service must still write here.
+        leave_to_state_owner(self.directory, self.directory.parent)
         return True
 
     @staticmethod

@@ -95,4 +95,5 @@ def lock_state_dir(state_dir: Path) -> int:
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    leave_to_state_owner(path, state_dir)  # a root trapd run must not lock the service out
     return fd
