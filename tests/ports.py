@@ -33,10 +33,12 @@ _NEXT = itertools.count((os.getpid() * 7919) % len(_SLICE))
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
-    """A port on ``host`` that nothing has bound (UDP by default, or TCP), not in the ephemeral range."""
+    """A port on ``host`` (an IPv4 or IPv6 address) that nothing has bound (UDP by default, or
+    TCP), not in the ephemeral range."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(len(_SLICE)):
         port = _SLICE[next(_NEXT) % len(_SLICE)]
-        with socket.socket(socket.AF_INET, kind) as s:
+        with socket.socket(family, kind) as s:
             try:
                 s.bind((host, port))
             except OSError:

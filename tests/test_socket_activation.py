@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from ports import free_port
 
 from trapd.service.socket_activation import describe, inherited_sockets
 
@@ -28,12 +29,6 @@ for s in socks:
                 "inheritable": s.get_inheritable()})
 print(json.dumps({"sockets": out, "env_left": left}))
 """
-
-
-def _free_udp_port(family: socket.AddressFamily, host: str) -> int:
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def test_no_sockets_without_listen_env() -> None:
@@ -66,8 +61,8 @@ def test_describe() -> None:
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd package not installed")
 def test_udp_sockets_from_systemd_socket_activate_receive_queued_datagrams() -> None:
     """Datagrams sent before the daemon runs wait in the inherited sockets (what trapd.socket is for)."""
-    p4 = _free_udp_port(socket.AF_INET, "127.0.0.1")
-    p6 = _free_udp_port(socket.AF_INET6, "::1")
+    p4 = free_port()
+    p6 = free_port(host="::1")
     proc = subprocess.Popen(
         [
             "systemd-socket-activate",
@@ -124,7 +119,7 @@ def test_a_stream_socket_from_systemd_is_left_alone() -> None:
     recvfrom on it failed at once with the socket still readable, and the loop spun a core
     (227,456 failed reads in one second, in process) with no trap received. Like non-sockets, it
     is now left alone, so the daemon binds listener.listen itself."""
-    port = _free_udp_port(socket.AF_INET, "127.0.0.1")
+    port = free_port()
     proc = subprocess.Popen(
         ["systemd-socket-activate", f"--listen=127.0.0.1:{port}", sys.executable, "-c", STREAM_CHILD],
         stdout=subprocess.PIPE,

@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICE = REPO / "systemd" / "trapd.service"
@@ -370,9 +371,7 @@ def write_traced_config(tmp_path: Path, service: str = "") -> int:
 
     ``service``: more keys of the service section (``"workers: 2"``). Returns the port.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     (tmp_path / "rules.yaml").write_text((REPO / "etc/trapd/rules.yaml").read_text())
     extra = f", {service}" if service else ""
     (tmp_path / "trapd.yaml").write_text(
