@@ -626,3 +626,17 @@ def test_host_on_a_journal_of_one_host_is_a_usage_error(
         captured = capsys.readouterr()
         assert rc == 2 and "--host" in captured.err and "shared" in captured.err, (cmd, captured)
         assert "no actions" not in captured.out
+
+
+def test_migrate_with_a_state_dir_still_migrates_the_shared_journal(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--state-dir names an SQLite journal for the looking and changing commands; `migrate` with
+    it (a habit: every command given the same options) must still migrate trapd.yaml's shared
+    journal, not answer 'the SQLite journal needs no migration' (exit 0) and leave trapd refusing
+    to start for an old schema."""
+    url = pg_server.new_database(migrated=False)
+    cfg = tmp_path / "trapd.yaml"
+    cfg.write_text(json.dumps({"dispatch": {"journal": {"url": url}}}))
+    rc, out = run(capsys, "journal", "-c", str(cfg), "--state-dir", str(tmp_path), "migrate")
+    assert rc == 0 and "created ->" in out, out

@@ -261,9 +261,11 @@ def journal_location(args: argparse.Namespace) -> tuple[Any, Any]:
 
     from trapd.config import DEFAULT_CONFIG, default_config_present, load_config
 
-    if args.journal or args.state_dir:
+    if args.journal or (args.state_dir and args.journal_command != "migrate"):
         # Named on the command line: that SQLite file, also where trapd.yaml names a shared
         # journal (the old journal of a pair moved to PostgreSQL was listed as the shared one).
+        # Not for migrate, whose job is trapd.yaml's shared journal: given the same options as
+        # the other commands, it answered "the SQLite journal needs no migration".
         return journal_path(args), None
     config_path = Path(args.config) if args.config else DEFAULT_CONFIG
     config = load_config(config_path) if (args.config or default_config_present()) else None
