@@ -61,9 +61,12 @@ def test_the_sdist_has_what_a_packager_needs(trapd_dist: tuple[Path, Path]) -> N
 
 def test_the_installed_wheel_runs(trapd_venv: InstalledTrapd, tmp_path: Path) -> None:
     py, site, env = trapd_venv.python, trapd_venv.site, trapd_venv.env
+    # The venv's environment (no PYTHONPATH): with the caller's, a run with PYTHONPATH set to a
+    # checkout (as the helpers run the tests) imported that checkout's trapd and failed here.
     where = run(
-        py, "-c", "import trapd, trapd_actions; print(trapd.__file__, trapd_actions.__file__)", cwd=tmp_path
-    )
+        py, "-c", "import trapd, trapd_actions; print(trapd.__file__, trapd_actions.__file__)", cwd=tmp_path,
+        env=env,
+    )  # fmt: skip
     assert all(Path(f).is_relative_to(site) for f in where.stdout.split()), (
         where.stdout
     )  # the wheel's, not the tree's
