@@ -1023,3 +1023,23 @@ def test_looking_at_a_journal_a_killed_trapd_left_does_not_write_its_wal_into_it
     assert main(["journal", "--journal", str(path), "list"]) == 0
     capsys.readouterr()
     assert (path.read_bytes(), wal.read_bytes()) == before
+
+
+def test_a_journal_cut_short_while_its_tables_were_made_is_still_trapd_s(tmp_path: Path) -> None:
+    """trapd killed on its very first start, after the journal's first tables were made (meta)
+    and before the others: the refusal of another application's database (518011e) took the
+    file for one (tables, no 'actions'), and trapd would never start on it again. A database
+    with any of trapd's tables is trapd's: the rest are made."""
+    path = tmp_path / "journal.sqlite"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+    conn.close()
+
+    async def run() -> None:
+        async with SQLiteJournal(path) as j:
+            now = time.time()
+            r = await j.add(make_event().to_dict(), [_entry(1, now)], [], now)
+            assert r.states == ["scheduled"]
+
+    asyncio.run(run())

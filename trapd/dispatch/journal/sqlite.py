@@ -2011,13 +2011,14 @@ def header_problem(path: Path) -> str | None:
 def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
     """An SQLite database of something else (tables, none of them trapd's): refused, never
     written into. A path mistyped or pointed at another program's state got trapd's tables,
-    WAL mode and mode 0600. (A database without tables is trapd's own, cut short between making
-    the file and its tables: they are made.)"""
+    WAL mode and mode 0600. (A database without tables, or with some of trapd's, is trapd's own,
+    cut short while it was being made: the rest is made.)"""
     try:
         names = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
     except sqlite3.DatabaseError:
         return  # damaged: said by the check, or by the reads
-    if names and "actions" not in names:
+    # Any of trapd's tables: trapd's (a first start killed between making meta and actions).
+    if names and not {"meta", "events", "actions", "cap_hits", "cap_slots"} & set(names):
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise not_a_journal(path, f"an SQLite database with other tables ({shown}) and none of trapd's")
 
