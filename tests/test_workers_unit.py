@@ -211,7 +211,15 @@ async def test_channel_carries_messages_both_ways() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [struct.pack(">I", 2**31) + b"{}", encode({"op": "x"})[:-1], struct.pack(">I", 2) + b"[]"]
+    "data",
+    [
+        struct.pack(">I", 2**31) + b"{}",
+        encode({"op": "x"})[:-1],
+        struct.pack(">I", 2) + b"[]",
+        struct.pack(">I", 3) + b"{x}",  # not JSON: the stream is out of step
+        struct.pack(">I", 2) + b"\xff\xfe",  # not UTF-8
+        struct.pack(">I", 9) + b'{"op": 1}',  # an op that is not a name
+    ],
 )
 async def test_channel_refuses_what_is_not_a_whole_message(data: bytes) -> None:
     a, b = socket.socketpair()
@@ -692,3 +700,37 @@ def test_engine_time_keeps_counting_when_the_wall_clock_is_stepped_back(tmp_path
         with mock.patch("time.time", lambda step=step: real() + step):
             now = int(etime.syntax.clone())
         assert before <= now <= before + 60, (step, before, now)
+
+
+async def test_a_worker_whose_channel_breaks_is_stopped_not_left_unheard(tmp_path: Path) -> None:
+    """A channel that stops making sense (undecodable bytes: the stream out of step) ended the
+    supervisor's reader of that worker with an exception nobody saw; the worker, alive and
+    working, was then unheard until the stuck bound (15 s), called stuck, dumped and SIGKILLed.
+    It is now told to stop at once (SIGTERM: its actions finish) and restarted, with the reason
+    in the log."""
+    import subprocess
+
+    from trapd.config import Config
+    from trapd.service.workers import Supervisor, WorkerSlot
+
+    sup = Supervisor(Config(state_dir=tmp_path))
+    sup._stop, sup._changed, sup._state = asyncio.Event(), asyncio.Event(), "running"
+    worker = subprocess.Popen(["/bin/sleep", "60"])  # stands for the worker process
+    a, b = socket.socketpair()
+    try:
+        slot = WorkerSlot(0, (), pid=worker.pid, channel_socket=b)
+        sup.slots = [slot]
+        await sup._connect(slot)
+        a.sendall(struct.pack(">I", 3) + b"{x}")
+        deadline = time.monotonic() + 10
+        while worker.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert worker.poll() == -15
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        a.close()
+        await asyncio.gather(*sup._tasks, return_exceptions=True)
+        if slot.channel is not None:
+            slot.channel.close()

@@ -44,6 +44,11 @@ class ChannelClosed(ConnectionError):
     """The other end is gone (exited, or closed its socket)."""
 
 
+class ChannelGarbled(ChannelClosed):
+    """The stream stopped making sense (a size out of bounds, a body that is not a message):
+    nothing after it can be read, though the other end may still be there."""
+
+
 def encode(message: Message) -> bytes:
     body = json.dumps(message, separators=(",", ":"), default=str).encode()
     if len(body) > MAX_MESSAGE:
@@ -79,13 +84,16 @@ class Channel:
             header = await self._reader.readexactly(_HEADER.size)
             (size,) = _HEADER.unpack(header)
             if size > MAX_MESSAGE:
-                raise ChannelClosed(f"channel message of {size} bytes announced: stream out of step")
+                raise ChannelGarbled(f"channel message of {size} bytes announced: stream out of step")
             body = await self._reader.readexactly(size)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise ChannelClosed(str(exc) or "end of stream") from None
-        message = json.loads(body)
+        try:
+            message = json.loads(body)
+        except ValueError:  # not JSON, not UTF-8: the stream is out of step, nothing after it is whole
+            raise ChannelGarbled(f"not a channel message: {body[:80]!r}") from None
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
-            raise ChannelClosed(f"not a channel message: {body[:80]!r}")
+            raise ChannelGarbled(f"not a channel message: {body[:80]!r}")
         return message
 
     def close(self) -> None:

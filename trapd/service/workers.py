@@ -60,7 +60,7 @@ from trapd.cancelling import cancel_and_wait
 from trapd.config import Config
 from trapd.listener.config import ListenAddress
 from trapd.service import lifecycle
-from trapd.service.channel import Channel, ChannelClosed
+from trapd.service.channel import Channel, ChannelClosed, ChannelGarbled
 from trapd.service.daemon import Daemon, run_on_loop, start_failure_status
 from trapd.service.health import Health
 from trapd.service.lifecycle import Loaded
@@ -190,6 +190,9 @@ class WorkerRole:
                 elif msg["op"] == "usm-elsewhere" and daemon.listener is not None:
                     counts = msg.get("counts") or {}
                     daemon.listener.stats.usm_elsewhere = {int(k): int(v) for k, v in counts.items()}
+        except ChannelGarbled as exc:  # unheard from now on: the supervisor would take it for stuck
+            daemon.log.error("channel to the supervisor broken, stopping", error=str(exc))
+            daemon.request_stop()
         except ChannelClosed:
             # The supervisor is gone (PR_SET_PDEATHSIG says so too, with SIGTERM): stop cleanly.
             daemon.log.warning("supervisor gone, stopping")
@@ -691,34 +694,47 @@ class Supervisor:
 
     async def _read(self, slot: WorkerSlot, channel: Channel) -> None:
         assert self._changed is not None
-        with contextlib.suppress(ChannelClosed):
-            while True:
-                msg = await channel.receive()
-                if slot.channel is not channel:
-                    # Its worker is gone (_on_exit ran first and retired its last snapshot): what was
-                    # still buffered is not the slot's, and a late snapshot would be counted twice.
-                    return
-                slot.last_reply = time.monotonic()
-                op = msg["op"]
-                if op == "ready":
-                    slot.ready = True
-                    if self._state == "running":
-                        self.log.info("worker ready", worker=slot.index, pid=slot.pid)
-                    self._changed.set()
-                elif op == "snapshot":
-                    slot.last_snapshot = from_wire(msg.get("data") or {})
-                    # Answers come in request order: this one settles every earlier request too.
-                    seq = int(msg.get("seq") or 0)
-                    for earlier in [n for n in slot.waiters if n <= seq]:
-                        waiter = slot.waiters.pop(earlier)
-                        if not waiter.done():
-                            waiter.set_result(None)
-                elif op == "reloaded":
-                    result = (bool(msg.get("ok")), msg.get("error"), str(msg.get("digest") or ""))
-                    if result[0]:  # what it runs now, whether a reload waits for it or gave up
-                        slot.rules_digest = result[2]
-                    if slot.reload_result is not None and not slot.reload_result.done():
-                        slot.reload_result.set_result(result)
+        try:
+            await self._read_messages(slot, channel)
+        except ChannelGarbled as exc:
+            # The channel stopped making sense while the worker runs: unheard from now on, it would
+            # be taken for stuck and killed 15 s later. (Its end, even mid-message, is _reap's.)
+            if slot.channel is channel and slot.alive and self._state != "stopping":
+                self.log.error("channel to the worker broken, stopping it", worker=slot.index, error=str(exc))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGTERM)
+        except ChannelClosed:
+            pass
+
+    async def _read_messages(self, slot: WorkerSlot, channel: Channel) -> None:
+        assert self._changed is not None
+        while True:
+            msg = await channel.receive()
+            if slot.channel is not channel:
+                # Its worker is gone (_on_exit ran first and retired its last snapshot): what was
+                # still buffered is not the slot's, and a late snapshot would be counted twice.
+                return
+            slot.last_reply = time.monotonic()
+            op = msg["op"]
+            if op == "ready":
+                slot.ready = True
+                if self._state == "running":
+                    self.log.info("worker ready", worker=slot.index, pid=slot.pid)
+                self._changed.set()
+            elif op == "snapshot":
+                slot.last_snapshot = from_wire(msg.get("data") or {})
+                # Answers come in request order: this one settles every earlier request too.
+                seq = int(msg.get("seq") or 0)
+                for earlier in [n for n in slot.waiters if n <= seq]:
+                    waiter = slot.waiters.pop(earlier)
+                    if not waiter.done():
+                        waiter.set_result(None)
+            elif op == "reloaded":
+                result = (bool(msg.get("ok")), msg.get("error"), str(msg.get("digest") or ""))
+                if result[0]:  # what it runs now, whether a reload waits for it or gave up
+                    slot.rules_digest = result[2]
+                if slot.reload_result is not None and not slot.reload_result.done():
+                    slot.reload_result.set_result(result)
 
     def _reap(self) -> None:
         """SIGCHLD: collect every worker that exited and decide what happens next.
