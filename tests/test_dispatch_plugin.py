@@ -292,3 +292,30 @@ def test_an_entry_point_whose_name_is_not_the_actions_says_to_make_them_equal(tm
         "failed to load acme.ticket = acme_mismatch:run: the entry point is named 'acme.ticket' and the"
         " action 'acme.tickets': the two names must be equal (the one rules write after action:)"
     ) in out.stderr, out.stderr
+
+
+def test_a_rule_using_a_plugin_installed_after_trapd_started_says_to_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plugins are loaded at start-up. An operator installs acme-trapd, adds its rule, `trapd check`
+    # says OK (a new process loads it) and `systemctl reload trapd` is refused with "unknown action
+    # 'acme.late' ...; installed: exec, ... (see `trapd actions`)", while `trapd actions` lists it.
+    from trapd.mibs import MibResolver
+    from trapd.plugin import load_actions
+    from trapd.rules import compile_rules
+
+    loaded, _ = load_actions()  # what trapd loaded when it started
+    _fake_dist(
+        tmp_path, "acme-late", "acme_late", TWIN.format(name="acme.late", who="acme"), {"acme.late": "run"}
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # installed since
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: r\n    match: {notification: IF-MIB::linkDown}\n"
+        "    actions:\n      - action: acme.late\n"
+    )
+    _, problems = compile_rules([rules], MibResolver.load(), loaded)
+    assert [str(p) for p in problems] == [
+        f"{rules}:5:17: action plugin 'acme.late' was installed after trapd loaded its plugins:"
+        " restart trapd to use it (plugins are loaded when it starts)"
+    ]

@@ -429,6 +429,18 @@ def load_failure(name: str) -> str | None:
     return _FAILED.get(name)
 
 
+def installed_since(name: str) -> bool:
+    """Whether an action plugin named ``name`` is installed that the last :func:`load_actions`
+    did not meet at all (neither loaded nor failed): installed since this process loaded them."""
+    if _LOADED is None or name in _LOADED:
+        return False
+    return bool(entry_points(group=ENTRY_POINT_GROUP, name=name))
+
+
+# Every name the last load_actions() met (loaded or failed); None before it ran.
+_LOADED: set[str] | None = None
+
+
 def load_actions() -> tuple[dict[str, ActionSpec], list[LoadProblem]]:
     """Every installed action by name, plus the plugins that failed to load.
 
@@ -474,6 +486,8 @@ def load_actions() -> tuple[dict[str, ActionSpec], list[LoadProblem]]:
         problems.extend(LoadProblem(where, f"{why}: uninstall all but one") for _, where, _ in registered)
     _FAILED.clear()
     _FAILED.update((p.name, p.error) for p in problems if p.name not in found)
+    global _LOADED
+    _LOADED = {*found, *(p.name for p in problems)}
     return found, problems
 
 

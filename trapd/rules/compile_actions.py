@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trapd.params import URL_CREDENTIALS, Param, ParamError, convert, token_in_url, whole_number
-from trapd.plugin import ActionSpec, load_failure
+from trapd.plugin import ActionSpec, installed_since, load_failure
 from trapd.rules.compile_context import CompileContext, RuleScope
 from trapd.rules.compile_values import ValueCompiler
 from trapd.rules.kea_uses import family_problem
@@ -245,6 +245,14 @@ class ActionCompiler:
             # Installed, but its import failed (an upgrade broke it): not a typo to look for.
             self.problems.error(
                 f"action plugin {name!r} is installed but failed to load: {failure}", where(node, "action")
+            )
+            return None
+        if spec is None and installed_since(name):
+            # A reload: plugins are loaded at start-up, and `trapd check` (a new process) loads it.
+            self.problems.error(
+                f"action plugin {name!r} was installed after trapd loaded its plugins: restart trapd"
+                " to use it (plugins are loaded when it starts)",
+                where(node, "action"),
             )
             return None
         if spec is None:
