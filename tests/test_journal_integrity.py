@@ -952,6 +952,7 @@ def _foreign_database(path: Path) -> None:
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("CREATE TABLE lease4 (address INTEGER PRIMARY KEY, hwaddr BLOB)")
+        conn.execute("CREATE TABLE meta (k TEXT, v TEXT)")  # a name trapd's journal has too
         conn.execute("INSERT INTO lease4 VALUES (167837953, x'001122334455')")
     conn.close()
     os.chmod(path, 0o644)

@@ -2009,7 +2009,7 @@ def header_problem(path: Path) -> str | None:
 
 
 def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
-    """An SQLite database of something else (tables, none of them trapd's): refused, never
+    """An SQLite database of something else (tables of its own, no actions table): refused, never
     written into. A path mistyped or pointed at another program's state got trapd's tables,
     WAL mode and mode 0600. (A database without tables, or with some of trapd's, is trapd's own,
     cut short while it was being made: the rest is made.)"""
@@ -2017,10 +2017,13 @@ def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
         names = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
     except sqlite3.DatabaseError:
         return  # damaged: said by the check, or by the reads
-    # Any of trapd's tables: trapd's (a first start killed between making meta and actions).
-    if names and not {"meta", "events", "actions", "cap_hits", "cap_slots"} & set(names):
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        raise not_a_journal(path, f"an SQLite database with other tables ({shown}) and none of trapd's")
+    # Without actions, tables of trapd's only are a first start killed between making meta and
+    # actions (trapd's); one other table is another program's (which may have a 'meta' too).
+    ours = {"meta", "events", "actions", "cap_hits", "cap_slots"}
+    others = [n for n in names if n not in ours and not n.startswith("sqlite_")]
+    if "actions" not in names and others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise not_a_journal(path, f"an SQLite database with other tables ({shown}), without trapd's")
 
 
 def not_a_journal(path: Path, problem: str) -> JournalDamaged:
