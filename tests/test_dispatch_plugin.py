@@ -319,3 +319,21 @@ def test_a_rule_using_a_plugin_installed_after_trapd_started_says_to_restart(
         f"{rules}:5:17: action plugin 'acme.late' was installed after trapd loaded its plugins:"
         " restart trapd to use it (plugins are loaded when it starts)"
     ]
+
+
+def test_a_package_registering_a_builtin_under_its_own_name_is_reported(tmp_path: Path) -> None:
+    # A second package whose entry point names the very object of a built-in (a fork, an old
+    # copy of trapd under another distribution name) was not reported: the check compared entry
+    # point texts, which are equal.
+    dist = tmp_path / "trapd_fork-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: trapd-fork\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[trapd.actions]\nlog = trapd_actions.log:log\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "trapd.cli", "actions"], env=env_with(tmp_path), capture_output=True, text=True
+    )
+    assert out.returncode == 1
+    assert (
+        "failed to load log = trapd_actions.log:log: 'log' is the name of trapd's own action: trapd-fork"
+        in (out.stderr)
+    ), out.stderr

@@ -475,11 +475,13 @@ def load_actions() -> tuple[dict[str, ActionSpec], list[LoadProblem]]:
         package = ep.dist.name if ep.dist is not None else "?"
         candidates.setdefault(spec.name, []).append((package, where, spec))
     for name, registered in candidates.items():
-        shipped = [r for r in registered if _shipped(r[0])]
+        shipped = [i for i, r in enumerate(registered) if _shipped(r[0])]
         if len(registered) == 1 or shipped:
-            package, where, spec = (shipped or registered)[0]
-            found[name] = spec
-            problems.extend(LoadProblem(w, _taken(name, p)) for p, w, _ in registered if w != where)
+            kept = (shipped or [0])[0]
+            found[name] = registered[kept][2]
+            problems.extend(
+                LoadProblem(w, _taken(name, p)) for i, (p, w, _) in enumerate(registered) if i != kept
+            )
             continue
         listed = ", ".join(f"{package} ({where})" for package, where, _ in registered)
         why = f"the action name {name!r} is registered by {len(registered)} installed packages, {listed}"
