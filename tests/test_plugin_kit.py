@@ -796,3 +796,13 @@ async def test_run_action_takes_a_secret_parameter_as_a_rule_writes_it(
         "headers": {"Authorization": "s3cret", "X-Plain": "1"},
         "url": "https://hooks.example/T0/B0/xyz",
     }
+
+
+def test_plan_takes_a_secret_parameter_as_a_rule_writes_it() -> None:
+    # plan(spec, ...) validated {env: NAME} as a value of the parameter's type ("expected text,
+    # got dict"), as run_action did: the dispatcher's test of a secret parameter could not be set up.
+    @action("kit.sec", params={"token": Param("string", secret=True, required=True)}, idempotent=True)
+    async def sec(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Does nothing."""
+
+    assert plan(sec, {"token": {"env": "KIT_TOKEN"}}).params == {"token": {"$secret": "env:KIT_TOKEN"}}

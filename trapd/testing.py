@@ -183,11 +183,12 @@ def plan(
     """One planned action, as a rule would plan it (for a test through the dispatcher).
 
     ``action``: the action itself (its ActionSpec), whose declaration ``params`` are validated
-    against as a rule's are (converted, defaults filled in; a ParamError for what a rule could not
-    pass), or a name, whose ``params`` are journaled as given.
+    against as a rule's are (converted, defaults filled in, a secret's ``{"env": NAME}`` a
+    reference the dispatcher resolves; a ParamError for what a rule could not pass), or a name,
+    whose ``params`` are journaled as given.
     """
     if isinstance(action, ActionSpec):
-        params, action = validate(action.params, params), action.name
+        params, action = validate(action.params, _as_rules_pass(action.params, params)), action.name
     return PlannedAction(
         rule=rule,
         action=action,
