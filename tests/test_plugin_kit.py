@@ -806,3 +806,28 @@ def test_plan_takes_a_secret_parameter_as_a_rule_writes_it() -> None:
         """Does nothing."""
 
     assert plan(sec, {"token": {"env": "KIT_TOKEN"}}).params == {"token": {"$secret": "env:KIT_TOKEN"}}
+
+
+def test_a_run_that_cannot_take_params_and_ctx_is_refused_where_it_is_declared() -> None:
+    # async def run(params) (ctx forgotten) loaded, passed trapd check, and failed on every trap
+    # with "takes 1 positional argument but 2 were given", retried until dead.
+    async def forgot_ctx(params: dict[str, Any]) -> None:
+        pass
+
+    with pytest.raises(
+        TypeError,
+        match=r"action kit.arity: run is called as run\(params, ctx\); forgot_ctx\(params\) cannot take",
+    ):
+        action("kit.arity", params={})(forgot_ctx)  # type: ignore[arg-type]
+
+    class Method:
+        """The class form: run is a method, self aside."""
+
+        name = "kit.method"
+        params: dict[str, Param] = {}
+
+        async def run(self, params: dict[str, Any]) -> None:
+            pass
+
+    with pytest.raises(TypeError, match=r"action kit.method: run is called as run\(params, ctx\)"):
+        as_spec(Method)

@@ -181,6 +181,7 @@ def action(
     def wrap(fn: RunFunc) -> ActionSpec:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"action {name}: run must be an async function")
+        _check_signature(name, fn)
         return ActionSpec(
             name=name,
             run=fn,
@@ -230,6 +231,7 @@ def as_spec(obj: Any) -> ActionSpec:
         raise TypeError(f"{obj!r} is not an action: it needs name, params and an async run")
     if run is None or not inspect.iscoroutinefunction(run):
         raise TypeError(f"action {obj.name}: run must be an async method")
+    _check_signature(obj.name, run)
     params = _check_params(obj.name, obj.params)
     settings = getattr(obj, "settings", None)
     if settings is not None:
@@ -249,6 +251,28 @@ def as_spec(obj: Any) -> ActionSpec:
         per_peer=_guarded(obj.name, "per_peer", getattr(obj, "per_peer", None)),
         settings=settings,
     )
+
+
+def _check_signature(name: str, run: Callable[..., Any]) -> None:
+    """TypeError (a broken plugin) for a ``run`` that cannot be called as ``run(params, ctx)``:
+    else it loaded, passed ``trapd check`` and failed on every trap."""
+    try:
+        signature = inspect.signature(run)
+    except (TypeError, ValueError):
+        return  # not introspectable (a builtin, a C extension): called as it is
+    try:
+        signature.bind({}, None)
+    except TypeError:
+        raise TypeError(
+            f"action {name}: run is called as run(params, ctx); {getattr(run, '__name__', 'run')}"
+            f"{_shown(signature)} cannot take that"
+        ) from None
+
+
+def _shown(signature: inspect.Signature) -> str:
+    """``(params)``: the parameters as written, without their annotations."""
+    plain = [p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=plain, return_annotation=inspect.Signature.empty))
 
 
 def _check_params(name: str, params: Mapping[str, Any], what: str = "parameter") -> dict[str, Param]:
