@@ -615,3 +615,50 @@ def test_restore_after_a_host_with_workers_died_mid_deletion_puts_every_lease_ba
     finally:
         for d in hosts:
             d.stop()
+
+
+def test_a_peer_down_longer_than_the_attempts_last_gets_its_deletion_when_back(
+    tmp_path: Path, healthy: HaPair
+) -> None:
+    """dispatch.retry.max_attempts (default 5) counted every failed attempt at a server that was
+    down, the ones before its breaker opened too: a peer's part used them up while the breaker
+    opened (with the defaults, 2 + 4 + 8 + 16 s: a partner down for over half a minute, a reboot)
+    and was dead-lettered; the server came back with the lease, and after the next failover
+    served it. An action whose attempts run out while its endpoint's breaker is open waits for
+    the probe like the others, until max_age (here with the attempts' and breaker's default
+    counts, the times shortened)."""
+    ha = healthy
+    config = {
+        "kea": {"endpoints": ha.trapd_endpoints("unix"), "poll_interval": "0.3s"},
+        "dispatch": {
+            "retry": {"backoff": "0.2s", "max_backoff": "0.5s", "jitter": 0},  # max_attempts: 5
+            "breaker": {"cool_down": "0.5s", "max_cool_down": "1s"},  # failures: 5
+        },
+    }
+    d = TrapdDaemon.start(tmp_path / "d", rules=DELETE_RULES.format(cap=CAP), config=config, timeout=60)
+    try:
+        mac, ip = "0a:00:27:00:77:01", ha.servers["server1"].next_ip4()
+        for inst in ha.servers.values():
+            inst.add_lease4(ip, mac)
+        ha.stop_server("server2")
+        send(d, 91, 770_091, mac)
+
+        def server2_part() -> dict[str, Any]:
+            r = subprocess.run(
+                [sys.executable, "-m", "trapd", "journal", "--config", str(d.config_path), "--json", "list",
+                 "--state", "all"],
+                capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+            return next((e for e in rows if e["params"].get("peer") == "server2"), {})
+
+        part = wait_for(
+            "server2's part past its 5 attempts", lambda: (p := server2_part()).get("attempts", 0) >= 7 and p
+        )
+        assert part["state"] != "dead", part
+        ha.start_server("server2")
+        done = wait_for("server2's part done", lambda: (p := server2_part()).get("state") == "done" and p)
+        assert done["result"]["deleted"] == 1, done
+        assert all(inst.lease4(ip) is None for inst in ha.servers.values())
+    finally:
+        d.stop()

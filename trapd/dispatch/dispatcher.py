@@ -1232,7 +1232,13 @@ class Dispatcher:
                     failures=breaker.failures,
                     cool_down=breaker.cool_down,
                 )
-        if attempt >= job.max_attempts:
+        # Its endpoint's breaker open: the endpoint is down for every action, not this one
+        # failing. The actions it holds back wait for its probe without using up attempts; this
+        # one's failures before it opened count no more than theirs: it waits too, until max_age.
+        # (A lone action used up its 5 attempts as the breaker opened, 30 s with the defaults: an
+        # HA peer down that long kept the lease its part was to delete.)
+        outage = endpoint is not None and self.breakers[endpoint].holds(now)
+        if attempt >= job.max_attempts and not outage:
             await self._dead(
                 job, log, f"gave up after {attempt} attempts: {reason}", now, attempt, type(exc).__name__
             )
