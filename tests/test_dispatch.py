@@ -315,6 +315,28 @@ async def test_rule_cap_holds_then_release_runs(make: Any, rec: Recorder, journa
     assert [await state_of(journal, i) for i in ids] == ["done"] * 4
 
 
+async def test_a_storm_held_by_a_cap_logs_lines_per_cap_not_per_action(make: Any, rec: Recorder) -> None:
+    # bench_soak.py: a storm past a cap wrote a warning per held action and, when their hold ran
+    # out, an error per action (50,820 + 50,767 lines in 10 minutes), past journald's rate limit,
+    # which then drops the lines that matter. Now one line per cap and interval, with suppressed=N.
+    from structlog.testing import capture_logs
+
+    cap = RateCap("deletions", limit=2, per=60.0, key="sw1", hold_for=0.5)
+    with capture_logs() as logs:
+        d = await make()
+        for i in range(60):
+            await d.submit(make_event(), make_outcome(rec_plan(f"d{i}", caps=[cap])))
+        await wait_for(lambda: d.stats.outcomes[("rec", "expired")] == 58, timeout=30)
+        assert d.stats.outcomes[("rec", "held")] == 58 and sorted(rec.done_tags()) == ["d0", "d1"]
+        await d.stop(0.5)  # writes the counts held back
+    for event in ("rate cap reached: action held", "held action expired without release"):
+        lines = [e for e in logs if e["event"] == event]
+        assert 1 <= len(lines) <= 4, (event, len(lines))
+        assert sum(e.get("suppressed", 0) for e in lines) >= 58 - len(lines), lines
+        assert lines[0].get("cap", lines[0].get("held_by")) == "test-rule/deletions", lines[0]
+        assert lines[0]["action_id"] and lines[0]["rule"] == "test-rule", lines[0]
+
+
 async def test_global_cap_by_source(make: Any, rec: Recorder, journal: SQLiteJournal) -> None:
     cfg = replace(FAST, caps=(GlobalCap("per-switch", limit=1, per=60.0, by="source", actions=("rec",)),))
     d = await make(cfg)

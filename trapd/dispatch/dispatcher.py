@@ -924,7 +924,8 @@ class Dispatcher:
             self._poke()  # `trapd journal retry / release / cancel` wrote to the journal
         for e in await _guarded(self.journal.expire_held(now), failed) or ():
             self.stats.count(e.action, "expired")
-            self.log.error(
+            self._failure_log.error(  # per cap and interval, as their holds began
+                ("expired", e.held_by, e.action),
                 "held action expired without release",
                 action_id=str(e.id),
                 rule=e.rule,
@@ -1196,8 +1197,14 @@ class Dispatcher:
             assert claim.cap is not None
             self.stats.count(job.action, "held")
             self.stats.held_by_cap[claim.cap] += 1
-            log.warning(
-                "rate cap reached: action held", cap=claim.cap, hint=f"trapd journal release {job.id}"
+            # One line per cap and interval, with suppressed=N: a storm past a cap is what caps
+            # are for, and a line per held action (tens of thousands) passed journald's rate limit.
+            self._failure_log.warning(
+                ("held", claim.cap, job.action),
+                "rate cap reached: action held",
+                **_job_fields(job),
+                cap=claim.cap,
+                hint=f"trapd journal release {job.id}; trapd journal list --state held",
             )
             self._done_blocking(job.key)
             return 0
