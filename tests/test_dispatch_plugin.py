@@ -337,3 +337,41 @@ def test_a_package_registering_a_builtin_under_its_own_name_is_reported(tmp_path
         "failed to load log = trapd_actions.log:log: 'log' is the name of trapd's own action: trapd-fork"
         in (out.stderr)
     ), out.stderr
+
+
+async def test_an_action_of_a_plugin_that_failed_to_load_goes_dead_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An action journaled for a plugin that then failed to load (an upgrade broke its import; two
+    # packages now register its name) went dead with "no action plugin named 'acme.broken' is
+    # installed": the operator saw the package installed and looked no further.
+    import asyncio
+    import time
+
+    from trapd.dispatch.config import DispatchConfig
+    from trapd.dispatch.dispatcher import Dispatcher
+    from trapd.dispatch.journal import SQLiteJournal
+    from trapd.plugin import load_actions
+    from trapd.testing import make_event, make_outcome, plan
+
+    (tmp_path / "acme_broken.py").write_text('raise ImportError("acme_broken needs acme_sdk")\n')
+    dist = tmp_path / "acme_broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[trapd.actions]\nacme.broken = acme_broken:run\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    actions, _ = load_actions()
+    async with SQLiteJournal(tmp_path / "journal.sqlite") as journal:
+        d = Dispatcher(DispatchConfig(), journal, actions, kea=None)
+        await d.start()
+        try:
+            (action_id,) = await d.submit(make_event(), make_outcome(plan("acme.broken", {})))
+            deadline = time.monotonic() + 20
+            while (entry := await journal.get(int(action_id))) is None or entry.state != "dead":
+                assert time.monotonic() < deadline, entry
+                await asyncio.sleep(0.02)
+        finally:
+            await d.stop(1.0)
+    assert entry.last_error == (
+        "action plugin 'acme.broken' is installed but failed to load: ImportError: acme_broken needs acme_sdk"
+    )

@@ -73,6 +73,7 @@ from trapd.plugin import (
     ActionSpec,
     PermanentError,
     checked_result,
+    load_failure,
     plugin_settings,
 )
 from trapd.rules.outcome import Outcome, PlannedAction
@@ -597,7 +598,7 @@ class Dispatcher:
         if pa.mode == "dry-run":
             state, result = "done", {"dry_run": True}
         elif spec is None:
-            state, error = "dead", f"no action plugin named {pa.action!r} is installed"
+            state, error = "dead", _no_plugin(pa.action)
         # A rule's and an action's caps count that rule's actions; a cap of defaults counts every
         # rule's together ("*" is in no rule name, so its window is no rule's).
         caps = [
@@ -1063,7 +1064,7 @@ class Dispatcher:
             if not attempt:
                 return
         if spec is None:
-            await self._dead(job, log, f"no action plugin named {job.action!r} is installed", now)
+            await self._dead(job, log, _no_plugin(job.action), now)
             return
         try:
             event = job.get_event()
@@ -1415,6 +1416,14 @@ def _breaker_key(exc: BaseException) -> str | None:
         if isinstance(key, str) and key:
             return key
     return None
+
+
+def _no_plugin(name: str) -> str:
+    """Why an action of ``name`` cannot run: its plugin failed to load (and why), or is not there."""
+    failure = load_failure(name)
+    if failure is not None:
+        return f"action plugin {name!r} is installed but failed to load: {failure}"
+    return f"no action plugin named {name!r} is installed"
 
 
 def _target(params: Mapping[str, Any], spec: ActionSpec | None) -> str:
