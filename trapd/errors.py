@@ -29,3 +29,13 @@ class RetryableError(ActionError):
 
 class PermanentError(ActionError):
     """Will not get better by retrying: the action goes straight to dead."""
+
+
+class RecordTooLarge(PermanentError):
+    """Raised by ``ctx.record``: the partial result is more than the journal keeps whole.
+
+    A record is what a retry, a takeover and ``trapd kea restore`` read back; one the journal
+    would cut short is refused instead, before the step it was to secure. An action that
+    catches it should say, in its own terms, that it did nothing (kea.lease-del: "N leases
+    match ..."); uncaught, the action is dead with this message.
+    """

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 # Re-exported: plugin authors import them from here.
 from trapd.errors import ActionError as ActionError
 from trapd.errors import PermanentError as PermanentError
+from trapd.errors import RecordTooLarge as RecordTooLarge
 from trapd.errors import RetryableError as RetryableError
 from trapd.params import Param as Param
 from trapd.params import ParamError, convert

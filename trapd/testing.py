@@ -489,12 +489,13 @@ async def run_action(
     ``run_action(..., previous=records[-1], attempt=2)``.
     """
     from trapd.config import load_action_settings
-    from trapd.dispatch.journal.rows import dumps_result
+    from trapd.dispatch.journal.rows import check_record, dumps_result
 
     log = CapturedLog(action=spec.name)  # the dispatcher binds the action's name too
     journaled = records if records is not None else []
 
     async def record(partial: Any) -> None:
+        check_record(partial)  # as trapd's: RecordTooLarge for one the journal would cut short
         journaled.append(json.loads(dumps_result(partial)))
 
     # As trapd loads its section of trapd.yaml: `{env: NAME}` / `{file: PATH}` become Secrets.

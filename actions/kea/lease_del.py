@@ -9,7 +9,7 @@ from typing import Any
 from trapd.kea.client import KeaClient
 from trapd.kea.restore import leases_from_result
 from trapd.params import Param
-from trapd.plugin import ActionContext, PermanentError, action
+from trapd.plugin import ActionContext, PermanentError, RecordTooLarge, action
 
 from .common import (
     ENDPOINT,
@@ -228,7 +228,14 @@ async def lease_del(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any
     if found and ctx.record is not None:
         # Journaled (committed) before any is deleted: should this attempt not end, the restore
         # record is in the journal all the same, and the next attempt gets it (ctx.previous).
-        await ctx.record({**result, "partial": True, "leases": found + earlier})
+        try:
+            await ctx.record({**result, "partial": True, "leases": found + earlier})
+        except RecordTooLarge as exc:
+            # Deleted, they could not all be restored: a selector this wide is a rule to narrow.
+            raise PermanentError(
+                f"{len(found) + len(earlier)} leases match, too many to journal for a restore ({exc});"
+                " nothing deleted: narrow the selector (subnet-id, a relay id)"
+            ) from None
     deleted: list[dict[str, Any]] = []
     gone: list[str] = []
     for lease in found:

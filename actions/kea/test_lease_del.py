@@ -308,3 +308,35 @@ def test_trapd_check_refuses_relay_ids_of_the_other_family(tmp_path: Any, params
     assert bool(problems) is refused, problems
     if refused:
         assert problems[0].startswith(f"{rules}:5:")
+
+
+async def test_leases_too_many_to_record_whole_are_not_deleted(
+    kea: KeaInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record journaled before the deletions is what `trapd kea restore` puts back: one the
+    journal would cut short ({"truncated": ...}, past its bound on a result) must not be followed
+    by the deletions. 60 leases of one circuit-id, the bound lowered to 8,000 characters (about
+    25 leases): nothing deleted, a permanent error that says why; under the bound, all deleted
+    and recorded whole."""
+    from trapd.dispatch.journal import rows
+    from trapd.testing import run_action
+
+    clients = make_kea_clients(kea.trapd_kea_section(default_transport="unix"))
+    port = f"ge-9/0/{next(kea._ip4)}".encode()
+    ips = [kea.next_ip4() for _ in range(60)]
+    for ip in ips:
+        kea.add_lease4(ip, next(MAC), **{"user-context": rai_22(port, b"sw9.example.net")})
+    records: list[Any] = []
+    monkeypatch.setattr(rows, "RESULT_LIMIT", 8000)
+    try:
+        with pytest.raises(PermanentError, match="60 leases") as info:
+            await run_action(lease_del, {"circuit-id": port.decode()}, kea=clients, records=records)
+        assert "nothing deleted" in str(info.value)
+        assert [ip for ip in ips if kea.lease4(ip) is None] == []
+        assert records == []  # nothing journaled that a restore would take for the whole
+        monkeypatch.setattr(rows, "RESULT_LIMIT", 1 << 20)
+        run = await run_action(lease_del, {"circuit-id": port.decode()}, kea=clients, records=records)
+        assert run.result is not None and run.result["deleted"] == 60
+        assert sorted(lease["ip-address"] for lease in records[-1]["leases"]) == sorted(ips)
+    finally:
+        await clients.aclose()

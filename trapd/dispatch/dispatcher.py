@@ -61,6 +61,7 @@ from trapd.dispatch.journal import (
     NewEntry,
     State,
 )
+from trapd.dispatch.journal.rows import check_record
 from trapd.dispatch.peers import fan_out, peer_key
 from trapd.dispatch.stats import DispatchStats
 from trapd.event import Event
@@ -1173,7 +1174,9 @@ class Dispatcher:
         )
 
     async def _record(self, job: _Job, partial: Any) -> None:
-        """ActionContext.record: journaled (committed) before the action goes on."""
+        """ActionContext.record: journaled (committed) before the action goes on; RecordTooLarge
+        (nothing journaled) for one the journal would cut short."""
+        check_record(partial)
         await self.journal.note(job.id, partial)
         job.partial = partial
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trapd.dispatch.journal.model import CapCheck, Entry, Unreadable
+from trapd.errors import RecordTooLarge
 from trapd.secrets import REDACTOR
 
 COLS = (
@@ -222,13 +223,17 @@ def dumps(value: Any) -> str:
 
 
 # What the journal keeps of an action's result: its JSON up to RESULT_LIMIT characters (a
-# kea.lease-del of a few thousand leases, which `trapd kea restore` reads back, fits); beyond,
+# kea.lease-del of about 10,000 leases, which `trapd kea restore` reads back, fits); beyond,
 # a plugin that returned a whole answer (megabytes) would put it in the row, in every `trapd
 # journal show` and in the WAL, so it is kept as {"truncated": LENGTH, "start": its first
 # RESULT_START characters}. A result JSON cannot hold is kept as its repr, cut likewise.
-RESULT_LIMIT = 1 << 20
+RESULT_LIMIT = 4 << 20
 RESULT_START = 8192
 REPR_LIMIT = 1000
+# A record (ctx.record) is never cut: what it secures (the leases before their deletion) would be
+# lost to the restore. One longer than RESULT_LIMIT less this margin is refused (RecordTooLarge),
+# so that the result that replaces it, the same leases and a few fields more, fits too.
+RECORD_MARGIN = 64 << 10
 
 
 def _shown(value: Any) -> str:
@@ -236,6 +241,19 @@ def _shown(value: Any) -> str:
         return repr(value)
     except Exception as exc:  # its own __repr__, or nested too deep
         return f"(a {type(value).__name__} that cannot be shown: {type(exc).__name__})"
+
+
+def check_record(partial: Any) -> None:
+    """Raise RecordTooLarge for a record (ctx.record) the journal would not keep whole."""
+    try:
+        length = len(dumps(partial))
+    except Exception:
+        return  # kept as its repr (dumps_result): nothing a restore reads, nothing to lose
+    limit = RESULT_LIMIT - RECORD_MARGIN
+    if length > limit:
+        raise RecordTooLarge(
+            f"the record is {length:,} characters of JSON, more than the journal keeps whole ({limit:,})"
+        )
 
 
 def dumps_result(result: Any) -> str:
