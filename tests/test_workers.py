@@ -784,10 +784,10 @@ def test_a_stop_in_a_workers_first_moments_after_its_fork_is_not_lost(tmp_path: 
 WORKER_1_REFUSES = """\
 import trapd.service.daemon as dm
 _compile = dm.compile_reload
-async def compile_reload(options, loaded, log, adjust=None, running=None):
+async def compile_reload(options, loaded, log, adjust=None, running=None, **kw):
     if adjust is not None and adjust.__self__.index == 1:
         raise MemoryError("worker 1 out of memory")
-    return await _compile(options, loaded, log, adjust, running)
+    return await _compile(options, loaded, log, adjust, running, **kw)
 dm.compile_reload = compile_reload
 """
 
@@ -885,11 +885,11 @@ def test_workers_left_on_other_rules_than_the_supervisors_are_named_in_healthz_a
     prelude = (
         "import time\nimport trapd.service.workers as w\nw.RELOAD_TIMEOUT = 1.0\n"
         "import trapd.service.daemon as dm\n_compile = dm.compile_reload\n"
-        "async def compile_reload(options, loaded, log, adjust=None, running=None):\n"
+        "async def compile_reload(options, loaded, log, adjust=None, running=None, **kw):\n"
         "    import asyncio, pathlib\n"
         "    if adjust is not None and pathlib.Path('slow').exists():\n"
         "        await asyncio.sleep(3)\n"
-        "    return await _compile(options, loaded, log, adjust, running)\n"
+        "    return await _compile(options, loaded, log, adjust, running, **kw)\n"
         "dm.compile_reload = compile_reload\n"
     )
     d = start_wrapped(tmp_path, prelude, TWO, None)

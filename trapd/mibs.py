@@ -210,6 +210,7 @@ class MibResolver:
         *,
         compile_in_process: bool = False,
         progress: Callable[[float], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> MibResolver:
         """The shipped index plus the site's compiled MIBs. Never raises for a bad MIB.
 
@@ -219,7 +220,8 @@ class MibResolver:
         Site directories are compiled only when their files changed since the
         cached compile; problems (broken files, unresolvable imports) are kept
         in the cache too, so every start reports them, not only the first.
-        ``progress`` is called while the site MIBs compile (see :func:`load_site_index`).
+        ``progress`` is called while the site MIBs compile, and ``cancel`` ends the compile
+        (see :func:`load_site_index`).
         """
         config = config or MibConfig()
         dirs = config.source_dirs()
@@ -251,7 +253,9 @@ class MibResolver:
                 r.problems += unlisted
                 r.problems_are_new = r.problems_are_new or bool(unlisted)
                 complete = complete and not unlisted  # no snapshot: it would make them old news
-                site = load_site_index(dirs, cache, shipped, in_process=compile_in_process, progress=progress)
+                site = load_site_index(
+                    dirs, cache, shipped, in_process=compile_in_process, progress=progress, cancel=cancel
+                )
                 r.problems += site.problems
                 # A compile that failed is news at every start: the site's names are missing until fixed.
                 r.problems_are_new = r.problems_are_new or site.compiled or site.failed
@@ -681,6 +685,7 @@ def load_site_index(
     *,
     in_process: bool = False,
     progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> SiteIndex:
     """The compiled index of the site's MIB directories; compiles only when sources changed.
 
@@ -698,8 +703,8 @@ def load_site_index(
     problem says to run ``trapd mibs compile`` (``in_process``: no time
     limit, and it does not take a remembered failure for an answer).
 
-    One exception: :class:`CompileCancelled` when this process is stopping
-    (:func:`cancel_compiles`); nothing is remembered then.
+    One exception: :class:`CompileCancelled` once ``cancel`` is set (the
+    process is stopping: :func:`cancel_compiles`); nothing is remembered then.
     """
     fp = fingerprint(dirs)
     if not source_files(dirs):
@@ -718,7 +723,7 @@ def load_site_index(
 
                 data, problems = compile_site(dirs, cache_dir, shipped)
             else:
-                data, problems = _compile_in_child(dirs, cache_dir, progress)
+                data, problems = _compile_in_child(dirs, cache_dir, progress, cancel)
         except CompileCancelled:
             raise  # not a failure of these sources: the next start compiles them
         except Exception as exc:  # the compiler must never take trapd down
@@ -795,23 +800,25 @@ def compile_lock(cache_dir: Path | None) -> Iterator[None]:
 
 
 class CompileCancelled(Exception):
-    """This process is stopping: the compile it ran was ended (:func:`cancel_compiles`), not failed."""
+    """The compile was ended by its ``cancel`` event (:func:`cancel_compiles`), not failed."""
 
 
-# The compile children this process runs now (a reload's, in a thread), and whether it is stopping.
-_COMPILING: set[subprocess.Popen[bytes]] = set()
-_STOPPING = threading.Event()
+# The compile children running now (a reload's, in a thread), with the event that cancels each.
+_COMPILING: dict[subprocess.Popen[bytes], threading.Event] = {}
+_COMPILING_LOCK = threading.Lock()
 
 
-def cancel_compiles() -> None:
-    """On stop: end the MIB compiles this process runs (a reload's, in a thread) and start no more.
+def cancel_compiles(cancel: threading.Event) -> None:
+    """On stop: set ``cancel`` and end the MIB compiles it was given to (a reload's, in a thread).
 
-    Their threads raise CompileCancelled at once and remember nothing. Left running, a reload's
-    compile (up to COMPILE_TIMEOUT) held trapd's exit, which waits for its threads, past the
-    unit's stop timeout, until systemd's SIGKILL.
+    Their threads raise CompileCancelled at once and remember nothing, and none starts after.
+    Left running, a reload's compile (up to COMPILE_TIMEOUT) held trapd's exit, which waits for
+    its threads, past the unit's stop timeout, until systemd's SIGKILL.
     """
-    _STOPPING.set()
-    for proc in list(_COMPILING):
+    with _COMPILING_LOCK:
+        cancel.set()
+        running = [proc for proc, event in _COMPILING.items() if event is cancel]
+    for proc in running:
         with contextlib.suppress(OSError):
             proc.kill()
 
@@ -822,7 +829,10 @@ PROGRESS_INTERVAL = 10.0
 
 
 def _compile_in_child(
-    dirs: list[Path], cache_dir: Path | None, progress: Callable[[float], None] | None = None
+    dirs: list[Path],
+    cache_dir: Path | None,
+    progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[dict[str, Any], list[MibProblem]]:
     """Run ``python -m trapd.mibcompile``; subprocess.TimeoutExpired after COMPILE_TIMEOUT."""
     import tempfile
@@ -839,12 +849,12 @@ def _compile_in_child(
         started = time.monotonic()
         # stderr into a file, not a pipe: a child that writes much while we only wait must not block.
         with (Path(tmp) / "stderr").open("w+b") as err:
-            if _STOPPING.is_set():
-                raise CompileCancelled("trapd is stopping")
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-            _COMPILING.add(proc)
-            if _STOPPING.is_set():  # cancel_compiles ran between the check and the add
-                proc.kill()
+            cancel = cancel or threading.Event()
+            with _COMPILING_LOCK:  # cancel_compiles sees it started, or finds it cancelled here
+                if cancel.is_set():
+                    raise CompileCancelled("trapd is stopping")
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+                _COMPILING[proc] = cancel
             try:
                 while True:
                     took = time.monotonic() - started
@@ -857,11 +867,12 @@ def _compile_in_child(
                         if progress is not None:
                             progress(time.monotonic() - started)
             finally:
-                _COMPILING.discard(proc)
+                with _COMPILING_LOCK:
+                    del _COMPILING[proc]
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-            if _STOPPING.is_set():
+            if cancel.is_set():
                 raise CompileCancelled("trapd is stopping")
             err.seek(0)
             stderr = err.read()

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -254,6 +255,7 @@ class Daemon:
         # Why the last reload was refused (None: it worked, or none happened); shown in STATUS=.
         self._reload_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._compile_cancel = threading.Event()  # set on stop: ends a reload's MIB compile
         # Set in _start(). The receive path (_on_notification) only runs once they all are.
         self.resolver: MibResolver
         self.actions: dict[str, ActionSpec] = {}
@@ -570,7 +572,7 @@ class Daemon:
                 t.cancel()
         # After the reload's cancel (its end must not be taken for a failed reload, READY=1 after
         # STOPPING=1): a reload's MIB compile, whose thread would hold the exit for up to 10 minutes.
-        cancel_compiles()
+        cancel_compiles(self._compile_cancel)
         # Outcomes already received still go to the journal: they must not be lost on a clean stop.
         if self.dispatcher is not None and not self._submit_queue.empty():
             with contextlib.suppress(TimeoutError):
@@ -615,7 +617,12 @@ class Daemon:
         adjust = self.role.adjust if self.role is not None else None
         try:
             config, rules, resolver = await compile_reload(
-                self.options, Loaded(self.resolver, self.actions, self.rules), self.log, adjust, self.config
+                self.options,
+                Loaded(self.resolver, self.actions, self.rules),
+                self.log,
+                adjust,
+                self.config,
+                cancel=self._compile_cancel,
             )
             # Last of the fallible steps: a V3Receiver that cannot be built must not leave new rules behind.
             if self.listener is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -162,6 +163,7 @@ async def compile_reload(
     log: TrapdLogger,
     adjust: Callable[[Config], Config] | None = None,
     running: Config | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[Config, RuleSet, MibResolver]:
     """trapd.yaml, the rules and changed MIB files, read and compiled again for a reload, off the event loop.
 
@@ -181,6 +183,7 @@ async def compile_reload(
     The MIB resolver is shared with the receive path; what the compiler uses
     of it is read-only, or a cache where a lost entry costs a lookup.
     Raises what loading raises (ConfigError for a bad file); nothing changes then.
+    ``cancel`` (set on stop, trapd.mibs.cancel_compiles) ends a MIB compile it runs.
 
     The new rules are frozen out of the cyclic collector's sight, as start-up's are
     (:func:`trapd.service.daemon.settle_memory`). Left to it, the first collection
@@ -200,7 +203,7 @@ async def compile_reload(
         if running is not None and not resolver.is_current(running.mibs):
             from trapd.mibs import MibResolver
 
-            resolver = MibResolver.load(running.mibs, running.state_dir)
+            resolver = MibResolver.load(running.mibs, running.state_dir, cancel=cancel)
             log.info("MIB files changed: loaded again", names=len(resolver), sources=resolver.sources)
             log_mib_problems(log, resolver)
             resolver.digest()  # here, off the loop: the hosts of a pair compare it (docs/pair.md)

@@ -387,6 +387,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._early_reload = False  # a SIGHUP before the loop's handlers
         self._early_stop = False  # a SIGTERM or SIGINT after the first fork, before the loop's handlers
+        self._compile_cancel = threading.Event()  # set on stop: ends a reload's MIB compile
 
     # ------------------------------------------------------------ start: before any loop or thread
 
@@ -1052,7 +1053,7 @@ class Supervisor:
         try:
             # MIB files that changed are compiled here, once; the workers then load the cached result.
             config, rules, resolver = await lifecycle.compile_reload(
-                self.options, self.preloaded, self.log, running=self.config
+                self.options, self.preloaded, self.log, running=self.config, cancel=self._compile_cancel
             )
         except Exception as exc:
             return self._reload_failed(lifecycle.failure_reason(exc))
@@ -1162,7 +1163,7 @@ class Supervisor:
         # A reload still waiting for its workers is abandoned: as they stop, it would otherwise
         # end as "failed" (or done) and send READY=1 after STOPPING=1.
         await cancel_and_wait([t for t in self._tasks if t.get_name() == "trapd-supervisor-reload"])
-        cancel_compiles()  # its MIB compile: the thread would hold the exit (up to 10 minutes)
+        cancel_compiles(self._compile_cancel)  # its MIB compile: the thread would hold the exit (10 min)
         self.log.info("stopping", workers=sum(1 for s in self.slots if s.alive))
         self.notifier.stopping("stopping")
         # _stop_workers' longest wait (then SIGKILL and 5 s more): more than TimeoutStopSec allows
