@@ -90,9 +90,10 @@ def test_a_configuration_error_is_not_restarted_for_ever() -> None:
     1 when what failed may pass (a port in use, a journal that cannot be opened yet).
 
     With RestartSec=2s alone systemd's start limit (5 starts within StartLimitIntervalSec=10s,
-    its defaults) is never reached: a start that fails takes 0.4 s or more, so five starts span
-    at least 4 x 2.4 s, past the 10 s window, and a broken rules file was restarted every 2.4 s
-    for ever, a failed start logged each time, the unit never in the failed state.
+    its defaults) is never reached: a start that fails takes 0.4 s or more, so the sixth start,
+    the one the limit would refuse, comes at least 5 x 2.4 s = 12 s after the first, past the
+    10 s window (it is reached only with restarts less than 2 s apart), and a broken rules file
+    was restarted every 2.4 s for ever, a failed start logged each time, the unit never failed.
     RestartPreventExitStatus=2 leaves it failed at the first start; a status 1 is still retried.
     """
     s = unit_settings(SERVICE)
