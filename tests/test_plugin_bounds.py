@@ -202,3 +202,42 @@ async def test_a_result_json_cannot_encode_at_all_still_ends_the_action(tmp_path
             assert time.monotonic() < deadline, got
             await asyncio.sleep(0.05)
     assert isinstance(got.result, dict) and set(got.result) == {"repr"}, got.result
+
+
+def logging(fields: Callable[[], dict[str, Any]]) -> ActionSpec:
+    @action("logs", params={})
+    async def logs(params: dict[str, Any], ctx: ActionContext) -> None:
+        """Log one line with the fields the test says (test action)."""
+        ctx.log.info("plugin says", **fields())
+
+    return logs
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        lambda: {"answer": "a" * 5_000_000},  # a whole answer in one field
+        lambda: {"addresses": [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(20_000)]},
+        lambda: {f"k{i}": "v" * 100 for i in range(2_000)},  # many fields, each small
+    ],
+    ids=["string", "list", "fields"],
+)
+async def test_a_plugins_huge_log_fields_make_one_bounded_line(
+    tmp_path: Path, log_text: Callable[[], str], fields: Callable[[], dict[str, Any]]
+) -> None:
+    # A line past journald's LineMax (48 KiB) is split into entries of their own, none of them JSON
+    # a reader can parse, and with several workers it holds the others' lines while it is written.
+    await run_one(tmp_path, logging(fields), "done")
+    lines = log_text().splitlines()
+    assert max(len(line) for line in lines) < 48 * 1024, max(len(line) for line in lines)
+    (said,) = [json.loads(x) for x in lines if "plugin says" in x]
+    assert said["event"] == "plugin says" and said["action"] == "logs"
+    assert said["line_cut"] > 48 * 1024 and "characters)" in said["line_start"][-40:]
+
+
+async def test_a_cut_log_line_keeps_no_start_of_a_secret(
+    tmp_path: Path, token: str, log_text: Callable[[], str]
+) -> None:
+    await run_one(tmp_path, logging(lambda: {"answer": (token + "/") * 100_000}), "done")
+    out = log_text()
+    assert "***/***/" in out and START not in out

@@ -212,9 +212,38 @@ def _render(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
         line = _State.renderer(logger, method, ordered)
     if REDACTOR:
         line = REDACTOR.redact(line)  # values hidden inside a repr() or an exception text
+    if len(line) > LINE_LIMIT:
+        line = _cut_line(logger, method, ordered, line)
     if _State.fmt == "journal":
         line = f"<{_PRIORITY.get(method, 6)}>{line}"
     return line
+
+
+# A line longer than this (a plugin's field holding a whole answer, a list of 20,000 addresses)
+# is written as its short fields, its length and its start. journald splits a line past its
+# LineMax (48 KiB) into entries of their own, none of them JSON a reader can parse, and its
+# stream socket keeps a write whole only to about 32 KiB; with several workers, such a line holds
+# the others' lines while it is written.
+LINE_LIMIT = 32 * 1024
+LINE_START = 16 * 1024
+_SHORT = 200  # characters of a field kept as it is in a cut line
+
+
+def _cut_line(logger: WrappedLogger, method: str, ordered: dict[str, Any], line: str) -> str:
+    """The line, too long, as its short scalar fields (ts, level, event, rule, action, ...), its
+    length (``line_cut``) and its first LINE_START characters (``line_start``), masked and cut
+    by the redactor (a cut through a secret keeps no start of it)."""
+    kept: dict[str, Any] = {}
+    for key, value in ordered.items():
+        if len(kept) >= 40:
+            break
+        scalar = isinstance(value, (int, float, bool)) or value is None
+        if len(key) <= _SHORT and (scalar or (isinstance(value, str) and len(value) <= _SHORT)):
+            kept[key] = value
+    kept["line_cut"] = len(line)
+    kept["line_start"] = REDACTOR.bounded(line, LINE_START)
+    text = _State.renderer(logger, method, kept)
+    return escape_controls(text) if _State.fmt == "console" else text
 
 
 # One encoder for every line: json.dumps builds one per call when given ``default`` (~0.7 us
