@@ -315,8 +315,8 @@ async def test_leases_too_many_to_record_whole_are_not_deleted(
 ) -> None:
     """The record journaled before the deletions is what `trapd kea restore` puts back: one the
     journal would cut short ({"truncated": ...}, past its bound on a result) must not be followed
-    by the deletions. 60 leases of one circuit-id, the bound lowered to 8,000 characters (about
-    25 leases): nothing deleted, a permanent error that says why; under the bound, all deleted
+    by the deletions. 60 leases of one circuit-id (292 characters of JSON each), the bound on a
+    record lowered to 8,000 characters (27 such leases): nothing deleted, a permanent error that says why; under the bound, all deleted
     and recorded whole."""
     from trapd.dispatch.journal import rows
     from trapd.testing import run_action
@@ -327,7 +327,7 @@ async def test_leases_too_many_to_record_whole_are_not_deleted(
     for ip in ips:
         kea.add_lease4(ip, next(MAC), **{"user-context": rai_22(port, b"sw9.example.net")})
     records: list[Any] = []
-    monkeypatch.setattr(rows, "RESULT_LIMIT", 8000)
+    monkeypatch.setattr(rows, "RESULT_LIMIT", rows.RECORD_MARGIN + 8000)  # records up to 8,000
     try:
         with pytest.raises(PermanentError, match="60 leases") as info:
             await run_action(lease_del, {"circuit-id": port.decode()}, kea=clients, records=records)
