@@ -342,9 +342,8 @@ class Sender(threading.Thread):
         self.stats = SendStats(by_kind={})
         self.stop_event = threading.Event()
 
-    def _send(self, n: int, data: bytes) -> None:
-        src = self.sources[self.mix.rng.randrange(len(self.sources))]
-        sock = self.socks[n % len(self.socks)]
+    def _send(self, n: int, data: bytes, src: bytes) -> None:
+        sock = self.socks[n % len(self.socks)]  # a resend: the same socket, so the same source port
         try:
             sock.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO, src)], 0, self.dest)
             self.stats.sent += 1
@@ -366,9 +365,10 @@ class Sender(threading.Thread):
                 n += 1
                 kind, m = self.mix.next(n)
                 by_kind[kind] = by_kind.get(kind, 0) + 1
-                self._send(n, m)
-                if kind == "inform-v2c" and n % 4 == 0:  # the same inform again: a resend
-                    self._send(n, m)
+                src = self.sources[self.mix.rng.randrange(len(self.sources))]
+                self._send(n, m, src)
+                if kind == "inform-v2c" and n % 4 == 0:  # the same inform from the same sender: a resend
+                    self._send(n, m, src)
                     self.stats.resent += 1
             delay = t0 + (n / self.rate) - time.monotonic()
             time.sleep(max(delay, tick / 4) if delay > 0 else tick / 4)
@@ -627,6 +627,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sent": sender.stats.sent,
             "send_errors": sender.stats.errors,
             "inform_resends_sent": sender.stats.resent,
+            # What trapd's counters say of the parts of the mix that fill its tables.
+            "counters": {
+                name: bs.metric(scrape, f"trapd_{name}_total")
+                for name in ("informs_resent", "v3_engines_pushed_out", "receive_pauses", "outcomes_lost")
+            },
             "sent_by_kind": sender.stats.by_kind,
             "v3_informs": {"sent": informer.sent, "acknowledged": informer.ok},
             "reloads": reloads,
@@ -671,6 +676,7 @@ def summary(r: dict[str, Any], tolerance: float) -> list[str]:
         f"v3 informs {r['v3_informs']}, load average {r['machine']['loadavg_at_start']} at the start, "
         f"{r['loadavg_end']} at the end",
         f"actions: {r['actions']}",
+        f"counters: {r['counters']} (inform resends sent: {r['inform_resends_sent']})",
         f"journal after {r['drain_seconds']} s of drain: {r['journal_states']}",
         "| what | first | 2nd third | last third | max | growth |",
         "|---|---:|---:|---:|---:|---:|",

@@ -8,6 +8,7 @@ a reload and the drain reports its table with nothing left waiting.
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,5 @@ def test_a_short_soak_runs_and_drains() -> None:
     out = done.stdout
     assert "| PSS, whole tree, KiB |" in out and "STILL WAITING" not in out, out
     assert "reloads 2" in out and "'done:kea.lease-del'" in out, out
+    results = json.loads(Path(out.rsplit("results: ", 1)[1].strip()).read_text())
+    assert results["counters"]["informs_resent"] > 0, results["counters"]  # resends seen as such
