@@ -290,7 +290,16 @@ def test_a_host_gone_whole_has_its_workers_claims_taken_over(tmp_path: Path, pg_
             return s["running"] + s["pending"] + s["scheduled"] + s["failed"] == 0
 
         wait_for(settled, timeout=60, what="dhcp2 finished everything")
-        taken = b.wait_log("took over the running actions of a host that stopped renewing its claims")
+        # One line per takeover, and a takeover may be a later round's (or the other worker's) than
+        # the first line: waited for until they name every dead worker that ran something (the
+        # first line alone, read under load, named one of the two).
+        took_over = "took over the running actions of a host that stopped renewing its claims"
+        wait_for(
+            lambda: {n for t in b.logs(took_over) for n in t["from"]} >= {o for _, o in running},
+            timeout=20,
+            what="the takeovers logged",
+        )
+        taken = b.logs(took_over)
         named = {n for t in taken for n in t["from"]}
         assert named == {o for _, o in running}, (taken, running)
         assert sum(t["held"] for t in taken) == len(running), (taken, running)
