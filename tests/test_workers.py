@@ -691,6 +691,26 @@ def test_a_worker_whose_loop_is_blocked_is_replaced_with_its_stack_in_the_log(tm
         d.close()
 
 
+def test_the_workers_start_bound_is_asked_of_systemd(tmp_path: Path) -> None:
+    """The supervisor gives its workers dispatch.journal.lease + 30 s to be ready (a worker may wait
+    out a registration its name left on a shared journal): 150 s with a lease of 2 minutes, past
+    systemd's start timeout (90 s by default), which then killed the unit mid-start without a word
+    of which worker or why, and Restart= began again. The supervisor now asks systemd for that
+    time (EXTEND_TIMEOUT_USEC=) before it waits."""
+    config = {**TWO, "dispatch": {"journal": {"lease": "2m"}}}
+    d = TrapdDaemon.start(tmp_path, rules=SEQ_RULES.format(prefix="x"), config=config)
+    try:
+        assert d.notify is not None
+        before_ready = d.notify.messages[
+            : next(i for i, m in enumerate(d.notify.messages) if "READY" in m) + 1
+        ]
+        extended = [int(m["EXTEND_TIMEOUT_USEC"]) for m in before_ready if "EXTEND_TIMEOUT_USEC" in m]
+        assert extended and max(extended) >= 150_000_000, before_ready
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 def test_a_worker_that_never_becomes_ready_fails_the_start_with_its_stack_in_the_log(
     tmp_path: Path,
 ) -> None:

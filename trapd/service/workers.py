@@ -657,6 +657,9 @@ class Supervisor:
         assert self._changed is not None and self._stop is not None
         timeout = self.start_timeout()
         deadline = time.monotonic() + timeout
+        # This bound, not systemd's start timeout (90 s by default; less than it with a long
+        # lease), is to end a start that hangs: with the worker named and its stack in the log.
+        self.notifier.extend_timeout(timeout + STACK_GRACE + lifecycle.STOP_MARGIN)
         while not self._stop.is_set():
             dead = [s for s in self.slots if not s.alive]
             if dead:
