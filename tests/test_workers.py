@@ -530,9 +530,11 @@ def test_a_reload_frees_the_rules_the_workers_started_with(tmp_path: Path) -> No
             d.wait_log(lambda e: e.get("event") == "reloaded" and "worker" in e, 60, count=2 * n)
         supervisor = rss_mb(d.proc.pid)
         workers = {i: rss_mb(pid) for i, pid in worker_pids(d).items()}
-        # Both sides compiled the same files twice and hold one set each; the margin is the
-        # allocator's high-water mark, which differs by a few MB between processes.
-        assert all(mb < supervisor + 20 for mb in workers.values()), (supervisor, workers)
+        # Both sides compiled the same files twice and hold one set each. A worker compiles the
+        # new set beside the one it runs (which serves meanwhile) and keeps the allocator's
+        # high-water mark of both, the supervisor frees its set first (40-55 MB less here); the
+        # start-up set kept for life was about 50 MB more again.
+        assert all(mb < supervisor + 75 for mb in workers.values()), (supervisor, workers)
         assert d.stop(60) == 0
     finally:
         d.close()

@@ -568,9 +568,15 @@ def unreadable_hint(exc: OSError) -> str:
 
 
 def load_yaml_file(path: str | Path) -> Any:
+    return load_yaml(read_yaml_text(path), str(Path(path)))
+
+
+def read_yaml_text(path: str | Path) -> str:
+    """A YAML file's text, as :func:`load_yaml_file` reads it: ConfigError (at file:1:1, or at a
+    byte that is not UTF-8) when it cannot be read."""
     p = Path(path)
     try:
-        text = read_regular_text(p)  # a FIFO put in a rules file's place is refused, not waited on
+        return read_regular_text(p)  # a FIFO put in a rules file's place is refused, not waited on
     except OSError as exc:
         raise ConfigError(
             f"cannot read: {exc.strerror or exc}{unreadable_hint(exc)}", Mark(str(p), 1, 1)
@@ -579,7 +585,6 @@ def load_yaml_file(path: str | Path) -> Any:
         raise ConfigError(
             f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} ({exc.reason})", _byte_mark(str(p), exc)
         ) from exc
-    return load_yaml(text, str(p))
 
 
 def _byte_mark(source: str, exc: UnicodeDecodeError) -> Mark:

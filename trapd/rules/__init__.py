@@ -58,13 +58,15 @@ def compile_rules(
     global_mode: str = "enforce",
     capped_actions: Collection[str] = (),
     shadow_check: bool = True,
+    texts: Mapping[Path, str] | None = None,
 ) -> tuple[RuleSet, list[ConfigError]]:
     """Compile and return the rule set with every problem found (errors and warnings), sorted by position.
 
     ``capped_actions``: actions that a cap outside the rules files (the
     dispatcher's global caps in trapd.yaml) already limits, so a destructive
     use of them needs no cap in the rules. ``shadow_check=False``: no "can
-    never match" warnings unless there are errors (see :func:`load_rules`).
+    never match" warnings unless there are errors (see :func:`load_rules`). ``texts``: the
+    files' texts read before, by path (:func:`trapd.service.lifecycle.read_rule_texts`).
     """
     from trapd.rules.compiler import Compiler
 
@@ -76,7 +78,9 @@ def compile_rules(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        ruleset = comp.compile_files([Path(p) for p in paths], global_mode, shadow_check=shadow_check)
+        ruleset = comp.compile_files(
+            [Path(p) for p in paths], global_mode, shadow_check=shadow_check, texts=texts
+        )
     finally:
         if was_enabled:
             gc.enable()
@@ -91,6 +95,7 @@ def load_rules(
     global_mode: str = "enforce",
     capped_actions: Collection[str] = (),
     warnings: list[ConfigError] | None = None,
+    texts: Mapping[Path, str] | None = None,
 ) -> RuleSet:
     """Build a RuleSet; raise RuleErrors (holding every problem) if any error was found.
 
@@ -108,6 +113,7 @@ def load_rules(
         global_mode=global_mode,
         capped_actions=capped_actions,
         shadow_check=warnings is not None,
+        texts=texts,
     )
     if any(p.severity == "error" for p in problems):
         raise RuleErrors(problems)

@@ -38,7 +38,7 @@ from trapd.rules.outcome import Mode, RetryPolicy
 from trapd.rules.problems import Problems
 from trapd.rules.resolver import SymbolResolver
 from trapd.rules.ruleset import ActionCall, CapSpec, Rule, RuleSet, Value
-from trapd.yamlsource import ConfigError, Mark, YDict, YList, load_yaml_file, where
+from trapd.yamlsource import ConfigError, Mark, YDict, YList, load_yaml, load_yaml_file, where
 
 # The keys of each part, in one place for `trapd check` hints and the fuzz tests.
 __all__ = [
@@ -102,18 +102,26 @@ class Compiler:
 
     # -- files ----------------------------------------------------------------
 
-    def compile_files(self, paths: Sequence[Path], global_mode: str, *, shadow_check: bool = True) -> RuleSet:
+    def compile_files(
+        self,
+        paths: Sequence[Path],
+        global_mode: str,
+        *,
+        shadow_check: bool = True,
+        texts: Mapping[Path, str] | None = None,
+    ) -> RuleSet:
         """The rule set of these files; problems go to ``self.p``.
 
         ``shadow_check=False`` leaves out the "can never match" warning when nothing else went
         wrong (see :func:`trapd.rules.load_rules`); with an error it is still looked for, so the
-        report lists it beside the errors.
+        report lists it beside the errors. ``texts``: the files' texts as read before (by path),
+        compiled instead of reading the files again.
         """
         docs: list[YDict] = []
         self.p.files = [str(p) for p in paths]
         for path in paths:
             try:
-                node = load_yaml_file(path)
+                node = load_yaml(texts[path], str(path)) if texts is not None else load_yaml_file(path)
             except ConfigError as exc:
                 self.p.add(exc)
                 continue

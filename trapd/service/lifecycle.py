@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trapd.config import Config
@@ -64,10 +65,25 @@ STOP_MARGIN = 15.0
 RULE_WARNINGS_LOGGED = 20
 
 
+def read_rule_texts(cfg: Config) -> dict[Path, str]:
+    """The texts of the rule files ``cfg`` names, in load order: what :func:`build_rules` compiles
+    when given them, whatever happens to the files afterwards. ConfigError for a file that cannot
+    be read (at file:1:1, as the compile says it)."""
+    from trapd.yamlsource import read_yaml_text
+
+    return {path: read_yaml_text(path) for path in cfg.rule_paths()}
+
+
 def build_rules(
-    cfg: Config, resolver: MibResolver, actions: dict[str, ActionSpec], log: TrapdLogger
+    cfg: Config,
+    resolver: MibResolver,
+    actions: dict[str, ActionSpec],
+    log: TrapdLogger,
+    texts: Mapping[Path, str] | None = None,
 ) -> RuleSet:
     """Compile the rule files ``cfg`` names; RuleErrors (each problem with file:line:col) on errors.
+
+    ``texts``: the files as :func:`read_rule_texts` read them before, compiled instead of the files.
 
     A setting under ``actions:`` that its plugin does not declare, or whose value does not fit,
     is a ConfigError first (trapd.dispatch.plugins.refuse_bad_settings).
@@ -80,7 +96,7 @@ def build_rules(
     from trapd.rules import NOTHING_RUNS, globally_capped, idle_warning, load_rules
 
     capped = globally_capped(cfg.dispatch.caps, actions)
-    paths = cfg.rule_paths()
+    paths = list(texts) if texts is not None else cfg.rule_paths()
     dir_warning = cfg.rules_dir_warning()  # a misspelt rules.dir, or an empty one and no files
     if dir_warning is not None:
         log.warning(dir_warning.message, where=str(dir_warning.mark) if dir_warning.mark else None)
@@ -88,7 +104,7 @@ def build_rules(
         log.warning(f"no rule files configured: {NOTHING_RUNS}")
     warnings: list[ConfigError] = []
     rules = load_rules(
-        paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped, warnings=warnings
+        paths, resolver, actions, global_mode=cfg.mode, capped_actions=capped, warnings=warnings, texts=texts
     )
     # The plugins' declared settings (a ConfigError, at its place in trapd.yaml), and those the
     # plugins the rules use require.
@@ -129,7 +145,9 @@ def log_mib_problems(log: TrapdLogger, resolver: MibResolver) -> None:
         )
 
 
-def load_startup(cfg: Config, log: TrapdLogger, notifier: Notifier | None = None) -> Loaded:
+def load_startup(
+    cfg: Config, log: TrapdLogger, notifier: Notifier | None = None, texts: Mapping[Path, str] | None = None
+) -> Loaded:
     """MIBs, action plugins and rules for ``cfg``: MIB and plugin problems are logged, rule problems raise.
 
     The first start after site MIBs change compiles them before READY=1: seconds, or minutes for
@@ -154,7 +172,7 @@ def load_startup(cfg: Config, log: TrapdLogger, notifier: Notifier | None = None
     resolver = MibResolver.load(cfg.mibs, cfg.state_dir, progress=compiling)
     log_mib_problems(log, resolver)
     actions = load_plugins(log)
-    return Loaded(resolver, actions, build_rules(cfg, resolver, actions, log))
+    return Loaded(resolver, actions, build_rules(cfg, resolver, actions, log, texts))
 
 
 async def compile_reload(
@@ -196,29 +214,73 @@ async def compile_reload(
     """
 
     def work() -> tuple[Config, RuleSet, MibResolver]:
-        config = options.load()
-        if adjust is not None:
-            config = adjust(config)
-        resolver = loaded.resolver
-        if running is not None and not resolver.is_current(running.mibs):
-            from trapd.mibs import MibResolver
+        config, resolver = _reload_inputs(options, loaded.resolver, log, adjust, running, cancel)
+        return config, build_frozen(config, resolver, loaded.actions, log), resolver
 
-            resolver = MibResolver.load(running.mibs, running.state_dir, cancel=cancel)
-            log.info("MIB files changed: loaded again", names=len(resolver), sources=resolver.sources)
-            log_mib_problems(log, resolver)
-            resolver.digest()  # here, off the loop: the hosts of a pair compare it (docs/pair.md)
-        was_enabled = gc.isenabled()
-        gc.disable()
-        compiled = False
-        try:
-            rules = build_rules(config, resolver, loaded.actions, log)
-            compiled = True
-        finally:
-            if compiled and was_enabled:
-                gc.freeze()
-            if was_enabled:
-                gc.enable()
-        return config, rules, resolver
+    return await asyncio.to_thread(work)
+
+
+def build_frozen(
+    config: Config,
+    resolver: MibResolver,
+    actions: dict[str, ActionSpec],
+    log: TrapdLogger,
+    texts: Mapping[Path, str] | None = None,
+) -> RuleSet:
+    """:func:`build_rules` with the collector off, and the new rules frozen out of its sight
+    (see :func:`compile_reload`); for a thread. A failed compile is not frozen."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    compiled = False
+    try:
+        rules = build_rules(config, resolver, actions, log, texts)
+        compiled = True
+    finally:
+        if compiled and was_enabled:
+            gc.freeze()
+        if was_enabled:
+            gc.enable()
+    return rules
+
+
+def _reload_inputs(
+    options: RunOptions,
+    resolver: MibResolver,
+    log: TrapdLogger,
+    adjust: Callable[[Config], Config] | None,
+    running: Config | None,
+    cancel: threading.Event | None,
+) -> tuple[Config, MibResolver]:
+    """trapd.yaml read again, and ``resolver`` or, when the running ``mibs:`` files changed, their
+    new compile (see :func:`compile_reload`)."""
+    config = options.load()
+    if adjust is not None:
+        config = adjust(config)
+    if running is not None and not resolver.is_current(running.mibs):
+        from trapd.mibs import MibResolver
+
+        resolver = MibResolver.load(running.mibs, running.state_dir, cancel=cancel)
+        log.info("MIB files changed: loaded again", names=len(resolver), sources=resolver.sources)
+        log_mib_problems(log, resolver)
+        resolver.digest()  # here, off the loop: the hosts of a pair compare it (docs/pair.md)
+    return config, resolver
+
+
+async def read_reload(
+    options: RunOptions,
+    resolver: MibResolver,
+    log: TrapdLogger,
+    running: Config,
+    cancel: threading.Event | None = None,
+) -> tuple[Config, MibResolver, dict[Path, str]]:
+    """What :func:`compile_reload` reads before it compiles, off the event loop: the new
+    configuration, the MIB resolver (changed MIB files compiled once, here) and the rule files'
+    texts (:func:`read_rule_texts`). Raises ConfigError for a bad trapd.yaml or an unreadable file.
+    ``cancel``: as for :func:`compile_reload`."""
+
+    def work() -> tuple[Config, MibResolver, dict[Path, str]]:
+        config, new_resolver = _reload_inputs(options, resolver, log, None, running, cancel)
+        return config, new_resolver, read_rule_texts(config)
 
     return await asyncio.to_thread(work)
 

@@ -68,9 +68,14 @@ from trapd.service.metrics import DaemonSnapshot
 from trapd.service.options import EXIT_CONFIG, RunOptions
 from trapd.service.snapshots import RetiredCounts, from_wire, to_wire
 from trapd.statedir import lock_state_dir, make_private_dir
+from trapd.yamlsource import ConfigError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from trapd.listener.v3 import EngineClock
+    from trapd.mibs import MibResolver
+    from trapd.plugin import ActionSpec
     from trapd.service.exporter import MetricsServer
 
 # A worker that died this many times within RESTART_WINDOW seconds is not coming back by itself.
@@ -367,6 +372,11 @@ class Supervisor:
         self.pid = os.getpid()
         self.slots: list[WorkerSlot] = []
         self.preloaded: Loaded | None = None
+        self.resolver: MibResolver | None = None
+        self.actions: dict[str, ActionSpec] = {}
+        # The configuration and rule files' texts ``preloaded`` was compiled from: a reload frees
+        # the set before compiling the next one, and compiles these again if that one is refused.
+        self._compiled_with: tuple[Config, dict[Path, str]] | None = None
         self._state_lock: int | None = None  # STATE_DIR/trapd.lock (see _prepare)
         self.clock: EngineClock | None = None
         self.retired = RetiredCounts()
@@ -445,7 +455,13 @@ class Supervisor:
         # workers it forks, so that another trapd on the same state directory is refused at once.
         make_private_dir(cfg.state_dir)
         self._state_lock = lock_state_dir(cfg.state_dir)
-        self.preloaded = loaded = lifecycle.load_startup(cfg, self.log, self.notifier)
+        try:
+            texts: dict[Path, str] | None = lifecycle.read_rule_texts(cfg)
+        except ConfigError:
+            texts = None  # the compile reads the files and says why, beside its other problems
+        self.preloaded = loaded = lifecycle.load_startup(cfg, self.log, self.notifier, texts)
+        self.resolver, self.actions = loaded.resolver, loaded.actions
+        self._compiled_with = (cfg, texts) if texts is not None else None
         if cfg.service.metrics_listen is not None:
             from trapd.service.exporter import check_bindable
 
@@ -484,7 +500,7 @@ class Supervisor:
         journal = open_journal(cfg.dispatch.journal.file(cfg.state_dir), cfg.dispatch.journal)
         await journal.open()
         try:
-            actions = self.preloaded.actions if self.preloaded is not None else {}
+            actions = self.actions
             # No worker runs yet: the groups every owner's actions left are ended, as their rows rerun.
             programs = ProgramGroups(cfg.state_dir, None)
             return await recover_interrupted(
@@ -1045,22 +1061,39 @@ class Supervisor:
     async def reload(self) -> bool:
         """SIGHUP: check trapd.yaml and the rules here first, then have every worker load them.
 
-        The supervisor compiles the rules itself before any worker is asked,
-        so a bad file is refused once and every worker keeps its rules. Only
+        The supervisor compiles the rules itself before any worker is asked
+        (having freed its own set first: see below), so a bad file is refused
+        once and every worker keeps its rules. Only
         a file changed between the two steps can make one worker refuse what
         another took; that is reported as a failed reload naming the worker.
         """
         self.notifier.reloading("reloading")
-        assert self.preloaded is not None
-        actions = self.preloaded.actions
+        assert self.resolver is not None
+        actions = self.actions
+        loop = asyncio.get_running_loop()
         try:
             # MIB files that changed are compiled here, once; the workers then load the cached result.
-            config, rules, resolver = await lifecycle.compile_reload(
-                self.options, self.preloaded, self.log, running=self.config, cancel=self._compile_cancel
+            config, resolver, texts = await lifecycle.read_reload(
+                self.options, self.resolver, self.log, self.config, cancel=self._compile_cancel
             )
         except Exception as exc:
             return self._reload_failed(lifecycle.failure_reason(exc))
-        loop = asyncio.get_running_loop()
+        # The set this process holds (for a worker it restarts) is freed before the new one is
+        # compiled, so that the compile reuses its memory: compiled beside it, the supervisor held
+        # the allocator's high-water mark of both (100,000 rules: 560-610 MB, against 400 MB for
+        # one compile), and the unit with two workers 1.6-1.8 GB. If the new rules are refused,
+        # the running ones are compiled again from the texts they came from.
+        previous = self._compiled_with
+        freed_first = previous is not None and self.preloaded is not None
+        if freed_first:
+            await self._release_preloaded(loop)
+        try:
+            rules = await asyncio.to_thread(
+                lifecycle.build_frozen, config, resolver, actions, self.log, texts
+            )
+        except Exception as exc:
+            await self._compile_again(previous)
+            return self._reload_failed(lifecycle.failure_reason(exc))
         asked: list[WorkerSlot] = []
         for slot in self.slots:
             if slot.alive and slot.channel is not None:
@@ -1085,6 +1118,10 @@ class Supervisor:
                     other_rules.append(slot.index)
             slot.reload_result = None
         if refused and not took:  # nobody took it: every worker keeps its rules, as this process does
+            if freed_first:
+                await loop.run_in_executor(None, lifecycle.release_rules, rules)
+                del rules
+                await self._compile_again(previous)
             return self._reload_failed("; ".join(f"worker {slot.index}: {error}" for slot, error in refused))
         if other_rules:
             # The files changed between this process's compile and the workers' (a deploy landing
@@ -1109,14 +1146,11 @@ class Supervisor:
         lifecycle.warn_restart_needed(self.log, self.config, config, RESTART_NEEDED)
         # What a worker restarted from now on gets: not a journal, Kea or address its siblings lack.
         self.config = lifecycle.keep_restart_needed(config, self.config)
-        old = self.preloaded.rules
+        if not freed_first:
+            await self._release_preloaded(loop)
+        self.resolver = resolver
         self.preloaded = Loaded(resolver, actions, rules)  # what a restarted worker starts with
-        # Freed in a thread, a slice at a time, as the daemon does: dropped here, 100,000 rules held
-        # this loop (the watchdog's pings, /healthz, the workers' answers) 0.4-0.6 s (release_rules).
-        # Awaited, under the reload lock: a worker restarted meanwhile would be forked with the
-        # thread half-way (a copy of the old set that its child never frees).
-        await loop.run_in_executor(None, lifecycle.release_rules, old)
-        del old
+        self._compiled_with = (config, texts)
         self._replace_refusing(refused)
         self.reloads["ok"] = self.reloads.get("ok", 0) + 1
         self.reload_error = None
@@ -1124,6 +1158,36 @@ class Supervisor:
         self.log.info("reloaded", rules=len(rules), mode=config.mode, workers=len(asked))
         self.notifier.ready(self._status_line())
         return True
+
+    async def _release_preloaded(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Free the compiled rules this process holds, in a thread, a slice at a time, as the daemon
+        does: dropped here, 100,000 rules held this loop (the watchdog's pings, /healthz, the
+        workers' answers) 0.4-0.6 s (release_rules). Awaited, under the reload lock: a worker
+        restarted meanwhile would be forked with the thread half-way (a copy of the old set that
+        its child never frees)."""
+        if self.preloaded is None:
+            return
+        old, self.preloaded = self.preloaded.rules, None
+        await loop.run_in_executor(None, lifecycle.release_rules, old)
+        del old
+
+    async def _compile_again(self, previous: tuple[Config, dict[Path, str]] | None) -> None:
+        """After a refused reload that freed this process's rules first: the running rules again,
+        from the texts they were compiled from (not the files, which say something else now)."""
+        if self.preloaded is not None or previous is None or self.resolver is None:
+            return
+        config, texts = previous
+        try:
+            rules = await asyncio.to_thread(
+                lifecycle.build_frozen, config, self.resolver, self.actions, self.log, texts
+            )
+        except Exception as exc:  # out of memory: a worker restarted now compiles the files itself
+            self.log.error(
+                "compiling the running rules again after a refused reload failed",
+                error=lifecycle.failure_reason(exc),
+            )
+            return
+        self.preloaded = Loaded(self.resolver, self.actions, rules)
 
     def _replace_refusing(self, refused: list[tuple[WorkerSlot, str]]) -> None:
         """Workers that refused a reload others took (out of memory, a file they could not read):
