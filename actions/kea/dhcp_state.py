@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from trapd.kea.client import KeaClient
@@ -75,6 +76,8 @@ async def dhcp_disable(params: dict[str, Any], ctx: ActionContext) -> dict[str, 
     Kea stops answering DHCP clients (leases stay; the control API keeps
     working) until ``kea.dhcp-enable`` or until max-period runs out, so a
     forgotten disable cannot take DHCP down for good: max-period is required.
+    A retry later than max-period after the notification disables nothing
+    (``skipped`` in the result): the window the rule meant is over.
     On an HA relationship every peer is disabled (else the partner serves,
     or takes over), with the user origin, which HA does not override.
 
@@ -86,6 +89,15 @@ async def dhcp_disable(params: dict[str, Any], ctx: ActionContext) -> dict[str, 
     """
     kea = client_for(params, ctx, params.get("family"))
     seconds = max(1, math.ceil(params["max-period"]))
+    since = time.time() - ctx.event.received_at
+    if ctx.attempt > 1 and since > seconds:
+        # A retry (its server was down: on an HA pair, that peer's part) past the window the rule
+        # meant: disabling now would take DHCP down on a server that has just come back, for a
+        # whole max-period, long after the notification. A first attempt is not judged so: a
+        # rule's delay may be longer than max-period, and only the attempt after it is late.
+        why = f"{since:.0f} s after the notification, past max-period ({seconds} s): not disabled"
+        ctx.log.warning("kea DHCP disable too late: skipped", endpoint=kea.name, family=kea.family, why=why)
+        return {**answered_by(kea), "max-period": seconds, "skipped": why}
     args = {"max-period": seconds, **await origin_args(kea, params["origin-id"])}
     r = await kea.command("dhcp-disable", args, accept=(0,))
     ctx.log.warning("kea DHCP service disabled", endpoint=kea.name, family=kea.family, max_period=seconds)

@@ -93,3 +93,38 @@ async def test_numeric_origin_on_old_kea_is_refused() -> None:
 
     with pytest.raises(PermanentError, match="2001"):
         await origin_args(FakeVersion((2, 2, 0)), 2001)  # type: ignore[arg-type]
+
+
+async def test_a_retry_later_than_max_period_after_the_trap_disables_nothing(kea_factory: Any) -> None:
+    """A disable that could not run (its server down: on an HA pair, that peer's part) is retried
+    until the rule's retry max-age, 1 h by default. Run 40 minutes after the trap, a disable of
+    10 minutes would have taken DHCP down on a server that had just come back, long after the
+    window the rule meant. Past max-period since the trap a retry disables nothing and says so;
+    within it, or on a first attempt (a rule's delay may be longer), it disables as asked."""
+    import dataclasses
+
+    inst: KeaInstance = kea_factory(dhcp_loopback=True, dhcp6=False, ca=False)
+    clients = make_kea_clients(inst.trapd_kea_section())
+    base: ActionContext = make_action_context(clients)
+    try:
+        late_event = dataclasses.replace(base.event, received_at=time.time() - 2400)
+        late = dataclasses.replace(base, event=late_event, attempt=3)
+        result = await dhcp_disable.run(validate(dhcp_disable.params, {"max-period": "10m"}), late)
+        assert result is not None and result.get("skipped"), result
+        assert "after the notification" in result["skipped"]
+        assert dhcp_discover(MAC) is not None  # still serving
+        # The same retry within max-period of the trap, and a late first attempt: disabled.
+        for ctx in (
+            dataclasses.replace(
+                base, event=dataclasses.replace(base.event, received_at=time.time() - 300), attempt=3
+            ),
+            dataclasses.replace(base, event=late_event, attempt=1),
+        ):
+            result = await dhcp_disable.run(validate(dhcp_disable.params, {"max-period": "10m"}), ctx)
+            assert result is not None and not result.get("skipped") and result["max-period"] == 600
+            assert dhcp_discover(MAC, timeout=0.3) is None
+            await dhcp_enable.run(validate(dhcp_enable.params, {}), ctx)
+            assert dhcp_discover(MAC) is not None
+    finally:
+        await clients.aclose()
+        await base.http.aclose()

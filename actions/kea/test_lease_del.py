@@ -316,8 +316,8 @@ async def test_leases_too_many_to_record_whole_are_not_deleted(
     """The record journaled before the deletions is what `trapd kea restore` puts back: one the
     journal would cut short ({"truncated": ...}, past its bound on a result) must not be followed
     by the deletions. 60 leases of one circuit-id (292 characters of JSON each), the bound on a
-    record lowered to 8,000 characters (27 such leases): nothing deleted, a permanent error that says why; under the bound, all deleted
-    and recorded whole."""
+    record lowered to 8,000 characters (27 such leases): nothing deleted, a permanent error that
+    says why; under the bound, all deleted and recorded whole."""
     from trapd.dispatch.journal import rows
     from trapd.testing import run_action
 
