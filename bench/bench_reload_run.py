@@ -9,7 +9,8 @@ times: a changed rule file, net-snmp's ``snmptrap`` sending a v2c linkDown at
 after READY=1, while the RSS and PSS of every process of the unit are sampled.
 Reported per reload: its wall time, the longest gap between two pings (the ping
 interval is none), traps sent / received (``trapd_notifications_received_total``)
-/ dropped by the kernel, the unit's peak and settled RSS and PSS.
+/ dropped by the kernel, the unit's peak and settled RSS and PSS, and the settled
+PSS of each process (the supervisor first, then the workers).
 
     .venv/bin/python bench/bench_reload_run.py --rules 100000 --reloads 3
     .venv/bin/python bench/bench_reload_run.py --rules 100000 --workers 2 --reloads 3
@@ -70,6 +71,22 @@ def memory_mb(pids: list[int]) -> tuple[int, int]:
         except OSError:
             pass
     return rss // 1024, pss // 1024
+
+
+def pss_by_process(pids: list[int]) -> list[int]:
+    """The PSS of each of ``pids``, in MB, in that order (the supervisor first, as unit_pids gives)."""
+    out = []
+    for pid in pids:
+        pss = 0
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss = int(line.split()[1]) // 1024
+        except OSError:
+            pass
+        out.append(pss)
+    return out
 
 
 class Unit:
@@ -135,6 +152,9 @@ class Unit:
             raise SystemExit(f"no {stop}=1 within {seconds:.0f} s")
         return pings
 
+    def by_process(self) -> str:
+        return f"PSS MB by process (supervisor first) {pss_by_process(unit_pids(self.proc.pid))}"
+
     def received(self) -> tuple[float, float]:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=30) as r:
@@ -196,7 +216,10 @@ def main() -> int:
             t0 = time.monotonic()
             unit.pings_until("READY", 600)
             time.sleep(3)
-            print(f"ready {time.monotonic() - t0:.1f} s; RSS (PSS) MB {unit.sample()}, peak {unit.peak}")
+            print(
+                f"ready {time.monotonic() - t0:.1f} s; RSS (PSS) MB {unit.sample()}, peak {unit.peak}; "
+                f"{unit.by_process()}"
+            )
             for k in range(args.reloads):
                 text = scale_rules(args.kind, args.rules).replace("down", f"down ({k})")
                 unit.rules.write_text(text, encoding="utf-8")
@@ -225,7 +248,7 @@ def main() -> int:
                     f"reload {k + 1}: {took:.1f} s; longest ping gap {worst * 1000:.0f} ms at +{at:.1f} s "
                     f"(every {args.ping_ms} ms); traps sent {sent[0]}, received {got1 - got0:.0f}, "
                     f"kernel drops {drops1 - drops0:.0f}; "
-                    f"RSS (PSS) MB peak {unit.peak}, after {unit.sample()}",
+                    f"RSS (PSS) MB peak {unit.peak}, after {unit.sample()}; {unit.by_process()}",
                     flush=True,
                 )
         finally:

@@ -28,3 +28,9 @@ def test_a_real_unit_reloads_under_traffic_and_reports_a_row() -> None:
     row = re.search(r"^reload 1: .* traps sent (\d+), received (\d+), kernel drops 0;", done.stdout, re.M)
     assert row is not None, done.stdout
     assert int(row.group(1)) > 0 and row.group(1) == row.group(2), done.stdout
+    # Where the unit's memory is: the PSS of the supervisor and of each worker (bench/README.md,
+    # "Where a reload's memory goes with workers").
+    for when in ("ready", "reload 1"):
+        (line,) = [x for x in done.stdout.splitlines() if x.startswith(when)]
+        by = re.search(r"PSS MB by process \(supervisor first\) \[(\d+), (\d+), (\d+)\]", line)
+        assert by is not None and all(int(n) > 0 for n in by.groups()), line
