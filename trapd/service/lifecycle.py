@@ -211,6 +211,14 @@ async def compile_reload(
     RSS over six reloads grows alike either way (631 -> 649 MB): nothing of the
     compile is garbage left behind in cycles. A failed compile is not frozen (its
     traceback holds cycles that must be collected).
+
+    A freeze takes every object the collector tracks, not only the new rules: also the
+    running daemon's cyclic garbage not collected yet (long-lived objects that died in a
+    cycle wait for the next full collection), which frozen is never collected. So a full
+    collection runs first, before the compile makes its objects: it walks what is not frozen
+    yet (what traffic made since the last freeze, caches), as the collector's own full
+    collections do, not the new rules. Garbage the loop makes during the compile is frozen
+    still: a compile's seconds of it at most, not everything since the last freeze.
     """
 
     def work() -> tuple[Config, RuleSet, MibResolver]:
@@ -230,6 +238,8 @@ def build_frozen(
     """:func:`build_rules` with the collector off, and the new rules frozen out of its sight
     (see :func:`compile_reload`); for a thread. A failed compile is not frozen."""
     was_enabled = gc.isenabled()
+    if was_enabled:
+        gc.collect()  # nothing of the running daemon's garbage is frozen with the new rules
     gc.disable()
     compiled = False
     try:
