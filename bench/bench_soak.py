@@ -118,6 +118,19 @@ rules:
 """
 
 
+# --no-actions: every datagram is received, decoded, normalized and tried against the rules, and
+# nothing is journaled: tells growth on the receive path from growth in the dispatcher and journal.
+NO_ACTION_RULES = """
+rules:
+  - name: soak-nothing
+    match:
+      notification: SNMPv2-MIB::coldStart
+      source: 192.0.2.0/24
+    actions:
+      - {action: log, message: "never"}
+"""
+
+
 # --- messages ---------------------------------------------------------------------------------
 
 
@@ -510,6 +523,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for j in range(1, 21):
                 kea.add_lease4(f"10.1.{i}.{j}", f"0a:00:27:00:{i:02x}:{j:02x}")
         rules = RULES.replace("SEQ", SEQ_OID).replace("VENDOR", ".".join(map(str, VENDOR)))
+        if args.no_actions:  # the receive path alone: rules that nothing sent matches
+            rules = NO_ACTION_RULES
         bench_engine = loadgen.DEFAULT_ENGINE_ID.hex()
         bench_keys = {
             "auth_protocol": "SHA-256",
@@ -718,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--v3-engines", type=int, default=1500, help="engines of the user without engine_ids")
     ap.add_argument("--v3-inform-gap", type=float, default=0.2, help="seconds between two snmpinform runs")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--no-actions", action="store_true", help="rules that match nothing: the receive path alone"
+    )
     ap.add_argument("--reload-every", type=float, default=30.0, help="seconds between SIGHUPs (0: none)")
     ap.add_argument("--sample", type=float, default=2.0)
     ap.add_argument("--scrape", type=float, default=10.0)
