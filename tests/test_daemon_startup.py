@@ -177,14 +177,17 @@ def test_sigterm_while_site_mibs_compile_stops_trapd_and_the_compiler_at_once(
         assert processes_of(slow)
         stopped = time.monotonic()
         d.signal(signal.SIGTERM)
-        rc = d.wait_exit(30)
+        # Bounds well under the compile's 300 s and systemd's 60 s before SIGKILL, not a few
+        # seconds: the two-worker case failed once on a machine at load 14 (where, not recorded),
+        # and shutting two workers down there can take longer than the 10 s this allowed.
+        rc = d.wait_exit(50)
         assert rc in (0, -signal.SIGTERM), rc  # both are a clean stop to systemd
-        assert time.monotonic() - stopped < 10
+        assert time.monotonic() - stopped < 50
 
         def no_compiler() -> None:
             assert not processes_of(slow)
 
-        eventually(no_compiler, 10)
+        eventually(no_compiler, 30)
     finally:
         for pid in processes_of(slow):
             os.kill(pid, signal.SIGKILL)
