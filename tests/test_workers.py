@@ -801,6 +801,31 @@ def test_a_stop_in_a_workers_first_moments_after_its_fork_is_not_lost(tmp_path: 
         d.close()
 
 
+def test_a_sighup_to_every_process_while_the_workers_start_is_not_their_end(tmp_path: Path) -> None:
+    """`systemctl kill -s HUP trapd` (every process of the unit, systemd's default) or a
+    `pkill -HUP trapd` while the workers were starting: a worker whose loop's handler was not yet
+    there ended by SIGHUP's default action, and the whole start failed ('worker 0 exited with
+    status -1'). A starting worker now ignores SIGHUP until its loop's handler (the rules it starts
+    with are the supervisor's, and the supervisor passes the reload on)."""
+    prelude = (
+        "import time\nimport trapd.service.workers as w\n_run = w.run_on_loop\n"
+        "def run_on_loop(daemon):\n"
+        "    time.sleep(3)  # forked, its own signal dispositions, not yet running\n"
+        "    return _run(daemon)\n"
+        "w.run_on_loop = run_on_loop\n"
+    )
+    d = start_wrapped(tmp_path, prelude, TWO, None, wait_ready=False)
+    try:
+        d.wait_log("worker started", 30, count=2)
+        for pid in worker_pids(d).values():
+            os.kill(pid, signal.SIGHUP)
+        d.wait_ready(30)
+        assert not d.logs("start-up failed")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 # In the test's wrapper: worker 1 fails to load any rules on a reload (a MemoryError in it, a file
 # it cannot read that the supervisor could); the supervisor and worker 0 load them.
 WORKER_1_REFUSES = """\

@@ -553,8 +553,12 @@ class Supervisor:
             _die_with_parent(self.pid)
             # The supervisor's loop (if any) writes signals to its wake-up socket; not ours.
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            # Until the loop's handler (a reload of this worker alone): a SIGHUP sent to every process
+            # of the unit (systemctl kill -s HUP) must not end a starting worker. It starts with the
+            # supervisor's rules, and the supervisor passes the reload on.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # what came meanwhile is acted on now
             with contextlib.suppress(RuntimeError, ValueError, OSError):  # no usable stderr
                 # Where each thread is, to stderr, when the supervisor finds this worker stuck.
