@@ -286,6 +286,18 @@ async def test_per_key_order_under_concurrency(make: Any, rec: Recorder) -> None
     assert len(keys_running_together) > 1  # different keys did run concurrently
 
 
+async def test_the_lag_window_of_done_actions_stays_bounded(make: Any, rec: Recorder) -> None:
+    # The dispatcher's list of loaded actions for lag() dropped done ones only when lag() read
+    # it, and only the receive path in a storm does: at a steady rate it kept every action run,
+    # with its event, for good (bench_soak.py: 1.6 MB/s per worker at 1,000 traps/s).
+    d = await make(replace(FAST, queue_size=10))
+    n = 400
+    for i in range(n):
+        await d.submit(make_event(), make_outcome(rec_plan(f"k{i}:x")))
+    await wait_for(lambda: d.stats.outcomes[("rec", "done")] == n, timeout=30)
+    assert len(d._waiting) <= 4 * 10 + 64, len(d._waiting)
+
+
 async def test_retry_keeps_its_place_in_the_key(make: Any, rec: Recorder) -> None:
     d = await make()
     await d.submit(make_event(), make_outcome(rec_plan("port:disable", fail_times=1)))
